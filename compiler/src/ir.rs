@@ -1,0 +1,185 @@
+//! The IR: a table of statically shaped tensors and an ordered list of primitive-op nodes.
+//!
+//! Nodes are kept in a valid execution order at all times. Tensors are single-assignment except
+//! persistent ones (parameters, optimizer state, running statistics, accumulators), which ops
+//! update in place through their [`Op::inplace_outputs`].
+
+use pock_engine::ops::Op;
+pub use pock_engine::plan::{DType, Phase, Role, RuntimeScalar, TensorId};
+
+use crate::error::{CompileError, Result};
+
+/// Which program of the plan a node belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Program {
+    /// Forward (training mode), backward, and the optimizer unless gradients are accumulated.
+    Train,
+    /// The optimizer step after K accumulated micro-batches.
+    Apply,
+    /// Forward with frozen statistics, outputs and per-sample losses. `infer` is its prefix that
+    /// ends at the model output.
+    Eval,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorDef {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    pub role: Role,
+    /// Initial value of parameters, running statistics and constants (row-major, f32).
+    pub init: Option<Vec<f32>>,
+}
+
+impl TensorDef {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn bytes(&self) -> usize {
+        self.numel() * self.dtype.size()
+    }
+    /// Whether the tensor lives across steps (it is never planned as scratch).
+    pub fn is_persistent(&self) -> bool {
+        !matches!(self.role, Role::Transient | Role::Input | Role::Target)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<TensorId>,
+    pub outputs: Vec<TensorId>,
+    pub phase: Phase,
+    pub program: Program,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Graph {
+    pub tensors: Vec<TensorDef>,
+    pub nodes: Vec<Node>,
+}
+
+impl Graph {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn tensor(&self, id: TensorId) -> &TensorDef {
+        &self.tensors[id.index()]
+    }
+
+    pub fn tensor_mut(&mut self, id: TensorId) -> &mut TensorDef {
+        &mut self.tensors[id.index()]
+    }
+
+    pub fn shape(&self, id: TensorId) -> &[usize] {
+        &self.tensors[id.index()].shape
+    }
+
+    pub fn find(&self, name: &str) -> Option<TensorId> {
+        self.tensors.iter().position(|t| t.name == name).map(|i| TensorId(i as u32))
+    }
+
+    pub fn add_tensor(&mut self, def: TensorDef) -> TensorId {
+        self.tensors.push(def);
+        TensorId(self.tensors.len() as u32 - 1)
+    }
+
+    /// A trainable parameter with its initial value.
+    pub fn parameter(&mut self, name: impl Into<String>, shape: Vec<usize>, init: Vec<f32>) -> TensorId {
+        assert_eq!(shape.iter().product::<usize>(), init.len(), "parameter init length");
+        self.add_tensor(TensorDef { name: name.into(), shape, dtype: DType::F32, role: Role::Parameter { trainable: true }, init: Some(init) })
+    }
+
+    /// A constant tensor (never trained) with its value.
+    pub fn constant(&mut self, name: impl Into<String>, shape: Vec<usize>, value: Vec<f32>) -> TensorId {
+        assert_eq!(shape.iter().product::<usize>(), value.len(), "constant length");
+        self.add_tensor(TensorDef { name: name.into(), shape, dtype: DType::F32, role: Role::Constant, init: Some(value) })
+    }
+
+    /// A tensor the host feeds (model input or target).
+    pub fn input(&mut self, name: impl Into<String>, shape: Vec<usize>, dtype: DType, role: Role) -> TensorId {
+        self.add_tensor(TensorDef { name: name.into(), shape, dtype, role, init: None })
+    }
+
+    /// Appends a node whose outputs are all new tensors; returns them.
+    ///
+    /// Outputs are named after the node: `name` for a single output, `name:i` otherwise.
+    pub fn emit(&mut self, name: impl Into<String>, op: Op, inputs: &[TensorId], phase: Phase, program: Program) -> Result<Vec<TensorId>> {
+        self.emit_inplace(name, op, inputs, &[], phase, program)
+    }
+
+    /// Appends a node. `inplace` names the existing tensors for the op's in-place outputs
+    /// (in order); the remaining outputs are created.
+    pub fn emit_inplace(&mut self, name: impl Into<String>, op: Op, inputs: &[TensorId], inplace: &[TensorId], phase: Phase, program: Program) -> Result<Vec<TensorId>> {
+        let name = name.into();
+        let shapes = self.infer(&name, &op, inputs)?;
+        let range = op.inplace_outputs();
+        if inplace.len() != range.len() {
+            return Err(CompileError::Node { node: name, op: op.name(), message: format!("expects {} in-place outputs, got {}", range.len(), inplace.len()) });
+        }
+        let n_new = shapes.len().max(range.end) - range.len();
+        let mut outputs = Vec::with_capacity(n_new + inplace.len());
+        let total = if shapes.is_empty() { range.end } else { shapes.len() };
+        for i in 0..total {
+            if range.contains(&i) {
+                let t = inplace[i - range.start];
+                if let Some(s) = shapes.get(i) {
+                    if s != self.shape(t) {
+                        return Err(CompileError::Node { node: name, op: op.name(), message: format!("in-place output {} ({}) has shape {:?}, expected {s:?}", i, self.tensor(t).name, self.shape(t)) });
+                    }
+                }
+                if !self.tensor(t).is_persistent() {
+                    return Err(CompileError::Node { node: name, op: op.name(), message: format!("in-place output '{}' is not a persistent tensor", self.tensor(t).name) });
+                }
+                outputs.push(t);
+            } else {
+                let out_name = if total == 1 { name.clone() } else { format!("{name}:{i}") };
+                let t = self.add_tensor(TensorDef { name: out_name, shape: shapes[i].clone(), dtype: DType::F32, role: Role::Transient, init: None });
+                outputs.push(t);
+            }
+        }
+        self.nodes.push(Node { name, op, inputs: inputs.to_vec(), outputs: outputs.clone(), phase, program });
+        Ok(outputs)
+    }
+
+    fn infer(&self, name: &str, op: &Op, inputs: &[TensorId]) -> Result<Vec<Vec<usize>>> {
+        for (pos, &t) in inputs.iter().enumerate() {
+            let want = if op.int_inputs().contains(&pos) { DType::I64 } else { DType::F32 };
+            if self.tensor(t).dtype != want {
+                return Err(CompileError::Node {
+                    node: name.to_string(),
+                    op: op.name(),
+                    message: format!("input {pos} ('{}') is {}, expected {}", self.tensor(t).name, self.tensor(t).dtype.name(), want.name()),
+                });
+            }
+        }
+        let in_shapes: Vec<&[usize]> = inputs.iter().map(|&t| self.shape(t)).collect();
+        op.output_shapes(&in_shapes).map_err(|source| CompileError::Shape { node: name.to_string(), source })
+    }
+
+    /// Re-checks every node's shapes against its op's rule (run after each pass).
+    pub fn validate(&self) -> Result<()> {
+        for node in &self.nodes {
+            let shapes = self.infer(&node.name, &node.op, &node.inputs)?;
+            for (i, s) in shapes.iter().enumerate() {
+                let t = node.outputs.get(i).ok_or_else(|| CompileError::Node { node: node.name.clone(), op: node.op.name(), message: format!("missing output {i}") })?;
+                if self.shape(*t) != s.as_slice() {
+                    return Err(CompileError::Node { node: node.name.clone(), op: node.op.name(), message: format!("output {i} has shape {:?}, rule says {s:?}", self.shape(*t)) });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Nodes of one program, in order.
+    pub fn program_nodes(&self, program: Program) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(move |n| n.program == program)
+    }
+
+    /// Trainable parameters, in creation order.
+    pub fn trainable_parameters(&self) -> Vec<TensorId> {
+        (0..self.tensors.len() as u32).map(TensorId).filter(|&t| self.tensor(t).role == Role::Parameter { trainable: true }).collect()
+    }
+}

@@ -1,0 +1,21 @@
+//! pock's ahead-of-time training compiler.
+//!
+//! The pipeline is a chain of stage types, each consumed by the next step:
+//! [`ForwardGraph`] (a model: forward nodes, one input, one output) ->
+//! [`ForwardGraph::into_training`] (loss, compile-time autodiff pruned to what trainable
+//! parameters need, optimizer ops, reordering) -> [`TrainingGraph`] ->
+//! [`TrainingGraph::into_plan`] (memory planning, weight layout) -> [`pock_engine::Plan`].
+
+pub mod autodiff;
+pub mod error;
+pub mod gradcheck;
+pub mod interp;
+pub mod ir;
+pub mod memory;
+pub mod ops;
+pub mod optimizer;
+pub mod schedule;
+pub mod stages;
+
+pub use error::{CompileError, Result};
+pub use stages::{CompileOptions, ForwardGraph, Task, TrainingGraph};

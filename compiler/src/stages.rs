@@ -1,0 +1,99 @@
+//! The compiler's stage types and the functions that move a model from one stage to the next.
+
+use pock_engine::plan::{OptimizerKind, Plan};
+
+use crate::error::Result;
+use crate::ir::{Graph, TensorId};
+
+/// What the model's output is trained for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Task {
+    /// Output `[N, classes]` logits, int64 labels, softmax cross-entropy.
+    Classification { classes: usize },
+    /// Output `[N, ...]`, float targets of the same shape, mean squared error.
+    Regression,
+}
+
+/// A model: forward nodes only (BatchNorm in its training form), built for one batch size.
+#[derive(Clone, Debug)]
+pub struct ForwardGraph {
+    /// `zoo:cnn`, a file name: recorded in the plan.
+    pub name: String,
+    pub graph: Graph,
+    pub input: TensorId,
+    pub output: TensorId,
+    pub task: Task,
+}
+
+/// How BatchNorm layers behave while training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BatchNormMode {
+    /// Batch statistics, running statistics updated (PyTorch's `train()`).
+    #[default]
+    Train,
+    /// Running statistics used and kept fixed; gamma and beta can still learn.
+    Frozen,
+}
+
+/// Everything `pock compile` decides.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    pub optimizer: OptimizerKind,
+    /// Default learning rate stored in the plan (a runtime scalar, so it can be changed later).
+    pub learning_rate: f32,
+    /// Gradient accumulation over K micro-batches (1 = none).
+    pub accumulate: usize,
+    pub clip_grad_norm: Option<f32>,
+    pub batch_norm: BatchNormMode,
+    /// Target board name (see `pock_targets::TARGETS`).
+    pub target: String,
+    /// Put each optimizer update right after its gradient is complete, so gradients die early.
+    pub reorder: bool,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            optimizer: OptimizerKind::Sgd { momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
+            learning_rate: 0.01,
+            accumulate: 1,
+            clip_grad_norm: None,
+            batch_norm: BatchNormMode::Train,
+            target: "host".into(),
+            reorder: true,
+        }
+    }
+}
+
+/// A graph with every program of the plan: train (forward, backward, optimizer), apply, eval.
+#[derive(Clone, Debug)]
+pub struct TrainingGraph {
+    pub name: String,
+    pub graph: Graph,
+    pub options: CompileOptions,
+    pub task: Task,
+    pub batch: usize,
+    /// Train program: model input, target, scalar loss.
+    pub train_input: TensorId,
+    pub train_target: TensorId,
+    pub train_loss: TensorId,
+    /// Eval program: model input, target, model output, per-sample loss.
+    pub eval_input: TensorId,
+    pub eval_target: TensorId,
+    pub eval_output: TensorId,
+    pub eval_loss: TensorId,
+}
+
+impl ForwardGraph {
+    /// Attaches the loss, differentiates, adds the optimizer and builds the eval program.
+    pub fn into_training(self, options: CompileOptions) -> Result<TrainingGraph> {
+        crate::autodiff::build_training(self, options)
+    }
+}
+
+impl TrainingGraph {
+    /// Plans memory and lays out weights.
+    pub fn into_plan(self) -> Result<Plan> {
+        crate::memory::build_plan(self)
+    }
+}

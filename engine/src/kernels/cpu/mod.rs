@@ -1,0 +1,135 @@
+//! Faster f32 kernels for the CPU backend: matmul through the `gemm` crate, convolution as
+//! im2col + gemm (1x1 convolutions skip im2col). Every other op runs its reference kernel.
+//!
+//! The `gemm` crate allocates its packing buffers inside each call. pock's own code allocates
+//! nothing per step; the calls into gemm are marked with [`ExternalKernelScope`] so that the
+//! allocation test can tell the two apart.
+
+mod conv;
+mod matmul;
+
+use core::cell::Cell;
+
+use super::{reference, KernelError, NodeArgs};
+use crate::ops::Op;
+
+pub use conv::conv_workspace_elems;
+
+/// How many threads the fast kernels may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuConfig {
+    pub threads: usize,
+}
+
+impl Default for CpuConfig {
+    fn default() -> Self {
+        CpuConfig { threads: 1 }
+    }
+}
+
+/// f32 elements of arena scratch the fast kernel of `op` needs (0 when none).
+pub fn workspace_elems(op: &Op, inputs: &[&[usize]], outputs: &[&[usize]]) -> usize {
+    match op {
+        Op::Conv2d(_) | Op::Conv2dGradInput { .. } | Op::Conv2dGradWeight { .. } => conv_workspace_elems(op, inputs, outputs),
+        _ => 0,
+    }
+}
+
+/// Runs a node with its fast kernel where one exists, else with the reference kernel.
+pub fn execute(op: &Op, args: NodeArgs<'_, '_, f32>, workspace: &mut [f32], cfg: CpuConfig) -> Result<(), KernelError> {
+    let par = if cfg.threads > 1 { gemm::Parallelism::Rayon(cfg.threads) } else { gemm::Parallelism::None };
+    match op {
+        Op::MatMul(m) => {
+            matmul::matmul(m, args.inputs[0], args.inputs[1], &mut args.outputs[0], par);
+            Ok(())
+        }
+        Op::Conv2d(c) => conv::conv2d(c, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, par),
+        Op::Conv2dGradInput { conv, .. } => conv::conv2d_grad_input(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, par),
+        Op::Conv2dGradWeight { conv, .. } => conv::conv2d_grad_weight(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, par),
+        _ => reference::execute(op, args),
+    }
+}
+
+std::thread_local! {
+    static EXTERNAL_DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Marks the current thread as being inside a third-party kernel (the `gemm` crate) while alive.
+pub struct ExternalKernelScope(());
+
+impl ExternalKernelScope {
+    pub fn enter() -> Self {
+        EXTERNAL_DEPTH.with(|d| d.set(d.get() + 1));
+        ExternalKernelScope(())
+    }
+}
+
+impl Drop for ExternalKernelScope {
+    fn drop(&mut self) {
+        EXTERNAL_DEPTH.with(|d| d.set(d.get() - 1));
+    }
+}
+
+/// Whether the current thread is inside a third-party kernel (see [`ExternalKernelScope`]).
+pub fn in_external_kernel() -> bool {
+    EXTERNAL_DEPTH.try_with(|d| d.get() > 0).unwrap_or(false)
+}
+
+/// A strided matrix operand: element `(i, j)` is `data[i * row_stride + j * col_stride]`.
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+/// `c = a @ b` (or `c += a @ b` when `accumulate`), `c` row-major with row stride `c_row_stride`.
+///
+/// Checks that every addressed element is inside its slice, then calls `gemm`.
+pub fn sgemm(a: Mat<'_>, b: Mat<'_>, c: &mut [f32], c_row_stride: usize, accumulate: bool, par: gemm::Parallelism) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "sgemm: inner dimensions differ");
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 };
+    assert!(last(m, k, a.row_stride, a.col_stride) <= a.data.len(), "sgemm: lhs out of bounds");
+    assert!(last(k, n, b.row_stride, b.col_stride) <= b.data.len(), "sgemm: rhs out of bounds");
+    assert!(last(m, n, c_row_stride, 1) <= c.len(), "sgemm: dst out of bounds");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                c[i * c_row_stride..i * c_row_stride + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let _scope = ExternalKernelScope::enter();
+    // SAFETY: the asserts above keep every index gemm computes from these strides inside the
+    // slices; `c` is borrowed mutably, so it cannot overlap `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            c_row_stride as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}

@@ -1,0 +1,75 @@
+//! Kernels. [`reference`] holds a portable, generic (f32 and f64) kernel for every op: it is the
+//! definition of what an op computes, the compiler evaluates graphs in f64 with it for gradient
+//! checks, and every faster kernel is tested against it. [`cpu`] holds the faster f32 kernels
+//! (gemm-based matmul and convolution) that the CPU backend prefers where they exist.
+
+pub mod reference;
+#[cfg(feature = "std")]
+pub mod cpu;
+
+use core::fmt::Debug;
+
+/// The element types kernels are generic over (`f32` for execution, `f64` for gradient checks).
+pub trait Float: num_traits::Float + Default + Debug + Send + Sync + core::iter::Sum + core::ops::AddAssign + core::ops::SubAssign + core::ops::MulAssign + 'static {
+    fn from_f32(v: f32) -> Self;
+    fn from_usize(v: usize) -> Self;
+    fn to_f64(self) -> f64;
+}
+
+impl Float for f32 {
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn from_usize(v: usize) -> Self {
+        v as f32
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Float for f64 {
+    fn from_f32(v: f32) -> Self {
+        v as f64
+    }
+    fn from_usize(v: usize) -> Self {
+        v as f64
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+/// A read-only tensor view.
+#[derive(Clone, Copy, Debug)]
+pub struct View<'a, T> {
+    pub data: &'a [T],
+    pub shape: &'a [usize],
+}
+
+/// A writable tensor view. For in-place outputs it holds the previous value.
+#[derive(Debug)]
+pub struct ViewMut<'a, T> {
+    pub data: &'a mut [T],
+    pub shape: &'a [usize],
+}
+
+/// The arguments of one node, already resolved to memory and checked against the op's shape rule.
+///
+/// `inputs` holds the float inputs in the node's order with the integer ones left out; `labels`
+/// holds the integer input (only loss ops have one). `outputs` holds every output in order.
+pub struct NodeArgs<'n, 'a, T> {
+    pub inputs: &'n [View<'a, T>],
+    pub labels: Option<View<'a, i64>>,
+    pub outputs: &'n mut [ViewMut<'a, T>],
+}
+
+/// Why a kernel refused to run. Shapes are validated when a plan is loaded, so this only reports
+/// data-dependent problems, such as a label outside `[0, classes)`.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum KernelError {
+    #[error("{op}: label {label} at row {row} is outside [0, {classes})")]
+    LabelOutOfRange { op: &'static str, row: usize, label: i64, classes: usize },
+    #[error("{op}: {message}")]
+    Invalid { op: &'static str, message: &'static str },
+}

@@ -1,0 +1,1 @@
+//! pock facade.
