@@ -1,8 +1,193 @@
-//! Compile-time reverse-mode autodiff.
+//! Compile-time reverse-mode autodiff, pruned to what the trainable parameters need.
+//!
+//! Sparse backpropagation is a reachability question: a value needs a gradient only if it
+//! depends on a trainable parameter, so only nodes on a path from a trainable parameter to the
+//! loss get gradient rules applied, and each rule is told which inputs need a gradient so it emits
+//! nothing else. A final dead-node sweep removes any backward node whose result nobody uses.
 
-use crate::error::Result;
-use crate::stages::{CompileOptions, ForwardGraph, TrainingGraph};
+use std::collections::HashMap;
 
+use pock_engine::ops::{Op, Reduction};
+
+use crate::error::{CompileError, Result};
+use crate::ir::{DType, Graph, Node, Phase, Program, Role, TensorDef, TensorId};
+use crate::ops::{gradient, GradCtx};
+use crate::stages::{BatchNormMode, CompileOptions, ForwardGraph, Task, TrainingGraph};
+
+/// The gradients of a differentiated graph: `(trainable parameter, its gradient)` in parameter
+/// order.
+pub type ParamGrads = Vec<(TensorId, TensorId)>;
+
+/// Builds every program of the plan from a model.
 pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<TrainingGraph> {
-    todo!()
+    if options.accumulate == 0 {
+        return Err(CompileError::Option("--accumulate must be at least 1".into()));
+    }
+    let ForwardGraph { name, mut graph, input, output, task } = forward;
+    let batch = graph.shape(input).first().copied().ok_or_else(|| CompileError::Option("the model input has no batch axis".into()))?;
+    if options.batch_norm == BatchNormMode::Frozen {
+        freeze_batch_norm(&mut graph);
+    }
+    let forward_nodes = graph.nodes.len();
+
+    // Eval program: a copy of the forward nodes with frozen statistics and its own activations.
+    let (eval_input, eval_output) = clone_for_eval(&mut graph, forward_nodes, input, output);
+
+    // Losses.
+    let target_def = |name: &str, graph: &Graph| match &task {
+        Task::Classification { .. } => TensorDef { name: name.into(), shape: vec![batch], dtype: DType::I64, role: Role::Target, init: None },
+        Task::Regression => TensorDef { name: name.into(), shape: graph.shape(output).to_vec(), dtype: DType::F32, role: Role::Target, init: None },
+    };
+    let loss_op = |r: Reduction| match &task {
+        Task::Classification { .. } => Op::SoftmaxCrossEntropy(r),
+        Task::Regression => Op::Mse(r),
+    };
+    if let Task::Classification { classes } = task {
+        if graph.shape(output) != [batch, classes] {
+            return Err(CompileError::Option(format!("a classifier's output must be [batch, classes] = [{batch}, {classes}], got {:?}", graph.shape(output))));
+        }
+    }
+    let train_target = graph.add_tensor(target_def("target", &graph));
+    let eval_target = graph.add_tensor(target_def("eval.target", &graph));
+    let train_loss = graph.emit("loss", loss_op(Reduction::Mean), &[output, train_target], Phase::Forward, Program::Train)?[0];
+    let eval_loss = graph.emit("eval.loss", loss_op(Reduction::PerSample), &[eval_output, eval_target], Phase::Forward, Program::Eval)?[0];
+
+    let grads = differentiate(&mut graph, train_loss)?;
+    crate::optimizer::add_optimizer(&mut graph, &grads, &options)?;
+    if options.reorder {
+        crate::schedule::consume_gradients_early(&mut graph);
+    }
+    graph.validate()?;
+    Ok(TrainingGraph { name, graph, options, task, batch, train_input: input, train_target, train_loss, eval_input, eval_target, eval_output, eval_loss })
+}
+
+/// Emits the backward nodes of the Train program for the scalar `loss` and returns the gradient
+/// of every trainable parameter that the loss depends on.
+pub fn differentiate(graph: &mut Graph, loss: TensorId) -> Result<ParamGrads> {
+    let trainable = graph.trainable_parameters();
+    if trainable.is_empty() {
+        return Err(CompileError::NothingTrainable { hint: String::new() });
+    }
+    let forward: Vec<Node> = graph.nodes.iter().filter(|n| n.program == Program::Train && n.phase == Phase::Forward).cloned().collect();
+
+    // Which values depend on a trainable parameter.
+    let mut requires = vec![false; graph.tensors.len()];
+    for &p in &trainable {
+        requires[p.index()] = true;
+    }
+    for node in &forward {
+        let any = node.inputs.iter().enumerate().any(|(i, t)| requires[t.index()] && !node.op.int_inputs().contains(&i));
+        if any {
+            let inplace = node.op.inplace_outputs();
+            for (i, t) in node.outputs.iter().enumerate() {
+                // In-place state (running statistics) is not differentiated.
+                if !inplace.contains(&i) {
+                    requires[t.index()] = true;
+                }
+            }
+        }
+    }
+    if !requires[loss.index()] {
+        return Err(CompileError::NothingTrainable { hint: " that the loss depends on".into() });
+    }
+
+    let seed = graph.constant("loss.grad_seed", vec![], vec![1.0]);
+    let mut grads: HashMap<TensorId, TensorId> = HashMap::new();
+    grads.insert(loss, seed);
+    for node in forward.iter().rev() {
+        let dy: Vec<Option<TensorId>> = node.outputs.iter().map(|t| grads.get(t).copied()).collect();
+        if dy.iter().all(Option::is_none) {
+            continue;
+        }
+        let needs: Vec<bool> = node.inputs.iter().map(|t| requires[t.index()]).collect();
+        if !needs.iter().any(|&b| b) {
+            continue;
+        }
+        let input_grads = gradient(&mut GradCtx::new(graph, &node.name), node, &dy, &needs)?;
+        for (pos, (&x, g)) in node.inputs.iter().zip(input_grads).enumerate() {
+            let Some(g) = g else { continue };
+            if !needs[pos] {
+                continue;
+            }
+            let total = match grads.get(&x) {
+                None => g,
+                Some(&prev) => {
+                    let name = format!("{}.grad.sum{}", graph.tensor(x).name, node.name);
+                    graph.emit(name, Op::Add, &[prev, g], Phase::Backward, Program::Train)?[0]
+                }
+            };
+            grads.insert(x, total);
+        }
+    }
+    let result: ParamGrads = trainable.into_iter().filter_map(|p| grads.get(&p).map(|&g| (p, g))).collect();
+    let keep: Vec<TensorId> = result.iter().map(|&(_, g)| g).collect();
+    prune_unused(graph, &keep);
+    Ok(result)
+}
+
+/// Removes Train-program backward nodes whose outputs are neither read by any node nor in `keep`.
+pub fn prune_unused(graph: &mut Graph, keep: &[TensorId]) {
+    loop {
+        let mut read = vec![false; graph.tensors.len()];
+        for n in &graph.nodes {
+            for t in &n.inputs {
+                read[t.index()] = true;
+            }
+        }
+        for t in keep {
+            read[t.index()] = true;
+        }
+        let before = graph.nodes.len();
+        graph.nodes.retain(|n| n.phase != Phase::Backward || n.outputs.iter().any(|t| read[t.index()]));
+        if graph.nodes.len() == before {
+            break;
+        }
+    }
+}
+
+/// Turns every training-mode BatchNorm into its frozen form (running statistics, not updated).
+fn freeze_batch_norm(graph: &mut Graph) {
+    for node in &mut graph.nodes {
+        if let Op::BatchNormTrain(bn) = node.op {
+            node.op = Op::BatchNormInfer(bn);
+            // Inputs [x, gamma, beta] + the running statistics that were in-place outputs 3 and 4.
+            node.inputs.extend_from_slice(&node.outputs[3..5]);
+            node.outputs.truncate(1);
+        }
+    }
+}
+
+/// Appends the Eval program: the first `count` (forward) nodes again, with BatchNorm using
+/// running statistics and fresh activation tensors. Returns the eval input and output.
+fn clone_for_eval(graph: &mut Graph, count: usize, input: TensorId, output: TensorId) -> (TensorId, TensorId) {
+    let mut map: HashMap<TensorId, TensorId> = HashMap::new();
+    let mut fresh = |graph: &mut Graph, t: TensorId| -> TensorId {
+        if let Some(&m) = map.get(&t) {
+            return m;
+        }
+        let def = graph.tensor(t).clone();
+        if def.is_persistent() {
+            return t;
+        }
+        let m = graph.add_tensor(TensorDef { name: format!("eval.{}", def.name), ..def });
+        map.insert(t, m);
+        m
+    };
+    let eval_input = fresh(graph, input);
+    for i in 0..count {
+        let node = graph.nodes[i].clone();
+        let (op, inputs, outputs) = match node.op {
+            Op::BatchNormTrain(bn) => {
+                let mut inputs = node.inputs.clone();
+                inputs.extend_from_slice(&node.outputs[3..5]);
+                (Op::BatchNormInfer(bn), inputs, node.outputs[..1].to_vec())
+            }
+            op => (op, node.inputs.clone(), node.outputs.clone()),
+        };
+        let inputs = inputs.iter().map(|&t| fresh(graph, t)).collect();
+        let outputs = outputs.iter().map(|&t| fresh(graph, t)).collect();
+        graph.nodes.push(Node { name: format!("eval.{}", node.name), op, inputs, outputs, phase: Phase::Forward, program: Program::Eval });
+    }
+    let eval_output = fresh(graph, output);
+    (eval_input, eval_output)
 }

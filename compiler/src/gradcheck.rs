@@ -162,3 +162,67 @@ pub fn assert_close(what: &str, checks: &[TensorCheck], tolerance: f64) {
 pub fn nodes_of(graph: &Graph, program: Program) -> Vec<Node> {
     graph.program_nodes(program).cloned().collect()
 }
+
+/// Whole-model gradient check: attaches the task's loss (mean) to `forward`, differentiates it
+/// with [`crate::autodiff::differentiate`], and compares the gradients of up to `max_tensors`
+/// trainable parameters (spread evenly over the model) against central differences of the loss,
+/// `elements` entries each.
+pub fn check_model(forward: crate::stages::ForwardGraph, seed: u64, max_tensors: usize, elements: usize) -> Result<Vec<TensorCheck>> {
+    use crate::stages::Task;
+    use pock_engine::ops::Reduction;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let crate::stages::ForwardGraph { mut graph, input, output, task, .. } = forward;
+    let batch = graph.shape(input)[0];
+    let (target, loss_op) = match task {
+        Task::Classification { .. } => (graph.input("target", vec![batch], DType::I64, Role::Target), Op::SoftmaxCrossEntropy(Reduction::Mean)),
+        Task::Regression => (graph.input("target", graph.shape(output).to_vec(), DType::F32, Role::Target), Op::Mse(Reduction::Mean)),
+    };
+    let loss = graph.emit("loss", loss_op, &[output, target], Phase::Forward, Program::Train)?[0];
+    let forward_nodes: Vec<Node> = graph.nodes.clone();
+    let grads = crate::autodiff::differentiate(&mut graph, loss)?;
+
+    let x: Vec<f64> = (0..graph.tensor(input).numel()).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let classes = graph.shape(output)[1];
+    let labels: Vec<i64> = (0..batch).map(|_| rng.random_range(0..classes as i64)).collect();
+    let targets: Vec<f64> = (0..graph.tensor(target).numel()).map(|_| rng.random_range(-1.0..1.0)).collect();
+    fn fresh_with<'g>(graph: &'g Graph, input: TensorId, x: &[f64], target: TensorId, labels: &[i64], targets: &[f64]) -> Interpreter<'g> {
+        let mut it = Interpreter::new(graph);
+        it.set(input, x.to_vec());
+        if graph.tensor(target).dtype == DType::I64 {
+            it.set_int(target, labels.to_vec());
+        } else {
+            it.set(target, targets.to_vec());
+        }
+        it
+    }
+    let fresh = |graph| fresh_with(graph, input, &x, target, &labels, &targets);
+    let mut it = fresh(&graph);
+    it.run(graph.nodes.iter())?;
+    let stride = grads.len().div_ceil(max_tensors.max(1)).max(1);
+    let mut checks = Vec::new();
+    for &(p, gid) in grads.iter().step_by(stride) {
+        let analytic_full = it.get(gid).expect("gradient computed").to_vec();
+        let base_full = it.get(p).expect("parameter value").to_vec();
+        // Check `elements` entries: pick them, then compare on those entries only.
+        let mut idx: Vec<usize> = (0..base_full.len()).collect();
+        for i in 0..elements.min(idx.len()) {
+            let j = rng.random_range(i..idx.len());
+            idx.swap(i, j);
+        }
+        idx.truncate(elements.min(base_full.len()));
+        let analytic: Vec<f64> = idx.iter().map(|&i| analytic_full[i]).collect();
+        let base: Vec<f64> = idx.iter().map(|&i| base_full[i]).collect();
+        let name = graph.tensor(p).name.clone();
+        checks.push(compare(&name, &analytic, &base, &mut rng, |sub| {
+            let mut values = base_full.clone();
+            for (k, &i) in idx.iter().enumerate() {
+                values[i] = sub[k];
+            }
+            let mut run = fresh(&graph);
+            run.set(p, values);
+            run.run(forward_nodes.iter())?;
+            Ok(run.get(loss).expect("loss computed")[0])
+        })?);
+    }
+    Ok(checks)
+}

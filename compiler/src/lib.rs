@@ -18,4 +18,5 @@ pub mod schedule;
 pub mod stages;
 
 pub use error::{CompileError, Result};
+pub use memory::CompiledPlan;
 pub use stages::{CompileOptions, ForwardGraph, Task, TrainingGraph};

@@ -1,10 +1,328 @@
-//! Memory planning and plan emission.
+//! Static memory planning and plan emission.
+//!
+//! Every value a step touches gets a fixed place at compile time:
+//! - frozen parameters and constants stay in the plan's weight section (mapped, never copied);
+//! - values that survive between steps (trainable parameters, optimizer state, running
+//!   statistics, accumulators, runtime scalars) get the arena's persistent prefix;
+//! - everything else (inputs, activations, gradients, kernel workspace) is scratch: each program's
+//!   scratch values get intervals of liveness over that program's node order and are packed by
+//!   greedy-by-size best-fit (as TFLite's and the Tiny Training Engine's planners do). Programs
+//!   never run at the same time, so they all share the scratch region after the prefix.
+//!
+//! `Reshape` outputs alias their input: they share one buffer whose lifetime is the union, and
+//! the node disappears from the emitted program.
 
-use pock_engine::plan::Plan;
+use std::collections::HashMap;
 
-use crate::error::Result;
-use crate::stages::TrainingGraph;
+use pock_engine::kernels::cpu::workspace_elems;
+use pock_engine::ops::Op;
+use pock_engine::plan::{
+    self, Init, Location, Loss, Node as PlanNode, Plan, Program as PlanProgram, Programs, TensorInfo, TrainingInfo, Workspace, ALIGN,
+};
 
-pub fn build_plan(training: TrainingGraph) -> Result<Plan> {
-    todo!()
+use crate::error::{CompileError, Result};
+use crate::ir::{Node, Program, Role, TensorId};
+use crate::stages::{Task, TrainingGraph};
+
+fn align(n: u64) -> u64 {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// A buffer to place: `[first, last]` are node indices (inclusive) of its lifetime.
+#[derive(Clone, Debug)]
+pub struct Interval {
+    pub size: u64,
+    pub first: usize,
+    pub last: usize,
+}
+
+/// Greedy-by-size best-fit placement. Returns each buffer's offset and the peak size; buffers
+/// whose lifetimes overlap never overlap in memory.
+pub fn pack(buffers: &[Interval]) -> (Vec<u64>, u64) {
+    let mut order: Vec<usize> = (0..buffers.len()).collect();
+    order.sort_by(|&a, &b| buffers[b].size.cmp(&buffers[a].size).then(buffers[a].first.cmp(&buffers[b].first)));
+    let mut offsets = vec![u64::MAX; buffers.len()];
+    let mut placed: Vec<usize> = Vec::new();
+    let mut peak = 0;
+    for i in order {
+        let b = &buffers[i];
+        let mut busy: Vec<(u64, u64)> = placed
+            .iter()
+            .filter(|&&j| buffers[j].first <= b.last && b.first <= buffers[j].last)
+            .map(|&j| (offsets[j], offsets[j] + buffers[j].size))
+            .collect();
+        busy.sort_unstable();
+        // Smallest gap that fits, else the end of the busy ranges.
+        let (mut best, mut best_gap, mut cursor) = (None::<u64>, u64::MAX, 0u64);
+        for &(start, end) in &busy {
+            if start >= cursor {
+                let gap = start - cursor;
+                if gap >= b.size && gap < best_gap {
+                    best = Some(cursor);
+                    best_gap = gap;
+                }
+            }
+            cursor = cursor.max(end);
+        }
+        let offset = best.unwrap_or(cursor);
+        offsets[i] = offset;
+        peak = peak.max(offset + b.size);
+        placed.push(i);
+    }
+    (offsets, peak)
+}
+
+/// The nodes and host-visible tensors of one program, before placement.
+struct ProgramSpec<'g> {
+    name: &'static str,
+    nodes: Vec<&'g Node>,
+    feeds: Vec<TensorId>,
+    fetches: Vec<TensorId>,
+}
+
+/// A plan and its weight section, ready to be written with [`CompiledPlan::to_bytes`].
+#[derive(Clone, Debug)]
+pub struct CompiledPlan {
+    pub plan: Plan,
+    pub weights: Vec<u8>,
+}
+
+impl CompiledPlan {
+    /// The plan file's bytes (see `pock_engine::format`).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        pock_engine::format::encode_plan(&self.plan, &self.weights)
+    }
+}
+
+pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
+    let t = &training;
+    let g = &t.graph;
+    let collect = |p: Program| -> Vec<&Node> { g.program_nodes(p).collect() };
+    let eval = collect(Program::Eval);
+    let infer = needed_for(&eval, t.eval_output);
+    let mut specs = vec![
+        ProgramSpec { name: "train", nodes: collect(Program::Train), feeds: vec![t.train_input, t.train_target], fetches: vec![t.train_loss] },
+        ProgramSpec { name: "eval", nodes: eval, feeds: vec![t.eval_input, t.eval_target], fetches: vec![t.eval_output, t.eval_loss] },
+    ];
+    let apply = collect(Program::Apply);
+    let has_apply = !apply.is_empty();
+    if has_apply {
+        specs.push(ProgramSpec { name: "apply", nodes: apply, feeds: vec![], fetches: vec![] });
+    }
+
+    // Reshape outputs alias their input's buffer.
+    let mut root: Vec<TensorId> = (0..g.tensors.len() as u32).map(TensorId).collect();
+    for spec in &specs {
+        for n in &spec.nodes {
+            if matches!(n.op, Op::Reshape { .. }) {
+                root[n.outputs[0].index()] = root[n.inputs[0].index()];
+            }
+        }
+    }
+
+    // Which tensors any program touches; which program owns each scratch buffer.
+    let mut used = vec![false; g.tensors.len()];
+    let mut owner: Vec<Option<&'static str>> = vec![None; g.tensors.len()];
+    for spec in &specs {
+        let all = spec.nodes.iter().flat_map(|n| n.inputs.iter().chain(&n.outputs)).chain(&spec.feeds).chain(&spec.fetches);
+        for &x in all {
+            used[x.index()] = true;
+            let r = root[x.index()];
+            if !g.tensor(r).is_persistent() {
+                match owner[r.index()] {
+                    Some(o) if o != spec.name => {
+                        return Err(CompileError::Node { node: g.tensor(r).name.clone(), op: "plan", message: format!("scratch value used by both the {o} and {} programs", spec.name) })
+                    }
+                    _ => owner[r.index()] = Some(spec.name),
+                }
+            }
+        }
+    }
+
+    // Persistent prefix and weight section.
+    let mut location: Vec<Option<Location>> = vec![None; g.tensors.len()];
+    let mut init = vec![Init::None; g.tensors.len()];
+    let mut weights: Vec<u8> = Vec::new();
+    let mut persistent = 0u64;
+    for (i, def) in g.tensors.iter().enumerate() {
+        if !used[i] || root[i].index() != i || !def.is_persistent() {
+            continue;
+        }
+        let values = def.init.as_deref();
+        let mut to_weights = |values: &[f32]| -> u64 {
+            let off = weights.len() as u64;
+            weights.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+            weights.resize(align(weights.len() as u64) as usize, 0);
+            off
+        };
+        match def.role {
+            Role::Parameter { trainable: false } | Role::Constant => {
+                let values = values.ok_or_else(|| missing_init(def))?;
+                location[i] = Some(Location::Weights { offset: to_weights(values) });
+            }
+            _ => {
+                location[i] = Some(Location::Arena { offset: persistent });
+                persistent = align(persistent + def.bytes() as u64);
+                init[i] = match values {
+                    Some(v) if !v.is_empty() && v.iter().all(|&x| x.to_bits() == v[0].to_bits()) => Init::Fill(v[0]),
+                    Some(v) => Init::FromWeights { offset: to_weights(v) },
+                    None if matches!(def.role, Role::RuntimeScalar(_)) => Init::Fill(0.0),
+                    None => return Err(missing_init(def)),
+                };
+            }
+        }
+    }
+
+    // Scratch, program by program.
+    let mut scratch_peak = 0u64;
+    let mut programs: HashMap<&'static str, PlanProgram> = HashMap::new();
+    let mut workspace_of: HashMap<(&'static str, usize), Workspace> = HashMap::new();
+    for spec in &specs {
+        let mut index: HashMap<TensorId, usize> = HashMap::new();
+        let mut buffers: Vec<Interval> = Vec::new();
+        let mut touch = |t: TensorId, at: usize, buffers: &mut Vec<Interval>| {
+            let r = root[t.index()];
+            if g.tensor(r).is_persistent() {
+                return;
+            }
+            let b = *index.entry(r).or_insert_with(|| {
+                buffers.push(Interval { size: align(g.tensor(r).bytes() as u64), first: at, last: at });
+                buffers.len() - 1
+            });
+            buffers[b].first = buffers[b].first.min(at);
+            buffers[b].last = buffers[b].last.max(at);
+        };
+        let end = spec.nodes.len();
+        for &f in &spec.feeds {
+            touch(f, 0, &mut buffers);
+        }
+        let mut ws_buffers = Vec::new();
+        for (i, n) in spec.nodes.iter().enumerate() {
+            for &x in n.inputs.iter().chain(&n.outputs) {
+                touch(x, i, &mut buffers);
+            }
+            let ins: Vec<&[usize]> = n.inputs.iter().map(|&x| g.shape(x)).collect();
+            let outs: Vec<&[usize]> = n.outputs.iter().map(|&x| g.shape(x)).collect();
+            let elems = workspace_elems(&n.op, &ins, &outs);
+            if elems > 0 {
+                buffers.push(Interval { size: align(elems as u64 * 4), first: i, last: i });
+                ws_buffers.push((i, buffers.len() - 1, elems as u64));
+            }
+        }
+        for &f in &spec.fetches {
+            touch(f, end, &mut buffers);
+        }
+        let (offsets, peak) = pack(&buffers);
+        scratch_peak = scratch_peak.max(peak);
+        for (&r, &b) in &index {
+            location[r.index()] = Some(Location::Arena { offset: persistent + offsets[b] });
+        }
+        for (node, b, elems) in ws_buffers {
+            workspace_of.insert((spec.name, node), Workspace { offset: persistent + offsets[b], elems });
+        }
+    }
+    for i in 0..g.tensors.len() {
+        if used[i] && location[i].is_none() {
+            location[i] = location[root[i].index()];
+        }
+    }
+
+    // Compact tensor table.
+    let mut new_id: Vec<Option<plan::TensorId>> = vec![None; g.tensors.len()];
+    let mut tensors = Vec::new();
+    for (i, def) in g.tensors.iter().enumerate() {
+        if !used[i] {
+            continue;
+        }
+        new_id[i] = Some(plan::TensorId(tensors.len() as u32));
+        tensors.push(TensorInfo {
+            name: def.name.clone(),
+            shape: def.shape.clone(),
+            dtype: def.dtype,
+            role: def.role.clone(),
+            location: location[i].expect("every used tensor is placed"),
+            init: init[i],
+        });
+    }
+    let remap = |x: TensorId| new_id[x.index()].expect("used tensor");
+    for t in &mut tensors {
+        match &mut t.role {
+            Role::OptimizerState { param, .. } | Role::GradAccumulator { param } => *param = remap(*param),
+            _ => {}
+        }
+    }
+    let emit = |spec_name: &'static str, nodes: &[&Node], feeds: &[TensorId], fetches: &[TensorId]| PlanProgram {
+        nodes: nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| !matches!(n.op, Op::Reshape { .. }))
+            .map(|(i, n)| PlanNode {
+                name: n.name.clone(),
+                op: n.op.clone(),
+                inputs: n.inputs.iter().map(|&x| remap(x)).collect(),
+                outputs: n.outputs.iter().map(|&x| remap(x)).collect(),
+                phase: n.phase,
+                workspace: workspace_of.get(&(spec_name, i)).copied(),
+            })
+            .collect(),
+        feeds: feeds.iter().map(|&x| remap(x)).collect(),
+        fetches: fetches.iter().map(|&x| remap(x)).collect(),
+    };
+    for spec in &specs {
+        programs.insert(spec.name, emit(spec.name, &spec.nodes, &spec.feeds, &spec.fetches));
+    }
+    // Infer is a subset of eval's nodes, so eval's placement serves it unchanged.
+    let infer_program = {
+        let eval_spec = &specs[1];
+        let mut p = emit("eval", &eval_spec.nodes, &[t.eval_input], &[t.eval_output]);
+        let keep: Vec<String> = infer.iter().map(|n| n.name.clone()).collect();
+        p.nodes.retain(|n| keep.contains(&n.name));
+        p
+    };
+
+    let loss = match t.task {
+        Task::Classification { classes } => Loss::SoftmaxCrossEntropy { classes },
+        Task::Regression => Loss::Mse,
+    };
+    Ok(Plan {
+        model: t.name.clone(),
+        target: t.options.target.clone(),
+        producer: format!("pock-compiler {}", env!("CARGO_PKG_VERSION")),
+        tensors,
+        programs: Programs {
+            train: programs.remove("train").expect("train program"),
+            apply: if has_apply { programs.remove("apply") } else { None },
+            eval: programs.remove("eval").expect("eval program"),
+            infer: infer_program,
+        },
+        training: TrainingInfo {
+            batch: t.batch,
+            loss,
+            optimizer: t.options.optimizer.clone(),
+            learning_rate: t.options.learning_rate,
+            accumulate: t.options.accumulate,
+            clip_grad_norm: t.options.clip_grad_norm,
+        },
+        arena_bytes: persistent + scratch_peak,
+        persistent_bytes: persistent,
+        weight_bytes: weights.len() as u64,
+    })
+    .map(|plan| CompiledPlan { plan, weights })
+}
+
+fn missing_init(def: &crate::ir::TensorDef) -> CompileError {
+    CompileError::Node { node: def.name.clone(), op: "plan", message: "persistent tensor has no initial value".into() }
+}
+
+/// The nodes of `nodes` that `output` depends on, in order.
+fn needed_for<'g>(nodes: &[&'g Node], output: TensorId) -> Vec<&'g Node> {
+    let mut needed = std::collections::HashSet::from([output]);
+    let mut keep = vec![false; nodes.len()];
+    for (i, n) in nodes.iter().enumerate().rev() {
+        if n.outputs.iter().any(|t| needed.contains(t)) {
+            keep[i] = true;
+            needed.extend(n.inputs.iter().copied());
+        }
+    }
+    nodes.iter().zip(keep).filter(|(_, k)| *k).map(|(n, _)| *n).collect()
 }

@@ -1,6 +1,6 @@
 //! The compiler's stage types and the functions that move a model from one stage to the next.
 
-use pock_engine::plan::{OptimizerKind, Plan};
+use pock_engine::plan::OptimizerKind;
 
 use crate::error::Result;
 use crate::ir::{Graph, TensorId};
@@ -93,7 +93,7 @@ impl ForwardGraph {
 
 impl TrainingGraph {
     /// Plans memory and lays out weights.
-    pub fn into_plan(self) -> Result<Plan> {
+    pub fn into_plan(self) -> Result<crate::memory::CompiledPlan> {
         crate::memory::build_plan(self)
     }
 }

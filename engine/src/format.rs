@@ -1,0 +1,129 @@
+//! The plan file format.
+//!
+//! ```text
+//! offset  size  field
+//! 0       8     magic "POCKPLAN"
+//! 8       4     format version (u32 little endian)
+//! 12      4     reserved, zero
+//! 16      8     description length H (u64 LE)
+//! 24      4     CRC-32 of everything after these 32 bytes
+//! 28      4     reserved, zero
+//! 32      H     description: the postcard-encoded `Plan`
+//! ...           zero padding to a multiple of 64
+//! W       ...   weight section (`plan.weight_bytes` bytes), 64-byte aligned so that a memory map of
+//!               the file can be read as f32 in place
+//! ```
+//!
+//! Nothing read from a file is trusted: every length is checked before use, the checksum before
+//! decoding, and [`crate::exec::validate`] checks the decoded plan before anything runs.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::plan::{Plan, ALIGN, FORMAT_VERSION};
+
+pub const MAGIC: &[u8; 8] = b"POCKPLAN";
+const PREFIX: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("not a pock plan: the file does not start with the pock magic bytes (was it written by `pock compile`?)")]
+    BadMagic,
+    #[error("the plan was written in format version {found}; this engine reads version {expected}: recompile the model with this version of pock")]
+    Version { found: u32, expected: u32 },
+    #[error("the plan is truncated: {what} needs {needed} bytes, the file has {available}")]
+    Truncated { what: &'static str, needed: u64, available: u64 },
+    #[error("the plan is corrupted: checksum {found:08x} does not match the stored {expected:08x}")]
+    Checksum { expected: u32, found: u32 },
+    #[error("the plan description cannot be decoded ({0}); the file is corrupted or from an incompatible pock")]
+    Decode(String),
+    #[error("the plan is invalid: {0}")]
+    Invalid(String),
+}
+
+fn weights_offset(description_len: usize) -> usize {
+    (PREFIX + description_len).div_ceil(ALIGN as usize) * ALIGN as usize
+}
+
+/// Serialises a plan and its weight section into the bytes of a plan file.
+pub fn encode_plan(plan: &Plan, weights: &[u8]) -> Vec<u8> {
+    let description = postcard::to_allocvec(plan).expect("a plan always serialises");
+    let start = weights_offset(description.len());
+    let mut out = Vec::with_capacity(start + weights.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(description.len() as u64).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&description);
+    out.resize(start, 0);
+    out.extend_from_slice(weights);
+    let sum = checksum(&out[PREFIX..]);
+    out[24..28].copy_from_slice(&sum.to_le_bytes());
+    out
+}
+
+fn checksum(body: &[u8]) -> u32 {
+    crc32fast::hash(body)
+}
+
+/// Where the weight section lies in a file's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WeightRange {
+    pub offset: usize,
+    pub len: usize,
+}
+
+/// Checks and decodes a plan file. Returns the validated plan and where its weights are in
+/// `bytes` (the caller keeps the bytes: a memory map, a `Vec`, or a `static` on a microcontroller).
+pub fn decode_plan(bytes: &[u8]) -> Result<(Plan, WeightRange), FormatError> {
+    let available = bytes.len() as u64;
+    if bytes.len() < PREFIX {
+        if bytes.len() >= 8 && &bytes[..8] != MAGIC {
+            return Err(FormatError::BadMagic);
+        }
+        return Err(FormatError::Truncated { what: "the file header", needed: PREFIX as u64, available });
+    }
+    if &bytes[..8] != MAGIC {
+        return Err(FormatError::BadMagic);
+    }
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let version = u32_at(8);
+    if version != FORMAT_VERSION {
+        return Err(FormatError::Version { found: version, expected: FORMAT_VERSION });
+    }
+    let description_len = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    let stored = u32_at(24);
+    if description_len > available - PREFIX as u64 {
+        return Err(FormatError::Truncated { what: "the plan description", needed: PREFIX as u64 + description_len, available });
+    }
+    let description = &bytes[PREFIX..PREFIX + description_len as usize];
+    let start = weights_offset(description.len());
+    if start > bytes.len() {
+        return Err(FormatError::Truncated { what: "the weight section", needed: start as u64, available });
+    }
+    let weights = &bytes[start..];
+    // Decoding untrusted bytes is safe (postcard bounds every read and preallocation), so decode
+    // first: a plan that decodes can say how long its weight section must be, which tells a
+    // truncated file apart from a corrupted one.
+    let plan: Plan = match postcard::from_bytes(description) {
+        Ok(plan) => plan,
+        Err(e) => {
+            let found = checksum(&bytes[PREFIX..]);
+            if found != stored {
+                return Err(FormatError::Checksum { expected: stored, found });
+            }
+            return Err(FormatError::Decode(alloc::format!("{e}")));
+        }
+    };
+    if plan.weight_bytes != weights.len() as u64 {
+        return Err(FormatError::Truncated { what: "the weight section", needed: start as u64 + plan.weight_bytes, available });
+    }
+    let found = checksum(&bytes[PREFIX..]);
+    if found != stored {
+        return Err(FormatError::Checksum { expected: stored, found });
+    }
+    crate::exec::validate(&plan).map_err(|e| FormatError::Invalid(alloc::format!("{e}")))?;
+    Ok((plan, WeightRange { offset: start, len: weights.len() }))
+}

@@ -19,8 +19,8 @@ pub mod checkpoint;
 #[cfg(feature = "std")]
 pub mod session;
 
-// pub use format::{decode_plan, encode_plan, FormatError};
+pub use format::{decode_plan, encode_plan, FormatError};
 pub use ops::Op;
 pub use plan::{Plan, TensorId};
-// #[cfg(feature = "std")]
-// pub use session::{Session, SessionError, SessionOptions};
+#[cfg(feature = "std")]
+pub use session::{Session, SessionError, SessionOptions, Targets};

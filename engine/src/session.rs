@@ -1,0 +1,303 @@
+//! The `Session` API that applications use: load a plan, train, evaluate, infer, checkpoint.
+//!
+//! All memory a session needs is allocated when it is created; `train_step`, `eval_batch` and
+//! `infer` copy the caller's batch into the arena, run a program and copy results out, without
+//! allocating.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::{self, CheckpointError};
+use crate::exec::{Backend, CpuBackend, CpuKernels, ExecError, ProgramKind};
+use crate::format::{decode_plan, FormatError};
+use crate::kernels::cpu::CpuConfig;
+use crate::plan::{DType, Loss, Plan, Role, RuntimeScalar, TensorId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot open plan {path}: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Format { path: PathBuf, source: FormatError },
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{0}")]
+    Input(String),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct SessionOptions {
+    /// Threads for the fast CPU kernels.
+    pub threads: usize,
+    /// Run the portable reference kernels instead of the fast ones (for debugging and tests).
+    pub reference_kernels: bool,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { threads: std::thread::available_parallelism().map_or(1, |n| n.get()), reference_kernels: false }
+    }
+}
+
+/// Targets for one batch: class labels or regression values.
+#[derive(Clone, Copy, Debug)]
+pub enum Targets<'a> {
+    Labels(&'a [i64]),
+    Values(&'a [f32]),
+}
+
+/// Plan file bytes: a read-only memory map, or an 8-byte-aligned owned copy.
+pub enum PlanBytes {
+    Mapped(memmap2::Mmap),
+    Owned { words: Vec<u64>, len: usize },
+}
+
+impl AsRef<[u8]> for PlanBytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            PlanBytes::Mapped(m) => m,
+            // SAFETY: `words` holds at least `len` initialised bytes.
+            PlanBytes::Owned { words, len } => unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, *len) },
+        }
+    }
+}
+
+impl PlanBytes {
+    pub fn copy_of(bytes: &[u8]) -> Self {
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        // SAFETY: `words` has room for `bytes.len()` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr() as *mut u8, bytes.len()) };
+        PlanBytes::Owned { words, len: bytes.len() }
+    }
+}
+
+/// Tensor ids the session uses every step, resolved once.
+struct Interface {
+    train_input: TensorId,
+    train_target: TensorId,
+    train_loss: TensorId,
+    eval_input: TensorId,
+    eval_target: TensorId,
+    eval_output: TensorId,
+    eval_loss: TensorId,
+    lr: Option<TensorId>,
+    step: Option<TensorId>,
+}
+
+pub struct Session {
+    backend: Box<dyn Backend>,
+    io: Interface,
+    learning_rate: f32,
+    optimizer_steps: u64,
+    micro_steps: u64,
+}
+
+fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: f32 and i64 have no padding and every byte pattern of them is a valid u8.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+fn as_bytes_mut(v: &mut [f32]) -> &mut [u8] {
+    // SAFETY: every byte pattern is a valid f32.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v)) }
+}
+
+impl Session {
+    /// Maps a plan file and starts a session on the CPU.
+    pub fn load(path: &Path, options: SessionOptions) -> Result<Self, SessionError> {
+        let file = std::fs::File::open(path).map_err(|source| SessionError::Open { path: path.into(), source })?;
+        // SAFETY: the map is read only; pock never writes plan files in place (it writes and
+        // renames), so the mapped bytes do not change under the session.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| SessionError::Open { path: path.into(), source })?;
+        Self::from_plan_bytes(PlanBytes::Mapped(map), options).map_err(|e| match e {
+            SessionError::Format { source, .. } => SessionError::Format { path: path.into(), source },
+            e => e,
+        })
+    }
+
+    /// Starts a session from plan bytes held in memory.
+    pub fn from_bytes(bytes: &[u8], options: SessionOptions) -> Result<Self, SessionError> {
+        Self::from_plan_bytes(PlanBytes::copy_of(bytes), options)
+    }
+
+    fn from_plan_bytes(bytes: PlanBytes, options: SessionOptions) -> Result<Self, SessionError> {
+        let (plan, range) = decode_plan(bytes.as_ref()).map_err(|source| SessionError::Format { path: PathBuf::from("<memory>"), source })?;
+        let kernels = if options.reference_kernels { CpuKernels::Reference } else { CpuKernels::Fast(CpuConfig { threads: options.threads.max(1) }) };
+        let io = interface(&plan)?;
+        let learning_rate = plan.training.learning_rate;
+        let backend = CpuBackend::new(plan, bytes, range, kernels)?;
+        Ok(Session { backend: Box::new(backend), io, learning_rate, optimizer_steps: 0, micro_steps: 0 })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        self.backend.plan()
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Samples per step (fixed at compile time).
+    pub fn batch(&self) -> usize {
+        self.plan().training.batch
+    }
+
+    /// The model input's shape, batch axis included.
+    pub fn input_shape(&self) -> &[usize] {
+        &self.plan().tensor(self.io.train_input).shape
+    }
+
+    /// The model output's shape, batch axis included.
+    pub fn output_shape(&self) -> &[usize] {
+        &self.plan().tensor(self.io.eval_output).shape
+    }
+
+    pub fn set_learning_rate(&mut self, lr: f32) {
+        self.learning_rate = lr;
+    }
+
+    pub fn learning_rate(&self) -> f32 {
+        self.learning_rate
+    }
+
+    /// Optimizer steps taken (micro-batches / K with gradient accumulation).
+    pub fn optimizer_steps(&self) -> u64 {
+        self.optimizer_steps
+    }
+
+    /// Micro-batches trained on.
+    pub fn micro_steps(&self) -> u64 {
+        self.micro_steps
+    }
+
+    fn write_targets(&mut self, t: TensorId, y: Targets<'_>) -> Result<(), SessionError> {
+        let want = self.plan().tensor(t).dtype;
+        match (y, want) {
+            (Targets::Labels(l), DType::I64) => self.backend.write(t, as_bytes(l))?,
+            (Targets::Values(v), DType::F32) => self.backend.write(t, as_bytes(v))?,
+            (Targets::Labels(_), _) => return Err(SessionError::Input("this plan is trained with float targets (MSE), labels were given".into())),
+            (Targets::Values(_), _) => return Err(SessionError::Input("this plan is a classifier: it needs integer labels, float targets were given".into())),
+        }
+        Ok(())
+    }
+
+    /// Trains on one batch and returns its loss. With gradient accumulation the optimizer step
+    /// happens on every K-th call.
+    pub fn train_step(&mut self, x: &[f32], y: Targets<'_>) -> Result<f32, SessionError> {
+        self.backend.write(self.io.train_input, as_bytes(x))?;
+        self.write_targets(self.io.train_target, y)?;
+        if let Some(lr) = self.io.lr {
+            self.backend.write(lr, &self.learning_rate.to_le_bytes())?;
+        }
+        if let Some(step) = self.io.step {
+            self.backend.write(step, &((self.optimizer_steps + 1) as f32).to_le_bytes())?;
+        }
+        self.backend.run(ProgramKind::Train)?;
+        let mut loss = [0f32];
+        self.backend.read(self.io.train_loss, as_bytes_mut(&mut loss))?;
+        self.micro_steps += 1;
+        let k = self.plan().training.accumulate as u64;
+        if k <= 1 {
+            self.optimizer_steps += 1;
+        } else if self.micro_steps % k == 0 {
+            self.backend.run(ProgramKind::Apply)?;
+            self.optimizer_steps += 1;
+        }
+        Ok(loss[0])
+    }
+
+    /// Evaluates one batch with frozen statistics: writes the model outputs and the per-sample
+    /// losses.
+    pub fn eval_batch(&mut self, x: &[f32], y: Targets<'_>, outputs: &mut [f32], losses: &mut [f32]) -> Result<(), SessionError> {
+        self.backend.write(self.io.eval_input, as_bytes(x))?;
+        self.write_targets(self.io.eval_target, y)?;
+        self.backend.run(ProgramKind::Eval)?;
+        self.backend.read(self.io.eval_output, as_bytes_mut(outputs))?;
+        self.backend.read(self.io.eval_loss, as_bytes_mut(losses))?;
+        Ok(())
+    }
+
+    /// Runs the model on one batch and writes its outputs.
+    pub fn infer(&mut self, x: &[f32], outputs: &mut [f32]) -> Result<(), SessionError> {
+        self.backend.write(self.io.eval_input, as_bytes(x))?;
+        self.backend.run(ProgramKind::Infer)?;
+        self.backend.read(self.io.eval_output, as_bytes_mut(outputs))?;
+        Ok(())
+    }
+
+    /// Saves weights, optimizer state, running statistics and counters.
+    pub fn save(&self, path: &Path) -> Result<(), SessionError> {
+        let meta = HashMap::from([
+            ("optimizer_steps".to_string(), self.optimizer_steps.to_string()),
+            ("micro_steps".to_string(), self.micro_steps.to_string()),
+            ("learning_rate".to_string(), self.learning_rate.to_string()),
+        ]);
+        checkpoint::save(path, self.backend.as_ref(), meta)?;
+        Ok(())
+    }
+
+    /// Restores everything `save` wrote, so training continues exactly where it stopped.
+    pub fn resume(&mut self, path: &Path) -> Result<(), SessionError> {
+        let meta = checkpoint::load(path, self.backend.as_mut(), &|_| true)?;
+        let counter = |key: &str| -> Result<u64, SessionError> {
+            meta.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| {
+                SessionError::Checkpoint(CheckpointError::Mismatch { path: path.into(), message: format!("metadata '{key}' is missing or not a number") })
+            })
+        };
+        self.optimizer_steps = counter("optimizer_steps")?;
+        self.micro_steps = counter("micro_steps")?;
+        Ok(())
+    }
+
+    /// Loads trained parameters and running statistics only (for evaluation and inference).
+    pub fn load_weights(&mut self, path: &Path) -> Result<(), SessionError> {
+        checkpoint::load(path, self.backend.as_mut(), &|r| matches!(r, Role::Parameter { .. } | Role::RunningStat))?;
+        Ok(())
+    }
+
+    /// Reads a tensor by plan name (parameters, statistics, optimizer state) as f32 values.
+    pub fn read_tensor(&self, name: &str) -> Result<Vec<f32>, SessionError> {
+        let t = self.plan().find(name).ok_or_else(|| SessionError::Input(format!("the plan has no tensor named '{name}'")))?;
+        let info = self.plan().tensor(t);
+        if info.dtype != DType::F32 {
+            return Err(SessionError::Input(format!("tensor '{name}' is not float32")));
+        }
+        let mut out = vec![0f32; info.numel()];
+        self.backend.read(t, as_bytes_mut(&mut out))?;
+        Ok(out)
+    }
+}
+
+fn interface(plan: &Plan) -> Result<Interface, SessionError> {
+    let bad = |what: &str| SessionError::Input(format!("the plan's {what} is missing or malformed"));
+    let train = &plan.programs.train;
+    let eval = &plan.programs.eval;
+    if train.feeds.len() != 2 || train.fetches.len() != 1 {
+        return Err(bad("train program interface"));
+    }
+    if eval.feeds.len() != 2 || eval.fetches.len() != 2 {
+        return Err(bad("eval program interface"));
+    }
+    let io = Interface {
+        train_input: train.feeds[0],
+        train_target: train.feeds[1],
+        train_loss: train.fetches[0],
+        eval_input: eval.feeds[0],
+        eval_target: eval.feeds[1],
+        eval_output: eval.fetches[0],
+        eval_loss: eval.fetches[1],
+        lr: plan.runtime_scalar(RuntimeScalar::LearningRate),
+        step: plan.runtime_scalar(RuntimeScalar::OptimizerStep),
+    };
+    let t = |id: TensorId| plan.tensor(id);
+    if t(io.train_input).dtype != DType::F32 || t(io.eval_input).shape != t(io.train_input).shape || t(io.train_loss).numel() != 1 {
+        return Err(bad("input or loss"));
+    }
+    let labels = matches!(plan.training.loss, Loss::SoftmaxCrossEntropy { .. });
+    if (t(io.train_target).dtype == DType::I64) != labels || t(io.eval_target).dtype != t(io.train_target).dtype {
+        return Err(bad("target"));
+    }
+    Ok(io)
+}

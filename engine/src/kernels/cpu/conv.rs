@@ -1,18 +1,490 @@
 //! Convolution as im2col + gemm, with arena workspace for the column matrix.
+//!
+//! Three algorithms, chosen from the shapes alone so that [`conv_workspace_elems`] (called by the
+//! compiler to size the arena) and the kernels (which receive that slice) always agree:
+//! - pointwise (1x1, stride 1, no padding): the input plane already is the column matrix, so the
+//!   convolution is one gemm per sample and group, with no workspace;
+//! - depthwise (one input channel per group): a gemm per channel would have a single row, so a
+//!   direct loop over kernel taps is used instead, with no workspace;
+//! - im2col: everything else. For one sample and group, the column matrix has one row per
+//!   (input channel, kh, kw) tap and one column per output position; the convolution is then
+//!   `weights [O/groups, taps] @ columns [taps, HO * WO]`.
 
+use super::{sgemm, Mat};
 use crate::kernels::{KernelError, View, ViewMut};
 use crate::ops::{Conv2d, Op};
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Algorithm {
+    Pointwise,
+    Depthwise,
+    Im2col,
+}
+
+/// The sizes of one convolution, read from its input-side (`[N, C, H, W]`), weight
+/// (`[O, C/groups, KH, KW]`) and output-side (`[N, O, HO, WO]`) shapes.
+struct Geometry {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    groups: usize,
+    /// Input channels per group.
+    cg: usize,
+    /// Output channels per group.
+    og: usize,
+    kh: usize,
+    kw: usize,
+    ho: usize,
+    wo: usize,
+    stride: [usize; 2],
+    padding: [usize; 4],
+    dilation: [usize; 2],
+}
+
+impl Geometry {
+    /// `None` when the shapes are not those of a convolution with these attributes (the plan
+    /// loader checks them first, so this only guards against misuse).
+    fn new(conv: &Conv2d, input: &[usize], weight: &[usize], output: &[usize]) -> Option<Self> {
+        let (&[n, c, h, w], &[o, cg, kh, kw], &[n_out, o_out, ho, wo]) = (input, weight, output) else { return None };
+        let groups = conv.groups;
+        if groups == 0 || conv.stride.contains(&0) || n_out != n || o_out != o || o % groups != 0 || cg * groups != c {
+            return None;
+        }
+        Some(Geometry {
+            n,
+            c,
+            h,
+            w,
+            o,
+            groups,
+            cg,
+            og: o / groups,
+            kh,
+            kw,
+            ho,
+            wo,
+            stride: conv.stride,
+            padding: conv.padding,
+            dilation: conv.dilation,
+        })
+    }
+
+    fn algorithm(&self) -> Algorithm {
+        if self.cg == 1 && self.groups > 1 {
+            Algorithm::Depthwise
+        } else if self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.padding == [0; 4] {
+            Algorithm::Pointwise
+        } else {
+            Algorithm::Im2col
+        }
+    }
+
+    fn in_plane(&self) -> usize {
+        self.h * self.w
+    }
+
+    fn out_plane(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    /// Kernel taps per output element: the rows of the column matrix.
+    fn taps(&self) -> usize {
+        self.cg * self.kh * self.kw
+    }
+
+    fn workspace_elems(&self) -> usize {
+        match self.algorithm() {
+            Algorithm::Im2col => self.taps() * self.out_plane(),
+            Algorithm::Pointwise | Algorithm::Depthwise => 0,
+        }
+    }
+
+    /// Output rows whose window row `kh` lands inside the input, and the input row of the first.
+    fn rows(&self, kh: usize) -> (core::ops::Range<usize>, usize) {
+        valid_outputs(self.ho, self.stride[0], kh * self.dilation[0], self.padding[0], self.h)
+    }
+
+    /// Output columns whose window column `kw` lands inside the input, and the input column of
+    /// the first.
+    fn cols(&self, kw: usize) -> (core::ops::Range<usize>, usize) {
+        valid_outputs(self.wo, self.stride[1], kw * self.dilation[1], self.padding[1], self.w)
+    }
+
+    /// The `(sample, group)` slice of an input-side tensor: `C/groups` planes.
+    fn input_group(&self, n: usize, g: usize) -> core::ops::Range<usize> {
+        let start = (n * self.c + g * self.cg) * self.in_plane();
+        start..start + self.cg * self.in_plane()
+    }
+
+    /// The `(sample, group)` slice of an output-side tensor: `O/groups` planes.
+    fn output_group(&self, n: usize, g: usize) -> core::ops::Range<usize> {
+        let start = (n * self.o + g * self.og) * self.out_plane();
+        start..start + self.og * self.out_plane()
+    }
+
+    /// The weights of group `g`, a row-major `[O/groups, taps]` matrix.
+    fn weight_group(&self, g: usize) -> core::ops::Range<usize> {
+        let start = g * self.og * self.taps();
+        start..start + self.og * self.taps()
+    }
+}
+
+/// Along one axis: the output positions `o` whose input position `o * stride + offset - pad`
+/// lies in `[0, len)`, and the input position of the first of them. (`offset` is the kernel
+/// tap's `k * dilation`.) Outside the range the tap reads padding.
+fn valid_outputs(out_len: usize, stride: usize, offset: usize, pad: usize, len: usize) -> (core::ops::Range<usize>, usize) {
+    let lo = pad.saturating_sub(offset).div_ceil(stride);
+    let hi = (len + pad).saturating_sub(offset).div_ceil(stride).min(out_len);
+    let lo = lo.min(hi);
+    // When the range is empty the first input position is never used; 0 avoids an underflow.
+    let first = if lo < hi { lo * stride + offset - pad } else { 0 };
+    (lo..hi, first)
+}
+
 /// f32 elements of scratch each conv op needs.
 pub fn conv_workspace_elems(op: &Op, inputs: &[&[usize]], outputs: &[&[usize]]) -> usize {
-    todo!()
+    let geometry = match (op, inputs, outputs) {
+        (Op::Conv2d(c), [x, w], [y]) => Geometry::new(c, x, w, y),
+        (Op::Conv2dGradInput { conv, .. }, [dy, w], [dx]) => Geometry::new(conv, dx, w, dy),
+        (Op::Conv2dGradWeight { conv, .. }, [dy, x], [dw]) => Geometry::new(conv, x, dw, dy),
+        _ => None,
+    };
+    geometry.map_or(0, |g| g.workspace_elems())
 }
-pub fn conv2d(c: &Conv2d, x: View<f32>, w: View<f32>, y: &mut ViewMut<f32>, ws: &mut [f32], par: gemm::Parallelism) -> Result<(), KernelError> {
-    todo!()
+
+/// Checks the shapes and data lengths, and returns the geometry and the workspace the chosen
+/// algorithm uses.
+fn prepare<'w>(
+    op: &'static str,
+    conv: &Conv2d,
+    input: (&[usize], usize),
+    weight: (&[usize], usize),
+    output: (&[usize], usize),
+    ws: &'w mut [f32],
+) -> Result<(Geometry, &'w mut [f32]), KernelError> {
+    let g = Geometry::new(conv, input.0, weight.0, output.0)
+        .ok_or(KernelError::Invalid { op, message: "shapes do not describe this convolution" })?;
+    let numel = |s: &[usize]| s.iter().product::<usize>();
+    if numel(input.0) != input.1 || numel(weight.0) != weight.1 || numel(output.0) != output.1 {
+        return Err(KernelError::Invalid { op, message: "tensor data does not match its shape" });
+    }
+    let need = g.workspace_elems();
+    if ws.len() < need {
+        return Err(KernelError::Invalid { op, message: "workspace is smaller than conv_workspace_elems requires" });
+    }
+    Ok((g, &mut ws[..need]))
 }
-pub fn conv2d_grad_input(c: &Conv2d, dy: View<f32>, w: View<f32>, dx: &mut ViewMut<f32>, ws: &mut [f32], par: gemm::Parallelism) -> Result<(), KernelError> {
-    todo!()
+
+/// `y = conv(x, w)`.
+pub fn conv2d(
+    c: &Conv2d,
+    x: View<f32>,
+    w: View<f32>,
+    y: &mut ViewMut<f32>,
+    ws: &mut [f32],
+    par: gemm::Parallelism,
+) -> Result<(), KernelError> {
+    let (g, ws) = prepare("Conv2d", c, (x.shape, x.data.len()), (w.shape, w.data.len()), (y.shape, y.data.len()), ws)?;
+    let algorithm = g.algorithm();
+    if algorithm == Algorithm::Depthwise {
+        depthwise_forward(&g, x.data, w.data, y.data);
+        return Ok(());
+    }
+    let (taps, out_plane) = (g.taps(), g.out_plane());
+    for n in 0..g.n {
+        for grp in 0..g.groups {
+            let x_group = &x.data[g.input_group(n, grp)];
+            let columns: &[f32] = if algorithm == Algorithm::Pointwise {
+                x_group
+            } else {
+                im2col(&g, x_group, ws);
+                ws
+            };
+            let weights = Mat { data: &w.data[g.weight_group(grp)], rows: g.og, cols: taps, row_stride: taps, col_stride: 1 };
+            let columns = Mat { data: columns, rows: taps, cols: out_plane, row_stride: out_plane, col_stride: 1 };
+            sgemm(weights, columns, &mut y.data[g.output_group(n, grp)], out_plane, false, par);
+        }
+    }
+    Ok(())
 }
-pub fn conv2d_grad_weight(c: &Conv2d, dy: View<f32>, x: View<f32>, dw: &mut ViewMut<f32>, ws: &mut [f32], par: gemm::Parallelism) -> Result<(), KernelError> {
-    todo!()
+
+/// `dx = col2im(w^T @ dy)` per sample and group.
+pub fn conv2d_grad_input(
+    c: &Conv2d,
+    dy: View<f32>,
+    w: View<f32>,
+    dx: &mut ViewMut<f32>,
+    ws: &mut [f32],
+    par: gemm::Parallelism,
+) -> Result<(), KernelError> {
+    let (g, ws) = prepare("Conv2dGradInput", c, (dx.shape, dx.data.len()), (w.shape, w.data.len()), (dy.shape, dy.data.len()), ws)?;
+    let algorithm = g.algorithm();
+    if algorithm == Algorithm::Depthwise {
+        depthwise_grad_input(&g, dy.data, w.data, dx.data);
+        return Ok(());
+    }
+    let (taps, out_plane) = (g.taps(), g.out_plane());
+    for n in 0..g.n {
+        for grp in 0..g.groups {
+            // The transposed group weights: `[taps, O/groups]`, read with swapped strides.
+            let weights_t = Mat { data: &w.data[g.weight_group(grp)], rows: taps, cols: g.og, row_stride: 1, col_stride: taps };
+            let dy_group =
+                Mat { data: &dy.data[g.output_group(n, grp)], rows: g.og, cols: out_plane, row_stride: out_plane, col_stride: 1 };
+            let dx_group = &mut dx.data[g.input_group(n, grp)];
+            if algorithm == Algorithm::Pointwise {
+                // Input and output planes coincide, so the product is the input gradient itself.
+                sgemm(weights_t, dy_group, dx_group, out_plane, false, par);
+            } else {
+                sgemm(weights_t, dy_group, ws, out_plane, false, par);
+                dx_group.fill(0.0);
+                col2im(&g, ws, dx_group);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `dw = sum over samples of dy @ im2col(x)^T`, per group.
+pub fn conv2d_grad_weight(
+    c: &Conv2d,
+    dy: View<f32>,
+    x: View<f32>,
+    dw: &mut ViewMut<f32>,
+    ws: &mut [f32],
+    par: gemm::Parallelism,
+) -> Result<(), KernelError> {
+    let (g, ws) = prepare("Conv2dGradWeight", c, (x.shape, x.data.len()), (dw.shape, dw.data.len()), (dy.shape, dy.data.len()), ws)?;
+    let algorithm = g.algorithm();
+    if algorithm == Algorithm::Depthwise {
+        depthwise_grad_weight(&g, dy.data, x.data, dw.data);
+        return Ok(());
+    }
+    let (taps, out_plane) = (g.taps(), g.out_plane());
+    for grp in 0..g.groups {
+        let dw_group = &mut dw.data[g.weight_group(grp)];
+        if g.n == 0 {
+            dw_group.fill(0.0);
+        }
+        for n in 0..g.n {
+            let x_group = &x.data[g.input_group(n, grp)];
+            let columns: &[f32] = if algorithm == Algorithm::Pointwise {
+                x_group
+            } else {
+                im2col(&g, x_group, ws);
+                ws
+            };
+            let dy_group =
+                Mat { data: &dy.data[g.output_group(n, grp)], rows: g.og, cols: out_plane, row_stride: out_plane, col_stride: 1 };
+            // The transposed column matrix: `[HO * WO, taps]`, read with swapped strides.
+            let columns_t = Mat { data: columns, rows: out_plane, cols: taps, row_stride: 1, col_stride: out_plane };
+            // The first sample overwrites whatever the arena held; the others add to it.
+            sgemm(dy_group, columns_t, dw_group, taps, n > 0, par);
+        }
+    }
+    Ok(())
+}
+
+/// Writes the column matrix of one sample and group (`x_group` is `[C/groups, H, W]`) into
+/// `columns` (`[taps, HO * WO]`), with zeros where a tap reads padding.
+fn im2col(g: &Geometry, x_group: &[f32], columns: &mut [f32]) {
+    let (in_plane, out_plane) = (g.in_plane(), g.out_plane());
+    let mut rows = columns.chunks_exact_mut(out_plane.max(1));
+    for ci in 0..g.cg {
+        let plane = &x_group[ci * in_plane..(ci + 1) * in_plane];
+        for kh in 0..g.kh {
+            let (oh_range, ih_first) = g.rows(kh);
+            for kw in 0..g.kw {
+                let (ow_range, iw_first) = g.cols(kw);
+                let Some(row) = rows.next() else { return };
+                row[..oh_range.start * g.wo].fill(0.0);
+                row[oh_range.end * g.wo..].fill(0.0);
+                for (i, oh) in oh_range.clone().enumerate() {
+                    let ih = ih_first + i * g.stride[0];
+                    let out_row = &mut row[oh * g.wo..(oh + 1) * g.wo];
+                    out_row[..ow_range.start].fill(0.0);
+                    out_row[ow_range.end..].fill(0.0);
+                    let in_row = &plane[ih * g.w..(ih + 1) * g.w];
+                    zip_gather(&mut out_row[ow_range.clone()], &in_row[iw_first..], g.stride[1], |d, s| *d = s);
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds each column-matrix entry onto the input position it was read
+/// from (`dx_group` is `[C/groups, H, W]`); entries that read padding are dropped.
+fn col2im(g: &Geometry, columns: &[f32], dx_group: &mut [f32]) {
+    let (in_plane, out_plane) = (g.in_plane(), g.out_plane());
+    let mut rows = columns.chunks_exact(out_plane.max(1));
+    for ci in 0..g.cg {
+        let plane = &mut dx_group[ci * in_plane..(ci + 1) * in_plane];
+        for kh in 0..g.kh {
+            let (oh_range, ih_first) = g.rows(kh);
+            for kw in 0..g.kw {
+                let (ow_range, iw_first) = g.cols(kw);
+                let Some(row) = rows.next() else { return };
+                for (i, oh) in oh_range.clone().enumerate() {
+                    let ih = ih_first + i * g.stride[0];
+                    let src = &row[oh * g.wo + ow_range.start..oh * g.wo + ow_range.end];
+                    let in_row = &mut plane[ih * g.w..(ih + 1) * g.w];
+                    zip_scatter(&mut in_row[iw_first..], src, g.stride[1], |d, s| *d += s);
+                }
+            }
+        }
+    }
+}
+
+/// Calls `f(tap, oh, ih, ow_range, iw_first)` for every kernel tap (`kh * KW + kw`) and every
+/// output row `oh` on which that tap reads input row `ih` rather than padding; `ow_range` are the
+/// output columns on which it reads input columns, starting at `iw_first`.
+fn for_each_tap_row(g: &Geometry, mut f: impl FnMut(usize, usize, usize, core::ops::Range<usize>, usize)) {
+    for kh in 0..g.kh {
+        let (oh_range, ih_first) = g.rows(kh);
+        for kw in 0..g.kw {
+            let (ow_range, iw_first) = g.cols(kw);
+            for (i, oh) in oh_range.clone().enumerate() {
+                f(kh * g.kw + kw, oh, ih_first + i * g.stride[0], ow_range.clone(), iw_first);
+            }
+        }
+    }
+}
+
+/// Depthwise forward: each output plane is a sum over kernel taps of the shifted (and strided)
+/// input plane of its channel, scaled by the tap's weight, accumulated one output row segment at
+/// a time so that the inner loop is a contiguous multiply-add.
+fn depthwise_forward(g: &Geometry, x: &[f32], w: &[f32], y: &mut [f32]) {
+    let (in_plane, out_plane, taps) = (g.in_plane(), g.out_plane(), g.kh * g.kw);
+    for n in 0..g.n {
+        for o in 0..g.o {
+            // With one input channel per group, the group index is the input channel.
+            let x_plane = &x[(n * g.c + o / g.og) * in_plane..][..in_plane];
+            let y_plane = &mut y[(n * g.o + o) * out_plane..][..out_plane];
+            let kernel = &w[o * taps..(o + 1) * taps];
+            y_plane.fill(0.0);
+            for_each_tap_row(g, |tap, oh, ih, ows, iw_first| {
+                let y_row = &mut y_plane[oh * g.wo + ows.start..oh * g.wo + ows.end];
+                let x_row = &x_plane[ih * g.w + iw_first..(ih + 1) * g.w];
+                let weight = kernel[tap];
+                zip_gather(y_row, x_row, g.stride[1], |d, s| *d += weight * s);
+            });
+        }
+    }
+}
+
+/// Depthwise input gradient: the forward loop with the roles of input and output swapped, each
+/// `dy` row segment scaled by the tap's weight and added onto the input row it was read from.
+fn depthwise_grad_input(g: &Geometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    let (in_plane, out_plane, taps) = (g.in_plane(), g.out_plane(), g.kh * g.kw);
+    dx.fill(0.0);
+    for n in 0..g.n {
+        for o in 0..g.o {
+            let dy_plane = &dy[(n * g.o + o) * out_plane..][..out_plane];
+            let dx_plane = &mut dx[(n * g.c + o / g.og) * in_plane..][..in_plane];
+            let kernel = &w[o * taps..(o + 1) * taps];
+            for_each_tap_row(g, |tap, oh, ih, ows, iw_first| {
+                let dy_row = &dy_plane[oh * g.wo + ows.start..oh * g.wo + ows.end];
+                let dx_row = &mut dx_plane[ih * g.w + iw_first..(ih + 1) * g.w];
+                let weight = kernel[tap];
+                zip_scatter(dx_row, dy_row, g.stride[1], |d, s| *d += weight * s);
+            });
+        }
+    }
+}
+
+/// Depthwise weight gradient: each tap's gradient is the dot product of `dy` with the input
+/// positions the tap read, over the batch.
+fn depthwise_grad_weight(g: &Geometry, dy: &[f32], x: &[f32], dw: &mut [f32]) {
+    let (in_plane, out_plane, taps) = (g.in_plane(), g.out_plane(), g.kh * g.kw);
+    for o in 0..g.o {
+        let kernel_grad = &mut dw[o * taps..(o + 1) * taps];
+        kernel_grad.fill(0.0);
+        for n in 0..g.n {
+            let dy_plane = &dy[(n * g.o + o) * out_plane..][..out_plane];
+            let x_plane = &x[(n * g.c + o / g.og) * in_plane..][..in_plane];
+            for_each_tap_row(g, |tap, oh, ih, ows, iw_first| {
+                let dy_row = &dy_plane[oh * g.wo + ows.start..oh * g.wo + ows.end];
+                let x_row = &x_plane[ih * g.w + iw_first..(ih + 1) * g.w];
+                kernel_grad[tap] += dot_strided(dy_row, x_row, g.stride[1]);
+            });
+        }
+    }
+}
+
+/// Calls `f(&mut dst[k], src[k * stride])` for every `k` in `dst` (`src` must reach that far).
+///
+/// Strides 1 and 2 cover nearly every convolution; with the stride known at compile time the
+/// compiler turns the strided reads into vector loads and shuffles, which it cannot do for a
+/// runtime stride.
+#[inline(always)]
+fn zip_gather(dst: &mut [f32], src: &[f32], stride: usize, f: impl Fn(&mut f32, f32)) {
+    #[inline(always)]
+    fn fixed<const S: usize>(dst: &mut [f32], src: &[f32], f: impl Fn(&mut f32, f32)) {
+        // Whole groups of S source elements first; the last element may lack its S - 1 followers.
+        let whole = dst.len().min(src.len() / S);
+        let (head, tail) = dst.split_at_mut(whole);
+        for (d, s) in head.iter_mut().zip(src.chunks_exact(S)) {
+            f(d, s[0]);
+        }
+        for (k, d) in tail.iter_mut().enumerate() {
+            f(d, src[(whole + k) * S]);
+        }
+    }
+    match stride {
+        1 => fixed::<1>(dst, src, f),
+        2 => fixed::<2>(dst, src, f),
+        _ => {
+            for (d, &s) in dst.iter_mut().zip(src.iter().step_by(stride)) {
+                f(d, s);
+            }
+        }
+    }
+}
+
+/// Calls `f(&mut dst[k * stride], src[k])` for every `k` in `src`: the adjoint of
+/// [`zip_gather`], with the same compile-time strides.
+#[inline(always)]
+fn zip_scatter(dst: &mut [f32], src: &[f32], stride: usize, f: impl Fn(&mut f32, f32)) {
+    #[inline(always)]
+    fn fixed<const S: usize>(dst: &mut [f32], src: &[f32], f: impl Fn(&mut f32, f32)) {
+        let whole = src.len().min(dst.len() / S);
+        for (d, &s) in dst.chunks_exact_mut(S).zip(&src[..whole]) {
+            f(&mut d[0], s);
+        }
+        for (k, &s) in src.iter().enumerate().skip(whole) {
+            f(&mut dst[k * S], s);
+        }
+    }
+    match stride {
+        1 => fixed::<1>(dst, src, f),
+        2 => fixed::<2>(dst, src, f),
+        _ => {
+            for (d, &s) in dst.iter_mut().step_by(stride).zip(src) {
+                f(d, s);
+            }
+        }
+    }
+}
+
+/// `sum(a[k] * b[k * stride])` for every `k` in `a`. Eight partial sums let the compiler vectorise
+/// the loop and also shorten the chains along which f32 rounding errors accumulate.
+fn dot_strided(a: &[f32], b: &[f32], stride: usize) -> f32 {
+    #[inline(always)]
+    fn fixed<const S: usize>(a: &[f32], b: &[f32]) -> f32 {
+        let main = a.len().min(b.len() / S) / 8 * 8;
+        let mut lanes = [0.0f32; 8];
+        for (ca, cb) in a[..main].chunks_exact(8).zip(b.chunks_exact(8 * S)) {
+            for ((lane, &p), q) in lanes.iter_mut().zip(ca).zip(cb.chunks_exact(S)) {
+                *lane += p * q[0];
+            }
+        }
+        let tail: f32 = a.iter().enumerate().skip(main).map(|(k, &p)| p * b[k * S]).sum();
+        lanes.iter().sum::<f32>() + tail
+    }
+    match stride {
+        1 => fixed::<1>(a, b),
+        2 => fixed::<2>(a, b),
+        _ => a.iter().zip(b.iter().step_by(stride)).map(|(p, q)| p * q).sum(),
+    }
 }

@@ -1,8 +1,25 @@
 //! 2-D matmul through [`super::sgemm`].
 
+use super::{sgemm, Mat};
 use crate::kernels::{View, ViewMut};
 use crate::ops::MatMul;
 
+/// The logical matrix `op(t)` (`rows x cols`) over the row-major storage of a 2-D tensor `t`. A
+/// transposed operand is described by swapped strides, so gemm reads it in place without a copy.
+fn operand(data: &[f32], rows: usize, cols: usize, transposed: bool) -> Mat<'_> {
+    if transposed {
+        // Stored `[cols, rows]`: logical element (i, j) is stored at (j, i).
+        Mat { data, rows, cols, row_stride: 1, col_stride: rows }
+    } else {
+        Mat { data, rows, cols, row_stride: cols, col_stride: 1 }
+    }
+}
+
+/// `y = op(a) @ op(b)`, `y` row-major `[M, N]`.
 pub fn matmul(m: &MatMul, a: View<f32>, b: View<f32>, y: &mut ViewMut<f32>, par: gemm::Parallelism) {
-    todo!()
+    let (rows, cols) = (y.shape[0], y.shape[1]);
+    let inner = if m.trans_a { a.shape[0] } else { a.shape[1] };
+    let lhs = operand(a.data, rows, inner, m.trans_a);
+    let rhs = operand(b.data, inner, cols, m.trans_b);
+    sgemm(lhs, rhs, y.data, cols, false, par);
 }

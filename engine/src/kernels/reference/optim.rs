@@ -1,22 +1,118 @@
 //! Gradient accumulation, global-norm scaling and optimizer updates.
+//!
+//! The updates follow the single-tensor code paths of `torch.optim.SGD`, `torch.optim.Adam` and
+//! `torch.optim.AdamW` operation by operation, so that a plan trains the way PyTorch does.
 
 use crate::kernels::{Float, View, ViewMut};
 use crate::ops::{Adam, GradScale, Sgd};
 
+/// Added to the global norm before dividing by it, as `torch.nn.utils.clip_grad_norm_` does.
+const CLIP_NORM_EPS: f32 = 1e-6;
+
+/// `acc += g`.
 pub fn accumulate_grad<T: Float>(g: View<T>, acc: &mut ViewMut<T>) {
-    todo!()
+    for (a, &gv) in acc.data.iter_mut().zip(g.data) {
+        *a += gv;
+    }
 }
+
+/// Every element of `t` becomes `value`.
 pub fn fill<T: Float>(value: f32, t: &mut ViewMut<T>) {
-    todo!()
+    t.data.fill(T::from_f32(value));
 }
+
+/// `scale = multiplier * min(1, max_norm / (norm + 1e-6))`, `norm` being the global L2 norm of
+/// `multiplier * g` over every gradient; just `multiplier` without `max_norm`.
 pub fn grad_scale<T: Float>(g: &GradScale, grads: &[View<T>], scale: &mut ViewMut<T>) {
-    todo!()
+    let multiplier = T::from_f32(g.multiplier);
+    let clip = match g.max_norm {
+        None => T::one(),
+        Some(max_norm) => {
+            let sum_sq: T = grads.iter().flat_map(|v| v.data.iter()).map(|&x| (multiplier * x) * (multiplier * x)).sum();
+            let coef = T::from_f32(max_norm) / (sum_sq.sqrt() + T::from_f32(CLIP_NORM_EPS));
+            // Written so that a NaN coefficient (a NaN gradient) propagates, as `clamp(max=1)`
+            // does in PyTorch, instead of silently becoming 1.
+            if coef > T::one() {
+                T::one()
+            } else {
+                coef
+            }
+        }
+    };
+    scale.data[0] = multiplier * clip;
 }
+
+/// The scalar runtime inputs every optimizer update shares: `[grad, lr, step, (scale)]`.
+struct StepInputs<'a, T> {
+    grad: &'a [T],
+    lr: T,
+    step: T,
+    scale: T,
+}
+
+impl<'a, T: Float> StepInputs<'a, T> {
+    fn read(inputs: &[View<'a, T>], scaled: bool) -> Self {
+        StepInputs {
+            grad: inputs[0].data,
+            lr: inputs[1].data[0],
+            step: inputs[2].data[0],
+            scale: if scaled { inputs[3].data[0] } else { T::one() },
+        }
+    }
+}
+
 /// `inputs = [grad, lr, step, (scale)]`, `outputs = [param, (momentum_buffer)]`.
+///
+/// Per element: `g = grad * scale + weight_decay * param`; with momentum,
+/// `buf = g` on the first step and `momentum * buf + (1 - dampening) * g` afterwards, and
+/// `g = g + momentum * buf` (Nesterov) or `g = buf`; finally `param -= lr * g`.
 pub fn sgd_update<T: Float>(s: &Sgd, inputs: &[View<T>], outputs: &mut [ViewMut<T>]) {
-    todo!()
+    let x = StepInputs::read(inputs, s.scaled);
+    let (weight_decay, momentum, dampening) = (T::from_f32(s.weight_decay), T::from_f32(s.momentum), T::from_f32(s.dampening));
+    // PyTorch creates the buffer from the first gradient; the plan counts steps from 1.
+    let first_step = x.step <= T::one();
+    let [param, rest @ ..] = outputs else { unreachable!("arity checked at load") };
+    // The buffer output exists exactly when momentum is non-zero (see `Op::inplace_outputs`).
+    let mut buffer = rest.first_mut();
+    for (i, p) in param.data.iter_mut().enumerate() {
+        let mut g = x.grad[i] * x.scale;
+        if s.weight_decay != 0.0 {
+            g += weight_decay * *p;
+        }
+        if let Some(buf) = buffer.as_mut() {
+            let b = if first_step { g } else { momentum * buf.data[i] + (T::one() - dampening) * g };
+            buf.data[i] = b;
+            g = if s.nesterov { g + momentum * b } else { b };
+        }
+        *p -= x.lr * g;
+    }
 }
+
 /// `inputs = [grad, lr, step, (scale)]`, `outputs = [param, exp_avg, exp_avg_sq]`.
+///
+/// Per element: `g = grad * scale` (plus `weight_decay * param` for Adam; AdamW instead multiplies
+/// `param` by `1 - lr * weight_decay`), `m = b1 * m + (1 - b1) * g`, `v = b2 * v + (1 - b2) * g^2`,
+/// `param -= (lr / (1 - b1^step)) * m / (sqrt(v) / sqrt(1 - b2^step) + eps)`.
 pub fn adam_update<T: Float>(a: &Adam, inputs: &[View<T>], outputs: &mut [ViewMut<T>]) {
-    todo!()
+    let x = StepInputs::read(inputs, a.scaled);
+    let [param, exp_avg, exp_avg_sq] = outputs else { unreachable!("arity checked at load") };
+    let (beta1, beta2, eps, weight_decay) = (T::from_f32(a.beta1), T::from_f32(a.beta2), T::from_f32(a.eps), T::from_f32(a.weight_decay));
+    let step_size = x.lr / (T::one() - beta1.powf(x.step));
+    let bias_correction2_sqrt = (T::one() - beta2.powf(x.step)).sqrt();
+    let decay_factor = T::one() - x.lr * weight_decay;
+    for (i, p) in param.data.iter_mut().enumerate() {
+        let mut g = x.grad[i] * x.scale;
+        if a.weight_decay != 0.0 {
+            if a.decoupled {
+                *p *= decay_factor;
+            } else {
+                g += weight_decay * *p;
+            }
+        }
+        let m = beta1 * exp_avg.data[i] + (T::one() - beta1) * g;
+        let v = beta2 * exp_avg_sq.data[i] + (T::one() - beta2) * g * g;
+        exp_avg.data[i] = m;
+        exp_avg_sq.data[i] = v;
+        *p -= step_size * m / (v.sqrt() / bias_correction2_sqrt + eps);
+    }
 }

@@ -1,0 +1,91 @@
+//! The gemm-based CPU matmul against the reference kernel, on random inputs, every transpose
+//! combination, and sizes that straddle gemm's register and cache blocks.
+
+use pock_engine::kernels::cpu::{self, CpuConfig};
+use pock_engine::kernels::{reference, NodeArgs, View, ViewMut};
+use pock_engine::ops::{MatMul, Op};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Runs `op` on one set of inputs with the reference kernel or the CPU backend.
+fn run(op: &Op, a: View<f32>, b: View<f32>, y: &mut [f32], y_shape: &[usize], fast: Option<CpuConfig>) {
+    let inputs = [a, b];
+    let mut outputs = [ViewMut { data: y, shape: y_shape }];
+    let args = NodeArgs { inputs: &inputs, labels: None, outputs: &mut outputs };
+    match fast {
+        Some(cfg) => cpu::execute(op, args, &mut [], cfg).unwrap(),
+        None => reference::execute(op, args).unwrap(),
+    }
+}
+
+/// Checks one product `op(a) @ op(b)` with `op(a)` of shape `[m, k]` and `op(b)` of shape `[k, n]`.
+fn check(rng: &mut ChaCha8Rng, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, cfg: CpuConfig) {
+    let a_shape = if trans_a { [k, m] } else { [m, k] };
+    let b_shape = if trans_b { [n, k] } else { [k, n] };
+    let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let op = Op::MatMul(MatMul { trans_a, trans_b });
+    let y_shape = [m, n];
+
+    let mut want = vec![0.0; m * n];
+    run(&op, View { data: &a, shape: &a_shape }, View { data: &b, shape: &b_shape }, &mut want, &y_shape, None);
+    // The output starts as garbage: the kernel must overwrite it, not accumulate into it.
+    let mut got = vec![f32::NAN; m * n];
+    run(&op, View { data: &a, shape: &a_shape }, View { data: &b, shape: &b_shape }, &mut got, &y_shape, Some(cfg));
+
+    // Each f32 dot product of length k is within about k * 2^-24 * sum_p |a_ip b_pj| of the exact
+    // value, whatever the summation order; the bound below allows both kernels that error and
+    // a margin, but any indexing mistake is off by O(1).
+    let (a_abs, b_abs): (Vec<f32>, Vec<f32>) = (a.iter().map(|v| v.abs()).collect(), b.iter().map(|v| v.abs()).collect());
+    let mut magnitude = vec![0.0; m * n];
+    run(&op, View { data: &a_abs, shape: &a_shape }, View { data: &b_abs, shape: &b_shape }, &mut magnitude, &y_shape, None);
+    for i in 0..m * n {
+        let tol = 1e-6 * k.max(1) as f32 * magnitude[i];
+        assert!(
+            (got[i] - want[i]).abs() <= tol,
+            "m {m} k {k} n {n} trans_a {trans_a} trans_b {trans_b} threads {}: element ({}, {}) is {}, reference {} (tolerance {tol:e})",
+            cfg.threads,
+            i / n,
+            i % n,
+            got[i],
+            want[i]
+        );
+    }
+}
+
+const TRANSPOSES: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
+
+#[test]
+fn odd_sizes_every_transpose() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let sizes = [1, 2, 7, 33, 65];
+    for (trans_a, trans_b) in TRANSPOSES {
+        for &m in &sizes {
+            for &k in &sizes {
+                for &n in &sizes {
+                    check(&mut rng, m, k, n, trans_a, trans_b, CpuConfig::default());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn random_shapes_single_and_multi_threaded() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    for case in 0..40 {
+        let (m, k, n) = (rng.random_range(1..150), rng.random_range(1..300), rng.random_range(1..150));
+        let (trans_a, trans_b) = TRANSPOSES[case % 4];
+        let threads = if case % 2 == 0 { 1 } else { 4 };
+        check(&mut rng, m, k, n, trans_a, trans_b, CpuConfig { threads });
+    }
+}
+
+#[test]
+fn empty_inner_dimension_gives_zeros() {
+    // With k = 0 the product is a sum over nothing: every output element is 0.
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for (trans_a, trans_b) in TRANSPOSES {
+        check(&mut rng, 3, 0, 4, trans_a, trans_b, CpuConfig::default());
+    }
+}
