@@ -1,1 +1,45 @@
-//! pock facade.
+//! pock: compiled on-device training. This crate is the facade over the workspace (compiler,
+//! engine, models, targets) and the home of the `pock` command line.
+//!
+//! ```no_run
+//! use pock::compiler::CompileOptions;
+//! let plan = pock::compile_model("zoo:mlp:inputs=4,classes=3", 16, 0, CompileOptions::default()).unwrap();
+//! std::fs::write("mlp.pock", plan.to_bytes()).unwrap();
+//! let mut session = pock::engine::Session::load("mlp.pock".as_ref(), Default::default()).unwrap();
+//! # let _ = &mut session;
+//! ```
+
+pub mod data;
+pub mod demo;
+pub mod error;
+pub mod inspect;
+pub mod schedule;
+pub mod synth;
+pub mod train;
+
+pub use error::PockError;
+pub use pock_compiler as compiler;
+pub use pock_engine as engine;
+pub use pock_models as models;
+pub use pock_targets as targets;
+
+use pock_compiler::{CompileOptions, CompiledPlan};
+
+/// Compiles a model into a training plan. `model` is a zoo spec (`zoo:cnn`,
+/// `zoo:mobilenetv2:classes=10,size=128`); `seed` drives parameter initialisation.
+pub fn compile_model(model: &str, batch: usize, seed: u64, options: CompileOptions) -> Result<CompiledPlan, PockError> {
+    if batch == 0 {
+        return Err(PockError::Usage("--batch must be at least 1".into()));
+    }
+    if pock_targets::find(&options.target).is_none() {
+        return Err(PockError::Usage(format!("unknown target '{}'; known targets: {}", options.target, pock_targets::names().join(", "))));
+    }
+    if !model.starts_with("zoo:") {
+        let hint = if model.ends_with(".onnx") { "ONNX import is not implemented yet; " } else { "" };
+        return Err(PockError::Usage(format!(
+            "cannot compile '{model}': {hint}models are given as zoo:NAME[:key=value,...] (see `pock compile --help`)"
+        )));
+    }
+    let forward = pock_models::build(model, batch, seed)?;
+    Ok(forward.into_training(options)?.into_plan()?)
+}

@@ -35,8 +35,12 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
 
     // Losses.
     let target_def = |name: &str, graph: &Graph| match &task {
-        Task::Classification { .. } => TensorDef { name: name.into(), shape: vec![batch], dtype: DType::I64, role: Role::Target, init: None },
-        Task::Regression => TensorDef { name: name.into(), shape: graph.shape(output).to_vec(), dtype: DType::F32, role: Role::Target, init: None },
+        Task::Classification { .. } => {
+            TensorDef { name: name.into(), shape: vec![batch], dtype: DType::I64, role: Role::Target, init: None }
+        }
+        Task::Regression => {
+            TensorDef { name: name.into(), shape: graph.shape(output).to_vec(), dtype: DType::F32, role: Role::Target, init: None }
+        }
     };
     let loss_op = |r: Reduction| match &task {
         Task::Classification { .. } => Op::SoftmaxCrossEntropy(r),
@@ -44,7 +48,10 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
     };
     if let Task::Classification { classes } = task {
         if graph.shape(output) != [batch, classes] {
-            return Err(CompileError::Option(format!("a classifier's output must be [batch, classes] = [{batch}, {classes}], got {:?}", graph.shape(output))));
+            return Err(CompileError::Option(format!(
+                "a classifier's output must be [batch, classes] = [{batch}, {classes}], got {:?}",
+                graph.shape(output)
+            )));
         }
     }
     let train_target = graph.add_tensor(target_def("target", &graph));
@@ -58,7 +65,20 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
         crate::schedule::consume_gradients_early(&mut graph);
     }
     graph.validate()?;
-    Ok(TrainingGraph { name, graph, options, task, batch, train_input: input, train_target, train_loss, eval_input, eval_target, eval_output, eval_loss })
+    Ok(TrainingGraph {
+        name,
+        graph,
+        options,
+        task,
+        batch,
+        train_input: input,
+        train_target,
+        train_loss,
+        eval_input,
+        eval_target,
+        eval_output,
+        eval_loss,
+    })
 }
 
 /// Emits the backward nodes of the Train program for the scalar `loss` and returns the gradient

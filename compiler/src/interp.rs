@@ -46,7 +46,11 @@ impl<'g> Interpreter<'g> {
 
     pub fn run_node(&mut self, node: &Node) -> Result<()> {
         let g = self.graph;
-        let missing = |t: TensorId| CompileError::Node { node: node.name.clone(), op: node.op.name(), message: format!("input '{}' has no value", g.tensor(t).name) };
+        let missing = |t: TensorId| CompileError::Node {
+            node: node.name.clone(),
+            op: node.op.name(),
+            message: format!("input '{}' has no value", g.tensor(t).name),
+        };
         let inplace = node.op.inplace_outputs();
         let mut outs: Vec<Vec<f64>> = Vec::with_capacity(node.outputs.len());
         for (i, &t) in node.outputs.iter().enumerate() {
@@ -63,7 +67,8 @@ impl<'g> Interpreter<'g> {
                 inputs.push(View { data: self.floats[t.index()].as_deref().ok_or_else(|| missing(t))?, shape: &def.shape });
             }
         }
-        let mut views: Vec<ViewMut<f64>> = outs.iter_mut().zip(&node.outputs).map(|(d, &t)| ViewMut { data: d.as_mut_slice(), shape: &g.tensor(t).shape }).collect();
+        let mut views: Vec<ViewMut<f64>> =
+            outs.iter_mut().zip(&node.outputs).map(|(d, &t)| ViewMut { data: d.as_mut_slice(), shape: &g.tensor(t).shape }).collect();
         reference::execute(&node.op, pock_engine::kernels::NodeArgs { inputs: &inputs, labels, outputs: &mut views })
             .map_err(|e| CompileError::Node { node: node.name.clone(), op: node.op.name(), message: e.to_string() })?;
         drop(views);

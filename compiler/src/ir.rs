@@ -89,7 +89,13 @@ impl Graph {
     /// A trainable parameter with its initial value.
     pub fn parameter(&mut self, name: impl Into<String>, shape: Vec<usize>, init: Vec<f32>) -> TensorId {
         assert_eq!(shape.iter().product::<usize>(), init.len(), "parameter init length");
-        self.add_tensor(TensorDef { name: name.into(), shape, dtype: DType::F32, role: Role::Parameter { trainable: true }, init: Some(init) })
+        self.add_tensor(TensorDef {
+            name: name.into(),
+            shape,
+            dtype: DType::F32,
+            role: Role::Parameter { trainable: true },
+            init: Some(init),
+        })
     }
 
     /// A constant tensor (never trained) with its value.
@@ -112,12 +118,24 @@ impl Graph {
 
     /// Appends a node. `inplace` names the existing tensors for the op's in-place outputs
     /// (in order); the remaining outputs are created.
-    pub fn emit_inplace(&mut self, name: impl Into<String>, op: Op, inputs: &[TensorId], inplace: &[TensorId], phase: Phase, program: Program) -> Result<Vec<TensorId>> {
+    pub fn emit_inplace(
+        &mut self,
+        name: impl Into<String>,
+        op: Op,
+        inputs: &[TensorId],
+        inplace: &[TensorId],
+        phase: Phase,
+        program: Program,
+    ) -> Result<Vec<TensorId>> {
         let name = name.into();
         let shapes = self.infer(&name, &op, inputs)?;
         let range = op.inplace_outputs();
         if inplace.len() != range.len() {
-            return Err(CompileError::Node { node: name, op: op.name(), message: format!("expects {} in-place outputs, got {}", range.len(), inplace.len()) });
+            return Err(CompileError::Node {
+                node: name,
+                op: op.name(),
+                message: format!("expects {} in-place outputs, got {}", range.len(), inplace.len()),
+            });
         }
         let n_new = shapes.len().max(range.end) - range.len();
         let mut outputs = Vec::with_capacity(n_new + inplace.len());
@@ -127,16 +145,35 @@ impl Graph {
                 let t = inplace[i - range.start];
                 if let Some(s) = shapes.get(i) {
                     if s != self.shape(t) {
-                        return Err(CompileError::Node { node: name, op: op.name(), message: format!("in-place output {} ({}) has shape {:?}, expected {s:?}", i, self.tensor(t).name, self.shape(t)) });
+                        return Err(CompileError::Node {
+                            node: name,
+                            op: op.name(),
+                            message: format!(
+                                "in-place output {} ({}) has shape {:?}, expected {s:?}",
+                                i,
+                                self.tensor(t).name,
+                                self.shape(t)
+                            ),
+                        });
                     }
                 }
                 if !self.tensor(t).is_persistent() {
-                    return Err(CompileError::Node { node: name, op: op.name(), message: format!("in-place output '{}' is not a persistent tensor", self.tensor(t).name) });
+                    return Err(CompileError::Node {
+                        node: name,
+                        op: op.name(),
+                        message: format!("in-place output '{}' is not a persistent tensor", self.tensor(t).name),
+                    });
                 }
                 outputs.push(t);
             } else {
                 let out_name = if total == 1 { name.clone() } else { format!("{name}:{i}") };
-                let t = self.add_tensor(TensorDef { name: out_name, shape: shapes[i].clone(), dtype: DType::F32, role: Role::Transient, init: None });
+                let t = self.add_tensor(TensorDef {
+                    name: out_name,
+                    shape: shapes[i].clone(),
+                    dtype: DType::F32,
+                    role: Role::Transient,
+                    init: None,
+                });
                 outputs.push(t);
             }
         }
@@ -151,7 +188,12 @@ impl Graph {
                 return Err(CompileError::Node {
                     node: name.to_string(),
                     op: op.name(),
-                    message: format!("input {pos} ('{}') is {}, expected {}", self.tensor(t).name, self.tensor(t).dtype.name(), want.name()),
+                    message: format!(
+                        "input {pos} ('{}') is {}, expected {}",
+                        self.tensor(t).name,
+                        self.tensor(t).dtype.name(),
+                        want.name()
+                    ),
                 });
             }
         }
@@ -164,9 +206,17 @@ impl Graph {
         for node in &self.nodes {
             let shapes = self.infer(&node.name, &node.op, &node.inputs)?;
             for (i, s) in shapes.iter().enumerate() {
-                let t = node.outputs.get(i).ok_or_else(|| CompileError::Node { node: node.name.clone(), op: node.op.name(), message: format!("missing output {i}") })?;
+                let t = node.outputs.get(i).ok_or_else(|| CompileError::Node {
+                    node: node.name.clone(),
+                    op: node.op.name(),
+                    message: format!("missing output {i}"),
+                })?;
                 if self.shape(*t) != s.as_slice() {
-                    return Err(CompileError::Node { node: node.name.clone(), op: node.op.name(), message: format!("output {i} has shape {:?}, rule says {s:?}", self.shape(*t)) });
+                    return Err(CompileError::Node {
+                        node: node.name.clone(),
+                        op: node.op.name(),
+                        message: format!("output {i} has shape {:?}, rule says {s:?}", self.shape(*t)),
+                    });
                 }
             }
         }

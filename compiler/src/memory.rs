@@ -101,7 +101,12 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
     let eval = collect(Program::Eval);
     let infer = needed_for(&eval, t.eval_output);
     let mut specs = vec![
-        ProgramSpec { name: "train", nodes: collect(Program::Train), feeds: vec![t.train_input, t.train_target], fetches: vec![t.train_loss] },
+        ProgramSpec {
+            name: "train",
+            nodes: collect(Program::Train),
+            feeds: vec![t.train_input, t.train_target],
+            fetches: vec![t.train_loss],
+        },
         ProgramSpec { name: "eval", nodes: eval, feeds: vec![t.eval_input, t.eval_target], fetches: vec![t.eval_output, t.eval_loss] },
     ];
     let apply = collect(Program::Apply);
@@ -131,7 +136,11 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
             if !g.tensor(r).is_persistent() {
                 match owner[r.index()] {
                     Some(o) if o != spec.name => {
-                        return Err(CompileError::Node { node: g.tensor(r).name.clone(), op: "plan", message: format!("scratch value used by both the {o} and {} programs", spec.name) })
+                        return Err(CompileError::Node {
+                            node: g.tensor(r).name.clone(),
+                            op: "plan",
+                            message: format!("scratch value used by both the {o} and {} programs", spec.name),
+                        })
                     }
                     _ => owner[r.index()] = Some(spec.name),
                 }

@@ -19,7 +19,15 @@ pub fn add_optimizer(graph: &mut Graph, grads: &[(TensorId, TensorId)], options:
             return Err(CompileError::Option(format!("--clip-grad-norm must be a positive number, got {c}")));
         }
     }
-    let scalar = |graph: &mut Graph, name: &str, which| graph.add_tensor(TensorDef { name: name.into(), shape: vec![], dtype: DType::F32, role: Role::RuntimeScalar(which), init: Some(vec![0.0]) });
+    let scalar = |graph: &mut Graph, name: &str, which| {
+        graph.add_tensor(TensorDef {
+            name: name.into(),
+            shape: vec![],
+            dtype: DType::F32,
+            role: Role::RuntimeScalar(which),
+            init: Some(vec![0.0]),
+        })
+    };
     let lr = scalar(graph, "optimizer.lr", RuntimeScalar::LearningRate);
     let step = scalar(graph, "optimizer.step", RuntimeScalar::OptimizerStep);
 
@@ -55,7 +63,11 @@ pub fn add_optimizer(graph: &mut Graph, grads: &[(TensorId, TensorId)], options:
                 if nesterov && (momentum <= 0.0 || dampening != 0.0) {
                     return Err(CompileError::Option("Nesterov momentum requires a momentum > 0 and zero dampening".into()));
                 }
-                let states = if momentum != 0.0 { vec![state(graph, format!("optimizer.{pname}.momentum_buffer"), p, slot(p, "momentum_buffer"))] } else { vec![] };
+                let states = if momentum != 0.0 {
+                    vec![state(graph, format!("optimizer.{pname}.momentum_buffer"), p, slot(p, "momentum_buffer"))]
+                } else {
+                    vec![]
+                };
                 (Op::SgdUpdate(Sgd { momentum, dampening, nesterov, weight_decay, scaled }), states)
             }
             OptimizerKind::Adam { beta1, beta2, eps, weight_decay } | OptimizerKind::AdamW { beta1, beta2, eps, weight_decay } => {

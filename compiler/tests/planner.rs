@@ -40,9 +40,15 @@ fn deep_mlp(depth: usize, width: usize, batch: usize) -> ForwardGraph {
     let input = g.input("input", vec![batch, width], DType::F32, Role::Input);
     let mut x = input;
     for l in 0..depth {
-        let w = g.parameter(format!("layers.{l}.weight"), vec![width, width], (0..width * width).map(|i| ((i * 7919 % 113) as f32 / 113.0 - 0.5) * 0.2).collect());
+        let w = g.parameter(
+            format!("layers.{l}.weight"),
+            vec![width, width],
+            (0..width * width).map(|i| ((i * 7919 % 113) as f32 / 113.0 - 0.5) * 0.2).collect(),
+        );
         let b = g.parameter(format!("layers.{l}.bias"), vec![width], vec![0.01; width]);
-        let y = g.emit(format!("layers.{l}"), Op::MatMul(MatMul { trans_a: false, trans_b: true }), &[x, w], Phase::Forward, Program::Train).unwrap()[0];
+        let y = g
+            .emit(format!("layers.{l}"), Op::MatMul(MatMul { trans_a: false, trans_b: true }), &[x, w], Phase::Forward, Program::Train)
+            .unwrap()[0];
         let y = g.emit(format!("layers.{l}.bias_add"), Op::BiasAdd, &[y, b], Phase::Forward, Program::Train).unwrap()[0];
         x = if l + 1 < depth { g.emit(format!("act.{l}"), Op::Relu, &[y], Phase::Forward, Program::Train).unwrap()[0] } else { y };
     }
@@ -51,7 +57,11 @@ fn deep_mlp(depth: usize, width: usize, batch: usize) -> ForwardGraph {
 
 #[test]
 fn reordering_frees_gradients_early_and_shrinks_the_arena() {
-    let opts = |reorder| CompileOptions { reorder, optimizer: OptimizerKind::Sgd { momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0 }, ..Default::default() };
+    let opts = |reorder| CompileOptions {
+        reorder,
+        optimizer: OptimizerKind::Sgd { momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
+        ..Default::default()
+    };
     let late = deep_mlp(8, 64, 4).into_training(opts(false)).unwrap().into_plan().unwrap().plan;
     let early = deep_mlp(8, 64, 4).into_training(opts(true)).unwrap().into_plan().unwrap().plan;
     // Without reordering all eight 16 KiB weight gradients are alive at the end of the backward

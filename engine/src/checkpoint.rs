@@ -46,10 +46,13 @@ pub fn save(path: &Path, backend: &dyn Backend, metadata: HashMap<String, String
     let mut meta = metadata;
     meta.insert("format".into(), FORMAT.into());
     meta.insert("model".into(), plan.model.clone());
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| CheckpointError::Write { path: path.into(), message: e.to_string() })?;
+    let bytes =
+        safetensors::serialize(views, Some(meta)).map_err(|e| CheckpointError::Write { path: path.into(), message: e.to_string() })?;
     // Write to a temporary file and rename, so an interrupted save never leaves a torn checkpoint.
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &bytes).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| CheckpointError::Write { path: path.into(), message: e.to_string() })
+    std::fs::write(&tmp, &bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| CheckpointError::Write { path: path.into(), message: e.to_string() })
 }
 
 /// Restores tensors from a checkpoint into `backend`. `which` selects the tensors to restore;
@@ -57,15 +60,21 @@ pub fn save(path: &Path, backend: &dyn Backend, metadata: HashMap<String, String
 pub fn load(path: &Path, backend: &mut dyn Backend, which: &dyn Fn(&Role) -> bool) -> Result<HashMap<String, String>, CheckpointError> {
     let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read { path: path.into(), source })?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| CheckpointError::Corrupt { path: path.into(), message: e.to_string() })?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| CheckpointError::Corrupt { path: path.into(), message: e.to_string() })?;
+    let (_, header) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| CheckpointError::Corrupt { path: path.into(), message: e.to_string() })?;
     let metadata = header.metadata().clone().unwrap_or_default();
     if metadata.get("format").map(String::as_str) != Some(FORMAT) {
-        return Err(CheckpointError::Mismatch { path: path.into(), message: format!("it is not a pock checkpoint (expected metadata format = {FORMAT})") });
+        return Err(CheckpointError::Mismatch {
+            path: path.into(),
+            message: format!("it is not a pock checkpoint (expected metadata format = {FORMAT})"),
+        });
     }
     let wanted: Vec<TensorId> = checkpointed(backend.plan()).filter(|&t| which(&backend.plan().tensor(t).role)).collect();
     for t in wanted {
         let info = backend.plan().tensor(t).clone();
-        let view = st.tensor(&info.name).map_err(|_| CheckpointError::Mismatch { path: path.into(), message: format!("tensor '{}' is missing", info.name) })?;
+        let view = st
+            .tensor(&info.name)
+            .map_err(|_| CheckpointError::Mismatch { path: path.into(), message: format!("tensor '{}' is missing", info.name) })?;
         if view.dtype() != Dtype::F32 || view.shape() != info.shape.as_slice() {
             return Err(CheckpointError::Mismatch {
                 path: path.into(),

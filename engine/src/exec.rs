@@ -88,7 +88,9 @@ pub fn validate(plan: &Plan) -> Result<(), ValidationError> {
             }
         }
         match &t.role {
-            Role::OptimizerState { param, .. } | Role::GradAccumulator { param } if param.index() >= n => bail!("tensor '{}' refers to a missing parameter", t.name),
+            Role::OptimizerState { param, .. } | Role::GradAccumulator { param } if param.index() >= n => {
+                bail!("tensor '{}' refers to a missing parameter", t.name)
+            }
             _ => {}
         }
     }
@@ -99,7 +101,9 @@ pub fn validate(plan: &Plan) -> Result<(), ValidationError> {
             }
         }
         for node in &program.nodes {
-            validate_node(plan, node).map_err(|ValidationError(m)| ValidationError(alloc::format!("{pname} program, node '{}' ({}): {m}", node.name, node.op.name())))?;
+            validate_node(plan, node).map_err(|ValidationError(m)| {
+                ValidationError(alloc::format!("{pname} program, node '{}' ({}): {m}", node.name, node.op.name()))
+            })?;
         }
     }
     Ok(())
@@ -148,7 +152,8 @@ fn validate_node(plan: &Plan, node: &crate::plan::Node) -> Result<(), Validation
             _ => {}
         }
     }
-    let aliasing_reshape = matches!(node.op, Op::Reshape { .. }) && plan.tensor(node.inputs[0]).location == plan.tensor(node.outputs[0]).location;
+    let aliasing_reshape =
+        matches!(node.op, Op::Reshape { .. }) && plan.tensor(node.inputs[0]).location == plan.tensor(node.outputs[0]).location;
     let workspace = node.workspace.map(|w| (true, w.offset, w.offset.saturating_add(w.elems.saturating_mul(4))));
     if let Some(w) = workspace {
         if w.2 > plan.arena_bytes || w.1 % 4 != 0 {
@@ -238,7 +243,7 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
     /// have passed [`validate`] (as [`crate::format::decode_plan`] ensures).
     pub fn new(plan: Plan, bytes: W, weights: WeightRange, kernels: CpuKernels) -> Result<Self, ExecError> {
         let section = &bytes.as_ref()[weights.offset..weights.offset + weights.len];
-        if section.as_ptr() as usize % 4 != 0 {
+        if !(section.as_ptr() as usize).is_multiple_of(4) {
             return Err(ExecError::MisalignedWeights);
         }
         #[cfg(feature = "std")]
@@ -324,8 +329,10 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
         // The scratch vectors keep their capacity between nodes and calls; the views they hold
         // only live while one node runs (they are cleared before the next node).
         // SAFETY: only the lifetime parameter changes, and both vectors are empty on return.
-        let inputs: &mut Vec<View<'_, f32>> = unsafe { &mut *(&mut self.inputs as *mut Vec<View<'static, f32>> as *mut Vec<View<'_, f32>>) };
-        let outputs: &mut Vec<ViewMut<'_, f32>> = unsafe { &mut *(&mut self.outputs as *mut Vec<ViewMut<'static, f32>> as *mut Vec<ViewMut<'_, f32>>) };
+        let inputs: &mut Vec<View<'_, f32>> =
+            unsafe { &mut *(&mut self.inputs as *mut Vec<View<'static, f32>>).cast::<Vec<View<'_, f32>>>() };
+        let outputs: &mut Vec<ViewMut<'_, f32>> =
+            unsafe { &mut *(&mut self.outputs as *mut Vec<ViewMut<'static, f32>>).cast::<Vec<ViewMut<'_, f32>>>() };
         for node in &program.nodes {
             if matches!(node.op, Op::Reshape { .. }) && plan.tensor(node.inputs[0]).location == plan.tensor(node.outputs[0]).location {
                 continue;
@@ -346,9 +353,15 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
                     }
                 };
                 if info.dtype == DType::I64 {
-                    labels = Some(View { data: unsafe { core::slice::from_raw_parts(ptr as *const i64, info.numel()) }, shape: info.shape.as_slice() });
+                    labels = Some(View {
+                        data: unsafe { core::slice::from_raw_parts(ptr as *const i64, info.numel()) },
+                        shape: info.shape.as_slice(),
+                    });
                 } else {
-                    inputs.push(View { data: unsafe { core::slice::from_raw_parts(ptr as *const f32, info.numel()) }, shape: info.shape.as_slice() });
+                    inputs.push(View {
+                        data: unsafe { core::slice::from_raw_parts(ptr as *const f32, info.numel()) },
+                        shape: info.shape.as_slice(),
+                    });
                 }
             }
             for &t in &node.outputs {

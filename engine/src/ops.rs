@@ -323,7 +323,10 @@ impl Op {
                 let (mm, ka) = if m.trans_a { (a[1], a[0]) } else { (a[0], a[1]) };
                 let (kb, nn) = if m.trans_b { (b[1], b[0]) } else { (b[0], b[1]) };
                 if ka != kb {
-                    return Err(err(name, alloc::format!("inner dimensions differ: a {a:?}, b {b:?} (trans_a {}, trans_b {})", m.trans_a, m.trans_b)));
+                    return Err(err(
+                        name,
+                        alloc::format!("inner dimensions differ: a {a:?}, b {b:?} (trans_a {}, trans_b {})", m.trans_a, m.trans_b),
+                    ));
                 }
                 vec![vec![mm, nn]]
             }
@@ -503,7 +506,7 @@ fn bn_channels(name: &'static str, x: &[usize]) -> Result<usize, ShapeError> {
 }
 
 fn check_conv_channels(name: &'static str, c: &Conv2d, in_channels: usize, w: &[usize]) -> Result<(), ShapeError> {
-    if c.groups == 0 || in_channels % c.groups != 0 || w[0] % c.groups != 0 {
+    if c.groups == 0 || !in_channels.is_multiple_of(c.groups) || !w[0].is_multiple_of(c.groups) {
         return Err(err(name, alloc::format!("channels in {in_channels} / out {} not divisible by groups {}", w[0], c.groups)));
     }
     if w[1] * c.groups != in_channels {

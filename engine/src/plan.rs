@@ -67,13 +67,20 @@ pub enum Role {
     Input,
     /// Integer class labels or float regression targets.
     Target,
-    Parameter { trainable: bool },
+    Parameter {
+        trainable: bool,
+    },
     /// BatchNorm running mean / variance.
     RunningStat,
     /// Optimizer state for `param` (`momentum_buffer`, `exp_avg`, `exp_avg_sq`).
-    OptimizerState { param: TensorId, slot: String },
+    OptimizerState {
+        param: TensorId,
+        slot: String,
+    },
     /// A gradient summed over micro-batches (gradient accumulation).
-    GradAccumulator { param: TensorId },
+    GradAccumulator {
+        param: TensorId,
+    },
     /// A constant with an initial value (for example the loss seed 1.0).
     Constant,
     RuntimeScalar(RuntimeScalar),
@@ -84,10 +91,7 @@ pub enum Role {
 impl Role {
     /// Whether the tensor lives across steps and is saved in a checkpoint.
     pub fn is_checkpointed(&self) -> bool {
-        matches!(
-            self,
-            Role::Parameter { trainable: true } | Role::RunningStat | Role::OptimizerState { .. } | Role::GradAccumulator { .. }
-        )
+        matches!(self, Role::Parameter { trainable: true } | Role::RunningStat | Role::OptimizerState { .. } | Role::GradAccumulator { .. })
     }
 }
 
@@ -106,7 +110,9 @@ pub enum Init {
     /// Not initialised: written before it is read in every program.
     None,
     /// Copied from the weight section.
-    FromWeights { offset: u64 },
+    FromWeights {
+        offset: u64,
+    },
     Fill(f32),
 }
 
@@ -226,15 +232,17 @@ impl Plan {
     }
 
     pub fn runtime_scalar(&self, which: RuntimeScalar) -> Option<TensorId> {
-        self.tensors
-            .iter()
-            .position(|t| t.role == Role::RuntimeScalar(which))
-            .map(|i| TensorId(i as u32))
+        self.tensors.iter().position(|t| t.role == Role::RuntimeScalar(which)).map(|i| TensorId(i as u32))
     }
 
     pub fn all_programs(&self) -> impl Iterator<Item = (&'static str, &Program)> {
-        [("train", Some(&self.programs.train)), ("apply", self.programs.apply.as_ref()), ("eval", Some(&self.programs.eval)), ("infer", Some(&self.programs.infer))]
-            .into_iter()
-            .filter_map(|(n, p)| p.map(|p| (n, p)))
+        [
+            ("train", Some(&self.programs.train)),
+            ("apply", self.programs.apply.as_ref()),
+            ("eval", Some(&self.programs.eval)),
+            ("infer", Some(&self.programs.infer)),
+        ]
+        .into_iter()
+        .filter_map(|(n, p)| p.map(|p| (n, p)))
     }
 }

@@ -123,8 +123,10 @@ impl Session {
     }
 
     fn from_plan_bytes(bytes: PlanBytes, options: SessionOptions) -> Result<Self, SessionError> {
-        let (plan, range) = decode_plan(bytes.as_ref()).map_err(|source| SessionError::Format { path: PathBuf::from("<memory>"), source })?;
-        let kernels = if options.reference_kernels { CpuKernels::Reference } else { CpuKernels::Fast(CpuConfig { threads: options.threads.max(1) }) };
+        let (plan, range) =
+            decode_plan(bytes.as_ref()).map_err(|source| SessionError::Format { path: PathBuf::from("<memory>"), source })?;
+        let kernels =
+            if options.reference_kernels { CpuKernels::Reference } else { CpuKernels::Fast(CpuConfig { threads: options.threads.max(1) }) };
         let io = interface(&plan)?;
         let learning_rate = plan.training.learning_rate;
         let backend = CpuBackend::new(plan, bytes, range, kernels)?;
@@ -177,8 +179,12 @@ impl Session {
         match (y, want) {
             (Targets::Labels(l), DType::I64) => self.backend.write(t, as_bytes(l))?,
             (Targets::Values(v), DType::F32) => self.backend.write(t, as_bytes(v))?,
-            (Targets::Labels(_), _) => return Err(SessionError::Input("this plan is trained with float targets (MSE), labels were given".into())),
-            (Targets::Values(_), _) => return Err(SessionError::Input("this plan is a classifier: it needs integer labels, float targets were given".into())),
+            (Targets::Labels(_), _) => {
+                return Err(SessionError::Input("this plan is trained with float targets (MSE), labels were given".into()))
+            }
+            (Targets::Values(_), _) => {
+                return Err(SessionError::Input("this plan is a classifier: it needs integer labels, float targets were given".into()))
+            }
         }
         Ok(())
     }
@@ -201,7 +207,7 @@ impl Session {
         let k = self.plan().training.accumulate as u64;
         if k <= 1 {
             self.optimizer_steps += 1;
-        } else if self.micro_steps % k == 0 {
+        } else if self.micro_steps.is_multiple_of(k) {
             self.backend.run(ProgramKind::Apply)?;
             self.optimizer_steps += 1;
         }
@@ -243,7 +249,10 @@ impl Session {
         let meta = checkpoint::load(path, self.backend.as_mut(), &|_| true)?;
         let counter = |key: &str| -> Result<u64, SessionError> {
             meta.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| {
-                SessionError::Checkpoint(CheckpointError::Mismatch { path: path.into(), message: format!("metadata '{key}' is missing or not a number") })
+                SessionError::Checkpoint(CheckpointError::Mismatch {
+                    path: path.into(),
+                    message: format!("metadata '{key}' is missing or not a number"),
+                })
             })
         };
         self.optimizer_steps = counter("optimizer_steps")?;

@@ -32,11 +32,51 @@ impl Target {
 /// The boards pock knows. Figures are nominal vendor/datasheet values, to be replaced with
 /// measurements as board support lands.
 pub const TARGETS: &[Target] = &[
-    Target { name: "host", description: "the machine running the compiler (x86_64 or aarch64)", isa: "native", cores: 2, memory_bytes: 8 << 30, gflops: 150.0, bandwidth_gbs: 20.0 },
-    Target { name: "rpi4", description: "Raspberry Pi 4 (Cortex-A72, 4 cores)", isa: "aarch64", cores: 4, memory_bytes: 2 << 30, gflops: 20.0, bandwidth_gbs: 4.0 },
-    Target { name: "rpi5", description: "Raspberry Pi 5 (Cortex-A76, 4 cores)", isa: "aarch64", cores: 4, memory_bytes: 4 << 30, gflops: 50.0, bandwidth_gbs: 10.0 },
-    Target { name: "jetson-nano", description: "Jetson Nano CPU (Cortex-A57, 4 cores)", isa: "aarch64", cores: 4, memory_bytes: 2 << 30, gflops: 12.0, bandwidth_gbs: 8.0 },
-    Target { name: "cortex-m7", description: "Cortex-M7 microcontroller with 256 KB SRAM", isa: "thumbv7em", cores: 1, memory_bytes: 256 << 10, gflops: 0.2, bandwidth_gbs: 0.4 },
+    Target {
+        name: "host",
+        description: "the machine running the compiler (x86_64 or aarch64)",
+        isa: "native",
+        cores: 2,
+        memory_bytes: 8 << 30,
+        gflops: 150.0,
+        bandwidth_gbs: 20.0,
+    },
+    Target {
+        name: "rpi4",
+        description: "Raspberry Pi 4 (Cortex-A72, 4 cores)",
+        isa: "aarch64",
+        cores: 4,
+        memory_bytes: 2 << 30,
+        gflops: 20.0,
+        bandwidth_gbs: 4.0,
+    },
+    Target {
+        name: "rpi5",
+        description: "Raspberry Pi 5 (Cortex-A76, 4 cores)",
+        isa: "aarch64",
+        cores: 4,
+        memory_bytes: 4 << 30,
+        gflops: 50.0,
+        bandwidth_gbs: 10.0,
+    },
+    Target {
+        name: "jetson-nano",
+        description: "Jetson Nano CPU (Cortex-A57, 4 cores)",
+        isa: "aarch64",
+        cores: 4,
+        memory_bytes: 2 << 30,
+        gflops: 12.0,
+        bandwidth_gbs: 8.0,
+    },
+    Target {
+        name: "cortex-m7",
+        description: "Cortex-M7 microcontroller with 256 KB SRAM",
+        isa: "thumbv7em",
+        cores: 1,
+        memory_bytes: 256 << 10,
+        gflops: 0.2,
+        bandwidth_gbs: 0.4,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Target> {

@@ -49,7 +49,9 @@ impl<'g> GradCtx<'g> {
 /// whether input `j` needs a gradient. Returns one entry per input.
 pub fn gradient(ctx: &mut GradCtx, node: &Node, dy: &[Option<TensorId>], needs: &[bool]) -> Result<Vec<Option<TensorId>>> {
     let grads = match &node.op {
-        Op::MatMul(_) | Op::BiasAdd | Op::Add | Op::Mul | Op::Relu | Op::Clip(_) | Op::Reshape { .. } => dense::gradient(ctx, node, dy, needs)?,
+        Op::MatMul(_) | Op::BiasAdd | Op::Add | Op::Mul | Op::Relu | Op::Clip(_) | Op::Reshape { .. } => {
+            dense::gradient(ctx, node, dy, needs)?
+        }
         Op::Conv2d(_) => conv::gradient(ctx, node, dy, needs)?,
         Op::BatchNormTrain(_) | Op::BatchNormInfer(_) => norm::gradient(ctx, node, dy, needs)?,
         Op::GlobalAvgPool | Op::AvgPool2d(_) | Op::MaxPool2d(_) => pool::gradient(ctx, node, dy, needs)?,
@@ -63,10 +65,26 @@ pub fn gradient(ctx: &mut GradCtx, node: &Node, dy: &[Option<TensorId>], needs: 
 /// Floating-point operations (multiply-add counted as 2) the op performs on these shapes.
 pub fn flops(op: &Op, inputs: &[&[usize]], outputs: &[&[usize]]) -> u64 {
     match op {
-        Op::MatMul(_) | Op::BiasAdd | Op::BiasGrad | Op::Add | Op::Mul | Op::Relu | Op::ReluGrad | Op::Clip(_) | Op::ClipGrad(_) | Op::Reshape { .. } => dense::flops(op, inputs, outputs),
+        Op::MatMul(_)
+        | Op::BiasAdd
+        | Op::BiasGrad
+        | Op::Add
+        | Op::Mul
+        | Op::Relu
+        | Op::ReluGrad
+        | Op::Clip(_)
+        | Op::ClipGrad(_)
+        | Op::Reshape { .. } => dense::flops(op, inputs, outputs),
         Op::Conv2d(_) | Op::Conv2dGradInput { .. } | Op::Conv2dGradWeight { .. } => conv::flops(op, inputs, outputs),
-        Op::BatchNormTrain(_) | Op::BatchNormInfer(_) | Op::BatchNormTrainGrad(_) | Op::BatchNormInferGrad(_) => norm::flops(op, inputs, outputs),
-        Op::GlobalAvgPool | Op::GlobalAvgPoolGrad { .. } | Op::AvgPool2d(_) | Op::AvgPool2dGrad { .. } | Op::MaxPool2d(_) | Op::MaxPool2dGrad(_) => pool::flops(op, inputs, outputs),
+        Op::BatchNormTrain(_) | Op::BatchNormInfer(_) | Op::BatchNormTrainGrad(_) | Op::BatchNormInferGrad(_) => {
+            norm::flops(op, inputs, outputs)
+        }
+        Op::GlobalAvgPool
+        | Op::GlobalAvgPoolGrad { .. }
+        | Op::AvgPool2d(_)
+        | Op::AvgPool2dGrad { .. }
+        | Op::MaxPool2d(_)
+        | Op::MaxPool2dGrad(_) => pool::flops(op, inputs, outputs),
         Op::SoftmaxCrossEntropy(_) | Op::SoftmaxCrossEntropyGrad(_) | Op::Mse(_) | Op::MseGrad(_) => loss::flops(op, inputs, outputs),
         Op::AccumulateGrad | Op::Fill { .. } | Op::GradScale(_) | Op::SgdUpdate(_) | Op::AdamUpdate(_) => optim::flops(op, inputs, outputs),
     }

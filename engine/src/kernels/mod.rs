@@ -3,14 +3,25 @@
 //! checks, and every faster kernel is tested against it. [`cpu`] holds the faster f32 kernels
 //! (gemm-based matmul and convolution) that the CPU backend prefers where they exist.
 
-pub mod reference;
 #[cfg(feature = "std")]
 pub mod cpu;
+pub mod reference;
 
 use core::fmt::Debug;
 
 /// The element types kernels are generic over (`f32` for execution, `f64` for gradient checks).
-pub trait Float: num_traits::Float + Default + Debug + Send + Sync + core::iter::Sum + core::ops::AddAssign + core::ops::SubAssign + core::ops::MulAssign + 'static {
+pub trait Float:
+    num_traits::Float
+    + Default
+    + Debug
+    + Send
+    + Sync
+    + core::iter::Sum
+    + core::ops::AddAssign
+    + core::ops::SubAssign
+    + core::ops::MulAssign
+    + 'static
+{
     fn from_f32(v: f32) -> Self;
     fn from_usize(v: usize) -> Self;
     fn to_f64(self) -> f64;

@@ -44,8 +44,12 @@ pub fn execute(op: &Op, args: NodeArgs<'_, '_, f32>, workspace: &mut [f32], cfg:
             Ok(())
         }
         Op::Conv2d(c) => conv::conv2d(c, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, par),
-        Op::Conv2dGradInput { conv, .. } => conv::conv2d_grad_input(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, par),
-        Op::Conv2dGradWeight { conv, .. } => conv::conv2d_grad_weight(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, par),
+        Op::Conv2dGradInput { conv, .. } => {
+            conv::conv2d_grad_input(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, par)
+        }
+        Op::Conv2dGradWeight { conv, .. } => {
+            conv::conv2d_grad_weight(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, par)
+        }
         _ => reference::execute(op, args),
     }
 }
@@ -91,7 +95,8 @@ pub struct Mat<'a> {
 pub fn sgemm(a: Mat<'_>, b: Mat<'_>, c: &mut [f32], c_row_stride: usize, accumulate: bool, par: gemm::Parallelism) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "sgemm: inner dimensions differ");
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 };
+    let last =
+        |rows: usize, cols: usize, rs: usize, cs: usize| if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 };
     assert!(last(m, k, a.row_stride, a.col_stride) <= a.data.len(), "sgemm: lhs out of bounds");
     assert!(last(k, n, b.row_stride, b.col_stride) <= b.data.len(), "sgemm: rhs out of bounds");
     assert!(last(m, n, c_row_stride, 1) <= c.len(), "sgemm: dst out of bounds");

@@ -1,0 +1,136 @@
+//! `pock demo`: the whole pipeline on built-in defaults, with no files from the user. It draws a
+//! dataset of shapes in code, compiles `zoo:cnn`, trains it and reports what happened.
+
+use std::io::Write;
+use std::time::Instant;
+
+use pock_compiler::CompileOptions;
+use pock_engine::plan::OptimizerKind;
+use pock_engine::{Session, SessionOptions};
+
+use crate::error::PockError;
+use crate::schedule::LrSchedule;
+use crate::train::{evaluate, train, TrainConfig};
+
+#[derive(Clone, Debug)]
+pub struct DemoConfig {
+    pub train_samples: usize,
+    pub test_samples: usize,
+    pub epochs: u64,
+    pub batch: usize,
+    pub threads: usize,
+    pub seed: u64,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig { train_samples: 2048, test_samples: 512, epochs: 4, batch: 32, threads: SessionOptions::default().threads, seed: 7 }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DemoReport {
+    pub accuracy_before: f64,
+    pub accuracy_after: f64,
+    pub epoch_losses: Vec<f64>,
+    pub arena_bytes: u64,
+    pub ms_per_step: f64,
+}
+
+pub fn run(cfg: &DemoConfig, out: &mut dyn Write) -> Result<DemoReport, PockError> {
+    let w = |out: &mut dyn Write, s: String| -> Result<(), PockError> {
+        writeln!(out, "{s}").map_err(|source| PockError::Io { path: "stdout".into(), source })
+    };
+    let size = 28;
+    w(
+        out,
+        format!(
+            "pock demo: {} training and {} test images of 4 shapes (circle, square, triangle, cross), 1x{size}x{size}",
+            cfg.train_samples, cfg.test_samples
+        ),
+    )?;
+    let train_set = crate::synth::shapes(cfg.train_samples, size, cfg.seed);
+    let test_set = crate::synth::shapes(cfg.test_samples, size, cfg.seed + 1);
+
+    let model = format!("zoo:cnn:channels=1,size={size},classes=4");
+    let options = CompileOptions {
+        optimizer: OptimizerKind::Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
+        learning_rate: 0.05,
+        ..CompileOptions::default()
+    };
+    let started = Instant::now();
+    let compiled = crate::compile_model(&model, cfg.batch, cfg.seed, options)?;
+    let bytes = compiled.to_bytes();
+    let plan = &compiled.plan;
+    let count = |phase| plan.programs.train.nodes.iter().filter(|n| n.phase == phase).count();
+    w(
+        out,
+        format!(
+            "compiled {model} (batch {}, SGD momentum 0.9, lr 0.05) in {:.0} ms: {} forward + {} backward + {} optimizer ops, arena {}, weights {}",
+            cfg.batch,
+            started.elapsed().as_secs_f64() * 1e3,
+            count(pock_engine::plan::Phase::Forward),
+            count(pock_engine::plan::Phase::Backward),
+            count(pock_engine::plan::Phase::Optimizer),
+            human_bytes(plan.arena_bytes),
+            human_bytes(plan.weight_bytes),
+        ),
+    )?;
+    let mut session = Session::from_bytes(&bytes, SessionOptions { threads: cfg.threads, reference_kernels: false })?;
+    let before = evaluate(&mut session, &test_set)?;
+    let accuracy_before = before.accuracy.unwrap_or(0.0);
+    w(out, format!("before training: test loss {:.4}, accuracy {:.1}%", before.loss, 100.0 * accuracy_before))?;
+    let config =
+        TrainConfig { epochs: cfg.epochs, seed: cfg.seed, base_lr: 0.05, schedule: LrSchedule::parse("cosine").expect("valid schedule") };
+    let mut summary = None;
+    let mut epoch_start = Instant::now();
+    let mut epoch_sum = (0.0f64, 0usize, 0u64);
+    let steps_per_epoch = (cfg.train_samples / cfg.batch) as u64;
+    let result = train(&mut session, &train_set, &config, |r| {
+        epoch_sum = (epoch_sum.0 + r.loss as f64, epoch_sum.1 + 1, r.epoch);
+        if r.step % steps_per_epoch == 0 {
+            let _ = writeln!(
+                out,
+                "epoch {}: mean loss {:.4}, {:.1} ms/step, {:.1} s",
+                r.epoch + 1,
+                epoch_sum.0 / epoch_sum.1 as f64,
+                epoch_start.elapsed().as_secs_f64() * 1e3 / epoch_sum.1 as f64,
+                epoch_start.elapsed().as_secs_f64()
+            );
+            epoch_sum = (0.0, 0, r.epoch);
+            epoch_start = Instant::now();
+        }
+    });
+    summary.replace(result?);
+    let summary = summary.expect("set above");
+    let after = evaluate(&mut session, &test_set)?;
+    let accuracy_after = after.accuracy.unwrap_or(0.0);
+    w(out, format!("after training:  test loss {:.4}, accuracy {:.1}%", after.loss, 100.0 * accuracy_after))?;
+    w(
+        out,
+        format!(
+            "arena {} ({} bytes), {:.2} ms/step on {} thread(s) with the {} backend",
+            human_bytes(plan.arena_bytes),
+            plan.arena_bytes,
+            summary.mean_ms,
+            cfg.threads,
+            session.backend_name()
+        ),
+    )?;
+    Ok(DemoReport {
+        accuracy_before,
+        accuracy_after,
+        epoch_losses: summary.epoch_losses,
+        arena_bytes: plan.arena_bytes,
+        ms_per_step: summary.mean_ms,
+    })
+}
+
+pub fn human_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}

@@ -1,0 +1,29 @@
+//! The facade's error type: every failure a user of the CLI or library can meet, each with a
+//! message that says what to do.
+
+use pock_compiler::CompileError;
+use pock_engine::SessionError;
+use pock_models::ModelError;
+
+use crate::data::DataError;
+use crate::schedule::ScheduleError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PockError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("compile: {0}")]
+    Compile(#[from] CompileError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Usage(String),
+    #[error("training diverged: the loss is {loss} at step {step}; try a lower learning rate (--lr) or gradient clipping (--clip-grad-norm at compile time)")]
+    Diverged { step: u64, loss: f32 },
+}

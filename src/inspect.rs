@@ -1,0 +1,165 @@
+//! `pock inspect`: what a plan contains, as a readable table or JSON for scripts.
+
+use std::fmt::Write;
+
+use pock_engine::plan::{Phase, Plan, Role};
+use serde::Serialize;
+
+use crate::demo::human_bytes;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OpCounts {
+    pub forward: usize,
+    pub backward: usize,
+    pub optimizer: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InputInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: &'static str,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgramInfo {
+    pub name: &'static str,
+    pub ops: usize,
+    pub flops: u64,
+}
+
+/// The fields of `pock inspect --json`; scripts rely on these names.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlanReport {
+    pub model: String,
+    pub target: String,
+    pub batch: usize,
+    pub loss: String,
+    pub optimizer: String,
+    pub learning_rate: f32,
+    pub accumulate: usize,
+    pub clip_grad_norm: Option<f32>,
+    pub arena_bytes: u64,
+    pub persistent_bytes: u64,
+    pub weight_bytes: u64,
+    pub trainable_params: usize,
+    pub frozen_params: usize,
+    pub optimizer_state_bytes: u64,
+    pub gradient_accumulator_bytes: u64,
+    pub ops: OpCounts,
+    pub inputs: Vec<InputInfo>,
+    pub outputs: Vec<InputInfo>,
+    pub programs: Vec<ProgramInfo>,
+    /// Roofline estimate of one training step on the plan's target, milliseconds.
+    pub estimated_step_ms: Option<f64>,
+}
+
+pub fn report(plan: &Plan) -> PlanReport {
+    let sum = |f: &dyn Fn(&Role) -> bool| -> (usize, u64) {
+        plan.tensors.iter().filter(|t| f(&t.role)).fold((0, 0), |(n, b), t| (n + t.numel(), b + t.bytes()))
+    };
+    let (trainable_params, _) = sum(&|r| *r == Role::Parameter { trainable: true });
+    let (frozen_params, _) = sum(&|r| *r == Role::Parameter { trainable: false });
+    let (_, optimizer_state_bytes) = sum(&|r| matches!(r, Role::OptimizerState { .. }));
+    let (_, gradient_accumulator_bytes) = sum(&|r| matches!(r, Role::GradAccumulator { .. }));
+    let train_nodes = plan.programs.train.nodes.iter().chain(plan.programs.apply.iter().flat_map(|p| p.nodes.iter()));
+    let mut ops = OpCounts { forward: 0, backward: 0, optimizer: 0 };
+    for n in train_nodes {
+        match n.phase {
+            Phase::Forward => ops.forward += 1,
+            Phase::Backward => ops.backward += 1,
+            Phase::Optimizer => ops.optimizer += 1,
+        }
+    }
+    let io = |ids: &[pock_engine::TensorId]| -> Vec<InputInfo> {
+        ids.iter()
+            .map(|&t| {
+                let i = plan.tensor(t);
+                InputInfo { name: i.name.clone(), shape: i.shape.clone(), dtype: i.dtype.name() }
+            })
+            .collect()
+    };
+    let programs: Vec<ProgramInfo> = plan
+        .all_programs()
+        .map(|(name, p)| {
+            let flops = p
+                .nodes
+                .iter()
+                .map(|n| {
+                    let ins: Vec<&[usize]> = n.inputs.iter().map(|&t| plan.tensor(t).shape.as_slice()).collect();
+                    let outs: Vec<&[usize]> = n.outputs.iter().map(|&t| plan.tensor(t).shape.as_slice()).collect();
+                    pock_compiler::ops::flops(&n.op, &ins, &outs)
+                })
+                .sum();
+            ProgramInfo { name, ops: p.nodes.len(), flops }
+        })
+        .collect();
+    let step_flops: u64 = programs.iter().filter(|p| p.name == "train").map(|p| p.flops).sum();
+    let estimated_step_ms = pock_targets::find(&plan.target).map(|t| t.estimate_ms(step_flops, plan.arena_bytes + plan.weight_bytes));
+    PlanReport {
+        model: plan.model.clone(),
+        target: plan.target.clone(),
+        batch: plan.training.batch,
+        loss: format!("{:?}", plan.training.loss),
+        optimizer: format!("{:?}", plan.training.optimizer),
+        learning_rate: plan.training.learning_rate,
+        accumulate: plan.training.accumulate,
+        clip_grad_norm: plan.training.clip_grad_norm,
+        arena_bytes: plan.arena_bytes,
+        persistent_bytes: plan.persistent_bytes,
+        weight_bytes: plan.weight_bytes,
+        trainable_params,
+        frozen_params,
+        optimizer_state_bytes,
+        gradient_accumulator_bytes,
+        ops,
+        inputs: io(&plan.programs.train.feeds),
+        outputs: io(&plan.programs.infer.fetches),
+        programs,
+        estimated_step_ms,
+    }
+}
+
+/// The human-readable form; with `ops`, every node of every program is listed.
+pub fn table(plan: &Plan, r: &PlanReport, ops: bool) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "model        {}", r.model);
+    let _ = writeln!(s, "target       {}", r.target);
+    let _ = writeln!(s, "batch        {}", r.batch);
+    let _ = writeln!(s, "loss         {}", r.loss);
+    let _ = writeln!(s, "optimizer    {} lr {} accumulate {} clip {:?}", r.optimizer, r.learning_rate, r.accumulate, r.clip_grad_norm);
+    let _ = writeln!(s, "parameters   {} trainable, {} frozen", r.trainable_params, r.frozen_params);
+    let _ = writeln!(
+        s,
+        "memory       arena {} (persistent {}), weights {}, optimizer state {}",
+        human_bytes(r.arena_bytes),
+        human_bytes(r.persistent_bytes),
+        human_bytes(r.weight_bytes),
+        human_bytes(r.optimizer_state_bytes)
+    );
+    let _ = writeln!(s, "train ops    {} forward, {} backward, {} optimizer", r.ops.forward, r.ops.backward, r.ops.optimizer);
+    for i in &r.inputs {
+        let _ = writeln!(s, "input        {} {:?} {}", i.name, i.shape, i.dtype);
+    }
+    for i in &r.outputs {
+        let _ = writeln!(s, "output       {} {:?} {}", i.name, i.shape, i.dtype);
+    }
+    let _ = writeln!(s, "\n{:<8} {:>6} {:>14}", "program", "ops", "MFLOP");
+    for p in &r.programs {
+        let _ = writeln!(s, "{:<8} {:>6} {:>14.2}", p.name, p.ops, p.flops as f64 / 1e6);
+    }
+    if let Some(ms) = r.estimated_step_ms {
+        let _ = writeln!(s, "\nestimated train step on {}: {ms:.2} ms (roofline from nominal figures)", r.target);
+    }
+    if ops {
+        for (name, p) in plan.all_programs() {
+            let _ = writeln!(s, "\n{name} program");
+            let _ = writeln!(s, "{:<4} {:<9} {:<22} {:<40} {}", "#", "phase", "op", "node", "outputs");
+            for (i, n) in p.nodes.iter().enumerate() {
+                let outs: Vec<String> = n.outputs.iter().map(|&t| format!("{:?}", plan.tensor(t).shape)).collect();
+                let _ = writeln!(s, "{:<4} {:<9} {:<22} {:<40} {}", i, format!("{:?}", n.phase), n.op.name(), n.name, outs.join(" "));
+            }
+        }
+    }
+    s
+}

@@ -1,0 +1,136 @@
+//! The command line driven as a user would: compile -> inspect -> train -> eval -> infer, on
+//! files the test writes itself, plus the errors a user meets.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn pock(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pock")).args(args).output().expect("pock runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = pock(args);
+    assert!(out.status.success(), "pock {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = pock(args);
+    assert!(!out.status.success(), "pock {args:?} should fail");
+    let err = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one-line reason expected, got:\n{err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    err
+}
+
+fn workdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pock-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn compile_inspect_train_eval_infer() {
+    let d = workdir("flow");
+    let (plan, train, test, ckpt, ckpt2, log, pred) = (
+        d.join("cnn.pock"),
+        d.join("train.npz"),
+        d.join("test.npz"),
+        d.join("cnn.ckpt.safetensors"),
+        d.join("cnn2.safetensors"),
+        d.join("log.jsonl"),
+        d.join("pred.npz"),
+    );
+    pock::synth::shapes(320, 16, 1).save_npz(&train).unwrap();
+    pock::synth::shapes(70, 16, 2).save_npz(&test).unwrap();
+
+    ok(&["compile", "zoo:cnn:size=16,width=8", "--batch", "16", "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "-o", s(&plan)]);
+
+    let json: serde_json::Value = serde_json::from_str(&ok(&["inspect", s(&plan), "--json"])).unwrap();
+    for key in ["arena_bytes", "weight_bytes", "trainable_params", "optimizer_state_bytes"] {
+        assert!(json[key].as_u64().unwrap() > 0, "{key}: {json}");
+    }
+    let ops = &json["ops"];
+    assert!(
+        ops["forward"].as_u64().unwrap() > 0 && ops["backward"].as_u64().unwrap() > 0 && ops["optimizer"].as_u64().unwrap() > 0,
+        "{ops}"
+    );
+    let inputs = json["inputs"].as_array().unwrap();
+    assert_eq!(inputs[0]["shape"], serde_json::json!([16, 1, 16, 16]));
+    assert_eq!(inputs[0]["dtype"], "float32");
+    assert_eq!(inputs[1]["dtype"], "int64");
+    // SGD with momentum keeps one buffer per trainable parameter.
+    assert_eq!(json["optimizer_state_bytes"].as_u64().unwrap(), 4 * json["trainable_params"].as_u64().unwrap());
+    let table = ok(&["inspect", s(&plan)]);
+    assert!(table.contains("arena") && table.contains("train"), "{table}");
+
+    ok(&["train", s(&plan), "--data", s(&train), "--epochs", "4", "--save", s(&ckpt), "--log-json", s(&log), "--threads", "1"]);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4 * (320 / 16));
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["step"].as_u64().unwrap(), i as u64 + 1);
+        assert!(l["loss"].as_f64().unwrap().is_finite() && l["lr"].as_f64().unwrap() > 0.0 && l["ms"].as_f64().unwrap() > 0.0, "{l}");
+    }
+
+    let eval: serde_json::Value =
+        serde_json::from_str(&ok(&["eval", s(&plan), "--weights", s(&ckpt), "--data", s(&test), "--json"])).unwrap();
+    let acc = eval["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc) && eval["loss"].as_f64().unwrap() > 0.0, "{eval}");
+    assert_eq!(eval["samples"], 70);
+    let untrained: serde_json::Value = serde_json::from_str(&ok(&["eval", s(&plan), "--data", s(&test), "--json"])).unwrap();
+    assert!(acc > untrained["accuracy"].as_f64().unwrap() + 0.2, "trained {eval} vs untrained {untrained}");
+
+    ok(&["train", s(&plan), "--data", s(&train), "--epochs", "1", "--resume", s(&ckpt), "--save", s(&ckpt2)]);
+    ok(&["infer", s(&plan), "--weights", s(&ckpt2), "--data", s(&test), "--out", s(&pred)]);
+    let p = pock::data::Dataset::load_npz(&pred);
+    // `pred.npz` holds y only; read it back as a dataset's targets via the npz reader.
+    let file = std::fs::File::open(&pred).unwrap();
+    let mut npz = ndarray_npy::NpzReader::new(file).unwrap();
+    let y: ndarray::ArrayD<f32> = npz.by_name("y").unwrap();
+    assert_eq!(y.shape(), &[70, 4]);
+    drop(p);
+}
+
+#[test]
+fn errors_are_one_line_and_actionable() {
+    let d = workdir("errors");
+    let plan = d.join("mlp.pock");
+    let e = fails(&["compile", "zoo:nosuch", "-o", s(&plan)]);
+    assert!(e.contains("mlp") && e.contains("cnn"), "lists known models: {e}");
+    let e = fails(&["compile", "model.onnx", "-o", s(&plan)]);
+    assert!(e.contains("ONNX"), "{e}");
+    let e = fails(&["compile", "zoo:mlp:widht=3", "-o", s(&plan)]);
+    assert!(e.contains("widht"), "{e}");
+    fails(&["compile", "zoo:mlp", "--target", "toaster", "-o", s(&plan)]);
+
+    ok(&["compile", "zoo:mlp:inputs=3,classes=2", "--batch", "4", "-o", s(&plan)]);
+    let e = fails(&["train", s(&d.join("missing.pock")), "--data", "x.npz"]);
+    assert!(e.contains("missing.pock"), "{e}");
+    let bad_shape = d.join("bad.npz");
+    pock::synth::blobs(20, 5, 2, 0).save_npz(&bad_shape).unwrap();
+    let e = fails(&["train", s(&plan), "--data", s(&bad_shape)]);
+    assert!(e.contains("[5]") && e.contains("[3]"), "names expected and actual sample shapes: {e}");
+    let not_npz = d.join("junk.npz");
+    std::fs::write(&not_npz, b"not a zip").unwrap();
+    fails(&["eval", s(&plan), "--data", s(&not_npz)]);
+    let junk_plan = d.join("junk.pock");
+    std::fs::write(&junk_plan, b"POCKPLAN").unwrap();
+    let e = fails(&["inspect", s(&junk_plan)]);
+    assert!(e.contains("truncated"), "{e}");
+    let e = fails(&["train", s(&plan), "--data", s(&bad_shape), "--lr-schedule", "wiggle"]);
+    assert!(e.contains("wiggle") || e.contains("[5]"), "{e}");
+}
+
+#[test]
+fn help_lists_models_and_keys() {
+    let h = ok(&["compile", "--help"]);
+    for needle in ["mlp", "cnn", "mobilenetv2", "resnet18", "width", "classes", "--accumulate", "--clip-grad-norm"] {
+        assert!(h.contains(needle), "compile --help lacks {needle}");
+    }
+}
