@@ -41,7 +41,7 @@ pub fn run(cfg: &DemoConfig, out: &mut dyn Write) -> Result<DemoReport, PockErro
     let w = |out: &mut dyn Write, s: String| -> Result<(), PockError> {
         writeln!(out, "{s}").map_err(|source| PockError::Io { path: "stdout".into(), source })
     };
-    let size = 28;
+    let size = SIZE;
     w(
         out,
         format!(
@@ -49,8 +49,7 @@ pub fn run(cfg: &DemoConfig, out: &mut dyn Write) -> Result<DemoReport, PockErro
             cfg.train_samples, cfg.test_samples
         ),
     )?;
-    let train_set = crate::synth::shapes(cfg.train_samples, size, cfg.seed);
-    let test_set = crate::synth::shapes(cfg.test_samples, size, cfg.seed + 1);
+    let (train_set, test_set) = datasets(cfg);
 
     let model = format!("zoo:cnn:channels=1,size={size},classes=4");
     let options = CompileOptions {
@@ -125,6 +124,13 @@ pub fn run(cfg: &DemoConfig, out: &mut dyn Write) -> Result<DemoReport, PockErro
         ms_per_step: summary.mean_ms,
     })
 }
+
+/// The demo's training and test sets: 1x28x28 shapes, drawn from different seeds.
+pub fn datasets(cfg: &DemoConfig) -> (crate::data::Dataset, crate::data::Dataset) {
+    (crate::synth::shapes(cfg.train_samples, SIZE, cfg.seed), crate::synth::shapes(cfg.test_samples, SIZE, cfg.seed + 1))
+}
+
+const SIZE: usize = 28;
 
 pub fn human_bytes(b: u64) -> String {
     match b {

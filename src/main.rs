@@ -82,6 +82,9 @@ enum Command {
         epochs: u64,
         #[arg(long, default_value_t = 2048)]
         samples: usize,
+        /// Also write the demo's datasets as DIR/train.npz and DIR/test.npz (to try `pock train` on).
+        #[arg(long, value_name = "DIR")]
+        save_data: Option<PathBuf>,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -270,9 +273,16 @@ fn run(cli: Cli) -> Result<(), PockError> {
             eprintln!("wrote {} outputs of shape {:?} to {}", shape[0], &shape[1..], out.display());
             Ok(())
         }
-        Command::Demo { epochs, samples, run } => {
+        Command::Demo { epochs, samples, save_data, run } => {
             let cfg =
                 pock::demo::DemoConfig { epochs, train_samples: samples, threads: run.session_options().threads, ..Default::default() };
+            if let Some(dir) = &save_data {
+                std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+                let (train, test) = pock::demo::datasets(&cfg);
+                train.save_npz(&dir.join("train.npz"))?;
+                test.save_npz(&dir.join("test.npz"))?;
+                println!("wrote {} and {}", dir.join("train.npz").display(), dir.join("test.npz").display());
+            }
             let started = Instant::now();
             let mut stdout = std::io::stdout();
             pock::demo::run(&cfg, &mut stdout)?;

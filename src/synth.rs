@@ -120,11 +120,26 @@ impl Shape {
 /// `i % classes`). Centres are at least 4 apart and points spread with standard deviation 0.5,
 /// so the classes are separable with a margin of several standard deviations. `classes` is
 /// at least 1.
+///
+/// The centres depend only on `features` and `classes`, not on the seed: the seed draws the
+/// samples, so datasets made with different seeds are independent samples of the same problem
+/// (one seed for training data, another for test data).
 pub fn blobs(n: usize, features: usize, classes: usize, seed: u64) -> Dataset {
     let classes = classes.max(1);
+    let centres = blob_centres(features, classes);
     let mut rng = stream(seed, b"blobs");
+    let noise = normals(&mut rng, n * features);
+    let x = (0..n * features).map(|k| (centres[(k / features) % classes][k % features] + BLOB_SPREAD * noise[k]) as f32).collect();
+    let labels = (0..n).map(|i| (i % classes) as i64).collect();
+    Dataset { x, x_shape: vec![n, features], y: Some(Targets::Labels(labels)) }
+}
+
+const BLOB_SPREAD: f64 = 0.5;
+
+/// The class centres of [`blobs`], a function of the problem's size only.
+fn blob_centres(features: usize, classes: usize) -> Vec<Vec<f64>> {
     const MIN_DISTANCE: f64 = 4.0;
-    const SPREAD: f64 = 0.5;
+    let mut rng = problem_stream(b"blob centres", &[features, classes]);
     let mut centres: Vec<Vec<f64>> = Vec::with_capacity(classes);
     // Rejection sampling in a box that grows whenever it looks too crowded, so any number of
     // classes in any dimension ends up placed.
@@ -143,21 +158,21 @@ pub fn blobs(n: usize, features: usize, classes: usize, seed: u64) -> Dataset {
         }
         centres.push(candidate);
     }
-    let noise = normals(&mut rng, n * features);
-    let x = (0..n * features).map(|k| (centres[(k / features) % classes][k % features] + SPREAD * noise[k]) as f32).collect();
-    let labels = (0..n).map(|i| (i % classes) as i64).collect();
-    Dataset { x, x_shape: vec![n, features], y: Some(Targets::Labels(labels)) }
+    centres
 }
 
 /// `n` samples of `x ~ N(0, I)` in `features` dimensions with targets `y = W x + b + e`, where
-/// `W` (`N(0, 1 / features)` entries) and `b` (`N(0, 0.25)`) are fixed by the seed and `e` is
-/// noise with standard deviation 0.01. A linear model can fit it to a mean squared error near
-/// 1e-4.
+/// `W` (`N(0, 1 / features)` entries) and `b` (`N(0, 0.25)`) are fixed and `e` is noise with
+/// standard deviation 0.01. A linear model can fit it to a mean squared error near 1e-4.
+///
+/// `W` and `b` depend only on `features` and `outputs`; the seed draws `x` and the noise, so
+/// datasets made with different seeds are independent samples of the same problem.
 pub fn regression(n: usize, features: usize, outputs: usize, seed: u64) -> Dataset {
-    let mut rng = stream(seed, b"regression");
+    let mut problem = problem_stream(b"regression map", &[features, outputs]);
     let scale = 1.0 / (features.max(1) as f64).sqrt();
-    let w: Vec<f64> = normals(&mut rng, outputs * features).into_iter().map(|z| z * scale).collect();
-    let b: Vec<f64> = normals(&mut rng, outputs).into_iter().map(|z| z * 0.5).collect();
+    let w: Vec<f64> = normals(&mut problem, outputs * features).into_iter().map(|z| z * scale).collect();
+    let b: Vec<f64> = normals(&mut problem, outputs).into_iter().map(|z| z * 0.5).collect();
+    let mut rng = stream(seed, b"regression");
     let x = normals(&mut rng, n * features);
     let noise = normals(&mut rng, n * outputs);
     let mut y = Vec::with_capacity(n * outputs);
@@ -173,6 +188,18 @@ pub fn regression(n: usize, features: usize, outputs: usize, seed: u64) -> Datas
         x_shape: vec![n, features],
         y: Some(Targets::Values { data: y, shape: vec![n, outputs] }),
     }
+}
+
+/// The stream that defines a problem (cluster centres, a linear map) from its dimensions, kept
+/// apart from the per-seed sample streams.
+fn problem_stream(tag: &[u8], dims: &[usize]) -> ChaCha8Rng {
+    let mut key = [0u8; 32];
+    for (chunk, &d) in key.chunks_exact_mut(8).zip(dims) {
+        chunk.copy_from_slice(&(d as u64).to_le_bytes());
+    }
+    let len = tag.len().min(16);
+    key[16..16 + len].copy_from_slice(&tag[..len]);
+    ChaCha8Rng::from_seed(key)
 }
 
 /// A ChaCha8 stream keyed by the seed and the dataset's name, so two generators given the same

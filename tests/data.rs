@@ -181,7 +181,8 @@ fn row_count_mismatch() {
 #[test]
 fn bad_shapes_and_values() {
     let dir = TempDir::new("shapes");
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+    type WriteFile = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, WriteFile, &str)> = vec![
         ("scalar x", Box::new(|p: &Path| npz!(p, "x" => arr(&[], vec![1f32]))), "leading sample axis"),
         ("no samples", Box::new(|p: &Path| npz!(p, "x" => arr(&[0, 3], Vec::<f32>::new()))), "at least one sample"),
         (

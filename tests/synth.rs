@@ -119,14 +119,33 @@ fn blobs_are_separable() {
     assert_ne!(blobs(50, 3, 4, 9).x, blobs(50, 3, 4, 10).x);
 }
 
-/// Solves the least-squares problem `y ~ [x, 1] @ beta` for one output column by the normal
-/// equations (fine for a handful of well-conditioned features) and returns the residual RMS.
-fn linear_fit_rms(x: &[f32], y: &[f32], n: usize, features: usize, outputs: usize, column: usize) -> f64 {
+#[test]
+fn blobs_with_different_seeds_sample_the_same_problem() {
+    let (train, test) = (blobs(800, 8, 4, 1), blobs(400, 8, 4, 2));
+    let mut means = vec![vec![0.0f64; 8]; 4];
+    for (row, &l) in train.x.chunks(8).zip(labels(&train)) {
+        for (m, &v) in means[l as usize].iter_mut().zip(row) {
+            *m += v as f64 / 200.0;
+        }
+    }
+    let dist = |a: &[f32], b: &[f64]| a.iter().zip(b).map(|(&x, y)| (x as f64 - y).powi(2)).sum::<f64>();
+    let correct = test
+        .x
+        .chunks(8)
+        .zip(labels(&test))
+        .filter(|(row, &l)| (0..4).min_by(|&a, &b| dist(row, &means[a]).total_cmp(&dist(row, &means[b]))) == Some(l as usize))
+        .count();
+    assert!(correct >= 396, "class means of seed 1 classify {correct} of 400 samples of seed 2");
+}
+
+/// Fits `y ~ [x, 1] @ beta` for one output column by least squares (normal equations, fine for a
+/// handful of well-conditioned features).
+fn linear_fit(x: &[f32], y: &[f32], features: usize, outputs: usize, column: usize) -> Vec<f64> {
+    let n = x.len() / features;
     let d = features + 1;
-    let row = |i: usize| (0..d).map(move |j| if j < features { x[i * features + j] as f64 } else { 1.0 });
     let mut a = vec![vec![0.0; d + 1]; d];
     for i in 0..n {
-        let r: Vec<f64> = row(i).collect();
+        let r = design_row(x, features, i);
         for j in 0..d {
             for k in 0..d {
                 a[j][k] += r[j] * r[k];
@@ -140,14 +159,26 @@ fn linear_fit_rms(x: &[f32], y: &[f32], n: usize, features: usize, outputs: usiz
         for r in 0..d {
             if r != c {
                 let f = a[r][c] / a[c][c];
-                for k in c..=d {
-                    a[r][k] -= f * a[c][k];
+                let pivot_row = a[c].clone();
+                for (v, p) in a[r].iter_mut().zip(&pivot_row).skip(c) {
+                    *v -= f * p;
                 }
             }
         }
     }
-    let beta: Vec<f64> = (0..d).map(|j| a[j][d] / a[j][j]).collect();
-    let sq: f64 = (0..n).map(|i| (row(i).zip(&beta).map(|(v, b)| v * b).sum::<f64>() - y[i * outputs + column] as f64).powi(2)).sum();
+    (0..d).map(|j| a[j][d] / a[j][j]).collect()
+}
+
+fn design_row(x: &[f32], features: usize, i: usize) -> Vec<f64> {
+    x[i * features..(i + 1) * features].iter().map(|&v| v as f64).chain([1.0]).collect()
+}
+
+/// Root mean squared error of the linear model `beta` on one output column.
+fn rms_error(beta: &[f64], x: &[f32], y: &[f32], features: usize, outputs: usize, column: usize) -> f64 {
+    let n = x.len() / features;
+    let sq: f64 = (0..n)
+        .map(|i| (design_row(x, features, i).iter().zip(beta).map(|(v, b)| v * b).sum::<f64>() - y[i * outputs + column] as f64).powi(2))
+        .sum();
     (sq / n as f64).sqrt()
 }
 
@@ -158,9 +189,15 @@ fn regression_targets_are_linear_plus_small_noise() {
     assert_eq!(ds.x_shape, vec![n, features]);
     let Some(Targets::Values { data, shape }) = &ds.y else { panic!("expected values") };
     assert_eq!(shape, &vec![n, outputs]);
+    // A fit on this sample predicts a sample drawn with another seed: the map is the same.
+    let other = regression(500, features, outputs, 12);
+    let Some(Targets::Values { data: other_y, .. }) = &other.y else { panic!("expected values") };
     for column in 0..outputs {
-        let rms = linear_fit_rms(&ds.x, data, n, features, outputs, column);
+        let beta = linear_fit(&ds.x, data, features, outputs, column);
+        let rms = rms_error(&beta, &ds.x, data, features, outputs, column);
         assert!(rms < 0.02, "output {column}: residual {rms}");
+        let rms = rms_error(&beta, &other.x, other_y, features, outputs, column);
+        assert!(rms < 0.02, "output {column}: residual {rms} on another seed");
         let mean = (0..n).map(|i| data[i * outputs + column] as f64).sum::<f64>() / n as f64;
         let spread = ((0..n).map(|i| (data[i * outputs + column] as f64 - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
         assert!(spread > 0.3, "output {column} barely varies: {spread}");

@@ -129,6 +129,15 @@ impl Session {
             if options.reference_kernels { CpuKernels::Reference } else { CpuKernels::Fast(CpuConfig { threads: options.threads.max(1) }) };
         let io = interface(&plan)?;
         let learning_rate = plan.training.learning_rate;
+        log::info!(
+            "plan '{}' for {}: arena {} bytes ({} persistent), weights {} bytes, {:?} kernels",
+            plan.model,
+            plan.target,
+            plan.arena_bytes,
+            plan.persistent_bytes,
+            plan.weight_bytes,
+            kernels
+        );
         let backend = CpuBackend::new(plan, bytes, range, kernels)?;
         Ok(Session { backend: Box::new(backend), io, learning_rate, optimizer_steps: 0, micro_steps: 0 })
     }
@@ -247,6 +256,7 @@ impl Session {
     /// Restores everything `save` wrote, so training continues exactly where it stopped.
     pub fn resume(&mut self, path: &Path) -> Result<(), SessionError> {
         let meta = checkpoint::load(path, self.backend.as_mut(), &|_| true)?;
+        log::info!("resumed {} from {}", self.plan().model, path.display());
         let counter = |key: &str| -> Result<u64, SessionError> {
             meta.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| {
                 SessionError::Checkpoint(CheckpointError::Mismatch {
