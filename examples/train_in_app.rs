@@ -10,7 +10,11 @@ use pock::engine::{Session, SessionOptions, Targets};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batch = 32;
-    let options = CompileOptions { optimizer: OptimizerKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }, learning_rate: 3e-3, ..Default::default() };
+    let options = CompileOptions {
+        optimizer: OptimizerKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 },
+        learning_rate: 3e-3,
+        ..Default::default()
+    };
     let plan = pock::compile_model("zoo:mlp:inputs=16,hidden=64,classes=5", batch, 0, options)?;
     let mut session = Session::from_bytes(&plan.to_bytes(), SessionOptions::default())?;
     println!("plan: arena {} bytes, {} trainable parameters", plan.plan.arena_bytes, pock::inspect::report(&plan.plan).trainable_params);

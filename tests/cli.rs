@@ -140,9 +140,35 @@ fn resumed_training_matches_uninterrupted_training() {
     let d = workdir("resume");
     let (plan, train) = (d.join("mlp.pock"), d.join("train.npz"));
     pock::synth::blobs(100, 6, 3, 4).save_npz(&train).unwrap();
-    ok(&["compile", "zoo:mlp:inputs=6,classes=3", "--batch", "16", "--optimizer", "adam", "--lr", "0.01", "--accumulate", "2", "-o", s(&plan)]);
+    ok(&[
+        "compile",
+        "zoo:mlp:inputs=6,classes=3",
+        "--batch",
+        "16",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.01",
+        "--accumulate",
+        "2",
+        "-o",
+        s(&plan),
+    ]);
     let run = |args: &[&str], log: &Path| {
-        let mut a = vec!["train", s(&plan), "--data", s(&train), "--threads", "1", "--seed", "9", "--lr-schedule", "step:every=5,gamma=0.5", "--log-json", s(log)];
+        let mut a = vec![
+            "train",
+            s(&plan),
+            "--data",
+            s(&train),
+            "--threads",
+            "1",
+            "--seed",
+            "9",
+            "--lr-schedule",
+            "step:every=5,gamma=0.5",
+            "--log-json",
+            s(log),
+        ];
         a.extend_from_slice(args);
         ok(&a);
         std::fs::read_to_string(log).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).collect::<Vec<_>>()
@@ -152,7 +178,9 @@ fn resumed_training_matches_uninterrupted_training() {
     let mut parts = run(&["--epochs", "1", "--save", s(&ckpt)], &d.join("a.jsonl"));
     parts.extend(run(&["--epochs", "2", "--resume", s(&ckpt)], &d.join("b.jsonl")));
     assert_eq!(whole.len(), 3 * (100 / 16));
-    let key = |v: &[serde_json::Value]| v.iter().map(|l| (l["step"].as_u64(), l["epoch"].as_u64(), l["loss"].as_f64(), l["lr"].as_f64())).collect::<Vec<_>>();
+    let key = |v: &[serde_json::Value]| {
+        v.iter().map(|l| (l["step"].as_u64(), l["epoch"].as_u64(), l["loss"].as_f64(), l["lr"].as_f64())).collect::<Vec<_>>()
+    };
     assert_eq!(key(&parts), key(&whole));
 }
 

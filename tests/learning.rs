@@ -73,3 +73,39 @@ fn demo_runs_and_learns() {
     assert!(report.arena_bytes > 0 && report.ms_per_step > 0.0);
     assert!(report.epoch_losses[1] < report.epoch_losses[0], "{:?}", report.epoch_losses);
 }
+
+#[test]
+fn frozen_batch_norm_fine_tunes_with_fixed_running_statistics() {
+    use pock::compiler::stages::BatchNormMode;
+    let model = "zoo:cnn:channels=1,size=16,classes=4,width=8";
+    let data = pock::synth::shapes(256, 16, 3);
+    let opts = SessionOptions { threads: 1, reference_kernels: false };
+    let constant = |epochs| TrainConfig { epochs, seed: 0, base_lr: 0.05, schedule: LrSchedule::parse("constant").unwrap() };
+    // Pre-train with batch statistics, as a model arrives on a device.
+    let pre = pock::compile_model(model, 16, 7, sgd(0.05)).unwrap().to_bytes();
+    let mut s = Session::from_bytes(&pre, opts).unwrap();
+    train(&mut s, &data, &constant(2), |_| {}).unwrap();
+    let ckpt = std::env::temp_dir().join(format!("pock-frozen-{}.safetensors", std::process::id()));
+    s.save(&ckpt).unwrap();
+
+    // Fine-tune with BatchNorm frozen: running statistics are inputs, never updated.
+    let frozen = pock::compile_model(model, 16, 7, CompileOptions { batch_norm: BatchNormMode::Frozen, ..sgd(0.001) }).unwrap().to_bytes();
+    let mut f = Session::from_bytes(&frozen, opts).unwrap();
+    let nodes = &f.plan().programs.train.nodes;
+    assert!(nodes.iter().all(|n| n.op.name() != "BatchNormTrain"));
+    assert!(nodes.iter().any(|n| n.op.name() == "BatchNormInferGrad"));
+    f.load_weights(&ckpt).unwrap();
+    let var = f.read_tensor("features.1.running_var").unwrap();
+    assert_eq!(var, s.read_tensor("features.1.running_var").unwrap());
+    let gamma = f.read_tensor("features.1.weight").unwrap();
+    let before = evaluate(&mut f, &data).unwrap();
+    // Frozen statistics do not renormalise: a channel whose running variance is near zero
+    // amplifies its gradient by up to 1/sqrt(eps), so fine-tuning uses a small learning rate
+    // (0.005 with momentum diverges here, exactly as it would in PyTorch).
+    let tune = TrainConfig { base_lr: 0.001, ..constant(3) };
+    train(&mut f, &data, &tune, |_| {}).unwrap();
+    let after = evaluate(&mut f, &data).unwrap();
+    assert_eq!(f.read_tensor("features.1.running_var").unwrap(), var, "running statistics must not move");
+    assert_ne!(f.read_tensor("features.1.weight").unwrap(), gamma, "gamma still learns");
+    assert!(after.loss < before.loss, "fine-tuning lowers the loss: {} -> {}", before.loss, after.loss);
+}
