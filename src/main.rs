@@ -227,6 +227,16 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PockError + '_ {
     move |source| PockError::Io { path: path.display().to_string(), source }
 }
 
+/// Loads an .npz and checks it against the plan, naming the file in any mismatch.
+fn load_data(session: &Session, path: &Path, need_targets: bool) -> Result<Dataset, PockError> {
+    let data = Dataset::load_npz(path)?;
+    pock::train::check_data(session, &data, need_targets).map_err(|e| match e {
+        PockError::Data(d) => PockError::Data(d.in_file(path)),
+        e => e,
+    })?;
+    Ok(data)
+}
+
 fn load_session(plan: &Path, weights: Option<&Path>, run: &RunArgs) -> Result<Session, PockError> {
     let mut s = Session::load(plan, run.session_options())?;
     if let Some(w) = weights {
@@ -253,7 +263,7 @@ fn run(cli: Cli) -> Result<(), PockError> {
         Command::Train(a) => train(a),
         Command::Eval { plan, data, weights, json, run } => {
             let mut s = load_session(&plan, weights.as_deref(), &run)?;
-            let d = Dataset::load_npz(&data)?;
+            let d = load_data(&s, &data, true)?;
             let r = pock::train::evaluate(&mut s, &d)?;
             if json {
                 println!("{}", serde_json::to_string(&r).expect("report serialises"));
@@ -267,7 +277,7 @@ fn run(cli: Cli) -> Result<(), PockError> {
         }
         Command::Infer { plan, data, weights, out, run } => {
             let mut s = load_session(&plan, weights.as_deref(), &run)?;
-            let d = Dataset::load_npz(&data)?;
+            let d = load_data(&s, &data, false)?;
             let (y, shape) = pock::train::predict(&mut s, &d)?;
             pock::data::write_predictions(&out, &y, &shape)?;
             eprintln!("wrote {} outputs of shape {:?} to {}", shape[0], &shape[1..], out.display());
@@ -343,8 +353,8 @@ fn train(a: TrainArgs) -> Result<(), PockError> {
         session.resume(r)?;
         eprintln!("resumed from {} at micro-step {} (optimizer step {})", r.display(), session.micro_steps(), session.optimizer_steps());
     }
-    let data = Dataset::load_npz(&a.data)?;
-    let eval_data = a.eval_data.as_deref().map(Dataset::load_npz).transpose()?;
+    let data = load_data(&session, &a.data, true)?;
+    let eval_data = a.eval_data.as_deref().map(|p| load_data(&session, p, true)).transpose()?;
     let schedule = LrSchedule::parse(&a.lr_schedule)?;
     let base_lr = a.lr.unwrap_or(session.plan().training.learning_rate);
     let cfg = TrainConfig { epochs: a.epochs, seed: a.seed, base_lr, schedule };

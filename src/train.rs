@@ -101,7 +101,7 @@ pub fn train(
 ) -> Result<TrainSummary, PockError> {
     check_data(session, data, true)?;
     let batch = session.batch();
-    let steps_per_epoch = (data.len() / batch) as u64;
+    let steps_per_epoch = data.train_batches(batch) as u64;
     if steps_per_epoch == 0 {
         return Err(PockError::Usage(format!(
             "the dataset has {} samples, fewer than one batch of {batch}; use more data or compile with a smaller --batch",
@@ -155,13 +155,9 @@ pub struct EvalReport {
     pub samples: usize,
 }
 
-/// Batches `0..n` in order, padding the last one by repeating its final index.
+/// Batches `0..n` in order, the last one padded (see [`crate::data::eval_batch`]).
 fn padded_batches(n: usize, batch: usize) -> impl Iterator<Item = (Vec<usize>, usize)> {
-    (0..n.div_ceil(batch)).map(move |b| {
-        let valid = batch.min(n - b * batch);
-        let idx = (0..batch).map(|i| b * batch + i.min(valid - 1)).collect();
-        (idx, valid)
-    })
+    (0..crate::data::eval_batches(n, batch)).map(move |b| crate::data::eval_batch(n, batch, b))
 }
 
 /// Loss (and accuracy for classifiers) over a whole dataset, with frozen statistics.
@@ -212,15 +208,4 @@ pub fn predict(session: &mut Session, data: &Dataset) -> Result<(Vec<f32>, Vec<u
     let mut shape = out_shape;
     shape[0] = data.len();
     Ok((all, shape))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::padded_batches;
-
-    #[test]
-    fn last_batch_is_padded_with_its_final_row() {
-        let b: Vec<_> = padded_batches(5, 2).collect();
-        assert_eq!(b, vec![(vec![0, 1], 2), (vec![2, 3], 2), (vec![4, 4], 1)]);
-    }
 }

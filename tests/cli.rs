@@ -115,7 +115,7 @@ fn errors_are_one_line_and_actionable() {
     let bad_shape = d.join("bad.npz");
     pock::synth::blobs(20, 5, 2, 0).save_npz(&bad_shape).unwrap();
     let e = fails(&["train", s(&plan), "--data", s(&bad_shape)]);
-    assert!(e.contains("[5]") && e.contains("[3]"), "names expected and actual sample shapes: {e}");
+    assert!(e.contains("[5]") && e.contains("[3]") && e.contains("bad.npz"), "names the file, expected and actual sample shapes: {e}");
     let not_npz = d.join("junk.npz");
     std::fs::write(&not_npz, b"not a zip").unwrap();
     fails(&["eval", s(&plan), "--data", s(&not_npz)]);
