@@ -154,7 +154,7 @@ pub fn table(plan: &Plan, r: &PlanReport, ops: bool) -> String {
     if ops {
         for (name, p) in plan.all_programs() {
             let _ = writeln!(s, "\n{name} program");
-            let _ = writeln!(s, "{:<4} {:<9} {:<22} {:<40} {}", "#", "phase", "op", "node", "outputs");
+            let _ = writeln!(s, "{:<4} {:<9} {:<22} {:<40} outputs", "#", "phase", "op", "node");
             for (i, n) in p.nodes.iter().enumerate() {
                 let outs: Vec<String> = n.outputs.iter().map(|&t| format!("{:?}", plan.tensor(t).shape)).collect();
                 let _ = writeln!(s, "{:<4} {:<9} {:<22} {:<40} {}", i, format!("{:?}", n.phase), n.op.name(), n.name, outs.join(" "));

@@ -163,7 +163,7 @@ fn padded_batches(n: usize, batch: usize) -> impl Iterator<Item = (Vec<usize>, u
 /// Loss (and accuracy for classifiers) over a whole dataset, with frozen statistics.
 pub fn evaluate(session: &mut Session, data: &Dataset) -> Result<EvalReport, PockError> {
     check_data(session, data, true)?;
-    if data.len() == 0 {
+    if data.is_empty() {
         return Err(PockError::Usage("the dataset is empty".into()));
     }
     let kind = target_kind(session);

@@ -127,7 +127,7 @@ fn damaged_checkpoints_are_errors() {
     let good = d.join("good.safetensors");
     s.save(&good).unwrap();
     let ckpt = std::fs::read(&good).unwrap();
-    let mut fresh = || Session::from_bytes(&bytes, SessionOptions::default()).unwrap();
+    let fresh = || Session::from_bytes(&bytes, SessionOptions::default()).unwrap();
     assert!(fresh().resume(&good).is_ok());
     for len in [0, 4, 8, 100, ckpt.len() / 2, ckpt.len() - 1] {
         let p = d.join(format!("trunc{len}.safetensors"));
