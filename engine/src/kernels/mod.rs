@@ -3,6 +3,7 @@
 //! checks, and every faster kernel is tested against it. [`cpu`] holds the faster f32 kernels
 //! (gemm-based matmul and convolution) that the CPU backend prefers where they exist.
 
+mod conv_geometry;
 #[cfg(feature = "std")]
 pub mod cpu;
 pub mod reference;

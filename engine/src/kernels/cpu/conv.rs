@@ -21,56 +21,9 @@ enum Algorithm {
     Im2col,
 }
 
-/// The sizes of one convolution, read from its input-side (`[N, C, H, W]`), weight
-/// (`[O, C/groups, KH, KW]`) and output-side (`[N, O, HO, WO]`) shapes.
-struct Geometry {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    o: usize,
-    groups: usize,
-    /// Input channels per group.
-    cg: usize,
-    /// Output channels per group.
-    og: usize,
-    kh: usize,
-    kw: usize,
-    ho: usize,
-    wo: usize,
-    stride: [usize; 2],
-    padding: [usize; 4],
-    dilation: [usize; 2],
-}
+use crate::kernels::conv_geometry::ConvGeometry as Geometry;
 
 impl Geometry {
-    /// `None` when the shapes are not those of a convolution with these attributes (the plan
-    /// loader checks them first, so this only guards against misuse).
-    fn new(conv: &Conv2d, input: &[usize], weight: &[usize], output: &[usize]) -> Option<Self> {
-        let (&[n, c, h, w], &[o, cg, kh, kw], &[n_out, o_out, ho, wo]) = (input, weight, output) else { return None };
-        let groups = conv.groups;
-        if groups == 0 || conv.stride.contains(&0) || n_out != n || o_out != o || o % groups != 0 || cg * groups != c {
-            return None;
-        }
-        Some(Geometry {
-            n,
-            c,
-            h,
-            w,
-            o,
-            groups,
-            cg,
-            og: o / groups,
-            kh,
-            kw,
-            ho,
-            wo,
-            stride: conv.stride,
-            padding: conv.padding,
-            dilation: conv.dilation,
-        })
-    }
-
     fn algorithm(&self) -> Algorithm {
         if self.cg == 1 && self.groups > 1 {
             Algorithm::Depthwise
@@ -79,19 +32,6 @@ impl Geometry {
         } else {
             Algorithm::Im2col
         }
-    }
-
-    fn in_plane(&self) -> usize {
-        self.h * self.w
-    }
-
-    fn out_plane(&self) -> usize {
-        self.ho * self.wo
-    }
-
-    /// Kernel taps per output element: the rows of the column matrix.
-    fn taps(&self) -> usize {
-        self.cg * self.kh * self.kw
     }
 
     fn workspace_elems(&self) -> usize {

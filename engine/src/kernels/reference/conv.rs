@@ -8,53 +8,7 @@
 use crate::kernels::{Float, View, ViewMut};
 use crate::ops::Conv2d;
 
-/// The sizes of one convolution, read from its input-side (`[N, C, H, W]`), weight
-/// (`[O, C/groups, KH, KW]`) and output-side (`[N, O, HO, WO]`) shapes.
-struct Dims {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    o: usize,
-    /// Input channels per group.
-    cg: usize,
-    /// Output channels per group.
-    og: usize,
-    kh: usize,
-    kw: usize,
-    ho: usize,
-    wo: usize,
-}
-
-impl Dims {
-    fn new(c: &Conv2d, input: &[usize], weight: &[usize], output: &[usize]) -> Self {
-        Dims {
-            n: input[0],
-            c: input[1],
-            h: input[2],
-            w: input[3],
-            o: weight[0],
-            cg: weight[1],
-            og: weight[0] / c.groups,
-            kh: weight[2],
-            kw: weight[3],
-            ho: output[2],
-            wo: output[3],
-        }
-    }
-
-    fn input_index(&self, n: usize, ch: usize, ih: usize, iw: usize) -> usize {
-        ((n * self.c + ch) * self.h + ih) * self.w + iw
-    }
-
-    fn weight_index(&self, o: usize, ci: usize, kh: usize, kw: usize) -> usize {
-        ((o * self.cg + ci) * self.kh + kh) * self.kw + kw
-    }
-
-    fn output_index(&self, n: usize, o: usize, oh: usize, ow: usize) -> usize {
-        ((n * self.o + o) * self.ho + oh) * self.wo + ow
-    }
-}
+use crate::kernels::conv_geometry::ConvGeometry as Dims;
 
 /// The input coordinate that output coordinate `out` reads through kernel tap `tap` along one
 /// axis, or `None` when it falls in the padding.
@@ -64,7 +18,7 @@ fn input_coord(out: usize, tap: usize, stride: usize, dilation: usize, pad_befor
 
 /// `y = conv(x, w)`.
 pub fn conv2d<T: Float>(c: &Conv2d, x: View<T>, w: View<T>, y: &mut ViewMut<T>) {
-    let d = Dims::new(c, x.shape, w.shape, y.shape);
+    let d = Dims::new(c, x.shape, w.shape, y.shape).expect("convolution shapes are validated before kernels run");
     for n in 0..d.n {
         for o in 0..d.o {
             let first_channel = (o / d.og) * d.cg;
@@ -90,7 +44,7 @@ pub fn conv2d<T: Float>(c: &Conv2d, x: View<T>, w: View<T>, y: &mut ViewMut<T>) 
 /// `dx = d conv(x, w) / dx` applied to `dy`: every `dy` element is scattered back through the
 /// weights onto the input positions it was computed from.
 pub fn conv2d_grad_input<T: Float>(c: &Conv2d, dy: View<T>, w: View<T>, dx: &mut ViewMut<T>) {
-    let d = Dims::new(c, dx.shape, w.shape, dy.shape);
+    let d = Dims::new(c, dx.shape, w.shape, dy.shape).expect("convolution shapes are validated before kernels run");
     dx.data.fill(T::zero());
     for n in 0..d.n {
         for o in 0..d.o {
@@ -115,7 +69,7 @@ pub fn conv2d_grad_input<T: Float>(c: &Conv2d, dy: View<T>, w: View<T>, dx: &mut
 
 /// `dw = d conv(x, w) / dw` applied to `dy`, summed over the batch.
 pub fn conv2d_grad_weight<T: Float>(c: &Conv2d, dy: View<T>, x: View<T>, dw: &mut ViewMut<T>) {
-    let d = Dims::new(c, x.shape, dw.shape, dy.shape);
+    let d = Dims::new(c, x.shape, dw.shape, dy.shape).expect("convolution shapes are validated before kernels run");
     for o in 0..d.o {
         let first_channel = (o / d.og) * d.cg;
         for ci in 0..d.cg {
