@@ -52,29 +52,19 @@ enum Command {
     Train(TrainArgs),
     /// Evaluate a plan's model on an .npz dataset: loss, and accuracy for classifiers.
     Eval {
-        plan: PathBuf,
-        #[arg(long)]
-        data: PathBuf,
-        /// Trained weights (a checkpoint from `pock train --save`); without it, the plan's initial weights.
-        #[arg(long)]
-        weights: Option<PathBuf>,
+        #[command(flatten)]
+        model: TrainedModel,
         /// Print {"loss": ..., "accuracy": ..., "samples": ...}.
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        run: RunArgs,
     },
     /// Run the model on the inputs of an .npz and write its outputs to an .npz (array y).
     Infer {
-        plan: PathBuf,
-        #[arg(long)]
-        data: PathBuf,
-        #[arg(long)]
-        weights: Option<PathBuf>,
+        #[command(flatten)]
+        model: TrainedModel,
+        /// Output .npz (array y, one row per input sample).
         #[arg(long)]
         out: PathBuf,
-        #[command(flatten)]
-        run: RunArgs,
     },
     /// Draw a dataset in code, compile zoo:cnn, train it and report (no files needed).
     Demo {
@@ -157,6 +147,31 @@ struct CompileArgs {
     no_reorder: bool,
 }
 
+/// A plan, the weights to use with it, and the data to run it on (eval, infer).
+#[derive(Args)]
+struct TrainedModel {
+    plan: PathBuf,
+    /// Input data (.npz).
+    #[arg(long)]
+    data: PathBuf,
+    /// Trained weights (a checkpoint from `pock train --save`); without it, the plan's initial weights.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+impl TrainedModel {
+    fn open(&self, need_targets: bool) -> Result<(Session, Dataset), PockError> {
+        let mut s = Session::load(&self.plan, self.run.session_options())?;
+        if let Some(w) = &self.weights {
+            s.load_weights(w)?;
+        }
+        let d = load_data(&s, &self.data, need_targets)?;
+        Ok((s, d))
+    }
+}
+
 #[derive(Args, Clone)]
 struct RunArgs {
     /// Threads for the CPU kernels (default: all cores).
@@ -237,14 +252,6 @@ fn load_data(session: &Session, path: &Path, need_targets: bool) -> Result<Datas
     Ok(data)
 }
 
-fn load_session(plan: &Path, weights: Option<&Path>, run: &RunArgs) -> Result<Session, PockError> {
-    let mut s = Session::load(plan, run.session_options())?;
-    if let Some(w) = weights {
-        s.load_weights(w)?;
-    }
-    Ok(s)
-}
-
 fn run(cli: Cli) -> Result<(), PockError> {
     match cli.command {
         Command::Compile(a) => compile(a),
@@ -261,9 +268,8 @@ fn run(cli: Cli) -> Result<(), PockError> {
             Ok(())
         }
         Command::Train(a) => train(a),
-        Command::Eval { plan, data, weights, json, run } => {
-            let mut s = load_session(&plan, weights.as_deref(), &run)?;
-            let d = load_data(&s, &data, true)?;
+        Command::Eval { model, json } => {
+            let (mut s, d) = model.open(true)?;
             let r = pock::train::evaluate(&mut s, &d)?;
             if json {
                 println!("{}", serde_json::to_string(&r).expect("report serialises"));
@@ -275,9 +281,8 @@ fn run(cli: Cli) -> Result<(), PockError> {
             }
             Ok(())
         }
-        Command::Infer { plan, data, weights, out, run } => {
-            let mut s = load_session(&plan, weights.as_deref(), &run)?;
-            let d = load_data(&s, &data, false)?;
+        Command::Infer { model, out } => {
+            let (mut s, d) = model.open(false)?;
             let (y, shape) = pock::train::predict(&mut s, &d)?;
             pock::data::write_predictions(&out, &y, &shape)?;
             eprintln!("wrote {} outputs of shape {:?} to {}", shape[0], &shape[1..], out.display());

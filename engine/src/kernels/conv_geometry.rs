@@ -1,11 +1,11 @@
 //! The sizes of a convolution, shared by the reference and the fast kernels.
+// Without `std` only the reference kernels use this, and they need only part of it.
+#![cfg_attr(not(feature = "std"), allow(dead_code))]
 
 use crate::ops::Conv2d;
 
 /// The sizes of one convolution, read from its input-side (`[N, C, H, W]`), weight
 /// (`[O, C/groups, KH, KW]`) and output-side (`[N, O, HO, WO]`) shapes.
-// Without `std` only the reference kernels use this, and they need no algorithm choice.
-#[cfg_attr(not(feature = "std"), allow(dead_code))]
 pub(crate) struct ConvGeometry {
     pub n: usize,
     pub c: usize,
