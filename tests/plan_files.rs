@@ -80,6 +80,10 @@ fn well_formed_but_inconsistent_plans_are_rejected() {
     p.tensors[0].location = Location::Arena { offset: p.arena_bytes };
     cases.push(("tensor outside arena", p));
     let mut p = plan.clone();
+    let arena_tensor = p.tensors.iter().position(|t| matches!(t.location, Location::Arena { .. })).unwrap();
+    p.tensors[arena_tensor].location = Location::Arena { offset: 4 };
+    cases.push(("misaligned tensor", p));
+    let mut p = plan.clone();
     let n = &mut p.programs.train.nodes[0];
     n.inputs.pop();
     cases.push(("wrong arity", p));

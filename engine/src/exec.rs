@@ -24,7 +24,7 @@ pub enum ExecError {
     NoProgram(&'static str),
     #[error("cannot allocate the {bytes}-byte arena")]
     OutOfMemory { bytes: u64 },
-    #[error("the weight section is not 4-byte aligned in memory; load the plan from a file or an aligned buffer")]
+    #[error("the weight section is not 8-byte aligned in memory; load the plan from a file or an 8-byte aligned buffer")]
     MisalignedWeights,
     #[error("{0}")]
     Unsupported(String),
@@ -69,7 +69,7 @@ pub fn validate(plan: &Plan) -> Result<(), ValidationError> {
         match t.location {
             Location::Arena { offset } => {
                 let end = offset.checked_add(bytes);
-                if end.is_none_or(|e| e > plan.arena_bytes) || offset % 8 != 0 {
+                if end.is_none_or(|e| e > plan.arena_bytes) || !offset.is_multiple_of(8) {
                     bail!("tensor '{}' ({} bytes at {offset}) does not fit the {}-byte arena", t.name, bytes, plan.arena_bytes);
                 }
                 if persistent && end.is_some_and(|e| e > plan.persistent_bytes) {
@@ -77,13 +77,13 @@ pub fn validate(plan: &Plan) -> Result<(), ValidationError> {
                 }
             }
             Location::Weights { offset } => {
-                if offset.checked_add(bytes).is_none_or(|e| e > plan.weight_bytes) || offset % 4 != 0 {
+                if offset.checked_add(bytes).is_none_or(|e| e > plan.weight_bytes) || !offset.is_multiple_of(t.dtype.size() as u64) {
                     bail!("tensor '{}' ({} bytes at {offset}) does not fit the {}-byte weight section", t.name, bytes, plan.weight_bytes);
                 }
             }
         }
         if let Init::FromWeights { offset } = t.init {
-            if offset.checked_add(bytes).is_none_or(|e| e > plan.weight_bytes) || offset % 4 != 0 {
+            if offset.checked_add(bytes).is_none_or(|e| e > plan.weight_bytes) || !offset.is_multiple_of(4) {
                 bail!("initial value of '{}' does not fit the weight section", t.name);
             }
         }
@@ -156,7 +156,7 @@ fn validate_node(plan: &Plan, node: &crate::plan::Node) -> Result<(), Validation
         matches!(node.op, Op::Reshape { .. }) && plan.tensor(node.inputs[0]).location == plan.tensor(node.outputs[0]).location;
     let workspace = node.workspace.map(|w| (true, w.offset, w.offset.saturating_add(w.elems.saturating_mul(4))));
     if let Some(w) = workspace {
-        if w.2 > plan.arena_bytes || w.1 % 4 != 0 {
+        if w.2 > plan.arena_bytes || !w.1.is_multiple_of(4) {
             bail!("workspace does not fit the arena");
         }
     }
@@ -243,7 +243,7 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
     /// have passed [`validate`] (as [`crate::format::decode_plan`] ensures).
     pub fn new(plan: Plan, bytes: W, weights: WeightRange, kernels: CpuKernels) -> Result<Self, ExecError> {
         let section = &bytes.as_ref()[weights.offset..weights.offset + weights.len];
-        if !(section.as_ptr() as usize).is_multiple_of(4) {
+        if !(section.as_ptr() as usize).is_multiple_of(8) {
             return Err(ExecError::MisalignedWeights);
         }
         #[cfg(feature = "std")]
