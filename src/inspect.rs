@@ -46,12 +46,24 @@ pub struct PlanReport {
     pub frozen_params: usize,
     pub optimizer_state_bytes: u64,
     pub gradient_accumulator_bytes: u64,
+    /// Bytes of forward values the backward pass reads (what training keeps beyond inference).
+    pub saved_activation_bytes: u64,
     pub ops: OpCounts,
     pub inputs: Vec<InputInfo>,
     pub outputs: Vec<InputInfo>,
     pub programs: Vec<ProgramInfo>,
     /// Roofline estimate of one training step on the plan's target, milliseconds.
     pub estimated_step_ms: Option<f64>,
+}
+
+/// Bytes of scratch values that forward nodes produce and backward nodes read.
+fn saved_for_backward(plan: &Plan) -> u64 {
+    let nodes = &plan.programs.train.nodes;
+    let produced: std::collections::HashSet<_> =
+        nodes.iter().filter(|n| n.phase == Phase::Forward).flat_map(|n| n.outputs.iter().copied()).collect();
+    let read: std::collections::HashSet<_> =
+        nodes.iter().filter(|n| n.phase == Phase::Backward).flat_map(|n| n.inputs.iter().copied()).collect();
+    produced.intersection(&read).filter(|&&t| plan.tensor(t).role == Role::Transient).map(|&t| plan.tensor(t).bytes()).sum()
 }
 
 pub fn report(plan: &Plan) -> PlanReport {
@@ -62,6 +74,7 @@ pub fn report(plan: &Plan) -> PlanReport {
     let (frozen_params, _) = sum(&|r| *r == Role::Parameter { trainable: false });
     let (_, optimizer_state_bytes) = sum(&|r| matches!(r, Role::OptimizerState { .. }));
     let (_, gradient_accumulator_bytes) = sum(&|r| matches!(r, Role::GradAccumulator { .. }));
+    let saved_activation_bytes = saved_for_backward(plan);
     let train_nodes = plan.programs.train.nodes.iter().chain(plan.programs.apply.iter().flat_map(|p| p.nodes.iter()));
     let mut ops = OpCounts { forward: 0, backward: 0, optimizer: 0 };
     for n in train_nodes {
@@ -112,6 +125,7 @@ pub fn report(plan: &Plan) -> PlanReport {
         frozen_params,
         optimizer_state_bytes,
         gradient_accumulator_bytes,
+        saved_activation_bytes,
         ops,
         inputs: io(&plan.programs.train.feeds),
         outputs: io(&plan.programs.infer.fetches),
@@ -137,6 +151,7 @@ pub fn table(plan: &Plan, r: &PlanReport, ops: bool) -> String {
         human_bytes(r.weight_bytes),
         human_bytes(r.optimizer_state_bytes)
     );
+    let _ = writeln!(s, "saved        {} of forward values kept for the backward pass", human_bytes(r.saved_activation_bytes));
     let _ = writeln!(s, "train ops    {} forward, {} backward, {} optimizer", r.ops.forward, r.ops.backward, r.ops.optimizer);
     for i in &r.inputs {
         let _ = writeln!(s, "input        {} {:?} {}", i.name, i.shape, i.dtype);

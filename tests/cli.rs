@@ -53,9 +53,10 @@ fn compile_inspect_train_eval_infer() {
     ok(&["compile", "zoo:cnn:size=16,width=8", "--batch", "16", "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "-o", s(&plan)]);
 
     let json: serde_json::Value = serde_json::from_str(&ok(&["inspect", s(&plan), "--json"])).unwrap();
-    for key in ["arena_bytes", "weight_bytes", "trainable_params", "optimizer_state_bytes"] {
+    for key in ["arena_bytes", "weight_bytes", "trainable_params", "optimizer_state_bytes", "saved_activation_bytes"] {
         assert!(json[key].as_u64().unwrap() > 0, "{key}: {json}");
     }
+    assert!(json["saved_activation_bytes"].as_u64() < json["arena_bytes"].as_u64());
     let ops = &json["ops"];
     assert!(
         ops["forward"].as_u64().unwrap() > 0 && ops["backward"].as_u64().unwrap() > 0 && ops["optimizer"].as_u64().unwrap() > 0,
