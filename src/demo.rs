@@ -10,7 +10,7 @@ use pock_engine::{Session, SessionOptions};
 
 use crate::error::PockError;
 use crate::schedule::LrSchedule;
-use crate::train::{evaluate, train, TrainConfig};
+use crate::train::{evaluate, train_epochs, TrainConfig};
 
 #[derive(Clone, Debug)]
 pub struct DemoConfig {
@@ -81,27 +81,18 @@ pub fn run(cfg: &DemoConfig, out: &mut dyn Write) -> Result<DemoReport, PockErro
     w(out, format!("before training: test loss {:.4}, accuracy {:.1}%", before.loss, 100.0 * accuracy_before))?;
     let config =
         TrainConfig { epochs: cfg.epochs, seed: cfg.seed, base_lr: 0.05, schedule: LrSchedule::parse("cosine").expect("valid schedule") };
-    let mut summary = None;
     let mut epoch_start = Instant::now();
-    let mut epoch_sum = (0.0f64, 0usize, 0u64);
-    let steps_per_epoch = (cfg.train_samples / cfg.batch) as u64;
-    let result = train(&mut session, &train_set, &config, |r| {
-        epoch_sum = (epoch_sum.0 + r.loss as f64, epoch_sum.1 + 1, r.epoch);
-        if r.step % steps_per_epoch == 0 {
-            let _ = writeln!(
-                out,
-                "epoch {}: mean loss {:.4}, {:.1} ms/step, {:.1} s",
-                r.epoch + 1,
-                epoch_sum.0 / epoch_sum.1 as f64,
-                epoch_start.elapsed().as_secs_f64() * 1e3 / epoch_sum.1 as f64,
-                epoch_start.elapsed().as_secs_f64()
-            );
-            epoch_sum = (0.0, 0, r.epoch);
+    let summary = train_epochs(
+        &mut session,
+        &train_set,
+        &config,
+        |_| {},
+        |_, e| {
+            let seconds = epoch_start.elapsed().as_secs_f64();
             epoch_start = Instant::now();
-        }
-    });
-    summary.replace(result?);
-    let summary = summary.expect("set above");
+            w(out, format!("epoch {}: mean loss {:.4}, {:.1} ms/step, {seconds:.1} s", e.epoch + 1, e.mean_loss, e.ms_per_step))
+        },
+    )?;
     let after = evaluate(&mut session, &test_set)?;
     let accuracy_after = after.accuracy.unwrap_or(0.0);
     w(out, format!("after training:  test loss {:.4}, accuracy {:.1}%", after.loss, 100.0 * accuracy_after))?;

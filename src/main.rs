@@ -13,7 +13,7 @@ use pock::data::Dataset;
 use pock::engine::plan::OptimizerKind;
 use pock::engine::{Session, SessionOptions};
 use pock::schedule::LrSchedule;
-use pock::train::{TrainConfig, TrainSummary};
+use pock::train::TrainConfig;
 use pock::PockError;
 
 #[derive(Parser)]
@@ -174,7 +174,7 @@ impl TrainedModel {
 
 #[derive(Args, Clone)]
 struct RunArgs {
-    /// Threads for the CPU kernels (default: all cores).
+    /// Threads for the matrix products (default 1: only gemm runs in parallel so far, which did not pay off on 2 cores).
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -382,28 +382,22 @@ fn train(a: TrainArgs) -> Result<(), PockError> {
         b
     });
     let mut log_error = None;
-    let mut epochs_done = 0;
-    let mut summary: Option<TrainSummary> = None;
-    // Train epoch by epoch so that --eval-data can report between epochs.
-    for _ in 0..a.epochs {
-        let one = TrainConfig { epochs: 1, ..cfg.clone() };
-        let s = pock::train::train(&mut session, &data, &one, |r| {
-            if let Some(w) = log.as_mut() {
-                if let Err(e) = serde_json::to_writer(&mut *w, r).map_err(std::io::Error::from).and_then(|_| w.write_all(b"\n")) {
-                    log_error.get_or_insert(e);
-                }
+    let on_step = |r: &pock::train::StepRecord| {
+        if let Some(w) = log.as_mut() {
+            if let Err(e) = serde_json::to_writer(&mut *w, r).map_err(std::io::Error::from).and_then(|_| w.write_all(b"\n")) {
+                log_error.get_or_insert(e);
             }
-            if let Some(b) = &bar {
-                b.inc(1);
-                b.set_prefix(format!("{}", r.epoch + 1));
-                b.set_message(format!("loss {:.4} lr {:.3e} {:.1} ms/step", r.loss, r.lr, r.ms));
-            }
-        })?;
-        epochs_done += 1;
-        let epoch = session.micro_steps() / s.steps_per_epoch;
-        let mut line = format!("epoch {epoch}: train loss {:.4}, {:.2} ms/step", s.epoch_losses[0], s.mean_ms);
+        }
+        if let Some(b) = &bar {
+            b.inc(1);
+            b.set_prefix(format!("{}", r.epoch + 1));
+            b.set_message(format!("loss {:.4} lr {:.3e} {:.1} ms/step", r.loss, r.lr, r.ms));
+        }
+    };
+    let on_epoch = |session: &mut Session, e: &pock::train::EpochRecord| -> Result<(), PockError> {
+        let mut line = format!("epoch {}: train loss {:.4}, {:.2} ms/step", e.epoch + 1, e.mean_loss, e.ms_per_step);
         if let Some(d) = &eval_data {
-            let r = pock::train::evaluate(&mut session, d)?;
+            let r = pock::train::evaluate(session, d)?;
             line += &format!(", eval loss {:.4}", r.loss);
             if let Some(acc) = r.accuracy {
                 line += &format!(", eval accuracy {:.2}%", 100.0 * acc);
@@ -414,16 +408,9 @@ fn train(a: TrainArgs) -> Result<(), PockError> {
             None if !a.quiet => eprintln!("{line}"),
             None => {}
         }
-        summary = Some(match summary {
-            None => s,
-            Some(mut acc) => {
-                acc.mean_ms = (acc.mean_ms * acc.steps as f64 + s.mean_ms * s.steps as f64) / (acc.steps + s.steps) as f64;
-                acc.steps += s.steps;
-                acc.epoch_losses.extend(s.epoch_losses);
-                acc
-            }
-        });
-    }
+        Ok(())
+    };
+    let summary = pock::train::train_epochs(&mut session, &data, &cfg, on_step, on_epoch)?;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -436,14 +423,13 @@ fn train(a: TrainArgs) -> Result<(), PockError> {
     if let Some(p) = &a.save {
         session.save(p)?;
     }
-    if let Some(s) = summary {
-        eprintln!(
-            "trained {epochs_done} epoch(s), {} steps, {:.2} ms/step; final epoch loss {:.4}{}",
-            s.steps,
-            s.mean_ms,
-            s.epoch_losses.last().copied().unwrap_or(f64::NAN),
-            a.save.as_ref().map(|p| format!("; saved {}", p.display())).unwrap_or_default()
-        );
-    }
+    eprintln!(
+        "trained {} epoch(s), {} steps, {:.2} ms/step; final epoch loss {:.4}{}",
+        summary.epoch_losses.len(),
+        summary.steps,
+        summary.mean_ms,
+        summary.epoch_losses.last().copied().unwrap_or(f64::NAN),
+        a.save.as_ref().map(|p| format!("; saved {}", p.display())).unwrap_or_default()
+    );
     Ok(())
 }

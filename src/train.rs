@@ -91,13 +91,32 @@ impl BatchBuffers {
     }
 }
 
+/// The end of one epoch, as reported to [`train_epochs`]' callback.
+#[derive(Clone, Debug)]
+pub struct EpochRecord {
+    pub epoch: u64,
+    pub mean_loss: f64,
+    pub ms_per_step: f64,
+}
+
 /// Trains for `cfg.epochs` epochs, continuing from the session's counters (after a resume, the
 /// epoch numbering and the shuffling continue where they stopped).
 pub fn train(
     session: &mut Session,
     data: &Dataset,
     cfg: &TrainConfig,
+    on_step: impl FnMut(&StepRecord),
+) -> Result<TrainSummary, PockError> {
+    train_epochs(session, data, cfg, on_step, |_, _| Ok(()))
+}
+
+/// [`train`] with a callback after every epoch that is lent the session (to evaluate, say).
+pub fn train_epochs(
+    session: &mut Session,
+    data: &Dataset,
+    cfg: &TrainConfig,
     mut on_step: impl FnMut(&StepRecord),
+    mut on_epoch: impl FnMut(&mut Session, &EpochRecord) -> Result<(), PockError>,
 ) -> Result<TrainSummary, PockError> {
     check_data(session, data, true)?;
     let batch = session.batch();
@@ -117,7 +136,7 @@ pub fn train(
     let (mut total_ms, mut steps) = (0.0, 0u64);
     for epoch in start_epoch..start_epoch + cfg.epochs {
         let order = data.epoch_order(cfg.seed, epoch);
-        let mut sum = 0.0f64;
+        let (mut sum, mut epoch_ms) = (0.0f64, 0.0f64);
         for b in 0..steps_per_epoch as usize {
             let idx = &order[b * batch..(b + 1) * batch];
             let lr = cfg.schedule.rate(cfg.base_lr, session.optimizer_steps(), run_end);
@@ -130,11 +149,14 @@ pub fn train(
                 return Err(PockError::Diverged { step: session.micro_steps(), loss });
             }
             sum += loss as f64;
-            total_ms += ms;
+            epoch_ms += ms;
             steps += 1;
             on_step(&StepRecord { step: session.micro_steps(), optimizer_step: session.optimizer_steps(), epoch, loss, lr, ms });
         }
-        epoch_losses.push(sum / steps_per_epoch as f64);
+        total_ms += epoch_ms;
+        let record = EpochRecord { epoch, mean_loss: sum / steps_per_epoch as f64, ms_per_step: epoch_ms / steps_per_epoch as f64 };
+        epoch_losses.push(record.mean_loss);
+        on_epoch(session, &record)?;
     }
     Ok(TrainSummary {
         steps,

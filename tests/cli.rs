@@ -195,3 +195,35 @@ fn inspect_lists_every_node_with_ops() {
         assert!(t.contains(needle), "missing {needle}:\n{t}");
     }
 }
+
+#[test]
+fn cosine_schedule_spans_the_whole_run() {
+    let d = workdir("cosine");
+    let (plan, train, log) = (d.join("mlp.pock"), d.join("train.npz"), d.join("log.jsonl"));
+    pock::synth::blobs(64, 4, 2, 1).save_npz(&train).unwrap();
+    ok(&["compile", "zoo:mlp:inputs=4", "--batch", "16", "--lr", "0.1", "-o", s(&plan)]);
+    ok(&[
+        "train",
+        s(&plan),
+        "--data",
+        s(&train),
+        "--epochs",
+        "3",
+        "--lr-schedule",
+        "cosine",
+        "--eval-data",
+        s(&train),
+        "--log-json",
+        s(&log),
+    ]);
+    let lrs: Vec<f64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap())
+        .collect();
+    assert_eq!(lrs.len(), 12);
+    assert!((lrs[0] - 0.1).abs() < 1e-6, "{lrs:?}");
+    // One decay over all 12 steps, not one per epoch.
+    assert!(lrs.windows(2).all(|w| w[1] < w[0]), "{lrs:?}");
+    assert!(lrs[11] < 0.01, "{lrs:?}");
+}

@@ -29,7 +29,8 @@ pub enum SessionError {
 
 #[derive(Clone, Copy, Debug)]
 pub struct SessionOptions {
-    /// Threads for the fast CPU kernels.
+    /// Threads for the fast CPU kernels (gemm). Default 1: only gemm is parallel so far, and on
+    /// the 2-core reference machine two threads made every zoo model's step slower (BENCHMARKS.md).
     pub threads: usize,
     /// Run the portable reference kernels instead of the fast ones (for debugging and tests).
     pub reference_kernels: bool,
@@ -37,7 +38,7 @@ pub struct SessionOptions {
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { threads: std::thread::available_parallelism().map_or(1, |n| n.get()), reference_kernels: false }
+        SessionOptions { threads: 1, reference_kernels: false }
     }
 }
 

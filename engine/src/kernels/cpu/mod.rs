@@ -79,6 +79,9 @@ pub fn in_external_kernel() -> bool {
     EXTERNAL_DEPTH.try_with(|d| d.get() > 0).unwrap_or(false)
 }
 
+/// Products with fewer multiply-adds than this run on one thread whatever the configuration.
+pub const PARALLEL_MIN_MACS: usize = 1 << 22;
+
 /// A strided matrix operand: element `(i, j)` is `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy)]
 pub struct Mat<'a> {
@@ -111,6 +114,9 @@ pub fn sgemm(a: Mat<'_>, b: Mat<'_>, c: &mut [f32], c_row_stride: usize, accumul
         }
         return;
     }
+    // Splitting a small product across threads costs more than it saves (measured on the demo's
+    // convolutions, ~1M multiply-adds each: 2 threads took 1.8x as long as 1).
+    let par = if m * n * k < PARALLEL_MIN_MACS { gemm::Parallelism::None } else { par };
     let _scope = ExternalKernelScope::enter();
     // SAFETY: the asserts above keep every index gemm computes from these strides inside the
     // slices; `c` is borrowed mutably, so it cannot overlap `a` or `b`.
