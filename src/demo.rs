@@ -9,6 +9,7 @@ use pock_engine::plan::OptimizerKind;
 use pock_engine::{Session, SessionOptions};
 
 use crate::error::PockError;
+use crate::human_bytes;
 use crate::schedule::LrSchedule;
 use crate::train::{evaluate, train_epochs, TrainConfig};
 
@@ -122,12 +123,3 @@ pub fn datasets(cfg: &DemoConfig) -> (crate::data::Dataset, crate::data::Dataset
 }
 
 const SIZE: usize = 28;
-
-pub fn human_bytes(b: u64) -> String {
-    match b {
-        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
-        b if b >= 1 << 20 => format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64),
-        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
-        b => format!("{b} B"),
-    }
-}

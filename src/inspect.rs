@@ -5,7 +5,7 @@ use std::fmt::Write;
 use pock_engine::plan::{Phase, Plan, Role};
 use serde::Serialize;
 
-use crate::demo::human_bytes;
+use crate::human_bytes;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct OpCounts {

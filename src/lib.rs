@@ -43,3 +43,13 @@ pub fn compile_model(model: &str, batch: usize, seed: u64, options: CompileOptio
     let forward = pock_models::build(model, batch, seed)?;
     Ok(forward.into_training(options)?.into_plan()?)
 }
+
+/// A byte count for people: `9.27 MiB`.
+pub fn human_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}

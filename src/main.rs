@@ -342,9 +342,9 @@ fn compile(a: CompileArgs) -> Result<(), PockError> {
         a.model,
         started.elapsed().as_secs_f64(),
         a.output.display(),
-        pock::demo::human_bytes(bytes.len() as u64),
+        pock::human_bytes(bytes.len() as u64),
         r.trainable_params,
-        pock::demo::human_bytes(r.arena_bytes),
+        pock::human_bytes(r.arena_bytes),
         r.ops.forward,
         r.ops.backward,
         r.ops.optimizer

@@ -180,11 +180,6 @@ pub fn assert_close(what: &str, checks: &[TensorCheck], tolerance: f64) {
     assert!(checks.iter().any(|c| c.analytic_norm > 0.0), "{what}: every gradient is zero\n{report}");
 }
 
-/// Nodes of `graph` in the given program (helper for whole-graph checks).
-pub fn nodes_of(graph: &Graph, program: Program) -> Vec<Node> {
-    graph.program_nodes(program).cloned().collect()
-}
-
 /// Whole-model gradient check: attaches the task's loss (mean) to `forward`, differentiates it
 /// with [`crate::autodiff::differentiate`], and compares the gradients of up to `max_tensors`
 /// trainable parameters (spread evenly over the model) against central differences of the loss
