@@ -282,10 +282,11 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
     }
     // Infer is a subset of eval's nodes, so eval's placement serves it unchanged.
     let infer_program = {
-        let eval_spec = &specs[1];
-        let mut p = emit("eval", &eval_spec.nodes, &[t.eval_input], &[t.eval_output]);
-        let keep: Vec<String> = infer.iter().map(|n| n.name.clone()).collect();
-        p.nodes.retain(|n| keep.contains(&n.name));
+        let keep: std::collections::HashSet<&str> = infer.iter().map(|n| n.name.as_str()).collect();
+        let mut p = programs["eval"].clone();
+        p.nodes.retain(|n| keep.contains(n.name.as_str()));
+        p.feeds = vec![remap(t.eval_input)];
+        p.fetches = vec![remap(t.eval_output)];
         p
     };
 
