@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use pock_engine::ops::{Op, Reduction};
+use pock_engine::ops::{DenseOp, LossOp, NormOp, Op, Reduction};
 
 use crate::error::{CompileError, Result};
 use crate::ir::{DType, Graph, Node, Phase, Program, Role, TensorDef, TensorId};
@@ -43,8 +43,8 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
         }
     };
     let loss_op = |r: Reduction| match &task {
-        Task::Classification { .. } => Op::SoftmaxCrossEntropy(r),
-        Task::Regression => Op::Mse(r),
+        Task::Classification { .. } => LossOp::SoftmaxCrossEntropy(r),
+        Task::Regression => LossOp::Mse(r),
     };
     if let Task::Classification { classes } = task {
         if graph.shape(output) != [batch, classes] {
@@ -133,7 +133,7 @@ pub fn differentiate(graph: &mut Graph, loss: TensorId) -> Result<ParamGrads> {
                 None => g,
                 Some(&prev) => {
                     let name = format!("{}.grad.sum{}", graph.tensor(x).name, node.name);
-                    graph.emit(name, Op::Add, &[prev, g], Phase::Backward, Program::Train)?[0]
+                    graph.emit(name, DenseOp::Add, &[prev, g], Phase::Backward, Program::Train)?[0]
                 }
             };
             grads.insert(x, total);
@@ -168,8 +168,8 @@ pub fn prune_unused(graph: &mut Graph, keep: &[TensorId]) {
 /// Turns every training-mode BatchNorm into its frozen form (running statistics, not updated).
 fn freeze_batch_norm(graph: &mut Graph) {
     for node in &mut graph.nodes {
-        if let Op::BatchNormTrain(bn) = node.op {
-            node.op = Op::BatchNormInfer(bn);
+        if let Op::Norm(NormOp::BatchNormTrain(bn)) = node.op {
+            node.op = NormOp::BatchNormInfer(bn).into();
             // Inputs [x, gamma, beta] + the running statistics that were in-place outputs 3 and 4.
             node.inputs.extend_from_slice(&node.outputs[3..5]);
             node.outputs.truncate(1);
@@ -197,10 +197,10 @@ fn clone_for_eval(graph: &mut Graph, count: usize, input: TensorId, output: Tens
     for i in 0..count {
         let node = graph.nodes[i].clone();
         let (op, inputs, outputs) = match node.op {
-            Op::BatchNormTrain(bn) => {
+            Op::Norm(NormOp::BatchNormTrain(bn)) => {
                 let mut inputs = node.inputs.clone();
                 inputs.extend_from_slice(&node.outputs[3..5]);
-                (Op::BatchNormInfer(bn), inputs, node.outputs[..1].to_vec())
+                (NormOp::BatchNormInfer(bn).into(), inputs, node.outputs[..1].to_vec())
             }
             op => (op, node.inputs.clone(), node.outputs.clone()),
         };

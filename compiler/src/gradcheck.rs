@@ -4,7 +4,7 @@
 //! The error of one tensor's gradient is norm-wise: `|analytic - numeric| / max(|analytic|,
 //! |numeric|)`, over the checked elements (all of them, or a seeded sample for large tensors).
 
-use pock_engine::ops::Op;
+use pock_engine::ops::{LossOp, Op};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -43,7 +43,8 @@ pub struct TensorCheck {
 
 /// Checks `op`'s gradient rule on random inputs: `L = sum(r * y)` for the op's first output `y`
 /// and a random `r`, differentiated with respect to every `Float`/`Positive` input.
-pub fn check_op(op: Op, inputs: &[CaseInput], seed: u64) -> Result<Vec<TensorCheck>> {
+pub fn check_op(op: impl Into<Op>, inputs: &[CaseInput], seed: u64) -> Result<Vec<TensorCheck>> {
+    let op = op.into();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut g = Graph::new();
     let mut ids = Vec::new();
@@ -204,9 +205,9 @@ pub fn check_model(
     let batch = graph.shape(input)[0];
     let (target, loss_op) = match task {
         Task::Classification { .. } => {
-            (graph.input("target", vec![batch], DType::I64, Role::Target), Op::SoftmaxCrossEntropy(Reduction::Mean))
+            (graph.input("target", vec![batch], DType::I64, Role::Target), LossOp::SoftmaxCrossEntropy(Reduction::Mean))
         }
-        Task::Regression => (graph.input("target", graph.shape(output).to_vec(), DType::F32, Role::Target), Op::Mse(Reduction::Mean)),
+        Task::Regression => (graph.input("target", graph.shape(output).to_vec(), DType::F32, Role::Target), LossOp::Mse(Reduction::Mean)),
     };
     let loss = graph.emit("loss", loss_op, &[output, target], Phase::Forward, Program::Train)?[0];
     let forward_nodes: Vec<Node> = graph.nodes.clone();

@@ -112,7 +112,14 @@ impl Graph {
     /// Appends a node whose outputs are all new tensors; returns them.
     ///
     /// Outputs are named after the node: `name` for a single output, `name:i` otherwise.
-    pub fn emit(&mut self, name: impl Into<String>, op: Op, inputs: &[TensorId], phase: Phase, program: Program) -> Result<Vec<TensorId>> {
+    pub fn emit(
+        &mut self,
+        name: impl Into<String>,
+        op: impl Into<Op>,
+        inputs: &[TensorId],
+        phase: Phase,
+        program: Program,
+    ) -> Result<Vec<TensorId>> {
         self.emit_inplace(name, op, inputs, &[], phase, program)
     }
 
@@ -121,13 +128,13 @@ impl Graph {
     pub fn emit_inplace(
         &mut self,
         name: impl Into<String>,
-        op: Op,
+        op: impl Into<Op>,
         inputs: &[TensorId],
         inplace: &[TensorId],
         phase: Phase,
         program: Program,
     ) -> Result<Vec<TensorId>> {
-        let name = name.into();
+        let (name, op) = (name.into(), op.into());
         let shapes = self.infer(&name, &op, inputs)?;
         let range = op.inplace_outputs();
         if inplace.len() != range.len() {

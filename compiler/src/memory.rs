@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use pock_engine::kernels::cpu::workspace_elems;
-use pock_engine::ops::Op;
+use pock_engine::ops::{DenseOp, Op};
 use pock_engine::plan::{
     self, Init, Location, Loss, Node as PlanNode, Plan, Program as PlanProgram, Programs, TensorInfo, TrainingInfo, Workspace, ALIGN,
 };
@@ -119,7 +119,7 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
     let mut root: Vec<TensorId> = (0..g.tensors.len() as u32).map(TensorId).collect();
     for spec in &specs {
         for n in &spec.nodes {
-            if matches!(n.op, Op::Reshape { .. }) {
+            if matches!(n.op, Op::Dense(DenseOp::Reshape { .. })) {
                 root[n.outputs[0].index()] = root[n.inputs[0].index()];
             }
         }
@@ -264,7 +264,7 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
         nodes: nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| !matches!(n.op, Op::Reshape { .. }))
+            .filter(|(_, n)| !matches!(n.op, Op::Dense(DenseOp::Reshape { .. })))
             .map(|(i, n)| PlanNode {
                 name: n.name.clone(),
                 op: n.op.clone(),

@@ -6,7 +6,7 @@
 //! norm clipping), updates and zeroes the accumulators. The learning rate and the step counter
 //! are runtime scalars, so schedules need no recompilation.
 
-use pock_engine::ops::{Adam, GradScale, Op, Sgd};
+use pock_engine::ops::{Adam, GradScale, OptimOp, Sgd};
 use pock_engine::plan::OptimizerKind;
 
 use crate::error::{CompileError, Result};
@@ -37,7 +37,7 @@ pub fn add_optimizer(graph: &mut Graph, grads: &[(TensorId, TensorId)], options:
         for &(p, g) in grads {
             let pname = graph.tensor(p).name.clone();
             let acc = state(graph, format!("grad_accumulator.{pname}"), p, Role::GradAccumulator { param: p });
-            graph.emit_inplace(format!("accumulate.{pname}"), Op::AccumulateGrad, &[g], &[acc], Phase::Optimizer, Program::Train)?;
+            graph.emit_inplace(format!("accumulate.{pname}"), OptimOp::AccumulateGrad, &[g], &[acc], Phase::Optimizer, Program::Train)?;
             accs.push((p, acc));
         }
         (Program::Apply, accs)
@@ -47,7 +47,7 @@ pub fn add_optimizer(graph: &mut Graph, grads: &[(TensorId, TensorId)], options:
 
     let scale = if k > 1 || options.clip_grad_norm.is_some() {
         let all: Vec<TensorId> = grads.iter().map(|&(_, g)| g).collect();
-        let op = Op::GradScale(GradScale { max_norm: options.clip_grad_norm, multiplier: 1.0 / k as f32 });
+        let op = OptimOp::GradScale(GradScale { max_norm: options.clip_grad_norm, multiplier: 1.0 / k as f32 });
         Some(graph.emit("optimizer.grad_scale", op, &all, Phase::Optimizer, program)?[0])
     } else {
         None
@@ -68,13 +68,13 @@ pub fn add_optimizer(graph: &mut Graph, grads: &[(TensorId, TensorId)], options:
                 } else {
                     vec![]
                 };
-                (Op::SgdUpdate(Sgd { momentum, dampening, nesterov, weight_decay, scaled }), states)
+                (OptimOp::SgdUpdate(Sgd { momentum, dampening, nesterov, weight_decay, scaled }), states)
             }
             OptimizerKind::Adam { beta1, beta2, eps, weight_decay } | OptimizerKind::AdamW { beta1, beta2, eps, weight_decay } => {
                 let decoupled = matches!(options.optimizer, OptimizerKind::AdamW { .. });
                 let m = state(graph, format!("optimizer.{pname}.exp_avg"), p, slot(p, "exp_avg"));
                 let v = state(graph, format!("optimizer.{pname}.exp_avg_sq"), p, slot(p, "exp_avg_sq"));
-                (Op::AdamUpdate(Adam { beta1, beta2, eps, weight_decay, decoupled, scaled }), vec![m, v])
+                (OptimOp::AdamUpdate(Adam { beta1, beta2, eps, weight_decay, decoupled, scaled }), vec![m, v])
             }
         };
         let mut inplace = vec![p];
@@ -84,7 +84,7 @@ pub fn add_optimizer(graph: &mut Graph, grads: &[(TensorId, TensorId)], options:
     if k > 1 {
         for &(_, acc) in &grads {
             let name = format!("zero.{}", graph.tensor(acc).name);
-            graph.emit_inplace(name, Op::Fill { value: 0.0 }, &[], &[acc], Phase::Optimizer, Program::Apply)?;
+            graph.emit_inplace(name, OptimOp::Fill { value: 0.0 }, &[], &[acc], Phase::Optimizer, Program::Apply)?;
         }
     }
     Ok(())

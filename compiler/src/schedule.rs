@@ -36,7 +36,7 @@ pub fn consume_gradients_early(graph: &mut Graph) {
 mod tests {
     use super::*;
     use crate::ir::Graph;
-    use pock_engine::ops::{Op, Sgd};
+    use pock_engine::ops::{DenseOp, OptimOp, Sgd};
 
     #[test]
     fn update_moves_before_unrelated_backward_nodes_but_after_readers() {
@@ -45,12 +45,12 @@ mod tests {
         let x = g.constant("x", vec![2], vec![3.0, 4.0]);
         let lr = g.constant("lr", vec![], vec![0.1]);
         let step = g.constant("step", vec![], vec![1.0]);
-        let y = g.emit("mul", Op::Mul, &[w, x], Phase::Forward, Program::Train).unwrap()[0];
+        let y = g.emit("mul", DenseOp::Mul, &[w, x], Phase::Forward, Program::Train).unwrap()[0];
         // A backward node that reads w, one that does not, then the update.
-        let dw = g.emit("dw", Op::Mul, &[y, x], Phase::Backward, Program::Train).unwrap()[0];
-        let dx = g.emit("dx", Op::Mul, &[y, w], Phase::Backward, Program::Train).unwrap()[0];
-        let _other = g.emit("other", Op::Mul, &[dx, x], Phase::Backward, Program::Train).unwrap();
-        let sgd = Op::SgdUpdate(Sgd { momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0, scaled: false });
+        let dw = g.emit("dw", DenseOp::Mul, &[y, x], Phase::Backward, Program::Train).unwrap()[0];
+        let dx = g.emit("dx", DenseOp::Mul, &[y, w], Phase::Backward, Program::Train).unwrap()[0];
+        let _other = g.emit("other", DenseOp::Mul, &[dx, x], Phase::Backward, Program::Train).unwrap();
+        let sgd = OptimOp::SgdUpdate(Sgd { momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0, scaled: false });
         g.emit_inplace("update", sgd, &[dw, lr, step], &[w], Phase::Optimizer, Program::Train).unwrap();
         consume_gradients_early(&mut g);
         let names: Vec<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();

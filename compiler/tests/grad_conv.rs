@@ -5,7 +5,7 @@
 use pock_compiler::gradcheck::{assert_close, check_op, CaseInput};
 use pock_compiler::ir::{DType, Graph, Phase, Program, Role};
 use pock_compiler::ops::{flops, gradient, GradCtx};
-use pock_engine::ops::{BatchNorm, Conv2d, Op, Pool2d};
+use pock_engine::ops::{BatchNorm, Conv2d, ConvOp, NormOp, Op, Pool2d, PoolOp};
 
 const TOLERANCE: f64 = 1e-6;
 
@@ -13,7 +13,7 @@ fn float(shape: &[usize]) -> CaseInput {
     CaseInput::Float(shape.to_vec())
 }
 
-fn check(what: &str, op: Op, inputs: &[CaseInput], seed: u64) {
+fn check(what: &str, op: impl Into<Op>, inputs: &[CaseInput], seed: u64) {
     let checks = check_op(op, inputs, seed).unwrap_or_else(|e| panic!("{what}: {e}"));
     let differentiated = inputs.iter().filter(|i| matches!(i, CaseInput::Float(_) | CaseInput::Positive(_))).count();
     assert_eq!(checks.len(), differentiated, "{what}: every differentiated input is checked");
@@ -26,7 +26,7 @@ fn conv(stride: [usize; 2], padding: [usize; 4], dilation: [usize; 2], groups: u
 
 /// Checks dx and dw of a convolution of `x` (NCHW) with `w` (`[O, C/groups, KH, KW]`).
 fn check_conv(what: &str, c: Conv2d, x: [usize; 4], w: [usize; 4], seed: u64) {
-    check(what, Op::Conv2d(c), &[float(&x), float(&w)], seed);
+    check(what, ConvOp::Conv2d(c), &[float(&x), float(&w)], seed);
 }
 
 #[test]
@@ -76,8 +76,8 @@ fn conv2d_pointwise() {
 #[test]
 fn batch_norm_train_rank_4_and_rank_2() {
     let b = BatchNorm { eps: 1e-5, momentum: 0.1 };
-    check("BatchNormTrain rank 4", Op::BatchNormTrain(b), &[float(&[2, 3, 4, 5]), float(&[3]), float(&[3])], 201);
-    check("BatchNormTrain rank 2", Op::BatchNormTrain(b), &[float(&[6, 4]), float(&[4]), float(&[4])], 202);
+    check("BatchNormTrain rank 4", NormOp::BatchNormTrain(b), &[float(&[2, 3, 4, 5]), float(&[3]), float(&[3])], 201);
+    check("BatchNormTrain rank 2", NormOp::BatchNormTrain(b), &[float(&[6, 4]), float(&[4]), float(&[4])], 202);
 }
 
 #[test]
@@ -87,31 +87,36 @@ fn batch_norm_infer() {
     let running_var = CaseInput::Fixed(vec![3], vec![0.5, 1.5, 0.8]);
     check(
         "BatchNormInfer rank 4",
-        Op::BatchNormInfer(b),
+        NormOp::BatchNormInfer(b),
         &[float(&[2, 3, 4, 4]), float(&[3]), float(&[3]), running_mean.clone(), running_var.clone()],
         203,
     );
-    check("BatchNormInfer rank 2", Op::BatchNormInfer(b), &[float(&[5, 3]), float(&[3]), float(&[3]), running_mean, running_var], 204);
+    check("BatchNormInfer rank 2", NormOp::BatchNormInfer(b), &[float(&[5, 3]), float(&[3]), float(&[3]), running_mean, running_var], 204);
 }
 
 #[test]
 fn global_avg_pool() {
-    check("GlobalAvgPool", Op::GlobalAvgPool, &[float(&[2, 3, 5, 6])], 301);
+    check("GlobalAvgPool", PoolOp::GlobalAvgPool, &[float(&[2, 3, 5, 6])], 301);
 }
 
 #[test]
 fn avg_pool2d_padding_and_divisor() {
     for count_include_pad in [true, false] {
         let unpadded = Pool2d { kernel: [2, 2], stride: [2, 2], padding: [0; 4], count_include_pad };
-        check(&format!("AvgPool2d 2x2/2 count_include_pad={count_include_pad}"), Op::AvgPool2d(unpadded), &[float(&[2, 3, 6, 6])], 302);
+        check(&format!("AvgPool2d 2x2/2 count_include_pad={count_include_pad}"), PoolOp::AvgPool2d(unpadded), &[float(&[2, 3, 6, 6])], 302);
         let padded = Pool2d { kernel: [3, 3], stride: [2, 2], padding: [1, 1, 1, 1], count_include_pad };
-        check(&format!("AvgPool2d 3x3/2 pad 1 count_include_pad={count_include_pad}"), Op::AvgPool2d(padded), &[float(&[2, 3, 5, 6])], 303);
+        check(
+            &format!("AvgPool2d 3x3/2 pad 1 count_include_pad={count_include_pad}"),
+            PoolOp::AvgPool2d(padded),
+            &[float(&[2, 3, 5, 6])],
+            303,
+        );
         // Asymmetric padding: border windows of the two sides hold different numbers of padded
         // elements, which only matters when count_include_pad is off.
         let asymmetric = Pool2d { kernel: [3, 2], stride: [1, 2], padding: [2, 0, 0, 1], count_include_pad };
         check(
             &format!("AvgPool2d asymmetric pad count_include_pad={count_include_pad}"),
-            Op::AvgPool2d(asymmetric),
+            PoolOp::AvgPool2d(asymmetric),
             &[float(&[2, 2, 5, 5])],
             304,
         );
@@ -121,14 +126,15 @@ fn avg_pool2d_padding_and_divisor() {
 #[test]
 fn max_pool2d_overlapping_and_disjoint_windows() {
     let overlapping = Pool2d { kernel: [3, 3], stride: [2, 2], padding: [1; 4], count_include_pad: true };
-    check("MaxPool2d 3x3/2 pad 1", Op::MaxPool2d(overlapping), &[float(&[2, 3, 6, 6])], 401);
+    check("MaxPool2d 3x3/2 pad 1", PoolOp::MaxPool2d(overlapping), &[float(&[2, 3, 6, 6])], 401);
     let disjoint = Pool2d { kernel: [2, 2], stride: [2, 2], padding: [0; 4], count_include_pad: true };
-    check("MaxPool2d 2x2/2", Op::MaxPool2d(disjoint), &[float(&[2, 3, 6, 5])], 402);
+    check("MaxPool2d 2x2/2", PoolOp::MaxPool2d(disjoint), &[float(&[2, 3, 6, 5])], 402);
 }
 
 /// Runs `op`'s gradient rule on fresh inputs of the given shapes with `needs`, and returns the
 /// gradients and the ops of the backward nodes it emitted.
-fn rule(op: Op, shapes: &[&[usize]], needs: &[bool]) -> (Vec<bool>, Vec<&'static str>) {
+fn rule(op: impl Into<Op>, shapes: &[&[usize]], needs: &[bool]) -> (Vec<bool>, Vec<&'static str>) {
+    let op = op.into();
     let mut g = Graph::new();
     let inputs: Vec<_> =
         shapes.iter().enumerate().map(|(i, s)| g.parameter(format!("in{i}"), s.to_vec(), vec![0.5; s.iter().product()])).collect();
@@ -148,7 +154,7 @@ fn rule(op: Op, shapes: &[&[usize]], needs: &[bool]) -> (Vec<bool>, Vec<&'static
 
 #[test]
 fn rules_emit_only_the_gradients_asked_for() {
-    let c = Op::Conv2d(conv([1, 1], [1; 4], [1, 1], 1));
+    let c = ConvOp::Conv2d(conv([1, 1], [1; 4], [1, 1], 1));
     let (x, w): (&[usize], &[usize]) = (&[2, 3, 5, 5], &[4, 3, 3, 3]);
     assert_eq!(rule(c.clone(), &[x, w], &[true, true]), (vec![true, true], vec!["Conv2dGradInput", "Conv2dGradWeight"]));
     // A first layer: the image needs no gradient, so no Conv2dGradInput is computed.
@@ -159,17 +165,20 @@ fn rules_emit_only_the_gradients_asked_for() {
 
     let b = BatchNorm { eps: 1e-5, momentum: 0.1 };
     let (x, ch): (&[usize], &[usize]) = (&[2, 3, 4, 4], &[3]);
-    assert_eq!(rule(Op::BatchNormTrain(b), &[x, ch, ch], &[false, true, false]), (vec![false, true, false], vec!["BatchNormTrainGrad"]));
-    assert_eq!(rule(Op::BatchNormTrain(b), &[x, ch, ch], &[false, false, false]), (vec![false, false, false], vec![]));
+    assert_eq!(
+        rule(NormOp::BatchNormTrain(b), &[x, ch, ch], &[false, true, false]),
+        (vec![false, true, false], vec!["BatchNormTrainGrad"])
+    );
+    assert_eq!(rule(NormOp::BatchNormTrain(b), &[x, ch, ch], &[false, false, false]), (vec![false, false, false], vec![]));
     // Running statistics never get a gradient, even if asked.
     assert_eq!(
-        rule(Op::BatchNormInfer(b), &[x, ch, ch, ch, ch], &[true; 5]),
+        rule(NormOp::BatchNormInfer(b), &[x, ch, ch, ch, ch], &[true; 5]),
         (vec![true, true, true, false, false], vec!["BatchNormInferGrad"])
     );
 
     let p = Pool2d { kernel: [2, 2], stride: [2, 2], padding: [0; 4], count_include_pad: true };
-    assert_eq!(rule(Op::MaxPool2d(p), &[x], &[true]), (vec![true], vec!["MaxPool2dGrad"]));
-    assert_eq!(rule(Op::AvgPool2d(p), &[x], &[false]), (vec![false], vec![]));
+    assert_eq!(rule(PoolOp::MaxPool2d(p), &[x], &[true]), (vec![true], vec!["MaxPool2dGrad"]));
+    assert_eq!(rule(PoolOp::AvgPool2d(p), &[x], &[false]), (vec![false], vec![]));
 }
 
 #[test]
@@ -178,7 +187,7 @@ fn conv_flops_count_one_multiply_add_per_tap_as_two() {
     let c = conv([1, 1], [1; 4], [1, 1], 2);
     let (x, w, y): (&[usize], &[usize], &[usize]) = (&[2, 4, 4, 4], &[6, 2, 3, 3], &[2, 6, 4, 4]);
     let expected = 2 * (2 * 6 * 4 * 4) * (2 * 3 * 3);
-    assert_eq!(flops(&Op::Conv2d(c), &[x, w], &[y]), expected);
-    assert_eq!(flops(&Op::Conv2dGradInput { conv: c, input_hw: [4, 4] }, &[y, w], &[x]), expected);
-    assert_eq!(flops(&Op::Conv2dGradWeight { conv: c, kernel_hw: [3, 3] }, &[y, x], &[w]), expected);
+    assert_eq!(flops(&ConvOp::Conv2d(c).into(), &[x, w], &[y]), expected);
+    assert_eq!(flops(&ConvOp::Conv2dGradInput { conv: c, input_hw: [4, 4] }.into(), &[y, w], &[x]), expected);
+    assert_eq!(flops(&ConvOp::Conv2dGradWeight { conv: c, kernel_hw: [3, 3] }.into(), &[y, x], &[w]), expected);
 }

@@ -2,7 +2,7 @@
 //! backward nodes, evaluated in f64, against central finite differences of the forward op.
 
 use pock_compiler::gradcheck::{assert_close, check_op, CaseInput};
-use pock_engine::ops::{Clip, MatMul, Op, Reduction};
+use pock_engine::ops::{Clip, DenseOp, LossOp, MatMul, Op, Reduction};
 
 const TOLERANCE: f64 = 1e-6;
 
@@ -10,7 +10,7 @@ fn float(shape: &[usize]) -> CaseInput {
     CaseInput::Float(shape.to_vec())
 }
 
-fn check(what: &str, op: Op, inputs: &[CaseInput], seed: u64) {
+fn check(what: &str, op: impl Into<Op>, inputs: &[CaseInput], seed: u64) {
     let checks = check_op(op, inputs, seed).unwrap_or_else(|e| panic!("{what}: {e}"));
     assert_close(what, &checks, TOLERANCE);
 }
@@ -24,7 +24,7 @@ fn matmul_all_transpose_combinations() {
         let b = if trans_b { [n, k] } else { [k, n] };
         let what = format!("MatMul trans_a={trans_a} trans_b={trans_b}");
         let checks =
-            check_op(Op::MatMul(MatMul { trans_a, trans_b }), &[float(&a), float(&b)], 11).unwrap_or_else(|e| panic!("{what}: {e}"));
+            check_op(DenseOp::MatMul(MatMul { trans_a, trans_b }), &[float(&a), float(&b)], 11).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(checks.len(), 2, "{what}: both operands are checked");
         assert_close(&what, &checks, TOLERANCE);
     }
@@ -34,57 +34,57 @@ fn matmul_all_transpose_combinations() {
 fn matmul_vector_shapes() {
     // Degenerate sizes (a row vector times a matrix, an outer product) catch swapped strides
     // that square shapes would hide.
-    check("MatMul [1,6]x[6,2]", Op::MatMul(MatMul { trans_a: false, trans_b: false }), &[float(&[1, 6]), float(&[6, 2])], 12);
-    check("MatMul outer", Op::MatMul(MatMul { trans_a: true, trans_b: false }), &[float(&[1, 4]), float(&[1, 3])], 13);
-    check("MatMul Linear", Op::MatMul(MatMul { trans_a: false, trans_b: true }), &[float(&[2, 7]), float(&[3, 7])], 14);
+    check("MatMul [1,6]x[6,2]", DenseOp::MatMul(MatMul { trans_a: false, trans_b: false }), &[float(&[1, 6]), float(&[6, 2])], 12);
+    check("MatMul outer", DenseOp::MatMul(MatMul { trans_a: true, trans_b: false }), &[float(&[1, 4]), float(&[1, 3])], 13);
+    check("MatMul Linear", DenseOp::MatMul(MatMul { trans_a: false, trans_b: true }), &[float(&[2, 7]), float(&[3, 7])], 14);
 }
 
 #[test]
 fn bias_add_rank_2_and_rank_4() {
-    check("BiasAdd rank 2", Op::BiasAdd, &[float(&[4, 3]), float(&[3])], 21);
-    check("BiasAdd rank 4", Op::BiasAdd, &[float(&[2, 3, 4, 5]), float(&[3])], 22);
+    check("BiasAdd rank 2", DenseOp::BiasAdd, &[float(&[4, 3]), float(&[3])], 21);
+    check("BiasAdd rank 4", DenseOp::BiasAdd, &[float(&[2, 3, 4, 5]), float(&[3])], 22);
 }
 
 #[test]
 fn add_and_mul() {
-    check("Add", Op::Add, &[float(&[3, 4]), float(&[3, 4])], 31);
-    check("Mul", Op::Mul, &[float(&[2, 3, 2]), float(&[2, 3, 2])], 32);
+    check("Add", DenseOp::Add, &[float(&[3, 4]), float(&[3, 4])], 31);
+    check("Mul", DenseOp::Mul, &[float(&[2, 3, 2]), float(&[2, 3, 2])], 32);
 }
 
 #[test]
 fn relu_and_clip() {
-    check("Relu", Op::Relu, &[float(&[5, 7])], 41);
+    check("Relu", DenseOp::Relu, &[float(&[5, 7])], 41);
     // Inputs are uniform in [-1, 1], so this clip has elements in all three regions.
-    check("Clip", Op::Clip(Clip { min: -0.5, max: 0.5 }), &[float(&[6, 7])], 42);
+    check("Clip", DenseOp::Clip(Clip { min: -0.5, max: 0.5 }), &[float(&[6, 7])], 42);
 }
 
 #[test]
 fn reshape() {
-    check("Reshape", Op::Reshape { shape: vec![6, 4] }, &[float(&[2, 3, 4])], 51);
+    check("Reshape", DenseOp::Reshape { shape: vec![6, 4] }, &[float(&[2, 3, 4])], 51);
 }
 
 #[test]
 fn softmax_cross_entropy_mean_and_per_sample() {
     let inputs = [float(&[5, 4]), CaseInput::Labels(vec![5], 4)];
-    check("SoftmaxCrossEntropy Mean", Op::SoftmaxCrossEntropy(Reduction::Mean), &inputs, 61);
-    check("SoftmaxCrossEntropy PerSample", Op::SoftmaxCrossEntropy(Reduction::PerSample), &inputs, 62);
+    check("SoftmaxCrossEntropy Mean", LossOp::SoftmaxCrossEntropy(Reduction::Mean), &inputs, 61);
+    check("SoftmaxCrossEntropy PerSample", LossOp::SoftmaxCrossEntropy(Reduction::PerSample), &inputs, 62);
 }
 
 #[test]
 fn mse_mean_and_per_sample() {
     let target: Vec<f32> = (0..12).map(|i| (i as f32 - 6.0) / 5.0).collect();
     let inputs = [float(&[3, 4]), CaseInput::Fixed(vec![3, 4], target)];
-    check("Mse Mean", Op::Mse(Reduction::Mean), &inputs, 71);
-    check("Mse PerSample", Op::Mse(Reduction::PerSample), &inputs, 72);
+    check("Mse Mean", LossOp::Mse(Reduction::Mean), &inputs, 71);
+    check("Mse PerSample", LossOp::Mse(Reduction::PerSample), &inputs, 72);
     // A 3-D prediction: PerSample averages over both trailing axes.
     let target: Vec<f32> = (0..12).map(|i| (i as f32) / 12.0).collect();
-    check("Mse PerSample rank 3", Op::Mse(Reduction::PerSample), &[float(&[2, 3, 2]), CaseInput::Fixed(vec![2, 3, 2], target)], 73);
+    check("Mse PerSample rank 3", LossOp::Mse(Reduction::PerSample), &[float(&[2, 3, 2]), CaseInput::Fixed(vec![2, 3, 2], target)], 73);
 }
 
 #[test]
 fn mse_gradient_with_respect_to_the_target() {
     for (r, seed) in [(Reduction::Mean, 81), (Reduction::PerSample, 82)] {
-        let checks = check_op(Op::Mse(r), &[float(&[3, 4]), float(&[3, 4])], seed).unwrap();
+        let checks = check_op(LossOp::Mse(r), &[float(&[3, 4]), float(&[3, 4])], seed).unwrap();
         assert_eq!(checks.len(), 2);
         assert_close(&format!("Mse {r:?} wrt pred and target"), &checks, TOLERANCE);
     }

@@ -3,7 +3,7 @@
 use pock_compiler::ir::{DType, Graph, Phase, Program, Role};
 use pock_compiler::memory::{pack, Interval};
 use pock_compiler::{CompileOptions, ForwardGraph, Task};
-use pock_engine::ops::{MatMul, Op};
+use pock_engine::ops::{DenseOp, MatMul};
 use pock_engine::plan::{Location, OptimizerKind};
 use rand::{RngExt, SeedableRng};
 
@@ -47,10 +47,10 @@ fn deep_mlp(depth: usize, width: usize, batch: usize) -> ForwardGraph {
         );
         let b = g.parameter(format!("layers.{l}.bias"), vec![width], vec![0.01; width]);
         let y = g
-            .emit(format!("layers.{l}"), Op::MatMul(MatMul { trans_a: false, trans_b: true }), &[x, w], Phase::Forward, Program::Train)
+            .emit(format!("layers.{l}"), DenseOp::MatMul(MatMul { trans_a: false, trans_b: true }), &[x, w], Phase::Forward, Program::Train)
             .unwrap()[0];
-        let y = g.emit(format!("layers.{l}.bias_add"), Op::BiasAdd, &[y, b], Phase::Forward, Program::Train).unwrap()[0];
-        x = if l + 1 < depth { g.emit(format!("act.{l}"), Op::Relu, &[y], Phase::Forward, Program::Train).unwrap()[0] } else { y };
+        let y = g.emit(format!("layers.{l}.bias_add"), DenseOp::BiasAdd, &[y, b], Phase::Forward, Program::Train).unwrap()[0];
+        x = if l + 1 < depth { g.emit(format!("act.{l}"), DenseOp::Relu, &[y], Phase::Forward, Program::Train).unwrap()[0] } else { y };
     }
     ForwardGraph { name: "deep-mlp".into(), graph: g, input, output: x, task: Task::Classification { classes: width } }
 }

@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 
 use crate::format::WeightRange;
 use crate::kernels::{reference, KernelError, NodeArgs, View, ViewMut};
-use crate::ops::Op;
+use crate::ops::{DenseOp, Op};
 use crate::plan::{DType, Init, Location, Plan, Program, Role, TensorId};
 
 #[derive(Debug, thiserror::Error)]
@@ -152,8 +152,8 @@ fn validate_node(plan: &Plan, node: &crate::plan::Node) -> Result<(), Validation
             _ => {}
         }
     }
-    let aliasing_reshape =
-        matches!(node.op, Op::Reshape { .. }) && plan.tensor(node.inputs[0]).location == plan.tensor(node.outputs[0]).location;
+    let aliasing_reshape = matches!(node.op, Op::Dense(DenseOp::Reshape { .. }))
+        && plan.tensor(node.inputs[0]).location == plan.tensor(node.outputs[0]).location;
     let workspace = node.workspace.map(|w| (true, w.offset, w.offset.saturating_add(w.elems.saturating_mul(4))));
     if let Some(w) = workspace {
         if w.2 > plan.arena_bytes || !w.1.is_multiple_of(4) {
@@ -334,7 +334,9 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
         let outputs: &mut Vec<ViewMut<'_, f32>> =
             unsafe { &mut *(&mut self.outputs as *mut Vec<ViewMut<'static, f32>>).cast::<Vec<ViewMut<'_, f32>>>() };
         for node in &program.nodes {
-            if matches!(node.op, Op::Reshape { .. }) && plan.tensor(node.inputs[0]).location == plan.tensor(node.outputs[0]).location {
+            if matches!(node.op, Op::Dense(DenseOp::Reshape { .. }))
+                && plan.tensor(node.inputs[0]).location == plan.tensor(node.outputs[0]).location
+            {
                 continue;
             }
             inputs.clear();

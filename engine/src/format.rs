@@ -16,6 +16,21 @@
 //!
 //! Nothing read from a file is trusted: every length is checked before use, the checksum before
 //! decoding, and [`crate::exec::validate`] checks the decoded plan before anything runs.
+//!
+//! # Keeping old plans meaningful
+//!
+//! postcard writes an enum as its variant index followed by the variant's fields, so the
+//! description's meaning depends on the order of every enum in [`Plan`]. An op is written as two
+//! indices, its family in [`crate::ops::Op`] and the op inside its family (`DenseOp::Relu` is
+//! `00 04`), then its attributes. The rule:
+//! - families and the ops inside a family are append-only: a new one goes at the end of its enum;
+//!   none is reordered, removed, or has its attribute fields changed;
+//! - anything else that changes the encoding (a reordered or removed variant, a changed field)
+//!   bumps [`FORMAT_VERSION`], which makes this engine refuse older plans with a "recompile" message
+//!   instead of misreading them.
+//!
+//! `engine/tests/op_encoding.rs` enforces the first point: it encodes one instance of every op and
+//! compares its tag bytes with a checked-in table, so a reordered variant fails the test.
 
 use alloc::string::String;
 use alloc::vec::Vec;

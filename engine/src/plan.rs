@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::ops::Op;
 
-/// Bump this whenever the encoding of [`Plan`] changes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bump this whenever the encoding of [`Plan`] changes other than by appending an op or a family
+/// (see [`crate::format`]). Version 2 groups ops in families.
+pub const FORMAT_VERSION: u32 = 2;
 /// Alignment of every arena offset and of the weight section, in bytes.
 pub const ALIGN: u64 = 64;
 

@@ -4,7 +4,7 @@
 
 use pock_engine::kernels::cpu::{self, CpuConfig};
 use pock_engine::kernels::{reference, KernelError, NodeArgs, View, ViewMut};
-use pock_engine::ops::{Conv2d, Op};
+use pock_engine::ops::{Conv2d, ConvOp, Op};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -82,11 +82,11 @@ fn ops(case: &Case) -> [(Op, [Vec<usize>; 2], Vec<usize>); 3] {
     let c = case.conv;
     let x = vec![case.n, case.c, case.hw[0], case.hw[1]];
     let w = vec![case.o, case.c / c.groups, case.kernel[0], case.kernel[1]];
-    let y = Op::Conv2d(c).output_shapes(&[&x, &w]).unwrap_or_else(|e| panic!("{case:?}: {e}")).remove(0);
+    let y = Op::Conv(ConvOp::Conv2d(c)).output_shapes(&[&x, &w]).unwrap_or_else(|e| panic!("{case:?}: {e}")).remove(0);
     [
-        (Op::Conv2d(c), [x.clone(), w.clone()], y.clone()),
-        (Op::Conv2dGradInput { conv: c, input_hw: case.hw }, [y.clone(), w.clone()], x.clone()),
-        (Op::Conv2dGradWeight { conv: c, kernel_hw: case.kernel }, [y, x], w),
+        (Op::Conv(ConvOp::Conv2d(c)), [x.clone(), w.clone()], y.clone()),
+        (Op::Conv(ConvOp::Conv2dGradInput { conv: c, input_hw: case.hw }), [y.clone(), w.clone()], x.clone()),
+        (Op::Conv(ConvOp::Conv2dGradWeight { conv: c, kernel_hw: case.kernel }), [y, x], w),
     ]
 }
 

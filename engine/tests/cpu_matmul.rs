@@ -3,7 +3,7 @@
 
 use pock_engine::kernels::cpu::{self, CpuConfig};
 use pock_engine::kernels::{reference, NodeArgs, View, ViewMut};
-use pock_engine::ops::{MatMul, Op};
+use pock_engine::ops::{DenseOp, MatMul, Op};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -24,7 +24,7 @@ fn check(rng: &mut ChaCha8Rng, m: usize, k: usize, n: usize, trans_a: bool, tran
     let b_shape = if trans_b { [n, k] } else { [k, n] };
     let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
     let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let op = Op::MatMul(MatMul { trans_a, trans_b });
+    let op = Op::Dense(DenseOp::MatMul(MatMul { trans_a, trans_b }));
     let y_shape = [m, n];
 
     let mut want = vec![0.0; m * n];

@@ -5,7 +5,7 @@
 use num_traits::NumCast;
 use pock_engine::kernels::reference::{accumulate_grad, adam_update, execute, fill, grad_scale, sgd_update};
 use pock_engine::kernels::{Float, NodeArgs, View, ViewMut};
-use pock_engine::ops::{Adam, GradScale, Op, Sgd};
+use pock_engine::ops::{Adam, GradScale, Op, OptimOp, Sgd};
 
 fn t<T: Float>(v: f64) -> T {
     NumCast::from(v).unwrap()
@@ -310,7 +310,7 @@ fn sgd_through_the_dispatcher_with_a_scale_input() {
     // The argument convention `[grad, lr, step, scale] -> [param*, buf*]` through `execute`:
     // momentum 0.9, scale 0.5, lr 0.1, step 1: buf = 0.5 * [1, -1] = [0.5, -0.5],
     // p = [1 - 0.05, 2 + 0.05] = [0.95, 2.05].
-    let op = Op::SgdUpdate(sgd(0.9, 0.0, false, 0.0, true));
+    let op = Op::Optim(OptimOp::SgdUpdate(sgd(0.9, 0.0, false, 0.0, true)));
     let (mut param, mut buf) = ([1.0f32, 2.0], [99.0f32, 99.0]);
     let inputs = [
         View { data: &[1.0f32, -1.0][..], shape: &[2][..] },

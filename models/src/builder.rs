@@ -6,7 +6,7 @@
 
 use pock_compiler::ir::{DType, Graph, Phase, Program, Role, TensorDef, TensorId};
 use pock_compiler::Result;
-use pock_engine::ops::{BatchNorm, Clip, Conv2d, MatMul, Op, Pool2d};
+use pock_engine::ops::{BatchNorm, Clip, Conv2d, ConvOp, DenseOp, MatMul, NormOp, Op, Pool2d, PoolOp};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -116,7 +116,7 @@ impl Builder {
         self.graph.parameter(name, vec![channels], values)
     }
 
-    fn node(&mut self, name: &str, op: Op, inputs: &[TensorId]) -> Result<TensorId> {
+    fn node(&mut self, name: &str, op: impl Into<Op>, inputs: &[TensorId]) -> Result<TensorId> {
         Ok(self.graph.emit(name, op, inputs, Phase::Forward, Program::Train)?[0])
     }
 
@@ -131,13 +131,13 @@ impl Builder {
         let fan_out = conv.out_channels * k * k;
         let w = self.weight(format!("{path}.weight"), shape, conv.init, fan_in, fan_out);
         let p = k / 2;
-        let op = Op::Conv2d(Conv2d { stride: [conv.stride; 2], padding: [p; 4], dilation: [1, 1], groups: conv.groups });
+        let op = ConvOp::Conv2d(Conv2d { stride: [conv.stride; 2], padding: [p; 4], dilation: [1, 1], groups: conv.groups });
         let y = self.node(path, op, &[x, w])?;
         if !conv.bias {
             return Ok(y);
         }
         let b = self.bias(format!("{path}.bias"), conv.out_channels, conv.init, fan_in);
-        self.node(&format!("{path}.bias_add"), Op::BiasAdd, &[y, b])
+        self.node(&format!("{path}.bias_add"), DenseOp::BiasAdd, &[y, b])
     }
 
     /// `nn.BatchNorm2d` / `nn.BatchNorm1d` at `path` in training mode (eps 1e-5, momentum 0.1):
@@ -158,18 +158,18 @@ impl Builder {
         };
         let running_mean = stat(format!("{path}.running_mean"), 0.0);
         let running_var = stat(format!("{path}.running_var"), 1.0);
-        let op = Op::BatchNormTrain(BatchNorm { eps: 1e-5, momentum: 0.1 });
+        let op = NormOp::BatchNormTrain(BatchNorm { eps: 1e-5, momentum: 0.1 });
         let outputs = self.graph.emit_inplace(path, op, &[x, gamma, beta], &[running_mean, running_var], Phase::Forward, Program::Train)?;
         Ok(outputs[0])
     }
 
     pub fn relu(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
-        self.node(name, Op::Relu, &[x])
+        self.node(name, DenseOp::Relu, &[x])
     }
 
     /// `nn.ReLU6`, which is a clip to `[0, 6]`.
     pub fn relu6(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
-        self.node(name, Op::Clip(Clip { min: 0.0, max: 6.0 }), &[x])
+        self.node(name, DenseOp::Clip(Clip { min: 0.0, max: 6.0 }), &[x])
     }
 
     /// `nn.Linear` at `path`: `<path>.weight` `[out, in]` used transposed, and `<path>.bias`
@@ -177,9 +177,9 @@ impl Builder {
     pub fn linear(&mut self, path: &str, x: TensorId, out_features: usize, init: WeightInit) -> Result<TensorId> {
         let in_features = self.graph.shape(x).get(1).copied().unwrap_or(0);
         let w = self.weight(format!("{path}.weight"), vec![out_features, in_features], init, in_features, out_features);
-        let y = self.node(path, Op::MatMul(MatMul { trans_a: false, trans_b: true }), &[x, w])?;
+        let y = self.node(path, DenseOp::MatMul(MatMul { trans_a: false, trans_b: true }), &[x, w])?;
         let b = self.bias(format!("{path}.bias"), out_features, init, in_features);
-        self.node(&format!("{path}.bias_add"), Op::BiasAdd, &[y, b])
+        self.node(&format!("{path}.bias_add"), DenseOp::BiasAdd, &[y, b])
     }
 
     /// `torch.flatten(x, 1)`: `[N, ...] -> [N, prod(...)]`.
@@ -187,22 +187,22 @@ impl Builder {
         let shape = self.graph.shape(x);
         let n = shape.first().copied().unwrap_or(1);
         let rest = shape.iter().skip(1).product();
-        self.node(name, Op::Reshape { shape: vec![n, rest] }, &[x])
+        self.node(name, DenseOp::Reshape { shape: vec![n, rest] }, &[x])
     }
 
     /// `nn.AdaptiveAvgPool2d((1, 1))`: `[N, C, H, W] -> [N, C, 1, 1]`.
     pub fn global_avg_pool(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
-        self.node(name, Op::GlobalAvgPool, &[x])
+        self.node(name, PoolOp::GlobalAvgPool, &[x])
     }
 
     /// `nn.MaxPool2d(kernel, stride, padding)` (floor mode).
     pub fn max_pool(&mut self, name: &str, x: TensorId, kernel: usize, stride: usize, padding: usize) -> Result<TensorId> {
         let pool = Pool2d { kernel: [kernel; 2], stride: [stride; 2], padding: [padding; 4], count_include_pad: true };
-        self.node(name, Op::MaxPool2d(pool), &[x])
+        self.node(name, PoolOp::MaxPool2d(pool), &[x])
     }
 
     pub fn add(&mut self, name: &str, a: TensorId, b: TensorId) -> Result<TensorId> {
-        self.node(name, Op::Add, &[a, b])
+        self.node(name, DenseOp::Add, &[a, b])
     }
 
     /// Convolution, BatchNorm and an optional activation as torchvision's `Conv2dNormActivation`

@@ -195,7 +195,9 @@ fn mobilenetv2_matches_torchvision() {
     assert!(g.find("classifier.0.weight").is_none());
     // The depthwise convolution has one group per channel.
     let dw = g.nodes.iter().find(|n| n.name == "features.2.conv.1.0").unwrap();
-    assert!(matches!(dw.op, pock_engine::ops::Op::Conv2d(c) if c.groups == 96 && c.stride == [2, 2] && c.padding == [1; 4]));
+    assert!(
+        matches!(dw.op, pock_engine::ops::Op::Conv(pock_engine::ops::ConvOp::Conv2d(c)) if c.groups == 96 && c.stride == [2, 2] && c.padding == [1; 4])
+    );
     assert_eq!(shape_of(g, "features.18.2"), &[2, 1280, 7, 7]);
 }
 

@@ -1,39 +1,46 @@
-//! Gradient rules and costs of Conv2d and its two gradient ops.
+//! Gradient rules and costs of the convolution family: Conv2d and its two gradient ops.
 
-use pock_engine::ops::Op;
+use pock_engine::ops::ConvOp;
 
-use super::{numel, GradCtx};
-use crate::error::{CompileError, Result};
+use super::{no_gradient, numel, CompileRules, GradCtx};
+use crate::error::Result;
 use crate::ir::{Node, TensorId};
 
-pub fn gradient(ctx: &mut GradCtx, node: &Node, dy: &[Option<TensorId>], needs: &[bool]) -> Result<Vec<Option<TensorId>>> {
-    let mut grads = vec![None; node.inputs.len()];
-    let Some(dy) = dy[0] else { return Ok(grads) };
-    let Op::Conv2d(conv) = node.op else { return Err(CompileError::NoGradient { node: node.name.clone(), op: node.op.name() }) };
-    let (x, w) = (node.inputs[0], node.inputs[1]);
-    // Each gradient keeps alive only the forward value it reads: dx needs the weights, dw the
-    // input, so a frozen layer's input is not saved for the backward pass.
-    if needs[0] {
-        let xs = ctx.shape(x);
-        grads[0] = Some(ctx.emit1("dx", Op::Conv2dGradInput { conv, input_hw: [xs[2], xs[3]] }, &[dy, w])?);
+impl CompileRules for ConvOp {
+    fn gradient(&self, ctx: &mut GradCtx, node: &Node, dy: &[Option<TensorId>], needs: &[bool]) -> Result<Vec<Option<TensorId>>> {
+        let mut grads = vec![None; node.inputs.len()];
+        let Some(dy) = dy[0] else { return Ok(grads) };
+        match self {
+            ConvOp::Conv2d(conv) => {
+                let conv = *conv;
+                let (x, w) = (node.inputs[0], node.inputs[1]);
+                // Each gradient keeps alive only the forward value it reads: dx needs the weights, dw
+                // the input, so a frozen layer's input is not saved for the backward pass.
+                if needs[0] {
+                    let xs = ctx.shape(x);
+                    grads[0] = Some(ctx.emit1("dx", ConvOp::Conv2dGradInput { conv, input_hw: [xs[2], xs[3]] }, &[dy, w])?);
+                }
+                if needs[1] {
+                    let ws = ctx.shape(w);
+                    grads[1] = Some(ctx.emit1("dw", ConvOp::Conv2dGradWeight { conv, kernel_hw: [ws[2], ws[3]] }, &[dy, x])?);
+                }
+            }
+            // Gradient ops are not differentiated again: pock computes first-order gradients only.
+            ConvOp::Conv2dGradInput { .. } | ConvOp::Conv2dGradWeight { .. } => return no_gradient(node),
+        }
+        Ok(grads)
     }
-    if needs[1] {
-        let ws = ctx.shape(w);
-        grads[1] = Some(ctx.emit1("dw", Op::Conv2dGradWeight { conv, kernel_hw: [ws[2], ws[3]] }, &[dy, x])?);
-    }
-    Ok(grads)
-}
 
-/// All three ops perform the same multiply-adds: one per (output element, weight element of its
-/// group), visited in a different order.
-pub fn flops(op: &Op, inputs: &[&[usize]], outputs: &[&[usize]]) -> u64 {
-    // Each op has the conv output gradient (or the output) and the weight-like shape at hand:
-    // taps per output element = C/groups * KH * KW = weight elements per output channel.
-    let (output, weight) = match op {
-        Op::Conv2d(_) => (outputs[0], inputs[1]),
-        Op::Conv2dGradInput { .. } => (inputs[0], inputs[1]),
-        Op::Conv2dGradWeight { .. } => (inputs[0], outputs[0]),
-        other => unreachable!("conv::flops dispatched for {}", other.name()),
-    };
-    2 * numel(output) * numel(&weight[1..])
+    /// All three ops perform the same multiply-adds: one per (output element, weight element of
+    /// its group), visited in a different order.
+    fn flops(&self, inputs: &[&[usize]], outputs: &[&[usize]]) -> u64 {
+        // Each op has the conv output gradient (or the output) and the weight-like shape at hand:
+        // taps per output element = C/groups * KH * KW = weight elements per output channel.
+        let (output, weight) = match self {
+            ConvOp::Conv2d(_) => (outputs[0], inputs[1]),
+            ConvOp::Conv2dGradInput { .. } => (inputs[0], inputs[1]),
+            ConvOp::Conv2dGradWeight { .. } => (inputs[0], outputs[0]),
+        };
+        2 * numel(output) * numel(&weight[1..])
+    }
 }

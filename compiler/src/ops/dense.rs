@@ -1,96 +1,105 @@
-//! Gradient rules and costs of MatMul, BiasAdd, the elementwise ops, the activations and Reshape.
+//! Gradient rules and costs of the dense family: MatMul, BiasAdd, the elementwise ops, the
+//! activations, Reshape, and their gradient ops.
 
-use pock_engine::ops::{MatMul, Op};
+use pock_engine::ops::{DenseOp, MatMul};
 
-use super::{numel, GradCtx};
-use crate::error::{CompileError, Result};
+use super::{no_gradient, numel, CompileRules, GradCtx};
+use crate::error::Result;
 use crate::ir::{Node, TensorId};
 
-pub fn gradient(ctx: &mut GradCtx, node: &Node, dy: &[Option<TensorId>], needs: &[bool]) -> Result<Vec<Option<TensorId>>> {
-    let mut grads = vec![None; node.inputs.len()];
-    // An output nobody differentiates contributes nothing to any input.
-    let Some(dy) = dy[0] else { return Ok(grads) };
-    let x = node.inputs[0];
-    match &node.op {
-        Op::MatMul(m) => {
-            let (a, b) = (node.inputs[0], node.inputs[1]);
-            // With A = op(a) and B = op(b): dA = dy @ B^T and dB = A^T @ dy. Each is arranged to
-            // the stored layout of its operand purely through the transpose flags.
-            if needs[0] {
-                grads[0] = Some(if m.trans_a {
-                    // a is stored as A^T, so da = dA^T = B @ dy^T.
-                    ctx.emit1("da", Op::MatMul(MatMul { trans_a: m.trans_b, trans_b: true }), &[b, dy])?
-                } else {
-                    ctx.emit1("da", Op::MatMul(MatMul { trans_a: false, trans_b: !m.trans_b }), &[dy, b])?
-                });
-            }
-            if needs[1] {
-                grads[1] = Some(if m.trans_b {
-                    // b is stored as B^T, so db = dB^T = dy^T @ A.
-                    ctx.emit1("db", Op::MatMul(MatMul { trans_a: true, trans_b: m.trans_a }), &[dy, a])?
-                } else {
-                    ctx.emit1("db", Op::MatMul(MatMul { trans_a: !m.trans_a, trans_b: false }), &[a, dy])?
-                });
-            }
-        }
-        Op::BiasAdd => {
-            // The identity on x needs no node: its gradient is dy itself.
-            if needs[0] {
-                grads[0] = Some(dy);
-            }
-            if needs[1] {
-                grads[1] = Some(ctx.emit1("db", Op::BiasGrad, &[dy])?);
-            }
-        }
-        Op::Add => {
-            for (grad, &need) in grads.iter_mut().zip(needs) {
-                if need {
-                    *grad = Some(dy);
+impl CompileRules for DenseOp {
+    fn gradient(&self, ctx: &mut GradCtx, node: &Node, dy: &[Option<TensorId>], needs: &[bool]) -> Result<Vec<Option<TensorId>>> {
+        let mut grads = vec![None; node.inputs.len()];
+        // An output nobody differentiates contributes nothing to any input.
+        let Some(dy) = dy[0] else { return Ok(grads) };
+        let x = node.inputs[0];
+        match self {
+            DenseOp::MatMul(m) => {
+                let (a, b) = (node.inputs[0], node.inputs[1]);
+                // With A = op(a) and B = op(b): dA = dy @ B^T and dB = A^T @ dy. Each is arranged to
+                // the stored layout of its operand purely through the transpose flags.
+                if needs[0] {
+                    grads[0] = Some(if m.trans_a {
+                        // a is stored as A^T, so da = dA^T = B @ dy^T.
+                        ctx.emit1("da", DenseOp::MatMul(MatMul { trans_a: m.trans_b, trans_b: true }), &[b, dy])?
+                    } else {
+                        ctx.emit1("da", DenseOp::MatMul(MatMul { trans_a: false, trans_b: !m.trans_b }), &[dy, b])?
+                    });
+                }
+                if needs[1] {
+                    grads[1] = Some(if m.trans_b {
+                        // b is stored as B^T, so db = dB^T = dy^T @ A.
+                        ctx.emit1("db", DenseOp::MatMul(MatMul { trans_a: true, trans_b: m.trans_a }), &[dy, a])?
+                    } else {
+                        ctx.emit1("db", DenseOp::MatMul(MatMul { trans_a: !m.trans_a, trans_b: false }), &[a, dy])?
+                    });
                 }
             }
-        }
-        Op::Mul => {
-            let (a, b) = (node.inputs[0], node.inputs[1]);
-            if needs[0] {
-                grads[0] = Some(ctx.emit1("da", Op::Mul, &[dy, b])?);
+            DenseOp::BiasAdd => {
+                // The identity on x needs no node: its gradient is dy itself.
+                if needs[0] {
+                    grads[0] = Some(dy);
+                }
+                if needs[1] {
+                    grads[1] = Some(ctx.emit1("db", DenseOp::BiasGrad, &[dy])?);
+                }
             }
-            if needs[1] {
-                grads[1] = Some(ctx.emit1("db", Op::Mul, &[dy, a])?);
+            DenseOp::Add => {
+                for (grad, &need) in grads.iter_mut().zip(needs) {
+                    if need {
+                        *grad = Some(dy);
+                    }
+                }
             }
-        }
-        Op::Relu => {
-            if needs[0] {
-                grads[0] = Some(ctx.emit1("dx", Op::ReluGrad, &[dy, x])?);
+            DenseOp::Mul => {
+                let (a, b) = (node.inputs[0], node.inputs[1]);
+                if needs[0] {
+                    grads[0] = Some(ctx.emit1("da", DenseOp::Mul, &[dy, b])?);
+                }
+                if needs[1] {
+                    grads[1] = Some(ctx.emit1("db", DenseOp::Mul, &[dy, a])?);
+                }
             }
-        }
-        Op::Clip(c) => {
-            if needs[0] {
-                grads[0] = Some(ctx.emit1("dx", Op::ClipGrad(*c), &[dy, x])?);
+            DenseOp::Relu => {
+                if needs[0] {
+                    grads[0] = Some(ctx.emit1("dx", DenseOp::ReluGrad, &[dy, x])?);
+                }
             }
-        }
-        Op::Reshape { .. } => {
-            if needs[0] {
-                let shape = ctx.shape(x);
-                grads[0] = Some(ctx.emit1("dx", Op::Reshape { shape }, &[dy])?);
+            DenseOp::Clip(c) => {
+                if needs[0] {
+                    grads[0] = Some(ctx.emit1("dx", DenseOp::ClipGrad(*c), &[dy, x])?);
+                }
             }
+            DenseOp::Reshape { .. } => {
+                if needs[0] {
+                    let shape = ctx.shape(x);
+                    grads[0] = Some(ctx.emit1("dx", DenseOp::Reshape { shape }, &[dy])?);
+                }
+            }
+            // Gradient ops are not differentiated again: pock computes first-order gradients only.
+            DenseOp::BiasGrad | DenseOp::ReluGrad | DenseOp::ClipGrad(_) => return no_gradient(node),
         }
-        other => return Err(CompileError::NoGradient { node: node.name.clone(), op: other.name() }),
+        Ok(grads)
     }
-    Ok(grads)
-}
 
-pub fn flops(op: &Op, inputs: &[&[usize]], outputs: &[&[usize]]) -> u64 {
-    match op {
-        Op::MatMul(m) => {
-            let inner = if m.trans_a { inputs[0][0] } else { inputs[0][1] };
-            2 * numel(outputs[0]) * inner as u64
+    fn flops(&self, inputs: &[&[usize]], outputs: &[&[usize]]) -> u64 {
+        match self {
+            DenseOp::MatMul(m) => {
+                let inner = if m.trans_a { inputs[0][0] } else { inputs[0][1] };
+                2 * numel(outputs[0]) * inner as u64
+            }
+            // One add, multiply, comparison or select per output element.
+            DenseOp::BiasAdd
+            | DenseOp::Add
+            | DenseOp::Mul
+            | DenseOp::Relu
+            | DenseOp::ReluGrad
+            | DenseOp::Clip(_)
+            | DenseOp::ClipGrad(_) => numel(outputs[0]),
+            // One add per input element folded into its channel's sum.
+            DenseOp::BiasGrad => numel(inputs[0]),
+            // At most a copy, which moves memory but computes nothing.
+            DenseOp::Reshape { .. } => 0,
         }
-        // One add, multiply, comparison or select per output element.
-        Op::BiasAdd | Op::Add | Op::Mul | Op::Relu | Op::ReluGrad | Op::Clip(_) | Op::ClipGrad(_) => numel(outputs[0]),
-        // One add per input element folded into its channel's sum.
-        Op::BiasGrad => numel(inputs[0]),
-        // At most a copy, which moves memory but computes nothing.
-        Op::Reshape { .. } => 0,
-        other => unreachable!("dense::flops dispatched for {}", other.name()),
     }
 }

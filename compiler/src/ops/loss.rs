@@ -1,56 +1,58 @@
-//! Gradient rules and costs of the losses.
+//! Gradient rules and costs of the loss family.
 
-use pock_engine::ops::Op;
+use pock_engine::ops::LossOp;
 
-use super::{numel, GradCtx};
-use crate::error::{CompileError, Result};
+use super::{no_gradient, numel, CompileRules, GradCtx};
+use crate::error::Result;
 use crate::ir::{Node, TensorId};
 
-pub fn gradient(ctx: &mut GradCtx, node: &Node, dy: &[Option<TensorId>], needs: &[bool]) -> Result<Vec<Option<TensorId>>> {
-    let mut grads = vec![None; node.inputs.len()];
-    let Some(dloss) = dy[0] else { return Ok(grads) };
-    match &node.op {
-        Op::SoftmaxCrossEntropy(r) => {
-            let (logits, labels) = (node.inputs[0], node.inputs[1]);
-            // Integer labels have no gradient, whatever `needs` says about them.
-            if needs[0] {
-                grads[0] = Some(ctx.emit1("dlogits", Op::SoftmaxCrossEntropyGrad(*r), &[dloss, logits, labels])?);
+impl CompileRules for LossOp {
+    fn gradient(&self, ctx: &mut GradCtx, node: &Node, dy: &[Option<TensorId>], needs: &[bool]) -> Result<Vec<Option<TensorId>>> {
+        let mut grads = vec![None; node.inputs.len()];
+        let Some(dloss) = dy[0] else { return Ok(grads) };
+        match self {
+            LossOp::SoftmaxCrossEntropy(r) => {
+                let (logits, labels) = (node.inputs[0], node.inputs[1]);
+                // Integer labels have no gradient, whatever `needs` says about them.
+                if needs[0] {
+                    grads[0] = Some(ctx.emit1("dlogits", LossOp::SoftmaxCrossEntropyGrad(*r), &[dloss, logits, labels])?);
+                }
             }
+            LossOp::Mse(r) => {
+                let (pred, target) = (node.inputs[0], node.inputs[1]);
+                if needs[0] {
+                    grads[0] = Some(ctx.emit1("dpred", LossOp::MseGrad(*r), &[dloss, pred, target])?);
+                }
+                // The loss is symmetric in its two operands, so the target's gradient is the same
+                // rule with them swapped: 2 * (target - pred) * w = -dpred, without a negation node.
+                if needs[1] {
+                    grads[1] = Some(ctx.emit1("dtarget", LossOp::MseGrad(*r), &[dloss, target, pred])?);
+                }
+            }
+            // Gradient ops are not differentiated again: pock computes first-order gradients only.
+            LossOp::SoftmaxCrossEntropyGrad(_) | LossOp::MseGrad(_) => return no_gradient(node),
         }
-        Op::Mse(r) => {
-            let (pred, target) = (node.inputs[0], node.inputs[1]);
-            if needs[0] {
-                grads[0] = Some(ctx.emit1("dpred", Op::MseGrad(*r), &[dloss, pred, target])?);
-            }
-            // The loss is symmetric in its two operands, so the target's gradient is the same
-            // rule with them swapped: 2 * (target - pred) * w = -dpred, without a negation node.
-            if needs[1] {
-                grads[1] = Some(ctx.emit1("dtarget", Op::MseGrad(*r), &[dloss, target, pred])?);
-            }
-        }
-        other => return Err(CompileError::NoGradient { node: node.name.clone(), op: other.name() }),
+        Ok(grads)
     }
-    Ok(grads)
-}
 
-pub fn flops(op: &Op, inputs: &[&[usize]], outputs: &[&[usize]]) -> u64 {
-    match op {
-        // Per logit: the running maximum, the shift, exp and the sum; per row: log, the
-        // subtraction of the labelled logit, and the share of the mean.
-        Op::SoftmaxCrossEntropy(_) => {
-            let (rows, logits) = (inputs[0][0] as u64, numel(inputs[0]));
-            4 * logits + 3 * rows
+    fn flops(&self, inputs: &[&[usize]], outputs: &[&[usize]]) -> u64 {
+        match self {
+            // Per logit: the running maximum, the shift, exp and the sum; per row: log, the
+            // subtraction of the labelled logit, and the share of the mean.
+            LossOp::SoftmaxCrossEntropy(_) => {
+                let (rows, logits) = (inputs[0][0] as u64, numel(inputs[0]));
+                4 * logits + 3 * rows
+            }
+            // Per logit: maximum, shift, exp, sum, and the division and weighting of the softmax;
+            // per row: the weight and the one-hot subtraction.
+            LossOp::SoftmaxCrossEntropyGrad(_) => {
+                let (rows, logits) = (inputs[1][0] as u64, numel(inputs[1]));
+                6 * logits + 2 * rows
+            }
+            // Difference, square and sum per element, one division per loss value.
+            LossOp::Mse(_) => 3 * numel(inputs[0]) + numel(outputs[0]),
+            // Difference and weighting per element, the weight once per sample.
+            LossOp::MseGrad(_) => 2 * numel(inputs[1]) + 2 * inputs[1][0] as u64,
         }
-        // Per logit: maximum, shift, exp, sum, and the division and weighting of the softmax;
-        // per row: the weight and the one-hot subtraction.
-        Op::SoftmaxCrossEntropyGrad(_) => {
-            let (rows, logits) = (inputs[1][0] as u64, numel(inputs[1]));
-            6 * logits + 2 * rows
-        }
-        // Difference, square and sum per element, one division per loss value.
-        Op::Mse(_) => 3 * numel(inputs[0]) + numel(outputs[0]),
-        // Difference and weighting per element, the weight once per sample.
-        Op::MseGrad(_) => 2 * numel(inputs[1]) + 2 * inputs[1][0] as u64,
-        other => unreachable!("loss::flops dispatched for {}", other.name()),
     }
 }

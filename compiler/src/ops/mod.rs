@@ -1,6 +1,7 @@
-//! The compiler's half of each primitive op: its gradient rule and its cost. (Attributes, shape
-//! rules and reference kernels are the engine's half, in `pock_engine::ops` and
-//! `pock_engine::kernels::reference`, because the engine validates and runs plans on its own.)
+//! The compiler's half of each primitive op: its gradient rule and its cost, one file per op family
+//! implementing [`CompileRules`] for the engine's family enum. (Attributes, shape rules and the
+//! dispatch to reference kernels are the engine's half, in `pock_engine::ops::<family>`, because
+//! the engine validates and runs plans on its own.)
 //!
 //! A gradient rule receives the gradients of the node's outputs (`None` where an output has none)
 //! and which inputs need a gradient; it emits backward nodes and returns one optional gradient per
@@ -31,12 +32,12 @@ impl<'g> GradCtx<'g> {
     }
 
     /// Emits a backward node named `<forward node>.grad.<suffix>`.
-    pub fn emit(&mut self, suffix: &str, op: Op, inputs: &[TensorId]) -> Result<Vec<TensorId>> {
+    pub fn emit(&mut self, suffix: &str, op: impl Into<Op>, inputs: &[TensorId]) -> Result<Vec<TensorId>> {
         self.graph.emit(format!("{}.grad.{suffix}", self.node_name), op, inputs, Phase::Backward, Program::Train)
     }
 
     /// Emits a single-output backward node and returns that output.
-    pub fn emit1(&mut self, suffix: &str, op: Op, inputs: &[TensorId]) -> Result<TensorId> {
+    pub fn emit1(&mut self, suffix: &str, op: impl Into<Op>, inputs: &[TensorId]) -> Result<TensorId> {
         Ok(self.emit(suffix, op, inputs)?[0])
     }
 
@@ -45,49 +46,35 @@ impl<'g> GradCtx<'g> {
     }
 }
 
-/// The gradient rule of `node`'s op. `dy[i]` is the gradient of output `i`; `needs[j]` says
-/// whether input `j` needs a gradient. Returns one entry per input.
+/// The compiler's half of an op family: gradient rules and costs. Each family implements it with
+/// an exhaustive match, so an op added to a family without a gradient or cost arm does not
+/// compile; ops that have no gradient by nature (backward ops, optimizer ops) say so in their arm.
+pub trait CompileRules {
+    /// The gradient rule of `node`, whose op is `self`. `dy[i]` is the gradient of output `i`
+    /// (`None` where nothing differentiates it); `needs[j]` says whether input `j` needs a
+    /// gradient. Returns one entry per input.
+    fn gradient(&self, ctx: &mut GradCtx, node: &Node, dy: &[Option<TensorId>], needs: &[bool]) -> Result<Vec<Option<TensorId>>>;
+
+    /// Floating-point operations (multiply-add counted as 2) the op performs on these shapes.
+    fn flops(&self, inputs: &[&[usize]], outputs: &[&[usize]]) -> u64;
+}
+
+/// The gradient rule of `node`'s op (see [`CompileRules::gradient`]).
 pub fn gradient(ctx: &mut GradCtx, node: &Node, dy: &[Option<TensorId>], needs: &[bool]) -> Result<Vec<Option<TensorId>>> {
-    let grads = match &node.op {
-        Op::MatMul(_) | Op::BiasAdd | Op::Add | Op::Mul | Op::Relu | Op::Clip(_) | Op::Reshape { .. } => {
-            dense::gradient(ctx, node, dy, needs)?
-        }
-        Op::Conv2d(_) => conv::gradient(ctx, node, dy, needs)?,
-        Op::BatchNormTrain(_) | Op::BatchNormInfer(_) => norm::gradient(ctx, node, dy, needs)?,
-        Op::GlobalAvgPool | Op::AvgPool2d(_) | Op::MaxPool2d(_) => pool::gradient(ctx, node, dy, needs)?,
-        Op::SoftmaxCrossEntropy(_) | Op::Mse(_) => loss::gradient(ctx, node, dy, needs)?,
-        other => return Err(CompileError::NoGradient { node: node.name.clone(), op: other.name() }),
-    };
+    let grads = pock_engine::dispatch_op!(&node.op, op => op.gradient(ctx, node, dy, needs))?;
     debug_assert_eq!(grads.len(), node.inputs.len(), "{}: one gradient entry per input", node.name);
     Ok(grads)
 }
 
 /// Floating-point operations (multiply-add counted as 2) the op performs on these shapes.
 pub fn flops(op: &Op, inputs: &[&[usize]], outputs: &[&[usize]]) -> u64 {
-    match op {
-        Op::MatMul(_)
-        | Op::BiasAdd
-        | Op::BiasGrad
-        | Op::Add
-        | Op::Mul
-        | Op::Relu
-        | Op::ReluGrad
-        | Op::Clip(_)
-        | Op::ClipGrad(_)
-        | Op::Reshape { .. } => dense::flops(op, inputs, outputs),
-        Op::Conv2d(_) | Op::Conv2dGradInput { .. } | Op::Conv2dGradWeight { .. } => conv::flops(op, inputs, outputs),
-        Op::BatchNormTrain(_) | Op::BatchNormInfer(_) | Op::BatchNormTrainGrad(_) | Op::BatchNormInferGrad(_) => {
-            norm::flops(op, inputs, outputs)
-        }
-        Op::GlobalAvgPool
-        | Op::GlobalAvgPoolGrad { .. }
-        | Op::AvgPool2d(_)
-        | Op::AvgPool2dGrad { .. }
-        | Op::MaxPool2d(_)
-        | Op::MaxPool2dGrad(_) => pool::flops(op, inputs, outputs),
-        Op::SoftmaxCrossEntropy(_) | Op::SoftmaxCrossEntropyGrad(_) | Op::Mse(_) | Op::MseGrad(_) => loss::flops(op, inputs, outputs),
-        Op::AccumulateGrad | Op::Fill { .. } | Op::GradScale(_) | Op::SgdUpdate(_) | Op::AdamUpdate(_) => optim::flops(op, inputs, outputs),
-    }
+    pock_engine::dispatch_op!(op, op => op.flops(inputs, outputs))
+}
+
+/// The arm of an op that has no gradient rule by nature (a backward or optimizer op): reaching it
+/// means the op lies between a trainable parameter and the loss, which the graph builders never do.
+fn no_gradient(node: &Node) -> Result<Vec<Option<TensorId>>> {
+    Err(CompileError::NoGradient { node: node.name.clone(), op: node.op.name() })
 }
 
 fn numel(s: &[usize]) -> u64 {

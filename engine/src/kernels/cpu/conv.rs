@@ -12,7 +12,7 @@
 
 use super::{sgemm, Mat};
 use crate::kernels::{KernelError, View, ViewMut};
-use crate::ops::{Conv2d, Op};
+use crate::ops::{Conv2d, ConvOp};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Algorithm {
@@ -84,11 +84,11 @@ fn valid_outputs(out_len: usize, stride: usize, offset: usize, pad: usize, len: 
 }
 
 /// f32 elements of scratch each conv op needs.
-pub fn conv_workspace_elems(op: &Op, inputs: &[&[usize]], outputs: &[&[usize]]) -> usize {
+pub fn conv_workspace_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]]) -> usize {
     let geometry = match (op, inputs, outputs) {
-        (Op::Conv2d(c), [x, w], [y]) => Geometry::new(c, x, w, y),
-        (Op::Conv2dGradInput { conv, .. }, [dy, w], [dx]) => Geometry::new(conv, dx, w, dy),
-        (Op::Conv2dGradWeight { conv, .. }, [dy, x], [dw]) => Geometry::new(conv, x, dw, dy),
+        (ConvOp::Conv2d(c), [x, w], [y]) => Geometry::new(c, x, w, y),
+        (ConvOp::Conv2dGradInput { conv, .. }, [dy, w], [dx]) => Geometry::new(conv, dx, w, dy),
+        (ConvOp::Conv2dGradWeight { conv, .. }, [dy, x], [dw]) => Geometry::new(conv, x, dw, dy),
         _ => None,
     };
     geometry.map_or(0, |g| g.workspace_elems())

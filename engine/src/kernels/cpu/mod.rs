@@ -11,7 +11,7 @@ mod matmul;
 use core::cell::Cell;
 
 use super::{reference, KernelError, NodeArgs};
-use crate::ops::Op;
+use crate::ops::{ConvOp, DenseOp, Op};
 
 pub use conv::conv_workspace_elems;
 
@@ -30,24 +30,25 @@ impl Default for CpuConfig {
 /// f32 elements of arena scratch the fast kernel of `op` needs (0 when none).
 pub fn workspace_elems(op: &Op, inputs: &[&[usize]], outputs: &[&[usize]]) -> usize {
     match op {
-        Op::Conv2d(_) | Op::Conv2dGradInput { .. } | Op::Conv2dGradWeight { .. } => conv_workspace_elems(op, inputs, outputs),
+        Op::Conv(conv) => conv_workspace_elems(conv, inputs, outputs),
         _ => 0,
     }
 }
 
-/// Runs a node with its fast kernel where one exists, else with the reference kernel.
+/// Runs a node with its fast kernel where one exists, else with the reference kernel. The match
+/// names only the ops this module accelerates; every other op falls back to the reference.
 pub fn execute(op: &Op, args: NodeArgs<'_, '_, f32>, workspace: &mut [f32], cfg: CpuConfig) -> Result<(), KernelError> {
     let par = if cfg.threads > 1 { gemm::Parallelism::Rayon(cfg.threads) } else { gemm::Parallelism::None };
     match op {
-        Op::MatMul(m) => {
+        Op::Dense(DenseOp::MatMul(m)) => {
             matmul::matmul(m, args.inputs[0], args.inputs[1], &mut args.outputs[0], par);
             Ok(())
         }
-        Op::Conv2d(c) => conv::conv2d(c, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, par),
-        Op::Conv2dGradInput { conv, .. } => {
+        Op::Conv(ConvOp::Conv2d(c)) => conv::conv2d(c, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, par),
+        Op::Conv(ConvOp::Conv2dGradInput { conv, .. }) => {
             conv::conv2d_grad_input(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, par)
         }
-        Op::Conv2dGradWeight { conv, .. } => {
+        Op::Conv(ConvOp::Conv2dGradWeight { conv, .. }) => {
             conv::conv2d_grad_weight(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, par)
         }
         _ => reference::execute(op, args),

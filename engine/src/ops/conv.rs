@@ -1,0 +1,118 @@
+//! 2-D convolution and its two gradient ops.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::ops::Range;
+use serde::{Deserialize, Serialize};
+
+use super::{window_out, Check, OpRules, ShapeError};
+use crate::kernels::reference::conv as kernel;
+use crate::kernels::{Float, KernelError, NodeArgs};
+
+/// 2-D convolution attributes, NCHW layout, weights `[O, C/groups, KH, KW]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conv2d {
+    pub stride: [usize; 2],
+    /// `[top, left, bottom, right]`, as ONNX `pads` orders them for 2-D.
+    pub padding: [usize; 4],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+}
+
+/// The convolution family. Append new ops at the end (the variant index is the plan encoding).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ConvOp {
+    /// `[x, w] -> [y]`.
+    Conv2d(Conv2d),
+    /// `[dy, w] -> [dx]`; `input_hw` is the forward input's spatial size.
+    Conv2dGradInput { conv: Conv2d, input_hw: [usize; 2] },
+    /// `[dy, x] -> [dw]`; `kernel_hw` is the weight's spatial size.
+    Conv2dGradWeight { conv: Conv2d, kernel_hw: [usize; 2] },
+}
+
+impl OpRules for ConvOp {
+    fn name(&self) -> &'static str {
+        match self {
+            ConvOp::Conv2d(_) => "Conv2d",
+            ConvOp::Conv2dGradInput { .. } => "Conv2dGradInput",
+            ConvOp::Conv2dGradWeight { .. } => "Conv2dGradWeight",
+        }
+    }
+
+    fn input_arity(&self) -> Option<usize> {
+        Some(2)
+    }
+
+    fn int_inputs(&self) -> &'static [usize] {
+        &[]
+    }
+
+    fn inplace_outputs(&self) -> Range<usize> {
+        0..0
+    }
+
+    fn shape_rule(&self, check: Check, inputs: &[&[usize]]) -> Result<Vec<Vec<usize>>, ShapeError> {
+        Ok(match self {
+            ConvOp::Conv2d(c) => {
+                let (x, w) = (inputs[0], inputs[1]);
+                check.rank(x, 4, "x")?;
+                check.rank(w, 4, "weight")?;
+                check_channels(check, c, x[1], w)?;
+                let (ho, wo) = conv_out(check, c, [x[2], x[3]], [w[2], w[3]])?;
+                vec![vec![x[0], w[0], ho, wo]]
+            }
+            ConvOp::Conv2dGradInput { conv, input_hw } => {
+                let (dy, w) = (inputs[0], inputs[1]);
+                check.rank(dy, 4, "dy")?;
+                check.rank(w, 4, "weight")?;
+                let c = check.mul(w[1], conv.groups, "weight channels times groups")?;
+                check_channels(check, conv, c, w)?;
+                let (ho, wo) = conv_out(check, conv, *input_hw, [w[2], w[3]])?;
+                check.same(dy, &[dy[0], w[0], ho, wo], "dy vs forward output")?;
+                vec![vec![dy[0], c, input_hw[0], input_hw[1]]]
+            }
+            ConvOp::Conv2dGradWeight { conv, kernel_hw } => {
+                let (dy, x) = (inputs[0], inputs[1]);
+                check.rank(dy, 4, "dy")?;
+                check.rank(x, 4, "x")?;
+                if conv.groups == 0 || !x[1].is_multiple_of(conv.groups) || !dy[1].is_multiple_of(conv.groups) {
+                    return Err(check.err(alloc::format!("channels {} / {} not divisible by groups {}", x[1], dy[1], conv.groups)));
+                }
+                let w = [dy[1], x[1] / conv.groups, kernel_hw[0], kernel_hw[1]];
+                let (ho, wo) = conv_out(check, conv, [x[2], x[3]], *kernel_hw)?;
+                check.same(dy, &[x[0], w[0], ho, wo], "dy vs forward output")?;
+                vec![w.to_vec()]
+            }
+        })
+    }
+
+    fn execute<T: Float>(&self, args: NodeArgs<'_, '_, T>) -> Result<(), KernelError> {
+        let NodeArgs { inputs: i, outputs: o, .. } = args;
+        match self {
+            ConvOp::Conv2d(c) => kernel::conv2d(c, i[0], i[1], &mut o[0]),
+            ConvOp::Conv2dGradInput { conv, .. } => kernel::conv2d_grad_input(conv, i[0], i[1], &mut o[0]),
+            ConvOp::Conv2dGradWeight { conv, .. } => kernel::conv2d_grad_weight(conv, i[0], i[1], &mut o[0]),
+        }
+        Ok(())
+    }
+}
+
+fn check_channels(check: Check, c: &Conv2d, in_channels: usize, w: &[usize]) -> Result<(), ShapeError> {
+    if c.groups == 0 || !in_channels.is_multiple_of(c.groups) || !w[0].is_multiple_of(c.groups) {
+        return Err(check.err(alloc::format!("channels in {in_channels} / out {} not divisible by groups {}", w[0], c.groups)));
+    }
+    let expected = check.mul(w[1], c.groups, "weight channels times groups")?;
+    if expected != in_channels {
+        return Err(check.err(alloc::format!("weight {w:?} expects {expected} input channels, input has {in_channels}")));
+    }
+    Ok(())
+}
+
+fn conv_out(check: Check, c: &Conv2d, hw: [usize; 2], k: [usize; 2]) -> Result<(usize, usize), ShapeError> {
+    let h = window_out(hw[0], c.padding[0], c.padding[2], k[0], c.stride[0], c.dilation[0]);
+    let w = window_out(hw[1], c.padding[1], c.padding[3], k[1], c.stride[1], c.dilation[1]);
+    match (h, w) {
+        (Some(h), Some(w)) if h > 0 && w > 0 => Ok((h, w)),
+        _ => Err(check.err(alloc::format!("kernel {k:?} does not fit input {hw:?} with {c:?}"))),
+    }
+}

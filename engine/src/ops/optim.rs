@@ -1,0 +1,124 @@
+//! Gradient bookkeeping (accumulation, filling, global-norm scaling) and the optimizer updates.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::ops::Range;
+use serde::{Deserialize, Serialize};
+
+use super::{Check, OpRules, ShapeError};
+use crate::kernels::reference::optim as kernel;
+use crate::kernels::{Float, KernelError, NodeArgs};
+
+/// SGD with momentum, dampening, Nesterov and (coupled) weight decay, exactly as `torch.optim.SGD`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sgd {
+    pub momentum: f32,
+    pub dampening: f32,
+    pub nesterov: bool,
+    pub weight_decay: f32,
+    /// Whether the gradient is multiplied by a runtime scale (clipping, accumulation) first.
+    pub scaled: bool,
+}
+
+/// Adam / AdamW with bias correction, as `torch.optim.Adam` and `torch.optim.AdamW`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Adam {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// `true`: AdamW's decoupled decay `p -= lr * wd * p`; `false`: Adam's `g += wd * p`.
+    pub decoupled: bool,
+    pub scaled: bool,
+}
+
+/// Computes the runtime gradient scale `multiplier * min(1, max_norm / (norm + 1e-6))`, where
+/// `norm` is the global L2 norm of `multiplier * g` over all inputs (PyTorch's
+/// `clip_grad_norm_`). Without `max_norm` the scale is just `multiplier` (1/K for accumulation).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GradScale {
+    pub max_norm: Option<f32>,
+    pub multiplier: f32,
+}
+
+/// The optimizer family; `*` marks outputs updated in place. Append new ops at the end (the
+/// variant index is the plan encoding).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum OptimOp {
+    /// `[g] -> [acc*]`: `acc += g`.
+    AccumulateGrad,
+    /// `[] -> [t*]`: every element of `t` becomes `value`.
+    Fill { value: f32 },
+    /// `[g_1, ..., g_n] -> [scale]`, `scale` has shape `[]`.
+    GradScale(GradScale),
+    /// `[grad, lr, step, (scale)] -> [param*, (momentum_buffer*)]`; the buffer exists iff momentum
+    /// != 0. On step 1 the buffer is set to the gradient, as PyTorch does.
+    SgdUpdate(Sgd),
+    /// `[grad, lr, step, (scale)] -> [param*, exp_avg*, exp_avg_sq*]`; `step` counts from 1.
+    AdamUpdate(Adam),
+}
+
+impl OpRules for OptimOp {
+    fn name(&self) -> &'static str {
+        match self {
+            OptimOp::AccumulateGrad => "AccumulateGrad",
+            OptimOp::Fill { .. } => "Fill",
+            OptimOp::GradScale(_) => "GradScale",
+            OptimOp::SgdUpdate(_) => "SgdUpdate",
+            OptimOp::AdamUpdate(_) => "AdamUpdate",
+        }
+    }
+
+    fn input_arity(&self) -> Option<usize> {
+        Some(match self {
+            OptimOp::AccumulateGrad => 1,
+            OptimOp::Fill { .. } => 0,
+            OptimOp::GradScale(_) => return None,
+            OptimOp::SgdUpdate(s) => 3 + s.scaled as usize,
+            OptimOp::AdamUpdate(a) => 3 + a.scaled as usize,
+        })
+    }
+
+    fn int_inputs(&self) -> &'static [usize] {
+        &[]
+    }
+
+    fn inplace_outputs(&self) -> Range<usize> {
+        match self {
+            OptimOp::AccumulateGrad | OptimOp::Fill { .. } => 0..1,
+            OptimOp::GradScale(_) => 0..0,
+            OptimOp::SgdUpdate(s) => 0..if s.momentum != 0.0 { 2 } else { 1 },
+            OptimOp::AdamUpdate(_) => 0..3,
+        }
+    }
+
+    fn shape_rule(&self, check: Check, inputs: &[&[usize]]) -> Result<Vec<Vec<usize>>, ShapeError> {
+        Ok(match self {
+            OptimOp::AccumulateGrad => vec![inputs[0].to_vec()],
+            // Fill has no inputs to infer from: it accepts any output.
+            OptimOp::Fill { .. } => vec![],
+            OptimOp::GradScale(_) => vec![vec![]],
+            OptimOp::SgdUpdate(Sgd { scaled, .. }) | OptimOp::AdamUpdate(Adam { scaled, .. }) => {
+                check.scalar(inputs[1], "lr")?;
+                check.scalar(inputs[2], "step")?;
+                if *scaled {
+                    check.scalar(inputs[3], "scale")?;
+                }
+                let g = inputs[0].to_vec();
+                vec![g; self.inplace_outputs().len()]
+            }
+        })
+    }
+
+    fn execute<T: Float>(&self, args: NodeArgs<'_, '_, T>) -> Result<(), KernelError> {
+        let NodeArgs { inputs: i, outputs: o, .. } = args;
+        match self {
+            OptimOp::AccumulateGrad => kernel::accumulate_grad(i[0], &mut o[0]),
+            OptimOp::Fill { value } => kernel::fill(*value, &mut o[0]),
+            OptimOp::GradScale(g) => kernel::grad_scale(g, i, &mut o[0]),
+            OptimOp::SgdUpdate(s) => kernel::sgd_update(s, i, o),
+            OptimOp::AdamUpdate(a) => kernel::adam_update(a, i, o),
+        }
+        Ok(())
+    }
+}
