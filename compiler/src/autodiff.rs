@@ -95,13 +95,16 @@ pub fn differentiate(graph: &mut Graph, loss: TensorId) -> Result<ParamGrads> {
     for &p in &trainable {
         requires[p.index()] = true;
     }
+    // Integer and bool values are never differentiated: they neither carry a dependency into a
+    // node nor receive one from it.
+    let float = |graph: &Graph, t: &TensorId| graph.tensor(*t).dtype == DType::F32;
     for node in &forward {
-        let any = node.inputs.iter().enumerate().any(|(i, t)| requires[t.index()] && !node.op.int_inputs().contains(&i));
+        let any = node.inputs.iter().any(|t| requires[t.index()] && float(graph, t));
         if any {
             let inplace = node.op.inplace_outputs();
             for (i, t) in node.outputs.iter().enumerate() {
                 // In-place state (running statistics) is not differentiated.
-                if !inplace.contains(&i) {
+                if !inplace.contains(&i) && float(graph, t) {
                     requires[t.index()] = true;
                 }
             }

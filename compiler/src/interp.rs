@@ -4,17 +4,18 @@
 //! every gradient rule is tested by evaluating the backward nodes it emits against central finite
 //! differences of the forward nodes.
 
-use pock_engine::kernels::{reference, Float, View, ViewMut};
+use pock_engine::kernels::{reference, Float, NodeArgs, View, ViewMut};
 
 use crate::error::{CompileError, Result};
 use crate::ir::{DType, Graph, Node, TensorId};
 
 /// Evaluates in `T`: f64 for gradient checks, f32 to reproduce the engine's reference kernels
-/// exactly.
+/// exactly. Float tensors hold `T`; `i64` and bool tensors hold their own values.
 pub struct Interpreter<'g, T = f64> {
     graph: &'g Graph,
     floats: Vec<Option<Vec<T>>>,
     ints: Vec<Option<Vec<i64>>>,
+    bools: Vec<Option<Vec<u8>>>,
 }
 
 impl<'g, T: Float> Interpreter<'g, T> {
@@ -22,21 +23,42 @@ impl<'g, T: Float> Interpreter<'g, T> {
     pub fn new(graph: &'g Graph) -> Self {
         let floats = graph.tensors.iter().map(|t| t.init.as_ref().map(|v| v.iter().map(|&x| T::from_f32(x)).collect())).collect();
         let ints = vec![None; graph.tensors.len()];
-        Interpreter { graph, floats, ints }
+        let bools = vec![None; graph.tensors.len()];
+        Interpreter { graph, floats, ints, bools }
     }
 
     pub fn set(&mut self, t: TensorId, value: Vec<T>) {
-        assert_eq!(value.len(), self.graph.tensor(t).numel(), "value for '{}'", self.graph.tensor(t).name);
+        self.check(t, value.len(), DType::F32);
         self.floats[t.index()] = Some(value);
     }
 
     pub fn set_int(&mut self, t: TensorId, value: Vec<i64>) {
-        assert_eq!(value.len(), self.graph.tensor(t).numel(), "value for '{}'", self.graph.tensor(t).name);
+        self.check(t, value.len(), DType::I64);
         self.ints[t.index()] = Some(value);
+    }
+
+    /// Bool values are bytes, 0 or 1.
+    pub fn set_bool(&mut self, t: TensorId, value: Vec<u8>) {
+        self.check(t, value.len(), DType::Bool);
+        self.bools[t.index()] = Some(value);
+    }
+
+    fn check(&self, t: TensorId, len: usize, dtype: DType) {
+        let def = self.graph.tensor(t);
+        assert_eq!(len, def.numel(), "value for '{}'", def.name);
+        assert_eq!(def.dtype, dtype, "value for '{}'", def.name);
     }
 
     pub fn get(&self, t: TensorId) -> Option<&[T]> {
         self.floats[t.index()].as_deref()
+    }
+
+    pub fn get_int(&self, t: TensorId) -> Option<&[i64]> {
+        self.ints[t.index()].as_deref()
+    }
+
+    pub fn get_bool(&self, t: TensorId) -> Option<&[u8]> {
+        self.bools[t.index()].as_deref()
     }
 
     pub fn run<'n>(&mut self, nodes: impl IntoIterator<Item = &'n Node>) -> Result<()> {
@@ -48,34 +70,65 @@ impl<'g, T: Float> Interpreter<'g, T> {
 
     pub fn run_node(&mut self, node: &Node) -> Result<()> {
         let g = self.graph;
-        let missing = |t: TensorId| CompileError::Node {
-            node: node.name.clone(),
-            op: node.op.name(),
-            message: format!("input '{}' has no value", g.tensor(t).name),
-        };
+        let error = |message: String| CompileError::Node { node: node.name.clone(), op: node.op.name(), message };
+        let missing = |t: TensorId| error(format!("input '{}' has no value", g.tensor(t).name));
         let inplace = node.op.inplace_outputs();
-        let mut outs: Vec<Vec<T>> = Vec::with_capacity(node.outputs.len());
-        for (i, &t) in node.outputs.iter().enumerate() {
-            let old = self.floats[t.index()].take();
-            outs.push(if inplace.contains(&i) { old.ok_or_else(|| missing(t))? } else { vec![T::zero(); g.tensor(t).numel()] });
-        }
-        let mut inputs = Vec::new();
-        let mut labels = None;
-        for &t in &node.inputs {
-            let def = g.tensor(t);
-            if def.dtype == DType::I64 {
-                labels = Some(View { data: self.ints[t.index()].as_deref().ok_or_else(|| missing(t))?, shape: &def.shape });
+        // Outputs move out of the tensor table while the node runs (in-place ones keep their old
+        // value, the others start at zero), so that inputs can be borrowed from it meanwhile.
+        fn take<V: Clone>(slot: &mut Option<Vec<V>>, in_place: bool, numel: usize, zero: V) -> Option<Vec<V>> {
+            let old = slot.take();
+            if in_place {
+                old
             } else {
-                inputs.push(View { data: self.floats[t.index()].as_deref().ok_or_else(|| missing(t))?, shape: &def.shape });
+                Some(vec![zero; numel])
             }
         }
-        let mut views: Vec<ViewMut<T>> =
-            outs.iter_mut().zip(&node.outputs).map(|(d, &t)| ViewMut { data: d.as_mut_slice(), shape: &g.tensor(t).shape }).collect();
-        reference::execute(&node.op, pock_engine::kernels::NodeArgs { inputs: &inputs, labels, outputs: &mut views })
-            .map_err(|e| CompileError::Node { node: node.name.clone(), op: node.op.name(), message: e.to_string() })?;
-        drop(views);
-        for (t, d) in node.outputs.iter().zip(outs) {
+        let (mut float_outs, mut int_outs, mut bool_outs) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, &t) in node.outputs.iter().enumerate() {
+            let (def, in_place) = (g.tensor(t), inplace.contains(&i));
+            let taken = match def.dtype {
+                DType::F32 => take(&mut self.floats[t.index()], in_place, def.numel(), T::zero()).map(|v| float_outs.push((t, v))),
+                DType::I64 => take(&mut self.ints[t.index()], in_place, def.numel(), 0).map(|v| int_outs.push((t, v))),
+                DType::Bool => take(&mut self.bools[t.index()], in_place, def.numel(), 0).map(|v| bool_outs.push((t, v))),
+                other => {
+                    return Err(error(format!("output '{}' has dtype {}, which the interpreter does not run", def.name, other.name())))
+                }
+            };
+            taken.ok_or_else(|| missing(t))?;
+        }
+        let (mut floats, mut ints, mut bools) = (Vec::new(), Vec::new(), Vec::new());
+        for &t in &node.inputs {
+            let def = g.tensor(t);
+            let shape = def.shape.as_slice();
+            match def.dtype {
+                DType::F32 => floats.push(View { data: self.floats[t.index()].as_deref().ok_or_else(|| missing(t))?, shape }),
+                DType::I64 => ints.push(View { data: self.ints[t.index()].as_deref().ok_or_else(|| missing(t))?, shape }),
+                DType::Bool => bools.push(View { data: self.bools[t.index()].as_deref().ok_or_else(|| missing(t))?, shape }),
+                other => return Err(error(format!("input '{}' has dtype {}, which the interpreter does not run", def.name, other.name()))),
+            }
+        }
+        fn views<'a, V>(g: &'a Graph, outs: &'a mut [(TensorId, Vec<V>)]) -> Vec<ViewMut<'a, V>> {
+            outs.iter_mut().map(|(t, d)| ViewMut { data: d.as_mut_slice(), shape: &g.tensor(*t).shape }).collect()
+        }
+        let (mut fv, mut iv, mut bv) = (views(g, &mut float_outs), views(g, &mut int_outs), views(g, &mut bool_outs));
+        let args = NodeArgs {
+            inputs: &floats,
+            int_inputs: &ints,
+            bool_inputs: &bools,
+            outputs: &mut fv,
+            int_outputs: &mut iv,
+            bool_outputs: &mut bv,
+        };
+        reference::execute(&node.op, args).map_err(|e| error(e.to_string()))?;
+        drop((fv, iv, bv, floats, ints, bools));
+        for (t, d) in float_outs {
             self.floats[t.index()] = Some(d);
+        }
+        for (t, d) in int_outs {
+            self.ints[t.index()] = Some(d);
+        }
+        for (t, d) in bool_outs {
+            self.bools[t.index()] = Some(d);
         }
         Ok(())
     }

@@ -135,7 +135,7 @@ impl Graph {
         program: Program,
     ) -> Result<Vec<TensorId>> {
         let (name, op) = (name.into(), op.into());
-        let shapes = self.infer(&name, &op, inputs)?;
+        let (shapes, dtypes) = self.infer(&name, &op, inputs)?;
         let range = op.inplace_outputs();
         if inplace.len() != range.len() {
             return Err(CompileError::Node {
@@ -164,6 +164,18 @@ impl Graph {
                         });
                     }
                 }
+                if self.tensor(t).dtype != dtypes[i] {
+                    return Err(CompileError::Node {
+                        node: name,
+                        op: op.name(),
+                        message: format!(
+                            "in-place output {i} ({}) is {}, expected {}",
+                            self.tensor(t).name,
+                            self.tensor(t).dtype.name(),
+                            dtypes[i].name()
+                        ),
+                    });
+                }
                 if !self.tensor(t).is_persistent() {
                     return Err(CompileError::Node {
                         node: name,
@@ -177,7 +189,7 @@ impl Graph {
                 let t = self.add_tensor(TensorDef {
                     name: out_name,
                     shape: shapes[i].clone(),
-                    dtype: DType::F32,
+                    dtype: dtypes[i],
                     role: Role::Transient,
                     init: None,
                 });
@@ -188,30 +200,38 @@ impl Graph {
         Ok(outputs)
     }
 
-    fn infer(&self, name: &str, op: &Op, inputs: &[TensorId]) -> Result<Vec<Vec<usize>>> {
-        for (pos, &t) in inputs.iter().enumerate() {
-            let want = if op.int_inputs().contains(&pos) { DType::I64 } else { DType::F32 };
-            if self.tensor(t).dtype != want {
-                return Err(CompileError::Node {
-                    node: name.to_string(),
-                    op: op.name(),
-                    message: format!(
-                        "input {pos} ('{}') is {}, expected {}",
-                        self.tensor(t).name,
-                        self.tensor(t).dtype.name(),
-                        want.name()
-                    ),
-                });
-            }
-        }
+    /// The output shapes and dtypes of `op` on `inputs`, by the op's shape and dtype rules. There is
+    /// one dtype per output (in-place ones included), even for `Fill`, which has no shapes.
+    fn infer(&self, name: &str, op: &Op, inputs: &[TensorId]) -> Result<(Vec<Vec<usize>>, Vec<DType>)> {
+        let shape_error = |source| CompileError::Shape { node: name.to_string(), source };
+        let in_dtypes: Vec<DType> = inputs.iter().map(|&t| self.tensor(t).dtype).collect();
+        let dtypes = op.output_dtypes(&in_dtypes).map_err(shape_error)?;
         let in_shapes: Vec<&[usize]> = inputs.iter().map(|&t| self.shape(t)).collect();
-        op.output_shapes(&in_shapes).map_err(|source| CompileError::Shape { node: name.to_string(), source })
+        let shapes = op.output_shapes(&in_shapes).map_err(shape_error)?;
+        let outputs = if shapes.is_empty() { op.inplace_outputs().end } else { shapes.len() };
+        if dtypes.len() != outputs {
+            return Err(CompileError::Node {
+                node: name.to_string(),
+                op: op.name(),
+                message: format!("the dtype rule gives {} outputs, the shape rule {outputs}", dtypes.len()),
+            });
+        }
+        Ok((shapes, dtypes))
     }
 
-    /// Re-checks every node's shapes against its op's rule (run after each pass).
+    /// Re-checks every node's shapes and dtypes against its op's rules (run after each pass).
     pub fn validate(&self) -> Result<()> {
         for node in &self.nodes {
-            let shapes = self.infer(&node.name, &node.op, &node.inputs)?;
+            let (shapes, dtypes) = self.infer(&node.name, &node.op, &node.inputs)?;
+            for (i, (&t, &dtype)) in node.outputs.iter().zip(&dtypes).enumerate() {
+                if self.tensor(t).dtype != dtype {
+                    return Err(CompileError::Node {
+                        node: node.name.clone(),
+                        op: node.op.name(),
+                        message: format!("output {i} is {}, rule says {}", self.tensor(t).dtype.name(), dtype.name()),
+                    });
+                }
+            }
             for (i, s) in shapes.iter().enumerate() {
                 let t = node.outputs.get(i).ok_or_else(|| CompileError::Node {
                     node: node.name.clone(),

@@ -62,7 +62,7 @@ pub fn validate(plan: &Plan) -> Result<(), ValidationError> {
         let numel = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let bytes = numel.and_then(|e| e.checked_mul(t.dtype.size())).map(|b| b as u64);
         let Some(bytes) = bytes else { bail!("tensor '{}' has an impossible shape {:?}", t.name, t.shape) };
-        if !matches!(t.dtype, DType::F32 | DType::I64) {
+        if !matches!(t.dtype, DType::F32 | DType::I64 | DType::Bool) {
             bail!("tensor '{}' has dtype {}, which this engine does not run yet", t.name, t.dtype.name());
         }
         let persistent = !matches!(t.role, Role::Transient | Role::Input | Role::Target);
@@ -121,23 +121,19 @@ fn validate_node(plan: &Plan, node: &crate::plan::Node) -> Result<(), Validation
     if node.inputs.iter().chain(&node.outputs).any(|t| t.index() >= n) {
         bail!("refers to a missing tensor");
     }
-    for (pos, &t) in node.inputs.iter().enumerate() {
-        let want = if node.op.int_inputs().contains(&pos) { DType::I64 } else { DType::F32 };
-        if plan.tensor(t).dtype != want {
-            bail!("input {pos} is {}, expected {}", plan.tensor(t).dtype.name(), want.name());
-        }
-    }
+    let dtypes: Vec<DType> = node.inputs.iter().map(|&t| plan.tensor(t).dtype).collect();
+    let out_dtypes = node.op.output_dtypes(&dtypes).map_err(|e| ValidationError(e.to_string()))?;
     let shapes: Vec<&[usize]> = node.inputs.iter().map(|&t| plan.tensor(t).shape.as_slice()).collect();
     let expected = node.op.output_shapes(&shapes).map_err(|e| ValidationError(e.to_string()))?;
     let inplace = node.op.inplace_outputs();
     let count = if expected.is_empty() { inplace.end } else { expected.len() };
-    if node.outputs.len() != count {
+    if node.outputs.len() != count || out_dtypes.len() != count {
         bail!("expects {count} outputs, has {}", node.outputs.len());
     }
-    for (i, &t) in node.outputs.iter().enumerate() {
+    for (i, (&t, &want)) in node.outputs.iter().zip(&out_dtypes).enumerate() {
         let info = plan.tensor(t);
-        if info.dtype != DType::F32 {
-            bail!("output {i} is {}, expected float32", info.dtype.name());
+        if info.dtype != want {
+            bail!("output {i} is {}, expected {}", info.dtype.name(), want.name());
         }
         if let Some(s) = expected.get(i) {
             if info.shape != *s {
@@ -234,8 +230,46 @@ pub struct CpuBackend<W: AsRef<[u8]>> {
     weights: WeightRange,
     arena: Vec<u64>,
     kernels: CpuKernels,
-    inputs: Vec<View<'static, f32>>,
-    outputs: Vec<ViewMut<'static, f32>>,
+    args: ArgViews<'static>,
+}
+
+/// One node's argument views, split by dtype as kernels take them ([`NodeArgs`]). The vectors
+/// keep their capacity between nodes and calls, so running a program allocates nothing.
+struct ArgViews<'a> {
+    floats: Vec<View<'a, f32>>,
+    ints: Vec<View<'a, i64>>,
+    bools: Vec<View<'a, u8>>,
+    float_outs: Vec<ViewMut<'a, f32>>,
+    int_outs: Vec<ViewMut<'a, i64>>,
+    bool_outs: Vec<ViewMut<'a, u8>>,
+}
+
+impl ArgViews<'_> {
+    fn with_capacity(inputs: usize, outputs: usize) -> Self {
+        ArgViews {
+            floats: Vec::with_capacity(inputs),
+            ints: Vec::with_capacity(inputs),
+            bools: Vec::with_capacity(inputs),
+            float_outs: Vec::with_capacity(outputs),
+            int_outs: Vec::with_capacity(outputs),
+            bool_outs: Vec::with_capacity(outputs),
+        }
+    }
+
+    /// Empties the views (none may outlive the node) and reports a dtype `validate` refuses.
+    fn unrunnable(&mut self, info: &crate::plan::TensorInfo) -> ExecError {
+        self.clear();
+        ExecError::Unsupported(alloc::format!("tensor '{}' has dtype {}, which this engine does not run", info.name, info.dtype.name()))
+    }
+
+    fn clear(&mut self) {
+        self.floats.clear();
+        self.ints.clear();
+        self.bools.clear();
+        self.float_outs.clear();
+        self.int_outs.clear();
+        self.bool_outs.clear();
+    }
 }
 
 impl<W: AsRef<[u8]>> CpuBackend<W> {
@@ -268,8 +302,7 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
         arena.resize(words, 0u64);
         let max_in = plan.all_programs().flat_map(|(_, p)| p.nodes.iter().map(|n| n.inputs.len())).max().unwrap_or(0);
         let max_out = plan.all_programs().flat_map(|(_, p)| p.nodes.iter().map(|n| n.outputs.len())).max().unwrap_or(0);
-        let mut backend =
-            CpuBackend { plan, bytes, weights, arena, kernels, inputs: Vec::with_capacity(max_in), outputs: Vec::with_capacity(max_out) };
+        let mut backend = CpuBackend { plan, bytes, weights, arena, kernels, args: ArgViews::with_capacity(max_in, max_out) };
         backend.reset_state();
         Ok(backend)
     }
@@ -328,20 +361,15 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
         };
         // The scratch vectors keep their capacity between nodes and calls; the views they hold
         // only live while one node runs (they are cleared before the next node).
-        // SAFETY: only the lifetime parameter changes, and both vectors are empty on return.
-        let inputs: &mut Vec<View<'_, f32>> =
-            unsafe { &mut *(&mut self.inputs as *mut Vec<View<'static, f32>>).cast::<Vec<View<'_, f32>>>() };
-        let outputs: &mut Vec<ViewMut<'_, f32>> =
-            unsafe { &mut *(&mut self.outputs as *mut Vec<ViewMut<'static, f32>>).cast::<Vec<ViewMut<'_, f32>>>() };
+        // SAFETY: only the lifetime parameter changes, and every vector is empty on return.
+        let args: &mut ArgViews<'_> = unsafe { &mut *(&mut self.args as *mut ArgViews<'static>).cast::<ArgViews<'_>>() };
         for node in &program.nodes {
             if matches!(node.op, Op::Dense(DenseOp::Reshape { .. }))
                 && plan.tensor(node.inputs[0]).location == plan.tensor(node.outputs[0]).location
             {
                 continue;
             }
-            inputs.clear();
-            outputs.clear();
-            let mut labels = None;
+            args.clear();
             // SAFETY (all pointer arithmetic below): `validate` checked that every tensor and
             // workspace lies inside its region with the alignment of its dtype, that outputs
             // overlap neither each other, nor inputs, nor the workspace, and that nothing writes
@@ -354,39 +382,50 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
                         Location::Weights { offset } => weights.add(offset as usize),
                     }
                 };
-                if info.dtype == DType::I64 {
-                    labels = Some(View {
-                        data: unsafe { core::slice::from_raw_parts(ptr as *const i64, info.numel()) },
-                        shape: info.shape.as_slice(),
-                    });
-                } else {
-                    inputs.push(View {
-                        data: unsafe { core::slice::from_raw_parts(ptr as *const f32, info.numel()) },
-                        shape: info.shape.as_slice(),
-                    });
+                let (n, shape) = (info.numel(), info.shape.as_slice());
+                match info.dtype {
+                    DType::F32 => args.floats.push(View { data: unsafe { core::slice::from_raw_parts(ptr as *const f32, n) }, shape }),
+                    DType::I64 => args.ints.push(View { data: unsafe { core::slice::from_raw_parts(ptr as *const i64, n) }, shape }),
+                    DType::Bool => args.bools.push(View { data: unsafe { core::slice::from_raw_parts(ptr, n) }, shape }),
+                    DType::F16 | DType::I8 => return Err(args.unrunnable(info)),
                 }
             }
             for &t in &node.outputs {
                 let info = plan.tensor(t);
                 let Location::Arena { offset } = info.location else { unreachable!("validated: outputs are in the arena") };
-                let data = unsafe { core::slice::from_raw_parts_mut(arena.add(offset as usize) as *mut f32, info.numel()) };
-                outputs.push(ViewMut { data, shape: info.shape.as_slice() });
+                let (ptr, n, shape) = (unsafe { arena.add(offset as usize) }, info.numel(), info.shape.as_slice());
+                match info.dtype {
+                    DType::F32 => {
+                        args.float_outs.push(ViewMut { data: unsafe { core::slice::from_raw_parts_mut(ptr as *mut f32, n) }, shape })
+                    }
+                    DType::I64 => {
+                        args.int_outs.push(ViewMut { data: unsafe { core::slice::from_raw_parts_mut(ptr as *mut i64, n) }, shape })
+                    }
+                    DType::Bool => args.bool_outs.push(ViewMut { data: unsafe { core::slice::from_raw_parts_mut(ptr, n) }, shape }),
+                    DType::F16 | DType::I8 => return Err(args.unrunnable(info)),
+                }
             }
             let workspace: &mut [f32] = match node.workspace {
                 Some(w) => unsafe { core::slice::from_raw_parts_mut(arena.add(w.offset as usize) as *mut f32, w.elems as usize) },
                 None => &mut [],
             };
-            let args = NodeArgs { inputs: inputs.as_slice(), labels, outputs: outputs.as_mut_slice() };
+            let node_args = NodeArgs {
+                inputs: &args.floats,
+                int_inputs: &args.ints,
+                bool_inputs: &args.bools,
+                outputs: &mut args.float_outs,
+                int_outputs: &mut args.int_outs,
+                bool_outputs: &mut args.bool_outs,
+            };
             let result = match self.kernels {
                 CpuKernels::Reference => {
                     let _ = workspace;
-                    reference::execute(&node.op, args)
+                    reference::execute(&node.op, node_args)
                 }
                 #[cfg(feature = "std")]
-                CpuKernels::Fast(cfg) => crate::kernels::cpu::execute(&node.op, args, workspace, cfg),
+                CpuKernels::Fast(cfg) => crate::kernels::cpu::execute(&node.op, node_args, workspace, cfg),
             };
-            inputs.clear();
-            outputs.clear();
+            args.clear();
             result.map_err(|source| ExecError::Kernel { node: node.name.clone(), source })?;
         }
         Ok(())

@@ -32,6 +32,9 @@ pub enum DType {
     // Room for quantized and half-precision training in later format versions.
     F16,
     I8,
+    /// One byte per element, 0 or 1 (masks, comparison results). Kernels read any non-zero byte
+    /// as true and write only 0 or 1.
+    Bool,
 }
 
 impl DType {
@@ -40,7 +43,7 @@ impl DType {
             DType::F32 => 4,
             DType::I64 => 8,
             DType::F16 => 2,
-            DType::I8 => 1,
+            DType::I8 | DType::Bool => 1,
         }
     }
     pub fn name(self) -> &'static str {
@@ -49,6 +52,7 @@ impl DType {
             DType::I64 => "int64",
             DType::F16 => "float16",
             DType::I8 => "int8",
+            DType::Bool => "bool",
         }
     }
 }

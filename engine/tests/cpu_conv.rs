@@ -108,7 +108,7 @@ fn run_fast(
     let mut out = vec![f32::NAN; out_shape.iter().product()];
     let mut ws = vec![f32::NAN; workspace];
     let mut outputs = [ViewMut { data: &mut out[..], shape: out_shape }];
-    cpu::execute(op, NodeArgs { inputs: &views, labels: None, outputs: &mut outputs }, &mut ws, cfg)?;
+    cpu::execute(op, NodeArgs::floats(&views, &mut outputs), &mut ws, cfg)?;
     Ok(out)
 }
 
@@ -117,7 +117,7 @@ fn run_reference(op: &Op, inputs: &[Vec<f32>; 2], shapes: &[Vec<usize>; 2], out_
     let views = [View { data: &wide[0][..], shape: &shapes[0][..] }, View { data: &wide[1][..], shape: &shapes[1][..] }];
     let mut out = vec![0.0; out_shape.iter().product()];
     let mut outputs = [ViewMut { data: &mut out[..], shape: out_shape }];
-    reference::execute(op, NodeArgs { inputs: &views, labels: None, outputs: &mut outputs }).unwrap();
+    reference::execute(op, NodeArgs::floats(&views, &mut outputs)).unwrap();
     out
 }
 

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 fn run(op: &Op, a: View<f32>, b: View<f32>, y: &mut [f32], y_shape: &[usize], fast: Option<CpuConfig>) {
     let inputs = [a, b];
     let mut outputs = [ViewMut { data: y, shape: y_shape }];
-    let args = NodeArgs { inputs: &inputs, labels: None, outputs: &mut outputs };
+    let args = NodeArgs::floats(&inputs, &mut outputs);
     match fast {
         Some(cfg) => cpu::execute(op, args, &mut [], cfg).unwrap(),
         None => reference::execute(op, args).unwrap(),

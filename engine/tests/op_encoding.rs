@@ -3,8 +3,9 @@
 //! removing a variant changes some op's tag and fails here; the rule is in `engine/src/format.rs`.
 
 use pock_engine::ops::{
-    Adam, BatchNorm, Clip, Conv2d, ConvOp, DenseOp, GradScale, LossOp, MatMul, NormOp, Op, OptimOp, Pool2d, PoolOp, Reduction, Sgd,
+    Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, DenseOp, GradScale, LossOp, MatMul, NormOp, Op, OptimOp, Pool2d, PoolOp, Reduction, Sgd,
 };
+use pock_engine::plan::DType;
 
 /// `(op name, encoded tag bytes)`. Append a row for each new op; never edit or reorder a row
 /// (that would change what existing plan files mean: bump `FORMAT_VERSION` instead).
@@ -41,6 +42,7 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("GradScale", [5, 2]),
     ("SgdUpdate", [5, 3]),
     ("AdamUpdate", [5, 4]),
+    ("Cast", [6, 0]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -91,6 +93,9 @@ fn row(op: &Op) -> usize {
             OptimOp::SgdUpdate(_) => 30,
             OptimOp::AdamUpdate(_) => 31,
         },
+        Op::Cast(op) => match op {
+            CastOp::Cast { .. } => 32,
+        },
     }
 }
 
@@ -136,6 +141,7 @@ fn every_op() -> Vec<Op> {
         OptimOp::GradScale(GradScale { max_norm: Some(1.0), multiplier: 0.25 }).into(),
         OptimOp::SgdUpdate(sgd).into(),
         OptimOp::AdamUpdate(adam).into(),
+        CastOp::Cast { to: DType::Bool }.into(),
     ]
 }
 
@@ -169,4 +175,20 @@ fn op_names_are_unique() {
     names.sort_unstable();
     names.dedup();
     assert_eq!(names.len(), TAGS.len(), "two ops share a name; pock inspect and error messages could not tell them apart");
+}
+
+/// Tensor dtypes are encoded by index too (in every tensor of a plan and in `Cast`'s attribute),
+/// so they follow the same append-only rule.
+#[test]
+fn dtype_tags_are_stable() {
+    let table = [(DType::F32, 0u8), (DType::I64, 1), (DType::F16, 2), (DType::I8, 3), (DType::Bool, 4)];
+    for (dtype, tag) in table {
+        assert_eq!(postcard::to_allocvec(&dtype).unwrap(), [tag], "{} changed its encoding", dtype.name());
+    }
+    // The exhaustive match makes a new dtype a compile error here until the table has it.
+    for (dtype, _) in table {
+        match dtype {
+            DType::F32 | DType::I64 | DType::F16 | DType::I8 | DType::Bool => {}
+        }
+    }
 }

@@ -319,7 +319,7 @@ fn sgd_through_the_dispatcher_with_a_scale_input() {
         View { data: &[0.5f32][..], shape: &[][..] },
     ];
     let mut outputs = [ViewMut { data: &mut param[..], shape: &[2][..] }, ViewMut { data: &mut buf[..], shape: &[2][..] }];
-    execute(&op, NodeArgs { inputs: &inputs, labels: None, outputs: &mut outputs }).unwrap();
+    execute(&op, NodeArgs::floats(&inputs, &mut outputs)).unwrap();
     assert_near("dispatched sgd param", &param, &[0.95, 2.05]);
     assert_near("dispatched sgd buffer", &buf, &[0.5, -0.5]);
 }

@@ -8,6 +8,7 @@
 //! input. The forward tensors it passes to those nodes are exactly the values kept alive for the
 //! backward pass: the memory planner extends their lifetime, nothing else does.
 
+mod cast;
 mod conv;
 mod dense;
 mod loss;

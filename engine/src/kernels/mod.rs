@@ -25,6 +25,8 @@ pub trait Float:
 {
     fn from_f32(v: f32) -> Self;
     fn from_usize(v: usize) -> Self;
+    /// Rounds to the nearest representable value, as Rust's `as` (and PyTorch's cast) does.
+    fn from_i64(v: i64) -> Self;
     fn to_f64(self) -> f64;
 }
 
@@ -33,6 +35,9 @@ impl Float for f32 {
         v
     }
     fn from_usize(v: usize) -> Self {
+        v as f32
+    }
+    fn from_i64(v: i64) -> Self {
         v as f32
     }
     fn to_f64(self) -> f64 {
@@ -45,6 +50,9 @@ impl Float for f64 {
         v as f64
     }
     fn from_usize(v: usize) -> Self {
+        v as f64
+    }
+    fn from_i64(v: i64) -> Self {
         v as f64
     }
     fn to_f64(self) -> f64 {
@@ -66,14 +74,28 @@ pub struct ViewMut<'a, T> {
     pub shape: &'a [usize],
 }
 
-/// The arguments of one node, already resolved to memory and checked against the op's shape rule.
+/// The arguments of one node, already resolved to memory and checked against the op's shape and
+/// dtype rules.
 ///
-/// `inputs` holds the float inputs in the node's order with the integer ones left out; `labels`
-/// holds the integer input (only loss ops have one). `outputs` holds every output in order.
+/// Arguments are split by dtype, each slice keeping the node's order: `inputs` holds the float
+/// inputs with the others left out, `int_inputs` the `i64` ones, `bool_inputs` the bool ones (one
+/// byte each); the outputs likewise. An op's dtype rule (`OpRules::dtype_rule`) says which
+/// position goes where, so a float-only kernel indexes `inputs` and `outputs` as before and never
+/// looks at the others.
 pub struct NodeArgs<'n, 'a, T> {
     pub inputs: &'n [View<'a, T>],
-    pub labels: Option<View<'a, i64>>,
+    pub int_inputs: &'n [View<'a, i64>],
+    pub bool_inputs: &'n [View<'a, u8>],
     pub outputs: &'n mut [ViewMut<'a, T>],
+    pub int_outputs: &'n mut [ViewMut<'a, i64>],
+    pub bool_outputs: &'n mut [ViewMut<'a, u8>],
+}
+
+impl<'n, 'a, T> NodeArgs<'n, 'a, T> {
+    /// The arguments of a node whose inputs and outputs are all float.
+    pub fn floats(inputs: &'n [View<'a, T>], outputs: &'n mut [ViewMut<'a, T>]) -> Self {
+        NodeArgs { inputs, int_inputs: &[], bool_inputs: &[], outputs, int_outputs: &mut [], bool_outputs: &mut [] }
+    }
 }
 
 /// Why a kernel refused to run. Shapes are validated when a plan is loaded, so this only reports

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{window_out, Check, OpRules, ShapeError};
 use crate::kernels::reference::conv as kernel;
 use crate::kernels::{Float, KernelError, NodeArgs};
+use crate::plan::DType;
 
 /// 2-D convolution attributes, NCHW layout, weights `[O, C/groups, KH, KW]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,8 +44,8 @@ impl OpRules for ConvOp {
         Some(2)
     }
 
-    fn int_inputs(&self) -> &'static [usize] {
-        &[]
+    fn dtype_rule(&self, check: Check, inputs: &[DType]) -> Result<Vec<DType>, ShapeError> {
+        check.floats(inputs, 1)
     }
 
     fn inplace_outputs(&self) -> Range<usize> {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{Check, OpRules, ShapeError};
 use crate::kernels::reference::dense as kernel;
 use crate::kernels::{Float, KernelError, NodeArgs};
+use crate::plan::DType;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MatMul {
@@ -72,8 +73,8 @@ impl OpRules for DenseOp {
         })
     }
 
-    fn int_inputs(&self) -> &'static [usize] {
-        &[]
+    fn dtype_rule(&self, check: Check, inputs: &[DType]) -> Result<Vec<DType>, ShapeError> {
+        check.floats(inputs, 1)
     }
 
     fn inplace_outputs(&self) -> Range<usize> {

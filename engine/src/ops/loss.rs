@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{Check, OpRules, ShapeError};
 use crate::kernels::reference::loss as kernel;
 use crate::kernels::{Float, KernelError, NodeArgs};
+use crate::plan::DType;
 
 /// How a loss reduces over the batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,12 +49,14 @@ impl OpRules for LossOp {
         })
     }
 
-    fn int_inputs(&self) -> &'static [usize] {
+    fn dtype_rule(&self, check: Check, inputs: &[DType]) -> Result<Vec<DType>, ShapeError> {
         match self {
-            LossOp::SoftmaxCrossEntropy(_) => &[1],
-            LossOp::SoftmaxCrossEntropyGrad(_) => &[2],
-            LossOp::Mse(_) | LossOp::MseGrad(_) => &[],
+            // Class labels are `i64`.
+            LossOp::SoftmaxCrossEntropy(_) => check.dtypes(inputs, &[DType::F32, DType::I64])?,
+            LossOp::SoftmaxCrossEntropyGrad(_) => check.dtypes(inputs, &[DType::F32, DType::F32, DType::I64])?,
+            LossOp::Mse(_) | LossOp::MseGrad(_) => return check.floats(inputs, 1),
         }
+        Ok(vec![DType::F32])
     }
 
     fn inplace_outputs(&self) -> Range<usize> {
@@ -96,8 +99,8 @@ impl OpRules for LossOp {
     }
 
     fn execute<T: Float>(&self, args: NodeArgs<'_, '_, T>) -> Result<(), KernelError> {
-        let NodeArgs { inputs: i, labels, outputs: o } = args;
-        let labels = labels.ok_or(KernelError::Invalid { op: self.name(), message: "missing labels" });
+        let NodeArgs { inputs: i, int_inputs, outputs: o, .. } = args;
+        let labels = int_inputs.first().copied().ok_or(KernelError::Invalid { op: self.name(), message: "missing labels" });
         match self {
             LossOp::SoftmaxCrossEntropy(r) => kernel::softmax_cross_entropy(*r, i[0], labels?, &mut o[0])?,
             LossOp::Mse(r) => kernel::mse(*r, i[0], i[1], &mut o[0]),

@@ -10,13 +10,15 @@
 //!
 //! Argument conventions: a node has `inputs` (read only) and `outputs` (written). Some outputs are
 //! updated in place ([`Op::inplace_outputs`]): they name persistent tensors (parameters, optimizer
-//! state, running statistics, gradient accumulators) whose previous value the kernel reads. All
-//! tensors are `f32` except the positions listed by [`Op::int_inputs`], which are `i64` labels.
+//! state, running statistics, gradient accumulators) whose previous value the kernel reads. Each
+//! op declares the dtype of every input and output with its dtype rule ([`Op::output_dtypes`]):
+//! float (`f32` in plans), `i64` or bool.
 //!
 //! Encoding: plans store an [`Op`] as postcard writes it, the family's variant index followed by
 //! the op's index inside its family (see [`crate::format`] for the rule that keeps old indices
 //! meaning the same thing).
 
+mod cast;
 mod conv;
 mod dense;
 mod loss;
@@ -30,7 +32,9 @@ use core::ops::Range;
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::{Float, KernelError, NodeArgs};
+use crate::plan::DType;
 
+pub use cast::CastOp;
 pub use conv::{Conv2d, ConvOp};
 pub use dense::{Clip, DenseOp, MatMul};
 pub use loss::{LossOp, Reduction};
@@ -45,8 +49,11 @@ pub trait OpRules {
     fn name(&self) -> &'static str;
     /// Number of inputs the op takes, or `None` when it takes any number (at least one).
     fn input_arity(&self) -> Option<usize>;
-    /// Input positions that hold `i64` labels; every other tensor is `f32`.
-    fn int_inputs(&self) -> &'static [usize];
+    /// The dtype of every output given the dtypes of the inputs, after checking that the op
+    /// takes those (the float dtype is `DType::F32`; kernels see it as their `T`). Called through
+    /// [`Op::output_dtypes`], which has checked the number of inputs. Returns as many dtypes as the
+    /// node has outputs.
+    fn dtype_rule(&self, check: Check, inputs: &[DType]) -> Result<Vec<DType>, ShapeError>;
     /// Output positions that are updated in place: they must name existing persistent tensors.
     fn inplace_outputs(&self) -> Range<usize>;
     /// Shapes of all outputs (in-place ones included) given the input shapes.
@@ -71,6 +78,7 @@ pub enum Op {
     Pool(PoolOp),
     Loss(LossOp),
     Optim(OptimOp),
+    Cast(CastOp),
 }
 
 /// Evaluates `$body` with `$family` bound to the family op inside an [`Op`]: the one place that
@@ -86,6 +94,7 @@ macro_rules! dispatch_op {
             $crate::ops::Op::Pool($family) => $body,
             $crate::ops::Op::Loss($family) => $body,
             $crate::ops::Op::Optim($family) => $body,
+            $crate::ops::Op::Cast($family) => $body,
         }
     };
 }
@@ -100,16 +109,18 @@ macro_rules! from_family {
     };
 }
 
-from_family!(Dense(DenseOp), Conv(ConvOp), Norm(NormOp), Pool(PoolOp), Loss(LossOp), Optim(OptimOp));
+from_family!(Dense(DenseOp), Conv(ConvOp), Norm(NormOp), Pool(PoolOp), Loss(LossOp), Optim(OptimOp), Cast(CastOp));
 
 impl Op {
     pub fn name(&self) -> &'static str {
         dispatch_op!(self, op => op.name())
     }
 
-    /// See [`OpRules::int_inputs`].
-    pub fn int_inputs(&self) -> &'static [usize] {
-        dispatch_op!(self, op => op.int_inputs())
+    /// The dtype of every output given the input dtypes, after checking the number of inputs and
+    /// that the op takes those dtypes (see [`OpRules::dtype_rule`]).
+    pub fn output_dtypes(&self, inputs: &[DType]) -> Result<Vec<DType>, ShapeError> {
+        let check = self.check_arity(inputs.len())?;
+        dispatch_op!(self, op => op.dtype_rule(check, inputs))
     }
 
     /// See [`OpRules::inplace_outputs`].
@@ -127,17 +138,21 @@ impl Op {
     ///
     /// `Fill` has no inputs to infer from: it returns no shapes and accepts any output.
     pub fn output_shapes(&self, inputs: &[&[usize]]) -> Result<Vec<Vec<usize>>, ShapeError> {
-        let check = Check { op: self.name() };
-        match self.input_arity() {
-            Some(n) if inputs.len() != n => return Err(check.err(alloc::format!("expects {n} inputs, got {}", inputs.len()))),
-            None if inputs.is_empty() => return Err(check.err("expects at least one input")),
-            _ => {}
-        }
+        let check = self.check_arity(inputs.len())?;
         let shapes = dispatch_op!(self, op => op.shape_rule(check, inputs))?;
         for s in &shapes {
             check.numel(s)?;
         }
         Ok(shapes)
+    }
+
+    fn check_arity(&self, inputs: usize) -> Result<Check, ShapeError> {
+        let check = Check { op: self.name() };
+        match self.input_arity() {
+            Some(n) if inputs != n => Err(check.err(alloc::format!("expects {n} inputs, got {inputs}"))),
+            None if inputs == 0 => Err(check.err("expects at least one input")),
+            _ => Ok(check),
+        }
     }
 
     /// Runs the op's reference kernel (see [`OpRules::execute`]).
@@ -201,6 +216,25 @@ impl Check {
     /// Number of elements of `shape`, or an error when it does not fit in `usize`.
     pub fn numel(self, shape: &[usize]) -> Result<usize, ShapeError> {
         numel(shape).ok_or_else(|| self.err(alloc::format!("shape {shape:?} has more elements than this machine can address")))
+    }
+
+    /// Checks that the inputs have exactly the dtypes `want`, in order.
+    pub fn dtypes(self, inputs: &[DType], want: &[DType]) -> Result<(), ShapeError> {
+        for (pos, (&got, &want)) in inputs.iter().zip(want).enumerate() {
+            if got != want {
+                return Err(self.err(alloc::format!("input {pos} is {}, expected {}", got.name(), want.name())));
+            }
+        }
+        Ok(())
+    }
+
+    /// The dtype rule of an op that takes and produces only floats: checks every input and returns
+    /// `outputs` float dtypes.
+    pub fn floats(self, inputs: &[DType], outputs: usize) -> Result<Vec<DType>, ShapeError> {
+        if let Some(pos) = inputs.iter().position(|&d| d != DType::F32) {
+            return Err(self.err(alloc::format!("input {pos} is {}, expected {}", inputs[pos].name(), DType::F32.name())));
+        }
+        Ok(alloc::vec![DType::F32; outputs])
     }
 
     /// `a * b`, or an error naming `what` when it does not fit in `usize`.

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{Check, OpRules, ShapeError};
 use crate::kernels::reference::norm as kernel;
 use crate::kernels::{Float, KernelError, NodeArgs};
+use crate::plan::DType;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BatchNorm {
@@ -48,8 +49,13 @@ impl OpRules for NormOp {
         })
     }
 
-    fn int_inputs(&self) -> &'static [usize] {
-        &[]
+    fn dtype_rule(&self, check: Check, inputs: &[DType]) -> Result<Vec<DType>, ShapeError> {
+        let outputs = match self {
+            NormOp::BatchNormTrain(_) => 5,
+            NormOp::BatchNormInfer(_) => 1,
+            NormOp::BatchNormTrainGrad(_) | NormOp::BatchNormInferGrad(_) => 3,
+        };
+        check.floats(inputs, outputs)
     }
 
     fn inplace_outputs(&self) -> Range<usize> {

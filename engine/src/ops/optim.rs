@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{Check, OpRules, ShapeError};
 use crate::kernels::reference::optim as kernel;
 use crate::kernels::{Float, KernelError, NodeArgs};
+use crate::plan::DType;
 
 /// SGD with momentum, dampening, Nesterov and (coupled) weight decay, exactly as `torch.optim.SGD`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -79,8 +80,12 @@ impl OpRules for OptimOp {
         })
     }
 
-    fn int_inputs(&self) -> &'static [usize] {
-        &[]
+    fn dtype_rule(&self, check: Check, inputs: &[DType]) -> Result<Vec<DType>, ShapeError> {
+        let outputs = match self {
+            OptimOp::AccumulateGrad | OptimOp::Fill { .. } | OptimOp::GradScale(_) => 1,
+            OptimOp::SgdUpdate(_) | OptimOp::AdamUpdate(_) => self.inplace_outputs().len(),
+        };
+        check.floats(inputs, outputs)
     }
 
     fn inplace_outputs(&self) -> Range<usize> {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{window_out, Check, OpRules, ShapeError};
 use crate::kernels::reference::pool as kernel;
 use crate::kernels::{Float, KernelError, NodeArgs};
+use crate::plan::DType;
 
 /// Max/average pooling attributes, NCHW layout. Output size rounds down (no ceil mode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,8 +58,8 @@ impl OpRules for PoolOp {
         })
     }
 
-    fn int_inputs(&self) -> &'static [usize] {
-        &[]
+    fn dtype_rule(&self, check: Check, inputs: &[DType]) -> Result<Vec<DType>, ShapeError> {
+        check.floats(inputs, 1)
     }
 
     fn inplace_outputs(&self) -> Range<usize> {

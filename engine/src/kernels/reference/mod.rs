@@ -4,6 +4,7 @@
 //! These kernels are the definition of each op's arithmetic: they favour clarity over speed, never
 //! allocate, and accumulate in the element type.
 
+pub mod cast;
 pub mod conv;
 pub mod dense;
 pub mod loss;
