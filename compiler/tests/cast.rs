@@ -9,6 +9,36 @@ use pock_compiler::{CompileError, CompileOptions, ForwardGraph, Task, TrainingGr
 use pock_engine::ops::{CastOp, DenseOp, MatMul};
 use pock_engine::{Session, SessionOptions, Targets};
 
+/// Counts allocations made on a thread while that thread has counting switched on, so that the
+/// other tests of this binary, running on their own threads, do not disturb the count.
+struct Counting;
+
+static ALLOCATIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+thread_local! {
+    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if COUNTING.try_with(|c| c.get()).unwrap_or(false) {
+            ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.try_with(|c| c.get()).unwrap_or(false) {
+            ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
 const BATCH: usize = 8;
 const FEATURES: usize = 6;
 const HIDDEN: usize = 5;
@@ -157,4 +187,21 @@ fn a_plan_whose_cast_output_has_the_wrong_dtype_is_refused() {
     let damaged = pock_engine::encode_plan(&plan, &bytes[weights.offset..weights.offset + weights.len]);
     let e = pock_engine::decode_plan(&damaged).unwrap_err();
     assert!(e.to_string().contains("output 0 is bool, expected int64"), "{e}");
+}
+
+#[test]
+fn typed_arguments_are_built_without_allocating() {
+    let bytes = training(mlp(true)).into_plan().unwrap().to_bytes();
+    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true }).unwrap();
+    let (x, y) = data();
+    let (mut out, mut losses) = (vec![0.0; BATCH * CLASSES], vec![0.0; BATCH]);
+    s.train_step(&x, Targets::Labels(&y)).unwrap();
+    COUNTING.with(|c| c.set(true));
+    for _ in 0..3 {
+        s.train_step(&x, Targets::Labels(&y)).unwrap();
+    }
+    s.eval_batch(&x, Targets::Labels(&y), &mut out, &mut losses).unwrap();
+    s.infer(&x, &mut out).unwrap();
+    COUNTING.with(|c| c.set(false));
+    assert_eq!(ALLOCATIONS.load(std::sync::atomic::Ordering::SeqCst), 0, "steps over float, i64 and bool tensors allocated");
 }
