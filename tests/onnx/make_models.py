@@ -554,6 +554,23 @@ def main():
         with open(os.path.join(HERE, "op_counts.json"), "w") as f:
             json.dump(summary, f, indent=1)
             f.write("\n")
+        write_op_table(summary)
+
+
+def write_op_table(summary):
+    """OPS.md: which op types each export uses, with counts: the importer's to-do list."""
+    cols = list(summary)
+    ops = sorted({op for counts in summary.values() for op in counts if op != "export_failed"})
+    short = [c.replace(".torchscript", " ts").replace(".dynamo", " dy") for c in cols]
+    lines = ["# ONNX op types in the fixtures", "",
+             "Written by `make_models.py` (counts of nodes per op type; ts = TorchScript exporter, opset 17, "
+             "training mode; dy = dynamo exporter, opset 18).", "",
+             "| op | models | " + " | ".join(short) + " |", "|---|---|" + "---|" * len(cols)]
+    for op in ops:
+        cells = [str(summary[c].get(op, "")) for c in cols]
+        lines.append(f"| {op} | {sum(1 for c in cells if c)} | " + " | ".join(cells) + " |")
+    with open(os.path.join(HERE, "OPS.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
