@@ -50,7 +50,10 @@ fn external(name: &str, dims: &[i64], entries: &[(&str, &str)]) -> TensorProto {
         dims: dims.to_vec(),
         data_type: Some(1),
         data_location: Some(DataLocation::External as i32),
-        external_data: entries.iter().map(|(k, v)| StringStringEntryProto { key: Some(k.to_string()), value: Some(v.to_string()) }).collect(),
+        external_data: entries
+            .iter()
+            .map(|(k, v)| StringStringEntryProto { key: Some(k.to_string()), value: Some(v.to_string()) })
+            .collect(),
         ..Default::default()
     }
 }
@@ -123,7 +126,8 @@ fn reads_inputs_outputs_initializers_and_nodes() {
 #[test]
 fn reads_every_attribute_type_and_tensor_dtype() {
     let mut m = tiny();
-    let t_i64 = TensorProto { name: Some("shape".into()), dims: vec![2], data_type: Some(7), int64_data: vec![-1, 2], ..Default::default() };
+    let t_i64 =
+        TensorProto { name: Some("shape".into()), dims: vec![2], data_type: Some(7), int64_data: vec![-1, 2], ..Default::default() };
     let attrs = vec![
         attr("alpha", AttributeType::Float, |a| a.f = Some(0.5)),
         attr("axis", AttributeType::Int, |a| a.i = Some(-1)),
@@ -136,10 +140,34 @@ fn reads_every_attribute_type_and_tensor_dtype() {
     graph(&mut m).node.push(node("", "Custom", &["y"], &["z"], attrs));
     // One initializer per other dtype, raw and typed: int32, bool, float16, float64, and int64 raw.
     let g = graph(&mut m);
-    g.initializer.push(TensorProto { name: Some("i32".into()), dims: vec![3], data_type: Some(6), int32_data: vec![1, -2, 3], ..Default::default() });
-    g.initializer.push(TensorProto { name: Some("b".into()), dims: vec![3], data_type: Some(9), raw_data: Some(vec![1, 0, 1]), ..Default::default() });
-    g.initializer.push(TensorProto { name: Some("h".into()), dims: vec![1], data_type: Some(10), int32_data: vec![0x3c00], ..Default::default() });
-    g.initializer.push(TensorProto { name: Some("d".into()), dims: vec![], data_type: Some(11), double_data: vec![0.25], ..Default::default() });
+    g.initializer.push(TensorProto {
+        name: Some("i32".into()),
+        dims: vec![3],
+        data_type: Some(6),
+        int32_data: vec![1, -2, 3],
+        ..Default::default()
+    });
+    g.initializer.push(TensorProto {
+        name: Some("b".into()),
+        dims: vec![3],
+        data_type: Some(9),
+        raw_data: Some(vec![1, 0, 1]),
+        ..Default::default()
+    });
+    g.initializer.push(TensorProto {
+        name: Some("h".into()),
+        dims: vec![1],
+        data_type: Some(10),
+        int32_data: vec![0x3c00],
+        ..Default::default()
+    });
+    g.initializer.push(TensorProto {
+        name: Some("d".into()),
+        dims: vec![],
+        data_type: Some(11),
+        double_data: vec![0.25],
+        ..Default::default()
+    });
     g.initializer.push(TensorProto {
         name: Some("l".into()),
         dims: vec![2],
@@ -288,7 +316,13 @@ fn bad_tensors_are_errors() {
     assert!(matches!(err(&m).0, ImportError::TensorDataSize { .. }));
 
     let mut m = tiny();
-    graph(&mut m).initializer.push(TensorProto { name: Some("s".into()), dims: vec![1], data_type: Some(8), string_data: vec![b"x".to_vec()], ..Default::default() });
+    graph(&mut m).initializer.push(TensorProto {
+        name: Some("s".into()),
+        dims: vec![1],
+        data_type: Some(8),
+        string_data: vec![b"x".to_vec()],
+        ..Default::default()
+    });
     let (e, msg) = err(&m);
     assert!(matches!(e, ImportError::UnsupportedDtype { .. }) && msg.contains("'s'") && msg.contains("string"), "{msg}");
 

@@ -95,6 +95,8 @@ pub enum ImportError {
     #[error("input '{input}' dimension {axis} is {fixed} in the model, but {given} asks for {asked}; the exported graph fixes that size, so re-export it with a dynamic axis (dynamic_axes / dynamic_shapes) to change it")]
     ShapeConflict { input: String, axis: usize, fixed: usize, asked: usize, given: String },
 
-    #[error("dimension '{name}' is {first} in one input and {second} in another ({given}); inputs that share a named dimension must agree")]
+    #[error(
+        "dimension '{name}' is {first} in one input and {second} in another ({given}); inputs that share a named dimension must agree"
+    )]
     NamedDimConflict { name: String, first: usize, second: usize, given: String },
 }

@@ -274,7 +274,11 @@ impl ExternalData<'_> {
             let key = e.key.clone().unwrap_or_default();
             let value = e.value.clone().unwrap_or_default();
             let number = || {
-                value.parse::<u64>().map_err(|_| ImportError::ExternalDataEntry { tensor: tensor.into(), key: key.clone(), value: value.clone() })
+                value.parse::<u64>().map_err(|_| ImportError::ExternalDataEntry {
+                    tensor: tensor.into(),
+                    key: key.clone(),
+                    value: value.clone(),
+                })
             };
             match key.as_str() {
                 "location" => location = Some(value.clone()),
@@ -296,7 +300,8 @@ impl ExternalData<'_> {
         let dir = self.dir.ok_or_else(|| ImportError::NoModelDirectory { tensor: tensor.into(), location: location.clone() })?;
         if !self.files.contains_key(&location) {
             let path = dir.join(rel);
-            let missing = |source| ImportError::MissingExternalData { tensor: tensor.into(), location: location.clone(), path: path.clone(), source };
+            let missing =
+                |source| ImportError::MissingExternalData { tensor: tensor.into(), location: location.clone(), path: path.clone(), source };
             let file = std::fs::File::open(&path).map_err(missing)?;
             let len = file.metadata().map_err(missing)?.len();
             let mapped = if len == 0 {
@@ -352,17 +357,16 @@ fn read_tensor(t: &proto::TensorProto, name: String, external: &mut ExternalData
     let mut count: usize = 1;
     for &d in &t.dims {
         let d = usize::try_from(d).map_err(|_| size_error("non-negative dimensions".into(), format!("dimension {d}")))?;
-        count = count.checked_mul(d).ok_or_else(|| size_error("a shape whose size fits in memory".into(), "an overflowing product".into()))?;
+        count =
+            count.checked_mul(d).ok_or_else(|| size_error("a shape whose size fits in memory".into(), "an overflowing product".into()))?;
         dims.push(d);
     }
-    let byte_len = count.checked_mul(elem_size).ok_or_else(|| size_error("a shape whose size fits in memory".into(), "an overflowing product".into()))?;
+    let byte_len = count
+        .checked_mul(elem_size)
+        .ok_or_else(|| size_error("a shape whose size fits in memory".into(), "an overflowing product".into()))?;
 
     let external_location = t.data_location == Some(proto::tensor_proto::DataLocation::External as i32);
-    let raw: Option<&[u8]> = if external_location {
-        Some(external.read(&name, &t.external_data)?)
-    } else {
-        t.raw_data.as_deref()
-    };
+    let raw: Option<&[u8]> = if external_location { Some(external.read(&name, &t.external_data)?) } else { t.raw_data.as_deref() };
     let values = if let Some(raw) = raw {
         if raw.len() != byte_len {
             return Err(size_error(format!("{byte_len} bytes"), format!("{} bytes", raw.len())));

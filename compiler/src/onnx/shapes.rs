@@ -242,7 +242,11 @@ mod tests {
 
     #[test]
     fn conflicts_are_errors() {
-        let m = model(&[("x", vec![Dim::Fixed(2), Dim::Fixed(3)]), ("ids", vec![named("b"), named("s")]), ("mask", vec![named("b"), named("s")])]);
+        let m = model(&[
+            ("x", vec![Dim::Fixed(2), Dim::Fixed(3)]),
+            ("ids", vec![named("b"), named("s")]),
+            ("mask", vec![named("b"), named("s")]),
+        ]);
         let e = resolve_input_shapes(&m, &ShapeOverrides::parse(None, &["x=4x3"]).unwrap()).unwrap_err();
         assert!(matches!(e, ImportError::ShapeConflict { axis: 0, fixed: 2, asked: 4, .. }), "{e}");
         let e = resolve_input_shapes(&m, &ShapeOverrides::parse(None, &["x=2x3x1"]).unwrap()).unwrap_err();

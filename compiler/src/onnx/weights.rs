@@ -35,8 +35,12 @@ pub fn splitmix64(seed: u64, index: u64) -> u64 {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum FloatRule {
     /// Uniform in (-bound, bound), on a grid of 2^24 odd steps.
-    Uniform { bound: f32 },
-    Constant { value: f32 },
+    Uniform {
+        bound: f32,
+    },
+    Constant {
+        value: f32,
+    },
 }
 
 impl FloatRule {
@@ -76,7 +80,10 @@ mod tests {
         assert_eq!(fnv1a64(""), 0xcbf29ce484222325);
         assert_eq!(fnv1a64("conv1.weight"), 0x69a29a2cee47d254);
         let seed = fnv1a64("conv1.weight");
-        assert_eq!([splitmix64(seed, 0), splitmix64(seed, 1), splitmix64(seed, 2)], [0x8b8a08a85128a1b0, 0xbec2eba82f6f054f, 0x05de32eeed3c84ab]);
+        assert_eq!(
+            [splitmix64(seed, 0), splitmix64(seed, 1), splitmix64(seed, 2)],
+            [0x8b8a08a85128a1b0, 0xbec2eba82f6f054f, 0x05de32eeed3c84ab]
+        );
         let bound = f32::from_bits(1044713891);
         assert_eq!(bound, (1.0 / 27f64.sqrt()) as f32);
         let v = FloatRule::Uniform { bound }.generate("conv1.weight", 5);
