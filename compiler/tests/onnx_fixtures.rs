@@ -141,3 +141,28 @@ fn parity_inputs_come_from_the_generator() {
     }
     assert_eq!(checked, 4, "mobilenet_v2, resnet18, bert and llama have parity references");
 }
+
+/// Every parameter and buffer of a parity reference is an initializer of the same name and
+/// shape in its TorchScript export, so the parity test can compare pock's trained values by name.
+#[test]
+fn parity_references_name_initializers_of_their_export() {
+    for model in ["mobilenet_v2", "resnet18", "bert", "llama"] {
+        let stem = format!("{model}.ts");
+        let (_, m) = manifests().into_iter().find(|(s, _)| *s == stem).unwrap();
+        assert_eq!(m["parity"], Value::Bool(true), "{stem} must carry the torch parameters unchanged");
+        let dir = TempDir::new(&format!("parity-{stem}"));
+        let onnx = load_model(materialise(&stem, &m, dir.path())).unwrap();
+        let p: Value =
+            serde_json::from_str(&std::fs::read_to_string(fixtures_dir().join(format!("{model}.parity.json"))).unwrap()).unwrap();
+        let mut names = 0;
+        for group in ["params", "buffers"] {
+            for (name, digest) in p[group].as_object().unwrap() {
+                let t = onnx.initializer(name).unwrap_or_else(|| panic!("{stem}: no initializer for {group} {name}"));
+                let shape: Vec<usize> = digest["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+                assert_eq!(t.dims, shape, "{stem}: {name}");
+                names += 1;
+            }
+        }
+        assert!(names >= 20, "{stem}: only {names} parameters");
+    }
+}
