@@ -12,6 +12,7 @@ pub mod gradcheck;
 pub mod interp;
 pub mod ir;
 pub mod memory;
+pub mod onnx;
 pub mod ops;
 pub mod optimizer;
 pub mod schedule;
