@@ -64,7 +64,8 @@ pub trait OpRules {
     /// come from files and must not wrap.
     fn shape_rule(&self, check: Check, inputs: &[&[usize]]) -> Result<Vec<Vec<usize>>, ShapeError>;
     /// Runs the op's reference kernel. The caller has checked the shapes against
-    /// [`Op::output_shapes`] and the argument counts against [`Op::input_arity`].
+    /// [`Op::output_shapes`], the dtypes against [`Op::output_dtypes`] (which put each argument in
+    /// its dtype's slice of `args`) and the argument counts against [`Op::input_arity`].
     fn execute<T: Float>(&self, args: NodeArgs<'_, '_, T>) -> Result<(), KernelError>;
 }
 
