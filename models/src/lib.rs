@@ -86,7 +86,7 @@ const CNN_KEYS: &[KeyInfo] = &[
 const MOBILENETV2_KEYS: &[KeyInfo] = &[
     KeyInfo { key: "classes", default: "1000", help: "output classes" },
     KeyInfo { key: "size", default: "224", help: "input image height and width" },
-    KeyInfo { key: "width", default: "1.0", help: "width multiplier applied to every layer's channels (0.25, 0.5, 1.0, ...)" },
+    KeyInfo { key: "width", default: "1.0", help: "width multiplier applied to every layer's channels (0.25, 0.5, 1.0, ... up to 4)" },
     KeyInfo { key: "channels", default: "3", help: "input image channels" },
 ];
 

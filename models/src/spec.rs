@@ -102,6 +102,14 @@ impl Params {
         }
     }
 
+    /// A finite real setting in `(0, max]`.
+    pub fn positive_f64_up_to(&self, key: &str, max: f64) -> Result<f64, ModelError> {
+        match self.raw(key).parse::<f64>() {
+            Ok(v) if v.is_finite() && v > 0.0 && v <= max => Ok(v),
+            _ => Err(self.bad(key, format!("a positive number up to {max}, such as 0.5 or 1.0"))),
+        }
+    }
+
     /// One of a fixed set of words.
     pub fn choice(&self, key: &str, choices: &[&'static str]) -> Result<&'static str, ModelError> {
         let v = self.raw(key);
