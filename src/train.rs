@@ -42,8 +42,9 @@ impl TrainConfig {
 #[derive(Clone, Copy, Debug)]
 pub struct DivergenceGuard {
     /// Stop when a loss exceeds this multiple of the median loss of the first epoch of the run
-    /// (its first [`REFERENCE_STEPS`] steps at most; judged from the 10th step, or from the end of
-    /// the first epoch if that is shorter). `None` turns the check off.
+    /// (of its first [`REFERENCE_STEPS`] steps at most). Until that epoch ends, the median of its
+    /// steps so far is used, from the second step on: a run that explodes does so in its first
+    /// steps, and a median taken after the explosion would excuse it. `None` turns the check off.
     pub growth: Option<f64>,
     /// Stop after this many consecutive non-finite losses.
     pub nonfinite_steps: u32,
@@ -51,8 +52,6 @@ pub struct DivergenceGuard {
 
 /// Losses of the first epoch that form the divergence reference, at most.
 pub const REFERENCE_STEPS: usize = 1000;
-/// Losses the reference needs before growth is judged (fewer if the first epoch is shorter).
-const MIN_REFERENCE_STEPS: usize = 10;
 
 impl Default for DivergenceGuard {
     fn default() -> Self {
@@ -67,7 +66,6 @@ struct DivergenceWatch {
     guard: DivergenceGuard,
     reference: Vec<f32>,
     reference_complete: bool,
-    min_reference: usize,
     median: Option<f32>,
     nonfinite_streak: u32,
 }
@@ -75,14 +73,7 @@ struct DivergenceWatch {
 impl DivergenceWatch {
     fn new(guard: DivergenceGuard, steps_per_epoch: u64) -> Self {
         let cap = REFERENCE_STEPS.min(steps_per_epoch as usize);
-        DivergenceWatch {
-            guard,
-            reference: Vec::with_capacity(cap),
-            reference_complete: false,
-            min_reference: MIN_REFERENCE_STEPS.min(cap),
-            median: None,
-            nonfinite_streak: 0,
-        }
+        DivergenceWatch { guard, reference: Vec::with_capacity(cap), reference_complete: false, median: None, nonfinite_streak: 0 }
     }
 
     /// Freezes the reference at the end of the run's first epoch.
@@ -106,11 +97,9 @@ impl DivergenceWatch {
         }
         if !self.reference_complete && self.reference.len() < self.reference.capacity() {
             self.reference.push(loss);
-            if self.reference.len() >= self.min_reference {
-                let mut sorted = self.reference.clone();
-                sorted.sort_by(f32::total_cmp);
-                self.median = Some(sorted[sorted.len() / 2]);
-            }
+            let mut sorted = self.reference.clone();
+            sorted.sort_by(f32::total_cmp);
+            self.median = Some(sorted[sorted.len() / 2]);
         }
         None
     }
@@ -411,4 +400,55 @@ pub fn predict(session: &mut Session, data: &Dataset) -> Result<(Vec<f32>, Vec<u
     let mut shape = out_shape;
     shape[0] = data.len();
     Ok((all, shape))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first_stop(guard: DivergenceGuard, steps_per_epoch: u64, losses: &[f32]) -> Option<(usize, String)> {
+        let mut w = DivergenceWatch::new(guard, steps_per_epoch);
+        for (i, &l) in losses.iter().enumerate() {
+            if i as u64 == steps_per_epoch {
+                w.end_first_epoch();
+            }
+            if let Some(reason) = w.check(l) {
+                return Some((i, reason));
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn an_exploding_loss_stops_at_its_first_jump() {
+        // zoo:cnn at --lr 1e6: 1.43, then 1.9e9.
+        let (i, reason) = first_stop(DivergenceGuard::default(), 16, &[1.43, 1.9e9, 3.5e18]).unwrap();
+        assert_eq!(i, 1);
+        assert!(reason.contains("100 times the first epoch's median loss 1.43"), "{reason}");
+    }
+
+    #[test]
+    fn ordinary_training_does_not_stop() {
+        // Decreasing with noise, and later epochs far below the first epoch's median.
+        let losses: Vec<f32> = (0..200).map(|i| 2.3 / (1.0 + i as f32 * 0.1) * if i % 7 == 0 { 3.0 } else { 1.0 }).collect();
+        assert_eq!(first_stop(DivergenceGuard::default(), 20, &losses), None);
+    }
+
+    #[test]
+    fn growth_after_the_first_epoch_is_judged_against_its_median() {
+        let mut losses = vec![1.0f32; 10];
+        losses.extend([50.0, 99.0, 101.0]);
+        let (i, _) = first_stop(DivergenceGuard::default(), 10, &losses).unwrap();
+        assert_eq!(i, 12);
+        assert_eq!(first_stop(DivergenceGuard { growth: None, ..Default::default() }, 10, &losses), None);
+    }
+
+    #[test]
+    fn non_finite_losses_stop_after_k_in_a_row() {
+        let g = DivergenceGuard { growth: None, nonfinite_steps: 3 };
+        assert_eq!(first_stop(g, 10, &[1.0, f32::NAN, f32::NAN, 1.0, f32::NAN, f32::NAN]), None);
+        let (i, reason) = first_stop(g, 10, &[1.0, f32::NAN, f32::INFINITY, f32::NAN]).unwrap();
+        assert_eq!(i, 3);
+        assert!(reason.contains("3 consecutive steps"), "{reason}");
+    }
 }
