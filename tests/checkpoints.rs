@@ -275,3 +275,17 @@ fn checkpoints_from_before_the_plan_identity_load_as_weights_only() {
     assert!(e.contains("older pock") && e.contains("--weights"), "{e}");
     s.load_weights(&old).unwrap();
 }
+
+#[test]
+fn a_plan_whose_input_has_no_batch_axis_is_an_error_not_a_panic() {
+    let bytes = plan_bytes(8, sgd(0.0));
+    let (mut plan, range) = pock::engine::decode_plan(&bytes).unwrap();
+    let weights = bytes[range.offset..range.offset + range.len].to_vec();
+    for program in [&plan.programs.train.clone(), &plan.programs.eval.clone()] {
+        let input = program.feeds[0];
+        plan.tensors[input.index()].shape = vec![];
+    }
+    let edited = pock::engine::encode_plan(&plan, &weights);
+    let e = Session::from_bytes(&edited, OPTS).err().expect("a rank-0 input is refused");
+    assert!(!e.to_string().is_empty());
+}

@@ -397,6 +397,19 @@ fn interface(plan: &Plan) -> Result<Interface, SessionError> {
         step: plan.runtime_scalar(RuntimeScalar::OptimizerStep),
     };
     let t = |id: TensorId| plan.tensor(id);
+    // Everything the host does per sample slices off the batch axis, so the data tensors must
+    // have one, of the plan's batch size (a rank-0 input would leave nothing to slice).
+    let batch = plan.training.batch;
+    for (what, id) in
+        [("input", io.train_input), ("output", io.eval_output), ("target", io.train_target), ("per-sample loss", io.eval_loss)]
+    {
+        if t(id).shape.first() != Some(&batch) {
+            return Err(SessionError::Input(format!(
+                "the plan's {what} has shape {:?}, without a leading batch axis of {batch}; the plan is malformed, compile it again",
+                t(id).shape
+            )));
+        }
+    }
     if t(io.train_input).dtype != DType::F32 || t(io.eval_input).shape != t(io.train_input).shape || t(io.train_loss).numel() != 1 {
         return Err(bad("input or loss"));
     }
