@@ -146,7 +146,9 @@ fn sigkill_at_random_moments_never_leaves_a_broken_checkpoint() {
         }
     }
     assert!(loaded > 150 && advanced > 50, "only {loaded} checkpoints loaded and {advanced} advanced in 200 kills");
-    // And the CLI continues from the last one.
+    // And the CLI continues from the last one, clearing what killed writers left behind.
     run_ok(&["train", s(&plan), "--data", s(&data), "--resume", s(&ckpt), "--save", s(&ckpt), "-q"]);
+    let left: Vec<_> = std::fs::read_dir(&d).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+    assert!(left.is_empty(), "temporary files of killed writers remain: {left:?}");
     eprintln!("200 kills in {:?}; last checkpoint at step {last_step}", started.elapsed());
 }

@@ -112,7 +112,31 @@ pub fn write_file(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) 
         return Err(e);
     }
     // The rename is only durable once the directory entry is on disk.
-    File::open(directory_of(&target))?.sync_all()
+    File::open(directory_of(&target))?.sync_all()?;
+    remove_stale_temporaries(&target);
+    Ok(())
+}
+
+/// Removes temporary files for `target` left by writers that were killed mid-write (`kill -9`,
+/// power loss): those whose process no longer exists. Linux only, where `/proc` tells; a file
+/// of a live process (even an unrelated one that reuses the id) is left alone.
+fn remove_stale_temporaries(target: &Path) {
+    #[cfg(target_os = "linux")]
+    {
+        let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else { return };
+        let prefix = format!(".{name}.");
+        let Ok(entries) = std::fs::read_dir(directory_of(target)) else { return };
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = file.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".tmp")) else { continue };
+            let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = target;
 }
 
 /// [`write_file`] for bytes already in memory.
