@@ -53,7 +53,7 @@ pub fn compile_model(model: &str, batch: usize, seed: u64, options: CompileOptio
 
 /// The largest batch `compile_model` accepts: large enough for any batch that fits a machine,
 /// small enough that a batch times any zoo model's per-sample size cannot overflow.
-pub const MAX_BATCH: usize = 1 << 24;
+pub const MAX_BATCH: usize = 1 << 20;
 
 /// Refuses a plan with a tensor whose byte size does not fit in 64 bits (a wrapped size would
 /// describe a plan that cannot be loaded), naming the tensor.

@@ -93,10 +93,18 @@ fn impossible_sizes_are_refused_before_allocating() {
     let e = fails(&["compile", "zoo:mobilenetv2:width=100", "-o", s(&o)]);
     assert!(e.contains("width") && e.contains("up to 4"), "{e}");
     // The largest batch accepted compiles, and is refused by the memory check with the bytes it needs.
-    let e = fails(&["compile", "zoo:cnn", "--batch", "16777216", "-o", s(&o)]);
+    let e = fails(&["compile", "zoo:cnn", "--batch", "1048576", "-o", s(&o)]);
     assert!(e.contains("the plan needs") && e.contains("bytes") && e.contains("physical memory"), "{e}");
     let e = fails(&["compile", "zoo:cnn", "--batch", "4", "--memory-budget", "64K", "-o", s(&o)]);
     assert!(e.contains("more than --memory-budget of 65536 bytes"), "{e}");
+    for (spec, needle) in [
+        ("zoo:mlp:hidden=1000000", "an integer in [1, 65536]"),
+        ("zoo:cnn:size=4294967296", "an integer in [4, 65536]"),
+        ("zoo:mlp:inputs=65536,hidden=65536", "past 1073741824"),
+    ] {
+        let e = fails(&["compile", spec, "--batch", "1", "-o", s(&o)]);
+        assert!(e.contains(needle), "{spec}: {e}");
+    }
     assert!(started.elapsed() < Duration::from_secs(60), "refusing took {:?}", started.elapsed());
     assert!(!o.exists());
     // A plan that fits compiles, and a session on it is refused under a smaller budget.

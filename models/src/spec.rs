@@ -2,6 +2,10 @@
 
 use crate::{known_models, KeyInfo, ModelError, ModelInfo, CATALOG};
 
+/// The largest value of any integer setting (sizes, widths, classes): with it and the largest
+/// batch, every tensor size of a zoo model is far below 2^64, so no size arithmetic can wrap.
+pub const MAX_SETTING: usize = 1 << 16;
+
 /// The settings of one zoo model: the keys the spec set explicitly, every other key at its
 /// catalog default.
 #[derive(Clone, Debug)]
@@ -84,9 +88,10 @@ impl Params {
         }
     }
 
-    /// An integer setting in `[min, max]`.
+    /// An integer setting in `[min, max]`, and never above [`MAX_SETTING`].
     pub fn usize_in(&self, key: &str, min: usize, max: usize) -> Result<usize, ModelError> {
-        let expected = || if max == usize::MAX { format!("an integer >= {min}") } else { format!("an integer in [{min}, {max}]") };
+        let max = max.min(MAX_SETTING);
+        let expected = || format!("an integer in [{min}, {max}]");
         let v: usize = self.raw(key).parse().map_err(|_| self.bad(key, expected()))?;
         if v < min || v > max {
             return Err(self.bad(key, expected()));
