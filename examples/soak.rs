@@ -17,6 +17,11 @@ fn rss_kib() -> Option<u64> {
     status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The 1-minute load average (`/proc/loadavg`): other processes on the machine move step times.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let model = args.next().unwrap_or_else(|| "zoo:mlp:inputs=16,hidden=128,classes=5".into());
@@ -35,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let epochs = total.div_ceil(steps_per_epoch);
     let ckpt = std::env::temp_dir().join(format!("pock-soak-{}.safetensors", std::process::id()));
     println!("soak: {model}, batch {batch}, {} steps, checkpoint every {every} steps to {}", epochs * steps_per_epoch, ckpt.display());
-    println!("{:>8} {:>12} {:>14}", "step", "RSS KiB", "mean ms/step");
+    println!("{:>8} {:>12} {:>14} {:>10}", "step", "RSS KiB", "mean ms/step", "load avg");
 
     let middle = (epochs * steps_per_epoch / 2 / window) * window;
     let last = (epochs * steps_per_epoch / window - 1) * window;
@@ -59,7 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let start = r.step - window;
                 if start == 0 || start == middle || start == last {
                     let row = (r.step, rss_kib().unwrap_or(0), window_ms / window as f64);
-                    println!("{:>8} {:>12} {:>14.4}", row.0, row.1, row.2);
+                    println!("{:>8} {:>12} {:>14.4} {:>10.2}", row.0, row.1, row.2, load_average().unwrap_or(f64::NAN));
                     rows.push(row);
                 }
                 window_ms = 0.0;

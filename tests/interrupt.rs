@@ -152,3 +152,23 @@ fn sigkill_at_random_moments_never_leaves_a_broken_checkpoint() {
     assert!(left.is_empty(), "temporary files of killed writers remain: {left:?}");
     eprintln!("200 kills in {:?}; last checkpoint at step {last_step}", started.elapsed());
 }
+
+#[test]
+fn sigterm_also_finishes_the_step_and_saves() {
+    let d = workdir("sigterm");
+    let (plan, data) = setup(&d);
+    let (ckpt, log) = (d.join("c.safetensors"), d.join("log.jsonl"));
+    let mut child = spawn(&["train", s(&plan), "--data", s(&data), "--epochs", "100000", "--save", s(&ckpt), "--log-json", s(&log)]);
+    let started = Instant::now();
+    while log_lines(&log).len() < 5 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let last = log_lines(&log).last().unwrap()["step"].as_u64().unwrap();
+    let mut session = Session::load(&plan, SessionOptions::default()).unwrap();
+    session.resume(&ckpt).unwrap();
+    assert_eq!(session.micro_steps(), last, "the checkpoint holds the last logged step");
+}
