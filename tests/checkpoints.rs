@@ -54,14 +54,18 @@ fn state(s: &Session) -> (Vec<(String, Vec<u32>)>, u64, u64, u32) {
     (values, s.micro_steps(), s.optimizer_steps(), s.learning_rate().to_bits())
 }
 
+/// A checkpoint's tensors as plain data: name, dtype, shape, bytes.
+type Tensors = Vec<(String, Dtype, Vec<usize>, Vec<u8>)>;
+/// An edit of a checkpoint's tensors and metadata.
+type Edit = Box<dyn FnOnce(&mut Tensors, &mut HashMap<String, String>)>;
+
 /// Rewrites a checkpoint through `edit`, which may change, drop or add tensors.
-fn rewrite(from: &Path, to: &Path, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>, &mut HashMap<String, String>)) {
+fn rewrite(from: &Path, to: &Path, edit: impl FnOnce(&mut Tensors, &mut HashMap<String, String>)) {
     let bytes = std::fs::read(from).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
     let mut meta = header.metadata().clone().unwrap();
-    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> =
-        st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    let mut tensors: Tensors = st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     edit(&mut tensors, &mut meta);
     let views: Vec<(String, TensorView)> =
@@ -93,7 +97,7 @@ fn a_failed_resume_leaves_the_session_untouched() {
     let mut target = target;
 
     // The last tensor (in name order) is the one a tensor-by-tensor restore would reach last.
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>, &mut HashMap<String, String>)>, &str)> = vec![
+    let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "missing",
             Box::new(|t, _| {
