@@ -199,8 +199,8 @@ impl RunArgs {
         if let Some(t) = self.threads {
             let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
             o.threads = t.clamp(1, cores);
-            if o.threads != t && !quiet {
-                eprintln!("note: --threads {t} is outside 1..={cores} (the cores of this machine); using {}", o.threads);
+            if o.threads != t {
+                progress(quiet, format!("note: --threads {t} is outside 1..={cores} (the cores of this machine); using {}", o.threads));
             }
         }
         o
@@ -296,10 +296,11 @@ fn out(text: &str) -> Result<(), PockError> {
         .map_err(|source| PockError::Io { path: "standard output".into(), source })
 }
 
-/// Prints progress on stderr unless `--quiet`.
+/// Prints progress on stderr unless `--quiet`. Progress that cannot be shown is dropped rather
+/// than ending the run (`eprintln!` would panic), since results and files do not depend on it.
 fn progress(quiet: bool, text: impl std::fmt::Display) {
     if !quiet {
-        eprintln!("{text}");
+        let _ = writeln!(std::io::stderr(), "{text}");
     }
 }
 

@@ -222,6 +222,15 @@ fn stdout_that_cannot_be_written_fails_loudly() {
         let err = String::from_utf8(out.stderr).unwrap();
         assert!(err.starts_with("error: standard output") && err.contains("No space left"), "{args:?}: {err}");
     }
+    // Progress that cannot be shown does not stop a run (the result still comes out).
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pock"))
+        .args(["train", s(&plan), "--data", s(&data), "--epochs", "2", "--threads", "0"])
+        .stderr(full)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8(out.stdout).unwrap().contains("trained 2 epoch(s)"));
 }
 
 #[test]
