@@ -48,6 +48,7 @@ fn st_dtype(d: DType) -> Dtype {
         DType::I64 => Dtype::I64,
         DType::F16 => Dtype::F16,
         DType::I8 => Dtype::I8,
+        DType::Bool => Dtype::BOOL,
     }
 }
 
@@ -57,6 +58,7 @@ fn st_name(d: Dtype) -> String {
         Dtype::I64 => "int64".into(),
         Dtype::F16 => "float16".into(),
         Dtype::I8 => "int8".into(),
+        Dtype::BOOL => "bool".into(),
         other => format!("{other:?}").to_lowercase(),
     }
 }
