@@ -5,6 +5,11 @@
 //! op's shape rule, nothing writes into the weight section, and no output overlaps another
 //! argument of its node. After that, running a program only resolves offsets to slices and calls
 //! kernels; it allocates nothing.
+//!
+//! The executor's pointer arithmetic is sound only for a validated plan, so the type system
+//! carries that fact: only [`ValidatedPlan::new`], which runs [`validate`], makes a [`ValidatedPlan`], and
+//! [`CpuBackend::new`] accepts nothing else. It then checks what `validate` cannot see (the
+//! weight section's place, length and alignment in the caller's buffer).
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -26,6 +31,8 @@ pub enum ExecError {
     OutOfMemory { bytes: u64 },
     #[error("the weight section is not 8-byte aligned in memory; load the plan from a file or an 8-byte aligned buffer")]
     MisalignedWeights,
+    #[error("the weight range ({len} bytes at {offset}) does not hold the plan's {expected}-byte weight section in a {available}-byte buffer; pass the bytes and the range that decode_plan returned for them")]
+    WeightRange { offset: usize, len: usize, expected: u64, available: usize },
     #[error("{0}")]
     Unsupported(String),
 }
@@ -39,13 +46,77 @@ macro_rules! bail {
     ($($t:tt)*) => { return Err(ValidationError(alloc::format!($($t)*))) };
 }
 
-/// Byte range of a tensor in its region.
+/// A plan that has passed [`validate`].
+///
+/// The executor's unsafe code relies on what `validate` checks, so only [`ValidatedPlan::new`]
+/// (which runs it) makes one, and it hands out the plan only by shared reference: nothing can
+/// change a validated plan. [`crate::format::decode_plan`] returns one.
+///
+/// A plan that has not been validated cannot start a backend; this does not compile:
+///
+/// ```compile_fail
+/// use pock_engine::exec::{CpuBackend, CpuKernels};
+/// fn start(plan: pock_engine::Plan, bytes: Vec<u8>, range: pock_engine::format::WeightRange) {
+///     let _ = CpuBackend::new(plan, bytes, range, CpuKernels::Reference);
+/// }
+/// ```
+///
+/// while the same code with a validated plan does:
+///
+/// ```
+/// use pock_engine::exec::{CpuBackend, CpuKernels, ValidatedPlan};
+/// fn start(plan: ValidatedPlan, bytes: Vec<u8>, range: pock_engine::format::WeightRange) {
+///     let _ = CpuBackend::new(plan, bytes, range, CpuKernels::Reference);
+/// }
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidatedPlan(Plan);
+
+impl ValidatedPlan {
+    /// Validates `plan` (see [`validate`]).
+    pub fn new(plan: Plan) -> Result<Self, ValidationError> {
+        validate(&plan)?;
+        Ok(ValidatedPlan(plan))
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.0
+    }
+
+    /// Gives the plan back, for example to change it and validate it again.
+    pub fn into_plan(self) -> Plan {
+        self.0
+    }
+}
+
+impl core::ops::Deref for ValidatedPlan {
+    type Target = Plan;
+    fn deref(&self) -> &Plan {
+        &self.0
+    }
+}
+
+impl PartialEq<Plan> for ValidatedPlan {
+    fn eq(&self, other: &Plan) -> bool {
+        self.0 == *other
+    }
+}
+
+/// Byte range of a tensor in its region. Only called on tensors whose sizes `validate` has
+/// already checked, so the sum cannot overflow.
 fn range(plan: &Plan, t: TensorId) -> (bool, u64, u64) {
     let info = plan.tensor(t);
     match info.location {
         Location::Arena { offset } => (true, offset, offset + info.bytes()),
         Location::Weights { offset } => (false, offset, offset + info.bytes()),
     }
+}
+
+/// Whether a region size read from a file can be addressed on this machine: every offset below it
+/// must convert to `usize` and stay within `isize::MAX`, which pointer offsets and slices require
+/// (on a 32-bit target a `u64` size could otherwise be truncated).
+fn addressable(bytes: u64) -> bool {
+    usize::try_from(bytes).is_ok_and(|b| b <= isize::MAX as usize)
 }
 
 fn overlaps(a: (bool, u64, u64), b: (bool, u64, u64)) -> bool {
@@ -55,6 +126,13 @@ fn overlaps(a: (bool, u64, u64), b: (bool, u64, u64)) -> bool {
 /// Checks everything the executor relies on (see the module documentation).
 pub fn validate(plan: &Plan) -> Result<(), ValidationError> {
     let n = plan.tensors.len();
+    if !addressable(plan.arena_bytes) || !addressable(plan.weight_bytes) {
+        bail!(
+            "the arena ({} bytes) or weight section ({} bytes) is larger than this machine can address",
+            plan.arena_bytes,
+            plan.weight_bytes
+        );
+    }
     if plan.persistent_bytes > plan.arena_bytes {
         bail!("persistent region ({} bytes) is larger than the arena ({} bytes)", plan.persistent_bytes, plan.arena_bytes);
     }
@@ -74,6 +152,17 @@ pub fn validate(plan: &Plan) -> Result<(), ValidationError> {
                 }
                 if persistent && end.is_some_and(|e| e > plan.persistent_bytes) {
                     bail!("persistent tensor '{}' lies outside the persistent region", t.name);
+                }
+                // Values computed or fed during a step must not overwrite what survives between
+                // steps (parameters, optimizer state, statistics).
+                if !persistent && bytes > 0 && offset < plan.persistent_bytes {
+                    bail!(
+                        "{} tensor '{}' ({} bytes at {offset}) overlaps the persistent region (the first {} bytes of the arena)",
+                        role_name(&t.role),
+                        t.name,
+                        bytes,
+                        plan.persistent_bytes
+                    );
                 }
             }
             Location::Weights { offset } => {
@@ -142,7 +231,7 @@ fn validate_node(plan: &Plan, node: &crate::plan::Node) -> Result<(), Validation
         }
         match info.location {
             Location::Weights { .. } => bail!("writes into the read-only weight section ('{}')", info.name),
-            Location::Arena { offset } if inplace.contains(&i) && offset + info.bytes() > plan.persistent_bytes => {
+            Location::Arena { offset } if inplace.contains(&i) && offset.saturating_add(info.bytes()) > plan.persistent_bytes => {
                 bail!("in-place output '{}' is not persistent", info.name)
             }
             _ => {}
@@ -154,6 +243,16 @@ fn validate_node(plan: &Plan, node: &crate::plan::Node) -> Result<(), Validation
     if let Some(w) = workspace {
         if w.2 > plan.arena_bytes || !w.1.is_multiple_of(4) {
             bail!("workspace does not fit the arena");
+        }
+        // Scratch memory is overwritten by the kernel, so it must stay out of the persistent
+        // region like every other value computed during a step.
+        if w.2 > w.1 && w.1 < plan.persistent_bytes {
+            bail!(
+                "workspace ({} bytes at {}) overlaps the persistent region (the first {} bytes of the arena)",
+                w.2 - w.1,
+                w.1,
+                plan.persistent_bytes
+            );
         }
     }
     for (i, &o) in node.outputs.iter().enumerate() {
@@ -171,6 +270,14 @@ fn validate_node(plan: &Plan, node: &crate::plan::Node) -> Result<(), Validation
         }
     }
     Ok(())
+}
+
+fn role_name(role: &Role) -> &'static str {
+    match role {
+        Role::Input => "input",
+        Role::Target => "target",
+        _ => "transient",
+    }
 }
 
 /// Which program to run.
@@ -273,10 +380,16 @@ impl ArgViews<'_> {
 }
 
 impl<W: AsRef<[u8]>> CpuBackend<W> {
-    /// `bytes` holds the plan file (or at least its weight section at `weights`); `plan` must
-    /// have passed [`validate`] (as [`crate::format::decode_plan`] ensures).
-    pub fn new(plan: Plan, bytes: W, weights: WeightRange, kernels: CpuKernels) -> Result<Self, ExecError> {
-        let section = &bytes.as_ref()[weights.offset..weights.offset + weights.len];
+    /// `bytes` holds the plan file (or at least its weight section at `weights`), as
+    /// [`crate::format::decode_plan`] returns them. The range is checked against `bytes` and the
+    /// plan, so a mismatched pair is an error rather than an out-of-bounds read.
+    pub fn new(plan: ValidatedPlan, bytes: W, weights: WeightRange, kernels: CpuKernels) -> Result<Self, ExecError> {
+        let plan = plan.into_plan();
+        let available = bytes.as_ref().len();
+        let section = weights.offset.checked_add(weights.len).and_then(|end| bytes.as_ref().get(weights.offset..end));
+        let Some(section) = section.filter(|s| s.len() as u64 == plan.weight_bytes) else {
+            return Err(ExecError::WeightRange { offset: weights.offset, len: weights.len, expected: plan.weight_bytes, available });
+        };
         if !(section.as_ptr() as usize).is_multiple_of(8) {
             return Err(ExecError::MisalignedWeights);
         }
@@ -313,12 +426,14 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
 
     fn arena_bytes_mut(&mut self) -> &mut [u8] {
         let len = self.plan.arena_bytes as usize;
-        // SAFETY: the arena holds at least `arena_bytes` bytes; u64 storage is viewed as bytes.
+        // SAFETY: `new` sized the arena to `arena_bytes.div_ceil(8)` words, so it holds at least
+        // `len` initialised bytes (`validate` checked that `arena_bytes` fits `usize`); any byte
+        // of a u64 is a valid u8, and the slice borrows `self` mutably.
         unsafe { core::slice::from_raw_parts_mut(self.arena.as_mut_ptr() as *mut u8, len) }
     }
 
     fn arena_bytes(&self) -> &[u8] {
-        // SAFETY: as in `arena_bytes_mut`.
+        // SAFETY: as in `arena_bytes_mut`, with a shared borrow of `self`.
         unsafe { core::slice::from_raw_parts(self.arena.as_ptr() as *const u8, self.plan.arena_bytes as usize) }
     }
 
@@ -355,13 +470,19 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
         let plan = &self.plan;
         let program = which.of(plan).ok_or(ExecError::NoProgram(which.name()))?;
         let arena = self.arena.as_mut_ptr() as *mut u8;
-        let weights = {
-            let b = self.bytes.as_ref();
-            b[self.weights.offset..].as_ptr()
-        };
+        // `W::as_ref` is caller code and need not return the same slice every time, so the range
+        // and alignment that `new` checked are checked again (slicing panics rather than reading
+        // out of bounds) on the slice whose borrow covers this whole run.
+        let section = &self.bytes.as_ref()[self.weights.offset..self.weights.offset + self.weights.len];
+        if !(section.as_ptr() as usize).is_multiple_of(8) {
+            return Err(ExecError::MisalignedWeights);
+        }
+        let weights = section.as_ptr();
         // The scratch vectors keep their capacity between nodes and calls; the views they hold
         // only live while one node runs (they are cleared before the next node).
-        // SAFETY: only the lifetime parameter changes, and every vector is empty on return.
+        // SAFETY: only the lifetime parameter changes, and every vector is empty on return
+        // (`new` creates them empty and every node clears them after it ran), so no view outlives
+        // the borrows it was made from.
         let args: &mut ArgViews<'_> = unsafe { &mut *(&mut self.args as *mut ArgViews<'static>).cast::<ArgViews<'_>>() };
         for node in &program.nodes {
             if matches!(node.op, Op::Dense(DenseOp::Reshape { .. }))
@@ -370,12 +491,16 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
                 continue;
             }
             args.clear();
-            // SAFETY (all pointer arithmetic below): `validate` checked that every tensor and
-            // workspace lies inside its region with the alignment of its dtype, that outputs
-            // overlap neither each other, nor inputs, nor the workspace, and that nothing writes
-            // into the weight section. The arena is exclusively borrowed through `self`.
+            // SAFETY (every unsafe block below): `self.plan` came from a `ValidatedPlan`, so
+            // `validate` checked that every tensor and workspace lies inside its region with the
+            // alignment of its dtype and a size that fits `usize`, that outputs overlap neither
+            // each other, nor inputs, nor the workspace, and that nothing writes into the weight
+            // section. The arena holds `arena_bytes` bytes (`new`) and is exclusively borrowed
+            // through `self`; the weight section is `plan.weight_bytes` bytes, 8-byte aligned
+            // (checked above), borrowed shared for this whole run.
             for &t in &node.inputs {
                 let info = plan.tensor(t);
+                // SAFETY: see above; the offset lies inside its region.
                 let ptr = unsafe {
                     match info.location {
                         Location::Arena { offset } => arena.add(offset as usize) as *const u8,
@@ -383,6 +508,7 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
                     }
                 };
                 let (n, shape) = (info.numel(), info.shape.as_slice());
+                // SAFETY (each view): see above; `ptr` is aligned for the tensor's dtype.
                 match info.dtype {
                     DType::F32 => args.floats.push(View { data: unsafe { core::slice::from_raw_parts(ptr as *const f32, n) }, shape }),
                     DType::I64 => args.ints.push(View { data: unsafe { core::slice::from_raw_parts(ptr as *const i64, n) }, shape }),
@@ -393,6 +519,7 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
             for &t in &node.outputs {
                 let info = plan.tensor(t);
                 let Location::Arena { offset } = info.location else { unreachable!("validated: outputs are in the arena") };
+                // SAFETY (each view): see above; no other live view overlaps this output.
                 let (ptr, n, shape) = (unsafe { arena.add(offset as usize) }, info.numel(), info.shape.as_slice());
                 match info.dtype {
                     DType::F32 => {
@@ -406,6 +533,7 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
                 }
             }
             let workspace: &mut [f32] = match node.workspace {
+                // SAFETY: see above; the workspace overlaps no argument of this node.
                 Some(w) => unsafe { core::slice::from_raw_parts_mut(arena.add(w.offset as usize) as *mut f32, w.elems as usize) },
                 None => &mut [],
             };
@@ -475,5 +603,135 @@ impl<W: AsRef<[u8]>> Backend for CpuBackend<W> {
 
     fn run(&mut self, program: ProgramKind) -> Result<(), ExecError> {
         self.run_program(program)
+    }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use super::*;
+    use crate::format::{decode_plan, encode_plan};
+    use crate::plan::Workspace;
+    use crate::session::PlanBytes;
+
+    // Small compiled plans, the fuzzing seeds (regenerated by
+    // `cargo test --test fuzz_corpus -- --ignored write_seed_corpus`).
+    const MLP: &[u8] = include_bytes!("../../fuzz/seeds/plan/mlp-sgd.pock");
+    const CNN: &[u8] = include_bytes!("../../fuzz/seeds/plan/cnn.pock");
+
+    fn decoded(file: &[u8]) -> (ValidatedPlan, WeightRange) {
+        decode_plan(file).expect("the seed plan decodes")
+    }
+
+    /// Runs every program once on zero inputs and zero (valid) labels.
+    fn run_all(backend: &mut CpuBackend<PlanBytes>) {
+        let plan = backend.plan().clone();
+        for which in [ProgramKind::Train, ProgramKind::Eval, ProgramKind::Infer] {
+            for &t in &which.of(&plan).unwrap().feeds {
+                backend.write(t, &vec![0u8; plan.tensor(t).bytes() as usize]).unwrap();
+            }
+            backend.run(which).unwrap();
+        }
+    }
+
+    #[test]
+    fn validated_plans_run_with_every_kernel_set() {
+        for file in [MLP, CNN] {
+            let (plan, range) = decoded(file);
+            let mut backend = CpuBackend::new(plan.clone(), PlanBytes::copy_of(file), range, CpuKernels::Reference).unwrap();
+            run_all(&mut backend);
+            // Miri cannot run the gemm crate's SIMD kernels in reasonable time.
+            #[cfg(not(miri))]
+            {
+                let fast = CpuKernels::Fast(crate::kernels::cpu::CpuConfig { threads: 1 });
+                let mut backend = CpuBackend::new(plan, PlanBytes::copy_of(file), range, fast).unwrap();
+                run_all(&mut backend);
+            }
+        }
+    }
+
+    /// Before `new` checked the range, a range shorter than the plan's weight section let the
+    /// executor read past it, and one outside the buffer panicked.
+    #[test]
+    fn new_refuses_a_weight_range_that_does_not_match() {
+        let (plan, range) = decoded(MLP);
+        let bad = [
+            WeightRange { offset: range.offset, len: range.len - 4 },
+            WeightRange { offset: range.offset + 8, len: range.len },
+            WeightRange { offset: MLP.len() + 64, len: range.len },
+            WeightRange { offset: usize::MAX, len: 2 },
+        ];
+        for r in bad {
+            let e = CpuBackend::new(plan.clone(), PlanBytes::copy_of(MLP), r, CpuKernels::Reference).err().unwrap();
+            assert!(matches!(e, ExecError::WeightRange { .. }), "{r:?}: {e}");
+            assert!(e.to_string().contains("decode_plan"), "{e}");
+        }
+    }
+
+    /// Plan bytes whose weight section is 4 bytes off 8-byte alignment.
+    struct Shifted(PlanBytes);
+    impl AsRef<[u8]> for Shifted {
+        fn as_ref(&self) -> &[u8] {
+            &self.0.as_ref()[4..]
+        }
+    }
+
+    #[test]
+    fn new_refuses_misaligned_weights() {
+        let (plan, range) = decoded(MLP);
+        let mut shifted = vec![0u8; 4];
+        shifted.extend_from_slice(MLP);
+        let e = CpuBackend::new(plan, Shifted(PlanBytes::copy_of(&shifted)), range, CpuKernels::Reference).err().unwrap();
+        assert!(matches!(e, ExecError::MisalignedWeights), "{e}");
+    }
+
+    fn refused(plan: Plan, what: &str) -> String {
+        match ValidatedPlan::new(plan) {
+            Ok(_) => panic!("{what}: accepted"),
+            Err(e) => e.0,
+        }
+    }
+
+    #[test]
+    fn values_of_a_step_may_not_overlap_the_persistent_region() {
+        let plan = decoded(MLP).0.into_plan();
+        assert!(plan.persistent_bytes > 0);
+        for role in [Role::Transient, Role::Input, Role::Target] {
+            let mut p = plan.clone();
+            let t = p.tensors.iter().position(|t| t.role == role && matches!(t.location, Location::Arena { .. }) && t.bytes() > 0).unwrap();
+            p.tensors[t].location = Location::Arena { offset: 0 };
+            let e = refused(p, &alloc::format!("{role:?} at offset 0"));
+            assert!(e.contains("overlaps the persistent region"), "{e}");
+        }
+        let plan = decoded(CNN).0.into_plan();
+        let mut p = plan.clone();
+        let node = p.programs.train.nodes.iter_mut().find(|n| n.workspace.is_some()).expect("the cnn plan has a convolution workspace");
+        let elems = node.workspace.unwrap().elems;
+        node.workspace = Some(Workspace { offset: 0, elems });
+        let e = refused(p, "workspace at offset 0");
+        assert!(e.contains("workspace") && e.contains("persistent region"), "{e}");
+    }
+
+    /// Refused through the file format as well: the edited plan re-encoded is invalid.
+    #[test]
+    fn a_reencoded_plan_with_a_transient_in_the_persistent_region_does_not_decode() {
+        let (plan, range) = decoded(MLP);
+        let weights = &MLP[range.offset..range.offset + range.len];
+        let mut p = plan.into_plan();
+        let t = p.tensors.iter().position(|t| t.role == Role::Transient && t.bytes() > 0).unwrap();
+        p.tensors[t].location = Location::Arena { offset: 0 };
+        let e = decode_plan(&encode_plan(&p, weights)).unwrap_err();
+        assert!(e.to_string().contains("overlaps the persistent region"), "{e}");
+    }
+
+    /// Sizes that do not fit `isize` would be truncated by `as usize` on a 32-bit target.
+    #[test]
+    fn unaddressable_region_sizes_are_refused() {
+        let plan = decoded(MLP).0.into_plan();
+        for (arena, weights) in [(u64::MAX, plan.weight_bytes), (plan.arena_bytes, 1 << 63)] {
+            let mut p = plan.clone();
+            (p.arena_bytes, p.weight_bytes) = (arena, weights);
+            let e = refused(p, "huge region");
+            assert!(e.contains("larger than this machine can address"), "{e}");
+        }
     }
 }

@@ -35,6 +35,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::exec::ValidatedPlan;
 use crate::plan::{Plan, ALIGN, FORMAT_VERSION};
 
 pub const MAGIC: &[u8; 8] = b"POCKPLAN";
@@ -83,6 +84,17 @@ fn checksum(body: &[u8]) -> u32 {
     crc32fast::hash(body)
 }
 
+/// Recomputes the checksum stored in the header of plan-file bytes after they were edited (does
+/// nothing to a buffer shorter than the header). Tools that patch plans use it, and the fuzz
+/// targets use it so that their mutations reach the decoder and the validator instead of all
+/// stopping at the checksum.
+pub fn reseal(file: &mut [u8]) {
+    if file.len() >= PREFIX {
+        let sum = checksum(&file[PREFIX..]);
+        file[24..28].copy_from_slice(&sum.to_le_bytes());
+    }
+}
+
 /// Where the weight section lies in a file's bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WeightRange {
@@ -92,7 +104,7 @@ pub struct WeightRange {
 
 /// Checks and decodes a plan file. Returns the validated plan and where its weights are in
 /// `bytes` (the caller keeps the bytes: a memory map, a `Vec`, or a `static` on a microcontroller).
-pub fn decode_plan(bytes: &[u8]) -> Result<(Plan, WeightRange), FormatError> {
+pub fn decode_plan(bytes: &[u8]) -> Result<(ValidatedPlan, WeightRange), FormatError> {
     let available = bytes.len() as u64;
     if bytes.len() < PREFIX {
         if bytes.len() >= 8 && &bytes[..8] != MAGIC {
@@ -111,8 +123,10 @@ pub fn decode_plan(bytes: &[u8]) -> Result<(Plan, WeightRange), FormatError> {
     let description_len = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
     let stored = u32_at(24);
     if description_len > available - PREFIX as u64 {
-        return Err(FormatError::Truncated { what: "the plan description", needed: PREFIX as u64 + description_len, available });
+        let needed = (PREFIX as u64).saturating_add(description_len);
+        return Err(FormatError::Truncated { what: "the plan description", needed, available });
     }
+    // Cannot truncate or overflow: `description_len` is at most the buffer's length, a `usize`.
     let description = &bytes[PREFIX..PREFIX + description_len as usize];
     let start = weights_offset(description.len());
     if start > bytes.len() {
@@ -133,12 +147,74 @@ pub fn decode_plan(bytes: &[u8]) -> Result<(Plan, WeightRange), FormatError> {
         }
     };
     if plan.weight_bytes != weights.len() as u64 {
-        return Err(FormatError::Truncated { what: "the weight section", needed: start as u64 + plan.weight_bytes, available });
+        // The stored size is untrusted and may be near u64::MAX.
+        let needed = (start as u64).saturating_add(plan.weight_bytes);
+        return Err(FormatError::Truncated { what: "the weight section", needed, available });
     }
     let found = checksum(&bytes[PREFIX..]);
     if found != stored {
         return Err(FormatError::Checksum { expected: stored, found });
     }
-    crate::exec::validate(&plan).map_err(|e| FormatError::Invalid(alloc::format!("{e}")))?;
+    let plan = ValidatedPlan::new(plan).map_err(|e| FormatError::Invalid(alloc::format!("{e}")))?;
     Ok((plan, WeightRange { offset: start, len: weights.len() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(description_len: u64) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&description_len.to_le_bytes());
+        b.extend_from_slice(&[0u8; 8]);
+        b
+    }
+
+    /// A stored length near u64::MAX used to overflow `32 + length` (a panic in debug builds).
+    #[test]
+    fn huge_description_length_is_a_truncation_error() {
+        let e = decode_plan(&header(u64::MAX)).unwrap_err();
+        assert!(matches!(e, FormatError::Truncated { needed: u64::MAX, .. }), "{e}");
+    }
+
+    /// A decoded weight size near u64::MAX used to overflow `start + weight_bytes`.
+    #[test]
+    fn huge_weight_size_is_a_truncation_error() {
+        let plan = crate::plan::Plan {
+            model: "m".into(),
+            target: "t".into(),
+            producer: "p".into(),
+            tensors: Vec::new(),
+            programs: Default::default(),
+            training: crate::plan::TrainingInfo {
+                batch: 1,
+                loss: crate::plan::Loss::Mse,
+                optimizer: crate::plan::OptimizerKind::Sgd { momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
+                learning_rate: 0.1,
+                accumulate: 1,
+                clip_grad_norm: None,
+            },
+            arena_bytes: 0,
+            persistent_bytes: 0,
+            weight_bytes: u64::MAX,
+        };
+        let e = decode_plan(&encode_plan(&plan, &[])).unwrap_err();
+        assert!(matches!(e, FormatError::Truncated { needed: u64::MAX, .. }), "{e}");
+    }
+
+    #[test]
+    fn reseal_makes_an_edited_file_pass_the_checksum() {
+        let mut b = header(4);
+        b.extend_from_slice(&[1, 2, 3, 4]);
+        reseal(&mut b);
+        let stored = u32::from_le_bytes(b[24..28].try_into().unwrap());
+        assert_eq!(stored, checksum(&b[PREFIX..]));
+        // Too short to hold a header: left alone.
+        let mut short = vec![7u8; 10];
+        reseal(&mut short);
+        assert_eq!(short, vec![7u8; 10]);
+    }
 }

@@ -50,27 +50,59 @@ pub enum Targets<'a> {
 }
 
 /// Plan file bytes: a read-only memory map, or an 8-byte-aligned owned copy.
-pub enum PlanBytes {
+///
+/// The representation is private: the owned copy's length must never exceed its storage, and
+/// only [`PlanBytes::copy_of`] and [`PlanBytes::mapped`] build one.
+///
+/// ```
+/// let b = pock_engine::session::PlanBytes::copy_of(&[1, 2, 3]);
+/// assert_eq!(b.as_ref(), &[1, 2, 3]);
+/// assert_eq!(b.as_ref().as_ptr() as usize % 8, 0);
+/// ```
+///
+/// A length larger than the storage, from which safe code could read out of bounds, cannot be
+/// written; this does not compile:
+///
+/// ```compile_fail
+/// let _ = pock_engine::session::PlanBytes::Owned { words: vec![0u64; 1], len: 1 << 20 };
+/// ```
+pub struct PlanBytes(Repr);
+
+enum Repr {
     Mapped(memmap2::Mmap),
-    Owned { words: Vec<u64>, len: usize },
+    /// `len` bytes stored in `words`, which are 8-byte aligned (so an f32 or i64 weight section
+    /// can be read in place). Invariant: `len <= words.len() * 8`.
+    Owned {
+        words: Vec<u64>,
+        len: usize,
+    },
 }
 
 impl AsRef<[u8]> for PlanBytes {
     fn as_ref(&self) -> &[u8] {
-        match self {
-            PlanBytes::Mapped(m) => m,
-            // SAFETY: `words` holds at least `len` initialised bytes.
-            PlanBytes::Owned { words, len } => unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, *len) },
+        match &self.0 {
+            Repr::Mapped(m) => m,
+            // SAFETY: `copy_of`, the only constructor of `Repr::Owned`, sets `len` to at most
+            // `words.len() * 8` bytes, all initialised; any byte of a u64 is a valid u8.
+            Repr::Owned { words, len } => unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, *len) },
         }
     }
 }
 
 impl PlanBytes {
+    /// An 8-byte-aligned copy of `bytes`.
     pub fn copy_of(bytes: &[u8]) -> Self {
         let mut words = vec![0u64; bytes.len().div_ceil(8)];
-        // SAFETY: `words` has room for `bytes.len()` bytes.
+        // SAFETY: `words` was just allocated with room for `bytes.len()` bytes (rounded up to
+        // whole words), u64 has no alignment requirement a u8 write could violate, and the two
+        // buffers are distinct allocations.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr() as *mut u8, bytes.len()) };
-        PlanBytes::Owned { words, len: bytes.len() }
+        PlanBytes(Repr::Owned { words, len: bytes.len() })
+    }
+
+    /// A read-only memory map of a plan file.
+    pub fn mapped(map: memmap2::Mmap) -> Self {
+        PlanBytes(Repr::Mapped(map))
     }
 }
 
@@ -97,13 +129,21 @@ pub struct Session {
     plan_id: u64,
 }
 
-fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
-    // SAFETY: f32 and i64 have no padding and every byte pattern of them is a valid u8.
+/// Element types with no padding bytes: every byte of a slice of them is initialised.
+trait NoPadding: Copy {}
+impl NoPadding for f32 {}
+impl NoPadding for i64 {}
+
+/// Views f32 or i64 values as their bytes.
+fn as_bytes<T: NoPadding>(v: &[T]) -> &[u8] {
+    // SAFETY: `T: NoPadding` (f32 or i64) has no padding bytes, so all `size_of_val(v)` bytes
+    // are initialised; u8 has no alignment requirement.
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
 
 fn as_bytes_mut(v: &mut [f32]) -> &mut [u8] {
-    // SAFETY: every byte pattern is a valid f32.
+    // SAFETY: f32 has no padding and every byte pattern is a valid f32, so writes through the
+    // byte view cannot make an invalid value; the view borrows `v` mutably for its lifetime.
     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v)) }
 }
 
@@ -117,10 +157,13 @@ impl Session {
     /// `budget` bytes (default: the machine's physical memory, where it can be read).
     pub fn load_with_budget(path: &Path, options: SessionOptions, budget: Option<u64>) -> Result<Self, SessionError> {
         let file = std::fs::File::open(path).map_err(|source| SessionError::Open { path: path.into(), source })?;
-        // SAFETY: the map is read only; pock never writes plan files in place (it writes and
-        // renames), so the mapped bytes do not change under the session.
+        // SAFETY: memmap2 requires that the file is not modified while mapped. The map is read
+        // only and pock never writes plan files in place (it writes and renames), so the mapped
+        // bytes do not change under the session. Another process truncating the file is outside
+        // what a memory map can guard against (the kernel raises SIGBUS, it does not read stale
+        // memory).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| SessionError::Open { path: path.into(), source })?;
-        Self::from_plan_bytes_within(PlanBytes::Mapped(map), options, budget).map_err(|e| match e {
+        Self::from_plan_bytes_within(PlanBytes::mapped(map), options, budget).map_err(|e| match e {
             SessionError::Format { source, .. } => SessionError::Format { path: path.into(), source },
             e => e,
         })

@@ -95,15 +95,27 @@ pub struct Mat<'a> {
 
 /// `c = a @ b` (or `c += a @ b` when `accumulate`), `c` row-major with row stride `c_row_stride`.
 ///
-/// Checks that every addressed element is inside its slice, then calls `gemm`.
+/// Checks that every addressed element is inside its slice, then calls `gemm`. Panics (in every
+/// build profile) when one is not: the bounds arithmetic is checked, so huge strides or sizes
+/// cannot wrap around into a small, passing bound.
 pub fn sgemm(a: Mat<'_>, b: Mat<'_>, c: &mut [f32], c_row_stride: usize, accumulate: bool, par: gemm::Parallelism) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "sgemm: inner dimensions differ");
-    let last =
-        |rows: usize, cols: usize, rs: usize, cs: usize| if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 };
-    assert!(last(m, k, a.row_stride, a.col_stride) <= a.data.len(), "sgemm: lhs out of bounds");
-    assert!(last(k, n, b.row_stride, b.col_stride) <= b.data.len(), "sgemm: rhs out of bounds");
-    assert!(last(m, n, c_row_stride, 1) <= c.len(), "sgemm: dst out of bounds");
+    // One past the largest index an operand addresses, or None when that does not fit a usize.
+    let end = |rows: usize, cols: usize, rs: usize, cs: usize| -> Option<usize> {
+        if rows == 0 || cols == 0 {
+            return Some(0);
+        }
+        (rows - 1).checked_mul(rs)?.checked_add((cols - 1).checked_mul(cs)?)?.checked_add(1)
+    };
+    let fits = |end: Option<usize>, len: usize| end.is_some_and(|e| e <= len);
+    let strides = [a.row_stride, a.col_stride, b.row_stride, b.col_stride, c_row_stride];
+    assert!(strides.iter().all(|&s| s <= isize::MAX as usize), "sgemm: stride larger than isize::MAX");
+    assert!(fits(end(m, k, a.row_stride, a.col_stride), a.data.len()), "sgemm: lhs out of bounds");
+    assert!(fits(end(k, n, b.row_stride, b.col_stride), b.data.len()), "sgemm: rhs out of bounds");
+    assert!(fits(end(m, n, c_row_stride, 1), c.len()), "sgemm: dst out of bounds");
+    // Rows of `c` that overlapped would be written by different threads at once.
+    assert!(m <= 1 || c_row_stride >= n, "sgemm: dst rows overlap (row stride {c_row_stride} < {n} columns)");
     if m == 0 || n == 0 {
         return;
     }
@@ -117,10 +129,13 @@ pub fn sgemm(a: Mat<'_>, b: Mat<'_>, c: &mut [f32], c_row_stride: usize, accumul
     }
     // Splitting a small product across threads costs more than it saves (measured on the demo's
     // convolutions, ~1M multiply-adds each: 2 threads took 1.8x as long as 1).
-    let par = if m * n * k < PARALLEL_MIN_MACS { gemm::Parallelism::None } else { par };
+    let macs = m.checked_mul(n).and_then(|mn| mn.checked_mul(k)).unwrap_or(usize::MAX);
+    let par = if macs < PARALLEL_MIN_MACS { gemm::Parallelism::None } else { par };
     let _scope = ExternalKernelScope::enter();
-    // SAFETY: the asserts above keep every index gemm computes from these strides inside the
-    // slices; `c` is borrowed mutably, so it cannot overlap `a` or `b`.
+    // SAFETY: the checked asserts at the top of this function keep every index gemm computes from
+    // these strides inside the slices (and below isize::MAX, so the `as isize` casts are exact);
+    // `c` is borrowed mutably, so it cannot overlap `a` or `b`, and its rows do not overlap each
+    // other.
     unsafe {
         gemm::gemm(
             m,
@@ -143,5 +158,37 @@ pub fn sgemm(a: Mat<'_>, b: Mat<'_>, c: &mut [f32], c_row_stride: usize, accumul
             false,
             par,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mat(data: &[f32], rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> Mat<'_> {
+        Mat { data, rows, cols, row_stride, col_stride }
+    }
+
+    /// Strides chosen so that the unchecked bound `(rows-1)*rs + (cols-1)*cs + 1` wraps to 0: in
+    /// a release build the old check passed and gemm read far outside `a`.
+    #[test]
+    #[should_panic(expected = "sgemm: lhs out of bounds")]
+    fn wrapping_bounds_are_caught() {
+        let (a, b, mut c) = ([0f32; 4], [0f32; 2], [0f32; 3]);
+        sgemm(mat(&a, 3, 2, 1 << 62, (1 << 63) - 1), mat(&b, 2, 1, 1, 1), &mut c, 1, false, gemm::Parallelism::None);
+    }
+
+    #[test]
+    #[should_panic(expected = "sgemm: dst rows overlap")]
+    fn overlapping_destination_rows_are_refused() {
+        let (a, b, mut c) = ([1f32; 4], [1f32; 4], [0f32; 4]);
+        sgemm(mat(&a, 2, 2, 2, 1), mat(&b, 2, 2, 2, 1), &mut c, 1, false, gemm::Parallelism::None);
+    }
+
+    #[test]
+    fn in_bounds_product_is_computed() {
+        let (a, b, mut c) = ([1f32, 2., 3., 4.], [5f32, 6., 7., 8.], [0f32; 4]);
+        sgemm(mat(&a, 2, 2, 2, 1), mat(&b, 2, 2, 2, 1), &mut c, 2, false, gemm::Parallelism::None);
+        assert_eq!(c, [19., 22., 43., 50.]);
     }
 }

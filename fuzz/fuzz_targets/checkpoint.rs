@@ -1,0 +1,4 @@
+//! Fuzz target: see `pock_fuzz::checkpoint` for what it does with each input.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| pock_fuzz::checkpoint(data));
