@@ -213,7 +213,8 @@ fn an_int64_tensor_checkpoints_and_restores() {
     // persistent counter after the persistent prefix, with everything after it moved along.
     let compiled = pock::compile_model("zoo:mlp:inputs=4,hidden=8,classes=3", 8, 0, sgd(0.9)).unwrap();
     let bytes = compiled.to_bytes();
-    let (mut plan, range) = pock::engine::decode_plan(&bytes).unwrap();
+    let (plan, range) = pock::engine::decode_plan(&bytes).unwrap();
+    let mut plan = plan.into_plan();
     let weights = bytes[range.offset..range.offset + range.len].to_vec();
     let at = plan.persistent_bytes;
     let shift = 64;
@@ -283,7 +284,8 @@ fn checkpoints_from_before_the_plan_identity_load_as_weights_only() {
 #[test]
 fn a_plan_whose_input_has_no_batch_axis_is_an_error_not_a_panic() {
     let bytes = plan_bytes(8, sgd(0.0));
-    let (mut plan, range) = pock::engine::decode_plan(&bytes).unwrap();
+    let (plan, range) = pock::engine::decode_plan(&bytes).unwrap();
+    let mut plan = plan.into_plan();
     let weights = bytes[range.offset..range.offset + range.len].to_vec();
     for program in [&plan.programs.train.clone(), &plan.programs.eval.clone()] {
         let input = program.feeds[0];
