@@ -2,7 +2,9 @@
 //! in f64, against central finite differences of the forward op, on broadcast shapes.
 
 use pock_compiler::gradcheck::{assert_close, check_op, CaseInput};
-use pock_engine::kernels::unary::{Abs, Cos, Elu, Erf, Exp, HardSigmoid, LeakyRelu, Log, Neg, Reciprocal, Sigmoid, Sin, Softplus, Sqrt, Tanh};
+use pock_engine::kernels::unary::{
+    Abs, Cos, Elu, Erf, Exp, HardSigmoid, LeakyRelu, Log, Neg, Reciprocal, Sigmoid, Sin, Softplus, Sqrt, Tanh,
+};
 use pock_engine::ops::{BroadcastOp, Op, UnaryFn, UnaryOp};
 
 const TOLERANCE: f64 = 1e-6;
