@@ -111,7 +111,7 @@ pub fn broadcast_shape(check: Check, shapes: &[&[usize]]) -> Result<Vec<usize>, 
         return Err(check.err(alloc::format!("broadcasting takes at most {MAX_RANK} axes, got shapes {shapes:?}")));
     }
     let mut out = vec![1usize; rank];
-    for axis in 0..rank {
+    for (axis, out_size) in out.iter_mut().enumerate() {
         let mut size: Option<usize> = None;
         for s in shapes {
             // Axes are aligned at the end; a missing leading axis is 1.
@@ -131,7 +131,7 @@ pub fn broadcast_shape(check: Check, shapes: &[&[usize]]) -> Result<Vec<usize>, 
                 }
             }
         }
-        out[axis] = size.unwrap_or(1);
+        *out_size = size.unwrap_or(1);
     }
     Ok(out)
 }
@@ -420,14 +420,11 @@ mod tests {
         assert!(rule(BroadcastOp::Where, &[DType::Bool, DType::F32, DType::I64]).is_err());
     }
 
+    /// The one output of a node, as whichever of the three dtypes it has (the others unwritten).
+    type Outputs = (Vec<f64>, Vec<i64>, Vec<u8>);
+
     /// Runs `op` on typed arguments; returns (floats, ints, bools) of the one output.
-    fn run(
-        op: BroadcastOp,
-        f: &[View<f64>],
-        i: &[View<i64>],
-        b: &[View<u8>],
-        out: (DType, &[usize]),
-    ) -> Result<(Vec<f64>, Vec<i64>, Vec<u8>), KernelError> {
+    fn run(op: BroadcastOp, f: &[View<f64>], i: &[View<i64>], b: &[View<u8>], out: (DType, &[usize])) -> Result<Outputs, KernelError> {
         let n: usize = out.1.iter().product();
         let (mut yf, mut yi, mut yb) = (vec![f64::NAN; n], vec![99i64; n], vec![99u8; n]);
         let mut fo = [ViewMut { data: &mut yf[..], shape: out.1 }];
