@@ -101,3 +101,25 @@ fn every_unary_function() {
         check(f.name(), UnaryOp::Map(f), &[input], 600 + i as u64);
     }
 }
+
+/// At a tie, Max and Min give each operand half of the gradient (PyTorch's rule for
+/// `torch.maximum`/`torch.minimum`), and a broadcast operand's shares are summed.
+#[test]
+fn max_min_split_ties_in_half() {
+    use pock_compiler::interp::Interpreter;
+    use pock_compiler::ir::{Graph, Phase, Program};
+    use pock_compiler::ops::{gradient, GradCtx};
+    for (op, want_a, want_b) in [(BroadcastOp::Max, [0.0, 0.5, 1.0], 1.5), (BroadcastOp::Min, [1.0, 0.5, 0.0], 1.5)] {
+        let mut g = Graph::new();
+        let a = g.parameter("a", vec![3], vec![1.0, 2.0, 3.0]);
+        let b = g.parameter("b", vec![], vec![2.0]);
+        g.emit("op", op.clone(), &[a, b], Phase::Forward, Program::Train).unwrap();
+        let dy = g.constant("dy", vec![3], vec![1.0; 3]);
+        let node = g.nodes[0].clone();
+        let grads = gradient(&mut GradCtx::new(&mut g, "op"), &node, &[Some(dy)], &[true, true]).unwrap();
+        let mut it = Interpreter::<f64>::new(&g);
+        it.run(g.nodes.iter()).unwrap();
+        assert_eq!(it.get(grads[0].unwrap()).unwrap(), want_a, "{op:?} da");
+        assert_eq!(it.get(grads[1].unwrap()).unwrap(), [want_b], "{op:?} db");
+    }
+}
