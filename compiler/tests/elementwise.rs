@@ -122,3 +122,22 @@ fn engine_trains_it_and_matches_the_interpreter_bit_for_bit() {
     let first = fast.train_step(&x, Targets::Labels(&y)).unwrap();
     assert!((first - losses[0]).abs() < 1e-5 * losses[0].abs().max(1.0), "{first} vs {}", losses[0]);
 }
+
+#[test]
+fn a_plan_with_shapes_that_do_not_broadcast_is_refused() {
+    let bytes = model().into_training(options()).unwrap().into_plan().unwrap().to_bytes();
+    let (plan, weights) = pock_engine::decode_plan(&bytes).unwrap();
+    let weights = &bytes[weights.offset..weights.offset + weights.len];
+    // A smaller bias still fits its place in the file, so only the shape rule can catch it.
+    let mut damaged = plan.clone();
+    let t = damaged.find("scale").unwrap();
+    damaged.tensors[t.index()].shape = vec![HIDDEN - 1];
+    let e = pock_engine::decode_plan(&pock_engine::encode_plan(&damaged, weights)).unwrap_err();
+    assert!(e.to_string().contains("shapes [8, 5] and [4] cannot be broadcast together"), "{e}");
+    // A float value relabelled bool (smaller, so it still fits) is refused by the dtype rules.
+    let mut damaged = plan;
+    let t = damaged.find("gelu").unwrap();
+    damaged.tensors[t.index()].dtype = DType::Bool;
+    let e = pock_engine::decode_plan(&pock_engine::encode_plan(&damaged, weights)).unwrap_err();
+    assert!(e.to_string().contains("is bool, expected float32"), "{e}");
+}
