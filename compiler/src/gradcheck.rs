@@ -30,6 +30,8 @@ pub enum CaseInput {
     Fixed(Vec<usize>, Vec<f32>),
     /// Integer labels in [0, classes).
     Labels(Vec<usize>, usize),
+    /// A random bool mask (for a condition), not differentiated.
+    Mask(Vec<usize>),
 }
 
 /// The check of one differentiated tensor.
@@ -49,6 +51,7 @@ pub fn check_op(op: impl Into<Op>, inputs: &[CaseInput], seed: u64) -> Result<Ve
     let mut g = Graph::new();
     let mut ids = Vec::new();
     let mut labels = Vec::new();
+    let mut masks = Vec::new();
     let mut wrt = Vec::new();
     for (i, input) in inputs.iter().enumerate() {
         let name = format!("in{i}");
@@ -64,6 +67,11 @@ pub fn check_op(op: impl Into<Op>, inputs: &[CaseInput], seed: u64) -> Result<Ve
             CaseInput::Labels(s, classes) => {
                 let t = g.input(name, s.clone(), DType::I64, Role::Target);
                 labels.push((t, (0..s.iter().product::<usize>()).map(|_| rng.random_range(0..*classes as i64)).collect::<Vec<_>>()));
+                t
+            }
+            CaseInput::Mask(s) => {
+                let t = g.input(name, s.clone(), DType::Bool, Role::Input);
+                masks.push((t, (0..s.iter().product::<usize>()).map(|_| rng.random_range(0..2u8)).collect::<Vec<_>>()));
                 t
             }
         };
@@ -96,6 +104,9 @@ pub fn check_op(op: impl Into<Op>, inputs: &[CaseInput], seed: u64) -> Result<Ve
         let mut interp = Interpreter::new(&g);
         for (t, v) in &labels {
             interp.set_int(*t, v.clone());
+        }
+        for (t, v) in &masks {
+            interp.set_bool(*t, v.clone());
         }
         interp
     };

@@ -2,9 +2,13 @@
 //! index, op index inside the family) are compared with a checked-in table. Reordering or
 //! removing a variant changes some op's tag and fails here; the rule is in `engine/src/format.rs`.
 
+use pock_engine::kernels::unary::{
+    Abs, Cos, Elu, Erf, Exp, HardSigmoid, LeakyRelu, Log, Neg, Reciprocal, Sigmoid, Sin, Softplus, Sqrt, Tanh,
+};
 use pock_engine::ops::{
     Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, DenseOp, GradScale, LossOp, MatMul, NormOp, Op, OptimOp, Pool2d, PoolOp, Reduction, Sgd,
 };
+use pock_engine::ops::{BroadcastOp, UnaryFn, UnaryOp};
 use pock_engine::plan::DType;
 
 /// `(op name, encoded tag bytes)`. Append a row for each new op; never edit or reorder a row
@@ -12,8 +16,8 @@ use pock_engine::plan::DType;
 const TAGS: &[(&str, [u8; 2])] = &[
     ("MatMul", [0, 0]),
     ("BiasAdd", [0, 1]),
-    ("Add", [0, 2]),
-    ("Mul", [0, 3]),
+    ("AddSameShape", [0, 2]),
+    ("MulSameShape", [0, 3]),
     ("Relu", [0, 4]),
     ("Clip", [0, 5]),
     ("Reshape", [0, 6]),
@@ -43,6 +47,59 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("SgdUpdate", [5, 3]),
     ("AdamUpdate", [5, 4]),
     ("Cast", [6, 0]),
+    ("Add", [7, 0]),
+    ("Sub", [7, 1]),
+    ("Mul", [7, 2]),
+    ("Div", [7, 3]),
+    ("Pow", [7, 4]),
+    ("Max", [7, 5]),
+    ("Min", [7, 6]),
+    ("Equal", [7, 7]),
+    ("Less", [7, 8]),
+    ("LessOrEqual", [7, 9]),
+    ("Greater", [7, 10]),
+    ("GreaterOrEqual", [7, 11]),
+    ("And", [7, 12]),
+    ("Or", [7, 13]),
+    ("Xor", [7, 14]),
+    ("Where", [7, 15]),
+    ("SumTo", [7, 16]),
+    ("DivGradDivisor", [7, 17]),
+    ("PowGradBase", [7, 18]),
+    ("PowGradExponent", [7, 19]),
+    ("MaxGrad", [7, 20]),
+    ("MinGrad", [7, 21]),
+    ("Neg", [8, 0]),
+    ("Exp", [8, 0]),
+    ("Log", [8, 0]),
+    ("Sqrt", [8, 0]),
+    ("Reciprocal", [8, 0]),
+    ("Tanh", [8, 0]),
+    ("Sigmoid", [8, 0]),
+    ("Erf", [8, 0]),
+    ("Abs", [8, 0]),
+    ("Sin", [8, 0]),
+    ("Cos", [8, 0]),
+    ("Softplus", [8, 0]),
+    ("LeakyRelu", [8, 0]),
+    ("Elu", [8, 0]),
+    ("HardSigmoid", [8, 0]),
+    ("NegGrad", [8, 1]),
+    ("ExpGrad", [8, 1]),
+    ("LogGrad", [8, 1]),
+    ("SqrtGrad", [8, 1]),
+    ("ReciprocalGrad", [8, 1]),
+    ("TanhGrad", [8, 1]),
+    ("SigmoidGrad", [8, 1]),
+    ("ErfGrad", [8, 1]),
+    ("AbsGrad", [8, 1]),
+    ("SinGrad", [8, 1]),
+    ("CosGrad", [8, 1]),
+    ("SoftplusGrad", [8, 1]),
+    ("LeakyReluGrad", [8, 1]),
+    ("EluGrad", [8, 1]),
+    ("HardSigmoidGrad", [8, 1]),
+    ("Not", [8, 2]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -96,7 +153,77 @@ fn row(op: &Op) -> usize {
         Op::Cast(op) => match op {
             CastOp::Cast { .. } => 32,
         },
+        Op::Broadcast(op) => match op {
+            BroadcastOp::Add => 33,
+            BroadcastOp::Sub => 34,
+            BroadcastOp::Mul => 35,
+            BroadcastOp::Div => 36,
+            BroadcastOp::Pow => 37,
+            BroadcastOp::Max => 38,
+            BroadcastOp::Min => 39,
+            BroadcastOp::Equal => 40,
+            BroadcastOp::Less => 41,
+            BroadcastOp::LessOrEqual => 42,
+            BroadcastOp::Greater => 43,
+            BroadcastOp::GreaterOrEqual => 44,
+            BroadcastOp::And => 45,
+            BroadcastOp::Or => 46,
+            BroadcastOp::Xor => 47,
+            BroadcastOp::Where => 48,
+            BroadcastOp::SumTo { .. } => 49,
+            BroadcastOp::DivGradDivisor => 50,
+            BroadcastOp::PowGradBase => 51,
+            BroadcastOp::PowGradExponent => 52,
+            BroadcastOp::MaxGrad => 53,
+            BroadcastOp::MinGrad => 54,
+        },
+        Op::Unary(UnaryOp::Map(f)) => 55 + unary_fn_index(f),
+        Op::Unary(UnaryOp::Grad(f)) => 70 + unary_fn_index(f),
+        Op::Unary(UnaryOp::Not) => 85,
     }
+}
+
+/// The index of a unary function inside `UnaryFn`, which `Map` and `Grad` encode after their own
+/// tag. The match is exhaustive: a new function does not compile here until it has an index.
+fn unary_fn_index(f: &UnaryFn) -> usize {
+    match f {
+        UnaryFn::Neg(_) => 0,
+        UnaryFn::Exp(_) => 1,
+        UnaryFn::Log(_) => 2,
+        UnaryFn::Sqrt(_) => 3,
+        UnaryFn::Reciprocal(_) => 4,
+        UnaryFn::Tanh(_) => 5,
+        UnaryFn::Sigmoid(_) => 6,
+        UnaryFn::Erf(_) => 7,
+        UnaryFn::Abs(_) => 8,
+        UnaryFn::Sin(_) => 9,
+        UnaryFn::Cos(_) => 10,
+        UnaryFn::Softplus(_) => 11,
+        UnaryFn::LeakyRelu(_) => 12,
+        UnaryFn::Elu(_) => 13,
+        UnaryFn::HardSigmoid(_) => 14,
+    }
+}
+
+/// Every unary function, with attributes that are not all zero.
+fn every_unary_fn() -> Vec<UnaryFn> {
+    vec![
+        UnaryFn::Neg(Neg),
+        UnaryFn::Exp(Exp),
+        UnaryFn::Log(Log),
+        UnaryFn::Sqrt(Sqrt),
+        UnaryFn::Reciprocal(Reciprocal),
+        UnaryFn::Tanh(Tanh),
+        UnaryFn::Sigmoid(Sigmoid),
+        UnaryFn::Erf(Erf),
+        UnaryFn::Abs(Abs),
+        UnaryFn::Sin(Sin),
+        UnaryFn::Cos(Cos),
+        UnaryFn::Softplus(Softplus),
+        UnaryFn::LeakyRelu(LeakyRelu { alpha: 0.01 }),
+        UnaryFn::Elu(Elu { alpha: 1.5 }),
+        UnaryFn::HardSigmoid(HardSigmoid { alpha: 0.2, beta: 0.5 }),
+    ]
 }
 
 /// One instance of every op, with attributes that are not all zero so the round trip means
@@ -142,7 +269,33 @@ fn every_op() -> Vec<Op> {
         OptimOp::SgdUpdate(sgd).into(),
         OptimOp::AdamUpdate(adam).into(),
         CastOp::Cast { to: DType::Bool }.into(),
+        BroadcastOp::Add.into(),
+        BroadcastOp::Sub.into(),
+        BroadcastOp::Mul.into(),
+        BroadcastOp::Div.into(),
+        BroadcastOp::Pow.into(),
+        BroadcastOp::Max.into(),
+        BroadcastOp::Min.into(),
+        BroadcastOp::Equal.into(),
+        BroadcastOp::Less.into(),
+        BroadcastOp::LessOrEqual.into(),
+        BroadcastOp::Greater.into(),
+        BroadcastOp::GreaterOrEqual.into(),
+        BroadcastOp::And.into(),
+        BroadcastOp::Or.into(),
+        BroadcastOp::Xor.into(),
+        BroadcastOp::Where.into(),
+        BroadcastOp::SumTo { shape: vec![3, 1] }.into(),
+        BroadcastOp::DivGradDivisor.into(),
+        BroadcastOp::PowGradBase.into(),
+        BroadcastOp::PowGradExponent.into(),
+        BroadcastOp::MaxGrad.into(),
+        BroadcastOp::MinGrad.into(),
     ]
+    .into_iter()
+    .chain(every_unary_fn().into_iter().flat_map(|f| [UnaryOp::Map(f).into(), UnaryOp::Grad(f).into()]))
+    .chain([UnaryOp::Not.into()])
+    .collect()
 }
 
 #[test]
@@ -167,6 +320,18 @@ fn every_op_encodes_with_its_checked_in_tag() {
     }
     let missing: Vec<&str> = TAGS.iter().zip(&seen).filter(|(_, &s)| !s).map(|((n, _), _)| *n).collect();
     assert!(missing.is_empty(), "every_op() has no instance of {missing:?}");
+}
+
+/// `Map` and `Grad` encode their function's index after the op tag; that index follows the same
+/// append-only rule.
+#[test]
+fn unary_functions_encode_with_their_index() {
+    for f in every_unary_fn() {
+        for (op, tag) in [(UnaryOp::Map(f), 0u8), (UnaryOp::Grad(f), 1)] {
+            let bytes = postcard::to_allocvec(&Op::from(op.clone())).unwrap();
+            assert_eq!(bytes[..3], [8, tag, unary_fn_index(&f) as u8], "{op:?} changed its encoding");
+        }
+    }
 }
 
 #[test]

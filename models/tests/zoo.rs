@@ -173,7 +173,7 @@ fn mobilenetv2_matches_torchvision() {
     assert_eq!(count_op(g, "BatchNormTrain"), 52);
     assert_eq!(count_op(g, "Clip"), 35);
     // Residual adds: blocks 3, 5, 6, 8, 9, 10, 12, 13, 15, 16.
-    assert_eq!(count_op(g, "Add"), 10);
+    assert_eq!(count_op(g, "AddSameShape"), 10);
     for (name, shape) in [
         ("features.0.0.weight", &[32, 3, 3, 3][..]),
         ("features.0.1.weight", &[32]),
@@ -235,7 +235,7 @@ fn resnet18_matches_torchvision() {
     assert_eq!(param_count(g), 11_689_512);
     assert_eq!(count_op(g, "Conv2d"), 20);
     assert_eq!(count_op(g, "BatchNormTrain"), 20);
-    assert_eq!(count_op(g, "Add"), 8);
+    assert_eq!(count_op(g, "AddSameShape"), 8);
     for (name, shape) in [
         ("conv1.weight", &[64, 3, 7, 7][..]),
         ("bn1.weight", &[64]),

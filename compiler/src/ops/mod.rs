@@ -8,6 +8,7 @@
 //! input. The forward tensors it passes to those nodes are exactly the values kept alive for the
 //! backward pass: the memory planner extends their lifetime, nothing else does.
 
+mod broadcast;
 mod cast;
 mod conv;
 mod dense;
@@ -15,6 +16,7 @@ mod loss;
 mod norm;
 mod optim;
 mod pool;
+mod unary;
 
 use pock_engine::ops::Op;
 
@@ -40,6 +42,11 @@ impl<'g> GradCtx<'g> {
     /// Emits a single-output backward node and returns that output.
     pub fn emit1(&mut self, suffix: &str, op: impl Into<Op>, inputs: &[TensorId]) -> Result<TensorId> {
         Ok(self.emit(suffix, op, inputs)?[0])
+    }
+
+    /// A constant named `<forward node>.grad.<suffix>` (for example a zero that broadcasts).
+    pub fn constant(&mut self, suffix: &str, shape: Vec<usize>, value: Vec<f32>) -> TensorId {
+        self.graph.constant(format!("{}.grad.{suffix}", self.node_name), shape, value)
     }
 
     pub fn shape(&self, t: TensorId) -> Vec<usize> {

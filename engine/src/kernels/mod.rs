@@ -7,6 +7,7 @@ mod conv_geometry;
 #[cfg(feature = "std")]
 pub mod cpu;
 pub mod reference;
+pub mod unary;
 
 use core::fmt::Debug;
 
@@ -24,6 +25,10 @@ pub trait Float:
     + 'static
 {
     fn from_f32(v: f32) -> Self;
+    /// Rounds to the nearest representable value (exact for `f64`).
+    fn from_f64(v: f64) -> Self;
+    /// The error function, from `libm` (no_std): `erff` for `f32`, `erf` for `f64`.
+    fn erf(self) -> Self;
     fn from_usize(v: usize) -> Self;
     /// Rounds to the nearest representable value, as Rust's `as` (and PyTorch's cast) does.
     fn from_i64(v: i64) -> Self;
@@ -33,6 +38,12 @@ pub trait Float:
 impl Float for f32 {
     fn from_f32(v: f32) -> Self {
         v
+    }
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn erf(self) -> Self {
+        libm::erff(self)
     }
     fn from_usize(v: usize) -> Self {
         v as f32
@@ -48,6 +59,12 @@ impl Float for f32 {
 impl Float for f64 {
     fn from_f32(v: f32) -> Self {
         v as f64
+    }
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    fn erf(self) -> Self {
+        libm::erf(self)
     }
     fn from_usize(v: usize) -> Self {
         v as f64

@@ -32,9 +32,10 @@ pub enum DenseOp {
     MatMul(MatMul),
     /// `[x, b] -> [y]`: `y = x + b` broadcast along axis 1 (`x` has rank >= 2, `b` is `[C]`).
     BiasAdd,
-    /// `[a, b] -> [y]`, same shapes.
+    /// `[a, b] -> [y]`, same shapes (named `AddSameShape`; the broadcasting `Add` is
+    /// `BroadcastOp::Add`).
     Add,
-    /// `[a, b] -> [y]`, same shapes.
+    /// `[a, b] -> [y]`, same shapes (named `MulSameShape`; see `BroadcastOp::Mul`).
     Mul,
     /// `[x] -> [y]`.
     Relu,
@@ -55,8 +56,8 @@ impl OpRules for DenseOp {
         match self {
             DenseOp::MatMul(_) => "MatMul",
             DenseOp::BiasAdd => "BiasAdd",
-            DenseOp::Add => "Add",
-            DenseOp::Mul => "Mul",
+            DenseOp::Add => "AddSameShape",
+            DenseOp::Mul => "MulSameShape",
             DenseOp::Relu => "Relu",
             DenseOp::Clip(_) => "Clip",
             DenseOp::Reshape { .. } => "Reshape",

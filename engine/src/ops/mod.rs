@@ -18,6 +18,7 @@
 //! the op's index inside its family (see [`crate::format`] for the rule that keeps old indices
 //! meaning the same thing).
 
+mod broadcast;
 mod cast;
 mod conv;
 mod dense;
@@ -25,6 +26,7 @@ mod loss;
 mod norm;
 mod optim;
 mod pool;
+mod unary;
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -34,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::kernels::{Float, KernelError, NodeArgs};
 use crate::plan::DType;
 
+pub use broadcast::{broadcast_shape, BroadcastOp};
 pub use cast::CastOp;
 pub use conv::{Conv2d, ConvOp};
 pub use dense::{Clip, DenseOp, MatMul};
@@ -41,6 +44,7 @@ pub use loss::{LossOp, Reduction};
 pub use norm::{BatchNorm, NormOp};
 pub use optim::{Adam, GradScale, OptimOp, Sgd};
 pub use pool::{Pool2d, PoolOp};
+pub use unary::{UnaryFn, UnaryFormula, UnaryOp};
 
 /// What every op family defines about its ops, besides their arithmetic's gradient and cost
 /// (which the compiler adds).
@@ -80,6 +84,8 @@ pub enum Op {
     Loss(LossOp),
     Optim(OptimOp),
     Cast(CastOp),
+    Broadcast(BroadcastOp),
+    Unary(UnaryOp),
 }
 
 /// Evaluates `$body` with `$family` bound to the family op inside an [`Op`]: the one place that
@@ -96,6 +102,8 @@ macro_rules! dispatch_op {
             $crate::ops::Op::Loss($family) => $body,
             $crate::ops::Op::Optim($family) => $body,
             $crate::ops::Op::Cast($family) => $body,
+            $crate::ops::Op::Broadcast($family) => $body,
+            $crate::ops::Op::Unary($family) => $body,
         }
     };
 }
@@ -111,6 +119,8 @@ macro_rules! from_family {
 }
 
 from_family!(Dense(DenseOp), Conv(ConvOp), Norm(NormOp), Pool(PoolOp), Loss(LossOp), Optim(OptimOp), Cast(CastOp));
+from_family!(Broadcast(BroadcastOp));
+from_family!(Unary(UnaryOp));
 
 impl Op {
     pub fn name(&self) -> &'static str {

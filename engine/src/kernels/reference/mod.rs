@@ -4,6 +4,7 @@
 //! These kernels are the definition of each op's arithmetic: they favour clarity over speed, never
 //! allocate, and accumulate in the element type.
 
+pub mod broadcast;
 pub mod cast;
 pub mod conv;
 pub mod dense;
@@ -11,6 +12,7 @@ pub mod loss;
 pub mod norm;
 pub mod optim;
 pub mod pool;
+pub mod unary;
 
 pub use conv::{conv2d, conv2d_grad_input, conv2d_grad_weight};
 pub use dense::{add, bias_add, bias_grad, clip, clip_grad, matmul, mul, relu, relu_grad};
