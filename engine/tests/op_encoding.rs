@@ -3,7 +3,8 @@
 //! removing a variant changes some op's tag and fails here; the rule is in `engine/src/format.rs`.
 
 use pock_engine::ops::{
-    Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, DenseOp, GradScale, LossOp, MatMul, NormOp, Op, OptimOp, Pool2d, PoolOp, Reduction, Sgd,
+    Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, DenseOp, GradScale, LossOp, MatMul, NormOp, Op, OptimOp, Pool2d, PoolOp, Reduce,
+    ReduceOp, Reduction, Sgd,
 };
 use pock_engine::plan::DType;
 
@@ -43,6 +44,16 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("SgdUpdate", [5, 3]),
     ("AdamUpdate", [5, 4]),
     ("Cast", [6, 0]),
+    ("ReduceSum", [7, 0]),
+    ("ReduceMean", [7, 1]),
+    ("ReduceMax", [7, 2]),
+    ("ReduceSumGrad", [7, 3]),
+    ("ReduceMeanGrad", [7, 4]),
+    ("ReduceMaxGrad", [7, 5]),
+    ("Softmax", [7, 6]),
+    ("LogSoftmax", [7, 7]),
+    ("SoftmaxGrad", [7, 8]),
+    ("LogSoftmaxGrad", [7, 9]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -96,6 +107,18 @@ fn row(op: &Op) -> usize {
         Op::Cast(op) => match op {
             CastOp::Cast { .. } => 32,
         },
+        Op::Reduce(op) => match op {
+            ReduceOp::ReduceSum(_) => 33,
+            ReduceOp::ReduceMean(_) => 34,
+            ReduceOp::ReduceMax(_) => 35,
+            ReduceOp::ReduceSumGrad { .. } => 36,
+            ReduceOp::ReduceMeanGrad { .. } => 37,
+            ReduceOp::ReduceMaxGrad(_) => 38,
+            ReduceOp::Softmax { .. } => 39,
+            ReduceOp::LogSoftmax { .. } => 40,
+            ReduceOp::SoftmaxGrad { .. } => 41,
+            ReduceOp::LogSoftmaxGrad { .. } => 42,
+        },
     }
 }
 
@@ -107,6 +130,7 @@ fn every_op() -> Vec<Op> {
     let bn = BatchNorm { eps: 1e-3, momentum: 0.2 };
     let clip = Clip { min: -1.0, max: 6.0 };
     let sgd = Sgd { momentum: 0.9, dampening: 0.1, nesterov: false, weight_decay: 1e-4, scaled: true };
+    let reduce = Reduce { axes: vec![0, 2], keepdims: true };
     let adam = Adam { beta1: 0.8, beta2: 0.99, eps: 1e-7, weight_decay: 0.01, decoupled: true, scaled: false };
     vec![
         DenseOp::MatMul(MatMul { trans_a: true, trans_b: false }).into(),
@@ -142,6 +166,16 @@ fn every_op() -> Vec<Op> {
         OptimOp::SgdUpdate(sgd).into(),
         OptimOp::AdamUpdate(adam).into(),
         CastOp::Cast { to: DType::Bool }.into(),
+        ReduceOp::ReduceSum(reduce.clone()).into(),
+        ReduceOp::ReduceMean(reduce.clone()).into(),
+        ReduceOp::ReduceMax(reduce.clone()).into(),
+        ReduceOp::ReduceSumGrad { reduce: reduce.clone(), shape: vec![2, 3, 4] }.into(),
+        ReduceOp::ReduceMeanGrad { reduce: reduce.clone(), shape: vec![5, 3, 4] }.into(),
+        ReduceOp::ReduceMaxGrad(reduce).into(),
+        ReduceOp::Softmax { axis: 1 }.into(),
+        ReduceOp::LogSoftmax { axis: 2 }.into(),
+        ReduceOp::SoftmaxGrad { axis: 3 }.into(),
+        ReduceOp::LogSoftmaxGrad { axis: 1 }.into(),
     ]
 }
 

@@ -15,6 +15,7 @@ mod loss;
 mod norm;
 mod optim;
 mod pool;
+mod reduce;
 
 use pock_engine::ops::Op;
 

@@ -25,6 +25,7 @@ mod loss;
 mod norm;
 mod optim;
 mod pool;
+mod reduce;
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -41,6 +42,7 @@ pub use loss::{LossOp, Reduction};
 pub use norm::{BatchNorm, NormOp};
 pub use optim::{Adam, GradScale, OptimOp, Sgd};
 pub use pool::{Pool2d, PoolOp};
+pub use reduce::{Reduce, ReduceOp};
 
 /// What every op family defines about its ops, besides their arithmetic's gradient and cost
 /// (which the compiler adds).
@@ -80,6 +82,7 @@ pub enum Op {
     Loss(LossOp),
     Optim(OptimOp),
     Cast(CastOp),
+    Reduce(ReduceOp),
 }
 
 /// Evaluates `$body` with `$family` bound to the family op inside an [`Op`]: the one place that
@@ -96,6 +99,7 @@ macro_rules! dispatch_op {
             $crate::ops::Op::Loss($family) => $body,
             $crate::ops::Op::Optim($family) => $body,
             $crate::ops::Op::Cast($family) => $body,
+            $crate::ops::Op::Reduce($family) => $body,
         }
     };
 }
@@ -111,6 +115,7 @@ macro_rules! from_family {
 }
 
 from_family!(Dense(DenseOp), Conv(ConvOp), Norm(NormOp), Pool(PoolOp), Loss(LossOp), Optim(OptimOp), Cast(CastOp));
+from_family!(Reduce(ReduceOp));
 
 impl Op {
     pub fn name(&self) -> &'static str {
