@@ -3,8 +3,8 @@
 //! removing a variant changes some op's tag and fails here; the rule is in `engine/src/format.rs`.
 
 use pock_engine::ops::{
-    Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, DenseOp, GradScale, LossOp, MatMul, NormOp, Op, OptimOp, Pool2d, PoolOp, Reduce,
-    ReduceOp, Reduction, Sgd,
+    Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, DenseOp, GradScale, LossOp, MatMul, MoveOp, NormOp, Op, OptimOp, Pool2d, PoolOp, Reduce,
+    ReduceOp, Reduction, Sgd, Slice,
 };
 use pock_engine::plan::DType;
 
@@ -54,6 +54,16 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("LogSoftmax", [7, 7]),
     ("SoftmaxGrad", [7, 8]),
     ("LogSoftmaxGrad", [7, 9]),
+    ("Transpose", [8, 0]),
+    ("Concat", [8, 1]),
+    ("Split", [8, 2]),
+    ("Slice", [8, 3]),
+    ("SliceGrad", [8, 4]),
+    ("Expand", [8, 5]),
+    ("Gather", [8, 6]),
+    ("GatherGrad", [8, 7]),
+    ("Pad", [8, 8]),
+    ("Trilu", [8, 9]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -119,6 +129,18 @@ fn row(op: &Op) -> usize {
             ReduceOp::SoftmaxGrad { .. } => 41,
             ReduceOp::LogSoftmaxGrad { .. } => 42,
         },
+        Op::Move(op) => match op {
+            MoveOp::Transpose { .. } => 43,
+            MoveOp::Concat { .. } => 44,
+            MoveOp::Split { .. } => 45,
+            MoveOp::Slice(_) => 46,
+            MoveOp::SliceGrad { .. } => 47,
+            MoveOp::Expand { .. } => 48,
+            MoveOp::Gather { .. } => 49,
+            MoveOp::GatherGrad { .. } => 50,
+            MoveOp::Pad { .. } => 51,
+            MoveOp::Trilu { .. } => 52,
+        },
     }
 }
 
@@ -131,6 +153,7 @@ fn every_op() -> Vec<Op> {
     let clip = Clip { min: -1.0, max: 6.0 };
     let sgd = Sgd { momentum: 0.9, dampening: 0.1, nesterov: false, weight_decay: 1e-4, scaled: true };
     let reduce = Reduce { axes: vec![0, 2], keepdims: true };
+    let slice = Slice { axes: vec![1], starts: vec![-1], ends: vec![i64::MIN], steps: vec![-2] };
     let adam = Adam { beta1: 0.8, beta2: 0.99, eps: 1e-7, weight_decay: 0.01, decoupled: true, scaled: false };
     vec![
         DenseOp::MatMul(MatMul { trans_a: true, trans_b: false }).into(),
@@ -176,6 +199,16 @@ fn every_op() -> Vec<Op> {
         ReduceOp::LogSoftmax { axis: 2 }.into(),
         ReduceOp::SoftmaxGrad { axis: 3 }.into(),
         ReduceOp::LogSoftmaxGrad { axis: 1 }.into(),
+        MoveOp::Transpose { perm: vec![1, 0, 2] }.into(),
+        MoveOp::Concat { axis: 1 }.into(),
+        MoveOp::Split { axis: 2, sizes: vec![3, 1] }.into(),
+        MoveOp::Slice(slice.clone()).into(),
+        MoveOp::SliceGrad { slice, shape: vec![4, 6] }.into(),
+        MoveOp::Expand { shape: vec![2, 1, 5] }.into(),
+        MoveOp::Gather { axis: 1 }.into(),
+        MoveOp::GatherGrad { axis: 0, shape: vec![10, 3] }.into(),
+        MoveOp::Pad { pads: vec![0, 1, 2, 0], value: -1.5 }.into(),
+        MoveOp::Trilu { upper: false, k: -1 }.into(),
     ]
 }
 

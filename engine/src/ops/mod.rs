@@ -22,6 +22,7 @@ mod cast;
 mod conv;
 mod dense;
 mod loss;
+mod movement;
 mod norm;
 mod optim;
 mod pool;
@@ -39,6 +40,7 @@ pub use cast::CastOp;
 pub use conv::{Conv2d, ConvOp};
 pub use dense::{Clip, DenseOp, MatMul};
 pub use loss::{LossOp, Reduction};
+pub use movement::{broadcast_shapes, slice_range, MoveOp, Slice};
 pub use norm::{BatchNorm, NormOp};
 pub use optim::{Adam, GradScale, OptimOp, Sgd};
 pub use pool::{Pool2d, PoolOp};
@@ -83,6 +85,7 @@ pub enum Op {
     Optim(OptimOp),
     Cast(CastOp),
     Reduce(ReduceOp),
+    Move(MoveOp),
 }
 
 /// Evaluates `$body` with `$family` bound to the family op inside an [`Op`]: the one place that
@@ -100,6 +103,7 @@ macro_rules! dispatch_op {
             $crate::ops::Op::Optim($family) => $body,
             $crate::ops::Op::Cast($family) => $body,
             $crate::ops::Op::Reduce($family) => $body,
+            $crate::ops::Op::Move($family) => $body,
         }
     };
 }
@@ -115,7 +119,7 @@ macro_rules! from_family {
 }
 
 from_family!(Dense(DenseOp), Conv(ConvOp), Norm(NormOp), Pool(PoolOp), Loss(LossOp), Optim(OptimOp), Cast(CastOp));
-from_family!(Reduce(ReduceOp));
+from_family!(Reduce(ReduceOp), Move(MoveOp));
 
 impl Op {
     pub fn name(&self) -> &'static str {
