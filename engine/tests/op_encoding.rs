@@ -3,8 +3,8 @@
 //! removing a variant changes some op's tag and fails here; the rule is in `engine/src/format.rs`.
 
 use pock_engine::ops::{
-    Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, DenseOp, GradScale, LossOp, MatMul, MoveOp, NormOp, Op, OptimOp, Pool2d, PoolOp, Reduce,
-    ReduceOp, Reduction, Sgd, Slice,
+    Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, DenseOp, GradScale, LossOp, MatMul, MatMulOp, MoveOp, NormOp, Op, OptimOp, Pool2d,
+    PoolOp, Reduce, ReduceOp, Reduction, Sgd, Slice,
 };
 use pock_engine::plan::DType;
 
@@ -64,6 +64,7 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("GatherGrad", [8, 7]),
     ("Pad", [8, 8]),
     ("Trilu", [8, 9]),
+    ("BatchMatMul", [9, 0]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -141,6 +142,9 @@ fn row(op: &Op) -> usize {
             MoveOp::Pad { .. } => 51,
             MoveOp::Trilu { .. } => 52,
         },
+        Op::MatMul(op) => match op {
+            MatMulOp::BatchMatMul(_) => 53,
+        },
     }
 }
 
@@ -209,6 +213,7 @@ fn every_op() -> Vec<Op> {
         MoveOp::GatherGrad { axis: 0, shape: vec![10, 3] }.into(),
         MoveOp::Pad { pads: vec![0, 1, 2, 0], value: -1.5 }.into(),
         MoveOp::Trilu { upper: false, k: -1 }.into(),
+        MatMulOp::BatchMatMul(MatMul { trans_a: false, trans_b: true }).into(),
     ]
 }
 

@@ -12,6 +12,7 @@ mod cast;
 mod conv;
 mod dense;
 mod loss;
+mod matmul;
 mod movement;
 mod norm;
 mod optim;

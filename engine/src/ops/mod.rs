@@ -22,6 +22,7 @@ mod cast;
 mod conv;
 mod dense;
 mod loss;
+mod matmul;
 mod movement;
 mod norm;
 mod optim;
@@ -40,6 +41,7 @@ pub use cast::CastOp;
 pub use conv::{Conv2d, ConvOp};
 pub use dense::{Clip, DenseOp, MatMul};
 pub use loss::{LossOp, Reduction};
+pub use matmul::MatMulOp;
 pub use movement::{broadcast_shapes, slice_range, MoveOp, Slice};
 pub use norm::{BatchNorm, NormOp};
 pub use optim::{Adam, GradScale, OptimOp, Sgd};
@@ -86,6 +88,7 @@ pub enum Op {
     Cast(CastOp),
     Reduce(ReduceOp),
     Move(MoveOp),
+    MatMul(MatMulOp),
 }
 
 /// Evaluates `$body` with `$family` bound to the family op inside an [`Op`]: the one place that
@@ -104,6 +107,7 @@ macro_rules! dispatch_op {
             $crate::ops::Op::Cast($family) => $body,
             $crate::ops::Op::Reduce($family) => $body,
             $crate::ops::Op::Move($family) => $body,
+            $crate::ops::Op::MatMul($family) => $body,
         }
     };
 }
@@ -119,7 +123,7 @@ macro_rules! from_family {
 }
 
 from_family!(Dense(DenseOp), Conv(ConvOp), Norm(NormOp), Pool(PoolOp), Loss(LossOp), Optim(OptimOp), Cast(CastOp));
-from_family!(Reduce(ReduceOp), Move(MoveOp));
+from_family!(Reduce(ReduceOp), Move(MoveOp), MatMul(MatMulOp));
 
 impl Op {
     pub fn name(&self) -> &'static str {

@@ -8,6 +8,7 @@ pub mod cast;
 pub mod conv;
 pub mod dense;
 pub mod loss;
+pub mod matmul;
 pub mod movement;
 pub mod norm;
 pub mod optim;
