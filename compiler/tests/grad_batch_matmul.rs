@@ -29,3 +29,22 @@ fn batch_matmul_broadcasts_and_transposes() {
         }
     }
 }
+
+#[test]
+fn batch_matmul_with_1d_operands() {
+    let op = |trans_a, trans_b| MatMulOp::BatchMatMul(MatMul { trans_a, trans_b });
+    let cases: &[(&[usize], &[usize], bool, bool)] = &[
+        (&[4], &[2, 4, 3], false, false),
+        (&[4], &[3, 4], false, true),
+        (&[2, 3, 4], &[4], false, false),
+        (&[2, 4, 3], &[4], true, false),
+        (&[5], &[5], false, false),
+    ];
+    for (i, &(a, b, trans_a, trans_b)) in cases.iter().enumerate() {
+        let what = format!("BatchMatMul {a:?} x {b:?} trans_a={trans_a} trans_b={trans_b}");
+        let inputs = [CaseInput::Float(a.to_vec()), CaseInput::Float(b.to_vec())];
+        let checks = check_op(op(trans_a, trans_b), &inputs, 560 + i as u64).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(checks.len(), 2, "{what}: both operands are checked");
+        assert_close(&what, &checks, TOLERANCE);
+    }
+}

@@ -15,8 +15,10 @@ use crate::plan::DType;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MatMulOp {
     /// `[a, b] -> [y]`: `a` is `[..., M, K]` (`[..., K, M]` with `trans_a`), `b` is `[..., K, N]`
-    /// (`[..., N, K]` with `trans_b`), both of rank >= 2; the batch axes (all but the last two)
-    /// broadcast as numpy's, and `y` is `[broadcast batch..., M, N]`.
+    /// (`[..., N, K]` with `trans_b`); the batch axes (all but the last two) broadcast as numpy's,
+    /// and `y` is `[broadcast batch..., M, N]`. As in ONNX, a 1-D `a` is a row `[1, K]` and a 1-D
+    /// `b` a column `[K, 1]` whose added axis is dropped from `y` (1-D operands are never
+    /// transposed).
     BatchMatMul(MatMul),
 }
 
@@ -42,12 +44,19 @@ impl OpRules for MatMulOp {
     fn shape_rule(&self, check: Check, inputs: &[&[usize]]) -> Result<Vec<Vec<usize>>, ShapeError> {
         let MatMulOp::BatchMatMul(m) = self;
         let (a, b) = (inputs[0], inputs[1]);
-        if a.len() < 2 || b.len() < 2 {
-            return Err(check.err(alloc::format!("both operands must have rank >= 2, got {a:?} and {b:?}")));
+        if a.is_empty() || b.is_empty() {
+            return Err(check.err(alloc::format!("operands must have rank >= 1, got {a:?} and {b:?}")));
         }
-        let (ra, rb) = (a.len() - 2, b.len() - 2);
-        let (mm, ka) = if m.trans_a { (a[ra + 1], a[ra]) } else { (a[ra], a[ra + 1]) };
-        let (kb, nn) = if m.trans_b { (b[rb + 1], b[rb]) } else { (b[rb], b[rb + 1]) };
+        if (a.len() == 1 && m.trans_a) || (b.len() == 1 && m.trans_b) {
+            return Err(check.err("a 1-D operand cannot be transposed"));
+        }
+        // A 1-D `a` is the row [1, K] and a 1-D `b` the column [K, 1], with no batch axes; the
+        // output drops the axis each brings.
+        let (ra, rb) = (a.len().saturating_sub(2), b.len().saturating_sub(2));
+        let (a2, b2) =
+            (if a.len() == 1 { [1, a[0]] } else { [a[ra], a[ra + 1]] }, if b.len() == 1 { [b[0], 1] } else { [b[rb], b[rb + 1]] });
+        let (mm, ka) = if m.trans_a { (a2[1], a2[0]) } else { (a2[0], a2[1]) };
+        let (kb, nn) = if m.trans_b { (b2[1], b2[0]) } else { (b2[0], b2[1]) };
         if ka != kb {
             return Err(check.err(alloc::format!(
                 "inner dimensions differ: a {a:?}, b {b:?} (trans_a {}, trans_b {})",
@@ -55,10 +64,15 @@ impl OpRules for MatMulOp {
                 m.trans_b
             )));
         }
-        let mut y = broadcast_shapes(check, &a[..ra], &b[..rb]).map_err(|_| {
-            check.err(alloc::format!("batch axes {:?} of a {a:?} and {:?} of b {b:?} do not broadcast", &a[..ra], &b[..rb]))
-        })?;
-        y.extend([mm, nn]);
+        let (a_batch, b_batch) = (&a[..ra], &b[..rb]);
+        let mut y = broadcast_shapes(check, a_batch, b_batch)
+            .map_err(|_| check.err(alloc::format!("batch axes {a_batch:?} of a {a:?} and {b_batch:?} of b {b:?} do not broadcast")))?;
+        if a.len() > 1 {
+            y.push(mm);
+        }
+        if b.len() > 1 {
+            y.push(nn);
+        }
         Ok(vec![y])
     }
 
@@ -87,6 +101,10 @@ mod tests {
         let e = bmm(false, false).output_shapes(&[&[2, 3, 4], &[3, 4, 6]]).unwrap_err();
         assert_eq!(e.message, "batch axes [2] of a [2, 3, 4] and [3] of b [3, 4, 6] do not broadcast");
         assert!(bmm(false, false).output_shapes(&[&[2, 3, 4], &[5, 6]]).unwrap_err().message.contains("inner dimensions"));
-        assert!(bmm(false, false).output_shapes(&[&[4], &[4, 6]]).unwrap_err().message.contains("rank >= 2"));
+        assert_eq!(bmm(false, false).output_shapes(&[&[4], &[2, 4, 6]]).unwrap(), [[2, 6]]);
+        assert_eq!(bmm(true, false).output_shapes(&[&[2, 4, 3], &[4]]).unwrap(), [[2, 3]]);
+        assert_eq!(bmm(false, false).output_shapes(&[&[4], &[4]]).unwrap(), [Vec::<usize>::new()]);
+        assert!(bmm(true, false).output_shapes(&[&[4], &[4, 6]]).unwrap_err().message.contains("1-D"));
+        assert!(bmm(false, false).output_shapes(&[&[], &[4, 6]]).unwrap_err().message.contains("rank >= 1"));
     }
 }

@@ -4,12 +4,29 @@ use super::dense::matmul;
 use crate::kernels::{Float, View, ViewMut};
 use crate::ops::MatMul;
 
+/// The stored matrix shape of an operand and its number of batch axes: a 1-D `a` is the row
+/// `[1, K]` and a 1-D `b` the column `[K, 1]`, with no batch axes (ONNX MatMul).
+fn matrix(shape: &[usize], is_a: bool) -> ([usize; 2], usize) {
+    match *shape {
+        [k] if is_a => ([1, k], 0),
+        [k] => ([k, 1], 0),
+        _ => {
+            let r = shape.len() - 2;
+            ([shape[r], shape[r + 1]], r)
+        }
+    }
+}
+
 /// Calls `f(a_t, b_t, y_t)` for every matrix `t` of `y`'s batch, with the matrices of `a` and `b`
-/// that numpy broadcasting pairs with it (a size-1 or missing batch axis repeats).
+/// that numpy broadcasting pairs with it (a size-1 or missing batch axis repeats). A 1-D operand
+/// is one matrix (see [`matrix`]); the output axis it drops is size 1 in `y_t`.
 pub fn for_each_matrix<T>(a: View<T>, b: View<T>, y: &mut ViewMut<T>, mut f: impl FnMut(View<T>, View<T>, &mut ViewMut<T>)) {
-    let (ra, rb, ry) = (a.shape.len() - 2, b.shape.len() - 2, y.shape.len() - 2);
-    let (a_mat, b_mat, y_mat): (usize, usize, usize) =
-        (a.shape[ra..].iter().product(), b.shape[rb..].iter().product(), y.shape[ry..].iter().product());
+    let ((a_shape, ra), (b_shape, rb)) = (matrix(a.shape, true), matrix(b.shape, false));
+    let (a_vec, b_vec) = (a.shape.len() == 1, b.shape.len() == 1);
+    let ry = y.shape.len() + usize::from(a_vec) + usize::from(b_vec) - 2;
+    let tail = &y.shape[ry..];
+    let y_shape = [if a_vec { 1 } else { tail[0] }, if b_vec { 1 } else { tail[tail.len() - 1] }];
+    let (a_mat, b_mat, y_mat) = (a_shape[0] * a_shape[1], b_shape[0] * b_shape[1], y_shape[0] * y_shape[1]);
     let batch: usize = y.shape[..ry].iter().product();
     for t in 0..batch {
         let (mut rest, mut ai, mut bi, mut a_step, mut b_step) = (t, 0, 0, 1, 1);
@@ -30,9 +47,9 @@ pub fn for_each_matrix<T>(a: View<T>, b: View<T>, y: &mut ViewMut<T>, mut f: imp
                 b_step *= b.shape[kb];
             }
         }
-        let a_t = View { data: &a.data[ai * a_mat..(ai + 1) * a_mat], shape: &a.shape[ra..] };
-        let b_t = View { data: &b.data[bi * b_mat..(bi + 1) * b_mat], shape: &b.shape[rb..] };
-        let mut y_t = ViewMut { data: &mut y.data[t * y_mat..(t + 1) * y_mat], shape: &y.shape[ry..] };
+        let a_t = View { data: &a.data[ai * a_mat..(ai + 1) * a_mat], shape: &a_shape };
+        let b_t = View { data: &b.data[bi * b_mat..(bi + 1) * b_mat], shape: &b_shape };
+        let mut y_t = ViewMut { data: &mut y.data[t * y_mat..(t + 1) * y_mat], shape: &y_shape };
         f(a_t, b_t, &mut y_t);
     }
 }
@@ -71,5 +88,30 @@ mod tests {
             &mut ViewMut { data: &mut y, shape: &[2, 1, 2] },
         );
         assert_eq!(y, [3.0, 4.0, 7.0, 8.0]);
+        // 1-D operands: a vector times a batch of matrices, and a batch of matrices times a vector.
+        let mut y = [0.0f64; 2];
+        let m = MatMul { trans_a: false, trans_b: false };
+        batch_matmul(
+            &m,
+            View { data: &[1.0, 2.0], shape: &[2] },
+            View { data: &a, shape: &[2, 2, 1] },
+            &mut ViewMut { data: &mut y, shape: &[2, 1] },
+        );
+        assert_eq!(y, [5.0, 11.0]);
+        batch_matmul(
+            &m,
+            View { data: &a, shape: &[2, 1, 2] },
+            View { data: &[1.0, 2.0], shape: &[2] },
+            &mut ViewMut { data: &mut y, shape: &[2, 1] },
+        );
+        assert_eq!(y, [5.0, 11.0]);
+        let mut y = [0.0f64; 1];
+        batch_matmul(
+            &m,
+            View { data: &[1.0, 2.0], shape: &[2] },
+            View { data: &[3.0, 4.0], shape: &[2] },
+            &mut ViewMut { data: &mut y, shape: &[] },
+        );
+        assert_eq!(y, [11.0]);
     }
 }
