@@ -55,7 +55,8 @@ pub enum ReduceOp {
     /// `[dy] -> [dx]`: `dy / n` copied back over the reduced axes (`n` elements per group).
     ReduceMeanGrad { reduce: Reduce, shape: Vec<usize> },
     /// `[dy, x, y] -> [dx]`: `dy` split evenly among the elements of each group equal to its
-    /// maximum, as PyTorch's `amax` backward does (`max` with `dim` would pick one).
+    /// maximum, as PyTorch's `amax` backward does (`max` with `dim` would pick one); NaN over a
+    /// group whose maximum is NaN, as PyTorch.
     ReduceMaxGrad(Reduce),
     /// `[x] -> [y]`: `softmax` along `axis`, any rank, computed as `exp(x - max) / sum`.
     Softmax { axis: usize },

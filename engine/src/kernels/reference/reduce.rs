@@ -71,15 +71,17 @@ pub fn reduce_sum_grad<T: Float>(axes: &[usize], dy: View<T>, dx: &mut ViewMut<T
 }
 
 /// `dx = dy[r] / ties` where `x == y[r]` (the group's maximum), else 0: PyTorch's `amax`
-/// backward, which splits the gradient evenly among tied maxima.
+/// backward, which splits the gradient evenly among tied maxima. A group whose maximum is NaN
+/// has no element equal to it and gets NaN throughout, as in PyTorch (`0 * (dy / 0)`), so that
+/// divergence stays visible.
 pub fn reduce_max_grad<T: Float>(axes: &[usize], dy: View<T>, x: View<T>, y: View<T>, dx: &mut ViewMut<T>) {
     let n = group_size(x.shape, axes);
     for (r, (&g, &m)) in dy.data.iter().zip(y.data).enumerate() {
         let ties = (0..n).filter(|&j| x.data[group_index(x.shape, axes, r, j)] == m).count();
-        let share = if ties > 0 { g / T::from_usize(ties) } else { T::zero() };
+        let (share, other) = if ties > 0 { (g / T::from_usize(ties), T::zero()) } else { (T::nan(), T::nan()) };
         for j in 0..n {
             let i = group_index(x.shape, axes, r, j);
-            dx.data[i] = if x.data[i] == m { share } else { T::zero() };
+            dx.data[i] = if x.data[i] == m { share } else { other };
         }
     }
 }
@@ -191,10 +193,11 @@ mod tests {
         reduce_max(&[1], view(&x, &[2, 3]), &mut ViewMut { data: &mut y, shape: &[2] });
         assert_eq!(y[0], 3.0);
         assert!(y[1].is_nan());
-        // Two tied maxima share the gradient; a NaN group passes none.
+        // Two tied maxima share the gradient; a NaN group gets NaN (both as torch.amax).
         let mut dx = [9.0; 6];
         reduce_max_grad(&[1], view(&[4.0, 5.0], &[2]), view(&x, &[2, 3]), view(&y, &[2]), &mut ViewMut { data: &mut dx, shape: &[2, 3] });
-        assert_eq!(dx, [0.0, 2.0, 2.0, 0.0, 0.0, 0.0]);
+        assert_eq!(dx[..3], [0.0, 2.0, 2.0]);
+        assert!(dx[3..].iter().all(|v| v.is_nan()), "{dx:?}");
     }
 
     #[test]
@@ -223,5 +226,20 @@ mod tests {
         log_softmax_grad(1, view(&[1.0; 4], &[1, 2, 2]), view(&l, &[1, 2, 2]), &mut ViewMut { data: &mut dx, shape: &[1, 2, 2] });
         let want = [0.0, 0.5, 0.0, -0.5];
         assert!(dx.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-12), "{dx:?}");
+    }
+
+    #[test]
+    fn masked_entries_of_minus_infinity_get_zero_probability() {
+        // An attention row with one masked position: PyTorch gives [0.2689, 0, 0.7311] and
+        // log-probabilities [-1.3133, -inf, -0.3133].
+        let x = [0.0, f64::NEG_INFINITY, 1.0];
+        let (mut y, mut l) = ([9.0; 3], [9.0; 3]);
+        softmax(0, view(&x, &[3]), &mut ViewMut { data: &mut y, shape: &[3] });
+        log_softmax(0, view(&x, &[3]), &mut ViewMut { data: &mut l, shape: &[3] });
+        let e = 1.0f64.exp();
+        assert_eq!(y[1], 0.0);
+        assert!((y[0] - 1.0 / (1.0 + e)).abs() < 1e-15 && (y[2] - e / (1.0 + e)).abs() < 1e-15, "{y:?}");
+        assert_eq!(l[1], f64::NEG_INFINITY);
+        assert!((l[0] - y[0].ln()).abs() < 1e-15 && (l[2] - y[2].ln()).abs() < 1e-15, "{l:?}");
     }
 }
