@@ -89,3 +89,41 @@ fn empty_inner_dimension_gives_zeros() {
         check(&mut rng, 3, 0, 4, trans_a, trans_b, CpuConfig::default());
     }
 }
+
+/// BatchMatMul through the CPU backend (gemm per matrix) against the reference, with broadcast
+/// batch axes on both sides and every transpose combination.
+#[test]
+fn batch_matmul_matches_the_reference() {
+    use pock_engine::ops::MatMulOp;
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let (m, k, n) = (5, 33, 7);
+    for (a_batch, b_batch, y_batch) in [(&[2usize, 1][..], &[3usize][..], [2usize, 3]), (&[2, 3], &[], [2, 3]), (&[1, 3], &[2, 1], [2, 3])]
+    {
+        for (trans_a, trans_b) in TRANSPOSES {
+            let a_shape: Vec<usize> = a_batch.iter().copied().chain(if trans_a { [k, m] } else { [m, k] }).collect();
+            let b_shape: Vec<usize> = b_batch.iter().copied().chain(if trans_b { [n, k] } else { [k, n] }).collect();
+            let y_shape = [y_batch[0], y_batch[1], m, n];
+            let a: Vec<f32> = (0..a_shape.iter().product()).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let b: Vec<f32> = (0..b_shape.iter().product()).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let op = Op::MatMul(MatMulOp::BatchMatMul(MatMul { trans_a, trans_b }));
+            assert_eq!(op.output_shapes(&[&a_shape, &b_shape]).unwrap(), [y_shape]);
+            let numel = y_shape.iter().product();
+            let mut want = vec![0.0; numel];
+            run(&op, View { data: &a, shape: &a_shape }, View { data: &b, shape: &b_shape }, &mut want, &y_shape, None);
+            let mut got = vec![f32::NAN; numel];
+            run(
+                &op,
+                View { data: &a, shape: &a_shape },
+                View { data: &b, shape: &b_shape },
+                &mut got,
+                &y_shape,
+                Some(CpuConfig::default()),
+            );
+            // Entries are dot products of length 33 of values in [-1, 1]: any indexing mistake is
+            // off by O(1), rounding by about 33 * 2^-24.
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-4, "{a_shape:?} x {b_shape:?} trans {trans_a} {trans_b}: element {i} is {g}, reference {w}");
+            }
+        }
+    }
+}

@@ -6,7 +6,8 @@ use pock_engine::kernels::unary::{
     Abs, Cos, Elu, Erf, Exp, HardSigmoid, LeakyRelu, Log, Neg, Reciprocal, Sigmoid, Sin, Softplus, Sqrt, Tanh,
 };
 use pock_engine::ops::{
-    Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, DenseOp, GradScale, LossOp, MatMul, NormOp, Op, OptimOp, Pool2d, PoolOp, Reduction, Sgd,
+    Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, DenseOp, GradScale, LossOp, MatMul, MatMulOp, MoveOp, NormOp, Op, OptimOp, Pool2d,
+    PoolOp, Reduce, ReduceOp, Reduction, Sgd, Slice,
 };
 use pock_engine::ops::{BroadcastOp, UnaryFn, UnaryOp};
 use pock_engine::plan::DType;
@@ -100,6 +101,27 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("EluGrad", [8, 1]),
     ("HardSigmoidGrad", [8, 1]),
     ("Not", [8, 2]),
+    ("ReduceSum", [9, 0]),
+    ("ReduceMean", [9, 1]),
+    ("ReduceMax", [9, 2]),
+    ("ReduceSumGrad", [9, 3]),
+    ("ReduceMeanGrad", [9, 4]),
+    ("ReduceMaxGrad", [9, 5]),
+    ("Softmax", [9, 6]),
+    ("LogSoftmax", [9, 7]),
+    ("SoftmaxGrad", [9, 8]),
+    ("LogSoftmaxGrad", [9, 9]),
+    ("Transpose", [10, 0]),
+    ("Concat", [10, 1]),
+    ("Split", [10, 2]),
+    ("Slice", [10, 3]),
+    ("SliceGrad", [10, 4]),
+    ("Expand", [10, 5]),
+    ("Gather", [10, 6]),
+    ("GatherGrad", [10, 7]),
+    ("Pad", [10, 8]),
+    ("Trilu", [10, 9]),
+    ("BatchMatMul", [11, 0]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -180,6 +202,33 @@ fn row(op: &Op) -> usize {
         Op::Unary(UnaryOp::Map(f)) => 55 + unary_fn_index(f),
         Op::Unary(UnaryOp::Grad(f)) => 70 + unary_fn_index(f),
         Op::Unary(UnaryOp::Not) => 85,
+        Op::Reduce(op) => match op {
+            ReduceOp::ReduceSum(_) => 86,
+            ReduceOp::ReduceMean(_) => 87,
+            ReduceOp::ReduceMax(_) => 88,
+            ReduceOp::ReduceSumGrad { .. } => 89,
+            ReduceOp::ReduceMeanGrad { .. } => 90,
+            ReduceOp::ReduceMaxGrad(_) => 91,
+            ReduceOp::Softmax { .. } => 92,
+            ReduceOp::LogSoftmax { .. } => 93,
+            ReduceOp::SoftmaxGrad { .. } => 94,
+            ReduceOp::LogSoftmaxGrad { .. } => 95,
+        },
+        Op::Move(op) => match op {
+            MoveOp::Transpose { .. } => 96,
+            MoveOp::Concat { .. } => 97,
+            MoveOp::Split { .. } => 98,
+            MoveOp::Slice(_) => 99,
+            MoveOp::SliceGrad { .. } => 100,
+            MoveOp::Expand { .. } => 101,
+            MoveOp::Gather { .. } => 102,
+            MoveOp::GatherGrad { .. } => 103,
+            MoveOp::Pad { .. } => 104,
+            MoveOp::Trilu { .. } => 105,
+        },
+        Op::MatMul(op) => match op {
+            MatMulOp::BatchMatMul(_) => 106,
+        },
     }
 }
 
@@ -234,6 +283,8 @@ fn every_op() -> Vec<Op> {
     let bn = BatchNorm { eps: 1e-3, momentum: 0.2 };
     let clip = Clip { min: -1.0, max: 6.0 };
     let sgd = Sgd { momentum: 0.9, dampening: 0.1, nesterov: false, weight_decay: 1e-4, scaled: true };
+    let reduce = Reduce { axes: vec![0, 2], keepdims: true };
+    let slice = Slice { axes: vec![1], starts: vec![-1], ends: vec![i64::MIN], steps: vec![-2] };
     let adam = Adam { beta1: 0.8, beta2: 0.99, eps: 1e-7, weight_decay: 0.01, decoupled: true, scaled: false };
     vec![
         DenseOp::MatMul(MatMul { trans_a: true, trans_b: false }).into(),
@@ -291,6 +342,27 @@ fn every_op() -> Vec<Op> {
         BroadcastOp::PowGradExponent.into(),
         BroadcastOp::MaxGrad.into(),
         BroadcastOp::MinGrad.into(),
+        ReduceOp::ReduceSum(reduce.clone()).into(),
+        ReduceOp::ReduceMean(reduce.clone()).into(),
+        ReduceOp::ReduceMax(reduce.clone()).into(),
+        ReduceOp::ReduceSumGrad { reduce: reduce.clone(), shape: vec![2, 3, 4] }.into(),
+        ReduceOp::ReduceMeanGrad { reduce: reduce.clone(), shape: vec![5, 3, 4] }.into(),
+        ReduceOp::ReduceMaxGrad(reduce).into(),
+        ReduceOp::Softmax { axis: 1 }.into(),
+        ReduceOp::LogSoftmax { axis: 2 }.into(),
+        ReduceOp::SoftmaxGrad { axis: 3 }.into(),
+        ReduceOp::LogSoftmaxGrad { axis: 1 }.into(),
+        MoveOp::Transpose { perm: vec![1, 0, 2] }.into(),
+        MoveOp::Concat { axis: 1 }.into(),
+        MoveOp::Split { axis: 2, sizes: vec![3, 1] }.into(),
+        MoveOp::Slice(slice.clone()).into(),
+        MoveOp::SliceGrad { slice, shape: vec![4, 6] }.into(),
+        MoveOp::Expand { shape: vec![2, 1, 5] }.into(),
+        MoveOp::Gather { axis: 1 }.into(),
+        MoveOp::GatherGrad { axis: 0, shape: vec![10, 3] }.into(),
+        MoveOp::Pad { pads: vec![0, 1, 2, 0], value: -1.5 }.into(),
+        MoveOp::Trilu { upper: false, k: -1 }.into(),
+        MatMulOp::BatchMatMul(MatMul { trans_a: false, trans_b: true }).into(),
     ]
     .into_iter()
     .chain(every_unary_fn().into_iter().flat_map(|f| [UnaryOp::Map(f).into(), UnaryOp::Grad(f).into()]))

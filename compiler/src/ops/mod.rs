@@ -13,10 +13,13 @@ mod cast;
 mod conv;
 mod dense;
 mod loss;
+mod matmul;
+mod movement;
 mod norm;
 mod optim;
 mod pool;
 mod unary;
+mod reduce;
 
 use pock_engine::ops::Op;
 

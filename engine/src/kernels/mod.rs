@@ -121,6 +121,8 @@ impl<'n, 'a, T> NodeArgs<'n, 'a, T> {
 pub enum KernelError {
     #[error("{op}: label {label} at row {row} is outside [0, {classes})")]
     LabelOutOfRange { op: &'static str, row: usize, label: i64, classes: usize },
+    #[error("{op}: index {index} is outside [-{len}, {len}); check the indices fed to the model")]
+    IndexOutOfRange { op: &'static str, index: i64, len: usize },
     #[error("{op}: {message}")]
     Invalid { op: &'static str, message: &'static str },
 }

@@ -23,10 +23,13 @@ mod cast;
 mod conv;
 mod dense;
 mod loss;
+mod matmul;
+mod movement;
 mod norm;
 mod optim;
 mod pool;
 mod unary;
+mod reduce;
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -41,10 +44,13 @@ pub use cast::CastOp;
 pub use conv::{Conv2d, ConvOp};
 pub use dense::{Clip, DenseOp, MatMul};
 pub use loss::{LossOp, Reduction};
+pub use matmul::MatMulOp;
+pub use movement::{broadcast_shapes, slice_range, MoveOp, Slice};
 pub use norm::{BatchNorm, NormOp};
 pub use optim::{Adam, GradScale, OptimOp, Sgd};
 pub use pool::{Pool2d, PoolOp};
 pub use unary::{UnaryFn, UnaryFormula, UnaryOp};
+pub use reduce::{Reduce, ReduceOp};
 
 /// What every op family defines about its ops, besides their arithmetic's gradient and cost
 /// (which the compiler adds).
@@ -86,6 +92,9 @@ pub enum Op {
     Cast(CastOp),
     Broadcast(BroadcastOp),
     Unary(UnaryOp),
+    Reduce(ReduceOp),
+    Move(MoveOp),
+    MatMul(MatMulOp),
 }
 
 /// Evaluates `$body` with `$family` bound to the family op inside an [`Op`]: the one place that
@@ -104,6 +113,9 @@ macro_rules! dispatch_op {
             $crate::ops::Op::Cast($family) => $body,
             $crate::ops::Op::Broadcast($family) => $body,
             $crate::ops::Op::Unary($family) => $body,
+            $crate::ops::Op::Reduce($family) => $body,
+            $crate::ops::Op::Move($family) => $body,
+            $crate::ops::Op::MatMul($family) => $body,
         }
     };
 }
@@ -121,6 +133,7 @@ macro_rules! from_family {
 from_family!(Dense(DenseOp), Conv(ConvOp), Norm(NormOp), Pool(PoolOp), Loss(LossOp), Optim(OptimOp), Cast(CastOp));
 from_family!(Broadcast(BroadcastOp));
 from_family!(Unary(UnaryOp));
+from_family!(Reduce(ReduceOp), Move(MoveOp), MatMul(MatMulOp));
 
 impl Op {
     pub fn name(&self) -> &'static str {

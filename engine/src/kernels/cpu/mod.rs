@@ -11,7 +11,7 @@ mod matmul;
 use core::cell::Cell;
 
 use super::{reference, KernelError, NodeArgs};
-use crate::ops::{ConvOp, DenseOp, Op};
+use crate::ops::{ConvOp, DenseOp, MatMulOp, Op};
 
 pub use conv::conv_workspace_elems;
 
@@ -42,6 +42,12 @@ pub fn execute(op: &Op, args: NodeArgs<'_, '_, f32>, workspace: &mut [f32], cfg:
     match op {
         Op::Dense(DenseOp::MatMul(m)) => {
             matmul::matmul(m, args.inputs[0], args.inputs[1], &mut args.outputs[0], par);
+            Ok(())
+        }
+        // Each matrix of a batch goes through the same 2-D gemm path.
+        Op::MatMul(MatMulOp::BatchMatMul(m)) => {
+            let NodeArgs { inputs, outputs, .. } = args;
+            reference::matmul::for_each_matrix(inputs[0], inputs[1], &mut outputs[0], |a, b, y| matmul::matmul(m, a, b, y, par));
             Ok(())
         }
         Op::Conv(ConvOp::Conv2d(c)) => conv::conv2d(c, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, par),

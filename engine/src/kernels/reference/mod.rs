@@ -9,10 +9,13 @@ pub mod cast;
 pub mod conv;
 pub mod dense;
 pub mod loss;
+pub mod matmul;
+pub mod movement;
 pub mod norm;
 pub mod optim;
 pub mod pool;
 pub mod unary;
+pub mod reduce;
 
 pub use conv::{conv2d, conv2d_grad_input, conv2d_grad_weight};
 pub use dense::{add, bias_add, bias_grad, clip, clip_grad, matmul, mul, relu, relu_grad};
