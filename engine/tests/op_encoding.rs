@@ -43,6 +43,7 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("SgdUpdate", [5, 3]),
     ("AdamUpdate", [5, 4]),
     ("Cast", [6, 0]),
+    ("CountNonFinite", [5, 5]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -92,6 +93,7 @@ fn row(op: &Op) -> usize {
             OptimOp::GradScale(_) => 29,
             OptimOp::SgdUpdate(_) => 30,
             OptimOp::AdamUpdate(_) => 31,
+            OptimOp::CountNonFinite => 33,
         },
         Op::Cast(op) => match op {
             CastOp::Cast { .. } => 32,
@@ -142,6 +144,7 @@ fn every_op() -> Vec<Op> {
         OptimOp::SgdUpdate(sgd).into(),
         OptimOp::AdamUpdate(adam).into(),
         CastOp::Cast { to: DType::Bool }.into(),
+        OptimOp::CountNonFinite.into(),
     ]
 }
 
