@@ -55,8 +55,8 @@ pub const REFERENCE_STEPS: usize = 1000;
 
 impl Default for DivergenceGuard {
     fn default() -> Self {
-        // Without the in-plan skip of non-finite updates, a non-finite loss has already poisoned
-        // the parameters; three steps tell a single bad batch in the log from a dead run.
+        // The plan skips the updates of a non-finite gradient, so a single bad batch leaves the
+        // parameters intact; three non-finite losses in a row mean a dead run, not a bad batch.
         DivergenceGuard { growth: Some(100.0), nonfinite_steps: 3 }
     }
 }
