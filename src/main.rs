@@ -693,6 +693,13 @@ fn train(a: TrainArgs, quiet: bool) -> Result<(), PockError> {
             line.push('\n');
             f.write_all(line.as_bytes()).map_err(io_err(p))?;
         }
+        if r.skipped > 0 {
+            let line = format!("warning: step {}: {} parameter update(s) skipped because a gradient was not finite", r.step, r.skipped);
+            match &bar {
+                Some(b) => b.println(line),
+                None => progress(quiet, line),
+            }
+        }
         if let Some(b) = &bar {
             b.inc(1);
             b.set_prefix(format!("{}", r.epoch + 1));
@@ -763,11 +770,15 @@ fn train(a: TrainArgs, quiet: bool) -> Result<(), PockError> {
         return Err(PockError::Interrupted { step, message: how });
     }
     out(&format!(
-        "trained {} epoch(s), {} steps, {:.2} ms/step; final epoch loss {:.4}{}\n",
+        "trained {} epoch(s), {} steps, {:.2} ms/step; final epoch loss {:.4}{}{}\n",
         summary.epoch_losses.len(),
         summary.steps,
         summary.mean_ms,
         summary.epoch_losses.last().copied().unwrap_or(f64::NAN),
+        match summary.skipped_updates {
+            0 => String::new(),
+            n => format!("; {n} parameter update(s) skipped on non-finite gradients"),
+        },
         a.save.as_ref().map(|p| format!("; saved {}", p.display())).unwrap_or_default()
     ))
 }

@@ -55,8 +55,8 @@ pub const REFERENCE_STEPS: usize = 1000;
 
 impl Default for DivergenceGuard {
     fn default() -> Self {
-        // Without the in-plan skip of non-finite updates, a non-finite loss has already poisoned
-        // the parameters; three steps tell a single bad batch in the log from a dead run.
+        // The plan skips the updates of a non-finite gradient, so a single bad batch leaves the
+        // parameters intact; three non-finite losses in a row mean a dead run, not a bad batch.
         DivergenceGuard { growth: Some(100.0), nonfinite_steps: 3 }
     }
 }
@@ -116,6 +116,10 @@ pub struct StepRecord {
     pub loss: f32,
     pub lr: f32,
     pub ms: f64,
+    /// Parameter updates this step skipped because a gradient was not finite (see
+    /// `Session::skipped_updates`), and the total skipped so far, checkpointed runs included.
+    pub skipped: u64,
+    pub skipped_updates: u64,
     /// This step's loss ends the run as diverged (the step is still reported, to be logged).
     #[serde(skip)]
     pub diverging: bool,
@@ -136,6 +140,9 @@ pub struct TrainSummary {
     pub end_step: u64,
     /// The optimizer step at which the schedule's run ends (see [`TrainConfig::schedule_end`]).
     pub schedule_end: u64,
+    /// Parameter updates skipped on non-finite gradients, over the whole training (resumed runs
+    /// included, as the counter is checkpointed).
+    pub skipped_updates: u64,
 }
 
 /// What a plan expects of a dataset.
@@ -300,6 +307,8 @@ pub fn train_epochs(
                 loss,
                 lr,
                 ms,
+                skipped: session.last_step_skipped(),
+                skipped_updates: session.skipped_updates()?,
                 diverging: false,
             };
             if let Some(reason) = watch.check(loss) {
@@ -334,6 +343,7 @@ pub fn train_epochs(
         start_step: span.start_step,
         end_step: span.end_step,
         schedule_end,
+        skipped_updates: session.skipped_updates()?,
     })
 }
 

@@ -227,3 +227,44 @@ fn cosine_schedule_spans_the_whole_run() {
     assert!(lrs.windows(2).all(|w| w[1] < w[0]), "{lrs:?}");
     assert!(lrs[11] < 0.01, "{lrs:?}");
 }
+
+#[test]
+fn a_non_finite_gradient_is_skipped_warned_and_reported() {
+    let d = workdir("skip");
+    let (plan, data, log) = (d.join("mlp.pock"), d.join("train.npz"), d.join("log.jsonl"));
+    // Data files must hold finite numbers, but one this large overflows the global gradient norm
+    // that clipping computes: its batch's step is skipped, and the other batches train as usual.
+    let mut set = pock::synth::blobs(64, 6, 3, 1);
+    set.x[0] = 3.0e38;
+    set.save_npz(&data).unwrap();
+    ok(&[
+        "compile",
+        "zoo:mlp:inputs=6,hidden=16,classes=3",
+        "--batch",
+        "8",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.01",
+        "--clip-grad-norm",
+        "1",
+        "-o",
+        s(&plan),
+    ]);
+    let out = pock(&["train", s(&plan), "--data", s(&data), "--epochs", "1", "--max-loss-growth", "0", "--log-json", s(&log)]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let skipping: Vec<&serde_json::Value> = lines.iter().filter(|l| l["skipped"].as_u64().unwrap() > 0).collect();
+    assert_eq!(skipping.len(), 1, "one batch holds the huge value: {lines:?}");
+    let (step, skipped) = (skipping[0]["step"].as_u64().unwrap(), skipping[0]["skipped"].as_u64().unwrap());
+    // With clipping the whole step is skipped and counted once.
+    assert_eq!(skipped, 1);
+    assert_eq!(lines.last().unwrap()["skipped_updates"].as_u64().unwrap(), 1);
+    assert_eq!(lines.last().unwrap()["optimizer_step"].as_u64().unwrap(), lines.len() as u64 - 1, "the skipped step is not counted");
+    assert!(
+        stderr.contains(&format!("warning: step {step}: {skipped} parameter update(s) skipped because a gradient was not finite")),
+        "{stderr}"
+    );
+    assert!(stdout.contains(&format!("{skipped} parameter update(s) skipped on non-finite gradients")), "{stdout}");
+}

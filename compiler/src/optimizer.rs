@@ -5,6 +5,13 @@
 //! separate Apply program, run by the host after every K-th micro-batch, scales (1/K, and global
 //! norm clipping), updates and zeroes the accumulators. The learning rate and the step counter
 //! are runtime scalars, so schedules need no recompilation.
+//!
+//! A non-finite gradient skips updates inside the plan, as PyTorch's `GradScaler` does. With a
+//! `GradScale` (clipping or accumulation) its scale is NaN when the global norm is not finite,
+//! every update of that step skips, and the `skipped_updates` counter grows by 1 once per skipped
+//! step. Without it there is no point where all gradients exist at once (each update runs as soon
+//! as its gradient is complete), so each update checks its own gradient: the skip is then per
+//! parameter and the counter grows by 1 per skipped parameter update.
 
 use pock_engine::ops::{Adam, GradScale, OptimOp, Sgd};
 use pock_engine::plan::OptimizerKind;
@@ -45,16 +52,31 @@ pub fn add_optimizer(graph: &mut Graph, grads: &[(TensorId, TensorId)], options:
         (Program::Train, grads.to_vec())
     };
 
+    let skipped = graph.add_tensor(TensorDef {
+        name: "optimizer.skipped_updates".into(),
+        shape: vec![],
+        dtype: DType::F32,
+        role: Role::SkippedUpdates,
+        init: Some(vec![0.0]),
+    });
+    let count = |graph: &mut Graph, name: String, of: TensorId| {
+        graph.emit_inplace(name, OptimOp::CountNonFinite, &[of], &[skipped], Phase::Optimizer, program).map(drop)
+    };
     let scale = if k > 1 || options.clip_grad_norm.is_some() {
         let all: Vec<TensorId> = grads.iter().map(|&(_, g)| g).collect();
         let op = OptimOp::GradScale(GradScale { max_norm: options.clip_grad_norm, multiplier: 1.0 / k as f32 });
-        Some(graph.emit("optimizer.grad_scale", op, &all, Phase::Optimizer, program)?[0])
+        let scale = graph.emit("optimizer.grad_scale", op, &all, Phase::Optimizer, program)?[0];
+        count(graph, "optimizer.count_skipped_step".into(), scale)?;
+        Some(scale)
     } else {
         None
     };
 
     for &(p, g) in &grads {
         let pname = graph.tensor(p).name.clone();
+        if scale.is_none() {
+            count(graph, format!("count_skipped.{pname}"), g)?;
+        }
         let mut inputs = vec![g, lr, step];
         inputs.extend(scale);
         let scaled = scale.is_some();

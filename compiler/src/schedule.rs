@@ -6,14 +6,21 @@
 //! its gradient is complete (PockEngine's "gradients are consumed as soon as they exist") and lets
 //! the memory planner reuse that gradient's memory for the rest of the backward pass.
 
+use pock_engine::ops::{Op, OptimOp};
+
 use crate::ir::{Graph, Node, Phase, Program, TensorId};
 
 /// Whether `later` must run after `earlier` (both in one program, `earlier` first originally).
 fn depends(later: &Node, earlier: &Node) -> bool {
     let writes = |n: &Node, t: &TensorId| n.outputs.contains(t);
     let reads = |n: &Node, t: &TensorId| n.inputs.contains(t);
+    // Two counts of skipped updates only add 1 to the same counter, which commutes (exactly: the
+    // counts are small integers). Ordering them would chain every update behind the first
+    // parameter's gradient, which is the last to be complete.
+    let counts = |n: &Node| matches!(n.op, Op::Optim(OptimOp::CountNonFinite));
+    let write_after_write = |t: &TensorId| writes(earlier, t) && !(counts(later) && counts(earlier));
     // Read after write, write after read, write after write.
-    later.inputs.iter().any(|t| writes(earlier, t)) || later.outputs.iter().any(|t| reads(earlier, t) || writes(earlier, t))
+    later.inputs.iter().any(|t| writes(earlier, t)) || later.outputs.iter().any(|t| reads(earlier, t) || write_after_write(t))
 }
 
 /// Hoists every optimizer-phase node of the Train program to just after its last dependency.

@@ -91,12 +91,24 @@ pub enum Role {
     RuntimeScalar(RuntimeScalar),
     /// A value computed inside a program: activation, gradient, loss, scratch.
     Transient,
+    /// The `[]`-shaped f32 count of parameter updates skipped because their gradient (or the
+    /// global gradient norm) was not finite. Every update op adds 1 to it when it skips, so one
+    /// skipped step adds the number of parameters it skipped. Appended last: the variant index is
+    /// the plan encoding.
+    SkippedUpdates,
 }
 
 impl Role {
     /// Whether the tensor lives across steps and is saved in a checkpoint.
     pub fn is_checkpointed(&self) -> bool {
-        matches!(self, Role::Parameter { trainable: true } | Role::RunningStat | Role::OptimizerState { .. } | Role::GradAccumulator { .. })
+        matches!(
+            self,
+            Role::Parameter { trainable: true }
+                | Role::RunningStat
+                | Role::OptimizerState { .. }
+                | Role::GradAccumulator { .. }
+                | Role::SkippedUpdates
+        )
     }
 }
 

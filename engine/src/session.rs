@@ -11,6 +11,7 @@ use crate::checkpoint::{self, Checkpoint, CheckpointError};
 use crate::exec::{Backend, CpuBackend, CpuKernels, ExecError, ProgramKind};
 use crate::format::{decode_plan, FormatError};
 use crate::kernels::cpu::CpuConfig;
+use crate::ops::{Op, OptimOp};
 use crate::plan::{DType, Loss, Plan, Role, RuntimeScalar, TensorId};
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +118,10 @@ struct Interface {
     eval_loss: TensorId,
     lr: Option<TensorId>,
     step: Option<TensorId>,
+    /// The [`Role::SkippedUpdates`] counter, and how much one wholly skipped optimizer step adds
+    /// to it (the number of `CountNonFinite` nodes: 1 with a global gradient scale, one per
+    /// parameter without).
+    skipped: Option<(TensorId, u64)>,
 }
 
 pub struct Session {
@@ -125,6 +130,7 @@ pub struct Session {
     learning_rate: f32,
     optimizer_steps: u64,
     micro_steps: u64,
+    last_step_skipped: u64,
     /// [`checkpoint::plan_identity`] of the plan, computed once at load.
     plan_id: u64,
 }
@@ -206,7 +212,7 @@ impl Session {
         );
         let plan_id = checkpoint::plan_identity(&plan);
         let backend = CpuBackend::new(plan, bytes, range, kernels)?;
-        Ok(Session { backend: Box::new(backend), io, learning_rate, optimizer_steps: 0, micro_steps: 0, plan_id })
+        Ok(Session { backend: Box::new(backend), io, learning_rate, optimizer_steps: 0, micro_steps: 0, last_step_skipped: 0, plan_id })
     }
 
     pub fn plan(&self) -> &Plan {
@@ -276,18 +282,49 @@ impl Session {
         if let Some(step) = self.io.step {
             self.backend.write(step, &((self.optimizer_steps + 1) as f32).to_le_bytes())?;
         }
+        let skipped_before = self.skipped_updates()?;
         self.backend.run(ProgramKind::Train)?;
         let mut loss = [0f32];
         self.backend.read(self.io.train_loss, as_bytes_mut(&mut loss))?;
         self.micro_steps += 1;
         let k = self.plan().training.accumulate as u64;
-        if k <= 1 {
-            self.optimizer_steps += 1;
+        let stepped = if k <= 1 {
+            true
         } else if self.micro_steps.is_multiple_of(k) {
             self.backend.run(ProgramKind::Apply)?;
-            self.optimizer_steps += 1;
+            true
+        } else {
+            false
+        };
+        self.last_step_skipped = 0;
+        if stepped {
+            let skipped = self.skipped_updates()? - skipped_before;
+            self.last_step_skipped = skipped;
+            // A step whose every update was skipped changed nothing, so it is not counted: the
+            // next step's Adam bias correction and SGD's first-step buffer are then those of the
+            // step that did not happen, as when PyTorch's GradScaler skips `optimizer.step()`.
+            let whole_step = self.io.skipped.is_some_and(|(_, per_step)| skipped >= per_step);
+            if !whole_step {
+                self.optimizer_steps += 1;
+            }
         }
         Ok(loss[0])
+    }
+
+    /// Parameter updates skipped so far (saved in checkpoints) because a gradient was not
+    /// finite. With a global gradient scale (`--clip-grad-norm`, `--accumulate`) a skipped step
+    /// counts once; without, each update checks its own gradient and counts once per parameter.
+    pub fn skipped_updates(&self) -> Result<u64, SessionError> {
+        let Some((t, _)) = self.io.skipped else { return Ok(0) };
+        let mut count = [0f32];
+        self.backend.read(t, as_bytes_mut(&mut count))?;
+        Ok(count[0] as u64)
+    }
+
+    /// What the last optimizer step added to [`Session::skipped_updates`] (0 when it skipped
+    /// nothing, or when the last batch only accumulated).
+    pub fn last_step_skipped(&self) -> u64 {
+        self.last_step_skipped
     }
 
     /// Evaluates one batch with frozen statistics: writes the model outputs and the per-sample
@@ -410,6 +447,25 @@ impl Session {
     }
 }
 
+/// The skipped-updates counter and the number of nodes that count into it per optimizer step.
+fn skipped_counter(plan: &Plan) -> Result<Option<(TensorId, u64)>, SessionError> {
+    let Some(i) = plan.tensors.iter().position(|t| t.role == Role::SkippedUpdates) else { return Ok(None) };
+    let t = TensorId(i as u32);
+    if plan.tensor(t).dtype != DType::F32 || !plan.tensor(t).shape.is_empty() {
+        return Err(SessionError::Input(
+            "the plan's skipped-updates counter is not an f32 scalar; the plan is malformed, compile it again".into(),
+        ));
+    }
+    let programs = [ProgramKind::Train, ProgramKind::Apply];
+    let counts = programs
+        .iter()
+        .filter_map(|p| p.of(plan))
+        .flat_map(|p| &p.nodes)
+        .filter(|n| matches!(n.op, Op::Optim(OptimOp::CountNonFinite)) && n.outputs.first() == Some(&t))
+        .count() as u64;
+    Ok(Some((t, counts.max(1))))
+}
+
 /// Bytes of physical memory (`MemTotal` of `/proc/meminfo`), where the system says.
 pub fn physical_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -438,6 +494,7 @@ fn interface(plan: &Plan) -> Result<Interface, SessionError> {
         eval_loss: eval.fetches[1],
         lr: plan.runtime_scalar(RuntimeScalar::LearningRate),
         step: plan.runtime_scalar(RuntimeScalar::OptimizerStep),
+        skipped: skipped_counter(plan)?,
     };
     let t = |id: TensorId| plan.tensor(id);
     // Everything the host does per sample slices off the batch axis, so the data tensors must

@@ -122,6 +122,7 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("Pad", [10, 8]),
     ("Trilu", [10, 9]),
     ("BatchMatMul", [11, 0]),
+    ("CountNonFinite", [5, 5]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -171,6 +172,7 @@ fn row(op: &Op) -> usize {
             OptimOp::GradScale(_) => 29,
             OptimOp::SgdUpdate(_) => 30,
             OptimOp::AdamUpdate(_) => 31,
+            OptimOp::CountNonFinite => 107,
         },
         Op::Cast(op) => match op {
             CastOp::Cast { .. } => 32,
@@ -363,6 +365,7 @@ fn every_op() -> Vec<Op> {
         MoveOp::Pad { pads: vec![0, 1, 2, 0], value: -1.5 }.into(),
         MoveOp::Trilu { upper: false, k: -1 }.into(),
         MatMulOp::BatchMatMul(MatMul { trans_a: false, trans_b: true }).into(),
+        OptimOp::CountNonFinite.into(),
     ]
     .into_iter()
     .chain(every_unary_fn().into_iter().flat_map(|f| [UnaryOp::Map(f).into(), UnaryOp::Grad(f).into()]))

@@ -12,15 +12,20 @@ impl CompileRules for OptimOp {
         match self {
             // They update state in place after the backward pass; no loss depends on them within
             // the step, so there is nothing to differentiate.
-            OptimOp::AccumulateGrad | OptimOp::Fill { .. } | OptimOp::GradScale(_) | OptimOp::SgdUpdate(_) | OptimOp::AdamUpdate(_) => {
-                no_gradient(node)
-            }
+            OptimOp::AccumulateGrad
+            | OptimOp::Fill { .. }
+            | OptimOp::GradScale(_)
+            | OptimOp::SgdUpdate(_)
+            | OptimOp::AdamUpdate(_)
+            | OptimOp::CountNonFinite => no_gradient(node),
         }
     }
 
     fn flops(&self, inputs: &[&[usize]], outputs: &[&[usize]]) -> u64 {
         match self {
             OptimOp::AccumulateGrad => numel(inputs[0]),
+            // One finiteness test per element, and the increment.
+            OptimOp::CountNonFinite => numel(inputs[0]) + 1,
             // Fill only stores; it computes nothing.
             OptimOp::Fill { .. } => 0,
             // Per gradient element: the multiplier, the square and the sum; then sqrt, the
@@ -30,7 +35,8 @@ impl CompileRules for OptimOp {
                 if g.max_norm.is_some() {
                     3 * elements + 4
                 } else {
-                    1
+                    // The finiteness test per element, then the multiplier.
+                    elements + 1
                 }
             }
             OptimOp::SgdUpdate(s) => {

@@ -36,6 +36,8 @@ pub struct Adam {
 /// Computes the runtime gradient scale `multiplier * min(1, max_norm / (norm + 1e-6))`, where
 /// `norm` is the global L2 norm of `multiplier * g` over all inputs (PyTorch's
 /// `clip_grad_norm_`). Without `max_norm` the scale is just `multiplier` (1/K for accumulation).
+/// When the norm (without `max_norm`: any gradient element) is not finite the scale is NaN, so
+/// every update reading it skips and the whole step is skipped, as PyTorch's `GradScaler` does.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GradScale {
     pub max_norm: Option<f32>,
@@ -53,10 +55,15 @@ pub enum OptimOp {
     /// `[g_1, ..., g_n] -> [scale]`, `scale` has shape `[]`.
     GradScale(GradScale),
     /// `[grad, lr, step, (scale)] -> [param*, (momentum_buffer*)]`; the buffer exists iff momentum
-    /// != 0. On step 1 the buffer is set to the gradient, as PyTorch does.
+    /// != 0. On step 1 the buffer is set to the gradient, as PyTorch does. Nothing is written when
+    /// the scale or any gradient element is not finite (the update is skipped).
     SgdUpdate(Sgd),
     /// `[grad, lr, step, (scale)] -> [param*, exp_avg*, exp_avg_sq*]`; `step` counts from 1.
+    /// Skipped like `SgdUpdate` on a non-finite gradient or scale.
     AdamUpdate(Adam),
+    /// `[x] -> [count*]`, `count` has shape `[]`: `count += 1` when any element of `x` is not
+    /// finite. It counts the updates that the skip rule above skips, reading the same value.
+    CountNonFinite,
 }
 
 impl OpRules for OptimOp {
@@ -67,12 +74,13 @@ impl OpRules for OptimOp {
             OptimOp::GradScale(_) => "GradScale",
             OptimOp::SgdUpdate(_) => "SgdUpdate",
             OptimOp::AdamUpdate(_) => "AdamUpdate",
+            OptimOp::CountNonFinite => "CountNonFinite",
         }
     }
 
     fn input_arity(&self) -> Option<usize> {
         Some(match self {
-            OptimOp::AccumulateGrad => 1,
+            OptimOp::AccumulateGrad | OptimOp::CountNonFinite => 1,
             OptimOp::Fill { .. } => 0,
             OptimOp::GradScale(_) => return None,
             OptimOp::SgdUpdate(s) => 3 + s.scaled as usize,
@@ -82,7 +90,7 @@ impl OpRules for OptimOp {
 
     fn dtype_rule(&self, check: Check, inputs: &[DType]) -> Result<Vec<DType>, ShapeError> {
         let outputs = match self {
-            OptimOp::AccumulateGrad | OptimOp::Fill { .. } | OptimOp::GradScale(_) => 1,
+            OptimOp::AccumulateGrad | OptimOp::Fill { .. } | OptimOp::GradScale(_) | OptimOp::CountNonFinite => 1,
             OptimOp::SgdUpdate(_) | OptimOp::AdamUpdate(_) => self.inplace_outputs().len(),
         };
         check.floats(inputs, outputs)
@@ -90,7 +98,7 @@ impl OpRules for OptimOp {
 
     fn inplace_outputs(&self) -> Range<usize> {
         match self {
-            OptimOp::AccumulateGrad | OptimOp::Fill { .. } => 0..1,
+            OptimOp::AccumulateGrad | OptimOp::Fill { .. } | OptimOp::CountNonFinite => 0..1,
             OptimOp::GradScale(_) => 0..0,
             OptimOp::SgdUpdate(s) => 0..if s.momentum != 0.0 { 2 } else { 1 },
             OptimOp::AdamUpdate(_) => 0..3,
@@ -102,7 +110,7 @@ impl OpRules for OptimOp {
             OptimOp::AccumulateGrad => vec![inputs[0].to_vec()],
             // Fill has no inputs to infer from: it accepts any output.
             OptimOp::Fill { .. } => vec![],
-            OptimOp::GradScale(_) => vec![vec![]],
+            OptimOp::GradScale(_) | OptimOp::CountNonFinite => vec![vec![]],
             OptimOp::SgdUpdate(Sgd { scaled, .. }) | OptimOp::AdamUpdate(Adam { scaled, .. }) => {
                 check.scalar(inputs[1], "lr")?;
                 check.scalar(inputs[2], "step")?;
@@ -123,6 +131,7 @@ impl OpRules for OptimOp {
             OptimOp::GradScale(g) => kernel::grad_scale(g, i, &mut o[0]),
             OptimOp::SgdUpdate(s) => kernel::sgd_update(s, i, o),
             OptimOp::AdamUpdate(a) => kernel::adam_update(a, i, o),
+            OptimOp::CountNonFinite => kernel::count_non_finite(i[0], &mut o[0]),
         }
         Ok(())
     }

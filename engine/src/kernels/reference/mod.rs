@@ -21,7 +21,7 @@ pub use conv::{conv2d, conv2d_grad_input, conv2d_grad_weight};
 pub use dense::{add, bias_add, bias_grad, clip, clip_grad, matmul, mul, relu, relu_grad};
 pub use loss::{mse, mse_grad, softmax_cross_entropy, softmax_cross_entropy_grad};
 pub use norm::{batch_norm_infer, batch_norm_infer_grad, batch_norm_train, batch_norm_train_grad};
-pub use optim::{accumulate_grad, adam_update, fill, grad_scale, sgd_update};
+pub use optim::{accumulate_grad, adam_update, count_non_finite, fill, grad_scale, sgd_update};
 pub use pool::{avg_pool2d, avg_pool2d_grad, global_avg_pool, global_avg_pool_grad, max_pool2d, max_pool2d_grad};
 
 use super::{Float, KernelError, NodeArgs};

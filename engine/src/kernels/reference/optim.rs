@@ -22,24 +22,43 @@ pub fn fill<T: Float>(value: f32, t: &mut ViewMut<T>) {
 }
 
 /// `scale = multiplier * min(1, max_norm / (norm + 1e-6))`, `norm` being the global L2 norm of
-/// `multiplier * g` over every gradient; just `multiplier` without `max_norm`.
+/// `multiplier * g` over every gradient; just `multiplier` without `max_norm`. The scale is NaN
+/// when the norm (without `max_norm`: any gradient element) is not finite, so that every update
+/// reading it skips and the step is skipped as a whole.
 pub fn grad_scale<T: Float>(g: &GradScale, grads: &[View<T>], scale: &mut ViewMut<T>) {
     let multiplier = T::from_f32(g.multiplier);
     let clip = match g.max_norm {
-        None => T::one(),
+        // Accumulation alone needs no norm, only the finiteness every update checks anyway.
+        None if all_finite(grads.iter().flat_map(|v| v.data)) => T::one(),
+        None => T::nan(),
         Some(max_norm) => {
             let sum_sq: T = grads.iter().flat_map(|v| v.data.iter()).map(|&x| (multiplier * x) * (multiplier * x)).sum();
-            let coef = T::from_f32(max_norm) / (sum_sq.sqrt() + T::from_f32(CLIP_NORM_EPS));
-            // Written so that a NaN coefficient (a NaN gradient) propagates, as `clamp(max=1)`
-            // does in PyTorch, instead of silently becoming 1.
-            if coef > T::one() {
-                T::one()
+            if !sum_sq.is_finite() {
+                // An infinite norm would otherwise give a scale of 0, and a zero-gradient update
+                // still moves Adam's moments and applies weight decay; NaN skips the step.
+                T::nan()
             } else {
-                coef
+                let coef = T::from_f32(max_norm) / (sum_sq.sqrt() + T::from_f32(CLIP_NORM_EPS));
+                if coef > T::one() {
+                    T::one()
+                } else {
+                    coef
+                }
             }
         }
     };
     scale.data[0] = multiplier * clip;
+}
+
+fn all_finite<'a, T: Float>(mut values: impl Iterator<Item = &'a T>) -> bool {
+    values.all(|x| x.is_finite())
+}
+
+/// `count += 1` when any element of `x` is not finite: the update reading `x` was skipped.
+pub fn count_non_finite<T: Float>(x: View<T>, count: &mut ViewMut<T>) {
+    if !all_finite(x.data.iter()) {
+        count.data[0] += T::one();
+    }
 }
 
 /// The scalar runtime inputs every optimizer update shares: `[grad, lr, step, (scale)]`.
@@ -59,15 +78,25 @@ impl<'a, T: Float> StepInputs<'a, T> {
             scale: if scaled { inputs[3].data[0] } else { T::one() },
         }
     }
+
+    /// Whether the update must be skipped: the scale or a gradient element is not finite. The
+    /// check only reads; it does not touch the arithmetic of the updates that do run.
+    fn must_skip(&self) -> bool {
+        !self.scale.is_finite() || !all_finite(self.grad.iter())
+    }
 }
 
-/// `inputs = [grad, lr, step, (scale)]`, `outputs = [param, (momentum_buffer)]`.
+/// `inputs = [grad, lr, step, (scale)]`, `outputs = [param, (momentum_buffer)]`. Writes nothing
+/// when the scale or a gradient element is not finite (`CountNonFinite` counts the skip).
 ///
 /// Per element: `g = grad * scale + weight_decay * param`; with momentum,
 /// `buf = g` on the first step and `momentum * buf + (1 - dampening) * g` afterwards, and
 /// `g = g + momentum * buf` (Nesterov) or `g = buf`; finally `param -= lr * g`.
 pub fn sgd_update<T: Float>(s: &Sgd, inputs: &[View<T>], outputs: &mut [ViewMut<T>]) {
     let x = StepInputs::read(inputs, s.scaled);
+    if x.must_skip() {
+        return;
+    }
     let (weight_decay, momentum, dampening) = (T::from_f32(s.weight_decay), T::from_f32(s.momentum), T::from_f32(s.dampening));
     // PyTorch creates the buffer from the first gradient; the plan counts steps from 1.
     let first_step = x.step <= T::one();
@@ -88,13 +117,17 @@ pub fn sgd_update<T: Float>(s: &Sgd, inputs: &[View<T>], outputs: &mut [ViewMut<
     }
 }
 
-/// `inputs = [grad, lr, step, (scale)]`, `outputs = [param, exp_avg, exp_avg_sq]`.
+/// `inputs = [grad, lr, step, (scale)]`, `outputs = [param, exp_avg, exp_avg_sq]`. Writes nothing
+/// when the scale or a gradient element is not finite (`CountNonFinite` counts the skip).
 ///
 /// Per element: `g = grad * scale` (plus `weight_decay * param` for Adam; AdamW instead multiplies
 /// `param` by `1 - lr * weight_decay`), `m = b1 * m + (1 - b1) * g`, `v = b2 * v + (1 - b2) * g^2`,
 /// `param -= (lr / (1 - b1^step)) * m / (sqrt(v) / sqrt(1 - b2^step) + eps)`.
 pub fn adam_update<T: Float>(a: &Adam, inputs: &[View<T>], outputs: &mut [ViewMut<T>]) {
     let x = StepInputs::read(inputs, a.scaled);
+    if x.must_skip() {
+        return;
+    }
     let [param, exp_avg, exp_avg_sq] = outputs else { unreachable!("arity checked at load") };
     let (beta1, beta2, eps, weight_decay) = (T::from_f32(a.beta1), T::from_f32(a.beta2), T::from_f32(a.eps), T::from_f32(a.weight_decay));
     let step_size = x.lr / (T::one() - beta1.powf(x.step));
