@@ -1,6 +1,7 @@
 //! The facade's error type: every failure a user of the CLI or library can meet, each with a
 //! message that says what to do.
 
+use pock_compiler::onnx::ImportError;
 use pock_compiler::CompileError;
 use pock_engine::SessionError;
 use pock_models::ModelError;
@@ -14,6 +15,8 @@ pub enum PockError {
     Model(#[from] ModelError),
     #[error("compile: {0}")]
     Compile(#[from] CompileError),
+    #[error("ONNX import: {0}")]
+    Import(#[from] ImportError),
     #[error(transparent)]
     Session(#[from] SessionError),
     #[error(transparent)]
