@@ -12,10 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use pock::compiler::interp::Interpreter;
 use pock::compiler::ir::{Program, Role, RuntimeScalar};
 use pock::compiler::onnx::weights::{randint, FloatRule};
-use pock::compiler::onnx::{import_file, ImportOptions, ShapeOverrides};
+use pock::compiler::onnx::{import_file, ImportError, ImportOptions, ShapeOverrides};
 use pock::compiler::{CompileOptions, TrainingGraph};
 use pock::engine::plan::OptimizerKind;
 use pock::engine::{Session, SessionOptions, Targets, TensorId};
+use pock::PockError;
 use serde_json::Value;
 
 const RELATIVE: f64 = 1e-4;
@@ -258,4 +259,45 @@ fn mobilenet_v2_float32_engine_matches_pytorch_forward() {
     let want = reference["losses"][0].as_f64().unwrap();
     let got = f64::from(session.train_step(&b.x, Targets::Labels(&b.labels)).unwrap());
     assert!(close(got, want), "mobilenet_v2 first loss {got} vs PyTorch {want}");
+}
+
+/// Every exported fixture either compiles at batch 2 or fails with the unsupported-op error that
+/// lists what it needs; the list is printed for the next session. The parity models' TorchScript
+/// exports must compile.
+#[test]
+fn every_fixture_compiles_or_names_its_missing_ops() {
+    let mut stems: Vec<String> = std::fs::read_dir(fixtures_dir())
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_string_lossy().strip_suffix(".manifest.json").map(str::to_string))
+        .collect();
+    stems.sort();
+    assert_eq!(stems.len(), 16, "{stems:?}");
+    let mut compiled = Vec::new();
+    for stem in &stems {
+        let manifest = read_json(&format!("{stem}.manifest.json"));
+        let dir = TempDir::new(stem);
+        let path = materialise(stem, &dir.0);
+        let mut shapes = vec![];
+        for input in manifest["inputs"].as_array().unwrap() {
+            // Language models: batch 2, 16 tokens (any fixed size would do).
+            if input["shape"].as_array().unwrap().len() == 2 {
+                shapes.push(format!("{}=2x16", input["name"].as_str().unwrap()));
+            }
+        }
+        let import = ImportOptions { shapes: ShapeOverrides::parse(Some(2), &shapes).unwrap(), ..Default::default() };
+        match pock::compile_onnx(&path, &import, CompileOptions::default()) {
+            Ok((plan, notes)) => {
+                println!("{stem}: compiles ({} tensors){}", plan.plan.tensors.len(), notes.iter().map(|n| format!("\n  note: {n}")).collect::<String>());
+                compiled.push(stem.clone());
+            }
+            Err(PockError::Import(ImportError::UnsupportedOps { missing, node, .. })) => {
+                assert!(!missing.is_empty());
+                println!("{stem}: missing {} (first at node '{node}')", missing.join(", "));
+            }
+            Err(e) => panic!("{stem}: neither compiles nor names missing ops: {e}"),
+        }
+    }
+    for must in ["mobilenet_v2.ts", "resnet18.ts"] {
+        assert!(compiled.iter().any(|s| s == must), "{must} does not compile");
+    }
 }

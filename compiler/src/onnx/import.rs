@@ -34,6 +34,7 @@ pub const GRAPH_OPS: &[&str] = &[
     "MatMul",
     "MaxPool",
     "Mul",
+    "ReduceMean",
     "Relu",
     "Reshape",
     "Squeeze",
@@ -149,17 +150,30 @@ pub fn import_model(model: &OnnxModel, name: &str, options: &ImportOptions) -> R
 }
 
 /// Refuses a model with op types pock does not import, naming all of them at once so that one
-/// run lists everything missing.
+/// run lists everything missing. An op that pock only folds counts as missing where it reads a
+/// value computed at run time; which values are constants is decided here as the importer will
+/// decide it (integer initializers, Constant outputs, Shape, and folded ops over constants).
 fn check_op_types(model: &OnnxModel) -> Result<(), ImportError> {
     let supported = supported_ops();
+    let mut constant: HashSet<&str> =
+        model.initializers.iter().filter(|t| t.dtype() != DataType::F32).map(|t| t.name.as_str()).collect();
     let mut missing: Vec<String> = Vec::new();
     let mut first: Option<&Node> = None;
     for n in &model.nodes {
         let default_domain = n.domain.is_empty() || n.domain == "ai.onnx";
-        if default_domain && supported.contains(&n.op_type.as_str()) {
+        let op = n.op_type.as_str();
+        let all_constant = n.inputs.iter().all(|i| i.is_empty() || constant.contains(i.as_str()));
+        let folds = default_domain && (op == "Shape" || (fold::FOLDABLE.contains(&op) && all_constant));
+        if folds {
+            constant.extend(n.outputs.iter().map(String::as_str));
+        }
+        if folds || (default_domain && GRAPH_OPS.contains(&op)) {
             continue;
         }
-        let key = if default_domain { n.op_type.clone() } else { format!("{}::{}", n.domain, n.op_type) };
+        let mut key = if default_domain { n.op_type.clone() } else { format!("{}::{}", n.domain, n.op_type) };
+        if supported.contains(&op) && default_domain {
+            key.push_str(" (on run-time tensors)");
+        }
         if !missing.contains(&key) {
             missing.push(key);
         }
@@ -285,6 +299,7 @@ impl Importer<'_> {
             "Flatten" | "Reshape" | "Squeeze" | "Unsqueeze" => self.reshape(&ctx),
             "Gemm" => self.gemm(&ctx),
             "MatMul" => self.matmul(&ctx),
+            "ReduceMean" => self.reduce_mean(&ctx),
             // Every other supported op type is evaluated only on constants.
             other => Err(ctx.err(format!(
                 "pock evaluates {other} only at compile time, on shapes and constants, and this node reads a tensor computed \
@@ -715,6 +730,36 @@ impl Importer<'_> {
             return Err(ctx.err(format!("MatMul of shapes {sa:?} and {sb:?}: only matrices (rank 2) are supported so far")));
         }
         let y = self.emit(ctx, &ctx.node.name, DenseOp::MatMul(MatMul { trans_a: false, trans_b: false }), &[a, b])?;
+        self.set(ctx, 0, Value::Tensor(y))
+    }
+
+    /// ReduceMean over the two spatial axes of an NCHW tensor (how the dynamo exporter writes
+    /// adaptive average pooling to 1x1): GlobalAvgPool, then a Reshape to `[N, C]` without
+    /// keepdims. Other reductions need the reduction family.
+    fn reduce_mean(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
+        let x = self.tensor(ctx, ctx.input(0)?)?;
+        let xs = self.graph.shape(x).to_vec();
+        // Opset 18 moved the axes from an attribute to an optional input.
+        let axes = match (ctx.optional_input(1), ctx.node.attribute("axes")) {
+            (Some(a), _) => Some(self.constant(ctx, a, "axes")?.as_i64().map_err(|e| ctx.err(e))?),
+            (None, Some(Attribute::Ints(a))) => Some(a.clone()),
+            _ => None,
+        };
+        let mut axes: Vec<usize> = match axes {
+            Some(a) => a.iter().map(|&a| fold::axis(a, xs.len())).collect::<Result<_, _>>().map_err(|e| ctx.err(e))?,
+            None => (0..xs.len()).collect(),
+        };
+        axes.sort_unstable();
+        if xs.len() != 4 || axes != [2, 3] {
+            return Err(ctx.err(format!(
+                "ReduceMean over axes {axes:?} of a {xs:?} tensor: only the spatial mean of an NCHW tensor is supported so far"
+            )));
+        }
+        let name = ctx.node.name.clone();
+        let mut y = self.emit(ctx, &name, PoolOp::GlobalAvgPool, &[x])?;
+        if ctx.int("keepdims", 1)? == 0 {
+            y = self.emit(ctx, &format!("{name}.squeeze"), DenseOp::Reshape { shape: vec![xs[0], xs[1]] }, &[y])?;
+        }
         self.set(ctx, 0, Value::Tensor(y))
     }
 }
