@@ -29,7 +29,7 @@
 //!   change the results of the real rows.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
@@ -186,28 +186,31 @@ impl Dataset {
         Ok(Dataset { x: x_data, x_shape, y })
     }
 
-    /// Writes `x` and `y` as an uncompressed `.npz` that [`Dataset::load_npz`] and NumPy read.
+    /// Writes `x` and `y` as an uncompressed `.npz` that [`Dataset::load_npz`] and NumPy read,
+    /// atomically (see [`pock_engine::atomic`]).
     pub fn save_npz(&self, path: &Path) -> Result<(), DataError> {
         let write_err = |detail: String| DataError::Write { path: path.to_path_buf(), detail };
-        let file = File::create(path).map_err(|e| write_err(e.to_string()))?;
-        let mut npz = NpzWriter::new(BufWriter::new(file));
         let x = ArrayViewD::from_shape(IxDyn(&self.x_shape), &self.x)
             .map_err(|_| write_err(format!("x holds {} values, not shape {:?}", self.x.len(), self.x_shape)))?;
-        npz.add_array("x", &x).map_err(|e| write_err(e.to_string()))?;
-        match &self.y {
-            None => {}
+        let y = match &self.y {
+            None => None,
             Some(Targets::Labels(labels)) => {
-                let y = ArrayViewD::from_shape(IxDyn(&[labels.len()]), labels).map_err(|e| write_err(e.to_string()))?;
-                npz.add_array("y", &y).map_err(|e| write_err(e.to_string()))?;
+                Some(NpzArray::Labels(ArrayViewD::from_shape(IxDyn(&[labels.len()]), labels).map_err(|e| write_err(e.to_string()))?))
             }
-            Some(Targets::Values { data, shape }) => {
-                let y = ArrayViewD::from_shape(IxDyn(shape), data)
-                    .map_err(|_| write_err(format!("y holds {} values, not shape {shape:?}", data.len())))?;
-                npz.add_array("y", &y).map_err(|e| write_err(e.to_string()))?;
+            Some(Targets::Values { data, shape }) => Some(NpzArray::Values(
+                ArrayViewD::from_shape(IxDyn(shape), data)
+                    .map_err(|_| write_err(format!("y holds {} values, not shape {shape:?}", data.len())))?,
+            )),
+        };
+        write_npz(path, |npz| {
+            npz.add_array("x", &x)?;
+            match &y {
+                None => Ok(()),
+                Some(NpzArray::Labels(y)) => npz.add_array("y", y),
+                Some(NpzArray::Values(y)) => npz.add_array("y", y),
             }
-        }
-        npz.finish().map_err(|e| write_err(e.to_string()))?;
-        Ok(())
+        })
+        .map_err(write_err)
     }
 
     /// Number of samples.
@@ -377,11 +380,31 @@ pub fn write_predictions(path: &Path, y: &[f32], shape: &[usize]) -> Result<(), 
     let write_err = |detail: String| DataError::Write { path: path.to_path_buf(), detail };
     let view =
         ArrayViewD::from_shape(IxDyn(shape), y).map_err(|_| write_err(format!("{} predictions do not fill shape {shape:?}", y.len())))?;
-    let file = File::create(path).map_err(|e| write_err(e.to_string()))?;
-    let mut npz = NpzWriter::new(BufWriter::new(file));
-    npz.add_array("y", &view).map_err(|e| write_err(e.to_string()))?;
-    npz.finish().map_err(|e| write_err(e.to_string()))?;
-    Ok(())
+    write_npz(path, |npz| npz.add_array("y", &view)).map_err(write_err)
+}
+
+enum NpzArray<'a> {
+    Labels(ArrayViewD<'a, i64>),
+    Values(ArrayViewD<'a, f32>),
+}
+
+type FileNpz<'f> = NpzWriter<BufWriter<&'f mut File>>;
+
+/// Writes an uncompressed `.npz` atomically; `add` adds its arrays.
+fn write_npz(path: &Path, add: impl FnOnce(&mut FileNpz<'_>) -> Result<(), ndarray_npy::WriteNpzError>) -> Result<(), String> {
+    let mut failure = None;
+    let result = pock_engine::atomic::write_file(path, |file| {
+        let mut npz = NpzWriter::new(BufWriter::new(file));
+        let written = add(&mut npz).and_then(|_| npz.finish());
+        match written {
+            Ok(mut w) => w.flush(),
+            Err(e) => {
+                failure = Some(e.to_string());
+                Err(std::io::Error::other("npz"))
+            }
+        }
+    });
+    result.map_err(|e| failure.unwrap_or_else(|| e.to_string()))
 }
 
 fn check_finite(path: &Path, array: &str, data: &[f32], shape: &[usize]) -> Result<(), DataError> {

@@ -80,14 +80,13 @@ pub fn run(cfg: &DemoConfig, out: &mut dyn Write) -> Result<DemoReport, PockErro
     let before = evaluate(&mut session, &test_set)?;
     let accuracy_before = before.accuracy.unwrap_or(0.0);
     w(out, format!("before training: test loss {:.4}, accuracy {:.1}%", before.loss, 100.0 * accuracy_before))?;
-    let config =
-        TrainConfig { epochs: cfg.epochs, seed: cfg.seed, base_lr: 0.05, schedule: LrSchedule::parse("cosine").expect("valid schedule") };
+    let config = TrainConfig::new(cfg.epochs, cfg.seed, 0.05, LrSchedule::parse("cosine").expect("valid schedule"));
     let mut epoch_start = Instant::now();
     let summary = train_epochs(
         &mut session,
         &train_set,
         &config,
-        |_| {},
+        |_, _| Ok(()),
         |_, e| {
             let seconds = epoch_start.elapsed().as_secs_f64();
             epoch_start = Instant::now();

@@ -27,6 +27,12 @@ pub enum PockError {
     Io { path: String, source: std::io::Error },
     #[error("{0}")]
     Usage(String),
-    #[error("training diverged: the loss is {loss} at step {step}; try a lower learning rate (--lr) or gradient clipping (--clip-grad-norm at compile time)")]
-    Diverged { step: u64, loss: f32 },
+    #[error("training diverged at step {step}: {reason} (loss {loss:e}, learning rate {lr:e}); try a lower learning rate (--lr) or gradient clipping (--clip-grad-norm at compile time)")]
+    Diverged { step: u64, loss: f32, lr: f32, reason: String },
+    #[error("{error}; {note}")]
+    Stopped { error: Box<PockError>, note: String },
+    #[error("interrupted by a signal after step {step}; {message}")]
+    Interrupted { step: u64, message: String },
+    #[error("the learning rate is {lr} at step {step} ({detail}); give a finite, positive --lr and schedule")]
+    LearningRate { step: u64, lr: f32, detail: String },
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use pock_engine::plan::{Phase, Plan, Role};
+use pock_engine::plan::{Loss, OptimizerKind, Phase, Plan, Role};
 use serde::Serialize;
 
 use crate::human_bytes;
@@ -28,14 +28,94 @@ pub struct ProgramInfo {
     pub flops: u64,
 }
 
+/// The loss, for scripts: `{"kind": "softmax_cross_entropy", "classes": 10, "text": "..."}`.
+#[derive(Clone, Debug, Serialize)]
+pub struct LossInfo {
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classes: Option<usize>,
+    /// The same in words.
+    pub text: String,
+}
+
+/// The optimizer and its hyperparameters, for scripts; settings that do not apply are left out.
+#[derive(Clone, Debug, Serialize)]
+pub struct OptimizerInfo {
+    /// `sgd`, `adam` or `adamw`.
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dampening: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nesterov: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beta1: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beta2: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f32>,
+    pub weight_decay: f32,
+    /// The same in words.
+    pub text: String,
+}
+
+impl OptimizerInfo {
+    fn of(o: &OptimizerKind) -> Self {
+        let text = o.to_string();
+        match *o {
+            OptimizerKind::Sgd { momentum, dampening, nesterov, weight_decay } => OptimizerInfo {
+                kind: "sgd",
+                momentum: Some(momentum),
+                dampening: Some(dampening),
+                nesterov: Some(nesterov),
+                beta1: None,
+                beta2: None,
+                eps: None,
+                weight_decay,
+                text,
+            },
+            OptimizerKind::Adam { beta1, beta2, eps, weight_decay } | OptimizerKind::AdamW { beta1, beta2, eps, weight_decay } => {
+                OptimizerInfo {
+                    kind: if matches!(o, OptimizerKind::Adam { .. }) { "adam" } else { "adamw" },
+                    momentum: None,
+                    dampening: None,
+                    nesterov: None,
+                    beta1: Some(beta1),
+                    beta2: Some(beta2),
+                    eps: Some(eps),
+                    weight_decay,
+                    text,
+                }
+            }
+        }
+    }
+}
+
+/// A shape in words: `16x1x28x28` (`scalar` for rank 0).
+pub fn shape_text(shape: &[usize]) -> String {
+    if shape.is_empty() {
+        return "scalar".into();
+    }
+    shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")
+}
+
+fn phase_text(p: Phase) -> &'static str {
+    match p {
+        Phase::Forward => "forward",
+        Phase::Backward => "backward",
+        Phase::Optimizer => "optimizer",
+    }
+}
+
 /// The fields of `pock inspect --json`; scripts rely on these names.
 #[derive(Clone, Debug, Serialize)]
 pub struct PlanReport {
     pub model: String,
     pub target: String,
     pub batch: usize,
-    pub loss: String,
-    pub optimizer: String,
+    pub loss: LossInfo,
+    pub optimizer: OptimizerInfo,
     pub learning_rate: f32,
     pub accumulate: usize,
     pub clip_grad_norm: Option<f32>,
@@ -113,8 +193,18 @@ pub fn report(plan: &Plan) -> PlanReport {
         model: plan.model.clone(),
         target: plan.target.clone(),
         batch: plan.training.batch,
-        loss: format!("{:?}", plan.training.loss),
-        optimizer: format!("{:?}", plan.training.optimizer),
+        loss: LossInfo {
+            kind: match plan.training.loss {
+                Loss::SoftmaxCrossEntropy { .. } => "softmax_cross_entropy",
+                Loss::Mse => "mse",
+            },
+            classes: match plan.training.loss {
+                Loss::SoftmaxCrossEntropy { classes } => Some(classes),
+                Loss::Mse => None,
+            },
+            text: plan.training.loss.to_string(),
+        },
+        optimizer: OptimizerInfo::of(&plan.training.optimizer),
         learning_rate: plan.training.learning_rate,
         accumulate: plan.training.accumulate,
         clip_grad_norm: plan.training.clip_grad_norm,
@@ -140,8 +230,14 @@ pub fn table(plan: &Plan, r: &PlanReport, ops: bool) -> String {
     let _ = writeln!(s, "model        {}", r.model);
     let _ = writeln!(s, "target       {}", r.target);
     let _ = writeln!(s, "batch        {}", r.batch);
-    let _ = writeln!(s, "loss         {}", r.loss);
-    let _ = writeln!(s, "optimizer    {} lr {} accumulate {} clip {:?}", r.optimizer, r.learning_rate, r.accumulate, r.clip_grad_norm);
+    let _ = writeln!(s, "loss         {}", r.loss.text);
+    let _ = writeln!(s, "optimizer    {}, learning rate {}", r.optimizer.text, r.learning_rate);
+    let clip = r.clip_grad_norm.map(|c| format!("clipped to global norm {c}")).unwrap_or_else(|| "not clipped".into());
+    let accumulate = match r.accumulate {
+        1 => "one optimizer step per batch".to_string(),
+        k => format!("accumulated over {k} batches per optimizer step"),
+    };
+    let _ = writeln!(s, "gradients    {accumulate}, {clip}");
     let _ = writeln!(s, "parameters   {} trainable, {} frozen", r.trainable_params, r.frozen_params);
     let _ = writeln!(
         s,
@@ -154,10 +250,10 @@ pub fn table(plan: &Plan, r: &PlanReport, ops: bool) -> String {
     let _ = writeln!(s, "saved        {} of forward values kept for the backward pass", human_bytes(r.saved_activation_bytes));
     let _ = writeln!(s, "train ops    {} forward, {} backward, {} optimizer", r.ops.forward, r.ops.backward, r.ops.optimizer);
     for i in &r.inputs {
-        let _ = writeln!(s, "input        {} {:?} {}", i.name, i.shape, i.dtype);
+        let _ = writeln!(s, "input        {} {} {}", i.name, shape_text(&i.shape), i.dtype);
     }
     for i in &r.outputs {
-        let _ = writeln!(s, "output       {} {:?} {}", i.name, i.shape, i.dtype);
+        let _ = writeln!(s, "output       {} {} {}", i.name, shape_text(&i.shape), i.dtype);
     }
     let _ = writeln!(s, "\n{:<8} {:>6} {:>14}", "program", "ops", "MFLOP");
     for p in &r.programs {
@@ -171,8 +267,8 @@ pub fn table(plan: &Plan, r: &PlanReport, ops: bool) -> String {
             let _ = writeln!(s, "\n{name} program");
             let _ = writeln!(s, "{:<4} {:<9} {:<22} {:<40} outputs", "#", "phase", "op", "node");
             for (i, n) in p.nodes.iter().enumerate() {
-                let outs: Vec<String> = n.outputs.iter().map(|&t| format!("{:?}", plan.tensor(t).shape)).collect();
-                let _ = writeln!(s, "{:<4} {:<9} {:<22} {:<40} {}", i, format!("{:?}", n.phase), n.op.name(), n.name, outs.join(" "));
+                let outs: Vec<String> = n.outputs.iter().map(|&t| shape_text(&plan.tensor(t).shape)).collect();
+                let _ = writeln!(s, "{:<4} {:<9} {:<22} {:<40} {}", i, phase_text(n.phase), n.op.name(), n.name, outs.join(" "));
             }
         }
     }

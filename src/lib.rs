@@ -34,6 +34,11 @@ pub fn compile_model(model: &str, batch: usize, seed: u64, options: CompileOptio
     if batch == 0 {
         return Err(PockError::Usage("--batch must be at least 1".into()));
     }
+    if batch > MAX_BATCH {
+        return Err(PockError::Usage(format!(
+            "--batch {batch} is out of range: it must be at most {MAX_BATCH} (and the plan must still fit in memory)"
+        )));
+    }
     if pock_targets::find(&options.target).is_none() {
         return Err(PockError::Usage(format!("unknown target '{}'; known targets: {}", options.target, pock_targets::names().join(", "))));
     }
@@ -47,7 +52,67 @@ pub fn compile_model(model: &str, batch: usize, seed: u64, options: CompileOptio
         )));
     }
     let forward = pock_models::build(model, batch, seed)?;
-    Ok(forward.into_training(options)?.into_plan()?)
+    let compiled = forward.into_training(options)?.into_plan()?;
+    check_sizes(&compiled.plan)?;
+    Ok(compiled)
+}
+
+/// The largest batch `compile_model` accepts: large enough for any batch that fits a machine,
+/// small enough that a batch times any zoo model's per-sample size cannot overflow.
+pub const MAX_BATCH: usize = 1 << 20;
+
+/// Refuses a plan with a tensor whose byte size does not fit in 64 bits (a wrapped size would
+/// describe a plan that cannot be loaded), naming the tensor.
+fn check_sizes(plan: &pock_engine::Plan) -> Result<(), PockError> {
+    for t in &plan.tensors {
+        let bytes = t.shape.iter().try_fold(t.dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64));
+        if bytes.is_none() {
+            return Err(PockError::Usage(format!(
+                "tensor '{}' of shape {} has more bytes than fit in 64 bits; use a smaller --batch or model",
+                t.name,
+                inspect::shape_text(&t.shape)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a plan whose arena and weight section together exceed `budget` bytes (default: the
+/// machine's physical memory), with the bytes it needs.
+pub fn check_memory(plan: &pock_engine::Plan, budget: Option<u64>) -> Result<(), PockError> {
+    let needed = plan.arena_bytes.saturating_add(plan.weight_bytes);
+    let (limit, source) = match budget {
+        Some(b) => (b, "--memory-budget"),
+        None => match pock_engine::session::physical_memory() {
+            Some(m) => (m, "this machine's physical memory"),
+            None => return Ok(()),
+        },
+    };
+    if needed > limit {
+        return Err(PockError::Usage(format!(
+            "the plan needs {needed} bytes ({}: arena {}, weights {}), more than {source} of {limit} bytes ({}); use a smaller --batch or model, or raise --memory-budget",
+            human_bytes(needed),
+            human_bytes(plan.arena_bytes),
+            human_bytes(plan.weight_bytes),
+            human_bytes(limit)
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `a` and `b` are the same file: the same path, a symlink to it, or a hard link (the
+/// same device and inode). False when either does not exist.
+pub fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        #[cfg(unix)]
+        (Ok(x), Ok(y)) => {
+            use std::os::unix::fs::MetadataExt;
+            x.dev() == y.dev() && x.ino() == y.ino()
+        }
+        #[cfg(not(unix))]
+        (Ok(_), Ok(_)) => matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(x), Ok(y)) if x == y),
+        _ => false,
+    }
 }
 
 /// Compiles an ONNX model into a training plan. `import` fixes its dynamic dimensions, picks the

@@ -1,9 +1,11 @@
 //! The `pock` command line.
 
-use std::fs::File;
-use std::io::{BufWriter, IsTerminal, Write};
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -13,7 +15,7 @@ use pock::data::Dataset;
 use pock::engine::plan::OptimizerKind;
 use pock::engine::{Session, SessionOptions};
 use pock::schedule::LrSchedule;
-use pock::train::TrainConfig;
+use pock::train::{DivergenceGuard, TrainConfig};
 use pock::PockError;
 
 #[derive(Parser)]
@@ -28,6 +30,9 @@ use pock::PockError;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Hide progress (bars, per-epoch lines, notes); results and errors are still printed.
+    #[arg(long, short, global = true)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -100,6 +105,7 @@ enum BatchNormArg {
 }
 
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 struct CompileArgs {
     /// The model: zoo:NAME or zoo:NAME:key=value,... (see the list below).
     model: String,
@@ -145,6 +151,10 @@ struct CompileArgs {
     /// Keep the optimizer at the end of the step instead of right after each gradient.
     #[arg(long)]
     no_reorder: bool,
+    /// Refuse a plan whose memory (arena and weights) exceeds this many bytes (suffixes K, M, G;
+    /// default: the machine's physical memory).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    memory_budget: Option<u64>,
 }
 
 /// A plan, the weights to use with it, and the data to run it on (eval, infer).
@@ -162,8 +172,8 @@ struct TrainedModel {
 }
 
 impl TrainedModel {
-    fn open(&self, need_targets: bool) -> Result<(Session, Dataset), PockError> {
-        let mut s = Session::load(&self.plan, self.run.session_options())?;
+    fn open(&self, need_targets: bool, quiet: bool) -> Result<(Session, Dataset), PockError> {
+        let mut s = self.run.load(&self.plan, quiet)?;
         if let Some(w) = &self.weights {
             s.load_weights(w)?;
         }
@@ -174,53 +184,83 @@ impl TrainedModel {
 
 #[derive(Args, Clone)]
 struct RunArgs {
-    /// Threads for the matrix products (default 1: only gemm runs in parallel so far, which did not pay off on 2 cores).
+    /// Threads for the matrix products, 1 to the number of cores (default 1: only gemm runs in parallel so far, which did not pay off on 2 cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Refuse a plan whose arena exceeds this many bytes (suffixes K, M, G; default: the machine's physical memory).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    memory_budget: Option<u64>,
 }
 
 impl RunArgs {
-    fn session_options(&self) -> SessionOptions {
+    /// The session options, saying on stderr when `--threads` is outside `1..=cores`.
+    fn session_options(&self, quiet: bool) -> SessionOptions {
         let mut o = SessionOptions::default();
         if let Some(t) = self.threads {
-            o.threads = t.max(1);
+            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            o.threads = t.clamp(1, cores);
+            if o.threads != t {
+                progress(quiet, format!("note: --threads {t} is outside 1..={cores} (the cores of this machine); using {}", o.threads));
+            }
         }
         o
     }
+
+    fn load(&self, plan: &Path, quiet: bool) -> Result<Session, PockError> {
+        Ok(Session::load_with_budget(plan, self.session_options(quiet), self.memory_budget)?)
+    }
+}
+
+/// A byte count with an optional K, M or G suffix (powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&t[..i], 10),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&t[..i], 20),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'g') => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits.trim().parse().map_err(|_| format!("'{s}' is not a byte count such as 1048576, 512M or 2G"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| format!("'{s}' is more bytes than fit in 64 bits"))
 }
 
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 struct TrainArgs {
     plan: PathBuf,
     /// Training data (.npz with x and y).
     #[arg(long)]
     data: PathBuf,
+    /// Epochs to train; with --resume, a run stopped inside an epoch finishes it as the first of these.
     #[arg(long, default_value_t = 1)]
     epochs: u64,
-    /// Learning rate (default: the one given at compile time).
+    /// Learning rate, finite and > 0 (default: the checkpoint's with --resume, else the one given at compile time).
     #[arg(long)]
     lr: Option<f32>,
-    /// constant | step:every=N,gamma=G | cosine[:total=N,min=LR]; add warmup=N to any.
-    #[arg(long, default_value = "constant")]
-    lr_schedule: String,
-    /// Seed of the per-epoch shuffling.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Continue from a checkpoint (weights, optimizer state, step counters).
+    /// constant | step:every=N,gamma=G | cosine[:total=N,min=LR]; add warmup=N to any (default: the checkpoint's with --resume, else constant).
+    #[arg(long)]
+    lr_schedule: Option<String>,
+    /// Seed of the per-epoch shuffling (default: the checkpoint's with --resume, else 0).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Continue from a checkpoint (weights, optimizer state, step counters, learning rate and schedule).
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// Write a checkpoint (safetensors) at the end.
+    /// Write a checkpoint (safetensors) at the end of every epoch, on SIGINT/SIGTERM, and every --save-every steps.
     #[arg(long)]
     save: Option<PathBuf>,
-    /// Write one JSON object per step: step, epoch, loss, lr, ms.
+    /// Also write the --save checkpoint every N micro-batches.
+    #[arg(long, value_name = "N", requires = "save")]
+    save_every: Option<u64>,
+    /// Write one JSON object per step: step, epoch, loss, lr, ms (appended with --resume).
     #[arg(long)]
     log_json: Option<PathBuf>,
     /// Evaluate on this .npz after each epoch.
     #[arg(long)]
     eval_data: Option<PathBuf>,
-    /// No progress bar or per-epoch lines.
-    #[arg(long, short)]
-    quiet: bool,
+    /// Stop when a loss exceeds X times the first epoch's median loss (0 turns the check off).
+    #[arg(long, value_name = "X", default_value_t = 100.0)]
+    max_loss_growth: f64,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -232,14 +272,36 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let msg = e.to_string().replace('\n', " ");
-            eprintln!("error: {msg}");
-            ExitCode::FAILURE
+            // Nothing useful can be done if stderr is gone too.
+            let _ = writeln!(std::io::stderr(), "error: {msg}");
+            match e {
+                // The shell's convention for a run stopped by a signal.
+                PockError::Interrupted { .. } => ExitCode::from(130),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PockError + '_ {
     move |source| PockError::Io { path: path.display().to_string(), source }
+}
+
+/// Prints a result on stdout, failing loudly (not panicking) when stdout cannot be written.
+fn out(text: &str) -> Result<(), PockError> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+        .map_err(|source| PockError::Io { path: "standard output".into(), source })
+}
+
+/// Prints progress on stderr unless `--quiet`. Progress that cannot be shown is dropped rather
+/// than ending the run (`eprintln!` would panic), since results and files do not depend on it.
+fn progress(quiet: bool, text: impl std::fmt::Display) {
+    if !quiet {
+        let _ = writeln!(std::io::stderr(), "{text}");
+    }
 }
 
 /// Loads an .npz and checks it against the plan, naming the file in any mismatch.
@@ -253,61 +315,153 @@ fn load_data(session: &Session, path: &Path, need_targets: bool) -> Result<Datas
 }
 
 fn run(cli: Cli) -> Result<(), PockError> {
+    let quiet = cli.quiet;
     match cli.command {
-        Command::Compile(a) => compile(a),
+        Command::Compile(a) => compile(a, quiet),
         Command::Inspect { plan, json, ops } => {
             let bytes = std::fs::read(&plan).map_err(io_err(&plan))?;
             let (p, _) =
                 pock::engine::decode_plan(&bytes).map_err(|source| pock::engine::SessionError::Format { path: plan.clone(), source })?;
             let r = pock::inspect::report(&p);
             if json {
-                println!("{}", serde_json::to_string_pretty(&r).expect("report serialises"));
+                let text =
+                    serde_json::to_string_pretty(&r).map_err(|e| PockError::Io { path: "standard output".into(), source: e.into() })?;
+                out(&format!("{text}\n"))
             } else {
-                print!("{}", pock::inspect::table(&p, &r, ops));
+                out(&pock::inspect::table(&p, &r, ops))
             }
-            Ok(())
         }
-        Command::Train(a) => train(a),
+        Command::Train(a) => train(a, quiet),
         Command::Eval { model, json } => {
-            let (mut s, d) = model.open(true)?;
+            let (mut s, d) = model.open(true, quiet)?;
             let r = pock::train::evaluate(&mut s, &d)?;
             if json {
-                println!("{}", serde_json::to_string(&r).expect("report serialises"));
+                let text = serde_json::to_string(&r).map_err(|e| PockError::Io { path: "standard output".into(), source: e.into() })?;
+                out(&format!("{text}\n"))
             } else {
                 match r.accuracy {
-                    Some(a) => println!("{} samples: loss {:.6}, accuracy {:.2}%", r.samples, r.loss, 100.0 * a),
-                    None => println!("{} samples: loss {:.6}", r.samples, r.loss),
+                    Some(a) => out(&format!("{} samples: loss {:.6}, accuracy {:.2}%\n", r.samples, r.loss, 100.0 * a)),
+                    None => out(&format!("{} samples: loss {:.6}\n", r.samples, r.loss)),
                 }
             }
-            Ok(())
         }
-        Command::Infer { model, out } => {
-            let (mut s, d) = model.open(false)?;
+        Command::Infer { model, out: path } => {
+            let mut inputs = vec![("plan", model.plan.as_path()), ("data", model.data.as_path())];
+            if let Some(w) = &model.weights {
+                inputs.push(("weights", w.as_path()));
+            }
+            check_outputs(&inputs, &[("--out", path.as_path())])?;
+            let (mut s, d) = model.open(false, quiet)?;
             let (y, shape) = pock::train::predict(&mut s, &d)?;
-            pock::data::write_predictions(&out, &y, &shape)?;
-            eprintln!("wrote {} outputs of shape {:?} to {}", shape[0], &shape[1..], out.display());
-            Ok(())
+            pock::data::write_predictions(&path, &y, &shape)?;
+            out(&format!("wrote {} outputs of shape {} to {}\n", shape[0], pock::inspect::shape_text(&shape[1..]), path.display()))
         }
         Command::Demo { epochs, samples, save_data, run } => {
-            let cfg =
-                pock::demo::DemoConfig { epochs, train_samples: samples, threads: run.session_options().threads, ..Default::default() };
+            let cfg = pock::demo::DemoConfig {
+                epochs,
+                train_samples: samples,
+                threads: run.session_options(quiet).threads,
+                ..Default::default()
+            };
             if let Some(dir) = &save_data {
                 std::fs::create_dir_all(dir).map_err(io_err(dir))?;
                 let (train, test) = pock::demo::datasets(&cfg);
                 train.save_npz(&dir.join("train.npz"))?;
                 test.save_npz(&dir.join("test.npz"))?;
-                println!("wrote {} and {}", dir.join("train.npz").display(), dir.join("test.npz").display());
+                out(&format!("wrote {} and {}\n", dir.join("train.npz").display(), dir.join("test.npz").display()))?;
             }
             let started = Instant::now();
             let mut stdout = std::io::stdout();
             pock::demo::run(&cfg, &mut stdout)?;
-            println!("demo finished in {:.1} s", started.elapsed().as_secs_f64());
-            Ok(())
+            out(&format!("demo finished in {:.1} s\n", started.elapsed().as_secs_f64()))
         }
     }
 }
 
-fn compile(a: CompileArgs) -> Result<(), PockError> {
+/// Checks, before any work, that every output can be written and that none of them names an
+/// input (directly, through a symlink or as a hard link) or another output.
+fn check_outputs(inputs: &[(&str, &Path)], outputs: &[(&str, &Path)]) -> Result<(), PockError> {
+    let mut targets: Vec<(&str, &Path, PathBuf)> = Vec::new();
+    for &(flag, path) in outputs {
+        let target = pock::engine::atomic::check_writable(path)
+            .map_err(|e| PockError::Usage(format!("cannot write {flag} {}: {e}", path.display())))?;
+        for &(what, input) in inputs {
+            if pock::same_file(&target, input) {
+                return Err(PockError::Usage(format!(
+                    "{flag} {} is the {what} file {}; writing it would destroy an input, choose another path",
+                    path.display(),
+                    input.display()
+                )));
+            }
+        }
+        let canonical = canonical_target(&target);
+        if let Some((other, other_path, _)) = targets.iter().find(|(_, _, t)| *t == canonical) {
+            return Err(PockError::Usage(format!(
+                "{flag} {} and {other} {} name the same file; give each output its own path",
+                path.display(),
+                other_path.display()
+            )));
+        }
+        targets.push((flag, path, canonical));
+    }
+    Ok(())
+}
+
+/// An output's resolved target with its directory made absolute, to compare outputs that do
+/// not exist yet.
+fn canonical_target(target: &Path) -> PathBuf {
+    let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match (std::fs::canonicalize(dir), target.file_name()) {
+        (Ok(d), Some(name)) => d.join(name),
+        _ => target.to_path_buf(),
+    }
+}
+
+/// Checks optimizer settings against their valid ranges, naming the range.
+fn check_hyperparameters(a: &CompileArgs) -> Result<(), PockError> {
+    let bad = |flag: &str, value: f32, range: &str| PockError::Usage(format!("{flag} {value} is out of range: it must be {range}"));
+    if !(a.lr.is_finite() && a.lr > 0.0) {
+        return Err(bad("--lr", a.lr, "a finite number > 0"));
+    }
+    if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
+        return Err(bad("--weight-decay", a.weight_decay, "a finite number >= 0"));
+    }
+    match a.optimizer {
+        OptimizerArg::Sgd => {
+            if !(0.0..1.0).contains(&a.momentum) {
+                return Err(bad("--momentum", a.momentum, "in [0, 1)"));
+            }
+            if !(0.0..=1.0).contains(&a.dampening) {
+                return Err(bad("--dampening", a.dampening, "in [0, 1]"));
+            }
+            if a.nesterov && (a.momentum == 0.0 || a.dampening != 0.0) {
+                return Err(PockError::Usage("--nesterov needs --momentum > 0 and --dampening 0 (as in torch.optim.SGD)".into()));
+            }
+        }
+        OptimizerArg::Adam | OptimizerArg::Adamw => {
+            if !(0.0..1.0).contains(&a.beta1) {
+                return Err(bad("--beta1", a.beta1, "in [0, 1)"));
+            }
+            if !(0.0..1.0).contains(&a.beta2) {
+                return Err(bad("--beta2", a.beta2, "in [0, 1)"));
+            }
+            if !(a.eps.is_finite() && a.eps > 0.0) {
+                return Err(bad("--eps", a.eps, "a finite number > 0"));
+            }
+        }
+    }
+    if let Some(c) = a.clip_grad_norm {
+        if !(c.is_finite() && c > 0.0) {
+            return Err(bad("--clip-grad-norm", c, "a finite number > 0"));
+        }
+    }
+    if a.accumulate == 0 {
+        return Err(PockError::Usage("--accumulate 0 is out of range: it must be at least 1".into()));
+    }
+    Ok(())
+}
+
+fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
     let optimizer = match a.optimizer {
         OptimizerArg::Sgd => {
             OptimizerKind::Sgd { momentum: a.momentum, dampening: a.dampening, nesterov: a.nesterov, weight_decay: a.weight_decay }
@@ -318,6 +472,8 @@ fn compile(a: CompileArgs) -> Result<(), PockError> {
     if !matches!(a.optimizer, OptimizerArg::Sgd) && (a.momentum != 0.0 || a.nesterov || a.dampening != 0.0) {
         return Err(PockError::Usage("--momentum, --dampening and --nesterov apply to --optimizer sgd only".into()));
     }
+    check_hyperparameters(&a)?;
+    check_outputs(&[], &[("-o", a.output.as_path())])?;
     let options = CompileOptions {
         optimizer,
         learning_rate: a.lr,
@@ -332,15 +488,14 @@ fn compile(a: CompileArgs) -> Result<(), PockError> {
     };
     let started = Instant::now();
     let compiled = pock::compile_model(&a.model, a.batch, a.seed, options)?;
+    pock::check_memory(&compiled.plan, a.memory_budget)?;
     let bytes = compiled.to_bytes();
-    // Write then rename, so a plan that a session has mapped is never modified in place.
-    let tmp = a.output.with_extension("pock.tmp");
-    std::fs::write(&tmp, &bytes).and_then(|_| std::fs::rename(&tmp, &a.output)).map_err(io_err(&a.output))?;
+    // Atomic, so a plan that a session has mapped is never modified in place.
+    pock::engine::atomic::write_bytes(&a.output, &bytes).map_err(io_err(&a.output))?;
     let r = pock::inspect::report(&compiled.plan);
-    eprintln!(
-        "compiled {} in {:.2} s -> {} ({}): {} trainable parameters, arena {}, {} forward / {} backward / {} optimizer ops",
-        a.model,
-        started.elapsed().as_secs_f64(),
+    progress(quiet, format!("compiled {} in {:.2} s", a.model, started.elapsed().as_secs_f64()));
+    out(&format!(
+        "wrote {} ({}): {} trainable parameters, arena {}, {} forward / {} backward / {} optimizer ops\n",
         a.output.display(),
         pock::human_bytes(bytes.len() as u64),
         r.trainable_params,
@@ -348,32 +503,162 @@ fn compile(a: CompileArgs) -> Result<(), PockError> {
         r.ops.forward,
         r.ops.backward,
         r.ops.optimizer
-    );
-    Ok(())
+    ))
 }
 
-fn train(a: TrainArgs) -> Result<(), PockError> {
-    let mut session = Session::load(&a.plan, a.run.session_options())?;
+/// What a resumed checkpoint says about the run it came from (written by `train`'s saves).
+struct RunState<'m> {
+    meta: &'m HashMap<String, String>,
+}
+
+impl RunState<'_> {
+    fn get<T: std::str::FromStr>(&self, key: &str) -> Option<T> {
+        self.meta.get(key).and_then(|v| v.parse().ok())
+    }
+}
+
+fn train(a: TrainArgs, quiet: bool) -> Result<(), PockError> {
+    // Every check that can fail comes before the first step: paths, flags, plan, data.
+    let mut inputs = vec![("plan", a.plan.as_path()), ("data", a.data.as_path())];
+    if let Some(e) = &a.eval_data {
+        inputs.push(("eval data", e.as_path()));
+    }
+    let mut outputs = Vec::new();
+    if let Some(p) = &a.save {
+        outputs.push(("--save", p.as_path()));
+    }
+    if let Some(p) = &a.log_json {
+        outputs.push(("--log-json", p.as_path()));
+    }
+    // Saving over the checkpoint resumed from is allowed (it is read whole first, and saves are
+    // atomic), so the log is the only output that may not name it.
+    let mut log_inputs = inputs.clone();
     if let Some(r) = &a.resume {
-        session.resume(r)?;
-        eprintln!("resumed from {} at micro-step {} (optimizer step {})", r.display(), session.micro_steps(), session.optimizer_steps());
+        log_inputs.push(("--resume checkpoint", r.as_path()));
+        if let Some(p) = &a.log_json {
+            check_outputs(&log_inputs, &[("--log-json", p.as_path())])?;
+        }
     }
-    let data = load_data(&session, &a.data, true)?;
-    let eval_data = a.eval_data.as_deref().map(|p| load_data(&session, p, true)).transpose()?;
-    let schedule = LrSchedule::parse(&a.lr_schedule)?;
-    let base_lr = a.lr.unwrap_or(session.plan().training.learning_rate);
-    let cfg = TrainConfig { epochs: a.epochs, seed: a.seed, base_lr, schedule };
-    let batch = session.batch();
-    let steps_per_epoch = data.len() / batch;
-    if data.len() % batch != 0 && steps_per_epoch > 0 {
-        eprintln!("note: {} samples per epoch are dropped ({} is not a multiple of the batch {batch})", data.len() % batch, data.len());
+    check_outputs(&inputs, &outputs)?;
+    if let Some(lr) = a.lr {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(PockError::Usage(format!("--lr {lr} is out of range: it must be a finite number > 0")));
+        }
     }
-    let mut log = match &a.log_json {
-        Some(p) => Some(BufWriter::new(File::create(p).map_err(io_err(p))?)),
+    if a.save_every == Some(0) {
+        return Err(PockError::Usage("--save-every 0 is out of range: it must be at least 1".into()));
+    }
+    if !(a.max_loss_growth == 0.0 || (a.max_loss_growth.is_finite() && a.max_loss_growth > 1.0)) {
+        return Err(PockError::Usage(format!(
+            "--max-loss-growth {} is out of range: it must be a finite number > 1, or 0 to turn the check off",
+            a.max_loss_growth
+        )));
+    }
+    if let Some(spec) = &a.lr_schedule {
+        LrSchedule::parse(spec)?;
+    }
+
+    let mut session = a.run.load(&a.plan, quiet)?;
+    let resumed = match &a.resume {
+        Some(r) => {
+            let meta = session.resume(r)?;
+            progress(
+                quiet,
+                format!(
+                    "resumed from {} at micro-step {} (optimizer step {})",
+                    r.display(),
+                    session.micro_steps(),
+                    session.optimizer_steps()
+                ),
+            );
+            Some(meta)
+        }
         None => None,
     };
-    let total = a.epochs * steps_per_epoch as u64;
-    let bar = (!a.quiet && std::io::stderr().is_terminal()).then(|| {
+    let state = resumed.as_ref().map(|meta| RunState { meta });
+    let data = load_data(&session, &a.data, true)?;
+    let eval_data = a.eval_data.as_deref().map(|p| load_data(&session, p, true)).transpose()?;
+
+    // The learning rate, schedule and shuffling seed: the flags, else the checkpoint's, else the
+    // plan's defaults.
+    let from_ckpt = |key: &str| state.as_ref().and_then(|s| s.meta.get(key).cloned());
+    let base_lr = match (a.lr, state.as_ref().and_then(|s| s.get::<f32>("lr_base"))) {
+        (Some(lr), _) => lr,
+        (None, Some(lr)) => lr,
+        (None, None) => session.plan().training.learning_rate,
+    };
+    if !(base_lr.is_finite() && base_lr > 0.0) {
+        return Err(PockError::Usage(format!("the learning rate is {base_lr} (from the checkpoint or the plan); give a finite --lr > 0")));
+    }
+    let schedule_spec = a.lr_schedule.clone().or_else(|| from_ckpt("lr_schedule")).unwrap_or_else(|| "constant".into());
+    let schedule = LrSchedule::parse(&schedule_spec)?;
+    let seed = a.seed.or_else(|| state.as_ref().and_then(|s| s.get("shuffle_seed"))).unwrap_or(0);
+    let span = pock::train::run_span(&session, data.len(), a.epochs)?;
+    let k = session.plan().training.accumulate.max(1) as u64;
+    // A run that was stopped before its end keeps its schedule's horizon, so a cosine decay
+    // continues exactly; a finished run's checkpoint starts a new horizon.
+    let interrupted_before = state.as_ref().is_some_and(|s| s.get::<u64>("run_end_step").is_some_and(|end| end > session.micro_steps()));
+    let schedule_end = match state.as_ref().and_then(|s| s.get::<u64>("lr_schedule_end")) {
+        Some(end) if interrupted_before && a.lr_schedule.is_none() => end,
+        _ => span.end_step / k,
+    };
+    if let Some(s) = &state {
+        if let Some(spe) = s.get::<u64>("steps_per_epoch").filter(|&spe| spe != span.steps_per_epoch) {
+            progress(
+                quiet,
+                format!(
+                    "note: the checkpoint was written with {spe} steps per epoch and this data gives {}; epochs are counted from micro-step {}",
+                    span.steps_per_epoch,
+                    session.micro_steps()
+                ),
+            );
+        }
+        progress(quiet, format!("continuing with learning rate {base_lr}, schedule {schedule}, shuffling seed {seed}"));
+    }
+    let first_lr = schedule.rate(base_lr, session.optimizer_steps(), schedule_end);
+    let last_lr = schedule.rate(base_lr, (span.end_step / k).saturating_sub(1), schedule_end);
+    if last_lr == 0.0 || first_lr == 0.0 {
+        progress(
+            quiet,
+            format!("warning: the schedule {schedule} reaches learning rate 0 within this run (from {first_lr} to {last_lr}); those steps change nothing"),
+        );
+    }
+    let batch = session.batch();
+    if data.len() % batch != 0 {
+        progress(
+            quiet,
+            format!("note: {} samples per epoch are dropped ({} is not a multiple of the batch {batch})", data.len() % batch, data.len()),
+        );
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal ends the process at once, for a user who does not want to wait for
+        // the step and the checkpoint.
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop)).map_err(io_err(Path::new("signal handler")))?;
+        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(io_err(Path::new("signal handler")))?;
+    }
+    let cfg = TrainConfig {
+        schedule_end: Some(schedule_end),
+        divergence: DivergenceGuard { growth: (a.max_loss_growth > 0.0).then_some(a.max_loss_growth), ..DivergenceGuard::default() },
+        stop: Some(Arc::clone(&stop)),
+        ..TrainConfig::new(a.epochs, seed, base_lr, schedule)
+    };
+
+    let mut log = match &a.log_json {
+        Some(p) => {
+            let mut o = std::fs::OpenOptions::new();
+            if a.resume.is_some() {
+                o.append(true).create(true);
+            } else {
+                o.write(true).create(true).truncate(true);
+            }
+            Some(o.open(p).map_err(io_err(p))?)
+        }
+        None => None,
+    };
+    let total = span.end_step - span.start_step;
+    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(total);
         b.set_style(
             indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  epoch {prefix}  {msg}  [{elapsed_precise}<{eta_precise}]")
@@ -381,19 +666,46 @@ fn train(a: TrainArgs) -> Result<(), PockError> {
         );
         b
     });
-    let mut log_error = None;
-    let on_step = |r: &pock::train::StepRecord| {
-        if let Some(w) = log.as_mut() {
-            if let Err(e) = serde_json::to_writer(&mut *w, r).map_err(std::io::Error::from).and_then(|_| w.write_all(b"\n")) {
-                log_error.get_or_insert(e);
-            }
+    let spe = span.steps_per_epoch;
+    let run_end_step = span.end_step;
+    let save_state = |session: &Session| -> Result<Option<u64>, PockError> {
+        let Some(p) = &a.save else { return Ok(None) };
+        let step = session.micro_steps();
+        let extra = [
+            ("lr_base", base_lr.to_string()),
+            ("lr_schedule", schedule_spec.clone()),
+            ("lr_schedule_end", schedule_end.to_string()),
+            ("shuffle_seed", seed.to_string()),
+            ("epoch", (step / spe).to_string()),
+            ("step_in_epoch", (step % spe).to_string()),
+            ("steps_per_epoch", spe.to_string()),
+            ("run_end_step", run_end_step.to_string()),
+        ];
+        session.save_with(p, &extra)?;
+        Ok(Some(step))
+    };
+    let mut last_saved: Option<u64> = None;
+    let save_every = a.save_every;
+    let mut on_step = |session: &mut Session, r: &pock::train::StepRecord| -> Result<(), PockError> {
+        if let (Some(f), Some(p)) = (log.as_mut(), a.log_json.as_ref()) {
+            // One write per line, so the log only ever ends with a whole line.
+            let mut line = serde_json::to_string(r).map_err(|e| PockError::Io { path: p.display().to_string(), source: e.into() })?;
+            line.push('\n');
+            f.write_all(line.as_bytes()).map_err(io_err(p))?;
         }
         if let Some(b) = &bar {
             b.inc(1);
             b.set_prefix(format!("{}", r.epoch + 1));
             b.set_message(format!("loss {:.4} lr {:.3e} {:.1} ms/step", r.loss, r.lr, r.ms));
         }
+        // A checkpoint is only written from a finite loss, so it never replaces a good one
+        // with the state of a diverging run.
+        if save_every.is_some_and(|n| r.step.is_multiple_of(n)) && r.loss.is_finite() && !r.diverging {
+            last_saved = save_state(session)?.or(last_saved);
+        }
+        Ok(())
     };
+    let mut epoch_saved: Option<u64> = None;
     let on_epoch = |session: &mut Session, e: &pock::train::EpochRecord| -> Result<(), PockError> {
         let mut line = format!("epoch {}: train loss {:.4}, {:.2} ms/step", e.epoch + 1, e.mean_loss, e.ms_per_step);
         if let Some(d) = &eval_data {
@@ -403,33 +715,59 @@ fn train(a: TrainArgs) -> Result<(), PockError> {
                 line += &format!(", eval accuracy {:.2}%", 100.0 * acc);
             }
         }
+        if e.mean_loss.is_finite() {
+            epoch_saved = save_state(session)?.or(epoch_saved);
+        }
         match &bar {
             Some(b) => b.println(line),
-            None if !a.quiet => eprintln!("{line}"),
-            None => {}
+            None => progress(quiet, line),
         }
         Ok(())
     };
-    let summary = pock::train::train_epochs(&mut session, &data, &cfg, on_step, on_epoch)?;
+    let result = pock::train::train_epochs(&mut session, &data, &cfg, &mut on_step, on_epoch);
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    if let Some(e) = log_error {
-        return Err(PockError::Io { path: a.log_json.as_ref().expect("log set").display().to_string(), source: e });
+    if let (Some(f), Some(p)) = (log.as_mut(), a.log_json.as_ref()) {
+        f.sync_all().map_err(io_err(p))?;
     }
-    if let Some(mut w) = log {
-        w.flush().map_err(io_err(a.log_json.as_ref().expect("log set")))?;
+    let last_saved = last_saved.max(epoch_saved);
+    let summary = match result {
+        Ok(s) => s,
+        Err(e @ PockError::Diverged { .. }) => {
+            let note = match (&a.save, last_saved) {
+                (Some(p), Some(step)) => format!("the last checkpoint, {} at step {step}, is from before the divergence", p.display()),
+                _ => "no checkpoint was written".into(),
+            };
+            return Err(PockError::Stopped { error: Box::new(e), note });
+        }
+        Err(e) => return Err(e),
+    };
+    let step = session.micro_steps();
+    if last_saved != Some(step) {
+        save_state(&session)?;
     }
-    if let Some(p) = &a.save {
-        session.save(p)?;
+    if summary.interrupted {
+        let remaining = summary.end_step.div_ceil(spe) - step / spe;
+        let how = match &a.save {
+            Some(p) => format!(
+                "saved {} at step {step}; continue with: pock train {} --data {} --resume {} --save {} --epochs {remaining}",
+                p.display(),
+                a.plan.display(),
+                a.data.display(),
+                p.display(),
+                p.display()
+            ),
+            None => "nothing was saved because --save was not given; pass --save FILE to make a run resumable".into(),
+        };
+        return Err(PockError::Interrupted { step, message: how });
     }
-    eprintln!(
-        "trained {} epoch(s), {} steps, {:.2} ms/step; final epoch loss {:.4}{}",
+    out(&format!(
+        "trained {} epoch(s), {} steps, {:.2} ms/step; final epoch loss {:.4}{}\n",
         summary.epoch_losses.len(),
         summary.steps,
         summary.mean_ms,
         summary.epoch_losses.last().copied().unwrap_or(f64::NAN),
         a.save.as_ref().map(|p| format!("; saved {}", p.display())).unwrap_or_default()
-    );
-    Ok(())
+    ))
 }

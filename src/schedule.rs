@@ -61,12 +61,22 @@ impl LrSchedule {
                 if every == 0 {
                     return Err(fail("every must be at least 1".into()));
                 }
+                if !(gamma.is_finite() && gamma > 0.0) {
+                    return Err(fail(format!("gamma={gamma} is out of range: it must be a finite number > 0")));
+                }
                 ScheduleKind::Step { every, gamma }
             }
-            "cosine" => ScheduleKind::Cosine {
-                total: num::<u64>("total", take("total"), &fail)?,
-                min: num::<f32>("min", take("min"), &fail)?.unwrap_or(0.0),
-            },
+            "cosine" => {
+                let total = num::<u64>("total", take("total"), &fail)?;
+                let min = num::<f32>("min", take("min"), &fail)?.unwrap_or(0.0);
+                if total == Some(0) {
+                    return Err(fail("total=0 would train at the minimum rate from the first step; total must be at least 1".into()));
+                }
+                if !(min.is_finite() && min >= 0.0) {
+                    return Err(fail(format!("min={min} is out of range: it must be a finite number >= 0")));
+                }
+                ScheduleKind::Cosine { total, min }
+            }
             other => return Err(fail(format!("unknown schedule '{other}'"))),
         };
         if let Some((k, _)) = keys.first() {
@@ -142,6 +152,11 @@ mod tests {
             ("step:every=x", "not a valid number"),
             ("cosine:foo=1", "unknown key"),
             ("step:every=0", "at least 1"),
+            ("cosine:total=0", "at least 1"),
+            ("cosine:min=nan", "finite"),
+            ("cosine:min=-1", ">= 0"),
+            ("step:every=3,gamma=0", "> 0"),
+            ("step:every=3,gamma=inf", "finite"),
         ] {
             let e = LrSchedule::parse(spec).unwrap_err().to_string();
             assert!(e.contains(needle), "{spec}: {e}");

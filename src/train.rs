@@ -4,6 +4,8 @@
 //! dropped (the caller is told how many samples that is). Evaluation and inference pad the last
 //! batch by repeating its final row and discard the padded results.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use pock_engine::plan::Loss;
@@ -20,6 +22,87 @@ pub struct TrainConfig {
     pub seed: u64,
     pub base_lr: f32,
     pub schedule: LrSchedule,
+    /// The optimizer step at which the schedule's run ends (the cosine horizon when the schedule
+    /// names no `total`); `None`: the end of this run. A resumed run that was interrupted passes
+    /// the original run's end so the schedule continues exactly.
+    pub schedule_end: Option<u64>,
+    pub divergence: DivergenceGuard,
+    /// Set (by a signal handler, say) to stop after the current step; the run then returns
+    /// normally with [`TrainSummary::interrupted`] set.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+impl TrainConfig {
+    pub fn new(epochs: u64, seed: u64, base_lr: f32, schedule: LrSchedule) -> Self {
+        TrainConfig { epochs, seed, base_lr, schedule, schedule_end: None, divergence: DivergenceGuard::default(), stop: None }
+    }
+}
+
+/// When a run counts as diverged and stops.
+#[derive(Clone, Copy, Debug)]
+pub struct DivergenceGuard {
+    /// Stop when a loss exceeds this multiple of the median loss of the first epoch of the run
+    /// (of its first [`REFERENCE_STEPS`] steps at most). Until that epoch ends, the median of its
+    /// steps so far is used, from the second step on: a run that explodes does so in its first
+    /// steps, and a median taken after the explosion would excuse it. `None` turns the check off.
+    pub growth: Option<f64>,
+    /// Stop after this many consecutive non-finite losses.
+    pub nonfinite_steps: u32,
+}
+
+/// Losses of the first epoch that form the divergence reference, at most.
+pub const REFERENCE_STEPS: usize = 1000;
+
+impl Default for DivergenceGuard {
+    fn default() -> Self {
+        // Without the in-plan skip of non-finite updates, a non-finite loss has already poisoned
+        // the parameters; three steps tell a single bad batch in the log from a dead run.
+        DivergenceGuard { growth: Some(100.0), nonfinite_steps: 3 }
+    }
+}
+
+/// Tracks the losses of a run against [`DivergenceGuard`].
+struct DivergenceWatch {
+    guard: DivergenceGuard,
+    reference: Vec<f32>,
+    reference_complete: bool,
+    median: Option<f32>,
+    nonfinite_streak: u32,
+}
+
+impl DivergenceWatch {
+    fn new(guard: DivergenceGuard, steps_per_epoch: u64) -> Self {
+        let cap = REFERENCE_STEPS.min(steps_per_epoch as usize);
+        DivergenceWatch { guard, reference: Vec::with_capacity(cap), reference_complete: false, median: None, nonfinite_streak: 0 }
+    }
+
+    /// Freezes the reference at the end of the run's first epoch.
+    fn end_first_epoch(&mut self) {
+        self.reference_complete = true;
+    }
+
+    /// Returns why the run diverged, if it did.
+    fn check(&mut self, loss: f32) -> Option<String> {
+        if !loss.is_finite() {
+            self.nonfinite_streak += 1;
+            return (self.nonfinite_streak >= self.guard.nonfinite_steps.max(1))
+                .then(|| format!("the loss has not been a finite number for {} consecutive steps", self.nonfinite_streak));
+        }
+        self.nonfinite_streak = 0;
+        let growth = self.guard.growth?;
+        if let Some(median) = self.median {
+            if median > 0.0 && loss as f64 > growth * median as f64 {
+                return Some(format!("the loss grew past {growth} times the first epoch's median loss {median:.4}"));
+            }
+        }
+        if !self.reference_complete && self.reference.len() < self.reference.capacity() {
+            self.reference.push(loss);
+            let mut sorted = self.reference.clone();
+            sorted.sort_by(f32::total_cmp);
+            self.median = Some(sorted[sorted.len() / 2]);
+        }
+        None
+    }
 }
 
 /// One training step, as reported to the caller (and written by `--log-json`).
@@ -33,6 +116,9 @@ pub struct StepRecord {
     pub loss: f32,
     pub lr: f32,
     pub ms: f64,
+    /// This step's loss ends the run as diverged (the step is still reported, to be logged).
+    #[serde(skip)]
+    pub diverging: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -43,6 +129,13 @@ pub struct TrainSummary {
     /// Mean training loss of each epoch of this run.
     pub epoch_losses: Vec<f64>,
     pub mean_ms: f64,
+    /// The run stopped early because [`TrainConfig::stop`] was set.
+    pub interrupted: bool,
+    /// Micro-batches trained before this run, and the micro-batch at which it was to end.
+    pub start_step: u64,
+    pub end_step: u64,
+    /// The optimizer step at which the schedule's run ends (see [`TrainConfig::schedule_end`]).
+    pub schedule_end: u64,
 }
 
 /// What a plan expects of a dataset.
@@ -99,62 +192,135 @@ pub struct EpochRecord {
     pub ms_per_step: f64,
 }
 
+/// Where a run starts and ends, in micro-batches, and how many optimizer steps it takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunSpan {
+    pub steps_per_epoch: u64,
+    pub start_step: u64,
+    pub end_step: u64,
+    pub optimizer_steps: u64,
+}
+
+/// The span of a run of `epochs` epochs from the session's counters: a run that resumes in the
+/// middle of an epoch finishes that epoch as the first of its `epochs`, so the same command with
+/// `--resume` ends where the interrupted run would have. Errors when the run would take no
+/// optimizer step.
+pub fn run_span(session: &Session, data_len: usize, epochs: u64) -> Result<RunSpan, PockError> {
+    let batch = session.batch();
+    let steps_per_epoch = (data_len / batch) as u64;
+    if steps_per_epoch == 0 {
+        return Err(PockError::Usage(format!(
+            "the dataset has {data_len} samples, fewer than one batch of {batch}; use more data or compile with a smaller --batch"
+        )));
+    }
+    if epochs == 0 {
+        return Err(PockError::Usage("--epochs 0 trains nothing; give at least 1".into()));
+    }
+    let start_step = session.micro_steps();
+    let end_step = (start_step / steps_per_epoch)
+        .checked_add(epochs)
+        .and_then(|e| e.checked_mul(steps_per_epoch))
+        .ok_or_else(|| PockError::Usage(format!("--epochs {epochs} is too large to count steps for")))?;
+    let k = session.plan().training.accumulate.max(1) as u64;
+    let optimizer_steps = end_step / k - start_step / k;
+    if optimizer_steps == 0 {
+        return Err(PockError::Usage(format!(
+            "this run would take no optimizer step: {} micro-batches of {batch} ({epochs} epoch(s) of {steps_per_epoch}) is fewer than the {k} the plan accumulates per step; train for more epochs, use more data, or compile with a smaller --accumulate",
+            end_step - start_step
+        )));
+    }
+    Ok(RunSpan { steps_per_epoch, start_step, end_step, optimizer_steps })
+}
+
 /// Trains for `cfg.epochs` epochs, continuing from the session's counters (after a resume, the
 /// epoch numbering and the shuffling continue where they stopped).
 pub fn train(
     session: &mut Session,
     data: &Dataset,
     cfg: &TrainConfig,
-    on_step: impl FnMut(&StepRecord),
+    mut on_step: impl FnMut(&StepRecord),
 ) -> Result<TrainSummary, PockError> {
-    train_epochs(session, data, cfg, on_step, |_, _| Ok(()))
+    train_epochs(
+        session,
+        data,
+        cfg,
+        |_, r| {
+            on_step(r);
+            Ok(())
+        },
+        |_, _| Ok(()),
+    )
 }
 
-/// [`train`] with a callback after every epoch that is lent the session (to evaluate, say).
+/// [`train`] with callbacks lent the session after every step (to checkpoint, say) and after
+/// every epoch (to evaluate).
 pub fn train_epochs(
     session: &mut Session,
     data: &Dataset,
     cfg: &TrainConfig,
-    mut on_step: impl FnMut(&StepRecord),
+    mut on_step: impl FnMut(&mut Session, &StepRecord) -> Result<(), PockError>,
     mut on_epoch: impl FnMut(&mut Session, &EpochRecord) -> Result<(), PockError>,
 ) -> Result<TrainSummary, PockError> {
     check_data(session, data, true)?;
+    let span = run_span(session, data.len(), cfg.epochs)?;
     let batch = session.batch();
-    let steps_per_epoch = data.train_batches(batch) as u64;
-    if steps_per_epoch == 0 {
-        return Err(PockError::Usage(format!(
-            "the dataset has {} samples, fewer than one batch of {batch}; use more data or compile with a smaller --batch",
-            data.len()
-        )));
-    }
-    let k = session.plan().training.accumulate as u64;
+    let steps_per_epoch = span.steps_per_epoch;
+    let k = session.plan().training.accumulate.max(1) as u64;
+    let schedule_end = cfg.schedule_end.unwrap_or(span.end_step / k);
     let kind = target_kind(session);
     let mut buffers = BatchBuffers::new(session);
-    let start_epoch = session.micro_steps() / steps_per_epoch;
-    let run_end = session.optimizer_steps() + cfg.epochs * steps_per_epoch / k;
+    let mut watch = DivergenceWatch::new(cfg.divergence, steps_per_epoch);
     let mut epoch_losses = Vec::new();
-    let (mut total_ms, mut steps) = (0.0, 0u64);
-    for epoch in start_epoch..start_epoch + cfg.epochs {
+    let (mut total_ms, mut steps, mut interrupted) = (0.0, 0u64, false);
+    let mut step = span.start_step;
+    'epochs: while step < span.end_step {
+        let epoch = step / steps_per_epoch;
         let order = data.epoch_order(cfg.seed, epoch);
-        let (mut sum, mut epoch_ms) = (0.0f64, 0.0f64);
-        for b in 0..steps_per_epoch as usize {
+        let (mut sum, mut epoch_ms, mut epoch_steps) = (0.0f64, 0.0f64, 0u64);
+        for b in (step % steps_per_epoch) as usize..steps_per_epoch as usize {
             let idx = &order[b * batch..(b + 1) * batch];
-            let lr = cfg.schedule.rate(cfg.base_lr, session.optimizer_steps(), run_end);
+            let lr = cfg.schedule.rate(cfg.base_lr, session.optimizer_steps(), schedule_end);
+            if !lr.is_finite() || lr < 0.0 {
+                return Err(PockError::LearningRate {
+                    step: session.micro_steps() + 1,
+                    lr,
+                    detail: format!("from base rate {} and schedule {}", cfg.base_lr, cfg.schedule),
+                });
+            }
             session.set_learning_rate(lr);
             let started = Instant::now();
             buffers.fill(data, idx, &kind);
             let loss = session.train_step(&buffers.x, buffers.targets(&kind))?;
             let ms = started.elapsed().as_secs_f64() * 1e3;
-            if !loss.is_finite() {
-                return Err(PockError::Diverged { step: session.micro_steps(), loss });
+            step += 1;
+            let mut record = StepRecord {
+                step: session.micro_steps(),
+                optimizer_step: session.optimizer_steps(),
+                epoch,
+                loss,
+                lr,
+                ms,
+                diverging: false,
+            };
+            if let Some(reason) = watch.check(loss) {
+                record.diverging = true;
+                on_step(session, &record)?;
+                return Err(PockError::Diverged { step: session.micro_steps(), loss, lr, reason });
             }
             sum += loss as f64;
             epoch_ms += ms;
+            epoch_steps += 1;
             steps += 1;
-            on_step(&StepRecord { step: session.micro_steps(), optimizer_step: session.optimizer_steps(), epoch, loss, lr, ms });
+            on_step(session, &record)?;
+            if cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+                total_ms += epoch_ms;
+                interrupted = true;
+                break 'epochs;
+            }
         }
+        watch.end_first_epoch();
         total_ms += epoch_ms;
-        let record = EpochRecord { epoch, mean_loss: sum / steps_per_epoch as f64, ms_per_step: epoch_ms / steps_per_epoch as f64 };
+        let record = EpochRecord { epoch, mean_loss: sum / epoch_steps as f64, ms_per_step: epoch_ms / epoch_steps as f64 };
         epoch_losses.push(record.mean_loss);
         on_epoch(session, &record)?;
     }
@@ -164,6 +330,10 @@ pub fn train_epochs(
         dropped_per_epoch: data.len() % batch,
         epoch_losses,
         mean_ms: total_ms / steps.max(1) as f64,
+        interrupted,
+        start_step: span.start_step,
+        end_step: span.end_step,
+        schedule_end,
     })
 }
 
@@ -230,4 +400,55 @@ pub fn predict(session: &mut Session, data: &Dataset) -> Result<(Vec<f32>, Vec<u
     let mut shape = out_shape;
     shape[0] = data.len();
     Ok((all, shape))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first_stop(guard: DivergenceGuard, steps_per_epoch: u64, losses: &[f32]) -> Option<(usize, String)> {
+        let mut w = DivergenceWatch::new(guard, steps_per_epoch);
+        for (i, &l) in losses.iter().enumerate() {
+            if i as u64 == steps_per_epoch {
+                w.end_first_epoch();
+            }
+            if let Some(reason) = w.check(l) {
+                return Some((i, reason));
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn an_exploding_loss_stops_at_its_first_jump() {
+        // zoo:cnn at --lr 1e6: 1.43, then 1.9e9.
+        let (i, reason) = first_stop(DivergenceGuard::default(), 16, &[1.43, 1.9e9, 3.5e18]).unwrap();
+        assert_eq!(i, 1);
+        assert!(reason.contains("100 times the first epoch's median loss 1.43"), "{reason}");
+    }
+
+    #[test]
+    fn ordinary_training_does_not_stop() {
+        // Decreasing with noise, and later epochs far below the first epoch's median.
+        let losses: Vec<f32> = (0..200).map(|i| 2.3 / (1.0 + i as f32 * 0.1) * if i % 7 == 0 { 3.0 } else { 1.0 }).collect();
+        assert_eq!(first_stop(DivergenceGuard::default(), 20, &losses), None);
+    }
+
+    #[test]
+    fn growth_after_the_first_epoch_is_judged_against_its_median() {
+        let mut losses = vec![1.0f32; 10];
+        losses.extend([50.0, 99.0, 101.0]);
+        let (i, _) = first_stop(DivergenceGuard::default(), 10, &losses).unwrap();
+        assert_eq!(i, 12);
+        assert_eq!(first_stop(DivergenceGuard { growth: None, ..Default::default() }, 10, &losses), None);
+    }
+
+    #[test]
+    fn non_finite_losses_stop_after_k_in_a_row() {
+        let g = DivergenceGuard { growth: None, nonfinite_steps: 3 };
+        assert_eq!(first_stop(g, 10, &[1.0, f32::NAN, f32::NAN, 1.0, f32::NAN, f32::NAN]), None);
+        let (i, reason) = first_stop(g, 10, &[1.0, f32::NAN, f32::INFINITY, f32::NAN]).unwrap();
+        assert_eq!(i, 3);
+        assert!(reason.contains("3 consecutive steps"), "{reason}");
+    }
 }

@@ -21,7 +21,7 @@ fn mlp_separates_blobs() {
     let train_set = pock::synth::blobs(1024, 8, 4, 1);
     let test_set = pock::synth::blobs(512, 8, 4, 2);
     let before = evaluate(&mut s, &test_set).unwrap();
-    let cfg = TrainConfig { epochs: 5, seed: 0, base_lr: 0.05, schedule: LrSchedule::parse("constant").unwrap() };
+    let cfg = TrainConfig::new(5, 0, 0.05, LrSchedule::parse("constant").unwrap());
     let summary = train(&mut s, &train_set, &cfg, |_| {}).unwrap();
     let after = evaluate(&mut s, &test_set).unwrap();
     let acc = after.accuracy.unwrap();
@@ -40,7 +40,7 @@ fn mlp_regression_fits_a_linear_map() {
     let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: false }).unwrap();
     let data = pock::synth::regression(512, 6, 2, 3);
     let before = evaluate(&mut s, &data).unwrap();
-    let cfg = TrainConfig { epochs: 20, seed: 0, base_lr: 0.01, schedule: LrSchedule::parse("constant").unwrap() };
+    let cfg = TrainConfig::new(20, 0, 0.01, LrSchedule::parse("constant").unwrap());
     train(&mut s, &data, &cfg, |_| {}).unwrap();
     let after = evaluate(&mut s, &data).unwrap();
     assert!(after.accuracy.is_none());
@@ -54,7 +54,7 @@ fn cnn_learns_the_demo_shapes() {
     let train_set = pock::synth::shapes(1024, 28, 7);
     let test_set = pock::synth::shapes(256, 28, 8);
     let before = evaluate(&mut s, &test_set).unwrap();
-    let cfg = TrainConfig { epochs: 3, seed: 7, base_lr: 0.05, schedule: LrSchedule::parse("cosine").unwrap() };
+    let cfg = TrainConfig::new(3, 7, 0.05, LrSchedule::parse("cosine").unwrap());
     let summary = train(&mut s, &train_set, &cfg, |_| {}).unwrap();
     let after = evaluate(&mut s, &test_set).unwrap();
     let (b, a) = (before.accuracy.unwrap(), after.accuracy.unwrap());
@@ -80,7 +80,7 @@ fn frozen_batch_norm_fine_tunes_with_fixed_running_statistics() {
     let model = "zoo:cnn:channels=1,size=16,classes=4,width=8";
     let data = pock::synth::shapes(256, 16, 3);
     let opts = SessionOptions { threads: 1, reference_kernels: false };
-    let constant = |epochs| TrainConfig { epochs, seed: 0, base_lr: 0.05, schedule: LrSchedule::parse("constant").unwrap() };
+    let constant = |epochs| TrainConfig::new(epochs, 0, 0.05, LrSchedule::parse("constant").unwrap());
     // Pre-train with batch statistics, as a model arrives on a device.
     let pre = pock::compile_model(model, 16, 7, sgd(0.05)).unwrap().to_bytes();
     let mut s = Session::from_bytes(&pre, opts).unwrap();

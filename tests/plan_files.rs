@@ -146,11 +146,14 @@ fn damaged_checkpoints_are_errors() {
     let p = d.join("junk.safetensors");
     std::fs::write(&p, &junk).unwrap();
     assert!(fresh().resume(&p).is_err());
-    // A checkpoint of another model: a clear mismatch naming the tensor.
+    // A checkpoint of another model: resuming names the differing setting, loading weights
+    // names the tensor that does not fit.
     let other = pock::compile_model("zoo:mlp:inputs=4,hidden=9,classes=3", 4, 0, CompileOptions::default()).unwrap().to_bytes();
     let o = Session::from_bytes(&other, SessionOptions::default()).unwrap();
     let op = d.join("other.safetensors");
     o.save(&op).unwrap();
     let e = fresh().resume(&op).unwrap_err().to_string();
+    assert!(e.contains("different plan") && e.contains("hidden=9"), "{e}");
+    let e = fresh().load_weights(&op).unwrap_err().to_string();
     assert!(e.contains("does not match") && e.contains("layers."), "{e}");
 }

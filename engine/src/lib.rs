@@ -15,6 +15,8 @@ pub mod ops;
 pub mod plan;
 
 #[cfg(feature = "std")]
+pub mod atomic;
+#[cfg(feature = "std")]
 pub mod checkpoint;
 #[cfg(feature = "std")]
 pub mod session;

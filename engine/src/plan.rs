@@ -251,3 +251,34 @@ impl Plan {
         .filter_map(|(n, p)| p.map(|p| (n, p)))
     }
 }
+
+/// In words, for messages and `pock inspect`: `SGD (momentum 0.9, nesterov, weight decay 0.0001)`.
+impl core::fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            OptimizerKind::Sgd { momentum, dampening, nesterov, weight_decay } => {
+                write!(f, "SGD (momentum {momentum}, dampening {dampening}, ")?;
+                if nesterov {
+                    write!(f, "nesterov, ")?;
+                }
+                write!(f, "weight decay {weight_decay})")
+            }
+            OptimizerKind::Adam { beta1, beta2, eps, weight_decay } => {
+                write!(f, "Adam (beta1 {beta1}, beta2 {beta2}, eps {eps:e}, weight decay {weight_decay})")
+            }
+            OptimizerKind::AdamW { beta1, beta2, eps, weight_decay } => {
+                write!(f, "AdamW (beta1 {beta1}, beta2 {beta2}, eps {eps:e}, weight decay {weight_decay})")
+            }
+        }
+    }
+}
+
+/// In words: `softmax cross-entropy over 10 classes`, `mean squared error`.
+impl core::fmt::Display for Loss {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Loss::SoftmaxCrossEntropy { classes } => write!(f, "softmax cross-entropy over {classes} classes"),
+            Loss::Mse => write!(f, "mean squared error"),
+        }
+    }
+}

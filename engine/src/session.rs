@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::{self, CheckpointError};
+use crate::checkpoint::{self, Checkpoint, CheckpointError};
 use crate::exec::{Backend, CpuBackend, CpuKernels, ExecError, ProgramKind};
 use crate::format::{decode_plan, FormatError};
 use crate::kernels::cpu::CpuConfig;
@@ -93,6 +93,8 @@ pub struct Session {
     learning_rate: f32,
     optimizer_steps: u64,
     micro_steps: u64,
+    /// [`checkpoint::plan_identity`] of the plan, computed once at load.
+    plan_id: u64,
 }
 
 fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
@@ -108,11 +110,17 @@ fn as_bytes_mut(v: &mut [f32]) -> &mut [u8] {
 impl Session {
     /// Maps a plan file and starts a session on the CPU.
     pub fn load(path: &Path, options: SessionOptions) -> Result<Self, SessionError> {
+        Self::load_with_budget(path, options, None)
+    }
+
+    /// [`Session::load`] that refuses, before allocating the arena, a plan whose arena exceeds
+    /// `budget` bytes (default: the machine's physical memory, where it can be read).
+    pub fn load_with_budget(path: &Path, options: SessionOptions, budget: Option<u64>) -> Result<Self, SessionError> {
         let file = std::fs::File::open(path).map_err(|source| SessionError::Open { path: path.into(), source })?;
         // SAFETY: the map is read only; pock never writes plan files in place (it writes and
         // renames), so the mapped bytes do not change under the session.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| SessionError::Open { path: path.into(), source })?;
-        Self::from_plan_bytes(PlanBytes::Mapped(map), options).map_err(|e| match e {
+        Self::from_plan_bytes_within(PlanBytes::Mapped(map), options, budget).map_err(|e| match e {
             SessionError::Format { source, .. } => SessionError::Format { path: path.into(), source },
             e => e,
         })
@@ -124,8 +132,22 @@ impl Session {
     }
 
     fn from_plan_bytes(bytes: PlanBytes, options: SessionOptions) -> Result<Self, SessionError> {
+        Self::from_plan_bytes_within(bytes, options, None)
+    }
+
+    fn from_plan_bytes_within(bytes: PlanBytes, options: SessionOptions, budget: Option<u64>) -> Result<Self, SessionError> {
         let (plan, range) =
             decode_plan(bytes.as_ref()).map_err(|source| SessionError::Format { path: PathBuf::from("<memory>"), source })?;
+        let (limit, source) = match budget {
+            Some(b) => (Some(b), "the memory budget"),
+            None => (physical_memory(), "this machine's physical memory"),
+        };
+        if let Some(limit) = limit.filter(|&l| plan.arena_bytes > l) {
+            return Err(SessionError::Input(format!(
+                "the plan's arena needs {} bytes, more than {source} of {limit} bytes; compile it with a smaller --batch or model",
+                plan.arena_bytes
+            )));
+        }
         let kernels =
             if options.reference_kernels { CpuKernels::Reference } else { CpuKernels::Fast(CpuConfig { threads: options.threads.max(1) }) };
         let io = interface(&plan)?;
@@ -139,8 +161,9 @@ impl Session {
             plan.weight_bytes,
             kernels
         );
+        let plan_id = checkpoint::plan_identity(&plan);
         let backend = CpuBackend::new(plan, bytes, range, kernels)?;
-        Ok(Session { backend: Box::new(backend), io, learning_rate, optimizer_steps: 0, micro_steps: 0 })
+        Ok(Session { backend: Box::new(backend), io, learning_rate, optimizer_steps: 0, micro_steps: 0, plan_id })
     }
 
     pub fn plan(&self) -> &Plan {
@@ -243,32 +266,86 @@ impl Session {
         Ok(())
     }
 
-    /// Saves weights, optimizer state, running statistics and counters.
+    /// Saves weights, optimizer state, running statistics, counters, the learning rate and the
+    /// plan's identity, atomically.
     pub fn save(&self, path: &Path) -> Result<(), SessionError> {
-        let meta = HashMap::from([
-            ("optimizer_steps".to_string(), self.optimizer_steps.to_string()),
-            ("micro_steps".to_string(), self.micro_steps.to_string()),
-            ("learning_rate".to_string(), self.learning_rate.to_string()),
-        ]);
+        self.save_with(path, &[])
+    }
+
+    /// [`Session::save`] with extra metadata (the host's schedule and epoch, say), which
+    /// [`Session::resume`] hands back.
+    pub fn save_with(&self, path: &Path, extra: &[(&str, String)]) -> Result<(), SessionError> {
+        if !self.learning_rate.is_finite() {
+            return Err(SessionError::Input(format!(
+                "the learning rate is {}; refusing to save a checkpoint that could not be resumed",
+                self.learning_rate
+            )));
+        }
+        let mut meta: HashMap<String, String> = extra.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        meta.insert("optimizer_steps".into(), self.optimizer_steps.to_string());
+        meta.insert("micro_steps".into(), self.micro_steps.to_string());
+        meta.insert("learning_rate".into(), self.learning_rate.to_string());
+        meta.insert("plan_id".into(), format!("{:016x}", self.plan_id));
+        for (k, v) in checkpoint::plan_settings(self.plan()) {
+            meta.insert(format!("plan.{k}"), v);
+        }
         checkpoint::save(path, self.backend.as_ref(), meta)?;
         Ok(())
     }
 
-    /// Restores everything `save` wrote, so training continues exactly where it stopped.
-    pub fn resume(&mut self, path: &Path) -> Result<(), SessionError> {
-        let meta = checkpoint::load(path, self.backend.as_mut(), &|_| true)?;
-        log::info!("resumed {} from {}", self.plan().model, path.display());
-        let counter = |key: &str| -> Result<u64, SessionError> {
-            meta.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| {
-                SessionError::Checkpoint(CheckpointError::Mismatch {
-                    path: path.into(),
-                    message: format!("metadata '{key}' is missing or not a number"),
+    /// Restores everything `save` wrote, so training continues exactly where it stopped: the
+    /// tensors, the counters and the learning rate. Returns the checkpoint's metadata (with what
+    /// the host added through [`Session::save_with`]).
+    ///
+    /// All or nothing: the plan identity, the metadata and every tensor are checked before the
+    /// session changes, so a failed resume leaves the session as it was.
+    pub fn resume(&mut self, path: &Path) -> Result<HashMap<String, String>, SessionError> {
+        let ckpt = Checkpoint::read(path)?;
+        let meta = ckpt.metadata();
+        let mismatch = |message: String| SessionError::Checkpoint(CheckpointError::Mismatch { path: path.into(), message });
+        if !ckpt.is_resumable() {
+            return Err(mismatch(
+                "it was written by an older pock that did not record the plan's identity; it cannot be resumed from, but --weights still loads its parameters".into(),
+            ));
+        }
+        let stored_id = meta.get("plan_id").and_then(|v| u64::from_str_radix(v, 16).ok());
+        if stored_id != Some(self.plan_id) {
+            let mut differences: Vec<String> = checkpoint::plan_settings(self.plan())
+                .into_iter()
+                .filter_map(|(k, here)| {
+                    let there = meta.get(&format!("plan.{k}"))?;
+                    (*there != here).then(|| format!("{k}: checkpoint {there}, this plan {here}"))
                 })
-            })
+                .collect();
+            if differences.is_empty() {
+                differences.push(format!(
+                    "the same settings but another structure or memory layout: plan identity {} in the checkpoint, {:016x} here",
+                    meta.get("plan_id").map(String::as_str).unwrap_or("missing"),
+                    self.plan_id
+                ));
+            }
+            return Err(SessionError::Checkpoint(CheckpointError::OtherPlan { path: path.into(), differences: differences.join("; ") }));
+        }
+        let counter = |key: &str| -> Result<u64, SessionError> {
+            meta.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| mismatch(format!("metadata '{key}' is missing or not a number")))
         };
-        self.optimizer_steps = counter("optimizer_steps")?;
-        self.micro_steps = counter("micro_steps")?;
-        Ok(())
+        let optimizer_steps = counter("optimizer_steps")?;
+        let micro_steps = counter("micro_steps")?;
+        let learning_rate: f32 = meta
+            .get("learning_rate")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| mismatch("metadata 'learning_rate' is missing or not a number".into()))?;
+        if !learning_rate.is_finite() {
+            return Err(mismatch(format!(
+                "its learning rate is {learning_rate} (not a finite number), so training cannot continue from it; resume from an earlier checkpoint"
+            )));
+        }
+        ckpt.restore(self.backend.as_mut(), &|_| true)?;
+        self.optimizer_steps = optimizer_steps;
+        self.micro_steps = micro_steps;
+        self.learning_rate = learning_rate;
+        log::info!("resumed {} from {}", self.plan().model, path.display());
+        Ok(ckpt.metadata().clone())
     }
 
     /// Loads trained parameters and running statistics only (for evaluation and inference).
@@ -288,6 +365,14 @@ impl Session {
         self.backend.read(t, as_bytes_mut(&mut out))?;
         Ok(out)
     }
+}
+
+/// Bytes of physical memory (`MemTotal` of `/proc/meminfo`), where the system says.
+pub fn physical_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 fn interface(plan: &Plan) -> Result<Interface, SessionError> {
@@ -312,6 +397,19 @@ fn interface(plan: &Plan) -> Result<Interface, SessionError> {
         step: plan.runtime_scalar(RuntimeScalar::OptimizerStep),
     };
     let t = |id: TensorId| plan.tensor(id);
+    // Everything the host does per sample slices off the batch axis, so the data tensors must
+    // have one, of the plan's batch size (a rank-0 input would leave nothing to slice).
+    let batch = plan.training.batch;
+    for (what, id) in
+        [("input", io.train_input), ("output", io.eval_output), ("target", io.train_target), ("per-sample loss", io.eval_loss)]
+    {
+        if t(id).shape.first() != Some(&batch) {
+            return Err(SessionError::Input(format!(
+                "the plan's {what} has shape {:?}, without a leading batch axis of {batch}; the plan is malformed, compile it again",
+                t(id).shape
+            )));
+        }
+    }
     if t(io.train_input).dtype != DType::F32 || t(io.eval_input).shape != t(io.train_input).shape || t(io.train_loss).numel() != 1 {
         return Err(bad("input or loss"));
     }

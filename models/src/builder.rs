@@ -98,6 +98,9 @@ impl Builder {
 
     /// A trainable parameter initialised as `init` prescribes for a weight with these fans.
     fn weight(&mut self, name: String, shape: Vec<usize>, init: WeightInit, fan_in: usize, fan_out: usize) -> TensorId {
+        if !charge_parameters(&name, &shape) {
+            return self.graph.parameter(name, vec![0], Vec::new());
+        }
         let n = shape.iter().product();
         let values = match init {
             WeightInit::TorchDefault => self.uniform(&name, n, 1.0 / (fan_in as f32).sqrt()),
@@ -109,6 +112,9 @@ impl Builder {
 
     /// The bias that goes with a weight initialised by `init`.
     fn bias(&mut self, name: String, channels: usize, init: WeightInit, fan_in: usize) -> TensorId {
+        if !charge_parameters(&name, &[channels]) {
+            return self.graph.parameter(name, vec![0], Vec::new());
+        }
         let values = match init {
             WeightInit::TorchDefault => self.uniform(&name, channels, 1.0 / (fan_in as f32).sqrt()),
             WeightInit::KaimingNormalFanOut | WeightInit::Normal { .. } => vec![0.0; channels],
@@ -245,4 +251,44 @@ pub fn standard_normals(rng: &mut ChaCha8Rng, n: usize) -> Vec<f64> {
     }
     out.truncate(n);
     out
+}
+
+/// The most parameters a zoo model may have (4 GiB of float32 initial values): beyond it a
+/// spec such as `zoo:mlp:hidden=1000000` would exhaust memory while drawing initial values.
+pub const MAX_PARAMETERS: u64 = 1 << 30;
+
+std::thread_local! {
+    /// Parameters drawn so far by the model being built on this thread, and the first
+    /// parameter that went over [`MAX_PARAMETERS`]. A thread-local keeps the budget out of every
+    /// builder's signature; `crate::build` resets and reads it around each build.
+    static PARAMETER_BUDGET: std::cell::RefCell<(u64, Option<String>)> = const { std::cell::RefCell::new((0, None)) };
+}
+
+pub(crate) fn reset_parameter_budget() {
+    PARAMETER_BUDGET.with(|b| *b.borrow_mut() = (0, None));
+}
+
+pub(crate) fn take_parameter_overflow() -> Option<String> {
+    PARAMETER_BUDGET.with(|b| b.borrow_mut().1.take())
+}
+
+/// Counts a parameter against the budget; false (and the reason recorded) when it does not fit.
+fn charge_parameters(name: &str, shape: &[usize]) -> bool {
+    PARAMETER_BUDGET.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.1.is_some() {
+            return false;
+        }
+        let n = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+        match n.and_then(|n| b.0.checked_add(n)).filter(|&total| total <= MAX_PARAMETERS) {
+            Some(total) => {
+                b.0 = total;
+                true
+            }
+            None => {
+                b.1 = Some(format!("parameter '{name}' of shape {shape:?} brings the parameter count past {MAX_PARAMETERS}"));
+                false
+            }
+        }
+    })
 }

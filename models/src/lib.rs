@@ -65,6 +65,8 @@ pub enum ModelError {
     ZeroBatch { spec: String },
     #[error("building the model graph failed: {0}")]
     Graph(#[from] CompileError),
+    #[error("'{spec}' is too large: {message}; the zoo builds models of at most {max} parameters, use smaller settings")]
+    TooLarge { spec: String, message: String, max: u64 },
 }
 
 const MLP_KEYS: &[KeyInfo] = &[
@@ -86,7 +88,7 @@ const CNN_KEYS: &[KeyInfo] = &[
 const MOBILENETV2_KEYS: &[KeyInfo] = &[
     KeyInfo { key: "classes", default: "1000", help: "output classes" },
     KeyInfo { key: "size", default: "224", help: "input image height and width" },
-    KeyInfo { key: "width", default: "1.0", help: "width multiplier applied to every layer's channels (0.25, 0.5, 1.0, ...)" },
+    KeyInfo { key: "width", default: "1.0", help: "width multiplier applied to every layer's channels (0.25, 0.5, 1.0, ... up to 4)" },
     KeyInfo { key: "channels", default: "3", help: "input image channels" },
 ];
 
@@ -133,13 +135,20 @@ pub fn build(spec: &str, batch: usize, seed: u64) -> Result<ForwardGraph, ModelE
     if batch == 0 {
         return Err(ModelError::ZeroBatch { spec: spec.to_string() });
     }
-    let mut forward = match params.model().name {
-        "mlp" => mlp::build(&params, batch, seed)?,
-        "cnn" => cnn::build(&params, batch, seed)?,
-        "mobilenetv2" => mobilenetv2::build(&params, batch, seed)?,
-        "resnet18" => resnet::build_resnet18(&params, batch, seed)?,
+    builder::reset_parameter_budget();
+    let built = match params.model().name {
+        "mlp" => mlp::build(&params, batch, seed),
+        "cnn" => cnn::build(&params, batch, seed),
+        "mobilenetv2" => mobilenetv2::build(&params, batch, seed),
+        "resnet18" => resnet::build_resnet18(&params, batch, seed),
         other => unreachable!("catalog model '{other}' has no builder"),
     };
+    // An oversized parameter is replaced by an empty one so nothing large is allocated; the
+    // shape errors that follows from it are not the user's problem, the size is.
+    if let Some(message) = builder::take_parameter_overflow() {
+        return Err(ModelError::TooLarge { spec: spec.to_string(), message, max: builder::MAX_PARAMETERS });
+    }
+    let mut forward = built?;
     forward.name = spec.to_string();
     Ok(forward)
 }

@@ -2,6 +2,10 @@
 
 use crate::{known_models, KeyInfo, ModelError, ModelInfo, CATALOG};
 
+/// The largest value of any integer setting (sizes, widths, classes): with it and the largest
+/// batch, every tensor size of a zoo model is far below 2^64, so no size arithmetic can wrap.
+pub const MAX_SETTING: usize = 1 << 16;
+
 /// The settings of one zoo model: the keys the spec set explicitly, every other key at its
 /// catalog default.
 #[derive(Clone, Debug)]
@@ -84,9 +88,10 @@ impl Params {
         }
     }
 
-    /// An integer setting in `[min, max]`.
+    /// An integer setting in `[min, max]`, and never above [`MAX_SETTING`].
     pub fn usize_in(&self, key: &str, min: usize, max: usize) -> Result<usize, ModelError> {
-        let expected = || if max == usize::MAX { format!("an integer >= {min}") } else { format!("an integer in [{min}, {max}]") };
+        let max = max.min(MAX_SETTING);
+        let expected = || format!("an integer in [{min}, {max}]");
         let v: usize = self.raw(key).parse().map_err(|_| self.bad(key, expected()))?;
         if v < min || v > max {
             return Err(self.bad(key, expected()));
@@ -99,6 +104,14 @@ impl Params {
         match self.raw(key).parse::<f64>() {
             Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
             _ => Err(self.bad(key, "a positive number such as 0.5 or 1.0")),
+        }
+    }
+
+    /// A finite real setting in `(0, max]`.
+    pub fn positive_f64_up_to(&self, key: &str, max: f64) -> Result<f64, ModelError> {
+        match self.raw(key).parse::<f64>() {
+            Ok(v) if v.is_finite() && v > 0.0 && v <= max => Ok(v),
+            _ => Err(self.bad(key, format!("a positive number up to {max}, such as 0.5 or 1.0"))),
         }
     }
 

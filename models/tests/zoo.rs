@@ -67,12 +67,14 @@ fn unknown_key_lists_the_valid_ones() {
 fn bad_values_name_key_value_and_expectation() {
     for (spec, key, value, expected) in [
         ("zoo:cnn:classes=ten", "classes", "ten", "integer"),
-        ("zoo:cnn:size=2", "size", "2", ">= 4"),
+        ("zoo:cnn:size=2", "size", "2", "in [4, 65536]"),
+        ("zoo:cnn:size=100000", "size", "100000", "in [4, 65536]"),
+        ("zoo:mobilenetv2:width=100", "width", "100", "up to 4"),
         ("zoo:mobilenetv2:width=0", "width", "0", "positive number"),
         ("zoo:mobilenetv2:width=-0.5", "width", "-0.5", "positive number"),
         ("zoo:mobilenetv2:width=nan", "width", "nan", "positive number"),
         ("zoo:mlp:task=ranking", "task", "ranking", "classification, regression"),
-        ("zoo:mlp:classes=1", "classes", "1", ">= 2"),
+        ("zoo:mlp:classes=1", "classes", "1", "in [2, 65536]"),
         ("zoo:mlp:outputs=3", "outputs", "3", "task=regression"),
         ("zoo:mlp:task=regression,classes=3", "classes", "3", "task=classification"),
         ("zoo:resnet18:classes=-1", "classes", "-1", "integer"),
