@@ -287,7 +287,11 @@ fn every_fixture_compiles_or_names_its_missing_ops() {
         let import = ImportOptions { shapes: ShapeOverrides::parse(Some(2), &shapes).unwrap(), ..Default::default() };
         match pock::compile_onnx(&path, &import, CompileOptions::default()) {
             Ok((plan, notes)) => {
-                println!("{stem}: compiles ({} tensors){}", plan.plan.tensors.len(), notes.iter().map(|n| format!("\n  note: {n}")).collect::<String>());
+                println!(
+                    "{stem}: compiles ({} tensors){}",
+                    plan.plan.tensors.len(),
+                    notes.iter().map(|n| format!("\n  note: {n}")).collect::<String>()
+                );
                 compiled.push(stem.clone());
             }
             Err(PockError::Import(ImportError::UnsupportedOps { missing, node, .. })) => {
@@ -300,4 +304,38 @@ fn every_fixture_compiles_or_names_its_missing_ops() {
     for must in ["mobilenet_v2.ts", "resnet18.ts"] {
         assert!(compiled.iter().any(|s| s == must), "{must} does not compile");
     }
+}
+
+fn pock_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pock")).args(args).output().expect("pock runs")
+}
+
+/// `pock compile model.onnx` as a user runs it: a missing --batch names the input and its
+/// dimension; with it, the plan trains on an x/y .npz whose `x` feeds the graph's one input.
+#[test]
+fn cli_compiles_and_trains_an_onnx_model() {
+    let dir = TempDir::new("cli");
+    let model = materialise("resnet18.ts", &dir.0);
+    let (model, plan, data) = (model.to_str().unwrap(), dir.0.join("r.pock"), dir.0.join("d.npz"));
+    let (plan, data) = (plan.to_str().unwrap(), data.to_str().unwrap());
+
+    let out = pock_cli(&["compile", model, "-o", plan]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("input 'x'") && stderr.contains("dimension 0 ('batch')") && stderr.contains("--batch N"), "{stderr}");
+
+    let out = pock_cli(&["compile", model, "-o", plan, "--batch", "2", "--model-output", "nope"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("'nope'") && stderr.contains("logits"), "{stderr}");
+
+    let out = pock_cli(&["compile", model, "-o", plan, "--batch", "2", "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0.9"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let n = 4;
+    let x: Vec<f32> = FloatRule::Uniform { bound: 1.0 }.generate("cli:x", n * 3 * 64 * 64);
+    let y = randint("cli:y", 10, n);
+    let ds = pock::data::Dataset { x, x_shape: vec![n, 3, 64, 64], y: Some(pock::data::Targets::Labels(y)) };
+    ds.save_npz(Path::new(data)).unwrap();
+    let out = pock_cli(&["train", plan, "--data", data, "--epochs", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
