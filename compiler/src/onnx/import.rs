@@ -155,8 +155,7 @@ pub fn import_model(model: &OnnxModel, name: &str, options: &ImportOptions) -> R
 /// decide it (integer initializers, Constant outputs, Shape, and folded ops over constants).
 fn check_op_types(model: &OnnxModel) -> Result<(), ImportError> {
     let supported = supported_ops();
-    let mut constant: HashSet<&str> =
-        model.initializers.iter().filter(|t| t.dtype() != DataType::F32).map(|t| t.name.as_str()).collect();
+    let mut constant: HashSet<&str> = model.initializers.iter().filter(|t| t.dtype() != DataType::F32).map(|t| t.name.as_str()).collect();
     let mut missing: Vec<String> = Vec::new();
     let mut first: Option<&Node> = None;
     for n in &model.nodes {
@@ -761,5 +760,176 @@ impl Importer<'_> {
             y = self.emit(ctx, &format!("{name}.squeeze"), DenseOp::Reshape { shape: vec![xs[0], xs[1]] }, &[y])?;
         }
         self.set(ctx, 0, Value::Tensor(y))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interp::Interpreter;
+    use crate::onnx::{Dim, Tensor, TensorValues, ValueInfo};
+
+    fn node(op: &str, inputs: &[&str], outputs: &[&str], attributes: Vec<(&str, Attribute)>) -> Node {
+        Node {
+            name: format!("{op}_node"),
+            op_type: op.into(),
+            domain: String::new(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            attributes: attributes.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        }
+    }
+
+    fn model(input: &[usize], initializers: Vec<Tensor>, nodes: Vec<Node>, output: &str) -> OnnxModel {
+        OnnxModel {
+            ir_version: 8,
+            opset: 17,
+            opset_imports: vec![(String::new(), 17)],
+            producer: String::new(),
+            graph_name: String::new(),
+            initializers,
+            inputs: vec![ValueInfo {
+                name: "x".into(),
+                dtype: Some(DataType::F32),
+                shape: Some(input.iter().map(|&d| Dim::Fixed(d)).collect()),
+            }],
+            outputs: vec![ValueInfo { name: output.into(), dtype: Some(DataType::F32), shape: None }],
+            value_info: vec![],
+            nodes,
+        }
+    }
+
+    fn f32s(name: &str, dims: Vec<usize>, v: Vec<f32>) -> Tensor {
+        Tensor { name: name.into(), dims, values: TensorValues::F32(v) }
+    }
+
+    /// Imports with MSE (any output shape) and runs the forward nodes on `x`.
+    fn run(m: &OnnxModel, x: Vec<f64>) -> (Vec<usize>, Vec<f64>) {
+        let options = ImportOptions { loss: LossKind::Mse, ..Default::default() };
+        let f = import_model(m, "test", &options).unwrap().forward;
+        let mut it = Interpreter::<f64>::new(&f.graph);
+        it.set(f.input, x);
+        it.run(&f.graph.nodes).unwrap();
+        (f.graph.shape(f.output).to_vec(), it.get(f.output).unwrap().to_vec())
+    }
+
+    fn pool(ceil: i64, kernel: i64, stride: i64, pad: i64) -> Node {
+        node(
+            "MaxPool",
+            &["x"],
+            &["y"],
+            vec![
+                ("kernel_shape", Attribute::Ints(vec![kernel; 2])),
+                ("strides", Attribute::Ints(vec![stride; 2])),
+                ("pads", Attribute::Ints(vec![pad; 4])),
+                ("ceil_mode", Attribute::Int(ceil)),
+            ],
+        )
+    }
+
+    #[test]
+    fn max_pool_ceil_mode_adds_partial_windows() {
+        // 5x5 holding 0..25, kernel 2, stride 2: floor mode gives 2x2, ceil mode 3x3 whose last
+        // row and column of windows cover one real row/column each.
+        let x: Vec<f64> = (0..25).map(f64::from).collect();
+        let (shape, y) = run(&model(&[1, 1, 5, 5], vec![], vec![pool(0, 2, 2, 0)], "y"), x.clone());
+        assert_eq!((shape, y), (vec![1, 1, 2, 2], vec![6., 8., 16., 18.]));
+        let (shape, y) = run(&model(&[1, 1, 5, 5], vec![], vec![pool(1, 2, 2, 0)], "y"), x);
+        assert_eq!((shape, y), (vec![1, 1, 3, 3], vec![6., 8., 9., 16., 18., 19., 21., 23., 24.]));
+    }
+
+    #[test]
+    fn max_pool_ceil_mode_drops_a_window_that_would_start_in_the_padding() {
+        // Size 5, padding 1, kernel 2, stride 2: ceil((5 + 2 - 2) / 2) + 1 = 4 windows, but the
+        // fourth would start at padded index 6, inside the end padding, so PyTorch keeps 3.
+        let x: Vec<f64> = (0..25).map(f64::from).collect();
+        let (shape, y) = run(&model(&[1, 1, 5, 5], vec![], vec![pool(1, 2, 2, 1)], "y"), x);
+        assert_eq!(shape, vec![1, 1, 3, 3]);
+        assert_eq!(y, vec![0., 2., 4., 10., 12., 14., 20., 22., 24.]);
+        // Size 6 keeps its fourth window, which starts on the last real row.
+        let x: Vec<f64> = (0..36).map(f64::from).collect();
+        let (shape, y) = run(&model(&[1, 1, 6, 6], vec![], vec![pool(1, 3, 2, 1)], "y"), x);
+        assert_eq!(shape, vec![1, 1, 4, 4]);
+        // The last row of windows covers only row 5 (30..35), in columns {0,1}, {1,2,3}, {3,4,5}, {5}.
+        assert_eq!(&y[12..], &[31., 33., 35., 35.]);
+    }
+
+    #[test]
+    fn gemm_scales_transposes_and_adds_a_row_bias() {
+        // y = 2 * x @ w^T + 0.5 * c, x [2, 3], w [2, 3], c [1, 2].
+        let w = f32s("w", vec![2, 3], vec![1., 0., -1., 2., 1., 0.]);
+        let c = f32s("c", vec![1, 2], vec![10., -4.]);
+        let gemm = node(
+            "Gemm",
+            &["x", "w", "c"],
+            &["y"],
+            vec![("alpha", Attribute::Float(2.0)), ("beta", Attribute::Float(0.5)), ("transB", Attribute::Int(1))],
+        );
+        let (shape, y) = run(&model(&[2, 3], vec![w, c], vec![gemm], "y"), vec![1., 2., 3., -1., 0., 1.]);
+        assert_eq!(shape, vec![2, 2]);
+        // Row 1: x @ w^T = [1 - 3, 2 + 2] = [-2, 4]; row 2: [-1 - 1, -2] = [-2, -2].
+        assert_eq!(y, vec![2. * -2. + 5., 2. * 4. - 2., 2. * -2. + 5., 2. * -2. - 2.]);
+    }
+
+    #[test]
+    fn shape_arithmetic_folds_into_a_reshape_and_clip_reads_constant_bounds() {
+        // y = clip(reshape(x, concat(shape(x)[0:1], [-1])), 0, 6) on [2, 3, 2].
+        let nodes = vec![
+            node("Shape", &["x"], &["s"], vec![]),
+            node(
+                "Constant",
+                &[],
+                &["zero"],
+                vec![("value", Attribute::Tensor(Tensor { name: String::new(), dims: vec![], values: TensorValues::I64(vec![0]) }))],
+            ),
+            node("Gather", &["s", "zero"], &["n"], vec![("axis", Attribute::Int(0))]),
+            node("Unsqueeze", &["n", "axes"], &["n1"], vec![]),
+            node("Concat", &["n1", "minus_one"], &["target"], vec![("axis", Attribute::Int(0))]),
+            node("Reshape", &["x", "target"], &["r"], vec![]),
+            node("Constant", &[], &["lo"], vec![("value_float", Attribute::Float(0.0))]),
+            node("Constant", &[], &["hi"], vec![("value_float", Attribute::Float(6.0))]),
+            node("Clip", &["r", "lo", "hi"], &["y"], vec![]),
+        ];
+        let inits = vec![
+            Tensor { name: "axes".into(), dims: vec![1], values: TensorValues::I64(vec![0]) },
+            Tensor { name: "minus_one".into(), dims: vec![1], values: TensorValues::I64(vec![-1]) },
+        ];
+        let m = model(&[2, 3, 2], inits, nodes, "y");
+        let f = import_model(&m, "t", &ImportOptions { loss: LossKind::Mse, ..Default::default() }).unwrap().forward;
+        let ops: Vec<&str> = f.graph.nodes.iter().map(|n| n.op.name()).collect();
+        assert_eq!(ops, ["Reshape", "Clip"], "the shape arithmetic folds away");
+        let (shape, y) = run(&m, vec![-1., 2., 7., 3., 0.5, 9., 1., 1., 1., 1., 1., 1.]);
+        assert_eq!(shape, vec![2, 6]);
+        assert_eq!(&y[..6], &[0., 2., 6., 3., 0.5, 6.]);
+    }
+
+    #[test]
+    fn unsupported_ops_are_named_together_with_node_opset_and_the_supported_list() {
+        let nodes = vec![
+            node("Relu", &["x"], &["a"], vec![]),
+            node("Softplus", &["a"], &["b"], vec![]),
+            node("Concat", &["a", "b"], &["c"], vec![("axis", Attribute::Int(1))]),
+            node("Softplus", &["c"], &["y"], vec![]),
+        ];
+        let e = import_model(&model(&[2, 3], vec![], nodes, "y"), "t", &ImportOptions::default()).unwrap_err();
+        let msg = e.to_string();
+        let ImportError::UnsupportedOps { node, opset, missing, .. } = &e else { panic!("{msg}") };
+        assert_eq!((node.as_str(), *opset), ("Softplus_node", 17));
+        assert_eq!(missing, &["Softplus", "Concat (on run-time tensors)"]);
+        assert!(msg.contains("Softplus_node") && msg.contains("opset 17") && msg.contains("BatchNormalization, Cast, Clip"), "{msg}");
+    }
+
+    #[test]
+    fn cross_entropy_needs_a_matrix_output_and_an_output_must_be_chosen_among_several() {
+        let m = model(&[2, 3, 2], vec![], vec![node("Relu", &["x"], &["y"], vec![])], "y");
+        let e = import_model(&m, "t", &ImportOptions::default()).unwrap_err();
+        assert!(matches!(e, ImportError::LossShape { .. }) && e.to_string().contains("--loss mse"), "{e}");
+        let mut m = model(&[2, 3], vec![], vec![node("Relu", &["x"], &["y"], vec![]), node("Relu", &["y"], &["z"], vec![])], "y");
+        m.outputs.push(ValueInfo { name: "z".into(), dtype: None, shape: None });
+        let e = import_model(&m, "t", &ImportOptions::default()).unwrap_err();
+        assert!(matches!(e, ImportError::ChooseOutput { .. }) && e.to_string().contains("y, z"), "{e}");
+        let chosen = ImportOptions { output: Some("z".into()), ..Default::default() };
+        let f = import_model(&m, "t", &chosen).unwrap().forward;
+        assert_eq!(f.task, Task::Classification { classes: 3 });
     }
 }
