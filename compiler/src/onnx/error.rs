@@ -129,7 +129,4 @@ pub enum ImportError {
 
     #[error("output '{output}' has shape {shape:?}, but --loss cross-entropy needs [batch, classes] logits; choose another output with --output NAME or use --loss mse")]
     LossShape { output: String, shape: Vec<usize> },
-
-    #[error("the model has several data inputs ({inputs}); pock's training plans take one input so far: re-export the model with a single input")]
-    SeveralInputs { inputs: String },
 }

@@ -134,9 +134,6 @@ pub fn import_model(model: &OnnxModel, name: &str, options: &ImportOptions) -> R
         Some(Value::Tensor(t)) => *t,
         _ => return Err(ImportError::ConstantOutput { name: output_name }),
     };
-    let [input] = inputs[..] else {
-        return Err(ImportError::SeveralInputs { inputs: shapes.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ") });
-    };
     let out_shape = im.graph.shape(output).to_vec();
     let task = match options.loss {
         LossKind::CrossEntropy => match out_shape[..] {
@@ -145,7 +142,7 @@ pub fn import_model(model: &OnnxModel, name: &str, options: &ImportOptions) -> R
         },
         LossKind::Mse => Task::Regression,
     };
-    let forward = ForwardGraph { name: name.to_string(), graph: im.graph, input, output, task };
+    let forward = ForwardGraph { name: name.to_string(), graph: im.graph, inputs, output, task };
     Ok(Imported { forward, notes: im.notes })
 }
 
@@ -808,7 +805,7 @@ mod tests {
         let options = ImportOptions { loss: LossKind::Mse, ..Default::default() };
         let f = import_model(m, "test", &options).unwrap().forward;
         let mut it = Interpreter::<f64>::new(&f.graph);
-        it.set(f.input, x);
+        it.set(f.inputs[0], x);
         it.run(&f.graph.nodes).unwrap();
         (f.graph.shape(f.output).to_vec(), it.get(f.output).unwrap().to_vec())
     }
@@ -931,5 +928,19 @@ mod tests {
         let chosen = ImportOptions { output: Some("z".into()), ..Default::default() };
         let f = import_model(&m, "t", &chosen).unwrap().forward;
         assert_eq!(f.task, Task::Classification { classes: 3 });
+    }
+
+    #[test]
+    fn several_inputs_stay_in_the_ir_with_their_dtypes_and_training_names_them() {
+        let mut m = model(&[2, 3], vec![], vec![node("Mul", &["x", "scale"], &["y"], vec![])], "y");
+        m.inputs.push(ValueInfo { name: "scale".into(), dtype: Some(DataType::F32), shape: Some(vec![Dim::Fixed(2), Dim::Fixed(3)]) });
+        m.inputs.push(ValueInfo { name: "mask".into(), dtype: Some(DataType::Bool), shape: Some(vec![Dim::Named("batch".into())]) });
+        let options = ImportOptions { shapes: ShapeOverrides::parse::<&str>(Some(2), &[]).unwrap(), ..Default::default() };
+        let f = import_model(&m, "t", &options).unwrap().forward;
+        let inputs: Vec<(&str, DType, &[usize])> =
+            f.inputs.iter().map(|&t| (f.graph.tensor(t).name.as_str(), f.graph.tensor(t).dtype, f.graph.shape(t))).collect();
+        assert_eq!(inputs, [("x", DType::F32, &[2, 3][..]), ("scale", DType::F32, &[2, 3][..]), ("mask", DType::Bool, &[2][..])]);
+        let e = f.into_training(crate::CompileOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("3 data inputs (x, scale, mask)"), "{e}");
     }
 }
