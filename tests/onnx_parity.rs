@@ -294,7 +294,8 @@ fn every_fixture_compiles_or_names_its_missing_ops() {
                 );
                 compiled.push(stem.clone());
             }
-            Err(PockError::Import(ImportError::UnsupportedOps { missing, node, .. })) => {
+            Err(PockError::Import(e)) if matches!(*e, ImportError::UnsupportedOps { .. }) => {
+                let ImportError::UnsupportedOps { missing, node, .. } = *e else { unreachable!("matched above") };
                 assert!(!missing.is_empty());
                 println!("{stem}: missing {} (first at node '{node}')", missing.join(", "));
             }

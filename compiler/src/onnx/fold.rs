@@ -185,7 +185,7 @@ pub fn reshape_dims(input: &[usize], target: &[i64], allowzero: bool) -> Result<
     }
     if let Some(i) = infer {
         let known: usize = out.iter().product();
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot reshape {input:?} to {target:?}"));
         }
         out[i] = total / known;
