@@ -130,6 +130,18 @@ pub const FOLDABLE: &[&str] = &[
     "Where",
 ];
 
+/// The most elements a folded constant may have; a model asking for more (a `Range` or
+/// `ConstantOfShape` of absurd size) is refused instead of exhausting memory.
+pub const MAX_FOLDED_ELEMENTS: usize = 1 << 26;
+
+/// The element count of `dims`, refusing overflow and sizes past [`MAX_FOLDED_ELEMENTS`].
+fn checked_numel(dims: &[usize]) -> Result<usize, String> {
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_FOLDED_ELEMENTS)
+        .ok_or_else(|| format!("shape {dims:?} has more than {MAX_FOLDED_ELEMENTS} elements"))
+}
+
 /// Normalises a possibly negative axis against `rank` (`rank + 1` for Unsqueeze's output).
 pub fn axis(a: i64, rank: usize) -> Result<usize, String> {
     let r = rank as i64;
@@ -170,7 +182,7 @@ fn int_attr(node: &Node, name: &str) -> Option<i64> {
 /// `allowzero`, one -1 is inferred).
 pub fn reshape_dims(input: &[usize], target: &[i64], allowzero: bool) -> Result<Vec<usize>, String> {
     let total: usize = input.iter().product();
-    let mut out = Vec::with_capacity(target.len());
+    let mut out = Vec::with_capacity(target.len().min(64));
     let mut infer = None;
     for (i, &d) in target.iter().enumerate() {
         match d {
@@ -184,13 +196,13 @@ pub fn reshape_dims(input: &[usize], target: &[i64], allowzero: bool) -> Result<
         }
     }
     if let Some(i) = infer {
-        let known: usize = out.iter().product();
+        let known = out.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(0);
         if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot reshape {input:?} to {target:?}"));
         }
         out[i] = total / known;
     }
-    if out.iter().product::<usize>() != total {
+    if out.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) != Some(total) {
         return Err(format!("cannot reshape {input:?} ({total} elements) to {target:?}"));
     }
     Ok(out)
@@ -450,7 +462,7 @@ pub fn evaluate(node: &Node, inputs: &[Option<&Const>]) -> Result<Option<Vec<Con
                 .iter()
                 .map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}")))
                 .collect::<Result<_, _>>()?;
-            let n: usize = dims.iter().product();
+            let n = checked_numel(&dims)?;
             let data = match node.attribute("value") {
                 Some(Attribute::Tensor(t)) => match Const::from_tensor(t).data {
                     ConstData::F32(v) => ConstData::F32(vec![*v.first().ok_or("empty value")?; n]),
@@ -469,12 +481,15 @@ pub fn evaluate(node: &Node, inputs: &[Option<&Const>]) -> Result<Option<Vec<Con
                     if d == 0 {
                         return Err("Range with delta 0".into());
                     }
-                    let n = ((l - s) as f64 / d as f64).ceil().max(0.0) as usize;
-                    Const::i64(vec![n], (0..n as i64).map(|i| s + i * d).collect())
+                    let n = ((l as f64 - s as f64) / d as f64).ceil().max(0.0) as usize;
+                    checked_numel(&[n])?;
+                    let values = (0..n as i64).map(|i| i.checked_mul(d).and_then(|v| v.checked_add(s))).collect::<Option<Vec<_>>>();
+                    Const::i64(vec![n], values.ok_or("Range overflows int64")?)
                 }
                 _ => {
                     let (s, l, d) = (s.scalar_f32()?, l.scalar_f32()?, d.scalar_f32()?);
                     let n = ((l - s) / d).ceil().max(0.0) as usize;
+                    checked_numel(&[n])?;
                     Const { dims: vec![n], data: ConstData::F32((0..n).map(|i| s + i as f32 * d).collect()) }
                 }
             }

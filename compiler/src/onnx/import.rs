@@ -450,6 +450,9 @@ impl Importer<'_> {
         }
         let stride = ctx.sizes("strides", 2, 1)?;
         let dilation = ctx.sizes("dilations", 2, 1)?;
+        if ws[2..].contains(&0) || stride.contains(&0) || dilation.contains(&0) {
+            return Err(ctx.err(format!("kernel {ws:?}, strides {stride:?} and dilations {dilation:?} must be at least 1")));
+        }
         let kernel = [(ws[2] - 1) * dilation[0] + 1, (ws[3] - 1) * dilation[1] + 1];
         let padding = self.padding(ctx, [xs[2], xs[3]], kernel, [stride[0], stride[1]])?;
         let groups = usize::try_from(ctx.int("group", 1)?).map_err(|_| ctx.err("group must be positive"))?;
@@ -476,7 +479,7 @@ impl Importer<'_> {
             "SAME_UPPER" | "SAME_LOWER" => {
                 let mut pads = [0; 4];
                 for a in 0..2 {
-                    let out = input[a].div_ceil(stride[a].max(1));
+                    let out = input[a].div_ceil(stride[a].max(1)).max(1);
                     let total = ((out - 1) * stride[a] + kernel[a]).saturating_sub(input[a]);
                     let small = total / 2;
                     let (begin, end) = if auto == "SAME_UPPER" { (small, total - small) } else { (total - small, small) };
@@ -567,6 +570,9 @@ impl Importer<'_> {
             return Err(ctx.err("column-major storage_order is not supported"));
         }
         let stride = ctx.sizes("strides", 2, 1)?;
+        if stride.contains(&0) {
+            return Err(ctx.err("strides must be at least 1"));
+        }
         let (kernel, stride) = ([kernel[0], kernel[1]], [stride[0], stride[1]]);
         let mut padding = self.padding(ctx, [xs[2], xs[3]], kernel, stride)?;
         if ctx.int("ceil_mode", 0)? != 0 {
