@@ -1,6 +1,7 @@
 //! The facade's error type: every failure a user of the CLI or library can meet, each with a
 //! message that says what to do.
 
+use pock_compiler::onnx::ImportError;
 use pock_compiler::CompileError;
 use pock_engine::SessionError;
 use pock_models::ModelError;
@@ -14,6 +15,9 @@ pub enum PockError {
     Model(#[from] ModelError),
     #[error("compile: {0}")]
     Compile(#[from] CompileError),
+    /// Boxed: import errors carry several strings, and every `Result` of the CLI would grow.
+    #[error("ONNX import: {0}")]
+    Import(Box<ImportError>),
     #[error(transparent)]
     Session(#[from] SessionError),
     #[error(transparent)]
@@ -32,4 +36,10 @@ pub enum PockError {
     Interrupted { step: u64, message: String },
     #[error("the learning rate is {lr} at step {step} ({detail}); give a finite, positive --lr and schedule")]
     LearningRate { step: u64, lr: f32, detail: String },
+}
+
+impl From<ImportError> for PockError {
+    fn from(e: ImportError) -> Self {
+        PockError::Import(Box::new(e))
+    }
 }

@@ -23,6 +23,9 @@ pub use pock_engine as engine;
 pub use pock_models as models;
 pub use pock_targets as targets;
 
+use std::path::Path;
+
+use pock_compiler::onnx::ImportOptions;
 use pock_compiler::{CompileOptions, CompiledPlan};
 
 /// Compiles a model into a training plan. `model` is a zoo spec (`zoo:cnn`,
@@ -39,10 +42,13 @@ pub fn compile_model(model: &str, batch: usize, seed: u64, options: CompileOptio
     if pock_targets::find(&options.target).is_none() {
         return Err(PockError::Usage(format!("unknown target '{}'; known targets: {}", options.target, pock_targets::names().join(", "))));
     }
+    if model.ends_with(".onnx") {
+        let import = ImportOptions { shapes: pock_compiler::onnx::ShapeOverrides::parse::<&str>(Some(batch), &[])?, ..Default::default() };
+        return Ok(compile_onnx(Path::new(model), &import, options)?.0);
+    }
     if !model.starts_with("zoo:") {
-        let hint = if model.ends_with(".onnx") { "ONNX import is not implemented yet; " } else { "" };
         return Err(PockError::Usage(format!(
-            "cannot compile '{model}': {hint}models are given as zoo:NAME[:key=value,...] (see `pock compile --help`)"
+            "cannot compile '{model}': models are given as zoo:NAME[:key=value,...] or as a path to an .onnx file (see `pock compile --help`)"
         )));
     }
     let forward = pock_models::build(model, batch, seed)?;
@@ -107,6 +113,17 @@ pub fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
         (Ok(_), Ok(_)) => matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(x), Ok(y)) if x == y),
         _ => false,
     }
+}
+
+/// Compiles an ONNX model into a training plan. `import` fixes its dynamic dimensions, picks the
+/// output to train and the loss. Returns the plan and the importer's notes (behaviours that
+/// differ from the ONNX graph's, one sentence each) for the user to read.
+pub fn compile_onnx(path: &Path, import: &ImportOptions, options: CompileOptions) -> Result<(CompiledPlan, Vec<String>), PockError> {
+    if pock_targets::find(&options.target).is_none() {
+        return Err(PockError::Usage(format!("unknown target '{}'; known targets: {}", options.target, pock_targets::names().join(", "))));
+    }
+    let imported = pock_compiler::onnx::import_file(path, import)?;
+    Ok((imported.forward.into_training(options)?.into_plan()?, imported.notes))
 }
 
 /// A byte count for people: `9.27 MiB`.

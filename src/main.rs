@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use pock::compiler::onnx::{ImportOptions, LossKind, ShapeOverrides};
 use pock::compiler::stages::BatchNormMode;
 use pock::compiler::CompileOptions;
 use pock::data::Dataset;
@@ -97,6 +98,14 @@ enum OptimizerArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum LossArg {
+    /// Softmax cross-entropy over [batch, classes] logits; int64 labels in `y`.
+    CrossEntropy,
+    /// Mean squared error; float targets of the output's shape in `y`.
+    Mse,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum BatchNormArg {
     /// Batch statistics; running statistics updated (PyTorch train()).
     Train,
@@ -107,14 +116,24 @@ enum BatchNormArg {
 #[derive(Args)]
 #[command(allow_negative_numbers = true)]
 struct CompileArgs {
-    /// The model: zoo:NAME or zoo:NAME:key=value,... (see the list below).
+    /// The model: zoo:NAME, zoo:NAME:key=value,... (see the list below), or a path to an .onnx file.
     model: String,
     /// Output plan file.
     #[arg(short, long)]
     output: PathBuf,
-    /// Samples per training step (shapes are static).
-    #[arg(long, default_value_t = 32)]
-    batch: usize,
+    /// Samples per training step (shapes are static). Default 32 for zoo models; an ONNX model
+    /// needs it for a dynamic batch dimension.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// ONNX only: the full shape of a data input with dynamic dimensions, as NAME=AxB (repeatable).
+    #[arg(long, value_name = "NAME=AxB")]
+    input_shape: Vec<String>,
+    /// ONNX only: the graph output to train (default: the model's only output).
+    #[arg(long, value_name = "NAME")]
+    model_output: Option<String>,
+    /// ONNX only: the loss attached to the trained output.
+    #[arg(long, value_enum, default_value = "cross-entropy")]
+    loss: LossArg,
     #[arg(long, value_enum, default_value = "sgd")]
     optimizer: OptimizerArg,
     /// Default learning rate (a runtime value: `pock train --lr` overrides it without recompiling).
@@ -487,7 +506,28 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
         reorder: !a.no_reorder,
     };
     let started = Instant::now();
-    let compiled = pock::compile_model(&a.model, a.batch, a.seed, options)?;
+    let compiled = if a.model.ends_with(".onnx") {
+        let import = ImportOptions {
+            shapes: ShapeOverrides::parse(a.batch, &a.input_shape)?,
+            output: a.model_output.clone(),
+            loss: match a.loss {
+                LossArg::CrossEntropy => LossKind::CrossEntropy,
+                LossArg::Mse => LossKind::Mse,
+            },
+        };
+        let (compiled, notes) = pock::compile_onnx(Path::new(&a.model), &import, options)?;
+        for note in notes {
+            progress(quiet, format!("note: {note}"));
+        }
+        compiled
+    } else {
+        if !a.input_shape.is_empty() || a.model_output.is_some() || !matches!(a.loss, LossArg::CrossEntropy) {
+            return Err(PockError::Usage(
+                "--input-shape, --model-output and --loss apply to ONNX models; a zoo model's task is a key of its spec (zoo:mlp:task=regression)".into(),
+            ));
+        }
+        pock::compile_model(&a.model, a.batch.unwrap_or(32), a.seed, options)?
+    };
     pock::check_memory(&compiled.plan, a.memory_budget)?;
     let bytes = compiled.to_bytes();
     // Atomic, so a plan that a session has mapped is never modified in place.

@@ -23,7 +23,8 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
     if options.accumulate == 0 {
         return Err(CompileError::Option("--accumulate must be at least 1".into()));
     }
-    let ForwardGraph { name, mut graph, input, output, task } = forward;
+    let input = forward.single_input()?;
+    let ForwardGraph { name, mut graph, output, task, .. } = forward;
     let batch = graph.shape(input).first().copied().ok_or_else(|| CompileError::Option("the model input has no batch axis".into()))?;
     if options.batch_norm == BatchNormMode::Frozen {
         freeze_batch_norm(&mut graph);

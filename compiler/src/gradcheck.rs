@@ -212,7 +212,8 @@ pub fn check_model(
     use crate::stages::Task;
     use pock_engine::ops::Reduction;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let crate::stages::ForwardGraph { mut graph, input, output, task, .. } = forward;
+    let input = forward.single_input()?;
+    let crate::stages::ForwardGraph { mut graph, output, task, .. } = forward;
     let batch = graph.shape(input)[0];
     let (target, loss_op) = match task {
         Task::Classification { .. } => {

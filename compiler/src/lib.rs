@@ -1,7 +1,7 @@
 //! pock's ahead-of-time training compiler.
 //!
 //! The pipeline is a chain of stage types, each consumed by the next step:
-//! [`ForwardGraph`] (a model: forward nodes, one input, one output) ->
+//! [`ForwardGraph`] (a model: forward nodes, its inputs, the trained output) ->
 //! [`ForwardGraph::into_training`] (loss, compile-time autodiff pruned to what trainable
 //! parameters need, optimizer ops, reordering) -> [`TrainingGraph`] ->
 //! [`TrainingGraph::into_plan`] (memory planning, weight layout) -> [`pock_engine::Plan`].

@@ -20,7 +20,11 @@ pub struct ForwardGraph {
     /// `zoo:cnn`, a file name: recorded in the plan.
     pub name: String,
     pub graph: Graph,
-    pub input: TensorId,
+    /// The data inputs in the model's order; each is a `Role::Input` tensor whose name and dtype
+    /// the graph holds. Zoo models have one; an ONNX model may have several (token ids and an
+    /// attention mask), which training plans do not take yet.
+    pub inputs: Vec<TensorId>,
+    /// The output the loss is attached to.
     pub output: TensorId,
     pub task: Task,
 }
@@ -85,6 +89,20 @@ pub struct TrainingGraph {
 }
 
 impl ForwardGraph {
+    /// The model's one data input. Plans, sessions and data files feed exactly one input (`x`)
+    /// so far; a model with several is an error that names them.
+    pub fn single_input(&self) -> Result<TensorId> {
+        match self.inputs[..] {
+            [input] => Ok(input),
+            _ => Err(crate::error::CompileError::Option(format!(
+                "the model has {} data inputs ({}); training plans feed exactly one input so far, so re-export the model with a \
+                 single input",
+                self.inputs.len(),
+                self.inputs.iter().map(|&t| self.graph.tensor(t).name.as_str()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
     /// Attaches the loss, differentiates, adds the optimizer and builds the eval program.
     pub fn into_training(self, options: CompileOptions) -> Result<TrainingGraph> {
         crate::autodiff::build_training(self, options)

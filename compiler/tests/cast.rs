@@ -76,7 +76,7 @@ fn mlp(mask_by_casts: bool) -> ForwardGraph {
         emit(&mut g, "relu", DenseOp::Relu, &[h])
     };
     let output = linear(&mut g, "fc2", hidden, HIDDEN, CLASSES);
-    ForwardGraph { name: "cast-mlp".into(), graph: g, input, output, task: Task::Classification { classes: CLASSES } }
+    ForwardGraph { name: "cast-mlp".into(), graph: g, inputs: vec![input], output, task: Task::Classification { classes: CLASSES } }
 }
 
 fn training(forward: ForwardGraph) -> TrainingGraph {

@@ -52,7 +52,7 @@ fn deep_mlp(depth: usize, width: usize, batch: usize) -> ForwardGraph {
         let y = g.emit(format!("layers.{l}.bias_add"), DenseOp::BiasAdd, &[y, b], Phase::Forward, Program::Train).unwrap()[0];
         x = if l + 1 < depth { g.emit(format!("act.{l}"), DenseOp::Relu, &[y], Phase::Forward, Program::Train).unwrap()[0] } else { y };
     }
-    ForwardGraph { name: "deep-mlp".into(), graph: g, input, output: x, task: Task::Classification { classes: width } }
+    ForwardGraph { name: "deep-mlp".into(), graph: g, inputs: vec![input], output: x, task: Task::Classification { classes: width } }
 }
 
 #[test]

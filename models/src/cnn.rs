@@ -41,5 +41,5 @@ pub fn build(params: &Params, batch: usize, seed: u64) -> Result<ForwardGraph, M
     let x = b.global_avg_pool("pool", x)?;
     let x = b.flatten("flatten", x)?;
     let output = b.linear("classifier", x, classes, WeightInit::TorchDefault)?;
-    Ok(ForwardGraph { name: String::new(), graph: b.graph, input, output, task: Task::Classification { classes } })
+    Ok(ForwardGraph { name: String::new(), graph: b.graph, inputs: vec![input], output, task: Task::Classification { classes } })
 }

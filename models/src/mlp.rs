@@ -29,5 +29,5 @@ pub fn build(params: &Params, batch: usize, seed: u64) -> Result<ForwardGraph, M
         x = b.relu(&format!("layers.{}", 2 * i + 1), x)?;
     }
     let output = b.linear(&format!("layers.{}", 2 * depth), x, outputs, WeightInit::TorchDefault)?;
-    Ok(ForwardGraph { name: String::new(), graph: b.graph, input, output, task })
+    Ok(ForwardGraph { name: String::new(), graph: b.graph, inputs: vec![input], output, task })
 }

@@ -61,7 +61,7 @@ pub fn build(params: &Params, batch: usize, seed: u64) -> Result<ForwardGraph, M
     let x = b.global_avg_pool("adaptive_avg_pool2d", x)?;
     let x = b.flatten("flatten", x)?;
     let output = b.linear("classifier.1", x, classes, WeightInit::Normal { std: 0.01 })?;
-    Ok(ForwardGraph { name: String::new(), graph: b.graph, input, output, task: Task::Classification { classes } })
+    Ok(ForwardGraph { name: String::new(), graph: b.graph, inputs: vec![input], output, task: Task::Classification { classes } })
 }
 
 /// torchvision's `InvertedResidual`: an optional 1x1 expansion (`conv.0`, absent when t = 1), a

@@ -37,7 +37,7 @@ pub fn build_resnet18(params: &Params, batch: usize, seed: u64) -> Result<Forwar
     let x = b.global_avg_pool("avgpool", x)?;
     let x = b.flatten("flatten", x)?;
     let output = b.linear("fc", x, classes, WeightInit::TorchDefault)?;
-    Ok(ForwardGraph { name: String::new(), graph: b.graph, input, output, task: Task::Classification { classes } })
+    Ok(ForwardGraph { name: String::new(), graph: b.graph, inputs: vec![input], output, task: Task::Classification { classes } })
 }
 
 /// torchvision's `BasicBlock`. It calls its one `relu` module twice; the second call is the node

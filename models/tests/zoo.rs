@@ -135,9 +135,9 @@ fn every_catalog_default_builds() {
 /// Properties every zoo graph has, whatever the model.
 fn check_common(f: &ForwardGraph, input_shape: &[usize], output_shape: &[usize]) {
     let g = &f.graph;
-    assert_eq!(g.tensor(f.input).name, "input");
-    assert_eq!(g.tensor(f.input).role, Role::Input);
-    assert_eq!(g.shape(f.input), input_shape);
+    assert_eq!(g.tensor(f.inputs[0]).name, "input");
+    assert_eq!(g.tensor(f.inputs[0]).role, Role::Input);
+    assert_eq!(g.shape(f.inputs[0]), input_shape);
     assert_eq!(g.shape(f.output), output_shape);
     let mut names = HashSet::new();
     for t in &g.tensors {
@@ -382,9 +382,9 @@ fn init_follows_pytorch_and_torchvision() {
 /// Runs the forward nodes in f64 on a seeded input; returns the interpreter for inspection.
 fn run_forward(f: &ForwardGraph) -> Interpreter<'_> {
     let mut it = Interpreter::new(&f.graph);
-    let n = f.graph.tensor(f.input).numel();
+    let n = f.graph.tensor(f.inputs[0]).numel();
     let x: Vec<f64> = (0..n).map(|i| ((i * 7919) % 1000) as f64 / 500.0 - 1.0).collect();
-    it.set(f.input, x);
+    it.set(f.inputs[0], x);
     it.run(f.graph.program_nodes(Program::Train)).unwrap_or_else(|e| panic!("{}: {e}", f.name));
     it
 }
@@ -421,7 +421,7 @@ fn mlp_computes_linear_relu_linear() {
     let g = &f.graph;
     let (w0, b0, w2, b2) =
         (init_of(g, "layers.0.weight"), init_of(g, "layers.0.bias"), init_of(g, "layers.2.weight"), init_of(g, "layers.2.bias"));
-    let x = it.get(f.input).unwrap().to_vec();
+    let x = it.get(f.inputs[0]).unwrap().to_vec();
     let y = it.get(f.output).unwrap();
     for s in 0..2 {
         let h: Vec<f64> =

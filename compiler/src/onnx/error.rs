@@ -99,4 +99,34 @@ pub enum ImportError {
         "dimension '{name}' is {first} in one input and {second} in another ({given}); inputs that share a named dimension must agree"
     )]
     NamedDimConflict { name: String, first: usize, second: usize, given: String },
+
+    #[error("node '{node}' ({op_type}, opset {opset}) is of an op type pock cannot import yet; the model needs these unsupported op types: {}. pock imports: {supported}. Re-export without them, or file an issue naming them", missing.join(", "))]
+    UnsupportedOps { node: String, op_type: String, opset: i64, missing: Vec<String>, supported: String },
+
+    #[error("node '{node}' ({op_type}, opset {opset}): {detail}")]
+    NodeImport { node: String, op_type: String, opset: i64, detail: String },
+
+    #[error("node '{node}' ({op_type}, opset {opset}) does not fit pock's op rules: {source}; the graph's shapes disagree with the op, re-export the model")]
+    Graph {
+        node: String,
+        op_type: String,
+        opset: i64,
+        #[source]
+        source: Box<crate::CompileError>,
+    },
+
+    #[error("input '{input}' is {dtype}; pock feeds float32, int64 and bool inputs, so cast it in the exporting framework")]
+    UnsupportedInputType { input: String, dtype: String },
+
+    #[error("--output names '{name}', which is not a value of the model; its outputs are: {known}")]
+    UnknownOutput { name: String, known: String },
+
+    #[error("the model has several outputs ({known}); choose the one to train with --output NAME")]
+    ChooseOutput { known: String },
+
+    #[error("output '{name}' is a constant (it does not depend on any input or parameter), so there is nothing to train; choose another with --output NAME")]
+    ConstantOutput { name: String },
+
+    #[error("output '{output}' has shape {shape:?}, but --loss cross-entropy needs [batch, classes] logits; choose another output with --output NAME or use --loss mse")]
+    LossShape { output: String, shape: Vec<usize> },
 }

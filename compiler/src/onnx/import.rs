@@ -1,0 +1,952 @@
+//! The op importer: an [`OnnxModel`] becomes a [`ForwardGraph`].
+//!
+//! Float initializers become trainable parameters under their ONNX names (BatchNorm running
+//! means and variances become running statistics); graph inputs become data inputs with the
+//! dimensions fixed by `--batch` / `--input-shape`. Each ONNX op type maps through one table
+//! ([`Importer::import_node`], one arm per op type) onto pock's primitives; composite ops (Gemm,
+//! Flatten, Conv with a bias, ...) expand there. Values computed only from shapes and constants
+//! never reach the graph: [`super::fold`] evaluates them at compile time.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use pock_engine::ops::{BatchNorm, Clip, Conv2d, ConvOp, DenseOp, MatMul, NormOp, Op, Pool2d, PoolOp};
+
+use super::error::ImportError;
+use super::fold::{self, Const, ConstData};
+use super::{resolve_input_shapes, Attribute, DataType, Node, OnnxModel, ShapeOverrides};
+use crate::ir::{DType, Graph, Phase, Program, Role, TensorDef, TensorId};
+use crate::stages::{ForwardGraph, Task};
+
+/// The op types imported onto graph nodes, whatever their inputs.
+pub const GRAPH_OPS: &[&str] = &[
+    "Add",
+    "AveragePool",
+    "BatchNormalization",
+    "Clip",
+    "Constant",
+    "Conv",
+    "Dropout",
+    "Flatten",
+    "Gemm",
+    "GlobalAveragePool",
+    "Identity",
+    "MatMul",
+    "MaxPool",
+    "Mul",
+    "ReduceMean",
+    "Relu",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+];
+
+/// Every op type pock imports, sorted: the graph ops and the ops it folds on constants.
+pub fn supported_ops() -> Vec<&'static str> {
+    let mut all: Vec<&'static str> = GRAPH_OPS.iter().chain(fold::FOLDABLE).copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// The loss the training set-up attaches to the chosen output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LossKind {
+    /// Softmax cross-entropy over `[batch, classes]` logits with int64 labels.
+    #[default]
+    CrossEntropy,
+    /// Mean squared error against float targets of the output's shape.
+    Mse,
+}
+
+/// What `pock compile model.onnx` decides besides the training options.
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    pub shapes: ShapeOverrides,
+    /// The graph output to train (`--output NAME`); `None` takes the model's only output.
+    pub output: Option<String>,
+    pub loss: LossKind,
+}
+
+/// An imported model and what the user should know about the import.
+#[derive(Clone, Debug)]
+pub struct Imported {
+    pub forward: ForwardGraph,
+    /// Behaviours that differ from the ONNX graph's, one sentence each (printed by the CLI).
+    pub notes: Vec<String>,
+}
+
+/// Reads an ONNX file and imports it; the graph's name is the file name.
+pub fn import_file(path: &Path, options: &ImportOptions) -> Result<Imported, ImportError> {
+    let model = super::load_model(path)?;
+    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().to_string());
+    import_model(&model, &name, options)
+}
+
+/// Imports a loaded model.
+pub fn import_model(model: &OnnxModel, name: &str, options: &ImportOptions) -> Result<Imported, ImportError> {
+    check_op_types(model)?;
+    let shapes = resolve_input_shapes(model, &options.shapes)?;
+    let mut im = Importer {
+        model,
+        graph: Graph::new(),
+        values: HashMap::new(),
+        running_stats: HashSet::new(),
+        notes: Vec::new(),
+        dropout_noted: false,
+    };
+    for (i, t) in model.initializers.iter().enumerate() {
+        im.values.insert(t.name.clone(), Value::Initializer(i));
+    }
+    for n in &model.nodes {
+        if n.op_type == "BatchNormalization" {
+            im.running_stats.extend(n.inputs.iter().skip(3).take(2).cloned());
+        }
+    }
+    let mut inputs = Vec::with_capacity(shapes.len());
+    for s in &shapes {
+        let dtype = match s.dtype {
+            Some(DataType::F32) | None => DType::F32,
+            Some(DataType::I64) => DType::I64,
+            Some(DataType::Bool) => DType::Bool,
+            Some(other) => return Err(ImportError::UnsupportedInputType { input: s.name.clone(), dtype: other.name() }),
+        };
+        let id = im.graph.input(s.name.clone(), s.dims.clone(), dtype, Role::Input);
+        im.values.insert(s.name.clone(), Value::Tensor(id));
+        inputs.push(id);
+    }
+    for node in &model.nodes {
+        im.import_node(node)?;
+    }
+
+    let known = || model.outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ");
+    let output_name = match (&options.output, model.outputs.as_slice()) {
+        (Some(name), _) => {
+            if !model.outputs.iter().any(|o| &o.name == name) && !im.values.contains_key(name) {
+                return Err(ImportError::UnknownOutput { name: name.clone(), known: known() });
+            }
+            name.clone()
+        }
+        (None, [only]) => only.name.clone(),
+        (None, _) => return Err(ImportError::ChooseOutput { known: known() }),
+    };
+    let output = match im.values.get(&output_name) {
+        Some(Value::Tensor(t)) => *t,
+        _ => return Err(ImportError::ConstantOutput { name: output_name }),
+    };
+    let out_shape = im.graph.shape(output).to_vec();
+    let task = match options.loss {
+        LossKind::CrossEntropy => match out_shape[..] {
+            [_, classes] => Task::Classification { classes },
+            _ => return Err(ImportError::LossShape { output: output_name, shape: out_shape }),
+        },
+        LossKind::Mse => Task::Regression,
+    };
+    let forward = ForwardGraph { name: name.to_string(), graph: im.graph, inputs, output, task };
+    Ok(Imported { forward, notes: im.notes })
+}
+
+/// Refuses a model with op types pock does not import, naming all of them at once so that one
+/// run lists everything missing. An op that pock only folds counts as missing where it reads a
+/// value computed at run time; which values are constants is decided here as the importer will
+/// decide it (integer initializers, Constant outputs, Shape, and folded ops over constants).
+fn check_op_types(model: &OnnxModel) -> Result<(), ImportError> {
+    let supported = supported_ops();
+    let mut constant: HashSet<&str> = model.initializers.iter().filter(|t| t.dtype() != DataType::F32).map(|t| t.name.as_str()).collect();
+    let mut missing: Vec<String> = Vec::new();
+    let mut first: Option<&Node> = None;
+    for n in &model.nodes {
+        let default_domain = n.domain.is_empty() || n.domain == "ai.onnx";
+        let op = n.op_type.as_str();
+        let all_constant = n.inputs.iter().all(|i| i.is_empty() || constant.contains(i.as_str()));
+        let folds = default_domain && (op == "Shape" || (fold::FOLDABLE.contains(&op) && all_constant));
+        if folds {
+            constant.extend(n.outputs.iter().map(String::as_str));
+        }
+        if folds || (default_domain && GRAPH_OPS.contains(&op)) {
+            continue;
+        }
+        let mut key = if default_domain { n.op_type.clone() } else { format!("{}::{}", n.domain, n.op_type) };
+        if supported.contains(&op) && default_domain {
+            key.push_str(" (on run-time tensors)");
+        }
+        if !missing.contains(&key) {
+            missing.push(key);
+        }
+        first.get_or_insert(n);
+    }
+    match first {
+        None => Ok(()),
+        Some(n) => Err(ImportError::UnsupportedOps {
+            node: n.name.clone(),
+            op_type: n.op_type.clone(),
+            opset: model.opset_of(&n.domain),
+            missing,
+            supported: supported.join(", "),
+        }),
+    }
+}
+
+/// What an ONNX value name stands for during import.
+#[derive(Clone, Debug)]
+enum Value {
+    /// A graph tensor.
+    Tensor(TensorId),
+    /// A value known at compile time.
+    Const(Const),
+    /// An initializer not yet used by a graph node (index into `model.initializers`); it becomes a
+    /// parameter or running statistic when a node first reads it as a tensor.
+    Initializer(usize),
+}
+
+struct Importer<'m> {
+    model: &'m OnnxModel,
+    graph: Graph,
+    values: HashMap<String, Value>,
+    /// Initializer names read as BatchNorm running mean or variance.
+    running_stats: HashSet<String>,
+    notes: Vec<String>,
+    dropout_noted: bool,
+}
+
+/// The node being imported, for error messages.
+struct Ctx<'a> {
+    node: &'a Node,
+    opset: i64,
+}
+
+impl Ctx<'_> {
+    fn err(&self, detail: impl Into<String>) -> ImportError {
+        ImportError::NodeImport {
+            node: self.node.name.clone(),
+            op_type: self.node.op_type.clone(),
+            opset: self.opset,
+            detail: detail.into(),
+        }
+    }
+
+    fn int(&self, name: &str, default: i64) -> Result<i64, ImportError> {
+        match self.node.attribute(name) {
+            None => Ok(default),
+            Some(Attribute::Int(v)) => Ok(*v),
+            Some(_) => Err(self.err(format!("attribute '{name}' is not an integer"))),
+        }
+    }
+
+    fn float(&self, name: &str, default: f32) -> Result<f32, ImportError> {
+        match self.node.attribute(name) {
+            None => Ok(default),
+            Some(Attribute::Float(v)) => Ok(*v),
+            Some(_) => Err(self.err(format!("attribute '{name}' is not a float"))),
+        }
+    }
+
+    fn string(&self, name: &str, default: &str) -> Result<String, ImportError> {
+        match self.node.attribute(name) {
+            None => Ok(default.to_string()),
+            Some(Attribute::String(v)) => Ok(String::from_utf8_lossy(v).to_string()),
+            Some(_) => Err(self.err(format!("attribute '{name}' is not a string"))),
+        }
+    }
+
+    /// A list of sizes (kernel, strides, pads): non-negative, `len` of them.
+    fn sizes(&self, name: &str, len: usize, default: usize) -> Result<Vec<usize>, ImportError> {
+        match self.node.attribute(name) {
+            None => Ok(vec![default; len]),
+            Some(Attribute::Ints(v)) if v.len() == len => v
+                .iter()
+                .map(|&x| usize::try_from(x).map_err(|_| self.err(format!("attribute '{name}' has a negative value {x}"))))
+                .collect(),
+            Some(_) => Err(self.err(format!("attribute '{name}' must be a list of {len} integers"))),
+        }
+    }
+
+    /// The name of input `i`, which must be present.
+    fn input(&self, i: usize) -> Result<&str, ImportError> {
+        match self.node.inputs.get(i) {
+            Some(s) if !s.is_empty() => Ok(s),
+            _ => Err(self.err(format!("input {i} is missing"))),
+        }
+    }
+
+    fn optional_input(&self, i: usize) -> Option<&str> {
+        self.node.inputs.get(i).map(String::as_str).filter(|s| !s.is_empty())
+    }
+}
+
+impl Importer<'_> {
+    /// The table: one arm per ONNX op type. Nodes whose inputs are all constants are folded
+    /// first, whatever their type.
+    fn import_node(&mut self, node: &Node) -> Result<(), ImportError> {
+        let ctx = Ctx { node, opset: self.model.opset_of(&node.domain) };
+        if self.try_fold(&ctx)? {
+            return Ok(());
+        }
+        match node.op_type.as_str() {
+            "Conv" => self.conv(&ctx),
+            "BatchNormalization" => self.batch_norm(&ctx),
+            "Relu" => self.unary(&ctx, DenseOp::Relu),
+            "Clip" => self.clip(&ctx),
+            "MaxPool" | "AveragePool" => self.pool(&ctx),
+            "GlobalAveragePool" => self.unary(&ctx, PoolOp::GlobalAvgPool),
+            "Add" | "Mul" => self.same_shape_binary(&ctx),
+            "Identity" => self.alias(&ctx),
+            "Dropout" => self.dropout(&ctx),
+            "Flatten" | "Reshape" | "Squeeze" | "Unsqueeze" => self.reshape(&ctx),
+            "Gemm" => self.gemm(&ctx),
+            "MatMul" => self.matmul(&ctx),
+            "ReduceMean" => self.reduce_mean(&ctx),
+            // Every other supported op type is evaluated only on constants.
+            other => Err(ctx.err(format!(
+                "pock evaluates {other} only at compile time, on shapes and constants, and this node reads a tensor computed \
+                 at run time; {other} on run-time tensors is not implemented yet"
+            ))),
+        }
+    }
+
+    /// Folds the node if every input it has is a constant (`Shape` needs only its input's
+    /// static shape). Returns whether it did.
+    fn try_fold(&mut self, ctx: &Ctx) -> Result<bool, ImportError> {
+        let node = ctx.node;
+        if node.op_type == "Shape" {
+            let dims = match self.values.get(ctx.input(0)?) {
+                Some(Value::Tensor(t)) => self.graph.shape(*t).to_vec(),
+                Some(Value::Const(c)) => c.dims.clone(),
+                Some(Value::Initializer(i)) => self.model.initializers[*i].dims.clone(),
+                None => return Err(self.undefined(ctx, ctx.input(0)?)),
+            };
+            self.set(ctx, 0, Value::Const(fold::shape_of(node, &dims)))?;
+            return Ok(true);
+        }
+        if !fold::FOLDABLE.contains(&node.op_type.as_str()) {
+            return Ok(false);
+        }
+        let mut consts: Vec<Option<Const>> = Vec::with_capacity(node.inputs.len());
+        for name in &node.inputs {
+            if name.is_empty() {
+                consts.push(None);
+                continue;
+            }
+            match self.values.get(name) {
+                Some(Value::Const(c)) => consts.push(Some(c.clone())),
+                // Initializers that feed shape arithmetic are integer tensors; a float
+                // initializer is a parameter and must stay one.
+                Some(Value::Initializer(i)) if self.model.initializers[*i].dtype() != DataType::F32 => {
+                    consts.push(Some(Const::from_tensor(&self.model.initializers[*i])))
+                }
+                Some(_) => return Ok(false),
+                None => return Err(self.undefined(ctx, name)),
+            }
+        }
+        let refs: Vec<Option<&Const>> = consts.iter().map(Option::as_ref).collect();
+        match fold::evaluate(node, &refs).map_err(|e| ctx.err(format!("cannot evaluate it at compile time: {e}")))? {
+            None => Ok(false),
+            Some(outs) => {
+                for (i, c) in outs.into_iter().enumerate() {
+                    self.set(ctx, i, Value::Const(c))?;
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    fn undefined(&self, ctx: &Ctx, value: &str) -> ImportError {
+        ctx.err(format!("it reads '{value}', which pock did not import (an output of an earlier node that pock does not compute)"))
+    }
+
+    /// Binds output `i` of the node (if the node names it).
+    fn set(&mut self, ctx: &Ctx, i: usize, v: Value) -> Result<(), ImportError> {
+        match ctx.node.outputs.get(i) {
+            Some(name) if !name.is_empty() => {
+                self.values.insert(name.clone(), v);
+                Ok(())
+            }
+            Some(_) => Ok(()),
+            None => Err(ctx.err(format!("it has no output {i}"))),
+        }
+    }
+
+    /// The graph tensor for a value, creating the parameter, running statistic or constant the
+    /// first time an initializer or constant is read as a tensor.
+    fn tensor(&mut self, ctx: &Ctx, name: &str) -> Result<TensorId, ImportError> {
+        let value = self.values.get(name).cloned().ok_or_else(|| self.undefined(ctx, name))?;
+        let id = match value {
+            Value::Tensor(t) => return Ok(t),
+            Value::Initializer(i) => {
+                let t = &self.model.initializers[i];
+                let values = match Const::from_tensor(t).data {
+                    ConstData::F32(v) => v,
+                    _ => {
+                        return Err(ctx.err(format!(
+                            "initializer '{name}' is {}, and pock graphs hold only float32 constants so far",
+                            t.dtype().name()
+                        )))
+                    }
+                };
+                let role = if self.running_stats.contains(name) { Role::RunningStat } else { Role::Parameter { trainable: true } };
+                self.graph.add_tensor(TensorDef {
+                    name: name.to_string(),
+                    shape: t.dims.clone(),
+                    dtype: DType::F32,
+                    role,
+                    init: Some(values),
+                })
+            }
+            Value::Const(c) => match c.data {
+                ConstData::F32(v) => self.graph.constant(name, c.dims.clone(), v),
+                _ => {
+                    return Err(ctx.err(format!(
+                        "'{name}' is an {} constant used as a tensor, and pock graphs hold only float32 constants so far",
+                        c.dtype_name()
+                    )))
+                }
+            },
+        };
+        self.values.insert(name.to_string(), Value::Tensor(id));
+        Ok(id)
+    }
+
+    /// The compile-time value of an input, which must be a constant.
+    fn constant(&self, ctx: &Ctx, name: &str, what: &str) -> Result<Const, ImportError> {
+        match self.values.get(name) {
+            Some(Value::Const(c)) => Ok(c.clone()),
+            Some(Value::Initializer(i)) => Ok(Const::from_tensor(&self.model.initializers[*i])),
+            Some(Value::Tensor(_)) => Err(ctx.err(format!("its {what} ('{name}') is computed at run time; pock needs it constant"))),
+            None => Err(self.undefined(ctx, name)),
+        }
+    }
+
+    fn emit(&mut self, ctx: &Ctx, name: &str, op: impl Into<Op>, inputs: &[TensorId]) -> Result<TensorId, ImportError> {
+        self.graph.emit(name, op, inputs, Phase::Forward, Program::Train).map(|o| o[0]).map_err(|source| self.compile_error(ctx, source))
+    }
+
+    fn compile_error(&self, ctx: &Ctx, source: crate::CompileError) -> ImportError {
+        ImportError::Graph { node: ctx.node.name.clone(), op_type: ctx.node.op_type.clone(), opset: ctx.opset, source: Box::new(source) }
+    }
+
+    fn unary(&mut self, ctx: &Ctx, op: impl Into<Op>) -> Result<(), ImportError> {
+        let x = self.tensor(ctx, ctx.input(0)?)?;
+        let y = self.emit(ctx, &ctx.node.name, op, &[x])?;
+        self.set(ctx, 0, Value::Tensor(y))
+    }
+
+    fn alias(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
+        let v = self.values.get(ctx.input(0)?).cloned().ok_or_else(|| self.undefined(ctx, &ctx.node.inputs[0]))?;
+        self.set(ctx, 0, v)
+    }
+
+    /// Conv (2-D, NCHW), with its optional bias as a BiasAdd.
+    fn conv(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
+        let x = self.tensor(ctx, ctx.input(0)?)?;
+        let w = self.tensor(ctx, ctx.input(1)?)?;
+        let (xs, ws) = (self.graph.shape(x).to_vec(), self.graph.shape(w).to_vec());
+        if xs.len() != 4 || ws.len() != 4 {
+            return Err(ctx.err(format!("only 2-D convolutions are supported (input {xs:?}, weight {ws:?})")));
+        }
+        if let Some(Attribute::Ints(k)) = ctx.node.attribute("kernel_shape") {
+            if k.iter().map(|&d| d as usize).ne(ws[2..].iter().copied()) {
+                return Err(ctx.err(format!("kernel_shape {k:?} differs from the weight's shape {ws:?}")));
+            }
+        }
+        let stride = ctx.sizes("strides", 2, 1)?;
+        let dilation = ctx.sizes("dilations", 2, 1)?;
+        if ws[2..].contains(&0) || stride.contains(&0) || dilation.contains(&0) {
+            return Err(ctx.err(format!("kernel {ws:?}, strides {stride:?} and dilations {dilation:?} must be at least 1")));
+        }
+        let kernel = [(ws[2] - 1) * dilation[0] + 1, (ws[3] - 1) * dilation[1] + 1];
+        let padding = self.padding(ctx, [xs[2], xs[3]], kernel, [stride[0], stride[1]])?;
+        let groups = usize::try_from(ctx.int("group", 1)?).map_err(|_| ctx.err("group must be positive"))?;
+        let op = ConvOp::Conv2d(Conv2d { stride: [stride[0], stride[1]], padding, dilation: [dilation[0], dilation[1]], groups });
+        let name = ctx.node.name.clone();
+        let mut y = self.emit(ctx, &name, op, &[x, w])?;
+        if let Some(b) = ctx.optional_input(2) {
+            let b = self.tensor(ctx, b)?;
+            y = self.emit(ctx, &format!("{name}.bias_add"), DenseOp::BiasAdd, &[y, b])?;
+        }
+        self.set(ctx, 0, Value::Tensor(y))
+    }
+
+    /// `pads` or `auto_pad` as `[top, left, bottom, right]` (ONNX orders pads as all begins then
+    /// all ends, which for two spatial axes is the same).
+    fn padding(&self, ctx: &Ctx, input: [usize; 2], kernel: [usize; 2], stride: [usize; 2]) -> Result<[usize; 4], ImportError> {
+        let auto = ctx.string("auto_pad", "NOTSET")?;
+        match auto.as_str() {
+            "NOTSET" => {
+                let p = ctx.sizes("pads", 4, 0)?;
+                Ok([p[0], p[1], p[2], p[3]])
+            }
+            "VALID" => Ok([0; 4]),
+            "SAME_UPPER" | "SAME_LOWER" => {
+                let mut pads = [0; 4];
+                for a in 0..2 {
+                    let out = input[a].div_ceil(stride[a].max(1)).max(1);
+                    let total = ((out - 1) * stride[a] + kernel[a]).saturating_sub(input[a]);
+                    let small = total / 2;
+                    let (begin, end) = if auto == "SAME_UPPER" { (small, total - small) } else { (total - small, small) };
+                    pads[a] = begin;
+                    pads[a + 2] = end;
+                }
+                Ok(pads)
+            }
+            other => Err(ctx.err(format!("auto_pad '{other}' is not an ONNX value"))),
+        }
+    }
+
+    /// BatchNormalization trains with batch statistics and updates the running statistics in
+    /// place, as PyTorch's `train()` and pock's zoo do, whether or not the graph was exported in
+    /// training mode (the eval program uses the running statistics).
+    fn batch_norm(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
+        let x = self.tensor(ctx, ctx.input(0)?)?;
+        let gamma = self.tensor(ctx, ctx.input(1)?)?;
+        let beta = self.tensor(ctx, ctx.input(2)?)?;
+        let mut stats = [TensorId(0); 2];
+        for (k, slot) in stats.iter_mut().enumerate() {
+            let name = ctx.input(3 + k)?;
+            if !matches!(self.values.get(name), Some(Value::Initializer(_))) {
+                return Err(
+                    ctx.err(format!("its running statistic '{name}' is not an initializer of its own, which pock needs to update it"))
+                );
+            }
+            *slot = self.tensor(ctx, name)?;
+        }
+        let eps = ctx.float("epsilon", 1e-5)?;
+        // ONNX weights the running value by `momentum` (default 0.9); PyTorch and pock weight the
+        // batch value, so pock's momentum is ONNX's complement.
+        let momentum = (1.0 - f64::from(ctx.float("momentum", 0.9)?)) as f32;
+        if ctx.int("training_mode", 0)? == 0 && !self.notes.iter().any(|n| n.contains("BatchNormalization")) {
+            self.notes.push(
+                "BatchNormalization nodes exported in inference mode train with batch statistics, as PyTorch's train() does; \
+                 compile with --batch-norm frozen to keep their running statistics fixed"
+                    .into(),
+            );
+        }
+        let op = NormOp::BatchNormTrain(BatchNorm { eps, momentum });
+        let outs = self
+            .graph
+            .emit_inplace(&ctx.node.name, op, &[x, gamma, beta], &stats, Phase::Forward, Program::Train)
+            .map_err(|e| self.compile_error(ctx, e))?;
+        self.set(ctx, 0, Value::Tensor(outs[0]))?;
+        // Outputs 1 and 2 of a training-mode node are the updated running statistics.
+        for (k, &s) in stats.iter().enumerate() {
+            if ctx.node.outputs.len() > k + 1 {
+                self.set(ctx, k + 1, Value::Tensor(s))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn clip(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
+        let x = self.tensor(ctx, ctx.input(0)?)?;
+        let bound = |i: usize, default: f32, what: &str| match ctx.optional_input(i) {
+            None => Ok(default),
+            Some(name) => self.constant(ctx, name, what)?.scalar_f32().map_err(|e| ctx.err(format!("its {what}: {e}"))),
+        };
+        let min = bound(1, f32::NEG_INFINITY, "min")?;
+        let max = bound(2, f32::INFINITY, "max")?;
+        let y = self.emit(ctx, &ctx.node.name, DenseOp::Clip(Clip { min, max }), &[x])?;
+        self.set(ctx, 0, Value::Tensor(y))
+    }
+
+    /// MaxPool and AveragePool. `ceil_mode` becomes extra bottom/right padding, which max pooling
+    /// ignores (padding counts as -inf) as long as every window still covers a real element.
+    fn pool(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
+        let max = ctx.node.op_type == "MaxPool";
+        let x = self.tensor(ctx, ctx.input(0)?)?;
+        let xs = self.graph.shape(x).to_vec();
+        if xs.len() != 4 {
+            return Err(ctx.err(format!("only 2-D pooling is supported (input {xs:?})")));
+        }
+        if ctx.node.outputs.get(1).is_some_and(|s| !s.is_empty()) {
+            return Err(ctx.err("its Indices output is not supported"));
+        }
+        let kernel = ctx.sizes("kernel_shape", 2, 0)?;
+        if kernel.contains(&0) {
+            return Err(ctx.err("kernel_shape is missing or zero"));
+        }
+        if ctx.sizes("dilations", 2, 1)? != [1, 1] {
+            return Err(ctx.err("dilated pooling is not supported"));
+        }
+        if ctx.int("storage_order", 0)? != 0 {
+            return Err(ctx.err("column-major storage_order is not supported"));
+        }
+        let stride = ctx.sizes("strides", 2, 1)?;
+        if stride.contains(&0) {
+            return Err(ctx.err("strides must be at least 1"));
+        }
+        let (kernel, stride) = ([kernel[0], kernel[1]], [stride[0], stride[1]]);
+        let mut padding = self.padding(ctx, [xs[2], xs[3]], kernel, stride)?;
+        if ctx.int("ceil_mode", 0)? != 0 {
+            for a in 0..2 {
+                let span = xs[2 + a] + padding[a] + padding[a + 2];
+                if span < kernel[a] {
+                    return Err(ctx.err(format!("window {kernel:?} does not fit input {xs:?} with padding {padding:?}")));
+                }
+                let floor_out = (span - kernel[a]) / stride[a] + 1;
+                let mut ceil_out = (span - kernel[a]).div_ceil(stride[a]) + 1;
+                // PyTorch (and ONNX since opset 19) drop a last window that would start in the
+                // end padding.
+                if (ceil_out - 1) * stride[a] >= xs[2 + a] + padding[a] {
+                    ceil_out -= 1;
+                }
+                if ceil_out > floor_out {
+                    if !max {
+                        return Err(ctx.err(
+                            "AveragePool with ceil_mode that adds a window is not supported (its divisor for the partial window \
+                             differs from padding's)",
+                        ));
+                    }
+                    let extra = (ceil_out - 1) * stride[a] + kernel[a] - span;
+                    // The last window starts at (ceil_out - 1) * stride - begin padding, which the
+                    // check above keeps inside the input: it covers at least one real element.
+                    debug_assert!((ceil_out - 1) * stride[a] < xs[2 + a] + padding[a]);
+                    padding[a + 2] += extra;
+                }
+            }
+        }
+        let count_include_pad = ctx.int("count_include_pad", 0)? != 0;
+        let p = Pool2d { kernel, stride, padding, count_include_pad };
+        let op = if max { PoolOp::MaxPool2d(p) } else { PoolOp::AvgPool2d(p) };
+        let y = self.emit(ctx, &ctx.node.name, op, &[x])?;
+        self.set(ctx, 0, Value::Tensor(y))
+    }
+
+    /// Add and Mul of two tensors of one shape. Broadcasting needs the elementwise family.
+    fn same_shape_binary(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
+        let a = self.tensor(ctx, ctx.input(0)?)?;
+        let b = self.tensor(ctx, ctx.input(1)?)?;
+        let (sa, sb) = (self.graph.shape(a).to_vec(), self.graph.shape(b).to_vec());
+        if sa != sb {
+            return Err(ctx.err(format!(
+                "operands of shapes {sa:?} and {sb:?} need broadcasting, which pock's {} does not do yet",
+                ctx.node.op_type
+            )));
+        }
+        let op = if ctx.node.op_type == "Add" { DenseOp::Add } else { DenseOp::Mul };
+        let y = self.emit(ctx, &ctx.node.name, op, &[a, b])?;
+        self.set(ctx, 0, Value::Tensor(y))
+    }
+
+    /// Dropout runs as the identity: pock has no seeded dropout yet. With ratio 0 or outside
+    /// training mode that is exact; otherwise a note says so.
+    fn dropout(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
+        if ctx.node.outputs.get(1).is_some_and(|m| !m.is_empty())
+            && self.model.nodes.iter().any(|n| n.inputs.contains(&ctx.node.outputs[1]))
+        {
+            return Err(ctx.err("its mask output is read by another node, which pock does not support"));
+        }
+        let ratio = match ctx.optional_input(1) {
+            Some(r) => self.constant(ctx, r, "ratio")?.scalar_f32().map_err(|e| ctx.err(format!("its ratio: {e}")))?,
+            None => 0.5,
+        };
+        let training = match ctx.optional_input(2) {
+            Some(t) => self.constant(ctx, t, "training_mode")?.scalar_f32().map_err(|e| ctx.err(format!("its training_mode: {e}")))? != 0.0,
+            None => false,
+        };
+        if training && ratio > 0.0 && !self.dropout_noted {
+            self.dropout_noted = true;
+            self.notes.push(format!(
+                "Dropout (ratio {ratio}, training mode) runs as the identity: pock does not implement seeded dropout yet, so \
+                 training differs from PyTorch's train() there (first such node: '{}')",
+                ctx.node.name
+            ));
+        }
+        let v = self.values.get(ctx.input(0)?).cloned().ok_or_else(|| self.undefined(ctx, &ctx.node.inputs[0]))?;
+        self.set(ctx, 0, v)
+    }
+
+    /// Flatten, Reshape, Squeeze and Unsqueeze of a run-time tensor: one Reshape node (none when
+    /// the shape does not change).
+    fn reshape(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
+        let x = self.tensor(ctx, ctx.input(0)?)?;
+        let xs = self.graph.shape(x).to_vec();
+        let dims = match ctx.node.op_type.as_str() {
+            "Flatten" => fold::flatten_dims(&xs, ctx.int("axis", 1)?).map(|d| d.to_vec()),
+            "Reshape" => {
+                let target = self.constant(ctx, ctx.input(1)?, "shape")?.as_i64().map_err(|e| ctx.err(e))?;
+                fold::reshape_dims(&xs, &target, ctx.int("allowzero", 0)? != 0)
+            }
+            "Squeeze" => match ctx.optional_input(1) {
+                Some(a) => {
+                    let axes = self.constant(ctx, a, "axes")?.as_i64().map_err(|e| ctx.err(e))?;
+                    fold::squeeze_dims(&xs, Some(&axes))
+                }
+                None => fold::squeeze_dims(&xs, None),
+            },
+            _ => {
+                let axes = self.constant(ctx, ctx.input(1)?, "axes")?.as_i64().map_err(|e| ctx.err(e))?;
+                fold::unsqueeze_dims(&xs, &axes)
+            }
+        }
+        .map_err(|e| ctx.err(e))?;
+        let y = if dims == xs { x } else { self.emit(ctx, &ctx.node.name, DenseOp::Reshape { shape: dims }, &[x])? };
+        self.set(ctx, 0, Value::Tensor(y))
+    }
+
+    /// A tensor of `shape` filled with `value`, multiplied into `x` (Gemm's alpha and beta).
+    fn scale(&mut self, ctx: &Ctx, name: &str, x: TensorId, value: f32) -> Result<TensorId, ImportError> {
+        let shape = self.graph.shape(x).to_vec();
+        let n = shape.iter().product();
+        let c = self.graph.constant(format!("{name}.factor"), shape, vec![value; n]);
+        self.emit(ctx, name, DenseOp::Mul, &[x, c])
+    }
+
+    /// Gemm: `alpha * op(A) @ op(B) + beta * C` as MatMul (with the transposes as attributes),
+    /// scaling where alpha or beta is not 1, and a BiasAdd for a `[N]` or `[1, N]` C or an Add for
+    /// an `[M, N]` one.
+    fn gemm(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
+        let a = self.tensor(ctx, ctx.input(0)?)?;
+        let b = self.tensor(ctx, ctx.input(1)?)?;
+        let name = ctx.node.name.clone();
+        let mm = MatMul { trans_a: ctx.int("transA", 0)? != 0, trans_b: ctx.int("transB", 0)? != 0 };
+        let mut y = self.emit(ctx, &name, DenseOp::MatMul(mm), &[a, b])?;
+        let alpha = ctx.float("alpha", 1.0)?;
+        if alpha != 1.0 {
+            y = self.scale(ctx, &format!("{name}.alpha"), y, alpha)?;
+        }
+        if let Some(c) = ctx.optional_input(2) {
+            let mut c = self.tensor(ctx, c)?;
+            let beta = ctx.float("beta", 1.0)?;
+            if beta != 1.0 {
+                c = self.scale(ctx, &format!("{name}.beta"), c, beta)?;
+            }
+            let (ys, cs) = (self.graph.shape(y).to_vec(), self.graph.shape(c).to_vec());
+            y = match cs.as_slice() {
+                [n] if *n == ys[1] => self.emit(ctx, &format!("{name}.bias_add"), DenseOp::BiasAdd, &[y, c])?,
+                [1, n] if *n == ys[1] => {
+                    let flat = self.emit(ctx, &format!("{name}.bias"), DenseOp::Reshape { shape: vec![*n] }, &[c])?;
+                    self.emit(ctx, &format!("{name}.bias_add"), DenseOp::BiasAdd, &[y, flat])?
+                }
+                s if s == ys.as_slice() => self.emit(ctx, &format!("{name}.add"), DenseOp::Add, &[y, c])?,
+                _ => return Err(ctx.err(format!("C of shape {cs:?} needs broadcasting to {ys:?}, which pock does not do yet"))),
+            };
+        }
+        self.set(ctx, 0, Value::Tensor(y))
+    }
+
+    /// MatMul of two matrices; batched MatMul needs the batched-matmul family.
+    fn matmul(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
+        let a = self.tensor(ctx, ctx.input(0)?)?;
+        let b = self.tensor(ctx, ctx.input(1)?)?;
+        let (sa, sb) = (self.graph.shape(a).to_vec(), self.graph.shape(b).to_vec());
+        if sa.len() != 2 || sb.len() != 2 {
+            return Err(ctx.err(format!("MatMul of shapes {sa:?} and {sb:?}: only matrices (rank 2) are supported so far")));
+        }
+        let y = self.emit(ctx, &ctx.node.name, DenseOp::MatMul(MatMul { trans_a: false, trans_b: false }), &[a, b])?;
+        self.set(ctx, 0, Value::Tensor(y))
+    }
+
+    /// ReduceMean over the two spatial axes of an NCHW tensor (how the dynamo exporter writes
+    /// adaptive average pooling to 1x1): GlobalAvgPool, then a Reshape to `[N, C]` without
+    /// keepdims. Other reductions need the reduction family.
+    fn reduce_mean(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
+        let x = self.tensor(ctx, ctx.input(0)?)?;
+        let xs = self.graph.shape(x).to_vec();
+        // Opset 18 moved the axes from an attribute to an optional input.
+        let axes = match (ctx.optional_input(1), ctx.node.attribute("axes")) {
+            (Some(a), _) => Some(self.constant(ctx, a, "axes")?.as_i64().map_err(|e| ctx.err(e))?),
+            (None, Some(Attribute::Ints(a))) => Some(a.clone()),
+            _ => None,
+        };
+        let mut axes: Vec<usize> = match axes {
+            Some(a) => a.iter().map(|&a| fold::axis(a, xs.len())).collect::<Result<_, _>>().map_err(|e| ctx.err(e))?,
+            None => (0..xs.len()).collect(),
+        };
+        axes.sort_unstable();
+        if xs.len() != 4 || axes != [2, 3] {
+            return Err(ctx.err(format!(
+                "ReduceMean over axes {axes:?} of a {xs:?} tensor: only the spatial mean of an NCHW tensor is supported so far"
+            )));
+        }
+        let name = ctx.node.name.clone();
+        let mut y = self.emit(ctx, &name, PoolOp::GlobalAvgPool, &[x])?;
+        if ctx.int("keepdims", 1)? == 0 {
+            y = self.emit(ctx, &format!("{name}.squeeze"), DenseOp::Reshape { shape: vec![xs[0], xs[1]] }, &[y])?;
+        }
+        self.set(ctx, 0, Value::Tensor(y))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interp::Interpreter;
+    use crate::onnx::{Dim, Tensor, TensorValues, ValueInfo};
+
+    fn node(op: &str, inputs: &[&str], outputs: &[&str], attributes: Vec<(&str, Attribute)>) -> Node {
+        Node {
+            name: format!("{op}_node"),
+            op_type: op.into(),
+            domain: String::new(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            attributes: attributes.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        }
+    }
+
+    fn model(input: &[usize], initializers: Vec<Tensor>, nodes: Vec<Node>, output: &str) -> OnnxModel {
+        OnnxModel {
+            ir_version: 8,
+            opset: 17,
+            opset_imports: vec![(String::new(), 17)],
+            producer: String::new(),
+            graph_name: String::new(),
+            initializers,
+            inputs: vec![ValueInfo {
+                name: "x".into(),
+                dtype: Some(DataType::F32),
+                shape: Some(input.iter().map(|&d| Dim::Fixed(d)).collect()),
+            }],
+            outputs: vec![ValueInfo { name: output.into(), dtype: Some(DataType::F32), shape: None }],
+            value_info: vec![],
+            nodes,
+        }
+    }
+
+    fn f32s(name: &str, dims: Vec<usize>, v: Vec<f32>) -> Tensor {
+        Tensor { name: name.into(), dims, values: TensorValues::F32(v) }
+    }
+
+    /// Imports with MSE (any output shape) and runs the forward nodes on `x`.
+    fn run(m: &OnnxModel, x: Vec<f64>) -> (Vec<usize>, Vec<f64>) {
+        let options = ImportOptions { loss: LossKind::Mse, ..Default::default() };
+        let f = import_model(m, "test", &options).unwrap().forward;
+        let mut it = Interpreter::<f64>::new(&f.graph);
+        it.set(f.inputs[0], x);
+        it.run(&f.graph.nodes).unwrap();
+        (f.graph.shape(f.output).to_vec(), it.get(f.output).unwrap().to_vec())
+    }
+
+    fn pool(ceil: i64, kernel: i64, stride: i64, pad: i64) -> Node {
+        node(
+            "MaxPool",
+            &["x"],
+            &["y"],
+            vec![
+                ("kernel_shape", Attribute::Ints(vec![kernel; 2])),
+                ("strides", Attribute::Ints(vec![stride; 2])),
+                ("pads", Attribute::Ints(vec![pad; 4])),
+                ("ceil_mode", Attribute::Int(ceil)),
+            ],
+        )
+    }
+
+    #[test]
+    fn max_pool_ceil_mode_adds_partial_windows() {
+        // 5x5 holding 0..25, kernel 2, stride 2: floor mode gives 2x2, ceil mode 3x3 whose last
+        // row and column of windows cover one real row/column each.
+        let x: Vec<f64> = (0..25).map(f64::from).collect();
+        let (shape, y) = run(&model(&[1, 1, 5, 5], vec![], vec![pool(0, 2, 2, 0)], "y"), x.clone());
+        assert_eq!((shape, y), (vec![1, 1, 2, 2], vec![6., 8., 16., 18.]));
+        let (shape, y) = run(&model(&[1, 1, 5, 5], vec![], vec![pool(1, 2, 2, 0)], "y"), x);
+        assert_eq!((shape, y), (vec![1, 1, 3, 3], vec![6., 8., 9., 16., 18., 19., 21., 23., 24.]));
+    }
+
+    #[test]
+    fn max_pool_ceil_mode_drops_a_window_that_would_start_in_the_padding() {
+        // Size 5, padding 1, kernel 2, stride 2: ceil((5 + 2 - 2) / 2) + 1 = 4 windows, but the
+        // fourth would start at padded index 6, inside the end padding, so PyTorch keeps 3.
+        let x: Vec<f64> = (0..25).map(f64::from).collect();
+        let (shape, y) = run(&model(&[1, 1, 5, 5], vec![], vec![pool(1, 2, 2, 1)], "y"), x);
+        assert_eq!(shape, vec![1, 1, 3, 3]);
+        assert_eq!(y, vec![0., 2., 4., 10., 12., 14., 20., 22., 24.]);
+        // Size 6 keeps its fourth window, which starts on the last real row.
+        let x: Vec<f64> = (0..36).map(f64::from).collect();
+        let (shape, y) = run(&model(&[1, 1, 6, 6], vec![], vec![pool(1, 3, 2, 1)], "y"), x);
+        assert_eq!(shape, vec![1, 1, 4, 4]);
+        // The last row of windows covers only row 5 (30..35), in columns {0,1}, {1,2,3}, {3,4,5}, {5}.
+        assert_eq!(&y[12..], &[31., 33., 35., 35.]);
+    }
+
+    #[test]
+    fn gemm_scales_transposes_and_adds_a_row_bias() {
+        // y = 2 * x @ w^T + 0.5 * c, x [2, 3], w [2, 3], c [1, 2].
+        let w = f32s("w", vec![2, 3], vec![1., 0., -1., 2., 1., 0.]);
+        let c = f32s("c", vec![1, 2], vec![10., -4.]);
+        let gemm = node(
+            "Gemm",
+            &["x", "w", "c"],
+            &["y"],
+            vec![("alpha", Attribute::Float(2.0)), ("beta", Attribute::Float(0.5)), ("transB", Attribute::Int(1))],
+        );
+        let (shape, y) = run(&model(&[2, 3], vec![w, c], vec![gemm], "y"), vec![1., 2., 3., -1., 0., 1.]);
+        assert_eq!(shape, vec![2, 2]);
+        // Row 1: x @ w^T = [1 - 3, 2 + 2] = [-2, 4]; row 2: [-1 - 1, -2] = [-2, -2].
+        assert_eq!(y, vec![2. * -2. + 5., 2. * 4. - 2., 2. * -2. + 5., 2. * -2. - 2.]);
+    }
+
+    #[test]
+    fn shape_arithmetic_folds_into_a_reshape_and_clip_reads_constant_bounds() {
+        // y = clip(reshape(x, concat(shape(x)[0:1], [-1])), 0, 6) on [2, 3, 2].
+        let nodes = vec![
+            node("Shape", &["x"], &["s"], vec![]),
+            node(
+                "Constant",
+                &[],
+                &["zero"],
+                vec![("value", Attribute::Tensor(Tensor { name: String::new(), dims: vec![], values: TensorValues::I64(vec![0]) }))],
+            ),
+            node("Gather", &["s", "zero"], &["n"], vec![("axis", Attribute::Int(0))]),
+            node("Unsqueeze", &["n", "axes"], &["n1"], vec![]),
+            node("Concat", &["n1", "minus_one"], &["target"], vec![("axis", Attribute::Int(0))]),
+            node("Reshape", &["x", "target"], &["r"], vec![]),
+            node("Constant", &[], &["lo"], vec![("value_float", Attribute::Float(0.0))]),
+            node("Constant", &[], &["hi"], vec![("value_float", Attribute::Float(6.0))]),
+            node("Clip", &["r", "lo", "hi"], &["y"], vec![]),
+        ];
+        let inits = vec![
+            Tensor { name: "axes".into(), dims: vec![1], values: TensorValues::I64(vec![0]) },
+            Tensor { name: "minus_one".into(), dims: vec![1], values: TensorValues::I64(vec![-1]) },
+        ];
+        let m = model(&[2, 3, 2], inits, nodes, "y");
+        let f = import_model(&m, "t", &ImportOptions { loss: LossKind::Mse, ..Default::default() }).unwrap().forward;
+        let ops: Vec<&str> = f.graph.nodes.iter().map(|n| n.op.name()).collect();
+        assert_eq!(ops, ["Reshape", "Clip"], "the shape arithmetic folds away");
+        let (shape, y) = run(&m, vec![-1., 2., 7., 3., 0.5, 9., 1., 1., 1., 1., 1., 1.]);
+        assert_eq!(shape, vec![2, 6]);
+        assert_eq!(&y[..6], &[0., 2., 6., 3., 0.5, 6.]);
+    }
+
+    #[test]
+    fn unsupported_ops_are_named_together_with_node_opset_and_the_supported_list() {
+        let nodes = vec![
+            node("Relu", &["x"], &["a"], vec![]),
+            node("Softplus", &["a"], &["b"], vec![]),
+            node("Concat", &["a", "b"], &["c"], vec![("axis", Attribute::Int(1))]),
+            node("Softplus", &["c"], &["y"], vec![]),
+        ];
+        let e = import_model(&model(&[2, 3], vec![], nodes, "y"), "t", &ImportOptions::default()).unwrap_err();
+        let msg = e.to_string();
+        let ImportError::UnsupportedOps { node, opset, missing, .. } = &e else { panic!("{msg}") };
+        assert_eq!((node.as_str(), *opset), ("Softplus_node", 17));
+        assert_eq!(missing, &["Softplus", "Concat (on run-time tensors)"]);
+        assert!(msg.contains("Softplus_node") && msg.contains("opset 17") && msg.contains("BatchNormalization, Cast, Clip"), "{msg}");
+    }
+
+    #[test]
+    fn cross_entropy_needs_a_matrix_output_and_an_output_must_be_chosen_among_several() {
+        let m = model(&[2, 3, 2], vec![], vec![node("Relu", &["x"], &["y"], vec![])], "y");
+        let e = import_model(&m, "t", &ImportOptions::default()).unwrap_err();
+        assert!(matches!(e, ImportError::LossShape { .. }) && e.to_string().contains("--loss mse"), "{e}");
+        let mut m = model(&[2, 3], vec![], vec![node("Relu", &["x"], &["y"], vec![]), node("Relu", &["y"], &["z"], vec![])], "y");
+        m.outputs.push(ValueInfo { name: "z".into(), dtype: None, shape: None });
+        let e = import_model(&m, "t", &ImportOptions::default()).unwrap_err();
+        assert!(matches!(e, ImportError::ChooseOutput { .. }) && e.to_string().contains("y, z"), "{e}");
+        let chosen = ImportOptions { output: Some("z".into()), ..Default::default() };
+        let f = import_model(&m, "t", &chosen).unwrap().forward;
+        assert_eq!(f.task, Task::Classification { classes: 3 });
+    }
+
+    #[test]
+    fn several_inputs_stay_in_the_ir_with_their_dtypes_and_training_names_them() {
+        let mut m = model(&[2, 3], vec![], vec![node("Mul", &["x", "scale"], &["y"], vec![])], "y");
+        m.inputs.push(ValueInfo { name: "scale".into(), dtype: Some(DataType::F32), shape: Some(vec![Dim::Fixed(2), Dim::Fixed(3)]) });
+        m.inputs.push(ValueInfo { name: "mask".into(), dtype: Some(DataType::Bool), shape: Some(vec![Dim::Named("batch".into())]) });
+        let options = ImportOptions { shapes: ShapeOverrides::parse::<&str>(Some(2), &[]).unwrap(), ..Default::default() };
+        let f = import_model(&m, "t", &options).unwrap().forward;
+        let inputs: Vec<(&str, DType, &[usize])> =
+            f.inputs.iter().map(|&t| (f.graph.tensor(t).name.as_str(), f.graph.tensor(t).dtype, f.graph.shape(t))).collect();
+        assert_eq!(inputs, [("x", DType::F32, &[2, 3][..]), ("scale", DType::F32, &[2, 3][..]), ("mask", DType::Bool, &[2][..])]);
+        let e = f.into_training(crate::CompileOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("3 data inputs (x, scale, mask)"), "{e}");
+    }
+}
