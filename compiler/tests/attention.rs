@@ -95,7 +95,7 @@ fn attention() -> ForwardGraph {
     let w = weights(&mut g, "out.weight", vec![CLASSES, 3 * DIM + 1], 5);
     let logits = emit(&mut g, "logits", DenseOp::MatMul(MatMul { trans_a: false, trans_b: true }), &[features, w]);
     let output = emit(&mut g, "log_probs", ReduceOp::LogSoftmax { axis: 1 }, &[logits]);
-    ForwardGraph { name: "attention".into(), graph: g, input: x, output, task: Task::Classification { classes: CLASSES } }
+    ForwardGraph { name: "attention".into(), graph: g, inputs: vec![x], output, task: Task::Classification { classes: CLASSES } }
 }
 
 fn data() -> (Vec<f32>, Vec<i64>) {

@@ -52,7 +52,7 @@ fn model() -> ForwardGraph {
     let scale = g.parameter("scale", vec![HIDDEN], (0..HIDDEN).map(|i| 1.0 + i as f32 * 0.1).collect());
     let act = emit(&mut g, "scaled", BroadcastOp::Mul, &[act, scale]);
     let output = linear(&mut g, "fc2", act, HIDDEN, CLASSES);
-    ForwardGraph { name: "broadcast-mlp".into(), graph: g, input, output, task: Task::Classification { classes: CLASSES } }
+    ForwardGraph { name: "broadcast-mlp".into(), graph: g, inputs: vec![input], output, task: Task::Classification { classes: CLASSES } }
 }
 
 fn options() -> CompileOptions {
