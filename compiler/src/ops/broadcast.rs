@@ -14,8 +14,9 @@ use crate::error::Result;
 use crate::ir::{Node, TensorId};
 
 /// `g` summed down to `shape` (the shape of the input it is the gradient of), or `g` itself when
-/// that input was not broadcast.
-fn sum_to(ctx: &mut GradCtx, suffix: &str, g: TensorId, shape: Vec<usize>) -> Result<TensorId> {
+/// that input was not broadcast. Every rule whose forward broadcasts (this family, Expand,
+/// BatchMatMul) sums its gradient back through this one helper.
+pub(super) fn sum_to(ctx: &mut GradCtx, suffix: &str, g: TensorId, shape: Vec<usize>) -> Result<TensorId> {
     if ctx.shape(g) == shape {
         return Ok(g);
     }

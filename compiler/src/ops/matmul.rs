@@ -2,7 +2,7 @@
 
 use pock_engine::ops::{DenseOp, MatMul, MatMulOp};
 
-use super::movement::sum_to_shape;
+use super::broadcast::sum_to;
 use super::{numel, CompileRules, GradCtx};
 use crate::error::Result;
 use crate::ir::{Node, TensorId};
@@ -42,7 +42,7 @@ impl CompileRules for MatMulOp {
             } else {
                 ctx.emit1("da", MatMulOp::BatchMatMul(MatMul { trans_a: false, trans_b: !m.trans_b }), &[dy, b])?
             };
-            let da = sum_to_shape(ctx, "da", full, &a_mat)?;
+            let da = sum_to(ctx, "da", full, a_mat.clone())?;
             grads[0] = Some(promoted(ctx, "da.vec", da, a_vec, &a_shape)?);
         }
         if needs[1] {
@@ -53,7 +53,7 @@ impl CompileRules for MatMulOp {
             } else {
                 ctx.emit1("db", MatMulOp::BatchMatMul(MatMul { trans_a: !m.trans_a, trans_b: false }), &[a, dy])?
             };
-            let db = sum_to_shape(ctx, "db", full, &b_mat)?;
+            let db = sum_to(ctx, "db", full, b_mat.clone())?;
             grads[1] = Some(promoted(ctx, "db.vec", db, b_vec, &b_shape)?);
         }
         Ok(grads)

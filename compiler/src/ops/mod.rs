@@ -18,8 +18,8 @@ mod movement;
 mod norm;
 mod optim;
 mod pool;
-mod unary;
 mod reduce;
+mod unary;
 
 use pock_engine::ops::Op;
 

@@ -1,8 +1,9 @@
 //! Gradient rules and costs of the movement family: Transpose, Concat, Split, Slice, Expand,
 //! Gather, Pad, Trilu and their gradient ops.
 
-use pock_engine::ops::{DenseOp, MoveOp, Reduce, ReduceOp, Slice};
+use pock_engine::ops::{MoveOp, Slice};
 
+use super::broadcast::sum_to;
 use super::{no_gradient, numel, CompileRules, GradCtx};
 use crate::error::Result;
 use crate::ir::{Node, TensorId};
@@ -52,7 +53,7 @@ impl CompileRules for MoveOp {
                 let shape = ctx.shape(x);
                 grads[0] = Some(ctx.emit1("dx", MoveOp::SliceGrad { slice: slice.clone(), shape }, &[dy])?);
             }
-            MoveOp::Expand { .. } => grads[0] = Some(sum_to_shape(ctx, "dx", dy, &ctx.shape(x))?),
+            MoveOp::Expand { .. } => grads[0] = Some(sum_to(ctx, "dx", dy, ctx.shape(x))?),
             // The indices are never differentiated; only the data gets a gradient.
             MoveOp::Gather { axis } => {
                 if needs[0] {
@@ -104,26 +105,4 @@ fn zeros(ctx: &mut GradCtx, node: &Node, i: usize, like: TensorId) -> Result<Ten
     let zero = ctx.graph.constant(format!("{}.grad.zero{i}.value", node.name), vec![], vec![0.0]);
     let shape = ctx.shape(like);
     ctx.emit1(&format!("zero{i}"), MoveOp::Expand { shape }, &[zero])
-}
-
-/// Sums the gradient `dy` of a broadcast result back to the shape `to` it was broadcast from
-/// (numpy rules): over the leading axes `to` lacks and the axes where `to` has size 1. The nodes
-/// it emits are named `<suffix>.sum` and `<suffix>.unsum`.
-pub fn sum_to_shape(ctx: &mut GradCtx, suffix: &str, dy: TensorId, to: &[usize]) -> Result<TensorId> {
-    let from = ctx.shape(dy);
-    if from == to {
-        return Ok(dy);
-    }
-    let lead = from.len() - to.len();
-    let axes: Vec<usize> = (0..from.len()).filter(|&k| k < lead || (to[k - lead] == 1 && from[k] != 1)).collect();
-    let summed = if axes.is_empty() {
-        dy
-    } else {
-        ctx.emit1(&format!("{suffix}.sum"), ReduceOp::ReduceSum(Reduce { axes, keepdims: true }), &[dy])?
-    };
-    // The kept size-1 axes and the leading ones leave the same elements in the same order.
-    if ctx.shape(summed) == to {
-        return Ok(summed);
-    }
-    ctx.emit1(&format!("{suffix}.unsum"), DenseOp::Reshape { shape: to.to_vec() }, &[summed])
 }

@@ -28,8 +28,8 @@ mod movement;
 mod norm;
 mod optim;
 mod pool;
-mod unary;
 mod reduce;
+mod unary;
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -49,8 +49,8 @@ pub use movement::{broadcast_shapes, slice_range, MoveOp, Slice};
 pub use norm::{BatchNorm, NormOp};
 pub use optim::{Adam, GradScale, OptimOp, Sgd};
 pub use pool::{Pool2d, PoolOp};
-pub use unary::{UnaryFn, UnaryFormula, UnaryOp};
 pub use reduce::{Reduce, ReduceOp};
+pub use unary::{UnaryFn, UnaryFormula, UnaryOp};
 
 /// What every op family defines about its ops, besides their arithmetic's gradient and cost
 /// (which the compiler adds).

@@ -14,8 +14,8 @@ pub mod movement;
 pub mod norm;
 pub mod optim;
 pub mod pool;
-pub mod unary;
 pub mod reduce;
+pub mod unary;
 
 pub use conv::{conv2d, conv2d_grad_input, conv2d_grad_weight};
 pub use dense::{add, bias_add, bias_grad, clip, clip_grad, matmul, mul, relu, relu_grad};
