@@ -10,44 +10,16 @@ use pock_compiler::{CompileOptions, ForwardGraph, Task, TrainingGraph};
 use pock_engine::ops::{CastOp, DenseOp, MatMul, MatMulOp, MoveOp, Reduce, ReduceOp, Slice};
 use pock_engine::{Session, SessionOptions, Targets};
 
-/// Counts allocations made on a thread while that thread has counting switched on, so that the
-/// other tests of this binary, running on their own threads, do not disturb the count.
-struct Counting;
-
-static ALLOCATIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-thread_local! {
-    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-unsafe impl std::alloc::GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        if COUNTING.try_with(|c| c.get()).unwrap_or(false) {
-            ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        unsafe { std::alloc::System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.try_with(|c| c.get()).unwrap_or(false) {
-            ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
-    }
-}
+mod support;
+use support::{allocations_during, emit};
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: support::Counting = support::Counting;
 
 const BATCH: usize = 3;
 const TOKENS: usize = 4;
 const DIM: usize = 5;
 const CLASSES: usize = 3;
-
-fn emit(g: &mut Graph, name: &str, op: impl Into<pock_engine::Op>, inputs: &[TensorId]) -> TensorId {
-    g.emit(name, op, inputs, Phase::Forward, Program::Train).unwrap()[0]
-}
 
 fn weights(g: &mut Graph, name: &str, shape: Vec<usize>, salt: usize) -> TensorId {
     let n = shape.iter().product::<usize>();
@@ -164,12 +136,12 @@ fn steps_allocate_nothing() {
     let (x, y) = data();
     let (mut out, mut losses) = (vec![0.0; BATCH * CLASSES], vec![0.0; BATCH]);
     s.train_step(&x, Targets::Labels(&y)).unwrap();
-    COUNTING.with(|c| c.set(true));
-    for _ in 0..3 {
-        s.train_step(&x, Targets::Labels(&y)).unwrap();
-    }
-    s.eval_batch(&x, Targets::Labels(&y), &mut out, &mut losses).unwrap();
-    s.infer(&x, &mut out).unwrap();
-    COUNTING.with(|c| c.set(false));
-    assert_eq!(ALLOCATIONS.load(std::sync::atomic::Ordering::SeqCst), 0, "a step of the attention model allocated");
+    let allocations = allocations_during(|| {
+        for _ in 0..3 {
+            s.train_step(&x, Targets::Labels(&y)).unwrap();
+        }
+        s.eval_batch(&x, Targets::Labels(&y), &mut out, &mut losses).unwrap();
+        s.infer(&x, &mut out).unwrap();
+    });
+    assert_eq!(allocations, 0, "a step of the attention model allocated");
 }

@@ -11,14 +11,13 @@ use pock_engine::kernels::unary::{Erf, LeakyRelu};
 use pock_engine::ops::{BroadcastOp, DenseOp, MatMul, UnaryFn, UnaryOp};
 use pock_engine::{Session, SessionOptions, Targets};
 
+mod support;
+use support::emit;
+
 const BATCH: usize = 8;
 const FEATURES: usize = 6;
 const HIDDEN: usize = 5;
 const CLASSES: usize = 3;
-
-fn emit(g: &mut Graph, name: &str, op: impl Into<pock_engine::Op>, inputs: &[TensorId]) -> TensorId {
-    g.emit(name, op, inputs, Phase::Forward, Program::Train).unwrap()[0]
-}
 
 /// `x @ W^T + b`, the bias added by broadcasting `[N]` over `[B, N]`.
 fn linear(g: &mut Graph, name: &str, x: TensorId, inputs: usize, outputs: usize) -> TensorId {
