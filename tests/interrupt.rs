@@ -8,16 +8,8 @@ use std::time::{Duration, Instant};
 
 use pock::engine::{Session, SessionOptions};
 
-fn workdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pock-int-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{s, workdir};
 
 fn spawn(args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_pock")).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("pock starts")

@@ -5,36 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn pock(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pock")).args(args).output().expect("pock runs")
-}
+mod common;
+use common::{fails, pock, s, workdir};
 
 fn ok(args: &[&str]) -> Output {
     let out = pock(args);
     assert!(out.status.success(), "pock {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     out
-}
-
-/// Runs a command that must fail with a one-line `error:` and returns that line.
-fn fails(args: &[&str]) -> String {
-    let out = pock(args);
-    assert!(!out.status.success(), "pock {args:?} should fail; stdout:\n{}", String::from_utf8_lossy(&out.stdout));
-    let err = String::from_utf8(out.stderr).unwrap();
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one-line reason expected, got:\n{err}");
-    assert!(lines[0].starts_with("error: "), "{err}");
-    err
-}
-
-fn workdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pock-rel-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// A small classifier plan and a dataset for it in `d`.
