@@ -85,7 +85,13 @@ pub fn check_op(op: impl Into<Op>, inputs: &[CaseInput], seed: u64) -> Result<Ve
         .map(|i| {
             let shape = out_shapes[i].clone();
             let init = vec![0.5; shape.iter().product()];
-            g.add_tensor(TensorDef { name: format!("state{i}"), shape, dtype: DType::F32, role: Role::RunningStat, init: Some(init) })
+            g.add_tensor(TensorDef {
+                name: format!("state{i}"),
+                shape,
+                dtype: DType::F32,
+                role: Role::RunningStat,
+                init: Some(init.into()),
+            })
         })
         .collect();
     let outputs = g.emit_inplace("op", op, &ids, &inplace, Phase::Forward, Program::Train)?;

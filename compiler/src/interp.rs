@@ -7,7 +7,7 @@
 use pock_engine::kernels::{reference, Float, NodeArgs, View, ViewMut};
 
 use crate::error::{CompileError, Result};
-use crate::ir::{DType, Graph, Node, TensorId};
+use crate::ir::{DType, Graph, Node, TensorId, Values};
 
 /// Evaluates in `T`: f64 for gradient checks, f32 to reproduce the engine's reference kernels
 /// exactly. Float tensors hold `T`; `i64` and bool tensors hold their own values.
@@ -21,9 +21,13 @@ pub struct Interpreter<'g, T = f64> {
 impl<'g, T: Float> Interpreter<'g, T> {
     /// Starts with every tensor that has an initial value (parameters, constants, statistics).
     pub fn new(graph: &'g Graph) -> Self {
-        let floats = graph.tensors.iter().map(|t| t.init.as_ref().map(|v| v.iter().map(|&x| T::from_f32(x)).collect())).collect();
-        let ints = vec![None; graph.tensors.len()];
-        let bools = vec![None; graph.tensors.len()];
+        let floats = graph.tensors.iter().map(|t| t.init_f32().map(|v| v.iter().map(|&x| T::from_f32(x)).collect())).collect();
+        let ints = graph.tensors.iter().map(|t| if let Some(Values::I64(v)) = &t.init { Some(v.clone()) } else { None }).collect();
+        let bools = graph
+            .tensors
+            .iter()
+            .map(|t| if let Some(Values::Bool(v)) = &t.init { Some(v.iter().map(|&b| u8::from(b)).collect()) } else { None })
+            .collect();
         Interpreter { graph, floats, ints, bools }
     }
 

@@ -27,8 +27,62 @@ pub struct TensorDef {
     pub shape: Vec<usize>,
     pub dtype: DType,
     pub role: Role,
-    /// Initial value of parameters, running statistics and constants (row-major, f32).
-    pub init: Option<Vec<f32>>,
+    /// Initial value of parameters, running statistics and constants (row-major, of the
+    /// tensor's dtype).
+    pub init: Option<Values>,
+}
+
+/// The values of a tensor known at compile time, in its own dtype.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Values {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+    Bool(Vec<bool>),
+}
+
+impl Values {
+    pub fn dtype(&self) -> DType {
+        match self {
+            Values::F32(_) => DType::F32,
+            Values::I64(_) => DType::I64,
+            Values::Bool(_) => DType::Bool,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::I64(v) => v.len(),
+            Values::Bool(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The float values, or `None` for another dtype.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match self {
+            Values::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The values as the engine stores them: little-endian, bools as one byte each.
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match self {
+            Values::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Values::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Values::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
+        }
+    }
+}
+
+impl From<Vec<f32>> for Values {
+    fn from(v: Vec<f32>) -> Self {
+        Values::F32(v)
+    }
 }
 
 impl TensorDef {
@@ -37,6 +91,10 @@ impl TensorDef {
     }
     pub fn bytes(&self) -> usize {
         self.numel() * self.dtype.size()
+    }
+    /// The initial value of a float tensor.
+    pub fn init_f32(&self) -> Option<&[f32]> {
+        self.init.as_ref().and_then(Values::as_f32)
     }
     /// Whether the tensor lives across steps (it is never planned as scratch).
     pub fn is_persistent(&self) -> bool {
@@ -94,14 +152,20 @@ impl Graph {
             shape,
             dtype: DType::F32,
             role: Role::Parameter { trainable: true },
-            init: Some(init),
+            init: Some(Values::F32(init)),
         })
     }
 
     /// A constant tensor (never trained) with its value.
     pub fn constant(&mut self, name: impl Into<String>, shape: Vec<usize>, value: Vec<f32>) -> TensorId {
         assert_eq!(shape.iter().product::<usize>(), value.len(), "constant length");
-        self.add_tensor(TensorDef { name: name.into(), shape, dtype: DType::F32, role: Role::Constant, init: Some(value) })
+        self.add_tensor(TensorDef { name: name.into(), shape, dtype: DType::F32, role: Role::Constant, init: Some(Values::F32(value)) })
+    }
+
+    /// A constant tensor of any dtype.
+    pub fn typed_constant(&mut self, name: impl Into<String>, shape: Vec<usize>, value: Values) -> TensorId {
+        assert_eq!(shape.iter().product::<usize>(), value.len(), "constant length");
+        self.add_tensor(TensorDef { name: name.into(), shape, dtype: value.dtype(), role: Role::Constant, init: Some(value) })
     }
 
     /// A tensor the host feeds (model input or target).

@@ -21,7 +21,7 @@ use pock_engine::plan::{
 };
 
 use crate::error::{CompileError, Result};
-use crate::ir::{Node, Program, Role, TensorId};
+use crate::ir::{Node, Program, Role, TensorId, Values};
 use crate::stages::{Task, TrainingGraph};
 
 fn align(n: u64) -> u64 {
@@ -157,10 +157,25 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
         if !used[i] || root[i].index() != i || !def.is_persistent() {
             continue;
         }
-        let values = def.init.as_deref();
-        let mut to_weights = |values: &[f32]| -> u64 {
+        let values = def.init.as_ref();
+        if let Some(v) = values {
+            if v.dtype() != def.dtype || v.len() != def.numel() {
+                return Err(CompileError::Node {
+                    node: def.name.clone(),
+                    op: "plan",
+                    message: format!(
+                        "its initial value is {} {} values, but the tensor is {} with {} elements",
+                        v.len(),
+                        v.dtype().name(),
+                        def.dtype.name(),
+                        def.numel()
+                    ),
+                });
+            }
+        }
+        let mut to_weights = |values: &Values| -> u64 {
             let off = weights.len() as u64;
-            weights.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+            weights.extend(values.to_le_bytes());
             weights.resize(align(weights.len() as u64) as usize, 0);
             off
         };
@@ -173,7 +188,7 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
                 location[i] = Some(Location::Arena { offset: persistent });
                 persistent = align(persistent + def.bytes() as u64);
                 init[i] = match values {
-                    Some(v) if !v.is_empty() && v.iter().all(|&x| x.to_bits() == v[0].to_bits()) => Init::Fill(v[0]),
+                    Some(Values::F32(v)) if !v.is_empty() && v.iter().all(|&x| x.to_bits() == v[0].to_bits()) => Init::Fill(v[0]),
                     Some(v) => Init::FromWeights { offset: to_weights(v) },
                     None if matches!(def.role, Role::RuntimeScalar(_)) => Init::Fill(0.0),
                     None => return Err(missing_init(def)),

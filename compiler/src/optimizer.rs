@@ -32,7 +32,7 @@ pub fn add_optimizer(graph: &mut Graph, grads: &[(TensorId, TensorId)], options:
             shape: vec![],
             dtype: DType::F32,
             role: Role::RuntimeScalar(which),
-            init: Some(vec![0.0]),
+            init: Some(vec![0.0].into()),
         })
     };
     let lr = scalar(graph, "optimizer.lr", RuntimeScalar::LearningRate);
@@ -57,7 +57,7 @@ pub fn add_optimizer(graph: &mut Graph, grads: &[(TensorId, TensorId)], options:
         shape: vec![],
         dtype: DType::F32,
         role: Role::SkippedUpdates,
-        init: Some(vec![0.0]),
+        init: Some(vec![0.0].into()),
     });
     let count = |graph: &mut Graph, name: String, of: TensorId| {
         graph.emit_inplace(name, OptimOp::CountNonFinite, &[of], &[skipped], Phase::Optimizer, program).map(drop)
@@ -120,5 +120,5 @@ fn slot(param: TensorId, slot: &str) -> Role {
 fn state(graph: &mut Graph, name: String, param: TensorId, role: Role) -> TensorId {
     let shape = graph.shape(param).to_vec();
     let n = shape.iter().product();
-    graph.add_tensor(TensorDef { name, shape, dtype: DType::F32, role, init: Some(vec![0.0; n]) })
+    graph.add_tensor(TensorDef { name, shape, dtype: DType::F32, role, init: Some(vec![0.0; n].into()) })
 }

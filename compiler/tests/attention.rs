@@ -121,7 +121,7 @@ fn engine_trains_it_like_the_interpreter() {
 fn an_out_of_range_gather_index_is_an_error_not_a_panic() {
     let mut f = attention();
     let ids = f.graph.find("position_ids").unwrap();
-    f.graph.tensor_mut(ids).init = Some(vec![0.0, 1.0, 2.0, TOKENS as f32 + 1.0]);
+    f.graph.tensor_mut(ids).init = Some(vec![0.0, 1.0, 2.0, TOKENS as f32 + 1.0].into());
     let bytes = f.into_training(CompileOptions::default()).unwrap().into_plan().unwrap().to_bytes();
     let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true }).unwrap();
     let (x, y) = data();

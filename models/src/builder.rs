@@ -159,7 +159,7 @@ impl Builder {
                 shape: vec![c],
                 dtype: DType::F32,
                 role: Role::RunningStat,
-                init: Some(vec![value; c]),
+                init: Some(vec![value; c].into()),
             })
         };
         let running_mean = stat(format!("{path}.running_mean"), 0.0);

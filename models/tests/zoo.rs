@@ -14,7 +14,7 @@ fn param_count(g: &Graph) -> usize {
 
 fn init_of<'g>(g: &'g Graph, name: &str) -> &'g [f32] {
     let t = g.find(name).unwrap_or_else(|| panic!("no tensor '{name}'"));
-    g.tensor(t).init.as_deref().unwrap_or_else(|| panic!("'{name}' has no initial value"))
+    g.tensor(t).init_f32().unwrap_or_else(|| panic!("'{name}' has no initial value"))
 }
 
 fn shape_of<'g>(g: &'g Graph, name: &str) -> &'g [usize] {
@@ -320,7 +320,7 @@ fn init_is_deterministic_per_seed() {
         let differs = a.trainable_parameters().iter().filter(|&&t| a.tensor(t).init != c.tensor(t).init).count();
         // Only BatchNorm's constant 1/0 and torchvision's zero biases may coincide.
         let random =
-            a.trainable_parameters().iter().filter(|&&t| a.tensor(t).init.as_ref().unwrap().iter().any(|&v| v != 0.0 && v != 1.0)).count();
+            a.trainable_parameters().iter().filter(|&&t| a.tensor(t).init_f32().unwrap().iter().any(|&v| v != 0.0 && v != 1.0)).count();
         assert!(random > 0 && differs == random, "{spec}: {differs} of {random} random parameters differ between seeds");
     }
 }

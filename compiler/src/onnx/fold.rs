@@ -8,13 +8,9 @@
 
 use super::{Attribute, Node, Tensor, TensorValues};
 
-/// The values of a folded constant.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ConstData {
-    F32(Vec<f32>),
-    I64(Vec<i64>),
-    Bool(Vec<bool>),
-}
+/// The values of a folded constant: the IR's typed values, so that a folded constant that a
+/// run-time op reads becomes a graph constant unchanged.
+pub use crate::ir::Values as ConstData;
 
 /// A constant tensor known at compile time.
 #[derive(Clone, Debug, PartialEq)]

@@ -374,33 +374,22 @@ impl Importer<'_> {
             Value::Tensor(t) => return Ok(t),
             Value::Initializer(i) => {
                 let t = &self.model.initializers[i];
-                let values = match Const::from_tensor(t).data {
-                    ConstData::F32(v) => v,
-                    _ => {
-                        return Err(ctx.err(format!(
-                            "initializer '{name}' is {}, and pock graphs hold only float32 constants so far",
-                            t.dtype().name()
-                        )))
+                match Const::from_tensor(t).data {
+                    ConstData::F32(values) => {
+                        let role = if self.running_stats.contains(name) { Role::RunningStat } else { Role::Parameter { trainable: true } };
+                        self.graph.add_tensor(TensorDef {
+                            name: name.to_string(),
+                            shape: t.dims.clone(),
+                            dtype: DType::F32,
+                            role,
+                            init: Some(values.into()),
+                        })
                     }
-                };
-                let role = if self.running_stats.contains(name) { Role::RunningStat } else { Role::Parameter { trainable: true } };
-                self.graph.add_tensor(TensorDef {
-                    name: name.to_string(),
-                    shape: t.dims.clone(),
-                    dtype: DType::F32,
-                    role,
-                    init: Some(values),
-                })
-            }
-            Value::Const(c) => match c.data {
-                ConstData::F32(v) => self.graph.constant(name, c.dims.clone(), v),
-                _ => {
-                    return Err(ctx.err(format!(
-                        "'{name}' is an {} constant used as a tensor, and pock graphs hold only float32 constants so far",
-                        c.dtype_name()
-                    )))
+                    // Integer and bool initializers (index tables, masks) are never trained.
+                    values => self.graph.typed_constant(name, t.dims.clone(), values),
                 }
-            },
+            }
+            Value::Const(c) => self.graph.typed_constant(name, c.dims.clone(), c.data),
         };
         self.values.insert(name.to_string(), Value::Tensor(id));
         Ok(id)
