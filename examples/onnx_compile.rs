@@ -1,0 +1,93 @@
+//! Compiles each torchvision model of issue 5 from its ONNX export (TorchScript and dynamo) at
+//! batch 8 and trains it for a few steps: compile time split into import and planning, the plan's
+//! memory, and the loss over the steps on one fixed batch (it must fall).
+//!
+//! Run with `cargo run --release --example onnx_compile` (the figures in BENCHMARKS.md). The
+//! fixtures' weights are regenerated into a temporary directory first; that is not timed.
+
+use std::time::Instant;
+
+use pock::compiler::onnx::{import_file, ImportOptions, ShapeOverrides};
+use pock::compiler::CompileOptions;
+use pock::engine::{Session, SessionOptions, Targets};
+
+#[path = "../tests/onnx/fixture.rs"]
+mod fixture;
+
+const MODELS: &[&str] = &["mobilenet_v2", "resnet18", "mobilenet_v3_small", "efficientnet_b0", "squeezenet1_1", "shufflenet_v2_x1_0"];
+const BATCH: usize = 8;
+const STEPS: usize = 5;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = std::env::temp_dir().join(format!("pock-onnx-compile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("batch {BATCH}, {threads} threads, SGD lr 0.01 momentum 0.9, {STEPS} steps on one fixed batch");
+    println!(
+        "{:<20} {:>4} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9}  losses",
+        "model", "exp", "import ms", "plan ms", "total ms", "arena MiB", "scratch MiB", "step ms"
+    );
+    let mut failures = 0;
+    for model in MODELS {
+        for (exporter, tag) in [("ts", "ts"), ("dynamo", "dy")] {
+            let path = fixture::materialise(&format!("{model}.{exporter}"), &dir);
+            let import = ImportOptions { shapes: ShapeOverrides::parse(Some(BATCH), &[] as &[&str])?, ..Default::default() };
+            let options = CompileOptions {
+                optimizer: pock::engine::plan::OptimizerKind::Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
+                learning_rate: 0.01,
+                ..CompileOptions::default()
+            };
+            let t0 = Instant::now();
+            let imported = match import_file(&path, &import) {
+                Ok(i) => i,
+                Err(e) => {
+                    println!("{model:<20} {tag:>4}  does not import: {e}");
+                    failures += 1;
+                    continue;
+                }
+            };
+            let t1 = Instant::now();
+            let plan = imported.forward.into_training(options).and_then(|t| t.into_plan());
+            let plan = match plan {
+                Ok(p) => p,
+                Err(e) => {
+                    println!("{model:<20} {tag:>4}  does not compile: {e}");
+                    failures += 1;
+                    continue;
+                }
+            };
+            let bytes = plan.to_bytes();
+            let t2 = Instant::now();
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            let scratch = plan.plan.arena_bytes - plan.plan.persistent_bytes;
+            let mut s = Session::from_bytes(&bytes, SessionOptions { threads, reference_kernels: false })?;
+            let x: Vec<f32> = (0..s.input_shape().iter().product::<usize>()).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+            let classes = s.output_shape()[1] as i64;
+            let y: Vec<i64> = (0..BATCH as i64).map(|i| (i * 3) % classes).collect();
+            let mut losses = Vec::with_capacity(STEPS);
+            let t3 = Instant::now();
+            for _ in 0..STEPS {
+                losses.push(s.train_step(&x, Targets::Labels(&y))?);
+            }
+            let step_ms = t3.elapsed().as_secs_f64() * 1e3 / STEPS as f64;
+            let falls = losses[STEPS - 1] < losses[0];
+            failures += usize::from(!falls);
+            println!(
+                "{model:<20} {tag:>4} {:>9.0} {:>9.0} {:>9.0} {:>10.1} {:>10.1} {:>9.0}  {}{}",
+                (t1 - t0).as_secs_f64() * 1e3,
+                (t2 - t1).as_secs_f64() * 1e3,
+                (t2 - t0).as_secs_f64() * 1e3,
+                mib(plan.plan.arena_bytes),
+                mib(scratch),
+                step_ms,
+                losses.iter().map(|l| format!("{l:.4}")).collect::<Vec<_>>().join(" "),
+                if falls { "" } else { "  (loss did not fall)" }
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if failures > 0 {
+        return Err(format!("{failures} model(s) did not import, compile or learn").into());
+    }
+    Ok(())
+}
