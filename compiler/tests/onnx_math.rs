@@ -322,6 +322,12 @@ fn variadic_max_and_min_chain_and_pow_takes_an_integer_exponent() {
     let (_, y) = run(&m, &[V::F(a.clone()), V::F(b.clone())]);
     let want: Vec<f64> = (0..6).map(|i| a[i].max(b[i / 3]).max(c[i % 3]).min([0.75, 1.25][i / 3])).collect();
     assert_near("Max/Min", &floats(y), &want, 0.0);
+    // On int64 (index arithmetic) they are a comparison and a select.
+    let (ai, bi) = (vec![4i64, -2, 7, 0, 9, -5], vec![1i64, 8]);
+    let nodes = vec![node("Max", &["a", "b"], &["m"], vec![]), node("Min", &["m", "c"], &["y"], vec![])];
+    let m = load(17, vec![value("a", I64, &[2, 3]), value("b", I64, &[2, 1])], vec![i64_init("c", &[3], &[3, 6, 5])], nodes, "y");
+    let (_, y) = run(&m, &[V::I(ai.clone()), V::I(bi.clone())]);
+    assert_eq!(y, V::I((0..6).map(|i| ai[i].max(bi[i / 3]).min([3, 6, 5][i % 3])).collect()));
     let m = load(17, vec![value("a", F32, &[2, 3])], vec![i64_init("e", &[], &[3])], vec![node("Pow", &["a", "e"], &["y"], vec![])], "y");
     let (_, y) = run(&m, &[V::F(a.clone())]);
     assert_near("Pow int exponent", &floats(y), &a.iter().map(|x| x * x * x).collect::<Vec<_>>(), 1e-12);
@@ -459,6 +465,16 @@ fn reductions_take_axes_as_attribute_or_input_with_keepdims_and_noop() {
     let (shape, y) = one(18, "ReduceMax", Some(&[-2]), vec![int("keepdims", 0)]);
     assert_eq!(shape, vec![2, 4]);
     assert_near("ReduceMax", &y, &max(&[1]).1, 0.0);
+    // ReduceMax of bools is "any".
+    let m = load(
+        18,
+        vec![value("p", BOOL, &[2, 3])],
+        vec![i64_init("axes", &[1], &[1])],
+        vec![node("ReduceMax", &["p", "axes"], &["y"], vec![int("keepdims", 0)])],
+        "y",
+    );
+    let (shape, y) = run(&m, &[V::B(vec![false, true, false, false, false, false])]);
+    assert_eq!((shape, y), (vec![2], V::B(vec![true, false])));
     // The NCHW spatial mean stays GlobalAvgPool and agrees with the definition.
     let m = load(
         18,
@@ -605,6 +621,8 @@ fn unsupported_attribute_values_name_the_node() {
     assert!(e.contains("Cast_y") && e.contains("'to'"), "{e}");
     let e = err(one(17, "Softmax", vec![int("axis", 3)]));
     assert!(e.contains("Softmax_y"), "{e}");
+    let e = err(binary_model("Pow", I64, &[2, 3], I64, &[3]));
+    assert!(e.contains("Pow_y") && e.contains("base of type int64"), "{e}");
     // Operands that do not broadcast: the shape error names both shapes.
     let e = err(binary_model("Add", F32, &[2, 3], F32, &[2]));
     assert!(e.contains("Add_y") && e.contains("[2, 3] and [2]"), "{e}");

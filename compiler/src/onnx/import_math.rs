@@ -71,15 +71,29 @@ impl Importer<'_> {
         }
         let name = ctx.node.name.clone();
         let mut y = self.tensor(ctx, names[0])?;
+        if op == Pow && self.dtype(y) != DType::F32 {
+            return Err(ctx.err(format!(
+                "Pow of a base of type {} is not supported: pock's Pow takes float32 (cast the base to float in the model)",
+                self.dtype(y).name()
+            )));
+        }
         for (k, b) in names.iter().enumerate().skip(1) {
             let mut b = self.tensor(ctx, b)?;
             // ONNX lets Pow's exponent have its own type (`x ** 2` with an int64 2); pock's Pow
             // takes floats.
-            if op == Pow && self.dtype(b) == DType::I64 && self.dtype(y) == DType::F32 {
+            if op == Pow && self.dtype(b) == DType::I64 {
                 b = self.emit(ctx, &format!("{name}.exponent"), CastOp::Cast { to: DType::F32 }, &[b])?;
             }
             let step = if k + 1 == names.len() { name.clone() } else { format!("{name}.{k}") };
-            y = self.broadcast(ctx, &step, op.clone(), y, b)?;
+            y = if variadic && self.dtype(y) == DType::I64 && self.dtype(b) == DType::I64 {
+                // The family's Max and Min are float ops (NaN rules, tie-splitting gradients);
+                // on integers they are a comparison and a select, which is exact.
+                let cmp = if op == Max { Greater } else { Less };
+                let c = self.emit(ctx, &format!("{step}.pick"), cmp, &[y, b])?;
+                self.emit(ctx, &step, Where, &[c, y, b])?
+            } else {
+                self.broadcast(ctx, &step, op.clone(), y, b)?
+            };
         }
         self.set(ctx, 0, Value::Tensor(y))
     }
@@ -210,6 +224,15 @@ impl Importer<'_> {
             return self.set(ctx, 0, Value::Tensor(y));
         }
         let r = Reduce { axes, keepdims };
+        if op_type == "ReduceMax" && self.dtype(x) == DType::Bool {
+            // The maximum of bools is "any": the count of true values is above zero (which is
+            // also right for an empty group, whose maximum is false).
+            let f = self.emit(ctx, &format!("{name}.count"), CastOp::Cast { to: DType::F32 }, &[x])?;
+            let count = self.emit(ctx, &format!("{name}.sum"), ReduceOp::ReduceSum(r), &[f])?;
+            let zero = self.scalar(&format!("{name}.zero"), 0.0);
+            let y = self.emit(ctx, &name, BroadcastOp::Greater, &[count, zero])?;
+            return self.set(ctx, 0, Value::Tensor(y));
+        }
         let op = match op_type {
             "ReduceSum" => ReduceOp::ReduceSum(r),
             "ReduceMean" => ReduceOp::ReduceMean(r),
