@@ -6,7 +6,7 @@
 
 use pock_compiler::gradcheck::{assert_close, check_model};
 use pock_compiler::interp::Interpreter;
-use pock_compiler::ir::DType;
+use pock_compiler::ir::{DType, Role};
 use pock_compiler::onnx::proto::{
     attribute_proto::AttributeType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
     TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
@@ -314,6 +314,20 @@ fn where_broadcasts_a_run_time_mask_and_a_constant_fill() {
 }
 
 #[test]
+fn a_float_initializer_exponent_stays_a_constant_as_dynamo_writes_x_squared() {
+    // RMSNorm's x ** 2 with a negative x: a trainable exponent would get a NaN gradient.
+    let init = vec![f32_init("two", &[], &[2.0]), f32_init("w", &[3], &[0.5, 1.0, 1.5])];
+    let nodes = vec![node("Pow", &["x", "two"], &["p"], vec![]), node("Mul", &["p", "w"], &["y"], vec![])];
+    let m = load(18, vec![value("x", F32, &[2, 3])], init, nodes, "y");
+    let f = import(&m).unwrap();
+    let role = |name: &str| f.graph.tensor(f.graph.find(name).unwrap()).role.clone();
+    assert_eq!((role("two"), role("w")), (Role::Constant, Role::Parameter { trainable: true }));
+    let x = values(6, 8);
+    let (_, y) = run(&m, &[V::F(x.clone())]);
+    assert_near("x^2 * w", &floats(y), &(0..6).map(|i| x[i] * x[i] * [0.5, 1.0, 1.5][i % 3]).collect::<Vec<_>>(), 1e-12);
+}
+
+#[test]
 fn variadic_max_and_min_chain_and_pow_takes_an_integer_exponent() {
     let nodes = vec![node("Max", &["a", "b", "c"], &["m"], vec![]), node("Min", &["m", "d"], &["y"], vec![])];
     let init = vec![f32_init("c", &[3], &[0.5, -0.5, 1.5]), f32_init("d", &[2, 1], &[0.75, 1.25])];
@@ -329,6 +343,8 @@ fn variadic_max_and_min_chain_and_pow_takes_an_integer_exponent() {
     let (_, y) = run(&m, &[V::I(ai.clone()), V::I(bi.clone())]);
     assert_eq!(y, V::I((0..6).map(|i| ai[i].max(bi[i / 3]).min([3, 6, 5][i % 3])).collect()));
     let m = load(17, vec![value("a", F32, &[2, 3])], vec![i64_init("e", &[], &[3])], vec![node("Pow", &["a", "e"], &["y"], vec![])], "y");
+    let f = import(&m).unwrap();
+    assert!(f.graph.tensors.iter().all(|t| !matches!(t.role, Role::Parameter { .. })), "an exponent is never a parameter");
     let (_, y) = run(&m, &[V::F(a.clone())]);
     assert_near("Pow int exponent", &floats(y), &a.iter().map(|x| x * x * x).collect::<Vec<_>>(), 1e-12);
 }

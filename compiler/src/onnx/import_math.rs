@@ -38,6 +38,21 @@ impl Importer<'_> {
         self.emit(ctx, name, op, &[a, b])
     }
 
+    /// The graph tensor for `name`, where an initializer not yet read becomes a constant rather
+    /// than a trainable parameter. Pow's exponent is read this way: the dynamo exporter stores
+    /// `x ** 2` with the 2 as a float initializer, which is never a weight, and whose gradient
+    /// (`y * ln x`) is NaN wherever the base is negative.
+    fn constant_initializer(&mut self, ctx: &Ctx, name: &str) -> Result<TensorId, ImportError> {
+        if let Some(Value::Initializer(i)) = self.values.get(name) {
+            let t = &self.model.initializers[*i];
+            let c = fold::Const::from_tensor(t);
+            let id = self.graph.typed_constant(name, c.dims, c.data);
+            self.values.insert(name.to_string(), Value::Tensor(id));
+            return Ok(id);
+        }
+        self.tensor(ctx, name)
+    }
+
     /// Add, Sub, Mul, Div, Pow, Max, Min, the comparisons and And/Or/Xor. Max and Min take any
     /// number of inputs (ONNX makes them variadic) and chain pairwise.
     pub(super) fn binary(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
@@ -78,7 +93,7 @@ impl Importer<'_> {
             )));
         }
         for (k, b) in names.iter().enumerate().skip(1) {
-            let mut b = self.tensor(ctx, b)?;
+            let mut b = if op == Pow { self.constant_initializer(ctx, b)? } else { self.tensor(ctx, b)? };
             // ONNX lets Pow's exponent have its own type (`x ** 2` with an int64 2); pock's Pow
             // takes floats.
             if op == Pow && self.dtype(b) == DType::I64 {
