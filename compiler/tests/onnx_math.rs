@@ -711,3 +711,29 @@ fn gradients_through_an_imported_chain_of_composites_match_finite_differences() 
     }
     assert_close("imported LayerNorm/Gelu/Softmax/Pow/Sqrt/Div/Where chain", &checks, 1e-6);
 }
+
+#[test]
+fn the_engine_trains_the_imported_chain_like_the_f32_interpreter() {
+    use pock_compiler::ir::{Program, RuntimeScalar, TensorId};
+    use pock_compiler::CompileOptions;
+    use pock_engine::{Session, SessionOptions, Targets};
+    let options = CompileOptions { learning_rate: 0.5, ..CompileOptions::default() };
+    let t = import(&chain()).unwrap().into_training(options.clone()).unwrap();
+    let bytes = t.clone().into_plan().unwrap().to_bytes();
+    let x: Vec<f32> = values(48, 12).iter().map(|&v| v as f32).collect();
+    let y: Vec<f32> = values(12, 13).iter().map(|&v| (0.25 * v) as f32).collect();
+    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true }).unwrap();
+    let losses: Vec<f32> = (0..8).map(|_| s.train_step(&x, Targets::Values(&y)).unwrap()).collect();
+    let mut it = Interpreter::<f32>::new(&t.graph);
+    let lr = t.graph.tensors.iter().position(|d| d.role == pock_compiler::ir::Role::RuntimeScalar(RuntimeScalar::LearningRate));
+    for (step, &loss) in losses.iter().enumerate() {
+        it.set(t.train_input, x.clone());
+        it.set(t.train_target, y.clone());
+        if let Some(lr) = lr {
+            it.set(TensorId(lr as u32), vec![options.learning_rate]);
+        }
+        it.run(t.graph.program_nodes(Program::Train)).unwrap();
+        assert_eq!(it.get(t.train_loss).unwrap()[0].to_bits(), loss.to_bits(), "step {step}");
+    }
+    assert!(losses.windows(2).all(|w| w[1] < w[0]), "every step lowers the loss on this fixed batch: {losses:?}");
+}
