@@ -616,6 +616,23 @@ fn cast_converts_run_time_tensors_between_float_int64_and_bool() {
 }
 
 #[test]
+fn cast_like_takes_the_dtype_of_its_second_input_and_folds_constants() {
+    // y = x + CastLike(2.9, x) on int64: the constant becomes int64 2 at compile time.
+    let nodes = vec![
+        node("Constant", &[], &["c"], vec![float("value_float", 2.9)]),
+        node("CastLike", &["c", "x"], &["k"], vec![]),
+        node("Add", &["x", "k"], &["y"], vec![]),
+    ];
+    let m = load(17, vec![value("x", I64, &[3])], vec![], nodes, "y");
+    assert_eq!(import(&m).unwrap().graph.nodes.len(), 1, "only the Add reaches the graph");
+    assert_eq!(run(&m, &[V::I(vec![1, -5, 0])]).1, V::I(vec![3, -3, 2]));
+    // A run-time float cast like a bool mask.
+    let nodes = vec![node("CastLike", &["x", "mask"], &["y"], vec![])];
+    let m = load(17, vec![value("x", F32, &[3]), value("mask", BOOL, &[3])], vec![], nodes, "y");
+    assert_eq!(run(&m, &[V::F(vec![0.0, -1.5, 2.0]), V::B(vec![false; 3])]).1, V::B(vec![false, true, true]));
+}
+
+#[test]
 fn unsupported_attribute_values_name_the_node() {
     let err = |m: OnnxModel| import(&m).map(|_| ()).unwrap_err().to_string();
     let one = |opset: i64, op: &str, attrs: Vec<AttributeProto>| {

@@ -30,6 +30,7 @@ pub const GRAPH_OPS: &[&str] = &[
     "AveragePool",
     "BatchNormalization",
     "Cast",
+    "CastLike",
     "Clip",
     "Constant",
     "Conv",
@@ -343,6 +344,7 @@ impl Importer<'_> {
             "Softmax" | "LogSoftmax" => self.softmax(&ctx),
             "LayerNormalization" => self.layer_norm(&ctx),
             "Cast" => self.cast(&ctx),
+            "CastLike" => self.cast_like(&ctx),
             "Identity" => self.alias(&ctx),
             "Dropout" => self.dropout(&ctx),
             "Flatten" | "Reshape" | "Squeeze" | "Unsqueeze" => self.reshape(&ctx),
@@ -914,7 +916,10 @@ mod tests {
         let ImportError::UnsupportedOps { node, opset, missing, .. } = &e else { panic!("{msg}") };
         assert_eq!((node.as_str(), *opset), ("Hardmax_node", 17));
         assert_eq!(missing, &["Hardmax", "Concat (on run-time tensors)"]);
-        assert!(msg.contains("Hardmax_node") && msg.contains("opset 17") && msg.contains("BatchNormalization, Cast, Clip"), "{msg}");
+        assert!(
+            msg.contains("Hardmax_node") && msg.contains("opset 17") && msg.contains("BatchNormalization, Cast, CastLike, Clip"),
+            "{msg}"
+        );
     }
 
     #[test]

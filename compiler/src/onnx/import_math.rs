@@ -327,6 +327,35 @@ impl Importer<'_> {
         Ok(())
     }
 
+    /// CastLike: Cast to the dtype of input 1 (ONNX's function bodies write it to bring a
+    /// constant to the input's type). A constant input is converted at compile time.
+    pub(super) fn cast_like(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
+        let to = match self.values.get(ctx.input(1)?) {
+            Some(Value::Tensor(t)) => self.dtype(*t),
+            Some(Value::Const(c)) => c.data.dtype(),
+            Some(Value::Initializer(i)) => fold::Const::from_tensor(&self.model.initializers[*i]).data.dtype(),
+            None => return Err(self.undefined(ctx, ctx.input(1)?)),
+        };
+        let code = match to {
+            DType::I64 => 7,
+            DType::Bool => 9,
+            _ => 1,
+        };
+        if let Some(Value::Const(c)) = self.values.get(ctx.input(0)?) {
+            let cast = super::Node { op_type: "Cast".into(), attributes: vec![("to".into(), Attribute::Int(code))], ..ctx.node.clone() };
+            let out = fold::evaluate(&cast, &[Some(c)]).map_err(|e| ctx.err(format!("cannot evaluate it at compile time: {e}")))?;
+            if let Some(c) = out.and_then(|mut o| o.pop()) {
+                return self.set(ctx, 0, Value::Const(c));
+            }
+        }
+        let x = self.tensor(ctx, ctx.input(0)?)?;
+        if self.dtype(x) == to {
+            return self.set(ctx, 0, Value::Tensor(x));
+        }
+        let y = self.emit(ctx, &ctx.node.name, CastOp::Cast { to }, &[x])?;
+        self.set(ctx, 0, Value::Tensor(y))
+    }
+
     /// Cast between float32, int64 and bool. float64 targets compute in float32 and int32 targets
     /// in int64 (pock runs no other types); a cast to the input's own dtype adds no node.
     pub(super) fn cast(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
