@@ -18,27 +18,70 @@ use super::{resolve_input_shapes, Attribute, DataType, Node, OnnxModel, ShapeOve
 use crate::ir::{DType, Graph, Phase, Program, Role, TensorDef, TensorId};
 use crate::stages::{ForwardGraph, Task};
 
+// The arms for elementwise maths, reductions, normalisation and Cast.
+#[path = "import_math.rs"]
+mod math;
+
 /// The op types imported onto graph nodes, whatever their inputs.
 pub const GRAPH_OPS: &[&str] = &[
+    "Abs",
     "Add",
+    "And",
     "AveragePool",
     "BatchNormalization",
+    "Cast",
+    "CastLike",
     "Clip",
     "Constant",
     "Conv",
+    "Cos",
+    "Div",
     "Dropout",
+    "Elu",
+    "Equal",
+    "Erf",
+    "Exp",
     "Flatten",
+    "Gelu",
     "Gemm",
     "GlobalAveragePool",
+    "Greater",
+    "GreaterOrEqual",
+    "HardSigmoid",
+    "HardSwish",
     "Identity",
+    "LayerNormalization",
+    "LeakyRelu",
+    "Less",
+    "LessOrEqual",
+    "Log",
+    "LogSoftmax",
     "MatMul",
+    "Max",
     "MaxPool",
+    "Min",
     "Mul",
+    "Neg",
+    "Not",
+    "Or",
+    "Pow",
+    "Reciprocal",
+    "ReduceMax",
     "ReduceMean",
+    "ReduceSum",
     "Relu",
     "Reshape",
+    "Sigmoid",
+    "Sin",
+    "Softmax",
+    "Softplus",
+    "Sqrt",
     "Squeeze",
+    "Sub",
+    "Tanh",
     "Unsqueeze",
+    "Where",
+    "Xor",
 ];
 
 /// Every op type pock imports, sorted: the graph ops and the ops it folds on constants.
@@ -289,13 +332,24 @@ impl Importer<'_> {
             "Clip" => self.clip(&ctx),
             "MaxPool" | "AveragePool" => self.pool(&ctx),
             "GlobalAveragePool" => self.unary(&ctx, PoolOp::GlobalAvgPool),
-            "Add" | "Mul" => self.same_shape_binary(&ctx),
+            "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" => self.binary(&ctx),
+            "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual" | "And" | "Or" | "Xor" => self.binary(&ctx),
+            "Not" => self.not(&ctx),
+            "Where" => self.select(&ctx),
+            "Sigmoid" | "Tanh" | "Erf" | "Exp" | "Log" | "Sqrt" | "Neg" | "Reciprocal" | "Abs" | "Sin" | "Cos" => self.unary_math(&ctx),
+            "Softplus" | "LeakyRelu" | "Elu" | "HardSigmoid" => self.unary_math(&ctx),
+            "HardSwish" => self.hard_swish(&ctx),
+            "Gelu" => self.gelu(&ctx),
+            "ReduceMean" | "ReduceSum" | "ReduceMax" => self.reduce(&ctx),
+            "Softmax" | "LogSoftmax" => self.softmax(&ctx),
+            "LayerNormalization" => self.layer_norm(&ctx),
+            "Cast" => self.cast(&ctx),
+            "CastLike" => self.cast_like(&ctx),
             "Identity" => self.alias(&ctx),
             "Dropout" => self.dropout(&ctx),
             "Flatten" | "Reshape" | "Squeeze" | "Unsqueeze" => self.reshape(&ctx),
             "Gemm" => self.gemm(&ctx),
             "MatMul" => self.matmul(&ctx),
-            "ReduceMean" => self.reduce_mean(&ctx),
             // Every other supported op type is evaluated only on constants.
             other => Err(ctx.err(format!(
                 "pock evaluates {other} only at compile time, on shapes and constants, and this node reads a tensor computed \
@@ -599,22 +653,6 @@ impl Importer<'_> {
         self.set(ctx, 0, Value::Tensor(y))
     }
 
-    /// Add and Mul of two tensors of one shape. Broadcasting needs the elementwise family.
-    fn same_shape_binary(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
-        let a = self.tensor(ctx, ctx.input(0)?)?;
-        let b = self.tensor(ctx, ctx.input(1)?)?;
-        let (sa, sb) = (self.graph.shape(a).to_vec(), self.graph.shape(b).to_vec());
-        if sa != sb {
-            return Err(ctx.err(format!(
-                "operands of shapes {sa:?} and {sb:?} need broadcasting, which pock's {} does not do yet",
-                ctx.node.op_type
-            )));
-        }
-        let op = if ctx.node.op_type == "Add" { DenseOp::Add } else { DenseOp::Mul };
-        let y = self.emit(ctx, &ctx.node.name, op, &[a, b])?;
-        self.set(ctx, 0, Value::Tensor(y))
-    }
-
     /// Dropout runs as the identity: pock has no seeded dropout yet. With ratio 0 or outside
     /// training mode that is exact; otherwise a note says so.
     fn dropout(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
@@ -706,7 +744,7 @@ impl Importer<'_> {
                     self.emit(ctx, &format!("{name}.bias_add"), DenseOp::BiasAdd, &[y, flat])?
                 }
                 s if s == ys.as_slice() => self.emit(ctx, &format!("{name}.add"), DenseOp::Add, &[y, c])?,
-                _ => return Err(ctx.err(format!("C of shape {cs:?} needs broadcasting to {ys:?}, which pock does not do yet"))),
+                _ => self.broadcast(ctx, &format!("{name}.add"), pock_engine::ops::BroadcastOp::Add, y, c)?,
             };
         }
         self.set(ctx, 0, Value::Tensor(y))
@@ -721,36 +759,6 @@ impl Importer<'_> {
             return Err(ctx.err(format!("MatMul of shapes {sa:?} and {sb:?}: only matrices (rank 2) are supported so far")));
         }
         let y = self.emit(ctx, &ctx.node.name, DenseOp::MatMul(MatMul { trans_a: false, trans_b: false }), &[a, b])?;
-        self.set(ctx, 0, Value::Tensor(y))
-    }
-
-    /// ReduceMean over the two spatial axes of an NCHW tensor (how the dynamo exporter writes
-    /// adaptive average pooling to 1x1): GlobalAvgPool, then a Reshape to `[N, C]` without
-    /// keepdims. Other reductions need the reduction family.
-    fn reduce_mean(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
-        let x = self.tensor(ctx, ctx.input(0)?)?;
-        let xs = self.graph.shape(x).to_vec();
-        // Opset 18 moved the axes from an attribute to an optional input.
-        let axes = match (ctx.optional_input(1), ctx.node.attribute("axes")) {
-            (Some(a), _) => Some(self.constant(ctx, a, "axes")?.as_i64().map_err(|e| ctx.err(e))?),
-            (None, Some(Attribute::Ints(a))) => Some(a.clone()),
-            _ => None,
-        };
-        let mut axes: Vec<usize> = match axes {
-            Some(a) => a.iter().map(|&a| fold::axis(a, xs.len())).collect::<Result<_, _>>().map_err(|e| ctx.err(e))?,
-            None => (0..xs.len()).collect(),
-        };
-        axes.sort_unstable();
-        if xs.len() != 4 || axes != [2, 3] {
-            return Err(ctx.err(format!(
-                "ReduceMean over axes {axes:?} of a {xs:?} tensor: only the spatial mean of an NCHW tensor is supported so far"
-            )));
-        }
-        let name = ctx.node.name.clone();
-        let mut y = self.emit(ctx, &name, PoolOp::GlobalAvgPool, &[x])?;
-        if ctx.int("keepdims", 1)? == 0 {
-            y = self.emit(ctx, &format!("{name}.squeeze"), DenseOp::Reshape { shape: vec![xs[0], xs[1]] }, &[y])?;
-        }
         self.set(ctx, 0, Value::Tensor(y))
     }
 }
@@ -899,16 +907,19 @@ mod tests {
     fn unsupported_ops_are_named_together_with_node_opset_and_the_supported_list() {
         let nodes = vec![
             node("Relu", &["x"], &["a"], vec![]),
-            node("Softplus", &["a"], &["b"], vec![]),
+            node("Hardmax", &["a"], &["b"], vec![]),
             node("Concat", &["a", "b"], &["c"], vec![("axis", Attribute::Int(1))]),
-            node("Softplus", &["c"], &["y"], vec![]),
+            node("Hardmax", &["c"], &["y"], vec![]),
         ];
         let e = import_model(&model(&[2, 3], vec![], nodes, "y"), "t", &ImportOptions::default()).unwrap_err();
         let msg = e.to_string();
         let ImportError::UnsupportedOps { node, opset, missing, .. } = &e else { panic!("{msg}") };
-        assert_eq!((node.as_str(), *opset), ("Softplus_node", 17));
-        assert_eq!(missing, &["Softplus", "Concat (on run-time tensors)"]);
-        assert!(msg.contains("Softplus_node") && msg.contains("opset 17") && msg.contains("BatchNormalization, Cast, Clip"), "{msg}");
+        assert_eq!((node.as_str(), *opset), ("Hardmax_node", 17));
+        assert_eq!(missing, &["Hardmax", "Concat (on run-time tensors)"]);
+        assert!(
+            msg.contains("Hardmax_node") && msg.contains("opset 17") && msg.contains("BatchNormalization, Cast, CastLike, Clip"),
+            "{msg}"
+        );
     }
 
     #[test]
