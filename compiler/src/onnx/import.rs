@@ -18,26 +18,38 @@ use super::{resolve_input_shapes, Attribute, DataType, Node, OnnxModel, ShapeOve
 use crate::ir::{DType, Graph, Phase, Program, Role, TensorDef, TensorId};
 use crate::stages::{ForwardGraph, Task};
 
+#[path = "import_move.rs"]
+mod import_move;
+
 /// The op types imported onto graph nodes, whatever their inputs.
 pub const GRAPH_OPS: &[&str] = &[
     "Add",
     "AveragePool",
     "BatchNormalization",
     "Clip",
+    "Concat",
     "Constant",
     "Conv",
     "Dropout",
+    "Expand",
     "Flatten",
+    "Gather",
     "Gemm",
     "GlobalAveragePool",
     "Identity",
     "MatMul",
     "MaxPool",
     "Mul",
+    "Pad",
     "ReduceMean",
     "Relu",
     "Reshape",
+    "Slice",
+    "Split",
     "Squeeze",
+    "Tile",
+    "Transpose",
+    "Trilu",
     "Unsqueeze",
 ];
 
@@ -295,6 +307,15 @@ impl Importer<'_> {
             "Flatten" | "Reshape" | "Squeeze" | "Unsqueeze" => self.reshape(&ctx),
             "Gemm" => self.gemm(&ctx),
             "MatMul" => self.matmul(&ctx),
+            "Transpose" => self.transpose(&ctx),
+            "Concat" => self.concat(&ctx),
+            "Split" => self.split(&ctx),
+            "Slice" => self.slice(&ctx),
+            "Gather" => self.gather(&ctx),
+            "Expand" => self.expand(&ctx),
+            "Tile" => self.tile(&ctx),
+            "Trilu" => self.trilu(&ctx),
+            "Pad" => self.pad(&ctx),
             "ReduceMean" => self.reduce_mean(&ctx),
             // Every other supported op type is evaluated only on constants.
             other => Err(ctx.err(format!(
@@ -712,18 +733,6 @@ impl Importer<'_> {
         self.set(ctx, 0, Value::Tensor(y))
     }
 
-    /// MatMul of two matrices; batched MatMul needs the batched-matmul family.
-    fn matmul(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
-        let a = self.tensor(ctx, ctx.input(0)?)?;
-        let b = self.tensor(ctx, ctx.input(1)?)?;
-        let (sa, sb) = (self.graph.shape(a).to_vec(), self.graph.shape(b).to_vec());
-        if sa.len() != 2 || sb.len() != 2 {
-            return Err(ctx.err(format!("MatMul of shapes {sa:?} and {sb:?}: only matrices (rank 2) are supported so far")));
-        }
-        let y = self.emit(ctx, &ctx.node.name, DenseOp::MatMul(MatMul { trans_a: false, trans_b: false }), &[a, b])?;
-        self.set(ctx, 0, Value::Tensor(y))
-    }
-
     /// ReduceMean over the two spatial axes of an NCHW tensor (how the dynamo exporter writes
     /// adaptive average pooling to 1x1): GlobalAvgPool, then a Reshape to `[N, C]` without
     /// keepdims. Other reductions need the reduction family.
@@ -900,14 +909,14 @@ mod tests {
         let nodes = vec![
             node("Relu", &["x"], &["a"], vec![]),
             node("Softplus", &["a"], &["b"], vec![]),
-            node("Concat", &["a", "b"], &["c"], vec![("axis", Attribute::Int(1))]),
+            node("ConstantOfShape", &["b"], &["c"], vec![]),
             node("Softplus", &["c"], &["y"], vec![]),
         ];
         let e = import_model(&model(&[2, 3], vec![], nodes, "y"), "t", &ImportOptions::default()).unwrap_err();
         let msg = e.to_string();
         let ImportError::UnsupportedOps { node, opset, missing, .. } = &e else { panic!("{msg}") };
         assert_eq!((node.as_str(), *opset), ("Softplus_node", 17));
-        assert_eq!(missing, &["Softplus", "Concat (on run-time tensors)"]);
+        assert_eq!(missing, &["Softplus", "ConstantOfShape (on run-time tensors)"]);
         assert!(msg.contains("Softplus_node") && msg.contains("opset 17") && msg.contains("BatchNormalization, Cast, Clip"), "{msg}");
     }
 
