@@ -78,6 +78,21 @@ pub struct ImportOptions {
     /// The graph output to train (`--output NAME`); `None` takes the model's only output.
     pub output: Option<String>,
     pub loss: LossKind,
+    /// Whether training-mode Dropout draws masks (`--dropout on`, the default) or runs as the
+    /// identity (`--dropout off`).
+    pub dropout: DropoutMode,
+    /// The seed of the dropout masks (`--seed`), fixed in the plan.
+    pub seed: u64,
+}
+
+/// What training-mode Dropout nodes do in the train program (eval and infer never drop).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DropoutMode {
+    /// Seeded inverted dropout with a fresh mask each step, as PyTorch's `train()`.
+    #[default]
+    On,
+    /// The identity, as in `eval()`.
+    Off,
 }
 
 /// An imported model and what the user should know about the import.
@@ -106,6 +121,8 @@ pub fn import_model(model: &OnnxModel, name: &str, options: &ImportOptions) -> R
         running_stats: HashSet::new(),
         notes: Vec::new(),
         dropout_noted: false,
+        options,
+        rng_counter: None,
     };
     for (i, t) in model.initializers.iter().enumerate() {
         im.values.insert(t.name.clone(), Value::Initializer(i));
@@ -130,6 +147,7 @@ pub fn import_model(model: &OnnxModel, name: &str, options: &ImportOptions) -> R
     for node in &model.nodes {
         im.import_node(node)?;
     }
+    im.finish_dropout()?;
 
     let known = || model.outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ");
     let output_name = match (&options.output, model.outputs.as_slice()) {
@@ -219,6 +237,9 @@ struct Importer<'m> {
     running_stats: HashSet<String>,
     notes: Vec<String>,
     dropout_noted: bool,
+    options: &'m ImportOptions,
+    /// The step counter of seeded dropout, made when the first such node is imported.
+    rng_counter: Option<TensorId>,
 }
 
 /// The node being imported, for error messages.
@@ -634,34 +655,6 @@ impl Importer<'_> {
         let op = if ctx.node.op_type == "Add" { DenseOp::Add } else { DenseOp::Mul };
         let y = self.emit(ctx, &ctx.node.name, op, &[a, b])?;
         self.set(ctx, 0, Value::Tensor(y))
-    }
-
-    /// Dropout runs as the identity: pock has no seeded dropout yet. With ratio 0 or outside
-    /// training mode that is exact; otherwise a note says so.
-    fn dropout(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
-        if ctx.node.outputs.get(1).is_some_and(|m| !m.is_empty())
-            && self.model.nodes.iter().any(|n| n.inputs.contains(&ctx.node.outputs[1]))
-        {
-            return Err(ctx.err("its mask output is read by another node, which pock does not support"));
-        }
-        let ratio = match ctx.optional_input(1) {
-            Some(r) => self.constant(ctx, r, "ratio")?.scalar_f32().map_err(|e| ctx.err(format!("its ratio: {e}")))?,
-            None => 0.5,
-        };
-        let training = match ctx.optional_input(2) {
-            Some(t) => self.constant(ctx, t, "training_mode")?.scalar_f32().map_err(|e| ctx.err(format!("its training_mode: {e}")))? != 0.0,
-            None => false,
-        };
-        if training && ratio > 0.0 && !self.dropout_noted {
-            self.dropout_noted = true;
-            self.notes.push(format!(
-                "Dropout (ratio {ratio}, training mode) runs as the identity: pock does not implement seeded dropout yet, so \
-                 training differs from PyTorch's train() there (first such node: '{}')",
-                ctx.node.name
-            ));
-        }
-        let v = self.values.get(ctx.input(0)?).cloned().ok_or_else(|| self.undefined(ctx, &ctx.node.inputs[0]))?;
-        self.set(ctx, 0, v)
     }
 
     /// Flatten, Reshape, Squeeze and Unsqueeze of a run-time tensor: one Reshape node (none when

@@ -1,13 +1,15 @@
 //! The importer's arms for movement ops and MatMul on run-time tensors: Transpose, Concat, Split,
 //! Slice, Gather, Expand, Tile, Trilu, Pad and MatMul of any rank. They map onto the movement and
 //! batched-matmul families; the compile-time arguments (perms, axes, sizes, pads) must be
-//! constants, which the exporters' shape arithmetic always folds to.
+//! constants, which the exporters' shape arithmetic always folds to. Also Dropout, which in a
+//! training-mode graph becomes the random family's seeded dropout.
 
-use pock_engine::ops::{DenseOp, MatMul, MatMulOp, MoveOp, Slice};
+use pock_engine::kernels::reference::random;
+use pock_engine::ops::{DenseOp, Dropout, MatMul, MatMulOp, MoveOp, RandomOp, Slice};
 
 use super::fold;
-use super::{Ctx, Importer, Value};
-use crate::ir::{Phase, Program, TensorId};
+use super::{Ctx, DropoutMode, Importer, Value};
+use crate::ir::{DType, Phase, Program, Role, TensorDef, TensorId};
 use crate::onnx::error::ImportError;
 use crate::onnx::Attribute;
 
@@ -278,11 +280,89 @@ impl Importer<'_> {
     }
 }
 
+impl Importer<'_> {
+    /// Dropout. In training mode (the opset-12 `training_mode` input is a true constant) with a
+    /// ratio above 0 it is seeded inverted dropout ([`RandomOp::Dropout`]): the train program draws
+    /// a mask per step from the compile-time seed, the node's name and the checkpointed step
+    /// counter; the eval and infer programs run it as the identity. Otherwise, or with
+    /// `--dropout off` (noted), it is the identity, as in PyTorch's `eval()`.
+    pub(super) fn dropout(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
+        if ctx.node.outputs.get(1).is_some_and(|m| !m.is_empty())
+            && self.model.nodes.iter().any(|n| n.inputs.contains(&ctx.node.outputs[1]))
+        {
+            return Err(ctx.err("its mask output is read by another node, which pock does not support"));
+        }
+        let ratio = match ctx.optional_input(1) {
+            Some(r) => self.constant(ctx, r, "ratio")?.scalar_f32().map_err(|e| ctx.err(format!("its ratio: {e}")))?,
+            None => 0.5,
+        };
+        let training = match ctx.optional_input(2) {
+            Some(t) => self.constant(ctx, t, "training_mode")?.scalar_f32().map_err(|e| ctx.err(format!("its training_mode: {e}")))? != 0.0,
+            None => false,
+        };
+        if !training || ratio == 0.0 {
+            let v = self.values.get(ctx.input(0)?).cloned().ok_or_else(|| self.undefined(ctx, &ctx.node.inputs[0]))?;
+            return self.set(ctx, 0, v);
+        }
+        if !(0.0..1.0).contains(&ratio) {
+            return Err(ctx.err(format!("its ratio {ratio} is outside [0, 1)")));
+        }
+        if self.options.dropout == DropoutMode::Off {
+            if !self.dropout_noted {
+                self.dropout_noted = true;
+                self.notes.push(format!(
+                    "--dropout off: training-mode Dropout (first node '{}', ratio {ratio}) runs as the identity, as in PyTorch's eval()",
+                    ctx.node.name
+                ));
+            }
+            let v = self.values.get(ctx.input(0)?).cloned().ok_or_else(|| self.undefined(ctx, &ctx.node.inputs[0]))?;
+            return self.set(ctx, 0, v);
+        }
+        let x = self.tensor(ctx, ctx.input(0)?)?;
+        let counter = *self.rng_counter.get_or_insert_with(|| {
+            self.graph.add_tensor(TensorDef {
+                name: "dropout.step_counter".into(),
+                shape: vec![],
+                dtype: DType::I64,
+                role: Role::RngCounter,
+                init: Some(crate::ir::Values::I64(vec![0])),
+            })
+        });
+        let key = random::key(self.options.seed, fnv1a(ctx.node.name.as_bytes()));
+        let op = RandomOp::Dropout(Dropout { ratio, key });
+        let outs =
+            self.graph.emit(&ctx.node.name, op, &[x, counter], Phase::Forward, Program::Train).map_err(|e| self.compile_error(ctx, e))?;
+        self.set(ctx, 0, Value::Tensor(outs[0]))
+    }
+
+    /// Appends the node that advances the dropout step counter, after every node that reads it,
+    /// so each run of the train program draws new masks.
+    pub(super) fn finish_dropout(&mut self) -> Result<(), ImportError> {
+        if let Some(counter) = self.rng_counter {
+            self.graph
+                .emit_inplace("dropout.advance_step_counter", RandomOp::Advance, &[], &[counter], Phase::Forward, Program::Train)
+                .map_err(|source| ImportError::Graph {
+                    node: "dropout.advance_step_counter".into(),
+                    op_type: "Dropout".into(),
+                    opset: self.model.opset,
+                    source: Box::new(source),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// FNV-1a of a node's name: the stream that tells one dropout node's masks from another's.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 #[cfg(test)]
 mod tests {
     use crate::interp::Interpreter;
     use crate::onnx::{
-        import_model, Attribute, DataType, Dim, ImportError, ImportOptions, LossKind, Node, OnnxModel, Tensor, TensorValues, ValueInfo,
+        import_model, Attribute, DataType, Dim, DropoutMode, ImportError, ImportOptions, LossKind, Node, OnnxModel, Tensor, TensorValues,
+        ValueInfo,
     };
 
     fn node(op: &str, inputs: &[&str], outputs: &[&str], attributes: Vec<(&str, Attribute)>) -> Node {
@@ -653,5 +733,121 @@ mod tests {
         let m = x_model(17, &[2, 3, 2], vec![floats("w", &[3, 4], vec![0.; 12])], vec![node("MatMul", &["x", "w"], &["y"], vec![])]);
         let e = import_err(&m);
         assert!(e.contains("MatMul_node") && e.contains("inner dimensions"), "{e}");
+    }
+
+    /// `x [16, 64] * p` (a same-shape trainable factor, so the dropout's input needs a gradient),
+    /// then Dropout(0.25) in training mode, then a `[64, 2]` weight.
+    fn dropout_model() -> OnnxModel {
+        let nodes = vec![
+            node("Mul", &["x", "p"], &["h"], vec![]),
+            node("Dropout", &["h", "ratio", "training"], &["d"], vec![]),
+            node("MatMul", &["d", "w"], &["y"], vec![]),
+        ];
+        let inits = vec![
+            floats("p", &[16, 64], (0..1024).map(|i| 1.0 + (i % 7) as f32 * 0.125).collect()),
+            floats("ratio", &[], vec![0.25]),
+            Tensor { name: "training".into(), dims: vec![], values: TensorValues::Bool(vec![true]) },
+            floats("w", &[64, 2], (0..128).map(|i| ((i % 11) as f32 - 5.0) * 0.0625).collect()),
+        ];
+        x_model(17, &[16, 64], inits, nodes)
+    }
+
+    fn dropout_training(mode: DropoutMode, seed: u64) -> (crate::stages::TrainingGraph, Vec<String>) {
+        let options = ImportOptions { loss: LossKind::Mse, dropout: mode, seed, ..Default::default() };
+        let imported = import_model(&dropout_model(), "t", &options).unwrap();
+        (imported.forward.into_training(crate::CompileOptions::default()).unwrap(), imported.notes)
+    }
+
+    #[test]
+    fn training_mode_dropout_draws_a_new_seeded_mask_each_step_and_masks_the_gradient() {
+        use crate::ir::{Program, Role};
+        use pock_engine::ops::{Op, RandomOp};
+        use pock_engine::plan::RuntimeScalar;
+        let (tg, notes) = dropout_training(DropoutMode::On, 3);
+        assert!(notes.is_empty(), "{notes:?}");
+        let g = &tg.graph;
+        let train: Vec<_> = g.nodes.iter().filter(|n| n.program == Program::Train).cloned().collect();
+        let drop = train.iter().find(|n| matches!(n.op, Op::Random(RandomOp::Dropout(_)))).expect("a dropout node");
+        let (mask, counter) = (drop.outputs[1], drop.inputs[1]);
+        assert_eq!(g.tensor(counter).role, Role::RngCounter);
+        // The eval program neither drops nor advances the counter.
+        assert!(g.nodes.iter().filter(|n| n.program == Program::Eval).all(|n| !matches!(n.op, Op::Random(_))));
+        let p = g.tensors.iter().position(|t| t.name == "p").map(|i| crate::ir::TensorId(i as u32)).unwrap();
+        let lr = g.tensors.iter().position(|t| t.role == Role::RuntimeScalar(RuntimeScalar::LearningRate)).unwrap();
+        let x: Vec<f64> = (0..1024).map(|i| 0.5 + (i % 5) as f64 * 0.25).collect();
+
+        let mut it = Interpreter::<f64>::new(g);
+        it.set(crate::ir::TensorId(lr as u32), vec![1.0]);
+        let mut masks = vec![];
+        for step in 0..3 {
+            let before = it.get(p).unwrap().to_vec();
+            it.set(tg.train_input, x.clone());
+            it.set(tg.train_target, vec![0.0; 32]);
+            it.run(&train).unwrap();
+            let m = it.get(mask).unwrap().to_vec();
+            let kept = m.iter().filter(|&&v| v != 0.0).count() as f64 / 1024.0;
+            // Four standard deviations of a binomial(1024, 0.75) proportion is about 0.054.
+            assert!((kept - 0.75).abs() < 0.054, "step {step}: kept {kept}");
+            assert!(m.iter().all(|&v| v == 0.0 || v == 1.0 / 0.75), "kept values are scaled by 1 / (1 - ratio)");
+            // The gradient of p passes through the mask: a dropped element's factor does not move.
+            let after = it.get(p).unwrap();
+            for i in 0..1024 {
+                assert_eq!(m[i] == 0.0, after[i] == before[i], "step {step}, element {i}: mask {} moved {}", m[i], after[i] - before[i]);
+            }
+            assert_eq!(it.get_int(counter).unwrap(), &[step + 1]);
+            masks.push(m);
+        }
+        assert_ne!(masks[0], masks[1]);
+        assert_ne!(masks[1], masks[2]);
+        // Restoring the counter (as a checkpoint does) draws step 2's mask again.
+        let mut fresh = Interpreter::<f64>::new(g);
+        fresh.set(crate::ir::TensorId(lr as u32), vec![1.0]);
+        fresh.set_int(counter, vec![1]);
+        fresh.set(tg.train_input, x.clone());
+        fresh.set(tg.train_target, vec![0.0; 32]);
+        fresh.run(&train).unwrap();
+        assert_eq!(fresh.get(mask).unwrap(), masks[1].as_slice());
+        // Another seed draws other masks.
+        let (other, _) = dropout_training(DropoutMode::On, 4);
+        let mut it = Interpreter::<f64>::new(&other.graph);
+        it.set(crate::ir::TensorId(lr as u32), vec![1.0]);
+        it.set(other.train_input, x.clone());
+        it.set(other.train_target, vec![0.0; 32]);
+        let train: Vec<_> = other.graph.nodes.iter().filter(|n| n.program == Program::Train).cloned().collect();
+        it.run(&train).unwrap();
+        assert_ne!(it.get(mask).unwrap(), masks[0].as_slice());
+    }
+
+    #[test]
+    fn dropout_is_the_identity_in_eval_with_dropout_off_and_outside_training_mode() {
+        use crate::ir::Program;
+        use pock_engine::ops::Op;
+        let x: Vec<f64> = (0..1024).map(|i| 0.5 + (i % 5) as f64 * 0.25).collect();
+        let m = dropout_model();
+        let (p, w) = (&m.initializers[0], &m.initializers[3]);
+        let (TensorValues::F32(p), TensorValues::F32(w)) = (&p.values, &w.values) else { unreachable!() };
+        let h: Vec<f64> = x.iter().zip(p).map(|(&x, &p)| x * f64::from(p)).collect();
+        let want = mm(&h, &w.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), 16, 64, 2);
+        let (tg, _) = dropout_training(DropoutMode::On, 0);
+        let mut it = Interpreter::<f64>::new(&tg.graph);
+        it.set(tg.eval_input, x.clone());
+        it.set(tg.eval_target, vec![0.0; 32]);
+        let eval: Vec<_> = tg.graph.nodes.iter().filter(|n| n.program == Program::Eval).cloned().collect();
+        it.run(&eval).unwrap();
+        let got = it.get(tg.eval_output).unwrap();
+        assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12), "{got:?} vs {want:?}");
+        // --dropout off: no random op anywhere, and a note says so.
+        let (off, notes) = dropout_training(DropoutMode::Off, 0);
+        assert!(off.graph.nodes.iter().all(|n| !matches!(n.op, Op::Random(_))));
+        assert!(notes.len() == 1 && notes[0].contains("--dropout off"), "{notes:?}");
+        // Inference-mode Dropout (no training_mode input) is the identity without a note.
+        let mut m = dropout_model();
+        m.nodes[1].inputs.truncate(2);
+        let f = import_model(&m, "t", &ImportOptions { loss: LossKind::Mse, ..Default::default() }).unwrap();
+        assert!(f.notes.is_empty() && f.forward.graph.nodes.iter().all(|n| !matches!(n.op, Op::Random(_))));
+        // A ratio of 1 has no finite scale.
+        let mut m = dropout_model();
+        m.initializers[1] = floats("ratio", &[], vec![1.0]);
+        assert!(import_err(&m).contains("outside [0, 1)"));
     }
 }
