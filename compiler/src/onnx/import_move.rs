@@ -89,7 +89,7 @@ impl Importer<'_> {
             let piece = n.div_ceil(k);
             (0..k).map(|i| piece.min(n.saturating_sub(i * piece))).collect()
         } else {
-            if outputs == 0 || n % outputs != 0 {
+            if outputs == 0 || !n.is_multiple_of(outputs) {
                 return Err(ctx.err(format!("axis {axis} of {xs:?} does not split evenly into {outputs} outputs; give 'split' sizes")));
             }
             vec![n / outputs; outputs]
