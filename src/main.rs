@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use pock::compiler::onnx::{ImportOptions, LossKind, ShapeOverrides};
+use pock::compiler::onnx::{DropoutMode, ImportOptions, LossKind, ShapeOverrides};
 use pock::compiler::stages::BatchNormMode;
 use pock::compiler::CompileOptions;
 use pock::data::Dataset;
@@ -106,6 +106,14 @@ enum LossArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum DropoutArg {
+    /// Training-mode Dropout of an ONNX model draws a seeded mask each step (PyTorch train()).
+    On,
+    /// Dropout is the identity (PyTorch eval()).
+    Off,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum BatchNormArg {
     /// Batch statistics; running statistics updated (PyTorch train()).
     Train,
@@ -161,10 +169,13 @@ struct CompileArgs {
     clip_grad_norm: Option<f32>,
     #[arg(long, value_enum, default_value = "train")]
     batch_norm: BatchNormArg,
+    /// Dropout of an ONNX model exported in training mode; the masks are drawn from --seed.
+    #[arg(long, value_enum, default_value = "on")]
+    dropout: DropoutArg,
     /// Board the plan is for (host, rpi4, rpi5, jetson-nano, cortex-m7).
     #[arg(long, default_value = "host")]
     target: String,
-    /// Seed of the parameter initialisation.
+    /// Seed of the parameter initialisation (zoo models) and of the dropout masks (ONNX models).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Keep the optimizer at the end of the step instead of right after each gradient.
@@ -514,6 +525,11 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
                 LossArg::CrossEntropy => LossKind::CrossEntropy,
                 LossArg::Mse => LossKind::Mse,
             },
+            dropout: match a.dropout {
+                DropoutArg::On => DropoutMode::On,
+                DropoutArg::Off => DropoutMode::Off,
+            },
+            seed: a.seed,
         };
         let (compiled, notes) = pock::compile_onnx(Path::new(&a.model), &import, options)?;
         for note in notes {

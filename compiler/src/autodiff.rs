@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use pock_engine::ops::{DenseOp, LossOp, NormOp, Op, Reduction};
+use pock_engine::ops::{DenseOp, LossOp, NormOp, Op, RandomOp, Reduction};
 
 use crate::error::{CompileError, Result};
 use crate::ir::{DType, Graph, Node, Phase, Program, Role, TensorDef, TensorId};
@@ -182,10 +182,11 @@ fn freeze_batch_norm(graph: &mut Graph) {
 }
 
 /// Appends the Eval program: the first `count` (forward) nodes again, with BatchNorm using
-/// running statistics and fresh activation tensors. Returns the eval input and output.
+/// running statistics, dropout as the identity (and its step counter left alone), and fresh
+/// activation tensors. Returns the eval input and output.
 fn clone_for_eval(graph: &mut Graph, count: usize, input: TensorId, output: TensorId) -> (TensorId, TensorId) {
     let mut map: HashMap<TensorId, TensorId> = HashMap::new();
-    let mut fresh = |graph: &mut Graph, t: TensorId| -> TensorId {
+    fn fresh(graph: &mut Graph, map: &mut HashMap<TensorId, TensorId>, t: TensorId) -> TensorId {
         if let Some(&m) = map.get(&t) {
             return m;
         }
@@ -196,8 +197,8 @@ fn clone_for_eval(graph: &mut Graph, count: usize, input: TensorId, output: Tens
         let m = graph.add_tensor(TensorDef { name: format!("eval.{}", def.name), ..def });
         map.insert(t, m);
         m
-    };
-    let eval_input = fresh(graph, input);
+    }
+    let eval_input = fresh(graph, &mut map, input);
     for i in 0..count {
         let node = graph.nodes[i].clone();
         let (op, inputs, outputs) = match node.op {
@@ -206,12 +207,20 @@ fn clone_for_eval(graph: &mut Graph, count: usize, input: TensorId, output: Tens
                 inputs.extend_from_slice(&node.outputs[3..5]);
                 (NormOp::BatchNormInfer(bn).into(), inputs, node.outputs[..1].to_vec())
             }
+            // Evaluation never drops: the output is the input (its mask has no reader here), and
+            // evaluating must not move the training step counter.
+            Op::Random(RandomOp::Dropout(_)) => {
+                let x = fresh(graph, &mut map, node.inputs[0]);
+                map.insert(node.outputs[0], x);
+                continue;
+            }
+            Op::Random(RandomOp::Advance) => continue,
             op => (op, node.inputs.clone(), node.outputs.clone()),
         };
-        let inputs = inputs.iter().map(|&t| fresh(graph, t)).collect();
-        let outputs = outputs.iter().map(|&t| fresh(graph, t)).collect();
+        let inputs = inputs.iter().map(|&t| fresh(graph, &mut map, t)).collect();
+        let outputs = outputs.iter().map(|&t| fresh(graph, &mut map, t)).collect();
         graph.nodes.push(Node { name: format!("eval.{}", node.name), op, inputs, outputs, phase: Phase::Forward, program: Program::Eval });
     }
-    let eval_output = fresh(graph, output);
+    let eval_output = fresh(graph, &mut map, output);
     (eval_input, eval_output)
 }

@@ -96,6 +96,10 @@ pub enum Role {
     /// skipped step adds the number of parameters it skipped. Appended last: the variant index is
     /// the plan encoding.
     SkippedUpdates,
+    /// The `[]` int64 step counter that seeded dropout draws its masks from; the train program
+    /// adds 1 to it each run. Checkpointed, so a resumed run draws the masks it would have drawn.
+    /// Appended last: the variant index is the plan encoding.
+    RngCounter,
 }
 
 impl Role {
@@ -108,6 +112,7 @@ impl Role {
                 | Role::OptimizerState { .. }
                 | Role::GradAccumulator { .. }
                 | Role::SkippedUpdates
+                | Role::RngCounter
         )
     }
 }

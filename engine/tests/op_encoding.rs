@@ -9,7 +9,7 @@ use pock_engine::ops::{
     Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, DenseOp, GradScale, LossOp, MatMul, MatMulOp, MoveOp, NormOp, Op, OptimOp, Pool2d,
     PoolOp, Reduce, ReduceOp, Reduction, Sgd, Slice,
 };
-use pock_engine::ops::{BroadcastOp, UnaryFn, UnaryOp};
+use pock_engine::ops::{BroadcastOp, Dropout, RandomOp, UnaryFn, UnaryOp};
 use pock_engine::plan::DType;
 
 /// `(op name, encoded tag bytes)`. Append a row for each new op; never edit or reorder a row
@@ -123,6 +123,8 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("Trilu", [10, 9]),
     ("BatchMatMul", [11, 0]),
     ("CountNonFinite", [5, 5]),
+    ("Dropout", [12, 0]),
+    ("AdvanceCounter", [12, 1]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -230,6 +232,10 @@ fn row(op: &Op) -> usize {
         },
         Op::MatMul(op) => match op {
             MatMulOp::BatchMatMul(_) => 106,
+        },
+        Op::Random(op) => match op {
+            RandomOp::Dropout(_) => 108,
+            RandomOp::Advance => 109,
         },
     }
 }
@@ -366,6 +372,8 @@ fn every_op() -> Vec<Op> {
         MoveOp::Trilu { upper: false, k: -1 }.into(),
         MatMulOp::BatchMatMul(MatMul { trans_a: false, trans_b: true }).into(),
         OptimOp::CountNonFinite.into(),
+        RandomOp::Dropout(Dropout { ratio: 0.1, key: 42 }).into(),
+        RandomOp::Advance.into(),
     ]
     .into_iter()
     .chain(every_unary_fn().into_iter().flat_map(|f| [UnaryOp::Map(f).into(), UnaryOp::Grad(f).into()]))

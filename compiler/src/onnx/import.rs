@@ -22,6 +22,9 @@ use crate::stages::{ForwardGraph, Task};
 #[path = "import_math.rs"]
 mod math;
 
+#[path = "import_move.rs"]
+mod import_move;
+
 /// The op types imported onto graph nodes, whatever their inputs.
 pub const GRAPH_OPS: &[&str] = &[
     "Abs",
@@ -32,6 +35,7 @@ pub const GRAPH_OPS: &[&str] = &[
     "Cast",
     "CastLike",
     "Clip",
+    "Concat",
     "Constant",
     "Conv",
     "Cos",
@@ -41,7 +45,9 @@ pub const GRAPH_OPS: &[&str] = &[
     "Equal",
     "Erf",
     "Exp",
+    "Expand",
     "Flatten",
+    "Gather",
     "Gelu",
     "Gemm",
     "GlobalAveragePool",
@@ -64,6 +70,7 @@ pub const GRAPH_OPS: &[&str] = &[
     "Neg",
     "Not",
     "Or",
+    "Pad",
     "Pow",
     "Reciprocal",
     "ReduceMax",
@@ -73,12 +80,17 @@ pub const GRAPH_OPS: &[&str] = &[
     "Reshape",
     "Sigmoid",
     "Sin",
+    "Slice",
     "Softmax",
     "Softplus",
+    "Split",
     "Sqrt",
     "Squeeze",
     "Sub",
     "Tanh",
+    "Tile",
+    "Transpose",
+    "Trilu",
     "Unsqueeze",
     "Where",
     "Xor",
@@ -109,6 +121,21 @@ pub struct ImportOptions {
     /// The graph output to train (`--output NAME`); `None` takes the model's only output.
     pub output: Option<String>,
     pub loss: LossKind,
+    /// Whether training-mode Dropout draws masks (`--dropout on`, the default) or runs as the
+    /// identity (`--dropout off`).
+    pub dropout: DropoutMode,
+    /// The seed of the dropout masks (`--seed`), fixed in the plan.
+    pub seed: u64,
+}
+
+/// What training-mode Dropout nodes do in the train program (eval and infer never drop).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DropoutMode {
+    /// Seeded inverted dropout with a fresh mask each step, as PyTorch's `train()`.
+    #[default]
+    On,
+    /// The identity, as in `eval()`.
+    Off,
 }
 
 /// An imported model and what the user should know about the import.
@@ -137,6 +164,8 @@ pub fn import_model(model: &OnnxModel, name: &str, options: &ImportOptions) -> R
         running_stats: HashSet::new(),
         notes: Vec::new(),
         dropout_noted: false,
+        options,
+        rng_counter: None,
     };
     for (i, t) in model.initializers.iter().enumerate() {
         im.values.insert(t.name.clone(), Value::Initializer(i));
@@ -161,6 +190,7 @@ pub fn import_model(model: &OnnxModel, name: &str, options: &ImportOptions) -> R
     for node in &model.nodes {
         im.import_node(node)?;
     }
+    im.finish_dropout()?;
 
     let known = || model.outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ");
     let output_name = match (&options.output, model.outputs.as_slice()) {
@@ -250,6 +280,9 @@ struct Importer<'m> {
     running_stats: HashSet<String>,
     notes: Vec<String>,
     dropout_noted: bool,
+    options: &'m ImportOptions,
+    /// The step counter of seeded dropout, made when the first such node is imported.
+    rng_counter: Option<TensorId>,
 }
 
 /// The node being imported, for error messages.
@@ -350,6 +383,15 @@ impl Importer<'_> {
             "Flatten" | "Reshape" | "Squeeze" | "Unsqueeze" => self.reshape(&ctx),
             "Gemm" => self.gemm(&ctx),
             "MatMul" => self.matmul(&ctx),
+            "Transpose" => self.transpose(&ctx),
+            "Concat" => self.concat(&ctx),
+            "Split" => self.split(&ctx),
+            "Slice" => self.slice(&ctx),
+            "Gather" => self.gather(&ctx),
+            "Expand" => self.expand(&ctx),
+            "Tile" => self.tile(&ctx),
+            "Trilu" => self.trilu(&ctx),
+            "Pad" => self.pad(&ctx),
             // Every other supported op type is evaluated only on constants.
             other => Err(ctx.err(format!(
                 "pock evaluates {other} only at compile time, on shapes and constants, and this node reads a tensor computed \
@@ -653,34 +695,6 @@ impl Importer<'_> {
         self.set(ctx, 0, Value::Tensor(y))
     }
 
-    /// Dropout runs as the identity: pock has no seeded dropout yet. With ratio 0 or outside
-    /// training mode that is exact; otherwise a note says so.
-    fn dropout(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
-        if ctx.node.outputs.get(1).is_some_and(|m| !m.is_empty())
-            && self.model.nodes.iter().any(|n| n.inputs.contains(&ctx.node.outputs[1]))
-        {
-            return Err(ctx.err("its mask output is read by another node, which pock does not support"));
-        }
-        let ratio = match ctx.optional_input(1) {
-            Some(r) => self.constant(ctx, r, "ratio")?.scalar_f32().map_err(|e| ctx.err(format!("its ratio: {e}")))?,
-            None => 0.5,
-        };
-        let training = match ctx.optional_input(2) {
-            Some(t) => self.constant(ctx, t, "training_mode")?.scalar_f32().map_err(|e| ctx.err(format!("its training_mode: {e}")))? != 0.0,
-            None => false,
-        };
-        if training && ratio > 0.0 && !self.dropout_noted {
-            self.dropout_noted = true;
-            self.notes.push(format!(
-                "Dropout (ratio {ratio}, training mode) runs as the identity: pock does not implement seeded dropout yet, so \
-                 training differs from PyTorch's train() there (first such node: '{}')",
-                ctx.node.name
-            ));
-        }
-        let v = self.values.get(ctx.input(0)?).cloned().ok_or_else(|| self.undefined(ctx, &ctx.node.inputs[0]))?;
-        self.set(ctx, 0, v)
-    }
-
     /// Flatten, Reshape, Squeeze and Unsqueeze of a run-time tensor: one Reshape node (none when
     /// the shape does not change).
     fn reshape(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
@@ -750,17 +764,6 @@ impl Importer<'_> {
         self.set(ctx, 0, Value::Tensor(y))
     }
 
-    /// MatMul of two matrices; batched MatMul needs the batched-matmul family.
-    fn matmul(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
-        let a = self.tensor(ctx, ctx.input(0)?)?;
-        let b = self.tensor(ctx, ctx.input(1)?)?;
-        let (sa, sb) = (self.graph.shape(a).to_vec(), self.graph.shape(b).to_vec());
-        if sa.len() != 2 || sb.len() != 2 {
-            return Err(ctx.err(format!("MatMul of shapes {sa:?} and {sb:?}: only matrices (rank 2) are supported so far")));
-        }
-        let y = self.emit(ctx, &ctx.node.name, DenseOp::MatMul(MatMul { trans_a: false, trans_b: false }), &[a, b])?;
-        self.set(ctx, 0, Value::Tensor(y))
-    }
 }
 
 #[cfg(test)]
@@ -908,14 +911,14 @@ mod tests {
         let nodes = vec![
             node("Relu", &["x"], &["a"], vec![]),
             node("Hardmax", &["a"], &["b"], vec![]),
-            node("Concat", &["a", "b"], &["c"], vec![("axis", Attribute::Int(1))]),
+            node("ConstantOfShape", &["b"], &["c"], vec![]),
             node("Hardmax", &["c"], &["y"], vec![]),
         ];
         let e = import_model(&model(&[2, 3], vec![], nodes, "y"), "t", &ImportOptions::default()).unwrap_err();
         let msg = e.to_string();
         let ImportError::UnsupportedOps { node, opset, missing, .. } = &e else { panic!("{msg}") };
         assert_eq!((node.as_str(), *opset), ("Hardmax_node", 17));
-        assert_eq!(missing, &["Hardmax", "Concat (on run-time tensors)"]);
+        assert_eq!(missing, &["Hardmax", "ConstantOfShape (on run-time tensors)"]);
         assert!(
             msg.contains("Hardmax_node") && msg.contains("opset 17") && msg.contains("BatchNormalization, Cast, CastLike, Clip"),
             "{msg}"

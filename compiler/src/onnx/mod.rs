@@ -17,7 +17,7 @@ mod shapes;
 pub mod weights;
 
 pub use error::{ImportError, IR_VERSIONS, OPSETS};
-pub use import::{import_file, import_model, supported_ops, ImportOptions, Imported, LossKind, GRAPH_OPS};
+pub use import::{import_file, import_model, supported_ops, DropoutMode, ImportOptions, Imported, LossKind, GRAPH_OPS};
 pub use load::{load_model, load_model_bytes};
 pub use shapes::{resolve_input_shapes, InputShape, ShapeOverrides};
 

@@ -18,6 +18,7 @@ mod movement;
 mod norm;
 mod optim;
 mod pool;
+mod random;
 mod reduce;
 mod unary;
 

@@ -28,6 +28,7 @@ mod movement;
 mod norm;
 mod optim;
 mod pool;
+mod random;
 mod reduce;
 mod unary;
 
@@ -49,6 +50,7 @@ pub use movement::{broadcast_shapes, slice_range, MoveOp, Slice};
 pub use norm::{BatchNorm, NormOp};
 pub use optim::{Adam, GradScale, OptimOp, Sgd};
 pub use pool::{Pool2d, PoolOp};
+pub use random::{Dropout, RandomOp};
 pub use reduce::{Reduce, ReduceOp};
 pub use unary::{UnaryFn, UnaryFormula, UnaryOp};
 
@@ -95,6 +97,7 @@ pub enum Op {
     Reduce(ReduceOp),
     Move(MoveOp),
     MatMul(MatMulOp),
+    Random(RandomOp),
 }
 
 /// Evaluates `$body` with `$family` bound to the family op inside an [`Op`]: the one place that
@@ -116,6 +119,7 @@ macro_rules! dispatch_op {
             $crate::ops::Op::Reduce($family) => $body,
             $crate::ops::Op::Move($family) => $body,
             $crate::ops::Op::MatMul($family) => $body,
+            $crate::ops::Op::Random($family) => $body,
         }
     };
 }
@@ -133,7 +137,7 @@ macro_rules! from_family {
 from_family!(Dense(DenseOp), Conv(ConvOp), Norm(NormOp), Pool(PoolOp), Loss(LossOp), Optim(OptimOp), Cast(CastOp));
 from_family!(Broadcast(BroadcastOp));
 from_family!(Unary(UnaryOp));
-from_family!(Reduce(ReduceOp), Move(MoveOp), MatMul(MatMulOp));
+from_family!(Reduce(ReduceOp), Move(MoveOp), MatMul(MatMulOp), Random(RandomOp));
 
 impl Op {
     pub fn name(&self) -> &'static str {

@@ -14,6 +14,7 @@ pub mod movement;
 pub mod norm;
 pub mod optim;
 pub mod pool;
+pub mod random;
 pub mod reduce;
 pub mod unary;
 
