@@ -18,6 +18,10 @@ use super::{resolve_input_shapes, Attribute, DataType, Node, OnnxModel, ShapeOve
 use crate::ir::{DType, Graph, Phase, Program, Role, TensorDef, TensorId};
 use crate::stages::{ForwardGraph, Task};
 
+#[path = "forward.rs"]
+mod forward;
+pub use forward::{import_forward, ForwardModel, OutputValue};
+
 /// The op types imported onto graph nodes, whatever their inputs.
 pub const GRAPH_OPS: &[&str] = &[
     "Add",

@@ -1,0 +1,117 @@
+//! Forward-only import: every graph output of a model, with no loss attached.
+//!
+//! Training needs one chosen output and a loss ([`super::import_model`]); the ONNX backend node
+//! tests (`tests/onnx_conformance.rs`) and other inference-only uses need every output as the
+//! model declares it, including outputs that fold to compile-time constants (a `Shape` node's
+//! output never reaches the graph). The set-up mirrors `import_model`'s and the nodes go through
+//! the same op table. BatchNormalization nodes exported in inference mode (`training_mode` 0, the
+//! default) run with their running statistics here, as ONNX defines them, where training
+//! imports them in their training form.
+
+use std::collections::{HashMap, HashSet};
+
+use pock_engine::ops::{NormOp, Op};
+
+use super::super::{resolve_input_shapes, Attribute, DataType, OnnxModel, ShapeOverrides};
+use super::{check_op_types, ImportError, Importer, Value};
+use crate::ir::{DType, Graph, Role, TensorId};
+use crate::onnx::fold::Const;
+
+/// A graph output after import.
+#[derive(Clone, Debug)]
+pub enum OutputValue {
+    /// A tensor the graph computes (or a data input passed through).
+    Tensor(TensorId),
+    /// A value known at compile time, which no graph node computes.
+    Const(Const),
+}
+
+/// A model imported for inference: its graph, data inputs and every declared output.
+#[derive(Clone, Debug)]
+pub struct ForwardModel {
+    pub graph: Graph,
+    /// The data inputs in the model's order, as `Role::Input` tensors of the graph.
+    pub inputs: Vec<TensorId>,
+    /// Every graph output, by name, in the model's order.
+    pub outputs: Vec<(String, OutputValue)>,
+    /// Behaviours that differ from the ONNX graph's, one sentence each.
+    pub notes: Vec<String>,
+}
+
+/// Imports every node of `model` and returns all its outputs, attaching no loss.
+pub fn import_forward(model: &OnnxModel, shapes: &ShapeOverrides) -> Result<ForwardModel, ImportError> {
+    check_op_types(model)?;
+    let resolved = resolve_input_shapes(model, shapes)?;
+    let mut im = Importer {
+        model,
+        graph: Graph::new(),
+        values: HashMap::new(),
+        running_stats: HashSet::new(),
+        notes: Vec::new(),
+        dropout_noted: false,
+    };
+    for (i, t) in model.initializers.iter().enumerate() {
+        im.values.insert(t.name.clone(), Value::Initializer(i));
+    }
+    for n in &model.nodes {
+        if n.op_type == "BatchNormalization" {
+            im.running_stats.extend(n.inputs.iter().skip(3).take(2).cloned());
+        }
+    }
+    let mut inputs = Vec::with_capacity(resolved.len());
+    for s in &resolved {
+        let dtype = match s.dtype {
+            Some(DataType::F32) | None => DType::F32,
+            Some(DataType::I64) => DType::I64,
+            Some(DataType::Bool) => DType::Bool,
+            Some(other) => return Err(ImportError::UnsupportedInputType { input: s.name.clone(), dtype: other.name() }),
+        };
+        let id = im.graph.input(s.name.clone(), s.dims.clone(), dtype, Role::Input);
+        im.values.insert(s.name.clone(), Value::Tensor(id));
+        inputs.push(id);
+    }
+    for node in &model.nodes {
+        im.import_node(node)?;
+    }
+    freeze_inference_batch_norms(model, &mut im.graph);
+    let mut outputs = Vec::with_capacity(model.outputs.len());
+    for o in &model.outputs {
+        let value = match im.values.get(&o.name) {
+            Some(Value::Tensor(t)) => OutputValue::Tensor(*t),
+            Some(Value::Const(c)) => OutputValue::Const(c.clone()),
+            Some(Value::Initializer(i)) => OutputValue::Const(Const::from_tensor(&model.initializers[*i])),
+            None => {
+                // load_model checks that every graph output is a node output or an input.
+                let node = model.nodes.iter().find(|n| n.outputs.contains(&o.name));
+                return Err(ImportError::OutputNotComputed {
+                    name: o.name.clone(),
+                    node: node.map_or_else(String::new, |n| n.name.clone()),
+                    op_type: node.map_or_else(String::new, |n| n.op_type.clone()),
+                });
+            }
+        };
+        outputs.push((o.name.clone(), value));
+    }
+    Ok(ForwardModel { graph: im.graph, inputs, outputs, notes: im.notes })
+}
+
+/// Turns the BatchNorm of every ONNX BatchNormalization node in inference mode into its frozen
+/// form (running statistics, not updated), the way the eval program does.
+fn freeze_inference_batch_norms(model: &OnnxModel, graph: &mut Graph) {
+    let inference: HashSet<&str> = model
+        .nodes
+        .iter()
+        .filter(|n| n.op_type == "BatchNormalization" && !matches!(n.attribute("training_mode"), Some(Attribute::Int(m)) if *m != 0))
+        .map(|n| n.name.as_str())
+        .collect();
+    for node in &mut graph.nodes {
+        if let Op::Norm(NormOp::BatchNormTrain(bn)) = node.op {
+            if inference.contains(node.name.as_str()) {
+                node.op = NormOp::BatchNormInfer(bn).into();
+                // Inputs [x, gamma, beta] and the running statistics, its in-place outputs 3 and 4.
+                node.inputs.extend_from_slice(&node.outputs[3..5]);
+                node.outputs.truncate(1);
+            }
+        }
+    }
+}
