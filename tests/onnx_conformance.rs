@@ -302,8 +302,6 @@ fn run_all(node_dir: &Path, list: &AllowList, claimed: &BTreeSet<String>) -> Vec
         .collect();
     dirs.sort();
     assert!(!dirs.is_empty(), "{} holds no node test cases (test_*/model.onnx)", node_dir.display());
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
     let mut cases = Vec::new();
     for dir in dirs {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
@@ -325,7 +323,6 @@ fn run_all(node_dir: &Path, list: &AllowList, claimed: &BTreeSet<String>) -> Vec
         let foreign_dtype = foreign_dtype(&dir);
         cases.push(Case { name, op, converted_from, foreign_dtype, outcome });
     }
-    std::panic::set_hook(hook);
     cases
 }
 
@@ -568,4 +565,17 @@ fn onnx_version() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| "(unknown version)".into())
+}
+
+#[test]
+fn outputs_compare_at_onnx_tolerances_with_nan_equal_and_exact_dtypes() {
+    let f = |v: &[f32]| TensorValues::F32(v.to_vec());
+    assert!(compare("y", &Got::F32(vec![1000.9, 0.0, f32::NAN, f32::INFINITY]), &f(&[1000.0, 0.0, f32::NAN, f32::INFINITY])).is_ok());
+    assert!(compare("y", &Got::F32(vec![1001.1]), &f(&[1000.0])).is_err(), "beyond rtol");
+    assert!(compare("y", &Got::F32(vec![2e-7]), &f(&[0.0])).is_err(), "beyond atol");
+    assert!(compare("y", &Got::F32(vec![0.0]), &f(&[f32::NAN])).is_err());
+    assert!(compare("y", &Got::F32(vec![f32::INFINITY]), &f(&[f32::NEG_INFINITY])).is_err());
+    assert!(compare("y", &Got::I64(vec![1, 2]), &TensorValues::I64(vec![1, 3])).is_err());
+    assert!(compare("y", &Got::F32(vec![1.0]), &TensorValues::I64(vec![1])).unwrap_err().contains("is float32, expected int64"));
+    assert!(compare("y", &Got::F32(vec![1.0]), &TensorValues::F64(vec![1.0])).unwrap_err().contains("unsupported dtype float64"));
 }

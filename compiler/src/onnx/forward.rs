@@ -115,3 +115,73 @@ fn freeze_inference_batch_norms(model: &OnnxModel, graph: &mut Graph) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interp::Interpreter;
+    use crate::onnx::fold::ConstData;
+    use crate::onnx::{Dim, Node, Tensor, TensorValues, ValueInfo};
+
+    fn node(op: &str, inputs: &[&str], outputs: &[&str], attributes: Vec<(&str, Attribute)>) -> Node {
+        Node {
+            name: format!("{op}_node"),
+            op_type: op.into(),
+            domain: String::new(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            attributes: attributes.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        }
+    }
+
+    fn value(name: &str, dims: &[usize]) -> ValueInfo {
+        ValueInfo { name: name.into(), dtype: Some(DataType::F32), shape: Some(dims.iter().map(|&d| Dim::Fixed(d)).collect()) }
+    }
+
+    fn model(initializers: Vec<Tensor>, nodes: Vec<Node>, outputs: &[&str]) -> OnnxModel {
+        OnnxModel {
+            ir_version: 8,
+            opset: 17,
+            opset_imports: vec![(String::new(), 17)],
+            producer: String::new(),
+            graph_name: String::new(),
+            initializers,
+            inputs: vec![value("x", &[2, 1, 1, 2])],
+            outputs: outputs.iter().map(|o| ValueInfo { name: o.to_string(), dtype: None, shape: None }).collect(),
+            value_info: vec![],
+            nodes,
+        }
+    }
+
+    fn f32s(name: &str, v: Vec<f32>) -> Tensor {
+        Tensor { name: name.into(), dims: vec![v.len()], values: TensorValues::F32(v) }
+    }
+
+    #[test]
+    fn every_output_is_returned_and_a_folded_one_as_a_constant() {
+        let nodes = vec![node("Relu", &["x"], &["y"], vec![]), node("Shape", &["x"], &["s"], vec![])];
+        let f = import_forward(&model(vec![], nodes, &["y", "s"]), &ShapeOverrides::default()).unwrap();
+        let names: Vec<&str> = f.outputs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["y", "s"]);
+        assert!(matches!(f.outputs[0].1, OutputValue::Tensor(_)));
+        let OutputValue::Const(c) = &f.outputs[1].1 else { panic!("Shape's output is not folded: {:?}", f.outputs[1].1) };
+        assert_eq!(c.data, ConstData::I64(vec![2, 1, 1, 2]));
+    }
+
+    #[test]
+    fn inference_mode_batch_norm_uses_running_statistics_and_an_unimported_output_is_an_error() {
+        let inits = vec![f32s("g", vec![2.0]), f32s("b", vec![1.0]), f32s("mean", vec![10.0]), f32s("var", vec![4.0])];
+        let bn = node("BatchNormalization", &["x", "g", "b", "mean", "var"], &["y"], vec![("epsilon", Attribute::Float(0.0))]);
+        let f = import_forward(&model(inits.clone(), vec![bn], &["y"]), &ShapeOverrides::default()).unwrap();
+        let mut it = Interpreter::<f64>::new(&f.graph);
+        it.set(f.inputs[0], vec![12.0, 8.0, 14.0, 10.0]);
+        it.run(&f.graph.nodes).unwrap();
+        let OutputValue::Tensor(y) = f.outputs[0].1 else { panic!("y is a constant") };
+        // (x - 10) / sqrt(4) * 2 + 1, from the running statistics rather than the batch's.
+        assert_eq!(it.get(y).unwrap(), &[3.0, -1.0, 5.0, 1.0]);
+
+        let dropout = node("Dropout", &["x"], &["y", "mask"], vec![]);
+        let e = import_forward(&model(vec![], vec![dropout], &["y", "mask"]), &ShapeOverrides::default()).unwrap_err();
+        assert!(matches!(e, ImportError::OutputNotComputed { .. }) && e.to_string().contains("'mask' of node 'Dropout_node'"), "{e}");
+    }
+}
