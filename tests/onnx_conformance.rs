@@ -5,7 +5,8 @@
 //! into a temporary directory; a Python without the `onnx` wheel fails the test. Each case is
 //! imported forward-only (every graph output, no loss), run by the compiler's f32 interpreter on
 //! the case's inputs, and compared with the expected outputs at the tolerances of ONNX's own
-//! runner (rtol 1e-3, atol 1e-7; NaN equals NaN).
+//! runner (rtol 1e-3, atol 1e-7; NaN equals NaN). Inputs that pock reads at compile time
+//! (`INITIALIZER_INPUTS`) are fed as initializers, the way exporters write them.
 //!
 //! A case counts under its op when its model is that single node; multi-node cases (the
 //! `_expanded` function bodies and a few composite tests) are skipped, since they test the ops
@@ -27,7 +28,7 @@ use pock::compiler::onnx::fold::ConstData;
 use pock::compiler::onnx::proto::ModelProto;
 use pock::compiler::onnx::proto::TensorProto;
 use pock::compiler::onnx::{
-    import_forward, load_model_bytes, load_tensor_bytes, supported_ops, DataType, ImportError, OnnxModel, OutputValue, ShapeOverrides,
+    import_forward, load_model_bytes, load_tensor_bytes, supported_ops, DataType, ImportError, ImportOptions, OnnxModel, OutputValue,
     Tensor, TensorValues,
 };
 use prost::Message;
@@ -39,6 +40,40 @@ const ATOL: f64 = 1e-7;
 const THRESHOLD: f64 = 0.95;
 
 const LIST: &str = "tests/onnx/node_tests.txt";
+
+/// Per ONNX op, the positions of the node inputs that pock reads at compile time (its plans are
+/// static: reshape targets, axes, repeats, pads, split sizes, clip bounds, dropout ratio) or needs
+/// as weights (BatchNorm's scale, bias and running statistics). The node tests feed these as graph
+/// inputs; the runner turns them into initializers holding the test's values, as exporters write
+/// them. Every other input stays a run-time tensor.
+const INITIALIZER_INPUTS: &[(&str, &[usize])] = &[
+    ("BatchNormalization", &[1, 2, 3, 4]),
+    ("Clip", &[1, 2]),
+    ("ConstantOfShape", &[0]),
+    ("Dropout", &[1, 2]),
+    ("Expand", &[1]),
+    ("Pad", &[1, 2, 3]),
+    ("Range", &[0, 1, 2]),
+    ("ReduceL2", &[1]),
+    ("ReduceMax", &[1]),
+    ("ReduceMean", &[1]),
+    ("ReduceMin", &[1]),
+    ("ReduceProd", &[1]),
+    ("ReduceSum", &[1]),
+    ("Reshape", &[1]),
+    ("Resize", &[1, 2, 3]),
+    ("Slice", &[1, 2, 3, 4]),
+    ("Split", &[1]),
+    ("Squeeze", &[1]),
+    ("Tile", &[1]),
+    ("TopK", &[1]),
+    ("Trilu", &[1]),
+    ("Unsqueeze", &[1]),
+];
+
+fn initializer_inputs(op: &str) -> &'static [usize] {
+    INITIALIZER_INPUTS.iter().find(|(o, _)| *o == op).map_or(&[], |(_, p)| p)
+}
 const README_BEGIN: &str = "<!-- onnx-node-tests:begin -->";
 const README_END: &str = "<!-- onnx-node-tests:end -->";
 
@@ -124,6 +159,7 @@ fn reason(e: &ImportError) -> String {
     match e {
         ImportError::UnsupportedOps { missing, .. } => format!("not imported: {}", missing.join(", ")),
         ImportError::UnsupportedDtype { dtype, .. } => format!("unsupported dtype {dtype}"),
+        ImportError::UnsupportedInputType { input, dtype } => format!("unsupported dtype {dtype} (input '{input}')"),
         other => first_line(&other.to_string()),
     }
 }
@@ -168,13 +204,13 @@ fn run_case(dir: &Path, model_bytes: &[u8], initializer_inputs: &[usize]) -> Res
         let model = with_initializer_inputs(&loaded, &inputs, initializer_inputs);
         // The data inputs take the shapes of the values fed to them; an omitted optional input
         // has no file.
-        let mut shapes = ShapeOverrides::default();
+        let mut options = ImportOptions::default();
         for t in &inputs {
             if model.inputs.iter().any(|v| v.name == t.name) {
-                shapes.shapes.push((t.name.clone(), t.dims.clone()));
+                options.shapes.shapes.push((t.name.clone(), t.dims.clone()));
             }
         }
-        let imported = import_forward(&model, &shapes).map_err(|e| reason(&e))?;
+        let imported = import_forward(&model, &options).map_err(|e| reason(&e))?;
         let graph = &imported.graph;
         let mut interp = Interpreter::<f32>::new(graph);
         for &id in &imported.inputs {
@@ -294,7 +330,7 @@ fn foreign_dtype(dir: &Path) -> Option<String> {
 }
 
 /// Runs every single-node case of a claimed op (catching panics, which count as failures).
-fn run_all(node_dir: &Path, list: &AllowList, claimed: &BTreeSet<String>) -> Vec<Case> {
+fn run_all(node_dir: &Path, claimed: &BTreeSet<String>) -> Vec<Case> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(node_dir)
         .unwrap_or_else(|e| panic!("{}: {e}", node_dir.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -312,8 +348,7 @@ fn run_all(node_dir: &Path, list: &AllowList, claimed: &BTreeSet<String>) -> Vec
             Ok(None) => (None, Err("multi-node model".into())),
             Ok(Some(op)) if !claimed.contains(&op) => (Some(op), Err("op not claimed".into())),
             Ok(Some(op)) => {
-                let initializer_inputs = list.initializer_inputs.get(&op).map_or(&[][..], Vec::as_slice);
-                let outcome = std::panic::catch_unwind(|| run_case(&dir, &bytes, initializer_inputs)).unwrap_or_else(|p| {
+                let outcome = std::panic::catch_unwind(|| run_case(&dir, &bytes, initializer_inputs(&op))).unwrap_or_else(|p| {
                     let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
                     Err(format!("panicked: {}", first_line(&msg.unwrap_or_default())))
                 });
@@ -326,33 +361,23 @@ fn run_all(node_dir: &Path, list: &AllowList, claimed: &BTreeSet<String>) -> Vec
     cases
 }
 
-/// The allow-list. `op NAME` declares a claimed op, optionally followed by `initializer-inputs=I,J`:
-/// the positions of the node's inputs that pock reads at compile time or as weights, which the
-/// runner turns from graph inputs into initializers holding the test's values. The case names under an op are
-/// expected to pass; `#` starts a comment.
+/// The allow-list. `op NAME` declares a claimed op; the case names under it are expected to pass;
+/// `#` starts a comment.
 struct AllowList {
     ops: BTreeMap<String, Vec<String>>,
-    initializer_inputs: BTreeMap<String, Vec<usize>>,
 }
 
 fn read_list() -> AllowList {
     let text = std::fs::read_to_string(root().join(LIST)).unwrap_or_else(|e| panic!("{LIST}: {e}"));
-    let mut list = AllowList { ops: BTreeMap::new(), initializer_inputs: BTreeMap::new() };
+    let mut list = AllowList { ops: BTreeMap::new() };
     let mut current: Option<String> = None;
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap().trim();
         if line.is_empty() {
             continue;
         }
-        if let Some(decl) = line.strip_prefix("op ") {
-            let mut words = decl.split_whitespace();
-            let op = words.next().unwrap_or_else(|| panic!("{LIST}:{}: `op` needs a name", n + 1)).to_string();
-            for w in words {
-                let positions = w.strip_prefix("initializer-inputs=").unwrap_or_else(|| panic!("{LIST}:{}: unknown setting '{w}'", n + 1));
-                let positions =
-                    positions.split(',').map(|p| p.parse().unwrap_or_else(|_| panic!("{LIST}:{}: '{p}' is not a position", n + 1)));
-                list.initializer_inputs.insert(op.clone(), positions.collect());
-            }
+        if let Some(op) = line.strip_prefix("op ") {
+            let op = op.trim().to_string();
             assert!(list.ops.insert(op.clone(), Vec::new()).is_none(), "{LIST}:{}: op {op} is declared twice", n + 1);
             current = Some(op);
         } else {
@@ -441,7 +466,7 @@ fn run() -> &'static Run {
         let (node_dir, _temp) = node_cases();
         let generated = start.elapsed();
         let start = Instant::now();
-        let cases = run_all(&node_dir, &list, &claimed);
+        let cases = run_all(&node_dir, &claimed);
         let table = tally(&cases, &claimed);
         println!("{}", markdown_table(&table));
         let converted = cases.iter().filter(|c| c.op.as_ref().is_some_and(|op| claimed.contains(op)) && c.converted_from.is_some()).count();
@@ -511,28 +536,22 @@ fn onnx_node_tests_pass_rate_of_every_claimed_op_is_at_least_95_percent() {
     assert!(below.is_empty(), "{} claimed op(s) below 95% of their node tests:\n{}", below.len(), below.join("\n"));
 }
 
-/// Rewrites the allow-list (passing cases listed, failing ones commented out with the reason;
-/// `initializer-inputs` settings kept) and the README's op table from a run.
+/// Rewrites the allow-list (passing cases listed, failing ones commented out with the reason) and
+/// the README's op table from a run.
 #[test]
 #[ignore = "rewrites tests/onnx/node_tests.txt and the README table; run by hand"]
 fn write_tables() {
-    let Run { cases, claimed, list: old, table } = run();
+    let Run { cases, claimed, table, .. } = run();
     let mut list = String::from(
         "# The ONNX backend node tests pock must pass (tests/onnx_conformance.rs), grouped by claimed op.\n\
          # `op NAME` declares an op pock claims (supported_ops()); the names under it are its single-node cases that\n\
-         # pass, and commented-out names fail, with the reason. `initializer-inputs=I,J` names node inputs that pock\n\
-         # reads at compile time (shapes, axes, bounds: its plans are static) or as weights (BatchNorm statistics),\n\
-         # which the node tests feed as graph inputs; the runner turns them into initializers holding the test's values.\n\
-         # Regenerate with `cargo test --test onnx_conformance -- --ignored write_tables` and review the diff;\n\
-         # the `initializer-inputs` settings are kept.\n",
+         # pass, and commented-out names fail, with the reason. Inputs that pock reads at compile time are fed as\n\
+         # initializers (INITIALIZER_INPUTS in the test). Regenerate with\n\
+         # `cargo test --test onnx_conformance -- --ignored write_tables` and review the diff.\n",
     );
     for op in claimed {
         let t = table[op];
-        let constants = old
-            .initializer_inputs
-            .get(op)
-            .map_or(String::new(), |p| format!(" initializer-inputs={}", p.iter().map(usize::to_string).collect::<Vec<_>>().join(",")));
-        list.push_str(&format!("\nop {op}{constants}  # {} of {} pass\n", t.passed, t.cases));
+        list.push_str(&format!("\nop {op}  # {} of {} pass\n", t.passed, t.cases));
         for c in cases.iter().filter(|c| c.op.as_deref() == Some(op)) {
             match &c.outcome {
                 Ok(()) => list.push_str(&format!("{}\n", c.name)),

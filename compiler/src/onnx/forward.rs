@@ -12,8 +12,8 @@ use std::collections::{HashMap, HashSet};
 
 use pock_engine::ops::{NormOp, Op};
 
-use super::super::{resolve_input_shapes, Attribute, DataType, OnnxModel, ShapeOverrides};
-use super::{check_op_types, ImportError, Importer, Value};
+use super::super::{resolve_input_shapes, Attribute, DataType, OnnxModel};
+use super::{check_op_types, ImportError, ImportOptions, Importer, Value};
 use crate::ir::{DType, Graph, Role, TensorId};
 use crate::onnx::fold::Const;
 
@@ -39,9 +39,10 @@ pub struct ForwardModel {
 }
 
 /// Imports every node of `model` and returns all its outputs, attaching no loss.
-pub fn import_forward(model: &OnnxModel, shapes: &ShapeOverrides) -> Result<ForwardModel, ImportError> {
+/// Of `options`, only the input shapes apply (there is no output to choose and no loss).
+pub fn import_forward(model: &OnnxModel, options: &ImportOptions) -> Result<ForwardModel, ImportError> {
     check_op_types(model)?;
-    let resolved = resolve_input_shapes(model, shapes)?;
+    let resolved = resolve_input_shapes(model, &options.shapes)?;
     let mut im = Importer {
         model,
         graph: Graph::new(),
@@ -160,7 +161,7 @@ mod tests {
     #[test]
     fn every_output_is_returned_and_a_folded_one_as_a_constant() {
         let nodes = vec![node("Relu", &["x"], &["y"], vec![]), node("Shape", &["x"], &["s"], vec![])];
-        let f = import_forward(&model(vec![], nodes, &["y", "s"]), &ShapeOverrides::default()).unwrap();
+        let f = import_forward(&model(vec![], nodes, &["y", "s"]), &ImportOptions::default()).unwrap();
         let names: Vec<&str> = f.outputs.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["y", "s"]);
         assert!(matches!(f.outputs[0].1, OutputValue::Tensor(_)));
@@ -172,7 +173,7 @@ mod tests {
     fn inference_mode_batch_norm_uses_running_statistics_and_an_unimported_output_is_an_error() {
         let inits = vec![f32s("g", vec![2.0]), f32s("b", vec![1.0]), f32s("mean", vec![10.0]), f32s("var", vec![4.0])];
         let bn = node("BatchNormalization", &["x", "g", "b", "mean", "var"], &["y"], vec![("epsilon", Attribute::Float(0.0))]);
-        let f = import_forward(&model(inits.clone(), vec![bn], &["y"]), &ShapeOverrides::default()).unwrap();
+        let f = import_forward(&model(inits.clone(), vec![bn], &["y"]), &ImportOptions::default()).unwrap();
         let mut it = Interpreter::<f64>::new(&f.graph);
         it.set(f.inputs[0], vec![12.0, 8.0, 14.0, 10.0]);
         it.run(&f.graph.nodes).unwrap();
@@ -181,7 +182,7 @@ mod tests {
         assert_eq!(it.get(y).unwrap(), &[3.0, -1.0, 5.0, 1.0]);
 
         let dropout = node("Dropout", &["x"], &["y", "mask"], vec![]);
-        let e = import_forward(&model(vec![], vec![dropout], &["y", "mask"]), &ShapeOverrides::default()).unwrap_err();
+        let e = import_forward(&model(vec![], vec![dropout], &["y", "mask"]), &ImportOptions::default()).unwrap_err();
         assert!(matches!(e, ImportError::OutputNotComputed { .. }) && e.to_string().contains("'mask' of node 'Dropout_node'"), "{e}");
     }
 }
