@@ -124,6 +124,9 @@ pub enum ImportError {
     #[error("the model has several outputs ({known}); choose the one to train with --output NAME")]
     ChooseOutput { known: String },
 
+    #[error("graph output '{name}' of node '{node}' ({op_type}) is not computed by pock, which imports that node without this output")]
+    OutputNotComputed { name: String, node: String, op_type: String },
+
     #[error("output '{name}' is a constant (it does not depend on any input or parameter), so there is nothing to train; choose another with --output NAME")]
     ConstantOutput { name: String },
 

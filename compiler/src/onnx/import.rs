@@ -25,6 +25,10 @@ mod math;
 #[path = "import_move.rs"]
 mod import_move;
 
+#[path = "forward.rs"]
+mod forward;
+pub use forward::{import_forward, ForwardModel, OutputValue};
+
 /// The op types imported onto graph nodes, whatever their inputs.
 pub const GRAPH_OPS: &[&str] = &[
     "Abs",
@@ -155,42 +159,7 @@ pub fn import_file(path: &Path, options: &ImportOptions) -> Result<Imported, Imp
 
 /// Imports a loaded model.
 pub fn import_model(model: &OnnxModel, name: &str, options: &ImportOptions) -> Result<Imported, ImportError> {
-    check_op_types(model)?;
-    let shapes = resolve_input_shapes(model, &options.shapes)?;
-    let mut im = Importer {
-        model,
-        graph: Graph::new(),
-        values: HashMap::new(),
-        running_stats: HashSet::new(),
-        notes: Vec::new(),
-        dropout_noted: false,
-        options,
-        rng_counter: None,
-    };
-    for (i, t) in model.initializers.iter().enumerate() {
-        im.values.insert(t.name.clone(), Value::Initializer(i));
-    }
-    for n in &model.nodes {
-        if n.op_type == "BatchNormalization" {
-            im.running_stats.extend(n.inputs.iter().skip(3).take(2).cloned());
-        }
-    }
-    let mut inputs = Vec::with_capacity(shapes.len());
-    for s in &shapes {
-        let dtype = match s.dtype {
-            Some(DataType::F32) | None => DType::F32,
-            Some(DataType::I64) => DType::I64,
-            Some(DataType::Bool) => DType::Bool,
-            Some(other) => return Err(ImportError::UnsupportedInputType { input: s.name.clone(), dtype: other.name() }),
-        };
-        let id = im.graph.input(s.name.clone(), s.dims.clone(), dtype, Role::Input);
-        im.values.insert(s.name.clone(), Value::Tensor(id));
-        inputs.push(id);
-    }
-    for node in &model.nodes {
-        im.import_node(node)?;
-    }
-    im.finish_dropout()?;
+    let (im, inputs) = Importer::run(model, options)?;
 
     let known = || model.outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ");
     let output_name = match (&options.output, model.outputs.as_slice()) {
@@ -347,6 +316,50 @@ impl Ctx<'_> {
 
     fn optional_input(&self, i: usize) -> Option<&str> {
         self.node.inputs.get(i).map(String::as_str).filter(|s| !s.is_empty())
+    }
+}
+
+impl<'m> Importer<'m> {
+    /// Imports every node of `model`: binds the initializers, marks BatchNorm statistics, makes a
+    /// graph input per data input (returned in the model's order), then runs the op table.
+    pub(super) fn run(model: &'m OnnxModel, options: &'m ImportOptions) -> Result<(Importer<'m>, Vec<TensorId>), ImportError> {
+        check_op_types(model)?;
+        let shapes = resolve_input_shapes(model, &options.shapes)?;
+        let mut im = Importer {
+            model,
+            graph: Graph::new(),
+            values: HashMap::new(),
+            running_stats: HashSet::new(),
+            notes: Vec::new(),
+            dropout_noted: false,
+            options,
+            rng_counter: None,
+        };
+        for (i, t) in model.initializers.iter().enumerate() {
+            im.values.insert(t.name.clone(), Value::Initializer(i));
+        }
+        for n in &model.nodes {
+            if n.op_type == "BatchNormalization" {
+                im.running_stats.extend(n.inputs.iter().skip(3).take(2).cloned());
+            }
+        }
+        let mut inputs = Vec::with_capacity(shapes.len());
+        for s in &shapes {
+            let dtype = match s.dtype {
+                Some(DataType::F32) | None => DType::F32,
+                Some(DataType::I64) => DType::I64,
+                Some(DataType::Bool) => DType::Bool,
+                Some(other) => return Err(ImportError::UnsupportedInputType { input: s.name.clone(), dtype: other.name() }),
+            };
+            let id = im.graph.input(s.name.clone(), s.dims.clone(), dtype, Role::Input);
+            im.values.insert(s.name.clone(), Value::Tensor(id));
+            inputs.push(id);
+        }
+        for node in &model.nodes {
+            im.import_node(node)?;
+        }
+        im.finish_dropout()?;
+        Ok((im, inputs))
     }
 }
 

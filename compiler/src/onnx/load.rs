@@ -27,6 +27,16 @@ pub fn load_model_bytes(bytes: &[u8], dir: Option<&Path>) -> Result<OnnxModel, I
     decode(bytes, "the given bytes", dir)
 }
 
+/// Reads one serialized TensorProto (as the ONNX backend tests store their inputs and expected
+/// outputs in `input_0.pb`). Data in external files is refused, since there is no model
+/// directory to find them in.
+pub fn load_tensor_bytes(bytes: &[u8]) -> Result<Tensor, ImportError> {
+    let t = proto::TensorProto::decode(bytes)
+        .map_err(|e| ImportError::Malformed { what: "a TensorProto".into(), detail: format!("protobuf decoding failed ({e})") })?;
+    let name = t.name.clone().unwrap_or_default();
+    read_tensor(&t, name, &mut ExternalData { dir: None, files: HashMap::new() })
+}
+
 fn decode(bytes: &[u8], what: &str, dir: Option<&Path>) -> Result<OnnxModel, ImportError> {
     let malformed = |detail: String| ImportError::Malformed { what: what.to_string(), detail };
     let model = proto::ModelProto::decode(bytes).map_err(|e| malformed(format!("protobuf decoding failed ({e})")))?;

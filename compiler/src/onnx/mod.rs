@@ -17,8 +17,11 @@ mod shapes;
 pub mod weights;
 
 pub use error::{ImportError, IR_VERSIONS, OPSETS};
-pub use import::{import_file, import_model, supported_ops, DropoutMode, ImportOptions, Imported, LossKind, GRAPH_OPS};
-pub use load::{load_model, load_model_bytes};
+pub use import::{
+    import_file, import_forward, import_model, supported_ops, DropoutMode, ForwardModel, ImportOptions, Imported, LossKind, OutputValue,
+    GRAPH_OPS,
+};
+pub use load::{load_model, load_model_bytes, load_tensor_bytes};
 pub use shapes::{resolve_input_shapes, InputShape, ShapeOverrides};
 
 /// An element type of a graph value or tensor, as ONNX numbers them (`TensorProto.DataType`).
