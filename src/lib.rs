@@ -12,6 +12,7 @@
 pub mod data;
 pub mod demo;
 pub mod error;
+pub mod export;
 pub mod inspect;
 pub mod schedule;
 pub mod synth;
