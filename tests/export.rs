@@ -200,3 +200,25 @@ fn export_refuses_a_zoo_plan_a_changed_source_and_a_missing_source() {
     assert!(out.exists());
     let _ = std::fs::remove_dir_all(&t.dir);
 }
+
+/// Writes what `tests/onnx/check_export.py` compares (run by `.ci/run`): resnet18 trained 3 steps,
+/// exported for inference as `DIR/model.onnx`, 8 input samples as `DIR/data.npz` and pock's
+/// `infer` outputs for them as `DIR/infer.npz`. DIR is `POCK_EXPORT_CHECK_DIR`.
+#[test]
+#[ignore]
+fn write_onnxruntime_check() {
+    let dir = PathBuf::from(std::env::var("POCK_EXPORT_CHECK_DIR").expect("set POCK_EXPORT_CHECK_DIR to the directory to write"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let t = trained("onnxruntime-check");
+    let model = dir.join("model.onnx");
+    let o = pock(&["export", s(&t.plan), "--weights", s(&t.ckpt), "--onnx", s(&model), "--inference"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let n = 8;
+    let mut x = t.x.clone();
+    x.extend(pock::compiler::onnx::weights::FloatRule::Uniform { bound: 1.0 }.generate("export:x", (n - 2) * 3 * 64 * 64));
+    let data = dir.join("data.npz");
+    pock::data::Dataset { x, x_shape: vec![n, 3, 64, 64], y: None }.save_npz(&data).unwrap();
+    let o = pock(&["infer", s(&t.plan), "--weights", s(&t.ckpt), "--data", s(&data), "--out", s(&dir.join("infer.npz"))]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _ = std::fs::remove_dir_all(&t.dir);
+}
