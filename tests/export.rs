@@ -15,8 +15,8 @@ use pock::engine::plan::Role;
 use pock::engine::{Session, SessionOptions, Targets};
 use safetensors::SafeTensors;
 
-/// A resnet18 plan compiled by the CLI from the TorchScript fixture and trained 3 SGD-momentum
-/// steps on the parity batch, with its checkpoint saved.
+/// A plan compiled by the CLI from a TorchScript fixture (resnet18 or mobilenet_v2) and trained 3
+/// SGD-momentum steps on the parity batch, with its checkpoint saved.
 struct Trained {
     /// Removed when the test passes (it holds about 45 MB of regenerated weights).
     dir: PathBuf,
@@ -30,16 +30,20 @@ struct Trained {
 const SPEC: &str = "x=2x3x64x64";
 
 fn trained(name: &str) -> Trained {
+    trained_model("resnet18", name)
+}
+
+fn trained_model(fixture: &str, name: &str) -> Trained {
     let dir = workdir(name);
-    let model = materialise("resnet18.ts", &dir);
+    let model = materialise(&format!("{fixture}.ts"), &dir);
     let (plan, ckpt) = (dir.join("r.pock"), dir.join("r.ckpt.safetensors"));
     let out =
         pock(&["compile", s(&model), "-o", s(&plan), "--input-shape", SPEC, "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0.9"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let reference = read_json("resnet18.parity.json");
+    let reference = read_json(&format!("{fixture}.parity.json"));
     let input = &reference["inputs"]["x"];
     let x = float_rule(&input["rule"]).generate(input["key"].as_str().unwrap(), dims(&input["shape"]).iter().product());
-    let labels = [8i64, 9];
+    let labels: Vec<i64> = reference["labels"]["values"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
     let mut session = Session::load(&plan, SessionOptions::default()).unwrap();
     for _ in 0..3 {
         session.train_step(&x, Targets::Labels(&labels)).unwrap();
@@ -201,24 +205,28 @@ fn export_refuses_a_zoo_plan_a_changed_source_and_a_missing_source() {
     let _ = std::fs::remove_dir_all(&t.dir);
 }
 
-/// Writes what `tests/onnx/check_export.py` compares (run by `.ci/run`): resnet18 trained 3 steps,
-/// exported for inference as `DIR/model.onnx`, 8 input samples as `DIR/data.npz` and pock's
-/// `infer` outputs for them as `DIR/infer.npz`. DIR is `POCK_EXPORT_CHECK_DIR`.
+/// Writes what `tests/onnx/check_export.py` compares (run by `.ci/run`), for resnet18 and
+/// mobilenet_v2 (BatchNormalization, and a Dropout in training mode): each trained 3 steps and
+/// exported for inference as `DIR/MODEL/model.onnx`, 8 input samples as `DIR/MODEL/data.npz` and
+/// pock's `infer` outputs for them as `DIR/MODEL/infer.npz`. DIR is `POCK_EXPORT_CHECK_DIR`.
 #[test]
 #[ignore]
 fn write_onnxruntime_check() {
-    let dir = PathBuf::from(std::env::var("POCK_EXPORT_CHECK_DIR").expect("set POCK_EXPORT_CHECK_DIR to the directory to write"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let t = trained("onnxruntime-check");
-    let model = dir.join("model.onnx");
-    let o = pock(&["export", s(&t.plan), "--weights", s(&t.ckpt), "--onnx", s(&model), "--inference"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let n = 8;
-    let mut x = t.x.clone();
-    x.extend(pock::compiler::onnx::weights::FloatRule::Uniform { bound: 1.0 }.generate("export:x", (n - 2) * 3 * 64 * 64));
-    let data = dir.join("data.npz");
-    pock::data::Dataset { x, x_shape: vec![n, 3, 64, 64], y: None }.save_npz(&data).unwrap();
-    let o = pock(&["infer", s(&t.plan), "--weights", s(&t.ckpt), "--data", s(&data), "--out", s(&dir.join("infer.npz"))]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let _ = std::fs::remove_dir_all(&t.dir);
+    let root = PathBuf::from(std::env::var("POCK_EXPORT_CHECK_DIR").expect("set POCK_EXPORT_CHECK_DIR to the directory to write"));
+    for fixture in ["resnet18", "mobilenet_v2"] {
+        let dir = root.join(fixture);
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = trained_model(fixture, &format!("onnxruntime-check-{fixture}"));
+        let model = dir.join("model.onnx");
+        let o = pock(&["export", s(&t.plan), "--weights", s(&t.ckpt), "--onnx", s(&model), "--inference"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let n = 8;
+        let mut x = t.x.clone();
+        x.extend(pock::compiler::onnx::weights::FloatRule::Uniform { bound: 1.0 }.generate("export:x", (n - 2) * 3 * 64 * 64));
+        let data = dir.join("data.npz");
+        pock::data::Dataset { x, x_shape: vec![n, 3, 64, 64], y: None }.save_npz(&data).unwrap();
+        let o = pock(&["infer", s(&t.plan), "--weights", s(&t.ckpt), "--data", s(&data), "--out", s(&dir.join("infer.npz"))]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let _ = std::fs::remove_dir_all(&t.dir);
+    }
 }

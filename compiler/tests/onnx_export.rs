@@ -69,7 +69,13 @@ fn model(reads_stat: bool) -> ModelProto {
         ),
         node("mul", "Mul", &["h", "w"], &["m"], vec![]),
         node("drop", "Dropout", &["m", "", "train"], &["y", "mask"], vec![]),
+        node("drop2", "Dropout", &["y", "", "train2"], &["y2"], vec![]),
     ];
+    // The second Dropout's flag is a Constant node's output, as the TorchScript exporter writes it.
+    let flag = TensorProto { dims: vec![], data_type: Some(9), raw_data: Some(vec![1]), ..Default::default() };
+    let constant =
+        AttributeProto { name: Some("value".into()), r#type: Some(AttributeType::Tensor as i32), t: Some(flag), ..Default::default() };
+    nodes.insert(2, node("flag", "Constant", &[], &["train2"], vec![constant]));
     if reads_stat {
         nodes.push(node("use_stat", "Identity", &["mean_out"], &["z"], vec![]));
     }
@@ -89,7 +95,7 @@ fn model(reads_stat: bool) -> ModelProto {
                 bool_true,
             ],
             input: vec![value("x")],
-            output: vec![value("y")],
+            output: vec![value("y2")],
             value_info: vec![value("mean_out"), value("h")],
             ..Default::default()
         }),
@@ -128,13 +134,18 @@ fn inference_switches_batchnorm_and_dropout_off() {
     let dir = TempDir::new("export-inference");
     write_stats(&dir);
     let e = export_model(&model(false).encode_to_vec(), Some(&dir.0), &[], ExportOptions { inference: true }).unwrap();
-    assert_eq!(e.switched, 2);
+    assert_eq!(e.switched, 3);
+    load_model_bytes(&e.bytes, None).expect("the inference export is a valid model");
     let m = ModelProto::decode(e.bytes.as_slice()).unwrap();
     let g = m.graph.unwrap();
     let bn = &g.node[0];
     assert_eq!(bn.output, vec!["h".to_string()]);
     assert_eq!(bn.attribute[0].i, Some(0));
+    let ops: Vec<&str> = g.node.iter().map(|n| n.name.as_deref().unwrap()).collect();
+    assert_eq!(ops, ["bn", "mul", "drop", "drop2"], "the Constant only a Dropout flag read is removed with it");
     assert_eq!(g.node[2].input, vec!["m".to_string(), String::new()]);
+    assert_eq!(g.node[3].input, vec!["y".to_string(), String::new()]);
+    assert!(g.initializer.iter().all(|t| t.name.as_deref() != Some("train")), "the flag only Dropout read is removed with it");
     assert_eq!(g.value_info.iter().map(|v| v.name.clone().unwrap()).collect::<Vec<_>>(), vec!["h".to_string()]);
 
     // A graph that reads a running-statistic output cannot drop it.

@@ -1,8 +1,9 @@
 """Checks that ONNX exported by `pock export --inference` runs in onnxruntime and gives pock's own
 `infer` outputs.
 
-The directory it reads is written by the Rust test `write_onnxruntime_check` (resnet18 from the
-fixtures, trained 3 SGD-momentum steps by pock):
+The directories it reads are written by the Rust test `write_onnxruntime_check` (resnet18 and
+mobilenet_v2 from the fixtures, each trained 3 SGD-momentum steps by pock, in DIR/resnet18 and
+DIR/mobilenet_v2):
 
     POCK_EXPORT_CHECK_DIR=DIR cargo test -p pock --test export -- --ignored write_onnxruntime_check
     python tests/onnx/check_export.py DIR
@@ -25,7 +26,15 @@ def main() -> int:
     if len(sys.argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
-    d = Path(sys.argv[1])
+    root = Path(sys.argv[1])
+    dirs = [root] if (root / "model.onnx").exists() else sorted(p.parent for p in root.glob("*/model.onnx"))
+    if not dirs:
+        print(f"{root} holds no model.onnx (directly or one level down); write it with write_onnxruntime_check first")
+        return 1
+    return max(check(d) for d in dirs)
+
+
+def check(d: Path) -> int:
     x = np.load(d / "data.npz")["x"]
     want = np.load(d / "infer.npz")["y"]
     failed = False

@@ -149,6 +149,7 @@ fn for_inference(graph: &mut proto::GraphProto) -> Result<usize, ExportError> {
         *read.entry(o.name.clone().unwrap_or_default()).or_default() += 1;
     }
     let mut dropped: Vec<String> = Vec::new();
+    let mut dropped_inputs: Vec<String> = Vec::new();
     let mut switched = 0;
     for n in &mut graph.node {
         let domain = n.domain.as_deref().unwrap_or("");
@@ -181,7 +182,7 @@ fn for_inference(graph: &mut proto::GraphProto) -> Result<usize, ExportError> {
                 // Without its third input Dropout is not in training mode (the input's default),
                 // whatever the ratio: the identity, and a mask output of all true.
                 if n.input.len() > 2 {
-                    n.input.truncate(2);
+                    dropped_inputs.extend(n.input.drain(2..).filter(|i| !i.is_empty()));
                     switched += 1;
                 }
             }
@@ -190,5 +191,20 @@ fn for_inference(graph: &mut proto::GraphProto) -> Result<usize, ExportError> {
     }
     // Declared types of the removed outputs would describe values that no longer exist.
     graph.value_info.retain(|vi| !dropped.iter().any(|d| vi.name.as_deref() == Some(d.as_str())));
+    // A training-mode flag that only the removed Dropout inputs read (an initializer or a Constant
+    // node) is removed with them, since onnxruntime warns about constants that nothing reads.
+    let still_read: std::collections::HashSet<&str> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .chain(graph.output.iter().filter_map(|o| o.name.as_deref()))
+        .collect();
+    let unused: Vec<String> = dropped_inputs.into_iter().filter(|i| !still_read.contains(i.as_str())).collect();
+    let is_unused = |name: Option<&str>| name.is_some_and(|n| unused.iter().any(|u| u == n));
+    graph.initializer.retain(|t| !is_unused(t.name.as_deref()));
+    graph.input.retain(|vi| !is_unused(vi.name.as_deref()));
+    graph
+        .node
+        .retain(|n| !(n.op_type.as_deref() == Some("Constant") && !n.output.is_empty() && n.output.iter().all(|o| is_unused(Some(o)))));
     Ok(switched)
 }
