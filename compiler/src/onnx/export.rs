@@ -178,13 +178,11 @@ fn for_inference(graph: &mut proto::GraphProto) -> Result<usize, ExportError> {
                 dropped.extend(n.output.drain(1..).filter(|o| !o.is_empty()));
                 switched += 1;
             }
-            Some("Dropout") => {
-                // Without its third input Dropout is not in training mode (the input's default),
-                // whatever the ratio: the identity, and a mask output of all true.
-                if n.input.len() > 2 {
-                    dropped_inputs.extend(n.input.drain(2..).filter(|i| !i.is_empty()));
-                    switched += 1;
-                }
+            // Without its third input Dropout is not in training mode (the input's default),
+            // whatever the ratio: the identity, and a mask output of all true.
+            Some("Dropout") if n.input.len() > 2 => {
+                dropped_inputs.extend(n.input.drain(2..).filter(|i| !i.is_empty()));
+                switched += 1;
             }
             _ => {}
         }
