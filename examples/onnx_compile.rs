@@ -11,7 +11,7 @@ use pock::compiler::onnx::{import_file, ImportOptions, ShapeOverrides};
 use pock::compiler::CompileOptions;
 use pock::engine::{Session, SessionOptions, Targets};
 
-#[path = "../tests/onnx/fixture.rs"]
+#[path = "../tests/common/onnx_fixture.rs"]
 mod fixture;
 
 const MODELS: &[&str] = &["mobilenet_v2", "resnet18", "mobilenet_v3_small", "efficientnet_b0", "squeezenet1_1", "shufflenet_v2_x1_0"];

@@ -1,7 +1,7 @@
 //! The facade's error type: every failure a user of the CLI or library can meet, each with a
 //! message that says what to do.
 
-use pock_compiler::onnx::ImportError;
+use pock_compiler::onnx::{ExportError, ImportError};
 use pock_compiler::CompileError;
 use pock_engine::SessionError;
 use pock_models::ModelError;
@@ -20,6 +20,9 @@ pub enum PockError {
     Import(Box<ImportError>),
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// Boxed, as `Import`.
+    #[error("export: {0}")]
+    Export(Box<ExportError>),
     #[error(transparent)]
     Data(#[from] DataError),
     #[error(transparent)]
@@ -41,5 +44,11 @@ pub enum PockError {
 impl From<ImportError> for PockError {
     fn from(e: ImportError) -> Self {
         PockError::Import(Box::new(e))
+    }
+}
+
+impl From<ExportError> for PockError {
+    fn from(e: ExportError) -> Self {
+        PockError::Export(Box::new(e))
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use pock_engine::plan::{Loss, OptimizerKind, Phase, Plan, Role};
+use pock_engine::plan::{Loss, ModelSource, OptimizerKind, Phase, Plan, Role};
 use serde::Serialize;
 
 use crate::human_bytes;
@@ -112,6 +112,8 @@ fn phase_text(p: Phase) -> &'static str {
 #[derive(Clone, Debug, Serialize)]
 pub struct PlanReport {
     pub model: String,
+    /// Where the model came from, in words (`pock export` reads the ONNX file named here).
+    pub source: String,
     pub target: String,
     pub batch: usize,
     pub loss: LossInfo,
@@ -191,6 +193,7 @@ pub fn report(plan: &Plan) -> PlanReport {
     let estimated_step_ms = pock_targets::find(&plan.target).map(|t| t.estimate_ms(step_flops, plan.arena_bytes + plan.weight_bytes));
     PlanReport {
         model: plan.model.clone(),
+        source: source_text(&plan.source),
         target: plan.target.clone(),
         batch: plan.training.batch,
         loss: LossInfo {
@@ -224,10 +227,20 @@ pub fn report(plan: &Plan) -> PlanReport {
     }
 }
 
+/// A plan's model source in words: `zoo:cnn`, `ONNX file m.onnx (12345 bytes, FNV-1a 64 0123abcd...)`.
+pub fn source_text(source: &ModelSource) -> String {
+    match source {
+        ModelSource::Unrecorded => "not recorded (a graph built in code)".into(),
+        ModelSource::Zoo { spec } => spec.clone(),
+        ModelSource::Onnx { path, fnv1a64, bytes } => format!("ONNX file {path} ({bytes} bytes, FNV-1a 64 {fnv1a64:016x})"),
+    }
+}
+
 /// The human-readable form; with `ops`, every node of every program is listed.
 pub fn table(plan: &Plan, r: &PlanReport, ops: bool) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "model        {}", r.model);
+    let _ = writeln!(s, "source       {}", r.source);
     let _ = writeln!(s, "target       {}", r.target);
     let _ = writeln!(s, "batch        {}", r.batch);
     let _ = writeln!(s, "loss         {}", r.loss.text);

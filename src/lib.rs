@@ -12,6 +12,7 @@
 pub mod data;
 pub mod demo;
 pub mod error;
+pub mod export;
 pub mod inspect;
 pub mod schedule;
 pub mod synth;
@@ -27,6 +28,7 @@ use std::path::Path;
 
 use pock_compiler::onnx::ImportOptions;
 use pock_compiler::{CompileOptions, CompiledPlan};
+use pock_engine::plan::ModelSource;
 
 /// Compiles a model into a training plan. `model` is a zoo spec (`zoo:cnn`,
 /// `zoo:mobilenetv2:classes=10,size=128`); `seed` drives parameter initialisation.
@@ -52,8 +54,9 @@ pub fn compile_model(model: &str, batch: usize, seed: u64, options: CompileOptio
         )));
     }
     let forward = pock_models::build(model, batch, seed)?;
-    let compiled = forward.into_training(options)?.into_plan()?;
+    let mut compiled = forward.into_training(options)?.into_plan()?;
     check_sizes(&compiled.plan)?;
+    compiled.plan.source = ModelSource::Zoo { spec: model.to_string() };
     Ok(compiled)
 }
 
@@ -123,7 +126,16 @@ pub fn compile_onnx(path: &Path, import: &ImportOptions, options: CompileOptions
         return Err(PockError::Usage(format!("unknown target '{}'; known targets: {}", options.target, pock_targets::names().join(", "))));
     }
     let imported = pock_compiler::onnx::import_file(path, import)?;
-    Ok((imported.forward.into_training(options)?.into_plan()?, imported.notes))
+    let mut compiled = imported.forward.into_training(options)?.into_plan()?;
+    compiled.plan.source = onnx_source(path)?;
+    Ok((compiled, imported.notes))
+}
+
+/// Where an ONNX model came from: its path as given and a hash of the model file's bytes (not of
+/// its external data), so that `pock export` can find the graph again and tell if it changed.
+pub fn onnx_source(path: &Path) -> Result<ModelSource, PockError> {
+    let bytes = std::fs::read(path).map_err(|source| PockError::Io { path: path.display().to_string(), source })?;
+    Ok(ModelSource::Onnx { path: path.display().to_string(), fnv1a64: pock_engine::checkpoint::fnv1a64(&bytes), bytes: bytes.len() as u64 })
 }
 
 /// A byte count for people: `9.27 MiB`.

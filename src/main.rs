@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use pock::compiler::onnx::{DropoutMode, ImportOptions, LossKind, ShapeOverrides};
+use pock::compiler::onnx::{DropoutMode, ExportOptions, ImportOptions, LossKind, ShapeOverrides};
 use pock::compiler::stages::BatchNormMode;
 use pock::compiler::CompileOptions;
 use pock::data::Dataset;
@@ -72,6 +72,9 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write a trained model as ONNX (the graph it was compiled from, with the trained initializers) or its weights as safetensors.
+    #[command(after_help = EXPORT_HELP)]
+    Export(ExportArgs),
     /// Draw a dataset in code, compile zoo:cnn, train it and report (no files needed).
     Demo {
         #[arg(long, default_value_t = 4)]
@@ -85,6 +88,17 @@ enum Command {
         run: RunArgs,
     },
 }
+
+const EXPORT_HELP: &str = "Examples:\n  pock export r18.pock --weights r18.ckpt.safetensors --onnx r18.trained.onnx --inference\n  pock export cnn.pock --weights cnn.ckpt.safetensors --safetensors cnn.weights.safetensors\n\n\
+--onnx reads the .onnx file the plan was compiled from (the path recorded in the plan, relative to where `pock compile` ran, or --model) \
+and refuses a file whose length or FNV-1a 64 hash differs from the one recorded. Every initializer that training changes (parameters, \
+BatchNormalization running statistics) is written with its trained values under its own name; every other initializer, node and \
+attribute is written as it was. External data is copied into the output, which must stay under the 2 GiB protobuf limit (pock does \
+not write external data files; use --safetensors for larger models).\n\n\
+Without --inference the graph keeps its training mode (BatchNormalization training_mode=1, Dropout's training_mode input), so it can \
+be trained further by pock or PyTorch. With --inference BatchNormalization uses the trained running statistics and Dropout is the \
+identity: what `pock infer` computes, and what a deployed model should do.\n\n\
+--safetensors writes the parameters and running statistics alone, float32, under their ONNX or zoo names (zoo plans too).";
 
 fn pock_models_help() -> String {
     format!("{}\nOptimizers: sgd (--momentum, --dampening, --nesterov, --weight-decay), adam and adamw (--beta1, --beta2, --eps, --weight-decay).", pock::models::help_text())
@@ -255,6 +269,26 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 }
 
 #[derive(Args)]
+struct ExportArgs {
+    plan: PathBuf,
+    /// Trained weights (a checkpoint from `pock train --save`); without it, the plan's initial weights.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Write the ONNX graph the plan was compiled from, with the trained initializer values.
+    #[arg(long, value_name = "OUT.onnx")]
+    onnx: Option<PathBuf>,
+    /// The .onnx file the plan was compiled from (default: the path the plan records); it must be the same file.
+    #[arg(long, value_name = "SRC.onnx", requires = "onnx")]
+    model: Option<PathBuf>,
+    /// Write the ONNX graph for inference: BatchNormalization with its running statistics, Dropout off.
+    #[arg(long, requires = "onnx")]
+    inference: bool,
+    /// Write the parameters and running statistics alone, as safetensors.
+    #[arg(long, value_name = "OUT.safetensors")]
+    safetensors: Option<PathBuf>,
+}
+
+#[derive(Args)]
 #[command(allow_negative_numbers = true)]
 struct TrainArgs {
     plan: PathBuf,
@@ -362,6 +396,7 @@ fn run(cli: Cli) -> Result<(), PockError> {
             }
         }
         Command::Train(a) => train(a, quiet),
+        Command::Export(a) => export(a),
         Command::Eval { model, json } => {
             let (mut s, d) = model.open(true, quiet)?;
             let r = pock::train::evaluate(&mut s, &d)?;
@@ -406,6 +441,56 @@ fn run(cli: Cli) -> Result<(), PockError> {
             out(&format!("demo finished in {:.1} s\n", started.elapsed().as_secs_f64()))
         }
     }
+}
+
+fn export(a: ExportArgs) -> Result<(), PockError> {
+    if a.onnx.is_none() && a.safetensors.is_none() {
+        return Err(PockError::Usage("nothing to export: give --onnx OUT.onnx, --safetensors OUT.safetensors, or both".into()));
+    }
+    let mut session = Session::load(&a.plan, SessionOptions::default())?;
+    let recorded = match &session.plan().source {
+        pock::engine::plan::ModelSource::Onnx { path, .. } => Some(PathBuf::from(path)),
+        _ => None,
+    };
+    let mut inputs = vec![("plan", a.plan.as_path())];
+    if let Some(w) = &a.weights {
+        inputs.push(("weights", w.as_path()));
+    }
+    if let Some(m) = a.model.as_deref().or(recorded.as_deref()) {
+        inputs.push(("source model", m));
+    }
+    let mut outputs = Vec::new();
+    if let Some(p) = &a.onnx {
+        outputs.push(("--onnx", p.as_path()));
+    }
+    if let Some(p) = &a.safetensors {
+        outputs.push(("--safetensors", p.as_path()));
+    }
+    check_outputs(&inputs, &outputs)?;
+    if a.onnx.is_some() {
+        // Refused before anything is written: a zoo plan has no graph, and the source must be the
+        // file the plan was compiled from.
+        pock::export::source_model(&session, a.model.as_deref())?;
+    }
+    if let Some(w) = &a.weights {
+        session.load_weights(w)?;
+    }
+    if let Some(p) = &a.onnx {
+        let e = pock::export::write_onnx(&session, a.model.as_deref(), p, ExportOptions { inference: a.inference })?;
+        let mut line = format!("wrote {} ({}): {} trained initializers", p.display(), pock::human_bytes(e.bytes.len() as u64), e.replaced);
+        if e.inlined > 0 {
+            line += &format!(", {} tensors of external data inlined", e.inlined);
+        }
+        if a.inference {
+            line += &format!(", {} nodes switched to inference mode", e.switched);
+        }
+        out(&format!("{line}\n"))?;
+    }
+    if let Some(p) = &a.safetensors {
+        let n = pock::export::write_safetensors(&session, p)?;
+        out(&format!("wrote {}: {n} tensors\n", p.display()))?;
+    }
+    Ok(())
 }
 
 /// Checks, before any work, that every output can be written and that none of them names an

@@ -331,6 +331,8 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
         arena_bytes: persistent + scratch_peak,
         persistent_bytes: persistent,
         weight_bytes: weights.len() as u64,
+        // The facade records where the model came from; a graph built in code has no file.
+        source: Default::default(),
     })
     .map(|plan| CompiledPlan { plan, weights })
 }

@@ -186,12 +186,17 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 }
 
 /// The identity of a plan for resuming: a hash of its description (tensors, programs, training
-/// settings) with the default learning rate and the producer left out, since neither changes
-/// what a checkpoint means. Computed from the decoded plan, so the engine needs no compiler.
+/// settings) with the default learning rate, the producer and the model file's path left out,
+/// since none changes what a checkpoint means (the same ONNX file compiled from another directory
+/// is the same plan; its hash stays in). Computed from the decoded plan, so the engine needs no
+/// compiler.
 pub fn plan_identity(plan: &Plan) -> u64 {
     let mut p = plan.clone();
     p.training.learning_rate = 0.0;
     p.producer.clear();
+    if let crate::plan::ModelSource::Onnx { path, .. } = &mut p.source {
+        path.clear();
+    }
     fnv1a64(&postcard::to_allocvec(&p).expect("a plan always serialises"))
 }
 

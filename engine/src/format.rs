@@ -200,6 +200,7 @@ mod tests {
             arena_bytes: 0,
             persistent_bytes: 0,
             weight_bytes: u64::MAX,
+            source: Default::default(),
         };
         let e = decode_plan(&encode_plan(&plan, &[])).unwrap_err();
         assert!(matches!(e, FormatError::Truncated { needed: u64::MAX, .. }), "{e}");

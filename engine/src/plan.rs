@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::ops::Op;
 
 /// Bump this whenever the encoding of [`Plan`] changes other than by appending an op or a family
-/// (see [`crate::format`]). Version 2 groups ops in families.
-pub const FORMAT_VERSION: u32 = 2;
+/// (see [`crate::format`]). Version 2 groups ops in families; version 3 records the model's
+/// source ([`Plan::source`]).
+pub const FORMAT_VERSION: u32 = 3;
 /// Alignment of every arena offset and of the weight section, in bytes.
 pub const ALIGN: u64 = 64;
 
@@ -242,6 +243,23 @@ pub struct Plan {
     pub arena_bytes: u64,
     pub persistent_bytes: u64,
     pub weight_bytes: u64,
+    /// Where the model came from, so that `pock export` can find the ONNX graph it was compiled
+    /// from and check that it is the same file.
+    pub source: ModelSource,
+}
+
+/// Where a plan's model came from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub enum ModelSource {
+    /// Built in code (a library user's graph): nothing to export but the weights.
+    #[default]
+    Unrecorded,
+    /// A zoo spec, as given (`zoo:cnn:classes=10`).
+    Zoo { spec: String },
+    /// An ONNX file: its path as given to `pock compile`, and the FNV-1a 64 hash and length of the
+    /// model file's own bytes (external data files are not hashed: the graph and the initializer
+    /// names are what an export depends on, and hashing gigabytes of weights would slow compiles).
+    Onnx { path: String, fnv1a64: u64, bytes: u64 },
 }
 
 impl Plan {

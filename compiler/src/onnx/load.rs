@@ -57,7 +57,7 @@ fn decode(bytes: &[u8], what: &str, dir: Option<&Path>) -> Result<OnnxModel, Imp
         return Err(ImportError::UnsupportedTensorStorage { tensor: name, what: "a sparse initializer".into() });
     }
 
-    let mut external = ExternalData { dir, files: HashMap::new() };
+    let mut external = ExternalData::new(dir);
     let mut initializers = Vec::with_capacity(graph.initializer.len());
     for t in &graph.initializer {
         let name = t.name.clone().unwrap_or_default();
@@ -254,7 +254,7 @@ fn attribute(a: &proto::AttributeProto, ctx: &NodeCtx, external: &mut ExternalDa
 }
 
 /// The external data files of one model, each mapped once.
-struct ExternalData<'a> {
+pub(super) struct ExternalData<'a> {
     dir: Option<&'a Path>,
     files: HashMap<String, Mapped>,
 }
@@ -273,10 +273,15 @@ impl Mapped {
     }
 }
 
-impl ExternalData<'_> {
+impl<'a> ExternalData<'a> {
+    /// The external data files of a model whose directory is `dir` (none opened yet).
+    pub(super) fn new(dir: Option<&'a Path>) -> Self {
+        ExternalData { dir, files: HashMap::new() }
+    }
+
     /// The bytes of one tensor's external data, after checking the location stays inside the
     /// model's directory and the range lies inside the file.
-    fn read(&mut self, tensor: &str, entries: &[proto::StringStringEntryProto]) -> Result<&[u8], ImportError> {
+    pub(super) fn read(&mut self, tensor: &str, entries: &[proto::StringStringEntryProto]) -> Result<&[u8], ImportError> {
         let mut location = None;
         let mut offset = 0u64;
         let mut length = None;

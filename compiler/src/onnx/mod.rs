@@ -8,6 +8,7 @@
 //! (`compiler/tests/onnx_mutation.rs`).
 
 mod error;
+pub mod export;
 pub mod fold;
 mod import;
 mod load;
@@ -17,6 +18,7 @@ mod shapes;
 pub mod weights;
 
 pub use error::{ImportError, IR_VERSIONS, OPSETS};
+pub use export::{export_model, ExportError, ExportOptions, Exported, TrainedValue};
 pub use import::{
     import_file, import_forward, import_model, supported_ops, DropoutMode, ForwardModel, ImportOptions, Imported, LossKind, OutputValue,
     GRAPH_OPS,

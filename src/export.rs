@@ -1,0 +1,109 @@
+//! `pock export`: a trained session's weights written back as the ONNX graph the plan was compiled
+//! from, or alone as safetensors.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use pock_compiler::onnx::{export_model, ExportError, ExportOptions, Exported, TrainedValue};
+use pock_engine::checkpoint::fnv1a64;
+use pock_engine::plan::{DType, ModelSource, Role};
+use pock_engine::Session;
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::inspect::source_text;
+use crate::PockError;
+
+/// The `format` metadata of a weights file written by `pock export --safetensors`.
+pub const WEIGHTS_FORMAT: &str = "pock-weights-1";
+
+/// One trained tensor: its plan name (the ONNX initializer's or the zoo's), shape and values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// The session's trained state that makes up the model: every float parameter (trainable or
+/// frozen) and every running statistic, in plan order. Optimizer state and counters are left out:
+/// they belong to a checkpoint, not to a model.
+pub fn trained_tensors(session: &Session, include_frozen: bool) -> Result<Vec<TrainedTensor>, PockError> {
+    let plan = session.plan();
+    let mut out = Vec::new();
+    for t in &plan.tensors {
+        let wanted = match t.role {
+            Role::Parameter { trainable } => trainable || include_frozen,
+            Role::RunningStat => true,
+            _ => false,
+        };
+        if wanted && t.dtype == DType::F32 {
+            out.push(TrainedTensor { name: t.name.clone(), shape: t.shape.clone(), values: session.read_tensor(&t.name)? });
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the model's weights (parameters and running statistics) as a safetensors file,
+/// atomically, with the model and its source in the metadata. Returns how many tensors it wrote.
+pub fn write_safetensors(session: &Session, path: &Path) -> Result<usize, PockError> {
+    let tensors = trained_tensors(session, true)?;
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+    let mut views = Vec::with_capacity(tensors.len());
+    for (t, b) in tensors.iter().zip(&bytes) {
+        // Cannot fail: the byte length is the shape's element count times 4 by construction.
+        let view = TensorView::new(Dtype::F32, t.shape.clone(), b)
+            .map_err(|e| PockError::Io { path: path.display().to_string(), source: std::io::Error::other(e.to_string()) })?;
+        views.push((t.name.clone(), view));
+    }
+    let plan = session.plan();
+    let meta = HashMap::from([
+        ("format".to_string(), WEIGHTS_FORMAT.to_string()),
+        ("model".to_string(), plan.model.clone()),
+        ("source".to_string(), source_text(&plan.source)),
+    ]);
+    let encoded = safetensors::serialize(views, Some(meta))
+        .map_err(|e| PockError::Io { path: path.display().to_string(), source: std::io::Error::other(e.to_string()) })?;
+    pock_engine::atomic::write_bytes(path, &encoded).map_err(|source| PockError::Io { path: path.display().to_string(), source })?;
+    Ok(tensors.len())
+}
+
+/// Reads the ONNX model a plan was compiled from (`model`, or the path the plan records) and
+/// checks it is the same file: its length and FNV-1a 64 hash must be those recorded at compile
+/// time. Returns the path read and its bytes.
+pub fn source_model(session: &Session, model: Option<&Path>) -> Result<(std::path::PathBuf, Vec<u8>), PockError> {
+    let plan = session.plan();
+    let ModelSource::Onnx { path: recorded_path, fnv1a64: recorded_hash, bytes: recorded_bytes } = &plan.source else {
+        return Err(ExportError::NoOnnxSource { model: source_text(&plan.source) }.into());
+    };
+    let path = model.map(Path::to_path_buf).unwrap_or_else(|| recorded_path.into());
+    let bytes = std::fs::read(&path).map_err(|source| ExportError::MissingSource { path: path.display().to_string(), source })?;
+    let found_hash = fnv1a64(&bytes);
+    if found_hash != *recorded_hash || bytes.len() as u64 != *recorded_bytes {
+        return Err(ExportError::SourceChanged {
+            path: path.display().to_string(),
+            found_bytes: bytes.len() as u64,
+            found_hash,
+            recorded_path: recorded_path.clone(),
+            recorded_bytes: *recorded_bytes,
+            recorded_hash: *recorded_hash,
+        }
+        .into());
+    }
+    Ok((path, bytes))
+}
+
+/// Writes the session's model as ONNX to `out`, atomically: the source graph (see
+/// [`source_model`]) with its trained initializers replaced and its external data inlined.
+pub fn write_onnx(session: &Session, model: Option<&Path>, out: &Path, options: ExportOptions) -> Result<Exported, PockError> {
+    let (path, source) = source_model(session, model)?;
+    // Frozen parameters hold the source's own values; only what training changed is replaced.
+    let tensors = trained_tensors(session, false)?;
+    let trained: Vec<TrainedValue> = tensors.iter().map(|t| TrainedValue { name: &t.name, shape: &t.shape, values: &t.values }).collect();
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => ".".into(),
+    };
+    let exported = export_model(&source, Some(&dir), &trained, options)?;
+    pock_engine::atomic::write_bytes(out, &exported.bytes).map_err(|source| PockError::Io { path: out.display().to_string(), source })?;
+    Ok(exported)
+}
