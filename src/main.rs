@@ -118,9 +118,10 @@ enum BatchNormArg {
 struct CompileArgs {
     /// The model: zoo:NAME, zoo:NAME:key=value,... (see the list below), or a path to an .onnx file.
     model: String,
-    /// Output plan file.
-    #[arg(short, long)]
-    output: PathBuf,
+    /// Output plan file. (`--output` names the ONNX graph output to train, so this flag's long
+    /// form is `--plan`.)
+    #[arg(short = 'o', long = "plan", value_name = "PLAN")]
+    plan: PathBuf,
     /// Samples per training step (shapes are static). Default 32 for zoo models; an ONNX model
     /// needs it for a dynamic batch dimension.
     #[arg(long)]
@@ -128,9 +129,10 @@ struct CompileArgs {
     /// ONNX only: the full shape of a data input with dynamic dimensions, as NAME=AxB (repeatable).
     #[arg(long, value_name = "NAME=AxB")]
     input_shape: Vec<String>,
-    /// ONNX only: the graph output to train (default: the model's only output).
+    /// ONNX only: the graph output to train (default: the model's only output). An output that
+    /// is a SoftmaxCrossEntropyLoss or NegativeLogLikelihoodLoss node is trained as it is.
     #[arg(long, value_name = "NAME")]
-    model_output: Option<String>,
+    output: Option<String>,
     /// ONNX only: the loss attached to the trained output.
     #[arg(long, value_enum, default_value = "cross-entropy")]
     loss: LossArg,
@@ -492,7 +494,7 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
         return Err(PockError::Usage("--momentum, --dampening and --nesterov apply to --optimizer sgd only".into()));
     }
     check_hyperparameters(&a)?;
-    check_outputs(&[], &[("-o", a.output.as_path())])?;
+    check_outputs(&[], &[("-o", a.plan.as_path())])?;
     let options = CompileOptions {
         optimizer,
         learning_rate: a.lr,
@@ -509,7 +511,7 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
     let compiled = if a.model.ends_with(".onnx") {
         let import = ImportOptions {
             shapes: ShapeOverrides::parse(a.batch, &a.input_shape)?,
-            output: a.model_output.clone(),
+            output: a.output.clone(),
             loss: match a.loss {
                 LossArg::CrossEntropy => LossKind::CrossEntropy,
                 LossArg::Mse => LossKind::Mse,
@@ -521,9 +523,9 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
         }
         compiled
     } else {
-        if !a.input_shape.is_empty() || a.model_output.is_some() || !matches!(a.loss, LossArg::CrossEntropy) {
+        if !a.input_shape.is_empty() || a.output.is_some() || !matches!(a.loss, LossArg::CrossEntropy) {
             return Err(PockError::Usage(
-                "--input-shape, --model-output and --loss apply to ONNX models; a zoo model's task is a key of its spec (zoo:mlp:task=regression)".into(),
+                "--input-shape, --output and --loss apply to ONNX models; a zoo model's task is a key of its spec (zoo:mlp:task=regression)".into(),
             ));
         }
         pock::compile_model(&a.model, a.batch.unwrap_or(32), a.seed, options)?
@@ -531,12 +533,12 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
     pock::check_memory(&compiled.plan, a.memory_budget)?;
     let bytes = compiled.to_bytes();
     // Atomic, so a plan that a session has mapped is never modified in place.
-    pock::engine::atomic::write_bytes(&a.output, &bytes).map_err(io_err(&a.output))?;
+    pock::engine::atomic::write_bytes(&a.plan, &bytes).map_err(io_err(&a.plan))?;
     let r = pock::inspect::report(&compiled.plan);
     progress(quiet, format!("compiled {} in {:.2} s", a.model, started.elapsed().as_secs_f64()));
     out(&format!(
         "wrote {} ({}): {} trainable parameters, arena {}, {} forward / {} backward / {} optimizer ops\n",
-        a.output.display(),
+        a.plan.display(),
         pock::human_bytes(bytes.len() as u64),
         r.trainable_params,
         pock::human_bytes(r.arena_bytes),

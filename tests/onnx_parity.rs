@@ -325,7 +325,7 @@ fn cli_compiles_and_trains_an_onnx_model() {
     assert!(!out.status.success());
     assert!(stderr.contains("input 'x'") && stderr.contains("dimension 0 ('batch')") && stderr.contains("--batch N"), "{stderr}");
 
-    let out = pock_cli(&["compile", model, "-o", plan, "--batch", "2", "--model-output", "nope"]);
+    let out = pock_cli(&["compile", model, "-o", plan, "--batch", "2", "--output", "nope"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("'nope'") && stderr.contains("logits"), "{stderr}");
 

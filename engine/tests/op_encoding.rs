@@ -6,8 +6,8 @@ use pock_engine::kernels::unary::{
     Abs, Cos, Elu, Erf, Exp, HardSigmoid, LeakyRelu, Log, Neg, Reciprocal, Sigmoid, Sin, Softplus, Sqrt, Tanh,
 };
 use pock_engine::ops::{
-    Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, DenseOp, GradScale, LossOp, MatMul, MatMulOp, MoveOp, NormOp, Op, OptimOp, Pool2d,
-    PoolOp, Reduce, ReduceOp, Reduction, Sgd, Slice,
+    Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, CrossEntropy, DenseOp, GradScale, LossOp, MatMul, MatMulOp, MoveOp, NormOp, Op, OptimOp,
+    Pool2d, PoolOp, Reduce, ReduceOp, Reduction, Sgd, Slice,
 };
 use pock_engine::ops::{BroadcastOp, UnaryFn, UnaryOp};
 use pock_engine::plan::DType;
@@ -123,6 +123,8 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("Trilu", [10, 9]),
     ("BatchMatMul", [11, 0]),
     ("CountNonFinite", [5, 5]),
+    ("CrossEntropy", [4, 4]),
+    ("CrossEntropyGrad", [4, 5]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -165,6 +167,8 @@ fn row(op: &Op) -> usize {
             LossOp::Mse(_) => 24,
             LossOp::SoftmaxCrossEntropyGrad(_) => 25,
             LossOp::MseGrad(_) => 26,
+            LossOp::CrossEntropy(_) => 108,
+            LossOp::CrossEntropyGrad(_) => 109,
         },
         Op::Optim(op) => match op {
             OptimOp::AccumulateGrad => 27,
@@ -366,6 +370,8 @@ fn every_op() -> Vec<Op> {
         MoveOp::Trilu { upper: false, k: -1 }.into(),
         MatMulOp::BatchMatMul(MatMul { trans_a: false, trans_b: true }).into(),
         OptimOp::CountNonFinite.into(),
+        LossOp::CrossEntropy(CrossEntropy { reduction: Reduction::PerSample, ignore_index: -100 }).into(),
+        LossOp::CrossEntropyGrad(CrossEntropy { reduction: Reduction::Mean, ignore_index: 3 }).into(),
     ]
     .into_iter()
     .chain(every_unary_fn().into_iter().flat_map(|f| [UnaryOp::Map(f).into(), UnaryOp::Grad(f).into()]))
