@@ -208,3 +208,101 @@ pub(crate) fn attach_loss(
     }
     Ok((logits, Task::CrossEntropy { classes, ignore_index: node.ignore_index }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::{import_model, Dim, ImportOptions, Tensor, TensorValues, ValueInfo};
+
+    fn node(op: &str, inputs: &[&str], outputs: &[&str], attributes: Vec<(&str, Attribute)>) -> Node {
+        Node {
+            name: format!("{op}_node"),
+            op_type: op.into(),
+            domain: String::new(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            attributes: attributes.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        }
+    }
+
+    fn value(name: &str, dtype: DataType, dims: &[usize]) -> ValueInfo {
+        ValueInfo { name: name.into(), dtype: Some(dtype), shape: Some(dims.iter().map(|&d| Dim::Fixed(d)).collect()) }
+    }
+
+    /// `scores = x * w` (`x`, `w` of shape `scores`), then `loss` on `(scores, labels)`.
+    fn with_loss(scores: &[usize], labels: &[usize], loss: Vec<Node>) -> OnnxModel {
+        let n: usize = scores.iter().product();
+        let w = Tensor { name: "w".into(), dims: scores.to_vec(), values: TensorValues::F32((0..n).map(|i| i as f32 * 0.1).collect()) };
+        let mut nodes = vec![node("Mul", &["x", "w"], &["scores"], vec![])];
+        nodes.extend(loss);
+        OnnxModel {
+            ir_version: 8,
+            opset: 17,
+            opset_imports: vec![(String::new(), 17)],
+            producer: String::new(),
+            graph_name: String::new(),
+            initializers: vec![w],
+            inputs: vec![value("x", DataType::F32, scores), value("labels", DataType::I64, labels)],
+            outputs: vec![ValueInfo { name: "loss".into(), dtype: Some(DataType::F32), shape: Some(vec![]) }],
+            value_info: vec![],
+            nodes,
+        }
+    }
+
+    fn sce(attributes: Vec<(&str, Attribute)>) -> Node {
+        node("SoftmaxCrossEntropyLoss", &["scores", "labels"], &["loss"], attributes)
+    }
+
+    #[test]
+    fn a_softmax_cross_entropy_loss_output_is_the_loss_with_its_labels_as_target() {
+        // Scores [N, C, d] = [2, 3, 4]: the class axis moves last, labels [2, 4] become the target.
+        let m = with_loss(
+            &[2, 3, 4],
+            &[2, 4],
+            vec![sce(vec![("ignore_index", Attribute::Int(-1)), ("reduction", Attribute::String(b"mean".to_vec()))])],
+        );
+        let f = import_model(&m, "t", &ImportOptions::default()).unwrap().forward;
+        assert_eq!(f.task, Task::CrossEntropy { classes: 3, ignore_index: -1 });
+        assert_eq!(f.graph.shape(f.output), [2, 4, 3]);
+        let inputs: Vec<&str> = f.inputs.iter().map(|&t| f.graph.tensor(t).name.as_str()).collect();
+        assert_eq!(inputs, ["x"], "the labels are the target, not a data input");
+        let t = f.into_training(crate::CompileOptions::default()).unwrap();
+        assert_eq!(t.graph.shape(t.train_target), [2, 4]);
+
+        // Without ignore_index every label must be a class.
+        let f = import_model(&with_loss(&[2, 3], &[2], vec![sce(vec![])]), "t", &ImportOptions::default()).unwrap().forward;
+        assert_eq!(f.task, Task::CrossEntropy { classes: 3, ignore_index: i64::MIN });
+        assert_eq!(f.graph.shape(f.output), [2, 3]);
+    }
+
+    #[test]
+    fn negative_log_likelihood_of_log_softmax_is_cross_entropy_of_its_input() {
+        let loss = vec![
+            node("LogSoftmax", &["scores"], &["logp"], vec![("axis", Attribute::Int(1))]),
+            node("NegativeLogLikelihoodLoss", &["logp", "labels"], &["loss"], vec![("ignore_index", Attribute::Int(-100))]),
+        ];
+        let f = import_model(&with_loss(&[2, 5], &[2], loss), "t", &ImportOptions::default()).unwrap().forward;
+        assert_eq!(f.task, Task::CrossEntropy { classes: 5, ignore_index: -100 });
+        assert_eq!(f.graph.nodes.len(), 1, "only the Mul is imported: the loss reads the LogSoftmax's input");
+
+        let nll_alone = vec![node("NegativeLogLikelihoodLoss", &["scores", "labels"], &["loss"], vec![])];
+        let e = import_model(&with_loss(&[2, 5], &[2], nll_alone), "t", &ImportOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("not a LogSoftmax over axis 1"), "{e}");
+    }
+
+    #[test]
+    fn loss_nodes_pock_cannot_train_as_they_are_are_refused_with_the_reason() {
+        let import = |m: &OnnxModel, options: &ImportOptions| import_model(m, "t", options).unwrap_err().to_string();
+        let sum = with_loss(&[2, 3], &[2], vec![sce(vec![("reduction", Attribute::String(b"sum".to_vec()))])]);
+        assert!(import(&sum, &ImportOptions::default()).contains("reduction 'sum' is not supported"));
+        let weighted = with_loss(&[2, 3], &[2], vec![node("SoftmaxCrossEntropyLoss", &["scores", "labels", "w"], &["loss"], vec![])]);
+        assert!(import(&weighted, &ImportOptions::default()).contains("class weights"));
+        let mse = ImportOptions { loss: LossKind::Mse, ..Default::default() };
+        assert!(import(&with_loss(&[2, 3], &[2], vec![sce(vec![])]), &mse).contains("already a loss"));
+        let mut int32 = with_loss(&[2, 3], &[2], vec![sce(vec![])]);
+        int32.inputs[1].dtype = Some(DataType::I32);
+        assert!(import(&int32, &ImportOptions::default()).contains("pock's labels are int64"));
+        let wrong_labels = with_loss(&[2, 3, 4], &[2, 3], vec![sce(vec![])]);
+        assert!(import(&wrong_labels, &ImportOptions::default()).contains("need labels [2, 4]"));
+    }
+}
