@@ -327,7 +327,7 @@ fn progress(quiet: bool, text: impl std::fmt::Display) {
 
 /// Loads an .npz and checks it against the plan, naming the file in any mismatch.
 fn load_data(session: &Session, path: &Path, need_targets: bool) -> Result<Dataset, PockError> {
-    let data = Dataset::load_npz(path)?;
+    let data = pock::train::load_for(session, path)?;
     pock::train::check_data(session, &data, need_targets).map_err(|e| match e {
         PockError::Data(d) => PockError::Data(d.in_file(path)),
         e => e,

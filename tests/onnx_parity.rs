@@ -335,7 +335,7 @@ fn cli_compiles_and_trains_an_onnx_model() {
     let n = 4;
     let x: Vec<f32> = FloatRule::Uniform { bound: 1.0 }.generate("cli:x", n * 3 * 64 * 64);
     let y = randint("cli:y", 10, n);
-    let ds = pock::data::Dataset { x, x_shape: vec![n, 3, 64, 64], y: Some(pock::data::Targets::Labels(y)) };
+    let ds = pock::data::Dataset { x, x_shape: vec![n, 3, 64, 64], y: Some(pock::data::Targets::Labels(y)), inputs: Vec::new() };
     ds.save_npz(Path::new(data)).unwrap();
     let out = pock_cli(&["train", plan, "--data", data, "--epochs", "1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

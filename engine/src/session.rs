@@ -352,6 +352,21 @@ impl Session {
         Ok([("x", Input::F32(x))])
     }
 
+    /// The target's shape, batch axis included: `[N]` labels for a classifier, the logits'
+    /// shape without the class axis for cross-entropy over positions, the output's for MSE.
+    pub fn target_shape(&self) -> &[usize] {
+        &self.plan().tensor(self.io.train_target).shape
+    }
+
+    /// The label that marks a position without one, where the plan's loss has one
+    /// ([`crate::ops::CrossEntropy`]).
+    pub fn ignore_index(&self) -> Option<i64> {
+        self.plan().programs.train.nodes.iter().find_map(|n| match &n.op {
+            Op::Loss(crate::ops::LossOp::CrossEntropy(ce)) => Some(ce.ignore_index),
+            _ => None,
+        })
+    }
+
     /// The model output's shape, batch axis included.
     pub fn output_shape(&self) -> &[usize] {
         &self.plan().tensor(self.io.eval_output).shape
