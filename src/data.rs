@@ -147,7 +147,7 @@ pub enum DataError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{} is not a valid .npz file ({detail}); write datasets with numpy: np.savez(\"{}\", x=inputs, y=targets)", path.display(), path.display())]
     NotNpz { path: PathBuf, detail: String },
-    #[error("{} has no array '{array}' (arrays found: {}); save the model inputs as '{array}': np.savez(path, x=inputs, y=targets)", path.display(), list_or_none(found))]
+    #[error("{} has no array '{array}' (arrays found: {}); save the model input as '{array}': np.savez(path, {array}=values, y=targets)", path.display(), list_or_none(found))]
     MissingArray { path: PathBuf, array: String, found: Vec<String> },
     #[error("{array} in {} is compressed ({method}); pock reads uncompressed archives only: save with np.savez instead of np.savez_compressed", path.display())]
     Compressed { path: PathBuf, array: String, method: String },
