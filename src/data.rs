@@ -9,6 +9,12 @@
 //!   shape `[N]` (`int64`; narrower integer types are widened) or `float32` regression targets of
 //!   shape `[N, ...]`.
 //!
+//! A plan with several data inputs, or one that is not float32 (token ids, attention masks), reads
+//! one array per input instead of `x`, named as the input, each of the input's dtype (`float32`,
+//! `int64`, narrower integers widened, or `bool`) and shape `[N, ...]` ([`Dataset::load_npz_inputs`]);
+//! its `y` may hold one label per position (`[N, T]` int64 for a language model's cross-entropy,
+//! where the plan's ignored label, -100 by default, marks positions without one).
+//!
 //! Other arrays in the archive are ignored. Archives written by `np.savez_compressed` are
 //! rejected with a message saying to use `np.savez`, because pock reads stored (uncompressed)
 //! entries only. Nothing read from the file is trusted: every entry's declared size, dtype and
@@ -47,15 +53,68 @@ pub enum Targets {
     Labels(Vec<i64>),
     /// Regression targets, `shape` = `[N, ...]`.
     Values { data: Vec<f32>, shape: Vec<usize> },
+    /// Class labels per position, `shape` = `[N, ...]` of rank 2 or more (a language model's
+    /// `[N, T]`), read only for plans whose labels have that shape.
+    PositionLabels { data: Vec<i64>, shape: Vec<usize> },
+}
+
+/// One named data input's values for every sample, `shape` = `[N, ...]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Column {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: ColumnValues,
+}
+
+/// A column's values in the input's own dtype.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ColumnValues {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+    Bool(Vec<bool>),
+}
+
+impl ColumnValues {
+    /// Zeros of `dtype` (`float32`, `int64` or `bool`).
+    pub fn zeros(dtype: pock_engine::plan::DType, len: usize) -> Option<ColumnValues> {
+        use pock_engine::plan::DType;
+        Some(match dtype {
+            DType::F32 => ColumnValues::F32(vec![0.0; len]),
+            DType::I64 => ColumnValues::I64(vec![0; len]),
+            DType::Bool => ColumnValues::Bool(vec![false; len]),
+            _ => return None,
+        })
+    }
+
+    /// The values as a Session input.
+    pub fn as_input(&self) -> pock_engine::Input<'_> {
+        match self {
+            ColumnValues::F32(v) => pock_engine::Input::F32(v),
+            ColumnValues::I64(v) => pock_engine::Input::I64(v),
+            ColumnValues::Bool(v) => pock_engine::Input::Bool(v),
+        }
+    }
+}
+
+/// A data input a plan expects: its name, dtype and shape per sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputSpec {
+    pub name: String,
+    pub dtype: pock_engine::plan::DType,
+    pub sample_shape: Vec<usize>,
 }
 
 /// Samples in memory, row-major with the sample axis first.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
+    /// The one float input `x` of a zoo-style file (empty when `inputs` holds the inputs).
     pub x: Vec<f32>,
-    /// `[N, ...]`.
+    /// `[N, ...]` (`[N]` when `inputs` holds the inputs).
     pub x_shape: Vec<usize>,
     pub y: Option<Targets>,
+    /// The named inputs of a plan with several (or non-float) inputs, in the plan's order; empty
+    /// for a file read through `x`.
+    pub inputs: Vec<Column>,
 }
 
 /// What targets a plan expects, to check a dataset against.
@@ -67,6 +126,13 @@ pub enum TargetKind {
     /// Float targets of this shape per sample (without the batch axis).
     Values {
         shape: Vec<usize>,
+    },
+    /// int64 labels of this shape per sample (cross-entropy over the logits' last axis); a
+    /// label equal to `ignore_index` marks a position without one.
+    PositionLabels {
+        classes: usize,
+        shape: Vec<usize>,
+        ignore_index: i64,
     },
 }
 
@@ -81,7 +147,7 @@ pub enum DataError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{} is not a valid .npz file ({detail}); write datasets with numpy: np.savez(\"{}\", x=inputs, y=targets)", path.display(), path.display())]
     NotNpz { path: PathBuf, detail: String },
-    #[error("{} has no array '{array}' (arrays found: {}); save the model inputs as '{array}': np.savez(path, x=inputs, y=targets)", path.display(), list_or_none(found))]
+    #[error("{} has no array '{array}' (arrays found: {}); save the model input as '{array}': np.savez(path, {array}=values, y=targets)", path.display(), list_or_none(found))]
     MissingArray { path: PathBuf, array: String, found: Vec<String> },
     #[error("{array} in {} is compressed ({method}); pock reads uncompressed archives only: save with np.savez instead of np.savez_compressed", path.display())]
     Compressed { path: PathBuf, array: String, method: String },
@@ -103,6 +169,10 @@ pub enum DataError {
     TargetKind { actual: String, expected: String, fix: String },
     #[error("y has sample shape {actual:?} but the plan expects {expected:?} per sample; reshape the targets or recompile the model with matching outputs")]
     TargetShape { actual: Vec<usize>, expected: Vec<usize> },
+    #[error("{array} in {} has {rows} samples but {first} has {first_rows}; every array needs one row per sample", path.display())]
+    InputRows { path: PathBuf, array: String, rows: usize, first: String, first_rows: usize },
+    #[error("{array} has sample shape {actual:?} but the plan's input '{array}' expects {expected:?}; reshape it or recompile the model for this shape")]
+    InputShape { array: String, actual: Vec<usize>, expected: Vec<usize> },
     #[error("label y[{index}] = {label} is outside [0, {classes}) (the plan has {classes} classes); fix the labels or recompile the model with more classes")]
     LabelOutOfRange { index: usize, label: i64, classes: usize },
     #[error("cannot write {}: {detail}", path.display())]
@@ -130,14 +200,7 @@ impl Dataset {
     /// Loads `x` and, if present, `y` from an `.npz` file (see the module documentation for the
     /// format and the checks made).
     pub fn load_npz(path: &Path) -> Result<Dataset, DataError> {
-        let file = File::open(path).map_err(|source| DataError::Open { path: path.to_path_buf(), source })?;
-        let file_len = file.metadata().map_err(|source| DataError::Read { path: path.to_path_buf(), source })?.len();
-        let mut zip = ZipArchive::new(BufReader::new(file)).map_err(|e| match e {
-            ZipError::Io(source) if source.kind() != std::io::ErrorKind::UnexpectedEof => {
-                DataError::Read { path: path.to_path_buf(), source }
-            }
-            other => DataError::NotNpz { path: path.to_path_buf(), detail: other.to_string() },
-        })?;
+        let (mut zip, file_len) = open_zip(path)?;
         let mut archive = Archive { path, file_len, zip: &mut zip };
 
         let x = archive.read("x")?.ok_or_else(|| DataError::MissingArray {
@@ -180,10 +243,119 @@ impl Dataset {
                 if y.shape[0] != x_shape[0] {
                     return Err(DataError::RowMismatch { path: path.to_path_buf(), x_rows: x_shape[0], y_rows: y.shape[0] });
                 }
-                Some(archive.targets(y)?)
+                Some(archive.targets(y, false)?)
             }
         };
-        Ok(Dataset { x: x_data, x_shape, y })
+        Ok(Dataset { x: x_data, x_shape, y, inputs: Vec::new() })
+    }
+
+    /// Loads one array per plan input, named as the input (a plan with one input also finds it
+    /// under `x`), each of the input's dtype, and `y` if present; labels may have one value per
+    /// position (`[N, T]`). Every array must have the same number of samples.
+    pub fn load_npz_inputs(path: &Path, wanted: &[InputSpec]) -> Result<Dataset, DataError> {
+        use pock_engine::plan::DType;
+        let (mut zip, file_len) = open_zip(path)?;
+        let mut archive = Archive { path, file_len, zip: &mut zip };
+        let mut inputs = Vec::with_capacity(wanted.len());
+        for spec in wanted {
+            let mut entry = archive.read(&spec.name)?;
+            if entry.is_none() && wanted.len() == 1 {
+                entry = archive.read("x")?;
+            }
+            let Some(entry) = entry else {
+                return Err(DataError::MissingArray { path: path.to_path_buf(), array: spec.name.clone(), found: archive.names() });
+            };
+            if entry.shape.is_empty() || entry.shape[0] == 0 {
+                let expected = format!("'{}' needs a leading sample axis and at least one sample, shape [N, ...] with N >= 1", spec.name);
+                return Err(DataError::WrongShape { path: path.to_path_buf(), array: spec.name.clone(), shape: entry.shape, expected });
+            }
+            let wrong = |fix: &str| DataError::WrongDType {
+                path: path.to_path_buf(),
+                array: spec.name.clone(),
+                actual: entry.dtype.clone(),
+                expected: spec.dtype.name().to_string(),
+                fix: fix.to_string(),
+            };
+            let values = match (spec.dtype, entry.dtype.as_str()) {
+                (DType::F32, "float32") => {
+                    let v: Vec<f32> = archive.decode(&entry)?;
+                    check_finite(path, &spec.name, &v, &entry.shape)?;
+                    ColumnValues::F32(v)
+                }
+                (DType::I64, "int64") => ColumnValues::I64(archive.decode(&entry)?),
+                (DType::I64, "int32") => ColumnValues::I64(archive.decode::<i32>(&entry)?.into_iter().map(i64::from).collect()),
+                (DType::I64, "int16") => ColumnValues::I64(archive.decode::<i16>(&entry)?.into_iter().map(i64::from).collect()),
+                (DType::I64, "int8") => ColumnValues::I64(archive.decode::<i8>(&entry)?.into_iter().map(i64::from).collect()),
+                (DType::I64, "uint32") => ColumnValues::I64(archive.decode::<u32>(&entry)?.into_iter().map(i64::from).collect()),
+                (DType::I64, "uint16") => ColumnValues::I64(archive.decode::<u16>(&entry)?.into_iter().map(i64::from).collect()),
+                (DType::I64, "uint8") => ColumnValues::I64(archive.decode::<u8>(&entry)?.into_iter().map(i64::from).collect()),
+                (DType::Bool, "bool") => ColumnValues::Bool(archive.decode(&entry)?),
+                (DType::F32, _) => return Err(wrong("use .astype(np.float32)")),
+                (DType::I64, _) => return Err(wrong("use .astype(np.int64)")),
+                (DType::Bool, _) => return Err(wrong("use .astype(bool)")),
+                (other, _) => return Err(wrong(&format!("pock does not feed {} inputs", other.name()))),
+            };
+            if let Some(first) = inputs.first().map(|c: &Column| (c.name.clone(), c.shape[0])).filter(|f| f.1 != entry.shape[0]) {
+                let (first, first_rows) = first;
+                return Err(DataError::InputRows {
+                    path: path.to_path_buf(),
+                    array: spec.name.clone(),
+                    rows: entry.shape[0],
+                    first,
+                    first_rows,
+                });
+            }
+            inputs.push(Column { name: spec.name.clone(), shape: entry.shape, values });
+        }
+        let rows = inputs.first().map_or(0, |c| c.shape[0]);
+        let y = match archive.read("y")? {
+            None => None,
+            Some(y) => {
+                if y.shape.first() != Some(&rows) {
+                    let first = inputs.first().map_or_else(String::new, |c| c.name.clone());
+                    let rows_y = y.shape.first().copied().unwrap_or(0);
+                    return Err(DataError::InputRows {
+                        path: path.to_path_buf(),
+                        array: "y".into(),
+                        rows: rows_y,
+                        first,
+                        first_rows: rows,
+                    });
+                }
+                Some(archive.targets(y, true)?)
+            }
+        };
+        Ok(Dataset { x: Vec::new(), x_shape: vec![rows], y, inputs })
+    }
+
+    /// Checks each named input's shape per sample against the plan's.
+    pub fn check_inputs(&self, wanted: &[InputSpec]) -> Result<(), DataError> {
+        for (column, spec) in self.inputs.iter().zip(wanted) {
+            if column.shape[1..] != spec.sample_shape[..] {
+                return Err(DataError::InputShape {
+                    array: spec.name.clone(),
+                    actual: column.shape[1..].to_vec(),
+                    expected: spec.sample_shape.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies input `column`'s values of the samples `indices` into `out` (of the same dtype).
+    ///
+    /// # Panics
+    ///
+    /// On a dtype or size mismatch, as in [`Dataset::gather_x`].
+    pub fn gather_column(&self, column: usize, indices: &[usize], out: &mut ColumnValues) {
+        let c = &self.inputs[column];
+        let per: usize = c.shape[1..].iter().product();
+        match (&c.values, out) {
+            (ColumnValues::F32(src), ColumnValues::F32(dst)) => gather_rows(src, per, indices, dst, &c.name),
+            (ColumnValues::I64(src), ColumnValues::I64(dst)) => gather_rows(src, per, indices, dst, &c.name),
+            (ColumnValues::Bool(src), ColumnValues::Bool(dst)) => gather_rows(src, per, indices, dst, &c.name),
+            _ => panic!("gather {}: the buffer's dtype differs from the column's", c.name),
+        }
     }
 
     /// Writes `x` and `y` as an uncompressed `.npz` that [`Dataset::load_npz`] and NumPy read,
@@ -200,6 +372,10 @@ impl Dataset {
             Some(Targets::Values { data, shape }) => Some(NpzArray::Values(
                 ArrayViewD::from_shape(IxDyn(shape), data)
                     .map_err(|_| write_err(format!("y holds {} values, not shape {shape:?}", data.len())))?,
+            )),
+            Some(Targets::PositionLabels { data, shape }) => Some(NpzArray::Labels(
+                ArrayViewD::from_shape(IxDyn(shape), data)
+                    .map_err(|_| write_err(format!("y holds {} labels, not shape {shape:?}", data.len())))?,
             )),
         };
         write_npz(path, |npz| {
@@ -237,7 +413,7 @@ impl Dataset {
     /// Regression targets match when their per-sample shapes agree up to axes of size 1, so
     /// `y` of shape `[N]` fits a model with one output (`[N, 1]`).
     pub fn check(&self, sample_shape: &[usize], target: Option<&TargetKind>) -> Result<(), DataError> {
-        if self.sample_shape() != sample_shape {
+        if self.inputs.is_empty() && self.sample_shape() != sample_shape {
             let actual = self.sample_shape().to_vec();
             let per_sample: usize = sample_shape.iter().product();
             let hint = if per_sample == self.sample_numel() {
@@ -250,6 +426,36 @@ impl Dataset {
         }
         let Some(target) = target else { return Ok(()) };
         match (target, &self.y) {
+            (TargetKind::PositionLabels { classes, shape: expected, ignore_index }, Some(Targets::PositionLabels { data, shape })) => {
+                if shape[1..] != expected[..] {
+                    return Err(DataError::TargetShape { actual: shape[1..].to_vec(), expected: expected.clone() });
+                }
+                match data.iter().position(|&l| l != *ignore_index && (l < 0 || l >= *classes as i64)) {
+                    Some(index) => Err(DataError::LabelOutOfRange { index, label: data[index], classes: *classes }),
+                    None => Ok(()),
+                }
+            }
+            (TargetKind::PositionLabels { classes, shape, ignore_index }, None) => Err(DataError::MissingTargets {
+                expected: format!("int64 labels of shape {shape:?} per sample in [0, {classes}) or {ignore_index} (ignored)"),
+            }),
+            (TargetKind::PositionLabels { shape, .. }, Some(Targets::Labels(_))) => {
+                Err(DataError::TargetShape { actual: vec![], expected: shape.clone() })
+            }
+            (TargetKind::PositionLabels { shape, .. }, Some(Targets::Values { .. })) => Err(DataError::TargetKind {
+                actual: "float32 values".into(),
+                expected: format!("int64 labels of shape {shape:?} per sample"),
+                fix: "use y.astype(np.int64) if they are class indices".into(),
+            }),
+            (TargetKind::Labels { .. } | TargetKind::Values { .. }, Some(Targets::PositionLabels { shape, .. })) => {
+                Err(DataError::TargetKind {
+                    actual: format!("int64 labels of shape {:?} per sample", &shape[1..]),
+                    expected: match target {
+                        TargetKind::Labels { classes } => format!("one int64 class label in [0, {classes}) per sample"),
+                        _ => "float32 targets".into(),
+                    },
+                    fix: "reshape or convert y to what the plan was compiled for".into(),
+                })
+            }
             (TargetKind::Labels { classes }, None) => {
                 Err(DataError::MissingTargets { expected: format!("int64 class labels in [0, {classes})") })
             }
@@ -317,8 +523,11 @@ impl Dataset {
     /// If the dataset has no labels (call [`Dataset::check`] first), or on a size mismatch as in
     /// [`Dataset::gather_x`].
     pub fn gather_labels(&self, indices: &[usize], out: &mut [i64]) {
-        let Some(Targets::Labels(labels)) = &self.y else { panic!("gather_labels on a dataset without class labels") };
-        gather_rows(labels, 1, indices, out, "labels");
+        match &self.y {
+            Some(Targets::Labels(labels)) => gather_rows(labels, 1, indices, out, "labels"),
+            Some(Targets::PositionLabels { data, shape }) => gather_rows(data, shape[1..].iter().product(), indices, out, "labels"),
+            _ => panic!("gather_labels on a dataset without class labels"),
+        }
     }
 
     /// Copies the regression targets of the samples `indices` into `out`.
@@ -337,6 +546,17 @@ impl Dataset {
     pub fn train_batches(&self, batch: usize) -> usize {
         self.len().checked_div(batch).unwrap_or(0)
     }
+}
+
+/// Opens an `.npz` archive; returns it and the file's length.
+fn open_zip(path: &Path) -> Result<(ZipArchive<BufReader<File>>, u64), DataError> {
+    let file = File::open(path).map_err(|source| DataError::Open { path: path.to_path_buf(), source })?;
+    let file_len = file.metadata().map_err(|source| DataError::Read { path: path.to_path_buf(), source })?.len();
+    let zip = ZipArchive::new(BufReader::new(file)).map_err(|e| match e {
+        ZipError::Io(source) if source.kind() != std::io::ErrorKind::UnexpectedEof => DataError::Read { path: path.to_path_buf(), source },
+        other => DataError::NotNpz { path: path.to_path_buf(), detail: other.to_string() },
+    })?;
+    Ok((zip, file_len))
 }
 
 fn gather_rows<T: Copy>(src: &[T], per: usize, indices: &[usize], out: &mut [T], what: &str) {
@@ -497,9 +717,13 @@ impl Archive<'_> {
         Ok(if array.is_standard_layout() { array.into_raw_vec_and_offset().0 } else { array.iter().copied().collect() })
     }
 
-    fn targets(&self, y: NpyEntry) -> Result<Targets, DataError> {
+    /// `y` as labels or values; `positions` allows labels of rank 2 or more (one per position).
+    fn targets(&self, y: NpyEntry, positions: bool) -> Result<Targets, DataError> {
         let path = self.path.to_path_buf();
         let labels = |values: Vec<i64>| -> Result<Targets, DataError> {
+            if positions && y.shape.len() >= 2 {
+                return Ok(Targets::PositionLabels { data: values, shape: y.shape.clone() });
+            }
             if y.shape.len() != 1 {
                 let expected =
                     "integer class labels must have shape [N] (use y.reshape(-1)); regression targets must be float32".to_string();

@@ -140,9 +140,10 @@ enum BatchNormArg {
 struct CompileArgs {
     /// The model: zoo:NAME, zoo:NAME:key=value,... (see the list below), or a path to an .onnx file.
     model: String,
-    /// Output plan file.
-    #[arg(short, long)]
-    output: PathBuf,
+    /// Output plan file. (`--output` names the ONNX graph output to train, so this flag's long
+    /// form is `--plan`.)
+    #[arg(short = 'o', long = "plan", value_name = "PLAN")]
+    plan: PathBuf,
     /// Samples per training step (shapes are static). Default 32 for zoo models; an ONNX model
     /// needs it for a dynamic batch dimension.
     #[arg(long)]
@@ -150,9 +151,10 @@ struct CompileArgs {
     /// ONNX only: the full shape of a data input with dynamic dimensions, as NAME=AxB (repeatable).
     #[arg(long, value_name = "NAME=AxB")]
     input_shape: Vec<String>,
-    /// ONNX only: the graph output to train (default: the model's only output).
+    /// ONNX only: the graph output to train (default: the model's only output). An output that
+    /// is a SoftmaxCrossEntropyLoss or NegativeLogLikelihoodLoss node is trained as it is.
     #[arg(long, value_name = "NAME")]
-    model_output: Option<String>,
+    output: Option<String>,
     /// ONNX only: the loss attached to the trained output.
     #[arg(long, value_enum, default_value = "cross-entropy")]
     loss: LossArg,
@@ -370,7 +372,7 @@ fn progress(quiet: bool, text: impl std::fmt::Display) {
 
 /// Loads an .npz and checks it against the plan, naming the file in any mismatch.
 fn load_data(session: &Session, path: &Path, need_targets: bool) -> Result<Dataset, PockError> {
-    let data = Dataset::load_npz(path)?;
+    let data = pock::train::load_for(session, path)?;
     pock::train::check_data(session, &data, need_targets).map_err(|e| match e {
         PockError::Data(d) => PockError::Data(d.in_file(path)),
         e => e,
@@ -588,7 +590,7 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
         return Err(PockError::Usage("--momentum, --dampening and --nesterov apply to --optimizer sgd only".into()));
     }
     check_hyperparameters(&a)?;
-    check_outputs(&[], &[("-o", a.output.as_path())])?;
+    check_outputs(&[], &[("-o", a.plan.as_path())])?;
     let options = CompileOptions {
         optimizer,
         learning_rate: a.lr,
@@ -605,7 +607,7 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
     let compiled = if a.model.ends_with(".onnx") {
         let import = ImportOptions {
             shapes: ShapeOverrides::parse(a.batch, &a.input_shape)?,
-            output: a.model_output.clone(),
+            output: a.output.clone(),
             loss: match a.loss {
                 LossArg::CrossEntropy => LossKind::CrossEntropy,
                 LossArg::Mse => LossKind::Mse,
@@ -622,9 +624,9 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
         }
         compiled
     } else {
-        if !a.input_shape.is_empty() || a.model_output.is_some() || !matches!(a.loss, LossArg::CrossEntropy) {
+        if !a.input_shape.is_empty() || a.output.is_some() || !matches!(a.loss, LossArg::CrossEntropy) {
             return Err(PockError::Usage(
-                "--input-shape, --model-output and --loss apply to ONNX models; a zoo model's task is a key of its spec (zoo:mlp:task=regression)".into(),
+                "--input-shape, --output and --loss apply to ONNX models; a zoo model's task is a key of its spec (zoo:mlp:task=regression)".into(),
             ));
         }
         pock::compile_model(&a.model, a.batch.unwrap_or(32), a.seed, options)?
@@ -632,12 +634,12 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
     pock::check_memory(&compiled.plan, a.memory_budget)?;
     let bytes = compiled.to_bytes();
     // Atomic, so a plan that a session has mapped is never modified in place.
-    pock::engine::atomic::write_bytes(&a.output, &bytes).map_err(io_err(&a.output))?;
+    pock::engine::atomic::write_bytes(&a.plan, &bytes).map_err(io_err(&a.plan))?;
     let r = pock::inspect::report(&compiled.plan);
     progress(quiet, format!("compiled {} in {:.2} s", a.model, started.elapsed().as_secs_f64()));
     out(&format!(
         "wrote {} ({}): {} trainable parameters, arena {}, {} forward / {} backward / {} optimizer ops\n",
-        a.output.display(),
+        a.plan.display(),
         pock::human_bytes(bytes.len() as u64),
         r.trainable_params,
         pock::human_bytes(r.arena_bytes),

@@ -50,7 +50,7 @@ pub fn shapes(n: usize, size: usize, seed: u64) -> Dataset {
         }
         labels.push(class as i64);
     }
-    Dataset { x, x_shape: vec![n, 1, size, size], y: Some(Targets::Labels(labels)) }
+    Dataset { x, x_shape: vec![n, 1, size, size], y: Some(Targets::Labels(labels)), inputs: Vec::new() }
 }
 
 /// One of the four shapes, sized in pixels.
@@ -131,7 +131,7 @@ pub fn blobs(n: usize, features: usize, classes: usize, seed: u64) -> Dataset {
     let noise = normals(&mut rng, n * features);
     let x = (0..n * features).map(|k| (centres[(k / features) % classes][k % features] + BLOB_SPREAD * noise[k]) as f32).collect();
     let labels = (0..n).map(|i| (i % classes) as i64).collect();
-    Dataset { x, x_shape: vec![n, features], y: Some(Targets::Labels(labels)) }
+    Dataset { x, x_shape: vec![n, features], y: Some(Targets::Labels(labels)), inputs: Vec::new() }
 }
 
 const BLOB_SPREAD: f64 = 0.5;
@@ -187,6 +187,7 @@ pub fn regression(n: usize, features: usize, outputs: usize, seed: u64) -> Datas
         x: x.into_iter().map(|v| v as f32).collect(),
         x_shape: vec![n, features],
         y: Some(Targets::Values { data: y, shape: vec![n, outputs] }),
+        inputs: Vec::new(),
     }
 }
 

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use pock_engine::plan::Loss;
-use pock_engine::{Session, Targets};
+use pock_engine::{Input, Session, Targets};
 
-use crate::data::{Dataset, TargetKind};
+use crate::data::{ColumnValues, Dataset, InputSpec, TargetKind};
 use crate::error::PockError;
 use crate::schedule::LrSchedule;
 
@@ -148,14 +148,47 @@ pub struct TrainSummary {
 /// What a plan expects of a dataset.
 pub fn target_kind(session: &Session) -> TargetKind {
     match session.plan().training.loss {
+        Loss::SoftmaxCrossEntropy { classes } if session.target_shape().len() >= 2 => TargetKind::PositionLabels {
+            classes,
+            shape: session.target_shape()[1..].to_vec(),
+            ignore_index: session.ignore_index().unwrap_or(pock_engine::ops::CrossEntropy::DEFAULT_IGNORE_INDEX),
+        },
         Loss::SoftmaxCrossEntropy { classes } => TargetKind::Labels { classes },
         Loss::Mse => TargetKind::Values { shape: session.output_shape()[1..].to_vec() },
     }
 }
 
+/// Whether the plan reads a zoo-style file's one float array `x` (one float input, one label or
+/// target row per sample); otherwise it reads one array per input ([`input_specs`]).
+pub fn reads_x(session: &Session) -> bool {
+    let mut inputs = session.inputs();
+    let one_float = inputs.len() == 1 && inputs.next().is_some_and(|t| t.dtype == pock_engine::plan::DType::F32);
+    one_float && !matches!(target_kind(session), TargetKind::PositionLabels { .. })
+}
+
+/// The data inputs a plan expects, in its order.
+pub fn input_specs(session: &Session) -> Vec<InputSpec> {
+    session.inputs().map(|t| InputSpec { name: t.name.clone(), dtype: t.dtype, sample_shape: t.shape[1..].to_vec() }).collect()
+}
+
+/// Loads an `.npz` as the plan reads it: `x` ([`Dataset::load_npz`]) or one array per input
+/// ([`Dataset::load_npz_inputs`]).
+pub fn load_for(session: &Session, path: &std::path::Path) -> Result<Dataset, PockError> {
+    Ok(if reads_x(session) { Dataset::load_npz(path)? } else { Dataset::load_npz_inputs(path, &input_specs(session))? })
+}
+
 /// Checks a dataset against a session's plan (sample shape; targets when `need_targets`).
 pub fn check_data(session: &Session, data: &Dataset, need_targets: bool) -> Result<(), PockError> {
     let kind = target_kind(session);
+    if !data.inputs.is_empty() {
+        data.check_inputs(&input_specs(session))?;
+    } else if !reads_x(session) {
+        let names: Vec<String> = input_specs(session).into_iter().map(|s| s.name).collect();
+        return Err(PockError::Usage(format!(
+            "the plan reads the arrays {} (one per input), but the dataset holds only x; load it with Dataset::load_npz_inputs",
+            names.join(", ")
+        )));
+    }
     data.check(&session.input_shape()[1..], need_targets.then_some(&kind))?;
     Ok(())
 }
@@ -163,30 +196,87 @@ pub fn check_data(session: &Session, data: &Dataset, need_targets: bool) -> Resu
 /// Gathers a batch's inputs and targets into reusable buffers.
 struct BatchBuffers {
     x: Vec<f32>,
+    /// One buffer per named input (a plan read through [`Dataset::load_npz_inputs`]).
+    columns: Vec<ColumnValues>,
+    names: Vec<String>,
     labels: Vec<i64>,
     values: Vec<f32>,
 }
 
 impl BatchBuffers {
-    fn new(session: &Session) -> Self {
+    fn new(session: &Session, data: &Dataset) -> Self {
         let batch = session.batch();
-        let per_sample: usize = session.input_shape()[1..].iter().product();
         let per_target: usize = session.output_shape()[1..].iter().product();
-        BatchBuffers { x: vec![0.0; batch * per_sample], labels: vec![0; batch], values: vec![0.0; batch * per_target] }
+        let per_label: usize = session.target_shape()[1..].iter().product();
+        let (mut x, mut columns, mut names) = (Vec::new(), Vec::new(), Vec::new());
+        if data.inputs.is_empty() {
+            x = vec![0.0; session.inputs().next().map_or(0, |t| t.numel())];
+        } else {
+            for t in session.inputs() {
+                // Dtypes are checked when the session loads the plan: f32, i64 or bool.
+                columns.push(ColumnValues::zeros(t.dtype, t.numel()).expect("plan inputs are float32, int64 or bool"));
+                names.push(t.name.clone());
+            }
+        }
+        BatchBuffers { x, columns, names, labels: vec![0; batch * per_label.max(1)], values: vec![0.0; batch * per_target] }
     }
 
-    fn fill(&mut self, data: &Dataset, idx: &[usize], kind: &TargetKind) {
-        data.gather_x(idx, &mut self.x);
+    fn fill(&mut self, data: &Dataset, idx: &[usize], kind: Option<&TargetKind>) {
+        if self.columns.is_empty() {
+            data.gather_x(idx, &mut self.x);
+        }
+        // Every array is gathered with the same indices, so a shuffled batch keeps ids, masks
+        // and labels of one sample together.
+        for (i, column) in self.columns.iter_mut().enumerate() {
+            data.gather_column(i, idx, column);
+        }
         match kind {
-            TargetKind::Labels { .. } => data.gather_labels(idx, &mut self.labels),
-            TargetKind::Values { .. } => data.gather_values(idx, &mut self.values),
+            Some(TargetKind::Labels { .. } | TargetKind::PositionLabels { .. }) => data.gather_labels(idx, &mut self.labels),
+            Some(TargetKind::Values { .. }) => data.gather_values(idx, &mut self.values),
+            None => {}
         }
     }
 
     fn targets(&self, kind: &TargetKind) -> Targets<'_> {
         match kind {
-            TargetKind::Labels { .. } => Targets::Labels(&self.labels),
+            TargetKind::Labels { .. } | TargetKind::PositionLabels { .. } => Targets::Labels(&self.labels),
             TargetKind::Values { .. } => Targets::Values(&self.values),
+        }
+    }
+
+    /// The named inputs for the Session (a small list per step, outside the Session's
+    /// allocation-free step).
+    fn inputs(&self) -> Vec<(&str, Input<'_>)> {
+        self.names.iter().map(String::as_str).zip(self.columns.iter().map(ColumnValues::as_input)).collect()
+    }
+
+    fn train(&self, session: &mut Session, kind: &TargetKind) -> Result<f32, pock_engine::SessionError> {
+        if self.columns.is_empty() {
+            session.train_step(&self.x, self.targets(kind))
+        } else {
+            session.train_step_inputs(&self.inputs(), self.targets(kind))
+        }
+    }
+
+    fn eval(
+        &self,
+        session: &mut Session,
+        kind: &TargetKind,
+        outputs: &mut [f32],
+        losses: &mut [f32],
+    ) -> Result<(), pock_engine::SessionError> {
+        if self.columns.is_empty() {
+            session.eval_batch(&self.x, self.targets(kind), outputs, losses)
+        } else {
+            session.eval_batch_inputs(&self.inputs(), self.targets(kind), outputs, losses)
+        }
+    }
+
+    fn infer(&self, session: &mut Session, outputs: &mut [f32]) -> Result<(), pock_engine::SessionError> {
+        if self.columns.is_empty() {
+            session.infer(&self.x, outputs)
+        } else {
+            session.infer_inputs(&self.inputs(), outputs)
         }
     }
 }
@@ -275,7 +365,7 @@ pub fn train_epochs(
     let k = session.plan().training.accumulate.max(1) as u64;
     let schedule_end = cfg.schedule_end.unwrap_or(span.end_step / k);
     let kind = target_kind(session);
-    let mut buffers = BatchBuffers::new(session);
+    let mut buffers = BatchBuffers::new(session, data);
     let mut watch = DivergenceWatch::new(cfg.divergence, steps_per_epoch);
     let mut epoch_losses = Vec::new();
     let (mut total_ms, mut steps, mut interrupted) = (0.0, 0u64, false);
@@ -296,8 +386,8 @@ pub fn train_epochs(
             }
             session.set_learning_rate(lr);
             let started = Instant::now();
-            buffers.fill(data, idx, &kind);
-            let loss = session.train_step(&buffers.x, buffers.targets(&kind))?;
+            buffers.fill(data, idx, Some(&kind));
+            let loss = buffers.train(session, &kind)?;
             let ms = started.elapsed().as_secs_f64() * 1e3;
             step += 1;
             let mut record = StepRecord {
@@ -373,11 +463,11 @@ pub fn evaluate(session: &mut Session, data: &Dataset) -> Result<EvalReport, Poc
     let out_per: usize = session.output_shape()[1..].iter().product();
     let mut outputs = vec![0.0f32; batch * out_per];
     let mut losses = vec![0.0f32; batch];
-    let mut buffers = BatchBuffers::new(session);
+    let mut buffers = BatchBuffers::new(session, data);
     let (mut loss_sum, mut correct) = (0.0f64, 0usize);
     for (idx, valid) in padded_batches(data.len(), batch) {
-        buffers.fill(data, &idx, &kind);
-        session.eval_batch(&buffers.x, buffers.targets(&kind), &mut outputs, &mut losses)?;
+        buffers.fill(data, &idx, Some(&kind));
+        buffers.eval(session, &kind, &mut outputs, &mut losses)?;
         loss_sum += losses[..valid].iter().map(|&l| l as f64).sum::<f64>();
         if let TargetKind::Labels { .. } = kind {
             for (row, &label) in buffers.labels[..valid].iter().enumerate() {
@@ -398,13 +488,12 @@ pub fn predict(session: &mut Session, data: &Dataset) -> Result<(Vec<f32>, Vec<u
     let batch = session.batch();
     let out_shape = session.output_shape().to_vec();
     let out_per: usize = out_shape[1..].iter().product();
-    let per_sample: usize = session.input_shape()[1..].iter().product();
-    let mut x = vec![0.0f32; batch * per_sample];
+    let mut buffers = BatchBuffers::new(session, data);
     let mut outputs = vec![0.0f32; batch * out_per];
     let mut all = Vec::with_capacity(data.len() * out_per);
     for (idx, valid) in padded_batches(data.len(), batch) {
-        data.gather_x(&idx, &mut x);
-        session.infer(&x, &mut outputs)?;
+        buffers.fill(data, &idx, None);
+        buffers.infer(session, &mut outputs)?;
         all.extend_from_slice(&outputs[..valid * out_per]);
     }
     let mut shape = out_shape;

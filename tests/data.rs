@@ -35,7 +35,12 @@ fn ramp(n: usize) -> Vec<f32> {
 }
 
 fn images(n: usize) -> Dataset {
-    Dataset { x: ramp(n * 3 * 4 * 4), x_shape: vec![n, 3, 4, 4], y: Some(Targets::Labels((0..n as i64).map(|i| i % 5).collect())) }
+    Dataset {
+        x: ramp(n * 3 * 4 * 4),
+        x_shape: vec![n, 3, 4, 4],
+        y: Some(Targets::Labels((0..n as i64).map(|i| i % 5).collect())),
+        inputs: Vec::new(),
+    }
 }
 
 /// Writes an npz with the given arrays (each an `ArrayD` of some element type).
@@ -71,8 +76,9 @@ fn assert_mentions(e: &DataError, parts: &[&str]) {
 fn round_trip_with_labels_values_and_without_targets() {
     let dir = TempDir::new("round-trip");
     let labelled = images(7);
-    let regression = Dataset { x: ramp(12), x_shape: vec![4, 3], y: Some(Targets::Values { data: ramp(8), shape: vec![4, 2] }) };
-    let unlabelled = Dataset { x: ramp(12), x_shape: vec![6, 2], y: None };
+    let regression =
+        Dataset { x: ramp(12), x_shape: vec![4, 3], y: Some(Targets::Values { data: ramp(8), shape: vec![4, 2] }), inputs: Vec::new() };
+    let unlabelled = Dataset { x: ramp(12), x_shape: vec![6, 2], y: None, inputs: Vec::new() };
     for (i, ds) in [labelled, regression, unlabelled].into_iter().enumerate() {
         let path = dir.path(&format!("d{i}.npz"));
         ds.save_npz(&path).unwrap();
@@ -319,11 +325,11 @@ fn headers_that_lie_about_the_data_are_caught_before_allocation() {
 
 #[test]
 fn check_sample_shape() {
-    let ds = Dataset { x: vec![0.0; 2 * 3 * 32 * 32], x_shape: vec![2, 3, 32, 32], y: None };
+    let ds = Dataset { x: vec![0.0; 2 * 3 * 32 * 32], x_shape: vec![2, 3, 32, 32], y: None, inputs: Vec::new() };
     let e = ds.check(&[1, 28, 28], None).unwrap_err();
     assert!(matches!(e, DataError::SampleShape { .. }), "{e:?}");
     assert_mentions(&e, &["x has sample shape [3, 32, 32] but the plan expects [1, 28, 28]"]);
-    let flat = Dataset { x: vec![0.0; 2 * 784], x_shape: vec![2, 784], y: None };
+    let flat = Dataset { x: vec![0.0; 2 * 784], x_shape: vec![2, 784], y: None, inputs: Vec::new() };
     assert_mentions(&flat.check(&[1, 28, 28], None).unwrap_err(), &["x.reshape(-1, 1, 28, 28)"]);
     assert!(flat.check(&[784], None).is_ok(), "inference needs no targets");
     let e = flat.check(&[784], None).and_then(|_| flat.check(&[10], None)).unwrap_err().in_file(Path::new("infer.npz"));
@@ -348,7 +354,8 @@ fn check_targets() {
     assert!(matches!(e, DataError::TargetKind { .. }), "{e:?}");
     assert_mentions(&e, &["integer class labels", "float32", "astype(np.float32)"]);
 
-    let values = Dataset { x: ramp(4), x_shape: vec![4, 1], y: Some(Targets::Values { data: ramp(4), shape: vec![4] }) };
+    let values =
+        Dataset { x: ramp(4), x_shape: vec![4, 1], y: Some(Targets::Values { data: ramp(4), shape: vec![4] }), inputs: Vec::new() };
     assert!(values.check(&[1], Some(&TargetKind::Values { shape: vec![1] })).is_ok(), "[N] targets fit one output");
     let e = values.check(&[1], Some(&TargetKind::Values { shape: vec![2] })).unwrap_err();
     assert!(matches!(e, DataError::TargetShape { .. }), "{e:?}");
@@ -364,7 +371,7 @@ fn check_targets() {
 
 #[test]
 fn epoch_order_is_a_deterministic_permutation() {
-    let ds = Dataset { x: vec![0.0; 1000], x_shape: vec![1000, 1], y: None };
+    let ds = Dataset { x: vec![0.0; 1000], x_shape: vec![1000, 1], y: None, inputs: Vec::new() };
     let a = ds.epoch_order(1, 0);
     let mut sorted = a.clone();
     sorted.sort_unstable();
@@ -377,7 +384,7 @@ fn epoch_order_is_a_deterministic_permutation() {
     // near the middle.
     let mean = (0..400u64).map(|s| ds.epoch_order(s, 0).iter().position(|&i| i == 0).unwrap() as f64).sum::<f64>() / 400.0;
     assert!((mean - 499.5).abs() < 60.0, "mean position of row 0: {mean}");
-    let empty = Dataset { x: vec![], x_shape: vec![0, 1], y: None };
+    let empty = Dataset { x: vec![], x_shape: vec![0, 1], y: None, inputs: Vec::new() };
     assert!(empty.epoch_order(0, 0).is_empty());
 }
 
@@ -393,7 +400,8 @@ fn gather_copies_rows() {
     ds.gather_labels(&[2, 2, 0], &mut labels);
     assert_eq!(labels, [2, 2, 0]);
 
-    let values = Dataset { x: ramp(3), x_shape: vec![3, 1], y: Some(Targets::Values { data: ramp(6), shape: vec![3, 2] }) };
+    let values =
+        Dataset { x: ramp(3), x_shape: vec![3, 1], y: Some(Targets::Values { data: ramp(6), shape: vec![3, 2] }), inputs: Vec::new() };
     let mut out = [0.0; 4];
     values.gather_values(&[2, 0], &mut out);
     assert_eq!(out, [ramp(6)[4], ramp(6)[5], ramp(6)[0], ramp(6)[1]]);

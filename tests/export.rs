@@ -224,7 +224,7 @@ fn write_onnxruntime_check() {
         let mut x = t.x.clone();
         x.extend(pock::compiler::onnx::weights::FloatRule::Uniform { bound: 1.0 }.generate("export:x", (n - 2) * 3 * 64 * 64));
         let data = dir.join("data.npz");
-        pock::data::Dataset { x, x_shape: vec![n, 3, 64, 64], y: None }.save_npz(&data).unwrap();
+        pock::data::Dataset { x, x_shape: vec![n, 3, 64, 64], y: None, inputs: Vec::new() }.save_npz(&data).unwrap();
         let o = pock(&["infer", s(&t.plan), "--weights", s(&t.ckpt), "--data", s(&data), "--out", s(&dir.join("infer.npz"))]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let _ = std::fs::remove_dir_all(&t.dir);

@@ -98,7 +98,12 @@ fn write_seed_corpus() {
     let datasets = [
         (
             "labels.npz",
-            Dataset { x: (0..12).map(|i| i as f32).collect(), x_shape: vec![4, 3], y: Some(DataTargets::Labels(vec![0, 1, 2, 1])) },
+            Dataset {
+                x: (0..12).map(|i| i as f32).collect(),
+                x_shape: vec![4, 3],
+                y: Some(DataTargets::Labels(vec![0, 1, 2, 1])),
+                inputs: Vec::new(),
+            },
         ),
         (
             "images-values.npz",
@@ -106,6 +111,7 @@ fn write_seed_corpus() {
                 x: (0..8).map(|i| i as f32 * 0.5).collect(),
                 x_shape: vec![2, 1, 2, 2],
                 y: Some(DataTargets::Values { data: vec![1.0, -1.0, 0.5, 2.0], shape: vec![2, 2] }),
+                inputs: Vec::new(),
             },
         ),
     ];

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use pock_engine::ops::{DenseOp, LossOp, NormOp, Op, RandomOp, Reduction};
+use pock_engine::ops::{CrossEntropy, DenseOp, LossOp, NormOp, Op, RandomOp, Reduction};
 
 use crate::error::{CompileError, Result};
 use crate::ir::{DType, Graph, Node, Phase, Program, Role, TensorDef, TensorId};
@@ -23,40 +23,48 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
     if options.accumulate == 0 {
         return Err(CompileError::Option("--accumulate must be at least 1".into()));
     }
-    let input = forward.single_input()?;
-    let ForwardGraph { name, mut graph, output, task, .. } = forward;
-    let batch = graph.shape(input).first().copied().ok_or_else(|| CompileError::Option("the model input has no batch axis".into()))?;
+    let ForwardGraph { name, mut graph, inputs, output, task } = forward;
+    let batch = batch_of(&graph, &inputs)?;
     if options.batch_norm == BatchNormMode::Frozen {
         freeze_batch_norm(&mut graph);
     }
     let forward_nodes = graph.nodes.len();
 
     // Eval program: a copy of the forward nodes with frozen statistics and its own activations.
-    let (eval_input, eval_output) = clone_for_eval(&mut graph, forward_nodes, input, output);
+    let (eval_inputs, eval_output) = clone_for_eval(&mut graph, forward_nodes, &inputs, output);
 
     // Losses.
-    let target_def = |name: &str, graph: &Graph| match &task {
-        Task::Classification { .. } => {
-            TensorDef { name: name.into(), shape: vec![batch], dtype: DType::I64, role: Role::Target, init: None }
-        }
-        Task::Regression => {
-            TensorDef { name: name.into(), shape: graph.shape(output).to_vec(), dtype: DType::F32, role: Role::Target, init: None }
+    let out_shape = graph.shape(output).to_vec();
+    let (target_shape, target_dtype) = match &task {
+        Task::Classification { .. } => (vec![batch], DType::I64),
+        Task::Regression => (out_shape.clone(), DType::F32),
+        // The labels have the logits' shape without the class axis.
+        Task::CrossEntropy { .. } => (out_shape[..out_shape.len().saturating_sub(1)].to_vec(), DType::I64),
+    };
+    let target_def =
+        |name: &str| TensorDef { name: name.into(), shape: target_shape.clone(), dtype: target_dtype, role: Role::Target, init: None };
+    let loss_op = |reduction: Reduction| -> Op {
+        match &task {
+            Task::Classification { .. } => LossOp::SoftmaxCrossEntropy(reduction).into(),
+            Task::Regression => LossOp::Mse(reduction).into(),
+            Task::CrossEntropy { ignore_index, .. } => LossOp::CrossEntropy(CrossEntropy { reduction, ignore_index: *ignore_index }).into(),
         }
     };
-    let loss_op = |r: Reduction| match &task {
-        Task::Classification { .. } => LossOp::SoftmaxCrossEntropy(r),
-        Task::Regression => LossOp::Mse(r),
-    };
-    if let Task::Classification { classes } = task {
-        if graph.shape(output) != [batch, classes] {
+    match task {
+        Task::Classification { classes } if out_shape != [batch, classes] => {
             return Err(CompileError::Option(format!(
-                "a classifier's output must be [batch, classes] = [{batch}, {classes}], got {:?}",
-                graph.shape(output)
+                "a classifier's output must be [batch, classes] = [{batch}, {classes}], got {out_shape:?}"
             )));
         }
+        Task::CrossEntropy { classes, .. } if out_shape.len() < 2 || out_shape[0] != batch || out_shape.last() != Some(&classes) => {
+            return Err(CompileError::Option(format!(
+                "cross-entropy needs [batch, ..., classes] = [{batch}, ..., {classes}] logits, got {out_shape:?}"
+            )));
+        }
+        _ => {}
     }
-    let train_target = graph.add_tensor(target_def("target", &graph));
-    let eval_target = graph.add_tensor(target_def("eval.target", &graph));
+    let train_target = graph.add_tensor(target_def("target"));
+    let eval_target = graph.add_tensor(target_def("eval.target"));
     let train_loss = graph.emit("loss", loss_op(Reduction::Mean), &[output, train_target], Phase::Forward, Program::Train)?[0];
     let eval_loss = graph.emit("eval.loss", loss_op(Reduction::PerSample), &[eval_output, eval_target], Phase::Forward, Program::Eval)?[0];
 
@@ -72,14 +80,37 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
         options,
         task,
         batch,
-        train_input: input,
+        train_input: inputs[0],
+        train_inputs: inputs,
         train_target,
         train_loss,
-        eval_input,
+        eval_input: eval_inputs[0],
+        eval_inputs,
         eval_target,
         eval_output,
         eval_loss,
     })
+}
+
+/// The batch size: the leading axis every data input shares.
+fn batch_of(graph: &Graph, inputs: &[TensorId]) -> Result<usize> {
+    let Some(&first) = inputs.first() else {
+        return Err(CompileError::Option("the model has no data input; a training plan needs at least one".into()));
+    };
+    let batch = graph.shape(first).first().copied().ok_or_else(|| {
+        CompileError::Option(format!("the model input '{}' has no batch axis (it is a scalar)", graph.tensor(first).name))
+    })?;
+    for &t in inputs {
+        if graph.shape(t).first() != Some(&batch) {
+            return Err(CompileError::Option(format!(
+                "the model input '{}' has shape {:?}, but '{}' sets the batch to {batch}: every data input needs that leading batch axis",
+                graph.tensor(t).name,
+                graph.shape(t),
+                graph.tensor(first).name
+            )));
+        }
+    }
+    Ok(batch)
 }
 
 /// Emits the backward nodes of the Train program for the scalar `loss` and returns the gradient
@@ -183,8 +214,8 @@ fn freeze_batch_norm(graph: &mut Graph) {
 
 /// Appends the Eval program: the first `count` (forward) nodes again, with BatchNorm using
 /// running statistics, dropout as the identity (and its step counter left alone), and fresh
-/// activation tensors. Returns the eval input and output.
-fn clone_for_eval(graph: &mut Graph, count: usize, input: TensorId, output: TensorId) -> (TensorId, TensorId) {
+/// activation tensors. Returns the eval inputs and output.
+fn clone_for_eval(graph: &mut Graph, count: usize, inputs: &[TensorId], output: TensorId) -> (Vec<TensorId>, TensorId) {
     let mut map: HashMap<TensorId, TensorId> = HashMap::new();
     fn fresh(graph: &mut Graph, map: &mut HashMap<TensorId, TensorId>, t: TensorId) -> TensorId {
         if let Some(&m) = map.get(&t) {
@@ -198,7 +229,7 @@ fn clone_for_eval(graph: &mut Graph, count: usize, input: TensorId, output: Tens
         map.insert(t, m);
         m
     }
-    let eval_input = fresh(graph, &mut map, input);
+    let eval_inputs = inputs.iter().map(|&t| fresh(graph, &mut map, t)).collect();
     for i in 0..count {
         let node = graph.nodes[i].clone();
         let (op, inputs, outputs) = match node.op {
@@ -222,5 +253,5 @@ fn clone_for_eval(graph: &mut Graph, count: usize, input: TensorId, output: Tens
         graph.nodes.push(Node { name: format!("eval.{}", node.name), op, inputs, outputs, phase: Phase::Forward, program: Program::Eval });
     }
     let eval_output = fresh(graph, &mut map, output);
-    (eval_input, eval_output)
+    (eval_inputs, eval_output)
 }

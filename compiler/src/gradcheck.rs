@@ -226,14 +226,21 @@ pub fn check_model(
             (graph.input("target", vec![batch], DType::I64, Role::Target), LossOp::SoftmaxCrossEntropy(Reduction::Mean))
         }
         Task::Regression => (graph.input("target", graph.shape(output).to_vec(), DType::F32, Role::Target), LossOp::Mse(Reduction::Mean)),
+        Task::CrossEntropy { ignore_index, .. } => {
+            let out = graph.shape(output);
+            let labels = out[..out.len() - 1].to_vec();
+            let ce = pock_engine::ops::CrossEntropy { reduction: Reduction::Mean, ignore_index };
+            (graph.input("target", labels, DType::I64, Role::Target), LossOp::CrossEntropy(ce))
+        }
     };
+    let loss_op: Op = loss_op.into();
     let loss = graph.emit("loss", loss_op, &[output, target], Phase::Forward, Program::Train)?[0];
     let forward_nodes: Vec<Node> = graph.nodes.clone();
     let grads = crate::autodiff::differentiate(&mut graph, loss)?;
 
     let x: Vec<f64> = (0..graph.tensor(input).numel()).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let classes = graph.shape(output)[1];
-    let labels: Vec<i64> = (0..batch).map(|_| rng.random_range(0..classes as i64)).collect();
+    let classes = *graph.shape(output).last().expect("logits have a class axis");
+    let labels: Vec<i64> = (0..graph.tensor(target).numel()).map(|_| rng.random_range(0..classes as i64)).collect();
     let targets: Vec<f64> = (0..graph.tensor(target).numel()).map(|_| rng.random_range(-1.0..1.0)).collect();
     fn fresh_with<'g>(graph: &'g Graph, input: TensorId, x: &[f64], target: TensorId, labels: &[i64], targets: &[f64]) -> Interpreter<'g> {
         let mut it = Interpreter::new(graph);

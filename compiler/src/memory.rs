@@ -104,10 +104,15 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
         ProgramSpec {
             name: "train",
             nodes: collect(Program::Train),
-            feeds: vec![t.train_input, t.train_target],
+            feeds: t.train_inputs.iter().copied().chain([t.train_target]).collect(),
             fetches: vec![t.train_loss],
         },
-        ProgramSpec { name: "eval", nodes: eval, feeds: vec![t.eval_input, t.eval_target], fetches: vec![t.eval_output, t.eval_loss] },
+        ProgramSpec {
+            name: "eval",
+            nodes: eval,
+            feeds: t.eval_inputs.iter().copied().chain([t.eval_target]).collect(),
+            fetches: vec![t.eval_output, t.eval_loss],
+        },
     ];
     let apply = collect(Program::Apply);
     let has_apply = !apply.is_empty();
@@ -300,13 +305,13 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
         let keep: std::collections::HashSet<&str> = infer.iter().map(|n| n.name.as_str()).collect();
         let mut p = programs["eval"].clone();
         p.nodes.retain(|n| keep.contains(n.name.as_str()));
-        p.feeds = vec![remap(t.eval_input)];
+        p.feeds = t.eval_inputs.iter().map(|&i| remap(i)).collect();
         p.fetches = vec![remap(t.eval_output)];
         p
     };
 
     let loss = match t.task {
-        Task::Classification { classes } => Loss::SoftmaxCrossEntropy { classes },
+        Task::Classification { classes } | Task::CrossEntropy { classes, .. } => Loss::SoftmaxCrossEntropy { classes },
         Task::Regression => Loss::Mse,
     };
     Ok(Plan {

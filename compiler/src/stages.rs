@@ -12,6 +12,11 @@ pub enum Task {
     Classification { classes: usize },
     /// Output `[N, ...]`, float targets of the same shape, mean squared error.
     Regression,
+    /// Output `[..., classes]` logits of any rank (a language model's `[batch, time, vocab]`),
+    /// int64 labels of the output's shape without its last axis, softmax cross-entropy over the
+    /// last axis averaged over the positions whose label is not `ignore_index`
+    /// (`pock_engine::ops::CrossEntropy`).
+    CrossEntropy { classes: usize, ignore_index: i64 },
 }
 
 /// A model: forward nodes only (BatchNorm in its training form), built for one batch size.
@@ -20,9 +25,9 @@ pub struct ForwardGraph {
     /// `zoo:cnn`, a file name: recorded in the plan.
     pub name: String,
     pub graph: Graph,
-    /// The data inputs in the model's order; each is a `Role::Input` tensor whose name and dtype
-    /// the graph holds. Zoo models have one; an ONNX model may have several (token ids and an
-    /// attention mask), which training plans do not take yet.
+    /// The data inputs in the model's order; each is a `Role::Input` tensor whose name, dtype and
+    /// shape the graph holds. Zoo models have one; an ONNX model may have several (token ids and
+    /// an attention mask), each of which the plan feeds by name.
     pub inputs: Vec<TensorId>,
     /// The output the loss is attached to.
     pub output: TensorId,
@@ -77,12 +82,16 @@ pub struct TrainingGraph {
     pub options: CompileOptions,
     pub task: Task,
     pub batch: usize,
-    /// Train program: model input, target, scalar loss.
+    /// Train program: the first model input (the only one of a zoo model), every model input in
+    /// the model's order, target, scalar loss.
     pub train_input: TensorId,
+    pub train_inputs: Vec<TensorId>,
     pub train_target: TensorId,
     pub train_loss: TensorId,
-    /// Eval program: model input, target, model output, per-sample loss.
+    /// Eval program: the first model input, every model input, target, model output,
+    /// per-sample loss.
     pub eval_input: TensorId,
+    pub eval_inputs: Vec<TensorId>,
     pub eval_target: TensorId,
     pub eval_output: TensorId,
     pub eval_loss: TensorId,

@@ -2,7 +2,7 @@
 //! backward nodes, evaluated in f64, against central finite differences of the forward op.
 
 use pock_compiler::gradcheck::{assert_close, check_op, CaseInput};
-use pock_engine::ops::{Clip, DenseOp, LossOp, MatMul, Op, Reduction};
+use pock_engine::ops::{Clip, CrossEntropy, DenseOp, LossOp, MatMul, Op, Reduction};
 
 const TOLERANCE: f64 = 1e-6;
 
@@ -68,6 +68,23 @@ fn softmax_cross_entropy_mean_and_per_sample() {
     let inputs = [float(&[5, 4]), CaseInput::Labels(vec![5], 4)];
     check("SoftmaxCrossEntropy Mean", LossOp::SoftmaxCrossEntropy(Reduction::Mean), &inputs, 61);
     check("SoftmaxCrossEntropy PerSample", LossOp::SoftmaxCrossEntropy(Reduction::PerSample), &inputs, 62);
+}
+
+#[test]
+fn cross_entropy_over_the_last_axis_with_ignored_positions() {
+    // Logits [3, 5, 4] with labels [3, 5] in [0, 4). With ignore_index 0 about a quarter of the
+    // positions are ignored (seeds chosen so that some are, and no sample has all of them), which
+    // checks that ignored positions get no gradient and are left out of the mean; with -100 none is.
+    let inputs = [float(&[3, 5, 4]), CaseInput::Labels(vec![3, 5], 4)];
+    for (ignore_index, seed) in [(0, 81), (-100, 82)] {
+        for reduction in [Reduction::Mean, Reduction::PerSample] {
+            let what = format!("CrossEntropy {reduction:?} ignore_index {ignore_index}");
+            check(&what, LossOp::CrossEntropy(CrossEntropy { reduction, ignore_index }), &inputs, seed);
+        }
+    }
+    // Rank 2, as the zoo's classifiers.
+    let inputs = [float(&[5, 4]), CaseInput::Labels(vec![5], 4)];
+    check("CrossEntropy rank 2", LossOp::CrossEntropy(CrossEntropy { reduction: Reduction::Mean, ignore_index: 2 }), &inputs, 83);
 }
 
 #[test]

@@ -25,4 +25,4 @@ pub use format::{decode_plan, encode_plan, FormatError};
 pub use ops::Op;
 pub use plan::{Plan, TensorId};
 #[cfg(feature = "std")]
-pub use session::{Session, SessionError, SessionOptions, Targets};
+pub use session::{Input, InputError, Session, SessionError, SessionOptions, Targets};

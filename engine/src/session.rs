@@ -26,6 +26,60 @@ pub enum SessionError {
     Checkpoint(#[from] CheckpointError),
     #[error("{0}")]
     Input(String),
+    #[error(transparent)]
+    Inputs(#[from] InputError),
+}
+
+/// A batch's named inputs do not match the plan's data inputs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("the plan has no input named '{name}'; its inputs are {expected}")]
+    Unknown { name: String, expected: String },
+    #[error("input '{name}' is given twice; give each of {expected} once")]
+    Duplicate { name: String, expected: String },
+    #[error("input '{name}' ({dtype} of shape {shape:?}) is missing; the plan's inputs are {expected}")]
+    Missing { name: String, dtype: &'static str, shape: Vec<usize>, expected: String },
+    #[error("input '{name}' must be {want} of shape {shape:?}, but {given} values were given")]
+    WrongType { name: String, want: &'static str, given: &'static str, shape: Vec<usize> },
+    #[error("input '{name}' has shape {shape:?} ({expected} values), but {given} values were given")]
+    WrongLength { name: String, shape: Vec<usize>, expected: usize, given: usize },
+    #[error("this plan has {count} data inputs ({expected}); give them by name with train_step_inputs, eval_batch_inputs or infer_inputs")]
+    SeveralInputs { count: usize, expected: String },
+}
+
+/// One data input's values for a batch, in the input's own dtype (the plan records it: see
+/// [`Session::inputs`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a> {
+    F32(&'a [f32]),
+    I64(&'a [i64]),
+    Bool(&'a [bool]),
+}
+
+impl Input<'_> {
+    fn dtype(&self) -> DType {
+        match self {
+            Input::F32(_) => DType::F32,
+            Input::I64(_) => DType::I64,
+            Input::Bool(_) => DType::Bool,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Input::F32(v) => v.len(),
+            Input::I64(v) => v.len(),
+            Input::Bool(v) => v.len(),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Input::F32(v) => as_bytes(v),
+            Input::I64(v) => as_bytes(v),
+            Input::Bool(v) => as_bytes(v),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -109,10 +163,11 @@ impl PlanBytes {
 
 /// Tensor ids the session uses every step, resolved once.
 struct Interface {
-    train_input: TensorId,
+    /// The data inputs of the train and eval programs, in the same (the model's) order.
+    train_inputs: Vec<TensorId>,
     train_target: TensorId,
     train_loss: TensorId,
-    eval_input: TensorId,
+    eval_inputs: Vec<TensorId>,
     eval_target: TensorId,
     eval_output: TensorId,
     eval_loss: TensorId,
@@ -139,8 +194,10 @@ pub struct Session {
 trait NoPadding: Copy {}
 impl NoPadding for f32 {}
 impl NoPadding for i64 {}
+impl NoPadding for bool {}
 
-/// Views f32 or i64 values as their bytes.
+/// Views f32, i64 or bool values as their bytes (a bool is one byte, 0 or 1, as the plan's
+/// [`DType::Bool`]).
 fn as_bytes<T: NoPadding>(v: &[T]) -> &[u8] {
     // SAFETY: `T: NoPadding` (f32 or i64) has no padding bytes, so all `size_of_val(v)` bytes
     // are initialised; u8 has no alignment requirement.
@@ -228,9 +285,86 @@ impl Session {
         self.plan().training.batch
     }
 
-    /// The model input's shape, batch axis included.
+    /// The first model input's shape, batch axis included (the only input of a zoo model).
     pub fn input_shape(&self) -> &[usize] {
-        &self.plan().tensor(self.io.train_input).shape
+        &self.plan().tensor(self.io.train_inputs[0]).shape
+    }
+
+    /// The model's data inputs in the model's order: name, dtype and shape (batch axis first).
+    pub fn inputs(&self) -> impl ExactSizeIterator<Item = &crate::plan::TensorInfo> + '_ {
+        self.io.train_inputs.iter().map(|&t| self.plan().tensor(t))
+    }
+
+    /// `name (dtype [shape])` for every input, for messages.
+    fn describe_inputs(&self) -> String {
+        self.inputs().map(|t| format!("'{}' ({} {:?})", t.name, t.dtype.name(), t.shape)).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Which data input `name` is: a plan input's name, or `x` for a plan with one input (the
+    /// name zoo data files use).
+    fn input_index(&self, name: &str) -> Option<usize> {
+        let names = &self.io.train_inputs;
+        names.iter().position(|&t| self.plan().tensor(t).name == name).or((names.len() == 1 && name == "x").then_some(0))
+    }
+
+    /// Writes each named input into the program's input tensors (`program_inputs`, in the
+    /// model's order), after checking that every input is given once with its dtype and size.
+    /// Allocates only to build an error.
+    fn write_inputs(&mut self, eval: bool, given: &[(&str, Input<'_>)]) -> Result<(), SessionError> {
+        let count = self.io.train_inputs.len();
+        for (k, (name, input)) in given.iter().enumerate() {
+            let Some(i) = self.input_index(name) else {
+                return Err(InputError::Unknown { name: name.to_string(), expected: self.describe_inputs() }.into());
+            };
+            if given[..k].iter().any(|(other, _)| self.input_index(other) == Some(i)) {
+                return Err(InputError::Duplicate { name: name.to_string(), expected: self.describe_inputs() }.into());
+            }
+            let info = self.plan().tensor(self.io.train_inputs[i]);
+            if input.dtype() != info.dtype {
+                let (want, given) = (info.dtype.name(), input.dtype().name());
+                return Err(InputError::WrongType { name: name.to_string(), want, given, shape: info.shape.clone() }.into());
+            }
+            if input.len() != info.numel() {
+                let (shape, expected) = (info.shape.clone(), info.numel());
+                return Err(InputError::WrongLength { name: name.to_string(), shape, expected, given: input.len() }.into());
+            }
+        }
+        if given.len() != count {
+            // No name is unknown or repeated, so fewer were given than the plan has: name one.
+            let missing = (0..count).find(|&i| !given.iter().any(|(name, _)| self.input_index(name) == Some(i))).unwrap_or(0);
+            let info = self.plan().tensor(self.io.train_inputs[missing]);
+            let (name, dtype, shape) = (info.name.clone(), info.dtype.name(), info.shape.clone());
+            return Err(InputError::Missing { name, dtype, shape, expected: self.describe_inputs() }.into());
+        }
+        for (name, input) in given {
+            let i = self.input_index(name).unwrap_or(0);
+            let t = if eval { self.io.eval_inputs[i] } else { self.io.train_inputs[i] };
+            self.backend.write(t, input.bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The one float input of [`Session::train_step`] and friends, named as the plan names it.
+    fn single_input<'a>(&self, x: &'a [f32]) -> Result<[(&'a str, Input<'a>); 1], SessionError> {
+        if self.io.train_inputs.len() != 1 {
+            return Err(InputError::SeveralInputs { count: self.io.train_inputs.len(), expected: self.describe_inputs() }.into());
+        }
+        Ok([("x", Input::F32(x))])
+    }
+
+    /// The target's shape, batch axis included: `[N]` labels for a classifier, the logits'
+    /// shape without the class axis for cross-entropy over positions, the output's for MSE.
+    pub fn target_shape(&self) -> &[usize] {
+        &self.plan().tensor(self.io.train_target).shape
+    }
+
+    /// The label that marks a position without one, where the plan's loss has one
+    /// ([`crate::ops::CrossEntropy`]).
+    pub fn ignore_index(&self) -> Option<i64> {
+        self.plan().programs.train.nodes.iter().find_map(|n| match &n.op {
+            Op::Loss(crate::ops::LossOp::CrossEntropy(ce)) => Some(ce.ignore_index),
+            _ => None,
+        })
     }
 
     /// The model output's shape, batch axis included.
@@ -273,8 +407,16 @@ impl Session {
 
     /// Trains on one batch and returns its loss. With gradient accumulation the optimizer step
     /// happens on every K-th call.
+    /// For a plan with one float input; [`Session::train_step_inputs`] takes any inputs.
     pub fn train_step(&mut self, x: &[f32], y: Targets<'_>) -> Result<f32, SessionError> {
-        self.backend.write(self.io.train_input, as_bytes(x))?;
+        let inputs = self.single_input(x)?;
+        self.train_step_inputs(&inputs, y)
+    }
+
+    /// [`Session::train_step`] with every data input given by name in its own dtype (see
+    /// [`Session::inputs`]), in any order: token ids and an attention mask, say.
+    pub fn train_step_inputs(&mut self, inputs: &[(&str, Input<'_>)], y: Targets<'_>) -> Result<f32, SessionError> {
+        self.write_inputs(false, inputs)?;
         self.write_targets(self.io.train_target, y)?;
         if let Some(lr) = self.io.lr {
             self.backend.write(lr, &self.learning_rate.to_le_bytes())?;
@@ -330,7 +472,19 @@ impl Session {
     /// Evaluates one batch with frozen statistics: writes the model outputs and the per-sample
     /// losses.
     pub fn eval_batch(&mut self, x: &[f32], y: Targets<'_>, outputs: &mut [f32], losses: &mut [f32]) -> Result<(), SessionError> {
-        self.backend.write(self.io.eval_input, as_bytes(x))?;
+        let inputs = self.single_input(x)?;
+        self.eval_batch_inputs(&inputs, y, outputs, losses)
+    }
+
+    /// [`Session::eval_batch`] with named inputs, as [`Session::train_step_inputs`].
+    pub fn eval_batch_inputs(
+        &mut self,
+        inputs: &[(&str, Input<'_>)],
+        y: Targets<'_>,
+        outputs: &mut [f32],
+        losses: &mut [f32],
+    ) -> Result<(), SessionError> {
+        self.write_inputs(true, inputs)?;
         self.write_targets(self.io.eval_target, y)?;
         self.backend.run(ProgramKind::Eval)?;
         self.backend.read(self.io.eval_output, as_bytes_mut(outputs))?;
@@ -340,7 +494,13 @@ impl Session {
 
     /// Runs the model on one batch and writes its outputs.
     pub fn infer(&mut self, x: &[f32], outputs: &mut [f32]) -> Result<(), SessionError> {
-        self.backend.write(self.io.eval_input, as_bytes(x))?;
+        let inputs = self.single_input(x)?;
+        self.infer_inputs(&inputs, outputs)
+    }
+
+    /// [`Session::infer`] with named inputs, as [`Session::train_step_inputs`].
+    pub fn infer_inputs(&mut self, inputs: &[(&str, Input<'_>)], outputs: &mut [f32]) -> Result<(), SessionError> {
+        self.write_inputs(true, inputs)?;
         self.backend.run(ProgramKind::Infer)?;
         self.backend.read(self.io.eval_output, as_bytes_mut(outputs))?;
         Ok(())
@@ -478,18 +638,24 @@ fn interface(plan: &Plan) -> Result<Interface, SessionError> {
     let bad = |what: &str| SessionError::Input(format!("the plan's {what} is missing or malformed"));
     let train = &plan.programs.train;
     let eval = &plan.programs.eval;
-    if train.feeds.len() != 2 || train.fetches.len() != 1 {
+    // Feeds are the data inputs in the model's order, then the target.
+    let Some((&train_target, train_inputs)) = train.feeds.split_last() else { return Err(bad("train program interface")) };
+    let Some((&eval_target, eval_inputs)) = eval.feeds.split_last() else { return Err(bad("eval program interface")) };
+    if train_inputs.is_empty() || train.fetches.len() != 1 {
         return Err(bad("train program interface"));
     }
-    if eval.feeds.len() != 2 || eval.fetches.len() != 2 {
+    if eval_inputs.len() != train_inputs.len() || eval.fetches.len() != 2 {
         return Err(bad("eval program interface"));
     }
+    if plan.programs.infer.feeds[..] != eval_inputs[..] {
+        return Err(bad("infer program interface"));
+    }
     let io = Interface {
-        train_input: train.feeds[0],
-        train_target: train.feeds[1],
+        train_inputs: train_inputs.to_vec(),
+        train_target,
         train_loss: train.fetches[0],
-        eval_input: eval.feeds[0],
-        eval_target: eval.feeds[1],
+        eval_inputs: eval_inputs.to_vec(),
+        eval_target,
         eval_output: eval.fetches[0],
         eval_loss: eval.fetches[1],
         lr: plan.runtime_scalar(RuntimeScalar::LearningRate),
@@ -500,18 +666,24 @@ fn interface(plan: &Plan) -> Result<Interface, SessionError> {
     // Everything the host does per sample slices off the batch axis, so the data tensors must
     // have one, of the plan's batch size (a rank-0 input would leave nothing to slice).
     let batch = plan.training.batch;
-    for (what, id) in
-        [("input", io.train_input), ("output", io.eval_output), ("target", io.train_target), ("per-sample loss", io.eval_loss)]
-    {
+    let data = io.train_inputs.iter().map(|&id| ("input", id));
+    for (what, id) in data.chain([("output", io.eval_output), ("target", io.train_target), ("per-sample loss", io.eval_loss)]) {
         if t(id).shape.first() != Some(&batch) {
             return Err(SessionError::Input(format!(
-                "the plan's {what} has shape {:?}, without a leading batch axis of {batch}; the plan is malformed, compile it again",
+                "the plan's {what} '{}' has shape {:?}, without a leading batch axis of {batch}; the plan is malformed, compile it again",
+                t(id).name,
                 t(id).shape
             )));
         }
     }
-    if t(io.train_input).dtype != DType::F32 || t(io.eval_input).shape != t(io.train_input).shape || t(io.train_loss).numel() != 1 {
-        return Err(bad("input or loss"));
+    for (&a, &b) in io.train_inputs.iter().zip(&io.eval_inputs) {
+        let supported = matches!(t(a).dtype, DType::F32 | DType::I64 | DType::Bool);
+        if !supported || t(a).dtype != t(b).dtype || t(a).shape != t(b).shape || t(a).role != Role::Input {
+            return Err(bad("input"));
+        }
+    }
+    if t(io.train_loss).numel() != 1 {
+        return Err(bad("loss"));
     }
     let labels = matches!(plan.training.loss, Loss::SoftmaxCrossEntropy { .. });
     if (t(io.train_target).dtype == DType::I64) != labels || t(io.eval_target).dtype != t(io.train_target).dtype {

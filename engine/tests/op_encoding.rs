@@ -6,8 +6,8 @@ use pock_engine::kernels::unary::{
     Abs, Cos, Elu, Erf, Exp, HardSigmoid, LeakyRelu, Log, Neg, Reciprocal, Sigmoid, Sin, Softplus, Sqrt, Tanh,
 };
 use pock_engine::ops::{
-    Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, DenseOp, GradScale, LossOp, MatMul, MatMulOp, MoveOp, NormOp, Op, OptimOp, Pool2d,
-    PoolOp, Reduce, ReduceOp, Reduction, Sgd, Slice,
+    Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, CrossEntropy, DenseOp, GradScale, LossOp, MatMul, MatMulOp, MoveOp, NormOp, Op, OptimOp,
+    Pool2d, PoolOp, Reduce, ReduceOp, Reduction, Sgd, Slice,
 };
 use pock_engine::ops::{BroadcastOp, Dropout, RandomOp, UnaryFn, UnaryOp};
 use pock_engine::plan::DType;
@@ -125,6 +125,8 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("CountNonFinite", [5, 5]),
     ("Dropout", [12, 0]),
     ("AdvanceCounter", [12, 1]),
+    ("CrossEntropy", [4, 4]),
+    ("CrossEntropyGrad", [4, 5]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -167,6 +169,8 @@ fn row(op: &Op) -> usize {
             LossOp::Mse(_) => 24,
             LossOp::SoftmaxCrossEntropyGrad(_) => 25,
             LossOp::MseGrad(_) => 26,
+            LossOp::CrossEntropy(_) => 108,
+            LossOp::CrossEntropyGrad(_) => 109,
         },
         Op::Optim(op) => match op {
             OptimOp::AccumulateGrad => 27,
@@ -374,6 +378,8 @@ fn every_op() -> Vec<Op> {
         OptimOp::CountNonFinite.into(),
         RandomOp::Dropout(Dropout { ratio: 0.1, key: 42 }).into(),
         RandomOp::Advance.into(),
+        LossOp::CrossEntropy(CrossEntropy { reduction: Reduction::PerSample, ignore_index: -100 }).into(),
+        LossOp::CrossEntropyGrad(CrossEntropy { reduction: Reduction::Mean, ignore_index: 3 }).into(),
     ]
     .into_iter()
     .chain(every_unary_fn().into_iter().flat_map(|f| [UnaryOp::Map(f).into(), UnaryOp::Grad(f).into()]))

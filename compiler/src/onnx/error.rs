@@ -130,6 +130,6 @@ pub enum ImportError {
     #[error("output '{name}' is a constant (it does not depend on any input or parameter), so there is nothing to train; choose another with --output NAME")]
     ConstantOutput { name: String },
 
-    #[error("output '{output}' has shape {shape:?}, but --loss cross-entropy needs [batch, classes] logits; choose another output with --output NAME or use --loss mse")]
+    #[error("output '{output}' has shape {shape:?}, but --loss cross-entropy needs [batch, ..., classes] logits (classes on the last axis); choose another output with --output NAME or use --loss mse")]
     LossShape { output: String, shape: Vec<usize> },
 }

@@ -41,7 +41,7 @@ pub struct ForwardModel {
 /// Imports every node of `model` and returns all its outputs, attaching no loss.
 /// Of `options`, only the input shapes apply (there is no output to choose and no loss).
 pub fn import_forward(model: &OnnxModel, options: &ImportOptions) -> Result<ForwardModel, ImportError> {
-    let (mut im, inputs) = Importer::run(model, options)?;
+    let super::Run { importer: mut im, inputs, .. } = Importer::run(model, options, &[], None)?;
     freeze_inference_batch_norms(model, &mut im.graph);
     let mut outputs = Vec::with_capacity(model.outputs.len());
     for o in &model.outputs {

@@ -14,9 +14,10 @@ use pock_engine::ops::{BatchNorm, Clip, Conv2d, ConvOp, DenseOp, MatMul, NormOp,
 
 use super::error::ImportError;
 use super::fold::{self, Const, ConstData};
+use super::training;
 use super::{resolve_input_shapes, Attribute, DataType, Node, OnnxModel, ShapeOverrides};
 use crate::ir::{DType, Graph, Phase, Program, Role, TensorDef, TensorId};
-use crate::stages::{ForwardGraph, Task};
+use crate::stages::ForwardGraph;
 
 // The arms for elementwise maths, reductions, normalisation and Cast.
 #[path = "import_math.rs"]
@@ -108,15 +109,7 @@ pub fn supported_ops() -> Vec<&'static str> {
     all
 }
 
-/// The loss the training set-up attaches to the chosen output.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LossKind {
-    /// Softmax cross-entropy over `[batch, classes]` logits with int64 labels.
-    #[default]
-    CrossEntropy,
-    /// Mean squared error against float targets of the output's shape.
-    Mse,
-}
+pub use super::training::LossKind;
 
 /// What `pock compile model.onnx` decides besides the training options.
 #[derive(Clone, Debug, Default)]
@@ -159,31 +152,20 @@ pub fn import_file(path: &Path, options: &ImportOptions) -> Result<Imported, Imp
 
 /// Imports a loaded model.
 pub fn import_model(model: &OnnxModel, name: &str, options: &ImportOptions) -> Result<Imported, ImportError> {
-    let (im, inputs) = Importer::run(model, options)?;
+    let output_name = training::chosen_output(model, options.output.as_deref(), |n| training::produced(model, n))?;
+    let loss_node = training::find_loss_node(model, &output_name, options.loss)?;
+    let skip = loss_node.as_ref().map_or(&[][..], |l| &l.skip[..]);
+    // A loss node's labels are the plan's target, not a data input.
+    let labels = loss_node.as_ref().map(|l| l.labels.as_str());
+    let Run { importer: mut im, inputs, label_shape } = Importer::run(model, options, skip, labels)?;
 
-    let known = || model.outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ");
-    let output_name = match (&options.output, model.outputs.as_slice()) {
-        (Some(name), _) => {
-            if !model.outputs.iter().any(|o| &o.name == name) && !im.values.contains_key(name) {
-                return Err(ImportError::UnknownOutput { name: name.clone(), known: known() });
-            }
-            name.clone()
-        }
-        (None, [only]) => only.name.clone(),
-        (None, _) => return Err(ImportError::ChooseOutput { known: known() }),
-    };
-    let output = match im.values.get(&output_name) {
+    let trained = loss_node.as_ref().map_or(output_name.as_str(), |l| l.scores.as_str());
+    let output = match im.values.get(trained) {
         Some(Value::Tensor(t)) => *t,
-        _ => return Err(ImportError::ConstantOutput { name: output_name }),
+        _ => return Err(ImportError::ConstantOutput { name: trained.to_string() }),
     };
-    let out_shape = im.graph.shape(output).to_vec();
-    let task = match options.loss {
-        LossKind::CrossEntropy => match out_shape[..] {
-            [_, classes] => Task::Classification { classes },
-            _ => return Err(ImportError::LossShape { output: output_name, shape: out_shape }),
-        },
-        LossKind::Mse => Task::Regression,
-    };
+    let (output, task) =
+        training::attach_loss(&mut im.graph, output, &output_name, options.loss, loss_node.as_ref(), label_shape.as_deref())?;
     let forward = ForwardGraph { name: name.to_string(), graph: im.graph, inputs, output, task };
     Ok(Imported { forward, notes: im.notes })
 }
@@ -192,12 +174,13 @@ pub fn import_model(model: &OnnxModel, name: &str, options: &ImportOptions) -> R
 /// run lists everything missing. An op that pock only folds counts as missing where it reads a
 /// value computed at run time; which values are constants is decided here as the importer will
 /// decide it (integer initializers, Constant outputs, Shape, and folded ops over constants).
-fn check_op_types(model: &OnnxModel) -> Result<(), ImportError> {
+/// Nodes at the indices in `skip` (a loss node the training set-up takes over) are not checked.
+fn check_op_types(model: &OnnxModel, skip: &[usize]) -> Result<(), ImportError> {
     let supported = supported_ops();
     let mut constant: HashSet<&str> = model.initializers.iter().filter(|t| t.dtype() != DataType::F32).map(|t| t.name.as_str()).collect();
     let mut missing: Vec<String> = Vec::new();
     let mut first: Option<&Node> = None;
-    for n in &model.nodes {
+    for (_, n) in model.nodes.iter().enumerate().filter(|(i, _)| !skip.contains(i)) {
         let default_domain = n.domain.is_empty() || n.domain == "ai.onnx";
         let op = n.op_type.as_str();
         let all_constant = n.inputs.iter().all(|i| i.is_empty() || constant.contains(i.as_str()));
@@ -322,8 +305,10 @@ impl Ctx<'_> {
 impl<'m> Importer<'m> {
     /// Imports every node of `model`: binds the initializers, marks BatchNorm statistics, makes a
     /// graph input per data input (returned in the model's order), then runs the op table.
-    pub(super) fn run(model: &'m OnnxModel, options: &'m ImportOptions) -> Result<(Importer<'m>, Vec<TensorId>), ImportError> {
-        check_op_types(model)?;
+    /// Nodes at the indices in `skip` (a loss node the training set-up takes over) are not
+    /// imported, and the graph input named `labels` (that loss node's) is left to the set-up.
+    fn run(model: &'m OnnxModel, options: &'m ImportOptions, skip: &[usize], labels: Option<&str>) -> Result<Run<'m>, ImportError> {
+        check_op_types(model, skip)?;
         let shapes = resolve_input_shapes(model, &options.shapes)?;
         let mut im = Importer {
             model,
@@ -344,7 +329,12 @@ impl<'m> Importer<'m> {
             }
         }
         let mut inputs = Vec::with_capacity(shapes.len());
+        let mut label_shape = None;
         for s in &shapes {
+            if labels == Some(s.name.as_str()) {
+                label_shape = Some(s.dims.clone());
+                continue;
+            }
             let dtype = match s.dtype {
                 Some(DataType::F32) | None => DType::F32,
                 Some(DataType::I64) => DType::I64,
@@ -355,12 +345,22 @@ impl<'m> Importer<'m> {
             im.values.insert(s.name.clone(), Value::Tensor(id));
             inputs.push(id);
         }
-        for node in &model.nodes {
-            im.import_node(node)?;
+        for (i, node) in model.nodes.iter().enumerate() {
+            if !skip.contains(&i) {
+                im.import_node(node)?;
+            }
         }
         im.finish_dropout()?;
-        Ok((im, inputs))
+        Ok(Run { importer: im, inputs, label_shape })
     }
+}
+
+/// An import's importer, after every node, with the graph inputs it made (in the model's
+/// order) and the shape of the labels input a loss node reads, if any.
+struct Run<'m> {
+    importer: Importer<'m>,
+    inputs: Vec<TensorId>,
+    label_shape: Option<Vec<usize>>,
 }
 
 impl Importer<'_> {
@@ -784,6 +784,7 @@ mod tests {
     use super::*;
     use crate::interp::Interpreter;
     use crate::onnx::{Dim, Tensor, TensorValues, ValueInfo};
+    use crate::stages::Task;
 
     fn node(op: &str, inputs: &[&str], outputs: &[&str], attributes: Vec<(&str, Attribute)>) -> Node {
         Node {
@@ -939,22 +940,28 @@ mod tests {
     }
 
     #[test]
-    fn cross_entropy_needs_a_matrix_output_and_an_output_must_be_chosen_among_several() {
-        let m = model(&[2, 3, 2], vec![], vec![node("Relu", &["x"], &["y"], vec![])], "y");
+    fn cross_entropy_needs_a_class_axis_besides_the_batch_and_an_output_must_be_chosen_among_several() {
+        let m = model(&[6], vec![], vec![node("Relu", &["x"], &["y"], vec![])], "y");
         let e = import_model(&m, "t", &ImportOptions::default()).unwrap_err();
         assert!(matches!(e, ImportError::LossShape { .. }) && e.to_string().contains("--loss mse"), "{e}");
+        // Logits of any rank: cross-entropy over the last axis, labels [2, 3].
+        let m = model(&[2, 3, 4], vec![], vec![node("Relu", &["x"], &["y"], vec![])], "y");
+        let f = import_model(&m, "t", &ImportOptions::default()).unwrap().forward;
+        assert_eq!(f.task, Task::CrossEntropy { classes: 4, ignore_index: -100 });
         let mut m = model(&[2, 3], vec![], vec![node("Relu", &["x"], &["y"], vec![]), node("Relu", &["y"], &["z"], vec![])], "y");
         m.outputs.push(ValueInfo { name: "z".into(), dtype: None, shape: None });
         let e = import_model(&m, "t", &ImportOptions::default()).unwrap_err();
         assert!(matches!(e, ImportError::ChooseOutput { .. }) && e.to_string().contains("y, z"), "{e}");
         let chosen = ImportOptions { output: Some("z".into()), ..Default::default() };
         let f = import_model(&m, "t", &chosen).unwrap().forward;
-        assert_eq!(f.task, Task::Classification { classes: 3 });
+        assert_eq!(f.task, Task::CrossEntropy { classes: 3, ignore_index: -100 });
     }
 
     #[test]
     fn several_inputs_stay_in_the_ir_with_their_dtypes_and_training_names_them() {
-        let mut m = model(&[2, 3], vec![], vec![node("Mul", &["x", "scale"], &["y"], vec![])], "y");
+        let w = f32s("w", vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let nodes = vec![node("Mul", &["x", "scale"], &["xs"], vec![]), node("Mul", &["xs", "w"], &["y"], vec![])];
+        let mut m = model(&[2, 3], vec![w], nodes, "y");
         m.inputs.push(ValueInfo { name: "scale".into(), dtype: Some(DataType::F32), shape: Some(vec![Dim::Fixed(2), Dim::Fixed(3)]) });
         m.inputs.push(ValueInfo { name: "mask".into(), dtype: Some(DataType::Bool), shape: Some(vec![Dim::Named("batch".into())]) });
         let options = ImportOptions { shapes: ShapeOverrides::parse::<&str>(Some(2), &[]).unwrap(), ..Default::default() };
@@ -962,7 +969,10 @@ mod tests {
         let inputs: Vec<(&str, DType, &[usize])> =
             f.inputs.iter().map(|&t| (f.graph.tensor(t).name.as_str(), f.graph.tensor(t).dtype, f.graph.shape(t))).collect();
         assert_eq!(inputs, [("x", DType::F32, &[2, 3][..]), ("scale", DType::F32, &[2, 3][..]), ("mask", DType::Bool, &[2][..])]);
-        let e = f.into_training(crate::CompileOptions::default()).unwrap_err().to_string();
-        assert!(e.contains("3 data inputs (x, scale, mask)"), "{e}");
+        let t = f.into_training(crate::CompileOptions::default()).unwrap();
+        assert_eq!(t.train_inputs.len(), 3);
+        let plan = t.into_plan().unwrap().plan;
+        let fed: Vec<&str> = plan.programs.train.feeds.iter().map(|&id| plan.tensor(id).name.as_str()).collect();
+        assert_eq!(fed, ["x", "scale", "mask", "target"], "the data inputs in the model's order, then the target");
     }
 }

@@ -15,6 +15,7 @@ mod load;
 #[rustfmt::skip]
 pub mod proto;
 mod shapes;
+mod training;
 pub mod weights;
 
 pub use error::{ImportError, IR_VERSIONS, OPSETS};

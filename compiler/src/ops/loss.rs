@@ -29,8 +29,14 @@ impl CompileRules for LossOp {
                     grads[1] = Some(ctx.emit1("dtarget", LossOp::MseGrad(*r), &[dloss, target, pred])?);
                 }
             }
+            LossOp::CrossEntropy(ce) => {
+                let (logits, labels) = (node.inputs[0], node.inputs[1]);
+                if needs[0] {
+                    grads[0] = Some(ctx.emit1("dlogits", LossOp::CrossEntropyGrad(*ce), &[dloss, logits, labels])?);
+                }
+            }
             // Gradient ops are not differentiated again: pock computes first-order gradients only.
-            LossOp::SoftmaxCrossEntropyGrad(_) | LossOp::MseGrad(_) => return no_gradient(node),
+            LossOp::SoftmaxCrossEntropyGrad(_) | LossOp::MseGrad(_) | LossOp::CrossEntropyGrad(_) => return no_gradient(node),
         }
         Ok(grads)
     }
@@ -49,6 +55,9 @@ impl CompileRules for LossOp {
                 let (rows, logits) = (inputs[1][0] as u64, numel(inputs[1]));
                 6 * logits + 2 * rows
             }
+            // As SoftmaxCrossEntropy, per position (a label entry) instead of per row.
+            LossOp::CrossEntropy(_) => 4 * numel(inputs[0]) + 3 * numel(inputs[1]),
+            LossOp::CrossEntropyGrad(_) => 6 * numel(inputs[1]) + 2 * numel(inputs[2]),
             // Difference, square and sum per element, one division per loss value.
             LossOp::Mse(_) => 3 * numel(inputs[0]) + numel(outputs[0]),
             // Difference and weighting per element, the weight once per sample.

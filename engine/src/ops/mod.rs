@@ -44,7 +44,7 @@ pub use broadcast::{broadcast_shape, BroadcastOp};
 pub use cast::CastOp;
 pub use conv::{Conv2d, ConvOp};
 pub use dense::{Clip, DenseOp, MatMul};
-pub use loss::{LossOp, Reduction};
+pub use loss::{CrossEntropy, LossOp, Reduction};
 pub use matmul::MatMulOp;
 pub use movement::{broadcast_shapes, slice_range, MoveOp, Slice};
 pub use norm::{BatchNorm, NormOp};

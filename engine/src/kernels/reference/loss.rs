@@ -1,7 +1,7 @@
 //! Softmax cross-entropy with integer labels, mean squared error, and their gradients.
 
 use crate::kernels::{Float, KernelError, View, ViewMut};
-use crate::ops::Reduction;
+use crate::ops::{CrossEntropy, Reduction};
 
 /// Checks every label before anything is written, so that a bad batch leaves the outputs as they
 /// were and reports the first offending row.
@@ -75,6 +75,121 @@ pub fn softmax_cross_entropy_grad<T: Float>(
             *o = *o / sum * weight;
         }
         out[labels.data[n] as usize] -= weight;
+    }
+    Ok(())
+}
+
+/// Checks every label (in `[0, classes)` or `ignore_index`) before anything is written, as
+/// [`check_labels`] does; returns how many positions are not ignored.
+fn check_labels_ignoring(op: &'static str, labels: &[i64], classes: usize, ignore_index: i64) -> Result<usize, KernelError> {
+    let mut kept = 0;
+    for (row, &label) in labels.iter().enumerate() {
+        if label == ignore_index {
+            continue;
+        }
+        if label < 0 || label as u64 >= classes as u64 {
+            return Err(KernelError::LabelOutOfRange { op, row, label, classes });
+        }
+        kept += 1;
+    }
+    Ok(kept)
+}
+
+/// The mean's divisor: the number of positions that are not ignored, or 1 where there are none
+/// (their sum is then 0, so the mean is 0; see [`CrossEntropy`]).
+fn divisor<T: Float>(kept: usize) -> T {
+    T::from_usize(kept.max(1))
+}
+
+/// Positions (label entries) per sample: the label count over the batch axis, or 1 for labels
+/// of rank 0.
+fn positions_per_sample(labels: &View<i64>) -> usize {
+    match labels.shape.first() {
+        Some(&0) | None => labels.data.len(),
+        Some(&batch) => labels.data.len() / batch,
+    }
+}
+
+/// Cross-entropy over the last axis with ignored positions: `loss[p] = log_sum_exp(logits[p]) -
+/// logits[p, label[p]]` for each position `p` whose label is not `ignore_index`, averaged over
+/// those positions (all of them, or each sample's; see [`CrossEntropy`]).
+pub fn cross_entropy<T: Float>(ce: CrossEntropy, logits: View<T>, labels: View<i64>, loss: &mut ViewMut<T>) -> Result<(), KernelError> {
+    let classes = logits.shape[logits.shape.len() - 1];
+    let kept = check_labels_ignoring("CrossEntropy", labels.data, classes, ce.ignore_index)?;
+    let position_loss = |p: usize| {
+        let row = &logits.data[p * classes..(p + 1) * classes];
+        log_sum_exp(row) - row[labels.data[p] as usize]
+    };
+    match ce.reduction {
+        Reduction::Mean => {
+            let mut total = T::zero();
+            for (p, &label) in labels.data.iter().enumerate() {
+                if label != ce.ignore_index {
+                    total += position_loss(p);
+                }
+            }
+            loss.data[0] = total / divisor::<T>(kept);
+        }
+        Reduction::PerSample => {
+            let per = positions_per_sample(&labels);
+            for (n, out) in loss.data.iter_mut().enumerate() {
+                let (mut total, mut count) = (T::zero(), 0);
+                for p in n * per..(n + 1) * per {
+                    if labels.data[p] != ce.ignore_index {
+                        total += position_loss(p);
+                        count += 1;
+                    }
+                }
+                *out = total / divisor::<T>(count);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `dlogits[p] = (softmax(logits[p]) - onehot(label[p])) * w` for each position that is not
+/// ignored, with `w = dloss / kept` for [`Reduction::Mean`] and `w = dloss[n] / kept[n]` for
+/// [`Reduction::PerSample`]; ignored positions get 0.
+pub fn cross_entropy_grad<T: Float>(
+    ce: CrossEntropy,
+    dloss: View<T>,
+    logits: View<T>,
+    labels: View<i64>,
+    dlogits: &mut ViewMut<T>,
+) -> Result<(), KernelError> {
+    let classes = logits.shape[logits.shape.len() - 1];
+    let kept = check_labels_ignoring("CrossEntropyGrad", labels.data, classes, ce.ignore_index)?;
+    let per = positions_per_sample(&labels);
+    let mut sample_weight = (usize::MAX, T::zero());
+    for (p, &label) in labels.data.iter().enumerate() {
+        let row = &logits.data[p * classes..(p + 1) * classes];
+        let out = &mut dlogits.data[p * classes..(p + 1) * classes];
+        if label == ce.ignore_index {
+            out.iter_mut().for_each(|o| *o = T::zero());
+            continue;
+        }
+        let weight = match ce.reduction {
+            Reduction::Mean => dloss.data[0] / divisor::<T>(kept),
+            Reduction::PerSample => {
+                // Each sample's count of labelled positions, computed once per sample.
+                let n = p / per;
+                if sample_weight.0 != n {
+                    let count = labels.data[n * per..(n + 1) * per].iter().filter(|&&l| l != ce.ignore_index).count();
+                    sample_weight = (n, dloss.data[n] / divisor::<T>(count));
+                }
+                sample_weight.1
+            }
+        };
+        // The output row holds the shifted exponentials first, so that softmax needs no scratch.
+        let max = row_max(row);
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o = (v - max).exp();
+        }
+        let sum: T = out.iter().copied().sum();
+        for o in out.iter_mut() {
+            *o = *o / sum * weight;
+        }
+        out[label as usize] -= weight;
     }
     Ok(())
 }
@@ -210,6 +325,97 @@ mod tests {
         let mut loss = [0.0];
         run_ce(Reduction::Mean, &logits, &[2, 2], &[1, 1], &mut loss).unwrap();
         assert!((loss[0] - ((4.0f64 / 3.0).ln() + 3f64.ln()) / 2.0).abs() < 1e-14);
+    }
+
+    /// `-log softmax(row)[label]` in f64, from the definition (no shift by the maximum).
+    fn nll(row: &[f64], label: usize) -> f64 {
+        let sum: f64 = row.iter().map(|v| v.exp()).sum();
+        -(row[label].exp() / sum).ln()
+    }
+
+    #[test]
+    fn cross_entropy_over_the_last_axis_skips_ignored_positions() {
+        // Logits [2, 3, 2]: batch 2, 3 positions, 2 classes; positions (0, 1) and (1, 0) ignored.
+        let logits = [0.5, -1.0, 2.0, 0.0, -0.25, 0.75, 1.5, 1.0, 0.0, 0.0, -2.0, 3.0];
+        let labels = [1, -100, 0, -100, 0, 1];
+        let shape = [2, 3, 2];
+        let kept = [(0, 1), (2, 0), (4, 0), (5, 1)];
+        let losses: Vec<f64> = kept.iter().map(|&(p, l)| nll(&logits[2 * p..2 * p + 2], l)).collect();
+        let ce = |reduction| CrossEntropy { reduction, ignore_index: -100 };
+        let mut mean = [0.0];
+        cross_entropy(
+            ce(Reduction::Mean),
+            View { data: &logits, shape: &shape },
+            View { data: &labels, shape: &shape[..2] },
+            &mut ViewMut { data: &mut mean, shape: &[] },
+        )
+        .unwrap();
+        assert!((mean[0] - losses.iter().sum::<f64>() / 4.0).abs() < 1e-14, "{mean:?} {losses:?}");
+        let mut per = [0.0; 2];
+        cross_entropy(
+            ce(Reduction::PerSample),
+            View { data: &logits, shape: &shape },
+            View { data: &labels, shape: &shape[..2] },
+            &mut ViewMut { data: &mut per, shape: &[2] },
+        )
+        .unwrap();
+        assert!((per[0] - (losses[0] + losses[1]) / 2.0).abs() < 1e-14, "{per:?}");
+        assert!((per[1] - (losses[2] + losses[3]) / 2.0).abs() < 1e-14, "{per:?}");
+
+        // The gradient of the mean: ignored rows are zero, the others (softmax - onehot) / 4.
+        let mut d = [9.0; 12];
+        cross_entropy_grad(
+            ce(Reduction::Mean),
+            View { data: &[2.0], shape: &[] },
+            View { data: &logits, shape: &shape },
+            View { data: &labels, shape: &shape[..2] },
+            &mut ViewMut { data: &mut d, shape: &shape },
+        )
+        .unwrap();
+        assert_eq!(&d[2..4], &[0.0, 0.0]);
+        assert_eq!(&d[6..8], &[0.0, 0.0]);
+        for &(p, l) in &kept {
+            let row = &logits[2 * p..2 * p + 2];
+            let sum: f64 = row.iter().map(|v| v.exp()).sum();
+            for c in 0..2 {
+                let want = 2.0 * (row[c].exp() / sum - if c == l { 1.0 } else { 0.0 }) / 4.0;
+                assert!((d[2 * p + c] - want).abs() < 1e-14, "{d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn cross_entropy_with_every_position_ignored_is_zero_with_zero_gradient() {
+        let logits = [1.0, 2.0, 3.0, 4.0];
+        let ce = CrossEntropy { reduction: Reduction::Mean, ignore_index: 7 };
+        let mut loss = [5.0];
+        cross_entropy(
+            ce,
+            View { data: &logits, shape: &[2, 2] },
+            View { data: &[7, 7], shape: &[2] },
+            &mut ViewMut { data: &mut loss, shape: &[] },
+        )
+        .unwrap();
+        assert_eq!(loss, [0.0]);
+        let mut d = [5.0; 4];
+        cross_entropy_grad(
+            ce,
+            View { data: &[1.0], shape: &[] },
+            View { data: &logits, shape: &[2, 2] },
+            View { data: &[7, 7], shape: &[2] },
+            &mut ViewMut { data: &mut d, shape: &[2, 2] },
+        )
+        .unwrap();
+        assert_eq!(d, [0.0; 4]);
+        // A label that is neither a class nor the ignored index is still an error.
+        let err = cross_entropy(
+            ce,
+            View { data: &logits, shape: &[2, 2] },
+            View { data: &[7, -100], shape: &[2] },
+            &mut ViewMut { data: &mut loss, shape: &[] },
+        )
+        .unwrap_err();
+        assert_eq!(err, KernelError::LabelOutOfRange { op: "CrossEntropy", row: 1, label: -100, classes: 2 });
     }
 
     #[test]
