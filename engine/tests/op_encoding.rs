@@ -125,6 +125,7 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("CountNonFinite", [5, 5]),
     ("Dropout", [12, 0]),
     ("AdvanceCounter", [12, 1]),
+    ("RandomUniform", [12, 2]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -236,6 +237,7 @@ fn row(op: &Op) -> usize {
         Op::Random(op) => match op {
             RandomOp::Dropout(_) => 108,
             RandomOp::Advance => 109,
+            RandomOp::Uniform { .. } => 110,
         },
     }
 }
@@ -374,6 +376,7 @@ fn every_op() -> Vec<Op> {
         OptimOp::CountNonFinite.into(),
         RandomOp::Dropout(Dropout { ratio: 0.1, key: 42 }).into(),
         RandomOp::Advance.into(),
+        RandomOp::Uniform { low: -1.0, high: 2.0, key: 7, shape: vec![3, 1] }.into(),
     ]
     .into_iter()
     .chain(every_unary_fn().into_iter().flat_map(|f| [UnaryOp::Map(f).into(), UnaryOp::Grad(f).into()]))

@@ -41,6 +41,7 @@ pub const GRAPH_OPS: &[&str] = &[
     "MaxPool",
     "Mul",
     "Pad",
+    "RandomUniformLike",
     "ReduceMean",
     "Relu",
     "Reshape",
@@ -337,6 +338,7 @@ impl Importer<'_> {
             "Tile" => self.tile(&ctx),
             "Trilu" => self.trilu(&ctx),
             "Pad" => self.pad(&ctx),
+            "RandomUniformLike" => self.random_uniform_like(&ctx),
             "ReduceMean" => self.reduce_mean(&ctx),
             // Every other supported op type is evaluated only on constants.
             other => Err(ctx.err(format!(
