@@ -127,6 +127,7 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("AdvanceCounter", [12, 1]),
     ("CrossEntropy", [4, 4]),
     ("CrossEntropyGrad", [4, 5]),
+    ("RandomUniform", [12, 2]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -240,6 +241,7 @@ fn row(op: &Op) -> usize {
         Op::Random(op) => match op {
             RandomOp::Dropout(_) => 108,
             RandomOp::Advance => 109,
+            RandomOp::Uniform { .. } => 110,
         },
     }
 }
@@ -380,6 +382,7 @@ fn every_op() -> Vec<Op> {
         RandomOp::Advance.into(),
         LossOp::CrossEntropy(CrossEntropy { reduction: Reduction::PerSample, ignore_index: -100 }).into(),
         LossOp::CrossEntropyGrad(CrossEntropy { reduction: Reduction::Mean, ignore_index: 3 }).into(),
+        RandomOp::Uniform { low: -1.0, high: 2.0, key: 7, shape: vec![3, 1] }.into(),
     ]
     .into_iter()
     .chain(every_unary_fn().into_iter().flat_map(|f| [UnaryOp::Map(f).into(), UnaryOp::Grad(f).into()]))

@@ -77,6 +77,7 @@ pub const GRAPH_OPS: &[&str] = &[
     "Or",
     "Pad",
     "Pow",
+    "RandomUniformLike",
     "Reciprocal",
     "ReduceMax",
     "ReduceMean",
@@ -177,7 +178,7 @@ pub fn import_model(model: &OnnxModel, name: &str, options: &ImportOptions) -> R
 /// Nodes at the indices in `skip` (a loss node the training set-up takes over) are not checked.
 fn check_op_types(model: &OnnxModel, skip: &[usize]) -> Result<(), ImportError> {
     let supported = supported_ops();
-    let mut constant: HashSet<&str> = model.initializers.iter().filter(|t| t.dtype() != DataType::F32).map(|t| t.name.as_str()).collect();
+    let mut constant: HashSet<&str> = model.initializers.iter().filter(|t| is_constant_initializer(t)).map(|t| t.name.as_str()).collect();
     let mut missing: Vec<String> = Vec::new();
     let mut first: Option<&Node> = None;
     for (_, n) in model.nodes.iter().enumerate().filter(|(i, _)| !skip.contains(i)) {
@@ -210,6 +211,16 @@ fn check_op_types(model: &OnnxModel, skip: &[usize]) -> Result<(), ImportError> 
             supported: supported.join(", "),
         }),
     }
+}
+
+/// Whether an initializer is a constant of the graph rather than a parameter. ONNX does not mark
+/// which initializers train, so pock decides: integer and bool ones (index tables, shapes, masks)
+/// and float scalars of rank 0 are constants; every other float initializer is a parameter. The
+/// dynamo exporter stores constants of the model's code (`x ** 2`, `/ sqrt(d)`, a masked fill's
+/// value) as rank-0 float initializers, which PyTorch never trains; a PyTorch parameter is never
+/// of rank 0 in the layers pock imports (biases and norm weights are at least rank 1).
+fn is_constant_initializer(t: &super::Tensor) -> bool {
+    t.dtype() != DataType::F32 || t.dims.is_empty()
 }
 
 /// What an ONNX value name stands for during import.
@@ -405,6 +416,7 @@ impl Importer<'_> {
             "Tile" => self.tile(&ctx),
             "Trilu" => self.trilu(&ctx),
             "Pad" => self.pad(&ctx),
+            "RandomUniformLike" => self.random_uniform_like(&ctx),
             // Every other supported op type is evaluated only on constants.
             other => Err(ctx.err(format!(
                 "pock evaluates {other} only at compile time, on shapes and constants, and this node reads a tensor computed \
@@ -440,7 +452,7 @@ impl Importer<'_> {
                 Some(Value::Const(c)) => consts.push(Some(c.clone())),
                 // Initializers that feed shape arithmetic are integer tensors; a float
                 // initializer is a parameter and must stay one.
-                Some(Value::Initializer(i)) if self.model.initializers[*i].dtype() != DataType::F32 => {
+                Some(Value::Initializer(i)) if is_constant_initializer(&self.model.initializers[*i]) => {
                     consts.push(Some(Const::from_tensor(&self.model.initializers[*i])))
                 }
                 Some(_) => return Ok(false),
@@ -484,7 +496,7 @@ impl Importer<'_> {
             Value::Initializer(i) => {
                 let t = &self.model.initializers[i];
                 match Const::from_tensor(t).data {
-                    ConstData::F32(values) => {
+                    ConstData::F32(values) if !is_constant_initializer(t) => {
                         let role = if self.running_stats.contains(name) { Role::RunningStat } else { Role::Parameter { trainable: true } };
                         self.graph.add_tensor(TensorDef {
                             name: name.to_string(),

@@ -319,15 +319,7 @@ impl Importer<'_> {
             return self.set(ctx, 0, v);
         }
         let x = self.tensor(ctx, ctx.input(0)?)?;
-        let counter = *self.rng_counter.get_or_insert_with(|| {
-            self.graph.add_tensor(TensorDef {
-                name: "dropout.step_counter".into(),
-                shape: vec![],
-                dtype: DType::I64,
-                role: Role::RngCounter,
-                init: Some(crate::ir::Values::I64(vec![0])),
-            })
-        });
+        let counter = self.step_counter();
         let key = random::key(self.options.seed, fnv1a(ctx.node.name.as_bytes()));
         let op = RandomOp::Dropout(Dropout { ratio, key });
         let outs =
@@ -335,15 +327,63 @@ impl Importer<'_> {
         self.set(ctx, 0, Value::Tensor(outs[0]))
     }
 
+    /// The step counter random ops draw from, made the first time one is imported.
+    fn step_counter(&mut self) -> TensorId {
+        *self.rng_counter.get_or_insert_with(|| {
+            self.graph.add_tensor(TensorDef {
+                name: "random.step_counter".into(),
+                shape: vec![],
+                dtype: DType::I64,
+                role: Role::RngCounter,
+                init: Some(crate::ir::Values::I64(vec![0])),
+            })
+        })
+    }
+
+    /// RandomUniformLike (how torchvision's stochastic depth is exported): values uniform in
+    /// `[low, high)` of the input's shape, drawn per step like dropout's masks (the node's
+    /// `seed`, when given, is mixed into `--seed`). The eval program draws from the counter
+    /// without advancing it, so evaluation is repeatable but still random where the graph is.
+    pub(super) fn random_uniform_like(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
+        let shape = match self.values.get(ctx.input(0)?) {
+            Some(Value::Tensor(t)) => self.graph.shape(*t).to_vec(),
+            Some(Value::Const(c)) => c.dims.clone(),
+            Some(Value::Initializer(i)) => self.model.initializers[*i].dims.clone(),
+            None => return Err(self.undefined(ctx, ctx.input(0)?)),
+        };
+        if let Some(Attribute::Int(d)) = ctx.node.attribute("dtype") {
+            // 1 is float32; float16 and float64 run as float32 too, as everywhere in pock.
+            if ![1, 10, 11].contains(d) {
+                return Err(ctx.err(format!("dtype {d} is not a float type")));
+            }
+        }
+        let (low, high) = (ctx.float("low", 0.0)?, ctx.float("high", 1.0)?);
+        let seed = match ctx.node.attribute("seed") {
+            Some(Attribute::Float(s)) => self.options.seed ^ u64::from(s.to_bits()).rotate_left(32),
+            _ => self.options.seed,
+        };
+        if !self.notes.iter().any(|n| n.contains("RandomUniformLike")) {
+            self.notes.push(format!(
+                "RandomUniformLike (first node '{}') draws new values each training step from --seed {}; the eval program draws \
+                 too (repeatably), so stochastic depth is not switched off in evaluation as PyTorch's eval() does",
+                ctx.node.name, self.options.seed
+            ));
+        }
+        let counter = self.step_counter();
+        let key = random::key(seed, fnv1a(ctx.node.name.as_bytes()));
+        let y = self.emit(ctx, &ctx.node.name, RandomOp::Uniform { low, high, key, shape }, &[counter])?;
+        self.set(ctx, 0, Value::Tensor(y))
+    }
+
     /// Appends the node that advances the dropout step counter, after every node that reads it,
     /// so each run of the train program draws new masks.
     pub(super) fn finish_dropout(&mut self) -> Result<(), ImportError> {
         if let Some(counter) = self.rng_counter {
             self.graph
-                .emit_inplace("dropout.advance_step_counter", RandomOp::Advance, &[], &[counter], Phase::Forward, Program::Train)
+                .emit_inplace("random.advance_step_counter", RandomOp::Advance, &[], &[counter], Phase::Forward, Program::Train)
                 .map_err(|source| ImportError::Graph {
-                    node: "dropout.advance_step_counter".into(),
-                    op_type: "Dropout".into(),
+                    node: "random.advance_step_counter".into(),
+                    op_type: "Dropout or RandomUniformLike".into(),
                     opset: self.model.opset,
                     source: Box::new(source),
                 })?;
@@ -849,5 +889,28 @@ mod tests {
         let mut m = dropout_model();
         m.initializers[1] = floats("ratio", &[], vec![1.0]);
         assert!(import_err(&m).contains("outside [0, 1)"));
+    }
+
+    #[test]
+    fn random_uniform_like_draws_in_its_range_with_the_input_shape_and_anew_each_step() {
+        let attrs = vec![("low", Attribute::Float(-1.0)), ("high", Attribute::Float(2.0))];
+        let m = x_model(17, &[40, 50], vec![], vec![node("RandomUniformLike", &["x"], &["y"], attrs)]);
+        let f = import_model(&m, "t", &ImportOptions { loss: LossKind::Mse, seed: 9, ..Default::default() }).unwrap();
+        assert!(f.notes.iter().any(|n| n.contains("RandomUniformLike")), "{:?}", f.notes);
+        let g = &f.forward.graph;
+        assert_eq!(g.shape(f.forward.output), &[40, 50]);
+        let mut it = Interpreter::<f64>::new(g);
+        it.set(f.forward.inputs[0], vec![0.0; 2000]);
+        let mut draws = vec![];
+        for _ in 0..2 {
+            it.run(&g.nodes).unwrap();
+            let y = it.get(f.forward.output).unwrap().to_vec();
+            assert!(y.iter().all(|&v| (-1.0..2.0).contains(&v)));
+            let mean = y.iter().sum::<f64>() / 2000.0;
+            // The standard error of the mean of 2000 uniform values over a width of 3 is about 0.019.
+            assert!((mean - 0.5).abs() < 0.08, "mean {mean}");
+            draws.push(y);
+        }
+        assert_ne!(draws[0], draws[1], "the step counter advanced");
     }
 }

@@ -18,14 +18,17 @@ impl CompileRules for RandomOp {
                     grads[0] = Some(ctx.emit1("dx", DenseOp::Mul, &[dy, node.outputs[1]])?);
                 }
             }
-            // It has no inputs, so there is nothing to differentiate.
-            RandomOp::Advance => {}
+            // It has no inputs, so there is nothing to differentiate; Uniform reads only the
+            // integer counter.
+            RandomOp::Advance | RandomOp::Uniform { .. } => {}
         }
         Ok(grads)
     }
 
-    fn flops(&self, inputs: &[&[usize]], _outputs: &[&[usize]]) -> u64 {
+    fn flops(&self, inputs: &[&[usize]], outputs: &[&[usize]]) -> u64 {
         match self {
+            // One draw and one multiply-add per element.
+            RandomOp::Uniform { .. } => 3 * numel(outputs[0]),
             // One draw, one comparison and one multiply per element.
             RandomOp::Dropout(_) => 3 * numel(inputs[0]),
             RandomOp::Advance => 1,

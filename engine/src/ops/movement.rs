@@ -1,6 +1,7 @@
 //! Tensor movement: Transpose, Concat, Split, Slice, Expand, Gather, Pad, Trilu, and the gradient
-//! ops of those that need one. Ops that only move values (all but Pad and Trilu) run on float,
-//! `i64` and bool tensors alike, so that index and mask arithmetic can use them.
+//! ops of those that need one. Ops that only move or zero values (all but Pad) run on float,
+//! `i64` and bool tensors alike, so that index and mask arithmetic can use them (a causal mask is
+//! often a Trilu of an integer or bool tensor).
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -128,7 +129,7 @@ pub enum MoveOp {
     /// ..., end_r-1]`, none negative), padded elements `value`.
     Pad { pads: Vec<usize>, value: f32 },
     /// `[x] -> [y]`: ONNX `Trilu` over the last two axes: element `(i, j)` is kept where `j - i >=
-    /// k` (upper) or `j - i <= k` (lower), else 0.
+    /// k` (upper) or `j - i <= k` (lower), else 0 (false for bool).
     Trilu { upper: bool, k: i64 },
 }
 
@@ -167,7 +168,7 @@ impl OpRules for MoveOp {
             }
         };
         match self {
-            MoveOp::Transpose { .. } | MoveOp::Slice(_) | MoveOp::Expand { .. } => Ok(vec![any(inputs[0])?]),
+            MoveOp::Transpose { .. } | MoveOp::Slice(_) | MoveOp::Expand { .. } | MoveOp::Trilu { .. } => Ok(vec![any(inputs[0])?]),
             MoveOp::Split { sizes, .. } => Ok(vec![any(inputs[0])?; sizes.len()]),
             MoveOp::Concat { .. } => {
                 let d = any(inputs[0])?;
@@ -184,7 +185,7 @@ impl OpRules for MoveOp {
                 check.dtypes(inputs, &[DType::F32, DType::I64])?;
                 Ok(vec![DType::F32])
             }
-            MoveOp::SliceGrad { .. } | MoveOp::Pad { .. } | MoveOp::Trilu { .. } => check.floats(inputs, 1),
+            MoveOp::SliceGrad { .. } | MoveOp::Pad { .. } => check.floats(inputs, 1),
         }
     }
 
@@ -283,10 +284,6 @@ impl OpRules for MoveOp {
                 kernel::pad(pads, T::from_f32(*value), inputs[0], &mut outputs[0]);
                 Ok(())
             }
-            MoveOp::Trilu { upper, k } => {
-                kernel::trilu(*upper, *k, inputs[0], &mut outputs[0]);
-                Ok(())
-            }
             // The dtype rule puts every argument in the same dtype's slices.
             _ if !inputs.is_empty() => self.relocate(inputs, outputs),
             _ if !int_inputs.is_empty() => self.relocate(int_inputs, int_outputs),
@@ -297,7 +294,7 @@ impl OpRules for MoveOp {
 
 impl MoveOp {
     /// Runs an op that only moves values of one dtype.
-    fn relocate<V: Copy>(&self, x: &[View<'_, V>], y: &mut [ViewMut<'_, V>]) -> Result<(), KernelError> {
+    fn relocate<V: Copy + Default>(&self, x: &[View<'_, V>], y: &mut [ViewMut<'_, V>]) -> Result<(), KernelError> {
         let first = x.first().ok_or_else(|| wrong(self))?;
         match self {
             MoveOp::Transpose { perm } => kernel::transpose(perm, *first, one(self, y)?),
@@ -305,6 +302,7 @@ impl MoveOp {
             MoveOp::Split { axis, .. } => kernel::split(*axis, *first, y),
             MoveOp::Slice(slice) => kernel::slice(slice, *first, one(self, y)?),
             MoveOp::Expand { .. } => kernel::expand(*first, one(self, y)?),
+            MoveOp::Trilu { upper, k } => kernel::trilu(*upper, *k, *first, one(self, y)?),
             _ => return Err(wrong(self)),
         }
         Ok(())

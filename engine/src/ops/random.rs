@@ -33,6 +33,9 @@ pub enum RandomOp {
     /// `[] -> [counter]`, in place: adds 1 to the `[]` int64 counter (wrapping), once per run of
     /// the program that holds it, after every node that reads it.
     Advance,
+    /// `[counter] -> [y]`: `y` of shape `shape`, element `i` `low + (high - low) *
+    /// uniform(key, counter, i)` (ONNX `RandomUniformLike`).
+    Uniform { low: f32, high: f32, key: u64, shape: Vec<usize> },
 }
 
 impl OpRules for RandomOp {
@@ -40,6 +43,7 @@ impl OpRules for RandomOp {
         match self {
             RandomOp::Dropout(_) => "Dropout",
             RandomOp::Advance => "AdvanceCounter",
+            RandomOp::Uniform { .. } => "RandomUniform",
         }
     }
 
@@ -47,6 +51,7 @@ impl OpRules for RandomOp {
         Some(match self {
             RandomOp::Dropout(_) => 2,
             RandomOp::Advance => 0,
+            RandomOp::Uniform { .. } => 1,
         })
     }
 
@@ -57,12 +62,16 @@ impl OpRules for RandomOp {
                 Ok(vec![DType::F32; 2])
             }
             RandomOp::Advance => Ok(vec![DType::I64]),
+            RandomOp::Uniform { .. } => {
+                check.dtypes(inputs, &[DType::I64])?;
+                Ok(vec![DType::F32])
+            }
         }
     }
 
     fn inplace_outputs(&self) -> Range<usize> {
         match self {
-            RandomOp::Dropout(_) => 0..0,
+            RandomOp::Dropout(_) | RandomOp::Uniform { .. } => 0..0,
             RandomOp::Advance => 0..1,
         }
     }
@@ -79,6 +88,13 @@ impl OpRules for RandomOp {
                 Ok(vec![inputs[0].to_vec(), inputs[0].to_vec()])
             }
             RandomOp::Advance => Ok(vec![vec![]]),
+            RandomOp::Uniform { low, high, shape, .. } => {
+                if !low.is_finite() || !high.is_finite() || low > high {
+                    return Err(check.err(alloc::format!("the range [{low}, {high}) is not finite and ordered")));
+                }
+                check.scalar(inputs[0], "the step counter")?;
+                Ok(vec![shape.clone()])
+            }
         }
     }
 
@@ -92,6 +108,10 @@ impl OpRules for RandomOp {
             RandomOp::Advance => match int_outputs {
                 [counter] => kernel::advance(counter.data),
                 _ => return Err(KernelError::Invalid { op: "AdvanceCounter", message: "expects one int64 counter" }),
+            },
+            RandomOp::Uniform { low, high, key, .. } => match (int_inputs, outputs) {
+                ([counter], [y]) => kernel::uniform_fill(*low, *high, *key, counter.data[0], y.data),
+                _ => return Err(KernelError::Invalid { op: "RandomUniform", message: "expects [counter] -> [y]" }),
             },
         }
         Ok(())

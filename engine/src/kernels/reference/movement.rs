@@ -169,13 +169,14 @@ pub fn pad<T: Float>(pads: &[usize], value: T, x: View<T>, y: &mut ViewMut<T>) {
 
 /// ONNX Trilu over the last two axes `[.., rows, cols]`: keeps `(i, j)` where `j - i >= k`
 /// (`upper`) or `j - i <= k`, and writes 0 elsewhere.
-pub fn trilu<T: Float>(upper: bool, k: i64, x: View<T>, y: &mut ViewMut<T>) {
+pub fn trilu<V: Copy + Default>(upper: bool, k: i64, x: View<V>, y: &mut ViewMut<V>) {
     let r = x.shape.len();
     let (rows, cols) = (x.shape[r - 2], x.shape[r - 1]);
     for (p, (yv, &xv)) in y.data.iter_mut().zip(x.data).enumerate() {
         let (i, j) = ((p / cols % rows) as i128, (p % cols) as i128);
         let keep = if upper { j - i >= k as i128 } else { j - i <= k as i128 };
-        *yv = if keep { xv } else { T::zero() };
+        // Default is 0 for numbers and false (0) for bool bytes.
+        *yv = if keep { xv } else { V::default() };
     }
 }
 
@@ -272,5 +273,18 @@ mod tests {
         assert_eq!(y, [0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
         trilu(false, 0, view(&x, &[1, 3, 3]), &mut ViewMut { data: &mut y, shape: &[1, 3, 3] });
         assert_eq!(y, [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn trilu_zeroes_integers_and_bools_too() {
+        // A causal mask built from an int64 or bool tensor: keep j <= i.
+        let x = [5i64; 6];
+        let mut y = [9i64; 6];
+        trilu(false, 0, view(&x, &[2, 3]), &mut ViewMut { data: &mut y, shape: &[2, 3] });
+        assert_eq!(y, [5, 0, 0, 5, 5, 0]);
+        let b = [1u8; 4];
+        let mut m = [1u8; 4];
+        trilu(true, 1, view(&b, &[2, 2]), &mut ViewMut { data: &mut m, shape: &[2, 2] });
+        assert_eq!(m, [0, 1, 0, 0]);
     }
 }

@@ -36,6 +36,14 @@ pub fn dropout<T: Float>(ratio: f32, key: u64, counter: i64, x: &[T], y: &mut [T
     }
 }
 
+/// `y[i] = low + (high - low) * uniform(key, counter, i)`.
+pub fn uniform_fill<T: Float>(low: f32, high: f32, key: u64, counter: i64, y: &mut [T]) {
+    let (low, span) = (T::from_f32(low), T::from_f32(high) - T::from_f32(low));
+    for (i, y) in y.iter_mut().enumerate() {
+        *y = low + span * T::from_f32(uniform(key, counter, i as u64));
+    }
+}
+
 /// Adds 1 to the step counter.
 pub fn advance(counter: &mut [i64]) {
     for c in counter {
