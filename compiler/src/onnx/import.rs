@@ -788,7 +788,6 @@ impl Importer<'_> {
         }
         self.set(ctx, 0, Value::Tensor(y))
     }
-
 }
 
 #[cfg(test)]

@@ -75,7 +75,11 @@ impl OpRules for DenseOp {
     }
 
     fn dtype_rule(&self, check: Check, inputs: &[DType]) -> Result<Vec<DType>, ShapeError> {
-        check.floats(inputs, 1)
+        match (self, inputs) {
+            // Reshape moves index and mask tensors too (an attention mask's Unsqueeze).
+            (DenseOp::Reshape { .. }, [d @ (DType::I64 | DType::Bool)]) => Ok(alloc::vec![*d]),
+            _ => check.floats(inputs, 1),
+        }
     }
 
     fn inplace_outputs(&self) -> Range<usize> {
@@ -124,7 +128,7 @@ impl OpRules for DenseOp {
     }
 
     fn execute<T: Float>(&self, args: NodeArgs<'_, '_, T>) -> Result<(), KernelError> {
-        let NodeArgs { inputs: i, outputs: o, .. } = args;
+        let NodeArgs { inputs: i, outputs: o, int_inputs, int_outputs, bool_inputs, bool_outputs } = args;
         match self {
             DenseOp::MatMul(m) => kernel::matmul(m, i[0], i[1], &mut o[0]),
             DenseOp::BiasAdd => kernel::bias_add(i[0], i[1], &mut o[0]),
@@ -133,7 +137,11 @@ impl OpRules for DenseOp {
             DenseOp::Relu => kernel::relu(i[0], &mut o[0]),
             DenseOp::Clip(c) => kernel::clip(c, i[0], &mut o[0]),
             // Only reached when the planner could not alias the output onto the input.
-            DenseOp::Reshape { .. } => o[0].data.copy_from_slice(i[0].data),
+            DenseOp::Reshape { .. } => match (int_inputs.first(), int_outputs.first_mut(), bool_inputs.first(), bool_outputs.first_mut()) {
+                (Some(x), Some(y), _, _) => y.data.copy_from_slice(x.data),
+                (_, _, Some(x), Some(y)) => y.data.copy_from_slice(x.data),
+                _ => o[0].data.copy_from_slice(i[0].data),
+            },
             DenseOp::BiasGrad => kernel::bias_grad(i[0], &mut o[0]),
             DenseOp::ReluGrad => kernel::relu_grad(i[0], i[1], &mut o[0]),
             DenseOp::ClipGrad(c) => kernel::clip_grad(c, i[0], i[1], &mut o[0]),
