@@ -125,9 +125,9 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("CountNonFinite", [5, 5]),
     ("Dropout", [12, 0]),
     ("AdvanceCounter", [12, 1]),
+    ("RandomUniform", [12, 2]),
     ("CrossEntropy", [4, 4]),
     ("CrossEntropyGrad", [4, 5]),
-    ("RandomUniform", [12, 2]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -170,8 +170,8 @@ fn row(op: &Op) -> usize {
             LossOp::Mse(_) => 24,
             LossOp::SoftmaxCrossEntropyGrad(_) => 25,
             LossOp::MseGrad(_) => 26,
-            LossOp::CrossEntropy(_) => 108,
-            LossOp::CrossEntropyGrad(_) => 109,
+            LossOp::CrossEntropy(_) => 111,
+            LossOp::CrossEntropyGrad(_) => 112,
         },
         Op::Optim(op) => match op {
             OptimOp::AccumulateGrad => 27,
