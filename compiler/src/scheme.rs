@@ -53,7 +53,9 @@ impl std::str::FromStr for UpdatePreset {
             "bias" => Ok(UpdatePreset::Bias),
             _ => match s.strip_prefix("last:").map(str::parse::<usize>) {
                 Some(Ok(k)) if k >= 1 => Ok(UpdatePreset::Last(k)),
-                _ => Err(CompileError::Option(format!("--update '{s}' is not a scheme; use full, bias or last:K with K >= 1 (for example last:2)"))),
+                _ => Err(CompileError::Option(format!(
+                    "--update '{s}' is not a scheme; use full, bias or last:K with K >= 1 (for example last:2)"
+                ))),
             },
         }
     }
