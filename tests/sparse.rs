@@ -3,6 +3,8 @@
 //! computes.
 
 mod common;
+#[path = "onnx/fixture.rs"]
+mod fixture;
 
 use common::{pock, s, workdir};
 use pock::compiler::interp::Interpreter;
@@ -33,6 +35,18 @@ fn training(model: &str, batch: usize, update: UpdateScheme) -> TrainingGraph {
     pock::models::build(model, batch, 3).unwrap().into_training(options(update)).unwrap()
 }
 
+/// The resnet18 ONNX fixture (TorchScript export, weights regenerated) at its 64x64 input size.
+fn onnx_training(batch: usize, update: UpdateScheme) -> TrainingGraph {
+    use pock::compiler::onnx::{import_file, ImportOptions, ShapeOverrides};
+    let dir = workdir("onnx");
+    let path = fixture::materialise("resnet18.ts", &dir);
+    let spec = format!("x={batch}x3x64x64");
+    let import = ImportOptions { shapes: ShapeOverrides::parse(None, &[spec]).unwrap(), ..Default::default() };
+    let t = import_file(&path, &import).unwrap().forward.into_training(options(update)).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    t
+}
+
 /// The gradient of every trainable parameter on one fixed batch, by name, evaluated in f64 by the
 /// compiler's interpreter over the Train program's forward and backward nodes.
 fn gradients(t: &TrainingGraph) -> Vec<(String, Vec<f64>)> {
@@ -52,11 +66,11 @@ fn backward_ops(t: &TrainingGraph) -> usize {
 
 /// Each sparse scheme's gradients equal the full plan's for the parameters it trains (relative
 /// 1e-6 of the tensor's largest gradient), and the sparse plan has strictly fewer backward ops.
-fn sparse_gradients_match_full(model: &str, batch: usize, schemes: &[UpdateScheme]) {
-    let full = training(model, batch, UpdateScheme::default());
+fn sparse_gradients_match_full(build: &dyn Fn(UpdateScheme) -> TrainingGraph, schemes: &[UpdateScheme]) {
+    let full = build(UpdateScheme::default());
     let full_grads = gradients(&full);
     for scheme in schemes {
-        let sparse = training(model, batch, scheme.clone());
+        let sparse = build(scheme.clone());
         let grads = gradients(&sparse);
         assert!(!grads.is_empty() && grads.len() < full_grads.len(), "{scheme:?}: {} of {} parameters", grads.len(), full_grads.len());
         assert!(
@@ -85,8 +99,7 @@ fn sparse_gradients_match_full(model: &str, batch: usize, schemes: &[UpdateSchem
 #[test]
 fn mobilenetv2_sparse_gradients_equal_full_ones() {
     sparse_gradients_match_full(
-        "zoo:mobilenetv2:classes=4,size=32",
-        2,
+        &|u| training("zoo:mobilenetv2:classes=4,size=32", 2, u),
         &[
             preset(UpdatePreset::Bias),
             preset(UpdatePreset::Last(2)),
@@ -100,10 +113,15 @@ fn mobilenetv2_sparse_gradients_equal_full_ones() {
 #[test]
 fn resnet18_sparse_gradients_equal_full_ones() {
     sparse_gradients_match_full(
-        "zoo:resnet18:classes=4,size=32",
-        2,
+        &|u| training("zoo:resnet18:classes=4,size=32", 2, u),
         &[preset(UpdatePreset::Bias), preset(UpdatePreset::Last(3)), globs(&["layer4.*", "fc.*"])],
     );
+}
+
+/// The same on an imported model: the scheme sees the ONNX initializer names.
+#[test]
+fn onnx_resnet18_sparse_gradients_equal_full_ones() {
+    sparse_gradients_match_full(&|u| onnx_training(1, u), &[preset(UpdatePreset::Bias), globs(&["layer3.1.*", "fc.*"])]);
 }
 
 #[test]
