@@ -201,6 +201,16 @@ struct CompileArgs {
     /// default: the machine's physical memory).
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     memory_budget: Option<u64>,
+    /// Which parameters train: full (all), bias (every *.bias plus the classifier, the last layer),
+    /// or last:K (the last K layers). A layer is the parameters sharing a name up to the last '.'
+    /// (features.17.conv.2.weight and .bias), in the order the forward pass first reads them.
+    /// Frozen parameters get no gradient, no optimizer state and no saved activations.
+    #[arg(long, value_name = "full|bias|last:K")]
+    update: Option<String>,
+    /// Also train the parameters whose names match GLOB (repeatable; `*`, `?`, `[a-z]`, `[6-8]`,
+    /// `[!0]`), e.g. --train 'features.1[6-8].*' --train '*.bias'. Alone, only the matches train.
+    #[arg(long, value_name = "GLOB")]
+    train: Vec<String>,
 }
 
 /// A plan, the weights to use with it, and the data to run it on (eval, infer).
@@ -602,6 +612,7 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
         },
         target: a.target.clone(),
         reorder: !a.no_reorder,
+        update: pock::compiler::UpdateScheme { preset: a.update.as_deref().map(str::parse).transpose()?, train: a.train.clone() },
     };
     let started = Instant::now();
     let compiled = if a.model.ends_with(".onnx") {

@@ -28,6 +28,7 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
     if options.batch_norm == BatchNormMode::Frozen {
         freeze_batch_norm(&mut graph);
     }
+    crate::scheme::apply(&mut graph, &options.update)?;
     let forward_nodes = graph.nodes.len();
 
     // Eval program: a copy of the forward nodes with frozen statistics and its own activations.
@@ -89,6 +90,7 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
         eval_target,
         eval_output,
         eval_loss,
+        param_grads: grads,
     })
 }
 

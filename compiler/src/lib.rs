@@ -16,8 +16,10 @@ pub mod onnx;
 pub mod ops;
 pub mod optimizer;
 pub mod schedule;
+pub mod scheme;
 pub mod stages;
 
 pub use error::{CompileError, Result};
 pub use memory::CompiledPlan;
+pub use scheme::{UpdatePreset, UpdateScheme};
 pub use stages::{CompileOptions, ForwardGraph, Task, TrainingGraph};

@@ -2,8 +2,10 @@
 
 use pock_engine::plan::OptimizerKind;
 
+use crate::autodiff::ParamGrads;
 use crate::error::Result;
 use crate::ir::{Graph, TensorId};
+use crate::scheme::UpdateScheme;
 
 /// What the model's output is trained for.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,6 +60,8 @@ pub struct CompileOptions {
     pub target: String,
     /// Put each optimizer update right after its gradient is complete, so gradients die early.
     pub reorder: bool,
+    /// Which parameters train; the others are frozen (see [`crate::scheme`]).
+    pub update: UpdateScheme,
 }
 
 impl Default for CompileOptions {
@@ -70,6 +74,7 @@ impl Default for CompileOptions {
             batch_norm: BatchNormMode::Train,
             target: "host".into(),
             reorder: true,
+            update: UpdateScheme::default(),
         }
     }
 }
@@ -95,6 +100,9 @@ pub struct TrainingGraph {
     pub eval_target: TensorId,
     pub eval_output: TensorId,
     pub eval_loss: TensorId,
+    /// Each trainable parameter with its gradient in the Train program (before the optimizer
+    /// consumes it), so tests can evaluate gradients directly.
+    pub param_grads: ParamGrads,
 }
 
 impl ForwardGraph {

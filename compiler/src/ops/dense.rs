@@ -60,14 +60,18 @@ impl CompileRules for DenseOp {
                     grads[1] = Some(ctx.emit1("db", DenseOp::Mul, &[dy, a])?);
                 }
             }
+            // Both rules read the activation's output, not its input: `y > 0` exactly when `x > 0`,
+            // and `min < clip(x) < max` exactly when `min < x < max`, so the result is the same
+            // bit for bit, while the input (a BatchNorm or conv output) need not be kept alive: the
+            // output is usually kept anyway, as the input the next layer's weight gradient reads.
             DenseOp::Relu => {
                 if needs[0] {
-                    grads[0] = Some(ctx.emit1("dx", DenseOp::ReluGrad, &[dy, x])?);
+                    grads[0] = Some(ctx.emit1("dx", DenseOp::ReluGrad, &[dy, node.outputs[0]])?);
                 }
             }
             DenseOp::Clip(c) => {
                 if needs[0] {
-                    grads[0] = Some(ctx.emit1("dx", DenseOp::ClipGrad(*c), &[dy, x])?);
+                    grads[0] = Some(ctx.emit1("dx", DenseOp::ClipGrad(*c), &[dy, node.outputs[0]])?);
                 }
             }
             DenseOp::Reshape { .. } => {
