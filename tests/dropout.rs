@@ -2,7 +2,7 @@
 //! the same masks after a resume, and no dropout in evaluation.
 
 use pock::compiler::onnx::{
-    import_model, Attribute, DataType, Dim, DropoutMode, ImportOptions, LossKind, Node, OnnxModel, Tensor, TensorValues, ValueInfo,
+    import_model, DataType, Dim, DropoutMode, ImportOptions, LossKind, Node, OnnxModel, Tensor, TensorValues, ValueInfo,
 };
 use pock::compiler::CompileOptions;
 use pock::engine::{Session, SessionOptions, Targets};
@@ -11,14 +11,7 @@ const BATCH: usize = 8;
 const FEATURES: usize = 32;
 
 fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> Node {
-    Node {
-        name: format!("{op}_node"),
-        op_type: op.into(),
-        domain: String::new(),
-        inputs: inputs.iter().map(|s| s.to_string()).collect(),
-        outputs: outputs.iter().map(|s| s.to_string()).collect(),
-        attributes: Vec::<(String, Attribute)>::new(),
-    }
+    Node::new(op, inputs, outputs, Vec::new())
 }
 
 fn floats(name: &str, dims: &[usize], values: Vec<f32>) -> Tensor {

@@ -209,6 +209,19 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node of the default domain named `<op_type>_node`, for graphs built in code (tests,
+    /// tools).
+    pub fn new(op_type: &str, inputs: &[&str], outputs: &[&str], attributes: Vec<(&str, Attribute)>) -> Node {
+        Node {
+            name: format!("{op_type}_node"),
+            op_type: op_type.into(),
+            domain: String::new(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            attributes: attributes.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        }
+    }
+
     pub fn attribute(&self, name: &str) -> Option<&Attribute> {
         self.attributes.iter().find(|(n, _)| n == name).map(|(_, a)| a)
     }

@@ -215,14 +215,7 @@ mod tests {
     use crate::onnx::{import_model, Dim, ImportOptions, Tensor, TensorValues, ValueInfo};
 
     fn node(op: &str, inputs: &[&str], outputs: &[&str], attributes: Vec<(&str, Attribute)>) -> Node {
-        Node {
-            name: format!("{op}_node"),
-            op_type: op.into(),
-            domain: String::new(),
-            inputs: inputs.iter().map(|s| s.to_string()).collect(),
-            outputs: outputs.iter().map(|s| s.to_string()).collect(),
-            attributes: attributes.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-        }
+        Node::new(op, inputs, outputs, attributes)
     }
 
     fn value(name: &str, dtype: DataType, dims: &[usize]) -> ValueInfo {
