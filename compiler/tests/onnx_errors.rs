@@ -3,36 +3,15 @@
 
 mod onnx_support;
 
-use onnx_support::TempDir;
+use onnx_support::{node_proto as node, value_info as value, TempDir};
 use pock_compiler::onnx::proto::{
-    self, attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
-    ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    self, attribute_proto::AttributeType, tensor_proto::DataLocation, AttributeProto, GraphProto, ModelProto, OperatorSetIdProto,
+    StringStringEntryProto, TensorProto,
 };
 use pock_compiler::onnx::{
     load_model, load_model_bytes, resolve_input_shapes, Attribute, DataType, Dim, ImportError, ShapeOverrides, TensorValues,
 };
 use prost::Message;
-
-fn value(name: &str, elem: i32, dims: &[Result<i64, &str>]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|d| tensor_shape_proto::Dimension {
-            value: Some(match d {
-                Ok(v) => tensor_shape_proto::dimension::Value::DimValue(*v),
-                Err(p) => tensor_shape_proto::dimension::Value::DimParam(p.to_string()),
-            }),
-            ..Default::default()
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: Some(elem), shape: Some(TensorShapeProto { dim }) })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 fn f32_tensor(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
     TensorProto {
@@ -62,17 +41,6 @@ fn attr(name: &str, kind: AttributeType, fill: impl FnOnce(&mut AttributeProto))
     let mut a = AttributeProto { name: Some(name.into()), r#type: Some(kind as i32), ..Default::default() };
     fill(&mut a);
     a
-}
-
-fn node(name: &str, op: &str, inputs: &[&str], outputs: &[&str], attribute: Vec<AttributeProto>) -> NodeProto {
-    NodeProto {
-        name: Some(name.into()),
-        op_type: Some(op.into()),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: outputs.iter().map(|s| s.to_string()).collect(),
-        attribute,
-        ..Default::default()
-    }
 }
 
 /// y = MatMul(x, w) with x [batch, 4] dynamic in its first dimension.

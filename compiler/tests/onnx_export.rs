@@ -4,9 +4,9 @@
 
 mod onnx_support;
 
-use onnx_support::TempDir;
+use onnx_support::{node_proto as node, TempDir};
 use pock_compiler::onnx::proto::{
-    attribute_proto::AttributeType, tensor_proto::DataLocation, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+    attribute_proto::AttributeType, tensor_proto::DataLocation, AttributeProto, GraphProto, ModelProto, OperatorSetIdProto,
     StringStringEntryProto, TensorProto, ValueInfoProto,
 };
 use pock_compiler::onnx::{export_model, load_model_bytes, ExportError, ExportOptions, TensorValues, TrainedValue};
@@ -30,17 +30,6 @@ fn external(name: &str, dims: &[i64], location: &str, offset: usize, length: usi
         data_type: Some(1),
         data_location: Some(DataLocation::External as i32),
         external_data: vec![entry("location", location.into()), entry("offset", offset.to_string()), entry("length", length.to_string())],
-        ..Default::default()
-    }
-}
-
-fn node(name: &str, op: &str, inputs: &[&str], outputs: &[&str], attribute: Vec<AttributeProto>) -> NodeProto {
-    NodeProto {
-        name: Some(name.into()),
-        op_type: Some(op.into()),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: outputs.iter().map(|s| s.to_string()).collect(),
-        attribute,
         ..Default::default()
     }
 }

@@ -4,12 +4,13 @@
 //! definition (numpy broadcasting spelled out below). Then a finite-difference check of the
 //! gradients through an imported model that chains the composites.
 
+mod onnx_support;
+
 use pock_compiler::gradcheck::{assert_close, check_model};
 use pock_compiler::interp::Interpreter;
 use pock_compiler::ir::{DType, Role};
 use pock_compiler::onnx::proto::{
-    attribute_proto::AttributeType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
-    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto,
 };
 use pock_compiler::onnx::{import_model, load_model_bytes, ImportError, ImportOptions, LossKind, OnnxModel};
 use pock_compiler::ForwardGraph;
@@ -21,21 +22,7 @@ const I64: i32 = 7;
 const BOOL: i32 = 9;
 
 fn value(name: &str, elem: i32, dims: &[usize]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|&d| tensor_shape_proto::Dimension {
-            value: Some(tensor_shape_proto::dimension::Value::DimValue(d as i64)),
-            ..Default::default()
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: Some(elem), shape: Some(TensorShapeProto { dim }) })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    onnx_support::value_info(name, elem, &dims.iter().map(|&d| Ok(d as i64)).collect::<Vec<_>>())
 }
 
 fn f32_init(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {

@@ -588,7 +588,8 @@ mod tests {
         let xs = [3, 5];
         let x = iota(15);
         // (starts, ends, axes, steps) per case; axis -1 is axis 1.
-        let cases: Vec<(Vec<i64>, Vec<i64>, Option<Vec<i64>>, Option<Vec<i64>>)> = vec![
+        type Case = (Vec<i64>, Vec<i64>, Option<Vec<i64>>, Option<Vec<i64>>);
+        let cases: Vec<Case> = vec![
             (vec![1, -4], vec![i64::MAX, -1], None, None),
             (vec![-1], vec![-100], Some(vec![-1]), Some(vec![-2])),
             (vec![4, 0], vec![0, 99], Some(vec![1, 0]), Some(vec![-1, 2])),
