@@ -43,10 +43,42 @@ pub fn trained_tensors(session: &Session, include_frozen: bool) -> Result<Vec<Tr
     Ok(out)
 }
 
+/// The model's tensors in its original form: for each BatchNorm the compiler folded into a
+/// convolution (`--batch-norm fold`, [`pock_engine::plan::Plan::folded_norms`]), the conv weight
+/// `W = W'/s` and the BatchNorm's shift `beta = b' - (b - mean) * s` replace the folded values
+/// under the same names (see `pock_compiler::fold_norm::unfold`), and with `recorded` the
+/// tensors the fold took out of the plan (gamma, the running statistics, the conv's own bias,
+/// unchanged by training) are appended. The result computes what the trained plan computes.
+pub fn unfold_norms(session: &Session, tensors: &mut Vec<TrainedTensor>, recorded: bool) -> Result<(), PockError> {
+    for fold in &session.plan().folded_norms {
+        let find = |tensors: &[TrainedTensor], name: &str| tensors.iter().position(|t| t.name == name);
+        let (w, b) = (find(tensors, &fold.conv_weight), find(tensors, &fold.beta));
+        let (weight, bias) = pock_compiler::fold_norm::unfold(fold, w.map(|i| &tensors[i].values[..]), b.map(|i| &tensors[i].values[..]))
+            .map_err(|e| PockError::Usage(format!("{e}: the plan's record of the fold is damaged; recompile the model")))?;
+        if let (Some(i), Some(values)) = (w, weight) {
+            tensors[i].values = values;
+        }
+        if let (Some(i), Some(values)) = (b, bias) {
+            tensors[i].values = values;
+        }
+        if recorded {
+            let originals = [Some(&fold.gamma), Some(&fold.running_mean), Some(&fold.running_var), fold.conv_bias.as_ref()];
+            for v in originals.into_iter().flatten() {
+                if find(tensors, &v.name).is_none() {
+                    tensors.push(TrainedTensor { name: v.name.clone(), shape: vec![v.values.len()], values: v.values.clone() });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes the model's weights (parameters and running statistics) as a safetensors file,
-/// atomically, with the model and its source in the metadata. Returns how many tensors it wrote.
+/// atomically, with the model and its source in the metadata, in the model's original form
+/// (folded BatchNorms unfolded, [`unfold_norms`]). Returns how many tensors it wrote.
 pub fn write_safetensors(session: &Session, path: &Path) -> Result<usize, PockError> {
-    let tensors = trained_tensors(session, true)?;
+    let mut tensors = trained_tensors(session, true)?;
+    unfold_norms(session, &mut tensors, true)?;
     let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
     let mut views = Vec::with_capacity(tensors.len());
     for (t, b) in tensors.iter().zip(&bytes) {
@@ -97,7 +129,9 @@ pub fn source_model(session: &Session, model: Option<&Path>) -> Result<(std::pat
 pub fn write_onnx(session: &Session, model: Option<&Path>, out: &Path, options: ExportOptions) -> Result<Exported, PockError> {
     let (path, source) = source_model(session, model)?;
     // Frozen parameters hold the source's own values; only what training changed is replaced.
-    let tensors = trained_tensors(session, false)?;
+    // Folded BatchNorms go back to the source's form; gamma and the statistics are the source's.
+    let mut tensors = trained_tensors(session, false)?;
+    unfold_norms(session, &mut tensors, false)?;
     let trained: Vec<TrainedValue> = tensors.iter().map(|t| TrainedValue { name: &t.name, shape: &t.shape, values: &t.values }).collect();
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

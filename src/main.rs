@@ -129,10 +129,14 @@ enum DropoutArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum BatchNormArg {
-    /// Batch statistics; running statistics updated (PyTorch train()).
-    Train,
+    /// Running statistics fixed, and each BatchNorm after a conv folded into it: the conv weight
+    /// absorbs the scale, the shift becomes a trainable conv bias named as the BatchNorm's bias
+    /// (same outputs as frozen; export writes the original layers back).
+    Fold,
     /// Running statistics used and kept fixed (gamma and beta still learn).
     Frozen,
+    /// Batch statistics; running statistics updated (PyTorch train()).
+    Train,
 }
 
 #[derive(Args)]
@@ -183,7 +187,9 @@ struct CompileArgs {
     /// Clip gradients by their global L2 norm.
     #[arg(long)]
     clip_grad_norm: Option<f32>,
-    #[arg(long, value_enum, default_value = "train")]
+    /// How BatchNorm layers train: fold (frozen and folded into the conv before them), frozen, or
+    /// train (batch statistics, as PyTorch's train()).
+    #[arg(long, value_enum, default_value = "fold")]
     batch_norm: BatchNormArg,
     /// Dropout of an ONNX model exported in training mode; the masks are drawn from --seed.
     #[arg(long, value_enum, default_value = "on")]
@@ -607,6 +613,7 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
         accumulate: a.accumulate,
         clip_grad_norm: a.clip_grad_norm,
         batch_norm: match a.batch_norm {
+            BatchNormArg::Fold => BatchNormMode::Fold,
             BatchNormArg::Train => BatchNormMode::Train,
             BatchNormArg::Frozen => BatchNormMode::Frozen,
         },

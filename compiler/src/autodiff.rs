@@ -25,7 +25,12 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
     }
     let ForwardGraph { name, mut graph, inputs, output, task } = forward;
     let batch = batch_of(&graph, &inputs)?;
-    if options.batch_norm == BatchNormMode::Frozen {
+    let mut folded_norms = Vec::new();
+    if options.batch_norm == BatchNormMode::Fold {
+        let kept: Vec<TensorId> = inputs.iter().copied().chain([output]).collect();
+        folded_norms = crate::fold_norm::fold_batch_norms(&mut graph, &kept);
+    }
+    if matches!(options.batch_norm, BatchNormMode::Frozen | BatchNormMode::Fold) {
         freeze_batch_norm(&mut graph);
     }
     crate::scheme::apply(&mut graph, &options.update)?;
@@ -91,6 +96,7 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
         eval_output,
         eval_loss,
         param_grads: grads,
+        folded_norms,
     })
 }
 

@@ -8,6 +8,7 @@
 
 pub mod autodiff;
 pub mod error;
+pub mod fold_norm;
 pub mod gradcheck;
 pub mod interp;
 pub mod ir;

@@ -338,6 +338,7 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
         weight_bytes: weights.len() as u64,
         // The facade records where the model came from; a graph built in code has no file.
         source: Default::default(),
+        folded_norms: t.folded_norms.clone(),
     })
     .map(|plan| CompiledPlan { plan, weights })
 }

@@ -39,8 +39,12 @@ pub struct ForwardGraph {
 /// How BatchNorm layers behave while training.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum BatchNormMode {
-    /// Batch statistics, running statistics updated (PyTorch's `train()`).
+    /// Running statistics used and kept fixed, and each BatchNorm that follows a convolution
+    /// folded into it: the conv weight absorbs the scale, the shift becomes a trainable conv bias
+    /// named as the BatchNorm's bias (see [`crate::fold_norm`]). Other BatchNorms are as `Frozen`.
     #[default]
+    Fold,
+    /// Batch statistics, running statistics updated (PyTorch's `train()`).
     Train,
     /// Running statistics used and kept fixed; gamma and beta can still learn.
     Frozen,
@@ -71,7 +75,7 @@ impl Default for CompileOptions {
             learning_rate: 0.01,
             accumulate: 1,
             clip_grad_norm: None,
-            batch_norm: BatchNormMode::Train,
+            batch_norm: BatchNormMode::Fold,
             target: "host".into(),
             reorder: true,
             update: UpdateScheme::default(),
@@ -103,6 +107,8 @@ pub struct TrainingGraph {
     /// Each trainable parameter with its gradient in the Train program (before the optimizer
     /// consumes it), so tests can evaluate gradients directly.
     pub param_grads: ParamGrads,
+    /// The BatchNorms folded into convolutions (`BatchNormMode::Fold`), for export.
+    pub folded_norms: Vec<pock_engine::plan::FoldedNorm>,
 }
 
 impl ForwardGraph {

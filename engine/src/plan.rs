@@ -12,8 +12,9 @@ use crate::ops::Op;
 
 /// Bump this whenever the encoding of [`Plan`] changes other than by appending an op or a family
 /// (see [`crate::format`]). Version 2 groups ops in families; version 3 records the model's
-/// source ([`Plan::source`]).
-pub const FORMAT_VERSION: u32 = 3;
+/// source ([`Plan::source`]); version 4 records the BatchNorms folded into convolutions
+/// ([`Plan::folded_norms`]).
+pub const FORMAT_VERSION: u32 = 4;
 /// Alignment of every arena offset and of the weight section, in bytes.
 pub const ALIGN: u64 = 64;
 
@@ -246,6 +247,35 @@ pub struct Plan {
     /// Where the model came from, so that `pock export` can find the ONNX graph it was compiled
     /// from and check that it is the same file.
     pub source: ModelSource,
+    /// The BatchNorm layers the compiler folded into the convolution before them
+    /// (`--batch-norm fold`), so that an export can write the model in its original form. The
+    /// engine never reads them.
+    pub folded_norms: Vec<FoldedNorm>,
+}
+
+/// Named float values, as the model had them before folding.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NamedValues {
+    pub name: String,
+    pub values: Vec<f32>,
+}
+
+/// A frozen BatchNorm folded into the convolution that feeds it. With
+/// `s = gamma / sqrt(running_var + eps)` per output channel, the plan's tensor named
+/// `conv_weight` holds `W * s` and the one named `beta` holds the conv's bias
+/// `(b - running_mean) * s + beta` (`b` the conv's own bias, or 0); gamma, the running statistics
+/// and the conv's own bias are not in the plan (they do not change while training), so they are
+/// recorded here with their values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FoldedNorm {
+    pub conv_weight: String,
+    /// The convolution's own bias, absorbed into the folded one, if it had one.
+    pub conv_bias: Option<NamedValues>,
+    pub gamma: NamedValues,
+    pub beta: String,
+    pub running_mean: NamedValues,
+    pub running_var: NamedValues,
+    pub eps: f32,
 }
 
 /// Where a plan's model came from.

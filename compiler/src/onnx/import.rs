@@ -602,9 +602,10 @@ impl Importer<'_> {
         }
     }
 
-    /// BatchNormalization trains with batch statistics and updates the running statistics in
-    /// place, as PyTorch's `train()` and pock's zoo do, whether or not the graph was exported in
-    /// training mode (the eval program uses the running statistics).
+    /// BatchNormalization is imported in its training form (batch statistics, running statistics
+    /// updated in place, as PyTorch's `train()`), whether or not the graph was exported in
+    /// training mode; `--batch-norm fold` (the default) or `frozen` then fixes the statistics
+    /// (`CompileOptions::batch_norm`). The eval program uses the running statistics.
     fn batch_norm(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
         let x = self.tensor(ctx, ctx.input(0)?)?;
         let gamma = self.tensor(ctx, ctx.input(1)?)?;
@@ -625,8 +626,8 @@ impl Importer<'_> {
         let momentum = (1.0 - f64::from(ctx.float("momentum", 0.9)?)) as f32;
         if ctx.int("training_mode", 0)? == 0 && !self.notes.iter().any(|n| n.contains("BatchNormalization")) {
             self.notes.push(
-                "BatchNormalization nodes exported in inference mode train with batch statistics, as PyTorch's train() does; \
-                 compile with --batch-norm frozen to keep their running statistics fixed"
+                "BatchNormalization nodes exported in inference mode keep their running statistics fixed by default (--batch-norm \
+                 fold or frozen); compile with --batch-norm train to train them with batch statistics, as PyTorch's train() does"
                     .into(),
             );
         }
