@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use common::onnx_fixture::{dims, float_rule, materialise, read_json};
 use common::{fails, pock, s, workdir};
 use pock::compiler::onnx::{load_model, Attribute, ImportOptions, ShapeOverrides};
+use pock::compiler::stages::BatchNormMode;
 use pock::compiler::CompileOptions;
 use pock::engine::plan::Role;
 use pock::engine::{Session, SessionOptions, Targets};
@@ -30,15 +31,17 @@ struct Trained {
 const SPEC: &str = "x=2x3x64x64";
 
 fn trained(name: &str) -> Trained {
-    trained_model("resnet18", name)
+    trained_model("resnet18", name, "train")
 }
 
-fn trained_model(fixture: &str, name: &str) -> Trained {
+/// `batch_norm` is the `--batch-norm` mode: the bit-exact checks here use `train`; a folded plan
+/// (`fold`) exports unfolded values (tests/fold.rs), which onnxruntime checks too.
+fn trained_model(fixture: &str, name: &str, batch_norm: &str) -> Trained {
     let dir = workdir(name);
     let model = materialise(&format!("{fixture}.ts"), &dir);
     let (plan, ckpt) = (dir.join("r.pock"), dir.join("r.ckpt.safetensors"));
-    let out =
-        pock(&["compile", s(&model), "-o", s(&plan), "--input-shape", SPEC, "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0.9"]);
+    let args = ["--input-shape", SPEC, "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0.9", "--batch-norm", batch_norm];
+    let out = pock(&[&["compile", s(&model), "-o", s(&plan)][..], &args].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let reference = read_json(&format!("{fixture}.parity.json"));
     let input = &reference["inputs"]["x"];
@@ -61,7 +64,8 @@ fn infer(session: &mut Session, x: &[f32]) -> Vec<f32> {
 /// Compiles an ONNX file with the fixture's input shape and loads it.
 fn compile(model: &Path) -> Session {
     let import = ImportOptions { shapes: ShapeOverrides::parse(None, &[SPEC]).unwrap(), ..Default::default() };
-    let (compiled, _) = pock::compile_onnx(model, &import, CompileOptions::default()).unwrap();
+    let options = CompileOptions { batch_norm: BatchNormMode::Train, ..Default::default() };
+    let (compiled, _) = pock::compile_onnx(model, &import, options).unwrap();
     Session::from_bytes(&compiled.to_bytes(), SessionOptions::default()).unwrap()
 }
 
@@ -206,17 +210,19 @@ fn export_refuses_a_zoo_plan_a_changed_source_and_a_missing_source() {
 }
 
 /// Writes what `tests/onnx/check_export.py` compares (run by `.ci/run`), for resnet18 and
-/// mobilenet_v2 (BatchNormalization, and a Dropout in training mode): each trained 3 steps and
-/// exported for inference as `DIR/MODEL/model.onnx`, 8 input samples as `DIR/MODEL/data.npz` and
-/// pock's `infer` outputs for them as `DIR/MODEL/infer.npz`. DIR is `POCK_EXPORT_CHECK_DIR`.
+/// mobilenet_v2 (BatchNormalization, and a Dropout in training mode), each compiled with
+/// training-mode BatchNorm and with BatchNorm folded into the convs (the export unfolds it): each
+/// trained 3 steps and exported for inference as `DIR/MODEL-MODE/model.onnx`, 8 input samples as
+/// `DIR/MODEL-MODE/data.npz` and pock's `infer` outputs for them as `DIR/MODEL-MODE/infer.npz`.
+/// DIR is `POCK_EXPORT_CHECK_DIR`.
 #[test]
 #[ignore]
 fn write_onnxruntime_check() {
     let root = PathBuf::from(std::env::var("POCK_EXPORT_CHECK_DIR").expect("set POCK_EXPORT_CHECK_DIR to the directory to write"));
-    for fixture in ["resnet18", "mobilenet_v2"] {
-        let dir = root.join(fixture);
+    for (fixture, batch_norm) in [("resnet18", "train"), ("mobilenet_v2", "train"), ("resnet18", "fold"), ("mobilenet_v2", "fold")] {
+        let dir = root.join(format!("{fixture}-{batch_norm}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let t = trained_model(fixture, &format!("onnxruntime-check-{fixture}"));
+        let t = trained_model(fixture, &format!("onnxruntime-check-{fixture}-{batch_norm}"), batch_norm);
         let model = dir.join("model.onnx");
         let o = pock(&["export", s(&t.plan), "--weights", s(&t.ckpt), "--onnx", s(&model), "--inference"]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
