@@ -56,6 +56,8 @@ pub fn run(cfg: &DemoConfig, out: &mut dyn Write) -> Result<DemoReport, PockErro
     let options = CompileOptions {
         optimizer: OptimizerKind::Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
         learning_rate: 0.05,
+        // The demo trains from scratch, so BatchNorm uses batch statistics.
+        batch_norm: pock_compiler::stages::BatchNormMode::Train,
         ..CompileOptions::default()
     };
     let started = Instant::now();

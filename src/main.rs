@@ -26,7 +26,7 @@ use pock::PockError;
     about = "Compiled on-device training: compile a model into a static training plan, then train it anywhere."
 )]
 #[command(
-    after_help = "Typical use:\n  pock compile zoo:cnn --batch 32 --optimizer sgd --lr 0.05 --momentum 0.9 -o cnn.pock\n  pock inspect cnn.pock\n  pock train cnn.pock --data train.npz --epochs 3 --save cnn.ckpt.safetensors\n  pock eval cnn.pock --weights cnn.ckpt.safetensors --data test.npz --json\n  pock demo"
+    after_help = "Typical use:\n  pock compile zoo:cnn --batch 32 --optimizer sgd --lr 0.05 --momentum 0.9 --batch-norm train -o cnn.pock\n  pock inspect cnn.pock\n  pock train cnn.pock --data train.npz --epochs 3 --save cnn.ckpt.safetensors\n  pock eval cnn.pock --weights cnn.ckpt.safetensors --data test.npz --json\n  pock demo"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -98,7 +98,10 @@ not write external data files; use --safetensors for larger models).\n\n\
 Without --inference the graph keeps its training mode (BatchNormalization training_mode=1, Dropout's training_mode input), so it can \
 be trained further by pock or PyTorch. With --inference BatchNormalization uses the trained running statistics and Dropout is the \
 identity: what `pock infer` computes, and what a deployed model should do.\n\n\
---safetensors writes the parameters and running statistics alone, float32, under their ONNX or zoo names (zoo plans too).";
+--safetensors writes the parameters and running statistics alone, float32, under their ONNX or zoo names (zoo plans too).\n\n\
+A plan compiled with --batch-norm fold (the default) is exported in the model's original form: each folded conv weight is divided \
+back by its BatchNorm's scale s = gamma / sqrt(running_var + eps) and the BatchNorm's bias is recovered from the trained conv bias, \
+beta = bias - (conv bias - running_mean) * s; gamma and the running statistics are written as they were (folding kept them fixed).";
 
 fn pock_models_help() -> String {
     format!("{}\nOptimizers: sgd (--momentum, --dampening, --nesterov, --weight-decay), adam and adamw (--beta1, --beta2, --eps, --weight-decay).", pock::models::help_text())
@@ -650,6 +653,21 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
         pock::compile_model(&a.model, a.batch.unwrap_or(32), a.seed, options)?
     };
     pock::check_memory(&compiled.plan, a.memory_budget)?;
+    // Folding fixes the running statistics; a model whose statistics are all still the initial
+    // ones (mean 0, variance 1) has never been trained, and frozen statistics do not normalise it.
+    let folds = &compiled.plan.folded_norms;
+    if !folds.is_empty()
+        && folds.iter().all(|f| f.running_mean.values.iter().all(|&m| m == 0.0) && f.running_var.values.iter().all(|&v| v == 1.0))
+    {
+        progress(
+            quiet,
+            format!(
+                "note: {} BatchNorm layers were frozen and folded into their convolutions (--batch-norm fold, the default, for \
+                 fine-tuning), but their running statistics are the initial ones; to train from scratch, compile with --batch-norm train",
+                folds.len()
+            ),
+        );
+    }
     let bytes = compiled.to_bytes();
     // Atomic, so a plan that a session has mapped is never modified in place.
     pock::engine::atomic::write_bytes(&a.plan, &bytes).map_err(io_err(&a.plan))?;

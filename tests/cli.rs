@@ -27,7 +27,9 @@ fn compile_inspect_train_eval_infer() {
     pock::synth::shapes(320, 16, 1).save_npz(&train).unwrap();
     pock::synth::shapes(70, 16, 2).save_npz(&test).unwrap();
 
-    ok(&["compile", "zoo:cnn:size=16,width=8", "--batch", "16", "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "-o", s(&plan)]);
+    // From scratch, so BatchNorm trains with batch statistics.
+    let args = ["--batch", "16", "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "--batch-norm", "train"];
+    ok(&[&["compile", "zoo:cnn:size=16,width=8", "-o", s(&plan)][..], &args].concat());
 
     let json: serde_json::Value = serde_json::from_str(&ok(&["inspect", s(&plan), "--json"])).unwrap();
     for key in ["arena_bytes", "weight_bytes", "trainable_params", "optimizer_state_bytes", "saved_activation_bytes"] {
@@ -166,7 +168,7 @@ fn resumed_training_matches_uninterrupted_training() {
 fn inspect_lists_every_node_with_ops() {
     let d = workdir("ops");
     let plan = d.join("cnn.pock");
-    ok(&["compile", "zoo:cnn:size=12,width=4", "--batch", "2", "--optimizer", "sgd", "--momentum", "0.9", "-o", s(&plan)]);
+    ok(&["compile", "zoo:cnn:size=12,width=4", "--batch", "2", "--optimizer", "sgd", "--momentum", "0.9", "--batch-norm", "train", "-o", s(&plan)]);
     let t = ok(&["inspect", s(&plan), "--ops"]);
     for needle in ["Conv2dGradWeight", "BatchNormTrainGrad", "SgdUpdate", "MaxPool2d", "eval program", "infer program"] {
         assert!(t.contains(needle), "missing {needle}:\n{t}");

@@ -10,6 +10,8 @@ fn sgd(lr: f32) -> CompileOptions {
     CompileOptions {
         optimizer: OptimizerKind::Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
         learning_rate: lr,
+        // These models learn from scratch, so BatchNorm uses batch statistics.
+        batch_norm: pock::compiler::stages::BatchNormMode::Train,
         ..Default::default()
     }
 }

@@ -176,6 +176,8 @@ fn training_with(model: &str, reference: &Value, specs: &[&str], dir: &Path) -> 
             weight_decay: opt["weight_decay"].as_f64().unwrap() as f32,
         },
         learning_rate: opt["lr"].as_f64().unwrap() as f32,
+        // PyTorch's references train BatchNorm with batch statistics.
+        batch_norm: pock::compiler::stages::BatchNormMode::Train,
         ..CompileOptions::default()
     };
     let imported = import_file(&path, &import).unwrap_or_else(|e| panic!("{model}: {e}"));

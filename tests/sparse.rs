@@ -18,6 +18,8 @@ fn options(update: UpdateScheme) -> CompileOptions {
         optimizer: OptimizerKind::Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
         learning_rate: 0.01,
         update,
+        // The names and counts below are those of training-mode BatchNorm (folding: tests/fold.rs).
+        batch_norm: pock::compiler::stages::BatchNormMode::Train,
         ..Default::default()
     }
 }
