@@ -206,6 +206,10 @@ struct CompileArgs {
     /// Keep the optimizer at the end of the step instead of right after each gradient.
     #[arg(long)]
     no_reorder: bool,
+    /// Keep ReLU/ReLU6 activations as floats for their gradients instead of 1-bit masks (the
+    /// gradients are the same bit for bit; the masks only save memory). For comparisons.
+    #[arg(long)]
+    no_activation_masks: bool,
     /// Refuse a plan whose memory (arena and weights) exceeds this many bytes (suffixes K, M, G;
     /// default: the machine's physical memory).
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
@@ -622,6 +626,7 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
         },
         target: a.target.clone(),
         reorder: !a.no_reorder,
+        activation_masks: !a.no_activation_masks,
         update: pock::compiler::UpdateScheme { preset: a.update.as_deref().map(str::parse).transpose()?, train: a.train.clone() },
     };
     let started = Instant::now();

@@ -76,6 +76,9 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
 
     let grads = differentiate(&mut graph, train_loss)?;
     crate::optimizer::add_optimizer(&mut graph, &grads, &options)?;
+    if options.activation_masks {
+        crate::mask::pack_activation_masks(&mut graph);
+    }
     if options.reorder {
         crate::schedule::consume_gradients_early(&mut graph);
     }

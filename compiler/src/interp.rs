@@ -10,7 +10,8 @@ use crate::error::{CompileError, Result};
 use crate::ir::{DType, Graph, Node, TensorId, Values};
 
 /// Evaluates in `T`: f64 for gradient checks, f32 to reproduce the engine's reference kernels
-/// exactly. Float tensors hold `T`; `i64` and bool tensors hold their own values.
+/// exactly. Float tensors hold `T`; `i64` and bool tensors hold their own values, and `u8` tensors
+/// (packed masks) are bytes kept with the bools, as the engine passes them to kernels.
 pub struct Interpreter<'g, T = f64> {
     graph: &'g Graph,
     floats: Vec<Option<Vec<T>>>,
@@ -93,7 +94,7 @@ impl<'g, T: Float> Interpreter<'g, T> {
             let taken = match def.dtype {
                 DType::F32 => take(&mut self.floats[t.index()], in_place, def.numel(), T::zero()).map(|v| float_outs.push((t, v))),
                 DType::I64 => take(&mut self.ints[t.index()], in_place, def.numel(), 0).map(|v| int_outs.push((t, v))),
-                DType::Bool => take(&mut self.bools[t.index()], in_place, def.numel(), 0).map(|v| bool_outs.push((t, v))),
+                DType::Bool | DType::U8 => take(&mut self.bools[t.index()], in_place, def.numel(), 0).map(|v| bool_outs.push((t, v))),
                 other => {
                     return Err(error(format!("output '{}' has dtype {}, which the interpreter does not run", def.name, other.name())))
                 }
@@ -107,7 +108,7 @@ impl<'g, T: Float> Interpreter<'g, T> {
             match def.dtype {
                 DType::F32 => floats.push(View { data: self.floats[t.index()].as_deref().ok_or_else(|| missing(t))?, shape }),
                 DType::I64 => ints.push(View { data: self.ints[t.index()].as_deref().ok_or_else(|| missing(t))?, shape }),
-                DType::Bool => bools.push(View { data: self.bools[t.index()].as_deref().ok_or_else(|| missing(t))?, shape }),
+                DType::Bool | DType::U8 => bools.push(View { data: self.bools[t.index()].as_deref().ok_or_else(|| missing(t))?, shape }),
                 other => return Err(error(format!("input '{}' has dtype {}, which the interpreter does not run", def.name, other.name()))),
             }
         }

@@ -3,7 +3,7 @@
 //! The pipeline is a chain of stage types, each consumed by the next step:
 //! [`ForwardGraph`] (a model: forward nodes, its inputs, the trained output) ->
 //! [`ForwardGraph::into_training`] (loss, compile-time autodiff pruned to what trainable
-//! parameters need, optimizer ops, reordering) -> [`TrainingGraph`] ->
+//! parameters need, 1-bit ReLU/ReLU6 masks, optimizer ops, reordering) -> [`TrainingGraph`] ->
 //! [`TrainingGraph::into_plan`] (memory planning, weight layout) -> [`pock_engine::Plan`].
 
 pub mod autodiff;
@@ -12,6 +12,7 @@ pub mod fold_norm;
 pub mod gradcheck;
 pub mod interp;
 pub mod ir;
+pub mod mask;
 pub mod memory;
 pub mod onnx;
 pub mod ops;

@@ -64,6 +64,9 @@ pub struct CompileOptions {
     pub target: String,
     /// Put each optimizer update right after its gradient is complete, so gradients die early.
     pub reorder: bool,
+    /// Keep a 1-bit mask instead of the float activation for the ReLU/ReLU6 gradients that alone
+    /// read it (see [`crate::mask`]); gradients are the same bit for bit.
+    pub activation_masks: bool,
     /// Which parameters train; the others are frozen (see [`crate::scheme`]).
     pub update: UpdateScheme,
 }
@@ -78,6 +81,7 @@ impl Default for CompileOptions {
             batch_norm: BatchNormMode::Fold,
             target: "host".into(),
             reorder: true,
+            activation_masks: true,
             update: UpdateScheme::default(),
         }
     }

@@ -49,6 +49,7 @@ fn st_dtype(d: DType) -> Dtype {
         DType::F16 => Dtype::F16,
         DType::I8 => Dtype::I8,
         DType::Bool => Dtype::BOOL,
+        DType::U8 => Dtype::U8,
     }
 }
 

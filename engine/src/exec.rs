@@ -140,7 +140,7 @@ pub fn validate(plan: &Plan) -> Result<(), ValidationError> {
         let numel = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let bytes = numel.and_then(|e| e.checked_mul(t.dtype.size())).map(|b| b as u64);
         let Some(bytes) = bytes else { bail!("tensor '{}' has an impossible shape {:?}", t.name, t.shape) };
-        if !matches!(t.dtype, DType::F32 | DType::I64 | DType::Bool) {
+        if !matches!(t.dtype, DType::F32 | DType::I64 | DType::Bool | DType::U8) {
             bail!("tensor '{}' has dtype {}, which this engine does not run yet", t.name, t.dtype.name());
         }
         let persistent = !matches!(t.role, Role::Transient | Role::Input | Role::Target);
@@ -512,7 +512,7 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
                 match info.dtype {
                     DType::F32 => args.floats.push(View { data: unsafe { core::slice::from_raw_parts(ptr as *const f32, n) }, shape }),
                     DType::I64 => args.ints.push(View { data: unsafe { core::slice::from_raw_parts(ptr as *const i64, n) }, shape }),
-                    DType::Bool => args.bools.push(View { data: unsafe { core::slice::from_raw_parts(ptr, n) }, shape }),
+                    DType::Bool | DType::U8 => args.bools.push(View { data: unsafe { core::slice::from_raw_parts(ptr, n) }, shape }),
                     DType::F16 | DType::I8 => return Err(args.unrunnable(info)),
                 }
             }
@@ -528,7 +528,9 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
                     DType::I64 => {
                         args.int_outs.push(ViewMut { data: unsafe { core::slice::from_raw_parts_mut(ptr as *mut i64, n) }, shape })
                     }
-                    DType::Bool => args.bool_outs.push(ViewMut { data: unsafe { core::slice::from_raw_parts_mut(ptr, n) }, shape }),
+                    DType::Bool | DType::U8 => {
+                        args.bool_outs.push(ViewMut { data: unsafe { core::slice::from_raw_parts_mut(ptr, n) }, shape })
+                    }
                     DType::F16 | DType::I8 => return Err(args.unrunnable(info)),
                 }
             }

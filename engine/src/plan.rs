@@ -37,6 +37,10 @@ pub enum DType {
     /// One byte per element, 0 or 1 (masks, comparison results). Kernels read any non-zero byte
     /// as true and write only 0 or 1.
     Bool,
+    /// One unsigned byte per element, any value. Only the mask family takes it: a packed 1-bit
+    /// activation mask (`crate::ops::MaskOp`) is a `[ceil(n / 8)]` tensor of this dtype. Appended
+    /// last: the variant index is the plan encoding.
+    U8,
 }
 
 impl DType {
@@ -45,7 +49,7 @@ impl DType {
             DType::F32 => 4,
             DType::I64 => 8,
             DType::F16 => 2,
-            DType::I8 | DType::Bool => 1,
+            DType::I8 | DType::Bool | DType::U8 => 1,
         }
     }
     pub fn name(self) -> &'static str {
@@ -55,6 +59,7 @@ impl DType {
             DType::F16 => "float16",
             DType::I8 => "int8",
             DType::Bool => "bool",
+            DType::U8 => "uint8",
         }
     }
 }

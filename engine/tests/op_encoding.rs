@@ -9,7 +9,7 @@ use pock_engine::ops::{
     Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, CrossEntropy, DenseOp, GradScale, LossOp, MatMul, MatMulOp, MoveOp, NormOp, Op, OptimOp,
     Pool2d, PoolOp, Reduce, ReduceOp, Reduction, Sgd, Slice,
 };
-use pock_engine::ops::{BroadcastOp, Dropout, RandomOp, UnaryFn, UnaryOp};
+use pock_engine::ops::{BroadcastOp, Dropout, MaskKind, MaskOp, RandomOp, UnaryFn, UnaryOp};
 use pock_engine::plan::DType;
 
 /// `(op name, encoded tag bytes)`. Append a row for each new op; never edit or reorder a row
@@ -128,6 +128,8 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("RandomUniform", [12, 2]),
     ("CrossEntropy", [4, 4]),
     ("CrossEntropyGrad", [4, 5]),
+    ("MaskPack", [13, 0]),
+    ("MaskGrad", [13, 1]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -242,6 +244,10 @@ fn row(op: &Op) -> usize {
             RandomOp::Dropout(_) => 108,
             RandomOp::Advance => 109,
             RandomOp::Uniform { .. } => 110,
+        },
+        Op::Mask(op) => match op {
+            MaskOp::Pack(_) => 113,
+            MaskOp::Grad => 114,
         },
     }
 }
@@ -383,6 +389,8 @@ fn every_op() -> Vec<Op> {
         LossOp::CrossEntropy(CrossEntropy { reduction: Reduction::PerSample, ignore_index: -100 }).into(),
         LossOp::CrossEntropyGrad(CrossEntropy { reduction: Reduction::Mean, ignore_index: 3 }).into(),
         RandomOp::Uniform { low: -1.0, high: 2.0, key: 7, shape: vec![3, 1] }.into(),
+        MaskOp::Pack(MaskKind::Clip(Clip { min: 0.0, max: 6.0 })).into(),
+        MaskOp::Grad.into(),
     ]
     .into_iter()
     .chain(every_unary_fn().into_iter().flat_map(|f| [UnaryOp::Map(f).into(), UnaryOp::Grad(f).into()]))
@@ -438,14 +446,14 @@ fn op_names_are_unique() {
 /// so they follow the same append-only rule.
 #[test]
 fn dtype_tags_are_stable() {
-    let table = [(DType::F32, 0u8), (DType::I64, 1), (DType::F16, 2), (DType::I8, 3), (DType::Bool, 4)];
+    let table = [(DType::F32, 0u8), (DType::I64, 1), (DType::F16, 2), (DType::I8, 3), (DType::Bool, 4), (DType::U8, 5)];
     for (dtype, tag) in table {
         assert_eq!(postcard::to_allocvec(&dtype).unwrap(), [tag], "{} changed its encoding", dtype.name());
     }
     // The exhaustive match makes a new dtype a compile error here until the table has it.
     for (dtype, _) in table {
         match dtype {
-            DType::F32 | DType::I64 | DType::F16 | DType::I8 | DType::Bool => {}
+            DType::F32 | DType::I64 | DType::F16 | DType::I8 | DType::Bool | DType::U8 => {}
         }
     }
 }

@@ -13,6 +13,7 @@ mod cast;
 mod conv;
 mod dense;
 mod loss;
+mod mask;
 mod matmul;
 mod movement;
 mod norm;

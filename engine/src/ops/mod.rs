@@ -12,7 +12,7 @@
 //! updated in place ([`Op::inplace_outputs`]): they name persistent tensors (parameters, optimizer
 //! state, running statistics, gradient accumulators) whose previous value the kernel reads. Each
 //! op declares the dtype of every input and output with its dtype rule ([`Op::output_dtypes`]):
-//! float (`f32` in plans), `i64` or bool.
+//! float (`f32` in plans), `i64`, bool, or `u8` (the mask family's packed bits).
 //!
 //! Encoding: plans store an [`Op`] as postcard writes it, the family's variant index followed by
 //! the op's index inside its family (see [`crate::format`] for the rule that keeps old indices
@@ -23,6 +23,7 @@ mod cast;
 mod conv;
 mod dense;
 mod loss;
+mod mask;
 mod matmul;
 mod movement;
 mod norm;
@@ -45,6 +46,7 @@ pub use cast::CastOp;
 pub use conv::{Conv2d, ConvOp};
 pub use dense::{Clip, DenseOp, MatMul};
 pub use loss::{CrossEntropy, LossOp, Reduction};
+pub use mask::{packed_shape, MaskKind, MaskOp};
 pub use matmul::MatMulOp;
 pub use movement::{broadcast_shapes, slice_range, MoveOp, Slice};
 pub use norm::{BatchNorm, NormOp};
@@ -98,6 +100,7 @@ pub enum Op {
     Move(MoveOp),
     MatMul(MatMulOp),
     Random(RandomOp),
+    Mask(MaskOp),
 }
 
 /// Evaluates `$body` with `$family` bound to the family op inside an [`Op`]: the one place that
@@ -120,6 +123,7 @@ macro_rules! dispatch_op {
             $crate::ops::Op::Move($family) => $body,
             $crate::ops::Op::MatMul($family) => $body,
             $crate::ops::Op::Random($family) => $body,
+            $crate::ops::Op::Mask($family) => $body,
         }
     };
 }
@@ -137,7 +141,7 @@ macro_rules! from_family {
 from_family!(Dense(DenseOp), Conv(ConvOp), Norm(NormOp), Pool(PoolOp), Loss(LossOp), Optim(OptimOp), Cast(CastOp));
 from_family!(Broadcast(BroadcastOp));
 from_family!(Unary(UnaryOp));
-from_family!(Reduce(ReduceOp), Move(MoveOp), MatMul(MatMulOp), Random(RandomOp));
+from_family!(Reduce(ReduceOp), Move(MoveOp), MatMul(MatMulOp), Random(RandomOp), Mask(MaskOp));
 
 impl Op {
     pub fn name(&self) -> &'static str {

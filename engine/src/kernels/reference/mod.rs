@@ -9,6 +9,7 @@ pub mod cast;
 pub mod conv;
 pub mod dense;
 pub mod loss;
+pub mod mask;
 pub mod matmul;
 pub mod movement;
 pub mod norm;
