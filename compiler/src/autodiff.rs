@@ -71,8 +71,10 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
 
     let grads = differentiate(&mut graph, train_loss)?;
     crate::optimizer::add_optimizer(&mut graph, &grads, &options)?;
+    let train_feeds: Vec<TensorId> = inputs.iter().copied().chain([train_target]).collect();
+    let train_scratch_unordered = crate::schedule::train_peak(&graph, &train_feeds, &[train_loss]);
     if options.reorder {
-        crate::schedule::consume_gradients_early(&mut graph);
+        crate::schedule::minimise_peak(&mut graph, &train_feeds, &[train_loss]);
     }
     graph.validate()?;
     Ok(TrainingGraph {
@@ -91,6 +93,7 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
         eval_output,
         eval_loss,
         param_grads: grads,
+        train_scratch_unordered,
     })
 }
 

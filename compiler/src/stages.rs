@@ -58,7 +58,8 @@ pub struct CompileOptions {
     pub batch_norm: BatchNormMode,
     /// Target board name (see `pock_targets::TARGETS`).
     pub target: String,
-    /// Put each optimizer update right after its gradient is complete, so gradients die early.
+    /// Choose the Train program's order to minimise the planned peak (each optimizer update right
+    /// after its gradient is complete, see [`crate::schedule`]); off keeps autodiff's order.
     pub reorder: bool,
     /// Which parameters train; the others are frozen (see [`crate::scheme`]).
     pub update: UpdateScheme,
@@ -103,6 +104,10 @@ pub struct TrainingGraph {
     /// Each trainable parameter with its gradient in the Train program (before the optimizer
     /// consumes it), so tests can evaluate gradients directly.
     pub param_grads: ParamGrads,
+    /// The Train program's packed scratch peak in the order autodiff emitted it (the optimizer
+    /// last), measured before reordering; the plan records the arena it implies
+    /// (`Plan::arena_bytes_unordered`).
+    pub train_scratch_unordered: u64,
 }
 
 impl ForwardGraph {

@@ -201,6 +201,7 @@ mod tests {
             persistent_bytes: 0,
             weight_bytes: u64::MAX,
             source: Default::default(),
+            arena_bytes_unordered: 0,
         };
         let e = decode_plan(&encode_plan(&plan, &[])).unwrap_err();
         assert!(matches!(e, FormatError::Truncated { needed: u64::MAX, .. }), "{e}");

@@ -12,8 +12,9 @@ use crate::ops::Op;
 
 /// Bump this whenever the encoding of [`Plan`] changes other than by appending an op or a family
 /// (see [`crate::format`]). Version 2 groups ops in families; version 3 records the model's
-/// source ([`Plan::source`]).
-pub const FORMAT_VERSION: u32 = 3;
+/// source ([`Plan::source`]); version 4 the arena the unreordered schedule would need
+/// ([`Plan::arena_bytes_unordered`]).
+pub const FORMAT_VERSION: u32 = 4;
 /// Alignment of every arena offset and of the weight section, in bytes.
 pub const ALIGN: u64 = 64;
 
@@ -246,6 +247,10 @@ pub struct Plan {
     /// Where the model came from, so that `pock export` can find the ONNX graph it was compiled
     /// from and check that it is the same file.
     pub source: ModelSource,
+    /// The arena the Train program would need in the order autodiff emitted it (the optimizer at
+    /// the end, what `pock compile --no-reorder` plans), recorded at compile time so that
+    /// `pock inspect` can report what reordering saved. Informational: nothing is placed by it.
+    pub arena_bytes_unordered: u64,
 }
 
 /// Where a plan's model came from.
