@@ -376,6 +376,30 @@ pub fn scratch_peak(g: &Graph, nodes: &[&Node], feeds: &[TensorId], fetches: &[T
     pack(&scratch_buffers(g, nodes, feeds, fetches, &root).buffers).1
 }
 
+/// Refuses a plan whose arena and weight section together exceed `budget` bytes. `source` says
+/// where the budget came from (`--memory-budget`, `the rpi4's 2 GiB`). The error names the bytes
+/// the plan needs and its five largest contributors (tensors and the scratch values live at the
+/// Train program's peak, see [`crate::accounting::largest_contributors`]).
+pub fn check_budget(plan: &Plan, budget: u64, source: &str) -> Result<()> {
+    use crate::accounting::{human_bytes, largest_contributors};
+    let needed = plan.arena_bytes.saturating_add(plan.weight_bytes);
+    if needed <= budget {
+        return Ok(());
+    }
+    let contributors: Vec<String> =
+        largest_contributors(plan, 5).iter().map(|c| format!("{} ({}) {} bytes ({})", c.name, c.what, c.bytes, human_bytes(c.bytes))).collect();
+    let message = format!(
+        "the plan needs {needed} bytes ({}: arena {}, weights {}), more than {source} of {budget} bytes ({}); largest contributors: {}. \
+         Train fewer parameters (--update bias, --update last:K, --train GLOB), use a smaller --batch or model, or raise --memory-budget",
+        human_bytes(needed),
+        human_bytes(plan.arena_bytes),
+        human_bytes(plan.weight_bytes),
+        human_bytes(budget),
+        contributors.join("; ")
+    );
+    Err(CompileError::OverBudget { needed, budget, message })
+}
+
 fn missing_init(def: &crate::ir::TensorDef) -> CompileError {
     CompileError::Node { node: def.name.clone(), op: "plan", message: "persistent tensor has no initial value".into() }
 }
