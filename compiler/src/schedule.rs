@@ -3,9 +3,9 @@
 //! Autodiff emits the whole forward pass, then the backward pass, then the optimizer, so every
 //! parameter gradient would stay alive until the end of the step. [`minimise_peak`] reorders the
 //! Train program over its dependency DAG with a list scheduler that, among the nodes whose
-//! dependencies have run, takes the one that frees the most bytes net of what it allocates, as
-//! long as that is not negative; when every ready node allocates, it takes the one autodiff
-//! emitted first. An update frees its gradient, so it runs as soon as the gradient is complete
+//! dependencies have run, takes an optimizer node if there is one, else the one that frees the
+//! most bytes net of what it allocates, as long as that is not negative; when every ready node
+//! allocates, it takes the one autodiff emitted first. An update frees its gradient, so it runs as soon as the gradient is complete
 //! and the gradient dies at once (PockEngine's "gradients are consumed as soon as they exist");
 //! a node that only allocates keeps its emitted place, so nothing is computed long before it is
 //! needed, and a backward branch that autodiff emitted whole stays whole.
@@ -65,6 +65,7 @@ pub fn minimise_peak(graph: &mut Graph, feeds: &[TensorId], fetches: &[TensorId]
     let peaks: Vec<u64> = candidates.iter().map(|(_, order)| peak_of(order)).collect();
     let best = (0..candidates.len()).min_by_key(|&i| (peaks[i], i)).expect("three candidates");
     let reordering = Reordering { emission_peak: peaks[2], chosen_peak: peaks[best], chosen: candidates[best].0 };
+    log::debug!("train scratch peaks: list schedule {}, updates hoisted {}, emission {}; kept {:?}", peaks[0], peaks[1], peaks[2], reordering.chosen);
     let mut slots: Vec<Option<Node>> = train.into_iter().map(Some).collect();
     graph.nodes = candidates[best].1.iter().map(|&i| slots[i].take().expect("each node once")).collect();
     graph.nodes.extend(rest);
@@ -154,10 +155,15 @@ fn list_schedule(graph: &Graph, nodes: &[Node], feeds: &[TensorId], fetches: &[T
     let mut ready: Vec<usize> = (0..nodes.len()).filter(|&j| waiting[j] == 0).collect();
     let mut order = Vec::with_capacity(nodes.len());
     while !ready.is_empty() {
-        // Freeing nodes first (most freed, then emitted first), else the first emitted.
+        // Optimizer nodes first (they allocate at most a scalar, and the count and the update
+        // that read a gradient free it only together), then freeing nodes (most freed, then
+        // emitted first), else the first emitted.
         let pick = (0..ready.len())
             .max_by_key(|&k| {
                 let j = ready[k];
+                if nodes[j].phase == Phase::Optimizer {
+                    return (2, 0, std::cmp::Reverse(j));
+                }
                 let d = delta(j, &live, &remaining);
                 if d >= 0 {
                     (1, d, std::cmp::Reverse(j))
