@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use pock_compiler::accounting::{breakdown, MemoryBreakdown};
 use pock_engine::plan::{Loss, ModelSource, OptimizerKind, Phase, Plan, Role};
 use serde::Serialize;
 
@@ -122,6 +123,9 @@ pub struct PlanReport {
     pub accumulate: usize,
     pub clip_grad_norm: Option<f32>,
     pub arena_bytes: u64,
+    /// The arena the Train program would need in autodiff's emission order (`--no-reorder`),
+    /// recorded at compile time.
+    pub arena_bytes_unordered: u64,
     pub persistent_bytes: u64,
     pub weight_bytes: u64,
     pub trainable_params: usize,
@@ -130,6 +134,10 @@ pub struct PlanReport {
     pub gradient_accumulator_bytes: u64,
     /// Bytes of forward values the backward pass reads (what training keeps beyond inference).
     pub saved_activation_bytes: u64,
+    /// Where the memory goes: sections by role, the Train program's peak by kind, each layer's
+    /// cost (`pock_compiler::accounting::MemoryBreakdown`; buffer sizes as placed, 64-byte
+    /// aligned).
+    pub memory: MemoryBreakdown,
     pub ops: OpCounts,
     pub inputs: Vec<InputInfo>,
     pub outputs: Vec<InputInfo>,
@@ -212,6 +220,7 @@ pub fn report(plan: &Plan) -> PlanReport {
         accumulate: plan.training.accumulate,
         clip_grad_norm: plan.training.clip_grad_norm,
         arena_bytes: plan.arena_bytes,
+        arena_bytes_unordered: plan.arena_bytes_unordered,
         persistent_bytes: plan.persistent_bytes,
         weight_bytes: plan.weight_bytes,
         trainable_params,
@@ -219,11 +228,93 @@ pub fn report(plan: &Plan) -> PlanReport {
         optimizer_state_bytes,
         gradient_accumulator_bytes,
         saved_activation_bytes,
+        memory: breakdown(plan),
         ops,
         inputs: io(&plan.programs.train.feeds),
         outputs: io(&plan.programs.infer.fetches),
         programs,
         estimated_step_ms,
+    }
+}
+
+/// Percent of `of` that `part` is, for tables.
+fn percent(part: u64, of: u64) -> f64 {
+    if of == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / of as f64
+    }
+}
+
+/// The memory breakdown lines of the table.
+fn memory_table(s: &mut String, r: &PlanReport) {
+    let m = &r.memory;
+    let h = human_bytes;
+    let saved = m.arena_bytes_unordered.saturating_sub(m.arena_bytes);
+    let _ = writeln!(
+        s,
+        "reordering   arena {} as scheduled, {} in emission order (--no-reorder): {} saved ({:.1}%)",
+        h(m.arena_bytes),
+        h(m.arena_bytes_unordered),
+        h(saved),
+        percent(saved, m.arena_bytes_unordered)
+    );
+    let _ = writeln!(
+        s,
+        "weights      trainable {}, frozen {} and constants {} (weight section, mapped)",
+        h(m.trainable_weight_bytes),
+        h(m.frozen_weight_bytes),
+        h(m.constant_bytes)
+    );
+    let _ = writeln!(
+        s,
+        "persistent   optimizer state {}, gradient accumulators {}, statistics and counters {}",
+        h(m.optimizer_state_bytes),
+        h(m.gradient_accumulator_bytes),
+        h(m.other_persistent_bytes)
+    );
+    let held = if r.accumulate > 1 {
+        "each is added to its accumulator as soon as it is complete".to_string()
+    } else if r.clip_grad_norm.is_some() {
+        format!("clipping reads every gradient's norm, so {} of them live together", h(m.gradients_held_at_once_bytes))
+    } else {
+        format!("at most {} live at once", h(m.gradients_held_at_once_bytes))
+    };
+    let _ = writeln!(s, "gradients    {} in all; {held}", h(m.gradient_bytes));
+    let _ = writeln!(s, "workspace    {} (the largest kernel workspace)", h(m.workspace_bytes));
+    let p = &m.peak;
+    let _ = writeln!(
+        s,
+        "train peak   {} live at node {} ({}): saved activations {}, other forward values {}, inputs {}, parameter gradients {}, \
+         activation gradients {}, optimizer values {}, workspace {}; packing and other programs {}",
+        h(p.live_bytes),
+        p.node,
+        p.node_name,
+        h(p.saved_activations),
+        h(p.forward_values),
+        h(p.inputs),
+        h(p.parameter_gradients),
+        h(p.backward_values),
+        h(p.optimizer_values),
+        h(p.workspace),
+        h(p.packing_overhead)
+    );
+    if !m.layers.is_empty() {
+        let _ = writeln!(s, "\n{:<40} {:<9} {:>10} {:>11} {:>11} {:>11} {:>11} {:>11}", "layer", "trains", "params", "weights", "gradients", "opt state", "saved", "total");
+        for l in &m.layers {
+            let _ = writeln!(
+                s,
+                "{:<40} {:<9} {:>10} {:>11} {:>11} {:>11} {:>11} {:>11}",
+                l.name,
+                if l.trainable { "yes" } else { "frozen" },
+                l.parameters,
+                h(l.parameter_bytes),
+                h(l.gradient_bytes),
+                h(l.optimizer_state_bytes),
+                h(l.saved_activation_bytes),
+                h(l.total_bytes())
+            );
+        }
     }
 }
 
@@ -261,6 +352,7 @@ pub fn table(plan: &Plan, r: &PlanReport, ops: bool) -> String {
         human_bytes(r.optimizer_state_bytes)
     );
     let _ = writeln!(s, "saved        {} of forward values kept for the backward pass", human_bytes(r.saved_activation_bytes));
+    memory_table(&mut s, r);
     let _ = writeln!(s, "train ops    {} forward, {} backward, {} optimizer", r.ops.forward, r.ops.backward, r.ops.optimizer);
     for i in &r.inputs {
         let _ = writeln!(s, "input        {} {} {}", i.name, shape_text(&i.shape), i.dtype);

@@ -80,27 +80,22 @@ fn check_sizes(plan: &pock_engine::Plan) -> Result<(), PockError> {
     Ok(())
 }
 
-/// Refuses a plan whose arena and weight section together exceed `budget` bytes (default: the
-/// machine's physical memory), with the bytes it needs.
+/// Refuses a plan whose arena and weight section together exceed `budget` bytes, naming the bytes
+/// it needs and its largest contributors (`pock_compiler::memory::check_budget`). Without a
+/// budget: the memory of the board the plan targets, or for `host` this machine's physical
+/// memory.
 pub fn check_memory(plan: &pock_engine::Plan, budget: Option<u64>) -> Result<(), PockError> {
-    let needed = plan.arena_bytes.saturating_add(plan.weight_bytes);
     let (limit, source) = match budget {
-        Some(b) => (b, "--memory-budget"),
-        None => match pock_engine::session::physical_memory() {
-            Some(m) => (m, "this machine's physical memory"),
-            None => return Ok(()),
+        Some(b) => (b, "--memory-budget".to_string()),
+        None => match pock_targets::find(&plan.target) {
+            Some(t) if t.name != "host" => (t.memory_bytes, format!("the memory of --target {} ({})", t.name, t.description)),
+            _ => match pock_engine::session::physical_memory() {
+                Some(m) => (m, "this machine's physical memory".to_string()),
+                None => return Ok(()),
+            },
         },
     };
-    if needed > limit {
-        return Err(PockError::Usage(format!(
-            "the plan needs {needed} bytes ({}: arena {}, weights {}), more than {source} of {limit} bytes ({}); use a smaller --batch or model, or raise --memory-budget",
-            human_bytes(needed),
-            human_bytes(plan.arena_bytes),
-            human_bytes(plan.weight_bytes),
-            human_bytes(limit)
-        )));
-    }
-    Ok(())
+    Ok(pock_compiler::memory::check_budget(plan, limit, &source)?)
 }
 
 /// Whether `a` and `b` are the same file: the same path, a symlink to it, or a hard link (the
@@ -139,11 +134,4 @@ pub fn onnx_source(path: &Path) -> Result<ModelSource, PockError> {
 }
 
 /// A byte count for people: `9.27 MiB`.
-pub fn human_bytes(b: u64) -> String {
-    match b {
-        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
-        b if b >= 1 << 20 => format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64),
-        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
-        b => format!("{b} B"),
-    }
-}
+pub use pock_compiler::accounting::human_bytes;

@@ -203,15 +203,18 @@ struct CompileArgs {
     /// Seed of the parameter initialisation (zoo models) and of the dropout masks (ONNX models).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Keep the optimizer at the end of the step instead of right after each gradient.
+    /// Keep the order autodiff emits (the optimizer at the end of the step) instead of the order
+    /// chosen for the smallest arena (each update right after its gradient is complete).
+    /// `pock inspect` shows both arenas.
     #[arg(long)]
     no_reorder: bool,
     /// Keep ReLU/ReLU6 activations as floats for their gradients instead of 1-bit masks (the
     /// gradients are the same bit for bit; the masks only save memory). For comparisons.
     #[arg(long)]
     no_activation_masks: bool,
-    /// Refuse a plan whose memory (arena and weights) exceeds this many bytes (suffixes K, M, G;
-    /// default: the machine's physical memory).
+    /// Refuse a plan whose memory (arena and weights) exceeds this many bytes (1048576, 512M,
+    /// 64MiB, 2G), naming what it needs and its largest contributors. Default: the memory of the
+    /// --target board, or for host this machine's physical memory.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     memory_budget: Option<u64>,
     /// Which parameters train: full (all), bias (every *.bias plus the classifier, the last layer),
@@ -256,7 +259,7 @@ struct RunArgs {
     /// Threads for the matrix products, 1 to the number of cores (default 1: only gemm runs in parallel so far, which did not pay off on 2 cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Refuse a plan whose arena exceeds this many bytes (suffixes K, M, G; default: the machine's physical memory).
+    /// Refuse a plan whose arena exceeds this many bytes (1048576, 512M, 64MiB, 2G; default: the machine's physical memory).
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     memory_budget: Option<u64>,
 }
@@ -280,16 +283,20 @@ impl RunArgs {
     }
 }
 
-/// A byte count with an optional K, M or G suffix (powers of 1024).
+/// A byte count with an optional K, M or G suffix, also written KB/KiB, MB/MiB, GB/GiB (all
+/// powers of 1024, any case): `1048576`, `512M`, `64MiB`.
 fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let (digits, shift) = match t.char_indices().last() {
-        Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&t[..i], 10),
-        Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&t[..i], 20),
-        Some((i, c)) if c.eq_ignore_ascii_case(&'g') => (&t[..i], 30),
-        _ => (t, 0),
+    let lower = t.to_ascii_lowercase();
+    let unit_start = lower.find(|c: char| !c.is_ascii_digit() && !c.is_whitespace()).unwrap_or(lower.len());
+    let shift = match lower[unit_start..].trim() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("'{s}' is not a byte count such as 1048576, 512M, 64MiB or 2G")),
     };
-    let n: u64 = digits.trim().parse().map_err(|_| format!("'{s}' is not a byte count such as 1048576, 512M or 2G"))?;
+    let n: u64 = t[..unit_start].trim().parse().map_err(|_| format!("'{s}' is not a byte count such as 1048576, 512M, 64MiB or 2G"))?;
     n.checked_mul(1 << shift).ok_or_else(|| format!("'{s}' is more bytes than fit in 64 bits"))
 }
 

@@ -79,8 +79,10 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
     if options.activation_masks {
         crate::mask::pack_activation_masks(&mut graph);
     }
+    let train_feeds: Vec<TensorId> = inputs.iter().copied().chain([train_target]).collect();
+    let train_scratch_unordered = crate::schedule::train_peak(&graph, &train_feeds, &[train_loss]);
     if options.reorder {
-        crate::schedule::consume_gradients_early(&mut graph);
+        crate::schedule::minimise_peak(&mut graph, &train_feeds, &[train_loss]);
     }
     graph.validate()?;
     Ok(TrainingGraph {
@@ -100,6 +102,7 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
         eval_loss,
         param_grads: grads,
         folded_norms,
+        train_scratch_unordered,
     })
 }
 

@@ -13,6 +13,10 @@ pub enum CompileError {
     NothingTrainable { hint: String },
     #[error("invalid option: {0}")]
     Option(String),
+    /// The plan does not fit a memory budget (see [`crate::memory::check_budget`]); the message
+    /// names the bytes needed and the largest contributors.
+    #[error("{message}")]
+    OverBudget { needed: u64, budget: u64, message: String },
 }
 
 pub type Result<T, E = CompileError> = std::result::Result<T, E>;

@@ -6,6 +6,7 @@
 //! parameters need, 1-bit ReLU/ReLU6 masks, optimizer ops, reordering) -> [`TrainingGraph`] ->
 //! [`TrainingGraph::into_plan`] (memory planning, weight layout) -> [`pock_engine::Plan`].
 
+pub mod accounting;
 pub mod autodiff;
 pub mod error;
 pub mod fold_norm;

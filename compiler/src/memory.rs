@@ -21,7 +21,7 @@ use pock_engine::plan::{
 };
 
 use crate::error::{CompileError, Result};
-use crate::ir::{Node, Program, Role, TensorId, Values};
+use crate::ir::{Graph, Node, Program, Role, TensorId, Values};
 use crate::stages::{Task, TrainingGraph};
 
 fn align(n: u64) -> u64 {
@@ -121,14 +121,7 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
     }
 
     // Reshape outputs alias their input's buffer.
-    let mut root: Vec<TensorId> = (0..g.tensors.len() as u32).map(TensorId).collect();
-    for spec in &specs {
-        for n in &spec.nodes {
-            if matches!(n.op, Op::Dense(DenseOp::Reshape { .. })) {
-                root[n.outputs[0].index()] = root[n.inputs[0].index()];
-            }
-        }
-    }
+    let root = reshape_roots(g, specs.iter().flat_map(|s| s.nodes.iter().copied()));
 
     // Which tensors any program touches; which program owns each scratch buffer.
     let mut used = vec![false; g.tensors.len()];
@@ -206,50 +199,23 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
     let mut scratch_peak = 0u64;
     let mut programs: HashMap<&'static str, PlanProgram> = HashMap::new();
     let mut workspace_of: HashMap<(&'static str, usize), Workspace> = HashMap::new();
+    let mut peak_of: HashMap<&'static str, u64> = HashMap::new();
     for spec in &specs {
-        let mut index: HashMap<TensorId, usize> = HashMap::new();
-        let mut buffers: Vec<Interval> = Vec::new();
-        let mut touch = |t: TensorId, at: usize, buffers: &mut Vec<Interval>| {
-            let r = root[t.index()];
-            if g.tensor(r).is_persistent() {
-                return;
-            }
-            let b = *index.entry(r).or_insert_with(|| {
-                buffers.push(Interval { size: align(g.tensor(r).bytes() as u64), first: at, last: at });
-                buffers.len() - 1
-            });
-            buffers[b].first = buffers[b].first.min(at);
-            buffers[b].last = buffers[b].last.max(at);
-        };
-        let end = spec.nodes.len();
-        for &f in &spec.feeds {
-            touch(f, 0, &mut buffers);
-        }
-        let mut ws_buffers = Vec::new();
-        for (i, n) in spec.nodes.iter().enumerate() {
-            for &x in n.inputs.iter().chain(&n.outputs) {
-                touch(x, i, &mut buffers);
-            }
-            let ins: Vec<&[usize]> = n.inputs.iter().map(|&x| g.shape(x)).collect();
-            let outs: Vec<&[usize]> = n.outputs.iter().map(|&x| g.shape(x)).collect();
-            let elems = workspace_elems(&n.op, &ins, &outs);
-            if elems > 0 {
-                buffers.push(Interval { size: align(elems as u64 * 4), first: i, last: i });
-                ws_buffers.push((i, buffers.len() - 1, elems as u64));
-            }
-        }
-        for &f in &spec.fetches {
-            touch(f, end, &mut buffers);
-        }
-        let (offsets, peak) = pack(&buffers);
+        let scratch = scratch_buffers(g, &spec.nodes, &spec.feeds, &spec.fetches, &root);
+        let (offsets, peak) = pack(&scratch.buffers);
         scratch_peak = scratch_peak.max(peak);
-        for (&r, &b) in &index {
+        peak_of.insert(spec.name, peak);
+        for (&r, &b) in &scratch.index {
             location[r.index()] = Some(Location::Arena { offset: persistent + offsets[b] });
         }
-        for (node, b, elems) in ws_buffers {
+        for (node, b, elems) in scratch.workspaces {
             workspace_of.insert((spec.name, node), Workspace { offset: persistent + offsets[b], elems });
         }
     }
+    // The arena the emission order would need: the Train program's peak as autodiff emitted it
+    // (recorded before reordering), the other programs' as planned.
+    let others = peak_of.iter().filter(|(name, _)| **name != "train").map(|(_, &p)| p).max().unwrap_or(0);
+    let unordered_scratch = t.train_scratch_unordered.max(others);
     for i in 0..g.tensors.len() {
         if used[i] && location[i].is_none() {
             location[i] = location[root[i].index()];
@@ -334,6 +300,7 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
             clip_grad_norm: t.options.clip_grad_norm,
         },
         arena_bytes: persistent + scratch_peak,
+        arena_bytes_unordered: persistent + unordered_scratch,
         persistent_bytes: persistent,
         weight_bytes: weights.len() as u64,
         // The facade records where the model came from; a graph built in code has no file.
@@ -341,6 +308,97 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
         folded_norms: t.folded_norms.clone(),
     })
     .map(|plan| CompiledPlan { plan, weights })
+}
+
+/// The scratch buffers of one program: one per aliasing root (see [`reshape_roots`]) with its
+/// lifetime over the program's node indices, plus one per kernel workspace.
+struct ScratchBuffers {
+    buffers: Vec<Interval>,
+    /// Root tensor -> its buffer.
+    index: HashMap<TensorId, usize>,
+    /// `(node index, buffer, f32 elements)` of each kernel workspace.
+    workspaces: Vec<(usize, usize, u64)>,
+}
+
+/// Each tensor's buffer owner: a `Reshape` output shares its input's buffer.
+pub(crate) fn reshape_roots<'g>(g: &Graph, nodes: impl IntoIterator<Item = &'g Node>) -> Vec<TensorId> {
+    let mut root: Vec<TensorId> = (0..g.tensors.len() as u32).map(TensorId).collect();
+    for n in nodes {
+        if matches!(n.op, Op::Dense(DenseOp::Reshape { .. })) {
+            root[n.outputs[0].index()] = root[n.inputs[0].index()];
+        }
+    }
+    root
+}
+
+/// Liveness of a program's scratch values: feeds are live from the first node, fetches to the
+/// end, everything else from its first to its last use.
+fn scratch_buffers(g: &Graph, nodes: &[&Node], feeds: &[TensorId], fetches: &[TensorId], root: &[TensorId]) -> ScratchBuffers {
+    let mut index: HashMap<TensorId, usize> = HashMap::new();
+    let mut buffers: Vec<Interval> = Vec::new();
+    let mut touch = |t: TensorId, at: usize, buffers: &mut Vec<Interval>| {
+        let r = root[t.index()];
+        if g.tensor(r).is_persistent() {
+            return;
+        }
+        let b = *index.entry(r).or_insert_with(|| {
+            buffers.push(Interval { size: align(g.tensor(r).bytes() as u64), first: at, last: at });
+            buffers.len() - 1
+        });
+        buffers[b].first = buffers[b].first.min(at);
+        buffers[b].last = buffers[b].last.max(at);
+    };
+    for &f in feeds {
+        touch(f, 0, &mut buffers);
+    }
+    let mut workspaces = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for &x in n.inputs.iter().chain(&n.outputs) {
+            touch(x, i, &mut buffers);
+        }
+        let ins: Vec<&[usize]> = n.inputs.iter().map(|&x| g.shape(x)).collect();
+        let outs: Vec<&[usize]> = n.outputs.iter().map(|&x| g.shape(x)).collect();
+        let elems = workspace_elems(&n.op, &ins, &outs);
+        if elems > 0 {
+            buffers.push(Interval { size: align(elems as u64 * 4), first: i, last: i });
+            workspaces.push((i, buffers.len() - 1, elems as u64));
+        }
+    }
+    for &f in fetches {
+        touch(f, nodes.len(), &mut buffers);
+    }
+    ScratchBuffers { buffers, index, workspaces }
+}
+
+/// The packed scratch peak of one program run in the order of `nodes` (what [`build_plan`] would
+/// place after the persistent prefix for it). The scheduler compares orders with this.
+pub fn scratch_peak(g: &Graph, nodes: &[&Node], feeds: &[TensorId], fetches: &[TensorId]) -> u64 {
+    let root = reshape_roots(g, nodes.iter().copied());
+    pack(&scratch_buffers(g, nodes, feeds, fetches, &root).buffers).1
+}
+
+/// Refuses a plan whose arena and weight section together exceed `budget` bytes. `source` says
+/// where the budget came from (`--memory-budget`, `the rpi4's 2 GiB`). The error names the bytes
+/// the plan needs and its five largest contributors (tensors and the scratch values live at the
+/// Train program's peak, see [`crate::accounting::largest_contributors`]).
+pub fn check_budget(plan: &Plan, budget: u64, source: &str) -> Result<()> {
+    use crate::accounting::{human_bytes, largest_contributors};
+    let needed = plan.arena_bytes.saturating_add(plan.weight_bytes);
+    if needed <= budget {
+        return Ok(());
+    }
+    let contributors: Vec<String> =
+        largest_contributors(plan, 5).iter().map(|c| format!("{} ({}) {} bytes ({})", c.name, c.what, c.bytes, human_bytes(c.bytes))).collect();
+    let message = format!(
+        "the plan needs {needed} bytes ({}: arena {}, weights {}), more than {source} of {budget} bytes ({}); largest contributors: {}. \
+         Train fewer parameters (--update bias, --update last:K, --train GLOB), use a smaller --batch or model, or raise --memory-budget",
+        human_bytes(needed),
+        human_bytes(plan.arena_bytes),
+        human_bytes(plan.weight_bytes),
+        human_bytes(budget),
+        contributors.join("; ")
+    );
+    Err(CompileError::OverBudget { needed, budget, message })
 }
 
 fn missing_init(def: &crate::ir::TensorDef) -> CompileError {

@@ -62,7 +62,8 @@ pub struct CompileOptions {
     pub batch_norm: BatchNormMode,
     /// Target board name (see `pock_targets::TARGETS`).
     pub target: String,
-    /// Put each optimizer update right after its gradient is complete, so gradients die early.
+    /// Choose the Train program's order to minimise the planned peak (each optimizer update right
+    /// after its gradient is complete, see [`crate::schedule`]); off keeps autodiff's order.
     pub reorder: bool,
     /// Keep a 1-bit mask instead of the float activation for the ReLU/ReLU6 gradients that alone
     /// read it (see [`crate::mask`]); gradients are the same bit for bit.
@@ -113,6 +114,10 @@ pub struct TrainingGraph {
     pub param_grads: ParamGrads,
     /// The BatchNorms folded into convolutions (`BatchNormMode::Fold`), for export.
     pub folded_norms: Vec<pock_engine::plan::FoldedNorm>,
+    /// The Train program's packed scratch peak in the order autodiff emitted it (the optimizer
+    /// last), measured before reordering; the plan records the arena it implies
+    /// (`Plan::arena_bytes_unordered`).
+    pub train_scratch_unordered: u64,
 }
 
 impl ForwardGraph {

@@ -202,6 +202,7 @@ mod tests {
             weight_bytes: u64::MAX,
             source: Default::default(),
             folded_norms: Vec::new(),
+            arena_bytes_unordered: 0,
         };
         let e = decode_plan(&encode_plan(&plan, &[])).unwrap_err();
         assert!(matches!(e, FormatError::Truncated { needed: u64::MAX, .. }), "{e}");

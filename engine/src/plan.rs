@@ -13,7 +13,8 @@ use crate::ops::Op;
 /// Bump this whenever the encoding of [`Plan`] changes other than by appending an op or a family
 /// (see [`crate::format`]). Version 2 groups ops in families; version 3 records the model's
 /// source ([`Plan::source`]); version 4 records the BatchNorms folded into convolutions
-/// ([`Plan::folded_norms`]).
+/// ([`Plan::folded_norms`]) and the arena the unreordered schedule would need
+/// ([`Plan::arena_bytes_unordered`]).
 pub const FORMAT_VERSION: u32 = 4;
 /// Alignment of every arena offset and of the weight section, in bytes.
 pub const ALIGN: u64 = 64;
@@ -256,6 +257,10 @@ pub struct Plan {
     /// (`--batch-norm fold`), so that an export can write the model in its original form. The
     /// engine never reads them.
     pub folded_norms: Vec<FoldedNorm>,
+    /// The arena the Train program would need in the order autodiff emitted it (the optimizer at
+    /// the end, what `pock compile --no-reorder` plans), recorded at compile time so that
+    /// `pock inspect` can report what reordering saved. Informational: nothing is placed by it.
+    pub arena_bytes_unordered: u64,
 }
 
 /// Named float values, as the model had them before folding.
