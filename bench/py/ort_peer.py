@@ -51,6 +51,9 @@ artifacts.generate_artifacts(graph, requires_grad=train_names, frozen_params=fro
 so = ort.SessionOptions()
 so.intra_op_num_threads = args.threads
 so.inter_op_num_threads = args.threads
+if os.environ.get("PEERS_NO_SPIN", "0") == "1":  # see bench/peers.sh: passive waits on a loaded machine
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
 state = CheckpointState.load_checkpoint(os.path.join(work, "checkpoint"))
 # No eval model: ORT's generated eval graph keeps the training-mode BatchNorm outputs and fails
 # shape inference ("number of op outputs should be 1 when Training_mode = False"); only the
