@@ -65,6 +65,6 @@ rec = {
     "loss_first": losses[0], "loss_last": losses[-1],
     "batch_norm": {"train": "train (batch statistics)", "frozen": "frozen (running statistics)"}[args.batch_norm],
     "optimizer": "SGD momentum 0.9", "arena_mib": info.get("arena_bytes", 0) / 2**20,
-    "compile": " ".join(a if " " not in a and "*" not in a else repr(a) for a in compile_cmd[1:]),
+    "compile": " ".join(repr(a) if any(c in a for c in " *?[") else a for a in compile_cmd[1:]),
 }
 print("RESULT " + json.dumps(rec), flush=True)

@@ -97,7 +97,18 @@ struct ConvBn {
 
 impl ConvBn {
     #[allow(clippy::too_many_arguments)]
-    fn new(f: &mut Frozen, conv_name: &str, bn_name: &str, cin: usize, cout: usize, k: usize, s: usize, groups: usize, act: usize, dev: &Device) -> Self {
+    fn new(
+        f: &mut Frozen,
+        conv_name: &str,
+        bn_name: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        s: usize,
+        groups: usize,
+        act: usize,
+        dev: &Device,
+    ) -> Self {
         let p = k / 2;
         let conv = Conv2dConfig::new([cin, cout], [k, k])
             .with_stride([s, s])
@@ -232,7 +243,13 @@ fn vm_hwm_mib() -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
-fn train<M: Module>(model: M, forward: impl Fn(&M, Tensor<4>) -> Tensor<2>, warmup: usize, steps: usize, dev: &Device) -> (Vec<f64>, Vec<f64>) {
+fn train<M: Module>(
+    model: M,
+    forward: impl Fn(&M, Tensor<4>) -> Tensor<2>,
+    warmup: usize,
+    steps: usize,
+    dev: &Device,
+) -> (Vec<f64>, Vec<f64>) {
     let mut model = model;
     let mut optim = SgdConfig::new().with_momentum(Some(MomentumConfig::new().with_momentum(0.9).with_dampening(0.0))).init();
     let loss_fn = CrossEntropyLossConfig::new().init(dev);
