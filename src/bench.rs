@@ -95,8 +95,7 @@ pub fn run(session: &mut Session, threads: usize, cfg: &BenchConfig) -> Result<B
     let batch = session.batch();
     // One buffer per data input, in its own dtype.
     let inputs: Vec<(String, DType, usize)> = session.inputs().map(|t| (t.name.clone(), t.dtype, t.numel())).collect();
-    let floats: Vec<Vec<f32>> =
-        inputs.iter().map(|(_, _, n)| (0..*n).map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5).collect()).collect();
+    let floats: Vec<Vec<f32>> = inputs.iter().map(|(_, _, n)| (0..*n).map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5).collect()).collect();
     let ints: Vec<Vec<i64>> = inputs.iter().map(|(_, _, n)| vec![0; *n]).collect();
     let bools: Vec<Vec<bool>> = inputs.iter().map(|(_, _, n)| vec![false; *n]).collect();
     let named: Vec<(&str, Input<'_>)> = inputs
@@ -115,7 +114,12 @@ pub fn run(session: &mut Session, threads: usize, cfg: &BenchConfig) -> Result<B
     let classes = *session.output_shape().last().unwrap_or(&1) as i64;
     let labels: Vec<i64> = (0..target_len as i64).map(|i| i % classes.max(1)).collect();
     let values: Vec<f32> = (0..target_len).map(|i| (i % 5) as f32 * 0.1).collect();
-    let target_is_labels = plan.programs.train.feeds.iter().any(|&t| plan.tensor(t).role == pock_engine::plan::Role::Target && plan.tensor(t).dtype == DType::I64);
+    let target_is_labels = plan
+        .programs
+        .train
+        .feeds
+        .iter()
+        .any(|&t| plan.tensor(t).role == pock_engine::plan::Role::Target && plan.tensor(t).dtype == DType::I64);
     let targets = if target_is_labels { Targets::Labels(&labels) } else { Targets::Values(&values) };
 
     for _ in 0..cfg.warmup {
@@ -189,7 +193,11 @@ fn mib(bytes: u64) -> f64 {
 pub fn table(r: &BenchReport) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "model      {} (batch {}, {} thread{})", r.model, r.batch, r.threads, if r.threads == 1 { "" } else { "s" });
-    let _ = writeln!(s, "step       {:.2} ms median of {} (min {:.2}, max {:.2}), {:.2} steps/s", r.median_ms, r.steps, r.min_ms, r.max_ms, r.steps_per_s);
+    let _ = writeln!(
+        s,
+        "step       {:.2} ms median of {} (min {:.2}, max {:.2}), {:.2} steps/s",
+        r.median_ms, r.steps, r.min_ms, r.max_ms, r.steps_per_s
+    );
     let _ = writeln!(s, "compute    {:.3} GFLOP per step, {:.1} GFLOP/s", r.step_flops as f64 / 1e9, r.gflops);
     let rss = r.peak_rss_bytes.map_or("unknown".to_string(), |b| format!("{:.1} MiB", mib(b)));
     let _ = writeln!(s, "memory     arena {:.1} MiB, weights {:.1} MiB, peak RSS {rss}", mib(r.arena_bytes), mib(r.weight_bytes));

@@ -265,7 +265,7 @@ impl TrainedModel {
 
 #[derive(Args, Clone)]
 struct RunArgs {
-    /// Threads for the matrix products, 1 to the number of cores (default 1: only gemm runs in parallel so far, which did not pay off on 2 cores).
+    /// Threads for the fast kernels (convolutions, matrix products, BatchNorm, activations), 1 to the number of cores; default 1 (see BENCHMARKS.md "Threads").
     #[arg(long)]
     threads: Option<usize>,
     /// Refuse a plan whose arena exceeds this many bytes (suffixes K, M, G; default: the machine's physical memory).
@@ -463,7 +463,8 @@ fn run(cli: Cli) -> Result<(), PockError> {
             let threads = run.session_options(true).threads;
             let r = pock::bench::run(&mut s, threads, &pock::bench::BenchConfig { steps, warmup, profile })?;
             if json {
-                let text = serde_json::to_string_pretty(&r).map_err(|e| PockError::Io { path: "standard output".into(), source: e.into() })?;
+                let text =
+                    serde_json::to_string_pretty(&r).map_err(|e| PockError::Io { path: "standard output".into(), source: e.into() })?;
                 out(&format!("{text}\n"))
             } else {
                 out(&pock::bench::table(&r))

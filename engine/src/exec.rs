@@ -438,7 +438,9 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
                     .num_threads(cfg.threads)
                     .thread_name(|i| alloc::format!("pock-worker-{i}"))
                     .build()
-                    .map_err(|e| ExecError::Unsupported(alloc::format!("cannot start {} worker threads ({e}); use fewer threads", cfg.threads)))?,
+                    .map_err(|e| {
+                        ExecError::Unsupported(alloc::format!("cannot start {} worker threads ({e}); use fewer threads", cfg.threads))
+                    })?,
             ),
             _ => None,
         };

@@ -84,8 +84,9 @@ impl Input<'_> {
 
 #[derive(Clone, Copy, Debug)]
 pub struct SessionOptions {
-    /// Threads for the fast CPU kernels (gemm). Default 1: only gemm is parallel so far, and on
-    /// the 2-core reference machine two threads made every zoo model's step slower (BENCHMARKS.md).
+    /// Threads for the fast CPU kernels: with more than 1 the backend starts a pool of that many
+    /// workers at load, and convolutions, gemm, BatchNorm and the activations split their work
+    /// over it. Default 1 (BENCHMARKS.md "Threads" says why).
     pub threads: usize,
     /// Run the portable reference kernels instead of the fast ones (for debugging and tests).
     pub reference_kernels: bool,

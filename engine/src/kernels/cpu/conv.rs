@@ -119,14 +119,7 @@ fn prepare<'w>(
 }
 
 /// `y = conv(x, w)`.
-pub fn conv2d(
-    c: &Conv2d,
-    x: View<f32>,
-    w: View<f32>,
-    y: &mut ViewMut<f32>,
-    ws: &mut [f32],
-    threads: usize,
-) -> Result<(), KernelError> {
+pub fn conv2d(c: &Conv2d, x: View<f32>, w: View<f32>, y: &mut ViewMut<f32>, ws: &mut [f32], threads: usize) -> Result<(), KernelError> {
     let (g, ws) = prepare("Conv2d", c, (x.shape, x.data.len()), (w.shape, w.data.len()), (y.shape, y.data.len()), ws)?;
     let algorithm = g.algorithm();
     if algorithm == Algorithm::Depthwise {
@@ -140,7 +133,8 @@ pub fn conv2d(
         for_each_chunk(threads, y.data, g.o * out_plane, g.o * taps * out_plane, |n, y_sample| {
             for grp in 0..g.groups {
                 let weights = Mat { data: &w.data[g.weight_group(grp)], rows: g.og, cols: taps, row_stride: taps, col_stride: 1 };
-                let columns = Mat { data: &x.data[g.input_group(n, grp)], rows: taps, cols: out_plane, row_stride: out_plane, col_stride: 1 };
+                let columns =
+                    Mat { data: &x.data[g.input_group(n, grp)], rows: taps, cols: out_plane, row_stride: out_plane, col_stride: 1 };
                 let y_group = &mut y_sample[grp * g.og * out_plane..(grp + 1) * g.og * out_plane];
                 sgemm(weights, columns, y_group, out_plane, false, gemm::Parallelism::None);
             }
@@ -244,7 +238,8 @@ pub fn conv2d_grad_weight(
                     row_stride: out_plane,
                     col_stride: 1,
                 };
-                let columns_t = Mat { data: &x.data[g.input_group(n, 0)], rows: out_plane, cols: taps, row_stride: 1, col_stride: out_plane };
+                let columns_t =
+                    Mat { data: &x.data[g.input_group(n, 0)], rows: out_plane, cols: taps, row_stride: 1, col_stride: out_plane };
                 sgemm(dy_rows, columns_t, dw_rows, taps, n > 0, gemm::Parallelism::None);
             }
             if g.n == 0 {
@@ -340,4 +335,3 @@ fn col2im(g: &Geometry, columns: &[f32], dx_group: &mut [f32]) {
         }
     }
 }
-

@@ -88,13 +88,17 @@ pub fn execute(op: &Op, args: NodeArgs<'_, '_, f32>, workspace: &mut [f32], cfg:
         }
         Op::Norm(NormOp::BatchNormTrain(b)) => {
             let NodeArgs { inputs: i, outputs: o, .. } = args;
-            let [y, mean, invstd, rmean, rvar] = o else { return Err(KernelError::Invalid { op: "BatchNormTrain", message: "wrong number of outputs" }) };
+            let [y, mean, invstd, rmean, rvar] = o else {
+                return Err(KernelError::Invalid { op: "BatchNormTrain", message: "wrong number of outputs" });
+            };
             norm::batch_norm_train(b, i[0], i[1], i[2], y, mean, invstd, rmean, rvar, cfg.threads);
             Ok(())
         }
         Op::Norm(NormOp::BatchNormTrainGrad(_)) => {
             let NodeArgs { inputs: i, outputs: o, .. } = args;
-            let [dx, dgamma, dbeta] = o else { return Err(KernelError::Invalid { op: "BatchNormTrainGrad", message: "wrong number of outputs" }) };
+            let [dx, dgamma, dbeta] = o else {
+                return Err(KernelError::Invalid { op: "BatchNormTrainGrad", message: "wrong number of outputs" });
+            };
             norm::batch_norm_train_grad(i[0], i[1], i[2], i[3], i[4], dx, dgamma, dbeta, cfg.threads);
             Ok(())
         }
