@@ -90,28 +90,28 @@ fn convolutions_match_the_reference() {
         let conv = Conv2d { stride, padding, dilation, groups };
         let x_shape = vec![n, c, h, w];
         let w_shape = vec![o, cg, kh, kw];
-        let y_shape = Op::from(ConvOp::Conv2d(conv.clone())).output_shapes(&[&x_shape, &w_shape]).unwrap().remove(0);
+        let y_shape = Op::from(ConvOp::Conv2d(conv)).output_shapes(&[&x_shape, &w_shape]).unwrap().remove(0);
         let what = format!("conv {x_shape:?} * {w_shape:?} -> {y_shape:?}, {conv:?}");
         let (x, wt, dy) = (
             random(&mut rng, x_shape.iter().product()),
             random(&mut rng, w_shape.iter().product()),
             random(&mut rng, y_shape.iter().product()),
         );
-        let forward = Op::from(ConvOp::Conv2d(conv.clone()));
+        let forward = Op::from(ConvOp::Conv2d(conv));
         check(
             &format!("forward {what}"),
             &forward,
             &[(x.clone(), x_shape.clone()), (wt.clone(), w_shape.clone())],
-            &[y_shape.clone()],
+            std::slice::from_ref(&y_shape),
             &mut rng,
             false,
         );
-        let grad_input = Op::from(ConvOp::Conv2dGradInput { conv: conv.clone(), input_hw: [h, w] });
+        let grad_input = Op::from(ConvOp::Conv2dGradInput { conv, input_hw: [h, w] });
         check(
             &format!("grad input {what}"),
             &grad_input,
             &[(dy.clone(), y_shape.clone()), (wt, w_shape.clone())],
-            &[x_shape.clone()],
+            std::slice::from_ref(&x_shape),
             &mut rng,
             false,
         );
@@ -134,7 +134,7 @@ fn batch_norm_matches_the_reference() {
         // Inputs off centre, so the two-pass variance matters.
         let x: Vec<f32> = random(&mut rng, numel).iter().map(|v| 3.0 + v).collect();
         let (gamma, beta) = (random(&mut rng, c), random(&mut rng, c));
-        let train = Op::from(NormOp::BatchNormTrain(b.clone()));
+        let train = Op::from(NormOp::BatchNormTrain(b));
         let stats = vec![c];
         check(
             &format!("batch norm {shape:?}"),
@@ -180,14 +180,13 @@ fn elementwise_ops_equal_the_reference() {
         let dy = random(&mut rng, len);
         let clip = Clip { min: 0.0, max: 6.0 };
         let one = |op: DenseOp| Op::from(op);
-        let unary = [(one(DenseOp::Clip(clip.clone())), "clip"), (one(DenseOp::Relu), "relu")];
+        let unary = [(one(DenseOp::Clip(clip)), "clip"), (one(DenseOp::Relu), "relu")];
         for (op, name) in unary {
-            check(name, &op, &[(x.clone(), shape.clone())], &[shape.clone()], &mut rng, true);
+            check(name, &op, &[(x.clone(), shape.clone())], std::slice::from_ref(&shape), &mut rng, true);
         }
-        let binary =
-            [(one(DenseOp::ClipGrad(clip.clone())), "clip grad"), (one(DenseOp::ReluGrad), "relu grad"), (one(DenseOp::Add), "add")];
+        let binary = [(one(DenseOp::ClipGrad(clip)), "clip grad"), (one(DenseOp::ReluGrad), "relu grad"), (one(DenseOp::Add), "add")];
         for (op, name) in binary {
-            check(name, &op, &[(dy.clone(), shape.clone()), (x.clone(), shape.clone())], &[shape.clone()], &mut rng, true);
+            check(name, &op, &[(dy.clone(), shape.clone()), (x.clone(), shape.clone())], std::slice::from_ref(&shape), &mut rng, true);
         }
     }
 }
