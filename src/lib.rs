@@ -9,6 +9,7 @@
 //! # let _ = &mut session;
 //! ```
 
+pub mod bench;
 pub mod data;
 pub mod demo;
 pub mod error;

@@ -75,6 +75,25 @@ enum Command {
     /// Write a trained model as ONNX (the graph it was compiled from, with the trained initializers) or its weights as safetensors.
     #[command(after_help = EXPORT_HELP)]
     Export(ExportArgs),
+    /// Time training steps of a plan on a synthetic batch: ms/step, steps/s, GFLOP/s, memory.
+    #[command(after_help = BENCH_HELP)]
+    Bench {
+        plan: PathBuf,
+        /// Timed steps; the median is reported.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Untimed steps first (caches, lazily started state).
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Also time every op of the train program and print a table per op kind, slowest first.
+        #[arg(long)]
+        profile: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        run: RunArgs,
+    },
     /// Draw a dataset in code, compile zoo:cnn, train it and report (no files needed).
     Demo {
         #[arg(long, default_value_t = 4)]
@@ -88,6 +107,12 @@ enum Command {
         run: RunArgs,
     },
 }
+
+const BENCH_HELP: &str = "Example:\n  pock compile zoo:mobilenetv2:classes=10,size=128 --batch 8 --optimizer sgd --momentum 0.9 -o m.pock\n  pock bench m.pock --threads 2 --profile\n\n\
+The batch is synthetic (the kernels' speed does not depend on the values); the plan's parameters do train during the run. \
+GFLOP/s counts the train program's FLOPs as the compiler's cost model gives them. With --profile each op is timed (one clock \
+read before and after it), which adds a little to the step time; the table's ms/step is the op kind's time per step, its % \
+the share of all ops' time.";
 
 const EXPORT_HELP: &str = "Examples:\n  pock export r18.pock --weights r18.ckpt.safetensors --onnx r18.trained.onnx --inference\n  pock export cnn.pock --weights cnn.ckpt.safetensors --safetensors cnn.weights.safetensors\n\n\
 --onnx reads the .onnx file the plan was compiled from (the path recorded in the plan, relative to where `pock compile` ran, or --model) \
@@ -256,7 +281,7 @@ impl TrainedModel {
 
 #[derive(Args, Clone)]
 struct RunArgs {
-    /// Threads for the matrix products, 1 to the number of cores (default 1: only gemm runs in parallel so far, which did not pay off on 2 cores).
+    /// Threads for the fast kernels (convolutions, matrix products, BatchNorm, activations), 1 to the number of cores; default 1 (see BENCHMARKS.md "Threads").
     #[arg(long)]
     threads: Option<usize>,
     /// Refuse a plan whose arena exceeds this many bytes (1048576, 512M, 64MiB, 2G; default: the machine's physical memory).
@@ -452,6 +477,18 @@ fn run(cli: Cli) -> Result<(), PockError> {
             let (y, shape) = pock::train::predict(&mut s, &d)?;
             pock::data::write_predictions(&path, &y, &shape)?;
             out(&format!("wrote {} outputs of shape {} to {}\n", shape[0], pock::inspect::shape_text(&shape[1..]), path.display()))
+        }
+        Command::Bench { plan, steps, warmup, profile, json, run } => {
+            let mut s = run.load(&plan, quiet)?;
+            let threads = run.session_options(true).threads;
+            let r = pock::bench::run(&mut s, threads, &pock::bench::BenchConfig { steps, warmup, profile })?;
+            if json {
+                let text =
+                    serde_json::to_string_pretty(&r).map_err(|e| PockError::Io { path: "standard output".into(), source: e.into() })?;
+                out(&format!("{text}\n"))
+            } else {
+                out(&pock::bench::table(&r))
+            }
         }
         Command::Demo { epochs, samples, save_data, run } => {
             let cfg = pock::demo::DemoConfig {

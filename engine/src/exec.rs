@@ -318,6 +318,14 @@ pub trait Backend {
     /// Copies a tensor's bytes out (arena or weight section).
     fn read(&self, t: TensorId, out: &mut [u8]) -> Result<(), ExecError>;
     fn run(&mut self, program: ProgramKind) -> Result<(), ExecError>;
+    /// Starts (`true`, from zero) or stops timing each node of the train program. Backends that
+    /// cannot time nodes ignore it and [`Backend::node_nanos`] stays `None`.
+    fn set_profiling(&mut self, _on: bool) {}
+    /// Nanoseconds spent in each node of the train program (in program order) since profiling
+    /// started, and how many times the program ran; `None` when profiling is off.
+    fn node_nanos(&self) -> Option<(&[u64], u64)> {
+        None
+    }
 }
 
 /// Which CPU kernels run.
@@ -338,6 +346,14 @@ pub struct CpuBackend<W: AsRef<[u8]>> {
     arena: Vec<u64>,
     kernels: CpuKernels,
     args: ArgViews<'static>,
+    /// The persistent worker threads of the fast kernels (`threads > 1`), started once here;
+    /// every program runs inside it, so kernels and gemm split work over these threads.
+    #[cfg(feature = "std")]
+    pool: Option<rayon::ThreadPool>,
+    /// Per-node time of the train program while profiling (allocated when profiling starts, so
+    /// a profiled step allocates nothing), and the number of profiled runs.
+    #[cfg(feature = "std")]
+    profile: Option<(Vec<u64>, u64)>,
 }
 
 /// One node's argument views, split by dtype as kernels take them ([`NodeArgs`]). The vectors
@@ -415,7 +431,31 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
         arena.resize(words, 0u64);
         let max_in = plan.all_programs().flat_map(|(_, p)| p.nodes.iter().map(|n| n.inputs.len())).max().unwrap_or(0);
         let max_out = plan.all_programs().flat_map(|(_, p)| p.nodes.iter().map(|n| n.outputs.len())).max().unwrap_or(0);
-        let mut backend = CpuBackend { plan, bytes, weights, arena, kernels, args: ArgViews::with_capacity(max_in, max_out) };
+        #[cfg(feature = "std")]
+        let pool = match kernels {
+            CpuKernels::Fast(cfg) if cfg.threads > 1 => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(cfg.threads)
+                    .thread_name(|i| alloc::format!("pock-worker-{i}"))
+                    .build()
+                    .map_err(|e| {
+                        ExecError::Unsupported(alloc::format!("cannot start {} worker threads ({e}); use fewer threads", cfg.threads))
+                    })?,
+            ),
+            _ => None,
+        };
+        let mut backend = CpuBackend {
+            plan,
+            bytes,
+            weights,
+            arena,
+            kernels,
+            args: ArgViews::with_capacity(max_in, max_out),
+            #[cfg(feature = "std")]
+            pool,
+            #[cfg(feature = "std")]
+            profile: None,
+        };
         backend.reset_state();
         Ok(backend)
     }
@@ -484,7 +524,19 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
         // (`new` creates them empty and every node clears them after it ran), so no view outlives
         // the borrows it was made from.
         let args: &mut ArgViews<'_> = unsafe { &mut *(&mut self.args as *mut ArgViews<'static>).cast::<ArgViews<'_>>() };
-        for node in &program.nodes {
+        #[cfg(feature = "std")]
+        let mut profile = match (which, self.profile.as_mut()) {
+            (ProgramKind::Train, Some((nanos, runs))) => {
+                *runs += 1;
+                Some(nanos.as_mut_slice())
+            }
+            _ => None,
+        };
+        for (index, node) in program.nodes.iter().enumerate() {
+            #[cfg(feature = "std")]
+            let started = profile.is_some().then(std::time::Instant::now);
+            #[cfg(not(feature = "std"))]
+            let _ = index;
             if matches!(node.op, Op::Dense(DenseOp::Reshape { .. }))
                 && plan.tensor(node.inputs[0]).location == plan.tensor(node.outputs[0]).location
             {
@@ -557,12 +609,16 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
             };
             args.clear();
             result.map_err(|source| ExecError::Kernel { node: node.name.clone(), source })?;
+            #[cfg(feature = "std")]
+            if let (Some(nanos), Some(started)) = (profile.as_deref_mut(), started) {
+                nanos[index] += started.elapsed().as_nanos() as u64;
+            }
         }
         Ok(())
     }
 }
 
-impl<W: AsRef<[u8]>> Backend for CpuBackend<W> {
+impl<W: AsRef<[u8]> + Send> Backend for CpuBackend<W> {
     fn name(&self) -> &'static str {
         match self.kernels {
             CpuKernels::Reference => "cpu-reference",
@@ -604,7 +660,25 @@ impl<W: AsRef<[u8]>> Backend for CpuBackend<W> {
     }
 
     fn run(&mut self, program: ProgramKind) -> Result<(), ExecError> {
+        #[cfg(feature = "std")]
+        if let Some(pool) = self.pool.take() {
+            // The whole program runs on a worker of the pool, so each kernel's parallel loops
+            // (and gemm's) start from inside it instead of queueing one job per node.
+            let result = pool.install(|| self.run_program(program));
+            self.pool = Some(pool);
+            return result;
+        }
         self.run_program(program)
+    }
+
+    #[cfg(feature = "std")]
+    fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(|| (alloc::vec![0; self.plan.programs.train.nodes.len()], 0));
+    }
+
+    #[cfg(feature = "std")]
+    fn node_nanos(&self) -> Option<(&[u64], u64)> {
+        self.profile.as_ref().map(|(nanos, runs)| (nanos.as_slice(), *runs))
     }
 }
 

@@ -84,8 +84,9 @@ impl Input<'_> {
 
 #[derive(Clone, Copy, Debug)]
 pub struct SessionOptions {
-    /// Threads for the fast CPU kernels (gemm). Default 1: only gemm is parallel so far, and on
-    /// the 2-core reference machine two threads made every zoo model's step slower (BENCHMARKS.md).
+    /// Threads for the fast CPU kernels: with more than 1 the backend starts a pool of that many
+    /// workers at load, and convolutions, gemm, BatchNorm and the activations split their work
+    /// over it. Default 1 (BENCHMARKS.md "Threads" says why).
     pub threads: usize,
     /// Run the portable reference kernels instead of the fast ones (for debugging and tests).
     pub reference_kernels: bool,
@@ -274,6 +275,19 @@ impl Session {
 
     pub fn plan(&self) -> &Plan {
         self.backend.plan()
+    }
+
+    /// Starts (`true`, counting from zero) or stops timing every node of the train program, for
+    /// `pock bench --profile`. The table is allocated here, so profiled steps allocate nothing;
+    /// with profiling off a step pays one branch per node.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.backend.set_profiling(on);
+    }
+
+    /// Nanoseconds spent in each node of the plan's train program (in program order) since
+    /// [`Session::set_profiling`] turned profiling on, and how many times the program ran.
+    pub fn node_nanos(&self) -> Option<(&[u64], u64)> {
+        self.backend.node_nanos()
     }
 
     pub fn backend_name(&self) -> &'static str {

@@ -5,12 +5,13 @@
 //! - pointwise (1x1, stride 1, no padding): the input plane already is the column matrix, so the
 //!   convolution is one gemm per sample and group, with no workspace;
 //! - depthwise (one input channel per group): a gemm per channel would have a single row, so a
-//!   direct loop over kernel taps is used instead, with no workspace;
+//!   direct loop over kernel taps is used instead, with no workspace (`depthwise.rs`);
 //! - im2col: everything else. For one sample and group, the column matrix has one row per
 //!   (input channel, kh, kw) tap and one column per output position; the convolution is then
 //!   `weights [O/groups, taps] @ columns [taps, HO * WO]`.
 
-use super::{sgemm, Mat};
+use super::par::for_each_chunk;
+use super::{depthwise, sgemm, Mat};
 use crate::kernels::{KernelError, View, ViewMut};
 use crate::ops::{Conv2d, ConvOp};
 
@@ -42,13 +43,13 @@ impl Geometry {
     }
 
     /// Output rows whose window row `kh` lands inside the input, and the input row of the first.
-    fn rows(&self, kh: usize) -> (core::ops::Range<usize>, usize) {
+    pub(super) fn rows(&self, kh: usize) -> (core::ops::Range<usize>, usize) {
         valid_outputs(self.ho, self.stride[0], kh * self.dilation[0], self.padding[0], self.h)
     }
 
     /// Output columns whose window column `kw` lands inside the input, and the input column of
     /// the first.
-    fn cols(&self, kw: usize) -> (core::ops::Range<usize>, usize) {
+    pub(super) fn cols(&self, kw: usize) -> (core::ops::Range<usize>, usize) {
         valid_outputs(self.wo, self.stride[1], kw * self.dilation[1], self.padding[1], self.w)
     }
 
@@ -118,21 +119,29 @@ fn prepare<'w>(
 }
 
 /// `y = conv(x, w)`.
-pub fn conv2d(
-    c: &Conv2d,
-    x: View<f32>,
-    w: View<f32>,
-    y: &mut ViewMut<f32>,
-    ws: &mut [f32],
-    par: gemm::Parallelism,
-) -> Result<(), KernelError> {
+pub fn conv2d(c: &Conv2d, x: View<f32>, w: View<f32>, y: &mut ViewMut<f32>, ws: &mut [f32], threads: usize) -> Result<(), KernelError> {
     let (g, ws) = prepare("Conv2d", c, (x.shape, x.data.len()), (w.shape, w.data.len()), (y.shape, y.data.len()), ws)?;
     let algorithm = g.algorithm();
     if algorithm == Algorithm::Depthwise {
-        depthwise_forward(&g, x.data, w.data, y.data);
+        depthwise::forward(&g, x.data, w.data, y.data, threads);
         return Ok(());
     }
     let (taps, out_plane) = (g.taps(), g.out_plane());
+    if algorithm == Algorithm::Pointwise && per_sample(&g, threads) {
+        // One task per sample, each a single-threaded gemm per group: the products of a 1x1
+        // convolution are mostly too small to split well inside gemm.
+        for_each_chunk(threads, y.data, g.o * out_plane, g.o * taps * out_plane, |n, y_sample| {
+            for grp in 0..g.groups {
+                let weights = Mat { data: &w.data[g.weight_group(grp)], rows: g.og, cols: taps, row_stride: taps, col_stride: 1 };
+                let columns =
+                    Mat { data: &x.data[g.input_group(n, grp)], rows: taps, cols: out_plane, row_stride: out_plane, col_stride: 1 };
+                let y_group = &mut y_sample[grp * g.og * out_plane..(grp + 1) * g.og * out_plane];
+                sgemm(weights, columns, y_group, out_plane, false, gemm::Parallelism::None);
+            }
+        });
+        return Ok(());
+    }
+    let par = gemm_parallelism(threads);
     for n in 0..g.n {
         for grp in 0..g.groups {
             let x_group = &x.data[g.input_group(n, grp)];
@@ -157,15 +166,28 @@ pub fn conv2d_grad_input(
     w: View<f32>,
     dx: &mut ViewMut<f32>,
     ws: &mut [f32],
-    par: gemm::Parallelism,
+    threads: usize,
 ) -> Result<(), KernelError> {
     let (g, ws) = prepare("Conv2dGradInput", c, (dx.shape, dx.data.len()), (w.shape, w.data.len()), (dy.shape, dy.data.len()), ws)?;
     let algorithm = g.algorithm();
     if algorithm == Algorithm::Depthwise {
-        depthwise_grad_input(&g, dy.data, w.data, dx.data);
+        depthwise::grad_input(&g, dy.data, w.data, dx.data, threads);
         return Ok(());
     }
     let (taps, out_plane) = (g.taps(), g.out_plane());
+    if algorithm == Algorithm::Pointwise && per_sample(&g, threads) {
+        for_each_chunk(threads, dx.data, g.c * out_plane, g.o * taps * out_plane, |n, dx_sample| {
+            for grp in 0..g.groups {
+                let weights_t = Mat { data: &w.data[g.weight_group(grp)], rows: taps, cols: g.og, row_stride: 1, col_stride: taps };
+                let dy_group =
+                    Mat { data: &dy.data[g.output_group(n, grp)], rows: g.og, cols: out_plane, row_stride: out_plane, col_stride: 1 };
+                let dx_group = &mut dx_sample[grp * g.cg * out_plane..(grp + 1) * g.cg * out_plane];
+                sgemm(weights_t, dy_group, dx_group, out_plane, false, gemm::Parallelism::None);
+            }
+        });
+        return Ok(());
+    }
+    let par = gemm_parallelism(threads);
     for n in 0..g.n {
         for grp in 0..g.groups {
             // The transposed group weights: `[taps, O/groups]`, read with swapped strides.
@@ -193,15 +215,40 @@ pub fn conv2d_grad_weight(
     x: View<f32>,
     dw: &mut ViewMut<f32>,
     ws: &mut [f32],
-    par: gemm::Parallelism,
+    threads: usize,
 ) -> Result<(), KernelError> {
     let (g, ws) = prepare("Conv2dGradWeight", c, (x.shape, x.data.len()), (dw.shape, dw.data.len()), (dy.shape, dy.data.len()), ws)?;
     let algorithm = g.algorithm();
     if algorithm == Algorithm::Depthwise {
-        depthwise_grad_weight(&g, dy.data, x.data, dw.data);
+        depthwise::grad_weight(&g, dy.data, x.data, dw.data, threads);
         return Ok(());
     }
     let (taps, out_plane) = (g.taps(), g.out_plane());
+    if algorithm == Algorithm::Pointwise && threads > 1 && g.groups == 1 && g.og >= 2 * threads {
+        // Blocks of output channels (rows of dw), each summed over the samples by its own task.
+        let rows = g.og.div_ceil(2 * threads);
+        for_each_chunk(threads, dw.data, rows * taps, g.n * rows * taps * out_plane, |b, dw_rows| {
+            let first = b * rows;
+            let count = dw_rows.len() / taps;
+            for n in 0..g.n {
+                let dy_rows = Mat {
+                    data: &dy.data[g.output_group(n, 0)][first * out_plane..(first + count) * out_plane],
+                    rows: count,
+                    cols: out_plane,
+                    row_stride: out_plane,
+                    col_stride: 1,
+                };
+                let columns_t =
+                    Mat { data: &x.data[g.input_group(n, 0)], rows: out_plane, cols: taps, row_stride: 1, col_stride: out_plane };
+                sgemm(dy_rows, columns_t, dw_rows, taps, n > 0, gemm::Parallelism::None);
+            }
+            if g.n == 0 {
+                dw_rows.fill(0.0);
+            }
+        });
+        return Ok(());
+    }
+    let par = gemm_parallelism(threads);
     for grp in 0..g.groups {
         let dw_group = &mut dw.data[g.weight_group(grp)];
         if g.n == 0 {
@@ -226,6 +273,19 @@ pub fn conv2d_grad_weight(
     Ok(())
 }
 
+/// Whether a pointwise convolution splits its samples among threads (enough samples to share).
+fn per_sample(g: &Geometry, threads: usize) -> bool {
+    threads > 1 && g.n >= threads
+}
+
+fn gemm_parallelism(threads: usize) -> gemm::Parallelism {
+    if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
 /// Writes the column matrix of one sample and group (`x_group` is `[C/groups, H, W]`) into
 /// `columns` (`[taps, HO * WO]`), with zeros where a tap reads padding.
 fn im2col(g: &Geometry, x_group: &[f32], columns: &mut [f32]) {
@@ -246,7 +306,7 @@ fn im2col(g: &Geometry, x_group: &[f32], columns: &mut [f32]) {
                     out_row[..ow_range.start].fill(0.0);
                     out_row[ow_range.end..].fill(0.0);
                     let in_row = &plane[ih * g.w..(ih + 1) * g.w];
-                    zip_gather(&mut out_row[ow_range.clone()], &in_row[iw_first..], g.stride[1], |d, s| *d = s);
+                    depthwise::zip_gather(&mut out_row[ow_range.clone()], &in_row[iw_first..], g.stride[1], |d, s| *d = s);
                 }
             }
         }
@@ -269,162 +329,9 @@ fn col2im(g: &Geometry, columns: &[f32], dx_group: &mut [f32]) {
                     let ih = ih_first + i * g.stride[0];
                     let src = &row[oh * g.wo + ow_range.start..oh * g.wo + ow_range.end];
                     let in_row = &mut plane[ih * g.w..(ih + 1) * g.w];
-                    zip_scatter(&mut in_row[iw_first..], src, g.stride[1], |d, s| *d += s);
+                    depthwise::zip_scatter(&mut in_row[iw_first..], src, g.stride[1], |d, s| *d += s);
                 }
             }
         }
-    }
-}
-
-/// Calls `f(tap, oh, ih, ow_range, iw_first)` for every kernel tap (`kh * KW + kw`) and every
-/// output row `oh` on which that tap reads input row `ih` rather than padding; `ow_range` are the
-/// output columns on which it reads input columns, starting at `iw_first`.
-fn for_each_tap_row(g: &Geometry, mut f: impl FnMut(usize, usize, usize, core::ops::Range<usize>, usize)) {
-    for kh in 0..g.kh {
-        let (oh_range, ih_first) = g.rows(kh);
-        for kw in 0..g.kw {
-            let (ow_range, iw_first) = g.cols(kw);
-            for (i, oh) in oh_range.clone().enumerate() {
-                f(kh * g.kw + kw, oh, ih_first + i * g.stride[0], ow_range.clone(), iw_first);
-            }
-        }
-    }
-}
-
-/// Depthwise forward: each output plane is a sum over kernel taps of the shifted (and strided)
-/// input plane of its channel, scaled by the tap's weight, accumulated one output row segment at
-/// a time so that the inner loop is a contiguous multiply-add.
-fn depthwise_forward(g: &Geometry, x: &[f32], w: &[f32], y: &mut [f32]) {
-    let (in_plane, out_plane, taps) = (g.in_plane(), g.out_plane(), g.kh * g.kw);
-    for n in 0..g.n {
-        for o in 0..g.o {
-            // With one input channel per group, the group index is the input channel.
-            let x_plane = &x[(n * g.c + o / g.og) * in_plane..][..in_plane];
-            let y_plane = &mut y[(n * g.o + o) * out_plane..][..out_plane];
-            let kernel = &w[o * taps..(o + 1) * taps];
-            y_plane.fill(0.0);
-            for_each_tap_row(g, |tap, oh, ih, ows, iw_first| {
-                let y_row = &mut y_plane[oh * g.wo + ows.start..oh * g.wo + ows.end];
-                let x_row = &x_plane[ih * g.w + iw_first..(ih + 1) * g.w];
-                let weight = kernel[tap];
-                zip_gather(y_row, x_row, g.stride[1], |d, s| *d += weight * s);
-            });
-        }
-    }
-}
-
-/// Depthwise input gradient: the forward loop with the roles of input and output swapped, each
-/// `dy` row segment scaled by the tap's weight and added onto the input row it was read from.
-fn depthwise_grad_input(g: &Geometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
-    let (in_plane, out_plane, taps) = (g.in_plane(), g.out_plane(), g.kh * g.kw);
-    dx.fill(0.0);
-    for n in 0..g.n {
-        for o in 0..g.o {
-            let dy_plane = &dy[(n * g.o + o) * out_plane..][..out_plane];
-            let dx_plane = &mut dx[(n * g.c + o / g.og) * in_plane..][..in_plane];
-            let kernel = &w[o * taps..(o + 1) * taps];
-            for_each_tap_row(g, |tap, oh, ih, ows, iw_first| {
-                let dy_row = &dy_plane[oh * g.wo + ows.start..oh * g.wo + ows.end];
-                let dx_row = &mut dx_plane[ih * g.w + iw_first..(ih + 1) * g.w];
-                let weight = kernel[tap];
-                zip_scatter(dx_row, dy_row, g.stride[1], |d, s| *d += weight * s);
-            });
-        }
-    }
-}
-
-/// Depthwise weight gradient: each tap's gradient is the dot product of `dy` with the input
-/// positions the tap read, over the batch.
-fn depthwise_grad_weight(g: &Geometry, dy: &[f32], x: &[f32], dw: &mut [f32]) {
-    let (in_plane, out_plane, taps) = (g.in_plane(), g.out_plane(), g.kh * g.kw);
-    for o in 0..g.o {
-        let kernel_grad = &mut dw[o * taps..(o + 1) * taps];
-        kernel_grad.fill(0.0);
-        for n in 0..g.n {
-            let dy_plane = &dy[(n * g.o + o) * out_plane..][..out_plane];
-            let x_plane = &x[(n * g.c + o / g.og) * in_plane..][..in_plane];
-            for_each_tap_row(g, |tap, oh, ih, ows, iw_first| {
-                let dy_row = &dy_plane[oh * g.wo + ows.start..oh * g.wo + ows.end];
-                let x_row = &x_plane[ih * g.w + iw_first..(ih + 1) * g.w];
-                kernel_grad[tap] += dot_strided(dy_row, x_row, g.stride[1]);
-            });
-        }
-    }
-}
-
-/// Calls `f(&mut dst[k], src[k * stride])` for every `k` in `dst` (`src` must reach that far).
-///
-/// Strides 1 and 2 cover nearly every convolution; with the stride known at compile time the
-/// compiler turns the strided reads into vector loads and shuffles, which it cannot do for a
-/// runtime stride.
-#[inline(always)]
-fn zip_gather(dst: &mut [f32], src: &[f32], stride: usize, f: impl Fn(&mut f32, f32)) {
-    #[inline(always)]
-    fn fixed<const S: usize>(dst: &mut [f32], src: &[f32], f: impl Fn(&mut f32, f32)) {
-        // Whole groups of S source elements first; the last element may lack its S - 1 followers.
-        let whole = dst.len().min(src.len() / S);
-        let (head, tail) = dst.split_at_mut(whole);
-        for (d, s) in head.iter_mut().zip(src.chunks_exact(S)) {
-            f(d, s[0]);
-        }
-        for (k, d) in tail.iter_mut().enumerate() {
-            f(d, src[(whole + k) * S]);
-        }
-    }
-    match stride {
-        1 => fixed::<1>(dst, src, f),
-        2 => fixed::<2>(dst, src, f),
-        _ => {
-            for (d, &s) in dst.iter_mut().zip(src.iter().step_by(stride)) {
-                f(d, s);
-            }
-        }
-    }
-}
-
-/// Calls `f(&mut dst[k * stride], src[k])` for every `k` in `src`: the adjoint of
-/// [`zip_gather`], with the same compile-time strides.
-#[inline(always)]
-fn zip_scatter(dst: &mut [f32], src: &[f32], stride: usize, f: impl Fn(&mut f32, f32)) {
-    #[inline(always)]
-    fn fixed<const S: usize>(dst: &mut [f32], src: &[f32], f: impl Fn(&mut f32, f32)) {
-        let whole = src.len().min(dst.len() / S);
-        for (d, &s) in dst.chunks_exact_mut(S).zip(&src[..whole]) {
-            f(&mut d[0], s);
-        }
-        for (k, &s) in src.iter().enumerate().skip(whole) {
-            f(&mut dst[k * S], s);
-        }
-    }
-    match stride {
-        1 => fixed::<1>(dst, src, f),
-        2 => fixed::<2>(dst, src, f),
-        _ => {
-            for (d, &s) in dst.iter_mut().step_by(stride).zip(src) {
-                f(d, s);
-            }
-        }
-    }
-}
-
-/// `sum(a[k] * b[k * stride])` for every `k` in `a`. Eight partial sums let the compiler vectorise
-/// the loop and also shorten the chains along which f32 rounding errors accumulate.
-fn dot_strided(a: &[f32], b: &[f32], stride: usize) -> f32 {
-    #[inline(always)]
-    fn fixed<const S: usize>(a: &[f32], b: &[f32]) -> f32 {
-        let main = a.len().min(b.len() / S) / 8 * 8;
-        let mut lanes = [0.0f32; 8];
-        for (ca, cb) in a[..main].chunks_exact(8).zip(b.chunks_exact(8 * S)) {
-            for ((lane, &p), q) in lanes.iter_mut().zip(ca).zip(cb.chunks_exact(S)) {
-                *lane += p * q[0];
-            }
-        }
-        let tail: f32 = a.iter().enumerate().skip(main).map(|(k, &p)| p * b[k * S]).sum();
-        lanes.iter().sum::<f32>() + tail
-    }
-    match stride {
-        1 => fixed::<1>(a, b),
-        2 => fixed::<2>(a, b),
-        _ => a.iter().zip(b.iter().step_by(stride)).map(|(p, q)| p * q).sum(),
     }
 }

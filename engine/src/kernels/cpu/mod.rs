@@ -1,17 +1,24 @@
 //! Faster f32 kernels for the CPU backend: matmul through the `gemm` crate, convolution as
-//! im2col + gemm (1x1 convolutions skip im2col). Every other op runs its reference kernel.
+//! im2col + gemm (1x1 convolutions skip im2col), SIMD depthwise convolution, BatchNorm
+//! (training) and the elementwise activations, vectorised for the instruction set chosen at run
+//! time (`par.rs`) and split among the backend's persistent thread pool. Every other op runs its
+//! reference kernel.
 //!
 //! The `gemm` crate allocates its packing buffers inside each call. pock's own code allocates
 //! nothing per step; the calls into gemm are marked with [`ExternalKernelScope`] so that the
 //! allocation test can tell the two apart.
 
 mod conv;
+mod depthwise;
+mod elementwise;
 mod matmul;
+mod norm;
+pub mod par;
 
 use core::cell::Cell;
 
 use super::{reference, KernelError, NodeArgs};
-use crate::ops::{ConvOp, DenseOp, MatMulOp, Op};
+use crate::ops::{ConvOp, DenseOp, MatMulOp, NormOp, Op};
 
 pub use conv::conv_workspace_elems;
 
@@ -38,6 +45,8 @@ pub fn workspace_elems(op: &Op, inputs: &[&[usize]], outputs: &[&[usize]]) -> us
 /// Runs a node with its fast kernel where one exists, else with the reference kernel. The match
 /// names only the ops this module accelerates; every other op falls back to the reference.
 pub fn execute(op: &Op, args: NodeArgs<'_, '_, f32>, workspace: &mut [f32], cfg: CpuConfig) -> Result<(), KernelError> {
+    // Elementwise kernels compute the reference's formula per element; the others match it to
+    // rounding (engine/tests/fast_kernels.rs).
     let par = if cfg.threads > 1 { gemm::Parallelism::Rayon(cfg.threads) } else { gemm::Parallelism::None };
     match op {
         Op::Dense(DenseOp::MatMul(m)) => {
@@ -50,12 +59,48 @@ pub fn execute(op: &Op, args: NodeArgs<'_, '_, f32>, workspace: &mut [f32], cfg:
             reference::matmul::for_each_matrix(inputs[0], inputs[1], &mut outputs[0], |a, b, y| matmul::matmul(m, a, b, y, par));
             Ok(())
         }
-        Op::Conv(ConvOp::Conv2d(c)) => conv::conv2d(c, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, par),
+        Op::Conv(ConvOp::Conv2d(c)) => conv::conv2d(c, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, cfg.threads),
         Op::Conv(ConvOp::Conv2dGradInput { conv, .. }) => {
-            conv::conv2d_grad_input(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, par)
+            conv::conv2d_grad_input(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, cfg.threads)
         }
         Op::Conv(ConvOp::Conv2dGradWeight { conv, .. }) => {
-            conv::conv2d_grad_weight(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, par)
+            conv::conv2d_grad_weight(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, cfg.threads)
+        }
+        Op::Dense(DenseOp::Clip(c)) => {
+            elementwise::clip(c, args.inputs[0].data, args.outputs[0].data, cfg.threads);
+            Ok(())
+        }
+        Op::Dense(DenseOp::ClipGrad(c)) => {
+            elementwise::clip_grad(c, args.inputs[0].data, args.inputs[1].data, args.outputs[0].data, cfg.threads);
+            Ok(())
+        }
+        Op::Dense(DenseOp::Relu) => {
+            elementwise::relu(args.inputs[0].data, args.outputs[0].data, cfg.threads);
+            Ok(())
+        }
+        Op::Dense(DenseOp::ReluGrad) => {
+            elementwise::relu_grad(args.inputs[0].data, args.inputs[1].data, args.outputs[0].data, cfg.threads);
+            Ok(())
+        }
+        Op::Dense(DenseOp::Add) => {
+            elementwise::add(args.inputs[0].data, args.inputs[1].data, args.outputs[0].data, cfg.threads);
+            Ok(())
+        }
+        Op::Norm(NormOp::BatchNormTrain(b)) => {
+            let NodeArgs { inputs: i, outputs: o, .. } = args;
+            let [y, mean, invstd, rmean, rvar] = o else {
+                return Err(KernelError::Invalid { op: "BatchNormTrain", message: "wrong number of outputs" });
+            };
+            norm::batch_norm_train(b, i[0], i[1], i[2], y, mean, invstd, rmean, rvar, cfg.threads);
+            Ok(())
+        }
+        Op::Norm(NormOp::BatchNormTrainGrad(_)) => {
+            let NodeArgs { inputs: i, outputs: o, .. } = args;
+            let [dx, dgamma, dbeta] = o else {
+                return Err(KernelError::Invalid { op: "BatchNormTrainGrad", message: "wrong number of outputs" });
+            };
+            norm::batch_norm_train_grad(i[0], i[1], i[2], i[3], i[4], dx, dgamma, dbeta, cfg.threads);
+            Ok(())
         }
         _ => reference::execute(op, args),
     }

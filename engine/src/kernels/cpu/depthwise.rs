@@ -1,0 +1,234 @@
+//! Depthwise convolution (one input channel per group): forward, input gradient and weight
+//! gradient as direct loops over kernel taps, one output row segment at a time, so the inner loop
+//! is a contiguous multiply-add the compiler vectorises (AVX2+FMA where the CPU has them, chosen
+//! at run time; SSE2 or NEON otherwise). Planes (forward, input gradient) and channels (weight
+//! gradient) are independent and are split among the pool's threads; each is computed the same
+//! way on any thread, so results do not depend on the thread count.
+
+use super::par::{for_each_chunk, madd, multiversion};
+use crate::kernels::conv_geometry::ConvGeometry as Geometry;
+
+/// Calls `f(tap, oh, ih, ow_range, iw_first)` for every kernel tap (`kh * KW + kw`) and every
+/// output row `oh` on which that tap reads input row `ih` rather than padding; `ow_range` are the
+/// output columns on which it reads input columns, starting at `iw_first`.
+#[inline(always)]
+pub(super) fn for_each_tap_row(g: &Geometry, mut f: impl FnMut(usize, usize, usize, core::ops::Range<usize>, usize)) {
+    for kh in 0..g.kh {
+        let (oh_range, ih_first) = g.rows(kh);
+        for kw in 0..g.kw {
+            let (ow_range, iw_first) = g.cols(kw);
+            for (i, oh) in oh_range.clone().enumerate() {
+                f(kh * g.kw + kw, oh, ih_first + i * g.stride[0], ow_range.clone(), iw_first);
+            }
+        }
+    }
+}
+
+/// `y = conv(x, w)` for a depthwise convolution.
+pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], y: &mut [f32], threads: usize) {
+    let (in_plane, out_plane, taps) = (g.in_plane(), g.out_plane(), g.kh * g.kw);
+    for_each_chunk(threads, y, out_plane, out_plane * taps, |p, y_plane| {
+        let (n, o) = (p / g.o, p % g.o);
+        // With one input channel per group, the group index is the input channel.
+        let x_plane = &x[(n * g.c + o / g.og) * in_plane..][..in_plane];
+        forward_plane(g, x_plane, &w[o * taps..(o + 1) * taps], y_plane);
+    });
+}
+
+multiversion!(fn forward_plane(g: &Geometry, x_plane: &[f32], kernel: &[f32], y_plane: &mut [f32]) => forward_plane_body);
+
+/// One output plane: a sum over kernel taps of the shifted (and strided) input plane, scaled by
+/// the tap's weight.
+#[inline(always)]
+fn forward_plane_body<const FMA: bool>(g: &Geometry, x_plane: &[f32], kernel: &[f32], y_plane: &mut [f32]) {
+    y_plane.fill(0.0);
+    for_each_tap_row(g, |tap, oh, ih, ows, iw_first| {
+        let y_row = &mut y_plane[oh * g.wo + ows.start..oh * g.wo + ows.end];
+        let x_row = &x_plane[ih * g.w + iw_first..(ih + 1) * g.w];
+        let weight = kernel[tap];
+        zip_gather(y_row, x_row, g.stride[1], |d, s| *d = madd::<FMA>(weight, s, *d));
+    });
+}
+
+/// Kernels with more taps than this take the scatter path of the input gradient (the gather path
+/// flips the kernel into a stack array).
+const MAX_FLIPPED_TAPS: usize = 64;
+
+/// `dx` of a depthwise convolution.
+///
+/// With stride 1 and one output channel per input channel, `dx` is the forward convolution of
+/// `dy` with the kernel flipped and the padding complemented (`dilation * (k - 1) - pad` on each
+/// side), so it runs [`forward_plane`]: a gather whose inner loop is a contiguous multiply-add.
+/// Otherwise each `dy` row segment is scaled by the tap's weight and added onto the input row it
+/// was read from (each input plane gathers from the `O/groups` output planes of its channel).
+pub(super) fn grad_input(g: &Geometry, dy: &[f32], w: &[f32], dx: &mut [f32], threads: usize) {
+    let (in_plane, out_plane, taps) = (g.in_plane(), g.out_plane(), g.kh * g.kw);
+    if let Some(t) = transposed(g) {
+        for_each_chunk(threads, dx, in_plane, out_plane * taps, |p, dx_plane| {
+            let mut flipped = [0.0f32; MAX_FLIPPED_TAPS];
+            let channel = p % g.c;
+            for (f, &v) in flipped[..taps].iter_mut().zip(w[channel * taps..(channel + 1) * taps].iter().rev()) {
+                *f = v;
+            }
+            forward_plane(&t, &dy[p * out_plane..][..out_plane], &flipped[..taps], dx_plane);
+        });
+        return;
+    }
+    for_each_chunk(threads, dx, in_plane, g.og * out_plane * taps, |p, dx_plane| {
+        let (n, c) = (p / g.c, p % g.c);
+        let (first, count) = (c * g.og, g.og);
+        let dy_planes = &dy[(n * g.o + first) * out_plane..][..count * out_plane];
+        grad_input_plane(g, dy_planes, &w[first * taps..(first + count) * taps], dx_plane);
+    });
+}
+
+/// The geometry of the input gradient as a forward depthwise convolution over `dy` (see
+/// [`grad_input`]), where one exists: stride 1, one output per input channel, padding no larger
+/// than the dilated kernel's reach, and a kernel small enough to flip on the stack.
+fn transposed(g: &Geometry) -> Option<Geometry> {
+    if g.stride != [1, 1] || g.og != 1 || g.kh * g.kw > MAX_FLIPPED_TAPS || g.kh == 0 || g.kw == 0 {
+        return None;
+    }
+    let reach = [g.dilation[0] * (g.kh - 1), g.dilation[1] * (g.kw - 1)];
+    let padding = [
+        reach[0].checked_sub(g.padding[0])?,
+        reach[1].checked_sub(g.padding[1])?,
+        reach[0].checked_sub(g.padding[2])?,
+        reach[1].checked_sub(g.padding[3])?,
+    ];
+    Some(Geometry {
+        n: g.n,
+        c: g.o,
+        h: g.ho,
+        w: g.wo,
+        o: g.c,
+        groups: g.groups,
+        cg: 1,
+        og: 1,
+        kh: g.kh,
+        kw: g.kw,
+        ho: g.h,
+        wo: g.w,
+        stride: [1, 1],
+        padding,
+        dilation: g.dilation,
+    })
+}
+
+multiversion!(fn grad_input_plane(g: &Geometry, dy_planes: &[f32], kernels: &[f32], dx_plane: &mut [f32]) => grad_input_plane_body);
+
+#[inline(always)]
+fn grad_input_plane_body<const FMA: bool>(g: &Geometry, dy_planes: &[f32], kernels: &[f32], dx_plane: &mut [f32]) {
+    let (out_plane, taps) = (g.out_plane(), g.kh * g.kw);
+    dx_plane.fill(0.0);
+    for (dy_plane, kernel) in dy_planes.chunks_exact(out_plane.max(1)).zip(kernels.chunks_exact(taps.max(1))) {
+        for_each_tap_row(g, |tap, oh, ih, ows, iw_first| {
+            let dy_row = &dy_plane[oh * g.wo + ows.start..oh * g.wo + ows.end];
+            let dx_row = &mut dx_plane[ih * g.w + iw_first..(ih + 1) * g.w];
+            let weight = kernel[tap];
+            zip_scatter(dx_row, dy_row, g.stride[1], |d, s| *d = madd::<FMA>(weight, s, *d));
+        });
+    }
+}
+
+/// `dw` of a depthwise convolution: each tap's gradient is the dot product of `dy` with the input
+/// positions the tap read, summed over the batch; one task per output channel.
+pub(super) fn grad_weight(g: &Geometry, dy: &[f32], x: &[f32], dw: &mut [f32], threads: usize) {
+    let (out_plane, taps) = (g.out_plane(), g.kh * g.kw);
+    for_each_chunk(threads, dw, taps, g.n * out_plane * taps, |o, kernel_grad| grad_weight_channel(g, dy, x, o, kernel_grad));
+}
+
+multiversion!(fn grad_weight_channel(g: &Geometry, dy: &[f32], x: &[f32], o: usize, kernel_grad: &mut [f32]) => grad_weight_channel_body);
+
+#[inline(always)]
+fn grad_weight_channel_body<const FMA: bool>(g: &Geometry, dy: &[f32], x: &[f32], o: usize, kernel_grad: &mut [f32]) {
+    let (in_plane, out_plane) = (g.in_plane(), g.out_plane());
+    kernel_grad.fill(0.0);
+    for n in 0..g.n {
+        let dy_plane = &dy[(n * g.o + o) * out_plane..][..out_plane];
+        let x_plane = &x[(n * g.c + o / g.og) * in_plane..][..in_plane];
+        for_each_tap_row(g, |tap, oh, ih, ows, iw_first| {
+            let dy_row = &dy_plane[oh * g.wo + ows.start..oh * g.wo + ows.end];
+            let x_row = &x_plane[ih * g.w + iw_first..(ih + 1) * g.w];
+            kernel_grad[tap] += dot_strided::<FMA>(dy_row, x_row, g.stride[1]);
+        });
+    }
+}
+
+/// Calls `f(&mut dst[k], src[k * stride])` for every `k` in `dst` (`src` must reach that far).
+///
+/// Strides 1 and 2 cover nearly every convolution; with the stride known at compile time the
+/// compiler turns the strided reads into vector loads and shuffles, which it cannot do for a
+/// runtime stride.
+#[inline(always)]
+pub(super) fn zip_gather(dst: &mut [f32], src: &[f32], stride: usize, f: impl Fn(&mut f32, f32)) {
+    #[inline(always)]
+    fn fixed<const S: usize>(dst: &mut [f32], src: &[f32], f: impl Fn(&mut f32, f32)) {
+        // Whole groups of S source elements first; the last element may lack its S - 1 followers.
+        let whole = dst.len().min(src.len() / S);
+        let (head, tail) = dst.split_at_mut(whole);
+        for (d, s) in head.iter_mut().zip(src.chunks_exact(S)) {
+            f(d, s[0]);
+        }
+        for (k, d) in tail.iter_mut().enumerate() {
+            f(d, src[(whole + k) * S]);
+        }
+    }
+    match stride {
+        1 => fixed::<1>(dst, src, f),
+        2 => fixed::<2>(dst, src, f),
+        _ => {
+            for (d, &s) in dst.iter_mut().zip(src.iter().step_by(stride)) {
+                f(d, s);
+            }
+        }
+    }
+}
+
+/// Calls `f(&mut dst[k * stride], src[k])` for every `k` in `src`: the adjoint of
+/// [`zip_gather`], with the same compile-time strides.
+#[inline(always)]
+pub(super) fn zip_scatter(dst: &mut [f32], src: &[f32], stride: usize, f: impl Fn(&mut f32, f32)) {
+    #[inline(always)]
+    fn fixed<const S: usize>(dst: &mut [f32], src: &[f32], f: impl Fn(&mut f32, f32)) {
+        let whole = src.len().min(dst.len() / S);
+        for (d, &s) in dst.chunks_exact_mut(S).zip(&src[..whole]) {
+            f(&mut d[0], s);
+        }
+        for (k, &s) in src.iter().enumerate().skip(whole) {
+            f(&mut dst[k * S], s);
+        }
+    }
+    match stride {
+        1 => fixed::<1>(dst, src, f),
+        2 => fixed::<2>(dst, src, f),
+        _ => {
+            for (d, &s) in dst.iter_mut().step_by(stride).zip(src) {
+                f(d, s);
+            }
+        }
+    }
+}
+
+/// `sum(a[k] * b[k * stride])` for every `k` in `a`. Eight partial sums let the compiler vectorise
+/// the loop and also shorten the chains along which f32 rounding errors accumulate.
+#[inline(always)]
+fn dot_strided<const FMA: bool>(a: &[f32], b: &[f32], stride: usize) -> f32 {
+    #[inline(always)]
+    fn fixed<const FMA: bool, const S: usize>(a: &[f32], b: &[f32]) -> f32 {
+        let main = a.len().min(b.len() / S) / 8 * 8;
+        let mut lanes = [0.0f32; 8];
+        for (ca, cb) in a[..main].chunks_exact(8).zip(b.chunks_exact(8 * S)) {
+            for ((lane, &p), q) in lanes.iter_mut().zip(ca).zip(cb.chunks_exact(S)) {
+                *lane = madd::<FMA>(p, q[0], *lane);
+            }
+        }
+        let tail: f32 = a.iter().enumerate().skip(main).map(|(k, &p)| p * b[k * S]).sum();
+        lanes.iter().sum::<f32>() + tail
+    }
+    match stride {
+        1 => fixed::<FMA, 1>(a, b),
+        2 => fixed::<FMA, 2>(a, b),
+        _ => a.iter().zip(b.iter().step_by(stride)).map(|(p, q)| p * q).sum(),
+    }
+}

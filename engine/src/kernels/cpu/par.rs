@@ -1,0 +1,136 @@
+//! Parallel loops over independent chunks of an output, and the run-time choice of instruction
+//! set.
+//!
+//! Programs run inside the backend's persistent rayon pool (`CpuBackend::run`), so a parallel
+//! loop here splits its chunks among those workers; rayon's fork-join keeps its jobs on the stack
+//! and allocates nothing in the steady state. With one thread the loops run sequentially on the
+//! calling thread and never touch rayon (whose global pool would otherwise start).
+//!
+//! Every loop gives each chunk to exactly one call of `f`, and the kernels compute a chunk the
+//! same way whichever thread runs it, so results do not depend on the thread count.
+
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use rayon::prelude::*;
+
+/// A chunk smaller than this many multiply-adds (or element updates) is not worth a task of its
+/// own: parallel loops group chunks until each task holds at least this much.
+const MIN_TASK_WORK: usize = 1 << 15;
+
+/// Calls `f(index, chunk)` for every `chunk_len`-element chunk of `data` (the last may be
+/// shorter), on up to `threads` threads. `work_per_chunk` (about the element operations one call
+/// does) decides how many chunks a task takes.
+pub fn for_each_chunk(
+    threads: usize,
+    data: &mut [f32],
+    chunk_len: usize,
+    work_per_chunk: usize,
+    f: impl Fn(usize, &mut [f32]) + Send + Sync,
+) {
+    if data.is_empty() {
+        return;
+    }
+    let chunk_len = chunk_len.max(1);
+    let chunks = data.len().div_ceil(chunk_len);
+    if threads > 1 && chunks > 1 && chunks.saturating_mul(work_per_chunk) >= 2 * MIN_TASK_WORK {
+        let min_len = (MIN_TASK_WORK / work_per_chunk.max(1)).max(1);
+        data.par_chunks_mut(chunk_len).with_min_len(min_len).enumerate().for_each(|(i, c)| f(i, c));
+    } else {
+        data.chunks_mut(chunk_len).enumerate().for_each(|(i, c)| f(i, c));
+    }
+}
+
+/// [`for_each_chunk`] over two outputs split alike: chunk `i` of `a` (`a_len` elements) goes
+/// with chunk `i` of `b` (`b_len`); both must hold the same number of chunks.
+pub fn for_each_chunk2(
+    threads: usize,
+    a: &mut [f32],
+    a_len: usize,
+    b: &mut [f32],
+    b_len: usize,
+    work_per_chunk: usize,
+    f: impl Fn(usize, &mut [f32], &mut [f32]) + Send + Sync,
+) {
+    let (a_len, b_len) = (a_len.max(1), b_len.max(1));
+    let chunks = a.len().div_ceil(a_len);
+    debug_assert_eq!(chunks, b.len().div_ceil(b_len));
+    if threads > 1 && chunks > 1 && chunks.saturating_mul(work_per_chunk) >= 2 * MIN_TASK_WORK {
+        let min_len = (MIN_TASK_WORK / work_per_chunk.max(1)).max(1);
+        a.par_chunks_mut(a_len).zip(b.par_chunks_mut(b_len)).with_min_len(min_len).enumerate().for_each(|(i, (x, y))| f(i, x, y));
+    } else {
+        a.chunks_mut(a_len).zip(b.chunks_mut(b_len)).enumerate().for_each(|(i, (x, y))| f(i, x, y));
+    }
+}
+
+/// The instruction sets the SIMD kernels are compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Whatever the build target guarantees (SSE2 on x86-64, NEON on aarch64), vectorised by the
+    /// compiler.
+    Portable,
+    /// AVX2 and FMA on x86-64, chosen at run time when the CPU has both.
+    Avx2Fma,
+}
+
+/// 0: detect, 1: portable, 2: AVX2+FMA where available.
+static FORCED: AtomicU8 = AtomicU8::new(0);
+
+/// Restricts the kernels to the portable code (`Some(Isa::Portable)`) or lets them pick the best
+/// the CPU offers (`None`), for tests that compare both paths with the reference.
+pub fn force_isa(isa: Option<Isa>) {
+    FORCED.store(
+        match isa {
+            None => 0,
+            Some(Isa::Portable) => 1,
+            Some(Isa::Avx2Fma) => 2,
+        },
+        Ordering::Relaxed,
+    );
+}
+
+/// The instruction set the kernels use on this CPU.
+pub fn isa() -> Isa {
+    if FORCED.load(Ordering::Relaxed) == 1 {
+        return Isa::Portable;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        return Isa::Avx2Fma;
+    }
+    Isa::Portable
+}
+
+/// `a * b + c`, fused into one rounding where the instruction set has FMA (`FMA`), else two.
+#[inline(always)]
+pub fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// Defines `fn $name(args)` that runs `$body::<true>(args)` compiled for AVX2+FMA when [`isa`]
+/// allows, else `$body::<false>(args)` compiled for the build target. `$body` must be
+/// `#[inline(always)]` and generic over `const FMA: bool` (see [`madd`]), so that the compiler
+/// vectorises its loops separately for each instruction set.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:ident) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $body::<true>($($arg),*)
+                }
+                if $crate::kernels::cpu::par::isa() == $crate::kernels::cpu::par::Isa::Avx2Fma {
+                    // SAFETY: `isa` returned Avx2Fma, so this CPU has AVX2 and FMA.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body::<false>($($arg),*)
+        }
+    };
+}
+pub(crate) use multiversion;

@@ -1,0 +1,192 @@
+//! Every fast CPU kernel against the reference kernel, on random shapes (odd sizes, strides,
+//! padding, dilation, channel multipliers), with 1 and 2 threads, on the instruction set the CPU
+//! offers and on the portable code path.
+
+use pock_engine::kernels::cpu::par::{force_isa, isa, Isa};
+use pock_engine::kernels::cpu::{execute, workspace_elems, CpuConfig};
+use pock_engine::kernels::{reference, NodeArgs, View, ViewMut};
+use pock_engine::ops::{BatchNorm, Clip, Conv2d, ConvOp, DenseOp, NormOp, Op};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Runs `op` with the reference and with the fast kernels on the same inputs and initial outputs
+/// (in-place outputs hold state), and checks every output: exactly equal when `exact`, else
+/// within 1e-4 of the output's RMS (float sums in another order).
+fn check(what: &str, op: &Op, inputs: &[(Vec<f32>, Vec<usize>)], outputs: &[Vec<usize>], rng: &mut ChaCha8Rng, exact: bool) {
+    let in_views: Vec<View<f32>> = inputs.iter().map(|(d, s)| View { data: d, shape: s }).collect();
+    let initial: Vec<Vec<f32>> = outputs.iter().map(|s| random(rng, s.iter().product())).collect();
+    let mut want = initial.clone();
+    {
+        let mut outs: Vec<ViewMut<f32>> = want.iter_mut().zip(outputs).map(|(d, s)| ViewMut { data: d, shape: s }).collect();
+        reference::execute(op, NodeArgs::floats(&in_views, &mut outs)).unwrap();
+    }
+    let in_shapes: Vec<&[usize]> = inputs.iter().map(|(_, s)| s.as_slice()).collect();
+    let out_shapes: Vec<&[usize]> = outputs.iter().map(|s| s.as_slice()).collect();
+    let mut workspace = vec![f32::NAN; workspace_elems(op, &in_shapes, &out_shapes)];
+    for path in [None, Some(Isa::Portable)] {
+        force_isa(path);
+        for threads in [1, 2] {
+            let mut got = initial.clone();
+            {
+                let mut outs: Vec<ViewMut<f32>> = got.iter_mut().zip(outputs).map(|(d, s)| ViewMut { data: d, shape: s }).collect();
+                execute(op, NodeArgs::floats(&in_views, &mut outs), &mut workspace, CpuConfig { threads }).unwrap();
+            }
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                let rms = (w.iter().map(|v| v * v).sum::<f32>() / w.len().max(1) as f32).sqrt();
+                let tol = if exact { 0.0 } else { 1e-4 * rms.max(1e-3) };
+                for (i, (a, b)) in g.iter().zip(w).enumerate() {
+                    assert!(
+                        (a - b).abs() <= tol || (exact && a.to_bits() == b.to_bits()),
+                        "{what}: output {k}[{i}] = {a}, reference {b} (tolerance {tol}; {:?}, {threads} threads)",
+                        isa()
+                    );
+                }
+            }
+        }
+    }
+    force_isa(None);
+}
+
+#[test]
+fn convolutions_match_the_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    for case in 0..80 {
+        // Depthwise (multiplier 1 or 2), pointwise, and general grouped/dense convolutions.
+        let kind = case % 4;
+        let n = rng.random_range(1..4usize);
+        let (groups, cg, og) = match kind {
+            0 => {
+                let c = rng.random_range(2..9usize);
+                (c, 1, 1)
+            }
+            1 => {
+                let c = rng.random_range(2..6usize);
+                (c, 1, 2)
+            }
+            2 => (1, rng.random_range(1..9usize), rng.random_range(1..9usize)),
+            _ => {
+                let g = rng.random_range(1..3usize);
+                (g, rng.random_range(1..4usize), rng.random_range(1..4usize))
+            }
+        };
+        let (c, o) = (groups * cg, groups * og);
+        let pointwise = kind == 2 && case % 8 == 2;
+        let (kh, kw) = if pointwise { (1, 1) } else { (rng.random_range(1..6usize), rng.random_range(1..6usize)) };
+        // Half the depthwise cases at stride 1, where the input gradient is a flipped forward pass.
+        let stride =
+            if pointwise || (kind == 0 && case % 8 < 4) { [1, 1] } else { [rng.random_range(1..4usize), rng.random_range(1..4usize)] };
+        let dilation = if pointwise || case % 3 != 0 { [1, 1] } else { [rng.random_range(1..3usize), rng.random_range(1..3usize)] };
+        let padding = if pointwise {
+            [0; 4]
+        } else {
+            [rng.random_range(0..3usize), rng.random_range(0..3usize), rng.random_range(0..3usize), rng.random_range(0..3usize)]
+        };
+        let h = dilation[0] * (kh - 1) + 1 + rng.random_range(0..12usize);
+        let w = dilation[1] * (kw - 1) + 1 + rng.random_range(0..12usize);
+        let conv = Conv2d { stride, padding, dilation, groups };
+        let x_shape = vec![n, c, h, w];
+        let w_shape = vec![o, cg, kh, kw];
+        let y_shape = Op::from(ConvOp::Conv2d(conv)).output_shapes(&[&x_shape, &w_shape]).unwrap().remove(0);
+        let what = format!("conv {x_shape:?} * {w_shape:?} -> {y_shape:?}, {conv:?}");
+        let (x, wt, dy) = (
+            random(&mut rng, x_shape.iter().product()),
+            random(&mut rng, w_shape.iter().product()),
+            random(&mut rng, y_shape.iter().product()),
+        );
+        let forward = Op::from(ConvOp::Conv2d(conv));
+        check(
+            &format!("forward {what}"),
+            &forward,
+            &[(x.clone(), x_shape.clone()), (wt.clone(), w_shape.clone())],
+            std::slice::from_ref(&y_shape),
+            &mut rng,
+            false,
+        );
+        let grad_input = Op::from(ConvOp::Conv2dGradInput { conv, input_hw: [h, w] });
+        check(
+            &format!("grad input {what}"),
+            &grad_input,
+            &[(dy.clone(), y_shape.clone()), (wt, w_shape.clone())],
+            std::slice::from_ref(&x_shape),
+            &mut rng,
+            false,
+        );
+        let grad_weight = Op::from(ConvOp::Conv2dGradWeight { conv, kernel_hw: [kh, kw] });
+        check(&format!("grad weight {what}"), &grad_weight, &[(dy, y_shape), (x, x_shape)], &[w_shape], &mut rng, false);
+    }
+}
+
+#[test]
+fn batch_norm_equals_the_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for case in 0..12 {
+        let shape: Vec<usize> = if case % 4 == 3 {
+            vec![rng.random_range(1..9), rng.random_range(1..7)]
+        } else {
+            vec![rng.random_range(1..4), rng.random_range(1..7), rng.random_range(1..20), rng.random_range(1..20)]
+        };
+        let (numel, c) = (shape.iter().product::<usize>(), shape[1]);
+        let b = BatchNorm { eps: 1e-5, momentum: 0.1 };
+        // Inputs off centre, so the two-pass variance matters.
+        let x: Vec<f32> = random(&mut rng, numel).iter().map(|v| 3.0 + v).collect();
+        let (gamma, beta) = (random(&mut rng, c), random(&mut rng, c));
+        let train = Op::from(NormOp::BatchNormTrain(b));
+        let stats = vec![c];
+        check(
+            &format!("batch norm {shape:?}"),
+            &train,
+            &[(x.clone(), shape.clone()), (gamma.clone(), stats.clone()), (beta, stats.clone())],
+            &[shape.clone(), stats.clone(), stats.clone(), stats.clone(), stats.clone()],
+            &mut rng,
+            true,
+        );
+        let mean: Vec<f32> = random(&mut rng, c).iter().map(|v| 3.0 + 0.1 * v).collect();
+        let invstd: Vec<f32> = random(&mut rng, c).iter().map(|v| 1.5 + v).collect();
+        let grad = Op::from(NormOp::BatchNormTrainGrad(b));
+        check(
+            &format!("batch norm grad {shape:?}"),
+            &grad,
+            &[
+                (random(&mut rng, numel), shape.clone()),
+                (x, shape.clone()),
+                (gamma, stats.clone()),
+                (mean, stats.clone()),
+                (invstd, stats.clone()),
+            ],
+            &[shape.clone(), stats.clone(), stats],
+            &mut rng,
+            true,
+        );
+    }
+}
+
+#[test]
+fn elementwise_ops_equal_the_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    // Odd lengths, and one longer than a task block so the split among threads is exercised.
+    for len in [1usize, 7, 33, 1000, 70_001] {
+        let shape = vec![len];
+        let mut x = random(&mut rng, len);
+        // Values at the kinks, and a NaN, which must stay NaN.
+        x[0] = f32::NAN;
+        if len > 3 {
+            (x[1], x[2], x[3]) = (0.0, 0.5, -0.0);
+        }
+        let x: Vec<f32> = x.iter().map(|v| v * 8.0).collect();
+        let dy = random(&mut rng, len);
+        let clip = Clip { min: 0.0, max: 6.0 };
+        let one = |op: DenseOp| Op::from(op);
+        let unary = [(one(DenseOp::Clip(clip)), "clip"), (one(DenseOp::Relu), "relu")];
+        for (op, name) in unary {
+            check(name, &op, &[(x.clone(), shape.clone())], std::slice::from_ref(&shape), &mut rng, true);
+        }
+        let binary = [(one(DenseOp::ClipGrad(clip)), "clip grad"), (one(DenseOp::ReluGrad), "relu grad"), (one(DenseOp::Add), "add")];
+        for (op, name) in binary {
+            check(name, &op, &[(dy.clone(), shape.clone()), (x.clone(), shape.clone())], std::slice::from_ref(&shape), &mut rng, true);
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! `pock bench`: how fast a plan trains on this machine, and (with `--profile`) where the time of
+//! a training step goes, op kind by op kind.
+//!
+//! The batch is synthetic (a fixed pattern of floats, labels cycling through the classes): the
+//! kernels' speed does not depend on the values, and benchmarking needs no data file.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use pock_engine::ops::{ConvOp, Op};
+use pock_engine::plan::{DType, Plan};
+use pock_engine::session::{Input, Session, Targets};
+
+use crate::PockError;
+
+/// What to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct BenchConfig {
+    /// Timed training steps (after `warmup` untimed ones).
+    pub steps: usize,
+    pub warmup: usize,
+    /// Time every node of the train program as well.
+    pub profile: bool,
+}
+
+/// One op kind's share of the profiled steps.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OpTime {
+    /// The op's name, and for convolutions the kind (`Conv2d depthwise 3x3`, `Conv2d 1x1`).
+    pub kind: String,
+    /// Nodes of this kind in the train program.
+    pub count: usize,
+    /// Milliseconds per step.
+    pub ms: f64,
+    /// Share of the summed node times.
+    pub percent: f64,
+    /// Achieved GFLOP/s (the compiler's cost model's FLOPs over the measured time).
+    pub gflops: f64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub batch: usize,
+    pub threads: usize,
+    pub steps: usize,
+    /// Median, fastest and slowest step.
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    pub steps_per_s: f64,
+    /// FLOPs of the train program (the compiler's per-op cost model).
+    pub step_flops: u64,
+    pub gflops: f64,
+    pub arena_bytes: u64,
+    pub weight_bytes: u64,
+    /// Peak resident set size of this process (Linux `VmHWM`), when it can be read.
+    pub peak_rss_bytes: Option<u64>,
+    /// Per op kind, slowest first (empty without `--profile`).
+    pub profile: Vec<OpTime>,
+}
+
+/// The op kind a profile row groups a node under.
+fn op_kind(plan: &Plan, node: &pock_engine::plan::Node) -> String {
+    let Op::Conv(conv) = &node.op else { return node.op.name().to_string() };
+    let (c, weight) = match conv {
+        ConvOp::Conv2d(c) | ConvOp::Conv2dGradInput { conv: c, .. } => (c, node.inputs[1]),
+        ConvOp::Conv2dGradWeight { conv: c, .. } => (c, node.outputs[0]),
+    };
+    let w = &plan.tensor(weight).shape;
+    let kind = if c.groups > 1 && w[1] == 1 { "depthwise " } else { "" };
+    format!("{} {kind}{}x{}", node.op.name(), w[2], w[3])
+}
+
+fn node_flops(plan: &Plan, node: &pock_engine::plan::Node) -> u64 {
+    let ins: Vec<&[usize]> = node.inputs.iter().map(|&t| plan.tensor(t).shape.as_slice()).collect();
+    let outs: Vec<&[usize]> = node.outputs.iter().map(|&t| plan.tensor(t).shape.as_slice()).collect();
+    pock_compiler::ops::flops(&node.op, &ins, &outs)
+}
+
+/// Peak resident set size from `/proc/self/status` (Linux); `None` elsewhere.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Runs `warmup` then `steps` training steps on a synthetic batch and reports their times.
+pub fn run(session: &mut Session, threads: usize, cfg: &BenchConfig) -> Result<BenchReport, PockError> {
+    if cfg.steps == 0 {
+        return Err(PockError::Usage("--steps must be at least 1".into()));
+    }
+    let plan = session.plan().clone();
+    let batch = session.batch();
+    // One buffer per data input, in its own dtype.
+    let inputs: Vec<(String, DType, usize)> = session.inputs().map(|t| (t.name.clone(), t.dtype, t.numel())).collect();
+    let floats: Vec<Vec<f32>> = inputs.iter().map(|(_, _, n)| (0..*n).map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5).collect()).collect();
+    let ints: Vec<Vec<i64>> = inputs.iter().map(|(_, _, n)| vec![0; *n]).collect();
+    let bools: Vec<Vec<bool>> = inputs.iter().map(|(_, _, n)| vec![false; *n]).collect();
+    let named: Vec<(&str, Input<'_>)> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, (name, dtype, _))| {
+            let input = match dtype {
+                DType::I64 => Input::I64(&ints[i]),
+                DType::Bool => Input::Bool(&bools[i]),
+                _ => Input::F32(&floats[i]),
+            };
+            (name.as_str(), input)
+        })
+        .collect();
+    let target_len: usize = session.target_shape().iter().product();
+    let classes = *session.output_shape().last().unwrap_or(&1) as i64;
+    let labels: Vec<i64> = (0..target_len as i64).map(|i| i % classes.max(1)).collect();
+    let values: Vec<f32> = (0..target_len).map(|i| (i % 5) as f32 * 0.1).collect();
+    let target_is_labels = plan
+        .programs
+        .train
+        .feeds
+        .iter()
+        .any(|&t| plan.tensor(t).role == pock_engine::plan::Role::Target && plan.tensor(t).dtype == DType::I64);
+    let targets = if target_is_labels { Targets::Labels(&labels) } else { Targets::Values(&values) };
+
+    for _ in 0..cfg.warmup {
+        session.train_step_inputs(&named, targets)?;
+    }
+    session.set_profiling(cfg.profile);
+    let mut times = Vec::with_capacity(cfg.steps);
+    for _ in 0..cfg.steps {
+        let started = Instant::now();
+        session.train_step_inputs(&named, targets)?;
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    let node_nanos = session.node_nanos().map(|(n, runs)| (n.to_vec(), runs));
+    session.set_profiling(false);
+
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median_ms = sorted[sorted.len() / 2];
+    let step_flops: u64 = plan.programs.train.nodes.iter().map(|n| node_flops(&plan, n)).sum();
+    let mut profile = Vec::new();
+    if let Some((nanos, runs)) = node_nanos.filter(|(_, runs)| *runs > 0) {
+        // (kind, count, nanoseconds, flops), in order of first appearance.
+        let mut rows: Vec<(String, usize, u64, u64)> = Vec::new();
+        for (node, &ns) in plan.programs.train.nodes.iter().zip(&nanos) {
+            let kind = op_kind(&plan, node);
+            let flops = node_flops(&plan, node);
+            match rows.iter_mut().find(|r| r.0 == kind) {
+                Some(r) => (r.1, r.2, r.3) = (r.1 + 1, r.2 + ns, r.3 + flops),
+                None => rows.push((kind, 1, ns, flops)),
+            }
+        }
+        let total: u64 = rows.iter().map(|r| r.2).sum::<u64>().max(1);
+        profile = rows
+            .into_iter()
+            .map(|(kind, count, ns, flops)| {
+                let seconds = ns as f64 / 1e9 / runs as f64;
+                OpTime {
+                    kind,
+                    count,
+                    ms: seconds * 1e3,
+                    percent: 100.0 * ns as f64 / total as f64,
+                    gflops: if seconds > 0.0 { flops as f64 / seconds / 1e9 } else { 0.0 },
+                }
+            })
+            .collect();
+        profile.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    }
+    Ok(BenchReport {
+        model: plan.model.clone(),
+        batch,
+        threads,
+        steps: cfg.steps,
+        median_ms,
+        min_ms: sorted[0],
+        max_ms: sorted[sorted.len() - 1],
+        steps_per_s: 1e3 / median_ms,
+        step_flops,
+        gflops: step_flops as f64 / (median_ms / 1e3) / 1e9,
+        arena_bytes: plan.arena_bytes,
+        weight_bytes: plan.weight_bytes,
+        peak_rss_bytes: peak_rss_bytes(),
+        profile,
+    })
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// The report as text: a summary, then the profile table when there is one.
+pub fn table(r: &BenchReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "model      {} (batch {}, {} thread{})", r.model, r.batch, r.threads, if r.threads == 1 { "" } else { "s" });
+    let _ = writeln!(
+        s,
+        "step       {:.2} ms median of {} (min {:.2}, max {:.2}), {:.2} steps/s",
+        r.median_ms, r.steps, r.min_ms, r.max_ms, r.steps_per_s
+    );
+    let _ = writeln!(s, "compute    {:.3} GFLOP per step, {:.1} GFLOP/s", r.step_flops as f64 / 1e9, r.gflops);
+    let rss = r.peak_rss_bytes.map_or("unknown".to_string(), |b| format!("{:.1} MiB", mib(b)));
+    let _ = writeln!(s, "memory     arena {:.1} MiB, weights {:.1} MiB, peak RSS {rss}", mib(r.arena_bytes), mib(r.weight_bytes));
+    if !r.profile.is_empty() {
+        let _ = writeln!(s, "\n{:<32} {:>6} {:>10} {:>7} {:>9}", "op", "count", "ms/step", "%", "GFLOP/s");
+        for row in &r.profile {
+            let _ = writeln!(s, "{:<32} {:>6} {:>10.3} {:>7.1} {:>9.1}", row.kind, row.count, row.ms, row.percent, row.gflops);
+        }
+    }
+    s
+}

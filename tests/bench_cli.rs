@@ -1,0 +1,42 @@
+//! `pock bench`: the report's figures hang together, and the profile accounts for every node of
+//! the train program.
+
+mod common;
+use common::{fails, pock, s, workdir};
+
+#[test]
+fn bench_reports_step_time_and_a_profile_of_every_train_node() {
+    let dir = workdir("bench");
+    let plan = dir.join("cnn.pock");
+    let out = pock(&["compile", "zoo:cnn:channels=1,size=12,classes=4,width=4", "--batch", "4", "-o", s(&plan), "-q"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&plan).unwrap();
+    let (p, _) = pock::engine::decode_plan(&bytes).unwrap();
+    let train_nodes = p.programs.train.nodes.len();
+
+    for threads in ["1", "2"] {
+        let out = pock(&["bench", s(&plan), "--steps", "5", "--warmup", "1", "--threads", threads, "--profile", "--json", "-q"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let median = r["median_ms"].as_f64().unwrap();
+        assert!(median > 0.0 && r["min_ms"].as_f64().unwrap() <= median && median <= r["max_ms"].as_f64().unwrap(), "{r}");
+        assert_eq!(r["steps"], 5);
+        assert_eq!(r["arena_bytes"].as_u64().unwrap(), p.arena_bytes);
+        assert!(r["step_flops"].as_u64().unwrap() > 0 && r["gflops"].as_f64().unwrap() > 0.0, "{r}");
+        let rows = r["profile"].as_array().unwrap();
+        let count: u64 = rows.iter().map(|row| row["count"].as_u64().unwrap()).sum();
+        assert_eq!(count as usize, train_nodes, "every train node is counted once");
+        let percent: f64 = rows.iter().map(|row| row["percent"].as_f64().unwrap()).sum();
+        assert!((percent - 100.0).abs() < 0.01, "shares add up to 100%, got {percent}");
+        assert!(rows.windows(2).all(|w| w[0]["ms"].as_f64() >= w[1]["ms"].as_f64()), "slowest first");
+        assert!(rows.iter().any(|row| row["kind"].as_str().unwrap().starts_with("Conv2d ")), "convolutions are named by kind");
+    }
+
+    // Without --profile there is no table; with text output the summary lines are there.
+    let out = pock(&["bench", s(&plan), "--steps", "2", "-q"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("ms median of 2") && text.contains("GFLOP/s") && text.contains("peak RSS"), "{text}");
+    assert!(!text.contains("ms/step"), "no profile table without --profile:\n{text}");
+
+    assert!(fails(&["bench", s(&plan), "--steps", "0"]).contains("--steps must be at least 1"));
+}
