@@ -7,6 +7,7 @@
 //! [`TrainingGraph::into_plan`] (memory planning, weight layout) -> [`pock_engine::Plan`].
 
 pub mod autodiff;
+pub mod cost;
 pub mod error;
 pub mod gradcheck;
 pub mod interp;
