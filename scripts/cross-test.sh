@@ -125,8 +125,8 @@ host_pock=$(cargo build --bin pock --message-format=json-render-diagnostics | se
 [ -x "$host_pock" ] || die "cargo build --bin pock did not produce a binary"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-"$host_pock" -q demo --epochs 0 --samples 128 --save-data "$work/data" >/dev/null
-"$host_pock" -q compile zoo:cnn:channels=1,size=16,classes=4 --batch 16 --seed 3 --optimizer sgd --lr 0.05 --momentum 0.9 \
+"$host_pock" -q demo --epochs 1 --samples 128 --save-data "$work/data" >/dev/null
+"$host_pock" -q compile zoo:cnn:channels=1,size=28,classes=4,width=8 --batch 16 --seed 3 --optimizer sgd --lr 0.05 --momentum 0.9 \
   --target rpi4 -o "$work/cnn.pock"
 # Each run trains 2 epochs of 8 steps and writes its losses and its final weights.
 train_on() { # name, kernels, command...

@@ -27,7 +27,15 @@ pub struct DemoConfig {
 
 impl Default for DemoConfig {
     fn default() -> Self {
-        DemoConfig { train_samples: 2048, test_samples: 512, epochs: 4, batch: 32, threads: SessionOptions::default().threads, reference_kernels: false, seed: 7 }
+        DemoConfig {
+            train_samples: 2048,
+            test_samples: 512,
+            epochs: 4,
+            batch: 32,
+            threads: SessionOptions::default().threads,
+            reference_kernels: false,
+            seed: 7,
+        }
     }
 }
 

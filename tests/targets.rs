@@ -109,7 +109,11 @@ fn reference_kernels_train_like_the_fast_ones() {
     let losses = |kernels: &str| -> Vec<f64> {
         let log = d.join(format!("{kernels}.jsonl"));
         ok(&["train", s(&plan), "--data", s(&data), "--epochs", "2", "--kernels", kernels, "--log-json", s(&log), "-q"]);
-        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+            .collect()
     };
     let (fast, reference) = (losses("fast"), losses("reference"));
     assert_eq!(fast.len(), 8);
