@@ -20,12 +20,22 @@ pub struct DemoConfig {
     pub epochs: u64,
     pub batch: usize,
     pub threads: usize,
+    /// Run the portable reference kernels only (`--kernels reference`).
+    pub reference_kernels: bool,
     pub seed: u64,
 }
 
 impl Default for DemoConfig {
     fn default() -> Self {
-        DemoConfig { train_samples: 2048, test_samples: 512, epochs: 4, batch: 32, threads: SessionOptions::default().threads, seed: 7 }
+        DemoConfig {
+            train_samples: 2048,
+            test_samples: 512,
+            epochs: 4,
+            batch: 32,
+            threads: SessionOptions::default().threads,
+            reference_kernels: false,
+            seed: 7,
+        }
     }
 }
 
@@ -78,7 +88,7 @@ pub fn run(cfg: &DemoConfig, out: &mut dyn Write) -> Result<DemoReport, PockErro
             human_bytes(plan.weight_bytes),
         ),
     )?;
-    let mut session = Session::from_bytes(&bytes, SessionOptions { threads: cfg.threads, reference_kernels: false })?;
+    let mut session = Session::from_bytes(&bytes, SessionOptions { threads: cfg.threads, reference_kernels: cfg.reference_kernels })?;
     let before = evaluate(&mut session, &test_set)?;
     let accuracy_before = before.accuracy.unwrap_or(0.0);
     w(out, format!("before training: test loss {:.4}, accuracy {:.1}%", before.loss, 100.0 * accuracy_before))?;

@@ -129,7 +129,49 @@ back by its BatchNorm's scale s = gamma / sqrt(running_var + eps) and the BatchN
 beta = bias - (conv bias - running_mean) * s; gamma and the running statistics are written as they were (folding kept them fixed).";
 
 fn pock_models_help() -> String {
-    format!("{}\nOptimizers: sgd (--momentum, --dampening, --nesterov, --weight-decay), adam and adamw (--beta1, --beta2, --eps, --weight-decay).", pock::models::help_text())
+    format!(
+        "{}\nOptimizers: sgd (--momentum, --dampening, --nesterov, --weight-decay), adam and adamw (--beta1, --beta2, --eps, --weight-decay).\n\n{}",
+        pock::models::help_text(),
+        targets_help()
+    )
+}
+
+/// The `--target` boards, one line each, from the board table.
+fn targets_help() -> String {
+    let mut s = String::from("Targets (--target; memory left to pock, sustained f32 throughput and bandwidth, nominal):");
+    for t in pock::targets::TARGETS {
+        s += &format!(
+            "\n  {:<17} {} ({}, {} cores, {}, {} GFLOP/s, {} GB/s)",
+            t.name,
+            t.description,
+            t.isa.name(),
+            t.cores,
+            pock::human_bytes(t.memory_bytes),
+            t.gflops,
+            t.bandwidth_gbs
+        );
+    }
+    s
+}
+
+/// Refuses a plan that does not fit the memory its target board leaves to pock (the `host`
+/// target is bounded by this machine's memory instead, in `pock::check_memory`).
+fn check_target_memory(plan: &pock::engine::Plan) -> Result<(), PockError> {
+    let Some(t) = pock::targets::find(&plan.target).filter(|t| t.isa != pock::targets::Isa::Native) else { return Ok(()) };
+    let needed = plan.arena_bytes.saturating_add(plan.weight_bytes);
+    if needed > t.memory_bytes {
+        return Err(PockError::Usage(format!(
+            "the plan needs {needed} bytes ({}: arena {}, weights {}), more than the {} bytes ({}) target {} leaves to pock ({}); use a smaller --batch or model, train fewer parameters (--update bias or last:K), or give --memory-budget BYTES to override",
+            pock::human_bytes(needed),
+            pock::human_bytes(plan.arena_bytes),
+            pock::human_bytes(plan.weight_bytes),
+            t.memory_bytes,
+            pock::human_bytes(t.memory_bytes),
+            t.name,
+            t.description
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -222,8 +264,10 @@ struct CompileArgs {
     /// Dropout of an ONNX model exported in training mode; the masks are drawn from --seed.
     #[arg(long, value_enum, default_value = "on")]
     dropout: DropoutArg,
-    /// Board the plan is for (host, rpi4, rpi5, jetson-nano, cortex-m7).
-    #[arg(long, default_value = "host")]
+    /// Board the plan is for: its memory bounds the plan (unless --memory-budget is given), its
+    /// ISA is recorded (the engine warns when the plan runs on another) and `pock inspect`
+    /// estimates the step time on it. The boards are listed below.
+    #[arg(long, default_value = "host", value_name = "BOARD")]
     target: String,
     /// Seed of the parameter initialisation (zoo models) and of the dropout masks (ONNX models).
     #[arg(long, default_value_t = 0)]
@@ -287,12 +331,23 @@ struct RunArgs {
     /// Refuse a plan whose arena exceeds this many bytes (1048576, 512M, 64MiB, 2G; default: the machine's physical memory).
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     memory_budget: Option<u64>,
+    /// fast: gemm-based matmul and convolution (their sums are grouped per CPU, so results differ
+    /// in the last bits between ISAs); reference: the portable kernels alone, slower, with the
+    /// same arithmetic in the same order everywhere, so every ISA gives the same bits.
+    #[arg(long, value_enum, default_value = "fast")]
+    kernels: KernelsArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KernelsArg {
+    Fast,
+    Reference,
 }
 
 impl RunArgs {
     /// The session options, saying on stderr when `--threads` is outside `1..=cores`.
     fn session_options(&self, quiet: bool) -> SessionOptions {
-        let mut o = SessionOptions::default();
+        let mut o = SessionOptions { reference_kernels: matches!(self.kernels, KernelsArg::Reference), ..SessionOptions::default() };
         if let Some(t) = self.threads {
             let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
             o.threads = t.clamp(1, cores);
@@ -491,10 +546,12 @@ fn run(cli: Cli) -> Result<(), PockError> {
             }
         }
         Command::Demo { epochs, samples, save_data, run } => {
+            let options = run.session_options(quiet);
             let cfg = pock::demo::DemoConfig {
                 epochs,
                 train_samples: samples,
-                threads: run.session_options(quiet).threads,
+                threads: options.threads,
+                reference_kernels: options.reference_kernels,
                 ..Default::default()
             };
             if let Some(dir) = &save_data {
@@ -701,6 +758,9 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
         }
         pock::compile_model(&a.model, a.batch.unwrap_or(32), a.seed, options)?
     };
+    if a.memory_budget.is_none() {
+        check_target_memory(&compiled.plan)?;
+    }
     pock::check_memory(&compiled.plan, a.memory_budget)?;
     // Folding fixes the running statistics; a model whose statistics are all still the initial
     // ones (mean 0, variance 1) has never been trained, and frozen statistics do not normalise it.

@@ -8,6 +8,7 @@
 
 pub mod accounting;
 pub mod autodiff;
+pub mod cost;
 pub mod error;
 pub mod fold_norm;
 pub mod gradcheck;

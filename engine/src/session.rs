@@ -268,6 +268,9 @@ impl Session {
             plan.weight_bytes,
             kernels
         );
+        if let Some(message) = isa_mismatch(&plan.target, std::env::consts::ARCH) {
+            log::warn!("plan '{}': {message}", plan.model);
+        }
         let plan_id = checkpoint::plan_identity(&plan);
         let backend = CpuBackend::new(plan, bytes, range, kernels)?;
         Ok(Session { backend: Box::new(backend), io, learning_rate, optimizer_steps: 0, micro_steps: 0, last_step_skipped: 0, plan_id })
@@ -704,4 +707,42 @@ fn interface(plan: &Plan) -> Result<Interface, SessionError> {
         return Err(bad("target"));
     }
     Ok(io)
+}
+
+/// What to tell the user when a plan compiled for `target` runs on a machine whose `target_arch`
+/// is `arch` and the target's ISA is another: the plan trains the same (plans are portable), but
+/// the memory budget and the cost estimates it was compiled against describe another machine.
+/// `None` when the ISA matches, the target is `host`, or the name is not one this engine knows.
+pub fn isa_mismatch(target: &str, arch: &str) -> Option<String> {
+    let t = pock_targets::find(target)?;
+    if t.runs_on(arch) {
+        return None;
+    }
+    Some(format!(
+        "built for {} ({}), running on {arch}: it trains the same, but its memory and speed were sized for {}; recompile with --target host (or this board's target) to size it for this machine",
+        t.name,
+        t.isa.name(),
+        t.description
+    ))
+}
+
+#[cfg(test)]
+mod isa_tests {
+    use super::isa_mismatch;
+
+    #[test]
+    fn a_plan_for_another_isa_is_named() {
+        let m = isa_mismatch("rpi4", "x86_64").expect("rpi4 is aarch64");
+        assert!(m.contains("built for rpi4 (aarch64), running on x86_64"), "{m}");
+        assert!(isa_mismatch("cortex-m7", "aarch64").unwrap().contains("thumbv7em"));
+    }
+
+    #[test]
+    fn matching_isas_host_plans_and_unknown_targets_are_quiet() {
+        assert_eq!(isa_mismatch("rpi4", "aarch64"), None);
+        assert_eq!(isa_mismatch("host", "x86_64"), None);
+        assert_eq!(isa_mismatch("host", "arm"), None);
+        // A name from a newer compiler: nothing is known about it, so nothing is claimed.
+        assert_eq!(isa_mismatch("some-future-board", "x86_64"), None);
+    }
 }
