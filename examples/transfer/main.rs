@@ -1,0 +1,50 @@
+//! Transfer learning with sparse updates (issue 7, "Accuracy" and "Speed"): zoo:mobilenetv2
+//! pretrained on one synthetic distribution and fine-tuned on a shifted one with the full,
+//! bias-only and paper-like update schemes. Prints each scheme's accuracy, memory, step time and
+//! training FLOPs, with the ratios of time and FLOPs to the full scheme's.
+//!
+//! Run with `cargo run --release --example transfer` (about 10 minutes on 2 loaded cores);
+//! `-- --quick` runs the small setup of `tests/transfer.rs`; `-- --threads N` sets the kernels'
+//! threads (default 1).
+
+mod experiment;
+
+use experiment::Setup;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let threads = match args.iter().position(|a| a == "--threads") {
+        Some(i) => args.get(i + 1).and_then(|v| v.parse().ok()).ok_or("--threads takes a number of threads, e.g. --threads 2")?,
+        None => 1,
+    };
+    if let Some(unknown) = args.iter().enumerate().find(|(i, a)| {
+        !matches!(a.as_str(), "--quick" | "--threads") && !(*i > 0 && args[i - 1] == "--threads")
+    }) {
+        return Err(format!("unknown argument '{}'; use --quick and --threads N", unknown.1).into());
+    }
+    let setup = if quick { experiment::quick_setup(threads) } else { full_setup(threads) };
+    println!("{} batch {}; A: {} samples x {} epochs; B: {} samples x {} epochs; {} test samples each", setup.model(), setup.batch, setup.pretrain_samples, setup.pretrain_epochs, setup.finetune_samples, setup.finetune_epochs, setup.test_samples);
+    let dir = std::env::temp_dir().join(format!("pock-transfer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = experiment::run(&setup, &dir, |line| println!("{line}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    print!("{}", experiment::table(&result?));
+    Ok(())
+}
+
+fn full_setup(threads: usize) -> Setup {
+    Setup {
+        width: 0.5,
+        size: 64,
+        batch: 32,
+        pretrain_samples: 4096,
+        pretrain_epochs: 4,
+        pretrain_lr: 0.05,
+        finetune_samples: 512,
+        test_samples: 1024,
+        finetune_epochs: 8,
+        finetune_lr: 0.02,
+        threads,
+    }
+}
