@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("unknown argument '{}'; use --quick and --threads N", unknown.1).into());
     }
     let setup = if quick { experiment::quick_setup(threads) } else { full_setup(threads) };
-    println!("{} batch {}; A: {} samples x {} epochs; B: {} samples x {} epochs; {} test samples each", setup.model(), setup.batch, setup.pretrain_samples, setup.pretrain_epochs, setup.finetune_samples, setup.finetune_epochs, setup.test_samples);
+    println!("{} batch {}; A: {} samples x {} epochs; B: {} samples x {} epochs; {} test samples each", setup.model, setup.batch, setup.pretrain_samples, setup.pretrain_epochs, setup.finetune_samples, setup.finetune_epochs, setup.test_samples);
     let dir = std::env::temp_dir().join(format!("pock-transfer-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = experiment::run(&setup, &dir, |line| println!("{line}"));
@@ -33,17 +33,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// zoo:mobilenetv2 with its paper-like scheme, at a size where it trains in minutes.
 fn full_setup(threads: usize) -> Setup {
     Setup {
-        width: 0.5,
-        size: 64,
-        batch: 32,
-        pretrain_samples: 4096,
-        pretrain_epochs: 4,
+        model: "zoo:mobilenetv2:classes=4,channels=1,size=32,width=0.25".into(),
+        paper_scheme: experiment::MOBILENETV2_PAPER_SCHEME,
+        size: 32,
+        batch: 16,
+        pretrain_samples: 2048,
+        pretrain_epochs: 5,
         pretrain_lr: 0.05,
         finetune_samples: 512,
-        test_samples: 1024,
-        finetune_epochs: 8,
+        test_samples: 512,
+        finetune_epochs: 6,
         finetune_lr: 0.02,
         threads,
     }
