@@ -189,7 +189,7 @@ pub fn table(r: &Report) -> String {
     s
 }
 
-/// The small setup `tests/transfer.rs` runs (and `--example transfer -- --quick`): zoo:cnn.
+/// The setup `tests/transfer.rs` and `--example transfer` run: zoo:cnn, few samples of B.
 pub fn quick_setup(threads: usize) -> Setup {
     Setup {
         model: "zoo:cnn:channels=1,classes=4,size=28,width=16".into(),
@@ -199,9 +199,9 @@ pub fn quick_setup(threads: usize) -> Setup {
         pretrain_samples: 2048,
         pretrain_epochs: 2,
         pretrain_lr: 0.05,
-        finetune_samples: 512,
+        finetune_samples: 128,
         test_samples: 512,
-        finetune_epochs: 8,
+        finetune_epochs: 24,
         finetune_lr: 0.1,
         threads,
     }
