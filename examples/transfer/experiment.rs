@@ -58,7 +58,11 @@ pub struct Setup {
     pub finetune_samples: usize,
     pub test_samples: usize,
     pub finetune_epochs: u64,
+    /// The learning rate of full fine-tuning (and of training from scratch).
     pub finetune_lr: f32,
+    /// The learning rate of the sparse schemes: with a few hundred trainable values instead of
+    /// tens of thousands, they take larger steps, as in TinyTL and TTE, which tune it per scheme.
+    pub sparse_lr: f32,
     pub threads: usize,
 }
 
@@ -134,10 +138,11 @@ pub fn run(setup: &Setup, dir: &Path, mut progress: impl FnMut(&str)) -> Result<
     ));
 
     let finetune = |name: &'static str, scheme: UpdateScheme, init: Option<&Path>| -> Result<Finetuned, PockError> {
-        let plan = pock::compile_model_from(&model, setup.batch, SEED + 1, options(scheme, setup.finetune_lr), init)?;
+        let lr = if scheme.is_full() { setup.finetune_lr } else { setup.sparse_lr };
+        let plan = pock::compile_model_from(&model, setup.batch, SEED + 1, options(scheme, lr), init)?;
         let report = pock::inspect::report(&plan.plan);
         let mut session = session_of(&plan, setup.threads)?;
-        let summary = train(&mut session, &b_train, &config(setup.finetune_epochs, setup.finetune_lr)?, |_| {})?;
+        let summary = train(&mut session, &b_train, &config(setup.finetune_epochs, lr)?, |_| {})?;
         let accuracy = evaluate(&mut session, &b_test)?.accuracy.unwrap_or(0.0);
         Ok(Finetuned {
             scheme: name,
@@ -199,10 +204,11 @@ pub fn quick_setup(threads: usize) -> Setup {
         pretrain_samples: 2048,
         pretrain_epochs: 2,
         pretrain_lr: 0.05,
-        finetune_samples: 128,
+        finetune_samples: 64,
         test_samples: 512,
-        finetune_epochs: 24,
-        finetune_lr: 0.1,
+        finetune_epochs: 48,
+        finetune_lr: 0.03,
+        sparse_lr: 0.6,
         threads,
     }
 }

@@ -49,6 +49,7 @@ fn mobilenetv2_setup(threads: usize) -> Setup {
         test_samples: 512,
         finetune_epochs: 6,
         finetune_lr: 0.02,
+        sparse_lr: 0.1,
         threads,
     }
 }
