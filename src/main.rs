@@ -954,7 +954,11 @@ fn train(a: TrainArgs, quiet: bool) -> Result<(), PockError> {
 /// `--report-rss`: the peak resident set size of this process (`VmHWM` of `/proc/self/status`)
 /// and the bytes the plan and the data account for, one line with exact byte counts.
 fn rss_report(session: &Session, data: &Dataset) -> Result<String, PockError> {
-    let unavailable = |why: String| PockError::Usage(format!("--report-rss: {why}; the peak resident memory is read from /proc/self/status (Linux), run without --report-rss elsewhere"));
+    let unavailable = |why: String| {
+        PockError::Usage(format!(
+            "--report-rss: {why}; the peak resident memory is read from /proc/self/status (Linux), run without --report-rss elsewhere"
+        ))
+    };
     let status = std::fs::read_to_string("/proc/self/status").map_err(|e| unavailable(format!("cannot read /proc/self/status ({e})")))?;
     let kib: u64 = status
         .lines()

@@ -48,12 +48,8 @@ fn peak_rss_of_training_is_the_plans_accounting_plus_the_baseline() {
         y: Some(Targets::Labels((0..n as i64).map(|i| i % 10).collect())),
         inputs: Vec::new(),
     };
-    let mid = train_and_measure(
-        &dir,
-        "mobilenetv2",
-        &["zoo:mobilenetv2:classes=10,size=128", "--batch", "8", "--momentum", "0.9"],
-        &images,
-    );
+    let mid =
+        train_and_measure(&dir, "mobilenetv2", &["zoo:mobilenetv2:classes=10,size=128", "--batch", "8", "--momentum", "0.9"], &images);
     let expected = baseline + mid.accounted;
     let error = mid.peak.abs_diff(expected) as f64 / expected as f64;
     eprintln!(
@@ -62,6 +58,12 @@ fn peak_rss_of_training_is_the_plans_accounting_plus_the_baseline() {
         mid.accounted,
         100.0 * (mid.peak as f64 - expected as f64) / expected as f64
     );
-    assert!(error <= 0.10, "peak RSS {} bytes is {:.1}% away from baseline {baseline} + accounted {}", mid.peak, 100.0 * error, mid.accounted);
+    assert!(
+        error <= 0.10,
+        "peak RSS {} bytes is {:.1}% away from baseline {baseline} + accounted {}",
+        mid.peak,
+        100.0 * error,
+        mid.accounted
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -103,3 +103,31 @@ fn a_sparse_plan_starts_from_the_checkpoint_it_is_compiled_from() {
     assert!(e.contains("has no tensor named") && e.contains("pock export"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `pock compile --init-weights`: a bias-only plan compiled from a full plan's checkpoint
+/// evaluates exactly as the full plan with those weights loaded.
+#[test]
+fn cli_compiles_a_sparse_plan_from_a_checkpoint() {
+    use common::{pock, s};
+    let dir = common::workdir("transfer-cli");
+    let (data, full, bias, ckpt) = (dir.join("d.npz"), dir.join("full.pock"), dir.join("bias.pock"), dir.join("c.safetensors"));
+    pock::synth::shapes(64, 16, 1).save_npz(&data).unwrap();
+    let model = "zoo:cnn:channels=1,size=16,classes=4,width=4";
+    let ok = |args: &[&str]| {
+        let o = pock(args);
+        assert!(o.status.success(), "pock {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    ok(&["compile", model, "--batch", "16", "--momentum", "0.9", "--lr", "0.05", "-o", s(&full)]);
+    ok(&["train", s(&full), "--data", s(&data), "--epochs", "2", "--save", s(&ckpt), "--quiet"]);
+    ok(&["compile", model, "--batch", "16", "--update", "bias", "--init-weights", s(&ckpt), "-o", s(&bias)]);
+    let trained = ok(&["eval", s(&full), "--weights", s(&ckpt), "--data", s(&data), "--json"]);
+    let compiled_in = ok(&["eval", s(&bias), "--data", s(&data), "--json"]);
+    assert_eq!(trained, compiled_in);
+    let untrained = ok(&["eval", s(&full), "--data", s(&data), "--json"]);
+    assert_ne!(trained, untrained);
+    // The flag refuses a file that is not safetensors, saying what to give.
+    let e = common::fails(&["compile", model, "--batch", "16", "--init-weights", s(&data), "-o", s(&bias)]);
+    assert!(e.contains("is not a safetensors file") && e.contains("pock train --save"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

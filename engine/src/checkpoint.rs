@@ -169,9 +169,7 @@ impl Checkpoint {
         }
         Ok(())
     }
-}
 
-impl Checkpoint {
     /// Checks that every frozen parameter of `backend`'s plan that the checkpoint also holds has
     /// the same bytes in both. A frozen parameter lives in the plan's read-only weight section,
     /// so loading weights cannot change it: a checkpoint that disagrees (one of a plan that

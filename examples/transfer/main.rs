@@ -20,13 +20,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(i) => args.get(i + 1).and_then(|v| v.parse().ok()).ok_or("--threads takes a number of threads, e.g. --threads 2")?,
         None => 1,
     };
-    if let Some(unknown) = args.iter().enumerate().find(|(i, a)| {
-        !matches!(a.as_str(), "--mobilenetv2" | "--threads") && !(*i > 0 && args[i - 1] == "--threads")
-    }) {
+    if let Some(unknown) = args
+        .iter()
+        .enumerate()
+        .find(|(i, a)| !matches!(a.as_str(), "--mobilenetv2" | "--threads") && !(*i > 0 && args[i - 1] == "--threads"))
+    {
         return Err(format!("unknown argument '{}'; use --mobilenetv2 and --threads N", unknown.1).into());
     }
     let setup = if mobilenetv2 { mobilenetv2_setup(threads) } else { experiment::quick_setup(threads) };
-    println!("{} batch {}; A: {} samples x {} epochs; B: {} samples x {} epochs; {} test samples each", setup.model, setup.batch, setup.pretrain_samples, setup.pretrain_epochs, setup.finetune_samples, setup.finetune_epochs, setup.test_samples);
+    println!(
+        "{} batch {}; A: {} samples x {} epochs; B: {} samples x {} epochs; {} test samples each",
+        setup.model,
+        setup.batch,
+        setup.pretrain_samples,
+        setup.pretrain_epochs,
+        setup.finetune_samples,
+        setup.finetune_epochs,
+        setup.test_samples
+    );
     let dir = std::env::temp_dir().join(format!("pock-transfer-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = experiment::run(&setup, &dir, |line| println!("{line}"));
