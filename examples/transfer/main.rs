@@ -14,18 +14,16 @@ mod experiment;
 use experiment::Setup;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mobilenetv2 = args.iter().any(|a| a == "--mobilenetv2");
-    let threads = match args.iter().position(|a| a == "--threads") {
-        Some(i) => args.get(i + 1).and_then(|v| v.parse().ok()).ok_or("--threads takes a number of threads, e.g. --threads 2")?,
-        None => 1,
-    };
-    if let Some(unknown) = args
-        .iter()
-        .enumerate()
-        .find(|(i, a)| !matches!(a.as_str(), "--mobilenetv2" | "--threads") && !(*i > 0 && args[i - 1] == "--threads"))
-    {
-        return Err(format!("unknown argument '{}'; use --mobilenetv2 and --threads N", unknown.1).into());
+    let (mut mobilenetv2, mut threads) = (false, 1);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--mobilenetv2" => mobilenetv2 = true,
+            "--threads" => {
+                threads = args.next().and_then(|v| v.parse().ok()).ok_or("--threads takes a number of threads, e.g. --threads 2")?
+            }
+            other => return Err(format!("unknown argument '{other}'; use --mobilenetv2 and --threads N").into()),
+        }
     }
     let setup = if mobilenetv2 { mobilenetv2_setup(threads) } else { experiment::quick_setup(threads) };
     println!(
