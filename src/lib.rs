@@ -14,6 +14,7 @@ pub mod data;
 pub mod demo;
 pub mod error;
 pub mod export;
+pub mod init;
 pub mod inspect;
 pub mod schedule;
 pub mod synth;
@@ -34,6 +35,19 @@ use pock_engine::plan::ModelSource;
 /// Compiles a model into a training plan. `model` is a zoo spec (`zoo:cnn`,
 /// `zoo:mobilenetv2:classes=10,size=128`); `seed` drives parameter initialisation.
 pub fn compile_model(model: &str, batch: usize, seed: u64, options: CompileOptions) -> Result<CompiledPlan, PockError> {
+    compile_model_from(model, batch, seed, options, None)
+}
+
+/// [`compile_model`] with the initial parameters and running statistics read from `init` (see
+/// [`init::load_initial_values`]) instead of drawn from `seed`: how a plan fine-tunes a model
+/// trained by another plan, whatever update scheme each uses.
+pub fn compile_model_from(
+    model: &str,
+    batch: usize,
+    seed: u64,
+    options: CompileOptions,
+    init: Option<&Path>,
+) -> Result<CompiledPlan, PockError> {
     if batch == 0 {
         return Err(PockError::Usage("--batch must be at least 1".into()));
     }
@@ -47,14 +61,17 @@ pub fn compile_model(model: &str, batch: usize, seed: u64, options: CompileOptio
     }
     if model.ends_with(".onnx") {
         let import = ImportOptions { shapes: pock_compiler::onnx::ShapeOverrides::parse::<&str>(Some(batch), &[])?, ..Default::default() };
-        return Ok(compile_onnx(Path::new(model), &import, options)?.0);
+        return Ok(compile_onnx_from(Path::new(model), &import, options, init)?.0);
     }
     if !model.starts_with("zoo:") {
         return Err(PockError::Usage(format!(
             "cannot compile '{model}': models are given as zoo:NAME[:key=value,...] or as a path to an .onnx file (see `pock compile --help`)"
         )));
     }
-    let forward = pock_models::build(model, batch, seed)?;
+    let mut forward = pock_models::build(model, batch, seed)?;
+    if let Some(path) = init {
+        init::load_initial_values(&mut forward, path)?;
+    }
     let mut compiled = forward.into_training(options)?.into_plan()?;
     check_sizes(&compiled.plan)?;
     compiled.plan.source = ModelSource::Zoo { spec: model.to_string() };
@@ -118,10 +135,23 @@ pub fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
 /// output to train and the loss. Returns the plan and the importer's notes (behaviours that
 /// differ from the ONNX graph's, one sentence each) for the user to read.
 pub fn compile_onnx(path: &Path, import: &ImportOptions, options: CompileOptions) -> Result<(CompiledPlan, Vec<String>), PockError> {
+    compile_onnx_from(path, import, options, None)
+}
+
+/// [`compile_onnx`] with the initial values of `init` (see [`compile_model_from`]).
+pub fn compile_onnx_from(
+    path: &Path,
+    import: &ImportOptions,
+    options: CompileOptions,
+    init: Option<&Path>,
+) -> Result<(CompiledPlan, Vec<String>), PockError> {
     if pock_targets::find(&options.target).is_none() {
         return Err(PockError::Usage(format!("unknown target '{}'; known targets: {}", options.target, pock_targets::names().join(", "))));
     }
-    let imported = pock_compiler::onnx::import_file(path, import)?;
+    let mut imported = pock_compiler::onnx::import_file(path, import)?;
+    if let Some(init) = init {
+        init::load_initial_values(&mut imported.forward, init)?;
+    }
     let mut compiled = imported.forward.into_training(options)?.into_plan()?;
     compiled.plan.source = onnx_source(path)?;
     Ok((compiled, imported.notes))

@@ -296,6 +296,11 @@ struct CompileArgs {
     /// `[!0]`), e.g. --train 'features.1[6-8].*' --train '*.bias'. Alone, only the matches train.
     #[arg(long, value_name = "GLOB")]
     train: Vec<String>,
+    /// Start from these parameters and running statistics instead of --seed's (fine-tuning): a
+    /// checkpoint of a plan that trained every parameter, or `pock export --safetensors` weights.
+    /// Frozen parameters are stored in the plan, so they must come from here, not from --weights.
+    #[arg(long, value_name = "WEIGHTS.safetensors")]
+    init_weights: Option<PathBuf>,
 }
 
 /// A plan, the weights to use with it, and the data to run it on (eval, infer).
@@ -437,6 +442,10 @@ struct TrainArgs {
     /// Stop when a loss exceeds X times the first epoch's median loss (0 turns the check off).
     #[arg(long, value_name = "X", default_value_t = 100.0)]
     max_loss_growth: f64,
+    /// After training, print the process's peak resident memory (VmHWM, Linux) next to what the
+    /// plan accounts for (arena and weights) and the training data held in memory.
+    #[arg(long)]
+    report_rss: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -714,7 +723,9 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
         return Err(PockError::Usage("--momentum, --dampening and --nesterov apply to --optimizer sgd only".into()));
     }
     check_hyperparameters(&a)?;
-    check_outputs(&[], &[("-o", a.plan.as_path())])?;
+    let inputs: Vec<(&str, &Path)> = a.init_weights.iter().map(|p| ("--init-weights", p.as_path())).collect();
+    check_outputs(&inputs, &[("-o", a.plan.as_path())])?;
+    let init = a.init_weights.as_deref();
     let options = CompileOptions {
         optimizer,
         learning_rate: a.lr,
@@ -745,7 +756,7 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
             },
             seed: a.seed,
         };
-        let (compiled, notes) = pock::compile_onnx(Path::new(&a.model), &import, options)?;
+        let (compiled, notes) = pock::compile_onnx_from(Path::new(&a.model), &import, options, init)?;
         for note in notes {
             progress(quiet, format!("note: {note}"));
         }
@@ -756,7 +767,7 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
                 "--input-shape, --output and --loss apply to ONNX models; a zoo model's task is a key of its spec (zoo:mlp:task=regression)".into(),
             ));
         }
-        pock::compile_model(&a.model, a.batch.unwrap_or(32), a.seed, options)?
+        pock::compile_model_from(&a.model, a.batch.unwrap_or(32), a.seed, options, init)?
     };
     if a.memory_budget.is_none() {
         check_target_memory(&compiled.plan)?;
@@ -1057,6 +1068,9 @@ fn train(a: TrainArgs, quiet: bool) -> Result<(), PockError> {
         };
         return Err(PockError::Interrupted { step, message: how });
     }
+    if a.report_rss {
+        out(&rss_report(&session, &data)?)?;
+    }
     out(&format!(
         "trained {} epoch(s), {} steps, {:.2} ms/step; final epoch loss {:.4}{}{}\n",
         summary.epoch_losses.len(),
@@ -1069,4 +1083,52 @@ fn train(a: TrainArgs, quiet: bool) -> Result<(), PockError> {
         },
         a.save.as_ref().map(|p| format!("; saved {}", p.display())).unwrap_or_default()
     ))
+}
+
+/// `--report-rss`: the peak resident set size of this process (`VmHWM` of `/proc/self/status`)
+/// and the bytes the plan and the data account for, one line with exact byte counts.
+fn rss_report(session: &Session, data: &Dataset) -> Result<String, PockError> {
+    let unavailable = |why: String| {
+        PockError::Usage(format!(
+            "--report-rss: {why}; the peak resident memory is read from /proc/self/status (Linux), run without --report-rss elsewhere"
+        ))
+    };
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| unavailable(format!("cannot read /proc/self/status ({e})")))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| unavailable("/proc/self/status has no VmHWM line".into()))?;
+    let peak = kib * 1024;
+    let plan = session.plan();
+    Ok(format!(
+        "peak RSS {peak} bytes ({}); plan: arena {} bytes + weights {} bytes ({}); data in memory {} bytes ({})\n",
+        pock::human_bytes(peak),
+        plan.arena_bytes,
+        plan.weight_bytes,
+        pock::human_bytes(plan.arena_bytes + plan.weight_bytes),
+        data_bytes(data),
+        pock::human_bytes(data_bytes(data))
+    ))
+}
+
+/// Bytes a dataset's values take in memory.
+fn data_bytes(data: &Dataset) -> u64 {
+    use pock::data::{ColumnValues, Targets};
+    let targets = match &data.y {
+        Some(Targets::Labels(l)) | Some(Targets::PositionLabels { data: l, .. }) => l.len() * 8,
+        Some(Targets::Values { data, .. }) => data.len() * 4,
+        None => 0,
+    };
+    let columns: usize = data
+        .inputs
+        .iter()
+        .map(|c| match &c.values {
+            ColumnValues::F32(v) => v.len() * 4,
+            ColumnValues::I64(v) => v.len() * 8,
+            ColumnValues::Bool(v) => v.len(),
+        })
+        .sum();
+    (data.x.len() * 4 + targets + columns) as u64
 }

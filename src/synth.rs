@@ -21,21 +21,72 @@ pub const SHAPE_CLASSES: [&str; 4] = ["circle", "square", "triangle", "cross"];
 /// images still show the shapes' geometry. Sizes from about 16 pixels up work well; 28 is the
 /// demo's.
 pub fn shapes(n: usize, size: usize, seed: u64) -> Dataset {
-    let mut rng = stream(seed, b"shapes");
+    let style = ShapeStyle {
+        classes: [(0, 0.0), (1, 0.0), (2, 0.0), (3, 0.0)],
+        background: (0.0, 0.2),
+        foreground: (0.6, 1.0),
+        noise: 0.05,
+        tag: b"shapes",
+    };
+    draw_shapes(n, size, seed, &style)
+}
+
+/// Labels of the [`shifted_shapes`] dataset, in class order.
+pub const SHIFTED_SHAPE_CLASSES: [&str; 4] = ["diamond", "x", "ring", "down-triangle"];
+
+/// The distribution [`shapes`] shifts to in a transfer task: `n` grayscale images of four new
+/// classes made of the same strokes, at lower contrast and with twice the noise. Class 0 is a
+/// diamond (a square turned 45 degrees), 1 an X (the cross turned 45 degrees), 2 a ring (a
+/// circle's outline, a fifth of its radius thick), 3 a triangle pointing down. Sample `i` has
+/// class `i % 4`.
+///
+/// The labels are chosen so that none coincides with the [`shapes`] class its shape resembles
+/// (a diamond is labelled 0, the circle's label; the square's label 1 goes to the X): a model
+/// trained on [`shapes`] is near 0% accurate here before fine-tuning, although the features it
+/// learned (edges, corners, strokes) still apply. Backgrounds are brighter (0.25 to 0.45) and
+/// foregrounds dimmer (0.55 to 0.85) than in [`shapes`], with noise of standard deviation 0.1.
+pub fn shifted_shapes(n: usize, size: usize, seed: u64) -> Dataset {
+    use std::f64::consts::{FRAC_PI_4, PI};
+    let style = ShapeStyle {
+        classes: [(1, FRAC_PI_4), (3, FRAC_PI_4), (4, 0.0), (2, PI)],
+        background: (0.25, 0.45),
+        foreground: (0.55, 0.85),
+        noise: 0.1,
+        tag: b"shifted shapes",
+    };
+    draw_shapes(n, size, seed, &style)
+}
+
+/// How a shapes dataset draws its images.
+struct ShapeStyle {
+    /// Per class: the shape (see [`Shape::with_area`]) and a fixed rotation in radians, added to
+    /// the random one.
+    classes: [(usize, f64); 4],
+    background: (f64, f64),
+    foreground: (f64, f64),
+    /// Standard deviation of the Gaussian pixel noise.
+    noise: f64,
+    /// Names the random stream, so that two datasets drawn with one seed are independent.
+    tag: &'static [u8],
+}
+
+fn draw_shapes(n: usize, size: usize, seed: u64, style: &ShapeStyle) -> Dataset {
+    let mut rng = stream(seed, style.tag);
     let s = size as f64;
     let pixels = size * size;
     let mut x = vec![0f32; n * pixels];
     let mut labels = Vec::with_capacity(n);
     for i in 0..n {
         let class = i % 4;
+        let (kind, rotation) = style.classes[class];
         let area = rng.random_range(0.06..0.20) * s * s;
-        let shape = Shape::with_area(class, area);
-        let theta: f64 = rng.random_range(-0.26..0.26);
+        let shape = Shape::with_area(kind, area);
+        let theta: f64 = rotation + rng.random_range(-0.26..0.26);
         let extent = shape.extent() + 1.0;
         let mut centre = || if s > 2.0 * extent { rng.random_range(extent..s - extent) } else { s / 2.0 };
         let (cx, cy) = (centre(), centre());
-        let background: f64 = rng.random_range(0.0..0.2);
-        let foreground: f64 = rng.random_range(0.6..1.0);
+        let background: f64 = rng.random_range(style.background.0..style.background.1);
+        let foreground: f64 = rng.random_range(style.foreground.0..style.foreground.1);
         let noise = normals(&mut rng, pixels);
         let image = &mut x[i * pixels..(i + 1) * pixels];
         let (sin, cos) = theta.sin_cos();
@@ -45,7 +96,7 @@ pub fn shapes(n: usize, size: usize, seed: u64) -> Dataset {
             let (u, v) = (cos * dx + sin * dy, -sin * dx + cos * dy);
             // Coverage of a one-pixel box by the shape, from the signed distance to its edge.
             let coverage = (0.5 - shape.signed_distance(u, v)).clamp(0.0, 1.0);
-            let value = background + (foreground - background) * coverage + 0.05 * noise[p];
+            let value = background + (foreground - background) * coverage + style.noise * noise[p];
             *px = value.clamp(0.0, 1.0) as f32;
         }
         labels.push(class as i64);
@@ -53,7 +104,7 @@ pub fn shapes(n: usize, size: usize, seed: u64) -> Dataset {
     Dataset { x, x_shape: vec![n, 1, size, size], y: Some(Targets::Labels(labels)), inputs: Vec::new() }
 }
 
-/// One of the four shapes, sized in pixels.
+/// One of the shapes, sized in pixels.
 enum Shape {
     Circle {
         radius: f64,
@@ -70,17 +121,24 @@ enum Shape {
     Cross {
         half: f64,
     },
+    /// A circle's outline: radius `radius` to the middle of the stroke, half thickness `0.1 * radius`.
+    Ring {
+        radius: f64,
+    },
 }
 
 impl Shape {
-    fn with_area(class: usize, area: f64) -> Shape {
-        match class {
+    /// Shape `kind` (0 circle, 1 square, 2 triangle, 3 cross, 4 ring) covering `area` pixels.
+    fn with_area(kind: usize, area: f64) -> Shape {
+        match kind {
             0 => Shape::Circle { radius: (area / std::f64::consts::PI).sqrt() },
             1 => Shape::Square { half: area.sqrt() / 2.0 },
             // Area of an equilateral triangle with circumradius R: (3 sqrt(3) / 4) R^2.
             2 => Shape::Triangle { radius: (area * 4.0 / (3.0 * 3f64.sqrt())).sqrt() },
             // Two 2L x 0.6L bars overlapping in a 0.6L square: 2.04 L^2.
-            _ => Shape::Cross { half: (area / 2.04).sqrt() },
+            3 => Shape::Cross { half: (area / 2.04).sqrt() },
+            // An annulus of mean radius R and thickness 0.2 R: 0.4 pi R^2.
+            _ => Shape::Ring { radius: (area / (0.4 * std::f64::consts::PI)).sqrt() },
         }
     }
 
@@ -88,6 +146,7 @@ impl Shape {
     fn extent(&self) -> f64 {
         match *self {
             Shape::Circle { radius } | Shape::Triangle { radius } => radius,
+            Shape::Ring { radius } => radius * 1.1,
             Shape::Square { half } => half * std::f64::consts::SQRT_2,
             Shape::Cross { half } => half * 1.05,
         }
@@ -98,6 +157,7 @@ impl Shape {
     fn signed_distance(&self, u: f64, v: f64) -> f64 {
         match *self {
             Shape::Circle { radius } => u.hypot(v) - radius,
+            Shape::Ring { radius } => (u.hypot(v) - radius).abs() - 0.1 * radius,
             Shape::Square { half } => u.abs().max(v.abs()) - half,
             Shape::Triangle { radius } => {
                 // Image rows grow downwards, so the apex is at -v. The outward edge normals point

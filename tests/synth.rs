@@ -2,7 +2,7 @@
 //! promises (shapes told apart by outline, not brightness; separable blobs; linear targets).
 
 use pock::data::{Dataset, TargetKind, Targets};
-use pock::synth::{blobs, regression, shapes};
+use pock::synth::{blobs, regression, shapes, shifted_shapes};
 
 fn labels(ds: &Dataset) -> &[i64] {
     match &ds.y {
@@ -217,4 +217,17 @@ fn synthetic_data_survives_an_npz_round_trip() {
         assert_eq!(Dataset::load_npz(&path).unwrap(), ds, "{name}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn shifted_shapes_layout_balance_range_and_determinism() {
+    let ds = shifted_shapes(200, 28, 1);
+    assert_eq!(ds.x_shape, vec![200, 1, 28, 28]);
+    assert_eq!(class_counts(labels(&ds), 4), vec![50; 4]);
+    assert!(ds.x.iter().all(|v| (0.0..=1.0).contains(v)));
+    assert_eq!(ds, shifted_shapes(200, 28, 1));
+    assert_ne!(ds.x, shifted_shapes(200, 28, 2).x);
+    // Another distribution than shapes': a brighter background on average.
+    let mean = |d: &Dataset| d.x.iter().map(|&v| v as f64).sum::<f64>() / d.x.len() as f64;
+    assert!(mean(&ds) > mean(&shapes(200, 28, 1)) + 0.1, "{} vs {}", mean(&ds), mean(&shapes(200, 28, 1)));
 }

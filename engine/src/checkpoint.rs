@@ -170,6 +170,38 @@ impl Checkpoint {
         }
         Ok(())
     }
+
+    /// Checks that every frozen parameter of `backend`'s plan that the checkpoint also holds has
+    /// the same bytes in both. A frozen parameter lives in the plan's read-only weight section,
+    /// so loading weights cannot change it: a checkpoint that disagrees (one of a plan that
+    /// trained that parameter, loaded into a plan that freezes it) would otherwise be applied
+    /// only in part, without a word.
+    pub fn check_frozen(&self, backend: &dyn Backend) -> Result<(), CheckpointError> {
+        let path = self.path.as_path();
+        let st =
+            SafeTensors::deserialize(&self.bytes).map_err(|e| CheckpointError::Corrupt { path: path.into(), message: e.to_string() })?;
+        let plan = backend.plan();
+        let mut frozen = Vec::new();
+        for (i, info) in plan.tensors.iter().enumerate() {
+            if info.role != (Role::Parameter { trainable: false }) {
+                continue;
+            }
+            let Ok(view) = st.tensor(&info.name) else { continue };
+            frozen.resize(info.bytes() as usize, 0);
+            let same = backend.read(TensorId(i as u32), &mut frozen).is_ok() && view.data() == frozen.as_slice();
+            if !same {
+                return Err(CheckpointError::Mismatch {
+                    path: path.into(),
+                    message: format!(
+                        "tensor '{}' is frozen in this plan (stored in the plan file) and the checkpoint holds other values for it; to start from the checkpoint's values, compile the plan with `pock compile --init-weights {}`",
+                        info.name,
+                        path.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Restores tensors from a checkpoint into `backend` (see [`Checkpoint::restore`]). Returns the

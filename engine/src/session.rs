@@ -606,8 +606,12 @@ impl Session {
     }
 
     /// Loads trained parameters and running statistics only (for evaluation and inference).
+    /// Refuses a checkpoint that holds other values for a parameter this plan freezes (see
+    /// [`Checkpoint::check_frozen`]): those cannot be loaded, only compiled in.
     pub fn load_weights(&mut self, path: &Path) -> Result<(), SessionError> {
-        checkpoint::load(path, self.backend.as_mut(), &|r| matches!(r, Role::Parameter { .. } | Role::RunningStat))?;
+        let ckpt = Checkpoint::read(path)?;
+        ckpt.check_frozen(self.backend.as_ref())?;
+        ckpt.restore(self.backend.as_mut(), &|r| matches!(r, Role::Parameter { .. } | Role::RunningStat))?;
         Ok(())
     }
 
