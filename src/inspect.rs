@@ -300,7 +300,11 @@ fn memory_table(s: &mut String, r: &PlanReport) {
         h(p.packing_overhead)
     );
     if !m.layers.is_empty() {
-        let _ = writeln!(s, "\n{:<40} {:<9} {:>10} {:>11} {:>11} {:>11} {:>11} {:>11}", "layer", "trains", "params", "weights", "gradients", "opt state", "saved", "total");
+        let _ = writeln!(
+            s,
+            "\n{:<40} {:<9} {:>10} {:>11} {:>11} {:>11} {:>11} {:>11}",
+            "layer", "trains", "params", "weights", "gradients", "opt state", "saved", "total"
+        );
         for l in &m.layers {
             let _ = writeln!(
                 s,

@@ -96,11 +96,8 @@ pub fn scratch_buffers(plan: &Plan, program: &Program) -> Vec<ScratchBuffer> {
             return;
         }
         // First use. A read is a reshape of a value already placed at this offset.
-        let alias = if written {
-            None
-        } else {
-            (0..buffers.len()).filter(|&b| buffers[b].offset == offset).max_by_key(|&b| (buffers[b].last, b))
-        };
+        let alias =
+            if written { None } else { (0..buffers.len()).filter(|&b| buffers[b].offset == offset).max_by_key(|&b| (buffers[b].last, b)) };
         let b = alias.unwrap_or_else(|| {
             let bytes = aligned(plan.tensor(t).bytes());
             buffers.push(ScratchBuffer { tensors: Vec::new(), offset, bytes, first: at, last: at, kind: ScratchKind::ForwardValue });
@@ -335,7 +332,8 @@ pub fn breakdown(plan: &Plan) -> MemoryBreakdown {
             layers[l].saved_activation_bytes += b.bytes;
         }
     }
-    m.workspace_bytes = plan.all_programs().flat_map(|(_, p)| p.nodes.iter()).filter_map(|n| n.workspace).map(|w| aligned(w.elems * 4)).max().unwrap_or(0);
+    m.workspace_bytes =
+        plan.all_programs().flat_map(|(_, p)| p.nodes.iter()).filter_map(|n| n.workspace).map(|w| aligned(w.elems * 4)).max().unwrap_or(0);
 
     // Live bytes by kind at every node of the Train program.
     let steps = train.nodes.len() + 1;

@@ -80,7 +80,14 @@ pub fn pack_activation_masks(graph: &mut Graph) -> usize {
         });
         packs.push((
             at,
-            Node { name, op: MaskOp::Pack(kind).into(), inputs: vec![v], outputs: vec![bits], phase: Phase::Forward, program: Program::Train },
+            Node {
+                name,
+                op: MaskOp::Pack(kind).into(),
+                inputs: vec![v],
+                outputs: vec![bits],
+                phase: Phase::Forward,
+                program: Program::Train,
+            },
         ));
         let node = &mut graph.nodes[i];
         node.op = MaskOp::Grad.into();
@@ -117,8 +124,10 @@ mod tests {
         if !w2_trainable {
             g.tensor_mut(w2).role = Role::Parameter { trainable: false };
         }
-        let fwd = |g: &mut Graph, name: &str, op: Op, inputs: &[TensorId]| g.emit(name, op, inputs, Phase::Forward, Program::Train).unwrap()[0];
-        let bwd = |g: &mut Graph, name: &str, op: Op, inputs: &[TensorId]| g.emit(name, op, inputs, Phase::Backward, Program::Train).unwrap()[0];
+        let fwd =
+            |g: &mut Graph, name: &str, op: Op, inputs: &[TensorId]| g.emit(name, op, inputs, Phase::Forward, Program::Train).unwrap()[0];
+        let bwd =
+            |g: &mut Graph, name: &str, op: Op, inputs: &[TensorId]| g.emit(name, op, inputs, Phase::Backward, Program::Train).unwrap()[0];
         let mm = |trans_a, trans_b| Op::from(DenseOp::MatMul(MatMul { trans_a, trans_b }));
         let h = fwd(&mut g, "fc1", mm(false, false), &[x, w1]);
         let r = fwd(&mut g, "relu", DenseOp::Relu.into(), &[h]);

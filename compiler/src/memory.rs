@@ -387,8 +387,10 @@ pub fn check_budget(plan: &Plan, budget: u64, source: &str) -> Result<()> {
     if needed <= budget {
         return Ok(());
     }
-    let contributors: Vec<String> =
-        largest_contributors(plan, 5).iter().map(|c| format!("{} ({}) {} bytes ({})", c.name, c.what, c.bytes, human_bytes(c.bytes))).collect();
+    let contributors: Vec<String> = largest_contributors(plan, 5)
+        .iter()
+        .map(|c| format!("{} ({}) {} bytes ({})", c.name, c.what, c.bytes, human_bytes(c.bytes)))
+        .collect();
     let message = format!(
         "the plan needs {needed} bytes ({}: arena {}, weights {}), more than {source} of {budget} bytes ({}); largest contributors: {}. \
          Train fewer parameters (--update bias, --update last:K, --train GLOB), use a smaller --batch or model, or raise --memory-budget",

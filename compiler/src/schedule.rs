@@ -65,7 +65,13 @@ pub fn minimise_peak(graph: &mut Graph, feeds: &[TensorId], fetches: &[TensorId]
     let peaks: Vec<u64> = candidates.iter().map(|(_, order)| peak_of(order)).collect();
     let best = (0..candidates.len()).min_by_key(|&i| (peaks[i], i)).expect("three candidates");
     let reordering = Reordering { emission_peak: peaks[2], chosen_peak: peaks[best], chosen: candidates[best].0 };
-    log::debug!("train scratch peaks: list schedule {}, updates hoisted {}, emission {}; kept {:?}", peaks[0], peaks[1], peaks[2], reordering.chosen);
+    log::debug!(
+        "train scratch peaks: list schedule {}, updates hoisted {}, emission {}; kept {:?}",
+        peaks[0],
+        peaks[1],
+        peaks[2],
+        reordering.chosen
+    );
     let mut slots: Vec<Option<Node>> = train.into_iter().map(Some).collect();
     graph.nodes = candidates[best].1.iter().map(|&i| slots[i].take().expect("each node once")).collect();
     graph.nodes.extend(rest);

@@ -70,12 +70,24 @@ mod tests {
         let mut bits = vec![0xaau8; v.len().div_ceil(8)];
         let (mut want, mut got) = (vec![0f32; v.len()], vec![1f32; v.len()]);
         let cases: [(MaskKind, &dyn Fn(&mut [f32])); 3] = [
-            (MaskKind::Relu, &|out| relu_grad(View { data: &dy, shape: &shape }, View { data: &v, shape: &shape }, &mut ViewMut { data: out, shape: &shape })),
+            (MaskKind::Relu, &|out| {
+                relu_grad(View { data: &dy, shape: &shape }, View { data: &v, shape: &shape }, &mut ViewMut { data: out, shape: &shape })
+            }),
             (MaskKind::Clip(Clip { min: 0.0, max: 6.0 }), &|out| {
-                clip_grad(&Clip { min: 0.0, max: 6.0 }, View { data: &dy, shape: &shape }, View { data: &v, shape: &shape }, &mut ViewMut { data: out, shape: &shape })
+                clip_grad(
+                    &Clip { min: 0.0, max: 6.0 },
+                    View { data: &dy, shape: &shape },
+                    View { data: &v, shape: &shape },
+                    &mut ViewMut { data: out, shape: &shape },
+                )
             }),
             (MaskKind::Clip(Clip { min: -1.0, max: 0.5 }), &|out| {
-                clip_grad(&Clip { min: -1.0, max: 0.5 }, View { data: &dy, shape: &shape }, View { data: &v, shape: &shape }, &mut ViewMut { data: out, shape: &shape })
+                clip_grad(
+                    &Clip { min: -1.0, max: 0.5 },
+                    View { data: &dy, shape: &shape },
+                    View { data: &v, shape: &shape },
+                    &mut ViewMut { data: out, shape: &shape },
+                )
             }),
         ];
         for (kind, reference) in cases {
