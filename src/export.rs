@@ -53,8 +53,9 @@ pub fn unfold_norms(session: &Session, tensors: &mut Vec<TrainedTensor>, recorde
     for fold in &session.plan().folded_norms {
         let find = |tensors: &[TrainedTensor], name: &str| tensors.iter().position(|t| t.name == name);
         let (w, b) = (find(tensors, &fold.conv_weight), find(tensors, &fold.beta));
-        let (weight, bias) = pock_compiler::fold_norm::unfold(fold, w.map(|i| &tensors[i].values[..]), b.map(|i| &tensors[i].values[..]))
-            .map_err(|e| PockError::Usage(format!("{e}: the plan's record of the fold is damaged; recompile the model")))?;
+        let (weight, bias) =
+            pock_compiler::fold_norm::unfold(fold, w.map(|i| &tensors[i].values[..]), b.map(|i| &tensors[i].values[..]))
+                .map_err(|e| PockError::Usage(format!("{e}: the plan's record of the fold is damaged; recompile the model")))?;
         if let (Some(i), Some(values)) = (w, weight) {
             tensors[i].values = values;
         }

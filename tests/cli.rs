@@ -168,7 +168,20 @@ fn resumed_training_matches_uninterrupted_training() {
 fn inspect_lists_every_node_with_ops() {
     let d = workdir("ops");
     let plan = d.join("cnn.pock");
-    ok(&["compile", "zoo:cnn:size=12,width=4", "--batch", "2", "--optimizer", "sgd", "--momentum", "0.9", "--batch-norm", "train", "-o", s(&plan)]);
+    ok(&[
+        "compile",
+        "zoo:cnn:size=12,width=4",
+        "--batch",
+        "2",
+        "--optimizer",
+        "sgd",
+        "--momentum",
+        "0.9",
+        "--batch-norm",
+        "train",
+        "-o",
+        s(&plan),
+    ]);
     let t = ok(&["inspect", s(&plan), "--ops"]);
     for needle in ["Conv2dGradWeight", "BatchNormTrainGrad", "SgdUpdate", "MaxPool2d", "eval program", "infer program"] {
         assert!(t.contains(needle), "missing {needle}:\n{t}");

@@ -75,9 +75,8 @@ pub fn fold_batch_norms(graph: &mut Graph, kept: &[TensorId]) -> Vec<FoldedNorm>
         graph.tensor_mut(weight).init = Some(w.into());
         // b' = (b - mean) * s + beta, held by beta's tensor (its name, its trainability).
         let b0 = record.conv_bias.as_ref().map(|b| b.values.clone()).unwrap_or_else(|| vec![0.0; scale.len()]);
-        let shift: Vec<f32> = (0..scale.len())
-            .map(|c| (b0[c] - record.running_mean.values[c]) * scale[c] + values(graph, beta)[c])
-            .collect();
+        let shift: Vec<f32> =
+            (0..scale.len()).map(|c| (b0[c] - record.running_mean.values[c]) * scale[c] + values(graph, beta)[c]).collect();
         graph.tensor_mut(beta).init = Some(shift.into());
 
         // The pair becomes conv + BiasAdd(beta), the BiasAdd writing the BatchNorm's output.
@@ -90,8 +89,7 @@ pub fn fold_batch_norms(graph: &mut Graph, kept: &[TensorId]) -> Vec<FoldedNorm>
             }
             None => {
                 let conv_out = graph.nodes[conv].outputs[0];
-                graph.nodes[bn] =
-                    Node { op: DenseOp::BiasAdd.into(), inputs: vec![conv_out, beta], outputs: vec![y], ..bn_node.clone() };
+                graph.nodes[bn] = Node { op: DenseOp::BiasAdd.into(), inputs: vec![conv_out, beta], outputs: vec![y], ..bn_node.clone() };
             }
         }
         // What the fold consumed no longer exists for training: it is recorded for export only.
@@ -174,7 +172,11 @@ fn read_by_any(graph: &Graph, t: TensorId) -> bool {
 /// (`folded_weight`, the plan's `conv_weight`) and `beta = b' - (b - mean) * s` (`folded_bias`,
 /// the plan's `beta`). Either may be absent (an export that leaves frozen values as the source
 /// has them). An error says which recorded length does not match.
-pub fn unfold(fold: &FoldedNorm, folded_weight: Option<&[f32]>, folded_bias: Option<&[f32]>) -> Result<(Option<Vec<f32>>, Option<Vec<f32>>), String> {
+pub fn unfold(
+    fold: &FoldedNorm,
+    folded_weight: Option<&[f32]>,
+    folded_bias: Option<&[f32]>,
+) -> Result<(Option<Vec<f32>>, Option<Vec<f32>>), String> {
     let c = fold.gamma.values.len();
     let lengths = [("running_mean", fold.running_mean.values.len()), ("running_var", fold.running_var.values.len())]
         .into_iter()
@@ -185,8 +187,7 @@ pub fn unfold(fold: &FoldedNorm, folded_weight: Option<&[f32]>, folded_bias: Opt
             return Err(format!("the folded BatchNorm '{}' records {c} channels but its {what} has {len} values", fold.beta));
         }
     }
-    let scale: Vec<f32> =
-        fold.gamma.values.iter().zip(&fold.running_var.values).map(|(&g, &v)| g / (v + fold.eps).sqrt()).collect();
+    let scale: Vec<f32> = fold.gamma.values.iter().zip(&fold.running_var.values).map(|(&g, &v)| g / (v + fold.eps).sqrt()).collect();
     let weight = match folded_weight {
         Some(w) if c == 0 || w.len() % c != 0 => {
             return Err(format!("the folded conv weight '{}' has {} values, not a multiple of its {c} channels", fold.conv_weight, w.len()))
