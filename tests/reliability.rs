@@ -88,8 +88,8 @@ fn impossible_sizes_are_refused_before_allocating() {
     ok(&["compile", "zoo:cnn", "--batch", "4", "-o", s(&o)]);
     let data = d.join("d.npz");
     pock::synth::shapes(8, 28, 0).save_npz(&data).unwrap();
-    let e = fails(&["eval", s(&o), "--data", s(&data), "--memory-budget", "1M"]);
-    assert!(e.contains("arena needs") && e.contains("1048576 bytes"), "{e}");
+    let e = fails(&["eval", s(&o), "--data", s(&data), "--memory-budget", "64K"]);
+    assert!(e.contains("arena needs") && e.contains("65536 bytes"), "{e}");
 }
 
 #[test]

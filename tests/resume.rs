@@ -83,6 +83,8 @@ fn cnn_with_batch_norm_resume_is_exact() {
     let options = CompileOptions {
         optimizer: OptimizerKind::Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
         learning_rate: 0.05,
+        // Batch statistics, so that the running statistics change and must be restored.
+        batch_norm: pock::compiler::stages::BatchNormMode::Train,
         ..Default::default()
     };
     let batch = 4;

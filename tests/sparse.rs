@@ -198,7 +198,20 @@ fn cli_schemes_train() {
     {
         let plan = d.join(format!("p{i}.pock"));
         let log = d.join(format!("p{i}.jsonl"));
-        let mut args = vec!["compile", "zoo:cnn:size=16,width=8", "--batch", "16", "--lr", "0.05", "--momentum", "0.9", "-o", s(&plan)];
+        let mut args = vec![
+            "compile",
+            "zoo:cnn:size=16,width=8",
+            "--batch",
+            "16",
+            "--lr",
+            "0.05",
+            "--momentum",
+            "0.9",
+            "--batch-norm",
+            "train",
+            "-o",
+            s(&plan),
+        ];
         args.extend_from_slice(scheme);
         let out = pock(&args);
         assert!(out.status.success(), "{scheme:?}: {}", String::from_utf8_lossy(&out.stderr));

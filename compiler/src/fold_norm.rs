@@ -168,15 +168,14 @@ fn read_by_any(graph: &Graph, t: TensorId) -> bool {
     graph.nodes.iter().any(|n| n.inputs.contains(&t))
 }
 
+/// The original conv weight and BatchNorm shift (each present when its folded value was given).
+pub type Unfolded = (Option<Vec<f32>>, Option<Vec<f32>>);
+
 /// The model's original weight and BatchNorm shift from a folded pair's trained values: `W = W'/s`
 /// (`folded_weight`, the plan's `conv_weight`) and `beta = b' - (b - mean) * s` (`folded_bias`,
 /// the plan's `beta`). Either may be absent (an export that leaves frozen values as the source
 /// has them). An error says which recorded length does not match.
-pub fn unfold(
-    fold: &FoldedNorm,
-    folded_weight: Option<&[f32]>,
-    folded_bias: Option<&[f32]>,
-) -> Result<(Option<Vec<f32>>, Option<Vec<f32>>), String> {
+pub fn unfold(fold: &FoldedNorm, folded_weight: Option<&[f32]>, folded_bias: Option<&[f32]>) -> Result<Unfolded, String> {
     let c = fold.gamma.values.len();
     let lengths = [("running_mean", fold.running_mean.values.len()), ("running_var", fold.running_var.values.len())]
         .into_iter()

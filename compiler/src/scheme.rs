@@ -9,6 +9,13 @@
 //! layer; a conv and the BatchNorm after it are two). A name without a `.` is a layer of its own.
 //! Layers are ordered by the first forward node of the training program that reads one of their
 //! parameters. The *classifier* is the last layer in that order.
+//!
+//! Schemes see the parameters after BatchNorm folding (`--batch-norm fold`, the default; see
+//! [`crate::fold_norm`]): a folded conv keeps its weight's name (`features.0.0.weight`, now
+//! holding the BatchNorm's scale too), and its folded bias is named as the BatchNorm's bias
+//! (`features.0.1.bias`), so `bias` and `*.bias` select it and the conv and its BatchNorm are still
+//! two layers. The BatchNorm's own weight (gamma) no longer exists, so a glob naming it alone
+//! selects nothing.
 
 use std::collections::HashMap;
 
