@@ -211,6 +211,14 @@ struct CompileArgs {
     /// `[!0]`), e.g. --train 'features.1[6-8].*' --train '*.bias'. Alone, only the matches train.
     #[arg(long, value_name = "GLOB")]
     train: Vec<String>,
+    /// A scheme file (TOML), combined with --update and --train as a union: `update = "bias"`,
+    /// `train = ["classifier.*"]`, and [[channels]] tables that train some output channels of
+    /// convolution weights: `params = "features.1[4-7].conv.0.0.weight"` (a glob) with
+    /// `fraction = "1/4"` (1/8, 1/4, 1/2 or 1: the first ceil(f x C) of C channels) or
+    /// `indices = [8, 9, 10, 11]` (one contiguous run). Only those rows get a gradient, an update
+    /// and optimizer state; the others keep their exact values. See examples/schemes/.
+    #[arg(long, value_name = "FILE")]
+    scheme: Option<PathBuf>,
 }
 
 /// A plan, the weights to use with it, and the data to run it on (eval, infer).
@@ -588,6 +596,15 @@ fn check_hyperparameters(a: &CompileArgs) -> Result<(), PockError> {
     Ok(())
 }
 
+/// The update scheme of `--scheme FILE`, `--update` and `--train` together (their union).
+fn update_scheme(a: &CompileArgs) -> Result<pock::compiler::UpdateScheme, PockError> {
+    let flags = pock::compiler::UpdateScheme { preset: a.update.as_deref().map(str::parse).transpose()?, train: a.train.clone(), channels: vec![] };
+    let Some(path) = &a.scheme else { return Ok(flags) };
+    let text = std::fs::read_to_string(path).map_err(|source| PockError::Io { path: path.display().to_string(), source })?;
+    let file = pock::compiler::UpdateScheme::from_toml(&text, &path.display().to_string())?;
+    Ok(file.union(flags)?)
+}
+
 fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
     let optimizer = match a.optimizer {
         OptimizerArg::Sgd => {
@@ -612,7 +629,7 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
         },
         target: a.target.clone(),
         reorder: !a.no_reorder,
-        update: pock::compiler::UpdateScheme { preset: a.update.as_deref().map(str::parse).transpose()?, train: a.train.clone() },
+        update: update_scheme(&a)?,
     };
     let started = Instant::now();
     let compiled = if a.model.ends_with(".onnx") {

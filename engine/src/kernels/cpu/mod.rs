@@ -57,6 +57,9 @@ pub fn execute(op: &Op, args: NodeArgs<'_, '_, f32>, workspace: &mut [f32], cfg:
         Op::Conv(ConvOp::Conv2dGradWeight { conv, .. }) => {
             conv::conv2d_grad_weight(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, par)
         }
+        Op::Conv(ConvOp::Conv2dGradWeightRows { conv, rows, .. }) if conv.groups == 1 => {
+            conv::conv2d_grad_weight_rows(conv, rows[0]..rows[1], args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, par)
+        }
         _ => reference::execute(op, args),
     }
 }
