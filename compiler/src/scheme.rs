@@ -450,7 +450,7 @@ fn check_conv_weight(graph: &Graph, p: TensorId) -> Result<()> {
     let name = &graph.tensor(p).name;
     let forward = graph.nodes.iter().filter(|n| n.program == Program::Train && n.phase == Phase::Forward);
     for node in forward {
-        for (pos, _) in node.inputs.iter().enumerate().filter(|(_, &t)| t == p) {
+        for (pos, _) in node.inputs.iter().enumerate().filter(|(_, t)| **t == p) {
             if !(matches!(node.op, Op::Conv(ConvOp::Conv2d(_))) && pos == 1) {
                 return Err(CompileError::Option(format!(
                     "'{name}' is input {pos} of {} node '{}'; partial-channel updates apply to convolution weights only: select it whole with a train glob, or use fraction = \"1\"",

@@ -147,7 +147,7 @@ impl OpRules for OptimOp {
                     check.scalar(inputs[3], "scale")?;
                 }
                 let g = inputs[0].to_vec();
-                let Some(&k) = g.first() else { return Err(check.err("a row-restricted update needs a gradient of rank >= 1".into())) };
+                let Some(&k) = g.first() else { return Err(check.err("a row-restricted update needs a gradient of rank >= 1")) };
                 let end = rows.start.checked_add(k).unwrap_or(usize::MAX);
                 if k == 0 || end > rows.param_rows {
                     return Err(check.err(alloc::format!(
