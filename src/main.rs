@@ -598,7 +598,8 @@ fn check_hyperparameters(a: &CompileArgs) -> Result<(), PockError> {
 
 /// The update scheme of `--scheme FILE`, `--update` and `--train` together (their union).
 fn update_scheme(a: &CompileArgs) -> Result<pock::compiler::UpdateScheme, PockError> {
-    let flags = pock::compiler::UpdateScheme { preset: a.update.as_deref().map(str::parse).transpose()?, train: a.train.clone(), channels: vec![] };
+    let flags =
+        pock::compiler::UpdateScheme { preset: a.update.as_deref().map(str::parse).transpose()?, train: a.train.clone(), channels: vec![] };
     let Some(path) = &a.scheme else { return Ok(flags) };
     let text = std::fs::read_to_string(path).map_err(|source| PockError::Io { path: path.display().to_string(), source })?;
     let file = pock::compiler::UpdateScheme::from_toml(&text, &path.display().to_string())?;

@@ -127,7 +127,8 @@ fn unselected_rows_and_frozen_parameters_are_bit_identical_after_training() {
         for ((name, trainable, shape), old) in params.iter().zip(&before) {
             let new = session.read_tensor(name).unwrap();
             let per_row = old.len() / shape[0];
-            let row_same = |r: usize| old[r * per_row..(r + 1) * per_row].iter().zip(&new[r * per_row..]).all(|(a, b)| a.to_bits() == b.to_bits());
+            let row_same =
+                |r: usize| old[r * per_row..(r + 1) * per_row].iter().zip(&new[r * per_row..]).all(|(a, b)| a.to_bits() == b.to_bits());
             match rows_of(name, shape[0]) {
                 Some(rows) => {
                     partial += 1;
@@ -166,9 +167,8 @@ fn a_partial_plan_costs_less_than_whole_weights() {
     let model = "zoo:mobilenetv2:classes=10,size=64";
     let report = |u: UpdateScheme| pock::inspect::report(&pock::compile_model(model, 2, 0, options(u, SGD)).unwrap().plan);
     let whole = report(scheme("train = [\"classifier.*\", \"features.1[4-7].conv.0.0.weight\"]"));
-    let quarter = report(scheme(
-        "train = [\"classifier.*\"]\n[[channels]]\nparams = \"features.1[4-7].conv.0.0.weight\"\nfraction = \"1/4\"\n",
-    ));
+    let quarter =
+        report(scheme("train = [\"classifier.*\"]\n[[channels]]\nparams = \"features.1[4-7].conv.0.0.weight\"\nfraction = \"1/4\"\n"));
     let flops = |r: &pock::inspect::PlanReport| r.programs.iter().find(|p| p.name == "train").unwrap().flops;
     assert_eq!(quarter.ops.backward, whole.ops.backward, "the same backward ops, each on fewer rows");
     assert!(flops(&quarter) < flops(&whole), "train flops {} vs {}", flops(&quarter), flops(&whole));
@@ -194,9 +194,8 @@ fn a_partial_plan_costs_less_than_whole_weights() {
 #[test]
 fn unsupported_selections_are_refused() {
     let model = "zoo:mobilenetv2:classes=4,size=32";
-    let err = |toml: &str| {
-        pock::models::build(model, 1, 0).unwrap().into_training(options(scheme(toml), SGD)).map(drop).unwrap_err().to_string()
-    };
+    let err =
+        |toml: &str| pock::models::build(model, 1, 0).unwrap().into_training(options(scheme(toml), SGD)).map(drop).unwrap_err().to_string();
     let e = err("[[channels]]\nparams = \"classifier.1.weight\"\nfraction = \"1/2\"\n");
     assert!(e.contains("classifier.1.weight") && e.contains("convolution weights only"), "{e}");
     let e = err("[[channels]]\nparams = \"features.14.conv.0.0.weight\"\nindices = [0, 3, 17]\n");
@@ -246,7 +245,22 @@ fn cli_scheme_file_trains_and_bad_files_are_refused() {
     std::fs::write(&file, text).unwrap();
     let (plan, log) = (d.join("p.pock"), d.join("p.jsonl"));
     let model = "zoo:cnn:size=16,width=8";
-    let args = ["compile", model, "--batch", "16", "--lr", "0.05", "--momentum", "0.9", "--scheme", s(&file), "--train", "features.0.*", "-o", s(&plan)];
+    let args = [
+        "compile",
+        model,
+        "--batch",
+        "16",
+        "--lr",
+        "0.05",
+        "--momentum",
+        "0.9",
+        "--scheme",
+        s(&file),
+        "--train",
+        "features.0.*",
+        "-o",
+        s(&plan),
+    ];
     let out = pock(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = pock(&["train", s(&plan), "--data", s(&data), "--epochs", "6", "--log-json", s(&log), "--threads", "1"]);

@@ -133,7 +133,11 @@ fn schemes_select_what_they_name() {
     // The last two layers: the classifier and the BatchNorm of the last conv.
     let last2 = names(&training(model, 1, preset(UpdatePreset::Last(2))));
     assert_eq!(last2, ["features.18.1.weight", "features.18.1.bias", "classifier.1.weight", "classifier.1.bias"]);
-    let union = names(&training(model, 1, UpdateScheme { preset: Some(UpdatePreset::Last(1)), train: vec!["features.0.?.*".into()], channels: vec![] }));
+    let union = names(&training(
+        model,
+        1,
+        UpdateScheme { preset: Some(UpdatePreset::Last(1)), train: vec!["features.0.?.*".into()], channels: vec![] },
+    ));
     assert_eq!(union, ["features.0.0.weight", "features.0.1.weight", "features.0.1.bias", "classifier.1.weight", "classifier.1.bias"]);
     let e = pock::models::build(model, 1, 0).unwrap().into_training(options(globs(&["nothing.*"]))).unwrap_err().to_string();
     assert!(e.contains("selects none") && e.contains("features.0.0.weight"), "{e}");

@@ -103,7 +103,10 @@ impl ChannelSelect {
                     return Err("`indices` is empty; list at least one output channel".into());
                 };
                 if last >= channels {
-                    return Err(format!("channel {last} does not exist: the weight has {channels} output channels (0 to {})", channels - 1));
+                    return Err(format!(
+                        "channel {last} does not exist: the weight has {channels} output channels (0 to {})",
+                        channels - 1
+                    ));
                 }
                 if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
                     return Err(format!("channel {} is listed twice", w[0]));
@@ -461,7 +464,10 @@ fn check_conv_weight(graph: &Graph, p: TensorId) -> Result<()> {
         }
     }
     if graph.shape(p).len() != 4 {
-        return Err(CompileError::Option(format!("'{name}' has shape {:?}; partial-channel updates apply to 4-D convolution weights", graph.shape(p))));
+        return Err(CompileError::Option(format!(
+            "'{name}' has shape {:?}; partial-channel updates apply to 4-D convolution weights",
+            graph.shape(p)
+        )));
     }
     Ok(())
 }

@@ -333,7 +333,11 @@ fn row_updates_write_their_rows_only() {
     use pock_engine::ops::ParamRows;
     let adam = Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, decoupled: true, scaled: false };
     let cases = [
-        (OptimOp::SgdUpdate(sgd(0.9, 0.0, false, 0.1, false)), OptimOp::SgdUpdateRows { sgd: sgd(0.9, 0.0, false, 0.1, false), rows: ParamRows { start: 1, param_rows: 4 } }, 1),
+        (
+            OptimOp::SgdUpdate(sgd(0.9, 0.0, false, 0.1, false)),
+            OptimOp::SgdUpdateRows { sgd: sgd(0.9, 0.0, false, 0.1, false), rows: ParamRows { start: 1, param_rows: 4 } },
+            1,
+        ),
         (OptimOp::AdamUpdate(adam), OptimOp::AdamUpdateRows { adam, rows: ParamRows { start: 1, param_rows: 4 } }, 2),
     ];
     let grad = [0.5f32, -1.0, 2.0, 0.25];

@@ -95,7 +95,12 @@ impl OpRules for ConvOp {
                 let full = ConvOp::Conv2dGradWeight { conv: *conv, kernel_hw: *kernel_hw }.shape_rule(check, inputs)?;
                 let mut w = full.into_iter().next().unwrap_or_default();
                 if !(rows[0] < rows[1] && rows[1] <= w[0]) {
-                    return Err(check.err(alloc::format!("rows {}..{} are not a non-empty range of the {} output channels", rows[0], rows[1], w[0])));
+                    return Err(check.err(alloc::format!(
+                        "rows {}..{} are not a non-empty range of the {} output channels",
+                        rows[0],
+                        rows[1],
+                        w[0]
+                    )));
                 }
                 w[0] = rows[1] - rows[0];
                 vec![w]
@@ -109,7 +114,9 @@ impl OpRules for ConvOp {
             ConvOp::Conv2d(c) => kernel::conv2d(c, i[0], i[1], &mut o[0]),
             ConvOp::Conv2dGradInput { conv, .. } => kernel::conv2d_grad_input(conv, i[0], i[1], &mut o[0]),
             ConvOp::Conv2dGradWeight { conv, .. } => kernel::conv2d_grad_weight(conv, i[0], i[1], &mut o[0]),
-            ConvOp::Conv2dGradWeightRows { conv, rows, .. } => kernel::conv2d_grad_weight_rows(conv, rows[0]..rows[1], i[0], i[1], &mut o[0]),
+            ConvOp::Conv2dGradWeightRows { conv, rows, .. } => {
+                kernel::conv2d_grad_weight_rows(conv, rows[0]..rows[1], i[0], i[1], &mut o[0])
+            }
         }
         Ok(())
     }

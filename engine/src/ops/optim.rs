@@ -148,11 +148,12 @@ impl OpRules for OptimOp {
                 }
                 let g = inputs[0].to_vec();
                 let Some(&k) = g.first() else { return Err(check.err("a row-restricted update needs a gradient of rank >= 1")) };
-                let end = rows.start.checked_add(k).unwrap_or(usize::MAX);
+                let end = rows.start.saturating_add(k);
                 if k == 0 || end > rows.param_rows {
                     return Err(check.err(alloc::format!(
                         "gradient rows {}..{end} are not a non-empty range of the parameter's {} rows",
-                        rows.start, rows.param_rows
+                        rows.start,
+                        rows.param_rows
                     )));
                 }
                 let mut param = g.clone();

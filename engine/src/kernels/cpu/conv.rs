@@ -247,7 +247,10 @@ pub fn conv2d_grad_weight_rows(
         return Err(KernelError::Invalid { op: OP, message: "dy and the weight gradient must be 4-D" });
     };
     if c.groups != 1 || rows.start >= rows.end || rows.end > o || dw.shape[0] != rows.len() {
-        return Err(KernelError::Invalid { op: OP, message: "the fast kernel takes an ungrouped convolution and rows inside dy's channels" });
+        return Err(KernelError::Invalid {
+            op: OP,
+            message: "the fast kernel takes an ungrouped convolution and rows inside dy's channels",
+        });
     }
     let full = [o, cg, kh, kw];
     let numel = |s: &[usize]| s.iter().product::<usize>();
@@ -268,7 +271,13 @@ pub fn conv2d_grad_weight_rows(
             ws
         };
         let first = (n * g.o + rows.start) * out_plane;
-        let dy_rows = Mat { data: &dy.data[first..first + rows.len() * out_plane], rows: rows.len(), cols: out_plane, row_stride: out_plane, col_stride: 1 };
+        let dy_rows = Mat {
+            data: &dy.data[first..first + rows.len() * out_plane],
+            rows: rows.len(),
+            cols: out_plane,
+            row_stride: out_plane,
+            col_stride: 1,
+        };
         let columns_t = Mat { data: columns, rows: out_plane, cols: taps, row_stride: 1, col_stride: out_plane };
         sgemm(dy_rows, columns_t, dw.data, taps, n > 0, par);
     }
