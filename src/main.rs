@@ -301,6 +301,14 @@ struct CompileArgs {
     /// Frozen parameters are stored in the plan, so they must come from here, not from --weights.
     #[arg(long, value_name = "WEIGHTS.safetensors")]
     init_weights: Option<PathBuf>,
+    /// A scheme file (TOML), combined with --update and --train as a union: `update = "bias"`,
+    /// `train = ["classifier.*"]`, and [[channels]] tables that train some output channels of
+    /// convolution weights: `params = "features.1[4-7].conv.0.0.weight"` (a glob) with
+    /// `fraction = "1/4"` (1/8, 1/4, 1/2 or 1: the first ceil(f x C) of C channels) or
+    /// `indices = [8, 9, 10, 11]` (one contiguous run). Only those rows get a gradient, an update
+    /// and optimizer state; the others keep their exact values. See examples/schemes/.
+    #[arg(long, value_name = "FILE")]
+    scheme: Option<PathBuf>,
 }
 
 /// A plan, the weights to use with it, and the data to run it on (eval, infer).
@@ -711,6 +719,16 @@ fn check_hyperparameters(a: &CompileArgs) -> Result<(), PockError> {
     Ok(())
 }
 
+/// The update scheme of `--scheme FILE`, `--update` and `--train` together (their union).
+fn update_scheme(a: &CompileArgs) -> Result<pock::compiler::UpdateScheme, PockError> {
+    let flags =
+        pock::compiler::UpdateScheme { preset: a.update.as_deref().map(str::parse).transpose()?, train: a.train.clone(), channels: vec![] };
+    let Some(path) = &a.scheme else { return Ok(flags) };
+    let text = std::fs::read_to_string(path).map_err(|source| PockError::Io { path: path.display().to_string(), source })?;
+    let file = pock::compiler::UpdateScheme::from_toml(&text, &path.display().to_string())?;
+    Ok(file.union(flags)?)
+}
+
 fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
     let optimizer = match a.optimizer {
         OptimizerArg::Sgd => {
@@ -739,7 +757,7 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
         target: a.target.clone(),
         reorder: !a.no_reorder,
         activation_masks: !a.no_activation_masks,
-        update: pock::compiler::UpdateScheme { preset: a.update.as_deref().map(str::parse).transpose()?, train: a.train.clone() },
+        update: update_scheme(&a)?,
     };
     let started = Instant::now();
     let compiled = if a.model.ends_with(".onnx") {

@@ -25,11 +25,11 @@ fn options(update: UpdateScheme) -> CompileOptions {
 }
 
 fn preset(p: UpdatePreset) -> UpdateScheme {
-    UpdateScheme { preset: Some(p), train: vec![] }
+    UpdateScheme { preset: Some(p), ..Default::default() }
 }
 
 fn globs(g: &[&str]) -> UpdateScheme {
-    UpdateScheme { preset: None, train: g.iter().map(|s| s.to_string()).collect() }
+    UpdateScheme { train: g.iter().map(|s| s.to_string()).collect(), ..Default::default() }
 }
 
 fn training(model: &str, batch: usize, update: UpdateScheme) -> TrainingGraph {
@@ -135,7 +135,11 @@ fn schemes_select_what_they_name() {
     // The last two layers: the classifier and the BatchNorm of the last conv.
     let last2 = names(&training(model, 1, preset(UpdatePreset::Last(2))));
     assert_eq!(last2, ["features.18.1.weight", "features.18.1.bias", "classifier.1.weight", "classifier.1.bias"]);
-    let union = names(&training(model, 1, UpdateScheme { preset: Some(UpdatePreset::Last(1)), train: vec!["features.0.?.*".into()] }));
+    let union = names(&training(
+        model,
+        1,
+        UpdateScheme { preset: Some(UpdatePreset::Last(1)), train: vec!["features.0.?.*".into()], channels: vec![] },
+    ));
     assert_eq!(union, ["features.0.0.weight", "features.0.1.weight", "features.0.1.bias", "classifier.1.weight", "classifier.1.bias"]);
     let e = pock::models::build(model, 1, 0).unwrap().into_training(options(globs(&["nothing.*"]))).unwrap_err().to_string();
     assert!(e.contains("selects none") && e.contains("features.0.0.weight"), "{e}");

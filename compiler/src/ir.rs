@@ -116,6 +116,10 @@ pub struct Node {
 pub struct Graph {
     pub tensors: Vec<TensorDef>,
     pub nodes: Vec<Node>,
+    /// The output-channel rows (axis 0) that a partially trained parameter updates, set by the
+    /// update scheme (`scheme.rs`); a trainable parameter absent here trains whole. Autodiff and
+    /// the optimizer read it; the plan does not (the row ops carry their rows).
+    pub trained_rows: std::collections::BTreeMap<TensorId, std::ops::Range<usize>>,
 }
 
 impl Graph {

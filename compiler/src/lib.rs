@@ -25,5 +25,5 @@ pub mod stages;
 
 pub use error::{CompileError, Result};
 pub use memory::CompiledPlan;
-pub use scheme::{UpdatePreset, UpdateScheme};
+pub use scheme::{ChannelRule, ChannelSelect, UpdatePreset, UpdateScheme};
 pub use stages::{CompileOptions, ForwardGraph, Task, TrainingGraph};

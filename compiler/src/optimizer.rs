@@ -13,7 +13,7 @@
 //! as its gradient is complete), so each update checks its own gradient: the skip is then per
 //! parameter and the counter grows by 1 per skipped parameter update.
 
-use pock_engine::ops::{Adam, GradScale, OptimOp, Sgd};
+use pock_engine::ops::{Adam, GradScale, OptimOp, ParamRows, Sgd};
 use pock_engine::plan::OptimizerKind;
 
 use crate::error::{CompileError, Result};
@@ -43,7 +43,7 @@ pub fn add_optimizer(graph: &mut Graph, grads: &[(TensorId, TensorId)], options:
         let mut accs = Vec::with_capacity(grads.len());
         for &(p, g) in grads {
             let pname = graph.tensor(p).name.clone();
-            let acc = state(graph, format!("grad_accumulator.{pname}"), p, Role::GradAccumulator { param: p });
+            let acc = state(graph, format!("grad_accumulator.{pname}"), g, Role::GradAccumulator { param: p });
             graph.emit_inplace(format!("accumulate.{pname}"), OptimOp::AccumulateGrad, &[g], &[acc], Phase::Optimizer, Program::Train)?;
             accs.push((p, acc));
         }
@@ -86,7 +86,7 @@ pub fn add_optimizer(graph: &mut Graph, grads: &[(TensorId, TensorId)], options:
                     return Err(CompileError::Option("Nesterov momentum requires a momentum > 0 and zero dampening".into()));
                 }
                 let states = if momentum != 0.0 {
-                    vec![state(graph, format!("optimizer.{pname}.momentum_buffer"), p, slot(p, "momentum_buffer"))]
+                    vec![state(graph, format!("optimizer.{pname}.momentum_buffer"), g, slot(p, "momentum_buffer"))]
                 } else {
                     vec![]
                 };
@@ -94,9 +94,22 @@ pub fn add_optimizer(graph: &mut Graph, grads: &[(TensorId, TensorId)], options:
             }
             OptimizerKind::Adam { beta1, beta2, eps, weight_decay } | OptimizerKind::AdamW { beta1, beta2, eps, weight_decay } => {
                 let decoupled = matches!(options.optimizer, OptimizerKind::AdamW { .. });
-                let m = state(graph, format!("optimizer.{pname}.exp_avg"), p, slot(p, "exp_avg"));
-                let v = state(graph, format!("optimizer.{pname}.exp_avg_sq"), p, slot(p, "exp_avg_sq"));
+                let m = state(graph, format!("optimizer.{pname}.exp_avg"), g, slot(p, "exp_avg"));
+                let v = state(graph, format!("optimizer.{pname}.exp_avg_sq"), g, slot(p, "exp_avg_sq"));
                 (OptimOp::AdamUpdate(Adam { beta1, beta2, eps, weight_decay, decoupled, scaled }), vec![m, v])
+            }
+        };
+        // A partially trained parameter (scheme.rs) has a gradient of its trained rows only:
+        // its update writes those rows, and its state covers them alone.
+        let op = match graph.trained_rows.get(&p) {
+            None => op,
+            Some(r) => {
+                let rows = ParamRows { start: r.start, param_rows: graph.shape(p)[0] };
+                match op {
+                    OptimOp::SgdUpdate(sgd) => OptimOp::SgdUpdateRows { sgd, rows },
+                    OptimOp::AdamUpdate(adam) => OptimOp::AdamUpdateRows { adam, rows },
+                    other => other,
+                }
             }
         };
         let mut inplace = vec![p];
@@ -116,9 +129,10 @@ fn slot(param: TensorId, slot: &str) -> Role {
     Role::OptimizerState { param, slot: slot.into() }
 }
 
-/// A zero-initialised persistent tensor shaped like `param`.
-fn state(graph: &mut Graph, name: String, param: TensorId, role: Role) -> TensorId {
-    let shape = graph.shape(param).to_vec();
+/// A zero-initialised persistent tensor shaped like `grad` (the parameter's gradient: the whole
+/// parameter, or the rows a partial-channel update trains).
+fn state(graph: &mut Graph, name: String, grad: TensorId, role: Role) -> TensorId {
+    let shape = graph.shape(grad).to_vec();
     let n = shape.iter().product();
     graph.add_tensor(TensorDef { name, shape, dtype: DType::F32, role, init: Some(vec![0.0; n].into()) })
 }

@@ -77,16 +77,22 @@ const CASES: &[Case] = &[
     case(2, 32, [20, 18], 48, [3, 3], [1, 1], [1; 4], [1, 1], 1),
 ];
 
-/// The three ops of one case, with their input and output shapes.
-fn ops(case: &Case) -> [(Op, [Vec<usize>; 2], Vec<usize>); 3] {
+/// The four ops of one case (the last, the weight gradient of some output channels, starts past
+/// the first one and stops before the last where there are enough), with their input and output
+/// shapes.
+fn ops(case: &Case) -> [(Op, [Vec<usize>; 2], Vec<usize>); 4] {
     let c = case.conv;
     let x = vec![case.n, case.c, case.hw[0], case.hw[1]];
     let w = vec![case.o, case.c / c.groups, case.kernel[0], case.kernel[1]];
     let y = Op::Conv(ConvOp::Conv2d(c)).output_shapes(&[&x, &w]).unwrap_or_else(|e| panic!("{case:?}: {e}")).remove(0);
+    let start = case.o / 3;
+    let rows = [start, (case.o - case.o / 4).max(start + 1)];
+    let rows_w = vec![rows[1] - rows[0], w[1], w[2], w[3]];
     [
         (Op::Conv(ConvOp::Conv2d(c)), [x.clone(), w.clone()], y.clone()),
         (Op::Conv(ConvOp::Conv2dGradInput { conv: c, input_hw: case.hw }), [y.clone(), w.clone()], x.clone()),
-        (Op::Conv(ConvOp::Conv2dGradWeight { conv: c, kernel_hw: case.kernel }), [y, x], w),
+        (Op::Conv(ConvOp::Conv2dGradWeight { conv: c, kernel_hw: case.kernel }), [y.clone(), x.clone()], w.clone()),
+        (Op::Conv(ConvOp::Conv2dGradWeightRows { conv: c, kernel_hw: case.kernel, rows }), [y, x], rows_w),
     ]
 }
 
@@ -167,12 +173,12 @@ fn pointwise_and_depthwise_need_no_workspace() {
             })
             .collect()
     };
-    assert_eq!(sizes(&CASES[0]), [0, 0, 0], "pointwise");
-    assert_eq!(sizes(&CASES[1]), [0, 0, 0], "grouped pointwise");
-    assert_eq!(sizes(&CASES[16]), [0, 0, 0], "depthwise");
+    assert_eq!(sizes(&CASES[0]), [0; 4], "pointwise");
+    assert_eq!(sizes(&CASES[1]), [0; 4], "grouped pointwise");
+    assert_eq!(sizes(&CASES[16]), [0; 4], "depthwise");
     // An im2col conv needs one column matrix: (C/groups * KH * KW) x (HO * WO), for each op.
     let case = &CASES[4];
-    assert_eq!(sizes(case), [5 * 3 * 3 * 11 * 13; 3], "3x3 im2col");
+    assert_eq!(sizes(case), [5 * 3 * 3 * 11 * 13; 4], "3x3 im2col");
 }
 
 #[test]

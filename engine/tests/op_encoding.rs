@@ -7,7 +7,7 @@ use pock_engine::kernels::unary::{
 };
 use pock_engine::ops::{
     Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, CrossEntropy, DenseOp, GradScale, LossOp, MatMul, MatMulOp, MoveOp, NormOp, Op, OptimOp,
-    Pool2d, PoolOp, Reduce, ReduceOp, Reduction, Sgd, Slice,
+    ParamRows, Pool2d, PoolOp, Reduce, ReduceOp, Reduction, Sgd, Slice,
 };
 use pock_engine::ops::{BroadcastOp, Dropout, MaskKind, MaskOp, RandomOp, UnaryFn, UnaryOp};
 use pock_engine::plan::DType;
@@ -130,6 +130,9 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("CrossEntropyGrad", [4, 5]),
     ("MaskPack", [13, 0]),
     ("MaskGrad", [13, 1]),
+    ("Conv2dGradWeightRows", [1, 3]),
+    ("SgdUpdateRows", [5, 6]),
+    ("AdamUpdateRows", [5, 7]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -152,6 +155,7 @@ fn row(op: &Op) -> usize {
             ConvOp::Conv2d(_) => 10,
             ConvOp::Conv2dGradInput { .. } => 11,
             ConvOp::Conv2dGradWeight { .. } => 12,
+            ConvOp::Conv2dGradWeightRows { .. } => 115,
         },
         Op::Norm(op) => match op {
             NormOp::BatchNormTrain(_) => 13,
@@ -182,6 +186,8 @@ fn row(op: &Op) -> usize {
             OptimOp::SgdUpdate(_) => 30,
             OptimOp::AdamUpdate(_) => 31,
             OptimOp::CountNonFinite => 107,
+            OptimOp::SgdUpdateRows { .. } => 116,
+            OptimOp::AdamUpdateRows { .. } => 117,
         },
         Op::Cast(op) => match op {
             CastOp::Cast { .. } => 32,
@@ -391,6 +397,9 @@ fn every_op() -> Vec<Op> {
         RandomOp::Uniform { low: -1.0, high: 2.0, key: 7, shape: vec![3, 1] }.into(),
         MaskOp::Pack(MaskKind::Clip(Clip { min: 0.0, max: 6.0 })).into(),
         MaskOp::Grad.into(),
+        ConvOp::Conv2dGradWeightRows { conv, kernel_hw: [3, 3], rows: [2, 6] }.into(),
+        OptimOp::SgdUpdateRows { sgd, rows: ParamRows { start: 1, param_rows: 8 } }.into(),
+        OptimOp::AdamUpdateRows { adam, rows: ParamRows { start: 0, param_rows: 4 } }.into(),
     ]
     .into_iter()
     .chain(every_unary_fn().into_iter().flat_map(|f| [UnaryOp::Map(f).into(), UnaryOp::Grad(f).into()]))

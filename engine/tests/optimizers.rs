@@ -323,3 +323,49 @@ fn sgd_through_the_dispatcher_with_a_scale_input() {
     assert_near("dispatched sgd param", &param, &[0.95, 2.05]);
     assert_near("dispatched sgd buffer", &buf, &[0.5, -0.5]);
 }
+
+/// A row-restricted update is the whole-tensor update of those rows: run on a `[4, 2]` parameter
+/// with a `[2, 2]` gradient for rows 1..3, its rows equal the full update of a `[2, 2]` copy, the
+/// state has the gradient's shape, and rows 0 and 3 keep their bits. Both optimizers, weight decay
+/// included (it must not reach the rows left out).
+#[test]
+fn row_updates_write_their_rows_only() {
+    use pock_engine::ops::ParamRows;
+    let adam = Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, decoupled: true, scaled: false };
+    let cases = [
+        (
+            OptimOp::SgdUpdate(sgd(0.9, 0.0, false, 0.1, false)),
+            OptimOp::SgdUpdateRows { sgd: sgd(0.9, 0.0, false, 0.1, false), rows: ParamRows { start: 1, param_rows: 4 } },
+            1,
+        ),
+        (OptimOp::AdamUpdate(adam), OptimOp::AdamUpdateRows { adam, rows: ParamRows { start: 1, param_rows: 4 } }, 2),
+    ];
+    let grad = [0.5f32, -1.0, 2.0, 0.25];
+    for (whole, rows, states) in cases {
+        let param: Vec<f32> = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        let (mut p_rows, mut p_whole) = (param.clone(), param[2..6].to_vec());
+        let (mut s_rows, mut s_whole) = (vec![[0.0f32; 4]; states], vec![[0.0f32; 4]; states]);
+        for step in 1..=2 {
+            let step = [step as f32];
+            let inputs = [
+                View { data: &grad[..], shape: &[2, 2][..] },
+                View { data: &[0.1f32][..], shape: &[][..] },
+                View { data: &step[..], shape: &[][..] },
+            ];
+            let mut outputs = vec![ViewMut { data: &mut p_rows[..], shape: &[4, 2][..] }];
+            outputs.extend(s_rows.iter_mut().map(|s| ViewMut { data: &mut s[..], shape: &[2, 2][..] }));
+            assert_eq!(Op::Optim(rows.clone()).output_shapes(&[&[2, 2], &[], &[]]).unwrap()[0], [4, 2]);
+            execute(&Op::Optim(rows.clone()), NodeArgs::floats(&inputs, &mut outputs)).unwrap();
+            let mut outputs = vec![ViewMut { data: &mut p_whole[..], shape: &[2, 2][..] }];
+            outputs.extend(s_whole.iter_mut().map(|s| ViewMut { data: &mut s[..], shape: &[2, 2][..] }));
+            execute(&Op::Optim(whole.clone()), NodeArgs::floats(&inputs, &mut outputs)).unwrap();
+        }
+        assert_eq!(p_rows[2..6], p_whole[..], "{rows:?}: the rows");
+        assert_eq!(s_rows, s_whole, "{rows:?}: the state");
+        assert_ne!(p_whole[..], param[2..6], "{rows:?}: the update moved the rows");
+        assert_eq!([p_rows[0], p_rows[1], p_rows[6], p_rows[7]], [1.0, 2.0, 7.0, 8.0], "{rows:?}: other rows");
+    }
+    // Rows past the parameter's end are a shape error, not a panic.
+    let bad = OptimOp::SgdUpdateRows { sgd: sgd(0.0, 0.0, false, 0.0, false), rows: ParamRows { start: 3, param_rows: 4 } };
+    assert!(Op::Optim(bad).output_shapes(&[&[2, 2], &[], &[]]).is_err());
+}

@@ -22,11 +22,20 @@ impl CompileRules for ConvOp {
                 }
                 if needs[1] {
                     let ws = ctx.shape(w);
-                    grads[1] = Some(ctx.emit1("dw", ConvOp::Conv2dGradWeight { conv, kernel_hw: [ws[2], ws[3]] }, &[dy, x])?);
+                    let kernel_hw = [ws[2], ws[3]];
+                    // A partially trained weight (scheme.rs) gets the gradient of its trained rows
+                    // only, computed from those channels of dy.
+                    let op = match ctx.graph.trained_rows.get(&w) {
+                        Some(rows) => ConvOp::Conv2dGradWeightRows { conv, kernel_hw, rows: [rows.start, rows.end] },
+                        None => ConvOp::Conv2dGradWeight { conv, kernel_hw },
+                    };
+                    grads[1] = Some(ctx.emit1("dw", op, &[dy, x])?);
                 }
             }
             // Gradient ops are not differentiated again: pock computes first-order gradients only.
-            ConvOp::Conv2dGradInput { .. } | ConvOp::Conv2dGradWeight { .. } => return no_gradient(node),
+            ConvOp::Conv2dGradInput { .. } | ConvOp::Conv2dGradWeight { .. } | ConvOp::Conv2dGradWeightRows { .. } => {
+                return no_gradient(node)
+            }
         }
         Ok(grads)
     }
@@ -40,6 +49,11 @@ impl CompileRules for ConvOp {
             ConvOp::Conv2d(_) => (outputs[0], inputs[1]),
             ConvOp::Conv2dGradInput { .. } => (inputs[0], inputs[1]),
             ConvOp::Conv2dGradWeight { .. } => (inputs[0], outputs[0]),
+            // Only the trained rows' share of dy is visited.
+            ConvOp::Conv2dGradWeightRows { .. } => {
+                let (dy, dw) = (inputs[0], outputs[0]);
+                return 2 * numel(dy) / (dy[1].max(1) as u64) * numel(dw);
+            }
         };
         2 * numel(output) * numel(&weight[1..])
     }

@@ -17,7 +17,9 @@ impl CompileRules for OptimOp {
             | OptimOp::GradScale(_)
             | OptimOp::SgdUpdate(_)
             | OptimOp::AdamUpdate(_)
-            | OptimOp::CountNonFinite => no_gradient(node),
+            | OptimOp::CountNonFinite
+            | OptimOp::SgdUpdateRows { .. }
+            | OptimOp::AdamUpdateRows { .. } => no_gradient(node),
         }
     }
 
@@ -39,6 +41,9 @@ impl CompileRules for OptimOp {
                     elements + 1
                 }
             }
+            // A row-restricted update does the same work per element of its gradient.
+            OptimOp::SgdUpdateRows { sgd, .. } => OptimOp::SgdUpdate(*sgd).flops(inputs, &[inputs[0]]),
+            OptimOp::AdamUpdateRows { adam, .. } => OptimOp::AdamUpdate(*adam).flops(inputs, &[inputs[0]]),
             OptimOp::SgdUpdate(s) => {
                 // The update `param -= lr * g` is a multiply-add.
                 let mut per_element = 2;

@@ -1,4 +1,5 @@
-//! 2-D convolution and its two gradient ops.
+//! 2-D convolution, its two gradient ops, and the weight gradient restricted to a range of output
+//! channels (partial-channel updates, `compiler/src/scheme.rs`).
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -29,6 +30,11 @@ pub enum ConvOp {
     Conv2dGradInput { conv: Conv2d, input_hw: [usize; 2] },
     /// `[dy, x] -> [dw]`; `kernel_hw` is the weight's spatial size.
     Conv2dGradWeight { conv: Conv2d, kernel_hw: [usize; 2] },
+    /// `[dy, x] -> [dw_rows]`: the rows `rows[0]..rows[1]` (output channels, axis 0) of
+    /// `Conv2dGradWeight`'s result, `[rows[1] - rows[0], C/groups, KH, KW]`, computed from those
+    /// channels of `dy` alone. With `groups > 1` only the input channels of the groups those rows
+    /// belong to are read from `x`.
+    Conv2dGradWeightRows { conv: Conv2d, kernel_hw: [usize; 2], rows: [usize; 2] },
 }
 
 impl OpRules for ConvOp {
@@ -37,6 +43,7 @@ impl OpRules for ConvOp {
             ConvOp::Conv2d(_) => "Conv2d",
             ConvOp::Conv2dGradInput { .. } => "Conv2dGradInput",
             ConvOp::Conv2dGradWeight { .. } => "Conv2dGradWeight",
+            ConvOp::Conv2dGradWeightRows { .. } => "Conv2dGradWeightRows",
         }
     }
 
@@ -84,6 +91,20 @@ impl OpRules for ConvOp {
                 check.same(dy, &[x[0], w[0], ho, wo], "dy vs forward output")?;
                 vec![w.to_vec()]
             }
+            ConvOp::Conv2dGradWeightRows { conv, kernel_hw, rows } => {
+                let full = ConvOp::Conv2dGradWeight { conv: *conv, kernel_hw: *kernel_hw }.shape_rule(check, inputs)?;
+                let mut w = full.into_iter().next().unwrap_or_default();
+                if !(rows[0] < rows[1] && rows[1] <= w[0]) {
+                    return Err(check.err(alloc::format!(
+                        "rows {}..{} are not a non-empty range of the {} output channels",
+                        rows[0],
+                        rows[1],
+                        w[0]
+                    )));
+                }
+                w[0] = rows[1] - rows[0];
+                vec![w]
+            }
         })
     }
 
@@ -93,6 +114,9 @@ impl OpRules for ConvOp {
             ConvOp::Conv2d(c) => kernel::conv2d(c, i[0], i[1], &mut o[0]),
             ConvOp::Conv2dGradInput { conv, .. } => kernel::conv2d_grad_input(conv, i[0], i[1], &mut o[0]),
             ConvOp::Conv2dGradWeight { conv, .. } => kernel::conv2d_grad_weight(conv, i[0], i[1], &mut o[0]),
+            ConvOp::Conv2dGradWeightRows { conv, rows, .. } => {
+                kernel::conv2d_grad_weight_rows(conv, rows[0]..rows[1], i[0], i[1], &mut o[0])
+            }
         }
         Ok(())
     }

@@ -50,7 +50,7 @@ pub use mask::{packed_shape, MaskKind, MaskOp};
 pub use matmul::MatMulOp;
 pub use movement::{broadcast_shapes, slice_range, MoveOp, Slice};
 pub use norm::{BatchNorm, NormOp};
-pub use optim::{Adam, GradScale, OptimOp, Sgd};
+pub use optim::{Adam, GradScale, OptimOp, ParamRows, Sgd};
 pub use pool::{Pool2d, PoolOp};
 pub use random::{Dropout, RandomOp};
 pub use reduce::{Reduce, ReduceOp};

@@ -44,6 +44,14 @@ pub struct GradScale {
     pub multiplier: f32,
 }
 
+/// Which rows (axis 0) of a parameter a row-restricted update writes: `start .. start + the
+/// gradient's rows`, of a parameter with `param_rows` rows (partial-channel updates).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParamRows {
+    pub start: usize,
+    pub param_rows: usize,
+}
+
 /// The optimizer family; `*` marks outputs updated in place. Append new ops at the end (the
 /// variant index is the plan encoding).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -64,6 +72,14 @@ pub enum OptimOp {
     /// `[x] -> [count*]`, `count` has shape `[]`: `count += 1` when any element of `x` is not
     /// finite. It counts the updates that the skip rule above skips, reading the same value.
     CountNonFinite,
+    /// `[grad, lr, step, (scale)] -> [param*, (momentum_buffer*)]`: `SgdUpdate` of the rows
+    /// `rows.start ..` of `param` that `grad` covers (`grad` is `[k, ...]`, `param`
+    /// `[rows.param_rows, ...]`); the buffer has the gradient's shape and every other row of
+    /// `param` is left untouched.
+    SgdUpdateRows { sgd: Sgd, rows: ParamRows },
+    /// `[grad, lr, step, (scale)] -> [param*, exp_avg*, exp_avg_sq*]`: `AdamUpdate` of some rows,
+    /// as `SgdUpdateRows`; the moments have the gradient's shape.
+    AdamUpdateRows { adam: Adam, rows: ParamRows },
 }
 
 impl OpRules for OptimOp {
@@ -75,6 +91,8 @@ impl OpRules for OptimOp {
             OptimOp::SgdUpdate(_) => "SgdUpdate",
             OptimOp::AdamUpdate(_) => "AdamUpdate",
             OptimOp::CountNonFinite => "CountNonFinite",
+            OptimOp::SgdUpdateRows { .. } => "SgdUpdateRows",
+            OptimOp::AdamUpdateRows { .. } => "AdamUpdateRows",
         }
     }
 
@@ -83,15 +101,17 @@ impl OpRules for OptimOp {
             OptimOp::AccumulateGrad | OptimOp::CountNonFinite => 1,
             OptimOp::Fill { .. } => 0,
             OptimOp::GradScale(_) => return None,
-            OptimOp::SgdUpdate(s) => 3 + s.scaled as usize,
-            OptimOp::AdamUpdate(a) => 3 + a.scaled as usize,
+            OptimOp::SgdUpdate(s) | OptimOp::SgdUpdateRows { sgd: s, .. } => 3 + s.scaled as usize,
+            OptimOp::AdamUpdate(a) | OptimOp::AdamUpdateRows { adam: a, .. } => 3 + a.scaled as usize,
         })
     }
 
     fn dtype_rule(&self, check: Check, inputs: &[DType]) -> Result<Vec<DType>, ShapeError> {
         let outputs = match self {
             OptimOp::AccumulateGrad | OptimOp::Fill { .. } | OptimOp::GradScale(_) | OptimOp::CountNonFinite => 1,
-            OptimOp::SgdUpdate(_) | OptimOp::AdamUpdate(_) => self.inplace_outputs().len(),
+            OptimOp::SgdUpdate(_) | OptimOp::AdamUpdate(_) | OptimOp::SgdUpdateRows { .. } | OptimOp::AdamUpdateRows { .. } => {
+                self.inplace_outputs().len()
+            }
         };
         check.floats(inputs, outputs)
     }
@@ -100,8 +120,8 @@ impl OpRules for OptimOp {
         match self {
             OptimOp::AccumulateGrad | OptimOp::Fill { .. } | OptimOp::CountNonFinite => 0..1,
             OptimOp::GradScale(_) => 0..0,
-            OptimOp::SgdUpdate(s) => 0..if s.momentum != 0.0 { 2 } else { 1 },
-            OptimOp::AdamUpdate(_) => 0..3,
+            OptimOp::SgdUpdate(s) | OptimOp::SgdUpdateRows { sgd: s, .. } => 0..if s.momentum != 0.0 { 2 } else { 1 },
+            OptimOp::AdamUpdate(_) | OptimOp::AdamUpdateRows { .. } => 0..3,
         }
     }
 
@@ -120,6 +140,28 @@ impl OpRules for OptimOp {
                 let g = inputs[0].to_vec();
                 vec![g; self.inplace_outputs().len()]
             }
+            OptimOp::SgdUpdateRows { sgd: Sgd { scaled, .. }, rows } | OptimOp::AdamUpdateRows { adam: Adam { scaled, .. }, rows } => {
+                check.scalar(inputs[1], "lr")?;
+                check.scalar(inputs[2], "step")?;
+                if *scaled {
+                    check.scalar(inputs[3], "scale")?;
+                }
+                let g = inputs[0].to_vec();
+                let Some(&k) = g.first() else { return Err(check.err("a row-restricted update needs a gradient of rank >= 1")) };
+                let end = rows.start.saturating_add(k);
+                if k == 0 || end > rows.param_rows {
+                    return Err(check.err(alloc::format!(
+                        "gradient rows {}..{end} are not a non-empty range of the parameter's {} rows",
+                        rows.start,
+                        rows.param_rows
+                    )));
+                }
+                let mut param = g.clone();
+                param[0] = rows.param_rows;
+                let mut shapes = vec![param];
+                shapes.resize(self.inplace_outputs().len(), g);
+                shapes
+            }
         })
     }
 
@@ -132,6 +174,8 @@ impl OpRules for OptimOp {
             OptimOp::SgdUpdate(s) => kernel::sgd_update(s, i, o),
             OptimOp::AdamUpdate(a) => kernel::adam_update(a, i, o),
             OptimOp::CountNonFinite => kernel::count_non_finite(i[0], &mut o[0]),
+            OptimOp::SgdUpdateRows { sgd, rows } => kernel::sgd_update_rows(sgd, rows.start, i, o),
+            OptimOp::AdamUpdateRows { adam, rows } => kernel::adam_update_rows(adam, rows.start, i, o),
         }
         Ok(())
     }

@@ -90,6 +90,10 @@ pub fn conv_workspace_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize
         (ConvOp::Conv2d(c), [x, w], [y]) => Geometry::new(c, x, w, y),
         (ConvOp::Conv2dGradInput { conv, .. }, [dy, w], [dx]) => Geometry::new(conv, dx, w, dy),
         (ConvOp::Conv2dGradWeight { conv, .. }, [dy, x], [dw]) => Geometry::new(conv, x, dw, dy),
+        // The fast path covers ungrouped convolutions; grouped ones run the reference kernel.
+        (ConvOp::Conv2dGradWeightRows { conv, .. }, [dy, x], [dw]) if conv.groups == 1 && dw.len() == 4 && dy.len() == 4 => {
+            Geometry::new(conv, x, &[dy[1], dw[1], dw[2], dw[3]], dy)
+        }
         _ => None,
     };
     geometry.map_or(0, |g| g.workspace_elems())
@@ -284,6 +288,61 @@ fn gemm_parallelism(threads: usize) -> gemm::Parallelism {
     } else {
         gemm::Parallelism::None
     }
+}
+
+/// Rows `rows` of an ungrouped convolution's weight gradient: `dw = sum over samples of
+/// dy[:, rows] @ im2col(x)^T`. The rows of `dy` a sample contributes are contiguous, so this is
+/// the same gemm as [`conv2d_grad_weight`] with fewer rows, over the whole input.
+pub fn conv2d_grad_weight_rows(
+    c: &Conv2d,
+    rows: core::ops::Range<usize>,
+    dy: View<f32>,
+    x: View<f32>,
+    dw: &mut ViewMut<f32>,
+    ws: &mut [f32],
+    threads: usize,
+) -> Result<(), KernelError> {
+    const OP: &str = "Conv2dGradWeightRows";
+    let par = gemm_parallelism(threads);
+    let (&[_, cg, kh, kw], &[_, o, ..]) = (dw.shape, dy.shape) else {
+        return Err(KernelError::Invalid { op: OP, message: "dy and the weight gradient must be 4-D" });
+    };
+    if c.groups != 1 || rows.start >= rows.end || rows.end > o || dw.shape[0] != rows.len() {
+        return Err(KernelError::Invalid {
+            op: OP,
+            message: "the fast kernel takes an ungrouped convolution and rows inside dy's channels",
+        });
+    }
+    let full = [o, cg, kh, kw];
+    let numel = |s: &[usize]| s.iter().product::<usize>();
+    let (g, ws) = prepare(OP, c, (x.shape, x.data.len()), (&full, numel(&full)), (dy.shape, dy.data.len()), ws)?;
+    if dw.data.len() != numel(dw.shape) {
+        return Err(KernelError::Invalid { op: OP, message: "tensor data does not match its shape" });
+    }
+    let (taps, out_plane) = (g.taps(), g.out_plane());
+    if g.n == 0 {
+        dw.data.fill(0.0);
+    }
+    for n in 0..g.n {
+        let x_sample = &x.data[g.input_group(n, 0)];
+        let columns: &[f32] = if g.algorithm() == Algorithm::Pointwise {
+            x_sample
+        } else {
+            im2col(&g, x_sample, ws);
+            ws
+        };
+        let first = (n * g.o + rows.start) * out_plane;
+        let dy_rows = Mat {
+            data: &dy.data[first..first + rows.len() * out_plane],
+            rows: rows.len(),
+            cols: out_plane,
+            row_stride: out_plane,
+            col_stride: 1,
+        };
+        let columns_t = Mat { data: columns, rows: out_plane, cols: taps, row_stride: 1, col_stride: out_plane };
+        sgemm(dy_rows, columns_t, dw.data, taps, n > 0, par);
+    }
+    Ok(())
 }
 
 /// Writes the column matrix of one sample and group (`x_group` is `[C/groups, H, W]`) into

@@ -69,8 +69,19 @@ pub fn conv2d_grad_input<T: Float>(c: &Conv2d, dy: View<T>, w: View<T>, dx: &mut
 
 /// `dw = d conv(x, w) / dw` applied to `dy`, summed over the batch.
 pub fn conv2d_grad_weight<T: Float>(c: &Conv2d, dy: View<T>, x: View<T>, dw: &mut ViewMut<T>) {
-    let d = Dims::new(c, x.shape, dw.shape, dy.shape).expect("convolution shapes are validated before kernels run");
-    for o in 0..d.o {
+    let rows = 0..dw.shape.first().copied().unwrap_or(0);
+    conv2d_grad_weight_rows(c, rows, dy, x, dw);
+}
+
+/// Rows `rows` (output channels) of the weight gradient, from those channels of `dy`: `dw` is
+/// `[rows.len(), C/groups, KH, KW]`. Each row reads the input channels of its own group only.
+pub fn conv2d_grad_weight_rows<T: Float>(c: &Conv2d, rows: core::ops::Range<usize>, dy: View<T>, x: View<T>, dw: &mut ViewMut<T>) {
+    let &[_, cg, kh, kw] = dw.shape else { unreachable!("the weight gradient is 4-D (shape rule)") };
+    let full = [dy.shape[1], cg, kh, kw];
+    let d = Dims::new(c, x.shape, &full, dy.shape).expect("convolution shapes are validated before kernels run");
+    // Row `o` of the full gradient lands at row `o - rows.start` of `dw`.
+    let offset = d.weight_index(rows.start, 0, 0, 0);
+    for o in rows {
         let first_channel = (o / d.og) * d.cg;
         for ci in 0..d.cg {
             for kh in 0..d.kh {
@@ -85,7 +96,7 @@ pub fn conv2d_grad_weight<T: Float>(c: &Conv2d, dy: View<T>, x: View<T>, dw: &mu
                             }
                         }
                     }
-                    dw.data[d.weight_index(o, ci, kh, kw)] = acc;
+                    dw.data[d.weight_index(o, ci, kh, kw) - offset] = acc;
                 }
             }
         }
@@ -168,5 +179,25 @@ mod tests {
         assert_ne!(forward, 0.0);
         assert_eq!(forward, dot(&x, &dx));
         assert_eq!(forward, dot(&w, &dw));
+    }
+
+    #[test]
+    fn weight_gradient_rows_are_rows_of_the_full_gradient() {
+        // Grouped (3 groups of 2 output channels), strided and padded, so that the rows 1..4
+        // straddle two groups and read two different input-channel slices.
+        let c = conv(2, [1, 0, 1, 1], 1, 3);
+        let (n, ch, h, w, o) = (2, 6, 5, 4, 6);
+        let x: Vec<f64> = (0..n * ch * h * w).map(|i| ((i * 37 % 101) as f64 - 50.0) / 25.0).collect();
+        let y_shape = [n, o, 3, 2];
+        let dy: Vec<f64> = (0..y_shape.iter().product::<usize>()).map(|i| ((i * 53 % 89) as f64 - 44.0) / 30.0).collect();
+        let w_shape = [o, ch / 3, 2, 2];
+        let mut full = vec![0.0; w_shape.iter().product()];
+        let (xv, dyv) = (View { data: &x, shape: &[n, ch, h, w] }, View { data: &dy, shape: &y_shape });
+        conv2d_grad_weight(&c, dyv, xv, &mut ViewMut { data: &mut full, shape: &w_shape });
+        let rows_shape = [3, ch / 3, 2, 2];
+        let mut rows = vec![f64::NAN; rows_shape.iter().product()];
+        conv2d_grad_weight_rows(&c, 1..4, dyv, xv, &mut ViewMut { data: &mut rows, shape: &rows_shape });
+        let per_row = (ch / 3) * 4;
+        assert_eq!(rows, full[per_row..4 * per_row]);
     }
 }

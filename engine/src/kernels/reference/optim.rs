@@ -93,6 +93,27 @@ impl<'a, T: Float> StepInputs<'a, T> {
 /// `buf = g` on the first step and `momentum * buf + (1 - dampening) * g` afterwards, and
 /// `g = g + momentum * buf` (Nesterov) or `g = buf`; finally `param -= lr * g`.
 pub fn sgd_update<T: Float>(s: &Sgd, inputs: &[View<T>], outputs: &mut [ViewMut<T>]) {
+    let [param, rest @ ..] = outputs else { unreachable!("arity checked at load") };
+    // The buffer output exists exactly when momentum is non-zero (see `Op::inplace_outputs`).
+    sgd_step(s, inputs, param.data, rest.first_mut().map(|b| &mut *b.data));
+}
+
+/// [`sgd_update`] of the rows `start ..` of `param` that the gradient covers (axis 0); the
+/// momentum buffer has the gradient's shape. Every other row of `param` is left as it was.
+pub fn sgd_update_rows<T: Float>(s: &Sgd, start: usize, inputs: &[View<T>], outputs: &mut [ViewMut<T>]) {
+    let [param, rest @ ..] = outputs else { unreachable!("arity checked at load") };
+    let rows = row_range(start, inputs[0]);
+    sgd_step(s, inputs, &mut param.data[rows], rest.first_mut().map(|b| &mut *b.data));
+}
+
+/// The element range of rows `start .. start + grad rows` in a parameter whose rows have as many
+/// elements as the gradient's (the shape rule checks that it lies inside the parameter).
+fn row_range<T>(start: usize, grad: View<T>) -> core::ops::Range<usize> {
+    let row = grad.shape[1..].iter().product::<usize>();
+    start * row..start * row + grad.data.len()
+}
+
+fn sgd_step<T: Float>(s: &Sgd, inputs: &[View<T>], param: &mut [T], mut buffer: Option<&mut [T]>) {
     let x = StepInputs::read(inputs, s.scaled);
     if x.must_skip() {
         return;
@@ -100,17 +121,14 @@ pub fn sgd_update<T: Float>(s: &Sgd, inputs: &[View<T>], outputs: &mut [ViewMut<
     let (weight_decay, momentum, dampening) = (T::from_f32(s.weight_decay), T::from_f32(s.momentum), T::from_f32(s.dampening));
     // PyTorch creates the buffer from the first gradient; the plan counts steps from 1.
     let first_step = x.step <= T::one();
-    let [param, rest @ ..] = outputs else { unreachable!("arity checked at load") };
-    // The buffer output exists exactly when momentum is non-zero (see `Op::inplace_outputs`).
-    let mut buffer = rest.first_mut();
-    for (i, p) in param.data.iter_mut().enumerate() {
+    for (i, p) in param.iter_mut().enumerate() {
         let mut g = x.grad[i] * x.scale;
         if s.weight_decay != 0.0 {
             g += weight_decay * *p;
         }
         if let Some(buf) = buffer.as_mut() {
-            let b = if first_step { g } else { momentum * buf.data[i] + (T::one() - dampening) * g };
-            buf.data[i] = b;
+            let b = if first_step { g } else { momentum * buf[i] + (T::one() - dampening) * g };
+            buf[i] = b;
             g = if s.nesterov { g + momentum * b } else { b };
         }
         *p -= x.lr * g;
@@ -124,16 +142,28 @@ pub fn sgd_update<T: Float>(s: &Sgd, inputs: &[View<T>], outputs: &mut [ViewMut<
 /// `param` by `1 - lr * weight_decay`), `m = b1 * m + (1 - b1) * g`, `v = b2 * v + (1 - b2) * g^2`,
 /// `param -= (lr / (1 - b1^step)) * m / (sqrt(v) / sqrt(1 - b2^step) + eps)`.
 pub fn adam_update<T: Float>(a: &Adam, inputs: &[View<T>], outputs: &mut [ViewMut<T>]) {
+    let [param, exp_avg, exp_avg_sq] = outputs else { unreachable!("arity checked at load") };
+    adam_step(a, inputs, param.data, exp_avg.data, exp_avg_sq.data);
+}
+
+/// [`adam_update`] of the rows `start ..` of `param` that the gradient covers (axis 0); the
+/// moments have the gradient's shape. Every other row of `param` is left as it was.
+pub fn adam_update_rows<T: Float>(a: &Adam, start: usize, inputs: &[View<T>], outputs: &mut [ViewMut<T>]) {
+    let [param, exp_avg, exp_avg_sq] = outputs else { unreachable!("arity checked at load") };
+    let rows = row_range(start, inputs[0]);
+    adam_step(a, inputs, &mut param.data[rows], exp_avg.data, exp_avg_sq.data);
+}
+
+fn adam_step<T: Float>(a: &Adam, inputs: &[View<T>], param: &mut [T], exp_avg: &mut [T], exp_avg_sq: &mut [T]) {
     let x = StepInputs::read(inputs, a.scaled);
     if x.must_skip() {
         return;
     }
-    let [param, exp_avg, exp_avg_sq] = outputs else { unreachable!("arity checked at load") };
     let (beta1, beta2, eps, weight_decay) = (T::from_f32(a.beta1), T::from_f32(a.beta2), T::from_f32(a.eps), T::from_f32(a.weight_decay));
     let step_size = x.lr / (T::one() - beta1.powf(x.step));
     let bias_correction2_sqrt = (T::one() - beta2.powf(x.step)).sqrt();
     let decay_factor = T::one() - x.lr * weight_decay;
-    for (i, p) in param.data.iter_mut().enumerate() {
+    for (i, p) in param.iter_mut().enumerate() {
         let mut g = x.grad[i] * x.scale;
         if a.weight_decay != 0.0 {
             if a.decoupled {
@@ -142,10 +172,10 @@ pub fn adam_update<T: Float>(a: &Adam, inputs: &[View<T>], outputs: &mut [ViewMu
                 g += weight_decay * *p;
             }
         }
-        let m = beta1 * exp_avg.data[i] + (T::one() - beta1) * g;
-        let v = beta2 * exp_avg_sq.data[i] + (T::one() - beta2) * g * g;
-        exp_avg.data[i] = m;
-        exp_avg_sq.data[i] = v;
+        let m = beta1 * exp_avg[i] + (T::one() - beta1) * g;
+        let v = beta2 * exp_avg_sq[i] + (T::one() - beta2) * g * g;
+        exp_avg[i] = m;
+        exp_avg_sq[i] = v;
         *p -= step_size * m / (v.sqrt() / bias_correction2_sqrt + eps);
     }
 }
