@@ -154,26 +154,6 @@ fn targets_help() -> String {
     s
 }
 
-/// Refuses a plan that does not fit the memory its target board leaves to pock (the `host`
-/// target is bounded by this machine's memory instead, in `pock::check_memory`).
-fn check_target_memory(plan: &pock::engine::Plan) -> Result<(), PockError> {
-    let Some(t) = pock::targets::find(&plan.target).filter(|t| t.isa != pock::targets::Isa::Native) else { return Ok(()) };
-    let needed = plan.arena_bytes.saturating_add(plan.weight_bytes);
-    if needed > t.memory_bytes {
-        return Err(PockError::Usage(format!(
-            "the plan needs {needed} bytes ({}: arena {}, weights {}), more than the {} bytes ({}) target {} leaves to pock ({}); use a smaller --batch or model, train fewer parameters (--update bias or last:K), or give --memory-budget BYTES to override",
-            pock::human_bytes(needed),
-            pock::human_bytes(plan.arena_bytes),
-            pock::human_bytes(plan.weight_bytes),
-            t.memory_bytes,
-            pock::human_bytes(t.memory_bytes),
-            t.name,
-            t.description
-        )));
-    }
-    Ok(())
-}
-
 #[derive(Clone, Copy, ValueEnum)]
 enum OptimizerArg {
     Sgd,
@@ -787,9 +767,6 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
         }
         pock::compile_model_from(&a.model, a.batch.unwrap_or(32), a.seed, options, init)?
     };
-    if a.memory_budget.is_none() {
-        check_target_memory(&compiled.plan)?;
-    }
     pock::check_memory(&compiled.plan, a.memory_budget)?;
     // Folding fixes the running statistics; a model whose statistics are all still the initial
     // ones (mean 0, variance 1) has never been trained, and frozen statistics do not normalise it.

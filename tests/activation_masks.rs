@@ -21,7 +21,7 @@ fn options(update: UpdateScheme, activation_masks: bool) -> CompileOptions {
 }
 
 fn bias() -> UpdateScheme {
-    UpdateScheme { preset: Some(UpdatePreset::Bias), train: vec![] }
+    UpdateScheme { preset: Some(UpdatePreset::Bias), train: vec![], ..Default::default() }
 }
 
 fn training(model: &str, batch: usize, update: UpdateScheme, masks: bool) -> TrainingGraph {
@@ -55,7 +55,7 @@ fn masks_change_no_gradient_bit() {
         ("zoo:mobilenetv2:classes=4,size=32", full.clone()),
         ("zoo:cnn:size=12,width=4", bias()),
         ("zoo:resnet18:classes=3,size=16", bias()),
-        ("zoo:mlp:inputs=6,hidden=5,classes=3", UpdateScheme { preset: None, train: vec!["layers.0.*".into()] }),
+        ("zoo:mlp:inputs=6,hidden=5,classes=3", UpdateScheme { preset: None, train: vec!["layers.0.*".into()], ..Default::default() }),
     ];
     for (model, scheme) in cases {
         let masked = training(model, 2, scheme.clone(), true);

@@ -17,7 +17,7 @@ fn options(batch_norm: BatchNormMode, update: Option<UpdatePreset>) -> CompileOp
         optimizer: OptimizerKind::Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
         learning_rate: 0.05,
         batch_norm,
-        update: UpdateScheme { preset: update, train: vec![] },
+        update: UpdateScheme { preset: update, train: vec![], ..Default::default() },
         ..Default::default()
     }
 }

@@ -15,7 +15,9 @@ use pock::engine::{Session, SessionOptions};
 const SGD: OptimizerKind = OptimizerKind::Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 };
 
 fn options(update: UpdateScheme, optimizer: OptimizerKind) -> CompileOptions {
-    CompileOptions { optimizer, learning_rate: 0.05, update, ..Default::default() }
+    // Trained from scratch: BatchNorm in training mode (folded initial statistics do not
+    // normalise, and a channel that ReLU6 clips for the whole batch gets no gradient).
+    CompileOptions { optimizer, learning_rate: 0.05, update, batch_norm: pock::compiler::stages::BatchNormMode::Train, ..Default::default() }
 }
 
 fn scheme(toml: &str) -> UpdateScheme {
@@ -254,6 +256,8 @@ fn cli_scheme_file_trains_and_bad_files_are_refused() {
         "0.05",
         "--momentum",
         "0.9",
+        "--batch-norm",
+        "train",
         "--scheme",
         s(&file),
         "--train",
@@ -292,7 +296,8 @@ fn cli_scheme_file_trains_and_bad_files_are_refused() {
         ("[channels]\nparams = 1\n", "scheme.toml"),
     ] {
         std::fs::write(&file, bad).unwrap();
-        let e = common::fails(&["compile", model, "--scheme", s(&file), "--update", "bias", "-o", s(&plan)]);
+        // Training-mode BatchNorm, so that its scale is a parameter (folding merges it into the conv).
+        let e = common::fails(&["compile", model, "--batch-norm", "train", "--scheme", s(&file), "--update", "bias", "-o", s(&plan)]);
         assert!(e.contains(says), "{bad}: {e}");
     }
     let e = common::fails(&["compile", model, "--scheme", s(&d.join("missing.toml")), "-o", s(&plan)]);

@@ -111,7 +111,7 @@ fn overlapping_gradients(plan: &Plan) -> Vec<(String, String, usize)> {
 
 #[test]
 fn no_two_layers_gradients_are_live_at_once() {
-    let bias = CompileOptions { update: UpdateScheme { preset: Some(UpdatePreset::Bias), train: vec![] }, ..sgd() };
+    let bias = CompileOptions { update: UpdateScheme { preset: Some(UpdatePreset::Bias), train: vec![], ..Default::default() }, ..sgd() };
     let adam = CompileOptions { clip_grad_norm: None, ..adam_clipped() };
     for (model, batch, options) in [
         (CNN, 4, sgd()),

@@ -56,11 +56,14 @@ fn sparse_fine_tuning_of_a_pretrained_model_on_a_shifted_task() {
 /// parameter is refused with what to do.
 #[test]
 fn a_sparse_plan_starts_from_the_checkpoint_it_is_compiled_from() {
+    use pock::compiler::stages::BatchNormMode;
     use pock::compiler::{CompileOptions, UpdatePreset, UpdateScheme};
     use pock::engine::{Session, SessionOptions};
     let dir = common::workdir("transfer-init");
     let model = "zoo:mobilenetv2:classes=4,channels=1,size=32,width=0.25";
-    let pretrained = pock::compile_model(model, 2, 11, CompileOptions::default()).unwrap();
+    // Pretrained from scratch in training mode; the sparse plans keep BatchNorm frozen and
+    // unfolded, so every tensor of theirs has a same-named value in the checkpoint.
+    let pretrained = pock::compile_model(model, 2, 11, CompileOptions { batch_norm: BatchNormMode::Train, ..Default::default() }).unwrap();
     let mut session = Session::from_bytes(&pretrained.to_bytes(), SessionOptions::default()).unwrap();
     let data = pock::synth::shapes(8, 32, 1);
     let cfg = pock::train::TrainConfig::new(1, 0, 0.05, pock::schedule::LrSchedule::parse("constant").unwrap());
@@ -68,7 +71,11 @@ fn a_sparse_plan_starts_from_the_checkpoint_it_is_compiled_from() {
     let checkpoint = dir.join("pretrained.safetensors");
     session.save(&checkpoint).unwrap();
 
-    let bias = CompileOptions { update: UpdateScheme { preset: Some(UpdatePreset::Bias), train: vec![] }, ..Default::default() };
+    let bias = CompileOptions {
+        update: UpdateScheme { preset: Some(UpdatePreset::Bias), train: vec![], ..Default::default() },
+        batch_norm: BatchNormMode::Frozen,
+        ..Default::default()
+    };
     let plan = pock::compile_model_from(model, 2, 12, bias.clone(), Some(&checkpoint)).unwrap();
     let sparse = Session::from_bytes(&plan.to_bytes(), SessionOptions::default()).unwrap();
     let fresh = pock::compile_model(model, 2, 12, bias.clone()).unwrap();
@@ -118,9 +125,11 @@ fn cli_compiles_a_sparse_plan_from_a_checkpoint() {
         assert!(o.status.success(), "pock {args:?}: {}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8(o.stdout).unwrap()
     };
-    ok(&["compile", model, "--batch", "16", "--momentum", "0.9", "--lr", "0.05", "-o", s(&full)]);
+    // Trained from scratch in training mode; the bias plan keeps BatchNorm frozen and unfolded, so
+    // its evaluation is the full plan's, bit for bit.
+    ok(&["compile", model, "--batch", "16", "--momentum", "0.9", "--lr", "0.05", "--batch-norm", "train", "-o", s(&full)]);
     ok(&["train", s(&full), "--data", s(&data), "--epochs", "2", "--save", s(&ckpt), "--quiet"]);
-    ok(&["compile", model, "--batch", "16", "--update", "bias", "--init-weights", s(&ckpt), "-o", s(&bias)]);
+    ok(&["compile", model, "--batch", "16", "--update", "bias", "--batch-norm", "frozen", "--init-weights", s(&ckpt), "-o", s(&bias)]);
     let trained = ok(&["eval", s(&full), "--weights", s(&ckpt), "--data", s(&data), "--json"]);
     let compiled_in = ok(&["eval", s(&bias), "--data", s(&data), "--json"]);
     assert_eq!(trained, compiled_in);

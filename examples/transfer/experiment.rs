@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use pock::compiler::stages::BatchNormMode;
 use pock::compiler::{CompileOptions, UpdatePreset, UpdateScheme};
 use pock::engine::plan::OptimizerKind;
 use pock::engine::{Session, SessionOptions};
@@ -36,9 +37,9 @@ pub const CNN_PAPER_LIKE_SCHEME: &[&str] = &["features.[4-9].bias", "classifier.
 /// The three schemes the issue compares, by display name, with `paper` the paper-like globs.
 pub fn schemes(paper: &[&str]) -> Vec<(&'static str, UpdateScheme)> {
     vec![
-        ("full", UpdateScheme { preset: Some(UpdatePreset::Full), train: vec![] }),
-        ("bias", UpdateScheme { preset: Some(UpdatePreset::Bias), train: vec![] }),
-        ("paper-like", UpdateScheme { preset: None, train: paper.iter().map(|s| s.to_string()).collect() }),
+        ("full", UpdateScheme { preset: Some(UpdatePreset::Full), train: vec![], ..Default::default() }),
+        ("bias", UpdateScheme { preset: Some(UpdatePreset::Bias), train: vec![], ..Default::default() }),
+        ("paper-like", UpdateScheme { preset: None, train: paper.iter().map(|s| s.to_string()).collect(), ..Default::default() }),
     ]
 }
 
@@ -94,11 +95,12 @@ pub struct Report {
 
 const SEED: u64 = 7;
 
-fn options(update: UpdateScheme, lr: f32) -> CompileOptions {
+fn options(update: UpdateScheme, lr: f32, batch_norm: BatchNormMode) -> CompileOptions {
     CompileOptions {
         optimizer: OptimizerKind::Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
         learning_rate: lr,
         update,
+        batch_norm,
         ..Default::default()
     }
 }
@@ -121,7 +123,9 @@ pub fn run(setup: &Setup, dir: &Path, mut progress: impl FnMut(&str)) -> Result<
     let b_test = pock::synth::shifted_shapes(setup.test_samples, setup.size, 4);
 
     let full = UpdateScheme::default();
-    let plan = pock::compile_model(&model, setup.batch, SEED, options(full.clone(), setup.pretrain_lr))?;
+    // Pretraining starts from scratch, so BatchNorm learns its statistics (training mode); the
+    // fine-tuned plans fold the pretrained statistics into the convolutions (the default).
+    let plan = pock::compile_model(&model, setup.batch, SEED, options(full.clone(), setup.pretrain_lr, BatchNormMode::Train))?;
     let mut session = session_of(&plan, setup.threads)?;
     let started = Instant::now();
     let summary = train(&mut session, &a_train, &config(setup.pretrain_epochs, setup.pretrain_lr)?, |_| {})?;
@@ -139,7 +143,7 @@ pub fn run(setup: &Setup, dir: &Path, mut progress: impl FnMut(&str)) -> Result<
 
     let finetune = |name: &'static str, scheme: UpdateScheme, init: Option<&Path>| -> Result<Finetuned, PockError> {
         let lr = if scheme.is_full() { setup.finetune_lr } else { setup.sparse_lr };
-        let plan = pock::compile_model_from(&model, setup.batch, SEED + 1, options(scheme, lr), init)?;
+        let plan = pock::compile_model_from(&model, setup.batch, SEED + 1, options(scheme, lr, BatchNormMode::Fold), init)?;
         let report = pock::inspect::report(&plan.plan);
         let mut session = session_of(&plan, setup.threads)?;
         let summary = train(&mut session, &b_train, &config(setup.finetune_epochs, lr)?, |_| {})?;
