@@ -82,6 +82,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     pock::engine::atomic::write_bytes(&dir.join("batches.bin"), &out)?;
-    println!("wrote {} ({SAMPLES} samples of {features} features) and {} ({steps} steps of {batch})", dir.join("train.npz").display(), dir.join("batches.bin").display());
+    println!(
+        "wrote {} ({SAMPLES} samples of {features} features) and {} ({steps} steps of {batch})",
+        dir.join("train.npz").display(),
+        dir.join("batches.bin").display()
+    );
     Ok(())
 }

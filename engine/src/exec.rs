@@ -446,6 +446,7 @@ impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
             return Err(ExecError::ArenaTooSmall { needed: plan.arena_bytes, given });
         }
         arena.as_mut().fill(0);
+        crate::logging::diag!(debug, "arena: the plan takes {} bytes of a {}-byte buffer", plan.arena_bytes, given);
         let max_in = plan.all_programs().flat_map(|(_, p)| p.nodes.iter().map(|n| n.inputs.len())).max().unwrap_or(0);
         let max_out = plan.all_programs().flat_map(|(_, p)| p.nodes.iter().map(|n| n.outputs.len())).max().unwrap_or(0);
         #[cfg(feature = "std")]

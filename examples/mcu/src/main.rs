@@ -70,7 +70,9 @@ fn main() -> ! {
             debug::exit(debug::EXIT_FAILURE);
         }
     }
-    loop {}
+    loop {
+        cortex_m::asm::wfi();
+    }
 }
 
 fn train() -> Result<(), alloc::string::String> {
@@ -130,10 +132,16 @@ fn train() -> Result<(), alloc::string::String> {
     // SAFETY: ARENA is borrowed here only, once, for the rest of the program.
     let arena: &'static mut [u64] = unsafe { &mut *addr_of_mut!(ARENA) };
     let arena_given = arena.len() * 8;
-    let mut backend =
-        CpuBackend::with_arena(plan, &PLAN.0[..], range, CpuKernels::Reference, arena).map_err(|e| format!("{e}"))?;
+    let mut backend = CpuBackend::with_arena(plan, &PLAN.0[..], range, CpuKernels::Reference, arena).map_err(|e| format!("{e}"))?;
     let (static_ram, stack_room) = ram_layout();
-    hprintln!("ram static {} (arena buffer {} heap {}) stack-room {} limit {}", static_ram, arena_given, HEAP_BYTES, stack_room, RAM_BUDGET);
+    hprintln!(
+        "ram static {} (arena buffer {} heap {}) stack-room {} limit {}",
+        static_ram,
+        arena_given,
+        HEAP_BYTES,
+        stack_room,
+        RAM_BUDGET
+    );
     let heap_before = HEAP.used();
 
     let started = clock_cs();
@@ -208,5 +216,7 @@ fn clock_cs() -> usize {
 fn panic(info: &core::panic::PanicInfo) -> ! {
     hprintln!("panic: {}", info);
     debug::exit(debug::EXIT_FAILURE);
-    loop {}
+    loop {
+        cortex_m::asm::wfi();
+    }
 }
