@@ -91,7 +91,7 @@ fn train() -> Result<(), alloc::string::String> {
     );
     if p.arena_bytes + p.weight_bytes > RAM_BUDGET {
         return Err(format!(
-            "the plan's arena and weights take {} bytes, more than {RAM_BUDGET}; compile it with --target cortex-m7, which refuses such plans",
+            "the plan's arena and weights take {} bytes, more than {RAM_BUDGET}: train fewer parameters (--update bias or last:K) or use a smaller --batch; `pock compile --target cortex-m7` refuses such plans unless --memory-budget overrides it",
             p.arena_bytes + p.weight_bytes
         ));
     }
