@@ -213,6 +213,11 @@ if [ "${POCK_CROSS_THUMB:-1}" != 0 ]; then
   RUSTC_BOOTSTRAP=1 xcargo build --quiet --release --lib --target thumbv7em-none-eabihf -Zbuild-std=core,alloc \
     -p pock-engine --no-default-features
   part "thumbv7em-none-eabihf: the engine core without std" "$t"
+  # Its messages through defmt (issue 9, part 5), the microcontroller's logging.
+  t=$SECONDS
+  RUSTC_BOOTSTRAP=1 xcargo build --quiet --release --lib --target thumbv7em-none-eabihf -Zbuild-std=core,alloc \
+    -p pock-engine --no-default-features --features defmt
+  part "thumbv7em-none-eabihf: the engine core without std, with defmt" "$t"
 fi
 
 part "everything" "$start"

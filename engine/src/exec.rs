@@ -29,6 +29,8 @@ pub enum ExecError {
     NoProgram(&'static str),
     #[error("cannot allocate the {bytes}-byte arena")]
     OutOfMemory { bytes: u64 },
+    #[error("the plan needs a {needed}-byte arena, the caller's buffer holds {given} bytes; give a buffer of at least {needed} bytes or compile a smaller plan (smaller --batch, fewer trained layers)")]
+    ArenaTooSmall { needed: u64, given: u64 },
     #[error("the weight section is not 8-byte aligned in memory; load the plan from a file or an 8-byte aligned buffer")]
     MisalignedWeights,
     #[error("the weight range ({len} bytes at {offset}) does not hold the plan's {expected}-byte weight section in a {available}-byte buffer; pass the bytes and the range that decode_plan returned for them")]
@@ -338,12 +340,13 @@ pub enum CpuKernels {
     Fast(crate::kernels::cpu::CpuConfig),
 }
 
-/// Executes plans on the CPU with one arena allocated at construction.
-pub struct CpuBackend<W: AsRef<[u8]>> {
+/// Executes plans on the CPU in one arena: a `Vec` allocated at construction ([`CpuBackend::new`])
+/// or a buffer the caller provides ([`CpuBackend::with_arena`], a `static` on a microcontroller).
+pub struct CpuBackend<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]> = Vec<u64>> {
     plan: Plan,
     bytes: W,
     weights: WeightRange,
-    arena: Vec<u64>,
+    arena: A,
     kernels: CpuKernels,
     args: ArgViews<'static>,
     /// The persistent worker threads of the fast kernels (`threads > 1`), started once here;
@@ -400,6 +403,19 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
     /// [`crate::format::decode_plan`] returns them. The range is checked against `bytes` and the
     /// plan, so a mismatched pair is an error rather than an out-of-bounds read.
     pub fn new(plan: ValidatedPlan, bytes: W, weights: WeightRange, kernels: CpuKernels) -> Result<Self, ExecError> {
+        let words = plan.arena_bytes.div_ceil(8) as usize;
+        let mut arena = Vec::new();
+        arena.try_reserve_exact(words).map_err(|_| ExecError::OutOfMemory { bytes: plan.arena_bytes })?;
+        arena.resize(words, 0u64);
+        CpuBackend::with_arena(plan, bytes, weights, kernels, arena)
+    }
+}
+
+impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
+    /// [`CpuBackend::new`] in an arena the caller provides (at least `arena_bytes` of the plan,
+    /// in 8-byte words; it is zeroed here), so that nothing is allocated for it: a `static` buffer
+    /// on a microcontroller without a heap large enough for the arena.
+    pub fn with_arena(plan: ValidatedPlan, bytes: W, weights: WeightRange, kernels: CpuKernels, mut arena: A) -> Result<Self, ExecError> {
         let plan = plan.into_plan();
         let available = bytes.as_ref().len();
         let section = weights.offset.checked_add(weights.len).and_then(|end| bytes.as_ref().get(weights.offset..end));
@@ -425,10 +441,12 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
                 }
             }
         }
-        let words = plan.arena_bytes.div_ceil(8) as usize;
-        let mut arena = Vec::new();
-        arena.try_reserve_exact(words).map_err(|_| ExecError::OutOfMemory { bytes: plan.arena_bytes })?;
-        arena.resize(words, 0u64);
+        let given = arena.as_ref().len() as u64 * 8;
+        if given < plan.arena_bytes {
+            return Err(ExecError::ArenaTooSmall { needed: plan.arena_bytes, given });
+        }
+        arena.as_mut().fill(0);
+        crate::logging::diag!(debug, "arena: the plan takes {} bytes of a {}-byte buffer", plan.arena_bytes, given);
         let max_in = plan.all_programs().flat_map(|(_, p)| p.nodes.iter().map(|n| n.inputs.len())).max().unwrap_or(0);
         let max_out = plan.all_programs().flat_map(|(_, p)| p.nodes.iter().map(|n| n.outputs.len())).max().unwrap_or(0);
         #[cfg(feature = "std")]
@@ -466,15 +484,21 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
 
     fn arena_bytes_mut(&mut self) -> &mut [u8] {
         let len = self.plan.arena_bytes as usize;
-        // SAFETY: `new` sized the arena to `arena_bytes.div_ceil(8)` words, so it holds at least
-        // `len` initialised bytes (`validate` checked that `arena_bytes` fits `usize`); any byte
-        // of a u64 is a valid u8, and the slice borrows `self` mutably.
-        unsafe { core::slice::from_raw_parts_mut(self.arena.as_mut_ptr() as *mut u8, len) }
+        // `A::as_mut` is caller code and need not return the same slice every time: check its
+        // length on every use (`with_arena` checked it once, so this fails only for such a type).
+        let words = self.arena.as_mut();
+        assert!(words.len() * 8 >= len, "the arena buffer shrank below the plan's {len} bytes after the backend was made");
+        // SAFETY: the slice holds at least `len` initialised bytes (checked above); any byte of a
+        // u64 is a valid u8, and the slice borrows `self` mutably.
+        unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, len) }
     }
 
     fn arena_bytes(&self) -> &[u8] {
+        let len = self.plan.arena_bytes as usize;
+        let words = self.arena.as_ref();
+        assert!(words.len() * 8 >= len, "the arena buffer shrank below the plan's {len} bytes after the backend was made");
         // SAFETY: as in `arena_bytes_mut`, with a shared borrow of `self`.
-        unsafe { core::slice::from_raw_parts(self.arena.as_ptr() as *const u8, self.plan.arena_bytes as usize) }
+        unsafe { core::slice::from_raw_parts(words.as_ptr() as *const u8, len) }
     }
 
     /// Sets every persistent tensor to its initial value (parameters from the weight section,
@@ -509,7 +533,12 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
     fn run_program(&mut self, which: ProgramKind) -> Result<(), ExecError> {
         let plan = &self.plan;
         let program = which.of(plan).ok_or(ExecError::NoProgram(which.name()))?;
-        let arena = self.arena.as_mut_ptr() as *mut u8;
+        // As in `arena_bytes_mut`: the caller's buffer is checked on every run.
+        let words = self.arena.as_mut();
+        if (words.len() as u64) * 8 < plan.arena_bytes {
+            return Err(ExecError::ArenaTooSmall { needed: plan.arena_bytes, given: words.len() as u64 * 8 });
+        }
+        let arena = words.as_mut_ptr() as *mut u8;
         // `W::as_ref` is caller code and need not return the same slice every time, so the range
         // and alignment that `new` checked are checked again (slicing panics rather than reading
         // out of bounds) on the slice whose borrow covers this whole run.
@@ -547,7 +576,7 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
             // `validate` checked that every tensor and workspace lies inside its region with the
             // alignment of its dtype and a size that fits `usize`, that outputs overlap neither
             // each other, nor inputs, nor the workspace, and that nothing writes into the weight
-            // section. The arena holds `arena_bytes` bytes (`new`) and is exclusively borrowed
+            // section. The arena holds `arena_bytes` bytes (checked above) and is exclusively borrowed
             // through `self`; the weight section is `plan.weight_bytes` bytes, 8-byte aligned
             // (checked above), borrowed shared for this whole run.
             for &t in &node.inputs {
@@ -618,7 +647,7 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
     }
 }
 
-impl<W: AsRef<[u8]> + Send> Backend for CpuBackend<W> {
+impl<W: AsRef<[u8]> + Send, A: AsRef<[u64]> + AsMut<[u64]> + Send> Backend for CpuBackend<W, A> {
     fn name(&self) -> &'static str {
         match self.kernels {
             CpuKernels::Reference => "cpu-reference",
@@ -741,6 +770,44 @@ mod tests {
             assert!(matches!(e, ExecError::WeightRange { .. }), "{r:?}: {e}");
             assert!(e.to_string().contains("decode_plan"), "{e}");
         }
+    }
+
+    /// A caller's arena runs the plan exactly as the backend's own `Vec` does, and one word too
+    /// short is refused with the size needed.
+    #[test]
+    fn with_arena_runs_in_the_callers_buffer() {
+        let (plan, range) = decoded(MLP);
+        let words = plan.arena_bytes.div_ceil(8) as usize;
+        let mut own = CpuBackend::new(plan.clone(), PlanBytes::copy_of(MLP), range, CpuKernels::Reference).unwrap();
+        let mut buffer = vec![u64::MAX; words + 3];
+        let mut theirs =
+            CpuBackend::with_arena(plan.clone(), PlanBytes::copy_of(MLP), range, CpuKernels::Reference, &mut buffer[..]).unwrap();
+        let p = plan.plan().clone();
+        let loss = p.programs.train.fetches[0];
+        let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
+        for step in 0..3u8 {
+            for &t in &p.programs.train.feeds {
+                let info = p.tensor(t);
+                // Inputs vary per step; labels stay 0 (a valid class).
+                let fill = if info.dtype == DType::F32 { step + 1 } else { 0 };
+                let bytes = vec![fill; info.bytes() as usize];
+                own.write(t, &bytes).unwrap();
+                theirs.write(t, &bytes).unwrap();
+            }
+            own.run(ProgramKind::Train).unwrap();
+            theirs.run(ProgramKind::Train).unwrap();
+            own.read(loss, &mut a).unwrap();
+            theirs.read(loss, &mut b).unwrap();
+            assert_eq!(a, b, "step {step}");
+            assert!(f32::from_le_bytes(a).is_finite());
+        }
+        let mut short = vec![0u64; words - 1];
+        let e = CpuBackend::with_arena(plan.clone(), PlanBytes::copy_of(MLP), range, CpuKernels::Reference, &mut short[..]).err().unwrap();
+        assert!(
+            matches!(e, ExecError::ArenaTooSmall { needed, given } if needed == p.arena_bytes && given == (words as u64 - 1) * 8),
+            "{e}"
+        );
+        assert!(e.to_string().contains("at least"), "{e}");
     }
 
     /// Plan bytes whose weight section is 4 bytes off 8-byte alignment.

@@ -11,6 +11,7 @@ extern crate alloc;
 pub mod exec;
 pub mod format;
 pub mod kernels;
+mod logging;
 pub mod ops;
 pub mod plan;
 
