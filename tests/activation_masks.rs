@@ -29,7 +29,7 @@ fn training(model: &str, batch: usize, update: UpdateScheme, masks: bool) -> Tra
 }
 
 fn count(nodes: impl IntoIterator<Item = Op>, want: fn(&Op) -> bool) -> usize {
-    nodes.into_iter().filter(|op| want(op)).count()
+    nodes.into_iter().filter(want).count()
 }
 
 /// The gradient of every trainable parameter on one fixed batch, evaluated in f32 by the

@@ -123,8 +123,10 @@ pub fn run(setup: &Setup, dir: &Path, mut progress: impl FnMut(&str)) -> Result<
     let b_test = pock::synth::shifted_shapes(setup.test_samples, setup.size, 4);
 
     let full = UpdateScheme::default();
-    // Pretraining starts from scratch, so BatchNorm learns its statistics (training mode); the
-    // fine-tuned plans fold the pretrained statistics into the convolutions (the default).
+    // Every run keeps BatchNorm in training mode, as the learning rates were tuned: pretraining
+    // and training from scratch need it (folded initial statistics do not normalise), and
+    // fine-tuning with the folded default at these rates fell to chance in a first try (not
+    // re-tuned yet; BENCHMARKS.md, "Transfer").
     let plan = pock::compile_model(&model, setup.batch, SEED, options(full.clone(), setup.pretrain_lr, BatchNormMode::Train))?;
     let mut session = session_of(&plan, setup.threads)?;
     let started = Instant::now();
@@ -143,7 +145,7 @@ pub fn run(setup: &Setup, dir: &Path, mut progress: impl FnMut(&str)) -> Result<
 
     let finetune = |name: &'static str, scheme: UpdateScheme, init: Option<&Path>| -> Result<Finetuned, PockError> {
         let lr = if scheme.is_full() { setup.finetune_lr } else { setup.sparse_lr };
-        let plan = pock::compile_model_from(&model, setup.batch, SEED + 1, options(scheme, lr, BatchNormMode::Fold), init)?;
+        let plan = pock::compile_model_from(&model, setup.batch, SEED + 1, options(scheme, lr, BatchNormMode::Train), init)?;
         let report = pock::inspect::report(&plan.plan);
         let mut session = session_of(&plan, setup.threads)?;
         let summary = train(&mut session, &b_train, &config(setup.finetune_epochs, lr)?, |_| {})?;

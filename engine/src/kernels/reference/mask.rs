@@ -69,7 +69,8 @@ mod tests {
         let shape = [v.len()];
         let mut bits = vec![0xaau8; v.len().div_ceil(8)];
         let (mut want, mut got) = (vec![0f32; v.len()], vec![1f32; v.len()]);
-        let cases: [(MaskKind, &dyn Fn(&mut [f32])); 3] = [
+        type FloatGrad<'a> = &'a dyn Fn(&mut [f32]);
+        let cases: [(MaskKind, FloatGrad); 3] = [
             (MaskKind::Relu, &|out| {
                 relu_grad(View { data: &dy, shape: &shape }, View { data: &v, shape: &shape }, &mut ViewMut { data: out, shape: &shape })
             }),
