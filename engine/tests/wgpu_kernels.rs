@@ -56,20 +56,24 @@ fn bytes_of(a: &Arg) -> Vec<u8> {
     }
 }
 
+/// Where the next tensor after `t` starts (8-byte aligned).
+fn end_of(t: &TensorInfo) -> u64 {
+    let Location::Arena { offset } = t.location else { unreachable!() };
+    offset + t.bytes().div_ceil(8) * 8
+}
+
 /// A plan whose train program is the one node: in-place outputs first (the persistent region),
 /// then the inputs and the other outputs, each at an 8-byte boundary.
 fn one_node(op: &Op, inputs: &[Arg], inplace: &[Arg], out_shapes: &[Vec<usize>]) -> Plan {
-    let mut tensors = Vec::new();
-    let mut offset = 0u64;
+    let mut tensors: Vec<TensorInfo> = Vec::new();
     let mut add = |name: String, shape: &[usize], dtype: DType, role: Role| {
-        let info = TensorInfo { name, shape: shape.to_vec(), dtype, role, location: Location::Arena { offset }, init: Init::None };
-        offset += info.bytes().div_ceil(8) * 8;
-        tensors.push(info);
+        let offset = tensors.last().map_or(0, |t| end_of(t));
+        tensors.push(TensorInfo { name, shape: shape.to_vec(), dtype, role, location: Location::Arena { offset }, init: Init::None });
         TensorId(tensors.len() as u32 - 1)
     };
     let mut outputs: Vec<TensorId> =
         inplace.iter().enumerate().map(|(k, a)| add(format!("state{k}"), &a.shape, DType::F32, Role::Parameter { trainable: true })).collect();
-    let persistent = offset;
+    let persistent = outputs.len();
     let ins: Vec<TensorId> = inputs
         .iter()
         .enumerate()
@@ -78,6 +82,8 @@ fn one_node(op: &Op, inputs: &[Arg], inplace: &[Arg], out_shapes: &[Vec<usize>])
     for (k, s) in out_shapes.iter().enumerate().skip(inplace.len()) {
         outputs.push(add(format!("out{k}"), s, DType::F32, Role::Transient));
     }
+    let persistent = if persistent == 0 { 0 } else { end_of(&tensors[persistent - 1]) };
+    let offset = tensors.last().map_or(0, end_of);
     let node = Node { name: "node".into(), op: op.clone(), inputs: ins, outputs, phase: Phase::Forward, workspace: None };
     Plan {
         model: "one node".into(),
