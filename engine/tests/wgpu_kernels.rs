@@ -10,7 +10,7 @@
 use pock_engine::backend::wgpu::{adapter_description, WgpuBackend};
 use pock_engine::exec::{Backend, CpuBackend, CpuKernels, ProgramKind, ValidatedPlan};
 use pock_engine::format::WeightRange;
-use pock_engine::ops::{Adam, Clip, Conv2d, ConvOp, DenseOp, LossOp, MatMul, Op, OptimOp, Pool2d, PoolOp, Reduction, Sgd};
+use pock_engine::ops::{Adam, Clip, MaskKind, MaskOp, Conv2d, ConvOp, DenseOp, LossOp, MatMul, Op, OptimOp, Pool2d, PoolOp, Reduction, Sgd};
 use pock_engine::plan::{
     DType, Init, Location, Loss, ModelSource, Node, OptimizerKind, Phase, Plan, Program, Programs, Role, TensorId, TensorInfo, TrainingInfo,
 };
@@ -33,23 +33,37 @@ struct Arg {
     shape: Vec<usize>,
     values: Vec<f32>,
     labels: Vec<i64>,
+    /// Raw bytes of a `u8` argument (a packed mask).
+    bytes: Vec<u8>,
+}
+
+impl Arg {
+    fn dtype(&self) -> DType {
+        match (self.labels.is_empty(), self.bytes.is_empty()) {
+            (false, _) => DType::I64,
+            (_, false) => DType::U8,
+            _ => DType::F32,
+        }
+    }
 }
 
 fn floats(rng: &mut ChaCha8Rng, shape: &[usize]) -> Arg {
     let n = shape.iter().product();
-    Arg { shape: shape.to_vec(), values: (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(), labels: vec![] }
+    Arg { shape: shape.to_vec(), values: (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(), labels: vec![], bytes: vec![] }
 }
 
 fn scalar(v: f32) -> Arg {
-    Arg { shape: vec![], values: vec![v], labels: vec![] }
+    Arg { shape: vec![], values: vec![v], labels: vec![], bytes: vec![] }
 }
 
 fn labels(rng: &mut ChaCha8Rng, n: usize, classes: usize) -> Arg {
-    Arg { shape: vec![n], values: vec![], labels: (0..n).map(|_| rng.random_range(0..classes as i64)).collect() }
+    Arg { shape: vec![n], values: vec![], labels: (0..n).map(|_| rng.random_range(0..classes as i64)).collect(), bytes: vec![] }
 }
 
 fn bytes_of(a: &Arg) -> Vec<u8> {
-    if a.labels.is_empty() {
+    if !a.bytes.is_empty() {
+        a.bytes.clone()
+    } else if a.labels.is_empty() {
         a.values.iter().flat_map(|v| v.to_le_bytes()).collect()
     } else {
         a.labels.iter().flat_map(|v| v.to_le_bytes()).collect()
@@ -77,10 +91,12 @@ fn one_node(op: &Op, inputs: &[Arg], inplace: &[Arg], out_shapes: &[Vec<usize>])
     let ins: Vec<TensorId> = inputs
         .iter()
         .enumerate()
-        .map(|(k, a)| add(format!("in{k}"), &a.shape, if a.labels.is_empty() { DType::F32 } else { DType::I64 }, Role::Input))
+        .map(|(k, a)| add(format!("in{k}"), &a.shape, a.dtype(), Role::Input))
         .collect();
+    let in_dtypes: Vec<DType> = inputs.iter().map(Arg::dtype).collect();
+    let out_dtypes = op.output_dtypes(&in_dtypes).unwrap();
     for (k, s) in out_shapes.iter().enumerate().skip(inplace.len()) {
-        outputs.push(add(format!("out{k}"), s, DType::F32, Role::Transient));
+        outputs.push(add(format!("out{k}"), s, out_dtypes[k], Role::Transient));
     }
     let persistent = if persistent == 0 { 0 } else { end_of(&tensors[persistent - 1]) };
     let offset = tensors.last().map_or(0, end_of);
@@ -128,8 +144,8 @@ fn check(what: &str, op: &Op, inputs: &[Arg], inplace: &[Arg]) {
         for (&t, a) in node.outputs.iter().zip(inplace) {
             b.write(t, &bytes_of(a)).unwrap();
         }
-        // Plain outputs start as garbage, the same on both sides.
-        for &t in &node.outputs[inplace.len()..] {
+        // Plain float outputs start as garbage, the same on both sides.
+        for &t in node.outputs[inplace.len()..].iter().filter(|&&t| plan.tensor(t).dtype == DType::F32) {
             let n = plan.tensor(t).numel();
             let junk: Vec<u8> = (0..n).flat_map(|_| rng.random_range(-9.0f32..9.0).to_le_bytes()).collect();
             b.write(t, &junk).unwrap();
@@ -142,6 +158,10 @@ fn check(what: &str, op: &Op, inputs: &[Arg], inplace: &[Arg]) {
         let (mut want, mut got) = (vec![0u8; bytes], vec![0u8; bytes]);
         cpu.read(t, &mut want).unwrap();
         gpu.read(t, &mut got).unwrap();
+        if plan.tensor(t).dtype == DType::U8 {
+            assert_eq!(got, want, "{what}: output {k} (bytes)");
+            continue;
+        }
         let want: Vec<f32> = want.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         let got: Vec<f32> = got.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         let rms = (want.iter().map(|v| v * v).sum::<f32>() / want.len().max(1) as f32).sqrt();
@@ -204,7 +224,7 @@ fn convolution_kernels_match_the_reference() {
         let what = format!("conv x{:?} w{:?} {conv:?}", x.shape, wt.shape);
         let dy = floats(&mut rng, &y);
         check(&format!("{what} forward"), &Op::Conv(ConvOp::Conv2d(conv)), &[x, wt], &[]);
-        let (dy2, wt2) = (Arg { shape: dy.shape.clone(), values: dy.values.clone(), labels: vec![] }, floats(&mut rng, &[o, c / groups, kh, kw]));
+        let (dy2, wt2) = (Arg { shape: dy.shape.clone(), values: dy.values.clone(), labels: vec![], bytes: vec![] }, floats(&mut rng, &[o, c / groups, kh, kw]));
         check(&format!("{what} input gradient"), &Op::Conv(ConvOp::Conv2dGradInput { conv, input_hw: [h, w] }), &[dy2, wt2], &[]);
         let x2 = floats(&mut rng, &[n, c, h, w]);
         check(&format!("{what} weight gradient"), &Op::Conv(ConvOp::Conv2dGradWeight { conv, kernel_hw: [kh, kw] }), &[dy, x2], &[]);
@@ -293,6 +313,28 @@ fn loss_and_optimizer_kernels_match_the_reference() {
             x.values[0] = f32::NEG_INFINITY;
         }
         check(&format!("CountNonFinite case {case}"), &Op::Optim(OptimOp::CountNonFinite), &[x], &[scalar(3.0)]);
+    }
+}
+
+#[test]
+fn mask_kernels_match_the_reference() {
+    if !gpu_present() {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    for _ in 0..10 {
+        let n = rng.random_range(1..300usize);
+        let mut v = floats(&mut rng, &[n]);
+        v.values[0] = f32::NAN;
+        for kind in [MaskKind::Relu, MaskKind::Clip(Clip { min: -0.2, max: 0.5 })] {
+            check(&format!("MaskPack {kind:?} {n}"), &Op::Mask(MaskOp::Pack(kind)), &[Arg { shape: v.shape.clone(), values: v.values.clone(), labels: vec![], bytes: vec![] }], &[]);
+        }
+        let mut bits: Vec<u8> = (0..n.div_ceil(8)).map(|_| rng.random_range(0..=255u8)).collect();
+        if n % 8 != 0 {
+            *bits.last_mut().unwrap() &= (1u8 << (n % 8)) - 1;
+        }
+        let mask = Arg { shape: vec![n.div_ceil(8)], values: vec![], labels: vec![], bytes: bits };
+        check(&format!("MaskGrad {n}"), &Op::Mask(MaskOp::Grad), &[floats(&mut rng, &[n]), mask], &[]);
     }
 }
 

@@ -17,7 +17,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::ops::{Conv2d, ConvOp, DenseOp, LossOp, Op, OptimOp, PoolOp, Reduction};
+use crate::ops::{Conv2d, ConvOp, DenseOp, LossOp, MaskKind, MaskOp, Op, OptimOp, PoolOp, Reduction};
 use crate::plan::{DType, Location, Node, Plan, TensorId};
 
 /// Threads per workgroup in every kernel.
@@ -48,9 +48,11 @@ pub enum Kernel {
     CountNonFinite,
     Fill,
     AccumulateGrad,
+    MaskPack,
+    MaskGrad,
 }
 
-pub const KERNELS: [Kernel; 20] = [
+pub const KERNELS: [Kernel; 22] = [
     Kernel::Elementwise,
     Kernel::BiasAdd,
     Kernel::BiasGrad,
@@ -71,6 +73,8 @@ pub const KERNELS: [Kernel; 20] = [
     Kernel::CountNonFinite,
     Kernel::Fill,
     Kernel::AccumulateGrad,
+    Kernel::MaskPack,
+    Kernel::MaskGrad,
 ];
 
 const HEADER: &str = r#"
@@ -140,6 +144,8 @@ impl Kernel {
             Kernel::CountNonFinite => "count_non_finite",
             Kernel::Fill => "fill",
             Kernel::AccumulateGrad => "accumulate_grad",
+            Kernel::MaskPack => "mask_pack",
+            Kernel::MaskGrad => "mask_grad",
         }
     }
 
@@ -171,6 +177,8 @@ impl Kernel {
             Kernel::CountNonFinite => COUNT_NON_FINITE,
             Kernel::Fill => FILL,
             Kernel::AccumulateGrad => ACCUMULATE_GRAD,
+            Kernel::MaskPack => MASK_PACK,
+            Kernel::MaskGrad => MASK_GRAD,
         };
         let entry = if self.single_group() { GROUP } else { GRID };
         let helpers = match self {
@@ -564,6 +572,33 @@ const ACCUMULATE_GRAD: &str = r#"
 fn body(i: u32) { M[P[2] + i] = M[P[2] + i] + M[P[1] + i]; }
 "#;
 
+/// `P = [words, v, bits, n, clip, lo, hi]`, one thread per 32-bit word of the mask: element `i`
+/// is bit `i % 8` of byte `i / 8`, which is bit `i % 32` of little-endian word `i / 32`. The last
+/// word's bits past `n` are 0, and its bytes past the mask's `ceil(n / 8)` belong to no other
+/// tensor (arena offsets are 8-byte aligned).
+const MASK_PACK: &str = r#"
+fn body(w: u32) {
+    var bits = 0u;
+    for (var k = 0u; k < 32u; k++) {
+        let i = w * 32u + k;
+        if (i >= P[3]) { break; }
+        let x = M[P[1] + i];
+        var keep = x > 0.0;
+        if (P[4] != 0u) { keep = pf(5) < x && x < pf(6); }
+        if (keep) { bits = bits | (1u << k); }
+    }
+    M[P[2] + w] = bitcast<f32>(bits);
+}
+"#;
+
+/// `P = [n, dy, bits, dx]`: `dx = dy` where the element's bit is set, else 0.
+const MASK_GRAD: &str = r#"
+fn body(i: u32) {
+    let bit = (bitcast<u32>(M[P[2] + i / 32u]) >> (i % 32u)) & 1u;
+    M[P[3] + i] = select(0.0, M[P[1] + i], bit == 1u);
+}
+"#;
+
 /// One node lowered: the kernel and its parameter block.
 pub struct Lowered {
     pub kernel: Kernel,
@@ -598,7 +633,8 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
     let no_kernel = || Err(alloc::format!("op {} (node '{}') has no GPU kernel yet; train this plan with --backend cpu", node.op.name(), node.name));
     for &t in node.inputs.iter().chain(&node.outputs) {
         let d = plan.tensor(t).dtype;
-        if d != DType::F32 && !(d == DType::I64 && matches!(node.op, Op::Loss(_))) {
+        let allowed = d == DType::F32 || (d == DType::I64 && matches!(node.op, Op::Loss(_))) || (d == DType::U8 && matches!(node.op, Op::Mask(_)));
+        if !allowed {
             return no_kernel();
         }
     }
@@ -822,6 +858,15 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
             OptimOp::AccumulateGrad => Lowered { kernel: Kernel::AccumulateGrad, params: alloc::vec![numel(node.outputs[0]), i(0), o(0)] },
             OptimOp::GradScale(_) => return no_kernel(),
         },
+        Op::Mask(MaskOp::Pack(kind)) => {
+            let n = numel(node.inputs[0]);
+            let (clip, lo, hi) = match kind {
+                MaskKind::Relu => (0, 0.0f32, 0.0f32),
+                MaskKind::Clip(c) => (1, c.min, c.max),
+            };
+            Lowered { kernel: Kernel::MaskPack, params: alloc::vec![n.div_ceil(32), i(0), o(0), n, clip, lo.to_bits(), hi.to_bits()] }
+        }
+        Op::Mask(MaskOp::Grad) => Lowered { kernel: Kernel::MaskGrad, params: alloc::vec![numel(node.outputs[0]), i(0), i(1), o(0)] },
         _ => return no_kernel(),
     };
     Ok(Some(lowered))

@@ -407,6 +407,13 @@ impl Backend for WgpuBackend {
                 }
                 self.gpu.queue.write_buffer(&self.memory, offset, &narrow);
             }
+            // Bytes (packed masks): written whole words at a time. The last word's bytes past the
+            // tensor belong to no other tensor, since every arena offset is 8-byte aligned.
+            DType::U8 | DType::Bool => {
+                let mut padded = bytes.to_vec();
+                padded.resize(bytes.len().div_ceil(4) * 4, 0);
+                self.gpu.queue.write_buffer(&self.memory, offset, &padded);
+            }
             d => {
                 return Err(unsupported(alloc::format!(
                     "tensor '{}' has dtype {}, which the GPU backend does not hold yet; use --backend cpu",
