@@ -368,7 +368,8 @@ impl RunArgs {
             BackendArg::Cpu => BackendChoice::Cpu,
             BackendArg::Wgpu => BackendChoice::Wgpu,
         };
-        let mut o = SessionOptions { reference_kernels: matches!(self.kernels, KernelsArg::Reference), backend, ..SessionOptions::default() };
+        let mut o =
+            SessionOptions { reference_kernels: matches!(self.kernels, KernelsArg::Reference), backend, ..SessionOptions::default() };
         if let Some(t) = self.threads {
             let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
             o.threads = t.clamp(1, cores);

@@ -294,11 +294,10 @@ impl Session {
                 Box::new(gpu)
             }
             #[cfg(not(feature = "wgpu"))]
-            BackendChoice::Wgpu => {
-                return Err(SessionError::Input(
-                    "this build has no GPU backend; rebuild pock with the `wgpu` feature (cargo build --features wgpu) or use --backend cpu".into(),
-                ))
-            }
+            BackendChoice::Wgpu => return Err(SessionError::Input(
+                "this build has no GPU backend; rebuild pock with the `wgpu` feature (cargo build --features wgpu) or use --backend cpu"
+                    .into(),
+            )),
         };
         Ok(Session { backend, io, learning_rate, optimizer_steps: 0, micro_steps: 0, last_step_skipped: 0, plan_id })
     }

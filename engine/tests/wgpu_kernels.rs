@@ -10,7 +10,9 @@
 use pock_engine::backend::wgpu::{adapter_description, WgpuBackend};
 use pock_engine::exec::{Backend, CpuBackend, CpuKernels, ProgramKind, ValidatedPlan};
 use pock_engine::format::WeightRange;
-use pock_engine::ops::{Adam, Clip, MaskKind, MaskOp, Conv2d, ConvOp, DenseOp, LossOp, MatMul, Op, OptimOp, Pool2d, PoolOp, Reduction, Sgd};
+use pock_engine::ops::{
+    Adam, Clip, Conv2d, ConvOp, DenseOp, LossOp, MaskKind, MaskOp, MatMul, Op, OptimOp, Pool2d, PoolOp, Reduction, Sgd,
+};
 use pock_engine::plan::{
     DType, Init, Location, Loss, ModelSource, Node, OptimizerKind, Phase, Plan, Program, Programs, Role, TensorId, TensorInfo, TrainingInfo,
 };
@@ -81,18 +83,17 @@ fn end_of(t: &TensorInfo) -> u64 {
 fn one_node(op: &Op, inputs: &[Arg], inplace: &[Arg], out_shapes: &[Vec<usize>]) -> Plan {
     let mut tensors: Vec<TensorInfo> = Vec::new();
     let mut add = |name: String, shape: &[usize], dtype: DType, role: Role| {
-        let offset = tensors.last().map_or(0, |t| end_of(t));
+        let offset = tensors.last().map_or(0, end_of);
         tensors.push(TensorInfo { name, shape: shape.to_vec(), dtype, role, location: Location::Arena { offset }, init: Init::None });
         TensorId(tensors.len() as u32 - 1)
     };
-    let mut outputs: Vec<TensorId> =
-        inplace.iter().enumerate().map(|(k, a)| add(format!("state{k}"), &a.shape, DType::F32, Role::Parameter { trainable: true })).collect();
-    let persistent = outputs.len();
-    let ins: Vec<TensorId> = inputs
+    let mut outputs: Vec<TensorId> = inplace
         .iter()
         .enumerate()
-        .map(|(k, a)| add(format!("in{k}"), &a.shape, a.dtype(), Role::Input))
+        .map(|(k, a)| add(format!("state{k}"), &a.shape, DType::F32, Role::Parameter { trainable: true }))
         .collect();
+    let persistent = outputs.len();
+    let ins: Vec<TensorId> = inputs.iter().enumerate().map(|(k, a)| add(format!("in{k}"), &a.shape, a.dtype(), Role::Input)).collect();
     let in_dtypes: Vec<DType> = inputs.iter().map(Arg::dtype).collect();
     let out_dtypes = op.output_dtypes(&in_dtypes).unwrap();
     for (k, s) in out_shapes.iter().enumerate().skip(inplace.len()) {
@@ -167,7 +168,10 @@ fn check(what: &str, op: &Op, inputs: &[Arg], inplace: &[Arg]) {
         let rms = (want.iter().map(|v| v * v).sum::<f32>() / want.len().max(1) as f32).sqrt();
         let tol = 1e-4 * rms.max(1e-3);
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-            assert!((a - b).abs() <= tol || a.to_bits() == b.to_bits(), "{what}: output {k}[{i}] = {a} on the GPU, reference {b} (tolerance {tol})");
+            assert!(
+                (a - b).abs() <= tol || a.to_bits() == b.to_bits(),
+                "{what}: output {k}[{i}] = {a} on the GPU, reference {b} (tolerance {tol})"
+            );
         }
     }
 }
@@ -183,7 +187,12 @@ fn dense_kernels_match_the_reference() {
         let (ta, tb) = (case % 2 == 1, case / 2 % 2 == 1);
         let a = floats(&mut rng, &if ta { [k, m] } else { [m, k] });
         let b = floats(&mut rng, &if tb { [n, k] } else { [k, n] });
-        check(&format!("MatMul {m}x{k}x{n} ta={ta} tb={tb}"), &Op::Dense(DenseOp::MatMul(MatMul { trans_a: ta, trans_b: tb })), &[a, b], &[]);
+        check(
+            &format!("MatMul {m}x{k}x{n} ta={ta} tb={tb}"),
+            &Op::Dense(DenseOp::MatMul(MatMul { trans_a: ta, trans_b: tb })),
+            &[a, b],
+            &[],
+        );
     }
     for _ in 0..4 {
         let shape = [rng.random_range(1..5usize), rng.random_range(1..9), rng.random_range(1..7), rng.random_range(1..7)];
@@ -224,7 +233,10 @@ fn convolution_kernels_match_the_reference() {
         let what = format!("conv x{:?} w{:?} {conv:?}", x.shape, wt.shape);
         let dy = floats(&mut rng, &y);
         check(&format!("{what} forward"), &Op::Conv(ConvOp::Conv2d(conv)), &[x, wt], &[]);
-        let (dy2, wt2) = (Arg { shape: dy.shape.clone(), values: dy.values.clone(), labels: vec![], bytes: vec![] }, floats(&mut rng, &[o, c / groups, kh, kw]));
+        let (dy2, wt2) = (
+            Arg { shape: dy.shape.clone(), values: dy.values.clone(), labels: vec![], bytes: vec![] },
+            floats(&mut rng, &[o, c / groups, kh, kw]),
+        );
         check(&format!("{what} input gradient"), &Op::Conv(ConvOp::Conv2dGradInput { conv, input_hw: [h, w] }), &[dy2, wt2], &[]);
         let x2 = floats(&mut rng, &[n, c, h, w]);
         check(&format!("{what} weight gradient"), &Op::Conv(ConvOp::Conv2dGradWeight { conv, kernel_hw: [kh, kw] }), &[dy, x2], &[]);
@@ -279,7 +291,13 @@ fn loss_and_optimizer_kernels_match_the_reference() {
     for case in 0..8 {
         let shape = [rng.random_range(1..700usize)];
         let momentum = if case % 2 == 0 { 0.9 } else { 0.0 };
-        let sgd = Sgd { momentum, dampening: 0.1 * (case % 3) as f32, nesterov: case % 4 == 2, weight_decay: 0.01 * (case % 2) as f32, scaled: case >= 4 };
+        let sgd = Sgd {
+            momentum,
+            dampening: 0.1 * (case % 3) as f32,
+            nesterov: case % 4 == 2,
+            weight_decay: 0.01 * (case % 2) as f32,
+            scaled: case >= 4,
+        };
         for step in [1.0, 3.0] {
             let mut inputs = vec![floats(&mut rng, &shape), scalar(0.05), scalar(step)];
             if sgd.scaled {
@@ -291,7 +309,14 @@ fn loss_and_optimizer_kernels_match_the_reference() {
             }
             check(&format!("SGD {sgd:?} step {step}"), &Op::Optim(OptimOp::SgdUpdate(sgd)), &inputs, &state);
         }
-        let adam = Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 * (case % 2) as f32, decoupled: case % 4 >= 2, scaled: case >= 4 };
+        let adam = Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01 * (case % 2) as f32,
+            decoupled: case % 4 >= 2,
+            scaled: case >= 4,
+        };
         for step in [1.0, 2.0, 7.0] {
             let mut inputs = vec![floats(&mut rng, &shape), scalar(0.001), scalar(step)];
             if adam.scaled {
@@ -327,7 +352,12 @@ fn mask_kernels_match_the_reference() {
         let mut v = floats(&mut rng, &[n]);
         v.values[0] = f32::NAN;
         for kind in [MaskKind::Relu, MaskKind::Clip(Clip { min: -0.2, max: 0.5 })] {
-            check(&format!("MaskPack {kind:?} {n}"), &Op::Mask(MaskOp::Pack(kind)), &[Arg { shape: v.shape.clone(), values: v.values.clone(), labels: vec![], bytes: vec![] }], &[]);
+            check(
+                &format!("MaskPack {kind:?} {n}"),
+                &Op::Mask(MaskOp::Pack(kind)),
+                &[Arg { shape: v.shape.clone(), values: v.values.clone(), labels: vec![], bytes: vec![] }],
+                &[],
+            );
         }
         let mut bits: Vec<u8> = (0..n.div_ceil(8)).map(|_| rng.random_range(0..=255u8)).collect();
         if n % 8 != 0 {

@@ -48,7 +48,8 @@ pub fn plan(data: &[u8]) {
         return;
     }
     for reference_kernels in [false, true] {
-        if let Ok(mut session) = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels, ..SessionOptions::default() }) {
+        if let Ok(mut session) = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels, ..SessionOptions::default() })
+        {
             run_on_zeros(&mut session);
         }
     }

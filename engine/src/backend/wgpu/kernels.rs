@@ -630,10 +630,12 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
     let numel = |t: TensorId| plan.tensor(t).numel() as u32;
     let i = |k: usize| at.word(node.inputs[k]);
     let o = |k: usize| at.word(node.outputs[k]);
-    let no_kernel = || Err(alloc::format!("op {} (node '{}') has no GPU kernel yet; train this plan with --backend cpu", node.op.name(), node.name));
+    let no_kernel =
+        || Err(alloc::format!("op {} (node '{}') has no GPU kernel yet; train this plan with --backend cpu", node.op.name(), node.name));
     for &t in node.inputs.iter().chain(&node.outputs) {
         let d = plan.tensor(t).dtype;
-        let allowed = d == DType::F32 || (d == DType::I64 && matches!(node.op, Op::Loss(_))) || (d == DType::U8 && matches!(node.op, Op::Mask(_)));
+        let allowed =
+            d == DType::F32 || (d == DType::I64 && matches!(node.op, Op::Loss(_))) || (d == DType::U8 && matches!(node.op, Op::Mask(_)));
         if !allowed {
             return no_kernel();
         }
@@ -704,7 +706,10 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
             DenseOp::BiasAdd => {
                 let x = shape(node.inputs[0]);
                 let inner: usize = x[2..].iter().product();
-                Lowered { kernel: Kernel::BiasAdd, params: alloc::vec![numel(node.outputs[0]), i(0), i(1), o(0), x[1] as u32, inner as u32] }
+                Lowered {
+                    kernel: Kernel::BiasAdd,
+                    params: alloc::vec![numel(node.outputs[0]), i(0), i(1), o(0), x[1] as u32, inner as u32],
+                }
             }
             DenseOp::BiasGrad => {
                 let dy = shape(node.inputs[0]);
@@ -734,27 +739,36 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
         Op::Conv(c) => match c {
             ConvOp::Conv2d(c) => Lowered {
                 kernel: Kernel::Conv2d,
-                params: conv_params(c, shape(node.inputs[0]), shape(node.inputs[1]), shape(node.outputs[0]), numel(node.outputs[0]), [
-                    i(0),
-                    i(1),
-                    o(0),
-                ]),
+                params: conv_params(
+                    c,
+                    shape(node.inputs[0]),
+                    shape(node.inputs[1]),
+                    shape(node.outputs[0]),
+                    numel(node.outputs[0]),
+                    [i(0), i(1), o(0)],
+                ),
             },
             ConvOp::Conv2dGradInput { conv, .. } => Lowered {
                 kernel: Kernel::Conv2dGradInput,
-                params: conv_params(conv, shape(node.outputs[0]), shape(node.inputs[1]), shape(node.inputs[0]), numel(node.outputs[0]), [
-                    i(0),
-                    i(1),
-                    o(0),
-                ]),
+                params: conv_params(
+                    conv,
+                    shape(node.outputs[0]),
+                    shape(node.inputs[1]),
+                    shape(node.inputs[0]),
+                    numel(node.outputs[0]),
+                    [i(0), i(1), o(0)],
+                ),
             },
             ConvOp::Conv2dGradWeight { conv, .. } => Lowered {
                 kernel: Kernel::Conv2dGradWeight,
-                params: conv_params(conv, shape(node.inputs[1]), shape(node.outputs[0]), shape(node.inputs[0]), numel(node.outputs[0]), [
-                    i(0),
-                    i(1),
-                    o(0),
-                ]),
+                params: conv_params(
+                    conv,
+                    shape(node.inputs[1]),
+                    shape(node.outputs[0]),
+                    shape(node.inputs[0]),
+                    numel(node.outputs[0]),
+                    [i(0), i(1), o(0)],
+                ),
             },
         },
         Op::Pool(p) => match p {
@@ -797,16 +811,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
                 let lg = shape(node.inputs[1]);
                 Lowered {
                     kernel: Kernel::SoftmaxCrossEntropyGrad,
-                    params: alloc::vec![
-                        lg[0] as u32,
-                        i(0),
-                        i(1),
-                        i(2),
-                        o(0),
-                        lg[0] as u32,
-                        lg[1] as u32,
-                        (*r == Reduction::Mean) as u32
-                    ],
+                    params: alloc::vec![lg[0] as u32, i(0), i(1), i(2), o(0), lg[0] as u32, lg[1] as u32, (*r == Reduction::Mean) as u32],
                 }
             }
             _ => return no_kernel(),
@@ -853,7 +858,9 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
                     ],
                 }
             }
-            OptimOp::CountNonFinite => Lowered { kernel: Kernel::CountNonFinite, params: alloc::vec![numel(node.inputs[0]), i(0), o(0), 0, NONE] },
+            OptimOp::CountNonFinite => {
+                Lowered { kernel: Kernel::CountNonFinite, params: alloc::vec![numel(node.inputs[0]), i(0), o(0), 0, NONE] }
+            }
             OptimOp::Fill { value } => Lowered { kernel: Kernel::Fill, params: alloc::vec![numel(node.outputs[0]), o(0), value.to_bits()] },
             OptimOp::AccumulateGrad => Lowered { kernel: Kernel::AccumulateGrad, params: alloc::vec![numel(node.outputs[0]), i(0), o(0)] },
             OptimOp::GradScale(_) => return no_kernel(),
@@ -871,4 +878,3 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
     };
     Ok(Some(lowered))
 }
-

@@ -138,7 +138,12 @@ impl WgpuBackend {
         let plan = plan.into_plan();
         let section = weights.offset.checked_add(weights.len).and_then(|end| bytes.get(weights.offset..end));
         let Some(section) = section.filter(|s| s.len() as u64 == plan.weight_bytes) else {
-            return Err(ExecError::WeightRange { offset: weights.offset, len: weights.len, expected: plan.weight_bytes, available: bytes.len() });
+            return Err(ExecError::WeightRange {
+                offset: weights.offset,
+                len: weights.len,
+                expected: plan.weight_bytes,
+                available: bytes.len(),
+            });
         };
         let adapter = adapter().map_err(|e| {
             unsupported(alloc::format!(
@@ -192,7 +197,8 @@ impl WgpuBackend {
         }
         let labels = label_ranges(&plan);
 
-        let memory = gpu.buffer("pock arena", total, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC);
+        let memory =
+            gpu.buffer("pock arena", total, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC);
         let largest = plan.tensors.iter().map(|t| t.bytes()).max().unwrap_or(0);
         let staging_bytes = largest.div_ceil(4).max(1) * 4;
         let staging = gpu.buffer("pock readback", staging_bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
@@ -206,7 +212,11 @@ impl WgpuBackend {
         let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Storage { read_only }, has_dynamic_offset: false, min_binding_size: None },
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
             count: None,
         };
         let layout = gpu.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -286,17 +296,8 @@ impl WgpuBackend {
         if !padded.is_empty() {
             gpu.queue.write_buffer(&memory, weights_at, &padded);
         }
-        let mut backend = WgpuBackend {
-            plan,
-            weights: section.to_vec(),
-            gpu,
-            memory,
-            staging,
-            pipelines,
-            programs,
-            labels,
-            adapter: adapter_name,
-        };
+        let mut backend =
+            WgpuBackend { plan, weights: section.to_vec(), gpu, memory, staging, pipelines, programs, labels, adapter: adapter_name };
         backend.reset_state()?;
         Ok(backend)
     }
@@ -450,13 +451,19 @@ impl Backend for WgpuBackend {
         self.staging.map_async(wgpu::MapMode::Read, 0..copy, move |r| {
             let _ = send.send(r);
         });
-        self.gpu.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| unsupported(alloc::format!("the GPU did not finish: {e}")))?;
+        self.gpu
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| unsupported(alloc::format!("the GPU did not finish: {e}")))?;
         match receive.try_recv() {
             Ok(Ok(())) => {}
             _ => return Err(unsupported("cannot read the GPU's memory back (the device may have been lost)")),
         }
         {
-            let view = self.staging.get_mapped_range(0..copy).map_err(|e| unsupported(alloc::format!("cannot read the GPU's memory back: {e}")))?;
+            let view = self
+                .staging
+                .get_mapped_range(0..copy)
+                .map_err(|e| unsupported(alloc::format!("cannot read the GPU's memory back: {e}")))?;
             if info.dtype == DType::I64 {
                 for (o, v) in out.chunks_exact_mut(8).zip(view.chunks_exact(4)) {
                     let v = i32::from_le_bytes(v.try_into().expect("4-byte chunks")) as i64;
