@@ -68,7 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let t2 = Instant::now();
             let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
             let scratch = plan.plan.arena_bytes - plan.plan.persistent_bytes;
-            let mut s = Session::from_bytes(&bytes, SessionOptions { threads, reference_kernels: false })?;
+            let mut s = Session::from_bytes(&bytes, SessionOptions { threads, reference_kernels: false, ..SessionOptions::default() })?;
             let x: Vec<f32> = (0..s.input_shape().iter().product::<usize>()).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
             let classes = s.output_shape()[1] as i64;
             let y: Vec<i64> = (0..BATCH as i64).map(|i| (i * 3) % classes).collect();

@@ -12,7 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let bytes = pock::compile_model(model, batch, 0, Default::default())?.to_bytes();
         let mut ms = Vec::new();
         for threads in [1, 2] {
-            let mut s = Session::from_bytes(&bytes, SessionOptions { threads, reference_kernels: false })?;
+            let mut s = Session::from_bytes(&bytes, SessionOptions { threads, reference_kernels: false, ..SessionOptions::default() })?;
             let x: Vec<f32> = (0..s.input_shape().iter().product()).map(|i| (i % 17) as f32 * 0.05).collect();
             let classes = s.output_shape()[1] as i64;
             let y: Vec<i64> = (0..batch as i64).map(|i| i % classes).collect();

@@ -122,6 +122,9 @@ pub fn run(session: &mut Session, threads: usize, cfg: &BenchConfig) -> Result<B
         .any(|&t| plan.tensor(t).role == pock_engine::plan::Role::Target && plan.tensor(t).dtype == DType::I64);
     let targets = if target_is_labels { Targets::Labels(&labels) } else { Targets::Values(&values) };
 
+    if cfg.profile && session.backend_name() == "wgpu" {
+        return Err(PockError::Usage("--profile times each op on the CPU backends only (the wgpu backend has no per-op timing yet); drop --profile or use --backend cpu".into()));
+    }
     for _ in 0..cfg.warmup {
         session.train_step_inputs(&named, targets)?;
     }

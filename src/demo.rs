@@ -88,7 +88,10 @@ pub fn run(cfg: &DemoConfig, out: &mut dyn Write) -> Result<DemoReport, PockErro
             human_bytes(plan.weight_bytes),
         ),
     )?;
-    let mut session = Session::from_bytes(&bytes, SessionOptions { threads: cfg.threads, reference_kernels: cfg.reference_kernels })?;
+    let mut session = Session::from_bytes(
+        &bytes,
+        SessionOptions { threads: cfg.threads, reference_kernels: cfg.reference_kernels, ..SessionOptions::default() },
+    )?;
     let before = evaluate(&mut session, &test_set)?;
     let accuracy_before = before.accuracy.unwrap_or(0.0);
     w(out, format!("before training: test loss {:.4}, accuracy {:.1}%", before.loss, 100.0 * accuracy_before))?;

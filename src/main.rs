@@ -14,6 +14,7 @@ use pock::compiler::stages::BatchNormMode;
 use pock::compiler::CompileOptions;
 use pock::data::Dataset;
 use pock::engine::plan::OptimizerKind;
+use pock::engine::session::BackendChoice;
 use pock::engine::{Session, SessionOptions};
 use pock::schedule::LrSchedule;
 use pock::train::{DivergenceGuard, TrainConfig};
@@ -329,6 +330,11 @@ struct RunArgs {
     /// same arithmetic in the same order everywhere, so every ISA gives the same bits.
     #[arg(long, value_enum, default_value = "fast")]
     kernels: KernelsArg,
+    /// cpu: the CPU kernels (--kernels, --threads); wgpu: the whole plan on the GPU through wgpu
+    /// (Vulkan, Metal, DX12; on Linux without a GPU, Mesa's lavapipe from mesa-vulkan-drivers).
+    /// A plan with an op that has no GPU kernel yet is refused, naming the op.
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendArg,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -337,10 +343,21 @@ enum KernelsArg {
     Reference,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Cpu,
+    Wgpu,
+}
+
 impl RunArgs {
     /// The session options, saying on stderr when `--threads` is outside `1..=cores`.
     fn session_options(&self, quiet: bool) -> SessionOptions {
-        let mut o = SessionOptions { reference_kernels: matches!(self.kernels, KernelsArg::Reference), ..SessionOptions::default() };
+        let backend = match self.backend {
+            BackendArg::Cpu => BackendChoice::Cpu,
+            BackendArg::Wgpu => BackendChoice::Wgpu,
+        };
+        let mut o =
+            SessionOptions { reference_kernels: matches!(self.kernels, KernelsArg::Reference), backend, ..SessionOptions::default() };
         if let Some(t) = self.threads {
             let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
             o.threads = t.clamp(1, cores);

@@ -82,7 +82,9 @@ fn masked_plans_train_exactly_as_float_ones() {
     let model = "zoo:mobilenetv2:classes=4,size=32";
     let run = |masks: bool| -> (Vec<f32>, Vec<Vec<f32>>) {
         let plan = pock::compile_model(model, 4, 1, options(bias(), masks)).unwrap();
-        let mut session = Session::from_bytes(&plan.to_bytes(), SessionOptions { threads: 1, reference_kernels: false }).unwrap();
+        let mut session =
+            Session::from_bytes(&plan.to_bytes(), SessionOptions { threads: 1, reference_kernels: false, ..SessionOptions::default() })
+                .unwrap();
         let sample = 3 * 32 * 32;
         let losses = (0..3)
             .map(|step| {

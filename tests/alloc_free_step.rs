@@ -51,7 +51,8 @@ static ALLOCATOR: Counting = Counting;
 fn count(model: &str, options: CompileOptions, reference: bool) -> (usize, usize, usize) {
     let batch = 4;
     let bytes = pock::compile_model(model, batch, 0, options).unwrap().to_bytes();
-    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: reference }).unwrap();
+    let mut s =
+        Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: reference, ..SessionOptions::default() }).unwrap();
     let x_len: usize = s.input_shape().iter().product();
     let classes = s.output_shape()[1];
     let x: Vec<f32> = (0..x_len).map(|i| (i % 7) as f32 * 0.1).collect();

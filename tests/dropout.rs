@@ -57,7 +57,7 @@ fn batch(k: usize) -> (Vec<f32>, Vec<i64>) {
     (x, y)
 }
 
-const OPTS: SessionOptions = SessionOptions { threads: 1, reference_kernels: false };
+const OPTS: SessionOptions = SessionOptions { threads: 1, reference_kernels: false, backend: pock_engine::session::BackendChoice::Cpu };
 
 fn losses(s: &mut Session, steps: std::ops::Range<usize>) -> Vec<u32> {
     steps

@@ -56,7 +56,7 @@ fn interpret<'g, T: Float>(t: &'g TrainingGraph, data: &[Batch], lr: f32) -> (Ve
 
 fn engine(t: &TrainingGraph, data: &[Batch], reference_kernels: bool) -> (Vec<f32>, Session) {
     let bytes = t.clone().into_plan().unwrap().to_bytes();
-    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels }).unwrap();
+    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels, ..SessionOptions::default() }).unwrap();
     let losses = data.iter().map(|b| s.train_step(&b.x, Targets::Labels(&b.y)).unwrap()).collect();
     (losses, s)
 }
@@ -138,7 +138,7 @@ fn mlp_regression_engine_equals_interpreter_bitwise() {
     let t = training("zoo:mlp:inputs=5,hidden=8,task=regression,outputs=2", 4, sgd(0.05, false));
     // Regression targets are floats: drive it through the session API directly.
     let bytes = t.clone().into_plan().unwrap().to_bytes();
-    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true }).unwrap();
+    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true, ..SessionOptions::default() }).unwrap();
     let mut it = Interpreter::<f32>::new(&t.graph);
     let lr_t = t.graph.tensors.iter().position(|d| d.role == Role::RuntimeScalar(RuntimeScalar::LearningRate)).unwrap();
     let step_t = t.graph.tensors.iter().position(|d| d.role == Role::RuntimeScalar(RuntimeScalar::OptimizerStep)).unwrap();

@@ -24,7 +24,7 @@ fn options(batch_norm: BatchNormMode, update: Option<UpdatePreset>) -> CompileOp
 
 fn session(forward: ForwardGraph, options: CompileOptions) -> Session {
     let plan = forward.into_training(options).unwrap().into_plan().unwrap();
-    Session::from_bytes(&plan.to_bytes(), SessionOptions { threads: 1, reference_kernels: false }).unwrap()
+    Session::from_bytes(&plan.to_bytes(), SessionOptions { threads: 1, reference_kernels: false, ..SessionOptions::default() }).unwrap()
 }
 
 /// A deterministic batch for a session: inputs in [-1, 1), labels cycling over the classes.

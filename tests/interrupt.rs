@@ -128,7 +128,8 @@ fn sigkill_at_random_moments_never_leaves_a_broken_checkpoint() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         if ckpt.exists() {
-            let mut session = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: false }).unwrap();
+            let mut session =
+                Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: false, ..SessionOptions::default() }).unwrap();
             let meta = session.resume(&ckpt).unwrap_or_else(|e| panic!("the last checkpoint does not resume: {e}"));
             assert!(session.micro_steps() >= last_step, "the checkpoint went back from step {last_step}");
             assert_eq!(meta.get("micro_steps").unwrap(), &session.micro_steps().to_string());

@@ -19,7 +19,7 @@ fn sgd(lr: f32) -> CompileOptions {
 #[test]
 fn mlp_separates_blobs() {
     let bytes = pock::compile_model("zoo:mlp:inputs=8,hidden=32,classes=4", 32, 0, sgd(0.05)).unwrap().to_bytes();
-    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: false }).unwrap();
+    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: false, ..SessionOptions::default() }).unwrap();
     let train_set = pock::synth::blobs(1024, 8, 4, 1);
     let test_set = pock::synth::blobs(512, 8, 4, 2);
     let before = evaluate(&mut s, &test_set).unwrap();
@@ -39,7 +39,7 @@ fn mlp_regression_fits_a_linear_map() {
         ..Default::default()
     };
     let bytes = pock::compile_model("zoo:mlp:inputs=6,hidden=32,depth=1,task=regression,outputs=2", 16, 0, options).unwrap().to_bytes();
-    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: false }).unwrap();
+    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: false, ..SessionOptions::default() }).unwrap();
     let data = pock::synth::regression(512, 6, 2, 3);
     let before = evaluate(&mut s, &data).unwrap();
     let cfg = TrainConfig::new(20, 0, 0.01, LrSchedule::parse("constant").unwrap());
@@ -52,7 +52,7 @@ fn mlp_regression_fits_a_linear_map() {
 #[test]
 fn cnn_learns_the_demo_shapes() {
     let bytes = pock::compile_model("zoo:cnn:channels=1,size=28,classes=4", 32, 7, sgd(0.05)).unwrap().to_bytes();
-    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 2, reference_kernels: false }).unwrap();
+    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 2, reference_kernels: false, ..SessionOptions::default() }).unwrap();
     let train_set = pock::synth::shapes(1024, 28, 7);
     let test_set = pock::synth::shapes(256, 28, 8);
     let before = evaluate(&mut s, &test_set).unwrap();
@@ -81,7 +81,7 @@ fn frozen_batch_norm_fine_tunes_with_fixed_running_statistics() {
     use pock::compiler::stages::BatchNormMode;
     let model = "zoo:cnn:channels=1,size=16,classes=4,width=8";
     let data = pock::synth::shapes(256, 16, 3);
-    let opts = SessionOptions { threads: 1, reference_kernels: false };
+    let opts = SessionOptions { threads: 1, reference_kernels: false, ..SessionOptions::default() };
     let constant = |epochs| TrainConfig::new(epochs, 0, 0.05, LrSchedule::parse("constant").unwrap());
     // Pre-train with batch statistics, as a model arrives on a device.
     let pre = pock::compile_model(model, 16, 7, sgd(0.05)).unwrap().to_bytes();

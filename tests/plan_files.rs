@@ -124,7 +124,7 @@ fn session_load_reports_missing_and_damaged_files() {
 fn damaged_checkpoints_are_errors() {
     let (_, _, bytes) = compiled();
     let d = dir();
-    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: false }).unwrap();
+    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: false, ..SessionOptions::default() }).unwrap();
     let x = vec![0.5f32; 16];
     let y = vec![0i64, 1, 2, 0];
     s.train_step(&x, Targets::Labels(&y)).unwrap();

@@ -21,7 +21,7 @@ fn batches(n: usize, batch: usize, features: usize, seed: u64) -> Vec<(Vec<f32>,
 fn run_resume_case(model: &str, options: CompileOptions, total: usize, split: usize) {
     let batch = 8;
     let bytes = pock::compile_model(model, batch, 1, options).unwrap().to_bytes();
-    let opts = SessionOptions { threads: 1, reference_kernels: false };
+    let opts = SessionOptions { threads: 1, reference_kernels: false, ..SessionOptions::default() };
     let features = Session::from_bytes(&bytes, opts).unwrap().input_shape()[1];
     let data = batches(total, batch, features, 5);
 
@@ -89,7 +89,7 @@ fn cnn_with_batch_norm_resume_is_exact() {
     };
     let batch = 4;
     let bytes = pock::compile_model("zoo:cnn:channels=1,size=12,classes=4,width=4", batch, 1, options).unwrap().to_bytes();
-    let opts = SessionOptions { threads: 1, reference_kernels: false };
+    let opts = SessionOptions { threads: 1, reference_kernels: false, ..SessionOptions::default() };
     let data = pock::synth::shapes(8 * batch, 12, 9);
     let steps: Vec<(Vec<f32>, Vec<i64>)> = (0..8)
         .map(|b| {

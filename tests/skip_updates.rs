@@ -57,7 +57,7 @@ fn train(s: &mut Session, data: &[Batch]) -> Vec<u32> {
 /// session that only ever saw `good`.
 fn skip_case(options: CompileOptions, bad: &[Batch], per_skip: u64) {
     let bytes = pock::compile_model(MODEL, BATCH, 1, options).unwrap().to_bytes();
-    let opts = SessionOptions { threads: 1, reference_kernels: false };
+    let opts = SessionOptions { threads: 1, reference_kernels: false, ..SessionOptions::default() };
     let k = Session::from_bytes(&bytes, opts).unwrap().plan().training.accumulate.max(1) as usize;
     let good = batches(4 * k, 6);
 

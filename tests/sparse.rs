@@ -149,7 +149,9 @@ fn schemes_select_what_they_name() {
 #[test]
 fn frozen_parameters_are_bit_identical_after_training() {
     let plan = pock::compile_model("zoo:mobilenetv2:classes=4,size=32", 4, 1, options(globs(&["features.1[5-8].*", "*.bias"]))).unwrap();
-    let mut session = Session::from_bytes(&plan.to_bytes(), SessionOptions { threads: 1, reference_kernels: false }).unwrap();
+    let mut session =
+        Session::from_bytes(&plan.to_bytes(), SessionOptions { threads: 1, reference_kernels: false, ..SessionOptions::default() })
+            .unwrap();
     let params: Vec<(String, bool)> = session
         .plan()
         .tensors

@@ -8,6 +8,8 @@
 
 extern crate alloc;
 
+#[cfg(feature = "wgpu")]
+pub mod backend;
 pub mod exec;
 pub mod format;
 pub mod kernels;

@@ -90,12 +90,25 @@ pub struct SessionOptions {
     pub threads: usize,
     /// Run the portable reference kernels instead of the fast ones (for debugging and tests).
     pub reference_kernels: bool,
+    /// Where the plan runs (`--backend`).
+    pub backend: BackendChoice,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { threads: 1, reference_kernels: false }
+        SessionOptions { threads: 1, reference_kernels: false, backend: BackendChoice::Cpu }
     }
+}
+
+/// Where a session runs its plan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// [`CpuBackend`]: the fast or reference CPU kernels.
+    #[default]
+    Cpu,
+    /// The GPU through `wgpu` ([`crate::backend::wgpu::WgpuBackend`]); needs the engine's `wgpu`
+    /// feature. Every op of the plan must have a GPU kernel (no per-op placement yet).
+    Wgpu,
 }
 
 /// Targets for one batch: class labels or regression values.
@@ -272,8 +285,21 @@ impl Session {
             log::warn!("plan '{}': {message}", plan.model);
         }
         let plan_id = checkpoint::plan_identity(&plan);
-        let backend = CpuBackend::new(plan, bytes, range, kernels)?;
-        Ok(Session { backend: Box::new(backend), io, learning_rate, optimizer_steps: 0, micro_steps: 0, last_step_skipped: 0, plan_id })
+        let backend: Box<dyn Backend> = match options.backend {
+            BackendChoice::Cpu => Box::new(CpuBackend::new(plan, bytes, range, kernels)?),
+            #[cfg(feature = "wgpu")]
+            BackendChoice::Wgpu => {
+                let gpu = crate::backend::wgpu::WgpuBackend::new(plan, bytes.as_ref(), range)?;
+                log::info!("GPU backend on {}", gpu.adapter());
+                Box::new(gpu)
+            }
+            #[cfg(not(feature = "wgpu"))]
+            BackendChoice::Wgpu => return Err(SessionError::Input(
+                "this build has no GPU backend; rebuild pock with the `wgpu` feature (cargo build --features wgpu) or use --backend cpu"
+                    .into(),
+            )),
+        };
+        Ok(Session { backend, io, learning_rate, optimizer_steps: 0, micro_steps: 0, last_step_skipped: 0, plan_id })
     }
 
     pub fn plan(&self) -> &Plan {

@@ -106,7 +106,7 @@ fn options(update: UpdateScheme, lr: f32, batch_norm: BatchNormMode) -> CompileO
 }
 
 fn session_of(plan: &pock::compiler::CompiledPlan, threads: usize) -> Result<Session, PockError> {
-    Ok(Session::from_bytes(&plan.to_bytes(), SessionOptions { threads, reference_kernels: false })?)
+    Ok(Session::from_bytes(&plan.to_bytes(), SessionOptions { threads, reference_kernels: false, ..SessionOptions::default() })?)
 }
 
 fn config(epochs: u64, lr: f32) -> Result<TrainConfig, PockError> {

@@ -48,7 +48,8 @@ pub fn plan(data: &[u8]) {
         return;
     }
     for reference_kernels in [false, true] {
-        if let Ok(mut session) = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels }) {
+        if let Ok(mut session) = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels, ..SessionOptions::default() })
+        {
             run_on_zeros(&mut session);
         }
     }
@@ -101,7 +102,7 @@ fn scratch(name: &str) -> PathBuf {
 pub fn checkpoint(data: &[u8]) {
     thread_local! {
         static SESSION: std::cell::RefCell<Session> = std::cell::RefCell::new(
-            Session::from_bytes(checkpoint_plan(), SessionOptions { threads: 1, reference_kernels: false }).expect("the fixed fuzz plan loads"),
+            Session::from_bytes(checkpoint_plan(), SessionOptions { threads: 1, reference_kernels: false, ..SessionOptions::default() }).expect("the fixed fuzz plan loads"),
         );
     }
     let path = scratch("checkpoint.safetensors");

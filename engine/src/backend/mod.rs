@@ -1,0 +1,3 @@
+//! GPU backends.
+#[cfg(feature = "wgpu")]
+pub mod wgpu;

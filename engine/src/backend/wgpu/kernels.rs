@@ -1,0 +1,880 @@
+//! The WGSL kernels and the lowering of each plan node to one dispatch of one of them.
+//!
+//! Every kernel sees the same two bindings: `M`, the whole device memory (the arena followed by
+//! the weight section) as `f32` words, and `P`, the node's parameter block (`u32` words: tensor
+//! offsets in words, sizes, attributes as bit patterns). Binding the whole buffer at offset 0 is
+//! what lets tensors sit at any 8-byte-aligned planned offset: the kernel adds the offset itself,
+//! so the device's 256-byte storage-offset alignment never applies to tensors (see
+//! ARCHITECTURE.md "GPU backend"). `P[0]` is the number of threads the node runs; kernels of the
+//! `Grid` kind run one thread per output element on a 2-D grid of 256-thread workgroups,
+//! `Group` kernels run one workgroup that loops (optimizer updates: they first check that every
+//! gradient element is finite, as the reference kernels do, and skip the update otherwise).
+//!
+//! Each kernel follows its reference kernel in `kernels/reference/` (same formula, same order of
+//! additions where one thread computes one sum); `engine/tests/wgpu_kernels.rs` checks each one
+//! against it on random shapes.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::ops::{Conv2d, ConvOp, DenseOp, LossOp, MaskKind, MaskOp, Op, OptimOp, PoolOp, Reduction};
+use crate::plan::{DType, Location, Node, Plan, TensorId};
+
+/// Threads per workgroup in every kernel.
+pub const WORKGROUP: u32 = 256;
+/// "No tensor" in a parameter block (an optional input that the node does not have).
+const NONE: u32 = u32::MAX;
+
+/// The kernels, one WGSL entry point each. The discriminant indexes the pipeline table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    Elementwise,
+    BiasAdd,
+    BiasGrad,
+    MatMul,
+    Conv2d,
+    Conv2dGradInput,
+    Conv2dGradWeight,
+    MaxPool,
+    MaxPoolGrad,
+    AvgPool,
+    AvgPoolGrad,
+    GlobalAvgPool,
+    GlobalAvgPoolGrad,
+    SoftmaxCrossEntropy,
+    SoftmaxCrossEntropyGrad,
+    Sgd,
+    Adam,
+    CountNonFinite,
+    Fill,
+    AccumulateGrad,
+    MaskPack,
+    MaskGrad,
+}
+
+pub const KERNELS: [Kernel; 22] = [
+    Kernel::Elementwise,
+    Kernel::BiasAdd,
+    Kernel::BiasGrad,
+    Kernel::MatMul,
+    Kernel::Conv2d,
+    Kernel::Conv2dGradInput,
+    Kernel::Conv2dGradWeight,
+    Kernel::MaxPool,
+    Kernel::MaxPoolGrad,
+    Kernel::AvgPool,
+    Kernel::AvgPoolGrad,
+    Kernel::GlobalAvgPool,
+    Kernel::GlobalAvgPoolGrad,
+    Kernel::SoftmaxCrossEntropy,
+    Kernel::SoftmaxCrossEntropyGrad,
+    Kernel::Sgd,
+    Kernel::Adam,
+    Kernel::CountNonFinite,
+    Kernel::Fill,
+    Kernel::AccumulateGrad,
+    Kernel::MaskPack,
+    Kernel::MaskGrad,
+];
+
+const HEADER: &str = r#"
+@group(0) @binding(0) var<storage, read_write> M: array<f32>;
+@group(0) @binding(1) var<storage, read> P: array<u32>;
+const NONE: u32 = 0xffffffffu;
+fn pf(i: u32) -> f32 { return bitcast<f32>(P[i]); }
+fn finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; }
+fn is_nan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+fn label(off: u32, i: u32) -> u32 { return bitcast<u32>(M[off + i]); }
+"#;
+
+/// One thread per element: `i` is the element, threads past `P[0]` return.
+const GRID: &str = r#"
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let i = (wg.y * nw.x + wg.x) * 256u + li;
+    if (i >= P[0]) { return; }
+    body(i);
+}
+"#;
+
+/// One workgroup: `li` is the thread, which loops over elements `li, li + 256, ...`.
+const GROUP: &str = r#"
+var<workgroup> bad: atomic<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) li: u32) {
+    body(li);
+}
+/// Whether every element of `n` words at `off` (and the scale, when there is one) is finite,
+/// agreed by the whole workgroup.
+fn all_finite(li: u32, off: u32, n: u32, scale: f32) -> bool {
+    var ok = finite(scale);
+    for (var j = li; j < n; j += 256u) {
+        if (!finite(M[off + j])) { ok = false; }
+    }
+    if (!ok) { atomicStore(&bad, 1u); }
+    workgroupBarrier();
+    return atomicLoad(&bad) == 0u;
+}
+fn read_scale() -> f32 {
+    if (P[4] == NONE) { return 1.0; }
+    return M[P[4]];
+}
+"#;
+
+impl Kernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Elementwise => "elementwise",
+            Kernel::BiasAdd => "bias_add",
+            Kernel::BiasGrad => "bias_grad",
+            Kernel::MatMul => "matmul",
+            Kernel::Conv2d => "conv2d",
+            Kernel::Conv2dGradInput => "conv2d_grad_input",
+            Kernel::Conv2dGradWeight => "conv2d_grad_weight",
+            Kernel::MaxPool => "max_pool",
+            Kernel::MaxPoolGrad => "max_pool_grad",
+            Kernel::AvgPool => "avg_pool",
+            Kernel::AvgPoolGrad => "avg_pool_grad",
+            Kernel::GlobalAvgPool => "global_avg_pool",
+            Kernel::GlobalAvgPoolGrad => "global_avg_pool_grad",
+            Kernel::SoftmaxCrossEntropy => "softmax_cross_entropy",
+            Kernel::SoftmaxCrossEntropyGrad => "softmax_cross_entropy_grad",
+            Kernel::Sgd => "sgd",
+            Kernel::Adam => "adam",
+            Kernel::CountNonFinite => "count_non_finite",
+            Kernel::Fill => "fill",
+            Kernel::AccumulateGrad => "accumulate_grad",
+            Kernel::MaskPack => "mask_pack",
+            Kernel::MaskGrad => "mask_grad",
+        }
+    }
+
+    /// Whether the kernel runs as one workgroup (else one thread per element of `P[0]`).
+    pub fn single_group(self) -> bool {
+        matches!(self, Kernel::Sgd | Kernel::Adam | Kernel::CountNonFinite)
+    }
+
+    /// The complete WGSL source of the kernel.
+    pub fn source(self) -> String {
+        let body = match self {
+            Kernel::Elementwise => ELEMENTWISE,
+            Kernel::BiasAdd => BIAS_ADD,
+            Kernel::BiasGrad => BIAS_GRAD,
+            Kernel::MatMul => MATMUL,
+            Kernel::Conv2d => CONV2D,
+            Kernel::Conv2dGradInput => CONV2D_GRAD_INPUT,
+            Kernel::Conv2dGradWeight => CONV2D_GRAD_WEIGHT,
+            Kernel::MaxPool => MAX_POOL,
+            Kernel::MaxPoolGrad => MAX_POOL_GRAD,
+            Kernel::AvgPool => AVG_POOL,
+            Kernel::AvgPoolGrad => AVG_POOL_GRAD,
+            Kernel::GlobalAvgPool => GLOBAL_AVG_POOL,
+            Kernel::GlobalAvgPoolGrad => GLOBAL_AVG_POOL_GRAD,
+            Kernel::SoftmaxCrossEntropy => SOFTMAX_CROSS_ENTROPY,
+            Kernel::SoftmaxCrossEntropyGrad => SOFTMAX_CROSS_ENTROPY_GRAD,
+            Kernel::Sgd => SGD,
+            Kernel::Adam => ADAM,
+            Kernel::CountNonFinite => COUNT_NON_FINITE,
+            Kernel::Fill => FILL,
+            Kernel::AccumulateGrad => ACCUMULATE_GRAD,
+            Kernel::MaskPack => MASK_PACK,
+            Kernel::MaskGrad => MASK_GRAD,
+        };
+        let entry = if self.single_group() { GROUP } else { GRID };
+        let helpers = match self {
+            Kernel::Conv2d | Kernel::Conv2dGradInput | Kernel::Conv2dGradWeight => CONV_PARAMS,
+            Kernel::MaxPool | Kernel::MaxPoolGrad | Kernel::AvgPool | Kernel::AvgPoolGrad => POOL_WINDOW,
+            Kernel::SoftmaxCrossEntropy | Kernel::SoftmaxCrossEntropyGrad => ROW_MAX,
+            _ => "",
+        };
+        let mut s = String::from(HEADER);
+        s.push_str(entry);
+        s.push_str(helpers);
+        s.push_str(body);
+        s
+    }
+}
+
+/// `P = [n, kind, a, b, y, lo, hi]`: kinds 0 ReLU, 1 ReLU gradient (`a = dy`, `b = x`), 2 add,
+/// 3 multiply, 4 clip, 5 clip gradient (`a = dy`, `b = x`), 6 copy.
+const ELEMENTWISE: &str = r#"
+fn body(i: u32) {
+    let a = M[P[2] + i];
+    var r = a;
+    switch P[1] {
+        case 0u: { r = select(a, 0.0, a < 0.0); }
+        case 1u: { r = select(0.0, a, M[P[3] + i] > 0.0); }
+        case 2u: { r = a + M[P[3] + i]; }
+        case 3u: { r = a * M[P[3] + i]; }
+        case 4u: { let raised = select(a, pf(5), a < pf(5)); r = select(raised, pf(6), raised > pf(6)); }
+        case 5u: { let x = M[P[3] + i]; r = select(0.0, a, pf(5) < x && x < pf(6)); }
+        default: {}
+    }
+    M[P[4] + i] = r;
+}
+"#;
+
+/// `P = [n, x, b, y, C, inner]`.
+const BIAS_ADD: &str = r#"
+fn body(i: u32) {
+    M[P[3] + i] = M[P[1] + i] + M[P[2] + (i / P[5]) % P[4]];
+}
+"#;
+
+/// `P = [C, dy, db, C, inner, outer]`: one thread per channel.
+const BIAS_GRAD: &str = r#"
+fn body(c: u32) {
+    let C = P[3]; let inner = P[4];
+    var s = 0.0;
+    for (var n = 0u; n < P[5]; n++) {
+        let base = P[1] + (n * C + c) * inner;
+        for (var j = 0u; j < inner; j++) { s += M[base + j]; }
+    }
+    M[P[2] + c] = s;
+}
+"#;
+
+/// `P = [n, a, b, y, rows, cols, inner, trans_a, trans_b]`.
+const MATMUL: &str = r#"
+fn body(i: u32) {
+    let rows = P[4]; let cols = P[5]; let K = P[6];
+    let r = i / cols; let c = i % cols;
+    var a_row = K; var a_k = 1u;
+    if (P[7] != 0u) { a_row = 1u; a_k = rows; }
+    var b_k = cols; var b_col = 1u;
+    if (P[8] != 0u) { b_k = 1u; b_col = K; }
+    var s = 0.0;
+    for (var k = 0u; k < K; k++) {
+        s += M[P[1] + r * a_row + k * a_k] * M[P[2] + k * b_k + c * b_col];
+    }
+    M[P[3] + i] = s;
+}
+"#;
+
+/// Convolution parameters shared by the three kernels (`P[1..4]` are the node's tensors):
+/// `P = [n, t1, t2, out, N, C, H, W, O, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, groups]`, with
+/// the forward's shapes (`x` `[N, C, H, W]`, `w` `[O, C/G, KH, KW]`, `y` `[N, O, OH, OW]`).
+const CONV_PARAMS: &str = r#"
+struct Conv { N: u32, C: u32, H: u32, W: u32, O: u32, OH: u32, OW: u32, KH: u32, KW: u32, sh: u32, sw: u32, pt: u32, pl: u32, dh: u32, dw: u32, G: u32 }
+fn conv() -> Conv {
+    return Conv(P[4], P[5], P[6], P[7], P[8], P[9], P[10], P[11], P[12], P[13], P[14], P[15], P[16], P[17], P[18], P[19]);
+}
+"#;
+
+/// `P[1] = x, P[2] = w, P[3] = y`: y[n, o, oh, ow] = sum over c in o's group, kh, kw of
+/// x[n, c, ih, iw] * w[o, c % Cg, kh, kw].
+const CONV2D: &str = r#"
+fn body(i: u32) {
+    let p = conv();
+    let ow = i % p.OW; let oh = (i / p.OW) % p.OH; let o = (i / (p.OW * p.OH)) % p.O; let n = i / (p.OW * p.OH * p.O);
+    let Cg = p.C / p.G; let Og = p.O / p.G; let g = o / Og;
+    var s = 0.0;
+    for (var cg = 0u; cg < Cg; cg++) {
+        let c = g * Cg + cg;
+        for (var kh = 0u; kh < p.KH; kh++) {
+            let ih = i32(oh * p.sh + kh * p.dh) - i32(p.pt);
+            if (ih < 0 || ih >= i32(p.H)) { continue; }
+            for (var kw = 0u; kw < p.KW; kw++) {
+                let iw = i32(ow * p.sw + kw * p.dw) - i32(p.pl);
+                if (iw < 0 || iw >= i32(p.W)) { continue; }
+                s += M[P[1] + ((n * p.C + c) * p.H + u32(ih)) * p.W + u32(iw)] * M[P[2] + ((o * Cg + cg) * p.KH + kh) * p.KW + kw];
+            }
+        }
+    }
+    M[P[3] + i] = s;
+}
+"#;
+
+/// `P[1] = dy, P[2] = w, P[3] = dx`: dx[n, c, ih, iw] = sum over o in c's group and the
+/// (kh, kw) that reach (ih, iw) of dy[n, o, oh, ow] * w[o, c % Cg, kh, kw].
+const CONV2D_GRAD_INPUT: &str = r#"
+fn body(i: u32) {
+    let p = conv();
+    let iw = i % p.W; let ih = (i / p.W) % p.H; let c = (i / (p.W * p.H)) % p.C; let n = i / (p.W * p.H * p.C);
+    let Cg = p.C / p.G; let Og = p.O / p.G; let g = c / Cg; let cg = c % Cg;
+    var s = 0.0;
+    for (var og = 0u; og < Og; og++) {
+        let o = g * Og + og;
+        for (var kh = 0u; kh < p.KH; kh++) {
+            let th = i32(ih + p.pt) - i32(kh * p.dh);
+            if (th < 0 || u32(th) % p.sh != 0u) { continue; }
+            let oh = u32(th) / p.sh;
+            if (oh >= p.OH) { continue; }
+            for (var kw = 0u; kw < p.KW; kw++) {
+                let tw = i32(iw + p.pl) - i32(kw * p.dw);
+                if (tw < 0 || u32(tw) % p.sw != 0u) { continue; }
+                let ow = u32(tw) / p.sw;
+                if (ow >= p.OW) { continue; }
+                s += M[P[1] + ((n * p.O + o) * p.OH + oh) * p.OW + ow] * M[P[2] + ((o * Cg + cg) * p.KH + kh) * p.KW + kw];
+            }
+        }
+    }
+    M[P[3] + i] = s;
+}
+"#;
+
+/// `P[1] = dy, P[2] = x, P[3] = dw`: dw[o, cg, kh, kw] = sum over n, oh, ow of
+/// dy[n, o, oh, ow] * x[n, c, ih, iw].
+const CONV2D_GRAD_WEIGHT: &str = r#"
+fn body(i: u32) {
+    let p = conv();
+    let Cg = p.C / p.G; let Og = p.O / p.G;
+    let kw = i % p.KW; let kh = (i / p.KW) % p.KH; let cg = (i / (p.KW * p.KH)) % Cg; let o = i / (p.KW * p.KH * Cg);
+    let c = (o / Og) * Cg + cg;
+    var s = 0.0;
+    for (var n = 0u; n < p.N; n++) {
+        for (var oh = 0u; oh < p.OH; oh++) {
+            let ih = i32(oh * p.sh + kh * p.dh) - i32(p.pt);
+            if (ih < 0 || ih >= i32(p.H)) { continue; }
+            for (var ow = 0u; ow < p.OW; ow++) {
+                let iw = i32(ow * p.sw + kw * p.dw) - i32(p.pl);
+                if (iw < 0 || iw >= i32(p.W)) { continue; }
+                s += M[P[1] + ((n * p.O + o) * p.OH + oh) * p.OW + ow] * M[P[2] + ((n * p.C + c) * p.H + u32(ih)) * p.W + u32(iw)];
+            }
+        }
+    }
+    M[P[3] + i] = s;
+}
+"#;
+
+/// Pooling windows: `P = [n, t1, t2, out, H, W, OH, OW, KH, KW, sh, sw, pt, pl, include_pad]`
+/// (`H, W` of the input, `OH, OW` of the output). A window's in-bounds rows are `lo..hi` as the
+/// reference's `Window::new` clips them; `arg_max` is the reference's `window_max` (the first
+/// maximum in window order, NaN winning), `divisor` its `avg_divisor`.
+const POOL_WINDOW: &str = r#"
+fn lo_hi(o: u32, stride: u32, k: u32, pad: u32, len: u32) -> vec2<u32> {
+    let start = o * stride;
+    let lo = min(select(0u, start - pad, start > pad), len);
+    let end = start + k;
+    let hi = min(select(0u, end - pad, end > pad), len);
+    return vec2<u32>(lo, max(hi, lo));
+}
+fn arg_max(plane: u32, oh: u32, ow: u32) -> u32 {
+    let W = P[5];
+    let r = lo_hi(oh, P[10], P[8], P[12], P[4]);
+    let c = lo_hi(ow, P[11], P[9], P[13], W);
+    var best = 0.0; var arg = NONE;
+    for (var y = r.x; y < r.y; y++) {
+        for (var x = c.x; x < c.y; x++) {
+            let v = M[plane + y * W + x];
+            if (arg == NONE || v > best || is_nan(v)) { best = v; arg = y * W + x; }
+        }
+    }
+    return arg;
+}
+fn divisor(oh: u32, ow: u32) -> u32 {
+    if (P[14] != 0u) { return P[8] * P[9]; }
+    let r = lo_hi(oh, P[10], P[8], P[12], P[4]);
+    let c = lo_hi(ow, P[11], P[9], P[13], P[5]);
+    return (r.y - r.x) * (c.y - c.x);
+}
+"#;
+
+/// `P[1] = x, P[3] = y`; a window entirely in the padding gives -inf.
+const MAX_POOL: &str = r#"
+fn body(i: u32) {
+    let H = P[4]; let W = P[5]; let OH = P[6]; let OW = P[7];
+    let plane = P[1] + (i / (OW * OH)) * H * W;
+    let arg = arg_max(plane, (i / OW) % OH, i % OW);
+    M[P[3] + i] = select(M[plane + arg], bitcast<f32>(0xff800000u), arg == NONE);
+}
+"#;
+
+/// `P[1] = dy, P[2] = x, P[3] = dx`: dx[plane, ih, iw] = sum of dy over the windows whose
+/// maximum is (ih, iw), in window order as the reference adds them.
+const MAX_POOL_GRAD: &str = r#"
+fn body(i: u32) {
+    let H = P[4]; let W = P[5]; let OH = P[6]; let OW = P[7];
+    let j = i % (H * W); let p = i / (H * W);
+    let ih = j / W; let iw = j % W;
+    var s = 0.0;
+    for (var oh = 0u; oh < OH; oh++) {
+        let r = lo_hi(oh, P[10], P[8], P[12], H);
+        if (ih < r.x || ih >= r.y) { continue; }
+        for (var ow = 0u; ow < OW; ow++) {
+            let c = lo_hi(ow, P[11], P[9], P[13], W);
+            if (iw < c.x || iw >= c.y) { continue; }
+            if (arg_max(P[2] + p * H * W, oh, ow) == j) { s += M[P[1] + (p * OH + oh) * OW + ow]; }
+        }
+    }
+    M[P[3] + i] = s;
+}
+"#;
+
+/// `P[1] = x, P[3] = y`; a window with divisor 0 averages to 0.
+const AVG_POOL: &str = r#"
+fn body(i: u32) {
+    let H = P[4]; let W = P[5]; let OH = P[6]; let OW = P[7];
+    let ow = i % OW; let oh = (i / OW) % OH; let plane = P[1] + (i / (OW * OH)) * H * W;
+    let r = lo_hi(oh, P[10], P[8], P[12], H);
+    let c = lo_hi(ow, P[11], P[9], P[13], W);
+    let d = divisor(oh, ow);
+    var s = 0.0;
+    for (var y = r.x; y < r.y; y++) {
+        for (var x = c.x; x < c.y; x++) { s += M[plane + y * W + x]; }
+    }
+    M[P[3] + i] = select(s / f32(d), 0.0, d == 0u);
+}
+"#;
+
+/// `P[1] = dy, P[3] = dx`: dx[plane, ih, iw] = sum over the windows holding (ih, iw) of
+/// dy / divisor.
+const AVG_POOL_GRAD: &str = r#"
+fn body(i: u32) {
+    let H = P[4]; let W = P[5]; let OH = P[6]; let OW = P[7];
+    let j = i % (H * W); let p = i / (H * W);
+    let ih = j / W; let iw = j % W;
+    var s = 0.0;
+    for (var oh = 0u; oh < OH; oh++) {
+        let r = lo_hi(oh, P[10], P[8], P[12], H);
+        if (ih < r.x || ih >= r.y) { continue; }
+        for (var ow = 0u; ow < OW; ow++) {
+            let c = lo_hi(ow, P[11], P[9], P[13], W);
+            if (iw < c.x || iw >= c.y) { continue; }
+            let d = divisor(oh, ow);
+            if (d != 0u) { s += M[P[1] + (p * OH + oh) * OW + ow] / f32(d); }
+        }
+    }
+    M[P[3] + i] = s;
+}
+"#;
+
+/// `P = [N*C, x, y, plane]`.
+const GLOBAL_AVG_POOL: &str = r#"
+fn body(i: u32) {
+    let plane = P[3];
+    var s = 0.0;
+    for (var j = 0u; j < plane; j++) { s += M[P[1] + i * plane + j]; }
+    M[P[2] + i] = s / f32(plane);
+}
+"#;
+
+/// `P = [N*C*plane, dy, dx, plane]`.
+const GLOBAL_AVG_POOL_GRAD: &str = r#"
+fn body(i: u32) {
+    M[P[2] + i] = M[P[1] + i / P[3]] / f32(P[3]);
+}
+"#;
+
+/// Shared by the two loss kernels: the largest logit of row `n` of `[B, C]` logits at `lg`.
+const ROW_MAX: &str = r#"
+fn row_max(lg: u32, n: u32, C: u32) -> f32 {
+    var m = bitcast<f32>(0xff800000u);
+    for (var c = 0u; c < C; c++) { let v = M[lg + n * C + c]; if (v > m) { m = v; } }
+    return m;
+}
+"#;
+
+/// `P = [threads, logits, labels, loss, B, C, mean]`: with `mean` one thread sums the rows in
+/// order, as the reference does; otherwise one thread per row.
+const SOFTMAX_CROSS_ENTROPY: &str = r#"
+fn row_loss(n: u32) -> f32 {
+    let lg = P[1]; let C = P[5];
+    let m = row_max(lg, n, C);
+    var s = 0.0;
+    for (var c = 0u; c < C; c++) { s += exp(M[lg + n * C + c] - m); }
+    return m + log(s) - M[lg + n * C + label(P[2], n)];
+}
+fn body(i: u32) {
+    if (P[6] == 0u) { M[P[3] + i] = row_loss(i); return; }
+    var total = 0.0;
+    for (var n = 0u; n < P[4]; n++) { total += row_loss(n); }
+    M[P[3]] = total / f32(P[4]);
+}
+"#;
+
+/// `P = [B, dloss, logits, labels, dlogits, B, C, mean]`, one thread per row.
+const SOFTMAX_CROSS_ENTROPY_GRAD: &str = r#"
+fn body(n: u32) {
+    let lg = P[2]; let dst = P[4]; let C = P[6];
+    var w = M[P[1] + n];
+    if (P[7] != 0u) { w = M[P[1]] / f32(P[5]); }
+    let m = row_max(lg, n, C);
+    var s = 0.0;
+    for (var c = 0u; c < C; c++) { let e = exp(M[lg + n * C + c] - m); M[dst + n * C + c] = e; s += e; }
+    for (var c = 0u; c < C; c++) { M[dst + n * C + c] = M[dst + n * C + c] / s * w; }
+    let l = label(P[3], n);
+    M[dst + n * C + l] = M[dst + n * C + l] - w;
+}
+"#;
+
+/// `P = [n, grad, lr, step, scale, param, buffer, momentum, dampening, nesterov, weight_decay]`.
+const SGD: &str = r#"
+fn body(li: u32) {
+    let n = P[0]; let scale = read_scale();
+    if (!all_finite(li, P[1], n, scale)) { return; }
+    let lr = M[P[2]]; let first = M[P[3]] <= 1.0;
+    let momentum = pf(7); let dampening = pf(8); let wd = pf(10);
+    for (var j = li; j < n; j += 256u) {
+        var g = M[P[1] + j] * scale;
+        if (wd != 0.0) { g += wd * M[P[5] + j]; }
+        if (P[6] != NONE) {
+            var b = g;
+            if (!first) { b = momentum * M[P[6] + j] + (1.0 - dampening) * g; }
+            M[P[6] + j] = b;
+            if (P[9] != 0u) { g = g + momentum * b; } else { g = b; }
+        }
+        M[P[5] + j] = M[P[5] + j] - lr * g;
+    }
+}
+"#;
+
+/// `P = [n, grad, lr, step, scale, param, exp_avg, exp_avg_sq, beta1, beta2, eps, wd, decoupled]`.
+/// `beta^step` by repeated squaring for whole steps: WGSL's `pow` is `exp2(y * log2(x))`, whose
+/// error on `1 - 0.999^1` would exceed the 1e-4 the backend promises.
+const ADAM: &str = r#"
+fn powi(b: f32, e: f32) -> f32 {
+    if (e < 0.0 || e > 16777216.0 || e != floor(e)) { return pow(b, e); }
+    var r = 1.0; var x = b; var k = u32(e);
+    loop {
+        if (k == 0u) { break; }
+        if ((k & 1u) != 0u) { r = r * x; }
+        x = x * x; k = k >> 1u;
+    }
+    return r;
+}
+fn body(li: u32) {
+    let n = P[0]; let scale = read_scale();
+    if (!all_finite(li, P[1], n, scale)) { return; }
+    let lr = M[P[2]]; let step = M[P[3]];
+    let b1 = pf(8); let b2 = pf(9); let eps = pf(10); let wd = pf(11);
+    let step_size = lr / (1.0 - powi(b1, step));
+    let bc2 = sqrt(1.0 - powi(b2, step));
+    let decay = 1.0 - lr * wd;
+    for (var j = li; j < n; j += 256u) {
+        var g = M[P[1] + j] * scale;
+        if (wd != 0.0) {
+            if (P[12] != 0u) { M[P[5] + j] = M[P[5] + j] * decay; } else { g += wd * M[P[5] + j]; }
+        }
+        let m = b1 * M[P[6] + j] + (1.0 - b1) * g;
+        let v = b2 * M[P[7] + j] + (1.0 - b2) * g * g;
+        M[P[6] + j] = m;
+        M[P[7] + j] = v;
+        M[P[5] + j] = M[P[5] + j] - step_size * m / (sqrt(v) / bc2 + eps);
+    }
+}
+"#;
+
+/// `P = [n, x, count, _, NONE]`.
+const COUNT_NON_FINITE: &str = r#"
+fn body(li: u32) {
+    if (!all_finite(li, P[1], P[0], 1.0) && li == 0u) { M[P[2]] = M[P[2]] + 1.0; }
+}
+"#;
+
+/// `P = [n, y, value]`.
+const FILL: &str = r#"
+fn body(i: u32) { M[P[1] + i] = pf(2); }
+"#;
+
+/// `P = [n, g, acc]`.
+const ACCUMULATE_GRAD: &str = r#"
+fn body(i: u32) { M[P[2] + i] = M[P[2] + i] + M[P[1] + i]; }
+"#;
+
+/// `P = [words, v, bits, n, clip, lo, hi]`, one thread per 32-bit word of the mask: element `i`
+/// is bit `i % 8` of byte `i / 8`, which is bit `i % 32` of little-endian word `i / 32`. The last
+/// word's bits past `n` are 0, and its bytes past the mask's `ceil(n / 8)` belong to no other
+/// tensor (arena offsets are 8-byte aligned).
+const MASK_PACK: &str = r#"
+fn body(w: u32) {
+    var bits = 0u;
+    for (var k = 0u; k < 32u; k++) {
+        let i = w * 32u + k;
+        if (i >= P[3]) { break; }
+        let x = M[P[1] + i];
+        var keep = x > 0.0;
+        if (P[4] != 0u) { keep = pf(5) < x && x < pf(6); }
+        if (keep) { bits = bits | (1u << k); }
+    }
+    M[P[2] + w] = bitcast<f32>(bits);
+}
+"#;
+
+/// `P = [n, dy, bits, dx]`: `dx = dy` where the element's bit is set, else 0.
+const MASK_GRAD: &str = r#"
+fn body(i: u32) {
+    let bit = (bitcast<u32>(M[P[2] + i / 32u]) >> (i % 32u)) & 1u;
+    M[P[3] + i] = select(0.0, M[P[1] + i], bit == 1u);
+}
+"#;
+
+/// One node lowered: the kernel and its parameter block.
+pub struct Lowered {
+    pub kernel: Kernel,
+    pub params: Vec<u32>,
+}
+
+/// Where each tensor is in device memory, in 4-byte words.
+pub struct Addresses<'a> {
+    pub plan: &'a Plan,
+    /// Byte offset of the weight section in device memory.
+    pub weights_at: u64,
+}
+
+impl Addresses<'_> {
+    pub fn word(&self, t: TensorId) -> u32 {
+        let bytes = match self.plan.tensor(t).location {
+            Location::Arena { offset } => offset,
+            Location::Weights { offset } => self.weights_at + offset,
+        };
+        (bytes / 4) as u32
+    }
+}
+
+/// Lowers one node, or says why it has no GPU kernel. `None` for a node that needs no dispatch
+/// (a Reshape whose output aliases its input).
+pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String> {
+    let plan = at.plan;
+    let shape = |t: TensorId| plan.tensor(t).shape.as_slice();
+    let numel = |t: TensorId| plan.tensor(t).numel() as u32;
+    let i = |k: usize| at.word(node.inputs[k]);
+    let o = |k: usize| at.word(node.outputs[k]);
+    let no_kernel =
+        || Err(alloc::format!("op {} (node '{}') has no GPU kernel yet; train this plan with --backend cpu", node.op.name(), node.name));
+    for &t in node.inputs.iter().chain(&node.outputs) {
+        let d = plan.tensor(t).dtype;
+        let allowed =
+            d == DType::F32 || (d == DType::I64 && matches!(node.op, Op::Loss(_))) || (d == DType::U8 && matches!(node.op, Op::Mask(_)));
+        if !allowed {
+            return no_kernel();
+        }
+    }
+    let elementwise = |kind: u32, a: u32, b: u32, y: u32, lo: f32, hi: f32| Lowered {
+        kernel: Kernel::Elementwise,
+        params: alloc::vec![numel(node.outputs[0]), kind, a, b, y, lo.to_bits(), hi.to_bits()],
+    };
+    let conv_params = |c: &Conv2d, x: &[usize], w_shape: &[usize], y: &[usize], threads: u32, t: [u32; 3]| {
+        let u = |v: usize| v as u32;
+        alloc::vec![
+            threads,
+            t[0],
+            t[1],
+            t[2],
+            u(x[0]),
+            u(x[1]),
+            u(x[2]),
+            u(x[3]),
+            u(w_shape[0]),
+            u(y[2]),
+            u(y[3]),
+            u(w_shape[2]),
+            u(w_shape[3]),
+            u(c.stride[0]),
+            u(c.stride[1]),
+            u(c.padding[0]),
+            u(c.padding[1]),
+            u(c.dilation[0]),
+            u(c.dilation[1]),
+            u(c.groups)
+        ]
+    };
+    let pool_params = |p: &crate::ops::Pool2d, x: &[usize], y: &[usize], threads: u32, t: [u32; 3]| {
+        let u = |v: usize| v as u32;
+        alloc::vec![
+            threads,
+            t[0],
+            t[1],
+            t[2],
+            u(x[2]),
+            u(x[3]),
+            u(y[2]),
+            u(y[3]),
+            u(p.kernel[0]),
+            u(p.kernel[1]),
+            u(p.stride[0]),
+            u(p.stride[1]),
+            u(p.padding[0]),
+            u(p.padding[1]),
+            p.count_include_pad as u32
+        ]
+    };
+    let lowered = match &node.op {
+        Op::Dense(d) => match d {
+            DenseOp::Relu => elementwise(0, i(0), NONE, o(0), 0.0, 0.0),
+            DenseOp::ReluGrad => elementwise(1, i(0), i(1), o(0), 0.0, 0.0),
+            DenseOp::Add => elementwise(2, i(0), i(1), o(0), 0.0, 0.0),
+            DenseOp::Mul => elementwise(3, i(0), i(1), o(0), 0.0, 0.0),
+            DenseOp::Clip(c) => elementwise(4, i(0), NONE, o(0), c.min, c.max),
+            DenseOp::ClipGrad(c) => elementwise(5, i(0), i(1), o(0), c.min, c.max),
+            DenseOp::Reshape { .. } => {
+                if plan.tensor(node.inputs[0]).location == plan.tensor(node.outputs[0]).location {
+                    return Ok(None);
+                }
+                elementwise(6, i(0), NONE, o(0), 0.0, 0.0)
+            }
+            DenseOp::BiasAdd => {
+                let x = shape(node.inputs[0]);
+                let inner: usize = x[2..].iter().product();
+                Lowered {
+                    kernel: Kernel::BiasAdd,
+                    params: alloc::vec![numel(node.outputs[0]), i(0), i(1), o(0), x[1] as u32, inner as u32],
+                }
+            }
+            DenseOp::BiasGrad => {
+                let dy = shape(node.inputs[0]);
+                let inner: usize = dy[2..].iter().product();
+                let c = dy[1] as u32;
+                Lowered { kernel: Kernel::BiasGrad, params: alloc::vec![c, i(0), o(0), c, inner as u32, dy[0] as u32] }
+            }
+            DenseOp::MatMul(m) => {
+                let (a, y) = (shape(node.inputs[0]), shape(node.outputs[0]));
+                let k = if m.trans_a { a[0] } else { a[1] };
+                Lowered {
+                    kernel: Kernel::MatMul,
+                    params: alloc::vec![
+                        numel(node.outputs[0]),
+                        i(0),
+                        i(1),
+                        o(0),
+                        y[0] as u32,
+                        y[1] as u32,
+                        k as u32,
+                        m.trans_a as u32,
+                        m.trans_b as u32
+                    ],
+                }
+            }
+        },
+        Op::Conv(c) => match c {
+            ConvOp::Conv2d(c) => Lowered {
+                kernel: Kernel::Conv2d,
+                params: conv_params(
+                    c,
+                    shape(node.inputs[0]),
+                    shape(node.inputs[1]),
+                    shape(node.outputs[0]),
+                    numel(node.outputs[0]),
+                    [i(0), i(1), o(0)],
+                ),
+            },
+            ConvOp::Conv2dGradInput { conv, .. } => Lowered {
+                kernel: Kernel::Conv2dGradInput,
+                params: conv_params(
+                    conv,
+                    shape(node.outputs[0]),
+                    shape(node.inputs[1]),
+                    shape(node.inputs[0]),
+                    numel(node.outputs[0]),
+                    [i(0), i(1), o(0)],
+                ),
+            },
+            ConvOp::Conv2dGradWeight { conv, .. } => Lowered {
+                kernel: Kernel::Conv2dGradWeight,
+                params: conv_params(
+                    conv,
+                    shape(node.inputs[1]),
+                    shape(node.outputs[0]),
+                    shape(node.inputs[0]),
+                    numel(node.outputs[0]),
+                    [i(0), i(1), o(0)],
+                ),
+            },
+        },
+        Op::Pool(p) => match p {
+            PoolOp::GlobalAvgPool => {
+                let x = shape(node.inputs[0]);
+                Lowered { kernel: Kernel::GlobalAvgPool, params: alloc::vec![numel(node.outputs[0]), i(0), o(0), (x[2] * x[3]) as u32] }
+            }
+            PoolOp::GlobalAvgPoolGrad { input_hw } => Lowered {
+                kernel: Kernel::GlobalAvgPoolGrad,
+                params: alloc::vec![numel(node.outputs[0]), i(0), o(0), (input_hw[0] * input_hw[1]) as u32],
+            },
+            PoolOp::MaxPool2d(p) => Lowered {
+                kernel: Kernel::MaxPool,
+                params: pool_params(p, shape(node.inputs[0]), shape(node.outputs[0]), numel(node.outputs[0]), [i(0), NONE, o(0)]),
+            },
+            PoolOp::AvgPool2d(p) => Lowered {
+                kernel: Kernel::AvgPool,
+                params: pool_params(p, shape(node.inputs[0]), shape(node.outputs[0]), numel(node.outputs[0]), [i(0), NONE, o(0)]),
+            },
+            PoolOp::MaxPool2dGrad(p) => Lowered {
+                kernel: Kernel::MaxPoolGrad,
+                params: pool_params(p, shape(node.inputs[1]), shape(node.inputs[0]), numel(node.outputs[0]), [i(0), i(1), o(0)]),
+            },
+            PoolOp::AvgPool2dGrad { pool, .. } => Lowered {
+                kernel: Kernel::AvgPoolGrad,
+                params: pool_params(pool, shape(node.outputs[0]), shape(node.inputs[0]), numel(node.outputs[0]), [i(0), NONE, o(0)]),
+            },
+        },
+        Op::Loss(l) => match l {
+            LossOp::SoftmaxCrossEntropy(r) => {
+                let lg = shape(node.inputs[0]);
+                let mean = *r == Reduction::Mean;
+                let threads = if mean { 1 } else { lg[0] as u32 };
+                Lowered {
+                    kernel: Kernel::SoftmaxCrossEntropy,
+                    params: alloc::vec![threads, i(0), i(1), o(0), lg[0] as u32, lg[1] as u32, mean as u32],
+                }
+            }
+            LossOp::SoftmaxCrossEntropyGrad(r) => {
+                let lg = shape(node.inputs[1]);
+                Lowered {
+                    kernel: Kernel::SoftmaxCrossEntropyGrad,
+                    params: alloc::vec![lg[0] as u32, i(0), i(1), i(2), o(0), lg[0] as u32, lg[1] as u32, (*r == Reduction::Mean) as u32],
+                }
+            }
+            _ => return no_kernel(),
+        },
+        Op::Optim(op) => match op {
+            OptimOp::SgdUpdate(s) => {
+                let scale = if s.scaled { i(3) } else { NONE };
+                let buffer = if node.outputs.len() > 1 { o(1) } else { NONE };
+                Lowered {
+                    kernel: Kernel::Sgd,
+                    params: alloc::vec![
+                        numel(node.outputs[0]),
+                        i(0),
+                        i(1),
+                        i(2),
+                        scale,
+                        o(0),
+                        buffer,
+                        s.momentum.to_bits(),
+                        s.dampening.to_bits(),
+                        s.nesterov as u32,
+                        s.weight_decay.to_bits()
+                    ],
+                }
+            }
+            OptimOp::AdamUpdate(a) => {
+                let scale = if a.scaled { i(3) } else { NONE };
+                Lowered {
+                    kernel: Kernel::Adam,
+                    params: alloc::vec![
+                        numel(node.outputs[0]),
+                        i(0),
+                        i(1),
+                        i(2),
+                        scale,
+                        o(0),
+                        o(1),
+                        o(2),
+                        a.beta1.to_bits(),
+                        a.beta2.to_bits(),
+                        a.eps.to_bits(),
+                        a.weight_decay.to_bits(),
+                        a.decoupled as u32
+                    ],
+                }
+            }
+            OptimOp::CountNonFinite => {
+                Lowered { kernel: Kernel::CountNonFinite, params: alloc::vec![numel(node.inputs[0]), i(0), o(0), 0, NONE] }
+            }
+            OptimOp::Fill { value } => Lowered { kernel: Kernel::Fill, params: alloc::vec![numel(node.outputs[0]), o(0), value.to_bits()] },
+            OptimOp::AccumulateGrad => Lowered { kernel: Kernel::AccumulateGrad, params: alloc::vec![numel(node.outputs[0]), i(0), o(0)] },
+            OptimOp::GradScale(_) => return no_kernel(),
+        },
+        Op::Mask(MaskOp::Pack(kind)) => {
+            let n = numel(node.inputs[0]);
+            let (clip, lo, hi) = match kind {
+                MaskKind::Relu => (0, 0.0f32, 0.0f32),
+                MaskKind::Clip(c) => (1, c.min, c.max),
+            };
+            Lowered { kernel: Kernel::MaskPack, params: alloc::vec![n.div_ceil(32), i(0), o(0), n, clip, lo.to_bits(), hi.to_bits()] }
+        }
+        Op::Mask(MaskOp::Grad) => Lowered { kernel: Kernel::MaskGrad, params: alloc::vec![numel(node.outputs[0]), i(0), i(1), o(0)] },
+        _ => return no_kernel(),
+    };
+    Ok(Some(lowered))
+}
