@@ -770,6 +770,8 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
                     [i(0), i(1), o(0)],
                 ),
             },
+            // Partial-channel weight gradients (scheme files) have no GPU kernel yet.
+            ConvOp::Conv2dGradWeightRows { .. } => return no_kernel(),
         },
         Op::Pool(p) => match p {
             PoolOp::GlobalAvgPool => {
@@ -863,7 +865,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
             }
             OptimOp::Fill { value } => Lowered { kernel: Kernel::Fill, params: alloc::vec![numel(node.outputs[0]), o(0), value.to_bits()] },
             OptimOp::AccumulateGrad => Lowered { kernel: Kernel::AccumulateGrad, params: alloc::vec![numel(node.outputs[0]), i(0), o(0)] },
-            OptimOp::GradScale(_) => return no_kernel(),
+            OptimOp::GradScale(_) | OptimOp::SgdUpdateRows { .. } | OptimOp::AdamUpdateRows { .. } => return no_kernel(),
         },
         Op::Mask(MaskOp::Pack(kind)) => {
             let n = numel(node.inputs[0]);
