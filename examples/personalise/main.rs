@@ -118,8 +118,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mean = |v: &[f32]| 100.0 * v.iter().sum::<f32>() / v.len() as f32;
     let n = report.accuracy.len() / 4;
     println!(
-        "predictions right: {:.0}% in the first {n} sessions, {:.0}% in the last {n}; {} optimizer steps; checkpoint {}",
-        mean(&report.accuracy[..n]),
+        "predictions right: {:.0}% in the first 2 sessions, {:.0}% in the last {n}; {} optimizer steps; checkpoint {}",
+        mean(&report.accuracy[..2]),
         mean(&report.accuracy[report.accuracy.len() - n..]),
         report.optimizer_steps,
         report.checkpoint.display()

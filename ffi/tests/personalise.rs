@@ -14,8 +14,10 @@ fn personalisation_learns_the_user_across_a_restart() {
     common::write_mlp_plan(&plan);
     let report = personalise::run(&plan, &dir, 24).unwrap();
     let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
-    let (first, last) = (mean(&report.accuracy[..6]), mean(&report.accuracy[18..]));
-    assert!(first < 0.5 && last > 0.8, "accuracy went from {first} to {last}: {:?}", report.accuracy);
+    // Before any training the model guesses (a quarter right on average); the user's mapping
+    // is learnt within a few sessions.
+    let (first, last) = (mean(&report.accuracy[..2]), mean(&report.accuracy[18..]));
+    assert!(first < 0.5 && last > 0.85, "accuracy went from {first} to {last}: {:?}", report.accuracy);
     assert_eq!(report.optimizer_steps, 24 * 8, "the restart lost steps");
     // The checkpoint on disk is the last one: a fresh session resumes at the final step.
     let mut session = pock::engine::Session::load(&plan, Default::default()).unwrap();
