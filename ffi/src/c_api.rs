@@ -255,11 +255,17 @@ pub(crate) fn single_float_input(session: &Session) -> Result<usize, Failure> {
         (1, Some(t)) if t.dtype == DType::F32 => Ok(t.numel()),
         (1, Some(t)) => Err(Failure::new(
             PockStatus::Input,
-            format!("this plan's input '{}' is {}, but the C ABI feeds float inputs; use the Rust API (Session::train_step_inputs)", t.name, t.dtype.name()),
+            format!(
+                "this plan's input '{}' is {}, but the C ABI feeds float inputs; use the Rust API (Session::train_step_inputs)",
+                t.name,
+                t.dtype.name()
+            ),
         )),
         (n, _) => Err(Failure::new(
             PockStatus::Input,
-            format!("this plan has {n} data inputs; the C ABI feeds plans with one float input, use the Rust API (Session::train_step_inputs)"),
+            format!(
+                "this plan has {n} data inputs; the C ABI feeds plans with one float input, use the Rust API (Session::train_step_inputs)"
+            ),
         )),
     }
 }
@@ -284,7 +290,11 @@ pub extern "C" fn pock_version() -> *const c_char {
 /// `plan_path` is NULL or a NUL-terminated string; `options` is NULL or points to a
 /// `PockOptions`; `out` is NULL or points to writable storage for a pointer.
 #[no_mangle]
-pub unsafe extern "C" fn pock_session_open(plan_path: *const c_char, options: *const PockOptions, out: *mut *mut PockSession) -> PockStatus {
+pub unsafe extern "C" fn pock_session_open(
+    plan_path: *const c_char,
+    options: *const PockOptions,
+    out: *mut *mut PockSession,
+) -> PockStatus {
     guard(|| {
         if out.is_null() {
             return Err(Failure::null("out"));
@@ -359,7 +369,10 @@ pub unsafe extern "C" fn pock_session_train_step(
     with_session(session, |s| {
         let sizes = sizes_of(s);
         if !sizes.targets_are_labels {
-            return Err(Failure::new(PockStatus::Input, "this plan is trained with float targets (MSE); call pock_session_train_step_values"));
+            return Err(Failure::new(
+                PockStatus::Input,
+                "this plan is trained with float targets (MSE); call pock_session_train_step_values",
+            ));
         }
         let input_len = single_float_input(s)?;
         check_buffer(inputs, inputs_len, input_len, "inputs", "batch × sample size floats")?;
@@ -394,7 +407,10 @@ pub unsafe extern "C" fn pock_session_train_step_values(
     with_session(session, |s| {
         let sizes = sizes_of(s);
         if sizes.targets_are_labels {
-            return Err(Failure::new(PockStatus::Input, "this plan is a classifier: it trains from int64 labels; call pock_session_train_step"));
+            return Err(Failure::new(
+                PockStatus::Input,
+                "this plan is a classifier: it trains from int64 labels; call pock_session_train_step",
+            ));
         }
         let input_len = single_float_input(s)?;
         check_buffer(inputs, inputs_len, input_len, "inputs", "batch × sample size floats")?;
@@ -511,8 +527,7 @@ pub unsafe extern "C" fn pock_session_optimizer_steps(session: *mut PockSession,
 /// check statuses, not this.
 #[no_mangle]
 pub extern "C" fn pock_last_error() -> *mut c_char {
-    catch_unwind(|| LAST_ERROR.with(|e| e.borrow().clone()).map_or(std::ptr::null_mut(), CString::into_raw))
-        .unwrap_or(std::ptr::null_mut())
+    catch_unwind(|| LAST_ERROR.with(|e| e.borrow().clone()).map_or(std::ptr::null_mut(), CString::into_raw)).unwrap_or(std::ptr::null_mut())
 }
 
 /// Copies the calling thread's last error message into `buffer` (`capacity` bytes), truncated

@@ -70,7 +70,9 @@ impl Trainer {
         if given == expected {
             return Ok(());
         }
-        Err(PockError::Input { message: format!("{what} has {given} values, but this plan needs {expected} per step; see the trainer's sizes") })
+        Err(PockError::Input {
+            message: format!("{what} has {given} values, but this plan needs {expected} per step; see the trainer's sizes"),
+        })
     }
 
     /// [`Trainer::train_step`] on borrowed buffers (no allocation).

@@ -27,7 +27,10 @@ fn python_bindings_train_a_plan() {
         let files: Vec<String> = walk(&out);
         assert!(!files.is_empty(), "uniffi-bindgen wrote no {language} files");
         let all = files.iter().map(|f| std::fs::read_to_string(f).unwrap_or_default()).collect::<String>();
-        assert!(all.contains("Trainer") && (all.contains("trainStep") || all.contains("train_step")), "{language} bindings lack Trainer.train_step");
+        assert!(
+            all.contains("Trainer") && (all.contains("trainStep") || all.contains("train_step")),
+            "{language} bindings lack Trainer.train_step"
+        );
     }
     // The Python module loads the library from its own directory.
     std::fs::copy(&lib, dir.join("python").join(lib.file_name().unwrap())).unwrap();
