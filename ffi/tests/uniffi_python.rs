@@ -49,7 +49,7 @@ fn python_bindings_train_a_plan() {
         .unwrap_or_else(|e| panic!("cannot run {python} ({e}); set POCK_PYTHON to a Python 3"));
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "the Python bindings failed:\n{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
-    assert!(stdout.contains("refused as expected: inputs has 127 values, but this plan needs 128"), "{stdout}");
+    assert!(stdout.contains("refused as expected: message=\"inputs has 127 values, but this plan needs 128"), "{stdout}");
     let losses = common::losses(&stdout);
     assert_eq!(losses.len(), 60, "{stdout}");
     let ratio = common::first_over_last(&losses, 10);
