@@ -43,7 +43,7 @@ fn every_pointer_and_length_is_checked() {
     assert!(sizes.targets_are_labels);
 
     let x = vec![0.5f32; 129];
-    let y = vec![1i64; 16];
+    let y = [1i64; 16];
     let mut out = vec![0f32; 64];
     let mut loss = 0f32;
     unsafe {
@@ -96,7 +96,7 @@ fn every_pointer_and_length_is_checked() {
 #[test]
 fn open_reports_missing_and_damaged_plans() {
     let dir = common::workdir("c-abi-open");
-    let mut session = 1usize as *mut PockSession;
+    let mut session: *mut PockSession = std::ptr::NonNull::dangling().as_ptr();
     unsafe {
         assert_eq!(pock_session_open(null(), null(), &mut session), PockStatus::NullArgument);
         assert!(session.is_null(), "a failed open leaves *out NULL");
