@@ -194,7 +194,8 @@ struct Interface {
 }
 
 pub struct Session {
-    backend: Box<dyn Backend>,
+    // Send, so an app can open a session on one thread and train on another (pock-ffi).
+    backend: Box<dyn Backend + Send>,
     io: Interface,
     learning_rate: f32,
     optimizer_steps: u64,
