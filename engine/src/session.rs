@@ -286,7 +286,7 @@ impl Session {
             log::warn!("plan '{}': {message}", plan.model);
         }
         let plan_id = checkpoint::plan_identity(&plan);
-        let backend: Box<dyn Backend> = match options.backend {
+        let backend: Box<dyn Backend + Send> = match options.backend {
             BackendChoice::Cpu => Box::new(CpuBackend::new(plan, bytes, range, kernels)?),
             #[cfg(feature = "wgpu")]
             BackendChoice::Wgpu => {

@@ -7,7 +7,7 @@
 //!   Every entry point catches panics, checks every pointer and length, and reports failures as a
 //!   [`PockStatus`] with the message in a thread-local last error.
 //! - [`Trainer`]: a safe, thread-safe Rust object with owned vectors, which uniffi exports as a
-//!   class to Kotlin, Swift and Python. Rust apps use it directly (`examples/personalise`).
+//!   class to Kotlin, Swift and Python. Rust apps use it directly (`ffi/examples/personalise`).
 //!
 //! Plans are compiled ahead of time (`pock compile`); this crate depends on the engine only.
 

@@ -1,10 +1,10 @@
-//! The phone-style example (`examples/personalise`) learns its user: the app's predictions in
+//! The phone-style example (`ffi/examples/personalise`) learns its user: the app's predictions in
 //! the last sessions are far more often right than in the first, across an app restart that
 //! resumes from the atomically saved checkpoint.
 
 mod common;
 
-#[path = "../../examples/personalise/main.rs"]
+#[path = "../examples/personalise/main.rs"]
 mod personalise;
 
 #[test]
