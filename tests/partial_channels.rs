@@ -100,7 +100,7 @@ fn unselected_rows_and_frozen_parameters_are_bit_identical_after_training() {
     for (optimizer, accumulate, clip) in [(SGD, 1, None), (adam, 2, Some(1.0))] {
         let o = CompileOptions { accumulate, clip_grad_norm: clip, ..options(scheme(MIXED), optimizer.clone()) };
         let plan = pock::compile_model("zoo:mobilenetv2:classes=4,size=32", 4, 1, o).unwrap();
-        let mut session = Session::from_bytes(&plan.to_bytes(), SessionOptions { threads: 1, reference_kernels: false }).unwrap();
+        let mut session = Session::from_bytes(&plan.to_bytes(), SessionOptions { threads: 1, reference_kernels: false, ..Default::default() }).unwrap();
         let params: Vec<(String, bool, Vec<usize>)> = session
             .plan()
             .tensors

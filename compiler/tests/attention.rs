@@ -94,7 +94,7 @@ fn engine_trains_it_like_the_interpreter() {
     let (x, y) = data();
     let steps = 8;
     let run = |reference_kernels| {
-        let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels }).unwrap();
+        let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels, ..Default::default() }).unwrap();
         (0..steps).map(|_| s.train_step(&x, Targets::Labels(&y)).unwrap()).collect::<Vec<f32>>()
     };
     let reference = run(true);
@@ -123,7 +123,7 @@ fn an_out_of_range_gather_index_is_an_error_not_a_panic() {
     let ids = f.graph.find("position_ids").unwrap();
     f.graph.tensor_mut(ids).init = Some(vec![0.0, 1.0, 2.0, TOKENS as f32 + 1.0].into());
     let bytes = f.into_training(CompileOptions::default()).unwrap().into_plan().unwrap().to_bytes();
-    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true }).unwrap();
+    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true, ..Default::default() }).unwrap();
     let (x, y) = data();
     let e = s.train_step(&x, Targets::Labels(&y)).unwrap_err();
     assert!(e.to_string().contains("index 5 is outside [-5, 5)"), "{e}");
@@ -132,7 +132,7 @@ fn an_out_of_range_gather_index_is_an_error_not_a_panic() {
 #[test]
 fn steps_allocate_nothing() {
     let bytes = training().into_plan().unwrap().to_bytes();
-    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true }).unwrap();
+    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true, ..Default::default() }).unwrap();
     let (x, y) = data();
     let (mut out, mut losses) = (vec![0.0; BATCH * CLASSES], vec![0.0; BATCH]);
     s.train_step(&x, Targets::Labels(&y)).unwrap();

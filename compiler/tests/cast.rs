@@ -68,7 +68,7 @@ fn options() -> CompileOptions {
 
 fn engine_losses(t: &TrainingGraph, steps: usize) -> Vec<f32> {
     let bytes = t.clone().into_plan().unwrap().to_bytes();
-    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true }).unwrap();
+    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true, ..Default::default() }).unwrap();
     (0..steps)
         .map(|_| {
             let (x, y) = data();
@@ -165,7 +165,7 @@ fn a_plan_whose_cast_output_has_the_wrong_dtype_is_refused() {
 #[test]
 fn typed_arguments_are_built_without_allocating() {
     let bytes = training(mlp(true)).into_plan().unwrap().to_bytes();
-    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true }).unwrap();
+    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true, ..Default::default() }).unwrap();
     let (x, y) = data();
     let (mut out, mut losses) = (vec![0.0; BATCH * CLASSES], vec![0.0; BATCH]);
     s.train_step(&x, Targets::Labels(&y)).unwrap();

@@ -94,7 +94,7 @@ fn engine_trains_it_and_matches_the_interpreter_bit_for_bit() {
     let t: TrainingGraph = model().into_training(options()).unwrap();
     let bytes = t.clone().into_plan().unwrap().to_bytes();
     let steps = 10;
-    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true }).unwrap();
+    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true, ..Default::default() }).unwrap();
     let losses: Vec<f32> = (0..steps)
         .map(|_| {
             let (x, y) = data();
@@ -116,7 +116,7 @@ fn engine_trains_it_and_matches_the_interpreter_bit_for_bit() {
     assert!(losses.windows(2).all(|w| w[1] < w[0]), "every step lowers the loss on this fixed batch: {losses:?}");
     // The CPU backend runs the new ops through the reference kernels (only matmul and conv have
     // fast kernels), so it agrees to rounding.
-    let mut fast = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: false }).unwrap();
+    let mut fast = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: false, ..Default::default() }).unwrap();
     let (x, y) = data();
     let first = fast.train_step(&x, Targets::Labels(&y)).unwrap();
     assert!((first - losses[0]).abs() < 1e-5 * losses[0].abs().max(1.0), "{first} vs {}", losses[0]);

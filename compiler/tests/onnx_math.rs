@@ -726,7 +726,7 @@ fn the_engine_trains_the_imported_chain_like_the_f32_interpreter() {
     let bytes = t.clone().into_plan().unwrap().to_bytes();
     let x: Vec<f32> = values(48, 12).iter().map(|&v| v as f32).collect();
     let y: Vec<f32> = values(12, 13).iter().map(|&v| (0.25 * v) as f32).collect();
-    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true }).unwrap();
+    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true, ..Default::default() }).unwrap();
     let losses: Vec<f32> = (0..8).map(|_| s.train_step(&x, Targets::Values(&y)).unwrap()).collect();
     let mut it = Interpreter::<f32>::new(&t.graph);
     let lr = t.graph.tensors.iter().position(|d| d.role == pock_compiler::ir::Role::RuntimeScalar(RuntimeScalar::LearningRate));

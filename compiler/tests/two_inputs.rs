@@ -88,7 +88,7 @@ fn reference_loss(b: &Batch) -> f64 {
 fn session() -> Session {
     let t = model().into_training(CompileOptions { learning_rate: 0.5, ..CompileOptions::default() }).unwrap();
     let bytes = t.into_plan().unwrap().to_bytes();
-    Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true }).unwrap()
+    Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true, ..Default::default() }).unwrap()
 }
 
 #[test]

@@ -44,7 +44,7 @@ fn int64_and_bool_constants_train_in_the_engine_like_the_interpreter() {
     let bytes = plan.to_bytes();
     let x: Vec<f32> = (0..BATCH * ROWS * DIM).map(|i| ((i * 29 % 17) as f32 - 8.0) / 8.0).collect();
     let y: Vec<i64> = (0..BATCH).map(|i| (i % CLASSES) as i64).collect();
-    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true }).unwrap();
+    let mut s = Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: true, ..Default::default() }).unwrap();
     let losses: Vec<f32> = (0..6).map(|_| s.train_step(&x, Targets::Labels(&y)).unwrap()).collect();
 
     let mut it = Interpreter::<f32>::new(&t.graph);

@@ -111,7 +111,7 @@ impl Trainer {
         if threads == 0 {
             return Err(PockError::InvalidArgument { message: "threads is 0; give 1 or more".into() });
         }
-        let options = SessionOptions { threads: threads as usize, reference_kernels: false };
+        let options = SessionOptions { threads: threads as usize, reference_kernels: false, ..SessionOptions::default() };
         let session = Session::load(Path::new(&plan_path), options)?;
         let sizes = sizes_of(&session);
         Ok(Arc::new(Trainer { session: Mutex::new(session), sizes }))
