@@ -17,7 +17,13 @@ const SGD: OptimizerKind = OptimizerKind::Sgd { momentum: 0.9, dampening: 0.0, n
 fn options(update: UpdateScheme, optimizer: OptimizerKind) -> CompileOptions {
     // Trained from scratch: BatchNorm in training mode (folded initial statistics do not
     // normalise, and a channel that ReLU6 clips for the whole batch gets no gradient).
-    CompileOptions { optimizer, learning_rate: 0.05, update, batch_norm: pock::compiler::stages::BatchNormMode::Train, ..Default::default() }
+    CompileOptions {
+        optimizer,
+        learning_rate: 0.05,
+        update,
+        batch_norm: pock::compiler::stages::BatchNormMode::Train,
+        ..Default::default()
+    }
 }
 
 fn scheme(toml: &str) -> UpdateScheme {
@@ -100,7 +106,8 @@ fn unselected_rows_and_frozen_parameters_are_bit_identical_after_training() {
     for (optimizer, accumulate, clip) in [(SGD, 1, None), (adam, 2, Some(1.0))] {
         let o = CompileOptions { accumulate, clip_grad_norm: clip, ..options(scheme(MIXED), optimizer.clone()) };
         let plan = pock::compile_model("zoo:mobilenetv2:classes=4,size=32", 4, 1, o).unwrap();
-        let mut session = Session::from_bytes(&plan.to_bytes(), SessionOptions { threads: 1, reference_kernels: false, ..Default::default() }).unwrap();
+        let mut session =
+            Session::from_bytes(&plan.to_bytes(), SessionOptions { threads: 1, reference_kernels: false, ..Default::default() }).unwrap();
         let params: Vec<(String, bool, Vec<usize>)> = session
             .plan()
             .tensors

@@ -308,7 +308,8 @@ pub unsafe extern "C" fn pock_session_open(
         if options.threads == 0 {
             return Err(Failure::new(PockStatus::InvalidArgument, "options.threads is 0; give 1 or more"));
         }
-        let session_options = SessionOptions { threads: options.threads as usize, reference_kernels: options.reference_kernels, ..SessionOptions::default() };
+        let session_options =
+            SessionOptions { threads: options.threads as usize, reference_kernels: options.reference_kernels, ..SessionOptions::default() };
         let session = Session::load(&path, session_options)?;
         let handle = Box::into_raw(Box::new(PockSession { session, poisoned: false }));
         // SAFETY: checked above.

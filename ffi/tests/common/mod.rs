@@ -27,14 +27,17 @@ pub fn write_mlp_plan(path: &Path) {
     std::fs::write(path, plan.to_bytes()).unwrap();
 }
 
-/// The directory holding the cdylib and staticlib cargo built for this test
-/// (`target/<profile>/`, the parent of the test binary's `deps/`).
+/// The directory holding the cdylib and staticlib cargo built for this test: `target/<profile>/`
+/// (the parent of the test binary's `deps/`) when cargo copied them there, as `cargo test -p
+/// pock-ffi` does, else `deps/` itself, where `cargo test --workspace` leaves them.
 pub fn library_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let so = dir.join(format!("{}pock_ffi{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX));
-    assert!(so.exists(), "{} is missing: cargo builds it with this test (`cargo test -p pock-ffi`)", so.display());
-    dir
+    let deps = exe.parent().unwrap().to_path_buf();
+    let so = |dir: &Path| dir.join(format!("{}pock_ffi{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX));
+    let candidates = [deps.parent().unwrap().to_path_buf(), deps];
+    let found = candidates.iter().find(|d| so(d).exists());
+    assert!(found.is_some(), "{} is missing: cargo builds it with this test (`cargo test -p pock-ffi`)", so(&candidates[0]).display());
+    found.unwrap().clone()
 }
 
 /// `(step, loss)` for every `step N loss X` line of a program's output.

@@ -102,9 +102,15 @@ pub fn execute(op: &Op, args: NodeArgs<'_, '_, f32>, workspace: &mut [f32], cfg:
             norm::batch_norm_train_grad(i[0], i[1], i[2], i[3], i[4], dx, dgamma, dbeta, cfg.threads);
             Ok(())
         }
-        Op::Conv(ConvOp::Conv2dGradWeightRows { conv, rows, .. }) if conv.groups == 1 => {
-            conv::conv2d_grad_weight_rows(conv, rows[0]..rows[1], args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, cfg.threads)
-        }
+        Op::Conv(ConvOp::Conv2dGradWeightRows { conv, rows, .. }) if conv.groups == 1 => conv::conv2d_grad_weight_rows(
+            conv,
+            rows[0]..rows[1],
+            args.inputs[0],
+            args.inputs[1],
+            &mut args.outputs[0],
+            workspace,
+            cfg.threads,
+        ),
         _ => reference::execute(op, args),
     }
 }
