@@ -330,6 +330,21 @@ pub trait Backend {
     }
 }
 
+/// Where [`Backend::write`] puts `len` bytes for tensor `t`: its arena offset, after checking that
+/// `len` is the tensor's size and that the tensor is in the arena (the weight section is
+/// read-only). Shared by every backend.
+pub fn arena_destination(plan: &Plan, t: TensorId, len: usize) -> Result<u64, ExecError> {
+    let info = plan.tensor(t);
+    let expected = info.bytes() as usize;
+    if len != expected {
+        return Err(ExecError::Size { name: info.name.clone(), expected, given: len });
+    }
+    let Location::Arena { offset } = info.location else {
+        return Err(ExecError::Unsupported(alloc::format!("tensor '{}' is in the read-only weight section", info.name)));
+    };
+    Ok(offset)
+}
+
 /// Which CPU kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuKernels {
@@ -661,14 +676,8 @@ impl<W: AsRef<[u8]> + Send, A: AsRef<[u64]> + AsMut<[u64]> + Send> Backend for C
     }
 
     fn write(&mut self, t: TensorId, bytes: &[u8]) -> Result<(), ExecError> {
-        let info = self.plan.tensor(t);
-        let expected = info.bytes() as usize;
-        if bytes.len() != expected {
-            return Err(ExecError::Size { name: info.name.clone(), expected, given: bytes.len() });
-        }
-        let Location::Arena { offset } = info.location else {
-            return Err(ExecError::Unsupported(alloc::format!("tensor '{}' is in the read-only weight section", info.name)));
-        };
+        let offset = arena_destination(&self.plan, t, bytes.len())?;
+        let expected = bytes.len();
         let o = offset as usize;
         self.arena_bytes_mut()[o..o + expected].copy_from_slice(bytes);
         Ok(())
