@@ -330,15 +330,22 @@ pub trait Backend {
     }
 }
 
-/// Where [`Backend::write`] puts `len` bytes for tensor `t`: its arena offset, after checking that
-/// `len` is the tensor's size and that the tensor is in the arena (the weight section is
-/// read-only). Shared by every backend.
-pub fn arena_destination(plan: &Plan, t: TensorId, len: usize) -> Result<u64, ExecError> {
+/// Tensor `t`'s description, after checking that a buffer of `len` bytes is its size: the check
+/// every backend's [`Backend::read`] and [`Backend::write`] make first.
+pub fn sized_tensor(plan: &Plan, t: TensorId, len: usize) -> Result<&crate::plan::TensorInfo, ExecError> {
     let info = plan.tensor(t);
     let expected = info.bytes() as usize;
     if len != expected {
         return Err(ExecError::Size { name: info.name.clone(), expected, given: len });
     }
+    Ok(info)
+}
+
+/// Where [`Backend::write`] puts `len` bytes for tensor `t`: its arena offset, after checking that
+/// `len` is the tensor's size and that the tensor is in the arena (the weight section is
+/// read-only). Shared by every backend.
+pub fn arena_destination(plan: &Plan, t: TensorId, len: usize) -> Result<u64, ExecError> {
+    let info = sized_tensor(plan, t, len)?;
     let Location::Arena { offset } = info.location else {
         return Err(ExecError::Unsupported(alloc::format!("tensor '{}' is in the read-only weight section", info.name)));
     };
@@ -684,11 +691,8 @@ impl<W: AsRef<[u8]> + Send, A: AsRef<[u64]> + AsMut<[u64]> + Send> Backend for C
     }
 
     fn read(&self, t: TensorId, out: &mut [u8]) -> Result<(), ExecError> {
-        let info = self.plan.tensor(t);
-        let expected = info.bytes() as usize;
-        if out.len() != expected {
-            return Err(ExecError::Size { name: info.name.clone(), expected, given: out.len() });
-        }
+        let info = sized_tensor(&self.plan, t, out.len())?;
+        let expected = out.len();
         let src = match info.location {
             Location::Arena { offset } => &self.arena_bytes()[offset as usize..offset as usize + expected],
             Location::Weights { offset } => &self.weight_section()[offset as usize..offset as usize + expected],

@@ -422,11 +422,8 @@ impl Backend for WgpuBackend {
     }
 
     fn read(&self, t: TensorId, out: &mut [u8]) -> Result<(), ExecError> {
-        let info = self.plan.tensor(t);
-        let expected = info.bytes() as usize;
-        if out.len() != expected {
-            return Err(ExecError::Size { name: info.name.clone(), expected, given: out.len() });
-        }
+        let info = crate::exec::sized_tensor(&self.plan, t, out.len())?;
+        let expected = out.len();
         let offset = match info.location {
             Location::Weights { offset } => {
                 out.copy_from_slice(&self.weights[offset as usize..offset as usize + expected]);
