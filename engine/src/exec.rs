@@ -354,6 +354,10 @@ pub struct CpuBackend<W: AsRef<[u8]>> {
     /// a profiled step allocates nothing), and the number of profiled runs.
     #[cfg(feature = "std")]
     profile: Option<(Vec<u64>, u64)>,
+    /// The fast kernels' scratch outside the plan (gemm's packing buffers): the largest any node
+    /// needs, allocated once here at load and shared by the nodes one after another.
+    #[cfg(feature = "std")]
+    scratch: Vec<f32>,
 }
 
 /// One node's argument views, split by dtype as kernels take them ([`NodeArgs`]). The vectors
@@ -410,11 +414,14 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
             return Err(ExecError::MisalignedWeights);
         }
         #[cfg(feature = "std")]
-        if let CpuKernels::Fast(_) = kernels {
+        let mut scratch_elems = 0usize;
+        #[cfg(feature = "std")]
+        if let CpuKernels::Fast(cfg) = kernels {
             for (pname, program) in plan.all_programs() {
                 for node in &program.nodes {
                     let ins: Vec<&[usize]> = node.inputs.iter().map(|&t| plan.tensor(t).shape.as_slice()).collect();
                     let outs: Vec<&[usize]> = node.outputs.iter().map(|&t| plan.tensor(t).shape.as_slice()).collect();
+                    scratch_elems = scratch_elems.max(crate::kernels::cpu::scratch_elems(&node.op, &ins, &outs, cfg));
                     let need = crate::kernels::cpu::workspace_elems(&node.op, &ins, &outs) as u64;
                     if need > node.workspace.map_or(0, |w| w.elems) {
                         return Err(ExecError::Unsupported(alloc::format!(
@@ -425,6 +432,15 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
                 }
             }
         }
+        #[cfg(feature = "std")]
+        let scratch = {
+            let mut scratch = Vec::new();
+            scratch
+                .try_reserve_exact(scratch_elems)
+                .map_err(|_| ExecError::OutOfMemory { bytes: (scratch_elems as u64).saturating_mul(4) })?;
+            scratch.resize(scratch_elems, 0.0f32);
+            scratch
+        };
         let words = plan.arena_bytes.div_ceil(8) as usize;
         let mut arena = Vec::new();
         arena.try_reserve_exact(words).map_err(|_| ExecError::OutOfMemory { bytes: plan.arena_bytes })?;
@@ -455,6 +471,8 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
             pool,
             #[cfg(feature = "std")]
             profile: None,
+            #[cfg(feature = "std")]
+            scratch,
         };
         backend.reset_state();
         Ok(backend)
@@ -605,7 +623,7 @@ impl<W: AsRef<[u8]>> CpuBackend<W> {
                     reference::execute(&node.op, node_args)
                 }
                 #[cfg(feature = "std")]
-                CpuKernels::Fast(cfg) => crate::kernels::cpu::execute(&node.op, node_args, workspace, cfg),
+                CpuKernels::Fast(cfg) => crate::kernels::cpu::execute(&node.op, node_args, workspace, &mut self.scratch, cfg),
             };
             args.clear();
             result.map_err(|source| ExecError::Kernel { node: node.name.clone(), source })?;

@@ -108,7 +108,8 @@ fn run_fast(
     let mut out = vec![f32::NAN; out_shape.iter().product()];
     let mut ws = vec![f32::NAN; workspace];
     let mut outputs = [ViewMut { data: &mut out[..], shape: out_shape }];
-    cpu::execute(op, NodeArgs::floats(&views, &mut outputs), &mut ws, cfg)?;
+    let mut scratch = vec![f32::NAN; cpu::scratch_elems(op, &[&shapes[0][..], &shapes[1][..]], &[out_shape], cfg)];
+    cpu::execute(op, NodeArgs::floats(&views, &mut outputs), &mut ws, &mut scratch, cfg)?;
     Ok(out)
 }
 

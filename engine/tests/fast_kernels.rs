@@ -3,7 +3,7 @@
 //! offers and on the portable code path.
 
 use pock_engine::kernels::cpu::par::{force_isa, isa, Isa};
-use pock_engine::kernels::cpu::{execute, workspace_elems, CpuConfig};
+use pock_engine::kernels::cpu::{execute, scratch_elems, workspace_elems, CpuConfig};
 use pock_engine::kernels::{reference, NodeArgs, View, ViewMut};
 use pock_engine::ops::{BatchNorm, Clip, Conv2d, ConvOp, DenseOp, NormOp, Op};
 use rand::{RngExt, SeedableRng};
@@ -33,7 +33,9 @@ fn check(what: &str, op: &Op, inputs: &[(Vec<f32>, Vec<usize>)], outputs: &[Vec<
             let mut got = initial.clone();
             {
                 let mut outs: Vec<ViewMut<f32>> = got.iter_mut().zip(outputs).map(|(d, s)| ViewMut { data: d, shape: s }).collect();
-                execute(op, NodeArgs::floats(&in_views, &mut outs), &mut workspace, CpuConfig { threads }).unwrap();
+                let cfg = CpuConfig { threads };
+                let mut scratch = vec![f32::NAN; scratch_elems(op, &in_shapes, &out_shapes, cfg)];
+                execute(op, NodeArgs::floats(&in_views, &mut outs), &mut workspace, &mut scratch, cfg).unwrap();
             }
             for (k, (g, w)) in got.iter().zip(&want).enumerate() {
                 let rms = (w.iter().map(|v| v * v).sum::<f32>() / w.len().max(1) as f32).sqrt();
