@@ -144,7 +144,9 @@ fn convolutions_match_the_reference() {
 #[test]
 fn large_products_split_among_threads_match() {
     let mut rng = ChaCha8Rng::seed_from_u64(10);
-    for (n, c, o, hw, k, stride, pad) in [(2, 16, 32, 40, 3, 1, 1), (2, 12, 40, 41, 3, 2, 1), (3, 8, 24, 33, 5, 1, 2), (8, 32, 48, 24, 1, 1, 0)] {
+    for (n, c, o, hw, k, stride, pad) in
+        [(2, 16, 32, 40, 3, 1, 1), (2, 12, 40, 41, 3, 2, 1), (3, 8, 24, 33, 5, 1, 2), (8, 32, 48, 24, 1, 1, 0)]
+    {
         let conv = Conv2d { stride: [stride; 2], padding: [pad; 4], dilation: [1, 1], groups: 1 };
         let (x_shape, w_shape) = (vec![n, c, hw, hw], vec![o, c, k, k]);
         let y_shape = Op::from(ConvOp::Conv2d(conv)).output_shapes(&[&x_shape, &w_shape]).unwrap().remove(0);

@@ -101,7 +101,9 @@ pub fn conv_scratch_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]]
     let product = match (op, inputs, outputs) {
         (ConvOp::Conv2d(c), [x, w], [y]) => Geometry::new(c, x, w, y).map(|g| (g.og, g.out_plane(), g.taps(), g)),
         (ConvOp::Conv2dGradInput { conv, .. }, [dy, w], [dx]) => Geometry::new(conv, dx, w, dy).map(|g| (g.taps(), g.out_plane(), g.og, g)),
-        (ConvOp::Conv2dGradWeight { conv, .. }, [dy, x], [dw]) => Geometry::new(conv, x, dw, dy).map(|g| (g.og, g.taps(), g.out_plane(), g)),
+        (ConvOp::Conv2dGradWeight { conv, .. }, [dy, x], [dw]) => {
+            Geometry::new(conv, x, dw, dy).map(|g| (g.og, g.taps(), g.out_plane(), g))
+        }
         _ => None,
     };
     match product {

@@ -60,7 +60,13 @@ pub fn scratch_elems(op: &Op, inputs: &[&[usize]], outputs: &[&[usize]], cfg: Cp
 /// names only the ops this module accelerates; every other op falls back to the reference.
 /// `workspace` is the node's plan workspace ([`workspace_elems`]), `scratch` at least
 /// [`scratch_elems`] elements.
-pub fn execute(op: &Op, args: NodeArgs<'_, '_, f32>, workspace: &mut [f32], scratch: &mut [f32], cfg: CpuConfig) -> Result<(), KernelError> {
+pub fn execute(
+    op: &Op,
+    args: NodeArgs<'_, '_, f32>,
+    workspace: &mut [f32],
+    scratch: &mut [f32],
+    cfg: CpuConfig,
+) -> Result<(), KernelError> {
     // Elementwise kernels compute the reference's formula per element; the others match it to
     // rounding (engine/tests/fast_kernels.rs).
     let threads = cfg.threads;
@@ -77,9 +83,7 @@ pub fn execute(op: &Op, args: NodeArgs<'_, '_, f32>, workspace: &mut [f32], scra
             });
             Ok(())
         }
-        Op::Conv(ConvOp::Conv2d(c)) => {
-            conv::conv2d(c, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads)
-        }
+        Op::Conv(ConvOp::Conv2d(c)) => conv::conv2d(c, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads),
         Op::Conv(ConvOp::Conv2dGradInput { conv, .. }) => {
             conv::conv2d_grad_input(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads)
         }

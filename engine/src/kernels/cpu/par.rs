@@ -79,14 +79,22 @@ pub fn for_each_part(
     let chunks = data.len().div_ceil(chunk_len);
     let per = chunks.div_ceil(parts.max(1)).max(1);
     let used = chunks.div_ceil(per);
-    assert!(scratch.len() >= used * scratch_len, "for_each_part: scratch holds {} elements, {used} parts need {}", scratch.len(), used * scratch_len);
+    assert!(
+        scratch.len() >= used * scratch_len,
+        "for_each_part: scratch holds {} elements, {used} parts need {}",
+        scratch.len(),
+        used * scratch_len
+    );
     if used > 1 {
         // With `scratch_len` 0 (an empty product) zipping with empty chunks would drop every part.
         let scratch = &mut scratch[..used * scratch_len];
         if scratch_len == 0 {
             data.par_chunks_mut(per * chunk_len).enumerate().for_each(|(i, run)| f(i * per, run, &mut []));
         } else {
-            data.par_chunks_mut(per * chunk_len).zip(scratch.par_chunks_mut(scratch_len)).enumerate().for_each(|(i, (run, s))| f(i * per, run, s));
+            data.par_chunks_mut(per * chunk_len)
+                .zip(scratch.par_chunks_mut(scratch_len))
+                .enumerate()
+                .for_each(|(i, (run, s))| f(i * per, run, s));
         }
     } else if !data.is_empty() {
         f(0, data, &mut scratch[..scratch_len]);
