@@ -188,3 +188,22 @@ fn a_too_small_workspace_is_an_error() {
         assert!(matches!(result, Err(KernelError::Invalid { .. })), "{}: {result:?}", op.name());
     }
 }
+
+#[test]
+fn a_too_small_scratch_is_an_error() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for (op, shapes, out_shape) in ops(&CASES[5]) {
+        let inputs = [random(&mut rng, &shapes[0]), random(&mut rng, &shapes[1])];
+        let in_shapes: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
+        let cfg = CpuConfig::default();
+        let (workspace, scratch) =
+            (cpu::workspace_elems(&op, &in_shapes, &[&out_shape]), cpu::scratch_elems(&op, &in_shapes, &[&out_shape], cfg));
+        assert!(scratch > 0, "{}: this case runs gemm", op.name());
+        let views = [View { data: &inputs[0][..], shape: &shapes[0][..] }, View { data: &inputs[1][..], shape: &shapes[1][..] }];
+        let mut out = vec![0.0; out_shape.iter().product()];
+        let (mut ws, mut pack) = (vec![0.0; workspace], vec![0.0; scratch - 1]);
+        let mut outputs = [ViewMut { data: &mut out[..], shape: &out_shape[..] }];
+        let result = cpu::execute(&op, NodeArgs::floats(&views, &mut outputs), &mut ws, &mut pack, cfg);
+        assert!(matches!(result, Err(KernelError::Invalid { .. })), "{}: {result:?}", op.name());
+    }
+}

@@ -70,6 +70,12 @@ pub fn execute(
     // Elementwise kernels compute the reference's formula per element; the others match it to
     // rounding (engine/tests/fast_kernels.rs).
     let threads = cfg.threads;
+    // The products pack into `scratch`: refuse one too small before any kernel runs.
+    if let (Op::Conv(_) | Op::Dense(DenseOp::MatMul(_)) | Op::MatMul(_), [a, b], [y]) = (op, args.inputs, &*args.outputs) {
+        if scratch.len() < scratch_elems(op, &[a.shape, b.shape], &[y.shape], cfg) {
+            return Err(KernelError::Invalid { op: op.name(), message: "scratch is smaller than scratch_elems requires" });
+        }
+    }
     match op {
         Op::Dense(DenseOp::MatMul(m)) => {
             matmul::matmul(m, args.inputs[0], args.inputs[1], &mut args.outputs[0], threads, scratch);
