@@ -733,7 +733,7 @@ mod tests {
             let (plan, range) = decoded(file);
             let mut backend = CpuBackend::new(plan.clone(), PlanBytes::copy_of(file), range, CpuKernels::Reference).unwrap();
             run_all(&mut backend);
-            // Miri cannot run the gemm crate's SIMD kernels in reasonable time.
+            // Miri cannot run the fast kernels' SIMD code in reasonable time.
             #[cfg(not(miri))]
             {
                 let fast = CpuKernels::Fast(crate::kernels::cpu::CpuConfig { threads: 1 });
