@@ -379,6 +379,10 @@ pub struct CpuBackend<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]> = Vec<u64>>
     /// a profiled step allocates nothing), and the number of profiled runs.
     #[cfg(feature = "std")]
     profile: Option<(Vec<u64>, u64)>,
+    /// The fast kernels' scratch outside the plan (gemm's packing buffers): the largest any node
+    /// needs, allocated once here at load and shared by the nodes one after another.
+    #[cfg(feature = "std")]
+    scratch: Vec<f32>,
 }
 
 /// One node's argument views, split by dtype as kernels take them ([`NodeArgs`]). The vectors
@@ -448,11 +452,14 @@ impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
             return Err(ExecError::MisalignedWeights);
         }
         #[cfg(feature = "std")]
-        if let CpuKernels::Fast(_) = kernels {
+        let mut scratch_elems = 0usize;
+        #[cfg(feature = "std")]
+        if let CpuKernels::Fast(cfg) = kernels {
             for (pname, program) in plan.all_programs() {
                 for node in &program.nodes {
                     let ins: Vec<&[usize]> = node.inputs.iter().map(|&t| plan.tensor(t).shape.as_slice()).collect();
                     let outs: Vec<&[usize]> = node.outputs.iter().map(|&t| plan.tensor(t).shape.as_slice()).collect();
+                    scratch_elems = scratch_elems.max(crate::kernels::cpu::scratch_elems(&node.op, &ins, &outs, cfg));
                     let need = crate::kernels::cpu::workspace_elems(&node.op, &ins, &outs) as u64;
                     if need > node.workspace.map_or(0, |w| w.elems) {
                         return Err(ExecError::Unsupported(alloc::format!(
@@ -463,6 +470,15 @@ impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
                 }
             }
         }
+        #[cfg(feature = "std")]
+        let scratch = {
+            let mut scratch = Vec::new();
+            scratch
+                .try_reserve_exact(scratch_elems)
+                .map_err(|_| ExecError::OutOfMemory { bytes: (scratch_elems as u64).saturating_mul(4) })?;
+            scratch.resize(scratch_elems, 0.0f32);
+            scratch
+        };
         let given = arena.as_ref().len() as u64 * 8;
         if given < plan.arena_bytes {
             return Err(ExecError::ArenaTooSmall { needed: plan.arena_bytes, given });
@@ -495,6 +511,8 @@ impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
             pool,
             #[cfg(feature = "std")]
             profile: None,
+            #[cfg(feature = "std")]
+            scratch,
         };
         backend.reset_state();
         Ok(backend)
@@ -656,7 +674,7 @@ impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
                     reference::execute(&node.op, node_args)
                 }
                 #[cfg(feature = "std")]
-                CpuKernels::Fast(cfg) => crate::kernels::cpu::execute(&node.op, node_args, workspace, cfg),
+                CpuKernels::Fast(cfg) => crate::kernels::cpu::execute(&node.op, node_args, workspace, &mut self.scratch, cfg),
             };
             args.clear();
             result.map_err(|source| ExecError::Kernel { node: node.name.clone(), source })?;
@@ -757,7 +775,7 @@ mod tests {
             let (plan, range) = decoded(file);
             let mut backend = CpuBackend::new(plan.clone(), PlanBytes::copy_of(file), range, CpuKernels::Reference).unwrap();
             run_all(&mut backend);
-            // Miri cannot run the gemm crate's SIMD kernels in reasonable time.
+            // Miri cannot run the fast kernels' SIMD code in reasonable time.
             #[cfg(not(miri))]
             {
                 let fast = CpuKernels::Fast(crate::kernels::cpu::CpuConfig { threads: 1 });
