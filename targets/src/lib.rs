@@ -105,12 +105,6 @@ pub struct StepEstimate {
 }
 
 impl Target {
-    /// A roofline estimate of how long `flops` of arithmetic over `bytes` of traffic take on all
-    /// cores, in ms: the slower of the two.
-    pub fn estimate_ms(&self, flops: u64, bytes: u64) -> f64 {
-        self.op_ms(OpWork { flops, bytes }, self.cores)
-    }
-
     /// The roofline time of one op on `threads` cores (at most the board's), ms. Arithmetic scales
     /// with the cores used; bandwidth is shared, so it does not.
     pub fn op_ms(&self, work: OpWork, threads: u32) -> f64 {
