@@ -327,7 +327,6 @@ mod tests {
         assert_eq!(t.op_ms(OpWork { flops: 0, bytes: 4_000_000_000 }, 1), 2000.0);
         // More threads than cores count as all cores.
         assert_eq!(t.op_ms(OpWork { flops: 8_000_000_000, bytes: 0 }, 64), 1000.0);
-        assert_eq!(t.estimate_ms(8_000_000_000, 0), 1000.0);
     }
 
     #[test]
