@@ -295,7 +295,10 @@ mod tests {
     use super::*;
     use alloc::vec;
 
-    const HUGE: usize = 1 << 40;
+    /// A dimension whose square wraps `usize` on 64- and 32-bit targets alike (2^40 or 2^24).
+    const HUGE: usize = 1 << (usize::BITS / 2 + 8);
+    /// A quarter of `usize`'s range: four times it wraps to 0.
+    const QUARTER: usize = 1 << (usize::BITS - 2);
 
     fn refused(op: impl Into<Op>, inputs: &[&[usize]]) -> ShapeError {
         let op = op.into();
@@ -304,17 +307,17 @@ mod tests {
 
     #[test]
     fn huge_dims_are_refused_not_wrapped() {
-        // The product of the output dims wraps usize (2^80 elements).
+        // The product of the output dims wraps usize (HUGE^2 elements).
         let e = refused(DenseOp::MatMul(MatMul { trans_a: false, trans_b: false }), &[&[HUGE, 1], &[1, HUGE]]);
         assert!(e.message.contains("more elements"), "{e}");
         // Both sides of a reshape are counted with checked products.
         refused(DenseOp::Reshape { shape: vec![HUGE, HUGE] }, &[&[4]]);
         refused(DenseOp::Reshape { shape: vec![2, 2] }, &[&[HUGE, HUGE]]);
         // `weight[1] * groups` would wrap to the input's channel count without the check.
-        let conv = Conv2d { stride: [1, 1], padding: [0; 4], dilation: [1, 1], groups: 1 << 62 };
-        let e = refused(ConvOp::Conv2d(conv), &[&[1, 0, 4, 4], &[1 << 62, 4, 1, 1]]);
+        let conv = Conv2d { stride: [1, 1], padding: [0; 4], dilation: [1, 1], groups: QUARTER };
+        let e = refused(ConvOp::Conv2d(conv), &[&[1, 0, 4, 4], &[QUARTER, 4, 1, 1]]);
         assert!(e.message.contains("does not fit"), "{e}");
-        refused(ConvOp::Conv2dGradInput { conv, input_hw: [4, 4] }, &[&[1, 1 << 62, 4, 4], &[1 << 62, 4, 1, 1]]);
+        refused(ConvOp::Conv2dGradInput { conv, input_hw: [4, 4] }, &[&[1, QUARTER, 4, 4], &[QUARTER, 4, 1, 1]]);
         // Windows, padding and dilation near usize::MAX.
         let big = Conv2d { stride: [1, 1], padding: [usize::MAX; 4], dilation: [usize::MAX, 1], groups: 1 };
         refused(ConvOp::Conv2d(big), &[&[1, 1, 4, 4], &[1, 1, 3, 3]]);

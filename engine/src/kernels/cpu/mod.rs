@@ -216,7 +216,8 @@ mod tests {
     #[should_panic(expected = "sgemm: lhs out of bounds")]
     fn wrapping_bounds_are_caught() {
         let (a, b, mut c) = ([0f32; 4], [0f32; 2], [0f32; 3]);
-        sgemm(mat(&a, 3, 2, 1 << 62, (1 << 63) - 1), mat(&b, 2, 1, 1, 1), &mut c, 1, false, 1, &mut [0.0; 64]);
+        let (rs, cs) = (1 << (usize::BITS - 2), (1 << (usize::BITS - 1)) - 1);
+        sgemm(mat(&a, 3, 2, rs, cs), mat(&b, 2, 1, 1, 1), &mut c, 1, false, 1, &mut [0.0; 64]);
     }
 
     #[test]
