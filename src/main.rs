@@ -763,12 +763,8 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
         return Err(PockError::Usage("--momentum, --dampening and --nesterov apply to --optimizer sgd only".into()));
     }
     check_hyperparameters(&a)?;
-    let inputs: Vec<(&str, &Path)> = a
-        .init_weights
-        .iter()
-        .map(|p| ("--init-weights", p.as_path()))
-        .chain(a.calib.iter().map(|p| ("--calib", p.as_path())))
-        .collect();
+    let inputs: Vec<(&str, &Path)> =
+        a.init_weights.iter().map(|p| ("--init-weights", p.as_path())).chain(a.calib.iter().map(|p| ("--calib", p.as_path()))).collect();
     check_outputs(&inputs, &[("-o", a.plan.as_path())])?;
     let init = a.init_weights.as_deref();
     let quantize = match (a.quantize, &a.calib) {

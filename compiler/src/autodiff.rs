@@ -37,7 +37,8 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
     // Int8 rewriting comes after the scheme, which decides which weights stay f32 master copies.
     let (graph, inputs, output) = match &options.quantize {
         Some(q) => {
-            let forward = crate::quantize::quantize_int8(ForwardGraph { name: name.clone(), graph, inputs, output, task: task.clone() }, q)?;
+            let forward =
+                crate::quantize::quantize_int8(ForwardGraph { name: name.clone(), graph, inputs, output, task: task.clone() }, q)?;
             (forward.graph, forward.inputs, forward.output)
         }
         None => (graph, inputs, output),

@@ -98,7 +98,9 @@ impl<'g, T: Float> Interpreter<'g, T> {
             let taken = match def.dtype {
                 DType::F32 => take(&mut self.floats[t.index()], in_place, def.numel(), T::zero()).map(|v| float_outs.push((t, v))),
                 DType::I64 => take(&mut self.ints[t.index()], in_place, def.numel(), 0).map(|v| int_outs.push((t, v))),
-                DType::Bool | DType::U8 | DType::I8 => take(&mut self.bools[t.index()], in_place, def.numel(), 0).map(|v| bool_outs.push((t, v))),
+                DType::Bool | DType::U8 | DType::I8 => {
+                    take(&mut self.bools[t.index()], in_place, def.numel(), 0).map(|v| bool_outs.push((t, v)))
+                }
                 other => {
                     return Err(error(format!("output '{}' has dtype {}, which the interpreter does not run", def.name, other.name())))
                 }
@@ -112,7 +114,9 @@ impl<'g, T: Float> Interpreter<'g, T> {
             match def.dtype {
                 DType::F32 => floats.push(View { data: self.floats[t.index()].as_deref().ok_or_else(|| missing(t))?, shape }),
                 DType::I64 => ints.push(View { data: self.ints[t.index()].as_deref().ok_or_else(|| missing(t))?, shape }),
-                DType::Bool | DType::U8 | DType::I8 => bools.push(View { data: self.bools[t.index()].as_deref().ok_or_else(|| missing(t))?, shape }),
+                DType::Bool | DType::U8 | DType::I8 => {
+                    bools.push(View { data: self.bools[t.index()].as_deref().ok_or_else(|| missing(t))?, shape })
+                }
                 other => return Err(error(format!("input '{}' has dtype {}, which the interpreter does not run", def.name, other.name()))),
             }
         }

@@ -168,7 +168,9 @@ fn calibrate(forward: &ForwardGraph, layers: &[Layer], rows: &[f32]) -> Result<V
 /// Rewrites `forward` into int8 ops calibrated on `options.calibration` (see the module docs).
 pub fn quantize_int8(forward: ForwardGraph, options: &Int8Options) -> Result<ForwardGraph> {
     if !forward.graph.trained_rows.is_empty() {
-        return Err(CompileError::Option("--quantize int8 does not combine with partial-channel updates ([[channels]] in a scheme file)".into()));
+        return Err(CompileError::Option(
+            "--quantize int8 does not combine with partial-channel updates ([[channels]] in a scheme file)".into(),
+        ));
     }
     let layers = layers(&forward)?;
     let ranges = calibrate(&forward, &layers, &options.calibration)?;
@@ -216,7 +218,8 @@ pub fn quantize_int8(forward: ForwardGraph, options: &Int8Options) -> Result<For
             g.add_tensor(TensorDef { init: Some(Values::I8(q)), dtype: DType::I8, ..wdef.clone() })
         };
         let bias = g.add_tensor(TensorDef { init: Some(Values::F32(bq)), ..bdef.clone() });
-        let scale = g.constant(format!("{}.weight_scale", wdef.name.rsplit_once('.').map_or(wdef.name.as_str(), |(l, _)| l)), vec![outs], w_scale);
+        let scale =
+            g.constant(format!("{}.weight_scale", wdef.name.rsplit_once('.').map_or(wdef.name.as_str(), |(l, _)| l)), vec![outs], w_scale);
         let last = k + 1 == layers.len();
         let out = if last {
             QOutput::F32

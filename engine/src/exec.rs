@@ -615,7 +615,9 @@ impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
                 match info.dtype {
                     DType::F32 => args.floats.push(View { data: unsafe { core::slice::from_raw_parts(ptr as *const f32, n) }, shape }),
                     DType::I64 => args.ints.push(View { data: unsafe { core::slice::from_raw_parts(ptr as *const i64, n) }, shape }),
-                    DType::Bool | DType::U8 | DType::I8 => args.bools.push(View { data: unsafe { core::slice::from_raw_parts(ptr, n) }, shape }),
+                    DType::Bool | DType::U8 | DType::I8 => {
+                        args.bools.push(View { data: unsafe { core::slice::from_raw_parts(ptr, n) }, shape })
+                    }
                     DType::F16 => return Err(args.unrunnable(info)),
                 }
             }

@@ -19,9 +19,10 @@ impl CompileRules for QuantOp {
                     return Err(CompileError::Node {
                         node: node.name.clone(),
                         op: self.name(),
-                        message: "the gradient through Quantize is not implemented: --quantize int8 quantizes the model's data input only, \
+                        message:
+                            "the gradient through Quantize is not implemented: --quantize int8 quantizes the model's data input only, \
                                   which needs no gradient"
-                            .into(),
+                                .into(),
                     });
                 }
             }
