@@ -226,4 +226,11 @@ fn the_cli_asks_for_calibration_data() {
         common::s(&plan),
     ]);
     assert!(e.contains("convolutions and pooling are not quantized yet"), "{e}");
+    // The happy path, and export's refusal (its parameters are not the model's float tensors).
+    let out =
+        common::pock(&["-q", "compile", MODEL, "--batch", "16", "--quantize", "int8", "--calib", common::s(&npz), "-o", common::s(&plan)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st = dir.join("w.safetensors");
+    let e = common::fails(&["export", common::s(&plan), "--safetensors", common::s(&st)]);
+    assert!(e.contains("does not write int8 plans"), "{e}");
 }
