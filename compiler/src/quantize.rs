@@ -139,7 +139,7 @@ fn calibrate(forward: &ForwardGraph, layers: &[Layer], rows: &[f32]) -> Result<V
     let input = forward.inputs[0];
     let per_batch = g.tensor(input).numel();
     let batches = rows.len().checked_div(per_batch).unwrap_or(0);
-    if batches == 0 || rows.len() % g.shape(input)[1..].iter().product::<usize>().max(1) != 0 {
+    if batches == 0 || !rows.len().is_multiple_of(g.shape(input)[1..].iter().product::<usize>().max(1)) {
         return Err(CompileError::Option(format!(
             "--quantize int8: the calibration data must hold whole samples of {:?} and at least one batch ({} values); it has {} values",
             &g.shape(input)[1..],

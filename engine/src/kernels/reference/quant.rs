@@ -117,15 +117,15 @@ fn passes(l: &QLinear, y: &Seen<'_>, i: usize) -> bool {
 /// `dx[n, i] = sum_o g[n, o] * w_scale[o] * w[o, i]`, `g` being `dy` where it passes.
 pub fn linear_grad_input<T: Float>(l: &QLinear, dy: View<'_, T>, y: &Seen<'_>, w: &Weights<'_, T>, w_scale: &[T], dx: &mut [T]) {
     let (n, outs) = (dy.shape[0], dy.shape[1]);
-    let inner = if n == 0 { 0 } else { dx.len() / n };
+    let inner = dx.len().checked_div(n).unwrap_or(0);
     dx.iter_mut().for_each(|v| *v = T::zero());
     for r in 0..n {
-        for o in 0..outs {
+        for (o, &scale) in w_scale.iter().enumerate().take(outs) {
             let k = r * outs + o;
             if !passes(l, y, k) {
                 continue;
             }
-            let g = dy.data[k] * w_scale[o];
+            let g = dy.data[k] * scale;
             for i in 0..inner {
                 dx[r * inner + i] += g * T::from_i64(i64::from(w.at(o * inner + i)));
             }
