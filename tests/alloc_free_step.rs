@@ -86,8 +86,21 @@ fn train_steps_allocate_nothing() {
         optimizer: OptimizerKind::Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
         ..Default::default()
     };
-    for (model, options) in [("zoo:cnn:channels=1,size=12,classes=4,width=4", sgd.clone()), ("zoo:mlp:inputs=8,hidden=16,classes=3", adam)]
-    {
+    // Int8 (issue 9 part 3): frozen int8 weights and a trained f32 master copy, calibrated on
+    // two batches of made-up samples.
+    let int8 = CompileOptions {
+        update: pock::compiler::UpdateScheme { preset: Some(pock::compiler::UpdatePreset::Bias), ..Default::default() },
+        quantize: Some(pock::compiler::quantize::Int8Options {
+            calibration: (0..64).map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.5).collect(),
+            qas: true,
+        }),
+        ..sgd.clone()
+    };
+    for (model, options) in [
+        ("zoo:cnn:channels=1,size=12,classes=4,width=4", sgd.clone()),
+        ("zoo:mlp:inputs=8,hidden=16,classes=3", adam),
+        ("zoo:mlp:inputs=8,hidden=16,depth=2,classes=3", int8),
+    ] {
         let (ours, external, _) = count(model, options.clone(), true);
         assert_eq!((ours, external), (0, 0), "{model}, reference kernels: allocations inside steps");
         let (ours, external, steps) = count(model, options, false);
