@@ -9,7 +9,7 @@ use pock::compiler::ir::{Graph, Program, Role, TensorId, Values};
 use pock::compiler::quantize::{quantize_int8, Int8Options};
 use pock::compiler::{CompileOptions, ForwardGraph, UpdatePreset, UpdateScheme};
 use pock::data::Dataset;
-use pock::engine::ops::{DenseOp, Op, QOutput, QuantOp};
+use pock::engine::ops::{DenseOp, Op, QOutput, QParams, QuantOp};
 use pock::engine::plan::OptimizerKind;
 use pock::engine::{Session, SessionOptions, Targets};
 
@@ -233,4 +233,56 @@ fn the_cli_asks_for_calibration_data() {
     let st = dir.join("w.safetensors");
     let e = common::fails(&["export", common::s(&plan), "--safetensors", common::s(&st)]);
     assert!(e.contains("does not write int8 plans"), "{e}");
+}
+
+/// A plan's attributes come from a file: int8 ops with absurd scales, zero points and clamp
+/// bounds (zero, negative, NaN and infinite scales; extreme zero points; `lo > hi`) load and run
+/// without panicking (errors and NaN losses are allowed: they are answers).
+#[test]
+fn crafted_int8_attributes_never_panic() {
+    let data = data();
+    let compiled = pock::compile_model(MODEL, BATCH, 3, options(Some(true))).unwrap();
+    let scales = [0.0, -1.0, f32::NAN, f32::INFINITY, 1e-30, 1e30];
+    let (x, y) = (batch_of(&data, 0), vec![1i64; BATCH]);
+    for (k, &scale) in scales.iter().enumerate() {
+        let mut crafted = compiled.clone();
+        let zero_point = [i32::MIN, i32::MAX, 0, -128, 127, 5][k];
+        for program in [&mut crafted.plan.programs.train, &mut crafted.plan.programs.eval, &mut crafted.plan.programs.infer] {
+            for node in &mut program.nodes {
+                let params = QParams { scale, zero_point };
+                node.op = match node.op.clone() {
+                    Op::Quant(QuantOp::Quantize(_)) => QuantOp::Quantize(params).into(),
+                    Op::Quant(QuantOp::Linear(mut l)) | Op::Quant(QuantOp::LinearGradInput(mut l)) => {
+                        l.x = params;
+                        if let QOutput::Int8 { q, .. } = &mut l.out {
+                            *q = params;
+                            l.out = QOutput::Int8 { q: *q, lo: 100, hi: -100 };
+                        }
+                        if matches!(node.op, Op::Quant(QuantOp::Linear(_))) {
+                            QuantOp::Linear(l).into()
+                        } else {
+                            QuantOp::LinearGradInput(l).into()
+                        }
+                    }
+                    Op::Quant(QuantOp::LinearGradWeight(mut l)) => {
+                        l.x = params;
+                        QuantOp::LinearGradWeight(l).into()
+                    }
+                    Op::Quant(QuantOp::LinearGradBias(mut l)) => {
+                        l.x = params;
+                        QuantOp::LinearGradBias(l).into()
+                    }
+                    op => op,
+                };
+            }
+        }
+        let bytes = crafted.to_bytes();
+        let mut session = Session::from_bytes(&bytes, OPTS).unwrap();
+        for _ in 0..2 {
+            // A NaN loss is an answer, not a panic; errors (skipped updates) are fine too.
+            let _ = session.train_step(x, Targets::Labels(&y));
+        }
+        let mut out = vec![0f32; BATCH * 4];
+        let _ = session.infer(x, &mut out);
+    }
 }
