@@ -770,7 +770,7 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
     let quantize = match (a.quantize, &a.calib) {
         (QuantizeArg::Int8, Some(path)) => {
             let data = pock::data::Dataset::load_npz(path)?;
-            Some(pock::compiler::quantize::Int8Options { calibration: data.x, qas: !a.no_qas })
+            Some(pock::compiler::quantize::Int8Options { sample_shape: data.x_shape[1..].to_vec(), calibration: data.x, qas: !a.no_qas })
         }
         (QuantizeArg::Int8, None) => {
             return Err(PockError::Usage(

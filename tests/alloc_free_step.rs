@@ -92,6 +92,7 @@ fn train_steps_allocate_nothing() {
         update: pock::compiler::UpdateScheme { preset: Some(pock::compiler::UpdatePreset::Bias), ..Default::default() },
         quantize: Some(pock::compiler::quantize::Int8Options {
             calibration: (0..64).map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.5).collect(),
+            sample_shape: vec![8],
             qas: true,
         }),
         ..sgd.clone()

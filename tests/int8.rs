@@ -63,7 +63,7 @@ fn values(g: &Graph, t: TensorId) -> Vec<f32> {
 fn int8_forward_agrees_with_the_float_forward_within_the_quantization_error() {
     let data = data();
     let float = frozen_model();
-    let int8 = quantize_int8(float.clone(), &Int8Options { calibration: data.x.clone(), qas: true }).unwrap();
+    let int8 = quantize_int8(float.clone(), &Int8Options { calibration: data.x.clone(), sample_shape: vec![48], qas: true }).unwrap();
     let (fg, qg) = (&float.graph, &int8.graph);
     let matmuls: Vec<_> = fg.nodes.iter().filter(|n| matches!(n.op, Op::Dense(DenseOp::MatMul(_)))).collect();
     let biases: Vec<_> = fg.nodes.iter().filter(|n| matches!(n.op, Op::Dense(DenseOp::BiasAdd))).collect();
@@ -142,7 +142,7 @@ fn options(qas: Option<bool>) -> CompileOptions {
         optimizer: OptimizerKind::Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
         learning_rate: 0.2,
         update: UpdateScheme { preset: Some(UpdatePreset::Bias), ..Default::default() },
-        quantize: qas.map(|qas| Int8Options { calibration: data().x, qas }),
+        quantize: qas.map(|qas| Int8Options { calibration: data().x, sample_shape: vec![48], qas }),
         ..Default::default()
     }
 }
@@ -226,6 +226,17 @@ fn the_cli_asks_for_calibration_data() {
         common::s(&plan),
     ]);
     assert!(e.contains("convolutions and pooling are not quantized yet"), "{e}");
+    let e = common::fails(&[
+        "compile",
+        "zoo:mlp:inputs=8,hidden=4,classes=4",
+        "--quantize",
+        "int8",
+        "--calib",
+        common::s(&npz),
+        "-o",
+        common::s(&plan),
+    ]);
+    assert!(e.contains("the calibration samples have shape [48], the model's input 'input' takes [8] per sample"), "{e}");
     // The happy path, and export's refusal (its parameters are not the model's float tensors).
     let out =
         common::pock(&["-q", "compile", MODEL, "--batch", "16", "--quantize", "int8", "--calib", common::s(&npz), "-o", common::s(&plan)]);

@@ -40,6 +40,9 @@ pub struct Int8Options {
     /// Calibration samples of the model's (only) data input, row-major `[samples, features...]`:
     /// at least one batch; whole batches are used.
     pub calibration: Vec<f32>,
+    /// The shape of one calibration sample (the `.npz` array's shape without its first axis),
+    /// checked against the model input's.
+    pub sample_shape: Vec<usize>,
     /// Scale the weight and bias gradients as QAS does (on by default; off only for comparison).
     pub qas: bool,
 }
@@ -134,9 +137,18 @@ fn layers(forward: &ForwardGraph) -> Result<Vec<Layer>> {
 
 /// The observed `[min, max]` of the input and of each layer's output, over whole batches of the
 /// calibration rows.
-fn calibrate(forward: &ForwardGraph, layers: &[Layer], rows: &[f32]) -> Result<Vec<(f32, f32)>> {
+fn calibrate(forward: &ForwardGraph, layers: &[Layer], options: &Int8Options) -> Result<Vec<(f32, f32)>> {
     let g = &forward.graph;
     let input = forward.inputs[0];
+    if options.sample_shape != g.shape(input)[1..] {
+        return Err(CompileError::Option(format!(
+            "--quantize int8: the calibration samples have shape {:?}, the model's input '{}' takes {:?} per sample; pass --calib data made for this model",
+            options.sample_shape,
+            g.tensor(input).name,
+            &g.shape(input)[1..]
+        )));
+    }
+    let rows = &options.calibration[..];
     let per_batch = g.tensor(input).numel();
     let batches = rows.len().checked_div(per_batch).unwrap_or(0);
     if batches == 0 || !rows.len().is_multiple_of(g.shape(input)[1..].iter().product::<usize>().max(1)) {
@@ -173,7 +185,7 @@ pub fn quantize_int8(forward: ForwardGraph, options: &Int8Options) -> Result<For
         ));
     }
     let layers = layers(&forward)?;
-    let ranges = calibrate(&forward, &layers, &options.calibration)?;
+    let ranges = calibrate(&forward, &layers, options)?;
     let old = &forward.graph;
     let mut g = Graph::new();
     let input_def = old.tensor(forward.inputs[0]).clone();
