@@ -103,13 +103,25 @@ fn train_steps_allocate_nothing() {
         optimizer: OptimizerKind::Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
         ..Default::default()
     };
+    // Int8 (issue 9 part 3): frozen int8 weights and a trained f32 master copy, calibrated on
+    // two batches of made-up samples.
+    let int8 = CompileOptions {
+        update: pock::compiler::UpdateScheme { preset: Some(pock::compiler::UpdatePreset::Bias), ..Default::default() },
+        quantize: Some(pock::compiler::quantize::Int8Options {
+            calibration: (0..64).map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.5).collect(),
+            sample_shape: vec![8],
+            qas: true,
+        }),
+        ..sgd.clone()
+    };
     let sgd_bn_train = CompileOptions { batch_norm: BatchNormMode::Train, ..sgd.clone() };
     let cases = [
         ("zoo:cnn:channels=1,size=12,classes=4,width=4", sgd.clone()),
         ("zoo:cnn:channels=3,size=32,classes=4,width=16", sgd.clone()),
         ("zoo:mlp:inputs=8,hidden=16,classes=3", adam),
         ("zoo:mobilenetv2:classes=4,size=32,width=0.25", sgd_bn_train),
-        ("zoo:mobilenetv2:classes=4,size=32,width=0.25", sgd),
+        ("zoo:mobilenetv2:classes=4,size=32,width=0.25", sgd.clone()),
+        ("zoo:mlp:inputs=8,hidden=16,depth=2,classes=3", int8),
     ];
     for (model, options) in cases {
         let (allocations, bytes, _) = count(model, options.clone(), true, 1, 4);

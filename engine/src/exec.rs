@@ -142,7 +142,7 @@ pub fn validate(plan: &Plan) -> Result<(), ValidationError> {
         let numel = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let bytes = numel.and_then(|e| e.checked_mul(t.dtype.size())).map(|b| b as u64);
         let Some(bytes) = bytes else { bail!("tensor '{}' has an impossible shape {:?}", t.name, t.shape) };
-        if !matches!(t.dtype, DType::F32 | DType::I64 | DType::Bool | DType::U8) {
+        if !matches!(t.dtype, DType::F32 | DType::I64 | DType::Bool | DType::U8 | DType::I8) {
             bail!("tensor '{}' has dtype {}, which this engine does not run yet", t.name, t.dtype.name());
         }
         let persistent = !matches!(t.role, Role::Transient | Role::Input | Role::Target);
@@ -633,8 +633,10 @@ impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
                 match info.dtype {
                     DType::F32 => args.floats.push(View { data: unsafe { core::slice::from_raw_parts(ptr as *const f32, n) }, shape }),
                     DType::I64 => args.ints.push(View { data: unsafe { core::slice::from_raw_parts(ptr as *const i64, n) }, shape }),
-                    DType::Bool | DType::U8 => args.bools.push(View { data: unsafe { core::slice::from_raw_parts(ptr, n) }, shape }),
-                    DType::F16 | DType::I8 => return Err(args.unrunnable(info)),
+                    DType::Bool | DType::U8 | DType::I8 => {
+                        args.bools.push(View { data: unsafe { core::slice::from_raw_parts(ptr, n) }, shape })
+                    }
+                    DType::F16 => return Err(args.unrunnable(info)),
                 }
             }
             for &t in &node.outputs {
@@ -649,10 +651,10 @@ impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
                     DType::I64 => {
                         args.int_outs.push(ViewMut { data: unsafe { core::slice::from_raw_parts_mut(ptr as *mut i64, n) }, shape })
                     }
-                    DType::Bool | DType::U8 => {
+                    DType::Bool | DType::U8 | DType::I8 => {
                         args.bool_outs.push(ViewMut { data: unsafe { core::slice::from_raw_parts_mut(ptr, n) }, shape })
                     }
-                    DType::F16 | DType::I8 => return Err(args.unrunnable(info)),
+                    DType::F16 => return Err(args.unrunnable(info)),
                 }
             }
             let workspace: &mut [f32] = match node.workspace {

@@ -12,7 +12,8 @@
 //! updated in place ([`Op::inplace_outputs`]): they name persistent tensors (parameters, optimizer
 //! state, running statistics, gradient accumulators) whose previous value the kernel reads. Each
 //! op declares the dtype of every input and output with its dtype rule ([`Op::output_dtypes`]):
-//! float (`f32` in plans), `i64`, bool, or `u8` (the mask family's packed bits).
+//! float (`f32` in plans), `i64`, bool, `u8` (the mask family's packed bits) or `i8` (the quant
+//! family's int8 values; kernels see them as bytes, in the `bool` slices of their arguments).
 //!
 //! Encoding: plans store an [`Op`] as postcard writes it, the family's variant index followed by
 //! the op's index inside its family (see [`crate::format`] for the rule that keeps old indices
@@ -29,6 +30,7 @@ mod movement;
 mod norm;
 mod optim;
 mod pool;
+mod quant;
 mod random;
 mod reduce;
 mod unary;
@@ -52,6 +54,7 @@ pub use movement::{broadcast_shapes, slice_range, MoveOp, Slice};
 pub use norm::{BatchNorm, NormOp};
 pub use optim::{Adam, GradScale, OptimOp, ParamRows, Sgd};
 pub use pool::{Pool2d, PoolOp};
+pub use quant::{QLinear, QOutput, QParams, QuantOp};
 pub use random::{Dropout, RandomOp};
 pub use reduce::{Reduce, ReduceOp};
 pub use unary::{UnaryFn, UnaryFormula, UnaryOp};
@@ -101,6 +104,7 @@ pub enum Op {
     MatMul(MatMulOp),
     Random(RandomOp),
     Mask(MaskOp),
+    Quant(QuantOp),
 }
 
 /// Evaluates `$body` with `$family` bound to the family op inside an [`Op`]: the one place that
@@ -124,6 +128,7 @@ macro_rules! dispatch_op {
             $crate::ops::Op::MatMul($family) => $body,
             $crate::ops::Op::Random($family) => $body,
             $crate::ops::Op::Mask($family) => $body,
+            $crate::ops::Op::Quant($family) => $body,
         }
     };
 }
@@ -142,6 +147,7 @@ from_family!(Dense(DenseOp), Conv(ConvOp), Norm(NormOp), Pool(PoolOp), Loss(Loss
 from_family!(Broadcast(BroadcastOp));
 from_family!(Unary(UnaryOp));
 from_family!(Reduce(ReduceOp), Move(MoveOp), MatMul(MatMulOp), Random(RandomOp), Mask(MaskOp));
+from_family!(Quant(QuantOp));
 
 impl Op {
     pub fn name(&self) -> &'static str {
