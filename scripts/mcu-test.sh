@@ -48,14 +48,10 @@ if [ -z "$missing" ]; then
 elif [ "${POCK_MCU_INSTALL:-1}" = 0 ]; then
   die "missing packages:$missing, and POCK_MCU_INSTALL=0; run this script once without it (as root, or with sudo available), or install them with apt"
 else
-  sudo=""
-  if [ "$(id -u)" != 0 ]; then
-    command -v sudo >/dev/null || die "installing$missing needs root: run as root or install sudo"
-    sudo="sudo"
-  fi
-  command -v apt-get >/dev/null || die "this script installs its toolchain with apt (Debian bookworm or later); elsewhere install rustc 1.96+ with rust-src, qemu-system-arm and arm-none-eabi-ld by hand, then run it with POCK_MCU_INSTALL=0"
-  # A stale mirror index makes `apt-get update` exit 100 while the others are fine: go on.
-  $sudo apt-get update -q || echo "mcu: apt-get update reported errors; trying the install anyway"
+  # shellcheck source=scripts/apt.sh
+  . scripts/apt.sh
+  apt_prepare mcu "install rustc 1.96+ with rust-src, qemu-system-arm and arm-none-eabi-ld by hand, then run it with POCK_MCU_INSTALL=0"
+  apt_update mcu
   # rustc-web, cargo-web and rust-web-src must be one version (scripts/cross-test.sh pins them
   # when it installs them; alone, this script takes the candidate of all three).
   # shellcheck disable=SC2086
