@@ -1,0 +1,548 @@
+//! `pock scheme`: an update scheme chosen under a memory budget by contribution analysis.
+//!
+//! - **Candidates.** Every parameter of the model as `pock compile` would train it (after
+//!   BatchNorm folding): whole, and for a convolution weight (the weights partial-channel updates
+//!   apply to, `pock_compiler::scheme`) also its first ceil(C/8), ceil(C/4) and ceil(C/2) output
+//!   channels, by the scheme module's one rule. The channel options of one weight are exclusive:
+//!   choosing a larger one replaces the smaller.
+//! - **Benefit.** The first-order loss drop of one optimizer step restricted to the candidate's
+//!   values, at the plan's learning rate `lr`, for the mean gradient `g` of the calibration
+//!   batches: `lr * sum(g^2)` for SGD (a step `-lr * g` changes the loss by `-lr * |g|^2`),
+//!   `lr * sum(|g|)` for Adam and AdamW (whose early steps move each value by about `lr` in the
+//!   direction of `-sign(g)`). Momentum scales every candidate alike, so it changes no choice.
+//!   The gradients come from one full-backpropagation plan run by the engine on the calibration
+//!   batches: compiled with gradient accumulation over more micro-batches than are run, so the
+//!   steps only sum every parameter's gradient into its accumulator, which is then read back.
+//!   A sum over the batches before squaring, not an average of per-batch squares: the noise of
+//!   single batches would otherwise count as benefit.
+//! - **Cost.** Bytes of memory (arena and weights, what `--memory-budget` bounds), from compiled
+//!   plans: each parameter is compiled alone once. A candidate's marginal cost given the chosen
+//!   set is then estimated as its optimizer state (scaled by its channel fraction) plus the
+//!   activations its weight gradient reads, plus how much deeper than the chosen set it makes
+//!   backpropagation reach (what its plan alone costs beyond those, over the deepest chosen
+//!   one). The estimate only ranks; every step of the choice is compiled.
+//! - **Choice.** Greedy by benefit per estimated byte: the best candidate that the estimate says
+//!   fits is compiled with the chosen set, kept if the plan fits the budget, else dropped (with
+//!   its larger channel options). The final scheme is written as TOML, parsed back and compiled
+//!   once more, and must fit and plan exactly the memory its comment states.
+
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use pock_compiler::accounting::human_bytes;
+use pock_compiler::{ChannelRule, ChannelSelect, CompileOptions, CompiledPlan, ForwardGraph, UpdateScheme};
+use pock_engine::ops::{ConvOp, Op};
+use pock_engine::plan::{ModelSource, OptimizerKind, Phase, Plan, Role, ALIGN};
+use pock_engine::{Session, SessionOptions};
+
+use crate::PockError;
+
+/// The channel fractions (their denominators) a convolution weight is offered at.
+pub const DENOMINATORS: [usize; 4] = [8, 4, 2, 1];
+
+/// Calibration batches used when `--calibration-batches` is not given (or all the data holds,
+/// if fewer).
+pub const DEFAULT_BATCHES: usize = 8;
+
+/// How to search.
+#[derive(Clone, Debug)]
+pub struct SearchConfig {
+    /// Arena plus weights, in bytes (`--memory-budget`).
+    pub budget: u64,
+    /// Calibration batches: exactly this many, or `None` for up to [`DEFAULT_BATCHES`].
+    pub batches: Option<usize>,
+    /// How the analysis plan runs (threads, kernels).
+    pub session: SessionOptions,
+    /// Progress bars on stderr.
+    pub progress: bool,
+}
+
+/// One way to train a parameter: its first `rows` output channels (all of them for `whole`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpdateOption {
+    pub rows: usize,
+    /// The channel fraction's denominator (1 for whole).
+    pub denominator: usize,
+    /// Predicted loss drop per step (see the module documentation).
+    pub benefit: f64,
+}
+
+/// A parameter the search may train, with its options and costs.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub name: String,
+    /// Output channels (rows along axis 0) of a convolution weight; 1 for a parameter that
+    /// trains whole only.
+    pub channels: usize,
+    /// Whether it can train in part (a convolution weight).
+    pub partial: bool,
+    /// By increasing rows; the last trains the whole parameter.
+    pub options: Vec<UpdateOption>,
+    /// Arena plus weights of the plan that trains this parameter alone (compiled).
+    pub alone_bytes: u64,
+    /// Optimizer state of the whole parameter in that plan.
+    pub optimizer_bytes: u64,
+    /// Activations its gradient reads (the other non-parameter inputs of the nodes that read a
+    /// weight; 0 for a 1-D parameter such as a bias).
+    pub saved_bytes: u64,
+}
+
+impl Candidate {
+    /// The part of `alone_bytes` that is the depth of backpropagation: what remains without
+    /// the parameter's own optimizer state and saved activations.
+    fn depth_bytes(&self) -> u64 {
+        self.alone_bytes.saturating_sub(self.optimizer_bytes).saturating_sub(self.saved_bytes)
+    }
+
+    fn optimizer_bytes_at(&self, rows: usize) -> u64 {
+        (self.optimizer_bytes as u128 * rows as u128 / self.channels.max(1) as u128) as u64
+    }
+}
+
+/// A chosen parameter and how much of it trains.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Choice {
+    pub param: String,
+    pub rows: usize,
+    pub channels: usize,
+    pub partial: bool,
+    pub denominator: usize,
+    pub benefit: f64,
+}
+
+impl Choice {
+    pub fn whole(&self) -> bool {
+        self.rows == self.channels
+    }
+}
+
+/// What the search found.
+#[derive(Clone, Debug)]
+pub struct SchemeSearch {
+    /// In the order the forward pass reads them.
+    pub chosen: Vec<Choice>,
+    pub budget: u64,
+    /// The final scheme's compiled plan.
+    pub arena_bytes: u64,
+    pub weight_bytes: u64,
+    pub trainable_params: usize,
+    /// Sum of the chosen benefits, and of every parameter's whole benefit (full backpropagation).
+    pub predicted_drop: f64,
+    pub full_drop: f64,
+    /// How the benefit was measured, in words (for the file's comment).
+    pub measure: String,
+    pub calibration_losses: Vec<f32>,
+    pub batch: usize,
+    /// Plans compiled by the search (costs alone, greedy steps, the final check).
+    pub compiles: usize,
+    pub seconds: f64,
+    pub candidates: Vec<Candidate>,
+    /// The scheme file's body (without the header comment), as [`SchemeSearch::toml`] writes it.
+    body: String,
+}
+
+/// Escapes a parameter name for a glob (`*`, `?` and `[` as one-character classes), so that it
+/// matches that name alone.
+pub fn glob_literal(name: &str) -> String {
+    let mut s = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '*' | '?' | '[' => {
+                s.push('[');
+                s.push(c);
+                s.push(']');
+            }
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn fraction_text(denominator: usize) -> String {
+    if denominator == 1 {
+        "1".into()
+    } else {
+        format!("1/{denominator}")
+    }
+}
+
+/// The scheme file body (TOML) for a choice.
+fn scheme_body(chosen: &[Choice]) -> String {
+    let mut s = String::from("train = [\n");
+    for c in chosen.iter().filter(|c| c.whole()) {
+        s += &format!("  {},  # whole, predicted drop {:.3e}\n", toml_string(&glob_literal(&c.param)), c.benefit);
+    }
+    s += "]\n";
+    for c in chosen.iter().filter(|c| !c.whole()) {
+        s += &format!(
+            "\n[[channels]]  # {} of {} output channels, predicted drop {:.3e}\nparams = {}\nfraction = {}\n",
+            c.rows,
+            c.channels,
+            c.benefit,
+            toml_string(&glob_literal(&c.param)),
+            toml_string(&fraction_text(c.denominator))
+        );
+    }
+    s
+}
+
+fn scheme_of(chosen: &[Choice]) -> UpdateScheme {
+    UpdateScheme {
+        preset: None,
+        train: chosen.iter().filter(|c| c.whole()).map(|c| glob_literal(&c.param)).collect(),
+        channels: chosen
+            .iter()
+            .filter(|c| !c.whole())
+            .map(|c| ChannelRule { params: glob_literal(&c.param), select: ChannelSelect::Fraction { denominator: c.denominator } })
+            .collect(),
+    }
+}
+
+fn plan_bytes(plan: &Plan) -> u64 {
+    plan.arena_bytes.saturating_add(plan.weight_bytes)
+}
+
+/// Compiles `forward` with `scheme`, counting the compile.
+struct Compiler<'a> {
+    forward: &'a ForwardGraph,
+    options: &'a CompileOptions,
+    source: &'a ModelSource,
+    compiles: usize,
+}
+
+impl Compiler<'_> {
+    fn compile(&mut self, scheme: UpdateScheme) -> Result<CompiledPlan, PockError> {
+        self.compiles += 1;
+        let options = CompileOptions { update: scheme, ..self.options.clone() };
+        crate::compile_forward(self.forward.clone(), options, self.source.clone())
+    }
+}
+
+fn bar(show: bool, len: u64, what: &str) -> ProgressBar {
+    let b = if show { ProgressBar::new(len) } else { ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden()) };
+    b.set_style(ProgressStyle::with_template("{prefix:<28} {bar:30} {pos}/{len}  {msg}  [{elapsed_precise}]").expect("valid template"));
+    b.set_prefix(what.to_string());
+    b
+}
+
+/// The trainable parameters of `plan` in the order its Train program's forward pass first reads
+/// them, each with whether only convolutions read it, as their weight (input 1), and it is 4-D.
+fn parameters_in_order(plan: &Plan) -> Vec<(pock_engine::plan::TensorId, bool)> {
+    let mut order: Vec<(pock_engine::plan::TensorId, bool)> = Vec::new();
+    for n in plan.programs.train.nodes.iter().filter(|n| n.phase == Phase::Forward) {
+        for (pos, &t) in n.inputs.iter().enumerate() {
+            if plan.tensor(t).role != (Role::Parameter { trainable: true }) {
+                continue;
+            }
+            let conv = matches!(n.op, Op::Conv(ConvOp::Conv2d(_))) && pos == 1 && plan.tensor(t).shape.len() == 4;
+            match order.iter_mut().find(|(p, _)| *p == t) {
+                Some((_, c)) => *c &= conv,
+                None => order.push((t, conv)),
+            }
+        }
+    }
+    order
+}
+
+/// Activation bytes the gradient of parameter `p` reads: the non-parameter float inputs of the
+/// forward nodes that read it, for a parameter of 2 or more dimensions (a weight).
+fn saved_bytes(plan: &Plan, p: pock_engine::plan::TensorId) -> u64 {
+    if plan.tensor(p).shape.len() < 2 {
+        return 0;
+    }
+    let mut bytes = 0;
+    for n in plan.programs.train.nodes.iter().filter(|n| n.phase == Phase::Forward && n.inputs.contains(&p)) {
+        for &t in n.inputs.iter().filter(|&&t| t != p) {
+            if matches!(plan.tensor(t).role, Role::Transient | Role::Input) {
+                bytes += plan.tensor(t).bytes().div_ceil(ALIGN) * ALIGN;
+            }
+        }
+    }
+    bytes
+}
+
+/// Chooses an update scheme for `forward` under `cfg.budget` (see the module documentation).
+/// `options` are the compile options the scheme is for (its `update` is ignored); `data` is the
+/// calibration `.npz`.
+pub fn search(
+    forward: &ForwardGraph,
+    source: &ModelSource,
+    options: &CompileOptions,
+    data: &std::path::Path,
+    cfg: &SearchConfig,
+) -> Result<SchemeSearch, PockError> {
+    let started = Instant::now();
+    let mut compiler = Compiler { forward, options, source, compiles: 0 };
+
+    // 1. Gradients of every parameter on the calibration batches, from a full-backpropagation plan
+    //    that accumulates over more micro-batches than it runs (so no update happens).
+    let most = cfg.batches.unwrap_or(DEFAULT_BATCHES);
+    let analysis = crate::compile_forward(
+        forward.clone(),
+        CompileOptions { update: UpdateScheme::default(), accumulate: most + 1, clip_grad_norm: None, ..options.clone() },
+        source.clone(),
+    )?;
+    let batch = analysis.plan.training.batch;
+    let mut session = Session::from_bytes(&analysis.to_bytes(), cfg.session.clone())?;
+    let dataset = crate::train::load_for(&session, data)?;
+    crate::train::check_data(&session, &dataset, true).map_err(|e| match e {
+        PockError::Data(d) => PockError::Data(d.in_file(data)),
+        e => e,
+    })?;
+    let available = dataset.len() / batch;
+    let batches = match cfg.batches {
+        Some(0) => return Err(PockError::Usage("--calibration-batches 0 measures nothing; give at least 1".into())),
+        Some(n) if n > available => {
+            return Err(PockError::Usage(format!(
+                "--calibration-batches {n}: {} holds {} samples, {available} full batches of {batch}; give more data or fewer batches",
+                data.display(),
+                dataset.len()
+            )))
+        }
+        Some(n) => n,
+        None if available == 0 => {
+            return Err(PockError::Usage(format!(
+                "{} holds {} samples, fewer than one batch of {batch}; give more calibration data or a smaller --batch",
+                data.display(),
+                dataset.len()
+            )))
+        }
+        None => available.min(DEFAULT_BATCHES),
+    };
+    let calib = bar(cfg.progress, 1, "calibration gradients");
+    calib.set_message(format!("{batches} batches of {batch}"));
+    let calibration_losses = crate::train::run_batches(&mut session, &dataset, batches)?;
+    calib.finish_and_clear();
+
+    let lr = options.learning_rate as f64;
+    let shown = options.learning_rate;
+    let (measure, sgd) = match options.optimizer {
+        OptimizerKind::Sgd { .. } => (format!("lr * sum(g^2) with lr {shown}, g the mean gradient over the calibration batches"), true),
+        OptimizerKind::Adam { .. } | OptimizerKind::AdamW { .. } => (
+            format!("lr * sum(|g|) with lr {shown} (Adam's early steps move each value by about lr), g the mean gradient over the calibration batches"),
+            false,
+        ),
+    };
+    let plan = &analysis.plan;
+    let params = parameters_in_order(plan);
+    let mut candidates = Vec::with_capacity(params.len());
+    for &(p, conv) in &params {
+        let info = plan.tensor(p);
+        let sum = session.read_tensor(&format!("grad_accumulator.{}", info.name))?;
+        let per_row: Vec<f64> = if conv {
+            let rows = info.shape[0];
+            let len = sum.len() / rows.max(1);
+            (0..rows).map(|r| row_benefit(&sum[r * len..(r + 1) * len], batches, lr, sgd)).collect()
+        } else {
+            vec![row_benefit(&sum, batches, lr, sgd)]
+        };
+        let channels = per_row.len();
+        let mut offered: Vec<UpdateOption> = Vec::new();
+        for d in if conv { &DENOMINATORS[..] } else { &DENOMINATORS[3..] } {
+            let rows = channels.div_ceil(*d);
+            if offered.last().is_some_and(|o| o.rows == rows) {
+                offered.pop();
+            }
+            offered.push(UpdateOption { rows, denominator: *d, benefit: per_row[..rows].iter().sum() });
+        }
+        candidates.push(Candidate {
+            name: info.name.clone(),
+            channels,
+            partial: conv && channels > 1,
+            options: offered,
+            alone_bytes: 0,
+            optimizer_bytes: 0,
+            saved_bytes: saved_bytes(plan, p),
+        });
+    }
+    drop(session);
+    let full_drop: f64 = candidates.iter().map(|c| c.options.last().map_or(0.0, |o| o.benefit)).sum();
+
+    // 2. Each parameter alone, compiled.
+    let alone = bar(cfg.progress, candidates.len() as u64, "cost of each parameter alone");
+    for c in &mut candidates {
+        alone.set_message(c.name.clone());
+        let compiled = compiler.compile(UpdateScheme { train: vec![glob_literal(&c.name)], ..Default::default() })?;
+        c.alone_bytes = plan_bytes(&compiled.plan);
+        c.optimizer_bytes = compiled.plan.tensors.iter().filter(|t| matches!(t.role, Role::OptimizerState { .. })).map(|t| t.bytes()).sum();
+        alone.inc(1);
+    }
+    alone.finish_and_clear();
+    let Some(cheapest) = candidates.iter().min_by_key(|c| c.alone_bytes) else {
+        return Err(PockError::Usage("the model has no trainable parameter; there is nothing to choose".into()));
+    };
+    if cfg.budget < cheapest.alone_bytes {
+        return Err(PockError::Usage(format!(
+            "--memory-budget {} bytes ({}) is below the smallest plan that trains anything: training only '{}' needs {} bytes ({}), \
+             the frozen model's weights and forward pass included; give --memory-budget {} ({}) or more, or a smaller --batch \
+             (activations scale with it)",
+            cfg.budget,
+            human_bytes(cfg.budget),
+            cheapest.name,
+            cheapest.alone_bytes,
+            human_bytes(cheapest.alone_bytes),
+            cheapest.alone_bytes,
+            human_bytes(cheapest.alone_bytes)
+        )));
+    }
+
+    // 3. Greedy by benefit per estimated byte, every step compiled.
+    let total_options: usize = candidates.iter().map(|c| c.options.len()).sum();
+    let greedy = bar(cfg.progress, total_options as u64, "greedy choice (compiled)");
+    let mut current: Vec<Option<usize>> = vec![None; candidates.len()];
+    let mut blocked: Vec<usize> = candidates.iter().map(|c| c.options.len()).collect();
+    let mut depth = candidates.iter().map(Candidate::depth_bytes).min().unwrap_or(0);
+    let mut planned: Option<(u64, u64, u64, usize)> = None; // (total, arena, weights, trainable)
+    loop {
+        let now = planned.map_or(depth, |p| p.0);
+        let mut best: Option<(f64, usize, usize)> = None;
+        for (i, c) in candidates.iter().enumerate() {
+            let start = current[i].map_or(0, |o| o + 1);
+            let (had_rows, had_benefit) = current[i].map_or((0, 0.0), |o| (c.options[o].rows, c.options[o].benefit));
+            for o in start..blocked[i] {
+                let gain = c.options[o].benefit - had_benefit;
+                if gain <= 0.0 || !gain.is_finite() {
+                    continue;
+                }
+                let mut bytes = c.optimizer_bytes_at(c.options[o].rows) - c.optimizer_bytes_at(had_rows);
+                if current[i].is_none() {
+                    bytes += c.saved_bytes + c.depth_bytes().saturating_sub(depth);
+                }
+                if now.saturating_add(bytes) > cfg.budget {
+                    continue;
+                }
+                let ratio = gain / bytes.max(ALIGN) as f64;
+                if best.is_none_or(|(r, _, _)| ratio > r) {
+                    best = Some((ratio, i, o));
+                }
+            }
+        }
+        let Some((_, i, o)) = best else { break };
+        let before = current[i];
+        current[i] = Some(o);
+        let chosen = choices(&candidates, &current);
+        greedy.set_message(format!("{} at {}", candidates[i].name, fraction_text(candidates[i].options[o].denominator)));
+        let compiled = compiler.compile(scheme_of(&chosen))?;
+        let total = plan_bytes(&compiled.plan);
+        greedy.inc(1);
+        if total <= cfg.budget {
+            if before.is_none() {
+                depth = depth.max(candidates[i].depth_bytes());
+            }
+            let trainable = compiled.plan.tensors.iter().filter(|t| t.role == Role::Parameter { trainable: true }).map(|t| t.numel()).sum();
+            planned = Some((total, compiled.plan.arena_bytes, compiled.plan.weight_bytes, trainable));
+        } else {
+            current[i] = before;
+            blocked[i] = o;
+        }
+    }
+    greedy.finish_and_clear();
+    let chosen = choices(&candidates, &current);
+    if chosen.is_empty() {
+        return Err(PockError::Usage(format!(
+            "no parameter has a gradient on the calibration data ({} batches), so none is predicted to lower the loss; check the data's labels, or give more calibration data",
+            batches
+        )));
+    }
+
+    // 4. The file as written, parsed back and compiled: it must fit and plan what was measured.
+    let body = scheme_body(&chosen);
+    let parsed = UpdateScheme::from_toml(&body, "the chosen scheme")?;
+    let compiled = compiler.compile(parsed)?;
+    let (total, arena, weights, trainable) = planned.expect("a choice was compiled");
+    if plan_bytes(&compiled.plan) != total || compiled.plan.arena_bytes != arena {
+        return Err(PockError::Usage(format!(
+            "internal error: the written scheme plans {} bytes but the search measured {total}; please report this",
+            plan_bytes(&compiled.plan)
+        )));
+    }
+    crate::check_memory(&compiled.plan, Some(cfg.budget))?;
+    Ok(SchemeSearch {
+        predicted_drop: chosen.iter().map(|c| c.benefit).sum(),
+        chosen,
+        budget: cfg.budget,
+        arena_bytes: arena,
+        weight_bytes: weights,
+        trainable_params: trainable,
+        full_drop,
+        measure,
+        calibration_losses,
+        batch,
+        compiles: compiler.compiles,
+        seconds: started.elapsed().as_secs_f64(),
+        candidates,
+        body,
+    })
+}
+
+/// The benefit of one row of a summed gradient (see the module documentation).
+fn row_benefit(sum: &[f32], batches: usize, lr: f64, sgd: bool) -> f64 {
+    let k = batches as f64;
+    let total: f64 = if sgd { sum.iter().map(|&s| (s as f64 / k).powi(2)).sum() } else { sum.iter().map(|&s| (s as f64 / k).abs()).sum() };
+    lr * total
+}
+
+fn choices(candidates: &[Candidate], current: &[Option<usize>]) -> Vec<Choice> {
+    candidates
+        .iter()
+        .zip(current)
+        .filter_map(|(c, o)| {
+            o.map(|o| Choice {
+                param: c.name.clone(),
+                rows: c.options[o].rows,
+                channels: c.channels,
+                partial: c.partial,
+                denominator: c.options[o].denominator,
+                benefit: c.options[o].benefit,
+            })
+        })
+        .collect()
+}
+
+impl SchemeSearch {
+    /// The scheme file: a header comment (how it was chosen, the budget, the planned arena and
+    /// weights; `command` is how to compile it), then the scheme.
+    pub fn toml(&self, command: &str) -> String {
+        let mut s = String::new();
+        s += "# Update scheme chosen by `pock scheme` (first-order contribution analysis, greedy by benefit per byte).\n";
+        s += &format!("# Written by: {command}\n");
+        s += &format!(
+            "# Budget {} bytes ({}); planned arena {} bytes ({}) + weights {} bytes ({}) = {} bytes ({}).\n",
+            self.budget,
+            human_bytes(self.budget),
+            self.arena_bytes,
+            human_bytes(self.arena_bytes),
+            self.weight_bytes,
+            human_bytes(self.weight_bytes),
+            self.arena_bytes + self.weight_bytes,
+            human_bytes(self.arena_bytes + self.weight_bytes)
+        );
+        s += &format!(
+            "# {} parameters of {} trained, {} values; predicted loss drop per step {:.4e} of full backpropagation's {:.4e}\n",
+            self.chosen.len(),
+            self.candidates.len(),
+            self.trainable_params,
+            self.predicted_drop,
+            self.full_drop
+        );
+        s += &format!("# (benefit = {}; {} calibration batches of {}).\n", self.measure, self.calibration_losses.len(), self.batch);
+        s += "# Compile it with the same model, --batch, optimizer, BatchNorm and --init-weights flags and --scheme THIS_FILE.\n";
+        s += &self.body;
+        s
+    }
+}
