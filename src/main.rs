@@ -322,6 +322,10 @@ struct SchemeArgs {
     /// Calibration batches (in file order; default: up to 8, as many as the data holds).
     #[arg(long, value_name = "N")]
     calibration_batches: Option<usize>,
+    /// Steps of fine-tuning the loss drop is predicted over: a value's predicted drop grows with
+    /// the steps until its share of the loss is used up.
+    #[arg(long, value_name = "STEPS", default_value_t = pock::scheme_search::DEFAULT_HORIZON)]
+    horizon: u64,
     /// Threads for the calibration run's kernels (as `pock train --threads`).
     #[arg(long)]
     threads: Option<usize>,
@@ -330,10 +334,11 @@ struct SchemeArgs {
 const SCHEME_HELP: &str = "Example:\n  pock scheme zoo:mobilenetv2:classes=10,size=128 --batch 8 --momentum 0.9 --data calib.npz --memory-budget 32MiB -o scheme.toml\n  \
 pock compile zoo:mobilenetv2:classes=10,size=128 --batch 8 --momentum 0.9 --scheme scheme.toml -o plan.pock\n\n\
 Candidates: every parameter whole, and each convolution weight also at 1/8, 1/4 and 1/2 of its output channels (the first \
-ceil(f x C), as --scheme files select them). Benefit: the first-order loss drop of one step on that part, lr x sum(g^2) for SGD \
-(lr x sum(|g|) for Adam), g the mean gradient over the calibration batches, computed by a full-backpropagation plan. Cost: the \
-memory of compiled plans. The choice is greedy by benefit per byte, and every step is compiled, so the written scheme fits the \
-budget; its comment states the planned arena and weights. Give the same model, --batch, optimizer, --lr, BatchNorm and \
+ceil(f x C), as --scheme files select them). Benefit: the loss drop predicted over --horizon steps, value by value, from the \
+mean gradient g of the calibration batches (computed by a full-backpropagation plan) and its per-sample second moment h as the \
+curvature: g^2/(2h) (1 - (1 - step h)^(2T)) for SGD, at first lr |g|^2 per step, then saturating. Cost: the memory of compiled \
+plans. The choice is greedy by benefit per byte, and every step is compiled, so the written scheme fits the budget; its comment \
+states the planned arena and weights. Give the same model, --batch, optimizer, --lr, BatchNorm and \
 --init-weights flags to `pock compile` (the parameter names and the memory depend on them). Fine-tuning a pretrained model \
 (--init-weights) is where the analysis means most: on random weights the gradients say what helps first, not what helps most.";
 
@@ -899,7 +904,11 @@ fn scheme(a: SchemeArgs, quiet: bool) -> Result<(), PockError> {
         batches: a.calibration_batches,
         session: run.session_options(quiet),
         progress: !quiet && std::io::stderr().is_terminal(),
+        horizon: a.horizon,
     };
+    if a.horizon == 0 {
+        return Err(PockError::Usage("--horizon 0 predicts no loss drop; give the steps the plan will train for (at least 1)".into()));
+    }
     let found = pock::scheme_search::search(&forward, &source, &options, &a.data, &cfg)?;
     let command: Vec<String> = std::env::args().map(|s| shell_word(&s)).collect();
     pock::engine::atomic::write_bytes(&a.out, found.toml(&command.join(" ")).as_bytes()).map_err(io_err(&a.out))?;

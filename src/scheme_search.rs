@@ -16,15 +16,17 @@
 //!   A sum over the batches before squaring, not an average of per-batch squares: the noise of
 //!   single batches would otherwise count as benefit.
 //! - **Cost.** Bytes of memory (arena and weights, what `--memory-budget` bounds), from compiled
-//!   plans: each parameter is compiled alone once. A candidate's marginal cost given the chosen
-//!   set is then estimated as its optimizer state (scaled by its channel fraction) plus the
-//!   activations its weight gradient reads, plus how much deeper than the chosen set it makes
-//!   backpropagation reach (what its plan alone costs beyond those, over the deepest chosen
-//!   one). The estimate only ranks; every step of the choice is compiled.
+//!   plans: each parameter is compiled alone once. Memory is persistent state, which adds up
+//!   (optimizer state, scaled by the channel fraction), plus the scratch peak, which is a maximum
+//!   over the step: at batch 32 a small CNN's peak is in the forward pass, and a saved input added
+//!   after it costs nothing. So a candidate's cost given the chosen set is estimated from below,
+//!   as the larger of the chosen plan plus the candidate's optimizer state and the candidate's
+//!   plan alone plus the chosen optimizer state, and every step of the choice is compiled.
 //! - **Choice.** Greedy by benefit per estimated byte: the best candidate that the estimate says
 //!   fits is compiled with the chosen set, kept if the plan fits the budget, else dropped (with
-//!   its larger channel options). The final scheme is written as TOML, parsed back and compiled
-//!   once more, and must fit and plan exactly the memory its comment states.
+//!   its larger channel options). An estimate from below never skips a candidate that fits; what
+//!   it underestimates costs one compile. The final scheme is written as TOML, parsed back and
+//!   compiled once more, and must fit and plan exactly the memory its comment states.
 
 use std::time::Instant;
 
@@ -55,7 +57,12 @@ pub struct SearchConfig {
     pub session: SessionOptions,
     /// Progress bars on stderr.
     pub progress: bool,
+    /// Steps of fine-tuning the benefit is predicted over (`--horizon`).
+    pub horizon: u64,
 }
+
+/// Steps the benefit is predicted over when `--horizon` is not given.
+pub const DEFAULT_HORIZON: u64 = 100;
 
 /// One way to train a parameter: its first `rows` output channels (all of them for `whole`).
 #[derive(Clone, Debug, PartialEq)]
@@ -82,16 +89,12 @@ pub struct Candidate {
     pub alone_bytes: u64,
     /// Optimizer state of the whole parameter in that plan.
     pub optimizer_bytes: u64,
-    /// Activations its gradient reads (the other non-parameter inputs of the nodes that read a
-    /// weight; 0 for a 1-D parameter such as a bias).
-    pub saved_bytes: u64,
 }
 
 impl Candidate {
-    /// The part of `alone_bytes` that is the depth of backpropagation: what remains without
-    /// the parameter's own optimizer state and saved activations.
-    fn depth_bytes(&self) -> u64 {
-        self.alone_bytes.saturating_sub(self.optimizer_bytes).saturating_sub(self.saved_bytes)
+    /// The plan alone, training `rows` of the parameter (its optimizer state scaled).
+    fn alone_at(&self, rows: usize) -> u64 {
+        self.alone_bytes - self.optimizer_bytes + self.optimizer_bytes_at(rows)
     }
 
     fn optimizer_bytes_at(&self, rows: usize) -> u64 {
@@ -259,23 +262,6 @@ fn parameters_in_order(plan: &Plan) -> Vec<(pock_engine::plan::TensorId, bool)> 
     order
 }
 
-/// Activation bytes the gradient of parameter `p` reads: the non-parameter float inputs of the
-/// forward nodes that read it, for a parameter of 2 or more dimensions (a weight).
-fn saved_bytes(plan: &Plan, p: pock_engine::plan::TensorId) -> u64 {
-    if plan.tensor(p).shape.len() < 2 {
-        return 0;
-    }
-    let mut bytes = 0;
-    for n in plan.programs.train.nodes.iter().filter(|n| n.phase == Phase::Forward && n.inputs.contains(&p)) {
-        for &t in n.inputs.iter().filter(|&&t| t != p) {
-            if matches!(plan.tensor(t).role, Role::Transient | Role::Input) {
-                bytes += plan.tensor(t).bytes().div_ceil(ALIGN) * ALIGN;
-            }
-        }
-    }
-    bytes
-}
-
 /// Chooses an update scheme for `forward` under `cfg.budget` (see the module documentation).
 /// `options` are the compile options the scheme is for (its `update` is ignored); `data` is the
 /// calibration `.npz`.
@@ -324,32 +310,38 @@ pub fn search(
         }
         None => available.min(DEFAULT_BATCHES),
     };
-    let calib = bar(cfg.progress, 1, "calibration gradients");
-    calib.set_message(format!("{batches} batches of {batch}"));
-    let calibration_losses = crate::train::run_batches(&mut session, &dataset, batches)?;
-    calib.finish_and_clear();
-
-    let lr = options.learning_rate as f64;
-    let shown = options.learning_rate;
-    let (measure, sgd) = match options.optimizer {
-        OptimizerKind::Sgd { .. } => (format!("lr * sum(g^2) with lr {shown}, g the mean gradient over the calibration batches"), true),
-        OptimizerKind::Adam { .. } | OptimizerKind::AdamW { .. } => (
-            format!("lr * sum(|g|) with lr {shown} (Adam's early steps move each value by about lr), g the mean gradient over the calibration batches"),
-            false,
-        ),
-    };
+    // Per value: the sum over batches of each batch's mean gradient, and of its square.
     let plan = &analysis.plan;
     let params = parameters_in_order(plan);
+    let mut moments: Vec<(Vec<f32>, Vec<f64>, Vec<f64>)> =
+        params.iter().map(|&(p, _)| (vec![0.0; plan.tensor(p).numel()], vec![0.0; plan.tensor(p).numel()], vec![0.0; plan.tensor(p).numel()])).collect();
+    let calib = bar(cfg.progress, batches as u64, "calibration gradients");
+    let calibration_losses = crate::train::run_batches(&mut session, &dataset, batches, |session| {
+        for (&(p, _), (previous, sum, squares)) in params.iter().zip(&mut moments) {
+            let accumulated = session.read_tensor(&format!("grad_accumulator.{}", plan.tensor(p).name))?;
+            for (i, (&now, before)) in accumulated.iter().zip(previous.iter_mut()).enumerate() {
+                let g = (now - *before) as f64;
+                sum[i] += g;
+                squares[i] += g * g;
+                *before = now;
+            }
+        }
+        calib.inc(1);
+        Ok(())
+    })?;
+    calib.finish_and_clear();
+
+    let measure = Measure::new(options, cfg.horizon, batch, batches);
     let mut candidates = Vec::with_capacity(params.len());
-    for &(p, conv) in &params {
+    for (&(p, conv), (_, sum, squares)) in params.iter().zip(&moments) {
         let info = plan.tensor(p);
-        let sum = session.read_tensor(&format!("grad_accumulator.{}", info.name))?;
+        let value: Vec<f64> = sum.iter().zip(squares).map(|(&s, &q)| measure.value(s, q)).collect();
         let per_row: Vec<f64> = if conv {
             let rows = info.shape[0];
-            let len = sum.len() / rows.max(1);
-            (0..rows).map(|r| row_benefit(&sum[r * len..(r + 1) * len], batches, lr, sgd)).collect()
+            let len = value.len() / rows.max(1);
+            (0..rows).map(|r| value[r * len..(r + 1) * len].iter().sum()).collect()
         } else {
-            vec![row_benefit(&sum, batches, lr, sgd)]
+            vec![value.iter().sum()]
         };
         let channels = per_row.len();
         let mut offered: Vec<UpdateOption> = Vec::new();
@@ -367,7 +359,6 @@ pub fn search(
             options: offered,
             alone_bytes: 0,
             optimizer_bytes: 0,
-            saved_bytes: saved_bytes(plan, p),
         });
     }
     drop(session);
@@ -401,70 +392,41 @@ pub fn search(
         )));
     }
 
-    // 3. Greedy by benefit per estimated byte, every step compiled.
+    // 3. Greedy by benefit per estimated byte, every step compiled; then, as for any knapsack, the
+    //    same greedy started from the most beneficial option that fits alone, if the first run left
+    //    it out (small cheap candidates can fill a budget that one large one would use better).
     let total_options: usize = candidates.iter().map(|c| c.options.len()).sum();
-    let greedy = bar(cfg.progress, total_options as u64, "greedy choice (compiled)");
-    let mut current: Vec<Option<usize>> = vec![None; candidates.len()];
-    let mut blocked: Vec<usize> = candidates.iter().map(|c| c.options.len()).collect();
-    let mut depth = candidates.iter().map(Candidate::depth_bytes).min().unwrap_or(0);
-    let mut planned: Option<(u64, u64, u64, usize)> = None; // (total, arena, weights, trainable)
-    loop {
-        let now = planned.map_or(depth, |p| p.0);
-        let mut best: Option<(f64, usize, usize)> = None;
-        for (i, c) in candidates.iter().enumerate() {
-            let start = current[i].map_or(0, |o| o + 1);
-            let (had_rows, had_benefit) = current[i].map_or((0, 0.0), |o| (c.options[o].rows, c.options[o].benefit));
-            for o in start..blocked[i] {
-                let gain = c.options[o].benefit - had_benefit;
-                if gain <= 0.0 || !gain.is_finite() {
-                    continue;
-                }
-                let mut bytes = c.optimizer_bytes_at(c.options[o].rows) - c.optimizer_bytes_at(had_rows);
-                if current[i].is_none() {
-                    bytes += c.saved_bytes + c.depth_bytes().saturating_sub(depth);
-                }
-                if now.saturating_add(bytes) > cfg.budget {
-                    continue;
-                }
-                let ratio = gain / bytes.max(ALIGN) as f64;
-                if best.is_none_or(|(r, _, _)| ratio > r) {
-                    best = Some((ratio, i, o));
-                }
-            }
-        }
-        let Some((_, i, o)) = best else { break };
-        let before = current[i];
-        current[i] = Some(o);
-        let chosen = choices(&candidates, &current);
-        greedy.set_message(format!("{} at {}", candidates[i].name, fraction_text(candidates[i].options[o].denominator)));
-        let compiled = compiler.compile(scheme_of(&chosen))?;
-        let total = plan_bytes(&compiled.plan);
-        greedy.inc(1);
-        if total <= cfg.budget {
-            if before.is_none() {
-                depth = depth.max(candidates[i].depth_bytes());
-            }
-            let trainable = compiled.plan.tensors.iter().filter(|t| t.role == Role::Parameter { trainable: true }).map(|t| t.numel()).sum();
-            planned = Some((total, compiled.plan.arena_bytes, compiled.plan.weight_bytes, trainable));
-        } else {
-            current[i] = before;
-            blocked[i] = o;
+    let progress = bar(cfg.progress, total_options as u64, "greedy choice (compiled)");
+    let floor = cheapest.alone_bytes;
+    let mut result = greedy(&candidates, &mut compiler, cfg.budget, floor, None, &progress)?;
+    let seed = candidates
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| c.options.iter().enumerate().map(move |(o, u)| (i, o, u, c)))
+        .filter(|(_, _, u, c)| c.alone_at(u.rows) <= cfg.budget)
+        .max_by(|a, b| a.2.benefit.total_cmp(&b.2.benefit))
+        .map(|(i, o, _, _)| (i, o));
+    if let Some((i, o)) = seed.filter(|&(i, o)| result.current[i].is_none_or(|c| c < o)) {
+        progress.set_prefix("greedy from the best single");
+        let seeded = greedy(&candidates, &mut compiler, cfg.budget, floor, Some((i, o)), &progress)?;
+        if seeded.benefit(&candidates) > result.benefit(&candidates) {
+            result = seeded;
         }
     }
-    greedy.finish_and_clear();
-    let chosen = choices(&candidates, &current);
-    if chosen.is_empty() {
+    progress.finish_and_clear();
+    let chosen = choices(&candidates, &result.current);
+    let Some(planned) = result.planned.filter(|_| !chosen.is_empty()) else {
         return Err(PockError::Usage(format!(
             "no parameter has a gradient on the calibration data ({} batches), so none is predicted to lower the loss; check the data's labels, or give more calibration data",
             batches
         )));
-    }
+    };
 
     // 4. The file as written, parsed back and compiled: it must fit and plan what was measured.
     let body = scheme_body(&chosen);
     let parsed = UpdateScheme::from_toml(&body, "the chosen scheme")?;
     let compiled = compiler.compile(parsed)?;
-    let (total, arena, weights, trainable) = planned.expect("a choice was compiled");
+    let Planned { total, arena, weights, trainable } = planned;
     if plan_bytes(&compiled.plan) != total || compiled.plan.arena_bytes != arena {
         return Err(PockError::Usage(format!(
             "internal error: the written scheme plans {} bytes but the search measured {total}; please report this",
@@ -480,7 +442,7 @@ pub fn search(
         weight_bytes: weights,
         trainable_params: trainable,
         full_drop,
-        measure,
+        measure: measure.text,
         calibration_losses,
         batch,
         compiles: compiler.compiles,
@@ -490,11 +452,143 @@ pub fn search(
     })
 }
 
-/// The benefit of one row of a summed gradient (see the module documentation).
-fn row_benefit(sum: &[f32], batches: usize, lr: f64, sgd: bool) -> f64 {
-    let k = batches as f64;
-    let total: f64 = if sgd { sum.iter().map(|&s| (s as f64 / k).powi(2)).sum() } else { sum.iter().map(|&s| (s as f64 / k).abs()).sum() };
-    lr * total
+/// How a candidate's benefit is measured (see the module documentation).
+struct Measure {
+    sgd: bool,
+    /// The step size: SGD's long-run step `lr * (1 - dampening) / (1 - momentum)`, Adam's `lr`.
+    step: f64,
+    horizon: f64,
+    batch: f64,
+    batches: f64,
+    text: String,
+}
+
+impl Measure {
+    fn new(options: &CompileOptions, horizon: u64, batch: usize, batches: usize) -> Self {
+        let lr = options.learning_rate as f64;
+        let (sgd, step, rule) = match options.optimizer {
+            OptimizerKind::Sgd { momentum, dampening, .. } => {
+                let step = lr * (1.0 - dampening as f64) / (1.0 - momentum as f64);
+                (true, step, format!("SGD, step lr (1 - dampening) / (1 - momentum) = {step:.4e}: g^2 / (2 h) (1 - (1 - step h)^(2 T))"))
+            }
+            OptimizerKind::Adam { .. } | OptimizerKind::AdamW { .. } => {
+                (false, lr, format!("Adam, each value moves about lr = {lr:.4e} per step: min(T lr |g|, g^2 / (2 h))"))
+            }
+        };
+        let text = format!(
+            "loss drop over T = {horizon} steps on a per-value quadratic, {rule}, g the mean gradient over the calibration batches, \
+             h its per-sample second moment (diagonal empirical Fisher) as curvature"
+        );
+        Measure { sgd, step, horizon: horizon as f64, batch: batch as f64, batches: batches as f64, text }
+    }
+
+    /// The predicted drop for one value, from the sums over batches of its batch gradients and of
+    /// their squares.
+    fn value(&self, sum: f64, squares: f64) -> f64 {
+        let k = self.batches;
+        let g = sum / k;
+        if g == 0.0 || !g.is_finite() {
+            return 0.0;
+        }
+        // Per-sample second moment: a batch mean of B samples has variance sigma^2 / B.
+        let variance = if k > 1.0 { (squares / k - g * g).max(0.0) * k / (k - 1.0) } else { 0.0 };
+        let h = self.batch * variance + g * g;
+        let saturated = g * g / (2.0 * h);
+        if self.sgd {
+            // Gradient descent on h/2 x^2 + g x: after T steps the loss has fallen by
+            // (1 - (1 - step h)^(2T)) of g^2 / (2h); a step past the minimum counts as reaching it.
+            let x = (self.step * h).min(1.0);
+            saturated * -(2.0 * self.horizon * (-x).ln_1p()).exp_m1()
+        } else {
+            (self.horizon * self.step * g.abs()).min(saturated)
+        }
+    }
+}
+
+/// A compiled plan's memory and trainable values.
+#[derive(Clone, Copy, Debug)]
+struct Planned {
+    total: u64,
+    arena: u64,
+    weights: u64,
+    trainable: usize,
+}
+
+/// A choice: the option each candidate trains at (if any), and its compiled plan.
+struct Chosen {
+    current: Vec<Option<usize>>,
+    planned: Option<Planned>,
+}
+
+impl Chosen {
+    fn benefit(&self, candidates: &[Candidate]) -> f64 {
+        candidates.iter().zip(&self.current).filter_map(|(c, o)| o.map(|o| c.options[o].benefit)).sum()
+    }
+}
+
+/// Greedy by benefit per estimated byte (see the module documentation), from `seed` if given;
+/// every step is compiled, and kept only if the plan fits `budget`.
+fn greedy(
+    candidates: &[Candidate],
+    compiler: &mut Compiler<'_>,
+    budget: u64,
+    floor: u64,
+    seed: Option<(usize, usize)>,
+    progress: &ProgressBar,
+) -> Result<Chosen, PockError> {
+    let mut current: Vec<Option<usize>> = vec![None; candidates.len()];
+    let mut blocked: Vec<usize> = candidates.iter().map(|c| c.options.len()).collect();
+    let mut planned: Option<Planned> = None;
+    let mut chosen_optimizer = 0u64;
+    let mut next = seed;
+    progress.set_position(0);
+    loop {
+        let now = planned.map_or(floor, |p| p.total);
+        let forced = next.take();
+        let mut best: Option<(f64, usize, usize)> = forced.map(|(i, o)| (f64::INFINITY, i, o));
+        for (i, c) in candidates.iter().enumerate().filter(|_| forced.is_none()) {
+            let start = current[i].map_or(0, |o| o + 1);
+            let (had_rows, had_benefit) = current[i].map_or((0, 0.0), |o| (c.options[o].rows, c.options[o].benefit));
+            for o in start..blocked[i] {
+                let gain = c.options[o].benefit - had_benefit;
+                if gain <= 0.0 || !gain.is_finite() {
+                    continue;
+                }
+                let rows = c.options[o].rows;
+                let state = c.optimizer_bytes_at(rows) - c.optimizer_bytes_at(had_rows);
+                let estimate = match planned {
+                    None => c.alone_at(rows),
+                    Some(p) if current[i].is_some() => p.total + state,
+                    Some(p) => (p.total + state).max(c.alone_at(rows) + chosen_optimizer),
+                };
+                if estimate > budget {
+                    continue;
+                }
+                let ratio = gain / estimate.saturating_sub(now).max(ALIGN) as f64;
+                if best.is_none_or(|(r, _, _)| ratio > r) {
+                    best = Some((ratio, i, o));
+                }
+            }
+        }
+        let Some((_, i, o)) = best else { break };
+        let before = current[i];
+        current[i] = Some(o);
+        let chosen = choices(candidates, &current);
+        progress.set_message(format!("{} at {}", candidates[i].name, fraction_text(candidates[i].options[o].denominator)));
+        let compiled = compiler.compile(scheme_of(&chosen))?;
+        let total = plan_bytes(&compiled.plan);
+        progress.inc(1);
+        if total <= budget {
+            let c = &candidates[i];
+            chosen_optimizer += c.optimizer_bytes_at(c.options[o].rows) - before.map_or(0, |b| c.optimizer_bytes_at(c.options[b].rows));
+            let trainable = compiled.plan.tensors.iter().filter(|t| t.role == Role::Parameter { trainable: true }).map(|t| t.numel()).sum();
+            planned = Some(Planned { total, arena: compiled.plan.arena_bytes, weights: compiled.plan.weight_bytes, trainable });
+        } else {
+            current[i] = before;
+            blocked[i] = o;
+        }
+    }
+    Ok(Chosen { current, planned })
 }
 
 fn choices(candidates: &[Candidate], current: &[Option<usize>]) -> Vec<Choice> {

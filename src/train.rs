@@ -330,9 +330,15 @@ pub fn run_span(session: &Session, data_len: usize, epochs: u64) -> Result<RunSp
 }
 
 /// Runs the Train program on the first `batches` full batches of `data` in file order (no
-/// shuffling) and returns their losses: the calibration pass of `pock scheme`, which compiles its
-/// analysis plan with gradient accumulation so that these steps only sum gradients.
-pub fn run_batches(session: &mut Session, data: &Dataset, batches: usize) -> Result<Vec<f32>, PockError> {
+/// shuffling), calling `after` with the session after each, and returns their losses: the
+/// calibration pass of `pock scheme`, which compiles its analysis plan with gradient accumulation
+/// so that these steps only sum gradients.
+pub fn run_batches(
+    session: &mut Session,
+    data: &Dataset,
+    batches: usize,
+    mut after: impl FnMut(&Session) -> Result<(), PockError>,
+) -> Result<Vec<f32>, PockError> {
     check_data(session, data, true)?;
     let batch = session.batch();
     if batches == 0 || data.len() / batch < batches {
@@ -349,6 +355,7 @@ pub fn run_batches(session: &mut Session, data: &Dataset, batches: usize) -> Res
         let idx: Vec<usize> = (b * batch..(b + 1) * batch).collect();
         buffers.fill(data, &idx, Some(&kind));
         losses.push(buffers.train(session, &kind)?);
+        after(session)?;
     }
     Ok(losses)
 }

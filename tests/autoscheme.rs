@@ -42,11 +42,12 @@ fn write_data(path: &Path, data: pock::data::Dataset) {
 }
 
 /// Writes a scheme for `budget` and returns the file's text.
-fn scheme(dir: &Path, flags: &[&str], data: &Path, budget: u64, name: &str) -> String {
+fn scheme(dir: &Path, flags: &[&str], extra: &[&str], data: &Path, budget: u64, name: &str) -> String {
     let out = dir.join(name);
     let budget = budget.to_string();
     let mut args = vec!["scheme"];
     args.extend_from_slice(flags);
+    args.extend_from_slice(extra);
     args.extend_from_slice(&["--data", s(data), "--memory-budget", &budget, "-o", s(&out), "-q"]);
     ok(&args);
     std::fs::read_to_string(&out).unwrap()
@@ -74,7 +75,7 @@ fn written_schemes_fit_their_budget_round_trip_and_grow_with_it() {
     let budgets = [bias, (bias + full) / 2, full + full / 8];
     let mut last: Option<(u64, f64)> = None;
     for (i, &budget) in budgets.iter().enumerate() {
-        let text = scheme(&dir, &flags, &data, budget, &format!("s{i}.toml"));
+        let text = scheme(&dir, &flags, &[], &data, budget, &format!("s{i}.toml"));
         let (arena, weights) = (stated(&text, "planned arena") as u64, stated(&text, "+ weights") as u64);
         assert!(arena + weights <= budget, "budget {budget}: planned {arena} + {weights}\n{text}");
         // The file compiles unchanged, under the same budget, to exactly the memory it states.
@@ -175,12 +176,14 @@ fn the_chosen_scheme_lowers_the_loss_at_least_as_much_as_same_budget_presets() {
     write_data(&data, pock::synth::shifted_shapes(256, 28, 3));
     let flags = [MODEL, "--batch", "32", "--momentum", "0.9", "--lr", "0.05", "--init-weights", s(&ckpt)];
     let epochs = 4;
+    // 256 samples, 8 batches of 32 per epoch: the horizon is the steps trained.
+    let horizon = (epochs * 8).to_string();
     for preset in ["bias", "last:1"] {
         let base_plan = dir.join(format!("{}.pock", preset.replace(':', "")));
         let (a, w, t) = compile(&flags, &["--update", preset], &base_plan);
         let budget = a + w;
         let name = format!("auto-{}.toml", preset.replace(':', ""));
-        let text = scheme(&dir, &flags, &data, budget, &name);
+        let text = scheme(&dir, &flags, &["--horizon", &horizon], &data, budget, &name);
         let auto_plan = dir.join(format!("auto-{}.pock", preset.replace(':', "")));
         let (aa, aw, at) = compile(&flags, &["--scheme", s(&dir.join(&name))], &auto_plan);
         assert!(aa + aw <= budget);
