@@ -70,7 +70,7 @@ pub struct UpdateOption {
     pub rows: usize,
     /// The channel fraction's denominator (1 for whole).
     pub denominator: usize,
-    /// Predicted loss drop per step (see the module documentation).
+    /// Predicted loss drop of this option trained alone (see the module documentation).
     pub benefit: f64,
 }
 
@@ -188,12 +188,12 @@ fn fraction_text(denominator: usize) -> String {
 fn scheme_body(chosen: &[Choice]) -> String {
     let mut s = String::from("train = [\n");
     for c in chosen.iter().filter(|c| c.whole()) {
-        s += &format!("  {},  # whole, predicted drop {:.3e}\n", toml_string(&glob_literal(&c.param)), c.benefit);
+        s += &format!("  {},  # whole; alone, predicted drop {:.3e}\n", toml_string(&glob_literal(&c.param)), c.benefit);
     }
     s += "]\n";
     for c in chosen.iter().filter(|c| !c.whole()) {
         s += &format!(
-            "\n[[channels]]  # {} of {} output channels, predicted drop {:.3e}\nparams = {}\nfraction = {}\n",
+            "\n[[channels]]  # {} of {} output channels; alone, predicted drop {:.3e}\nparams = {}\nfraction = {}\n",
             c.rows,
             c.channels,
             c.benefit,
@@ -313,44 +313,48 @@ pub fn search(
     // Per value: the sum over batches of each batch's mean gradient, and of its square.
     let plan = &analysis.plan;
     let params = parameters_in_order(plan);
-    let mut moments: Vec<(Vec<f32>, Vec<f64>, Vec<f64>)> =
-        params.iter().map(|&(p, _)| (vec![0.0; plan.tensor(p).numel()], vec![0.0; plan.tensor(p).numel()], vec![0.0; plan.tensor(p).numel()])).collect();
+    // Each batch's gradient of every parameter: the accumulators' growth over the step.
+    let mut previous: Vec<Vec<f32>> = params.iter().map(|&(p, _)| vec![0.0; plan.tensor(p).numel()]).collect();
+    let mut per_batch: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(batches); params.len()];
     let calib = bar(cfg.progress, batches as u64, "calibration gradients");
     let calibration_losses = crate::train::run_batches(&mut session, &dataset, batches, |session| {
-        for (&(p, _), (previous, sum, squares)) in params.iter().zip(&mut moments) {
+        for (j, &(p, _)) in params.iter().enumerate() {
             let accumulated = session.read_tensor(&format!("grad_accumulator.{}", plan.tensor(p).name))?;
-            for (i, (&now, before)) in accumulated.iter().zip(previous.iter_mut()).enumerate() {
-                let g = (now - *before) as f64;
-                sum[i] += g;
-                squares[i] += g * g;
-                *before = now;
-            }
+            per_batch[j].push(accumulated.iter().zip(&previous[j]).map(|(&now, &before)| now - before).collect());
+            previous[j] = accumulated;
         }
         calib.inc(1);
         Ok(())
     })?;
     calib.finish_and_clear();
+    drop(previous);
 
     let measure = Measure::new(options, cfg.horizon, batch, batches);
     let mut candidates = Vec::with_capacity(params.len());
-    for (&(p, conv), (_, sum, squares)) in params.iter().zip(&moments) {
+    for (&(p, conv), grads) in params.iter().zip(&per_batch) {
         let info = plan.tensor(p);
-        let value: Vec<f64> = sum.iter().zip(squares).map(|(&s, &q)| measure.value(s, q)).collect();
-        let per_row: Vec<f64> = if conv {
-            let rows = info.shape[0];
-            let len = value.len() / rows.max(1);
-            (0..rows).map(|r| value[r * len..(r + 1) * len].iter().sum()).collect()
-        } else {
-            vec![value.iter().sum()]
+        let rows = if conv { info.shape[0] } else { 1 };
+        let len = info.numel() / rows.max(1);
+        let mean: Vec<f64> = (0..info.numel()).map(|i| grads.iter().map(|g| g[i] as f64).sum::<f64>() / batches as f64).collect();
+        let direction: Vec<f64> = mean.iter().map(|&g| if measure.sgd { g } else { g.signum() * (g != 0.0) as u8 as f64 }).collect();
+        // Per row: the mean gradient along the direction, and each batch's.
+        let along: Vec<f64> = (0..rows).map(|r| (r * len..(r + 1) * len).map(|i| mean[i] * direction[i]).sum()).collect();
+        let batch_along: Vec<Vec<f64>> = (0..rows)
+            .map(|r| grads.iter().map(|g| (r * len..(r + 1) * len).map(|i| g[i] as f64 * direction[i]).sum()).collect())
+            .collect();
+        let option = |rows: usize, denominator: usize| {
+            let a: f64 = along[..rows].iter().sum();
+            let per: Vec<f64> = (0..batches).map(|b| batch_along[..rows].iter().map(|row| row[b]).sum()).collect();
+            UpdateOption { rows, denominator, benefit: measure.group(a, &per) }
         };
-        let channels = per_row.len();
+        let channels = rows;
         let mut offered: Vec<UpdateOption> = Vec::new();
         for d in if conv { &DENOMINATORS[..] } else { &DENOMINATORS[3..] } {
             let rows = channels.div_ceil(*d);
             if offered.last().is_some_and(|o| o.rows == rows) {
                 offered.pop();
             }
-            offered.push(UpdateOption { rows, denominator: *d, benefit: per_row[..rows].iter().sum() });
+            offered.push(option(rows, *d));
         }
         candidates.push(Candidate {
             name: info.name.clone(),
@@ -362,6 +366,7 @@ pub fn search(
         });
     }
     drop(session);
+    drop(per_batch);
     let full_drop: f64 = candidates.iter().map(|c| c.options.last().map_or(0.0, |o| o.benefit)).sum();
 
     // 2. Each parameter alone, compiled.
@@ -435,7 +440,7 @@ pub fn search(
     }
     crate::check_memory(&compiled.plan, Some(cfg.budget))?;
     Ok(SchemeSearch {
-        predicted_drop: chosen.iter().map(|c| c.benefit).sum(),
+        predicted_drop: result.benefit(&candidates),
         chosen,
         budget: cfg.budget,
         arena_bytes: arena,
@@ -455,52 +460,56 @@ pub fn search(
 /// How a candidate's benefit is measured (see the module documentation).
 struct Measure {
     sgd: bool,
+    lr: f64,
+    momentum: f64,
     /// The step size: SGD's long-run step `lr * (1 - dampening) / (1 - momentum)`, Adam's `lr`.
     step: f64,
     horizon: f64,
     batch: f64,
-    batches: f64,
     text: String,
 }
 
 impl Measure {
     fn new(options: &CompileOptions, horizon: u64, batch: usize, batches: usize) -> Self {
         let lr = options.learning_rate as f64;
-        let (sgd, step, rule) = match options.optimizer {
+        let (sgd, momentum, step, rule) = match options.optimizer {
             OptimizerKind::Sgd { momentum, dampening, .. } => {
                 let step = lr * (1.0 - dampening as f64) / (1.0 - momentum as f64);
-                (true, step, format!("SGD, step lr (1 - dampening) / (1 - momentum) = {step:.4e}: g^2 / (2 h) (1 - (1 - step h)^(2 T))"))
+                (true, momentum as f64, step, format!("SGD along g with step lr (1 - dampening) / (1 - momentum) = {step:.4e}: A^2 / (2 c) (1 - (1 - step c / A)^(2 T)), 0 where lr c / A >= 2 (1 + momentum) diverges"))
             }
             OptimizerKind::Adam { .. } | OptimizerKind::AdamW { .. } => {
-                (false, lr, format!("Adam, each value moves about lr = {lr:.4e} per step: min(T lr |g|, g^2 / (2 h))"))
+                (false, 0.0, lr, format!("Adam along sign(g), each value moving lr = {lr:.4e} per step: t A - c t^2 / 2 with t = min(T lr, A / c)"))
             }
         };
         let text = format!(
-            "loss drop over T = {horizon} steps on a per-value quadratic, {rule}, g the mean gradient over the calibration batches, \
-             h its per-sample second moment (diagonal empirical Fisher) as curvature"
+            "loss drop over T = {horizon} steps of the candidate alone on a quadratic along its mean gradient g over {batches} \
+             calibration batches: {rule}; A is g's slope along the direction, c the curvature along it (per-sample second moment \
+             of the gradient's component, empirical Fisher)"
         );
-        Measure { sgd, step, horizon: horizon as f64, batch: batch as f64, batches: batches as f64, text }
+        Measure { sgd, lr, momentum, step, horizon: horizon as f64, batch: batch as f64, text }
     }
 
-    /// The predicted drop for one value, from the sums over batches of its batch gradients and of
-    /// their squares.
-    fn value(&self, sum: f64, squares: f64) -> f64 {
-        let k = self.batches;
-        let g = sum / k;
-        if g == 0.0 || !g.is_finite() {
+    /// The predicted drop of a candidate from `a`, the mean gradient's component along the
+    /// direction (`|g|^2` for SGD, `|g|_1` for Adam), and each batch's component along it.
+    fn group(&self, a: f64, per_batch: &[f64]) -> f64 {
+        if !(a > 0.0 && a.is_finite()) {
             return 0.0;
         }
+        let k = per_batch.len() as f64;
+        let mean = per_batch.iter().sum::<f64>() / k;
+        let variance = if k > 1.0 { per_batch.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / (k - 1.0) } else { 0.0 };
         // Per-sample second moment: a batch mean of B samples has variance sigma^2 / B.
-        let variance = if k > 1.0 { (squares / k - g * g).max(0.0) * k / (k - 1.0) } else { 0.0 };
-        let h = self.batch * variance + g * g;
-        let saturated = g * g / (2.0 * h);
+        let c = self.batch * variance + a * a;
         if self.sgd {
-            // Gradient descent on h/2 x^2 + g x: after T steps the loss has fallen by
-            // (1 - (1 - step h)^(2T)) of g^2 / (2h); a step past the minimum counts as reaching it.
+            let h = c / a;
+            if self.lr * h >= 2.0 * (1.0 + self.momentum) {
+                return 0.0;
+            }
             let x = (self.step * h).min(1.0);
-            saturated * -(2.0 * self.horizon * (-x).ln_1p()).exp_m1()
+            a * a / (2.0 * c) * -(2.0 * self.horizon * (-x).ln_1p()).exp_m1()
         } else {
-            (self.horizon * self.step * g.abs()).min(saturated)
+            let t = (self.horizon * self.step).min(a / c);
+            t * a - 0.5 * t * t * c
         }
     }
 }
@@ -521,6 +530,7 @@ struct Chosen {
 }
 
 impl Chosen {
+    /// The sum of the chosen options' benefits (each measured alone).
     fn benefit(&self, candidates: &[Candidate]) -> f64 {
         candidates.iter().zip(&self.current).filter_map(|(c, o)| o.map(|o| c.options[o].benefit)).sum()
     }
@@ -613,7 +623,7 @@ impl SchemeSearch {
     /// weights; `command` is how to compile it), then the scheme.
     pub fn toml(&self, command: &str) -> String {
         let mut s = String::new();
-        s += "# Update scheme chosen by `pock scheme` (first-order contribution analysis, greedy by benefit per byte).\n";
+        s += "# Update scheme chosen by `pock scheme` (contribution analysis on calibration data, greedy by benefit per byte).\n";
         s += &format!("# Written by: {command}\n");
         s += &format!(
             "# Budget {} bytes ({}); planned arena {} bytes ({}) + weights {} bytes ({}) = {} bytes ({}).\n",
@@ -627,7 +637,7 @@ impl SchemeSearch {
             human_bytes(self.arena_bytes + self.weight_bytes)
         );
         s += &format!(
-            "# {} parameters of {} trained, {} values; predicted loss drop per step {:.4e} of full backpropagation's {:.4e}\n",
+            "# {} parameters of {} trained, {} values; predicted loss drop (sum over the chosen) {:.4e}, every parameter whole {:.4e}\n",
             self.chosen.len(),
             self.candidates.len(),
             self.trainable_params,
