@@ -331,12 +331,13 @@ struct SchemeArgs {
     threads: Option<usize>,
 }
 
-const SCHEME_HELP: &str = "Example:\n  pock scheme zoo:mobilenetv2:classes=10,size=128 --batch 8 --momentum 0.9 --data calib.npz --memory-budget 32MiB -o scheme.toml\n  \
+const SCHEME_HELP: &str = "Example:\n  pock scheme zoo:mobilenetv2:classes=10,size=128 --batch 8 --momentum 0.9 --data calib.npz --memory-budget 48MiB -o scheme.toml\n  \
 pock compile zoo:mobilenetv2:classes=10,size=128 --batch 8 --momentum 0.9 --scheme scheme.toml -o plan.pock\n\n\
 Candidates: every parameter whole, and each convolution weight also at 1/8, 1/4 and 1/2 of its output channels (the first \
-ceil(f x C), as --scheme files select them). Benefit: the loss drop predicted over --horizon steps, value by value, from the \
-mean gradient g of the calibration batches (computed by a full-backpropagation plan) and its per-sample second moment h as the \
-curvature: g^2/(2h) (1 - (1 - step h)^(2T)) for SGD, at first lr |g|^2 per step, then saturating. Cost: the memory of compiled \
+ceil(f x C), as --scheme files select them). Benefit: the loss drop predicted for the candidate alone over --horizon steps, on a quadratic along its mean gradient g over \
+the calibration batches (computed by a full-backpropagation plan), with the spread of the batches' gradients as the curvature \
+c: for SGD A^2/(2c) (1 - (1 - step c/A)^(2T)), A = |g|^2 (at first lr |g|^2 per step, then saturating; 0 where --lr would \
+diverge). Cost: the memory of compiled \
 plans. The choice is greedy by benefit per byte, and every step is compiled, so the written scheme fits the budget; its comment \
 states the planned arena and weights. Give the same model, --batch, optimizer, --lr, BatchNorm and \
 --init-weights flags to `pock compile` (the parameter names and the memory depend on them). Fine-tuning a pretrained model \
@@ -925,7 +926,7 @@ fn scheme(a: SchemeArgs, quiet: bool) -> Result<(), PockError> {
     );
     let partial = found.chosen.iter().filter(|c| !c.whole()).count();
     out(&format!(
-        "wrote {}: {} parameters ({} in part), {} trainable values, arena {} + weights {} = {} of the {} budget; predicted loss drop per step {:.3e} ({:.1}% of full backpropagation's)\n",
+        "wrote {}: {} parameters ({} in part), {} trainable values, arena {} + weights {} = {} of the {} budget; predicted loss drop over {} steps {:.3e} (every parameter whole: {:.3e})\n",
         a.out.display(),
         found.chosen.len(),
         partial,
@@ -934,8 +935,9 @@ fn scheme(a: SchemeArgs, quiet: bool) -> Result<(), PockError> {
         pock::human_bytes(found.weight_bytes),
         pock::human_bytes(found.arena_bytes + found.weight_bytes),
         pock::human_bytes(found.budget),
+        a.horizon,
         found.predicted_drop,
-        100.0 * found.predicted_drop / found.full_drop.max(f64::MIN_POSITIVE)
+        found.full_drop
     ))
 }
 

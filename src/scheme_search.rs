@@ -5,16 +5,25 @@
 //!   apply to, `pock_compiler::scheme`) also its first ceil(C/8), ceil(C/4) and ceil(C/2) output
 //!   channels, by the scheme module's one rule. The channel options of one weight are exclusive:
 //!   choosing a larger one replaces the smaller.
-//! - **Benefit.** The first-order loss drop of one optimizer step restricted to the candidate's
-//!   values, at the plan's learning rate `lr`, for the mean gradient `g` of the calibration
-//!   batches: `lr * sum(g^2)` for SGD (a step `-lr * g` changes the loss by `-lr * |g|^2`),
-//!   `lr * sum(|g|)` for Adam and AdamW (whose early steps move each value by about `lr` in the
-//!   direction of `-sign(g)`). Momentum scales every candidate alike, so it changes no choice.
-//!   The gradients come from one full-backpropagation plan run by the engine on the calibration
-//!   batches: compiled with gradient accumulation over more micro-batches than are run, so the
-//!   steps only sum every parameter's gradient into its accumulator, which is then read back.
-//!   A sum over the batches before squaring, not an average of per-batch squares: the noise of
-//!   single batches would otherwise count as benefit.
+//! - **Benefit.** The loss drop predicted for the candidate trained alone over `--horizon` steps
+//!   T, from the calibration batches: g is the candidate's mean gradient over them, the
+//!   direction d is g for SGD and sign(g) for Adam, A = g.d the slope along it, and c the
+//!   curvature along it, estimated as the per-sample second moment of the gradient's component
+//!   along d (the empirical Fisher, from the spread of the batches' components: a batch mean of B
+//!   samples has variance sigma^2 / B). On that quadratic, SGD with the long-run step
+//!   `lr (1 - dampening) / (1 - momentum)` gains `A^2 / (2c) (1 - (1 - step c / A)^(2T))`: at
+//!   first the first-order `step * |g|^2` per step, then saturating at what the direction holds;
+//!   a candidate whose curvature makes `lr` diverge (`lr c / A >= 2 (1 + momentum)`) gains 0.
+//!   Adam moves each value by about `lr` per step: `t A - c t^2 / 2` with `t = min(T lr, A / c)`.
+//!   Why this and not the plain first-order `lr |g|^2`: that measure grows without bound with a
+//!   tensor's size and ignores that a large, steep tensor diverges at a learning rate its bias
+//!   takes well; on the cnn fine-tuning of `tests/autoscheme.rs` it chose a scheme that lost to
+//!   `--update bias`. Candidates' benefits are added as if independent, which overcounts
+//!   candidates that move the same outputs (several biases shifting one logit): see
+//!   BENCHMARKS.md "Memory". The gradients come from one full-backpropagation plan run by the
+//!   engine on the calibration batches, compiled with gradient accumulation over more
+//!   micro-batches than are run, so the steps only sum every gradient into its accumulator;
+//!   each batch's gradient is the accumulator's growth over its step.
 //! - **Cost.** Bytes of memory (arena and weights, what `--memory-budget` bounds), from compiled
 //!   plans: each parameter is compiled alone once. Memory is persistent state, which adds up
 //!   (optimizer state, scaled by the channel fraction), plus the scratch peak, which is a maximum
@@ -24,9 +33,12 @@
 //!   plan alone plus the chosen optimizer state, and every step of the choice is compiled.
 //! - **Choice.** Greedy by benefit per estimated byte: the best candidate that the estimate says
 //!   fits is compiled with the chosen set, kept if the plan fits the budget, else dropped (with
-//!   its larger channel options). An estimate from below never skips a candidate that fits; what
-//!   it underestimates costs one compile. The final scheme is written as TOML, parsed back and
-//!   compiled once more, and must fit and plan exactly the memory its comment states.
+//!   its larger channel options). A candidate is skipped uncompiled only when even the estimate
+//!   from below exceeds the budget; what it underestimates costs one compile. As for any
+//!   knapsack, the greedy runs again from the most beneficial option that fits alone if the first
+//!   run left it out, and the larger sum of benefits wins. The final scheme is written as TOML,
+//!   parsed back and compiled once more, and must fit and plan exactly the memory its comment
+//!   states.
 
 use std::time::Instant;
 
