@@ -51,7 +51,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match arg.as_str() {
             "--budgets" => {
                 let v = args.next().ok_or("--budgets takes MiB values, e.g. --budgets 16,32,64")?;
-                budgets = v.split(',').map(|b| b.trim().parse()).collect::<Result<_, _>>().map_err(|_| "--budgets takes MiB values, e.g. 16,32,64")?;
+                budgets = v
+                    .split(',')
+                    .map(|b| b.trim().parse())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| "--budgets takes MiB values, e.g. 16,32,64")?;
             }
             "--threads" => threads = args.next().and_then(|v| v.parse().ok()).ok_or("--threads takes a number, e.g. --threads 2")?,
             other => return Err(format!("unknown argument '{other}'; use --budgets 16,32,64 and --threads N").into()),
@@ -77,7 +81,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let source = ModelSource::Zoo { spec: MODEL.into() };
     let fold = |update| options(update, BatchNormMode::Fold);
 
-    let bias = pock::compile_forward(forward.clone(), fold(UpdateScheme { preset: Some(UpdatePreset::Bias), ..Default::default() }), source.clone())?;
+    let bias = pock::compile_forward(
+        forward.clone(),
+        fold(UpdateScheme { preset: Some(UpdatePreset::Bias), ..Default::default() }),
+        source.clone(),
+    )?;
     let bias_bytes = bias.plan.arena_bytes + bias.plan.weight_bytes;
     let full = pock::compile_forward(forward.clone(), fold(UpdateScheme::default()), source.clone())?;
     let (b0, b1, bms) = finetune(&bias, &data, threads)?;
@@ -132,7 +140,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             found.seconds,
             a0 - a1
         );
-        let names: Vec<String> = found.chosen.iter().map(|c| if c.whole() { c.param.clone() } else { format!("{} ({}/{})", c.param, c.rows, c.channels) }).collect();
+        let names: Vec<String> = found
+            .chosen
+            .iter()
+            .map(|c| if c.whole() { c.param.clone() } else { format!("{} ({}/{})", c.param, c.rows, c.channels) })
+            .collect();
         println!("  chosen: {}", names.join(", "));
     }
     let _ = std::fs::remove_dir_all(Path::new(&dir));

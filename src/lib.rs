@@ -183,7 +183,11 @@ pub fn compile_onnx_from(
 
 /// Imports an ONNX model with the initial values of `init` when given, ready for
 /// [`compile_forward`]: the model, its source for the plan, and the importer's notes.
-pub fn onnx_forward(path: &Path, import: &ImportOptions, init: Option<&Path>) -> Result<(ForwardGraph, ModelSource, Vec<String>), PockError> {
+pub fn onnx_forward(
+    path: &Path,
+    import: &ImportOptions,
+    init: Option<&Path>,
+) -> Result<(ForwardGraph, ModelSource, Vec<String>), PockError> {
     let mut imported = pock_compiler::onnx::import_file(path, import)?;
     if let Some(init) = init {
         init::load_initial_values(&mut imported.forward, init)?;

@@ -296,7 +296,7 @@ pub fn search(
         source.clone(),
     )?;
     let batch = analysis.plan.training.batch;
-    let mut session = Session::from_bytes(&analysis.to_bytes(), cfg.session.clone())?;
+    let mut session = Session::from_bytes(&analysis.to_bytes(), cfg.session)?;
     let dataset = crate::train::load_for(&session, data)?;
     crate::train::check_data(&session, &dataset, true).map_err(|e| match e {
         PockError::Data(d) => PockError::Data(d.in_file(data)),
@@ -351,9 +351,8 @@ pub fn search(
         let direction: Vec<f64> = mean.iter().map(|&g| if measure.sgd { g } else { g.signum() * (g != 0.0) as u8 as f64 }).collect();
         // Per row: the mean gradient along the direction, and each batch's.
         let along: Vec<f64> = (0..rows).map(|r| (r * len..(r + 1) * len).map(|i| mean[i] * direction[i]).sum()).collect();
-        let batch_along: Vec<Vec<f64>> = (0..rows)
-            .map(|r| grads.iter().map(|g| (r * len..(r + 1) * len).map(|i| g[i] as f64 * direction[i]).sum()).collect())
-            .collect();
+        let batch_along: Vec<Vec<f64>> =
+            (0..rows).map(|r| grads.iter().map(|g| (r * len..(r + 1) * len).map(|i| g[i] as f64 * direction[i]).sum()).collect()).collect();
         let option = |rows: usize, denominator: usize| {
             let a: f64 = along[..rows].iter().sum();
             let per: Vec<f64> = (0..batches).map(|b| batch_along[..rows].iter().map(|row| row[b]).sum()).collect();
@@ -489,9 +488,12 @@ impl Measure {
                 let step = lr * (1.0 - dampening as f64) / (1.0 - momentum as f64);
                 (true, momentum as f64, step, format!("SGD along g with step lr (1 - dampening) / (1 - momentum) = {step:.4e}: A^2 / (2 c) (1 - (1 - step c / A)^(2 T)), 0 where lr c / A >= 2 (1 + momentum) diverges"))
             }
-            OptimizerKind::Adam { .. } | OptimizerKind::AdamW { .. } => {
-                (false, 0.0, lr, format!("Adam along sign(g), each value moving lr = {lr:.4e} per step: t A - c t^2 / 2 with t = min(T lr, A / c)"))
-            }
+            OptimizerKind::Adam { .. } | OptimizerKind::AdamW { .. } => (
+                false,
+                0.0,
+                lr,
+                format!("Adam along sign(g), each value moving lr = {lr:.4e} per step: t A - c t^2 / 2 with t = min(T lr, A / c)"),
+            ),
         };
         let text = format!(
             "loss drop over T = {horizon} steps of the candidate alone on a quadratic along its mean gradient g over {batches} \

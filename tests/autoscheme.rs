@@ -197,7 +197,10 @@ fn the_chosen_scheme_lowers_the_loss_at_least_as_much_as_same_budget_presets() {
         // the per-candidate benefits add the biases' shares of one logit shift as if independent),
         // so only the bias-only baseline is asserted; both are printed.
         if preset == "bias" {
-            assert!(auto_drop >= base_drop, "--update {preset}: the chosen scheme lowers the loss by {auto_drop}, the preset by {base_drop}");
+            assert!(
+                auto_drop >= base_drop,
+                "--update {preset}: the chosen scheme lowers the loss by {auto_drop}, the preset by {base_drop}"
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
