@@ -15,10 +15,11 @@
 //!   first the first-order `step * |g|^2` per step, then saturating at what the direction holds;
 //!   a candidate whose curvature makes `lr` diverge (`lr c / A >= 2 (1 + momentum)`) gains 0.
 //!   Adam moves each value by about `lr` per step: `t A - c t^2 / 2` with `t = min(T lr, A / c)`.
-//!   Why this and not the plain first-order `lr |g|^2`: that measure grows without bound with a
-//!   tensor's size and ignores that a large, steep tensor diverges at a learning rate its bias
-//!   takes well; on the cnn fine-tuning of `tests/autoscheme.rs` it chose a scheme that lost to
-//!   `--update bias`. Candidates' benefits are added as if independent, which overcounts
+//!   Why this and not the plain first-order `lr |g|^2`: that measure grows without bound with the
+//!   steps and ignores that a large, steep tensor diverges at a learning rate its bias takes
+//!   well; a per-value version (each value its own quadratic, summed) grows with a tensor's size
+//!   and lost to `--update bias` on mobilenetv2 (BENCHMARKS.md "Memory", automatic scheme).
+//!   Candidates' benefits are added as if independent, which overcounts
 //!   candidates that move the same outputs (several biases shifting one logit): see
 //!   BENCHMARKS.md "Memory". The gradients come from one full-backpropagation plan run by the
 //!   engine on the calibration batches, compiled with gradient accumulation over more
@@ -662,5 +663,52 @@ impl SchemeSearch {
         s += "# Compile it with the same model, --batch, optimizer, BatchNorm and --init-weights flags and --scheme THIS_FILE.\n";
         s += &self.body;
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_written_as_globs_that_match_them_alone() {
+        for name in ["features.1.conv.0.0.weight", "onnx::Conv_12", "a*b", "x?y", "w[0]", "q\"uote\\"] {
+            let glob = glob_literal(name);
+            assert!(pock_compiler::scheme::glob_matches(&glob, name), "{glob} vs {name}");
+            let text = format!("train = [{}]", toml_string(&glob));
+            let parsed = UpdateScheme::from_toml(&text, "t.toml").unwrap();
+            assert_eq!(parsed.train, [glob.clone()], "{text}");
+        }
+        assert!(!pock_compiler::scheme::glob_matches(&glob_literal("a*b"), "axxb"));
+        assert!(!pock_compiler::scheme::glob_matches(&glob_literal("x?y"), "xzy"));
+        assert!(!pock_compiler::scheme::glob_matches(&glob_literal("w[0]"), "w0"));
+    }
+
+    fn sgd(lr: f32, momentum: f32, horizon: u64) -> Measure {
+        let options = CompileOptions {
+            optimizer: OptimizerKind::Sgd { momentum, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
+            learning_rate: lr,
+            ..Default::default()
+        };
+        Measure::new(&options, horizon, 8, 4)
+    }
+
+    #[test]
+    fn the_benefit_is_first_order_at_first_then_saturates_and_is_zero_where_lr_diverges() {
+        // Four batches agreeing exactly: no spread, curvature c = A^2.
+        let (a, per) = (0.5, [0.5; 4]);
+        let one = sgd(1e-4, 0.0, 1).group(a, &per);
+        // One small step: lr |g|^2 = lr A, up to the quadratic's second-order term.
+        assert!((one - 1e-4 * a).abs() < 1e-4 * a * 1e-2, "{one}");
+        let long = sgd(1e-4, 0.0, 1_000_000).group(a, &per);
+        assert!((long - a * a / (2.0 * a * a)).abs() < 1e-9, "saturates at A^2 / (2c): {long}");
+        assert!(sgd(1e-4, 0.0, 10).group(a, &per) < sgd(1e-4, 0.0, 100).group(a, &per));
+        // Spread between batches is curvature: the same slope saturates lower.
+        let noisy = sgd(1e-4, 0.0, 1_000_000).group(a, &[0.0, 1.0, 0.0, 1.0]);
+        assert!(noisy < long, "{noisy} vs {long}");
+        // lr c / A = lr A >= 2 (1 + momentum): this candidate alone diverges.
+        assert_eq!(sgd(5.0, 0.0, 10).group(a, &per), 0.0);
+        assert!(sgd(3.0, 0.9, 10).group(a, &per) > 0.0, "momentum widens the stable range");
+        assert_eq!(sgd(0.1, 0.0, 10).group(0.0, &[0.0; 4]), 0.0);
     }
 }
