@@ -322,8 +322,8 @@ struct SchemeArgs {
     /// Calibration batches (in file order; default: up to 8, as many as the data holds).
     #[arg(long, value_name = "N")]
     calibration_batches: Option<usize>,
-    /// Steps of fine-tuning the loss drop is predicted over: a value's predicted drop grows with
-    /// the steps until its share of the loss is used up.
+    /// Steps of fine-tuning the loss drop is predicted over (those `pock train` will run): a
+    /// candidate's predicted drop grows with the steps until it saturates.
     #[arg(long, value_name = "STEPS", default_value_t = pock::scheme_search::DEFAULT_HORIZON)]
     horizon: u64,
     /// Threads for the calibration run's kernels (as `pock train --threads`).
