@@ -205,3 +205,32 @@ fn the_chosen_scheme_lowers_the_loss_at_least_as_much_as_same_budget_presets() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An ONNX model: the scheme names its initializers and compiles with the same import flags.
+#[test]
+fn an_onnx_model_gets_a_scheme_that_compiles() {
+    let dir = workdir("onnx");
+    let model = common::onnx_fixture::materialise("resnet18.ts", &dir);
+    // Random images and labels of resnet18's 10 classes: the gradients are real, their use is not.
+    let n = 8;
+    let mut state = 1u64;
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as f32 / (1u64 << 31) as f32 - 0.5
+    };
+    let x: Vec<f32> = (0..n * 3 * 64 * 64).map(|_| next()).collect();
+    let y: Vec<i64> = (0..n as i64).map(|i| i % 10).collect();
+    let data = dir.join("calib.npz");
+    let set = pock::data::Dataset { x, x_shape: vec![n, 3, 64, 64], y: Some(pock::data::Targets::Labels(y)), inputs: vec![] };
+    write_data(&data, set);
+    let flags = [s(&model), "--batch", "2", "--input-shape", "x=2x3x64x64", "--momentum", "0.9"];
+    let (fa, fw, _) = compile(&flags, &[], &dir.join("full.pock"));
+    let (ba, bw, _) = compile(&flags, &["--update", "bias"], &dir.join("bias.pock"));
+    let budget = (fa + fw + ba + bw) / 2;
+    let text = scheme(&dir, &flags, &[], &data, budget, "s.toml");
+    assert!(text.contains("\"fc.bias\"") || text.contains("\"fc.weight\""), "{text}");
+    let (a, w, _) = compile(&flags, &["--scheme", s(&dir.join("s.toml"))], &dir.join("s.pock"));
+    assert_eq!((a, w), (stated(&text, "planned arena") as u64, stated(&text, "+ weights") as u64));
+    assert!(a + w <= budget);
+    let _ = std::fs::remove_dir_all(&dir);
+}
