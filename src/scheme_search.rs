@@ -677,7 +677,7 @@ mod tests {
             assert!(pock_compiler::scheme::glob_matches(&glob, name), "{glob} vs {name}");
             let text = format!("train = [{}]", toml_string(&glob));
             let parsed = UpdateScheme::from_toml(&text, "t.toml").unwrap();
-            assert_eq!(parsed.train, [glob.clone()], "{text}");
+            assert_eq!(parsed.train, std::slice::from_ref(&glob), "{text}");
         }
         assert!(!pock_compiler::scheme::glob_matches(&glob_literal("a*b"), "axxb"));
         assert!(!pock_compiler::scheme::glob_matches(&glob_literal("x?y"), "xzy"));
