@@ -17,6 +17,7 @@ pub mod export;
 pub mod init;
 pub mod inspect;
 pub mod schedule;
+pub mod scheme_search;
 pub mod synth;
 pub mod train;
 
@@ -29,7 +30,7 @@ pub use pock_targets as targets;
 use std::path::Path;
 
 use pock_compiler::onnx::ImportOptions;
-use pock_compiler::{CompileOptions, CompiledPlan};
+use pock_compiler::{CompileOptions, CompiledPlan, ForwardGraph};
 use pock_engine::plan::ModelSource;
 
 /// Compiles a model into a training plan. `model` is a zoo spec (`zoo:cnn`,
@@ -48,6 +49,20 @@ pub fn compile_model_from(
     options: CompileOptions,
     init: Option<&Path>,
 ) -> Result<CompiledPlan, PockError> {
+    if pock_targets::find(&options.target).is_none() {
+        return Err(unknown_target(&options.target));
+    }
+    if model.ends_with(".onnx") {
+        let import = ImportOptions { shapes: pock_compiler::onnx::ShapeOverrides::parse::<&str>(Some(batch), &[])?, ..Default::default() };
+        return Ok(compile_onnx_from(Path::new(model), &import, options, init)?.0);
+    }
+    let forward = zoo_forward(model, batch, seed, init)?;
+    compile_forward(forward, options, ModelSource::Zoo { spec: model.to_string() })
+}
+
+/// Builds a zoo model (`zoo:NAME[:key=value,...]`) for `batch` samples, with the initial values of
+/// `init` when given (see [`compile_model_from`]), ready for [`compile_forward`].
+pub fn zoo_forward(model: &str, batch: usize, seed: u64, init: Option<&Path>) -> Result<ForwardGraph, PockError> {
     if batch == 0 {
         return Err(PockError::Usage("--batch must be at least 1".into()));
     }
@@ -55,13 +70,6 @@ pub fn compile_model_from(
         return Err(PockError::Usage(format!(
             "--batch {batch} is out of range: it must be at most {MAX_BATCH} (and the plan must still fit in memory)"
         )));
-    }
-    if pock_targets::find(&options.target).is_none() {
-        return Err(PockError::Usage(format!("unknown target '{}'; known targets: {}", options.target, pock_targets::names().join(", "))));
-    }
-    if model.ends_with(".onnx") {
-        let import = ImportOptions { shapes: pock_compiler::onnx::ShapeOverrides::parse::<&str>(Some(batch), &[])?, ..Default::default() };
-        return Ok(compile_onnx_from(Path::new(model), &import, options, init)?.0);
     }
     if !model.starts_with("zoo:") {
         return Err(PockError::Usage(format!(
@@ -72,10 +80,31 @@ pub fn compile_model_from(
     if let Some(path) = init {
         init::load_initial_values(&mut forward, path)?;
     }
+    Ok(forward)
+}
+
+/// Compiles a model already built or imported ([`zoo_forward`], [`onnx_forward`]) into a plan
+/// that records `source`. The forward graph can be cloned to compile it several ways.
+pub fn compile_forward(forward: ForwardGraph, options: CompileOptions, source: ModelSource) -> Result<CompiledPlan, PockError> {
+    if pock_targets::find(&options.target).is_none() {
+        return Err(unknown_target(&options.target));
+    }
     let mut compiled = forward.into_training(options)?.into_plan()?;
     check_sizes(&compiled.plan)?;
-    compiled.plan.source = ModelSource::Zoo { spec: model.to_string() };
+    compiled.plan.source = source;
     Ok(compiled)
+}
+
+fn unknown_target(target: &str) -> PockError {
+    PockError::Usage(format!("unknown target '{target}'; known targets: {}", pock_targets::names().join(", ")))
+}
+
+/// Refuses a `--target` that is not a known board, listing the known ones.
+pub fn check_target(target: &str) -> Result<(), PockError> {
+    match pock_targets::find(target) {
+        Some(_) => Ok(()),
+        None => Err(unknown_target(target)),
+    }
 }
 
 /// The largest batch `compile_model` accepts: large enough for any batch that fits a machine,
@@ -146,15 +175,24 @@ pub fn compile_onnx_from(
     init: Option<&Path>,
 ) -> Result<(CompiledPlan, Vec<String>), PockError> {
     if pock_targets::find(&options.target).is_none() {
-        return Err(PockError::Usage(format!("unknown target '{}'; known targets: {}", options.target, pock_targets::names().join(", "))));
+        return Err(unknown_target(&options.target));
     }
+    let (forward, source, notes) = onnx_forward(path, import, init)?;
+    Ok((compile_forward(forward, options, source)?, notes))
+}
+
+/// Imports an ONNX model with the initial values of `init` when given, ready for
+/// [`compile_forward`]: the model, its source for the plan, and the importer's notes.
+pub fn onnx_forward(
+    path: &Path,
+    import: &ImportOptions,
+    init: Option<&Path>,
+) -> Result<(ForwardGraph, ModelSource, Vec<String>), PockError> {
     let mut imported = pock_compiler::onnx::import_file(path, import)?;
     if let Some(init) = init {
         init::load_initial_values(&mut imported.forward, init)?;
     }
-    let mut compiled = imported.forward.into_training(options)?.into_plan()?;
-    compiled.plan.source = onnx_source(path)?;
-    Ok((compiled, imported.notes))
+    Ok((imported.forward, onnx_source(path)?, imported.notes))
 }
 
 /// Where an ONNX model came from: its path as given and a hash of the model file's bytes (not of

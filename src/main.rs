@@ -42,6 +42,9 @@ enum Command {
     /// Compile a model into a training plan (forward, backward and optimizer, memory planned).
     #[command(after_help = pock_models_help())]
     Compile(CompileArgs),
+    /// Choose an update scheme under a memory budget by contribution analysis on calibration data, and write it as a scheme file.
+    #[command(after_help = SCHEME_HELP)]
+    Scheme(SchemeArgs),
     /// Show what a plan contains: memory, parameters, ops, inputs.
     Inspect {
         plan: PathBuf,
@@ -199,15 +202,12 @@ enum BatchNormArg {
     Train,
 }
 
+/// The model and how it trains: what `pock compile` and `pock scheme` share.
 #[derive(Args)]
 #[command(allow_negative_numbers = true)]
-struct CompileArgs {
+struct ModelArgs {
     /// The model: zoo:NAME, zoo:NAME:key=value,... (see the list below), or a path to an .onnx file.
     model: String,
-    /// Output plan file. (`--output` names the ONNX graph output to train, so this flag's long
-    /// form is `--plan`.)
-    #[arg(short = 'o', long = "plan", value_name = "PLAN")]
-    plan: PathBuf,
     /// Samples per training step (shapes are static). Default 32 for zoo models; an ONNX model
     /// needs it for a dynamic batch dimension.
     #[arg(long)]
@@ -271,6 +271,22 @@ struct CompileArgs {
     /// gradients are the same bit for bit; the masks only save memory). For comparisons.
     #[arg(long)]
     no_activation_masks: bool,
+    /// Start from these parameters and running statistics instead of --seed's (fine-tuning): a
+    /// checkpoint of a plan that trained every parameter, or `pock export --safetensors` weights.
+    /// Frozen parameters are stored in the plan, so they must come from here, not from --weights.
+    #[arg(long, value_name = "WEIGHTS.safetensors")]
+    init_weights: Option<PathBuf>,
+}
+
+#[derive(Args)]
+#[command(allow_negative_numbers = true)]
+struct CompileArgs {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// Output plan file. (`--output` names the ONNX graph output to train, so this flag's long
+    /// form is `--plan`.)
+    #[arg(short = 'o', long = "plan", value_name = "PLAN")]
+    plan: PathBuf,
     /// Refuse a plan whose memory (arena and weights) exceeds this many bytes (1048576, 512M,
     /// 64MiB, 2G), naming what it needs and its largest contributors. Default: the memory of the
     /// --target board, or for host this machine's physical memory.
@@ -286,11 +302,6 @@ struct CompileArgs {
     /// `[!0]`), e.g. --train 'features.1[6-8].*' --train '*.bias'. Alone, only the matches train.
     #[arg(long, value_name = "GLOB")]
     train: Vec<String>,
-    /// Start from these parameters and running statistics instead of --seed's (fine-tuning): a
-    /// checkpoint of a plan that trained every parameter, or `pock export --safetensors` weights.
-    /// Frozen parameters are stored in the plan, so they must come from here, not from --weights.
-    #[arg(long, value_name = "WEIGHTS.safetensors")]
-    init_weights: Option<PathBuf>,
     /// A scheme file (TOML), combined with --update and --train as a union: `update = "bias"`,
     /// `train = ["classifier.*"]`, and [[channels]] tables that train some output channels of
     /// convolution weights: `params = "features.1[4-7].conv.0.0.weight"` (a glob) with
@@ -316,6 +327,46 @@ struct CompileArgs {
     #[arg(long)]
     no_qas: bool,
 }
+
+#[derive(Args)]
+#[command(allow_negative_numbers = true)]
+struct SchemeArgs {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// Calibration data (.npz, as `pock train` reads it): the gradients of its first batches
+    /// measure what each parameter contributes.
+    #[arg(long)]
+    data: PathBuf,
+    /// The memory the plan may use, arena and weights (1048576, 512M, 64MiB, 2G), as `pock
+    /// compile --memory-budget` checks it.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    memory_budget: u64,
+    /// Output scheme file (TOML), for `pock compile --scheme`.
+    #[arg(short = 'o', long = "out", value_name = "SCHEME.toml")]
+    out: PathBuf,
+    /// Calibration batches (in file order; default: up to 8, as many as the data holds).
+    #[arg(long, value_name = "N")]
+    calibration_batches: Option<usize>,
+    /// Steps of fine-tuning the loss drop is predicted over (those `pock train` will run): a
+    /// candidate's predicted drop grows with the steps until it saturates.
+    #[arg(long, value_name = "STEPS", default_value_t = pock::scheme_search::DEFAULT_HORIZON)]
+    horizon: u64,
+    /// Threads for the calibration run's kernels (as `pock train --threads`).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+const SCHEME_HELP: &str = "Example:\n  pock scheme zoo:mobilenetv2:classes=10,size=128 --batch 8 --momentum 0.9 --data calib.npz --memory-budget 48MiB -o scheme.toml\n  \
+pock compile zoo:mobilenetv2:classes=10,size=128 --batch 8 --momentum 0.9 --scheme scheme.toml -o plan.pock\n\n\
+Candidates: every parameter whole, and each convolution weight also at 1/8, 1/4 and 1/2 of its output channels (the first \
+ceil(f x C), as --scheme files select them). Benefit: the loss drop predicted for the candidate alone over --horizon steps, on a quadratic along its mean gradient g over \
+the calibration batches (computed by a full-backpropagation plan), with the spread of the batches' gradients as the curvature \
+c: for SGD A^2/(2c) (1 - (1 - step c/A)^(2T)), A = |g|^2 (at first lr |g|^2 per step, then saturating; 0 where --lr would \
+diverge). Cost: the memory of compiled \
+plans. The choice is greedy by benefit per byte, and every step is compiled, so the written scheme fits the budget; its comment \
+states the planned arena and weights. Give the same model, --batch, optimizer, --lr, BatchNorm and \
+--init-weights flags to `pock compile` (the parameter names and the memory depend on them). Fine-tuning a pretrained model \
+(--init-weights) is where the analysis means most: on random weights the gradients say what helps first, not what helps most.";
 
 /// A plan, the weights to use with it, and the data to run it on (eval, infer).
 #[derive(Args)]
@@ -533,6 +584,7 @@ fn run(cli: Cli) -> Result<(), PockError> {
     let quiet = cli.quiet;
     match cli.command {
         Command::Compile(a) => compile(a, quiet),
+        Command::Scheme(a) => scheme(a, quiet),
         Command::Inspect { plan, json, ops } => {
             let bytes = std::fs::read(&plan).map_err(io_err(&plan))?;
             let (p, _) =
@@ -698,7 +750,7 @@ fn canonical_target(target: &Path) -> PathBuf {
 }
 
 /// Checks optimizer settings against their valid ranges, naming the range.
-fn check_hyperparameters(a: &CompileArgs) -> Result<(), PockError> {
+fn check_hyperparameters(a: &ModelArgs) -> Result<(), PockError> {
     let bad = |flag: &str, value: f32, range: &str| PockError::Usage(format!("{flag} {value} is out of range: it must be {range}"));
     if !(a.lr.is_finite() && a.lr > 0.0) {
         return Err(bad("--lr", a.lr, "a finite number > 0"));
@@ -751,23 +803,82 @@ fn update_scheme(a: &CompileArgs) -> Result<pock::compiler::UpdateScheme, PockEr
     Ok(file.union(flags)?)
 }
 
-fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
-    let optimizer = match a.optimizer {
-        OptimizerArg::Sgd => {
-            OptimizerKind::Sgd { momentum: a.momentum, dampening: a.dampening, nesterov: a.nesterov, weight_decay: a.weight_decay }
+impl ModelArgs {
+    /// The compile options these flags give (checked), training what `update` selects.
+    fn options(&self, update: pock::compiler::UpdateScheme) -> Result<CompileOptions, PockError> {
+        let a = self;
+        let optimizer = match a.optimizer {
+            OptimizerArg::Sgd => {
+                OptimizerKind::Sgd { momentum: a.momentum, dampening: a.dampening, nesterov: a.nesterov, weight_decay: a.weight_decay }
+            }
+            OptimizerArg::Adam => OptimizerKind::Adam { beta1: a.beta1, beta2: a.beta2, eps: a.eps, weight_decay: a.weight_decay },
+            OptimizerArg::Adamw => OptimizerKind::AdamW { beta1: a.beta1, beta2: a.beta2, eps: a.eps, weight_decay: a.weight_decay },
+        };
+        if !matches!(a.optimizer, OptimizerArg::Sgd) && (a.momentum != 0.0 || a.nesterov || a.dampening != 0.0) {
+            return Err(PockError::Usage("--momentum, --dampening and --nesterov apply to --optimizer sgd only".into()));
         }
-        OptimizerArg::Adam => OptimizerKind::Adam { beta1: a.beta1, beta2: a.beta2, eps: a.eps, weight_decay: a.weight_decay },
-        OptimizerArg::Adamw => OptimizerKind::AdamW { beta1: a.beta1, beta2: a.beta2, eps: a.eps, weight_decay: a.weight_decay },
-    };
-    if !matches!(a.optimizer, OptimizerArg::Sgd) && (a.momentum != 0.0 || a.nesterov || a.dampening != 0.0) {
-        return Err(PockError::Usage("--momentum, --dampening and --nesterov apply to --optimizer sgd only".into()));
+        check_hyperparameters(a)?;
+        pock::check_target(&a.target)?;
+        Ok(CompileOptions {
+            optimizer,
+            learning_rate: a.lr,
+            accumulate: a.accumulate,
+            clip_grad_norm: a.clip_grad_norm,
+            batch_norm: match a.batch_norm {
+                BatchNormArg::Fold => BatchNormMode::Fold,
+                BatchNormArg::Train => BatchNormMode::Train,
+                BatchNormArg::Frozen => BatchNormMode::Frozen,
+            },
+            target: a.target.clone(),
+            reorder: !a.no_reorder,
+            activation_masks: !a.no_activation_masks,
+            update,
+            quantize: None,
+        })
     }
-    check_hyperparameters(&a)?;
-    let inputs: Vec<(&str, &Path)> =
-        a.init_weights.iter().map(|p| ("--init-weights", p.as_path())).chain(a.calib.iter().map(|p| ("--calib", p.as_path()))).collect();
+
+    /// Builds the zoo model or imports the ONNX file once (with --init-weights' values): the
+    /// forward graph, its source for the plan, and the importer's notes.
+    fn forward(&self) -> Result<(pock::compiler::ForwardGraph, pock::engine::plan::ModelSource, Vec<String>), PockError> {
+        let a = self;
+        let init = a.init_weights.as_deref();
+        if a.model.ends_with(".onnx") {
+            let import = ImportOptions {
+                shapes: ShapeOverrides::parse(a.batch, &a.input_shape)?,
+                output: a.output.clone(),
+                loss: match a.loss {
+                    LossArg::CrossEntropy => LossKind::CrossEntropy,
+                    LossArg::Mse => LossKind::Mse,
+                },
+                dropout: match a.dropout {
+                    DropoutArg::On => DropoutMode::On,
+                    DropoutArg::Off => DropoutMode::Off,
+                },
+                seed: a.seed,
+            };
+            return pock::onnx_forward(Path::new(&a.model), &import, init);
+        }
+        if !a.input_shape.is_empty() || a.output.is_some() || !matches!(a.loss, LossArg::CrossEntropy) {
+            return Err(PockError::Usage(
+                "--input-shape, --output and --loss apply to ONNX models; a zoo model's task is a key of its spec (zoo:mlp:task=regression)".into(),
+            ));
+        }
+        let forward = pock::zoo_forward(&a.model, a.batch.unwrap_or(32), a.seed, init)?;
+        Ok((forward, pock::engine::plan::ModelSource::Zoo { spec: a.model.clone() }, Vec::new()))
+    }
+
+    /// The input files these flags name.
+    fn inputs(&self) -> Vec<(&str, &Path)> {
+        self.init_weights.iter().map(|p| ("--init-weights", p.as_path())).collect()
+    }
+}
+
+fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
+    let mut options = a.m.options(Default::default())?;
+    let inputs: Vec<(&str, &Path)> = a.m.inputs().into_iter().chain(a.calib.iter().map(|p| ("--calib", p.as_path()))).collect();
     check_outputs(&inputs, &[("-o", a.plan.as_path())])?;
-    let init = a.init_weights.as_deref();
-    let quantize = match (a.quantize, &a.calib) {
+    options.update = update_scheme(&a)?;
+    options.quantize = match (a.quantize, &a.calib) {
         (QuantizeArg::Int8, Some(path)) => {
             let data = pock::data::Dataset::load_npz(path)?;
             Some(pock::compiler::quantize::Int8Options { sample_shape: data.x_shape[1..].to_vec(), calibration: data.x, qas: !a.no_qas })
@@ -782,50 +893,12 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
         }
         (QuantizeArg::None, _) => None,
     };
-    let options = CompileOptions {
-        optimizer,
-        learning_rate: a.lr,
-        accumulate: a.accumulate,
-        clip_grad_norm: a.clip_grad_norm,
-        batch_norm: match a.batch_norm {
-            BatchNormArg::Fold => BatchNormMode::Fold,
-            BatchNormArg::Train => BatchNormMode::Train,
-            BatchNormArg::Frozen => BatchNormMode::Frozen,
-        },
-        target: a.target.clone(),
-        reorder: !a.no_reorder,
-        activation_masks: !a.no_activation_masks,
-        update: update_scheme(&a)?,
-        quantize,
-    };
     let started = Instant::now();
-    let compiled = if a.model.ends_with(".onnx") {
-        let import = ImportOptions {
-            shapes: ShapeOverrides::parse(a.batch, &a.input_shape)?,
-            output: a.output.clone(),
-            loss: match a.loss {
-                LossArg::CrossEntropy => LossKind::CrossEntropy,
-                LossArg::Mse => LossKind::Mse,
-            },
-            dropout: match a.dropout {
-                DropoutArg::On => DropoutMode::On,
-                DropoutArg::Off => DropoutMode::Off,
-            },
-            seed: a.seed,
-        };
-        let (compiled, notes) = pock::compile_onnx_from(Path::new(&a.model), &import, options, init)?;
-        for note in notes {
-            progress(quiet, format!("note: {note}"));
-        }
-        compiled
-    } else {
-        if !a.input_shape.is_empty() || a.output.is_some() || !matches!(a.loss, LossArg::CrossEntropy) {
-            return Err(PockError::Usage(
-                "--input-shape, --output and --loss apply to ONNX models; a zoo model's task is a key of its spec (zoo:mlp:task=regression)".into(),
-            ));
-        }
-        pock::compile_model_from(&a.model, a.batch.unwrap_or(32), a.seed, options, init)?
-    };
+    let (forward, source, notes) = a.m.forward()?;
+    for note in notes {
+        progress(quiet, format!("note: {note}"));
+    }
+    let compiled = pock::compile_forward(forward, options, source)?;
     pock::check_memory(&compiled.plan, a.memory_budget)?;
     // Folding fixes the running statistics; a model whose statistics are all still the initial
     // ones (mean 0, variance 1) has never been trained, and frozen statistics do not normalise it.
@@ -846,7 +919,7 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
     // Atomic, so a plan that a session has mapped is never modified in place.
     pock::engine::atomic::write_bytes(&a.plan, &bytes).map_err(io_err(&a.plan))?;
     let r = pock::inspect::report(&compiled.plan);
-    progress(quiet, format!("compiled {} in {:.2} s", a.model, started.elapsed().as_secs_f64()));
+    progress(quiet, format!("compiled {} in {:.2} s", a.m.model, started.elapsed().as_secs_f64()));
     out(&format!(
         "wrote {} ({}): {} trainable parameters, arena {}, {} forward / {} backward / {} optimizer ops\n",
         a.plan.display(),
@@ -857,6 +930,66 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
         r.ops.backward,
         r.ops.optimizer
     ))
+}
+
+fn scheme(a: SchemeArgs, quiet: bool) -> Result<(), PockError> {
+    let options = a.m.options(Default::default())?;
+    let mut inputs = a.m.inputs();
+    inputs.push(("calibration data", a.data.as_path()));
+    check_outputs(&inputs, &[("-o", a.out.as_path())])?;
+    let (forward, source, notes) = a.m.forward()?;
+    for note in notes {
+        progress(quiet, format!("note: {note}"));
+    }
+    let run = RunArgs { threads: a.threads, memory_budget: None, kernels: KernelsArg::Fast, backend: BackendArg::Cpu };
+    let cfg = pock::scheme_search::SearchConfig {
+        budget: a.memory_budget,
+        batches: a.calibration_batches,
+        session: run.session_options(quiet),
+        progress: !quiet && std::io::stderr().is_terminal(),
+        horizon: a.horizon,
+    };
+    if a.horizon == 0 {
+        return Err(PockError::Usage("--horizon 0 predicts no loss drop; give the steps the plan will train for (at least 1)".into()));
+    }
+    let found = pock::scheme_search::search(&forward, &source, &options, &a.data, &cfg)?;
+    let command: Vec<String> = std::env::args().map(|s| shell_word(&s)).collect();
+    pock::engine::atomic::write_bytes(&a.out, found.toml(&command.join(" ")).as_bytes()).map_err(io_err(&a.out))?;
+    progress(
+        quiet,
+        format!(
+            "analysed {} parameters on {} calibration batches (mean loss {:.4}) and compiled {} plans in {:.1} s",
+            found.candidates.len(),
+            found.calibration_losses.len(),
+            found.calibration_losses.iter().map(|&l| l as f64).sum::<f64>() / found.calibration_losses.len().max(1) as f64,
+            found.compiles,
+            found.seconds
+        ),
+    );
+    let partial = found.chosen.iter().filter(|c| !c.whole()).count();
+    out(&format!(
+        "wrote {}: {} parameters ({} in part), {} trainable values, arena {} + weights {} = {} of the {} budget; predicted loss drop over {} steps {:.3e} (every parameter whole: {:.3e})\n",
+        a.out.display(),
+        found.chosen.len(),
+        partial,
+        found.trainable_params,
+        pock::human_bytes(found.arena_bytes),
+        pock::human_bytes(found.weight_bytes),
+        pock::human_bytes(found.arena_bytes + found.weight_bytes),
+        pock::human_bytes(found.budget),
+        a.horizon,
+        found.predicted_drop,
+        found.full_drop
+    ))
+}
+
+/// A command-line word as a shell would need it (for the scheme file's comment).
+fn shell_word(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// What a resumed checkpoint says about the run it came from (written by `train`'s saves).

@@ -329,6 +329,37 @@ pub fn run_span(session: &Session, data_len: usize, epochs: u64) -> Result<RunSp
     Ok(RunSpan { steps_per_epoch, start_step, end_step, optimizer_steps })
 }
 
+/// Runs the Train program on the first `batches` full batches of `data` in file order (no
+/// shuffling), calling `after` with the session after each, and returns their losses: the
+/// calibration pass of `pock scheme`, which compiles its analysis plan with gradient accumulation
+/// so that these steps only sum gradients.
+pub fn run_batches(
+    session: &mut Session,
+    data: &Dataset,
+    batches: usize,
+    mut after: impl FnMut(&Session) -> Result<(), PockError>,
+) -> Result<Vec<f32>, PockError> {
+    check_data(session, data, true)?;
+    let batch = session.batch();
+    if batches == 0 || data.len() / batch < batches {
+        return Err(PockError::Usage(format!(
+            "the data has {} samples, {} full batches of {batch}; {batches} are needed (give more data or fewer batches)",
+            data.len(),
+            data.len() / batch
+        )));
+    }
+    let kind = target_kind(session);
+    let mut buffers = BatchBuffers::new(session, data);
+    let mut losses = Vec::with_capacity(batches);
+    for b in 0..batches {
+        let idx: Vec<usize> = (b * batch..(b + 1) * batch).collect();
+        buffers.fill(data, &idx, Some(&kind));
+        losses.push(buffers.train(session, &kind)?);
+        after(session)?;
+    }
+    Ok(losses)
+}
+
 /// Trains for `cfg.epochs` epochs, continuing from the session's counters (after a resume, the
 /// epoch numbering and the shuffling continue where they stopped).
 pub fn train(

@@ -23,7 +23,17 @@ fn readme_using_it_commands_run_as_written() {
         ran += 1;
     }
     assert!(ran >= 8, "only {ran} commands found");
-    for file in ["data/train.npz", "cnn.pock", "cnn.ckpt.safetensors", "cnn2.ckpt.safetensors", "log.jsonl", "pred.npz", "mbv2.pock"] {
+    for file in [
+        "data/train.npz",
+        "cnn.pock",
+        "cnn.ckpt.safetensors",
+        "cnn2.ckpt.safetensors",
+        "log.jsonl",
+        "pred.npz",
+        "mbv2.pock",
+        "cnn.scheme.toml",
+        "cnn.sparse.pock",
+    ] {
         assert!(dir.join(file).is_file(), "{file} was not written");
     }
 }
