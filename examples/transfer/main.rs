@@ -60,5 +60,6 @@ fn mobilenetv2_setup(threads: usize) -> Setup {
         finetune_lr: 0.02,
         sparse_lr: 0.1,
         threads,
+        seed: 7,
     }
 }
