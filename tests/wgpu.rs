@@ -8,6 +8,7 @@
 
 mod common;
 
+use pock::compiler::stages::BatchNormMode;
 use pock::compiler::CompileOptions;
 use pock::engine::backend::wgpu::{adapter_description, WgpuBackend};
 use pock::engine::exec::{Backend, ProgramKind};
@@ -46,13 +47,31 @@ fn adam() -> CompileOptions {
     }
 }
 
+/// How close the GPU's parameters must be to the reference CPU's after 3 steps.
+#[derive(Clone, Copy, PartialEq)]
+enum Bound {
+    /// Within 1e-4 of each tensor's RMS.
+    Rms,
+    /// Within 1e-4 of each tensor's RMS, or within twice what the CPU backend's own production
+    /// kernels differ from its reference kernels on that tensor, whichever is larger: for
+    /// training-mode BatchNorm, where some parameters' true gradient is zero (a BatchNorm's shift
+    /// before another training-mode BatchNorm) and holds only rounding noise, and the backward
+    /// pass cancels large terms, so no kernel set that is not bit-identical to the reference
+    /// meets a bound relative to those tensors (the production CPU kernels miss it by 10^4).
+    AsCpuKernels,
+}
+
+fn rms(v: &[f32]) -> f32 {
+    (v.iter().map(|v| v * v).sum::<f32>() / v.len() as f32).sqrt()
+}
+
 /// Trains `model` 3 steps on the CPU (reference kernels) and on the GPU from the same random
-/// batches; losses and every trainable parameter must agree within 1e-4 relative (parameters:
-/// of the tensor's RMS).
-fn matches_cpu(model: &str, batch: usize, options: CompileOptions) {
+/// batches; losses must agree within 1e-4 relative, every trainable parameter within `bound`.
+fn matches_cpu(model: &str, batch: usize, options: CompileOptions, bound: Bound) {
     let bytes = pock::compile_model(model, batch, 0, options).unwrap().to_bytes();
     let cpu_options = SessionOptions { reference_kernels: true, ..SessionOptions::default() };
     let mut cpu = Session::from_bytes(&bytes, cpu_options).unwrap();
+    let mut fast = Session::from_bytes(&bytes, SessionOptions::default()).unwrap();
     let mut gpu = Session::from_bytes(&bytes, SessionOptions { backend: BackendChoice::Wgpu, ..SessionOptions::default() }).unwrap();
     assert_eq!(gpu.backend_name(), "wgpu");
     let classes = match cpu.plan().training.loss {
@@ -66,6 +85,9 @@ fn matches_cpu(model: &str, batch: usize, options: CompileOptions) {
         let y: Vec<i64> = (0..batch).map(|_| rng.random_range(0..classes as i64)).collect();
         let want = cpu.train_step(&x, Targets::Labels(&y)).unwrap();
         let got = gpu.train_step(&x, Targets::Labels(&y)).unwrap();
+        if bound == Bound::AsCpuKernels {
+            fast.train_step(&x, Targets::Labels(&y)).unwrap();
+        }
         assert!((got - want).abs() <= 1e-4 * want.abs(), "{model} step {step}: loss {got} on the GPU, {want} on the CPU");
     }
     let params: Vec<String> =
@@ -73,9 +95,14 @@ fn matches_cpu(model: &str, batch: usize, options: CompileOptions) {
     assert!(!params.is_empty());
     for name in params {
         let (want, got) = (cpu.read_tensor(&name).unwrap(), gpu.read_tensor(&name).unwrap());
-        let rms = (want.iter().map(|v| v * v).sum::<f32>() / want.len() as f32).sqrt();
+        let mut tol = 1e-4 * rms(&want);
+        if bound == Bound::AsCpuKernels {
+            let f = fast.read_tensor(&name).unwrap();
+            let cpu_spread = f.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            tol = tol.max(2.0 * cpu_spread);
+        }
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-            assert!((a - b).abs() <= 1e-4 * rms, "{model}: {name}[{i}] = {a} on the GPU, {b} on the CPU (RMS {rms})");
+            assert!((a - b).abs() <= tol, "{model}: {name}[{i}] = {a} on the GPU, {b} on the CPU (tolerance {tol})");
         }
     }
 }
@@ -83,16 +110,37 @@ fn matches_cpu(model: &str, batch: usize, options: CompileOptions) {
 #[test]
 fn cnn_trains_as_on_the_cpu() {
     if gpu_present() {
-        matches_cpu("zoo:cnn", 8, sgd());
-        matches_cpu("zoo:cnn:size=13,width=3,classes=5", 5, adam());
+        matches_cpu("zoo:cnn", 8, sgd(), Bound::Rms);
+        matches_cpu("zoo:cnn:size=13,width=3,classes=5", 5, adam(), Bound::Rms);
     }
 }
 
 #[test]
 fn mlp_trains_as_on_the_cpu() {
     if gpu_present() {
-        matches_cpu("zoo:mlp", 16, adam());
-        matches_cpu("zoo:mlp:inputs=7,hidden=33,classes=3", 9, sgd());
+        matches_cpu("zoo:mlp", 16, adam(), Bound::Rms);
+        matches_cpu("zoo:mlp:inputs=7,hidden=33,classes=3", 9, sgd(), Bound::Rms);
+    }
+}
+
+/// zoo:mobilenetv2 at a small size with BatchNorm in all three modes: folded into the
+/// convolutions (the default), trained (batch statistics, running statistics updated) and frozen
+/// (running statistics, gamma and beta learning).
+#[test]
+fn mobilenetv2_trains_as_on_the_cpu_in_every_batch_norm_mode() {
+    if !gpu_present() {
+        return;
+    }
+    // Batch 4 at 64x64 keeps at least 16 values per channel in every training-mode BatchNorm: at
+    // batch 2 and 32x32 the last blocks normalise 2 values per channel, whose output is +-1
+    // whatever the input, and 3 steps of SGD on the CPU's own production kernels already end 5%
+    // away from its reference kernels in loss.
+    let model = "zoo:mobilenetv2:size=64,classes=10,width=0.25";
+    for (mode, bound) in
+        [(BatchNormMode::Fold, Bound::Rms), (BatchNormMode::Frozen, Bound::Rms), (BatchNormMode::Train, Bound::AsCpuKernels)]
+    {
+        println!("mobilenetv2, --batch-norm {mode:?}");
+        matches_cpu(model, 4, CompileOptions { batch_norm: mode, learning_rate: 0.01, ..sgd() }, bound);
     }
 }
 

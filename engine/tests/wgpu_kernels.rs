@@ -11,7 +11,7 @@ use pock_engine::backend::wgpu::{adapter_description, WgpuBackend};
 use pock_engine::exec::{Backend, CpuBackend, CpuKernels, ProgramKind, ValidatedPlan};
 use pock_engine::format::WeightRange;
 use pock_engine::ops::{
-    Adam, Clip, Conv2d, ConvOp, DenseOp, LossOp, MaskKind, MaskOp, MatMul, Op, OptimOp, Pool2d, PoolOp, Reduction, Sgd,
+    Adam, BatchNorm, Clip, Conv2d, ConvOp, DenseOp, LossOp, MaskKind, MaskOp, MatMul, NormOp, Op, OptimOp, Pool2d, PoolOp, Reduction, Sgd,
 };
 use pock_engine::plan::{
     DType, Init, Location, Loss, ModelSource, Node, OptimizerKind, Phase, Plan, Program, Programs, Role, TensorId, TensorInfo, TrainingInfo,
@@ -78,6 +78,17 @@ fn end_of(t: &TensorInfo) -> u64 {
     offset + t.bytes().div_ceil(8) * 8
 }
 
+/// The output positions the `inplace` arguments stand for: the op's in-place outputs (outputs
+/// `0..count` for ops whose outputs are all in place).
+fn inplace_at(op: &Op, count: usize) -> std::ops::Range<usize> {
+    let r = op.inplace_outputs();
+    if r.is_empty() {
+        0..count
+    } else {
+        r
+    }
+}
+
 /// A plan whose train program is the one node: in-place outputs first (the persistent region),
 /// then the inputs and the other outputs, each at an 8-byte boundary.
 fn one_node(op: &Op, inputs: &[Arg], inplace: &[Arg], out_shapes: &[Vec<usize>]) -> Plan {
@@ -87,17 +98,23 @@ fn one_node(op: &Op, inputs: &[Arg], inplace: &[Arg], out_shapes: &[Vec<usize>])
         tensors.push(TensorInfo { name, shape: shape.to_vec(), dtype, role, location: Location::Arena { offset }, init: Init::None });
         TensorId(tensors.len() as u32 - 1)
     };
-    let mut outputs: Vec<TensorId> = inplace
+    let states: Vec<TensorId> = inplace
         .iter()
         .enumerate()
         .map(|(k, a)| add(format!("state{k}"), &a.shape, DType::F32, Role::Parameter { trainable: true }))
         .collect();
-    let persistent = outputs.len();
+    let persistent = states.len();
     let ins: Vec<TensorId> = inputs.iter().enumerate().map(|(k, a)| add(format!("in{k}"), &a.shape, a.dtype(), Role::Input)).collect();
     let in_dtypes: Vec<DType> = inputs.iter().map(Arg::dtype).collect();
     let out_dtypes = op.output_dtypes(&in_dtypes).unwrap();
-    for (k, s) in out_shapes.iter().enumerate().skip(inplace.len()) {
-        outputs.push(add(format!("out{k}"), s, out_dtypes[k], Role::Transient));
+    let at = inplace_at(op, inplace.len());
+    let mut outputs = Vec::new();
+    for (k, s) in out_shapes.iter().enumerate() {
+        if at.contains(&k) {
+            outputs.push(states[k - at.start]);
+        } else {
+            outputs.push(add(format!("out{k}"), s, out_dtypes[k], Role::Transient));
+        }
     }
     let persistent = if persistent == 0 { 0 } else { end_of(&tensors[persistent - 1]) };
     let offset = tensors.last().map_or(0, end_of);
@@ -142,11 +159,13 @@ fn check(what: &str, op: &Op, inputs: &[Arg], inplace: &[Arg]) {
         for (&t, a) in node.inputs.iter().zip(inputs) {
             b.write(t, &bytes_of(a)).unwrap();
         }
-        for (&t, a) in node.outputs.iter().zip(inplace) {
+        let at = inplace_at(op, inplace.len());
+        for (&t, a) in node.outputs[at.clone()].iter().zip(inplace) {
             b.write(t, &bytes_of(a)).unwrap();
         }
         // Plain float outputs start as garbage, the same on both sides.
-        for &t in node.outputs[inplace.len()..].iter().filter(|&&t| plan.tensor(t).dtype == DType::F32) {
+        let plain = node.outputs.iter().enumerate().filter(|(k, _)| !at.contains(k)).map(|(_, t)| t);
+        for &t in plain.filter(|&&t| plan.tensor(t).dtype == DType::F32) {
             let n = plan.tensor(t).numel();
             let junk: Vec<u8> = (0..n).flat_map(|_| rng.random_range(-9.0f32..9.0).to_le_bytes()).collect();
             b.write(t, &junk).unwrap();
@@ -365,6 +384,42 @@ fn mask_kernels_match_the_reference() {
         }
         let mask = Arg { shape: vec![n.div_ceil(8)], values: vec![], labels: vec![], bytes: bits };
         check(&format!("MaskGrad {n}"), &Op::Mask(MaskOp::Grad), &[floats(&mut rng, &[n]), mask], &[]);
+    }
+}
+
+#[test]
+fn batch_norm_kernels_match_the_reference() {
+    if !gpu_present() {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for case in 0..10 {
+        let c = rng.random_range(1..9usize);
+        let shape: Vec<usize> = if case % 3 == 2 {
+            vec![rng.random_range(1..20usize), c]
+        } else {
+            vec![rng.random_range(1..4usize), c, rng.random_range(1..8), rng.random_range(1..8)]
+        };
+        let b = BatchNorm { eps: 1e-5, momentum: 0.1 };
+        let positive = |rng: &mut ChaCha8Rng| {
+            let mut v = floats(rng, &[c]);
+            v.values.iter_mut().for_each(|x| *x = x.abs() + 0.1);
+            v
+        };
+        let what = format!("BatchNorm {shape:?}");
+        // x offset from zero so that the two-pass variance matters.
+        let mut x = floats(&mut rng, &shape);
+        x.values.iter_mut().for_each(|v| *v = *v * 2.0 + 3.0);
+        let state = [floats(&mut rng, &[c]), positive(&mut rng)];
+        let x2 = Arg { shape: x.shape.clone(), values: x.values.clone(), labels: vec![], bytes: vec![] };
+        check(&format!("{what} train"), &Op::Norm(NormOp::BatchNormTrain(b)), &[x, floats(&mut rng, &[c]), floats(&mut rng, &[c])], &state);
+        let infer_inputs = [x2, floats(&mut rng, &[c]), floats(&mut rng, &[c]), floats(&mut rng, &[c]), positive(&mut rng)];
+        check(&format!("{what} infer"), &Op::Norm(NormOp::BatchNormInfer(b)), &infer_inputs, &[]);
+        for (name, op) in [("train grad", NormOp::BatchNormTrainGrad(b)), ("infer grad", NormOp::BatchNormInferGrad(b))] {
+            let inputs =
+                [floats(&mut rng, &shape), floats(&mut rng, &shape), floats(&mut rng, &[c]), floats(&mut rng, &[c]), positive(&mut rng)];
+            check(&format!("{what} {name}"), &Op::Norm(op), &inputs, &[]);
+        }
     }
 }
 

@@ -17,7 +17,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::ops::{Conv2d, ConvOp, DenseOp, LossOp, MaskKind, MaskOp, Op, OptimOp, PoolOp, Reduction};
+use crate::ops::{Conv2d, ConvOp, DenseOp, LossOp, MaskKind, MaskOp, NormOp, Op, OptimOp, PoolOp, Reduction};
 use crate::plan::{DType, Location, Node, Plan, TensorId};
 
 /// Threads per workgroup in every kernel.
@@ -50,9 +50,13 @@ pub enum Kernel {
     AccumulateGrad,
     MaskPack,
     MaskGrad,
+    BatchNormStats,
+    BatchNormApply,
+    BatchNormGradSums,
+    BatchNormGradInput,
 }
 
-pub const KERNELS: [Kernel; 22] = [
+pub const KERNELS: [Kernel; 26] = [
     Kernel::Elementwise,
     Kernel::BiasAdd,
     Kernel::BiasGrad,
@@ -75,6 +79,10 @@ pub const KERNELS: [Kernel; 22] = [
     Kernel::AccumulateGrad,
     Kernel::MaskPack,
     Kernel::MaskGrad,
+    Kernel::BatchNormStats,
+    Kernel::BatchNormApply,
+    Kernel::BatchNormGradSums,
+    Kernel::BatchNormGradInput,
 ];
 
 const HEADER: &str = r#"
@@ -146,6 +154,10 @@ impl Kernel {
             Kernel::AccumulateGrad => "accumulate_grad",
             Kernel::MaskPack => "mask_pack",
             Kernel::MaskGrad => "mask_grad",
+            Kernel::BatchNormStats => "batch_norm_stats",
+            Kernel::BatchNormApply => "batch_norm_apply",
+            Kernel::BatchNormGradSums => "batch_norm_grad_sums",
+            Kernel::BatchNormGradInput => "batch_norm_grad_input",
         }
     }
 
@@ -179,12 +191,17 @@ impl Kernel {
             Kernel::AccumulateGrad => ACCUMULATE_GRAD,
             Kernel::MaskPack => MASK_PACK,
             Kernel::MaskGrad => MASK_GRAD,
+            Kernel::BatchNormStats => BATCH_NORM_STATS,
+            Kernel::BatchNormApply => BATCH_NORM_APPLY,
+            Kernel::BatchNormGradSums => BATCH_NORM_GRAD_SUMS,
+            Kernel::BatchNormGradInput => BATCH_NORM_GRAD_INPUT,
         };
         let entry = if self.single_group() { GROUP } else { GRID };
         let helpers = match self {
             Kernel::Conv2d | Kernel::Conv2dGradInput | Kernel::Conv2dGradWeight => CONV_PARAMS,
             Kernel::MaxPool | Kernel::MaxPoolGrad | Kernel::AvgPool | Kernel::AvgPoolGrad => POOL_WINDOW,
             Kernel::SoftmaxCrossEntropy | Kernel::SoftmaxCrossEntropyGrad => ROW_MAX,
+            Kernel::BatchNormStats | Kernel::BatchNormApply | Kernel::BatchNormGradSums | Kernel::BatchNormGradInput => BN_PARAMS,
             _ => "",
         };
         let mut s = String::from(HEADER);
@@ -599,6 +616,107 @@ fn body(i: u32) {
 }
 "#;
 
+/// BatchNorm parameters shared by its four kernels: `P[1..=8]` are tensors (which ones depends on
+/// the kernel), then `P = [.., N, C, inner, eps, momentum, frozen]` at 9..=14 (`x` is
+/// `[N, C, inner...]`). `frozen` means the statistics tensors are `running_mean` and
+/// `running_var` (so `invstd = 1 / sqrt(var + eps)`), else `saved_mean` and `saved_invstd`.
+/// Channel `c` of sample `n` is the run of `inner` words at `(n * C + c) * inner`.
+const BN_PARAMS: &str = r#"
+struct Bn { N: u32, C: u32, inner: u32, eps: f32, momentum: f32, frozen: bool }
+fn bn() -> Bn { return Bn(P[9], P[10], P[11], pf(12), pf(13), P[14] != 0u); }
+fn bn_invstd(p: Bn, s: f32) -> f32 {
+    if (p.frozen) { return 1.0 / sqrt(s + p.eps); }
+    return s;
+}
+"#;
+
+/// Training statistics, one thread per channel: `P[1] = x, P[2] = saved_mean, P[3] =
+/// saved_invstd, P[4] = running_mean, P[5] = running_var`. Sums run as the reference's: each
+/// sample's run summed, then the runs added; two passes (mean, then squared deviations).
+const BATCH_NORM_STATS: &str = r#"
+fn body(c: u32) {
+    let p = bn();
+    let count = p.N * p.inner;
+    let m = f32(count);
+    var sum = 0.0;
+    for (var n = 0u; n < p.N; n++) {
+        let base = P[1] + (n * p.C + c) * p.inner;
+        var run = 0.0;
+        for (var j = 0u; j < p.inner; j++) { run += M[base + j]; }
+        sum += run;
+    }
+    let mean = sum / m;
+    var squares = 0.0;
+    for (var n = 0u; n < p.N; n++) {
+        let base = P[1] + (n * p.C + c) * p.inner;
+        var run = 0.0;
+        for (var j = 0u; j < p.inner; j++) { let d = M[base + j] - mean; run += d * d; }
+        squares += run;
+    }
+    let var_ = squares / m;
+    M[P[2] + c] = mean;
+    M[P[3] + c] = 1.0 / sqrt(var_ + p.eps);
+    var unbiased = var_;
+    if (count > 1u) { unbiased = squares / f32(count - 1u); }
+    M[P[4] + c] = (1.0 - p.momentum) * M[P[4] + c] + p.momentum * mean;
+    M[P[5] + c] = (1.0 - p.momentum) * M[P[5] + c] + p.momentum * unbiased;
+}
+"#;
+
+/// Normalisation, one thread per element: `P[1] = x, P[2] = gamma, P[3] = beta, P[4] = mean,
+/// P[5] = saved_invstd or running_var, P[6] = y`.
+const BATCH_NORM_APPLY: &str = r#"
+fn body(i: u32) {
+    let p = bn();
+    let c = (i / p.inner) % p.C;
+    let scale = M[P[2] + c] * bn_invstd(p, M[P[5] + c]);
+    M[P[6] + i] = (M[P[1] + i] - M[P[4] + c]) * scale + M[P[3] + c];
+}
+"#;
+
+/// Per-channel gradient sums, one thread per channel: `P[1] = dy, P[2] = x, P[3] = mean, P[4] =
+/// invstd or running_var, P[5] = dgamma (sum of dy * xhat), P[6] = dbeta (sum of dy)`, one running
+/// sum over the runs in order as the reference's `channel_sums`.
+const BATCH_NORM_GRAD_SUMS: &str = r#"
+fn body(c: u32) {
+    let p = bn();
+    let mean = M[P[3] + c];
+    let invstd = bn_invstd(p, M[P[4] + c]);
+    var sum_dy = 0.0; var sum_dy_xhat = 0.0;
+    for (var n = 0u; n < p.N; n++) {
+        let base = (n * p.C + c) * p.inner;
+        for (var j = 0u; j < p.inner; j++) {
+            let g = M[P[1] + base + j];
+            sum_dy += g;
+            sum_dy_xhat += g * (M[P[2] + base + j] - mean) * invstd;
+        }
+    }
+    M[P[5] + c] = sum_dy_xhat;
+    M[P[6] + c] = sum_dy;
+}
+"#;
+
+/// The input gradient, one thread per element, after [`BATCH_NORM_GRAD_SUMS`]: `P[1] = dy, P[2] =
+/// x, P[3] = mean, P[4] = invstd or running_var, P[5] = dgamma, P[6] = dbeta, P[7] = gamma, P[8] =
+/// dx`. Training: `gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))`; frozen:
+/// `dy * gamma * invstd`.
+const BATCH_NORM_GRAD_INPUT: &str = r#"
+fn body(i: u32) {
+    let p = bn();
+    let c = (i / p.inner) % p.C;
+    let invstd = bn_invstd(p, M[P[4] + c]);
+    let g = M[P[1] + i];
+    if (p.frozen) {
+        M[P[8] + i] = g * (M[P[7] + c] * invstd);
+        return;
+    }
+    let m = f32(p.N * p.inner);
+    let scale = M[P[7] + c] * invstd / m;
+    let xhat = (M[P[2] + i] - M[P[3] + c]) * invstd;
+    M[P[8] + i] = scale * (m * g - M[P[6] + c] - xhat * M[P[5] + c]);
+}
+"#;
+
 /// One node lowered: the kernel and its parameter block.
 pub struct Lowered {
     pub kernel: Kernel,
@@ -622,9 +740,10 @@ impl Addresses<'_> {
     }
 }
 
-/// Lowers one node, or says why it has no GPU kernel. `None` for a node that needs no dispatch
-/// (a Reshape whose output aliases its input).
-pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String> {
+/// Lowers one node to the dispatches that run it, in order (usually one; none for a Reshape whose
+/// output aliases its input; two for the BatchNorm ops, a per-channel pass then a per-element
+/// one), or says why it has no GPU kernel.
+pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
     let plan = at.plan;
     let shape = |t: TensorId| plan.tensor(t).shape.as_slice();
     let numel = |t: TensorId| plan.tensor(t).numel() as u32;
@@ -699,7 +818,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
             DenseOp::ClipGrad(c) => elementwise(5, i(0), i(1), o(0), c.min, c.max),
             DenseOp::Reshape { .. } => {
                 if plan.tensor(node.inputs[0]).location == plan.tensor(node.outputs[0]).location {
-                    return Ok(None);
+                    return Ok(Vec::new());
                 }
                 elementwise(6, i(0), NONE, o(0), 0.0, 0.0)
             }
@@ -875,8 +994,42 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
             };
             Lowered { kernel: Kernel::MaskPack, params: alloc::vec![n.div_ceil(32), i(0), o(0), n, clip, lo.to_bits(), hi.to_bits()] }
         }
+        Op::Norm(n) => {
+            let (b, frozen) = match n {
+                NormOp::BatchNormTrain(b) | NormOp::BatchNormTrainGrad(b) => (b, false),
+                NormOp::BatchNormInfer(b) | NormOp::BatchNormInferGrad(b) => (b, true),
+            };
+            let x = match n {
+                NormOp::BatchNormTrain(_) | NormOp::BatchNormInfer(_) => shape(node.inputs[0]),
+                _ => shape(node.inputs[1]),
+            };
+            let inner: usize = x[2..].iter().product();
+            let (count, channels) = (numel(node.outputs[0]), x[1] as u32);
+            let bn = |threads: u32, kernel: Kernel, t: [u32; 8]| {
+                let mut params = alloc::vec![threads];
+                params.extend_from_slice(&t);
+                params.extend_from_slice(&[x[0] as u32, channels, inner as u32, b.eps.to_bits(), b.momentum.to_bits(), frozen as u32]);
+                Lowered { kernel, params }
+            };
+            return Ok(match n {
+                // [x, gamma, beta] -> [y, saved_mean, saved_invstd, running_mean, running_var]
+                NormOp::BatchNormTrain(_) => alloc::vec![
+                    bn(channels, Kernel::BatchNormStats, [i(0), o(1), o(2), o(3), o(4), NONE, NONE, NONE]),
+                    bn(count, Kernel::BatchNormApply, [i(0), i(1), i(2), o(1), o(2), o(0), NONE, NONE]),
+                ],
+                // [x, gamma, beta, running_mean, running_var] -> [y]
+                NormOp::BatchNormInfer(_) => {
+                    alloc::vec![bn(count, Kernel::BatchNormApply, [i(0), i(1), i(2), i(3), i(4), o(0), NONE, NONE])]
+                }
+                // [dy, x, gamma, mean, invstd or var] -> [dx, dgamma, dbeta]
+                NormOp::BatchNormTrainGrad(_) | NormOp::BatchNormInferGrad(_) => alloc::vec![
+                    bn(channels, Kernel::BatchNormGradSums, [i(0), i(1), i(3), i(4), o(1), o(2), NONE, NONE]),
+                    bn(count, Kernel::BatchNormGradInput, [i(0), i(1), i(3), i(4), o(1), o(2), i(2), o(0)]),
+                ],
+            });
+        }
         Op::Mask(MaskOp::Grad) => Lowered { kernel: Kernel::MaskGrad, params: alloc::vec![numel(node.outputs[0]), i(0), i(1), o(0)] },
         _ => return no_kernel(),
     };
-    Ok(Some(lowered))
+    Ok(alloc::vec![lowered])
 }

@@ -189,10 +189,8 @@ impl WgpuBackend {
         for kind in [ProgramKind::Train, ProgramKind::Apply, ProgramKind::Eval, ProgramKind::Infer] {
             let Some(program) = kind.of(&plan) else { continue };
             for node in &program.nodes {
-                let l = kernels::lower(node, &at).map_err(|e| unsupported(alloc::format!("{} program: {e}", kind.name())))?;
-                if let Some(l) = l.filter(|l| l.params[0] > 0) {
-                    lowered[program_index(kind)].push(l);
-                }
+                let list = kernels::lower(node, &at).map_err(|e| unsupported(alloc::format!("{} program: {e}", kind.name())))?;
+                lowered[program_index(kind)].extend(list.into_iter().filter(|l| l.params[0] > 0));
             }
         }
         let labels = label_ranges(&plan);
