@@ -20,10 +20,12 @@ use alloc::vec::Vec;
 use crate::ops::{Conv2d, ConvOp, DenseOp, LossOp, MaskKind, MaskOp, NormOp, Op, OptimOp, PoolOp, Reduction};
 use crate::plan::{DType, Location, Node, Plan, TensorId};
 
+use super::families;
+
 /// Threads per workgroup in every kernel.
 pub const WORKGROUP: u32 = 256;
 /// "No tensor" in a parameter block (an optional input that the node does not have).
-const NONE: u32 = u32::MAX;
+pub const NONE: u32 = u32::MAX;
 
 /// The kernels, one WGSL entry point each. The discriminant indexes the pipeline table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,9 +56,19 @@ pub enum Kernel {
     BatchNormApply,
     BatchNormGradSums,
     BatchNormGradInput,
+    GradScaleAccumulate,
+    GradScaleFinish,
+    Mse,
+    MseGrad,
+    CrossEntropy,
+    CrossEntropyGrad,
+    Unary,
+    Strided,
+    Groups,
+    BatchMatMul,
 }
 
-pub const KERNELS: [Kernel; 26] = [
+pub const KERNELS: [Kernel; 36] = [
     Kernel::Elementwise,
     Kernel::BiasAdd,
     Kernel::BiasGrad,
@@ -83,6 +95,16 @@ pub const KERNELS: [Kernel; 26] = [
     Kernel::BatchNormApply,
     Kernel::BatchNormGradSums,
     Kernel::BatchNormGradInput,
+    Kernel::GradScaleAccumulate,
+    Kernel::GradScaleFinish,
+    Kernel::Mse,
+    Kernel::MseGrad,
+    Kernel::CrossEntropy,
+    Kernel::CrossEntropyGrad,
+    Kernel::Unary,
+    Kernel::Strided,
+    Kernel::Groups,
+    Kernel::BatchMatMul,
 ];
 
 const HEADER: &str = r#"
@@ -93,6 +115,7 @@ fn pf(i: u32) -> f32 { return bitcast<f32>(P[i]); }
 fn finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; }
 fn is_nan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
 fn label(off: u32, i: u32) -> u32 { return bitcast<u32>(M[off + i]); }
+fn nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
 "#;
 
 /// One thread per element: `i` is the element, threads past `P[0]` return.
@@ -158,12 +181,22 @@ impl Kernel {
             Kernel::BatchNormApply => "batch_norm_apply",
             Kernel::BatchNormGradSums => "batch_norm_grad_sums",
             Kernel::BatchNormGradInput => "batch_norm_grad_input",
+            Kernel::GradScaleAccumulate => "grad_scale_accumulate",
+            Kernel::GradScaleFinish => "grad_scale_finish",
+            Kernel::Mse => "mse",
+            Kernel::MseGrad => "mse_grad",
+            Kernel::CrossEntropy => "cross_entropy",
+            Kernel::CrossEntropyGrad => "cross_entropy_grad",
+            Kernel::Unary => "unary",
+            Kernel::Strided => "strided",
+            Kernel::Groups => "groups",
+            Kernel::BatchMatMul => "batch_matmul",
         }
     }
 
     /// Whether the kernel runs as one workgroup (else one thread per element of `P[0]`).
     pub fn single_group(self) -> bool {
-        matches!(self, Kernel::Sgd | Kernel::Adam | Kernel::CountNonFinite)
+        matches!(self, Kernel::Sgd | Kernel::Adam | Kernel::CountNonFinite | Kernel::GradScaleAccumulate)
     }
 
     /// The complete WGSL source of the kernel.
@@ -195,12 +228,22 @@ impl Kernel {
             Kernel::BatchNormApply => BATCH_NORM_APPLY,
             Kernel::BatchNormGradSums => BATCH_NORM_GRAD_SUMS,
             Kernel::BatchNormGradInput => BATCH_NORM_GRAD_INPUT,
+            Kernel::GradScaleAccumulate => families::GRAD_SCALE_ACCUMULATE,
+            Kernel::GradScaleFinish => families::GRAD_SCALE_FINISH,
+            Kernel::Mse => families::MSE,
+            Kernel::MseGrad => families::MSE_GRAD,
+            Kernel::CrossEntropy => families::CROSS_ENTROPY,
+            Kernel::CrossEntropyGrad => families::CROSS_ENTROPY_GRAD,
+            Kernel::Unary => families::UNARY,
+            Kernel::Strided => families::STRIDED,
+            Kernel::Groups => families::GROUPS,
+            Kernel::BatchMatMul => families::BATCH_MATMUL,
         };
         let entry = if self.single_group() { GROUP } else { GRID };
         let helpers = match self {
             Kernel::Conv2d | Kernel::Conv2dGradInput | Kernel::Conv2dGradWeight => CONV_PARAMS,
             Kernel::MaxPool | Kernel::MaxPoolGrad | Kernel::AvgPool | Kernel::AvgPoolGrad => POOL_WINDOW,
-            Kernel::SoftmaxCrossEntropy | Kernel::SoftmaxCrossEntropyGrad => ROW_MAX,
+            Kernel::SoftmaxCrossEntropy | Kernel::SoftmaxCrossEntropyGrad | Kernel::CrossEntropy | Kernel::CrossEntropyGrad => ROW_MAX,
             Kernel::BatchNormStats | Kernel::BatchNormApply | Kernel::BatchNormGradSums | Kernel::BatchNormGradInput => BN_PARAMS,
             _ => "",
         };
@@ -758,6 +801,9 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
         if !allowed {
             return no_kernel();
         }
+    }
+    if let Some(lowered) = families::lower(node, at) {
+        return lowered;
     }
     let elementwise = |kind: u32, a: u32, b: u32, y: u32, lo: f32, hi: f32| Lowered {
         kernel: Kernel::Elementwise,

@@ -18,6 +18,7 @@
 //! `[0, classes)` of every loss that reads them) and stored as `i32` in the first half of their
 //! tensor's bytes when they are written; reading them back widens them again.
 
+mod families;
 pub mod kernels;
 
 use std::collections::HashMap;
@@ -86,6 +87,8 @@ struct Dispatch {
 struct LabelRange {
     classes: usize,
     op: &'static str,
+    /// A label value that the loss skips (cross-entropy's `ignore_index`).
+    ignore: Option<i64>,
 }
 
 /// Executes plans on a GPU through `wgpu`.
@@ -163,8 +166,11 @@ impl WgpuBackend {
                 "the plan's arena and weights take {total} bytes, more than this GPU binds as one storage buffer ({binding} bytes, {adapter_name}); compile it with a smaller --batch or model, or use --backend cpu"
             )));
         }
-        if total / 4 > u32::MAX as u64 {
-            return Err(unsupported("the plan's memory has more than 2^32 words, which WGSL cannot index; use --backend cpu"));
+        // The strided kernels compute word offsets in i32.
+        if total / 4 > i32::MAX as u64 {
+            return Err(unsupported(
+                "the plan's memory has more than 2^31 words, which pock's WGSL kernels cannot index; use --backend cpu",
+            ));
         }
         if limits.min_storage_buffer_offset_alignment as u64 > PARAM_SLOT {
             return Err(unsupported(alloc::format!(
@@ -345,15 +351,17 @@ fn label_ranges(plan: &Plan) -> HashMap<usize, LabelRange> {
     let mut out: HashMap<usize, LabelRange> = HashMap::new();
     for (_, program) in plan.all_programs() {
         for node in &program.nodes {
-            let (logits, labels) = match node.op {
-                Op::Loss(LossOp::SoftmaxCrossEntropy(_)) => (node.inputs[0], node.inputs[1]),
-                Op::Loss(LossOp::SoftmaxCrossEntropyGrad(_)) => (node.inputs[1], node.inputs[2]),
+            let (logits, labels, ignore) = match node.op {
+                Op::Loss(LossOp::SoftmaxCrossEntropy(_)) => (node.inputs[0], node.inputs[1], None),
+                Op::Loss(LossOp::SoftmaxCrossEntropyGrad(_)) => (node.inputs[1], node.inputs[2], None),
+                Op::Loss(LossOp::CrossEntropy(c)) => (node.inputs[0], node.inputs[1], Some(c.ignore_index)),
+                Op::Loss(LossOp::CrossEntropyGrad(c)) => (node.inputs[1], node.inputs[2], Some(c.ignore_index)),
                 _ => continue,
             };
             let classes = plan.tensor(logits).shape.last().copied().unwrap_or(0);
-            let e = out.entry(labels.index()).or_insert(LabelRange { classes, op: node.op.name() });
+            let e = out.entry(labels.index()).or_insert(LabelRange { classes, op: node.op.name(), ignore });
             if classes < e.classes {
-                *e = LabelRange { classes, op: node.op.name() };
+                *e = LabelRange { classes, op: node.op.name(), ignore: ignore.or(e.ignore) };
             }
         }
     }
@@ -384,7 +392,7 @@ impl Backend for WgpuBackend {
                 for (row, chunk) in bytes.chunks_exact(8).enumerate() {
                     let v = i64::from_le_bytes(chunk.try_into().expect("8-byte chunks"));
                     if let Some(r) = range {
-                        if v < 0 || v as u64 >= r.classes as u64 {
+                        if Some(v) != r.ignore && (v < 0 || v as u64 >= r.classes as u64) {
                             return Err(ExecError::Kernel {
                                 node: info.name.clone(),
                                 source: KernelError::LabelOutOfRange { op: r.op, row, label: v, classes: r.classes },
