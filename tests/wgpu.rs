@@ -144,6 +144,49 @@ fn mobilenetv2_trains_as_on_the_cpu_in_every_batch_norm_mode() {
     }
 }
 
+/// Batched loss reads: with `loss_every: 3` the losses of 7 steps come back in three reads (steps
+/// 3 and 6, and the flush after step 7), bit for bit the losses of reading every step, on both
+/// backends; on the GPU each read is exactly one host-device sync, and nothing else syncs.
+#[test]
+fn batched_loss_reads_sync_once_per_read() {
+    if !gpu_present() {
+        return;
+    }
+    let bytes = pock::compile_model("zoo:cnn:width=4", 4, 0, adam()).unwrap().to_bytes();
+    for backend in [BackendChoice::Cpu, BackendChoice::Wgpu] {
+        let mut every = Session::from_bytes(&bytes, SessionOptions { backend, ..SessionOptions::default() }).unwrap();
+        let mut batched = Session::from_bytes(&bytes, SessionOptions { backend, loss_every: 3, ..SessionOptions::default() }).unwrap();
+        let n: usize = every.input_shape().iter().product();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (mut want, mut got, mut reads) = (Vec::new(), Vec::new(), 0);
+        let loaded = batched.syncs();
+        for step in 0..7 {
+            let x: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let y: Vec<i64> = (0..4).map(|_| rng.random_range(0..4)).collect();
+            want.push(every.train_step(&x, Targets::Labels(&y)).unwrap());
+            let name = batched.inputs().next().unwrap().name.clone();
+            let inputs = [(name.as_str(), pock::engine::Input::F32(&x))];
+            if let Some(losses) = batched.train_step_queued(&inputs, Targets::Labels(&y)).unwrap() {
+                assert_eq!(losses.len(), 3, "step {step}");
+                got.extend_from_slice(losses);
+                reads += 1;
+            }
+        }
+        assert!(batched.train_step(&vec![0.0; n], Targets::Labels(&[0; 4])).unwrap_err().to_string().contains("flush_losses"));
+        got.extend_from_slice(batched.flush_losses().unwrap());
+        reads += 1;
+        assert_eq!(got, want, "{backend:?}: batched losses differ from per-step ones");
+        assert_eq!(batched.optimizer_steps(), every.optimizer_steps());
+        let syncs = batched.syncs() - loaded;
+        match backend {
+            BackendChoice::Cpu => assert_eq!(syncs, 0),
+            BackendChoice::Wgpu => assert_eq!(syncs, reads, "one GPU sync per batched read"),
+        }
+        // Reading every step syncs at least once a step (the loss, and the skipped-update counter).
+        assert!(every.syncs() >= 7 || backend == BackendChoice::Cpu);
+    }
+}
+
 /// No buffer, bind group or pipeline is created once the backend has loaded: three training
 /// steps, an eval and reads leave the counts where loading left them.
 #[test]

@@ -56,6 +56,8 @@ struct Gpu {
     buffers: AtomicU64,
     bind_groups: AtomicU64,
     pipelines: AtomicU64,
+    /// Waits for the device (each read back is one).
+    syncs: AtomicU64,
 }
 
 impl Gpu {
@@ -77,6 +79,8 @@ impl Gpu {
 
 /// One recorded dispatch.
 struct Dispatch {
+    /// The node's index in its program.
+    node: usize,
     pipeline: usize,
     bind_group: wgpu::BindGroup,
     groups: [u32; 2],
@@ -104,6 +108,10 @@ pub struct WgpuBackend {
     programs: [Vec<Dispatch>; 4],
     labels: HashMap<usize, LabelRange>,
     adapter: String,
+    /// [`Backend::record`]'s slots in device memory (made by `reserve_records`, at load).
+    records: Option<(wgpu::Buffer, usize)>,
+    /// Per-node time of the train program while profiling, and the number of profiled runs.
+    profile: Option<(Vec<u64>, u64)>,
 }
 
 fn unsupported(message: impl Into<String>) -> ExecError {
@@ -187,16 +195,23 @@ impl WgpuBackend {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| unsupported(alloc::format!("cannot open {adapter_name}: {e}; use --backend cpu")))?;
-        let gpu = Gpu { device, queue, buffers: AtomicU64::new(0), bind_groups: AtomicU64::new(0), pipelines: AtomicU64::new(0) };
+        let gpu = Gpu {
+            device,
+            queue,
+            buffers: AtomicU64::new(0),
+            bind_groups: AtomicU64::new(0),
+            pipelines: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+        };
 
         // Lower every node of every program before anything is allocated on the device.
         let at = Addresses { plan: &plan, weights_at };
-        let mut lowered: [Vec<kernels::Lowered>; 4] = Default::default();
+        let mut lowered: [Vec<(usize, kernels::Lowered)>; 4] = Default::default();
         for kind in [ProgramKind::Train, ProgramKind::Apply, ProgramKind::Eval, ProgramKind::Infer] {
             let Some(program) = kind.of(&plan) else { continue };
-            for node in &program.nodes {
+            for (n, node) in program.nodes.iter().enumerate() {
                 let list = kernels::lower(node, &at).map_err(|e| unsupported(alloc::format!("{} program: {e}", kind.name())))?;
-                lowered[program_index(kind)].extend(list.into_iter().filter(|l| l.params[0] > 0));
+                lowered[program_index(kind)].extend(list.into_iter().filter(|l| l.params[0] > 0).map(|l| (n, l)));
             }
         }
         let labels = label_ranges(&plan);
@@ -237,7 +252,7 @@ impl WgpuBackend {
         // kernel the driver rejects is an error here rather than a panic later.
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut pipelines: Vec<Option<wgpu::ComputePipeline>> = KERNELS.iter().map(|_| None).collect();
-        for l in lowered.iter().flatten() {
+        for (_, l) in lowered.iter().flatten() {
             let k = l.kernel as usize;
             if pipelines[k].is_none() {
                 let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -259,7 +274,7 @@ impl WgpuBackend {
         let mut programs: [Vec<Dispatch>; 4] = Default::default();
         let mut slot = 0u64;
         for (p, list) in lowered.iter().enumerate() {
-            for l in list {
+            for (node, l) in list {
                 let mut words = [0u32; (PARAM_SLOT / 4) as usize];
                 words[..l.params.len()].copy_from_slice(&l.params);
                 block.extend(words.iter().flat_map(|w| w.to_le_bytes()));
@@ -286,7 +301,7 @@ impl WgpuBackend {
                     let x = total.min(MAX_GROUPS);
                     [x, total.div_ceil(x)]
                 };
-                programs[p].push(Dispatch { pipeline: l.kernel as usize, bind_group, groups });
+                programs[p].push(Dispatch { node: *node, pipeline: l.kernel as usize, bind_group, groups });
             }
         }
         if let Some(e) = pollster::block_on(scope.pop()) {
@@ -300,8 +315,19 @@ impl WgpuBackend {
         if !padded.is_empty() {
             gpu.queue.write_buffer(&memory, weights_at, &padded);
         }
-        let mut backend =
-            WgpuBackend { plan, weights: section.to_vec(), gpu, memory, staging, pipelines, programs, labels, adapter: adapter_name };
+        let mut backend = WgpuBackend {
+            plan,
+            weights: section.to_vec(),
+            gpu,
+            memory,
+            staging,
+            pipelines,
+            programs,
+            labels,
+            adapter: adapter_name,
+            records: None,
+            profile: None,
+        };
         backend.reset_state()?;
         Ok(backend)
     }
@@ -311,6 +337,68 @@ impl WgpuBackend {
         &self.adapter
     }
 
+    /// Copies `len` bytes at `offset` of `src` to the staging buffer, waits for the device (one
+    /// sync) and hands the bytes to `f`.
+    fn download(&self, src: &wgpu::Buffer, offset: u64, len: u64, f: impl FnOnce(&[u8])) -> Result<(), ExecError> {
+        let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("pock read") });
+        encoder.copy_buffer_to_buffer(src, offset, &self.staging, 0, len);
+        self.gpu.queue.submit([encoder.finish()]);
+        let (send, receive) = std::sync::mpsc::channel();
+        self.staging.map_async(wgpu::MapMode::Read, 0..len, move |r| {
+            let _ = send.send(r);
+        });
+        self.gpu.syncs.fetch_add(1, Ordering::Relaxed);
+        self.gpu
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| unsupported(alloc::format!("the GPU did not finish: {e}")))?;
+        match receive.try_recv() {
+            Ok(Ok(())) => {}
+            _ => return Err(unsupported("cannot read the GPU's memory back (the device may have been lost)")),
+        }
+        {
+            let view =
+                self.staging.get_mapped_range(0..len).map_err(|e| unsupported(alloc::format!("cannot read the GPU's memory back: {e}")))?;
+            f(&view);
+        }
+        self.staging.unmap();
+        Ok(())
+    }
+
+    /// The train program one node at a time: each node's dispatches submitted alone and waited
+    /// for, timed on the host clock.
+    fn run_profiled(&mut self) -> Result<(), ExecError> {
+        let Some((mut nanos, runs)) = self.profile.take() else { return Ok(()) };
+        let dispatches = &self.programs[program_index(ProgramKind::Train)];
+        let mut start = 0;
+        while start < dispatches.len() {
+            let node = dispatches[start].node;
+            let end = start + dispatches[start..].iter().take_while(|d| d.node == node).count();
+            let began = std::time::Instant::now();
+            let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("pock profile") });
+            {
+                let mut pass =
+                    encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("pock profile"), timestamp_writes: None });
+                for d in &dispatches[start..end] {
+                    pass.set_pipeline(self.pipelines[d.pipeline].as_ref().expect("created at load for every lowered node"));
+                    pass.set_bind_group(0, &d.bind_group, &[]);
+                    pass.dispatch_workgroups(d.groups[0], d.groups[1], 1);
+                }
+            }
+            self.gpu.queue.submit([encoder.finish()]);
+            self.gpu.syncs.fetch_add(1, Ordering::Relaxed);
+            let waited = self.gpu.device.poll(wgpu::PollType::wait_indefinitely());
+            nanos[node] += began.elapsed().as_nanos() as u64;
+            if let Err(e) = waited {
+                self.profile = Some((nanos, runs));
+                return Err(unsupported(alloc::format!("the GPU did not finish: {e}")));
+            }
+            start = end;
+        }
+        self.profile = Some((nanos, runs + 1));
+        Ok(())
+    }
+
     /// How many buffers, bind groups and pipelines the backend has created so far.
     pub fn creations(&self) -> Creations {
         Creations {
@@ -318,31 +406,6 @@ impl WgpuBackend {
             bind_groups: self.gpu.bind_groups.load(Ordering::Relaxed),
             pipelines: self.gpu.pipelines.load(Ordering::Relaxed),
         }
-    }
-
-    /// Sets every persistent tensor to its initial value (parameters from the weight section,
-    /// optimizer state to zero), as [`crate::exec::CpuBackend::reset_state`] does.
-    pub fn reset_state(&mut self) -> Result<(), ExecError> {
-        let inits: Vec<(TensorId, u64, Init)> = self
-            .plan
-            .tensors
-            .iter()
-            .enumerate()
-            .filter_map(|(i, t)| match t.location {
-                Location::Arena { .. } if t.init != Init::None => Some((TensorId(i as u32), t.bytes(), t.init)),
-                _ => None,
-            })
-            .collect();
-        for (t, bytes, init) in inits {
-            let b = bytes as usize;
-            let value = match init {
-                Init::FromWeights { offset } => self.weights[offset as usize..offset as usize + b].to_vec(),
-                Init::Fill(v) => v.to_le_bytes().repeat(b / 4),
-                Init::None => continue,
-            };
-            self.write(t, &value)?;
-        }
-        Ok(())
     }
 }
 
@@ -442,27 +505,9 @@ impl Backend for WgpuBackend {
         }
         let stored = if info.dtype == DType::I64 { expected / 2 } else { expected };
         let copy = (stored as u64).div_ceil(4) * 4;
-        let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("pock read") });
-        encoder.copy_buffer_to_buffer(&self.memory, offset, &self.staging, 0, copy);
-        self.gpu.queue.submit([encoder.finish()]);
-        let (send, receive) = std::sync::mpsc::channel();
-        self.staging.map_async(wgpu::MapMode::Read, 0..copy, move |r| {
-            let _ = send.send(r);
-        });
-        self.gpu
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| unsupported(alloc::format!("the GPU did not finish: {e}")))?;
-        match receive.try_recv() {
-            Ok(Ok(())) => {}
-            _ => return Err(unsupported("cannot read the GPU's memory back (the device may have been lost)")),
-        }
-        {
-            let view = self
-                .staging
-                .get_mapped_range(0..copy)
-                .map_err(|e| unsupported(alloc::format!("cannot read the GPU's memory back: {e}")))?;
-            if info.dtype == DType::I64 {
+        let wide = info.dtype == DType::I64;
+        self.download(&self.memory, offset, copy, |view| {
+            if wide {
                 for (o, v) in out.chunks_exact_mut(8).zip(view.chunks_exact(4)) {
                     let v = i32::from_le_bytes(v.try_into().expect("4-byte chunks")) as i64;
                     o.copy_from_slice(&v.to_le_bytes());
@@ -470,14 +515,98 @@ impl Backend for WgpuBackend {
             } else {
                 out.copy_from_slice(&view[..expected]);
             }
+        })
+    }
+
+    fn reset_state(&mut self) -> Result<(), ExecError> {
+        let inits: Vec<(TensorId, u64, Init)> = self
+            .plan
+            .tensors
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| match t.location {
+                Location::Arena { .. } if t.init != Init::None => Some((TensorId(i as u32), t.bytes(), t.init)),
+                _ => None,
+            })
+            .collect();
+        for (t, bytes, init) in inits {
+            let b = bytes as usize;
+            let value = match init {
+                Init::FromWeights { offset } => self.weights[offset as usize..offset as usize + b].to_vec(),
+                Init::Fill(v) => v.to_le_bytes().repeat(b / 4),
+                Init::None => continue,
+            };
+            self.write(t, &value)?;
         }
-        self.staging.unmap();
         Ok(())
+    }
+
+    fn reserve_records(&mut self, slots: usize) -> Result<(), ExecError> {
+        let bytes = (slots.max(1) * 4) as u64;
+        let buffer = self.gpu.buffer("pock records", bytes, wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST);
+        if self.staging.size() < bytes {
+            self.staging = self.gpu.buffer("pock readback", bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        }
+        self.records = Some((buffer, slots));
+        Ok(())
+    }
+
+    fn record(&mut self, t: TensorId, slot: usize) -> Result<(), ExecError> {
+        let info = crate::exec::sized_tensor(&self.plan, t, 4)?;
+        let Location::Arena { offset } = info.location else {
+            return Err(unsupported(alloc::format!("tensor '{}' is in the weight section; only arena values are recorded", info.name)));
+        };
+        let Some((buffer, slots)) = &self.records else {
+            return Err(unsupported("no record slots reserved; the session reserves them at load for --loss-every"));
+        };
+        if slot >= *slots {
+            return Err(unsupported(alloc::format!("record slot {slot} is past the {slots} reserved")));
+        }
+        let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("pock record") });
+        encoder.copy_buffer_to_buffer(&self.memory, offset, buffer, slot as u64 * 4, 4);
+        self.gpu.queue.submit([encoder.finish()]);
+        Ok(())
+    }
+
+    fn read_records(&mut self, out: &mut [f32]) -> Result<(), ExecError> {
+        let Some((buffer, slots)) = &self.records else {
+            return Err(unsupported("no record slots reserved; the session reserves them at load for --loss-every"));
+        };
+        if out.len() > *slots {
+            return Err(unsupported(alloc::format!("{} records asked for, {slots} reserved", out.len())));
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.download(buffer, 0, out.len() as u64 * 4, |view| {
+            for (o, v) in out.iter_mut().zip(view.chunks_exact(4)) {
+                *o = f32::from_le_bytes(v.try_into().expect("4-byte chunks"));
+            }
+        })
+    }
+
+    fn syncs(&self) -> u64 {
+        self.gpu.syncs.load(Ordering::Relaxed)
+    }
+
+    fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(|| (alloc::vec![0; self.plan.programs.train.nodes.len()], 0));
+    }
+
+    fn node_nanos(&self) -> Option<(&[u64], u64)> {
+        self.profile.as_ref().map(|(n, runs)| (n.as_slice(), *runs))
+    }
+
+    fn profile_timing(&self) -> &'static str {
+        "submitting each node's dispatches on their own and waiting for the GPU (host clock; no GPU timestamp queries), so small nodes include a submit and a sync each"
     }
 
     fn run(&mut self, program: ProgramKind) -> Result<(), ExecError> {
         if program.of(&self.plan).is_none() {
             return Err(ExecError::NoProgram(program.name()));
+        }
+        if program == ProgramKind::Train && self.profile.is_some() {
+            return self.run_profiled();
         }
         let dispatches = &self.programs[program_index(program)];
         let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(program.name()) });
