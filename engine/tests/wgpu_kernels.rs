@@ -12,7 +12,7 @@ use pock_engine::exec::{Backend, CpuBackend, CpuKernels, ProgramKind, ValidatedP
 use pock_engine::format::WeightRange;
 use pock_engine::ops::{
     Adam, BatchNorm, BroadcastOp, Clip, Conv2d, ConvOp, CrossEntropy, DenseOp, GradScale, LossOp, MaskKind, MaskOp, MatMul, MatMulOp,
-    MoveOp, NormOp, Op, OptimOp, Pool2d, PoolOp, Reduce, ReduceOp, Reduction, Sgd, Slice, UnaryFn, UnaryOp,
+    MoveOp, NormOp, Op, OptimOp, ParamRows, Pool2d, PoolOp, Reduce, ReduceOp, Reduction, Sgd, Slice, UnaryFn, UnaryOp,
 };
 use pock_engine::plan::{
     DType, Init, Location, Loss, ModelSource, Node, OptimizerKind, Phase, Plan, Program, Programs, Role, TensorId, TensorInfo, TrainingInfo,
@@ -684,6 +684,47 @@ fn movement_and_batch_matmul_kernels_match_the_reference() {
             &[floats(&mut rng, &a_shape), floats(&mut rng, &b_shape)],
             &[],
         );
+    }
+}
+
+/// Partial-channel updates: the weight gradient of some output channels, and SGD and Adam on
+/// some rows of a parameter.
+#[test]
+fn row_kernels_match_the_reference() {
+    if !gpu_present() {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    for case in 0..6 {
+        let groups = if case % 2 == 1 { 2 } else { 1 };
+        let (n, c, o) = (rng.random_range(1..3usize), groups * rng.random_range(1..3usize), groups * rng.random_range(2..4usize));
+        let conv = Conv2d { stride: [1 + case % 2, 1], padding: [1, 0, 1, 0], dilation: [1, 1], groups };
+        let (h, w) = (rng.random_range(4..8usize), rng.random_range(4..8usize));
+        let x = floats(&mut rng, &[n, c, h, w]);
+        let wt = [o, c / groups, 3, 2];
+        let y = Op::Conv(ConvOp::Conv2d(conv)).output_shapes(&[&x.shape, &wt]).unwrap().remove(0);
+        let start = rng.random_range(0..o - 1);
+        let rows = [start, rng.random_range(start + 1..=o)];
+        let op = Op::Conv(ConvOp::Conv2dGradWeightRows { conv, kernel_hw: [3, 2], rows });
+        check(&format!("Conv2dGradWeightRows {rows:?} of {wt:?} {conv:?}"), &op, &[floats(&mut rng, &y), x], &[]);
+
+        let (param_rows, width) = (rng.random_range(2..9usize), rng.random_range(1..40usize));
+        let start = rng.random_range(0..param_rows - 1);
+        let k = rng.random_range(1..=param_rows - start);
+        let r = ParamRows { start, param_rows };
+        let scaled = case >= 3;
+        let sgd = Sgd { momentum: 0.9, dampening: 0.0, nesterov: case % 2 == 0, weight_decay: 0.01, scaled };
+        let mut inputs = vec![floats(&mut rng, &[k, width]), scalar(0.05), scalar(2.0)];
+        if scaled {
+            inputs.push(scalar(0.5));
+        }
+        let state = [floats(&mut rng, &[param_rows, width]), floats(&mut rng, &[k, width])];
+        check(&format!("SgdUpdateRows {r:?} k {k}"), &Op::Optim(OptimOp::SgdUpdateRows { sgd, rows: r }), &inputs, &state);
+        let adam = Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, decoupled: case % 2 == 1, scaled };
+        let mut v = floats(&mut rng, &[k, width]);
+        v.values.iter_mut().for_each(|x| *x = x.abs() * 1e-3);
+        let state = [floats(&mut rng, &[param_rows, width]), floats(&mut rng, &[k, width]), v];
+        check(&format!("AdamUpdateRows {r:?} k {k}"), &Op::Optim(OptimOp::AdamUpdateRows { adam, rows: r }), &inputs, &state);
     }
 }
 

@@ -374,12 +374,13 @@ fn body(i: u32) {
 "#;
 
 /// `P[1] = dy, P[2] = x, P[3] = dw`: dw[o, cg, kh, kw] = sum over n, oh, ow of
-/// dy[n, o, oh, ow] * x[n, c, ih, iw].
+/// dy[n, o, oh, ow] * x[n, c, ih, iw]; `P[20]` is the first output channel (row) computed, 0 but
+/// for `Conv2dGradWeightRows`, whose `dw` holds rows `P[20]..` of the full gradient.
 const CONV2D_GRAD_WEIGHT: &str = r#"
 fn body(i: u32) {
     let p = conv();
     let Cg = p.C / p.G; let Og = p.O / p.G;
-    let kw = i % p.KW; let kh = (i / p.KW) % p.KH; let cg = (i / (p.KW * p.KH)) % Cg; let o = i / (p.KW * p.KH * Cg);
+    let kw = i % p.KW; let kh = (i / p.KW) % p.KH; let cg = (i / (p.KW * p.KH)) % Cg; let o = i / (p.KW * p.KH * Cg) + P[20];
     let c = (o / Og) * Cg + cg;
     var s = 0.0;
     for (var n = 0u; n < p.N; n++) {
@@ -831,7 +832,8 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
             u(c.padding[1]),
             u(c.dilation[0]),
             u(c.dilation[1]),
-            u(c.groups)
+            u(c.groups),
+            0
         ]
     };
     let pool_params = |p: &crate::ops::Pool2d, x: &[usize], y: &[usize], threads: u32, t: [u32; 3]| {
@@ -853,6 +855,15 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
             u(p.padding[1]),
             p.count_include_pad as u32
         ]
+    };
+    // Row-restricted updates write the rows `start..` of the parameter: its base moves by that
+    // many rows (the gradient and the optimizer state have the gradient's shape).
+    let param = match &node.op {
+        Op::Optim(OptimOp::SgdUpdateRows { rows, .. } | OptimOp::AdamUpdateRows { rows, .. }) => {
+            let p = plan.tensor(node.outputs[0]);
+            o(0) + (rows.start * (p.numel() / rows.param_rows.max(1))) as u32
+        }
+        _ => o(0),
     };
     let lowered = match &node.op {
         Op::Dense(d) => match d {
@@ -935,8 +946,14 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
                     [i(0), i(1), o(0)],
                 ),
             },
-            // Partial-channel weight gradients (scheme files) have no GPU kernel yet.
-            ConvOp::Conv2dGradWeightRows { .. } => return no_kernel(),
+            ConvOp::Conv2dGradWeightRows { conv, rows, .. } => {
+                let dw = shape(node.outputs[0]);
+                let dy = shape(node.inputs[0]);
+                let full = [dy[1], dw[1], dw[2], dw[3]];
+                let mut params = conv_params(conv, shape(node.inputs[1]), &full, &dy, numel(node.outputs[0]), [i(0), i(1), o(0)]);
+                params[20] = rows[0] as u32;
+                Lowered { kernel: Kernel::Conv2dGradWeight, params }
+            }
         },
         Op::Pool(p) => match p {
             PoolOp::GlobalAvgPool => {
@@ -984,18 +1001,18 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
             _ => return no_kernel(),
         },
         Op::Optim(op) => match op {
-            OptimOp::SgdUpdate(s) => {
+            OptimOp::SgdUpdate(s) | OptimOp::SgdUpdateRows { sgd: s, .. } => {
                 let scale = if s.scaled { i(3) } else { NONE };
                 let buffer = if node.outputs.len() > 1 { o(1) } else { NONE };
                 Lowered {
                     kernel: Kernel::Sgd,
                     params: alloc::vec![
-                        numel(node.outputs[0]),
+                        numel(node.inputs[0]),
                         i(0),
                         i(1),
                         i(2),
                         scale,
-                        o(0),
+                        param,
                         buffer,
                         s.momentum.to_bits(),
                         s.dampening.to_bits(),
@@ -1004,17 +1021,17 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
                     ],
                 }
             }
-            OptimOp::AdamUpdate(a) => {
+            OptimOp::AdamUpdate(a) | OptimOp::AdamUpdateRows { adam: a, .. } => {
                 let scale = if a.scaled { i(3) } else { NONE };
                 Lowered {
                     kernel: Kernel::Adam,
                     params: alloc::vec![
-                        numel(node.outputs[0]),
+                        numel(node.inputs[0]),
                         i(0),
                         i(1),
                         i(2),
                         scale,
-                        o(0),
+                        param,
                         o(1),
                         o(2),
                         a.beta1.to_bits(),
@@ -1030,7 +1047,8 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
             }
             OptimOp::Fill { value } => Lowered { kernel: Kernel::Fill, params: alloc::vec![numel(node.outputs[0]), o(0), value.to_bits()] },
             OptimOp::AccumulateGrad => Lowered { kernel: Kernel::AccumulateGrad, params: alloc::vec![numel(node.outputs[0]), i(0), o(0)] },
-            OptimOp::GradScale(_) | OptimOp::SgdUpdateRows { .. } | OptimOp::AdamUpdateRows { .. } => return no_kernel(),
+            // Lowered in `families.rs`.
+            OptimOp::GradScale(_) => return no_kernel(),
         },
         Op::Mask(MaskOp::Pack(kind)) => {
             let n = numel(node.inputs[0]);
