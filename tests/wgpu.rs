@@ -246,8 +246,7 @@ fn cli_trains_the_demo_cnn_on_the_gpu() {
     let plan = dir.join("cnn.pock");
     // A narrow zoo:cnn keeps the test short on lavapipe (about 0.6 s a step on 2 loaded cores);
     // Adam because the default folded plan has no normalisation, from which SGD does not start
-    // learning in a few epochs (BatchNorm training has no GPU kernel yet). The full-width run is
-    // in BENCHMARKS.md "GPU backend".
+    // learning in a few epochs. The full-width run is in BENCHMARKS.md "GPU backend".
     run(&["compile", "zoo:cnn:width=4", "--batch", "32", "--optimizer", "adam", "--lr", "0.01", "-o", plan.to_str().unwrap(), "-q"]);
     let data = dir.join("train.npz");
     let test = dir.join("test.npz");

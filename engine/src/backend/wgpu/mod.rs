@@ -2,10 +2,10 @@
 //! Metal, DX12).
 //!
 //! At load [`WgpuBackend::new`] allocates one storage buffer holding the arena followed by the
-//! weight section (uploaded once), lowers every node of every program to one dispatch of one
-//! kernel ([`kernels::lower`]; a node without a GPU kernel makes the load fail with its op's
-//! name), compiles the pipelines the plan uses, writes every node's parameter block into one
-//! buffer and creates one bind group per node. Running a program then records that fixed list of
+//! weight section (uploaded once), lowers every node of every program to its dispatches, one for
+//! most ops ([`kernels::lower`]; a node without a GPU kernel makes the load fail with its op's
+//! name), compiles the pipelines the plan uses, writes every dispatch's parameter block into one
+//! buffer and creates one bind group per dispatch. Running a program then records that fixed list of
 //! dispatches into a command encoder and submits it: no buffer, bind group or pipeline is created
 //! during a step ([`WgpuBackend::creations`] counts them; `tests/wgpu.rs` checks it).
 //!
