@@ -601,7 +601,7 @@ fn reduce_kernels_match_the_reference() {
         x.values.iter_mut().for_each(|v| *v = (*v * 2.0).round());
         let op = Op::Reduce(ReduceOp::ReduceMax(reduce.clone()));
         let ymax = {
-            let plan = ValidatedPlan::new(one_node(&op, &[copy(&x)], &[], &[y.clone()])).unwrap();
+            let plan = ValidatedPlan::new(one_node(&op, &[copy(&x)], &[], std::slice::from_ref(&y))).unwrap();
             let mut cpu =
                 CpuBackend::new(plan.clone(), PlanBytes::copy_of(&[0; 8]), WeightRange { offset: 0, len: 0 }, CpuKernels::Reference)
                     .unwrap();
@@ -669,6 +669,16 @@ fn movement_and_batch_matmul_kernels_match_the_reference() {
         check(&format!("Split {whole:?} {sizes:?}"), &Op::Move(MoveOp::Split { axis, sizes }), &[floats(&mut rng, &whole)], &[]);
         let pads: Vec<usize> = (0..2 * rank).map(|_| rng.random_range(0..3)).collect();
         check(&format!("Pad {shape:?} {pads:?}"), &Op::Move(MoveOp::Pad { pads, value: 0.5 }), &[floats(&mut rng, &shape)], &[]);
+        if rank >= 2 {
+            for (upper, k) in [(true, 0i64), (false, 1), (true, -2), (false, i64::MIN), (true, i64::MAX)] {
+                check(
+                    &format!("Trilu {shape:?} upper {upper} k {k}"),
+                    &Op::Move(MoveOp::Trilu { upper, k }),
+                    &[floats(&mut rng, &shape)],
+                    &[],
+                );
+            }
+        }
         // Batched matmul: batch axes broadcast; 1-D operands in some cases.
         let (m, k, n) = (rng.random_range(1..7usize), rng.random_range(1..9usize), rng.random_range(1..7usize));
         let (ta, tb) = (case % 2 == 1, case / 2 % 2 == 1);

@@ -205,7 +205,8 @@ fn body(i: u32) {
 /// `P = [n, op, rank, y, a, b, c, attr, dims@8, y strides@16, a strides@24, b strides@32,
 /// c strides@40]` (bases in words, strides `i32`). Ops: 0 copy, 1 add, 2 sub, 3 mul, 4 div,
 /// 5 pow, 6 max, 7 min, 8 `-(dy * a) / (b * b)`, 9 pow's base gradient, 10 pow's exponent
-/// gradient, 11 max's share for `a`, 12 min's, 13 `a * attr`; for 8..=12 `a, b, c` are
+/// gradient, 11 max's share for `a`, 12 min's, 13 `a * attr`, 14 and 15 Trilu's upper and
+/// lower triangle (`attr` is `k` as `i32`; the output is contiguous); for 8..=12 `a, b, c` are
 /// `dy, a, b`.
 pub const STRIDED: &str = r#"
 fn powf(a: f32, b: f32) -> f32 {
@@ -262,6 +263,13 @@ fn body(i: u32) {
         }
     } else if (op == 13u) {
         r = a * pf(7);
+    } else if (op == 14u || op == 15u) {
+        let rank = P[2];
+        let cols = P[8u + rank - 1u]; let rows = P[8u + rank - 2u];
+        let d = i32(i % cols) - i32((i / cols) % rows);
+        let k = bitcast<i32>(P[7]);
+        let keep = select(d <= k, d >= k, op == 14u);
+        r = select(0.0, a, keep);
     }
     M[u32(oy)] = r;
 }
@@ -413,6 +421,7 @@ fn too_many_axes(node: &Node, rank: usize) -> String {
 }
 
 /// A dispatch of the strided kernel over `dims`.
+#[allow(clippy::too_many_arguments)]
 fn strided(node: &Node, op: u32, dims: &[usize], y: Operand, a: Operand, b: Operand, c: Operand, attr: f32) -> Result<Lowered, String> {
     if dims.len() > MAX_RANK {
         return Err(too_many_axes(node, dims.len()));
@@ -436,7 +445,6 @@ fn strided(node: &Node, op: u32, dims: &[usize], y: Operand, a: Operand, b: Oper
 }
 
 /// A dispatch of the group kernel: `shape` is the full layout, `reduced` its reduced axes.
-#[allow(clippy::too_many_arguments)]
 fn groups(node: &Node, mode: u32, shape: &[usize], reduced: &[usize], t: [u32; 4], scale: f32) -> Result<Lowered, String> {
     if shape.len() > MAX_RANK {
         return Err(too_many_axes(node, shape.len()));
@@ -658,7 +666,8 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Option<Result<Vec<Lowered>, Str
 }
 
 /// The movement family: each op is one or a few strided copies (Pad and SliceGrad first fill
-/// their output). Gather and its gradient read `i64` indices and Trilu is not written yet.
+/// their output; Trilu masks a contiguous copy). Gather and its gradient read `i64` indices,
+/// which the GPU does not hold.
 fn movement(node: &Node, m: &MoveOp, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
     let plan = at.plan;
     let shape = |t: TensorId| plan.tensor(t).shape.clone();
@@ -692,10 +701,10 @@ fn movement(node: &Node, m: &MoveOp, at: &Addresses<'_>) -> Result<Vec<Lowered>,
             let fstr = contiguous(&fs);
             let mut base = word(full);
             let mut strides = Vec::new();
-            for axis in 0..fs.len() {
+            for (axis, &stride) in fstr.iter().enumerate() {
                 let (start, _, step) = s.range(&fs, axis);
-                base += start as i64 * fstr[axis];
-                strides.push(fstr[axis] * step);
+                base += start as i64 * stride;
+                strides.push(stride * step);
             }
             let sliced = Operand { base, strides };
             let ps = shape(part);
@@ -735,7 +744,16 @@ fn movement(node: &Node, m: &MoveOp, at: &Addresses<'_>) -> Result<Vec<Lowered>,
             let dst = Operand { base, strides: ystr };
             Ok(alloc::vec![fill(y, *value), strided(node, 0, &xs, dst, whole(x), none(xs.len()), none(xs.len()), 0.0)?])
         }
-        MoveOp::Gather { .. } | MoveOp::GatherGrad { .. } | MoveOp::Trilu { .. } => {
+        MoveOp::Trilu { upper, k } => {
+            let ys = shape(y);
+            // Beyond the matrix's own size any k keeps all or nothing; clamped, it fits i32.
+            let bound = (ys[ys.len() - 2] + ys[ys.len() - 1]) as i64;
+            let k = (*k).clamp(-bound, bound) as i32;
+            let mut l = strided(node, if *upper { 14 } else { 15 }, &ys, whole(y), whole(x), none(ys.len()), none(ys.len()), 0.0)?;
+            l.params[7] = k as u32;
+            Ok(alloc::vec![l])
+        }
+        MoveOp::Gather { .. } | MoveOp::GatherGrad { .. } => {
             Err(alloc::format!("op {} (node '{}') has no GPU kernel yet; train this plan with --backend cpu", node.op.name(), node.name))
         }
     }

@@ -950,7 +950,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
                 let dw = shape(node.outputs[0]);
                 let dy = shape(node.inputs[0]);
                 let full = [dy[1], dw[1], dw[2], dw[3]];
-                let mut params = conv_params(conv, shape(node.inputs[1]), &full, &dy, numel(node.outputs[0]), [i(0), i(1), o(0)]);
+                let mut params = conv_params(conv, shape(node.inputs[1]), &full, dy, numel(node.outputs[0]), [i(0), i(1), o(0)]);
                 params[20] = rows[0] as u32;
                 Lowered { kernel: Kernel::Conv2dGradWeight, params }
             }
