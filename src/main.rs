@@ -457,6 +457,13 @@ struct TrainArgs {
     /// plan accounts for (arena and weights) and the training data held in memory.
     #[arg(long)]
     report_rss: bool,
+    /// Read the training loss back every N steps instead of every step (one host-device sync
+    /// per N steps with --backend wgpu, instead of three per step). Per-step logs, the
+    /// divergence check and --save-every then see each window's steps when it is read; a step
+    /// right after a wholly skipped one (non-finite gradient) inside a window uses an optimizer
+    /// step number one higher than with N = 1.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    loss_every: usize,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -879,7 +886,11 @@ fn train(a: TrainArgs, quiet: bool) -> Result<(), PockError> {
         LrSchedule::parse(spec)?;
     }
 
-    let mut session = a.run.load(&a.plan, quiet)?;
+    if a.loss_every == 0 {
+        return Err(PockError::Usage("--loss-every 0 is out of range: it must be at least 1".into()));
+    }
+    let options = SessionOptions { loss_every: a.loss_every, ..a.run.session_options(quiet) };
+    let mut session = Session::load_with_budget(&a.plan, options, a.run.memory_budget)?;
     let resumed = match &a.resume {
         Some(r) => {
             let meta = session.resume(r)?;

@@ -274,3 +274,40 @@ fn cli_trains_the_demo_cnn_on_the_gpu() {
     assert!(accuracy[0] > 0.4, "the CPU run did not learn: accuracy {}", accuracy[0]);
     assert!((accuracy[0] - accuracy[1]).abs() <= 0.02, "accuracy on the CPU {}, on the GPU {}", accuracy[0], accuracy[1]);
 }
+
+/// `pock train --loss-every 3` logs the same steps and losses as reading every step, on both
+/// backends (8 steps: windows of 3, 3 and the 2 the epoch's end flushes).
+#[test]
+fn cli_train_with_batched_loss_reads_logs_every_step() {
+    if !gpu_present() {
+        return;
+    }
+    let dir = common::workdir("wgpu-loss-every");
+    let run = |args: &[&str]| {
+        let out = common::pock(args);
+        assert!(out.status.success(), "pock {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["demo", "--epochs", "1", "--samples", "256", "--save-data", dir.to_str().unwrap(), "-q"]);
+    let plan = dir.join("cnn.pock");
+    run(&["compile", "zoo:cnn:width=4", "--batch", "32", "--optimizer", "adam", "--lr", "0.01", "-o", plan.to_str().unwrap(), "-q"]);
+    let data = dir.join("train.npz");
+    for backend in ["cpu", "wgpu"] {
+        let mut logs = Vec::new();
+        for every in ["1", "3"] {
+            let log = dir.join(format!("{backend}-{every}.jsonl"));
+            let args = ["train", plan.to_str().unwrap(), "--data", data.to_str().unwrap(), "--backend", backend, "--loss-every", every];
+            run(&[&args[..], &["--log-json", log.to_str().unwrap(), "-q"]].concat());
+            let text = std::fs::read_to_string(&log).unwrap();
+            let steps: Vec<(u64, f64)> = text
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+                })
+                .collect();
+            assert_eq!(steps.len(), 8, "{backend} --loss-every {every}: {text}");
+            logs.push(steps);
+        }
+        assert_eq!(logs[0], logs[1], "{backend}: --loss-every 3 logs other steps or losses than --loss-every 1");
+    }
+}

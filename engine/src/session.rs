@@ -221,6 +221,8 @@ struct LossQueue {
     stepped: Vec<bool>,
     records: Vec<f32>,
     losses: Vec<f32>,
+    /// Per step of the last read: the updates it skipped, and the skipped-update counter after it.
+    skips: Vec<(u64, u64)>,
     /// The skipped-update counter as of the last read.
     skipped_seen: u64,
 }
@@ -331,6 +333,7 @@ impl Session {
             stepped: vec![false; every],
             records: vec![0.0; 2 * every],
             losses: vec![0.0; every],
+            skips: vec![(0, 0); every],
             skipped_seen: 0,
         };
         Ok(Session { backend, io, learning_rate, optimizer_steps: 0, micro_steps: 0, last_step_skipped: 0, plan_id, queue })
@@ -606,6 +609,7 @@ impl Session {
         let per_step = self.io.skipped.map(|(_, p)| p);
         for j in 0..n {
             self.queue.losses[j] = self.queue.records[2 * j];
+            self.queue.skips[j] = (0, self.queue.skipped_seen);
             if !self.queue.stepped[j] {
                 continue;
             }
@@ -615,12 +619,25 @@ impl Session {
                 let skipped = counter.saturating_sub(self.queue.skipped_seen);
                 self.queue.skipped_seen = counter;
                 self.last_step_skipped = skipped;
+                self.queue.skips[j] = (skipped, counter);
                 if skipped >= per_step {
                     self.optimizer_steps -= 1;
                 }
             }
         }
         Ok(&self.queue.losses[..n])
+    }
+
+    /// [`SessionOptions::loss_every`] as the session was opened with (1: every step).
+    pub fn loss_every(&self) -> usize {
+        self.queue.every
+    }
+
+    /// For step `j` of the last [`Session::flush_losses`] (or the read inside
+    /// [`Session::train_step_queued`]): the updates it skipped and the skipped-update counter
+    /// after it, as [`Session::last_step_skipped`] and [`Session::skipped_updates`] said then.
+    pub fn queued_step_skips(&self, j: usize) -> (u64, u64) {
+        self.queue.skips.get(j).copied().unwrap_or((0, self.queue.skipped_seen))
     }
 
     /// How many times the host has waited for the backend's device so far (0 on the CPU): with
