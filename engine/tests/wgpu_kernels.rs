@@ -11,8 +11,8 @@ use pock_engine::backend::wgpu::{adapter_description, WgpuBackend};
 use pock_engine::exec::{Backend, CpuBackend, CpuKernels, ProgramKind, ValidatedPlan};
 use pock_engine::format::WeightRange;
 use pock_engine::ops::{
-    Adam, BatchNorm, BroadcastOp, Clip, Conv2d, ConvOp, CrossEntropy, DenseOp, GradScale, LossOp, MaskKind, MaskOp, MatMul, MatMulOp,
-    MoveOp, NormOp, Op, OptimOp, ParamRows, Pool2d, PoolOp, Reduce, ReduceOp, Reduction, Sgd, Slice, UnaryFn, UnaryOp,
+    Adam, BatchNorm, BroadcastOp, Clip, Conv2d, ConvOp, CrossEntropy, DenseOp, Dropout, GradScale, LossOp, MaskKind, MaskOp, MatMul,
+    MatMulOp, MoveOp, NormOp, Op, OptimOp, ParamRows, Pool2d, PoolOp, RandomOp, Reduce, ReduceOp, Reduction, Sgd, Slice, UnaryFn, UnaryOp,
 };
 use pock_engine::plan::{
     DType, Init, Location, Loss, ModelSource, Node, OptimizerKind, Phase, Plan, Program, Programs, Role, TensorId, TensorInfo, TrainingInfo,
@@ -102,7 +102,7 @@ fn one_node(op: &Op, inputs: &[Arg], inplace: &[Arg], out_shapes: &[Vec<usize>])
     let states: Vec<TensorId> = inplace
         .iter()
         .enumerate()
-        .map(|(k, a)| add(format!("state{k}"), &a.shape, DType::F32, Role::Parameter { trainable: true }))
+        .map(|(k, a)| add(format!("state{k}"), &a.shape, a.dtype(), Role::Parameter { trainable: true }))
         .collect();
     let persistent = states.len();
     let ins: Vec<TensorId> = inputs.iter().enumerate().map(|(k, a)| add(format!("in{k}"), &a.shape, a.dtype(), Role::Input)).collect();
@@ -179,7 +179,7 @@ fn check(what: &str, op: &Op, inputs: &[Arg], inplace: &[Arg]) {
         let (mut want, mut got) = (vec![0u8; bytes], vec![0u8; bytes]);
         cpu.read(t, &mut want).unwrap();
         gpu.read(t, &mut got).unwrap();
-        if plan.tensor(t).dtype == DType::U8 {
+        if matches!(plan.tensor(t).dtype, DType::U8 | DType::I64) {
             assert_eq!(got, want, "{what}: output {k} (bytes)");
             continue;
         }
@@ -735,6 +735,30 @@ fn row_kernels_match_the_reference() {
         v.values.iter_mut().for_each(|x| *x = x.abs() * 1e-3);
         let state = [floats(&mut rng, &[param_rows, width]), floats(&mut rng, &[k, width]), v];
         check(&format!("AdamUpdateRows {r:?} k {k}"), &Op::Optim(OptimOp::AdamUpdateRows { adam, rows: r }), &inputs, &state);
+    }
+}
+
+/// Dropout and RandomUniform draw the CPU's stream bit for bit (splitmix64 on u32 pairs), and
+/// Advance adds one to the counter.
+#[test]
+fn random_kernels_match_the_reference() {
+    if !gpu_present() {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    let counter = |v: i64| Arg { shape: vec![], values: vec![], labels: vec![v], bytes: vec![] };
+    for (case, c) in [0i64, 1, 5, -3, 1 << 20, i32::MAX as i64].into_iter().enumerate() {
+        let shape = random_shape(&mut rng, 1 + case % 3);
+        let key: u64 = rng.random();
+        for ratio in [0.0f32, 0.3, 0.9] {
+            let op = Op::Random(RandomOp::Dropout(Dropout { ratio, key }));
+            check(&format!("Dropout {shape:?} ratio {ratio} counter {c}"), &op, &[floats(&mut rng, &shape), counter(c)], &[]);
+        }
+        let op = Op::Random(RandomOp::Uniform { low: -0.5, high: 2.0, key, shape: shape.clone() });
+        check(&format!("RandomUniform {shape:?} counter {c}"), &op, &[counter(c)], &[]);
+        if c < i32::MAX as i64 {
+            check(&format!("Advance {c}"), &Op::Random(RandomOp::Advance), &[], &[counter(c)]);
+        }
     }
 }
 

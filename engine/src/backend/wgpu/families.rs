@@ -14,7 +14,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::kernels::{Addresses, Kernel, Lowered, NONE};
-use crate::ops::{BroadcastOp, CrossEntropy, GradScale, LossOp, MatMulOp, MoveOp, Op, OptimOp, ReduceOp, Reduction, UnaryFn, UnaryOp};
+use crate::ops::{
+    BroadcastOp, CrossEntropy, GradScale, LossOp, MatMulOp, MoveOp, Op, OptimOp, RandomOp, ReduceOp, Reduction, UnaryFn, UnaryOp,
+};
 use crate::plan::{Node, TensorId};
 
 /// The most axes the strided and group kernels take (the broadcast family's limit too).
@@ -376,6 +378,55 @@ fn body(i: u32) {
 }
 "#;
 
+/// `P = [n, mode, x, counter, y, mask, key_lo, key_hi, a, b]`: mode 0 Dropout (`a` the ratio,
+/// `b` the keep scale `1 / (1 - ratio)` as the reference computes it in f32), 1 RandomUniform
+/// (`y = a + b * u` with `a` low and `b` high - low), 2 Advance (`counter += 1`). The counter is
+/// an `i64` held as `i32` (see the module doc of `mod.rs`), read as the reference's `counter as
+/// u64` (sign-extended). `uniform` is `kernels/reference/random.rs::uniform` with its 64-bit
+/// integer arithmetic done on pairs of u32 words (`(lo, hi)`), so the stream is bit for bit the
+/// CPU's.
+pub const RANDOM: &str = r#"
+fn mul32(a: u32, b: u32) -> vec2<u32> {
+    let a0 = a & 0xffffu; let a1 = a >> 16u; let b0 = b & 0xffffu; let b1 = b >> 16u;
+    let p00 = a0 * b0; let p01 = a0 * b1; let p10 = a1 * b0; let p11 = a1 * b1;
+    let mid = (p00 >> 16u) + (p01 & 0xffffu) + (p10 & 0xffffu);
+    return vec2<u32>((p00 & 0xffffu) | (mid << 16u), p11 + (p01 >> 16u) + (p10 >> 16u) + (mid >> 16u));
+}
+fn mul64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
+    let p = mul32(a.x, b.x);
+    return vec2<u32>(p.x, p.y + a.x * b.y + a.y * b.x);
+}
+fn add64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
+    let lo = a.x + b.x;
+    return vec2<u32>(lo, a.y + b.y + select(0u, 1u, lo < a.x));
+}
+fn shr64(a: vec2<u32>, s: u32) -> vec2<u32> {
+    if (s >= 32u) { return vec2<u32>(a.y >> (s - 32u), 0u); }
+    return vec2<u32>((a.x >> s) | (a.y << (32u - s)), a.y >> s);
+}
+fn mix(z0: vec2<u32>) -> vec2<u32> {
+    var z = mul64(z0 ^ shr64(z0, 30u), vec2<u32>(0x1ce4e5b9u, 0xbf58476du));
+    z = mul64(z ^ shr64(z, 27u), vec2<u32>(0x133111ebu, 0x94d049bbu));
+    return z ^ shr64(z, 31u);
+}
+const GOLDEN = vec2<u32>(0x7f4a7c15u, 0x9e3779b9u);
+fn uniform(key: vec2<u32>, counter: vec2<u32>, index: u32) -> f32 {
+    let state = mix(key ^ mix(add64(counter, GOLDEN)));
+    let bits = mix(add64(state, mul64(vec2<u32>(index + 1u, select(0u, 1u, index == 0xffffffffu)), GOLDEN)));
+    return f32(bits.y >> 8u) * (1.0 / 16777216.0);
+}
+fn body(i: u32) {
+    let c = bitcast<u32>(M[P[3]]);
+    if (P[1] == 2u) { M[P[3]] = bitcast<f32>(c + 1u); return; }
+    let counter = vec2<u32>(c, select(0u, 0xffffffffu, bitcast<i32>(c) < 0));
+    let u = uniform(vec2<u32>(P[6], P[7]), counter, i);
+    if (P[1] == 1u) { M[P[4] + i] = pf(8) + pf(9) * u; return; }
+    let m = select(0.0, pf(9), u >= pf(8));
+    M[P[5] + i] = m;
+    M[P[4] + i] = M[P[2] + i] * m;
+}
+"#;
+
 /// Row-major element strides of `shape`.
 fn contiguous(shape: &[usize]) -> Vec<i64> {
     let mut s = alloc::vec![0i64; shape.len()];
@@ -615,6 +666,22 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Option<Result<Vec<Lowered>, Str
             l.map(|l| alloc::vec![l])
         }
         Op::Move(m) => movement(node, m, at),
+        Op::Random(r) => {
+            let key = |k: u64| [k as u32, (k >> 32) as u32];
+            let params = match r {
+                RandomOp::Dropout(d) => {
+                    let scale = 1.0f32 / (1.0 - d.ratio);
+                    let [lo, hi] = key(d.key);
+                    alloc::vec![numel(node.inputs[0]), 0, i(0), i(1), o(0), o(1), lo, hi, d.ratio.to_bits(), scale.to_bits()]
+                }
+                RandomOp::Uniform { low, high, key: k, .. } => {
+                    let [lo, hi] = key(*k);
+                    alloc::vec![numel(node.outputs[0]), 1, NONE, i(0), o(0), NONE, lo, hi, low.to_bits(), (high - low).to_bits()]
+                }
+                RandomOp::Advance => alloc::vec![1, 2, NONE, o(0), NONE, NONE, 0, 0, 0, 0],
+            };
+            Ok(alloc::vec![Lowered { kernel: Kernel::Random, params }])
+        }
         Op::MatMul(MatMulOp::BatchMatMul(m)) => {
             let (a, b, y) = (shape(node.inputs[0]), shape(node.inputs[1]), shape(node.outputs[0]));
             let matrix = |s: &[usize], is_a: bool| -> ([usize; 2], usize) {

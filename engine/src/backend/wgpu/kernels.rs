@@ -66,9 +66,10 @@ pub enum Kernel {
     Strided,
     Groups,
     BatchMatMul,
+    Random,
 }
 
-pub const KERNELS: [Kernel; 36] = [
+pub const KERNELS: [Kernel; 37] = [
     Kernel::Elementwise,
     Kernel::BiasAdd,
     Kernel::BiasGrad,
@@ -105,6 +106,7 @@ pub const KERNELS: [Kernel; 36] = [
     Kernel::Strided,
     Kernel::Groups,
     Kernel::BatchMatMul,
+    Kernel::Random,
 ];
 
 const HEADER: &str = r#"
@@ -191,6 +193,7 @@ impl Kernel {
             Kernel::Strided => "strided",
             Kernel::Groups => "groups",
             Kernel::BatchMatMul => "batch_matmul",
+            Kernel::Random => "random",
         }
     }
 
@@ -238,6 +241,7 @@ impl Kernel {
             Kernel::Strided => families::STRIDED,
             Kernel::Groups => families::GROUPS,
             Kernel::BatchMatMul => families::BATCH_MATMUL,
+            Kernel::Random => families::RANDOM,
         };
         let entry = if self.single_group() { GROUP } else { GRID };
         let helpers = match self {
@@ -797,8 +801,9 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
         || Err(alloc::format!("op {} (node '{}') has no GPU kernel yet; train this plan with --backend cpu", node.op.name(), node.name));
     for &t in node.inputs.iter().chain(&node.outputs) {
         let d = plan.tensor(t).dtype;
-        let allowed =
-            d == DType::F32 || (d == DType::I64 && matches!(node.op, Op::Loss(_))) || (d == DType::U8 && matches!(node.op, Op::Mask(_)));
+        let allowed = d == DType::F32
+            || (d == DType::I64 && matches!(node.op, Op::Loss(_) | Op::Random(_)))
+            || (d == DType::U8 && matches!(node.op, Op::Mask(_)));
         if !allowed {
             return no_kernel();
         }

@@ -14,9 +14,10 @@
 //! the device's largest storage binding (`maxStorageBufferBindingSize`); a plan that does not is
 //! refused at load with the sizes and what to do.
 //!
-//! WGSL has no 64-bit integers: `i64` labels are checked (they must fit `i32` and lie in
-//! `[0, classes)` of every loss that reads them) and stored as `i32` in the first half of their
-//! tensor's bytes when they are written; reading them back widens them again.
+//! WGSL has no 64-bit integers: `i64` tensors (labels, the random ops' step counter) are
+//! checked when written (each must fit `i32`; labels must lie in `[0, classes)` of every loss
+//! that reads them, or be cross-entropy's `ignore_index`) and stored as `i32` in the first half
+//! of their tensor's bytes; reading them back widens them again.
 
 mod families;
 pub mod kernels;
