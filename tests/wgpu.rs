@@ -197,6 +197,8 @@ fn a_step_creates_no_device_objects() {
     let bytes = pock::compile_model("zoo:cnn", 4, 0, sgd()).unwrap().to_bytes();
     let (plan, range) = decode_plan(&bytes).unwrap();
     let mut gpu = WgpuBackend::new(plan.clone(), &bytes, range).unwrap();
+    // Batched loss reads reserve their device slots at load too.
+    gpu.reserve_records(6).unwrap();
     let loaded = gpu.creations();
     assert!(loaded.buffers >= 3 && loaded.pipelines >= 5 && loaded.bind_groups as usize >= plan.programs.train.nodes.len(), "{loaded:?}");
     for _ in 0..3 {
@@ -209,7 +211,13 @@ fn a_step_creates_no_device_objects() {
         let loss = plan.programs.train.fetches[0];
         let mut out = vec![0u8; plan.tensor(loss).bytes() as usize];
         gpu.read(loss, &mut out).unwrap();
+        gpu.record(loss, 0).unwrap();
+        let mut recorded = [0f32];
+        gpu.read_records(&mut recorded).unwrap();
+        assert_eq!(recorded[0].to_le_bytes().to_vec(), out);
     }
+    gpu.set_profiling(true);
+    gpu.run(ProgramKind::Train).unwrap();
     gpu.run(ProgramKind::Eval).unwrap();
     assert_eq!(gpu.creations(), loaded);
 }
