@@ -1,8 +1,7 @@
 //! The data of the bare-metal trainer (`examples/mcu/`, issue 9 part 3), written on the host.
 //!
-//! Sensor-like samples: windows of a 3-axis accelerometer, `WINDOW` readings per axis, in
-//! `CLASSES` activities, each a sinusoid of its own frequency and amplitude per axis with a random
-//! phase, a gravity offset on z and Gaussian noise. Writes
+//! Sensor-like samples ([`pock::synth::sensor_windows`]: windows of a 3-axis accelerometer in four
+//! activities). Writes
 //! - `DIR/train.npz` (`x`: float32 `[N, 3 * WINDOW]`, `y`: int64 `[N]`), for `pock train`;
 //! - `DIR/batches.bin`, the batches in the order `pock train --seed SEED` visits them over
 //!   `EPOCHS` epochs (full batches only, as `pock train` does), for the firmware to embed: a
@@ -11,45 +10,9 @@
 //!
 //! Run with `cargo run --example mcu_data -- DIR BATCH EPOCHS SEED` (scripts/mcu-test.sh does).
 
-use pock::data::{Dataset, Targets};
-use rand::{RngExt, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use std::f32::consts::PI;
-
 /// Readings per axis in one window.
-const WINDOW: usize = 16;
-const CLASSES: usize = 4;
+const WINDOW: usize = pock::synth::SENSOR_WINDOW;
 const SAMPLES: usize = 256;
-
-/// Per activity and axis: cycles per window and amplitude.
-const ACTIVITIES: [[(f32, f32); 3]; CLASSES] = [
-    [(0.0, 0.05), (0.0, 0.05), (0.0, 0.05)], // still
-    [(2.0, 0.6), (1.0, 0.3), (2.0, 0.4)],    // walking
-    [(4.0, 1.2), (2.0, 0.8), (4.0, 1.0)],    // running
-    [(1.0, 0.2), (5.0, 0.9), (0.5, 0.3)],    // cycling
-];
-
-fn sensor_windows(n: usize, seed: u64) -> Dataset {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let features = 3 * WINDOW;
-    let mut x = Vec::with_capacity(n * features);
-    let mut labels = Vec::with_capacity(n);
-    for i in 0..n {
-        let class = i % CLASSES;
-        for (axis, &(cycles, amplitude)) in ACTIVITIES[class].iter().enumerate() {
-            let phase: f32 = rng.random_range(0.0..2.0 * PI);
-            let gravity = if axis == 2 { 1.0 } else { 0.0 };
-            for t in 0..WINDOW {
-                let angle = 2.0 * PI * cycles * t as f32 / WINDOW as f32 + phase;
-                // Noise: the sum of three uniforms, roughly normal with standard deviation 0.1.
-                let noise: f32 = (0..3).map(|_| rng.random_range(-0.1f32..0.1)).sum();
-                x.push(gravity + amplitude * angle.sin() + noise);
-            }
-        }
-        labels.push(class as i64);
-    }
-    Dataset { x, x_shape: vec![n, features], y: Some(Targets::Labels(labels)), inputs: Vec::new() }
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -62,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let dir = std::path::Path::new(dir);
     std::fs::create_dir_all(dir)?;
-    let data = sensor_windows(SAMPLES, 7);
+    let data = pock::synth::sensor_windows(SAMPLES, 7);
     data.save_npz(&dir.join("train.npz"))?;
 
     let features = 3 * WINDOW;

@@ -56,16 +56,11 @@ if [ -n "$have_version" ] && installed "$have_version"; then
 elif [ "${POCK_CROSS_INSTALL:-1}" = 0 ]; then
   die "rustc-web, its arm64 std, the cross gcc or qemu-user-static are missing and POCK_CROSS_INSTALL=0; run this script once without it (as root, or with sudo available)"
 else
-  sudo=""
-  if [ "$(id -u)" != 0 ]; then
-    command -v sudo >/dev/null || die "installing packages needs root: run as root or install sudo"
-    sudo="sudo"
-  fi
-  command -v apt-get >/dev/null || die "this script installs its toolchain with apt (Debian bookworm or later); on another system install rustc 1.96+ with the std of aarch64 and the rust-src component, the aarch64 and armhf cross gcc and qemu-user by hand, then run it with POCK_CROSS_INSTALL=0"
+  # shellcheck source=scripts/apt.sh
+  . scripts/apt.sh
+  apt_prepare cross "install rustc 1.96+ with the std of aarch64 and the rust-src component, the aarch64 and armhf cross gcc and qemu-user by hand, then run it with POCK_CROSS_INSTALL=0"
   $sudo dpkg --add-architecture arm64
-  # One stale mirror index makes `apt-get update` exit 100 while the others are fine: go on and
-  # let the version check below say what is missing.
-  $sudo apt-get update -q || echo "cross: apt-get update reported errors; checking the versions it found"
+  apt_update cross
   v=$(apt-cache policy rustc-web | awk '/Candidate:/{print $2}')
   case "$v" in
     1.9[0-9]* | 1.[1-9][0-9][0-9]*) ;;

@@ -29,6 +29,13 @@ pub struct TrainedTensor {
 /// they belong to a checkpoint, not to a model.
 pub fn trained_tensors(session: &Session, include_frozen: bool) -> Result<Vec<TrainedTensor>, PockError> {
     let plan = session.plan();
+    if plan.programs.train.nodes.iter().any(|n| matches!(n.op, pock_engine::ops::Op::Quant(_))) {
+        return Err(PockError::Usage(
+            "pock export does not write int8 plans (compiled with --quantize int8) yet: their weights and biases are integer-domain \
+             values with per-channel scales, not the model's float tensors; export a float plan instead"
+                .into(),
+        ));
+    }
     let mut out = Vec::new();
     for t in &plan.tensors {
         let wanted = match t.role {

@@ -142,8 +142,24 @@ pub struct PlanReport {
     pub inputs: Vec<InputInfo>,
     pub outputs: Vec<InputInfo>,
     pub programs: Vec<ProgramInfo>,
-    /// Roofline estimate of one training step on the plan's target, milliseconds.
+    /// Estimate of one training step on the plan's target, on all its cores, milliseconds: the
+    /// sum over the step's ops of each op's roofline time (`pock_compiler::cost`).
     pub estimated_step_ms: Option<f64>,
+    /// How that estimate splits: ops limited by arithmetic and ops limited by memory traffic.
+    pub estimate: Option<EstimateInfo>,
+}
+
+/// The per-op roofline estimate of one training step (`pock_targets::StepEstimate`).
+#[derive(Clone, Debug, Serialize)]
+pub struct EstimateInfo {
+    pub threads: u32,
+    pub ms: f64,
+    pub compute_bound_ms: f64,
+    pub compute_bound_ops: usize,
+    pub memory_bound_ms: f64,
+    pub memory_bound_ops: usize,
+    pub flops: u64,
+    pub traffic_bytes: u64,
 }
 
 /// Bytes of scratch values that forward nodes produce and backward nodes read.
@@ -197,8 +213,20 @@ pub fn report(plan: &Plan) -> PlanReport {
             ProgramInfo { name, ops: p.nodes.len(), flops }
         })
         .collect();
-    let step_flops: u64 = programs.iter().filter(|p| p.name == "train").map(|p| p.flops).sum();
-    let estimated_step_ms = pock_targets::find(&plan.target).map(|t| t.estimate_ms(step_flops, plan.arena_bytes + plan.weight_bytes));
+    let estimate = pock_targets::find(&plan.target).map(|t| {
+        let e = pock_compiler::cost::estimate_train_step(plan, t, t.cores);
+        EstimateInfo {
+            threads: e.threads,
+            ms: e.ms,
+            compute_bound_ms: e.compute_bound_ms,
+            compute_bound_ops: e.compute_bound_ops,
+            memory_bound_ms: e.memory_bound_ms,
+            memory_bound_ops: e.memory_bound_ops,
+            flops: e.flops,
+            traffic_bytes: e.bytes,
+        }
+    });
+    let estimated_step_ms = estimate.as_ref().map(|e| e.ms);
     PlanReport {
         model: plan.model.clone(),
         source: source_text(&plan.source),
@@ -234,6 +262,7 @@ pub fn report(plan: &Plan) -> PlanReport {
         outputs: io(&plan.programs.infer.fetches),
         programs,
         estimated_step_ms,
+        estimate,
     }
 }
 
@@ -368,8 +397,21 @@ pub fn table(plan: &Plan, r: &PlanReport, ops: bool) -> String {
     for p in &r.programs {
         let _ = writeln!(s, "{:<8} {:>6} {:>14.2}", p.name, p.ops, p.flops as f64 / 1e6);
     }
-    if let Some(ms) = r.estimated_step_ms {
-        let _ = writeln!(s, "\nestimated train step on {}: {ms:.2} ms (roofline from nominal figures)", r.target);
+    if let Some(e) = &r.estimate {
+        let _ = writeln!(
+            s,
+            "\nestimated train step on {} ({} cores): {:.2} ms, the sum of each op's roofline from the board's nominal figures:\n  \
+             {:.2} ms in {} ops limited by arithmetic ({:.2} GFLOP), {:.2} ms in {} ops limited by memory traffic ({:.1} MiB moved)",
+            r.target,
+            e.threads,
+            e.ms,
+            e.compute_bound_ms,
+            e.compute_bound_ops,
+            e.flops as f64 / 1e9,
+            e.memory_bound_ms,
+            e.memory_bound_ops,
+            e.traffic_bytes as f64 / (1 << 20) as f64,
+        );
     }
     if ops {
         for (name, p) in plan.all_programs() {

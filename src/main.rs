@@ -177,6 +177,15 @@ enum LossArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum QuantizeArg {
+    /// Float32 weights and activations.
+    None,
+    /// Int8 weights (per output channel) and activations (per tensor, calibrated on --calib),
+    /// int32 accumulation; see ARCHITECTURE.md "Int8 training".
+    Int8,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum DropoutArg {
     /// Training-mode Dropout of an ONNX model draws a seeded mask each step (PyTorch train()).
     On,
@@ -296,6 +305,22 @@ struct CompileArgs {
     /// and optimizer state; the others keep their exact values. See examples/schemes/.
     #[arg(long, value_name = "FILE")]
     scheme: Option<PathBuf>,
+    /// Int8 training as the Tiny Training Engine does it: int8 weights (per output channel
+    /// scale) and activations (per tensor scale and zero point, from --calib), int32
+    /// accumulation, requantization between layers, f32 logits. Trained weights keep an f32
+    /// master copy of their integer values; frozen ones are stored as int8. Quantizes chains of
+    /// Linear layers (+ ReLU/ReLU6), such as zoo:mlp; convolutions are not quantized yet.
+    #[arg(long, value_enum, default_value = "none")]
+    quantize: QuantizeArg,
+    /// With --quantize int8: the calibration samples (an .npz with `x`, for example the training
+    /// data; whole batches of it are used).
+    #[arg(long, value_name = "DATA.npz")]
+    calib: Option<PathBuf>,
+    /// With --quantize int8: leave out quantization-aware scaling (QAS) of the weight and bias
+    /// gradients. Without it the int8 parameters barely move at a float learning rate; for
+    /// comparisons only.
+    #[arg(long)]
+    no_qas: bool,
 }
 
 /// A plan, the weights to use with it, and the data to run it on (eval, infer).
@@ -755,9 +780,25 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
         return Err(PockError::Usage("--momentum, --dampening and --nesterov apply to --optimizer sgd only".into()));
     }
     check_hyperparameters(&a)?;
-    let inputs: Vec<(&str, &Path)> = a.init_weights.iter().map(|p| ("--init-weights", p.as_path())).collect();
+    let inputs: Vec<(&str, &Path)> =
+        a.init_weights.iter().map(|p| ("--init-weights", p.as_path())).chain(a.calib.iter().map(|p| ("--calib", p.as_path()))).collect();
     check_outputs(&inputs, &[("-o", a.plan.as_path())])?;
     let init = a.init_weights.as_deref();
+    let quantize = match (a.quantize, &a.calib) {
+        (QuantizeArg::Int8, Some(path)) => {
+            let data = pock::data::Dataset::load_npz(path)?;
+            Some(pock::compiler::quantize::Int8Options { sample_shape: data.x_shape[1..].to_vec(), calibration: data.x, qas: !a.no_qas })
+        }
+        (QuantizeArg::Int8, None) => {
+            return Err(PockError::Usage(
+                "--quantize int8 needs --calib DATA.npz: samples of the model's input to calibrate the activations' int8 ranges (the training data will do)".into(),
+            ))
+        }
+        (QuantizeArg::None, _) if a.calib.is_some() || a.no_qas => {
+            return Err(PockError::Usage("--calib and --no-qas apply to --quantize int8 only".into()))
+        }
+        (QuantizeArg::None, _) => None,
+    };
     let options = CompileOptions {
         optimizer,
         learning_rate: a.lr,
@@ -772,6 +813,7 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
         reorder: !a.no_reorder,
         activation_masks: !a.no_activation_masks,
         update: update_scheme(&a)?,
+        quantize,
     };
     let started = Instant::now();
     let compiled = if a.model.ends_with(".onnx") {

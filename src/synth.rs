@@ -288,3 +288,42 @@ fn normals(rng: &mut ChaCha8Rng, n: usize) -> Vec<f64> {
     out.truncate(n);
     out
 }
+
+/// Readings per axis in one window.
+pub const SENSOR_WINDOW: usize = 16;
+const SENSOR_CLASSES: usize = 4;
+
+/// Per activity and axis: cycles per window and amplitude.
+const SENSOR_ACTIVITIES: [[(f32, f32); 3]; SENSOR_CLASSES] = [
+    [(0.0, 0.05), (0.0, 0.05), (0.0, 0.05)], // still
+    [(2.0, 0.6), (1.0, 0.3), (2.0, 0.4)],    // walking
+    [(4.0, 1.2), (2.0, 0.8), (4.0, 1.0)],    // running
+    [(1.0, 0.2), (5.0, 0.9), (0.5, 0.3)],    // cycling
+];
+
+/// `n` windows of a 3-axis accelerometer, [`SENSOR_WINDOW`] readings per axis (`x` is
+/// `[n, 3 * SENSOR_WINDOW]`), in four activities (still, walking, running, cycling; sample `i` has
+/// class `i % 4`): per axis a sinusoid of the activity's frequency and amplitude with a random
+/// phase, a gravity offset on z and noise (standard deviation about 0.1). The sensor-like data of
+/// the bare-metal trainer (`examples/mcu_data.rs`) and of the int8 checks (`tests/int8.rs`).
+pub fn sensor_windows(n: usize, seed: u64) -> Dataset {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let features = 3 * SENSOR_WINDOW;
+    let mut x = Vec::with_capacity(n * features);
+    let mut labels = Vec::with_capacity(n);
+    for i in 0..n {
+        let class = i % SENSOR_CLASSES;
+        for (axis, &(cycles, amplitude)) in SENSOR_ACTIVITIES[class].iter().enumerate() {
+            let phase: f32 = rng.random_range(0.0..2.0 * std::f32::consts::PI);
+            let gravity = if axis == 2 { 1.0 } else { 0.0 };
+            for t in 0..SENSOR_WINDOW {
+                let angle = 2.0 * std::f32::consts::PI * cycles * t as f32 / SENSOR_WINDOW as f32 + phase;
+                // Noise: the sum of three uniforms, roughly normal with standard deviation 0.1.
+                let noise: f32 = (0..3).map(|_| rng.random_range(-0.1f32..0.1)).sum();
+                x.push(gravity + amplitude * angle.sin() + noise);
+            }
+        }
+        labels.push(class as i64);
+    }
+    Dataset { x, x_shape: vec![n, features], y: Some(Targets::Labels(labels)), inputs: Vec::new() }
+}

@@ -1,35 +1,42 @@
-//! The engine allocates its arena once per session and nothing inside a step.
+//! The engine allocates its arena (and the fast kernels' packing scratch) once per session and
+//! nothing inside a step, on any thread.
 //!
-//! A counting allocator records allocations made on this test's thread while counting is on.
-//! With the reference kernels a whole step (train program, apply program, eval, infer) must
-//! allocate nothing at all. With the fast kernels, the only allocations allowed are those made
-//! inside the third-party `gemm` crate, which allocates packing buffers on every call (marked by
-//! `pock_engine::kernels::cpu::ExternalKernelScope`); pock's own code must allocate nothing.
+//! A counting global allocator records every allocation made by any thread of this process
+//! (the test thread, the backend's worker pool) while counting is on. This binary holds a single
+//! test so that no other test's allocations are counted. Whole steps (train and apply programs,
+//! then one eval and one infer batch) must allocate nothing with the reference kernels and with
+//! the fast kernels on 1 and 2 threads, for zoo:cnn, zoo:mlp and a small zoo:mobilenetv2 (every
+//! fast kernel: gemm, im2col, pointwise and depthwise convolutions, training BatchNorm, Clip).
+//!
+//! With 2 threads each program run enters the pool through `rayon::ThreadPool::install`, which
+//! queues one job on rayon's injector. That queue (crossbeam's `Injector`) is a linked list of
+//! 63-slot blocks: one block of 1520 bytes is allocated every 63 jobs, whatever pock does. For
+//! zoo:cnn and zoo:mobilenetv2 that is all (1 allocation in 102 program runs). zoo:mlp (Adam,
+//! accumulate 2, 152 runs) showed 2 allocations (3040 bytes) in one run and 7 (11021 bytes) in
+//! others; where the extra ones come from (rayon's or crossbeam's lazily grown state is the
+//! suspect) is not identified yet. So with 2 threads the test asserts what separates a per-step
+//! allocation from those: fewer than one allocation per 10 steps (an allocating kernel, like the
+//! `gemm` crate pock used before, allocated on every call, many times per step).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use pock::compiler::stages::BatchNormMode;
 use pock::compiler::CompileOptions;
 use pock::engine::plan::OptimizerKind;
 use pock::engine::{Session, SessionOptions, Targets};
 
 struct Counting;
 
-static OURS: AtomicUsize = AtomicUsize::new(0);
-static EXTERNAL: AtomicUsize = AtomicUsize::new(0);
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+static BYTES: AtomicUsize = AtomicUsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.try_with(|c| c.get()).unwrap_or(false) {
-            if pock::engine::kernels::cpu::in_external_kernel() {
-                EXTERNAL.fetch_add(1, Ordering::SeqCst);
-            } else {
-                OURS.fetch_add(1, Ordering::SeqCst);
-            }
+        if COUNTING.load(Ordering::SeqCst) {
+            ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+            BYTES.fetch_add(layout.size(), Ordering::SeqCst);
         }
         unsafe { System.alloc(layout) }
     }
@@ -37,8 +44,9 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.try_with(|c| c.get()).unwrap_or(false) {
-            OURS.fetch_add(1, Ordering::SeqCst);
+        if COUNTING.load(Ordering::SeqCst) {
+            ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+            BYTES.fetch_add(new_size, Ordering::SeqCst);
         }
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -47,31 +55,40 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// Allocations (pock's, gemm's) made by `steps` train steps plus one eval and one infer batch.
-fn count(model: &str, options: CompileOptions, reference: bool) -> (usize, usize, usize) {
+/// Allocations (count, bytes) on every thread during `steps` train steps plus one eval and one
+/// infer batch, after 20 untimed steps; and how many program runs that was.
+fn count(model: &str, options: CompileOptions, reference: bool, threads: usize, steps: usize) -> (usize, usize, usize) {
     let batch = 4;
+    let accumulate = options.accumulate;
     let bytes = pock::compile_model(model, batch, 0, options).unwrap().to_bytes();
-    let mut s =
-        Session::from_bytes(&bytes, SessionOptions { threads: 1, reference_kernels: reference, ..SessionOptions::default() }).unwrap();
+    let mut s = Session::from_bytes(&bytes, SessionOptions { threads, reference_kernels: reference, ..SessionOptions::default() }).unwrap();
     let x_len: usize = s.input_shape().iter().product();
     let classes = s.output_shape()[1];
     let x: Vec<f32> = (0..x_len).map(|i| (i % 7) as f32 * 0.1).collect();
     let y: Vec<i64> = (0..batch as i64).map(|i| i % classes as i64).collect();
     let mut out = vec![0.0; batch * classes];
     let mut losses = vec![0.0; batch];
-    // Warm-up: the first step may touch lazily initialised state (gemm's thread-local cache).
-    s.train_step(&x, Targets::Labels(&y)).unwrap();
-    OURS.store(0, Ordering::SeqCst);
-    EXTERNAL.store(0, Ordering::SeqCst);
-    COUNTING.with(|c| c.set(true));
-    let steps = 4;
+    // Warm-up: the first steps start lazily initialised state (the pool's threads and their
+    // queues, thread-locals).
+    for _ in 0..20 {
+        s.train_step(&x, Targets::Labels(&y)).unwrap();
+    }
+    s.eval_batch(&x, Targets::Labels(&y), &mut out, &mut losses).unwrap();
+    s.infer(&x, &mut out).unwrap();
+    ALLOCATIONS.store(0, Ordering::SeqCst);
+    BYTES.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
     for _ in 0..steps {
         s.train_step(&x, Targets::Labels(&y)).unwrap();
     }
     s.eval_batch(&x, Targets::Labels(&y), &mut out, &mut losses).unwrap();
     s.infer(&x, &mut out).unwrap();
-    COUNTING.with(|c| c.set(false));
-    (OURS.load(Ordering::SeqCst), EXTERNAL.load(Ordering::SeqCst), steps)
+    COUNTING.store(false, Ordering::SeqCst);
+    // A train step runs the train program and, every `accumulate` steps when that is above 1,
+    // the apply program; then one eval and one infer run.
+    let applies = if accumulate > 1 { steps / accumulate } else { 0 };
+    let runs = steps + applies + 2;
+    (ALLOCATIONS.load(Ordering::SeqCst), BYTES.load(Ordering::SeqCst), runs)
 }
 
 #[test]
@@ -86,13 +103,38 @@ fn train_steps_allocate_nothing() {
         optimizer: OptimizerKind::Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
         ..Default::default()
     };
-    for (model, options) in [("zoo:cnn:channels=1,size=12,classes=4,width=4", sgd.clone()), ("zoo:mlp:inputs=8,hidden=16,classes=3", adam)]
-    {
-        let (ours, external, _) = count(model, options.clone(), true);
-        assert_eq!((ours, external), (0, 0), "{model}, reference kernels: allocations inside steps");
-        let (ours, external, steps) = count(model, options, false);
-        assert_eq!(ours, 0, "{model}, fast kernels: pock allocated inside steps");
-        // The gemm crate's own per-call buffers; reported so a regression in kernel choice shows.
-        eprintln!("{model}: gemm allocated {external} times in {steps} steps (+ eval + infer)");
+    // Int8 (issue 9 part 3): frozen int8 weights and a trained f32 master copy, calibrated on
+    // two batches of made-up samples.
+    let int8 = CompileOptions {
+        update: pock::compiler::UpdateScheme { preset: Some(pock::compiler::UpdatePreset::Bias), ..Default::default() },
+        quantize: Some(pock::compiler::quantize::Int8Options {
+            calibration: (0..64).map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.5).collect(),
+            sample_shape: vec![8],
+            qas: true,
+        }),
+        ..sgd.clone()
+    };
+    let sgd_bn_train = CompileOptions { batch_norm: BatchNormMode::Train, ..sgd.clone() };
+    let cases = [
+        ("zoo:cnn:channels=1,size=12,classes=4,width=4", sgd.clone()),
+        ("zoo:cnn:channels=3,size=32,classes=4,width=16", sgd.clone()),
+        ("zoo:mlp:inputs=8,hidden=16,classes=3", adam),
+        ("zoo:mobilenetv2:classes=4,size=32,width=0.25", sgd_bn_train),
+        ("zoo:mobilenetv2:classes=4,size=32,width=0.25", sgd.clone()),
+        ("zoo:mlp:inputs=8,hidden=16,depth=2,classes=3", int8),
+    ];
+    for (model, options) in cases {
+        let (allocations, bytes, _) = count(model, options.clone(), true, 1, 4);
+        assert_eq!((allocations, bytes), (0, 0), "{model}, reference kernels: allocations inside steps");
+        let (allocations, bytes, _) = count(model, options.clone(), false, 1, 4);
+        assert_eq!((allocations, bytes), (0, 0), "{model}, fast kernels, 1 thread: allocations inside steps");
+        // 100 steps: 102 or more program runs, so rayon's injector crosses a block boundary.
+        let steps = 100;
+        let (allocations, bytes, runs) = count(model, options, false, 2, steps);
+        eprintln!("{model}, fast kernels, 2 threads: {allocations} allocations ({bytes} bytes) in {steps} steps, {runs} program runs");
+        assert!(
+            allocations * 10 < steps,
+            "{model}, fast kernels, 2 threads: {allocations} allocations ({bytes} bytes) in {steps} steps: something allocates per step (rayon's injector takes one block per 63 program runs)"
+        );
     }
 }

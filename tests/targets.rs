@@ -98,6 +98,14 @@ fn step_estimate_sums_per_op_rooflines() {
     // The board matters: the microcontroller is far slower than the Raspberry Pi.
     let m7 = pock::compiler::cost::estimate_train_step(&plan, pock::targets::find("cortex-m7").unwrap(), 1);
     assert!(m7.ms > 10.0 * e.ms, "{m7:?} vs {e:?}");
+    // `pock inspect` shows this per-op estimate on all the board's cores, not one from the
+    // arena's size.
+    let full = pock::compiler::cost::estimate_train_step(&plan, rpi4, rpi4.cores);
+    let shown = pock::inspect::report(&plan).estimate.unwrap();
+    assert_eq!((shown.threads, shown.flops, shown.traffic_bytes), (rpi4.cores, full.flops, full.bytes));
+    assert_eq!((shown.ms, shown.compute_bound_ops, shown.memory_bound_ops), (full.ms, full.compute_bound_ops, full.memory_bound_ops));
+    let text = pock::inspect::table(&plan, &pock::inspect::report(&plan), false);
+    assert!(text.contains(&format!("{:.2} ms", full.ms)) && text.contains("limited by memory traffic"), "{text}");
 }
 
 #[test]

@@ -34,6 +34,16 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
         freeze_batch_norm(&mut graph);
     }
     crate::scheme::apply(&mut graph, &options.update)?;
+    // Int8 rewriting comes after the scheme, which decides which weights stay f32 master copies.
+    let (graph, inputs, output) = match &options.quantize {
+        Some(q) => {
+            let forward =
+                crate::quantize::quantize_int8(ForwardGraph { name: name.clone(), graph, inputs, output, task: task.clone() }, q)?;
+            (forward.graph, forward.inputs, forward.output)
+        }
+        None => (graph, inputs, output),
+    };
+    let mut graph = graph;
     let forward_nodes = graph.nodes.len();
 
     // Eval program: a copy of the forward nodes with frozen statistics and its own activations.
@@ -142,8 +152,9 @@ pub fn differentiate(graph: &mut Graph, loss: TensorId) -> Result<ParamGrads> {
         requires[p.index()] = true;
     }
     // Integer and bool values are never differentiated: they neither carry a dependency into a
-    // node nor receive one from it.
-    let float = |graph: &Graph, t: &TensorId| graph.tensor(*t).dtype == DType::F32;
+    // node nor receive one from it. Int8 values are the exception: they stand for real values
+    // (the quant family's activations), whose f32 gradients the quant ops' rules compute.
+    let float = |graph: &Graph, t: &TensorId| matches!(graph.tensor(*t).dtype, DType::F32 | DType::I8);
     for node in &forward {
         let any = node.inputs.iter().any(|t| requires[t.index()] && float(graph, t));
         if any {

@@ -11,7 +11,7 @@ use crate::ir::{DType, Graph, Node, TensorId, Values};
 
 /// Evaluates in `T`: f64 for gradient checks, f32 to reproduce the engine's reference kernels
 /// exactly. Float tensors hold `T`; `i64` and bool tensors hold their own values, and `u8` tensors
-/// (packed masks) are bytes kept with the bools, as the engine passes them to kernels.
+/// (packed masks) and `i8` tensors are bytes kept with the bools, as the engine passes them to kernels.
 pub struct Interpreter<'g, T = f64> {
     graph: &'g Graph,
     floats: Vec<Option<Vec<T>>>,
@@ -27,7 +27,11 @@ impl<'g, T: Float> Interpreter<'g, T> {
         let bools = graph
             .tensors
             .iter()
-            .map(|t| if let Some(Values::Bool(v)) = &t.init { Some(v.iter().map(|&b| u8::from(b)).collect()) } else { None })
+            .map(|t| match &t.init {
+                Some(Values::Bool(v)) => Some(v.iter().map(|&b| u8::from(b)).collect()),
+                Some(Values::I8(v)) => Some(v.iter().map(|&b| b as u8).collect()),
+                _ => None,
+            })
             .collect();
         Interpreter { graph, floats, ints, bools }
     }
@@ -94,7 +98,9 @@ impl<'g, T: Float> Interpreter<'g, T> {
             let taken = match def.dtype {
                 DType::F32 => take(&mut self.floats[t.index()], in_place, def.numel(), T::zero()).map(|v| float_outs.push((t, v))),
                 DType::I64 => take(&mut self.ints[t.index()], in_place, def.numel(), 0).map(|v| int_outs.push((t, v))),
-                DType::Bool | DType::U8 => take(&mut self.bools[t.index()], in_place, def.numel(), 0).map(|v| bool_outs.push((t, v))),
+                DType::Bool | DType::U8 | DType::I8 => {
+                    take(&mut self.bools[t.index()], in_place, def.numel(), 0).map(|v| bool_outs.push((t, v)))
+                }
                 other => {
                     return Err(error(format!("output '{}' has dtype {}, which the interpreter does not run", def.name, other.name())))
                 }
@@ -108,7 +114,9 @@ impl<'g, T: Float> Interpreter<'g, T> {
             match def.dtype {
                 DType::F32 => floats.push(View { data: self.floats[t.index()].as_deref().ok_or_else(|| missing(t))?, shape }),
                 DType::I64 => ints.push(View { data: self.ints[t.index()].as_deref().ok_or_else(|| missing(t))?, shape }),
-                DType::Bool | DType::U8 => bools.push(View { data: self.bools[t.index()].as_deref().ok_or_else(|| missing(t))?, shape }),
+                DType::Bool | DType::U8 | DType::I8 => {
+                    bools.push(View { data: self.bools[t.index()].as_deref().ok_or_else(|| missing(t))?, shape })
+                }
                 other => return Err(error(format!("input '{}' has dtype {}, which the interpreter does not run", def.name, other.name()))),
             }
         }

@@ -38,6 +38,8 @@ pub enum Values {
     F32(Vec<f32>),
     I64(Vec<i64>),
     Bool(Vec<bool>),
+    /// int8 values (the quant family's frozen weights).
+    I8(Vec<i8>),
 }
 
 impl Values {
@@ -46,6 +48,7 @@ impl Values {
             Values::F32(_) => DType::F32,
             Values::I64(_) => DType::I64,
             Values::Bool(_) => DType::Bool,
+            Values::I8(_) => DType::I8,
         }
     }
 
@@ -54,6 +57,7 @@ impl Values {
             Values::F32(v) => v.len(),
             Values::I64(v) => v.len(),
             Values::Bool(v) => v.len(),
+            Values::I8(v) => v.len(),
         }
     }
 
@@ -69,12 +73,13 @@ impl Values {
         }
     }
 
-    /// The values as the engine stores them: little-endian, bools as one byte each.
+    /// The values as the engine stores them: little-endian, bools and int8 as one byte each.
     pub fn to_le_bytes(&self) -> Vec<u8> {
         match self {
             Values::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Values::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Values::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
+            Values::I8(v) => v.iter().map(|&b| b as u8).collect(),
         }
     }
 }

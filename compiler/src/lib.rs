@@ -19,6 +19,7 @@ pub mod memory;
 pub mod onnx;
 pub mod ops;
 pub mod optimizer;
+pub mod quantize;
 pub mod schedule;
 pub mod scheme;
 pub mod stages;

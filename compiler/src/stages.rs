@@ -70,6 +70,8 @@ pub struct CompileOptions {
     pub activation_masks: bool,
     /// Which parameters train; the others are frozen (see [`crate::scheme`]).
     pub update: UpdateScheme,
+    /// Rewrite the model into int8 ops calibrated on these samples (see [`crate::quantize`]).
+    pub quantize: Option<crate::quantize::Int8Options>,
 }
 
 impl Default for CompileOptions {
@@ -84,6 +86,7 @@ impl Default for CompileOptions {
             reorder: true,
             activation_masks: true,
             update: UpdateScheme::default(),
+            quantize: None,
         }
     }
 }

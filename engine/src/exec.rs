@@ -142,7 +142,7 @@ pub fn validate(plan: &Plan) -> Result<(), ValidationError> {
         let numel = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let bytes = numel.and_then(|e| e.checked_mul(t.dtype.size())).map(|b| b as u64);
         let Some(bytes) = bytes else { bail!("tensor '{}' has an impossible shape {:?}", t.name, t.shape) };
-        if !matches!(t.dtype, DType::F32 | DType::I64 | DType::Bool | DType::U8) {
+        if !matches!(t.dtype, DType::F32 | DType::I64 | DType::Bool | DType::U8 | DType::I8) {
             bail!("tensor '{}' has dtype {}, which this engine does not run yet", t.name, t.dtype.name());
         }
         let persistent = !matches!(t.role, Role::Transient | Role::Input | Role::Target);
@@ -401,6 +401,10 @@ pub struct CpuBackend<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]> = Vec<u64>>
     /// a profiled step allocates nothing), and the number of profiled runs.
     #[cfg(feature = "std")]
     profile: Option<(Vec<u64>, u64)>,
+    /// The fast kernels' scratch outside the plan (gemm's packing buffers): the largest any node
+    /// needs, allocated once here at load and shared by the nodes one after another.
+    #[cfg(feature = "std")]
+    scratch: Vec<f32>,
     /// [`Backend::record`]'s slots.
     records: Vec<f32>,
 }
@@ -472,11 +476,14 @@ impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
             return Err(ExecError::MisalignedWeights);
         }
         #[cfg(feature = "std")]
-        if let CpuKernels::Fast(_) = kernels {
+        let mut scratch_elems = 0usize;
+        #[cfg(feature = "std")]
+        if let CpuKernels::Fast(cfg) = kernels {
             for (pname, program) in plan.all_programs() {
                 for node in &program.nodes {
                     let ins: Vec<&[usize]> = node.inputs.iter().map(|&t| plan.tensor(t).shape.as_slice()).collect();
                     let outs: Vec<&[usize]> = node.outputs.iter().map(|&t| plan.tensor(t).shape.as_slice()).collect();
+                    scratch_elems = scratch_elems.max(crate::kernels::cpu::scratch_elems(&node.op, &ins, &outs, cfg));
                     let need = crate::kernels::cpu::workspace_elems(&node.op, &ins, &outs) as u64;
                     if need > node.workspace.map_or(0, |w| w.elems) {
                         return Err(ExecError::Unsupported(alloc::format!(
@@ -487,6 +494,15 @@ impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
                 }
             }
         }
+        #[cfg(feature = "std")]
+        let scratch = {
+            let mut scratch = Vec::new();
+            scratch
+                .try_reserve_exact(scratch_elems)
+                .map_err(|_| ExecError::OutOfMemory { bytes: (scratch_elems as u64).saturating_mul(4) })?;
+            scratch.resize(scratch_elems, 0.0f32);
+            scratch
+        };
         let given = arena.as_ref().len() as u64 * 8;
         if given < plan.arena_bytes {
             return Err(ExecError::ArenaTooSmall { needed: plan.arena_bytes, given });
@@ -519,6 +535,8 @@ impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
             pool,
             #[cfg(feature = "std")]
             profile: None,
+            #[cfg(feature = "std")]
+            scratch,
             records: Vec::new(),
         };
         backend.reset_state_in_place();
@@ -640,8 +658,10 @@ impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
                 match info.dtype {
                     DType::F32 => args.floats.push(View { data: unsafe { core::slice::from_raw_parts(ptr as *const f32, n) }, shape }),
                     DType::I64 => args.ints.push(View { data: unsafe { core::slice::from_raw_parts(ptr as *const i64, n) }, shape }),
-                    DType::Bool | DType::U8 => args.bools.push(View { data: unsafe { core::slice::from_raw_parts(ptr, n) }, shape }),
-                    DType::F16 | DType::I8 => return Err(args.unrunnable(info)),
+                    DType::Bool | DType::U8 | DType::I8 => {
+                        args.bools.push(View { data: unsafe { core::slice::from_raw_parts(ptr, n) }, shape })
+                    }
+                    DType::F16 => return Err(args.unrunnable(info)),
                 }
             }
             for &t in &node.outputs {
@@ -656,10 +676,10 @@ impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
                     DType::I64 => {
                         args.int_outs.push(ViewMut { data: unsafe { core::slice::from_raw_parts_mut(ptr as *mut i64, n) }, shape })
                     }
-                    DType::Bool | DType::U8 => {
+                    DType::Bool | DType::U8 | DType::I8 => {
                         args.bool_outs.push(ViewMut { data: unsafe { core::slice::from_raw_parts_mut(ptr, n) }, shape })
                     }
-                    DType::F16 | DType::I8 => return Err(args.unrunnable(info)),
+                    DType::F16 => return Err(args.unrunnable(info)),
                 }
             }
             let workspace: &mut [f32] = match node.workspace {
@@ -681,7 +701,7 @@ impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
                     reference::execute(&node.op, node_args)
                 }
                 #[cfg(feature = "std")]
-                CpuKernels::Fast(cfg) => crate::kernels::cpu::execute(&node.op, node_args, workspace, cfg),
+                CpuKernels::Fast(cfg) => crate::kernels::cpu::execute(&node.op, node_args, workspace, &mut self.scratch, cfg),
             };
             args.clear();
             result.map_err(|source| ExecError::Kernel { node: node.name.clone(), source })?;
@@ -810,7 +830,7 @@ mod tests {
             let (plan, range) = decoded(file);
             let mut backend = CpuBackend::new(plan.clone(), PlanBytes::copy_of(file), range, CpuKernels::Reference).unwrap();
             run_all(&mut backend);
-            // Miri cannot run the gemm crate's SIMD kernels in reasonable time.
+            // Miri cannot run the fast kernels' SIMD code in reasonable time.
             #[cfg(not(miri))]
             {
                 let fast = CpuKernels::Fast(crate::kernels::cpu::CpuConfig { threads: 1 });

@@ -114,7 +114,8 @@ fn run_fast(
     let mut out = vec![f32::NAN; out_shape.iter().product()];
     let mut ws = vec![f32::NAN; workspace];
     let mut outputs = [ViewMut { data: &mut out[..], shape: out_shape }];
-    cpu::execute(op, NodeArgs::floats(&views, &mut outputs), &mut ws, cfg)?;
+    let mut scratch = vec![f32::NAN; cpu::scratch_elems(op, &[&shapes[0][..], &shapes[1][..]], &[out_shape], cfg)];
+    cpu::execute(op, NodeArgs::floats(&views, &mut outputs), &mut ws, &mut scratch, cfg)?;
     Ok(out)
 }
 
@@ -190,6 +191,25 @@ fn a_too_small_workspace_is_an_error() {
         let workspace = cpu::workspace_elems(&op, &in_shapes, &[&out_shape]);
         assert!(workspace > 0, "{}: this case uses im2col", op.name());
         let result = run_fast(&op, &inputs, &shapes, &out_shape, workspace - 1, CpuConfig::default());
+        assert!(matches!(result, Err(KernelError::Invalid { .. })), "{}: {result:?}", op.name());
+    }
+}
+
+#[test]
+fn a_too_small_scratch_is_an_error() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for (op, shapes, out_shape) in ops(&CASES[5]) {
+        let inputs = [random(&mut rng, &shapes[0]), random(&mut rng, &shapes[1])];
+        let in_shapes: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
+        let cfg = CpuConfig::default();
+        let (workspace, scratch) =
+            (cpu::workspace_elems(&op, &in_shapes, &[&out_shape]), cpu::scratch_elems(&op, &in_shapes, &[&out_shape], cfg));
+        assert!(scratch > 0, "{}: this case runs gemm", op.name());
+        let views = [View { data: &inputs[0][..], shape: &shapes[0][..] }, View { data: &inputs[1][..], shape: &shapes[1][..] }];
+        let mut out = vec![0.0; out_shape.iter().product()];
+        let (mut ws, mut pack) = (vec![0.0; workspace], vec![0.0; scratch - 1]);
+        let mut outputs = [ViewMut { data: &mut out[..], shape: &out_shape[..] }];
+        let result = cpu::execute(&op, NodeArgs::floats(&views, &mut outputs), &mut ws, &mut pack, cfg);
         assert!(matches!(result, Err(KernelError::Invalid { .. })), "{}: {result:?}", op.name());
     }
 }

@@ -13,7 +13,10 @@ fn run(op: &Op, a: View<f32>, b: View<f32>, y: &mut [f32], y_shape: &[usize], fa
     let mut outputs = [ViewMut { data: y, shape: y_shape }];
     let args = NodeArgs::floats(&inputs, &mut outputs);
     match fast {
-        Some(cfg) => cpu::execute(op, args, &mut [], cfg).unwrap(),
+        Some(cfg) => {
+            let mut scratch = vec![f32::NAN; cpu::scratch_elems(op, &[a.shape, b.shape], &[y_shape], cfg)];
+            cpu::execute(op, args, &mut [], &mut scratch, cfg).unwrap()
+        }
         None => reference::execute(op, args).unwrap(),
     }
 }

@@ -3,11 +3,13 @@
 //! offers and on the portable code path.
 
 use pock_engine::kernels::cpu::par::{force_isa, isa, Isa};
-use pock_engine::kernels::cpu::{execute, workspace_elems, CpuConfig};
+use pock_engine::kernels::cpu::{execute, scratch_elems, workspace_elems, CpuConfig};
 use pock_engine::kernels::{reference, NodeArgs, View, ViewMut};
-use pock_engine::ops::{BatchNorm, Clip, Conv2d, ConvOp, DenseOp, NormOp, Op};
+use pock_engine::ops::{BatchNorm, Clip, Conv2d, ConvOp, DenseOp, MatMul, NormOp, Op};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+static ISA: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
@@ -15,8 +17,13 @@ fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
 
 /// Runs `op` with the reference and with the fast kernels on the same inputs and initial outputs
 /// (in-place outputs hold state), and checks every output: exactly equal when `exact`, else
-/// within 1e-4 of the output's RMS (float sums in another order).
+/// within 1e-4 of the output's RMS (float sums in another order). On each instruction-set path,
+/// the 2-thread outputs must equal the 1-thread outputs bit for bit (every fast kernel computes a
+/// chunk the same way on any thread).
 fn check(what: &str, op: &Op, inputs: &[(Vec<f32>, Vec<usize>)], outputs: &[Vec<usize>], rng: &mut ChaCha8Rng, exact: bool) {
+    // `force_isa` is process-wide: one check at a time, so that no other test switches the
+    // instruction set in the middle of this one.
+    let _isa = ISA.lock().unwrap_or_else(|e| e.into_inner());
     let in_views: Vec<View<f32>> = inputs.iter().map(|(d, s)| View { data: d, shape: s }).collect();
     let initial: Vec<Vec<f32>> = outputs.iter().map(|s| random(rng, s.iter().product())).collect();
     let mut want = initial.clone();
@@ -29,11 +36,14 @@ fn check(what: &str, op: &Op, inputs: &[(Vec<f32>, Vec<usize>)], outputs: &[Vec<
     let mut workspace = vec![f32::NAN; workspace_elems(op, &in_shapes, &out_shapes)];
     for path in [None, Some(Isa::Portable)] {
         force_isa(path);
+        let mut one_thread: Option<Vec<Vec<f32>>> = None;
         for threads in [1, 2] {
             let mut got = initial.clone();
             {
                 let mut outs: Vec<ViewMut<f32>> = got.iter_mut().zip(outputs).map(|(d, s)| ViewMut { data: d, shape: s }).collect();
-                execute(op, NodeArgs::floats(&in_views, &mut outs), &mut workspace, CpuConfig { threads }).unwrap();
+                let cfg = CpuConfig { threads };
+                let mut scratch = vec![f32::NAN; scratch_elems(op, &in_shapes, &out_shapes, cfg)];
+                execute(op, NodeArgs::floats(&in_views, &mut outs), &mut workspace, &mut scratch, cfg).unwrap();
             }
             for (k, (g, w)) in got.iter().zip(&want).enumerate() {
                 let rms = (w.iter().map(|v| v * v).sum::<f32>() / w.len().max(1) as f32).sqrt();
@@ -44,6 +54,15 @@ fn check(what: &str, op: &Op, inputs: &[(Vec<f32>, Vec<usize>)], outputs: &[Vec<
                         "{what}: output {k}[{i}] = {a}, reference {b} (tolerance {tol}; {:?}, {threads} threads)",
                         isa()
                     );
+                }
+            }
+            match &one_thread {
+                None => one_thread = Some(got),
+                Some(first) => {
+                    for (k, (g, f)) in got.iter().zip(first).enumerate() {
+                        let same = g.iter().zip(f).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{what}: output {k} differs between 1 and {threads} threads ({:?})", isa());
+                    }
                 }
             }
         }
@@ -117,6 +136,41 @@ fn convolutions_match_the_reference() {
         );
         let grad_weight = Op::from(ConvOp::Conv2dGradWeight { conv, kernel_hw: [kh, kw] });
         check(&format!("grad weight {what}"), &grad_weight, &[(dy, y_shape), (x, x_shape)], &[w_shape], &mut rng, false);
+    }
+}
+
+/// Convolutions and a matmul large enough that gemm, im2col and col2im split their work among
+/// the threads (products above `PARALLEL_MIN_MACS`, more than one task of rows or planes).
+#[test]
+fn large_products_split_among_threads_match() {
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    for (n, c, o, hw, k, stride, pad) in
+        [(2, 16, 32, 40, 3, 1, 1), (2, 12, 40, 41, 3, 2, 1), (3, 8, 24, 33, 5, 1, 2), (8, 32, 48, 24, 1, 1, 0)]
+    {
+        let conv = Conv2d { stride: [stride; 2], padding: [pad; 4], dilation: [1, 1], groups: 1 };
+        let (x_shape, w_shape) = (vec![n, c, hw, hw], vec![o, c, k, k]);
+        let y_shape = Op::from(ConvOp::Conv2d(conv)).output_shapes(&[&x_shape, &w_shape]).unwrap().remove(0);
+        let what = format!("conv {x_shape:?} * {w_shape:?} -> {y_shape:?}, {conv:?}");
+        let (x, wt, dy) = (
+            random(&mut rng, x_shape.iter().product()),
+            random(&mut rng, w_shape.iter().product()),
+            random(&mut rng, y_shape.iter().product()),
+        );
+        let forward = Op::from(ConvOp::Conv2d(conv));
+        let inputs = [(x.clone(), x_shape.clone()), (wt.clone(), w_shape.clone())];
+        check(&format!("forward {what}"), &forward, &inputs, std::slice::from_ref(&y_shape), &mut rng, false);
+        let grad_input = Op::from(ConvOp::Conv2dGradInput { conv, input_hw: [hw, hw] });
+        let inputs = [(dy.clone(), y_shape.clone()), (wt, w_shape.clone())];
+        check(&format!("grad input {what}"), &grad_input, &inputs, std::slice::from_ref(&x_shape), &mut rng, false);
+        let grad_weight = Op::from(ConvOp::Conv2dGradWeight { conv, kernel_hw: [k, k] });
+        check(&format!("grad weight {what}"), &grad_weight, &[(dy, y_shape), (x, x_shape)], &[w_shape], &mut rng, false);
+    }
+    for (m, k, n, trans_a, trans_b) in [(301, 203, 91, false, false), (130, 517, 77, true, false), (97, 300, 260, false, true)] {
+        let a_shape = if trans_a { vec![k, m] } else { vec![m, k] };
+        let b_shape = if trans_b { vec![n, k] } else { vec![k, n] };
+        let op = Op::Dense(DenseOp::MatMul(MatMul { trans_a, trans_b }));
+        let inputs = [(random(&mut rng, m * k), a_shape), (random(&mut rng, k * n), b_shape)];
+        check(&format!("matmul {m}x{k}x{n} trans {trans_a} {trans_b}"), &op, &inputs, &[vec![m, n]], &mut rng, false);
     }
 }
 

@@ -9,7 +9,7 @@ use pock_engine::ops::{
     Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, CrossEntropy, DenseOp, GradScale, LossOp, MatMul, MatMulOp, MoveOp, NormOp, Op, OptimOp,
     ParamRows, Pool2d, PoolOp, Reduce, ReduceOp, Reduction, Sgd, Slice,
 };
-use pock_engine::ops::{BroadcastOp, Dropout, MaskKind, MaskOp, RandomOp, UnaryFn, UnaryOp};
+use pock_engine::ops::{BroadcastOp, Dropout, MaskKind, MaskOp, QLinear, QOutput, QParams, QuantOp, RandomOp, UnaryFn, UnaryOp};
 use pock_engine::plan::DType;
 
 /// `(op name, encoded tag bytes)`. Append a row for each new op; never edit or reorder a row
@@ -133,6 +133,12 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("Conv2dGradWeightRows", [1, 3]),
     ("SgdUpdateRows", [5, 6]),
     ("AdamUpdateRows", [5, 7]),
+    ("Quantize", [14, 0]),
+    ("Dequantize", [14, 1]),
+    ("QLinear", [14, 2]),
+    ("QLinearGradInput", [14, 3]),
+    ("QLinearGradWeight", [14, 4]),
+    ("QLinearGradBias", [14, 5]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -255,6 +261,14 @@ fn row(op: &Op) -> usize {
             MaskOp::Pack(_) => 113,
             MaskOp::Grad => 114,
         },
+        Op::Quant(op) => match op {
+            QuantOp::Quantize(_) => 118,
+            QuantOp::Dequantize(_) => 119,
+            QuantOp::Linear(_) => 120,
+            QuantOp::LinearGradInput(_) => 121,
+            QuantOp::LinearGradWeight(_) => 122,
+            QuantOp::LinearGradBias(_) => 123,
+        },
     }
 }
 
@@ -304,6 +318,11 @@ fn every_unary_fn() -> Vec<UnaryFn> {
 /// One instance of every op, with attributes that are not all zero so the round trip means
 /// something.
 fn every_op() -> Vec<Op> {
+    let qlinear = QLinear {
+        x: QParams { scale: 0.1, zero_point: -128 },
+        out: QOutput::Int8 { q: QParams { scale: 0.05, zero_point: -100 }, lo: -100, hi: 120 },
+        qas: true,
+    };
     let conv = Conv2d { stride: [2, 1], padding: [1, 0, 1, 2], dilation: [1, 2], groups: 3 };
     let pool = Pool2d { kernel: [3, 2], stride: [2, 2], padding: [1, 0, 0, 1], count_include_pad: false };
     let bn = BatchNorm { eps: 1e-3, momentum: 0.2 };
@@ -400,6 +419,12 @@ fn every_op() -> Vec<Op> {
         ConvOp::Conv2dGradWeightRows { conv, kernel_hw: [3, 3], rows: [2, 6] }.into(),
         OptimOp::SgdUpdateRows { sgd, rows: ParamRows { start: 1, param_rows: 8 } }.into(),
         OptimOp::AdamUpdateRows { adam, rows: ParamRows { start: 0, param_rows: 4 } }.into(),
+        QuantOp::Quantize(QParams { scale: 0.5, zero_point: -3 }).into(),
+        QuantOp::Dequantize(QParams { scale: 0.25, zero_point: 7 }).into(),
+        QuantOp::Linear(qlinear).into(),
+        QuantOp::LinearGradInput(qlinear).into(),
+        QuantOp::LinearGradWeight(QLinear { out: QOutput::F32, ..qlinear }).into(),
+        QuantOp::LinearGradBias(QLinear { qas: false, ..qlinear }).into(),
     ]
     .into_iter()
     .chain(every_unary_fn().into_iter().flat_map(|f| [UnaryOp::Map(f).into(), UnaryOp::Grad(f).into()]))

@@ -105,12 +105,6 @@ pub struct StepEstimate {
 }
 
 impl Target {
-    /// A roofline estimate of how long `flops` of arithmetic over `bytes` of traffic take on all
-    /// cores, in ms: the slower of the two.
-    pub fn estimate_ms(&self, flops: u64, bytes: u64) -> f64 {
-        self.op_ms(OpWork { flops, bytes }, self.cores)
-    }
-
     /// The roofline time of one op on `threads` cores (at most the board's), ms. Arithmetic scales
     /// with the cores used; bandwidth is shared, so it does not.
     pub fn op_ms(&self, work: OpWork, threads: u32) -> f64 {
@@ -333,7 +327,6 @@ mod tests {
         assert_eq!(t.op_ms(OpWork { flops: 0, bytes: 4_000_000_000 }, 1), 2000.0);
         // More threads than cores count as all cores.
         assert_eq!(t.op_ms(OpWork { flops: 8_000_000_000, bytes: 0 }, 64), 1000.0);
-        assert_eq!(t.estimate_ms(8_000_000_000, 0), 1000.0);
     }
 
     #[test]

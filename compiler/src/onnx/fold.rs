@@ -29,6 +29,7 @@ impl Const {
             ConstData::F32(v) => v.len(),
             ConstData::I64(v) => v.len(),
             ConstData::Bool(v) => v.len(),
+            ConstData::I8(v) => v.len(),
         }
     }
 
@@ -41,6 +42,7 @@ impl Const {
             ConstData::F32(_) => "float32",
             ConstData::I64(_) => "int64",
             ConstData::Bool(_) => "bool",
+            ConstData::I8(_) => "int8",
         }
     }
 
@@ -49,6 +51,7 @@ impl Const {
         match &self.data {
             ConstData::I64(v) => Ok(v.clone()),
             ConstData::Bool(v) => Ok(v.iter().map(|&b| i64::from(b)).collect()),
+            ConstData::I8(v) => Ok(v.iter().map(|&b| i64::from(b)).collect()),
             ConstData::F32(_) => Err("expected an integer tensor, got float32".into()),
         }
     }
@@ -59,6 +62,7 @@ impl Const {
             ConstData::F32(v) => v.clone(),
             ConstData::I64(v) => v.iter().map(|&x| x as f32).collect(),
             ConstData::Bool(v) => v.iter().map(|&b| if b { 1.0 } else { 0.0 }).collect(),
+            ConstData::I8(v) => v.iter().map(|&x| f32::from(x)).collect(),
         }
     }
 
@@ -164,6 +168,7 @@ fn take(data: &ConstData, index: impl Iterator<Item = usize>) -> ConstData {
         ConstData::F32(v) => ConstData::F32(index.map(|i| v[i]).collect()),
         ConstData::I64(v) => ConstData::I64(index.map(|i| v[i]).collect()),
         ConstData::Bool(v) => ConstData::Bool(index.map(|i| v[i]).collect()),
+        ConstData::I8(v) => ConstData::I8(index.map(|i| v[i]).collect()),
     }
 }
 
@@ -299,17 +304,20 @@ pub fn evaluate(node: &Node, inputs: &[Option<&Const>]) -> Result<Option<Vec<Con
                     ConstData::F32(v) => v.clone(),
                     ConstData::I64(v) => v.iter().map(|&x| x as f32).collect(),
                     ConstData::Bool(v) => v.iter().map(|&b| f32::from(u8::from(b))).collect(),
+                    ConstData::I8(v) => v.iter().map(|&x| f32::from(x)).collect(),
                 }),
                 (6 | 7, d) => ConstData::I64(match d {
                     // ONNX casts float to int by truncation toward zero, as `as` does.
                     ConstData::F32(v) => v.iter().map(|&x| x as i64).collect(),
                     ConstData::I64(v) => v.clone(),
                     ConstData::Bool(v) => v.iter().map(|&b| i64::from(b)).collect(),
+                    ConstData::I8(v) => v.iter().map(|&x| i64::from(x)).collect(),
                 }),
                 (9, d) => ConstData::Bool(match d {
                     ConstData::F32(v) => v.iter().map(|&x| x != 0.0).collect(),
                     ConstData::I64(v) => v.iter().map(|&x| x != 0).collect(),
                     ConstData::Bool(v) => v.clone(),
+                    ConstData::I8(v) => v.iter().map(|&x| x != 0).collect(),
                 }),
                 (other, _) => return Err(format!("Cast to ONNX type {other} is not folded")),
             };
@@ -388,6 +396,7 @@ pub fn evaluate(node: &Node, inputs: &[Option<&Const>]) -> Result<Option<Vec<Con
                 ConstData::F32(_) => ConstData::F32(vec![]),
                 ConstData::I64(_) => ConstData::I64(vec![]),
                 ConstData::Bool(_) => ConstData::Bool(vec![]),
+                ConstData::I8(_) => ConstData::I8(vec![]),
             };
             for o in 0..outer {
                 for p in &parts {
@@ -464,6 +473,7 @@ pub fn evaluate(node: &Node, inputs: &[Option<&Const>]) -> Result<Option<Vec<Con
                     ConstData::F32(v) => ConstData::F32(vec![*v.first().ok_or("empty value")?; n]),
                     ConstData::I64(v) => ConstData::I64(vec![*v.first().ok_or("empty value")?; n]),
                     ConstData::Bool(v) => ConstData::Bool(vec![*v.first().ok_or("empty value")?; n]),
+                    ConstData::I8(v) => ConstData::I8(vec![*v.first().ok_or("empty value")?; n]),
                 },
                 _ => ConstData::F32(vec![0.0; n]),
             };

@@ -19,6 +19,7 @@ mod movement;
 mod norm;
 mod optim;
 mod pool;
+mod quant;
 mod random;
 mod reduce;
 mod unary;

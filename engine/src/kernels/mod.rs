@@ -96,10 +96,10 @@ pub struct ViewMut<'a, T> {
 ///
 /// Arguments are split by dtype, each slice keeping the node's order: `inputs` holds the float
 /// inputs with the others left out, `int_inputs` the `i64` ones, `bool_inputs` the one-byte ones
-/// (bool, and the `u8` packed masks of the mask family, which is the only family whose dtype rule
-/// takes `u8`); the outputs likewise. An op's dtype rule (`OpRules::dtype_rule`) says which
-/// position goes where, so a float-only kernel indexes `inputs` and `outputs` as before and never
-/// looks at the others.
+/// (bool; the `u8` packed masks of the mask family, the only family whose dtype rule takes `u8`;
+/// the `i8` values of the quant family, read back with `as i8`); the outputs likewise. An op's
+/// dtype rule (`OpRules::dtype_rule`) says which position goes where, so a float-only kernel
+/// indexes `inputs` and `outputs` as before and never looks at the others.
 pub struct NodeArgs<'n, 'a, T> {
     pub inputs: &'n [View<'a, T>],
     pub int_inputs: &'n [View<'a, i64>],

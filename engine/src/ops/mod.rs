@@ -12,7 +12,8 @@
 //! updated in place ([`Op::inplace_outputs`]): they name persistent tensors (parameters, optimizer
 //! state, running statistics, gradient accumulators) whose previous value the kernel reads. Each
 //! op declares the dtype of every input and output with its dtype rule ([`Op::output_dtypes`]):
-//! float (`f32` in plans), `i64`, bool, or `u8` (the mask family's packed bits).
+//! float (`f32` in plans), `i64`, bool, `u8` (the mask family's packed bits) or `i8` (the quant
+//! family's int8 values; kernels see them as bytes, in the `bool` slices of their arguments).
 //!
 //! Encoding: plans store an [`Op`] as postcard writes it, the family's variant index followed by
 //! the op's index inside its family (see [`crate::format`] for the rule that keeps old indices
@@ -29,6 +30,7 @@ mod movement;
 mod norm;
 mod optim;
 mod pool;
+mod quant;
 mod random;
 mod reduce;
 mod unary;
@@ -52,6 +54,7 @@ pub use movement::{broadcast_shapes, slice_range, MoveOp, Slice};
 pub use norm::{BatchNorm, NormOp};
 pub use optim::{Adam, GradScale, OptimOp, ParamRows, Sgd};
 pub use pool::{Pool2d, PoolOp};
+pub use quant::{QLinear, QOutput, QParams, QuantOp};
 pub use random::{Dropout, RandomOp};
 pub use reduce::{Reduce, ReduceOp};
 pub use unary::{UnaryFn, UnaryFormula, UnaryOp};
@@ -101,6 +104,7 @@ pub enum Op {
     MatMul(MatMulOp),
     Random(RandomOp),
     Mask(MaskOp),
+    Quant(QuantOp),
 }
 
 /// Evaluates `$body` with `$family` bound to the family op inside an [`Op`]: the one place that
@@ -124,6 +128,7 @@ macro_rules! dispatch_op {
             $crate::ops::Op::MatMul($family) => $body,
             $crate::ops::Op::Random($family) => $body,
             $crate::ops::Op::Mask($family) => $body,
+            $crate::ops::Op::Quant($family) => $body,
         }
     };
 }
@@ -142,6 +147,7 @@ from_family!(Dense(DenseOp), Conv(ConvOp), Norm(NormOp), Pool(PoolOp), Loss(Loss
 from_family!(Broadcast(BroadcastOp));
 from_family!(Unary(UnaryOp));
 from_family!(Reduce(ReduceOp), Move(MoveOp), MatMul(MatMulOp), Random(RandomOp), Mask(MaskOp));
+from_family!(Quant(QuantOp));
 
 impl Op {
     pub fn name(&self) -> &'static str {
@@ -295,7 +301,10 @@ mod tests {
     use super::*;
     use alloc::vec;
 
-    const HUGE: usize = 1 << 40;
+    /// A dimension whose square wraps `usize` on 64- and 32-bit targets alike (2^40 or 2^24).
+    const HUGE: usize = 1 << (usize::BITS / 2 + 8);
+    /// A quarter of `usize`'s range: four times it wraps to 0.
+    const QUARTER: usize = 1 << (usize::BITS - 2);
 
     fn refused(op: impl Into<Op>, inputs: &[&[usize]]) -> ShapeError {
         let op = op.into();
@@ -304,17 +313,17 @@ mod tests {
 
     #[test]
     fn huge_dims_are_refused_not_wrapped() {
-        // The product of the output dims wraps usize (2^80 elements).
+        // The product of the output dims wraps usize (HUGE^2 elements).
         let e = refused(DenseOp::MatMul(MatMul { trans_a: false, trans_b: false }), &[&[HUGE, 1], &[1, HUGE]]);
         assert!(e.message.contains("more elements"), "{e}");
         // Both sides of a reshape are counted with checked products.
         refused(DenseOp::Reshape { shape: vec![HUGE, HUGE] }, &[&[4]]);
         refused(DenseOp::Reshape { shape: vec![2, 2] }, &[&[HUGE, HUGE]]);
         // `weight[1] * groups` would wrap to the input's channel count without the check.
-        let conv = Conv2d { stride: [1, 1], padding: [0; 4], dilation: [1, 1], groups: 1 << 62 };
-        let e = refused(ConvOp::Conv2d(conv), &[&[1, 0, 4, 4], &[1 << 62, 4, 1, 1]]);
+        let conv = Conv2d { stride: [1, 1], padding: [0; 4], dilation: [1, 1], groups: QUARTER };
+        let e = refused(ConvOp::Conv2d(conv), &[&[1, 0, 4, 4], &[QUARTER, 4, 1, 1]]);
         assert!(e.message.contains("does not fit"), "{e}");
-        refused(ConvOp::Conv2dGradInput { conv, input_hw: [4, 4] }, &[&[1, 1 << 62, 4, 4], &[1 << 62, 4, 1, 1]]);
+        refused(ConvOp::Conv2dGradInput { conv, input_hw: [4, 4] }, &[&[1, QUARTER, 4, 4], &[QUARTER, 4, 1, 1]]);
         // Windows, padding and dilation near usize::MAX.
         let big = Conv2d { stride: [1, 1], padding: [usize::MAX; 4], dilation: [usize::MAX, 1], groups: 1 };
         refused(ConvOp::Conv2d(big), &[&[1, 1, 4, 4], &[1, 1, 3, 3]]);

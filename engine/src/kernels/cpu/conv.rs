@@ -10,8 +10,8 @@
 //!   (input channel, kh, kw) tap and one column per output position; the convolution is then
 //!   `weights [O/groups, taps] @ columns [taps, HO * WO]`.
 
-use super::par::for_each_chunk;
-use super::{depthwise, sgemm, Mat};
+use super::par::{for_each_chunk, for_each_part};
+use super::{depthwise, pack_elems, sgemm, Mat};
 use crate::kernels::{KernelError, View, ViewMut};
 use crate::ops::{Conv2d, ConvOp};
 
@@ -99,6 +99,27 @@ pub fn conv_workspace_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize
     geometry.map_or(0, |g| g.workspace_elems())
 }
 
+/// f32 elements of gemm packing scratch each conv op needs with `threads` threads: one buffer per
+/// thread, for the paths that run one single-threaded gemm per task.
+pub fn conv_scratch_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]], threads: usize) -> usize {
+    let product = match (op, inputs, outputs) {
+        (ConvOp::Conv2d(c), [x, w], [y]) => Geometry::new(c, x, w, y).map(|g| (g.og, g.out_plane(), g.taps(), g)),
+        (ConvOp::Conv2dGradInput { conv, .. }, [dy, w], [dx]) => Geometry::new(conv, dx, w, dy).map(|g| (g.taps(), g.out_plane(), g.og, g)),
+        (ConvOp::Conv2dGradWeight { conv, .. }, [dy, x], [dw]) => {
+            Geometry::new(conv, x, dw, dy).map(|g| (g.og, g.taps(), g.out_plane(), g))
+        }
+        // Rows of an ungrouped gradient: sized as the whole gradient, an upper bound.
+        (ConvOp::Conv2dGradWeightRows { conv, .. }, [dy, x], [&[_, cg, kh, kw]]) if dy.len() == 4 => {
+            Geometry::new(conv, x, &[dy[1], cg, kh, kw], dy).map(|g| (g.og, g.taps(), g.out_plane(), g))
+        }
+        _ => None,
+    };
+    match product {
+        Some((m, n, k, g)) if g.algorithm() != Algorithm::Depthwise => pack_elems(m, n, k).saturating_mul(threads.max(1)),
+        _ => 0,
+    }
+}
+
 /// Checks the shapes and data lengths, and returns the geometry and the workspace the chosen
 /// algorithm uses.
 fn prepare<'w>(
@@ -123,7 +144,15 @@ fn prepare<'w>(
 }
 
 /// `y = conv(x, w)`.
-pub fn conv2d(c: &Conv2d, x: View<f32>, w: View<f32>, y: &mut ViewMut<f32>, ws: &mut [f32], threads: usize) -> Result<(), KernelError> {
+pub fn conv2d(
+    c: &Conv2d,
+    x: View<f32>,
+    w: View<f32>,
+    y: &mut ViewMut<f32>,
+    ws: &mut [f32],
+    scratch: &mut [f32],
+    threads: usize,
+) -> Result<(), KernelError> {
     let (g, ws) = prepare("Conv2d", c, (x.shape, x.data.len()), (w.shape, w.data.len()), (y.shape, y.data.len()), ws)?;
     let algorithm = g.algorithm();
     if algorithm == Algorithm::Depthwise {
@@ -132,32 +161,40 @@ pub fn conv2d(c: &Conv2d, x: View<f32>, w: View<f32>, y: &mut ViewMut<f32>, ws: 
     }
     let (taps, out_plane) = (g.taps(), g.out_plane());
     if algorithm == Algorithm::Pointwise && per_sample(&g, threads) {
-        // One task per sample, each a single-threaded gemm per group: the products of a 1x1
-        // convolution are mostly too small to split well inside gemm.
-        for_each_chunk(threads, y.data, g.o * out_plane, g.o * taps * out_plane, |n, y_sample| {
-            for grp in 0..g.groups {
-                let weights = Mat { data: &w.data[g.weight_group(grp)], rows: g.og, cols: taps, row_stride: taps, col_stride: 1 };
-                let columns =
-                    Mat { data: &x.data[g.input_group(n, grp)], rows: taps, cols: out_plane, row_stride: out_plane, col_stride: 1 };
-                let y_group = &mut y_sample[grp * g.og * out_plane..(grp + 1) * g.og * out_plane];
-                sgemm(weights, columns, y_group, out_plane, false, gemm::Parallelism::None);
+        // Runs of samples, one per thread, each a single-threaded gemm per sample and group with
+        // the thread's own packing buffer: the products of a 1x1 convolution are mostly too small
+        // to split well inside gemm.
+        let pack = pack_elems(g.og, out_plane, taps);
+        for_each_part(threads, y.data, g.o * out_plane, scratch, pack, |first, y_run, pack| {
+            for (i, y_sample) in y_run.chunks_exact_mut(g.o * out_plane).enumerate() {
+                for grp in 0..g.groups {
+                    let weights = Mat { data: &w.data[g.weight_group(grp)], rows: g.og, cols: taps, row_stride: taps, col_stride: 1 };
+                    let columns = Mat {
+                        data: &x.data[g.input_group(first + i, grp)],
+                        rows: taps,
+                        cols: out_plane,
+                        row_stride: out_plane,
+                        col_stride: 1,
+                    };
+                    let y_group = &mut y_sample[grp * g.og * out_plane..(grp + 1) * g.og * out_plane];
+                    sgemm(weights, columns, y_group, out_plane, false, 1, pack);
+                }
             }
         });
         return Ok(());
     }
-    let par = gemm_parallelism(threads);
     for n in 0..g.n {
         for grp in 0..g.groups {
             let x_group = &x.data[g.input_group(n, grp)];
             let columns: &[f32] = if algorithm == Algorithm::Pointwise {
                 x_group
             } else {
-                im2col(&g, x_group, ws);
+                im2col(&g, x_group, ws, threads);
                 ws
             };
             let weights = Mat { data: &w.data[g.weight_group(grp)], rows: g.og, cols: taps, row_stride: taps, col_stride: 1 };
             let columns = Mat { data: columns, rows: taps, cols: out_plane, row_stride: out_plane, col_stride: 1 };
-            sgemm(weights, columns, &mut y.data[g.output_group(n, grp)], out_plane, false, par);
+            sgemm(weights, columns, &mut y.data[g.output_group(n, grp)], out_plane, false, threads, scratch);
         }
     }
     Ok(())
@@ -170,6 +207,7 @@ pub fn conv2d_grad_input(
     w: View<f32>,
     dx: &mut ViewMut<f32>,
     ws: &mut [f32],
+    scratch: &mut [f32],
     threads: usize,
 ) -> Result<(), KernelError> {
     let (g, ws) = prepare("Conv2dGradInput", c, (dx.shape, dx.data.len()), (w.shape, w.data.len()), (dy.shape, dy.data.len()), ws)?;
@@ -180,18 +218,25 @@ pub fn conv2d_grad_input(
     }
     let (taps, out_plane) = (g.taps(), g.out_plane());
     if algorithm == Algorithm::Pointwise && per_sample(&g, threads) {
-        for_each_chunk(threads, dx.data, g.c * out_plane, g.o * taps * out_plane, |n, dx_sample| {
-            for grp in 0..g.groups {
-                let weights_t = Mat { data: &w.data[g.weight_group(grp)], rows: taps, cols: g.og, row_stride: 1, col_stride: taps };
-                let dy_group =
-                    Mat { data: &dy.data[g.output_group(n, grp)], rows: g.og, cols: out_plane, row_stride: out_plane, col_stride: 1 };
-                let dx_group = &mut dx_sample[grp * g.cg * out_plane..(grp + 1) * g.cg * out_plane];
-                sgemm(weights_t, dy_group, dx_group, out_plane, false, gemm::Parallelism::None);
+        let pack = pack_elems(taps, out_plane, g.og);
+        for_each_part(threads, dx.data, g.c * out_plane, scratch, pack, |first, dx_run, pack| {
+            for (i, dx_sample) in dx_run.chunks_exact_mut(g.c * out_plane).enumerate() {
+                for grp in 0..g.groups {
+                    let weights_t = Mat { data: &w.data[g.weight_group(grp)], rows: taps, cols: g.og, row_stride: 1, col_stride: taps };
+                    let dy_group = Mat {
+                        data: &dy.data[g.output_group(first + i, grp)],
+                        rows: g.og,
+                        cols: out_plane,
+                        row_stride: out_plane,
+                        col_stride: 1,
+                    };
+                    let dx_group = &mut dx_sample[grp * g.cg * out_plane..(grp + 1) * g.cg * out_plane];
+                    sgemm(weights_t, dy_group, dx_group, out_plane, false, 1, pack);
+                }
             }
         });
         return Ok(());
     }
-    let par = gemm_parallelism(threads);
     for n in 0..g.n {
         for grp in 0..g.groups {
             // The transposed group weights: `[taps, O/groups]`, read with swapped strides.
@@ -201,11 +246,10 @@ pub fn conv2d_grad_input(
             let dx_group = &mut dx.data[g.input_group(n, grp)];
             if algorithm == Algorithm::Pointwise {
                 // Input and output planes coincide, so the product is the input gradient itself.
-                sgemm(weights_t, dy_group, dx_group, out_plane, false, par);
+                sgemm(weights_t, dy_group, dx_group, out_plane, false, threads, scratch);
             } else {
-                sgemm(weights_t, dy_group, ws, out_plane, false, par);
-                dx_group.fill(0.0);
-                col2im(&g, ws, dx_group);
+                sgemm(weights_t, dy_group, ws, out_plane, false, threads, scratch);
+                col2im(&g, ws, dx_group, threads);
             }
         }
     }
@@ -219,6 +263,7 @@ pub fn conv2d_grad_weight(
     x: View<f32>,
     dw: &mut ViewMut<f32>,
     ws: &mut [f32],
+    scratch: &mut [f32],
     threads: usize,
 ) -> Result<(), KernelError> {
     let (g, ws) = prepare("Conv2dGradWeight", c, (x.shape, x.data.len()), (dw.shape, dw.data.len()), (dy.shape, dy.data.len()), ws)?;
@@ -229,10 +274,10 @@ pub fn conv2d_grad_weight(
     }
     let (taps, out_plane) = (g.taps(), g.out_plane());
     if algorithm == Algorithm::Pointwise && threads > 1 && g.groups == 1 && g.og >= 2 * threads {
-        // Blocks of output channels (rows of dw), each summed over the samples by its own task.
-        let rows = g.og.div_ceil(2 * threads);
-        for_each_chunk(threads, dw.data, rows * taps, g.n * rows * taps * out_plane, |b, dw_rows| {
-            let first = b * rows;
+        // Blocks of output channels (rows of dw), one per thread, each summed over the samples
+        // with the thread's own packing buffer.
+        let pack = pack_elems(g.og, taps, out_plane);
+        for_each_part(threads, dw.data, taps, scratch, pack, |first, dw_rows, pack| {
             let count = dw_rows.len() / taps;
             for n in 0..g.n {
                 let dy_rows = Mat {
@@ -244,7 +289,7 @@ pub fn conv2d_grad_weight(
                 };
                 let columns_t =
                     Mat { data: &x.data[g.input_group(n, 0)], rows: out_plane, cols: taps, row_stride: 1, col_stride: out_plane };
-                sgemm(dy_rows, columns_t, dw_rows, taps, n > 0, gemm::Parallelism::None);
+                sgemm(dy_rows, columns_t, dw_rows, taps, n > 0, 1, pack);
             }
             if g.n == 0 {
                 dw_rows.fill(0.0);
@@ -252,27 +297,8 @@ pub fn conv2d_grad_weight(
         });
         return Ok(());
     }
-    let par = gemm_parallelism(threads);
     for grp in 0..g.groups {
-        let dw_group = &mut dw.data[g.weight_group(grp)];
-        if g.n == 0 {
-            dw_group.fill(0.0);
-        }
-        for n in 0..g.n {
-            let x_group = &x.data[g.input_group(n, grp)];
-            let columns: &[f32] = if algorithm == Algorithm::Pointwise {
-                x_group
-            } else {
-                im2col(&g, x_group, ws);
-                ws
-            };
-            let dy_group =
-                Mat { data: &dy.data[g.output_group(n, grp)], rows: g.og, cols: out_plane, row_stride: out_plane, col_stride: 1 };
-            // The transposed column matrix: `[HO * WO, taps]`, read with swapped strides.
-            let columns_t = Mat { data: columns, rows: out_plane, cols: taps, row_stride: 1, col_stride: out_plane };
-            // The first sample overwrites whatever the arena held; the others add to it.
-            sgemm(dy_group, columns_t, dw_group, taps, n > 0, par);
-        }
+        grad_weight_gemm(&g, grp, 0..g.og, dy.data, x.data, &mut dw.data[g.weight_group(grp)], ws, scratch, threads);
     }
     Ok(())
 }
@@ -282,17 +308,10 @@ fn per_sample(g: &Geometry, threads: usize) -> bool {
     threads > 1 && g.n >= threads
 }
 
-fn gemm_parallelism(threads: usize) -> gemm::Parallelism {
-    if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    }
-}
-
 /// Rows `rows` of an ungrouped convolution's weight gradient: `dw = sum over samples of
 /// dy[:, rows] @ im2col(x)^T`. The rows of `dy` a sample contributes are contiguous, so this is
 /// the same gemm as [`conv2d_grad_weight`] with fewer rows, over the whole input.
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d_grad_weight_rows(
     c: &Conv2d,
     rows: core::ops::Range<usize>,
@@ -300,10 +319,10 @@ pub fn conv2d_grad_weight_rows(
     x: View<f32>,
     dw: &mut ViewMut<f32>,
     ws: &mut [f32],
+    scratch: &mut [f32],
     threads: usize,
 ) -> Result<(), KernelError> {
     const OP: &str = "Conv2dGradWeightRows";
-    let par = gemm_parallelism(threads);
     let (&[_, cg, kh, kw], &[_, o, ..]) = (dw.shape, dy.shape) else {
         return Err(KernelError::Invalid { op: OP, message: "dy and the weight gradient must be 4-D" });
     };
@@ -319,78 +338,94 @@ pub fn conv2d_grad_weight_rows(
     if dw.data.len() != numel(dw.shape) {
         return Err(KernelError::Invalid { op: OP, message: "tensor data does not match its shape" });
     }
+    grad_weight_gemm(&g, 0, rows, dy.data, x.data, dw.data, ws, scratch, threads);
+    Ok(())
+}
+
+/// Rows `rows` of group `grp`'s weight gradient (`dw_rows`, `[rows, taps]`), summed over the
+/// samples: one gemm per sample of `dy`'s rows with the transposed column matrix of `x`. The
+/// first sample overwrites whatever `dw_rows` held; the others add to it.
+#[allow(clippy::too_many_arguments)]
+fn grad_weight_gemm(
+    g: &Geometry,
+    grp: usize,
+    rows: core::ops::Range<usize>,
+    dy: &[f32],
+    x: &[f32],
+    dw_rows: &mut [f32],
+    ws: &mut [f32],
+    scratch: &mut [f32],
+    threads: usize,
+) {
     let (taps, out_plane) = (g.taps(), g.out_plane());
     if g.n == 0 {
-        dw.data.fill(0.0);
+        dw_rows.fill(0.0);
     }
     for n in 0..g.n {
-        let x_sample = &x.data[g.input_group(n, 0)];
+        let x_group = &x[g.input_group(n, grp)];
         let columns: &[f32] = if g.algorithm() == Algorithm::Pointwise {
-            x_sample
+            x_group
         } else {
-            im2col(&g, x_sample, ws);
+            im2col(g, x_group, ws, threads);
             ws
         };
-        let first = (n * g.o + rows.start) * out_plane;
+        let dy_group = &dy[g.output_group(n, grp)];
         let dy_rows = Mat {
-            data: &dy.data[first..first + rows.len() * out_plane],
+            data: &dy_group[rows.start * out_plane..rows.end * out_plane],
             rows: rows.len(),
             cols: out_plane,
             row_stride: out_plane,
             col_stride: 1,
         };
+        // The transposed column matrix: `[HO * WO, taps]`, read with swapped strides.
         let columns_t = Mat { data: columns, rows: out_plane, cols: taps, row_stride: 1, col_stride: out_plane };
-        sgemm(dy_rows, columns_t, dw.data, taps, n > 0, par);
+        sgemm(dy_rows, columns_t, dw_rows, taps, n > 0, threads, scratch);
     }
-    Ok(())
 }
 
 /// Writes the column matrix of one sample and group (`x_group` is `[C/groups, H, W]`) into
-/// `columns` (`[taps, HO * WO]`), with zeros where a tap reads padding.
-fn im2col(g: &Geometry, x_group: &[f32], columns: &mut [f32]) {
-    let (in_plane, out_plane) = (g.in_plane(), g.out_plane());
-    let mut rows = columns.chunks_exact_mut(out_plane.max(1));
-    for ci in 0..g.cg {
+/// `columns` (`[taps, HO * WO]`), with zeros where a tap reads padding. Rows (taps) are
+/// independent and are split among the pool's threads.
+fn im2col(g: &Geometry, x_group: &[f32], columns: &mut [f32], threads: usize) {
+    let (in_plane, out_plane, kernel) = (g.in_plane(), g.out_plane(), g.kh * g.kw);
+    let columns = &mut columns[..g.taps() * out_plane];
+    for_each_chunk(threads, columns, out_plane, out_plane, |r, row| {
+        let (ci, kh, kw) = (r / kernel, r % kernel / g.kw, r % g.kw);
         let plane = &x_group[ci * in_plane..(ci + 1) * in_plane];
-        for kh in 0..g.kh {
-            let (oh_range, ih_first) = g.rows(kh);
-            for kw in 0..g.kw {
-                let (ow_range, iw_first) = g.cols(kw);
-                let Some(row) = rows.next() else { return };
-                row[..oh_range.start * g.wo].fill(0.0);
-                row[oh_range.end * g.wo..].fill(0.0);
-                for (i, oh) in oh_range.clone().enumerate() {
-                    let ih = ih_first + i * g.stride[0];
-                    let out_row = &mut row[oh * g.wo..(oh + 1) * g.wo];
-                    out_row[..ow_range.start].fill(0.0);
-                    out_row[ow_range.end..].fill(0.0);
-                    let in_row = &plane[ih * g.w..(ih + 1) * g.w];
-                    depthwise::zip_gather(&mut out_row[ow_range.clone()], &in_row[iw_first..], g.stride[1], |d, s| *d = s);
-                }
-            }
+        let (oh_range, ih_first) = g.rows(kh);
+        let (ow_range, iw_first) = g.cols(kw);
+        row[..oh_range.start * g.wo].fill(0.0);
+        row[oh_range.end * g.wo..].fill(0.0);
+        for (i, oh) in oh_range.clone().enumerate() {
+            let ih = ih_first + i * g.stride[0];
+            let out_row = &mut row[oh * g.wo..(oh + 1) * g.wo];
+            out_row[..ow_range.start].fill(0.0);
+            out_row[ow_range.end..].fill(0.0);
+            let in_row = &plane[ih * g.w..(ih + 1) * g.w];
+            depthwise::zip_gather(&mut out_row[ow_range.clone()], &in_row[iw_first..], g.stride[1], |d, s| *d = s);
         }
-    }
+    });
 }
 
-/// The adjoint of [`im2col`]: adds each column-matrix entry onto the input position it was read
-/// from (`dx_group` is `[C/groups, H, W]`); entries that read padding are dropped.
-fn col2im(g: &Geometry, columns: &[f32], dx_group: &mut [f32]) {
-    let (in_plane, out_plane) = (g.in_plane(), g.out_plane());
-    let mut rows = columns.chunks_exact(out_plane.max(1));
-    for ci in 0..g.cg {
-        let plane = &mut dx_group[ci * in_plane..(ci + 1) * in_plane];
-        for kh in 0..g.kh {
+/// The adjoint of [`im2col`]: sets `dx_group` (`[C/groups, H, W]`) to the sum of each
+/// column-matrix entry onto the input position it was read from; entries that read padding are
+/// dropped. Input planes are independent (each gathers its own `KH * KW` rows, in the same order
+/// on any thread) and are split among the pool's threads.
+fn col2im(g: &Geometry, columns: &[f32], dx_group: &mut [f32], threads: usize) {
+    let (in_plane, out_plane, kernel) = (g.in_plane(), g.out_plane(), g.kh * g.kw);
+    for_each_chunk(threads, dx_group, in_plane, kernel * out_plane, |ci, plane| {
+        plane.fill(0.0);
+        let rows = columns[ci * kernel * out_plane..(ci + 1) * kernel * out_plane].chunks_exact(out_plane.max(1));
+        for (r, row) in rows.enumerate() {
+            let (kh, kw) = (r / g.kw, r % g.kw);
             let (oh_range, ih_first) = g.rows(kh);
-            for kw in 0..g.kw {
-                let (ow_range, iw_first) = g.cols(kw);
-                let Some(row) = rows.next() else { return };
-                for (i, oh) in oh_range.clone().enumerate() {
-                    let ih = ih_first + i * g.stride[0];
-                    let src = &row[oh * g.wo + ow_range.start..oh * g.wo + ow_range.end];
-                    let in_row = &mut plane[ih * g.w..(ih + 1) * g.w];
-                    depthwise::zip_scatter(&mut in_row[iw_first..], src, g.stride[1], |d, s| *d += s);
-                }
+            let (ow_range, iw_first) = g.cols(kw);
+            for (i, oh) in oh_range.clone().enumerate() {
+                let ih = ih_first + i * g.stride[0];
+                let src = &row[oh * g.wo + ow_range.start..oh * g.wo + ow_range.end];
+                let in_row = &mut plane[ih * g.w..(ih + 1) * g.w];
+                depthwise::zip_scatter(&mut in_row[iw_first..], src, g.stride[1], |d, s| *d += s);
             }
         }
-    }
+    });
 }

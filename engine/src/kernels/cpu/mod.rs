@@ -1,12 +1,12 @@
-//! Faster f32 kernels for the CPU backend: matmul through the `gemm` crate, convolution as
-//! im2col + gemm (1x1 convolutions skip im2col), SIMD depthwise convolution, BatchNorm
-//! (training) and the elementwise activations, vectorised for the instruction set chosen at run
-//! time (`par.rs`) and split among the backend's persistent thread pool. Every other op runs its
-//! reference kernel.
+//! Faster f32 kernels for the CPU backend: matmul through pock's own packed gemm (`sgemm.rs`),
+//! convolution as im2col + gemm (1x1 convolutions skip im2col), SIMD depthwise convolution,
+//! BatchNorm (training) and the elementwise activations, vectorised for the instruction set
+//! chosen at run time (`par.rs`) and split among the backend's persistent thread pool. Every
+//! other op runs its reference kernel.
 //!
-//! The `gemm` crate allocates its packing buffers inside each call. pock's own code allocates
-//! nothing per step; the calls into gemm are marked with [`ExternalKernelScope`] so that the
-//! allocation test can tell the two apart.
+//! Nothing here allocates: column matrices live in the plan's workspace
+//! ([`workspace_elems`], sized by the compiler), and gemm's packing buffers in scratch the
+//! backend allocates once at load ([`scratch_elems`]).
 
 mod conv;
 mod depthwise;
@@ -14,13 +14,13 @@ mod elementwise;
 mod matmul;
 mod norm;
 pub mod par;
-
-use core::cell::Cell;
+mod sgemm;
 
 use super::{reference, KernelError, NodeArgs};
 use crate::ops::{ConvOp, DenseOp, MatMulOp, NormOp, Op};
 
 pub use conv::conv_workspace_elems;
+pub use sgemm::pack_elems;
 
 /// How many threads the fast kernels may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,29 +42,59 @@ pub fn workspace_elems(op: &Op, inputs: &[&[usize]], outputs: &[&[usize]]) -> us
     }
 }
 
+/// f32 elements of scratch, outside the plan, that the fast kernel of `op` needs with `cfg`
+/// (gemm's packing buffers; 0 when none). The backend allocates the largest over a plan's nodes
+/// once, at load.
+pub fn scratch_elems(op: &Op, inputs: &[&[usize]], outputs: &[&[usize]], cfg: CpuConfig) -> usize {
+    match (op, inputs, outputs) {
+        (Op::Dense(DenseOp::MatMul(m)) | Op::MatMul(MatMulOp::BatchMatMul(m)), [a, b], [_]) => {
+            let (rows, inner, cols) = matmul::dims(m, a, b);
+            pack_elems(rows, cols, inner)
+        }
+        (Op::Conv(c), _, _) => conv::conv_scratch_elems(c, inputs, outputs, cfg.threads),
+        _ => 0,
+    }
+}
+
 /// Runs a node with its fast kernel where one exists, else with the reference kernel. The match
 /// names only the ops this module accelerates; every other op falls back to the reference.
-pub fn execute(op: &Op, args: NodeArgs<'_, '_, f32>, workspace: &mut [f32], cfg: CpuConfig) -> Result<(), KernelError> {
+/// `workspace` is the node's plan workspace ([`workspace_elems`]), `scratch` at least
+/// [`scratch_elems`] elements.
+pub fn execute(
+    op: &Op,
+    args: NodeArgs<'_, '_, f32>,
+    workspace: &mut [f32],
+    scratch: &mut [f32],
+    cfg: CpuConfig,
+) -> Result<(), KernelError> {
     // Elementwise kernels compute the reference's formula per element; the others match it to
     // rounding (engine/tests/fast_kernels.rs).
-    let par = if cfg.threads > 1 { gemm::Parallelism::Rayon(cfg.threads) } else { gemm::Parallelism::None };
+    let threads = cfg.threads;
+    // The products pack into `scratch`: refuse one too small before any kernel runs.
+    if let (Op::Conv(_) | Op::Dense(DenseOp::MatMul(_)) | Op::MatMul(_), [a, b], [y]) = (op, args.inputs, &*args.outputs) {
+        if scratch.len() < scratch_elems(op, &[a.shape, b.shape], &[y.shape], cfg) {
+            return Err(KernelError::Invalid { op: op.name(), message: "scratch is smaller than scratch_elems requires" });
+        }
+    }
     match op {
         Op::Dense(DenseOp::MatMul(m)) => {
-            matmul::matmul(m, args.inputs[0], args.inputs[1], &mut args.outputs[0], par);
+            matmul::matmul(m, args.inputs[0], args.inputs[1], &mut args.outputs[0], threads, scratch);
             Ok(())
         }
         // Each matrix of a batch goes through the same 2-D gemm path.
         Op::MatMul(MatMulOp::BatchMatMul(m)) => {
             let NodeArgs { inputs, outputs, .. } = args;
-            reference::matmul::for_each_matrix(inputs[0], inputs[1], &mut outputs[0], |a, b, y| matmul::matmul(m, a, b, y, par));
+            reference::matmul::for_each_matrix(inputs[0], inputs[1], &mut outputs[0], |a, b, y| {
+                matmul::matmul(m, a, b, y, threads, scratch)
+            });
             Ok(())
         }
-        Op::Conv(ConvOp::Conv2d(c)) => conv::conv2d(c, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, cfg.threads),
+        Op::Conv(ConvOp::Conv2d(c)) => conv::conv2d(c, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads),
         Op::Conv(ConvOp::Conv2dGradInput { conv, .. }) => {
-            conv::conv2d_grad_input(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, cfg.threads)
+            conv::conv2d_grad_input(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads)
         }
         Op::Conv(ConvOp::Conv2dGradWeight { conv, .. }) => {
-            conv::conv2d_grad_weight(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, cfg.threads)
+            conv::conv2d_grad_weight(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads)
         }
         Op::Dense(DenseOp::Clip(c)) => {
             elementwise::clip(c, args.inputs[0].data, args.outputs[0].data, cfg.threads);
@@ -109,35 +139,11 @@ pub fn execute(op: &Op, args: NodeArgs<'_, '_, f32>, workspace: &mut [f32], cfg:
             args.inputs[1],
             &mut args.outputs[0],
             workspace,
+            scratch,
             cfg.threads,
         ),
         _ => reference::execute(op, args),
     }
-}
-
-std::thread_local! {
-    static EXTERNAL_DEPTH: Cell<u32> = const { Cell::new(0) };
-}
-
-/// Marks the current thread as being inside a third-party kernel (the `gemm` crate) while alive.
-pub struct ExternalKernelScope(());
-
-impl ExternalKernelScope {
-    pub fn enter() -> Self {
-        EXTERNAL_DEPTH.with(|d| d.set(d.get() + 1));
-        ExternalKernelScope(())
-    }
-}
-
-impl Drop for ExternalKernelScope {
-    fn drop(&mut self) {
-        EXTERNAL_DEPTH.with(|d| d.set(d.get() - 1));
-    }
-}
-
-/// Whether the current thread is inside a third-party kernel (see [`ExternalKernelScope`]).
-pub fn in_external_kernel() -> bool {
-    EXTERNAL_DEPTH.try_with(|d| d.get() > 0).unwrap_or(false)
 }
 
 /// Products with fewer multiply-adds than this run on one thread whatever the configuration.
@@ -155,10 +161,13 @@ pub struct Mat<'a> {
 
 /// `c = a @ b` (or `c += a @ b` when `accumulate`), `c` row-major with row stride `c_row_stride`.
 ///
-/// Checks that every addressed element is inside its slice, then calls `gemm`. Panics (in every
-/// build profile) when one is not: the bounds arithmetic is checked, so huge strides or sizes
-/// cannot wrap around into a small, passing bound.
-pub fn sgemm(a: Mat<'_>, b: Mat<'_>, c: &mut [f32], c_row_stride: usize, accumulate: bool, par: gemm::Parallelism) {
+/// Checks that every addressed element is inside its slice, then runs pock's packed gemm
+/// (`sgemm.rs`) on up to `threads` threads, packing into `pack` (at least [`pack_elems`]`(m, n, k)`
+/// elements). Panics (in every build profile) when an element or the packing buffer is out of
+/// bounds: the bounds arithmetic is checked, so huge strides or sizes cannot wrap around into a
+/// small, passing bound.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(a: Mat<'_>, b: Mat<'_>, c: &mut [f32], c_row_stride: usize, accumulate: bool, threads: usize, pack: &mut [f32]) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "sgemm: inner dimensions differ");
     // One past the largest index an operand addresses, or None when that does not fit a usize.
@@ -187,38 +196,10 @@ pub fn sgemm(a: Mat<'_>, b: Mat<'_>, c: &mut [f32], c_row_stride: usize, accumul
         }
         return;
     }
-    // Splitting a small product across threads costs more than it saves (measured on the demo's
-    // convolutions, ~1M multiply-adds each: 2 threads took 1.8x as long as 1).
+    // Splitting a small product across threads costs more than it saves.
     let macs = m.checked_mul(n).and_then(|mn| mn.checked_mul(k)).unwrap_or(usize::MAX);
-    let par = if macs < PARALLEL_MIN_MACS { gemm::Parallelism::None } else { par };
-    let _scope = ExternalKernelScope::enter();
-    // SAFETY: the checked asserts at the top of this function keep every index gemm computes from
-    // these strides inside the slices (and below isize::MAX, so the `as isize` casts are exact);
-    // `c` is borrowed mutably, so it cannot overlap `a` or `b`, and its rows do not overlap each
-    // other.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            c_row_stride as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
+    let threads = if macs < PARALLEL_MIN_MACS { 1 } else { threads };
+    sgemm::product(a, b, c, c_row_stride, accumulate, threads, pack);
 }
 
 #[cfg(test)]
@@ -235,20 +216,21 @@ mod tests {
     #[should_panic(expected = "sgemm: lhs out of bounds")]
     fn wrapping_bounds_are_caught() {
         let (a, b, mut c) = ([0f32; 4], [0f32; 2], [0f32; 3]);
-        sgemm(mat(&a, 3, 2, 1 << 62, (1 << 63) - 1), mat(&b, 2, 1, 1, 1), &mut c, 1, false, gemm::Parallelism::None);
+        let (rs, cs) = (1 << (usize::BITS - 2), (1 << (usize::BITS - 1)) - 1);
+        sgemm(mat(&a, 3, 2, rs, cs), mat(&b, 2, 1, 1, 1), &mut c, 1, false, 1, &mut [0.0; 64]);
     }
 
     #[test]
     #[should_panic(expected = "sgemm: dst rows overlap")]
     fn overlapping_destination_rows_are_refused() {
         let (a, b, mut c) = ([1f32; 4], [1f32; 4], [0f32; 4]);
-        sgemm(mat(&a, 2, 2, 2, 1), mat(&b, 2, 2, 2, 1), &mut c, 1, false, gemm::Parallelism::None);
+        sgemm(mat(&a, 2, 2, 2, 1), mat(&b, 2, 2, 2, 1), &mut c, 1, false, 1, &mut [0.0; 64]);
     }
 
     #[test]
     fn in_bounds_product_is_computed() {
         let (a, b, mut c) = ([1f32, 2., 3., 4.], [5f32, 6., 7., 8.], [0f32; 4]);
-        sgemm(mat(&a, 2, 2, 2, 1), mat(&b, 2, 2, 2, 1), &mut c, 2, false, gemm::Parallelism::None);
+        sgemm(mat(&a, 2, 2, 2, 1), mat(&b, 2, 2, 2, 1), &mut c, 2, false, 1, &mut [0.0; 64]);
         assert_eq!(c, [19., 22., 43., 50.]);
     }
 }

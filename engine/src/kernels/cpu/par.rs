@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 /// A chunk smaller than this many multiply-adds (or element updates) is not worth a task of its
 /// own: parallel loops group chunks until each task holds at least this much.
-const MIN_TASK_WORK: usize = 1 << 15;
+pub(super) const MIN_TASK_WORK: usize = 1 << 15;
 
 /// Calls `f(index, chunk)` for every `chunk_len`-element chunk of `data` (the last may be
 /// shorter), on up to `threads` threads. `work_per_chunk` (about the element operations one call
@@ -59,6 +59,45 @@ pub fn for_each_chunk2(
         a.par_chunks_mut(a_len).zip(b.par_chunks_mut(b_len)).with_min_len(min_len).enumerate().for_each(|(i, (x, y))| f(i, x, y));
     } else {
         a.chunks_mut(a_len).zip(b.chunks_mut(b_len)).enumerate().for_each(|(i, (x, y))| f(i, x, y));
+    }
+}
+
+/// Splits `data` (whole `chunk_len`-element chunks) into at most `parts` runs of consecutive
+/// chunks, one task each, and gives each run its own `scratch_len` elements of `scratch`:
+/// `f(first chunk index, run, scratch)`. For kernels that need per-task scratch (a packing
+/// buffer); `scratch` must hold `parts * scratch_len` elements. With one part `f` runs once, on
+/// the calling thread.
+pub fn for_each_part(
+    parts: usize,
+    data: &mut [f32],
+    chunk_len: usize,
+    scratch: &mut [f32],
+    scratch_len: usize,
+    f: impl Fn(usize, &mut [f32], &mut [f32]) + Send + Sync,
+) {
+    let chunk_len = chunk_len.max(1);
+    let chunks = data.len().div_ceil(chunk_len);
+    let per = chunks.div_ceil(parts.max(1)).max(1);
+    let used = chunks.div_ceil(per);
+    assert!(
+        scratch.len() >= used * scratch_len,
+        "for_each_part: scratch holds {} elements, {used} parts need {}",
+        scratch.len(),
+        used * scratch_len
+    );
+    if used > 1 {
+        // With `scratch_len` 0 (an empty product) zipping with empty chunks would drop every part.
+        let scratch = &mut scratch[..used * scratch_len];
+        if scratch_len == 0 {
+            data.par_chunks_mut(per * chunk_len).enumerate().for_each(|(i, run)| f(i * per, run, &mut []));
+        } else {
+            data.par_chunks_mut(per * chunk_len)
+                .zip(scratch.par_chunks_mut(scratch_len))
+                .enumerate()
+                .for_each(|(i, (run, s))| f(i * per, run, s));
+        }
+    } else if !data.is_empty() {
+        f(0, data, &mut scratch[..scratch_len]);
     }
 }
 

@@ -15,6 +15,7 @@ pub mod movement;
 pub mod norm;
 pub mod optim;
 pub mod pool;
+pub mod quant;
 pub mod random;
 pub mod reduce;
 pub mod unary;

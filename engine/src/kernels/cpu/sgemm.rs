@@ -1,0 +1,257 @@
+//! pock's own f32 matrix product, `C = A @ B` or `C += A @ B`, that packs its operands into a
+//! buffer the caller owns (the backend sizes it at load, [`pack_elems`]), so it allocates nothing.
+//!
+//! The loop nest is the usual one of packed gemm: for each block of `NC` columns and `KC` depths,
+//! the block of `B` is packed into `NR`-column slivers and all of `A` into `MR`-row slivers (both
+//! zero-padded to whole slivers), then every `MR x NR` tile of `C` is one call of the
+//! micro-kernel over the block's depth. Tiles are grouped into units (one sliver of `B` against
+//! `MC` rows of `A`), which the pool's threads share; each tile is computed the same way by
+//! whichever thread runs it, and depth blocks are added in order, so results do not depend on
+//! the thread count.
+//!
+//! The micro-kernel is AVX2+FMA intrinsics when the CPU has them (chosen at run time), else plain
+//! Rust that the compiler vectorises for the build target (SSE2, NEON).
+
+use rayon::prelude::*;
+
+use super::par::{for_each_chunk, isa, Isa};
+use super::Mat;
+
+/// Rows of a micro-tile.
+pub const MR: usize = 6;
+/// Columns of a micro-tile (two AVX vectors).
+pub const NR: usize = 16;
+/// Largest depth of a packed block: an `NR`-column sliver of `B` (at most `KC * NR * 4` = 32 KiB)
+/// stays in L1 while it meets every row sliver of a unit. The depth is split into equal blocks
+/// (`k.div_ceil(k.div_ceil(KC))`), as the `gemm` crate pock used before did: each output is a
+/// chain of fused multiply-adds per block, the blocks added in order, so results keep that
+/// crate's rounding where its blocking matches. Rounding matters here: ResNet-18's BatchNorm bias
+/// gradients are sums with heavy cancellation, and 256-deep blocks moved them after 3 steps by
+/// 2.5e-4 relative, outside the PyTorch parity test's 1e-4 (`tests/onnx_parity.rs`).
+const KC: usize = 512;
+/// Columns of a packed block of `B` (2 MiB at most).
+const NC: usize = 2048;
+/// Rows of `A` per unit of parallel work (72 rows x `KC` = 72 KiB, in L2).
+const MC: usize = 12 * MR;
+
+/// f32 elements of packing buffer an `m x k` by `k x n` product needs (0 when it is empty).
+pub fn pack_elems(m: usize, n: usize, k: usize) -> usize {
+    if m == 0 || n == 0 || k == 0 {
+        return 0;
+    }
+    let kc = k.min(KC);
+    (m.div_ceil(MR) * MR + n.min(NC).div_ceil(NR) * NR) * kc
+}
+
+/// A pointer to `C` that the units of one product share; each unit writes only its own tiles.
+#[derive(Clone, Copy)]
+struct Dst(*mut f32);
+// SAFETY: the units of a product write disjoint tiles of `C` (see `product`), and `C` outlives
+// the parallel loop that uses the pointer.
+unsafe impl Send for Dst {}
+unsafe impl Sync for Dst {}
+
+impl Dst {
+    /// The pointer (a method, so that closures capture the whole `Dst`, not its raw field).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `c = a @ b` (`accumulate`: `c += a @ b`); `c` row-major with row stride `ldc`, already checked
+/// by the caller ([`super::sgemm`]) to hold every element, with `m, n, k > 0`.
+pub(super) fn product(a: Mat<'_>, b: Mat<'_>, c: &mut [f32], ldc: usize, accumulate: bool, threads: usize, pack: &mut [f32]) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let need = pack_elems(m, n, k);
+    assert!(pack.len() >= need, "sgemm: packing buffer of {} elements, the product needs {need}", pack.len());
+    let kc_max = k.min(KC);
+    let (pack_a, pack_b) = pack.split_at_mut(m.div_ceil(MR) * MR * kc_max);
+    let fma = isa() == Isa::Avx2Fma;
+    let slivers_a = m.div_ceil(MR);
+    let blocks_a = m.div_ceil(MC);
+    let dst = Dst(c.as_mut_ptr());
+    let depth_block = k.div_ceil(k.div_ceil(KC));
+    for jc in (0..n).step_by(NC) {
+        let nc = NC.min(n - jc);
+        let slivers_b = nc.div_ceil(NR);
+        for pc in (0..k).step_by(depth_block) {
+            let kc = depth_block.min(k - pc);
+            let pb = &mut pack_b[..slivers_b * NR * kc];
+            for_each_chunk(threads, pb, NR * kc, NR * kc, |j, sliver| pack_b_sliver(b, pc, jc + j * NR, NR.min(n - jc - j * NR), sliver));
+            let pa = &mut pack_a[..slivers_a * MR * kc];
+            for_each_chunk(threads, pa, MR * kc, MR * kc, |i, sliver| pack_a_sliver(a, pc, i * MR, MR.min(m - i * MR), sliver));
+            let (pa, pb) = (&*pa, &*pb);
+            let overwrite = !accumulate && pc == 0;
+            let unit = |u: usize| {
+                let (ib, jr) = (u / slivers_b, u % slivers_b);
+                let col = jc + jr * NR;
+                let cols = NR.min(n - col);
+                let b_sliver = &pb[jr * NR * kc..(jr + 1) * NR * kc];
+                for ir in ib * (MC / MR)..((ib + 1) * (MC / MR)).min(slivers_a) {
+                    let row = ir * MR;
+                    let a_sliver = &pa[ir * MR * kc..(ir + 1) * MR * kc];
+                    // SAFETY: the tile (rows `row..row + MR.min(m - row)`, columns
+                    // `col..col + cols`) lies inside `c` (checked by `super::sgemm`), and no
+                    // other unit writes it: units differ in their row block or column sliver.
+                    unsafe { tile(fma, kc, a_sliver, b_sliver, dst.ptr().add(row * ldc + col), ldc, MR.min(m - row), cols, overwrite) };
+                }
+            };
+            let units = blocks_a * slivers_b;
+            let work = MC * NR * kc;
+            if threads > 1 && units > 1 && units * work >= 2 * super::par::MIN_TASK_WORK {
+                let min_len = (super::par::MIN_TASK_WORK / work).max(1);
+                (0..units).into_par_iter().with_min_len(min_len).for_each(unit);
+            } else {
+                (0..units).for_each(unit);
+            }
+        }
+    }
+}
+
+/// Packs columns `col..col + cols` of rows `pc..pc + sliver.len() / NR` of `b` into one sliver:
+/// depth-major, `NR` values per depth, zero beyond `cols`.
+fn pack_b_sliver(b: Mat<'_>, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) {
+    if b.col_stride == 1 {
+        for (p, out) in sliver.chunks_exact_mut(NR).enumerate() {
+            let start = (pc + p) * b.row_stride + col;
+            out[..cols].copy_from_slice(&b.data[start..start + cols]);
+            out[cols..].fill(0.0);
+        }
+    } else {
+        let kc = sliver.len() / NR;
+        if cols < NR {
+            sliver.fill(0.0);
+        }
+        for j in 0..cols {
+            let base = (col + j) * b.col_stride + pc * b.row_stride;
+            for p in 0..kc {
+                sliver[p * NR + j] = b.data[base + p * b.row_stride];
+            }
+        }
+    }
+}
+
+/// Packs rows `row..row + rows` of depths `pc..pc + sliver.len() / MR` of `a` into one sliver:
+/// depth-major, `MR` values per depth, zero beyond `rows`.
+fn pack_a_sliver(a: Mat<'_>, pc: usize, row: usize, rows: usize, sliver: &mut [f32]) {
+    let kc = sliver.len() / MR;
+    if rows < MR {
+        sliver.fill(0.0);
+    }
+    if a.row_stride == 1 && a.col_stride != 1 {
+        for (p, out) in sliver.chunks_exact_mut(MR).enumerate() {
+            let start = (pc + p) * a.col_stride + row;
+            out[..rows].copy_from_slice(&a.data[start..start + rows]);
+        }
+    } else {
+        for i in 0..rows {
+            let base = (row + i) * a.row_stride + pc * a.col_stride;
+            for p in 0..kc {
+                sliver[p * MR + i] = a.data[base + p * a.col_stride];
+            }
+        }
+    }
+}
+
+/// One `rows x cols` tile of `C` at `c` (row stride `ldc`): `C = A_sliver @ B_sliver`
+/// (`overwrite`) or `C += A_sliver @ B_sliver`.
+///
+/// # Safety
+/// `c` must point at a tile of `rows <= MR` rows and `cols <= NR` columns, row stride `ldc`,
+/// valid for reads and writes and not accessed by anything else meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(fma: bool, kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize, rows: usize, cols: usize, overwrite: bool) {
+    debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+    let full = rows == MR && cols == NR;
+    let mut local = [0.0f32; MR * NR];
+    // A partial tile is computed into `local` (row stride NR), then its valid part is moved.
+    let (out, out_ld, out_overwrite) = if full { (c, ldc, overwrite) } else { (local.as_mut_ptr(), NR, true) };
+    #[cfg(target_arch = "x86_64")]
+    if fma {
+        // SAFETY: `fma` is true only when `isa` found AVX2 and FMA on this CPU; `a` and `b` hold
+        // `kc` depths; `out` is the caller's full tile or `local`.
+        unsafe { kernel_avx2(kc, a.as_ptr(), b.as_ptr(), out, out_ld, out_overwrite) };
+    } else {
+        // SAFETY: as above, without the instruction-set condition.
+        unsafe { kernel_portable(kc, a, b, out, out_ld, out_overwrite) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = fma;
+        // SAFETY: `a` and `b` hold `kc` depths; `out` is the caller's full tile or `local`.
+        unsafe { kernel_portable(kc, a, b, out, out_ld, out_overwrite) };
+    }
+    if !full {
+        for i in 0..rows {
+            for j in 0..cols {
+                // SAFETY: `(i, j)` is inside the caller's tile.
+                unsafe {
+                    let d = c.add(i * ldc + j);
+                    *d = if overwrite { local[i * NR + j] } else { *d + local[i * NR + j] };
+                }
+            }
+        }
+    }
+}
+
+/// The micro-kernel in plain Rust: `MR x NR` accumulators the compiler keeps in vector registers.
+///
+/// # Safety
+/// `c` must be valid for an `MR x NR` tile of row stride `ldc`.
+unsafe fn kernel_portable(kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize, overwrite: bool) {
+    let mut acc = [[0.0f32; NR]; MR];
+    for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+        for (row, &av) in acc.iter_mut().zip(ap) {
+            for (x, &bv) in row.iter_mut().zip(bp) {
+                *x += av * bv;
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            // SAFETY: `(i, j)` is inside the tile (the caller's contract).
+            unsafe {
+                let d = c.add(i * ldc + j);
+                *d = if overwrite { v } else { *d + v };
+            }
+        }
+    }
+}
+
+/// The AVX2+FMA micro-kernel: 12 accumulator registers (6 rows x 2 vectors of 8).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `a` must hold `kc * MR` and `b` `kc * NR` values; `c` must be
+/// valid for an `MR x NR` tile of row stride `ldc`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, overwrite: bool) {
+    use core::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    for p in 0..kc {
+        // SAFETY: depth `p < kc` of both slivers is inside them (the caller's contract).
+        unsafe {
+            let b0 = _mm256_loadu_ps(b.add(p * NR));
+            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
+            let ap = a.add(p * MR);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*ap.add(i));
+                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        // SAFETY: row `i` of the tile is inside `c` (the caller's contract).
+        unsafe {
+            let d = c.add(i * ldc);
+            if overwrite {
+                _mm256_storeu_ps(d, row[0]);
+                _mm256_storeu_ps(d.add(8), row[1]);
+            } else {
+                _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), row[0]));
+                _mm256_storeu_ps(d.add(8), _mm256_add_ps(_mm256_loadu_ps(d.add(8)), row[1]));
+            }
+        }
+    }
+}
