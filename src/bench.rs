@@ -21,6 +21,9 @@ pub struct BenchConfig {
     pub warmup: usize,
     /// Time every node of the train program as well.
     pub profile: bool,
+    /// Read the loss back every N steps ([`Session::train_step_queued`]; the session must have
+    /// been opened with the same `SessionOptions::loss_every`).
+    pub loss_every: usize,
 }
 
 /// One op kind's share of the profiled steps.
@@ -58,6 +61,13 @@ pub struct BenchReport {
     pub peak_rss_bytes: Option<u64>,
     /// Per op kind, slowest first (empty without `--profile`).
     pub profile: Vec<OpTime>,
+    /// How the profile was timed: host clocks around each CPU kernel, or (wgpu) each node's
+    /// dispatches submitted on their own and waited for.
+    pub profile_timing: Option<String>,
+    /// The loss was read back every this many steps.
+    pub loss_every: usize,
+    /// Host-device synchronisations per timed step (0 on the CPU).
+    pub syncs_per_step: f64,
 }
 
 /// The op kind a profile row groups a node under.
@@ -122,19 +132,34 @@ pub fn run(session: &mut Session, threads: usize, cfg: &BenchConfig) -> Result<B
         .any(|&t| plan.tensor(t).role == pock_engine::plan::Role::Target && plan.tensor(t).dtype == DType::I64);
     let targets = if target_is_labels { Targets::Labels(&labels) } else { Targets::Values(&values) };
 
-    if cfg.profile && session.backend_name() == "wgpu" {
-        return Err(PockError::Usage("--profile times each op on the CPU backends only (the wgpu backend has no per-op timing yet); drop --profile or use --backend cpu".into()));
-    }
+    let every = cfg.loss_every.max(1);
     for _ in 0..cfg.warmup {
-        session.train_step_inputs(&named, targets)?;
+        session.train_step_queued(&named, targets)?;
     }
+    session.flush_losses()?;
     session.set_profiling(cfg.profile);
+    let syncs_before = session.syncs();
     let mut times = Vec::with_capacity(cfg.steps);
-    for _ in 0..cfg.steps {
-        let started = Instant::now();
-        session.train_step_inputs(&named, targets)?;
-        times.push(started.elapsed().as_secs_f64() * 1e3);
+    let mut window = Instant::now();
+    let mut in_window = 0usize;
+    for s in 0..cfg.steps {
+        if in_window == 0 {
+            window = Instant::now();
+        }
+        session.train_step_queued(&named, targets)?;
+        in_window += 1;
+        if s + 1 == cfg.steps {
+            session.flush_losses()?;
+        }
+        if in_window == every || s + 1 == cfg.steps {
+            // Each step of a window gets the window's time over its steps: only the last one
+            // waits for the device.
+            let ms = window.elapsed().as_secs_f64() * 1e3 / in_window as f64;
+            times.extend(std::iter::repeat_n(ms, in_window));
+            in_window = 0;
+        }
     }
+    let syncs_per_step = (session.syncs() - syncs_before) as f64 / cfg.steps as f64;
     let node_nanos = session.node_nanos().map(|(n, runs)| (n.to_vec(), runs));
     session.set_profiling(false);
 
@@ -184,7 +209,10 @@ pub fn run(session: &mut Session, threads: usize, cfg: &BenchConfig) -> Result<B
         arena_bytes: plan.arena_bytes,
         weight_bytes: plan.weight_bytes,
         peak_rss_bytes: peak_rss_bytes(),
+        profile_timing: cfg.profile.then(|| session.profile_timing().to_string()),
         profile,
+        loss_every: every,
+        syncs_per_step,
     })
 }
 
@@ -204,7 +232,17 @@ pub fn table(r: &BenchReport) -> String {
     let _ = writeln!(s, "compute    {:.3} GFLOP per step, {:.1} GFLOP/s", r.step_flops as f64 / 1e9, r.gflops);
     let rss = r.peak_rss_bytes.map_or("unknown".to_string(), |b| format!("{:.1} MiB", mib(b)));
     let _ = writeln!(s, "memory     arena {:.1} MiB, weights {:.1} MiB, peak RSS {rss}", mib(r.arena_bytes), mib(r.weight_bytes));
+    let _ = writeln!(
+        s,
+        "reads      loss read back every {} step{}, {:.2} host-device syncs per step",
+        r.loss_every,
+        if r.loss_every == 1 { "" } else { "s" },
+        r.syncs_per_step
+    );
     if !r.profile.is_empty() {
+        if let Some(how) = &r.profile_timing {
+            let _ = writeln!(s, "\nprofile timed by {how}");
+        }
         let _ = writeln!(s, "\n{:<32} {:>6} {:>10} {:>7} {:>9}", "op", "count", "ms/step", "%", "GFLOP/s");
         for row in &r.profile {
             let _ = writeln!(s, "{:<32} {:>6} {:>10.3} {:>7.1} {:>9.1}", row.kind, row.count, row.ms, row.percent, row.gflops);

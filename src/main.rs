@@ -92,6 +92,12 @@ enum Command {
         /// Also time every op of the train program and print a table per op kind, slowest first.
         #[arg(long)]
         profile: bool,
+        /// Read the training loss back every N steps instead of every step: the steps in between
+        /// queue their losses where the backend computed them (device memory with --backend
+        /// wgpu), so the host waits for the GPU once per N steps. Step times are then each
+        /// window's time divided by N.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        loss_every: usize,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -527,6 +533,13 @@ struct TrainArgs {
     /// plan accounts for (arena and weights) and the training data held in memory.
     #[arg(long)]
     report_rss: bool,
+    /// Read the training loss back every N steps instead of every step (one host-device sync
+    /// per N steps with --backend wgpu, instead of three per step). Per-step logs, the
+    /// divergence check and --save-every then see each window's steps when it is read; a step
+    /// right after a wholly skipped one (non-finite gradient) inside a window uses an optimizer
+    /// step number one higher than with N = 1.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    loss_every: usize,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -624,10 +637,14 @@ fn run(cli: Cli) -> Result<(), PockError> {
             pock::data::write_predictions(&path, &y, &shape)?;
             out(&format!("wrote {} outputs of shape {} to {}\n", shape[0], pock::inspect::shape_text(&shape[1..]), path.display()))
         }
-        Command::Bench { plan, steps, warmup, profile, json, run } => {
-            let mut s = run.load(&plan, quiet)?;
-            let threads = run.session_options(true).threads;
-            let r = pock::bench::run(&mut s, threads, &pock::bench::BenchConfig { steps, warmup, profile })?;
+        Command::Bench { plan, steps, warmup, profile, loss_every, json, run } => {
+            if loss_every == 0 {
+                return Err(PockError::Usage("--loss-every must be at least 1".into()));
+            }
+            let options = SessionOptions { loss_every, ..run.session_options(quiet) };
+            let mut s = Session::load_with_budget(&plan, options, run.memory_budget)?;
+            let threads = options.threads;
+            let r = pock::bench::run(&mut s, threads, &pock::bench::BenchConfig { steps, warmup, profile, loss_every })?;
             if json {
                 let text =
                     serde_json::to_string_pretty(&r).map_err(|e| PockError::Io { path: "standard output".into(), source: e.into() })?;
@@ -1044,7 +1061,11 @@ fn train(a: TrainArgs, quiet: bool) -> Result<(), PockError> {
         LrSchedule::parse(spec)?;
     }
 
-    let mut session = a.run.load(&a.plan, quiet)?;
+    if a.loss_every == 0 {
+        return Err(PockError::Usage("--loss-every 0 is out of range: it must be at least 1".into()));
+    }
+    let options = SessionOptions { loss_every: a.loss_every, ..a.run.session_options(quiet) };
+    let mut session = Session::load_with_budget(&a.plan, options, a.run.memory_budget)?;
     let resumed = match &a.resume {
         Some(r) => {
             let meta = session.resume(r)?;

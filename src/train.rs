@@ -258,6 +258,21 @@ impl BatchBuffers {
         }
     }
 
+    /// [`Session::train_step_queued`]: `true` when the losses of the queued steps came back (then
+    /// in `losses`).
+    fn train_queued(&self, session: &mut Session, kind: &TargetKind, losses: &mut Vec<f32>) -> Result<bool, pock_engine::SessionError> {
+        let name = session.inputs().next().map(|t| t.name.clone()).unwrap_or_default();
+        let inputs = if self.columns.is_empty() { vec![(name.as_str(), Input::F32(&self.x))] } else { self.inputs() };
+        match session.train_step_queued(&inputs, self.targets(kind))? {
+            Some(l) => {
+                losses.clear();
+                losses.extend_from_slice(l);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     fn eval(
         &self,
         session: &mut Session,
@@ -401,6 +416,8 @@ pub fn train_epochs(
     let mut epoch_losses = Vec::new();
     let (mut total_ms, mut steps, mut interrupted) = (0.0, 0u64, false);
     let mut step = span.start_step;
+    let every = session.loss_every();
+    let (mut window, mut arrived_losses) = (Vec::with_capacity(every), Vec::with_capacity(every));
     'epochs: while step < span.end_step {
         let epoch = step / steps_per_epoch;
         let order = data.epoch_order(cfg.seed, epoch);
@@ -418,6 +435,56 @@ pub fn train_epochs(
             session.set_learning_rate(lr);
             let started = Instant::now();
             buffers.fill(data, idx, Some(&kind));
+            if every > 1 {
+                // Batched loss reads: the losses come back every `every` steps, at the end of an
+                // epoch and of the run; each is then accounted for as below.
+                let mut arrived = buffers.train_queued(session, &kind, &mut arrived_losses)?;
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                step += 1;
+                window.push((lr, ms));
+                let stopping = cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+                if !arrived && (b + 1 == steps_per_epoch as usize || step == span.end_step || stopping) {
+                    arrived_losses.clear();
+                    arrived_losses.extend_from_slice(session.flush_losses()?);
+                    arrived = true;
+                }
+                if arrived {
+                    let n = window.len() as u64;
+                    let window_ms: f64 = window.iter().map(|w| w.1).sum();
+                    for (j, &(lr, _)) in window.iter().enumerate() {
+                        let loss = arrived_losses[j];
+                        let (skipped, skipped_updates) = session.queued_step_skips(j);
+                        let mut record = StepRecord {
+                            step: session.micro_steps() + 1 + j as u64 - n,
+                            optimizer_step: session.optimizer_steps(),
+                            epoch,
+                            loss,
+                            lr,
+                            ms: window_ms / n as f64,
+                            skipped,
+                            skipped_updates,
+                            diverging: false,
+                        };
+                        if let Some(reason) = watch.check(loss) {
+                            record.diverging = true;
+                            on_step(session, &record)?;
+                            return Err(PockError::Diverged { step: record.step, loss, lr, reason });
+                        }
+                        sum += loss as f64;
+                        epoch_ms += record.ms;
+                        epoch_steps += 1;
+                        steps += 1;
+                        on_step(session, &record)?;
+                    }
+                    window.clear();
+                    if stopping {
+                        total_ms += epoch_ms;
+                        interrupted = true;
+                        break 'epochs;
+                    }
+                }
+                continue;
+            }
             let loss = buffers.train(session, &kind)?;
             let ms = started.elapsed().as_secs_f64() * 1e3;
             step += 1;

@@ -9,7 +9,8 @@ use pock::engine::plan::{DType, Init, Location, OptimizerKind, Role, TensorInfo}
 use pock::engine::{Session, SessionOptions, Targets};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-const OPTS: SessionOptions = SessionOptions { threads: 1, reference_kernels: false, backend: pock_engine::session::BackendChoice::Cpu };
+const OPTS: SessionOptions =
+    SessionOptions { threads: 1, reference_kernels: false, backend: pock_engine::session::BackendChoice::Cpu, loss_every: 1 };
 
 fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("pock-ckpt-{name}-{}", std::process::id()));

@@ -57,7 +57,8 @@ fn batch(k: usize) -> (Vec<f32>, Vec<i64>) {
     (x, y)
 }
 
-const OPTS: SessionOptions = SessionOptions { threads: 1, reference_kernels: false, backend: pock_engine::session::BackendChoice::Cpu };
+const OPTS: SessionOptions =
+    SessionOptions { threads: 1, reference_kernels: false, backend: pock_engine::session::BackendChoice::Cpu, loss_every: 1 };
 
 fn losses(s: &mut Session, steps: std::ops::Range<usize>) -> Vec<u32> {
     steps

@@ -17,7 +17,8 @@ use pock::engine::{Session, SessionOptions, Targets};
 const MODEL: &str = "zoo:mlp:inputs=48,hidden=128,depth=2,classes=4";
 const BATCH: usize = 16;
 const SAMPLES: usize = 256;
-const OPTS: SessionOptions = SessionOptions { threads: 1, reference_kernels: false, backend: pock::engine::session::BackendChoice::Cpu };
+const OPTS: SessionOptions =
+    SessionOptions { threads: 1, reference_kernels: false, backend: pock::engine::session::BackendChoice::Cpu, loss_every: 1 };
 
 fn data() -> Dataset {
     pock::synth::sensor_windows(SAMPLES, 7)

@@ -8,6 +8,7 @@
 
 mod common;
 
+use pock::compiler::stages::BatchNormMode;
 use pock::compiler::CompileOptions;
 use pock::engine::backend::wgpu::{adapter_description, WgpuBackend};
 use pock::engine::exec::{Backend, ProgramKind};
@@ -46,13 +47,31 @@ fn adam() -> CompileOptions {
     }
 }
 
+/// How close the GPU's parameters must be to the reference CPU's after 3 steps.
+#[derive(Clone, Copy, PartialEq)]
+enum Bound {
+    /// Within 1e-4 of each tensor's RMS.
+    Rms,
+    /// Within 1e-4 of each tensor's RMS, or within twice what the CPU backend's own production
+    /// kernels differ from its reference kernels on that tensor, whichever is larger: for
+    /// training-mode BatchNorm, where some parameters' true gradient is zero (a BatchNorm's shift
+    /// before another training-mode BatchNorm) and holds only rounding noise, and the backward
+    /// pass cancels large terms, so no kernel set that is not bit-identical to the reference
+    /// meets a bound relative to those tensors (the production CPU kernels miss it by 10^4).
+    AsCpuKernels,
+}
+
+fn rms(v: &[f32]) -> f32 {
+    (v.iter().map(|v| v * v).sum::<f32>() / v.len() as f32).sqrt()
+}
+
 /// Trains `model` 3 steps on the CPU (reference kernels) and on the GPU from the same random
-/// batches; losses and every trainable parameter must agree within 1e-4 relative (parameters:
-/// of the tensor's RMS).
-fn matches_cpu(model: &str, batch: usize, options: CompileOptions) {
+/// batches; losses must agree within 1e-4 relative, every trainable parameter within `bound`.
+fn matches_cpu(model: &str, batch: usize, options: CompileOptions, bound: Bound) {
     let bytes = pock::compile_model(model, batch, 0, options).unwrap().to_bytes();
     let cpu_options = SessionOptions { reference_kernels: true, ..SessionOptions::default() };
     let mut cpu = Session::from_bytes(&bytes, cpu_options).unwrap();
+    let mut fast = Session::from_bytes(&bytes, SessionOptions::default()).unwrap();
     let mut gpu = Session::from_bytes(&bytes, SessionOptions { backend: BackendChoice::Wgpu, ..SessionOptions::default() }).unwrap();
     assert_eq!(gpu.backend_name(), "wgpu");
     let classes = match cpu.plan().training.loss {
@@ -66,6 +85,9 @@ fn matches_cpu(model: &str, batch: usize, options: CompileOptions) {
         let y: Vec<i64> = (0..batch).map(|_| rng.random_range(0..classes as i64)).collect();
         let want = cpu.train_step(&x, Targets::Labels(&y)).unwrap();
         let got = gpu.train_step(&x, Targets::Labels(&y)).unwrap();
+        if bound == Bound::AsCpuKernels {
+            fast.train_step(&x, Targets::Labels(&y)).unwrap();
+        }
         assert!((got - want).abs() <= 1e-4 * want.abs(), "{model} step {step}: loss {got} on the GPU, {want} on the CPU");
     }
     let params: Vec<String> =
@@ -73,9 +95,14 @@ fn matches_cpu(model: &str, batch: usize, options: CompileOptions) {
     assert!(!params.is_empty());
     for name in params {
         let (want, got) = (cpu.read_tensor(&name).unwrap(), gpu.read_tensor(&name).unwrap());
-        let rms = (want.iter().map(|v| v * v).sum::<f32>() / want.len() as f32).sqrt();
+        let mut tol = 1e-4 * rms(&want);
+        if bound == Bound::AsCpuKernels {
+            let f = fast.read_tensor(&name).unwrap();
+            let cpu_spread = f.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            tol = tol.max(2.0 * cpu_spread);
+        }
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-            assert!((a - b).abs() <= 1e-4 * rms, "{model}: {name}[{i}] = {a} on the GPU, {b} on the CPU (RMS {rms})");
+            assert!((a - b).abs() <= tol, "{model}: {name}[{i}] = {a} on the GPU, {b} on the CPU (tolerance {tol})");
         }
     }
 }
@@ -83,16 +110,80 @@ fn matches_cpu(model: &str, batch: usize, options: CompileOptions) {
 #[test]
 fn cnn_trains_as_on_the_cpu() {
     if gpu_present() {
-        matches_cpu("zoo:cnn", 8, sgd());
-        matches_cpu("zoo:cnn:size=13,width=3,classes=5", 5, adam());
+        matches_cpu("zoo:cnn", 8, sgd(), Bound::Rms);
+        matches_cpu("zoo:cnn:size=13,width=3,classes=5", 5, adam(), Bound::Rms);
     }
 }
 
 #[test]
 fn mlp_trains_as_on_the_cpu() {
     if gpu_present() {
-        matches_cpu("zoo:mlp", 16, adam());
-        matches_cpu("zoo:mlp:inputs=7,hidden=33,classes=3", 9, sgd());
+        matches_cpu("zoo:mlp", 16, adam(), Bound::Rms);
+        matches_cpu("zoo:mlp:inputs=7,hidden=33,classes=3", 9, sgd(), Bound::Rms);
+    }
+}
+
+/// zoo:mobilenetv2 at a small size with BatchNorm in all three modes: folded into the
+/// convolutions (the default), trained (batch statistics, running statistics updated) and frozen
+/// (running statistics, gamma and beta learning).
+#[test]
+fn mobilenetv2_trains_as_on_the_cpu_in_every_batch_norm_mode() {
+    if !gpu_present() {
+        return;
+    }
+    // Batch 4 at 64x64 keeps at least 16 values per channel in every training-mode BatchNorm: at
+    // batch 2 and 32x32 the last blocks normalise 2 values per channel, whose output is +-1
+    // whatever the input, and 3 steps of SGD on the CPU's own production kernels already end 5%
+    // away from its reference kernels in loss.
+    let model = "zoo:mobilenetv2:size=64,classes=10,width=0.25";
+    for (mode, bound) in
+        [(BatchNormMode::Fold, Bound::Rms), (BatchNormMode::Frozen, Bound::Rms), (BatchNormMode::Train, Bound::AsCpuKernels)]
+    {
+        println!("mobilenetv2, --batch-norm {mode:?}");
+        matches_cpu(model, 4, CompileOptions { batch_norm: mode, learning_rate: 0.01, ..sgd() }, bound);
+    }
+}
+
+/// Batched loss reads: with `loss_every: 3` the losses of 7 steps come back in three reads (steps
+/// 3 and 6, and the flush after step 7), bit for bit the losses of reading every step, on both
+/// backends; on the GPU each read is exactly one host-device sync, and nothing else syncs.
+#[test]
+fn batched_loss_reads_sync_once_per_read() {
+    if !gpu_present() {
+        return;
+    }
+    let bytes = pock::compile_model("zoo:cnn:width=4", 4, 0, adam()).unwrap().to_bytes();
+    for backend in [BackendChoice::Cpu, BackendChoice::Wgpu] {
+        let mut every = Session::from_bytes(&bytes, SessionOptions { backend, ..SessionOptions::default() }).unwrap();
+        let mut batched = Session::from_bytes(&bytes, SessionOptions { backend, loss_every: 3, ..SessionOptions::default() }).unwrap();
+        let n: usize = every.input_shape().iter().product();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (mut want, mut got, mut reads) = (Vec::new(), Vec::new(), 0);
+        let loaded = batched.syncs();
+        for step in 0..7 {
+            let x: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let y: Vec<i64> = (0..4).map(|_| rng.random_range(0..4)).collect();
+            want.push(every.train_step(&x, Targets::Labels(&y)).unwrap());
+            let name = batched.inputs().next().unwrap().name.clone();
+            let inputs = [(name.as_str(), pock::engine::Input::F32(&x))];
+            if let Some(losses) = batched.train_step_queued(&inputs, Targets::Labels(&y)).unwrap() {
+                assert_eq!(losses.len(), 3, "step {step}");
+                got.extend_from_slice(losses);
+                reads += 1;
+            }
+        }
+        assert!(batched.train_step(&vec![0.0; n], Targets::Labels(&[0; 4])).unwrap_err().to_string().contains("flush_losses"));
+        got.extend_from_slice(batched.flush_losses().unwrap());
+        reads += 1;
+        assert_eq!(got, want, "{backend:?}: batched losses differ from per-step ones");
+        assert_eq!(batched.optimizer_steps(), every.optimizer_steps());
+        let syncs = batched.syncs() - loaded;
+        match backend {
+            BackendChoice::Cpu => assert_eq!(syncs, 0),
+            BackendChoice::Wgpu => assert_eq!(syncs, reads, "one GPU sync per batched read"),
+        }
+        // Reading every step syncs at least once a step (the loss, and the skipped-update counter).
+        assert!(every.syncs() >= 7 || backend == BackendChoice::Cpu);
     }
 }
 
@@ -106,6 +197,8 @@ fn a_step_creates_no_device_objects() {
     let bytes = pock::compile_model("zoo:cnn", 4, 0, sgd()).unwrap().to_bytes();
     let (plan, range) = decode_plan(&bytes).unwrap();
     let mut gpu = WgpuBackend::new(plan.clone(), &bytes, range).unwrap();
+    // Batched loss reads reserve their device slots at load too.
+    gpu.reserve_records(6).unwrap();
     let loaded = gpu.creations();
     assert!(loaded.buffers >= 3 && loaded.pipelines >= 5 && loaded.bind_groups as usize >= plan.programs.train.nodes.len(), "{loaded:?}");
     for _ in 0..3 {
@@ -118,7 +211,13 @@ fn a_step_creates_no_device_objects() {
         let loss = plan.programs.train.fetches[0];
         let mut out = vec![0u8; plan.tensor(loss).bytes() as usize];
         gpu.read(loss, &mut out).unwrap();
+        gpu.record(loss, 0).unwrap();
+        let mut recorded = [0f32];
+        gpu.read_records(&mut recorded).unwrap();
+        assert_eq!(recorded[0].to_le_bytes().to_vec(), out);
     }
+    gpu.set_profiling(true);
+    gpu.run(ProgramKind::Train).unwrap();
     gpu.run(ProgramKind::Eval).unwrap();
     assert_eq!(gpu.creations(), loaded);
 }
@@ -155,8 +254,7 @@ fn cli_trains_the_demo_cnn_on_the_gpu() {
     let plan = dir.join("cnn.pock");
     // A narrow zoo:cnn keeps the test short on lavapipe (about 0.6 s a step on 2 loaded cores);
     // Adam because the default folded plan has no normalisation, from which SGD does not start
-    // learning in a few epochs (BatchNorm training has no GPU kernel yet). The full-width run is
-    // in BENCHMARKS.md "GPU backend".
+    // learning in a few epochs. The full-width run is in BENCHMARKS.md "GPU backend".
     run(&["compile", "zoo:cnn:width=4", "--batch", "32", "--optimizer", "adam", "--lr", "0.01", "-o", plan.to_str().unwrap(), "-q"]);
     let data = dir.join("train.npz");
     let test = dir.join("test.npz");
@@ -183,4 +281,41 @@ fn cli_trains_the_demo_cnn_on_the_gpu() {
     // It must have learned something (4 classes: chance is 0.25), and the GPU as much as the CPU.
     assert!(accuracy[0] > 0.4, "the CPU run did not learn: accuracy {}", accuracy[0]);
     assert!((accuracy[0] - accuracy[1]).abs() <= 0.02, "accuracy on the CPU {}, on the GPU {}", accuracy[0], accuracy[1]);
+}
+
+/// `pock train --loss-every 3` logs the same steps and losses as reading every step, on both
+/// backends (8 steps: windows of 3, 3 and the 2 the epoch's end flushes).
+#[test]
+fn cli_train_with_batched_loss_reads_logs_every_step() {
+    if !gpu_present() {
+        return;
+    }
+    let dir = common::workdir("wgpu-loss-every");
+    let run = |args: &[&str]| {
+        let out = common::pock(args);
+        assert!(out.status.success(), "pock {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["demo", "--epochs", "1", "--samples", "256", "--save-data", dir.to_str().unwrap(), "-q"]);
+    let plan = dir.join("cnn.pock");
+    run(&["compile", "zoo:cnn:width=4", "--batch", "32", "--optimizer", "adam", "--lr", "0.01", "-o", plan.to_str().unwrap(), "-q"]);
+    let data = dir.join("train.npz");
+    for backend in ["cpu", "wgpu"] {
+        let mut logs = Vec::new();
+        for every in ["1", "3"] {
+            let log = dir.join(format!("{backend}-{every}.jsonl"));
+            let args = ["train", plan.to_str().unwrap(), "--data", data.to_str().unwrap(), "--backend", backend, "--loss-every", every];
+            run(&[&args[..], &["--log-json", log.to_str().unwrap(), "-q"]].concat());
+            let text = std::fs::read_to_string(&log).unwrap();
+            let steps: Vec<(u64, f64)> = text
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+                })
+                .collect();
+            assert_eq!(steps.len(), 8, "{backend} --loss-every {every}: {text}");
+            logs.push(steps);
+        }
+        assert_eq!(logs[0], logs[1], "{backend}: --loss-every 3 logs other steps or losses than --loss-every 1");
+    }
 }

@@ -320,6 +320,24 @@ pub trait Backend {
     /// Copies a tensor's bytes out (arena or weight section).
     fn read(&self, t: TensorId, out: &mut [u8]) -> Result<(), ExecError>;
     fn run(&mut self, program: ProgramKind) -> Result<(), ExecError>;
+    /// Sets every persistent tensor to its initial value (parameters from the weight section,
+    /// optimizer state and counters to their fills).
+    fn reset_state(&mut self) -> Result<(), ExecError>;
+    /// Makes room for `slots` recorded `f32` values ([`Backend::record`]); called once, at load,
+    /// so that recording allocates nothing during a step. A device backend keeps them in device
+    /// memory.
+    fn reserve_records(&mut self, slots: usize) -> Result<(), ExecError>;
+    /// Copies the one-element `f32` tensor `t` (a loss, a counter) into record slot `slot`,
+    /// without waiting for a device: batched loss reads record each step's loss and read them all
+    /// back with one [`Backend::read_records`].
+    fn record(&mut self, t: TensorId, slot: usize) -> Result<(), ExecError>;
+    /// Reads record slots `0..out.len()` back: one host-device synchronisation on a device.
+    fn read_records(&mut self, out: &mut [f32]) -> Result<(), ExecError>;
+    /// How many times the host has waited for a device so far (each read is one wait); 0 for a
+    /// backend that runs on the host.
+    fn syncs(&self) -> u64 {
+        0
+    }
     /// Starts (`true`, from zero) or stops timing each node of the train program. Backends that
     /// cannot time nodes ignore it and [`Backend::node_nanos`] stays `None`.
     fn set_profiling(&mut self, _on: bool) {}
@@ -327,6 +345,10 @@ pub trait Backend {
     /// started, and how many times the program ran; `None` when profiling is off.
     fn node_nanos(&self) -> Option<(&[u64], u64)> {
         None
+    }
+    /// How [`Backend::node_nanos`] is measured, for reports.
+    fn profile_timing(&self) -> &'static str {
+        "the host clock around each kernel call"
     }
 }
 
@@ -383,6 +405,8 @@ pub struct CpuBackend<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]> = Vec<u64>>
     /// needs, allocated once here at load and shared by the nodes one after another.
     #[cfg(feature = "std")]
     scratch: Vec<f32>,
+    /// [`Backend::record`]'s slots.
+    records: Vec<f32>,
 }
 
 /// One node's argument views, split by dtype as kernels take them ([`NodeArgs`]). The vectors
@@ -513,8 +537,9 @@ impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
             profile: None,
             #[cfg(feature = "std")]
             scratch,
+            records: Vec::new(),
         };
-        backend.reset_state();
+        backend.reset_state_in_place();
         Ok(backend)
     }
 
@@ -542,8 +567,8 @@ impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
     }
 
     /// Sets every persistent tensor to its initial value (parameters from the weight section,
-    /// optimizer state to zero).
-    pub fn reset_state(&mut self) {
+    /// optimizer state to zero): [`Backend::reset_state`], which cannot fail on the CPU.
+    pub fn reset_state_in_place(&mut self) {
         let inits: Vec<(u64, u64, Init)> = self
             .plan
             .tensors
@@ -716,6 +741,34 @@ impl<W: AsRef<[u8]> + Send, A: AsRef<[u64]> + AsMut<[u64]> + Send> Backend for C
         let src = match info.location {
             Location::Arena { offset } => &self.arena_bytes()[offset as usize..offset as usize + expected],
             Location::Weights { offset } => &self.weight_section()[offset as usize..offset as usize + expected],
+        };
+        out.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn reset_state(&mut self) -> Result<(), ExecError> {
+        self.reset_state_in_place();
+        Ok(())
+    }
+
+    fn reserve_records(&mut self, slots: usize) -> Result<(), ExecError> {
+        self.records = alloc::vec![0.0; slots];
+        Ok(())
+    }
+
+    fn record(&mut self, t: TensorId, slot: usize) -> Result<(), ExecError> {
+        let mut v = [0u8; 4];
+        self.read(t, &mut v)?;
+        let Some(r) = self.records.get_mut(slot) else {
+            return Err(ExecError::Unsupported(alloc::format!("record slot {slot} is past the {} reserved", self.records.len())));
+        };
+        *r = f32::from_le_bytes(v);
+        Ok(())
+    }
+
+    fn read_records(&mut self, out: &mut [f32]) -> Result<(), ExecError> {
+        let Some(src) = self.records.get(..out.len()) else {
+            return Err(ExecError::Unsupported(alloc::format!("{} records asked for, {} reserved", out.len(), self.records.len())));
         };
         out.copy_from_slice(src);
         Ok(())

@@ -92,11 +92,16 @@ pub struct SessionOptions {
     pub reference_kernels: bool,
     /// Where the plan runs (`--backend`).
     pub backend: BackendChoice,
+    /// Batched loss reads (`--loss-every N`): [`Session::train_step_queued`] keeps each step's
+    /// loss where the backend computed it (device memory on a GPU) and reads the last N back
+    /// together on every N-th step, one host-device synchronisation per N steps. 0 or 1: every
+    /// step (the default).
+    pub loss_every: usize,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { threads: 1, reference_kernels: false, backend: BackendChoice::Cpu }
+        SessionOptions { threads: 1, reference_kernels: false, backend: BackendChoice::Cpu, loss_every: 1 }
     }
 }
 
@@ -203,6 +208,23 @@ pub struct Session {
     last_step_skipped: u64,
     /// [`checkpoint::plan_identity`] of the plan, computed once at load.
     plan_id: u64,
+    /// Batched loss reads ([`SessionOptions::loss_every`]).
+    queue: LossQueue,
+}
+
+/// The state of batched loss reads: per queued step, record slots `2j` (the loss) and `2j + 1`
+/// (the skipped-update counter after the step), whether the step ran the optimizer, and the
+/// host buffers the read fills. Everything is allocated at load.
+struct LossQueue {
+    every: usize,
+    pending: usize,
+    stepped: Vec<bool>,
+    records: Vec<f32>,
+    losses: Vec<f32>,
+    /// Per step of the last read: the updates it skipped, and the skipped-update counter after it.
+    skips: Vec<(u64, u64)>,
+    /// The skipped-update counter as of the last read.
+    skipped_seen: u64,
 }
 
 /// Element types with no padding bytes: every byte of a slice of them is initialised.
@@ -300,7 +322,21 @@ impl Session {
                     .into(),
             )),
         };
-        Ok(Session { backend, io, learning_rate, optimizer_steps: 0, micro_steps: 0, last_step_skipped: 0, plan_id })
+        let every = options.loss_every.max(1);
+        let mut backend = backend;
+        if every > 1 {
+            backend.reserve_records(2 * every)?;
+        }
+        let queue = LossQueue {
+            every,
+            pending: 0,
+            stepped: vec![false; every],
+            records: vec![0.0; 2 * every],
+            losses: vec![0.0; every],
+            skips: vec![(0, 0); every],
+            skipped_seen: 0,
+        };
+        Ok(Session { backend, io, learning_rate, optimizer_steps: 0, micro_steps: 0, last_step_skipped: 0, plan_id, queue })
     }
 
     pub fn plan(&self) -> &Plan {
@@ -318,6 +354,11 @@ impl Session {
     /// [`Session::set_profiling`] turned profiling on, and how many times the program ran.
     pub fn node_nanos(&self) -> Option<(&[u64], u64)> {
         self.backend.node_nanos()
+    }
+
+    /// How [`Session::node_nanos`] measures (the backend's method), for reports.
+    pub fn profile_timing(&self) -> &'static str {
+        self.backend.profile_timing()
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -460,6 +501,7 @@ impl Session {
     /// [`Session::train_step`] with every data input given by name in its own dtype (see
     /// [`Session::inputs`]), in any order: token ids and an attention mask, say.
     pub fn train_step_inputs(&mut self, inputs: &[(&str, Input<'_>)], y: Targets<'_>) -> Result<f32, SessionError> {
+        self.refuse_pending("train_step")?;
         self.write_inputs(false, inputs)?;
         self.write_targets(self.io.train_target, y)?;
         if let Some(lr) = self.io.lr {
@@ -485,6 +527,7 @@ impl Session {
         self.last_step_skipped = 0;
         if stepped {
             let skipped = self.skipped_updates()? - skipped_before;
+            self.queue.skipped_seen = skipped_before + skipped;
             self.last_step_skipped = skipped;
             // A step whose every update was skipped changed nothing, so it is not counted: the
             // next step's Adam bias correction and SGD's first-step buffer are then those of the
@@ -495,6 +538,112 @@ impl Session {
             }
         }
         Ok(loss[0])
+    }
+
+    fn refuse_pending(&self, what: &str) -> Result<(), SessionError> {
+        if self.queue.pending > 0 {
+            return Err(SessionError::Input(format!(
+                "{} queued training steps have losses not read yet; call flush_losses before {what}",
+                self.queue.pending
+            )));
+        }
+        Ok(())
+    }
+
+    /// [`Session::train_step_inputs`] without reading anything back: the loss (and the
+    /// skipped-update counter) stay where the backend computed them, and on every
+    /// [`SessionOptions::loss_every`]-th call the losses of the queued steps come back together,
+    /// one host-device synchronisation (`Ok(Some(losses))`, oldest first); otherwise `Ok(None)`.
+    ///
+    /// The step counter the optimizer reads is written before the skip counter is read back, so
+    /// inside one window a step that follows a wholly skipped step (a non-finite gradient) uses
+    /// a step number one higher than [`Session::train_step_inputs`] would; the count of
+    /// optimizer steps and [`Session::last_step_skipped`] are exact after each read.
+    pub fn train_step_queued(&mut self, inputs: &[(&str, Input<'_>)], y: Targets<'_>) -> Result<Option<&[f32]>, SessionError> {
+        if self.queue.every <= 1 {
+            let loss = self.train_step_inputs(inputs, y)?;
+            self.queue.losses[0] = loss;
+            return Ok(Some(&self.queue.losses[..1]));
+        }
+        self.write_inputs(false, inputs)?;
+        self.write_targets(self.io.train_target, y)?;
+        if let Some(lr) = self.io.lr {
+            self.backend.write(lr, &self.learning_rate.to_le_bytes())?;
+        }
+        if let Some(step) = self.io.step {
+            self.backend.write(step, &((self.optimizer_steps + 1) as f32).to_le_bytes())?;
+        }
+        self.backend.run(ProgramKind::Train)?;
+        let j = self.queue.pending;
+        self.backend.record(self.io.train_loss, 2 * j)?;
+        self.micro_steps += 1;
+        let k = self.plan().training.accumulate as u64;
+        let stepped = k <= 1 || self.micro_steps.is_multiple_of(k);
+        if k > 1 && stepped {
+            self.backend.run(ProgramKind::Apply)?;
+        }
+        if let Some((t, _)) = self.io.skipped {
+            self.backend.record(t, 2 * j + 1)?;
+        }
+        if stepped {
+            // Counted now; a wholly skipped step is taken back when the counter is read.
+            self.optimizer_steps += 1;
+        }
+        self.queue.stepped[j] = stepped;
+        self.queue.pending += 1;
+        if self.queue.pending == self.queue.every {
+            return self.flush_losses().map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Reads the losses of the steps [`Session::train_step_queued`] has queued since the last
+    /// read (oldest first; empty when none), one host-device synchronisation.
+    pub fn flush_losses(&mut self) -> Result<&[f32], SessionError> {
+        let n = self.queue.pending;
+        if n == 0 {
+            return Ok(&self.queue.losses[..0]);
+        }
+        self.backend.read_records(&mut self.queue.records[..2 * n])?;
+        self.queue.pending = 0;
+        let per_step = self.io.skipped.map(|(_, p)| p);
+        for j in 0..n {
+            self.queue.losses[j] = self.queue.records[2 * j];
+            self.queue.skips[j] = (0, self.queue.skipped_seen);
+            if !self.queue.stepped[j] {
+                continue;
+            }
+            self.last_step_skipped = 0;
+            if let Some(per_step) = per_step {
+                let counter = self.queue.records[2 * j + 1] as u64;
+                let skipped = counter.saturating_sub(self.queue.skipped_seen);
+                self.queue.skipped_seen = counter;
+                self.last_step_skipped = skipped;
+                self.queue.skips[j] = (skipped, counter);
+                if skipped >= per_step {
+                    self.optimizer_steps -= 1;
+                }
+            }
+        }
+        Ok(&self.queue.losses[..n])
+    }
+
+    /// [`SessionOptions::loss_every`] as the session was opened with (1: every step).
+    pub fn loss_every(&self) -> usize {
+        self.queue.every
+    }
+
+    /// For step `j` of the last [`Session::flush_losses`] (or the read inside
+    /// [`Session::train_step_queued`]): the updates it skipped and the skipped-update counter
+    /// after it, as [`Session::last_step_skipped`] and [`Session::skipped_updates`] said then.
+    pub fn queued_step_skips(&self, j: usize) -> (u64, u64) {
+        self.queue.skips.get(j).copied().unwrap_or((0, self.queue.skipped_seen))
+    }
+
+    /// How many times the host has waited for the backend's device so far (0 on the CPU): with
+    /// [`SessionOptions::loss_every`] N, one per N training steps.
+    pub fn syncs(&self) -> u64 {
+        self.backend.syncs()
     }
 
     /// Parameter updates skipped so far (saved in checkpoints) because a gradient was not
@@ -559,6 +708,7 @@ impl Session {
     /// [`Session::save`] with extra metadata (the host's schedule and epoch, say), which
     /// [`Session::resume`] hands back.
     pub fn save_with(&self, path: &Path, extra: &[(&str, String)]) -> Result<(), SessionError> {
+        self.refuse_pending("saving")?;
         if !self.learning_rate.is_finite() {
             return Err(SessionError::Input(format!(
                 "the learning rate is {}; refusing to save a checkpoint that could not be resumed",
@@ -584,6 +734,7 @@ impl Session {
     /// All or nothing: the plan identity, the metadata and every tensor are checked before the
     /// session changes, so a failed resume leaves the session as it was.
     pub fn resume(&mut self, path: &Path) -> Result<HashMap<String, String>, SessionError> {
+        self.refuse_pending("resuming")?;
         let ckpt = Checkpoint::read(path)?;
         let meta = ckpt.metadata();
         let mismatch = |message: String| SessionError::Checkpoint(CheckpointError::Mismatch { path: path.into(), message });
@@ -625,6 +776,7 @@ impl Session {
             )));
         }
         ckpt.restore(self.backend.as_mut(), &|_| true)?;
+        self.queue.skipped_seen = self.skipped_updates()?;
         self.optimizer_steps = optimizer_steps;
         self.micro_steps = micro_steps;
         self.learning_rate = learning_rate;

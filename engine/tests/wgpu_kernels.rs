@@ -11,7 +11,8 @@ use pock_engine::backend::wgpu::{adapter_description, WgpuBackend};
 use pock_engine::exec::{Backend, CpuBackend, CpuKernels, ProgramKind, ValidatedPlan};
 use pock_engine::format::WeightRange;
 use pock_engine::ops::{
-    Adam, Clip, Conv2d, ConvOp, DenseOp, LossOp, MaskKind, MaskOp, MatMul, Op, OptimOp, Pool2d, PoolOp, Reduction, Sgd,
+    Adam, BatchNorm, BroadcastOp, Clip, Conv2d, ConvOp, CrossEntropy, DenseOp, Dropout, GradScale, LossOp, MaskKind, MaskOp, MatMul,
+    MatMulOp, MoveOp, NormOp, Op, OptimOp, ParamRows, Pool2d, PoolOp, RandomOp, Reduce, ReduceOp, Reduction, Sgd, Slice, UnaryFn, UnaryOp,
 };
 use pock_engine::plan::{
     DType, Init, Location, Loss, ModelSource, Node, OptimizerKind, Phase, Plan, Program, Programs, Role, TensorId, TensorInfo, TrainingInfo,
@@ -78,6 +79,17 @@ fn end_of(t: &TensorInfo) -> u64 {
     offset + t.bytes().div_ceil(8) * 8
 }
 
+/// The output positions the `inplace` arguments stand for: the op's in-place outputs (outputs
+/// `0..count` for ops whose outputs are all in place).
+fn inplace_at(op: &Op, count: usize) -> std::ops::Range<usize> {
+    let r = op.inplace_outputs();
+    if r.is_empty() {
+        0..count
+    } else {
+        r
+    }
+}
+
 /// A plan whose train program is the one node: in-place outputs first (the persistent region),
 /// then the inputs and the other outputs, each at an 8-byte boundary.
 fn one_node(op: &Op, inputs: &[Arg], inplace: &[Arg], out_shapes: &[Vec<usize>]) -> Plan {
@@ -87,17 +99,23 @@ fn one_node(op: &Op, inputs: &[Arg], inplace: &[Arg], out_shapes: &[Vec<usize>])
         tensors.push(TensorInfo { name, shape: shape.to_vec(), dtype, role, location: Location::Arena { offset }, init: Init::None });
         TensorId(tensors.len() as u32 - 1)
     };
-    let mut outputs: Vec<TensorId> = inplace
+    let states: Vec<TensorId> = inplace
         .iter()
         .enumerate()
-        .map(|(k, a)| add(format!("state{k}"), &a.shape, DType::F32, Role::Parameter { trainable: true }))
+        .map(|(k, a)| add(format!("state{k}"), &a.shape, a.dtype(), Role::Parameter { trainable: true }))
         .collect();
-    let persistent = outputs.len();
+    let persistent = states.len();
     let ins: Vec<TensorId> = inputs.iter().enumerate().map(|(k, a)| add(format!("in{k}"), &a.shape, a.dtype(), Role::Input)).collect();
     let in_dtypes: Vec<DType> = inputs.iter().map(Arg::dtype).collect();
     let out_dtypes = op.output_dtypes(&in_dtypes).unwrap();
-    for (k, s) in out_shapes.iter().enumerate().skip(inplace.len()) {
-        outputs.push(add(format!("out{k}"), s, out_dtypes[k], Role::Transient));
+    let at = inplace_at(op, inplace.len());
+    let mut outputs = Vec::new();
+    for (k, s) in out_shapes.iter().enumerate() {
+        if at.contains(&k) {
+            outputs.push(states[k - at.start]);
+        } else {
+            outputs.push(add(format!("out{k}"), s, out_dtypes[k], Role::Transient));
+        }
     }
     let persistent = if persistent == 0 { 0 } else { end_of(&tensors[persistent - 1]) };
     let offset = tensors.last().map_or(0, end_of);
@@ -142,11 +160,13 @@ fn check(what: &str, op: &Op, inputs: &[Arg], inplace: &[Arg]) {
         for (&t, a) in node.inputs.iter().zip(inputs) {
             b.write(t, &bytes_of(a)).unwrap();
         }
-        for (&t, a) in node.outputs.iter().zip(inplace) {
+        let at = inplace_at(op, inplace.len());
+        for (&t, a) in node.outputs[at.clone()].iter().zip(inplace) {
             b.write(t, &bytes_of(a)).unwrap();
         }
         // Plain float outputs start as garbage, the same on both sides.
-        for &t in node.outputs[inplace.len()..].iter().filter(|&&t| plan.tensor(t).dtype == DType::F32) {
+        let plain = node.outputs.iter().enumerate().filter(|(k, _)| !at.contains(k)).map(|(_, t)| t);
+        for &t in plain.filter(|&&t| plan.tensor(t).dtype == DType::F32) {
             let n = plan.tensor(t).numel();
             let junk: Vec<u8> = (0..n).flat_map(|_| rng.random_range(-9.0f32..9.0).to_le_bytes()).collect();
             b.write(t, &junk).unwrap();
@@ -159,7 +179,7 @@ fn check(what: &str, op: &Op, inputs: &[Arg], inplace: &[Arg]) {
         let (mut want, mut got) = (vec![0u8; bytes], vec![0u8; bytes]);
         cpu.read(t, &mut want).unwrap();
         gpu.read(t, &mut got).unwrap();
-        if plan.tensor(t).dtype == DType::U8 {
+        if matches!(plan.tensor(t).dtype, DType::U8 | DType::I64) {
             assert_eq!(got, want, "{what}: output {k} (bytes)");
             continue;
         }
@@ -368,18 +388,393 @@ fn mask_kernels_match_the_reference() {
     }
 }
 
+#[test]
+fn batch_norm_kernels_match_the_reference() {
+    if !gpu_present() {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for case in 0..10 {
+        let c = rng.random_range(1..9usize);
+        let shape: Vec<usize> = if case % 3 == 2 {
+            vec![rng.random_range(1..20usize), c]
+        } else {
+            vec![rng.random_range(1..4usize), c, rng.random_range(1..8), rng.random_range(1..8)]
+        };
+        let b = BatchNorm { eps: 1e-5, momentum: 0.1 };
+        let positive = |rng: &mut ChaCha8Rng| {
+            let mut v = floats(rng, &[c]);
+            v.values.iter_mut().for_each(|x| *x = x.abs() + 0.1);
+            v
+        };
+        let what = format!("BatchNorm {shape:?}");
+        // x offset from zero so that the two-pass variance matters.
+        let mut x = floats(&mut rng, &shape);
+        x.values.iter_mut().for_each(|v| *v = *v * 2.0 + 3.0);
+        let state = [floats(&mut rng, &[c]), positive(&mut rng)];
+        let x2 = Arg { shape: x.shape.clone(), values: x.values.clone(), labels: vec![], bytes: vec![] };
+        check(&format!("{what} train"), &Op::Norm(NormOp::BatchNormTrain(b)), &[x, floats(&mut rng, &[c]), floats(&mut rng, &[c])], &state);
+        let infer_inputs = [x2, floats(&mut rng, &[c]), floats(&mut rng, &[c]), floats(&mut rng, &[c]), positive(&mut rng)];
+        check(&format!("{what} infer"), &Op::Norm(NormOp::BatchNormInfer(b)), &infer_inputs, &[]);
+        for (name, op) in [("train grad", NormOp::BatchNormTrainGrad(b)), ("infer grad", NormOp::BatchNormInferGrad(b))] {
+            let inputs =
+                [floats(&mut rng, &shape), floats(&mut rng, &shape), floats(&mut rng, &[c]), floats(&mut rng, &[c]), positive(&mut rng)];
+            check(&format!("{what} {name}"), &Op::Norm(op), &inputs, &[]);
+        }
+    }
+}
+
+fn copy(a: &Arg) -> Arg {
+    Arg { shape: a.shape.clone(), values: a.values.clone(), labels: a.labels.clone(), bytes: a.bytes.clone() }
+}
+
+fn random_shape(rng: &mut ChaCha8Rng, rank: usize) -> Vec<usize> {
+    (0..rank).map(|_| rng.random_range(1..6usize)).collect()
+}
+
+#[test]
+fn grad_scale_and_loss_kernels_match_the_reference() {
+    if !gpu_present() {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    for case in 0..6 {
+        let grads: Vec<Arg> = (0..1 + case % 3)
+            .map(|_| {
+                let n = rng.random_range(1..900usize);
+                floats(&mut rng, &[n])
+            })
+            .collect();
+        for max_norm in [None, Some(0.5), Some(1e6)] {
+            let g = GradScale { max_norm, multiplier: 0.25 };
+            let mut inputs: Vec<Arg> = grads.iter().map(copy).collect();
+            check(&format!("GradScale {g:?} case {case}"), &Op::Optim(OptimOp::GradScale(g)), &inputs, &[]);
+            let last = inputs.len() - 1;
+            inputs[last].values[0] = if case % 2 == 0 { f32::NAN } else { f32::INFINITY };
+            check(&format!("GradScale {g:?} non-finite case {case}"), &Op::Optim(OptimOp::GradScale(g)), &inputs, &[]);
+        }
+        let shape = [rng.random_range(1..9usize), rng.random_range(1..5), rng.random_range(1..4)];
+        for r in [Reduction::Mean, Reduction::PerSample] {
+            let what = format!("MSE {shape:?} {r:?}");
+            check(&what, &Op::Loss(LossOp::Mse(r)), &[floats(&mut rng, &shape), floats(&mut rng, &shape)], &[]);
+            let dloss = if r == Reduction::Mean { floats(&mut rng, &[]) } else { floats(&mut rng, &shape[..1]) };
+            let inputs = [dloss, floats(&mut rng, &shape), floats(&mut rng, &shape)];
+            check(&format!("{what} gradient"), &Op::Loss(LossOp::MseGrad(r)), &inputs, &[]);
+        }
+        let (n, t, c) = (rng.random_range(1..5usize), rng.random_range(1..7usize), rng.random_range(2..9usize));
+        for r in [Reduction::Mean, Reduction::PerSample] {
+            let ce = CrossEntropy { reduction: r, ignore_index: -100 };
+            let mut l = labels(&mut rng, n * t, c);
+            l.shape = vec![n, t];
+            // Some positions ignored; in case 0 every position of the first sample is.
+            for (p, v) in l.labels.iter_mut().enumerate() {
+                if rng.random_range(0..3) == 0 || (case == 0 && p < t) {
+                    *v = -100;
+                }
+            }
+            let what = format!("CrossEntropy [{n}, {t}, {c}] {r:?}");
+            check(&what, &Op::Loss(LossOp::CrossEntropy(ce)), &[floats(&mut rng, &[n, t, c]), copy(&l)], &[]);
+            let dloss = if r == Reduction::Mean { floats(&mut rng, &[]) } else { floats(&mut rng, &[n]) };
+            check(&format!("{what} gradient"), &Op::Loss(LossOp::CrossEntropyGrad(ce)), &[dloss, floats(&mut rng, &[n, t, c]), l], &[]);
+        }
+    }
+}
+
+#[test]
+fn unary_kernels_match_the_reference() {
+    if !gpu_present() {
+        return;
+    }
+    use pock_engine::kernels::unary::*;
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let functions = [
+        UnaryFn::Neg(Neg),
+        UnaryFn::Exp(Exp),
+        UnaryFn::Log(Log),
+        UnaryFn::Sqrt(Sqrt),
+        UnaryFn::Reciprocal(Reciprocal),
+        UnaryFn::Tanh(Tanh),
+        UnaryFn::Sigmoid(Sigmoid),
+        UnaryFn::Erf(Erf),
+        UnaryFn::Abs(Abs),
+        UnaryFn::Sin(Sin),
+        UnaryFn::Cos(Cos),
+        UnaryFn::Softplus(Softplus),
+        UnaryFn::LeakyRelu(LeakyRelu { alpha: 0.1 }),
+        UnaryFn::Elu(Elu { alpha: 0.7 }),
+        UnaryFn::HardSigmoid(HardSigmoid { alpha: 0.2, beta: 0.5 }),
+    ];
+    for f in functions {
+        let shape = random_shape(&mut rng, 3);
+        let mut x = floats(&mut rng, &shape);
+        // Wider than [-1, 1] so that the branches at 0 and the saturations are taken.
+        x.values.iter_mut().for_each(|v| *v *= 4.0);
+        if matches!(f, UnaryFn::Log(_) | UnaryFn::Sqrt(_) | UnaryFn::Reciprocal(_)) {
+            x.values.iter_mut().for_each(|v| *v = v.abs() + 0.25);
+        }
+        check(&format!("{} {shape:?}", f.name()), &Op::Unary(UnaryOp::Map(f)), &[copy(&x)], &[]);
+        let dy = floats(&mut rng, &shape);
+        let inputs = if f.saves() == Saves::Nothing { vec![dy] } else { vec![dy, x] };
+        check(&format!("{} gradient {shape:?}", f.name()), &Op::Unary(UnaryOp::Grad(f)), &inputs, &[]);
+    }
+}
+
+#[test]
+fn broadcast_kernels_match_the_reference() {
+    if !gpu_present() {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    for case in 0..8 {
+        // y's shape, and each operand's: a suffix of it with some axes set to 1.
+        let y = random_shape(&mut rng, 1 + case % 4);
+        let operand = |rng: &mut ChaCha8Rng| {
+            let skip = rng.random_range(0..=y.len());
+            let s: Vec<usize> = y[skip..].iter().map(|&d| if rng.random_range(0..3) == 0 { 1 } else { d }).collect();
+            floats(rng, &s)
+        };
+        let (mut a, mut b, c) = (operand(&mut rng), operand(&mut rng), operand(&mut rng));
+        // Make sure the output is y: the first operand has y's shape when case is even.
+        if case % 2 == 0 {
+            a = floats(&mut rng, &y);
+        } else {
+            b = floats(&mut rng, &y);
+        }
+        let positive = |v: &Arg| {
+            let mut v = copy(v);
+            v.values.iter_mut().for_each(|x| *x = x.abs() + 0.25);
+            v
+        };
+        for op in [BroadcastOp::Add, BroadcastOp::Sub, BroadcastOp::Mul, BroadcastOp::Div, BroadcastOp::Max, BroadcastOp::Min] {
+            check(&format!("{op:?} {:?} {:?}", a.shape, b.shape), &Op::Broadcast(op.clone()), &[copy(&a), copy(&b)], &[]);
+        }
+        let mut ints = copy(&b);
+        ints.values.iter_mut().for_each(|x| *x = (*x * 3.0).round());
+        let mut negative = copy(&a);
+        negative.values.iter_mut().for_each(|x| *x -= 0.5);
+        check(&format!("Pow {:?} {:?}", a.shape, b.shape), &Op::Broadcast(BroadcastOp::Pow), &[positive(&a), copy(&b)], &[]);
+        check("Pow of negative bases, integer exponents", &Op::Broadcast(BroadcastOp::Pow), &[negative, ints], &[]);
+        // The gradients: [dy, a, b] -> [da] of dy's (y's) shape.
+        for op in [
+            BroadcastOp::DivGradDivisor,
+            BroadcastOp::PowGradBase,
+            BroadcastOp::PowGradExponent,
+            BroadcastOp::MaxGrad,
+            BroadcastOp::MinGrad,
+        ] {
+            let mut a2 = positive(&a);
+            // Ties for the max/min split.
+            let b2 = positive(&b);
+            a2.values[0] = b2.values[0];
+            let inputs = [floats(&mut rng, &y), a2, b2];
+            check(&format!("{op:?} {:?} {:?}", a.shape, b.shape), &Op::Broadcast(op.clone()), &inputs, &[]);
+        }
+        let _ = c;
+        let to: Vec<usize> = y[rng.random_range(0..=y.len())..].iter().map(|&d| if rng.random_range(0..2) == 0 { 1 } else { d }).collect();
+        check(&format!("SumTo {y:?} -> {to:?}"), &Op::Broadcast(BroadcastOp::SumTo { shape: to }), &[floats(&mut rng, &y)], &[]);
+    }
+}
+
+#[test]
+fn reduce_kernels_match_the_reference() {
+    if !gpu_present() {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for case in 0..8 {
+        let shape = random_shape(&mut rng, 1 + case % 4);
+        let axes: Vec<usize> = (0..shape.len()).filter(|_| rng.random_range(0..2) == 0).collect();
+        let reduce = Reduce { axes: axes.clone(), keepdims: case % 2 == 0 };
+        let what = format!("{shape:?} axes {axes:?}");
+        for op in [ReduceOp::ReduceSum(reduce.clone()), ReduceOp::ReduceMean(reduce.clone()), ReduceOp::ReduceMax(reduce.clone())] {
+            check(&format!("{op:?} {what}"), &Op::Reduce(op.clone()), &[floats(&mut rng, &shape)], &[]);
+        }
+        let y = Op::Reduce(ReduceOp::ReduceSum(reduce.clone())).output_shapes(&[&shape]).unwrap().remove(0);
+        for op in [
+            ReduceOp::ReduceSumGrad { reduce: reduce.clone(), shape: shape.clone() },
+            ReduceOp::ReduceMeanGrad { reduce: reduce.clone(), shape: shape.clone() },
+        ] {
+            check(&format!("{op:?} {what}"), &Op::Reduce(op.clone()), &[floats(&mut rng, &y)], &[]);
+        }
+        // Max gradient: x with ties (values on a coarse grid), y its maxima.
+        let mut x = floats(&mut rng, &shape);
+        x.values.iter_mut().for_each(|v| *v = (*v * 2.0).round());
+        let op = Op::Reduce(ReduceOp::ReduceMax(reduce.clone()));
+        let ymax = {
+            let plan = ValidatedPlan::new(one_node(&op, &[copy(&x)], &[], std::slice::from_ref(&y))).unwrap();
+            let mut cpu =
+                CpuBackend::new(plan.clone(), PlanBytes::copy_of(&[0; 8]), WeightRange { offset: 0, len: 0 }, CpuKernels::Reference)
+                    .unwrap();
+            let node = &plan.programs.train.nodes[0];
+            cpu.write(node.inputs[0], &bytes_of(&x)).unwrap();
+            cpu.run(ProgramKind::Train).unwrap();
+            let mut out = vec![0u8; plan.tensor(node.outputs[0]).bytes() as usize];
+            cpu.read(node.outputs[0], &mut out).unwrap();
+            Arg {
+                shape: y.clone(),
+                values: out.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+                labels: vec![],
+                bytes: vec![],
+            }
+        };
+        check(&format!("ReduceMaxGrad {what}"), &Op::Reduce(ReduceOp::ReduceMaxGrad(reduce)), &[floats(&mut rng, &y), x, ymax], &[]);
+        let axis = rng.random_range(0..shape.len());
+        for op in [ReduceOp::Softmax { axis }, ReduceOp::LogSoftmax { axis }] {
+            check(&format!("{op:?} {shape:?}"), &Op::Reduce(op.clone()), &[floats(&mut rng, &shape)], &[]);
+        }
+        for op in [ReduceOp::SoftmaxGrad { axis }, ReduceOp::LogSoftmaxGrad { axis }] {
+            check(&format!("{op:?} {shape:?}"), &Op::Reduce(op.clone()), &[floats(&mut rng, &shape), floats(&mut rng, &shape)], &[]);
+        }
+    }
+}
+
+#[test]
+fn movement_and_batch_matmul_kernels_match_the_reference() {
+    if !gpu_present() {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    for case in 0..8 {
+        let rank = 1 + case % 4;
+        let shape = random_shape(&mut rng, rank);
+        let mut perm: Vec<usize> = (0..rank).collect();
+        perm.rotate_left(case % rank);
+        check(&format!("Transpose {shape:?} {perm:?}"), &Op::Move(MoveOp::Transpose { perm }), &[floats(&mut rng, &shape)], &[]);
+        let small: Vec<usize> = shape.iter().map(|&d| if rng.random_range(0..2) == 0 { 1 } else { d }).collect();
+        let target: Vec<usize> = [2usize].iter().chain(&shape).copied().collect();
+        check(&format!("Expand {small:?} -> {target:?}"), &Op::Move(MoveOp::Expand { shape: target }), &[floats(&mut rng, &small)], &[]);
+        let axis = rng.random_range(0..rank);
+        let slice = Slice {
+            axes: vec![axis],
+            starts: vec![if case % 2 == 0 { 0 } else { -1 }],
+            ends: vec![if case % 2 == 0 { i64::MAX } else { i64::MIN }],
+            steps: vec![if case % 2 == 0 { 2 } else { -1 - (case as i64 % 2) }],
+        };
+        let x = floats(&mut rng, &shape);
+        let y = Op::Move(MoveOp::Slice(slice.clone())).output_shapes(&[&shape]).unwrap().remove(0);
+        check(&format!("Slice {shape:?} {slice:?}"), &Op::Move(MoveOp::Slice(slice.clone())), &[x], &[]);
+        let grad = MoveOp::SliceGrad { slice: slice.clone(), shape: shape.clone() };
+        check(&format!("SliceGrad {shape:?} {slice:?}"), &Op::Move(grad), &[floats(&mut rng, &y)], &[]);
+        let parts: Vec<Arg> = (0..3)
+            .map(|_| {
+                let mut s = shape.clone();
+                s[axis] = rng.random_range(1..4);
+                floats(&mut rng, &s)
+            })
+            .collect();
+        check(&format!("Concat axis {axis}"), &Op::Move(MoveOp::Concat { axis }), &parts, &[]);
+        let sizes: Vec<usize> = parts.iter().map(|p| p.shape[axis]).collect();
+        let mut whole = shape.clone();
+        whole[axis] = sizes.iter().sum();
+        check(&format!("Split {whole:?} {sizes:?}"), &Op::Move(MoveOp::Split { axis, sizes }), &[floats(&mut rng, &whole)], &[]);
+        let pads: Vec<usize> = (0..2 * rank).map(|_| rng.random_range(0..3)).collect();
+        check(&format!("Pad {shape:?} {pads:?}"), &Op::Move(MoveOp::Pad { pads, value: 0.5 }), &[floats(&mut rng, &shape)], &[]);
+        if rank >= 2 {
+            for (upper, k) in [(true, 0i64), (false, 1), (true, -2), (false, i64::MIN), (true, i64::MAX)] {
+                check(
+                    &format!("Trilu {shape:?} upper {upper} k {k}"),
+                    &Op::Move(MoveOp::Trilu { upper, k }),
+                    &[floats(&mut rng, &shape)],
+                    &[],
+                );
+            }
+        }
+        // Batched matmul: batch axes broadcast; 1-D operands in some cases.
+        let (m, k, n) = (rng.random_range(1..7usize), rng.random_range(1..9usize), rng.random_range(1..7usize));
+        let (ta, tb) = (case % 2 == 1, case / 2 % 2 == 1);
+        let batch = [rng.random_range(1..4usize), rng.random_range(1..3usize)];
+        let a_shape: Vec<usize> =
+            if case == 6 { vec![k] } else { [1, batch[1]].iter().copied().chain(if ta { [k, m] } else { [m, k] }).collect() };
+        let b_shape: Vec<usize> =
+            if case == 7 { vec![k] } else { [batch[0], 1].iter().copied().chain(if tb { [n, k] } else { [k, n] }).collect() };
+        let mm = MatMul { trans_a: ta && case != 6, trans_b: tb && case != 7 };
+        check(
+            &format!("BatchMatMul {a_shape:?} {b_shape:?} {mm:?}"),
+            &Op::MatMul(MatMulOp::BatchMatMul(mm)),
+            &[floats(&mut rng, &a_shape), floats(&mut rng, &b_shape)],
+            &[],
+        );
+    }
+}
+
+/// Partial-channel updates: the weight gradient of some output channels, and SGD and Adam on
+/// some rows of a parameter.
+#[test]
+fn row_kernels_match_the_reference() {
+    if !gpu_present() {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    for case in 0..6 {
+        let groups = if case % 2 == 1 { 2 } else { 1 };
+        let (n, c, o) = (rng.random_range(1..3usize), groups * rng.random_range(1..3usize), groups * rng.random_range(2..4usize));
+        let conv = Conv2d { stride: [1 + case % 2, 1], padding: [1, 0, 1, 0], dilation: [1, 1], groups };
+        let (h, w) = (rng.random_range(4..8usize), rng.random_range(4..8usize));
+        let x = floats(&mut rng, &[n, c, h, w]);
+        let wt = [o, c / groups, 3, 2];
+        let y = Op::Conv(ConvOp::Conv2d(conv)).output_shapes(&[&x.shape, &wt]).unwrap().remove(0);
+        let start = rng.random_range(0..o - 1);
+        let rows = [start, rng.random_range(start + 1..=o)];
+        let op = Op::Conv(ConvOp::Conv2dGradWeightRows { conv, kernel_hw: [3, 2], rows });
+        check(&format!("Conv2dGradWeightRows {rows:?} of {wt:?} {conv:?}"), &op, &[floats(&mut rng, &y), x], &[]);
+
+        let (param_rows, width) = (rng.random_range(2..9usize), rng.random_range(1..40usize));
+        let start = rng.random_range(0..param_rows - 1);
+        let k = rng.random_range(1..=param_rows - start);
+        let r = ParamRows { start, param_rows };
+        let scaled = case >= 3;
+        let sgd = Sgd { momentum: 0.9, dampening: 0.0, nesterov: case % 2 == 0, weight_decay: 0.01, scaled };
+        let mut inputs = vec![floats(&mut rng, &[k, width]), scalar(0.05), scalar(2.0)];
+        if scaled {
+            inputs.push(scalar(0.5));
+        }
+        let state = [floats(&mut rng, &[param_rows, width]), floats(&mut rng, &[k, width])];
+        check(&format!("SgdUpdateRows {r:?} k {k}"), &Op::Optim(OptimOp::SgdUpdateRows { sgd, rows: r }), &inputs, &state);
+        let adam = Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, decoupled: case % 2 == 1, scaled };
+        let mut v = floats(&mut rng, &[k, width]);
+        v.values.iter_mut().for_each(|x| *x = x.abs() * 1e-3);
+        let state = [floats(&mut rng, &[param_rows, width]), floats(&mut rng, &[k, width]), v];
+        check(&format!("AdamUpdateRows {r:?} k {k}"), &Op::Optim(OptimOp::AdamUpdateRows { adam, rows: r }), &inputs, &state);
+    }
+}
+
+/// Dropout and RandomUniform draw the CPU's stream bit for bit (splitmix64 on u32 pairs), and
+/// Advance adds one to the counter.
+#[test]
+fn random_kernels_match_the_reference() {
+    if !gpu_present() {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    let counter = |v: i64| Arg { shape: vec![], values: vec![], labels: vec![v], bytes: vec![] };
+    for (case, c) in [0i64, 1, 5, -3, 1 << 20, i32::MAX as i64].into_iter().enumerate() {
+        let shape = random_shape(&mut rng, 1 + case % 3);
+        let key: u64 = rng.random();
+        for ratio in [0.0f32, 0.3, 0.9] {
+            let op = Op::Random(RandomOp::Dropout(Dropout { ratio, key }));
+            check(&format!("Dropout {shape:?} ratio {ratio} counter {c}"), &op, &[floats(&mut rng, &shape), counter(c)], &[]);
+        }
+        let op = Op::Random(RandomOp::Uniform { low: -0.5, high: 2.0, key, shape: shape.clone() });
+        check(&format!("RandomUniform {shape:?} counter {c}"), &op, &[counter(c)], &[]);
+        if c < i32::MAX as i64 {
+            check(&format!("Advance {c}"), &Op::Random(RandomOp::Advance), &[], &[counter(c)]);
+        }
+    }
+}
+
 /// An op without a GPU kernel makes the load fail, naming the op.
 #[test]
 fn an_op_without_a_gpu_kernel_is_refused_at_load() {
     if !gpu_present() {
         return;
     }
-    let op = Op::Loss(LossOp::Mse(Reduction::Mean));
+    // Comparisons write bools, which the GPU does not hold yet.
+    let op = Op::Broadcast(BroadcastOp::Less);
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let inputs = [floats(&mut rng, &[4, 3]), floats(&mut rng, &[4, 3])];
     let shapes: Vec<&[usize]> = inputs.iter().map(|a| a.shape.as_slice()).collect();
     let out = op.output_shapes(&shapes).unwrap();
     let plan = ValidatedPlan::new(one_node(&op, &inputs, &[], &out)).unwrap();
     let e = WgpuBackend::new(plan, &[], WeightRange { offset: 0, len: 0 }).err().expect("refused").to_string();
-    assert!(e.contains("Mse") && e.contains("no GPU kernel") && e.contains("--backend cpu"), "{e}");
+    assert!(e.contains("Less") && e.contains("no GPU kernel") && e.contains("--backend cpu"), "{e}");
 }

@@ -17,13 +17,15 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::ops::{Conv2d, ConvOp, DenseOp, LossOp, MaskKind, MaskOp, Op, OptimOp, PoolOp, Reduction};
+use crate::ops::{Conv2d, ConvOp, DenseOp, LossOp, MaskKind, MaskOp, NormOp, Op, OptimOp, PoolOp, Reduction};
 use crate::plan::{DType, Location, Node, Plan, TensorId};
+
+use super::families;
 
 /// Threads per workgroup in every kernel.
 pub const WORKGROUP: u32 = 256;
 /// "No tensor" in a parameter block (an optional input that the node does not have).
-const NONE: u32 = u32::MAX;
+pub const NONE: u32 = u32::MAX;
 
 /// The kernels, one WGSL entry point each. The discriminant indexes the pipeline table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,9 +52,24 @@ pub enum Kernel {
     AccumulateGrad,
     MaskPack,
     MaskGrad,
+    BatchNormStats,
+    BatchNormApply,
+    BatchNormGradSums,
+    BatchNormGradInput,
+    GradScaleAccumulate,
+    GradScaleFinish,
+    Mse,
+    MseGrad,
+    CrossEntropy,
+    CrossEntropyGrad,
+    Unary,
+    Strided,
+    Groups,
+    BatchMatMul,
+    Random,
 }
 
-pub const KERNELS: [Kernel; 22] = [
+pub const KERNELS: [Kernel; 37] = [
     Kernel::Elementwise,
     Kernel::BiasAdd,
     Kernel::BiasGrad,
@@ -75,6 +92,21 @@ pub const KERNELS: [Kernel; 22] = [
     Kernel::AccumulateGrad,
     Kernel::MaskPack,
     Kernel::MaskGrad,
+    Kernel::BatchNormStats,
+    Kernel::BatchNormApply,
+    Kernel::BatchNormGradSums,
+    Kernel::BatchNormGradInput,
+    Kernel::GradScaleAccumulate,
+    Kernel::GradScaleFinish,
+    Kernel::Mse,
+    Kernel::MseGrad,
+    Kernel::CrossEntropy,
+    Kernel::CrossEntropyGrad,
+    Kernel::Unary,
+    Kernel::Strided,
+    Kernel::Groups,
+    Kernel::BatchMatMul,
+    Kernel::Random,
 ];
 
 const HEADER: &str = r#"
@@ -85,6 +117,7 @@ fn pf(i: u32) -> f32 { return bitcast<f32>(P[i]); }
 fn finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; }
 fn is_nan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
 fn label(off: u32, i: u32) -> u32 { return bitcast<u32>(M[off + i]); }
+fn nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
 "#;
 
 /// One thread per element: `i` is the element, threads past `P[0]` return.
@@ -146,12 +179,27 @@ impl Kernel {
             Kernel::AccumulateGrad => "accumulate_grad",
             Kernel::MaskPack => "mask_pack",
             Kernel::MaskGrad => "mask_grad",
+            Kernel::BatchNormStats => "batch_norm_stats",
+            Kernel::BatchNormApply => "batch_norm_apply",
+            Kernel::BatchNormGradSums => "batch_norm_grad_sums",
+            Kernel::BatchNormGradInput => "batch_norm_grad_input",
+            Kernel::GradScaleAccumulate => "grad_scale_accumulate",
+            Kernel::GradScaleFinish => "grad_scale_finish",
+            Kernel::Mse => "mse",
+            Kernel::MseGrad => "mse_grad",
+            Kernel::CrossEntropy => "cross_entropy",
+            Kernel::CrossEntropyGrad => "cross_entropy_grad",
+            Kernel::Unary => "unary",
+            Kernel::Strided => "strided",
+            Kernel::Groups => "groups",
+            Kernel::BatchMatMul => "batch_matmul",
+            Kernel::Random => "random",
         }
     }
 
     /// Whether the kernel runs as one workgroup (else one thread per element of `P[0]`).
     pub fn single_group(self) -> bool {
-        matches!(self, Kernel::Sgd | Kernel::Adam | Kernel::CountNonFinite)
+        matches!(self, Kernel::Sgd | Kernel::Adam | Kernel::CountNonFinite | Kernel::GradScaleAccumulate)
     }
 
     /// The complete WGSL source of the kernel.
@@ -179,12 +227,28 @@ impl Kernel {
             Kernel::AccumulateGrad => ACCUMULATE_GRAD,
             Kernel::MaskPack => MASK_PACK,
             Kernel::MaskGrad => MASK_GRAD,
+            Kernel::BatchNormStats => BATCH_NORM_STATS,
+            Kernel::BatchNormApply => BATCH_NORM_APPLY,
+            Kernel::BatchNormGradSums => BATCH_NORM_GRAD_SUMS,
+            Kernel::BatchNormGradInput => BATCH_NORM_GRAD_INPUT,
+            Kernel::GradScaleAccumulate => families::GRAD_SCALE_ACCUMULATE,
+            Kernel::GradScaleFinish => families::GRAD_SCALE_FINISH,
+            Kernel::Mse => families::MSE,
+            Kernel::MseGrad => families::MSE_GRAD,
+            Kernel::CrossEntropy => families::CROSS_ENTROPY,
+            Kernel::CrossEntropyGrad => families::CROSS_ENTROPY_GRAD,
+            Kernel::Unary => families::UNARY,
+            Kernel::Strided => families::STRIDED,
+            Kernel::Groups => families::GROUPS,
+            Kernel::BatchMatMul => families::BATCH_MATMUL,
+            Kernel::Random => families::RANDOM,
         };
         let entry = if self.single_group() { GROUP } else { GRID };
         let helpers = match self {
             Kernel::Conv2d | Kernel::Conv2dGradInput | Kernel::Conv2dGradWeight => CONV_PARAMS,
             Kernel::MaxPool | Kernel::MaxPoolGrad | Kernel::AvgPool | Kernel::AvgPoolGrad => POOL_WINDOW,
-            Kernel::SoftmaxCrossEntropy | Kernel::SoftmaxCrossEntropyGrad => ROW_MAX,
+            Kernel::SoftmaxCrossEntropy | Kernel::SoftmaxCrossEntropyGrad | Kernel::CrossEntropy | Kernel::CrossEntropyGrad => ROW_MAX,
+            Kernel::BatchNormStats | Kernel::BatchNormApply | Kernel::BatchNormGradSums | Kernel::BatchNormGradInput => BN_PARAMS,
             _ => "",
         };
         let mut s = String::from(HEADER);
@@ -314,12 +378,13 @@ fn body(i: u32) {
 "#;
 
 /// `P[1] = dy, P[2] = x, P[3] = dw`: dw[o, cg, kh, kw] = sum over n, oh, ow of
-/// dy[n, o, oh, ow] * x[n, c, ih, iw].
+/// dy[n, o, oh, ow] * x[n, c, ih, iw]; `P[20]` is the first output channel (row) computed, 0 but
+/// for `Conv2dGradWeightRows`, whose `dw` holds rows `P[20]..` of the full gradient.
 const CONV2D_GRAD_WEIGHT: &str = r#"
 fn body(i: u32) {
     let p = conv();
     let Cg = p.C / p.G; let Og = p.O / p.G;
-    let kw = i % p.KW; let kh = (i / p.KW) % p.KH; let cg = (i / (p.KW * p.KH)) % Cg; let o = i / (p.KW * p.KH * Cg);
+    let kw = i % p.KW; let kh = (i / p.KW) % p.KH; let cg = (i / (p.KW * p.KH)) % Cg; let o = i / (p.KW * p.KH * Cg) + P[20];
     let c = (o / Og) * Cg + cg;
     var s = 0.0;
     for (var n = 0u; n < p.N; n++) {
@@ -599,6 +664,107 @@ fn body(i: u32) {
 }
 "#;
 
+/// BatchNorm parameters shared by its four kernels: `P[1..=8]` are tensors (which ones depends on
+/// the kernel), then `P = [.., N, C, inner, eps, momentum, frozen]` at 9..=14 (`x` is
+/// `[N, C, inner...]`). `frozen` means the statistics tensors are `running_mean` and
+/// `running_var` (so `invstd = 1 / sqrt(var + eps)`), else `saved_mean` and `saved_invstd`.
+/// Channel `c` of sample `n` is the run of `inner` words at `(n * C + c) * inner`.
+const BN_PARAMS: &str = r#"
+struct Bn { N: u32, C: u32, inner: u32, eps: f32, momentum: f32, frozen: bool }
+fn bn() -> Bn { return Bn(P[9], P[10], P[11], pf(12), pf(13), P[14] != 0u); }
+fn bn_invstd(p: Bn, s: f32) -> f32 {
+    if (p.frozen) { return 1.0 / sqrt(s + p.eps); }
+    return s;
+}
+"#;
+
+/// Training statistics, one thread per channel: `P[1] = x, P[2] = saved_mean, P[3] =
+/// saved_invstd, P[4] = running_mean, P[5] = running_var`. Sums run as the reference's: each
+/// sample's run summed, then the runs added; two passes (mean, then squared deviations).
+const BATCH_NORM_STATS: &str = r#"
+fn body(c: u32) {
+    let p = bn();
+    let count = p.N * p.inner;
+    let m = f32(count);
+    var sum = 0.0;
+    for (var n = 0u; n < p.N; n++) {
+        let base = P[1] + (n * p.C + c) * p.inner;
+        var run = 0.0;
+        for (var j = 0u; j < p.inner; j++) { run += M[base + j]; }
+        sum += run;
+    }
+    let mean = sum / m;
+    var squares = 0.0;
+    for (var n = 0u; n < p.N; n++) {
+        let base = P[1] + (n * p.C + c) * p.inner;
+        var run = 0.0;
+        for (var j = 0u; j < p.inner; j++) { let d = M[base + j] - mean; run += d * d; }
+        squares += run;
+    }
+    let var_ = squares / m;
+    M[P[2] + c] = mean;
+    M[P[3] + c] = 1.0 / sqrt(var_ + p.eps);
+    var unbiased = var_;
+    if (count > 1u) { unbiased = squares / f32(count - 1u); }
+    M[P[4] + c] = (1.0 - p.momentum) * M[P[4] + c] + p.momentum * mean;
+    M[P[5] + c] = (1.0 - p.momentum) * M[P[5] + c] + p.momentum * unbiased;
+}
+"#;
+
+/// Normalisation, one thread per element: `P[1] = x, P[2] = gamma, P[3] = beta, P[4] = mean,
+/// P[5] = saved_invstd or running_var, P[6] = y`.
+const BATCH_NORM_APPLY: &str = r#"
+fn body(i: u32) {
+    let p = bn();
+    let c = (i / p.inner) % p.C;
+    let scale = M[P[2] + c] * bn_invstd(p, M[P[5] + c]);
+    M[P[6] + i] = (M[P[1] + i] - M[P[4] + c]) * scale + M[P[3] + c];
+}
+"#;
+
+/// Per-channel gradient sums, one thread per channel: `P[1] = dy, P[2] = x, P[3] = mean, P[4] =
+/// invstd or running_var, P[5] = dgamma (sum of dy * xhat), P[6] = dbeta (sum of dy)`, one running
+/// sum over the runs in order as the reference's `channel_sums`.
+const BATCH_NORM_GRAD_SUMS: &str = r#"
+fn body(c: u32) {
+    let p = bn();
+    let mean = M[P[3] + c];
+    let invstd = bn_invstd(p, M[P[4] + c]);
+    var sum_dy = 0.0; var sum_dy_xhat = 0.0;
+    for (var n = 0u; n < p.N; n++) {
+        let base = (n * p.C + c) * p.inner;
+        for (var j = 0u; j < p.inner; j++) {
+            let g = M[P[1] + base + j];
+            sum_dy += g;
+            sum_dy_xhat += g * (M[P[2] + base + j] - mean) * invstd;
+        }
+    }
+    M[P[5] + c] = sum_dy_xhat;
+    M[P[6] + c] = sum_dy;
+}
+"#;
+
+/// The input gradient, one thread per element, after [`BATCH_NORM_GRAD_SUMS`]: `P[1] = dy, P[2] =
+/// x, P[3] = mean, P[4] = invstd or running_var, P[5] = dgamma, P[6] = dbeta, P[7] = gamma, P[8] =
+/// dx`. Training: `gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))`; frozen:
+/// `dy * gamma * invstd`.
+const BATCH_NORM_GRAD_INPUT: &str = r#"
+fn body(i: u32) {
+    let p = bn();
+    let c = (i / p.inner) % p.C;
+    let invstd = bn_invstd(p, M[P[4] + c]);
+    let g = M[P[1] + i];
+    if (p.frozen) {
+        M[P[8] + i] = g * (M[P[7] + c] * invstd);
+        return;
+    }
+    let m = f32(p.N * p.inner);
+    let scale = M[P[7] + c] * invstd / m;
+    let xhat = (M[P[2] + i] - M[P[3] + c]) * invstd;
+    M[P[8] + i] = scale * (m * g - M[P[6] + c] - xhat * M[P[5] + c]);
+}
+"#;
+
 /// One node lowered: the kernel and its parameter block.
 pub struct Lowered {
     pub kernel: Kernel,
@@ -622,9 +788,10 @@ impl Addresses<'_> {
     }
 }
 
-/// Lowers one node, or says why it has no GPU kernel. `None` for a node that needs no dispatch
-/// (a Reshape whose output aliases its input).
-pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String> {
+/// Lowers one node to the dispatches that run it, in order (usually one; none for a Reshape whose
+/// output aliases its input; two for the BatchNorm ops, a per-channel pass then a per-element
+/// one), or says why it has no GPU kernel.
+pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
     let plan = at.plan;
     let shape = |t: TensorId| plan.tensor(t).shape.as_slice();
     let numel = |t: TensorId| plan.tensor(t).numel() as u32;
@@ -634,11 +801,15 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
         || Err(alloc::format!("op {} (node '{}') has no GPU kernel yet; train this plan with --backend cpu", node.op.name(), node.name));
     for &t in node.inputs.iter().chain(&node.outputs) {
         let d = plan.tensor(t).dtype;
-        let allowed =
-            d == DType::F32 || (d == DType::I64 && matches!(node.op, Op::Loss(_))) || (d == DType::U8 && matches!(node.op, Op::Mask(_)));
+        let allowed = d == DType::F32
+            || (d == DType::I64 && matches!(node.op, Op::Loss(_) | Op::Random(_)))
+            || (d == DType::U8 && matches!(node.op, Op::Mask(_)));
         if !allowed {
             return no_kernel();
         }
+    }
+    if let Some(lowered) = families::lower(node, at) {
+        return lowered;
     }
     let elementwise = |kind: u32, a: u32, b: u32, y: u32, lo: f32, hi: f32| Lowered {
         kernel: Kernel::Elementwise,
@@ -666,7 +837,8 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
             u(c.padding[1]),
             u(c.dilation[0]),
             u(c.dilation[1]),
-            u(c.groups)
+            u(c.groups),
+            0
         ]
     };
     let pool_params = |p: &crate::ops::Pool2d, x: &[usize], y: &[usize], threads: u32, t: [u32; 3]| {
@@ -689,6 +861,15 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
             p.count_include_pad as u32
         ]
     };
+    // Row-restricted updates write the rows `start..` of the parameter: its base moves by that
+    // many rows (the gradient and the optimizer state have the gradient's shape).
+    let param = match &node.op {
+        Op::Optim(OptimOp::SgdUpdateRows { rows, .. } | OptimOp::AdamUpdateRows { rows, .. }) => {
+            let p = plan.tensor(node.outputs[0]);
+            o(0) + (rows.start * (p.numel() / rows.param_rows.max(1))) as u32
+        }
+        _ => o(0),
+    };
     let lowered = match &node.op {
         Op::Dense(d) => match d {
             DenseOp::Relu => elementwise(0, i(0), NONE, o(0), 0.0, 0.0),
@@ -699,7 +880,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
             DenseOp::ClipGrad(c) => elementwise(5, i(0), i(1), o(0), c.min, c.max),
             DenseOp::Reshape { .. } => {
                 if plan.tensor(node.inputs[0]).location == plan.tensor(node.outputs[0]).location {
-                    return Ok(None);
+                    return Ok(Vec::new());
                 }
                 elementwise(6, i(0), NONE, o(0), 0.0, 0.0)
             }
@@ -770,8 +951,14 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
                     [i(0), i(1), o(0)],
                 ),
             },
-            // Partial-channel weight gradients (scheme files) have no GPU kernel yet.
-            ConvOp::Conv2dGradWeightRows { .. } => return no_kernel(),
+            ConvOp::Conv2dGradWeightRows { conv, rows, .. } => {
+                let dw = shape(node.outputs[0]);
+                let dy = shape(node.inputs[0]);
+                let full = [dy[1], dw[1], dw[2], dw[3]];
+                let mut params = conv_params(conv, shape(node.inputs[1]), &full, dy, numel(node.outputs[0]), [i(0), i(1), o(0)]);
+                params[20] = rows[0] as u32;
+                Lowered { kernel: Kernel::Conv2dGradWeight, params }
+            }
         },
         Op::Pool(p) => match p {
             PoolOp::GlobalAvgPool => {
@@ -819,18 +1006,18 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
             _ => return no_kernel(),
         },
         Op::Optim(op) => match op {
-            OptimOp::SgdUpdate(s) => {
+            OptimOp::SgdUpdate(s) | OptimOp::SgdUpdateRows { sgd: s, .. } => {
                 let scale = if s.scaled { i(3) } else { NONE };
                 let buffer = if node.outputs.len() > 1 { o(1) } else { NONE };
                 Lowered {
                     kernel: Kernel::Sgd,
                     params: alloc::vec![
-                        numel(node.outputs[0]),
+                        numel(node.inputs[0]),
                         i(0),
                         i(1),
                         i(2),
                         scale,
-                        o(0),
+                        param,
                         buffer,
                         s.momentum.to_bits(),
                         s.dampening.to_bits(),
@@ -839,17 +1026,17 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
                     ],
                 }
             }
-            OptimOp::AdamUpdate(a) => {
+            OptimOp::AdamUpdate(a) | OptimOp::AdamUpdateRows { adam: a, .. } => {
                 let scale = if a.scaled { i(3) } else { NONE };
                 Lowered {
                     kernel: Kernel::Adam,
                     params: alloc::vec![
-                        numel(node.outputs[0]),
+                        numel(node.inputs[0]),
                         i(0),
                         i(1),
                         i(2),
                         scale,
-                        o(0),
+                        param,
                         o(1),
                         o(2),
                         a.beta1.to_bits(),
@@ -865,7 +1052,8 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
             }
             OptimOp::Fill { value } => Lowered { kernel: Kernel::Fill, params: alloc::vec![numel(node.outputs[0]), o(0), value.to_bits()] },
             OptimOp::AccumulateGrad => Lowered { kernel: Kernel::AccumulateGrad, params: alloc::vec![numel(node.outputs[0]), i(0), o(0)] },
-            OptimOp::GradScale(_) | OptimOp::SgdUpdateRows { .. } | OptimOp::AdamUpdateRows { .. } => return no_kernel(),
+            // Lowered in `families.rs`.
+            OptimOp::GradScale(_) => return no_kernel(),
         },
         Op::Mask(MaskOp::Pack(kind)) => {
             let n = numel(node.inputs[0]);
@@ -875,8 +1063,42 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
             };
             Lowered { kernel: Kernel::MaskPack, params: alloc::vec![n.div_ceil(32), i(0), o(0), n, clip, lo.to_bits(), hi.to_bits()] }
         }
+        Op::Norm(n) => {
+            let (b, frozen) = match n {
+                NormOp::BatchNormTrain(b) | NormOp::BatchNormTrainGrad(b) => (b, false),
+                NormOp::BatchNormInfer(b) | NormOp::BatchNormInferGrad(b) => (b, true),
+            };
+            let x = match n {
+                NormOp::BatchNormTrain(_) | NormOp::BatchNormInfer(_) => shape(node.inputs[0]),
+                _ => shape(node.inputs[1]),
+            };
+            let inner: usize = x[2..].iter().product();
+            let (count, channels) = (numel(node.outputs[0]), x[1] as u32);
+            let bn = |threads: u32, kernel: Kernel, t: [u32; 8]| {
+                let mut params = alloc::vec![threads];
+                params.extend_from_slice(&t);
+                params.extend_from_slice(&[x[0] as u32, channels, inner as u32, b.eps.to_bits(), b.momentum.to_bits(), frozen as u32]);
+                Lowered { kernel, params }
+            };
+            return Ok(match n {
+                // [x, gamma, beta] -> [y, saved_mean, saved_invstd, running_mean, running_var]
+                NormOp::BatchNormTrain(_) => alloc::vec![
+                    bn(channels, Kernel::BatchNormStats, [i(0), o(1), o(2), o(3), o(4), NONE, NONE, NONE]),
+                    bn(count, Kernel::BatchNormApply, [i(0), i(1), i(2), o(1), o(2), o(0), NONE, NONE]),
+                ],
+                // [x, gamma, beta, running_mean, running_var] -> [y]
+                NormOp::BatchNormInfer(_) => {
+                    alloc::vec![bn(count, Kernel::BatchNormApply, [i(0), i(1), i(2), i(3), i(4), o(0), NONE, NONE])]
+                }
+                // [dy, x, gamma, mean, invstd or var] -> [dx, dgamma, dbeta]
+                NormOp::BatchNormTrainGrad(_) | NormOp::BatchNormInferGrad(_) => alloc::vec![
+                    bn(channels, Kernel::BatchNormGradSums, [i(0), i(1), i(3), i(4), o(1), o(2), NONE, NONE]),
+                    bn(count, Kernel::BatchNormGradInput, [i(0), i(1), i(3), i(4), o(1), o(2), i(2), o(0)]),
+                ],
+            });
+        }
         Op::Mask(MaskOp::Grad) => Lowered { kernel: Kernel::MaskGrad, params: alloc::vec![numel(node.outputs[0]), i(0), i(1), o(0)] },
         _ => return no_kernel(),
     };
-    Ok(Some(lowered))
+    Ok(alloc::vec![lowered])
 }

@@ -2,10 +2,10 @@
 //! Metal, DX12).
 //!
 //! At load [`WgpuBackend::new`] allocates one storage buffer holding the arena followed by the
-//! weight section (uploaded once), lowers every node of every program to one dispatch of one
-//! kernel ([`kernels::lower`]; a node without a GPU kernel makes the load fail with its op's
-//! name), compiles the pipelines the plan uses, writes every node's parameter block into one
-//! buffer and creates one bind group per node. Running a program then records that fixed list of
+//! weight section (uploaded once), lowers every node of every program to its dispatches, one for
+//! most ops ([`kernels::lower`]; a node without a GPU kernel makes the load fail with its op's
+//! name), compiles the pipelines the plan uses, writes every dispatch's parameter block into one
+//! buffer and creates one bind group per dispatch. Running a program then records that fixed list of
 //! dispatches into a command encoder and submits it: no buffer, bind group or pipeline is created
 //! during a step ([`WgpuBackend::creations`] counts them; `tests/wgpu.rs` checks it).
 //!
@@ -14,10 +14,12 @@
 //! the device's largest storage binding (`maxStorageBufferBindingSize`); a plan that does not is
 //! refused at load with the sizes and what to do.
 //!
-//! WGSL has no 64-bit integers: `i64` labels are checked (they must fit `i32` and lie in
-//! `[0, classes)` of every loss that reads them) and stored as `i32` in the first half of their
-//! tensor's bytes when they are written; reading them back widens them again.
+//! WGSL has no 64-bit integers: `i64` tensors (labels, the random ops' step counter) are
+//! checked when written (each must fit `i32`; labels must lie in `[0, classes)` of every loss
+//! that reads them, or be cross-entropy's `ignore_index`) and stored as `i32` in the first half
+//! of their tensor's bytes; reading them back widens them again.
 
+mod families;
 pub mod kernels;
 
 use std::collections::HashMap;
@@ -55,6 +57,8 @@ struct Gpu {
     buffers: AtomicU64,
     bind_groups: AtomicU64,
     pipelines: AtomicU64,
+    /// Waits for the device (each read back is one).
+    syncs: AtomicU64,
 }
 
 impl Gpu {
@@ -76,6 +80,8 @@ impl Gpu {
 
 /// One recorded dispatch.
 struct Dispatch {
+    /// The node's index in its program.
+    node: usize,
     pipeline: usize,
     bind_group: wgpu::BindGroup,
     groups: [u32; 2],
@@ -86,6 +92,8 @@ struct Dispatch {
 struct LabelRange {
     classes: usize,
     op: &'static str,
+    /// A label value that the loss skips (cross-entropy's `ignore_index`).
+    ignore: Option<i64>,
 }
 
 /// Executes plans on a GPU through `wgpu`.
@@ -101,6 +109,10 @@ pub struct WgpuBackend {
     programs: [Vec<Dispatch>; 4],
     labels: HashMap<usize, LabelRange>,
     adapter: String,
+    /// [`Backend::record`]'s slots in device memory (made by `reserve_records`, at load).
+    records: Option<(wgpu::Buffer, usize)>,
+    /// Per-node time of the train program while profiling, and the number of profiled runs.
+    profile: Option<(Vec<u64>, u64)>,
 }
 
 fn unsupported(message: impl Into<String>) -> ExecError {
@@ -163,8 +175,11 @@ impl WgpuBackend {
                 "the plan's arena and weights take {total} bytes, more than this GPU binds as one storage buffer ({binding} bytes, {adapter_name}); compile it with a smaller --batch or model, or use --backend cpu"
             )));
         }
-        if total / 4 > u32::MAX as u64 {
-            return Err(unsupported("the plan's memory has more than 2^32 words, which WGSL cannot index; use --backend cpu"));
+        // The strided kernels compute word offsets in i32.
+        if total / 4 > i32::MAX as u64 {
+            return Err(unsupported(
+                "the plan's memory has more than 2^31 words, which pock's WGSL kernels cannot index; use --backend cpu",
+            ));
         }
         if limits.min_storage_buffer_offset_alignment as u64 > PARAM_SLOT {
             return Err(unsupported(alloc::format!(
@@ -181,18 +196,23 @@ impl WgpuBackend {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| unsupported(alloc::format!("cannot open {adapter_name}: {e}; use --backend cpu")))?;
-        let gpu = Gpu { device, queue, buffers: AtomicU64::new(0), bind_groups: AtomicU64::new(0), pipelines: AtomicU64::new(0) };
+        let gpu = Gpu {
+            device,
+            queue,
+            buffers: AtomicU64::new(0),
+            bind_groups: AtomicU64::new(0),
+            pipelines: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+        };
 
         // Lower every node of every program before anything is allocated on the device.
         let at = Addresses { plan: &plan, weights_at };
-        let mut lowered: [Vec<kernels::Lowered>; 4] = Default::default();
+        let mut lowered: [Vec<(usize, kernels::Lowered)>; 4] = Default::default();
         for kind in [ProgramKind::Train, ProgramKind::Apply, ProgramKind::Eval, ProgramKind::Infer] {
             let Some(program) = kind.of(&plan) else { continue };
-            for node in &program.nodes {
-                let l = kernels::lower(node, &at).map_err(|e| unsupported(alloc::format!("{} program: {e}", kind.name())))?;
-                if let Some(l) = l.filter(|l| l.params[0] > 0) {
-                    lowered[program_index(kind)].push(l);
-                }
+            for (n, node) in program.nodes.iter().enumerate() {
+                let list = kernels::lower(node, &at).map_err(|e| unsupported(alloc::format!("{} program: {e}", kind.name())))?;
+                lowered[program_index(kind)].extend(list.into_iter().filter(|l| l.params[0] > 0).map(|l| (n, l)));
             }
         }
         let labels = label_ranges(&plan);
@@ -233,7 +253,7 @@ impl WgpuBackend {
         // kernel the driver rejects is an error here rather than a panic later.
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut pipelines: Vec<Option<wgpu::ComputePipeline>> = KERNELS.iter().map(|_| None).collect();
-        for l in lowered.iter().flatten() {
+        for (_, l) in lowered.iter().flatten() {
             let k = l.kernel as usize;
             if pipelines[k].is_none() {
                 let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -255,7 +275,7 @@ impl WgpuBackend {
         let mut programs: [Vec<Dispatch>; 4] = Default::default();
         let mut slot = 0u64;
         for (p, list) in lowered.iter().enumerate() {
-            for l in list {
+            for (node, l) in list {
                 let mut words = [0u32; (PARAM_SLOT / 4) as usize];
                 words[..l.params.len()].copy_from_slice(&l.params);
                 block.extend(words.iter().flat_map(|w| w.to_le_bytes()));
@@ -282,7 +302,7 @@ impl WgpuBackend {
                     let x = total.min(MAX_GROUPS);
                     [x, total.div_ceil(x)]
                 };
-                programs[p].push(Dispatch { pipeline: l.kernel as usize, bind_group, groups });
+                programs[p].push(Dispatch { node: *node, pipeline: l.kernel as usize, bind_group, groups });
             }
         }
         if let Some(e) = pollster::block_on(scope.pop()) {
@@ -296,8 +316,19 @@ impl WgpuBackend {
         if !padded.is_empty() {
             gpu.queue.write_buffer(&memory, weights_at, &padded);
         }
-        let mut backend =
-            WgpuBackend { plan, weights: section.to_vec(), gpu, memory, staging, pipelines, programs, labels, adapter: adapter_name };
+        let mut backend = WgpuBackend {
+            plan,
+            weights: section.to_vec(),
+            gpu,
+            memory,
+            staging,
+            pipelines,
+            programs,
+            labels,
+            adapter: adapter_name,
+            records: None,
+            profile: None,
+        };
         backend.reset_state()?;
         Ok(backend)
     }
@@ -305,6 +336,68 @@ impl WgpuBackend {
     /// The adapter the backend runs on (`name (backend, device type)`).
     pub fn adapter(&self) -> &str {
         &self.adapter
+    }
+
+    /// Copies `len` bytes at `offset` of `src` to the staging buffer, waits for the device (one
+    /// sync) and hands the bytes to `f`.
+    fn download(&self, src: &wgpu::Buffer, offset: u64, len: u64, f: impl FnOnce(&[u8])) -> Result<(), ExecError> {
+        let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("pock read") });
+        encoder.copy_buffer_to_buffer(src, offset, &self.staging, 0, len);
+        self.gpu.queue.submit([encoder.finish()]);
+        let (send, receive) = std::sync::mpsc::channel();
+        self.staging.map_async(wgpu::MapMode::Read, 0..len, move |r| {
+            let _ = send.send(r);
+        });
+        self.gpu.syncs.fetch_add(1, Ordering::Relaxed);
+        self.gpu
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| unsupported(alloc::format!("the GPU did not finish: {e}")))?;
+        match receive.try_recv() {
+            Ok(Ok(())) => {}
+            _ => return Err(unsupported("cannot read the GPU's memory back (the device may have been lost)")),
+        }
+        {
+            let view =
+                self.staging.get_mapped_range(0..len).map_err(|e| unsupported(alloc::format!("cannot read the GPU's memory back: {e}")))?;
+            f(&view);
+        }
+        self.staging.unmap();
+        Ok(())
+    }
+
+    /// The train program one node at a time: each node's dispatches submitted alone and waited
+    /// for, timed on the host clock.
+    fn run_profiled(&mut self) -> Result<(), ExecError> {
+        let Some((mut nanos, runs)) = self.profile.take() else { return Ok(()) };
+        let dispatches = &self.programs[program_index(ProgramKind::Train)];
+        let mut start = 0;
+        while start < dispatches.len() {
+            let node = dispatches[start].node;
+            let end = start + dispatches[start..].iter().take_while(|d| d.node == node).count();
+            let began = std::time::Instant::now();
+            let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("pock profile") });
+            {
+                let mut pass =
+                    encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("pock profile"), timestamp_writes: None });
+                for d in &dispatches[start..end] {
+                    pass.set_pipeline(self.pipelines[d.pipeline].as_ref().expect("created at load for every lowered node"));
+                    pass.set_bind_group(0, &d.bind_group, &[]);
+                    pass.dispatch_workgroups(d.groups[0], d.groups[1], 1);
+                }
+            }
+            self.gpu.queue.submit([encoder.finish()]);
+            self.gpu.syncs.fetch_add(1, Ordering::Relaxed);
+            let waited = self.gpu.device.poll(wgpu::PollType::wait_indefinitely());
+            nanos[node] += began.elapsed().as_nanos() as u64;
+            if let Err(e) = waited {
+                self.profile = Some((nanos, runs));
+                return Err(unsupported(alloc::format!("the GPU did not finish: {e}")));
+            }
+            start = end;
+        }
+        self.profile = Some((nanos, runs + 1));
+        Ok(())
     }
 
     /// How many buffers, bind groups and pipelines the backend has created so far.
@@ -315,31 +408,6 @@ impl WgpuBackend {
             pipelines: self.gpu.pipelines.load(Ordering::Relaxed),
         }
     }
-
-    /// Sets every persistent tensor to its initial value (parameters from the weight section,
-    /// optimizer state to zero), as [`crate::exec::CpuBackend::reset_state`] does.
-    pub fn reset_state(&mut self) -> Result<(), ExecError> {
-        let inits: Vec<(TensorId, u64, Init)> = self
-            .plan
-            .tensors
-            .iter()
-            .enumerate()
-            .filter_map(|(i, t)| match t.location {
-                Location::Arena { .. } if t.init != Init::None => Some((TensorId(i as u32), t.bytes(), t.init)),
-                _ => None,
-            })
-            .collect();
-        for (t, bytes, init) in inits {
-            let b = bytes as usize;
-            let value = match init {
-                Init::FromWeights { offset } => self.weights[offset as usize..offset as usize + b].to_vec(),
-                Init::Fill(v) => v.to_le_bytes().repeat(b / 4),
-                Init::None => continue,
-            };
-            self.write(t, &value)?;
-        }
-        Ok(())
-    }
 }
 
 /// For each `i64` tensor that a loss reads as labels, the fewest classes among those losses.
@@ -347,15 +415,17 @@ fn label_ranges(plan: &Plan) -> HashMap<usize, LabelRange> {
     let mut out: HashMap<usize, LabelRange> = HashMap::new();
     for (_, program) in plan.all_programs() {
         for node in &program.nodes {
-            let (logits, labels) = match node.op {
-                Op::Loss(LossOp::SoftmaxCrossEntropy(_)) => (node.inputs[0], node.inputs[1]),
-                Op::Loss(LossOp::SoftmaxCrossEntropyGrad(_)) => (node.inputs[1], node.inputs[2]),
+            let (logits, labels, ignore) = match node.op {
+                Op::Loss(LossOp::SoftmaxCrossEntropy(_)) => (node.inputs[0], node.inputs[1], None),
+                Op::Loss(LossOp::SoftmaxCrossEntropyGrad(_)) => (node.inputs[1], node.inputs[2], None),
+                Op::Loss(LossOp::CrossEntropy(c)) => (node.inputs[0], node.inputs[1], Some(c.ignore_index)),
+                Op::Loss(LossOp::CrossEntropyGrad(c)) => (node.inputs[1], node.inputs[2], Some(c.ignore_index)),
                 _ => continue,
             };
             let classes = plan.tensor(logits).shape.last().copied().unwrap_or(0);
-            let e = out.entry(labels.index()).or_insert(LabelRange { classes, op: node.op.name() });
+            let e = out.entry(labels.index()).or_insert(LabelRange { classes, op: node.op.name(), ignore });
             if classes < e.classes {
-                *e = LabelRange { classes, op: node.op.name() };
+                *e = LabelRange { classes, op: node.op.name(), ignore: ignore.or(e.ignore) };
             }
         }
     }
@@ -386,7 +456,7 @@ impl Backend for WgpuBackend {
                 for (row, chunk) in bytes.chunks_exact(8).enumerate() {
                     let v = i64::from_le_bytes(chunk.try_into().expect("8-byte chunks"));
                     if let Some(r) = range {
-                        if v < 0 || v as u64 >= r.classes as u64 {
+                        if Some(v) != r.ignore && (v < 0 || v as u64 >= r.classes as u64) {
                             return Err(ExecError::Kernel {
                                 node: info.name.clone(),
                                 source: KernelError::LabelOutOfRange { op: r.op, row, label: v, classes: r.classes },
@@ -436,27 +506,9 @@ impl Backend for WgpuBackend {
         }
         let stored = if info.dtype == DType::I64 { expected / 2 } else { expected };
         let copy = (stored as u64).div_ceil(4) * 4;
-        let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("pock read") });
-        encoder.copy_buffer_to_buffer(&self.memory, offset, &self.staging, 0, copy);
-        self.gpu.queue.submit([encoder.finish()]);
-        let (send, receive) = std::sync::mpsc::channel();
-        self.staging.map_async(wgpu::MapMode::Read, 0..copy, move |r| {
-            let _ = send.send(r);
-        });
-        self.gpu
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| unsupported(alloc::format!("the GPU did not finish: {e}")))?;
-        match receive.try_recv() {
-            Ok(Ok(())) => {}
-            _ => return Err(unsupported("cannot read the GPU's memory back (the device may have been lost)")),
-        }
-        {
-            let view = self
-                .staging
-                .get_mapped_range(0..copy)
-                .map_err(|e| unsupported(alloc::format!("cannot read the GPU's memory back: {e}")))?;
-            if info.dtype == DType::I64 {
+        let wide = info.dtype == DType::I64;
+        self.download(&self.memory, offset, copy, |view| {
+            if wide {
                 for (o, v) in out.chunks_exact_mut(8).zip(view.chunks_exact(4)) {
                     let v = i32::from_le_bytes(v.try_into().expect("4-byte chunks")) as i64;
                     o.copy_from_slice(&v.to_le_bytes());
@@ -464,14 +516,98 @@ impl Backend for WgpuBackend {
             } else {
                 out.copy_from_slice(&view[..expected]);
             }
+        })
+    }
+
+    fn reset_state(&mut self) -> Result<(), ExecError> {
+        let inits: Vec<(TensorId, u64, Init)> = self
+            .plan
+            .tensors
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| match t.location {
+                Location::Arena { .. } if t.init != Init::None => Some((TensorId(i as u32), t.bytes(), t.init)),
+                _ => None,
+            })
+            .collect();
+        for (t, bytes, init) in inits {
+            let b = bytes as usize;
+            let value = match init {
+                Init::FromWeights { offset } => self.weights[offset as usize..offset as usize + b].to_vec(),
+                Init::Fill(v) => v.to_le_bytes().repeat(b / 4),
+                Init::None => continue,
+            };
+            self.write(t, &value)?;
         }
-        self.staging.unmap();
         Ok(())
+    }
+
+    fn reserve_records(&mut self, slots: usize) -> Result<(), ExecError> {
+        let bytes = (slots.max(1) * 4) as u64;
+        let buffer = self.gpu.buffer("pock records", bytes, wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST);
+        if self.staging.size() < bytes {
+            self.staging = self.gpu.buffer("pock readback", bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        }
+        self.records = Some((buffer, slots));
+        Ok(())
+    }
+
+    fn record(&mut self, t: TensorId, slot: usize) -> Result<(), ExecError> {
+        let info = crate::exec::sized_tensor(&self.plan, t, 4)?;
+        let Location::Arena { offset } = info.location else {
+            return Err(unsupported(alloc::format!("tensor '{}' is in the weight section; only arena values are recorded", info.name)));
+        };
+        let Some((buffer, slots)) = &self.records else {
+            return Err(unsupported("no record slots reserved; the session reserves them at load for --loss-every"));
+        };
+        if slot >= *slots {
+            return Err(unsupported(alloc::format!("record slot {slot} is past the {slots} reserved")));
+        }
+        let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("pock record") });
+        encoder.copy_buffer_to_buffer(&self.memory, offset, buffer, slot as u64 * 4, 4);
+        self.gpu.queue.submit([encoder.finish()]);
+        Ok(())
+    }
+
+    fn read_records(&mut self, out: &mut [f32]) -> Result<(), ExecError> {
+        let Some((buffer, slots)) = &self.records else {
+            return Err(unsupported("no record slots reserved; the session reserves them at load for --loss-every"));
+        };
+        if out.len() > *slots {
+            return Err(unsupported(alloc::format!("{} records asked for, {slots} reserved", out.len())));
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.download(buffer, 0, out.len() as u64 * 4, |view| {
+            for (o, v) in out.iter_mut().zip(view.chunks_exact(4)) {
+                *o = f32::from_le_bytes(v.try_into().expect("4-byte chunks"));
+            }
+        })
+    }
+
+    fn syncs(&self) -> u64 {
+        self.gpu.syncs.load(Ordering::Relaxed)
+    }
+
+    fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(|| (alloc::vec![0; self.plan.programs.train.nodes.len()], 0));
+    }
+
+    fn node_nanos(&self) -> Option<(&[u64], u64)> {
+        self.profile.as_ref().map(|(n, runs)| (n.as_slice(), *runs))
+    }
+
+    fn profile_timing(&self) -> &'static str {
+        "submitting each node's dispatches on their own and waiting for the GPU (host clock; no GPU timestamp queries), so small nodes include a submit and a sync each"
     }
 
     fn run(&mut self, program: ProgramKind) -> Result<(), ExecError> {
         if program.of(&self.plan).is_none() {
             return Err(ExecError::NoProgram(program.name()));
+        }
+        if program == ProgramKind::Train && self.profile.is_some() {
+            return self.run_profiled();
         }
         let dispatches = &self.programs[program_index(program)];
         let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(program.name()) });

@@ -1,0 +1,848 @@
+//! The kernels of the op families added after the first slice of the GPU backend: gradient
+//! scaling (clipping, accumulation), MSE, cross-entropy with `ignore_index`, the unary maths,
+//! broadcasting arithmetic and data movement (one strided kernel), reductions and softmax (one
+//! per-group kernel) and batched matmul; and the lowering of their nodes.
+//!
+//! The two generic kernels take shapes and strides in the parameter block, at most
+//! [`MAX_RANK`] axes: the strided kernel runs one thread per element of an iteration shape and
+//! reads up to three inputs and writes one output each at `base + sum(coord * stride)` (strides
+//! are `i32`, so a slice can walk backwards and a broadcast input has stride 0); the group kernel
+//! runs one thread per group of a reduction (the kept axes) and walks the group's elements (the
+//! reduced axes) in row-major order, the reference's order of additions.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use super::kernels::{Addresses, Kernel, Lowered, NONE};
+use crate::ops::{
+    BroadcastOp, CrossEntropy, GradScale, LossOp, MatMulOp, MoveOp, Op, OptimOp, RandomOp, ReduceOp, Reduction, UnaryFn, UnaryOp,
+};
+use crate::plan::{Node, TensorId};
+
+/// The most axes the strided and group kernels take (the broadcast family's limit too).
+pub const MAX_RANK: usize = 8;
+
+/// `P = [n, grad, scale, sum_squares, multiplier]`, one workgroup: adds `sum((multiplier * g)^2)`
+/// to the scale word (with `sum_squares`), or only makes it NaN when an element is not finite.
+pub const GRAD_SCALE_ACCUMULATE: &str = r#"
+var<workgroup> part: array<f32, 256>;
+fn body(li: u32) {
+    let n = P[0]; let m = pf(4);
+    var s = 0.0; var ok = true;
+    for (var j = li; j < n; j += 256u) {
+        let v = M[P[1] + j];
+        if (!finite(v)) { ok = false; }
+        let t = m * v;
+        s += t * t;
+    }
+    if (!ok) { atomicStore(&bad, 1u); }
+    part[li] = s;
+    workgroupBarrier();
+    for (var w = 128u; w > 0u; w = w >> 1u) {
+        if (li < w) { part[li] += part[li + w]; }
+        workgroupBarrier();
+    }
+    if (li == 0u) {
+        if (atomicLoad(&bad) != 0u) { M[P[2]] = nan(); } else if (P[3] != 0u) { M[P[2]] = M[P[2]] + part[0]; }
+    }
+}
+"#;
+
+/// `P = [1, scale, has_max_norm, max_norm, multiplier]`: the scale word holds the sum of squares
+/// (or NaN); it becomes `multiplier * min(1, max_norm / (norm + 1e-6))`, or `multiplier` without
+/// a max norm, NaN when the sum is not finite.
+pub const GRAD_SCALE_FINISH: &str = r#"
+fn body(i: u32) {
+    let s = M[P[1]];
+    var clip = 1.0;
+    if (!finite(s)) { clip = nan(); } else if (P[2] != 0u) {
+        let coef = pf(3) / (sqrt(s) + 1e-6);
+        clip = select(coef, 1.0, coef > 1.0);
+    }
+    M[P[1]] = pf(4) * clip;
+}
+"#;
+
+/// `P = [threads, pred, target, loss, batch, features, mean, total]`: with `mean` one thread sums
+/// every squared error in order; otherwise one thread per sample.
+pub const MSE: &str = r#"
+fn body(i: u32) {
+    let F = P[5];
+    if (P[6] != 0u) {
+        var s = 0.0;
+        for (var j = 0u; j < P[7]; j++) { let d = M[P[1] + j] - M[P[2] + j]; s += d * d; }
+        M[P[3]] = s / f32(P[7]);
+        return;
+    }
+    var s = 0.0;
+    for (var j = i * F; j < (i + 1u) * F; j++) { let d = M[P[1] + j] - M[P[2] + j]; s += d * d; }
+    M[P[3] + i] = s / f32(F);
+}
+"#;
+
+/// `P = [n, dloss, pred, target, dpred, features, mean, total]`: `dpred = (pred - target) * w`.
+pub const MSE_GRAD: &str = r#"
+fn body(i: u32) {
+    var w = 2.0 * M[P[1]] / f32(P[7]);
+    if (P[6] == 0u) { w = 2.0 * M[P[1] + i / P[5]] / f32(P[5]); }
+    M[P[4] + i] = (M[P[2] + i] - M[P[3] + i]) * w;
+}
+"#;
+
+/// `P = [threads, logits, labels, loss, positions, C, mean, ignore_index, per_sample]`: with
+/// `mean` one thread sums the kept positions in order; otherwise one thread per sample.
+pub const CROSS_ENTROPY: &str = r#"
+fn kept(p: u32) -> bool { return bitcast<i32>(label(P[2], p)) != bitcast<i32>(P[7]); }
+fn position_loss(p: u32) -> f32 {
+    let lg = P[1]; let C = P[5];
+    let m = row_max(lg, p, C);
+    var s = 0.0;
+    for (var c = 0u; c < C; c++) { s += exp(M[lg + p * C + c] - m); }
+    return m + log(s) - M[lg + p * C + label(P[2], p)];
+}
+fn body(i: u32) {
+    var lo = 0u; var hi = P[4];
+    if (P[6] == 0u) { lo = i * P[8]; hi = lo + P[8]; }
+    var total = 0.0; var count = 0u;
+    for (var p = lo; p < hi; p++) {
+        if (kept(p)) { total += position_loss(p); count += 1u; }
+    }
+    M[P[3] + i] = total / f32(max(count, 1u));
+}
+"#;
+
+/// `P = [positions, dloss, logits, labels, dlogits, positions, C, mean, ignore_index,
+/// per_sample]`, one thread per position.
+pub const CROSS_ENTROPY_GRAD: &str = r#"
+fn kept(p: u32) -> bool { return bitcast<i32>(label(P[3], p)) != bitcast<i32>(P[8]); }
+fn body(p: u32) {
+    let lg = P[2]; let dst = P[4]; let C = P[6];
+    if (!kept(p)) {
+        for (var c = 0u; c < C; c++) { M[dst + p * C + c] = 0.0; }
+        return;
+    }
+    var lo = 0u; var hi = P[5]; var dloss = M[P[1]];
+    if (P[7] == 0u) { let n = p / P[9]; lo = n * P[9]; hi = lo + P[9]; dloss = M[P[1] + n]; }
+    var count = 0u;
+    for (var q = lo; q < hi; q++) { if (kept(q)) { count += 1u; } }
+    let w = dloss / f32(max(count, 1u));
+    let m = row_max(lg, p, C);
+    var s = 0.0;
+    for (var c = 0u; c < C; c++) { let e = exp(M[lg + p * C + c] - m); M[dst + p * C + c] = e; s += e; }
+    for (var c = 0u; c < C; c++) { M[dst + p * C + c] = M[dst + p * C + c] / s * w; }
+    let l = label(P[3], p);
+    M[dst + p * C + l] = M[dst + p * C + l] - w;
+}
+"#;
+
+/// `P = [n, function, x, saved, y, grad, alpha, beta]`: `y = f(x)`, or with `grad`
+/// `y = x * f'(saved)` (`x` is then `dy`; `saved` is NONE for a function that saves nothing).
+/// Each case is the formula of `kernels/unary.rs` (`UnaryFormula::apply` and `derivative`);
+/// `erf` is Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7), as WGSL has none.
+pub const UNARY: &str = r#"
+fn erf_(x: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.3275911 * abs(x));
+    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-x * x);
+    return select(-y, y, x >= 0.0);
+}
+fn expm1_(x: f32) -> f32 {
+    if (abs(x) < 1e-3) { return x + x * x * 0.5 + x * x * x / 6.0; }
+    return exp(x) - 1.0;
+}
+fn log1p_(x: f32) -> f32 {
+    if (abs(x) < 1e-4) { return x - x * x * 0.5; }
+    return log(1.0 + x);
+}
+fn apply(f: u32, x: f32) -> f32 {
+    let alpha = pf(6); let beta = pf(7);
+    switch f {
+        case 0u: { return -x; }
+        case 1u: { return exp(x); }
+        case 2u: { return log(x); }
+        case 3u: { return sqrt(x); }
+        case 4u: { return 1.0 / x; }
+        case 5u: { return tanh(clamp(x, -15.0, 15.0)); }
+        case 6u: { if (x >= 0.0) { return 1.0 / (1.0 + exp(-x)); } let e = exp(x); return e / (1.0 + e); }
+        case 7u: { return erf_(x); }
+        case 8u: { return abs(x); }
+        case 9u: { return sin(x); }
+        case 10u: { return cos(x); }
+        case 11u: { return max(x, 0.0) + log1p_(exp(-abs(x))); }
+        case 12u: { return select(x * alpha, x, x > 0.0); }
+        case 13u: { return select(alpha * expm1_(x), x, x > 0.0); }
+        case 14u: { let v = alpha * x + beta; let raised = select(v, 0.0, v < 0.0); return select(raised, 1.0, raised > 1.0); }
+        default: { return x; }
+    }
+}
+fn derivative(f: u32, s: f32) -> f32 {
+    let alpha = pf(6);
+    switch f {
+        case 0u: { return -1.0; }
+        case 1u: { return s; }
+        case 2u: { return 1.0 / s; }
+        case 3u: { return 1.0 / (s + s); }
+        case 4u: { return -(s * s); }
+        case 5u: { return 1.0 - s * s; }
+        case 6u: { return s * (1.0 - s); }
+        case 7u: { return 1.1283791670955126 * exp(-(s * s)); }
+        case 8u: { if (s > 0.0) { return 1.0; } if (s < 0.0) { return -1.0; } return 0.0; }
+        case 9u: { return cos(s); }
+        case 10u: { return -sin(s); }
+        case 11u: { return -expm1_(-s); }
+        case 12u: { return select(alpha, 1.0, s > 0.0); }
+        case 13u: { return select(alpha * exp(s), 1.0, s > 0.0); }
+        case 14u: { return select(0.0, alpha, 0.0 < s && s < 1.0); }
+        default: { return 0.0; }
+    }
+}
+fn body(i: u32) {
+    let x = M[P[2] + i];
+    if (P[5] == 0u) { M[P[4] + i] = apply(P[1], x); return; }
+    var s = 0.0;
+    if (P[3] != NONE) { s = M[P[3] + i]; }
+    M[P[4] + i] = x * derivative(P[1], s);
+}
+"#;
+
+/// `P = [n, op, rank, y, a, b, c, attr, dims@8, y strides@16, a strides@24, b strides@32,
+/// c strides@40]` (bases in words, strides `i32`). Ops: 0 copy, 1 add, 2 sub, 3 mul, 4 div,
+/// 5 pow, 6 max, 7 min, 8 `-(dy * a) / (b * b)`, 9 pow's base gradient, 10 pow's exponent
+/// gradient, 11 max's share for `a`, 12 min's, 13 `a * attr`, 14 and 15 Trilu's upper and
+/// lower triangle (`attr` is `k` as `i32`; the output is contiguous); for 8..=12 `a, b, c` are
+/// `dy, a, b`.
+pub const STRIDED: &str = r#"
+fn powf(a: f32, b: f32) -> f32 {
+    if (b == 0.0) { return 1.0; }
+    if (a == 0.0) { return select(bitcast<f32>(0x7f800000u), 0.0, b > 0.0); }
+    if (a < 0.0) {
+        if (b != floor(b)) { return nan(); }
+        let r = pow(-a, b);
+        if (abs(b) < 16777216.0 && (i32(b) & 1) != 0) { return -r; }
+        return r;
+    }
+    return pow(a, b);
+}
+fn select_grad(dy: f32, a: f32, b: f32, a_wins: bool) -> f32 {
+    if (a == b) { return dy * 0.5; }
+    return select(0.0, dy, a_wins);
+}
+fn body(i: u32) {
+    var rest = i;
+    var oy = bitcast<i32>(P[3]); var oa = bitcast<i32>(P[4]); var ob = bitcast<i32>(P[5]); var oc = bitcast<i32>(P[6]);
+    for (var k = P[2]; k > 0u; k--) {
+        let d = k - 1u;
+        let c = i32(rest % P[8u + d]);
+        rest = rest / P[8u + d];
+        oy += c * bitcast<i32>(P[16u + d]);
+        oa += c * bitcast<i32>(P[24u + d]);
+        ob += c * bitcast<i32>(P[32u + d]);
+        oc += c * bitcast<i32>(P[40u + d]);
+    }
+    let a = M[u32(oa)];
+    let op = P[1];
+    var r = a;
+    if (op >= 1u && op <= 12u) {
+        let b = M[u32(ob)];
+        switch op {
+            case 1u: { r = a + b; }
+            case 2u: { r = a - b; }
+            case 3u: { r = a * b; }
+            case 4u: { r = a / b; }
+            case 5u: { r = powf(a, b); }
+            case 6u: { if (is_nan(a) || is_nan(b)) { r = nan(); } else { r = select(b, a, a >= b); } }
+            case 7u: { if (is_nan(a) || is_nan(b)) { r = nan(); } else { r = select(b, a, a <= b); } }
+            default: {
+                let c = M[u32(oc)];
+                switch op {
+                    case 8u: { r = -(a * b) / (c * c); }
+                    case 9u: { r = select(a * c * powf(b, c - 1.0), 0.0, c == 0.0); }
+                    case 10u: { r = select(a * powf(b, c) * log(b), 0.0, b == 0.0 && c >= 0.0); }
+                    case 11u: { r = select_grad(a, b, c, b > c); }
+                    case 12u: { r = select_grad(a, b, c, b < c); }
+                    default: {}
+                }
+            }
+        }
+    } else if (op == 13u) {
+        r = a * pf(7);
+    } else if (op == 14u || op == 15u) {
+        let rank = P[2];
+        let cols = P[8u + rank - 1u]; let rows = P[8u + rank - 2u];
+        let d = i32(i % cols) - i32((i / cols) % rows);
+        let k = bitcast<i32>(P[7]);
+        let keep = select(d <= k, d >= k, op == 14u);
+        r = select(0.0, a, keep);
+    }
+    M[u32(oy)] = r;
+}
+"#;
+
+/// `P = [groups, mode, x, y, b, c, kept rank, reduced rank, scale, kept dims@9, kept
+/// strides@17, reduced dims@25, reduced strides@33]`: thread `g` handles the group of kept
+/// coordinates `g` (row-major), whose elements sit at `base(g) + offset(j)` in the full layout.
+/// Modes: 0 sum, 1 mean, 2 max (`y[g]`); 3 max gradient (`x`, `dy = b[g]`, `y = c[g]`, writes
+/// `dx` laid out as `x`); 4 sum/mean gradient (`x` is `dy`, indexed `g`; `dx[...] = dy * scale`);
+/// 5 softmax, 6 log-softmax (`x -> y`, same layout); 7 softmax gradient (`x` is `dy`, `c` is
+/// `y`), 8 log-softmax gradient.
+pub const GROUPS: &str = r#"
+fn group_base(g: u32) -> u32 {
+    var rest = g; var o = 0u;
+    for (var k = P[6]; k > 0u; k--) { let d = k - 1u; o += (rest % P[9u + d]) * P[17u + d]; rest = rest / P[9u + d]; }
+    return o;
+}
+fn at(j: u32) -> u32 {
+    var rest = j; var o = 0u;
+    for (var k = P[7]; k > 0u; k--) { let d = k - 1u; o += (rest % P[25u + d]) * P[33u + d]; rest = rest / P[25u + d]; }
+    return o;
+}
+fn body(g: u32) {
+    var n = 1u;
+    for (var k = 0u; k < P[7]; k++) { n = n * P[25u + k]; }
+    let base = group_base(g);
+    let x = P[2] + base; let y = P[3] + base;
+    switch P[1] {
+        case 0u, 1u: {
+            var s = 0.0;
+            for (var j = 0u; j < n; j++) { s += M[x + at(j)]; }
+            if (P[1] == 1u) { s = s / f32(n); }
+            M[P[3] + g] = s;
+        }
+        case 2u: {
+            var m = bitcast<f32>(0xff800000u);
+            for (var j = 0u; j < n; j++) { let v = M[x + at(j)]; if (v > m || is_nan(v)) { m = v; } }
+            M[P[3] + g] = m;
+        }
+        case 3u: {
+            let dy = M[P[4] + g]; let m = M[P[5] + g];
+            var ties = 0u;
+            for (var j = 0u; j < n; j++) { if (M[x + at(j)] == m) { ties += 1u; } }
+            var share = nan(); var other = nan();
+            if (ties > 0u) { share = dy / f32(ties); other = 0.0; }
+            for (var j = 0u; j < n; j++) { M[y + at(j)] = select(other, share, M[x + at(j)] == m); }
+        }
+        case 4u: {
+            let v = M[P[2] + g] * pf(8);
+            for (var j = 0u; j < n; j++) { M[y + at(j)] = v; }
+        }
+        case 5u, 6u: {
+            var m = bitcast<f32>(0xff800000u);
+            for (var j = 0u; j < n; j++) { let v = M[x + at(j)]; if (v > m) { m = v; } }
+            var s = 0.0;
+            if (P[1] == 5u) {
+                for (var j = 0u; j < n; j++) { let e = exp(M[x + at(j)] - m); M[y + at(j)] = e; s += e; }
+                for (var j = 0u; j < n; j++) { M[y + at(j)] = M[y + at(j)] / s; }
+            } else {
+                for (var j = 0u; j < n; j++) { s += exp(M[x + at(j)] - m); }
+                let ls = m + log(s);
+                for (var j = 0u; j < n; j++) { M[y + at(j)] = M[x + at(j)] - ls; }
+            }
+        }
+        case 7u, 8u: {
+            let out = P[3] + base; let yv = P[5] + base;
+            var s = 0.0;
+            if (P[1] == 7u) {
+                for (var j = 0u; j < n; j++) { s += M[x + at(j)] * M[yv + at(j)]; }
+                for (var j = 0u; j < n; j++) { M[out + at(j)] = M[yv + at(j)] * (M[x + at(j)] - s); }
+            } else {
+                for (var j = 0u; j < n; j++) { s += M[x + at(j)]; }
+                for (var j = 0u; j < n; j++) { M[out + at(j)] = M[x + at(j)] - exp(M[yv + at(j)]) * s; }
+            }
+        }
+        default: {}
+    }
+}
+"#;
+
+/// `P = [n, a, b, y, rows, cols, K, trans_a, trans_b, batch rank, y batch dims@10, a matrix
+/// strides@16, b matrix strides@22]` (batch strides in words, 0 along broadcast axes).
+pub const BATCH_MATMUL: &str = r#"
+fn body(i: u32) {
+    let rows = P[4]; let cols = P[5]; let K = P[6];
+    let mat = rows * cols;
+    let e = i % mat; let r = e / cols; let c = e % cols;
+    var rest = i / mat; var ao = P[1]; var bo = P[2];
+    for (var k = P[9]; k > 0u; k--) {
+        let d = k - 1u;
+        let x = rest % P[10u + d];
+        rest = rest / P[10u + d];
+        ao += x * P[16u + d];
+        bo += x * P[22u + d];
+    }
+    var a_row = K; var a_k = 1u;
+    if (P[7] != 0u) { a_row = 1u; a_k = rows; }
+    var b_k = cols; var b_col = 1u;
+    if (P[8] != 0u) { b_k = 1u; b_col = K; }
+    var s = 0.0;
+    for (var k = 0u; k < K; k++) { s += M[ao + r * a_row + k * a_k] * M[bo + k * b_k + c * b_col]; }
+    M[P[3] + i] = s;
+}
+"#;
+
+/// `P = [n, mode, x, counter, y, mask, key_lo, key_hi, a, b]`: mode 0 Dropout (`a` the ratio,
+/// `b` the keep scale `1 / (1 - ratio)` as the reference computes it in f32), 1 RandomUniform
+/// (`y = a + b * u` with `a` low and `b` high - low), 2 Advance (`counter += 1`). The counter is
+/// an `i64` held as `i32` (see the module doc of `mod.rs`), read as the reference's `counter as
+/// u64` (sign-extended). `uniform` is `kernels/reference/random.rs::uniform` with its 64-bit
+/// integer arithmetic done on pairs of u32 words (`(lo, hi)`), so the stream is bit for bit the
+/// CPU's.
+pub const RANDOM: &str = r#"
+fn mul32(a: u32, b: u32) -> vec2<u32> {
+    let a0 = a & 0xffffu; let a1 = a >> 16u; let b0 = b & 0xffffu; let b1 = b >> 16u;
+    let p00 = a0 * b0; let p01 = a0 * b1; let p10 = a1 * b0; let p11 = a1 * b1;
+    let mid = (p00 >> 16u) + (p01 & 0xffffu) + (p10 & 0xffffu);
+    return vec2<u32>((p00 & 0xffffu) | (mid << 16u), p11 + (p01 >> 16u) + (p10 >> 16u) + (mid >> 16u));
+}
+fn mul64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
+    let p = mul32(a.x, b.x);
+    return vec2<u32>(p.x, p.y + a.x * b.y + a.y * b.x);
+}
+fn add64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
+    let lo = a.x + b.x;
+    return vec2<u32>(lo, a.y + b.y + select(0u, 1u, lo < a.x));
+}
+fn shr64(a: vec2<u32>, s: u32) -> vec2<u32> {
+    if (s >= 32u) { return vec2<u32>(a.y >> (s - 32u), 0u); }
+    return vec2<u32>((a.x >> s) | (a.y << (32u - s)), a.y >> s);
+}
+fn mix(z0: vec2<u32>) -> vec2<u32> {
+    var z = mul64(z0 ^ shr64(z0, 30u), vec2<u32>(0x1ce4e5b9u, 0xbf58476du));
+    z = mul64(z ^ shr64(z, 27u), vec2<u32>(0x133111ebu, 0x94d049bbu));
+    return z ^ shr64(z, 31u);
+}
+const GOLDEN = vec2<u32>(0x7f4a7c15u, 0x9e3779b9u);
+fn uniform(key: vec2<u32>, counter: vec2<u32>, index: u32) -> f32 {
+    let state = mix(key ^ mix(add64(counter, GOLDEN)));
+    let bits = mix(add64(state, mul64(vec2<u32>(index + 1u, select(0u, 1u, index == 0xffffffffu)), GOLDEN)));
+    return f32(bits.y >> 8u) * (1.0 / 16777216.0);
+}
+fn body(i: u32) {
+    let c = bitcast<u32>(M[P[3]]);
+    if (P[1] == 2u) { M[P[3]] = bitcast<f32>(c + 1u); return; }
+    let counter = vec2<u32>(c, select(0u, 0xffffffffu, bitcast<i32>(c) < 0));
+    let u = uniform(vec2<u32>(P[6], P[7]), counter, i);
+    if (P[1] == 1u) { M[P[4] + i] = pf(8) + pf(9) * u; return; }
+    let m = select(0.0, pf(9), u >= pf(8));
+    M[P[5] + i] = m;
+    M[P[4] + i] = M[P[2] + i] * m;
+}
+"#;
+
+/// Row-major element strides of `shape`.
+fn contiguous(shape: &[usize]) -> Vec<i64> {
+    let mut s = alloc::vec![0i64; shape.len()];
+    let mut stride = 1i64;
+    for k in (0..shape.len()).rev() {
+        s[k] = stride;
+        stride *= shape[k] as i64;
+    }
+    s
+}
+
+/// Strides of `input` read as a tensor of shape `out` (right-aligned, 0 where it broadcasts).
+fn broadcast(input: &[usize], out: &[usize]) -> Vec<i64> {
+    let mut s = alloc::vec![0i64; out.len()];
+    let lead = out.len() - input.len();
+    let c = contiguous(input);
+    for k in 0..input.len() {
+        if input[k] != 1 {
+            s[lead + k] = c[k];
+        }
+    }
+    s
+}
+
+/// One operand of a strided dispatch: its base word and strides over the iteration shape.
+struct Operand {
+    base: i64,
+    strides: Vec<i64>,
+}
+
+impl Operand {
+    fn none(rank: usize) -> Operand {
+        Operand { base: -1, strides: alloc::vec![0; rank] }
+    }
+}
+
+fn too_many_axes(node: &Node, rank: usize) -> String {
+    alloc::format!(
+        "op {} (node '{}') has {rank} axes, more than the GPU kernels' {MAX_RANK}; train this plan with --backend cpu",
+        node.op.name(),
+        node.name
+    )
+}
+
+/// A dispatch of the strided kernel over `dims`.
+#[allow(clippy::too_many_arguments)]
+fn strided(node: &Node, op: u32, dims: &[usize], y: Operand, a: Operand, b: Operand, c: Operand, attr: f32) -> Result<Lowered, String> {
+    if dims.len() > MAX_RANK {
+        return Err(too_many_axes(node, dims.len()));
+    }
+    let n: usize = dims.iter().product();
+    let mut p = alloc::vec![0u32; 48];
+    p[0] = n as u32;
+    p[1] = op;
+    p[2] = dims.len() as u32;
+    for (k, o) in [&y, &a, &b, &c].iter().enumerate() {
+        p[3 + k] = o.base as i32 as u32;
+        for (d, &s) in o.strides.iter().enumerate() {
+            p[16 + 8 * k + d] = s as i32 as u32;
+        }
+    }
+    p[7] = attr.to_bits();
+    for (d, &v) in dims.iter().enumerate() {
+        p[8 + d] = v as u32;
+    }
+    Ok(Lowered { kernel: Kernel::Strided, params: p })
+}
+
+/// A dispatch of the group kernel: `shape` is the full layout, `reduced` its reduced axes.
+fn groups(node: &Node, mode: u32, shape: &[usize], reduced: &[usize], t: [u32; 4], scale: f32) -> Result<Lowered, String> {
+    if shape.len() > MAX_RANK {
+        return Err(too_many_axes(node, shape.len()));
+    }
+    let strides = contiguous(shape);
+    let (mut kept, mut red) = (Vec::new(), Vec::new());
+    for k in 0..shape.len() {
+        if reduced.contains(&k) {
+            red.push((shape[k], strides[k]));
+        } else {
+            kept.push((shape[k], strides[k]));
+        }
+    }
+    let count: usize = kept.iter().map(|k| k.0).product();
+    let mut p = alloc::vec![0u32; 41];
+    p[0] = count as u32;
+    p[1] = mode;
+    p[2..6].copy_from_slice(&t);
+    p[6] = kept.len() as u32;
+    p[7] = red.len() as u32;
+    p[8] = scale.to_bits();
+    for (d, (dim, s)) in kept.iter().enumerate() {
+        p[9 + d] = *dim as u32;
+        p[17 + d] = *s as u32;
+    }
+    for (d, (dim, s)) in red.iter().enumerate() {
+        p[25 + d] = *dim as u32;
+        p[33 + d] = *s as u32;
+    }
+    Ok(Lowered { kernel: Kernel::Groups, params: p })
+}
+
+/// Lowers a node of the families this file covers; `None` for other ops (the caller lowers
+/// them), `Some(Err)` for one that has no GPU kernel here.
+pub fn lower(node: &Node, at: &Addresses<'_>) -> Option<Result<Vec<Lowered>, String>> {
+    let plan = at.plan;
+    let shape = |t: TensorId| plan.tensor(t).shape.clone();
+    let numel = |t: TensorId| plan.tensor(t).numel() as u32;
+    let word = |t: TensorId| at.word(t) as i64;
+    let i = |k: usize| at.word(node.inputs[k]);
+    let o = |k: usize| at.word(node.outputs[k]);
+    let no_kernel =
+        || Err(alloc::format!("op {} (node '{}') has no GPU kernel yet; train this plan with --backend cpu", node.op.name(), node.name));
+    let fill = |t: TensorId, value: f32| Lowered { kernel: Kernel::Fill, params: alloc::vec![numel(t), at.word(t), value.to_bits()] };
+    let result = match &node.op {
+        Op::Optim(OptimOp::GradScale(GradScale { max_norm, multiplier })) => {
+            let scale = node.outputs[0];
+            let mut list = alloc::vec![fill(scale, 0.0)];
+            for &g in &node.inputs {
+                list.push(Lowered {
+                    kernel: Kernel::GradScaleAccumulate,
+                    params: alloc::vec![numel(g), at.word(g), at.word(scale), max_norm.is_some() as u32, multiplier.to_bits()],
+                });
+            }
+            list.push(Lowered {
+                kernel: Kernel::GradScaleFinish,
+                params: alloc::vec![1, at.word(scale), max_norm.is_some() as u32, max_norm.unwrap_or(0.0).to_bits(), multiplier.to_bits()],
+            });
+            Ok(list)
+        }
+        Op::Loss(LossOp::Mse(r)) => {
+            let p = shape(node.inputs[0]);
+            let total = numel(node.inputs[0]);
+            let (batch, features) = (p[0] as u32, p[1..].iter().product::<usize>() as u32);
+            let mean = *r == Reduction::Mean;
+            let threads = if mean { 1 } else { batch };
+            Ok(alloc::vec![Lowered {
+                kernel: Kernel::Mse,
+                params: alloc::vec![threads, i(0), i(1), o(0), batch, features, mean as u32, total],
+            }])
+        }
+        Op::Loss(LossOp::MseGrad(r)) => {
+            let p = shape(node.inputs[1]);
+            let total = numel(node.inputs[1]);
+            let features = p[1..].iter().product::<usize>() as u32;
+            Ok(alloc::vec![Lowered {
+                kernel: Kernel::MseGrad,
+                params: alloc::vec![total, i(0), i(1), i(2), o(0), features, (*r == Reduction::Mean) as u32, total],
+            }])
+        }
+        Op::Loss(LossOp::CrossEntropy(ce)) | Op::Loss(LossOp::CrossEntropyGrad(ce)) => {
+            let grad = matches!(node.op, Op::Loss(LossOp::CrossEntropyGrad(_)));
+            let (logits, labels) = if grad { (node.inputs[1], node.inputs[2]) } else { (node.inputs[0], node.inputs[1]) };
+            let CrossEntropy { reduction, ignore_index } = *ce;
+            let Ok(ignore) = i32::try_from(ignore_index) else {
+                return Some(Err(alloc::format!(
+                    "node '{}': ignore_index {ignore_index} does not fit the 32-bit integers the GPU holds labels in; use --backend cpu",
+                    node.name
+                )));
+            };
+            let ls = shape(labels);
+            let positions = numel(labels);
+            let classes = *shape(logits).last().unwrap_or(&1) as u32;
+            let per = match ls.first() {
+                Some(&0) | None => positions,
+                Some(&b) => positions / b as u32,
+            };
+            let mean = reduction == Reduction::Mean;
+            if grad {
+                Ok(alloc::vec![Lowered {
+                    kernel: Kernel::CrossEntropyGrad,
+                    params: alloc::vec![positions, i(0), i(1), i(2), o(0), positions, classes, mean as u32, ignore as u32, per],
+                }])
+            } else {
+                let threads = if mean { 1 } else { numel(node.outputs[0]) };
+                Ok(alloc::vec![Lowered {
+                    kernel: Kernel::CrossEntropy,
+                    params: alloc::vec![threads, i(0), i(1), o(0), positions, classes, mean as u32, ignore as u32, per],
+                }])
+            }
+        }
+        Op::Unary(UnaryOp::Map(f)) | Op::Unary(UnaryOp::Grad(f)) => {
+            let grad = matches!(node.op, Op::Unary(UnaryOp::Grad(_)));
+            let (code, alpha, beta) = unary_code(f);
+            let saved = if grad && node.inputs.len() > 1 { i(1) } else { NONE };
+            Ok(alloc::vec![Lowered {
+                kernel: Kernel::Unary,
+                params: alloc::vec![numel(node.outputs[0]), code, i(0), saved, o(0), grad as u32, alpha.to_bits(), beta.to_bits()],
+            }])
+        }
+        Op::Broadcast(b) => {
+            let y = shape(node.outputs[0]);
+            let operand = |k: usize| Operand { base: word(node.inputs[k]), strides: broadcast(&shape(node.inputs[k]), &y) };
+            let out = Operand { base: word(node.outputs[0]), strides: contiguous(&y) };
+            let code = match b {
+                BroadcastOp::Add => 1,
+                BroadcastOp::Sub => 2,
+                BroadcastOp::Mul => 3,
+                BroadcastOp::Div => 4,
+                BroadcastOp::Pow => 5,
+                BroadcastOp::Max => 6,
+                BroadcastOp::Min => 7,
+                BroadcastOp::DivGradDivisor => 8,
+                BroadcastOp::PowGradBase => 9,
+                BroadcastOp::PowGradExponent => 10,
+                BroadcastOp::MaxGrad => 11,
+                BroadcastOp::MinGrad => 12,
+                BroadcastOp::SumTo { shape: to } => {
+                    let x = shape(node.inputs[0]);
+                    let lead = x.len() - to.len();
+                    let reduced: Vec<usize> = (0..x.len()).filter(|&k| k < lead || to[k - lead] == 1).collect();
+                    return Some(groups(node, 0, &x, &reduced, [i(0), o(0), NONE, NONE], 1.0).map(|l| alloc::vec![l]));
+                }
+                // Comparisons, logic and Where work on bools, which the GPU does not hold yet.
+                _ => return Some(no_kernel()),
+            };
+            let rank = y.len();
+            let c = if code >= 8 { operand(2) } else { Operand::none(rank) };
+            strided(node, code, &y, out, operand(0), operand(1), c, 0.0).map(|l| alloc::vec![l])
+        }
+        Op::Reduce(r) => {
+            let x = |k: usize| shape(node.inputs[k]);
+            let l = match r {
+                ReduceOp::ReduceSum(red) => groups(node, 0, &x(0), &red.axes, [i(0), o(0), NONE, NONE], 1.0),
+                ReduceOp::ReduceMean(red) => groups(node, 1, &x(0), &red.axes, [i(0), o(0), NONE, NONE], 1.0),
+                ReduceOp::ReduceMax(red) => groups(node, 2, &x(0), &red.axes, [i(0), o(0), NONE, NONE], 1.0),
+                ReduceOp::ReduceMaxGrad(red) => groups(node, 3, &x(1), &red.axes, [i(1), o(0), i(0), i(2)], 1.0),
+                ReduceOp::ReduceSumGrad { reduce, shape: s } => groups(node, 4, s, &reduce.axes, [i(0), o(0), NONE, NONE], 1.0),
+                ReduceOp::ReduceMeanGrad { reduce, shape: s } => {
+                    let n: usize = reduce.axes.iter().map(|&a| s[a]).product();
+                    groups(node, 4, s, &reduce.axes, [i(0), o(0), NONE, NONE], 1.0 / n as f32)
+                }
+                ReduceOp::Softmax { axis } => groups(node, 5, &x(0), &[*axis], [i(0), o(0), NONE, NONE], 1.0),
+                ReduceOp::LogSoftmax { axis } => groups(node, 6, &x(0), &[*axis], [i(0), o(0), NONE, NONE], 1.0),
+                ReduceOp::SoftmaxGrad { axis } => groups(node, 7, &x(0), &[*axis], [i(0), o(0), NONE, i(1)], 1.0),
+                ReduceOp::LogSoftmaxGrad { axis } => groups(node, 8, &x(0), &[*axis], [i(0), o(0), NONE, i(1)], 1.0),
+            };
+            l.map(|l| alloc::vec![l])
+        }
+        Op::Move(m) => movement(node, m, at),
+        Op::Random(r) => {
+            let key = |k: u64| [k as u32, (k >> 32) as u32];
+            let params = match r {
+                RandomOp::Dropout(d) => {
+                    let scale = 1.0f32 / (1.0 - d.ratio);
+                    let [lo, hi] = key(d.key);
+                    alloc::vec![numel(node.inputs[0]), 0, i(0), i(1), o(0), o(1), lo, hi, d.ratio.to_bits(), scale.to_bits()]
+                }
+                RandomOp::Uniform { low, high, key: k, .. } => {
+                    let [lo, hi] = key(*k);
+                    alloc::vec![numel(node.outputs[0]), 1, NONE, i(0), o(0), NONE, lo, hi, low.to_bits(), (high - low).to_bits()]
+                }
+                RandomOp::Advance => alloc::vec![1, 2, NONE, o(0), NONE, NONE, 0, 0, 0, 0],
+            };
+            Ok(alloc::vec![Lowered { kernel: Kernel::Random, params }])
+        }
+        Op::MatMul(MatMulOp::BatchMatMul(m)) => {
+            let (a, b, y) = (shape(node.inputs[0]), shape(node.inputs[1]), shape(node.outputs[0]));
+            let matrix = |s: &[usize], is_a: bool| -> ([usize; 2], usize) {
+                match *s {
+                    [k] if is_a => ([1, k], 0),
+                    [k] => ([k, 1], 0),
+                    _ => {
+                        let r = s.len() - 2;
+                        ([s[r], s[r + 1]], r)
+                    }
+                }
+            };
+            let ((a_shape, ra), (b_shape, rb)) = (matrix(&a, true), matrix(&b, false));
+            let (a_vec, b_vec) = (a.len() == 1, b.len() == 1);
+            let ry = y.len() + usize::from(a_vec) + usize::from(b_vec) - 2;
+            if ry > 6 {
+                return Some(Err(too_many_axes(node, ry + 2)));
+            }
+            let tail = &y[ry..];
+            let rows = if a_vec { 1 } else { tail[0] };
+            let cols = if b_vec { 1 } else { tail[tail.len() - 1] };
+            let k = if m.trans_a { a_shape[0] } else { a_shape[1] };
+            let (a_mat, b_mat) = (a_shape[0] * a_shape[1], b_shape[0] * b_shape[1]);
+            let mut p = alloc::vec![0u32; 28];
+            let head = [numel(node.outputs[0]), i(0), i(1), o(0), rows as u32, cols as u32, k as u32, m.trans_a as u32, m.trans_b as u32];
+            p[..9].copy_from_slice(&head);
+            p[9] = ry as u32;
+            let (mut a_step, mut b_step) = (1usize, 1usize);
+            for d in (0..ry).rev() {
+                p[10 + d] = y[d] as u32;
+                if let Some(ka) = (d + ra).checked_sub(ry) {
+                    if a[ka] != 1 {
+                        p[16 + d] = (a_step * a_mat) as u32;
+                    }
+                    a_step *= a[ka];
+                }
+                if let Some(kb) = (d + rb).checked_sub(ry) {
+                    if b[kb] != 1 {
+                        p[22 + d] = (b_step * b_mat) as u32;
+                    }
+                    b_step *= b[kb];
+                }
+            }
+            Ok(alloc::vec![Lowered { kernel: Kernel::BatchMatMul, params: p }])
+        }
+        _ => return None,
+    };
+    Some(result)
+}
+
+/// The movement family: each op is one or a few strided copies (Pad and SliceGrad first fill
+/// their output; Trilu masks a contiguous copy). Gather and its gradient read `i64` indices,
+/// which the GPU does not hold.
+fn movement(node: &Node, m: &MoveOp, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
+    let plan = at.plan;
+    let shape = |t: TensorId| plan.tensor(t).shape.clone();
+    let word = |t: TensorId| at.word(t) as i64;
+    let whole = |t: TensorId| Operand { base: word(t), strides: contiguous(&shape(t)) };
+    let none = |rank: usize| Operand::none(rank);
+    let fill = |t: TensorId, value: f32| Lowered {
+        kernel: Kernel::Fill,
+        params: alloc::vec![plan.tensor(t).numel() as u32, at.word(t), value.to_bits()],
+    };
+    let (x, y) = (node.inputs[0], node.outputs[0]);
+    match m {
+        MoveOp::Transpose { perm } => {
+            let ys = shape(y);
+            let xs = contiguous(&shape(x));
+            let a = Operand { base: word(x), strides: perm.iter().map(|&p| xs[p]).collect() };
+            Ok(alloc::vec![strided(node, 0, &ys, whole(y), a, none(ys.len()), none(ys.len()), 0.0)?])
+        }
+        MoveOp::Expand { .. } => {
+            let ys = shape(y);
+            let a = Operand { base: word(x), strides: broadcast(&shape(x), &ys) };
+            Ok(alloc::vec![strided(node, 0, &ys, whole(y), a, none(ys.len()), none(ys.len()), 0.0)?])
+        }
+        MoveOp::Slice(s) | MoveOp::SliceGrad { slice: s, .. } => {
+            // The sliced tensor (x of Slice, dx of SliceGrad) is read or written at the slice's
+            // positions; the other side is contiguous.
+            let grad = matches!(m, MoveOp::SliceGrad { .. });
+            let full = if grad { y } else { x };
+            let part = if grad { x } else { y };
+            let fs = shape(full);
+            let fstr = contiguous(&fs);
+            let mut base = word(full);
+            let mut strides = Vec::new();
+            for (axis, &stride) in fstr.iter().enumerate() {
+                let (start, _, step) = s.range(&fs, axis);
+                base += start as i64 * stride;
+                strides.push(stride * step);
+            }
+            let sliced = Operand { base, strides };
+            let ps = shape(part);
+            if grad {
+                Ok(alloc::vec![fill(y, 0.0), strided(node, 0, &ps, sliced, whole(x), none(ps.len()), none(ps.len()), 0.0)?])
+            } else {
+                Ok(alloc::vec![strided(node, 0, &ps, whole(y), sliced, none(ps.len()), none(ps.len()), 0.0)?])
+            }
+        }
+        MoveOp::Concat { axis } => {
+            let ystr = contiguous(&shape(y));
+            let mut list = Vec::new();
+            let mut offset = 0i64;
+            for &input in &node.inputs {
+                let is = shape(input);
+                let dst = Operand { base: word(y) + offset * ystr[*axis], strides: ystr.clone() };
+                list.push(strided(node, 0, &is, dst, whole(input), none(is.len()), none(is.len()), 0.0)?);
+                offset += is[*axis] as i64;
+            }
+            Ok(list)
+        }
+        MoveOp::Split { axis, .. } => {
+            let xstr = contiguous(&shape(x));
+            let mut list = Vec::new();
+            let mut offset = 0i64;
+            for &output in &node.outputs {
+                let os = shape(output);
+                let src = Operand { base: word(x) + offset * xstr[*axis], strides: xstr.clone() };
+                list.push(strided(node, 0, &os, whole(output), src, none(os.len()), none(os.len()), 0.0)?);
+                offset += os[*axis] as i64;
+            }
+            Ok(list)
+        }
+        MoveOp::Pad { pads, value } => {
+            let (xs, ystr) = (shape(x), contiguous(&shape(y)));
+            let base = word(y) + (0..xs.len()).map(|k| pads[k] as i64 * ystr[k]).sum::<i64>();
+            let dst = Operand { base, strides: ystr };
+            Ok(alloc::vec![fill(y, *value), strided(node, 0, &xs, dst, whole(x), none(xs.len()), none(xs.len()), 0.0)?])
+        }
+        MoveOp::Trilu { upper, k } => {
+            let ys = shape(y);
+            // Beyond the matrix's own size any k keeps all or nothing; clamped, it fits i32.
+            let bound = (ys[ys.len() - 2] + ys[ys.len() - 1]) as i64;
+            let k = (*k).clamp(-bound, bound) as i32;
+            let mut l = strided(node, if *upper { 14 } else { 15 }, &ys, whole(y), whole(x), none(ys.len()), none(ys.len()), 0.0)?;
+            l.params[7] = k as u32;
+            Ok(alloc::vec![l])
+        }
+        MoveOp::Gather { .. } | MoveOp::GatherGrad { .. } => {
+            Err(alloc::format!("op {} (node '{}') has no GPU kernel yet; train this plan with --backend cpu", node.op.name(), node.name))
+        }
+    }
+}
+
+/// The unary function's index in [`UNARY`] and its attributes.
+fn unary_code(f: &UnaryFn) -> (u32, f32, f32) {
+    match f {
+        UnaryFn::Neg(_) => (0, 0.0, 0.0),
+        UnaryFn::Exp(_) => (1, 0.0, 0.0),
+        UnaryFn::Log(_) => (2, 0.0, 0.0),
+        UnaryFn::Sqrt(_) => (3, 0.0, 0.0),
+        UnaryFn::Reciprocal(_) => (4, 0.0, 0.0),
+        UnaryFn::Tanh(_) => (5, 0.0, 0.0),
+        UnaryFn::Sigmoid(_) => (6, 0.0, 0.0),
+        UnaryFn::Erf(_) => (7, 0.0, 0.0),
+        UnaryFn::Abs(_) => (8, 0.0, 0.0),
+        UnaryFn::Sin(_) => (9, 0.0, 0.0),
+        UnaryFn::Cos(_) => (10, 0.0, 0.0),
+        UnaryFn::Softplus(_) => (11, 0.0, 0.0),
+        UnaryFn::LeakyRelu(l) => (12, l.alpha, 0.0),
+        UnaryFn::Elu(e) => (13, e.alpha, 0.0),
+        UnaryFn::HardSigmoid(h) => (14, h.alpha, h.beta),
+    }
+}
