@@ -262,6 +262,11 @@ struct CompileArgs {
     /// gradients are the same bit for bit; the masks only save memory). For comparisons.
     #[arg(long)]
     no_activation_masks: bool,
+    /// Keep each convolution, its bias and its ReLU/ReLU6 as separate ops instead of one fused
+    /// Conv2dBiasAct (the fused op writes neither the raw nor the biased output, which lowers the
+    /// forward peak; results are the same bit for bit). For comparisons and debugging.
+    #[arg(long)]
+    no_fuse: bool,
     /// Refuse a plan whose memory (arena and weights) exceeds this many bytes (1048576, 512M,
     /// 64MiB, 2G), naming what it needs and its largest contributors. Default: the memory of the
     /// --target board, or for host this machine's physical memory.
@@ -754,6 +759,7 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
         target: a.target.clone(),
         reorder: !a.no_reorder,
         activation_masks: !a.no_activation_masks,
+        fuse: !a.no_fuse,
         update: update_scheme(&a)?,
     };
     let started = Instant::now();

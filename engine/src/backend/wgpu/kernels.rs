@@ -50,9 +50,10 @@ pub enum Kernel {
     AccumulateGrad,
     MaskPack,
     MaskGrad,
+    Conv2dBiasAct,
 }
 
-pub const KERNELS: [Kernel; 22] = [
+pub const KERNELS: [Kernel; 23] = [
     Kernel::Elementwise,
     Kernel::BiasAdd,
     Kernel::BiasGrad,
@@ -75,6 +76,7 @@ pub const KERNELS: [Kernel; 22] = [
     Kernel::AccumulateGrad,
     Kernel::MaskPack,
     Kernel::MaskGrad,
+    Kernel::Conv2dBiasAct,
 ];
 
 const HEADER: &str = r#"
@@ -146,6 +148,7 @@ impl Kernel {
             Kernel::AccumulateGrad => "accumulate_grad",
             Kernel::MaskPack => "mask_pack",
             Kernel::MaskGrad => "mask_grad",
+            Kernel::Conv2dBiasAct => "conv2d_bias_act",
         }
     }
 
@@ -179,6 +182,9 @@ impl Kernel {
             Kernel::AccumulateGrad => ACCUMULATE_GRAD,
             Kernel::MaskPack => MASK_PACK,
             Kernel::MaskGrad => MASK_GRAD,
+            // The convolution's own body (one sum per thread, in its order), ending in the
+            // epilogue instead of the plain store.
+            Kernel::Conv2dBiasAct => return conv2d_bias_act_source(),
         };
         let entry = if self.single_group() { GROUP } else { GRID };
         let helpers = match self {
@@ -193,6 +199,28 @@ impl Kernel {
         s.push_str(body);
         s
     }
+}
+
+/// `Conv2dBiasAct`: `CONV2D` with `P` extended by `[.., b, act, lo, hi]` (words 20-23; act 0 none,
+/// 1 ReLU, 2 clip): the bias is added after the whole sum, then the activation with the
+/// elementwise kernel's formulas.
+fn conv2d_bias_act_source() -> String {
+    const STORE: &str = "M[P[3] + i] = s;";
+    const EPILOGUE: &str = r#"
+fn bias_act(s: f32, o: u32) -> f32 {
+    var v = s + M[P[20] + o];
+    if (P[21] == 1u) { v = select(v, 0.0, v < 0.0); }
+    if (P[21] == 2u) { let raised = select(v, pf(22), v < pf(22)); v = select(raised, pf(23), raised > pf(23)); }
+    return v;
+}
+"#;
+    debug_assert!(CONV2D.contains(STORE));
+    let mut s = String::from(HEADER);
+    s.push_str(GRID);
+    s.push_str(CONV_PARAMS);
+    s.push_str(EPILOGUE);
+    s.push_str(&CONV2D.replace(STORE, "M[P[3] + i] = bias_act(s, o);"));
+    s
 }
 
 /// `P = [n, kind, a, b, y, lo, hi]`: kinds 0 ReLU, 1 ReLU gradient (`a = dy`, `b = x`), 2 add,
@@ -772,6 +800,23 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
             },
             // Partial-channel weight gradients (scheme files) have no GPU kernel yet.
             ConvOp::Conv2dGradWeightRows { .. } => return no_kernel(),
+            ConvOp::Conv2dBiasAct { conv, act } => {
+                let mut params = conv_params(
+                    conv,
+                    shape(node.inputs[0]),
+                    shape(node.inputs[1]),
+                    shape(node.outputs[0]),
+                    numel(node.outputs[0]),
+                    [i(0), i(1), o(0)],
+                );
+                let (kind, lo, hi) = match act {
+                    crate::ops::Activation::Identity => (0, 0.0f32, 0.0f32),
+                    crate::ops::Activation::Relu => (1, 0.0, 0.0),
+                    crate::ops::Activation::Clip(c) => (2, c.min, c.max),
+                };
+                params.extend([i(2), kind, lo.to_bits(), hi.to_bits()]);
+                Lowered { kernel: Kernel::Conv2dBiasAct, params }
+            }
         },
         Op::Pool(p) => match p {
             PoolOp::GlobalAvgPool => {

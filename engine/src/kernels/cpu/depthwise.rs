@@ -24,14 +24,18 @@ pub(super) fn for_each_tap_row(g: &Geometry, mut f: impl FnMut(usize, usize, usi
     }
 }
 
-/// `y = conv(x, w)` for a depthwise convolution.
-pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], y: &mut [f32], threads: usize) {
+/// `y = conv(x, w)` for a depthwise convolution; with an epilogue (a fused bias and activation)
+/// each plane gets it right after its sum.
+pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], y: &mut [f32], threads: usize, epilogue: Option<super::epilogue::Epilogue<'_>>) {
     let (in_plane, out_plane, taps) = (g.in_plane(), g.out_plane(), g.kh * g.kw);
     for_each_chunk(threads, y, out_plane, out_plane * taps, |p, y_plane| {
         let (n, o) = (p / g.o, p % g.o);
         // With one input channel per group, the group index is the input channel.
         let x_plane = &x[(n * g.c + o / g.og) * in_plane..][..in_plane];
         forward_plane(g, x_plane, &w[o * taps..(o + 1) * taps], y_plane);
+        if let Some(e) = &epilogue {
+            e.planes(o, y_plane, out_plane);
+        }
     });
 }
 

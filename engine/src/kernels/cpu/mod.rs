@@ -11,6 +11,7 @@
 mod conv;
 mod depthwise;
 mod elementwise;
+mod epilogue;
 mod matmul;
 mod norm;
 pub mod par;
@@ -71,7 +72,7 @@ pub fn execute(
     // rounding (engine/tests/fast_kernels.rs).
     let threads = cfg.threads;
     // The products pack into `scratch`: refuse one too small before any kernel runs.
-    if let (Op::Conv(_) | Op::Dense(DenseOp::MatMul(_)) | Op::MatMul(_), [a, b], [y]) = (op, args.inputs, &*args.outputs) {
+    if let (Op::Conv(_) | Op::Dense(DenseOp::MatMul(_)) | Op::MatMul(_), [a, b, ..], [y]) = (op, args.inputs, &*args.outputs) {
         if scratch.len() < scratch_elems(op, &[a.shape, b.shape], &[y.shape], cfg) {
             return Err(KernelError::Invalid { op: op.name(), message: "scratch is smaller than scratch_elems requires" });
         }
@@ -89,7 +90,15 @@ pub fn execute(
             });
             Ok(())
         }
-        Op::Conv(ConvOp::Conv2d(c)) => conv::conv2d(c, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads),
+        Op::Conv(ConvOp::Conv2d(c)) => conv::conv2d(c, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads, None),
+        Op::Conv(ConvOp::Conv2dBiasAct { conv, act }) => {
+            let (x, w, b) = (args.inputs[0], args.inputs[1], args.inputs[2]);
+            if b.data.len() != w.shape.first().copied().unwrap_or(0) {
+                return Err(KernelError::Invalid { op: op.name(), message: "bias length differs from the output channels" });
+            }
+            let epilogue = epilogue::Epilogue { act, bias: b.data };
+            conv::conv2d(conv, x, w, &mut args.outputs[0], workspace, scratch, threads, Some(epilogue))
+        }
         Op::Conv(ConvOp::Conv2dGradInput { conv, .. }) => {
             conv::conv2d_grad_input(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads)
         }
