@@ -82,7 +82,7 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
     if options.fuse {
         let kept: Vec<TensorId> = inputs.iter().copied().chain([output, train_target, train_loss, eval_output, eval_target, eval_loss]).collect();
         let kept: Vec<TensorId> = kept.into_iter().chain(eval_inputs.iter().copied()).collect();
-        crate::fuse::fuse_conv_bias_act(&mut graph, &kept);
+        crate::fuse::fuse(&mut graph, &kept);
     }
     let train_feeds: Vec<TensorId> = inputs.iter().copied().chain([train_target]).collect();
     let train_scratch_unordered = crate::schedule::train_peak(&graph, &train_feeds, &[train_loss]);

@@ -30,9 +30,68 @@
 //! when the `BiasAdd` output is read by exactly one node, a `Relu` or `Clip`. Intermediates that
 //! are program outputs (`kept`) are never removed. Applies to the Train and Eval programs alike.
 
-use pock_engine::ops::{Activation, ConvOp, DenseOp, Op};
+use pock_engine::ops::{Activation, ConvOp, DenseOp, MaskOp, Op};
 
-use crate::ir::{Graph, Node, Phase, Role, TensorId};
+use crate::ir::{Graph, Node, Phase, Program, Role, TensorId};
+
+/// Both fusions, forward then backward; returns how many nodes each made.
+pub fn fuse(graph: &mut Graph, kept: &[TensorId]) -> (usize, usize) {
+    let forward = fuse_conv_bias_act(graph, kept);
+    let backward = fuse_grad_input_mask(graph, kept);
+    (forward, backward)
+}
+
+/// The activation's backward folded into the gradient op before it: a `MaskGrad` whose `dy` is a
+/// `Conv2dGradInput` output read by nothing else becomes one `Conv2dGradInputMasked` node, so
+/// the unmasked input gradient and the masked one (a 12 MiB map each in MobileNetV2's second
+/// block at batch 8) are not both alive. `MaskGrad` keeps `dy` where the bit is set and writes 0
+/// elsewhere, which the fused op does in place on its own result: the same bits.
+pub fn fuse_grad_input_mask(graph: &mut Graph, kept: &[TensorId]) -> usize {
+    let mut readers = vec![0usize; graph.tensors.len()];
+    let mut producer: Vec<Option<usize>> = vec![None; graph.tensors.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        for t in &node.inputs {
+            readers[t.index()] += 1;
+        }
+        for t in &node.outputs {
+            producer[t.index()] = Some(i);
+        }
+    }
+    let mut removed = vec![false; graph.nodes.len()];
+    let mut fused = 0;
+    for i in 0..graph.nodes.len() {
+        let node = &graph.nodes[i];
+        if !matches!(node.op, Op::Mask(MaskOp::Grad)) || node.program != Program::Train {
+            continue;
+        }
+        let (dy, bits) = (node.inputs[0], node.inputs[1]);
+        let Some(j) = producer[dy.index()] else { continue };
+        let grad_input = &graph.nodes[j];
+        let Op::Conv(ConvOp::Conv2dGradInput { conv, input_hw }) = grad_input.op else { continue };
+        if readers[dy.index()] != 1 || graph.tensor(dy).role != Role::Transient || kept.contains(&dy) || grad_input.program != node.program {
+            continue;
+        }
+        let fused_node = Node {
+            name: grad_input.name.clone(),
+            op: ConvOp::Conv2dGradInputMasked { conv, input_hw }.into(),
+            inputs: vec![grad_input.inputs[0], grad_input.inputs[1], bits],
+            outputs: node.outputs.clone(),
+            phase: node.phase,
+            program: node.program,
+        };
+        // At the MaskGrad's place: the bits come from the forward pass, the conv's inputs were
+        // written before the conv gradient ran, and every reader of dx follows.
+        graph.nodes[i] = fused_node;
+        removed[j] = true;
+        fused += 1;
+    }
+    let mut index = 0;
+    graph.nodes.retain(|_| {
+        index += 1;
+        !removed[index - 1]
+    });
+    fused
+}
 
 /// Fuses every eligible conv + bias (+ activation) chain (see the module documentation) and
 /// returns how many fused nodes the graph now holds. `kept` are tensors the programs fetch or feed.
@@ -149,6 +208,39 @@ mod tests {
         assert_eq!(g.nodes[0].name, "c1");
         // The fused nodes write the chains' last tensors.
         assert_eq!(g.tensor(g.nodes[0].outputs[0]).name, "c1.act");
+    }
+
+    #[test]
+    fn a_mask_gradient_of_a_conv_input_gradient_joins_it() {
+        use pock_engine::ops::{packed_shape, MaskKind};
+        let mut g = Graph::new();
+        let dy = g.input("dy", vec![1, 2, 4, 4], DType::F32, Role::Input);
+        let w = g.parameter("w", vec![2, 2, 3, 3], vec![0.1; 36]);
+        let v = g.input("v", vec![1, 2, 4, 4], DType::F32, Role::Input);
+        let bits = g.emit("pack", MaskOp::Pack(MaskKind::Relu), &[v], Phase::Forward, Program::Train).unwrap()[0];
+        assert_eq!(g.shape(bits), packed_shape(32));
+        let conv = Conv2d { stride: [1, 1], padding: [1; 4], dilation: [1, 1], groups: 1 };
+        let bwd = |g: &mut Graph, name: &str, op: Op, inputs: &[TensorId]| g.emit(name, op, inputs, Phase::Backward, Program::Train).unwrap()[0];
+        let d = bwd(&mut g, "c.grad.dx", ConvOp::Conv2dGradInput { conv, input_hw: [4, 4] }.into(), &[dy, w]);
+        let dx = bwd(&mut g, "act.grad.dx", MaskOp::Grad.into(), &[d, bits]);
+        // A second MaskGrad whose dy is read twice stays as it is.
+        let d2 = bwd(&mut g, "c2.grad.dx", ConvOp::Conv2dGradInput { conv, input_hw: [4, 4] }.into(), &[dx, w]);
+        bwd(&mut g, "act2.grad.dx", MaskOp::Grad.into(), &[d2, bits]);
+        bwd(&mut g, "other", DenseOp::Relu.into(), &[d2]);
+        assert_eq!(fuse_grad_input_mask(&mut g, &[]), 1);
+        g.validate().unwrap();
+        let names: Vec<(&str, &str)> = g.nodes.iter().map(|n| (n.name.as_str(), n.op.name())).collect();
+        assert_eq!(
+            names,
+            [
+                ("pack", "MaskPack"),
+                ("c.grad.dx", "Conv2dGradInputMasked"),
+                ("c2.grad.dx", "Conv2dGradInput"),
+                ("act2.grad.dx", "MaskGrad"),
+                ("other", "Relu")
+            ]
+        );
+        assert_eq!(g.nodes[1].outputs, [dx]);
     }
 
     #[test]

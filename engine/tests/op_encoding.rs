@@ -6,7 +6,7 @@ use pock_engine::kernels::unary::{
     Abs, Cos, Elu, Erf, Exp, HardSigmoid, LeakyRelu, Log, Neg, Reciprocal, Sigmoid, Sin, Softplus, Sqrt, Tanh,
 };
 use pock_engine::ops::{
-    Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, CrossEntropy, DenseOp, GradScale, LossOp, MatMul, MatMulOp, MoveOp, NormOp, Op, OptimOp,
+    Activation, Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, CrossEntropy, DenseOp, GradScale, LossOp, MatMul, MatMulOp, MoveOp, NormOp, Op, OptimOp,
     ParamRows, Pool2d, PoolOp, Reduce, ReduceOp, Reduction, Sgd, Slice,
 };
 use pock_engine::ops::{BroadcastOp, Dropout, MaskKind, MaskOp, RandomOp, UnaryFn, UnaryOp};
@@ -133,6 +133,8 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("Conv2dGradWeightRows", [1, 3]),
     ("SgdUpdateRows", [5, 6]),
     ("AdamUpdateRows", [5, 7]),
+    ("Conv2dBiasAct", [1, 4]),
+    ("Conv2dGradInputMasked", [1, 5]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -156,6 +158,8 @@ fn row(op: &Op) -> usize {
             ConvOp::Conv2dGradInput { .. } => 11,
             ConvOp::Conv2dGradWeight { .. } => 12,
             ConvOp::Conv2dGradWeightRows { .. } => 115,
+            ConvOp::Conv2dBiasAct { .. } => 118,
+            ConvOp::Conv2dGradInputMasked { .. } => 119,
         },
         Op::Norm(op) => match op {
             NormOp::BatchNormTrain(_) => 13,
@@ -400,6 +404,8 @@ fn every_op() -> Vec<Op> {
         ConvOp::Conv2dGradWeightRows { conv, kernel_hw: [3, 3], rows: [2, 6] }.into(),
         OptimOp::SgdUpdateRows { sgd, rows: ParamRows { start: 1, param_rows: 8 } }.into(),
         OptimOp::AdamUpdateRows { adam, rows: ParamRows { start: 0, param_rows: 4 } }.into(),
+        ConvOp::Conv2dBiasAct { conv, act: Activation::Clip(clip) }.into(),
+        ConvOp::Conv2dGradInputMasked { conv, input_hw: [7, 9] }.into(),
     ]
     .into_iter()
     .chain(every_unary_fn().into_iter().flat_map(|f| [UnaryOp::Map(f).into(), UnaryOp::Grad(f).into()]))

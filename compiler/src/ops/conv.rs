@@ -38,7 +38,7 @@ impl CompileRules for ConvOp {
             }
             // The fusion pass (crate::fuse) runs after autodiff: the graphs autodiff sees hold the
             // unfused Conv2d, BiasAdd and activation, whose rules apply.
-            ConvOp::Conv2dBiasAct { .. } => return no_gradient(node),
+            ConvOp::Conv2dBiasAct { .. } | ConvOp::Conv2dGradInputMasked { .. } => return no_gradient(node),
         }
         Ok(grads)
     }
@@ -57,6 +57,8 @@ impl CompileRules for ConvOp {
                 return 2 * numel(outputs[0]) * numel(&inputs[1][1..]) + epilogue * numel(outputs[0]);
             }
             ConvOp::Conv2dGradInput { .. } => (inputs[0], inputs[1]),
+            // The input gradient, then one select per element of dx, as MaskGrad counts it.
+            ConvOp::Conv2dGradInputMasked { .. } => return 2 * numel(inputs[0]) * numel(&inputs[1][1..]) + numel(outputs[0]),
             ConvOp::Conv2dGradWeight { .. } => (inputs[0], outputs[0]),
             // Only the trained rows' share of dy is visited.
             ConvOp::Conv2dGradWeightRows { .. } => {

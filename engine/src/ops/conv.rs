@@ -53,6 +53,12 @@ pub enum ConvOp {
     /// op, with no intermediate tensor. Made by the compiler's fusion pass after autodiff
     /// (`compiler/src/fuse.rs`), so it has no gradient rule of its own.
     Conv2dBiasAct { conv: Conv2d, act: Activation },
+    /// `[dy, w, bits] -> [dx]`: `Conv2dGradInput`'s `dx`, then `MaskGrad` with the packed
+    /// activation mask `bits` (`u8` `[ceil(n / 8)]` for the `n` elements of `dx`, the mask family's
+    /// layout): element `i` keeps its value where bit `i` is set and is 0 elsewhere. The input
+    /// gradient of the layer after a ReLU/ReLU6 and that activation's gradient in one op, with no
+    /// unmasked intermediate. Made by the fusion pass (`compiler/src/fuse.rs`).
+    Conv2dGradInputMasked { conv: Conv2d, input_hw: [usize; 2] },
 }
 
 impl OpRules for ConvOp {
@@ -63,18 +69,25 @@ impl OpRules for ConvOp {
             ConvOp::Conv2dGradWeight { .. } => "Conv2dGradWeight",
             ConvOp::Conv2dGradWeightRows { .. } => "Conv2dGradWeightRows",
             ConvOp::Conv2dBiasAct { .. } => "Conv2dBiasAct",
+            ConvOp::Conv2dGradInputMasked { .. } => "Conv2dGradInputMasked",
         }
     }
 
     fn input_arity(&self) -> Option<usize> {
         Some(match self {
-            ConvOp::Conv2dBiasAct { .. } => 3,
+            ConvOp::Conv2dBiasAct { .. } | ConvOp::Conv2dGradInputMasked { .. } => 3,
             _ => 2,
         })
     }
 
     fn dtype_rule(&self, check: Check, inputs: &[DType]) -> Result<Vec<DType>, ShapeError> {
-        check.floats(inputs, 1)
+        match self {
+            ConvOp::Conv2dGradInputMasked { .. } => {
+                check.dtypes(inputs, &[DType::F32, DType::F32, DType::U8])?;
+                Ok(vec![DType::F32])
+            }
+            _ => check.floats(inputs, 1),
+        }
     }
 
     fn inplace_outputs(&self) -> Range<usize> {
@@ -132,11 +145,17 @@ impl OpRules for ConvOp {
                 check.same(inputs[2], &[inputs[1][0]], "bias vs output channels")?;
                 y
             }
+            ConvOp::Conv2dGradInputMasked { conv, input_hw } => {
+                let dx = ConvOp::Conv2dGradInput { conv: *conv, input_hw: *input_hw }.shape_rule(check, &inputs[..2])?;
+                let n = check.numel(&dx[0])?;
+                check.same(inputs[2], &super::packed_shape(n), "bits vs the packed shape of dx")?;
+                dx
+            }
         })
     }
 
     fn execute<T: Float>(&self, args: NodeArgs<'_, '_, T>) -> Result<(), KernelError> {
-        let NodeArgs { inputs: i, outputs: o, .. } = args;
+        let NodeArgs { inputs: i, outputs: o, bool_inputs, .. } = args;
         match self {
             ConvOp::Conv2d(c) => kernel::conv2d(c, i[0], i[1], &mut o[0]),
             ConvOp::Conv2dGradInput { conv, .. } => kernel::conv2d_grad_input(conv, i[0], i[1], &mut o[0]),
@@ -145,6 +164,10 @@ impl OpRules for ConvOp {
                 kernel::conv2d_grad_weight_rows(conv, rows[0]..rows[1], i[0], i[1], &mut o[0])
             }
             ConvOp::Conv2dBiasAct { conv, act } => kernel::conv2d_bias_act(conv, act, i[0], i[1], i[2], &mut o[0]),
+            ConvOp::Conv2dGradInputMasked { conv, .. } => {
+                kernel::conv2d_grad_input(conv, i[0], i[1], &mut o[0]);
+                crate::kernels::reference::mask::mask_in_place(bool_inputs[0].data, o[0].data);
+            }
         }
         Ok(())
     }

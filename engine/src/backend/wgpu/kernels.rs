@@ -51,9 +51,10 @@ pub enum Kernel {
     MaskPack,
     MaskGrad,
     Conv2dBiasAct,
+    Conv2dGradInputMasked,
 }
 
-pub const KERNELS: [Kernel; 23] = [
+pub const KERNELS: [Kernel; 24] = [
     Kernel::Elementwise,
     Kernel::BiasAdd,
     Kernel::BiasGrad,
@@ -77,6 +78,7 @@ pub const KERNELS: [Kernel; 23] = [
     Kernel::MaskPack,
     Kernel::MaskGrad,
     Kernel::Conv2dBiasAct,
+    Kernel::Conv2dGradInputMasked,
 ];
 
 const HEADER: &str = r#"
@@ -149,6 +151,7 @@ impl Kernel {
             Kernel::MaskPack => "mask_pack",
             Kernel::MaskGrad => "mask_grad",
             Kernel::Conv2dBiasAct => "conv2d_bias_act",
+            Kernel::Conv2dGradInputMasked => "conv2d_grad_input_masked",
         }
     }
 
@@ -185,6 +188,17 @@ impl Kernel {
             // The convolution's own body (one sum per thread, in its order), ending in the
             // epilogue instead of the plain store.
             Kernel::Conv2dBiasAct => return conv2d_bias_act_source(),
+            // The input gradient's own body, its store masked as MASK_GRAD masks (`P[20]`: bits).
+            Kernel::Conv2dGradInputMasked => {
+                let store = "M[P[3] + i] = s;";
+                debug_assert!(CONV2D_GRAD_INPUT.contains(store));
+                let masked = "let bit = (bitcast<u32>(M[P[20] + i / 32u]) >> (i % 32u)) & 1u;\n    M[P[3] + i] = select(0.0, s, bit == 1u);";
+                let mut s = String::from(HEADER);
+                s.push_str(GRID);
+                s.push_str(CONV_PARAMS);
+                s.push_str(&CONV2D_GRAD_INPUT.replace(store, masked));
+                return s;
+            }
         };
         let entry = if self.single_group() { GROUP } else { GRID };
         let helpers = match self {
@@ -663,7 +677,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
     for &t in node.inputs.iter().chain(&node.outputs) {
         let d = plan.tensor(t).dtype;
         let allowed =
-            d == DType::F32 || (d == DType::I64 && matches!(node.op, Op::Loss(_))) || (d == DType::U8 && matches!(node.op, Op::Mask(_)));
+            d == DType::F32 || (d == DType::I64 && matches!(node.op, Op::Loss(_))) || (d == DType::U8 && matches!(node.op, Op::Mask(_) | Op::Conv(ConvOp::Conv2dGradInputMasked { .. })));
         if !allowed {
             return no_kernel();
         }
@@ -816,6 +830,18 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
                 };
                 params.extend([i(2), kind, lo.to_bits(), hi.to_bits()]);
                 Lowered { kernel: Kernel::Conv2dBiasAct, params }
+            }
+            ConvOp::Conv2dGradInputMasked { conv, .. } => {
+                let mut params = conv_params(
+                    conv,
+                    shape(node.outputs[0]),
+                    shape(node.inputs[1]),
+                    shape(node.inputs[0]),
+                    numel(node.outputs[0]),
+                    [i(0), i(1), o(0)],
+                );
+                params.push(i(2));
+                Lowered { kernel: Kernel::Conv2dGradInputMasked, params }
             }
         },
         Op::Pool(p) => match p {

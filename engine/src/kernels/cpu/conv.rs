@@ -89,7 +89,9 @@ fn valid_outputs(out_len: usize, stride: usize, offset: usize, pad: usize, len: 
 pub fn conv_workspace_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]]) -> usize {
     let geometry = match (op, inputs, outputs) {
         (ConvOp::Conv2d(c) | ConvOp::Conv2dBiasAct { conv: c, .. }, [x, w, ..], [y]) => Geometry::new(c, x, w, y),
-        (ConvOp::Conv2dGradInput { conv, .. }, [dy, w], [dx]) => Geometry::new(conv, dx, w, dy),
+        (ConvOp::Conv2dGradInput { conv, .. } | ConvOp::Conv2dGradInputMasked { conv, .. }, [dy, w, ..], [dx]) => {
+            Geometry::new(conv, dx, w, dy)
+        }
         (ConvOp::Conv2dGradWeight { conv, .. }, [dy, x], [dw]) => Geometry::new(conv, x, dw, dy),
         // The fast path covers ungrouped convolutions; grouped ones run the reference kernel.
         (ConvOp::Conv2dGradWeightRows { conv, .. }, [dy, x], [dw]) if conv.groups == 1 && dw.len() == 4 && dy.len() == 4 => {
@@ -107,7 +109,9 @@ pub fn conv_scratch_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]]
         (ConvOp::Conv2d(c) | ConvOp::Conv2dBiasAct { conv: c, .. }, [x, w, ..], [y]) => {
             Geometry::new(c, x, w, y).map(|g| (g.og, g.out_plane(), g.taps(), g))
         }
-        (ConvOp::Conv2dGradInput { conv, .. }, [dy, w], [dx]) => Geometry::new(conv, dx, w, dy).map(|g| (g.taps(), g.out_plane(), g.og, g)),
+        (ConvOp::Conv2dGradInput { conv, .. } | ConvOp::Conv2dGradInputMasked { conv, .. }, [dy, w, ..], [dx]) => {
+            Geometry::new(conv, dx, w, dy).map(|g| (g.taps(), g.out_plane(), g.og, g))
+        }
         (ConvOp::Conv2dGradWeight { conv, .. }, [dy, x], [dw]) => {
             Geometry::new(conv, x, dw, dy).map(|g| (g.og, g.taps(), g.out_plane(), g))
         }

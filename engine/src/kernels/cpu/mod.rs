@@ -102,6 +102,16 @@ pub fn execute(
         Op::Conv(ConvOp::Conv2dGradInput { conv, .. }) => {
             conv::conv2d_grad_input(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads)
         }
+        Op::Conv(ConvOp::Conv2dGradInputMasked { conv, .. }) => {
+            let dx = &mut args.outputs[0];
+            conv::conv2d_grad_input(conv, args.inputs[0], args.inputs[1], dx, workspace, scratch, threads)?;
+            let bits = args.bool_inputs[0].data;
+            if bits.len() != dx.data.len().div_ceil(8) {
+                return Err(KernelError::Invalid { op: op.name(), message: "mask length differs from the packed shape of dx" });
+            }
+            epilogue::mask(bits, dx.data, threads);
+            Ok(())
+        }
         Op::Conv(ConvOp::Conv2dGradWeight { conv, .. }) => {
             conv::conv2d_grad_weight(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads)
         }
