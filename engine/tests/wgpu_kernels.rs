@@ -11,7 +11,7 @@ use pock_engine::backend::wgpu::{adapter_description, WgpuBackend};
 use pock_engine::exec::{Backend, CpuBackend, CpuKernels, ProgramKind, ValidatedPlan};
 use pock_engine::format::WeightRange;
 use pock_engine::ops::{
-    Adam, Clip, Conv2d, ConvOp, DenseOp, LossOp, MaskKind, MaskOp, MatMul, Op, OptimOp, Pool2d, PoolOp, Reduction, Sgd,
+    Activation, Adam, Clip, Conv2d, ConvOp, DenseOp, LossOp, MaskKind, MaskOp, MatMul, Op, OptimOp, Pool2d, PoolOp, Reduction, Sgd,
 };
 use pock_engine::plan::{
     DType, Init, Location, Loss, ModelSource, Node, OptimizerKind, Phase, Plan, Program, Programs, Role, TensorId, TensorInfo, TrainingInfo,
@@ -365,6 +365,37 @@ fn mask_kernels_match_the_reference() {
         }
         let mask = Arg { shape: vec![n.div_ceil(8)], values: vec![], labels: vec![], bytes: bits };
         check(&format!("MaskGrad {n}"), &Op::Mask(MaskOp::Grad), &[floats(&mut rng, &[n]), mask], &[]);
+    }
+}
+
+/// The fused convolutions (`compiler/src/fuse.rs`): conv + bias + activation, and the input
+/// gradient masked by a packed activation mask.
+#[test]
+fn fused_convolution_kernels_match_the_reference() {
+    if !gpu_present() {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let acts = [Activation::Identity, Activation::Relu, Activation::Clip(Clip { min: 0.0, max: 0.6 })];
+    for case in 0..9 {
+        let groups = if case % 3 == 2 { rng.random_range(2..4usize) } else { 1 };
+        let (n, c, o) = (rng.random_range(1..3usize), groups * rng.random_range(1..4usize), groups * rng.random_range(1..5usize));
+        let (kh, kw) = (rng.random_range(1..4usize), rng.random_range(1..4usize));
+        let conv = Conv2d { stride: [rng.random_range(1..3), 1], padding: [1, 0, rng.random_range(0..2), 1], dilation: [1, 1], groups };
+        let (h, w) = (rng.random_range(5..10usize), rng.random_range(5..10usize));
+        let y = Op::Conv(ConvOp::Conv2d(conv)).output_shapes(&[&[n, c, h, w], &[o, c / groups, kh, kw]]).unwrap().remove(0);
+        let what = format!("fused conv x[{n}, {c}, {h}, {w}] w[{o}, {}, {kh}, {kw}] {conv:?}", c / groups);
+        let act = acts[case % 3];
+        let (x, wt, b) = (floats(&mut rng, &[n, c, h, w]), floats(&mut rng, &[o, c / groups, kh, kw]), floats(&mut rng, &[o]));
+        check(&format!("{what} {act:?}"), &Op::Conv(ConvOp::Conv2dBiasAct { conv, act }), &[x, wt, b], &[]);
+        let numel = n * c * h * w;
+        let mut bits: Vec<u8> = (0..numel.div_ceil(8)).map(|_| rng.random_range(0..=255u8)).collect();
+        if numel % 8 != 0 {
+            *bits.last_mut().unwrap() &= (1u8 << (numel % 8)) - 1;
+        }
+        let mask = Arg { shape: vec![numel.div_ceil(8)], values: vec![], labels: vec![], bytes: bits };
+        let (dy, wt) = (floats(&mut rng, &y), floats(&mut rng, &[o, c / groups, kh, kw]));
+        check(&format!("{what} masked input gradient"), &Op::Conv(ConvOp::Conv2dGradInputMasked { conv, input_hw: [h, w] }), &[dy, wt, mask], &[]);
     }
 }
 
