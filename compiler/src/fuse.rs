@@ -1,11 +1,12 @@
-//! The fusion pass: a convolution, the bias added to its output and the ReLU/ReLU6 after it become
-//! one `Conv2dBiasAct` node, so neither the convolution's raw output nor its biased copy is ever
-//! written to memory.
+//! The fusion pass. Forward ([`fuse_conv_bias_act`]): a convolution, the bias added to its output
+//! and the ReLU/ReLU6 after it become one `Conv2dBiasAct` node, so neither the convolution's raw
+//! output nor its biased copy is ever written to memory. Backward ([`fuse_grad_input_mask`]): the
+//! ReLU/ReLU6 mask gradient joins the conv input gradient that produces its `dy`.
 //!
 //! ```text
-//! t1 = Conv2d(x, w)                       
+//! t1 = Conv2d(x, w)
 //! t2 = BiasAdd(t1, b)           ==>       y = Conv2dBiasAct{act}(x, w, b)
-//! y  = Relu(t2) | Clip(t2)                
+//! y  = Relu(t2) | Clip(t2)
 //! ```
 //!
 //! Without fusion the planner keeps `t1` and `t2` (and `t2` and `y`) alive together, since no op
@@ -16,8 +17,8 @@
 //! engine's `fused_conv_equals_conv_then_bias_then_activation_bit_for_bit`, and `tests/fuse.rs`
 //! over whole training runs).
 //!
-//! Where it runs: after autodiff, the optimizer and the mask pass, before scheduling and memory
-//! planning (`autodiff::build_training`). After autodiff, because then the rule sees every
+//! Where it runs ([`fuse`], both rewrites): after autodiff, the optimizer and the mask pass,
+//! before scheduling and memory planning (`autodiff::build_training`). After autodiff, because then the rule sees every
 //! reader of the intermediates, backward ones included, and the gradient rules keep applying to
 //! the plain ops; the chain's gradients read nothing the pass removes (BiasAdd's gradient reads
 //! nothing, ReLU/ReLU6 gradients read the activation's output or its 1-bit mask, the conv's
