@@ -45,7 +45,8 @@ fn same_training(model: &str, batch: usize, update: UpdateScheme, steps: usize, 
             let mut session = Session::from_bytes(&compiled.to_bytes(), opts).unwrap();
             let plan = session.plan().clone();
             let x_len: usize = plan.tensor(plan.programs.train.feeds[0]).numel();
-            let x_at = |step: usize| -> Vec<f32> { (0..x_len).map(|i| (((i * 7919 + step * 131) % 1009) as f32 / 1009.0) * 2.0 - 1.0).collect() };
+            let x_at =
+                |step: usize| -> Vec<f32> { (0..x_len).map(|i| (((i * 7919 + step * 131) % 1009) as f32 / 1009.0) * 2.0 - 1.0).collect() };
             let losses: Vec<u32> = (0..steps)
                 .map(|step| {
                     let y: Vec<i64> = (0..batch).map(|i| ((i + step) % 4) as i64).collect();
@@ -109,7 +110,13 @@ fn mobilenetv2_bias_update_fits_a_quarter_of_full() {
     let bias = arena(preset(UpdatePreset::Bias), true);
     let bias_unfused = arena(preset(UpdatePreset::Bias), false);
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    eprintln!("full {:.2} MiB, bias {:.2} MiB (unfused {:.2} MiB): {:.3} of full", mib(full), mib(bias), mib(bias_unfused), bias as f64 / full as f64);
+    eprintln!(
+        "full {:.2} MiB, bias {:.2} MiB (unfused {:.2} MiB): {:.3} of full",
+        mib(full),
+        mib(bias),
+        mib(bias_unfused),
+        bias as f64 / full as f64
+    );
     assert!(bias * 4 <= full, "--update bias: {bias} B is {:.3} of full ({full} B)", bias as f64 / full as f64);
     assert!(bias < bias_unfused);
 }

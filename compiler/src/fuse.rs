@@ -69,7 +69,8 @@ pub fn fuse_grad_input_mask(graph: &mut Graph, kept: &[TensorId]) -> usize {
         let Some(j) = producer[dy.index()] else { continue };
         let grad_input = &graph.nodes[j];
         let Op::Conv(ConvOp::Conv2dGradInput { conv, input_hw }) = grad_input.op else { continue };
-        if readers[dy.index()] != 1 || graph.tensor(dy).role != Role::Transient || kept.contains(&dy) || grad_input.program != node.program {
+        if readers[dy.index()] != 1 || graph.tensor(dy).role != Role::Transient || kept.contains(&dy) || grad_input.program != node.program
+        {
             continue;
         }
         let fused_node = Node {
@@ -121,7 +122,10 @@ pub fn fuse_conv_bias_act(graph: &mut Graph, kept: &[TensorId]) -> usize {
         }
         let Some(j) = only_reader(graph, node.outputs[0]) else { continue };
         let bias_node = &graph.nodes[j];
-        if !matches!(bias_node.op, Op::Dense(DenseOp::BiasAdd)) || bias_node.program != node.program || bias_node.inputs[0] != node.outputs[0] {
+        if !matches!(bias_node.op, Op::Dense(DenseOp::BiasAdd))
+            || bias_node.program != node.program
+            || bias_node.inputs[0] != node.outputs[0]
+        {
             continue;
         }
         let (bias, biased) = (bias_node.inputs[1], bias_node.outputs[0]);
@@ -177,7 +181,8 @@ mod tests {
         let x = g.input("x", vec![1, 2, 4, 4], DType::F32, Role::Input);
         let w = g.parameter("w", vec![2, 2, 3, 3], vec![0.1; 36]);
         let b = g.parameter("b", vec![2], vec![0.5; 2]);
-        let fwd = |g: &mut Graph, name: &str, op: Op, inputs: &[TensorId]| g.emit(name, op, inputs, Phase::Forward, Program::Train).unwrap()[0];
+        let fwd =
+            |g: &mut Graph, name: &str, op: Op, inputs: &[TensorId]| g.emit(name, op, inputs, Phase::Forward, Program::Train).unwrap()[0];
         let t = fwd(&mut g, "c1", conv(), &[x, w]);
         let t = fwd(&mut g, "c1.bias", DenseOp::BiasAdd.into(), &[t, b]);
         let t = fwd(&mut g, "c1.act", DenseOp::Clip(Clip { min: 0.0, max: 6.0 }).into(), &[t]);
@@ -221,7 +226,8 @@ mod tests {
         let bits = g.emit("pack", MaskOp::Pack(MaskKind::Relu), &[v], Phase::Forward, Program::Train).unwrap()[0];
         assert_eq!(g.shape(bits), packed_shape(32));
         let conv = Conv2d { stride: [1, 1], padding: [1; 4], dilation: [1, 1], groups: 1 };
-        let bwd = |g: &mut Graph, name: &str, op: Op, inputs: &[TensorId]| g.emit(name, op, inputs, Phase::Backward, Program::Train).unwrap()[0];
+        let bwd =
+            |g: &mut Graph, name: &str, op: Op, inputs: &[TensorId]| g.emit(name, op, inputs, Phase::Backward, Program::Train).unwrap()[0];
         let d = bwd(&mut g, "c.grad.dx", ConvOp::Conv2dGradInput { conv, input_hw: [4, 4] }.into(), &[dy, w]);
         let dx = bwd(&mut g, "act.grad.dx", MaskOp::Grad.into(), &[d, bits]);
         // A second MaskGrad whose dy is read twice stays as it is.

@@ -395,7 +395,12 @@ fn fused_convolution_kernels_match_the_reference() {
         }
         let mask = Arg { shape: vec![numel.div_ceil(8)], values: vec![], labels: vec![], bytes: bits };
         let (dy, wt) = (floats(&mut rng, &y), floats(&mut rng, &[o, c / groups, kh, kw]));
-        check(&format!("{what} masked input gradient"), &Op::Conv(ConvOp::Conv2dGradInputMasked { conv, input_hw: [h, w] }), &[dy, wt, mask], &[]);
+        check(
+            &format!("{what} masked input gradient"),
+            &Op::Conv(ConvOp::Conv2dGradInputMasked { conv, input_hw: [h, w] }),
+            &[dy, wt, mask],
+            &[],
+        );
     }
 }
 

@@ -192,7 +192,8 @@ impl Kernel {
             Kernel::Conv2dGradInputMasked => {
                 let store = "M[P[3] + i] = s;";
                 debug_assert!(CONV2D_GRAD_INPUT.contains(store));
-                let masked = "let bit = (bitcast<u32>(M[P[20] + i / 32u]) >> (i % 32u)) & 1u;\n    M[P[3] + i] = select(0.0, s, bit == 1u);";
+                let masked =
+                    "let bit = (bitcast<u32>(M[P[20] + i / 32u]) >> (i % 32u)) & 1u;\n    M[P[3] + i] = select(0.0, s, bit == 1u);";
                 let mut s = String::from(HEADER);
                 s.push_str(GRID);
                 s.push_str(CONV_PARAMS);
@@ -676,8 +677,9 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
         || Err(alloc::format!("op {} (node '{}') has no GPU kernel yet; train this plan with --backend cpu", node.op.name(), node.name));
     for &t in node.inputs.iter().chain(&node.outputs) {
         let d = plan.tensor(t).dtype;
-        let allowed =
-            d == DType::F32 || (d == DType::I64 && matches!(node.op, Op::Loss(_))) || (d == DType::U8 && matches!(node.op, Op::Mask(_) | Op::Conv(ConvOp::Conv2dGradInputMasked { .. })));
+        let allowed = d == DType::F32
+            || (d == DType::I64 && matches!(node.op, Op::Loss(_)))
+            || (d == DType::U8 && matches!(node.op, Op::Mask(_) | Op::Conv(ConvOp::Conv2dGradInputMasked { .. })));
         if !allowed {
             return no_kernel();
         }

@@ -90,7 +90,9 @@ pub fn execute(
             });
             Ok(())
         }
-        Op::Conv(ConvOp::Conv2d(c)) => conv::conv2d(c, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads, None),
+        Op::Conv(ConvOp::Conv2d(c)) => {
+            conv::conv2d(c, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads, None)
+        }
         Op::Conv(ConvOp::Conv2dBiasAct { conv, act }) => {
             let (x, w, b) = (args.inputs[0], args.inputs[1], args.inputs[2]);
             if b.data.len() != w.shape.first().copied().unwrap_or(0) {

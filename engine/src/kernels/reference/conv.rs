@@ -124,7 +124,7 @@ pub fn conv2d_bias_act<T: Float>(c: &Conv2d, act: &Activation, x: View<T>, w: Vi
 #[inline(always)]
 pub fn bias_act<T: Float>(act: &Activation, bias: T, run: &mut [T]) {
     match *act {
-        Activation::Identity => run.iter_mut().for_each(|v| *v = *v + bias),
+        Activation::Identity => run.iter_mut().for_each(|v| *v += bias),
         Activation::Relu => run.iter_mut().for_each(|v| {
             let s = *v + bias;
             *v = if s < T::zero() { T::zero() } else { s };
