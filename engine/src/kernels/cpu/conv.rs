@@ -10,7 +10,7 @@
 //!   (input channel, kh, kw) tap and one column per output position; the convolution is then
 //!   `weights [O/groups, taps] @ columns [taps, HO * WO]`.
 
-use super::epilogue::Epilogue;
+use super::epilogue::{self, Epilogue};
 use super::par::{for_each_chunk, for_each_part};
 use super::{depthwise, pack_elems, sgemm, Mat};
 use crate::kernels::{KernelError, View, ViewMut};
@@ -219,8 +219,11 @@ pub(super) fn conv2d(
     Ok(())
 }
 
-/// `dx = col2im(w^T @ dy)` per sample and group.
-pub fn conv2d_grad_input(
+/// `dx = col2im(w^T @ dy)` per sample and group; with `mask` (`Conv2dGradInputMasked`, the packed
+/// activation mask of `dx`'s elements) each sample and group, or depthwise plane, is masked right
+/// after it is computed.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv2d_grad_input(
     c: &Conv2d,
     dy: View<f32>,
     w: View<f32>,
@@ -228,11 +231,16 @@ pub fn conv2d_grad_input(
     ws: &mut [f32],
     scratch: &mut [f32],
     threads: usize,
+    mask: Option<&[u8]>,
 ) -> Result<(), KernelError> {
-    let (g, ws) = prepare("Conv2dGradInput", c, (dx.shape, dx.data.len()), (w.shape, w.data.len()), (dy.shape, dy.data.len()), ws)?;
+    let op = if mask.is_some() { "Conv2dGradInputMasked" } else { "Conv2dGradInput" };
+    let (g, ws) = prepare(op, c, (dx.shape, dx.data.len()), (w.shape, w.data.len()), (dy.shape, dy.data.len()), ws)?;
+    if mask.is_some_and(|bits| bits.len() != dx.data.len().div_ceil(8)) {
+        return Err(KernelError::Invalid { op, message: "mask length differs from the packed shape of dx" });
+    }
     let algorithm = g.algorithm();
     if algorithm == Algorithm::Depthwise {
-        depthwise::grad_input(&g, dy.data, w.data, dx.data, threads);
+        depthwise::grad_input(&g, dy.data, w.data, dx.data, threads, mask);
         return Ok(());
     }
     let (taps, out_plane) = (g.taps(), g.out_plane());
@@ -251,6 +259,9 @@ pub fn conv2d_grad_input(
                     };
                     let dx_group = &mut dx_sample[grp * g.cg * out_plane..(grp + 1) * g.cg * out_plane];
                     sgemm(weights_t, dy_group, dx_group, out_plane, false, 1, pack);
+                    if let Some(bits) = mask {
+                        epilogue::mask_at(bits, g.input_group(first + i, grp).start, dx_group);
+                    }
                 }
             }
         });
@@ -269,6 +280,11 @@ pub fn conv2d_grad_input(
             } else {
                 sgemm(weights_t, dy_group, ws, out_plane, false, threads, scratch);
                 col2im(&g, ws, dx_group, threads);
+            }
+            if let Some(bits) = mask {
+                // The group's planes, split among the threads as col2im splits them.
+                let (start, plane) = (g.input_group(n, grp).start, g.in_plane());
+                for_each_chunk(threads, dx_group, plane, plane, |p, dx_plane| epilogue::mask_at(bits, start + p * plane, dx_plane));
             }
         }
     }

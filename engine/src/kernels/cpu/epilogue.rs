@@ -6,12 +6,12 @@
 //! ([`reference::conv::bias_act`]), vectorised for the instruction set chosen at run time, so the
 //! fused result equals `Conv2d`, `BiasAdd` and `Relu`/`Clip` run one after another bit for bit.
 //!
-//! `ConvOp::Conv2dGradInputMasked`: the activation mask applied in place to the finished input
-//! gradient ([`mask`]), in blocks split among the threads. This is a second pass over `dx` (not yet
-//! per plane inside col2im), but on the same buffer: the unmasked gradient never needs one of its
-//! own.
+//! `ConvOp::Conv2dGradInputMasked`: the activation mask applied in place ([`mask_at`]) to each
+//! part of the input gradient right after it is computed (a depthwise plane, a pointwise sample
+//! and group, the planes col2im just wrote), in the same buffer: the unmasked gradient never needs
+//! one of its own.
 
-use super::par::{for_each_chunk, multiversion};
+use super::par::multiversion;
 use crate::kernels::reference;
 use crate::ops::Activation;
 
@@ -42,15 +42,19 @@ fn bias_act_body<const FMA: bool>(act: &Activation, bias: f32, run: &mut [f32]) 
     reference::conv::bias_act(act, bias, run);
 }
 
-/// Elements per task of [`mask`]: a multiple of 8, so each block starts on a mask byte.
-const MASK_BLOCK: usize = 1 << 14;
-
-/// `dx[i] = 0` where bit `i` of `bits` is clear ([`reference::mask::mask_in_place`]).
-pub(super) fn mask(bits: &[u8], dx: &mut [f32], threads: usize) {
-    for_each_chunk(threads, dx, MASK_BLOCK, MASK_BLOCK, |i, block| {
-        let first = i * MASK_BLOCK / 8;
-        mask_block(&bits[first..first + block.len().div_ceil(8)], block)
-    });
+/// `dx[k] = 0` where bit `first + k` of `bits` is clear ([`reference::mask::mask_in_place`] on a
+/// part of `dx` that starts at element `first`, which need not fall on a mask byte).
+pub(super) fn mask_at(bits: &[u8], first: usize, dx: &mut [f32]) {
+    let head = ((8 - first % 8) % 8).min(dx.len());
+    let (head_part, rest) = dx.split_at_mut(head);
+    for (k, d) in head_part.iter_mut().enumerate() {
+        let e = first + k;
+        if (bits[e / 8] >> (e % 8)) & 1 == 0 {
+            *d = 0.0;
+        }
+    }
+    let byte = (first + head) / 8;
+    mask_block(&bits[byte..byte + rest.len().div_ceil(8)], rest);
 }
 
 multiversion!(fn mask_block(bits: &[u8], dx: &mut [f32]) => mask_block_body);

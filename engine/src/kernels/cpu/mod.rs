@@ -102,17 +102,11 @@ pub fn execute(
             conv::conv2d(conv, x, w, &mut args.outputs[0], workspace, scratch, threads, Some(epilogue))
         }
         Op::Conv(ConvOp::Conv2dGradInput { conv, .. }) => {
-            conv::conv2d_grad_input(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads)
+            conv::conv2d_grad_input(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads, None)
         }
         Op::Conv(ConvOp::Conv2dGradInputMasked { conv, .. }) => {
-            let dx = &mut args.outputs[0];
-            conv::conv2d_grad_input(conv, args.inputs[0], args.inputs[1], dx, workspace, scratch, threads)?;
-            let bits = args.bool_inputs[0].data;
-            if bits.len() != dx.data.len().div_ceil(8) {
-                return Err(KernelError::Invalid { op: op.name(), message: "mask length differs from the packed shape of dx" });
-            }
-            epilogue::mask(bits, dx.data, threads);
-            Ok(())
+            let mask = Some(args.bool_inputs[0].data);
+            conv::conv2d_grad_input(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads, mask)
         }
         Op::Conv(ConvOp::Conv2dGradWeight { conv, .. }) => {
             conv::conv2d_grad_weight(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads)
