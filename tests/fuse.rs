@@ -31,6 +31,7 @@ fn count(plan: &Plan, what: fn(&Op) -> bool) -> usize {
 }
 
 const CNN: &str = "zoo:cnn:channels=3,size=16,classes=4,width=8";
+const MLP: &str = "zoo:mlp:inputs=12,hidden=16,classes=4";
 const MOBILENET: &str = "zoo:mobilenetv2:classes=4,size=32,width=0.25";
 
 /// Trains `steps` batches with fusion on and off, with the fast and with the reference kernels:
@@ -68,12 +69,18 @@ fn same_training(model: &str, batch: usize, update: UpdateScheme, steps: usize, 
         let (fused, losses, state, out) = run(true);
         let (plain, plain_losses, plain_state, plain_out) = run(false);
         let what = format!("{model} {update:?} (reference kernels: {reference_kernels})");
-        let forward = count(&fused, |op| matches!(op, Op::Conv(ConvOp::Conv2dBiasAct { .. })));
+        let forward = count(&fused, |op| matches!(op, Op::Conv(ConvOp::Conv2dBiasAct { .. }) | Op::Dense(DenseOp::MatMulBiasAct { .. })));
         let backward = count(&fused, |op| matches!(op, Op::Conv(ConvOp::Conv2dGradInputMasked { .. })));
         assert!(forward > 0 && (backward > 0) == masked_gradients, "{what}: {forward} fused convolutions, {backward} fused mask gradients");
-        assert_eq!(count(&plain, |op| matches!(op, Op::Conv(ConvOp::Conv2dBiasAct { .. } | ConvOp::Conv2dGradInputMasked { .. }))), 0);
-        // Every fused forward node replaced a conv and a BiasAdd, and every fused gradient a
-        // conv input gradient and a MaskGrad.
+        let any_fused = |op: &Op| {
+            matches!(
+                op,
+                Op::Conv(ConvOp::Conv2dBiasAct { .. } | ConvOp::Conv2dGradInputMasked { .. }) | Op::Dense(DenseOp::MatMulBiasAct { .. })
+            )
+        };
+        assert_eq!(count(&plain, any_fused), 0);
+        // Every fused forward node replaced a conv or matmul and a BiasAdd, and every fused
+        // gradient a conv input gradient and a MaskGrad.
         let bias_adds = |p: &Plan| count(p, |op| matches!(op, Op::Dense(DenseOp::BiasAdd)));
         assert_eq!(bias_adds(&plain) - bias_adds(&fused), forward, "{what}");
         let mask_grads = |p: &Plan| count(p, |op| matches!(op, Op::Mask(MaskOp::Grad)));
@@ -93,6 +100,8 @@ fn fusion_keeps_training_bit_exact() {
     // ReLU (the CNN, whose ReLUs feed max pools: no mask gradient follows a conv input gradient)
     // and ReLU6 (MobileNetV2), every parameter and biases only.
     same_training(CNN, 4, UpdateScheme::default(), 4, false);
+    // Linear layers: MatMul + bias + ReLU.
+    same_training(MLP, 4, UpdateScheme::default(), 4, false);
     same_training(CNN, 4, preset(UpdatePreset::Bias), 4, false);
     same_training(MOBILENET, 2, UpdateScheme::default(), 3, false);
     same_training(MOBILENET, 2, preset(UpdatePreset::Bias), 3, true);

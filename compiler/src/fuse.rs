@@ -1,6 +1,7 @@
 //! The fusion pass. Forward ([`fuse_conv_bias_act`]): a convolution, the bias added to its output
 //! and the ReLU/ReLU6 after it become one `Conv2dBiasAct` node, so neither the convolution's raw
-//! output nor its biased copy is ever written to memory. Backward ([`fuse_grad_input_mask`]): the
+//! output nor its biased copy is ever written to memory; a `MatMul` (a Linear layer) with its bias
+//! and activation likewise becomes `MatMulBiasAct`. Backward ([`fuse_grad_input_mask`]): the
 //! ReLU/ReLU6 mask gradient joins the conv input gradient that produces its `dy`.
 //!
 //! ```text
@@ -116,8 +117,15 @@ pub fn fuse_conv_bias_act(graph: &mut Graph, kept: &[TensorId]) -> usize {
     let mut fused = 0;
     for i in 0..graph.nodes.len() {
         let node = &graph.nodes[i];
-        let Op::Conv(ConvOp::Conv2d(conv)) = node.op else { continue };
-        if node.phase != Phase::Forward || removed[i] {
+        // The producer: a convolution, or a matmul (a Linear layer; its bias is per column).
+        let fused_op = |act: Activation| -> Option<Op> {
+            match node.op {
+                Op::Conv(ConvOp::Conv2d(conv)) => Some(ConvOp::Conv2dBiasAct { conv, act }.into()),
+                Op::Dense(DenseOp::MatMul(mm)) => Some(DenseOp::MatMulBiasAct { mm, act }.into()),
+                _ => None,
+            }
+        };
+        if fused_op(Activation::Identity).is_none() || node.phase != Phase::Forward || removed[i] {
             continue;
         }
         let Some(j) = only_reader(graph, node.outputs[0]) else { continue };
@@ -141,7 +149,7 @@ pub fn fuse_conv_bias_act(graph: &mut Graph, kept: &[TensorId]) -> usize {
         let (last, act, y) = activation.unwrap_or((j, Activation::Identity, biased));
         let fused_node = Node {
             name: node.name.clone(),
-            op: ConvOp::Conv2dBiasAct { conv, act }.into(),
+            op: fused_op(act).expect("a convolution or a matmul"),
             inputs: vec![node.inputs[0], node.inputs[1], bias],
             outputs: vec![y],
             phase: Phase::Forward,
@@ -248,6 +256,26 @@ mod tests {
             ]
         );
         assert_eq!(g.nodes[1].outputs, [dx]);
+    }
+
+    #[test]
+    fn a_linear_layer_becomes_one_node() {
+        use pock_engine::ops::MatMul;
+        let mut g = Graph::new();
+        let x = g.input("x", vec![2, 3], DType::F32, Role::Input);
+        let w = g.parameter("w", vec![4, 3], vec![0.1; 12]);
+        let b = g.parameter("b", vec![4], vec![0.5; 4]);
+        let fwd =
+            |g: &mut Graph, name: &str, op: Op, inputs: &[TensorId]| g.emit(name, op, inputs, Phase::Forward, Program::Train).unwrap()[0];
+        let mm = MatMul { trans_a: false, trans_b: true };
+        let t = fwd(&mut g, "fc", DenseOp::MatMul(mm).into(), &[x, w]);
+        let t = fwd(&mut g, "fc.bias", DenseOp::BiasAdd.into(), &[t, b]);
+        let y = fwd(&mut g, "relu", DenseOp::Relu.into(), &[t]);
+        assert_eq!(fuse_conv_bias_act(&mut g, &[]), 1);
+        g.validate().unwrap();
+        assert_eq!(g.nodes.len(), 1);
+        assert_eq!(g.nodes[0].op, Op::Dense(DenseOp::MatMulBiasAct { mm, act: Activation::Relu }));
+        assert_eq!((g.nodes[0].inputs.clone(), g.nodes[0].outputs.clone()), (vec![x, w, b], vec![y]));
     }
 
     #[test]

@@ -1,13 +1,14 @@
-//! The fused convolutions equal the ops they replace bit for bit, with the fast CPU kernels (on
+//! The fused convolutions (and the fused matmul) equal the ops they replace bit for bit, with the fast CPU kernels (on
 //! the instruction set the CPU offers and the portable path, 1 and 2 threads) and with the
 //! reference kernels: `Conv2dBiasAct` = `Conv2d`, then `BiasAdd`, then `Relu`/`Clip`;
-//! `Conv2dGradInputMasked` = `Conv2dGradInput`, then `MaskGrad`. Each algorithm of the fast
+//! `Conv2dGradInputMasked` = `Conv2dGradInput`, then `MaskGrad`; `MatMulBiasAct` = `MatMul`, then
+//! `BiasAdd`, then `Relu`/`Clip`. Each algorithm of the fast
 //! convolution (pointwise gemm, per-sample pointwise, im2col, depthwise, grouped) is reached.
 
 use pock_engine::kernels::cpu::par::{force_isa, Isa};
 use pock_engine::kernels::cpu::{execute, scratch_elems, workspace_elems, CpuConfig};
 use pock_engine::kernels::{reference, KernelError, NodeArgs, View, ViewMut};
-use pock_engine::ops::{packed_shape, Activation, Clip, Conv2d, ConvOp, DenseOp, MaskKind, MaskOp, Op};
+use pock_engine::ops::{packed_shape, Activation, Clip, Conv2d, ConvOp, DenseOp, MaskKind, MaskOp, MatMul, Op};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -156,4 +157,37 @@ fn shape_and_dtype_rules_name_the_argument() {
     assert_eq!(masked.output_shapes(&[&[2, 4, 5, 5], &[4, 3, 3, 3], &[19]]).unwrap(), [[2, 3, 5, 5]]);
     let e = masked.output_shapes(&[&[2, 4, 5, 5], &[4, 3, 3, 3], &[18]]).unwrap_err();
     assert_eq!(e.to_string(), "Conv2dGradInputMasked: bits vs the packed shape of dx: shapes [18] and [19] differ");
+}
+
+#[test]
+fn matmul_bias_act_equals_matmul_then_bias_then_activation() {
+    let mut rng = ChaCha8Rng::seed_from_u64(43);
+    // (rows, inner, cols): small, and large enough for gemm's blocking and threads.
+    for (m, k, n) in [(3, 5, 7), (8, 64, 10), (64, 300, 96)] {
+        for (trans_a, trans_b) in [(false, false), (false, true), (true, false)] {
+            let mm = MatMul { trans_a, trans_b };
+            let a_shape = if trans_a { [k, m] } else { [m, k] };
+            let b_shape = if trans_b { [n, k] } else { [k, n] };
+            let a: Vec<f32> = random(&mut rng, m * k).iter().map(|v| v * 3.0).collect();
+            let b = random(&mut rng, k * n);
+            let bias = random(&mut rng, n);
+            let ys = [m, n];
+            let acts = [Activation::Identity, Activation::Relu, Activation::Clip(Clip { min: 0.0, max: 1.0 })];
+            for_each_path(|cfg, path| {
+                let product = run(&DenseOp::MatMul(mm).into(), &[(&a, &a_shape), (&b, &b_shape)], None, &ys, cfg).unwrap();
+                let biased = run(&DenseOp::BiasAdd.into(), &[(&product, &ys), (&bias, &[n])], None, &ys, cfg).unwrap();
+                for act in acts {
+                    let want = match act {
+                        Activation::Identity => biased.clone(),
+                        Activation::Relu => run(&DenseOp::Relu.into(), &[(&biased, &ys)], None, &ys, cfg).unwrap(),
+                        Activation::Clip(cl) => run(&DenseOp::Clip(cl).into(), &[(&biased, &ys)], None, &ys, cfg).unwrap(),
+                    };
+                    let fused: Op = DenseOp::MatMulBiasAct { mm, act }.into();
+                    let got = run(&fused, &[(&a, &a_shape), (&b, &b_shape), (&bias, &[n])], None, &ys, cfg).unwrap();
+                    assert!(bits_of(&got) == bits_of(&want), "{act:?} {mm:?} {m}x{k}x{n}: fused differs ({path})");
+                }
+                assert!(biased.iter().any(|&v| v < 0.0) && biased.iter().any(|&v| v > 1.0), "{m}x{k}x{n}: no value beyond a kink");
+            });
+        }
+    }
 }

@@ -135,6 +135,7 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("AdamUpdateRows", [5, 7]),
     ("Conv2dBiasAct", [1, 4]),
     ("Conv2dGradInputMasked", [1, 5]),
+    ("MatMulBiasAct", [0, 10]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -152,6 +153,7 @@ fn row(op: &Op) -> usize {
             DenseOp::BiasGrad => 7,
             DenseOp::ReluGrad => 8,
             DenseOp::ClipGrad(_) => 9,
+            DenseOp::MatMulBiasAct { .. } => 120,
         },
         Op::Conv(op) => match op {
             ConvOp::Conv2d(_) => 10,
@@ -406,6 +408,7 @@ fn every_op() -> Vec<Op> {
         OptimOp::AdamUpdateRows { adam, rows: ParamRows { start: 0, param_rows: 4 } }.into(),
         ConvOp::Conv2dBiasAct { conv, act: Activation::Clip(clip) }.into(),
         ConvOp::Conv2dGradInputMasked { conv, input_hw: [7, 9] }.into(),
+        DenseOp::MatMulBiasAct { mm: MatMul { trans_a: false, trans_b: true }, act: Activation::Relu }.into(),
     ]
     .into_iter()
     .chain(every_unary_fn().into_iter().flat_map(|f| [UnaryOp::Map(f).into(), UnaryOp::Grad(f).into()]))

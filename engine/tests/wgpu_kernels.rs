@@ -368,8 +368,8 @@ fn mask_kernels_match_the_reference() {
     }
 }
 
-/// The fused convolutions (`compiler/src/fuse.rs`): conv + bias + activation, and the input
-/// gradient masked by a packed activation mask.
+/// The fused ops (`compiler/src/fuse.rs`): conv + bias + activation, the input gradient masked
+/// by a packed activation mask, and matmul + bias + activation.
 #[test]
 fn fused_convolution_kernels_match_the_reference() {
     if !gpu_present() {
@@ -401,6 +401,13 @@ fn fused_convolution_kernels_match_the_reference() {
             &[dy, wt, mask],
             &[],
         );
+        let (rows, inner, cols) = (rng.random_range(1..9usize), rng.random_range(1..20usize), rng.random_range(1..12usize));
+        let mm = MatMul { trans_a: case % 2 == 1, trans_b: case % 3 == 1 };
+        let a = floats(&mut rng, &if mm.trans_a { [inner, rows] } else { [rows, inner] });
+        let b_mat = floats(&mut rng, &if mm.trans_b { [cols, inner] } else { [inner, cols] });
+        let bias = floats(&mut rng, &[cols]);
+        let op = Op::Dense(DenseOp::MatMulBiasAct { mm, act });
+        check(&format!("MatMulBiasAct {rows}x{inner}x{cols} {mm:?} {act:?}"), &op, &[a, b_mat, bias], &[]);
     }
 }
 

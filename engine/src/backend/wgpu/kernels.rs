@@ -52,9 +52,10 @@ pub enum Kernel {
     MaskGrad,
     Conv2dBiasAct,
     Conv2dGradInputMasked,
+    MatMulBiasAct,
 }
 
-pub const KERNELS: [Kernel; 24] = [
+pub const KERNELS: [Kernel; 25] = [
     Kernel::Elementwise,
     Kernel::BiasAdd,
     Kernel::BiasGrad,
@@ -79,6 +80,7 @@ pub const KERNELS: [Kernel; 24] = [
     Kernel::MaskGrad,
     Kernel::Conv2dBiasAct,
     Kernel::Conv2dGradInputMasked,
+    Kernel::MatMulBiasAct,
 ];
 
 const HEADER: &str = r#"
@@ -152,6 +154,7 @@ impl Kernel {
             Kernel::MaskGrad => "mask_grad",
             Kernel::Conv2dBiasAct => "conv2d_bias_act",
             Kernel::Conv2dGradInputMasked => "conv2d_grad_input_masked",
+            Kernel::MatMulBiasAct => "matmul_bias_act",
         }
     }
 
@@ -187,7 +190,8 @@ impl Kernel {
             Kernel::MaskGrad => MASK_GRAD,
             // The convolution's own body (one sum per thread, in its order), ending in the
             // epilogue instead of the plain store.
-            Kernel::Conv2dBiasAct => return conv2d_bias_act_source(),
+            Kernel::Conv2dBiasAct => return bias_act_source(CONV2D, CONV_PARAMS, "o"),
+            Kernel::MatMulBiasAct => return bias_act_source(MATMUL, "", "c"),
             // The input gradient's own body, its store masked as MASK_GRAD masks (`P[20]`: bits).
             Kernel::Conv2dGradInputMasked => {
                 let store = "M[P[3] + i] = s;";
@@ -216,10 +220,11 @@ impl Kernel {
     }
 }
 
-/// `Conv2dBiasAct`: `CONV2D` with `P` extended by `[.., b, act, lo, hi]` (words 20-23; act 0 none,
-/// 1 ReLU, 2 clip): the bias is added after the whole sum, then the activation with the
-/// elementwise kernel's formulas.
-fn conv2d_bias_act_source() -> String {
+/// `Conv2dBiasAct` and `MatMulBiasAct`: the body of `CONV2D` (`P` words 0-19) or `MATMUL` (0-8)
+/// with `P` extended by `[.., b, act, lo, hi]` at words 20-23 (act 0 none, 1 ReLU, 2 clip), its
+/// store replaced: the bias of output channel / column `channel` is added after the whole sum,
+/// then the activation with the elementwise kernel's formulas.
+fn bias_act_source(body: &str, helpers: &str, channel: &str) -> String {
     const STORE: &str = "M[P[3] + i] = s;";
     const EPILOGUE: &str = r#"
 fn bias_act(s: f32, o: u32) -> f32 {
@@ -229,12 +234,12 @@ fn bias_act(s: f32, o: u32) -> f32 {
     return v;
 }
 "#;
-    debug_assert!(CONV2D.contains(STORE));
+    debug_assert!(body.contains(STORE));
     let mut s = String::from(HEADER);
     s.push_str(GRID);
-    s.push_str(CONV_PARAMS);
+    s.push_str(helpers);
     s.push_str(EPILOGUE);
-    s.push_str(&CONV2D.replace(STORE, "M[P[3] + i] = bias_act(s, o);"));
+    s.push_str(&body.replace(STORE, &alloc::format!("M[P[3] + i] = bias_act(s, {channel});")));
     s
 }
 
@@ -642,6 +647,15 @@ fn body(i: u32) {
 }
 "#;
 
+/// The epilogue's `P` words of a fused op's activation: kind (0 none, 1 ReLU, 2 clip), lo, hi.
+fn activation_params(act: &crate::ops::Activation) -> (u32, f32, f32) {
+    match act {
+        crate::ops::Activation::Identity => (0, 0.0, 0.0),
+        crate::ops::Activation::Relu => (1, 0.0, 0.0),
+        crate::ops::Activation::Clip(c) => (2, c.min, c.max),
+    }
+}
+
 /// One node lowered: the kernel and its parameter block.
 pub struct Lowered {
     pub kernel: Kernel,
@@ -761,6 +775,26 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
                 let c = dy[1] as u32;
                 Lowered { kernel: Kernel::BiasGrad, params: alloc::vec![c, i(0), o(0), c, inner as u32, dy[0] as u32] }
             }
+            DenseOp::MatMulBiasAct { mm, act } => {
+                let (a, y) = (shape(node.inputs[0]), shape(node.outputs[0]));
+                let k = if mm.trans_a { a[0] } else { a[1] };
+                let mut params = alloc::vec![
+                    numel(node.outputs[0]),
+                    i(0),
+                    i(1),
+                    o(0),
+                    y[0] as u32,
+                    y[1] as u32,
+                    k as u32,
+                    mm.trans_a as u32,
+                    mm.trans_b as u32
+                ];
+                // Words 9-19 unused: the epilogue's words follow the conv kernels' layout.
+                params.resize(20, 0);
+                let (kind, lo, hi) = activation_params(act);
+                params.extend([i(2), kind, lo.to_bits(), hi.to_bits()]);
+                Lowered { kernel: Kernel::MatMulBiasAct, params }
+            }
             DenseOp::MatMul(m) => {
                 let (a, y) = (shape(node.inputs[0]), shape(node.outputs[0]));
                 let k = if m.trans_a { a[0] } else { a[1] };
@@ -825,11 +859,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Option<Lowered>, String>
                     numel(node.outputs[0]),
                     [i(0), i(1), o(0)],
                 );
-                let (kind, lo, hi) = match act {
-                    crate::ops::Activation::Identity => (0, 0.0f32, 0.0f32),
-                    crate::ops::Activation::Relu => (1, 0.0, 0.0),
-                    crate::ops::Activation::Clip(c) => (2, c.min, c.max),
-                };
+                let (kind, lo, hi) = activation_params(act);
                 params.extend([i(2), kind, lo.to_bits(), hi.to_bits()]);
                 Lowered { kernel: Kernel::Conv2dBiasAct, params }
             }

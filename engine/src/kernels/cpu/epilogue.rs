@@ -35,6 +35,19 @@ impl Epilogue<'_> {
     }
 }
 
+/// `DenseOp::MatMulBiasAct`'s epilogue on the whole row-major output (a matmul's output is
+/// small next to its product, so one pass after gemm).
+pub(super) fn rows(act: &Activation, bias: &[f32], y: &mut [f32]) {
+    rows_bias_act(act, bias, y);
+}
+
+multiversion!(fn rows_bias_act(act: &Activation, bias: &[f32], y: &mut [f32]) => rows_bias_act_body);
+
+#[inline(always)]
+fn rows_bias_act_body<const FMA: bool>(act: &Activation, bias: &[f32], y: &mut [f32]) {
+    reference::dense::rows_bias_act(act, bias, y);
+}
+
 multiversion!(fn bias_act(act: &Activation, bias: f32, run: &mut [f32]) => bias_act_body);
 
 #[inline(always)]

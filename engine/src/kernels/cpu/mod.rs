@@ -48,7 +48,7 @@ pub fn workspace_elems(op: &Op, inputs: &[&[usize]], outputs: &[&[usize]]) -> us
 /// once, at load.
 pub fn scratch_elems(op: &Op, inputs: &[&[usize]], outputs: &[&[usize]], cfg: CpuConfig) -> usize {
     match (op, inputs, outputs) {
-        (Op::Dense(DenseOp::MatMul(m)) | Op::MatMul(MatMulOp::BatchMatMul(m)), [a, b], [_]) => {
+        (Op::Dense(DenseOp::MatMul(m) | DenseOp::MatMulBiasAct { mm: m, .. }) | Op::MatMul(MatMulOp::BatchMatMul(m)), [a, b, ..], [_]) => {
             let (rows, inner, cols) = matmul::dims(m, a, b);
             pack_elems(rows, cols, inner)
         }
@@ -72,7 +72,9 @@ pub fn execute(
     // rounding (engine/tests/fast_kernels.rs).
     let threads = cfg.threads;
     // The products pack into `scratch`: refuse one too small before any kernel runs.
-    if let (Op::Conv(_) | Op::Dense(DenseOp::MatMul(_)) | Op::MatMul(_), [a, b, ..], [y]) = (op, args.inputs, &*args.outputs) {
+    if let (Op::Conv(_) | Op::Dense(DenseOp::MatMul(_) | DenseOp::MatMulBiasAct { .. }) | Op::MatMul(_), [a, b, ..], [y]) =
+        (op, args.inputs, &*args.outputs)
+    {
         if scratch.len() < scratch_elems(op, &[a.shape, b.shape], &[y.shape], cfg) {
             return Err(KernelError::Invalid { op: op.name(), message: "scratch is smaller than scratch_elems requires" });
         }
@@ -80,6 +82,16 @@ pub fn execute(
     match op {
         Op::Dense(DenseOp::MatMul(m)) => {
             matmul::matmul(m, args.inputs[0], args.inputs[1], &mut args.outputs[0], threads, scratch);
+            Ok(())
+        }
+        Op::Dense(DenseOp::MatMulBiasAct { mm, act }) => {
+            let (a, b, bias) = (args.inputs[0], args.inputs[1], args.inputs[2]);
+            let y = &mut args.outputs[0];
+            if bias.data.len() != y.shape.get(1).copied().unwrap_or(0) {
+                return Err(KernelError::Invalid { op: op.name(), message: "bias length differs from the output columns" });
+            }
+            matmul::matmul(mm, a, b, y, threads, scratch);
+            epilogue::rows(act, bias.data, y.data);
             Ok(())
         }
         // Each matrix of a batch goes through the same 2-D gemm path.
