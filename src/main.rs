@@ -262,9 +262,10 @@ struct CompileArgs {
     /// gradients are the same bit for bit; the masks only save memory). For comparisons.
     #[arg(long)]
     no_activation_masks: bool,
-    /// Keep each convolution, its bias and its ReLU/ReLU6 as separate ops instead of one fused
-    /// Conv2dBiasAct (the fused op writes neither the raw nor the biased output, which lowers the
-    /// forward peak; results are the same bit for bit). For comparisons and debugging.
+    /// Keep ops unfused: by default each convolution or matmul with its bias and ReLU/ReLU6 is one
+    /// Conv2dBiasAct/MatMulBiasAct (neither the raw nor the biased output is written), and each
+    /// ReLU/ReLU6 mask gradient joins the conv input gradient before it (Conv2dGradInputMasked),
+    /// which lowers the arena; results are the same bit for bit. For comparisons and debugging.
     #[arg(long)]
     no_fuse: bool,
     /// Refuse a plan whose memory (arena and weights) exceeds this many bytes (1048576, 512M,
