@@ -74,7 +74,10 @@ pub struct BenchReport {
 fn op_kind(plan: &Plan, node: &pock_engine::plan::Node) -> String {
     let Op::Conv(conv) = &node.op else { return node.op.name().to_string() };
     let (c, weight) = match conv {
-        ConvOp::Conv2d(c) | ConvOp::Conv2dGradInput { conv: c, .. } => (c, node.inputs[1]),
+        ConvOp::Conv2d(c)
+        | ConvOp::Conv2dGradInput { conv: c, .. }
+        | ConvOp::Conv2dBiasAct { conv: c, .. }
+        | ConvOp::Conv2dGradInputMasked { conv: c, .. } => (c, node.inputs[1]),
         ConvOp::Conv2dGradWeight { conv: c, .. } | ConvOp::Conv2dGradWeightRows { conv: c, .. } => (c, node.outputs[0]),
     };
     let w = &plan.tensor(weight).shape;

@@ -277,6 +277,12 @@ struct ModelArgs {
     /// gradients are the same bit for bit; the masks only save memory). For comparisons.
     #[arg(long)]
     no_activation_masks: bool,
+    /// Keep ops unfused: by default each convolution or matmul with its bias and ReLU/ReLU6 is one
+    /// Conv2dBiasAct/MatMulBiasAct (neither the raw nor the biased output is written), and each
+    /// ReLU/ReLU6 mask gradient joins the conv input gradient before it (Conv2dGradInputMasked),
+    /// which lowers the arena; results are the same bit for bit. For comparisons and debugging.
+    #[arg(long)]
+    no_fuse: bool,
     /// Start from these parameters and running statistics instead of --seed's (fine-tuning): a
     /// checkpoint of a plan that trained every parameter, or `pock export --safetensors` weights.
     /// Frozen parameters are stored in the plan, so they must come from here, not from --weights.
@@ -849,6 +855,7 @@ impl ModelArgs {
             target: a.target.clone(),
             reorder: !a.no_reorder,
             activation_masks: !a.no_activation_masks,
+            fuse: !a.no_fuse,
             update,
             quantize: None,
         })

@@ -327,7 +327,11 @@ pub fn breakdown(plan: &Plan) -> MemoryBreakdown {
     for b in buffers.iter().filter(|b| b.kind == ScratchKind::SavedActivation) {
         m.saved_activation_bytes += b.bytes;
         let reader = train.nodes.iter().find(|n| n.phase == Phase::Backward && n.inputs.iter().any(|t| b.tensors.contains(t)));
-        if let Some(l) = reader.and_then(|n| forward_node_of(&n.name, &forward)).and_then(|f| forward.get(f)) {
+        // A gradient rule emitted for a forward node that fusion removed (crate::fuse) names a node
+        // the plan no longer has: the layer of the forward node that wrote the value stands in.
+        let writer = || train.nodes.iter().find(|n| n.phase == Phase::Forward && n.outputs.iter().any(|t| b.tensors.contains(t)));
+        let layer_name = reader.and_then(|n| forward_node_of(&n.name, &forward)).or_else(|| writer().map(|n| n.name.as_str()));
+        if let Some(l) = layer_name.and_then(|f| forward.get(f)) {
             let l = layer(l, &mut layers);
             layers[l].saved_activation_bytes += b.bytes;
         }

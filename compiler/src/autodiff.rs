@@ -89,6 +89,12 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
     if options.activation_masks {
         crate::mask::pack_activation_masks(&mut graph);
     }
+    if options.fuse {
+        let kept: Vec<TensorId> =
+            inputs.iter().copied().chain([output, train_target, train_loss, eval_output, eval_target, eval_loss]).collect();
+        let kept: Vec<TensorId> = kept.into_iter().chain(eval_inputs.iter().copied()).collect();
+        crate::fuse::fuse(&mut graph, &kept);
+    }
     let train_feeds: Vec<TensorId> = inputs.iter().copied().chain([train_target]).collect();
     let train_scratch_unordered = crate::schedule::train_peak(&graph, &train_feeds, &[train_loss]);
     if options.reorder {

@@ -3,7 +3,7 @@
 //! The pipeline is a chain of stage types, each consumed by the next step:
 //! [`ForwardGraph`] (a model: forward nodes, its inputs, the trained output) ->
 //! [`ForwardGraph::into_training`] (loss, compile-time autodiff pruned to what trainable
-//! parameters need, 1-bit ReLU/ReLU6 masks, optimizer ops, reordering) -> [`TrainingGraph`] ->
+//! parameters need, 1-bit ReLU/ReLU6 masks, optimizer ops, conv + bias + activation fusion, reordering) -> [`TrainingGraph`] ->
 //! [`TrainingGraph::into_plan`] (memory planning, weight layout) -> [`pock_engine::Plan`].
 
 pub mod accounting;
@@ -11,6 +11,7 @@ pub mod autodiff;
 pub mod cost;
 pub mod error;
 pub mod fold_norm;
+pub mod fuse;
 pub mod gradcheck;
 pub mod interp;
 pub mod ir;

@@ -68,6 +68,9 @@ pub struct CompileOptions {
     /// Keep a 1-bit mask instead of the float activation for the ReLU/ReLU6 gradients that alone
     /// read it (see [`crate::mask`]); gradients are the same bit for bit.
     pub activation_masks: bool,
+    /// Fuse each convolution with the bias and ReLU/ReLU6 after it into one `Conv2dBiasAct` node
+    /// (see [`crate::fuse`]); results are the same bit for bit. Off (`--no-fuse`) for comparison.
+    pub fuse: bool,
     /// Which parameters train; the others are frozen (see [`crate::scheme`]).
     pub update: UpdateScheme,
     /// Rewrite the model into int8 ops calibrated on these samples (see [`crate::quantize`]).
@@ -85,6 +88,7 @@ impl Default for CompileOptions {
             target: "host".into(),
             reorder: true,
             activation_masks: true,
+            fuse: true,
             update: UpdateScheme::default(),
             quantize: None,
         }

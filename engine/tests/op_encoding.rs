@@ -6,8 +6,8 @@ use pock_engine::kernels::unary::{
     Abs, Cos, Elu, Erf, Exp, HardSigmoid, LeakyRelu, Log, Neg, Reciprocal, Sigmoid, Sin, Softplus, Sqrt, Tanh,
 };
 use pock_engine::ops::{
-    Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, CrossEntropy, DenseOp, GradScale, LossOp, MatMul, MatMulOp, MoveOp, NormOp, Op, OptimOp,
-    ParamRows, Pool2d, PoolOp, Reduce, ReduceOp, Reduction, Sgd, Slice,
+    Activation, Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, CrossEntropy, DenseOp, GradScale, LossOp, MatMul, MatMulOp, MoveOp, NormOp,
+    Op, OptimOp, ParamRows, Pool2d, PoolOp, Reduce, ReduceOp, Reduction, Sgd, Slice,
 };
 use pock_engine::ops::{BroadcastOp, Dropout, MaskKind, MaskOp, QLinear, QOutput, QParams, QuantOp, RandomOp, UnaryFn, UnaryOp};
 use pock_engine::plan::DType;
@@ -139,6 +139,9 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("QLinearGradInput", [14, 3]),
     ("QLinearGradWeight", [14, 4]),
     ("QLinearGradBias", [14, 5]),
+    ("Conv2dBiasAct", [1, 4]),
+    ("Conv2dGradInputMasked", [1, 5]),
+    ("MatMulBiasAct", [0, 10]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -156,12 +159,15 @@ fn row(op: &Op) -> usize {
             DenseOp::BiasGrad => 7,
             DenseOp::ReluGrad => 8,
             DenseOp::ClipGrad(_) => 9,
+            DenseOp::MatMulBiasAct { .. } => 120,
         },
         Op::Conv(op) => match op {
             ConvOp::Conv2d(_) => 10,
             ConvOp::Conv2dGradInput { .. } => 11,
             ConvOp::Conv2dGradWeight { .. } => 12,
             ConvOp::Conv2dGradWeightRows { .. } => 115,
+            ConvOp::Conv2dBiasAct { .. } => 118,
+            ConvOp::Conv2dGradInputMasked { .. } => 119,
         },
         Op::Norm(op) => match op {
             NormOp::BatchNormTrain(_) => 13,
@@ -425,6 +431,9 @@ fn every_op() -> Vec<Op> {
         QuantOp::LinearGradInput(qlinear).into(),
         QuantOp::LinearGradWeight(QLinear { out: QOutput::F32, ..qlinear }).into(),
         QuantOp::LinearGradBias(QLinear { qas: false, ..qlinear }).into(),
+        ConvOp::Conv2dBiasAct { conv, act: Activation::Clip(clip) }.into(),
+        ConvOp::Conv2dGradInputMasked { conv, input_hw: [7, 9] }.into(),
+        DenseOp::MatMulBiasAct { mm: MatMul { trans_a: false, trans_b: true }, act: Activation::Relu }.into(),
     ]
     .into_iter()
     .chain(every_unary_fn().into_iter().flat_map(|f| [UnaryOp::Map(f).into(), UnaryOp::Grad(f).into()]))

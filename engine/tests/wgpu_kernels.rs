@@ -11,8 +11,9 @@ use pock_engine::backend::wgpu::{adapter_description, WgpuBackend};
 use pock_engine::exec::{Backend, CpuBackend, CpuKernels, ProgramKind, ValidatedPlan};
 use pock_engine::format::WeightRange;
 use pock_engine::ops::{
-    Adam, BatchNorm, BroadcastOp, Clip, Conv2d, ConvOp, CrossEntropy, DenseOp, Dropout, GradScale, LossOp, MaskKind, MaskOp, MatMul,
-    MatMulOp, MoveOp, NormOp, Op, OptimOp, ParamRows, Pool2d, PoolOp, RandomOp, Reduce, ReduceOp, Reduction, Sgd, Slice, UnaryFn, UnaryOp,
+    Activation, Adam, BatchNorm, BroadcastOp, Clip, Conv2d, ConvOp, CrossEntropy, DenseOp, Dropout, GradScale, LossOp, MaskKind, MaskOp,
+    MatMul, MatMulOp, MoveOp, NormOp, Op, OptimOp, ParamRows, Pool2d, PoolOp, RandomOp, Reduce, ReduceOp, Reduction, Sgd, Slice, UnaryFn,
+    UnaryOp,
 };
 use pock_engine::plan::{
     DType, Init, Location, Loss, ModelSource, Node, OptimizerKind, Phase, Plan, Program, Programs, Role, TensorId, TensorInfo, TrainingInfo,
@@ -777,4 +778,47 @@ fn an_op_without_a_gpu_kernel_is_refused_at_load() {
     let plan = ValidatedPlan::new(one_node(&op, &inputs, &[], &out)).unwrap();
     let e = WgpuBackend::new(plan, &[], WeightRange { offset: 0, len: 0 }).err().expect("refused").to_string();
     assert!(e.contains("Less") && e.contains("no GPU kernel") && e.contains("--backend cpu"), "{e}");
+}
+
+/// The fused ops (`compiler/src/fuse.rs`): conv + bias + activation, the input gradient masked
+/// by a packed activation mask, and matmul + bias + activation.
+#[test]
+fn fused_convolution_kernels_match_the_reference() {
+    if !gpu_present() {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let acts = [Activation::Identity, Activation::Relu, Activation::Clip(Clip { min: 0.0, max: 0.6 })];
+    for case in 0..9 {
+        let groups = if case % 3 == 2 { rng.random_range(2..4usize) } else { 1 };
+        let (n, c, o) = (rng.random_range(1..3usize), groups * rng.random_range(1..4usize), groups * rng.random_range(1..5usize));
+        let (kh, kw) = (rng.random_range(1..4usize), rng.random_range(1..4usize));
+        let conv = Conv2d { stride: [rng.random_range(1..3), 1], padding: [1, 0, rng.random_range(0..2), 1], dilation: [1, 1], groups };
+        let (h, w) = (rng.random_range(5..10usize), rng.random_range(5..10usize));
+        let y = Op::Conv(ConvOp::Conv2d(conv)).output_shapes(&[&[n, c, h, w], &[o, c / groups, kh, kw]]).unwrap().remove(0);
+        let what = format!("fused conv x[{n}, {c}, {h}, {w}] w[{o}, {}, {kh}, {kw}] {conv:?}", c / groups);
+        let act = acts[case % 3];
+        let (x, wt, b) = (floats(&mut rng, &[n, c, h, w]), floats(&mut rng, &[o, c / groups, kh, kw]), floats(&mut rng, &[o]));
+        check(&format!("{what} {act:?}"), &Op::Conv(ConvOp::Conv2dBiasAct { conv, act }), &[x, wt, b], &[]);
+        let numel = n * c * h * w;
+        let mut bits: Vec<u8> = (0..numel.div_ceil(8)).map(|_| rng.random_range(0..=255u8)).collect();
+        if numel % 8 != 0 {
+            *bits.last_mut().unwrap() &= (1u8 << (numel % 8)) - 1;
+        }
+        let mask = Arg { shape: vec![numel.div_ceil(8)], values: vec![], labels: vec![], bytes: bits };
+        let (dy, wt) = (floats(&mut rng, &y), floats(&mut rng, &[o, c / groups, kh, kw]));
+        check(
+            &format!("{what} masked input gradient"),
+            &Op::Conv(ConvOp::Conv2dGradInputMasked { conv, input_hw: [h, w] }),
+            &[dy, wt, mask],
+            &[],
+        );
+        let (rows, inner, cols) = (rng.random_range(1..9usize), rng.random_range(1..20usize), rng.random_range(1..12usize));
+        let mm = MatMul { trans_a: case % 2 == 1, trans_b: case % 3 == 1 };
+        let a = floats(&mut rng, &if mm.trans_a { [inner, rows] } else { [rows, inner] });
+        let b_mat = floats(&mut rng, &if mm.trans_b { [cols, inner] } else { [inner, cols] });
+        let bias = floats(&mut rng, &[cols]);
+        let op = Op::Dense(DenseOp::MatMulBiasAct { mm, act });
+        check(&format!("MatMulBiasAct {rows}x{inner}x{cols} {mm:?} {act:?}"), &op, &[a, b_mat, bias], &[]);
+    }
 }

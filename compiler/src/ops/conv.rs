@@ -1,6 +1,6 @@
 //! Gradient rules and costs of the convolution family: Conv2d and its two gradient ops.
 
-use pock_engine::ops::ConvOp;
+use pock_engine::ops::{Activation, ConvOp};
 
 use super::{no_gradient, numel, CompileRules, GradCtx};
 use crate::error::Result;
@@ -36,6 +36,9 @@ impl CompileRules for ConvOp {
             ConvOp::Conv2dGradInput { .. } | ConvOp::Conv2dGradWeight { .. } | ConvOp::Conv2dGradWeightRows { .. } => {
                 return no_gradient(node)
             }
+            // The fusion pass (crate::fuse) runs after autodiff: the graphs autodiff sees hold the
+            // unfused Conv2d, BiasAdd and activation, whose rules apply.
+            ConvOp::Conv2dBiasAct { .. } | ConvOp::Conv2dGradInputMasked { .. } => return no_gradient(node),
         }
         Ok(grads)
     }
@@ -47,7 +50,15 @@ impl CompileRules for ConvOp {
         // taps per output element = C/groups * KH * KW = weight elements per output channel.
         let (output, weight) = match self {
             ConvOp::Conv2d(_) => (outputs[0], inputs[1]),
+            // The convolution, then one add per output element and one select for an activation,
+            // as the unfused ops count them.
+            ConvOp::Conv2dBiasAct { act, .. } => {
+                let epilogue = if *act == Activation::Identity { 1 } else { 2 };
+                return 2 * numel(outputs[0]) * numel(&inputs[1][1..]) + epilogue * numel(outputs[0]);
+            }
             ConvOp::Conv2dGradInput { .. } => (inputs[0], inputs[1]),
+            // The input gradient, then one select per element of dx, as MaskGrad counts it.
+            ConvOp::Conv2dGradInputMasked { .. } => return 2 * numel(inputs[0]) * numel(&inputs[1][1..]) + numel(outputs[0]),
             ConvOp::Conv2dGradWeight { .. } => (inputs[0], outputs[0]),
             // Only the trained rows' share of dy is visited.
             ConvOp::Conv2dGradWeightRows { .. } => {

@@ -82,6 +82,8 @@ impl CompileRules for DenseOp {
             }
             // Gradient ops are not differentiated again: pock computes first-order gradients only.
             DenseOp::BiasGrad | DenseOp::ReluGrad | DenseOp::ClipGrad(_) => return no_gradient(node),
+            // Made by the fusion pass (crate::fuse) after autodiff, which saw the unfused ops.
+            DenseOp::MatMulBiasAct { .. } => return no_gradient(node),
         }
         Ok(grads)
     }
@@ -104,6 +106,13 @@ impl CompileRules for DenseOp {
             DenseOp::BiasGrad => numel(inputs[0]),
             // At most a copy, which moves memory but computes nothing.
             DenseOp::Reshape { .. } => 0,
+            // The product, then one add per output element and one select for an activation, as
+            // the unfused ops count them.
+            DenseOp::MatMulBiasAct { mm, act } => {
+                let inner = if mm.trans_a { inputs[0][0] } else { inputs[0][1] };
+                let epilogue = if *act == pock_engine::ops::Activation::Identity { 1 } else { 2 };
+                2 * numel(outputs[0]) * inner as u64 + epilogue * numel(outputs[0])
+            }
         }
     }
 }

@@ -1,12 +1,13 @@
-//! 2-D convolution, its two gradient ops, and the weight gradient restricted to a range of output
-//! channels (partial-channel updates, `compiler/src/scheme.rs`).
+//! 2-D convolution, its two gradient ops, the weight gradient restricted to a range of output
+//! channels (partial-channel updates, `compiler/src/scheme.rs`), and the convolution fused with
+//! its bias and activation (`compiler/src/fuse.rs`).
 
 use alloc::vec;
 use alloc::vec::Vec;
 use core::ops::Range;
 use serde::{Deserialize, Serialize};
 
-use super::{window_out, Check, OpRules, ShapeError};
+use super::{window_out, Check, Clip, OpRules, ShapeError};
 use crate::kernels::reference::conv as kernel;
 use crate::kernels::{Float, KernelError, NodeArgs};
 use crate::plan::DType;
@@ -19,6 +20,18 @@ pub struct Conv2d {
     pub padding: [usize; 4],
     pub dilation: [usize; 2],
     pub groups: usize,
+}
+
+/// The activation a fused convolution applies after its bias: the formulas of `DenseOp::Relu` and
+/// `DenseOp::Clip`, so that the fused op equals the three ops it replaces bit for bit.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Activation {
+    /// No activation: `y = conv(x, w) + b`.
+    Identity,
+    /// `DenseOp::Relu`.
+    Relu,
+    /// `DenseOp::Clip` (ReLU6 is `Clip { 0, 6 }`).
+    Clip(Clip),
 }
 
 /// The convolution family. Append new ops at the end (the variant index is the plan encoding).
@@ -35,6 +48,17 @@ pub enum ConvOp {
     /// channels of `dy` alone. With `groups > 1` only the input channels of the groups those rows
     /// belong to are read from `x`.
     Conv2dGradWeightRows { conv: Conv2d, kernel_hw: [usize; 2], rows: [usize; 2] },
+    /// `[x, w, b] -> [y]`: `y = act(conv(x, w) + b)`, `b` `[O]` added to each output channel after
+    /// the whole sum, then the activation: `Conv2d`, `BiasAdd` and `Relu`/`Clip` (or none) in one
+    /// op, with no intermediate tensor. Made by the compiler's fusion pass after autodiff
+    /// (`compiler/src/fuse.rs`), so it has no gradient rule of its own.
+    Conv2dBiasAct { conv: Conv2d, act: Activation },
+    /// `[dy, w, bits] -> [dx]`: `Conv2dGradInput`'s `dx`, then `MaskGrad` with the packed
+    /// activation mask `bits` (`u8` `[ceil(n / 8)]` for the `n` elements of `dx`, the mask family's
+    /// layout): element `i` keeps its value where bit `i` is set and is 0 elsewhere. The input
+    /// gradient of the layer after a ReLU/ReLU6 and that activation's gradient in one op, with no
+    /// unmasked intermediate. Made by the fusion pass (`compiler/src/fuse.rs`).
+    Conv2dGradInputMasked { conv: Conv2d, input_hw: [usize; 2] },
 }
 
 impl OpRules for ConvOp {
@@ -44,15 +68,26 @@ impl OpRules for ConvOp {
             ConvOp::Conv2dGradInput { .. } => "Conv2dGradInput",
             ConvOp::Conv2dGradWeight { .. } => "Conv2dGradWeight",
             ConvOp::Conv2dGradWeightRows { .. } => "Conv2dGradWeightRows",
+            ConvOp::Conv2dBiasAct { .. } => "Conv2dBiasAct",
+            ConvOp::Conv2dGradInputMasked { .. } => "Conv2dGradInputMasked",
         }
     }
 
     fn input_arity(&self) -> Option<usize> {
-        Some(2)
+        Some(match self {
+            ConvOp::Conv2dBiasAct { .. } | ConvOp::Conv2dGradInputMasked { .. } => 3,
+            _ => 2,
+        })
     }
 
     fn dtype_rule(&self, check: Check, inputs: &[DType]) -> Result<Vec<DType>, ShapeError> {
-        check.floats(inputs, 1)
+        match self {
+            ConvOp::Conv2dGradInputMasked { .. } => {
+                check.dtypes(inputs, &[DType::F32, DType::F32, DType::U8])?;
+                Ok(vec![DType::F32])
+            }
+            _ => check.floats(inputs, 1),
+        }
     }
 
     fn inplace_outputs(&self) -> Range<usize> {
@@ -105,17 +140,33 @@ impl OpRules for ConvOp {
                 w[0] = rows[1] - rows[0];
                 vec![w]
             }
+            ConvOp::Conv2dBiasAct { conv, .. } => {
+                let y = ConvOp::Conv2d(*conv).shape_rule(check, &inputs[..2])?;
+                check.same(inputs[2], &[inputs[1][0]], "bias vs output channels")?;
+                y
+            }
+            ConvOp::Conv2dGradInputMasked { conv, input_hw } => {
+                let dx = ConvOp::Conv2dGradInput { conv: *conv, input_hw: *input_hw }.shape_rule(check, &inputs[..2])?;
+                let n = check.numel(&dx[0])?;
+                check.same(inputs[2], &super::packed_shape(n), "bits vs the packed shape of dx")?;
+                dx
+            }
         })
     }
 
     fn execute<T: Float>(&self, args: NodeArgs<'_, '_, T>) -> Result<(), KernelError> {
-        let NodeArgs { inputs: i, outputs: o, .. } = args;
+        let NodeArgs { inputs: i, outputs: o, bool_inputs, .. } = args;
         match self {
             ConvOp::Conv2d(c) => kernel::conv2d(c, i[0], i[1], &mut o[0]),
             ConvOp::Conv2dGradInput { conv, .. } => kernel::conv2d_grad_input(conv, i[0], i[1], &mut o[0]),
             ConvOp::Conv2dGradWeight { conv, .. } => kernel::conv2d_grad_weight(conv, i[0], i[1], &mut o[0]),
             ConvOp::Conv2dGradWeightRows { conv, rows, .. } => {
                 kernel::conv2d_grad_weight_rows(conv, rows[0]..rows[1], i[0], i[1], &mut o[0])
+            }
+            ConvOp::Conv2dBiasAct { conv, act } => kernel::conv2d_bias_act(conv, act, i[0], i[1], i[2], &mut o[0]),
+            ConvOp::Conv2dGradInputMasked { conv, .. } => {
+                kernel::conv2d_grad_input(conv, i[0], i[1], &mut o[0]);
+                crate::kernels::reference::mask::mask_in_place(bool_inputs[0].data, o[0].data);
             }
         }
         Ok(())

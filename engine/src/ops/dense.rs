@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 use core::ops::Range;
 use serde::{Deserialize, Serialize};
 
-use super::{Check, OpRules, ShapeError};
+use super::{Activation, Check, OpRules, ShapeError};
 use crate::kernels::reference::dense as kernel;
 use crate::kernels::{Float, KernelError, NodeArgs};
 use crate::plan::DType;
@@ -49,6 +49,10 @@ pub enum DenseOp {
     ReluGrad,
     /// `[dy, x] -> [dx]`: `dy` where `min < x < max`, else 0.
     ClipGrad(Clip),
+    /// `[a, b, bias] -> [y]`: `y = act(op(a) @ op(b) + bias)`, `bias` `[N]` added to each row
+    /// after the whole sum, then the activation: `MatMul`, `BiasAdd` and `Relu`/`Clip` (or none)
+    /// in one op (a Linear layer). Made by the compiler's fusion pass (`compiler/src/fuse.rs`).
+    MatMulBiasAct { mm: MatMul, act: Activation },
 }
 
 impl OpRules for DenseOp {
@@ -64,6 +68,7 @@ impl OpRules for DenseOp {
             DenseOp::BiasGrad => "BiasGrad",
             DenseOp::ReluGrad => "ReluGrad",
             DenseOp::ClipGrad(_) => "ClipGrad",
+            DenseOp::MatMulBiasAct { .. } => "MatMulBiasAct",
         }
     }
 
@@ -71,6 +76,7 @@ impl OpRules for DenseOp {
         Some(match self {
             DenseOp::Relu | DenseOp::Clip(_) | DenseOp::Reshape { .. } | DenseOp::BiasGrad => 1,
             DenseOp::MatMul(_) | DenseOp::BiasAdd | DenseOp::Add | DenseOp::Mul | DenseOp::ReluGrad | DenseOp::ClipGrad(_) => 2,
+            DenseOp::MatMulBiasAct { .. } => 3,
         })
     }
 
@@ -102,6 +108,11 @@ impl OpRules for DenseOp {
                     )));
                 }
                 vec![vec![mm, nn]]
+            }
+            DenseOp::MatMulBiasAct { mm, .. } => {
+                let y = DenseOp::MatMul(*mm).shape_rule(check, &inputs[..2])?;
+                check.same(inputs[2], &[y[0][1]], "bias vs output columns")?;
+                y
             }
             DenseOp::BiasAdd => {
                 let c = check.channels(inputs[0])?;
@@ -145,6 +156,7 @@ impl OpRules for DenseOp {
             DenseOp::BiasGrad => kernel::bias_grad(i[0], &mut o[0]),
             DenseOp::ReluGrad => kernel::relu_grad(i[0], i[1], &mut o[0]),
             DenseOp::ClipGrad(c) => kernel::clip_grad(c, i[0], i[1], &mut o[0]),
+            DenseOp::MatMulBiasAct { mm, act } => kernel::matmul_bias_act(mm, act, i[0], i[1], i[2], &mut o[0]),
         }
         Ok(())
     }

@@ -45,7 +45,7 @@ use crate::plan::DType;
 
 pub use broadcast::{broadcast_shape, BroadcastOp};
 pub use cast::CastOp;
-pub use conv::{Conv2d, ConvOp};
+pub use conv::{Activation, Conv2d, ConvOp};
 pub use dense::{Clip, DenseOp, MatMul};
 pub use loss::{CrossEntropy, LossOp, Reduction};
 pub use mask::{packed_shape, MaskKind, MaskOp};

@@ -67,9 +67,12 @@ pub enum Kernel {
     Groups,
     BatchMatMul,
     Random,
+    Conv2dBiasAct,
+    Conv2dGradInputMasked,
+    MatMulBiasAct,
 }
 
-pub const KERNELS: [Kernel; 37] = [
+pub const KERNELS: [Kernel; 40] = [
     Kernel::Elementwise,
     Kernel::BiasAdd,
     Kernel::BiasGrad,
@@ -107,6 +110,9 @@ pub const KERNELS: [Kernel; 37] = [
     Kernel::Groups,
     Kernel::BatchMatMul,
     Kernel::Random,
+    Kernel::Conv2dBiasAct,
+    Kernel::Conv2dGradInputMasked,
+    Kernel::MatMulBiasAct,
 ];
 
 const HEADER: &str = r#"
@@ -194,6 +200,9 @@ impl Kernel {
             Kernel::Groups => "groups",
             Kernel::BatchMatMul => "batch_matmul",
             Kernel::Random => "random",
+            Kernel::Conv2dBiasAct => "conv2d_bias_act",
+            Kernel::Conv2dGradInputMasked => "conv2d_grad_input_masked",
+            Kernel::MatMulBiasAct => "matmul_bias_act",
         }
     }
 
@@ -242,6 +251,22 @@ impl Kernel {
             Kernel::Groups => families::GROUPS,
             Kernel::BatchMatMul => families::BATCH_MATMUL,
             Kernel::Random => families::RANDOM,
+            // The convolution's own body (one sum per thread, in its order), ending in the
+            // epilogue instead of the plain store.
+            Kernel::Conv2dBiasAct => return bias_act_source(CONV2D, CONV_PARAMS, "o"),
+            Kernel::MatMulBiasAct => return bias_act_source(MATMUL, "", "c"),
+            // The input gradient's own body, its store masked as MASK_GRAD masks (`P[20]`: bits).
+            Kernel::Conv2dGradInputMasked => {
+                let store = "M[P[3] + i] = s;";
+                debug_assert!(CONV2D_GRAD_INPUT.contains(store));
+                let masked =
+                    "let bit = (bitcast<u32>(M[P[20] + i / 32u]) >> (i % 32u)) & 1u;\n    M[P[3] + i] = select(0.0, s, bit == 1u);";
+                let mut s = String::from(HEADER);
+                s.push_str(GRID);
+                s.push_str(CONV_PARAMS);
+                s.push_str(&CONV2D_GRAD_INPUT.replace(store, masked));
+                return s;
+            }
         };
         let entry = if self.single_group() { GROUP } else { GRID };
         let helpers = match self {
@@ -257,6 +282,29 @@ impl Kernel {
         s.push_str(body);
         s
     }
+}
+
+/// `Conv2dBiasAct` and `MatMulBiasAct`: the body of `CONV2D` (`P` words 0-19) or `MATMUL` (0-8)
+/// with `P` extended by `[.., b, act, lo, hi]` at words 20-23 (act 0 none, 1 ReLU, 2 clip), its
+/// store replaced: the bias of output channel / column `channel` is added after the whole sum,
+/// then the activation with the elementwise kernel's formulas.
+fn bias_act_source(body: &str, helpers: &str, channel: &str) -> String {
+    const STORE: &str = "M[P[3] + i] = s;";
+    const EPILOGUE: &str = r#"
+fn bias_act(s: f32, o: u32) -> f32 {
+    var v = s + M[P[20] + o];
+    if (P[21] == 1u) { v = select(v, 0.0, v < 0.0); }
+    if (P[21] == 2u) { let raised = select(v, pf(22), v < pf(22)); v = select(raised, pf(23), raised > pf(23)); }
+    return v;
+}
+"#;
+    debug_assert!(body.contains(STORE));
+    let mut s = String::from(HEADER);
+    s.push_str(GRID);
+    s.push_str(helpers);
+    s.push_str(EPILOGUE);
+    s.push_str(&body.replace(STORE, &alloc::format!("M[P[3] + i] = bias_act(s, {channel});")));
+    s
 }
 
 /// `P = [n, kind, a, b, y, lo, hi]`: kinds 0 ReLU, 1 ReLU gradient (`a = dy`, `b = x`), 2 add,
@@ -764,6 +812,14 @@ fn body(i: u32) {
     M[P[8] + i] = scale * (m * g - M[P[6] + c] - xhat * M[P[5] + c]);
 }
 "#;
+/// The epilogue's `P` words of a fused op's activation: kind (0 none, 1 ReLU, 2 clip), lo, hi.
+fn activation_params(act: &crate::ops::Activation) -> (u32, f32, f32) {
+    match act {
+        crate::ops::Activation::Identity => (0, 0.0, 0.0),
+        crate::ops::Activation::Relu => (1, 0.0, 0.0),
+        crate::ops::Activation::Clip(c) => (2, c.min, c.max),
+    }
+}
 
 /// One node lowered: the kernel and its parameter block.
 pub struct Lowered {
@@ -803,7 +859,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
         let d = plan.tensor(t).dtype;
         let allowed = d == DType::F32
             || (d == DType::I64 && matches!(node.op, Op::Loss(_) | Op::Random(_)))
-            || (d == DType::U8 && matches!(node.op, Op::Mask(_)));
+            || (d == DType::U8 && matches!(node.op, Op::Mask(_) | Op::Conv(ConvOp::Conv2dGradInputMasked { .. })));
         if !allowed {
             return no_kernel();
         }
@@ -898,6 +954,26 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
                 let c = dy[1] as u32;
                 Lowered { kernel: Kernel::BiasGrad, params: alloc::vec![c, i(0), o(0), c, inner as u32, dy[0] as u32] }
             }
+            DenseOp::MatMulBiasAct { mm, act } => {
+                let (a, y) = (shape(node.inputs[0]), shape(node.outputs[0]));
+                let k = if mm.trans_a { a[0] } else { a[1] };
+                let mut params = alloc::vec![
+                    numel(node.outputs[0]),
+                    i(0),
+                    i(1),
+                    o(0),
+                    y[0] as u32,
+                    y[1] as u32,
+                    k as u32,
+                    mm.trans_a as u32,
+                    mm.trans_b as u32
+                ];
+                // Words 9-19 unused: the epilogue's words follow the conv kernels' layout.
+                params.resize(20, 0);
+                let (kind, lo, hi) = activation_params(act);
+                params.extend([i(2), kind, lo.to_bits(), hi.to_bits()]);
+                Lowered { kernel: Kernel::MatMulBiasAct, params }
+            }
             DenseOp::MatMul(m) => {
                 let (a, y) = (shape(node.inputs[0]), shape(node.outputs[0]));
                 let k = if m.trans_a { a[0] } else { a[1] };
@@ -958,6 +1034,34 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
                 let mut params = conv_params(conv, shape(node.inputs[1]), &full, dy, numel(node.outputs[0]), [i(0), i(1), o(0)]);
                 params[20] = rows[0] as u32;
                 Lowered { kernel: Kernel::Conv2dGradWeight, params }
+            }
+            ConvOp::Conv2dBiasAct { conv, act } => {
+                let mut params = conv_params(
+                    conv,
+                    shape(node.inputs[0]),
+                    shape(node.inputs[1]),
+                    shape(node.outputs[0]),
+                    numel(node.outputs[0]),
+                    [i(0), i(1), o(0)],
+                );
+                let (kind, lo, hi) = activation_params(act);
+                // Word 20 (the weight gradient's first row, 0 here) holds the bias.
+                params[20] = i(2);
+                params.extend([kind, lo.to_bits(), hi.to_bits()]);
+                Lowered { kernel: Kernel::Conv2dBiasAct, params }
+            }
+            ConvOp::Conv2dGradInputMasked { conv, .. } => {
+                let mut params = conv_params(
+                    conv,
+                    shape(node.outputs[0]),
+                    shape(node.inputs[1]),
+                    shape(node.inputs[0]),
+                    numel(node.outputs[0]),
+                    [i(0), i(1), o(0)],
+                );
+                // Word 20 (the weight gradient's first row, 0 here) holds the mask bits.
+                params[20] = i(2);
+                Lowered { kernel: Kernel::Conv2dGradInputMasked, params }
             }
         },
         Op::Pool(p) => match p {

@@ -10,6 +10,7 @@
 //!   (input channel, kh, kw) tap and one column per output position; the convolution is then
 //!   `weights [O/groups, taps] @ columns [taps, HO * WO]`.
 
+use super::epilogue::{self, Epilogue};
 use super::par::{for_each_chunk, for_each_part};
 use super::{depthwise, pack_elems, sgemm, Mat};
 use crate::kernels::{KernelError, View, ViewMut};
@@ -87,8 +88,10 @@ fn valid_outputs(out_len: usize, stride: usize, offset: usize, pad: usize, len: 
 /// f32 elements of scratch each conv op needs.
 pub fn conv_workspace_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]]) -> usize {
     let geometry = match (op, inputs, outputs) {
-        (ConvOp::Conv2d(c), [x, w], [y]) => Geometry::new(c, x, w, y),
-        (ConvOp::Conv2dGradInput { conv, .. }, [dy, w], [dx]) => Geometry::new(conv, dx, w, dy),
+        (ConvOp::Conv2d(c) | ConvOp::Conv2dBiasAct { conv: c, .. }, [x, w, ..], [y]) => Geometry::new(c, x, w, y),
+        (ConvOp::Conv2dGradInput { conv, .. } | ConvOp::Conv2dGradInputMasked { conv, .. }, [dy, w, ..], [dx]) => {
+            Geometry::new(conv, dx, w, dy)
+        }
         (ConvOp::Conv2dGradWeight { conv, .. }, [dy, x], [dw]) => Geometry::new(conv, x, dw, dy),
         // The fast path covers ungrouped convolutions; grouped ones run the reference kernel.
         (ConvOp::Conv2dGradWeightRows { conv, .. }, [dy, x], [dw]) if conv.groups == 1 && dw.len() == 4 && dy.len() == 4 => {
@@ -103,8 +106,12 @@ pub fn conv_workspace_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize
 /// thread, for the paths that run one single-threaded gemm per task.
 pub fn conv_scratch_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]], threads: usize) -> usize {
     let product = match (op, inputs, outputs) {
-        (ConvOp::Conv2d(c), [x, w], [y]) => Geometry::new(c, x, w, y).map(|g| (g.og, g.out_plane(), g.taps(), g)),
-        (ConvOp::Conv2dGradInput { conv, .. }, [dy, w], [dx]) => Geometry::new(conv, dx, w, dy).map(|g| (g.taps(), g.out_plane(), g.og, g)),
+        (ConvOp::Conv2d(c) | ConvOp::Conv2dBiasAct { conv: c, .. }, [x, w, ..], [y]) => {
+            Geometry::new(c, x, w, y).map(|g| (g.og, g.out_plane(), g.taps(), g))
+        }
+        (ConvOp::Conv2dGradInput { conv, .. } | ConvOp::Conv2dGradInputMasked { conv, .. }, [dy, w, ..], [dx]) => {
+            Geometry::new(conv, dx, w, dy).map(|g| (g.taps(), g.out_plane(), g.og, g))
+        }
         (ConvOp::Conv2dGradWeight { conv, .. }, [dy, x], [dw]) => {
             Geometry::new(conv, x, dw, dy).map(|g| (g.og, g.taps(), g.out_plane(), g))
         }
@@ -143,8 +150,10 @@ fn prepare<'w>(
     Ok((g, &mut ws[..need]))
 }
 
-/// `y = conv(x, w)`.
-pub fn conv2d(
+/// `y = conv(x, w)`, or with an epilogue `y = act(conv(x, w) + b)` (`Conv2dBiasAct`): the bias
+/// and activation are applied to each output plane right after the product that wrote it.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv2d(
     c: &Conv2d,
     x: View<f32>,
     w: View<f32>,
@@ -152,11 +161,13 @@ pub fn conv2d(
     ws: &mut [f32],
     scratch: &mut [f32],
     threads: usize,
+    epilogue: Option<Epilogue<'_>>,
 ) -> Result<(), KernelError> {
-    let (g, ws) = prepare("Conv2d", c, (x.shape, x.data.len()), (w.shape, w.data.len()), (y.shape, y.data.len()), ws)?;
+    let op = if epilogue.is_some() { "Conv2dBiasAct" } else { "Conv2d" };
+    let (g, ws) = prepare(op, c, (x.shape, x.data.len()), (w.shape, w.data.len()), (y.shape, y.data.len()), ws)?;
     let algorithm = g.algorithm();
     if algorithm == Algorithm::Depthwise {
-        depthwise::forward(&g, x.data, w.data, y.data, threads);
+        depthwise::forward(&g, x.data, w.data, y.data, threads, epilogue);
         return Ok(());
     }
     let (taps, out_plane) = (g.taps(), g.out_plane());
@@ -178,6 +189,9 @@ pub fn conv2d(
                     };
                     let y_group = &mut y_sample[grp * g.og * out_plane..(grp + 1) * g.og * out_plane];
                     sgemm(weights, columns, y_group, out_plane, false, 1, pack);
+                    if let Some(e) = &epilogue {
+                        e.planes(grp * g.og, y_group, out_plane);
+                    }
                 }
             }
         });
@@ -194,14 +208,22 @@ pub fn conv2d(
             };
             let weights = Mat { data: &w.data[g.weight_group(grp)], rows: g.og, cols: taps, row_stride: taps, col_stride: 1 };
             let columns = Mat { data: columns, rows: taps, cols: out_plane, row_stride: out_plane, col_stride: 1 };
-            sgemm(weights, columns, &mut y.data[g.output_group(n, grp)], out_plane, false, threads, scratch);
+            let y_group = &mut y.data[g.output_group(n, grp)];
+            sgemm(weights, columns, y_group, out_plane, false, threads, scratch);
+            if let Some(e) = &epilogue {
+                // The group's planes, split among the threads as the gemm was.
+                for_each_chunk(threads, y_group, out_plane, out_plane, |p, plane| e.planes(grp * g.og + p, plane, out_plane));
+            }
         }
     }
     Ok(())
 }
 
-/// `dx = col2im(w^T @ dy)` per sample and group.
-pub fn conv2d_grad_input(
+/// `dx = col2im(w^T @ dy)` per sample and group; with `mask` (`Conv2dGradInputMasked`, the packed
+/// activation mask of `dx`'s elements) each sample and group, or depthwise plane, is masked right
+/// after it is computed.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv2d_grad_input(
     c: &Conv2d,
     dy: View<f32>,
     w: View<f32>,
@@ -209,11 +231,16 @@ pub fn conv2d_grad_input(
     ws: &mut [f32],
     scratch: &mut [f32],
     threads: usize,
+    mask: Option<&[u8]>,
 ) -> Result<(), KernelError> {
-    let (g, ws) = prepare("Conv2dGradInput", c, (dx.shape, dx.data.len()), (w.shape, w.data.len()), (dy.shape, dy.data.len()), ws)?;
+    let op = if mask.is_some() { "Conv2dGradInputMasked" } else { "Conv2dGradInput" };
+    let (g, ws) = prepare(op, c, (dx.shape, dx.data.len()), (w.shape, w.data.len()), (dy.shape, dy.data.len()), ws)?;
+    if mask.is_some_and(|bits| bits.len() != dx.data.len().div_ceil(8)) {
+        return Err(KernelError::Invalid { op, message: "mask length differs from the packed shape of dx" });
+    }
     let algorithm = g.algorithm();
     if algorithm == Algorithm::Depthwise {
-        depthwise::grad_input(&g, dy.data, w.data, dx.data, threads);
+        depthwise::grad_input(&g, dy.data, w.data, dx.data, threads, mask);
         return Ok(());
     }
     let (taps, out_plane) = (g.taps(), g.out_plane());
@@ -232,6 +259,9 @@ pub fn conv2d_grad_input(
                     };
                     let dx_group = &mut dx_sample[grp * g.cg * out_plane..(grp + 1) * g.cg * out_plane];
                     sgemm(weights_t, dy_group, dx_group, out_plane, false, 1, pack);
+                    if let Some(bits) = mask {
+                        epilogue::mask_at(bits, g.input_group(first + i, grp).start, dx_group);
+                    }
                 }
             }
         });
@@ -250,6 +280,11 @@ pub fn conv2d_grad_input(
             } else {
                 sgemm(weights_t, dy_group, ws, out_plane, false, threads, scratch);
                 col2im(&g, ws, dx_group, threads);
+            }
+            if let Some(bits) = mask {
+                // The group's planes, split among the threads as col2im splits them.
+                let (start, plane) = (g.input_group(n, grp).start, g.in_plane());
+                for_each_chunk(threads, dx_group, plane, plane, |p, dx_plane| epilogue::mask_at(bits, start + p * plane, dx_plane));
             }
         }
     }

@@ -24,14 +24,18 @@ pub(super) fn for_each_tap_row(g: &Geometry, mut f: impl FnMut(usize, usize, usi
     }
 }
 
-/// `y = conv(x, w)` for a depthwise convolution.
-pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], y: &mut [f32], threads: usize) {
+/// `y = conv(x, w)` for a depthwise convolution; with an epilogue (a fused bias and activation)
+/// each plane gets it right after its sum.
+pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], y: &mut [f32], threads: usize, epilogue: Option<super::epilogue::Epilogue<'_>>) {
     let (in_plane, out_plane, taps) = (g.in_plane(), g.out_plane(), g.kh * g.kw);
     for_each_chunk(threads, y, out_plane, out_plane * taps, |p, y_plane| {
         let (n, o) = (p / g.o, p % g.o);
         // With one input channel per group, the group index is the input channel.
         let x_plane = &x[(n * g.c + o / g.og) * in_plane..][..in_plane];
         forward_plane(g, x_plane, &w[o * taps..(o + 1) * taps], y_plane);
+        if let Some(e) = &epilogue {
+            e.planes(o, y_plane, out_plane);
+        }
     });
 }
 
@@ -61,7 +65,9 @@ const MAX_FLIPPED_TAPS: usize = 64;
 /// side), so it runs [`forward_plane`]: a gather whose inner loop is a contiguous multiply-add.
 /// Otherwise each `dy` row segment is scaled by the tap's weight and added onto the input row it
 /// was read from (each input plane gathers from the `O/groups` output planes of its channel).
-pub(super) fn grad_input(g: &Geometry, dy: &[f32], w: &[f32], dx: &mut [f32], threads: usize) {
+///
+/// With `mask` (a fused `Conv2dGradInputMasked`) each `dx` plane is masked right after its sum.
+pub(super) fn grad_input(g: &Geometry, dy: &[f32], w: &[f32], dx: &mut [f32], threads: usize, mask: Option<&[u8]>) {
     let (in_plane, out_plane, taps) = (g.in_plane(), g.out_plane(), g.kh * g.kw);
     if let Some(t) = transposed(g) {
         for_each_chunk(threads, dx, in_plane, out_plane * taps, |p, dx_plane| {
@@ -71,6 +77,9 @@ pub(super) fn grad_input(g: &Geometry, dy: &[f32], w: &[f32], dx: &mut [f32], th
                 *f = v;
             }
             forward_plane(&t, &dy[p * out_plane..][..out_plane], &flipped[..taps], dx_plane);
+            if let Some(bits) = mask {
+                super::epilogue::mask_at(bits, p * in_plane, dx_plane);
+            }
         });
         return;
     }
@@ -79,6 +88,9 @@ pub(super) fn grad_input(g: &Geometry, dy: &[f32], w: &[f32], dx: &mut [f32], th
         let (first, count) = (c * g.og, g.og);
         let dy_planes = &dy[(n * g.o + first) * out_plane..][..count * out_plane];
         grad_input_plane(g, dy_planes, &w[first * taps..(first + count) * taps], dx_plane);
+        if let Some(bits) = mask {
+            super::epilogue::mask_at(bits, p * in_plane, dx_plane);
+        }
     });
 }
 

@@ -11,6 +11,7 @@
 mod conv;
 mod depthwise;
 mod elementwise;
+mod epilogue;
 mod matmul;
 mod norm;
 pub mod par;
@@ -47,7 +48,7 @@ pub fn workspace_elems(op: &Op, inputs: &[&[usize]], outputs: &[&[usize]]) -> us
 /// once, at load.
 pub fn scratch_elems(op: &Op, inputs: &[&[usize]], outputs: &[&[usize]], cfg: CpuConfig) -> usize {
     match (op, inputs, outputs) {
-        (Op::Dense(DenseOp::MatMul(m)) | Op::MatMul(MatMulOp::BatchMatMul(m)), [a, b], [_]) => {
+        (Op::Dense(DenseOp::MatMul(m) | DenseOp::MatMulBiasAct { mm: m, .. }) | Op::MatMul(MatMulOp::BatchMatMul(m)), [a, b, ..], [_]) => {
             let (rows, inner, cols) = matmul::dims(m, a, b);
             pack_elems(rows, cols, inner)
         }
@@ -71,7 +72,9 @@ pub fn execute(
     // rounding (engine/tests/fast_kernels.rs).
     let threads = cfg.threads;
     // The products pack into `scratch`: refuse one too small before any kernel runs.
-    if let (Op::Conv(_) | Op::Dense(DenseOp::MatMul(_)) | Op::MatMul(_), [a, b], [y]) = (op, args.inputs, &*args.outputs) {
+    if let (Op::Conv(_) | Op::Dense(DenseOp::MatMul(_) | DenseOp::MatMulBiasAct { .. }) | Op::MatMul(_), [a, b, ..], [y]) =
+        (op, args.inputs, &*args.outputs)
+    {
         if scratch.len() < scratch_elems(op, &[a.shape, b.shape], &[y.shape], cfg) {
             return Err(KernelError::Invalid { op: op.name(), message: "scratch is smaller than scratch_elems requires" });
         }
@@ -79,6 +82,16 @@ pub fn execute(
     match op {
         Op::Dense(DenseOp::MatMul(m)) => {
             matmul::matmul(m, args.inputs[0], args.inputs[1], &mut args.outputs[0], threads, scratch);
+            Ok(())
+        }
+        Op::Dense(DenseOp::MatMulBiasAct { mm, act }) => {
+            let (a, b, bias) = (args.inputs[0], args.inputs[1], args.inputs[2]);
+            let y = &mut args.outputs[0];
+            if bias.data.len() != y.shape.get(1).copied().unwrap_or(0) {
+                return Err(KernelError::Invalid { op: op.name(), message: "bias length differs from the output columns" });
+            }
+            matmul::matmul(mm, a, b, y, threads, scratch);
+            epilogue::rows(act, bias.data, y.data);
             Ok(())
         }
         // Each matrix of a batch goes through the same 2-D gemm path.
@@ -89,9 +102,23 @@ pub fn execute(
             });
             Ok(())
         }
-        Op::Conv(ConvOp::Conv2d(c)) => conv::conv2d(c, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads),
+        Op::Conv(ConvOp::Conv2d(c)) => {
+            conv::conv2d(c, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads, None)
+        }
+        Op::Conv(ConvOp::Conv2dBiasAct { conv, act }) => {
+            let (x, w, b) = (args.inputs[0], args.inputs[1], args.inputs[2]);
+            if b.data.len() != w.shape.first().copied().unwrap_or(0) {
+                return Err(KernelError::Invalid { op: op.name(), message: "bias length differs from the output channels" });
+            }
+            let epilogue = epilogue::Epilogue { act, bias: b.data };
+            conv::conv2d(conv, x, w, &mut args.outputs[0], workspace, scratch, threads, Some(epilogue))
+        }
         Op::Conv(ConvOp::Conv2dGradInput { conv, .. }) => {
-            conv::conv2d_grad_input(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads)
+            conv::conv2d_grad_input(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads, None)
+        }
+        Op::Conv(ConvOp::Conv2dGradInputMasked { conv, .. }) => {
+            let mask = Some(args.bool_inputs[0].data);
+            conv::conv2d_grad_input(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads, mask)
         }
         Op::Conv(ConvOp::Conv2dGradWeight { conv, .. }) => {
             conv::conv2d_grad_weight(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads)

@@ -6,7 +6,7 @@
 //! weight gradient gather along that relation; the input gradient scatters along it.
 
 use crate::kernels::{Float, View, ViewMut};
-use crate::ops::Conv2d;
+use crate::ops::{Activation, Conv2d};
 
 use crate::kernels::conv_geometry::ConvGeometry as Dims;
 
@@ -99,6 +99,43 @@ pub fn conv2d_grad_weight_rows<T: Float>(c: &Conv2d, rows: core::ops::Range<usiz
                     dw.data[d.weight_index(o, ci, kh, kw) - offset] = acc;
                 }
             }
+        }
+    }
+}
+
+/// `y = act(conv(x, w) + b)`: the convolution's whole sum, then the bias of the output channel,
+/// then the activation, each with the formula of its own op (`conv2d`, `dense::bias_add`,
+/// `dense::relu`/`dense::clip`), so the result equals the three ops run one after another bit for
+/// bit.
+pub fn conv2d_bias_act<T: Float>(c: &Conv2d, act: &Activation, x: View<T>, w: View<T>, b: View<T>, y: &mut ViewMut<T>) {
+    conv2d(c, x, w, y);
+    let plane = y.shape[2..].iter().product::<usize>();
+    if plane == 0 || b.data.is_empty() {
+        return;
+    }
+    // Planes are ordered (n, o): plane `p` belongs to output channel `p % O`.
+    for (p, y_plane) in y.data.chunks_exact_mut(plane).enumerate() {
+        bias_act(act, b.data[p % b.data.len()], y_plane);
+    }
+}
+
+/// The epilogue of a fused convolution on a run of one output channel: `v = act(v + bias)`, with
+/// `bias_add`'s, `relu`'s and `clip`'s formulas. The fast CPU kernel runs this same function.
+#[inline(always)]
+pub fn bias_act<T: Float>(act: &Activation, bias: T, run: &mut [T]) {
+    match *act {
+        Activation::Identity => run.iter_mut().for_each(|v| *v += bias),
+        Activation::Relu => run.iter_mut().for_each(|v| {
+            let s = *v + bias;
+            *v = if s < T::zero() { T::zero() } else { s };
+        }),
+        Activation::Clip(c) => {
+            let (lo, hi) = (T::from_f32(c.min), T::from_f32(c.max));
+            run.iter_mut().for_each(|v| {
+                let s = *v + bias;
+                let raised = if s < lo { lo } else { s };
+                *v = if raised > hi { hi } else { raised };
+            })
         }
     }
 }
@@ -199,5 +236,40 @@ mod tests {
         conv2d_grad_weight_rows(&c, 1..4, dyv, xv, &mut ViewMut { data: &mut rows, shape: &rows_shape });
         let per_row = (ch / 3) * 4;
         assert_eq!(rows, full[per_row..4 * per_row]);
+    }
+
+    /// The fused op equals Conv2d, then BiasAdd, then the activation, bit for bit, on values that
+    /// land on the kinks (0 and 6), below, between and above them, and on NaN and infinities.
+    #[test]
+    fn fused_conv_equals_conv_then_bias_then_activation_bit_for_bit() {
+        use crate::kernels::reference::dense::{bias_add, clip, relu};
+        use crate::ops::Clip;
+        let c = conv(2, [1, 0, 1, 1], 1, 2);
+        let (xs, ws, ys) = ([2usize, 4, 5, 4], [6usize, 2, 3, 2], [2usize, 6, 3, 2]);
+        let mut x: Vec<f32> = (0..160).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        x[3] = f32::NAN;
+        x[90] = f32::INFINITY;
+        let w: Vec<f32> = (0..72).map(|i| ((i * 53 % 89) as f32 - 44.0) / 13.0).collect();
+        // Biases that cancel some sums exactly (0 after the add) and push others onto 6.
+        let b = [0.5f32, -1.25, 6.0, 0.0, -6.0, 3.0];
+        let clip6 = Clip { min: 0.0, max: 6.0 };
+        for act in [Activation::Identity, Activation::Relu, Activation::Clip(clip6), Activation::Clip(Clip { min: -1.0, max: 0.5 })] {
+            let mut conv_out = vec![0f32; 72];
+            conv2d(&c, View { data: &x, shape: &xs }, View { data: &w, shape: &ws }, &mut ViewMut { data: &mut conv_out, shape: &ys });
+            let mut biased = vec![0f32; 72];
+            bias_add(View { data: &conv_out, shape: &ys }, View { data: &b, shape: &[6] }, &mut ViewMut { data: &mut biased, shape: &ys });
+            let mut want = vec![0f32; 72];
+            let mut out = ViewMut { data: &mut want, shape: &ys };
+            match act {
+                Activation::Identity => out.data.copy_from_slice(&biased),
+                Activation::Relu => relu(View { data: &biased, shape: &ys }, &mut out),
+                Activation::Clip(k) => clip(&k, View { data: &biased, shape: &ys }, &mut out),
+            }
+            let mut got = vec![f32::NAN; 72];
+            let (xv, wv, bv) = (View { data: &x, shape: &xs }, View { data: &w, shape: &ws }, View { data: &b, shape: &[6] });
+            conv2d_bias_act(&c, &act, xv, wv, bv, &mut ViewMut { data: &mut got, shape: &ys });
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+            assert_eq!(bits(&got), bits(&want), "{act:?}");
+        }
     }
 }

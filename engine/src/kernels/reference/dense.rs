@@ -1,7 +1,7 @@
 //! MatMul, bias, elementwise and activation kernels.
 
 use crate::kernels::{Float, View, ViewMut};
-use crate::ops::{Clip, MatMul};
+use crate::ops::{Activation, Clip, MatMul};
 
 /// Row and column strides of the logical matrix `op(t)` inside the row-major storage of a 2-D
 /// tensor `t`. A transposed operand is read with its strides swapped instead of being copied.
@@ -27,6 +27,27 @@ pub fn matmul<T: Float>(m: &MatMul, a: View<T>, b: View<T>, y: &mut ViewMut<T>) 
                 acc += a.data[i * a_rs + p * a_cs] * b.data[p * b_rs + j * b_cs];
             }
             y.data[i * cols + j] = acc;
+        }
+    }
+}
+
+/// `y = act(op(a) @ op(b) + bias)`: `matmul`, then `bias_add`'s and the activation's formulas per
+/// element (`conv::bias_act` on each one), so the result equals the three ops bit for bit.
+pub fn matmul_bias_act<T: Float>(m: &MatMul, act: &Activation, a: View<T>, b: View<T>, bias: View<T>, y: &mut ViewMut<T>) {
+    matmul(m, a, b, y);
+    rows_bias_act(act, bias.data, y.data);
+}
+
+/// The epilogue of a fused matmul on row-major rows of `bias.len()` columns: column `c` gets
+/// `bias[c]`, then the activation.
+#[inline(always)]
+pub fn rows_bias_act<T: Float>(act: &Activation, bias: &[T], y: &mut [T]) {
+    if bias.is_empty() {
+        return;
+    }
+    for row in y.chunks_exact_mut(bias.len()) {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            super::conv::bias_act(act, b, core::slice::from_mut(v));
         }
     }
 }

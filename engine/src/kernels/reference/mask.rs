@@ -38,6 +38,18 @@ pub fn grad<T: Float>(dy: &[T], bits: &[u8], dx: &mut [T]) {
     }
 }
 
+/// `dx[i] = dx[i]` where bit `i` of `bits` is set, else 0: [`grad`] applied in place, for the
+/// ops that compute `dy` and mask it in one (`ConvOp::Conv2dGradInputMasked`).
+pub fn mask_in_place<T: Float>(bits: &[u8], dx: &mut [T]) {
+    for (dx, &b) in dx.chunks_mut(8).zip(bits) {
+        for (i, d) in dx.iter_mut().enumerate() {
+            if (b >> i) & 1 == 0 {
+                *d = T::zero();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +107,9 @@ mod tests {
             reference(&mut want);
             pack(&kind, &v, &mut bits);
             grad(&dy, &bits, &mut got);
+            let mut in_place = dy.clone();
+            mask_in_place(&bits, &mut in_place);
+            assert!(got.iter().zip(&in_place).all(|(a, b)| a.to_bits() == b.to_bits()), "{kind:?}: mask_in_place differs from grad");
             let same = want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "{kind:?}: the mask gradient differs from the float gradient op");
             // The unused bits of the last byte are cleared.

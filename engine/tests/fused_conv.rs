@@ -1,0 +1,193 @@
+//! The fused convolutions (and the fused matmul) equal the ops they replace bit for bit, with the fast CPU kernels (on
+//! the instruction set the CPU offers and the portable path, 1 and 2 threads) and with the
+//! reference kernels: `Conv2dBiasAct` = `Conv2d`, then `BiasAdd`, then `Relu`/`Clip`;
+//! `Conv2dGradInputMasked` = `Conv2dGradInput`, then `MaskGrad`; `MatMulBiasAct` = `MatMul`, then
+//! `BiasAdd`, then `Relu`/`Clip`. Each algorithm of the fast
+//! convolution (pointwise gemm, per-sample pointwise, im2col, depthwise, grouped) is reached.
+
+use pock_engine::kernels::cpu::par::{force_isa, Isa};
+use pock_engine::kernels::cpu::{execute, scratch_elems, workspace_elems, CpuConfig};
+use pock_engine::kernels::{reference, KernelError, NodeArgs, View, ViewMut};
+use pock_engine::ops::{packed_shape, Activation, Clip, Conv2d, ConvOp, DenseOp, MaskKind, MaskOp, MatMul, Op};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// `(n, c, hw, o, kernel, stride, padding, groups)`.
+type Case = (usize, usize, [usize; 2], usize, [usize; 2], usize, [usize; 4], usize);
+
+const CASES: &[Case] = &[
+    (2, 8, [9, 7], 6, [1, 1], 1, [0; 4], 1),        // pointwise
+    (8, 16, [16, 16], 24, [1, 1], 1, [0; 4], 1),    // pointwise, large enough to split per sample
+    (3, 8, [5, 5], 4, [1, 1], 1, [0; 4], 2),        // grouped pointwise
+    (2, 5, [11, 13], 7, [3, 3], 2, [1; 4], 1),      // im2col, strided
+    (1, 6, [9, 10], 9, [3, 3], 1, [1, 1, 0, 0], 3), // im2col, grouped
+    (2, 6, [9, 11], 6, [3, 3], 1, [1; 4], 6),       // depthwise
+    (2, 6, [10, 11], 6, [3, 3], 2, [1; 4], 6),      // depthwise, strided
+    (2, 3, [9, 8], 6, [3, 3], 2, [1, 0, 2, 1], 3),  // depthwise, channel multiplier 2
+    (2, 32, [20, 18], 48, [3, 3], 1, [1; 4], 1),    // gemm blocking
+];
+
+static ISA: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// One node: float inputs, packed-mask inputs, one float output; the fast kernels when `fast`.
+fn run(
+    op: &Op,
+    inputs: &[(&[f32], &[usize])],
+    bits: Option<&[u8]>,
+    out_shape: &[usize],
+    fast: Option<CpuConfig>,
+) -> Result<Vec<f32>, KernelError> {
+    let views: Vec<View<f32>> = inputs.iter().map(|&(data, shape)| View { data, shape }).collect();
+    let bits_shape = bits.map(|b| vec![b.len()]).unwrap_or_default();
+    let bool_views: Vec<View<u8>> = bits.iter().map(|b| View { data: b, shape: &bits_shape }).collect();
+    let mut out = vec![f32::NAN; out_shape.iter().product()];
+    let mut outputs = [ViewMut { data: &mut out[..], shape: out_shape }];
+    let args = NodeArgs {
+        inputs: &views,
+        int_inputs: &[],
+        bool_inputs: &bool_views,
+        outputs: &mut outputs,
+        int_outputs: &mut [],
+        bool_outputs: &mut [],
+    };
+    match fast {
+        Some(cfg) => {
+            let shapes: Vec<&[usize]> = inputs.iter().map(|(_, s)| *s).collect();
+            let mut ws = vec![f32::NAN; workspace_elems(op, &shapes, &[out_shape])];
+            let mut scratch = vec![f32::NAN; scratch_elems(op, &shapes, &[out_shape], cfg)];
+            execute(op, args, &mut ws, &mut scratch, cfg)?;
+        }
+        None => reference::execute(op, args)?,
+    }
+    Ok(out)
+}
+
+fn bits_of(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
+/// Every case, on every code path: the fast kernels on both instruction-set paths and 1 and 2
+/// threads, and the reference kernels (`None`).
+fn for_each_path(mut f: impl FnMut(Option<CpuConfig>, &str)) {
+    let _isa = ISA.lock().unwrap_or_else(|e| e.into_inner());
+    for path in [None, Some(Isa::Portable)] {
+        force_isa(path);
+        for threads in [1, 2] {
+            f(Some(CpuConfig { threads }), &format!("fast {path:?} {threads} threads"));
+        }
+    }
+    force_isa(None);
+    f(None, "reference");
+}
+
+#[test]
+fn conv_bias_act_equals_conv_then_bias_then_activation() {
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    for &(n, c, hw, o, k, stride, padding, groups) in CASES {
+        let conv = Conv2d { stride: [stride; 2], padding, dilation: [1, 1], groups };
+        let xs = [n, c, hw[0], hw[1]];
+        let ws = [o, c / groups, k[0], k[1]];
+        let ys = Op::Conv(ConvOp::Conv2d(conv)).output_shapes(&[&xs, &ws]).unwrap().remove(0);
+        let x = random(&mut rng, xs.iter().product());
+        // Weights scaled so that some sums land above 6 and get clipped.
+        let w: Vec<f32> = random(&mut rng, ws.iter().product()).iter().map(|v| v * 4.0).collect();
+        let b = random(&mut rng, o);
+        let acts = [Activation::Identity, Activation::Relu, Activation::Clip(Clip { min: 0.0, max: 6.0 })];
+        for_each_path(|cfg, path| {
+            let conv_out = run(&ConvOp::Conv2d(conv).into(), &[(&x, &xs), (&w, &ws)], None, &ys, cfg).unwrap();
+            let biased = run(&DenseOp::BiasAdd.into(), &[(&conv_out, &ys), (&b, &[o])], None, &ys, cfg).unwrap();
+            for act in acts {
+                let want = match act {
+                    Activation::Identity => biased.clone(),
+                    Activation::Relu => run(&DenseOp::Relu.into(), &[(&biased, &ys)], None, &ys, cfg).unwrap(),
+                    Activation::Clip(cl) => run(&DenseOp::Clip(cl).into(), &[(&biased, &ys)], None, &ys, cfg).unwrap(),
+                };
+                let fused: Op = ConvOp::Conv2dBiasAct { conv, act }.into();
+                let got = run(&fused, &[(&x, &xs), (&w, &ws), (&b, &[o])], None, &ys, cfg).unwrap();
+                assert!(bits_of(&got) == bits_of(&want), "{act:?} {xs:?} {ws:?} {conv:?}: fused differs ({path})");
+            }
+            // The activations cut something: the comparison above covers both sides of the kinks.
+            assert!(biased.iter().any(|&v| v < 0.0) && biased.iter().any(|&v| v > 6.0), "{xs:?} {ws:?}: no value beyond a kink");
+        });
+    }
+}
+
+#[test]
+fn grad_input_masked_equals_grad_input_then_mask_grad() {
+    let mut rng = ChaCha8Rng::seed_from_u64(42);
+    for &(n, c, hw, o, k, stride, padding, groups) in CASES {
+        let conv = Conv2d { stride: [stride; 2], padding, dilation: [1, 1], groups };
+        let xs = [n, c, hw[0], hw[1]];
+        let ws = [o, c / groups, k[0], k[1]];
+        let ys = Op::Conv(ConvOp::Conv2d(conv)).output_shapes(&[&xs, &ws]).unwrap().remove(0);
+        let dy = random(&mut rng, ys.iter().product());
+        let w = random(&mut rng, ws.iter().product());
+        // The mask of a ReLU6 over values spread on both sides of 0 and 6.
+        let v: Vec<f32> = random(&mut rng, xs.iter().product()).iter().map(|v| v * 8.0).collect();
+        let mut bits = vec![0u8; packed_shape(v.len())[0]];
+        reference::mask::pack(&MaskKind::Clip(Clip { min: 0.0, max: 6.0 }), &v, &mut bits);
+        let grad_input: Op = ConvOp::Conv2dGradInput { conv, input_hw: hw }.into();
+        let masked: Op = ConvOp::Conv2dGradInputMasked { conv, input_hw: hw }.into();
+        for_each_path(|cfg, path| {
+            let d = run(&grad_input, &[(&dy, &ys), (&w, &ws)], None, &xs, cfg).unwrap();
+            let want = run(&MaskOp::Grad.into(), &[(&d, &xs)], Some(&bits), &xs, None).unwrap();
+            let got = run(&masked, &[(&dy, &ys), (&w, &ws)], Some(&bits), &xs, cfg).unwrap();
+            assert!(bits_of(&got) == bits_of(&want), "{xs:?} {ws:?} {conv:?}: masked input gradient differs ({path})");
+            assert!(got.contains(&0.0) && got.iter().any(|&g| g != 0.0), "{xs:?}: the mask keeps all or nothing");
+        });
+    }
+}
+
+#[test]
+fn shape_and_dtype_rules_name_the_argument() {
+    let conv = Conv2d { stride: [1, 1], padding: [1; 4], dilation: [1, 1], groups: 1 };
+    let fused: Op = ConvOp::Conv2dBiasAct { conv, act: Activation::Relu }.into();
+    assert_eq!(fused.output_shapes(&[&[2, 3, 5, 5], &[4, 3, 3, 3], &[4]]).unwrap(), [[2, 4, 5, 5]]);
+    let e = fused.output_shapes(&[&[2, 3, 5, 5], &[4, 3, 3, 3], &[3]]).unwrap_err();
+    assert_eq!(e.to_string(), "Conv2dBiasAct: bias vs output channels: shapes [3] and [4] differ");
+    let masked: Op = ConvOp::Conv2dGradInputMasked { conv, input_hw: [5, 5] }.into();
+    use pock_engine::plan::DType;
+    assert_eq!(masked.output_dtypes(&[DType::F32, DType::F32, DType::U8]).unwrap(), [DType::F32]);
+    assert!(masked.output_dtypes(&[DType::F32, DType::F32, DType::F32]).is_err());
+    // dx is [2, 3, 5, 5]: 150 elements in 19 bytes.
+    assert_eq!(masked.output_shapes(&[&[2, 4, 5, 5], &[4, 3, 3, 3], &[19]]).unwrap(), [[2, 3, 5, 5]]);
+    let e = masked.output_shapes(&[&[2, 4, 5, 5], &[4, 3, 3, 3], &[18]]).unwrap_err();
+    assert_eq!(e.to_string(), "Conv2dGradInputMasked: bits vs the packed shape of dx: shapes [18] and [19] differ");
+}
+
+#[test]
+fn matmul_bias_act_equals_matmul_then_bias_then_activation() {
+    let mut rng = ChaCha8Rng::seed_from_u64(43);
+    // (rows, inner, cols): small, and large enough for gemm's blocking and threads.
+    for (m, k, n) in [(3, 5, 7), (8, 64, 10), (64, 300, 96)] {
+        for (trans_a, trans_b) in [(false, false), (false, true), (true, false)] {
+            let mm = MatMul { trans_a, trans_b };
+            let a_shape = if trans_a { [k, m] } else { [m, k] };
+            let b_shape = if trans_b { [n, k] } else { [k, n] };
+            let a: Vec<f32> = random(&mut rng, m * k).iter().map(|v| v * 3.0).collect();
+            let b = random(&mut rng, k * n);
+            let bias = random(&mut rng, n);
+            let ys = [m, n];
+            let acts = [Activation::Identity, Activation::Relu, Activation::Clip(Clip { min: 0.0, max: 1.0 })];
+            for_each_path(|cfg, path| {
+                let product = run(&DenseOp::MatMul(mm).into(), &[(&a, &a_shape), (&b, &b_shape)], None, &ys, cfg).unwrap();
+                let biased = run(&DenseOp::BiasAdd.into(), &[(&product, &ys), (&bias, &[n])], None, &ys, cfg).unwrap();
+                for act in acts {
+                    let want = match act {
+                        Activation::Identity => biased.clone(),
+                        Activation::Relu => run(&DenseOp::Relu.into(), &[(&biased, &ys)], None, &ys, cfg).unwrap(),
+                        Activation::Clip(cl) => run(&DenseOp::Clip(cl).into(), &[(&biased, &ys)], None, &ys, cfg).unwrap(),
+                    };
+                    let fused: Op = DenseOp::MatMulBiasAct { mm, act }.into();
+                    let got = run(&fused, &[(&a, &a_shape), (&b, &b_shape), (&bias, &[n])], None, &ys, cfg).unwrap();
+                    assert!(bits_of(&got) == bits_of(&want), "{act:?} {mm:?} {m}x{k}x{n}: fused differs ({path})");
+                }
+                assert!(biased.iter().any(|&v| v < 0.0) && biased.iter().any(|&v| v > 1.0), "{m}x{k}x{n}: no value beyond a kink");
+            });
+        }
+    }
+}
