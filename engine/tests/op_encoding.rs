@@ -159,15 +159,15 @@ fn row(op: &Op) -> usize {
             DenseOp::BiasGrad => 7,
             DenseOp::ReluGrad => 8,
             DenseOp::ClipGrad(_) => 9,
-            DenseOp::MatMulBiasAct { .. } => 120,
+            DenseOp::MatMulBiasAct { .. } => 126,
         },
         Op::Conv(op) => match op {
             ConvOp::Conv2d(_) => 10,
             ConvOp::Conv2dGradInput { .. } => 11,
             ConvOp::Conv2dGradWeight { .. } => 12,
             ConvOp::Conv2dGradWeightRows { .. } => 115,
-            ConvOp::Conv2dBiasAct { .. } => 118,
-            ConvOp::Conv2dGradInputMasked { .. } => 119,
+            ConvOp::Conv2dBiasAct { .. } => 124,
+            ConvOp::Conv2dGradInputMasked { .. } => 125,
         },
         Op::Norm(op) => match op {
             NormOp::BatchNormTrain(_) => 13,
