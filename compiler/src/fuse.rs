@@ -88,11 +88,7 @@ pub fn fuse_grad_input_mask(graph: &mut Graph, kept: &[TensorId]) -> usize {
         removed[j] = true;
         fused += 1;
     }
-    let mut index = 0;
-    graph.nodes.retain(|_| {
-        index += 1;
-        !removed[index - 1]
-    });
+    drop_removed(graph, &removed);
     fused
 }
 
@@ -164,12 +160,17 @@ pub fn fuse_conv_bias_act(graph: &mut Graph, kept: &[TensorId]) -> usize {
         }
         fused += 1;
     }
+    drop_removed(graph, &removed);
+    fused
+}
+
+/// Drops the nodes marked in `removed` (indexed as `graph.nodes`), keeping the others' order.
+fn drop_removed(graph: &mut Graph, removed: &[bool]) {
     let mut index = 0;
     graph.nodes.retain(|_| {
         index += 1;
         !removed[index - 1]
     });
-    fused
 }
 
 #[cfg(test)]

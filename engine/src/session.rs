@@ -502,14 +502,7 @@ impl Session {
     /// [`Session::inputs`]), in any order: token ids and an attention mask, say.
     pub fn train_step_inputs(&mut self, inputs: &[(&str, Input<'_>)], y: Targets<'_>) -> Result<f32, SessionError> {
         self.refuse_pending("train_step")?;
-        self.write_inputs(false, inputs)?;
-        self.write_targets(self.io.train_target, y)?;
-        if let Some(lr) = self.io.lr {
-            self.backend.write(lr, &self.learning_rate.to_le_bytes())?;
-        }
-        if let Some(step) = self.io.step {
-            self.backend.write(step, &((self.optimizer_steps + 1) as f32).to_le_bytes())?;
-        }
+        self.write_step(inputs, y)?;
         let skipped_before = self.skipped_updates()?;
         self.backend.run(ProgramKind::Train)?;
         let mut loss = [0f32];
@@ -540,6 +533,20 @@ impl Session {
         Ok(loss[0])
     }
 
+    /// Writes what one training step reads: its inputs, its targets, the learning rate and the
+    /// number the optimizer step about to run will have.
+    fn write_step(&mut self, inputs: &[(&str, Input<'_>)], y: Targets<'_>) -> Result<(), SessionError> {
+        self.write_inputs(false, inputs)?;
+        self.write_targets(self.io.train_target, y)?;
+        if let Some(lr) = self.io.lr {
+            self.backend.write(lr, &self.learning_rate.to_le_bytes())?;
+        }
+        if let Some(step) = self.io.step {
+            self.backend.write(step, &((self.optimizer_steps + 1) as f32).to_le_bytes())?;
+        }
+        Ok(())
+    }
+
     fn refuse_pending(&self, what: &str) -> Result<(), SessionError> {
         if self.queue.pending > 0 {
             return Err(SessionError::Input(format!(
@@ -565,14 +572,7 @@ impl Session {
             self.queue.losses[0] = loss;
             return Ok(Some(&self.queue.losses[..1]));
         }
-        self.write_inputs(false, inputs)?;
-        self.write_targets(self.io.train_target, y)?;
-        if let Some(lr) = self.io.lr {
-            self.backend.write(lr, &self.learning_rate.to_le_bytes())?;
-        }
-        if let Some(step) = self.io.step {
-            self.backend.write(step, &((self.optimizer_steps + 1) as f32).to_le_bytes())?;
-        }
+        self.write_step(inputs, y)?;
         self.backend.run(ProgramKind::Train)?;
         let j = self.queue.pending;
         self.backend.record(self.io.train_loss, 2 * j)?;

@@ -871,6 +871,12 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
         kernel: Kernel::Elementwise,
         params: alloc::vec![numel(node.outputs[0]), kind, a, b, y, lo.to_bits(), hi.to_bits()],
     };
+    // MATMUL's words: outputs, a, b, y, rows, columns, depth, transposes.
+    let matmul_params = |m: &crate::ops::MatMul| {
+        let (a, y) = (shape(node.inputs[0]), shape(node.outputs[0]));
+        let k = if m.trans_a { a[0] } else { a[1] };
+        alloc::vec![numel(node.outputs[0]), i(0), i(1), o(0), y[0] as u32, y[1] as u32, k as u32, m.trans_a as u32, m.trans_b as u32]
+    };
     let conv_params = |c: &Conv2d, x: &[usize], w_shape: &[usize], y: &[usize], threads: u32, t: [u32; 3]| {
         let u = |v: usize| v as u32;
         alloc::vec![
@@ -955,43 +961,14 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
                 Lowered { kernel: Kernel::BiasGrad, params: alloc::vec![c, i(0), o(0), c, inner as u32, dy[0] as u32] }
             }
             DenseOp::MatMulBiasAct { mm, act } => {
-                let (a, y) = (shape(node.inputs[0]), shape(node.outputs[0]));
-                let k = if mm.trans_a { a[0] } else { a[1] };
-                let mut params = alloc::vec![
-                    numel(node.outputs[0]),
-                    i(0),
-                    i(1),
-                    o(0),
-                    y[0] as u32,
-                    y[1] as u32,
-                    k as u32,
-                    mm.trans_a as u32,
-                    mm.trans_b as u32
-                ];
+                let mut params = matmul_params(mm);
                 // Words 9-19 unused: the epilogue's words follow the conv kernels' layout.
                 params.resize(20, 0);
                 let (kind, lo, hi) = activation_params(act);
                 params.extend([i(2), kind, lo.to_bits(), hi.to_bits()]);
                 Lowered { kernel: Kernel::MatMulBiasAct, params }
             }
-            DenseOp::MatMul(m) => {
-                let (a, y) = (shape(node.inputs[0]), shape(node.outputs[0]));
-                let k = if m.trans_a { a[0] } else { a[1] };
-                Lowered {
-                    kernel: Kernel::MatMul,
-                    params: alloc::vec![
-                        numel(node.outputs[0]),
-                        i(0),
-                        i(1),
-                        o(0),
-                        y[0] as u32,
-                        y[1] as u32,
-                        k as u32,
-                        m.trans_a as u32,
-                        m.trans_b as u32
-                    ],
-                }
-            }
+            DenseOp::MatMul(m) => Lowered { kernel: Kernel::MatMul, params: matmul_params(m) },
         },
         Op::Conv(c) => match c {
             ConvOp::Conv2d(c) => Lowered {
