@@ -103,6 +103,16 @@ build_std() {
     *) echo "-Zbuild-std" ;;
   esac
 }
+# The board binary's cargo features: aarch64 (Jetson, Raspberry Pi 5, phones) keeps the default
+# wgpu backend; the 32-bit armv7 build is CPU-only (`--no-default-features`), which saves CI about
+# a minute and a half of building wgpu's ~60 crates a second time. `--backend wgpu` on it says how
+# to rebuild.
+features() {
+  case "$1" in
+    aarch64) ;;
+    *) echo "--no-default-features" ;;
+  esac
+}
 runner() {
   case "$1" in
     aarch64) echo "qemu-aarch64-static -L $aarch64_root" ;;
@@ -156,8 +166,8 @@ for board in $boards; do
   [ -n "$bstd" ] && boot=1
 
   t=$SECONDS
-  # shellcheck disable=SC2086
-  RUSTC_BOOTSTRAP=$boot xcargo build --quiet --release --target "$tr" $bstd -p pock --bin pock
+  # shellcheck disable=SC2086,SC2046
+  RUSTC_BOOTSTRAP=$boot xcargo build --quiet --release --target "$tr" $bstd $(features "$board") -p pock --bin pock
   # shellcheck disable=SC2086
   RUSTC_BOOTSTRAP=$boot xcargo test --quiet --release --target "$tr" $bstd -p pock-engine --no-run
   part "$board: build pock and the engine's tests (release)" "$t"

@@ -1,8 +1,8 @@
 //! The uniffi bindings: Kotlin, Swift and Python generated from the built cdylib by the crate's
 //! `uniffi-bindgen` binary, and the Python ones (no Kotlin or Swift toolchain is needed) loaded
 //! to train a plan: losses fall, inference and a checkpoint round trip agree, a wrong batch
-//! raises `PockError.Input`. Needs the `uniffi-bindgen` feature:
-//! `cargo test -p pock-ffi --features uniffi-bindgen --test uniffi_python` (`.ci/run` runs it).
+//! raises `PockError.Input`. Needs the `uniffi-bindgen` feature, on by default, so
+//! `cargo test --workspace` runs it.
 #![cfg(feature = "uniffi-bindgen")]
 
 mod common;

@@ -1,11 +1,10 @@
 """Checks that ONNX exported by `pock export --inference` runs in onnxruntime and gives pock's own
 `infer` outputs.
 
-The directories it reads are written by the Rust test `write_onnxruntime_check` (resnet18 and
-mobilenet_v2 from the fixtures, each trained 3 SGD-momentum steps by pock, in DIR/resnet18 and
-DIR/mobilenet_v2):
+The directories it reads are written by the Rust test `onnxruntime_runs_the_export` in
+tests/export.rs (resnet18 and mobilenet_v2 from the fixtures, each trained 3 SGD-momentum steps by
+pock, in DIR/MODEL-MODE), which then runs this script on them:
 
-    POCK_EXPORT_CHECK_DIR=DIR cargo test -p pock --test export -- --ignored write_onnxruntime_check
     python tests/onnx/check_export.py DIR
 
 Needs only onnxruntime and numpy. Every output must be within 1e-4 of pock's, relative to the
@@ -29,7 +28,7 @@ def main() -> int:
     root = Path(sys.argv[1])
     dirs = [root] if (root / "model.onnx").exists() else sorted(p.parent for p in root.glob("*/model.onnx"))
     if not dirs:
-        print(f"{root} holds no model.onnx (directly or one level down); write it with write_onnxruntime_check first")
+        print(f"{root} holds no model.onnx (directly or one level down); write it with tests/export.rs's onnxruntime_runs_the_export first")
         return 1
     return max(check(d) for d in dirs)
 
