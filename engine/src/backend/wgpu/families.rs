@@ -765,7 +765,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Option<Result<Vec<Lowered>, Str
             let k = if m.trans_a { a_shape[0] } else { a_shape[1] };
             let (a_mat, b_mat) = (a_shape[0] * a_shape[1], b_shape[0] * b_shape[1]);
             let mut p = alloc::vec![0u32; 32];
-            let matrices = if rows * cols == 0 { 0 } else { numel(node.outputs[0]) as usize / (rows * cols) };
+            let matrices = (numel(node.outputs[0]) as usize).checked_div(rows * cols).unwrap_or(0);
             let head = [
                 tiled_threads(matrices, rows, cols),
                 i(0),

@@ -1,7 +1,8 @@
 //! The WGSL kernels and the lowering of each plan node to one dispatch of one of them.
 //!
 //! Every kernel sees the same two bindings: `M`, the whole device memory (the arena followed by
-//! the weight section) as `f32` words, and `P`, the node's parameter block (`u32` words: tensor
+//! the weight section) as `f32` words (as atomic `u32` words in the kernels of `typed.rs`, which
+//! store single bytes of bool tensors), and `P`, the node's parameter block (`u32` words: tensor
 //! offsets in words, sizes, attributes as bit patterns). Binding the whole buffer at offset 0 is
 //! what lets tensors sit at any 8-byte-aligned planned offset: the kernel adds the offset itself,
 //! so the device's 256-byte storage-offset alignment never applies to tensors (see
