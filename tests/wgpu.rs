@@ -1,5 +1,5 @@
-//! Whole-model training on the GPU backend: zoo:cnn and zoo:mlp give the CPU's losses and
-//! parameters after 3 steps (within 1e-4 relative), no buffer, bind group or pipeline is created
+//! Whole-model training on the GPU backend: zoo:cnn, zoo:mlp, zoo:mobilenetv2 and the ONNX BERT
+//! and LLaMA fixtures give the CPU's losses and parameters after 3 steps (within 1e-4 relative), no buffer, bind group or pipeline is created
 //! during a step, and the CLI's `--backend wgpu` trains.
 //!
 //! Without a GPU adapter (on CI: Mesa's lavapipe, a software Vulkan) each test prints a SKIP line
@@ -8,13 +8,14 @@
 
 mod common;
 
+use pock::compiler::onnx::{ImportOptions, ShapeOverrides};
 use pock::compiler::stages::BatchNormMode;
 use pock::compiler::CompileOptions;
 use pock::engine::backend::wgpu::{adapter_description, WgpuBackend};
 use pock::engine::exec::{Backend, ProgramKind};
 use pock::engine::plan::{OptimizerKind, Role};
 use pock::engine::session::BackendChoice;
-use pock::engine::{decode_plan, Session, SessionOptions, Targets};
+use pock::engine::{decode_plan, Input, Session, SessionOptions, Targets};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -120,6 +121,61 @@ fn mlp_trains_as_on_the_cpu() {
     if gpu_present() {
         matches_cpu("zoo:mlp", 16, adam(), Bound::Rms);
         matches_cpu("zoo:mlp:inputs=7,hidden=33,classes=3", 9, sgd(), Bound::Rms);
+    }
+}
+
+/// The ONNX language-model fixtures of `tests/onnx/` (`make_models.py`): the BERT-style encoder
+/// (token ids, an attention mask turned into a boolean mask, Gather on the embeddings) and the
+/// LLaMA-style decoder (a causal mask from Trilu and comparisons), with token-level cross-entropy
+/// ignoring some positions. Compiled as `tests/onnx_parity.rs` compiles them (the recorded
+/// `[2, 16]` batch, SGD with momentum), 3 steps on the GPU give the CPU reference kernels'
+/// losses (1e-4 relative) and every trainable parameter within 1e-4 of its RMS.
+#[test]
+fn transformers_train_as_on_the_cpu() {
+    if !gpu_present() {
+        return;
+    }
+    for model in ["bert", "llama"] {
+        let dir = common::workdir(&format!("wgpu-{model}"));
+        let path = common::onnx_fixture::materialise(&format!("{model}.ts"), &dir);
+        let reference = common::onnx_fixture::read_json(&format!("{model}.parity.json"));
+        let (mut specs, mut inputs) = (Vec::new(), Vec::new());
+        for (name, input) in reference["inputs"].as_object().unwrap() {
+            let shape = common::onnx_fixture::dims(&input["shape"]);
+            specs.push(format!("{name}={}", shape.iter().map(usize::to_string).collect::<Vec<_>>().join("x")));
+            inputs.push((name.clone(), input["values"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect::<Vec<i64>>()));
+        }
+        let labels: Vec<i64> = reference["labels"]["values"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+        let import = ImportOptions { shapes: ShapeOverrides::parse(None, &specs).unwrap(), ..Default::default() };
+        let options = CompileOptions {
+            optimizer: OptimizerKind::Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
+            learning_rate: 0.01,
+            ..Default::default()
+        };
+        let (plan, _) = pock::compile_onnx(&path, &import, options).unwrap_or_else(|e| panic!("{model}: {e}"));
+        let bytes = plan.to_bytes();
+        let mut cpu = Session::from_bytes(&bytes, SessionOptions { reference_kernels: true, ..SessionOptions::default() }).unwrap();
+        let mut gpu = Session::from_bytes(&bytes, SessionOptions { backend: BackendChoice::Wgpu, ..SessionOptions::default() })
+            .unwrap_or_else(|e| panic!("{model}: {e}"));
+        let named: Vec<(&str, Input<'_>)> = inputs.iter().map(|(n, v)| (n.as_str(), Input::I64(v))).collect();
+        for step in 0..3 {
+            let want = cpu.train_step_inputs(&named, Targets::Labels(&labels)).unwrap();
+            let got = gpu.train_step_inputs(&named, Targets::Labels(&labels)).unwrap_or_else(|e| panic!("{model}: {e}"));
+            println!("{model} step {step}: loss {got} on the GPU, {want} on the CPU");
+            assert!((got - want).abs() <= 1e-4 * want.abs(), "{model} step {step}: loss {got} on the GPU, {want} on the CPU");
+        }
+        let params: Vec<String> =
+            cpu.plan().tensors.iter().filter(|t| t.role == Role::Parameter { trainable: true }).map(|t| t.name.clone()).collect();
+        assert!(!params.is_empty());
+        for name in params {
+            let (want, got) = (cpu.read_tensor(&name).unwrap(), gpu.read_tensor(&name).unwrap());
+            let tol = 1e-4 * rms(&want);
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() <= tol, "{model}: {name}[{i}] = {a} on the GPU, {b} on the CPU (tolerance {tol})");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 

@@ -11,9 +11,9 @@ use pock_engine::backend::wgpu::{adapter_description, WgpuBackend};
 use pock_engine::exec::{Backend, CpuBackend, CpuKernels, ProgramKind, ValidatedPlan};
 use pock_engine::format::WeightRange;
 use pock_engine::ops::{
-    Activation, Adam, BatchNorm, BroadcastOp, Clip, Conv2d, ConvOp, CrossEntropy, DenseOp, Dropout, GradScale, LossOp, MaskKind, MaskOp,
-    MatMul, MatMulOp, MoveOp, NormOp, Op, OptimOp, ParamRows, Pool2d, PoolOp, RandomOp, Reduce, ReduceOp, Reduction, Sgd, Slice, UnaryFn,
-    UnaryOp,
+    Activation, Adam, BatchNorm, BroadcastOp, CastOp, Clip, Conv2d, ConvOp, CrossEntropy, DenseOp, Dropout, GradScale, LossOp, MaskKind,
+    MaskOp, MatMul, MatMulOp, MoveOp, NormOp, Op, OptimOp, ParamRows, Pool2d, PoolOp, QParams, QuantOp, RandomOp, Reduce, ReduceOp,
+    Reduction, Sgd, Slice, UnaryFn, UnaryOp,
 };
 use pock_engine::plan::{
     DType, Init, Location, Loss, ModelSource, Node, OptimizerKind, Phase, Plan, Program, Programs, Role, TensorId, TensorInfo, TrainingInfo,
@@ -37,13 +37,16 @@ struct Arg {
     shape: Vec<usize>,
     values: Vec<f32>,
     labels: Vec<i64>,
-    /// Raw bytes of a `u8` argument (a packed mask).
+    /// Raw bytes of a `u8` argument (a packed mask), or of a bool one.
     bytes: Vec<u8>,
+    /// Whether `bytes` are bools (one per element).
+    bools: bool,
 }
 
 impl Arg {
     fn dtype(&self) -> DType {
         match (self.labels.is_empty(), self.bytes.is_empty()) {
+            _ if self.bools => DType::Bool,
             (false, _) => DType::I64,
             (_, false) => DType::U8,
             _ => DType::F32,
@@ -53,15 +56,27 @@ impl Arg {
 
 fn floats(rng: &mut ChaCha8Rng, shape: &[usize]) -> Arg {
     let n = shape.iter().product();
-    Arg { shape: shape.to_vec(), values: (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(), labels: vec![], bytes: vec![] }
+    Arg {
+        shape: shape.to_vec(),
+        values: (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+        labels: vec![],
+        bytes: vec![],
+        bools: false,
+    }
 }
 
 fn scalar(v: f32) -> Arg {
-    Arg { shape: vec![], values: vec![v], labels: vec![], bytes: vec![] }
+    Arg { shape: vec![], values: vec![v], labels: vec![], bytes: vec![], bools: false }
 }
 
 fn labels(rng: &mut ChaCha8Rng, n: usize, classes: usize) -> Arg {
-    Arg { shape: vec![n], values: vec![], labels: (0..n).map(|_| rng.random_range(0..classes as i64)).collect(), bytes: vec![] }
+    Arg {
+        shape: vec![n],
+        values: vec![],
+        labels: (0..n).map(|_| rng.random_range(0..classes as i64)).collect(),
+        bytes: vec![],
+        bools: false,
+    }
 }
 
 fn bytes_of(a: &Arg) -> Vec<u8> {
@@ -180,7 +195,10 @@ fn check(what: &str, op: &Op, inputs: &[Arg], inplace: &[Arg]) {
         let (mut want, mut got) = (vec![0u8; bytes], vec![0u8; bytes]);
         cpu.read(t, &mut want).unwrap();
         gpu.read(t, &mut got).unwrap();
-        if matches!(plan.tensor(t).dtype, DType::U8 | DType::I64) {
+        // Integer and bool results, and the floats of ops that only convert or select values,
+        // must be the reference's bit for bit.
+        let selects = matches!(op, Op::Cast(_) | Op::Broadcast(BroadcastOp::Where) | Op::Move(MoveOp::Gather { .. }));
+        if selects || matches!(plan.tensor(t).dtype, DType::U8 | DType::I64 | DType::Bool) {
             assert_eq!(got, want, "{what}: output {k} (bytes)");
             continue;
         }
@@ -255,7 +273,7 @@ fn convolution_kernels_match_the_reference() {
         let dy = floats(&mut rng, &y);
         check(&format!("{what} forward"), &Op::Conv(ConvOp::Conv2d(conv)), &[x, wt], &[]);
         let (dy2, wt2) = (
-            Arg { shape: dy.shape.clone(), values: dy.values.clone(), labels: vec![], bytes: vec![] },
+            Arg { shape: dy.shape.clone(), values: dy.values.clone(), labels: vec![], bytes: vec![], bools: false },
             floats(&mut rng, &[o, c / groups, kh, kw]),
         );
         check(&format!("{what} input gradient"), &Op::Conv(ConvOp::Conv2dGradInput { conv, input_hw: [h, w] }), &[dy2, wt2], &[]);
@@ -376,7 +394,7 @@ fn mask_kernels_match_the_reference() {
             check(
                 &format!("MaskPack {kind:?} {n}"),
                 &Op::Mask(MaskOp::Pack(kind)),
-                &[Arg { shape: v.shape.clone(), values: v.values.clone(), labels: vec![], bytes: vec![] }],
+                &[Arg { shape: v.shape.clone(), values: v.values.clone(), labels: vec![], bytes: vec![], bools: false }],
                 &[],
             );
         }
@@ -384,7 +402,7 @@ fn mask_kernels_match_the_reference() {
         if n % 8 != 0 {
             *bits.last_mut().unwrap() &= (1u8 << (n % 8)) - 1;
         }
-        let mask = Arg { shape: vec![n.div_ceil(8)], values: vec![], labels: vec![], bytes: bits };
+        let mask = Arg { shape: vec![n.div_ceil(8)], values: vec![], labels: vec![], bytes: bits, bools: false };
         check(&format!("MaskGrad {n}"), &Op::Mask(MaskOp::Grad), &[floats(&mut rng, &[n]), mask], &[]);
     }
 }
@@ -413,7 +431,7 @@ fn batch_norm_kernels_match_the_reference() {
         let mut x = floats(&mut rng, &shape);
         x.values.iter_mut().for_each(|v| *v = *v * 2.0 + 3.0);
         let state = [floats(&mut rng, &[c]), positive(&mut rng)];
-        let x2 = Arg { shape: x.shape.clone(), values: x.values.clone(), labels: vec![], bytes: vec![] };
+        let x2 = Arg { shape: x.shape.clone(), values: x.values.clone(), labels: vec![], bytes: vec![], bools: false };
         check(&format!("{what} train"), &Op::Norm(NormOp::BatchNormTrain(b)), &[x, floats(&mut rng, &[c]), floats(&mut rng, &[c])], &state);
         let infer_inputs = [x2, floats(&mut rng, &[c]), floats(&mut rng, &[c]), floats(&mut rng, &[c]), positive(&mut rng)];
         check(&format!("{what} infer"), &Op::Norm(NormOp::BatchNormInfer(b)), &infer_inputs, &[]);
@@ -426,7 +444,7 @@ fn batch_norm_kernels_match_the_reference() {
 }
 
 fn copy(a: &Arg) -> Arg {
-    Arg { shape: a.shape.clone(), values: a.values.clone(), labels: a.labels.clone(), bytes: a.bytes.clone() }
+    Arg { shape: a.shape.clone(), values: a.values.clone(), labels: a.labels.clone(), bytes: a.bytes.clone(), bools: a.bools }
 }
 
 fn random_shape(rng: &mut ChaCha8Rng, rank: usize) -> Vec<usize> {
@@ -616,6 +634,7 @@ fn reduce_kernels_match_the_reference() {
                 values: out.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
                 labels: vec![],
                 bytes: vec![],
+                bools: false,
             }
         };
         check(&format!("ReduceMaxGrad {what}"), &Op::Reduce(ReduceOp::ReduceMaxGrad(reduce)), &[floats(&mut rng, &y), x, ymax], &[]);
@@ -747,7 +766,7 @@ fn random_kernels_match_the_reference() {
         return;
     }
     let mut rng = ChaCha8Rng::seed_from_u64(14);
-    let counter = |v: i64| Arg { shape: vec![], values: vec![], labels: vec![v], bytes: vec![] };
+    let counter = |v: i64| Arg { shape: vec![], values: vec![], labels: vec![v], bytes: vec![], bools: false };
     for (case, c) in [0i64, 1, 5, -3, 1 << 20, i32::MAX as i64].into_iter().enumerate() {
         let shape = random_shape(&mut rng, 1 + case % 3);
         let key: u64 = rng.random();
@@ -769,15 +788,15 @@ fn an_op_without_a_gpu_kernel_is_refused_at_load() {
     if !gpu_present() {
         return;
     }
-    // Comparisons write bools, which the GPU does not hold yet.
-    let op = Op::Broadcast(BroadcastOp::Less);
+    // The int8 quantization family has no GPU kernels.
+    let op = Op::Quant(QuantOp::Quantize(QParams { scale: 0.1, zero_point: 0 }));
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let inputs = [floats(&mut rng, &[4, 3]), floats(&mut rng, &[4, 3])];
+    let inputs = [floats(&mut rng, &[4, 3])];
     let shapes: Vec<&[usize]> = inputs.iter().map(|a| a.shape.as_slice()).collect();
     let out = op.output_shapes(&shapes).unwrap();
     let plan = ValidatedPlan::new(one_node(&op, &inputs, &[], &out)).unwrap();
     let e = WgpuBackend::new(plan, &[], WeightRange { offset: 0, len: 0 }).err().expect("refused").to_string();
-    assert!(e.contains("Less") && e.contains("no GPU kernel") && e.contains("--backend cpu"), "{e}");
+    assert!(e.contains("Quantize") && e.contains("no GPU kernel") && e.contains("--backend cpu"), "{e}");
 }
 
 /// The fused ops (`compiler/src/fuse.rs`): conv + bias + activation, the input gradient masked
@@ -805,7 +824,7 @@ fn fused_convolution_kernels_match_the_reference() {
         if numel % 8 != 0 {
             *bits.last_mut().unwrap() &= (1u8 << (numel % 8)) - 1;
         }
-        let mask = Arg { shape: vec![numel.div_ceil(8)], values: vec![], labels: vec![], bytes: bits };
+        let mask = Arg { shape: vec![numel.div_ceil(8)], values: vec![], labels: vec![], bytes: bits, bools: false };
         let (dy, wt) = (floats(&mut rng, &y), floats(&mut rng, &[o, c / groups, kh, kw]));
         check(
             &format!("{what} masked input gradient"),
@@ -821,4 +840,221 @@ fn fused_convolution_kernels_match_the_reference() {
         let op = Op::Dense(DenseOp::MatMulBiasAct { mm, act });
         check(&format!("MatMulBiasAct {rows}x{inner}x{cols} {mm:?} {act:?}"), &op, &[a, b_mat, bias], &[]);
     }
+}
+
+fn ints(rng: &mut ChaCha8Rng, shape: &[usize], lo: i64, hi: i64) -> Arg {
+    let n = shape.iter().product();
+    Arg { shape: shape.to_vec(), values: vec![], labels: (0..n).map(|_| rng.random_range(lo..hi)).collect(), bytes: vec![], bools: false }
+}
+
+fn bools(rng: &mut ChaCha8Rng, shape: &[usize]) -> Arg {
+    let n = shape.iter().product();
+    Arg { shape: shape.to_vec(), values: vec![], labels: vec![], bytes: (0..n).map(|_| rng.random_range(0..2u8)).collect(), bools: true }
+}
+
+/// Floats drawn from a few values, so that comparisons meet ties, signed zeros and NaN.
+fn few_floats(rng: &mut ChaCha8Rng, shape: &[usize]) -> Arg {
+    const FEW: [f32; 8] = [-1.5, -0.0, 0.0, 0.5, 1.0, 2.5, f32::NAN, -3.0];
+    let n = shape.iter().product();
+    Arg {
+        shape: shape.to_vec(),
+        values: (0..n).map(|_| FEW[rng.random_range(0..FEW.len())]).collect(),
+        labels: vec![],
+        bytes: vec![],
+        bools: false,
+    }
+}
+
+/// `shape` with some axes set to 1 (a broadcast operand), and maybe fewer leading axes.
+fn broadcast_of(rng: &mut ChaCha8Rng, shape: &[usize]) -> Vec<usize> {
+    let drop = rng.random_range(0..shape.len());
+    shape[drop..].iter().map(|&d| if rng.random_range(0..3) == 0 { 1 } else { d }).collect()
+}
+
+/// The typed kernels (`typed.rs`): comparisons, logic, Where, integer arithmetic, Not, Cast in
+/// every direction, movement of `i64` and bool tensors, Gather and its gradient. Integer and
+/// bool results must equal the reference's exactly.
+#[test]
+fn integer_and_bool_kernels_match_the_reference() {
+    if !gpu_present() {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    for case in 0..4 {
+        let rank = 1 + case % 4;
+        let shape = random_shape(&mut rng, rank);
+        let other = broadcast_of(&mut rng, &shape);
+        let (a, b) = if case % 2 == 0 { (shape.clone(), other) } else { (other, shape.clone()) };
+        let cmp = [BroadcastOp::Equal, BroadcastOp::Less, BroadcastOp::LessOrEqual, BroadcastOp::Greater, BroadcastOp::GreaterOrEqual];
+        for op in cmp {
+            let what = format!("{op:?} {a:?} {b:?}");
+            let f = [few_floats(&mut rng, &a), few_floats(&mut rng, &b)];
+            check(&format!("{what} float"), &Op::Broadcast(op.clone()), &f, &[]);
+            let i = [ints(&mut rng, &a, -3, 4), ints(&mut rng, &b, -3, 4)];
+            check(&format!("{what} int64"), &Op::Broadcast(op.clone()), &i, &[]);
+        }
+        for op in [BroadcastOp::Equal, BroadcastOp::And, BroadcastOp::Or, BroadcastOp::Xor] {
+            check(&format!("{op:?} {a:?} {b:?} bool"), &Op::Broadcast(op), &[bools(&mut rng, &a), bools(&mut rng, &b)], &[]);
+        }
+        for op in [BroadcastOp::Add, BroadcastOp::Sub, BroadcastOp::Mul] {
+            let i = [ints(&mut rng, &a, -40000, 40000), ints(&mut rng, &b, -40000, 40000)];
+            check(&format!("{op:?} {a:?} {b:?} int64"), &Op::Broadcast(op), &i, &[]);
+        }
+        // Division truncates toward zero; divisors are non-zero.
+        let mut divisor = ints(&mut rng, &b, 1, 9);
+        for (k, d) in divisor.labels.iter_mut().enumerate() {
+            if k % 2 == 1 {
+                *d = -*d;
+            }
+        }
+        check(&format!("Div {a:?} {b:?} int64"), &Op::Broadcast(BroadcastOp::Div), &[ints(&mut rng, &a, -100, 100), divisor], &[]);
+        // Where: the condition broadcasts against values of each dtype.
+        let cond = broadcast_of(&mut rng, &shape);
+        let w = Op::Broadcast(BroadcastOp::Where);
+        check(&format!("Where {cond:?} float"), &w, &[bools(&mut rng, &cond), few_floats(&mut rng, &a), few_floats(&mut rng, &b)], &[]);
+        check(&format!("Where {cond:?} int64"), &w, &[bools(&mut rng, &cond), ints(&mut rng, &a, -9, 9), ints(&mut rng, &b, -9, 9)], &[]);
+        check(&format!("Where {cond:?} bool"), &w, &[bools(&mut rng, &cond), bools(&mut rng, &a), bools(&mut rng, &b)], &[]);
+        check(&format!("Not {shape:?}"), &Op::Unary(UnaryOp::Not), &[bools(&mut rng, &shape)], &[]);
+        // Cast in every direction: floats with NaN, signed zeros and fractions; integers past
+        // 2^24, where float32 rounds (to nearest even).
+        let mut f = few_floats(&mut rng, &shape);
+        for (k, v) in f.values.iter_mut().enumerate() {
+            if k % 3 == 0 {
+                *v = rng.random_range(-3e6f32..3e6);
+            }
+        }
+        let mut i = ints(&mut rng, &shape, -5, 5);
+        for (k, v) in i.labels.iter_mut().enumerate() {
+            if k % 2 == 0 {
+                *v = rng.random_range(i32::MIN as i64..=i32::MAX as i64);
+            }
+        }
+        if case == 0 {
+            // Ties between two floats round to the even one; 2^31 - 1 rounds up to 2^31.
+            let ties = [16777217i64, 16777219, -16777217, 2147483647, 33554435, -2147483648, 16777216];
+            let t = Arg { shape: vec![ties.len()], values: vec![], labels: ties.to_vec(), bytes: vec![], bools: false };
+            check("Cast int64 -> float32 at ties", &Op::Cast(CastOp::Cast { to: DType::F32 }), &[t], &[]);
+        }
+        let x = bools(&mut rng, &shape);
+        for from in [&f, &i, &x] {
+            for to in [DType::F32, DType::I64, DType::Bool] {
+                check(&format!("Cast {:?} -> {to:?} {shape:?}", from.dtype()), &Op::Cast(CastOp::Cast { to }), &[copy(from)], &[]);
+            }
+        }
+        // Movement of int64 and bool tensors.
+        for (dtype, make) in [("int64", 0), ("bool", 1)] {
+            let arg = |rng: &mut ChaCha8Rng, s: &[usize]| if make == 0 { ints(rng, s, -1000, 1000) } else { bools(rng, s) };
+            let mut perm: Vec<usize> = (0..rank).collect();
+            perm.rotate_left(1);
+            check(&format!("Transpose {shape:?} {dtype}"), &Op::Move(MoveOp::Transpose { perm }), &[arg(&mut rng, &shape)], &[]);
+            let small: Vec<usize> = shape.iter().map(|&d| if rng.random_range(0..2) == 0 { 1 } else { d }).collect();
+            let target: Vec<usize> = [3usize].iter().chain(&shape).copied().collect();
+            check(&format!("Expand {small:?} {dtype}"), &Op::Move(MoveOp::Expand { shape: target }), &[arg(&mut rng, &small)], &[]);
+            let axis = rng.random_range(0..rank);
+            let slice = Slice { axes: vec![axis], starts: vec![-1], ends: vec![i64::MIN], steps: vec![-2] };
+            check(&format!("Slice {shape:?} {dtype}"), &Op::Move(MoveOp::Slice(slice)), &[arg(&mut rng, &shape)], &[]);
+            let parts: Vec<Arg> = (0..3)
+                .map(|_| {
+                    let mut s = shape.clone();
+                    s[axis] = rng.random_range(1..4);
+                    arg(&mut rng, &s)
+                })
+                .collect();
+            let sizes: Vec<usize> = parts.iter().map(|p| p.shape[axis]).collect();
+            check(&format!("Concat axis {axis} {dtype}"), &Op::Move(MoveOp::Concat { axis }), &parts, &[]);
+            let mut whole = shape.clone();
+            whole[axis] = sizes.iter().sum();
+            check(&format!("Split {whole:?} {dtype}"), &Op::Move(MoveOp::Split { axis, sizes }), &[arg(&mut rng, &whole)], &[]);
+            let n: usize = shape.iter().product();
+            check(&format!("Reshape {shape:?} {dtype}"), &Op::Dense(DenseOp::Reshape { shape: vec![n] }), &[arg(&mut rng, &shape)], &[]);
+            if rank >= 2 {
+                for (upper, k) in [(true, 0i64), (false, -1)] {
+                    check(
+                        &format!("Trilu {shape:?} {upper} {k} {dtype}"),
+                        &Op::Move(MoveOp::Trilu { upper, k }),
+                        &[arg(&mut rng, &shape)],
+                        &[],
+                    );
+                }
+            }
+        }
+        // Gather along each axis of float, int64 and bool data, negative indices included; its
+        // gradient accumulates repeated indices.
+        let axis = case % rank;
+        let len = shape[axis] as i64;
+        let idx_shape = random_shape(&mut rng, 1 + case % 2);
+        let indices = ints(&mut rng, &idx_shape, -len, len);
+        for data in [floats(&mut rng, &shape), ints(&mut rng, &shape, -50, 50), bools(&mut rng, &shape)] {
+            let what = format!("Gather axis {axis} {shape:?} {:?} {:?}", idx_shape, data.dtype());
+            check(&what, &Op::Move(MoveOp::Gather { axis }), &[data, copy(&indices)], &[]);
+        }
+        let y = Op::Move(MoveOp::Gather { axis }).output_shapes(&[&shape, &idx_shape]).unwrap().remove(0);
+        let grad = MoveOp::GatherGrad { axis, shape: shape.clone() };
+        check(&format!("GatherGrad axis {axis} {shape:?} {idx_shape:?}"), &Op::Move(grad), &[floats(&mut rng, &y), copy(&indices)], &[]);
+    }
+}
+
+/// Integers written by the host are checked at the boundary: a Gather index outside its axis
+/// (the CPU's error, raised when written) and a value past the 32-bit range the GPU holds.
+#[test]
+fn integers_out_of_range_are_refused_when_written() {
+    if !gpu_present() {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let op = Op::Move(MoveOp::Gather { axis: 0 });
+    let inputs = [floats(&mut rng, &[5, 2]), ints(&mut rng, &[3], 0, 5)];
+    let out = op.output_shapes(&[&[5, 2], &[3]]).unwrap();
+    let plan = ValidatedPlan::new(one_node(&op, &inputs, &[], &out)).unwrap();
+    let mut gpu = WgpuBackend::new(plan.clone(), &[], WeightRange { offset: 0, len: 0 }).unwrap();
+    let indices = plan.programs.train.nodes[0].inputs[1];
+    for (bad, what) in [(5i64, "index 5"), (-6, "index -6")] {
+        let bytes: Vec<u8> = [0i64, bad, 1].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let e = gpu.write(indices, &bytes).unwrap_err().to_string();
+        assert!(e.contains("in1") && e.contains(&bad.to_string()) && e.contains('5'), "{what}: {e}");
+    }
+    let op = Op::Broadcast(BroadcastOp::Add);
+    let inputs = [ints(&mut rng, &[2], 0, 5), ints(&mut rng, &[2], 0, 5)];
+    let plan = ValidatedPlan::new(one_node(&op, &inputs, &[], &[vec![2]])).unwrap();
+    let mut gpu = WgpuBackend::new(plan.clone(), &[], WeightRange { offset: 0, len: 0 }).unwrap();
+    let a = plan.programs.train.nodes[0].inputs[0];
+    let bytes: Vec<u8> = [1i64, 1 << 33].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let e = gpu.write(a, &bytes).unwrap_err().to_string();
+    assert!(e.contains("in0") && e.contains("8589934592") && e.contains("32-bit") && e.contains("--backend cpu"), "{e}");
+}
+
+/// An `i64` constant of the weight section is narrowed to `i32` when uploaded (the GPU's sum
+/// reads its values, as the CPU's does), and one past the 32-bit range fails the load naming it.
+#[test]
+fn integer_constants_are_narrowed_at_upload() {
+    if !gpu_present() {
+        return;
+    }
+    let op = Op::Broadcast(BroadcastOp::Add);
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let inputs = [ints(&mut rng, &[3], 0, 5), ints(&mut rng, &[3], 0, 5)];
+    let mut plan = one_node(&op, &inputs, &[], &[vec![3]]);
+    let node = plan.programs.train.nodes[0].clone();
+    let (c, b, y) = (node.inputs[0], node.inputs[1], node.outputs[0]);
+    plan.tensors[c.index()].location = Location::Weights { offset: 0 };
+    plan.tensors[c.index()].role = Role::Constant;
+    plan.weight_bytes = 24;
+    let range = WeightRange { offset: 0, len: 24 };
+    let le = |v: &[i64]| -> Vec<u8> { v.iter().flat_map(|v| v.to_le_bytes()).collect() };
+    let validated = ValidatedPlan::new(plan.clone()).unwrap();
+    let e = WgpuBackend::new(validated.clone(), &le(&[1, -(1 << 31) - 1, 0]), range).err().expect("refused").to_string();
+    assert!(e.contains("in0") && e.contains("-2147483649") && e.contains("32-bit") && e.contains("--backend cpu"), "{e}");
+    let weights = le(&[-7, 1 << 30, 3]);
+    let mut cpu = CpuBackend::new(validated.clone(), PlanBytes::copy_of(&weights), range, CpuKernels::Reference).unwrap();
+    let mut gpu = WgpuBackend::new(validated, &weights, range).unwrap();
+    let mut sums = Vec::new();
+    for backend in [&mut cpu as &mut dyn Backend, &mut gpu] {
+        backend.write(b, &le(&[1, 2, -3])).unwrap();
+        backend.run(ProgramKind::Train).unwrap();
+        let mut out = vec![0u8; 24];
+        backend.read(y, &mut out).unwrap();
+        sums.push(out.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect::<Vec<i64>>());
+    }
+    assert_eq!(sums[0], [-6, (1 << 30) + 2, 0]);
+    assert_eq!(sums[1], sums[0], "the GPU's sum with the uploaded constant");
 }

@@ -1,7 +1,8 @@
 //! The kernels of the op families added after the first slice of the GPU backend: gradient
 //! scaling (clipping, accumulation), MSE, cross-entropy with `ignore_index`, the unary maths,
 //! broadcasting arithmetic and data movement (one strided kernel), reductions and softmax (one
-//! per-group kernel) and batched matmul; and the lowering of their nodes.
+//! per-group kernel) and the tiled matmul (MatMul, MatMulBiasAct and BatchMatMul); and the
+//! lowering of their nodes.
 //!
 //! The two generic kernels take shapes and strides in the parameter block, at most
 //! [`MAX_RANK`] axes: the strided kernel runs one thread per element of an iteration shape and
@@ -353,14 +354,32 @@ fn body(g: u32) {
 }
 "#;
 
-/// `P = [n, a, b, y, rows, cols, K, trans_a, trans_b, batch rank, y batch dims@10, a matrix
-/// strides@16, b matrix strides@22]` (batch strides in words, 0 along broadcast axes).
-pub const BATCH_MATMUL: &str = r#"
-fn body(i: u32) {
+/// `P = [threads, a, b, y, rows, cols, K, trans_a, trans_b, batch rank, y batch dims@10, a matrix
+/// strides@16, b matrix strides@22, bias@28, act@29, lo@30, hi@31]` (batch strides in words, 0
+/// along broadcast axes; `act` 0 none, 1 ReLU, 2 clip, the bias of column `c` added after the
+/// whole sum as `bias_act` does). Workgroup-shared tiles: each workgroup computes a 32x32 block
+/// of one output matrix, each of its 16x16 threads a 2x2 block, walking K in slices of 16 staged
+/// through shared memory. Every output is still one running sum over k = 0, 1, ..., K - 1, the
+/// reference's order. `threads` is 256 per block (`P[0] / 256` blocks, batch-major).
+pub const MATMUL_TILED: &str = r#"
+var<workgroup> As: array<f32, 512>;
+var<workgroup> Bs: array<f32, 512>;
+fn epilogue(s: f32, c: u32) -> f32 {
+    if (P[28] == NONE) { return s; }
+    var v = s + M[P[28] + c];
+    if (P[29] == 1u) { v = select(v, 0.0, v < 0.0); }
+    if (P[29] == 2u) { let raised = select(v, pf(30), v < pf(30)); v = select(raised, pf(31), raised > pf(31)); }
+    return v;
+}
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let block = wg.y * nw.x + wg.x;
+    if (block >= P[0] / 256u) { return; }
     let rows = P[4]; let cols = P[5]; let K = P[6];
-    let mat = rows * cols;
-    let e = i % mat; let r = e / cols; let c = e % cols;
-    var rest = i / mat; var ao = P[1]; var bo = P[2];
+    let br = (rows + 31u) / 32u; let bc = (cols + 31u) / 32u;
+    let mat = block / (br * bc); let t = block % (br * bc);
+    let r0 = (t / bc) * 32u; let c0 = (t % bc) * 32u;
+    var rest = mat; var ao = P[1]; var bo = P[2];
     for (var k = P[9]; k > 0u; k--) {
         let d = k - 1u;
         let x = rest % P[10u + d];
@@ -372,9 +391,34 @@ fn body(i: u32) {
     if (P[7] != 0u) { a_row = 1u; a_k = rows; }
     var b_k = cols; var b_col = 1u;
     if (P[8] != 0u) { b_k = 1u; b_col = K; }
-    var s = 0.0;
-    for (var k = 0u; k < K; k++) { s += M[ao + r * a_row + k * a_k] * M[bo + k * b_k + c * b_col]; }
-    M[P[3] + i] = s;
+    let tx = li % 16u; let ty = li / 16u;
+    var s00 = 0.0; var s01 = 0.0; var s10 = 0.0; var s11 = 0.0;
+    for (var k0 = 0u; k0 < K; k0 += 16u) {
+        for (var e = li; e < 512u; e += 256u) {
+            let r = r0 + e / 16u; let k = k0 + e % 16u;
+            var v = 0.0;
+            if (r < rows && k < K) { v = M[ao + r * a_row + k * a_k]; }
+            As[e] = v;
+            let kb = k0 + e / 32u; let c = c0 + e % 32u;
+            var w = 0.0;
+            if (kb < K && c < cols) { w = M[bo + kb * b_k + c * b_col]; }
+            Bs[e] = w;
+        }
+        workgroupBarrier();
+        let kn = min(16u, K - k0);
+        for (var k = 0u; k < kn; k++) {
+            let a0 = As[ty * 32u + k]; let a1 = As[ty * 32u + 16u + k];
+            let b0 = Bs[k * 32u + tx * 2u]; let b1 = Bs[k * 32u + tx * 2u + 1u];
+            s00 += a0 * b0; s01 += a0 * b1; s10 += a1 * b0; s11 += a1 * b1;
+        }
+        workgroupBarrier();
+    }
+    let r = r0 + ty * 2u; let c = c0 + tx * 2u;
+    let y = P[3] + mat * rows * cols;
+    if (r < rows && c < cols) { M[y + r * cols + c] = epilogue(s00, c); }
+    if (r < rows && c + 1u < cols) { M[y + r * cols + c + 1u] = epilogue(s01, c + 1u); }
+    if (r + 1u < rows && c < cols) { M[y + (r + 1u) * cols + c] = epilogue(s10, c); }
+    if (r + 1u < rows && c + 1u < cols) { M[y + (r + 1u) * cols + c + 1u] = epilogue(s11, c + 1u); }
 }
 "#;
 
@@ -427,8 +471,14 @@ fn body(i: u32) {
 }
 "#;
 
+/// The threads of a [`MATMUL_TILED`] dispatch: 256 for each 32x32 block of each of `matrices`
+/// `rows x cols` outputs.
+pub(super) fn tiled_threads(matrices: usize, rows: usize, cols: usize) -> u32 {
+    (matrices * rows.div_ceil(32) * cols.div_ceil(32) * 256) as u32
+}
+
 /// Row-major element strides of `shape`.
-fn contiguous(shape: &[usize]) -> Vec<i64> {
+pub(super) fn contiguous(shape: &[usize]) -> Vec<i64> {
     let mut s = alloc::vec![0i64; shape.len()];
     let mut stride = 1i64;
     for k in (0..shape.len()).rev() {
@@ -439,7 +489,7 @@ fn contiguous(shape: &[usize]) -> Vec<i64> {
 }
 
 /// Strides of `input` read as a tensor of shape `out` (right-aligned, 0 where it broadcasts).
-fn broadcast(input: &[usize], out: &[usize]) -> Vec<i64> {
+pub(super) fn broadcast(input: &[usize], out: &[usize]) -> Vec<i64> {
     let mut s = alloc::vec![0i64; out.len()];
     let lead = out.len() - input.len();
     let c = contiguous(input);
@@ -452,13 +502,13 @@ fn broadcast(input: &[usize], out: &[usize]) -> Vec<i64> {
 }
 
 /// One operand of a strided dispatch: its base word and strides over the iteration shape.
-struct Operand {
-    base: i64,
-    strides: Vec<i64>,
+pub(super) struct Operand {
+    pub base: i64,
+    pub strides: Vec<i64>,
 }
 
 impl Operand {
-    fn none(rank: usize) -> Operand {
+    pub fn none(rank: usize) -> Operand {
         Operand { base: -1, strides: alloc::vec![0; rank] }
     }
 }
@@ -473,7 +523,16 @@ fn too_many_axes(node: &Node, rank: usize) -> String {
 
 /// A dispatch of the strided kernel over `dims`.
 #[allow(clippy::too_many_arguments)]
-fn strided(node: &Node, op: u32, dims: &[usize], y: Operand, a: Operand, b: Operand, c: Operand, attr: f32) -> Result<Lowered, String> {
+pub(super) fn strided(
+    node: &Node,
+    op: u32,
+    dims: &[usize],
+    y: Operand,
+    a: Operand,
+    b: Operand,
+    c: Operand,
+    attr: f32,
+) -> Result<Lowered, String> {
     if dims.len() > MAX_RANK {
         return Err(too_many_axes(node, dims.len()));
     }
@@ -705,8 +764,19 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Option<Result<Vec<Lowered>, Str
             let cols = if b_vec { 1 } else { tail[tail.len() - 1] };
             let k = if m.trans_a { a_shape[0] } else { a_shape[1] };
             let (a_mat, b_mat) = (a_shape[0] * a_shape[1], b_shape[0] * b_shape[1]);
-            let mut p = alloc::vec![0u32; 28];
-            let head = [numel(node.outputs[0]), i(0), i(1), o(0), rows as u32, cols as u32, k as u32, m.trans_a as u32, m.trans_b as u32];
+            let mut p = alloc::vec![0u32; 32];
+            let matrices = (numel(node.outputs[0]) as usize).checked_div(rows * cols).unwrap_or(0);
+            let head = [
+                tiled_threads(matrices, rows, cols),
+                i(0),
+                i(1),
+                o(0),
+                rows as u32,
+                cols as u32,
+                k as u32,
+                m.trans_a as u32,
+                m.trans_b as u32,
+            ];
             p[..9].copy_from_slice(&head);
             p[9] = ry as u32;
             let (mut a_step, mut b_step) = (1usize, 1usize);
@@ -725,7 +795,8 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Option<Result<Vec<Lowered>, Str
                     b_step *= b[kb];
                 }
             }
-            Ok(alloc::vec![Lowered { kernel: Kernel::BatchMatMul, params: p }])
+            p[28] = NONE;
+            Ok(alloc::vec![Lowered { kernel: Kernel::MatMul, params: p }])
         }
         _ => return None,
     };
@@ -733,12 +804,13 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Option<Result<Vec<Lowered>, Str
 }
 
 /// The movement family: each op is one or a few strided copies (Pad and SliceGrad first fill
-/// their output; Trilu masks a contiguous copy). Gather and its gradient read `i64` indices,
-/// which the GPU does not hold.
-fn movement(node: &Node, m: &MoveOp, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
+/// their output; Trilu masks a contiguous copy). Operands are addressed in their tensors' own
+/// elements ([`Addresses::elem`]), so `typed.rs` reuses these copies for `i64` and bool tensors;
+/// it lowers Gather and its gradient itself.
+pub(super) fn movement(node: &Node, m: &MoveOp, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
     let plan = at.plan;
     let shape = |t: TensorId| plan.tensor(t).shape.clone();
-    let word = |t: TensorId| at.word(t) as i64;
+    let word = |t: TensorId| at.elem(t);
     let whole = |t: TensorId| Operand { base: word(t), strides: contiguous(&shape(t)) };
     let none = |rank: usize| Operand::none(rank);
     let fill = |t: TensorId, value: f32| Lowered {

@@ -1,7 +1,8 @@
 //! The WGSL kernels and the lowering of each plan node to one dispatch of one of them.
 //!
 //! Every kernel sees the same two bindings: `M`, the whole device memory (the arena followed by
-//! the weight section) as `f32` words, and `P`, the node's parameter block (`u32` words: tensor
+//! the weight section) as `f32` words (as atomic `u32` words in the kernels of `typed.rs`, which
+//! store single bytes of bool tensors), and `P`, the node's parameter block (`u32` words: tensor
 //! offsets in words, sizes, attributes as bit patterns). Binding the whole buffer at offset 0 is
 //! what lets tensors sit at any 8-byte-aligned planned offset: the kernel adds the offset itself,
 //! so the device's 256-byte storage-offset alignment never applies to tensors (see
@@ -65,11 +66,11 @@ pub enum Kernel {
     Unary,
     Strided,
     Groups,
-    BatchMatMul,
     Random,
     Conv2dBiasAct,
     Conv2dGradInputMasked,
-    MatMulBiasAct,
+    Typed,
+    Gather,
 }
 
 pub const KERNELS: [Kernel; 40] = [
@@ -108,11 +109,11 @@ pub const KERNELS: [Kernel; 40] = [
     Kernel::Unary,
     Kernel::Strided,
     Kernel::Groups,
-    Kernel::BatchMatMul,
     Kernel::Random,
     Kernel::Conv2dBiasAct,
     Kernel::Conv2dGradInputMasked,
-    Kernel::MatMulBiasAct,
+    Kernel::Typed,
+    Kernel::Gather,
 ];
 
 const HEADER: &str = r#"
@@ -198,11 +199,11 @@ impl Kernel {
             Kernel::Unary => "unary",
             Kernel::Strided => "strided",
             Kernel::Groups => "groups",
-            Kernel::BatchMatMul => "batch_matmul",
             Kernel::Random => "random",
             Kernel::Conv2dBiasAct => "conv2d_bias_act",
             Kernel::Conv2dGradInputMasked => "conv2d_grad_input_masked",
-            Kernel::MatMulBiasAct => "matmul_bias_act",
+            Kernel::Typed => "typed",
+            Kernel::Gather => "gather",
         }
     }
 
@@ -217,7 +218,8 @@ impl Kernel {
             Kernel::Elementwise => ELEMENTWISE,
             Kernel::BiasAdd => BIAS_ADD,
             Kernel::BiasGrad => BIAS_GRAD,
-            Kernel::MatMul => MATMUL,
+            // Its own entry point (workgroup-shared tiles), no GRID.
+            Kernel::MatMul => return alloc::format!("{HEADER}{}", families::MATMUL_TILED),
             Kernel::Conv2d => CONV2D,
             Kernel::Conv2dGradInput => CONV2D_GRAD_INPUT,
             Kernel::Conv2dGradWeight => CONV2D_GRAD_WEIGHT,
@@ -249,12 +251,17 @@ impl Kernel {
             Kernel::Unary => families::UNARY,
             Kernel::Strided => families::STRIDED,
             Kernel::Groups => families::GROUPS,
-            Kernel::BatchMatMul => families::BATCH_MATMUL,
             Kernel::Random => families::RANDOM,
+            // Memory as atomic words (byte stores), with their own header.
+            Kernel::Typed | Kernel::Gather => {
+                let mut s = String::from(super::typed::HEADER);
+                s.push_str(GRID);
+                s.push_str(if self == Kernel::Typed { super::typed::TYPED } else { super::typed::GATHER });
+                return s;
+            }
             // The convolution's own body (one sum per thread, in its order), ending in the
             // epilogue instead of the plain store.
             Kernel::Conv2dBiasAct => return bias_act_source(CONV2D, CONV_PARAMS, "o"),
-            Kernel::MatMulBiasAct => return bias_act_source(MATMUL, "", "c"),
             // The input gradient's own body, its store masked as MASK_GRAD masks (`P[20]`: bits).
             Kernel::Conv2dGradInputMasked => {
                 let store = "M[P[3] + i] = s;";
@@ -284,8 +291,8 @@ impl Kernel {
     }
 }
 
-/// `Conv2dBiasAct` and `MatMulBiasAct`: the body of `CONV2D` (`P` words 0-19) or `MATMUL` (0-8)
-/// with `P` extended by `[.., b, act, lo, hi]` at words 20-23 (act 0 none, 1 ReLU, 2 clip), its
+/// `Conv2dBiasAct`: the body of `CONV2D` (`P` words 0-19) with `P` extended by
+/// `[.., b, act, lo, hi]` at words 20-23 (act 0 none, 1 ReLU, 2 clip), its
 /// store replaced: the bias of output channel / column `channel` is added after the whole sum,
 /// then the activation with the elementwise kernel's formulas.
 fn bias_act_source(body: &str, helpers: &str, channel: &str) -> String {
@@ -343,23 +350,6 @@ fn body(c: u32) {
         for (var j = 0u; j < inner; j++) { s += M[base + j]; }
     }
     M[P[2] + c] = s;
-}
-"#;
-
-/// `P = [n, a, b, y, rows, cols, inner, trans_a, trans_b]`.
-const MATMUL: &str = r#"
-fn body(i: u32) {
-    let rows = P[4]; let cols = P[5]; let K = P[6];
-    let r = i / cols; let c = i % cols;
-    var a_row = K; var a_k = 1u;
-    if (P[7] != 0u) { a_row = 1u; a_k = rows; }
-    var b_k = cols; var b_col = 1u;
-    if (P[8] != 0u) { b_k = 1u; b_col = K; }
-    var s = 0.0;
-    for (var k = 0u; k < K; k++) {
-        s += M[P[1] + r * a_row + k * a_k] * M[P[2] + k * b_k + c * b_col];
-    }
-    M[P[3] + i] = s;
 }
 "#;
 
@@ -842,6 +832,16 @@ impl Addresses<'_> {
         };
         (bytes / 4) as u32
     }
+
+    /// Where the tensor's first element is, in its own elements: words for f32 and for `i64`
+    /// (held as `i32`, see `mod.rs`), bytes for bool and u8.
+    pub fn elem(&self, t: TensorId) -> i64 {
+        let w = self.word(t) as i64;
+        match self.plan.tensor(t).dtype {
+            DType::Bool | DType::U8 => w * 4,
+            _ => w,
+        }
+    }
 }
 
 /// Lowers one node to the dispatches that run it, in order (usually one; none for a Reshape whose
@@ -855,6 +855,9 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
     let o = |k: usize| at.word(node.outputs[k]);
     let no_kernel =
         || Err(alloc::format!("op {} (node '{}') has no GPU kernel yet; train this plan with --backend cpu", node.op.name(), node.name));
+    if let Some(lowered) = super::typed::lower(node, at) {
+        return lowered;
+    }
     for &t in node.inputs.iter().chain(&node.outputs) {
         let d = plan.tensor(t).dtype;
         let allowed = d == DType::F32
@@ -871,11 +874,16 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
         kernel: Kernel::Elementwise,
         params: alloc::vec![numel(node.outputs[0]), kind, a, b, y, lo.to_bits(), hi.to_bits()],
     };
-    // MATMUL's words: outputs, a, b, y, rows, columns, depth, transposes.
+    // MATMUL_TILED's words (`families.rs`): threads, a, b, y, rows, columns, depth, transposes,
+    // no batch axes, then the epilogue at 28-31 (none: NONE for the bias).
     let matmul_params = |m: &crate::ops::MatMul| {
         let (a, y) = (shape(node.inputs[0]), shape(node.outputs[0]));
         let k = if m.trans_a { a[0] } else { a[1] };
-        alloc::vec![numel(node.outputs[0]), i(0), i(1), o(0), y[0] as u32, y[1] as u32, k as u32, m.trans_a as u32, m.trans_b as u32]
+        let threads = families::tiled_threads(1, y[0], y[1]);
+        let mut p = alloc::vec![threads, i(0), i(1), o(0), y[0] as u32, y[1] as u32, k as u32, m.trans_a as u32, m.trans_b as u32];
+        p.resize(32, 0);
+        p[28] = NONE;
+        p
     };
     let conv_params = |c: &Conv2d, x: &[usize], w_shape: &[usize], y: &[usize], threads: u32, t: [u32; 3]| {
         let u = |v: usize| v as u32;
@@ -962,11 +970,9 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
             }
             DenseOp::MatMulBiasAct { mm, act } => {
                 let mut params = matmul_params(mm);
-                // Words 9-19 unused: the epilogue's words follow the conv kernels' layout.
-                params.resize(20, 0);
                 let (kind, lo, hi) = activation_params(act);
-                params.extend([i(2), kind, lo.to_bits(), hi.to_bits()]);
-                Lowered { kernel: Kernel::MatMulBiasAct, params }
+                params[28..32].copy_from_slice(&[i(2), kind, lo.to_bits(), hi.to_bits()]);
+                Lowered { kernel: Kernel::MatMul, params }
             }
             DenseOp::MatMul(m) => Lowered { kernel: Kernel::MatMul, params: matmul_params(m) },
         },

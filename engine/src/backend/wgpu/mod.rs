@@ -14,13 +14,18 @@
 //! the device's largest storage binding (`maxStorageBufferBindingSize`); a plan that does not is
 //! refused at load with the sizes and what to do.
 //!
-//! WGSL has no 64-bit integers: `i64` tensors (labels, the random ops' step counter) are
-//! checked when written (each must fit `i32`; labels must lie in `[0, classes)` of every loss
-//! that reads them, or be cross-entropy's `ignore_index`) and stored as `i32` in the first half
-//! of their tensor's bytes; reading them back widens them again.
+//! WGSL has no 64-bit integers: `i64` tensors are stored as `i32` in the first half of their
+//! tensor's bytes (one word per element), checked when written by the host and when the weight
+//! section is uploaded (each must fit `i32`; labels must lie in `[0, classes)` of every loss that
+//! reads them, or be cross-entropy's `ignore_index`; Gather indices in `[-len, len)` of the axis
+//! they index); reading them back widens them again. Integer values computed on the device
+//! (arithmetic, casts from float) that leave the `i32` range wrap or saturate there, where the
+//! CPU's `i64` would not: that is the one documented difference. Bool tensors are one byte per
+//! element, as on the CPU (`typed.rs`).
 
 mod families;
 pub mod kernels;
+mod typed;
 
 use std::collections::HashMap;
 use std::string::{String, ToString};
@@ -30,7 +35,7 @@ use std::vec::Vec;
 use crate::exec::{Backend, ExecError, ProgramKind, ValidatedPlan};
 use crate::format::WeightRange;
 use crate::kernels::KernelError;
-use crate::ops::{LossOp, Op};
+use crate::ops::{LossOp, MoveOp, Op};
 use crate::plan::{DType, Init, Location, Plan, TensorId};
 
 use kernels::{Addresses, KERNELS, WORKGROUP};
@@ -96,6 +101,13 @@ struct LabelRange {
     ignore: Option<i64>,
 }
 
+/// A Gather index tensor's consumers: the shortest axis they index and the op.
+#[derive(Clone, Copy)]
+struct IndexRange {
+    len: usize,
+    op: &'static str,
+}
+
 /// Executes plans on a GPU through `wgpu`.
 pub struct WgpuBackend {
     plan: Plan,
@@ -108,6 +120,7 @@ pub struct WgpuBackend {
     /// The dispatches of train, apply, eval and infer.
     programs: [Vec<Dispatch>; 4],
     labels: HashMap<usize, LabelRange>,
+    indices: HashMap<usize, IndexRange>,
     adapter: String,
     /// [`Backend::record`]'s slots in device memory (made by `reserve_records`, at load).
     records: Option<(wgpu::Buffer, usize)>,
@@ -216,6 +229,27 @@ impl WgpuBackend {
             }
         }
         let labels = label_ranges(&plan);
+        let indices = index_ranges(&plan);
+        // The weight section as the device holds it: `i64` constants narrowed to `i32`.
+        let mut padded = section.to_vec();
+        for t in &plan.tensors {
+            let Location::Weights { offset } = t.location else { continue };
+            if t.dtype != DType::I64 {
+                continue;
+            }
+            let at = offset as usize;
+            for k in 0..t.numel() {
+                let v = i64::from_le_bytes(section[at + 8 * k..at + 8 * k + 8].try_into().expect("8 bytes"));
+                let Ok(v) = i32::try_from(v) else {
+                    return Err(unsupported(alloc::format!(
+                        "constant '{}' element {k} is {v}, outside the 32-bit range the GPU holds integers in; use --backend cpu",
+                        t.name
+                    )));
+                };
+                padded[at + 4 * k..at + 4 * k + 4].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        padded.resize(section.len().div_ceil(4) * 4, 0);
 
         let memory =
             gpu.buffer("pock arena", total, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC);
@@ -311,8 +345,6 @@ impl WgpuBackend {
         if !block.is_empty() {
             gpu.queue.write_buffer(&params, 0, &block);
         }
-        let mut padded = section.to_vec();
-        padded.resize(section.len().div_ceil(4) * 4, 0);
         if !padded.is_empty() {
             gpu.queue.write_buffer(&memory, weights_at, &padded);
         }
@@ -325,6 +357,7 @@ impl WgpuBackend {
             pipelines,
             programs,
             labels,
+            indices,
             adapter: adapter_name,
             records: None,
             profile: None,
@@ -432,6 +465,25 @@ fn label_ranges(plan: &Plan) -> HashMap<usize, LabelRange> {
     out
 }
 
+/// For each `i64` tensor that a Gather or GatherGrad reads as indices, the shortest axis indexed.
+fn index_ranges(plan: &Plan) -> HashMap<usize, IndexRange> {
+    let mut out: HashMap<usize, IndexRange> = HashMap::new();
+    for (_, program) in plan.all_programs() {
+        for node in &program.nodes {
+            let len = match &node.op {
+                Op::Move(MoveOp::Gather { axis }) => plan.tensor(node.inputs[0]).shape[*axis],
+                Op::Move(MoveOp::GatherGrad { axis, shape }) => shape[*axis],
+                _ => continue,
+            };
+            let e = out.entry(node.inputs[1].index()).or_insert(IndexRange { len, op: node.op.name() });
+            if len < e.len {
+                *e = IndexRange { len, op: node.op.name() };
+            }
+        }
+    }
+    out
+}
+
 impl Backend for WgpuBackend {
     fn name(&self) -> &'static str {
         "wgpu"
@@ -452,6 +504,7 @@ impl Backend for WgpuBackend {
             DType::F32 => self.gpu.queue.write_buffer(&self.memory, offset, bytes),
             DType::I64 => {
                 let range = self.labels.get(&t.index()).copied();
+                let index = self.indices.get(&t.index()).copied();
                 let mut narrow = Vec::with_capacity(bytes.len() / 2);
                 for (row, chunk) in bytes.chunks_exact(8).enumerate() {
                     let v = i64::from_le_bytes(chunk.try_into().expect("8-byte chunks"));
@@ -460,6 +513,14 @@ impl Backend for WgpuBackend {
                             return Err(ExecError::Kernel {
                                 node: info.name.clone(),
                                 source: KernelError::LabelOutOfRange { op: r.op, row, label: v, classes: r.classes },
+                            });
+                        }
+                    }
+                    if let Some(r) = index {
+                        if v < -(r.len as i64) || v >= r.len as i64 {
+                            return Err(ExecError::Kernel {
+                                node: info.name.clone(),
+                                source: KernelError::IndexOutOfRange { op: r.op, index: v, len: r.len },
                             });
                         }
                     }
