@@ -858,6 +858,7 @@ impl ModelArgs {
             fuse: !a.no_fuse,
             update,
             quantize: None,
+            placement: Default::default(),
         })
     }
 
