@@ -30,8 +30,8 @@ pub enum PlacementMode {
     Auto,
     /// Every node on the CPU.
     Cpu,
-    /// Every node on the GPU (except the ops named in `force_cpu`); a node without a GPU kernel
-    /// is an error.
+    /// Every node that has a GPU kernel on the GPU (except the ops named in `force_cpu`); the
+    /// others on the CPU.
     Gpu,
 }
 
@@ -47,19 +47,23 @@ pub struct PlacementOptions {
 /// The per-node costs of one program on a target, ms.
 struct Costs {
     cpu: Vec<f64>,
-    /// `f64::INFINITY` where the node cannot run on the GPU.
+    /// `f64::INFINITY` where the node cannot run on the GPU or is forced onto the CPU.
     gpu: Vec<f64>,
+    /// The GPU time whether forced or not (`f64::INFINITY` without a GPU kernel): the all-GPU
+    /// estimate.
+    gpu_kernel: Vec<f64>,
     to_cpu: Vec<f64>,
     to_gpu: Vec<f64>,
 }
 
 fn costs(plan: &Plan, program: &Program, target: &Target, gpu: &Gpu, force_cpu: &[String]) -> Costs {
-    let mut c = Costs { cpu: vec![], gpu: vec![], to_cpu: vec![], to_gpu: vec![] };
+    let mut c = Costs { cpu: vec![], gpu: vec![], gpu_kernel: vec![], to_cpu: vec![], to_gpu: vec![] };
     for node in &program.nodes {
         let work = crate::cost::node_work(plan, node);
         c.cpu.push(target.op_ms(work, target.cores));
-        let gpu_ok = pock_engine::backend::gpu_supports(plan, node).is_ok() && !force_cpu.iter().any(|n| n == node.op.name());
-        c.gpu.push(if gpu_ok { gpu.op_ms(work) } else { f64::INFINITY });
+        let kernel = if pock_engine::backend::gpu_supports(plan, node).is_ok() { gpu.op_ms(work) } else { f64::INFINITY };
+        c.gpu_kernel.push(kernel);
+        c.gpu.push(if force_cpu.iter().any(|n| n == node.op.name()) { f64::INFINITY } else { kernel });
         let bytes: u64 = node
             .inputs
             .iter()
@@ -157,23 +161,7 @@ pub fn place(plan: &mut Plan, target_name: &str, options: &PlacementOptions) -> 
         let gpu_only: Vec<Side> = c.gpu.iter().map(|g| if g.is_finite() { Side::Gpu } else { Side::Cpu }).collect();
         let sides = match options.mode {
             PlacementMode::Cpu => vec![Side::Cpu; program.nodes.len()],
-            PlacementMode::Gpu => {
-                if let Some(i) = program
-                    .nodes
-                    .iter()
-                    .zip(&gpu_only)
-                    .position(|(n, s)| *s == Side::Cpu && !options.force_cpu.iter().any(|f| f == n.op.name()))
-                {
-                    let node = &program.nodes[i];
-                    let why = pock_engine::backend::gpu_supports(plan, node).err().unwrap_or_default();
-                    return Err(CompileError::Option(format!(
-                        "--placement gpu: the {} program's node '{}' cannot run on the GPU ({why}); use --placement auto to run it on the CPU",
-                        kind.name(),
-                        node.name
-                    )));
-                }
-                gpu_only
-            }
+            PlacementMode::Gpu => gpu_only.clone(),
             PlacementMode::Auto => {
                 let dp = choose_sides(&c.cpu, &c.gpu, &c.to_cpu, &c.to_gpu);
                 let mut best = (program_ms(plan, program, &c, gpu, &dp).0, dp);
@@ -191,7 +179,7 @@ pub fn place(plan: &mut Plan, target_name: &str, options: &PlacementOptions) -> 
             placed += ms * weight;
             transfer += t * weight;
             all_cpu += c.cpu.iter().sum::<f64>() * weight;
-            all_gpu = all_gpu.filter(|_| c.gpu.iter().all(|g| g.is_finite())).map(|a| a + c.gpu.iter().sum::<f64>() * weight);
+            all_gpu = all_gpu.filter(|_| c.gpu_kernel.iter().all(|g| g.is_finite())).map(|a| a + c.gpu_kernel.iter().sum::<f64>() * weight);
         }
         *placement.sides_mut(kind) = sides;
     }
