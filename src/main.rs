@@ -160,6 +160,10 @@ fn targets_help() -> String {
             t.gflops,
             t.bandwidth_gbs
         );
+        if let Some(g) = &t.gpu {
+            let link = g.link_gbs.map_or_else(|| "unified memory".to_string(), |l| format!("{l} GB/s to the host"));
+            s += &format!("\n  {:<17} GPU: {} ({} GFLOP/s, {} GB/s, {link}; --placement)", "", g.description, g.gflops, g.bandwidth_gbs);
+        }
     }
     s
 }

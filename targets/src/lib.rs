@@ -248,7 +248,7 @@ pub const TARGETS: &[Target] = &[
         gpu: None,
     },
     // NVIDIA Jetson Nano module data sheet: 4x Cortex-A57 at 1.43 GHz, 4 GB LPDDR4 (25.6 GB/s).
-    // A57: 8 FLOP/cycle -> 46 GFLOP/s peak. CPU only (pock has no GPU backend yet).
+    // A57: 8 FLOP/cycle -> 46 GFLOP/s peak. Its Maxwell GPU is not described yet (CPU only).
     Target {
         name: "jetson-nano",
         description: "Jetson Nano CPU (4x Cortex-A57 at 1.43 GHz, 4 GB LPDDR4)",
