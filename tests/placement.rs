@@ -199,6 +199,9 @@ mod gpu {
         matches_cpu("zoo:cnn", 8, placed(PlacementMode::Gpu, &["MaxPool2d"]), reads);
         // The losses and the optimizer on the CPU: parameters cross back to the device at the end.
         matches_cpu("zoo:cnn:size=13,width=3,classes=5", 5, placed(PlacementMode::Gpu, &["SoftmaxCrossEntropyGrad", "SgdUpdate"]), reads);
+        // The cost model's own choice on a unified-memory board: small ops (the masks' u8
+        // packing, pooling, the classifier, the updates) on the CPU, many switches.
+        matches_cpu("zoo:cnn", 8, CompileOptions { target: "jetson-orin-nano".into(), ..placed(PlacementMode::Auto, &[]) }, reads);
         // Int8 training: the quant ops have no GPU kernel.
         let (inputs, batch) = (7, 9);
         let calibration: Vec<f32> = (0..batch * inputs).map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0).collect();
