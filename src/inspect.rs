@@ -147,6 +147,108 @@ pub struct PlanReport {
     pub estimated_step_ms: Option<f64>,
     /// How that estimate splits: ops limited by arithmetic and ops limited by memory traffic.
     pub estimate: Option<EstimateInfo>,
+    /// Which side runs each node and the copies between them, for a plan placed on a target with
+    /// a GPU (`pock compile --placement`); absent when every node runs on the backend chosen at
+    /// load.
+    pub placement: Option<PlacementInfo>,
+}
+
+/// A plan's placement (`pock_engine::placement`), for scripts.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlacementInfo {
+    /// How the sides were chosen (`auto`, `gpu, MaxPool2d forced onto the CPU`).
+    pub mode: String,
+    /// The target's GPU, in words.
+    pub gpu: String,
+    /// Host-device copies cost nothing in the model (the board shares its memory).
+    pub unified_memory: bool,
+    /// The host's mirror of the arena that a run with `--backend wgpu` allocates besides the
+    /// device arena when some node is on the CPU.
+    pub host_mirror_bytes: u64,
+    /// Host waits for the device in one run of the train program (besides the session's reads of
+    /// the loss).
+    pub train_syncs: usize,
+    /// The compiler's estimate of one training step: placed (copies and waits included), all on
+    /// the CPU, all on the GPU (absent when some node has no GPU kernel), ms.
+    pub estimated_step_ms: f64,
+    pub transfer_ms: f64,
+    pub all_cpu_step_ms: f64,
+    pub all_gpu_step_ms: Option<f64>,
+    pub programs: Vec<ProgramPlacementInfo>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgramPlacementInfo {
+    pub name: &'static str,
+    /// `cpu` or `gpu` for each node, in program order.
+    pub sides: Vec<&'static str>,
+    pub syncs: usize,
+    pub bytes_to_host: u64,
+    pub bytes_to_device: u64,
+    pub segments: Vec<SegmentInfo>,
+    /// Values written on the CPU that are copied to the device after the last node.
+    pub copy_back: Vec<TransferInfo>,
+}
+
+/// A run of consecutive nodes on one side, and the values copied onto that side before it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SegmentInfo {
+    pub side: &'static str,
+    pub first_node: usize,
+    pub last_node: usize,
+    pub transfers: Vec<TransferInfo>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TransferInfo {
+    pub tensor: String,
+    pub bytes: u64,
+}
+
+fn placement_info(plan: &Plan) -> Option<PlacementInfo> {
+    let placement = plan.placement.as_ref()?;
+    let gpu = pock_targets::find(&plan.target).and_then(|t| t.gpu.as_ref());
+    let transfers = |ts: &[pock_engine::TensorId]| -> Vec<TransferInfo> {
+        ts.iter().map(|&t| TransferInfo { tensor: plan.tensor(t).name.clone(), bytes: plan.tensor(t).bytes() }).collect()
+    };
+    let mut programs = Vec::new();
+    for kind in pock_engine::exec::ProgramKind::ALL {
+        let Some(program) = kind.of(plan) else { continue };
+        let sides = placement.sides(kind);
+        let sched = pock_engine::placement::schedule(plan, program, sides);
+        let (bytes_to_host, bytes_to_device) = sched.bytes(plan);
+        programs.push(ProgramPlacementInfo {
+            name: kind.name(),
+            sides: sides.iter().map(|s| s.name()).collect(),
+            syncs: sched.syncs(),
+            bytes_to_host,
+            bytes_to_device,
+            segments: sched
+                .segments
+                .iter()
+                .map(|g| SegmentInfo {
+                    side: g.side.name(),
+                    first_node: g.nodes.start,
+                    last_node: g.nodes.end.saturating_sub(1),
+                    transfers: transfers(&g.incoming),
+                })
+                .collect(),
+            copy_back: transfers(&sched.copy_back),
+        });
+    }
+    let e = &placement.estimate;
+    Some(PlacementInfo {
+        mode: placement.mode.clone(),
+        gpu: gpu.map_or_else(|| format!("unknown (target {})", plan.target), |g| g.description.to_string()),
+        unified_memory: gpu.is_some_and(|g| g.link_gbs.is_none()),
+        host_mirror_bytes: if placement.any_cpu() { plan.arena_bytes } else { 0 },
+        train_syncs: programs.first().map_or(0, |p| p.syncs),
+        estimated_step_ms: e.placed_ms,
+        transfer_ms: e.transfer_ms,
+        all_cpu_step_ms: e.all_cpu_ms,
+        all_gpu_step_ms: e.all_gpu_ms,
+        programs,
+    })
 }
 
 /// The per-op roofline estimate of one training step (`pock_targets::StepEstimate`).
@@ -263,6 +365,7 @@ pub fn report(plan: &Plan) -> PlanReport {
         programs,
         estimated_step_ms,
         estimate,
+        placement: placement_info(plan),
     }
 }
 
@@ -351,6 +454,52 @@ fn memory_table(s: &mut String, r: &PlanReport) {
     }
 }
 
+/// The placement lines of the table: the sides, each segment and its copies, the syncs and the
+/// estimates.
+fn placement_table(s: &mut String, p: &PlacementInfo) {
+    let link = if p.unified_memory { "unified memory: copies are free in the model" } else { "copies over the host-device link" };
+    let _ = writeln!(s, "\nplacement    {} on {} ({link})", p.mode, p.gpu);
+    let all_gpu = p.all_gpu_step_ms.map_or_else(|| "not possible (some ops have no GPU kernel)".to_string(), |ms| format!("{ms:.3} ms"));
+    let _ = writeln!(
+        s,
+        "             estimated train step {:.3} ms placed ({:.3} ms of it copies and waits), {:.3} ms all on the CPU, all on the GPU {all_gpu}",
+        p.estimated_step_ms, p.transfer_ms, p.all_cpu_step_ms
+    );
+    if p.host_mirror_bytes > 0 {
+        let _ = writeln!(
+            s,
+            "             --backend wgpu keeps a host mirror of the arena ({}) besides the device's, for the nodes on the CPU",
+            human_bytes(p.host_mirror_bytes)
+        );
+    }
+    for q in &p.programs {
+        let count = |side: &str| q.sides.iter().filter(|&&x| x == side).count();
+        let _ = writeln!(
+            s,
+            "{:<8} {} nodes on the GPU, {} on the CPU; {} segments, {} syncs, {} to the host, {} to the device per run",
+            q.name,
+            count("gpu"),
+            count("cpu"),
+            q.segments.len(),
+            q.syncs,
+            human_bytes(q.bytes_to_host),
+            human_bytes(q.bytes_to_device)
+        );
+        if q.segments.len() < 2 {
+            continue;
+        }
+        for g in &q.segments {
+            let copies: Vec<String> = g.transfers.iter().map(|t| format!("{} ({})", t.tensor, human_bytes(t.bytes))).collect();
+            let into = if copies.is_empty() { String::new() } else { format!(", after copying to the {}: {}", g.side, copies.join(", ")) };
+            let _ = writeln!(s, "  {} nodes {}..={}{into}", g.side, g.first_node, g.last_node);
+        }
+        if !q.copy_back.is_empty() {
+            let copies: Vec<String> = q.copy_back.iter().map(|t| format!("{} ({})", t.tensor, human_bytes(t.bytes))).collect();
+            let _ = writeln!(s, "  then to the device: {}", copies.join(", "));
+        }
+    }
+}
+
 /// A plan's model source in words: `zoo:cnn`, `ONNX file m.onnx (12345 bytes, FNV-1a 64 0123abcd...)`.
 pub fn source_text(source: &ModelSource) -> String {
     match source {
@@ -413,13 +562,19 @@ pub fn table(plan: &Plan, r: &PlanReport, ops: bool) -> String {
             e.traffic_bytes as f64 / (1 << 20) as f64,
         );
     }
+    if let Some(p) = &r.placement {
+        placement_table(&mut s, p);
+    }
     if ops {
         for (name, p) in plan.all_programs() {
+            let sides = r.placement.as_ref().and_then(|pl| pl.programs.iter().find(|q| q.name == name)).map(|q| &q.sides);
             let _ = writeln!(s, "\n{name} program");
-            let _ = writeln!(s, "{:<4} {:<9} {:<22} {:<40} outputs", "#", "phase", "op", "node");
+            let _ = writeln!(s, "{:<4} {:<9} {:<5} {:<22} {:<40} outputs", "#", "phase", "side", "op", "node");
             for (i, n) in p.nodes.iter().enumerate() {
                 let outs: Vec<String> = n.outputs.iter().map(|&t| shape_text(&plan.tensor(t).shape)).collect();
-                let _ = writeln!(s, "{:<4} {:<9} {:<22} {:<40} {}", i, phase_text(n.phase), n.op.name(), n.name, outs.join(" "));
+                let side = sides.and_then(|v| v.get(i)).copied().unwrap_or("-");
+                let _ =
+                    writeln!(s, "{:<4} {:<9} {:<5} {:<22} {:<40} {}", i, phase_text(n.phase), side, n.op.name(), n.name, outs.join(" "));
             }
         }
     }

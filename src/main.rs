@@ -160,6 +160,10 @@ fn targets_help() -> String {
             t.gflops,
             t.bandwidth_gbs
         );
+        if let Some(g) = &t.gpu {
+            let link = g.link_gbs.map_or_else(|| "unified memory".to_string(), |l| format!("{l} GB/s to the host"));
+            s += &format!("\n  {:<17} GPU: {} ({} GFLOP/s, {} GB/s, {link}; --placement)", "", g.description, g.gflops, g.bandwidth_gbs);
+        }
     }
     s
 }
@@ -177,6 +181,17 @@ enum LossArg {
     CrossEntropy,
     /// Mean squared error; float targets of the output's shape in `y`.
     Mse,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PlacementArg {
+    /// The cost model decides, for a --target with a GPU (gpu, jetson-orin-nano, android-arm64);
+    /// a target without one gets no placement (the whole plan runs on the backend chosen at load).
+    Auto,
+    /// Every node on the CPU.
+    Cpu,
+    /// Every node with a GPU kernel on the GPU, but the --place-cpu ops; the others on the CPU.
+    Gpu,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -338,6 +353,18 @@ struct CompileArgs {
     /// comparisons only.
     #[arg(long)]
     no_qas: bool,
+    /// Per-node placement on a --target with a GPU: which side runs each node, the CPU or the
+    /// GPU, chosen at compile time from the target's cost model (node times on each side, the
+    /// host-device copies and the waits at each switch); ops without a GPU kernel run on the
+    /// CPU. `pock train --backend wgpu` then runs each node on its side; `pock inspect` shows
+    /// the sides, the copies and the syncs.
+    #[arg(long, value_enum, default_value = "auto")]
+    placement: PlacementArg,
+    /// Run every node of these ops on the CPU whatever the cost model says (comma-separated op
+    /// names as `pock inspect --ops` shows them, e.g. MaxPool2d,Softmax): for tests and
+    /// experiments with placement.
+    #[arg(long, value_name = "OP,OP", value_delimiter = ',')]
+    place_cpu: Vec<String>,
 }
 
 #[derive(Args)]
@@ -858,6 +885,7 @@ impl ModelArgs {
             fuse: !a.no_fuse,
             update,
             quantize: None,
+            placement: Default::default(),
         })
     }
 
@@ -902,6 +930,14 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
     let inputs: Vec<(&str, &Path)> = a.m.inputs().into_iter().chain(a.calib.iter().map(|p| ("--calib", p.as_path()))).collect();
     check_outputs(&inputs, &[("-o", a.plan.as_path())])?;
     options.update = update_scheme(&a)?;
+    options.placement = pock::compiler::placement::PlacementOptions {
+        mode: match a.placement {
+            PlacementArg::Auto => pock::compiler::placement::PlacementMode::Auto,
+            PlacementArg::Cpu => pock::compiler::placement::PlacementMode::Cpu,
+            PlacementArg::Gpu => pock::compiler::placement::PlacementMode::Gpu,
+        },
+        force_cpu: a.place_cpu.clone(),
+    };
     options.quantize = match (a.quantize, &a.calib) {
         (QuantizeArg::Int8, Some(path)) => {
             let data = pock::data::Dataset::load_npz(path)?;
@@ -944,6 +980,23 @@ fn compile(a: CompileArgs, quiet: bool) -> Result<(), PockError> {
     pock::engine::atomic::write_bytes(&a.plan, &bytes).map_err(io_err(&a.plan))?;
     let r = pock::inspect::report(&compiled.plan);
     progress(quiet, format!("compiled {} in {:.2} s", a.m.model, started.elapsed().as_secs_f64()));
+    if let Some(p) = &compiled.plan.placement {
+        let train = &compiled.plan.programs.train.nodes;
+        let mut on_cpu: Vec<&str> =
+            train.iter().zip(&p.train).filter(|(_, s)| **s == pock::engine::placement::Side::Cpu).map(|(n, _)| n.op.name()).collect();
+        on_cpu.sort_unstable();
+        on_cpu.dedup();
+        let cpu = p.train.iter().filter(|s| **s == pock::engine::placement::Side::Cpu).count();
+        progress(
+            quiet,
+            format!(
+                "placement ({}): train program {} nodes on the GPU, {cpu} on the CPU{}; `pock inspect` shows the sides and the copies",
+                p.mode,
+                train.len() - cpu,
+                if on_cpu.is_empty() { String::new() } else { format!(" ({})", on_cpu.join(", ")) }
+            ),
+        );
+    }
     out(&format!(
         "wrote {} ({}): {} trainable parameters, arena {}, {} forward / {} backward / {} optimizer ops\n",
         a.plan.display(),

@@ -20,6 +20,7 @@ pub mod memory;
 pub mod onnx;
 pub mod ops;
 pub mod optimizer;
+pub mod placement;
 pub mod quantize;
 pub mod schedule;
 pub mod scheme;

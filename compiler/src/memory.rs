@@ -301,6 +301,7 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
         },
         arena_bytes: persistent + scratch_peak,
         arena_bytes_unordered: persistent + unordered_scratch,
+        placement: None,
         persistent_bytes: persistent,
         weight_bytes: weights.len() as u64,
         // The facade records where the model came from; a graph built in code has no file.

@@ -75,6 +75,8 @@ pub struct CompileOptions {
     pub update: UpdateScheme,
     /// Rewrite the model into int8 ops calibrated on these samples (see [`crate::quantize`]).
     pub quantize: Option<crate::quantize::Int8Options>,
+    /// Which side, CPU or GPU, runs each node, for a target with a GPU (see [`crate::placement`]).
+    pub placement: crate::placement::PlacementOptions,
 }
 
 impl Default for CompileOptions {
@@ -91,6 +93,7 @@ impl Default for CompileOptions {
             fuse: true,
             update: UpdateScheme::default(),
             quantize: None,
+            placement: Default::default(),
         }
     }
 }
@@ -151,6 +154,9 @@ impl ForwardGraph {
 impl TrainingGraph {
     /// Plans memory and lays out weights.
     pub fn into_plan(self) -> Result<crate::memory::CompiledPlan> {
-        crate::memory::build_plan(self)
+        let (target, placement) = (self.options.target.clone(), self.options.placement.clone());
+        let mut compiled = crate::memory::build_plan(self)?;
+        crate::placement::place(&mut compiled.plan, &target, &placement)?;
+        Ok(compiled)
     }
 }

@@ -135,6 +135,11 @@ pub fn validate(plan: &Plan) -> Result<(), ValidationError> {
             plan.weight_bytes
         );
     }
+    if let Some(placement) = &plan.placement {
+        if let Err(e) = placement.check(plan) {
+            bail!("{e}");
+        }
+    }
     if plan.persistent_bytes > plan.arena_bytes {
         bail!("persistent region ({} bytes) is larger than the arena ({} bytes)", plan.persistent_bytes, plan.arena_bytes);
     }
@@ -292,6 +297,8 @@ pub enum ProgramKind {
 }
 
 impl ProgramKind {
+    pub const ALL: [ProgramKind; 4] = [ProgramKind::Train, ProgramKind::Apply, ProgramKind::Eval, ProgramKind::Infer];
+
     pub fn of(self, plan: &Plan) -> Option<&Program> {
         match self {
             ProgramKind::Train => Some(&plan.programs.train),
@@ -596,8 +603,32 @@ impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
     }
 
     fn run_program(&mut self, which: ProgramKind) -> Result<(), ExecError> {
+        let all = which.of(&self.plan).map_or(0, |p| p.nodes.len());
+        self.run_range(which, 0..all)
+    }
+
+    /// The arena's bytes (the hybrid backend copies tensors between it and the device).
+    pub fn arena(&self) -> &[u8] {
+        self.arena_bytes()
+    }
+
+    /// The arena's bytes, writable.
+    pub fn arena_mut(&mut self) -> &mut [u8] {
+        self.arena_bytes_mut()
+    }
+
+    fn run_range(&mut self, which: ProgramKind, nodes: core::ops::Range<usize>) -> Result<(), ExecError> {
         let plan = &self.plan;
         let program = which.of(plan).ok_or(ExecError::NoProgram(which.name()))?;
+        let Some(selected) = program.nodes.get(nodes.clone()) else {
+            return Err(ExecError::Unsupported(alloc::format!(
+                "nodes {}..{} of the {} program asked for; it has {}",
+                nodes.start,
+                nodes.end,
+                which.name(),
+                program.nodes.len()
+            )));
+        };
         // As in `arena_bytes_mut`: the caller's buffer is checked on every run.
         let words = self.arena.as_mut();
         if (words.len() as u64) * 8 < plan.arena_bytes {
@@ -626,7 +657,7 @@ impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
             }
             _ => None,
         };
-        for (index, node) in program.nodes.iter().enumerate() {
+        for (index, node) in selected.iter().enumerate().map(|(i, n)| (i + nodes.start, n)) {
             #[cfg(feature = "std")]
             let started = profile.is_some().then(std::time::Instant::now);
             #[cfg(not(feature = "std"))]
@@ -711,6 +742,20 @@ impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
             }
         }
         Ok(())
+    }
+}
+
+impl<W: AsRef<[u8]> + Send, A: AsRef<[u64]> + AsMut<[u64]> + Send> CpuBackend<W, A> {
+    /// Runs nodes `nodes` of a program only (the hybrid backend's CPU segments), inside the
+    /// worker pool as [`Backend::run`] does.
+    pub fn run_nodes(&mut self, which: ProgramKind, nodes: core::ops::Range<usize>) -> Result<(), ExecError> {
+        #[cfg(feature = "std")]
+        if let Some(pool) = self.pool.take() {
+            let result = pool.install(|| self.run_range(which, nodes));
+            self.pool = Some(pool);
+            return result;
+        }
+        self.run_range(which, nodes)
     }
 }
 

@@ -8,7 +8,8 @@
 //! 16      8     description length H (u64 LE)
 //! 24      4     CRC-32 of everything after these 32 bytes
 //! 28      4     reserved, zero
-//! 32      H     description: the postcard-encoded `Plan`
+//! 32      H     description: the postcard-encoded `Plan`, then (when the compiler placed the
+//!               plan's nodes) the postcard-encoded `Placement` (`crate::placement`)
 //! ...           zero padding to a multiple of 64
 //! W       ...   weight section (`plan.weight_bytes` bytes), 64-byte aligned so that a memory map of
 //!               the file can be read as f32 in place
@@ -63,7 +64,10 @@ fn weights_offset(description_len: usize) -> usize {
 
 /// Serialises a plan and its weight section into the bytes of a plan file.
 pub fn encode_plan(plan: &Plan, weights: &[u8]) -> Vec<u8> {
-    let description = postcard::to_allocvec(plan).expect("a plan always serialises");
+    let mut description = postcard::to_allocvec(plan).expect("a plan always serialises");
+    if let Some(placement) = &plan.placement {
+        description.extend(postcard::to_allocvec(placement).expect("a placement always serialises"));
+    }
     let start = weights_offset(description.len());
     let mut out = Vec::with_capacity(start + weights.len());
     out.extend_from_slice(MAGIC);
@@ -136,7 +140,13 @@ pub fn decode_plan(bytes: &[u8]) -> Result<(ValidatedPlan, WeightRange), FormatE
     // Decoding untrusted bytes is safe (postcard bounds every read and preallocation), so decode
     // first: a plan that decodes can say how long its weight section must be, which tells a
     // truncated file apart from a corrupted one.
-    let plan: Plan = match postcard::from_bytes(description) {
+    let decoded = postcard::take_from_bytes::<Plan>(description).and_then(|(mut plan, rest)| {
+        if !rest.is_empty() {
+            plan.placement = Some(postcard::from_bytes(rest)?);
+        }
+        Ok(plan)
+    });
+    let plan: Plan = match decoded {
         Ok(plan) => plan,
         Err(e) => {
             let found = checksum(&bytes[PREFIX..]);
@@ -203,6 +213,7 @@ mod tests {
             source: Default::default(),
             folded_norms: Vec::new(),
             arena_bytes_unordered: 0,
+            placement: None,
         };
         let e = decode_plan(&encode_plan(&plan, &[])).unwrap_err();
         assert!(matches!(e, FormatError::Truncated { needed: u64::MAX, .. }), "{e}");

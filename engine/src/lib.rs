@@ -8,13 +8,14 @@
 
 extern crate alloc;
 
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "std")]
 pub mod backend;
 pub mod exec;
 pub mod format;
 pub mod kernels;
 mod logging;
 pub mod ops;
+pub mod placement;
 pub mod plan;
 
 #[cfg(feature = "std")]

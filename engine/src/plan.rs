@@ -261,6 +261,12 @@ pub struct Plan {
     /// the end, what `pock compile --no-reorder` plans), recorded at compile time so that
     /// `pock inspect` can report what reordering saved. Informational: nothing is placed by it.
     pub arena_bytes_unordered: u64,
+    /// The side (CPU or GPU) of every node, when the compiler placed the plan for a target with a
+    /// GPU (`pock compile --placement`); `None`: every node runs on the backend chosen at load.
+    /// Not part of the postcard description: [`crate::format`] writes it after the description,
+    /// so plans without it (older files) still decode, and engines that predate it ignore it.
+    #[serde(skip)]
+    pub placement: Option<crate::placement::Placement>,
 }
 
 /// Named float values, as the model had them before folding.

@@ -310,6 +310,14 @@ impl Session {
         let plan_id = checkpoint::plan_identity(&plan);
         let backend: Box<dyn Backend + Send> = match options.backend {
             BackendChoice::Cpu => Box::new(CpuBackend::new(plan, bytes, range, kernels)?),
+            // A plan the compiler placed partly on the CPU (`pock compile --placement`) runs
+            // on both sides; one placed wholly on the GPU (or not placed) on the GPU alone.
+            #[cfg(feature = "wgpu")]
+            BackendChoice::Wgpu if plan.placement.as_ref().is_some_and(|p| p.any_cpu()) => {
+                let hybrid = crate::backend::wgpu::hybrid::HybridBackend::new(plan, bytes, range, kernels)?;
+                log::info!("GPU backend on {}, with the nodes placed on the CPU run there", hybrid.gpu().adapter());
+                Box::new(hybrid)
+            }
             #[cfg(feature = "wgpu")]
             BackendChoice::Wgpu => {
                 let gpu = crate::backend::wgpu::WgpuBackend::new(plan, bytes.as_ref(), range)?;

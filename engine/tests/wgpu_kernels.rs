@@ -156,6 +156,7 @@ fn one_node(op: &Op, inputs: &[Arg], inplace: &[Arg], out_shapes: &[Vec<usize>])
         source: ModelSource::default(),
         folded_norms: vec![],
         arena_bytes_unordered: offset.max(8),
+        placement: None,
     }
 }
 

@@ -76,6 +76,39 @@ pub struct Target {
     pub gflops: f64,
     /// Sustained memory bandwidth, GB/s.
     pub bandwidth_gbs: f64,
+    /// The board's GPU, where pock can run nodes through its `wgpu` backend; `None`: CPU only.
+    pub gpu: Option<Gpu>,
+}
+
+/// A GPU next to a target's CPU, as the placement pass (`pock compile --placement`) sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gpu {
+    pub description: &'static str,
+    /// Sustained f32 throughput, GFLOP/s.
+    pub gflops: f64,
+    /// Sustained bandwidth of the GPU's memory, GB/s.
+    pub bandwidth_gbs: f64,
+    /// Host-device copy bandwidth, GB/s; `None` on a unified-memory board (the CPU and the GPU
+    /// share the memory: the cost model counts a transfer's bytes as free, only its wait costs).
+    pub link_gbs: Option<f64>,
+    /// One wait of the host for the device (submit, fence, map), µs.
+    pub sync_us: f64,
+    /// The fixed cost of one node's dispatch, µs.
+    pub dispatch_us: f64,
+}
+
+impl Gpu {
+    /// The roofline time of one op on the GPU (and its dispatch), ms.
+    pub fn op_ms(&self, work: OpWork) -> f64 {
+        let compute = work.flops as f64 / (self.gflops * 1e9);
+        let memory = work.bytes as f64 / (self.bandwidth_gbs * 1e9);
+        compute.max(memory) * 1e3 + self.dispatch_us * 1e-3
+    }
+
+    /// The time to copy `bytes` between the host and the device (not counting the wait), ms.
+    pub fn copy_ms(&self, bytes: u64) -> f64 {
+        self.link_gbs.map_or(0.0, |gbs| bytes as f64 / (gbs * 1e9) * 1e3)
+    }
 }
 
 /// The work of one op in a step: its arithmetic and the bytes it reads and writes.
@@ -162,6 +195,28 @@ pub const TARGETS: &[Target] = &[
         memory_bytes: 8 * GIB,
         gflops: 150.0,
         bandwidth_gbs: 20.0,
+        gpu: None,
+    },
+    // The host's CPU with a discrete GPU on PCIe 4.0 x16 (32 GB/s peak each way, about 25
+    // sustained): an RTX 3060-class card, 12.7 TFLOP/s f32 peak (NVIDIA's specification), a
+    // third sustained; 360 GB/s GDDR6 peak, 250 sustained. For placing plans on a desktop GPU.
+    Target {
+        name: "gpu",
+        description: "the host's CPU with a discrete GPU over PCIe (RTX 3060 class)",
+        isa: Isa::Native,
+        rust_target: None,
+        cores: 2,
+        memory_bytes: 8 * GIB,
+        gflops: 150.0,
+        bandwidth_gbs: 20.0,
+        gpu: Some(Gpu {
+            description: "discrete GPU, 12.7 TFLOP/s f32 peak, PCIe 4.0 x16",
+            gflops: 4000.0,
+            bandwidth_gbs: 250.0,
+            link_gbs: Some(25.0),
+            sync_us: 20.0,
+            dispatch_us: 5.0,
+        }),
     },
     // Raspberry Pi 4 Model B product brief: 4x Cortex-A72 at 1.5 GHz (1.8 GHz on later boards),
     // LPDDR4-3200 on a 32-bit bus (12.8 GB/s peak), 1 to 8 GB. A72: one 128-bit FMA per cycle,
@@ -176,6 +231,7 @@ pub const TARGETS: &[Target] = &[
         memory_bytes: 3 * GIB,
         gflops: 16.0,
         bandwidth_gbs: 4.0,
+        gpu: None,
     },
     // Raspberry Pi 5 product brief: 4x Cortex-A76 at 2.4 GHz, LPDDR4X-4267 on a 32-bit bus
     // (17 GB/s peak), 2 to 16 GB. A76: two 128-bit FMA pipes, 16 FLOP/cycle -> 154 GFLOP/s peak;
@@ -189,9 +245,10 @@ pub const TARGETS: &[Target] = &[
         memory_bytes: 6 * GIB,
         gflops: 50.0,
         bandwidth_gbs: 8.0,
+        gpu: None,
     },
     // NVIDIA Jetson Nano module data sheet: 4x Cortex-A57 at 1.43 GHz, 4 GB LPDDR4 (25.6 GB/s).
-    // A57: 8 FLOP/cycle -> 46 GFLOP/s peak. CPU only (pock has no GPU backend yet).
+    // A57: 8 FLOP/cycle -> 46 GFLOP/s peak. Its Maxwell GPU is not described yet (CPU only).
     Target {
         name: "jetson-nano",
         description: "Jetson Nano CPU (4x Cortex-A57 at 1.43 GHz, 4 GB LPDDR4)",
@@ -201,20 +258,32 @@ pub const TARGETS: &[Target] = &[
         memory_bytes: 3 * GIB,
         gflops: 12.0,
         bandwidth_gbs: 8.0,
+        gpu: None,
     },
     // NVIDIA Jetson Orin Nano series data sheet: 6x Cortex-A78AE at 1.5 GHz (1.7 GHz with the
     // "Super" clocks), 8 GB 128-bit LPDDR5 at 68 GB/s (102 GB/s "Super") shared with the GPU.
     // A78: 16 FLOP/cycle -> 144 GFLOP/s peak, 60 sustained; 30 GB/s of the bus for the CPU.
-    // CPU only (pock has no GPU backend yet); 6 GiB of the shared 8 GB left to pock.
+    // 6 GiB of the shared 8 GB left to pock.
     Target {
         name: "jetson-orin-nano",
-        description: "Jetson Orin Nano 8GB CPU (6x Cortex-A78AE at 1.5 GHz, 8 GB LPDDR5)",
+        description: "Jetson Orin Nano 8GB (6x Cortex-A78AE at 1.5 GHz, 8 GB LPDDR5)",
         isa: Isa::Aarch64,
         rust_target: Some("aarch64-unknown-linux-gnu"),
         cores: 6,
         memory_bytes: 6 * GIB,
         gflops: 60.0,
         bandwidth_gbs: 30.0,
+        // Orin Nano 8GB data sheet: 1024-core Ampere GPU at 625 MHz, 2 FLOP per core per cycle
+        // -> 1.28 TFLOP/s f32 peak; a third sustained through Vulkan compute. It shares the
+        // LPDDR5 (68 GB/s peak) with the CPU: 40 GB/s for the GPU, and no copy over a bus.
+        gpu: Some(Gpu {
+            description: "Ampere GPU, 1024 cores at 625 MHz, unified LPDDR5",
+            gflops: 400.0,
+            bandwidth_gbs: 40.0,
+            link_gbs: None,
+            sync_us: 50.0,
+            dispatch_us: 10.0,
+        }),
     },
     // A mid-range 64-bit Android phone: two big cores of the Cortex-A78 class at 2.4 GHz (the
     // little A55 cores are not counted: training runs on the big cluster), LPDDR4X-4266 on 2x16
@@ -230,6 +299,18 @@ pub const TARGETS: &[Target] = &[
         memory_bytes: GIB,
         gflops: 30.0,
         bandwidth_gbs: 8.0,
+        // A mid-range phone GPU of the Mali-G68 / Adreno 642L class: about 0.5 TFLOP/s f32
+        // peak (vendors' figures), a quarter sustained in compute shaders (phones throttle);
+        // the same LPDDR4X as the CPU (unified memory), 10 GB/s of it for the GPU. Android's
+        // Vulkan drivers make a host wait costly: 100 µs.
+        gpu: Some(Gpu {
+            description: "mid-range mobile GPU (Mali-G68 / Adreno 642L class), unified LPDDR4X",
+            gflops: 120.0,
+            bandwidth_gbs: 10.0,
+            link_gbs: None,
+            sync_us: 100.0,
+            dispatch_us: 20.0,
+        }),
     },
     // STM32F746 data sheet (DS10916): Cortex-M7 at 216 MHz with a single-precision FPU, 320 KB
     // SRAM, of which 256 KB are given to training (the Tiny Training Engine's budget on this
@@ -244,6 +325,7 @@ pub const TARGETS: &[Target] = &[
         memory_bytes: 256 << 10,
         gflops: 0.2,
         bandwidth_gbs: 0.8,
+        gpu: None,
     },
 ];
 
@@ -314,6 +396,7 @@ mod tests {
             memory_bytes: 1 << 20,
             gflops: 8.0,
             bandwidth_gbs: 2.0,
+            gpu: None,
         }
     }
 

@@ -23,9 +23,8 @@
 //! CPU's `i64` would not: that is the one documented difference. Bool tensors are one byte per
 //! element, as on the CPU (`typed.rs`).
 
-mod families;
-pub mod kernels;
-mod typed;
+pub mod hybrid;
+pub use super::kernels;
 
 use std::collections::HashMap;
 use std::string::{String, ToString};
@@ -160,6 +159,17 @@ impl WgpuBackend {
     /// Starts the backend on the first adapter `wgpu` finds. `bytes` and `weights` are what
     /// [`crate::format::decode_plan`] returned, as for [`crate::exec::CpuBackend::new`].
     pub fn new(plan: ValidatedPlan, bytes: &[u8], weights: WeightRange) -> Result<Self, ExecError> {
+        Self::with_nodes(plan, bytes, weights, |_, _| true)
+    }
+
+    /// [`WgpuBackend::new`] that lowers only the nodes `on_gpu(program, node)` accepts (the
+    /// hybrid backend's GPU side, [`hybrid`]); running a program then runs those nodes only.
+    pub fn with_nodes(
+        plan: ValidatedPlan,
+        bytes: &[u8],
+        weights: WeightRange,
+        on_gpu: impl Fn(ProgramKind, usize) -> bool,
+    ) -> Result<Self, ExecError> {
         let plan = plan.into_plan();
         let section = weights.offset.checked_add(weights.len).and_then(|end| bytes.get(weights.offset..end));
         let Some(section) = section.filter(|s| s.len() as u64 == plan.weight_bytes) else {
@@ -223,7 +233,7 @@ impl WgpuBackend {
         let mut lowered: [Vec<(usize, kernels::Lowered)>; 4] = Default::default();
         for kind in [ProgramKind::Train, ProgramKind::Apply, ProgramKind::Eval, ProgramKind::Infer] {
             let Some(program) = kind.of(&plan) else { continue };
-            for (n, node) in program.nodes.iter().enumerate() {
+            for (n, node) in program.nodes.iter().enumerate().filter(|&(n, _)| on_gpu(kind, n)) {
                 let list = kernels::lower(node, &at).map_err(|e| unsupported(alloc::format!("{} program: {e}", kind.name())))?;
                 lowered[program_index(kind)].extend(list.into_iter().filter(|l| l.params[0] > 0).map(|l| (n, l)));
             }
