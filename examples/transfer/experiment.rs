@@ -71,12 +71,15 @@ pub struct Setup {
     pub finetune_epochs: u64,
     /// The learning rate of fine-tuning, the same for every scheme.
     pub finetune_lr: f32,
+    /// The learning-rate schedule of fine-tuning (`LrSchedule::parse`), the same for every scheme.
+    pub finetune_schedule: &'static str,
     /// How fine-tuning plans treat BatchNorm: the product's default, `Fold` (frozen statistics
     /// folded into the conv, the shift a trainable bias).
     pub finetune_batch_norm: BatchNormMode,
-    /// The learning rate of full training from scratch on B (BatchNorm in training mode, as in
-    /// pretraining).
-    pub scratch_lr: f32,
+    /// The learning rate of the full runs with BatchNorm in training mode (from scratch on B, and
+    /// the reference fine-tuning run; cosine schedule, no warm-up): 0.03, chosen for full
+    /// fine-tuning in that mode before folding became the default (BENCHMARKS.md, "Transfer").
+    pub train_mode_lr: f32,
     pub threads: usize,
     /// Seeds the models' initial weights, the training order and the data sets: one draw of the
     /// experiment. Accuracies on a few hundred test samples move by a few points between draws.
@@ -105,6 +108,9 @@ pub struct Report {
     pub before_finetuning: f64,
     /// Full fine-tuning from random weights with the same data and steps: what pretraining adds.
     pub from_scratch: Finetuned,
+    /// Full fine-tuning from the pretrained weights with BatchNorm in training mode (the option
+    /// `--batch-norm train`), the full fine-tuning of the papers.
+    pub full_batch_norm_training: Finetuned,
     /// `schemes(..)` in order, each fine-tuned from the pretrained weights.
     pub finetuned: Vec<Finetuned>,
 }
@@ -123,8 +129,8 @@ fn session_of(plan: &pock::compiler::CompiledPlan, threads: usize) -> Result<Ses
     Ok(Session::from_bytes(&plan.to_bytes(), SessionOptions { threads, reference_kernels: false, ..SessionOptions::default() })?)
 }
 
-fn config(epochs: u64, lr: f32, seed: u64) -> Result<TrainConfig, PockError> {
-    Ok(TrainConfig::new(epochs, seed, lr, LrSchedule::parse("cosine")?))
+fn config(epochs: u64, lr: f32, seed: u64, schedule: &str) -> Result<TrainConfig, PockError> {
+    Ok(TrainConfig::new(epochs, seed, lr, LrSchedule::parse(schedule)?))
 }
 
 /// The data sets of one draw: A's training and test sets, B's training and test sets.
@@ -159,7 +165,7 @@ pub fn pretrain(setup: &Setup, data: &Data, checkpoint: &Path, mut progress: imp
     )?;
     let mut session = session_of(&plan, setup.threads)?;
     let started = Instant::now();
-    let summary = train(&mut session, &data.a_train, &config(setup.pretrain_epochs, setup.pretrain_lr, setup.seed)?, |_| {})?;
+    let summary = train(&mut session, &data.a_train, &config(setup.pretrain_epochs, setup.pretrain_lr, setup.seed, "cosine")?, |_| {})?;
     let on_a = evaluate(&mut session, &data.a_test)?.accuracy.unwrap_or(0.0);
     let on_b = evaluate(&mut session, &data.b_test)?.accuracy.unwrap_or(0.0);
     session.save(checkpoint)?;
@@ -174,7 +180,7 @@ pub fn pretrain(setup: &Setup, data: &Data, checkpoint: &Path, mut progress: imp
     Ok((on_a, on_b))
 }
 
-/// Trains `scheme` on B for `setup.finetune_epochs` at `lr`, from the checkpoint `init` (or from
+/// Trains `scheme` on B for `setup.finetune_epochs` at `lr` with `schedule`, from the checkpoint `init` (or from
 /// random weights), with BatchNorm as `batch_norm`, and tests it on B.
 pub fn finetune(
     setup: &Setup,
@@ -182,13 +188,14 @@ pub fn finetune(
     name: &'static str,
     scheme: UpdateScheme,
     lr: f32,
+    schedule: &str,
     batch_norm: BatchNormMode,
     init: Option<&Path>,
 ) -> Result<Finetuned, PockError> {
     let plan = pock::compile_model_from(&setup.model, setup.batch, setup.seed + 1, options(scheme, lr, batch_norm), init)?;
     let report = pock::inspect::report(&plan.plan);
     let mut session = session_of(&plan, setup.threads)?;
-    let summary = train(&mut session, &data.b_train, &config(setup.finetune_epochs, lr, setup.seed)?, |_| {})?;
+    let summary = train(&mut session, &data.b_train, &config(setup.finetune_epochs, lr, setup.seed, schedule)?, |_| {})?;
     let accuracy = evaluate(&mut session, &data.b_test)?.accuracy.unwrap_or(0.0);
     Ok(Finetuned {
         scheme: name,
@@ -209,14 +216,18 @@ pub fn run(setup: &Setup, dir: &Path, mut progress: impl FnMut(&str)) -> Result<
     let (pretrained_on_a, before_finetuning) = pretrain(setup, &data, &checkpoint, &mut progress)?;
     let mut finetuned = Vec::new();
     for (name, scheme) in schemes(setup.paper_scheme, setup.paper_channels) {
-        let run = finetune(setup, &data, name, scheme, setup.finetune_lr, setup.finetune_batch_norm, Some(&checkpoint))?;
+        let run = finetune(setup, &data, name, scheme, setup.finetune_lr, setup.finetune_schedule, setup.finetune_batch_norm, Some(&checkpoint))?;
         progress(&format!("fine-tuned {name}: {:.1}% on B, {:.1} ms/step", 100.0 * run.accuracy, run.ms_per_step));
         finetuned.push(run);
     }
+    let full_batch_norm_training =
+        finetune(setup, &data, "full, BN training", UpdateScheme::default(), setup.train_mode_lr, "cosine", BatchNormMode::Train, Some(&checkpoint))?;
+    progress(&format!("fine-tuned full with BatchNorm training: {:.1}% on B", 100.0 * full_batch_norm_training.accuracy));
     // From random weights BatchNorm trains, as in pretraining.
-    let from_scratch = finetune(setup, &data, "full, from scratch", UpdateScheme::default(), setup.scratch_lr, BatchNormMode::Train, None)?;
+    let from_scratch =
+        finetune(setup, &data, "full, from scratch", UpdateScheme::default(), setup.train_mode_lr, "cosine", BatchNormMode::Train, None)?;
     progress(&format!("trained from scratch on B: {:.1}%", 100.0 * from_scratch.accuracy));
-    Ok(Report { pretrained_on_a, before_finetuning, from_scratch, finetuned })
+    Ok(Report { pretrained_on_a, before_finetuning, from_scratch, full_batch_norm_training, finetuned })
 }
 
 /// The report as a table: accuracy, memory, step time and FLOPs, with ratios to full.
@@ -230,7 +241,7 @@ pub fn table(r: &Report) -> String {
         "scheme", "accuracy", "trainable", "arena", "weights", "ms/step", "time/full", "MFLOP", "flops/full"
     );
     let full = &r.finetuned[0];
-    for f in r.finetuned.iter().chain(std::iter::once(&r.from_scratch)) {
+    for f in r.finetuned.iter().chain([&r.full_batch_norm_training, &r.from_scratch]) {
         let _ = writeln!(
             s,
             "{:<20} {:>8.1}% {:>11} {:>10} {:>11} {:>9.2} {:>10.3} {:>9.1} {:>10.3}",
@@ -262,9 +273,10 @@ pub fn quick_setup(threads: usize) -> Setup {
         finetune_samples: 64,
         test_samples: 512,
         finetune_epochs: 48,
-        finetune_lr: 0.03,
+        finetune_lr: 0.1,
+        finetune_schedule: "cosine:warmup=16",
         finetune_batch_norm: BatchNormMode::Fold,
-        scratch_lr: 0.03,
+        train_mode_lr: 0.03,
         threads,
         seed: 7,
     }

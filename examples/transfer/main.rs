@@ -60,8 +60,9 @@ fn mobilenetv2_setup(threads: usize) -> Setup {
         test_samples: 512,
         finetune_epochs: 6,
         finetune_lr: 0.02,
+        finetune_schedule: "cosine:warmup=16",
         finetune_batch_norm: BatchNormMode::Fold,
-        scratch_lr: 0.02,
+        train_mode_lr: 0.02,
         threads,
         seed: 7,
     }
