@@ -119,7 +119,10 @@ fn pack_greedy(buffers: &[Interval], order_by: PackOrder, fit: Fit) -> (Vec<u64>
             area(b).cmp(&area(a)).then(buffers[b].size.cmp(&buffers[a].size)).then(buffers[a].first.cmp(&buffers[b].first))
         }),
         PackOrder::Duration => order.sort_by(|&a, &b| {
-            len(&buffers[b]).cmp(&len(&buffers[a])).then(buffers[b].size.cmp(&buffers[a].size)).then(buffers[a].first.cmp(&buffers[b].first))
+            len(&buffers[b])
+                .cmp(&len(&buffers[a]))
+                .then(buffers[b].size.cmp(&buffers[a].size))
+                .then(buffers[a].first.cmp(&buffers[b].first))
         }),
         PackOrder::Start => order.sort_by(|&a, &b| buffers[a].first.cmp(&buffers[b].first).then(buffers[b].size.cmp(&buffers[a].size))),
     }

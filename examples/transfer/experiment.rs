@@ -216,12 +216,21 @@ pub fn run(setup: &Setup, dir: &Path, mut progress: impl FnMut(&str)) -> Result<
     let (pretrained_on_a, before_finetuning) = pretrain(setup, &data, &checkpoint, &mut progress)?;
     let mut finetuned = Vec::new();
     for (name, scheme) in schemes(setup.paper_scheme, setup.paper_channels) {
-        let run = finetune(setup, &data, name, scheme, setup.finetune_lr, setup.finetune_schedule, setup.finetune_batch_norm, Some(&checkpoint))?;
+        let run =
+            finetune(setup, &data, name, scheme, setup.finetune_lr, setup.finetune_schedule, setup.finetune_batch_norm, Some(&checkpoint))?;
         progress(&format!("fine-tuned {name}: {:.1}% on B, {:.1} ms/step", 100.0 * run.accuracy, run.ms_per_step));
         finetuned.push(run);
     }
-    let full_batch_norm_training =
-        finetune(setup, &data, "full, BN training", UpdateScheme::default(), setup.train_mode_lr, "cosine", BatchNormMode::Train, Some(&checkpoint))?;
+    let full_batch_norm_training = finetune(
+        setup,
+        &data,
+        "full, BN training",
+        UpdateScheme::default(),
+        setup.train_mode_lr,
+        "cosine",
+        BatchNormMode::Train,
+        Some(&checkpoint),
+    )?;
     progress(&format!("fine-tuned full with BatchNorm training: {:.1}% on B", 100.0 * full_batch_norm_training.accuracy));
     // From random weights BatchNorm trains, as in pretraining.
     let from_scratch =
