@@ -88,9 +88,10 @@ pub fn live_peak(buffers: &[Interval]) -> u64 {
 /// buffers whose lifetimes overlap its own, else above them all. Which order leaves the fewest
 /// gaps depends on the lifetimes (fusion, for one, shortens some and the greedy-by-size pass
 /// then left 0.8 MiB of gaps in zoo:mobilenetv2's full plan), so `pack` runs greedy-by-size
-/// with best fit first, then the other orders (`PackOrder`) and fits (`Fit`), and keeps the smallest peak
-/// (the earliest on ties, so a plan greedy-by-size already packs perfectly is unchanged). It
-/// stops as soon as a pass reaches [`live_peak`], the bound no packing beats.
+/// with best fit first, then the other orders (`PackOrder`) and fits (`Fit`), and keeps the
+/// smallest peak (the earliest pass on ties, so where greedy-by-size does as well as any other
+/// pass the plan is unchanged). It stops as soon as a pass reaches [`live_peak`], the bound no
+/// packing beats.
 pub fn pack(buffers: &[Interval]) -> (Vec<u64>, u64) {
     let bound = live_peak(buffers);
     let mut best: Option<(Vec<u64>, u64)> = None;
