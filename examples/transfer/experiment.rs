@@ -1,8 +1,11 @@
 //! The transfer experiment of issue 7, shared by `examples/transfer` and `tests/transfer.rs`:
-//! pretrain zoo:mobilenetv2 on `synth::shapes` (distribution A), then fine-tune copies of it on
-//! `synth::shifted_shapes` (distribution B: four new shapes made of the same strokes, lower
-//! contrast, more noise) with the full, bias-only and paper-like update schemes, and once more
-//! from random weights to show what pretraining brings.
+//! pretrain a zoo model (zoo:cnn in the test, zoo:mobilenetv2 with `--mobilenetv2`) on
+//! `synth::shapes` (distribution A) with BatchNorm in training mode, then fine-tune copies of it
+//! on `synth::shifted_shapes` (distribution B: four new shapes made of the same strokes, lower
+//! contrast, more noise) with the full, bias-only and paper-like update schemes on the default
+//! BatchNorm handling (frozen and folded, one learning rate for all three), once with every
+//! parameter and BatchNorm in training mode (the reference full fine-tuning), and once from
+//! random weights to show what pretraining brings.
 //!
 //! Fine-tuned plans are compiled from the pretrained checkpoint (`pock::compile_model_from`), so
 //! their frozen parameters, which live in the plan's weight section, are the pretrained ones.
