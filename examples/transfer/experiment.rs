@@ -89,6 +89,18 @@ pub struct Setup {
     pub seed: u64,
 }
 
+impl Setup {
+    /// How the three schemes fine-tune.
+    pub fn finetune(&self) -> How<'static> {
+        How { lr: self.finetune_lr, schedule: self.finetune_schedule, batch_norm: self.finetune_batch_norm }
+    }
+
+    /// How the runs with BatchNorm in training mode train (the reference and from scratch).
+    pub fn train_mode(&self) -> How<'static> {
+        How { lr: self.train_mode_lr, schedule: "cosine", batch_norm: BatchNormMode::Train }
+    }
+}
+
 /// One fine-tuning run.
 #[derive(Clone, Debug)]
 pub struct Finetuned {
@@ -183,18 +195,25 @@ pub fn pretrain(setup: &Setup, data: &Data, checkpoint: &Path, mut progress: imp
     Ok((on_a, on_b))
 }
 
-/// Trains `scheme` on B for `setup.finetune_epochs` at `lr` with `schedule`, from the checkpoint `init` (or from
-/// random weights), with BatchNorm as `batch_norm`, and tests it on B.
+/// How a fine-tuning run trains: learning rate, schedule (`LrSchedule::parse`) and BatchNorm mode.
+#[derive(Clone, Copy, Debug)]
+pub struct How<'a> {
+    pub lr: f32,
+    pub schedule: &'a str,
+    pub batch_norm: BatchNormMode,
+}
+
+/// Trains `scheme` on B for `setup.finetune_epochs` as `how` says, from the checkpoint `init` (or
+/// from random weights), and tests it on B.
 pub fn finetune(
     setup: &Setup,
     data: &Data,
     name: &'static str,
     scheme: UpdateScheme,
-    lr: f32,
-    schedule: &str,
-    batch_norm: BatchNormMode,
+    how: How<'_>,
     init: Option<&Path>,
 ) -> Result<Finetuned, PockError> {
+    let How { lr, schedule, batch_norm } = how;
     let plan = pock::compile_model_from(&setup.model, setup.batch, setup.seed + 1, options(scheme, lr, batch_norm), init)?;
     let report = pock::inspect::report(&plan.plan);
     let mut session = session_of(&plan, setup.threads)?;
@@ -219,25 +238,15 @@ pub fn run(setup: &Setup, dir: &Path, mut progress: impl FnMut(&str)) -> Result<
     let (pretrained_on_a, before_finetuning) = pretrain(setup, &data, &checkpoint, &mut progress)?;
     let mut finetuned = Vec::new();
     for (name, scheme) in schemes(setup.paper_scheme, setup.paper_channels) {
-        let run =
-            finetune(setup, &data, name, scheme, setup.finetune_lr, setup.finetune_schedule, setup.finetune_batch_norm, Some(&checkpoint))?;
+        let run = finetune(setup, &data, name, scheme, setup.finetune(), Some(&checkpoint))?;
         progress(&format!("fine-tuned {name}: {:.1}% on B, {:.1} ms/step", 100.0 * run.accuracy, run.ms_per_step));
         finetuned.push(run);
     }
-    let full_batch_norm_training = finetune(
-        setup,
-        &data,
-        "full, BN training",
-        UpdateScheme::default(),
-        setup.train_mode_lr,
-        "cosine",
-        BatchNormMode::Train,
-        Some(&checkpoint),
-    )?;
+    let full_batch_norm_training =
+        finetune(setup, &data, "full, BN training", UpdateScheme::default(), setup.train_mode(), Some(&checkpoint))?;
     progress(&format!("fine-tuned full with BatchNorm training: {:.1}% on B", 100.0 * full_batch_norm_training.accuracy));
     // From random weights BatchNorm trains, as in pretraining.
-    let from_scratch =
-        finetune(setup, &data, "full, from scratch", UpdateScheme::default(), setup.train_mode_lr, "cosine", BatchNormMode::Train, None)?;
+    let from_scratch = finetune(setup, &data, "full, from scratch", UpdateScheme::default(), setup.train_mode(), None)?;
     progress(&format!("trained from scratch on B: {:.1}%", 100.0 * from_scratch.accuracy));
     Ok(Report { pretrained_on_a, before_finetuning, from_scratch, full_batch_norm_training, finetuned })
 }
