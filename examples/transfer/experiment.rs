@@ -2,10 +2,11 @@
 //! pretrain a zoo model (zoo:cnn in the test, zoo:mobilenetv2 with `--mobilenetv2`) on
 //! `synth::shapes` (distribution A) with BatchNorm in training mode, then fine-tune copies of it
 //! on `synth::shifted_shapes` (distribution B: four new shapes made of the same strokes, lower
-//! contrast, more noise) with the full, bias-only and paper-like update schemes on the default
-//! BatchNorm handling (frozen and folded, one learning rate for all three), once with every
-//! parameter and BatchNorm in training mode (the reference full fine-tuning), and once from
-//! random weights to show what pretraining brings.
+//! contrast, more noise) with the full, bias-only and paper-like update schemes in two
+//! configurations sharing that pretraining: "BatchNorm training" (`--batch-norm train`, full at
+//! one rate and the sparse schemes at another, as before folding became the default) and the
+//! "folded default" (frozen statistics folded into the conv, one rate for all three); and once
+//! more from random weights (BatchNorm training) to show what pretraining brings.
 //!
 //! Fine-tuned plans are compiled from the pretrained checkpoint (`pock::compile_model_from`), so
 //! their frozen parameters, which live in the plan's weight section, are the pretrained ones.
@@ -40,6 +41,16 @@ pub const CNN_PAPER_LIKE_SCHEME: &[&str] = &["features.[5-9].bias", "classifier.
 /// The partial-channel part of the cnn's paper-like scheme: (glob, denominator of the fraction
 /// of output channels).
 pub const CNN_PAPER_LIKE_CHANNELS: &[(&str, usize)] = &[("features.8.weight", 4)];
+
+/// The cnn's paper-like scheme with BatchNorm in training mode, as it was before folding became
+/// the default (and unchanged since, not re-tuned): the biases (conv and BatchNorm shift) of the
+/// last two blocks, the classifier, and the last block's BatchNorm scale; no conv weight.
+pub const CNN_PAPER_LIKE_SCHEME_BN_TRAINING: &[&str] = &["features.[4-9].bias", "classifier.*", "features.9.weight"];
+
+/// MobileNetV2's paper-like scheme with BatchNorm in training mode, as it was before folding
+/// became the default: [`MOBILENETV2_PAPER_SCHEME`] with the four expansion convs trained whole.
+pub const MOBILENETV2_PAPER_SCHEME_BN_TRAINING: &[&str] =
+    &["features.[7-9].*.bias", "features.1[0-8].*.bias", "classifier.*", "features.1[4-7].conv.0.0.weight"];
 
 /// The three schemes the issue compares, by display name: `paper` the paper-like globs and
 /// `channels` its partial-channel rules (glob, denominator).
@@ -80,9 +91,14 @@ pub struct Setup {
     /// folded into the conv, the shift a trainable bias).
     pub finetune_batch_norm: BatchNormMode,
     /// The learning rate of the full runs with BatchNorm in training mode (from scratch on B, and
-    /// the reference fine-tuning run; cosine schedule, no warm-up): 0.03, chosen for full
+    /// full fine-tuning in that configuration; cosine schedule, no warm-up): 0.03, chosen for full
     /// fine-tuning in that mode before folding became the default (BENCHMARKS.md, "Transfer").
     pub train_mode_lr: f32,
+    /// The learning rate of the sparse schemes with BatchNorm in training mode (cosine, no
+    /// warm-up): 0.6 on the cnn, chosen with `train_mode_lr` before folding became the default.
+    pub train_mode_sparse_lr: f32,
+    /// The paper-like scheme's globs with BatchNorm in training mode (no partial-channel rules).
+    pub train_mode_paper_scheme: &'static [&'static str],
     pub threads: usize,
     /// Seeds the models' initial weights, the training order and the data sets: one draw of the
     /// experiment. Accuracies on a few hundred test samples move by a few points between draws.
@@ -95,9 +111,14 @@ impl Setup {
         How { lr: self.finetune_lr, schedule: self.finetune_schedule, batch_norm: self.finetune_batch_norm }
     }
 
-    /// How the runs with BatchNorm in training mode train (the reference and from scratch).
+    /// How the full runs with BatchNorm in training mode train (fine-tuning and from scratch).
     pub fn train_mode(&self) -> How<'static> {
         How { lr: self.train_mode_lr, schedule: "cosine", batch_norm: BatchNormMode::Train }
+    }
+
+    /// How the sparse schemes train with BatchNorm in training mode.
+    pub fn train_mode_sparse(&self) -> How<'static> {
+        How { lr: self.train_mode_sparse_lr, schedule: "cosine", batch_norm: BatchNormMode::Train }
     }
 }
 
@@ -123,10 +144,13 @@ pub struct Report {
     pub before_finetuning: f64,
     /// Full fine-tuning from random weights with the same data and steps: what pretraining adds.
     pub from_scratch: Finetuned,
-    /// Full fine-tuning from the pretrained weights with BatchNorm in training mode (the option
-    /// `--batch-norm train`), the full fine-tuning of the papers.
-    pub full_batch_norm_training: Finetuned,
-    /// `schemes(..)` in order, each fine-tuned from the pretrained weights.
+    /// The "BatchNorm training" configuration: `schemes(..)` in order (full, bias, paper-like with
+    /// `train_mode_paper_scheme`), each fine-tuned from the pretrained weights with BatchNorm in
+    /// training mode (`--batch-norm train`), full at `train_mode_lr`, the sparse ones at
+    /// `train_mode_sparse_lr`.
+    pub batch_norm_training: Vec<Finetuned>,
+    /// The "folded default" configuration: `schemes(..)` in order, each fine-tuned from the
+    /// pretrained weights with `finetune_batch_norm` at `finetune_lr`.
     pub finetuned: Vec<Finetuned>,
 }
 
@@ -242,30 +266,36 @@ pub fn run(setup: &Setup, dir: &Path, mut progress: impl FnMut(&str)) -> Result<
         progress(&format!("fine-tuned {name}: {:.1}% on B, {:.1} ms/step", 100.0 * run.accuracy, run.ms_per_step));
         finetuned.push(run);
     }
-    let full_batch_norm_training =
-        finetune(setup, &data, "full, BN training", UpdateScheme::default(), setup.train_mode(), Some(&checkpoint))?;
-    progress(&format!("fine-tuned full with BatchNorm training: {:.1}% on B", 100.0 * full_batch_norm_training.accuracy));
+    let mut batch_norm_training = Vec::new();
+    let names = ["full, BN training", "bias, BN training", "paper-like, BN training"];
+    for ((_, scheme), name) in schemes(setup.train_mode_paper_scheme, &[]).into_iter().zip(names) {
+        let how = if scheme.is_full() { setup.train_mode() } else { setup.train_mode_sparse() };
+        let run = finetune(setup, &data, name, scheme, how, Some(&checkpoint))?;
+        progress(&format!("fine-tuned {name}: {:.1}% on B, {:.1} ms/step", 100.0 * run.accuracy, run.ms_per_step));
+        batch_norm_training.push(run);
+    }
     // From random weights BatchNorm trains, as in pretraining.
     let from_scratch = finetune(setup, &data, "full, from scratch", UpdateScheme::default(), setup.train_mode(), None)?;
     progress(&format!("trained from scratch on B: {:.1}%", 100.0 * from_scratch.accuracy));
-    Ok(Report { pretrained_on_a, before_finetuning, from_scratch, full_batch_norm_training, finetuned })
+    Ok(Report { pretrained_on_a, before_finetuning, from_scratch, batch_norm_training, finetuned })
 }
 
-/// The report as a table: accuracy, memory, step time and FLOPs, with ratios to full.
+/// The report as a table: accuracy, memory, step time and FLOPs, with ratios to full on the
+/// folded default.
 pub fn table(r: &Report) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(s, "pretrained: {:.1}% on A; {:.1}% on B before fine-tuning", 100.0 * r.pretrained_on_a, 100.0 * r.before_finetuning);
     let _ = writeln!(
         s,
-        "{:<20} {:>9} {:>11} {:>10} {:>11} {:>9} {:>10} {:>9} {:>10}",
+        "{:<24} {:>9} {:>11} {:>10} {:>11} {:>9} {:>10} {:>9} {:>10}",
         "scheme", "accuracy", "trainable", "arena", "weights", "ms/step", "time/full", "MFLOP", "flops/full"
     );
     let full = &r.finetuned[0];
-    for f in r.finetuned.iter().chain([&r.full_batch_norm_training, &r.from_scratch]) {
+    for f in r.finetuned.iter().chain(&r.batch_norm_training).chain([&r.from_scratch]) {
         let _ = writeln!(
             s,
-            "{:<20} {:>8.1}% {:>11} {:>10} {:>11} {:>9.2} {:>10.3} {:>9.1} {:>10.3}",
+            "{:<24} {:>8.1}% {:>11} {:>10} {:>11} {:>9.2} {:>10.3} {:>9.1} {:>10.3}",
             f.scheme,
             100.0 * f.accuracy,
             f.trainable_params,
@@ -298,6 +328,8 @@ pub fn quick_setup(threads: usize) -> Setup {
         finetune_schedule: "cosine:warmup=16",
         finetune_batch_norm: BatchNormMode::Fold,
         train_mode_lr: 0.03,
+        train_mode_sparse_lr: 0.6,
+        train_mode_paper_scheme: CNN_PAPER_LIKE_SCHEME_BN_TRAINING,
         threads,
         seed: 7,
     }

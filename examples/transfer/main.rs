@@ -63,6 +63,8 @@ fn mobilenetv2_setup(threads: usize) -> Setup {
         finetune_schedule: "cosine:warmup=16",
         finetune_batch_norm: BatchNormMode::Fold,
         train_mode_lr: 0.02,
+        train_mode_sparse_lr: 0.1,
+        train_mode_paper_scheme: experiment::MOBILENETV2_PAPER_SCHEME_BN_TRAINING,
         threads,
         seed: 7,
     }
