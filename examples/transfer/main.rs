@@ -12,6 +12,7 @@
 mod experiment;
 
 use experiment::Setup;
+use pock::compiler::stages::BatchNormMode;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut mobilenetv2, mut threads) = (false, 1);
@@ -49,6 +50,7 @@ fn mobilenetv2_setup(threads: usize) -> Setup {
     Setup {
         model: "zoo:mobilenetv2:classes=4,channels=1,size=32,width=0.25".into(),
         paper_scheme: experiment::MOBILENETV2_PAPER_SCHEME,
+        paper_channels: experiment::MOBILENETV2_PAPER_CHANNELS,
         size: 32,
         batch: 16,
         pretrain_samples: 2048,
@@ -58,7 +60,11 @@ fn mobilenetv2_setup(threads: usize) -> Setup {
         test_samples: 512,
         finetune_epochs: 6,
         finetune_lr: 0.02,
-        sparse_lr: 0.1,
+        finetune_schedule: "cosine:warmup=16",
+        finetune_batch_norm: BatchNormMode::Fold,
+        train_mode_lr: 0.02,
+        train_mode_sparse_lr: 0.1,
+        train_mode_paper_scheme: experiment::MOBILENETV2_PAPER_SCHEME_BN_TRAINING,
         threads,
         seed: 7,
     }
