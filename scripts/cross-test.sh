@@ -125,9 +125,10 @@ runner() {
 # softmax cross-entropy and SGD with momentum, compiled once on the host; every board trains the
 # same plan file.
 t=$SECONDS
-# The host's debug build, which `cargo test` has already made in CI.
-host_pock=$(cargo build --bin pock --message-format=json-render-diagnostics | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
-[ -x "$host_pock" ] || die "cargo build --bin pock did not produce a binary"
+# The host's build, as `cargo test --workspace` made it in CI (nothing is compiled again).
+# shellcheck source=scripts/host-pock.sh
+. scripts/host-pock.sh
+host_pock=$(host_pock_binary)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$host_pock" -q demo --epochs 1 --samples 128 --save-data "$work/data" >/dev/null

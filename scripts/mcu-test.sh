@@ -69,8 +69,10 @@ batch=16
 epochs=4
 seed=5
 steps=$((256 / batch * epochs))
-host_pock=$(cargo build --bin pock --message-format=json-render-diagnostics | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
-[ -x "$host_pock" ] || die "cargo build --bin pock did not produce a binary"
+# The host's build, as `cargo test --workspace` made it in CI (nothing is compiled again).
+# shellcheck source=scripts/host-pock.sh
+. scripts/host-pock.sh
+host_pock=$(host_pock_binary)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cargo run --quiet --example mcu_data -- "$work/data" "$batch" "$epochs" "$seed"

@@ -100,26 +100,13 @@ fn inspect_shows_the_sides_the_copies_and_the_syncs() {
 
 #[cfg(feature = "wgpu")]
 mod gpu {
+    use super::common::gpu_present;
     use super::*;
-    use pock::engine::backend::wgpu::adapter_description;
     use pock::engine::plan::Role;
     use pock::engine::session::BackendChoice;
     use pock::engine::{Session, SessionOptions, Targets};
     use rand::{RngExt, SeedableRng};
     use rand_chacha::ChaCha8Rng;
-
-    fn gpu_present() -> bool {
-        match adapter_description() {
-            Ok(a) => {
-                println!("GPU adapter: {a}");
-                true
-            }
-            Err(e) => {
-                println!("SKIP: no Vulkan adapter (install mesa-vulkan-drivers libvulkan1): {e}");
-                false
-            }
-        }
-    }
 
     fn rms(v: &[f32]) -> f32 {
         (v.iter().map(|v| v * v).sum::<f32>() / v.len() as f32).sqrt()

@@ -8,29 +8,17 @@
 
 mod common;
 
+use common::gpu_present;
 use pock::compiler::onnx::{ImportOptions, ShapeOverrides};
 use pock::compiler::stages::BatchNormMode;
 use pock::compiler::CompileOptions;
-use pock::engine::backend::wgpu::{adapter_description, WgpuBackend};
+use pock::engine::backend::wgpu::WgpuBackend;
 use pock::engine::exec::{Backend, ProgramKind};
 use pock::engine::plan::{OptimizerKind, Role};
 use pock::engine::session::BackendChoice;
 use pock::engine::{decode_plan, Input, Session, SessionOptions, Targets};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-
-fn gpu_present() -> bool {
-    match adapter_description() {
-        Ok(a) => {
-            println!("GPU adapter: {a}");
-            true
-        }
-        Err(e) => {
-            println!("SKIP: no Vulkan adapter (install mesa-vulkan-drivers libvulkan1): {e}");
-            false
-        }
-    }
-}
 
 fn sgd() -> CompileOptions {
     CompileOptions {

@@ -35,3 +35,19 @@ pub fn workdir(name: &str) -> PathBuf {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Whether a GPU adapter is present (on CI: Mesa's lavapipe). Prints the adapter, or a SKIP line
+/// that CI's log shows, so a GPU test without a device is never passed silently.
+#[cfg(feature = "wgpu")]
+pub fn gpu_present() -> bool {
+    match pock::engine::backend::wgpu::adapter_description() {
+        Ok(a) => {
+            println!("GPU adapter: {a}");
+            true
+        }
+        Err(e) => {
+            println!("SKIP: no Vulkan adapter (install mesa-vulkan-drivers libvulkan1): {e}");
+            false
+        }
+    }
+}

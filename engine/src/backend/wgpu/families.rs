@@ -205,6 +205,24 @@ fn body(i: u32) {
 }
 "#;
 
+/// The walk shared by [`STRIDED`] and `typed.rs`'s `TYPED`: element `i` of the output (dims
+/// `P[8..]`, rank `P[2]`, row-major) to the word (or byte) offsets of `y, a, b, c`: bases
+/// `P[3..7]` plus the coordinates times each operand's `i32` strides (`P[16..]`, `P[24..]`,
+/// `P[32..]`, `P[40..]`).
+pub const STRIDED_WALK: &str = r#"
+fn strided_offsets(i: u32) -> vec4<i32> {
+    var rest = i;
+    var o = vec4<i32>(bitcast<i32>(P[3]), bitcast<i32>(P[4]), bitcast<i32>(P[5]), bitcast<i32>(P[6]));
+    for (var k = P[2]; k > 0u; k--) {
+        let d = k - 1u;
+        let c = i32(rest % P[8u + d]);
+        rest = rest / P[8u + d];
+        o += c * vec4<i32>(bitcast<i32>(P[16u + d]), bitcast<i32>(P[24u + d]), bitcast<i32>(P[32u + d]), bitcast<i32>(P[40u + d]));
+    }
+    return o;
+}
+"#;
+
 /// `P = [n, op, rank, y, a, b, c, attr, dims@8, y strides@16, a strides@24, b strides@32,
 /// c strides@40]` (bases in words, strides `i32`). Ops: 0 copy, 1 add, 2 sub, 3 mul, 4 div,
 /// 5 pow, 6 max, 7 min, 8 `-(dy * a) / (b * b)`, 9 pow's base gradient, 10 pow's exponent
@@ -228,17 +246,8 @@ fn select_grad(dy: f32, a: f32, b: f32, a_wins: bool) -> f32 {
     return select(0.0, dy, a_wins);
 }
 fn body(i: u32) {
-    var rest = i;
-    var oy = bitcast<i32>(P[3]); var oa = bitcast<i32>(P[4]); var ob = bitcast<i32>(P[5]); var oc = bitcast<i32>(P[6]);
-    for (var k = P[2]; k > 0u; k--) {
-        let d = k - 1u;
-        let c = i32(rest % P[8u + d]);
-        rest = rest / P[8u + d];
-        oy += c * bitcast<i32>(P[16u + d]);
-        oa += c * bitcast<i32>(P[24u + d]);
-        ob += c * bitcast<i32>(P[32u + d]);
-        oc += c * bitcast<i32>(P[40u + d]);
-    }
+    let o = strided_offsets(i);
+    let oy = o.x; let oa = o.y; let ob = o.z; let oc = o.w;
     let a = M[u32(oa)];
     let op = P[1];
     var r = a;

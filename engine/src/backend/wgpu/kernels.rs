@@ -256,7 +256,12 @@ impl Kernel {
             Kernel::Typed | Kernel::Gather => {
                 let mut s = String::from(super::typed::HEADER);
                 s.push_str(GRID);
-                s.push_str(if self == Kernel::Typed { super::typed::TYPED } else { super::typed::GATHER });
+                if self == Kernel::Typed {
+                    s.push_str(families::STRIDED_WALK);
+                    s.push_str(super::typed::TYPED);
+                } else {
+                    s.push_str(super::typed::GATHER);
+                }
                 return s;
             }
             // The convolution's own body (one sum per thread, in its order), ending in the
@@ -281,6 +286,7 @@ impl Kernel {
             Kernel::MaxPool | Kernel::MaxPoolGrad | Kernel::AvgPool | Kernel::AvgPoolGrad => POOL_WINDOW,
             Kernel::SoftmaxCrossEntropy | Kernel::SoftmaxCrossEntropyGrad | Kernel::CrossEntropy | Kernel::CrossEntropyGrad => ROW_MAX,
             Kernel::BatchNormStats | Kernel::BatchNormApply | Kernel::BatchNormGradSums | Kernel::BatchNormGradInput => BN_PARAMS,
+            Kernel::Strided => families::STRIDED_WALK,
             _ => "",
         };
         let mut s = String::from(HEADER);

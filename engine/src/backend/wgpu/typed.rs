@@ -110,17 +110,8 @@ fn compare(op: u32, t: u32, a: u32, b: u32) -> bool {
     }
 }
 fn body(i: u32) {
-    var rest = i;
-    var oy = bitcast<i32>(P[3]); var oa = bitcast<i32>(P[4]); var ob = bitcast<i32>(P[5]); var oc = bitcast<i32>(P[6]);
-    for (var k = P[2]; k > 0u; k--) {
-        let d = k - 1u;
-        let c = i32(rest % P[8u + d]);
-        rest = rest / P[8u + d];
-        oy += c * bitcast<i32>(P[16u + d]);
-        oa += c * bitcast<i32>(P[24u + d]);
-        ob += c * bitcast<i32>(P[32u + d]);
-        oc += c * bitcast<i32>(P[40u + d]);
-    }
+    let o = strided_offsets(i);
+    let oy = o.x; let oa = o.y; let ob = o.z; let oc = o.w;
     let ty = P[48]; let ta = P[49]; let tb = P[50]; let tc = P[51];
     let op = P[1];
     var r = 0u;
