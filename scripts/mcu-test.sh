@@ -75,7 +75,7 @@ steps=$((256 / batch * epochs))
 host_pock=$(host_pock_binary)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cargo run --quiet --example mcu_data -- "$work/data" "$batch" "$epochs" "$seed"
+"$(workspace_executable example mcu_data)" "$work/data" "$batch" "$epochs" "$seed"
 model=zoo:mlp:inputs=48,hidden=128,depth=2,classes=4
 common=(--batch "$batch" --seed 3 --optimizer sgd --lr 0.2 --momentum 0.9 --update bias --target cortex-m7)
 "$host_pock" -q compile "$model" "${common[@]}" -o "$work/f32.pock"
