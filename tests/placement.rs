@@ -102,7 +102,6 @@ fn inspect_shows_the_sides_the_copies_and_the_syncs() {
 mod gpu {
     use super::common::gpu_present;
     use super::*;
-    use pock::engine::plan::Role;
     use pock::engine::session::BackendChoice;
     use pock::engine::{Session, SessionOptions, Targets};
     use rand::{RngExt, SeedableRng};
@@ -157,8 +156,7 @@ mod gpu {
             assert!((got - want).abs() <= 1e-4 * want.abs(), "{model} step {step}: loss {got} placed, {want} on the CPU");
         }
         assert_eq!(both.syncs() - before, 3 * (planned + reads), "{model}: {planned} planned syncs and {reads} reads per step");
-        let params: Vec<String> =
-            cpu.plan().tensors.iter().filter(|t| t.role == Role::Parameter { trainable: true }).map(|t| t.name.clone()).collect();
+        let params = super::common::trainable_names(&cpu);
         for name in params {
             let (want, got) = (cpu.read_tensor(&name).unwrap(), both.read_tensor(&name).unwrap());
             let tol = 1e-4 * rms(&want);

@@ -14,7 +14,7 @@ use pock::compiler::stages::BatchNormMode;
 use pock::compiler::CompileOptions;
 use pock::engine::backend::wgpu::WgpuBackend;
 use pock::engine::exec::{Backend, ProgramKind};
-use pock::engine::plan::{OptimizerKind, Role};
+use pock::engine::plan::OptimizerKind;
 use pock::engine::session::BackendChoice;
 use pock::engine::{decode_plan, Input, Session, SessionOptions, Targets};
 use rand::{RngExt, SeedableRng};
@@ -79,8 +79,7 @@ fn matches_cpu(model: &str, batch: usize, options: CompileOptions, bound: Bound)
         }
         assert!((got - want).abs() <= 1e-4 * want.abs(), "{model} step {step}: loss {got} on the GPU, {want} on the CPU");
     }
-    let params: Vec<String> =
-        cpu.plan().tensors.iter().filter(|t| t.role == Role::Parameter { trainable: true }).map(|t| t.name.clone()).collect();
+    let params = common::trainable_names(&cpu);
     assert!(!params.is_empty());
     for name in params {
         let (want, got) = (cpu.read_tensor(&name).unwrap(), gpu.read_tensor(&name).unwrap());
@@ -153,8 +152,7 @@ fn transformers_train_as_on_the_cpu() {
             println!("{model} step {step}: loss {got} on the GPU, {want} on the CPU");
             assert!((got - want).abs() <= 1e-4 * want.abs(), "{model} step {step}: loss {got} on the GPU, {want} on the CPU");
         }
-        let params: Vec<String> =
-            cpu.plan().tensors.iter().filter(|t| t.role == Role::Parameter { trainable: true }).map(|t| t.name.clone()).collect();
+        let params = common::trainable_names(&cpu);
         assert!(!params.is_empty());
         for name in params {
             let (want, got) = (cpu.read_tensor(&name).unwrap(), gpu.read_tensor(&name).unwrap());

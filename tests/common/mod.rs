@@ -51,3 +51,9 @@ pub fn gpu_present() -> bool {
         }
     }
 }
+
+/// The names of a session's trainable parameters, in plan order.
+pub fn trainable_names(session: &pock::engine::Session) -> Vec<String> {
+    use pock::engine::plan::Role;
+    session.plan().tensors.iter().filter(|t| t.role == Role::Parameter { trainable: true }).map(|t| t.name.clone()).collect()
+}
