@@ -2,23 +2,29 @@
 # The peer benchmark (issue 8 part 2): the same training step in pock, PyTorch, TensorFlow
 # (tf.function and eager), ONNX Runtime training and burn (flex backend), side by side in one run.
 #
-#   bench/peers.sh [--steps N] [--warmup N] [--models "mobilenetv2 resnet18"]
+#   bench/peers.sh [--steps N] [--warmup N] [--models "mobilenetv2 resnet18 bert"]
 #                  [--schemes "full bias paper"] [--systems "pock pytorch tf-function tf-eager ort burn"]
 #
 # Model: torchvision's MobileNetV2 / ResNet-18, batch 8, 3x128x128, 10 classes, softmax
 # cross-entropy, SGD lr 0.01 momentum 0.9, BatchNorm in training mode (batch statistics) in every
-# system, 2 threads everywhere. Schemes (the same frozen set in every system, by torchvision
+# system, 2 threads everywhere. `bert`: a 2-layer BERT encoder (bench/py/bert_peer_model.py:
+# hidden 256, 4 heads, FFN 1024, vocabulary 8192), batch 8, sequence 128, token-level
+# cross-entropy; pock trains its ONNX export, TensorFlow a Keras port, burn has no port (reported). Schemes (the same frozen set in every system, by torchvision
 # parameter name; each system prints its trainable count and the table flags any difference):
 #   full   every parameter trains
 #   bias   every *.bias plus the classifier (pock --update bias)
 #   paper  PockEngine-like sparse update with whole convs (pock --train GLOB...):
 #          MobileNetV2: biases of blocks 7-18, the classifier, the first pointwise conv of blocks 14-17
 #          ResNet-18:   biases of layer3 and layer4, fc, conv1 of both layer4 blocks
+#          BERT:        every bias, the head, the last layer's first FFN weight
 #
 # Environment:
 #   PEERS_PYTHON  a python with torch and torchvision already installed (else bench/.venv-torch
 #                 is made and torch + torchvision installed from PyPI: about 3 GB with CUDA libs)
 #   PEERS_OUT     output folder (default bench/out): results.jsonl, table.md, logs/
+#   PEERS_POCK    a pock binary to time instead of building target/release/pock (its path is
+#                 printed in the table's header)
+#   PEERS_BURN_TARGET  cargo target folder of the burn peer (default bench/burn-peer/target)
 # Made once and reused: bench/.venv-tf (tensorflow-cpu 2.21.0), bench/.venv-ort
 # (onnxruntime-training 1.19.2 with onnx 1.16.2, which writes IR <= 10 as ORT 1.19 requires; torch
 # comes from the torch python through a .pth file), bench/burn-peer/target (its cold build time
@@ -31,7 +37,7 @@ set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 STEPS=10 WARMUP=3 THREADS=2
-MODELS="mobilenetv2 resnet18"
+MODELS="mobilenetv2 resnet18 bert"
 SCHEMES="full bias paper"
 SYSTEMS="pock pytorch tf-function tf-eager ort burn"
 while [ $# -gt 0 ]; do
@@ -125,11 +131,12 @@ if has ort; then
   fi
 fi
 
-BURN="$HERE/burn-peer/target/release/burn-peer"
+BURN_TARGET="${PEERS_BURN_TARGET:-$HERE/burn-peer/target}"
+BURN="$BURN_TARGET/release/burn-peer"
 if has burn; then
-  cold=cold; [ -d "$HERE/burn-peer/target/release" ] && cold=incremental
+  cold=cold; [ -d "$BURN_TARGET/release" ] && cold=incremental
   start=$(date +%s)
-  if (cd "$HERE/burn-peer" && cargo build --release) > "$OUT/logs/build-burn.log" 2>&1; then
+  if (cd "$HERE/burn-peer" && CARGO_TARGET_DIR="$BURN_TARGET" cargo build --release) > "$OUT/logs/build-burn.log" 2>&1; then
     log "burn-peer build ($cold): $(( $(date +%s) - start )) s"
     echo "burn-peer build ($cold): $(( $(date +%s) - start )) s" > "$OUT/burn-build.txt"
   else
@@ -138,9 +145,12 @@ if has burn; then
   fi
 fi
 
-POCK="$ROOT/target/release/pock"
+POCK="${PEERS_POCK:-$ROOT/target/release/pock}"
 if has pock; then
-  if ! (cd "$ROOT" && cargo build --release -p pock) > "$OUT/logs/build-pock.log" 2>&1; then
+  if [ -n "${PEERS_POCK:-}" ]; then
+    [ -x "$POCK" ] || { echo "peers.sh: PEERS_POCK=$POCK is not an executable" >&2; exit 2; }
+    log "pock: $POCK (PEERS_POCK), not rebuilt"
+  elif ! (cd "$ROOT" && cargo build --release -p pock) > "$OUT/logs/build-pock.log" 2>&1; then
     fail pock '*' '*' "cargo build --release -p pock failed: $(grep -m1 '^error' "$OUT/logs/build-pock.log")"
     SYSTEMS="${SYSTEMS//pock/}"
   fi
@@ -150,6 +160,14 @@ if has pock; then
   n=16
   "$HOST_PY" -c "import numpy as np, sys; r = np.random.default_rng(1); np.savez(sys.argv[1], x=r.standard_normal(($n, 3, 128, 128), dtype=np.float32), y=(np.arange($n) % 10).astype(np.int64))" "$DATA" \
     || { fail pock '*' '*' "could not write $DATA with numpy ($HOST_PY)"; SYSTEMS="${SYSTEMS//pock/}"; }
+  case " $MODELS " in *" bert "*)
+    BERT_ONNX="$OUT/bert.onnx" BERT_DATA="$OUT/bert-data.npz"
+    if ! { "$TORCH_PY" "$HERE/py/bert_peer_model.py" onnx "$BERT_ONNX" && "$TORCH_PY" "$HERE/py/bert_peer_model.py" data "$BERT_DATA" 16; } \
+        > "$OUT/logs/setup-bert.log" 2>&1; then
+      fail pock bert '*' "could not export the BERT encoder with $TORCH_PY: $(tail -1 "$OUT/logs/setup-bert.log")"
+      BERT_ONNX=""
+    fi ;;
+  esac
 fi
 
 # ---- the scheme of each model, as pock flags and as globs for the peers -----------------------
@@ -159,6 +177,7 @@ scheme_flags() {  # MODEL SCHEME -> pock compile flags
     */bias) echo "--update bias" ;;
     mobilenetv2/paper) echo "--train features.[7-9].*.bias --train features.1[0-8].*.bias --train classifier.* --train features.1[4-7].conv.0.0.weight" ;;
     resnet18/paper) echo "--train layer[34].*.bias --train fc.* --train layer4.*.conv1.weight" ;;
+    bert/paper) echo "--train *.bias --train head.* --train layers.1.ffn1.weight" ;;
     *) return 1 ;;
   esac
 }
@@ -167,6 +186,7 @@ peer_globs() {  # MODEL SCHEME -> --train GLOB flags for the peers (the same par
     */full) echo "" ;;
     mobilenetv2/bias) echo "--train *.bias --train classifier.*" ;;
     resnet18/bias) echo "--train *.bias --train fc.*" ;;
+    bert/bias) echo "--train *.bias --train head.*" ;;
     */paper) scheme_flags "$1" "$2" ;;
     *) return 1 ;;
   esac
@@ -193,8 +213,13 @@ for model in $MODELS; do
   for scheme in $SCHEMES; do
     flags=$(scheme_flags "$model" "$scheme") || { echo "peers.sh: unknown model/scheme $model/$scheme" >&2; exit 2; }
     globs=$(peer_globs "$model" "$scheme")
-    has pock && run_case pock "$model" "$scheme" "$HOST_PY" "$HERE/py/pock_run.py" --pock "$POCK" --data "$DATA" \
-      --work "$OUT" --model "$model" --scheme "$scheme" "${COMMON[@]}" --batch-norm train $flags
+    if [ "$model" = bert ]; then
+      has pock && [ -n "${BERT_ONNX:-}" ] && run_case pock "$model" "$scheme" "$HOST_PY" "$HERE/py/pock_run.py" --pock "$POCK" \
+        --data "$BERT_DATA" --onnx "$BERT_ONNX" --work "$OUT" --model bert --scheme "$scheme" "${COMMON[@]}" $flags
+    else
+      has pock && run_case pock "$model" "$scheme" "$HOST_PY" "$HERE/py/pock_run.py" --pock "$POCK" --data "$DATA" \
+        --work "$OUT" --model "$model" --scheme "$scheme" "${COMMON[@]}" --batch-norm train $flags
+    fi
     has pytorch && [ "$TORCH_OK" = 1 ] && run_case pytorch "$model" "$scheme" "$TORCH_PY" "$HERE/py/torch_peer.py" \
       --model "$model" --scheme "$scheme" "${COMMON[@]}" $globs
     for mode in function eager; do
@@ -203,7 +228,11 @@ for model in $MODELS; do
     done
     has ort && run_case onnxruntime-training "$model" "$scheme" "$ORT_PY" "$HERE/py/ort_peer.py" \
       --model "$model" --scheme "$scheme" "${COMMON[@]}" $globs
-    has burn && run_case burn-flex "$model" "$scheme" "$BURN" --model "$model" --scheme "$scheme" "${COMMON[@]}" $globs
+    if has burn && [ "$model" = bert ]; then
+      fail burn-flex bert "$scheme" "bench/burn-peer has no BERT encoder (only MobileNetV2 and ResNet-18 are ported)"
+    elif has burn; then
+      run_case burn-flex "$model" "$scheme" "$BURN" --model "$model" --scheme "$scheme" "${COMMON[@]}" $globs
+    fi
   done
 done
 set +f
@@ -211,6 +240,7 @@ set +f
 # ---- the table ----------------------------------------------------------------------------
 {
   echo "peers.sh on $(uname -m), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end, $(date -u +%Y-%m-%dT%H:%MZ)"
+  has pock && echo "pock: $POCK"
   echo "median of $STEPS steps after $WARMUP warm-up steps, $THREADS threads, OMP_WAIT_POLICY=$OMP_WAIT_POLICY PEERS_NO_SPIN=$PEERS_NO_SPIN, nice $(nice); $(cat "$OUT/burn-build.txt" 2>/dev/null)"
   echo
   "$HOST_PY" "$HERE/py/table.py" "$RESULTS"

@@ -17,7 +17,7 @@ LR, MOMENTUM = 0.01, 0.9
 
 def parse_args(description):
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--model", required=True, choices=["mobilenetv2", "resnet18"])
+    p.add_argument("--model", required=True, choices=["mobilenetv2", "resnet18", "bert"])
     p.add_argument("--scheme", required=True, help="label of the frozen set (full, bias, paper)")
     p.add_argument("--train", action="append", default=[],
                    help="glob over torchvision parameter names that train (repeatable); none: all train")

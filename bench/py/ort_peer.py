@@ -1,7 +1,9 @@
 """ONNX Runtime training peer (onnxruntime-training 1.19.2): the torchvision model exported by
 torch's TorchScript exporter in training mode (BatchNorm batch statistics), training artifacts
 from onnxruntime.training.artifacts with the frozen parameters listed as frozen_params, and the
-step run through the on-device training API (Module + Optimizer), 2 intra-op threads.
+step run through the on-device training API (Module + Optimizer), 2 intra-op threads. The BERT
+encoder (bert_peer_model.py) is exported with its logits flattened to [B*T, V], the layout ORT's
+cross-entropy artifact takes.
 
 ORT training's artifact optimizers are AdamW and plain SGD (no momentum): this peer uses plain
 SGD, one update op per trainable parameter, so it does a little less optimizer work than the
@@ -25,8 +27,12 @@ system = "onnxruntime-training"
 torch.manual_seed(0)
 if args.model == "mobilenetv2":
     model = torchvision.models.mobilenet_v2(num_classes=common.CLASSES, dropout=0.0)
-else:
+elif args.model == "resnet18":
     model = torchvision.models.resnet18(num_classes=common.CLASSES)
+else:
+    import bert_peer_model as bert
+
+    model = bert.model()
 model.train()
 names = [n for n, _ in model.named_parameters()]
 shapes = {n: p.numel() for n, p in model.named_parameters()}
@@ -34,9 +40,14 @@ train_names = [n for n in names if common.trains(n, args.train)]
 
 work = tempfile.mkdtemp(prefix="peers-ort-")
 onnx_path = os.path.join(work, "model.onnx")
-x = torch.randn(common.BATCH, common.CHANNELS, common.SIZE, common.SIZE)
-torch.onnx.export(model, (x,), onnx_path, training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False,
-                  dynamo=False, input_names=["input"], output_names=["logits"], opset_version=17)
+if args.model == "bert":
+    # Opset 16: torch writes LayerNorm as its primitive ops, since ORT 1.19's gradient builder
+    # fails on opset 17's one-output LayerNormalization node.
+    bert.export(model, onnx_path, common.BATCH, flat=True, training=True, opset=16)
+else:
+    x = torch.randn(common.BATCH, common.CHANNELS, common.SIZE, common.SIZE)
+    torch.onnx.export(model, (x,), onnx_path, training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False,
+                      dynamo=False, input_names=["input"], output_names=["logits"], opset_version=17)
 graph = onnx.load(onnx_path)
 if graph.ir_version > 10:
     common.fail(system, args, f"exported IR version {graph.ir_version} > 10, which onnxruntime-training 1.19.2 rejects: "
@@ -62,13 +73,17 @@ module = Module(os.path.join(work, "training_model.onnx"), state, None, device="
 opt = Optimizer(os.path.join(work, "optimizer_model.onnx"), module)
 opt.set_learning_rate(common.LR)
 module.train()
-rng = np.random.default_rng(1)
-xb = rng.standard_normal((common.BATCH, common.CHANNELS, common.SIZE, common.SIZE), dtype=np.float32)
-yb = (np.arange(common.BATCH) % common.CLASSES).astype(np.int64)
+if args.model == "bert":
+    ids, mask, labels = bert.batch(common.BATCH)
+    inputs = (ids, mask, labels.reshape(-1))
+else:
+    rng = np.random.default_rng(1)
+    xb = rng.standard_normal((common.BATCH, common.CHANNELS, common.SIZE, common.SIZE), dtype=np.float32)
+    inputs = (xb, (np.arange(common.BATCH) % common.CLASSES).astype(np.int64))
 
 
 def step():
-    loss = module(xb, yb)
+    loss = module(*inputs)
     opt.step()
     module.lazy_reset_grad()
     return float(np.asarray(loss))
@@ -76,5 +91,6 @@ def step():
 
 ms, losses = common.time_steps(step, args.warmup, args.steps)
 common.report(system, args, ms, losses, sum(shapes[n] for n in train_names), sum(shapes.values()),
-              {"version": ort.__version__, "batch_norm": "train (batch statistics)",
+              {"version": ort.__version__,
+               "batch_norm": "none (LayerNorm)" if args.model == "bert" else "train (batch statistics)",
                "optimizer": "plain SGD (ORT training has no SGD momentum)"})

@@ -1,4 +1,5 @@
-"""pock's side of bench/peers.sh: compiles the zoo model for one scheme, trains it on the
+"""pock's side of bench/peers.sh: compiles the zoo model (or, for `--model bert`, the ONNX file
+`--onnx` that bert_peer_model.py wrote) for one scheme, trains it on the
 generated data with `pock train --log-json`, and reports the median of the per-step times (the
 `ms` of each step record: batch copy + train_step) after the warm-up steps, with the peak RSS of
 the `pock train` process (ru_maxrss of the child: its VmHWM) and the trainable parameter count
@@ -14,9 +15,11 @@ import common
 
 p = common.argparse.ArgumentParser(description=__doc__)
 p.add_argument("--pock", required=True, help="the pock binary")
-p.add_argument("--data", required=True, help=".npz with x [N,3,128,128] float32 and y int64")
+p.add_argument("--data", required=True, help=".npz with x [N,3,128,128] float32 and y int64 (bert: input_ids, "
+               "attention_mask and y [N,128] int64)")
+p.add_argument("--onnx", help="the model file for --model bert")
 p.add_argument("--work", required=True, help="folder for the plan and the step log")
-p.add_argument("--model", required=True, choices=["mobilenetv2", "resnet18"])
+p.add_argument("--model", required=True, choices=["mobilenetv2", "resnet18", "bert"])
 p.add_argument("--scheme", required=True)
 p.add_argument("--steps", type=int, default=10)
 p.add_argument("--warmup", type=int, default=3)
@@ -25,14 +28,21 @@ p.add_argument("--batch-norm", default="train", choices=["train", "frozen"])
 # Everything else (--update bias, --train GLOB) goes to pock compile as the scheme.
 args, scheme_flags = p.parse_known_args()
 
-spec = f"zoo:{args.model}:classes={common.CLASSES},size={common.SIZE}"
+if args.model == "bert":
+    if not args.onnx:
+        common.fail("pock", args, "--model bert needs --onnx (bench/py/bert_peer_model.py onnx OUT.onnx writes it)")
+    seq = f"{common.BATCH}x128"
+    spec, model_flags = args.onnx, ["--input-shape", f"input_ids={seq}", "--input-shape", f"attention_mask={seq}"]
+else:
+    spec = f"zoo:{args.model}:classes={common.CLASSES},size={common.SIZE}"
+    model_flags = ["--batch-norm", args.batch_norm]
 plan = os.path.join(args.work, f"{args.model}-{args.scheme}.pock")
 log = os.path.join(args.work, f"{args.model}-{args.scheme}.jsonl")
 for f in (plan, log):
     if os.path.exists(f):
         os.remove(f)
 compile_cmd = [args.pock, "compile", spec, "--batch", str(common.BATCH), "--optimizer", "sgd", "--lr", str(common.LR),
-               "--momentum", str(common.MOMENTUM), "--batch-norm", args.batch_norm, *scheme_flags, "-o", plan]
+               "--momentum", str(common.MOMENTUM), *model_flags, *scheme_flags, "-o", plan]
 print("+ " + " ".join(compile_cmd), file=sys.stderr, flush=True)
 subprocess.run(compile_cmd, check=True)
 info = json.loads(subprocess.run([args.pock, "inspect", plan, "--json"], check=True, capture_output=True, text=True).stdout)
@@ -63,7 +73,8 @@ rec = {
     "ms_median": statistics.median(ms), "ms_min": min(ms), "steps": len(ms),
     "peak_rss_mib": peak_kib / 1024.0, "trainable_params": trainable, "total_params": total,
     "loss_first": losses[0], "loss_last": losses[-1],
-    "batch_norm": {"train": "train (batch statistics)", "frozen": "frozen (running statistics)"}[args.batch_norm],
+    "batch_norm": "none (LayerNorm)" if args.model == "bert" else
+    {"train": "train (batch statistics)", "frozen": "frozen (running statistics)"}[args.batch_norm],
     "optimizer": "SGD momentum 0.9", "arena_mib": info.get("arena_bytes", 0) / 2**20,
     "compile": " ".join(repr(a) if any(c in a for c in " *?[") else a for a in compile_cmd[1:]),
 }

@@ -1,5 +1,6 @@
-"""TensorFlow peer: Keras MobileNetV2 (keras.applications, weights=None) and a Keras ResNet-18
-laid out as torchvision's, NHWC, BatchNorm in training mode, SGD momentum 0.9, one step as
+"""TensorFlow peer: Keras MobileNetV2 (keras.applications, weights=None), a Keras ResNet-18
+laid out as torchvision's, NHWC, and a Keras port of bert_peer_model.py's encoder (`KerasBert`,
+layers named as the torch module's; token-level cross-entropy); BatchNorm in training mode, SGD momentum 0.9, one step as
 GradientTape + apply_gradients, either compiled (`--mode function`: tf.function) or eager.
 
 The frozen set: Keras's `trainable` is per layer (and a frozen BatchNorm layer switches to
@@ -14,6 +15,9 @@ import common
 
 args = common.parse_args(__doc__)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import math  # noqa: E402
+
+import bert_peer_model as bert  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -25,7 +29,8 @@ if args.mode not in ("function", "eager"):
 system = f"tensorflow-{args.mode}"
 keras.utils.set_random_seed(0)
 
-VAR = {"kernel": "weight", "depthwise_kernel": "weight", "gamma": "weight", "beta": "bias", "bias": "bias"}
+VAR = {"kernel": "weight", "depthwise_kernel": "weight", "gamma": "weight", "beta": "bias", "bias": "bias",
+       "embeddings": "weight"}
 
 
 def mobilenet_layer_name(layer):
@@ -73,7 +78,51 @@ def resnet18(inputs):
     return L.Dense(common.CLASSES, name="fc")(x)
 
 
-if args.model == "mobilenetv2":
+class KerasBert(keras.Model):
+    """tests/onnx/make_models.py's `Bert` at bert_peer_model.py's sizes: embeddings + LayerNorm,
+    post-norm encoder layers (fused qkv, masked softmax attention, exact GELU FFN), a token head.
+    `named` maps each torch module name to its Keras layer."""
+
+    def __init__(self):
+        super().__init__()
+        L, H, F = keras.layers, bert.HIDDEN, bert.FFN
+        named = {"tok": L.Embedding(bert.VOCAB, H), "pos": L.Embedding(bert.SEQ, H), "ln": L.LayerNormalization(epsilon=1e-5)}
+        for i in range(bert.LAYERS):
+            for part, layer in [("qkv", L.Dense(3 * H)), ("out", L.Dense(H)), ("ln1", L.LayerNormalization(epsilon=1e-5)),
+                                ("ffn1", L.Dense(F)), ("ffn2", L.Dense(H)), ("ln2", L.LayerNormalization(epsilon=1e-5))]:
+                named[f"layers.{i}.{part}"] = layer
+        named["head"] = L.Dense(bert.VOCAB)
+        self.named = named
+
+    def call(self, inputs):
+        ids, mask = inputs
+        n, t, h, heads = common.BATCH, bert.SEQ, bert.HIDDEN, bert.HEADS
+        d = h // heads
+        get = self.named.__getitem__
+        x = get("ln")(get("tok")(ids) + get("pos")(tf.range(t))[None])
+        keep = tf.cast(mask, tf.bool)[:, None, None, :]
+
+        def split_heads(v):
+            return tf.transpose(tf.reshape(v, (n, t, heads, d)), (0, 2, 1, 3))
+
+        for i in range(bert.LAYERS):
+            layer = lambda part: get(f"layers.{i}.{part}")  # noqa: E731
+            q, k, v = tf.split(layer("qkv")(x), 3, axis=-1)
+            scores = tf.matmul(split_heads(q), split_heads(k), transpose_b=True) / math.sqrt(d)
+            scores = tf.where(keep, scores, tf.float32.min)
+            ctx = tf.matmul(tf.nn.softmax(scores, axis=-1), split_heads(v))
+            x = layer("ln1")(x + layer("out")(tf.reshape(tf.transpose(ctx, (0, 2, 1, 3)), (n, t, h))))
+            x = layer("ln2")(x + layer("ffn2")(tf.nn.gelu(layer("ffn1")(x), approximate=False)))
+        return get("head")(x)
+
+
+if args.model == "bert":
+    ids, mask, labels = bert.batch(common.BATCH)
+    model = KerasBert()
+    x, y = (tf.constant(ids), tf.constant(mask)), tf.constant(labels)
+    model(x)  # creates the variables
+    layers = [(name, layer) for name, layer in model.named.items()]
+elif args.model == "mobilenetv2":
     model = keras.applications.MobileNetV2(input_shape=(common.SIZE, common.SIZE, common.CHANNELS),
                                            weights=None, classes=common.CLASSES, classifier_activation=None)
     layer_name = mobilenet_layer_name
@@ -84,10 +133,11 @@ else:
     def layer_name(layer):
         return re.sub(r"_", ".", layer) if not layer.startswith("re_lu") else None
 
+if args.model != "bert":
+    layers = [(layer_name(layer.name), layer) for layer in model.layers]
 selected, total = [], 0
-for layer in model.layers:
+for module, layer in layers:
     for v in layer.trainable_weights:
-        module = layer_name(layer.name)
         leaf = v.name.split("/")[-1].split(":")[0]
         if module is None or leaf not in VAR:
             common.fail(system, args, f"no torchvision name for Keras variable {layer.name}/{v.name}")
@@ -97,9 +147,10 @@ for layer in model.layers:
 
 opt = keras.optimizers.SGD(learning_rate=common.LR, momentum=common.MOMENTUM)
 loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-rng = np.random.default_rng(1)
-x = tf.constant(rng.standard_normal((common.BATCH, common.SIZE, common.SIZE, common.CHANNELS), dtype=np.float32))
-y = tf.constant(np.arange(common.BATCH) % common.CLASSES)
+if args.model != "bert":
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.standard_normal((common.BATCH, common.SIZE, common.SIZE, common.CHANNELS), dtype=np.float32))
+    y = tf.constant(np.arange(common.BATCH) % common.CLASSES)
 
 
 def train_step():
@@ -112,4 +163,5 @@ def train_step():
 step = tf.function(train_step) if args.mode == "function" else train_step
 ms, losses = common.time_steps(lambda: step().numpy(), args.warmup, args.steps)
 common.report(system, args, ms, losses, sum(int(np.prod(v.shape)) for v in selected), total,
-              {"version": tf.__version__, "batch_norm": "train (batch statistics)", "optimizer": "SGD momentum 0.9"})
+              {"version": tf.__version__, "optimizer": "SGD momentum 0.9",
+               "batch_norm": "none (LayerNorm)" if args.model == "bert" else "train (batch statistics)"})
