@@ -403,7 +403,7 @@ pub struct CpuBackend<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]> = Vec<u64>>
     /// The persistent worker threads of the fast kernels (`threads > 1`), started once here;
     /// every program runs inside it, so kernels and gemm split work over these threads.
     #[cfg(feature = "std")]
-    pool: Option<rayon::ThreadPool>,
+    pool: Option<crate::kernels::cpu::pool::Pool>,
     /// Per-node time of the train program while profiling (allocated when profiling starts, so
     /// a profiled step allocates nothing), and the number of profiled runs.
     #[cfg(feature = "std")]
@@ -520,15 +520,9 @@ impl<W: AsRef<[u8]>, A: AsRef<[u64]> + AsMut<[u64]>> CpuBackend<W, A> {
         let max_out = plan.all_programs().flat_map(|(_, p)| p.nodes.iter().map(|n| n.outputs.len())).max().unwrap_or(0);
         #[cfg(feature = "std")]
         let pool = match kernels {
-            CpuKernels::Fast(cfg) if cfg.threads > 1 => Some(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(cfg.threads)
-                    .thread_name(|i| alloc::format!("pock-worker-{i}"))
-                    .build()
-                    .map_err(|e| {
-                        ExecError::Unsupported(alloc::format!("cannot start {} worker threads ({e}); use fewer threads", cfg.threads))
-                    })?,
-            ),
+            CpuKernels::Fast(cfg) if cfg.threads > 1 => Some(crate::kernels::cpu::pool::Pool::new(cfg.threads).map_err(|e| {
+                ExecError::Unsupported(alloc::format!("cannot start {} worker threads ({e}); use fewer threads", cfg.threads - 1))
+            })?),
             _ => None,
         };
         let mut backend = CpuBackend {
@@ -822,8 +816,8 @@ impl<W: AsRef<[u8]> + Send, A: AsRef<[u64]> + AsMut<[u64]> + Send> Backend for C
     fn run(&mut self, program: ProgramKind) -> Result<(), ExecError> {
         #[cfg(feature = "std")]
         if let Some(pool) = self.pool.take() {
-            // The whole program runs on a worker of the pool, so each kernel's parallel loops
-            // (and gemm's) start from inside it instead of queueing one job per node.
+            // The program runs on this thread with the pool installed: each kernel's parallel
+            // loops (and gemm's) hand their tasks to this thread and the pool's workers.
             let result = pool.install(|| self.run_program(program));
             self.pool = Some(pool);
             return result;

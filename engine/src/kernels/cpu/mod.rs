@@ -15,6 +15,7 @@ mod epilogue;
 mod matmul;
 mod norm;
 pub mod par;
+pub mod pool;
 mod sgemm;
 
 use super::{reference, KernelError, NodeArgs};

@@ -1,17 +1,49 @@
 //! Parallel loops over independent chunks of an output, and the run-time choice of instruction
 //! set.
 //!
-//! Programs run inside the backend's persistent rayon pool (`CpuBackend::run`), so a parallel
-//! loop here splits its chunks among those workers; rayon's fork-join keeps its jobs on the stack
-//! and allocates nothing in the steady state. With one thread the loops run sequentially on the
-//! calling thread and never touch rayon (whose global pool would otherwise start).
+//! Programs run with the backend's persistent worker pool installed (`CpuBackend::run`,
+//! `pool.rs`), so a parallel loop here groups its chunks into tasks that the calling thread and
+//! the workers claim one at a time; nothing is allocated. With one thread the loops run
+//! sequentially on the calling thread.
 //!
 //! Every loop gives each chunk to exactly one call of `f`, and the kernels compute a chunk the
 //! same way whichever thread runs it, so results do not depend on the thread count.
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use rayon::prelude::*;
+use super::pool::{for_each_task, MAX_TASKS};
+
+/// A base pointer shared by the tasks of one loop, each of which touches its own disjoint range.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: the loops below give each chunk (a disjoint range behind the pointer) to exactly one
+// task, and return only after every task has finished.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// Elements `range` behind the pointer.
+    ///
+    /// # Safety
+    /// `range` lies inside the slice the pointer came from, and no other live reference
+    /// overlaps it.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, range: core::ops::Range<usize>) -> &mut [f32] {
+        core::slice::from_raw_parts_mut(self.0.add(range.start), range.len())
+    }
+}
+
+/// Chunks per task: at least `MIN_TASK_WORK` of work each, and few enough tasks for the pool.
+fn chunks_per_task(chunks: usize, work_per_chunk: usize) -> usize {
+    (MIN_TASK_WORK / work_per_chunk.max(1)).max(1).max(chunks.div_ceil(MAX_TASKS))
+}
+
+/// Calls `f(i)` for every `i` in `0..items` on up to `threads` threads, `per_task` consecutive
+/// items per task.
+pub(super) fn for_each_index(threads: usize, items: usize, per_task: usize, f: impl Fn(usize) + Sync) {
+    let per_task = per_task.max(1).max(items.div_ceil(MAX_TASKS));
+    for_each_task(threads, items.div_ceil(per_task), &|t| (t * per_task..((t + 1) * per_task).min(items)).for_each(&f));
+}
 
 /// A chunk smaller than this many multiply-adds (or element updates) is not worth a task of its
 /// own: parallel loops group chunks until each task holds at least this much.
@@ -33,8 +65,11 @@ pub fn for_each_chunk(
     let chunk_len = chunk_len.max(1);
     let chunks = data.len().div_ceil(chunk_len);
     if threads > 1 && chunks > 1 && chunks.saturating_mul(work_per_chunk) >= 2 * MIN_TASK_WORK {
-        let min_len = (MIN_TASK_WORK / work_per_chunk.max(1)).max(1);
-        data.par_chunks_mut(chunk_len).with_min_len(min_len).enumerate().for_each(|(i, c)| f(i, c));
+        let (len, base) = (data.len(), Shared(data.as_mut_ptr()));
+        for_each_index(threads, chunks, chunks_per_task(chunks, work_per_chunk), |i| {
+            // SAFETY: chunk `i` is inside `data` and given to this call only.
+            f(i, unsafe { base.slice(i * chunk_len..((i + 1) * chunk_len).min(len)) })
+        });
     } else {
         data.chunks_mut(chunk_len).enumerate().for_each(|(i, c)| f(i, c));
     }
@@ -55,8 +90,16 @@ pub fn for_each_chunk2(
     let chunks = a.len().div_ceil(a_len);
     debug_assert_eq!(chunks, b.len().div_ceil(b_len));
     if threads > 1 && chunks > 1 && chunks.saturating_mul(work_per_chunk) >= 2 * MIN_TASK_WORK {
-        let min_len = (MIN_TASK_WORK / work_per_chunk.max(1)).max(1);
-        a.par_chunks_mut(a_len).zip(b.par_chunks_mut(b_len)).with_min_len(min_len).enumerate().for_each(|(i, (x, y))| f(i, x, y));
+        assert!(b.len().div_ceil(b_len) >= chunks, "for_each_chunk2: b has fewer chunks than a");
+        let (a_total, b_total) = (a.len(), b.len());
+        let (a_base, b_base) = (Shared(a.as_mut_ptr()), Shared(b.as_mut_ptr()));
+        for_each_index(threads, chunks, chunks_per_task(chunks, work_per_chunk), |i| {
+            // SAFETY: chunk `i` of each output is inside it and given to this call only.
+            let (x, y) = unsafe {
+                (a_base.slice(i * a_len..((i + 1) * a_len).min(a_total)), b_base.slice(i * b_len..((i + 1) * b_len).min(b_total)))
+            };
+            f(i, x, y)
+        });
     } else {
         a.chunks_mut(a_len).zip(b.chunks_mut(b_len)).enumerate().for_each(|(i, (x, y))| f(i, x, y));
     }
@@ -87,15 +130,16 @@ pub fn for_each_part(
     );
     if used > 1 {
         // With `scratch_len` 0 (an empty product) zipping with empty chunks would drop every part.
-        let scratch = &mut scratch[..used * scratch_len];
-        if scratch_len == 0 {
-            data.par_chunks_mut(per * chunk_len).enumerate().for_each(|(i, run)| f(i * per, run, &mut []));
-        } else {
-            data.par_chunks_mut(per * chunk_len)
-                .zip(scratch.par_chunks_mut(scratch_len))
-                .enumerate()
-                .for_each(|(i, (run, s))| f(i * per, run, s));
-        }
+        let (len, run_len) = (data.len(), per * chunk_len);
+        let (base, scratch_base) = (Shared(data.as_mut_ptr()), Shared(scratch.as_mut_ptr()));
+        for_each_index(used, used, 1, |i| {
+            // SAFETY: run `i` of `data` and part `i` of `scratch` (`used * scratch_len` elements
+            // exist, asserted above) are given to this call only.
+            let (run, s) = unsafe {
+                (base.slice(i * run_len..((i + 1) * run_len).min(len)), scratch_base.slice(i * scratch_len..(i + 1) * scratch_len))
+            };
+            f(i * per, run, s)
+        });
     } else if !data.is_empty() {
         f(0, data, &mut scratch[..scratch_len]);
     }

@@ -12,8 +12,6 @@
 //! The micro-kernel is AVX2+FMA intrinsics when the CPU has them (chosen at run time), else plain
 //! Rust that the compiler vectorises for the build target (SSE2, NEON).
 
-use rayon::prelude::*;
-
 use super::par::{for_each_chunk, isa, Isa};
 use super::Mat;
 
@@ -99,8 +97,7 @@ pub(super) fn product(a: Mat<'_>, b: Mat<'_>, c: &mut [f32], ldc: usize, accumul
             let units = blocks_a * slivers_b;
             let work = MC * NR * kc;
             if threads > 1 && units > 1 && units * work >= 2 * super::par::MIN_TASK_WORK {
-                let min_len = (super::par::MIN_TASK_WORK / work).max(1);
-                (0..units).into_par_iter().with_min_len(min_len).for_each(unit);
+                super::par::for_each_index(threads, units, (super::par::MIN_TASK_WORK / work).max(1), unit);
             } else {
                 (0..units).for_each(unit);
             }
