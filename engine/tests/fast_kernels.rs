@@ -244,3 +244,65 @@ fn elementwise_ops_equal_the_reference() {
         }
     }
 }
+
+/// Broadcasting Add/Sub/Mul/Div, SumTo and Transpose (`kernels/cpu/broadcast.rs`) equal the
+/// reference bit for bit: row (bias) and column (statistic) operands on either side, scalars,
+/// layouts left to the reference, keep-dims and dropped-axis SumTo targets, and permutations
+/// that keep or move the last axis; shapes small and odd, and large enough to split.
+#[test]
+fn broadcasting_sums_and_transposes_equal_the_reference() {
+    use pock_engine::ops::{BroadcastOp, MoveOp};
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    let outs: [&[usize]; 5] = [&[7], &[3, 5], &[2, 3, 17], &[8, 37, 129], &[2, 1, 3, 5]];
+    for out in outs {
+        let rank = out.len();
+        // Operand shapes: the same, every suffix (a row), every prefix with trailing 1s (a
+        // column), a scalar, and one with a 1 in the middle (not a fast layout).
+        let mut shapes: Vec<Vec<usize>> = vec![out.to_vec(), vec![]];
+        for p in 0..rank {
+            shapes.push(out[p..].to_vec());
+            shapes.push(out[..p].iter().copied().chain(std::iter::repeat_n(1, rank - p)).collect());
+        }
+        if rank >= 3 {
+            let mut middle = out.to_vec();
+            middle[1] = 1;
+            shapes.push(middle);
+        }
+        for shape in &shapes {
+            let other: usize = shape.iter().product();
+            let full = random(&mut rng, out.iter().product());
+            let part: Vec<f32> = random(&mut rng, other).into_iter().map(|v| v + 1.5).collect();
+            for op in [BroadcastOp::Add, BroadcastOp::Sub, BroadcastOp::Mul, BroadcastOp::Div] {
+                let what = format!("{op:?} {out:?} with {shape:?}");
+                let op = Op::Broadcast(op);
+                check(&what, &op, &[(full.clone(), out.to_vec()), (part.clone(), shape.clone())], &[out.to_vec()], &mut rng, true);
+                check(&what, &op, &[(part.clone(), shape.clone()), (full.clone(), out.to_vec())], &[out.to_vec()], &mut rng, true);
+            }
+            // SumTo takes the gradient of the broadcast output back to `shape` (same rank or fewer axes).
+            let op = Op::Broadcast(BroadcastOp::SumTo { shape: shape.clone() });
+            check(&format!("SumTo {out:?} -> {shape:?}"), &op, &[(full.clone(), out.to_vec())], &[shape.clone()], &mut rng, true);
+        }
+        // Every permutation of up to 4 axes (rank 4 has 24).
+        let mut perms: Vec<Vec<usize>> = vec![(0..rank).collect()];
+        for _ in 1..rank {
+            perms = perms
+                .into_iter()
+                .flat_map(|p| {
+                    (0..rank).map(move |k| {
+                        let mut q = p.clone();
+                        q.swap(k, (k + 1) % rank);
+                        q
+                    })
+                })
+                .collect();
+            perms.sort();
+            perms.dedup();
+        }
+        let x = random(&mut rng, out.iter().product());
+        for perm in perms {
+            let y_shape: Vec<usize> = perm.iter().map(|&a| out[a]).collect();
+            let op = Op::Move(MoveOp::Transpose { perm: perm.clone() });
+            check(&format!("Transpose {out:?} by {perm:?}"), &op, &[(x.clone(), out.to_vec())], &[y_shape], &mut rng, true);
+        }
+    }
+}

@@ -8,6 +8,7 @@
 //! ([`workspace_elems`], sized by the compiler), and gemm's packing buffers in scratch the
 //! backend allocates once at load ([`scratch_elems`]).
 
+mod broadcast;
 mod conv;
 mod depthwise;
 mod elementwise;
@@ -19,7 +20,7 @@ pub mod pool;
 mod sgemm;
 
 use super::{reference, KernelError, NodeArgs};
-use crate::ops::{ConvOp, DenseOp, MatMulOp, NormOp, Op};
+use crate::ops::{BroadcastOp, ConvOp, DenseOp, MatMulOp, MoveOp, NormOp, Op};
 
 pub use conv::conv_workspace_elems;
 pub use sgemm::pack_elems;
@@ -170,6 +171,26 @@ pub fn execute(
             scratch,
             cfg.threads,
         ),
+        Op::Broadcast(b @ (BroadcastOp::Add | BroadcastOp::Sub | BroadcastOp::Mul | BroadcastOp::Div))
+            if args.inputs.len() == 2 && args.outputs.len() == 1 =>
+        {
+            if broadcast::binary(b, args.inputs[0], args.inputs[1], &mut args.outputs[0], threads) {
+                return Ok(());
+            }
+            reference::execute(op, args)
+        }
+        Op::Broadcast(BroadcastOp::SumTo { .. }) if args.inputs.len() == 1 && args.outputs.len() == 1 => {
+            if broadcast::sum_to(args.inputs[0], &mut args.outputs[0], threads) {
+                return Ok(());
+            }
+            reference::execute(op, args)
+        }
+        Op::Move(MoveOp::Transpose { perm }) if args.inputs.len() == 1 && args.outputs.len() == 1 => {
+            if broadcast::transpose(perm, args.inputs[0], &mut args.outputs[0], threads) {
+                return Ok(());
+            }
+            reference::execute(op, args)
+        }
         _ => reference::execute(op, args),
     }
 }
