@@ -280,7 +280,7 @@ fn broadcasting_sums_and_transposes_equal_the_reference() {
             }
             // SumTo takes the gradient of the broadcast output back to `shape` (same rank or fewer axes).
             let op = Op::Broadcast(BroadcastOp::SumTo { shape: shape.clone() });
-            check(&format!("SumTo {out:?} -> {shape:?}"), &op, &[(full.clone(), out.to_vec())], &[shape.clone()], &mut rng, true);
+            check(&format!("SumTo {out:?} -> {shape:?}"), &op, &[(full.clone(), out.to_vec())], std::slice::from_ref(shape), &mut rng, true);
         }
         // Every permutation of up to 4 axes (rank 4 has 24).
         let mut perms: Vec<Vec<usize>> = vec![(0..rank).collect()];
