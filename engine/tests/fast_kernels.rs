@@ -280,7 +280,14 @@ fn broadcasting_sums_and_transposes_equal_the_reference() {
             }
             // SumTo takes the gradient of the broadcast output back to `shape` (same rank or fewer axes).
             let op = Op::Broadcast(BroadcastOp::SumTo { shape: shape.clone() });
-            check(&format!("SumTo {out:?} -> {shape:?}"), &op, &[(full.clone(), out.to_vec())], std::slice::from_ref(shape), &mut rng, true);
+            check(
+                &format!("SumTo {out:?} -> {shape:?}"),
+                &op,
+                &[(full.clone(), out.to_vec())],
+                std::slice::from_ref(shape),
+                &mut rng,
+                true,
+            );
         }
         // Every permutation of up to 4 axes (rank 4 has 24).
         let mut perms: Vec<Vec<usize>> = vec![(0..rank).collect()];
@@ -304,5 +311,116 @@ fn broadcasting_sums_and_transposes_equal_the_reference() {
             let op = Op::Move(MoveOp::Transpose { perm: perm.clone() });
             check(&format!("Transpose {out:?} by {perm:?}"), &op, &[(x.clone(), out.to_vec())], &[y_shape], &mut rng, true);
         }
+    }
+}
+
+/// Reductions over trailing axes and their gradients (`kernels/cpu/rows.rs`) equal the reference
+/// bit for bit; other axes fall back to it.
+#[test]
+fn trailing_reductions_equal_the_reference() {
+    use pock_engine::ops::{Reduce, ReduceOp};
+    let mut rng = ChaCha8Rng::seed_from_u64(43);
+    for shape in [vec![5usize], vec![3, 7], vec![2, 3, 17], vec![8, 128, 33], vec![2, 1, 3, 5]] {
+        let rank = shape.len();
+        let x = random(&mut rng, shape.iter().product());
+        for first in 0..rank {
+            for axes in [(first..rank).collect::<Vec<_>>(), vec![first]] {
+                for keepdims in [true, false] {
+                    let reduce = Reduce { axes: axes.clone(), keepdims };
+                    let y_shape: Vec<usize> = shape
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(k, &d)| if axes.contains(&k) { keepdims.then_some(1) } else { Some(d) })
+                        .collect();
+                    let dy = random(&mut rng, y_shape.iter().product());
+                    let what = format!("{shape:?} over {axes:?}");
+                    for op in [ReduceOp::ReduceSum(reduce.clone()), ReduceOp::ReduceMean(reduce.clone())] {
+                        check(&what, &Op::Reduce(op), &[(x.clone(), shape.clone())], std::slice::from_ref(&y_shape), &mut rng, true);
+                    }
+                    for op in [
+                        ReduceOp::ReduceSumGrad { reduce: reduce.clone(), shape: shape.clone() },
+                        ReduceOp::ReduceMeanGrad { reduce: reduce.clone(), shape: shape.clone() },
+                    ] {
+                        check(&what, &Op::Reduce(op), &[(dy.clone(), y_shape.clone())], std::slice::from_ref(&shape), &mut rng, true);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Cross-entropy over the last axis and its gradient (`kernels/cpu/rows.rs`) equal the reference
+/// bit for bit, with ignored positions, both reductions, 1 and 2 threads; a bad label is the
+/// reference's error.
+#[test]
+fn cross_entropy_equals_the_reference() {
+    use pock_engine::ops::{CrossEntropy, LossOp, Reduction};
+    let mut rng = ChaCha8Rng::seed_from_u64(47);
+    for (batch, positions, classes) in [(1usize, 1usize, 2usize), (3, 5, 7), (8, 128, 515)] {
+        let logits_shape = [batch, positions, classes];
+        let logits: Vec<f32> = random(&mut rng, batch * positions * classes).into_iter().map(|v| v * 8.0).collect();
+        let labels: Vec<i64> =
+            (0..batch * positions).map(|p| if p % 5 == 3 { -100 } else { rng.random_range(0..classes as i64) }).collect();
+        let label_shape = [batch, positions];
+        for reduction in [Reduction::Mean, Reduction::PerSample] {
+            let ce = CrossEntropy { reduction, ignore_index: -100 };
+            let loss_shape: Vec<usize> = if reduction == Reduction::Mean { vec![] } else { vec![batch] };
+            let dloss = random(&mut rng, loss_shape.iter().product());
+            let int_views = [View { data: labels.as_slice(), shape: &label_shape[..] }];
+            let run = |op: &Op, inputs: &[View<f32>], out_shape: &[usize], fast: Option<usize>| -> Vec<f32> {
+                let mut out = vec![f32::NAN; out_shape.iter().product()];
+                let mut outs = [ViewMut { data: &mut out, shape: out_shape }];
+                let args = NodeArgs {
+                    inputs,
+                    int_inputs: &int_views,
+                    bool_inputs: &[],
+                    outputs: &mut outs,
+                    int_outputs: &mut [],
+                    bool_outputs: &mut [],
+                };
+                match fast {
+                    None => reference::execute(op, args).unwrap(),
+                    Some(threads) => {
+                        let shapes: Vec<&[usize]> = inputs.iter().map(|v| v.shape).collect();
+                        let cfg = CpuConfig { threads };
+                        let mut scratch = vec![f32::NAN; scratch_elems(op, &shapes, &[out_shape], cfg)];
+                        execute(op, args, &mut [], &mut scratch, cfg).unwrap()
+                    }
+                }
+                out
+            };
+            let forward = Op::Loss(LossOp::CrossEntropy(ce));
+            let f_in = [View { data: logits.as_slice(), shape: &logits_shape[..] }];
+            let grad = Op::Loss(LossOp::CrossEntropyGrad(ce));
+            let g_in = [View { data: dloss.as_slice(), shape: loss_shape.as_slice() }, f_in[0]];
+            for (op, inputs, out_shape) in [(&forward, &f_in[..], loss_shape.as_slice()), (&grad, &g_in[..], &logits_shape[..])] {
+                let want = run(op, inputs, out_shape, None);
+                for threads in [1, 2] {
+                    let got = run(op, inputs, out_shape, Some(threads));
+                    assert!(
+                        got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{op:?} [{batch}, {positions}, {classes}], {threads} threads: differs from the reference"
+                    );
+                }
+            }
+        }
+        // A label outside [0, classes) is the reference's error.
+        let mut bad = labels.clone();
+        bad[0] = classes as i64;
+        let int_views = [View { data: bad.as_slice(), shape: &label_shape[..] }];
+        let op = Op::Loss(LossOp::CrossEntropy(CrossEntropy { reduction: Reduction::Mean, ignore_index: -100 }));
+        let inputs = [View { data: logits.as_slice(), shape: &logits_shape[..] }];
+        let mut out = [0.0f32];
+        let mut outs = [ViewMut { data: &mut out, shape: &[] }];
+        let args = NodeArgs {
+            inputs: &inputs,
+            int_inputs: &int_views,
+            bool_inputs: &[],
+            outputs: &mut outs,
+            int_outputs: &mut [],
+            bool_outputs: &mut [],
+        };
+        let mut scratch = vec![0.0; batch * positions];
+        assert!(execute(&op, args, &mut [], &mut scratch, CpuConfig { threads: 2 }).is_err());
     }
 }

@@ -17,10 +17,11 @@ mod matmul;
 mod norm;
 pub mod par;
 pub mod pool;
+mod rows;
 mod sgemm;
 
 use super::{reference, KernelError, NodeArgs};
-use crate::ops::{BroadcastOp, ConvOp, DenseOp, MatMulOp, MoveOp, NormOp, Op};
+use crate::ops::{BroadcastOp, ConvOp, DenseOp, LossOp, MatMulOp, MoveOp, NormOp, Op, ReduceOp};
 
 pub use conv::conv_workspace_elems;
 pub use sgemm::pack_elems;
@@ -55,6 +56,7 @@ pub fn scratch_elems(op: &Op, inputs: &[&[usize]], outputs: &[&[usize]], cfg: Cp
             pack_elems(rows, cols, inner)
         }
         (Op::Conv(c), _, _) => conv::conv_scratch_elems(c, inputs, outputs, cfg.threads),
+        (Op::Loss(LossOp::CrossEntropy(_)), [logits, ..], _) => rows::cross_entropy_scratch(logits),
         _ => 0,
     }
 }
@@ -187,6 +189,35 @@ pub fn execute(
         }
         Op::Move(MoveOp::Transpose { perm }) if args.inputs.len() == 1 && args.outputs.len() == 1 => {
             if broadcast::transpose(perm, args.inputs[0], &mut args.outputs[0], threads) {
+                return Ok(());
+            }
+            reference::execute(op, args)
+        }
+        Op::Loss(LossOp::CrossEntropy(ce)) if args.inputs.len() == 1 && args.int_inputs.len() == 1 && args.outputs.len() == 1 => {
+            if rows::cross_entropy(*ce, args.inputs[0], args.int_inputs[0], &mut args.outputs[0], scratch, threads)? {
+                return Ok(());
+            }
+            reference::execute(op, args)
+        }
+        Op::Loss(LossOp::CrossEntropyGrad(ce)) if args.inputs.len() == 2 && args.int_inputs.len() == 1 && args.outputs.len() == 1 => {
+            if rows::cross_entropy_grad(*ce, args.inputs[0], args.inputs[1], args.int_inputs[0], &mut args.outputs[0], threads)? {
+                return Ok(());
+            }
+            reference::execute(op, args)
+        }
+        Op::Reduce(r @ (ReduceOp::ReduceSum(reduce) | ReduceOp::ReduceMean(reduce)))
+            if args.inputs.len() == 1 && args.outputs.len() == 1 =>
+        {
+            if rows::reduce(reduce, matches!(r, ReduceOp::ReduceMean(_)), args.inputs[0], &mut args.outputs[0], threads) {
+                return Ok(());
+            }
+            reference::execute(op, args)
+        }
+        Op::Reduce(r @ (ReduceOp::ReduceSumGrad { reduce, .. } | ReduceOp::ReduceMeanGrad { reduce, .. }))
+            if args.inputs.len() == 1 && args.outputs.len() == 1 =>
+        {
+            let mean = matches!(r, ReduceOp::ReduceMeanGrad { .. });
+            if rows::reduce_grad(reduce, mean, args.inputs[0], &mut args.outputs[0], threads) {
                 return Ok(());
             }
             reference::execute(op, args)

@@ -21,7 +21,7 @@ fn row_max<T: Float>(row: &[T]) -> T {
 }
 
 /// `log(sum(exp(row)))`, computed stably as `max + log(sum(exp(row - max)))`.
-fn log_sum_exp<T: Float>(row: &[T]) -> T {
+pub(crate) fn log_sum_exp<T: Float>(row: &[T]) -> T {
     let max = row_max(row);
     let sum: T = row.iter().map(|&v| (v - max).exp()).sum();
     max + sum.ln()
@@ -64,24 +64,28 @@ pub fn softmax_cross_entropy_grad<T: Float>(
             Reduction::PerSample => dloss.data[n],
         };
         let row = &logits.data[n * classes..(n + 1) * classes];
-        let out = &mut dlogits.data[n * classes..(n + 1) * classes];
-        // The output row holds the shifted exponentials first, so that softmax needs no scratch.
-        let max = row_max(row);
-        for (o, &v) in out.iter_mut().zip(row) {
-            *o = (v - max).exp();
-        }
-        let sum: T = out.iter().copied().sum();
-        for o in out.iter_mut() {
-            *o = *o / sum * weight;
-        }
-        out[labels.data[n] as usize] -= weight;
+        softmax_row_grad(row, &mut dlogits.data[n * classes..(n + 1) * classes], weight, labels.data[n] as usize);
     }
     Ok(())
 }
 
+/// `out = (softmax(row) - onehot(label)) * weight`, one position's logit gradient. The output row
+/// holds the shifted exponentials first, so that softmax needs no scratch.
+pub(crate) fn softmax_row_grad<T: Float>(row: &[T], out: &mut [T], weight: T, label: usize) {
+    let max = row_max(row);
+    for (o, &v) in out.iter_mut().zip(row) {
+        *o = (v - max).exp();
+    }
+    let sum: T = out.iter().copied().sum();
+    for o in out.iter_mut() {
+        *o = *o / sum * weight;
+    }
+    out[label] -= weight;
+}
+
 /// Checks every label (in `[0, classes)` or `ignore_index`) before anything is written, as
 /// [`check_labels`] does; returns how many positions are not ignored.
-fn check_labels_ignoring(op: &'static str, labels: &[i64], classes: usize, ignore_index: i64) -> Result<usize, KernelError> {
+pub(crate) fn check_labels_ignoring(op: &'static str, labels: &[i64], classes: usize, ignore_index: i64) -> Result<usize, KernelError> {
     let mut kept = 0;
     for (row, &label) in labels.iter().enumerate() {
         if label == ignore_index {
@@ -97,13 +101,13 @@ fn check_labels_ignoring(op: &'static str, labels: &[i64], classes: usize, ignor
 
 /// The mean's divisor: the number of positions that are not ignored, or 1 where there are none
 /// (their sum is then 0, so the mean is 0; see [`CrossEntropy`]).
-fn divisor<T: Float>(kept: usize) -> T {
+pub(crate) fn divisor<T: Float>(kept: usize) -> T {
     T::from_usize(kept.max(1))
 }
 
 /// Positions (label entries) per sample: the label count over the batch axis, or 1 for labels
 /// of rank 0.
-fn positions_per_sample(labels: &View<i64>) -> usize {
+pub(crate) fn positions_per_sample(labels: &View<i64>) -> usize {
     match labels.shape.first() {
         Some(&0) | None => labels.data.len(),
         Some(&batch) => labels.data.len() / batch,
@@ -180,16 +184,7 @@ pub fn cross_entropy_grad<T: Float>(
                 sample_weight.1
             }
         };
-        // The output row holds the shifted exponentials first, so that softmax needs no scratch.
-        let max = row_max(row);
-        for (o, &v) in out.iter_mut().zip(row) {
-            *o = (v - max).exp();
-        }
-        let sum: T = out.iter().copied().sum();
-        for o in out.iter_mut() {
-            *o = *o / sum * weight;
-        }
-        out[label as usize] -= weight;
+        softmax_row_grad(row, out, weight, label as usize);
     }
     Ok(())
 }
