@@ -173,3 +173,49 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+/// Calls `f(tasks, run)` for runs of consecutive tasks of `0..tasks`, on up to `threads` threads,
+/// where task `t`'s output is `data[start(t)..start(t + 1)]` (`start` increasing, `start(0) = 0`,
+/// `start(tasks) = data.len()`): for kernels whose tasks own outputs of different lengths (a
+/// block of channels that may be the last, shorter one of its sample). `work_per_task` (about the
+/// element operations one task does) decides how many runs are worth a task each. Each run is
+/// computed by one call on one thread, so a kernel that computes each task alike gives results
+/// that do not depend on the thread count.
+pub fn for_each_run(
+    threads: usize,
+    tasks: usize,
+    work_per_task: usize,
+    data: &mut [f32],
+    start: impl Fn(usize) -> usize + Sync,
+    f: impl Fn(core::ops::Range<usize>, &mut [f32]) + Send + Sync,
+) {
+    if tasks == 0 {
+        return;
+    }
+    let worth = tasks.saturating_mul(work_per_task) / MIN_TASK_WORK;
+    // Two runs per thread let a thread that finishes early take over the remainder of another.
+    let runs = if threads > 1 && worth >= 2 { (2 * threads).min(tasks).min(worth) } else { 1 };
+    split_runs(0..tasks, runs, data, &start, &f);
+}
+
+/// Splits `tasks` into `runs` runs of about equal length, halving recursively under
+/// `rayon::join` (whose jobs live on the stack, so this allocates nothing).
+fn split_runs(
+    tasks: core::ops::Range<usize>,
+    runs: usize,
+    data: &mut [f32],
+    start: &(impl Fn(usize) -> usize + Sync),
+    f: &(impl Fn(core::ops::Range<usize>, &mut [f32]) + Send + Sync),
+) {
+    if runs <= 1 || tasks.len() <= 1 {
+        f(tasks, data);
+        return;
+    }
+    let left_runs = runs / 2;
+    let mid = tasks.start + tasks.len() * left_runs / runs;
+    let (left, right) = data.split_at_mut(start(mid) - start(tasks.start));
+    rayon::join(
+        || split_runs(tasks.start..mid, left_runs, left, start, f),
+        || split_runs(mid..tasks.end, runs - left_runs, right, start, f),
+    );
+}
