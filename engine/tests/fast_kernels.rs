@@ -147,7 +147,7 @@ fn convolutions_match_the_reference() {
 #[test]
 fn depthwise_blocks_match_the_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
-    let planes = [[1, 1], [3, 5], [7, 7], [8, 8], [4, 4], [16, 16], [13, 6], [40, 36]];
+    let planes: [[usize; 2]; 8] = [[1, 1], [3, 5], [7, 7], [8, 8], [4, 4], [16, 16], [13, 6], [40, 36]];
     for (case, hw) in planes.iter().cycle().take(32).enumerate() {
         let c = [3, 8, 13, 20, 24, 9][case % 6];
         let n = if case % 5 == 0 { 4 } else { rng.random_range(1..3usize) };
@@ -155,7 +155,7 @@ fn depthwise_blocks_match_the_reference() {
         let stride = [1 + case % 2, 1 + (case / 2) % 2];
         let dilation = if case % 4 == 3 { [2, 1] } else { [1, 1] };
         // Padding at least the dilated kernel's reach less the plane, so that a 1x1 plane has an output.
-        let reach = [dilation[0] * (kh - 1), dilation[1] * (kw - 1)];
+        let reach: [usize; 2] = [dilation[0] * (kh - 1), dilation[1] * (kw - 1)];
         let pad = |i: usize, lo: usize| (reach[i % 2].saturating_sub(hw[i % 2] - 1)).div_ceil(2).max(lo);
         let padding = [pad(0, case % 3), pad(1, 1), pad(2, (case + 1) % 3), pad(3, case % 2)];
         let conv = Conv2d { stride, padding, dilation, groups: c };

@@ -111,12 +111,12 @@ pub fn channel_moments<T: Float>(x: View<T>, c: usize) -> (f64, f64) {
     let (n, _, inner) = layout(x.shape);
     let mut lanes = [0.0f64; SUM_LANES];
     for run in channel_runs(x.shape, c) {
-        add_to_lanes(&mut lanes, &x.data[run], |v| v.to_f64());
+        add_to_lanes(&mut lanes, &x.data[run], #[inline(always)] |v| v.to_f64());
     }
     let mean = lanes_total(&lanes) / (n * inner) as f64;
     let mut lanes = [0.0f64; SUM_LANES];
     for run in channel_runs(x.shape, c) {
-        add_to_lanes(&mut lanes, &x.data[run], |v| {
+        add_to_lanes(&mut lanes, &x.data[run], #[inline(always)] |v| {
             let d = v.to_f64() - mean;
             d * d
         });
@@ -159,8 +159,8 @@ pub fn channel_grad_sums<T: Float>(dy: View<T>, x: View<T>, c: usize, mean: T) -
     let mean = mean.to_f64();
     let (mut dy_lanes, mut dy_xmu_lanes) = ([0.0f64; SUM_LANES], [0.0f64; SUM_LANES]);
     for run in channel_runs(x.shape, c) {
-        add_to_lanes(&mut dy_lanes, &dy.data[run.clone()], |g| g.to_f64());
-        add_pairs_to_lanes(&mut dy_xmu_lanes, &dy.data[run.clone()], &x.data[run], |g, xv| g.to_f64() * (xv.to_f64() - mean));
+        add_to_lanes(&mut dy_lanes, &dy.data[run.clone()], #[inline(always)] |g| g.to_f64());
+        add_pairs_to_lanes(&mut dy_xmu_lanes, &dy.data[run.clone()], &x.data[run], #[inline(always)] |g, xv| g.to_f64() * (xv.to_f64() - mean));
     }
     (lanes_total(&dy_lanes), lanes_total(&dy_xmu_lanes))
 }
