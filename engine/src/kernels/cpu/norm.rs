@@ -1,15 +1,12 @@
 //! Batch normalisation in training mode, forward and backward: per-channel sums split among the
-//! pool's threads by channel, then the elementwise pass split by `(sample, channel)` plane, all
-//! vectorised for the instruction set chosen at run time. The sums are the reference's
-//! (`kernels/reference/norm.rs`: f64 accumulation in eight lanes, in a fixed order) run through
-//! the same functions, and every formula is the reference's, so results are the reference's bit
-//! for bit. (One f32 running sum, the reference's earlier order, could not vectorise, and an
-//! eight-lane f32 sum moved ResNet-18's BatchNorm bias gradients after 3 steps by up to 3e-3
-//! relative, outside the PyTorch parity test's 1e-4 in `tests/onnx_parity.rs`: the bias gradients
-//! are sums with heavy cancellation.)
+//! pool's threads by channel, then the elementwise pass split by `(sample, channel)` plane and
+//! vectorised for the instruction set chosen at run time. The sums keep the reference's order
+//! (`kernels/reference/norm.rs`) and every formula is the reference's, so results are the
+//! reference's bit for bit: reordered (vectorised) sums moved ResNet-18's BatchNorm gradients
+//! after 3 steps by up to 3e-3 relative, outside the PyTorch parity test's 1e-4
+//! (`tests/onnx_parity.rs`), because the bias gradients are sums with heavy cancellation.
 
-use super::par::{for_each_chunk, for_each_chunk2, multiversion, MIN_TASK_WORK};
-use crate::kernels::reference::norm::{channel_grad_sums, channel_moments, statistics};
+use super::par::{for_each_chunk, for_each_chunk2, multiversion};
 use crate::kernels::{View, ViewMut};
 use crate::ops::BatchNorm;
 
@@ -40,40 +37,6 @@ fn grad_input_run_body<const FMA: bool>(dy: &[f32], x: &[f32], k: [f32; 6], dx: 
     }
 }
 
-multiversion!(fn moments(x: View<'_, f32>, c: usize) -> (f64, f64) => moments_body);
-
-#[inline(always)]
-fn moments_body<const FMA: bool>(x: View<'_, f32>, c: usize) -> (f64, f64) {
-    channel_moments(x, c)
-}
-
-multiversion!(fn grad_sums(dy: View<'_, f32>, x: View<'_, f32>, c: usize, mean: f32) -> (f64, f64) => grad_sums_body);
-
-#[inline(always)]
-fn grad_sums_body<const FMA: bool>(dy: View<'_, f32>, x: View<'_, f32>, c: usize, mean: f32) -> (f64, f64) {
-    channel_grad_sums(dy, x, c, mean)
-}
-
-/// Calls `f(c, [&mut a[c], &mut b[c], ...])` for every channel `c` of four per-channel outputs,
-/// split among up to `threads` threads when `work_per_channel` element operations make it worth it.
-fn per_channel(threads: usize, work_per_channel: usize, outputs: [&mut [f32]; 4], f: impl Fn(usize, [&mut f32; 4]) + Send + Sync) {
-    use rayon::prelude::*;
-    let [a, b, c, d] = outputs;
-    let channels = a.len();
-    if threads > 1 && channels > 1 && channels.saturating_mul(work_per_channel) >= 2 * MIN_TASK_WORK {
-        let min_len = (MIN_TASK_WORK / work_per_channel.max(1)).max(1);
-        a.par_iter_mut()
-            .zip(b.par_iter_mut())
-            .zip(c.par_iter_mut())
-            .zip(d.par_iter_mut())
-            .with_min_len(min_len)
-            .enumerate()
-            .for_each(|(i, (((a, b), c), d))| f(i, [a, b, c, d]));
-    } else {
-        a.iter_mut().zip(b.iter_mut()).zip(c.iter_mut()).zip(d.iter_mut()).enumerate().for_each(|(i, (((a, b), c), d))| f(i, [a, b, c, d]));
-    }
-}
-
 /// Normalises with the batch statistics and updates the running statistics in place.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_train(
@@ -90,15 +53,25 @@ pub fn batch_norm_train(
 ) {
     let (n, channels, inner) = layout(x.shape);
     let count = n * inner;
-    let (eps, momentum) = (b.eps, b.momentum);
-    let stats = [&mut *saved_mean.data, &mut *saved_invstd.data, &mut *running_mean.data, &mut *running_var.data];
-    per_channel(threads, 3 * count, stats, |c, [mean, invstd, run_mean, run_var]| {
-        let (m, squares) = moments(x, c);
-        let unbiased;
-        (*mean, *invstd, unbiased) = statistics(m, squares, count, eps);
-        *run_mean = (1.0 - momentum) * *run_mean + momentum * *mean;
-        *run_var = (1.0 - momentum) * *run_var + momentum * unbiased;
+    let m = count as f32;
+    // Per channel: the mean into `saved_mean`, the sum of squared deviations (two passes, as the
+    // reference) into `saved_invstd` until the sequential pass below turns it into 1/std.
+    for_each_chunk2(threads, saved_mean.data, 1, saved_invstd.data, 1, 3 * count, |c, mean, squares| {
+        let runs = || (0..n).map(|s| &x.data[(s * channels + c) * inner..][..inner]);
+        mean[0] = runs().map(|r| r.iter().copied().sum::<f32>()).sum::<f32>() / m;
+        let mu = mean[0];
+        squares[0] = runs().map(|r| r.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>()).sum::<f32>();
     });
+    let (eps, momentum) = (b.eps, b.momentum);
+    for c in 0..channels {
+        let (mean, squares) = (saved_mean.data[c], saved_invstd.data[c]);
+        let var = squares / m;
+        saved_invstd.data[c] = (var + eps).sqrt().recip();
+        // As the reference: PyTorch's unbiased running variance, the biased one for one element.
+        let unbiased = if count > 1 { squares / (count - 1) as f32 } else { var };
+        running_mean.data[c] = (1.0 - momentum) * running_mean.data[c] + momentum * mean;
+        running_var.data[c] = (1.0 - momentum) * running_var.data[c] + momentum * unbiased;
+    }
     let (mean, invstd) = (&*saved_mean.data, &*saved_invstd.data);
     for_each_chunk(threads, y.data, inner, inner, |p, y_run| {
         let c = p % channels;
@@ -122,9 +95,17 @@ pub fn batch_norm_train_grad(
     let (n, channels, inner) = layout(x.shape);
     let m = (n * inner) as f32;
     for_each_chunk2(threads, dgamma.data, 1, dbeta.data, 1, 2 * n * inner, |c, dg, db| {
-        let (sum_dy, sum_dy_xmu) = grad_sums(dy, x, c, saved_mean.data[c]);
-        db[0] = sum_dy as f32;
-        dg[0] = (sum_dy_xmu * f64::from(saved_invstd.data[c])) as f32;
+        let (mean, invstd) = (saved_mean.data[c], saved_invstd.data[c]);
+        let (mut sum_dy, mut sum_dy_xhat) = (0.0f32, 0.0f32);
+        for s in 0..n {
+            let run = (s * channels + c) * inner..(s * channels + c + 1) * inner;
+            for (&g, &xv) in dy.data[run.clone()].iter().zip(&x.data[run]) {
+                sum_dy += g;
+                sum_dy_xhat += g * (xv - mean) * invstd;
+            }
+        }
+        db[0] = sum_dy;
+        dg[0] = sum_dy_xhat;
     });
     let (sum_dy, sum_dy_xhat) = (&*dbeta.data, &*dgamma.data);
     for_each_chunk(threads, dx.data, inner, 3 * inner, |p, dx_run| {

@@ -47,92 +47,27 @@ pub fn batch_norm_train<T: Float>(
 ) {
     let (n, channels, inner) = layout(x.shape);
     let count = n * inner;
+    let m = T::from_usize(count);
     let eps = T::from_f32(b.eps);
     let momentum = T::from_f32(b.momentum);
     for c in 0..channels {
-        let (mean, squares) = channel_moments(x, c);
-        let (mean, invstd, unbiased) = statistics(mean, squares, count, eps);
+        // Two passes (mean, then squared deviations) rather than E[x^2] - E[x]^2, which loses
+        // precision when the mean is large compared with the spread.
+        let sum: T = channel_runs(x.shape, c).map(|r| x.data[r].iter().copied().sum::<T>()).sum();
+        let mean = sum / m;
+        let squares: T = channel_runs(x.shape, c).map(|r| x.data[r].iter().map(|&v| (v - mean) * (v - mean)).sum::<T>()).sum();
+        let var = squares / m;
+        let invstd = (var + eps).sqrt().recip();
         normalize(x, gamma, beta, c, mean, invstd, y.data);
         saved_mean.data[c] = mean;
         saved_invstd.data[c] = invstd;
+        // PyTorch tracks the unbiased variance. With one element per channel it is 0/0; PyTorch
+        // refuses to train then, and a kernel cannot refuse, so it keeps the (zero) biased value
+        // instead of writing NaN into persistent state.
+        let unbiased = if count > 1 { squares / T::from_usize(count - 1) } else { var };
         running_mean.data[c] = (T::one() - momentum) * running_mean.data[c] + momentum * mean;
         running_var.data[c] = (T::one() - momentum) * running_var.data[c] + momentum * unbiased;
     }
-}
-
-/// Lanes of the per-channel sums of batch normalisation (see [`add_to_lanes`]).
-pub const SUM_LANES: usize = 8;
-
-/// Adds `term(v)` of every `v` in `run` onto `lanes`: element `k` goes into lane `k % 8`.
-///
-/// The per-channel sums of batch normalisation are accumulated in f64 in this fixed order, then
-/// combined by [`lanes_total`]: far more accurate than one f32 running sum (the bias gradients
-/// are sums with heavy cancellation), and eight independent lanes are vector adds, so the fast
-/// CPU kernel runs this very function and matches the reference bit for bit.
-#[inline(always)]
-pub fn add_to_lanes<T: Float>(lanes: &mut [f64; SUM_LANES], run: &[T], term: impl Fn(T) -> f64) {
-    let mut chunks = run.chunks_exact(SUM_LANES);
-    for chunk in &mut chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += term(v);
-        }
-    }
-    for (lane, &v) in lanes.iter_mut().zip(chunks.remainder()) {
-        *lane += term(v);
-    }
-}
-
-/// [`add_to_lanes`] over two runs of equal length at once (`term(a[k], b[k])`).
-#[inline(always)]
-pub fn add_pairs_to_lanes<T: Float>(lanes: &mut [f64; SUM_LANES], a: &[T], b: &[T], term: impl Fn(T, T) -> f64) {
-    let mut chunks = a.chunks_exact(SUM_LANES).zip(b.chunks_exact(SUM_LANES));
-    for (ca, cb) in &mut chunks {
-        for ((lane, &u), &v) in lanes.iter_mut().zip(ca).zip(cb) {
-            *lane += term(u, v);
-        }
-    }
-    let whole = a.len() / SUM_LANES * SUM_LANES;
-    for ((lane, &u), &v) in lanes.iter_mut().zip(&a[whole..]).zip(&b[whole..]) {
-        *lane += term(u, v);
-    }
-}
-
-/// The sum of the lanes, pairwise.
-#[inline(always)]
-pub fn lanes_total(l: &[f64; SUM_LANES]) -> f64 {
-    ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
-}
-
-/// Channel `c`'s mean and sum of squared deviations from it, in f64. Two passes (mean, then
-/// squared deviations) rather than E[x^2] - E[x]^2, which loses precision when the mean is large
-/// compared with the spread.
-#[inline(always)]
-pub fn channel_moments<T: Float>(x: View<T>, c: usize) -> (f64, f64) {
-    let (n, _, inner) = layout(x.shape);
-    let mut lanes = [0.0f64; SUM_LANES];
-    for run in channel_runs(x.shape, c) {
-        add_to_lanes(&mut lanes, &x.data[run], #[inline(always)] |v| v.to_f64());
-    }
-    let mean = lanes_total(&lanes) / (n * inner) as f64;
-    let mut lanes = [0.0f64; SUM_LANES];
-    for run in channel_runs(x.shape, c) {
-        add_to_lanes(&mut lanes, &x.data[run], #[inline(always)] |v| {
-            let d = v.to_f64() - mean;
-            d * d
-        });
-    }
-    (mean, lanes_total(&lanes))
-}
-
-/// `(mean, 1/std, unbiased variance)` from a channel's f64 moments over `count` elements.
-pub fn statistics<T: Float>(mean: f64, squares: f64, count: usize, eps: T) -> (T, T, T) {
-    let var = T::from_f64(squares / count as f64);
-    let invstd = (var + eps).sqrt().recip();
-    // PyTorch tracks the unbiased variance. With one element per channel it is 0/0; PyTorch
-    // refuses to train then, and a kernel cannot refuse, so it keeps the (zero) biased value
-    // instead of writing NaN into persistent state.
-    let unbiased = if count > 1 { T::from_f64(squares / (count - 1) as f64) } else { var };
-    (T::from_f64(mean), invstd, unbiased)
 }
 
 /// Normalises with the frozen running statistics.
@@ -152,17 +87,17 @@ pub fn batch_norm_infer<T: Float>(
     }
 }
 
-/// `sum(dy)` and `sum(dy * (x - mean))` over one channel, in f64 (see [`add_to_lanes`]);
-/// `sum(dy * xhat)`, the gradient of gamma, is the second times `invstd`.
-#[inline(always)]
-pub fn channel_grad_sums<T: Float>(dy: View<T>, x: View<T>, c: usize, mean: T) -> (f64, f64) {
-    let mean = mean.to_f64();
-    let (mut dy_lanes, mut dy_xmu_lanes) = ([0.0f64; SUM_LANES], [0.0f64; SUM_LANES]);
+/// `sum(dy)` and `sum(dy * xhat)` over one channel, with `xhat = (x - mean) * invstd`: the
+/// gradients of beta and gamma.
+fn channel_sums<T: Float>(dy: View<T>, x: View<T>, c: usize, mean: T, invstd: T) -> (T, T) {
+    let (mut sum_dy, mut sum_dy_xhat) = (T::zero(), T::zero());
     for run in channel_runs(x.shape, c) {
-        add_to_lanes(&mut dy_lanes, &dy.data[run.clone()], #[inline(always)] |g| g.to_f64());
-        add_pairs_to_lanes(&mut dy_xmu_lanes, &dy.data[run.clone()], &x.data[run], #[inline(always)] |g, xv| g.to_f64() * (xv.to_f64() - mean));
+        for (&g, &xv) in dy.data[run.clone()].iter().zip(&x.data[run]) {
+            sum_dy += g;
+            sum_dy_xhat += g * (xv - mean) * invstd;
+        }
     }
-    (lanes_total(&dy_lanes), lanes_total(&dy_xmu_lanes))
+    (sum_dy, sum_dy_xhat)
 }
 
 /// The backward pass through batch statistics: the mean and variance depend on `x` too, so
@@ -184,8 +119,7 @@ pub fn batch_norm_train_grad<T: Float>(
     let m = T::from_usize(n * inner);
     for c in 0..channels {
         let (mean, invstd) = (saved_mean.data[c], saved_invstd.data[c]);
-        let (sum_dy, sum_dy_xmu) = channel_grad_sums(dy, x, c, mean);
-        let (sum_dy, sum_dy_xhat) = (T::from_f64(sum_dy), T::from_f64(sum_dy_xmu * invstd.to_f64()));
+        let (sum_dy, sum_dy_xhat) = channel_sums(dy, x, c, mean, invstd);
         dbeta.data[c] = sum_dy;
         dgamma.data[c] = sum_dy_xhat;
         let scale = gamma.data[c] * invstd / m;
@@ -215,8 +149,7 @@ pub fn batch_norm_infer_grad<T: Float>(
     let eps = T::from_f32(b.eps);
     for c in 0..x.shape[1] {
         let (mean, invstd) = (running_mean.data[c], (running_var.data[c] + eps).sqrt().recip());
-        let (sum_dy, sum_dy_xmu) = channel_grad_sums(dy, x, c, mean);
-        let (sum_dy, sum_dy_xhat) = (T::from_f64(sum_dy), T::from_f64(sum_dy_xmu * invstd.to_f64()));
+        let (sum_dy, sum_dy_xhat) = channel_sums(dy, x, c, mean, invstd);
         dbeta.data[c] = sum_dy;
         dgamma.data[c] = sum_dy_xhat;
         let scale = gamma.data[c] * invstd;
