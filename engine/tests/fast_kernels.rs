@@ -215,11 +215,15 @@ fn large_products_split_among_threads_match() {
 #[test]
 fn batch_norm_equals_the_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    for case in 0..12 {
+    // Channel counts below, at and above the eight channels summed side by side; the last cases
+    // are large enough for the blocks of channels to be split among the threads.
+    for case in 0..16 {
         let shape: Vec<usize> = if case % 4 == 3 {
-            vec![rng.random_range(1..9), rng.random_range(1..7)]
+            vec![rng.random_range(1..9), rng.random_range(1..20)]
+        } else if case >= 13 {
+            vec![rng.random_range(2..4), [24, 19, 40][case - 13], rng.random_range(12..20), rng.random_range(12..20)]
         } else {
-            vec![rng.random_range(1..4), rng.random_range(1..7), rng.random_range(1..20), rng.random_range(1..20)]
+            vec![rng.random_range(1..4), rng.random_range(1..20), rng.random_range(1..20), rng.random_range(1..20)]
         };
         let (numel, c) = (shape.iter().product::<usize>(), shape[1]);
         let b = BatchNorm { eps: 1e-5, momentum: 0.1 };

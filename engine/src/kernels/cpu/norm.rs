@@ -1,5 +1,6 @@
-//! Batch normalisation in training mode, forward and backward: per-channel sums split among the
-//! pool's threads by channel, then the elementwise pass split by `(sample, channel)` plane and
+//! Batch normalisation in training mode, forward and backward: per-channel sums, eight channels
+//! side by side in the vector lanes (each channel still one sequential sum, so eight independent
+//! add chains instead of one), split among the pool's threads by block of channels, then the elementwise pass split by `(sample, channel)` plane and
 //! vectorised for the instruction set chosen at run time. The sums keep the reference's order
 //! (`kernels/reference/norm.rs`) and every formula is the reference's, so results are the
 //! reference's bit for bit: reordered (vectorised) sums moved ResNet-18's BatchNorm gradients
@@ -37,6 +38,83 @@ fn grad_input_run_body<const FMA: bool>(dy: &[f32], x: &[f32], k: [f32; 6], dx: 
     }
 }
 
+/// Channels whose sums run side by side, one per vector lane.
+const LANES: usize = 8;
+
+/// The runs of channels `first ..` (eight, the last repeated past the final channel) of sample
+/// `s` in an `[N, C, inner]` tensor.
+#[inline(always)]
+fn block_runs(data: &[f32], [_, channels, inner]: [usize; 3], s: usize, first: usize) -> [&[f32]; LANES] {
+    core::array::from_fn(|l| &data[(s * channels + (first + l).min(channels - 1)) * inner..][..inner])
+}
+
+multiversion!(fn block_moments(x: &[f32], layout: [usize; 3], first: usize, m: f32) -> [[f32; LANES]; 2] => block_moments_body);
+
+/// The means and sums of squared deviations of channels `first ..` (eight), each summed exactly
+/// as the reference does (`Iterator::sum` per sample run, from -0.0, then over the runs): only
+/// the channels run side by side, so the result is the reference's bit for bit.
+#[inline(always)]
+fn block_moments_body<const FMA: bool>(x: &[f32], layout: [usize; 3], first: usize, m: f32) -> [[f32; LANES]; 2] {
+    let (n, inner) = (layout[0], layout[2]);
+    let mut total = [-0.0f32; LANES];
+    for s in 0..n {
+        let runs = block_runs(x, layout, s, first);
+        let mut run_sum = [-0.0f32; LANES];
+        for i in 0..inner {
+            for l in 0..LANES {
+                run_sum[l] += runs[l][i];
+            }
+        }
+        for l in 0..LANES {
+            total[l] += run_sum[l];
+        }
+    }
+    let mean: [f32; LANES] = core::array::from_fn(|l| total[l] / m);
+    let mut total = [-0.0f32; LANES];
+    for s in 0..n {
+        let runs = block_runs(x, layout, s, first);
+        let mut run_sum = [-0.0f32; LANES];
+        for i in 0..inner {
+            for l in 0..LANES {
+                let d = runs[l][i] - mean[l];
+                run_sum[l] += d * d;
+            }
+        }
+        for l in 0..LANES {
+            total[l] += run_sum[l];
+        }
+    }
+    [mean, total]
+}
+
+multiversion!(fn block_grad_sums(dy: &[f32], x: &[f32], layout: [usize; 3], first: usize, mean: [f32; LANES], invstd: [f32; LANES]) -> [[f32; LANES]; 2] => block_grad_sums_body);
+
+/// `sum(dy)` and `sum(dy * xhat)` of channels `first ..` (eight), each one running sum from 0.0
+/// in element order as the reference's, the channels side by side.
+#[inline(always)]
+fn block_grad_sums_body<const FMA: bool>(
+    dy: &[f32],
+    x: &[f32],
+    layout: [usize; 3],
+    first: usize,
+    mean: [f32; LANES],
+    invstd: [f32; LANES],
+) -> [[f32; LANES]; 2] {
+    let (n, inner) = (layout[0], layout[2]);
+    let (mut sum_dy, mut sum_dy_xhat) = ([0.0f32; LANES], [0.0f32; LANES]);
+    for s in 0..n {
+        let (g_runs, x_runs) = (block_runs(dy, layout, s, first), block_runs(x, layout, s, first));
+        for i in 0..inner {
+            for l in 0..LANES {
+                let g = g_runs[l][i];
+                sum_dy[l] += g;
+                sum_dy_xhat[l] += g * (x_runs[l][i] - mean[l]) * invstd[l];
+            }
+        }
+    }
+    [sum_dy, sum_dy_xhat]
+}
+
 /// Normalises with the batch statistics and updates the running statistics in place.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_train(
@@ -54,13 +132,13 @@ pub fn batch_norm_train(
     let (n, channels, inner) = layout(x.shape);
     let count = n * inner;
     let m = count as f32;
-    // Per channel: the mean into `saved_mean`, the sum of squared deviations (two passes, as the
-    // reference) into `saved_invstd` until the sequential pass below turns it into 1/std.
-    for_each_chunk2(threads, saved_mean.data, 1, saved_invstd.data, 1, 3 * count, |c, mean, squares| {
-        let runs = || (0..n).map(|s| &x.data[(s * channels + c) * inner..][..inner]);
-        mean[0] = runs().map(|r| r.iter().copied().sum::<f32>()).sum::<f32>() / m;
-        let mu = mean[0];
-        squares[0] = runs().map(|r| r.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>()).sum::<f32>();
+    // Per block of channels: the means into `saved_mean`, the sums of squared deviations (two
+    // passes, as the reference) into `saved_invstd` until the sequential pass below turns them
+    // into 1/std.
+    for_each_chunk2(threads, saved_mean.data, LANES, saved_invstd.data, LANES, 3 * count * LANES, |b, mean, squares| {
+        let [means, sums] = block_moments(x.data, [n, channels, inner], b * LANES, m);
+        mean.copy_from_slice(&means[..mean.len()]);
+        squares.copy_from_slice(&sums[..squares.len()]);
     });
     let (eps, momentum) = (b.eps, b.momentum);
     for c in 0..channels {
@@ -94,18 +172,13 @@ pub fn batch_norm_train_grad(
 ) {
     let (n, channels, inner) = layout(x.shape);
     let m = (n * inner) as f32;
-    for_each_chunk2(threads, dgamma.data, 1, dbeta.data, 1, 2 * n * inner, |c, dg, db| {
-        let (mean, invstd) = (saved_mean.data[c], saved_invstd.data[c]);
-        let (mut sum_dy, mut sum_dy_xhat) = (0.0f32, 0.0f32);
-        for s in 0..n {
-            let run = (s * channels + c) * inner..(s * channels + c + 1) * inner;
-            for (&g, &xv) in dy.data[run.clone()].iter().zip(&x.data[run]) {
-                sum_dy += g;
-                sum_dy_xhat += g * (xv - mean) * invstd;
-            }
-        }
-        db[0] = sum_dy;
-        dg[0] = sum_dy_xhat;
+    for_each_chunk2(threads, dgamma.data, LANES, dbeta.data, LANES, 2 * n * inner * LANES, |b, dg, db| {
+        let first = b * LANES;
+        let stats = |v: &[f32]| -> [f32; LANES] { core::array::from_fn(|l| v[(first + l).min(channels - 1)]) };
+        let [sum_dy, sum_dy_xhat] =
+            block_grad_sums(dy.data, x.data, [n, channels, inner], first, stats(saved_mean.data), stats(saved_invstd.data));
+        db.copy_from_slice(&sum_dy[..db.len()]);
+        dg.copy_from_slice(&sum_dy_xhat[..dg.len()]);
     });
     let (sum_dy, sum_dy_xhat) = (&*dbeta.data, &*dgamma.data);
     for_each_chunk(threads, dx.data, inner, 3 * inner, |p, dx_run| {
