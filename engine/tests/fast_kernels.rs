@@ -18,8 +18,8 @@ fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
 /// Runs `op` with the reference and with the fast kernels on the same inputs and initial outputs
 /// (in-place outputs hold state), and checks every output: exactly equal when `exact`, else
 /// within 1e-4 of the output's RMS (float sums in another order). On each instruction-set path,
-/// the 2-thread outputs must equal the 1-thread outputs bit for bit (every fast kernel computes a
-/// chunk the same way on any thread).
+/// the 2- and 3-thread outputs must equal the 1-thread outputs bit for bit (every fast kernel
+/// computes a chunk the same way on any thread).
 fn check(what: &str, op: &Op, inputs: &[(Vec<f32>, Vec<usize>)], outputs: &[Vec<usize>], rng: &mut ChaCha8Rng, exact: bool) {
     // `force_isa` is process-wide: one check at a time, so that no other test switches the
     // instruction set in the middle of this one.
@@ -37,7 +37,7 @@ fn check(what: &str, op: &Op, inputs: &[(Vec<f32>, Vec<usize>)], outputs: &[Vec<
     for path in [None, Some(Isa::Portable)] {
         force_isa(path);
         let mut one_thread: Option<Vec<Vec<f32>>> = None;
-        for threads in [1, 2] {
+        for threads in [1, 2, 3] {
             let mut got = initial.clone();
             {
                 let mut outs: Vec<ViewMut<f32>> = got.iter_mut().zip(outputs).map(|(d, s)| ViewMut { data: d, shape: s }).collect();
@@ -139,6 +139,44 @@ fn convolutions_match_the_reference() {
     }
 }
 
+/// Depthwise convolutions (one output channel per input channel) on the planes where the
+/// channel-blocked kernel takes over from the row loops (1x1 to 16x16, odd and even), and on wide
+/// planes that stay on the row path; channel counts around the eight-channel block (a last block
+/// with fewer channels), strides 1 and 2, uneven padding and dilation; enough work in some cases
+/// for the blocks to be split among the threads.
+#[test]
+fn depthwise_blocks_match_the_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let planes: [[usize; 2]; 8] = [[1, 1], [3, 5], [7, 7], [8, 8], [4, 4], [16, 16], [13, 6], [40, 36]];
+    for (case, hw) in planes.iter().cycle().take(32).enumerate() {
+        let c = [3, 8, 13, 20, 24, 9][case % 6];
+        let n = if case % 5 == 0 { 4 } else { rng.random_range(1..3usize) };
+        let (kh, kw) = if case % 7 == 3 { (5, 3) } else { (3, 3) };
+        let stride = [1 + case % 2, 1 + (case / 2) % 2];
+        let dilation = if case % 4 == 3 { [2, 1] } else { [1, 1] };
+        // Padding at least the dilated kernel's reach less the plane, so that a 1x1 plane has an output.
+        let reach: [usize; 2] = [dilation[0] * (kh - 1), dilation[1] * (kw - 1)];
+        let pad = |i: usize, lo: usize| (reach[i % 2].saturating_sub(hw[i % 2] - 1)).div_ceil(2).max(lo);
+        let padding = [pad(0, case % 3), pad(1, 1), pad(2, (case + 1) % 3), pad(3, case % 2)];
+        let conv = Conv2d { stride, padding, dilation, groups: c };
+        let (x_shape, w_shape) = (vec![n, c, hw[0], hw[1]], vec![c, 1, kh, kw]);
+        let y_shape = Op::from(ConvOp::Conv2d(conv)).output_shapes(&[&x_shape, &w_shape]).unwrap().remove(0);
+        let what = format!("depthwise {x_shape:?} * {w_shape:?} -> {y_shape:?}, {conv:?}");
+        let (x, wt, dy) = (
+            random(&mut rng, x_shape.iter().product()),
+            random(&mut rng, w_shape.iter().product()),
+            random(&mut rng, y_shape.iter().product()),
+        );
+        let inputs = [(x.clone(), x_shape.clone()), (wt.clone(), w_shape.clone())];
+        check(&format!("forward {what}"), &Op::from(ConvOp::Conv2d(conv)), &inputs, std::slice::from_ref(&y_shape), &mut rng, false);
+        let grad_input = Op::from(ConvOp::Conv2dGradInput { conv, input_hw: *hw });
+        let inputs = [(dy.clone(), y_shape.clone()), (wt, w_shape.clone())];
+        check(&format!("grad input {what}"), &grad_input, &inputs, std::slice::from_ref(&x_shape), &mut rng, false);
+        let grad_weight = Op::from(ConvOp::Conv2dGradWeight { conv, kernel_hw: [kh, kw] });
+        check(&format!("grad weight {what}"), &grad_weight, &[(dy, y_shape), (x, x_shape)], &[w_shape], &mut rng, false);
+    }
+}
+
 /// Convolutions and a matmul large enough that gemm, im2col and col2im split their work among
 /// the threads (products above `PARALLEL_MIN_MACS`, more than one task of rows or planes).
 #[test]
@@ -177,11 +215,15 @@ fn large_products_split_among_threads_match() {
 #[test]
 fn batch_norm_equals_the_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    for case in 0..12 {
+    // Channel counts below, at and above the eight channels summed side by side; the last cases
+    // are large enough for the blocks of channels to be split among the threads.
+    for case in 0..16 {
         let shape: Vec<usize> = if case % 4 == 3 {
-            vec![rng.random_range(1..9), rng.random_range(1..7)]
+            vec![rng.random_range(1..9), rng.random_range(1..20)]
+        } else if case >= 13 {
+            vec![rng.random_range(2..4), [24, 19, 40][case - 13], rng.random_range(12..20), rng.random_range(12..20)]
         } else {
-            vec![rng.random_range(1..4), rng.random_range(1..7), rng.random_range(1..20), rng.random_range(1..20)]
+            vec![rng.random_range(1..4), rng.random_range(1..20), rng.random_range(1..20), rng.random_range(1..20)]
         };
         let (numel, c) = (shape.iter().product::<usize>(), shape[1]);
         let b = BatchNorm { eps: 1e-5, momentum: 0.1 };

@@ -1,5 +1,5 @@
 //! The fused convolutions (and the fused matmul) equal the ops they replace bit for bit, with the fast CPU kernels (on
-//! the instruction set the CPU offers and the portable path, 1 and 2 threads) and with the
+//! the instruction set the CPU offers and the portable path, 1 to 3 threads) and with the
 //! reference kernels: `Conv2dBiasAct` = `Conv2d`, then `BiasAdd`, then `Relu`/`Clip`;
 //! `Conv2dGradInputMasked` = `Conv2dGradInput`, then `MaskGrad`; `MatMulBiasAct` = `MatMul`, then
 //! `BiasAdd`, then `Relu`/`Clip`. Each algorithm of the fast
@@ -16,15 +16,18 @@ use rand_chacha::ChaCha8Rng;
 type Case = (usize, usize, [usize; 2], usize, [usize; 2], usize, [usize; 4], usize);
 
 const CASES: &[Case] = &[
-    (2, 8, [9, 7], 6, [1, 1], 1, [0; 4], 1),        // pointwise
-    (8, 16, [16, 16], 24, [1, 1], 1, [0; 4], 1),    // pointwise, large enough to split per sample
-    (3, 8, [5, 5], 4, [1, 1], 1, [0; 4], 2),        // grouped pointwise
-    (2, 5, [11, 13], 7, [3, 3], 2, [1; 4], 1),      // im2col, strided
-    (1, 6, [9, 10], 9, [3, 3], 1, [1, 1, 0, 0], 3), // im2col, grouped
-    (2, 6, [9, 11], 6, [3, 3], 1, [1; 4], 6),       // depthwise
-    (2, 6, [10, 11], 6, [3, 3], 2, [1; 4], 6),      // depthwise, strided
-    (2, 3, [9, 8], 6, [3, 3], 2, [1, 0, 2, 1], 3),  // depthwise, channel multiplier 2
-    (2, 32, [20, 18], 48, [3, 3], 1, [1; 4], 1),    // gemm blocking
+    (2, 8, [9, 7], 6, [1, 1], 1, [0; 4], 1),          // pointwise
+    (8, 16, [16, 16], 24, [1, 1], 1, [0; 4], 1),      // pointwise, large enough to split per sample
+    (3, 8, [5, 5], 4, [1, 1], 1, [0; 4], 2),          // grouped pointwise
+    (2, 5, [11, 13], 7, [3, 3], 2, [1; 4], 1),        // im2col, strided
+    (1, 6, [9, 10], 9, [3, 3], 1, [1, 1, 0, 0], 3),   // im2col, grouped
+    (2, 6, [9, 11], 6, [3, 3], 1, [1; 4], 6),         // depthwise
+    (2, 6, [10, 11], 6, [3, 3], 2, [1; 4], 6),        // depthwise, strided
+    (2, 3, [9, 8], 6, [3, 3], 2, [1, 0, 2, 1], 3),    // depthwise, channel multiplier 2
+    (4, 20, [8, 8], 20, [3, 3], 1, [1; 4], 20),       // depthwise, channel blocks (the last short), split among threads
+    (3, 11, [7, 7], 11, [3, 3], 2, [1, 0, 1, 1], 11), // depthwise, channel blocks, strided
+    (1, 3, [40, 38], 3, [3, 3], 1, [1; 4], 3),        // depthwise on planes wide enough for the row path
+    (2, 32, [20, 18], 48, [3, 3], 1, [1; 4], 1),      // gemm blocking
 ];
 
 static ISA: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -76,7 +79,7 @@ fn for_each_path(mut f: impl FnMut(Option<CpuConfig>, &str)) {
     let _isa = ISA.lock().unwrap_or_else(|e| e.into_inner());
     for path in [None, Some(Isa::Portable)] {
         force_isa(path);
-        for threads in [1, 2] {
+        for threads in [1, 2, 3] {
             f(Some(CpuConfig { threads }), &format!("fast {path:?} {threads} threads"));
         }
     }

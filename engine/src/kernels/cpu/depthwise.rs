@@ -4,13 +4,22 @@
 //! at run time; SSE2 or NEON otherwise). Planes (forward, input gradient) and channels (weight
 //! gradient) are independent and are split among the pool's threads; each is computed the same
 //! way on any thread, so results do not depend on the thread count.
+//!
+//! Small planes (MobileNet's 16x16 down to 4x4), where these row loops would mostly enter and
+//! leave rows of a few elements, take the channel-blocked path of `depthwise_blocked.rs` instead.
 
+use super::depthwise_blocked as blocked;
 use super::par::{for_each_chunk, madd, multiversion};
 use crate::kernels::conv_geometry::ConvGeometry as Geometry;
 
 /// Calls `f(tap, oh, ih, ow_range, iw_first)` for every kernel tap (`kh * KW + kw`) and every
 /// output row `oh` on which that tap reads input row `ih` rather than padding; `ow_range` are the
 /// output columns on which it reads input columns, starting at `iw_first`.
+///
+/// Callers in a [`multiversion`] body mark `f` `#[inline(always)]`: a closure does not inherit
+/// the AVX2+FMA target of the function it is inlined into, so left out of line (as LLVM chose
+/// for the input gradient's) its `mul_add` became a call to the library's `fmaf`, which made the
+/// stride-2 input gradient 5 times slower.
 #[inline(always)]
 pub(super) fn for_each_tap_row(g: &Geometry, mut f: impl FnMut(usize, usize, usize, core::ops::Range<usize>, usize)) {
     for kh in 0..g.kh {
@@ -27,6 +36,9 @@ pub(super) fn for_each_tap_row(g: &Geometry, mut f: impl FnMut(usize, usize, usi
 /// `y = conv(x, w)` for a depthwise convolution; with an epilogue (a fused bias and activation)
 /// each plane gets it right after its sum.
 pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], y: &mut [f32], threads: usize, epilogue: Option<super::epilogue::Epilogue<'_>>) {
+    if blocked::applies(g) {
+        return blocked::forward(g, x, w, y, threads, epilogue);
+    }
     let (in_plane, out_plane, taps) = (g.in_plane(), g.out_plane(), g.kh * g.kw);
     for_each_chunk(threads, y, out_plane, out_plane * taps, |p, y_plane| {
         let (n, o) = (p / g.o, p % g.o);
@@ -46,12 +58,16 @@ multiversion!(fn forward_plane(g: &Geometry, x_plane: &[f32], kernel: &[f32], y_
 #[inline(always)]
 fn forward_plane_body<const FMA: bool>(g: &Geometry, x_plane: &[f32], kernel: &[f32], y_plane: &mut [f32]) {
     y_plane.fill(0.0);
-    for_each_tap_row(g, |tap, oh, ih, ows, iw_first| {
-        let y_row = &mut y_plane[oh * g.wo + ows.start..oh * g.wo + ows.end];
-        let x_row = &x_plane[ih * g.w + iw_first..(ih + 1) * g.w];
-        let weight = kernel[tap];
-        zip_gather(y_row, x_row, g.stride[1], |d, s| *d = madd::<FMA>(weight, s, *d));
-    });
+    for_each_tap_row(
+        g,
+        #[inline(always)]
+        |tap, oh, ih, ows, iw_first| {
+            let y_row = &mut y_plane[oh * g.wo + ows.start..oh * g.wo + ows.end];
+            let x_row = &x_plane[ih * g.w + iw_first..(ih + 1) * g.w];
+            let weight = kernel[tap];
+            zip_gather(y_row, x_row, g.stride[1], |d, s| *d = madd::<FMA>(weight, s, *d));
+        },
+    );
 }
 
 /// Kernels with more taps than this take the scatter path of the input gradient (the gather path
@@ -68,6 +84,9 @@ const MAX_FLIPPED_TAPS: usize = 64;
 ///
 /// With `mask` (a fused `Conv2dGradInputMasked`) each `dx` plane is masked right after its sum.
 pub(super) fn grad_input(g: &Geometry, dy: &[f32], w: &[f32], dx: &mut [f32], threads: usize, mask: Option<&[u8]>) {
+    if blocked::applies(g) {
+        return blocked::grad_input(g, dy, w, dx, threads, mask);
+    }
     let (in_plane, out_plane, taps) = (g.in_plane(), g.out_plane(), g.kh * g.kw);
     if let Some(t) = transposed(g) {
         for_each_chunk(threads, dx, in_plane, out_plane * taps, |p, dx_plane| {
@@ -134,18 +153,25 @@ fn grad_input_plane_body<const FMA: bool>(g: &Geometry, dy_planes: &[f32], kerne
     let (out_plane, taps) = (g.out_plane(), g.kh * g.kw);
     dx_plane.fill(0.0);
     for (dy_plane, kernel) in dy_planes.chunks_exact(out_plane.max(1)).zip(kernels.chunks_exact(taps.max(1))) {
-        for_each_tap_row(g, |tap, oh, ih, ows, iw_first| {
-            let dy_row = &dy_plane[oh * g.wo + ows.start..oh * g.wo + ows.end];
-            let dx_row = &mut dx_plane[ih * g.w + iw_first..(ih + 1) * g.w];
-            let weight = kernel[tap];
-            zip_scatter(dx_row, dy_row, g.stride[1], |d, s| *d = madd::<FMA>(weight, s, *d));
-        });
+        for_each_tap_row(
+            g,
+            #[inline(always)]
+            |tap, oh, ih, ows, iw_first| {
+                let dy_row = &dy_plane[oh * g.wo + ows.start..oh * g.wo + ows.end];
+                let dx_row = &mut dx_plane[ih * g.w + iw_first..(ih + 1) * g.w];
+                let weight = kernel[tap];
+                zip_scatter(dx_row, dy_row, g.stride[1], |d, s| *d = madd::<FMA>(weight, s, *d));
+            },
+        );
     }
 }
 
 /// `dw` of a depthwise convolution: each tap's gradient is the dot product of `dy` with the input
 /// positions the tap read, summed over the batch; one task per output channel.
 pub(super) fn grad_weight(g: &Geometry, dy: &[f32], x: &[f32], dw: &mut [f32], threads: usize) {
+    if blocked::applies(g) {
+        return blocked::grad_weight(g, dy, x, dw, threads);
+    }
     let (out_plane, taps) = (g.out_plane(), g.kh * g.kw);
     for_each_chunk(threads, dw, taps, g.n * out_plane * taps, |o, kernel_grad| grad_weight_channel(g, dy, x, o, kernel_grad));
 }
@@ -159,11 +185,15 @@ fn grad_weight_channel_body<const FMA: bool>(g: &Geometry, dy: &[f32], x: &[f32]
     for n in 0..g.n {
         let dy_plane = &dy[(n * g.o + o) * out_plane..][..out_plane];
         let x_plane = &x[(n * g.c + o / g.og) * in_plane..][..in_plane];
-        for_each_tap_row(g, |tap, oh, ih, ows, iw_first| {
-            let dy_row = &dy_plane[oh * g.wo + ows.start..oh * g.wo + ows.end];
-            let x_row = &x_plane[ih * g.w + iw_first..(ih + 1) * g.w];
-            kernel_grad[tap] += dot_strided::<FMA>(dy_row, x_row, g.stride[1]);
-        });
+        for_each_tap_row(
+            g,
+            #[inline(always)]
+            |tap, oh, ih, ows, iw_first| {
+                let dy_row = &dy_plane[oh * g.wo + ows.start..oh * g.wo + ows.end];
+                let x_row = &x_plane[ih * g.w + iw_first..(ih + 1) * g.w];
+                kernel_grad[tap] += dot_strided::<FMA>(dy_row, x_row, g.stride[1]);
+            },
+        );
     }
 }
 

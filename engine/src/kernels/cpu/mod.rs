@@ -11,6 +11,7 @@
 mod broadcast;
 mod conv;
 mod depthwise;
+mod depthwise_blocked;
 mod elementwise;
 mod epilogue;
 mod matmul;

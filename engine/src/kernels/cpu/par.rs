@@ -217,3 +217,54 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+/// Calls `f(tasks, run)` for runs of consecutive tasks of `0..tasks`, on up to `threads` threads,
+/// where task `t`'s output is `data[start(t)..start(t + 1)]` (`start` increasing, `start(0) = 0`,
+/// `start(tasks) = data.len()`): for kernels whose tasks own outputs of different lengths (a
+/// block of channels that may be the last, shorter one of its sample). `work_per_task` (about the
+/// element operations one task does) decides how many runs are worth a task each. Each run is
+/// computed by one call on one thread, so a kernel that computes each task alike gives results
+/// that do not depend on the thread count.
+pub fn for_each_run(
+    threads: usize,
+    tasks: usize,
+    work_per_task: usize,
+    data: &mut [f32],
+    start: impl Fn(usize) -> usize + Sync,
+    f: impl Fn(core::ops::Range<usize>, &mut [f32]) + Send + Sync,
+) {
+    if tasks == 0 {
+        return;
+    }
+    let worth = tasks.saturating_mul(work_per_task) / MIN_TASK_WORK;
+    // Two runs per thread let a thread that finishes early take over the remainder of another.
+    let runs = if threads > 1 && worth >= 2 { (2 * threads).min(tasks).min(worth) } else { 1 };
+    split_runs(0..tasks, runs, data, &start, &f);
+}
+
+/// Splits `tasks` into `runs` runs of about equal length, one pool task each; run `i` gets the
+/// part of `data` from `start` of its first task to `start` of the next run's (the last run, to
+/// the end of `data`).
+fn split_runs(
+    tasks: core::ops::Range<usize>,
+    runs: usize,
+    data: &mut [f32],
+    start: &(impl Fn(usize) -> usize + Sync),
+    f: &(impl Fn(core::ops::Range<usize>, &mut [f32]) + Send + Sync),
+) {
+    if runs <= 1 || tasks.len() <= 1 {
+        f(tasks, data);
+        return;
+    }
+    let runs = runs.min(tasks.len());
+    let bound = |i: usize| tasks.start + tasks.len() * i / runs;
+    let (len, origin, base) = (data.len(), start(tasks.start), Shared(data.as_mut_ptr()));
+    for_each_index(runs, runs, 1, |i| {
+        let end = if i + 1 == runs { len } else { start(bound(i + 1)) - origin };
+        let begin = start(bound(i)) - origin;
+        assert!(begin <= end && end <= len, "for_each_run: run {i} reaches past its data");
+        // SAFETY: runs cover disjoint, increasing ranges of `data` (asserted in range), each
+        // given to this call only.
+        f(bound(i)..bound(i + 1), unsafe { base.slice(begin..end) })
+    });
+}
