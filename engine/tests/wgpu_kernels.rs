@@ -310,7 +310,12 @@ fn implicit_gemm_convolutions_cross_tile_edges() {
         let what = format!("conv x[{n}, {c}, {h}, {w}] w{wt:?} {conv:?}");
         let depthwise = c / groups == 1;
         let ops = [
-            (Op::Conv(ConvOp::Conv2d(conv)), vec![floats(&mut rng, &[n, c, h, w]), floats(&mut rng, &wt)], Kernel::ConvGemm, Kernel::Conv2d),
+            (
+                Op::Conv(ConvOp::Conv2d(conv)),
+                vec![floats(&mut rng, &[n, c, h, w]), floats(&mut rng, &wt)],
+                Kernel::ConvGemm,
+                Kernel::Conv2d,
+            ),
             (
                 Op::Conv(ConvOp::Conv2dGradInput { conv, input_hw: [h, w] }),
                 vec![floats(&mut rng, &y), floats(&mut rng, &wt)],

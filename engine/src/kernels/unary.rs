@@ -75,7 +75,6 @@ pub struct HardSigmoid {
     pub beta: f32,
 }
 
-
 /// The helper functions of the formula language, on the Rust side (each has a same-named
 /// counterpart (`lit(constant)`, a constant of the formula's float type, is bound in each
 /// generated function) in [`WGSL_PRELUDE`] or is a WGSL builtin of the same meaning: `exp`, `sqrt`, `abs`,
