@@ -198,7 +198,8 @@ macro_rules! unary_formulas {
                     $(let $av = $ae;)*
                     $apply
                 }
-                #[allow(unused_variables)]
+                // Constants are literals (WGSL text too), not `core::f64::consts`.
+                #[allow(unused_variables, clippy::approx_constant)]
                 fn derivative<T: Float>(&self, $s: T) -> T {
                     #[allow(unused_imports)]
                     use dsl::*;

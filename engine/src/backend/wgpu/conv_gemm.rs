@@ -15,8 +15,8 @@
 //! | input gradient | C/G | N*H*W | O/G*KH*KW | w (transposed per tap) | dy gathered per tap |
 //! | weight gradient | O/G (or the node's rows) | C/G*KH*KW | N*OH*OW | dy | im2col(x) transposed |
 //!
-//! Groups are the GEMM's batch (one set of tiles per group). Depthwise-like convolutions (groups
-//! > 1 with one input channel per group) keep the direct kernels of `kernels.rs`: their per-group
+//! Groups are the GEMM's batch (one set of tiles per group). Depthwise-like convolutions (more
+//! than one group, one input channel per group) keep the direct kernels of `kernels.rs`: their per-group
 //! GEMM is a single row, nothing to tile. Each output is still one running sum over k in the
 //! direct kernel's order (channel, kernel row, kernel column; or n, oh, ow), padded taps adding
 //! an exact 0 product.
