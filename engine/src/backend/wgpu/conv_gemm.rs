@@ -197,7 +197,7 @@ pub(super) fn source(kernel: Kernel, header: &str, conv_params: &str) -> String 
 /// Whether a convolution takes the implicit-GEMM path: all but depthwise-like ones (groups > 1
 /// with one input channel per group), which keep the direct kernels.
 pub(super) fn applies(channels: usize, groups: usize) -> bool {
-    groups == 1 || channels / groups > 1
+    groups == 1 || channels.checked_div(groups).is_some_and(|per_group| per_group > 1)
 }
 
 /// `direct` (a direct kernel's lowering, `P` words 0-19 as `CONV_PARAMS`, its own words at 20-23)
@@ -208,7 +208,8 @@ pub(super) fn tile(direct: Lowered, kernel: Kernel, rows: Option<[usize; 2]>) ->
     let mut p = direct.params;
     p.resize(28, 0);
     let [n, c, h, w, o, oh, ow, kh, kw] = [p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12]];
-    let g = p[19];
+    // Validated plans have groups >= 1; `max` keeps a malformed one from dividing by zero here.
+    let g = p[19].max(1);
     let (cg, og) = (c / g, o / g);
     let (m, cols, depth) = match kernel {
         Kernel::ConvGemm | Kernel::ConvGemmBiasAct => (og, n * oh * ow, cg * kh * kw),
