@@ -623,6 +623,27 @@ fn unary_kernels_match_the_reference() {
     }
 }
 
+/// The GPU's unary cases are the Rust formulas' own text (`unary_formulas!` in
+/// `kernels/unary.rs`), one per function, in a `switch` numbered by position. Needs no device.
+#[test]
+fn unary_wgsl_is_generated_from_the_rust_formulas() {
+    use pock_engine::kernels::unary::{HardSigmoid, UnaryFormula, WGSL_FORMULAS};
+    let hard = WGSL_FORMULAS.iter().find(|w| w.name == HardSigmoid::NAME).unwrap();
+    assert_eq!(
+        hard.apply,
+        "let v = alpha * x + beta; let raised = select(v, lit(0.0), v < lit(0.0)); return select(raised, lit(1.0), raised > lit(1.0));"
+    );
+    assert_eq!(hard.derivative, "return select(lit(0.0), alpha, lit(0.0) < s && s < lit(1.0));");
+    let mut names: Vec<&str> = WGSL_FORMULAS.iter().map(|w| w.name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), WGSL_FORMULAS.len(), "two formulas share a name");
+    // The CPU side computes the same formula (HardSigmoid at a point inside the ramp).
+    let f = HardSigmoid { alpha: 0.2, beta: 0.5 };
+    assert_eq!(f.apply(1.0f32), 0.7);
+    assert_eq!(f.derivative(0.7f32), 0.2);
+}
+
 #[test]
 fn broadcast_kernels_match_the_reference() {
     if !gpu_present() {
