@@ -48,10 +48,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
             var v = 0.0;
             if (r < rows && k < K) { v = a_at(p, g, r, k); }
             As[e] = v;
-            let kb = k0 + e / 32u; let c = c0 + e % 32u;
+            let bd = b_depth(e); let bn = b_column(e);
+            let kb = k0 + bd; let c = c0 + bn;
             var w = 0.0;
             if (kb < K && c < cols) { w = b_at(p, g, kb, c); }
-            Bs[e] = w;
+            Bs[bd * 32u + bn] = w;
         }
         workgroupBarrier();
         let kn = min(16u, K - k0);
@@ -90,6 +91,18 @@ fn out_index(p: Conv, g: u32, r: u32, c: u32) -> u32 {
     let plane = p.OH * p.OW;
     return ((c / plane) * p.O + g * (p.O / p.G) + r) * plane + c % plane;
 }
+"#;
+
+/// How the workgroup's 256 threads walk the 16x32 B tile (element `e` of 512): along the columns
+/// where B's columns are contiguous in memory (the forward's and the input gradient's output
+/// pixels), along the depth where its depth is (the weight gradient's `N*OH*OW`).
+const B_ALONG_COLUMNS: &str = r#"
+fn b_depth(e: u32) -> u32 { return e / 32u; }
+fn b_column(e: u32) -> u32 { return e % 32u; }
+"#;
+const B_ALONG_DEPTH: &str = r#"
+fn b_depth(e: u32) -> u32 { return e % 16u; }
+fn b_column(e: u32) -> u32 { return e / 16u; }
 "#;
 
 const FORWARD_STORE: &str = r#"
@@ -178,11 +191,11 @@ fn store(p: Conv, g: u32, r: u32, c: u32, s: f32) {
 /// (the `Conv` struct).
 pub(super) fn source(kernel: Kernel, header: &str, conv_params: &str) -> String {
     let parts: &[&str] = match kernel {
-        Kernel::ConvGemm => &[FORWARD, FORWARD_STORE],
-        Kernel::ConvGemmBiasAct => &[FORWARD, BIAS_ACT_STORE],
-        Kernel::ConvGemmGradInput => &[GRAD_INPUT, GRAD_INPUT_STORE],
-        Kernel::ConvGemmGradInputMasked => &[GRAD_INPUT, GRAD_INPUT_MASKED_STORE],
-        Kernel::ConvGemmGradWeight => &[GRAD_WEIGHT],
+        Kernel::ConvGemm => &[FORWARD, FORWARD_STORE, B_ALONG_COLUMNS],
+        Kernel::ConvGemmBiasAct => &[FORWARD, BIAS_ACT_STORE, B_ALONG_COLUMNS],
+        Kernel::ConvGemmGradInput => &[GRAD_INPUT, GRAD_INPUT_STORE, B_ALONG_COLUMNS],
+        Kernel::ConvGemmGradInputMasked => &[GRAD_INPUT, GRAD_INPUT_MASKED_STORE, B_ALONG_COLUMNS],
+        Kernel::ConvGemmGradWeight => &[GRAD_WEIGHT, B_ALONG_DEPTH],
         _ => unreachable!("{} is not an implicit-GEMM kernel", kernel.name()),
     };
     let mut s = String::from(header);
