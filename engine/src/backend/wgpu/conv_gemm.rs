@@ -5,9 +5,10 @@
 //! One skeleton ([`SKELETON`], the tiling of `MATMUL_TILED` in `families.rs`): a workgroup
 //! computes a 32x32 tile of one group's `rows x cols` output, each of its 16x16 invocations a 2x2
 //! register block, walking the reduction depth `K` in slices of 16 that the workgroup stages in
-//! shared memory. The three convolutions differ only in their three functions `a_at` (row `r`,
-//! depth `k`), `b_at` (depth `k`, column `c`) and `store`, which map GEMM coordinates onto the
-//! NCHW tensors (a load outside the padded input reads 0):
+//! shared memory. The three convolutions differ only in their functions `a_at` (row `r`, depth
+//! `k`), `b_col` and `b_at` (column `c`, decoded once per thread into a base and a window corner,
+//! then depth `k`) and `store`, which map GEMM coordinates onto the NCHW tensors (a load outside
+//! the padded input reads 0):
 //!
 //! | kernel | rows | cols | K | A | B |
 //! |---|---|---|---|---|---|
@@ -31,6 +32,22 @@ use super::kernels::{Kernel, Lowered};
 const SKELETON: &str = r#"
 var<workgroup> As: array<f32, 512>;
 var<workgroup> Bs: array<f32, 512>;
+/// A B column decoded once per thread (its columns do not change along the depth): a base word
+/// and the row and column where its window starts (`b_col` of each kernel says which).
+struct Col { base: u32, y: i32, x: i32 }
+/// Element `e` (0..512) of the A and B tiles of the slice at depth `k0`.
+fn load(p: Conv, g: u32, e: u32, r0: u32, c0: u32, k0: u32, col: Col) {
+    let rows = P[24]; let cols = P[25]; let K = P[26];
+    let r = r0 + e / 16u; let k = k0 + e % 16u;
+    var v = 0.0;
+    if (r < rows && k < K) { v = a_at(p, g, r, k); }
+    As[e] = v;
+    let bd = b_depth(e); let bn = b_column(e);
+    let kb = k0 + bd;
+    var w = 0.0;
+    if (kb < K && c0 + bn < cols) { w = b_at(p, kb, col); }
+    Bs[bd * 32u + bn] = w;
+}
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let block = wg.y * nw.x + wg.x;
@@ -41,19 +58,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     let g = block / (br * bc); let t = block % (br * bc);
     let r0 = (t / bc) * 32u; let c0 = (t % bc) * 32u;
     let tx = li % 16u; let ty = li / 16u;
+    // Each thread loads tile elements li and li + 256: their B columns, decoded once.
+    let col0 = b_col(p, g, min(c0 + b_column(li), cols - 1u));
+    let col1 = b_col(p, g, min(c0 + b_column(li + 256u), cols - 1u));
     var s00 = 0.0; var s01 = 0.0; var s10 = 0.0; var s11 = 0.0;
     for (var k0 = 0u; k0 < K; k0 += 16u) {
-        for (var e = li; e < 512u; e += 256u) {
-            let r = r0 + e / 16u; let k = k0 + e % 16u;
-            var v = 0.0;
-            if (r < rows && k < K) { v = a_at(p, g, r, k); }
-            As[e] = v;
-            let bd = b_depth(e); let bn = b_column(e);
-            let kb = k0 + bd; let c = c0 + bn;
-            var w = 0.0;
-            if (kb < K && c < cols) { w = b_at(p, g, kb, c); }
-            Bs[bd * 32u + bn] = w;
-        }
+        load(p, g, li, r0, c0, k0, col0);
+        load(p, g, li + 256u, r0, c0, k0, col1);
         workgroupBarrier();
         let kn = min(16u, K - k0);
         for (var k = 0u; k < kn; k++) {
@@ -79,13 +90,17 @@ fn a_at(p: Conv, g: u32, r: u32, k: u32) -> f32 {
     let Og = p.O / p.G;
     return M[P[2] + (g * Og + r) * (p.C / p.G) * p.KH * p.KW + k];
 }
-fn b_at(p: Conv, g: u32, k: u32, c: u32) -> f32 {
-    let kw = k % p.KW; let kh = (k / p.KW) % p.KH; let cg = k / (p.KW * p.KH);
+// Column (n, oh, ow): the group's first input plane of image n, the window's top-left corner.
+fn b_col(p: Conv, g: u32, c: u32) -> Col {
     let ow = c % p.OW; let oh = (c / p.OW) % p.OH; let n = c / (p.OW * p.OH);
-    let ih = i32(oh * p.sh + kh * p.dh) - i32(p.pt);
-    let iw = i32(ow * p.sw + kw * p.dw) - i32(p.pl);
+    return Col((n * p.C + g * (p.C / p.G)) * p.H * p.W, i32(oh * p.sh) - i32(p.pt), i32(ow * p.sw) - i32(p.pl));
+}
+fn b_at(p: Conv, k: u32, col: Col) -> f32 {
+    let kw = k % p.KW; let kh = (k / p.KW) % p.KH; let cg = k / (p.KW * p.KH);
+    let ih = col.y + i32(kh * p.dh);
+    let iw = col.x + i32(kw * p.dw);
     if (ih < 0 || ih >= i32(p.H) || iw < 0 || iw >= i32(p.W)) { return 0.0; }
-    return M[P[1] + ((n * p.C + g * (p.C / p.G) + cg) * p.H + u32(ih)) * p.W + u32(iw)];
+    return M[P[1] + col.base + (cg * p.H + u32(ih)) * p.W + u32(iw)];
 }
 fn out_index(p: Conv, g: u32, r: u32, c: u32) -> u32 {
     let plane = p.OH * p.OW;
@@ -130,15 +145,19 @@ fn a_at(p: Conv, g: u32, r: u32, k: u32) -> f32 {
     let og = k / taps;
     return M[P[2] + ((g * (p.O / p.G) + og) * (p.C / p.G) + r) * taps + k % taps];
 }
-fn b_at(p: Conv, g: u32, k: u32, c: u32) -> f32 {
-    let kw = k % p.KW; let kh = (k / p.KW) % p.KH; let og = k / (p.KW * p.KH);
+// Column (n, ih, iw): the group's first dy plane of image n, the padded input position.
+fn b_col(p: Conv, g: u32, c: u32) -> Col {
     let iw = c % p.W; let ih = (c / p.W) % p.H; let n = c / (p.W * p.H);
-    let th = i32(ih + p.pt) - i32(kh * p.dh);
-    let tw = i32(iw + p.pl) - i32(kw * p.dw);
+    return Col((n * p.O + g * (p.O / p.G)) * p.OH * p.OW, i32(ih + p.pt), i32(iw + p.pl));
+}
+fn b_at(p: Conv, k: u32, col: Col) -> f32 {
+    let kw = k % p.KW; let kh = (k / p.KW) % p.KH; let og = k / (p.KW * p.KH);
+    let th = col.y - i32(kh * p.dh);
+    let tw = col.x - i32(kw * p.dw);
     if (th < 0 || tw < 0 || u32(th) % p.sh != 0u || u32(tw) % p.sw != 0u) { return 0.0; }
     let oh = u32(th) / p.sh; let ow = u32(tw) / p.sw;
     if (oh >= p.OH || ow >= p.OW) { return 0.0; }
-    return M[P[1] + ((n * p.O + g * (p.O / p.G) + og) * p.OH + oh) * p.OW + ow];
+    return M[P[1] + col.base + (og * p.OH + oh) * p.OW + ow];
 }
 fn in_index(p: Conv, g: u32, r: u32, c: u32) -> u32 {
     let plane = p.H * p.W;
@@ -172,13 +191,18 @@ fn a_at(p: Conv, g: u32, r: u32, k: u32) -> f32 {
     let o = g * (p.O / p.G) + P[22] + r;
     return M[P[1] + ((k / plane) * p.O + o) * plane + k % plane];
 }
-fn b_at(p: Conv, g: u32, k: u32, c: u32) -> f32 {
+// Column (channel in group, kh, kw): its input plane in image 0, the tap's offset from a window's
+// top-left corner.
+fn b_col(p: Conv, g: u32, c: u32) -> Col {
     let kw = c % p.KW; let kh = (c / p.KW) % p.KH; let cg = c / (p.KW * p.KH);
+    return Col((g * (p.C / p.G) + cg) * p.H * p.W, i32(kh * p.dh) - i32(p.pt), i32(kw * p.dw) - i32(p.pl));
+}
+fn b_at(p: Conv, k: u32, col: Col) -> f32 {
     let ow = k % p.OW; let oh = (k / p.OW) % p.OH; let n = k / (p.OW * p.OH);
-    let ih = i32(oh * p.sh + kh * p.dh) - i32(p.pt);
-    let iw = i32(ow * p.sw + kw * p.dw) - i32(p.pl);
+    let ih = col.y + i32(oh * p.sh);
+    let iw = col.x + i32(ow * p.sw);
     if (ih < 0 || ih >= i32(p.H) || iw < 0 || iw >= i32(p.W)) { return 0.0; }
-    return M[P[2] + ((n * p.C + g * (p.C / p.G) + cg) * p.H + u32(ih)) * p.W + u32(iw)];
+    return M[P[2] + n * p.C * p.H * p.W + col.base + u32(ih) * p.W + u32(iw)];
 }
 fn store(p: Conv, g: u32, r: u32, c: u32, s: f32) {
     let o = g * (p.O / p.G) + P[22] + r;
