@@ -283,6 +283,84 @@ fn convolution_kernels_match_the_reference() {
     }
 }
 
+/// The implicit-GEMM convolutions (`backend/wgpu/conv_gemm.rs`) on shapes that cross their tile
+/// edges: more than 32 GEMM rows and columns and not a multiple of 32, reduction depths that are
+/// not a multiple of the 16-deep slice, strides 2, padding, dilation, groups 1 and > 1, batch > 1;
+/// and the depthwise case, which keeps the direct kernel. Each case asserts which path it takes.
+#[test]
+fn implicit_gemm_convolutions_cross_tile_edges() {
+    use pock_engine::backend::kernels::{lower, Addresses, Kernel};
+    if !gpu_present() {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    // (n, c, o, kh, kw, h, w, stride, padding, dilation, groups)
+    #[allow(clippy::type_complexity)]
+    let cases: [(usize, usize, usize, usize, usize, usize, usize, [usize; 2], [usize; 4], [usize; 2], usize); 5] = [
+        (2, 7, 37, 3, 3, 9, 9, [2, 2], [1, 1, 1, 1], [1, 1], 1),
+        (3, 10, 38, 2, 3, 11, 7, [2, 1], [1, 0, 0, 1], [2, 1], 2),
+        (1, 35, 5, 1, 1, 6, 6, [1, 1], [0, 0, 0, 0], [1, 1], 1),
+        (2, 36, 6, 3, 3, 10, 10, [1, 2], [2, 2, 2, 2], [2, 2], 3),
+        (2, 6, 6, 3, 3, 7, 7, [2, 2], [1, 1, 1, 1], [1, 1], 6),
+    ];
+    for (n, c, o, kh, kw, h, w, stride, padding, dilation, groups) in cases {
+        let conv = Conv2d { stride, padding, dilation, groups };
+        let wt = [o, c / groups, kh, kw];
+        let y = Op::Conv(ConvOp::Conv2d(conv)).output_shapes(&[&[n, c, h, w], &wt]).unwrap().remove(0);
+        let what = format!("conv x[{n}, {c}, {h}, {w}] w{wt:?} {conv:?}");
+        let depthwise = c / groups == 1;
+        let ops = [
+            (
+                Op::Conv(ConvOp::Conv2d(conv)),
+                vec![floats(&mut rng, &[n, c, h, w]), floats(&mut rng, &wt)],
+                Kernel::ConvGemm,
+                Kernel::Conv2d,
+            ),
+            (
+                Op::Conv(ConvOp::Conv2dGradInput { conv, input_hw: [h, w] }),
+                vec![floats(&mut rng, &y), floats(&mut rng, &wt)],
+                Kernel::ConvGemmGradInput,
+                Kernel::Conv2dGradInput,
+            ),
+            (
+                Op::Conv(ConvOp::Conv2dGradWeight { conv, kernel_hw: [kh, kw] }),
+                vec![floats(&mut rng, &y), floats(&mut rng, &[n, c, h, w])],
+                Kernel::ConvGemmGradWeight,
+                Kernel::Conv2dGradWeight,
+            ),
+            (
+                Op::Conv(ConvOp::Conv2dGradWeightRows { conv, kernel_hw: [kh, kw], rows: [1, o - 2] }),
+                vec![floats(&mut rng, &y), floats(&mut rng, &[n, c, h, w])],
+                Kernel::ConvGemmGradWeight,
+                Kernel::Conv2dGradWeight,
+            ),
+            (
+                Op::Conv(ConvOp::Conv2dBiasAct { conv, act: Activation::Clip(Clip { min: -0.2, max: 0.7 }) }),
+                vec![floats(&mut rng, &[n, c, h, w]), floats(&mut rng, &wt), floats(&mut rng, &[o])],
+                Kernel::ConvGemmBiasAct,
+                Kernel::Conv2dBiasAct,
+            ),
+        ];
+        for (op, inputs, gemm, direct) in ops {
+            let shapes: Vec<&[usize]> = inputs.iter().map(|a| a.shape.as_slice()).collect();
+            let out = op.output_shapes(&shapes).unwrap();
+            let plan = one_node(&op, &inputs, &[], &out);
+            let lowered = lower(&plan.programs.train.nodes[0], &Addresses { plan: &plan, weights_at: 0 }).unwrap();
+            let want = if depthwise { direct } else { gemm };
+            assert_eq!(lowered[0].kernel, want, "{what}: {} takes the wrong path", op.name());
+            check(&format!("{what} {}", op.name()), &op, &inputs, &[]);
+        }
+        let numel = n * c * h * w;
+        let mut bits: Vec<u8> = (0..numel.div_ceil(8)).map(|_| rng.random_range(0..=255u8)).collect();
+        if numel % 8 != 0 {
+            *bits.last_mut().unwrap() &= (1u8 << (numel % 8)) - 1;
+        }
+        let mask = Arg { shape: vec![numel.div_ceil(8)], values: vec![], labels: vec![], bytes: bits, bools: false };
+        let op = Op::Conv(ConvOp::Conv2dGradInputMasked { conv, input_hw: [h, w] });
+        check(&format!("{what} masked input gradient"), &op, &[floats(&mut rng, &y), floats(&mut rng, &wt), mask], &[]);
+    }
+}
+
 #[test]
 fn pooling_kernels_match_the_reference() {
     if !gpu_present() {
@@ -524,6 +602,12 @@ fn unary_kernels_match_the_reference() {
         UnaryFn::Elu(Elu { alpha: 0.7 }),
         UnaryFn::HardSigmoid(HardSigmoid { alpha: 0.2, beta: 0.5 }),
     ];
+    // Every function has exactly one generated WGSL case (`unary_formulas!`), and this list
+    // covers them all.
+    assert_eq!(functions.len(), WGSL_FORMULAS.len(), "a unary function is missing from this test");
+    for f in &functions {
+        assert_eq!(WGSL_FORMULAS.iter().filter(|w| w.name == f.name()).count(), 1, "{}: no generated WGSL case", f.name());
+    }
     for f in functions {
         let shape = random_shape(&mut rng, 3);
         let mut x = floats(&mut rng, &shape);
@@ -537,6 +621,27 @@ fn unary_kernels_match_the_reference() {
         let inputs = if f.saves() == Saves::Nothing { vec![dy] } else { vec![dy, x] };
         check(&format!("{} gradient {shape:?}", f.name()), &Op::Unary(UnaryOp::Grad(f)), &inputs, &[]);
     }
+}
+
+/// The GPU's unary cases are the Rust formulas' own text (`unary_formulas!` in
+/// `kernels/unary.rs`), one per function, in a `switch` numbered by position. Needs no device.
+#[test]
+fn unary_wgsl_is_generated_from_the_rust_formulas() {
+    use pock_engine::kernels::unary::{HardSigmoid, UnaryFormula, WGSL_FORMULAS};
+    let hard = WGSL_FORMULAS.iter().find(|w| w.name == HardSigmoid::NAME).unwrap();
+    assert_eq!(
+        hard.apply,
+        "let v = alpha * x + beta; let raised = select(v, lit(0.0), v < lit(0.0)); return select(raised, lit(1.0), raised > lit(1.0));"
+    );
+    assert_eq!(hard.derivative, "return select(lit(0.0), alpha, lit(0.0) < s && s < lit(1.0));");
+    let mut names: Vec<&str> = WGSL_FORMULAS.iter().map(|w| w.name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), WGSL_FORMULAS.len(), "two formulas share a name");
+    // The CPU side computes the same formula (HardSigmoid at a point inside the ramp).
+    let f = HardSigmoid { alpha: 0.2, beta: 0.5 };
+    assert_eq!(f.apply(1.0f32), 0.7);
+    assert_eq!(f.derivative(0.7f32), 0.2);
 }
 
 #[test]

@@ -1,9 +1,11 @@
 //! Device backends, and what the GPU can run.
 //!
-//! The WGSL kernels and the lowering of a node to them (`kernels`, `families`, `typed`) build with `std`
+//! The WGSL kernels and the lowering of a node to them (`kernels`, `families`, `typed`, `conv_gemm`) build with `std`
 //! alone, without the `wgpu` feature, so that the compiler (built without a GPU) asks the same
 //! lowering that the GPU backend runs whether a node has a GPU kernel: [`gpu_supports`], one
 //! list that cannot drift from the backend's.
+#[path = "wgpu/conv_gemm.rs"]
+mod conv_gemm;
 #[path = "wgpu/families.rs"]
 mod families;
 #[path = "wgpu/kernels.rs"]

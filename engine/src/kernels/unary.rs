@@ -6,6 +6,15 @@
 //! Each derivative is written in terms of one forward value, [`UnaryFormula::SAVES`]: the output
 //! wherever the maths allows (exp, sigmoid, tanh, sqrt, reciprocal, softplus, hard sigmoid), so
 //! the backward pass keeps the value the next op reads anyway; the input otherwise.
+//!
+//! One definition for the CPU and the GPU: [`unary_formulas!`] takes each formula once, written
+//! in a small expression language that is both Rust (with the generic helpers of [`dsl`]) and
+//! WGSL (with the helpers of [`WGSL_PRELUDE`]): `let` bindings, then one expression of
+//! arithmetic, comparisons, `select(if_false, if_true, condition)` (WGSL's, no branches),
+//! `lit(constant)` and the helper functions. It emits the Rust [`UnaryFormula`] impl and, through
+//! `stringify!`, the WGSL text of the same formula ([`WGSL_FORMULAS`]), from which the GPU's unary
+//! kernel (`backend/wgpu/families.rs`) builds its `switch`, each case's index being the formula's
+//! position in that list (no hand-kept table).
 
 use serde::{Deserialize, Serialize};
 
@@ -66,234 +75,222 @@ pub struct HardSigmoid {
     pub beta: f32,
 }
 
-impl UnaryFormula for Neg {
-    const NAME: &'static str = "Neg";
-    const GRAD_NAME: &'static str = "NegGrad";
-    const SAVES: Saves = Saves::Nothing;
-    fn apply<T: Float>(&self, x: T) -> T {
-        -x
-    }
-    fn derivative<T: Float>(&self, _: T) -> T {
-        -T::one()
-    }
-}
+/// The helper functions of the formula language, on the Rust side (each has a same-named
+/// counterpart (`lit(constant)`, a constant of the formula's float type, is bound in each
+/// generated function) in [`WGSL_PRELUDE`] or is a WGSL builtin of the same meaning: `exp`, `sqrt`, `abs`,
+/// `sin`, `cos`, `max`, `select`).
+pub mod dsl {
+    use super::Float;
 
-impl UnaryFormula for Exp {
-    const NAME: &'static str = "Exp";
-    const GRAD_NAME: &'static str = "ExpGrad";
-    const SAVES: Saves = Saves::Output;
-    fn apply<T: Float>(&self, x: T) -> T {
+    /// WGSL's `select`: `t` where `c`, else `f` (both sides are evaluated).
+    pub fn select<T>(f: T, t: T, c: bool) -> T {
+        if c {
+            t
+        } else {
+            f
+        }
+    }
+    pub fn exp<T: Float>(x: T) -> T {
         x.exp()
     }
-    fn derivative<T: Float>(&self, y: T) -> T {
-        y
-    }
-}
-
-impl UnaryFormula for Log {
-    const NAME: &'static str = "Log";
-    const GRAD_NAME: &'static str = "LogGrad";
-    const SAVES: Saves = Saves::Input;
-    fn apply<T: Float>(&self, x: T) -> T {
+    pub fn ln<T: Float>(x: T) -> T {
         x.ln()
     }
-    fn derivative<T: Float>(&self, x: T) -> T {
-        x.recip()
-    }
-}
-
-impl UnaryFormula for Sqrt {
-    const NAME: &'static str = "Sqrt";
-    const GRAD_NAME: &'static str = "SqrtGrad";
-    const SAVES: Saves = Saves::Output;
-    fn apply<T: Float>(&self, x: T) -> T {
+    pub fn sqrt<T: Float>(x: T) -> T {
         x.sqrt()
     }
-    /// `1 / (2 sqrt(x))`: infinite at 0, as in PyTorch.
-    fn derivative<T: Float>(&self, y: T) -> T {
-        (y + y).recip()
-    }
-}
-
-impl UnaryFormula for Reciprocal {
-    const NAME: &'static str = "Reciprocal";
-    const GRAD_NAME: &'static str = "ReciprocalGrad";
-    const SAVES: Saves = Saves::Output;
-    fn apply<T: Float>(&self, x: T) -> T {
+    pub fn recip<T: Float>(x: T) -> T {
         x.recip()
     }
-    /// `-1 / x^2 = -y^2`.
-    fn derivative<T: Float>(&self, y: T) -> T {
-        -(y * y)
-    }
-}
-
-impl UnaryFormula for Tanh {
-    const NAME: &'static str = "Tanh";
-    const GRAD_NAME: &'static str = "TanhGrad";
-    const SAVES: Saves = Saves::Output;
-    fn apply<T: Float>(&self, x: T) -> T {
+    /// `tanh`; on the device its argument is clamped to [-15, 15] first (beyond which the f32
+    /// tanh is already +-1), as some drivers' `tanh` overflows to NaN for large arguments.
+    pub fn safe_tanh<T: Float>(x: T) -> T {
         x.tanh()
     }
-    fn derivative<T: Float>(&self, y: T) -> T {
-        T::one() - y * y
+    /// `libm`'s erf. WGSL has none: the device's `erf` (in [`super::WGSL_PRELUDE`]) is
+    /// Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7), the one formula that cannot
+    /// share a definition (the CPU keeps the correctly rounded one).
+    pub fn erf<T: Float>(x: T) -> T {
+        Float::erf(x)
     }
-}
-
-impl UnaryFormula for Sigmoid {
-    const NAME: &'static str = "Sigmoid";
-    const GRAD_NAME: &'static str = "SigmoidGrad";
-    const SAVES: Saves = Saves::Output;
-    /// Written so that `exp` never overflows: `1 / (1 + e^-x)` for `x >= 0`, `e^x / (1 + e^x)`
-    /// below.
-    fn apply<T: Float>(&self, x: T) -> T {
-        if x >= T::zero() {
-            (T::one() + (-x).exp()).recip()
-        } else {
-            let e = x.exp();
-            e / (T::one() + e)
-        }
-    }
-    fn derivative<T: Float>(&self, y: T) -> T {
-        y * (T::one() - y)
-    }
-}
-
-impl UnaryFormula for Erf {
-    const NAME: &'static str = "Erf";
-    const GRAD_NAME: &'static str = "ErfGrad";
-    const SAVES: Saves = Saves::Input;
-    fn apply<T: Float>(&self, x: T) -> T {
-        x.erf()
-    }
-    /// `2 / sqrt(pi) * e^(-x^2)`.
-    fn derivative<T: Float>(&self, x: T) -> T {
-        T::from_f64(core::f64::consts::FRAC_2_SQRT_PI) * (-(x * x)).exp()
-    }
-}
-
-impl UnaryFormula for Abs {
-    const NAME: &'static str = "Abs";
-    const GRAD_NAME: &'static str = "AbsGrad";
-    const SAVES: Saves = Saves::Input;
-    fn apply<T: Float>(&self, x: T) -> T {
+    pub fn abs<T: Float>(x: T) -> T {
         x.abs()
     }
-    /// The sign of `x`, 0 at 0 (PyTorch's `sgn`).
-    fn derivative<T: Float>(&self, x: T) -> T {
-        if x > T::zero() {
-            T::one()
-        } else if x < T::zero() {
-            -T::one()
-        } else {
-            T::zero()
-        }
-    }
-}
-
-impl UnaryFormula for Sin {
-    const NAME: &'static str = "Sin";
-    const GRAD_NAME: &'static str = "SinGrad";
-    const SAVES: Saves = Saves::Input;
-    fn apply<T: Float>(&self, x: T) -> T {
+    pub fn sin<T: Float>(x: T) -> T {
         x.sin()
     }
-    fn derivative<T: Float>(&self, x: T) -> T {
+    pub fn cos<T: Float>(x: T) -> T {
         x.cos()
+    }
+    /// The larger of the two, the non-NaN one if one is NaN.
+    pub fn max<T: Float>(a: T, b: T) -> T {
+        a.max(b)
+    }
+    /// `e^x - 1` (the device's switches to its cubic Taylor polynomial below 1e-3).
+    pub fn exp_m1<T: Float>(x: T) -> T {
+        x.exp_m1()
+    }
+    /// `ln(1 + x)` (the device's switches to `x - x^2 / 2` below 1e-4).
+    pub fn ln_1p<T: Float>(x: T) -> T {
+        x.ln_1p()
     }
 }
 
-impl UnaryFormula for Cos {
-    const NAME: &'static str = "Cos";
-    const GRAD_NAME: &'static str = "CosGrad";
-    const SAVES: Saves = Saves::Input;
-    fn apply<T: Float>(&self, x: T) -> T {
-        x.cos()
-    }
-    fn derivative<T: Float>(&self, x: T) -> T {
-        -x.sin()
-    }
+/// The device side of [`dsl`]: the helpers that are not WGSL builtins. WGSL lacks `erf`,
+/// `expm1` and `log1p`: these are approximations (see each Rust helper's doc).
+pub const WGSL_PRELUDE: &str = r#"
+fn lit(v: f32) -> f32 { return v; }
+fn ln(x: f32) -> f32 { return log(x); }
+fn recip(x: f32) -> f32 { return 1.0 / x; }
+fn safe_tanh(x: f32) -> f32 { return tanh(clamp(x, -15.0, 15.0)); }
+fn erf(x: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.3275911 * abs(x));
+    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-x * x);
+    return select(-y, y, x >= 0.0);
+}
+fn exp_m1(x: f32) -> f32 {
+    if (abs(x) < 1e-3) { return x + x * x * 0.5 + x * x * x / 6.0; }
+    return exp(x) - 1.0;
+}
+fn ln_1p(x: f32) -> f32 {
+    if (abs(x) < 1e-4) { return x - x * x * 0.5; }
+    return log(1.0 + x);
+}
+"#;
+
+/// One formula as WGSL statements: `apply` ends in `return f(x);`, `derivative` in
+/// `return f'(s);` (`s` the saved value), both with `alpha` and `beta` (the attributes) in scope.
+pub struct WgslFormula {
+    pub name: &'static str,
+    pub apply: &'static str,
+    pub derivative: &'static str,
 }
 
-impl UnaryFormula for Softplus {
-    const NAME: &'static str = "Softplus";
-    const GRAD_NAME: &'static str = "SoftplusGrad";
-    const SAVES: Saves = Saves::Output;
+/// A formula's attributes as the device reads them: `[alpha, beta]`, 0 where it has none.
+pub trait Attributes {
+    fn attributes(&self) -> [f32; 2];
+}
+
+/// Emits, for each formula, its [`UnaryFormula`] and [`Attributes`] impls, and [`WGSL_FORMULAS`]
+/// in list order. First `constants lit;` (the name of the constant helper, `lit(1.0)`, which
+/// the macro binds to the formula's float type), then per formula: `Type(fields) NAME GRAD_NAME SAVES`, then
+/// `apply(x) lets { expression }` and `derivative(s) lets { expression }`, written once (the
+/// `let` bindings sit before the braces so that the macro need not tell them from an expression).
+macro_rules! unary_formulas {
+    (constants $lit:ident; $(
+        $(#[doc = $doc:literal])*
+        $ty:ident ($($field:ident),*) $name:literal $grad:literal $saves:ident
+        apply($x:ident) $(let $av:ident = $ae:expr;)* { $apply:expr }
+        derivative($s:ident) $(let $dv:ident = $de:expr;)* { $deriv:expr }
+    )*) => {
+        $(
+            impl UnaryFormula for $ty {
+                const NAME: &'static str = $name;
+                const GRAD_NAME: &'static str = $grad;
+                const SAVES: Saves = Saves::$saves;
+                $(#[doc = $doc])*
+                #[allow(unused_variables)]
+                fn apply<T: Float>(&self, $x: T) -> T {
+                    #[allow(unused_imports)]
+                    use dsl::*;
+                    let $lit = |v: f64| -> T { T::from_f64(v) };
+                    $(let $field: T = T::from_f32(self.$field);)*
+                    $(let $av = $ae;)*
+                    $apply
+                }
+                // Constants are literals (WGSL text too), not `core::f64::consts`.
+                #[allow(unused_variables, clippy::approx_constant)]
+                fn derivative<T: Float>(&self, $s: T) -> T {
+                    #[allow(unused_imports)]
+                    use dsl::*;
+                    let $lit = |v: f64| -> T { T::from_f64(v) };
+                    $(let $field: T = T::from_f32(self.$field);)*
+                    $(let $dv = $de;)*
+                    $deriv
+                }
+            }
+            impl Attributes for $ty {
+                fn attributes(&self) -> [f32; 2] {
+                    let given: &[f32] = &[$(self.$field),*];
+                    let mut a = [0.0; 2];
+                    a[..given.len()].copy_from_slice(given);
+                    a
+                }
+            }
+        )*
+        /// Every formula's WGSL, in the order of [`unary_formulas!`]'s list: a formula's index
+        /// here is its case in the GPU kernel's `switch`.
+        pub const WGSL_FORMULAS: &[WgslFormula] = &[$(
+            WgslFormula {
+                name: $name,
+                apply: concat!($("let ", stringify!($av), " = ", stringify!($ae), "; ",)* "return ", stringify!($apply), ";"),
+                derivative: concat!($("let ", stringify!($dv), " = ", stringify!($de), "; ",)* "return ", stringify!($deriv), ";"),
+            },
+        )*];
+    };
+}
+
+unary_formulas! {
+    constants lit;
+    Neg() "Neg" "NegGrad" Nothing
+        apply(x) { -x }
+        derivative(s) { -lit(1.0) }
+    Exp() "Exp" "ExpGrad" Output
+        apply(x) { exp(x) }
+        derivative(s) { s }
+    Log() "Log" "LogGrad" Input
+        apply(x) { ln(x) }
+        derivative(s) { recip(s) }
+    /// The derivative `1 / (2 sqrt(x))` is infinite at 0, as in PyTorch.
+    Sqrt() "Sqrt" "SqrtGrad" Output
+        apply(x) { sqrt(x) }
+        derivative(s) { recip(s + s) }
+    /// The derivative `-1 / x^2 = -y^2`.
+    Reciprocal() "Reciprocal" "ReciprocalGrad" Output
+        apply(x) { recip(x) }
+        derivative(s) { -(s * s) }
+    Tanh() "Tanh" "TanhGrad" Output
+        apply(x) { safe_tanh(x) }
+        derivative(s) { lit(1.0) - s * s }
+    /// Written so that `exp` never overflows: `1 / (1 + e^-x)` for `x >= 0`, `e^x / (1 + e^x)`
+    /// below.
+    Sigmoid() "Sigmoid" "SigmoidGrad" Output
+        apply(x) let e = exp(x); { select(e / (lit(1.0) + e), recip(lit(1.0) + exp(-x)), x >= lit(0.0)) }
+        derivative(s) { s * (lit(1.0) - s) }
+    /// The derivative `2 / sqrt(pi) * e^(-x^2)`.
+    Erf() "Erf" "ErfGrad" Input
+        apply(x) { erf(x) }
+        derivative(s) { lit(1.1283791670955126) * exp(-(s * s)) }
+    /// The derivative is the sign of `x`, 0 at 0 (PyTorch's `sgn`).
+    Abs() "Abs" "AbsGrad" Input
+        apply(x) { abs(x) }
+        derivative(s) { select(select(lit(0.0), -lit(1.0), s < lit(0.0)), lit(1.0), s > lit(0.0)) }
+    Sin() "Sin" "SinGrad" Input
+        apply(x) { sin(x) }
+        derivative(s) { cos(s) }
+    Cos() "Cos" "CosGrad" Input
+        apply(x) { cos(x) }
+        derivative(s) { -sin(s) }
     /// `ln(1 + e^x)`, as `max(x, 0) + ln(1 + e^-|x|)` so that it neither overflows for large `x`
-    /// nor loses the small values of very negative `x`.
-    fn apply<T: Float>(&self, x: T) -> T {
-        x.max(T::zero()) + (-x.abs()).exp().ln_1p()
-    }
-    /// `sigmoid(x) = 1 - e^-y`, computed as `-expm1(-y)`, accurate for small `y` too.
-    fn derivative<T: Float>(&self, y: T) -> T {
-        -(-y).exp_m1()
-    }
-}
-
-impl UnaryFormula for LeakyRelu {
-    const NAME: &'static str = "LeakyRelu";
-    const GRAD_NAME: &'static str = "LeakyReluGrad";
-    const SAVES: Saves = Saves::Input;
-    fn apply<T: Float>(&self, x: T) -> T {
-        if x > T::zero() {
-            x
-        } else {
-            x * T::from_f32(self.alpha)
-        }
-    }
-    /// 1 for `x > 0`, else `alpha` (PyTorch's `leaky_relu_backward`: `alpha` at 0).
-    fn derivative<T: Float>(&self, x: T) -> T {
-        if x > T::zero() {
-            T::one()
-        } else {
-            T::from_f32(self.alpha)
-        }
-    }
-}
-
-impl UnaryFormula for Elu {
-    const NAME: &'static str = "Elu";
-    const GRAD_NAME: &'static str = "EluGrad";
-    const SAVES: Saves = Saves::Input;
-    fn apply<T: Float>(&self, x: T) -> T {
-        if x > T::zero() {
-            x
-        } else {
-            T::from_f32(self.alpha) * x.exp_m1()
-        }
-    }
-    /// 1 for `x > 0`, else `alpha * e^x`. Written in terms of the input because the output does
-    /// not tell the two sides apart when `alpha <= 0`.
-    fn derivative<T: Float>(&self, x: T) -> T {
-        if x > T::zero() {
-            T::one()
-        } else {
-            T::from_f32(self.alpha) * x.exp()
-        }
-    }
-}
-
-impl UnaryFormula for HardSigmoid {
-    const NAME: &'static str = "HardSigmoid";
-    const GRAD_NAME: &'static str = "HardSigmoidGrad";
-    const SAVES: Saves = Saves::Output;
-    fn apply<T: Float>(&self, x: T) -> T {
-        let v = T::from_f32(self.alpha) * x + T::from_f32(self.beta);
-        // Clamped in this order so that a NaN input stays NaN.
-        let raised = if v < T::zero() { T::zero() } else { v };
-        if raised > T::one() {
-            T::one()
-        } else {
-            raised
-        }
-    }
-    /// `alpha` where the output lies strictly inside (0, 1), else 0 (PyTorch's
-    /// `hardsigmoid_backward`: no gradient at the two kinks).
-    fn derivative<T: Float>(&self, y: T) -> T {
-        if T::zero() < y && y < T::one() {
-            T::from_f32(self.alpha)
-        } else {
-            T::zero()
-        }
-    }
+    /// nor loses the small values of very negative `x`. The derivative `sigmoid(x) = 1 - e^-y`
+    /// is computed as `-expm1(-y)`, accurate for small `y` too.
+    Softplus() "Softplus" "SoftplusGrad" Output
+        apply(x) { max(x, lit(0.0)) + ln_1p(exp(-abs(x))) }
+        derivative(s) { -exp_m1(-s) }
+    /// The derivative is 1 for `x > 0`, else `alpha` (PyTorch's `leaky_relu_backward`: `alpha`
+    /// at 0).
+    LeakyRelu(alpha) "LeakyRelu" "LeakyReluGrad" Input
+        apply(x) { select(x * alpha, x, x > lit(0.0)) }
+        derivative(s) { select(alpha, lit(1.0), s > lit(0.0)) }
+    /// The derivative is 1 for `x > 0`, else `alpha * e^x`: written in terms of the input
+    /// because the output does not tell the two sides apart when `alpha <= 0`.
+    Elu(alpha) "Elu" "EluGrad" Input
+        apply(x) { select(alpha * exp_m1(x), x, x > lit(0.0)) }
+        derivative(s) { select(alpha * exp(s), lit(1.0), s > lit(0.0)) }
+    /// Clamped in this order so that a NaN input stays NaN. The derivative is `alpha` where the
+    /// output lies strictly inside (0, 1), else 0 (PyTorch's `hardsigmoid_backward`: no
+    /// gradient at the two kinks).
+    HardSigmoid(alpha, beta) "HardSigmoid" "HardSigmoidGrad" Output
+        apply(x) let v = alpha * x + beta; let raised = select(v, lit(0.0), v < lit(0.0)); { select(raised, lit(1.0), raised > lit(1.0)) }
+        derivative(s) { select(lit(0.0), alpha, lit(0.0) < s && s < lit(1.0)) }
 }

@@ -15,6 +15,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::kernels::{Addresses, Kernel, Lowered, NONE};
+use crate::kernels::unary::{Attributes, WGSL_FORMULAS, WGSL_PRELUDE};
 use crate::ops::{
     BroadcastOp, CrossEntropy, GradScale, LossOp, MatMulOp, MoveOp, Op, OptimOp, RandomOp, ReduceOp, Reduction, UnaryFn, UnaryOp,
 };
@@ -138,64 +139,26 @@ fn body(p: u32) {
 
 /// `P = [n, function, x, saved, y, grad, alpha, beta]`: `y = f(x)`, or with `grad`
 /// `y = x * f'(saved)` (`x` is then `dy`; `saved` is NONE for a function that saves nothing).
-/// Each case is the formula of `kernels/unary.rs` (`UnaryFormula::apply` and `derivative`);
-/// `erf` is Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7), as WGSL has none.
-pub const UNARY: &str = r#"
-fn erf_(x: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.3275911 * abs(x));
-    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-x * x);
-    return select(-y, y, x >= 0.0);
-}
-fn expm1_(x: f32) -> f32 {
-    if (abs(x) < 1e-3) { return x + x * x * 0.5 + x * x * x / 6.0; }
-    return exp(x) - 1.0;
-}
-fn log1p_(x: f32) -> f32 {
-    if (abs(x) < 1e-4) { return x - x * x * 0.5; }
-    return log(1.0 + x);
-}
-fn apply(f: u32, x: f32) -> f32 {
-    let alpha = pf(6); let beta = pf(7);
-    switch f {
-        case 0u: { return -x; }
-        case 1u: { return exp(x); }
-        case 2u: { return log(x); }
-        case 3u: { return sqrt(x); }
-        case 4u: { return 1.0 / x; }
-        case 5u: { return tanh(clamp(x, -15.0, 15.0)); }
-        case 6u: { if (x >= 0.0) { return 1.0 / (1.0 + exp(-x)); } let e = exp(x); return e / (1.0 + e); }
-        case 7u: { return erf_(x); }
-        case 8u: { return abs(x); }
-        case 9u: { return sin(x); }
-        case 10u: { return cos(x); }
-        case 11u: { return max(x, 0.0) + log1p_(exp(-abs(x))); }
-        case 12u: { return select(x * alpha, x, x > 0.0); }
-        case 13u: { return select(alpha * expm1_(x), x, x > 0.0); }
-        case 14u: { let v = alpha * x + beta; let raised = select(v, 0.0, v < 0.0); return select(raised, 1.0, raised > 1.0); }
-        default: { return x; }
+/// Generated from the one definition of each formula in `kernels/unary.rs`
+/// (`unary_formulas!`): its helpers (`WGSL_PRELUDE`), then one `switch` case per formula of
+/// `WGSL_FORMULAS`, the case number being the formula's position there.
+pub fn unary_source() -> String {
+    use core::fmt::Write;
+    let mut s = String::from(WGSL_PRELUDE);
+    for (what, head) in [(0, "fn apply(f: u32, x: f32) -> f32 {"), (1, "fn derivative(f: u32, s: f32) -> f32 {")] {
+        s.push_str(head);
+        s.push_str("\n    let alpha = pf(6); let beta = pf(7);\n    switch f {\n");
+        for (k, f) in WGSL_FORMULAS.iter().enumerate() {
+            let text = if what == 0 { f.apply } else { f.derivative };
+            let _ = writeln!(s, "        case {k}u: {{ {text} }}");
+        }
+        s.push_str("        default: { return 0.0; }\n    }\n}\n");
     }
+    s.push_str(UNARY_BODY);
+    s
 }
-fn derivative(f: u32, s: f32) -> f32 {
-    let alpha = pf(6);
-    switch f {
-        case 0u: { return -1.0; }
-        case 1u: { return s; }
-        case 2u: { return 1.0 / s; }
-        case 3u: { return 1.0 / (s + s); }
-        case 4u: { return -(s * s); }
-        case 5u: { return 1.0 - s * s; }
-        case 6u: { return s * (1.0 - s); }
-        case 7u: { return 1.1283791670955126 * exp(-(s * s)); }
-        case 8u: { if (s > 0.0) { return 1.0; } if (s < 0.0) { return -1.0; } return 0.0; }
-        case 9u: { return cos(s); }
-        case 10u: { return -sin(s); }
-        case 11u: { return -expm1_(-s); }
-        case 12u: { return select(alpha, 1.0, s > 0.0); }
-        case 13u: { return select(alpha * exp(s), 1.0, s > 0.0); }
-        case 14u: { return select(0.0, alpha, 0.0 < s && s < 1.0); }
-        default: { return 0.0; }
-    }
-}
+
+const UNARY_BODY: &str = r#"
 fn body(i: u32) {
     let x = M[P[2] + i];
     if (P[5] == 0u) { M[P[4] + i] = apply(P[1], x); return; }
@@ -375,10 +338,7 @@ var<workgroup> As: array<f32, 512>;
 var<workgroup> Bs: array<f32, 512>;
 fn epilogue(s: f32, c: u32) -> f32 {
     if (P[28] == NONE) { return s; }
-    var v = s + M[P[28] + c];
-    if (P[29] == 1u) { v = select(v, 0.0, v < 0.0); }
-    if (P[29] == 2u) { let raised = select(v, pf(30), v < pf(30)); v = select(raised, pf(31), raised > pf(31)); }
-    return v;
+    return activate(s + M[P[28] + c], P[29], pf(30), pf(31));
 }
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -907,23 +867,11 @@ pub(super) fn movement(node: &Node, m: &MoveOp, at: &Addresses<'_>) -> Result<Ve
     }
 }
 
-/// The unary function's index in [`UNARY`] and its attributes.
-fn unary_code(f: &UnaryFn) -> (u32, f32, f32) {
-    match f {
-        UnaryFn::Neg(_) => (0, 0.0, 0.0),
-        UnaryFn::Exp(_) => (1, 0.0, 0.0),
-        UnaryFn::Log(_) => (2, 0.0, 0.0),
-        UnaryFn::Sqrt(_) => (3, 0.0, 0.0),
-        UnaryFn::Reciprocal(_) => (4, 0.0, 0.0),
-        UnaryFn::Tanh(_) => (5, 0.0, 0.0),
-        UnaryFn::Sigmoid(_) => (6, 0.0, 0.0),
-        UnaryFn::Erf(_) => (7, 0.0, 0.0),
-        UnaryFn::Abs(_) => (8, 0.0, 0.0),
-        UnaryFn::Sin(_) => (9, 0.0, 0.0),
-        UnaryFn::Cos(_) => (10, 0.0, 0.0),
-        UnaryFn::Softplus(_) => (11, 0.0, 0.0),
-        UnaryFn::LeakyRelu(l) => (12, l.alpha, 0.0),
-        UnaryFn::Elu(e) => (13, e.alpha, 0.0),
-        UnaryFn::HardSigmoid(h) => (14, h.alpha, h.beta),
-    }
+/// The unary function's case in [`unary_source`] (its position in `WGSL_FORMULAS`) and its
+/// attributes.
+pub(super) fn unary_code(f: &UnaryFn) -> (u32, f32, f32) {
+    let name = f.name();
+    let code = WGSL_FORMULAS.iter().position(|w| w.name == name).expect("every UnaryFn is in unary_formulas!");
+    let [alpha, beta] = crate::dispatch_unary!(f, g => Attributes::attributes(g));
+    (code as u32, alpha, beta)
 }

@@ -21,7 +21,7 @@ use alloc::vec::Vec;
 use crate::ops::{Conv2d, ConvOp, DenseOp, LossOp, MaskKind, MaskOp, NormOp, Op, OptimOp, PoolOp, Reduction};
 use crate::plan::{DType, Location, Node, Plan, TensorId};
 
-use super::families;
+use super::{conv_gemm, families};
 
 /// Threads per workgroup in every kernel.
 pub const WORKGROUP: u32 = 256;
@@ -71,9 +71,14 @@ pub enum Kernel {
     Conv2dGradInputMasked,
     Typed,
     Gather,
+    ConvGemm,
+    ConvGemmGradInput,
+    ConvGemmGradWeight,
+    ConvGemmBiasAct,
+    ConvGemmGradInputMasked,
 }
 
-pub const KERNELS: [Kernel; 40] = [
+pub const KERNELS: [Kernel; 45] = [
     Kernel::Elementwise,
     Kernel::BiasAdd,
     Kernel::BiasGrad,
@@ -114,6 +119,11 @@ pub const KERNELS: [Kernel; 40] = [
     Kernel::Conv2dGradInputMasked,
     Kernel::Typed,
     Kernel::Gather,
+    Kernel::ConvGemm,
+    Kernel::ConvGemmGradInput,
+    Kernel::ConvGemmGradWeight,
+    Kernel::ConvGemmBiasAct,
+    Kernel::ConvGemmGradInputMasked,
 ];
 
 const HEADER: &str = r#"
@@ -125,6 +135,13 @@ fn finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000
 fn is_nan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
 fn label(off: u32, i: u32) -> u32 { return bitcast<u32>(M[off + i]); }
 fn nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
+// The activations of the elementwise kernel and of every fused epilogue, written once: kind 0
+// none, 1 ReLU, 2 clip to [lo, hi] (raised first, so that NaN stays NaN), as `kernels/cpu/`'s.
+fn activate(v: f32, kind: u32, lo: f32, hi: f32) -> f32 {
+    if (kind == 1u) { return select(v, 0.0, v < 0.0); }
+    if (kind == 2u) { let raised = select(v, lo, v < lo); return select(raised, hi, raised > hi); }
+    return v;
+}
 "#;
 
 /// One thread per element: `i` is the element, threads past `P[0]` return.
@@ -204,6 +221,11 @@ impl Kernel {
             Kernel::Conv2dGradInputMasked => "conv2d_grad_input_masked",
             Kernel::Typed => "typed",
             Kernel::Gather => "gather",
+            Kernel::ConvGemm => "conv2d_gemm",
+            Kernel::ConvGemmGradInput => "conv2d_gemm_grad_input",
+            Kernel::ConvGemmGradWeight => "conv2d_gemm_grad_weight",
+            Kernel::ConvGemmBiasAct => "conv2d_gemm_bias_act",
+            Kernel::ConvGemmGradInputMasked => "conv2d_gemm_grad_input_masked",
         }
     }
 
@@ -220,6 +242,13 @@ impl Kernel {
             Kernel::BiasGrad => BIAS_GRAD,
             // Its own entry point (workgroup-shared tiles), no GRID.
             Kernel::MatMul => return alloc::format!("{HEADER}{}", families::MATMUL_TILED),
+            Kernel::Unary => return alloc::format!("{HEADER}{GRID}{}", families::unary_source()),
+            // Implicit GEMM (`conv_gemm.rs`): its own tiled entry point.
+            Kernel::ConvGemm
+            | Kernel::ConvGemmGradInput
+            | Kernel::ConvGemmGradWeight
+            | Kernel::ConvGemmBiasAct
+            | Kernel::ConvGemmGradInputMasked => return conv_gemm::source(self, HEADER, CONV_PARAMS),
             Kernel::Conv2d => CONV2D,
             Kernel::Conv2dGradInput => CONV2D_GRAD_INPUT,
             Kernel::Conv2dGradWeight => CONV2D_GRAD_WEIGHT,
@@ -248,7 +277,6 @@ impl Kernel {
             Kernel::MseGrad => families::MSE_GRAD,
             Kernel::CrossEntropy => families::CROSS_ENTROPY,
             Kernel::CrossEntropyGrad => families::CROSS_ENTROPY_GRAD,
-            Kernel::Unary => families::UNARY,
             Kernel::Strided => families::STRIDED,
             Kernel::Groups => families::GROUPS,
             Kernel::Random => families::RANDOM,
@@ -305,10 +333,7 @@ fn bias_act_source(body: &str, helpers: &str, channel: &str) -> String {
     const STORE: &str = "M[P[3] + i] = s;";
     const EPILOGUE: &str = r#"
 fn bias_act(s: f32, o: u32) -> f32 {
-    var v = s + M[P[20] + o];
-    if (P[21] == 1u) { v = select(v, 0.0, v < 0.0); }
-    if (P[21] == 2u) { let raised = select(v, pf(22), v < pf(22)); v = select(raised, pf(23), raised > pf(23)); }
-    return v;
+    return activate(s + M[P[20] + o], P[21], pf(22), pf(23));
 }
 "#;
     debug_assert!(body.contains(STORE));
@@ -327,11 +352,11 @@ fn body(i: u32) {
     let a = M[P[2] + i];
     var r = a;
     switch P[1] {
-        case 0u: { r = select(a, 0.0, a < 0.0); }
+        case 0u: { r = activate(a, 1u, 0.0, 0.0); }
         case 1u: { r = select(0.0, a, M[P[3] + i] > 0.0); }
         case 2u: { r = a + M[P[3] + i]; }
         case 3u: { r = a * M[P[3] + i]; }
-        case 4u: { let raised = select(a, pf(5), a < pf(5)); r = select(raised, pf(6), raised > pf(6)); }
+        case 4u: { r = activate(a, 2u, pf(5), pf(6)); }
         case 5u: { let x = M[P[3] + i]; r = select(0.0, a, pf(5) < x && x < pf(6)); }
         default: {}
     }
@@ -982,77 +1007,94 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
             }
             DenseOp::MatMul(m) => Lowered { kernel: Kernel::MatMul, params: matmul_params(m) },
         },
-        Op::Conv(c) => match c {
-            ConvOp::Conv2d(c) => Lowered {
-                kernel: Kernel::Conv2d,
-                params: conv_params(
-                    c,
-                    shape(node.inputs[0]),
-                    shape(node.inputs[1]),
-                    shape(node.outputs[0]),
-                    numel(node.outputs[0]),
-                    [i(0), i(1), o(0)],
-                ),
-            },
-            ConvOp::Conv2dGradInput { conv, .. } => Lowered {
-                kernel: Kernel::Conv2dGradInput,
-                params: conv_params(
-                    conv,
-                    shape(node.outputs[0]),
-                    shape(node.inputs[1]),
-                    shape(node.inputs[0]),
-                    numel(node.outputs[0]),
-                    [i(0), i(1), o(0)],
-                ),
-            },
-            ConvOp::Conv2dGradWeight { conv, .. } => Lowered {
-                kernel: Kernel::Conv2dGradWeight,
-                params: conv_params(
-                    conv,
-                    shape(node.inputs[1]),
-                    shape(node.outputs[0]),
-                    shape(node.inputs[0]),
-                    numel(node.outputs[0]),
-                    [i(0), i(1), o(0)],
-                ),
-            },
-            ConvOp::Conv2dGradWeightRows { conv, rows, .. } => {
-                let dw = shape(node.outputs[0]);
-                let dy = shape(node.inputs[0]);
-                let full = [dy[1], dw[1], dw[2], dw[3]];
-                let mut params = conv_params(conv, shape(node.inputs[1]), &full, dy, numel(node.outputs[0]), [i(0), i(1), o(0)]);
-                params[20] = rows[0] as u32;
-                Lowered { kernel: Kernel::Conv2dGradWeight, params }
+        Op::Conv(op) => {
+            let direct = match op {
+                ConvOp::Conv2d(c) => Lowered {
+                    kernel: Kernel::Conv2d,
+                    params: conv_params(
+                        c,
+                        shape(node.inputs[0]),
+                        shape(node.inputs[1]),
+                        shape(node.outputs[0]),
+                        numel(node.outputs[0]),
+                        [i(0), i(1), o(0)],
+                    ),
+                },
+                ConvOp::Conv2dGradInput { conv, .. } => Lowered {
+                    kernel: Kernel::Conv2dGradInput,
+                    params: conv_params(
+                        conv,
+                        shape(node.outputs[0]),
+                        shape(node.inputs[1]),
+                        shape(node.inputs[0]),
+                        numel(node.outputs[0]),
+                        [i(0), i(1), o(0)],
+                    ),
+                },
+                ConvOp::Conv2dGradWeight { conv, .. } => Lowered {
+                    kernel: Kernel::Conv2dGradWeight,
+                    params: conv_params(
+                        conv,
+                        shape(node.inputs[1]),
+                        shape(node.outputs[0]),
+                        shape(node.inputs[0]),
+                        numel(node.outputs[0]),
+                        [i(0), i(1), o(0)],
+                    ),
+                },
+                ConvOp::Conv2dGradWeightRows { conv, rows, .. } => {
+                    let dw = shape(node.outputs[0]);
+                    let dy = shape(node.inputs[0]);
+                    let full = [dy[1], dw[1], dw[2], dw[3]];
+                    let mut params = conv_params(conv, shape(node.inputs[1]), &full, dy, numel(node.outputs[0]), [i(0), i(1), o(0)]);
+                    params[20] = rows[0] as u32;
+                    Lowered { kernel: Kernel::Conv2dGradWeight, params }
+                }
+                ConvOp::Conv2dBiasAct { conv, act } => {
+                    let mut params = conv_params(
+                        conv,
+                        shape(node.inputs[0]),
+                        shape(node.inputs[1]),
+                        shape(node.outputs[0]),
+                        numel(node.outputs[0]),
+                        [i(0), i(1), o(0)],
+                    );
+                    let (kind, lo, hi) = activation_params(act);
+                    // Word 20 (the weight gradient's first row, 0 here) holds the bias.
+                    params[20] = i(2);
+                    params.extend([kind, lo.to_bits(), hi.to_bits()]);
+                    Lowered { kernel: Kernel::Conv2dBiasAct, params }
+                }
+                ConvOp::Conv2dGradInputMasked { conv, .. } => {
+                    let mut params = conv_params(
+                        conv,
+                        shape(node.outputs[0]),
+                        shape(node.inputs[1]),
+                        shape(node.inputs[0]),
+                        numel(node.outputs[0]),
+                        [i(0), i(1), o(0)],
+                    );
+                    // Word 20 (the weight gradient's first row, 0 here) holds the mask bits.
+                    params[20] = i(2);
+                    Lowered { kernel: Kernel::Conv2dGradInputMasked, params }
+                }
+            };
+            // Implicit GEMM (`conv_gemm.rs`) for all but depthwise-like convolutions.
+            let (channels, groups) = (direct.params[5] as usize, direct.params[19] as usize);
+            if !conv_gemm::applies(channels, groups) {
+                direct
+            } else {
+                let (kernel, rows) = match op {
+                    ConvOp::Conv2d(_) => (Kernel::ConvGemm, None),
+                    ConvOp::Conv2dBiasAct { .. } => (Kernel::ConvGemmBiasAct, None),
+                    ConvOp::Conv2dGradInput { .. } => (Kernel::ConvGemmGradInput, None),
+                    ConvOp::Conv2dGradInputMasked { .. } => (Kernel::ConvGemmGradInputMasked, None),
+                    ConvOp::Conv2dGradWeight { .. } => (Kernel::ConvGemmGradWeight, None),
+                    ConvOp::Conv2dGradWeightRows { rows, .. } => (Kernel::ConvGemmGradWeight, Some(*rows)),
+                };
+                conv_gemm::tile(direct, kernel, rows)
             }
-            ConvOp::Conv2dBiasAct { conv, act } => {
-                let mut params = conv_params(
-                    conv,
-                    shape(node.inputs[0]),
-                    shape(node.inputs[1]),
-                    shape(node.outputs[0]),
-                    numel(node.outputs[0]),
-                    [i(0), i(1), o(0)],
-                );
-                let (kind, lo, hi) = activation_params(act);
-                // Word 20 (the weight gradient's first row, 0 here) holds the bias.
-                params[20] = i(2);
-                params.extend([kind, lo.to_bits(), hi.to_bits()]);
-                Lowered { kernel: Kernel::Conv2dBiasAct, params }
-            }
-            ConvOp::Conv2dGradInputMasked { conv, .. } => {
-                let mut params = conv_params(
-                    conv,
-                    shape(node.outputs[0]),
-                    shape(node.inputs[1]),
-                    shape(node.inputs[0]),
-                    numel(node.outputs[0]),
-                    [i(0), i(1), o(0)],
-                );
-                // Word 20 (the weight gradient's first row, 0 here) holds the mask bits.
-                params[20] = i(2);
-                Lowered { kernel: Kernel::Conv2dGradInputMasked, params }
-            }
-        },
+        }
         Op::Pool(p) => match p {
             PoolOp::GlobalAvgPool => {
                 let x = shape(node.inputs[0]);
