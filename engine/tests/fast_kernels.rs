@@ -5,7 +5,7 @@
 use pock_engine::kernels::cpu::par::{force_isa, isa, Isa};
 use pock_engine::kernels::cpu::{execute, scratch_elems, workspace_elems, CpuConfig};
 use pock_engine::kernels::{reference, NodeArgs, View, ViewMut};
-use pock_engine::ops::{BatchNorm, Clip, Conv2d, ConvOp, DenseOp, MatMul, NormOp, Op};
+use pock_engine::ops::{BatchNorm, Clip, Conv2d, ConvOp, DenseOp, MatMul, NormOp, Op, Pool2d, PoolOp};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -18,7 +18,7 @@ fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
 /// Runs `op` with the reference and with the fast kernels on the same inputs and initial outputs
 /// (in-place outputs hold state), and checks every output: exactly equal when `exact`, else
 /// within 1e-4 of the output's RMS (float sums in another order). On each instruction-set path,
-/// the 2-thread outputs must equal the 1-thread outputs bit for bit (every fast kernel computes a
+/// the 2- and 3-thread outputs must equal the 1-thread outputs bit for bit (every fast kernel computes a
 /// chunk the same way on any thread).
 fn check(what: &str, op: &Op, inputs: &[(Vec<f32>, Vec<usize>)], outputs: &[Vec<usize>], rng: &mut ChaCha8Rng, exact: bool) {
     // `force_isa` is process-wide: one check at a time, so that no other test switches the
@@ -37,7 +37,7 @@ fn check(what: &str, op: &Op, inputs: &[(Vec<f32>, Vec<usize>)], outputs: &[Vec<
     for path in [None, Some(Isa::Portable)] {
         force_isa(path);
         let mut one_thread: Option<Vec<Vec<f32>>> = None;
-        for threads in [1, 2] {
+        for threads in [1, 2, 3] {
             let mut got = initial.clone();
             {
                 let mut outs: Vec<ViewMut<f32>> = got.iter_mut().zip(outputs).map(|(d, s)| ViewMut { data: d, shape: s }).collect();
@@ -145,7 +145,18 @@ fn convolutions_match_the_reference() {
 fn large_products_split_among_threads_match() {
     let mut rng = ChaCha8Rng::seed_from_u64(10);
     for (n, c, o, hw, k, stride, pad) in
-        [(2, 16, 32, 40, 3, 1, 1), (2, 12, 40, 41, 3, 2, 1), (3, 8, 24, 33, 5, 1, 2), (8, 32, 48, 24, 1, 1, 0)]
+        // The 64- and 72-channel cases have more taps than gemm's 512-deep blocks (the input
+    // gradient of the first also more than 512 output-channel taps), and the 4x4 and 3x3 ones
+    // fewer output positions per sample than a 16-column sliver (deep ResNet layers).
+    [
+        (2, 16, 32, 40, 3, 1, 1),
+        (2, 12, 40, 41, 3, 2, 1),
+        (3, 8, 24, 33, 5, 1, 2),
+        (8, 32, 48, 24, 1, 1, 0),
+        (3, 64, 70, 9, 3, 1, 1),
+        (8, 72, 40, 4, 3, 1, 1),
+        (5, 24, 33, 6, 3, 2, 1),
+    ]
     {
         let conv = Conv2d { stride: [stride; 2], padding: [pad; 4], dilation: [1, 1], groups: 1 };
         let (x_shape, w_shape) = (vec![n, c, hw, hw], vec![o, c, k, k]);
@@ -165,12 +176,45 @@ fn large_products_split_among_threads_match() {
         let grad_weight = Op::from(ConvOp::Conv2dGradWeight { conv, kernel_hw: [k, k] });
         check(&format!("grad weight {what}"), &grad_weight, &[(dy, y_shape), (x, x_shape)], &[w_shape], &mut rng, false);
     }
-    for (m, k, n, trans_a, trans_b) in [(301, 203, 91, false, false), (130, 517, 77, true, false), (97, 300, 260, false, true)] {
+    // The last has more columns than a packed block of `B` (2048).
+    for (m, k, n, trans_a, trans_b) in
+        [(301, 203, 91, false, false), (130, 517, 77, true, false), (97, 300, 260, false, true), (13, 1100, 2100, false, false)]
+    {
         let a_shape = if trans_a { vec![k, m] } else { vec![m, k] };
         let b_shape = if trans_b { vec![n, k] } else { vec![k, n] };
         let op = Op::Dense(DenseOp::MatMul(MatMul { trans_a, trans_b }));
         let inputs = [(random(&mut rng, m * k), a_shape), (random(&mut rng, k * n), b_shape)];
         check(&format!("matmul {m}x{k}x{n} trans {trans_a} {trans_b}"), &op, &inputs, &[vec![m, n]], &mut rng, false);
+    }
+}
+
+/// Max pooling and its gradient equal the reference bit for bit (same window order, same sums),
+/// overlapping windows and padding included, on planes enough to split among threads.
+#[test]
+fn max_pooling_equals_the_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for case in 0..16 {
+        let (n, c) = (rng.random_range(1..4usize), if case < 4 { 40 } else { rng.random_range(1..6usize) });
+        let kernel = [rng.random_range(1..4usize), rng.random_range(1..4usize)];
+        let stride = [rng.random_range(1..3usize), rng.random_range(1..3usize)];
+        let padding = [0, 1, 2, 3].map(|i| rng.random_range(0..kernel[i % 2].min(2)));
+        let (h, w) = (kernel[0] + rng.random_range(0..30usize), kernel[1] + rng.random_range(0..30usize));
+        let pool = Pool2d { kernel, stride, padding, count_include_pad: false };
+        let x_shape = vec![n, c, h, w];
+        let forward = Op::Pool(PoolOp::MaxPool2d(pool));
+        let y_shape = forward.output_shapes(&[&x_shape]).unwrap().remove(0);
+        let mut x = random(&mut rng, x_shape.iter().product());
+        // Ties (the first maximum wins) and a NaN (it always wins).
+        for i in (0..x.len()).step_by(7) {
+            x[i] = 0.5;
+        }
+        let middle = x.len() / 2;
+        x[middle] = f32::NAN;
+        let what = format!("max pool {x_shape:?} -> {y_shape:?}, {pool:?}");
+        check(&what, &forward, &[(x.clone(), x_shape.clone())], std::slice::from_ref(&y_shape), &mut rng, true);
+        let dy = random(&mut rng, y_shape.iter().product());
+        let grad = Op::Pool(PoolOp::MaxPool2dGrad(pool));
+        check(&format!("grad {what}"), &grad, &[(dy, y_shape), (x, x_shape.clone())], &[x_shape], &mut rng, true);
     }
 }
 
