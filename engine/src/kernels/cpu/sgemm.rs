@@ -1,13 +1,18 @@
 //! pock's own f32 matrix product, `C = A @ B` or `C += A @ B`, that packs its operands into a
 //! buffer the caller owns (the backend sizes it at load, [`pack_elems`]), so it allocates nothing.
 //!
-//! The loop nest is the usual one of packed gemm: for each block of `NC` columns and `KC` depths,
-//! the block of `B` is packed into `NR`-column slivers and all of `A` into `MR`-row slivers (both
-//! zero-padded to whole slivers), then every `MR x NR` tile of `C` is one call of the
-//! micro-kernel over the block's depth. Tiles are grouped into units (one sliver of `B` against
-//! `MC` rows of `A`), which the pool's threads share; each tile is computed the same way by
-//! whichever thread runs it, and depth blocks are added in order, so results do not depend on
-//! the thread count.
+//! The loop nest is the usual one of packed gemm: for each block of `KC` depths, all of `A` is
+//! packed into `MR`-row slivers, then for each block of `NC` columns the block of `B` is packed
+//! into `NR`-column slivers (both zero-padded to whole slivers), and every `MR x NR` tile of `C`
+//! is one call of the micro-kernel over the block's depth. Tiles are grouped into units (one
+//! sliver of `B` against `MC` rows of `A`), which the pool's threads share; each tile is computed
+//! the same way by whichever thread runs it, and depth blocks are added in order, so results do
+//! not depend on the thread count.
+//!
+//! Operands are sources that pack their own slivers ([`SourceA`], [`SourceB`]): a strided matrix,
+//! or a convolution's column matrix read straight from its input. One call may multiply `A` with
+//! several right operands (the samples of a batch, [`product_with`]): `A` is packed once per depth
+//! block and the items' column slivers (none straddling two items) form one sequence.
 //!
 //! The micro-kernel is AVX2+FMA intrinsics when the CPU has them (chosen at run time), else plain
 //! Rust that the compiler vectorises for the build target (SSE2, NEON).
