@@ -349,26 +349,53 @@ unsafe fn kernel_portable(kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usi
 
 /// The AVX2+FMA micro-kernel: 12 accumulator registers (6 rows x 2 vectors of 8).
 ///
+/// Its loads are single instructions written with `asm!`: the intrinsics `_mm256_loadu_ps` and
+/// `_mm256_broadcast_ss` go through `copy_nonoverlapping` and a reference, whose precondition
+/// checks (on in every build with debug assertions, the test profile's timing binary included)
+/// spilled every load through the stack and cost about a third of the kernel's speed.
+///
 /// # Safety
 /// The CPU must have AVX2 and FMA; `a` must hold `kc * MR` and `b` `kc * NR` values; `c` must be
 /// valid for an `MR x NR` tile of row stride `ldc`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn kernel_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, overwrite: bool) {
+    use core::arch::asm;
     use core::arch::x86_64::*;
+    /// 8 floats from `p` (any alignment).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load(p: *const f32) -> __m256 {
+        let v: __m256;
+        // SAFETY: the caller's pointer is valid for 8 floats; the instruction only reads them.
+        unsafe { asm!("vmovups {v}, ymmword ptr [{p}]", p = in(reg) p, v = out(ymm_reg) v, options(pure, readonly, nostack, preserves_flags)) };
+        v
+    }
+    /// The float at `p` in all 8 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn splat(p: *const f32) -> __m256 {
+        let v: __m256;
+        // SAFETY: the caller's pointer is valid for one float; the instruction only reads it.
+        unsafe { asm!("vbroadcastss {v}, dword ptr [{p}]", p = in(reg) p, v = out(ymm_reg) v, options(pure, readonly, nostack, preserves_flags)) };
+        v
+    }
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    for p in 0..kc {
-        // SAFETY: depth `p < kc` of both slivers is inside them (the caller's contract).
+    let (mut ap, mut bp) = (a, b);
+    for _ in 0..kc {
+        // SAFETY: `ap` and `bp` point at depth `p < kc` of the slivers, inside them (the caller's
+        // contract).
         unsafe {
-            let b0 = _mm256_loadu_ps(b.add(p * NR));
-            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
-            let ap = a.add(p * MR);
+            let b0 = load(bp);
+            let b1 = load(bp.wrapping_add(8));
             for (i, row) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*ap.add(i));
+                let av = splat(ap.wrapping_add(i));
                 row[0] = _mm256_fmadd_ps(av, b0, row[0]);
                 row[1] = _mm256_fmadd_ps(av, b1, row[1]);
             }
         }
+        ap = ap.wrapping_add(MR);
+        bp = bp.wrapping_add(NR);
     }
     for (i, row) in acc.iter().enumerate() {
         // SAFETY: row `i` of the tile is inside `c` (the caller's contract).
@@ -378,8 +405,8 @@ unsafe fn kernel_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc:
                 _mm256_storeu_ps(d, row[0]);
                 _mm256_storeu_ps(d.add(8), row[1]);
             } else {
-                _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), row[0]));
-                _mm256_storeu_ps(d.add(8), _mm256_add_ps(_mm256_loadu_ps(d.add(8)), row[1]));
+                _mm256_storeu_ps(d, _mm256_add_ps(load(d), row[0]));
+                _mm256_storeu_ps(d.add(8), _mm256_add_ps(load(d.add(8)), row[1]));
             }
         }
     }
