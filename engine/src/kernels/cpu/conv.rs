@@ -60,11 +60,19 @@ impl Geometry {
     /// The workspace of the input gradient: one sample's column matrix for col2im, unless the
     /// gradient is computed directly. (The forward pass and the weight gradient need none.)
     fn grad_input_workspace_elems(&self) -> usize {
-        if self.algorithm() == Algorithm::Im2col && !self.grad_input_direct() {
-            self.taps() * self.out_plane()
-        } else {
+        if self.algorithm() != Algorithm::Im2col || self.grad_input_direct() {
             0
+        } else if self.grad_input_batched() {
+            self.n * self.taps() * self.out_plane()
+        } else {
+            self.taps() * self.out_plane()
         }
+    }
+
+    /// Whether a strided input gradient is one product for all samples (ungrouped: the column
+    /// matrices of all samples in the workspace, then one col2im over every input plane).
+    fn grad_input_batched(&self) -> bool {
+        self.algorithm() == Algorithm::Im2col && !self.grad_input_direct() && self.groups == 1
     }
 
     /// The geometry of the convolution whose forward pass is this one's input gradient (stride
@@ -161,6 +169,7 @@ pub fn conv_scratch_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]]
                     let t = g.transposed();
                     return pack_elems_items(t.og, t.out_plane(), t.n, t.taps());
                 }
+                Some(g) if g.grad_input_batched() => return pack_elems_items(g.taps(), g.out_plane(), g.n, g.og),
                 other => other.map(|g| (g.taps(), g.out_plane(), g.og, g)),
             }
         }
@@ -346,6 +355,21 @@ pub(super) fn conv2d_grad_input(
             let out = Out { ldc: t.out_plane(), item_stride: t.o * t.out_plane() };
             product_with(&weights, &columns, &mut dx.data[grp * t.og * t.out_plane()..], out, false, threads, scratch);
         }
+        if let Some(bits) = mask {
+            let plane = g.in_plane();
+            for_each_chunk(threads, dx.data, plane, plane, |p, dx_plane| epilogue::mask_at(bits, p * plane, dx_plane));
+        }
+        return Ok(());
+    }
+    if g.grad_input_batched() {
+        // The transposed weights (`[taps, O]`, swapped strides) times every sample's `dy`: the
+        // samples' column matrices side by side in the workspace, then one col2im over all input
+        // planes (sample `n`'s channel `ci` reads rows `(n * C + ci) * KH * KW..` of it).
+        let weights_t = Mat { data: w.data, rows: taps, cols: g.og, row_stride: 1, col_stride: taps };
+        let dy_samples = Planes { data: dy.data, items: g.n, item_stride: g.o * out_plane, rows: g.og, cols: out_plane };
+        let out = Out { ldc: out_plane, item_stride: taps * out_plane };
+        product_with(&weights_t, &dy_samples, ws, out, false, threads, scratch);
+        col2im(&g, ws, dx.data, threads);
         if let Some(bits) = mask {
             let plane = g.in_plane();
             for_each_chunk(threads, dx.data, plane, plane, |p, dx_plane| epilogue::mask_at(bits, p * plane, dx_plane));
@@ -620,6 +644,33 @@ impl SourceB for Columns<'_> {
     }
 }
 
+/// Row-major `rows x cols` matrices `item_stride` elements apart (a batch's planes), as gemm's
+/// right operands.
+struct Planes<'a> {
+    data: &'a [f32],
+    items: usize,
+    item_stride: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl SourceB for Planes<'_> {
+    fn items(&self) -> usize {
+        self.items
+    }
+    fn depth(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn pack(&self, item: usize, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) {
+        let data = &self.data[item * self.item_stride..];
+        let m = Mat { data, rows: self.rows, cols: self.cols, row_stride: self.cols, col_stride: 1 };
+        SourceB::pack(&m, 0, pc, col, cols, sliver);
+    }
+}
+
 /// The transposed column matrices of all samples of group `grp`, stacked along the depth
 /// (`[N * HO * WO, taps]`), as gemm's right operand, packed straight from `x`: the weight
 /// gradient's, whose depth is then every sample's output positions in turn.
@@ -762,7 +813,8 @@ impl SourceA for FlippedWeights<'_> {
     }
 }
 
-/// The adjoint of the column matrix ([`Columns`]): sets `dx_group` (`[C/groups, H, W]`) to the sum of each
+/// The adjoint of the column matrix ([`Columns`]): sets `dx_group` (`[C/groups, H, W]`, or for an
+/// ungrouped convolution all of `dx`, every sample's columns side by side) to the sum of each
 /// column-matrix entry onto the input position it was read from; entries that read padding are
 /// dropped. Input planes are independent (each gathers its own `KH * KW` rows, in the same order
 /// on any thread) and are split among the pool's threads.
