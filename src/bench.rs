@@ -269,11 +269,8 @@ pub fn table(r: &BenchReport) -> String {
         let _ = writeln!(s, "\n{:<32} {:>6} {:>10} {:>7} {:>9} {:>10}", "op", "count", "ms/step", "%", "GFLOP/s", "% ceiling");
         for row in &r.profile {
             let ceiling = row.ceiling_percent.map_or(String::new(), |p| format!("{p:.0}"));
-            let _ = writeln!(
-                s,
-                "{:<32} {:>6} {:>10.3} {:>7.1} {:>9.1} {:>10}",
-                row.kind, row.count, row.ms, row.percent, row.gflops, ceiling
-            );
+            let _ =
+                writeln!(s, "{:<32} {:>6} {:>10.3} {:>7.1} {:>9.1} {:>10}", row.kind, row.count, row.ms, row.percent, row.gflops, ceiling);
         }
     }
     s

@@ -146,17 +146,17 @@ fn large_products_split_among_threads_match() {
     let mut rng = ChaCha8Rng::seed_from_u64(10);
     for (n, c, o, hw, k, stride, pad) in
         // The 64- and 72-channel cases have more taps than gemm's 512-deep blocks (the input
-    // gradient of the first also more than 512 output-channel taps), and the 4x4 and 3x3 ones
-    // fewer output positions per sample than a 16-column sliver (deep ResNet layers).
-    [
-        (2, 16, 32, 40, 3, 1, 1),
-        (2, 12, 40, 41, 3, 2, 1),
-        (3, 8, 24, 33, 5, 1, 2),
-        (8, 32, 48, 24, 1, 1, 0),
-        (3, 64, 70, 9, 3, 1, 1),
-        (8, 72, 40, 4, 3, 1, 1),
-        (5, 24, 33, 6, 3, 2, 1),
-    ]
+        // gradient of the first also more than 512 output-channel taps), and the 4x4 and 3x3 ones
+        // fewer output positions per sample than a 16-column sliver (deep ResNet layers).
+        [
+            (2, 16, 32, 40, 3, 1, 1),
+            (2, 12, 40, 41, 3, 2, 1),
+            (3, 8, 24, 33, 5, 1, 2),
+            (8, 32, 48, 24, 1, 1, 0),
+            (3, 64, 70, 9, 3, 1, 1),
+            (8, 72, 40, 4, 3, 1, 1),
+            (5, 24, 33, 6, 3, 2, 1),
+        ]
     {
         let conv = Conv2d { stride: [stride; 2], padding: [pad; 4], dilation: [1, 1], groups: 1 };
         let (x_shape, w_shape) = (vec![n, c, hw, hw], vec![o, c, k, k]);
@@ -342,7 +342,9 @@ fn resnet18_conv_speed() {
     let ceiling = 2.0 * (side * side * side) as f64 / seconds / 1e9;
     println!("ceiling: gemm {side}^3, 1 thread: {ceiling:.1} GFLOP/s (wall clock, gemm_ceiling_gflops: {:.1})", gemm_ceiling_gflops(1, 3));
     let mut rng = ChaCha8Rng::seed_from_u64(12);
-    for (c, o, hw, stride) in [(64, 64, 32, 1), (64, 128, 32, 2), (128, 128, 16, 1), (128, 256, 16, 2), (256, 256, 8, 1), (256, 512, 8, 2), (512, 512, 4, 1)] {
+    for (c, o, hw, stride) in
+        [(64, 64, 32, 1), (64, 128, 32, 2), (128, 128, 16, 1), (128, 256, 16, 2), (256, 256, 8, 1), (256, 512, 8, 2), (512, 512, 4, 1)]
+    {
         let conv = Conv2d { stride: [stride; 2], padding: [1; 4], dilation: [1, 1], groups: 1 };
         let (x_shape, w_shape) = (vec![8, c, hw, hw], vec![o, c, 3, 3]);
         let y_shape = Op::from(ConvOp::Conv2d(conv)).output_shapes(&[&x_shape, &w_shape]).unwrap().remove(0);

@@ -368,7 +368,9 @@ unsafe fn kernel_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc:
     unsafe fn load(p: *const f32) -> __m256 {
         let v: __m256;
         // SAFETY: the caller's pointer is valid for 8 floats; the instruction only reads them.
-        unsafe { asm!("vmovups {v}, ymmword ptr [{p}]", p = in(reg) p, v = out(ymm_reg) v, options(pure, readonly, nostack, preserves_flags)) };
+        unsafe {
+            asm!("vmovups {v}, ymmword ptr [{p}]", p = in(reg) p, v = out(ymm_reg) v, options(pure, readonly, nostack, preserves_flags))
+        };
         v
     }
     /// The float at `p` in all 8 lanes.
@@ -377,7 +379,9 @@ unsafe fn kernel_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc:
     unsafe fn splat(p: *const f32) -> __m256 {
         let v: __m256;
         // SAFETY: the caller's pointer is valid for one float; the instruction only reads it.
-        unsafe { asm!("vbroadcastss {v}, dword ptr [{p}]", p = in(reg) p, v = out(ymm_reg) v, options(pure, readonly, nostack, preserves_flags)) };
+        unsafe {
+            asm!("vbroadcastss {v}, dword ptr [{p}]", p = in(reg) p, v = out(ymm_reg) v, options(pure, readonly, nostack, preserves_flags))
+        };
         v
     }
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
