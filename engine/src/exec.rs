@@ -849,7 +849,7 @@ impl<W: AsRef<[u8]> + Send, A: AsRef<[u64]> + AsMut<[u64]> + Send> Backend for C
     #[cfg(feature = "std")]
     fn gemm_ceiling(&mut self) -> Option<f64> {
         let CpuKernels::Fast(cfg) = self.kernels else { return None };
-        let measure = || crate::kernels::cpu::gemm_ceiling_gflops(cfg.threads, 5);
+        let measure = || crate::kernels::cpu::gemm_ceiling_gflops(cfg.threads, 3);
         Some(match &self.pool {
             Some(pool) => pool.install(measure),
             None => measure(),
