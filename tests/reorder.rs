@@ -236,13 +236,9 @@ fn inspect_reports_the_arena_with_and_without_reordering() {
     assert_eq!(jb["arena_bytes"].as_u64().unwrap(), unordered);
     assert_eq!(jb["arena_bytes_unordered"].as_u64().unwrap(), unordered);
     let m = &ja["memory"];
-    for key in [
-        "trainable_weight_bytes",
-        "optimizer_state_bytes",
-        "saved_activation_bytes",
-        "gradient_bytes",
-        "gradients_held_at_once_bytes",
-    ] {
+    for key in
+        ["trainable_weight_bytes", "optimizer_state_bytes", "saved_activation_bytes", "gradient_bytes", "gradients_held_at_once_bytes"]
+    {
         assert!(m[key].as_u64().unwrap() > 0, "{key}: {m}");
     }
     // The CNN's convolutions are 3x3 with stride 1: the CPU kernels pack their gemm operands

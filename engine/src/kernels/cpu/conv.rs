@@ -263,7 +263,8 @@ pub(super) fn conv2d(
         });
         return Ok(());
     }
-    let _ = ws;
+    // The forward pass needs no workspace (`prepare` gives it none).
+    debug_assert!(ws.is_empty());
     if algorithm == Algorithm::Im2col {
         convolve(&g, x.data, w.data, y.data, threads, scratch);
         if let Some(e) = &epilogue {
@@ -506,7 +507,8 @@ fn grad_weight_gemm(
     if g.n == 0 {
         dw_rows.fill(0.0);
     }
-    let _ = ws;
+    // The weight gradient needs no workspace (`prepare` gives it none).
+    debug_assert!(ws.is_empty());
     if g.algorithm() != Algorithm::Pointwise {
         // One product over all samples: the depth runs through every sample's output positions.
         let tap_table = Taps::new(g);
