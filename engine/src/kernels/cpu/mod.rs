@@ -15,7 +15,7 @@ mod epilogue;
 mod matmul;
 mod norm;
 pub mod par;
-mod pool;
+mod pooling;
 mod sgemm;
 
 use super::{reference, KernelError, NodeArgs};
@@ -124,8 +124,8 @@ pub fn execute(
         Op::Conv(ConvOp::Conv2dGradWeight { conv, .. }) => {
             conv::conv2d_grad_weight(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads)
         }
-        Op::Pool(PoolOp::MaxPool2d(p)) => pool::max_pool2d(p, args.inputs[0], &mut args.outputs[0], threads),
-        Op::Pool(PoolOp::MaxPool2dGrad(p)) => pool::max_pool2d_grad(p, args.inputs[0], args.inputs[1], &mut args.outputs[0], threads),
+        Op::Pool(PoolOp::MaxPool2d(p)) => pooling::max_pool2d(p, args.inputs[0], &mut args.outputs[0], threads),
+        Op::Pool(PoolOp::MaxPool2dGrad(p)) => pooling::max_pool2d_grad(p, args.inputs[0], args.inputs[1], &mut args.outputs[0], threads),
         Op::Dense(DenseOp::Clip(c)) => {
             elementwise::clip(c, args.inputs[0].data, args.outputs[0].data, cfg.threads);
             Ok(())
