@@ -39,6 +39,9 @@ pub struct OpTime {
     pub percent: f64,
     /// Achieved GFLOP/s (the compiler's cost model's FLOPs over the measured time).
     pub gflops: f64,
+    /// `gflops` as a percentage of the gemm ceiling measured in the same run, for the
+    /// matrix-product ops (convolutions and matmuls) when the backend measures one.
+    pub ceiling_percent: Option<f64>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -55,6 +58,9 @@ pub struct BenchReport {
     /// FLOPs of the train program (the compiler's per-op cost model).
     pub step_flops: u64,
     pub gflops: f64,
+    /// GFLOP/s of the backend's own gemm on a 1024-cubed product with the same threads, measured
+    /// right after the timed steps (`None` where the backend has no such measurement).
+    pub gemm_ceiling_gflops: Option<f64>,
     pub arena_bytes: u64,
     pub weight_bytes: u64,
     /// Peak resident set size of this process (Linux `VmHWM`), when it can be read.
@@ -165,6 +171,8 @@ pub fn run(session: &mut Session, threads: usize, cfg: &BenchConfig) -> Result<B
     let syncs_per_step = (session.syncs() - syncs_before) as f64 / cfg.steps as f64;
     let node_nanos = session.node_nanos().map(|(n, runs)| (n.to_vec(), runs));
     session.set_profiling(false);
+    // After the timed steps, so that its allocations and warm-up do not disturb them.
+    let ceiling = session.gemm_ceiling();
 
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
@@ -187,12 +195,15 @@ pub fn run(session: &mut Session, threads: usize, cfg: &BenchConfig) -> Result<B
             .into_iter()
             .map(|(kind, count, ns, flops)| {
                 let seconds = ns as f64 / 1e9 / runs as f64;
+                let gflops = if seconds > 0.0 { flops as f64 / seconds / 1e9 } else { 0.0 };
+                let is_product = kind.starts_with("Conv2d") || kind.contains("MatMul");
                 OpTime {
                     kind,
                     count,
                     ms: seconds * 1e3,
                     percent: 100.0 * ns as f64 / total as f64,
-                    gflops: if seconds > 0.0 { flops as f64 / seconds / 1e9 } else { 0.0 },
+                    gflops,
+                    ceiling_percent: ceiling.filter(|c| is_product && *c > 0.0).map(|c| 100.0 * gflops / c),
                 }
             })
             .collect();
@@ -209,6 +220,7 @@ pub fn run(session: &mut Session, threads: usize, cfg: &BenchConfig) -> Result<B
         steps_per_s: 1e3 / median_ms,
         step_flops,
         gflops: step_flops as f64 / (median_ms / 1e3) / 1e9,
+        gemm_ceiling_gflops: ceiling,
         arena_bytes: plan.arena_bytes,
         weight_bytes: plan.weight_bytes,
         peak_rss_bytes: peak_rss_bytes(),
@@ -233,6 +245,14 @@ pub fn table(r: &BenchReport) -> String {
         r.median_ms, r.steps, r.min_ms, r.max_ms, r.steps_per_s
     );
     let _ = writeln!(s, "compute    {:.3} GFLOP per step, {:.1} GFLOP/s", r.step_flops as f64 / 1e9, r.gflops);
+    if let Some(c) = r.gemm_ceiling_gflops {
+        let side = pock_engine::kernels::cpu::CEILING_SIDE;
+        let _ = writeln!(
+            s,
+            "ceiling    gemm {c:.1} GFLOP/s ({side}x{side}x{side}, same threads; the step reaches {:.0}% of it)",
+            100.0 * r.gflops / c
+        );
+    }
     let rss = r.peak_rss_bytes.map_or("unknown".to_string(), |b| format!("{:.1} MiB", mib(b)));
     let _ = writeln!(s, "memory     arena {:.1} MiB, weights {:.1} MiB, peak RSS {rss}", mib(r.arena_bytes), mib(r.weight_bytes));
     let _ = writeln!(
@@ -246,9 +266,11 @@ pub fn table(r: &BenchReport) -> String {
         if let Some(how) = &r.profile_timing {
             let _ = writeln!(s, "\nprofile timed by {how}");
         }
-        let _ = writeln!(s, "\n{:<32} {:>6} {:>10} {:>7} {:>9}", "op", "count", "ms/step", "%", "GFLOP/s");
+        let _ = writeln!(s, "\n{:<32} {:>6} {:>10} {:>7} {:>9} {:>10}", "op", "count", "ms/step", "%", "GFLOP/s", "% ceiling");
         for row in &r.profile {
-            let _ = writeln!(s, "{:<32} {:>6} {:>10.3} {:>7.1} {:>9.1}", row.kind, row.count, row.ms, row.percent, row.gflops);
+            let ceiling = row.ceiling_percent.map_or(String::new(), |p| format!("{p:.0}"));
+            let _ =
+                writeln!(s, "{:<32} {:>6} {:>10.3} {:>7.1} {:>9.1} {:>10}", row.kind, row.count, row.ms, row.percent, row.gflops, ceiling);
         }
     }
     s

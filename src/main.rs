@@ -122,7 +122,9 @@ const BENCH_HELP: &str = "Example:\n  pock compile zoo:mobilenetv2:classes=10,si
 The batch is synthetic (the kernels' speed does not depend on the values); the plan's parameters do train during the run. \
 GFLOP/s counts the train program's FLOPs as the compiler's cost model gives them. With --profile each op is timed (one clock \
 read before and after it), which adds a little to the step time; the table's ms/step is the op kind's time per step, its % \
-the share of all ops' time.";
+the share of all ops' time. On the CPU the report also gives the gemm ceiling: pock's own gemm on a 1024x1024x1024 product with the \
+same threads, measured right after the timed steps; the profile's \"% ceiling\" column is each convolution's and matmul's GFLOP/s as a \
+share of it.";
 
 const EXPORT_HELP: &str = "Examples:\n  pock export r18.pock --weights r18.ckpt.safetensors --onnx r18.trained.onnx --inference\n  pock export cnn.pock --weights cnn.ckpt.safetensors --safetensors cnn.weights.safetensors\n\n\
 --onnx reads the .onnx file the plan was compiled from (the path recorded in the plan, relative to where `pock compile` ran, or --model) \

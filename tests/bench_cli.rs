@@ -32,12 +32,26 @@ fn bench_reports_step_time_and_a_profile_of_every_train_node() {
         // Forward convolutions are fused with their bias and activation by default.
         let conv = |row: &serde_json::Value| ["Conv2d ", "Conv2dBiasAct "].iter().any(|k| row["kind"].as_str().unwrap().starts_with(k));
         assert!(rows.iter().any(conv), "convolutions are named by kind");
+        // The gemm ceiling is measured in the same run; convolutions get their share of it, other
+        // ops none.
+        let ceiling = r["gemm_ceiling_gflops"].as_f64().unwrap();
+        assert!(ceiling > 0.0, "{r}");
+        for row in rows {
+            let product = row["kind"].as_str().unwrap().starts_with("Conv2d") || row["kind"].as_str().unwrap().contains("MatMul");
+            let share = row["ceiling_percent"].as_f64();
+            assert_eq!(share.is_some(), product, "{row}");
+            if let Some(share) = share {
+                let expected = 100.0 * row["gflops"].as_f64().unwrap() / ceiling;
+                assert!((share - expected).abs() <= 1e-6 * expected.max(1.0), "{row}: {share} against {expected}");
+            }
+        }
     }
 
     // Without --profile there is no table; with text output the summary lines are there.
     let out = pock(&["bench", s(&plan), "--steps", "2", "-q"]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("ms median of 2") && text.contains("GFLOP/s") && text.contains("peak RSS"), "{text}");
+    assert!(text.contains("ceiling    gemm ") && text.contains("1024x1024x1024, same threads"), "{text}");
     assert!(!text.contains("ms/step"), "no profile table without --profile:\n{text}");
 
     assert!(fails(&["bench", s(&plan), "--steps", "0"]).contains("--steps must be at least 1"));

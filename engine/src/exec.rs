@@ -357,6 +357,11 @@ pub trait Backend {
     fn profile_timing(&self) -> &'static str {
         "the host clock around each kernel call"
     }
+    /// GFLOP/s of this backend's own gemm on a large square product, on the threads its kernels
+    /// use (`pock bench`'s ceiling); `None` for a backend that has no such measurement.
+    fn gemm_ceiling(&mut self) -> Option<f64> {
+        None
+    }
 }
 
 /// Tensor `t`'s description, after checking that a buffer of `len` bytes is its size: the check
@@ -833,6 +838,16 @@ impl<W: AsRef<[u8]> + Send, A: AsRef<[u64]> + AsMut<[u64]> + Send> Backend for C
     #[cfg(feature = "std")]
     fn node_nanos(&self) -> Option<(&[u64], u64)> {
         self.profile.as_ref().map(|(nanos, runs)| (nanos.as_slice(), *runs))
+    }
+
+    #[cfg(feature = "std")]
+    fn gemm_ceiling(&mut self) -> Option<f64> {
+        let CpuKernels::Fast(cfg) = self.kernels else { return None };
+        let measure = || crate::kernels::cpu::gemm_ceiling_gflops(cfg.threads, 3);
+        Some(match &self.pool {
+            Some(pool) => pool.install(measure),
+            None => measure(),
+        })
     }
 }
 

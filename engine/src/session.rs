@@ -364,6 +364,13 @@ impl Session {
         self.backend.node_nanos()
     }
 
+    /// GFLOP/s of the backend's own gemm on a large square product with the session's threads
+    /// (the ceiling `pock bench` compares the matrix kernels with); `None` where the backend has
+    /// none (the reference kernels, the GPU). Allocates, so call it between steps.
+    pub fn gemm_ceiling(&mut self) -> Option<f64> {
+        self.backend.gemm_ceiling()
+    }
+
     /// How [`Session::node_nanos`] measures (the backend's method), for reports.
     pub fn profile_timing(&self) -> &'static str {
         self.backend.profile_timing()

@@ -3,9 +3,9 @@
 //! offers and on the portable code path.
 
 use pock_engine::kernels::cpu::par::{force_isa, isa, Isa};
-use pock_engine::kernels::cpu::{execute, scratch_elems, workspace_elems, CpuConfig};
+use pock_engine::kernels::cpu::{execute, gemm_ceiling_gflops, scratch_elems, workspace_elems, CpuConfig};
 use pock_engine::kernels::{reference, NodeArgs, View, ViewMut};
-use pock_engine::ops::{BatchNorm, Clip, Conv2d, ConvOp, DenseOp, MatMul, NormOp, Op};
+use pock_engine::ops::{BatchNorm, Clip, Conv2d, ConvOp, DenseOp, MatMul, NormOp, Op, Pool2d, PoolOp};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -183,7 +183,18 @@ fn depthwise_blocks_match_the_reference() {
 fn large_products_split_among_threads_match() {
     let mut rng = ChaCha8Rng::seed_from_u64(10);
     for (n, c, o, hw, k, stride, pad) in
-        [(2, 16, 32, 40, 3, 1, 1), (2, 12, 40, 41, 3, 2, 1), (3, 8, 24, 33, 5, 1, 2), (8, 32, 48, 24, 1, 1, 0)]
+        // The 64- and 72-channel cases have more taps than gemm's 512-deep blocks (the input
+        // gradient of the first also more than 512 output-channel taps), and the 4x4 and 3x3 ones
+        // fewer output positions per sample than a 16-column sliver (deep ResNet layers).
+        [
+            (2, 16, 32, 40, 3, 1, 1),
+            (2, 12, 40, 41, 3, 2, 1),
+            (3, 8, 24, 33, 5, 1, 2),
+            (8, 32, 48, 24, 1, 1, 0),
+            (3, 64, 70, 9, 3, 1, 1),
+            (8, 72, 40, 4, 3, 1, 1),
+            (5, 24, 33, 6, 3, 2, 1),
+        ]
     {
         let conv = Conv2d { stride: [stride; 2], padding: [pad; 4], dilation: [1, 1], groups: 1 };
         let (x_shape, w_shape) = (vec![n, c, hw, hw], vec![o, c, k, k]);
@@ -203,12 +214,45 @@ fn large_products_split_among_threads_match() {
         let grad_weight = Op::from(ConvOp::Conv2dGradWeight { conv, kernel_hw: [k, k] });
         check(&format!("grad weight {what}"), &grad_weight, &[(dy, y_shape), (x, x_shape)], &[w_shape], &mut rng, false);
     }
-    for (m, k, n, trans_a, trans_b) in [(301, 203, 91, false, false), (130, 517, 77, true, false), (97, 300, 260, false, true)] {
+    // The last has more columns than a packed block of `B` (2048).
+    for (m, k, n, trans_a, trans_b) in
+        [(301, 203, 91, false, false), (130, 517, 77, true, false), (97, 300, 260, false, true), (13, 1100, 2100, false, false)]
+    {
         let a_shape = if trans_a { vec![k, m] } else { vec![m, k] };
         let b_shape = if trans_b { vec![n, k] } else { vec![k, n] };
         let op = Op::Dense(DenseOp::MatMul(MatMul { trans_a, trans_b }));
         let inputs = [(random(&mut rng, m * k), a_shape), (random(&mut rng, k * n), b_shape)];
         check(&format!("matmul {m}x{k}x{n} trans {trans_a} {trans_b}"), &op, &inputs, &[vec![m, n]], &mut rng, false);
+    }
+}
+
+/// Max pooling and its gradient equal the reference bit for bit (same window order, same sums),
+/// overlapping windows and padding included, on planes enough to split among threads.
+#[test]
+fn max_pooling_equals_the_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for case in 0..16 {
+        let (n, c) = (rng.random_range(1..4usize), if case < 4 { 40 } else { rng.random_range(1..6usize) });
+        let kernel = [rng.random_range(1..4usize), rng.random_range(1..4usize)];
+        let stride = [rng.random_range(1..3usize), rng.random_range(1..3usize)];
+        let padding = [0, 1, 2, 3].map(|i| rng.random_range(0..kernel[i % 2].min(2)));
+        let (h, w) = (kernel[0] + rng.random_range(0..30usize), kernel[1] + rng.random_range(0..30usize));
+        let pool = Pool2d { kernel, stride, padding, count_include_pad: false };
+        let x_shape = vec![n, c, h, w];
+        let forward = Op::Pool(PoolOp::MaxPool2d(pool));
+        let y_shape = forward.output_shapes(&[&x_shape]).unwrap().remove(0);
+        let mut x = random(&mut rng, x_shape.iter().product());
+        // Ties (the first maximum wins) and a NaN (it always wins).
+        for i in (0..x.len()).step_by(7) {
+            x[i] = 0.5;
+        }
+        let middle = x.len() / 2;
+        x[middle] = f32::NAN;
+        let what = format!("max pool {x_shape:?} -> {y_shape:?}, {pool:?}");
+        check(&what, &forward, &[(x.clone(), x_shape.clone())], std::slice::from_ref(&y_shape), &mut rng, true);
+        let dy = random(&mut rng, y_shape.iter().product());
+        let grad = Op::Pool(PoolOp::MaxPool2dGrad(pool));
+        check(&format!("grad {what}"), &grad, &[(dy, y_shape), (x, x_shape.clone())], &[x_shape], &mut rng, true);
     }
 }
 
@@ -464,5 +508,95 @@ fn cross_entropy_equals_the_reference() {
         };
         let mut scratch = vec![0.0; batch * positions];
         assert!(execute(&op, args, &mut [], &mut scratch, CpuConfig { threads: 2 }).is_err());
+    }
+}
+
+/// Thread CPU time in seconds (Linux `CLOCK_THREAD_CPUTIME_ID`): unlike the wall clock it does
+/// not count the time other processes hold the core, so figures taken on a loaded machine stay
+/// comparable.
+#[cfg(target_os = "linux")]
+fn thread_seconds() -> f64 {
+    #[repr(C)]
+    struct Timespec {
+        secs: i64,
+        nanos: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+    }
+    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    let mut t = Timespec { secs: 0, nanos: 0 };
+    // SAFETY: `t` is a valid, writable timespec.
+    assert_eq!(unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut t) }, 0);
+    t.secs as f64 + t.nanos as f64 * 1e-9
+}
+
+/// Not a check: GFLOP/s of the fast kernels on ResNet-18's 3x3 convolutions (batch 8, 3x128x128
+/// input) on one thread, in thread CPU time, next to gemm's 1024-cubed ceiling measured the same
+/// way (BENCHMARKS.md "ResNet-18 convolutions against the GEMM ceiling"). Run with
+/// `cargo test --workspace --test fast_kernels -- --ignored --nocapture resnet18_conv_speed`.
+#[cfg(target_os = "linux")]
+#[test]
+#[ignore]
+fn resnet18_conv_speed() {
+    // `gemm_ceiling_gflops` times with the wall clock; one thread of CPU time is measured here.
+    let best_of = |f: &mut dyn FnMut()| {
+        f();
+        (0..4)
+            .map(|_| {
+                let t = thread_seconds();
+                f();
+                thread_seconds() - t
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let side = 1024usize;
+    let cfg = CpuConfig { threads: 1 };
+    let (a, b) = ((vec![0.5f32; side * side], vec![side, side]), (vec![0.25f32; side * side], vec![side, side]));
+    let matmul = Op::Dense(DenseOp::MatMul(MatMul { trans_a: false, trans_b: false }));
+    let mut c = vec![0.0f32; side * side];
+    let mut scratch = vec![0.0f32; scratch_elems(&matmul, &[&a.1, &b.1], &[&[side, side]], cfg)];
+    let seconds = best_of(&mut || {
+        let ins = [View { data: &a.0, shape: &a.1 }, View { data: &b.0, shape: &b.1 }];
+        let mut outs = [ViewMut { data: &mut c, shape: &[side, side] }];
+        execute(&matmul, NodeArgs::floats(&ins, &mut outs), &mut [], &mut scratch, cfg).unwrap();
+    });
+    let ceiling = 2.0 * (side * side * side) as f64 / seconds / 1e9;
+    println!("ceiling: gemm {side}^3, 1 thread: {ceiling:.1} GFLOP/s (wall clock, gemm_ceiling_gflops: {:.1})", gemm_ceiling_gflops(1, 3));
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    for (c, o, hw, stride) in
+        [(64, 64, 32, 1), (64, 128, 32, 2), (128, 128, 16, 1), (128, 256, 16, 2), (256, 256, 8, 1), (256, 512, 8, 2), (512, 512, 4, 1)]
+    {
+        let conv = Conv2d { stride: [stride; 2], padding: [1; 4], dilation: [1, 1], groups: 1 };
+        let (x_shape, w_shape) = (vec![8, c, hw, hw], vec![o, c, 3, 3]);
+        let y_shape = Op::from(ConvOp::Conv2d(conv)).output_shapes(&[&x_shape, &w_shape]).unwrap().remove(0);
+        let flops = 2.0 * (y_shape.iter().product::<usize>() * c * 9) as f64;
+        let (x, wt, dy) = (
+            random(&mut rng, x_shape.iter().product()),
+            random(&mut rng, w_shape.iter().product()),
+            random(&mut rng, y_shape.iter().product()),
+        );
+        let cases = [
+            ("forward", Op::from(ConvOp::Conv2d(conv)), [(&x, &x_shape), (&wt, &w_shape)], &y_shape),
+            ("grad input", Op::from(ConvOp::Conv2dGradInput { conv, input_hw: [hw, hw] }), [(&dy, &y_shape), (&wt, &w_shape)], &x_shape),
+            ("grad weight", Op::from(ConvOp::Conv2dGradWeight { conv, kernel_hw: [3, 3] }), [(&dy, &y_shape), (&x, &x_shape)], &w_shape),
+        ];
+        for (what, op, inputs, out_shape) in cases {
+            let in_shapes: Vec<&[usize]> = inputs.iter().map(|(_, s)| s.as_slice()).collect();
+            let mut workspace = vec![0.0f32; workspace_elems(&op, &in_shapes, &[out_shape])];
+            let mut scratch = vec![0.0f32; scratch_elems(&op, &in_shapes, &[out_shape], cfg)];
+            let mut out = vec![0.0f32; out_shape.iter().product()];
+            let seconds = best_of(&mut || {
+                let ins: Vec<View<f32>> = inputs.iter().map(|(d, s)| View { data: d, shape: s }).collect();
+                let mut outs = [ViewMut { data: &mut out, shape: out_shape }];
+                execute(&op, NodeArgs::floats(&ins, &mut outs), &mut workspace, &mut scratch, cfg).unwrap();
+            });
+            let gflops = flops / seconds / 1e9;
+            println!(
+                "{what:<11} {x_shape:?} * {w_shape:?} stride {stride}: {:7.2} ms {gflops:6.1} GFLOP/s {:4.0}% of ceiling",
+                seconds * 1e3,
+                100.0 * gflops / ceiling
+            );
+        }
     }
 }

@@ -8,10 +8,17 @@
 //!   direct loop over kernel taps is used instead, with no workspace (`depthwise.rs`);
 //! - im2col: everything else. For one sample and group, the column matrix has one row per
 //!   (input channel, kh, kw) tap and one column per output position; the convolution is then
-//!   `weights [O/groups, taps] @ columns [taps, HO * WO]`.
+//!   `weights [O/groups, taps] @ columns [taps, HO * WO]`. The forward pass and the weight
+//!   gradient never write the column matrix out: gemm packs its slivers straight from the input
+//!   ([`Columns`], [`ColumnsT`]), and the forward pass is one product for all samples (the
+//!   weights are packed once, and the threads share the samples' columns with the weight rows).
+//!   The input gradient of a stride-1 convolution is the forward convolution of `dy` with the
+//!   flipped, transposed weights ([`FlippedWeights`]), computed the same way with no col2im;
+//!   other strides compute `w^T @ dy` per sample into the workspace and scatter it (col2im).
 
 use super::epilogue::{self, Epilogue};
 use super::par::{for_each_chunk, for_each_part};
+use super::sgemm::{pack_elems_items, product_with, Out, SourceA, SourceB, MR, NR};
 use super::{depthwise, pack_elems, sgemm, Mat};
 use crate::kernels::{KernelError, View, ViewMut};
 use crate::ops::{Conv2d, ConvOp};
@@ -36,10 +43,60 @@ impl Geometry {
         }
     }
 
-    fn workspace_elems(&self) -> usize {
-        match self.algorithm() {
-            Algorithm::Im2col => self.taps() * self.out_plane(),
-            Algorithm::Pointwise | Algorithm::Depthwise => 0,
+    /// Whether the input gradient is the forward convolution of `dy` with flipped, transposed
+    /// weights ([`Geometry::transposed`]): stride 1 and padding within the kernel's reach.
+    fn grad_input_direct(&self) -> bool {
+        let reach = [self.dilation[0] * self.kh.saturating_sub(1), self.dilation[1] * self.kw.saturating_sub(1)];
+        self.algorithm() == Algorithm::Im2col
+            && self.kh > 0
+            && self.kw > 0
+            && self.stride == [1, 1]
+            && self.padding[0] <= reach[0]
+            && self.padding[2] <= reach[0]
+            && self.padding[1] <= reach[1]
+            && self.padding[3] <= reach[1]
+    }
+
+    /// The workspace of the input gradient: one sample's column matrix for col2im, unless the
+    /// gradient is computed directly. (The forward pass and the weight gradient need none.)
+    fn grad_input_workspace_elems(&self) -> usize {
+        if self.algorithm() != Algorithm::Im2col || self.grad_input_direct() {
+            0
+        } else if self.grad_input_batched() {
+            self.n * self.taps() * self.out_plane()
+        } else {
+            self.taps() * self.out_plane()
+        }
+    }
+
+    /// Whether a strided input gradient is one product for all samples (ungrouped: the column
+    /// matrices of all samples in the workspace, then one col2im over every input plane).
+    fn grad_input_batched(&self) -> bool {
+        self.algorithm() == Algorithm::Im2col && !self.grad_input_direct() && self.groups == 1
+    }
+
+    /// The geometry of the convolution whose forward pass is this one's input gradient (stride
+    /// 1 only): input `dy` (`O` channels of `HO x WO`), output `dx`, weights `[C, O/groups, KH,
+    /// KW]` (the flipped, transposed weights) and padding `dilation * (k - 1) - pad`.
+    fn transposed(&self) -> Geometry {
+        let reach = [self.dilation[0] * (self.kh - 1), self.dilation[1] * (self.kw - 1)];
+        let p = self.padding;
+        Geometry {
+            n: self.n,
+            c: self.o,
+            h: self.ho,
+            w: self.wo,
+            o: self.c,
+            groups: self.groups,
+            cg: self.og,
+            og: self.cg,
+            kh: self.kh,
+            kw: self.kw,
+            ho: self.h,
+            wo: self.w,
+            stride: [1, 1],
+            padding: [reach[0] - p[0], reach[1] - p[1], reach[0] - p[2], reach[1] - p[3]],
+            dilation: self.dilation,
         }
     }
 
@@ -87,37 +144,39 @@ fn valid_outputs(out_len: usize, stride: usize, offset: usize, pad: usize, len: 
 
 /// f32 elements of scratch each conv op needs.
 pub fn conv_workspace_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]]) -> usize {
-    let geometry = match (op, inputs, outputs) {
-        (ConvOp::Conv2d(c) | ConvOp::Conv2dBiasAct { conv: c, .. }, [x, w, ..], [y]) => Geometry::new(c, x, w, y),
+    // Only the input gradient of a strided convolution materialises a column matrix (col2im's);
+    // the forward pass and the weight gradient pack gemm's slivers straight from the input.
+    match (op, inputs, outputs) {
         (ConvOp::Conv2dGradInput { conv, .. } | ConvOp::Conv2dGradInputMasked { conv, .. }, [dy, w, ..], [dx]) => {
-            Geometry::new(conv, dx, w, dy)
+            Geometry::new(conv, dx, w, dy).map_or(0, |g| g.grad_input_workspace_elems())
         }
-        (ConvOp::Conv2dGradWeight { conv, .. }, [dy, x], [dw]) => Geometry::new(conv, x, dw, dy),
-        // The fast path covers ungrouped convolutions; grouped ones run the reference kernel.
-        (ConvOp::Conv2dGradWeightRows { conv, .. }, [dy, x], [dw]) if conv.groups == 1 && dw.len() == 4 && dy.len() == 4 => {
-            Geometry::new(conv, x, &[dy[1], dw[1], dw[2], dw[3]], dy)
-        }
-        _ => None,
-    };
-    geometry.map_or(0, |g| g.workspace_elems())
+        _ => 0,
+    }
 }
 
 /// f32 elements of gemm packing scratch each conv op needs with `threads` threads: one buffer per
 /// thread, for the paths that run one single-threaded gemm per task.
 pub fn conv_scratch_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]], threads: usize) -> usize {
     let product = match (op, inputs, outputs) {
-        (ConvOp::Conv2d(c) | ConvOp::Conv2dBiasAct { conv: c, .. }, [x, w, ..], [y]) => {
-            Geometry::new(c, x, w, y).map(|g| (g.og, g.out_plane(), g.taps(), g))
-        }
+        (ConvOp::Conv2d(c) | ConvOp::Conv2dBiasAct { conv: c, .. }, [x, w, ..], [y]) => match Geometry::new(c, x, w, y) {
+            // One product for all samples: a single buffer, whatever the threads.
+            Some(g) if g.algorithm() == Algorithm::Im2col => return pack_elems_items(g.og, g.out_plane(), g.n, g.taps()),
+            other => other.map(|g| (g.og, g.out_plane(), g.taps(), g)),
+        },
         (ConvOp::Conv2dGradInput { conv, .. } | ConvOp::Conv2dGradInputMasked { conv, .. }, [dy, w, ..], [dx]) => {
-            Geometry::new(conv, dx, w, dy).map(|g| (g.taps(), g.out_plane(), g.og, g))
+            match Geometry::new(conv, dx, w, dy) {
+                Some(g) if g.grad_input_direct() => {
+                    let t = g.transposed();
+                    return pack_elems_items(t.og, t.out_plane(), t.n, t.taps());
+                }
+                Some(g) if g.grad_input_batched() => return pack_elems_items(g.taps(), g.out_plane(), g.n, g.og),
+                other => other.map(|g| (g.taps(), g.out_plane(), g.og, g)),
+            }
         }
-        (ConvOp::Conv2dGradWeight { conv, .. }, [dy, x], [dw]) => {
-            Geometry::new(conv, x, dw, dy).map(|g| (g.og, g.taps(), g.out_plane(), g))
-        }
+        (ConvOp::Conv2dGradWeight { conv, .. }, [dy, x], [dw]) => Geometry::new(conv, x, dw, dy).map(grad_weight_product),
         // Rows of an ungrouped gradient: sized as the whole gradient, an upper bound.
         (ConvOp::Conv2dGradWeightRows { conv, .. }, [dy, x], [&[_, cg, kh, kw]]) if dy.len() == 4 => {
-            Geometry::new(conv, x, &[dy[1], cg, kh, kw], dy).map(|g| (g.og, g.taps(), g.out_plane(), g))
+            Geometry::new(conv, x, &[dy[1], cg, kh, kw], dy).map(grad_weight_product)
         }
         _ => None,
     };
@@ -125,6 +184,13 @@ pub fn conv_scratch_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]]
         Some((m, n, k, g)) if g.algorithm() != Algorithm::Depthwise => pack_elems(m, n, k).saturating_mul(threads.max(1)),
         _ => 0,
     }
+}
+
+/// `(M, N, K)` of the weight gradient's products: one over all samples' output positions (im2col),
+/// or one per sample (pointwise).
+fn grad_weight_product(g: Geometry) -> (usize, usize, usize, Geometry) {
+    let depth = if g.algorithm() == Algorithm::Im2col { g.n * g.out_plane() } else { g.out_plane() };
+    (g.og, g.taps(), depth, g)
 }
 
 /// Checks the shapes and data lengths, and returns the geometry and the workspace the chosen
@@ -143,7 +209,7 @@ fn prepare<'w>(
     if numel(input.0) != input.1 || numel(weight.0) != weight.1 || numel(output.0) != output.1 {
         return Err(KernelError::Invalid { op, message: "tensor data does not match its shape" });
     }
-    let need = g.workspace_elems();
+    let need = if op.starts_with("Conv2dGradInput") { g.grad_input_workspace_elems() } else { 0 };
     if ws.len() < need {
         return Err(KernelError::Invalid { op, message: "workspace is smaller than conv_workspace_elems requires" });
     }
@@ -197,17 +263,19 @@ pub(super) fn conv2d(
         });
         return Ok(());
     }
+    // The forward pass needs no workspace (`prepare` gives it none).
+    debug_assert!(ws.is_empty());
+    if algorithm == Algorithm::Im2col {
+        convolve(&g, x.data, w.data, y.data, threads, scratch);
+        if let Some(e) = &epilogue {
+            for_each_chunk(threads, y.data, out_plane, out_plane, |p, plane| e.planes(p % g.o, plane, out_plane));
+        }
+        return Ok(());
+    }
     for n in 0..g.n {
         for grp in 0..g.groups {
-            let x_group = &x.data[g.input_group(n, grp)];
-            let columns: &[f32] = if algorithm == Algorithm::Pointwise {
-                x_group
-            } else {
-                im2col(&g, x_group, ws, threads);
-                ws
-            };
             let weights = Mat { data: &w.data[g.weight_group(grp)], rows: g.og, cols: taps, row_stride: taps, col_stride: 1 };
-            let columns = Mat { data: columns, rows: taps, cols: out_plane, row_stride: out_plane, col_stride: 1 };
+            let columns = Mat { data: &x.data[g.input_group(n, grp)], rows: taps, cols: out_plane, row_stride: out_plane, col_stride: 1 };
             let y_group = &mut y.data[g.output_group(n, grp)];
             sgemm(weights, columns, y_group, out_plane, false, threads, scratch);
             if let Some(e) = &epilogue {
@@ -217,6 +285,18 @@ pub(super) fn conv2d(
         }
     }
     Ok(())
+}
+
+/// `y = conv(x, w)` for every sample, group by group: one product per group of the group's
+/// weights with all samples' column matrices, packed straight from `x` ([`Columns`]).
+fn convolve(g: &Geometry, x: &[f32], w: &[f32], y: &mut [f32], threads: usize, pack: &mut [f32]) {
+    let taps = g.taps();
+    for grp in 0..g.groups {
+        let weights = Mat { data: &w[g.weight_group(grp)], rows: g.og, cols: taps, row_stride: taps, col_stride: 1 };
+        let columns = Columns::new(g, x, grp);
+        let out = Out { ldc: g.out_plane(), item_stride: g.o * g.out_plane() };
+        product_with(&weights, &columns, &mut y[grp * g.og * g.out_plane()..], out, false, threads, pack);
+    }
 }
 
 /// `dx = col2im(w^T @ dy)` per sample and group; with `mask` (`Conv2dGradInputMasked`, the packed
@@ -265,6 +345,36 @@ pub(super) fn conv2d_grad_input(
                 }
             }
         });
+        return Ok(());
+    }
+    if g.grad_input_direct() {
+        // The forward convolution of `dy` with the flipped, transposed weights.
+        let t = g.transposed();
+        for grp in 0..g.groups {
+            let weights = FlippedWeights { g: &g, w: w.data, grp };
+            let columns = Columns::new(&t, dy.data, grp);
+            let out = Out { ldc: t.out_plane(), item_stride: t.o * t.out_plane() };
+            product_with(&weights, &columns, &mut dx.data[grp * t.og * t.out_plane()..], out, false, threads, scratch);
+        }
+        if let Some(bits) = mask {
+            let plane = g.in_plane();
+            for_each_chunk(threads, dx.data, plane, plane, |p, dx_plane| epilogue::mask_at(bits, p * plane, dx_plane));
+        }
+        return Ok(());
+    }
+    if g.grad_input_batched() {
+        // The transposed weights (`[taps, O]`, swapped strides) times every sample's `dy`: the
+        // samples' column matrices side by side in the workspace, then one col2im over all input
+        // planes (sample `n`'s channel `ci` reads rows `(n * C + ci) * KH * KW..` of it).
+        let weights_t = Mat { data: w.data, rows: taps, cols: g.og, row_stride: 1, col_stride: taps };
+        let dy_samples = Planes { data: dy.data, items: g.n, item_stride: g.o * out_plane, rows: g.og, cols: out_plane };
+        let out = Out { ldc: out_plane, item_stride: taps * out_plane };
+        product_with(&weights_t, &dy_samples, ws, out, false, threads, scratch);
+        col2im(&g, ws, dx.data, threads);
+        if let Some(bits) = mask {
+            let plane = g.in_plane();
+            for_each_chunk(threads, dx.data, plane, plane, |p, dx_plane| epilogue::mask_at(bits, p * plane, dx_plane));
+        }
         return Ok(());
     }
     for n in 0..g.n {
@@ -378,8 +488,9 @@ pub fn conv2d_grad_weight_rows(
 }
 
 /// Rows `rows` of group `grp`'s weight gradient (`dw_rows`, `[rows, taps]`), summed over the
-/// samples: one gemm per sample of `dy`'s rows with the transposed column matrix of `x`. The
-/// first sample overwrites whatever `dw_rows` held; the others add to it.
+/// samples: for im2col one product of `dy`'s rows of all samples ([`SamplesA`]) with all samples'
+/// transposed column matrices ([`ColumnsT`]), whose depth runs through the samples; for a
+/// pointwise convolution one gemm per sample, the first overwriting `dw_rows`, the others adding.
 #[allow(clippy::too_many_arguments)]
 fn grad_weight_gemm(
     g: &Geometry,
@@ -396,14 +507,18 @@ fn grad_weight_gemm(
     if g.n == 0 {
         dw_rows.fill(0.0);
     }
+    // The weight gradient needs no workspace (`prepare` gives it none).
+    debug_assert!(ws.is_empty());
+    if g.algorithm() != Algorithm::Pointwise {
+        // One product over all samples: the depth runs through every sample's output positions.
+        let tap_table = Taps::new(g);
+        let a = SamplesA { g, dy, grp, rows };
+        let b = ColumnsT { g, x, grp, taps: &tap_table };
+        product_with(&a, &b, dw_rows, Out { ldc: taps, item_stride: 0 }, false, threads, scratch);
+        return;
+    }
     for n in 0..g.n {
         let x_group = &x[g.input_group(n, grp)];
-        let columns: &[f32] = if g.algorithm() == Algorithm::Pointwise {
-            x_group
-        } else {
-            im2col(g, x_group, ws, threads);
-            ws
-        };
         let dy_group = &dy[g.output_group(n, grp)];
         let dy_rows = Mat {
             data: &dy_group[rows.start * out_plane..rows.end * out_plane],
@@ -412,37 +527,296 @@ fn grad_weight_gemm(
             row_stride: out_plane,
             col_stride: 1,
         };
-        // The transposed column matrix: `[HO * WO, taps]`, read with swapped strides.
-        let columns_t = Mat { data: columns, rows: out_plane, cols: taps, row_stride: 1, col_stride: out_plane };
-        sgemm(dy_rows, columns_t, dw_rows, taps, n > 0, threads, scratch);
+        // The transposed input planes: `[HO * WO, C/groups]`, read with swapped strides.
+        let x_t = Mat { data: x_group, rows: out_plane, cols: taps, row_stride: 1, col_stride: out_plane };
+        sgemm(dy_rows, x_t, dw_rows, taps, n > 0, threads, scratch);
     }
 }
 
-/// Writes the column matrix of one sample and group (`x_group` is `[C/groups, H, W]`) into
-/// `columns` (`[taps, HO * WO]`), with zeros where a tap reads padding. Rows (taps) are
-/// independent and are split among the pool's threads.
-fn im2col(g: &Geometry, x_group: &[f32], columns: &mut [f32], threads: usize) {
-    let (in_plane, out_plane, kernel) = (g.in_plane(), g.out_plane(), g.kh * g.kw);
-    let columns = &mut columns[..g.taps() * out_plane];
-    for_each_chunk(threads, columns, out_plane, out_plane, |r, row| {
-        let (ci, kh, kw) = (r / kernel, r % kernel / g.kw, r % g.kw);
-        let plane = &x_group[ci * in_plane..(ci + 1) * in_plane];
-        let (oh_range, ih_first) = g.rows(kh);
-        let (ow_range, iw_first) = g.cols(kw);
-        row[..oh_range.start * g.wo].fill(0.0);
-        row[oh_range.end * g.wo..].fill(0.0);
-        for (i, oh) in oh_range.clone().enumerate() {
-            let ih = ih_first + i * g.stride[0];
-            let out_row = &mut row[oh * g.wo..(oh + 1) * g.wo];
-            out_row[..ow_range.start].fill(0.0);
-            out_row[ow_range.end..].fill(0.0);
-            let in_row = &plane[ih * g.w..(ih + 1) * g.w];
-            depthwise::zip_gather(&mut out_row[ow_range.clone()], &in_row[iw_first..], g.stride[1], |d, s| *d = s);
-        }
-    });
+/// The column matrices of every sample of group `grp` as gemm's right operands (item `n` is
+/// sample `n`'s `[taps, HO * WO]` matrix), packed sliver by sliver straight from `x`: zeros
+/// where a tap reads padding.
+struct Columns<'a> {
+    g: &'a Geometry,
+    x: &'a [f32],
+    grp: usize,
+    taps: Taps,
 }
 
-/// The adjoint of [`im2col`]: sets `dx_group` (`[C/groups, H, W]`) to the sum of each
+impl<'a> Columns<'a> {
+    fn new(g: &'a Geometry, x: &'a [f32], grp: usize) -> Self {
+        Columns { g, x, grp, taps: Taps::new(g) }
+    }
+}
+
+/// Kernel rows and columns beyond this are looked up on the fly instead of in [`Taps`].
+const TAP_TABLE: usize = 16;
+
+/// [`Geometry::rows`] and [`Geometry::cols`] for every kernel row and column, computed once per
+/// product instead of once per tap and sliver (they divide by the stride).
+struct Taps {
+    rows: [(core::ops::Range<usize>, usize); TAP_TABLE],
+    cols: [(core::ops::Range<usize>, usize); TAP_TABLE],
+}
+
+impl Taps {
+    fn new(g: &Geometry) -> Self {
+        Taps {
+            rows: core::array::from_fn(|kh| if kh < g.kh { g.rows(kh) } else { (0..0, 0) }),
+            cols: core::array::from_fn(|kw| if kw < g.kw { g.cols(kw) } else { (0..0, 0) }),
+        }
+    }
+
+    fn rows(&self, g: &Geometry, kh: usize) -> (core::ops::Range<usize>, usize) {
+        if kh < TAP_TABLE {
+            self.rows[kh].clone()
+        } else {
+            g.rows(kh)
+        }
+    }
+
+    fn cols(&self, g: &Geometry, kw: usize) -> (core::ops::Range<usize>, usize) {
+        if kw < TAP_TABLE {
+            self.cols[kw].clone()
+        } else {
+            g.cols(kw)
+        }
+    }
+}
+
+impl SourceB for Columns<'_> {
+    fn items(&self) -> usize {
+        self.g.n
+    }
+    fn depth(&self) -> usize {
+        self.g.taps()
+    }
+    fn cols(&self) -> usize {
+        self.g.out_plane()
+    }
+    fn pack(&self, item: usize, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) {
+        let g = self.g;
+        let (in_plane, kernel) = (g.in_plane(), g.kh * g.kw);
+        let x_group = &self.x[g.input_group(item, self.grp)];
+        // The sliver's output positions as runs along output rows: (oh, first ow, length).
+        let mut runs = [(0usize, 0usize, 0usize); NR];
+        let (mut count, mut q) = (0, col);
+        while q < col + cols {
+            let (oh, ow) = (q / g.wo, q % g.wo);
+            let len = (g.wo - ow).min(col + cols - q);
+            runs[count] = (oh, ow, len);
+            count += 1;
+            q += len;
+        }
+        let runs = &runs[..count];
+        // The tap of the first depth, then stepped along without dividing.
+        let (mut ci, mut kh, mut kw) = (pc / kernel, pc % kernel / g.kw, pc % g.kw);
+        for out in sliver.chunks_exact_mut(NR) {
+            let plane = &x_group[ci * in_plane..(ci + 1) * in_plane];
+            let (oh_range, ih_first) = self.taps.rows(g, kh);
+            let (ow_range, iw_first) = self.taps.cols(g, kw);
+            kw += 1;
+            if kw == g.kw {
+                (kw, kh) = (0, kh + 1);
+                if kh == g.kh {
+                    (kh, ci) = (0, ci + 1);
+                }
+            }
+            let mut at = 0;
+            for &(oh, ow, len) in runs {
+                let dst = &mut out[at..at + len];
+                at += len;
+                if !oh_range.contains(&oh) {
+                    dst.fill(0.0);
+                    continue;
+                }
+                let ih = ih_first + (oh - oh_range.start) * g.stride[0];
+                let lo = ow_range.start.clamp(ow, ow + len);
+                let hi = ow_range.end.clamp(lo, ow + len);
+                dst[..lo - ow].fill(0.0);
+                dst[hi - ow..].fill(0.0);
+                if lo < hi {
+                    let in_row = &plane[ih * g.w..(ih + 1) * g.w];
+                    let first = iw_first + (lo - ow_range.start) * g.stride[1];
+                    depthwise::zip_gather(&mut dst[lo - ow..hi - ow], &in_row[first..], g.stride[1], |d, s| *d = s);
+                }
+            }
+            out[cols..].fill(0.0);
+        }
+    }
+}
+
+/// Row-major `rows x cols` matrices `item_stride` elements apart (a batch's planes), as gemm's
+/// right operands.
+struct Planes<'a> {
+    data: &'a [f32],
+    items: usize,
+    item_stride: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl SourceB for Planes<'_> {
+    fn items(&self) -> usize {
+        self.items
+    }
+    fn depth(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn pack(&self, item: usize, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) {
+        let data = &self.data[item * self.item_stride..];
+        let m = Mat { data, rows: self.rows, cols: self.cols, row_stride: self.cols, col_stride: 1 };
+        SourceB::pack(&m, 0, pc, col, cols, sliver);
+    }
+}
+
+/// The transposed column matrices of all samples of group `grp`, stacked along the depth
+/// (`[N * HO * WO, taps]`), as gemm's right operand, packed straight from `x`: the weight
+/// gradient's, whose depth is then every sample's output positions in turn.
+struct ColumnsT<'a> {
+    g: &'a Geometry,
+    x: &'a [f32],
+    grp: usize,
+    taps: &'a Taps,
+}
+
+/// Rows `rows` of group `grp`'s output-side planes of all samples, side by side along the depth
+/// (`[rows, N * HO * WO]`), as gemm's left operand: the weight gradient's `dy`.
+struct SamplesA<'a> {
+    g: &'a Geometry,
+    dy: &'a [f32],
+    grp: usize,
+    rows: core::ops::Range<usize>,
+}
+
+impl SourceA for SamplesA<'_> {
+    fn rows(&self) -> usize {
+        self.rows.len()
+    }
+    fn depth(&self) -> usize {
+        self.g.n * self.g.out_plane()
+    }
+    fn pack(&self, pc: usize, row: usize, rows: usize, sliver: &mut [f32]) {
+        let out_plane = self.g.out_plane();
+        let kc = sliver.len() / MR;
+        if rows < MR {
+            sliver.fill(0.0);
+        }
+        // Depths `pc..pc + kc` as runs inside one sample's planes.
+        let mut d = pc;
+        while d < pc + kc {
+            let (n, q) = (d / out_plane, d % out_plane);
+            let len = (out_plane - q).min(pc + kc - d);
+            let first = g_plane_start(self.g, n, self.grp, self.rows.start + row) + q;
+            for i in 0..rows {
+                let src = &self.dy[first + i * out_plane..][..len];
+                for (t, &v) in src.iter().enumerate() {
+                    sliver[(d - pc + t) * MR + i] = v;
+                }
+            }
+            d += len;
+        }
+    }
+}
+
+/// Where output-side plane `row` of group `grp` of sample `n` starts.
+fn g_plane_start(g: &Geometry, n: usize, grp: usize, row: usize) -> usize {
+    g.output_group(n, grp).start + row * g.out_plane()
+}
+
+impl SourceB for ColumnsT<'_> {
+    fn items(&self) -> usize {
+        1
+    }
+    fn depth(&self) -> usize {
+        self.g.n * self.g.out_plane()
+    }
+    fn cols(&self) -> usize {
+        self.g.taps()
+    }
+    fn pack(&self, _item: usize, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) {
+        let g = self.g;
+        let (in_plane, kernel) = (g.in_plane(), g.kh * g.kw);
+        let kc = sliver.len() / NR;
+        if cols < NR {
+            sliver.fill(0.0);
+        }
+        let out_plane = g.out_plane();
+        for j in 0..cols {
+            let tap = col + j;
+            let (ci, kh, kw) = (tap / kernel, tap % kernel / g.kw, tap % g.kw);
+            let (oh_range, ih_first) = self.taps.rows(g, kh);
+            let (ow_range, iw_first) = self.taps.cols(g, kw);
+            // Depths are (sample, output position) pairs `pc..pc + kc`, walked along output rows.
+            let mut d = pc;
+            while d < pc + kc {
+                let (n, q) = (d / out_plane, d % out_plane);
+                let (oh, ow) = (q / g.wo, q % g.wo);
+                let len = (g.wo - ow).min(pc + kc - d);
+                let plane = &self.x[g.input_group(n, self.grp)][ci * in_plane..(ci + 1) * in_plane];
+                // Column `j` of depths `d..d + len`: every `NR`-th element from `base`.
+                let base = (d - pc) * NR + j;
+                let column = &mut sliver[base..base + (len - 1) * NR + 1];
+                d += len;
+                if !oh_range.contains(&oh) {
+                    column.iter_mut().step_by(NR).for_each(|d| *d = 0.0);
+                    continue;
+                }
+                let ih = ih_first + (oh - oh_range.start) * g.stride[0];
+                let in_row = &plane[ih * g.w..(ih + 1) * g.w];
+                let lo = ow_range.start.clamp(ow, ow + len);
+                let hi = ow_range.end.clamp(lo, ow + len);
+                let mut dst = column.iter_mut().step_by(NR);
+                dst.by_ref().take(lo - ow).for_each(|d| *d = 0.0);
+                let first = iw_first + lo.saturating_sub(ow_range.start) * g.stride[1];
+                let src = in_row[first.min(in_row.len())..].iter().step_by(g.stride[1]);
+                dst.by_ref().take(hi - lo).zip(src).for_each(|(d, &v)| *d = v);
+                dst.for_each(|d| *d = 0.0);
+            }
+        }
+    }
+}
+
+/// The weights of the convolution that computes a stride-1 input gradient, as gemm's left
+/// operand for group `grp`: row `ci` (an input channel of the group), depth `(o, a, b)` (an
+/// output channel of the group and a tap) is `w[o, ci, KH - 1 - a, KW - 1 - b]`.
+struct FlippedWeights<'a> {
+    g: &'a Geometry,
+    w: &'a [f32],
+    grp: usize,
+}
+
+impl SourceA for FlippedWeights<'_> {
+    fn rows(&self) -> usize {
+        self.g.cg
+    }
+    fn depth(&self) -> usize {
+        self.g.og * self.g.kh * self.g.kw
+    }
+    fn pack(&self, pc: usize, row: usize, rows: usize, sliver: &mut [f32]) {
+        let g = self.g;
+        let kernel = g.kh * g.kw;
+        let weights = &self.w[g.weight_group(self.grp)];
+        if rows < MR {
+            sliver.fill(0.0);
+        }
+        for (p, out) in sliver.chunks_exact_mut(MR).enumerate() {
+            let d = pc + p;
+            let (o, tap) = (d / kernel, d % kernel);
+            // Flipping both kernel axes reverses the tap order within the kernel.
+            let flipped = kernel - 1 - tap;
+            for (i, v) in out[..rows].iter_mut().enumerate() {
+                *v = weights[(o * g.cg + row + i) * kernel + flipped];
+            }
+        }
+    }
+}
+
+/// The adjoint of the column matrix ([`Columns`]): sets `dx_group` (`[C/groups, H, W]`, or for an
+/// ungrouped convolution all of `dx`, every sample's columns side by side) to the sum of each
 /// column-matrix entry onto the input position it was read from; entries that read padding are
 /// dropped. Input planes are independent (each gathers its own `KH * KW` rows, in the same order
 /// on any thread) and are split among the pool's threads.

@@ -1,6 +1,6 @@
 //! Faster f32 kernels for the CPU backend: matmul through pock's own packed gemm (`sgemm.rs`),
 //! convolution as im2col + gemm (1x1 convolutions skip im2col), SIMD depthwise convolution,
-//! BatchNorm (training) and the elementwise activations, vectorised for the instruction set
+//! max pooling and its gradient, BatchNorm (training) and the elementwise activations, vectorised for the instruction set
 //! chosen at run time (`par.rs`) and split among the backend's persistent thread pool. Every
 //! other op runs its reference kernel.
 //!
@@ -18,11 +18,12 @@ mod matmul;
 mod norm;
 pub mod par;
 pub mod pool;
+mod pooling;
 mod rows;
 mod sgemm;
 
 use super::{reference, KernelError, NodeArgs};
-use crate::ops::{BroadcastOp, ConvOp, DenseOp, LossOp, MatMulOp, MoveOp, NormOp, Op, ReduceOp};
+use crate::ops::{BroadcastOp, ConvOp, DenseOp, LossOp, MatMulOp, MoveOp, NormOp, Op, PoolOp, ReduceOp};
 
 pub use conv::conv_workspace_elems;
 pub use sgemm::pack_elems;
@@ -128,6 +129,8 @@ pub fn execute(
         Op::Conv(ConvOp::Conv2dGradWeight { conv, .. }) => {
             conv::conv2d_grad_weight(conv, args.inputs[0], args.inputs[1], &mut args.outputs[0], workspace, scratch, threads)
         }
+        Op::Pool(PoolOp::MaxPool2d(p)) => pooling::max_pool2d(p, args.inputs[0], &mut args.outputs[0], threads),
+        Op::Pool(PoolOp::MaxPool2dGrad(p)) => pooling::max_pool2d_grad(p, args.inputs[0], args.inputs[1], &mut args.outputs[0], threads),
         Op::Dense(DenseOp::Clip(c)) => {
             elementwise::clip(c, args.inputs[0].data, args.outputs[0].data, cfg.threads);
             Ok(())
@@ -225,6 +228,34 @@ pub fn execute(
         }
         _ => reference::execute(op, args),
     }
+}
+
+/// Side of the square product [`gemm_ceiling_gflops`] times: large enough that packing is a
+/// small share and every thread has many tiles, small enough (12 MiB of operands) to time in
+/// about a tenth of a second.
+pub const CEILING_SIDE: usize = 1024;
+
+/// GFLOP/s of this gemm on a `CEILING_SIDE`-cubed product with `threads` threads, the best of
+/// `runs` timed products after one untimed: the ceiling `pock bench` measures the kernels against.
+/// Call it inside the pool the kernels run in (the CPU backend's `gemm_ceiling`). Allocates its
+/// operands, so never call it inside a training step.
+pub fn gemm_ceiling_gflops(threads: usize, runs: usize) -> f64 {
+    let s = CEILING_SIDE;
+    let a: alloc::vec::Vec<f32> = (0..s * s).map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5).collect();
+    let b: alloc::vec::Vec<f32> = (0..s * s).map(|i| ((i * 104_729) % 251) as f32 / 251.0 - 0.5).collect();
+    let mut c = alloc::vec![0.0f32; s * s];
+    let mut pack = alloc::vec![0.0f32; pack_elems(s, s, s)];
+    let mat = |data| Mat { data, rows: s, cols: s, row_stride: s, col_stride: 1 };
+    let mut best = f64::INFINITY;
+    for run in 0..=runs.max(1) {
+        let started = std::time::Instant::now();
+        sgemm(mat(&a), mat(&b), &mut c, s, false, threads, &mut pack);
+        let seconds = started.elapsed().as_secs_f64();
+        if run > 0 {
+            best = best.min(seconds);
+        }
+    }
+    2.0 * (s * s * s) as f64 / best / 1e9
 }
 
 /// Products with fewer multiply-adds than this run on one thread whatever the configuration.

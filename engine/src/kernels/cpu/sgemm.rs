@@ -1,13 +1,18 @@
 //! pock's own f32 matrix product, `C = A @ B` or `C += A @ B`, that packs its operands into a
 //! buffer the caller owns (the backend sizes it at load, [`pack_elems`]), so it allocates nothing.
 //!
-//! The loop nest is the usual one of packed gemm: for each block of `NC` columns and `KC` depths,
-//! the block of `B` is packed into `NR`-column slivers and all of `A` into `MR`-row slivers (both
-//! zero-padded to whole slivers), then every `MR x NR` tile of `C` is one call of the
-//! micro-kernel over the block's depth. Tiles are grouped into units (one sliver of `B` against
-//! `MC` rows of `A`), which the pool's threads share; each tile is computed the same way by
-//! whichever thread runs it, and depth blocks are added in order, so results do not depend on
-//! the thread count.
+//! The loop nest is the usual one of packed gemm: for each block of `KC` depths, all of `A` is
+//! packed into `MR`-row slivers, then for each block of `NC` columns the block of `B` is packed
+//! into `NR`-column slivers (both zero-padded to whole slivers), and every `MR x NR` tile of `C`
+//! is one call of the micro-kernel over the block's depth. Tiles are grouped into units (one
+//! sliver of `B` against `MC` rows of `A`), which the pool's threads share; each tile is computed
+//! the same way by whichever thread runs it, and depth blocks are added in order, so results do
+//! not depend on the thread count.
+//!
+//! Operands are sources that pack their own slivers ([`SourceA`], [`SourceB`]): a strided matrix,
+//! or a convolution's column matrix read straight from its input. One call may multiply `A` with
+//! several right operands (the samples of a batch, [`product_with`]): `A` is packed once per depth
+//! block and the items' column slivers (none straddling two items) form one sequence.
 //!
 //! The micro-kernel is AVX2+FMA intrinsics when the CPU has them (chosen at run time), else plain
 //! Rust that the compiler vectorises for the build target (SSE2, NEON).
@@ -34,18 +39,92 @@ const MC: usize = 12 * MR;
 
 /// f32 elements of packing buffer an `m x k` by `k x n` product needs (0 when it is empty).
 pub fn pack_elems(m: usize, n: usize, k: usize) -> usize {
-    if m == 0 || n == 0 || k == 0 {
+    pack_elems_items(m, n, 1, k)
+}
+
+/// f32 elements of packing buffer a batched product ([`product_with`]) needs: one `m x k` left
+/// operand against `items` right operands of `k x n` each (0 when it is empty).
+pub fn pack_elems_items(m: usize, n: usize, items: usize, k: usize) -> usize {
+    if m == 0 || n == 0 || k == 0 || items == 0 {
         return 0;
     }
     let kc = k.min(KC);
-    (m.div_ceil(MR) * MR + n.min(NC).div_ceil(NR) * NR) * kc
+    let columns = items.saturating_mul(n.div_ceil(NR) * NR).min(NC);
+    (m.div_ceil(MR) * MR + columns) * kc
+}
+
+/// A left operand that packs its own `MR`-row slivers: a strided matrix ([`Mat`]), or a matrix
+/// computed on the fly (the flipped, transposed weights of a convolution's input gradient).
+pub(super) trait SourceA: Sync {
+    fn rows(&self) -> usize;
+    fn depth(&self) -> usize;
+    /// Packs rows `row..row + rows` (`rows <= MR`) of depths `pc..pc + sliver.len() / MR` into
+    /// `sliver`: depth-major, `MR` values per depth, zero beyond `rows`.
+    fn pack(&self, pc: usize, row: usize, rows: usize, sliver: &mut [f32]);
+}
+
+/// The right operands of a batched product: `items()` matrices of `depth() x cols()` that pack
+/// their own `NR`-column slivers (a strided matrix, or the column matrix of a convolution read
+/// straight from its input, so that it is never written out whole).
+pub(super) trait SourceB: Sync {
+    fn items(&self) -> usize;
+    fn depth(&self) -> usize;
+    fn cols(&self) -> usize;
+    /// Packs columns `col..col + cols` (`cols <= NR`) of depths `pc..pc + sliver.len() / NR` of
+    /// item `item` into `sliver`: depth-major, `NR` values per depth, zero beyond `cols`.
+    fn pack(&self, item: usize, pc: usize, col: usize, cols: usize, sliver: &mut [f32]);
+}
+
+impl SourceA for Mat<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn depth(&self) -> usize {
+        self.cols
+    }
+    fn pack(&self, pc: usize, row: usize, rows: usize, sliver: &mut [f32]) {
+        pack_a_sliver(*self, pc, row, rows, sliver);
+    }
+}
+
+impl SourceB for Mat<'_> {
+    fn items(&self) -> usize {
+        1
+    }
+    fn depth(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn pack(&self, _item: usize, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) {
+        pack_b_sliver(*self, pc, col, cols, sliver);
+    }
+}
+
+/// Where a batched product writes: item `i`'s `m x n` result starts `i * item_stride` elements
+/// into `C` and has row stride `ldc`.
+#[derive(Clone, Copy)]
+pub(super) struct Out {
+    pub ldc: usize,
+    pub item_stride: usize,
+}
+
+impl Out {
+    /// One past the last element `items` results of `m x n` address (`None` on overflow).
+    pub fn end(self, items: usize, m: usize, n: usize) -> Option<usize> {
+        if items == 0 || m == 0 || n == 0 {
+            return Some(0);
+        }
+        (items - 1).checked_mul(self.item_stride)?.checked_add((m - 1).checked_mul(self.ldc)?)?.checked_add(n)
+    }
 }
 
 /// A pointer to `C` that the units of one product share; each unit writes only its own tiles.
 #[derive(Clone, Copy)]
 struct Dst(*mut f32);
-// SAFETY: the units of a product write disjoint tiles of `C` (see `product`), and `C` outlives
-// the parallel loop that uses the pointer.
+// SAFETY: the units of a product write disjoint tiles of `C` (see `product_with`), and `C`
+// outlives the parallel loop that uses the pointer.
 unsafe impl Send for Dst {}
 unsafe impl Sync for Dst {}
 
@@ -59,42 +138,92 @@ impl Dst {
 /// `c = a @ b` (`accumulate`: `c += a @ b`); `c` row-major with row stride `ldc`, already checked
 /// by the caller ([`super::sgemm`]) to hold every element, with `m, n, k > 0`.
 pub(super) fn product(a: Mat<'_>, b: Mat<'_>, c: &mut [f32], ldc: usize, accumulate: bool, threads: usize, pack: &mut [f32]) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    let need = pack_elems(m, n, k);
+    product_with(&a, &b, c, Out { ldc, item_stride: 0 }, accumulate, threads, pack);
+}
+
+/// The batched product: for every item `i` of `b`, `C_i = a @ b_i` (`accumulate`: `+=`), `C_i`
+/// placed in `c` as `out` says. `a` is packed once per depth block for all items, and the
+/// items' column slivers form one sequence that the pool's threads share with the row blocks of
+/// `a`, so a product with few columns per item (a deep convolution layer) still splits well.
+///
+/// Panics when `pack` is smaller than [`pack_elems_items`] or `c` does not hold every result
+/// element, or when the items' results overlap (`item_stride` below `m * ldc` with more than one
+/// item) or their rows do (`ldc < n`).
+pub(super) fn product_with<A: SourceA, B: SourceB>(
+    a: &A,
+    b: &B,
+    c: &mut [f32],
+    out: Out,
+    accumulate: bool,
+    threads: usize,
+    pack: &mut [f32],
+) {
+    let (m, k, n, items) = (a.rows(), a.depth(), b.cols(), b.items());
+    assert_eq!(b.depth(), k, "sgemm: inner dimensions differ");
+    if m == 0 || n == 0 || items == 0 {
+        return;
+    }
+    assert!(out.end(items, m, n).is_some_and(|e| e <= c.len()), "sgemm: dst out of bounds");
+    assert!(m <= 1 || out.ldc >= n, "sgemm: dst rows overlap (row stride {} < {n} columns)", out.ldc);
+    assert!(items <= 1 || out.item_stride >= (m - 1) * out.ldc + n, "sgemm: dst items overlap");
+    if k == 0 {
+        if !accumulate {
+            for i in 0..items {
+                for r in 0..m {
+                    let start = i * out.item_stride + r * out.ldc;
+                    c[start..start + n].fill(0.0);
+                }
+            }
+        }
+        return;
+    }
+    let need = pack_elems_items(m, n, items, k);
     assert!(pack.len() >= need, "sgemm: packing buffer of {} elements, the product needs {need}", pack.len());
     let kc_max = k.min(KC);
     let (pack_a, pack_b) = pack.split_at_mut(m.div_ceil(MR) * MR * kc_max);
     let fma = isa() == Isa::Avx2Fma;
     let slivers_a = m.div_ceil(MR);
     let blocks_a = m.div_ceil(MC);
+    // Column slivers of one item (none straddles two items), and of all of them.
+    let per_item = n.div_ceil(NR);
+    let slivers = items * per_item;
     let dst = Dst(c.as_mut_ptr());
     let depth_block = k.div_ceil(k.div_ceil(KC));
-    for jc in (0..n).step_by(NC) {
-        let nc = NC.min(n - jc);
-        let slivers_b = nc.div_ceil(NR);
-        for pc in (0..k).step_by(depth_block) {
-            let kc = depth_block.min(k - pc);
-            let pb = &mut pack_b[..slivers_b * NR * kc];
-            for_each_chunk(threads, pb, NR * kc, NR * kc, |j, sliver| pack_b_sliver(b, pc, jc + j * NR, NR.min(n - jc - j * NR), sliver));
-            let pa = &mut pack_a[..slivers_a * MR * kc];
-            for_each_chunk(threads, pa, MR * kc, MR * kc, |i, sliver| pack_a_sliver(a, pc, i * MR, MR.min(m - i * MR), sliver));
-            let (pa, pb) = (&*pa, &*pb);
-            let overwrite = !accumulate && pc == 0;
+    // Depth blocks outermost: `a`'s block is packed once for every column block, and each
+    // output still adds its depth blocks in order, so the rounding is that of the plain loop.
+    for pc in (0..k).step_by(depth_block) {
+        let kc = depth_block.min(k - pc);
+        let pa = &mut pack_a[..slivers_a * MR * kc];
+        for_each_chunk(threads, pa, MR * kc, MR * kc, |i, sliver| a.pack(pc, i * MR, MR.min(m - i * MR), sliver));
+        let pa = &*pa;
+        let overwrite = !accumulate && pc == 0;
+        for first in (0..slivers).step_by(NC / NR) {
+            let count = (NC / NR).min(slivers - first);
+            let pb = &mut pack_b[..count * NR * kc];
+            for_each_chunk(threads, pb, NR * kc, NR * kc, |j, sliver| {
+                let (item, col) = ((first + j) / per_item, (first + j) % per_item * NR);
+                b.pack(item, pc, col, NR.min(n - col), sliver);
+            });
+            let pb = &*pb;
             let unit = |u: usize| {
-                let (ib, jr) = (u / slivers_b, u % slivers_b);
-                let col = jc + jr * NR;
+                let (ib, jr) = (u / count, u % count);
+                let (item, col) = ((first + jr) / per_item, (first + jr) % per_item * NR);
                 let cols = NR.min(n - col);
                 let b_sliver = &pb[jr * NR * kc..(jr + 1) * NR * kc];
                 for ir in ib * (MC / MR)..((ib + 1) * (MC / MR)).min(slivers_a) {
                     let row = ir * MR;
                     let a_sliver = &pa[ir * MR * kc..(ir + 1) * MR * kc];
-                    // SAFETY: the tile (rows `row..row + MR.min(m - row)`, columns
-                    // `col..col + cols`) lies inside `c` (checked by `super::sgemm`), and no
-                    // other unit writes it: units differ in their row block or column sliver.
-                    unsafe { tile(fma, kc, a_sliver, b_sliver, dst.ptr().add(row * ldc + col), ldc, MR.min(m - row), cols, overwrite) };
+                    // SAFETY: the tile (item `item`, rows `row..row + MR.min(m - row)`, columns
+                    // `col..col + cols`) lies inside `c` (checked above with `out.end`), and no
+                    // other unit writes it: units differ in their row block or column sliver,
+                    // and items and rows do not overlap (checked above).
+                    unsafe {
+                        let at = dst.ptr().add(item * out.item_stride + row * out.ldc + col);
+                        tile(fma, kc, a_sliver, b_sliver, at, out.ldc, MR.min(m - row), cols, overwrite)
+                    };
                 }
             };
-            let units = blocks_a * slivers_b;
+            let units = blocks_a * count;
             let work = MC * NR * kc;
             if threads > 1 && units > 1 && units * work >= 2 * super::par::MIN_TASK_WORK {
                 super::par::for_each_index(threads, units, (super::par::MIN_TASK_WORK / work).max(1), unit);
@@ -217,26 +346,57 @@ unsafe fn kernel_portable(kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usi
 
 /// The AVX2+FMA micro-kernel: 12 accumulator registers (6 rows x 2 vectors of 8).
 ///
+/// Its loads are single instructions written with `asm!`: the intrinsics `_mm256_loadu_ps` and
+/// `_mm256_broadcast_ss` go through `copy_nonoverlapping` and a reference, whose precondition
+/// checks (on in every build with debug assertions, the test profile's timing binary included)
+/// spilled every load through the stack and cost about a third of the kernel's speed.
+///
 /// # Safety
 /// The CPU must have AVX2 and FMA; `a` must hold `kc * MR` and `b` `kc * NR` values; `c` must be
 /// valid for an `MR x NR` tile of row stride `ldc`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn kernel_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, overwrite: bool) {
+    use core::arch::asm;
     use core::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    for p in 0..kc {
-        // SAFETY: depth `p < kc` of both slivers is inside them (the caller's contract).
+    /// 8 floats from `p` (any alignment).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load(p: *const f32) -> __m256 {
+        let v: __m256;
+        // SAFETY: the caller's pointer is valid for 8 floats; the instruction only reads them.
         unsafe {
-            let b0 = _mm256_loadu_ps(b.add(p * NR));
-            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
-            let ap = a.add(p * MR);
+            asm!("vmovups {v}, ymmword ptr [{p}]", p = in(reg) p, v = out(ymm_reg) v, options(pure, readonly, nostack, preserves_flags))
+        };
+        v
+    }
+    /// The float at `p` in all 8 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn splat(p: *const f32) -> __m256 {
+        let v: __m256;
+        // SAFETY: the caller's pointer is valid for one float; the instruction only reads it.
+        unsafe {
+            asm!("vbroadcastss {v}, dword ptr [{p}]", p = in(reg) p, v = out(ymm_reg) v, options(pure, readonly, nostack, preserves_flags))
+        };
+        v
+    }
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    let (mut ap, mut bp) = (a, b);
+    for _ in 0..kc {
+        // SAFETY: `ap` and `bp` point at depth `p < kc` of the slivers, inside them (the caller's
+        // contract).
+        unsafe {
+            let b0 = load(bp);
+            let b1 = load(bp.wrapping_add(8));
             for (i, row) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*ap.add(i));
+                let av = splat(ap.wrapping_add(i));
                 row[0] = _mm256_fmadd_ps(av, b0, row[0]);
                 row[1] = _mm256_fmadd_ps(av, b1, row[1]);
             }
         }
+        ap = ap.wrapping_add(MR);
+        bp = bp.wrapping_add(NR);
     }
     for (i, row) in acc.iter().enumerate() {
         // SAFETY: row `i` of the tile is inside `c` (the caller's contract).
@@ -246,8 +406,8 @@ unsafe fn kernel_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc:
                 _mm256_storeu_ps(d, row[0]);
                 _mm256_storeu_ps(d.add(8), row[1]);
             } else {
-                _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), row[0]));
-                _mm256_storeu_ps(d.add(8), _mm256_add_ps(_mm256_loadu_ps(d.add(8)), row[1]));
+                _mm256_storeu_ps(d, _mm256_add_ps(load(d), row[0]));
+                _mm256_storeu_ps(d.add(8), _mm256_add_ps(load(d.add(8)), row[1]));
             }
         }
     }
