@@ -1008,77 +1008,43 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
             DenseOp::MatMul(m) => Lowered { kernel: Kernel::MatMul, params: matmul_params(m) },
         },
         Op::Conv(op) => {
-            let direct = match op {
-                ConvOp::Conv2d(c) => Lowered {
-                    kernel: Kernel::Conv2d,
-                    params: conv_params(
-                        c,
-                        shape(node.inputs[0]),
-                        shape(node.inputs[1]),
-                        shape(node.outputs[0]),
-                        numel(node.outputs[0]),
-                        [i(0), i(1), o(0)],
-                    ),
-                },
-                ConvOp::Conv2dGradInput { conv, .. } => Lowered {
-                    kernel: Kernel::Conv2dGradInput,
-                    params: conv_params(
-                        conv,
-                        shape(node.outputs[0]),
-                        shape(node.inputs[1]),
-                        shape(node.inputs[0]),
-                        numel(node.outputs[0]),
-                        [i(0), i(1), o(0)],
-                    ),
-                },
-                ConvOp::Conv2dGradWeight { conv, .. } => Lowered {
-                    kernel: Kernel::Conv2dGradWeight,
-                    params: conv_params(
-                        conv,
-                        shape(node.inputs[1]),
-                        shape(node.outputs[0]),
-                        shape(node.inputs[0]),
-                        numel(node.outputs[0]),
-                        [i(0), i(1), o(0)],
-                    ),
-                },
-                ConvOp::Conv2dGradWeightRows { conv, rows, .. } => {
-                    let dw = shape(node.outputs[0]);
-                    let dy = shape(node.inputs[0]);
-                    let full = [dy[1], dw[1], dw[2], dw[3]];
-                    let mut params = conv_params(conv, shape(node.inputs[1]), &full, dy, numel(node.outputs[0]), [i(0), i(1), o(0)]);
-                    params[20] = rows[0] as u32;
-                    Lowered { kernel: Kernel::Conv2dGradWeight, params }
+            // Every convolution kernel takes the forward's geometry: the shapes of x, w and y,
+            // whichever of the node's tensors hold them (a row slice of the weight gradient
+            // describes the whole weight).
+            let (dw, dy) = (shape(node.outputs[0]), shape(node.inputs[0]));
+            let full_weight;
+            let (conv, x, w, y) = match op {
+                ConvOp::Conv2d(c) | ConvOp::Conv2dBiasAct { conv: c, .. } => (c, shape(node.inputs[0]), shape(node.inputs[1]), dw),
+                ConvOp::Conv2dGradInput { conv, .. } | ConvOp::Conv2dGradInputMasked { conv, .. } => (conv, dw, shape(node.inputs[1]), dy),
+                ConvOp::Conv2dGradWeight { conv, .. } => (conv, shape(node.inputs[1]), dw, dy),
+                ConvOp::Conv2dGradWeightRows { conv, .. } => {
+                    full_weight = [dy[1], dw[1], dw[2], dw[3]];
+                    (conv, shape(node.inputs[1]), &full_weight[..], dy)
                 }
-                ConvOp::Conv2dBiasAct { conv, act } => {
-                    let mut params = conv_params(
-                        conv,
-                        shape(node.inputs[0]),
-                        shape(node.inputs[1]),
-                        shape(node.outputs[0]),
-                        numel(node.outputs[0]),
-                        [i(0), i(1), o(0)],
-                    );
+            };
+            let mut params = conv_params(conv, x, w, y, numel(node.outputs[0]), [i(0), i(1), o(0)]);
+            let kernel = match op {
+                ConvOp::Conv2d(_) => Kernel::Conv2d,
+                ConvOp::Conv2dGradInput { .. } => Kernel::Conv2dGradInput,
+                ConvOp::Conv2dGradWeight { .. } => Kernel::Conv2dGradWeight,
+                ConvOp::Conv2dGradWeightRows { rows, .. } => {
+                    params[20] = rows[0] as u32;
+                    Kernel::Conv2dGradWeight
+                }
+                ConvOp::Conv2dBiasAct { act, .. } => {
                     let (kind, lo, hi) = activation_params(act);
                     // Word 20 (the weight gradient's first row, 0 here) holds the bias.
                     params[20] = i(2);
                     params.extend([kind, lo.to_bits(), hi.to_bits()]);
-                    Lowered { kernel: Kernel::Conv2dBiasAct, params }
+                    Kernel::Conv2dBiasAct
                 }
-                ConvOp::Conv2dGradInputMasked { conv, .. } => {
-                    let mut params = conv_params(
-                        conv,
-                        shape(node.outputs[0]),
-                        shape(node.inputs[1]),
-                        shape(node.inputs[0]),
-                        numel(node.outputs[0]),
-                        [i(0), i(1), o(0)],
-                    );
+                ConvOp::Conv2dGradInputMasked { .. } => {
                     // Word 20 (the weight gradient's first row, 0 here) holds the mask bits.
                     params[20] = i(2);
-                    Lowered { kernel: Kernel::Conv2dGradInputMasked, params }
+                    Kernel::Conv2dGradInputMasked
                 }
             };
+            let direct = Lowered { kernel, params };
             // Implicit GEMM (`conv_gemm.rs`) for all but depthwise-like convolutions.
             let (channels, groups) = (direct.params[5] as usize, direct.params[19] as usize);
             if !conv_gemm::applies(channels, groups) {
