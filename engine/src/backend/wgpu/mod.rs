@@ -341,6 +341,14 @@ impl WgpuBackend {
                 slot += 1;
                 let groups = if l.kernel.single_group() {
                     [1, 1]
+                } else if l.kernel.per_channel() {
+                    if l.params[0] > MAX_GROUPS {
+                        return Err(unsupported(alloc::format!(
+                            "a BatchNorm of {} channels: the GPU backend reduces one channel per workgroup, at most {MAX_GROUPS}; use --backend cpu",
+                            l.params[0]
+                        )));
+                    }
+                    [l.params[0], 1]
                 } else {
                     let total = l.params[0].div_ceil(WORKGROUP);
                     let x = total.min(MAX_GROUPS);
