@@ -33,9 +33,10 @@ impl Shared {
     }
 }
 
-/// Chunks per task: at least `MIN_TASK_WORK` of work each, and few enough tasks for the pool.
-fn chunks_per_task(chunks: usize, work_per_chunk: usize) -> usize {
-    (MIN_TASK_WORK / work_per_chunk.max(1)).max(1).max(chunks.div_ceil(MAX_TASKS))
+/// Chunks per task: at least `MIN_TASK_WORK` of work each ([`for_each_index`] also keeps the
+/// task count within the pool's bound).
+fn chunks_per_task(work_per_chunk: usize) -> usize {
+    (MIN_TASK_WORK / work_per_chunk.max(1)).max(1)
 }
 
 /// Calls `f(i)` for every `i` in `0..items` on up to `threads` threads, `per_task` consecutive
@@ -66,7 +67,7 @@ pub fn for_each_chunk(
     let chunks = data.len().div_ceil(chunk_len);
     if threads > 1 && chunks > 1 && chunks.saturating_mul(work_per_chunk) >= 2 * MIN_TASK_WORK {
         let (len, base) = (data.len(), Shared(data.as_mut_ptr()));
-        for_each_index(threads, chunks, chunks_per_task(chunks, work_per_chunk), |i| {
+        for_each_index(threads, chunks, chunks_per_task(work_per_chunk), |i| {
             // SAFETY: chunk `i` is inside `data` and given to this call only.
             f(i, unsafe { base.slice(i * chunk_len..((i + 1) * chunk_len).min(len)) })
         });
@@ -93,7 +94,7 @@ pub fn for_each_chunk2(
         assert!(b.len().div_ceil(b_len) >= chunks, "for_each_chunk2: b has fewer chunks than a");
         let (a_total, b_total) = (a.len(), b.len());
         let (a_base, b_base) = (Shared(a.as_mut_ptr()), Shared(b.as_mut_ptr()));
-        for_each_index(threads, chunks, chunks_per_task(chunks, work_per_chunk), |i| {
+        for_each_index(threads, chunks, chunks_per_task(work_per_chunk), |i| {
             // SAFETY: chunk `i` of each output is inside it and given to this call only.
             let (x, y) = unsafe {
                 (a_base.slice(i * a_len..((i + 1) * a_len).min(a_total)), b_base.slice(i * b_len..((i + 1) * b_len).min(b_total)))
@@ -239,29 +240,17 @@ pub fn for_each_run(
     let worth = tasks.saturating_mul(work_per_task) / MIN_TASK_WORK;
     // Two runs per thread let a thread that finishes early take over the remainder of another.
     let runs = if threads > 1 && worth >= 2 { (2 * threads).min(tasks).min(worth) } else { 1 };
-    split_runs(0..tasks, runs, data, &start, &f);
-}
-
-/// Splits `tasks` into `runs` runs of about equal length, one pool task each; run `i` gets the
-/// part of `data` from `start` of its first task to `start` of the next run's (the last run, to
-/// the end of `data`).
-fn split_runs(
-    tasks: core::ops::Range<usize>,
-    runs: usize,
-    data: &mut [f32],
-    start: &(impl Fn(usize) -> usize + Sync),
-    f: &(impl Fn(core::ops::Range<usize>, &mut [f32]) + Send + Sync),
-) {
-    if runs <= 1 || tasks.len() <= 1 {
-        f(tasks, data);
+    if runs == 1 {
+        f(0..tasks, data);
         return;
     }
-    let runs = runs.min(tasks.len());
-    let bound = |i: usize| tasks.start + tasks.len() * i / runs;
-    let (len, origin, base) = (data.len(), start(tasks.start), Shared(data.as_mut_ptr()));
+    // Run `i` holds tasks `bound(i)..bound(i + 1)` and the part of `data` from `start` of its
+    // first task to `start` of the next run's (the last run, to the end of `data`).
+    let bound = |i: usize| tasks * i / runs;
+    let (len, base) = (data.len(), Shared(data.as_mut_ptr()));
     for_each_index(runs, runs, 1, |i| {
-        let end = if i + 1 == runs { len } else { start(bound(i + 1)) - origin };
-        let begin = start(bound(i)) - origin;
+        let end = if i + 1 == runs { len } else { start(bound(i + 1)) };
+        let begin = start(bound(i));
         assert!(begin <= end && end <= len, "for_each_run: run {i} reaches past its data");
         // SAFETY: runs cover disjoint, increasing ranges of `data` (asserted in range), each
         // given to this call only.
