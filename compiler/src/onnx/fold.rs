@@ -119,6 +119,7 @@ pub const FOLDABLE: &[&str] = &[
     "Flatten",
     "Gather",
     "Identity",
+    "Mod",
     "Mul",
     "Range",
     "Reshape",
@@ -500,8 +501,11 @@ pub fn evaluate(node: &Node, inputs: &[Option<&Const>]) -> Result<Option<Vec<Con
                 }
             }
         }
-        "Add" | "Sub" | "Mul" | "Div" | "Equal" => {
+        "Add" | "Sub" | "Mul" | "Div" | "Mod" | "Equal" => {
             let (a, b) = (input(0)?, input(1)?);
+            // Mod: `fmod = 0` (the default) takes the divisor's sign, as Python's `%`; `fmod = 1`
+            // the dividend's, as C's `fmod`. Floats need `fmod = 1`.
+            let fmod = int_attr(node, "fmod").unwrap_or(0) != 0;
             let dims = broadcast(&a.dims, &b.dims)?;
             let (ia, ib) = (broadcast_index(&a.dims, &dims), broadcast_index(&b.dims, &dims));
             let op = node.op_type.as_str();
@@ -516,6 +520,8 @@ pub fn evaluate(node: &Node, inputs: &[Option<&Const>]) -> Result<Option<Vec<Con
                                     "Add" => p.checked_add(q),
                                     "Sub" => p.checked_sub(q),
                                     "Mul" => p.checked_mul(q),
+                                    "Mod" if fmod => p.checked_rem(q),
+                                    "Mod" => p.checked_rem_euclid(q).map(|r| if r != 0 && q < 0 { r + q } else { r }),
                                     // ONNX integer division truncates, as Rust's does.
                                     _ => p.checked_div(q),
                                 })
@@ -531,6 +537,8 @@ pub fn evaluate(node: &Node, inputs: &[Option<&Const>]) -> Result<Option<Vec<Con
                         "Add" => ConstData::F32(pairs.map(|(p, q)| p + q).collect()),
                         "Sub" => ConstData::F32(pairs.map(|(p, q)| p - q).collect()),
                         "Mul" => ConstData::F32(pairs.map(|(p, q)| p * q).collect()),
+                        "Mod" if fmod => ConstData::F32(pairs.map(|(p, q)| p % q).collect()),
+                        "Mod" => return Err("Mod of floats needs fmod = 1 (ONNX)".into()),
                         _ => ConstData::F32(pairs.map(|(p, q)| p / q).collect()),
                     }
                 }
@@ -644,6 +652,16 @@ mod tests {
         assert!(e.contains("division by zero"), "{e}");
         let eq = eval(&node("Equal", vec![]), &[&b, &ints(vec![], vec![2])]);
         assert_eq!(eq.data, ConstData::Bool(vec![false, true, false]));
+    }
+
+    #[test]
+    fn mod_takes_the_divisors_sign_unless_fmod() {
+        let (a, b) = (ints(vec![4], vec![-7, 7, -7, 6]), ints(vec![4], vec![3, -3, -3, 3]));
+        assert_eq!(eval(&node("Mod", vec![]), &[&a, &b]), ints(vec![4], vec![2, -2, -1, 0]));
+        let c = eval(&node("Mod", vec![("fmod", Attribute::Int(1))]), &[&a, &b]);
+        assert_eq!(c, ints(vec![4], vec![-1, 1, -1, 0]));
+        let e = evaluate(&node("Mod", vec![]), &[Some(&ints(vec![], vec![1])), Some(&ints(vec![], vec![0]))]).unwrap_err();
+        assert!(e.contains("division by zero"), "{e}");
     }
 
     #[test]
