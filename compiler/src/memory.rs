@@ -11,7 +11,8 @@
 //!   at the same time, so they all share the scratch region after the prefix.
 //!
 //! `Reshape` outputs alias their input: they share one buffer whose lifetime is the union, and
-//! the node disappears from the emitted program.
+//! the node disappears from the emitted program. A reshape of a persistent tensor (a parameter)
+//! is the exception: it copies into scratch and stays in the program.
 
 use std::collections::HashMap;
 
@@ -342,7 +343,8 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
         nodes: nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| !matches!(n.op, Op::Dense(DenseOp::Reshape { .. })))
+            // An aliasing reshape has nothing to do; one that copies (see `reshape_roots`) stays.
+            .filter(|(_, n)| !(matches!(n.op, Op::Dense(DenseOp::Reshape { .. })) && root[n.outputs[0].index()] != n.outputs[0]))
             .map(|(i, n)| PlanNode {
                 name: n.name.clone(),
                 op: n.op.clone(),
@@ -413,11 +415,13 @@ struct ScratchBuffers {
     workspaces: Vec<(usize, usize, u64)>,
 }
 
-/// Each tensor's buffer owner: a `Reshape` output shares its input's buffer.
+/// Each tensor's buffer owner: a `Reshape` output shares its input's buffer, unless that buffer
+/// is persistent (a parameter reshaped on the fly, as a 1-D convolution's weight): a value
+/// computed during a step never lives in the persistent region, so that reshape copies.
 pub(crate) fn reshape_roots<'g>(g: &Graph, nodes: impl IntoIterator<Item = &'g Node>) -> Vec<TensorId> {
     let mut root: Vec<TensorId> = (0..g.tensors.len() as u32).map(TensorId).collect();
     for n in nodes {
-        if matches!(n.op, Op::Dense(DenseOp::Reshape { .. })) {
+        if matches!(n.op, Op::Dense(DenseOp::Reshape { .. })) && !g.tensor(root[n.inputs[0].index()]).is_persistent() {
             root[n.outputs[0].index()] = root[n.inputs[0].index()];
         }
     }

@@ -116,6 +116,7 @@ pub const FOLDABLE: &[&str] = &[
     "ConstantOfShape",
     "Div",
     "Equal",
+    "Expand",
     "Flatten",
     "Gather",
     "Identity",
@@ -123,10 +124,12 @@ pub const FOLDABLE: &[&str] = &[
     "Mul",
     "Range",
     "Reshape",
+    "ScatterND",
     "Shape",
     "Slice",
     "Squeeze",
     "Sub",
+    "Transpose",
     "Unsqueeze",
     "Where",
 ];
@@ -376,6 +379,90 @@ pub fn evaluate(node: &Node, inputs: &[Option<&Const>]) -> Result<Option<Vec<Con
             dims.extend_from_slice(&idx.dims);
             dims.extend_from_slice(&x.dims[a + 1..]);
             Const { dims, data: take(&x.data, flat.into_iter()) }
+        }
+        "Transpose" => {
+            let x = input(0)?;
+            let rank = x.dims.len();
+            let perm: Vec<usize> = match node.attribute("perm") {
+                Some(Attribute::Ints(p)) => p.iter().map(|&a| axis(a, rank)).collect::<Result<_, _>>()?,
+                _ => (0..rank).rev().collect(),
+            };
+            let mut seen = vec![false; rank];
+            if perm.len() != rank || perm.iter().any(|&a| std::mem::replace(&mut seen[a], true)) {
+                return Err(format!("Transpose's perm {perm:?} is not a permutation of {rank} axes"));
+            }
+            let dims: Vec<usize> = perm.iter().map(|&a| x.dims[a]).collect();
+            let (src, out) = (strides(&x.dims), strides(&dims));
+            let n = x.len();
+            let index = (0..n).map(|flat| (0..rank).map(|i| flat / out[i] % dims[i] * src[perm[i]]).sum());
+            Const { data: take(&x.data, index), dims }
+        }
+        "Expand" => {
+            let (x, shape) = (input(0)?, input(1)?);
+            let target: Vec<usize> = shape
+                .as_i64()?
+                .iter()
+                .map(|&d| usize::try_from(d).map_err(|_| format!("Expand to a negative size {d}")))
+                .collect::<Result<_, _>>()?;
+            let dims = broadcast(&x.dims, &target)?;
+            checked_numel(&dims)?;
+            Const { data: take(&x.data, broadcast_index(&x.dims, &dims).into_iter()), dims }
+        }
+        "ScatterND" => {
+            // A copy of `data` with the slices `indices` names overwritten by `updates`, in order
+            // (a later duplicate index wins, as ONNX Runtime does). Reductions are not folded.
+            let (x, idx, up) = (input(0)?, input(1)?, input(2)?);
+            match node.attribute("reduction") {
+                None => {}
+                Some(Attribute::String(r)) if r == b"none" => {}
+                Some(_) => return Err("ScatterND with a reduction is not supported; re-export with reduction 'none'".into()),
+            }
+            let k = *idx.dims.last().ok_or("ScatterND's indices are a scalar")?;
+            if k == 0 || k > x.dims.len() {
+                return Err(format!("ScatterND's index tuples have {k} entries for data of rank {}", x.dims.len()));
+            }
+            let slice: usize = x.dims[k..].iter().product();
+            let tuples = idx.dims[..idx.dims.len() - 1].iter().product::<usize>();
+            let mut want = idx.dims[..idx.dims.len() - 1].to_vec();
+            want.extend_from_slice(&x.dims[k..]);
+            if up.dims != want {
+                return Err(format!("ScatterND's updates have shape {:?}, expected {want:?}", up.dims));
+            }
+            let (offsets, st) = (idx.as_i64()?, strides(&x.dims));
+            // Each output element's source: `Ok(i)` the data's element `i`, `Err(j)` the update's `j`.
+            let mut source: Vec<Result<usize, usize>> = (0..x.len()).map(Ok).collect();
+            for t in 0..tuples {
+                let mut base = 0;
+                for (a, &i) in offsets[t * k..(t + 1) * k].iter().enumerate() {
+                    let n = x.dims[a] as i64;
+                    let j = if i < 0 { i + n } else { i };
+                    if !(0..n).contains(&j) {
+                        return Err(format!("ScatterND index {i} is out of range for axis {a} of size {n}"));
+                    }
+                    base += j as usize * st[a];
+                }
+                for e in 0..slice {
+                    source[base + e] = Err(t * slice + e);
+                }
+            }
+            let pick = |d: &ConstData, u: &ConstData| -> Result<ConstData, String> {
+                Ok(match (d, u) {
+                    (ConstData::F32(d), ConstData::F32(u)) => {
+                        ConstData::F32(source.iter().map(|s| s.map_or_else(|j| u[j], |i| d[i])).collect())
+                    }
+                    (ConstData::I64(d), ConstData::I64(u)) => {
+                        ConstData::I64(source.iter().map(|s| s.map_or_else(|j| u[j], |i| d[i])).collect())
+                    }
+                    (ConstData::Bool(d), ConstData::Bool(u)) => {
+                        ConstData::Bool(source.iter().map(|s| s.map_or_else(|j| u[j], |i| d[i])).collect())
+                    }
+                    (ConstData::I8(d), ConstData::I8(u)) => {
+                        ConstData::I8(source.iter().map(|s| s.map_or_else(|j| u[j], |i| d[i])).collect())
+                    }
+                    _ => return Err(format!("ScatterND of {} data with {} updates", x.dtype_name(), up.dtype_name())),
+                })
+            };
+            Const { dims: x.dims.clone(), data: pick(&x.data, &up.data)? }
         }
         "Concat" => {
             let parts: Vec<&Const> = (0..inputs.len()).map(input).collect::<Result<_, _>>()?;
@@ -662,6 +749,35 @@ mod tests {
         assert_eq!(c, ints(vec![4], vec![-1, 1, -1, 0]));
         let e = evaluate(&node("Mod", vec![]), &[Some(&ints(vec![], vec![1])), Some(&ints(vec![], vec![0]))]).unwrap_err();
         assert!(e.contains("division by zero"), "{e}");
+    }
+
+    #[test]
+    fn transpose_permutes_axes() {
+        let m = ints(vec![2, 3], vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(eval(&node("Transpose", vec![]), &[&m]), ints(vec![3, 2], vec![1, 4, 2, 5, 3, 6]));
+        let t = ints(vec![1, 2, 3], vec![1, 2, 3, 4, 5, 6]);
+        let p = eval(&node("Transpose", vec![("perm", Attribute::Ints(vec![2, 0, 1]))]), &[&t]);
+        assert_eq!(p, ints(vec![3, 1, 2], vec![1, 4, 2, 5, 3, 6]));
+        let e = evaluate(&node("Transpose", vec![("perm", Attribute::Ints(vec![0, 0, 1]))]), &[Some(&t)]);
+        assert!(e.unwrap_err().contains("not a permutation"));
+    }
+
+    #[test]
+    fn expand_broadcasts_both_ways() {
+        let col = ints(vec![2, 1], vec![1, 2]);
+        assert_eq!(eval(&node("Expand", vec![]), &[&col, &ints(vec![2], vec![1, 3])]), ints(vec![2, 3], vec![1, 1, 1, 2, 2, 2]));
+        assert_eq!(eval(&node("Expand", vec![]), &[&col, &ints(vec![1], vec![1])]), col);
+    }
+
+    #[test]
+    fn scatter_nd_overwrites_the_named_slices() {
+        let data = ints(vec![3, 2], vec![1, 2, 3, 4, 5, 6]);
+        let rows = eval(&node("ScatterND", vec![]), &[&data, &ints(vec![2, 1], vec![2, -3]), &ints(vec![2, 2], vec![7, 8, 9, 10])]);
+        assert_eq!(rows, ints(vec![3, 2], vec![9, 10, 3, 4, 7, 8]));
+        let one = eval(&node("ScatterND", vec![]), &[&data, &ints(vec![1, 2], vec![1, 1]), &ints(vec![1], vec![0])]);
+        assert_eq!(one, ints(vec![3, 2], vec![1, 2, 3, 0, 5, 6]));
+        let e = evaluate(&node("ScatterND", vec![]), &[Some(&data), Some(&ints(vec![1, 1], vec![3])), Some(&ints(vec![1, 2], vec![0, 0]))]);
+        assert!(e.unwrap_err().contains("out of range"));
     }
 
     #[test]

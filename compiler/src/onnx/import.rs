@@ -28,6 +28,9 @@ mod import_move;
 
 #[path = "forward.rs"]
 mod forward;
+
+#[path = "import_1d.rs"]
+mod import_1d;
 pub use forward::{import_forward, ForwardModel, OutputValue};
 
 /// The op types imported onto graph nodes, whatever their inputs.
@@ -239,6 +242,9 @@ struct Importer<'m> {
     model: &'m OnnxModel,
     graph: Graph,
     values: HashMap<String, Value>,
+    /// The graph tensors of constants read as tensors. The constant stays in `values`, so a later
+    /// node can still read it as a compile-time value (a Slice's starts after a Concat used it).
+    const_tensors: HashMap<String, TensorId>,
     /// Initializer names read as BatchNorm running mean or variance.
     running_stats: HashSet<String>,
     notes: Vec<String>,
@@ -325,6 +331,7 @@ impl<'m> Importer<'m> {
             model,
             graph: Graph::new(),
             values: HashMap::new(),
+            const_tensors: HashMap::new(),
             running_stats: HashSet::new(),
             notes: Vec::new(),
             dropout_noted: false,
@@ -381,6 +388,9 @@ impl Importer<'_> {
         let ctx = Ctx { node, opset: self.model.opset_of(&node.domain) };
         if self.try_fold(&ctx)? {
             return Ok(());
+        }
+        if let Some(lifted) = self.lift_1d(&ctx) {
+            return lifted;
         }
         match node.op_type.as_str() {
             "Conv" => self.conv(&ctx),
@@ -510,7 +520,14 @@ impl Importer<'_> {
                     values => self.graph.typed_constant(name, t.dims.clone(), values),
                 }
             }
-            Value::Const(c) => self.graph.typed_constant(name, c.dims.clone(), c.data),
+            Value::Const(c) => {
+                if let Some(&id) = self.const_tensors.get(name) {
+                    return Ok(id);
+                }
+                let id = self.graph.typed_constant(name, c.dims.clone(), c.data);
+                self.const_tensors.insert(name.to_string(), id);
+                return Ok(id);
+            }
         };
         self.values.insert(name.to_string(), Value::Tensor(id));
         Ok(id)
@@ -847,6 +864,21 @@ mod tests {
                 ("ceil_mode", Attribute::Int(ceil)),
             ],
         )
+    }
+
+    #[test]
+    fn a_constant_read_as_a_tensor_stays_a_compile_time_value() {
+        // `k` is first a Gather's run-time index tensor, then a Slice's starts, which must be
+        // known at compile time (Swin's export does this).
+        let int = |name: &str, v: Vec<i64>| Tensor { name: name.into(), dims: vec![v.len()], values: TensorValues::I64(v) };
+        let nodes = vec![
+            node("Constant", &[], &["k"], vec![("value", Attribute::Tensor(int("k", vec![1])))]),
+            node("Gather", &["x", "k"], &["g"], vec![("axis", Attribute::Int(1))]),
+            node("Slice", &["x", "k", "end", "axis"], &["s"], vec![]),
+            node("Add", &["g", "s"], &["y"], vec![]),
+        ];
+        let m = model(&[1, 3], vec![int("end", vec![2]), int("axis", vec![1])], nodes, "y");
+        assert_eq!(run(&m, vec![1., 5., 9.]), (vec![1, 1], vec![10.]));
     }
 
     #[test]
