@@ -31,10 +31,15 @@ mod forward;
 
 #[path = "import_1d.rs"]
 mod import_1d;
+
+#[path = "import_rnn.rs"]
+mod import_rnn;
 pub use forward::{import_forward, ForwardModel, OutputValue};
 
 /// The op types imported onto graph nodes, whatever their inputs.
 pub const GRAPH_OPS: &[&str] = &[
+    "GRU",
+    "LSTM",
     "Abs",
     "Add",
     "And",
@@ -427,6 +432,7 @@ impl Importer<'_> {
             "Trilu" => self.trilu(&ctx),
             "Pad" => self.pad(&ctx),
             "RandomUniformLike" => self.random_uniform_like(&ctx),
+            "LSTM" | "GRU" => self.recurrent(&ctx),
             // Every other supported op type is evaluated only on constants.
             other => Err(ctx.err(format!(
                 "pock evaluates {other} only at compile time, on shapes and constants, and this node reads a tensor computed \
