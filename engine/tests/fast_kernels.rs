@@ -214,10 +214,35 @@ fn large_products_split_among_threads_match() {
         let grad_weight = Op::from(ConvOp::Conv2dGradWeight { conv, kernel_hw: [k, k] });
         check(&format!("grad weight {what}"), &grad_weight, &[(dy, y_shape), (x, x_shape)], &[w_shape], &mut rng, false);
     }
-    // The last has more columns than a packed block of `B` (2048).
-    for (m, k, n, trans_a, trans_b) in
-        [(301, 203, 91, false, false), (130, 517, 77, true, false), (97, 300, 260, false, true), (13, 1100, 2100, false, false)]
-    {
+    // Grouped 1x1 convolutions: one product per group for all samples, the samples' column
+    // slivers (4x4 planes: less than one sliver each) shared by the threads.
+    for (n, c, o, hw, groups) in [(3, 24, 40, 20, 2), (5, 64, 96, 4, 2), (2, 12, 18, 9, 3)] {
+        let conv = Conv2d { stride: [1, 1], padding: [0; 4], dilation: [1, 1], groups };
+        let (x_shape, w_shape) = (vec![n, c, hw, hw], vec![o, c / groups, 1, 1]);
+        let y_shape = vec![n, o, hw, hw];
+        let what = format!("pointwise {x_shape:?} * {w_shape:?}, {groups} groups");
+        let (x, wt, dy) = (random(&mut rng, n * c * hw * hw), random(&mut rng, o * c / groups), random(&mut rng, n * o * hw * hw));
+        let inputs = [(x.clone(), x_shape.clone()), (wt.clone(), w_shape.clone())];
+        check(&format!("forward {what}"), &Op::from(ConvOp::Conv2d(conv)), &inputs, std::slice::from_ref(&y_shape), &mut rng, false);
+        let grad_input = Op::from(ConvOp::Conv2dGradInput { conv, input_hw: [hw, hw] });
+        let inputs = [(dy.clone(), y_shape.clone()), (wt, w_shape.clone())];
+        check(&format!("grad input {what}"), &grad_input, &inputs, std::slice::from_ref(&x_shape), &mut rng, false);
+        let grad_weight = Op::from(ConvOp::Conv2dGradWeight { conv, kernel_hw: [1, 1] });
+        check(&format!("grad weight {what}"), &grad_weight, &[(dy, y_shape), (x, x_shape)], &[w_shape], &mut rng, false);
+    }
+    // The threads pack their own column slivers when there are at least two per thread, in
+    // groups of up to 8, a task's groups in its own part of the buffer (the fourth has more
+    // column slivers than the buffer holds, 2048 columns); with fewer (the last two, 2 and 3
+    // slivers) they share one packed block. Sizes are not multiples of the 6x16 tile, and some
+    // depths are more than one 512-deep block.
+    for (m, k, n, trans_a, trans_b) in [
+        (301, 203, 91, false, false),
+        (130, 517, 77, true, false),
+        (97, 300, 260, false, true),
+        (13, 1100, 2100, false, false),
+        (701, 300, 20, false, false),
+        (333, 1030, 47, true, true),
+    ] {
         let a_shape = if trans_a { vec![k, m] } else { vec![m, k] };
         let b_shape = if trans_b { vec![n, k] } else { vec![k, n] };
         let op = Op::Dense(DenseOp::MatMul(MatMul { trans_a, trans_b }));

@@ -160,7 +160,7 @@ pub fn conv_scratch_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]]
     let product = match (op, inputs, outputs) {
         (ConvOp::Conv2d(c) | ConvOp::Conv2dBiasAct { conv: c, .. }, [x, w, ..], [y]) => match Geometry::new(c, x, w, y) {
             // One product for all samples: a single buffer, whatever the threads.
-            Some(g) if g.algorithm() == Algorithm::Im2col => return pack_elems_items(g.og, g.out_plane(), g.n, g.taps()),
+            Some(g) if g.algorithm() != Algorithm::Depthwise => return pack_elems_items(g.og, g.out_plane(), g.n, g.taps()),
             other => other.map(|g| (g.og, g.out_plane(), g.taps(), g)),
         },
         (ConvOp::Conv2dGradInput { conv, .. } | ConvOp::Conv2dGradInputMasked { conv, .. }, [dy, w, ..], [dx]) => {
@@ -170,6 +170,7 @@ pub fn conv_scratch_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]]
                     return pack_elems_items(t.og, t.out_plane(), t.n, t.taps());
                 }
                 Some(g) if g.grad_input_batched() => return pack_elems_items(g.taps(), g.out_plane(), g.n, g.og),
+                Some(g) if g.algorithm() == Algorithm::Pointwise => return pack_elems_items(g.taps(), g.out_plane(), g.n, g.og),
                 other => other.map(|g| (g.taps(), g.out_plane(), g.og, g)),
             }
         }
@@ -237,52 +238,26 @@ pub(super) fn conv2d(
         return Ok(());
     }
     let (taps, out_plane) = (g.taps(), g.out_plane());
-    if algorithm == Algorithm::Pointwise && per_sample(&g, threads) {
-        // Runs of samples, one per thread, each a single-threaded gemm per sample and group with
-        // the thread's own packing buffer: the products of a 1x1 convolution are mostly too small
-        // to split well inside gemm.
-        let pack = pack_elems(g.og, out_plane, taps);
-        for_each_part(threads, y.data, g.o * out_plane, scratch, pack, |first, y_run, pack| {
-            for (i, y_sample) in y_run.chunks_exact_mut(g.o * out_plane).enumerate() {
-                for grp in 0..g.groups {
-                    let weights = Mat { data: &w.data[g.weight_group(grp)], rows: g.og, cols: taps, row_stride: taps, col_stride: 1 };
-                    let columns = Mat {
-                        data: &x.data[g.input_group(first + i, grp)],
-                        rows: taps,
-                        cols: out_plane,
-                        row_stride: out_plane,
-                        col_stride: 1,
-                    };
-                    let y_group = &mut y_sample[grp * g.og * out_plane..(grp + 1) * g.og * out_plane];
-                    sgemm(weights, columns, y_group, out_plane, false, 1, pack);
-                    if let Some(e) = &epilogue {
-                        e.planes(grp * g.og, y_group, out_plane);
-                    }
-                }
-            }
-        });
-        return Ok(());
-    }
-    // The forward pass needs no workspace (`prepare` gives it none).
-    debug_assert!(ws.is_empty());
-    if algorithm == Algorithm::Im2col {
-        convolve(&g, x.data, w.data, y.data, threads, scratch);
+    if algorithm == Algorithm::Pointwise {
+        // The input planes are the column matrices: one product per group for all samples (the
+        // weights packed once per depth block, the samples' column slivers shared by the threads).
+        for grp in 0..g.groups {
+            let weights = Mat { data: &w.data[g.weight_group(grp)], rows: g.og, cols: taps, row_stride: taps, col_stride: 1 };
+            let planes =
+                Planes { data: &x.data[grp * g.cg * out_plane..], items: g.n, item_stride: g.c * out_plane, rows: taps, cols: out_plane };
+            let out = Out { ldc: out_plane, item_stride: g.o * out_plane };
+            product_with(&weights, &planes, &mut y.data[grp * g.og * out_plane..], out, false, threads, scratch);
+        }
         if let Some(e) = &epilogue {
             for_each_chunk(threads, y.data, out_plane, out_plane, |p, plane| e.planes(p % g.o, plane, out_plane));
         }
         return Ok(());
     }
-    for n in 0..g.n {
-        for grp in 0..g.groups {
-            let weights = Mat { data: &w.data[g.weight_group(grp)], rows: g.og, cols: taps, row_stride: taps, col_stride: 1 };
-            let columns = Mat { data: &x.data[g.input_group(n, grp)], rows: taps, cols: out_plane, row_stride: out_plane, col_stride: 1 };
-            let y_group = &mut y.data[g.output_group(n, grp)];
-            sgemm(weights, columns, y_group, out_plane, false, threads, scratch);
-            if let Some(e) = &epilogue {
-                // The group's planes, split among the threads as the gemm was.
-                for_each_chunk(threads, y_group, out_plane, out_plane, |p, plane| e.planes(grp * g.og + p, plane, out_plane));
-            }
-        }
+    // The forward pass needs no workspace (`prepare` gives it none).
+    debug_assert!(ws.is_empty());
+    convolve(&g, x.data, w.data, y.data, threads, scratch);
+    if let Some(e) = &epilogue {
+        for_each_chunk(threads, y.data, out_plane, out_plane, |p, plane| e.planes(p % g.o, plane, out_plane));
     }
     Ok(())
 }
@@ -324,27 +299,20 @@ pub(super) fn conv2d_grad_input(
         return Ok(());
     }
     let (taps, out_plane) = (g.taps(), g.out_plane());
-    if algorithm == Algorithm::Pointwise && per_sample(&g, threads) {
-        let pack = pack_elems(taps, out_plane, g.og);
-        for_each_part(threads, dx.data, g.c * out_plane, scratch, pack, |first, dx_run, pack| {
-            for (i, dx_sample) in dx_run.chunks_exact_mut(g.c * out_plane).enumerate() {
-                for grp in 0..g.groups {
-                    let weights_t = Mat { data: &w.data[g.weight_group(grp)], rows: taps, cols: g.og, row_stride: 1, col_stride: taps };
-                    let dy_group = Mat {
-                        data: &dy.data[g.output_group(first + i, grp)],
-                        rows: g.og,
-                        cols: out_plane,
-                        row_stride: out_plane,
-                        col_stride: 1,
-                    };
-                    let dx_group = &mut dx_sample[grp * g.cg * out_plane..(grp + 1) * g.cg * out_plane];
-                    sgemm(weights_t, dy_group, dx_group, out_plane, false, 1, pack);
-                    if let Some(bits) = mask {
-                        epilogue::mask_at(bits, g.input_group(first + i, grp).start, dx_group);
-                    }
-                }
-            }
-        });
+    if algorithm == Algorithm::Pointwise {
+        // Input and output planes coincide: one product per group of the transposed weights
+        // (`[C/groups, O/groups]`, swapped strides) with every sample's `dy` planes.
+        for grp in 0..g.groups {
+            let weights_t = Mat { data: &w.data[g.weight_group(grp)], rows: taps, cols: g.og, row_stride: 1, col_stride: taps };
+            let planes =
+                Planes { data: &dy.data[grp * g.og * out_plane..], items: g.n, item_stride: g.o * out_plane, rows: g.og, cols: out_plane };
+            let out = Out { ldc: out_plane, item_stride: g.c * out_plane };
+            product_with(&weights_t, &planes, &mut dx.data[grp * g.cg * out_plane..], out, false, threads, scratch);
+        }
+        if let Some(bits) = mask {
+            let plane = g.in_plane();
+            for_each_chunk(threads, dx.data, plane, plane, |p, dx_plane| epilogue::mask_at(bits, p * plane, dx_plane));
+        }
         return Ok(());
     }
     if g.grad_input_direct() {
@@ -448,10 +416,6 @@ pub fn conv2d_grad_weight(
     Ok(())
 }
 
-/// Whether a pointwise convolution splits its samples among threads (enough samples to share).
-fn per_sample(g: &Geometry, threads: usize) -> bool {
-    threads > 1 && g.n >= threads
-}
 
 /// Rows `rows` of an ungrouped convolution's weight gradient: `dw = sum over samples of
 /// dy[:, rows] @ im2col(x)^T`. The rows of `dy` a sample contributes are contiguous, so this is
