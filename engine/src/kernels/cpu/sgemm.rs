@@ -200,8 +200,13 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
             tile(fma, kc, a_sliver, b_sliver, at, out.ldc, MR.min(m - row), NR.min(n - col), overwrite)
         };
     };
-    // Whether each task packs the column slivers it multiplies itself (see `own_slivers`).
-    let own = threads <= 1 || slivers >= 2 * threads;
+    // Column slivers per group when each task packs the column slivers it multiplies itself
+    // (`own_slivers`): as many as fit L2 on one thread (every group reads all of `A` again);
+    // with more, small enough that each thread gets two groups (a thread that finishes early
+    // takes over the rest of another's work), and at least `MIN_GROUP`. Fewer columns than that
+    // (ResNet-18's 4x4 layers: 8 slivers) are packed once into a block that all threads read.
+    let group = if threads <= 1 { GROUP.min(slivers) } else { GROUP.min(slivers / (2 * threads)) };
+    let own = group >= MIN_GROUP.min(slivers);
     // Depth blocks outermost: `a`'s block is packed once for every column block, and each
     // output still adds its depth blocks in order, so the rounding is that of the plain loop.
     for pc in (0..k).step_by(depth_block) {
@@ -211,7 +216,7 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
         let pa = &*pa;
         let overwrite = !accumulate && pc == 0;
         if own {
-            own_slivers(b, pa, pack_b, (m, n, per_item, slivers), pc, kc, threads, |a_sliver, b_sliver, item, row, col| {
+            own_slivers(b, pa, pack_b, (m, n, per_item, slivers), group, pc, kc, threads, |a_sliver, b_sliver, item, row, col| {
                 tile_at(a_sliver, b_sliver, item, row, col, kc, overwrite)
             });
             continue;
@@ -247,9 +252,11 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
 /// are 256 KiB, which stay in L2 next to a block of `MC` rows of `A` while every row of `A`
 /// meets them.
 const GROUP: usize = 8;
+/// Fewest column slivers per group on more than one thread (each group reads all of `A`).
+const MIN_GROUP: usize = 4;
 
 /// One depth block of a product whose tasks pack their own column slivers: the column slivers
-/// (of every item, in order) are cut into groups of up to [`GROUP`], runs of groups are shared
+/// (of every item, in order) are cut into groups of `group` (the last may be shorter), runs of groups are shared
 /// among the threads, and a task packs each group of its run into its own part of `pack_b`, then
 /// multiplies all of `A` (`pa`, packed) with it. Nothing is shared between the tasks but `pa`,
 /// so there is no barrier between packing `B` and computing, and a group is used right after it
@@ -262,15 +269,14 @@ fn own_slivers<B: SourceB>(
     pa: &[f32],
     pack_b: &mut [f32],
     (m, n, per_item, slivers): (usize, usize, usize, usize),
+    group: usize,
     pc: usize,
     kc: usize,
     threads: usize,
     tile: impl Fn(&[f32], &[f32], usize, usize, usize) + Sync,
 ) {
     let slivers_a = m.div_ceil(MR);
-    // Groups small enough that every thread gets two of them (a thread that finishes early takes
-    // over the rest of another's work), at most `GROUP`.
-    let group = GROUP.min(slivers.div_ceil(2 * threads.max(1))).max(1);
+    debug_assert!((1..=slivers).contains(&group));
     let groups = slivers.div_ceil(group);
     let sliver_len = NR * kc;
     // `pack_b` holds `min(slivers, NC / NR)` slivers of `kc_max >= kc` depths: one part of
