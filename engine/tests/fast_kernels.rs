@@ -230,11 +230,11 @@ fn large_products_split_among_threads_match() {
         let grad_weight = Op::from(ConvOp::Conv2dGradWeight { conv, kernel_hw: [1, 1] });
         check(&format!("grad weight {what}"), &grad_weight, &[(dy, y_shape), (x, x_shape)], &[w_shape], &mut rng, false);
     }
-    // The threads pack their own column slivers when each gets two groups of at least 4 (the
-    // third on 2 threads, the fourth, which has more column slivers than the buffer holds), in
-    // groups of up to 8, a task's groups in its own part of the buffer; with fewer (the others:
-    // 2 to 6 slivers) they share one packed block. One thread always packs its own. Sizes are
-    // not multiples of the 6x16 tile, and some depths are more than one 512-deep block.
+    // The threads pack their own column slivers in groups of 4 to 8 (a multiple of the thread
+    // count), a task's groups in its own part of the buffer: the third (17 slivers) and the
+    // fourth, which has more column slivers than the buffer holds; with fewer (the others: 2 to
+    // 6 slivers) they share one packed block. One thread always packs its own. Sizes are not
+    // multiples of the 6x16 tile, and some depths are more than one 512-deep block.
     for (m, k, n, trans_a, trans_b) in [
         (301, 203, 91, false, false),
         (130, 517, 77, true, false),

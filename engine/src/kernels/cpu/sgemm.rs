@@ -200,13 +200,13 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
             tile(fma, kc, a_sliver, b_sliver, at, out.ldc, MR.min(m - row), NR.min(n - col), overwrite)
         };
     };
-    // Column slivers per group when each task packs the column slivers it multiplies itself
-    // (`own_slivers`): as many as fit L2 on one thread (every group reads all of `A` again);
-    // with more, small enough that each thread gets two groups (a thread that finishes early
-    // takes over the rest of another's work), and at least `MIN_GROUP`. Fewer columns than that
-    // (ResNet-18's 4x4 layers: 8 slivers) are packed once into a block that all threads read.
-    let group = if threads <= 1 { GROUP.min(slivers) } else { GROUP.min(slivers / (2 * threads)) };
-    let own = group >= MIN_GROUP.min(slivers);
+    // Groups of column slivers when each task packs the column slivers it multiplies itself
+    // (`own_slivers`): of up to `GROUP` slivers (every group reads all of `A` again), on several
+    // threads a multiple of the thread count (groups differ by at most one sliver, so the
+    // threads' shares are equal), of at least `MIN_GROUP` slivers. Fewer columns than that
+    // (fewer than 8 slivers on 2 threads) are packed once into a block that all threads read.
+    let groups = if threads <= 1 { slivers.div_ceil(GROUP) } else { slivers.div_ceil(GROUP).next_multiple_of(threads) };
+    let own = threads <= 1 || slivers / groups >= MIN_GROUP;
     // Depth blocks outermost: `a`'s block is packed once for every column block, and each
     // output still adds its depth blocks in order, so the rounding is that of the plain loop.
     for pc in (0..k).step_by(depth_block) {
@@ -216,7 +216,7 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
         let pa = &*pa;
         let overwrite = !accumulate && pc == 0;
         if own {
-            own_slivers(b, pa, pack_b, (m, n, per_item, slivers), group, pc, kc, threads, |a_sliver, b_sliver, item, row, col| {
+            own_slivers(b, pa, pack_b, (m, n, per_item, slivers), groups, pc, kc, threads, |a_sliver, b_sliver, item, row, col| {
                 tile_at(a_sliver, b_sliver, item, row, col, kc, overwrite)
             });
             continue;
@@ -256,43 +256,55 @@ const GROUP: usize = 8;
 const MIN_GROUP: usize = 4;
 
 /// One depth block of a product whose tasks pack their own column slivers: the column slivers
-/// (of every item, in order) are cut into groups of `group` (the last may be shorter), runs of groups are shared
-/// among the threads, and a task packs each group of its run into its own part of `pack_b`, then
-/// multiplies all of `A` (`pa`, packed) with it. Nothing is shared between the tasks but `pa`,
-/// so there is no barrier between packing `B` and computing, and a group is used right after it
-/// is packed (in L2), where a shared packed block of `B` (up to 4 MiB) came back from L3.
-/// `tile(a_sliver, b_sliver, item, row, col)` computes one tile; every tile is computed the same
-/// way whatever the thread count or grouping, so results do not depend on them.
+/// (of every item, in order) are cut into `groups` groups of consecutive slivers (sizes differ
+/// by at most one), runs of groups are shared among the threads, and a task packs each group of
+/// its run into its own part of `pack_b`, then multiplies all of `A` (`pa`, packed) with it.
+/// Nothing is shared between the tasks but `pa`, so there is no barrier between packing `B` and
+/// computing, and a group is used right after it is packed (in L2), where a shared packed block
+/// of `B` (up to 4 MiB) came back from L3. `tile(a_sliver, b_sliver, item, row, col)` computes
+/// one tile; every tile is computed the same way whatever the thread count or grouping, so
+/// results do not depend on them.
 #[allow(clippy::too_many_arguments)]
 fn own_slivers<B: SourceB>(
     b: &B,
     pa: &[f32],
     pack_b: &mut [f32],
     (m, n, per_item, slivers): (usize, usize, usize, usize),
-    group: usize,
+    groups: usize,
     pc: usize,
     kc: usize,
     threads: usize,
     tile: impl Fn(&[f32], &[f32], usize, usize, usize) + Sync,
 ) {
     let slivers_a = m.div_ceil(MR);
-    debug_assert!((1..=slivers).contains(&group));
-    let groups = slivers.div_ceil(group);
+    debug_assert!((1..=slivers).contains(&groups));
+    let largest = slivers.div_ceil(groups);
     let sliver_len = NR * kc;
-    // `pack_b` holds `min(slivers, NC / NR)` slivers of `kc_max >= kc` depths: one part of
-    // `group` slivers for each task.
-    let slots = (pack_b.len() / (group * sliver_len)).max(1);
-    assert!(pack_b.len() >= group * sliver_len, "sgemm: packing buffer too small for a group of column slivers");
-    let work = slivers_a * MR * group * sliver_len;
-    let tasks = if threads > 1 && groups > 1 && groups * work >= 2 * super::par::MIN_TASK_WORK { groups.min(slots) } else { 1 };
+    // `pack_b` holds `min(slivers, NC / NR)` slivers of `kc_max >= kc` depths (at least
+    // `largest`): one part of `largest` slivers for each task.
+    let part = largest * sliver_len;
+    assert!(pack_b.len() >= part, "sgemm: packing buffer too small for a group of column slivers");
+    let slots = pack_b.len() / part;
+    let work = slivers_a * MR * part;
+    let tasks = if threads > 1 && groups > 1 && groups * work >= 2 * super::par::MIN_TASK_WORK {
+        // A multiple of the threads where the buffer allows, so that their shares are equal.
+        let t = groups.min(slots);
+        if t >= threads {
+            t - t % threads
+        } else {
+            t
+        }
+    } else {
+        1
+    };
     let base = Dst(pack_b.as_mut_ptr());
     let run = |t: usize| {
         // SAFETY: part `t` of `pack_b` (`t < tasks <= slots`, so inside it) is used by task `t`
         // only.
-        let slot = unsafe { core::slice::from_raw_parts_mut(base.ptr().add(t * group * sliver_len), group * sliver_len) };
+        let slot = unsafe { core::slice::from_raw_parts_mut(base.ptr().add(t * part), part) };
         for g in groups * t / tasks..groups * (t + 1) / tasks {
-            let first = g * group;
-            let count = group.min(slivers - first);
+            let first = slivers * g / groups;
+            let count = slivers * (g + 1) / groups - first;
             for (j, sliver) in slot.chunks_exact_mut(sliver_len).take(count).enumerate() {
                 let (item, col) = ((first + j) / per_item, (first + j) % per_item * NR);
                 b.pack(item, pc, col, NR.min(n - col), sliver);
