@@ -709,33 +709,40 @@ impl SourceB for ColumnsT<'_> {
             sliver.fill(0.0);
         }
         let out_plane = g.out_plane();
-        for j in 0..cols {
+        // Each column's tap: its input plane's offset in a sample's group, and the output rows
+        // and columns whose window reaches the input (computed once per sliver, not per run).
+        let mut taps = [(0usize, 0usize, 0usize, 0usize, 0usize, 0usize, 0usize); NR];
+        for (j, t) in taps.iter_mut().enumerate().take(cols) {
             let tap = col + j;
             let (ci, kh, kw) = (tap / kernel, tap % kernel / g.kw, tap % g.kw);
             let (oh_range, ih_first) = self.taps.rows(g, kh);
             let (ow_range, iw_first) = self.taps.cols(g, kw);
-            // Depths are (sample, output position) pairs `pc..pc + kc`, walked along output rows.
-            let mut d = pc;
-            while d < pc + kc {
-                let (n, q) = (d / out_plane, d % out_plane);
-                let (oh, ow) = (q / g.wo, q % g.wo);
-                let len = (g.wo - ow).min(pc + kc - d);
-                let plane = &self.x[g.input_group(n, self.grp)][ci * in_plane..(ci + 1) * in_plane];
-                // Column `j` of depths `d..d + len`: every `NR`-th element from `base`.
-                let base = (d - pc) * NR + j;
-                let column = &mut sliver[base..base + (len - 1) * NR + 1];
-                d += len;
-                if !oh_range.contains(&oh) {
+            *t = (ci * in_plane, oh_range.start, oh_range.end, ih_first, ow_range.start, ow_range.end, iw_first);
+        }
+        // Depths are (sample, output position) pairs `pc..pc + kc`, walked along output rows;
+        // every column of the sliver takes its values for a run of depths in turn.
+        let mut d = pc;
+        while d < pc + kc {
+            let (n, q) = (d / out_plane, d % out_plane);
+            let (oh, ow) = (q / g.wo, q % g.wo);
+            let len = (g.wo - ow).min(pc + kc - d);
+            let x_group = &self.x[g.input_group(n, self.grp)];
+            let base = (d - pc) * NR;
+            d += len;
+            for (j, &(plane, oh_lo, oh_hi, ih_first, ow_lo, ow_hi, iw_first)) in taps.iter().enumerate().take(cols) {
+                // Column `j` of depths `d..d + len`: every `NR`-th element from `base + j`.
+                let column = &mut sliver[base + j..base + j + (len - 1) * NR + 1];
+                if !(oh_lo..oh_hi).contains(&oh) {
                     column.iter_mut().step_by(NR).for_each(|d| *d = 0.0);
                     continue;
                 }
-                let ih = ih_first + (oh - oh_range.start) * g.stride[0];
-                let in_row = &plane[ih * g.w..(ih + 1) * g.w];
-                let lo = ow_range.start.clamp(ow, ow + len);
-                let hi = ow_range.end.clamp(lo, ow + len);
+                let ih = ih_first + (oh - oh_lo) * g.stride[0];
+                let in_row = &x_group[plane + ih * g.w..plane + (ih + 1) * g.w];
+                let lo = ow_lo.clamp(ow, ow + len);
+                let hi = ow_hi.clamp(lo, ow + len);
                 let mut dst = column.iter_mut().step_by(NR);
                 dst.by_ref().take(lo - ow).for_each(|d| *d = 0.0);
-                let first = iw_first + lo.saturating_sub(ow_range.start) * g.stride[1];
+                let first = iw_first + lo.saturating_sub(ow_lo) * g.stride[1];
                 let src = in_row[first.min(in_row.len())..].iter().step_by(g.stride[1]);
                 dst.by_ref().take(hi - lo).zip(src).for_each(|(d, &v)| *d = v);
                 dst.for_each(|d| *d = 0.0);
@@ -767,13 +774,17 @@ impl SourceA for FlippedWeights<'_> {
         if rows < MR {
             sliver.fill(0.0);
         }
-        for (p, out) in sliver.chunks_exact_mut(MR).enumerate() {
-            let d = pc + p;
-            let (o, tap) = (d / kernel, d % kernel);
-            // Flipping both kernel axes reverses the tap order within the kernel.
-            let flipped = kernel - 1 - tap;
-            for (i, v) in out[..rows].iter_mut().enumerate() {
-                *v = weights[(o * g.cg + row + i) * kernel + flipped];
+        // Depth `(o, tap)` of row `row + i` is `weights[(o * C/groups + row + i) * kernel +
+        // kernel - 1 - tap]` (flipping both kernel axes reverses the tap order): rows `kernel`
+        // apart, stepped along the depths without dividing.
+        let (mut o, mut tap) = (pc / kernel, pc % kernel);
+        for out in sliver.chunks_exact_mut(MR) {
+            let start = (o * g.cg + row) * kernel + kernel - 1 - tap;
+            let column = weights[start..start + (rows - 1) * kernel + 1].iter().step_by(kernel);
+            out[..rows].iter_mut().zip(column).for_each(|(v, &w)| *v = w);
+            tap += 1;
+            if tap == kernel {
+                (tap, o) = (0, o + 1);
             }
         }
     }
