@@ -230,7 +230,7 @@ fn large_products_split_among_threads_match() {
         let grad_weight = Op::from(ConvOp::Conv2dGradWeight { conv, kernel_hw: [1, 1] });
         check(&format!("grad weight {what}"), &grad_weight, &[(dy, y_shape), (x, x_shape)], &[w_shape], &mut rng, false);
     }
-    // The threads pack their own column slivers in groups of 4 to 8 (a multiple of the thread
+    // The threads pack their own column slivers in groups of 4 to 32 (a multiple of the thread
     // count), a task's groups in its own part of the buffer: the third (17 slivers) and the
     // fourth, which has more column slivers than the buffer holds; with fewer (the others: 2 to
     // 6 slivers) they share one packed block. One thread always packs its own. Sizes are not

@@ -416,7 +416,6 @@ pub fn conv2d_grad_weight(
     Ok(())
 }
 
-
 /// Rows `rows` of an ungrouped convolution's weight gradient: `dw = sum over samples of
 /// dy[:, rows] @ im2col(x)^T`. The rows of `dy` a sample contributes are contiguous, so this is
 /// the same gemm as [`conv2d_grad_weight`] with fewer rows, over the whole input.

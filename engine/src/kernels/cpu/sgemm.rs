@@ -201,11 +201,13 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
         };
     };
     // Groups of column slivers when each task packs the column slivers it multiplies itself
-    // (`own_slivers`): of up to `GROUP` slivers (every group reads all of `A` again), on several
-    // threads a multiple of the thread count (groups differ by at most one sliver, so the
-    // threads' shares are equal), of at least `MIN_GROUP` slivers. Fewer columns than that
-    // (fewer than 8 slivers on 2 threads) are packed once into a block that all threads read.
-    let groups = if threads <= 1 { slivers.div_ceil(GROUP) } else { slivers.div_ceil(GROUP).next_multiple_of(threads) };
+    // (`own_slivers`): as large as half of L2 holds (`GROUP_ELEMS`; every group reads all of `A`
+    // again, from L3 when `A` is large), on several threads a multiple of the thread count
+    // (groups differ by at most one sliver, so the threads' shares are equal), of at least
+    // `MIN_GROUP` slivers. Fewer columns than that (fewer than 8 slivers on 2 threads) are
+    // packed once into a block that all threads read.
+    let group = (GROUP_ELEMS / (NR * depth_block)).clamp(MIN_GROUP, MAX_GROUP);
+    let groups = if threads <= 1 { slivers.div_ceil(group) } else { slivers.div_ceil(group).next_multiple_of(threads) };
     let own = threads <= 1 || slivers / groups >= MIN_GROUP;
     // Depth blocks outermost: `a`'s block is packed once for every column block, and each
     // output still adds its depth blocks in order, so the rounding is that of the plain loop.
@@ -248,10 +250,12 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
     }
 }
 
-/// Column slivers a task packs and multiplies at a time, at most: 8 slivers of a 512-deep block
-/// are 256 KiB, which stay in L2 next to a block of `MC` rows of `A` while every row of `A`
-/// meets them.
-const GROUP: usize = 8;
+/// f32 elements of the column slivers a task packs and multiplies at a time, at most: 512 KiB
+/// (16 slivers of a 512-deep block), which stay in L2 next to a block of `MC` rows of `A` while
+/// every row of `A` meets them.
+const GROUP_ELEMS: usize = 128 * 1024;
+/// Most column slivers per group (short depths).
+const MAX_GROUP: usize = 32;
 /// Fewest column slivers per group on more than one thread (each group reads all of `A`).
 const MIN_GROUP: usize = 4;
 
