@@ -233,7 +233,7 @@ fn large_products_split_among_threads_match() {
     // The threads pack their own column slivers in groups of 4 to 32 (a multiple of the thread
     // count), a task's groups in its own part of the buffer: the third (17 slivers) and the
     // fourth, which has more column slivers than the buffer holds; with fewer (the others: 2 to
-    // 6 slivers) they share one packed block. One thread always packs its own. Sizes are not
+    // 6 slivers) and on one thread they share one packed block. Sizes are not
     // multiples of the 6x16 tile, and some depths are more than one 512-deep block.
     for (m, k, n, trans_a, trans_b) in [
         (301, 203, 91, false, false),
