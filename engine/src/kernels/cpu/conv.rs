@@ -3,7 +3,8 @@
 //! Three algorithms, chosen from the shapes alone so that [`conv_workspace_elems`] (called by the
 //! compiler to size the arena) and the kernels (which receive that slice) always agree:
 //! - pointwise (1x1, stride 1, no padding): the input plane already is the column matrix, so the
-//!   convolution is one gemm per sample and group, with no workspace;
+//!   forward pass and the input gradient are one product per group for all samples (the weights
+//!   packed once, the samples' planes read as its right operands), with no workspace;
 //! - depthwise (one input channel per group): a gemm per channel would have a single row, so a
 //!   direct loop over kernel taps is used instead, with no workspace (`depthwise.rs`);
 //! - im2col: everything else. For one sample and group, the column matrix has one row per
