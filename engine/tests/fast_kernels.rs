@@ -214,10 +214,35 @@ fn large_products_split_among_threads_match() {
         let grad_weight = Op::from(ConvOp::Conv2dGradWeight { conv, kernel_hw: [k, k] });
         check(&format!("grad weight {what}"), &grad_weight, &[(dy, y_shape), (x, x_shape)], &[w_shape], &mut rng, false);
     }
-    // The last has more columns than a packed block of `B` (2048).
-    for (m, k, n, trans_a, trans_b) in
-        [(301, 203, 91, false, false), (130, 517, 77, true, false), (97, 300, 260, false, true), (13, 1100, 2100, false, false)]
-    {
+    // Grouped 1x1 convolutions: one product per group for all samples, the samples' column
+    // slivers (4x4 planes: less than one sliver each) shared by the threads.
+    for (n, c, o, hw, groups) in [(3, 24, 40, 20, 2), (5, 64, 96, 4, 2), (2, 12, 18, 9, 3)] {
+        let conv = Conv2d { stride: [1, 1], padding: [0; 4], dilation: [1, 1], groups };
+        let (x_shape, w_shape) = (vec![n, c, hw, hw], vec![o, c / groups, 1, 1]);
+        let y_shape = vec![n, o, hw, hw];
+        let what = format!("pointwise {x_shape:?} * {w_shape:?}, {groups} groups");
+        let (x, wt, dy) = (random(&mut rng, n * c * hw * hw), random(&mut rng, o * c / groups), random(&mut rng, n * o * hw * hw));
+        let inputs = [(x.clone(), x_shape.clone()), (wt.clone(), w_shape.clone())];
+        check(&format!("forward {what}"), &Op::from(ConvOp::Conv2d(conv)), &inputs, std::slice::from_ref(&y_shape), &mut rng, false);
+        let grad_input = Op::from(ConvOp::Conv2dGradInput { conv, input_hw: [hw, hw] });
+        let inputs = [(dy.clone(), y_shape.clone()), (wt, w_shape.clone())];
+        check(&format!("grad input {what}"), &grad_input, &inputs, std::slice::from_ref(&x_shape), &mut rng, false);
+        let grad_weight = Op::from(ConvOp::Conv2dGradWeight { conv, kernel_hw: [1, 1] });
+        check(&format!("grad weight {what}"), &grad_weight, &[(dy, y_shape), (x, x_shape)], &[w_shape], &mut rng, false);
+    }
+    // The threads pack their own column slivers in groups of 4 to 32 (a multiple of the thread
+    // count), a task's groups in its own part of the buffer: the third (17 slivers) and the
+    // fourth, which has more column slivers than the buffer holds; with fewer (the others: 2 to
+    // 6 slivers) and on one thread they share one packed block. Sizes are not
+    // multiples of the 6x16 tile, and some depths are more than one 512-deep block.
+    for (m, k, n, trans_a, trans_b) in [
+        (301, 203, 91, false, false),
+        (130, 517, 77, true, false),
+        (97, 300, 260, false, true),
+        (13, 1100, 2100, false, false),
+        (701, 300, 20, false, false),
+        (333, 1030, 47, true, true),
+    ] {
         let a_shape = if trans_a { vec![k, m] } else { vec![m, k] };
         let b_shape = if trans_b { vec![n, k] } else { vec![k, n] };
         let op = Op::Dense(DenseOp::MatMul(MatMul { trans_a, trans_b }));
@@ -532,26 +557,31 @@ fn thread_seconds() -> f64 {
 }
 
 /// Not a check: GFLOP/s of the fast kernels on ResNet-18's 3x3 convolutions (batch 8, 3x128x128
-/// input) on one thread, in thread CPU time, next to gemm's 1024-cubed ceiling measured the same
-/// way (BENCHMARKS.md "ResNet-18 convolutions against the GEMM ceiling"). Run with
+/// input) next to gemm's 1024-cubed ceiling measured the same way (BENCHMARKS.md "ResNet-18
+/// convolutions against the GEMM ceiling"): on one thread in thread CPU time, or with
+/// `POCK_SPEED_THREADS=2` on two threads in wall-clock time, the best of 12 runs (on a loaded
+/// machine the best runs are those where both threads held a core). Run with
 /// `cargo test --workspace --test fast_kernels -- --ignored --nocapture resnet18_conv_speed`.
 #[cfg(target_os = "linux")]
 #[test]
 #[ignore]
 fn resnet18_conv_speed() {
-    // `gemm_ceiling_gflops` times with the wall clock; one thread of CPU time is measured here.
+    let threads: usize = std::env::var("POCK_SPEED_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
+    // One thread: thread CPU time (not disturbed by the load); more: the wall clock.
+    let start = std::time::Instant::now();
+    let now = || if threads == 1 { thread_seconds() } else { start.elapsed().as_secs_f64() };
     let best_of = |f: &mut dyn FnMut()| {
         f();
-        (0..4)
+        (0..if threads == 1 { 4 } else { 12 })
             .map(|_| {
-                let t = thread_seconds();
+                let t = now();
                 f();
-                thread_seconds() - t
+                now() - t
             })
             .fold(f64::INFINITY, f64::min)
     };
     let side = 1024usize;
-    let cfg = CpuConfig { threads: 1 };
+    let cfg = CpuConfig { threads };
     let (a, b) = ((vec![0.5f32; side * side], vec![side, side]), (vec![0.25f32; side * side], vec![side, side]));
     let matmul = Op::Dense(DenseOp::MatMul(MatMul { trans_a: false, trans_b: false }));
     let mut c = vec![0.0f32; side * side];
@@ -562,7 +592,10 @@ fn resnet18_conv_speed() {
         execute(&matmul, NodeArgs::floats(&ins, &mut outs), &mut [], &mut scratch, cfg).unwrap();
     });
     let ceiling = 2.0 * (side * side * side) as f64 / seconds / 1e9;
-    println!("ceiling: gemm {side}^3, 1 thread: {ceiling:.1} GFLOP/s (wall clock, gemm_ceiling_gflops: {:.1})", gemm_ceiling_gflops(1, 3));
+    println!(
+        "ceiling: gemm {side}^3, {threads} threads: {ceiling:.1} GFLOP/s (wall clock, gemm_ceiling_gflops: {:.1})",
+        gemm_ceiling_gflops(threads, 3)
+    );
     let mut rng = ChaCha8Rng::seed_from_u64(12);
     for (c, o, hw, stride) in
         [(64, 64, 32, 1), (64, 128, 32, 2), (128, 128, 16, 1), (128, 256, 16, 2), (256, 256, 8, 1), (256, 512, 8, 2), (512, 512, 4, 1)]

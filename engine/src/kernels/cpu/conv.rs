@@ -3,7 +3,8 @@
 //! Three algorithms, chosen from the shapes alone so that [`conv_workspace_elems`] (called by the
 //! compiler to size the arena) and the kernels (which receive that slice) always agree:
 //! - pointwise (1x1, stride 1, no padding): the input plane already is the column matrix, so the
-//!   convolution is one gemm per sample and group, with no workspace;
+//!   forward pass and the input gradient are one product per group for all samples (the weights
+//!   packed once, the samples' planes read as its right operands), with no workspace;
 //! - depthwise (one input channel per group): a gemm per channel would have a single row, so a
 //!   direct loop over kernel taps is used instead, with no workspace (`depthwise.rs`);
 //! - im2col: everything else. For one sample and group, the column matrix has one row per
@@ -160,7 +161,7 @@ pub fn conv_scratch_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]]
     let product = match (op, inputs, outputs) {
         (ConvOp::Conv2d(c) | ConvOp::Conv2dBiasAct { conv: c, .. }, [x, w, ..], [y]) => match Geometry::new(c, x, w, y) {
             // One product for all samples: a single buffer, whatever the threads.
-            Some(g) if g.algorithm() == Algorithm::Im2col => return pack_elems_items(g.og, g.out_plane(), g.n, g.taps()),
+            Some(g) if g.algorithm() != Algorithm::Depthwise => return pack_elems_items(g.og, g.out_plane(), g.n, g.taps()),
             other => other.map(|g| (g.og, g.out_plane(), g.taps(), g)),
         },
         (ConvOp::Conv2dGradInput { conv, .. } | ConvOp::Conv2dGradInputMasked { conv, .. }, [dy, w, ..], [dx]) => {
@@ -170,6 +171,7 @@ pub fn conv_scratch_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]]
                     return pack_elems_items(t.og, t.out_plane(), t.n, t.taps());
                 }
                 Some(g) if g.grad_input_batched() => return pack_elems_items(g.taps(), g.out_plane(), g.n, g.og),
+                Some(g) if g.algorithm() == Algorithm::Pointwise => return pack_elems_items(g.taps(), g.out_plane(), g.n, g.og),
                 other => other.map(|g| (g.taps(), g.out_plane(), g.og, g)),
             }
         }
@@ -237,52 +239,26 @@ pub(super) fn conv2d(
         return Ok(());
     }
     let (taps, out_plane) = (g.taps(), g.out_plane());
-    if algorithm == Algorithm::Pointwise && per_sample(&g, threads) {
-        // Runs of samples, one per thread, each a single-threaded gemm per sample and group with
-        // the thread's own packing buffer: the products of a 1x1 convolution are mostly too small
-        // to split well inside gemm.
-        let pack = pack_elems(g.og, out_plane, taps);
-        for_each_part(threads, y.data, g.o * out_plane, scratch, pack, |first, y_run, pack| {
-            for (i, y_sample) in y_run.chunks_exact_mut(g.o * out_plane).enumerate() {
-                for grp in 0..g.groups {
-                    let weights = Mat { data: &w.data[g.weight_group(grp)], rows: g.og, cols: taps, row_stride: taps, col_stride: 1 };
-                    let columns = Mat {
-                        data: &x.data[g.input_group(first + i, grp)],
-                        rows: taps,
-                        cols: out_plane,
-                        row_stride: out_plane,
-                        col_stride: 1,
-                    };
-                    let y_group = &mut y_sample[grp * g.og * out_plane..(grp + 1) * g.og * out_plane];
-                    sgemm(weights, columns, y_group, out_plane, false, 1, pack);
-                    if let Some(e) = &epilogue {
-                        e.planes(grp * g.og, y_group, out_plane);
-                    }
-                }
-            }
-        });
-        return Ok(());
-    }
-    // The forward pass needs no workspace (`prepare` gives it none).
-    debug_assert!(ws.is_empty());
-    if algorithm == Algorithm::Im2col {
-        convolve(&g, x.data, w.data, y.data, threads, scratch);
+    if algorithm == Algorithm::Pointwise {
+        // The input planes are the column matrices: one product per group for all samples (the
+        // weights packed once per depth block, the samples' column slivers shared by the threads).
+        for grp in 0..g.groups {
+            let weights = Mat { data: &w.data[g.weight_group(grp)], rows: g.og, cols: taps, row_stride: taps, col_stride: 1 };
+            let planes =
+                Planes { data: &x.data[grp * g.cg * out_plane..], items: g.n, item_stride: g.c * out_plane, rows: taps, cols: out_plane };
+            let out = Out { ldc: out_plane, item_stride: g.o * out_plane };
+            product_with(&weights, &planes, &mut y.data[grp * g.og * out_plane..], out, false, threads, scratch);
+        }
         if let Some(e) = &epilogue {
             for_each_chunk(threads, y.data, out_plane, out_plane, |p, plane| e.planes(p % g.o, plane, out_plane));
         }
         return Ok(());
     }
-    for n in 0..g.n {
-        for grp in 0..g.groups {
-            let weights = Mat { data: &w.data[g.weight_group(grp)], rows: g.og, cols: taps, row_stride: taps, col_stride: 1 };
-            let columns = Mat { data: &x.data[g.input_group(n, grp)], rows: taps, cols: out_plane, row_stride: out_plane, col_stride: 1 };
-            let y_group = &mut y.data[g.output_group(n, grp)];
-            sgemm(weights, columns, y_group, out_plane, false, threads, scratch);
-            if let Some(e) = &epilogue {
-                // The group's planes, split among the threads as the gemm was.
-                for_each_chunk(threads, y_group, out_plane, out_plane, |p, plane| e.planes(grp * g.og + p, plane, out_plane));
-            }
-        }
+    // The forward pass needs no workspace (`prepare` gives it none).
+    debug_assert!(ws.is_empty());
+    convolve(&g, x.data, w.data, y.data, threads, scratch);
+    if let Some(e) = &epilogue {
+        for_each_chunk(threads, y.data, out_plane, out_plane, |p, plane| e.planes(p % g.o, plane, out_plane));
     }
     Ok(())
 }
@@ -324,27 +300,20 @@ pub(super) fn conv2d_grad_input(
         return Ok(());
     }
     let (taps, out_plane) = (g.taps(), g.out_plane());
-    if algorithm == Algorithm::Pointwise && per_sample(&g, threads) {
-        let pack = pack_elems(taps, out_plane, g.og);
-        for_each_part(threads, dx.data, g.c * out_plane, scratch, pack, |first, dx_run, pack| {
-            for (i, dx_sample) in dx_run.chunks_exact_mut(g.c * out_plane).enumerate() {
-                for grp in 0..g.groups {
-                    let weights_t = Mat { data: &w.data[g.weight_group(grp)], rows: taps, cols: g.og, row_stride: 1, col_stride: taps };
-                    let dy_group = Mat {
-                        data: &dy.data[g.output_group(first + i, grp)],
-                        rows: g.og,
-                        cols: out_plane,
-                        row_stride: out_plane,
-                        col_stride: 1,
-                    };
-                    let dx_group = &mut dx_sample[grp * g.cg * out_plane..(grp + 1) * g.cg * out_plane];
-                    sgemm(weights_t, dy_group, dx_group, out_plane, false, 1, pack);
-                    if let Some(bits) = mask {
-                        epilogue::mask_at(bits, g.input_group(first + i, grp).start, dx_group);
-                    }
-                }
-            }
-        });
+    if algorithm == Algorithm::Pointwise {
+        // Input and output planes coincide: one product per group of the transposed weights
+        // (`[C/groups, O/groups]`, swapped strides) with every sample's `dy` planes.
+        for grp in 0..g.groups {
+            let weights_t = Mat { data: &w.data[g.weight_group(grp)], rows: taps, cols: g.og, row_stride: 1, col_stride: taps };
+            let planes =
+                Planes { data: &dy.data[grp * g.og * out_plane..], items: g.n, item_stride: g.o * out_plane, rows: g.og, cols: out_plane };
+            let out = Out { ldc: out_plane, item_stride: g.c * out_plane };
+            product_with(&weights_t, &planes, &mut dx.data[grp * g.cg * out_plane..], out, false, threads, scratch);
+        }
+        if let Some(bits) = mask {
+            let plane = g.in_plane();
+            for_each_chunk(threads, dx.data, plane, plane, |p, dx_plane| epilogue::mask_at(bits, p * plane, dx_plane));
+        }
         return Ok(());
     }
     if g.grad_input_direct() {
@@ -446,11 +415,6 @@ pub fn conv2d_grad_weight(
         grad_weight_gemm(&g, grp, 0..g.og, dy.data, x.data, &mut dw.data[g.weight_group(grp)], ws, scratch, threads);
     }
     Ok(())
-}
-
-/// Whether a pointwise convolution splits its samples among threads (enough samples to share).
-fn per_sample(g: &Geometry, threads: usize) -> bool {
-    threads > 1 && g.n >= threads
 }
 
 /// Rows `rows` of an ungrouped convolution's weight gradient: `dw = sum over samples of
@@ -745,33 +709,40 @@ impl SourceB for ColumnsT<'_> {
             sliver.fill(0.0);
         }
         let out_plane = g.out_plane();
-        for j in 0..cols {
+        // Each column's tap: its input plane's offset in a sample's group, and the output rows
+        // and columns whose window reaches the input (computed once per sliver, not per run).
+        let mut taps = [(0usize, 0usize, 0usize, 0usize, 0usize, 0usize, 0usize); NR];
+        for (j, t) in taps.iter_mut().enumerate().take(cols) {
             let tap = col + j;
             let (ci, kh, kw) = (tap / kernel, tap % kernel / g.kw, tap % g.kw);
             let (oh_range, ih_first) = self.taps.rows(g, kh);
             let (ow_range, iw_first) = self.taps.cols(g, kw);
-            // Depths are (sample, output position) pairs `pc..pc + kc`, walked along output rows.
-            let mut d = pc;
-            while d < pc + kc {
-                let (n, q) = (d / out_plane, d % out_plane);
-                let (oh, ow) = (q / g.wo, q % g.wo);
-                let len = (g.wo - ow).min(pc + kc - d);
-                let plane = &self.x[g.input_group(n, self.grp)][ci * in_plane..(ci + 1) * in_plane];
-                // Column `j` of depths `d..d + len`: every `NR`-th element from `base`.
-                let base = (d - pc) * NR + j;
-                let column = &mut sliver[base..base + (len - 1) * NR + 1];
-                d += len;
-                if !oh_range.contains(&oh) {
+            *t = (ci * in_plane, oh_range.start, oh_range.end, ih_first, ow_range.start, ow_range.end, iw_first);
+        }
+        // Depths are (sample, output position) pairs `pc..pc + kc`, walked along output rows;
+        // every column of the sliver takes its values for a run of depths in turn.
+        let mut d = pc;
+        while d < pc + kc {
+            let (n, q) = (d / out_plane, d % out_plane);
+            let (oh, ow) = (q / g.wo, q % g.wo);
+            let len = (g.wo - ow).min(pc + kc - d);
+            let x_group = &self.x[g.input_group(n, self.grp)];
+            let base = (d - pc) * NR;
+            d += len;
+            for (j, &(plane, oh_lo, oh_hi, ih_first, ow_lo, ow_hi, iw_first)) in taps.iter().enumerate().take(cols) {
+                // Column `j` of depths `d..d + len`: every `NR`-th element from `base + j`.
+                let column = &mut sliver[base + j..base + j + (len - 1) * NR + 1];
+                if !(oh_lo..oh_hi).contains(&oh) {
                     column.iter_mut().step_by(NR).for_each(|d| *d = 0.0);
                     continue;
                 }
-                let ih = ih_first + (oh - oh_range.start) * g.stride[0];
-                let in_row = &plane[ih * g.w..(ih + 1) * g.w];
-                let lo = ow_range.start.clamp(ow, ow + len);
-                let hi = ow_range.end.clamp(lo, ow + len);
+                let ih = ih_first + (oh - oh_lo) * g.stride[0];
+                let in_row = &x_group[plane + ih * g.w..plane + (ih + 1) * g.w];
+                let lo = ow_lo.clamp(ow, ow + len);
+                let hi = ow_hi.clamp(lo, ow + len);
                 let mut dst = column.iter_mut().step_by(NR);
                 dst.by_ref().take(lo - ow).for_each(|d| *d = 0.0);
-                let first = iw_first + lo.saturating_sub(ow_range.start) * g.stride[1];
+                let first = iw_first + lo.saturating_sub(ow_lo) * g.stride[1];
                 let src = in_row[first.min(in_row.len())..].iter().step_by(g.stride[1]);
                 dst.by_ref().take(hi - lo).zip(src).for_each(|(d, &v)| *d = v);
                 dst.for_each(|d| *d = 0.0);
@@ -803,13 +774,17 @@ impl SourceA for FlippedWeights<'_> {
         if rows < MR {
             sliver.fill(0.0);
         }
-        for (p, out) in sliver.chunks_exact_mut(MR).enumerate() {
-            let d = pc + p;
-            let (o, tap) = (d / kernel, d % kernel);
-            // Flipping both kernel axes reverses the tap order within the kernel.
-            let flipped = kernel - 1 - tap;
-            for (i, v) in out[..rows].iter_mut().enumerate() {
-                *v = weights[(o * g.cg + row + i) * kernel + flipped];
+        // Depth `(o, tap)` of row `row + i` is `weights[(o * C/groups + row + i) * kernel +
+        // kernel - 1 - tap]` (flipping both kernel axes reverses the tap order): rows `kernel`
+        // apart, stepped along the depths without dividing.
+        let (mut o, mut tap) = (pc / kernel, pc % kernel);
+        for out in sliver.chunks_exact_mut(MR) {
+            let start = (o * g.cg + row) * kernel + kernel - 1 - tap;
+            let column = weights[start..start + (rows - 1) * kernel + 1].iter().step_by(kernel);
+            out[..rows].iter_mut().zip(column).for_each(|(v, &w)| *v = w);
+            tap += 1;
+            if tap == kernel {
+                (tap, o) = (0, o + 1);
             }
         }
     }
