@@ -4,9 +4,9 @@
 //! the primitives' own rules. The input projection of all steps is one product before the loop.
 //!
 //! Supported: `direction` forward, reverse or bidirectional; `layout` 0 or 1; the default
-//! activations; the optional bias, `initial_h` and `initial_c`; GRU's `linear_before_reset` 0 or
-//! 1. Refused with a message: `clip`, `input_forget`, peepholes (`P`), other activations, and a
-//! `sequence_lens` input that is not the full length for every sample.
+//! activations; the optional bias, `initial_h` and `initial_c`; both values of GRU's
+//! `linear_before_reset`. Refused with a message: `clip`, `input_forget`, peepholes (`P`), other
+//! activations, and a `sequence_lens` input that is not the full length for every sample.
 
 use pock_engine::kernels::unary::{Sigmoid, Tanh};
 use pock_engine::ops::{BroadcastOp, DenseOp, MatMul, MoveOp, Slice, UnaryFn, UnaryOp};
