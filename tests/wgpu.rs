@@ -111,6 +111,22 @@ fn mlp_trains_as_on_the_cpu() {
     }
 }
 
+/// Int8 training (`--quantize int8`, QAS on and off): the int8 family's GPU kernels train
+/// zoo:mlp as the CPU's reference kernels do (losses within 1e-4 relative, the f32 master weights
+/// and biases within 1e-4 of their RMS).
+#[test]
+fn int8_mlp_trains_as_on_the_cpu() {
+    if !gpu_present() {
+        return;
+    }
+    let (inputs, batch) = (7, 9);
+    let calibration: Vec<f32> = (0..batch * inputs).map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0).collect();
+    for qas in [true, false] {
+        let quantize = pock::compiler::quantize::Int8Options { calibration: calibration.clone(), sample_shape: vec![inputs], qas };
+        matches_cpu("zoo:mlp:inputs=7,hidden=33,classes=3", batch, CompileOptions { quantize: Some(quantize), ..sgd() }, Bound::Rms);
+    }
+}
+
 /// The ONNX language-model fixtures of `tests/onnx/` (`make_models.py`): the BERT-style encoder
 /// (token ids, an attention mask turned into a boolean mask, Gather on the embeddings) and the
 /// LLaMA-style decoder (a causal mask from Trilu and comparisons), with token-level cross-entropy
