@@ -12,8 +12,8 @@ use pock_engine::exec::{Backend, CpuBackend, CpuKernels, ProgramKind, ValidatedP
 use pock_engine::format::WeightRange;
 use pock_engine::ops::{
     Activation, Adam, BatchNorm, BroadcastOp, CastOp, Clip, Conv2d, ConvOp, CrossEntropy, DenseOp, Dropout, GradScale, LossOp, MaskKind,
-    MaskOp, MatMul, MatMulOp, MoveOp, NormOp, Op, OptimOp, ParamRows, Pool2d, PoolOp, QLinear, QOutput, QParams, QuantOp, RandomOp, Reduce, ReduceOp,
-    Reduction, Sgd, Slice, UnaryFn, UnaryOp,
+    MaskOp, MatMul, MatMulOp, MoveOp, NormOp, Op, OptimOp, ParamRows, Pool2d, PoolOp, QLinear, QOutput, QParams, QuantOp, RandomOp, Reduce,
+    ReduceOp, Reduction, Sgd, Slice, UnaryFn, UnaryOp,
 };
 use pock_engine::plan::{
     DType, Init, Location, Loss, ModelSource, Node, OptimizerKind, Phase, Plan, Program, Programs, Role, TensorId, TensorInfo, TrainingInfo,
@@ -902,7 +902,14 @@ fn random_kernels_match_the_reference() {
 /// Random int8 values (every byte value, the ends included).
 fn int8s(rng: &mut ChaCha8Rng, shape: &[usize]) -> Arg {
     let n = shape.iter().product();
-    Arg { shape: shape.to_vec(), values: vec![], labels: vec![], bytes: (0..n).map(|_| rng.random::<u8>()).collect(), bools: false, int8: true }
+    Arg {
+        shape: shape.to_vec(),
+        values: vec![],
+        labels: vec![],
+        bytes: (0..n).map(|_| rng.random::<u8>()).collect(),
+        bools: false,
+        int8: true,
+    }
 }
 
 /// The int8 family against its reference kernels: forward outputs bit for bit (int8 and f32),
@@ -950,7 +957,12 @@ fn int8_kernels_match_the_reference() {
         w_scale.values.iter_mut().for_each(|v| *v = v.abs() * 0.05 + 1e-3);
         let what = format!("x[{n}, {inner}] w[{outs}, {inner}] frozen {frozen} {l:?}");
         let w = weight(&mut rng);
-        check(&format!("QLinear {what}"), &Op::Quant(QuantOp::Linear(l)), &[int8s(&mut rng, &[n, inner]), w, copy(&w_scale), copy(&bias)], &[]);
+        check(
+            &format!("QLinear {what}"),
+            &Op::Quant(QuantOp::Linear(l)),
+            &[int8s(&mut rng, &[n, inner]), w, copy(&w_scale), copy(&bias)],
+            &[],
+        );
         // The forward output the gradients read: int8 values on the clamp's ends and inside it.
         let y = if int8_out {
             let mut y = int8s(&mut rng, &[n, outs]);
@@ -969,7 +981,12 @@ fn int8_kernels_match_the_reference() {
         let w = weight(&mut rng);
         check(&format!("QLinearGradInput {what}"), &Op::Quant(QuantOp::LinearGradInput(l)), &[copy(&dy), copy(&y), w, copy(&w_scale)], &[]);
         let xs = int8s(&mut rng, &[n, inner]);
-        check(&format!("QLinearGradWeight {what}"), &Op::Quant(QuantOp::LinearGradWeight(l)), &[copy(&dy), copy(&y), xs, copy(&w_scale)], &[]);
+        check(
+            &format!("QLinearGradWeight {what}"),
+            &Op::Quant(QuantOp::LinearGradWeight(l)),
+            &[copy(&dy), copy(&y), xs, copy(&w_scale)],
+            &[],
+        );
         check(&format!("QLinearGradBias {what}"), &Op::Quant(QuantOp::LinearGradBias(l)), &[dy, y, w_scale], &[]);
 
         let shape = random_shape(&mut rng, 1 + case % 3);
@@ -1032,12 +1049,26 @@ fn fused_convolution_kernels_match_the_reference() {
 
 fn ints(rng: &mut ChaCha8Rng, shape: &[usize], lo: i64, hi: i64) -> Arg {
     let n = shape.iter().product();
-    Arg { shape: shape.to_vec(), values: vec![], labels: (0..n).map(|_| rng.random_range(lo..hi)).collect(), bytes: vec![], bools: false, int8: false }
+    Arg {
+        shape: shape.to_vec(),
+        values: vec![],
+        labels: (0..n).map(|_| rng.random_range(lo..hi)).collect(),
+        bytes: vec![],
+        bools: false,
+        int8: false,
+    }
 }
 
 fn bools(rng: &mut ChaCha8Rng, shape: &[usize]) -> Arg {
     let n = shape.iter().product();
-    Arg { shape: shape.to_vec(), values: vec![], labels: vec![], bytes: (0..n).map(|_| rng.random_range(0..2u8)).collect(), bools: true, int8: false }
+    Arg {
+        shape: shape.to_vec(),
+        values: vec![],
+        labels: vec![],
+        bytes: (0..n).map(|_| rng.random_range(0..2u8)).collect(),
+        bools: true,
+        int8: false,
+    }
 }
 
 /// Floats drawn from a few values, so that comparisons meet ties, signed zeros and NaN.
