@@ -1,4 +1,4 @@
-//! Whole-model training on the GPU backend: zoo:cnn, zoo:mlp, zoo:mobilenetv2 and the ONNX BERT
+//! Whole-model training on the GPU backend: zoo:cnn, zoo:mlp (float and int8), zoo:mobilenetv2 and the ONNX BERT
 //! and LLaMA fixtures give the CPU's losses and parameters after 3 steps (within 1e-4 relative), no buffer, bind group or pipeline is created
 //! during a step, and the CLI's `--backend wgpu` trains.
 //!
