@@ -238,7 +238,7 @@ fn lower_quant(op: &QuantOp, node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowe
     let plan = at.plan;
     for &t in node.inputs.iter().chain(&node.outputs) {
         let info = plan.tensor(t);
-        if info.dtype == DType::I8 && at.byte(t) % 4 != 0 {
+        if info.dtype == DType::I8 && !at.byte(t).is_multiple_of(4) {
             return Err(alloc::format!(
                 "node '{}': int8 tensor '{}' does not start on a 4-byte word, which the GPU's int8 kernels need; recompile the plan with `pock compile` or use --backend cpu",
                 node.name,
