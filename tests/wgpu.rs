@@ -1,4 +1,4 @@
-//! Whole-model training on the GPU backend: zoo:cnn, zoo:mlp, zoo:mobilenetv2 and the ONNX BERT
+//! Whole-model training on the GPU backend: zoo:cnn, zoo:mlp (float and int8), zoo:mobilenetv2 and the ONNX BERT
 //! and LLaMA fixtures give the CPU's losses and parameters after 3 steps (within 1e-4 relative), no buffer, bind group or pipeline is created
 //! during a step, and the CLI's `--backend wgpu` trains.
 //!
@@ -108,6 +108,22 @@ fn mlp_trains_as_on_the_cpu() {
     if gpu_present() {
         matches_cpu("zoo:mlp", 16, adam(), Bound::Rms);
         matches_cpu("zoo:mlp:inputs=7,hidden=33,classes=3", 9, sgd(), Bound::Rms);
+    }
+}
+
+/// Int8 training (`--quantize int8`, QAS on and off): the int8 family's GPU kernels train
+/// zoo:mlp as the CPU's reference kernels do (losses within 1e-4 relative, the f32 master weights
+/// and biases within 1e-4 of their RMS).
+#[test]
+fn int8_mlp_trains_as_on_the_cpu() {
+    if !gpu_present() {
+        return;
+    }
+    let (inputs, batch) = (7, 9);
+    let calibration: Vec<f32> = (0..batch * inputs).map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0).collect();
+    for qas in [true, false] {
+        let quantize = pock::compiler::quantize::Int8Options { calibration: calibration.clone(), sample_shape: vec![inputs], qas };
+        matches_cpu("zoo:mlp:inputs=7,hidden=33,classes=3", batch, CompileOptions { quantize: Some(quantize), ..sgd() }, Bound::Rms);
     }
 }
 

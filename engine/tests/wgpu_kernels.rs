@@ -12,8 +12,8 @@ use pock_engine::exec::{Backend, CpuBackend, CpuKernels, ProgramKind, ValidatedP
 use pock_engine::format::WeightRange;
 use pock_engine::ops::{
     Activation, Adam, BatchNorm, BroadcastOp, CastOp, Clip, Conv2d, ConvOp, CrossEntropy, DenseOp, Dropout, GradScale, LossOp, MaskKind,
-    MaskOp, MatMul, MatMulOp, MoveOp, NormOp, Op, OptimOp, ParamRows, Pool2d, PoolOp, QParams, QuantOp, RandomOp, Reduce, ReduceOp,
-    Reduction, Sgd, Slice, UnaryFn, UnaryOp,
+    MaskOp, MatMul, MatMulOp, MoveOp, NormOp, Op, OptimOp, ParamRows, Pool2d, PoolOp, QLinear, QOutput, QParams, QuantOp, RandomOp, Reduce,
+    ReduceOp, Reduction, Sgd, Slice, UnaryFn, UnaryOp,
 };
 use pock_engine::plan::{
     DType, Init, Location, Loss, ModelSource, Node, OptimizerKind, Phase, Plan, Program, Programs, Role, TensorId, TensorInfo, TrainingInfo,
@@ -41,12 +41,15 @@ struct Arg {
     bytes: Vec<u8>,
     /// Whether `bytes` are bools (one per element).
     bools: bool,
+    /// Whether `bytes` are int8 values (one per element).
+    int8: bool,
 }
 
 impl Arg {
     fn dtype(&self) -> DType {
         match (self.labels.is_empty(), self.bytes.is_empty()) {
             _ if self.bools => DType::Bool,
+            _ if self.int8 => DType::I8,
             (false, _) => DType::I64,
             (_, false) => DType::U8,
             _ => DType::F32,
@@ -62,11 +65,12 @@ fn floats(rng: &mut ChaCha8Rng, shape: &[usize]) -> Arg {
         labels: vec![],
         bytes: vec![],
         bools: false,
+        int8: false,
     }
 }
 
 fn scalar(v: f32) -> Arg {
-    Arg { shape: vec![], values: vec![v], labels: vec![], bytes: vec![], bools: false }
+    Arg { shape: vec![], values: vec![v], labels: vec![], bytes: vec![], bools: false, int8: false }
 }
 
 fn labels(rng: &mut ChaCha8Rng, n: usize, classes: usize) -> Arg {
@@ -76,6 +80,7 @@ fn labels(rng: &mut ChaCha8Rng, n: usize, classes: usize) -> Arg {
         labels: (0..n).map(|_| rng.random_range(0..classes as i64)).collect(),
         bytes: vec![],
         bools: false,
+        int8: false,
     }
 }
 
@@ -198,8 +203,10 @@ fn check(what: &str, op: &Op, inputs: &[Arg], inplace: &[Arg]) {
         gpu.read(t, &mut got).unwrap();
         // Integer and bool results, and the floats of ops that only convert or select values,
         // must be the reference's bit for bit.
-        let selects = matches!(op, Op::Cast(_) | Op::Broadcast(BroadcastOp::Where) | Op::Move(MoveOp::Gather { .. }));
-        if selects || matches!(plan.tensor(t).dtype, DType::U8 | DType::I64 | DType::Bool) {
+        // So must the int8 family's forward ops (integer sums, then one rounding each).
+        let selects = matches!(op, Op::Cast(_) | Op::Broadcast(BroadcastOp::Where) | Op::Move(MoveOp::Gather { .. }))
+            || matches!(op, Op::Quant(QuantOp::Quantize(_) | QuantOp::Dequantize(_) | QuantOp::Linear(_)));
+        if selects || matches!(plan.tensor(t).dtype, DType::U8 | DType::I8 | DType::I64 | DType::Bool) {
             assert_eq!(got, want, "{what}: output {k} (bytes)");
             continue;
         }
@@ -274,7 +281,7 @@ fn convolution_kernels_match_the_reference() {
         let dy = floats(&mut rng, &y);
         check(&format!("{what} forward"), &Op::Conv(ConvOp::Conv2d(conv)), &[x, wt], &[]);
         let (dy2, wt2) = (
-            Arg { shape: dy.shape.clone(), values: dy.values.clone(), labels: vec![], bytes: vec![], bools: false },
+            Arg { shape: dy.shape.clone(), values: dy.values.clone(), labels: vec![], bytes: vec![], bools: false, int8: false },
             floats(&mut rng, &[o, c / groups, kh, kw]),
         );
         check(&format!("{what} input gradient"), &Op::Conv(ConvOp::Conv2dGradInput { conv, input_hw: [h, w] }), &[dy2, wt2], &[]);
@@ -355,7 +362,7 @@ fn implicit_gemm_convolutions_cross_tile_edges() {
         if numel % 8 != 0 {
             *bits.last_mut().unwrap() &= (1u8 << (numel % 8)) - 1;
         }
-        let mask = Arg { shape: vec![numel.div_ceil(8)], values: vec![], labels: vec![], bytes: bits, bools: false };
+        let mask = Arg { shape: vec![numel.div_ceil(8)], values: vec![], labels: vec![], bytes: bits, bools: false, int8: false };
         let op = Op::Conv(ConvOp::Conv2dGradInputMasked { conv, input_hw: [h, w] });
         check(&format!("{what} masked input gradient"), &op, &[floats(&mut rng, &y), floats(&mut rng, &wt), mask], &[]);
     }
@@ -473,7 +480,7 @@ fn mask_kernels_match_the_reference() {
             check(
                 &format!("MaskPack {kind:?} {n}"),
                 &Op::Mask(MaskOp::Pack(kind)),
-                &[Arg { shape: v.shape.clone(), values: v.values.clone(), labels: vec![], bytes: vec![], bools: false }],
+                &[Arg { shape: v.shape.clone(), values: v.values.clone(), labels: vec![], bytes: vec![], bools: false, int8: false }],
                 &[],
             );
         }
@@ -481,7 +488,7 @@ fn mask_kernels_match_the_reference() {
         if n % 8 != 0 {
             *bits.last_mut().unwrap() &= (1u8 << (n % 8)) - 1;
         }
-        let mask = Arg { shape: vec![n.div_ceil(8)], values: vec![], labels: vec![], bytes: bits, bools: false };
+        let mask = Arg { shape: vec![n.div_ceil(8)], values: vec![], labels: vec![], bytes: bits, bools: false, int8: false };
         check(&format!("MaskGrad {n}"), &Op::Mask(MaskOp::Grad), &[floats(&mut rng, &[n]), mask], &[]);
     }
 }
@@ -513,7 +520,7 @@ fn batch_norm_kernels_match_the_reference() {
         let mut x = floats(&mut rng, &shape);
         x.values.iter_mut().for_each(|v| *v = *v * 2.0 + 3.0);
         let state = [floats(&mut rng, &[c]), positive(&mut rng)];
-        let x2 = Arg { shape: x.shape.clone(), values: x.values.clone(), labels: vec![], bytes: vec![], bools: false };
+        let x2 = Arg { shape: x.shape.clone(), values: x.values.clone(), labels: vec![], bytes: vec![], bools: false, int8: false };
         check(&format!("{what} train"), &Op::Norm(NormOp::BatchNormTrain(b)), &[x, floats(&mut rng, &[c]), floats(&mut rng, &[c])], &state);
         let infer_inputs = [x2, floats(&mut rng, &[c]), floats(&mut rng, &[c]), floats(&mut rng, &[c]), positive(&mut rng)];
         check(&format!("{what} infer"), &Op::Norm(NormOp::BatchNormInfer(b)), &infer_inputs, &[]);
@@ -526,7 +533,7 @@ fn batch_norm_kernels_match_the_reference() {
 }
 
 fn copy(a: &Arg) -> Arg {
-    Arg { shape: a.shape.clone(), values: a.values.clone(), labels: a.labels.clone(), bytes: a.bytes.clone(), bools: a.bools }
+    Arg { shape: a.shape.clone(), values: a.values.clone(), labels: a.labels.clone(), bytes: a.bytes.clone(), bools: a.bools, int8: a.int8 }
 }
 
 fn random_shape(rng: &mut ChaCha8Rng, rank: usize) -> Vec<usize> {
@@ -744,6 +751,7 @@ fn reduce_kernels_match_the_reference() {
                 labels: vec![],
                 bytes: vec![],
                 bools: false,
+                int8: false,
             }
         };
         check(&format!("ReduceMaxGrad {what}"), &Op::Reduce(ReduceOp::ReduceMaxGrad(reduce)), &[floats(&mut rng, &y), x, ymax], &[]);
@@ -875,7 +883,7 @@ fn random_kernels_match_the_reference() {
         return;
     }
     let mut rng = ChaCha8Rng::seed_from_u64(14);
-    let counter = |v: i64| Arg { shape: vec![], values: vec![], labels: vec![v], bytes: vec![], bools: false };
+    let counter = |v: i64| Arg { shape: vec![], values: vec![], labels: vec![v], bytes: vec![], bools: false, int8: false };
     for (case, c) in [0i64, 1, 5, -3, 1 << 20, i32::MAX as i64].into_iter().enumerate() {
         let shape = random_shape(&mut rng, 1 + case % 3);
         let key: u64 = rng.random();
@@ -891,21 +899,109 @@ fn random_kernels_match_the_reference() {
     }
 }
 
-/// An op without a GPU kernel makes the load fail, naming the op.
+/// Random int8 values (every byte value, the ends included).
+fn int8s(rng: &mut ChaCha8Rng, shape: &[usize]) -> Arg {
+    let n = shape.iter().product();
+    Arg {
+        shape: shape.to_vec(),
+        values: vec![],
+        labels: vec![],
+        bytes: (0..n).map(|_| rng.random::<u8>()).collect(),
+        bools: false,
+        int8: true,
+    }
+}
+
+/// The int8 family against its reference kernels: forward outputs bit for bit (int8 and f32),
+/// gradients within the usual tolerance; odd sizes (no multiple of 4, so int8 outputs end
+/// inside a word), frozen int8 and trained f32 weights (master values with halves, past the
+/// clamp, NaN), fused ReLU / ReLU6 clamps, QAS on and off.
 #[test]
-fn an_op_without_a_gpu_kernel_is_refused_at_load() {
+fn int8_kernels_match_the_reference() {
     if !gpu_present() {
         return;
     }
-    // The int8 quantization family has no GPU kernels.
-    let op = Op::Quant(QuantOp::Quantize(QParams { scale: 0.1, zero_point: 0 }));
-    let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let inputs = [floats(&mut rng, &[4, 3])];
-    let shapes: Vec<&[usize]> = inputs.iter().map(|a| a.shape.as_slice()).collect();
-    let out = op.output_shapes(&shapes).unwrap();
-    let plan = ValidatedPlan::new(one_node(&op, &inputs, &[], &out)).unwrap();
-    let e = WgpuBackend::new(plan, &[], WeightRange { offset: 0, len: 0 }).err().expect("refused").to_string();
-    assert!(e.contains("Quantize") && e.contains("no GPU kernel") && e.contains("--backend cpu"), "{e}");
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    for case in 0..16 {
+        let (n, inner, outs) = (rng.random_range(1..7usize), rng.random_range(1..12usize), rng.random_range(1..10usize));
+        let x = QParams { scale: rng.random_range(0.01f32..0.1), zero_point: rng.random_range(-10..10) };
+        let q = QParams { scale: rng.random_range(0.05f32..0.5), zero_point: rng.random_range(-128..0) };
+        let (lo, hi) = match case % 3 {
+            0 => (-128i8, 127i8),
+            1 => (q.zero_point as i8, 127),
+            _ => (q.zero_point as i8, (q.zero_point + (6.0 / q.scale).round() as i32).min(127) as i8),
+        };
+        let int8_out = case % 2 == 0;
+        let out = if int8_out { QOutput::Int8 { q, lo, hi } } else { QOutput::F32 };
+        let l = QLinear { x, out, qas: case % 4 < 2 };
+        let frozen = case % 8 < 4;
+        let weight = |rng: &mut ChaCha8Rng| {
+            if frozen {
+                int8s(rng, &[outs, inner])
+            } else {
+                let mut w = floats(rng, &[outs, inner]);
+                for v in &mut w.values {
+                    *v = match rng.random_range(0..10) {
+                        0 => (rng.random_range(-300..300) as f32) * 0.5,
+                        1 => rng.random_range(-400.0..400.0),
+                        2 => f32::NAN,
+                        _ => rng.random_range(-127.0..127.0),
+                    };
+                }
+                w
+            }
+        };
+        let mut bias = floats(&mut rng, &[outs]);
+        bias.values.iter_mut().for_each(|v| *v = (*v * 600.0).round() * 0.5);
+        let mut w_scale = floats(&mut rng, &[outs]);
+        w_scale.values.iter_mut().for_each(|v| *v = v.abs() * 0.05 + 1e-3);
+        let what = format!("x[{n}, {inner}] w[{outs}, {inner}] frozen {frozen} {l:?}");
+        let w = weight(&mut rng);
+        check(
+            &format!("QLinear {what}"),
+            &Op::Quant(QuantOp::Linear(l)),
+            &[int8s(&mut rng, &[n, inner]), w, copy(&w_scale), copy(&bias)],
+            &[],
+        );
+        // The forward output the gradients read: int8 values on the clamp's ends and inside it.
+        let y = if int8_out {
+            let mut y = int8s(&mut rng, &[n, outs]);
+            y.bytes.iter_mut().for_each(|b| {
+                *b = match rng.random_range(0..4) {
+                    0 => lo as u8,
+                    1 => hi as u8,
+                    _ => *b,
+                }
+            });
+            y
+        } else {
+            floats(&mut rng, &[n, outs])
+        };
+        let dy = floats(&mut rng, &[n, outs]);
+        let w = weight(&mut rng);
+        check(&format!("QLinearGradInput {what}"), &Op::Quant(QuantOp::LinearGradInput(l)), &[copy(&dy), copy(&y), w, copy(&w_scale)], &[]);
+        let xs = int8s(&mut rng, &[n, inner]);
+        check(
+            &format!("QLinearGradWeight {what}"),
+            &Op::Quant(QuantOp::LinearGradWeight(l)),
+            &[copy(&dy), copy(&y), xs, copy(&w_scale)],
+            &[],
+        );
+        check(&format!("QLinearGradBias {what}"), &Op::Quant(QuantOp::LinearGradBias(l)), &[dy, y, w_scale], &[]);
+
+        let shape = random_shape(&mut rng, 1 + case % 3);
+        let mut xf = floats(&mut rng, &shape);
+        for v in &mut xf.values {
+            *v = match rng.random_range(0..12) {
+                0 => (rng.random_range(-300..300) as f32) * 0.5 * x.scale,
+                1 => f32::NAN,
+                2 => [f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30][rng.random_range(0..4)],
+                _ => *v * 8.0,
+            };
+        }
+        check(&format!("Quantize {shape:?} {x:?}"), &Op::Quant(QuantOp::Quantize(x)), &[xf], &[]);
+        check(&format!("Dequantize {shape:?} {x:?}"), &Op::Quant(QuantOp::Dequantize(x)), &[int8s(&mut rng, &shape)], &[]);
+    }
 }
 
 /// The fused ops (`compiler/src/fuse.rs`): conv + bias + activation, the input gradient masked
@@ -933,7 +1029,7 @@ fn fused_convolution_kernels_match_the_reference() {
         if numel % 8 != 0 {
             *bits.last_mut().unwrap() &= (1u8 << (numel % 8)) - 1;
         }
-        let mask = Arg { shape: vec![numel.div_ceil(8)], values: vec![], labels: vec![], bytes: bits, bools: false };
+        let mask = Arg { shape: vec![numel.div_ceil(8)], values: vec![], labels: vec![], bytes: bits, bools: false, int8: false };
         let (dy, wt) = (floats(&mut rng, &y), floats(&mut rng, &[o, c / groups, kh, kw]));
         check(
             &format!("{what} masked input gradient"),
@@ -953,12 +1049,26 @@ fn fused_convolution_kernels_match_the_reference() {
 
 fn ints(rng: &mut ChaCha8Rng, shape: &[usize], lo: i64, hi: i64) -> Arg {
     let n = shape.iter().product();
-    Arg { shape: shape.to_vec(), values: vec![], labels: (0..n).map(|_| rng.random_range(lo..hi)).collect(), bytes: vec![], bools: false }
+    Arg {
+        shape: shape.to_vec(),
+        values: vec![],
+        labels: (0..n).map(|_| rng.random_range(lo..hi)).collect(),
+        bytes: vec![],
+        bools: false,
+        int8: false,
+    }
 }
 
 fn bools(rng: &mut ChaCha8Rng, shape: &[usize]) -> Arg {
     let n = shape.iter().product();
-    Arg { shape: shape.to_vec(), values: vec![], labels: vec![], bytes: (0..n).map(|_| rng.random_range(0..2u8)).collect(), bools: true }
+    Arg {
+        shape: shape.to_vec(),
+        values: vec![],
+        labels: vec![],
+        bytes: (0..n).map(|_| rng.random_range(0..2u8)).collect(),
+        bools: true,
+        int8: false,
+    }
 }
 
 /// Floats drawn from a few values, so that comparisons meet ties, signed zeros and NaN.
@@ -971,6 +1081,7 @@ fn few_floats(rng: &mut ChaCha8Rng, shape: &[usize]) -> Arg {
         labels: vec![],
         bytes: vec![],
         bools: false,
+        int8: false,
     }
 }
 
@@ -1041,7 +1152,7 @@ fn integer_and_bool_kernels_match_the_reference() {
         if case == 0 {
             // Ties between two floats round to the even one; 2^31 - 1 rounds up to 2^31.
             let ties = [16777217i64, 16777219, -16777217, 2147483647, 33554435, -2147483648, 16777216];
-            let t = Arg { shape: vec![ties.len()], values: vec![], labels: ties.to_vec(), bytes: vec![], bools: false };
+            let t = Arg { shape: vec![ties.len()], values: vec![], labels: ties.to_vec(), bytes: vec![], bools: false, int8: false };
             check("Cast int64 -> float32 at ties", &Op::Cast(CastOp::Cast { to: DType::F32 }), &[t], &[]);
         }
         let x = bools(&mut rng, &shape);

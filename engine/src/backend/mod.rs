@@ -10,6 +10,8 @@ mod conv_gemm;
 mod families;
 #[path = "wgpu/kernels.rs"]
 pub mod kernels;
+#[path = "wgpu/quant.rs"]
+mod quant;
 #[path = "wgpu/typed.rs"]
 mod typed;
 #[cfg(feature = "wgpu")]

@@ -8,8 +8,9 @@
 //! so the device's 256-byte storage-offset alignment never applies to tensors (see
 //! ARCHITECTURE.md "GPU backend"). `P[0]` is the number of threads the node runs; kernels of the
 //! `Grid` kind run one thread per output element on a 2-D grid of 256-thread workgroups,
-//! `Group` kernels run one workgroup that loops (optimizer updates: they first check that every
-//! gradient element is finite, as the reference kernels do, and skip the update otherwise).
+//! `Group` kernels run one workgroup that loops (the gradient-scale reduction). The optimizer
+//! updates are `Grid` kernels after a `FINITE_CHECK` dispatch that sets a flag word where a
+//! gradient element is not finite, so that they skip the update as the reference kernels do.
 //!
 //! Each kernel follows its reference kernel in `kernels/reference/` (same formula, same order of
 //! additions where one thread computes one sum); `engine/tests/wgpu_kernels.rs` checks each one
@@ -76,9 +77,16 @@ pub enum Kernel {
     ConvGemmGradWeight,
     ConvGemmBiasAct,
     ConvGemmGradInputMasked,
+    FiniteCheck,
+    Quantize,
+    Dequantize,
+    QLinear,
+    QLinearGradInput,
+    QLinearGradWeight,
+    QLinearGradBias,
 }
 
-pub const KERNELS: [Kernel; 45] = [
+pub const KERNELS: [Kernel; 52] = [
     Kernel::Elementwise,
     Kernel::BiasAdd,
     Kernel::BiasGrad,
@@ -124,6 +132,13 @@ pub const KERNELS: [Kernel; 45] = [
     Kernel::ConvGemmGradWeight,
     Kernel::ConvGemmBiasAct,
     Kernel::ConvGemmGradInputMasked,
+    Kernel::FiniteCheck,
+    Kernel::Quantize,
+    Kernel::Dequantize,
+    Kernel::QLinear,
+    Kernel::QLinearGradInput,
+    Kernel::QLinearGradWeight,
+    Kernel::QLinearGradBias,
 ];
 
 const HEADER: &str = r#"
@@ -171,21 +186,17 @@ var<workgroup> bad: atomic<u32>;
 fn main(@builtin(local_invocation_index) li: u32) {
     body(li);
 }
-/// Whether every element of `n` words at `off` (and the scale, when there is one) is finite,
-/// agreed by the whole workgroup.
-fn all_finite(li: u32, off: u32, n: u32, scale: f32) -> bool {
-    var ok = finite(scale);
-    for (var j = li; j < n; j += 256u) {
-        if (!finite(M[off + j])) { ok = false; }
-    }
-    if (!ok) { atomicStore(&bad, 1u); }
-    workgroupBarrier();
-    return atomicLoad(&bad) == 0u;
-}
+"#;
+
+/// The optimizer updates' helpers: the gradient scale (`P[4]`, a tensor or NONE) and whether the
+/// finite check (`FINITE_CHECK`, the dispatch before) found a non-finite value (`P[flag]` is the
+/// flag word's address).
+const OPTIM: &str = r#"
 fn read_scale() -> f32 {
     if (P[4] == NONE) { return 1.0; }
     return M[P[4]];
 }
+fn skipped(flag: u32) -> bool { return bitcast<u32>(M[P[flag]]) != 0u; }
 "#;
 
 impl Kernel {
@@ -236,12 +247,19 @@ impl Kernel {
             Kernel::ConvGemmGradWeight => "conv2d_gemm_grad_weight",
             Kernel::ConvGemmBiasAct => "conv2d_gemm_bias_act",
             Kernel::ConvGemmGradInputMasked => "conv2d_gemm_grad_input_masked",
+            Kernel::FiniteCheck => "finite_check",
+            Kernel::Quantize => "quantize",
+            Kernel::Dequantize => "dequantize",
+            Kernel::QLinear => "qlinear",
+            Kernel::QLinearGradInput => "qlinear_grad_input",
+            Kernel::QLinearGradWeight => "qlinear_grad_weight",
+            Kernel::QLinearGradBias => "qlinear_grad_bias",
         }
     }
 
     /// Whether the kernel runs as one workgroup (else one thread per element of `P[0]`).
     pub fn single_group(self) -> bool {
-        matches!(self, Kernel::Sgd | Kernel::Adam | Kernel::CountNonFinite | Kernel::GradScaleAccumulate)
+        matches!(self, Kernel::GradScaleAccumulate)
     }
 
     /// Whether the kernel runs one workgroup per channel (`P[0]` channels), its threads
@@ -279,6 +297,7 @@ impl Kernel {
             Kernel::Sgd => SGD,
             Kernel::Adam => ADAM,
             Kernel::CountNonFinite => COUNT_NON_FINITE,
+            Kernel::FiniteCheck => return alloc::format!("{}{GRID}{FINITE_CHECK}", super::typed::HEADER),
             Kernel::Fill => FILL,
             Kernel::AccumulateGrad => ACCUMULATE_GRAD,
             Kernel::MaskPack => MASK_PACK,
@@ -302,6 +321,7 @@ impl Kernel {
                 s.push_str(GRID);
                 if self == Kernel::Typed {
                     s.push_str(families::STRIDED_WALK);
+                    s.push_str(super::typed::I32_TO_F32);
                     s.push_str(super::typed::TYPED);
                 } else {
                     s.push_str(super::typed::GATHER);
@@ -312,6 +332,13 @@ impl Kernel {
             // epilogue instead of the plain store.
             Kernel::Conv2dBiasAct => return bias_act_source(CONV2D, CONV_PARAMS, "o"),
             // The input gradient's own body, its store masked as MASK_GRAD masks (`P[20]`: bits).
+            // The int8 family: memory as `u32` words, its own header (`quant.rs`).
+            Kernel::Quantize
+            | Kernel::Dequantize
+            | Kernel::QLinear
+            | Kernel::QLinearGradInput
+            | Kernel::QLinearGradWeight
+            | Kernel::QLinearGradBias => return super::quant::source(self, GRID),
             Kernel::Conv2dGradInputMasked => {
                 let store = "M[P[3] + i] = s;";
                 debug_assert!(CONV2D_GRAD_INPUT.contains(store));
@@ -337,6 +364,7 @@ impl Kernel {
             Kernel::SoftmaxCrossEntropy | Kernel::SoftmaxCrossEntropyGrad | Kernel::CrossEntropy | Kernel::CrossEntropyGrad => ROW_MAX,
             Kernel::BatchNormStats | Kernel::BatchNormApply | Kernel::BatchNormGradSums | Kernel::BatchNormGradInput => BN_PARAMS,
             Kernel::Strided => families::STRIDED_WALK,
+            Kernel::Sgd | Kernel::Adam => OPTIM,
             _ => "",
         };
         let mut s = String::from(HEADER);
@@ -654,28 +682,29 @@ fn body(n: u32) {
 }
 "#;
 
-/// `P = [n, grad, lr, step, scale, param, buffer, momentum, dampening, nesterov, weight_decay]`.
+/// `P = [n, grad, lr, step, scale, param, buffer, momentum, dampening, nesterov, weight_decay,
+/// flag]`: one thread per element, after `FINITE_CHECK` (nothing moves when it found a
+/// non-finite gradient element or scale).
 const SGD: &str = r#"
-fn body(li: u32) {
-    let n = P[0]; let scale = read_scale();
-    if (!all_finite(li, P[1], n, scale)) { return; }
+fn body(j: u32) {
+    if (skipped(11u)) { return; }
+    let scale = read_scale();
     let lr = M[P[2]]; let first = M[P[3]] <= 1.0;
     let momentum = pf(7); let dampening = pf(8); let wd = pf(10);
-    for (var j = li; j < n; j += 256u) {
-        var g = M[P[1] + j] * scale;
-        if (wd != 0.0) { g += wd * M[P[5] + j]; }
-        if (P[6] != NONE) {
-            var b = g;
-            if (!first) { b = momentum * M[P[6] + j] + (1.0 - dampening) * g; }
-            M[P[6] + j] = b;
-            if (P[9] != 0u) { g = g + momentum * b; } else { g = b; }
-        }
-        M[P[5] + j] = M[P[5] + j] - lr * g;
+    var g = M[P[1] + j] * scale;
+    if (wd != 0.0) { g += wd * M[P[5] + j]; }
+    if (P[6] != NONE) {
+        var b = g;
+        if (!first) { b = momentum * M[P[6] + j] + (1.0 - dampening) * g; }
+        M[P[6] + j] = b;
+        if (P[9] != 0u) { g = g + momentum * b; } else { g = b; }
     }
+    M[P[5] + j] = M[P[5] + j] - lr * g;
 }
 "#;
 
-/// `P = [n, grad, lr, step, scale, param, exp_avg, exp_avg_sq, beta1, beta2, eps, wd, decoupled]`.
+/// `P = [n, grad, lr, step, scale, param, exp_avg, exp_avg_sq, beta1, beta2, eps, wd, decoupled,
+/// flag]`: one thread per element, after `FINITE_CHECK` (as SGD).
 /// `beta^step` by repeated squaring for whole steps: WGSL's `pow` is `exp2(y * log2(x))`, whose
 /// error on `1 - 0.999^1` would exceed the 1e-4 the backend promises.
 const ADAM: &str = r#"
@@ -689,32 +718,45 @@ fn powi(b: f32, e: f32) -> f32 {
     }
     return r;
 }
-fn body(li: u32) {
-    let n = P[0]; let scale = read_scale();
-    if (!all_finite(li, P[1], n, scale)) { return; }
+fn body(j: u32) {
+    if (skipped(13u)) { return; }
+    let scale = read_scale();
     let lr = M[P[2]]; let step = M[P[3]];
     let b1 = pf(8); let b2 = pf(9); let eps = pf(10); let wd = pf(11);
     let step_size = lr / (1.0 - powi(b1, step));
     let bc2 = sqrt(1.0 - powi(b2, step));
     let decay = 1.0 - lr * wd;
-    for (var j = li; j < n; j += 256u) {
-        var g = M[P[1] + j] * scale;
-        if (wd != 0.0) {
-            if (P[12] != 0u) { M[P[5] + j] = M[P[5] + j] * decay; } else { g += wd * M[P[5] + j]; }
-        }
-        let m = b1 * M[P[6] + j] + (1.0 - b1) * g;
-        let v = b2 * M[P[7] + j] + (1.0 - b2) * g * g;
-        M[P[6] + j] = m;
-        M[P[7] + j] = v;
-        M[P[5] + j] = M[P[5] + j] - step_size * m / (sqrt(v) / bc2 + eps);
+    var g = M[P[1] + j] * scale;
+    if (wd != 0.0) {
+        if (P[12] != 0u) { M[P[5] + j] = M[P[5] + j] * decay; } else { g += wd * M[P[5] + j]; }
     }
+    let m = b1 * M[P[6] + j] + (1.0 - b1) * g;
+    let v = b2 * M[P[7] + j] + (1.0 - b2) * g * g;
+    M[P[6] + j] = m;
+    M[P[7] + j] = v;
+    M[P[5] + j] = M[P[5] + j] - step_size * m / (sqrt(v) / bc2 + eps);
 }
 "#;
 
-/// `P = [n, x, count, _, NONE]`.
+/// `P = [n, x, flag, _, scale]` (memory as atomic words, `typed.rs`'s header): one thread per
+/// element of `x`, any number of workgroups; a thread whose element (or, for thread 0, the
+/// scale, a tensor or NONE) is not finite sets the flag word. The flag is 0 before (every user
+/// clears it after reading) and the dispatches after this one read it.
+const FINITE_CHECK: &str = r#"
+fn finite_bits(x: u32) -> bool { return (x & 0x7f800000u) != 0x7f800000u; }
+fn body(i: u32) {
+    var ok = finite_bits(atomicLoad(&M[P[1] + i]));
+    if (i == 0u && P[4] != NONE) { ok = ok && finite_bits(atomicLoad(&M[P[4]])); }
+    if (!ok) { atomicOr(&M[P[2]], 1u); }
+}
+"#;
+
+/// `P = [1, flag, count]`: one thread, after `FINITE_CHECK`: counts a non-finite tensor and
+/// clears the flag.
 const COUNT_NON_FINITE: &str = r#"
-fn body(li: u32) {
-    if (!all_finite(li, P[1], P[0], 1.0) && li == 0u) { M[P[2]] = M[P[2]] + 1.0; }
+fn body(i: u32) {
+    if (bitcast<u32>(M[P[1]]) != 0u) { M[P[2]] = M[P[2]] + 1.0; }
+    M[P[1]] = 0.0;
 }
 "#;
 
@@ -881,6 +923,18 @@ fn activation_params(act: &crate::ops::Activation) -> (u32, f32, f32) {
     }
 }
 
+/// `FINITE_CHECK` over `n` words at `x` (and the scale word, or NONE) into the flag word.
+fn finite_check(n: u32, x: u32, scale: u32, flag: u32) -> Lowered {
+    Lowered { kernel: Kernel::FiniteCheck, params: alloc::vec![n, x, flag, 0, scale] }
+}
+
+/// An optimizer update as three dispatches, each as wide as the parameter: the finite check of
+/// the gradient and scale, the update (which reads the flag), and the flag cleared for the next
+/// user (a one-thread Fill).
+fn checked(n: u32, grad: u32, scale: u32, update: Lowered, flag: u32) -> Vec<Lowered> {
+    alloc::vec![finite_check(n, grad, scale, flag), update, Lowered { kernel: Kernel::Fill, params: alloc::vec![1, flag, 0] }]
+}
+
 /// One node lowered: the kernel and its parameter block.
 pub struct Lowered {
     pub kernel: Kernel,
@@ -896,19 +950,29 @@ pub struct Addresses<'a> {
 
 impl Addresses<'_> {
     pub fn word(&self, t: TensorId) -> u32 {
-        let bytes = match self.plan.tensor(t).location {
+        (self.byte(t) / 4) as u32
+    }
+
+    /// The flag word the optimizer's finite check sets (`FINITE_CHECK`): the word after the
+    /// weight section, which the backend allocates with the memory. Zero between nodes.
+    pub fn flag(&self) -> u32 {
+        (self.weights_at + self.plan.weight_bytes).div_ceil(4) as u32
+    }
+
+    /// The tensor's first byte in device memory.
+    pub fn byte(&self, t: TensorId) -> u64 {
+        match self.plan.tensor(t).location {
             Location::Arena { offset } => offset,
             Location::Weights { offset } => self.weights_at + offset,
-        };
-        (bytes / 4) as u32
+        }
     }
 
     /// Where the tensor's first element is, in its own elements: words for f32 and for `i64`
-    /// (held as `i32`, see `mod.rs`), bytes for bool and u8.
+    /// (held as `i32`, see `mod.rs`), bytes for bool, u8 and int8.
     pub fn elem(&self, t: TensorId) -> i64 {
         let w = self.word(t) as i64;
         match self.plan.tensor(t).dtype {
-            DType::Bool | DType::U8 => w * 4,
+            DType::Bool | DType::U8 | DType::I8 => w * 4,
             _ => w,
         }
     }
@@ -926,6 +990,9 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
     let no_kernel =
         || Err(alloc::format!("op {} (node '{}') has no GPU kernel yet; train this plan with --backend cpu", node.op.name(), node.name));
     if let Some(lowered) = super::typed::lower(node, at) {
+        return lowered;
+    }
+    if let Some(lowered) = super::quant::lower(node, at) {
         return lowered;
     }
     for &t in node.inputs.iter().chain(&node.outputs) {
@@ -1149,7 +1216,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
             OptimOp::SgdUpdate(s) | OptimOp::SgdUpdateRows { sgd: s, .. } => {
                 let scale = if s.scaled { i(3) } else { NONE };
                 let buffer = if node.outputs.len() > 1 { o(1) } else { NONE };
-                Lowered {
+                let update = Lowered {
                     kernel: Kernel::Sgd,
                     params: alloc::vec![
                         numel(node.inputs[0]),
@@ -1162,13 +1229,15 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
                         s.momentum.to_bits(),
                         s.dampening.to_bits(),
                         s.nesterov as u32,
-                        s.weight_decay.to_bits()
+                        s.weight_decay.to_bits(),
+                        at.flag()
                     ],
-                }
+                };
+                return Ok(checked(numel(node.inputs[0]), i(0), scale, update, at.flag()));
             }
             OptimOp::AdamUpdate(a) | OptimOp::AdamUpdateRows { adam: a, .. } => {
                 let scale = if a.scaled { i(3) } else { NONE };
-                Lowered {
+                let update = Lowered {
                     kernel: Kernel::Adam,
                     params: alloc::vec![
                         numel(node.inputs[0]),
@@ -1183,12 +1252,17 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
                         a.beta2.to_bits(),
                         a.eps.to_bits(),
                         a.weight_decay.to_bits(),
-                        a.decoupled as u32
+                        a.decoupled as u32,
+                        at.flag()
                     ],
-                }
+                };
+                return Ok(checked(numel(node.inputs[0]), i(0), scale, update, at.flag()));
             }
             OptimOp::CountNonFinite => {
-                Lowered { kernel: Kernel::CountNonFinite, params: alloc::vec![numel(node.inputs[0]), i(0), o(0), 0, NONE] }
+                return Ok(alloc::vec![
+                    finite_check(numel(node.inputs[0]), i(0), NONE, at.flag()),
+                    Lowered { kernel: Kernel::CountNonFinite, params: alloc::vec![1, at.flag(), o(0)] },
+                ]);
             }
             OptimOp::Fill { value } => Lowered { kernel: Kernel::Fill, params: alloc::vec![numel(node.outputs[0]), o(0), value.to_bits()] },
             OptimOp::AccumulateGrad => Lowered { kernel: Kernel::AccumulateGrad, params: alloc::vec![numel(node.outputs[0]), i(0), o(0)] },

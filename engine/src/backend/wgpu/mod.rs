@@ -189,9 +189,10 @@ impl WgpuBackend {
         let adapter_name = alloc::format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type);
         let limits = adapter.limits();
 
-        // One buffer: the arena, then the weight section at an 8-byte boundary.
+        // One buffer: the arena, then the weight section at an 8-byte boundary, then one word:
+        // the optimizer's finite-check flag (`Addresses::flag`).
         let weights_at = plan.arena_bytes.div_ceil(8) * 8;
-        let total = (weights_at + plan.weight_bytes).div_ceil(4).max(1) * 4;
+        let total = (weights_at + plan.weight_bytes).div_ceil(4) * 4 + 4;
         let binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         if total > binding {
             return Err(unsupported(alloc::format!(
@@ -552,9 +553,10 @@ impl Backend for WgpuBackend {
                 }
                 self.gpu.queue.write_buffer(&self.memory, offset, &narrow);
             }
-            // Bytes (packed masks): written whole words at a time. The last word's bytes past the
-            // tensor belong to no other tensor, since every arena offset is 8-byte aligned.
-            DType::U8 | DType::Bool => {
+            // Bytes (packed masks, bools, int8): written whole words at a time. The last word's
+            // bytes past the tensor belong to no other tensor, since every arena offset is
+            // 8-byte aligned.
+            DType::U8 | DType::Bool | DType::I8 => {
                 let mut padded = bytes.to_vec();
                 padded.resize(bytes.len().div_ceil(4) * 4, 0);
                 self.gpu.queue.write_buffer(&self.memory, offset, &padded);

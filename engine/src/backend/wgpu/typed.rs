@@ -43,18 +43,9 @@ fn store(t: u32, at: i32, v: u32) {
 fn nan_bits(x: u32) -> bool { return (x & 0x7fffffffu) > 0x7f800000u; }
 "#;
 
-/// `P = [n, op, rank, y, a, b, c, attr, dims@8, y strides@16, a strides@24, b strides@32,
-/// c strides@40, types of y, a, b, c@48]`. Ops: 0 copy (the raw element), 1 cast from `a`'s
-/// dtype to `y`'s (`kernels/reference/cast.rs`: float to integer truncates toward zero, NaN
-/// 0, saturating at the i32 range the device holds; integer to float rounds to nearest even;
-/// anything to bool is `!= 0`, NaN true; bool to a number 0 or 1), 2 add, 3 sub, 4 mul
-/// (wrapping), 5 div (truncating; WGSL gives `a` for `a / 0` and `i32::MIN / -1`), 6 equal,
-/// 7 less, 8 less or equal, 9 greater, 10 greater or equal (false where a float is NaN), 11 and,
-/// 12 or, 13 xor (any non-zero byte is true), 14 where (`a` the condition, `b` and `c` the
-/// values), 15 not, 16 fill with `attr` (raw bits of `y`'s dtype), 17 and 18 Trilu's upper and
-/// lower triangle (`attr` is `k` as `i32`; the output is contiguous). Results of comparisons
-/// and logic are 0 or 1.
-pub const TYPED: &str = r#"
+/// `i32` to `f32` rounded to nearest even, by hand: WGSL's conversion may round either way
+/// (shared with `quant.rs`).
+pub const I32_TO_F32: &str = r#"
 fn i32_to_f32(v: i32) -> f32 {
     let neg = v < 0;
     var u = bitcast<u32>(v);
@@ -68,6 +59,20 @@ fn i32_to_f32(v: i32) -> f32 {
     let f = ldexp(f32(m), i32(drop));
     return select(f, -f, neg);
 }
+"#;
+
+/// `P = [n, op, rank, y, a, b, c, attr, dims@8, y strides@16, a strides@24, b strides@32,
+/// c strides@40, types of y, a, b, c@48]`. Ops: 0 copy (the raw element), 1 cast from `a`'s
+/// dtype to `y`'s (`kernels/reference/cast.rs`: float to integer truncates toward zero, NaN
+/// 0, saturating at the i32 range the device holds; integer to float rounds to nearest even;
+/// anything to bool is `!= 0`, NaN true; bool to a number 0 or 1), 2 add, 3 sub, 4 mul
+/// (wrapping), 5 div (truncating; WGSL gives `a` for `a / 0` and `i32::MIN / -1`), 6 equal,
+/// 7 less, 8 less or equal, 9 greater, 10 greater or equal (false where a float is NaN), 11 and,
+/// 12 or, 13 xor (any non-zero byte is true), 14 where (`a` the condition, `b` and `c` the
+/// values), 15 not, 16 fill with `attr` (raw bits of `y`'s dtype), 17 and 18 Trilu's upper and
+/// lower triangle (`attr` is `k` as `i32`; the output is contiguous). Results of comparisons
+/// and logic are 0 or 1.
+pub const TYPED: &str = r#"
 fn f32_to_i32(x: f32) -> i32 {
     if (nan_bits(bitcast<u32>(x))) { return 0; }
     if (x >= 2147483648.0) { return 2147483647; }
@@ -196,7 +201,7 @@ fn type_code(node: &Node, d: DType) -> Result<u32, String> {
         DType::I64 => Ok(1),
         DType::Bool => Ok(2),
         d => Err(alloc::format!(
-            "op {} (node '{}') reads or writes {}, which the GPU backend does not hold; train this plan with --backend cpu",
+            "op {} (node '{}') reads or writes {}, for which this op has no GPU kernel; train this plan with --backend cpu",
             node.op.name(),
             node.name,
             d.name()
