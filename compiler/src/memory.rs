@@ -342,7 +342,8 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
         nodes: nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| !matches!(n.op, Op::Dense(DenseOp::Reshape { .. })))
+            // Aliasing reshapes are no nodes: their output is their input's buffer.
+            .filter(|(_, n)| !(matches!(n.op, Op::Dense(DenseOp::Reshape { .. })) && root[n.outputs[0].index()] != n.outputs[0]))
             .map(|(i, n)| PlanNode {
                 name: n.name.clone(),
                 op: n.op.clone(),
@@ -413,12 +414,20 @@ struct ScratchBuffers {
     workspaces: Vec<(usize, usize, u64)>,
 }
 
-/// Each tensor's buffer owner: a `Reshape` output shares its input's buffer.
+/// Each tensor's buffer owner: a `Reshape` output shares its input's buffer, except the reshape
+/// of a value in the arena's persistent prefix (a trainable parameter read in another shape, as
+/// an ONNX `Unsqueeze` of a PReLU slope or a norm scale): a step's values never live in that
+/// prefix, so such a Reshape stays a node of its program and copies into a scratch buffer.
 pub(crate) fn reshape_roots<'g>(g: &Graph, nodes: impl IntoIterator<Item = &'g Node>) -> Vec<TensorId> {
     let mut root: Vec<TensorId> = (0..g.tensors.len() as u32).map(TensorId).collect();
     for n in nodes {
         if matches!(n.op, Op::Dense(DenseOp::Reshape { .. })) {
-            root[n.outputs[0].index()] = root[n.inputs[0].index()];
+            let r = root[n.inputs[0].index()];
+            let def = g.tensor(r);
+            let in_persistent_arena = def.is_persistent() && !matches!(def.role, Role::Constant | Role::Parameter { trainable: false });
+            if !in_persistent_arena {
+                root[n.outputs[0].index()] = r;
+            }
         }
     }
     root
