@@ -6,8 +6,10 @@
 //! onnxruntime's outputs (onnx's reference evaluator for GroupNormalization, which onnxruntime's
 //! CPU provider lacks). The `grad_*` models' parameter gradients, derived by pock's autodiff
 //! through the compositions (ConvTranspose's by the conv family's rule for `Conv2dGradInput`),
-//! are checked against central finite differences. Refused attributes name the op, the node, the
-//! attribute and what to do.
+//! are checked against central finite differences, and the same models train on the GPU backend
+//! as on the CPU. Refused attributes name the op, the node, the attribute and what to do.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -219,4 +221,45 @@ fn unsupported_attributes_name_the_op_node_attribute_and_what_to_do() {
     m.opset_imports = vec![(String::new(), 18)];
     let e = import_error(&m);
     assert!(e.contains("scale") && e.contains("expected [2]"), "{e}");
+}
+
+/// The `grad_*` models (every composed op but ArgMax, which has no gradient) trained one step
+/// (MSE, SGD with momentum) on the GPU backend and on the CPU's reference kernels: the same loss
+/// and parameters within 1e-5 of each tensor's RMS. Skipped without a GPU adapter.
+#[cfg(feature = "wgpu")]
+#[test]
+fn composed_ops_train_on_the_gpu_as_on_the_cpu() {
+    use pock::engine::session::BackendChoice;
+    use pock::engine::{Session, SessionOptions, Targets};
+    if !common::gpu_present() {
+        return;
+    }
+    let rms = |v: &[f32]| (v.iter().map(|v| v * v).sum::<f32>() / v.len() as f32).sqrt();
+    for case in ["grad_convtranspose_norm_prelu", "grad_groupconv_transpose", "grad_resize_groupnorm_mish", "grad_reductions"] {
+        let (model, inputs, _) = load(case);
+        let mut import = ImportOptions { loss: LossKind::Mse, ..Default::default() };
+        import.shapes.shapes.push((inputs[0].name.clone(), inputs[0].dims.clone()));
+        let options = pock::compiler::CompileOptions { learning_rate: 0.05, ..Default::default() };
+        let forward = import_model(&model, case, &import).unwrap().forward;
+        let bytes = forward.into_training(options).unwrap().into_plan().unwrap().to_bytes();
+        let mut cpu = Session::from_bytes(&bytes, SessionOptions { reference_kernels: true, ..SessionOptions::default() }).unwrap();
+        let mut gpu = Session::from_bytes(&bytes, SessionOptions { backend: BackendChoice::Wgpu, ..SessionOptions::default() })
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        let TensorValues::F32(x) = &inputs[0].values else { panic!("{case}: float input") };
+        let target_role = pock::engine::plan::Role::Target;
+        let n: usize = cpu.plan().tensors.iter().find(|t| t.role == target_role).map(|t| t.shape.iter().product()).unwrap();
+        let target: Vec<f32> = (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0).collect();
+        for step in 0..2 {
+            let want = cpu.train_step(x, Targets::Values(&target)).unwrap();
+            let got = gpu.train_step(x, Targets::Values(&target)).unwrap();
+            assert!((got - want).abs() <= 1e-5 * want.abs(), "{case} step {step}: loss {got} on the GPU, {want} on the CPU");
+        }
+        for name in common::trainable_names(&cpu) {
+            let (want, got) = (cpu.read_tensor(&name).unwrap(), gpu.read_tensor(&name).unwrap());
+            let tol = 1e-5 * rms(&want);
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() <= tol, "{case}: {name}[{i}] = {a} on the GPU, {b} on the CPU (tolerance {tol})");
+            }
+        }
+    }
 }
