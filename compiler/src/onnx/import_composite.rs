@@ -268,7 +268,7 @@ impl Importer<'_> {
         let x = self.tensor(ctx, ctx.input(0)?)?;
         let xs = self.graph.shape(x).to_vec();
         let groups = ctx.int("num_groups", 0)?;
-        let g = usize::try_from(groups).ok().filter(|&g| g > 0 && xs.len() >= 2 && xs[1] % g == 0).ok_or_else(|| {
+        let g = usize::try_from(groups).ok().filter(|&g| g > 0 && xs.len() >= 2 && xs[1].is_multiple_of(g)).ok_or_else(|| {
             ctx.err(format!("attribute 'num_groups' ({groups}) must be positive and divide the channels of the input {xs:?}"))
         })?;
         let stash = ctx.int("stash_type", 1)?;

@@ -214,7 +214,11 @@ impl Importer<'_> {
         let interp = match ctx.string("mode", "nearest")?.as_str() {
             "nearest" => {
                 if antialias {
-                    return Err(refuse("antialias", "1", "ONNX defines antialiasing for linear and cubic modes only"));
+                    return Err(refuse(
+                        "antialias",
+                        "1",
+                        "ONNX defines antialiasing for linear and cubic modes only; drop it or pick one of those",
+                    ));
                 }
                 Interpolation::Nearest(match ctx.string("nearest_mode", "round_prefer_floor")?.as_str() {
                     "round_prefer_floor" => Rounding::RoundPreferFloor,
@@ -373,7 +377,8 @@ impl Importer<'_> {
         let (xs, ws) = (self.graph.shape(x).to_vec(), self.graph.shape(w).to_vec());
         if xs.len() != 4 || ws.len() != 4 {
             return Err(ctx.err(format!(
-                "only 2-D transposed convolutions are supported (input {xs:?}, weight {ws:?}); 1-D and 3-D ones are not implemented"
+                "only 2-D transposed convolutions are supported (input {xs:?}, weight {ws:?}); 1-D and 3-D ones are not implemented \
+                 (a 1-D one can be exported as a 2-D ConvTranspose2d over a height of 1)"
             )));
         }
         if let Some(Attribute::Ints(k)) = ctx.node.attribute("kernel_shape") {
