@@ -11,7 +11,8 @@
 //!   at the same time, so they all share the scratch region after the prefix.
 //!
 //! `Reshape` outputs alias their input: they share one buffer whose lifetime is the union, and
-//! the node disappears from the emitted program.
+//! the node disappears from the emitted program. The reshape of a value in the persistent prefix
+//! (a trainable parameter) is the exception: it stays a node that copies into a scratch buffer.
 
 use std::collections::HashMap;
 
@@ -212,7 +213,7 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
         specs.push(ProgramSpec { name: "apply", nodes: apply, feeds: vec![], fetches: vec![] });
     }
 
-    // Reshape outputs alias their input's buffer.
+    // Reshape outputs alias their input's buffer (but those of persistent arena values).
     let root = reshape_roots(g, specs.iter().flat_map(|s| s.nodes.iter().copied()));
 
     // Which tensors any program touches; which program owns each scratch buffer.
