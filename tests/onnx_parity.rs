@@ -5,7 +5,8 @@
 //!
 //! Models: resnet18 (float32 engine), mobilenet_v2 (float64 interpreter against a float64 PyTorch
 //! run, and the float32 engine's first loss), a 2-layer BERT-style encoder and a 2-layer
-//! LLaMA-style decoder (float32 engine). Every fixture, the graph-only torchvision models and the
+//! LLaMA-style decoder (float32 engine), and a tiny UNet-like model (float32 engine and float64
+//! interpreter). Every fixture, the graph-only torchvision models and the
 //! dynamo exports included, must compile.
 
 mod common;
@@ -294,6 +295,15 @@ fn resnet18_float32_engine_matches_pytorch() {
     assert_empty("resnet18", "float32", parity_f32("resnet18"));
 }
 
+/// A tiny UNet-like model (GroupNorm and InstanceNorm exported as InstanceNormalization, PRelu,
+/// ConvTranspose, nearest and bilinear Resize, Concat skips): the ops pock imports by composition,
+/// trained by the float32 engine and by the float64 interpreter.
+#[test]
+fn unet_float32_engine_and_float64_interpreter_match_pytorch() {
+    assert_empty("unet", "float32", parity_f32("unet"));
+    assert_empty("unet", "float64", parity_f64("unet"));
+}
+
 /// mobilenet_v2's float32 run cannot match PyTorch's beyond its first step, by any float32
 /// implementation that sums in another order: at batch 2 and 64x64 pixels its last blocks work on
 /// 2x2 maps, and after the first update a ReLU6 input lies within float32 rounding of the kink
@@ -322,7 +332,7 @@ fn every_fixture_compiles() {
         .filter_map(|e| e.unwrap().file_name().to_string_lossy().strip_suffix(".manifest.json").map(str::to_string))
         .collect();
     stems.sort();
-    assert_eq!(stems.len(), 16, "{stems:?}");
+    assert_eq!(stems.len(), 17, "{stems:?}");
     let mut failed = Vec::new();
     for stem in &stems {
         let manifest = read_json(&format!("{stem}.manifest.json"));

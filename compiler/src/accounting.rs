@@ -4,7 +4,8 @@
 //!
 //! Lifetimes come from the plan's node order as the planner computed them: a scratch value lives
 //! from its first to its last use. The planner removed `Reshape` nodes and let their output
-//! share the input's buffer, so a scratch tensor whose first use is a read (not a feed) is such
+//! share the input's buffer (except a reshape of a persistent arena value, which stays a node that
+//! writes its own scratch output), so a scratch tensor whose first use is a read (not a feed) is such
 //! an alias: it joins the buffer most recently used at its offset.
 
 use std::collections::{HashMap, HashSet};

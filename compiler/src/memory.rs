@@ -11,8 +11,8 @@
 //!   at the same time, so they all share the scratch region after the prefix.
 //!
 //! `Reshape` outputs alias their input: they share one buffer whose lifetime is the union, and
-//! the node disappears from the emitted program. A reshape of a persistent tensor (a parameter)
-//! is the exception: it copies into scratch and stays in the program.
+//! the node disappears from the emitted program. The reshape of a value in the persistent prefix
+//! (a trainable parameter) is the exception: it stays a node that copies into a scratch buffer.
 
 use std::collections::HashMap;
 
@@ -213,7 +213,7 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
         specs.push(ProgramSpec { name: "apply", nodes: apply, feeds: vec![], fetches: vec![] });
     }
 
-    // Reshape outputs alias their input's buffer.
+    // Reshape outputs alias their input's buffer (but those of persistent arena values).
     let root = reshape_roots(g, specs.iter().flat_map(|s| s.nodes.iter().copied()));
 
     // Which tensors any program touches; which program owns each scratch buffer.
@@ -343,7 +343,7 @@ pub fn build_plan(training: TrainingGraph) -> Result<CompiledPlan> {
         nodes: nodes
             .iter()
             .enumerate()
-            // An aliasing reshape has nothing to do; one that copies (see `reshape_roots`) stays.
+            // Aliasing reshapes are no nodes: their output is their input's buffer.
             .filter(|(_, n)| !(matches!(n.op, Op::Dense(DenseOp::Reshape { .. })) && root[n.outputs[0].index()] != n.outputs[0]))
             .map(|(i, n)| PlanNode {
                 name: n.name.clone(),
@@ -415,14 +415,20 @@ struct ScratchBuffers {
     workspaces: Vec<(usize, usize, u64)>,
 }
 
-/// Each tensor's buffer owner: a `Reshape` output shares its input's buffer, unless that buffer
-/// is persistent (a parameter reshaped on the fly, as a 1-D convolution's weight): a value
-/// computed during a step never lives in the persistent region, so that reshape copies.
+/// Each tensor's buffer owner: a `Reshape` output shares its input's buffer, except the reshape
+/// of a value in the arena's persistent prefix (a trainable parameter read in another shape, as
+/// an ONNX `Unsqueeze` of a PReLU slope or a norm scale): a step's values never live in that
+/// prefix, so such a Reshape stays a node of its program and copies into a scratch buffer.
 pub(crate) fn reshape_roots<'g>(g: &Graph, nodes: impl IntoIterator<Item = &'g Node>) -> Vec<TensorId> {
     let mut root: Vec<TensorId> = (0..g.tensors.len() as u32).map(TensorId).collect();
     for n in nodes {
-        if matches!(n.op, Op::Dense(DenseOp::Reshape { .. })) && !g.tensor(root[n.inputs[0].index()]).is_persistent() {
-            root[n.outputs[0].index()] = root[n.inputs[0].index()];
+        if matches!(n.op, Op::Dense(DenseOp::Reshape { .. })) {
+            let r = root[n.inputs[0].index()];
+            let def = g.tensor(r);
+            let in_persistent_arena = def.is_persistent() && !matches!(def.role, Role::Constant | Role::Parameter { trainable: false });
+            if !in_persistent_arena {
+                root[n.outputs[0].index()] = r;
+            }
         }
     }
     root

@@ -48,7 +48,7 @@ fn every_fixture_graph_has_a_manifest() {
         }
     }
     // Eight models, each from the TorchScript and the dynamo exporter.
-    assert_eq!(graphs, 16, "fixtures: {stems:?}");
+    assert_eq!(graphs, 17, "fixtures: {stems:?}");
 }
 
 #[test]
@@ -139,14 +139,14 @@ fn parity_inputs_come_from_the_generator() {
         assert_eq!(p["losses"].as_array().unwrap().len(), 3);
         checked += 1;
     }
-    assert_eq!(checked, 4, "mobilenet_v2, resnet18, bert and llama have parity references");
+    assert_eq!(checked, 5, "mobilenet_v2, resnet18, bert, llama and unet have parity references");
 }
 
 /// Every parameter and buffer of a parity reference is an initializer of the same name and
 /// shape in its TorchScript export, so the parity test can compare pock's trained values by name.
 #[test]
 fn parity_references_name_initializers_of_their_export() {
-    for model in ["mobilenet_v2", "resnet18", "bert", "llama"] {
+    for model in ["mobilenet_v2", "resnet18", "bert", "llama", "unet"] {
         let stem = format!("{model}.ts");
         let (_, m) = manifests().into_iter().find(|(s, _)| *s == stem).unwrap();
         assert_eq!(m["parity"], Value::Bool(true), "{stem} must carry the torch parameters unchanged");

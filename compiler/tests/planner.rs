@@ -124,3 +124,32 @@ fn nothing_trainable_is_a_clear_error() {
     let e = f.into_training(CompileOptions::default()).unwrap_err().to_string();
     assert!(e.contains("nothing to train"), "{e}");
 }
+
+/// A trainable parameter read in another shape (an ONNX `Unsqueeze` of a PReLU slope or a norm
+/// scale) is copied by its Reshape into a scratch buffer: the output cannot alias the parameter,
+/// whose bytes sit in the persistent prefix where the engine refuses a step's values. The plan
+/// loads, keeps that Reshape as a node, and trains the parameter.
+#[test]
+fn a_reshaped_trainable_parameter_is_copied_out_of_the_persistent_prefix() {
+    use pock_engine::ops::BroadcastOp;
+    use pock_engine::{Session, SessionOptions, Targets};
+    let mut g = Graph::new();
+    let input = g.input("input", vec![2, 4], DType::F32, Role::Input);
+    let p = g.parameter("scale", vec![4], vec![0.5, 1.0, 1.5, 2.0]);
+    let row = g.emit("scale.unsqueeze", DenseOp::Reshape { shape: vec![1, 4] }, &[p], Phase::Forward, Program::Train).unwrap()[0];
+    let y = g.emit("mul", BroadcastOp::Mul, &[input, row], Phase::Forward, Program::Train).unwrap()[0];
+    let forward = ForwardGraph { name: "reshaped-parameter".into(), graph: g, inputs: vec![input], output: y, task: Task::Regression };
+    let options = CompileOptions { learning_rate: 0.1, ..CompileOptions::default() };
+    let compiled = forward.into_training(options).unwrap().into_plan().unwrap();
+    let plan = &compiled.plan;
+    let reshape = plan.programs.train.nodes.iter().find(|n| n.name == "scale.unsqueeze").expect("the Reshape stays a node");
+    let (src, dst) = (plan.tensor(reshape.inputs[0]), plan.tensor(reshape.outputs[0]));
+    let (Location::Arena { offset: at_src }, Location::Arena { offset: at_dst }) = (src.location, dst.location) else { panic!("arena") };
+    assert!(at_src < plan.persistent_bytes && at_dst >= plan.persistent_bytes, "{at_src} {at_dst} {}", plan.persistent_bytes);
+    let mut s = Session::from_bytes(&compiled.to_bytes(), SessionOptions::default()).unwrap();
+    let x = [1.0f32, 2.0, 3.0, 4.0, -1.0, 0.5, 2.0, 1.0];
+    let target = [0.0f32; 8];
+    let losses: Vec<f32> = (0..3).map(|_| s.train_step(&x, Targets::Values(&target)).unwrap()).collect();
+    assert!(losses[2] < losses[0], "{losses:?}");
+    assert_ne!(s.read_tensor("scale").unwrap(), vec![0.5, 1.0, 1.5, 2.0]);
+}

@@ -33,7 +33,7 @@ tensor replaced by generator values keyed by its ONNX name; the manifest marks i
 
 Parity references
 -----------------
-For mobilenet_v2, resnet18, bert and llama the script runs 3 SGD steps (lr 0.01, momentum 0.9, no
+For mobilenet_v2, resnet18, bert, llama and unet (a tiny UNet-like classifier) the script runs 3 SGD steps (lr 0.01, momentum 0.9, no
 weight decay, train mode with BatchNorm batch statistics, dropout 0) on one fixed batch and writes
 the three losses (each computed before its step) and, per parameter and float buffer, a digest of
 its final value: 16 elements at indices floor(k * n / 16), k = 0..15, the sum and the sum of
@@ -247,6 +247,38 @@ class Llama(nn.Module):
         return self.head(self.norm(x))
 
 
+class TinyUNet(nn.Module):
+    """A UNet-like image model: GroupNorm, InstanceNorm, PReLU, a strided encoder, ConvTranspose and
+    nearest upsampling back, a Concat skip, bilinear upsampling, then a classifier head (mean-pooled
+    1x1 conv features into 10 classes, so the parity test's cross-entropy batch applies)."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm1 = nn.GroupNorm(2, 8)
+        self.act1 = nn.PReLU(8)
+        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.norm2 = nn.InstanceNorm2d(16, affine=True)
+        self.act2 = nn.PReLU()
+        self.down2 = nn.Conv2d(16, 16, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(16, 16, 3, stride=2, padding=1, output_padding=1)
+        self.act3 = nn.PReLU(16)
+        self.fuse = nn.Conv2d(32, 8, 3, padding=1)
+        self.norm3 = nn.GroupNorm(4, 8)
+        self.head = nn.Conv2d(16, 4, 1)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        e1 = self.act1(self.norm1(self.enc1(x)))  # 8 x 64 x 64
+        e2 = self.act2(self.norm2(self.down(e1)))  # 16 x 32 x 32
+        b = self.down2(e2)  # 16 x 16 x 16
+        u = self.act3(self.up(b) + F.interpolate(b, scale_factor=2, mode="nearest"))  # 16 x 32 x 32
+        c = F.interpolate(torch.cat([u, e2], 1), scale_factor=2, mode="bilinear", align_corners=False)  # 32 x 64 x 64
+        f = F.relu(self.norm3(self.fuse(c)))  # 8 x 64 x 64
+        h = self.head(torch.cat([f, e1], 1))  # 4 x 64 x 64
+        return self.fc(h.mean((2, 3)))
+
+
 def build(name):
     tv = torchvision.models
     return {
@@ -254,6 +286,7 @@ def build(name):
         "resnet18": lambda: tv.resnet18(num_classes=10),
         "bert": Bert,
         "llama": Llama,
+        "unet": TinyUNet,
         "mobilenet_v3_small": lambda: tv.mobilenet_v3_small(num_classes=10),
         "efficientnet_b0": lambda: tv.efficientnet_b0(num_classes=10),
         "squeezenet1_1": lambda: tv.squeezenet1_1(num_classes=10),
@@ -261,7 +294,9 @@ def build(name):
     }[name]()
 
 
-PARITY = ["mobilenet_v2", "resnet18", "bert", "llama"]
+PARITY = ["mobilenet_v2", "resnet18", "bert", "llama", "unet"]
+# Models exported by the TorchScript exporter only (the dynamo export of these is not a fixture).
+TORCHSCRIPT_ONLY = ["unet"]
 GRAPH_ONLY = ["mobilenet_v3_small", "efficientnet_b0", "squeezenet1_1", "shufflenet_v2_x1_0"]
 BATCH = 2
 IMAGE = (3, 64, 64)
@@ -289,7 +324,8 @@ def init_rules(model):
                 continue  # graph constants, not state
             if isinstance(mod, nn.Embedding):
                 rule = rule_uniform(1.0)
-            elif isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, RMSNorm)):
+            elif isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm,
+                                  nn.GroupNorm, RMSNorm)):
                 rule = {"weight": rule_constant(1.0), "bias": rule_constant(0.0), "running_mean": rule_constant(0.0),
                         "running_var": rule_constant(1.0)}[pname]
             else:
@@ -589,7 +625,7 @@ def main():
     for name in PARITY + GRAPH_ONLY:
         if only and name not in only:
             continue
-        for exporter in ("torchscript", "dynamo"):
+        for exporter in ("torchscript",) if name in TORCHSCRIPT_ONLY else ("torchscript", "dynamo"):
             # The TorchScript exports in training mode keep every torch parameter and must be parity
             # references. The dynamo exporter folds BatchNormalization into Conv and constant-folds
             # ops over parameters (a position-embedding lookup), so its exports are parity

@@ -26,6 +26,14 @@ mod math;
 #[path = "import_move.rs"]
 mod import_move;
 
+// Ops composed exactly from existing primitives (PRelu, Mish, the norms, ...).
+#[path = "import_composite.rs"]
+mod composite;
+
+// Resize and ConvTranspose.
+#[path = "import_resize.rs"]
+mod resize;
+
 #[path = "forward.rs"]
 mod forward;
 
@@ -43,6 +51,7 @@ pub const GRAPH_OPS: &[&str] = &[
     "Abs",
     "Add",
     "And",
+    "ArgMax",
     "AveragePool",
     "BatchNormalization",
     "Cast",
@@ -51,6 +60,7 @@ pub const GRAPH_OPS: &[&str] = &[
     "Concat",
     "Constant",
     "Conv",
+    "ConvTranspose",
     "Cos",
     "Div",
     "Dropout",
@@ -64,11 +74,14 @@ pub const GRAPH_OPS: &[&str] = &[
     "Gelu",
     "Gemm",
     "GlobalAveragePool",
+    "GlobalMaxPool",
     "Greater",
     "GreaterOrEqual",
+    "GroupNormalization",
     "HardSigmoid",
     "HardSwish",
     "Identity",
+    "InstanceNormalization",
     "LayerNormalization",
     "LeakyRelu",
     "Less",
@@ -78,29 +91,39 @@ pub const GRAPH_OPS: &[&str] = &[
     "MatMul",
     "Max",
     "MaxPool",
+    "Mean",
     "Min",
+    "Mish",
     "Mul",
     "Neg",
     "Not",
     "Or",
+    "PRelu",
     "Pad",
     "Pow",
     "RandomUniformLike",
     "Reciprocal",
+    "ReduceL2",
+    "ReduceLogSumExp",
     "ReduceMax",
     "ReduceMean",
     "ReduceSum",
+    "ReduceSumSquare",
     "Relu",
     "Reshape",
+    "Resize",
+    "Selu",
     "Sigmoid",
     "Sin",
     "Slice",
     "Softmax",
     "Softplus",
+    "Softsign",
     "Split",
     "Sqrt",
     "Squeeze",
     "Sub",
+    "Sum",
     "Tanh",
     "Tile",
     "Transpose",
@@ -433,6 +456,16 @@ impl Importer<'_> {
             "Pad" => self.pad(&ctx),
             "RandomUniformLike" => self.random_uniform_like(&ctx),
             "LSTM" | "GRU" => self.recurrent(&ctx),
+            "PRelu" => self.prelu(&ctx),
+            "Mish" | "Selu" | "Softsign" => self.activation(&ctx),
+            "GlobalMaxPool" => self.global_max_pool(&ctx),
+            "Sum" | "Mean" => self.variadic(&ctx),
+            "ReduceL2" | "ReduceSumSquare" | "ReduceLogSumExp" => self.reduce_composite(&ctx),
+            "ArgMax" => self.arg_max(&ctx),
+            "InstanceNormalization" => self.instance_norm(&ctx),
+            "GroupNormalization" => self.group_norm(&ctx),
+            "Resize" => self.resize(&ctx),
+            "ConvTranspose" => self.conv_transpose(&ctx),
             // Every other supported op type is evaluated only on constants.
             other => Err(ctx.err(format!(
                 "pock evaluates {other} only at compile time, on shapes and constants, and this node reads a tensor computed \

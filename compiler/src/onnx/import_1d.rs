@@ -1,5 +1,5 @@
-//! 1-D convolution, pooling and batch normalisation (`Conv1d`, `MaxPool1d`, `AvgPool1d`,
-//! `BatchNorm1d` on `[N, C, L]`, global pooling over a sequence): a node whose input is `[N, C, L]` is imported as its 2-D form on `[N, C, 1, L]`,
+//! 1-D convolution, transposed convolution, pooling and batch normalisation (`Conv1d`,
+//! `ConvTranspose1d`, `MaxPool1d`, `AvgPool1d`, `BatchNorm1d` on `[N, C, L]`, global pooling over a sequence): a node whose input is `[N, C, L]` is imported as its 2-D form on `[N, C, 1, L]`,
 //! with a leading 1 in every spatial attribute, between two reshapes. The weight `[O, C/g, K]` is
 //! reshaped to `[O, C/g, 1, K]` on the fly, so it stays the model's parameter (its gradient flows
 //! back through the reshape, and `pock export` writes it with its own shape).
@@ -11,7 +11,7 @@ use pock_engine::ops::DenseOp;
 use super::ImportError;
 
 /// The op types lifted from 1-D to 2-D.
-const LIFTED: &[&str] = &["Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization"];
+const LIFTED: &[&str] = &["Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization"];
 
 impl Importer<'_> {
     /// Imports the node through its 2-D form when it is a 1-D one; `None` for any other node.
@@ -32,7 +32,7 @@ impl Importer<'_> {
         let node = ctx.node;
         let name = node.name.clone();
         // The inputs that gain a unit axis before the last: x, and a convolution's weight.
-        let lifted_inputs = if node.op_type == "Conv" { 2 } else { 1 };
+        let lifted_inputs = if matches!(node.op_type.as_str(), "Conv" | "ConvTranspose") { 2 } else { 1 };
         let mut inputs = node.inputs.clone();
         for (i, input) in inputs.iter_mut().enumerate().take(lifted_inputs) {
             let t = self.tensor(ctx, ctx.input(i)?)?;
@@ -50,9 +50,12 @@ impl Importer<'_> {
         for (key, value) in &node.attributes {
             let value = match (key.as_str(), value) {
                 ("kernel_shape" | "strides" | "dilations", Attribute::Ints(v)) if v.len() == 1 => Attribute::Ints(vec![1, v[0]]),
+                // ConvTranspose's: no extra rows, and one output row.
+                ("output_padding", Attribute::Ints(v)) if v.len() == 1 => Attribute::Ints(vec![0, v[0]]),
+                ("output_shape", Attribute::Ints(v)) if v.len() == 1 => Attribute::Ints(vec![1, v[0]]),
                 // [begin, end] becomes [top, left, bottom, right].
                 ("pads", Attribute::Ints(v)) if v.len() == 2 => Attribute::Ints(vec![0, v[0], 0, v[1]]),
-                ("kernel_shape" | "strides" | "dilations" | "pads", _) => {
+                ("kernel_shape" | "strides" | "dilations" | "pads" | "output_padding" | "output_shape", _) => {
                     return Err(ctx.err(format!("attribute '{key}' does not fit a 1-D {} (input of rank 3)", node.op_type)))
                 }
                 _ => value.clone(),

@@ -17,12 +17,12 @@ use crate::onnx::ImportError;
 use crate::onnx::{fold, Attribute, DataType};
 
 impl Importer<'_> {
-    fn dtype(&self, t: TensorId) -> DType {
+    pub(super) fn dtype(&self, t: TensorId) -> DType {
         self.graph.tensor(t).dtype
     }
 
     /// A float32 scalar constant (shape `[]`, which broadcasts against any shape).
-    fn scalar(&mut self, name: &str, value: f32) -> TensorId {
+    pub(super) fn scalar(&mut self, name: &str, value: f32) -> TensorId {
         self.graph.constant(name.to_string(), vec![], vec![value])
     }
 
@@ -202,31 +202,38 @@ impl Importer<'_> {
         self.set(ctx, 0, Value::Tensor(y))
     }
 
-    /// ReduceSum, ReduceMean and ReduceMax. The axes are an input from opset 13 (ReduceSum) or
-    /// 18 (the others) and an attribute before; either is accepted. No axes reduce everything,
-    /// or nothing with `noop_with_empty_axes`.
-    pub(super) fn reduce(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
-        let x = self.tensor(ctx, ctx.input(0)?)?;
-        let xs = self.graph.shape(x).to_vec();
+    /// The sorted axes of a reduction: input 1 (ReduceSum from opset 13, the others from 18) or
+    /// the attribute `axes` before; none reduce every axis, or `None` (the node is the identity)
+    /// with `noop_with_empty_axes`.
+    pub(super) fn reduce_axes(&self, ctx: &Ctx, rank: usize) -> Result<Option<Vec<usize>>, ImportError> {
         let axes = match (ctx.optional_input(1), ctx.node.attribute("axes")) {
             (Some(a), _) => Some(self.constant(ctx, a, "axes")?.as_i64().map_err(|e| ctx.err(e))?),
             (None, Some(Attribute::Ints(a))) => Some(a.clone()),
             (None, Some(_)) => return Err(ctx.err("attribute 'axes' is not a list of integers")),
             (None, None) => None,
         };
-        let keepdims = ctx.int("keepdims", 1)? != 0;
-        let axes: Vec<usize> = match axes {
+        Ok(Some(match axes {
             Some(a) if !a.is_empty() => {
-                let mut axes: Vec<usize> = a.iter().map(|&a| fold::axis(a, xs.len())).collect::<Result<_, _>>().map_err(|e| ctx.err(e))?;
+                let mut axes: Vec<usize> = a.iter().map(|&a| fold::axis(a, rank)).collect::<Result<_, _>>().map_err(|e| ctx.err(e))?;
                 axes.sort_unstable();
                 if axes.windows(2).any(|w| w[0] == w[1]) {
                     return Err(ctx.err(format!("axes {a:?} name one axis twice")));
                 }
                 axes
             }
-            _ if ctx.int("noop_with_empty_axes", 0)? != 0 => return self.alias(ctx),
-            _ => (0..xs.len()).collect(),
-        };
+            _ if ctx.int("noop_with_empty_axes", 0)? != 0 => return Ok(None),
+            _ => (0..rank).collect(),
+        }))
+    }
+
+    /// ReduceSum, ReduceMean and ReduceMax. The axes are an input from opset 13 (ReduceSum) or
+    /// 18 (the others) and an attribute before; either is accepted. No axes reduce everything,
+    /// or nothing with `noop_with_empty_axes`.
+    pub(super) fn reduce(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
+        let x = self.tensor(ctx, ctx.input(0)?)?;
+        let xs = self.graph.shape(x).to_vec();
+        let Some(axes) = self.reduce_axes(ctx, xs.len())? else { return self.alias(ctx) };
+        let keepdims = ctx.int("keepdims", 1)? != 0;
         let name = ctx.node.name.clone();
         let op_type = ctx.node.op_type.as_str();
         // The spatial mean of an NCHW tensor (how the dynamo exporter writes adaptive average

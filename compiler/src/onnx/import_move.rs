@@ -15,12 +15,12 @@ use crate::onnx::Attribute;
 
 impl Importer<'_> {
     /// The list of integers an input holds, which must be a compile-time constant.
-    fn const_ints(&self, ctx: &Ctx, name: &str, what: &str) -> Result<Vec<i64>, ImportError> {
+    pub(super) fn const_ints(&self, ctx: &Ctx, name: &str, what: &str) -> Result<Vec<i64>, ImportError> {
         self.constant(ctx, name, what)?.as_i64().map_err(|e| ctx.err(format!("its {what}: {e}")))
     }
 
     /// An integer-list attribute, if present.
-    fn ints_attr(&self, ctx: &Ctx, name: &str) -> Result<Option<Vec<i64>>, ImportError> {
+    pub(super) fn ints_attr(&self, ctx: &Ctx, name: &str) -> Result<Option<Vec<i64>>, ImportError> {
         match ctx.node.attribute(name) {
             None => Ok(None),
             Some(Attribute::Ints(v)) => Ok(Some(v.clone())),

@@ -1,4 +1,5 @@
-//! Gradient rules and costs of the convolution family: Conv2d and its two gradient ops.
+//! Gradient rules and costs of the convolution family: Conv2d and its two gradient ops, and
+//! Conv2dGradInput read as a transposed convolution in a forward graph (ONNX ConvTranspose).
 
 use pock_engine::ops::{Activation, ConvOp};
 
@@ -32,10 +33,30 @@ impl CompileRules for ConvOp {
                     grads[1] = Some(ctx.emit1("dw", op, &[dy, x])?);
                 }
             }
-            // Gradient ops are not differentiated again: pock computes first-order gradients only.
-            ConvOp::Conv2dGradInput { .. } | ConvOp::Conv2dGradWeight { .. } | ConvOp::Conv2dGradWeightRows { .. } => {
-                return no_gradient(node)
+            // In a forward graph, Conv2dGradInput is a transposed convolution (ONNX ConvTranspose,
+            // compiler/src/onnx/import_resize.rs): `y = A_w^T x` where `A_w` is the convolution
+            // with weights `w`. Its input gradient is that convolution of `dy`, and its weight
+            // gradient the convolution's weight gradient with the activations swapped: `x` plays
+            // the convolution's output gradient and `dy` its input.
+            ConvOp::Conv2dGradInput { conv, input_hw } => {
+                let conv = *conv;
+                let (x, w) = (node.inputs[0], node.inputs[1]);
+                if needs[0] {
+                    grads[0] = Some(ctx.emit1("dx", ConvOp::Conv2d(conv), &[dy, w])?);
+                }
+                if needs[1] {
+                    let ws = ctx.shape(w);
+                    let kernel_hw = [ws[2], ws[3]];
+                    debug_assert_eq!(ctx.shape(dy)[2..], input_hw[..]);
+                    let op = match ctx.graph.trained_rows.get(&w) {
+                        Some(rows) => ConvOp::Conv2dGradWeightRows { conv, kernel_hw, rows: [rows.start, rows.end] },
+                        None => ConvOp::Conv2dGradWeight { conv, kernel_hw },
+                    };
+                    grads[1] = Some(ctx.emit1("dw", op, &[x, dy])?);
+                }
             }
+            // Gradient ops are not differentiated again: pock computes first-order gradients only.
+            ConvOp::Conv2dGradWeight { .. } | ConvOp::Conv2dGradWeightRows { .. } => return no_gradient(node),
             // The fusion pass (crate::fuse) runs after autodiff: the graphs autodiff sees hold the
             // unfused Conv2d, BiasAdd and activation, whose rules apply.
             ConvOp::Conv2dBiasAct { .. } | ConvOp::Conv2dGradInputMasked { .. } => return no_gradient(node),

@@ -1,0 +1,294 @@
+"""Small ONNX models of the ops pock imports by composition (tests/onnx_composite.rs).
+
+Usage: composite_cases.py OUT_DIR
+
+Writes one folder per case, in the ONNX backend node tests' layout: `model.onnx`, and
+`test_data_set_0/input_K.pb` (the data inputs, in graph order) and `output_0.pb` (the expected
+output, computed by onnxruntime; by onnx's reference evaluator for the few cases onnxruntime does
+not implement, which `reference` in the case's `source` file names). Cases named `grad_*` are the
+models whose parameter gradients the test checks against finite differences (their float
+initializers are pock's trainable parameters). Inputs come from a fixed numpy seed.
+"""
+
+import os
+import sys
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+RNG = np.random.default_rng(1234)
+
+
+def rand(*shape, scale=1.0):
+    return (RNG.uniform(-1.0, 1.0, size=shape) * scale).astype(np.float32)
+
+
+def init(name, value):
+    return numpy_helper.from_array(np.asarray(value), name)
+
+
+def write(out, name, nodes, inputs, initializers, opset=17, use_reference=False):
+    """One case: `inputs` maps data input names to arrays, in graph order; the output is `y`."""
+    graph_inputs = [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape) for k, v in inputs.items()]
+    graph_output = helper.make_empty_tensor_value_info("y")
+    graph = helper.make_graph(nodes, name, graph_inputs, [graph_output], initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8 if opset <= 18 else 10
+    feeds = dict(inputs)
+    if use_reference:
+        from onnx.reference import ReferenceEvaluator
+
+        (y,) = ReferenceEvaluator(model).run(None, feeds)
+        source = "reference"
+    else:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        (y,) = session.run(None, feeds)
+        source = "onnxruntime"
+    # The output's type and shape, now known, as exporters write them.
+    y = np.asarray(y)
+    elem = helper.np_dtype_to_tensor_dtype(y.dtype)
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", elem, y.shape))
+    if not (use_reference and opset == 18):  # the checker refuses GroupNormalization-18 as deprecated
+        onnx.checker.check_model(model)
+    d = os.path.join(out, name)
+    os.makedirs(os.path.join(d, "test_data_set_0"), exist_ok=True)
+    onnx.save(model, os.path.join(d, "model.onnx"))
+    for k, (n, v) in enumerate(inputs.items()):
+        with open(os.path.join(d, "test_data_set_0", f"input_{k}.pb"), "wb") as f:
+            f.write(numpy_helper.from_array(v, n).SerializeToString())
+    with open(os.path.join(d, "test_data_set_0", "output_0.pb"), "wb") as f:
+        f.write(numpy_helper.from_array(np.asarray(y), "y").SerializeToString())
+    with open(os.path.join(d, "source"), "w") as f:
+        f.write(source + "\n")
+
+
+def node(op, inputs, outputs=("y",), **attrs):
+    return helper.make_node(op, list(inputs), list(outputs), **attrs)
+
+
+def activations(out):
+    x = {"x": rand(2, 3, 4, 5, scale=3.0)}
+    write(out, "prelu_channel", [node("PRelu", ["x", "slope"])], x, [init("slope", rand(3, 1, 1))])
+    write(out, "prelu_scalar", [node("PRelu", ["x", "slope"])], x, [init("slope", np.array([0.25], np.float32))])
+    write(out, "prelu_last_axis", [node("PRelu", ["x", "slope"])], x, [init("slope", rand(5))])
+    write(out, "mish", [node("Mish", ["x"])], {"x": rand(3, 7, scale=12.0)}, [], opset=18)
+    write(out, "selu_default", [node("Selu", ["x"])], x, [])
+    write(out, "selu_attributes", [node("Selu", ["x"], alpha=2.0, gamma=0.5)], x, [])
+    write(out, "softsign", [node("Softsign", ["x"])], x, [])
+    write(out, "global_max_pool", [node("GlobalMaxPool", ["x"])], x, [])
+    write(out, "global_max_pool_1d", [node("GlobalMaxPool", ["x"])], {"x": rand(2, 3, 7)}, [])
+
+
+def variadic(out):
+    x = {"x": rand(2, 4, 5)}
+    inits = [init("a", rand(4, 5)), init("b", rand(5))]
+    write(out, "sum_three_broadcast", [node("Sum", ["x", "a", "b"])], x, inits)
+    write(out, "sum_one", [node("Sum", ["x"])], x, [])
+    write(out, "mean_three_broadcast", [node("Mean", ["x", "a", "b"])], x, inits)
+    write(out, "mean_two", [node("Mean", ["x", "x"])], x, [])
+
+
+def reductions(out):
+    x = {"x": rand(2, 3, 4, 5, scale=2.0)}
+    big = {"x": rand(2, 3, 4, 5, scale=80.0)}
+    for op in ["ReduceL2", "ReduceSumSquare", "ReduceLogSumExp"]:
+        low = op.lower()
+        write(out, f"{low}_axis1_keep", [node(op, ["x"], axes=[1], keepdims=1)], x, [])
+        write(out, f"{low}_axes23_drop", [node(op, ["x"], axes=[2, -1], keepdims=0)], x, [])
+        write(out, f"{low}_all", [node(op, ["x"])], x, [])
+        # Opset 18: axes as an input.
+        write(out, f"{low}_axes_input", [node(op, ["x", "axes"], keepdims=0)], x, [init("axes", np.array([0, 2], np.int64))], opset=18)
+        write(out, f"{low}_noop", [node(op, ["x"], noop_with_empty_axes=1)], x, [], opset=18)
+    write(out, "reducelogsumexp_large", [node("ReduceLogSumExp", ["x"], axes=[3], keepdims=0)], big, [])
+
+
+def argmax(out):
+    # Ties: values rounded to halves, so the first and last maximum differ.
+    x = {"x": np.round(rand(3, 4, 6, scale=2.0) * 2) / 2}
+    write(out, "argmax_default", [node("ArgMax", ["x"])], x, [])
+    write(out, "argmax_axis1_keep", [node("ArgMax", ["x"], axis=1, keepdims=1)], x, [])
+    write(out, "argmax_last_axis_drop", [node("ArgMax", ["x"], axis=-1, keepdims=0)], x, [])
+    write(out, "argmax_select_last", [node("ArgMax", ["x"], axis=2, keepdims=0, select_last_index=1)], x, [])
+
+
+def norms(out):
+    x = {"x": rand(2, 4, 3, 5, scale=3.0) + 1.0}
+    write(out, "instance_norm", [node("InstanceNormalization", ["x", "s", "b"])], x, [init("s", rand(4)), init("b", rand(4))])
+    write(
+        out,
+        "instance_norm_eps_3d",
+        [node("InstanceNormalization", ["x", "s", "b"], epsilon=0.1)],
+        {"x": rand(2, 3, 7)},
+        [init("s", rand(3)), init("b", rand(3))],
+    )
+    # Opset 18: scale and bias per group; 21: per channel. onnxruntime implements neither on the
+    # CPU, so onnx's reference evaluator computes the expected values.
+    write(
+        out,
+        "group_norm_18",
+        [node("GroupNormalization", ["x", "s", "b"], num_groups=2, epsilon=1e-3)],
+        x,
+        [init("s", rand(2)), init("b", rand(2))],
+        opset=18,
+        use_reference=True,
+    )
+    write(
+        out,
+        "group_norm_21",
+        [node("GroupNormalization", ["x", "s", "b"], num_groups=2)],
+        x,
+        [init("s", rand(4)), init("b", rand(4))],
+        opset=21,
+        use_reference=True,
+    )
+    write(
+        out,
+        "group_norm_21_one_group",
+        [node("GroupNormalization", ["x", "s", "b"], num_groups=1)],
+        x,
+        [init("s", rand(4)), init("b", rand(4))],
+        opset=21,
+        use_reference=True,
+    )
+
+
+def resize(out):
+    x = {"x": rand(2, 3, 4, 5)}
+    scales = lambda name, v: init(name, np.array(v, np.float32))  # noqa: E731
+    sizes = lambda name, v: init(name, np.array(v, np.int64))  # noqa: E731
+    empty = init("roi", np.array([], np.float32))
+    cases = [
+        # PyTorch's nearest upsample and its bilinear ones (align_corners False and True).
+        ("resize_nearest_asymmetric_floor_x2", dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"), [1, 1, 2, 2], None),
+        ("resize_linear_pytorch_half_pixel_x2", dict(mode="linear", coordinate_transformation_mode="pytorch_half_pixel"), [1, 1, 2, 2], None),
+        ("resize_linear_align_corners_sizes", dict(mode="linear", coordinate_transformation_mode="align_corners"), None, [2, 3, 7, 9]),
+        ("resize_linear_half_pixel_down", dict(mode="linear"), [1, 1, 0.5, 0.6], None),
+        ("resize_linear_asymmetric_x3", dict(mode="linear", coordinate_transformation_mode="asymmetric"), [1, 1, 3, 1.5], None),
+        ("resize_nearest_default_up", dict(mode="nearest"), [1, 1, 1.5, 2.5], None),
+        ("resize_nearest_round_prefer_ceil_sizes", dict(mode="nearest", nearest_mode="round_prefer_ceil"), None, [2, 3, 3, 8]),
+        ("resize_nearest_ceil_align_corners", dict(mode="nearest", nearest_mode="ceil", coordinate_transformation_mode="align_corners"), [1, 1, 2, 0.8], None),
+        ("resize_cubic_half_pixel", dict(mode="cubic"), [1, 1, 1.5, 2], None),
+        ("resize_cubic_a05_exclude_outside", dict(mode="cubic", cubic_coeff_a=-0.5, exclude_outside=1), [1, 1, 2, 0.6], None),
+        ("resize_linear_channels_too", dict(mode="linear"), [1, 2, 2, 1], None),
+    ]
+    for name, attrs, sc, sz in cases:
+        if sc is not None:
+            write(out, name, [node("Resize", ["x", "roi", "scales"], **attrs)], x, [empty, scales("scales", sc)])
+        else:
+            write(out, name, [node("Resize", ["x", "roi", "", "sizes"], **attrs)], x, [empty, sizes("sizes", sz)])
+    # Opset 18: axes, keep_aspect_ratio_policy, antialias, half_pixel_symmetric.
+    write(
+        out,
+        "resize_axes_sizes_not_larger",
+        [node("Resize", ["x", "", "", "sizes"], mode="linear", axes=[2, 3], keep_aspect_ratio_policy="not_larger")],
+        x,
+        [sizes("sizes", [8, 7])],
+        opset=18,
+    )
+    write(out, "resize_linear_antialias_down", [node("Resize", ["x", "", "scales"], mode="linear", antialias=1)], x, [scales("scales", [1, 1, 0.5, 0.6])], opset=18)
+    write(out, "resize_cubic_antialias_down", [node("Resize", ["x", "", "scales"], mode="cubic", antialias=1)], x, [scales("scales", [1, 1, 0.75, 0.4])], opset=18)
+    write(
+        out,
+        "resize_linear_half_pixel_symmetric",
+        [node("Resize", ["x", "", "scales"], mode="linear", coordinate_transformation_mode="half_pixel_symmetric")],
+        x,
+        [scales("scales", [1, 1, 1.7, 0.7])],
+        opset=19,
+    )
+
+
+def conv_transpose(out):
+    x = {"x": rand(2, 4, 3, 5)}
+    cases = [
+        ("convtranspose_plain", dict(), (4, 3, 3, 3), True),
+        ("convtranspose_stride2_pad1_outpad1", dict(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]), (4, 2, 3, 3), True),
+        ("convtranspose_stride2_kernel2", dict(strides=[2, 2]), (4, 3, 2, 2), False),
+        ("convtranspose_group2_dilation2", dict(group=2, dilations=[2, 1], strides=[1, 2], pads=[0, 1, 2, 0]), (4, 3, 3, 2), True),
+        ("convtranspose_same_upper", dict(auto_pad="SAME_UPPER", strides=[2, 2]), (4, 2, 3, 3), False),
+        ("convtranspose_same_lower", dict(auto_pad="SAME_LOWER", strides=[2, 3]), (4, 2, 3, 4), False),
+        ("convtranspose_output_shape", dict(strides=[3, 2], output_shape=[10, 12]), (4, 2, 3, 3), True),
+    ]
+    for name, attrs, wshape, bias in cases:
+        inputs = ["x", "w", "b"] if bias else ["x", "w"]
+        inits = [init("w", rand(*wshape))]
+        if bias:
+            inits.append(init("b", rand(wshape[1] * attrs.get("group", 1))))
+        write(out, name, [node("ConvTranspose", inputs, **attrs)], x, inits)
+
+
+def gradient_models(out):
+    """Chains whose parameter gradients the test checks against finite differences."""
+    write(
+        out,
+        "grad_convtranspose_norm_prelu",
+        [
+            # No bias: the InstanceNormalization after it would make its gradient exactly zero.
+            node("ConvTranspose", ["x", "w"], ["t"], strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]),
+            node("InstanceNormalization", ["t", "s", "b"], ["n"]),
+            node("PRelu", ["n", "slope"], ["p"]),
+            node("GlobalMaxPool", ["p"], ["g"]),
+            node("Add", ["p", "g"], ["y"]),
+        ],
+        {"x": rand(2, 2, 3, 3)},
+        [init("w", rand(2, 3, 3, 3)), init("s", rand(3) + 1.5), init("b", rand(3)), init("slope", rand(3, 1, 1))],
+    )
+    write(
+        out,
+        "grad_groupconv_transpose",
+        [node("ConvTranspose", ["x", "w", "b"], ["y"], group=2, strides=[2, 1], dilations=[1, 2], pads=[0, 1, 1, 0])],
+        {"x": rand(2, 4, 3, 3)},
+        [init("w", rand(4, 2, 3, 2)), init("b", rand(4))],
+    )
+    write(
+        out,
+        "grad_resize_groupnorm_mish",
+        [
+            node("Mul", ["x", "p"], ["xp"]),
+            node("Resize", ["xp", "", "scales"], ["r"], mode="linear", coordinate_transformation_mode="pytorch_half_pixel"),
+            node("GroupNormalization", ["r", "s", "b"], ["n"], num_groups=2),
+            node("Mish", ["n"], ["m"]),
+            node("Resize", ["m", "", "scales2"], ["q"], mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+            node("Selu", ["q"], ["e"]),
+            node("Softsign", ["e"], ["y"]),
+        ],
+        {"x": rand(2, 4, 3, 3)},
+        [
+            init("p", rand(4, 1, 1) + 1.5),
+            init("scales", np.array([1, 1, 2, 1.5], np.float32)),
+            init("scales2", np.array([1, 1, 0.5, 2], np.float32)),
+            init("s", rand(4) + 1.5),
+            init("b", rand(4)),
+        ],
+        opset=21,
+        use_reference=True,
+    )
+    write(
+        out,
+        "grad_reductions",
+        [
+            node("Mul", ["x", "p"], ["xp"]),
+            node("ReduceLogSumExp", ["xp"], ["lse"], axes=[2], keepdims=0),
+            node("ReduceL2", ["xp"], ["l2"], axes=[2], keepdims=0),
+            node("ReduceSumSquare", ["xp"], ["ss"], axes=[2], keepdims=0),
+            node("Mean", ["l2", "lse", "ss"], ["m"]),
+            node("Sum", ["m", "lse", "c"], ["y"]),
+        ],
+        {"x": rand(2, 3, 4)},
+        [init("p", rand(3, 4) + 1.5), init("c", rand(3))],
+    )
+
+
+def main():
+    out = sys.argv[1]
+    os.makedirs(out, exist_ok=True)
+    for make in [activations, variadic, reductions, argmax, norms, resize, conv_transpose, gradient_models]:
+        make(out)
+
+
+if __name__ == "__main__":
+    main()
