@@ -206,9 +206,16 @@ impl Importer<'_> {
         self.set(ctx, 0, Value::Tensor(y))
     }
 
-    /// `(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps)` over `axes` (kept), as
-    /// LayerNormalization's expansion computes it.
-    fn normalize(&mut self, ctx: &Ctx, name: &str, x: TensorId, axes: Vec<usize>, eps: f32) -> Result<TensorId, ImportError> {
+    /// `(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps)` over `axes` (kept): LayerNormalization's
+    /// expansion, shared by the instance and group norms. Returns `[mean, std, normalized]`.
+    pub(super) fn normalize(
+        &mut self,
+        ctx: &Ctx,
+        name: &str,
+        x: TensorId,
+        axes: Vec<usize>,
+        eps: f32,
+    ) -> Result<[TensorId; 3], ImportError> {
         let n = |s: &str| format!("{name}.{s}");
         let r = Reduce { axes, keepdims: true };
         let mean = self.emit(ctx, &n("mean"), ReduceOp::ReduceMean(r.clone()), &[x])?;
@@ -218,7 +225,7 @@ impl Importer<'_> {
         let e = self.scalar(&n("epsilon"), eps);
         let ve = self.broadcast(ctx, &n("plus_epsilon"), BroadcastOp::Add, var, e)?;
         let std = self.map(ctx, &n("std"), UnaryFn::Sqrt(Sqrt), ve)?;
-        self.broadcast(ctx, &n("normalized"), BroadcastOp::Div, d, std)
+        Ok([mean, std, self.broadcast(ctx, &n("normalized"), BroadcastOp::Div, d, std)?])
     }
 
     /// A per-channel (or per-group) vector `[K]` read as `[K, 1, ...]` with `trailing` unit axes,
@@ -256,7 +263,7 @@ impl Importer<'_> {
         }
         let eps = ctx.float("epsilon", 1e-5)?;
         let name = ctx.node.name.clone();
-        let normed = self.normalize(ctx, &name, x, (2..xs.len()).collect(), eps)?;
+        let [_, _, normed] = self.normalize(ctx, &name, x, (2..xs.len()).collect(), eps)?;
         let y = self.scale_shift(ctx, normed, xs[1], "one value per channel")?;
         self.set(ctx, 0, Value::Tensor(y))
     }
@@ -283,7 +290,7 @@ impl Importer<'_> {
         let n = |s: &str| format!("{name}.{s}");
         let per_group: usize = xs[1..].iter().product::<usize>() / g;
         let grouped = self.emit(ctx, &n("grouped"), DenseOp::Reshape { shape: vec![xs[0], g, per_group] }, &[x])?;
-        let normed = self.normalize(ctx, &name, grouped, vec![2], eps)?;
+        let [_, _, normed] = self.normalize(ctx, &name, grouped, vec![2], eps)?;
         let y = if ctx.opset >= 21 {
             let back = self.emit(ctx, &n("ungrouped"), DenseOp::Reshape { shape: xs.clone() }, &[normed])?;
             self.scale_shift(ctx, back, xs[1], "one value per channel from opset 21")?

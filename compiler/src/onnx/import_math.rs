@@ -305,15 +305,7 @@ impl Importer<'_> {
         }
         let name = ctx.node.name.clone();
         let n = |s: &str| format!("{name}.{s}");
-        let r = Reduce { axes: (axis..xs.len()).collect(), keepdims: true };
-        let mean = self.emit(ctx, &n("mean"), ReduceOp::ReduceMean(r.clone()), &[x])?;
-        let d = self.broadcast(ctx, &n("centered"), BroadcastOp::Sub, x, mean)?;
-        let sq = self.emit(ctx, &n("square"), DenseOp::Mul, &[d, d])?;
-        let var = self.emit(ctx, &n("variance"), ReduceOp::ReduceMean(r), &[sq])?;
-        let e = self.scalar(&n("epsilon"), eps);
-        let ve = self.broadcast(ctx, &n("plus_epsilon"), BroadcastOp::Add, var, e)?;
-        let std = self.emit(ctx, &n("std"), UnaryOp::Map(UnaryFn::Sqrt(Sqrt)), &[ve])?;
-        let normed = self.broadcast(ctx, &n("normalized"), BroadcastOp::Div, d, std)?;
+        let [mean, std, normed] = self.normalize(ctx, &name, x, (axis..xs.len()).collect(), eps)?;
         let bias = match ctx.optional_input(2) {
             Some(b) => Some(self.tensor(ctx, b)?),
             None => None,
