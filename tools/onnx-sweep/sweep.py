@@ -61,6 +61,17 @@ class Recurrent(nn.Module):
         return self.fc(self.rnn(x)[0][:, -1])
 
 
+class Segmentation(nn.Module):
+    """A torchvision segmentation model's "out" map (bilinear Resize back to the input size)."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.model = make(num_classes=3, weights_backbone=None)
+
+    def forward(self, x):
+        return self.model(x)["out"]
+
+
 IMAGE = (2, 3, 64, 64)
 MODELS = {
     "mnasnet0_5": (lambda: M.mnasnet0_5(num_classes=10), IMAGE),
@@ -72,6 +83,8 @@ MODELS = {
     "convnext_tiny": (lambda: M.convnext_tiny(num_classes=10), IMAGE),
     "resnext50_32x4d": (lambda: M.resnext50_32x4d(num_classes=10), IMAGE),
     "swin_t": (lambda: M.swin_t(num_classes=10), IMAGE),
+    "lraspp_mobilenet_v3_large": (lambda: Segmentation(M.segmentation.lraspp_mobilenet_v3_large), IMAGE),
+    "fcn_resnet50": (lambda: Segmentation(M.segmentation.fcn_resnet50), IMAGE),
     "vit_tiny": (
         lambda: M.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=10),
         (2, 3, 32, 32),
@@ -116,14 +129,16 @@ def main():
         base = os.path.join(a.out, name)
         export(model, x, base + ".train.onnx", True)
         export(model, x, base + ".eval.onnx", False)
-        code, err = run([a.pock, "compile", base + ".train.onnx", "-o", base + ".train.pock", "-q"])
+        # A dense output (segmentation maps) trains with MSE against a map of its shape.
+        loss = ["--loss", "mse"] if len(model(x).shape) > 2 else []
+        code, err = run([a.pock, "compile", base + ".train.onnx", "-o", base + ".train.pock", "-q", *loss])
         if code == 0:
             code, err = run([a.pock, "bench", base + ".train.pock", "--steps", "1", "--warmup", "0", "-q"])
         train = "trains" if code == 0 else f"train FAILED: {err}"
         xs = x.numpy()
         want = ort.InferenceSession(base + ".eval.onnx").run(None, {ort.InferenceSession(base + ".eval.onnx").get_inputs()[0].name: xs})[0]
         np.savez(base + ".in.npz", x=xs, y=np.zeros(xs.shape[0], np.int64))
-        code, err = run([a.pock, "compile", base + ".eval.onnx", "-o", base + ".eval.pock", "-q"])
+        code, err = run([a.pock, "compile", base + ".eval.onnx", "-o", base + ".eval.pock", "-q", *loss])
         if code == 0:
             code, err = run([a.pock, "infer", base + ".eval.pock", "--data", base + ".in.npz", "--out", base + ".out.npz", "-q"])
         if code == 0:
