@@ -25,6 +25,16 @@ pub fn build_training(forward: ForwardGraph, options: CompileOptions) -> Result<
     }
     let ForwardGraph { name, mut graph, inputs, output, task } = forward;
     let batch = batch_of(&graph, &inputs)?;
+    if graph.shape(output).first() != Some(&batch) {
+        return Err(CompileError::Option(format!(
+            "the model's output '{}' has shape {:?}, whose first axis is not the batch ({batch}, the first axis of input '{}'): \
+             pock reads the first axis of every input, output and target as the batch. Export the model batch-first \
+             (for example nn.LSTM(batch_first=True), or a Transpose of a sequence-first output), or choose another output with --output",
+            graph.tensor(output).name,
+            graph.shape(output),
+            graph.tensor(inputs[0]).name
+        )));
+    }
     let mut folded_norms = Vec::new();
     if options.batch_norm == BatchNormMode::Fold {
         let kept: Vec<TensorId> = inputs.iter().copied().chain([output]).collect();

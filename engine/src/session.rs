@@ -885,7 +885,7 @@ fn interface(plan: &Plan) -> Result<Interface, SessionError> {
     for (what, id) in data.chain([("output", io.eval_output), ("target", io.train_target), ("per-sample loss", io.eval_loss)]) {
         if t(id).shape.first() != Some(&batch) {
             return Err(SessionError::Input(format!(
-                "the plan's {what} '{}' has shape {:?}, without a leading batch axis of {batch}; the plan is malformed, compile it again",
+                "the plan's {what} '{}' has shape {:?}, without a leading batch axis of {batch}; the plan is malformed (this pock's compiler refuses such models), compile it again",
                 t(id).name,
                 t(id).shape
             )));

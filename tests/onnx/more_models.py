@@ -128,7 +128,27 @@ def recurrent(name, op, direction="forward", layout=0, bias=True, initial=True, 
     save(name, graph, x_shape, "onnx" if layout == 1 else "onnxruntime")
 
 
+def sequence_first():
+    """An LSTM on [S, N, I] (torch's nn.LSTM without batch_first): its input's first axis is the
+    sequence, so pock must refuse it at compile time, saying how to export it. Printed as
+    `refuse NAME`."""
+    S, N, I, H = 5, 3, 4, 6
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", ["x", "W", "R"], ["Y", "Y_h"], hidden_size=H)],
+        "sequence_first",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [S, N, I])],
+        [helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [1, N, H])],
+        [init("W", 1, 4 * H, I), init("R", 1, 4 * H, H)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    out = os.path.join(root, "sequence_first")
+    os.makedirs(out, exist_ok=True)
+    onnx.save(model, os.path.join(out, "model.onnx"))
+    print("refuse sequence_first")
+
+
 one_d()
+sequence_first()
 recurrent("lstm", "LSTM")
 recurrent("lstm_bi_batch_first_no_bias", "LSTM", "bidirectional", layout=1, bias=False, initial=False)
 recurrent("gru_pytorch", "GRU", linear_before_reset=1)
