@@ -334,6 +334,24 @@ impl Ctx<'_> {
         }
     }
 
+    /// A 2-D convolution's (or transposed convolution's) `strides`, `dilations` and dilated
+    /// kernel extent, checked against its weight `ws` (`[_, _, kH, kW]`): `kernel_shape`, when
+    /// given, must match the weight, and every size must be at least 1.
+    fn conv_window(&self, ws: &[usize]) -> Result<[[usize; 2]; 3], ImportError> {
+        if let Some(Attribute::Ints(k)) = self.node.attribute("kernel_shape") {
+            if k.iter().map(|&d| d as usize).ne(ws[2..].iter().copied()) {
+                return Err(self.err(format!("attribute 'kernel_shape' {k:?} differs from the weight's shape {ws:?}")));
+            }
+        }
+        let stride = self.sizes("strides", 2, 1)?;
+        let dilation = self.sizes("dilations", 2, 1)?;
+        if ws[2..].contains(&0) || stride.contains(&0) || dilation.contains(&0) {
+            return Err(self.err(format!("kernel {ws:?}, strides {stride:?} and dilations {dilation:?} must be at least 1")));
+        }
+        let kernel = [(ws[2] - 1) * dilation[0] + 1, (ws[3] - 1) * dilation[1] + 1];
+        Ok([[stride[0], stride[1]], [dilation[0], dilation[1]], kernel])
+    }
+
     /// The name of input `i`, which must be present.
     fn input(&self, i: usize) -> Result<&str, ImportError> {
         match self.node.inputs.get(i) {
@@ -607,19 +625,9 @@ impl Importer<'_> {
         let w = self.tensor(ctx, ctx.input(1)?)?;
         let (xs, ws) = (self.graph.shape(x).to_vec(), self.graph.shape(w).to_vec());
         if xs.len() != 4 || ws.len() != 4 {
-            return Err(ctx.err(format!("only 2-D convolutions are supported (input {xs:?}, weight {ws:?})")));
+            return Err(ctx.err(format!("only 1-D and 2-D convolutions are supported (input {xs:?}, weight {ws:?})")));
         }
-        if let Some(Attribute::Ints(k)) = ctx.node.attribute("kernel_shape") {
-            if k.iter().map(|&d| d as usize).ne(ws[2..].iter().copied()) {
-                return Err(ctx.err(format!("kernel_shape {k:?} differs from the weight's shape {ws:?}")));
-            }
-        }
-        let stride = ctx.sizes("strides", 2, 1)?;
-        let dilation = ctx.sizes("dilations", 2, 1)?;
-        if ws[2..].contains(&0) || stride.contains(&0) || dilation.contains(&0) {
-            return Err(ctx.err(format!("kernel {ws:?}, strides {stride:?} and dilations {dilation:?} must be at least 1")));
-        }
-        let kernel = [(ws[2] - 1) * dilation[0] + 1, (ws[3] - 1) * dilation[1] + 1];
+        let [stride, dilation, kernel] = ctx.conv_window(&ws)?;
         let padding = self.padding(ctx, [xs[2], xs[3]], kernel, [stride[0], stride[1]])?;
         let groups = usize::try_from(ctx.int("group", 1)?).map_err(|_| ctx.err("group must be positive"))?;
         let op = ConvOp::Conv2d(Conv2d { stride: [stride[0], stride[1]], padding, dilation: [dilation[0], dilation[1]], groups });

@@ -377,24 +377,13 @@ impl Importer<'_> {
         let (xs, ws) = (self.graph.shape(x).to_vec(), self.graph.shape(w).to_vec());
         if xs.len() != 4 || ws.len() != 4 {
             return Err(ctx.err(format!(
-                "only 2-D transposed convolutions are supported (input {xs:?}, weight {ws:?}); 1-D and 3-D ones are not implemented \
-                 (a 1-D one can be exported as a 2-D ConvTranspose2d over a height of 1)"
+                "only 1-D and 2-D transposed convolutions are supported (input {xs:?}, weight {ws:?}); 3-D ones are not implemented"
             )));
         }
-        if let Some(Attribute::Ints(k)) = ctx.node.attribute("kernel_shape") {
-            if k.iter().map(|&d| d as usize).ne(ws[2..].iter().copied()) {
-                return Err(ctx.err(format!("attribute 'kernel_shape' {k:?} differs from the weight's shape {ws:?}")));
-            }
-        }
-        let stride = ctx.sizes("strides", 2, 1)?;
-        let dilation = ctx.sizes("dilations", 2, 1)?;
-        if ws[2..].contains(&0) || stride.contains(&0) || dilation.contains(&0) {
-            return Err(ctx.err(format!("kernel {ws:?}, strides {stride:?} and dilations {dilation:?} must be at least 1")));
-        }
+        let [stride, dilation, kernel] = ctx.conv_window(&ws)?;
         let groups =
             usize::try_from(ctx.int("group", 1)?).ok().filter(|&g| g > 0).ok_or_else(|| ctx.err("attribute 'group' must be positive"))?;
         let output_padding = ctx.sizes("output_padding", 2, 0)?;
-        let kernel = [(ws[2] - 1) * dilation[0] + 1, (ws[3] - 1) * dilation[1] + 1];
         let auto = ctx.string("auto_pad", "NOTSET")?;
         let output_shape = match ctx.node.attribute("output_shape") {
             None => None,
