@@ -1,6 +1,7 @@
 //! The ONNX ops pock imports by composition of its primitives (PRelu, Mish, Selu, Softsign,
 //! GlobalMaxPool, Sum, Mean, ReduceL2, ReduceSumSquare, ReduceLogSumExp, ArgMax,
-//! InstanceNormalization, GroupNormalization, Resize, ConvTranspose): small models written by
+//! InstanceNormalization, GroupNormalization, Resize, ConvTranspose, IsNaN, IsInf, CumSum,
+//! GatherElements): small models written by
 //! `tests/onnx/composite_cases.py` (run with `$POCK_PYTHON`, which needs onnx, onnxruntime and
 //! numpy), each with attribute variants, imported forward and run by the f64 interpreter against
 //! onnxruntime's outputs (onnx's reference evaluator for GroupNormalization, which onnxruntime's
@@ -149,6 +150,11 @@ fn conv_transpose_matches_onnxruntime() {
     check_all(&["convtranspose_"], 7);
 }
 
+#[test]
+fn isnan_isinf_cumsum_gather_elements_match_onnxruntime() {
+    check_all(&["isnan", "isinf_", "cumsum_", "gatherelements_"], 20);
+}
+
 fn gradients(name: &str, parameters: &[&str]) {
     let (model, inputs, _) = load(name);
     let mut options = ImportOptions { loss: LossKind::Mse, ..Default::default() };
@@ -175,6 +181,11 @@ fn resize_group_norm_mish_selu_softsign_gradients_match_finite_differences() {
 #[test]
 fn composed_reduction_gradients_match_finite_differences() {
     gradients("grad_reductions", &["p", "c"]);
+}
+
+#[test]
+fn cumsum_and_gather_elements_gradients_match_finite_differences() {
+    gradients("grad_cumsum_gather_elements", &["p", "q"]);
 }
 
 fn import_error(model: &OnnxModel) -> String {
@@ -235,7 +246,13 @@ fn composed_ops_train_on_the_gpu_as_on_the_cpu() {
         return;
     }
     let rms = |v: &[f32]| (v.iter().map(|v| v * v).sum::<f32>() / v.len() as f32).sqrt();
-    for case in ["grad_convtranspose_norm_prelu", "grad_groupconv_transpose", "grad_resize_groupnorm_mish", "grad_reductions"] {
+    for case in [
+        "grad_convtranspose_norm_prelu",
+        "grad_groupconv_transpose",
+        "grad_resize_groupnorm_mish",
+        "grad_reductions",
+        "grad_cumsum_gather_elements",
+    ] {
         let (model, inputs, _) = load(case);
         let mut import = ImportOptions { loss: LossKind::Mse, ..Default::default() };
         import.shapes.shapes.push((inputs[0].name.clone(), inputs[0].dims.clone()));

@@ -221,6 +221,51 @@ def conv_transpose(out):
         write(out, name, [node("ConvTranspose", inputs, **attrs)], x, inits)
 
 
+def scans(out):
+    """IsNaN, IsInf, CumSum and GatherElements (import_scan.rs). Bool outputs are cast to float,
+    integer inputs are made from float ones with Cast, so the indices and sums are run-time."""
+    x = rand(3, 5, scale=4.0)
+    x[0, 1], x[1, 2], x[2, 0] = np.nan, np.inf, -np.inf
+    def flag(name, n):
+        write(out, name, [n, node("Cast", ["b"], to=TensorProto.FLOAT)], {"x": x}, [])
+    flag("isnan", node("IsNaN", ["x"], ["b"]))
+    flag("isinf_both", node("IsInf", ["x"], ["b"]))
+    flag("isinf_positive", node("IsInf", ["x"], ["b"], detect_negative=0))
+    flag("isinf_negative", node("IsInf", ["x"], ["b"], detect_positive=0))
+    v = {"x": rand(2, 7, 3)}
+    for axis in [0, 1, -1]:
+        for exclusive in [0, 1]:
+            for reverse in [0, 1]:
+                write(
+                    out,
+                    f"cumsum_axis{axis % 3}_excl{exclusive}_rev{reverse}",
+                    [node("CumSum", ["x", "axis"], exclusive=exclusive, reverse=reverse)],
+                    v,
+                    [init("axis", np.array(axis, np.int64))],
+                )
+    # RoBERTa's position ids: a cumulative sum of an int64 mask, exact.
+    write(
+        out,
+        "cumsum_int64",
+        [node("Cast", ["x"], ["i"], to=TensorProto.INT64), node("CumSum", ["i", "axis"])],
+        {"x": np.round(rand(2, 9, scale=1e6)).astype(np.float32)},
+        [init("axis", np.array([1], np.int64))],
+    )
+    # Run-time indices (from a float input), negative ones included; data a float initializer or
+    # an int64 table; indices narrower than the data on the other axis.
+    idx = RNG.integers(-4, 4, size=(3, 5)).astype(np.float32)
+    cast = node("Cast", ["k"], ["i"], to=TensorProto.INT64)
+    write(out, "gatherelements_axis1", [cast, node("GatherElements", ["d", "i"], axis=1)], {"k": idx}, [init("d", rand(4, 4))])
+    write(out, "gatherelements_axis0", [cast, node("GatherElements", ["d", "i"], axis=0)], {"k": idx[:, :3]}, [init("d", rand(4, 6))])
+    write(
+        out,
+        "gatherelements_int64",
+        [cast, node("GatherElements", ["d", "i"], axis=-1)],
+        {"k": idx[:2]},
+        [init("d", RNG.integers(-9, 9, size=(2, 4)).astype(np.int64))],
+    )
+
+
 def gradient_models(out):
     """Chains whose parameter gradients the test checks against finite differences."""
     write(
@@ -281,12 +326,33 @@ def gradient_models(out):
         {"x": rand(2, 3, 4)},
         [init("p", rand(3, 4) + 1.5), init("c", rand(3))],
     )
+    # CumSum (both directions) and GatherElements (repeated indices: the scatter-add) on
+    # parameters.
+    write(
+        out,
+        "grad_cumsum_gather_elements",
+        [
+            node("Mul", ["x", "p"], ["xp"]),
+            node("CumSum", ["xp", "axis"], ["c"]),
+            node("CumSum", ["c", "axis0"], ["r"], reverse=1, exclusive=1),
+            node("GatherElements", ["q", "idx"], ["g"], axis=1),
+            node("Add", ["r", "g"], ["y"]),
+        ],
+        {"x": rand(2, 5)},
+        [
+            init("p", rand(2, 5) + 1.5),
+            init("axis", np.array(1, np.int64)),
+            init("axis0", np.array(0, np.int64)),
+            init("q", rand(2, 3)),
+            init("idx", np.array([[0, 2, 2, 1, -1], [1, 1, 0, 0, 2]], np.int64)),
+        ],
+    )
 
 
 def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
-    for make in [activations, variadic, reductions, argmax, norms, resize, conv_transpose, gradient_models]:
+    for make in [activations, variadic, reductions, argmax, norms, resize, conv_transpose, scans, gradient_models]:
         make(out)
 
 

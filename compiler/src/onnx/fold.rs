@@ -119,6 +119,7 @@ pub const FOLDABLE: &[&str] = &[
     "Expand",
     "Flatten",
     "Gather",
+    "GatherElements",
     "Identity",
     "Mod",
     "Mul",
@@ -379,6 +380,32 @@ pub fn evaluate(node: &Node, inputs: &[Option<&Const>]) -> Result<Option<Vec<Con
             dims.extend_from_slice(&idx.dims);
             dims.extend_from_slice(&x.dims[a + 1..]);
             Const { dims, data: take(&x.data, flat.into_iter()) }
+        }
+        "GatherElements" => {
+            // out[.., i_a, ..] = x[.., idx[.., i_a, ..], ..] on the axis, the output shaped as
+            // the indices (HF BERT gathers its token-type buffer by position ids this way).
+            let (x, idx) = (input(0)?, input(1)?);
+            let rank = x.dims.len();
+            if idx.dims.len() != rank || rank == 0 {
+                return Err(format!("GatherElements' indices have rank {}, its data rank {rank}", idx.dims.len()));
+            }
+            let a = axis(int_attr(node, "axis").unwrap_or(0), rank)?;
+            if let Some(d) = (0..rank).find(|&d| d != a && idx.dims[d] > x.dims[d]) {
+                return Err(format!("GatherElements' indices {:?} exceed the data {:?} on axis {d}", idx.dims, x.dims));
+            }
+            let n = x.dims[a] as i64;
+            let (xs, is) = (strides(&x.dims), strides(&idx.dims));
+            let values = idx.as_i64()?;
+            let mut flat = Vec::with_capacity(values.len());
+            for (k, &v) in values.iter().enumerate() {
+                let j = if v < 0 { v + n } else { v };
+                if !(0..n).contains(&j) {
+                    return Err(format!("index {v} is out of range for axis {a} of size {n}"));
+                }
+                let src: usize = (0..rank).map(|d| if d == a { j as usize } else { k / is[d] % idx.dims[d] } * xs[d]).sum();
+                flat.push(src);
+            }
+            Const { dims: idx.dims.clone(), data: take(&x.data, flat.into_iter()) }
         }
         "Transpose" => {
             let x = input(0)?;
@@ -727,6 +754,22 @@ mod tests {
             &[&m, &ints(vec![1], vec![-1]), &ints(vec![1], vec![0]), &ints(vec![1], vec![1]), &ints(vec![1], vec![-2])],
         );
         assert_eq!(s, ints(vec![2, 1], vec![3, 6]));
+    }
+
+    #[test]
+    fn gather_elements_follows_the_spec_examples() {
+        // The ONNX operator page's two examples, and an index past the axis refused.
+        let d = ints(vec![2, 2], vec![1, 2, 3, 4]);
+        let g = eval(&node("GatherElements", vec![("axis", Attribute::Int(1))]), &[&d, &ints(vec![2, 2], vec![0, 0, 1, 0])]);
+        assert_eq!(g, ints(vec![2, 2], vec![1, 1, 4, 3]));
+        let d = ints(vec![3, 3], (1..=9).collect());
+        let g = eval(&node("GatherElements", vec![("axis", Attribute::Int(0))]), &[&d, &ints(vec![2, 3], vec![1, 2, 0, 2, 0, 0])]);
+        assert_eq!(g, ints(vec![2, 3], vec![4, 8, 3, 7, 2, 3]));
+        // Negative indices count from the end; indices narrower than the data on another axis.
+        let g = eval(&node("GatherElements", vec![("axis", Attribute::Int(-1))]), &[&d, &ints(vec![2, 1], vec![-1, 0])]);
+        assert_eq!(g, ints(vec![2, 1], vec![3, 4]));
+        let e = evaluate(&node("GatherElements", vec![]), &[Some(&d), Some(&ints(vec![1, 1], vec![3]))]).unwrap_err();
+        assert!(e.contains("out of range"), "{e}");
     }
 
     #[test]

@@ -42,6 +42,10 @@ mod import_1d;
 
 #[path = "import_rnn.rs"]
 mod import_rnn;
+
+// IsNaN, IsInf and CumSum.
+#[path = "import_scan.rs"]
+mod import_scan;
 pub use forward::{import_forward, ForwardModel, OutputValue};
 
 /// The op types imported onto graph nodes, whatever their inputs.
@@ -62,6 +66,7 @@ pub const GRAPH_OPS: &[&str] = &[
     "Conv",
     "ConvTranspose",
     "Cos",
+    "CumSum",
     "Div",
     "Dropout",
     "Elu",
@@ -71,6 +76,7 @@ pub const GRAPH_OPS: &[&str] = &[
     "Expand",
     "Flatten",
     "Gather",
+    "GatherElements",
     "Gelu",
     "Gemm",
     "GlobalAveragePool",
@@ -82,6 +88,8 @@ pub const GRAPH_OPS: &[&str] = &[
     "HardSwish",
     "Identity",
     "InstanceNormalization",
+    "IsInf",
+    "IsNaN",
     "LayerNormalization",
     "LeakyRelu",
     "Less",
@@ -210,12 +218,16 @@ pub fn import_model(model: &OnnxModel, name: &str, options: &ImportOptions) -> R
 fn check_op_types(model: &OnnxModel, skip: &[usize]) -> Result<(), ImportError> {
     let supported = supported_ops();
     let mut constant: HashSet<&str> = model.initializers.iter().filter(|t| is_constant_initializer(t)).map(|t| t.name.as_str()).collect();
+    let initializers: HashSet<&str> = model.initializers.iter().map(|t| t.name.as_str()).collect();
     let mut missing: Vec<String> = Vec::new();
     let mut first: Option<&Node> = None;
     for (_, n) in model.nodes.iter().enumerate().filter(|(i, _)| !skip.contains(i)) {
         let default_domain = n.domain.is_empty() || n.domain == "ai.onnx";
         let op = n.op_type.as_str();
-        let all_constant = n.inputs.iter().all(|i| i.is_empty() || constant.contains(i.as_str()));
+        // A compile-time-only op folds float initializers too (see `Importer::try_fold`).
+        let fold_only = !GRAPH_OPS.contains(&op);
+        let all_constant =
+            n.inputs.iter().all(|i| i.is_empty() || constant.contains(i.as_str()) || (fold_only && initializers.contains(i.as_str())));
         let folds = default_domain && (op == "Shape" || (fold::FOLDABLE.contains(&op) && all_constant));
         if folds {
             constant.extend(n.outputs.iter().map(String::as_str));
@@ -273,8 +285,14 @@ struct Importer<'m> {
     /// The graph tensors of constants read as tensors. The constant stays in `values`, so a later
     /// node can still read it as a compile-time value (a Slice's starts after a Concat used it).
     const_tensors: HashMap<String, TensorId>,
-    /// Initializer names read as BatchNorm running mean or variance.
+    /// Initializer names read as BatchNorm running mean or variance (by one BatchNorm input and
+    /// nothing else).
     running_stats: HashSet<String>,
+    /// BatchNorm running statistics whose initializer something else reads too (the dynamo
+    /// exporter stores equal initializers once: a fresh `running_mean` shares the zeros of the
+    /// layer's bias): (node name, 0 for the mean or 1 for the variance) -> the name of the
+    /// statistic's own copy, made when the node is imported.
+    stat_copies: HashMap<(String, usize), (String, usize)>,
     notes: Vec<String>,
     dropout_noted: bool,
     options: &'m ImportOptions,
@@ -379,6 +397,7 @@ impl<'m> Importer<'m> {
             values: HashMap::new(),
             const_tensors: HashMap::new(),
             running_stats: HashSet::new(),
+            stat_copies: HashMap::new(),
             notes: Vec::new(),
             dropout_noted: false,
             options,
@@ -387,9 +406,31 @@ impl<'m> Importer<'m> {
         for (i, t) in model.initializers.iter().enumerate() {
             im.values.insert(t.name.clone(), Value::Initializer(i));
         }
+        let mut reads: HashMap<&str, usize> = HashMap::new();
+        for name in model.nodes.iter().flat_map(|n| &n.inputs).filter(|n| !n.is_empty()) {
+            *reads.entry(name.as_str()).or_default() += 1;
+        }
+        let mut taken: HashSet<String> = model.initializers.iter().map(|t| t.name.clone()).collect();
         for n in &model.nodes {
-            if n.op_type == "BatchNormalization" {
-                im.running_stats.extend(n.inputs.iter().skip(3).take(2).cloned());
+            if n.op_type != "BatchNormalization" {
+                continue;
+            }
+            for (k, name) in n.inputs.iter().enumerate().skip(3).take(2) {
+                if reads.get(name.as_str()) == Some(&1) || !matches!(im.values.get(name), Some(Value::Initializer(_))) {
+                    im.running_stats.insert(name.clone());
+                    continue;
+                }
+                // Shared: name the copy as PyTorch's state dict would (`<layer>.running_mean`,
+                // from the scale's `<layer>.weight`), else after the node.
+                let what = if k == 3 { "running_mean" } else { "running_var" };
+                let layer = n.inputs.get(1).and_then(|w| w.strip_suffix(".weight")).unwrap_or(&n.name);
+                let mut copy = format!("{layer}.{what}");
+                while taken.contains(&copy) {
+                    copy.push('_');
+                }
+                taken.insert(copy.clone());
+                let Some(&Value::Initializer(i)) = im.values.get(name) else { continue };
+                im.stat_copies.insert((n.name.clone(), k - 3), (copy, i));
             }
         }
         let mut inputs = Vec::with_capacity(shapes.len());
@@ -484,6 +525,10 @@ impl Importer<'_> {
             "GroupNormalization" => self.group_norm(&ctx),
             "Resize" => self.resize(&ctx),
             "ConvTranspose" => self.conv_transpose(&ctx),
+            "IsNaN" => self.is_nan(&ctx),
+            "IsInf" => self.is_inf(&ctx),
+            "CumSum" => self.cum_sum(&ctx),
+            "GatherElements" => self.gather_elements(&ctx),
             // Every other supported op type is evaluated only on constants.
             other => Err(ctx.err(format!(
                 "pock evaluates {other} only at compile time, on shapes and constants, and this node reads a tensor computed \
@@ -521,6 +566,20 @@ impl Importer<'_> {
                 // initializer is a parameter and must stay one.
                 Some(Value::Initializer(i)) if is_constant_initializer(&self.model.initializers[*i]) => {
                     consts.push(Some(Const::from_tensor(&self.model.initializers[*i])))
+                }
+                // An op pock runs only at compile time folds a float initializer too (the dynamo
+                // exporter lifts constants it computed, such as Swin's attention masks, into
+                // initializers): the alternative is refusing the model. Said in a note, since
+                // such an initializer is then never trained.
+                Some(Value::Initializer(i)) if !GRAPH_OPS.contains(&node.op_type.as_str()) => {
+                    let t = &self.model.initializers[*i];
+                    if !self.notes.iter().any(|n| n.contains(&format!("'{}'", t.name))) {
+                        self.notes.push(format!(
+                            "float initializer '{}' feeds {} '{}', which pock evaluates at compile time: it is a constant, not a trained parameter",
+                            t.name, node.op_type, node.name
+                        ));
+                    }
+                    consts.push(Some(Const::from_tensor(t)))
                 }
                 Some(_) => return Ok(false),
                 None => return Err(self.undefined(ctx, name)),
@@ -573,8 +632,17 @@ impl Importer<'_> {
                             init: Some(values.into()),
                         })
                     }
-                    // Integer and bool initializers (index tables, masks) are never trained.
-                    values => self.graph.typed_constant(name, t.dims.clone(), values),
+                    // Integer and bool initializers (index tables, masks) are never trained,
+                    // and stay readable at compile time (the dynamo exporter shares one `0`
+                    // initializer between a run-time Add and CumSum's axis, say).
+                    values => {
+                        if let Some(&id) = self.const_tensors.get(name) {
+                            return Ok(id);
+                        }
+                        let id = self.graph.typed_constant(name, t.dims.clone(), values);
+                        self.const_tensors.insert(name.to_string(), id);
+                        return Ok(id);
+                    }
                 }
             }
             Value::Const(c) => {
@@ -677,6 +745,16 @@ impl Importer<'_> {
         let mut stats = [TensorId(0); 2];
         for (k, slot) in stats.iter_mut().enumerate() {
             let name = ctx.input(3 + k)?;
+            if let Some((copy, i)) = self.stat_copies.get(&(ctx.node.name.clone(), k)).cloned() {
+                let t = &self.model.initializers[i];
+                let ConstData::F32(values) = Const::from_tensor(t).data else {
+                    return Err(ctx.err(format!("its running statistic '{name}' is not float32")));
+                };
+                let def =
+                    TensorDef { name: copy, shape: t.dims.clone(), dtype: DType::F32, role: Role::RunningStat, init: Some(values.into()) };
+                *slot = self.graph.add_tensor(def);
+                continue;
+            }
             if !matches!(self.values.get(name), Some(Value::Initializer(_))) {
                 return Err(
                     ctx.err(format!("its running statistic '{name}' is not an initializer of its own, which pock needs to update it"))
@@ -926,6 +1004,38 @@ mod tests {
         ];
         let m = model(&[1, 3], vec![int("end", vec![2]), int("axis", vec![1])], nodes, "y");
         assert_eq!(run(&m, vec![1., 5., 9.]), (vec![1, 1], vec![10.]));
+    }
+
+    #[test]
+    fn a_running_statistic_sharing_its_initializer_gets_its_own_copy() {
+        // The dynamo exporter stores equal initializers once: a fresh BatchNorm's running mean
+        // is the zeros of its bias, and its running variance the ones of its scale. The bias and
+        // scale must stay trainable parameters, and the statistics become copies named as
+        // PyTorch's state dict names them.
+        let bn = node("BatchNormalization", &["x", "bn.weight", "bn.bias", "bn.bias", "bn.weight"], &["y"], vec![]);
+        let inits = vec![f32s("bn.weight", vec![2], vec![1.0, 1.0]), f32s("bn.bias", vec![2], vec![0.0, 0.0])];
+        let m = model(&[2, 2, 1, 1], inits, vec![bn], "y");
+        let f = import_model(&m, "test", &ImportOptions { loss: LossKind::Mse, ..Default::default() }).unwrap().forward;
+        let role = |name: &str| {
+            f.graph.tensors.iter().find(|t| t.name == name).map(|t| t.role.clone()).unwrap_or_else(|| panic!("no tensor {name}"))
+        };
+        assert_eq!(role("bn.weight"), Role::Parameter { trainable: true });
+        assert_eq!(role("bn.bias"), Role::Parameter { trainable: true });
+        assert_eq!(role("bn.running_mean"), Role::RunningStat);
+        assert_eq!(role("bn.running_var"), Role::RunningStat);
+    }
+
+    #[test]
+    fn a_compile_time_only_op_folds_a_float_initializer_and_says_so() {
+        // ScatterND runs only at compile time; its float data initializer (a mask the dynamo
+        // exporter lifted) folds, with a note that it is not trained.
+        let int = |name: &str, dims: Vec<usize>, v: Vec<i64>| Tensor { name: name.into(), dims, values: TensorValues::I64(v) };
+        let nodes = vec![node("ScatterND", &["mask", "at", "upd"], &["m"], vec![]), node("Add", &["x", "m"], &["y"], vec![])];
+        let inits = vec![f32s("mask", vec![3], vec![1.0, 2.0, 3.0]), int("at", vec![1, 1], vec![1]), f32s("upd", vec![1], vec![-5.0])];
+        let m = model(&[1, 3], inits, nodes, "y");
+        assert_eq!(run(&m, vec![0.0, 0.0, 0.0]), (vec![1, 3], vec![1.0, -5.0, 3.0]));
+        let notes = import_model(&m, "test", &ImportOptions { loss: LossKind::Mse, ..Default::default() }).unwrap().notes;
+        assert!(notes.iter().any(|n| n.contains("'mask'") && n.contains("not a trained parameter")), "{notes:?}");
     }
 
     #[test]

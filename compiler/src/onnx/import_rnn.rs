@@ -243,18 +243,13 @@ impl Importer<'_> {
                     Cell::Gru { linear_before_reset } => {
                         // ONNX gate order: update (z), reset (r), hidden.
                         let (z, candidate) = if linear_before_reset {
-                            let mut hr = mm(self, h, rd, "hr")?;
-                            if let Some(rb_h) = rb_h {
-                                let zeros = self.graph.typed_constant(
-                                    format!("{q}.rb_zr_pad"),
-                                    vec![2 * hidden],
-                                    Values::F32(vec![0.0; 2 * hidden]),
-                                );
-                                let pad = self.emit(ctx, &format!("{q}.rb_h_pad"), MoveOp::Concat { axis: 0 }, &[zeros, rb_h])?;
-                                hr = bin(self, BroadcastOp::Add, hr, pad, "hr_b")?;
-                            }
+                            let hr = mm(self, h, rd, "hr")?;
                             let (xz, xr, xh) = (cols(self, xt, 0, "xz")?, cols(self, xt, 1, "xr")?, cols(self, xt, 2, "xh")?);
-                            let (hz, hrr, hh) = (cols(self, hr, 0, "hz")?, cols(self, hr, 1, "hrr")?, cols(self, hr, 2, "hh")?);
+                            let (hz, hrr, mut hh) = (cols(self, hr, 0, "hz")?, cols(self, hr, 1, "hrr")?, cols(self, hr, 2, "hh")?);
+                            // Rb_h joins the hidden columns only (Rb_z and Rb_r were folded into xw).
+                            if let Some(rb_h) = rb_h {
+                                hh = bin(self, BroadcastOp::Add, hh, rb_h, "hh_b")?;
+                            }
                             let z = bin(self, BroadcastOp::Add, xz, hz, "z_pre")?;
                             let rr = bin(self, BroadcastOp::Add, xr, hrr, "r_pre")?;
                             let (z, rr) = (sig(self, z, "z")?, sig(self, rr, "r")?);
