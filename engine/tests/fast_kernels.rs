@@ -633,3 +633,70 @@ fn resnet18_conv_speed() {
         }
     }
 }
+
+/// Not a check: milliseconds of the fast kernels that dominate MobileNetV2's sparse training step
+/// with BatchNorm in training mode (batch 8, 3x128x128 input): BatchNorm forward and gradient,
+/// ReLU6 (Clip), depthwise 3x3 forward and input gradient, on the model's own shapes, one thread,
+/// thread CPU time, the best of 5 runs. Run with
+/// `cargo test --workspace --test fast_kernels -- --ignored --nocapture mobilenetv2_kernel_speed`.
+#[cfg(target_os = "linux")]
+#[test]
+#[ignore]
+fn mobilenetv2_kernel_speed() {
+    let cfg = CpuConfig { threads: 1 };
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let time = |op: &Op, inputs: &[(Vec<f32>, Vec<usize>)], outputs: &[Vec<usize>]| -> f64 {
+        let in_shapes: Vec<&[usize]> = inputs.iter().map(|(_, s)| s.as_slice()).collect();
+        let out_shapes: Vec<&[usize]> = outputs.iter().map(|s| s.as_slice()).collect();
+        let mut workspace = vec![0.0f32; workspace_elems(op, &in_shapes, &out_shapes)];
+        let mut scratch = vec![0.0f32; scratch_elems(op, &in_shapes, &out_shapes, cfg)];
+        // Outputs start at 1 (BatchNorm's running statistics are in-place outputs).
+        let mut outs: Vec<Vec<f32>> = outputs.iter().map(|s| vec![1.0; s.iter().product()]).collect();
+        let mut run = || {
+            let ins: Vec<View<f32>> = inputs.iter().map(|(d, s)| View { data: d, shape: s }).collect();
+            let mut views: Vec<ViewMut<f32>> = outs.iter_mut().zip(outputs).map(|(d, s)| ViewMut { data: d, shape: s }).collect();
+            execute(op, NodeArgs::floats(&ins, &mut views), &mut workspace, &mut scratch, cfg).unwrap();
+        };
+        run();
+        (0..5)
+            .map(|_| {
+                let t = thread_seconds();
+                run();
+                thread_seconds() - t
+            })
+            .fold(f64::INFINITY, f64::min)
+            * 1e3
+    };
+    let b = BatchNorm { eps: 1e-5, momentum: 0.1 };
+    let (mut norm, mut norm_grad, mut clip) = (0.0, 0.0, 0.0);
+    for (c, hw) in [(32, 64), (96, 64), (96, 32), (144, 32), (24, 32), (144, 16), (192, 16), (32, 16), (384, 8), (576, 8), (960, 4)] {
+        let (shape, stats) = (vec![8, c, hw, hw], vec![c]);
+        let numel = shape.iter().product();
+        let x = (random(&mut rng, numel), shape.clone());
+        let (gamma, beta) = ((random(&mut rng, c), stats.clone()), (random(&mut rng, c), stats.clone()));
+        let outs = [shape.clone(), stats.clone(), stats.clone(), stats.clone(), stats.clone()];
+        let ms = time(&Op::from(NormOp::BatchNormTrain(b)), &[x.clone(), gamma.clone(), beta], &outs);
+        let invstd = (random(&mut rng, c).iter().map(|v| 1.5 + v).collect(), stats.clone());
+        let grad_inputs = [(random(&mut rng, numel), shape.clone()), x.clone(), gamma, (random(&mut rng, c), stats.clone()), invstd];
+        let grad_ms = time(&Op::from(NormOp::BatchNormTrainGrad(b)), &grad_inputs, &[shape.clone(), stats.clone(), stats]);
+        let clip_ms = time(&Op::from(DenseOp::Clip(Clip { min: 0.0, max: 6.0 })), &[x], std::slice::from_ref(&shape));
+        println!("batch norm {shape:?}: forward {ms:6.3} ms, gradient {grad_ms:6.3} ms, clip {clip_ms:6.3} ms");
+        (norm, norm_grad, clip) = (norm + ms, norm_grad + grad_ms, clip + clip_ms);
+    }
+    println!("batch norm total: forward {norm:.2} ms, gradient {norm_grad:.2} ms, clip {clip:.2} ms");
+    let (mut forward, mut grad_input) = (0.0, 0.0);
+    for (c, hw, stride) in [(32, 64, 1), (96, 64, 2), (144, 32, 1), (144, 32, 2), (192, 16, 1), (192, 16, 2), (384, 8, 1), (960, 4, 1)] {
+        let conv = Conv2d { stride: [stride; 2], padding: [1; 4], dilation: [1, 1], groups: c };
+        let (x_shape, w_shape) = (vec![8, c, hw, hw], vec![c, 1, 3, 3]);
+        let y_shape = Op::from(ConvOp::Conv2d(conv)).output_shapes(&[&x_shape, &w_shape]).unwrap().remove(0);
+        let x = (random(&mut rng, x_shape.iter().product()), x_shape.clone());
+        let w = (random(&mut rng, 9 * c), w_shape.clone());
+        let dy = (random(&mut rng, y_shape.iter().product()), y_shape.clone());
+        let ms = time(&Op::from(ConvOp::Conv2d(conv)), &[x, w.clone()], std::slice::from_ref(&y_shape));
+        let grad_op = Op::from(ConvOp::Conv2dGradInput { conv, input_hw: [hw, hw] });
+        let grad_ms = time(&grad_op, &[dy, w], std::slice::from_ref(&x_shape));
+        println!("depthwise {x_shape:?} stride {stride}: forward {ms:6.3} ms, input gradient {grad_ms:6.3} ms");
+        (forward, grad_input) = (forward + ms, grad_input + grad_ms);
+    }
+    println!("depthwise total: forward {forward:.2} ms, input gradient {grad_input:.2} ms");
+}
