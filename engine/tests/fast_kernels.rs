@@ -5,7 +5,7 @@
 use pock_engine::kernels::cpu::par::{force_isa, isa, Isa};
 use pock_engine::kernels::cpu::{execute, gemm_ceiling_gflops, scratch_elems, workspace_elems, CpuConfig};
 use pock_engine::kernels::{reference, NodeArgs, View, ViewMut};
-use pock_engine::ops::{BatchNorm, Clip, Conv2d, ConvOp, DenseOp, MatMul, NormOp, Op, Pool2d, PoolOp};
+use pock_engine::ops::{BatchNorm, Clip, Conv2d, ConvOp, DenseOp, MaskKind, MaskOp, MatMul, NormOp, Op, Pool2d, PoolOp};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -684,6 +684,34 @@ fn mobilenetv2_kernel_speed() {
         (norm, norm_grad, clip) = (norm + ms, norm_grad + grad_ms, clip + clip_ms);
     }
     println!("batch norm total: forward {norm:.2} ms, gradient {norm_grad:.2} ms, clip {clip:.2} ms");
+    // MaskPack of ReLU6's output, the fast kernel and the reference (which ran it before).
+    let pack = Op::from(MaskOp::Pack(MaskKind::Clip(Clip { min: 0.0, max: 6.0 })));
+    let (shape, v) = ([8usize * 96 * 64 * 64], random(&mut rng, 8 * 96 * 64 * 64));
+    let packed = [shape[0].div_ceil(8)];
+    let mut bits = vec![0u8; packed[0]];
+    let mut best = [f64::INFINITY; 2];
+    for _ in 0..5 {
+        for (k, best) in best.iter_mut().enumerate() {
+            let inputs = [View { data: &v[..], shape: &shape[..] }];
+            let mut bool_outs = [ViewMut { data: &mut bits[..], shape: &packed[..] }];
+            let args = NodeArgs {
+                inputs: &inputs,
+                int_inputs: &[],
+                bool_inputs: &[],
+                outputs: &mut [],
+                int_outputs: &mut [],
+                bool_outputs: &mut bool_outs,
+            };
+            let t = thread_seconds();
+            if k == 0 {
+                execute(&pack, args, &mut [], &mut [], cfg).unwrap();
+            } else {
+                reference::execute(&pack, args).unwrap();
+            }
+            *best = best.min((thread_seconds() - t) * 1e3);
+        }
+    }
+    println!("mask pack [8, 96, 64, 64]: fast {:6.3} ms, reference {:6.3} ms", best[0], best[1]);
     let (mut forward, mut grad_input) = (0.0, 0.0);
     for (c, hw, stride) in [(32, 64, 1), (96, 64, 2), (144, 32, 1), (144, 32, 2), (192, 16, 1), (192, 16, 2), (384, 8, 1), (960, 4, 1)] {
         let conv = Conv2d { stride: [stride; 2], padding: [1; 4], dilation: [1, 1], groups: c };
@@ -699,4 +727,57 @@ fn mobilenetv2_kernel_speed() {
         (forward, grad_input) = (forward + ms, grad_input + grad_ms);
     }
     println!("depthwise total: forward {forward:.2} ms, input gradient {grad_input:.2} ms");
+}
+
+/// `MaskPack` (ReLU and ReLU6 predicates) against the reference, bit for bit: values around the
+/// kinks with signed zeros, NaN and infinities, lengths with a partial last byte, and lengths
+/// over several task blocks so the bytes are split among the threads; both code paths.
+#[test]
+fn mask_pack_equals_the_reference() {
+    let _isa = ISA.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    let specials = [0.0f32, -0.0, 6.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e-38, -1e-38, 5.999_999_5, 6.000_001];
+    for len in [1usize, 7, 8, 9, 63, 1000, 16_384, 16_391, 70_001] {
+        let v: Vec<f32> =
+            (0..len).map(|i| if i % 13 == 0 { specials[i / 13 % specials.len()] } else { rng.random_range(-2.0f32..8.0) }).collect();
+        for kind in [MaskKind::Relu, MaskKind::Clip(Clip { min: 0.0, max: 6.0 })] {
+            let op = Op::from(MaskOp::Pack(kind));
+            let shape = [len];
+            let packed = [len.div_ceil(8)];
+            let inputs = [View { data: &v[..], shape: &shape[..] }];
+            let mut want = vec![0u8; len.div_ceil(8)];
+            {
+                let mut bool_outs = [ViewMut { data: &mut want[..], shape: &packed[..] }];
+                let args = NodeArgs {
+                    inputs: &inputs,
+                    int_inputs: &[],
+                    bool_inputs: &[],
+                    outputs: &mut [],
+                    int_outputs: &mut [],
+                    bool_outputs: &mut bool_outs,
+                };
+                reference::execute(&op, args).unwrap();
+            }
+            for path in [None, Some(Isa::Portable)] {
+                force_isa(path);
+                for threads in [1, 2, 3] {
+                    let mut got = vec![0xA5u8; len.div_ceil(8)];
+                    {
+                        let mut bool_outs = [ViewMut { data: &mut got[..], shape: &packed[..] }];
+                        let args = NodeArgs {
+                            inputs: &inputs,
+                            int_inputs: &[],
+                            bool_inputs: &[],
+                            outputs: &mut [],
+                            int_outputs: &mut [],
+                            bool_outputs: &mut bool_outs,
+                        };
+                        execute(&op, args, &mut [], &mut [], CpuConfig { threads }).unwrap();
+                    }
+                    assert_eq!(got, want, "MaskPack {kind:?}, {len} elements, {threads} threads ({:?})", isa());
+                }
+            }
+            force_isa(None);
+        }
+    }
 }
