@@ -5,7 +5,7 @@
 use pock_engine::kernels::cpu::par::{force_isa, isa, Isa};
 use pock_engine::kernels::cpu::{execute, gemm_ceiling_gflops, scratch_elems, workspace_elems, CpuConfig};
 use pock_engine::kernels::{reference, NodeArgs, View, ViewMut};
-use pock_engine::ops::{BatchNorm, Clip, Conv2d, ConvOp, DenseOp, MatMul, NormOp, Op, Pool2d, PoolOp};
+use pock_engine::ops::{BatchNorm, Clip, Conv2d, ConvOp, DenseOp, MaskKind, MaskOp, MatMul, NormOp, Op, Pool2d, PoolOp};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -630,6 +630,154 @@ fn resnet18_conv_speed() {
                 seconds * 1e3,
                 100.0 * gflops / ceiling
             );
+        }
+    }
+}
+
+/// Not a check: milliseconds of the fast kernels that dominate MobileNetV2's sparse training step
+/// with BatchNorm in training mode (batch 8, 3x128x128 input): BatchNorm forward and gradient,
+/// ReLU6 (Clip), depthwise 3x3 forward and input gradient, on the model's own shapes, one thread,
+/// thread CPU time, the best of 5 runs. Run with
+/// `cargo test --workspace --test fast_kernels -- --ignored --nocapture mobilenetv2_kernel_speed`.
+#[cfg(target_os = "linux")]
+#[test]
+#[ignore]
+fn mobilenetv2_kernel_speed() {
+    let cfg = CpuConfig { threads: 1 };
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let time = |op: &Op, inputs: &[(Vec<f32>, Vec<usize>)], outputs: &[Vec<usize>]| -> f64 {
+        let in_shapes: Vec<&[usize]> = inputs.iter().map(|(_, s)| s.as_slice()).collect();
+        let out_shapes: Vec<&[usize]> = outputs.iter().map(|s| s.as_slice()).collect();
+        let mut workspace = vec![0.0f32; workspace_elems(op, &in_shapes, &out_shapes)];
+        let mut scratch = vec![0.0f32; scratch_elems(op, &in_shapes, &out_shapes, cfg)];
+        // Outputs start at 1 (BatchNorm's running statistics are in-place outputs).
+        let mut outs: Vec<Vec<f32>> = outputs.iter().map(|s| vec![1.0; s.iter().product()]).collect();
+        let mut run = || {
+            let ins: Vec<View<f32>> = inputs.iter().map(|(d, s)| View { data: d, shape: s }).collect();
+            let mut views: Vec<ViewMut<f32>> = outs.iter_mut().zip(outputs).map(|(d, s)| ViewMut { data: d, shape: s }).collect();
+            execute(op, NodeArgs::floats(&ins, &mut views), &mut workspace, &mut scratch, cfg).unwrap();
+        };
+        run();
+        (0..5)
+            .map(|_| {
+                let t = thread_seconds();
+                run();
+                thread_seconds() - t
+            })
+            .fold(f64::INFINITY, f64::min)
+            * 1e3
+    };
+    let b = BatchNorm { eps: 1e-5, momentum: 0.1 };
+    let (mut norm, mut norm_grad, mut clip) = (0.0, 0.0, 0.0);
+    for (c, hw) in [(32, 64), (96, 64), (96, 32), (144, 32), (24, 32), (144, 16), (192, 16), (32, 16), (384, 8), (576, 8), (960, 4)] {
+        let (shape, stats) = (vec![8, c, hw, hw], vec![c]);
+        let numel = shape.iter().product();
+        let x = (random(&mut rng, numel), shape.clone());
+        let (gamma, beta) = ((random(&mut rng, c), stats.clone()), (random(&mut rng, c), stats.clone()));
+        let outs = [shape.clone(), stats.clone(), stats.clone(), stats.clone(), stats.clone()];
+        let ms = time(&Op::from(NormOp::BatchNormTrain(b)), &[x.clone(), gamma.clone(), beta], &outs);
+        let invstd = (random(&mut rng, c).iter().map(|v| 1.5 + v).collect(), stats.clone());
+        let grad_inputs = [(random(&mut rng, numel), shape.clone()), x.clone(), gamma, (random(&mut rng, c), stats.clone()), invstd];
+        let grad_ms = time(&Op::from(NormOp::BatchNormTrainGrad(b)), &grad_inputs, &[shape.clone(), stats.clone(), stats]);
+        let clip_ms = time(&Op::from(DenseOp::Clip(Clip { min: 0.0, max: 6.0 })), &[x], std::slice::from_ref(&shape));
+        println!("batch norm {shape:?}: forward {ms:6.3} ms, gradient {grad_ms:6.3} ms, clip {clip_ms:6.3} ms");
+        (norm, norm_grad, clip) = (norm + ms, norm_grad + grad_ms, clip + clip_ms);
+    }
+    println!("batch norm total: forward {norm:.2} ms, gradient {norm_grad:.2} ms, clip {clip:.2} ms");
+    // MaskPack of ReLU6's output, the fast kernel and the reference (which ran it before).
+    let pack = Op::from(MaskOp::Pack(MaskKind::Clip(Clip { min: 0.0, max: 6.0 })));
+    let (shape, v) = ([8usize * 96 * 64 * 64], random(&mut rng, 8 * 96 * 64 * 64));
+    let packed = [shape[0].div_ceil(8)];
+    let mut bits = vec![0u8; packed[0]];
+    let mut best = [f64::INFINITY; 2];
+    for _ in 0..5 {
+        for (k, best) in best.iter_mut().enumerate() {
+            let inputs = [View { data: &v[..], shape: &shape[..] }];
+            let mut bool_outs = [ViewMut { data: &mut bits[..], shape: &packed[..] }];
+            let args = NodeArgs {
+                inputs: &inputs,
+                int_inputs: &[],
+                bool_inputs: &[],
+                outputs: &mut [],
+                int_outputs: &mut [],
+                bool_outputs: &mut bool_outs,
+            };
+            let t = thread_seconds();
+            if k == 0 {
+                execute(&pack, args, &mut [], &mut [], cfg).unwrap();
+            } else {
+                reference::execute(&pack, args).unwrap();
+            }
+            *best = best.min((thread_seconds() - t) * 1e3);
+        }
+    }
+    println!("mask pack [8, 96, 64, 64]: fast {:6.3} ms, reference {:6.3} ms", best[0], best[1]);
+    let (mut forward, mut grad_input) = (0.0, 0.0);
+    for (c, hw, stride) in [(32, 64, 1), (96, 64, 2), (144, 32, 1), (144, 32, 2), (192, 16, 1), (192, 16, 2), (384, 8, 1), (960, 4, 1)] {
+        let conv = Conv2d { stride: [stride; 2], padding: [1; 4], dilation: [1, 1], groups: c };
+        let (x_shape, w_shape) = (vec![8, c, hw, hw], vec![c, 1, 3, 3]);
+        let y_shape = Op::from(ConvOp::Conv2d(conv)).output_shapes(&[&x_shape, &w_shape]).unwrap().remove(0);
+        let x = (random(&mut rng, x_shape.iter().product()), x_shape.clone());
+        let w = (random(&mut rng, 9 * c), w_shape.clone());
+        let dy = (random(&mut rng, y_shape.iter().product()), y_shape.clone());
+        let ms = time(&Op::from(ConvOp::Conv2d(conv)), &[x, w.clone()], std::slice::from_ref(&y_shape));
+        let grad_op = Op::from(ConvOp::Conv2dGradInput { conv, input_hw: [hw, hw] });
+        let grad_ms = time(&grad_op, &[dy, w], std::slice::from_ref(&x_shape));
+        println!("depthwise {x_shape:?} stride {stride}: forward {ms:6.3} ms, input gradient {grad_ms:6.3} ms");
+        (forward, grad_input) = (forward + ms, grad_input + grad_ms);
+    }
+    println!("depthwise total: forward {forward:.2} ms, input gradient {grad_input:.2} ms");
+}
+
+/// `MaskPack` (ReLU and ReLU6 predicates) against the reference, bit for bit: values around the
+/// kinks with signed zeros, NaN and infinities, lengths with a partial last byte, and lengths
+/// over several task blocks so the bytes are split among the threads; both code paths.
+#[test]
+fn mask_pack_equals_the_reference() {
+    let _isa = ISA.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    let specials = [0.0f32, -0.0, 6.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e-38, -1e-38, 5.999_999_5, 6.000_001];
+    for len in [1usize, 7, 8, 9, 63, 1000, 16_384, 16_391, 70_001] {
+        let v: Vec<f32> =
+            (0..len).map(|i| if i % 13 == 0 { specials[i / 13 % specials.len()] } else { rng.random_range(-2.0f32..8.0) }).collect();
+        for kind in [MaskKind::Relu, MaskKind::Clip(Clip { min: 0.0, max: 6.0 })] {
+            let op = Op::from(MaskOp::Pack(kind));
+            let shape = [len];
+            let packed = [len.div_ceil(8)];
+            let inputs = [View { data: &v[..], shape: &shape[..] }];
+            let mut want = vec![0u8; len.div_ceil(8)];
+            {
+                let mut bool_outs = [ViewMut { data: &mut want[..], shape: &packed[..] }];
+                let args = NodeArgs {
+                    inputs: &inputs,
+                    int_inputs: &[],
+                    bool_inputs: &[],
+                    outputs: &mut [],
+                    int_outputs: &mut [],
+                    bool_outputs: &mut bool_outs,
+                };
+                reference::execute(&op, args).unwrap();
+            }
+            for path in [None, Some(Isa::Portable)] {
+                force_isa(path);
+                for threads in [1, 2, 3] {
+                    let mut got = vec![0xA5u8; len.div_ceil(8)];
+                    {
+                        let mut bool_outs = [ViewMut { data: &mut got[..], shape: &packed[..] }];
+                        let args = NodeArgs {
+                            inputs: &inputs,
+                            int_inputs: &[],
+                            bool_inputs: &[],
+                            outputs: &mut [],
+                            int_outputs: &mut [],
+                            bool_outputs: &mut bool_outs,
+                        };
+                        execute(&op, args, &mut [], &mut [], CpuConfig { threads }).unwrap();
+                    }
+                    assert_eq!(got, want, "MaskPack {kind:?}, {len} elements, {threads} threads ({:?})", isa());
+                }
+            }
+            force_isa(None);
         }
     }
 }

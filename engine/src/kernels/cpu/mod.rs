@@ -23,7 +23,7 @@ mod rows;
 mod sgemm;
 
 use super::{reference, KernelError, NodeArgs};
-use crate::ops::{BroadcastOp, ConvOp, DenseOp, LossOp, MatMulOp, MoveOp, NormOp, Op, PoolOp, ReduceOp};
+use crate::ops::{BroadcastOp, ConvOp, DenseOp, LossOp, MaskOp, MatMulOp, MoveOp, NormOp, Op, PoolOp, ReduceOp};
 
 pub use conv::conv_workspace_elems;
 pub use sgemm::pack_elems;
@@ -150,6 +150,12 @@ pub fn execute(
         Op::Dense(DenseOp::Add) => {
             elementwise::add(args.inputs[0].data, args.inputs[1].data, args.outputs[0].data, cfg.threads);
             Ok(())
+        }
+        Op::Mask(MaskOp::Pack(kind)) if args.inputs.len() == 1 && args.bool_outputs.len() == 1 => {
+            if elementwise::mask_pack(kind, args.inputs[0].data, args.bool_outputs[0].data, threads) {
+                return Ok(());
+            }
+            reference::execute(op, args)
         }
         Op::Norm(NormOp::BatchNormTrain(b)) => {
             let NodeArgs { inputs: i, outputs: o, .. } = args;
