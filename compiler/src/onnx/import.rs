@@ -43,7 +43,7 @@ mod import_1d;
 #[path = "import_rnn.rs"]
 mod import_rnn;
 
-// IsNaN, IsInf and CumSum.
+// IsNaN, IsInf, CumSum, GatherElements and GatherND.
 #[path = "import_scan.rs"]
 mod import_scan;
 pub use forward::{import_forward, ForwardModel, OutputValue};
@@ -77,6 +77,7 @@ pub const GRAPH_OPS: &[&str] = &[
     "Flatten",
     "Gather",
     "GatherElements",
+    "GatherND",
     "Gelu",
     "Gemm",
     "GlobalAveragePool",
@@ -529,6 +530,7 @@ impl Importer<'_> {
             "IsInf" => self.is_inf(&ctx),
             "CumSum" => self.cum_sum(&ctx),
             "GatherElements" => self.gather_elements(&ctx),
+            "GatherND" => self.gather_nd(&ctx),
             // Every other supported op type is evaluated only on constants.
             other => Err(ctx.err(format!(
                 "pock evaluates {other} only at compile time, on shapes and constants, and this node reads a tensor computed \

@@ -1,4 +1,4 @@
-//! The importer's arms for IsNaN, IsInf, CumSum and GatherElements, composed from primitives pock already has
+//! The importer's arms for IsNaN, IsInf, CumSum, GatherElements and GatherND, composed from primitives pock already has
 //! (so autodiff, the planner, the CPU kernels and the GPU backend cover them through those
 //! nodes, as in `import_composite.rs`):
 //! - `IsNaN(x)` is `Not(x == x)`: the compare kernels follow IEEE 754 on both backends, so a NaN
@@ -16,6 +16,10 @@
 //!   table of the other coordinates' offsets. Any dtype Gather takes, and the data's gradient is
 //!   Gather's scatter-add. An index outside the axis is sent past the end, so the Gather kernel
 //!   reports it instead of reading a neighbouring row. RoBERTa gathers its token types this way.
+//! - `GatherND(data, indices, batch_dims)` likewise: one Gather of the rows of the data with its
+//!   batch and indexed axes flattened, the row the sum of each index component times its
+//!   stride plus a compile-time table of the batch offsets (HF BERT's dynamo export picks its
+//!   attention mask's entries this way).
 
 use pock_engine::ops::{BroadcastOp, DenseOp, MoveOp, Slice, UnaryOp};
 
@@ -164,10 +168,21 @@ impl Importer<'_> {
             base.push(offset as i64);
         }
         let name = ctx.node.name.clone();
+        let scaled = self.index_term(ctx, &name, idx, dims[a], strides[a], numel)?;
+        let base = self.graph.typed_constant(format!("{name}.base"), idims.clone(), Values::I64(base));
+        let flat_index = self.emit(ctx, &format!("{name}.index"), BroadcastOp::Add, &[scaled, base])?;
+        let flat = self.emit(ctx, &format!("{name}.flat"), DenseOp::Reshape { shape: vec![numel] }, &[data])?;
+        let y = self.emit(ctx, &name, MoveOp::Gather { axis: 0 }, &[flat, flat_index])?;
+        self.set(ctx, 0, Value::Tensor(y))
+    }
+
+    /// `idx * stride` for indices into an axis of `len`: negative ones count from the end, and
+    /// anything still outside `[0, len)` becomes `past * stride`, at or beyond the end of a
+    /// flattened tensor of `past` elements, so the Gather reading it reports the bad index.
+    fn index_term(&mut self, ctx: &Ctx, name: &str, idx: TensorId, len: usize, stride: usize, past: usize) -> Result<TensorId, ImportError> {
         let n = |s: &str| format!("{name}.{s}");
         let int = |this: &mut Self, what: &str, v: i64| this.graph.typed_constant(n(what), vec![], Values::I64(vec![v]));
-        let (zero, len, past) = (int(self, "zero", 0), int(self, "len", dims[a] as i64), int(self, "past", numel as i64));
-        // Negative indices count from the end; anything still outside [0, len) goes past the end.
+        let (zero, len, past) = (int(self, "zero", 0), int(self, "len", len as i64), int(self, "past", past as i64));
         let negative = self.emit(ctx, &n("negative"), BroadcastOp::Less, &[idx, zero])?;
         let wrapped = self.emit(ctx, &n("wrapped"), BroadcastOp::Add, &[idx, len])?;
         let idx = self.emit(ctx, &n("from_end"), BroadcastOp::Where, &[negative, wrapped, idx])?;
@@ -175,12 +190,63 @@ impl Importer<'_> {
         let above = self.emit(ctx, &n("above"), BroadcastOp::GreaterOrEqual, &[idx, len])?;
         let outside = self.emit(ctx, &n("outside"), BroadcastOp::Or, &[below, above])?;
         let idx = self.emit(ctx, &n("checked"), BroadcastOp::Where, &[outside, past, idx])?;
-        let stride = int(self, "stride", strides[a] as i64);
-        let scaled = self.emit(ctx, &n("scaled"), BroadcastOp::Mul, &[idx, stride])?;
-        let base = self.graph.typed_constant(n("base"), idims.clone(), Values::I64(base));
-        let flat_index = self.emit(ctx, &n("index"), BroadcastOp::Add, &[scaled, base])?;
-        let flat = self.emit(ctx, &n("flat"), DenseOp::Reshape { shape: vec![numel] }, &[data])?;
-        let y = self.emit(ctx, &name, MoveOp::Gather { axis: 0 }, &[flat, flat_index])?;
+        let stride = int(self, "stride", stride as i64);
+        self.emit(ctx, &n("scaled"), BroadcastOp::Mul, &[idx, stride])
+    }
+
+    /// GatherND (any `batch_dims`), as one Gather from the data with its indexed axes flattened
+    /// into one: the row is the sum of each index component times its stride, plus a
+    /// compile-time table of the batch coordinates' offsets.
+    pub(super) fn gather_nd(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
+        let data = self.tensor(ctx, ctx.input(0)?)?;
+        let idx = self.tensor(ctx, ctx.input(1)?)?;
+        let (dims, idims) = (self.graph.shape(data).to_vec(), self.graph.shape(idx).to_vec());
+        if self.dtype(idx) != DType::I64 {
+            return Err(ctx.err(format!("its indices are {:?}; pock takes int64 indices", self.dtype(idx))));
+        }
+        let b = usize::try_from(ctx.int("batch_dims", 0)?).map_err(|_| ctx.err("batch_dims is negative"))?;
+        let k = idims.last().copied().unwrap_or(0);
+        if idims.len() < b + 1 || k == 0 || dims.len() < b + k || idims[..b] != dims[..b] {
+            return Err(ctx.err(format!(
+                "its indices {idims:?} do not index the data {dims:?} with batch_dims {b} (the indices' last axis must be 1 to \
+                 rank - batch_dims, and the leading batch_dims axes must agree)"
+            )));
+        }
+        let lead = idims[..idims.len() - 1].to_vec();
+        let mut out = lead.clone();
+        out.extend_from_slice(&dims[b + k..]);
+        let rows: usize = dims[..b + k].iter().product();
+        let inner: usize = dims[b + k..].iter().product();
+        let mut strides = vec![1usize; b + k];
+        for d in (0..(b + k).saturating_sub(1)).rev() {
+            strides[d] = strides[d + 1] * dims[d + 1];
+        }
+        let count: usize = lead.iter().product();
+        let mut base = Vec::with_capacity(count);
+        for m in 0..count {
+            let (mut rest, mut offset) = (m, 0usize);
+            for d in (0..lead.len()).rev() {
+                if d < b {
+                    offset += (rest % lead[d]) * strides[d];
+                }
+                rest /= lead[d];
+            }
+            base.push(offset as i64);
+        }
+        let name = ctx.node.name.clone();
+        let mut row = self.graph.typed_constant(format!("{name}.base"), lead.clone(), Values::I64(base));
+        for j in 0..k {
+            let q = format!("{name}.c{j}");
+            let axis = lead.len();
+            let s = Slice { axes: vec![axis], starts: vec![j as i64], ends: vec![j as i64 + 1], steps: vec![1] };
+            let c = self.emit(ctx, &q, MoveOp::Slice(s), &[idx])?;
+            let c = self.emit(ctx, &format!("{q}.flat"), DenseOp::Reshape { shape: lead.clone() }, &[c])?;
+            let term = self.index_term(ctx, &q, c, dims[b + j], strides[b + j], rows)?;
+            row = self.emit(ctx, &format!("{q}.row"), BroadcastOp::Add, &[row, term])?;
+        }
+        let table = self.emit(ctx, &format!("{name}.rows"), DenseOp::Reshape { shape: vec![rows, inner] }, &[data])?;
+        let g = self.emit(ctx, &format!("{name}.gather"), MoveOp::Gather { axis: 0 }, &[table, row])?;
+        let y = self.emit(ctx, &name, DenseOp::Reshape { shape: out }, &[g])?;
         self.set(ctx, 0, Value::Tensor(y))
     }
 }
