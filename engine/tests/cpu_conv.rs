@@ -226,14 +226,14 @@ fn a_too_small_scratch_is_an_error() {
 }
 
 /// Convolutions that take Winograd F(2x2, 3x3) (ungrouped 3x3, stride 1, at least 16 input and
-/// output channels): odd output sizes (half tiles at the right and bottom edges), padding 0 (whose
+/// output channels, at least 256 output tiles): odd output sizes (half tiles at the right and bottom edges), padding 0 (whose
 /// input gradient has padding 2) and asymmetric padding, channel counts that are not multiples of
 /// gemm's register tile, and a batch whose tile rows take several blocks, one of them starting
 /// and ending in the middle of a sample.
 const WINOGRAD_CASES: &[Case] = &[
-    case(2, 17, [11, 13], 19, [3, 3], [1, 1], [1; 4], [1, 1], 1),
-    case(2, 16, [9, 10], 20, [3, 3], [1, 1], [0; 4], [1, 1], 1),
-    case(1, 24, [8, 7], 16, [3, 3], [1, 1], [0, 2, 1, 1], [1, 1], 1),
+    case(4, 17, [23, 25], 19, [3, 3], [1, 1], [1; 4], [1, 1], 1),
+    case(2, 16, [33, 34], 20, [3, 3], [1, 1], [0; 4], [1, 1], 1),
+    case(4, 24, [16, 15], 16, [3, 3], [1, 1], [0, 2, 1, 1], [1, 1], 1),
     case(3, 32, [30, 30], 32, [3, 3], [1, 1], [1; 4], [1, 1], 1),
 ];
 

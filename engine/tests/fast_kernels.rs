@@ -140,17 +140,17 @@ fn convolutions_match_the_reference() {
 }
 
 /// Convolutions that take Winograd F(2x2, 3x3) (ungrouped 3x3, stride 1, 16 or more channels on
-/// each side): odd and even output sizes, padding 0 to 2 (asymmetric too), channel counts off
+/// each side, 256 or more output tiles): odd and even output sizes, padding 0 to 2 (asymmetric too), channel counts off
 /// gemm's register tile, and a batch whose tile rows take several blocks (the 30x30 one, a block
 /// ending in the middle of a sample), on both instruction-set paths and 1 to 3 threads.
 #[test]
 fn winograd_convolutions_match_the_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(14);
     for (n, c, o, hw, padding) in [
-        (2, 16, 16, [4, 4], [1; 4]),
-        (1, 19, 17, [7, 9], [1; 4]),
-        (2, 16, 23, [10, 7], [0; 4]),
-        (3, 18, 16, [6, 5], [2, 0, 1, 2]),
+        (8, 16, 16, [12, 12], [1; 4]),
+        (4, 19, 17, [17, 19], [1; 4]),
+        (2, 16, 23, [30, 27], [0; 4]),
+        (4, 18, 16, [20, 17], [2, 0, 1, 2]),
         (3, 32, 32, [30, 30], [1; 4]),
         (2, 40, 24, [24, 40], [1, 1, 0, 0]),
     ] {

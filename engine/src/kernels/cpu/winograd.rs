@@ -51,12 +51,19 @@ pub(super) fn applies(g: &Geometry) -> bool {
         && g.c >= MIN_CHANNELS
         && g.o >= MIN_CHANNELS
         && g.ho * g.wo >= MIN_OUT_PLANE
+        && g.n * g.ho.div_ceil(2) * g.wo.div_ceil(2) >= MIN_TILES
 }
 
 /// The smallest input and output channel counts Winograd is used for.
 const MIN_CHANNELS: usize = 16;
 /// The smallest output plane Winograd is used for.
 const MIN_OUT_PLANE: usize = 16;
+/// The fewest output tiles (over all samples) Winograd is used for. Its gemms do `2 * tiles`
+/// FLOPs per transformed weight, and the transformed weights (16/9 of the weights) are written,
+/// packed and read again, so with few tiles that traffic costs more than the saved products:
+/// ResNet-18's 256x8x8 and 512x4x4 layers at batch 8 (128 and 32 tiles) ran at 0.6x to 1.1x of
+/// im2col's speed, its 64x32x32 and 128x16x16 ones (2048 and 512 tiles) at 1.1x to 2x.
+const MIN_TILES: usize = 256;
 
 /// The tiling of one Winograd convolution: tiles per row and column, and tile rows per block.
 struct Tiling {
@@ -220,7 +227,8 @@ fn input_tile_row(g: &Geometry, plane: &[f32], th: usize, tiles_w: usize, vc: &m
         let mut r = [[[0.0f32; LANES]; 4]; 4];
         for (i, row) in rows.iter().enumerate() {
             let Some(row) = row else { continue };
-            // The input columns the lanes read, zero outside the row: 2 per lane and 2 more.
+            // The input columns the lanes read, zero outside the row (2 per lane and 2 more),
+            // split into even and odd columns: tile `l` reads `e[l], o[l], e[l + 1], o[l + 1]`.
             let mut buf = [0.0f32; 2 * LANES + 2];
             let start = 2 * tw0 as isize - pl as isize;
             let lo = start.max(0) as usize;
@@ -229,13 +237,14 @@ fn input_tile_row(g: &Geometry, plane: &[f32], th: usize, tiles_w: usize, vc: &m
                 let at = (lo as isize - start) as usize;
                 buf[at..at + hi - lo].copy_from_slice(&row[lo..hi]);
             }
+            let e: [f32; LANES + 1] = core::array::from_fn(|t| buf[2 * t]);
+            let o: [f32; LANES + 1] = core::array::from_fn(|t| buf[2 * t + 1]);
             let ri = &mut r[i];
             for l in 0..LANES {
-                let d = [buf[2 * l], buf[2 * l + 1], buf[2 * l + 2], buf[2 * l + 3]];
-                ri[0][l] = d[0] - d[2];
-                ri[1][l] = d[1] + d[2];
-                ri[2][l] = d[2] - d[1];
-                ri[3][l] = d[1] - d[3];
+                ri[0][l] = e[l] - e[l + 1];
+                ri[1][l] = o[l] + e[l + 1];
+                ri[2][l] = e[l + 1] - o[l];
+                ri[3][l] = o[l] - o[l + 1];
             }
         }
         // Along the rows (`B^T (d B)`), each of the 16 values written for the lanes' tiles.
@@ -249,7 +258,12 @@ fn input_tile_row(g: &Geometry, plane: &[f32], th: usize, tiles_w: usize, vc: &m
             }
             for (a, values) in out.iter().enumerate() {
                 let at = (a * 4 + b) * tiles + first + tw0;
-                vc[at..at + count].copy_from_slice(&values[..count]);
+                if count == LANES {
+                    // A constant length: copied in registers rather than by a call.
+                    vc[at..at + LANES].copy_from_slice(values);
+                } else {
+                    vc[at..at + count].copy_from_slice(&values[..count]);
+                }
             }
         }
     }
@@ -264,7 +278,12 @@ fn output_tile_row(g: &Geometry, mk: &[f32], tiles: usize, first: usize, th: usi
         let mut m = [[0.0f32; LANES]; 16];
         for (xi, lanes) in m.iter_mut().enumerate() {
             let at = xi * tiles + first + tw0;
-            lanes[..count].copy_from_slice(&mk[at..at + count]);
+            if count == LANES {
+                // A constant length: copied in registers rather than by a call.
+                lanes.copy_from_slice(&mk[at..at + LANES]);
+            } else {
+                lanes[..count].copy_from_slice(&mk[at..at + count]);
+            }
         }
         // s[o][b][l] = (A^T m)[o][b], then y[o][p] = (s A)[o][p], interleaved into output rows.
         let mut out = [[0.0f32; 2 * LANES]; 2];
