@@ -15,14 +15,15 @@
 //! The input gradient of such a convolution is the same computation on `dy` with the flipped,
 //! transposed weights (`weights: Flipped`), as in `conv.rs`.
 //!
-//! Every buffer is the node's arena workspace ([`workspace_elems`]), and the block size is a
+//! The transforms only add, subtract and halve (no FMA), so both instruction-set paths
+//! ([`multiversion`]) give the same bits. Every buffer is the node's arena workspace ([`workspace_elems`]), and the block size is a
 //! function of the shapes alone, so the compiler's sizing and the kernel always agree. The
 //! transforms compute each value the same way on any thread, and the gemm does not depend on
 //! the thread count, so results do not either. Rounding: the transforms add and subtract
 //! values of the size of the inputs and weights (and halve them), so each output carries an
 //! error of a few ulps of the sums' magnitude, not of each product's, as a direct convolution's.
 
-use super::par::for_each_chunk;
+use super::par::{for_each_chunk, multiversion};
 use super::sgemm::{pack_elems_items, product_with, Out};
 use super::Mat;
 use crate::kernels::conv_geometry::ConvGeometry as Geometry;
@@ -210,11 +211,23 @@ fn g_transform(v: [f32; 3]) -> [f32; 4] {
     [v[0], 0.5 * (v[0] + v[1] + v[2]), 0.5 * (v[0] - v[1] + v[2]), v[2]]
 }
 
-/// Transforms the input tiles of tile row `th` of one input plane into `vc` (`[16][tiles]`, the
-/// block's transformed tiles of this channel), the row's first tile at `first`: `B^T d B` with
-/// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`, zero where `d` reads
-/// padding.
-fn input_tile_row(g: &Geometry, plane: &[f32], th: usize, tiles_w: usize, vc: &mut [f32], tiles: usize, first: usize) {
+multiversion!(
+    /// Transforms the input tiles of tile row `th` of one input plane into `vc` (`[16][tiles]`, the
+    /// block's transformed tiles of this channel), the row's first tile at `first`: `B^T d B` with
+    /// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`, zero where `d` reads
+    /// padding.
+    fn input_tile_row(g: &Geometry, plane: &[f32], th: usize, tiles_w: usize, vc: &mut [f32], tiles: usize, first: usize) => input_tile_row_body);
+
+#[inline(always)]
+fn input_tile_row_body<const FMA: bool>(
+    g: &Geometry,
+    plane: &[f32],
+    th: usize,
+    tiles_w: usize,
+    vc: &mut [f32],
+    tiles: usize,
+    first: usize,
+) {
     let (pt, pl) = (g.padding[0], g.padding[1]);
     let input_row = |i: usize| -> Option<&[f32]> {
         let ih = (2 * th + i).checked_sub(pt)?;
@@ -233,7 +246,10 @@ fn input_tile_row(g: &Geometry, plane: &[f32], th: usize, tiles_w: usize, vc: &m
             let start = 2 * tw0 as isize - pl as isize;
             let lo = start.max(0) as usize;
             let hi = ((start + 2 * LANES as isize + 2).max(0) as usize).min(g.w);
-            if lo < hi {
+            if lo as isize == start && hi - lo == buf.len() {
+                // Inside the row: a constant length, copied in registers rather than by a call.
+                buf.copy_from_slice(&row[lo..lo + 2 * LANES + 2]);
+            } else if lo < hi {
                 let at = (lo as isize - start) as usize;
                 buf[at..at + hi - lo].copy_from_slice(&row[lo..hi]);
             }
@@ -269,10 +285,22 @@ fn input_tile_row(g: &Geometry, plane: &[f32], th: usize, tiles_w: usize, vc: &m
     }
 }
 
-/// Transforms the products of tile row `th` of one output channel (`mk`, `[16][tiles]`, the
-/// row's first tile at `first`) back into its output plane: `A^T m A` with
-/// `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`, dropping the positions past the plane's edge.
-fn output_tile_row(g: &Geometry, mk: &[f32], tiles: usize, first: usize, th: usize, tiles_w: usize, plane: &mut [f32]) {
+multiversion!(
+    /// Transforms the products of tile row `th` of one output channel (`mk`, `[16][tiles]`, the
+    /// row's first tile at `first`) back into its output plane: `A^T m A` with
+    /// `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`, dropping the positions past the plane's edge.
+    fn output_tile_row(g: &Geometry, mk: &[f32], tiles: usize, first: usize, th: usize, tiles_w: usize, plane: &mut [f32]) => output_tile_row_body);
+
+#[inline(always)]
+fn output_tile_row_body<const FMA: bool>(
+    g: &Geometry,
+    mk: &[f32],
+    tiles: usize,
+    first: usize,
+    th: usize,
+    tiles_w: usize,
+    plane: &mut [f32],
+) {
     for tw0 in (0..tiles_w).step_by(LANES) {
         let count = LANES.min(tiles_w - tw0);
         let mut m = [[0.0f32; LANES]; 16];
@@ -302,7 +330,12 @@ fn output_tile_row(g: &Geometry, mk: &[f32], tiles: usize, first: usize, th: usi
         for (o, values) in out.iter().enumerate() {
             let oh = 2 * th + o;
             if oh < g.ho {
-                plane[oh * g.wo + ow..oh * g.wo + ow + len].copy_from_slice(&values[..len]);
+                let at = oh * g.wo + ow;
+                if len == 2 * LANES {
+                    plane[at..at + 2 * LANES].copy_from_slice(values);
+                } else {
+                    plane[at..at + len].copy_from_slice(&values[..len]);
+                }
             }
         }
     }
