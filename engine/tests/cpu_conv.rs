@@ -252,6 +252,9 @@ fn assert_close_to_rms(what: &str, fast: &[f32], reference: &[f64]) {
     assert!(worst <= WINOGRAD_TOLERANCE * rms, "{what}: error {worst:.3e} is {:.3e} of the RMS", worst / rms);
 }
 
+/// One node to check: the op, its float inputs with their shapes, its packed mask, its output shape.
+type Run<'a> = (&'a Op, Vec<(&'a [f32], &'a [usize])>, Option<&'a [u8]>, &'a [usize]);
+
 #[test]
 fn winograd_convolutions_match_the_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(13);
@@ -272,7 +275,7 @@ fn winograd_convolutions_match_the_reference() {
         let fused: Op = ConvOp::Conv2dBiasAct { conv: c, act: Activation::Relu }.into();
         let masked: Op = ConvOp::Conv2dGradInputMasked { conv: c, input_hw: case.hw }.into();
         let bias_shape = vec![case.o];
-        let runs: [(&Op, Vec<(&[f32], &[usize])>, Option<&[u8]>, &[usize]); 6] = [
+        let runs: [Run; 6] = [
             (&forward.0, vec![(&x, &xs), (&w, &ws)], None, &ys),
             (&fused, vec![(&x, &xs), (&w, &ws), (&b, &bias_shape)], None, &ys),
             (&grad_input.0, vec![(&dy, &ys), (&w, &ws)], None, &xs),

@@ -1,6 +1,6 @@
-//! Convolution as im2col + gemm, with arena workspace for the column matrix.
+//! Convolution as im2col + gemm (or Winograd, `winograd.rs`), with arena workspace for the column matrix.
 //!
-//! Three algorithms, chosen from the shapes alone so that [`conv_workspace_elems`] (called by the
+//! Four algorithms, chosen from the shapes alone so that [`conv_workspace_elems`] (called by the
 //! compiler to size the arena) and the kernels (which receive that slice) always agree:
 //! - pointwise (1x1, stride 1, no padding): the input plane already is the column matrix, so the
 //!   forward pass and the input gradient are one product per group for all samples (the weights
@@ -16,6 +16,9 @@
 //!   The input gradient of a stride-1 convolution is the forward convolution of `dy` with the
 //!   flipped, transposed weights ([`FlippedWeights`]), computed the same way with no col2im;
 //!   other strides compute `w^T @ dy` per sample into the workspace and scatter it (col2im).
+//! - Winograd F(2x2, 3x3) (`winograd.rs`): ungrouped, stride-1, undilated 3x3 convolutions with
+//!   at least 16 channels on each side and 256 output tiles, forward pass and input gradient (the
+//!   latter again with the flipped, transposed weights); its buffers are the node's workspace.
 
 use super::epilogue::{self, Epilogue};
 use super::par::{for_each_chunk, for_each_part};

@@ -16,12 +16,14 @@
 //! transposed weights (`weights: Flipped`), as in `conv.rs`.
 //!
 //! The transforms only add, subtract and halve (no FMA), so both instruction-set paths
-//! ([`multiversion`]) give the same bits. Every buffer is the node's arena workspace ([`workspace_elems`]), and the block size is a
-//! function of the shapes alone, so the compiler's sizing and the kernel always agree. The
-//! transforms compute each value the same way on any thread, and the gemm does not depend on
-//! the thread count, so results do not either. Rounding: the transforms add and subtract
-//! values of the size of the inputs and weights (and halve them), so each output carries an
-//! error of a few ulps of the sums' magnitude, not of each product's, as a direct convolution's.
+//! ([`multiversion`]) give the same bits. Every buffer is the node's arena workspace
+//! ([`workspace_elems`]), and the block size is a function of the shapes alone, so the
+//! compiler's sizing and the kernel always agree. The transforms compute each value the same way
+//! on any thread, and the gemm does not depend on the thread count, so results do not either.
+//! Rounding: against an f64 reference on random inputs the error is no larger than im2col's
+//! (RMS 1.4e-7 to 5e-7 of the output's RMS on 16 to 256 channels, im2col's 2e-7 to 3.4e-7), but
+//! it is a different rounding: a training run moves by it as by any other change of summation
+//! order.
 
 use super::par::{for_each_chunk, multiversion};
 use super::sgemm::{pack_elems_items, product_with, Out};
@@ -236,7 +238,7 @@ fn input_tile_row_body<const FMA: bool>(
     let rows = [input_row(0), input_row(1), input_row(2), input_row(3)];
     for tw0 in (0..tiles_w).step_by(LANES) {
         let count = LANES.min(tiles_w - tw0);
-        // r[i][b][l]: row `i` of tile `tw0 + l` transformed along the columns (`d B`).
+        // r[b][i][l]: row `i` of tile `tw0 + l` transformed along the columns (`d B`), value `b`.
         let mut r = [[[0.0f32; LANES]; 4]; 4];
         for (i, row) in rows.iter().enumerate() {
             let Some(row) = row else { continue };
@@ -255,22 +257,21 @@ fn input_tile_row_body<const FMA: bool>(
             }
             let e: [f32; LANES + 1] = core::array::from_fn(|t| buf[2 * t]);
             let o: [f32; LANES + 1] = core::array::from_fn(|t| buf[2 * t + 1]);
-            let ri = &mut r[i];
             for l in 0..LANES {
-                ri[0][l] = e[l] - e[l + 1];
-                ri[1][l] = o[l] + e[l + 1];
-                ri[2][l] = e[l + 1] - o[l];
-                ri[3][l] = o[l] - o[l + 1];
+                r[0][i][l] = e[l] - e[l + 1];
+                r[1][i][l] = o[l] + e[l + 1];
+                r[2][i][l] = e[l + 1] - o[l];
+                r[3][i][l] = o[l] - o[l + 1];
             }
         }
         // Along the rows (`B^T (d B)`), each of the 16 values written for the lanes' tiles.
-        for b in 0..4 {
+        for (b, rb) in r.iter().enumerate() {
             let mut out = [[0.0f32; LANES]; 4];
             for l in 0..LANES {
-                out[0][l] = r[0][b][l] - r[2][b][l];
-                out[1][l] = r[1][b][l] + r[2][b][l];
-                out[2][l] = r[2][b][l] - r[1][b][l];
-                out[3][l] = r[1][b][l] - r[3][b][l];
+                out[0][l] = rb[0][l] - rb[2][l];
+                out[1][l] = rb[1][l] + rb[2][l];
+                out[2][l] = rb[2][l] - rb[1][l];
+                out[3][l] = rb[1][l] - rb[3][l];
             }
             for (a, values) in out.iter().enumerate() {
                 let at = (a * 4 + b) * tiles + first + tw0;
