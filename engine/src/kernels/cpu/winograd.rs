@@ -63,9 +63,10 @@ const MIN_CHANNELS: usize = 16;
 const MIN_OUT_PLANE: usize = 16;
 /// The fewest output tiles (over all samples) Winograd is used for. Its gemms do `2 * tiles`
 /// FLOPs per transformed weight, and the transformed weights (16/9 of the weights) are written,
-/// packed and read again, so with few tiles that traffic costs more than the saved products:
-/// ResNet-18's 256x8x8 and 512x4x4 layers at batch 8 (128 and 32 tiles) ran at 0.6x to 1.1x of
-/// im2col's speed, its 64x32x32 and 128x16x16 ones (2048 and 512 tiles) at 1.1x to 2x.
+/// packed and read again, so with few tiles that traffic costs more than the saved products. On
+/// one thread (`winograd_speed` in `engine/tests/fast_kernels.rs`, thread CPU time) ResNet-18's
+/// stride-1 layers at batch 8 ran at 1.32x to 1.45x of im2col's speed with 2048 and 512 tiles
+/// (64x32x32, 128x16x16), 1.02x to 1.11x with 128 (256x8x8) and 0.71x to 0.78x with 32 (512x4x4).
 const MIN_TILES: usize = 256;
 
 /// The tiling of one Winograd convolution: tiles per row and column, and tile rows per block.
