@@ -217,7 +217,7 @@ pub fn conv_scratch_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]]
         (ConvOp::Conv2d(c) | ConvOp::Conv2dBiasAct { conv: c, .. }, [x, w, ..], [y]) => match Geometry::new(c, x, w, y) {
             Some(g) if g.forward_winograd_fits() => {
                 // Either algorithm may run ([`set_winograd`]).
-                return winograd::scratch_elems(&g).max(pack_elems_items(g.og, g.out_plane(), g.n, g.taps()));
+                return winograd::scratch_elems(&g, threads).max(pack_elems_items(g.og, g.out_plane(), g.n, g.taps()));
             }
             // One product for all samples: a single buffer, whatever the threads.
             Some(g) if g.algorithm() != Algorithm::Depthwise => return pack_elems_items(g.og, g.out_plane(), g.n, g.taps()),
@@ -229,7 +229,7 @@ pub fn conv_scratch_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]]
                     let t = g.transposed();
                     let im2col = pack_elems_items(t.og, t.out_plane(), t.n, t.taps());
                     // Either algorithm may run ([`set_winograd`]).
-                    return if g.grad_input_winograd_fits() { im2col.max(winograd::scratch_elems(&t)) } else { im2col };
+                    return if g.grad_input_winograd_fits() { im2col.max(winograd::scratch_elems(&t, threads)) } else { im2col };
                 }
                 Some(g) if g.grad_input_batched() => return pack_elems_items(g.taps(), g.out_plane(), g.n, g.og),
                 Some(g) if g.algorithm() == Algorithm::Pointwise => return pack_elems_items(g.taps(), g.out_plane(), g.n, g.og),

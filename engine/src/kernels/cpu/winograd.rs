@@ -6,11 +6,11 @@
 //! - the weights are transformed once per call (they change every training step):
 //!   `U[k][xi][c]`, `xi` one of the 16 positions of `G g G^T`;
 //! - the output tiles are processed in blocks of whole tile rows (over all samples), sized so
-//!   that the block's transformed inputs `V[c][xi][t]` and products `M[k][xi][t]` stay within a
+//!   that the block's transformed inputs `V[c][xi][t]` and products `M[xi][k][t]` stay within a
 //!   few MiB: for each block, the input tiles are transformed (`B^T d B`, channels split among
-//!   the threads), then `M[.][xi] = U[.][xi] @ V[.][xi]` is 16 independent gemms of `K x C` by
-//!   `C x tiles` (pock's sgemm, threads sharing each), then each output channel's tiles are
-//!   transformed back (`A^T m A`) straight into its planes of `y`.
+//!   the threads), then `M[xi] = U[.][xi] @ V[.][xi]` is 16 independent gemms of `K x C` by
+//!   `C x tiles` (pock's sgemm, the products split among the threads), then each output
+//!   channel's tiles are transformed back (`A^T m A`) straight into its planes of `y`.
 //!
 //! The input gradient of such a convolution is the same computation on `dy` with the flipped,
 //! transposed weights (`weights: Flipped`), as in `conv.rs`.
@@ -25,7 +25,7 @@
 //! it is a different rounding: a training run moves by it as by any other change of summation
 //! order.
 
-use super::par::{for_each_chunk, multiversion};
+use super::par::{for_each_chunk, for_each_part, multiversion};
 use super::sgemm::{pack_elems_items, product_with, Out};
 use super::Mat;
 use crate::kernels::conv_geometry::ConvGeometry as Geometry;
@@ -97,9 +97,10 @@ pub(super) fn workspace_elems(g: &Geometry) -> usize {
     16 * g.o * g.c + 16 * g.c * t + 16 * g.o * t
 }
 
-/// f32 elements of gemm packing buffer: one `K x C` by `C x tiles` product at a time.
-pub(super) fn scratch_elems(g: &Geometry) -> usize {
-    pack_elems_items(g.o, Tiling::new(g).block_tiles(), 1, g.c)
+/// f32 elements of gemm packing buffer with `threads` threads: one `K x C` by `C x tiles`
+/// product at a time on each (at most 16, one per product).
+pub(super) fn scratch_elems(g: &Geometry, threads: usize) -> usize {
+    pack_elems_items(g.o, Tiling::new(g).block_tiles(), 1, g.c).saturating_mul(threads.clamp(1, 16))
 }
 
 /// How the 3x3 kernels of the convolution are read from the weight tensor `w` (`[O, C, 3, 3]` of
@@ -152,13 +153,21 @@ pub(super) fn convolve(
                 input_tile_row(g, plane, th, tiling.tiles_w, vc, tiles, first);
             }
         });
-        // The 16 products: `M[.][xi] = U[.][xi] @ V[.][xi]`, rows of `M` and `U` 16 blocks apart.
+        // The 16 products `M[xi] = U[.][xi] @ V[.][xi]` (rows of `U` and `V` 16 blocks apart),
+        // split among the threads, each product on one thread with the thread's own packing
+        // buffer: one barrier per block rather than one per product (the products' results do
+        // not depend on the threads).
+        let v = &*v;
         let m = &mut m[..16 * k * tiles];
-        for xi in 0..16 {
-            let a = Mat { data: &u[xi * c..], rows: k, cols: c, row_stride: 16 * c, col_stride: 1 };
-            let b = Mat { data: &v[xi * tiles..], rows: c, cols: tiles, row_stride: 16 * tiles, col_stride: 1 };
-            product_with(&a, &b, &mut m[xi * tiles..], Out { ldc: 16 * tiles, item_stride: 0 }, false, threads, pack);
-        }
+        let per_thread = pack_elems_items(k, tiles, 1, c);
+        for_each_part(threads.min(16), m, k * tiles, pack, per_thread, |first, run, pack| {
+            for (j, mx) in run.chunks_mut(k * tiles).enumerate() {
+                let xi = first + j;
+                let a = Mat { data: &u[xi * c..], rows: k, cols: c, row_stride: 16 * c, col_stride: 1 };
+                let b = Mat { data: &v[xi * tiles..], rows: c, cols: tiles, row_stride: 16 * tiles, col_stride: 1 };
+                product_with(&a, &b, mx, Out { ldc: tiles, item_stride: 0 }, false, 1, pack);
+            }
+        });
         // Outputs: the planes of the samples this block's tile rows belong to, each channel's
         // plane written where the block's tile rows lie.
         let (n_first, n_last) = (rows.start / tiling.tiles_h, (rows.end - 1) / tiling.tiles_h);
@@ -167,11 +176,12 @@ pub(super) fn convolve(
         for_each_chunk(threads, y_block, out_plane, 32 * out_plane.min(4 * tiles), |p, plane| {
             let (n, ko) = (n_first + p / k, p % k);
             let sample_rows = n * tiling.tiles_h..(n + 1) * tiling.tiles_h;
-            let mk = &m[ko * 16 * tiles..(ko + 1) * 16 * tiles];
+            // Channel `ko`'s products: `M[xi][ko]`, `k * tiles` apart.
+            let mk = &m[ko * tiles..];
             let own = rows.start.max(sample_rows.start)..rows.end.min(sample_rows.end);
             for row in own.clone() {
                 let first = (row - rows.start) * tiling.tiles_w;
-                output_tile_row(g, mk, tiles, first, row - sample_rows.start, tiling.tiles_w, plane);
+                output_tile_row(g, mk, k * tiles, first, row - sample_rows.start, tiling.tiles_w, plane);
             }
             let written = 2 * (own.start - sample_rows.start) * g.wo..(2 * (own.end - sample_rows.start)).min(g.ho) * g.wo;
             finish(n * k + ko, written.start, &mut plane[written]);
@@ -288,8 +298,8 @@ fn input_tile_row_body<const FMA: bool>(
 }
 
 multiversion!(
-    /// Transforms the products of tile row `th` of one output channel (`mk`, `[16][tiles]`, the
-    /// row's first tile at `first`) back into its output plane: `A^T m A` with
+    /// Transforms the products of tile row `th` of one output channel (`mk`, product `xi` of tile
+    /// `t` at `xi * tiles + t`, the row's first tile at `first`) back into its output plane: `A^T m A` with
     /// `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`, dropping the positions past the plane's edge.
     fn output_tile_row(g: &Geometry, mk: &[f32], tiles: usize, first: usize, th: usize, tiles_w: usize, plane: &mut [f32]) => output_tile_row_body);
 
