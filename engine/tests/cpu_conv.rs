@@ -3,8 +3,9 @@
 //! depthwise loops, im2col + gemm) and every border case of the index arithmetic.
 
 use pock_engine::kernels::cpu::{self, CpuConfig};
+use pock_engine::kernels::reference::mask;
 use pock_engine::kernels::{reference, KernelError, NodeArgs, View, ViewMut};
-use pock_engine::ops::{Conv2d, ConvOp, Op};
+use pock_engine::ops::{packed_shape, Activation, Clip, Conv2d, ConvOp, MaskKind, Op};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -221,5 +222,119 @@ fn a_too_small_scratch_is_an_error() {
         let mut outputs = [ViewMut { data: &mut out[..], shape: &out_shape[..] }];
         let result = cpu::execute(&op, NodeArgs::floats(&views, &mut outputs), &mut ws, &mut pack, cfg);
         assert!(matches!(result, Err(KernelError::Invalid { .. })), "{}: {result:?}", op.name());
+    }
+}
+
+/// Convolutions that take Winograd F(2x2, 3x3) (ungrouped 3x3, stride 1, at least 16 input and
+/// output channels, at least 256 output tiles): odd output sizes (half tiles at the right and bottom edges), padding 0 (whose
+/// input gradient has padding 2) and asymmetric padding, channel counts that are not multiples of
+/// gemm's register tile, and a batch whose tile rows take several blocks, one of them starting
+/// and ending in the middle of a sample.
+const WINOGRAD_CASES: &[Case] = &[
+    case(4, 17, [23, 25], 19, [3, 3], [1, 1], [1; 4], [1, 1], 1),
+    case(2, 16, [33, 34], 20, [3, 3], [1, 1], [0; 4], [1, 1], 1),
+    case(4, 24, [16, 15], 16, [3, 3], [1, 1], [0, 2, 1, 1], [1, 1], 1),
+    case(3, 32, [30, 30], 32, [3, 3], [1, 1], [1; 4], [1, 1], 1),
+];
+
+/// Winograd's own bound, tighter than [`TOLERANCE`]: every element within `1e-5 * rms(reference)`
+/// of the f64 reference. Its transforms add and subtract inputs and weights (and halve the
+/// weights) before the products, so an element's rounding error is a few ulps of terms of the
+/// size of the inputs and weights summed over `9 * C` products: measured at most 1.7e-6 of the
+/// RMS on these cases (the im2col weight gradient's, checked the same way, is up to 2.2e-6). A
+/// wrong tap or tile moves elements by about the RMS, a wrong transform coefficient in its
+/// fourth digit by about 1e-4 of it.
+const WINOGRAD_TOLERANCE: f64 = 1e-5;
+
+fn assert_close_to_rms(what: &str, fast: &[f32], reference: &[f64]) {
+    let rms = (reference.iter().map(|v| v * v).sum::<f64>() / reference.len() as f64).sqrt();
+    let worst = fast.iter().zip(reference).map(|(&f, &r)| (f as f64 - r).abs()).fold(0.0, f64::max);
+    assert!(worst <= WINOGRAD_TOLERANCE * rms, "{what}: error {worst:.3e} is {:.3e} of the RMS", worst / rms);
+}
+
+/// One node to check: the op, its float inputs with their shapes, its packed mask, its output shape.
+type Run<'a> = (&'a Op, Vec<(&'a [f32], &'a [usize])>, Option<&'a [u8]>, &'a [usize]);
+
+#[test]
+fn winograd_convolutions_match_the_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    for case in WINOGRAD_CASES {
+        let c = case.conv;
+        let [forward, grad_input, grad_weight, grad_weight_rows] = ops(case);
+        // Only Winograd gives a stride-1 forward pass or input gradient a workspace.
+        for (op, shapes, out) in [&forward, &grad_input] {
+            let in_shapes: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
+            assert!(cpu::workspace_elems(op, &in_shapes, &[out]) > 0, "{} {case:?} does not take Winograd", op.name());
+        }
+        let (xs, ws, ys) = (forward.1[0].clone(), forward.1[1].clone(), forward.2.clone());
+        let (x, w, dy, b) = (random(&mut rng, &xs), random(&mut rng, &ws), random(&mut rng, &ys), random(&mut rng, &[case.o]));
+        // A ReLU6 mask over values on both sides of its kinks.
+        let v: Vec<f32> = random(&mut rng, &xs).iter().map(|v| v * 8.0).collect();
+        let mut bits = vec![0u8; packed_shape(v.len())[0]];
+        mask::pack(&MaskKind::Clip(Clip { min: 0.0, max: 6.0 }), &v, &mut bits);
+        let fused: Op = ConvOp::Conv2dBiasAct { conv: c, act: Activation::Relu }.into();
+        let masked: Op = ConvOp::Conv2dGradInputMasked { conv: c, input_hw: case.hw }.into();
+        let bias_shape = vec![case.o];
+        let runs: [Run; 6] = [
+            (&forward.0, vec![(&x, &xs), (&w, &ws)], None, &ys),
+            (&fused, vec![(&x, &xs), (&w, &ws), (&b, &bias_shape)], None, &ys),
+            (&grad_input.0, vec![(&dy, &ys), (&w, &ws)], None, &xs),
+            (&masked, vec![(&dy, &ys), (&w, &ws)], Some(&bits), &xs),
+            (&grad_weight.0, vec![(&dy, &ys), (&x, &xs)], None, &ws),
+            (&grad_weight_rows.0, vec![(&dy, &ys), (&x, &xs)], None, &grad_weight_rows.2),
+        ];
+        for (op, inputs, mask, out_shape) in runs {
+            let want = run_with_mask(op, &inputs, mask, out_shape, None);
+            for threads in [1, 3] {
+                let what = format!("{} {case:?}, {threads} threads", op.name());
+                let got = run_with_mask(op, &inputs, mask, out_shape, Some(CpuConfig { threads }));
+                let got: Vec<f32> = got.iter().map(|&v| v as f32).collect();
+                assert_matches(&what, &got, &want);
+                assert_close_to_rms(&what, &got, &want);
+            }
+        }
+    }
+}
+
+/// One node with float inputs and an optional packed mask, on the fast kernels (`Some`, in f32,
+/// output and workspace filled with NaN first) or the reference kernels in f64 (`None`).
+fn run_with_mask(op: &Op, inputs: &[(&[f32], &[usize])], bits: Option<&[u8]>, out_shape: &[usize], fast: Option<CpuConfig>) -> Vec<f64> {
+    let bits_shape = bits.map(|b| vec![b.len()]).unwrap_or_default();
+    let bool_views: Vec<View<u8>> = bits.iter().map(|b| View { data: b, shape: &bits_shape }).collect();
+    let shapes: Vec<&[usize]> = inputs.iter().map(|(_, s)| *s).collect();
+    match fast {
+        Some(cfg) => {
+            let views: Vec<View<f32>> = inputs.iter().map(|&(data, shape)| View { data, shape }).collect();
+            let mut out = vec![f32::NAN; out_shape.iter().product()];
+            let mut outputs = [ViewMut { data: &mut out[..], shape: out_shape }];
+            let args = NodeArgs {
+                inputs: &views,
+                int_inputs: &[],
+                bool_inputs: &bool_views,
+                outputs: &mut outputs,
+                int_outputs: &mut [],
+                bool_outputs: &mut [],
+            };
+            let mut ws = vec![f32::NAN; cpu::workspace_elems(op, &shapes, &[out_shape])];
+            let mut scratch = vec![f32::NAN; cpu::scratch_elems(op, &shapes, &[out_shape], cfg)];
+            cpu::execute(op, args, &mut ws, &mut scratch, cfg).unwrap_or_else(|e| panic!("{}: {e}", op.name()));
+            out.iter().map(|&v| v as f64).collect()
+        }
+        None => {
+            let wide: Vec<Vec<f64>> = inputs.iter().map(|(d, _)| d.iter().map(|&e| e as f64).collect()).collect();
+            let views: Vec<View<f64>> = wide.iter().zip(&shapes).map(|(data, &shape)| View { data, shape }).collect();
+            let mut out = vec![0.0; out_shape.iter().product()];
+            let mut outputs = [ViewMut { data: &mut out[..], shape: out_shape }];
+            let args = NodeArgs {
+                inputs: &views,
+                int_inputs: &[],
+                bool_inputs: &bool_views,
+                outputs: &mut outputs,
+                int_outputs: &mut [],
+                bool_outputs: &mut [],
+            };
+            reference::execute(op, args).unwrap();
+            out
+        }
     }
 }

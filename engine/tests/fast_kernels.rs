@@ -139,6 +139,42 @@ fn convolutions_match_the_reference() {
     }
 }
 
+/// Convolutions that take Winograd F(2x2, 3x3) (ungrouped 3x3, stride 1, 16 or more channels on
+/// each side, 256 or more output tiles): odd and even output sizes, padding 0 to 2 (asymmetric too), channel counts off
+/// gemm's register tile, and a batch whose tile rows take several blocks (the 30x30 one, a block
+/// ending in the middle of a sample), on both instruction-set paths and 1 to 3 threads.
+#[test]
+fn winograd_convolutions_match_the_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    for (n, c, o, hw, padding) in [
+        (8, 16, 16, [12, 12], [1; 4]),
+        (4, 19, 17, [17, 19], [1; 4]),
+        (2, 16, 23, [30, 27], [0; 4]),
+        (4, 18, 16, [20, 17], [2, 0, 1, 2]),
+        (3, 32, 32, [30, 30], [1; 4]),
+        (2, 40, 24, [24, 40], [1, 1, 0, 0]),
+    ] {
+        let conv = Conv2d { stride: [1, 1], padding, dilation: [1, 1], groups: 1 };
+        let (x_shape, w_shape) = (vec![n, c, hw[0], hw[1]], vec![o, c, 3, 3]);
+        let y_shape = Op::from(ConvOp::Conv2d(conv)).output_shapes(&[&x_shape, &w_shape]).unwrap().remove(0);
+        let what = format!("winograd {x_shape:?} * {w_shape:?} -> {y_shape:?}, {conv:?}");
+        let forward = Op::from(ConvOp::Conv2d(conv));
+        let grad_input = Op::from(ConvOp::Conv2dGradInput { conv, input_hw: hw });
+        // Only Winograd gives a stride-1 forward pass or input gradient a workspace.
+        assert!(workspace_elems(&forward, &[&x_shape, &w_shape], &[&y_shape]) > 0, "{what}: forward is not Winograd");
+        assert!(workspace_elems(&grad_input, &[&y_shape, &w_shape], &[&x_shape]) > 0, "{what}: grad input is not Winograd");
+        let (x, wt, dy) = (
+            random(&mut rng, x_shape.iter().product()),
+            random(&mut rng, w_shape.iter().product()),
+            random(&mut rng, y_shape.iter().product()),
+        );
+        let inputs = [(x, x_shape.clone()), (wt.clone(), w_shape.clone())];
+        check(&format!("forward {what}"), &forward, &inputs, std::slice::from_ref(&y_shape), &mut rng, false);
+        let inputs = [(dy, y_shape), (wt, w_shape)];
+        check(&format!("grad input {what}"), &grad_input, &inputs, &[x_shape], &mut rng, false);
+    }
+}
+
 /// Depthwise convolutions (one output channel per input channel) on the planes where the
 /// channel-blocked kernel takes over from the row loops (1x1 to 16x16, odd and even), and on wide
 /// planes that stay on the row path; channel counts around the eight-channel block (a last block
@@ -778,6 +814,63 @@ fn mask_pack_equals_the_reference() {
                 }
             }
             force_isa(None);
+        }
+    }
+}
+
+
+/// Not a check: Winograd against im2col on ResNet-18-like stride-1 3x3 layers (batch 8), forward
+/// pass and input gradient, A/B interleaved in one process (`set_winograd` switches the
+/// algorithm process-wide, so run this test alone): ms, the best of 10 rounds (on one thread in
+/// thread CPU time, which other processes on a loaded machine do not disturb; on more, wall
+/// clock), and GFLOP/s counting a direct convolution's FLOPs. Threads from `POCK_SPEED_THREADS`
+/// (default 1). Run with
+/// `cargo test --workspace --test fast_kernels -- --ignored --nocapture winograd_speed`.
+#[cfg(target_os = "linux")]
+#[test]
+#[ignore]
+fn winograd_speed() {
+    use pock_engine::kernels::cpu::set_winograd;
+    let threads: usize = std::env::var("POCK_SPEED_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
+    let cfg = CpuConfig { threads };
+    let start = std::time::Instant::now();
+    let now = || if threads == 1 { thread_seconds() } else { start.elapsed().as_secs_f64() };
+    let mut rng = ChaCha8Rng::seed_from_u64(15);
+    for (c, hw) in [(64, 32), (128, 16), (256, 8), (512, 4)] {
+        let conv = Conv2d { stride: [1, 1], padding: [1; 4], dilation: [1, 1], groups: 1 };
+        let (x_shape, w_shape) = (vec![8, c, hw, hw], vec![c, c, 3, 3]);
+        let flops = 2.0 * (x_shape.iter().product::<usize>() * c * 9) as f64;
+        let (x, wt) = (random(&mut rng, x_shape.iter().product()), random(&mut rng, w_shape.iter().product()));
+        let cases =
+            [("forward", Op::from(ConvOp::Conv2d(conv))), ("grad input", Op::from(ConvOp::Conv2dGradInput { conv, input_hw: [hw, hw] }))];
+        for (what, op) in cases {
+            let shapes: [&[usize]; 2] = [&x_shape, &w_shape];
+            let mut workspace = vec![0.0f32; workspace_elems(&op, &shapes, &[&x_shape])];
+            let mut scratch = vec![0.0f32; scratch_elems(&op, &shapes, &[&x_shape], cfg)];
+            let mut out = vec![0.0f32; x_shape.iter().product()];
+            let mut best = [f64::INFINITY; 2];
+            for round in 0..11 {
+                for (i, winograd) in [false, true].into_iter().enumerate() {
+                    set_winograd(winograd);
+                    let ins = [View { data: &x, shape: &x_shape }, View { data: &wt, shape: &w_shape }];
+                    let mut outs = [ViewMut { data: &mut out, shape: &x_shape }];
+                    let t = now();
+                    execute(&op, NodeArgs::floats(&ins, &mut outs), &mut workspace, &mut scratch, cfg).unwrap();
+                    if round > 0 {
+                        best[i] = best[i].min(now() - t);
+                    }
+                }
+            }
+            set_winograd(true);
+            let gflops = |s: f64| flops / s / 1e9;
+            println!(
+                "{what:<10} {x_shape:?} {threads} threads: im2col {:7.2} ms {:6.1} GFLOP/s, winograd {:7.2} ms {:6.1} GFLOP/s ({:.2}x)",
+                best[0] * 1e3,
+                gflops(best[0]),
+                best[1] * 1e3,
+                gflops(best[1]),
+                best[0] / best[1]
+            );
         }
     }
 }

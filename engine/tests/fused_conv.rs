@@ -28,6 +28,8 @@ const CASES: &[Case] = &[
     (3, 11, [7, 7], 11, [3, 3], 2, [1, 0, 1, 1], 11), // depthwise, channel blocks, strided
     (1, 3, [40, 38], 3, [3, 3], 1, [1; 4], 3),        // depthwise on planes wide enough for the row path
     (2, 32, [20, 18], 48, [3, 3], 1, [1; 4], 1),      // gemm blocking
+    (4, 16, [17, 19], 20, [3, 3], 1, [1; 4], 1),      // Winograd, odd output sizes
+    (2, 17, [30, 31], 16, [3, 3], 1, [0; 4], 1),      // Winograd, padding 0 (input gradient padding 2)
 ];
 
 static ISA: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -1,6 +1,6 @@
-//! Convolution as im2col + gemm, with arena workspace for the column matrix.
+//! Convolution as im2col + gemm (or Winograd, `winograd.rs`), with arena workspace for the column matrix.
 //!
-//! Three algorithms, chosen from the shapes alone so that [`conv_workspace_elems`] (called by the
+//! Four algorithms, chosen from the shapes alone so that [`conv_workspace_elems`] (called by the
 //! compiler to size the arena) and the kernels (which receive that slice) always agree:
 //! - pointwise (1x1, stride 1, no padding): the input plane already is the column matrix, so the
 //!   forward pass and the input gradient are one product per group for all samples (the weights
@@ -16,10 +16,14 @@
 //!   The input gradient of a stride-1 convolution is the forward convolution of `dy` with the
 //!   flipped, transposed weights ([`FlippedWeights`]), computed the same way with no col2im;
 //!   other strides compute `w^T @ dy` per sample into the workspace and scatter it (col2im).
+//! - Winograd F(2x2, 3x3) (`winograd.rs`): ungrouped, stride-1, undilated 3x3 convolutions with
+//!   at least 16 channels on each side and 256 output tiles, forward pass and input gradient (the
+//!   latter again with the flipped, transposed weights); its buffers are the node's workspace.
 
 use super::epilogue::{self, Epilogue};
 use super::par::{for_each_chunk, for_each_part};
 use super::sgemm::{pack_elems_items, product_with, Out, SourceA, SourceB, MR, NR};
+use super::winograd::{self, Weights};
 use super::{depthwise, pack_elems, sgemm, Mat};
 use crate::kernels::{KernelError, View, ViewMut};
 use crate::ops::{Conv2d, ConvOp};
@@ -58,10 +62,44 @@ impl Geometry {
             && self.padding[3] <= reach[1]
     }
 
-    /// The workspace of the input gradient: one sample's column matrix for col2im, unless the
-    /// gradient is computed directly. (The forward pass and the weight gradient need none.)
+    /// Whether the forward pass can be Winograd F(2x2, 3x3) ([`winograd::applies`]); the
+    /// buffers are sized for it whether or not [`set_winograd`] turned it off.
+    fn forward_winograd_fits(&self) -> bool {
+        self.algorithm() == Algorithm::Im2col && winograd::applies(self)
+    }
+
+    /// Whether the forward pass is Winograd.
+    fn forward_winograd(&self) -> bool {
+        self.forward_winograd_fits() && winograd_enabled()
+    }
+
+    /// Whether the input gradient can be the Winograd forward pass of `dy` with the flipped,
+    /// transposed weights.
+    fn grad_input_winograd_fits(&self) -> bool {
+        self.grad_input_direct() && winograd::applies(&self.transposed())
+    }
+
+    /// Whether the input gradient is computed with Winograd.
+    fn grad_input_winograd(&self) -> bool {
+        self.grad_input_winograd_fits() && winograd_enabled()
+    }
+
+    /// The workspace of the forward pass: Winograd's transformed weights and one block of
+    /// transformed tiles, else none.
+    fn forward_workspace_elems(&self) -> usize {
+        if self.forward_winograd_fits() {
+            winograd::workspace_elems(self)
+        } else {
+            0
+        }
+    }
+
+    /// The workspace of the input gradient: one sample's column matrix for col2im, Winograd's
+    /// buffers, or none when the gradient is computed directly. (The weight gradient needs none.)
     fn grad_input_workspace_elems(&self) -> usize {
-        if self.algorithm() != Algorithm::Im2col || self.grad_input_direct() {
+        if self.grad_input_winograd_fits() {
+            winograd::workspace_elems(&self.transposed())
+        } else if self.algorithm() != Algorithm::Im2col || self.grad_input_direct() {
             0
         } else if self.grad_input_batched() {
             self.n * self.taps() * self.out_plane()
@@ -143,11 +181,28 @@ fn valid_outputs(out_len: usize, stride: usize, offset: usize, pad: usize, len: 
     (lo..hi, first)
 }
 
+/// Whether stride-1 3x3 convolutions may use Winograd (the default); off, they use im2col. For
+/// comparing the two algorithms in one process: the workspace sizes do not depend on it.
+static WINOGRAD: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
+
+/// Enables or disables Winograd convolutions process-wide (see [`WINOGRAD`]); for benchmarks and
+/// tests that compare the algorithms. Workspace sizes keep counting Winograd's buffers.
+pub fn set_winograd(enabled: bool) {
+    WINOGRAD.store(enabled, core::sync::atomic::Ordering::Relaxed);
+}
+
+fn winograd_enabled() -> bool {
+    WINOGRAD.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 /// f32 elements of scratch each conv op needs.
 pub fn conv_workspace_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]]) -> usize {
     // Only the input gradient of a strided convolution materialises a column matrix (col2im's);
     // the forward pass and the weight gradient pack gemm's slivers straight from the input.
     match (op, inputs, outputs) {
+        (ConvOp::Conv2d(c) | ConvOp::Conv2dBiasAct { conv: c, .. }, [x, w, ..], [y]) => {
+            Geometry::new(c, x, w, y).map_or(0, |g| g.forward_workspace_elems())
+        }
         (ConvOp::Conv2dGradInput { conv, .. } | ConvOp::Conv2dGradInputMasked { conv, .. }, [dy, w, ..], [dx]) => {
             Geometry::new(conv, dx, w, dy).map_or(0, |g| g.grad_input_workspace_elems())
         }
@@ -160,6 +215,10 @@ pub fn conv_workspace_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize
 pub fn conv_scratch_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]], threads: usize) -> usize {
     let product = match (op, inputs, outputs) {
         (ConvOp::Conv2d(c) | ConvOp::Conv2dBiasAct { conv: c, .. }, [x, w, ..], [y]) => match Geometry::new(c, x, w, y) {
+            Some(g) if g.forward_winograd_fits() => {
+                // Either algorithm may run ([`set_winograd`]).
+                return winograd::scratch_elems(&g, threads).max(pack_elems_items(g.og, g.out_plane(), g.n, g.taps()));
+            }
             // One product for all samples: a single buffer, whatever the threads.
             Some(g) if g.algorithm() != Algorithm::Depthwise => return pack_elems_items(g.og, g.out_plane(), g.n, g.taps()),
             other => other.map(|g| (g.og, g.out_plane(), g.taps(), g)),
@@ -168,7 +227,9 @@ pub fn conv_scratch_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]]
             match Geometry::new(conv, dx, w, dy) {
                 Some(g) if g.grad_input_direct() => {
                     let t = g.transposed();
-                    return pack_elems_items(t.og, t.out_plane(), t.n, t.taps());
+                    let im2col = pack_elems_items(t.og, t.out_plane(), t.n, t.taps());
+                    // Either algorithm may run ([`set_winograd`]).
+                    return if g.grad_input_winograd_fits() { im2col.max(winograd::scratch_elems(&t, threads)) } else { im2col };
                 }
                 Some(g) if g.grad_input_batched() => return pack_elems_items(g.taps(), g.out_plane(), g.n, g.og),
                 Some(g) if g.algorithm() == Algorithm::Pointwise => return pack_elems_items(g.taps(), g.out_plane(), g.n, g.og),
@@ -211,7 +272,13 @@ fn prepare<'w>(
     if numel(input.0) != input.1 || numel(weight.0) != weight.1 || numel(output.0) != output.1 {
         return Err(KernelError::Invalid { op, message: "tensor data does not match its shape" });
     }
-    let need = if op.starts_with("Conv2dGradInput") { g.grad_input_workspace_elems() } else { 0 };
+    let need = if op.starts_with("Conv2dGradInput") {
+        g.grad_input_workspace_elems()
+    } else if op == "Conv2d" || op == "Conv2dBiasAct" {
+        g.forward_workspace_elems()
+    } else {
+        0
+    };
     if ws.len() < need {
         return Err(KernelError::Invalid { op, message: "workspace is smaller than conv_workspace_elems requires" });
     }
@@ -254,8 +321,18 @@ pub(super) fn conv2d(
         }
         return Ok(());
     }
-    // The forward pass needs no workspace (`prepare` gives it none).
-    debug_assert!(ws.is_empty());
+    if g.forward_winograd() {
+        let finish = |p: usize, _: usize, rows: &mut [f32]| {
+            if let Some(e) = &epilogue {
+                e.planes(p % g.o, rows, rows.len());
+            }
+        };
+        winograd::convolve(&g, x.data, w.data, Weights::Forward, y.data, ws, threads, scratch, &finish);
+        return Ok(());
+    }
+    // The im2col forward pass needs no workspace (`prepare` gives it Winograd's when that was
+    // turned off).
+    debug_assert!(ws.is_empty() || g.forward_winograd_fits());
     convolve(&g, x.data, w.data, y.data, threads, scratch);
     if let Some(e) = &epilogue {
         for_each_chunk(threads, y.data, out_plane, out_plane, |p, plane| e.planes(p % g.o, plane, out_plane));
@@ -314,6 +391,17 @@ pub(super) fn conv2d_grad_input(
             let plane = g.in_plane();
             for_each_chunk(threads, dx.data, plane, plane, |p, dx_plane| epilogue::mask_at(bits, p * plane, dx_plane));
         }
+        return Ok(());
+    }
+    if g.grad_input_winograd() {
+        // The Winograd forward convolution of `dy` with the flipped, transposed weights.
+        let plane = g.in_plane();
+        let finish = |p: usize, at: usize, rows: &mut [f32]| {
+            if let Some(bits) = mask {
+                epilogue::mask_at(bits, p * plane + at, rows);
+            }
+        };
+        winograd::convolve(&g.transposed(), dy.data, w.data, Weights::Flipped, dx.data, ws, threads, scratch, &finish);
         return Ok(());
     }
     if g.grad_input_direct() {

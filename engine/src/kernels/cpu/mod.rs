@@ -21,11 +21,12 @@ pub mod pool;
 mod pooling;
 mod rows;
 mod sgemm;
+mod winograd;
 
 use super::{reference, KernelError, NodeArgs};
 use crate::ops::{BroadcastOp, ConvOp, DenseOp, LossOp, MaskOp, MatMulOp, MoveOp, NormOp, Op, PoolOp, ReduceOp};
 
-pub use conv::conv_workspace_elems;
+pub use conv::{conv_workspace_elems, set_winograd};
 pub use sgemm::pack_elems;
 
 /// How many threads the fast kernels may use.

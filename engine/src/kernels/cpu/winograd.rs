@@ -1,0 +1,354 @@
+//! Winograd F(2x2, 3x3): stride-1, undilated, ungrouped 3x3 convolutions with 16 products of
+//! `C`-deep dot products per 2x2 output tile instead of 36 multiply-adds per input channel.
+//!
+//! With `g` a 3x3 kernel, `d` a 4x4 input tile and `G`, `B^T`, `A^T` the F(2, 3) matrices below,
+//! the 2x2 output tile is `A^T [sum over c of (G g G^T) . (B^T d B)] A` (`.` elementwise). So:
+//! - the weights are transformed once per call (they change every training step):
+//!   `U[k][xi][c]`, `xi` one of the 16 positions of `G g G^T`;
+//! - the output tiles are processed in blocks of whole tile rows (over all samples), sized so
+//!   that the block's transformed inputs `V[c][xi][t]` and products `M[xi][k][t]` stay within a
+//!   few MiB: for each block, the input tiles are transformed (`B^T d B`, channels split among
+//!   the threads), then `M[xi] = U[.][xi] @ V[.][xi]` is 16 independent gemms of `K x C` by
+//!   `C x tiles` (pock's sgemm, the products split among the threads), then each output
+//!   channel's tiles are transformed back (`A^T m A`) straight into its planes of `y`.
+//!
+//! The input gradient of such a convolution is the same computation on `dy` with the flipped,
+//! transposed weights (`weights: Flipped`), as in `conv.rs`.
+//!
+//! The transforms only add, subtract and halve (no FMA), so both instruction-set paths
+//! ([`multiversion`]) give the same bits. Every buffer is the node's arena workspace
+//! ([`workspace_elems`]), and the block size is a function of the shapes alone, so the
+//! compiler's sizing and the kernel always agree. The transforms compute each value the same way
+//! on any thread, and the gemm does not depend on the thread count, so results do not either.
+//! Rounding: against an f64 reference on random inputs the error is no larger than im2col's
+//! (RMS 1.4e-7 to 5e-7 of the output's RMS on 16 to 256 channels, im2col's 2e-7 to 3.4e-7), but
+//! it is a different rounding: a training run moves by it as by any other change of summation
+//! order.
+
+use super::par::{for_each_chunk, for_each_part, multiversion};
+use super::sgemm::{pack_elems_items, product_with, Out};
+use super::Mat;
+use crate::kernels::conv_geometry::ConvGeometry as Geometry;
+
+/// Tiles whose transforms are computed side by side (vector lanes).
+const LANES: usize = 8;
+
+/// Upper bound of a block's transformed inputs and products together, in f32 elements (2 MiB):
+/// the block's `V` and `M` stay in L2/L3 between the transforms and the gemms.
+const BLOCK_ELEMS: usize = 1 << 19;
+
+/// Whether the convolution `g` computes its forward pass with Winograd: ungrouped 3x3, stride 1,
+/// dilation 1, padding at most 2 on each side (the input gradient of a padding-0 convolution has
+/// padding 2), an output of the size the padding gives, and enough channels and output for the
+/// transforms to pay for themselves (measured on ResNet-18's layers: below 16 channels the
+/// transforms dominate).
+pub(super) fn applies(g: &Geometry) -> bool {
+    g.groups == 1
+        && g.kh == 3
+        && g.kw == 3
+        && g.stride == [1, 1]
+        && g.dilation == [1, 1]
+        && g.padding.iter().all(|&p| p <= 2)
+        && g.h + g.padding[0] + g.padding[2] == g.ho + 2
+        && g.w + g.padding[1] + g.padding[3] == g.wo + 2
+        && g.c >= MIN_CHANNELS
+        && g.o >= MIN_CHANNELS
+        && g.ho * g.wo >= MIN_OUT_PLANE
+        && g.n * g.ho.div_ceil(2) * g.wo.div_ceil(2) >= MIN_TILES
+}
+
+/// The smallest input and output channel counts Winograd is used for.
+const MIN_CHANNELS: usize = 16;
+/// The smallest output plane Winograd is used for.
+const MIN_OUT_PLANE: usize = 16;
+/// The fewest output tiles (over all samples) Winograd is used for. Its gemms do `2 * tiles`
+/// FLOPs per transformed weight, and the transformed weights (16/9 of the weights) are written,
+/// packed and read again, so with few tiles that traffic costs more than the saved products. On
+/// one thread (`winograd_speed` in `engine/tests/fast_kernels.rs`, thread CPU time) ResNet-18's
+/// stride-1 layers at batch 8 ran at 1.32x to 1.45x of im2col's speed with 2048 and 512 tiles
+/// (64x32x32, 128x16x16), 1.02x to 1.11x with 128 (256x8x8) and 0.71x to 0.78x with 32 (512x4x4).
+const MIN_TILES: usize = 256;
+
+/// The tiling of one Winograd convolution: tiles per row and column, and tile rows per block.
+struct Tiling {
+    tiles_h: usize,
+    tiles_w: usize,
+    block_rows: usize,
+}
+
+impl Tiling {
+    fn new(g: &Geometry) -> Self {
+        let (tiles_h, tiles_w) = (g.ho.div_ceil(2), g.wo.div_ceil(2));
+        let per_row = 16 * (g.c + g.o) * tiles_w.max(1);
+        let block_rows = (BLOCK_ELEMS / per_row).clamp(1, (g.n * tiles_h).max(1));
+        Tiling { tiles_h, tiles_w, block_rows }
+    }
+
+    /// Tiles in a full block.
+    fn block_tiles(&self) -> usize {
+        self.block_rows * self.tiles_w
+    }
+}
+
+/// f32 elements of workspace: the transformed weights, and one block's transformed inputs and
+/// products.
+pub(super) fn workspace_elems(g: &Geometry) -> usize {
+    let t = Tiling::new(g).block_tiles();
+    16 * g.o * g.c + 16 * g.c * t + 16 * g.o * t
+}
+
+/// f32 elements of gemm packing buffer with `threads` threads: one `K x C` by `C x tiles`
+/// product at a time on each (at most 16, one per product).
+pub(super) fn scratch_elems(g: &Geometry, threads: usize) -> usize {
+    pack_elems_items(g.o, Tiling::new(g).block_tiles(), 1, g.c).saturating_mul(threads.clamp(1, 16))
+}
+
+/// How the 3x3 kernels of the convolution are read from the weight tensor `w` (`[O, C, 3, 3]` of
+/// the forward convolution).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Weights {
+    /// The forward pass: the kernel of output channel `k`, input channel `c` is `w[k, c]`.
+    Forward,
+    /// The input gradient: output channel `k` (an input channel of the forward convolution),
+    /// input channel `c` (one of its output channels) is `w[c, k]` flipped along both axes.
+    Flipped,
+}
+
+/// `y = conv(x, w)` for the convolution `g` (one that [`applies`]); `ws` holds at least
+/// [`workspace_elems`] elements and `pack` [`scratch_elems`]. `finish(p, at, rows)` is called
+/// on each part of an output plane right after it is written (`rows`, elements `at..` of plane
+/// `p` of `y`, whole output rows): the caller's epilogue or mask, applied while it is in cache.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn convolve(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    weights: Weights,
+    y: &mut [f32],
+    ws: &mut [f32],
+    threads: usize,
+    pack: &mut [f32],
+    finish: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
+) {
+    let (c, k) = (g.c, g.o);
+    let tiling = Tiling::new(g);
+    let bt = tiling.block_tiles();
+    let (u, rest) = ws.split_at_mut(16 * k * c);
+    let (v, rest) = rest.split_at_mut(16 * c * bt);
+    let m = &mut rest[..16 * k * bt];
+    transform_weights(g, w, weights, u, threads);
+    let u = &*u;
+    let rows_total = g.n * tiling.tiles_h;
+    let (in_plane, out_plane) = (g.in_plane(), g.out_plane());
+    for first_row in (0..rows_total).step_by(tiling.block_rows) {
+        let rows = first_row..(first_row + tiling.block_rows).min(rows_total);
+        let tiles = rows.len() * tiling.tiles_w;
+        // Inputs: channel `ci`'s transformed tiles are `v[ci * 16 * tiles..]`, `[16][tiles]`.
+        let v = &mut v[..16 * c * tiles];
+        for_each_chunk(threads, v, 16 * tiles, 64 * tiles, |ci, vc| {
+            for row in rows.clone() {
+                let (n, th) = (row / tiling.tiles_h, row % tiling.tiles_h);
+                let plane = &x[(n * c + ci) * in_plane..(n * c + ci + 1) * in_plane];
+                let first = (row - rows.start) * tiling.tiles_w;
+                input_tile_row(g, plane, th, tiling.tiles_w, vc, tiles, first);
+            }
+        });
+        // The 16 products `M[xi] = U[.][xi] @ V[.][xi]` (rows of `U` and `V` 16 blocks apart),
+        // split among the threads, each product on one thread with the thread's own packing
+        // buffer: one barrier per block rather than one per product (the products' results do
+        // not depend on the threads).
+        let v = &*v;
+        let m = &mut m[..16 * k * tiles];
+        let per_thread = pack_elems_items(k, tiles, 1, c);
+        for_each_part(threads.min(16), m, k * tiles, pack, per_thread, |first, run, pack| {
+            for (j, mx) in run.chunks_mut(k * tiles).enumerate() {
+                let xi = first + j;
+                let a = Mat { data: &u[xi * c..], rows: k, cols: c, row_stride: 16 * c, col_stride: 1 };
+                let b = Mat { data: &v[xi * tiles..], rows: c, cols: tiles, row_stride: 16 * tiles, col_stride: 1 };
+                product_with(&a, &b, mx, Out { ldc: tiles, item_stride: 0 }, false, 1, pack);
+            }
+        });
+        // Outputs: the planes of the samples this block's tile rows belong to, each channel's
+        // plane written where the block's tile rows lie.
+        let (n_first, n_last) = (rows.start / tiling.tiles_h, (rows.end - 1) / tiling.tiles_h);
+        let y_block = &mut y[n_first * k * out_plane..(n_last + 1) * k * out_plane];
+        let m = &*m;
+        for_each_chunk(threads, y_block, out_plane, 32 * out_plane.min(4 * tiles), |p, plane| {
+            let (n, ko) = (n_first + p / k, p % k);
+            let sample_rows = n * tiling.tiles_h..(n + 1) * tiling.tiles_h;
+            // Channel `ko`'s products: `M[xi][ko]`, `k * tiles` apart.
+            let mk = &m[ko * tiles..];
+            let own = rows.start.max(sample_rows.start)..rows.end.min(sample_rows.end);
+            for row in own.clone() {
+                let first = (row - rows.start) * tiling.tiles_w;
+                output_tile_row(g, mk, k * tiles, first, row - sample_rows.start, tiling.tiles_w, plane);
+            }
+            let written = 2 * (own.start - sample_rows.start) * g.wo..(2 * (own.end - sample_rows.start)).min(g.ho) * g.wo;
+            finish(n * k + ko, written.start, &mut plane[written]);
+        });
+    }
+}
+
+/// `U[k][xi][c] = (G g G^T)[xi]` for the 3x3 kernel `g` of output channel `k` and input channel
+/// `c`, with `G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]`.
+fn transform_weights(g: &Geometry, w: &[f32], weights: Weights, u: &mut [f32], threads: usize) {
+    let c = g.c;
+    for_each_chunk(threads, u, 16 * c, 16 * 8 * c, |k, uk| {
+        for ci in 0..c {
+            // Forward: w[k, ci]; flipped: w[ci, k] with both axes reversed (the forward
+            // convolution has `g.c` output channels and `g.o` input channels).
+            let kernel: [[f32; 3]; 3] = match weights {
+                Weights::Forward => {
+                    let s = &w[(k * c + ci) * 9..][..9];
+                    core::array::from_fn(|i| core::array::from_fn(|j| s[i * 3 + j]))
+                }
+                Weights::Flipped => {
+                    let s = &w[(ci * g.o + k) * 9..][..9];
+                    core::array::from_fn(|i| core::array::from_fn(|j| s[(2 - i) * 3 + 2 - j]))
+                }
+            };
+            // rows[j][a] = (G g)[a][j]; then (G g G^T)[a][b] is G applied along j.
+            let rows: [[f32; 4]; 3] = core::array::from_fn(|j| g_transform([kernel[0][j], kernel[1][j], kernel[2][j]]));
+            for a in 0..4 {
+                let t = g_transform([rows[0][a], rows[1][a], rows[2][a]]);
+                for b in 0..4 {
+                    uk[(a * 4 + b) * c + ci] = t[b];
+                }
+            }
+        }
+    });
+}
+
+/// `G v` for a 3-vector `v`.
+fn g_transform(v: [f32; 3]) -> [f32; 4] {
+    [v[0], 0.5 * (v[0] + v[1] + v[2]), 0.5 * (v[0] - v[1] + v[2]), v[2]]
+}
+
+multiversion!(
+    /// Transforms the input tiles of tile row `th` of one input plane into `vc` (`[16][tiles]`, the
+    /// block's transformed tiles of this channel), the row's first tile at `first`: `B^T d B` with
+    /// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`, zero where `d` reads
+    /// padding.
+    fn input_tile_row(g: &Geometry, plane: &[f32], th: usize, tiles_w: usize, vc: &mut [f32], tiles: usize, first: usize) => input_tile_row_body);
+
+#[inline(always)]
+fn input_tile_row_body<const FMA: bool>(
+    g: &Geometry,
+    plane: &[f32],
+    th: usize,
+    tiles_w: usize,
+    vc: &mut [f32],
+    tiles: usize,
+    first: usize,
+) {
+    let (pt, pl) = (g.padding[0], g.padding[1]);
+    let input_row = |i: usize| -> Option<&[f32]> {
+        let ih = (2 * th + i).checked_sub(pt)?;
+        (ih < g.h).then(|| &plane[ih * g.w..(ih + 1) * g.w])
+    };
+    let rows = [input_row(0), input_row(1), input_row(2), input_row(3)];
+    for tw0 in (0..tiles_w).step_by(LANES) {
+        let count = LANES.min(tiles_w - tw0);
+        // r[b][i][l]: row `i` of tile `tw0 + l` transformed along the columns (`d B`), value `b`.
+        let mut r = [[[0.0f32; LANES]; 4]; 4];
+        for (i, row) in rows.iter().enumerate() {
+            let Some(row) = row else { continue };
+            // The input columns the lanes read, zero outside the row (2 per lane and 2 more),
+            // split into even and odd columns: tile `l` reads `e[l], o[l], e[l + 1], o[l + 1]`.
+            let mut buf = [0.0f32; 2 * LANES + 2];
+            let start = 2 * tw0 as isize - pl as isize;
+            let lo = start.max(0) as usize;
+            let hi = ((start + 2 * LANES as isize + 2).max(0) as usize).min(g.w);
+            if lo as isize == start && hi - lo == buf.len() {
+                // Inside the row: a constant length, copied in registers rather than by a call.
+                buf.copy_from_slice(&row[lo..lo + 2 * LANES + 2]);
+            } else if lo < hi {
+                let at = (lo as isize - start) as usize;
+                buf[at..at + hi - lo].copy_from_slice(&row[lo..hi]);
+            }
+            let e: [f32; LANES + 1] = core::array::from_fn(|t| buf[2 * t]);
+            let o: [f32; LANES + 1] = core::array::from_fn(|t| buf[2 * t + 1]);
+            for l in 0..LANES {
+                r[0][i][l] = e[l] - e[l + 1];
+                r[1][i][l] = o[l] + e[l + 1];
+                r[2][i][l] = e[l + 1] - o[l];
+                r[3][i][l] = o[l] - o[l + 1];
+            }
+        }
+        // Along the rows (`B^T (d B)`), each of the 16 values written for the lanes' tiles.
+        for (b, rb) in r.iter().enumerate() {
+            let mut out = [[0.0f32; LANES]; 4];
+            for l in 0..LANES {
+                out[0][l] = rb[0][l] - rb[2][l];
+                out[1][l] = rb[1][l] + rb[2][l];
+                out[2][l] = rb[2][l] - rb[1][l];
+                out[3][l] = rb[1][l] - rb[3][l];
+            }
+            for (a, values) in out.iter().enumerate() {
+                let at = (a * 4 + b) * tiles + first + tw0;
+                if count == LANES {
+                    // A constant length: copied in registers rather than by a call.
+                    vc[at..at + LANES].copy_from_slice(values);
+                } else {
+                    vc[at..at + count].copy_from_slice(&values[..count]);
+                }
+            }
+        }
+    }
+}
+
+multiversion!(
+    /// Transforms the products of tile row `th` of one output channel (`mk`, product `xi` of tile
+    /// `t` at `xi * tiles + t`, the row's first tile at `first`) back into its output plane: `A^T m A` with
+    /// `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`, dropping the positions past the plane's edge.
+    fn output_tile_row(g: &Geometry, mk: &[f32], tiles: usize, first: usize, th: usize, tiles_w: usize, plane: &mut [f32]) => output_tile_row_body);
+
+#[inline(always)]
+fn output_tile_row_body<const FMA: bool>(
+    g: &Geometry,
+    mk: &[f32],
+    tiles: usize,
+    first: usize,
+    th: usize,
+    tiles_w: usize,
+    plane: &mut [f32],
+) {
+    for tw0 in (0..tiles_w).step_by(LANES) {
+        let count = LANES.min(tiles_w - tw0);
+        let mut m = [[0.0f32; LANES]; 16];
+        for (xi, lanes) in m.iter_mut().enumerate() {
+            let at = xi * tiles + first + tw0;
+            if count == LANES {
+                // A constant length: copied in registers rather than by a call.
+                lanes.copy_from_slice(&mk[at..at + LANES]);
+            } else {
+                lanes[..count].copy_from_slice(&mk[at..at + count]);
+            }
+        }
+        // s[o][b][l] = (A^T m)[o][b], then y[o][p] = (s A)[o][p], interleaved into output rows.
+        let mut out = [[0.0f32; 2 * LANES]; 2];
+        for l in 0..LANES {
+            let col = |b: usize| [m[b][l], m[4 + b][l], m[8 + b][l], m[12 + b][l]];
+            let s: [[f32; 2]; 4] = core::array::from_fn(|b| {
+                let v = col(b);
+                [v[0] + v[1] + v[2], v[1] - v[2] - v[3]]
+            });
+            for o in 0..2 {
+                out[o][2 * l] = s[0][o] + s[1][o] + s[2][o];
+                out[o][2 * l + 1] = s[1][o] - s[2][o] - s[3][o];
+            }
+        }
+        let (ow, len) = (2 * tw0, (2 * count).min(g.wo - 2 * tw0));
+        for (o, values) in out.iter().enumerate() {
+            let oh = 2 * th + o;
+            if oh < g.ho {
+                let at = oh * g.wo + ow;
+                if len == 2 * LANES {
+                    plane[at..at + 2 * LANES].copy_from_slice(values);
+                } else {
+                    plane[at..at + len].copy_from_slice(&values[..len]);
+                }
+            }
+        }
+    }
+}
