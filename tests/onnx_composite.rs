@@ -1,7 +1,7 @@
 //! The ONNX ops pock imports by composition of its primitives (PRelu, Mish, Selu, Softsign,
 //! GlobalMaxPool, Sum, Mean, ReduceL2, ReduceSumSquare, ReduceLogSumExp, ArgMax,
 //! InstanceNormalization, GroupNormalization, Resize, ConvTranspose, IsNaN, IsInf, CumSum,
-//! GatherElements): small models written by
+//! GatherElements, GatherND): small models written by
 //! `tests/onnx/composite_cases.py` (run with `$POCK_PYTHON`, which needs onnx, onnxruntime and
 //! numpy), each with attribute variants, imported forward and run by the f64 interpreter against
 //! onnxruntime's outputs (onnx's reference evaluator for GroupNormalization, which onnxruntime's
@@ -151,8 +151,8 @@ fn conv_transpose_matches_onnxruntime() {
 }
 
 #[test]
-fn isnan_isinf_cumsum_gather_elements_match_onnxruntime() {
-    check_all(&["isnan", "isinf_", "cumsum_", "gatherelements_"], 20);
+fn isnan_isinf_cumsum_gather_elements_gather_nd_match_onnxruntime() {
+    check_all(&["isnan", "isinf_", "cumsum_", "gatherelements_", "gathernd_"], 23);
 }
 
 fn gradients(name: &str, parameters: &[&str]) {
@@ -184,8 +184,8 @@ fn composed_reduction_gradients_match_finite_differences() {
 }
 
 #[test]
-fn cumsum_and_gather_elements_gradients_match_finite_differences() {
-    gradients("grad_cumsum_gather_elements", &["p", "q"]);
+fn cumsum_gather_elements_and_gather_nd_gradients_match_finite_differences() {
+    gradients("grad_cumsum_gather_elements", &["p", "q", "t"]);
 }
 
 fn import_error(model: &OnnxModel) -> String {

@@ -818,7 +818,6 @@ fn mask_pack_equals_the_reference() {
     }
 }
 
-
 /// Not a check: Winograd against im2col on ResNet-18-like stride-1 3x3 layers (batch 8), forward
 /// pass and input gradient, A/B interleaved in one process (`set_winograd` switches the
 /// algorithm process-wide, so run this test alone): ms, the best of 10 rounds (on one thread in

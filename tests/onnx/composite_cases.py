@@ -222,7 +222,7 @@ def conv_transpose(out):
 
 
 def scans(out):
-    """IsNaN, IsInf, CumSum and GatherElements (import_scan.rs). Bool outputs are cast to float,
+    """IsNaN, IsInf, CumSum, GatherElements and GatherND (import_scan.rs). Bool outputs are cast to float,
     integer inputs are made from float ones with Cast, so the indices and sums are run-time."""
     x = rand(3, 5, scale=4.0)
     x[0, 1], x[1, 2], x[2, 0] = np.nan, np.inf, -np.inf
@@ -263,6 +263,29 @@ def scans(out):
         [cast, node("GatherElements", ["d", "i"], axis=-1)],
         {"k": idx[:2]},
         [init("d", RNG.integers(-9, 9, size=(2, 4)).astype(np.int64))],
+    )
+    # GatherND: run-time indices into the first two axes (a negative one included), batch_dims 1,
+    # and HF BERT's pattern: a run-time bool mask picked by constant indices.
+    pairs = np.array([[0, 1], [2, -1], [1, 3]], np.float32)
+    write(out, "gathernd_k2", [cast, node("GatherND", ["d", "i"])], {"k": pairs}, [init("d", rand(3, 4, 5))])
+    write(
+        out,
+        "gathernd_batch1",
+        [cast, node("GatherND", ["d", "i"], batch_dims=1)],
+        {"k": np.array([[2], [0]], np.float32)},
+        [init("d", rand(2, 3, 4))],
+    )
+    grid = np.stack(np.meshgrid(np.arange(2), np.arange(5), indexing="ij"), -1).reshape(2, 1, 5, 2)[..., ::-1].copy()
+    write(
+        out,
+        "gathernd_bool_mask",
+        [
+            node("Greater", ["x", "zero"], ["m"]),
+            node("GatherND", ["m", "at"], ["g"]),
+            node("Cast", ["g"], to=TensorProto.FLOAT),
+        ],
+        {"x": rand(5, 2)},
+        [init("zero", np.array(0.0, np.float32)), init("at", grid.astype(np.int64))],
     )
 
 
@@ -336,7 +359,9 @@ def gradient_models(out):
             node("CumSum", ["xp", "axis"], ["c"]),
             node("CumSum", ["c", "axis0"], ["r"], reverse=1, exclusive=1),
             node("GatherElements", ["q", "idx"], ["g"], axis=1),
-            node("Add", ["r", "g"], ["y"]),
+            node("GatherND", ["t", "nd"], ["h"]),
+            node("Add", ["r", "g"], ["s"]),
+            node("Add", ["s", "h"], ["y"]),
         ],
         {"x": rand(2, 5)},
         [
@@ -345,6 +370,8 @@ def gradient_models(out):
             init("axis0", np.array(0, np.int64)),
             init("q", rand(2, 3)),
             init("idx", np.array([[0, 2, 2, 1, -1], [1, 1, 0, 0, 2]], np.int64)),
+            init("t", rand(3, 5)),
+            init("nd", np.array([[2], [0]], np.int64)),
         ],
     )
 

@@ -179,7 +179,15 @@ impl Importer<'_> {
     /// `idx * stride` for indices into an axis of `len`: negative ones count from the end, and
     /// anything still outside `[0, len)` becomes `past * stride`, at or beyond the end of a
     /// flattened tensor of `past` elements, so the Gather reading it reports the bad index.
-    fn index_term(&mut self, ctx: &Ctx, name: &str, idx: TensorId, len: usize, stride: usize, past: usize) -> Result<TensorId, ImportError> {
+    fn index_term(
+        &mut self,
+        ctx: &Ctx,
+        name: &str,
+        idx: TensorId,
+        len: usize,
+        stride: usize,
+        past: usize,
+    ) -> Result<TensorId, ImportError> {
         let n = |s: &str| format!("{name}.{s}");
         let int = |this: &mut Self, what: &str, v: i64| this.graph.typed_constant(n(what), vec![], Values::I64(vec![v]));
         let (zero, len, past) = (int(self, "zero", 0), int(self, "len", len as i64), int(self, "past", past as i64));
