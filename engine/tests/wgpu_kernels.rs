@@ -1389,6 +1389,29 @@ fn reductions_longer_than_a_thread_match_the_reference() {
     let y = Op::Conv(ConvOp::Conv2d(conv)).output_shapes(&[&[2, 2, 200, 200], &[2, 1, 3, 3]]).unwrap().remove(0);
     let op = Op::Conv(ConvOp::Conv2dGradWeight { conv, kernel_hw: [3, 3] });
     check("depthwise weight gradient [2, 2, 200, 200]", &op, &[floats(&mut rng, &y), floats(&mut rng, &[2, 2, 200, 200])], &[]);
+    // The implicit-GEMM weight gradient over a depth N * OH * OW of 65536 (split-K: two splits'
+    // partials, then added in order), one group and, for a row slice, two.
+    {
+        use pock_engine::backend::kernels::{lower, Addresses, Kernel};
+        let conv = Conv2d { stride: [1, 1], padding: [1, 1, 1, 1], dilation: [1, 1], groups: 1 };
+        let grouped = Conv2d { groups: 2, ..conv };
+        for (conv, c, rows) in [(conv, 3, None), (grouped, 4, Some([1, 4]))] {
+            let x = [16, c, 64, 64];
+            let wt = [4, c / conv.groups, 3, 3];
+            let y = Op::Conv(ConvOp::Conv2d(conv)).output_shapes(&[&x, &wt]).unwrap().remove(0);
+            let op = match rows {
+                None => Op::Conv(ConvOp::Conv2dGradWeight { conv, kernel_hw: [3, 3] }),
+                Some(rows) => Op::Conv(ConvOp::Conv2dGradWeightRows { conv, kernel_hw: [3, 3], rows }),
+            };
+            let inputs = [floats(&mut rng, &y), floats(&mut rng, &x)];
+            let out = op.output_shapes(&[&inputs[0].shape, &inputs[1].shape]).unwrap();
+            let plan = one_node(&op, &inputs, &[], &out);
+            let lowered = lower(&plan.programs.train.nodes[0], &Addresses { plan: &plan, weights_at: 0 }).unwrap();
+            let kernels: Vec<Kernel> = lowered.iter().map(|l| l.kernel).collect();
+            assert_eq!(kernels, [Kernel::ConvGemmGradWeight, Kernel::ConvGemmSplitFinish]);
+            check(&format!("split-K {} x{x:?} {conv:?}", op.name()), &op, &inputs, &[]);
+        }
+    }
     // Pooling gradients on a large plane (each input walks only the windows that reach it).
     let p = Pool2d { kernel: [3, 3], stride: [2, 2], padding: [1, 1, 1, 1], count_include_pad: false };
     let x = floats(&mut rng, &[1, 2, 301, 301]);

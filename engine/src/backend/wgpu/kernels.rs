@@ -91,9 +91,10 @@ pub enum Kernel {
     BatchNormStatsWide,
     BatchNormGradSumsWide,
     Conv2dGradWeightWide,
+    ConvGemmSplitFinish,
 }
 
-pub const KERNELS: [Kernel; 58] = [
+pub const KERNELS: [Kernel; 59] = [
     Kernel::Elementwise,
     Kernel::BiasAdd,
     Kernel::BiasGrad,
@@ -152,6 +153,7 @@ pub const KERNELS: [Kernel; 58] = [
     Kernel::BatchNormStatsWide,
     Kernel::BatchNormGradSumsWide,
     Kernel::Conv2dGradWeightWide,
+    Kernel::ConvGemmSplitFinish,
 ];
 
 const HEADER: &str = r#"
@@ -264,6 +266,7 @@ impl Kernel {
             Kernel::BatchNormStatsWide => "batch_norm_stats_wide",
             Kernel::BatchNormGradSumsWide => "batch_norm_grad_sums_wide",
             Kernel::Conv2dGradWeightWide => "conv2d_grad_weight_wide",
+            Kernel::ConvGemmSplitFinish => "conv2d_gemm_split_finish",
         }
     }
 
@@ -303,7 +306,8 @@ impl Kernel {
             | Kernel::ConvGemmGradInput
             | Kernel::ConvGemmGradWeight
             | Kernel::ConvGemmBiasAct
-            | Kernel::ConvGemmGradInputMasked => return conv_gemm::source(self, HEADER, CONV_PARAMS),
+            | Kernel::ConvGemmGradInputMasked
+            | Kernel::ConvGemmSplitFinish => return conv_gemm::source(self, HEADER, CONV_PARAMS),
             Kernel::Conv2d => CONV2D,
             Kernel::Conv2dGradInput => CONV2D_GRAD_INPUT,
             Kernel::Conv2dGradWeight => CONV2D_GRAD_WEIGHT,
@@ -1431,6 +1435,11 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
         | Kernel::ConvGemmGradInputMasked => Some(lowered.params[26]),
         _ => None,
     };
+    if lowered.kernel == Kernel::ConvGemmGradWeight {
+        // The weight gradient's depth N * OH * OW grows with the batch: split-K past a thread's
+        // loops (`conv_gemm::split_k`).
+        return Ok(conv_gemm::split_k(lowered, at.scratch()));
+    }
     if let Some(k) = depth {
         depth_fits(node, k)?;
     }
