@@ -1412,6 +1412,32 @@ fn reductions_longer_than_a_thread_match_the_reference() {
             check(&format!("split-K {} x{x:?} {conv:?}", op.name()), &op, &inputs, &[]);
         }
     }
+    // Matmuls of depth 60000 (split-K, then the bias and activation after the whole sum).
+    {
+        use pock_engine::backend::kernels::{lower, Addresses, Kernel};
+        let k = 60000;
+        let relu = DenseOp::MatMulBiasAct { mm: MatMul { trans_a: true, trans_b: false }, act: Activation::Relu };
+        let cases = [
+            (
+                Op::Dense(DenseOp::MatMul(MatMul { trans_a: false, trans_b: true })),
+                vec![floats(&mut rng, &[3, k]), floats(&mut rng, &[5, k])],
+            ),
+            (Op::Dense(relu), vec![floats(&mut rng, &[k, 33]), floats(&mut rng, &[k, 2]), floats(&mut rng, &[2])]),
+            (
+                Op::MatMul(MatMulOp::BatchMatMul(MatMul { trans_a: false, trans_b: false })),
+                vec![floats(&mut rng, &[2, 3, k]), floats(&mut rng, &[k, 4])],
+            ),
+        ];
+        for (op, inputs) in cases {
+            let shapes: Vec<&[usize]> = inputs.iter().map(|a| a.shape.as_slice()).collect();
+            let out = op.output_shapes(&shapes).unwrap();
+            let plan = one_node(&op, &inputs, &[], &out);
+            let lowered = lower(&plan.programs.train.nodes[0], &Addresses { plan: &plan, weights_at: 0 }).unwrap();
+            let kernels: Vec<Kernel> = lowered.iter().map(|l| l.kernel).collect();
+            assert_eq!(kernels, [Kernel::MatMul, Kernel::MatMulSplitFinish], "{}", op.name());
+            check(&format!("split-K {} {shapes:?}", op.name()), &op, &inputs, &[]);
+        }
+    }
     // Pooling gradients on a large plane (each input walks only the windows that reach it).
     let p = Pool2d { kernel: [3, 3], stride: [2, 2], padding: [1, 1, 1, 1], count_include_pad: false };
     let x = floats(&mut rng, &[1, 2, 301, 301]);
@@ -1422,7 +1448,7 @@ fn reductions_longer_than_a_thread_match_the_reference() {
 }
 
 /// What no split covers is refused at load, naming the op and the size, instead of looping past
-/// lavapipe's limit: a GEMM depth, a row of classes, a group of a softmax.
+/// lavapipe's limit: a convolution's GEMM depth, a row of classes, a group of a softmax.
 #[test]
 fn reductions_no_thread_can_walk_are_refused() {
     use pock_engine::backend::kernels::{lower, Addresses};
@@ -1430,9 +1456,9 @@ fn reductions_no_thread_can_walk_are_refused() {
     let k = 60000;
     let cases = [
         (
-            Op::Dense(DenseOp::MatMul(MatMul { trans_a: false, trans_b: false })),
-            vec![floats(&mut rng, &[1, k]), floats(&mut rng, &[k, 1])],
-            "MatMul",
+            Op::Conv(ConvOp::Conv2d(Conv2d { stride: [1, 1], padding: [0; 4], dilation: [1, 1], groups: 1 })),
+            vec![floats(&mut rng, &[1, k / 9 + 1, 3, 3]), floats(&mut rng, &[2, k / 9 + 1, 3, 3])],
+            "Conv2d",
         ),
         (
             Op::Loss(LossOp::SoftmaxCrossEntropy(Reduction::Mean)),

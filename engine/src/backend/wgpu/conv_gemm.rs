@@ -245,9 +245,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
 }
 "#;
 
-/// The most depth one split of the weight gradient walks: 3412 slices of 16, about 18 loop
-/// iterations each, within `wide::LOOP_LIMIT`.
-pub(super) const SPLIT_DEPTH: u32 = 3412 * 16;
+/// The most depth one split walks (here and in `families::split_matmul`): 2048 slices of 16, 17
+/// loop iterations each here and 19 in `MATMUL_TILED` (its tile loads loop twice), about 39000,
+/// well within `wide::LOOP_LIMIT`.
+pub(super) const SPLIT_DEPTH: u32 = 2048 * 16;
 
 /// The weight gradient `gemm` (from [`tile`]) with its depth `N*OH*OW` cut into the fewest splits
 /// of at most [`SPLIT_DEPTH`]: each split's tiles write partial sums to `scratch`, then

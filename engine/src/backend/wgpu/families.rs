@@ -291,20 +291,24 @@ fn body(g: u32) {
 /// whole sum as `bias_act` does). Workgroup-shared tiles: each workgroup computes a 32x32 block
 /// of one output matrix, each of its 16x16 threads a 2x2 block, walking K in slices of 16 staged
 /// through shared memory. Every output is still one running sum over k = 0, 1, ..., K - 1, the
-/// reference's order. `threads` is 256 per block (`P[0] / 256` blocks, batch-major).
+/// reference's order. `threads` is 256 per block (`P[0] / 256` blocks, batch-major). Split-K
+/// ([`split_matmul`]): `P[32]` > 1 splits of `P[33]` depth, the blocks of each split in turn,
+/// each writing its raw sums to the scratch `P[34]` (at `split * P[35]` plus the output index;
+/// `P[35]` the outputs of all matrices) for `MATMUL_FINISH`.
 pub const MATMUL_TILED: &str = r#"
 var<workgroup> As: array<f32, 512>;
 var<workgroup> Bs: array<f32, 512>;
-fn epilogue(s: f32, c: u32) -> f32 {
-    if (P[28] == NONE) { return s; }
-    return activate(s + M[P[28] + c], P[29], pf(30), pf(31));
-}
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let block = wg.y * nw.x + wg.x;
-    if (block >= P[0] / 256u) { return; }
+    let flat = wg.y * nw.x + wg.x;
+    if (flat >= P[0] / 256u) { return; }
     let rows = P[4]; let cols = P[5]; let K = P[6];
     let br = (rows + 31u) / 32u; let bc = (cols + 31u) / 32u;
+    let splits = max(P[32], 1u);
+    let blocks = P[0] / 256u / splits;
+    let ks = flat / blocks; let block = flat % blocks;
+    var k_lo = 0u; var k_hi = K;
+    if (splits > 1u) { k_lo = ks * P[33]; k_hi = min(K, k_lo + P[33]); }
     let mat = block / (br * bc); let t = block % (br * bc);
     let r0 = (t / bc) * 32u; let c0 = (t % bc) * 32u;
     var rest = mat; var ao = P[1]; var bo = P[2];
@@ -321,7 +325,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     if (P[8] != 0u) { b_k = 1u; b_col = K; }
     let tx = li % 16u; let ty = li / 16u;
     var s00 = 0.0; var s01 = 0.0; var s10 = 0.0; var s11 = 0.0;
-    for (var k0 = 0u; k0 < K; k0 += 16u) {
+    for (var k0 = k_lo; k0 < k_hi; k0 += 16u) {
         for (var e = li; e < 512u; e += 256u) {
             let r = r0 + e / 16u; let k = k0 + e % 16u;
             var v = 0.0;
@@ -342,13 +346,57 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         workgroupBarrier();
     }
     let r = r0 + ty * 2u; let c = c0 + tx * 2u;
-    let y = P[3] + mat * rows * cols;
-    if (r < rows && c < cols) { M[y + r * cols + c] = epilogue(s00, c); }
-    if (r < rows && c + 1u < cols) { M[y + r * cols + c + 1u] = epilogue(s01, c + 1u); }
-    if (r + 1u < rows && c < cols) { M[y + (r + 1u) * cols + c] = epilogue(s10, c); }
-    if (r + 1u < rows && c + 1u < cols) { M[y + (r + 1u) * cols + c + 1u] = epilogue(s11, c + 1u); }
+    var y = P[3] + mat * rows * cols;
+    if (splits > 1u) { y = P[34] + ks * P[35] + mat * rows * cols; }
+    if (r < rows && c < cols) { M[y + r * cols + c] = finished(s00, c); }
+    if (r < rows && c + 1u < cols) { M[y + r * cols + c + 1u] = finished(s01, c + 1u); }
+    if (r + 1u < rows && c < cols) { M[y + (r + 1u) * cols + c] = finished(s10, c); }
+    if (r + 1u < rows && c + 1u < cols) { M[y + (r + 1u) * cols + c + 1u] = finished(s11, c + 1u); }
 }
 "#;
+
+/// The epilogue of [`MATMUL_TILED`] and [`MATMUL_FINISH`]: the bias of column `c` and the
+/// activation, after the whole sum (a split's partial sum stays raw).
+pub const MATMUL_EPILOGUE: &str = r#"
+fn epilogue(s: f32, c: u32) -> f32 {
+    if (P[28] == NONE) { return s; }
+    return activate(s + M[P[28] + c], P[29], pf(30), pf(31));
+}
+fn finished(s: f32, c: u32) -> f32 {
+    if (P[32] > 1u) { return s; }
+    return epilogue(s, c);
+}
+"#;
+
+/// Split-K's second pass (`MATMUL_TILED`'s `P`, `P[0]` its outputs): one thread per output adds
+/// the splits' partial sums in split order, then the epilogue.
+pub const MATMUL_FINISH: &str = r#"
+fn body(i: u32) {
+    var s = 0.0;
+    for (var k = 0u; k < P[32]; k++) { s += M[P[34] + k * P[35] + i]; }
+    M[P[3] + i] = epilogue(s, i % P[5]);
+}
+"#;
+
+/// A [`MATMUL_TILED`] dispatch whose depth one thread could not walk cut into the fewest splits
+/// of at most `conv_gemm::SPLIT_DEPTH`, each writing partial sums to `scratch`, then
+/// [`MATMUL_FINISH`]; unchanged where the depth fits.
+pub(super) fn split_matmul(mut l: Lowered, scratch: u32) -> Vec<Lowered> {
+    let depth = l.params[6];
+    let splits = depth.div_ceil(super::conv_gemm::SPLIT_DEPTH);
+    l.params.resize(36, 0);
+    if splits <= 1 {
+        return alloc::vec![l];
+    }
+    let (rows, cols) = (l.params[4], l.params[5]);
+    let matrices = l.params[0] / 256 / (rows.div_ceil(32) * cols.div_ceil(32)).max(1);
+    let outputs = matrices * rows * cols;
+    l.params[0] *= splits;
+    l.params[32..36].copy_from_slice(&[splits, super::conv_gemm::SPLIT_DEPTH, scratch, outputs]);
+    let mut finish = Lowered { kernel: Kernel::MatMulSplitFinish, params: l.params.clone() };
+    finish.params[0] = outputs;
+    alloc::vec![l, finish]
+}
 
 /// `P = [n, mode, x, counter, y, mask, key_lo, key_hi, a, b]`: mode 0 Dropout (`a` the ratio,
 /// `b` the keep scale `1 / (1 - ratio)` as the reference computes it in f32), 1 RandomUniform
@@ -818,10 +866,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Option<Result<Vec<Lowered>, Str
                 }
             }
             p[28] = NONE;
-            if let Err(e) = super::kernels::depth_fits(node, k as u32) {
-                return Some(Err(e));
-            }
-            Ok(alloc::vec![Lowered { kernel: Kernel::MatMul, params: p }])
+            Ok(split_matmul(Lowered { kernel: Kernel::MatMul, params: p }, at.scratch()))
         }
         _ => return None,
     };

@@ -92,9 +92,10 @@ pub enum Kernel {
     BatchNormGradSumsWide,
     Conv2dGradWeightWide,
     ConvGemmSplitFinish,
+    MatMulSplitFinish,
 }
 
-pub const KERNELS: [Kernel; 59] = [
+pub const KERNELS: [Kernel; 60] = [
     Kernel::Elementwise,
     Kernel::BiasAdd,
     Kernel::BiasGrad,
@@ -154,6 +155,7 @@ pub const KERNELS: [Kernel; 59] = [
     Kernel::BatchNormGradSumsWide,
     Kernel::Conv2dGradWeightWide,
     Kernel::ConvGemmSplitFinish,
+    Kernel::MatMulSplitFinish,
 ];
 
 const HEADER: &str = r#"
@@ -267,6 +269,7 @@ impl Kernel {
             Kernel::BatchNormGradSumsWide => "batch_norm_grad_sums_wide",
             Kernel::Conv2dGradWeightWide => "conv2d_grad_weight_wide",
             Kernel::ConvGemmSplitFinish => "conv2d_gemm_split_finish",
+            Kernel::MatMulSplitFinish => "matmul_split_finish",
         }
     }
 
@@ -299,7 +302,8 @@ impl Kernel {
             Kernel::BiasAdd => BIAS_ADD,
             Kernel::BiasGrad => BIAS_GRAD,
             // Its own entry point (workgroup-shared tiles), no GRID.
-            Kernel::MatMul => return alloc::format!("{HEADER}{}", families::MATMUL_TILED),
+            Kernel::MatMul => return alloc::format!("{HEADER}{}{}", families::MATMUL_EPILOGUE, families::MATMUL_TILED),
+            Kernel::MatMulSplitFinish => return alloc::format!("{HEADER}{GRID}{}{}", families::MATMUL_EPILOGUE, families::MATMUL_FINISH),
             Kernel::Unary => return alloc::format!("{HEADER}{GRID}{}", families::unary_source()),
             // Implicit GEMM (`conv_gemm.rs`): its own tiled entry point.
             Kernel::ConvGemm
@@ -1425,9 +1429,13 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
         Op::Mask(MaskOp::Grad) => Lowered { kernel: Kernel::MaskGrad, params: alloc::vec![numel(node.outputs[0]), i(0), i(1), o(0)] },
         _ => return no_kernel(),
     };
-    // The tiled GEMMs walk their depth in slices of 16, about 18 loop iterations a slice.
+    // The tiled GEMMs walk their depth in slices of 16, about 18 loop iterations a slice: the
+    // matmuls' and the weight gradient's depth is split past what one thread may loop, the
+    // other convolutions' refused.
+    if lowered.kernel == Kernel::MatMul {
+        return Ok(families::split_matmul(lowered, at.scratch()));
+    }
     let depth = match lowered.kernel {
-        Kernel::MatMul => Some(lowered.params[6]),
         Kernel::ConvGemm
         | Kernel::ConvGemmGradInput
         | Kernel::ConvGemmGradWeight
@@ -1446,9 +1454,9 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
     Ok(alloc::vec![lowered])
 }
 
-/// Refuses a tiled GEMM (MatMul, BatchMatMul, an implicit-GEMM convolution) whose depth `k` one
-/// thread could not walk: ceil(k / 16) slices of about 18 loop iterations each.
-pub(super) fn depth_fits(node: &Node, k: u32) -> Result<(), String> {
+/// Refuses an implicit-GEMM forward or input gradient whose depth `k` one thread could not walk:
+/// ceil(k / 16) slices of about 18 loop iterations each.
+fn depth_fits(node: &Node, k: u32) -> Result<(), String> {
     let iterations = (k as u64).div_ceil(16) * 18 + 8;
     if iterations > wide::LOOP_LIMIT {
         return Err(wide::too_long(node, "the reduction depth of a GEMM", k as u64, iterations));

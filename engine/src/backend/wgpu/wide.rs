@@ -59,6 +59,7 @@ pub fn scratch_words(l: &Lowered) -> u64 {
         Kernel::GradScaleAccumulate => p[0] as u64,
         Kernel::CrossEntropyPartial => 2 * p[0] as u64 + 1,
         Kernel::GroupsWide if p[41] > 1 => p[0] as u64,
+        Kernel::MatMul if p.get(32).is_some_and(|&s| s > 1) => p[32] as u64 * p[35] as u64,
         Kernel::ConvGemmGradWeight if p[28] > 1 => p[28] as u64 * p[27] as u64 * p[24] as u64 * p[25] as u64,
         _ => 0,
     }
