@@ -1448,7 +1448,8 @@ fn reductions_longer_than_a_thread_match_the_reference() {
 }
 
 /// What no split covers is refused at load, naming the op and the size, instead of looping past
-/// lavapipe's limit: a convolution's GEMM depth, a row of classes, a group of a softmax.
+/// lavapipe's limit: a convolution's GEMM depth, a row of classes, a group of a softmax, a
+/// pooling window.
 #[test]
 fn reductions_no_thread_can_walk_are_refused() {
     use pock_engine::backend::kernels::{lower, Addresses};
@@ -1466,6 +1467,11 @@ fn reductions_no_thread_can_walk_are_refused() {
             "SoftmaxCrossEntropy",
         ),
         (Op::Reduce(ReduceOp::Softmax { axis: 0 }), vec![floats(&mut rng, &[5_000_000])], "Softmax"),
+        (
+            Op::Pool(PoolOp::AvgPool2d(Pool2d { kernel: [300, 300], stride: [1, 1], padding: [0; 4], count_include_pad: false })),
+            vec![floats(&mut rng, &[1, 1, 300, 300])],
+            "AvgPool2d",
+        ),
     ];
     for (op, inputs, name) in cases {
         let shapes: Vec<&[usize]> = inputs.iter().map(|a| a.shape.as_slice()).collect();

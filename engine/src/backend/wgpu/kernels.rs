@@ -1225,6 +1225,18 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
             // Implicit GEMM (`conv_gemm.rs`) for all but depthwise-like convolutions.
             let (channels, groups) = (direct.params[5] as usize, direct.params[19] as usize);
             if !conv_gemm::applies(channels, groups) {
+                // The direct forward and input gradient loop over a group's channels and taps.
+                let (cg, og) = (channels / groups.max(1), w[0] / groups.max(1));
+                let taps = (w[2] * (w[3] + 1)) as u64;
+                let iterations = (cg.max(og) as u64) * (taps + 1) + 8;
+                if kernel != Kernel::Conv2dGradWeight && iterations > wide::LOOP_LIMIT {
+                    return Err(wide::too_long(
+                        node,
+                        "a group's channels times the kernel's taps",
+                        (cg.max(og) * w[2] * w[3]) as u64,
+                        iterations,
+                    ));
+                }
                 // The direct weight gradient sums N * OH * OW positions: in one thread, in the
                 // reference's order, where that fits; else one workgroup per weight element.
                 let positions = (y[0] * y[2] * y[3]) as u64;
@@ -1248,6 +1260,11 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
                 };
                 conv_gemm::tile(direct, kernel, rows)
             }
+        }
+        Op::Pool(PoolOp::MaxPool2d(p) | PoolOp::AvgPool2d(p) | PoolOp::MaxPool2dGrad(p) | PoolOp::AvgPool2dGrad { pool: p, .. })
+            if pool_iterations(p) > wide::LOOP_LIMIT =>
+        {
+            return Err(wide::too_long(node, "the windows of a pooling", (p.kernel[0] * p.kernel[1]) as u64, pool_iterations(p)));
         }
         Op::Pool(p) => match p {
             PoolOp::GlobalAvgPool => {
@@ -1452,6 +1469,15 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
         depth_fits(node, k)?;
     }
     Ok(alloc::vec![lowered])
+}
+
+/// A bound on the loop iterations of a pooling kernel's thread: a window (the forward), or each
+/// window reaching an input and its maximum (the gradients).
+fn pool_iterations(p: &crate::ops::Pool2d) -> u64 {
+    let [kh, kw] = p.kernel.map(|k| k as u64);
+    let window = kh * (kw + 1);
+    let reaching = |k: u64, s: usize| k / (s as u64).max(1) + 1;
+    reaching(kh, p.stride[0]) * (reaching(kw, p.stride[1]) * (window + 2) + 1) + 8
 }
 
 /// Refuses an implicit-GEMM forward or input gradient whose depth `k` one thread could not walk:
