@@ -1,4 +1,4 @@
-//! Whole-model training on the GPU backend: zoo:cnn, zoo:mlp (float and int8), zoo:mobilenetv2, the ONNX BERT
+//! Whole-model training on the GPU backend: zoo:cnn (batch 64 too), zoo:mlp (float and int8), zoo:mobilenetv2, the ONNX BERT
 //! and LLaMA fixtures and an MSE model whose loss reduces 262144 elements give the CPU's losses and parameters after 3 steps (within 1e-4 relative), no buffer, bind group or pipeline is created
 //! during a step, and the CLI's `--backend wgpu` trains.
 //!
@@ -100,6 +100,10 @@ fn cnn_trains_as_on_the_cpu() {
     if gpu_present() {
         matches_cpu("zoo:cnn", 8, sgd(), Bound::Rms);
         matches_cpu("zoo:cnn:size=13,width=3,classes=5", 5, adam(), Bound::Rms);
+        // Batch 64 of 32x32 images: the first convolution's weight gradient has depth 64 * 32 *
+        // 32 = 65536 (split-K) and its bias gradient 64 * 1024 elements a channel (strided over
+        // a workgroup), past what one lavapipe thread may loop.
+        matches_cpu("zoo:cnn:width=4,size=32", 64, sgd(), Bound::Rms);
     }
 }
 
