@@ -14,9 +14,11 @@
 //! sums, BiasGrad, the direct weight gradient) keep one thread and the reference's order while
 //! its loops stay within [`LOOP_LIMIT`], and only longer ones run here.
 //!
-//! Where a thread still loops over a length that no split covers (a row of classes, a GEMM's
-//! depth, ...), the lowering checks the length against [`LOOP_LIMIT`] and refuses the node,
-//! naming the op and the size, rather than computing garbage on lavapipe.
+//! The tiled GEMMs split their depth the same way where it outgrows a thread (split-K:
+//! `conv_gemm::split_k` for the weight gradient, `families::split_matmul`). Where a thread still
+//! loops over a length that no split covers (a row of classes, a convolution's forward depth, a
+//! pooling window, ...), the lowering checks the length against [`LOOP_LIMIT`] and refuses the
+//! node, naming the op and the size, rather than computing garbage on lavapipe.
 
 use alloc::string::String;
 
