@@ -50,8 +50,8 @@ fn body(i: u32) {
 }
 "#;
 
-/// `P = [threads, logits, labels, loss, positions, C, mean, ignore_index, per_sample]`, one
-/// thread per sample (`mean` 0; the mean runs `wide.rs`'s `CROSS_ENTROPY_PARTIAL` instead).
+/// `P = [samples, logits, labels, loss, positions, C, 0, ignore_index, per_sample]`, one thread
+/// per sample (the mean runs `wide.rs`'s `CROSS_ENTROPY_PARTIAL` and `SUM_PARTIALS` instead).
 pub const CROSS_ENTROPY: &str = r#"
 fn kept(p: u32) -> bool { return bitcast<i32>(label(P[2], p)) != bitcast<i32>(P[7]); }
 fn position_loss(p: u32) -> f32 {
@@ -62,8 +62,7 @@ fn position_loss(p: u32) -> f32 {
     return m + log(s) - M[lg + p * C + label(P[2], p)];
 }
 fn body(i: u32) {
-    var lo = 0u; var hi = P[4];
-    if (P[6] == 0u) { lo = i * P[8]; hi = lo + P[8]; }
+    let lo = i * P[8]; let hi = lo + P[8];
     var total = 0.0; var count = 0u;
     for (var p = lo; p < hi; p++) {
         if (kept(p)) { total += position_loss(p); count += 1u; }

@@ -697,8 +697,8 @@ fn row_max(lg: u32, n: u32, C: u32) -> f32 {
 }
 "#;
 
-/// `P = [threads, logits, labels, loss, B, C, mean]`: with `mean` one thread sums the rows in
-/// order, as the reference does; otherwise one thread per row.
+/// `P = [B, logits, labels, loss, B, C, 0]`: one thread per row, the per-sample losses (the mean
+/// runs `wide.rs`'s `CROSS_ENTROPY_PARTIAL` and `SUM_PARTIALS`).
 const SOFTMAX_CROSS_ENTROPY: &str = r#"
 fn row_loss(n: u32) -> f32 {
     let lg = P[1]; let C = P[5];
@@ -708,10 +708,7 @@ fn row_loss(n: u32) -> f32 {
     return m + log(s) - M[lg + n * C + label(P[2], n)];
 }
 fn body(i: u32) {
-    if (P[6] == 0u) { M[P[3] + i] = row_loss(i); return; }
-    var total = 0.0;
-    for (var n = 0u; n < P[4]; n++) { total += row_loss(n); }
-    M[P[3]] = total / f32(P[4]);
+    M[P[3] + i] = row_loss(i);
 }
 "#;
 
