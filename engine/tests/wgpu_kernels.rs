@@ -1278,3 +1278,208 @@ fn integer_constants_are_narrowed_at_upload() {
     assert_eq!(sums[0], [-6, (1 << 30) + 2, 0]);
     assert_eq!(sums[1], sums[0], "the GPU's sum with the uploaded constant");
 }
+
+/// Reductions longer than one GPU thread may loop (Mesa's lavapipe silently stops an invocation's
+/// loops after about 65535 iterations; `backend/wgpu/wide.rs`): every reduction kernel on
+/// shapes beyond that, against the reference. Before the reductions were split across threads,
+/// the MSE mean, SumTo, cross-entropy means, the BatchNorm sums, GradScale and the big groups
+/// here gave wrong values on lavapipe.
+#[test]
+fn reductions_longer_than_a_thread_match_the_reference() {
+    if !gpu_present() {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    // MSE: the mean over 262144 elements (split over blocks, then their partials added), and per
+    // sample over 75000 features each (two blocks a sample).
+    for (shape, r) in [(vec![4, 16, 64, 64], Reduction::Mean), (vec![3, 5, 100, 150], Reduction::PerSample)] {
+        check(&format!("MSE {shape:?} {r:?}"), &Op::Loss(LossOp::Mse(r)), &[floats(&mut rng, &shape), floats(&mut rng, &shape)], &[]);
+    }
+    // SumTo (a broadcast gradient) into a scalar and per channel.
+    for (x, to) in [
+        ([2, 16, 64, 64], vec![1]),
+        ([2, 16, 64, 64], vec![16, 1, 1]),
+        ([2, 16, 64, 64], vec![1, 64, 1]),
+        ([4, 2, 160, 160], vec![2, 1, 1]),
+    ] {
+        check(&format!("SumTo {x:?} -> {to:?}"), &Op::Broadcast(BroadcastOp::SumTo { shape: to }), &[floats(&mut rng, &x)], &[]);
+    }
+    // Groups: sums, means and maxima of 70000 elements (several blocks a group, then combined),
+    // with a NaN in one group of the maximum; the softmax family and the max gradient over a whole
+    // group (one workgroup a group).
+    let shape = vec![3, 70000];
+    let reduce = Reduce { axes: vec![1], keepdims: false };
+    for op in [ReduceOp::ReduceSum(reduce.clone()), ReduceOp::ReduceMean(reduce.clone()), ReduceOp::ReduceMax(reduce.clone())] {
+        let mut x = floats(&mut rng, &shape);
+        if matches!(op, ReduceOp::ReduceMax(_)) {
+            x.values[70000 + 12345] = f32::NAN;
+        }
+        check(&format!("{op:?} {shape:?}"), &Op::Reduce(op.clone()), &[x], &[]);
+    }
+    let strided = Reduce { axes: vec![0, 2], keepdims: true };
+    check("ReduceSum [300, 3, 250] axes [0, 2]", &Op::Reduce(ReduceOp::ReduceSum(strided)), &[floats(&mut rng, &[300, 3, 250])], &[]);
+    for op in [ReduceOp::Softmax { axis: 1 }, ReduceOp::LogSoftmax { axis: 1 }] {
+        check(&format!("{op:?} {shape:?}"), &Op::Reduce(op.clone()), &[floats(&mut rng, &shape)], &[]);
+    }
+    for op in [ReduceOp::SoftmaxGrad { axis: 1 }, ReduceOp::LogSoftmaxGrad { axis: 1 }] {
+        check(&format!("{op:?} {shape:?}"), &Op::Reduce(op.clone()), &[floats(&mut rng, &shape), floats(&mut rng, &shape)], &[]);
+    }
+    let mut x = floats(&mut rng, &shape);
+    x.values.iter_mut().for_each(|v| *v = (*v * 2.0).round());
+    let ymax: Vec<f32> = x.values.chunks(70000).map(|g| g.iter().copied().fold(f32::NEG_INFINITY, f32::max)).collect();
+    let ymax = Arg { shape: vec![3], values: ymax, labels: vec![], bytes: vec![], bools: false, int8: false };
+    check("ReduceMaxGrad [3, 70000] (ties)", &Op::Reduce(ReduceOp::ReduceMaxGrad(reduce)), &[floats(&mut rng, &[3]), x, ymax], &[]);
+    // BiasGrad (one thread a channel, then a group reduction) and GlobalAvgPool (a group
+    // reduction) over large channels and planes.
+    for shape in [[4, 8, 64, 64], [2, 2, 200, 200]] {
+        check(&format!("BiasGrad {shape:?}"), &Op::Dense(DenseOp::BiasGrad), &[floats(&mut rng, &shape)], &[]);
+    }
+    check("GlobalAvgPool [1, 2, 300, 300]", &Op::Pool(PoolOp::GlobalAvgPool), &[floats(&mut rng, &[1, 2, 300, 300])], &[]);
+    // Cross-entropy means over 80000 positions (some ignored) and softmax cross-entropy over
+    // 70000 rows, with their gradients (which read the count of kept positions).
+    let (n, t, c) = (4, 20000, 3);
+    let ce = CrossEntropy { reduction: Reduction::Mean, ignore_index: -100 };
+    let mut l = labels(&mut rng, n * t, c);
+    l.shape = vec![n, t];
+    l.labels.iter_mut().for_each(|v| {
+        if rng.random_range(0..4) == 0 {
+            *v = -100;
+        }
+    });
+    check("CrossEntropy [4, 20000, 3] mean", &Op::Loss(LossOp::CrossEntropy(ce)), &[floats(&mut rng, &[n, t, c]), copy(&l)], &[]);
+    let op = Op::Loss(LossOp::CrossEntropyGrad(ce));
+    check("CrossEntropy [4, 20000, 3] mean gradient", &op, &[floats(&mut rng, &[]), floats(&mut rng, &[n, t, c]), l], &[]);
+    let rows = 70000;
+    let op = Op::Loss(LossOp::SoftmaxCrossEntropy(Reduction::Mean));
+    check("softmax cross-entropy 70000x3 mean", &op, &[floats(&mut rng, &[rows, 3]), labels(&mut rng, rows, 3)], &[]);
+    // BatchNorm: channels of 16384, 20000 and 80000 elements (one thread sums a channel in the
+    // reference's order while its loops fit; the 80000 are strided over a workgroup).
+    let b = BatchNorm { eps: 1e-5, momentum: 0.1 };
+    for shape in [vec![4, 3, 64, 64], vec![2, 3, 100, 100], vec![2, 3, 200, 200]] {
+        let mut x = floats(&mut rng, &shape);
+        x.values.iter_mut().for_each(|v| *v = *v * 2.0 + 3.0);
+        let positive = |rng: &mut ChaCha8Rng| {
+            let mut v = floats(rng, &[3]);
+            v.values.iter_mut().for_each(|x| *x = x.abs() + 0.1);
+            v
+        };
+        let state = [floats(&mut rng, &[3]), positive(&mut rng)];
+        check(
+            &format!("BatchNorm {shape:?} train"),
+            &Op::Norm(NormOp::BatchNormTrain(b)),
+            &[x, floats(&mut rng, &[3]), floats(&mut rng, &[3])],
+            &state,
+        );
+        for op in [NormOp::BatchNormTrainGrad(b), NormOp::BatchNormInferGrad(b)] {
+            let inputs =
+                [floats(&mut rng, &shape), floats(&mut rng, &shape), floats(&mut rng, &[3]), floats(&mut rng, &[3]), positive(&mut rng)];
+            check(&format!("BatchNorm {shape:?} {op:?}"), &Op::Norm(op), &inputs, &[]);
+        }
+    }
+    // GradScale over a gradient of 300000 elements (and a small one), finite and not.
+    for max_norm in [None, Some(0.5)] {
+        let g = GradScale { max_norm, multiplier: 0.25 };
+        let mut inputs = vec![floats(&mut rng, &[300000]), floats(&mut rng, &[77])];
+        check(&format!("GradScale {g:?} 300000 + 77"), &Op::Optim(OptimOp::GradScale(g)), &inputs, &[]);
+        inputs[0].values[250000] = f32::INFINITY;
+        check(&format!("GradScale {g:?} 300000 + 77, one infinite"), &Op::Optim(OptimOp::GradScale(g)), &inputs, &[]);
+    }
+    // The direct (depthwise) weight gradient over 2 * 200 * 200 positions.
+    let conv = Conv2d { stride: [1, 1], padding: [1, 1, 1, 1], dilation: [1, 1], groups: 2 };
+    let y = Op::Conv(ConvOp::Conv2d(conv)).output_shapes(&[&[2, 2, 200, 200], &[2, 1, 3, 3]]).unwrap().remove(0);
+    let op = Op::Conv(ConvOp::Conv2dGradWeight { conv, kernel_hw: [3, 3] });
+    check("depthwise weight gradient [2, 2, 200, 200]", &op, &[floats(&mut rng, &y), floats(&mut rng, &[2, 2, 200, 200])], &[]);
+    // The implicit-GEMM weight gradient over a depth N * OH * OW of 65536 (split-K: two splits'
+    // partials, then added in order), one group and, for a row slice, two.
+    {
+        use pock_engine::backend::kernels::{lower, Addresses, Kernel};
+        let conv = Conv2d { stride: [1, 1], padding: [1, 1, 1, 1], dilation: [1, 1], groups: 1 };
+        let grouped = Conv2d { groups: 2, ..conv };
+        for (conv, c, rows) in [(conv, 3, None), (grouped, 4, Some([1, 4]))] {
+            let x = [16, c, 64, 64];
+            let wt = [4, c / conv.groups, 3, 3];
+            let y = Op::Conv(ConvOp::Conv2d(conv)).output_shapes(&[&x, &wt]).unwrap().remove(0);
+            let op = match rows {
+                None => Op::Conv(ConvOp::Conv2dGradWeight { conv, kernel_hw: [3, 3] }),
+                Some(rows) => Op::Conv(ConvOp::Conv2dGradWeightRows { conv, kernel_hw: [3, 3], rows }),
+            };
+            let inputs = [floats(&mut rng, &y), floats(&mut rng, &x)];
+            let out = op.output_shapes(&[&inputs[0].shape, &inputs[1].shape]).unwrap();
+            let plan = one_node(&op, &inputs, &[], &out);
+            let lowered = lower(&plan.programs.train.nodes[0], &Addresses { plan: &plan, weights_at: 0 }).unwrap();
+            let kernels: Vec<Kernel> = lowered.iter().map(|l| l.kernel).collect();
+            assert_eq!(kernels, [Kernel::ConvGemmGradWeight, Kernel::ConvGemmSplitFinish]);
+            check(&format!("split-K {} x{x:?} {conv:?}", op.name()), &op, &inputs, &[]);
+        }
+    }
+    // Matmuls of depth 60000 (split-K, then the bias and activation after the whole sum).
+    {
+        use pock_engine::backend::kernels::{lower, Addresses, Kernel};
+        let k = 60000;
+        let relu = DenseOp::MatMulBiasAct { mm: MatMul { trans_a: true, trans_b: false }, act: Activation::Relu };
+        let cases = [
+            (
+                Op::Dense(DenseOp::MatMul(MatMul { trans_a: false, trans_b: true })),
+                vec![floats(&mut rng, &[3, k]), floats(&mut rng, &[5, k])],
+            ),
+            (Op::Dense(relu), vec![floats(&mut rng, &[k, 33]), floats(&mut rng, &[k, 2]), floats(&mut rng, &[2])]),
+            (
+                Op::MatMul(MatMulOp::BatchMatMul(MatMul { trans_a: false, trans_b: false })),
+                vec![floats(&mut rng, &[2, 3, k]), floats(&mut rng, &[k, 4])],
+            ),
+        ];
+        for (op, inputs) in cases {
+            let shapes: Vec<&[usize]> = inputs.iter().map(|a| a.shape.as_slice()).collect();
+            let out = op.output_shapes(&shapes).unwrap();
+            let plan = one_node(&op, &inputs, &[], &out);
+            let lowered = lower(&plan.programs.train.nodes[0], &Addresses { plan: &plan, weights_at: 0 }).unwrap();
+            let kernels: Vec<Kernel> = lowered.iter().map(|l| l.kernel).collect();
+            assert_eq!(kernels, [Kernel::MatMul, Kernel::MatMulSplitFinish], "{}", op.name());
+            check(&format!("split-K {} {shapes:?}", op.name()), &op, &inputs, &[]);
+        }
+    }
+    // Pooling gradients on a large plane (each input walks only the windows that reach it).
+    let p = Pool2d { kernel: [3, 3], stride: [2, 2], padding: [1, 1, 1, 1], count_include_pad: false };
+    let x = floats(&mut rng, &[1, 2, 301, 301]);
+    let y = Op::Pool(PoolOp::MaxPool2d(p)).output_shapes(&[&x.shape]).unwrap().remove(0);
+    check("MaxPool2dGrad [1, 2, 301, 301]", &Op::Pool(PoolOp::MaxPool2dGrad(p)), &[floats(&mut rng, &y), x], &[]);
+    let g = PoolOp::AvgPool2dGrad { pool: p, input_hw: [301, 301] };
+    check("AvgPool2dGrad [1, 2, 301, 301]", &Op::Pool(g), &[floats(&mut rng, &y)], &[]);
+}
+
+/// What no split covers is refused at load, naming the op and the size, instead of looping past
+/// lavapipe's limit: a convolution's GEMM depth, a row of classes, a group of a softmax, a
+/// pooling window.
+#[test]
+fn reductions_no_thread_can_walk_are_refused() {
+    use pock_engine::backend::kernels::{lower, Addresses};
+    let mut rng = ChaCha8Rng::seed_from_u64(32);
+    let k = 60000;
+    let cases = [
+        (
+            Op::Conv(ConvOp::Conv2d(Conv2d { stride: [1, 1], padding: [0; 4], dilation: [1, 1], groups: 1 })),
+            vec![floats(&mut rng, &[1, k / 9 + 1, 3, 3]), floats(&mut rng, &[2, k / 9 + 1, 3, 3])],
+            "Conv2d",
+        ),
+        (
+            Op::Loss(LossOp::SoftmaxCrossEntropy(Reduction::Mean)),
+            vec![floats(&mut rng, &[2, 20000]), labels(&mut rng, 2, 20000)],
+            "SoftmaxCrossEntropy",
+        ),
+        (Op::Reduce(ReduceOp::Softmax { axis: 0 }), vec![floats(&mut rng, &[5_000_000])], "Softmax"),
+        (
+            Op::Pool(PoolOp::AvgPool2d(Pool2d { kernel: [300, 300], stride: [1, 1], padding: [0; 4], count_include_pad: false })),
+            vec![floats(&mut rng, &[1, 1, 300, 300])],
+            "AvgPool2d",
+        ),
+    ];
+    for (op, inputs, name) in cases {
+        let shapes: Vec<&[usize]> = inputs.iter().map(|a| a.shape.as_slice()).collect();
+        let out = op.output_shapes(&shapes).unwrap();
+        let plan = one_node(&op, &inputs, &[], &out);
+        let Err(e) = lower(&plan.programs.train.nodes[0], &Addresses { plan: &plan, weights_at: 0 }) else {
+            panic!("{name}: lowered, should be refused");
+        };
+        assert!(e.contains(name) && e.contains("--backend cpu"), "{name}: {e}");
+    }
+}

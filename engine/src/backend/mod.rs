@@ -1,6 +1,6 @@
 //! Device backends, and what the GPU can run.
 //!
-//! The WGSL kernels and the lowering of a node to them (`kernels`, `families`, `typed`, `conv_gemm`) build with `std`
+//! The WGSL kernels and the lowering of a node to them (`kernels`, `families`, `typed`, `conv_gemm`, `wide`) build with `std`
 //! alone, without the `wgpu` feature, so that the compiler (built without a GPU) asks the same
 //! lowering that the GPU backend runs whether a node has a GPU kernel: [`gpu_supports`], one
 //! list that cannot drift from the backend's.
@@ -16,6 +16,8 @@ mod quant;
 mod typed;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
+#[path = "wgpu/wide.rs"]
+mod wide;
 
 use crate::plan::{Node, Plan};
 

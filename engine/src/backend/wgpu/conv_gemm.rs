@@ -20,7 +20,9 @@
 //! than one group, one input channel per group) keep the direct kernels of `kernels.rs`: their per-group
 //! GEMM is a single row, nothing to tile. Each output is still one running sum over k in the
 //! direct kernel's order (channel, kernel row, kernel column; or n, oh, ow), padded taps adding
-//! an exact 0 product.
+//! an exact 0 product. The weight gradient's depth grows with the batch; past what one thread may
+//! loop (Mesa's lavapipe stops near 65535 iterations, `wide.rs`) it is split ([`split_k`]): each
+//! split's sums, then the splits added in order.
 
 use alloc::string::String;
 
@@ -28,7 +30,8 @@ use super::kernels::{Kernel, Lowered};
 
 /// The GEMM's shape at parameter words 24-27: rows, cols, depth, groups. Words 0-19 are the
 /// convolution's (`CONV_PARAMS` in `kernels.rs`), 20-23 each kernel's own (bias and activation;
-/// the mask; the weight gradient's first row, row count and row offset inside a group).
+/// the mask; the weight gradient's first row, row count and row offset inside a group), 28-30
+/// the weight gradient's split-K ([`split_k`]: splits, depth per split, scratch; 0 for none).
 const SKELETON: &str = r#"
 var<workgroup> As: array<f32, 512>;
 var<workgroup> Bs: array<f32, 512>;
@@ -48,13 +51,27 @@ fn load(p: Conv, g: u32, e: u32, r0: u32, c0: u32, k0: u32, col: Col) {
     if (kb < K && c0 + bn < cols) { w = b_at(p, kb, col); }
     Bs[bd * 32u + bn] = w;
 }
+/// The kernel's store, or with split-K the split's partial sum into the scratch (`P[30]`), at
+/// `ks * G*rows*cols + (g * rows + r) * cols + c` (`ks` the split).
+fn put(p: Conv, g: u32, r: u32, c: u32, s: f32, ks: u32) {
+    if (P[28] > 1u) {
+        M[P[30] + ((ks * P[27] + g) * P[24] + r) * P[25] + c] = s;
+    } else {
+        store(p, g, r, c, s);
+    }
+}
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let block = wg.y * nw.x + wg.x;
-    if (block >= P[0] / 256u) { return; }
+    let flat = wg.y * nw.x + wg.x;
+    if (flat >= P[0] / 256u) { return; }
     let p = conv();
     let rows = P[24]; let cols = P[25]; let K = P[26];
     let br = (rows + 31u) / 32u; let bc = (cols + 31u) / 32u;
+    // Split-K (`P[28]` > 1 splits of `P[29]` depth each): the tiles of each split in turn.
+    let tiles = P[27] * br * bc;
+    let ks = flat / tiles; let block = flat % tiles;
+    var k_lo = 0u; var k_hi = K;
+    if (P[28] > 1u) { k_lo = ks * P[29]; k_hi = min(K, k_lo + P[29]); }
     let g = block / (br * bc); let t = block % (br * bc);
     let r0 = (t / bc) * 32u; let c0 = (t % bc) * 32u;
     let tx = li % 16u; let ty = li / 16u;
@@ -62,7 +79,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     let col0 = b_col(p, g, min(c0 + b_column(li), cols - 1u));
     let col1 = b_col(p, g, min(c0 + b_column(li + 256u), cols - 1u));
     var s00 = 0.0; var s01 = 0.0; var s10 = 0.0; var s11 = 0.0;
-    for (var k0 = 0u; k0 < K; k0 += 16u) {
+    for (var k0 = k_lo; k0 < k_hi; k0 += 16u) {
         load(p, g, li, r0, c0, k0, col0);
         load(p, g, li + 256u, r0, c0, k0, col1);
         workgroupBarrier();
@@ -75,10 +92,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         workgroupBarrier();
     }
     let r = r0 + ty * 2u; let c = c0 + tx * 2u;
-    if (r < rows && c < cols) { store(p, g, r, c, s00); }
-    if (r < rows && c + 1u < cols) { store(p, g, r, c + 1u, s01); }
-    if (r + 1u < rows && c < cols) { store(p, g, r + 1u, c, s10); }
-    if (r + 1u < rows && c + 1u < cols) { store(p, g, r + 1u, c + 1u, s11); }
+    if (r < rows && c < cols) { put(p, g, r, c, s00, ks); }
+    if (r < rows && c + 1u < cols) { put(p, g, r, c + 1u, s01, ks); }
+    if (r + 1u < rows && c < cols) { put(p, g, r + 1u, c, s10, ks); }
+    if (r + 1u < rows && c + 1u < cols) { put(p, g, r + 1u, c + 1u, s11, ks); }
 }
 "#;
 
@@ -211,6 +228,45 @@ fn store(p: Conv, g: u32, r: u32, c: u32, s: f32) {
 }
 "#;
 
+/// The split-K weight gradient's second pass: one thread per element `(g, r, c)` of the GEMM's
+/// `G x rows x cols` output (`P[0]` of them, the GEMM's other words as its own) adds the
+/// `P[28]` splits' partials in split order and stores the sum as the GEMM would.
+const SPLIT_FINISH: &str = r#"
+struct Col { base: u32, y: i32, x: i32 }
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let i = (wg.y * nw.x + wg.x) * 256u + li;
+    if (i >= P[0]) { return; }
+    let rows = P[24]; let cols = P[25];
+    let c = i % cols; let r = (i / cols) % rows; let g = i / (cols * rows);
+    var s = 0.0;
+    for (var k = 0u; k < P[28]; k++) { s += M[P[30] + k * P[0] + i]; }
+    store(conv(), g, r, c, s);
+}
+"#;
+
+/// The most depth one split walks (here and in `families::split_matmul`): 2048 slices of 16, 17
+/// loop iterations each here and 19 in `MATMUL_TILED` (its tile loads loop twice), about 39000,
+/// well within `wide::LOOP_LIMIT`.
+pub(super) const SPLIT_DEPTH: u32 = 2048 * 16;
+
+/// The weight gradient `gemm` (from [`tile`]) with its depth `N*OH*OW` cut into the fewest splits
+/// of at most [`SPLIT_DEPTH`]: each split's tiles write partial sums to `scratch`, then
+/// [`SPLIT_FINISH`] adds them in order. Unchanged (one dispatch) where the depth fits.
+pub(super) fn split_k(mut gemm: Lowered, scratch: u32) -> alloc::vec::Vec<Lowered> {
+    let depth = gemm.params[26];
+    let splits = depth.div_ceil(SPLIT_DEPTH);
+    if splits <= 1 {
+        return alloc::vec![gemm];
+    }
+    let outputs = gemm.params[27] * gemm.params[24] * gemm.params[25];
+    gemm.params[0] *= splits;
+    gemm.params[28..31].copy_from_slice(&[splits, SPLIT_DEPTH, scratch]);
+    let mut finish = Lowered { kernel: Kernel::ConvGemmSplitFinish, params: gemm.params.clone() };
+    finish.params[0] = outputs;
+    alloc::vec![gemm, finish]
+}
+
 /// The WGSL of one of the implicit-GEMM kernels, after `header` (bindings) and `conv_params`
 /// (the `Conv` struct).
 pub(super) fn source(kernel: Kernel, header: &str, conv_params: &str) -> String {
@@ -220,6 +276,7 @@ pub(super) fn source(kernel: Kernel, header: &str, conv_params: &str) -> String 
         Kernel::ConvGemmGradInput => &[GRAD_INPUT, GRAD_INPUT_STORE, B_ALONG_COLUMNS],
         Kernel::ConvGemmGradInputMasked => &[GRAD_INPUT, GRAD_INPUT_MASKED_STORE, B_ALONG_COLUMNS],
         Kernel::ConvGemmGradWeight => &[GRAD_WEIGHT, B_ALONG_DEPTH],
+        Kernel::ConvGemmSplitFinish => return alloc::format!("{header}{conv_params}{GRAD_WEIGHT}{SPLIT_FINISH}"),
         _ => unreachable!("{} is not an implicit-GEMM kernel", kernel.name()),
     };
     let mut s = String::from(header);
@@ -243,7 +300,7 @@ pub(super) fn applies(channels: usize, groups: usize) -> bool {
 /// and row count.
 pub(super) fn tile(direct: Lowered, kernel: Kernel, rows: Option<[usize; 2]>) -> Lowered {
     let mut p = direct.params;
-    p.resize(28, 0);
+    p.resize(31, 0);
     let [n, c, h, w, o, oh, ow, kh, kw] = [p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12]];
     // Validated plans have groups >= 1; `max` keeps a malformed one from dividing by zero here.
     let g = p[19].max(1);

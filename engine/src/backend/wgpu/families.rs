@@ -1,5 +1,5 @@
 //! The kernels of the op families added after the first slice of the GPU backend: gradient
-//! scaling (clipping, accumulation), MSE, cross-entropy with `ignore_index`, the unary maths,
+//! scaling (clipping, accumulation; its reduction in `wide.rs`), MSE (`wide.rs`), cross-entropy with `ignore_index`, the unary maths,
 //! broadcasting arithmetic and data movement (one strided kernel), reductions and softmax (one
 //! per-group kernel) and the tiled matmul (MatMul, MatMulBiasAct and BatchMatMul); and the
 //! lowering of their nodes.
@@ -9,12 +9,14 @@
 //! reads up to three inputs and writes one output each at `base + sum(coord * stride)` (strides
 //! are `i32`, so a slice can walk backwards and a broadcast input has stride 0); the group kernel
 //! runs one thread per group of a reduction (the kept axes) and walks the group's elements (the
-//! reduced axes) in row-major order, the reference's order of additions.
+//! reduced axes) in row-major order, the reference's order of additions, where a thread's loops
+//! stay short; larger groups run `wide.rs`'s `GROUPS_WIDE`, a workgroup (or several) per group.
 
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::kernels::{Addresses, Kernel, Lowered, NONE};
+use super::wide;
 use crate::kernels::unary::{Attributes, WGSL_FORMULAS, WGSL_PRELUDE};
 use crate::ops::{
     BroadcastOp, CrossEntropy, GradScale, LossOp, MatMulOp, MoveOp, Op, OptimOp, RandomOp, ReduceOp, Reduction, UnaryFn, UnaryOp,
@@ -23,32 +25,6 @@ use crate::plan::{Node, TensorId};
 
 /// The most axes the strided and group kernels take (the broadcast family's limit too).
 pub const MAX_RANK: usize = 8;
-
-/// `P = [n, grad, scale, sum_squares, multiplier]`, one workgroup: adds `sum((multiplier * g)^2)`
-/// to the scale word (with `sum_squares`), or only makes it NaN when an element is not finite.
-pub const GRAD_SCALE_ACCUMULATE: &str = r#"
-var<workgroup> part: array<f32, 256>;
-fn body(li: u32) {
-    let n = P[0]; let m = pf(4);
-    var s = 0.0; var ok = true;
-    for (var j = li; j < n; j += 256u) {
-        let v = M[P[1] + j];
-        if (!finite(v)) { ok = false; }
-        let t = m * v;
-        s += t * t;
-    }
-    if (!ok) { atomicStore(&bad, 1u); }
-    part[li] = s;
-    workgroupBarrier();
-    for (var w = 128u; w > 0u; w = w >> 1u) {
-        if (li < w) { part[li] += part[li + w]; }
-        workgroupBarrier();
-    }
-    if (li == 0u) {
-        if (atomicLoad(&bad) != 0u) { M[P[2]] = nan(); } else if (P[3] != 0u) { M[P[2]] = M[P[2]] + part[0]; }
-    }
-}
-"#;
 
 /// `P = [1, scale, has_max_norm, max_norm, multiplier]`: the scale word holds the sum of squares
 /// (or NaN); it becomes `multiplier * min(1, max_norm / (norm + 1e-6))`, or `multiplier` without
@@ -65,23 +41,6 @@ fn body(i: u32) {
 }
 "#;
 
-/// `P = [threads, pred, target, loss, batch, features, mean, total]`: with `mean` one thread sums
-/// every squared error in order; otherwise one thread per sample.
-pub const MSE: &str = r#"
-fn body(i: u32) {
-    let F = P[5];
-    if (P[6] != 0u) {
-        var s = 0.0;
-        for (var j = 0u; j < P[7]; j++) { let d = M[P[1] + j] - M[P[2] + j]; s += d * d; }
-        M[P[3]] = s / f32(P[7]);
-        return;
-    }
-    var s = 0.0;
-    for (var j = i * F; j < (i + 1u) * F; j++) { let d = M[P[1] + j] - M[P[2] + j]; s += d * d; }
-    M[P[3] + i] = s / f32(F);
-}
-"#;
-
 /// `P = [n, dloss, pred, target, dpred, features, mean, total]`: `dpred = (pred - target) * w`.
 pub const MSE_GRAD: &str = r#"
 fn body(i: u32) {
@@ -91,8 +50,8 @@ fn body(i: u32) {
 }
 "#;
 
-/// `P = [threads, logits, labels, loss, positions, C, mean, ignore_index, per_sample]`: with
-/// `mean` one thread sums the kept positions in order; otherwise one thread per sample.
+/// `P = [samples, logits, labels, loss, positions, C, 0, ignore_index, per_sample]`, one thread
+/// per sample (the mean runs `wide.rs`'s `CROSS_ENTROPY_PARTIAL` and `SUM_PARTIALS` instead).
 pub const CROSS_ENTROPY: &str = r#"
 fn kept(p: u32) -> bool { return bitcast<i32>(label(P[2], p)) != bitcast<i32>(P[7]); }
 fn position_loss(p: u32) -> f32 {
@@ -103,8 +62,7 @@ fn position_loss(p: u32) -> f32 {
     return m + log(s) - M[lg + p * C + label(P[2], p)];
 }
 fn body(i: u32) {
-    var lo = 0u; var hi = P[4];
-    if (P[6] == 0u) { lo = i * P[8]; hi = lo + P[8]; }
+    let lo = i * P[8]; let hi = lo + P[8];
     var total = 0.0; var count = 0u;
     for (var p = lo; p < hi; p++) {
         if (kept(p)) { total += position_loss(p); count += 1u; }
@@ -114,7 +72,8 @@ fn body(i: u32) {
 "#;
 
 /// `P = [positions, dloss, logits, labels, dlogits, positions, C, mean, ignore_index,
-/// per_sample]`, one thread per position.
+/// per_sample, count]`, one thread per position; with `mean` the word `count` holds the number of
+/// kept positions (counted by `CROSS_ENTROPY_PARTIAL` and `SUM_PARTIALS` before).
 pub const CROSS_ENTROPY_GRAD: &str = r#"
 fn kept(p: u32) -> bool { return bitcast<i32>(label(P[3], p)) != bitcast<i32>(P[8]); }
 fn body(p: u32) {
@@ -123,11 +82,15 @@ fn body(p: u32) {
         for (var c = 0u; c < C; c++) { M[dst + p * C + c] = 0.0; }
         return;
     }
-    var lo = 0u; var hi = P[5]; var dloss = M[P[1]];
-    if (P[7] == 0u) { let n = p / P[9]; lo = n * P[9]; hi = lo + P[9]; dloss = M[P[1] + n]; }
-    var count = 0u;
-    for (var q = lo; q < hi; q++) { if (kept(q)) { count += 1u; } }
-    let w = dloss / f32(max(count, 1u));
+    var dloss = M[P[1]]; var count = 0.0;
+    if (P[7] == 0u) {
+        let n = p / P[9]; let lo = n * P[9];
+        dloss = M[P[1] + n];
+        for (var q = lo; q < lo + P[9]; q++) { if (kept(q)) { count += 1.0; } }
+    } else {
+        count = M[P[10]];
+    }
+    let w = dloss / max(count, 1.0);
     let m = row_max(lg, p, C);
     var s = 0.0;
     for (var c = 0u; c < C; c++) { let e = exp(M[lg + p * C + c] - m); M[dst + p * C + c] = e; s += e; }
@@ -254,8 +217,7 @@ fn body(i: u32) {
 /// strides@17, reduced dims@25, reduced strides@33]`: thread `g` handles the group of kept
 /// coordinates `g` (row-major), whose elements sit at `base(g) + offset(j)` in the full layout.
 /// Modes: 0 sum, 1 mean, 2 max (`y[g]`); 3 max gradient (`x`, `dy = b[g]`, `y = c[g]`, writes
-/// `dx` laid out as `x`); 4 sum/mean gradient (`x` is `dy`, indexed `g`; `dx[...] = dy * scale`);
-/// 5 softmax, 6 log-softmax (`x -> y`, same layout); 7 softmax gradient (`x` is `dy`, `c` is
+/// `dx` laid out as `x`); 5 softmax, 6 log-softmax (`x -> y`, same layout); 7 softmax gradient (`x` is `dy`, `c` is
 /// `y`), 8 log-softmax gradient.
 pub const GROUPS: &str = r#"
 fn group_base(g: u32) -> u32 {
@@ -293,10 +255,6 @@ fn body(g: u32) {
             if (ties > 0u) { share = dy / f32(ties); other = 0.0; }
             for (var j = 0u; j < n; j++) { M[y + at(j)] = select(other, share, M[x + at(j)] == m); }
         }
-        case 4u: {
-            let v = M[P[2] + g] * pf(8);
-            for (var j = 0u; j < n; j++) { M[y + at(j)] = v; }
-        }
         case 5u, 6u: {
             var m = bitcast<f32>(0xff800000u);
             for (var j = 0u; j < n; j++) { let v = M[x + at(j)]; if (v > m) { m = v; } }
@@ -332,20 +290,24 @@ fn body(g: u32) {
 /// whole sum as `bias_act` does). Workgroup-shared tiles: each workgroup computes a 32x32 block
 /// of one output matrix, each of its 16x16 threads a 2x2 block, walking K in slices of 16 staged
 /// through shared memory. Every output is still one running sum over k = 0, 1, ..., K - 1, the
-/// reference's order. `threads` is 256 per block (`P[0] / 256` blocks, batch-major).
+/// reference's order. `threads` is 256 per block (`P[0] / 256` blocks, batch-major). Split-K
+/// ([`split_matmul`]): `P[32]` > 1 splits of `P[33]` depth, the blocks of each split in turn,
+/// each writing its raw sums to the scratch `P[34]` (at `split * P[35]` plus the output index;
+/// `P[35]` the outputs of all matrices) for `MATMUL_FINISH`.
 pub const MATMUL_TILED: &str = r#"
 var<workgroup> As: array<f32, 512>;
 var<workgroup> Bs: array<f32, 512>;
-fn epilogue(s: f32, c: u32) -> f32 {
-    if (P[28] == NONE) { return s; }
-    return activate(s + M[P[28] + c], P[29], pf(30), pf(31));
-}
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let block = wg.y * nw.x + wg.x;
-    if (block >= P[0] / 256u) { return; }
+    let flat = wg.y * nw.x + wg.x;
+    if (flat >= P[0] / 256u) { return; }
     let rows = P[4]; let cols = P[5]; let K = P[6];
     let br = (rows + 31u) / 32u; let bc = (cols + 31u) / 32u;
+    let splits = max(P[32], 1u);
+    let blocks = P[0] / 256u / splits;
+    let ks = flat / blocks; let block = flat % blocks;
+    var k_lo = 0u; var k_hi = K;
+    if (splits > 1u) { k_lo = ks * P[33]; k_hi = min(K, k_lo + P[33]); }
     let mat = block / (br * bc); let t = block % (br * bc);
     let r0 = (t / bc) * 32u; let c0 = (t % bc) * 32u;
     var rest = mat; var ao = P[1]; var bo = P[2];
@@ -362,7 +324,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     if (P[8] != 0u) { b_k = 1u; b_col = K; }
     let tx = li % 16u; let ty = li / 16u;
     var s00 = 0.0; var s01 = 0.0; var s10 = 0.0; var s11 = 0.0;
-    for (var k0 = 0u; k0 < K; k0 += 16u) {
+    for (var k0 = k_lo; k0 < k_hi; k0 += 16u) {
         for (var e = li; e < 512u; e += 256u) {
             let r = r0 + e / 16u; let k = k0 + e % 16u;
             var v = 0.0;
@@ -383,13 +345,57 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         workgroupBarrier();
     }
     let r = r0 + ty * 2u; let c = c0 + tx * 2u;
-    let y = P[3] + mat * rows * cols;
-    if (r < rows && c < cols) { M[y + r * cols + c] = epilogue(s00, c); }
-    if (r < rows && c + 1u < cols) { M[y + r * cols + c + 1u] = epilogue(s01, c + 1u); }
-    if (r + 1u < rows && c < cols) { M[y + (r + 1u) * cols + c] = epilogue(s10, c); }
-    if (r + 1u < rows && c + 1u < cols) { M[y + (r + 1u) * cols + c + 1u] = epilogue(s11, c + 1u); }
+    var y = P[3] + mat * rows * cols;
+    if (splits > 1u) { y = P[34] + ks * P[35] + mat * rows * cols; }
+    if (r < rows && c < cols) { M[y + r * cols + c] = finished(s00, c); }
+    if (r < rows && c + 1u < cols) { M[y + r * cols + c + 1u] = finished(s01, c + 1u); }
+    if (r + 1u < rows && c < cols) { M[y + (r + 1u) * cols + c] = finished(s10, c); }
+    if (r + 1u < rows && c + 1u < cols) { M[y + (r + 1u) * cols + c + 1u] = finished(s11, c + 1u); }
 }
 "#;
+
+/// The epilogue of [`MATMUL_TILED`] and [`MATMUL_FINISH`]: the bias of column `c` and the
+/// activation, after the whole sum (a split's partial sum stays raw).
+pub const MATMUL_EPILOGUE: &str = r#"
+fn epilogue(s: f32, c: u32) -> f32 {
+    if (P[28] == NONE) { return s; }
+    return activate(s + M[P[28] + c], P[29], pf(30), pf(31));
+}
+fn finished(s: f32, c: u32) -> f32 {
+    if (P[32] > 1u) { return s; }
+    return epilogue(s, c);
+}
+"#;
+
+/// Split-K's second pass (`MATMUL_TILED`'s `P`, `P[0]` its outputs): one thread per output adds
+/// the splits' partial sums in split order, then the epilogue.
+pub const MATMUL_FINISH: &str = r#"
+fn body(i: u32) {
+    var s = 0.0;
+    for (var k = 0u; k < P[32]; k++) { s += M[P[34] + k * P[35] + i]; }
+    M[P[3] + i] = epilogue(s, i % P[5]);
+}
+"#;
+
+/// A [`MATMUL_TILED`] dispatch whose depth one thread could not walk cut into the fewest splits
+/// of at most `conv_gemm::SPLIT_DEPTH`, each writing partial sums to `scratch`, then
+/// [`MATMUL_FINISH`]; unchanged where the depth fits.
+pub(super) fn split_matmul(mut l: Lowered, scratch: u32) -> Vec<Lowered> {
+    let depth = l.params[6];
+    let splits = depth.div_ceil(super::conv_gemm::SPLIT_DEPTH);
+    l.params.resize(36, 0);
+    if splits <= 1 {
+        return alloc::vec![l];
+    }
+    let (rows, cols) = (l.params[4], l.params[5]);
+    let matrices = l.params[0] / 256 / (rows.div_ceil(32) * cols.div_ceil(32)).max(1);
+    let outputs = matrices * rows * cols;
+    l.params[0] *= splits;
+    l.params[32..36].copy_from_slice(&[splits, super::conv_gemm::SPLIT_DEPTH, scratch, outputs]);
+    let mut finish = Lowered { kernel: Kernel::MatMulSplitFinish, params: l.params.clone() };
+    finish.params[0] = outputs;
+    alloc::vec![l, finish]
+}
 
 /// `P = [n, mode, x, counter, y, mask, key_lo, key_hi, a, b]`: mode 0 Dropout (`a` the ratio,
 /// `b` the keep scale `1 / (1 - ratio)` as the reference computes it in f32), 1 RandomUniform
@@ -523,21 +529,53 @@ pub(super) fn strided(
     Ok(Lowered { kernel: Kernel::Strided, params: p })
 }
 
-/// A dispatch of the group kernel: `shape` is the full layout, `reduced` its reduced axes.
-fn groups(node: &Node, mode: u32, shape: &[usize], reduced: &[usize], t: [u32; 4], scale: f32) -> Result<Lowered, String> {
+/// Loop iterations up to which a group is reduced by one thread, in the reference's order (the
+/// narrow `GROUPS`); larger groups run on workgroups (`wide.rs`).
+const NARROW: u64 = 4096;
+
+/// The dispatches of a group reduction: `shape` is the full layout, `reduced` its reduced axes,
+/// `t` the tensors `[x, y, b, c]` of `GROUPS`. Adjacent axes of one kind are merged first (same
+/// order of elements, fewer index steps). Mode 4 (a sum or mean gradient, `dx = dy[g] * scale`)
+/// is elementwise: a `STRIDED` dispatch.
+pub(super) fn groups(
+    node: &Node,
+    mode: u32,
+    shape: &[usize],
+    reduced: &[usize],
+    t: [u32; 4],
+    scale: f32,
+    at: &Addresses<'_>,
+) -> Result<Vec<Lowered>, String> {
     if shape.len() > MAX_RANK {
         return Err(too_many_axes(node, shape.len()));
     }
     let strides = contiguous(shape);
-    let (mut kept, mut red) = (Vec::new(), Vec::new());
-    for k in 0..shape.len() {
-        if reduced.contains(&k) {
-            red.push((shape[k], strides[k]));
-        } else {
-            kept.push((shape[k], strides[k]));
+    if mode == 4 {
+        let rank = shape.len();
+        let mut dy = alloc::vec![0i64; rank];
+        let mut step = 1i64;
+        for k in (0..rank).rev().filter(|k| !reduced.contains(k)) {
+            dy[k] = step;
+            step *= shape[k] as i64;
         }
+        let y = Operand { base: t[1] as i64, strides };
+        let a = Operand { base: t[0] as i64, strides: dy };
+        return Ok(alloc::vec![strided(node, 13, shape, y, a, Operand::none(rank), Operand::none(rank), scale)?]);
+    }
+    // (dim, stride) of the kept and of the reduced axes.
+    let (mut kept, mut red) = (Vec::<(usize, i64)>::new(), Vec::<(usize, i64)>::new());
+    let mut previous = None;
+    for k in 0..shape.len() {
+        let is_reduced = reduced.contains(&k);
+        let list = if is_reduced { &mut red } else { &mut kept };
+        match list.len().checked_sub(1) {
+            Some(last) if previous == Some(is_reduced) => list[last] = (list[last].0 * shape[k], strides[k]),
+            _ => list.push((shape[k], strides[k])),
+        }
+        previous = Some(is_reduced);
     }
     let count: usize = kept.iter().map(|k| k.0).product();
+    let n: u64 = red.iter().map(|k| k.0 as u64).product();
     let mut p = alloc::vec![0u32; 41];
     p[0] = count as u32;
     p[1] = mode;
@@ -553,7 +591,39 @@ fn groups(node: &Node, mode: u32, shape: &[usize], reduced: &[usize], t: [u32; 4
         p[25 + d] = *dim as u32;
         p[33 + d] = *s as u32;
     }
-    Ok(Lowered { kernel: Kernel::Groups, params: p })
+    // Passes over the group, and index walks (`at`) per element in the narrow kernel.
+    let rr = red.len() as u64;
+    let (passes, walks) = match mode {
+        0..=2 => (1, 1),
+        3 => (2, 3),
+        5 => (3, 5),
+        6 | 8 => (3, 4),
+        _ => (2, 5),
+    };
+    let fixed = 2 * MAX_RANK as u64 + 4;
+    if n * (passes + walks * rr) + fixed <= NARROW {
+        return Ok(alloc::vec![Lowered { kernel: Kernel::Groups, params: p }]);
+    }
+    // A workgroup per group, each pass walking an element's offset once; sums and maxima of
+    // groups longer than one workgroup's share are split over several, then combined.
+    let cost = passes * (1 + rr);
+    let (splits, chunk) = if mode <= 2 {
+        wide::split(n, cost)
+    } else {
+        let iterations = n.div_ceil(256) * cost + fixed + 64;
+        if iterations > wide::LOOP_LIMIT {
+            return Err(wide::too_long(node, "the elements of a reduced group", n, iterations));
+        }
+        (1, n.div_ceil(256) as u32 * 256)
+    };
+    let scratch = if splits > 1 { at.scratch() } else { NONE };
+    p[0] = count as u32 * splits;
+    p.extend_from_slice(&[splits, chunk, scratch]);
+    let mut list = alloc::vec![Lowered { kernel: Kernel::GroupsWide, params: p }];
+    if splits > 1 {
+        list.push(Lowered { kernel: Kernel::GroupsFinish, params: alloc::vec![count as u32, mode, scratch, t[1], splits, n as u32] });
+    }
+    Ok(list)
 }
 
 /// Lowers a node of the families this file covers; `None` for other ops (the caller lowers
@@ -572,11 +642,17 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Option<Result<Vec<Lowered>, Str
         Op::Optim(OptimOp::GradScale(GradScale { max_norm, multiplier })) => {
             let scale = node.outputs[0];
             let mut list = alloc::vec![fill(scale, 0.0)];
+            // Each gradient's sum of squares in blocks (`wide.rs`), the blocks' partial sums then
+            // added to the scale word (or only a non-finite element's NaN, without a max norm).
+            let scratch = at.scratch();
             for &g in &node.inputs {
+                let (splits, chunk) = wide::split(numel(g) as u64, 1);
                 list.push(Lowered {
                     kernel: Kernel::GradScaleAccumulate,
-                    params: alloc::vec![numel(g), at.word(g), at.word(scale), max_norm.is_some() as u32, multiplier.to_bits()],
+                    params: alloc::vec![splits, at.word(g), scratch, numel(g), chunk, multiplier.to_bits()],
                 });
+                let mode = if max_norm.is_some() { 2 } else { 3 };
+                list.push(wide::sum_partials(scratch, splits, at.word(scale), NONE, 0.0, mode));
             }
             list.push(Lowered {
                 kernel: Kernel::GradScaleFinish,
@@ -588,12 +664,11 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Option<Result<Vec<Lowered>, Str
             let p = shape(node.inputs[0]);
             let total = numel(node.inputs[0]);
             let (batch, features) = (p[0] as u32, p[1..].iter().product::<usize>() as u32);
-            let mean = *r == Reduction::Mean;
-            let threads = if mean { 1 } else { batch };
-            Ok(alloc::vec![Lowered {
-                kernel: Kernel::Mse,
-                params: alloc::vec![threads, i(0), i(1), o(0), batch, features, mean as u32, total],
-            }])
+            if *r == Reduction::Mean {
+                Ok(wide::mse(at, i(0), i(1), o(0), 1, total, true))
+            } else {
+                Ok(wide::mse(at, i(0), i(1), o(0), batch, features, false))
+            }
         }
         Op::Loss(LossOp::MseGrad(r)) => {
             let p = shape(node.inputs[1]);
@@ -607,6 +682,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Option<Result<Vec<Lowered>, Str
         Op::Loss(LossOp::CrossEntropy(ce)) | Op::Loss(LossOp::CrossEntropyGrad(ce)) => {
             let grad = matches!(node.op, Op::Loss(LossOp::CrossEntropyGrad(_)));
             let (logits, labels) = if grad { (node.inputs[1], node.inputs[2]) } else { (node.inputs[0], node.inputs[1]) };
+            let (logits_word, labels_word) = (at.word(logits), at.word(labels));
             let CrossEntropy { reduction, ignore_index } = *ce;
             let Ok(ignore) = i32::try_from(ignore_index) else {
                 return Some(Err(alloc::format!(
@@ -622,16 +698,41 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Option<Result<Vec<Lowered>, Str
                 Some(&b) => positions / b as u32,
             };
             let mean = reduction == Reduction::Mean;
+            if let Err(e) = super::kernels::classes_fit(node, classes as u64) {
+                return Some(Err(e));
+            }
+            // Per sample, a thread walks the sample's positions (counting them in the gradient,
+            // each position's classes in the loss).
+            let (per_position, rows) = if grad { (1, 4 * classes as u64) } else { (2 * classes as u64 + 2, 0) };
+            let iterations = per as u64 * per_position + rows + 8;
+            if !mean && iterations > wide::LOOP_LIMIT {
+                return Some(Err(wide::too_long(node, "the positions of a sample", per as u64, iterations)));
+            }
+            // The mean's sums (of the loss, or only of the count of kept positions for the
+            // gradient) split across threads (`wide.rs`).
+            let scratch = at.scratch();
+            let (splits, chunk) = wide::split(positions as u64, if grad { 1 } else { 2 * classes as u64 + 2 });
+            let partial = Lowered {
+                kernel: Kernel::CrossEntropyPartial,
+                params: alloc::vec![splits, logits_word, labels_word, scratch, positions, classes, ignore as u32, chunk, grad as u32],
+            };
             if grad {
-                Ok(alloc::vec![Lowered {
+                let count = if mean { scratch + 2 * splits } else { NONE };
+                let g = Lowered {
                     kernel: Kernel::CrossEntropyGrad,
-                    params: alloc::vec![positions, i(0), i(1), i(2), o(0), positions, classes, mean as u32, ignore as u32, per],
-                }])
+                    params: alloc::vec![positions, i(0), i(1), i(2), o(0), positions, classes, mean as u32, ignore as u32, per, count],
+                };
+                if mean {
+                    Ok(alloc::vec![partial, wide::sum_partials(scratch, splits, count, scratch + splits, 0.0, 4), g])
+                } else {
+                    Ok(alloc::vec![g])
+                }
+            } else if mean {
+                Ok(alloc::vec![partial, wide::sum_partials(scratch, splits, o(0), scratch + splits, 0.0, 1)])
             } else {
-                let threads = if mean { 1 } else { numel(node.outputs[0]) };
                 Ok(alloc::vec![Lowered {
                     kernel: Kernel::CrossEntropy,
-                    params: alloc::vec![threads, i(0), i(1), o(0), positions, classes, mean as u32, ignore as u32, per],
+                    params: alloc::vec![numel(node.outputs[0]), i(0), i(1), o(0), positions, classes, 0, ignore as u32, per],
                 }])
             }
         }
@@ -665,7 +766,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Option<Result<Vec<Lowered>, Str
                     let x = shape(node.inputs[0]);
                     let lead = x.len() - to.len();
                     let reduced: Vec<usize> = (0..x.len()).filter(|&k| k < lead || to[k - lead] == 1).collect();
-                    return Some(groups(node, 0, &x, &reduced, [i(0), o(0), NONE, NONE], 1.0).map(|l| alloc::vec![l]));
+                    return Some(groups(node, 0, &x, &reduced, [i(0), o(0), NONE, NONE], 1.0, at));
                 }
                 // Comparisons, logic and Where work on bools, which the GPU does not hold yet.
                 _ => return Some(no_kernel()),
@@ -676,22 +777,21 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Option<Result<Vec<Lowered>, Str
         }
         Op::Reduce(r) => {
             let x = |k: usize| shape(node.inputs[k]);
-            let l = match r {
-                ReduceOp::ReduceSum(red) => groups(node, 0, &x(0), &red.axes, [i(0), o(0), NONE, NONE], 1.0),
-                ReduceOp::ReduceMean(red) => groups(node, 1, &x(0), &red.axes, [i(0), o(0), NONE, NONE], 1.0),
-                ReduceOp::ReduceMax(red) => groups(node, 2, &x(0), &red.axes, [i(0), o(0), NONE, NONE], 1.0),
-                ReduceOp::ReduceMaxGrad(red) => groups(node, 3, &x(1), &red.axes, [i(1), o(0), i(0), i(2)], 1.0),
-                ReduceOp::ReduceSumGrad { reduce, shape: s } => groups(node, 4, s, &reduce.axes, [i(0), o(0), NONE, NONE], 1.0),
+            match r {
+                ReduceOp::ReduceSum(red) => groups(node, 0, &x(0), &red.axes, [i(0), o(0), NONE, NONE], 1.0, at),
+                ReduceOp::ReduceMean(red) => groups(node, 1, &x(0), &red.axes, [i(0), o(0), NONE, NONE], 1.0, at),
+                ReduceOp::ReduceMax(red) => groups(node, 2, &x(0), &red.axes, [i(0), o(0), NONE, NONE], 1.0, at),
+                ReduceOp::ReduceMaxGrad(red) => groups(node, 3, &x(1), &red.axes, [i(1), o(0), i(0), i(2)], 1.0, at),
+                ReduceOp::ReduceSumGrad { reduce, shape: s } => groups(node, 4, s, &reduce.axes, [i(0), o(0), NONE, NONE], 1.0, at),
                 ReduceOp::ReduceMeanGrad { reduce, shape: s } => {
                     let n: usize = reduce.axes.iter().map(|&a| s[a]).product();
-                    groups(node, 4, s, &reduce.axes, [i(0), o(0), NONE, NONE], 1.0 / n as f32)
+                    groups(node, 4, s, &reduce.axes, [i(0), o(0), NONE, NONE], 1.0 / n as f32, at)
                 }
-                ReduceOp::Softmax { axis } => groups(node, 5, &x(0), &[*axis], [i(0), o(0), NONE, NONE], 1.0),
-                ReduceOp::LogSoftmax { axis } => groups(node, 6, &x(0), &[*axis], [i(0), o(0), NONE, NONE], 1.0),
-                ReduceOp::SoftmaxGrad { axis } => groups(node, 7, &x(0), &[*axis], [i(0), o(0), NONE, i(1)], 1.0),
-                ReduceOp::LogSoftmaxGrad { axis } => groups(node, 8, &x(0), &[*axis], [i(0), o(0), NONE, i(1)], 1.0),
-            };
-            l.map(|l| alloc::vec![l])
+                ReduceOp::Softmax { axis } => groups(node, 5, &x(0), &[*axis], [i(0), o(0), NONE, NONE], 1.0, at),
+                ReduceOp::LogSoftmax { axis } => groups(node, 6, &x(0), &[*axis], [i(0), o(0), NONE, NONE], 1.0, at),
+                ReduceOp::SoftmaxGrad { axis } => groups(node, 7, &x(0), &[*axis], [i(0), o(0), NONE, i(1)], 1.0, at),
+                ReduceOp::LogSoftmaxGrad { axis } => groups(node, 8, &x(0), &[*axis], [i(0), o(0), NONE, i(1)], 1.0, at),
+            }
         }
         Op::Move(m) => movement(node, m, at),
         Op::Random(r) => {
@@ -765,7 +865,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Option<Result<Vec<Lowered>, Str
                 }
             }
             p[28] = NONE;
-            Ok(alloc::vec![Lowered { kernel: Kernel::MatMul, params: p }])
+            Ok(split_matmul(Lowered { kernel: Kernel::MatMul, params: p }, at.scratch()))
         }
         _ => return None,
     };

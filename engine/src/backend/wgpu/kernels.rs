@@ -7,8 +7,9 @@
 //! what lets tensors sit at any 8-byte-aligned planned offset: the kernel adds the offset itself,
 //! so the device's 256-byte storage-offset alignment never applies to tensors (see
 //! ARCHITECTURE.md "GPU backend"). `P[0]` is the number of threads the node runs; kernels of the
-//! `Grid` kind run one thread per output element on a 2-D grid of 256-thread workgroups,
-//! `Group` kernels run one workgroup that loops (the gradient-scale reduction). The optimizer
+//! `Grid` kind run one thread per output element on a 2-D grid of 256-thread workgroups;
+//! reductions run one workgroup per block of their range (`wide.rs`), so that no thread loops over
+//! a tensor-sized range. The optimizer
 //! updates are `Grid` kernels after a `FINITE_CHECK` dispatch that sets a flag word where a
 //! gradient element is not finite, so that they skip the update as the reference kernels do.
 //!
@@ -22,7 +23,7 @@ use alloc::vec::Vec;
 use crate::ops::{Conv2d, ConvOp, DenseOp, LossOp, MaskKind, MaskOp, NormOp, Op, OptimOp, PoolOp, Reduction};
 use crate::plan::{DType, Location, Node, Plan, TensorId};
 
-use super::{conv_gemm, families};
+use super::{conv_gemm, families, wide};
 
 /// Threads per workgroup in every kernel.
 pub const WORKGROUP: u32 = 256;
@@ -43,7 +44,6 @@ pub enum Kernel {
     MaxPoolGrad,
     AvgPool,
     AvgPoolGrad,
-    GlobalAvgPool,
     GlobalAvgPoolGrad,
     SoftmaxCrossEntropy,
     SoftmaxCrossEntropyGrad,
@@ -84,9 +84,18 @@ pub enum Kernel {
     QLinearGradInput,
     QLinearGradWeight,
     QLinearGradBias,
+    SumPartials,
+    CrossEntropyPartial,
+    GroupsWide,
+    GroupsFinish,
+    BatchNormStatsWide,
+    BatchNormGradSumsWide,
+    Conv2dGradWeightWide,
+    ConvGemmSplitFinish,
+    MatMulSplitFinish,
 }
 
-pub const KERNELS: [Kernel; 52] = [
+pub const KERNELS: [Kernel; 60] = [
     Kernel::Elementwise,
     Kernel::BiasAdd,
     Kernel::BiasGrad,
@@ -98,7 +107,6 @@ pub const KERNELS: [Kernel; 52] = [
     Kernel::MaxPoolGrad,
     Kernel::AvgPool,
     Kernel::AvgPoolGrad,
-    Kernel::GlobalAvgPool,
     Kernel::GlobalAvgPoolGrad,
     Kernel::SoftmaxCrossEntropy,
     Kernel::SoftmaxCrossEntropyGrad,
@@ -139,6 +147,15 @@ pub const KERNELS: [Kernel; 52] = [
     Kernel::QLinearGradInput,
     Kernel::QLinearGradWeight,
     Kernel::QLinearGradBias,
+    Kernel::SumPartials,
+    Kernel::CrossEntropyPartial,
+    Kernel::GroupsWide,
+    Kernel::GroupsFinish,
+    Kernel::BatchNormStatsWide,
+    Kernel::BatchNormGradSumsWide,
+    Kernel::Conv2dGradWeightWide,
+    Kernel::ConvGemmSplitFinish,
+    Kernel::MatMulSplitFinish,
 ];
 
 const HEADER: &str = r#"
@@ -179,15 +196,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 }
 "#;
 
-/// One workgroup: `li` is the thread, which loops over elements `li, li + 256, ...`.
-const GROUP: &str = r#"
-var<workgroup> bad: atomic<u32>;
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) li: u32) {
-    body(li);
-}
-"#;
-
 /// The optimizer updates' helpers: the gradient scale (`P[4]`, a tensor or NONE) and whether the
 /// finite check (`FINITE_CHECK`, the dispatch before) found a non-finite value (`P[flag]` is the
 /// flag word's address).
@@ -213,7 +221,6 @@ impl Kernel {
             Kernel::MaxPoolGrad => "max_pool_grad",
             Kernel::AvgPool => "avg_pool",
             Kernel::AvgPoolGrad => "avg_pool_grad",
-            Kernel::GlobalAvgPool => "global_avg_pool",
             Kernel::GlobalAvgPoolGrad => "global_avg_pool_grad",
             Kernel::SoftmaxCrossEntropy => "softmax_cross_entropy",
             Kernel::SoftmaxCrossEntropyGrad => "softmax_cross_entropy_grad",
@@ -254,12 +261,32 @@ impl Kernel {
             Kernel::QLinearGradInput => "qlinear_grad_input",
             Kernel::QLinearGradWeight => "qlinear_grad_weight",
             Kernel::QLinearGradBias => "qlinear_grad_bias",
+            Kernel::SumPartials => "sum_partials",
+            Kernel::CrossEntropyPartial => "cross_entropy_partial",
+            Kernel::GroupsWide => "groups_wide",
+            Kernel::GroupsFinish => "groups_finish",
+            Kernel::BatchNormStatsWide => "batch_norm_stats_wide",
+            Kernel::BatchNormGradSumsWide => "batch_norm_grad_sums_wide",
+            Kernel::Conv2dGradWeightWide => "conv2d_grad_weight_wide",
+            Kernel::ConvGemmSplitFinish => "conv2d_gemm_split_finish",
+            Kernel::MatMulSplitFinish => "matmul_split_finish",
         }
     }
 
-    /// Whether the kernel runs as one workgroup (else one thread per element of `P[0]`).
-    pub fn single_group(self) -> bool {
-        matches!(self, Kernel::GradScaleAccumulate)
+    /// Whether the kernel runs one workgroup per block, `P[0]` blocks (`wide.rs`'s `BLOCKS`),
+    /// its threads reducing the block together (else one thread per element of `P[0]`).
+    pub fn blocks(self) -> bool {
+        matches!(
+            self,
+            Kernel::Mse
+                | Kernel::GradScaleAccumulate
+                | Kernel::SumPartials
+                | Kernel::CrossEntropyPartial
+                | Kernel::GroupsWide
+                | Kernel::BatchNormStatsWide
+                | Kernel::BatchNormGradSumsWide
+                | Kernel::Conv2dGradWeightWide
+        )
     }
 
     /// Whether the kernel runs one workgroup per channel (`P[0]` channels), its threads
@@ -275,14 +302,16 @@ impl Kernel {
             Kernel::BiasAdd => BIAS_ADD,
             Kernel::BiasGrad => BIAS_GRAD,
             // Its own entry point (workgroup-shared tiles), no GRID.
-            Kernel::MatMul => return alloc::format!("{HEADER}{}", families::MATMUL_TILED),
+            Kernel::MatMul => return alloc::format!("{HEADER}{}{}", families::MATMUL_EPILOGUE, families::MATMUL_TILED),
+            Kernel::MatMulSplitFinish => return alloc::format!("{HEADER}{GRID}{}{}", families::MATMUL_EPILOGUE, families::MATMUL_FINISH),
             Kernel::Unary => return alloc::format!("{HEADER}{GRID}{}", families::unary_source()),
             // Implicit GEMM (`conv_gemm.rs`): its own tiled entry point.
             Kernel::ConvGemm
             | Kernel::ConvGemmGradInput
             | Kernel::ConvGemmGradWeight
             | Kernel::ConvGemmBiasAct
-            | Kernel::ConvGemmGradInputMasked => return conv_gemm::source(self, HEADER, CONV_PARAMS),
+            | Kernel::ConvGemmGradInputMasked
+            | Kernel::ConvGemmSplitFinish => return conv_gemm::source(self, HEADER, CONV_PARAMS),
             Kernel::Conv2d => CONV2D,
             Kernel::Conv2dGradInput => CONV2D_GRAD_INPUT,
             Kernel::Conv2dGradWeight => CONV2D_GRAD_WEIGHT,
@@ -290,7 +319,6 @@ impl Kernel {
             Kernel::MaxPoolGrad => MAX_POOL_GRAD,
             Kernel::AvgPool => AVG_POOL,
             Kernel::AvgPoolGrad => AVG_POOL_GRAD,
-            Kernel::GlobalAvgPool => GLOBAL_AVG_POOL,
             Kernel::GlobalAvgPoolGrad => GLOBAL_AVG_POOL_GRAD,
             Kernel::SoftmaxCrossEntropy => SOFTMAX_CROSS_ENTROPY,
             Kernel::SoftmaxCrossEntropyGrad => SOFTMAX_CROSS_ENTROPY_GRAD,
@@ -306,9 +334,16 @@ impl Kernel {
             Kernel::BatchNormApply => BATCH_NORM_APPLY,
             Kernel::BatchNormGradSums => BATCH_NORM_GRAD_SUMS,
             Kernel::BatchNormGradInput => BATCH_NORM_GRAD_INPUT,
-            Kernel::GradScaleAccumulate => families::GRAD_SCALE_ACCUMULATE,
+            Kernel::GradScaleAccumulate => wide::GRAD_SCALE_PARTIAL,
             Kernel::GradScaleFinish => families::GRAD_SCALE_FINISH,
-            Kernel::Mse => families::MSE,
+            Kernel::Mse => wide::MSE,
+            Kernel::SumPartials => wide::SUM_PARTIALS,
+            Kernel::CrossEntropyPartial => wide::CROSS_ENTROPY_PARTIAL,
+            Kernel::GroupsWide => wide::GROUPS_WIDE,
+            Kernel::GroupsFinish => wide::GROUPS_FINISH,
+            Kernel::BatchNormStatsWide => wide::BATCH_NORM_STATS_WIDE,
+            Kernel::BatchNormGradSumsWide => wide::BATCH_NORM_GRAD_SUMS_WIDE,
+            Kernel::Conv2dGradWeightWide => wide::CONV2D_GRAD_WEIGHT_WIDE,
             Kernel::MseGrad => families::MSE_GRAD,
             Kernel::CrossEntropy => families::CROSS_ENTROPY,
             Kernel::CrossEntropyGrad => families::CROSS_ENTROPY_GRAD,
@@ -351,18 +386,27 @@ impl Kernel {
                 return s;
             }
         };
-        let entry = if self.single_group() {
-            GROUP
+        let entry = if self.blocks() {
+            wide::BLOCKS
         } else if self.per_channel() {
             CHANNEL
         } else {
             GRID
         };
         let helpers = match self {
-            Kernel::Conv2d | Kernel::Conv2dGradInput | Kernel::Conv2dGradWeight => CONV_PARAMS,
+            Kernel::Conv2d | Kernel::Conv2dGradInput | Kernel::Conv2dGradWeight | Kernel::Conv2dGradWeightWide => CONV_PARAMS,
             Kernel::MaxPool | Kernel::MaxPoolGrad | Kernel::AvgPool | Kernel::AvgPoolGrad => POOL_WINDOW,
-            Kernel::SoftmaxCrossEntropy | Kernel::SoftmaxCrossEntropyGrad | Kernel::CrossEntropy | Kernel::CrossEntropyGrad => ROW_MAX,
-            Kernel::BatchNormStats | Kernel::BatchNormApply | Kernel::BatchNormGradSums | Kernel::BatchNormGradInput => BN_PARAMS,
+            Kernel::SoftmaxCrossEntropy
+            | Kernel::SoftmaxCrossEntropyGrad
+            | Kernel::CrossEntropy
+            | Kernel::CrossEntropyGrad
+            | Kernel::CrossEntropyPartial => ROW_MAX,
+            Kernel::BatchNormStats
+            | Kernel::BatchNormApply
+            | Kernel::BatchNormGradSums
+            | Kernel::BatchNormGradInput
+            | Kernel::BatchNormStatsWide
+            | Kernel::BatchNormGradSumsWide => BN_PARAMS,
             Kernel::Strided => families::STRIDED_WALK,
             Kernel::Sgd | Kernel::Adam => OPTIM,
             _ => "",
@@ -421,7 +465,8 @@ fn body(i: u32) {
 }
 "#;
 
-/// `P = [C, dy, db, C, inner, outer]`: one thread per channel.
+/// `P = [C, dy, db, C, inner, outer]`: one thread per channel, while its `outer * (inner + 1)`
+/// iterations fit (`wide::LOOP_LIMIT`; else a group reduction on workgroups).
 const BIAS_GRAD: &str = r#"
 fn body(c: u32) {
     let C = P[3]; let inner = P[4];
@@ -546,6 +591,15 @@ fn arg_max(plane: u32, oh: u32, ow: u32) -> u32 {
     }
     return arg;
 }
+// The outputs whose window (stride s, size k, padding pad) may hold input row (or column) i,
+// `lo..hi` of `len`: the gradients walk these only, not every output of the plane.
+fn reaching(i: u32, s: u32, k: u32, pad: u32, len: u32) -> vec2<u32> {
+    let t = i + pad;
+    var lo = 0u;
+    if (t >= k) { lo = (t - k) / s + 1u; }
+    let hi = min(len, t / s + 1u);
+    return vec2<u32>(min(lo, hi), hi);
+}
 fn divisor(oh: u32, ow: u32) -> u32 {
     if (P[14] != 0u) { return P[8] * P[9]; }
     let r = lo_hi(oh, P[10], P[8], P[12], P[4]);
@@ -572,10 +626,12 @@ fn body(i: u32) {
     let j = i % (H * W); let p = i / (H * W);
     let ih = j / W; let iw = j % W;
     var s = 0.0;
-    for (var oh = 0u; oh < OH; oh++) {
+    let rows = reaching(ih, P[10], P[8], P[12], OH);
+    for (var oh = rows.x; oh < rows.y; oh++) {
         let r = lo_hi(oh, P[10], P[8], P[12], H);
         if (ih < r.x || ih >= r.y) { continue; }
-        for (var ow = 0u; ow < OW; ow++) {
+        let cols = reaching(iw, P[11], P[9], P[13], OW);
+        for (var ow = cols.x; ow < cols.y; ow++) {
             let c = lo_hi(ow, P[11], P[9], P[13], W);
             if (iw < c.x || iw >= c.y) { continue; }
             if (arg_max(P[2] + p * H * W, oh, ow) == j) { s += M[P[1] + (p * OH + oh) * OW + ow]; }
@@ -609,10 +665,12 @@ fn body(i: u32) {
     let j = i % (H * W); let p = i / (H * W);
     let ih = j / W; let iw = j % W;
     var s = 0.0;
-    for (var oh = 0u; oh < OH; oh++) {
+    let rows = reaching(ih, P[10], P[8], P[12], OH);
+    for (var oh = rows.x; oh < rows.y; oh++) {
         let r = lo_hi(oh, P[10], P[8], P[12], H);
         if (ih < r.x || ih >= r.y) { continue; }
-        for (var ow = 0u; ow < OW; ow++) {
+        let cols = reaching(iw, P[11], P[9], P[13], OW);
+        for (var ow = cols.x; ow < cols.y; ow++) {
             let c = lo_hi(ow, P[11], P[9], P[13], W);
             if (iw < c.x || iw >= c.y) { continue; }
             let d = divisor(oh, ow);
@@ -620,16 +678,6 @@ fn body(i: u32) {
         }
     }
     M[P[3] + i] = s;
-}
-"#;
-
-/// `P = [N*C, x, y, plane]`.
-const GLOBAL_AVG_POOL: &str = r#"
-fn body(i: u32) {
-    let plane = P[3];
-    var s = 0.0;
-    for (var j = 0u; j < plane; j++) { s += M[P[1] + i * plane + j]; }
-    M[P[2] + i] = s / f32(plane);
 }
 "#;
 
@@ -649,8 +697,8 @@ fn row_max(lg: u32, n: u32, C: u32) -> f32 {
 }
 "#;
 
-/// `P = [threads, logits, labels, loss, B, C, mean]`: with `mean` one thread sums the rows in
-/// order, as the reference does; otherwise one thread per row.
+/// `P = [B, logits, labels, loss, B, C, 0]`: one thread per row, the per-sample losses (the mean
+/// runs `wide.rs`'s `CROSS_ENTROPY_PARTIAL` and `SUM_PARTIALS`).
 const SOFTMAX_CROSS_ENTROPY: &str = r#"
 fn row_loss(n: u32) -> f32 {
     let lg = P[1]; let C = P[5];
@@ -660,10 +708,7 @@ fn row_loss(n: u32) -> f32 {
     return m + log(s) - M[lg + n * C + label(P[2], n)];
 }
 fn body(i: u32) {
-    if (P[6] == 0u) { M[P[3] + i] = row_loss(i); return; }
-    var total = 0.0;
-    for (var n = 0u; n < P[4]; n++) { total += row_loss(n); }
-    M[P[3]] = total / f32(P[4]);
+    M[P[3] + i] = row_loss(i);
 }
 "#;
 
@@ -914,6 +959,16 @@ fn body(i: u32) {
     M[P[8] + i] = scale * (m * g - M[P[6] + c] - xhat * M[P[5] + c]);
 }
 "#;
+/// Refuses a loss whose rows of `classes` logits one thread could not walk (its gradient loops
+/// over a row four times).
+pub(super) fn classes_fit(node: &Node, classes: u64) -> Result<(), String> {
+    let iterations = 4 * classes + 8;
+    if iterations > wide::LOOP_LIMIT {
+        return Err(wide::too_long(node, "a row of classes", classes, iterations));
+    }
+    Ok(())
+}
+
 /// The epilogue's `P` words of a fused op's activation: kind (0 none, 1 ReLU, 2 clip), lo, hi.
 fn activation_params(act: &crate::ops::Activation) -> (u32, f32, f32) {
     match act {
@@ -957,6 +1012,13 @@ impl Addresses<'_> {
     /// weight section, which the backend allocates with the memory. Zero between nodes.
     pub fn flag(&self) -> u32 {
         (self.weights_at + self.plan.weight_bytes).div_ceil(4) as u32
+    }
+
+    /// The first of the scratch words after the flag word, where split reductions leave their
+    /// partial sums between two dispatches (`wide.rs`); the backend allocates as many as the
+    /// plan's dispatches need (`wide::scratch_words`).
+    pub fn scratch(&self) -> u32 {
+        self.flag() + 1
     }
 
     /// The tensor's first byte in device memory.
@@ -1100,8 +1162,14 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
                 }
             }
             DenseOp::BiasGrad => {
+                // One thread sums a channel in the reference's order while its loops fit; else
+                // the sum over every axis but the channels' runs on workgroups (`wide.rs`).
                 let dy = shape(node.inputs[0]);
                 let inner: usize = dy[2..].iter().product();
+                if (dy[0] * (inner + 1)) as u64 + 8 > wide::LOOP_LIMIT {
+                    let reduced: Vec<usize> = (0..dy.len()).filter(|&k| k != 1).collect();
+                    return families::groups(node, 0, dy, &reduced, [i(0), o(0), NONE, NONE], 1.0, at);
+                }
                 let c = dy[1] as u32;
                 Lowered { kernel: Kernel::BiasGrad, params: alloc::vec![c, i(0), o(0), c, inner as u32, dy[0] as u32] }
             }
@@ -1154,7 +1222,30 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
             // Implicit GEMM (`conv_gemm.rs`) for all but depthwise-like convolutions.
             let (channels, groups) = (direct.params[5] as usize, direct.params[19] as usize);
             if !conv_gemm::applies(channels, groups) {
-                direct
+                // The direct forward and input gradient loop over a group's channels and taps.
+                let (cg, og) = (channels / groups.max(1), w[0] / groups.max(1));
+                let taps = (w[2] * (w[3] + 1)) as u64;
+                let iterations = (cg.max(og) as u64) * (taps + 1) + 8;
+                if kernel != Kernel::Conv2dGradWeight && iterations > wide::LOOP_LIMIT {
+                    return Err(wide::too_long(
+                        node,
+                        "a group's channels times the kernel's taps",
+                        (cg.max(og) * w[2] * w[3]) as u64,
+                        iterations,
+                    ));
+                }
+                // The direct weight gradient sums N * OH * OW positions: in one thread, in the
+                // reference's order, where that fits; else one workgroup per weight element.
+                let positions = (y[0] * y[2] * y[3]) as u64;
+                if kernel == Kernel::Conv2dGradWeight && positions + (y[0] * y[2]) as u64 + 8 > wide::LOOP_LIMIT {
+                    let iterations = positions.div_ceil(256) + 64;
+                    if iterations > wide::LOOP_LIMIT {
+                        return Err(wide::too_long(node, "the N * OH * OW positions of a weight gradient", positions, iterations));
+                    }
+                    Lowered { kernel: Kernel::Conv2dGradWeightWide, params: direct.params }
+                } else {
+                    direct
+                }
             } else {
                 let (kernel, rows) = match op {
                     ConvOp::Conv2d(_) => (Kernel::ConvGemm, None),
@@ -1167,10 +1258,15 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
                 conv_gemm::tile(direct, kernel, rows)
             }
         }
+        Op::Pool(PoolOp::MaxPool2d(p) | PoolOp::AvgPool2d(p) | PoolOp::MaxPool2dGrad(p) | PoolOp::AvgPool2dGrad { pool: p, .. })
+            if pool_iterations(p) > wide::LOOP_LIMIT =>
+        {
+            return Err(wide::too_long(node, "the windows of a pooling", (p.kernel[0] * p.kernel[1]) as u64, pool_iterations(p)));
+        }
         Op::Pool(p) => match p {
             PoolOp::GlobalAvgPool => {
                 let x = shape(node.inputs[0]);
-                Lowered { kernel: Kernel::GlobalAvgPool, params: alloc::vec![numel(node.outputs[0]), i(0), o(0), (x[2] * x[3]) as u32] }
+                return families::groups(node, 1, x, &[2, 3], [i(0), o(0), NONE, NONE], 1.0, at);
             }
             PoolOp::GlobalAvgPoolGrad { input_hw } => Lowered {
                 kernel: Kernel::GlobalAvgPoolGrad,
@@ -1196,15 +1292,27 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
         Op::Loss(l) => match l {
             LossOp::SoftmaxCrossEntropy(r) => {
                 let lg = shape(node.inputs[0]);
-                let mean = *r == Reduction::Mean;
-                let threads = if mean { 1 } else { lg[0] as u32 };
+                classes_fit(node, lg[1] as u64)?;
+                if *r == Reduction::Mean {
+                    // The mean over rows split across threads: cross-entropy's partial sums with
+                    // no label ignored (labels are checked to lie in [0, C) when written).
+                    let (rows, classes) = (lg[0] as u32, lg[1] as u32);
+                    let (splits, chunk) = wide::split(rows as u64, 2 * classes as u64 + 2);
+                    let scratch = at.scratch();
+                    let partial = Lowered {
+                        kernel: Kernel::CrossEntropyPartial,
+                        params: alloc::vec![splits, i(0), i(1), scratch, rows, classes, i32::MIN as u32, chunk, 0],
+                    };
+                    return Ok(alloc::vec![partial, wide::sum_partials(scratch, splits, o(0), NONE, rows as f32, 0)]);
+                }
                 Lowered {
                     kernel: Kernel::SoftmaxCrossEntropy,
-                    params: alloc::vec![threads, i(0), i(1), o(0), lg[0] as u32, lg[1] as u32, mean as u32],
+                    params: alloc::vec![lg[0] as u32, i(0), i(1), o(0), lg[0] as u32, lg[1] as u32, 0],
                 }
             }
             LossOp::SoftmaxCrossEntropyGrad(r) => {
                 let lg = shape(node.inputs[1]);
+                classes_fit(node, lg[1] as u64)?;
                 Lowered {
                     kernel: Kernel::SoftmaxCrossEntropyGrad,
                     params: alloc::vec![lg[0] as u32, i(0), i(1), i(2), o(0), lg[0] as u32, lg[1] as u32, (*r == Reduction::Mean) as u32],
@@ -1294,10 +1402,31 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
                 params.extend_from_slice(&[x[0] as u32, channels, inner as u32, b.eps.to_bits(), b.momentum.to_bits(), frozen as u32]);
                 Lowered { kernel, params }
             };
+            // The per-channel sums: in the reference's order (a thread a sample's run, or the
+            // channel's whole sum) while a thread's loops fit, else strided over a workgroup. (A
+            // parallel sum in another order moved zoo:mobilenetv2's losses 2% from the CPU's
+            // within 3 steps; where one thread can, the order stays the reference's.)
+            let per_channel = (x[0] * inner) as u64;
+            let spread = |narrow: u64| -> Result<bool, String> {
+                let iterations = 2 * per_channel.div_ceil(256) + 64;
+                if narrow + 8 <= wide::LOOP_LIMIT {
+                    Ok(false)
+                } else if iterations > wide::LOOP_LIMIT {
+                    Err(wide::too_long(node, "the N * H * W elements of a channel", per_channel, iterations))
+                } else {
+                    Ok(true)
+                }
+            };
+            let stats_kernel = if spread(2 * (x[0] as u64).div_ceil(256) * (inner as u64 + 260))? {
+                Kernel::BatchNormStatsWide
+            } else {
+                Kernel::BatchNormStats
+            };
+            let sums_kernel = if spread(per_channel + x[0] as u64)? { Kernel::BatchNormGradSumsWide } else { Kernel::BatchNormGradSums };
             return Ok(match n {
                 // [x, gamma, beta] -> [y, saved_mean, saved_invstd, running_mean, running_var]
                 NormOp::BatchNormTrain(_) => alloc::vec![
-                    bn(channels, Kernel::BatchNormStats, [i(0), o(1), o(2), o(3), o(4), NONE, NONE, NONE]),
+                    bn(channels, stats_kernel, [i(0), o(1), o(2), o(3), o(4), NONE, NONE, NONE]),
                     bn(count, Kernel::BatchNormApply, [i(0), i(1), i(2), o(1), o(2), o(0), NONE, NONE]),
                 ],
                 // [x, gamma, beta, running_mean, running_var] -> [y]
@@ -1306,7 +1435,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
                 }
                 // [dy, x, gamma, mean, invstd or var] -> [dx, dgamma, dbeta]
                 NormOp::BatchNormTrainGrad(_) | NormOp::BatchNormInferGrad(_) => alloc::vec![
-                    bn(channels, Kernel::BatchNormGradSums, [i(0), i(1), i(3), i(4), o(1), o(2), NONE, NONE]),
+                    bn(channels, sums_kernel, [i(0), i(1), i(3), i(4), o(1), o(2), NONE, NONE]),
                     bn(count, Kernel::BatchNormGradInput, [i(0), i(1), i(3), i(4), o(1), o(2), i(2), o(0)]),
                 ],
             });
@@ -1314,5 +1443,46 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
         Op::Mask(MaskOp::Grad) => Lowered { kernel: Kernel::MaskGrad, params: alloc::vec![numel(node.outputs[0]), i(0), i(1), o(0)] },
         _ => return no_kernel(),
     };
+    // The tiled GEMMs walk their depth in slices of 16, about 18 loop iterations a slice: the
+    // matmuls' and the weight gradient's depth is split past what one thread may loop, the
+    // other convolutions' refused.
+    if lowered.kernel == Kernel::MatMul {
+        return Ok(families::split_matmul(lowered, at.scratch()));
+    }
+    let depth = match lowered.kernel {
+        Kernel::ConvGemm
+        | Kernel::ConvGemmGradInput
+        | Kernel::ConvGemmGradWeight
+        | Kernel::ConvGemmBiasAct
+        | Kernel::ConvGemmGradInputMasked => Some(lowered.params[26]),
+        _ => None,
+    };
+    if lowered.kernel == Kernel::ConvGemmGradWeight {
+        // The weight gradient's depth N * OH * OW grows with the batch: split-K past a thread's
+        // loops (`conv_gemm::split_k`).
+        return Ok(conv_gemm::split_k(lowered, at.scratch()));
+    }
+    if let Some(k) = depth {
+        depth_fits(node, k)?;
+    }
     Ok(alloc::vec![lowered])
+}
+
+/// A bound on the loop iterations of a pooling kernel's thread: a window (the forward), or each
+/// window reaching an input and its maximum (the gradients).
+fn pool_iterations(p: &crate::ops::Pool2d) -> u64 {
+    let [kh, kw] = p.kernel.map(|k| k as u64);
+    let window = kh * (kw + 1);
+    let reaching = |k: u64, s: usize| k / (s as u64).max(1) + 1;
+    reaching(kh, p.stride[0]) * (reaching(kw, p.stride[1]) * (window + 2) + 1) + 8
+}
+
+/// Refuses an implicit-GEMM forward or input gradient whose depth `k` one thread could not walk:
+/// ceil(k / 16) slices of about 18 loop iterations each.
+fn depth_fits(node: &Node, k: u32) -> Result<(), String> {
+    let iterations = (k as u64).div_ceil(16) * 18 + 8;
+    if iterations > wide::LOOP_LIMIT {
+        return Err(wide::too_long(node, "the reduction depth of a GEMM", k as u64, iterations));
+    }
+    Ok(())
 }

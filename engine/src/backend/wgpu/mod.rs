@@ -25,6 +25,7 @@
 
 pub mod hybrid;
 pub use super::kernels;
+use super::wide;
 
 use std::collections::HashMap;
 use std::string::{String, ToString};
@@ -239,6 +240,14 @@ impl WgpuBackend {
                 lowered[program_index(kind)].extend(list.into_iter().filter(|l| l.params[0] > 0).map(|l| (n, l)));
             }
         }
+        // The split reductions' scratch words after the flag word (`wide.rs`).
+        let scratch = lowered.iter().flatten().map(|(_, l)| wide::scratch_words(l)).max().unwrap_or(0);
+        let total = total + 4 * scratch;
+        if total > binding || total / 4 > i32::MAX as u64 {
+            return Err(unsupported(alloc::format!(
+                "the plan's arena and weights with {scratch} words of scratch for the GPU's reductions take {total} bytes, more than this GPU binds as one storage buffer ({binding} bytes, {adapter_name}); compile it with a smaller --batch or model, or use --backend cpu"
+            )));
+        }
         let labels = label_ranges(&plan);
         let indices = index_ranges(&plan);
         // The weight section as the device holds it: `i64` constants narrowed to `i32`.
@@ -340,8 +349,9 @@ impl WgpuBackend {
                     ],
                 });
                 slot += 1;
-                let groups = if l.kernel.single_group() {
-                    [1, 1]
+                let groups = if l.kernel.blocks() {
+                    let x = l.params[0].min(MAX_GROUPS);
+                    [x, l.params[0].div_ceil(x)]
                 } else if l.kernel.per_channel() {
                     if l.params[0] > MAX_GROUPS {
                         return Err(unsupported(alloc::format!(

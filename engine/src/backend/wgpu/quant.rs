@@ -231,7 +231,25 @@ pub fn source(kernel: Kernel, grid: &str) -> String {
 /// Lowers a quant node, or `None` for a node of another family.
 pub fn lower(node: &Node, at: &Addresses<'_>) -> Option<Result<Vec<Lowered>, String>> {
     let Op::Quant(op) = &node.op else { return None };
-    Some(lower_quant(op, node, at))
+    Some(lower_quant(op, node, at).and_then(|list| {
+        // The plain GEMMs: a thread walks a row's inputs (four rows' for an int8 output), the
+        // outputs or the batch rows; refused where that outgrows a thread's loops.
+        for l in &list {
+            let p = &l.params;
+            let (what, size, iterations) = match l.kernel {
+                Kernel::QLinear => ("the inputs of a row", p[7] as u64, 4 * (p[7] as u64 + 32)),
+                Kernel::QLinearGradInput => ("the outputs of a row", p[8] as u64, p[8] as u64 + 8),
+                Kernel::QLinearGradWeight => ("the batch rows", p[6] as u64, 0),
+                Kernel::QLinearGradBias => ("the batch rows", p[5] as u64, 0),
+                _ => continue,
+            };
+            let iterations = iterations.max(size + 40);
+            if iterations > super::wide::LOOP_LIMIT {
+                return Err(super::wide::too_long(node, what, size, iterations));
+            }
+        }
+        Ok(list)
+    }))
 }
 
 fn lower_quant(op: &QuantOp, node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {

@@ -324,6 +324,10 @@ fn lower_typed(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> 
         Op::Move(MoveOp::GatherGrad { axis, shape: s }) => {
             let (len, inner) = split(s, *axis);
             let m = plan.tensor(node.inputs[1]).numel();
+            // A thread of the table gradient walks every index.
+            if m as u64 + 8 > super::wide::LOOP_LIMIT {
+                return Err(super::wide::too_long(node, "the indices", m as u64, m as u64 + 8));
+            }
             let params =
                 [plan.tensor(y).numel(), 1, at.word(x) as usize, at.word(node.inputs[1]) as usize, at.word(y) as usize, len, m, inner, 0];
             Ok(alloc::vec![Lowered { kernel: Kernel::Gather, params: params.iter().map(|&v| v as u32).collect() }])
