@@ -352,7 +352,11 @@ fn implicit_gemm_convolutions_cross_tile_edges() {
             let shapes: Vec<&[usize]> = inputs.iter().map(|a| a.shape.as_slice()).collect();
             let out = op.output_shapes(&shapes).unwrap();
             let plan = one_node(&op, &inputs, &[], &out);
-            let lowered = lower(&plan.programs.train.nodes[0], &Addresses { plan: &plan, weights_at: 0 }).unwrap();
+            let lowered = lower(
+                &plan.programs.train.nodes[0],
+                &Addresses { plan: &plan, weights_at: 0, loop_limit: pock_engine::backend::wide::LOOP_LIMIT },
+            )
+            .unwrap();
             let want = if depthwise { direct } else { gemm };
             assert_eq!(lowered[0].kernel, want, "{what}: {} takes the wrong path", op.name());
             check(&format!("{what} {}", op.name()), &op, &inputs, &[]);
@@ -1406,7 +1410,11 @@ fn reductions_longer_than_a_thread_match_the_reference() {
             let inputs = [floats(&mut rng, &y), floats(&mut rng, &x)];
             let out = op.output_shapes(&[&inputs[0].shape, &inputs[1].shape]).unwrap();
             let plan = one_node(&op, &inputs, &[], &out);
-            let lowered = lower(&plan.programs.train.nodes[0], &Addresses { plan: &plan, weights_at: 0 }).unwrap();
+            let lowered = lower(
+                &plan.programs.train.nodes[0],
+                &Addresses { plan: &plan, weights_at: 0, loop_limit: pock_engine::backend::wide::LOOP_LIMIT },
+            )
+            .unwrap();
             let kernels: Vec<Kernel> = lowered.iter().map(|l| l.kernel).collect();
             assert_eq!(kernels, [Kernel::ConvGemmGradWeight, Kernel::ConvGemmSplitFinish]);
             check(&format!("split-K {} x{x:?} {conv:?}", op.name()), &op, &inputs, &[]);
@@ -1432,7 +1440,11 @@ fn reductions_longer_than_a_thread_match_the_reference() {
             let shapes: Vec<&[usize]> = inputs.iter().map(|a| a.shape.as_slice()).collect();
             let out = op.output_shapes(&shapes).unwrap();
             let plan = one_node(&op, &inputs, &[], &out);
-            let lowered = lower(&plan.programs.train.nodes[0], &Addresses { plan: &plan, weights_at: 0 }).unwrap();
+            let lowered = lower(
+                &plan.programs.train.nodes[0],
+                &Addresses { plan: &plan, weights_at: 0, loop_limit: pock_engine::backend::wide::LOOP_LIMIT },
+            )
+            .unwrap();
             let kernels: Vec<Kernel> = lowered.iter().map(|l| l.kernel).collect();
             assert_eq!(kernels, [Kernel::MatMul, Kernel::MatMulSplitFinish], "{}", op.name());
             check(&format!("split-K {} {shapes:?}", op.name()), &op, &inputs, &[]);
@@ -1447,9 +1459,9 @@ fn reductions_longer_than_a_thread_match_the_reference() {
     check("AvgPool2dGrad [1, 2, 301, 301]", &Op::Pool(g), &[floats(&mut rng, &y)], &[]);
 }
 
-/// What no split covers is refused at load, naming the op and the size, instead of looping past
-/// lavapipe's limit: a convolution's GEMM depth, a row of classes, a group of a softmax, a
-/// pooling window.
+/// What no split covers is refused at load on a software Vulkan, naming the op and the size,
+/// instead of looping past lavapipe's limit: a convolution's GEMM depth, a row of classes, a
+/// group of a softmax, a pooling window. A hardware GPU (no loop limit) lowers them.
 #[test]
 fn reductions_no_thread_can_walk_are_refused() {
     use pock_engine::backend::kernels::{lower, Addresses};
@@ -1477,9 +1489,13 @@ fn reductions_no_thread_can_walk_are_refused() {
         let shapes: Vec<&[usize]> = inputs.iter().map(|a| a.shape.as_slice()).collect();
         let out = op.output_shapes(&shapes).unwrap();
         let plan = one_node(&op, &inputs, &[], &out);
-        let Err(e) = lower(&plan.programs.train.nodes[0], &Addresses { plan: &plan, weights_at: 0 }) else {
+        let software = Addresses { plan: &plan, weights_at: 0, loop_limit: pock_engine::backend::wide::LOOP_LIMIT };
+        let Err(e) = lower(&plan.programs.train.nodes[0], &software) else {
             panic!("{name}: lowered, should be refused");
         };
         assert!(e.contains(name) && e.contains("--backend cpu"), "{name}: {e}");
+        // A hardware GPU has no loop limit: the same node lowers there.
+        let hardware = Addresses { loop_limit: u64::MAX, ..software };
+        assert!(lower(&plan.programs.train.nodes[0], &hardware).is_ok(), "{name}: refused on a hardware GPU");
     }
 }

@@ -17,13 +17,15 @@ mod typed;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 #[path = "wgpu/wide.rs"]
-mod wide;
+pub mod wide;
 
 use crate::plan::{Node, Plan};
 
 /// Whether the GPU backend has kernels for `node` of `plan` (its op and its tensors' dtypes),
 /// or why not: the error the GPU backend's load would give for it.
 pub fn gpu_supports(plan: &Plan, node: &Node) -> Result<(), alloc::string::String> {
-    let at = kernels::Addresses { plan, weights_at: plan.arena_bytes.div_ceil(8) * 8 };
+    // No device here: the limit of the most restrictive one pock supports (lavapipe's), so a
+    // plan placed for a generic GPU runs on every Vulkan.
+    let at = kernels::Addresses { plan, weights_at: plan.arena_bytes.div_ceil(8) * 8, loop_limit: wide::LOOP_LIMIT };
     kernels::lower(node, &at).map(|_| ())
 }

@@ -611,7 +611,7 @@ pub(super) fn groups(
         wide::split(n, cost)
     } else {
         let iterations = n.div_ceil(256) * cost + fixed + 64;
-        if iterations > wide::LOOP_LIMIT {
+        if iterations > at.loop_limit {
             return Err(wide::too_long(node, "the elements of a reduced group", n, iterations));
         }
         (1, n.div_ceil(256) as u32 * 256)
@@ -698,14 +698,14 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Option<Result<Vec<Lowered>, Str
                 Some(&b) => positions / b as u32,
             };
             let mean = reduction == Reduction::Mean;
-            if let Err(e) = super::kernels::classes_fit(node, classes as u64) {
+            if let Err(e) = super::kernels::classes_fit(node, classes as u64, at) {
                 return Some(Err(e));
             }
             // Per sample, a thread walks the sample's positions (counting them in the gradient,
             // each position's classes in the loss).
             let (per_position, rows) = if grad { (1, 4 * classes as u64) } else { (2 * classes as u64 + 2, 0) };
             let iterations = per as u64 * per_position + rows + 8;
-            if !mean && iterations > wide::LOOP_LIMIT {
+            if !mean && iterations > at.loop_limit {
                 return Some(Err(wide::too_long(node, "the positions of a sample", per as u64, iterations)));
             }
             // The mean's sums (of the loss, or only of the count of kept positions for the

@@ -961,9 +961,9 @@ fn body(i: u32) {
 "#;
 /// Refuses a loss whose rows of `classes` logits one thread could not walk (its gradient loops
 /// over a row four times).
-pub(super) fn classes_fit(node: &Node, classes: u64) -> Result<(), String> {
+pub(super) fn classes_fit(node: &Node, classes: u64, at: &Addresses<'_>) -> Result<(), String> {
     let iterations = 4 * classes + 8;
-    if iterations > wide::LOOP_LIMIT {
+    if iterations > at.loop_limit {
         return Err(wide::too_long(node, "a row of classes", classes, iterations));
     }
     Ok(())
@@ -1001,6 +1001,11 @@ pub struct Addresses<'a> {
     pub plan: &'a Plan,
     /// Byte offset of the weight section in device memory.
     pub weights_at: u64,
+    /// The most loop iterations one invocation may run on this device: [`wide::LOOP_LIMIT`] on
+    /// a software Vulkan (lavapipe) and where no device is known (the compiler's placement), no
+    /// limit on a hardware GPU. A node that would loop longer is refused; kernels choose their
+    /// algorithm from [`wide::LOOP_LIMIT`] alone, so every device computes the same sums.
+    pub loop_limit: u64,
 }
 
 impl Addresses<'_> {
@@ -1226,7 +1231,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
                 let (cg, og) = (channels / groups.max(1), w[0] / groups.max(1));
                 let taps = (w[2] * (w[3] + 1)) as u64;
                 let iterations = (cg.max(og) as u64) * (taps + 1) + 8;
-                if kernel != Kernel::Conv2dGradWeight && iterations > wide::LOOP_LIMIT {
+                if kernel != Kernel::Conv2dGradWeight && iterations > at.loop_limit {
                     return Err(wide::too_long(
                         node,
                         "a group's channels times the kernel's taps",
@@ -1239,7 +1244,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
                 let positions = (y[0] * y[2] * y[3]) as u64;
                 if kernel == Kernel::Conv2dGradWeight && positions + (y[0] * y[2]) as u64 + 8 > wide::LOOP_LIMIT {
                     let iterations = positions.div_ceil(256) + 64;
-                    if iterations > wide::LOOP_LIMIT {
+                    if iterations > at.loop_limit {
                         return Err(wide::too_long(node, "the N * OH * OW positions of a weight gradient", positions, iterations));
                     }
                     Lowered { kernel: Kernel::Conv2dGradWeightWide, params: direct.params }
@@ -1259,7 +1264,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
             }
         }
         Op::Pool(PoolOp::MaxPool2d(p) | PoolOp::AvgPool2d(p) | PoolOp::MaxPool2dGrad(p) | PoolOp::AvgPool2dGrad { pool: p, .. })
-            if pool_iterations(p) > wide::LOOP_LIMIT =>
+            if pool_iterations(p) > at.loop_limit =>
         {
             return Err(wide::too_long(node, "the windows of a pooling", (p.kernel[0] * p.kernel[1]) as u64, pool_iterations(p)));
         }
@@ -1292,7 +1297,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
         Op::Loss(l) => match l {
             LossOp::SoftmaxCrossEntropy(r) => {
                 let lg = shape(node.inputs[0]);
-                classes_fit(node, lg[1] as u64)?;
+                classes_fit(node, lg[1] as u64, at)?;
                 if *r == Reduction::Mean {
                     // The mean over rows split across threads: cross-entropy's partial sums with
                     // no label ignored (labels are checked to lie in [0, C) when written).
@@ -1312,7 +1317,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
             }
             LossOp::SoftmaxCrossEntropyGrad(r) => {
                 let lg = shape(node.inputs[1]);
-                classes_fit(node, lg[1] as u64)?;
+                classes_fit(node, lg[1] as u64, at)?;
                 Lowered {
                     kernel: Kernel::SoftmaxCrossEntropyGrad,
                     params: alloc::vec![lg[0] as u32, i(0), i(1), i(2), o(0), lg[0] as u32, lg[1] as u32, (*r == Reduction::Mean) as u32],
@@ -1411,7 +1416,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
                 let iterations = 2 * per_channel.div_ceil(256) + 64;
                 if narrow + 8 <= wide::LOOP_LIMIT {
                     Ok(false)
-                } else if iterations > wide::LOOP_LIMIT {
+                } else if iterations > at.loop_limit {
                     Err(wide::too_long(node, "the N * H * W elements of a channel", per_channel, iterations))
                 } else {
                     Ok(true)
@@ -1463,7 +1468,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
         return Ok(conv_gemm::split_k(lowered, at.scratch()));
     }
     if let Some(k) = depth {
-        depth_fits(node, k)?;
+        depth_fits(node, k, at)?;
     }
     Ok(alloc::vec![lowered])
 }
@@ -1479,9 +1484,9 @@ fn pool_iterations(p: &crate::ops::Pool2d) -> u64 {
 
 /// Refuses an implicit-GEMM forward or input gradient whose depth `k` one thread could not walk:
 /// ceil(k / 16) slices of about 18 loop iterations each.
-fn depth_fits(node: &Node, k: u32) -> Result<(), String> {
+fn depth_fits(node: &Node, k: u32, at: &Addresses<'_>) -> Result<(), String> {
     let iterations = (k as u64).div_ceil(16) * 18 + 8;
-    if iterations > wide::LOOP_LIMIT {
+    if iterations > at.loop_limit {
         return Err(wide::too_long(node, "the reduction depth of a GEMM", k as u64, iterations));
     }
     Ok(())

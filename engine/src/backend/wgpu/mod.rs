@@ -231,7 +231,9 @@ impl WgpuBackend {
         };
 
         // Lower every node of every program before anything is allocated on the device.
-        let at = Addresses { plan: &plan, weights_at };
+        // Only a software Vulkan (lavapipe, a `Cpu` device) stops long loops.
+        let loop_limit = if info.device_type == wgpu::DeviceType::Cpu { wide::LOOP_LIMIT } else { u64::MAX };
+        let at = Addresses { plan: &plan, weights_at, loop_limit };
         let mut lowered: [Vec<(usize, kernels::Lowered)>; 4] = Default::default();
         for kind in [ProgramKind::Train, ProgramKind::Apply, ProgramKind::Eval, ProgramKind::Infer] {
             let Some(program) = kind.of(&plan) else { continue };

@@ -244,7 +244,7 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Option<Result<Vec<Lowered>, Str
                 _ => continue,
             };
             let iterations = iterations.max(size + 40);
-            if iterations > super::wide::LOOP_LIMIT {
+            if iterations > at.loop_limit {
                 return Err(super::wide::too_long(node, what, size, iterations));
             }
         }

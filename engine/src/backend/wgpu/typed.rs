@@ -325,7 +325,7 @@ fn lower_typed(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> 
             let (len, inner) = split(s, *axis);
             let m = plan.tensor(node.inputs[1]).numel();
             // A thread of the table gradient walks every index.
-            if m as u64 + 8 > super::wide::LOOP_LIMIT {
+            if m as u64 + 8 > at.loop_limit {
                 return Err(super::wide::too_long(node, "the indices", m as u64, m as u64 + 8));
             }
             let params =

@@ -38,7 +38,7 @@ const THREADS: u64 = 256;
 /// The refusal of a node whose threads would loop `iterations` times over `what`.
 pub fn too_long(node: &Node, what: &str, size: u64, iterations: u64) -> String {
     alloc::format!(
-        "op {} (node '{}') loops over {what} ({size}) in one GPU thread, {iterations} iterations, more than the {LOOP_LIMIT} the GPU kernels allow (Mesa's lavapipe silently stops a thread's loops near 65535); use a smaller model or batch, or --backend cpu",
+        "op {} (node '{}') loops over {what} ({size}) in one GPU thread, {iterations} iterations, more than the {LOOP_LIMIT} a software Vulkan allows (Mesa's lavapipe silently stops a thread's loops near 65535; plans placed for a generic GPU keep to it too); use a hardware GPU, a smaller model or batch, or --backend cpu",
         node.op.name(),
         node.name
     )
