@@ -213,13 +213,9 @@ fn body(i: u32) {
 }
 "#;
 
-/// `P = [groups, mode, x, y, b, c, kept rank, reduced rank, scale, kept dims@9, kept
-/// strides@17, reduced dims@25, reduced strides@33]`: thread `g` handles the group of kept
-/// coordinates `g` (row-major), whose elements sit at `base(g) + offset(j)` in the full layout.
-/// Modes: 0 sum, 1 mean, 2 max (`y[g]`); 3 max gradient (`x`, `dy = b[g]`, `y = c[g]`, writes
-/// `dx` laid out as `x`); 5 softmax, 6 log-softmax (`x -> y`, same layout); 7 softmax gradient (`x` is `dy`, `c` is
-/// `y`), 8 log-softmax gradient.
-pub const GROUPS: &str = r#"
+/// The offsets of `GROUPS` and `GROUPS_WIDE` (same `P` words): the first element of group `g`,
+/// and the `j`th element of a group relative to it.
+pub const GROUP_INDEX: &str = r#"
 fn group_base(g: u32) -> u32 {
     var rest = g; var o = 0u;
     for (var k = P[6]; k > 0u; k--) { let d = k - 1u; o += (rest % P[9u + d]) * P[17u + d]; rest = rest / P[9u + d]; }
@@ -230,6 +226,15 @@ fn at(j: u32) -> u32 {
     for (var k = P[7]; k > 0u; k--) { let d = k - 1u; o += (rest % P[25u + d]) * P[33u + d]; rest = rest / P[25u + d]; }
     return o;
 }
+"#;
+
+/// `P = [groups, mode, x, y, b, c, kept rank, reduced rank, scale, kept dims@9, kept
+/// strides@17, reduced dims@25, reduced strides@33]`: thread `g` handles the group of kept
+/// coordinates `g` (row-major), whose elements sit at `base(g) + offset(j)` in the full layout.
+/// Modes: 0 sum, 1 mean, 2 max (`y[g]`); 3 max gradient (`x`, `dy = b[g]`, `y = c[g]`, writes
+/// `dx` laid out as `x`); 5 softmax, 6 log-softmax (`x -> y`, same layout); 7 softmax gradient (`x` is `dy`, `c` is
+/// `y`), 8 log-softmax gradient.
+pub const GROUPS: &str = r#"
 fn body(g: u32) {
     var n = 1u;
     for (var k = 0u; k < P[7]; k++) { n = n * P[25u + k]; }

@@ -408,6 +408,7 @@ impl Kernel {
             | Kernel::BatchNormStatsWide
             | Kernel::BatchNormGradSumsWide => BN_PARAMS,
             Kernel::Strided => families::STRIDED_WALK,
+            Kernel::Groups | Kernel::GroupsWide => families::GROUP_INDEX,
             Kernel::Sgd | Kernel::Adam => OPTIM,
             _ => "",
         };
@@ -854,6 +855,17 @@ fn bn_invstd(p: Bn, s: f32) -> f32 {
     if (p.frozen) { return 1.0 / sqrt(s + p.eps); }
     return s;
 }
+/// A channel's statistics from its `count` elements' mean and sum of squared deviations: the
+/// saved mean and inverse standard deviation, and the running mean and (unbiased) variance.
+fn bn_store_stats(p: Bn, c: u32, mean: f32, squares: f32, count: u32) {
+    let var_ = squares / f32(count);
+    M[P[2] + c] = mean;
+    M[P[3] + c] = 1.0 / sqrt(var_ + p.eps);
+    var unbiased = var_;
+    if (count > 1u) { unbiased = squares / f32(count - 1u); }
+    M[P[4] + c] = (1.0 - p.momentum) * M[P[4] + c] + p.momentum * mean;
+    M[P[5] + c] = (1.0 - p.momentum) * M[P[5] + c] + p.momentum * unbiased;
+}
 "#;
 
 /// Training statistics, one workgroup per channel ([`CHANNEL`]): `P[1] = x, P[2] = saved_mean,
@@ -895,13 +907,7 @@ fn body(c: u32, li: u32) {
     let mean = channel_total(p, c, li, 0.0, false) / m;
     let squares = channel_total(p, c, li, mean, true);
     if (li != 0u) { return; }
-    let var_ = squares / m;
-    M[P[2] + c] = mean;
-    M[P[3] + c] = 1.0 / sqrt(var_ + p.eps);
-    var unbiased = var_;
-    if (count > 1u) { unbiased = squares / f32(count - 1u); }
-    M[P[4] + c] = (1.0 - p.momentum) * M[P[4] + c] + p.momentum * mean;
-    M[P[5] + c] = (1.0 - p.momentum) * M[P[5] + c] + p.momentum * unbiased;
+    bn_store_stats(p, c, mean, squares, count);
 }
 "#;
 

@@ -199,16 +199,6 @@ fn body(b: u32, li: u32) {
 /// partial to `scratch[b]` (`GROUPS_FINISH` combines them); every other mode has one split. Each
 /// element's offset is computed once a pass.
 pub const GROUPS_WIDE: &str = r#"
-fn group_base(g: u32) -> u32 {
-    var rest = g; var o = 0u;
-    for (var k = P[6]; k > 0u; k--) { let d = k - 1u; o += (rest % P[9u + d]) * P[17u + d]; rest = rest / P[9u + d]; }
-    return o;
-}
-fn at(j: u32) -> u32 {
-    var rest = j; var o = 0u;
-    for (var k = P[7]; k > 0u; k--) { let d = k - 1u; o += (rest % P[25u + d]) * P[33u + d]; rest = rest / P[25u + d]; }
-    return o;
-}
 fn finish(g: u32, b: u32, li: u32, t: f32, n: u32) {
     if (li != 0u) { return; }
     if (P[41] > 1u) { M[P[43] + b] = t; return; }
@@ -305,13 +295,7 @@ fn body(c: u32, li: u32) {
     for (var e = li; e < count; e += 256u) { let d = M[element(p, c, e)] - mean; q += d * d; }
     let squares = tree_sum(li, q);
     if (li != 0u) { return; }
-    let var_ = squares / m;
-    M[P[2] + c] = mean;
-    M[P[3] + c] = 1.0 / sqrt(var_ + p.eps);
-    var unbiased = var_;
-    if (count > 1u) { unbiased = squares / f32(count - 1u); }
-    M[P[4] + c] = (1.0 - p.momentum) * M[P[4] + c] + p.momentum * mean;
-    M[P[5] + c] = (1.0 - p.momentum) * M[P[5] + c] + p.momentum * unbiased;
+    bn_store_stats(p, c, mean, squares, count);
 }
 "#;
 
