@@ -46,6 +46,10 @@ mod import_rnn;
 // IsNaN, IsInf and CumSum.
 #[path = "import_scan.rs"]
 mod import_scan;
+
+// DepthToSpace, SpaceToDepth, Einsum, OneHot, ReduceMin and the small activations and norms.
+#[path = "import_more.rs"]
+mod import_more;
 pub use forward::{import_forward, ForwardModel, OutputValue};
 
 /// The op types imported onto graph nodes, whatever their inputs.
@@ -60,6 +64,7 @@ pub const GRAPH_OPS: &[&str] = &[
     "BatchNormalization",
     "Cast",
     "CastLike",
+    "Celu",
     "Clip",
     "Concat",
     "Constant",
@@ -67,8 +72,10 @@ pub const GRAPH_OPS: &[&str] = &[
     "ConvTranspose",
     "Cos",
     "CumSum",
+    "DepthToSpace",
     "Div",
     "Dropout",
+    "Einsum",
     "Elu",
     "Equal",
     "Erf",
@@ -86,6 +93,7 @@ pub const GRAPH_OPS: &[&str] = &[
     "GroupNormalization",
     "HardSigmoid",
     "HardSwish",
+    "Hardmax",
     "Identity",
     "InstanceNormalization",
     "IsInf",
@@ -96,15 +104,18 @@ pub const GRAPH_OPS: &[&str] = &[
     "LessOrEqual",
     "Log",
     "LogSoftmax",
+    "LpNormalization",
     "MatMul",
     "Max",
     "MaxPool",
     "Mean",
+    "MeanVarianceNormalization",
     "Min",
     "Mish",
     "Mul",
     "Neg",
     "Not",
+    "OneHot",
     "Or",
     "PRelu",
     "Pad",
@@ -115,24 +126,28 @@ pub const GRAPH_OPS: &[&str] = &[
     "ReduceLogSumExp",
     "ReduceMax",
     "ReduceMean",
+    "ReduceMin",
     "ReduceSum",
     "ReduceSumSquare",
     "Relu",
     "Reshape",
     "Resize",
     "Selu",
+    "Shrink",
     "Sigmoid",
     "Sin",
     "Slice",
     "Softmax",
     "Softplus",
     "Softsign",
+    "SpaceToDepth",
     "Split",
     "Sqrt",
     "Squeeze",
     "Sub",
     "Sum",
     "Tanh",
+    "ThresholdedRelu",
     "Tile",
     "Transpose",
     "Trilu",
@@ -529,6 +544,14 @@ impl Importer<'_> {
             "IsInf" => self.is_inf(&ctx),
             "CumSum" => self.cum_sum(&ctx),
             "GatherElements" => self.gather_elements(&ctx),
+            "DepthToSpace" | "SpaceToDepth" => self.depth_space(&ctx),
+            "Einsum" => self.einsum(&ctx),
+            "OneHot" => self.one_hot(&ctx),
+            "ReduceMin" => self.reduce_min(&ctx),
+            "Celu" | "ThresholdedRelu" | "Shrink" => self.piecewise(&ctx),
+            "LpNormalization" => self.lp_normalization(&ctx),
+            "MeanVarianceNormalization" => self.mean_variance_normalization(&ctx),
+            "Hardmax" => self.hardmax(&ctx),
             // Every other supported op type is evaluated only on constants.
             other => Err(ctx.err(format!(
                 "pock evaluates {other} only at compile time, on shapes and constants, and this node reads a tensor computed \
