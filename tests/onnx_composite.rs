@@ -172,8 +172,38 @@ fn depth_space_einsum_onehot_and_small_ops_match_onnxruntime() {
             "mvn_",
             "hardmax_",
         ],
-        52,
+        55,
     );
+}
+
+/// SpaceToDepth's `mode` is opset 28's, which onnxruntime and the checker at pock's opsets lack:
+/// SpaceToDepth CRD then DepthToSpace CRD (checked above against onnxruntime) must give the input
+/// back exactly, and SpaceToDepth DCR then DepthToSpace CRD must not.
+#[test]
+fn space_to_depth_crd_is_inverted_by_depth_to_space_crd() {
+    use pock::compiler::onnx::Node;
+    let roundtrip = |mode: &[u8]| {
+        let (mut m, inputs, _) = load("spacetodepth");
+        set_attribute(&mut m, "mode", Attribute::String(mode.to_vec()));
+        m.nodes[0].outputs = vec!["s".into()];
+        let attrs = vec![("blocksize", Attribute::Int(2)), ("mode", Attribute::String(b"CRD".to_vec()))];
+        m.nodes.push(Node::new("DepthToSpace", &["s"], &["y"], attrs));
+        m.outputs[0].shape = m.inputs[0].shape.clone();
+        let mut options = ImportOptions::default();
+        options.shapes.shapes.push((inputs[0].name.clone(), inputs[0].dims.clone()));
+        let imported = import_forward(&m, &options).unwrap();
+        let mut interp = Interpreter::<f64>::new(&imported.graph);
+        let TensorValues::F32(x) = &inputs[0].values else { panic!("float input") };
+        let x: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        interp.set(imported.inputs[0], x.clone());
+        interp.run(&imported.graph.nodes).unwrap();
+        let [(_, OutputValue::Tensor(y))] = imported.outputs.as_slice() else { panic!("one output") };
+        (interp.get(*y).unwrap().to_vec(), x)
+    };
+    let (y, x) = roundtrip(b"CRD");
+    assert_eq!(y, x);
+    let (y, x) = roundtrip(b"DCR");
+    assert_ne!(y, x);
 }
 
 fn gradients(name: &str, parameters: &[&str]) {

@@ -328,6 +328,15 @@ def more(out):
     write(out, "reducemin_all", [node("ReduceMin", ["x"])], r, [])
     write(out, "reducemin_axis1", [node("ReduceMin", ["x"], axes=[1])], r, [])
     write(out, "reducemin_axes_nokeep", [node("ReduceMin", ["x"], axes=[0, -1], keepdims=0)], r, [])
+    b = {"x": rand(3, 4)}
+    write(
+        out,
+        "reducemin_bool",
+        [node("Greater", ["x", "t"], ["g"]), node("ReduceMin", ["g", "axes"], ["m"]), node("Cast", ["m"], ["y"], to=TensorProto.FLOAT)],
+        b,
+        [init("t", np.array([-0.8], np.float32)), init("axes", np.array([1], np.int64))],
+        opset=20,
+    )
     write(out, "reducemin_18_input", [node("ReduceMin", ["x", "axes"], keepdims=0)], r, [init("axes", np.array([2], np.int64))], opset=18)
     a = {"x": rand(3, 4, 5, scale=3.0)}
     write(out, "celu_default", [node("Celu", ["x"])], a, [])
@@ -339,6 +348,11 @@ def more(out):
     for p in [1, 2]:
         write(out, f"lpnorm_p{p}", [node("LpNormalization", ["x"], p=p)], a, [])
         write(out, f"lpnorm_p{p}_axis0", [node("LpNormalization", ["x"], p=p, axis=0)], a, [])
+        # A zero slice gives 0 (0 / 0 = 0 in onnx's reference, which these cases use). The reference's p=1
+        # sums x without |x|, so that case is nonnegative (the ones above check |x| on onnxruntime).
+        z = rand(3, 4, 5) if p == 2 else np.abs(rand(3, 4, 5))
+        z[:, 1, 2] = 0.0
+        write(out, f"lpnorm_p{p}_zero_slice", [node("LpNormalization", ["x"], p=p, axis=0)], {"x": z}, [], use_reference=True)
     m = {"x": rand(2, 3, 4, 5, scale=2.0) + 0.5}
     write(out, "mvn_default", [node("MeanVarianceNormalization", ["x"])], m, [])
     write(out, "mvn_axes", [node("MeanVarianceNormalization", ["x"], axes=[1, -1])], m, [])

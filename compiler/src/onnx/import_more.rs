@@ -13,8 +13,8 @@
 //!   are refused.
 //! - `OneHot` is `Where(unsqueeze(indices) == range(depth), on, off)`, negative indices
 //!   counting from `depth` first; indices outside `[-depth, depth)` give a row of `off`.
-//! - `ReduceMin` is `-ReduceMax(-x)`; `Celu` is `alpha * elu(x / alpha)`; `ThresholdedRelu` and
-//!   `Shrink` are Wheres; `LpNormalization` divides by the kept L1 or L2 norm;
+//! - `ReduceMin` is `-ReduceMax(-x)` (on bools, no false value); `Celu` is `alpha * elu(x / alpha)`; `ThresholdedRelu` and
+//!   `Shrink` are Wheres; `LpNormalization` divides by the kept L1 or L2 norm (a zero norm gives 0);
 //!   `MeanVarianceNormalization` is ONNX's function body, `(x - E x) / (sqrt(E x² - (E x)²) +
 //!   1e-9)`; `Hardmax` (forward only) is 1 at the first maximum, found as ArgMax finds it.
 
@@ -79,7 +79,13 @@ impl Importer<'_> {
             if !h.is_multiple_of(b) || !w.is_multiple_of(b) {
                 return Err(ctx.err(format!("its height {h} and width {w} are not multiples of blocksize {b}")));
             }
-            (vec![n, c, h / b, b, w / b, b], vec![0, 3, 5, 1, 2, 4], vec![n, c * b * b, h / b, w / b])
+            // SpaceToDepth's `mode` (opset 28's, DCR before) mirrors DepthToSpace's.
+            let perm = match ctx.string("mode", "DCR")?.as_str() {
+                "DCR" => vec![0, 3, 5, 1, 2, 4],
+                "CRD" => vec![0, 1, 3, 5, 2, 4],
+                other => return Err(ctx.err(format!("attribute 'mode' is '{other}'; ONNX defines DCR and CRD"))),
+            };
+            (vec![n, c, h / b, b, w / b, b], perm, vec![n, c * b * b, h / b, w / b])
         };
         let t = self.emit(ctx, &format!("{name}.blocks"), DenseOp::Reshape { shape: split }, &[x])?;
         let t = self.emit(ctx, &format!("{name}.moved"), MoveOp::Transpose { perm }, &[t])?;
@@ -213,13 +219,26 @@ impl Importer<'_> {
         self.set(ctx, 0, Value::Tensor(y))
     }
 
-    /// ReduceMin: `-ReduceMax(-x)` over ReduceMax's axes and keepdims.
+    /// ReduceMin: `-ReduceMax(-x)` over ReduceMax's axes and keepdims (`+inf` on an empty
+    /// set, as ONNX's); on bools "all": no false value among them.
     pub(super) fn reduce_min(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
-        let x = self.float_tensor(ctx)?;
+        let x = self.tensor(ctx, ctx.input(0)?)?;
         let rank = self.graph.shape(x).len();
         let Some(axes) = self.reduce_axes(ctx, rank)? else { return self.alias(ctx) };
         let keepdims = ctx.int("keepdims", 1)? != 0;
         let name = ctx.node.name.clone();
+        match self.dtype(x) {
+            DType::F32 => {}
+            DType::Bool => {
+                let false_ = self.emit(ctx, &format!("{name}.not"), UnaryOp::Not, &[x])?;
+                let f = self.emit(ctx, &format!("{name}.false"), CastOp::Cast { to: DType::F32 }, &[false_])?;
+                let count = self.emit(ctx, &format!("{name}.count"), ReduceOp::ReduceSum(Reduce { axes, keepdims }), &[f])?;
+                let zero = self.scalar(&format!("{name}.zero"), 0.0);
+                let y = self.emit(ctx, &name, BroadcastOp::Equal, &[count, zero])?;
+                return self.set(ctx, 0, Value::Tensor(y));
+            }
+            other => return Err(ctx.err(format!("its input is {}; pock's ReduceMin takes float32 or bool", other.name()))),
+        }
         let negated = self.emit(ctx, &format!("{name}.negated"), UnaryOp::Map(UnaryFn::Neg(Neg)), &[x])?;
         let m = self.emit(ctx, &format!("{name}.max"), ReduceOp::ReduceMax(Reduce { axes, keepdims }), &[negated])?;
         let y = self.emit(ctx, &name, UnaryOp::Map(UnaryFn::Neg(Neg)), &[m])?;
@@ -284,7 +303,12 @@ impl Importer<'_> {
             }
             p => return Err(ctx.err(format!("attribute 'p' is {p}; ONNX defines p 1 and 2"))),
         };
-        let y = self.broadcast(ctx, &name, BroadcastOp::Div, x, norm)?;
+        // A zero norm (the whole slice 0) divides by 1 instead: the output is 0, as ONNX's
+        // reference writes `0 / 0 = 0`, and no NaN reaches the gradient.
+        let (zero, one) = (self.scalar(&n("zero"), 0.0), self.scalar(&n("one"), 1.0));
+        let is_zero = self.emit(ctx, &n("is_zero"), BroadcastOp::Equal, &[norm, zero])?;
+        let divisor = self.emit(ctx, &n("divisor"), BroadcastOp::Where, &[is_zero, one, norm])?;
+        let y = self.broadcast(ctx, &name, BroadcastOp::Div, x, divisor)?;
         self.set(ctx, 0, Value::Tensor(y))
     }
 
