@@ -1,7 +1,9 @@
 //! The ONNX ops pock imports by composition of its primitives (PRelu, Mish, Selu, Softsign,
 //! GlobalMaxPool, Sum, Mean, ReduceL2, ReduceSumSquare, ReduceLogSumExp, ArgMax,
 //! InstanceNormalization, GroupNormalization, Resize, ConvTranspose, IsNaN, IsInf, CumSum,
-//! GatherElements, GatherND): small models written by
+//! GatherElements, GatherND, DepthToSpace, SpaceToDepth, Einsum, OneHot, ReduceMin, Celu,
+//! ThresholdedRelu, Shrink, LpNormalization, MeanVarianceNormalization, Hardmax): small models
+//! written by
 //! `tests/onnx/composite_cases.py` (run with `$POCK_PYTHON`, which needs onnx, onnxruntime and
 //! numpy), each with attribute variants, imported forward and run by the f64 interpreter against
 //! onnxruntime's outputs (onnx's reference evaluator for GroupNormalization, which onnxruntime's
@@ -155,6 +157,56 @@ fn isnan_isinf_cumsum_gather_elements_gather_nd_match_onnxruntime() {
     check_all(&["isnan", "isinf_", "cumsum_", "gatherelements_", "gathernd_"], 23);
 }
 
+#[test]
+fn depth_space_einsum_onehot_and_small_ops_match_onnxruntime() {
+    check_all(
+        &[
+            "depthtospace_",
+            "spacetodepth",
+            "einsum_",
+            "onehot_",
+            "reducemin_",
+            "celu_",
+            "thresholdedrelu_",
+            "shrink_",
+            "lpnorm_",
+            "mvn_",
+            "hardmax_",
+        ],
+        55,
+    );
+}
+
+/// SpaceToDepth's `mode` is opset 28's, which onnxruntime and the checker at pock's opsets lack:
+/// SpaceToDepth CRD then DepthToSpace CRD (checked above against onnxruntime) must give the input
+/// back exactly, and SpaceToDepth DCR then DepthToSpace CRD must not.
+#[test]
+fn space_to_depth_crd_is_inverted_by_depth_to_space_crd() {
+    use pock::compiler::onnx::Node;
+    let roundtrip = |mode: &[u8]| {
+        let (mut m, inputs, _) = load("spacetodepth");
+        set_attribute(&mut m, "mode", Attribute::String(mode.to_vec()));
+        m.nodes[0].outputs = vec!["s".into()];
+        let attrs = vec![("blocksize", Attribute::Int(2)), ("mode", Attribute::String(b"CRD".to_vec()))];
+        m.nodes.push(Node::new("DepthToSpace", &["s"], &["y"], attrs));
+        m.outputs[0].shape = m.inputs[0].shape.clone();
+        let mut options = ImportOptions::default();
+        options.shapes.shapes.push((inputs[0].name.clone(), inputs[0].dims.clone()));
+        let imported = import_forward(&m, &options).unwrap();
+        let mut interp = Interpreter::<f64>::new(&imported.graph);
+        let TensorValues::F32(x) = &inputs[0].values else { panic!("float input") };
+        let x: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        interp.set(imported.inputs[0], x.clone());
+        interp.run(&imported.graph.nodes).unwrap();
+        let [(_, OutputValue::Tensor(y))] = imported.outputs.as_slice() else { panic!("one output") };
+        (interp.get(*y).unwrap().to_vec(), x)
+    };
+    let (y, x) = roundtrip(b"CRD");
+    assert_eq!(y, x);
+    let (y, x) = roundtrip(b"DCR");
+    assert_ne!(y, x);
+}
+
 fn gradients(name: &str, parameters: &[&str]) {
     let (model, inputs, _) = load(name);
     let mut options = ImportOptions { loss: LossKind::Mse, ..Default::default() };
@@ -186,6 +238,11 @@ fn composed_reduction_gradients_match_finite_differences() {
 #[test]
 fn cumsum_gather_elements_and_gather_nd_gradients_match_finite_differences() {
     gradients("grad_cumsum_gather_elements", &["p", "q", "t"]);
+}
+
+#[test]
+fn depth_space_einsum_norms_and_piecewise_gradients_match_finite_differences() {
+    gradients("grad_more", &["p", "q", "r", "c"]);
 }
 
 fn import_error(model: &OnnxModel) -> String {
@@ -234,7 +291,38 @@ fn unsupported_attributes_name_the_op_node_attribute_and_what_to_do() {
     assert!(e.contains("scale") && e.contains("expected [2]"), "{e}");
 }
 
-/// The `grad_*` models (every composed op but ArgMax, which has no gradient) trained one step
+#[test]
+fn refused_einsum_depth_to_space_and_lp_norm_attributes_name_the_attribute_and_what_to_do() {
+    let (mut m, _, _) = load("einsum_transpose");
+    m.nodes[0].name = "ein".into();
+    set_attribute(&mut m, "equation", Attribute::String(b"ii->i".to_vec()));
+    let e = import_error(&m);
+    assert!(e.contains("ein") && e.contains("Einsum") && e.contains("'i' appears twice") && e.contains("diagonal"), "{e}");
+
+    let (mut m, _, _) = load("einsum_bmm");
+    let second = m.nodes[0].inputs[1].clone();
+    m.nodes[0].inputs.push(second);
+    set_attribute(&mut m, "equation", Attribute::String(b"bij,bjk,bkl->bil".to_vec()));
+    let e = import_error(&m);
+    assert!(e.contains("3 operands") && e.contains("chain of two-operand Einsums"), "{e}");
+
+    let (mut m, _, _) = load("einsum_bmm");
+    set_attribute(&mut m, "equation", Attribute::String(b"bij,bjk->bjz".to_vec()));
+    let e = import_error(&m);
+    assert!(e.contains("output label 'z' is in no operand"), "{e}");
+
+    let (mut m, _, _) = load("depthtospace_crd");
+    set_attribute(&mut m, "mode", Attribute::String(b"RCD".to_vec()));
+    let e = import_error(&m);
+    assert!(e.contains("DepthToSpace") && e.contains("'mode'") && e.contains("DCR and CRD"), "{e}");
+
+    let (mut m, _, _) = load("lpnorm_p2");
+    set_attribute(&mut m, "p", Attribute::Int(3));
+    let e = import_error(&m);
+    assert!(e.contains("LpNormalization") && e.contains("'p' is 3") && e.contains("p 1 and 2"), "{e}");
+}
+
+/// The `grad_*` models (every composed op but ArgMax, Hardmax and OneHot, which have no gradient) trained one step
 /// (MSE, SGD with momentum) on the GPU backend and on the CPU's reference kernels: the same loss
 /// and parameters within 1e-5 of each tensor's RMS. Skipped without a GPU adapter.
 #[cfg(feature = "wgpu")]
@@ -252,6 +340,7 @@ fn composed_ops_train_on_the_gpu_as_on_the_cpu() {
         "grad_resize_groupnorm_mish",
         "grad_reductions",
         "grad_cumsum_gather_elements",
+        "grad_more",
     ] {
         let (model, inputs, _) = load(case);
         let mut import = ImportOptions { loss: LossKind::Mse, ..Default::default() };

@@ -53,6 +53,7 @@ const INITIALIZER_INPUTS: &[(&str, &[usize])] = &[
     ("ConstantOfShape", &[0]),
     ("Dropout", &[1, 2]),
     ("Expand", &[1]),
+    ("OneHot", &[1, 2]),
     ("Pad", &[1, 2, 3]),
     ("Range", &[0, 1, 2]),
     ("ReduceL2", &[1]),

@@ -289,6 +289,104 @@ def scans(out):
     )
 
 
+def more(out):
+    """DepthToSpace, SpaceToDepth, Einsum, OneHot, ReduceMin, Celu, ThresholdedRelu, Shrink,
+    LpNormalization, MeanVarianceNormalization and Hardmax (import_more.rs)."""
+    x = {"x": rand(2, 8, 3, 2)}
+    for mode in ["DCR", "CRD"]:
+        write(out, f"depthtospace_{mode.lower()}", [node("DepthToSpace", ["x"], blocksize=2, mode=mode)], x, [])
+    write(out, "depthtospace_default", [node("DepthToSpace", ["x"], blocksize=2)], x, [])
+    write(out, "spacetodepth", [node("SpaceToDepth", ["x"], blocksize=2)], {"x": rand(2, 3, 4, 6)}, [])
+    write(out, "spacetodepth_b3", [node("SpaceToDepth", ["x"], blocksize=3)], {"x": rand(1, 2, 6, 3)}, [])
+    # Einsum: the exporters' patterns, as operand shapes.
+    for label, eq, shapes in [
+        ("attention_scores", "bhqd,bhkd->bhqk", [(2, 3, 4, 5), (2, 3, 6, 5)]),
+        ("attention_values", "bhqk,bhkd->bhqd", [(2, 3, 4, 6), (2, 3, 6, 5)]),
+        ("bmm", "bij,bjk->bik", [(3, 4, 5), (3, 5, 2)]),
+        ("ellipsis_matmul", "...ij,...jk->...ik", [(2, 3, 4, 5), (2, 3, 5, 2)]),
+        ("ellipsis_weight", "...ij,jk->...ik", [(2, 3, 4, 5), (5, 2)]),
+        ("ellipsis_implicit", "...ij,...jk", [(3, 4, 5), (3, 5, 2)]),
+        ("matmul", "ij,jk->ik", [(4, 5), (5, 3)]),
+        ("matmul_transposed_out", "ij,jk->ki", [(4, 5), (5, 3)]),
+        ("linear", "bti,oi->bto", [(2, 3, 4), (5, 4)]),
+        ("transpose", "ij->ji", [(3, 5)]),
+        ("permute", "abcd->cadb", [(2, 3, 4, 5)]),
+        ("row_sum", "ij->i", [(3, 5)]),
+        ("total", "ij->", [(3, 5)]),
+        ("outer", "i,j->ij", [(4,), (3,)]),
+        ("dot", "i,i->", [(6,), (6,)]),
+        ("implicit", "ij,jk", [(4, 5), (5, 3)]),
+        ("batch_outer", "bi,bj->bji", [(2, 4), (2, 3)]),
+        ("sum_one_side", "bij,bk->bk", [(2, 3, 4), (2, 5)]),
+        ("spaced", "b i j , b j k -> b i k", [(2, 3, 4), (2, 4, 2)]),
+    ]:
+        inputs = {f"x{k}": rand(*s) for k, s in enumerate(shapes)}
+        write(out, f"einsum_{label}", [node("Einsum", list(inputs), equation=eq)], inputs, [])
+    # OneHot: run-time int64 indices (negative and out of range ones too), axis variants, float
+    # and int64 values (the int64 ones cast back to float), and constant indices.
+    k = {"k": np.array([[0, 3, -1], [2, -4, 5]], np.float32)}
+    cast = node("Cast", ["k"], ["i"], to=TensorProto.INT64)
+    depth = init("depth", np.array(4, np.int64))
+    values = init("values", np.array([-0.5, 2.0], np.float32))
+    for axis in [-1, 0, 1, -3]:
+        write(out, f"onehot_axis{axis % 3}_{'neg' if axis < 0 else 'pos'}", [cast, node("OneHot", ["i", "depth", "values"], axis=axis)], k, [depth, values])
+    write(
+        out,
+        "onehot_int64_values",
+        [cast, node("OneHot", ["i", "depth", "iv"], ["o"]), node("Cast", ["o"], ["y"], to=TensorProto.FLOAT)],
+        k,
+        [init("depth", np.array([6], np.int64)), init("iv", np.array([3, 7], np.int64))],
+    )
+    fdepth = init("depth", np.array([5.0], np.float32))
+    write(out, "onehot_float_depth", [cast, node("OneHot", ["i", "depth", "values"])], k, [fdepth, values])
+    write(out, "onehot_float_indices", [node("OneHot", ["k", "depth", "values"], axis=0)], k, [fdepth, values])
+    write(
+        out,
+        "onehot_constant_indices",
+        [node("OneHot", ["ci", "depth", "values"], ["o"]), node("Add", ["o", "x"], ["y"])],
+        {"x": rand(3, 4)},
+        [init("ci", np.array([1, 0, 3], np.int64)), depth, values],
+    )
+    r = {"x": rand(2, 3, 4)}
+    write(out, "reducemin_all", [node("ReduceMin", ["x"])], r, [])
+    write(out, "reducemin_axis1", [node("ReduceMin", ["x"], axes=[1])], r, [])
+    write(out, "reducemin_axes_nokeep", [node("ReduceMin", ["x"], axes=[0, -1], keepdims=0)], r, [])
+    b = {"x": rand(3, 4)}
+    write(
+        out,
+        "reducemin_bool",
+        [node("Greater", ["x", "t"], ["g"]), node("ReduceMin", ["g", "axes"], ["m"]), node("Cast", ["m"], ["y"], to=TensorProto.FLOAT)],
+        b,
+        [init("t", np.array([-0.8], np.float32)), init("axes", np.array([1], np.int64))],
+        opset=20,
+    )
+    write(out, "reducemin_18_input", [node("ReduceMin", ["x", "axes"], keepdims=0)], r, [init("axes", np.array([2], np.int64))], opset=18)
+    a = {"x": rand(3, 4, 5, scale=3.0)}
+    write(out, "celu_default", [node("Celu", ["x"])], a, [])
+    write(out, "celu_alpha", [node("Celu", ["x"], alpha=0.4)], a, [])
+    write(out, "thresholdedrelu_default", [node("ThresholdedRelu", ["x"])], a, [])
+    write(out, "thresholdedrelu_alpha", [node("ThresholdedRelu", ["x"], alpha=-0.5)], a, [])
+    write(out, "shrink_default", [node("Shrink", ["x"])], a, [])
+    write(out, "shrink_lambd_bias", [node("Shrink", ["x"], lambd=1.2, bias=0.3)], a, [])
+    for p in [1, 2]:
+        write(out, f"lpnorm_p{p}", [node("LpNormalization", ["x"], p=p)], a, [])
+        write(out, f"lpnorm_p{p}_axis0", [node("LpNormalization", ["x"], p=p, axis=0)], a, [])
+        # A zero slice gives 0 (0 / 0 = 0 in onnx's reference, which these cases use). The reference's p=1
+        # sums x without |x|, so that case is nonnegative (the ones above check |x| on onnxruntime).
+        z = rand(3, 4, 5) if p == 2 else np.abs(rand(3, 4, 5))
+        z[:, 1, 2] = 0.0
+        write(out, f"lpnorm_p{p}_zero_slice", [node("LpNormalization", ["x"], p=p, axis=0)], {"x": z}, [], use_reference=True)
+    m = {"x": rand(2, 3, 4, 5, scale=2.0) + 0.5}
+    write(out, "mvn_default", [node("MeanVarianceNormalization", ["x"])], m, [])
+    write(out, "mvn_axes", [node("MeanVarianceNormalization", ["x"], axes=[1, -1])], m, [])
+    # Hardmax with ties (the first maximum wins) and axis variants.
+    h = np.round(rand(3, 4, 5, scale=2.0))
+    write(out, "hardmax_default", [node("Hardmax", ["x"])], {"x": h}, [])
+    write(out, "hardmax_axis1", [node("Hardmax", ["x"], axis=1)], {"x": h}, [])
+    write(out, "hardmax_axis0", [node("Hardmax", ["x"], axis=0)], {"x": h}, [])
+    write(out, "hardmax_axis_neg2", [node("Hardmax", ["x"], axis=-2)], {"x": h}, [])
+
+
 def gradient_models(out):
     """Chains whose parameter gradients the test checks against finite differences."""
     write(
@@ -375,11 +473,41 @@ def gradient_models(out):
         ],
     )
 
+    # DepthToSpace, SpaceToDepth, Einsum (batched, contraction and outer), LpNormalization,
+    # MeanVarianceNormalization, Celu, Shrink, ThresholdedRelu and ReduceMin on parameters.
+    write(
+        out,
+        "grad_more",
+        [
+            node("Mul", ["x", "p"], ["xp"]),
+            node("DepthToSpace", ["xp"], ["d"], blocksize=2, mode="CRD"),
+            node("SpaceToDepth", ["d"], ["s"], blocksize=2),
+            node("DepthToSpace", ["s"], ["e"], blocksize=2),
+            node("Einsum", ["e", "q"], ["f"], equation="bchw,cw->bhc"),
+            node("Einsum", ["f", "f"], ["g"], equation="bhc,bkc->bhk"),
+            node("Einsum", ["g", "r"], ["o"], equation="bhk,j->bhkj"),
+            # Offsets and Celu break the normalisations' scale invariance, which would make the
+            # gradients through them zero.
+            node("Add", ["o", "c"], ["oc"]),
+            node("LpNormalization", ["oc"], ["l"], axis=1),
+            node("Celu", ["l"], ["lc"], alpha=0.7),
+            node("LpNormalization", ["lc"], ["l1"], p=1, axis=-1),
+            node("Add", ["l1", "oc"], ["m"]),
+            node("MeanVarianceNormalization", ["m"], ["mv"], axes=[2, 3]),
+            node("Shrink", ["mv"], ["sh"], lambd=0.2, bias=0.1),
+            node("ThresholdedRelu", ["sh"], ["t"], alpha=-0.3),
+            node("ReduceMin", ["t"], ["rm"], axes=[3], keepdims=1),
+            node("Add", ["t", "rm"], ["y"]),
+        ],
+        {"x": rand(2, 8, 2, 3)},
+        [init("p", rand(8, 1, 1) + 1.5), init("q", rand(2, 6) + 1.5), init("r", rand(3) + 1.5), init("c", rand(3))],
+    )
+
 
 def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
-    for make in [activations, variadic, reductions, argmax, norms, resize, conv_transpose, scans, gradient_models]:
+    for make in [activations, variadic, reductions, argmax, norms, resize, conv_transpose, scans, more, gradient_models]:
         make(out)
 
 

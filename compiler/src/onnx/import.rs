@@ -46,6 +46,10 @@ mod import_rnn;
 // IsNaN, IsInf, CumSum, GatherElements and GatherND.
 #[path = "import_scan.rs"]
 mod import_scan;
+
+// DepthToSpace, SpaceToDepth, Einsum, OneHot, ReduceMin and the small activations and norms.
+#[path = "import_more.rs"]
+mod import_more;
 pub use forward::{import_forward, ForwardModel, OutputValue};
 
 /// The op types imported onto graph nodes, whatever their inputs.
@@ -60,6 +64,7 @@ pub const GRAPH_OPS: &[&str] = &[
     "BatchNormalization",
     "Cast",
     "CastLike",
+    "Celu",
     "Clip",
     "Concat",
     "Constant",
@@ -67,8 +72,10 @@ pub const GRAPH_OPS: &[&str] = &[
     "ConvTranspose",
     "Cos",
     "CumSum",
+    "DepthToSpace",
     "Div",
     "Dropout",
+    "Einsum",
     "Elu",
     "Equal",
     "Erf",
@@ -87,6 +94,7 @@ pub const GRAPH_OPS: &[&str] = &[
     "GroupNormalization",
     "HardSigmoid",
     "HardSwish",
+    "Hardmax",
     "Identity",
     "InstanceNormalization",
     "IsInf",
@@ -97,15 +105,18 @@ pub const GRAPH_OPS: &[&str] = &[
     "LessOrEqual",
     "Log",
     "LogSoftmax",
+    "LpNormalization",
     "MatMul",
     "Max",
     "MaxPool",
     "Mean",
+    "MeanVarianceNormalization",
     "Min",
     "Mish",
     "Mul",
     "Neg",
     "Not",
+    "OneHot",
     "Or",
     "PRelu",
     "Pad",
@@ -116,24 +127,28 @@ pub const GRAPH_OPS: &[&str] = &[
     "ReduceLogSumExp",
     "ReduceMax",
     "ReduceMean",
+    "ReduceMin",
     "ReduceSum",
     "ReduceSumSquare",
     "Relu",
     "Reshape",
     "Resize",
     "Selu",
+    "Shrink",
     "Sigmoid",
     "Sin",
     "Slice",
     "Softmax",
     "Softplus",
     "Softsign",
+    "SpaceToDepth",
     "Split",
     "Sqrt",
     "Squeeze",
     "Sub",
     "Sum",
     "Tanh",
+    "ThresholdedRelu",
     "Tile",
     "Transpose",
     "Trilu",
@@ -531,6 +546,14 @@ impl Importer<'_> {
             "CumSum" => self.cum_sum(&ctx),
             "GatherElements" => self.gather_elements(&ctx),
             "GatherND" => self.gather_nd(&ctx),
+            "DepthToSpace" | "SpaceToDepth" => self.depth_space(&ctx),
+            "Einsum" => self.einsum(&ctx),
+            "OneHot" => self.one_hot(&ctx),
+            "ReduceMin" => self.reduce_min(&ctx),
+            "Celu" | "ThresholdedRelu" | "Shrink" => self.piecewise(&ctx),
+            "LpNormalization" => self.lp_normalization(&ctx),
+            "MeanVarianceNormalization" => self.mean_variance_normalization(&ctx),
+            "Hardmax" => self.hardmax(&ctx),
             // Every other supported op type is evaluated only on constants.
             other => Err(ctx.err(format!(
                 "pock evaluates {other} only at compile time, on shapes and constants, and this node reads a tensor computed \
@@ -1120,17 +1143,17 @@ mod tests {
     fn unsupported_ops_are_named_together_with_node_opset_and_the_supported_list() {
         let nodes = vec![
             node("Relu", &["x"], &["a"], vec![]),
-            node("Hardmax", &["a"], &["b"], vec![]),
+            node("Det", &["a"], &["b"], vec![]),
             node("ConstantOfShape", &["b"], &["c"], vec![]),
-            node("Hardmax", &["c"], &["y"], vec![]),
+            node("Det", &["c"], &["y"], vec![]),
         ];
         let e = import_model(&model(&[2, 3], vec![], nodes, "y"), "t", &ImportOptions::default()).unwrap_err();
         let msg = e.to_string();
         let ImportError::UnsupportedOps { node, opset, missing, .. } = &e else { panic!("{msg}") };
-        assert_eq!((node.as_str(), *opset), ("Hardmax_node", 17));
-        assert_eq!(missing, &["Hardmax", "ConstantOfShape (on run-time tensors)"]);
+        assert_eq!((node.as_str(), *opset), ("Det_node", 17));
+        assert_eq!(missing, &["Det", "ConstantOfShape (on run-time tensors)"]);
         assert!(
-            msg.contains("Hardmax_node") && msg.contains("opset 17") && msg.contains("BatchNormalization, Cast, CastLike, Clip"),
+            msg.contains("Det_node") && msg.contains("opset 17") && msg.contains("BatchNormalization, Cast, CastLike, Celu, Clip"),
             "{msg}"
         );
     }
