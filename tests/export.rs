@@ -252,3 +252,75 @@ fn onnxruntime_runs_the_export() {
     assert_eq!(stdout.matches("largest difference").count(), 8, "4 models, 2 onnxruntime optimisation levels each:\n{stdout}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// The dynamo exporter stores equal initializers once, so a fresh BatchNormalization's running
+/// mean and variance can be the very initializers of its bias and scale. The importer gives each
+/// statistic its own tensor (`bn.running_mean`, `bn.running_var`, after the scale's name) and
+/// the export writes them as initializers of their own that the node reads, next to the trained
+/// bias and scale; the re-imported export infers as the trained session does. The model is
+/// written by onnx.helper through `$POCK_PYTHON` (the test says SKIP without onnx, and fails
+/// where `CI` is set).
+#[test]
+fn running_statistics_sharing_an_initializer_export_as_initializers_of_their_own() {
+    let python = std::env::var("POCK_PYTHON").unwrap_or_else(|_| "python3".into());
+    if !std::process::Command::new(&python).args(["-c", "import onnx, numpy"]).output().is_ok_and(|o| o.status.success()) {
+        let what = format!("onnx and numpy are not importable by {python}: set POCK_PYTHON to a python that has them");
+        assert!(std::env::var_os("CI").is_none(), "{what}");
+        println!("SKIP: shared running statistics export: {what}");
+        return;
+    }
+    let dir = workdir("shared-stats");
+    let model = dir.join("m.onnx");
+    let script = r#"
+import sys, numpy as np, onnx
+from onnx import TensorProto, helper, numpy_helper
+rng = np.random.default_rng(7)
+init = lambda n, v: numpy_helper.from_array(np.asarray(v, np.float32), n)
+nodes = [
+    helper.make_node("Conv", ["x", "conv.weight"], ["c"], pads=[1, 1, 1, 1]),
+    helper.make_node("BatchNormalization", ["c", "bn.weight", "bn.bias", "bn.bias", "bn.weight"], ["b"]),
+    helper.make_node("Relu", ["b"], ["r"]),
+    helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+    helper.make_node("Flatten", ["g"], ["f"]),
+    helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["y"], transB=1),
+]
+inits = [init("conv.weight", rng.normal(0, 0.5, (4, 3, 3, 3))), init("bn.weight", np.ones(4)), init("bn.bias", np.zeros(4)),
+         init("fc.weight", rng.normal(0, 0.5, (3, 4))), init("fc.bias", np.zeros(3))]
+graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], initializer=inits)
+m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+m.ir_version = 8
+onnx.checker.check_model(m)
+onnx.save(m, sys.argv[1])
+"#;
+    let o = std::process::Command::new(&python).args(["-c", script, s(&model)]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (plan, ckpt, out) = (dir.join("p.pock"), dir.join("p.ckpt.safetensors"), dir.join("out.onnx"));
+    let o = pock(&["compile", s(&model), "-o", s(&plan), "--batch-norm", "train", "--optimizer", "sgd", "--lr", "0.1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut session = Session::load(&plan, SessionOptions::default()).unwrap();
+    let x: Vec<f32> = (0..2 * 3 * 6 * 6).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect();
+    for _ in 0..2 {
+        session.train_step(&x, Targets::Labels(&[0, 2])).unwrap();
+    }
+    session.save(&ckpt).unwrap();
+    let (mean, bias) = (session.read_tensor("bn.running_mean").unwrap(), session.read_tensor("bn.bias").unwrap());
+    assert_ne!(mean, bias, "the running mean and the bias must have diverged for this test to tell them apart");
+    let o = pock(&["export", s(&plan), "--weights", s(&ckpt), "--onnx", s(&out)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let exported = load_model(&out).unwrap();
+    let bn = exported.nodes.iter().find(|n| n.op_type == "BatchNormalization").unwrap();
+    assert_eq!(bn.inputs[1..], ["bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"]);
+    for name in ["bn.weight", "bn.bias", "bn.running_mean", "bn.running_var", "conv.weight"] {
+        let t = exported.initializers.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no initializer '{name}'"));
+        assert_eq!(t.values, pock::compiler::onnx::TensorValues::F32(session.read_tensor(name).unwrap()), "initializer '{name}'");
+    }
+    let want = infer(&mut session, &x);
+    let import = ImportOptions::default();
+    let options = CompileOptions { batch_norm: BatchNormMode::Train, ..Default::default() };
+    let (compiled, _) = pock::compile_onnx(&out, &import, options).unwrap();
+    let mut again = Session::from_bytes(&compiled.to_bytes(), SessionOptions::default()).unwrap();
+    assert_eq!(infer(&mut again, &x), want, "the re-imported export infers differently from the trained session");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4,12 +4,13 @@
 //! written back as it was read, except that external data is inlined (the output is one file) and,
 //! for `inference`, the training-mode switches of BatchNormalization and Dropout are turned off.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use prost::Message;
 
 use super::error::ImportError;
+use super::import::running_stat_copies;
 use super::load::ExternalData;
 use super::proto;
 
@@ -77,6 +78,18 @@ pub fn export_model(source: &[u8], dir: Option<&Path>, trained: &[TrainedValue],
 
     let by_name: HashMap<String, usize> =
         graph.initializer.iter().enumerate().filter_map(|(i, t)| t.name.clone().map(|n| (n, i))).collect();
+    // Running statistics the importer copied out of a shared initializer become initializers of
+    // their own, which their BatchNormalization reads instead (`running_stat_copies`).
+    let names: HashSet<&str> = graph.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
+    let copies = running_stat_copies(graph.node.iter().map(|n| (n.op_type.as_deref().unwrap_or(""), n.input.as_slice())), &names);
+    let mut by_name = by_name;
+    for c in copies.iter().filter(|c| trained.iter().any(|v| v.name == c.name)) {
+        let mut t = graph.initializer[by_name[&c.source]].clone();
+        t.name = Some(c.name.clone());
+        by_name.insert(c.name.clone(), graph.initializer.len());
+        graph.initializer.push(t);
+        graph.node[c.node].input[3 + c.slot] = c.name.clone();
+    }
     let mut replaced = vec![false; graph.initializer.len()];
     for v in trained {
         let i = *by_name.get(v.name).ok_or_else(|| ExportError::NotAnInitializer { name: v.name.into() })?;

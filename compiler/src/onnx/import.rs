@@ -282,6 +282,60 @@ fn is_constant_initializer(t: &super::Tensor) -> bool {
     t.dtype() != DataType::F32 || t.dims.is_empty()
 }
 
+/// A BatchNormalization running statistic (input 3 or 4) whose initializer something else
+/// reads too: the dynamo exporter stores equal initializers once, so a fresh layer's running mean
+/// can be the very initializer of its bias (zeros), and its running variance that of its scale.
+/// The importer gives such a statistic its own tensor, `name`, and `pock export` writes it back
+/// as a new initializer that the node reads instead of `source`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct StatCopy {
+    /// The node's index in the graph.
+    pub node: usize,
+    /// 0 for the running mean, 1 for the running variance.
+    pub slot: usize,
+    /// The copy's name: PyTorch's state-dict name (`<layer>.running_mean`, from the scale's
+    /// `<layer>.weight`) where the scale is so named, else `<source>.<statistic>.<node>`; made
+    /// unique against the initializers and earlier copies by trailing underscores.
+    pub name: String,
+    /// The shared initializer.
+    pub source: String,
+}
+
+/// The statistics [`StatCopy`] describes, from the graph's nodes (op type and inputs, in graph
+/// order) and initializer names. The importer and the exporter both call it, so they agree.
+pub(crate) fn running_stat_copies<'a>(
+    nodes: impl Iterator<Item = (&'a str, &'a [String])> + Clone,
+    initializers: &HashSet<&str>,
+) -> Vec<StatCopy> {
+    let mut reads: HashMap<&str, usize> = HashMap::new();
+    for name in nodes.clone().flat_map(|(_, inputs)| inputs).filter(|n| !n.is_empty()) {
+        *reads.entry(name.as_str()).or_default() += 1;
+    }
+    let mut taken: HashSet<String> = initializers.iter().map(|s| s.to_string()).collect();
+    let mut copies = Vec::new();
+    for (node, (op, inputs)) in nodes.enumerate() {
+        if op != "BatchNormalization" {
+            continue;
+        }
+        for (slot, source) in inputs.iter().enumerate().skip(3).take(2).map(|(k, s)| (k - 3, s)) {
+            if !initializers.contains(source.as_str()) || reads.get(source.as_str()).copied().unwrap_or(0) <= 1 {
+                continue;
+            }
+            let what = if slot == 0 { "running_mean" } else { "running_var" };
+            let mut name = match inputs.get(1).and_then(|w| w.strip_suffix(".weight")) {
+                Some(layer) => format!("{layer}.{what}"),
+                None => format!("{source}.{what}.{node}"),
+            };
+            while taken.contains(&name) {
+                name.push('_');
+            }
+            taken.insert(name.clone());
+            copies.push(StatCopy { node, slot, name, source: source.clone() });
+        }
+    }
+    copies
+}
+
 /// What an ONNX value name stands for during import.
 #[derive(Clone, Debug)]
 enum Value {
@@ -304,11 +358,12 @@ struct Importer<'m> {
     /// Initializer names read as BatchNorm running mean or variance (by one BatchNorm input and
     /// nothing else).
     running_stats: HashSet<String>,
-    /// BatchNorm running statistics whose initializer something else reads too (the dynamo
-    /// exporter stores equal initializers once: a fresh `running_mean` shares the zeros of the
-    /// layer's bias): (node name, 0 for the mean or 1 for the variance) -> the name of the
-    /// statistic's own copy, made when the node is imported.
-    stat_copies: HashMap<(String, usize), (String, usize)>,
+    /// BatchNorm running statistics whose initializer something else reads too
+    /// ([`running_stat_copies`]): (node index, 0 for the mean or 1 for the variance) -> the name
+    /// of the statistic's own copy, made when the node is imported, and the initializer's index.
+    stat_copies: HashMap<(usize, usize), (String, usize)>,
+    /// The index in `model.nodes` of the node being imported.
+    node_index: usize,
     notes: Vec<String>,
     dropout_noted: bool,
     options: &'m ImportOptions,
@@ -414,6 +469,7 @@ impl<'m> Importer<'m> {
             const_tensors: HashMap::new(),
             running_stats: HashSet::new(),
             stat_copies: HashMap::new(),
+            node_index: 0,
             notes: Vec::new(),
             dropout_noted: false,
             options,
@@ -422,32 +478,21 @@ impl<'m> Importer<'m> {
         for (i, t) in model.initializers.iter().enumerate() {
             im.values.insert(t.name.clone(), Value::Initializer(i));
         }
-        let mut reads: HashMap<&str, usize> = HashMap::new();
-        for name in model.nodes.iter().flat_map(|n| &n.inputs).filter(|n| !n.is_empty()) {
-            *reads.entry(name.as_str()).or_default() += 1;
+        let initializer_names: HashSet<&str> = model.initializers.iter().map(|t| t.name.as_str()).collect();
+        let copies = running_stat_copies(model.nodes.iter().map(|n| (n.op_type.as_str(), n.inputs.as_slice())), &initializer_names);
+        for c in copies {
+            let Some(&Value::Initializer(i)) = im.values.get(&c.source) else { continue };
+            im.stat_copies.insert((c.node, c.slot), (c.name, i));
         }
-        let mut taken: HashSet<String> = model.initializers.iter().map(|t| t.name.clone()).collect();
-        for n in &model.nodes {
-            if n.op_type != "BatchNormalization" {
-                continue;
-            }
-            for (k, name) in n.inputs.iter().enumerate().skip(3).take(2) {
-                if reads.get(name.as_str()) == Some(&1) || !matches!(im.values.get(name), Some(Value::Initializer(_))) {
-                    im.running_stats.insert(name.clone());
-                    continue;
-                }
-                // Shared: name the copy as PyTorch's state dict would (`<layer>.running_mean`,
-                // from the scale's `<layer>.weight`), else after the node.
-                let what = if k == 3 { "running_mean" } else { "running_var" };
-                let layer = n.inputs.get(1).and_then(|w| w.strip_suffix(".weight")).unwrap_or(&n.name);
-                let mut copy = format!("{layer}.{what}");
-                while taken.contains(&copy) {
-                    copy.push('_');
-                }
-                taken.insert(copy.clone());
-                let Some(&Value::Initializer(i)) = im.values.get(name) else { continue };
-                im.stat_copies.insert((n.name.clone(), k - 3), (copy, i));
-            }
+        for n in model.nodes.iter().filter(|n| n.op_type == "BatchNormalization") {
+            im.running_stats.extend(
+                n.inputs
+                    .iter()
+                    .skip(3)
+                    .take(2)
+                    .filter(|&name| !im.stat_copies.values().any(|(_, i)| model.initializers[*i].name == *name))
+                    .cloned(),
+            );
         }
         let mut inputs = Vec::with_capacity(shapes.len());
         let mut label_shape = None;
@@ -468,6 +513,7 @@ impl<'m> Importer<'m> {
         }
         for (i, node) in model.nodes.iter().enumerate() {
             if !skip.contains(&i) {
+                im.node_index = i;
                 im.import_node(node)?;
             }
         }
@@ -770,7 +816,7 @@ impl Importer<'_> {
         let mut stats = [TensorId(0); 2];
         for (k, slot) in stats.iter_mut().enumerate() {
             let name = ctx.input(3 + k)?;
-            if let Some((copy, i)) = self.stat_copies.get(&(ctx.node.name.clone(), k)).cloned() {
+            if let Some((copy, i)) = self.stat_copies.get(&(self.node_index, k)).cloned() {
                 let t = &self.model.initializers[i];
                 let ConstData::F32(values) = Const::from_tensor(t).data else {
                     return Err(ctx.err(format!("its running statistic '{name}' is not float32")));
