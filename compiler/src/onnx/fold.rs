@@ -109,30 +109,50 @@ fn f16_to_f32(h: u16) -> f32 {
 
 /// The op types this evaluator folds when all their inputs are constants.
 pub const FOLDABLE: &[&str] = &[
+    "Abs",
     "Add",
+    "And",
     "Cast",
+    "Ceil",
     "Concat",
     "Constant",
     "ConstantOfShape",
     "Div",
     "Equal",
+    "Exp",
     "Expand",
     "Flatten",
+    "Floor",
     "Gather",
     "GatherElements",
+    "Greater",
+    "GreaterOrEqual",
     "Identity",
+    "Less",
+    "LessOrEqual",
+    "Log",
+    "Max",
+    "Min",
     "Mod",
     "Mul",
+    "Neg",
+    "Not",
+    "Or",
     "Range",
+    "Reciprocal",
     "Reshape",
+    "Round",
     "ScatterND",
     "Shape",
+    "Sign",
     "Slice",
+    "Sqrt",
     "Squeeze",
     "Sub",
     "Transpose",
     "Unsqueeze",
     "Where",
+    "Xor",
 ];
 
 /// The most elements a folded constant may have; a model asking for more (a `Range` or
@@ -174,6 +194,18 @@ fn take(data: &ConstData, index: impl Iterator<Item = usize>) -> ConstData {
         ConstData::I64(v) => ConstData::I64(index.map(|i| v[i]).collect()),
         ConstData::Bool(v) => ConstData::Bool(index.map(|i| v[i]).collect()),
         ConstData::I8(v) => ConstData::I8(index.map(|i| v[i]).collect()),
+    }
+}
+
+/// Whether `order` (of `a` against `b`) satisfies the comparison op `op`.
+fn compare(op: &str, order: std::cmp::Ordering) -> bool {
+    use std::cmp::Ordering::*;
+    match op {
+        "Equal" => order == Equal,
+        "Less" => order == Less,
+        "LessOrEqual" => order != Greater,
+        "Greater" => order == Greater,
+        _ => order != Less,
     }
 }
 
@@ -615,7 +647,8 @@ pub fn evaluate(node: &Node, inputs: &[Option<&Const>]) -> Result<Option<Vec<Con
                 }
             }
         }
-        "Add" | "Sub" | "Mul" | "Div" | "Mod" | "Equal" => {
+        "Min" | "Max" if inputs.len() != 2 => return Ok(None),
+        "Add" | "Sub" | "Mul" | "Div" | "Mod" | "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual" | "Min" | "Max" => {
             let (a, b) = (input(0)?, input(1)?);
             // Mod: `fmod = 0` (the default) takes the divisor's sign, as Python's `%`; `fmod = 1`
             // the dividend's, as C's `fmod`. Floats need `fmod = 1`.
@@ -627,7 +660,11 @@ pub fn evaluate(node: &Node, inputs: &[Option<&Const>]) -> Result<Option<Vec<Con
                 (ConstData::I64(x), ConstData::I64(y)) => {
                     let pairs = ia.iter().zip(&ib).map(|(&i, &j)| (x[i], y[j]));
                     match op {
-                        "Equal" => ConstData::Bool(pairs.map(|(p, q)| p == q).collect()),
+                        "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual" => {
+                            ConstData::Bool(pairs.map(|(p, q)| compare(op, p.cmp(&q))).collect())
+                        }
+                        "Min" => ConstData::I64(pairs.map(|(p, q)| p.min(q)).collect()),
+                        "Max" => ConstData::I64(pairs.map(|(p, q)| p.max(q)).collect()),
                         _ => ConstData::I64(
                             pairs
                                 .map(|(p, q)| match op {
@@ -647,7 +684,20 @@ pub fn evaluate(node: &Node, inputs: &[Option<&Const>]) -> Result<Option<Vec<Con
                 (ConstData::F32(x), ConstData::F32(y)) => {
                     let pairs = ia.iter().zip(&ib).map(|(&i, &j)| (x[i], y[j]));
                     match op {
-                        "Equal" => ConstData::Bool(pairs.map(|(p, q)| p == q).collect()),
+                        // IEEE: every comparison with NaN is false.
+                        "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual" => {
+                            ConstData::Bool(pairs.map(|(p, q)| p.partial_cmp(&q).is_some_and(|o| compare(op, o))).collect())
+                        }
+                        // ONNX's Min and Max propagate NaN.
+                        "Min" | "Max" => ConstData::F32(
+                            pairs
+                                .map(|(p, q)| match (p.is_nan() || q.is_nan(), op) {
+                                    (true, _) => f32::NAN,
+                                    (false, "Min") => p.min(q),
+                                    _ => p.max(q),
+                                })
+                                .collect(),
+                        ),
                         "Add" => ConstData::F32(pairs.map(|(p, q)| p + q).collect()),
                         "Sub" => ConstData::F32(pairs.map(|(p, q)| p - q).collect()),
                         "Mul" => ConstData::F32(pairs.map(|(p, q)| p * q).collect()),
@@ -662,6 +712,63 @@ pub fn evaluate(node: &Node, inputs: &[Option<&Const>]) -> Result<Option<Vec<Con
                 _ => return Err(format!("{op} of {} and {}", a.dtype_name(), b.dtype_name())),
             };
             Const { dims, data }
+        }
+        "And" | "Or" | "Xor" => {
+            let (a, b) = (input(0)?, input(1)?);
+            let dims = broadcast(&a.dims, &b.dims)?;
+            let (ia, ib) = (broadcast_index(&a.dims, &dims), broadcast_index(&b.dims, &dims));
+            let (ConstData::Bool(x), ConstData::Bool(y)) = (&a.data, &b.data) else {
+                return Err(format!("{} of {} and {}", node.op_type, a.dtype_name(), b.dtype_name()));
+            };
+            let f = |p: bool, q: bool| match node.op_type.as_str() {
+                "And" => p && q,
+                "Or" => p || q,
+                _ => p != q,
+            };
+            Const { dims, data: ConstData::Bool(ia.iter().zip(&ib).map(|(&i, &j)| f(x[i], y[j])).collect()) }
+        }
+        "Abs" | "Neg" | "Sign" | "Ceil" | "Floor" | "Round" | "Sqrt" | "Exp" | "Log" | "Reciprocal" | "Not" => {
+            let x = input(0)?;
+            let op = node.op_type.as_str();
+            let data = match (&x.data, op) {
+                (ConstData::Bool(v), "Not") => ConstData::Bool(v.iter().map(|b| !b).collect()),
+                (ConstData::I64(v), "Abs" | "Neg" | "Sign") => ConstData::I64(
+                    v.iter()
+                        .map(|&a| match op {
+                            "Abs" => a.checked_abs(),
+                            "Neg" => a.checked_neg(),
+                            _ => Some(a.signum()),
+                        })
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or("integer overflow")?,
+                ),
+                (ConstData::F32(v), _) if op != "Not" => ConstData::F32(
+                    v.iter()
+                        .map(|&a| match op {
+                            "Abs" => a.abs(),
+                            "Neg" => -a,
+                            "Sign" if a.is_nan() => a,
+                            "Sign" => {
+                                if a == 0.0 {
+                                    0.0
+                                } else {
+                                    a.signum()
+                                }
+                            }
+                            "Ceil" => a.ceil(),
+                            "Floor" => a.floor(),
+                            // ONNX rounds halves to even.
+                            "Round" => a.round_ties_even(),
+                            "Sqrt" => a.sqrt(),
+                            "Exp" => a.exp(),
+                            "Log" => a.ln(),
+                            _ => 1.0 / a,
+                        })
+                        .collect(),
+                ),
+                _ => return Err(format!("{op} of {}", x.dtype_name())),
+            };
+            Const { dims: x.dims.clone(), data }
         }
         "Where" => {
             let (c, x, y) = (input(0)?, input(1)?, input(2)?);
@@ -770,6 +877,44 @@ mod tests {
         assert_eq!(g, ints(vec![2, 1], vec![3, 4]));
         let e = evaluate(&node("GatherElements", vec![]), &[Some(&d), Some(&ints(vec![1, 1], vec![3]))]).unwrap_err();
         assert!(e.contains("out of range"), "{e}");
+    }
+
+    #[test]
+    fn comparisons_min_max_and_unary_maths_fold_as_onnx_defines_them() {
+        // T5's relative position buckets and MobileViT's sizes are such chains on constants.
+        let f = |dims: Vec<usize>, v: Vec<f32>| Const { dims, data: ConstData::F32(v) };
+        let bools = |c: &Const| match &c.data {
+            ConstData::Bool(v) => v.clone(),
+            other => panic!("{other:?}"),
+        };
+        let floats = |c: &Const| match &c.data {
+            ConstData::F32(v) => v.clone(),
+            other => panic!("{other:?}"),
+        };
+        let (a, b) = (ints(vec![3], vec![-2, 0, 5]), ints(vec![], vec![0]));
+        assert_eq!(bools(&eval(&node("Less", vec![]), &[&a, &b])), [true, false, false]);
+        assert_eq!(bools(&eval(&node("GreaterOrEqual", vec![]), &[&a, &b])), [false, true, true]);
+        assert_eq!(eval(&node("Min", vec![]), &[&a, &ints(vec![1], vec![1])]), ints(vec![3], vec![-2, 0, 1]));
+        assert_eq!(eval(&node("Abs", vec![]), &[&a]), ints(vec![3], vec![2, 0, 5]));
+        assert_eq!(eval(&node("Neg", vec![]), &[&a]), ints(vec![3], vec![2, 0, -5]));
+        assert_eq!(eval(&node("Sign", vec![]), &[&a]), ints(vec![3], vec![-1, 0, 1]));
+        assert!(evaluate(&node("Abs", vec![]), &[Some(&ints(vec![], vec![i64::MIN]))]).is_err());
+        // Floats: NaN compares false and propagates through Min/Max; Round takes halves to even.
+        let x = f(vec![4], vec![f32::NAN, -1.5, 0.5, 2.5]);
+        assert_eq!(bools(&eval(&node("LessOrEqual", vec![]), &[&x, &f(vec![], vec![0.5])])), [false, true, true, false]);
+        let m = floats(&eval(&node("Max", vec![]), &[&x, &f(vec![], vec![0.0])]));
+        assert!(m[0].is_nan() && m[1..] == [0.0, 0.5, 2.5]);
+        assert_eq!(floats(&eval(&node("Round", vec![]), &[&x]))[1..], [-2.0, 0.0, 2.0]);
+        assert_eq!(floats(&eval(&node("Ceil", vec![]), &[&x]))[1..], [-1.0, 1.0, 3.0]);
+        assert_eq!(floats(&eval(&node("Floor", vec![]), &[&x]))[1..], [-2.0, 0.0, 2.0]);
+        assert_eq!(floats(&eval(&node("Sign", vec![]), &[&f(vec![3], vec![-0.0, 3.0, -2.0])])), [0.0, 1.0, -1.0]);
+        assert_eq!(floats(&eval(&node("Log", vec![]), &[&f(vec![1], vec![1.0])])), [0.0]);
+        // Bool logic broadcasts.
+        let p = Const { dims: vec![2], data: ConstData::Bool(vec![true, false]) };
+        let q = Const { dims: vec![], data: ConstData::Bool(vec![true]) };
+        assert_eq!(bools(&eval(&node("And", vec![]), &[&p, &q])), [true, false]);
+        assert_eq!(bools(&eval(&node("Xor", vec![]), &[&p, &q])), [false, true]);
+        assert_eq!(bools(&eval(&node("Not", vec![]), &[&p])), [false, true]);
     }
 
     #[test]
