@@ -40,7 +40,7 @@ fn sparse_fine_tuning_of_a_pretrained_model_on_a_shifted_task() {
     // The folded-default fine-tuning is chaotic on this task (full fine-tuning ends near
     // chance), and its rate was chosen on a grid with the im2col convolutions: Winograd's
     // rounding, which follows the reference kernels within 2e-7 of the loss over 96 steps of this
-    // model's folded bias-only training, moves that scheme's mean from 0.59 to 0.44 (seed 8 alone
+    // model's folded bias-only training (from fresh weights, on random data), moves that scheme's mean from 0.59 to 0.44 (seed 8 alone
     // from 73% to 39%). This accuracy experiment therefore keeps the arithmetic its rates were
     // chosen with; the convolutions' correctness is checked against the reference elsewhere
     // (engine/tests/cpu_conv.rs). Re-choosing the folded rate on the same grid under Winograd is
