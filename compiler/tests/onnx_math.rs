@@ -371,11 +371,29 @@ fn unary_functions_follow_their_onnx_definitions_and_attributes() {
         ("HardSwish", vec![], Box::new(move |x| x * hard_sigmoid(1.0 / 6.0, 0.5)(x))),
         ("Relu", vec![], Box::new(|x: f64| x.max(0.0))),
         ("Identity", vec![], Box::new(|x| x)),
+        ("Floor", vec![], Box::new(f64::floor)),
+        ("Ceil", vec![], Box::new(f64::ceil)),
+        ("Round", vec![], Box::new(f64::round_ties_even)),
+        (
+            "Sign",
+            vec![],
+            Box::new(|x: f64| {
+                if x > 0.0 {
+                    1.0
+                } else if x < 0.0 {
+                    -1.0
+                } else {
+                    x
+                }
+            }),
+        ),
     ];
     // Rank 3, values in [-2, 2) plus HardSwish's kinks at -3 and 3.
     let mut x = values(24, 5);
     x[0] = -3.5;
     x[1] = 3.5;
+    // A half that rounds down to the even integer (Round).
+    x[2] = 2.5;
     for (op, attrs, f) in cases {
         let what = format!("{op} {attrs:?}");
         let m = load(17, vec![value("x", F32, &[2, 3, 4])], vec![], vec![node(op, &["x"], &["y"], attrs)], "y");

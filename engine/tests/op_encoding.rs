@@ -3,7 +3,7 @@
 //! removing a variant changes some op's tag and fails here; the rule is in `engine/src/format.rs`.
 
 use pock_engine::kernels::unary::{
-    Abs, Cos, Elu, Erf, Exp, HardSigmoid, LeakyRelu, Log, Neg, Reciprocal, Sigmoid, Sin, Softplus, Sqrt, Tanh,
+    Abs, Ceil, Cos, Elu, Erf, Exp, Floor, HardSigmoid, LeakyRelu, Log, Neg, Reciprocal, Round, Sigmoid, Sign, Sin, Softplus, Sqrt, Tanh,
 };
 use pock_engine::ops::{
     Activation, Adam, BatchNorm, CastOp, Clip, Conv2d, ConvOp, CrossEntropy, DenseOp, GradScale, LossOp, MatMul, MatMulOp, MoveOp, NormOp,
@@ -142,6 +142,14 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("Conv2dBiasAct", [1, 4]),
     ("Conv2dGradInputMasked", [1, 5]),
     ("MatMulBiasAct", [0, 10]),
+    ("Floor", [8, 0]),
+    ("Ceil", [8, 0]),
+    ("Round", [8, 0]),
+    ("Sign", [8, 0]),
+    ("FloorGrad", [8, 1]),
+    ("CeilGrad", [8, 1]),
+    ("RoundGrad", [8, 1]),
+    ("SignGrad", [8, 1]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -228,8 +236,11 @@ fn row(op: &Op) -> usize {
             BroadcastOp::MaxGrad => 53,
             BroadcastOp::MinGrad => 54,
         },
-        Op::Unary(UnaryOp::Map(f)) => 55 + unary_fn_index(f),
-        Op::Unary(UnaryOp::Grad(f)) => 70 + unary_fn_index(f),
+        // The first 15 functions have rows 55.. and 70..; later ones were appended at the end.
+        Op::Unary(UnaryOp::Map(f)) if unary_fn_index(f) < 15 => 55 + unary_fn_index(f),
+        Op::Unary(UnaryOp::Grad(f)) if unary_fn_index(f) < 15 => 70 + unary_fn_index(f),
+        Op::Unary(UnaryOp::Map(f)) => 127 + unary_fn_index(f) - 15,
+        Op::Unary(UnaryOp::Grad(f)) => 131 + unary_fn_index(f) - 15,
         Op::Unary(UnaryOp::Not) => 85,
         Op::Reduce(op) => match op {
             ReduceOp::ReduceSum(_) => 86,
@@ -297,6 +308,10 @@ fn unary_fn_index(f: &UnaryFn) -> usize {
         UnaryFn::LeakyRelu(_) => 12,
         UnaryFn::Elu(_) => 13,
         UnaryFn::HardSigmoid(_) => 14,
+        UnaryFn::Floor(_) => 15,
+        UnaryFn::Ceil(_) => 16,
+        UnaryFn::Round(_) => 17,
+        UnaryFn::Sign(_) => 18,
     }
 }
 
@@ -318,6 +333,10 @@ fn every_unary_fn() -> Vec<UnaryFn> {
         UnaryFn::LeakyRelu(LeakyRelu { alpha: 0.01 }),
         UnaryFn::Elu(Elu { alpha: 1.5 }),
         UnaryFn::HardSigmoid(HardSigmoid { alpha: 0.2, beta: 0.5 }),
+        UnaryFn::Floor(Floor),
+        UnaryFn::Ceil(Ceil),
+        UnaryFn::Round(Round),
+        UnaryFn::Sign(Sign),
     ]
 }
 

@@ -615,6 +615,10 @@ fn unary_kernels_match_the_reference() {
         UnaryFn::LeakyRelu(LeakyRelu { alpha: 0.1 }),
         UnaryFn::Elu(Elu { alpha: 0.7 }),
         UnaryFn::HardSigmoid(HardSigmoid { alpha: 0.2, beta: 0.5 }),
+        UnaryFn::Floor(Floor),
+        UnaryFn::Ceil(Ceil),
+        UnaryFn::Round(Round),
+        UnaryFn::Sign(Sign),
     ];
     // Every function has exactly one generated WGSL case (`unary_formulas!`), and this list
     // covers them all.

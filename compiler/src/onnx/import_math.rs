@@ -7,7 +7,7 @@
 //! primitives, so their gradients are the primitives' gradients.
 
 use pock_engine::kernels::unary::{
-    Abs, Cos, Elu, Erf, Exp, HardSigmoid, LeakyRelu, Log, Neg, Reciprocal, Sigmoid, Sin, Softplus, Sqrt, Tanh,
+    Abs, Ceil, Cos, Elu, Erf, Exp, Floor, HardSigmoid, LeakyRelu, Log, Neg, Reciprocal, Round, Sigmoid, Sign, Sin, Softplus, Sqrt, Tanh,
 };
 use pock_engine::ops::{BroadcastOp, CastOp, DenseOp, Op, PoolOp, Reduce, ReduceOp, UnaryFn, UnaryOp};
 
@@ -140,6 +140,10 @@ impl Importer<'_> {
             "LeakyRelu" => UnaryFn::LeakyRelu(LeakyRelu { alpha: ctx.float("alpha", 0.01)? }),
             "Elu" => UnaryFn::Elu(Elu { alpha: ctx.float("alpha", 1.0)? }),
             "HardSigmoid" => UnaryFn::HardSigmoid(HardSigmoid { alpha: ctx.float("alpha", 0.2)?, beta: ctx.float("beta", 0.5)? }),
+            "Floor" => UnaryFn::Floor(Floor),
+            "Ceil" => UnaryFn::Ceil(Ceil),
+            "Round" => UnaryFn::Round(Round),
+            "Sign" => UnaryFn::Sign(Sign),
             other => return Err(ctx.err(format!("{other} is not a unary function"))),
         };
         let x = self.tensor(ctx, ctx.input(0)?)?;

@@ -53,7 +53,7 @@ macro_rules! unit_formulas {
     };
 }
 
-unit_formulas!(Neg, Exp, Log, Sqrt, Reciprocal, Tanh, Sigmoid, Erf, Abs, Sin, Cos, Softplus);
+unit_formulas!(Neg, Exp, Log, Sqrt, Reciprocal, Tanh, Sigmoid, Erf, Abs, Sin, Cos, Softplus, Floor, Ceil, Round, Sign);
 
 /// `y = x` for `x > 0`, else `alpha * x` (PyTorch's default `alpha` is 0.01).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,6 +134,26 @@ pub mod dsl {
     pub fn ln_1p<T: Float>(x: T) -> T {
         x.ln_1p()
     }
+    pub fn floor<T: Float>(x: T) -> T {
+        x.floor()
+    }
+    pub fn ceil<T: Float>(x: T) -> T {
+        x.ceil()
+    }
+    /// The nearest integer, halves to the even one (WGSL's `round`, ONNX's `Round`).
+    pub fn round<T: Float>(x: T) -> T {
+        let two = T::one() + T::one();
+        if (x - x.trunc()).abs() == T::one() / two {
+            // x / 2 is exact, and k + 1/2 halved rounds to the half of the even neighbour.
+            two * (x / two).round()
+        } else {
+            x.round()
+        }
+    }
+    /// -1, 0 or 1 by the sign of `x`; a zero or NaN is returned as it is (ONNX's `Sign`).
+    pub fn sgn<T: Float>(x: T) -> T {
+        select(select(x, -T::one(), x < T::zero()), T::one(), x > T::zero())
+    }
 }
 
 /// The device side of [`dsl`]: the helpers that are not WGSL builtins. WGSL lacks `erf`,
@@ -156,6 +176,7 @@ fn ln_1p(x: f32) -> f32 {
     if (abs(x) < 1e-4) { return x - x * x * 0.5; }
     return log(1.0 + x);
 }
+fn sgn(x: f32) -> f32 { return select(select(x, -1.0, x < 0.0), 1.0, x > 0.0); }
 "#;
 
 /// One formula as WGSL statements: `apply` ends in `return f(x);`, `derivative` in
@@ -293,4 +314,20 @@ unary_formulas! {
     HardSigmoid(alpha, beta) "HardSigmoid" "HardSigmoidGrad" Output
         apply(x) let v = alpha * x + beta; let raised = select(v, lit(0.0), v < lit(0.0)); { select(raised, lit(1.0), raised > lit(1.0)) }
         derivative(s) { select(lit(0.0), alpha, lit(0.0) < s && s < lit(1.0)) }
+    /// The four step functions have a zero derivative (PyTorch's `floor`, `ceil`, `round` and
+    /// `sign` backward): gradients do not flow through them, as in stochastic depth's
+    /// `floor(keep_prob + uniform)` mask.
+    Floor() "Floor" "FloorGrad" Nothing
+        apply(x) { floor(x) }
+        derivative(s) { lit(0.0) }
+    Ceil() "Ceil" "CeilGrad" Nothing
+        apply(x) { ceil(x) }
+        derivative(s) { lit(0.0) }
+    /// Halves go to the even integer.
+    Round() "Round" "RoundGrad" Nothing
+        apply(x) { round(x) }
+        derivative(s) { lit(0.0) }
+    Sign() "Sign" "SignGrad" Nothing
+        apply(x) { sgn(x) }
+        derivative(s) { lit(0.0) }
 }

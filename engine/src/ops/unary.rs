@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::{Check, OpRules, ShapeError};
 use crate::kernels::reference::unary as kernel;
 use crate::kernels::unary::{
-    Abs, Cos, Elu, Erf, Exp, HardSigmoid, LeakyRelu, Log, Neg, Reciprocal, Saves, Sigmoid, Sin, Softplus, Sqrt, Tanh,
+    Abs, Ceil, Cos, Elu, Erf, Exp, Floor, HardSigmoid, LeakyRelu, Log, Neg, Reciprocal, Round, Saves, Sigmoid, Sign, Sin, Softplus, Sqrt,
+    Tanh,
 };
 use crate::kernels::{Float, KernelError, NodeArgs};
 use crate::plan::DType;
@@ -36,6 +37,10 @@ pub enum UnaryFn {
     LeakyRelu(LeakyRelu),
     Elu(Elu),
     HardSigmoid(HardSigmoid),
+    Floor(Floor),
+    Ceil(Ceil),
+    Round(Round),
+    Sign(Sign),
 }
 
 /// Evaluates `$body` with `$f` bound to the [`UnaryFormula`] inside a [`UnaryFn`]: the one list of
@@ -60,6 +65,10 @@ macro_rules! dispatch_unary {
             U::LeakyRelu($f) => $body,
             U::Elu($f) => $body,
             U::HardSigmoid($f) => $body,
+            U::Floor($f) => $body,
+            U::Ceil($f) => $body,
+            U::Round($f) => $body,
+            U::Sign($f) => $body,
         }
     }};
 }

@@ -72,6 +72,16 @@ mod tests {
         close(&map(LeakyRelu { alpha: 0.25 }, &[2.0, -2.0]), &[2.0, -0.5]);
         close(&map(Elu { alpha: 2.0 }, &[3.0, -(2f64.ln())]), &[3.0, -1.0]);
         close(&map(HardSigmoid { alpha: 0.25, beta: 0.5 }, &[-4.0, 0.0, 1.0, 4.0]), &[0.0, 0.5, 0.75, 1.0]);
+        close(&map(Floor, &[-1.5, 2.0, 2.7]), &[-2.0, 2.0, 2.0]);
+        close(&map(Ceil, &[-1.5, 2.0, 2.2]), &[-1.0, 2.0, 3.0]);
+        // Halves go to the even neighbour, in f64 and f32.
+        close(&map(Round, &[0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 2.4, -2.6]), &[0.0, 2.0, 2.0, 0.0, -2.0, -2.0, 2.0, -3.0]);
+        let mut y32 = [0f32; 4];
+        apply(&Round, &[3.5f32, 4.5, -3.5, 8_388_607.0], &mut y32);
+        assert_eq!(y32, [4.0, 4.0, -4.0, 8_388_607.0]);
+        let s = map(Sign, &[-2.5, 0.0, -0.0, 3.0, f64::NAN]);
+        assert_eq!(s[..4], [-1.0, 0.0, 0.0, 1.0]);
+        assert!(s[2].is_sign_negative() && s[4].is_nan(), "Sign keeps -0 and NaN: {s:?}");
     }
 
     #[test]
@@ -116,6 +126,9 @@ mod tests {
         // Neg reads nothing.
         grad_constant(&Neg, &[1.0, -3.0], &mut dx);
         assert_eq!(dx, [-1.0, 3.0]);
+        // The step functions pass no gradient.
+        grad_constant(&Floor, &[1.0, -3.0], &mut dx);
+        assert_eq!(dx, [0.0, 0.0]);
     }
 
     #[test]
