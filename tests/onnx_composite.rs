@@ -2,7 +2,8 @@
 //! GlobalMaxPool, Sum, Mean, ReduceL2, ReduceSumSquare, ReduceLogSumExp, ArgMax,
 //! InstanceNormalization, GroupNormalization, Resize, ConvTranspose, IsNaN, IsInf, CumSum,
 //! GatherElements, GatherND, DepthToSpace, SpaceToDepth, Einsum, OneHot, ReduceMin, Celu,
-//! ThresholdedRelu, Shrink, LpNormalization, MeanVarianceNormalization, Hardmax): small models
+//! ThresholdedRelu, Shrink, LpNormalization, MeanVarianceNormalization, Hardmax, and Conv,
+//! MaxPool, BatchNormalization and global pooling on volumes): small models
 //! written by
 //! `tests/onnx/composite_cases.py` (run with `$POCK_PYTHON`, which needs onnx, onnxruntime and
 //! numpy), each with attribute variants, imported forward and run by the f64 interpreter against
@@ -220,6 +221,16 @@ fn gradients(name: &str, parameters: &[&str]) {
 }
 
 #[test]
+fn volumes_conv3d_maxpool3d_and_global_pools_match_onnxruntime() {
+    check_all(&["vol_"], 12);
+}
+
+#[test]
+fn conv3d_batchnorm3d_maxpool3d_gradients_match_finite_differences() {
+    gradients("grad_volume", &["w1", "s", "bb", "w2", "b2"]);
+}
+
+#[test]
 fn conv_transpose_instance_norm_prelu_global_max_pool_gradients_match_finite_differences() {
     gradients("grad_convtranspose_norm_prelu", &["w", "s", "b", "slope"]);
     gradients("grad_groupconv_transpose", &["w", "b"]);
@@ -341,6 +352,7 @@ fn composed_ops_train_on_the_gpu_as_on_the_cpu() {
         "grad_reductions",
         "grad_cumsum_gather_elements",
         "grad_more",
+        "grad_volume",
     ] {
         let (model, inputs, _) = load(case);
         let mut import = ImportOptions { loss: LossKind::Mse, ..Default::default() };

@@ -387,6 +387,30 @@ def more(out):
     write(out, "hardmax_axis_neg2", [node("Hardmax", ["x"], axis=-2)], {"x": h}, [])
 
 
+def volumes(out):
+    """Conv, MaxPool and global pooling on [N, C, D, H, W] (import_3d.rs), attribute variants."""
+    x = {"x": rand(2, 3, 5, 6, 7)}
+    convs = [
+        ("vol_conv_pad1_bias", dict(pads=[1] * 6), (4, 3, 3, 3, 3), True),
+        ("vol_conv_stride_dilation", dict(strides=[2, 1, 2], dilations=[2, 1, 1], pads=[1, 0, 1, 2, 1, 0]), (4, 3, 2, 3, 2), False),
+        ("vol_conv_depth1", dict(pads=[0, 1, 1, 0, 1, 1]), (5, 3, 1, 3, 3), True),
+        ("vol_conv_same_upper", dict(auto_pad="SAME_UPPER", strides=[2, 2, 1]), (2, 3, 3, 2, 3), True),
+        ("vol_conv_same_lower", dict(auto_pad="SAME_LOWER", strides=[3, 1, 2]), (2, 3, 2, 3, 3), False),
+    ]
+    for name, attrs, wshape, bias in convs:
+        inputs = ["x", "w", "b"] if bias else ["x", "w"]
+        inits = [init("w", rand(*wshape))] + ([init("b", rand(wshape[0]))] if bias else [])
+        write(out, name, [node("Conv", inputs, **attrs)], x, inits)
+    g = {"x": rand(2, 4, 4, 5, 5)}
+    write(out, "vol_conv_group2", [node("Conv", ["x", "w", "b"], group=2, pads=[1, 0, 1, 1, 0, 1])], g, [init("w", rand(6, 2, 3, 2, 3)), init("b", rand(6))])
+    write(out, "vol_conv_depthwise", [node("Conv", ["x", "w"], group=4, strides=[1, 2, 2])], g, [init("w", rand(4, 1, 2, 3, 3))])
+    write(out, "vol_maxpool_2", [node("MaxPool", ["x"], kernel_shape=[2, 2, 2], strides=[2, 2, 2])], x, [])
+    write(out, "vol_maxpool_pads", [node("MaxPool", ["x"], kernel_shape=[3, 3, 2], strides=[2, 1, 2], pads=[1, 1, 0, 1, 0, 1])], x, [])
+    write(out, "vol_maxpool_dilated_depth", [node("MaxPool", ["x"], kernel_shape=[2, 2, 2], dilations=[2, 1, 1])], x, [], opset=17)
+    write(out, "vol_global_average", [node("GlobalAveragePool", ["x"])], x, [])
+    write(out, "vol_global_max", [node("GlobalMaxPool", ["x"])], x, [])
+
+
 def gradient_models(out):
     """Chains whose parameter gradients the test checks against finite differences."""
     write(
@@ -504,10 +528,39 @@ def gradient_models(out):
     )
 
 
+    # A 3-D stem: Conv3d, BatchNorm3d (batch statistics), ReLU, MaxPool3d, a grouped Conv3d and
+    # global average pooling, as in video models.
+    write(
+        out,
+        "grad_volume",
+        [
+            # No bias here: the BatchNormalization after it would make its gradient exactly zero.
+            node("Conv", ["x", "w1"], ["c"], strides=[1, 2, 2], pads=[1, 1, 1, 1, 1, 1]),
+            # pock imports BatchNormalization in its training form (batch statistics).
+            node("BatchNormalization", ["c", "s", "bb", "mean", "var"], ["n"]),
+            node("LeakyRelu", ["n"], ["r"], alpha=0.1),
+            node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2, 2], strides=[1, 1, 1], pads=[1, 0, 0, 0, 1, 1]),
+            node("Conv", ["p", "w2", "b2"], ["d"], group=2, pads=[0, 1, 1, 1, 1, 0]),
+            node("GlobalAveragePool", ["d"], ["g"]),
+            node("Add", ["d", "g"], ["y"]),
+        ],
+        {"x": rand(2, 2, 3, 5, 4)},
+        [
+            init("w1", rand(4, 2, 3, 3, 3)),
+            init("s", rand(4) + 1.5),
+            init("bb", rand(4)),
+            init("mean", np.zeros(4, np.float32)),
+            init("var", np.ones(4, np.float32)),
+            init("w2", rand(4, 2, 2, 2, 3)),
+            init("b2", rand(4)),
+        ],
+    )
+
+
 def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
-    for make in [activations, variadic, reductions, argmax, norms, resize, conv_transpose, scans, more, gradient_models]:
+    for make in [activations, variadic, reductions, argmax, norms, resize, conv_transpose, scans, more, volumes, gradient_models]:
         make(out)
 
 

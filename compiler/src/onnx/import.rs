@@ -40,6 +40,10 @@ mod forward;
 #[path = "import_1d.rs"]
 mod import_1d;
 
+// Conv, MaxPool, BatchNormalization and global pooling on volumes, from 2-D ops.
+#[path = "import_3d.rs"]
+mod import_3d;
+
 #[path = "import_rnn.rs"]
 mod import_rnn;
 
@@ -543,6 +547,9 @@ impl Importer<'_> {
             return Ok(());
         }
         if let Some(lifted) = self.lift_1d(&ctx) {
+            return lifted;
+        }
+        if let Some(lifted) = self.lift_3d(&ctx) {
             return lifted;
         }
         match node.op_type.as_str() {
@@ -1207,6 +1214,23 @@ mod tests {
             msg.contains("Det_node") && msg.contains("opset 17") && msg.contains("BatchNormalization, Cast, CastLike, Ceil, Celu, Clip"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn volume_ops_without_a_composition_are_refused_with_what_is_supported() {
+        let pool = node("AveragePool", &["x"], &["y"], vec![("kernel_shape", Attribute::Ints(vec![2, 2, 2]))]);
+        let e = import_model(&model(&[1, 2, 4, 4, 4], vec![], vec![pool], "y"), "t", &ImportOptions::default()).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("3-D AveragePool") && msg.contains("3-D Conv, MaxPool"), "{msg}");
+        // Depth ceil_mode that would add an output depth.
+        let attrs = vec![
+            ("kernel_shape", Attribute::Ints(vec![2, 2, 2])),
+            ("strides", Attribute::Ints(vec![2, 2, 2])),
+            ("ceil_mode", Attribute::Int(1)),
+        ];
+        let m = model(&[1, 2, 5, 4, 4], vec![], vec![node("MaxPool", &["x"], &["y"], attrs)], "y");
+        let msg = import_model(&m, "t", &ImportOptions::default()).unwrap_err().to_string();
+        assert!(msg.contains("ceil_mode"), "{msg}");
     }
 
     #[test]
