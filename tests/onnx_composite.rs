@@ -3,7 +3,7 @@
 //! InstanceNormalization, GroupNormalization, Resize, ConvTranspose, IsNaN, IsInf, CumSum,
 //! GatherElements, GatherND, DepthToSpace, SpaceToDepth, Einsum, OneHot, ReduceMin, Celu,
 //! ThresholdedRelu, Shrink, LpNormalization, MeanVarianceNormalization, Hardmax, and Conv,
-//! MaxPool, BatchNormalization and global pooling on volumes): small models
+//! MaxPool, AveragePool, BatchNormalization and global pooling on volumes): small models
 //! written by
 //! `tests/onnx/composite_cases.py` (run with `$POCK_PYTHON`, which needs onnx, onnxruntime and
 //! numpy), each with attribute variants, imported forward and run by the f64 interpreter against
@@ -221,8 +221,8 @@ fn gradients(name: &str, parameters: &[&str]) {
 }
 
 #[test]
-fn volumes_conv3d_maxpool3d_and_global_pools_match_onnxruntime() {
-    check_all(&["vol_"], 12);
+fn volumes_conv3d_pools3d_and_global_pools_match_onnxruntime() {
+    check_all(&["vol_"], 15);
 }
 
 #[test]

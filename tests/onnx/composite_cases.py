@@ -407,6 +407,15 @@ def volumes(out):
     write(out, "vol_maxpool_2", [node("MaxPool", ["x"], kernel_shape=[2, 2, 2], strides=[2, 2, 2])], x, [])
     write(out, "vol_maxpool_pads", [node("MaxPool", ["x"], kernel_shape=[3, 3, 2], strides=[2, 1, 2], pads=[1, 1, 0, 1, 0, 1])], x, [])
     write(out, "vol_maxpool_dilated_depth", [node("MaxPool", ["x"], kernel_shape=[2, 2, 2], dilations=[2, 1, 1])], x, [], opset=17)
+    write(out, "vol_avgpool_2", [node("AveragePool", ["x"], kernel_shape=[2, 2, 2], strides=[2, 2, 2])], x, [])
+    write(out, "vol_avgpool_hw_pads", [node("AveragePool", ["x"], kernel_shape=[3, 2, 3], strides=[1, 2, 2], pads=[0, 1, 1, 0, 0, 1])], x, [])
+    write(
+        out,
+        "vol_avgpool_count_pads",
+        [node("AveragePool", ["x"], kernel_shape=[3, 3, 2], strides=[2, 1, 1], pads=[1, 1, 0, 1, 0, 1], count_include_pad=1)],
+        x,
+        [],
+    )
     write(out, "vol_global_average", [node("GlobalAveragePool", ["x"])], x, [])
     write(out, "vol_global_max", [node("GlobalMaxPool", ["x"])], x, [])
 
@@ -528,8 +537,8 @@ def gradient_models(out):
     )
 
 
-    # A 3-D stem: Conv3d, BatchNorm3d (batch statistics), ReLU, MaxPool3d, a grouped Conv3d and
-    # global average pooling, as in video models.
+    # A 3-D stem: Conv3d, BatchNorm3d (batch statistics), LeakyReLU, MaxPool3d, a grouped
+    # Conv3d, AvgPool3d and global average pooling, as in video models.
     write(
         out,
         "grad_volume",
@@ -541,8 +550,9 @@ def gradient_models(out):
             node("LeakyRelu", ["n"], ["r"], alpha=0.1),
             node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2, 2], strides=[1, 1, 1], pads=[1, 0, 0, 0, 1, 1]),
             node("Conv", ["p", "w2", "b2"], ["d"], group=2, pads=[0, 1, 1, 1, 1, 0]),
-            node("GlobalAveragePool", ["d"], ["g"]),
-            node("Add", ["d", "g"], ["y"]),
+            node("AveragePool", ["d"], ["a"], kernel_shape=[2, 1, 2], pads=[0, 0, 1, 1, 0, 0], count_include_pad=1),
+            node("GlobalAveragePool", ["a"], ["g"]),
+            node("Add", ["a", "g"], ["y"]),
         ],
         {"x": rand(2, 2, 3, 5, 4)},
         [

@@ -1218,10 +1218,16 @@ mod tests {
 
     #[test]
     fn volume_ops_without_a_composition_are_refused_with_what_is_supported() {
-        let pool = node("AveragePool", &["x"], &["y"], vec![("kernel_shape", Attribute::Ints(vec![2, 2, 2]))]);
-        let e = import_model(&model(&[1, 2, 4, 4, 4], vec![], vec![pool], "y"), "t", &ImportOptions::default()).unwrap_err();
+        let w = f32s("w", vec![2, 2, 1, 1, 1], vec![1.0; 4]);
+        let t = node("ConvTranspose", &["x", "w"], &["y"], vec![]);
+        let e = import_model(&model(&[1, 2, 4, 4, 4], vec![w], vec![t], "y"), "t", &ImportOptions::default()).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("3-D AveragePool") && msg.contains("3-D Conv, MaxPool"), "{msg}");
+        assert!(msg.contains("3-D ConvTranspose") && msg.contains("3-D Conv, MaxPool"), "{msg}");
+        // Average pooling over depth padding left out of the divisor.
+        let attrs = vec![("kernel_shape", Attribute::Ints(vec![3, 1, 1])), ("pads", Attribute::Ints(vec![1, 0, 0, 1, 0, 0]))];
+        let m = model(&[1, 2, 4, 4, 4], vec![], vec![node("AveragePool", &["x"], &["y"], attrs)], "y");
+        let msg = import_model(&m, "t", &ImportOptions::default()).unwrap_err().to_string();
+        assert!(msg.contains("count_include_pad = 1"), "{msg}");
         // Depth ceil_mode that would add an output depth.
         let attrs = vec![
             ("kernel_shape", Attribute::Ints(vec![2, 2, 2])),

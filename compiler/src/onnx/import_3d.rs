@@ -12,14 +12,17 @@
 //!   convolution's; the slices cost `kD` copies of the input.
 //! - Max pooling is the elementwise maximum over the depth taps of 2-D max pools of the same
 //!   slices (the depth padding is -inf). At a tie between taps the gradient is split
-//!   (`Max`'s rule), where PyTorch's goes to one of them.
+//!   (`Max`'s rule), where PyTorch's goes to one of them. Average pooling is the mean over the
+//!   taps of 2-D average pools (zero depth padding): the divisor is the window's, unless the
+//!   window overlaps depth padding that `count_include_pad = 0` leaves out, which is refused.
 //! - Batch normalisation and global pooling fold depth into height (`[N, C, D * H, W]`): the
 //!   statistics and means run over the same elements.
 //!
-//! Average pooling, transposed convolution and `ceil_mode` in depth stay refused, with a message.
+//! Transposed convolution, average pooling over depth padding it does not count, and a
+//! `ceil_mode` that adds an output depth stay refused, with a message.
 
 use super::{Ctx, Importer, Value};
-use crate::ir::TensorId;
+use crate::ir::{TensorId, Values};
 use crate::onnx::{Attribute, Node};
 use pock_engine::ops::{BroadcastOp, DenseOp, MoveOp, Slice};
 
@@ -57,11 +60,11 @@ impl Importer<'_> {
             _ => return None,
         };
         (rank == 5).then(|| match node.op_type.as_str() {
-            "Conv" | "MaxPool" => self.depth_taps(ctx),
+            "Conv" | "MaxPool" | "AveragePool" => self.depth_taps(ctx),
             "BatchNormalization" | "GlobalAveragePool" | "GlobalMaxPool" => self.fold_depth(ctx),
             other => Err(ctx.err(format!(
                 "3-D {other} (input of rank 5) is not supported; pock composes 3-D Conv, MaxPool, \
-                 BatchNormalization and global pooling from 2-D ops"
+                 AveragePool, BatchNormalization and global pooling from 2-D ops"
             ))),
         })
     }
@@ -125,7 +128,7 @@ impl Importer<'_> {
             ("dilations".to_string(), ints(&dilation[1..])),
             ("pads".to_string(), ints(&[pads[1], pads[2], pads[4], pads[5]])),
         ];
-        for key in ["group", "ceil_mode"] {
+        for key in ["group", "ceil_mode", "count_include_pad"] {
             if let Some(v) = ctx.node.attribute(key) {
                 attributes.push((key.to_string(), v.clone()));
             }
@@ -133,11 +136,12 @@ impl Importer<'_> {
         Ok((depth, attributes))
     }
 
-    /// Conv and MaxPool: one 2-D node per depth tap on `[N * Do, C, H, W]`, then their sum
-    /// (Conv) or maximum (MaxPool), unfolded to `[N, O, Do, Ho, Wo]`.
+    /// Conv, MaxPool and AveragePool: one 2-D node per depth tap on `[N * Do, C, H, W]`, then
+    /// their sum (Conv), maximum (MaxPool) or mean (AveragePool), unfolded to `[N, O, Do, Ho, Wo]`.
     fn depth_taps(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
         let node = ctx.node;
         let conv = node.op_type == "Conv";
+        let max = node.op_type == "MaxPool";
         let name = node.name.clone();
         if node.outputs.get(1).is_some_and(|s| !s.is_empty()) {
             return Err(ctx.err("its Indices output is not supported"));
@@ -167,6 +171,12 @@ impl Importer<'_> {
         let Some(out_d) = depth.out(xs[2]) else {
             return Err(ctx.err(format!("window {kernel:?} does not fit input {xs:?} with its padding")));
         };
+        if !conv && !max && depth.pad != [0, 0] && ctx.int("count_include_pad", 0)? == 0 {
+            return Err(ctx.err(
+                "3-D average pooling with depth padding that count_include_pad = 0 leaves out of the divisor is not \
+                 supported; pad the input explicitly, or set count_include_pad = 1",
+            ));
+        }
         if !conv && ctx.int("ceil_mode", 0)? != 0 {
             let span = xs[2] + depth.pad[0] + depth.pad[1];
             if !(span - ((depth.taps - 1) * depth.dilation + 1)).is_multiple_of(depth.stride) {
@@ -178,7 +188,7 @@ impl Importer<'_> {
         let mut v = x;
         if depth.pad != [0, 0] {
             let pads = vec![0, 0, depth.pad[0], 0, 0, 0, 0, depth.pad[1], 0, 0];
-            let value = if conv { 0.0 } else { f32::NEG_INFINITY };
+            let value = if max { f32::NEG_INFINITY } else { 0.0 };
             v = self.emit(ctx, &format!("{name}.pad_depth"), MoveOp::Pad { pads, value }, &[v])?;
         }
         let v = self.emit(ctx, &format!("{name}.depth_first"), MoveOp::Transpose { perm: vec![0, 2, 1, 3, 4] }, &[v])?;
@@ -219,11 +229,15 @@ impl Importer<'_> {
             let y = self.tensor(ctx, &out)?;
             acc = Some(match acc {
                 None => y,
-                Some(a) if conv => self.emit(ctx, &format!("{name}.sum{i}"), BroadcastOp::Add, &[a, y])?,
-                Some(a) => self.emit(ctx, &format!("{name}.max{i}"), BroadcastOp::Max, &[a, y])?,
+                Some(a) if max => self.emit(ctx, &format!("{name}.max{i}"), BroadcastOp::Max, &[a, y])?,
+                Some(a) => self.emit(ctx, &format!("{name}.sum{i}"), BroadcastOp::Add, &[a, y])?,
             });
         }
-        let y = acc.ok_or_else(|| ctx.err("the kernel has no depth"))?;
+        let mut y = acc.ok_or_else(|| ctx.err("the kernel has no depth"))?;
+        if !conv && !max && depth.taps > 1 {
+            let share = self.graph.typed_constant(format!("{name}.per_tap"), vec![], Values::F32(vec![1.0 / depth.taps as f32]));
+            y = self.emit(ctx, &format!("{name}.mean"), BroadcastOp::Mul, &[y, share])?;
+        }
         let ys = self.graph.shape(y).to_vec();
         let y = self.emit(ctx, &format!("{name}.unfold"), DenseOp::Reshape { shape: vec![n, out_d, ys[1], ys[2], ys[3]] }, &[y])?;
         let y = self.emit(ctx, &format!("{name}.channels_first"), MoveOp::Transpose { perm: vec![0, 2, 1, 3, 4] }, &[y])?;
