@@ -17,8 +17,9 @@
 //!   flipped, transposed weights ([`FlippedWeights`]), computed the same way with no col2im;
 //!   other strides compute `w^T @ dy` per sample into the workspace and scatter it (col2im).
 //! - Winograd F(2x2, 3x3) (`winograd.rs`): ungrouped, stride-1, undilated 3x3 convolutions with
-//!   at least 16 channels on each side and 256 output tiles, forward pass and input gradient (the
-//!   latter again with the flipped, transposed weights); its buffers are the node's workspace.
+//!   at least 16 channels on each side and 256 output tiles, forward pass, input gradient (again
+//!   with the flipped, transposed weights) and weight gradient (not the row subsets of
+//!   [`conv2d_grad_weight_rows`], which stay on im2col); its buffers are the node's workspace.
 
 use super::epilogue::{self, Epilogue};
 use super::par::{for_each_chunk, for_each_part};
