@@ -214,9 +214,9 @@ pub(super) fn grad_weight_applies(g: &Geometry) -> bool {
 /// The fewest output tiles (over all samples) the weight gradient uses Winograd for: as for the
 /// forward pass, its products (`K x tiles` by `tiles x C`) are too thin to pay for the transforms
 /// and for writing, packing and transforming the `16 x K x C` sums. On one thread
-/// (`winograd_speed`, thread CPU time) ResNet-18's stride-1 layers at batch 8 ran at 1.17x to
-/// 1.18x of im2col's speed with 2048 tiles (64x32x32), 1.25x to 1.28x with 512 (128x16x16),
-/// 0.86x with 128 (256x8x8) and 0.41x with 32 (512x4x4).
+/// (`winograd_speed`, thread CPU time, on a loaded machine) ResNet-18's stride-1 layers at batch
+/// 8 ran at 1.49x to 1.59x of im2col's speed with 2048 tiles (64x32x32), 1.47x to 1.55x with 512
+/// (128x16x16), 0.91x to 0.96x with 128 (256x8x8) and 0.42x to 0.45x with 32 (512x4x4).
 const MIN_TILES_GRAD_WEIGHT: usize = 256;
 
 /// f32 elements of workspace of the weight gradient: the products summed over the blocks
