@@ -204,9 +204,9 @@ pub(super) fn convolve(
     }
 }
 
-/// Whether the weight gradient of the convolution `g` is computed with Winograd: a convolution
-/// whose forward pass [`applies`], and enough tiles for the transforms and the `16 x K x C`
-/// products to pay for themselves (see [`MIN_TILES_GRAD_WEIGHT`]).
+/// Whether the weight gradient of the convolution `g` is computed with Winograd: a shape the
+/// forward pass takes ([`eligible`]), and enough tiles for the transforms and the `16 x K x C`
+/// sums to pay for themselves (see [`MIN_TILES_GRAD_WEIGHT`]).
 pub(super) fn grad_weight_applies(g: &Geometry) -> bool {
     eligible(g) && g.n * g.ho.div_ceil(2) * g.wo.div_ceil(2) >= MIN_TILES_GRAD_WEIGHT
 }
@@ -239,7 +239,6 @@ pub(super) fn grad_weight_scratch_elems(g: &Geometry, threads: usize) -> usize {
 /// the forward pass (`V[c][xi][t]`), the output-gradient tiles as `D[k][xi][t] = A dY A^T` (zero
 /// past the output's edge), then `M[xi] += D[.][xi] @ V[.][xi]^T`, 16 gemms of `K x tiles` by
 /// `tiles x C` (the first block overwrites); at the end `dw[k][c] = G^T M[.][k][c] G`.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn grad_weight(g: &Geometry, dy: &[f32], x: &[f32], dw: &mut [f32], ws: &mut [f32], threads: usize, pack: &mut [f32]) {
     let (c, k) = (g.c, g.o);
     let tiling = Tiling::new(g);
@@ -308,7 +307,8 @@ pub(super) fn grad_weight(g: &Geometry, dy: &[f32], x: &[f32], dw: &mut [f32], w
 /// depth `t` (a tile) at `data[r * 16 * tiles + t]`. The weight gradient's left operand as it
 /// is (`D[.][xi]`, `K x tiles`), its right operand transposed (`V[.][xi]^T`, `tiles x C`, a
 /// channel per column). Either packs its slivers by transposing whole rows: gemm's strided
-/// packing reads and writes an element at a time, which cost as much as the products.
+/// packing reads and writes an element at a time with bounds checks, which took more time than
+/// the products (`perf` on the 64x32x32 layer: 32% against 23%; these packs take 12%).
 struct TileRows<'a> {
     data: &'a [f32],
     rows: usize,
