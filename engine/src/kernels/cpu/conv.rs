@@ -17,8 +17,9 @@
 //!   flipped, transposed weights ([`FlippedWeights`]), computed the same way with no col2im;
 //!   other strides compute `w^T @ dy` per sample into the workspace and scatter it (col2im).
 //! - Winograd F(2x2, 3x3) (`winograd.rs`): ungrouped, stride-1, undilated 3x3 convolutions with
-//!   at least 16 channels on each side and 256 output tiles, forward pass and input gradient (the
-//!   latter again with the flipped, transposed weights); its buffers are the node's workspace.
+//!   at least 16 channels on each side and 256 output tiles, forward pass, input gradient (again
+//!   with the flipped, transposed weights) and weight gradient (not the row subsets of
+//!   [`conv2d_grad_weight_rows`], which stay on im2col); its buffers are the node's workspace.
 
 use super::epilogue::{self, Epilogue};
 use super::par::{for_each_chunk, for_each_part};
@@ -84,6 +85,27 @@ impl Geometry {
         self.grad_input_winograd_fits() && winograd_enabled()
     }
 
+    /// Whether the weight gradient can be Winograd ([`winograd::grad_weight_applies`]); the
+    /// buffers are sized for it whether or not [`set_winograd`] turned it off.
+    fn grad_weight_winograd_fits(&self) -> bool {
+        self.algorithm() == Algorithm::Im2col && winograd::grad_weight_applies(self)
+    }
+
+    /// Whether the weight gradient is computed with Winograd.
+    fn grad_weight_winograd(&self) -> bool {
+        self.grad_weight_winograd_fits() && winograd_enabled()
+    }
+
+    /// The workspace of the weight gradient: Winograd's summed products and one block of
+    /// transformed tiles, else none (im2col packs gemm's slivers straight from the input).
+    fn grad_weight_workspace_elems(&self) -> usize {
+        if self.grad_weight_winograd_fits() {
+            winograd::grad_weight_workspace_elems(self)
+        } else {
+            0
+        }
+    }
+
     /// The workspace of the forward pass: Winograd's transformed weights and one block of
     /// transformed tiles, else none.
     fn forward_workspace_elems(&self) -> usize {
@@ -95,7 +117,7 @@ impl Geometry {
     }
 
     /// The workspace of the input gradient: one sample's column matrix for col2im, Winograd's
-    /// buffers, or none when the gradient is computed directly. (The weight gradient needs none.)
+    /// buffers, or none when the gradient is computed directly.
     fn grad_input_workspace_elems(&self) -> usize {
         if self.grad_input_winograd_fits() {
             winograd::workspace_elems(&self.transposed())
@@ -198,13 +220,17 @@ fn winograd_enabled() -> bool {
 /// f32 elements of scratch each conv op needs.
 pub fn conv_workspace_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]]) -> usize {
     // Only the input gradient of a strided convolution materialises a column matrix (col2im's);
-    // the forward pass and the weight gradient pack gemm's slivers straight from the input.
+    // the forward pass and the weight gradient pack gemm's slivers straight from the input
+    // (Winograd's buffers aside).
     match (op, inputs, outputs) {
         (ConvOp::Conv2d(c) | ConvOp::Conv2dBiasAct { conv: c, .. }, [x, w, ..], [y]) => {
             Geometry::new(c, x, w, y).map_or(0, |g| g.forward_workspace_elems())
         }
         (ConvOp::Conv2dGradInput { conv, .. } | ConvOp::Conv2dGradInputMasked { conv, .. }, [dy, w, ..], [dx]) => {
             Geometry::new(conv, dx, w, dy).map_or(0, |g| g.grad_input_workspace_elems())
+        }
+        (ConvOp::Conv2dGradWeight { conv, .. }, [dy, x], [dw]) => {
+            Geometry::new(conv, x, dw, dy).map_or(0, |g| g.grad_weight_workspace_elems())
         }
         _ => 0,
     }
@@ -236,7 +262,15 @@ pub fn conv_scratch_elems(op: &ConvOp, inputs: &[&[usize]], outputs: &[&[usize]]
                 other => other.map(|g| (g.taps(), g.out_plane(), g.og, g)),
             }
         }
-        (ConvOp::Conv2dGradWeight { conv, .. }, [dy, x], [dw]) => Geometry::new(conv, x, dw, dy).map(grad_weight_product),
+        (ConvOp::Conv2dGradWeight { conv, .. }, [dy, x], [dw]) => match Geometry::new(conv, x, dw, dy) {
+            Some(g) if g.grad_weight_winograd_fits() => {
+                // Either algorithm may run ([`set_winograd`]).
+                let winograd = winograd::grad_weight_scratch_elems(&g, threads);
+                let (m, n, k, _) = grad_weight_product(g);
+                return winograd.max(pack_elems(m, n, k).saturating_mul(threads.max(1)));
+            }
+            other => other.map(grad_weight_product),
+        },
         // Rows of an ungrouped gradient: sized as the whole gradient, an upper bound.
         (ConvOp::Conv2dGradWeightRows { conv, .. }, [dy, x], [&[_, cg, kh, kw]]) if dy.len() == 4 => {
             Geometry::new(conv, x, &[dy[1], cg, kh, kw], dy).map(grad_weight_product)
@@ -276,6 +310,8 @@ fn prepare<'w>(
         g.grad_input_workspace_elems()
     } else if op == "Conv2d" || op == "Conv2dBiasAct" {
         g.forward_workspace_elems()
+    } else if op == "Conv2dGradWeight" {
+        g.grad_weight_workspace_elems()
     } else {
         0
     };
@@ -458,7 +494,7 @@ pub(super) fn conv2d_grad_input(
     Ok(())
 }
 
-/// `dw = sum over samples of dy @ im2col(x)^T`, per group.
+/// `dw = sum over samples of dy @ im2col(x)^T`, per group (or Winograd, [`winograd::grad_weight`]).
 pub fn conv2d_grad_weight(
     c: &Conv2d,
     dy: View<f32>,
@@ -472,6 +508,10 @@ pub fn conv2d_grad_weight(
     let algorithm = g.algorithm();
     if algorithm == Algorithm::Depthwise {
         depthwise::grad_weight(&g, dy.data, x.data, dw.data, threads);
+        return Ok(());
+    }
+    if g.grad_weight_winograd() {
+        winograd::grad_weight(&g, dy.data, x.data, dw.data, ws, threads, scratch);
         return Ok(());
     }
     let (taps, out_plane) = (g.taps(), g.out_plane());
@@ -559,8 +599,9 @@ fn grad_weight_gemm(
     if g.n == 0 {
         dw_rows.fill(0.0);
     }
-    // The weight gradient needs no workspace (`prepare` gives it none).
-    debug_assert!(ws.is_empty());
+    // The im2col weight gradient needs no workspace (`prepare` gives it Winograd's when that was
+    // turned off).
+    debug_assert!(ws.is_empty() || g.grad_weight_winograd_fits());
     if g.algorithm() != Algorithm::Pointwise {
         // One product over all samples: the depth runs through every sample's output positions.
         let tap_table = Taps::new(g);
