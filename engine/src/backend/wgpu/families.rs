@@ -51,16 +51,10 @@ fn body(i: u32) {
 "#;
 
 /// `P = [samples, logits, labels, loss, positions, C, 0, ignore_index, per_sample]`, one thread
-/// per sample (the mean runs `wide.rs`'s `CROSS_ENTROPY_PARTIAL` and `SUM_PARTIALS` instead).
+/// per sample (the mean runs `wide.rs`'s `CROSS_ENTROPY_PARTIAL` and `SUM_PARTIALS` instead);
+/// `position_loss` is `kernels.rs`'s `POSITION_LOSS`.
 pub const CROSS_ENTROPY: &str = r#"
 fn kept(p: u32) -> bool { return bitcast<i32>(label(P[2], p)) != bitcast<i32>(P[7]); }
-fn position_loss(p: u32) -> f32 {
-    let lg = P[1]; let C = P[5];
-    let m = row_max(lg, p, C);
-    var s = 0.0;
-    for (var c = 0u; c < C; c++) { s += exp(M[lg + p * C + c] - m); }
-    return m + log(s) - M[lg + p * C + label(P[2], p)];
-}
 fn body(i: u32) {
     let lo = i * P[8]; let hi = lo + P[8];
     var total = 0.0; var count = 0u;

@@ -393,28 +393,27 @@ impl Kernel {
         } else {
             GRID
         };
-        let helpers = match self {
-            Kernel::Conv2d | Kernel::Conv2dGradInput | Kernel::Conv2dGradWeight | Kernel::Conv2dGradWeightWide => CONV_PARAMS,
-            Kernel::MaxPool | Kernel::MaxPoolGrad | Kernel::AvgPool | Kernel::AvgPoolGrad => POOL_WINDOW,
-            Kernel::SoftmaxCrossEntropy
-            | Kernel::SoftmaxCrossEntropyGrad
-            | Kernel::CrossEntropy
-            | Kernel::CrossEntropyGrad
-            | Kernel::CrossEntropyPartial => ROW_MAX,
+        let helpers: &[&str] = match self {
+            Kernel::Conv2d | Kernel::Conv2dGradInput | Kernel::Conv2dGradWeight | Kernel::Conv2dGradWeightWide => &[CONV_PARAMS],
+            Kernel::MaxPool | Kernel::MaxPoolGrad | Kernel::AvgPool | Kernel::AvgPoolGrad => &[POOL_WINDOW],
+            Kernel::SoftmaxCrossEntropy | Kernel::CrossEntropy | Kernel::CrossEntropyPartial => &[ROW_MAX, POSITION_LOSS],
+            Kernel::SoftmaxCrossEntropyGrad | Kernel::CrossEntropyGrad => &[ROW_MAX],
             Kernel::BatchNormStats
             | Kernel::BatchNormApply
             | Kernel::BatchNormGradSums
             | Kernel::BatchNormGradInput
             | Kernel::BatchNormStatsWide
-            | Kernel::BatchNormGradSumsWide => BN_PARAMS,
-            Kernel::Strided => families::STRIDED_WALK,
-            Kernel::Groups | Kernel::GroupsWide => families::GROUP_INDEX,
-            Kernel::Sgd | Kernel::Adam => OPTIM,
-            _ => "",
+            | Kernel::BatchNormGradSumsWide => &[BN_PARAMS],
+            Kernel::Strided => &[families::STRIDED_WALK],
+            Kernel::Groups | Kernel::GroupsWide => &[families::GROUP_INDEX],
+            Kernel::Sgd | Kernel::Adam => &[OPTIM],
+            _ => &[],
         };
         let mut s = String::from(HEADER);
         s.push_str(entry);
-        s.push_str(helpers);
+        for helper in helpers {
+            s.push_str(helper);
+        }
         s.push_str(body);
         s
     }
@@ -689,7 +688,7 @@ fn body(i: u32) {
 }
 "#;
 
-/// Shared by the two loss kernels: the largest logit of row `n` of `[B, C]` logits at `lg`.
+/// Shared by the cross-entropy kernels: the largest logit of row `n` of `[B, C]` logits at `lg`.
 const ROW_MAX: &str = r#"
 fn row_max(lg: u32, n: u32, C: u32) -> f32 {
     var m = bitcast<f32>(0xff800000u);
@@ -698,18 +697,26 @@ fn row_max(lg: u32, n: u32, C: u32) -> f32 {
 }
 "#;
 
+/// The loss of one position (row `p` of `[positions, C]` logits): `log(sum(exp(logit))) -
+/// logit[label]`, the sum shifted by the row's largest logit. Shared by the three loss kernels
+/// whose `P` has the logits at word 1, the labels at word 2 and `C` at word 5
+/// (`SOFTMAX_CROSS_ENTROPY`, `families.rs`'s `CROSS_ENTROPY` and `wide.rs`'s
+/// `CROSS_ENTROPY_PARTIAL`), after `ROW_MAX`; it reads the labels with `HEADER`'s `label`.
+const POSITION_LOSS: &str = r#"
+fn position_loss(p: u32) -> f32 {
+    let lg = P[1]; let C = P[5];
+    let m = row_max(lg, p, C);
+    var s = 0.0;
+    for (var c = 0u; c < C; c++) { s += exp(M[lg + p * C + c] - m); }
+    return m + log(s) - M[lg + p * C + label(P[2], p)];
+}
+"#;
+
 /// `P = [B, logits, labels, loss, B, C, 0]`: one thread per row, the per-sample losses (the mean
 /// runs `wide.rs`'s `CROSS_ENTROPY_PARTIAL` and `SUM_PARTIALS`).
 const SOFTMAX_CROSS_ENTROPY: &str = r#"
-fn row_loss(n: u32) -> f32 {
-    let lg = P[1]; let C = P[5];
-    let m = row_max(lg, n, C);
-    var s = 0.0;
-    for (var c = 0u; c < C; c++) { s += exp(M[lg + n * C + c] - m); }
-    return m + log(s) - M[lg + n * C + label(P[2], n)];
-}
 fn body(i: u32) {
-    M[P[3] + i] = row_loss(i);
+    M[P[3] + i] = position_loss(i);
 }
 "#;
 
