@@ -302,7 +302,9 @@ impl Kernel {
             Kernel::BiasAdd => BIAS_ADD,
             Kernel::BiasGrad => BIAS_GRAD,
             // Its own entry point (workgroup-shared tiles), no GRID.
-            Kernel::MatMul => return alloc::format!("{HEADER}{}{}", families::MATMUL_EPILOGUE, families::MATMUL_TILED),
+            Kernel::MatMul => {
+                return alloc::format!("{HEADER}{}{}{}", families::MATMUL_EPILOGUE, families::MICRO_TILE, families::MATMUL_TILED)
+            }
             Kernel::MatMulSplitFinish => return alloc::format!("{HEADER}{GRID}{}{}", families::MATMUL_EPILOGUE, families::MATMUL_FINISH),
             Kernel::Unary => return alloc::format!("{HEADER}{GRID}{}", families::unary_source()),
             // Implicit GEMM (`conv_gemm.rs`): its own tiled entry point.
