@@ -608,6 +608,32 @@ fn divisor(oh: u32, ow: u32) -> u32 {
     let c = lo_hi(ow, P[11], P[9], P[13], P[5]);
     return (r.y - r.x) * (c.y - c.x);
 }
+// The gradients' walk (`P[1] = dy`): for input element i, the sum over the windows that hold it,
+// in window order as the reference adds them, of the window's dy where the window's maximum is
+// i (`of_max`, `P[2] = x`), else of dy / divisor (a window with divisor 0 adds nothing).
+fn window_grad(i: u32, of_max: bool) -> f32 {
+    let H = P[4]; let W = P[5]; let OH = P[6]; let OW = P[7];
+    let j = i % (H * W); let p = i / (H * W);
+    let ih = j / W; let iw = j % W;
+    var s = 0.0;
+    let rows = reaching(ih, P[10], P[8], P[12], OH);
+    for (var oh = rows.x; oh < rows.y; oh++) {
+        let r = lo_hi(oh, P[10], P[8], P[12], H);
+        if (ih < r.x || ih >= r.y) { continue; }
+        let cols = reaching(iw, P[11], P[9], P[13], OW);
+        for (var ow = cols.x; ow < cols.y; ow++) {
+            let c = lo_hi(ow, P[11], P[9], P[13], W);
+            if (iw < c.x || iw >= c.y) { continue; }
+            if (of_max) {
+                if (arg_max(P[2] + p * H * W, oh, ow) == j) { s += M[P[1] + (p * OH + oh) * OW + ow]; }
+            } else {
+                let d = divisor(oh, ow);
+                if (d != 0u) { s += M[P[1] + (p * OH + oh) * OW + ow] / f32(d); }
+            }
+        }
+    }
+    return s;
+}
 "#;
 
 /// `P[1] = x, P[3] = y`; a window entirely in the padding gives -inf.
@@ -624,22 +650,7 @@ fn body(i: u32) {
 /// maximum is (ih, iw), in window order as the reference adds them.
 const MAX_POOL_GRAD: &str = r#"
 fn body(i: u32) {
-    let H = P[4]; let W = P[5]; let OH = P[6]; let OW = P[7];
-    let j = i % (H * W); let p = i / (H * W);
-    let ih = j / W; let iw = j % W;
-    var s = 0.0;
-    let rows = reaching(ih, P[10], P[8], P[12], OH);
-    for (var oh = rows.x; oh < rows.y; oh++) {
-        let r = lo_hi(oh, P[10], P[8], P[12], H);
-        if (ih < r.x || ih >= r.y) { continue; }
-        let cols = reaching(iw, P[11], P[9], P[13], OW);
-        for (var ow = cols.x; ow < cols.y; ow++) {
-            let c = lo_hi(ow, P[11], P[9], P[13], W);
-            if (iw < c.x || iw >= c.y) { continue; }
-            if (arg_max(P[2] + p * H * W, oh, ow) == j) { s += M[P[1] + (p * OH + oh) * OW + ow]; }
-        }
-    }
-    M[P[3] + i] = s;
+    M[P[3] + i] = window_grad(i, true);
 }
 "#;
 
@@ -663,23 +674,7 @@ fn body(i: u32) {
 /// dy / divisor.
 const AVG_POOL_GRAD: &str = r#"
 fn body(i: u32) {
-    let H = P[4]; let W = P[5]; let OH = P[6]; let OW = P[7];
-    let j = i % (H * W); let p = i / (H * W);
-    let ih = j / W; let iw = j % W;
-    var s = 0.0;
-    let rows = reaching(ih, P[10], P[8], P[12], OH);
-    for (var oh = rows.x; oh < rows.y; oh++) {
-        let r = lo_hi(oh, P[10], P[8], P[12], H);
-        if (ih < r.x || ih >= r.y) { continue; }
-        let cols = reaching(iw, P[11], P[9], P[13], OW);
-        for (var ow = cols.x; ow < cols.y; ow++) {
-            let c = lo_hi(ow, P[11], P[9], P[13], W);
-            if (iw < c.x || iw >= c.y) { continue; }
-            let d = divisor(oh, ow);
-            if (d != 0u) { s += M[P[1] + (p * OH + oh) * OW + ow] / f32(d); }
-        }
-    }
-    M[P[3] + i] = s;
+    M[P[3] + i] = window_grad(i, false);
 }
 "#;
 
