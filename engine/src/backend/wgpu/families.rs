@@ -67,11 +67,12 @@ fn body(i: u32) {
 
 /// `P = [positions, dloss, logits, labels, dlogits, positions, C, mean, ignore_index,
 /// per_sample, count]`, one thread per position; with `mean` the word `count` holds the number of
-/// kept positions (counted by `CROSS_ENTROPY_PARTIAL` and `SUM_PARTIALS` before).
+/// kept positions (counted by `CROSS_ENTROPY_PARTIAL` and `SUM_PARTIALS` before);
+/// `position_loss_grad` is `kernels.rs`'s `POSITION_LOSS_GRAD`.
 pub const CROSS_ENTROPY_GRAD: &str = r#"
 fn kept(p: u32) -> bool { return bitcast<i32>(label(P[3], p)) != bitcast<i32>(P[8]); }
 fn body(p: u32) {
-    let lg = P[2]; let dst = P[4]; let C = P[6];
+    let dst = P[4]; let C = P[6];
     if (!kept(p)) {
         for (var c = 0u; c < C; c++) { M[dst + p * C + c] = 0.0; }
         return;
@@ -84,13 +85,7 @@ fn body(p: u32) {
     } else {
         count = M[P[10]];
     }
-    let w = dloss / max(count, 1.0);
-    let m = row_max(lg, p, C);
-    var s = 0.0;
-    for (var c = 0u; c < C; c++) { let e = exp(M[lg + p * C + c] - m); M[dst + p * C + c] = e; s += e; }
-    for (var c = 0u; c < C; c++) { M[dst + p * C + c] = M[dst + p * C + c] / s * w; }
-    let l = label(P[3], p);
-    M[dst + p * C + l] = M[dst + p * C + l] - w;
+    position_loss_grad(p, dloss / max(count, 1.0));
 }
 "#;
 

@@ -399,7 +399,7 @@ impl Kernel {
             Kernel::Conv2d | Kernel::Conv2dGradInput | Kernel::Conv2dGradWeight | Kernel::Conv2dGradWeightWide => &[CONV_PARAMS],
             Kernel::MaxPool | Kernel::MaxPoolGrad | Kernel::AvgPool | Kernel::AvgPoolGrad => &[POOL_WINDOW],
             Kernel::SoftmaxCrossEntropy | Kernel::CrossEntropy | Kernel::CrossEntropyPartial => &[ROW_MAX, POSITION_LOSS],
-            Kernel::SoftmaxCrossEntropyGrad | Kernel::CrossEntropyGrad => &[ROW_MAX],
+            Kernel::SoftmaxCrossEntropyGrad | Kernel::CrossEntropyGrad => &[ROW_MAX, POSITION_LOSS_GRAD],
             Kernel::BatchNormStats
             | Kernel::BatchNormApply
             | Kernel::BatchNormGradSums
@@ -717,18 +717,29 @@ fn body(i: u32) {
 }
 "#;
 
+/// The gradient of one position's loss times `w` (row `p` of `[positions, C]` dlogits):
+/// `(softmax(logits) - onehot(label)) * w`, the exponentials shifted by the row's largest logit
+/// and summed in order. Shared by the two gradient kernels whose `P` has the logits at word 2,
+/// the labels at word 3, the dlogits at word 4 and `C` at word 6 (`SOFTMAX_CROSS_ENTROPY_GRAD`
+/// and `families.rs`'s `CROSS_ENTROPY_GRAD`), after `ROW_MAX`.
+const POSITION_LOSS_GRAD: &str = r#"
+fn position_loss_grad(p: u32, w: f32) {
+    let lg = P[2]; let dst = P[4]; let C = P[6];
+    let m = row_max(lg, p, C);
+    var s = 0.0;
+    for (var c = 0u; c < C; c++) { let e = exp(M[lg + p * C + c] - m); M[dst + p * C + c] = e; s += e; }
+    for (var c = 0u; c < C; c++) { M[dst + p * C + c] = M[dst + p * C + c] / s * w; }
+    let l = label(P[3], p);
+    M[dst + p * C + l] = M[dst + p * C + l] - w;
+}
+"#;
+
 /// `P = [B, dloss, logits, labels, dlogits, B, C, mean]`, one thread per row.
 const SOFTMAX_CROSS_ENTROPY_GRAD: &str = r#"
 fn body(n: u32) {
-    let lg = P[2]; let dst = P[4]; let C = P[6];
     var w = M[P[1] + n];
     if (P[7] != 0u) { w = M[P[1]] / f32(P[5]); }
-    let m = row_max(lg, n, C);
-    var s = 0.0;
-    for (var c = 0u; c < C; c++) { let e = exp(M[lg + n * C + c] - m); M[dst + n * C + c] = e; s += e; }
-    for (var c = 0u; c < C; c++) { M[dst + n * C + c] = M[dst + n * C + c] / s * w; }
-    let l = label(P[3], n);
-    M[dst + n * C + l] = M[dst + n * C + l] - w;
+    position_loss_grad(n, w);
 }
 "#;
 
