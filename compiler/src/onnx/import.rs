@@ -239,10 +239,10 @@ pub fn import_model(model: &OnnxModel, name: &str, options: &ImportOptions) -> R
 /// value computed at run time; which values are constants is decided here as the importer will
 /// decide it (integer initializers, Constant outputs, Shape, and folded ops over constants).
 /// Nodes at the indices in `skip` (a loss node the training set-up takes over) are not checked.
-fn check_op_types(model: &OnnxModel, skip: &[usize]) -> Result<(), ImportError> {
+/// `initializers` holds the names of `model`'s initializers.
+fn check_op_types(model: &OnnxModel, initializers: &HashSet<&str>, skip: &[usize]) -> Result<(), ImportError> {
     let supported = supported_ops();
     let mut constant: HashSet<&str> = model.initializers.iter().filter(|t| is_constant_initializer(t)).map(|t| t.name.as_str()).collect();
-    let initializers: HashSet<&str> = model.initializers.iter().map(|t| t.name.as_str()).collect();
     let mut missing: Vec<String> = Vec::new();
     let mut first: Option<&Node> = None;
     for (_, n) in model.nodes.iter().enumerate().filter(|(i, _)| !skip.contains(i)) {
@@ -468,7 +468,8 @@ impl<'m> Importer<'m> {
     /// Nodes at the indices in `skip` (a loss node the training set-up takes over) are not
     /// imported, and the graph input named `labels` (that loss node's) is left to the set-up.
     fn run(model: &'m OnnxModel, options: &'m ImportOptions, skip: &[usize], labels: Option<&str>) -> Result<Run<'m>, ImportError> {
-        check_op_types(model, skip)?;
+        let initializer_names: HashSet<&str> = model.initializers.iter().map(|t| t.name.as_str()).collect();
+        check_op_types(model, &initializer_names, skip)?;
         let shapes = resolve_input_shapes(model, &options.shapes)?;
         let mut im = Importer {
             model,
@@ -486,21 +487,16 @@ impl<'m> Importer<'m> {
         for (i, t) in model.initializers.iter().enumerate() {
             im.values.insert(t.name.clone(), Value::Initializer(i));
         }
-        let initializer_names: HashSet<&str> = model.initializers.iter().map(|t| t.name.as_str()).collect();
         let copies = running_stat_copies(model.nodes.iter().map(|n| (n.op_type.as_str(), n.inputs.as_slice())), &initializer_names);
+        // A statistic whose initializer is copied is updated in its copy; the shared initializer
+        // stays what its other readers make of it.
+        let copied: HashSet<&str> = copies.iter().map(|c| c.source.as_str()).collect();
+        for n in model.nodes.iter().filter(|n| n.op_type == "BatchNormalization") {
+            im.running_stats.extend(n.inputs.iter().skip(3).take(2).filter(|&name| !copied.contains(name.as_str())).cloned());
+        }
         for c in copies {
             let Some(&Value::Initializer(i)) = im.values.get(&c.source) else { continue };
             im.stat_copies.insert((c.node, c.slot), (c.name, i));
-        }
-        for n in model.nodes.iter().filter(|n| n.op_type == "BatchNormalization") {
-            im.running_stats.extend(
-                n.inputs
-                    .iter()
-                    .skip(3)
-                    .take(2)
-                    .filter(|&name| !im.stat_copies.values().any(|(_, i)| model.initializers[*i].name == *name))
-                    .cloned(),
-            );
         }
         let mut inputs = Vec::with_capacity(shapes.len());
         let mut label_shape = None;

@@ -25,6 +25,7 @@ use pock_engine::ops::{BroadcastOp, DenseOp, MoveOp, Slice, UnaryOp};
 
 use super::{Ctx, Importer, Value};
 use crate::ir::{DType, TensorId, Values};
+use crate::onnx::fold::strides;
 use crate::onnx::ImportError;
 
 impl Importer<'_> {
@@ -150,23 +151,10 @@ impl Importer<'_> {
         if let Some(d) = (0..rank).find(|&d| d != a && idims[d] > dims[d]) {
             return Err(ctx.err(format!("its indices {idims:?} exceed the data {dims:?} on axis {d}")));
         }
-        let mut strides = vec![1usize; rank];
-        for d in (0..rank.saturating_sub(1)).rev() {
-            strides[d] = strides[d + 1] * dims[d + 1];
-        }
+        let strides = strides(&dims);
         let numel: usize = dims.iter().product();
-        let count: usize = idims.iter().product();
-        let mut base = Vec::with_capacity(count);
-        for k in 0..count {
-            let (mut rest, mut offset) = (k, 0usize);
-            for d in (0..rank).rev() {
-                if d != a {
-                    offset += (rest % idims[d]) * strides[d];
-                }
-                rest /= idims[d];
-            }
-            base.push(offset as i64);
-        }
+        // Each index element's offset in the data along every axis but `a`.
+        let base = offsets(&idims, |d| if d == a { 0 } else { strides[d] });
         let name = ctx.node.name.clone();
         let scaled = self.index_term(ctx, &name, idx, dims[a], strides[a], numel)?;
         let base = self.graph.typed_constant(format!("{name}.base"), idims.clone(), Values::I64(base));
@@ -225,22 +213,9 @@ impl Importer<'_> {
         out.extend_from_slice(&dims[b + k..]);
         let rows: usize = dims[..b + k].iter().product();
         let inner: usize = dims[b + k..].iter().product();
-        let mut strides = vec![1usize; b + k];
-        for d in (0..(b + k).saturating_sub(1)).rev() {
-            strides[d] = strides[d + 1] * dims[d + 1];
-        }
-        let count: usize = lead.iter().product();
-        let mut base = Vec::with_capacity(count);
-        for m in 0..count {
-            let (mut rest, mut offset) = (m, 0usize);
-            for d in (0..lead.len()).rev() {
-                if d < b {
-                    offset += (rest % lead[d]) * strides[d];
-                }
-                rest /= lead[d];
-            }
-            base.push(offset as i64);
-        }
+        let strides = strides(&dims[..b + k]);
+        // Each index tuple's first row: its batch coordinates' offset.
+        let base = offsets(&lead, |d| if d < b { strides[d] } else { 0 });
         let name = ctx.node.name.clone();
         let mut row = self.graph.typed_constant(format!("{name}.base"), lead.clone(), Values::I64(base));
         for j in 0..k {
@@ -257,4 +232,20 @@ impl Importer<'_> {
         let y = self.emit(ctx, &name, DenseOp::Reshape { shape: out }, &[g])?;
         self.set(ctx, 0, Value::Tensor(y))
     }
+}
+
+/// For each element of a tensor of shape `shape`, in row-major order, the sum over its axes `d`
+/// of its coordinate along `d` times `stride(d)` (0 for an axis that does not count).
+fn offsets(shape: &[usize], stride: impl Fn(usize) -> usize) -> Vec<i64> {
+    let count: usize = shape.iter().product();
+    let mut table = Vec::with_capacity(count);
+    for k in 0..count {
+        let (mut rest, mut offset) = (k, 0usize);
+        for d in (0..shape.len()).rev() {
+            offset += (rest % shape[d]) * stride(d);
+            rest /= shape[d];
+        }
+        table.push(offset as i64);
+    }
+    table
 }

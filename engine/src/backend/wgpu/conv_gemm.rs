@@ -2,13 +2,13 @@
 //! fused `Conv2dBiasAct` / `Conv2dGradInputMasked`) as tiled matrix products over a virtual
 //! im2col matrix that is never materialised.
 //!
-//! One skeleton ([`SKELETON`], the tiling of `MATMUL_TILED` in `families.rs`): a workgroup
-//! computes a 32x32 tile of one group's `rows x cols` output, each of its 16x16 invocations a 2x2
-//! register block, walking the reduction depth `K` in slices of 16 that the workgroup stages in
-//! shared memory. The three convolutions differ only in their functions `a_at` (row `r`, depth
-//! `k`), `b_col` and `b_at` (column `c`, decoded once per thread into a base and a window corner,
-//! then depth `k`) and `store`, which map GEMM coordinates onto the NCHW tensors (a load outside
-//! the padded input reads 0):
+//! One skeleton ([`SKELETON`], the tiling of `MATMUL_TILED` in `families.rs`, with its register
+//! micro-tile `MICRO_TILE`): a workgroup computes a 32x32 tile of one group's `rows x cols` output,
+//! each of its 16x16 invocations a 2x2 register block, walking the reduction depth `K` in slices of
+//! 16 that the workgroup stages in shared memory. The three convolutions differ only in their
+//! functions `a_at` (row `r`, depth `k`), `b_col` and `b_at` (column `c`, decoded once per thread
+//! into a base and a window corner, then depth `k`) and `store`, which map GEMM coordinates onto
+//! the NCHW tensors (a load outside the padded input reads 0):
 //!
 //! | kernel | rows | cols | K | A | B |
 //! |---|---|---|---|---|---|
@@ -33,8 +33,6 @@ use super::kernels::{Kernel, Lowered};
 /// the mask; the weight gradient's first row, row count and row offset inside a group), 28-30
 /// the weight gradient's split-K ([`split_k`]: splits, depth per split, scratch; 0 for none).
 const SKELETON: &str = r#"
-var<workgroup> As: array<f32, 512>;
-var<workgroup> Bs: array<f32, 512>;
 /// A B column decoded once per thread (its columns do not change along the depth): a base word
 /// and the row and column where its window starts (`b_col` of each kernel says which).
 struct Col { base: u32, y: i32, x: i32 }
@@ -78,24 +76,19 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     // Each thread loads tile elements li and li + 256: their B columns, decoded once.
     let col0 = b_col(p, g, min(c0 + b_column(li), cols - 1u));
     let col1 = b_col(p, g, min(c0 + b_column(li + 256u), cols - 1u));
-    var s00 = 0.0; var s01 = 0.0; var s10 = 0.0; var s11 = 0.0;
+    var s = Block(0.0, 0.0, 0.0, 0.0);
     for (var k0 = k_lo; k0 < k_hi; k0 += 16u) {
         load(p, g, li, r0, c0, k0, col0);
         load(p, g, li + 256u, r0, c0, k0, col1);
         workgroupBarrier();
-        let kn = min(16u, K - k0);
-        for (var k = 0u; k < kn; k++) {
-            let a0 = As[ty * 32u + k]; let a1 = As[ty * 32u + 16u + k];
-            let b0 = Bs[k * 32u + tx * 2u]; let b1 = Bs[k * 32u + tx * 2u + 1u];
-            s00 += a0 * b0; s01 += a0 * b1; s10 += a1 * b0; s11 += a1 * b1;
-        }
+        s = multiply_slice(s, tx, ty, min(16u, K - k0));
         workgroupBarrier();
     }
     let r = r0 + ty * 2u; let c = c0 + tx * 2u;
-    if (r < rows && c < cols) { put(p, g, r, c, s00, ks); }
-    if (r < rows && c + 1u < cols) { put(p, g, r, c + 1u, s01, ks); }
-    if (r + 1u < rows && c < cols) { put(p, g, r + 1u, c, s10, ks); }
-    if (r + 1u < rows && c + 1u < cols) { put(p, g, r + 1u, c + 1u, s11, ks); }
+    if (r < rows && c < cols) { put(p, g, r, c, s.s00, ks); }
+    if (r < rows && c + 1u < cols) { put(p, g, r, c + 1u, s.s01, ks); }
+    if (r + 1u < rows && c < cols) { put(p, g, r + 1u, c, s.s10, ks); }
+    if (r + 1u < rows && c + 1u < cols) { put(p, g, r + 1u, c + 1u, s.s11, ks); }
 }
 "#;
 
@@ -284,6 +277,7 @@ pub(super) fn source(kernel: Kernel, header: &str, conv_params: &str) -> String 
     for part in parts {
         s.push_str(part);
     }
+    s.push_str(super::families::MICRO_TILE);
     s.push_str(SKELETON);
     s
 }

@@ -51,16 +51,10 @@ fn body(i: u32) {
 "#;
 
 /// `P = [samples, logits, labels, loss, positions, C, 0, ignore_index, per_sample]`, one thread
-/// per sample (the mean runs `wide.rs`'s `CROSS_ENTROPY_PARTIAL` and `SUM_PARTIALS` instead).
+/// per sample (the mean runs `wide.rs`'s `CROSS_ENTROPY_PARTIAL` and `SUM_PARTIALS` instead);
+/// `position_loss` is `kernels.rs`'s `POSITION_LOSS`.
 pub const CROSS_ENTROPY: &str = r#"
 fn kept(p: u32) -> bool { return bitcast<i32>(label(P[2], p)) != bitcast<i32>(P[7]); }
-fn position_loss(p: u32) -> f32 {
-    let lg = P[1]; let C = P[5];
-    let m = row_max(lg, p, C);
-    var s = 0.0;
-    for (var c = 0u; c < C; c++) { s += exp(M[lg + p * C + c] - m); }
-    return m + log(s) - M[lg + p * C + label(P[2], p)];
-}
 fn body(i: u32) {
     let lo = i * P[8]; let hi = lo + P[8];
     var total = 0.0; var count = 0u;
@@ -73,11 +67,12 @@ fn body(i: u32) {
 
 /// `P = [positions, dloss, logits, labels, dlogits, positions, C, mean, ignore_index,
 /// per_sample, count]`, one thread per position; with `mean` the word `count` holds the number of
-/// kept positions (counted by `CROSS_ENTROPY_PARTIAL` and `SUM_PARTIALS` before).
+/// kept positions (counted by `CROSS_ENTROPY_PARTIAL` and `SUM_PARTIALS` before);
+/// `position_loss_grad` is `kernels.rs`'s `POSITION_LOSS_GRAD`.
 pub const CROSS_ENTROPY_GRAD: &str = r#"
 fn kept(p: u32) -> bool { return bitcast<i32>(label(P[3], p)) != bitcast<i32>(P[8]); }
 fn body(p: u32) {
-    let lg = P[2]; let dst = P[4]; let C = P[6];
+    let dst = P[4]; let C = P[6];
     if (!kept(p)) {
         for (var c = 0u; c < C; c++) { M[dst + p * C + c] = 0.0; }
         return;
@@ -90,13 +85,7 @@ fn body(p: u32) {
     } else {
         count = M[P[10]];
     }
-    let w = dloss / max(count, 1.0);
-    let m = row_max(lg, p, C);
-    var s = 0.0;
-    for (var c = 0u; c < C; c++) { let e = exp(M[lg + p * C + c] - m); M[dst + p * C + c] = e; s += e; }
-    for (var c = 0u; c < C; c++) { M[dst + p * C + c] = M[dst + p * C + c] / s * w; }
-    let l = label(P[3], p);
-    M[dst + p * C + l] = M[dst + p * C + l] - w;
+    position_loss_grad(p, dloss / max(count, 1.0));
 }
 "#;
 
@@ -289,6 +278,27 @@ fn body(g: u32) {
 }
 "#;
 
+/// The register micro-tile of the tiled GEMMs ([`MATMUL_TILED`] and `conv_gemm.rs`'s
+/// `SKELETON`): the workgroup's slice of A (32 rows x 16 depths, row `r` depth `k` at
+/// `As[r * 16 + k]`) and of B (16 depths x 32 columns, `Bs[k * 32 + c]`) staged in shared
+/// memory, and `multiply_slice`, which adds the products of the slice's first `kn` depths to a
+/// thread's 2x2 block of the 32x32 output tile (rows `2 ty` and `2 ty + 1`, columns `2 tx` and
+/// `2 tx + 1`), each output one running sum in depth order.
+pub const MICRO_TILE: &str = r#"
+var<workgroup> As: array<f32, 512>;
+var<workgroup> Bs: array<f32, 512>;
+struct Block { s00: f32, s01: f32, s10: f32, s11: f32 }
+fn multiply_slice(block: Block, tx: u32, ty: u32, kn: u32) -> Block {
+    var s = block;
+    for (var k = 0u; k < kn; k++) {
+        let a0 = As[ty * 32u + k]; let a1 = As[ty * 32u + 16u + k];
+        let b0 = Bs[k * 32u + tx * 2u]; let b1 = Bs[k * 32u + tx * 2u + 1u];
+        s.s00 += a0 * b0; s.s01 += a0 * b1; s.s10 += a1 * b0; s.s11 += a1 * b1;
+    }
+    return s;
+}
+"#;
+
 /// `P = [threads, a, b, y, rows, cols, K, trans_a, trans_b, batch rank, y batch dims@10, a matrix
 /// strides@16, b matrix strides@22, bias@28, act@29, lo@30, hi@31]` (batch strides in words, 0
 /// along broadcast axes; `act` 0 none, 1 ReLU, 2 clip, the bias of column `c` added after the
@@ -298,10 +308,8 @@ fn body(g: u32) {
 /// reference's order. `threads` is 256 per block (`P[0] / 256` blocks, batch-major). Split-K
 /// ([`split_matmul`]): `P[32]` > 1 splits of `P[33]` depth, the blocks of each split in turn,
 /// each writing its raw sums to the scratch `P[34]` (at `split * P[35]` plus the output index;
-/// `P[35]` the outputs of all matrices) for `MATMUL_FINISH`.
+/// `P[35]` the outputs of all matrices) for `MATMUL_FINISH`. After [`MICRO_TILE`].
 pub const MATMUL_TILED: &str = r#"
-var<workgroup> As: array<f32, 512>;
-var<workgroup> Bs: array<f32, 512>;
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let flat = wg.y * nw.x + wg.x;
@@ -328,7 +336,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     var b_k = cols; var b_col = 1u;
     if (P[8] != 0u) { b_k = 1u; b_col = K; }
     let tx = li % 16u; let ty = li / 16u;
-    var s00 = 0.0; var s01 = 0.0; var s10 = 0.0; var s11 = 0.0;
+    var s = Block(0.0, 0.0, 0.0, 0.0);
     for (var k0 = k_lo; k0 < k_hi; k0 += 16u) {
         for (var e = li; e < 512u; e += 256u) {
             let r = r0 + e / 16u; let k = k0 + e % 16u;
@@ -341,21 +349,16 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
             Bs[e] = w;
         }
         workgroupBarrier();
-        let kn = min(16u, K - k0);
-        for (var k = 0u; k < kn; k++) {
-            let a0 = As[ty * 32u + k]; let a1 = As[ty * 32u + 16u + k];
-            let b0 = Bs[k * 32u + tx * 2u]; let b1 = Bs[k * 32u + tx * 2u + 1u];
-            s00 += a0 * b0; s01 += a0 * b1; s10 += a1 * b0; s11 += a1 * b1;
-        }
+        s = multiply_slice(s, tx, ty, min(16u, K - k0));
         workgroupBarrier();
     }
     let r = r0 + ty * 2u; let c = c0 + tx * 2u;
     var y = P[3] + mat * rows * cols;
     if (splits > 1u) { y = P[34] + ks * P[35] + mat * rows * cols; }
-    if (r < rows && c < cols) { M[y + r * cols + c] = finished(s00, c); }
-    if (r < rows && c + 1u < cols) { M[y + r * cols + c + 1u] = finished(s01, c + 1u); }
-    if (r + 1u < rows && c < cols) { M[y + (r + 1u) * cols + c] = finished(s10, c); }
-    if (r + 1u < rows && c + 1u < cols) { M[y + (r + 1u) * cols + c + 1u] = finished(s11, c + 1u); }
+    if (r < rows && c < cols) { M[y + r * cols + c] = finished(s.s00, c); }
+    if (r < rows && c + 1u < cols) { M[y + r * cols + c + 1u] = finished(s.s01, c + 1u); }
+    if (r + 1u < rows && c < cols) { M[y + (r + 1u) * cols + c] = finished(s.s10, c); }
+    if (r + 1u < rows && c + 1u < cols) { M[y + (r + 1u) * cols + c + 1u] = finished(s.s11, c + 1u); }
 }
 "#;
 

@@ -302,7 +302,9 @@ impl Kernel {
             Kernel::BiasAdd => BIAS_ADD,
             Kernel::BiasGrad => BIAS_GRAD,
             // Its own entry point (workgroup-shared tiles), no GRID.
-            Kernel::MatMul => return alloc::format!("{HEADER}{}{}", families::MATMUL_EPILOGUE, families::MATMUL_TILED),
+            Kernel::MatMul => {
+                return alloc::format!("{HEADER}{}{}{}", families::MATMUL_EPILOGUE, families::MICRO_TILE, families::MATMUL_TILED)
+            }
             Kernel::MatMulSplitFinish => return alloc::format!("{HEADER}{GRID}{}{}", families::MATMUL_EPILOGUE, families::MATMUL_FINISH),
             Kernel::Unary => return alloc::format!("{HEADER}{GRID}{}", families::unary_source()),
             // Implicit GEMM (`conv_gemm.rs`): its own tiled entry point.
@@ -393,28 +395,27 @@ impl Kernel {
         } else {
             GRID
         };
-        let helpers = match self {
-            Kernel::Conv2d | Kernel::Conv2dGradInput | Kernel::Conv2dGradWeight | Kernel::Conv2dGradWeightWide => CONV_PARAMS,
-            Kernel::MaxPool | Kernel::MaxPoolGrad | Kernel::AvgPool | Kernel::AvgPoolGrad => POOL_WINDOW,
-            Kernel::SoftmaxCrossEntropy
-            | Kernel::SoftmaxCrossEntropyGrad
-            | Kernel::CrossEntropy
-            | Kernel::CrossEntropyGrad
-            | Kernel::CrossEntropyPartial => ROW_MAX,
+        let helpers: &[&str] = match self {
+            Kernel::Conv2d | Kernel::Conv2dGradInput | Kernel::Conv2dGradWeight | Kernel::Conv2dGradWeightWide => &[CONV_PARAMS],
+            Kernel::MaxPool | Kernel::MaxPoolGrad | Kernel::AvgPool | Kernel::AvgPoolGrad => &[POOL_WINDOW],
+            Kernel::SoftmaxCrossEntropy | Kernel::CrossEntropy | Kernel::CrossEntropyPartial => &[ROW_MAX, POSITION_LOSS],
+            Kernel::SoftmaxCrossEntropyGrad | Kernel::CrossEntropyGrad => &[ROW_MAX, POSITION_LOSS_GRAD],
             Kernel::BatchNormStats
             | Kernel::BatchNormApply
             | Kernel::BatchNormGradSums
             | Kernel::BatchNormGradInput
             | Kernel::BatchNormStatsWide
-            | Kernel::BatchNormGradSumsWide => BN_PARAMS,
-            Kernel::Strided => families::STRIDED_WALK,
-            Kernel::Groups | Kernel::GroupsWide => families::GROUP_INDEX,
-            Kernel::Sgd | Kernel::Adam => OPTIM,
-            _ => "",
+            | Kernel::BatchNormGradSumsWide => &[BN_PARAMS],
+            Kernel::Strided => &[families::STRIDED_WALK],
+            Kernel::Groups | Kernel::GroupsWide => &[families::GROUP_INDEX],
+            Kernel::Sgd | Kernel::Adam => &[OPTIM],
+            _ => &[],
         };
         let mut s = String::from(HEADER);
         s.push_str(entry);
-        s.push_str(helpers);
+        for helper in helpers {
+            s.push_str(helper);
+        }
         s.push_str(body);
         s
     }
@@ -607,6 +608,32 @@ fn divisor(oh: u32, ow: u32) -> u32 {
     let c = lo_hi(ow, P[11], P[9], P[13], P[5]);
     return (r.y - r.x) * (c.y - c.x);
 }
+// The gradients' walk (`P[1] = dy`): for input element i, the sum over the windows that hold it,
+// in window order as the reference adds them, of the window's dy where the window's maximum is
+// i (`of_max`, `P[2] = x`), else of dy / divisor (a window with divisor 0 adds nothing).
+fn window_grad(i: u32, of_max: bool) -> f32 {
+    let H = P[4]; let W = P[5]; let OH = P[6]; let OW = P[7];
+    let j = i % (H * W); let p = i / (H * W);
+    let ih = j / W; let iw = j % W;
+    var s = 0.0;
+    let rows = reaching(ih, P[10], P[8], P[12], OH);
+    for (var oh = rows.x; oh < rows.y; oh++) {
+        let r = lo_hi(oh, P[10], P[8], P[12], H);
+        if (ih < r.x || ih >= r.y) { continue; }
+        let cols = reaching(iw, P[11], P[9], P[13], OW);
+        for (var ow = cols.x; ow < cols.y; ow++) {
+            let c = lo_hi(ow, P[11], P[9], P[13], W);
+            if (iw < c.x || iw >= c.y) { continue; }
+            if (of_max) {
+                if (arg_max(P[2] + p * H * W, oh, ow) == j) { s += M[P[1] + (p * OH + oh) * OW + ow]; }
+            } else {
+                let d = divisor(oh, ow);
+                if (d != 0u) { s += M[P[1] + (p * OH + oh) * OW + ow] / f32(d); }
+            }
+        }
+    }
+    return s;
+}
 "#;
 
 /// `P[1] = x, P[3] = y`; a window entirely in the padding gives -inf.
@@ -623,22 +650,7 @@ fn body(i: u32) {
 /// maximum is (ih, iw), in window order as the reference adds them.
 const MAX_POOL_GRAD: &str = r#"
 fn body(i: u32) {
-    let H = P[4]; let W = P[5]; let OH = P[6]; let OW = P[7];
-    let j = i % (H * W); let p = i / (H * W);
-    let ih = j / W; let iw = j % W;
-    var s = 0.0;
-    let rows = reaching(ih, P[10], P[8], P[12], OH);
-    for (var oh = rows.x; oh < rows.y; oh++) {
-        let r = lo_hi(oh, P[10], P[8], P[12], H);
-        if (ih < r.x || ih >= r.y) { continue; }
-        let cols = reaching(iw, P[11], P[9], P[13], OW);
-        for (var ow = cols.x; ow < cols.y; ow++) {
-            let c = lo_hi(ow, P[11], P[9], P[13], W);
-            if (iw < c.x || iw >= c.y) { continue; }
-            if (arg_max(P[2] + p * H * W, oh, ow) == j) { s += M[P[1] + (p * OH + oh) * OW + ow]; }
-        }
-    }
-    M[P[3] + i] = s;
+    M[P[3] + i] = window_grad(i, true);
 }
 "#;
 
@@ -662,23 +674,7 @@ fn body(i: u32) {
 /// dy / divisor.
 const AVG_POOL_GRAD: &str = r#"
 fn body(i: u32) {
-    let H = P[4]; let W = P[5]; let OH = P[6]; let OW = P[7];
-    let j = i % (H * W); let p = i / (H * W);
-    let ih = j / W; let iw = j % W;
-    var s = 0.0;
-    let rows = reaching(ih, P[10], P[8], P[12], OH);
-    for (var oh = rows.x; oh < rows.y; oh++) {
-        let r = lo_hi(oh, P[10], P[8], P[12], H);
-        if (ih < r.x || ih >= r.y) { continue; }
-        let cols = reaching(iw, P[11], P[9], P[13], OW);
-        for (var ow = cols.x; ow < cols.y; ow++) {
-            let c = lo_hi(ow, P[11], P[9], P[13], W);
-            if (iw < c.x || iw >= c.y) { continue; }
-            let d = divisor(oh, ow);
-            if (d != 0u) { s += M[P[1] + (p * OH + oh) * OW + ow] / f32(d); }
-        }
-    }
-    M[P[3] + i] = s;
+    M[P[3] + i] = window_grad(i, false);
 }
 "#;
 
@@ -689,7 +685,7 @@ fn body(i: u32) {
 }
 "#;
 
-/// Shared by the two loss kernels: the largest logit of row `n` of `[B, C]` logits at `lg`.
+/// Shared by the cross-entropy kernels: the largest logit of row `n` of `[B, C]` logits at `lg`.
 const ROW_MAX: &str = r#"
 fn row_max(lg: u32, n: u32, C: u32) -> f32 {
     var m = bitcast<f32>(0xff800000u);
@@ -698,33 +694,52 @@ fn row_max(lg: u32, n: u32, C: u32) -> f32 {
 }
 "#;
 
+/// The loss of one position (row `p` of `[positions, C]` logits): `log(sum(exp(logit))) -
+/// logit[label]`, the sum shifted by the row's largest logit. Shared by the three loss kernels
+/// whose `P` has the logits at word 1, the labels at word 2 and `C` at word 5
+/// (`SOFTMAX_CROSS_ENTROPY`, `families.rs`'s `CROSS_ENTROPY` and `wide.rs`'s
+/// `CROSS_ENTROPY_PARTIAL`), after `ROW_MAX`; it reads the labels with `HEADER`'s `label`.
+const POSITION_LOSS: &str = r#"
+fn position_loss(p: u32) -> f32 {
+    let lg = P[1]; let C = P[5];
+    let m = row_max(lg, p, C);
+    var s = 0.0;
+    for (var c = 0u; c < C; c++) { s += exp(M[lg + p * C + c] - m); }
+    return m + log(s) - M[lg + p * C + label(P[2], p)];
+}
+"#;
+
 /// `P = [B, logits, labels, loss, B, C, 0]`: one thread per row, the per-sample losses (the mean
 /// runs `wide.rs`'s `CROSS_ENTROPY_PARTIAL` and `SUM_PARTIALS`).
 const SOFTMAX_CROSS_ENTROPY: &str = r#"
-fn row_loss(n: u32) -> f32 {
-    let lg = P[1]; let C = P[5];
-    let m = row_max(lg, n, C);
-    var s = 0.0;
-    for (var c = 0u; c < C; c++) { s += exp(M[lg + n * C + c] - m); }
-    return m + log(s) - M[lg + n * C + label(P[2], n)];
-}
 fn body(i: u32) {
-    M[P[3] + i] = row_loss(i);
+    M[P[3] + i] = position_loss(i);
+}
+"#;
+
+/// The gradient of one position's loss times `w` (row `p` of `[positions, C]` dlogits):
+/// `(softmax(logits) - onehot(label)) * w`, the exponentials shifted by the row's largest logit
+/// and summed in order. Shared by the two gradient kernels whose `P` has the logits at word 2,
+/// the labels at word 3, the dlogits at word 4 and `C` at word 6 (`SOFTMAX_CROSS_ENTROPY_GRAD`
+/// and `families.rs`'s `CROSS_ENTROPY_GRAD`), after `ROW_MAX`.
+const POSITION_LOSS_GRAD: &str = r#"
+fn position_loss_grad(p: u32, w: f32) {
+    let lg = P[2]; let dst = P[4]; let C = P[6];
+    let m = row_max(lg, p, C);
+    var s = 0.0;
+    for (var c = 0u; c < C; c++) { let e = exp(M[lg + p * C + c] - m); M[dst + p * C + c] = e; s += e; }
+    for (var c = 0u; c < C; c++) { M[dst + p * C + c] = M[dst + p * C + c] / s * w; }
+    let l = label(P[3], p);
+    M[dst + p * C + l] = M[dst + p * C + l] - w;
 }
 "#;
 
 /// `P = [B, dloss, logits, labels, dlogits, B, C, mean]`, one thread per row.
 const SOFTMAX_CROSS_ENTROPY_GRAD: &str = r#"
 fn body(n: u32) {
-    let lg = P[2]; let dst = P[4]; let C = P[6];
     var w = M[P[1] + n];
     if (P[7] != 0u) { w = M[P[1]] / f32(P[5]); }
-    let m = row_max(lg, n, C);
-    var s = 0.0;
-    for (var c = 0u; c < C; c++) { let e = exp(M[lg + n * C + c] - m); M[dst + n * C + c] = e; s += e; }
-    for (var c = 0u; c < C; c++) { M[dst + n * C + c] = M[dst + n * C + c] / s * w; }
-    let l = label(P[3], n);
-    M[dst + n * C + l] = M[dst + n * C + l] - w;
+    position_loss_grad(n, w);
 }
 "#;
 

@@ -143,16 +143,10 @@ fn body(b: u32, li: u32) {
 
 /// `P = [blocks, logits, labels, out, positions, C, ignore_index, chunk, count_only]`: block `b`
 /// writes `out[b]`, the loss summed over the kept positions of its `chunk` (0 with
-/// `count_only`), and `out[blocks + b]` their count.
+/// `count_only`), and `out[blocks + b]` their count; `position_loss` is `kernels.rs`'s
+/// `POSITION_LOSS`.
 pub const CROSS_ENTROPY_PARTIAL: &str = r#"
 fn kept(p: u32) -> bool { return bitcast<i32>(label(P[2], p)) != bitcast<i32>(P[6]); }
-fn position_loss(p: u32) -> f32 {
-    let lg = P[1]; let C = P[5];
-    let m = row_max(lg, p, C);
-    var s = 0.0;
-    for (var c = 0u; c < C; c++) { s += exp(M[lg + p * C + c] - m); }
-    return m + log(s) - M[lg + p * C + label(P[2], p)];
-}
 fn body(b: u32, li: u32) {
     let end = min(P[4], (b + 1u) * P[7]);
     var total = 0.0; var count = 0.0;
