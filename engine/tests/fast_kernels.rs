@@ -1020,9 +1020,9 @@ fn winograd_speed() {
 }
 
 /// Not a check: milliseconds of the reference and the fast kernel, on one thread in thread CPU
-/// time (best of 5), for ResNet-18's max pooling (batch 8, 64x64x64, kernel 3, stride 2, padding
-/// 1) and its gradient, and the optimizer updates and CountNonFinite on its largest weight
-/// (512x512x3x3). Run with
+/// time (best of 5), for ResNet-18's max pooling (batch 8, 64x64x64, kernel 3, stride 2,
+/// padding 1) and its gradient, and the optimizer updates and CountNonFinite on its largest
+/// weight (512x512x3x3). Run with
 /// `cargo test --workspace --test fast_kernels -- --ignored --nocapture optimizer_and_pooling_speed`.
 #[cfg(target_os = "linux")]
 #[test]
@@ -1050,7 +1050,8 @@ fn optimizer_and_pooling_speed() {
     let sgd = Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 5e-4, scaled: false };
     let adam = Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-2, decoupled: true, scaled: false };
     let update_inputs = vec![(grad.clone(), vec![len]), scalar(0.01), scalar(3.0)];
-    let cases: Vec<(&str, Op, Vec<(Vec<f32>, Vec<usize>)>, Vec<Vec<f32>>)> = vec![
+    type Tensors = Vec<(Vec<f32>, Vec<usize>)>;
+    let cases: Vec<(&str, Op, Tensors, Vec<Vec<f32>>)> = vec![
         ("MaxPool2d", Op::Pool(PoolOp::MaxPool2d(pool)), vec![(x.clone(), x_shape.clone())], vec![vec![0.0; dy.len()]]),
         ("MaxPool2dGrad", Op::Pool(PoolOp::MaxPool2dGrad(pool)), vec![(dy, y_shape), (x.clone(), x_shape)], vec![vec![0.0; x.len()]]),
         ("SgdUpdate", Op::Optim(OptimOp::SgdUpdate(sgd)), update_inputs.clone(), vec![param.clone(), grad.clone()]),

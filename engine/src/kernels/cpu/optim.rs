@@ -325,8 +325,8 @@ fn adam_block_body<const FMA: bool>(
 }
 
 /// The reference's `adam_step` loop for one set of branches: `g = grad * scale` (Adam: `+ wd *
-/// p`; AdamW: `p *= 1 - lr * wd` first), `m = b1 * m + (1 - b1) * g`, `v = b2 * v + (1 - b2) * g
-/// * g`, `p -= step_size * m / (sqrt(v) / sqrt(1 - b2^step) + eps)`.
+/// p`; AdamW: `p *= 1 - lr * wd` first), `m = b1 * m + (1 - b1) * g`,
+/// `v = b2 * v + (1 - b2) * g * g`, `p -= step_size * m / (sqrt(v) / sqrt(1 - b2^step) + eps)`.
 #[inline(always)]
 fn adam_elems<const DECAY: bool, const DECOUPLED: bool>(
     k: &AdamConsts,

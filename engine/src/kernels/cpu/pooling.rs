@@ -117,9 +117,9 @@ pub(super) fn max_pool2d(p: &Pool2d, x: View<f32>, y: &mut ViewMut<f32>, threads
 
 multiversion!(fn interior_max(xs: &[f32], w: usize, rows: Range<usize>, first_col: usize, kw: usize, stride: usize, out: &mut [f32]) => interior_max_body);
 
-/// `out[j]` = the maximum of the window of rows `rows` and columns `first_col + j * stride ..
-/// + kw` (all inside the plane; `out` at most `WINDOWS` long), for a plane without NaN: -inf,
-/// then every element in row-major order, taken when greater.
+/// `out[j]` = the maximum of window `j`: rows `rows`, columns `first_col + j * stride` to
+/// `first_col + j * stride + kw` (all inside the plane; `out` at most `WINDOWS` long), for a
+/// plane without NaN: -inf, then every element in row-major order, taken when greater.
 #[inline(always)]
 fn interior_max_body<const FMA: bool>(
     xs: &[f32],
