@@ -149,6 +149,14 @@ fn strided<'a>(xs: &'a [f32], start: usize, stride: usize, n: usize, buffer: &'a
     if stride == 1 {
         return &xs[start..start + n];
     }
+    // Stride 2 with a whole last pair in the plane: pairs, which the compiler deinterleaves
+    // with vector shuffles.
+    if stride == 2 && start + 2 * n <= xs.len() {
+        for (b, pair) in buffer[..n].iter_mut().zip(xs[start..start + 2 * n].chunks_exact(2)) {
+            *b = pair[0];
+        }
+        return &buffer[..n];
+    }
     let src = &xs[start..start + (n - 1) * stride + 1];
     for (b, &v) in buffer[..n].iter_mut().zip(src.iter().step_by(stride)) {
         *b = v;
