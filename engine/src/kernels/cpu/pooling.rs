@@ -57,11 +57,15 @@ fn dims(op: &'static str, input: (&[usize], usize), output: (&[usize], usize)) -
     Ok([n * c, h, w, ho, wo])
 }
 
-/// The output columns `lo..hi` whose windows lie wholly inside the `len` input columns.
+/// The output columns `lo..hi` whose windows lie wholly inside the `len` input columns (none
+/// for a zero stride, which plans refuse, or sizes that overflow).
 fn interior(out_len: usize, stride: usize, kernel: usize, pad: usize, len: usize) -> Range<usize> {
-    let lo = pad.div_ceil(stride.max(1));
-    let hi = match (len + pad).checked_sub(kernel) {
-        Some(last_start) => (last_start / stride.max(1) + 1).min(out_len),
+    if stride == 0 {
+        return out_len..out_len;
+    }
+    let lo = pad.div_ceil(stride);
+    let hi = match len.checked_add(pad).and_then(|l| l.checked_sub(kernel)) {
+        Some(last_start) => (last_start / stride + 1).min(out_len),
         None => 0,
     };
     lo.min(hi)..hi
