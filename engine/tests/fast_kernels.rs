@@ -5,7 +5,9 @@
 use pock_engine::kernels::cpu::par::{force_isa, isa, Isa};
 use pock_engine::kernels::cpu::{execute, gemm_ceiling_gflops, scratch_elems, workspace_elems, CpuConfig};
 use pock_engine::kernels::{reference, NodeArgs, View, ViewMut};
-use pock_engine::ops::{BatchNorm, Clip, Conv2d, ConvOp, DenseOp, MaskKind, MaskOp, MatMul, NormOp, Op, Pool2d, PoolOp};
+use pock_engine::ops::{
+    Adam, BatchNorm, Clip, Conv2d, ConvOp, DenseOp, MaskKind, MaskOp, MatMul, NormOp, Op, OptimOp, ParamRows, Pool2d, PoolOp, Sgd,
+};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -16,16 +18,22 @@ fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
 }
 
 /// Runs `op` with the reference and with the fast kernels on the same inputs and initial outputs
-/// (in-place outputs hold state), and checks every output: exactly equal when `exact`, else
+/// (in-place outputs hold state), and checks every output: the same bits when `exact`, else
 /// within 1e-4 of the output's RMS (float sums in another order). On each instruction-set path,
 /// the 2- and 3-thread outputs must equal the 1-thread outputs bit for bit (every fast kernel
 /// computes a chunk the same way on any thread).
 fn check(what: &str, op: &Op, inputs: &[(Vec<f32>, Vec<usize>)], outputs: &[Vec<usize>], rng: &mut ChaCha8Rng, exact: bool) {
+    let initial: Vec<Vec<f32>> = outputs.iter().map(|s| random(rng, s.iter().product())).collect();
+    check_from(what, op, inputs, outputs, &initial, exact);
+}
+
+/// [`check`] with the outputs' initial values given (optimizer state that must be realistic).
+fn check_from(what: &str, op: &Op, inputs: &[(Vec<f32>, Vec<usize>)], outputs: &[Vec<usize>], initial: &[Vec<f32>], exact: bool) {
     // `force_isa` is process-wide: one check at a time, so that no other test switches the
     // instruction set in the middle of this one.
     let _isa = ISA.lock().unwrap_or_else(|e| e.into_inner());
     let in_views: Vec<View<f32>> = inputs.iter().map(|(d, s)| View { data: d, shape: s }).collect();
-    let initial: Vec<Vec<f32>> = outputs.iter().map(|s| random(rng, s.iter().product())).collect();
+    let initial = initial.to_vec();
     let mut want = initial.clone();
     {
         let mut outs: Vec<ViewMut<f32>> = want.iter_mut().zip(outputs).map(|(d, s)| ViewMut { data: d, shape: s }).collect();
@@ -49,11 +57,9 @@ fn check(what: &str, op: &Op, inputs: &[(Vec<f32>, Vec<usize>)], outputs: &[Vec<
                 let rms = (w.iter().map(|v| v * v).sum::<f32>() / w.len().max(1) as f32).sqrt();
                 let tol = if exact { 0.0 } else { 1e-4 * rms.max(1e-3) };
                 for (i, (a, b)) in g.iter().zip(w).enumerate() {
-                    assert!(
-                        (a - b).abs() <= tol || (exact && a.to_bits() == b.to_bits()),
-                        "{what}: output {k}[{i}] = {a}, reference {b} (tolerance {tol}; {:?}, {threads} threads)",
-                        isa()
-                    );
+                    // Exact means the same bits: +0 and -0 differ, NaN equals NaN of the same bits.
+                    let ok = if exact { a.to_bits() == b.to_bits() } else { (a - b).abs() <= tol };
+                    assert!(ok, "{what}: output {k}[{i}] = {a}, reference {b} (tolerance {tol}; {:?}, {threads} threads)", isa());
                 }
             }
             match &one_thread {
@@ -407,6 +413,145 @@ fn max_pooling_equals_the_reference() {
         let dy = random(&mut rng, y_shape.iter().product());
         let grad = Op::Pool(PoolOp::MaxPool2dGrad(pool));
         check(&format!("grad {what}"), &grad, &[(dy, y_shape), (x, x_shape.clone())], &[x_shape], &mut rng, true);
+    }
+}
+
+/// The vectorised interior of max pooling (planes without NaN) against the reference: kernels 2
+/// and 3 (and 1, 4), strides 1, 2 and 3 (the last with a stride known at run time only), padding
+/// 0 to 2, planes wider than one block of 64 gradient windows, odd sizes; values drawn from a few
+/// levels so that ties are everywhere, with +0 and -0 (equal, but the first one must win) and
+/// -inf (a window of only -inf still routes its gradient to its first element); a few planes
+/// with a NaN keep the exact path next to the fast one.
+#[test]
+fn max_pooling_fast_path_equals_the_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let levels = [0.0f32, -0.0, 1.0, -1.0, f32::NEG_INFINITY, 0.5];
+    for case in 0..24 {
+        let k = [2, 3, 1, 4][case % 4];
+        let kernel = [k, if case % 5 == 0 { rng.random_range(1..5usize) } else { k }];
+        let s = [1, 2, 3][case % 3];
+        let stride = [s, if case % 7 == 0 { rng.random_range(1..4usize) } else { s }];
+        let padding = [0, 1, 2, 3].map(|i| rng.random_range(0..=(kernel[i % 2] / 2)));
+        let (h, w) = (kernel[0] + rng.random_range(0..20usize), kernel[1] + rng.random_range(0..160usize));
+        let (n, c) = (rng.random_range(1..3usize), rng.random_range(1..5usize));
+        let pool = Pool2d { kernel, stride, padding, count_include_pad: false };
+        let x_shape = vec![n, c, h, w];
+        let forward = Op::Pool(PoolOp::MaxPool2d(pool));
+        let y_shape = forward.output_shapes(&[&x_shape]).unwrap().remove(0);
+        let mut x: Vec<f32> = (0..x_shape.iter().product()).map(|_| levels[rng.random_range(0..levels.len())]).collect();
+        if case % 6 == 5 {
+            let at = rng.random_range(0..x.len());
+            x[at] = f32::NAN;
+        }
+        let what = format!("max pool {x_shape:?} -> {y_shape:?}, {pool:?}");
+        check(&what, &forward, &[(x.clone(), x_shape.clone())], std::slice::from_ref(&y_shape), &mut rng, true);
+        let dy = random(&mut rng, y_shape.iter().product());
+        let grad = Op::Pool(PoolOp::MaxPool2dGrad(pool));
+        check(&format!("grad {what}"), &grad, &[(dy, y_shape), (x, x_shape.clone())], &[x_shape], &mut rng, true);
+    }
+}
+
+/// The SGD and Adam/AdamW updates (whole and row-restricted) and CountNonFinite equal the
+/// reference bit for bit: lengths odd and below and above the sizes split among threads; SGD
+/// with and without momentum, dampening, Nesterov and weight decay; Adam and AdamW with and
+/// without weight decay; first and later steps; with a scale input (finite or not); and a
+/// gradient holding a NaN or an infinity at a random position, which must leave every output
+/// untouched (the reference writes nothing) and be counted.
+#[test]
+fn optimizer_updates_equal_the_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let sgds = [
+        Sgd { momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0, scaled: false },
+        Sgd { momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 1e-2, scaled: true },
+        Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 5e-4, scaled: false },
+        Sgd { momentum: 0.9, dampening: 0.1, nesterov: false, weight_decay: 0.0, scaled: true },
+        Sgd { momentum: 0.8, dampening: 0.0, nesterov: true, weight_decay: 1e-3, scaled: false },
+        Sgd { momentum: 0.7, dampening: 0.0, nesterov: true, weight_decay: 0.0, scaled: true },
+    ];
+    let adams = [
+        Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: false, scaled: false },
+        Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-2, decoupled: false, scaled: true },
+        Adam { beta1: 0.8, beta2: 0.99, eps: 1e-6, weight_decay: 1e-2, decoupled: true, scaled: false },
+        Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: true, scaled: true },
+    ];
+    // 16_385: just over one update block; 70_001 and 200_003: split among threads (the scan
+    // too, in blocks of 65_536).
+    for len in [1usize, 7, 1000, 16_385, 70_001, 200_003] {
+        for step in [1.0f32, 3.0] {
+            for poison in [None, Some(f32::NAN), Some(f32::INFINITY), Some(f32::NEG_INFINITY)] {
+                let mut grad = random(&mut rng, len);
+                if let Some(bad) = poison {
+                    let at = rng.random_range(0..len);
+                    grad[at] = bad;
+                }
+                // The scale: 0.5, or (once per length) infinite with a finite gradient.
+                let scale = if poison.is_none() && step > 1.0 { f32::INFINITY } else { 0.5 };
+                let shape = vec![len];
+                let scalar = |v: f32| (vec![v], vec![]);
+                let inputs = |scaled: bool| {
+                    let mut i = vec![(grad.clone(), shape.clone()), scalar(0.05), scalar(step)];
+                    if scaled {
+                        i.push(scalar(scale));
+                    }
+                    i
+                };
+                let param = random(&mut rng, len);
+                let moment = random(&mut rng, len);
+                // The second moment is a running mean of squares: never negative.
+                let square: Vec<f32> = random(&mut rng, len).iter().map(|v| v * v).collect();
+                let what = format!("len {len} step {step} poison {poison:?} scale {scale}");
+
+                let count = Op::Optim(OptimOp::CountNonFinite);
+                check_from(&format!("count {what}"), &count, &[(grad.clone(), shape.clone())], &[vec![]], &[vec![2.0]], true);
+                if poison.is_some() {
+                    // The reference itself must count it (and the check above saw the same).
+                    let mut c = [2.0f32];
+                    let g = View { data: &grad, shape: &shape };
+                    reference::execute(&count, NodeArgs::floats(&[g], &mut [ViewMut { data: &mut c, shape: &[] }])).unwrap();
+                    assert_eq!(c, [3.0], "{what}: the reference did not count the non-finite gradient");
+                }
+
+                for s in sgds {
+                    let op = Op::Optim(OptimOp::SgdUpdate(s));
+                    let mut outs = vec![shape.clone()];
+                    let mut initial = vec![param.clone()];
+                    if s.momentum != 0.0 {
+                        outs.push(shape.clone());
+                        initial.push(moment.clone());
+                    }
+                    check_from(&format!("sgd {s:?} {what}"), &op, &inputs(s.scaled), &outs, &initial, true);
+                    // The row-restricted update of rows 1.. of a parameter one row taller.
+                    let rows = Op::Optim(OptimOp::SgdUpdateRows { sgd: s, rows: ParamRows { start: 1, param_rows: len + 1 } });
+                    let mut initial_rows = initial.clone();
+                    initial_rows[0].insert(0, 0.25);
+                    outs[0] = vec![len + 1];
+                    check_from(&format!("sgd rows {s:?} {what}"), &rows, &inputs(s.scaled), &outs, &initial_rows, true);
+                }
+                for a in adams {
+                    let op = Op::Optim(OptimOp::AdamUpdate(a));
+                    let initial = vec![param.clone(), moment.clone(), square.clone()];
+                    let outs = vec![shape.clone(); 3];
+                    check_from(&format!("adam {a:?} {what}"), &op, &inputs(a.scaled), &outs, &initial, true);
+                    let rows = Op::Optim(OptimOp::AdamUpdateRows { adam: a, rows: ParamRows { start: 1, param_rows: len + 1 } });
+                    let mut initial_rows = initial.clone();
+                    initial_rows[0].push(-0.75);
+                    let mut outs_rows = outs.clone();
+                    outs_rows[0] = vec![len + 1];
+                    check_from(&format!("adam rows {a:?} {what}"), &rows, &inputs(a.scaled), &outs_rows, &initial_rows, true);
+                }
+                if poison.is_some() {
+                    // Skipped: the fast kernel must leave the outputs exactly as they were.
+                    let s = sgds[2];
+                    let (mut p, mut b) = (param.clone(), moment.clone());
+                    let in_views: Vec<(Vec<f32>, Vec<usize>)> = inputs(false);
+                    let views: Vec<View<f32>> = in_views.iter().map(|(d, sh)| View { data: d, shape: sh }).collect();
+                    let mut outs = [ViewMut { data: &mut p, shape: &shape }, ViewMut { data: &mut b, shape: &shape }];
+                    let cfg = CpuConfig { threads: 2 };
+                    execute(&Op::Optim(OptimOp::SgdUpdate(s)), NodeArgs::floats(&views, &mut outs), &mut [], &mut [], cfg).unwrap();
+                    assert!(p == param && b == moment, "{what}: a skipped update wrote its outputs");
+                }
+            }
+        }
     }
 }
 
@@ -971,5 +1116,63 @@ fn winograd_speed() {
                 best[0] / best[1]
             );
         }
+    }
+}
+
+/// Not a check: milliseconds of the reference and the fast kernel, on one thread in thread CPU
+/// time (best of 5), for ResNet-18's max pooling (batch 8, 64x64x64, kernel 3, stride 2,
+/// padding 1) and its gradient, and the optimizer updates and CountNonFinite on its largest
+/// weight (512x512x3x3). Run with
+/// `cargo test --workspace --test fast_kernels -- --ignored --nocapture optimizer_and_pooling_speed`.
+#[cfg(target_os = "linux")]
+#[test]
+#[ignore]
+fn optimizer_and_pooling_speed() {
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    let best_of = |f: &mut dyn FnMut()| {
+        f();
+        (0..5)
+            .map(|_| {
+                let t = thread_seconds();
+                f();
+                thread_seconds() - t
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let pool = Pool2d { kernel: [3, 3], stride: [2, 2], padding: [1; 4], count_include_pad: false };
+    let x_shape = vec![8, 64, 64, 64];
+    let y_shape = vec![8, 64, 32, 32];
+    let len = 512 * 512 * 9;
+    let (x, dy) = (random(&mut rng, x_shape.iter().product()), random(&mut rng, y_shape.iter().product()));
+    let (grad, param) = (random(&mut rng, len), random(&mut rng, len));
+    let square: Vec<f32> = random(&mut rng, len).iter().map(|v| v * v).collect();
+    let scalar = |v: f32| (vec![v], vec![]);
+    let sgd = Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 5e-4, scaled: false };
+    let adam = Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-2, decoupled: true, scaled: false };
+    let update_inputs = vec![(grad.clone(), vec![len]), scalar(0.01), scalar(3.0)];
+    type Tensors = Vec<(Vec<f32>, Vec<usize>)>;
+    let cases: Vec<(&str, Op, Tensors, Vec<Vec<f32>>)> = vec![
+        ("MaxPool2d", Op::Pool(PoolOp::MaxPool2d(pool)), vec![(x.clone(), x_shape.clone())], vec![vec![0.0; dy.len()]]),
+        ("MaxPool2dGrad", Op::Pool(PoolOp::MaxPool2dGrad(pool)), vec![(dy, y_shape), (x.clone(), x_shape)], vec![vec![0.0; x.len()]]),
+        ("SgdUpdate", Op::Optim(OptimOp::SgdUpdate(sgd)), update_inputs.clone(), vec![param.clone(), grad.clone()]),
+        ("AdamUpdate", Op::Optim(OptimOp::AdamUpdate(adam)), update_inputs, vec![param, grad.clone(), square]),
+        ("CountNonFinite", Op::Optim(OptimOp::CountNonFinite), vec![(grad, vec![len])], vec![vec![0.0]]),
+    ];
+    for (what, op, inputs, mut outputs) in cases {
+        let ins: Vec<View<f32>> = inputs.iter().map(|(d, s)| View { data: d, shape: s }).collect();
+        let shapes: Vec<Vec<usize>> = op.output_shapes(&ins.iter().map(|v| v.shape).collect::<Vec<_>>()).unwrap();
+        let mut run = |fast: bool| {
+            best_of(&mut || {
+                let mut outs: Vec<ViewMut<f32>> = outputs.iter_mut().zip(&shapes).map(|(d, s)| ViewMut { data: d, shape: s }).collect();
+                let args = NodeArgs::floats(&ins, &mut outs);
+                if fast {
+                    execute(&op, args, &mut [], &mut [], CpuConfig { threads: 1 }).unwrap();
+                } else {
+                    reference::execute(&op, args).unwrap();
+                }
+            })
+        };
+        let (slow, fast) = (run(false), run(true));
+        println!("{what:<15} reference {:8.3} ms  fast {:8.3} ms  ({:.1}x)", slow * 1e3, fast * 1e3, slow / fast);
     }
 }

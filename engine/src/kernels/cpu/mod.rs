@@ -1,6 +1,7 @@
 //! Faster f32 kernels for the CPU backend: matmul through pock's own packed gemm (`sgemm.rs`),
 //! convolution as im2col + gemm (1x1 convolutions skip im2col), SIMD depthwise convolution,
-//! max pooling and its gradient, BatchNorm (training) and the elementwise activations, vectorised for the instruction set
+//! max pooling and its gradient, BatchNorm (training), the elementwise activations, the SGD and
+//! Adam updates and `CountNonFinite` (`optim.rs`), vectorised for the instruction set
 //! chosen at run time (`par.rs`) and split among the backend's persistent thread pool. Every
 //! other op runs its reference kernel.
 //!
@@ -16,6 +17,7 @@ mod elementwise;
 mod epilogue;
 mod matmul;
 mod norm;
+mod optim;
 pub mod par;
 pub mod pool;
 mod pooling;
@@ -24,7 +26,7 @@ mod sgemm;
 mod winograd;
 
 use super::{reference, KernelError, NodeArgs};
-use crate::ops::{BroadcastOp, ConvOp, DenseOp, LossOp, MaskOp, MatMulOp, MoveOp, NormOp, Op, PoolOp, ReduceOp};
+use crate::ops::{BroadcastOp, ConvOp, DenseOp, LossOp, MaskOp, MatMulOp, MoveOp, NormOp, Op, OptimOp, PoolOp, ReduceOp};
 
 pub use conv::{conv_workspace_elems, set_winograd};
 pub use sgemm::pack_elems;
@@ -132,6 +134,13 @@ pub fn execute(
         }
         Op::Pool(PoolOp::MaxPool2d(p)) => pooling::max_pool2d(p, args.inputs[0], &mut args.outputs[0], threads),
         Op::Pool(PoolOp::MaxPool2dGrad(p)) => pooling::max_pool2d_grad(p, args.inputs[0], args.inputs[1], &mut args.outputs[0], threads),
+        Op::Optim(
+            o @ (OptimOp::SgdUpdate(_)
+            | OptimOp::SgdUpdateRows { .. }
+            | OptimOp::AdamUpdate(_)
+            | OptimOp::AdamUpdateRows { .. }
+            | OptimOp::CountNonFinite),
+        ) => optim::execute(o, args, threads),
         Op::Dense(DenseOp::Clip(c)) => {
             elementwise::clip(c, args.inputs[0].data, args.outputs[0].data, cfg.threads);
             Ok(())

@@ -106,6 +106,37 @@ pub fn for_each_chunk2(
     }
 }
 
+/// [`for_each_chunk`] over three outputs of the same length split alike: `f(index, chunk of a,
+/// chunk of b, chunk of c)`, the three chunks covering the same elements (an optimizer update's
+/// parameter and its two moments). Panics when the lengths differ.
+pub fn for_each_chunk3(
+    threads: usize,
+    a: &mut [f32],
+    b: &mut [f32],
+    c: &mut [f32],
+    chunk_len: usize,
+    work_per_chunk: usize,
+    f: impl Fn(usize, &mut [f32], &mut [f32], &mut [f32]) + Send + Sync,
+) {
+    let len = a.len();
+    assert!(b.len() == len && c.len() == len, "for_each_chunk3: outputs of different lengths");
+    let chunk_len = chunk_len.max(1);
+    let chunks = len.div_ceil(chunk_len);
+    if threads > 1 && chunks > 1 && chunks.saturating_mul(work_per_chunk) >= 2 * MIN_TASK_WORK {
+        let (a_base, b_base, c_base) = (Shared(a.as_mut_ptr()), Shared(b.as_mut_ptr()), Shared(c.as_mut_ptr()));
+        for_each_index(threads, chunks, chunks_per_task(work_per_chunk), |i| {
+            let range = i * chunk_len..((i + 1) * chunk_len).min(len);
+            // SAFETY: chunk `i` of each output (all `len` long, asserted above) is inside it and
+            // given to this call only.
+            let (x, y, z) = unsafe { (a_base.slice(range.clone()), b_base.slice(range.clone()), c_base.slice(range)) };
+            f(i, x, y, z)
+        });
+    } else {
+        let chunks = a.chunks_mut(chunk_len).zip(b.chunks_mut(chunk_len)).zip(c.chunks_mut(chunk_len));
+        chunks.enumerate().for_each(|(i, ((x, y), z))| f(i, x, y, z));
+    }
+}
+
 /// Splits `data` (whole `chunk_len`-element chunks) into at most `parts` runs of consecutive
 /// chunks, one task each, and gives each run its own `scratch_len` elements of `scratch`:
 /// `f(first chunk index, run, scratch)`. For kernels that need per-task scratch (a packing
