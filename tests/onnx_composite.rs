@@ -3,7 +3,8 @@
 //! InstanceNormalization, GroupNormalization, Resize, ConvTranspose, IsNaN, IsInf, CumSum,
 //! GatherElements, GatherND, DepthToSpace, SpaceToDepth, Einsum, OneHot, ReduceMin, Celu,
 //! ThresholdedRelu, Shrink, LpNormalization, MeanVarianceNormalization, Hardmax, and Conv,
-//! MaxPool, AveragePool, BatchNormalization and global pooling on volumes): small models
+//! MaxPool, AveragePool, BatchNormalization and global pooling on volumes, LRN, Size, ArgMin,
+//! ReduceL1 and ReduceLogSum): small models
 //! written by
 //! `tests/onnx/composite_cases.py` (run with `$POCK_PYTHON`, which needs onnx, onnxruntime and
 //! numpy), each with attribute variants, imported forward and run by the f64 interpreter against
@@ -221,6 +222,17 @@ fn gradients(name: &str, parameters: &[&str]) {
 }
 
 #[test]
+fn lrn_size_argmin_reduce_l1_and_log_sum_match_onnxruntime() {
+    check_all(&["legacy_"], 5);
+    check_all(&["argmin_", "reducel1_", "reducelogsum_"], 13);
+}
+
+#[test]
+fn lrn_and_reduce_l1_log_sum_gradients_match_finite_differences() {
+    gradients("grad_legacy", &["p", "c"]);
+}
+
+#[test]
 fn volumes_conv3d_pools3d_and_global_pools_match_onnxruntime() {
     check_all(&["vol_"], 15);
 }
@@ -353,6 +365,7 @@ fn composed_ops_train_on_the_gpu_as_on_the_cpu() {
         "grad_cumsum_gather_elements",
         "grad_more",
         "grad_volume",
+        "grad_legacy",
     ] {
         let (model, inputs, _) = load(case);
         let mut import = ImportOptions { loss: LossKind::Mse, ..Default::default() };

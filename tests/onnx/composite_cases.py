@@ -28,15 +28,20 @@ def init(name, value):
     return numpy_helper.from_array(np.asarray(value), name)
 
 
-def write(out, name, nodes, inputs, initializers, opset=17, use_reference=False):
-    """One case: `inputs` maps data input names to arrays, in graph order; the output is `y`."""
+def write(out, name, nodes, inputs, initializers, opset=17, use_reference=False, expected=None):
+    """One case: `inputs` maps data input names to arrays, in graph order; the output is `y`
+    (`expected`, when given, is the output computed from the ONNX spec's formula in numpy, for
+    cases neither onnxruntime nor onnx's reference evaluator computes as the spec says)."""
     graph_inputs = [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape) for k, v in inputs.items()]
     graph_output = helper.make_empty_tensor_value_info("y")
     graph = helper.make_graph(nodes, name, graph_inputs, [graph_output], initializer=initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8 if opset <= 18 else 10
     feeds = dict(inputs)
-    if use_reference:
+    if expected is not None:
+        y = expected
+        source = "numpy"
+    elif use_reference:
         from onnx.reference import ReferenceEvaluator
 
         (y,) = ReferenceEvaluator(model).run(None, feeds)
@@ -105,6 +110,14 @@ def reductions(out):
         write(out, f"{low}_axes_input", [node(op, ["x", "axes"], keepdims=0)], x, [init("axes", np.array([0, 2], np.int64))], opset=18)
         write(out, f"{low}_noop", [node(op, ["x"], noop_with_empty_axes=1)], x, [], opset=18)
     write(out, "reducelogsumexp_large", [node("ReduceLogSumExp", ["x"], axes=[3], keepdims=0)], big, [])
+    positive = {"x": np.abs(rand(2, 3, 4, 5, scale=2.0)) + 0.1}
+    for op, inputs in [("ReduceL1", x), ("ReduceLogSum", positive)]:
+        low = op.lower()
+        write(out, f"{low}_axis1_keep", [node(op, ["x"], axes=[1], keepdims=1)], inputs, [])
+        write(out, f"{low}_axes23_drop", [node(op, ["x"], axes=[2, -1], keepdims=0)], inputs, [])
+        write(out, f"{low}_all", [node(op, ["x"])], inputs, [])
+        write(out, f"{low}_axes_input", [node(op, ["x", "axes"], keepdims=0)], inputs, [init("axes", np.array([0, 2], np.int64))], opset=18)
+        write(out, f"{low}_noop", [node(op, ["x"], noop_with_empty_axes=1)], inputs, [], opset=18)
 
 
 def argmax(out):
@@ -114,6 +127,9 @@ def argmax(out):
     write(out, "argmax_axis1_keep", [node("ArgMax", ["x"], axis=1, keepdims=1)], x, [])
     write(out, "argmax_last_axis_drop", [node("ArgMax", ["x"], axis=-1, keepdims=0)], x, [])
     write(out, "argmax_select_last", [node("ArgMax", ["x"], axis=2, keepdims=0, select_last_index=1)], x, [])
+    write(out, "argmin_default", [node("ArgMin", ["x"])], x, [])
+    write(out, "argmin_axis1_keep", [node("ArgMin", ["x"], axis=1, keepdims=1)], x, [])
+    write(out, "argmin_select_last", [node("ArgMin", ["x"], axis=-1, keepdims=0, select_last_index=1)], x, [])
 
 
 def norms(out):
@@ -420,6 +436,45 @@ def volumes(out):
     write(out, "vol_global_max", [node("GlobalMaxPool", ["x"])], x, [])
 
 
+def lrn_spec(x, size, alpha, beta, bias):
+    """ONNX's LRN: the sum of squares over channels max(0, c - floor((size - 1) / 2)) to
+    min(C - 1, c + ceil((size - 1) / 2))."""
+    x64 = x.astype(np.float64)
+    sq = np.zeros_like(x64)
+    before, after = (size - 1) // 2, -(-(size - 1) // 2)
+    for c in range(x.shape[1]):
+        sq[:, c] = np.sum(x64[:, max(0, c - before) : min(x.shape[1], c + after + 1)] ** 2, axis=1)
+    return (x64 / (bias + alpha / size * sq) ** beta).astype(np.float32)
+
+
+def legacy(out):
+    """LRN and Size (import_more.rs, import.rs). Upsample and Resize-10 are not here: pock reads
+    opsets 13 to 21, and onnx.version_converter turns them into Resize."""
+    x = {"x": rand(2, 7, 3, 4, scale=3.0)}
+    write(out, "legacy_lrn_size5", [node("LRN", ["x"], size=5)], x, [])
+    # onnxruntime takes odd sizes only, and onnx 1.23's reference evaluator loops over the batch
+    # instead of the channels: an even size against the spec's formula.
+    write(
+        out,
+        "legacy_lrn_size4_attrs",
+        [node("LRN", ["x"], size=4, alpha=0.02, beta=0.5, bias=2.0)],
+        x,
+        [],
+        expected=lrn_spec(x["x"], size=4, alpha=0.02, beta=0.5, bias=2.0),
+    )
+    write(out, "legacy_lrn_size1", [node("LRN", ["x"], size=1, alpha=0.3)], x, [])
+    write(out, "legacy_lrn_size9_wider_than_channels", [node("LRN", ["x"], size=9, beta=1.0)], x, [])
+    u = {"x": rand(2, 3, 3, 4)}
+    # Size folds to the element count.
+    write(
+        out,
+        "legacy_size",
+        [node("Size", ["x"], ["n"]), node("Cast", ["n"], ["f"], to=TensorProto.FLOAT), node("Mul", ["x", "f"], ["y"])],
+        u,
+        [],
+    )
+
+
 def gradient_models(out):
     """Chains whose parameter gradients the test checks against finite differences."""
     write(
@@ -537,6 +592,24 @@ def gradient_models(out):
     )
 
 
+    # LRN, ReduceL1 and ReduceLogSum, and a linear Resize, on parameters.
+    write(
+        out,
+        "grad_legacy",
+        [
+            node("Mul", ["x", "p"], ["xp"]),
+            node("LRN", ["xp"], ["l"], size=3, alpha=0.5, beta=0.75, bias=1.5),
+            node("Resize", ["l", "", "scales"], ["u"], mode="linear"),
+            node("ReduceL1", ["u"], ["r1"], axes=[3], keepdims=1),
+            node("Mul", ["u", "u"], ["sq"]),
+            node("Add", ["sq", "c"], ["sqc"]),
+            node("ReduceLogSum", ["sqc"], ["r2"], axes=[2], keepdims=1),
+            node("Add", ["u", "r1"], ["a"]),
+            node("Add", ["a", "r2"], ["y"]),
+        ],
+        {"x": rand(2, 4, 3, 3)},
+        [init("p", rand(4, 1, 1) + 1.5), init("scales", np.array([1, 1, 2, 1.5], np.float32)), init("c", np.abs(rand(4, 1, 1)) + 0.5)],
+    )
     # A 3-D stem: Conv3d, BatchNorm3d (batch statistics), LeakyReLU, MaxPool3d, a grouped
     # Conv3d, AvgPool3d and global average pooling, as in video models.
     write(
@@ -570,7 +643,7 @@ def gradient_models(out):
 def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
-    for make in [activations, variadic, reductions, argmax, norms, resize, conv_transpose, scans, more, volumes, gradient_models]:
+    for make in [activations, variadic, reductions, argmax, norms, resize, conv_transpose, scans, more, volumes, legacy, gradient_models]:
         make(out)
 
 

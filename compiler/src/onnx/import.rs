@@ -60,10 +60,12 @@ pub use forward::{import_forward, ForwardModel, OutputValue};
 pub const GRAPH_OPS: &[&str] = &[
     "GRU",
     "LSTM",
+    "LRN",
     "Abs",
     "Add",
     "And",
     "ArgMax",
+    "ArgMin",
     "AveragePool",
     "BatchNormalization",
     "Cast",
@@ -129,7 +131,9 @@ pub const GRAPH_OPS: &[&str] = &[
     "Pow",
     "RandomUniformLike",
     "Reciprocal",
+    "ReduceL1",
     "ReduceL2",
+    "ReduceLogSum",
     "ReduceLogSumExp",
     "ReduceMax",
     "ReduceMean",
@@ -145,6 +149,7 @@ pub const GRAPH_OPS: &[&str] = &[
     "Sigmoid",
     "Sign",
     "Sin",
+    "Size",
     "Slice",
     "Softmax",
     "Softplus",
@@ -252,7 +257,7 @@ fn check_op_types(model: &OnnxModel, initializers: &HashSet<&str>, skip: &[usize
         let fold_only = !GRAPH_OPS.contains(&op);
         let all_constant =
             n.inputs.iter().all(|i| i.is_empty() || constant.contains(i.as_str()) || (fold_only && initializers.contains(i.as_str())));
-        let folds = default_domain && (op == "Shape" || (fold::FOLDABLE.contains(&op) && all_constant));
+        let folds = default_domain && (op == "Shape" || op == "Size" || (fold::FOLDABLE.contains(&op) && all_constant));
         if folds {
             constant.extend(n.outputs.iter().map(String::as_str));
         }
@@ -589,11 +594,12 @@ impl Importer<'_> {
             "Mish" | "Selu" | "Softsign" => self.activation(&ctx),
             "GlobalMaxPool" => self.global_max_pool(&ctx),
             "Sum" | "Mean" => self.variadic(&ctx),
-            "ReduceL2" | "ReduceSumSquare" | "ReduceLogSumExp" => self.reduce_composite(&ctx),
-            "ArgMax" => self.arg_max(&ctx),
+            "ReduceL2" | "ReduceSumSquare" | "ReduceLogSumExp" | "ReduceL1" | "ReduceLogSum" => self.reduce_composite(&ctx),
+            "ArgMax" | "ArgMin" => self.arg_max(&ctx),
             "InstanceNormalization" => self.instance_norm(&ctx),
             "GroupNormalization" => self.group_norm(&ctx),
             "Resize" => self.resize(&ctx),
+            "LRN" => self.lrn(&ctx),
             "ConvTranspose" => self.conv_transpose(&ctx),
             "IsNaN" => self.is_nan(&ctx),
             "IsInf" => self.is_inf(&ctx),
@@ -628,6 +634,16 @@ impl Importer<'_> {
                 None => return Err(self.undefined(ctx, ctx.input(0)?)),
             };
             self.set(ctx, 0, Value::Const(fold::shape_of(node, &dims)))?;
+            return Ok(true);
+        }
+        if node.op_type == "Size" {
+            let dims = match self.values.get(ctx.input(0)?) {
+                Some(Value::Tensor(t)) => self.graph.shape(*t).to_vec(),
+                Some(Value::Const(c)) => c.dims.clone(),
+                Some(Value::Initializer(i)) => self.model.initializers[*i].dims.clone(),
+                None => return Err(self.undefined(ctx, ctx.input(0)?)),
+            };
+            self.set(ctx, 0, Value::Const(Const::i64(vec![], vec![dims.iter().product::<usize>() as i64])))?;
             return Ok(true);
         }
         if !fold::FOLDABLE.contains(&node.op_type.as_str()) {

@@ -106,10 +106,11 @@ impl Importer<'_> {
         self.set(ctx, 0, Value::Tensor(y))
     }
 
-    /// ReduceL2 `sqrt(sum(x * x))`, ReduceSumSquare `sum(x * x)` and ReduceLogSumExp
-    /// `m + log(sum(exp(x - m)))` with `m` the kept maximum over the same axes (stable for large
-    /// inputs). With `noop_with_empty_axes` and no axes, the reduction is skipped and the
-    /// elementwise part stays (`|x|`, `x * x`, `x`), as ONNX's reference computes.
+    /// ReduceL2 `sqrt(sum(x * x))`, ReduceSumSquare `sum(x * x)`, ReduceL1 `sum(|x|)`,
+    /// ReduceLogSum `log(sum(x))` and ReduceLogSumExp `m + log(sum(exp(x - m)))` with `m` the
+    /// kept maximum over the same axes (stable for large inputs). With `noop_with_empty_axes` and
+    /// no axes, the reduction is skipped and the elementwise part stays (`|x|`, `x * x`, `|x|`,
+    /// `log(x)`, `x`), as ONNX's reference computes.
     pub(super) fn reduce_composite(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
         let x = self.tensor(ctx, ctx.input(0)?)?;
         let xs = self.graph.shape(x).to_vec();
@@ -127,8 +128,9 @@ impl Importer<'_> {
         let op = ctx.node.op_type.clone();
         let Some(axes) = axes else {
             let y = match op.as_str() {
-                "ReduceL2" => self.map(ctx, &name, UnaryFn::Abs(Abs), x)?,
+                "ReduceL2" | "ReduceL1" => self.map(ctx, &name, UnaryFn::Abs(Abs), x)?,
                 "ReduceSumSquare" => self.emit(ctx, &name, DenseOp::Mul, &[x, x])?,
+                "ReduceLogSum" => self.map(ctx, &name, UnaryFn::Log(Log), x)?,
                 _ => x,
             };
             return self.set(ctx, 0, Value::Tensor(y));
@@ -144,6 +146,14 @@ impl Importer<'_> {
                 } else {
                     s
                 }
+            }
+            "ReduceL1" => {
+                let a = self.map(ctx, &n("abs"), UnaryFn::Abs(Abs), x)?;
+                self.emit(ctx, &name, ReduceOp::ReduceSum(r), &[a])?
+            }
+            "ReduceLogSum" => {
+                let s = self.emit(ctx, &n("sum"), ReduceOp::ReduceSum(r), &[x])?;
+                self.map(ctx, &name, UnaryFn::Log(Log), s)?
             }
             "ReduceLogSumExp" => {
                 let kept = Reduce { keepdims: true, ..r.clone() };
@@ -173,7 +183,11 @@ impl Importer<'_> {
         let x = self.tensor(ctx, ctx.input(0)?)?;
         let xs = self.graph.shape(x).to_vec();
         if self.dtype(x) != DType::F32 {
-            return Err(ctx.err(format!("ArgMax of {} tensors is not supported: pock's ArgMax takes float32", self.dtype(x).name())));
+            return Err(ctx.err(format!(
+                "{} of {} tensors is not supported: pock's ArgMax and ArgMin take float32",
+                ctx.node.op_type,
+                self.dtype(x).name()
+            )));
         }
         let axis = fold::axis(ctx.int("axis", 0)?, xs.len()).map_err(|e| ctx.err(e))?;
         let keepdims = ctx.int("keepdims", 1)? != 0;
@@ -184,6 +198,8 @@ impl Importer<'_> {
         }
         let name = ctx.node.name.clone();
         let n = |s: &str| format!("{name}.{s}");
+        // ArgMin is ArgMax of -x (negation is exact, so ties stay ties).
+        let x = if ctx.node.op_type == "ArgMin" { self.map(ctx, &n("negated_input"), UnaryFn::Neg(Neg), x)? } else { x };
         let kept = Reduce { axes: vec![axis], keepdims: true };
         let m = self.emit(ctx, &n("max"), ReduceOp::ReduceMax(kept), &[x])?;
         let hit = self.emit(ctx, &n("is_max"), BroadcastOp::Equal, &[x, m])?;

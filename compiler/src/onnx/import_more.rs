@@ -1,5 +1,5 @@
 //! The importer's arms for DepthToSpace, SpaceToDepth, Einsum, OneHot, ReduceMin, Celu,
-//! ThresholdedRelu, Shrink, LpNormalization, MeanVarianceNormalization and Hardmax, composed
+//! ThresholdedRelu, Shrink, LpNormalization, MeanVarianceNormalization, Hardmax and LRN, composed
 //! from primitives pock already has (as in `import_composite.rs`, so autodiff, the CPU kernels
 //! and the GPU backend cover them through those nodes):
 //! - `DepthToSpace` (modes DCR and CRD) and `SpaceToDepth` are Reshape, Transpose, Reshape.
@@ -17,9 +17,11 @@
 //!   `Shrink` are Wheres; `LpNormalization` divides by the kept L1 or L2 norm (a zero norm gives 0);
 //!   `MeanVarianceNormalization` is ONNX's function body, `(x - E x) / (sqrt(E x² - (E x)²) +
 //!   1e-9)`; `Hardmax` (forward only) is 1 at the first maximum, found as ArgMax finds it.
+//! - `LRN` is the window sum of squares over channels as shifted Slices of the zero-padded
+//!   squares, then `x / (bias + alpha / size * sum)^beta`.
 
 use pock_engine::kernels::unary::{Abs, Elu, Neg, Sqrt};
-use pock_engine::ops::{BroadcastOp, CastOp, DenseOp, MatMul, MatMulOp, MoveOp, Reduce, ReduceOp, UnaryFn, UnaryOp};
+use pock_engine::ops::{BroadcastOp, CastOp, DenseOp, MatMul, MatMulOp, MoveOp, Reduce, ReduceOp, Slice, UnaryFn, UnaryOp};
 
 use super::{Ctx, Importer, Value};
 use crate::ir::{DType, TensorId, Values};
@@ -362,6 +364,49 @@ impl Importer<'_> {
         let first = self.emit(ctx, &n("first"), UnaryOp::Map(UnaryFn::Neg(Neg)), &[first])?;
         let is_first = self.emit(ctx, &n("is_first"), BroadcastOp::Equal, &[ramp, first])?;
         let y = self.emit(ctx, &name, CastOp::Cast { to: DType::F32 }, &[is_first])?;
+        self.set(ctx, 0, Value::Tensor(y))
+    }
+
+    /// LRN (local response normalisation across channels, AlexNet and GoogLeNet era):
+    /// `x / (bias + alpha / size * sum of x² over the size channels around c)^beta`, the window
+    /// `floor((size - 1) / 2)` channels before `c` and `ceil((size - 1) / 2)` after, clipped at the
+    /// ends. The window sum is `size` shifted Slices of the zero-padded squares.
+    pub(super) fn lrn(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
+        let x = self.float_tensor(ctx)?;
+        let xs = self.graph.shape(x).to_vec();
+        if xs.len() < 3 {
+            return Err(ctx.err(format!("its input {xs:?} has no channel axis with spatial axes after it (rank 3 or more)")));
+        }
+        let size = ctx.int("size", 0)?;
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|&s| s > 0)
+            .ok_or_else(|| ctx.err(format!("attribute 'size' is {size}; it must be positive")))?;
+        let (alpha, beta, bias) = (ctx.float("alpha", 1e-4)?, ctx.float("beta", 0.75)?, ctx.float("bias", 1.0)?);
+        let name = ctx.node.name.clone();
+        let n = |s: &str| format!("{name}.{s}");
+        let squares = self.emit(ctx, &n("square"), DenseOp::Mul, &[x, x])?;
+        let (before, after) = ((size - 1) / 2, size / 2);
+        let mut pads = vec![0; 2 * xs.len()];
+        (pads[1], pads[xs.len() + 1]) = (before, after);
+        let padded = self.emit(ctx, &n("padded"), MoveOp::Pad { pads, value: 0.0 }, &[squares])?;
+        let mut window = None;
+        for i in 0..size {
+            let slice = Slice { axes: vec![1], starts: vec![i as i64], ends: vec![(i + xs[1]) as i64], steps: vec![1] };
+            let s = self.emit(ctx, &n(&format!("shift{i}")), MoveOp::Slice(slice), &[padded])?;
+            window = Some(match window {
+                None => s,
+                Some(w) => self.emit(ctx, &n(&format!("window{i}")), DenseOp::Add, &[w, s])?,
+            });
+        }
+        let window = window.expect("size is positive");
+        let scale = self.scalar(&n("alpha_over_size"), alpha / size as f32);
+        let scaled = self.broadcast(ctx, &n("scaled"), BroadcastOp::Mul, window, scale)?;
+        let bias = self.scalar(&n("bias"), bias);
+        let base = self.broadcast(ctx, &n("base"), BroadcastOp::Add, scaled, bias)?;
+        let beta = self.scalar(&n("beta"), beta);
+        let divisor = self.broadcast(ctx, &n("divisor"), BroadcastOp::Pow, base, beta)?;
+        let y = self.broadcast(ctx, &name, BroadcastOp::Div, x, divisor)?;
         self.set(ctx, 0, Value::Tensor(y))
     }
 }
