@@ -130,3 +130,32 @@ fn batch_matmul_matches_the_reference() {
         }
     }
 }
+
+/// On a CPU with AVX-512F the gemm computes pairs of full tiles with 512-bit registers; it must
+/// give the AVX2 kernel's bits (same fused multiply-adds in the same order), on shapes with full
+/// and partial tiles, several depth blocks, and accumulation into `C`.
+#[test]
+fn the_avx512_micro_kernel_gives_the_avx2_kernels_bits() {
+    use pock_engine::kernels::cpu::par::{avx512, force_isa, Isa};
+    force_isa(None);
+    if !avx512() {
+        eprintln!("no AVX-512F on this CPU: the AVX-512 micro-kernel is not used here, nothing to compare");
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for (m, k, n, threads) in [(12, 7, 16, 1), (37, 600, 53, 2), (96, 1100, 200, 2), (13, 5, 40, 1), (150, 64, 31, 3)] {
+        let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let op = Op::Dense(DenseOp::MatMul(MatMul { trans_a: false, trans_b: false }));
+        let mut outs = Vec::new();
+        for path in [None, Some(Isa::Avx2Fma)] {
+            force_isa(path);
+            let mut y = vec![f32::NAN; m * n];
+            run(&op, View { data: &a, shape: &[m, k] }, View { data: &b, shape: &[k, n] }, &mut y, &[m, n], Some(CpuConfig { threads }));
+            outs.push(y);
+        }
+        force_isa(None);
+        let same = outs[0].iter().zip(&outs[1]).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{m}x{k}x{n} on {threads} threads: the AVX-512 and AVX2 kernels differ");
+    }
+}

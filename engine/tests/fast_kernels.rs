@@ -42,7 +42,7 @@ fn check_from(what: &str, op: &Op, inputs: &[(Vec<f32>, Vec<usize>)], outputs: &
     let in_shapes: Vec<&[usize]> = inputs.iter().map(|(_, s)| s.as_slice()).collect();
     let out_shapes: Vec<&[usize]> = outputs.iter().map(|s| s.as_slice()).collect();
     let mut workspace = vec![f32::NAN; workspace_elems(op, &in_shapes, &out_shapes)];
-    for path in [None, Some(Isa::Portable)] {
+    for path in [None, Some(Isa::Avx2Fma), Some(Isa::Portable)] {
         force_isa(path);
         let mut one_thread: Option<Vec<Vec<f32>>> = None;
         for threads in [1, 2, 3] {
@@ -1032,7 +1032,7 @@ fn mask_pack_equals_the_reference() {
                 };
                 reference::execute(&op, args).unwrap();
             }
-            for path in [None, Some(Isa::Portable)] {
+            for path in [None, Some(Isa::Avx2Fma), Some(Isa::Portable)] {
                 force_isa(path);
                 for threads in [1, 2, 3] {
                     let mut got = vec![0xA5u8; len.div_ceil(8)];

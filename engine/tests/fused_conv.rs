@@ -79,7 +79,7 @@ fn bits_of(v: &[f32]) -> Vec<u32> {
 /// threads, and the reference kernels (`None`).
 fn for_each_path(mut f: impl FnMut(Option<CpuConfig>, &str)) {
     let _isa = ISA.lock().unwrap_or_else(|e| e.into_inner());
-    for path in [None, Some(Isa::Portable)] {
+    for path in [None, Some(Isa::Avx2Fma), Some(Isa::Portable)] {
         force_isa(path);
         for threads in [1, 2, 3] {
             f(Some(CpuConfig { threads }), &format!("fast {path:?} {threads} threads"));

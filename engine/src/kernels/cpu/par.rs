@@ -187,11 +187,12 @@ pub enum Isa {
     Avx2Fma,
 }
 
-/// 0: detect, 1: portable, 2: AVX2+FMA where available.
+/// 0: detect, 1: portable, 2: AVX2+FMA where available, without AVX-512.
 static FORCED: AtomicU8 = AtomicU8::new(0);
 
-/// Restricts the kernels to the portable code (`Some(Isa::Portable)`) or lets them pick the best
-/// the CPU offers (`None`), for tests that compare both paths with the reference.
+/// Restricts the kernels to the portable code (`Some(Isa::Portable)`), to AVX2+FMA without the
+/// AVX-512 gemm micro-kernel (`Some(Isa::Avx2Fma)`), or lets them pick the best the CPU offers
+/// (`None`), for tests that compare the paths with the reference and with each other.
 pub fn force_isa(isa: Option<Isa>) {
     FORCED.store(
         match isa {
@@ -213,6 +214,21 @@ pub fn isa() -> Isa {
         return Isa::Avx2Fma;
     }
     Isa::Portable
+}
+
+/// Whether the gemm micro-kernel may use AVX-512F (512-bit registers) on this CPU: [`isa`] is
+/// AVX2+FMA, the CPU has AVX-512F, and no test restricted the kernels to AVX2. Only the gemm
+/// micro-kernel has an AVX-512 form; it adds in the same order as the AVX2 one, so both give
+/// the same bits.
+pub fn avx512() -> bool {
+    if FORCED.load(Ordering::Relaxed) != 0 || isa() != Isa::Avx2Fma {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        return true;
+    }
+    false
 }
 
 /// `a * b + c`, fused into one rounding where the instruction set has FMA (`FMA`), else two.

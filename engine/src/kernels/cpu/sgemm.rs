@@ -15,9 +15,12 @@
 //! block and the items' column slivers (none straddling two items) form one sequence.
 //!
 //! The micro-kernel is AVX2+FMA intrinsics when the CPU has them (chosen at run time), else plain
-//! Rust that the compiler vectorises for the build target (SSE2, NEON).
+//! Rust that the compiler vectorises for the build target (SSE2, NEON). On a CPU with AVX-512F,
+//! two vertically adjacent full tiles are computed together (`12 x 16`, one 512-bit register per
+//! row), in the AVX2 kernel's order of additions, so the packing, the workspace sizes and the
+//! results stay those of AVX2.
 
-use super::par::{for_each_chunk, isa, Isa};
+use super::par::{avx512, for_each_chunk, isa, Isa};
 use super::Mat;
 
 /// Rows of a micro-tile.
@@ -200,6 +203,30 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
             tile(fma, kc, a_sliver, b_sliver, at, out.ldc, MR.min(m - row), NR.min(n - col), overwrite)
         };
     };
+    let wide = cfg!(target_arch = "x86_64") && avx512();
+    // Tiles of row slivers `slivers` (of `A`, packed in `pa`) against one column sliver: in
+    // vertically adjacent pairs where AVX-512 is used and both tiles are full.
+    let tile_rows =
+        |pa: &[f32], slivers: core::ops::Range<usize>, b_sliver: &[f32], item: usize, col: usize, kc: usize, overwrite: bool| {
+            let mut ir = slivers.start;
+            while ir < slivers.end {
+                if wide && ir + 1 < slivers.end && (ir + 2) * MR <= m && col + NR <= n {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: AVX-512F was detected (`avx512`); both tiles (rows `ir * MR..(ir + 2) *
+                    // MR`, columns `col..col + NR`) lie inside `c` and are written by this unit only
+                    // (as in `tile_at`); the slivers hold `kc` depths.
+                    unsafe {
+                        let at = dst.ptr().add(item * out.item_stride + ir * MR * out.ldc + col);
+                        let a_pair = &pa[ir * MR * kc..(ir + 2) * MR * kc];
+                        kernel_avx512_pair(kc, a_pair.as_ptr(), kc * MR, b_sliver.as_ptr(), at, out.ldc, overwrite);
+                    }
+                    ir += 2;
+                } else {
+                    tile_at(&pa[ir * MR * kc..(ir + 1) * MR * kc], b_sliver, item, ir * MR, col, kc, overwrite);
+                    ir += 1;
+                }
+            }
+        };
     // On several threads, each task packs the column slivers it multiplies itself
     // (`own_slivers`), in groups as large as half of L2 holds (`GROUP_ELEMS`; every group reads
     // all of `A` again, from L3 when `A` is large), their count a multiple of the thread count
@@ -220,8 +247,8 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
         let pa = &*pa;
         let overwrite = !accumulate && pc == 0;
         if own {
-            own_slivers(b, pa, pack_b, (m, n, per_item, slivers), groups, pc, kc, threads, |a_sliver, b_sliver, item, row, col| {
-                tile_at(a_sliver, b_sliver, item, row, col, kc, overwrite)
+            own_slivers(b, pack_b, (m, n, per_item, slivers), groups, pc, kc, threads, |rows, b_sliver, item, col| {
+                tile_rows(pa, rows, b_sliver, item, col, kc, overwrite)
             });
             continue;
         }
@@ -237,9 +264,7 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
                 let (ib, jr) = (u / count, u % count);
                 let (item, col) = ((first + jr) / per_item, (first + jr) % per_item * NR);
                 let b_sliver = &pb[jr * NR * kc..(jr + 1) * NR * kc];
-                for ir in ib * (MC / MR)..((ib + 1) * (MC / MR)).min(slivers_a) {
-                    tile_at(&pa[ir * MR * kc..(ir + 1) * MR * kc], b_sliver, item, ir * MR, col, kc, overwrite);
-                }
+                tile_rows(pa, ib * (MC / MR)..((ib + 1) * (MC / MR)).min(slivers_a), b_sliver, item, col, kc, overwrite);
             };
             let units = blocks_a * count;
             let work = MC * NR * kc;
@@ -273,14 +298,13 @@ const MIN_GROUP: usize = 4;
 #[allow(clippy::too_many_arguments)]
 fn own_slivers<B: SourceB>(
     b: &B,
-    pa: &[f32],
     pack_b: &mut [f32],
     (m, n, per_item, slivers): (usize, usize, usize, usize),
     groups: usize,
     pc: usize,
     kc: usize,
     threads: usize,
-    tile: impl Fn(&[f32], &[f32], usize, usize, usize) + Sync,
+    tile_rows: impl Fn(core::ops::Range<usize>, &[f32], usize, usize) + Sync,
 ) {
     let slivers_a = m.div_ceil(MR);
     debug_assert!((1..=slivers).contains(&groups));
@@ -319,9 +343,7 @@ fn own_slivers<B: SourceB>(
             for ib in (0..slivers_a).step_by(MC / MR) {
                 for (j, b_sliver) in slot.chunks_exact(sliver_len).take(count).enumerate() {
                     let (item, col) = ((first + j) / per_item, (first + j) % per_item * NR);
-                    for ir in ib..(ib + MC / MR).min(slivers_a) {
-                        tile(&pa[ir * MR * kc..(ir + 1) * MR * kc], b_sliver, item, ir * MR, col);
-                    }
+                    tile_rows(ib..(ib + MC / MR).min(slivers_a), b_sliver, item, col);
                 }
             }
         }
@@ -507,6 +529,46 @@ unsafe fn kernel_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc:
             } else {
                 _mm256_storeu_ps(d, _mm256_add_ps(load(d), row[0]));
                 _mm256_storeu_ps(d.add(8), _mm256_add_ps(load(d.add(8)), row[1]));
+            }
+        }
+    }
+}
+
+/// Two vertically adjacent tiles at once with AVX-512F: rows `0..MR` from the `A` sliver at `a`
+/// and rows `MR..2 * MR` from the one at `a + a_next`, all `NR` columns, one 512-bit accumulator
+/// per row (12 registers). Each output is the AVX2 kernel's chain of fused multiply-adds over the
+/// depths in order, added to `C` once at the end, so the bits are the AVX2 kernel's.
+///
+/// # Safety
+/// The CPU must have AVX-512F; both `A` slivers must hold `kc * MR` values and `b` `kc * NR`;
+/// `c` must be valid for a `2 * MR x NR` tile of row stride `ldc`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_avx512_pair(kc: usize, a: *const f32, a_next: usize, b: *const f32, c: *mut f32, ldc: usize, overwrite: bool) {
+    use core::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); 2 * MR];
+    let (mut ap, mut bp) = (a, b);
+    for _ in 0..kc {
+        // SAFETY: `ap`, `ap + a_next` and `bp` point at depth `p < kc` of their slivers (the
+        // caller's contract).
+        unsafe {
+            let bv = _mm512_loadu_ps(bp);
+            for i in 0..MR {
+                acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(i)), bv, acc[i]);
+                acc[MR + i] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(a_next + i)), bv, acc[MR + i]);
+            }
+        }
+        ap = ap.wrapping_add(MR);
+        bp = bp.wrapping_add(NR);
+    }
+    for (i, row) in acc.iter().enumerate() {
+        // SAFETY: row `i` of the tile is inside `c` (the caller's contract).
+        unsafe {
+            let d = c.add(i * ldc);
+            if overwrite {
+                _mm512_storeu_ps(d, *row);
+            } else {
+                _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), *row));
             }
         }
     }
