@@ -622,28 +622,24 @@ impl Importer<'_> {
         }
     }
 
-    /// Folds the node if every input it has is a constant (`Shape` needs only its input's
-    /// static shape). Returns whether it did.
+    /// Folds the node if every input it has is a constant (`Shape` and `Size` need only their
+    /// input's static shape). Returns whether it did.
     fn try_fold(&mut self, ctx: &Ctx) -> Result<bool, ImportError> {
         let node = ctx.node;
-        if node.op_type == "Shape" {
+        if node.op_type == "Shape" || node.op_type == "Size" {
+            // Both read only the input's static shape.
             let dims = match self.values.get(ctx.input(0)?) {
                 Some(Value::Tensor(t)) => self.graph.shape(*t).to_vec(),
                 Some(Value::Const(c)) => c.dims.clone(),
                 Some(Value::Initializer(i)) => self.model.initializers[*i].dims.clone(),
                 None => return Err(self.undefined(ctx, ctx.input(0)?)),
             };
-            self.set(ctx, 0, Value::Const(fold::shape_of(node, &dims)))?;
-            return Ok(true);
-        }
-        if node.op_type == "Size" {
-            let dims = match self.values.get(ctx.input(0)?) {
-                Some(Value::Tensor(t)) => self.graph.shape(*t).to_vec(),
-                Some(Value::Const(c)) => c.dims.clone(),
-                Some(Value::Initializer(i)) => self.model.initializers[*i].dims.clone(),
-                None => return Err(self.undefined(ctx, ctx.input(0)?)),
+            let value = if node.op_type == "Shape" {
+                fold::shape_of(node, &dims)
+            } else {
+                Const::i64(vec![], vec![dims.iter().product::<usize>() as i64])
             };
-            self.set(ctx, 0, Value::Const(Const::i64(vec![], vec![dims.iter().product::<usize>() as i64])))?;
+            self.set(ctx, 0, Value::Const(value))?;
             return Ok(true);
         }
         if !fold::FOLDABLE.contains(&node.op_type.as_str()) {

@@ -118,6 +118,21 @@ pub(super) fn scratch_elems(g: &Geometry, threads: usize) -> usize {
     pack_elems_items(g.o, Tiling::new(g).block_tiles(), 1, g.c).saturating_mul(threads.clamp(1, 16))
 }
 
+/// The input tiles of tile rows `rows` (over all samples) transformed (`B^T d B`) into `v`:
+/// channel `ci`'s are `v[ci * 16 * tiles..]`, `[16][tiles]`, channels split among the threads.
+fn transform_input_block(g: &Geometry, tiling: &Tiling, x: &[f32], rows: core::ops::Range<usize>, v: &mut [f32], threads: usize) {
+    let (c, in_plane) = (g.c, g.in_plane());
+    let tiles = rows.len() * tiling.tiles_w;
+    for_each_chunk(threads, v, 16 * tiles, 64 * tiles, |ci, vc| {
+        for row in rows.clone() {
+            let (n, th) = (row / tiling.tiles_h, row % tiling.tiles_h);
+            let plane = &x[(n * c + ci) * in_plane..(n * c + ci + 1) * in_plane];
+            let first = (row - rows.start) * tiling.tiles_w;
+            input_tile_row(g, plane, th, tiling.tiles_w, vc, tiles, first);
+        }
+    });
+}
+
 /// How the 3x3 kernels of the convolution are read from the weight tensor `w` (`[O, C, 3, 3]` of
 /// the forward convolution).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -154,20 +169,12 @@ pub(super) fn convolve(
     transform_weights(g, w, weights, u, threads);
     let u = &*u;
     let rows_total = g.n * tiling.tiles_h;
-    let (in_plane, out_plane) = (g.in_plane(), g.out_plane());
+    let out_plane = g.out_plane();
     for first_row in (0..rows_total).step_by(tiling.block_rows) {
         let rows = first_row..(first_row + tiling.block_rows).min(rows_total);
         let tiles = rows.len() * tiling.tiles_w;
-        // Inputs: channel `ci`'s transformed tiles are `v[ci * 16 * tiles..]`, `[16][tiles]`.
         let v = &mut v[..16 * c * tiles];
-        for_each_chunk(threads, v, 16 * tiles, 64 * tiles, |ci, vc| {
-            for row in rows.clone() {
-                let (n, th) = (row / tiling.tiles_h, row % tiling.tiles_h);
-                let plane = &x[(n * c + ci) * in_plane..(n * c + ci + 1) * in_plane];
-                let first = (row - rows.start) * tiling.tiles_w;
-                input_tile_row(g, plane, th, tiling.tiles_w, vc, tiles, first);
-            }
-        });
+        transform_input_block(g, &tiling, x, rows.clone(), v, threads);
         // The 16 products `M[xi] = U[.][xi] @ V[.][xi]` (rows of `U` and `V` 16 blocks apart),
         // split among the threads, each product on one thread with the thread's own packing
         // buffer: one barrier per block rather than one per product (the products' results do
@@ -250,20 +257,12 @@ pub(super) fn grad_weight(g: &Geometry, dy: &[f32], x: &[f32], dw: &mut [f32], w
     if rows_total == 0 {
         sums.fill(0.0);
     }
-    let (in_plane, out_plane) = (g.in_plane(), g.out_plane());
+    let out_plane = g.out_plane();
     for (block, first_row) in (0..rows_total).step_by(tiling.block_rows).enumerate() {
         let rows = first_row..(first_row + tiling.block_rows).min(rows_total);
         let tiles = rows.len() * tiling.tiles_w;
-        // Inputs: channel `ci`'s transformed tiles are `v[ci * 16 * tiles..]`, `[16][tiles]`.
         let v = &mut v[..16 * c * tiles];
-        for_each_chunk(threads, v, 16 * tiles, 64 * tiles, |ci, vc| {
-            for row in rows.clone() {
-                let (n, th) = (row / tiling.tiles_h, row % tiling.tiles_h);
-                let plane = &x[(n * c + ci) * in_plane..(n * c + ci + 1) * in_plane];
-                let first = (row - rows.start) * tiling.tiles_w;
-                input_tile_row(g, plane, th, tiling.tiles_w, vc, tiles, first);
-            }
-        });
+        transform_input_block(g, &tiling, x, rows.clone(), v, threads);
         // Output gradients: channel `ko`'s transformed tiles are `d[ko * 16 * tiles..]`.
         let d = &mut d[..16 * k * tiles];
         for_each_chunk(threads, d, 16 * tiles, 32 * tiles, |ko, dk| {
