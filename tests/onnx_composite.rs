@@ -3,8 +3,8 @@
 //! InstanceNormalization, GroupNormalization, Resize, ConvTranspose, IsNaN, IsInf, CumSum,
 //! GatherElements, GatherND, DepthToSpace, SpaceToDepth, Einsum, OneHot, ReduceMin, Celu,
 //! ThresholdedRelu, Shrink, LpNormalization, MeanVarianceNormalization, Hardmax, and Conv,
-//! MaxPool, AveragePool, BatchNormalization and global pooling on volumes, LRN, Size, ArgMin,
-//! ReduceL1 and ReduceLogSum): small models
+//! MaxPool, AveragePool, BatchNormalization and global pooling on volumes, LRN, If on a
+//! compile-time condition, Size, ArgMin, ReduceL1 and ReduceLogSum): small models
 //! written by
 //! `tests/onnx/composite_cases.py` (run with `$POCK_PYTHON`, which needs onnx, onnxruntime and
 //! numpy), each with attribute variants, imported forward and run by the f64 interpreter against
@@ -222,8 +222,8 @@ fn gradients(name: &str, parameters: &[&str]) {
 }
 
 #[test]
-fn lrn_size_argmin_reduce_l1_and_log_sum_match_onnxruntime() {
-    check_all(&["legacy_"], 5);
+fn lrn_if_size_argmin_reduce_l1_and_log_sum_match_onnxruntime() {
+    check_all(&["legacy_"], 7);
     check_all(&["argmin_", "reducel1_", "reducelogsum_"], 13);
 }
 

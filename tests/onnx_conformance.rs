@@ -53,6 +53,8 @@ const INITIALIZER_INPUTS: &[(&str, &[usize])] = &[
     ("ConstantOfShape", &[0]),
     ("Dropout", &[1, 2]),
     ("Expand", &[1]),
+    // The condition: pock imports an If whose condition is known at compile time.
+    ("If", &[0]),
     ("OneHot", &[1, 2]),
     ("Pad", &[1, 2, 3]),
     ("Range", &[0, 1, 2]),

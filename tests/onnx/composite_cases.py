@@ -465,6 +465,22 @@ def legacy(out):
     write(out, "legacy_lrn_size1", [node("LRN", ["x"], size=1, alpha=0.3)], x, [])
     write(out, "legacy_lrn_size9_wider_than_channels", [node("LRN", ["x"], size=9, beta=1.0)], x, [])
     u = {"x": rand(2, 3, 3, 4)}
+    # If on a static shape (torch's TorchScript export of LocalResponseNorm tests the rank): the
+    # taken branch is imported in place; a branch may hold its own initializers.
+    def branch(name, nodes, out, inits=()):
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], initializer=list(inits))
+
+    rank_is = [node("Shape", ["x"], ["s"]), node("Size", ["s"], ["r"])]
+    then_ = branch("then", [node("Mul", ["x", "k"], ["t"]), node("Relu", ["t"], ["tr"])], "tr", [init("k", rand(4))])
+    else_ = branch("else", [node("Neg", ["x"], ["e"])], "e")
+    for name, rank in [("legacy_if_then", 4), ("legacy_if_else", 3)]:
+        write(
+            out,
+            name,
+            rank_is + [node("Equal", ["r", "want"], ["c"]), node("If", ["c"], ["y"], then_branch=then_, else_branch=else_)],
+            u,
+            [init("want", np.array(rank, np.int64))],
+        )
     # Size folds to the element count.
     write(
         out,

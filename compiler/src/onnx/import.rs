@@ -104,6 +104,7 @@ pub const GRAPH_OPS: &[&str] = &[
     "HardSwish",
     "Hardmax",
     "Identity",
+    "If",
     "InstanceNormalization",
     "IsInf",
     "IsNaN",
@@ -600,6 +601,7 @@ impl Importer<'_> {
             "GroupNormalization" => self.group_norm(&ctx),
             "Resize" => self.resize(&ctx),
             "LRN" => self.lrn(&ctx),
+            "If" => self.if_constant(&ctx),
             "ConvTranspose" => self.conv_transpose(&ctx),
             "IsNaN" => self.is_nan(&ctx),
             "IsInf" => self.is_inf(&ctx),
@@ -1222,6 +1224,27 @@ mod tests {
             msg.contains("Det_node") && msg.contains("opset 17") && msg.contains("BatchNormalization, Cast, CastLike, Ceil, Celu, Clip"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn an_if_on_a_run_time_condition_is_refused_and_says_why() {
+        use crate::onnx::Subgraph;
+        let branch = |op: &str| {
+            Attribute::Graph(Box::new(Subgraph {
+                nodes: vec![node(op, &["x"], &[&format!("{op}_out")], vec![])],
+                initializers: vec![],
+                outputs: vec![format!("{op}_out")],
+            }))
+        };
+        let nodes = vec![
+            node("ReduceSum", &["x"], &["s"], vec![("keepdims", Attribute::Int(0))]),
+            node("Greater", &["s", "zero"], &["c"], vec![]),
+            node("If", &["c"], &["y"], vec![("then_branch", branch("Relu")), ("else_branch", branch("Neg"))]),
+        ];
+        let zero = f32s("zero", vec![], vec![0.0]);
+        let e = import_model(&model(&[2, 3], vec![zero], nodes, "y"), "t", &ImportOptions::default()).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("computed at run time") && msg.contains("Where"), "{msg}");
     }
 
     #[test]

@@ -19,13 +19,14 @@
 //!   1e-9)`; `Hardmax` (forward only) is 1 at the first maximum, found as ArgMax finds it.
 //! - `LRN` is the window sum of squares over channels as shifted Slices of the zero-padded
 //!   squares, then `x / (bias + alpha / size * sum)^beta`.
+//! - `If` with a condition known at compile time imports its taken branch in place.
 
 use pock_engine::kernels::unary::{Abs, Elu, Neg, Sqrt};
 use pock_engine::ops::{BroadcastOp, CastOp, DenseOp, MatMul, MatMulOp, MoveOp, Reduce, ReduceOp, Slice, UnaryFn, UnaryOp};
 
 use super::{Ctx, Importer, Value};
 use crate::ir::{DType, TensorId, Values};
-use crate::onnx::{fold, ImportError};
+use crate::onnx::{fold, Attribute, ImportError};
 
 impl Importer<'_> {
     fn float_tensor(&mut self, ctx: &Ctx) -> Result<TensorId, ImportError> {
@@ -498,4 +499,45 @@ fn parse_einsum(equation: &str, shapes: &[Vec<usize>]) -> Result<(Vec<Vec<u8>>, 
         }
     }
     Ok((terms, out))
+}
+
+impl Importer<'_> {
+    /// If whose condition is known at compile time (an exporter's test of a static shape, such
+    /// as torch's TorchScript export of `LocalResponseNorm` on the input's rank): the taken
+    /// branch's initializers and nodes are imported in place, and its outputs become the If's.
+    /// A condition computed at run time is refused: a static plan has one program.
+    pub(super) fn if_constant(&mut self, ctx: &Ctx) -> Result<(), ImportError> {
+        let name = ctx.input(0)?;
+        if let Some(Value::Tensor(_)) = self.values.get(name) {
+            return Err(ctx.err(
+                "its condition is computed at run time (data-dependent control flow), which a static training plan cannot \
+                 hold; compute both branches and choose with Where, or export the model without the branch",
+            ));
+        }
+        let cond = self.constant(ctx, name, "condition")?;
+        let taken = match &cond.data {
+            fold::ConstData::Bool(v) if v.len() == 1 => v[0],
+            fold::ConstData::I64(v) if v.len() == 1 => v[0] != 0,
+            _ => return Err(ctx.err(format!("its condition '{name}' is not a one-element bool tensor"))),
+        };
+        let key = if taken { "then_branch" } else { "else_branch" };
+        let Some(Attribute::Graph(branch)) = ctx.node.attribute(key) else {
+            return Err(ctx.err(format!("attribute '{key}' is missing or not a graph")));
+        };
+        if branch.outputs.len() != ctx.node.outputs.len() {
+            return Err(ctx.err(format!("its {key} has {} outputs, the node {}", branch.outputs.len(), ctx.node.outputs.len())));
+        }
+        let branch = branch.clone();
+        for t in &branch.initializers {
+            self.values.insert(t.name.clone(), Value::Const(fold::Const::from_tensor(t)));
+        }
+        for node in &branch.nodes {
+            self.import_node(node)?;
+        }
+        for (i, out) in branch.outputs.iter().enumerate() {
+            let v = self.values.get(out).cloned().ok_or_else(|| self.undefined(ctx, out))?;
+            self.set(ctx, i, v)?;
+        }
+        Ok(())
+    }
 }

@@ -7,7 +7,7 @@ use prost::Message;
 
 use super::error::{ImportError, IR_VERSIONS, OPSETS};
 use super::proto;
-use super::{Attribute, DataType, Dim, Node, OnnxModel, Tensor, TensorValues, ValueInfo};
+use super::{Attribute, DataType, Dim, Node, OnnxModel, Subgraph, Tensor, TensorValues, ValueInfo};
 
 /// Reads an ONNX model from `path`. External data files are looked up relative to the model's
 /// directory, as the ONNX specification says.
@@ -236,10 +236,16 @@ fn attribute(a: &proto::AttributeProto, ctx: &NodeCtx, external: &mut ExternalDa
         T::Floats => Attribute::Floats(a.floats.clone()),
         T::Ints => Attribute::Ints(a.ints.clone()),
         T::Strings => Attribute::Strings(a.strings.clone()),
-        T::Graph | T::Graphs => {
+        // `If`'s branches: imported when the condition is known at compile time (an exporter's
+        // check of a static shape); Loop and Scan are refused by the importer.
+        T::Graph => {
+            let g = a.g.as_ref().ok_or_else(|| malformed("it is of type GRAPH but holds no graph"))?;
+            Attribute::Graph(Box::new(subgraph(g, ctx, external)?))
+        }
+        T::Graphs => {
             return Err(unsupported(
-                "graph",
-                "control flow (If, Loop, Scan) is not supported; export the model without data-dependent control flow",
+                "list of graphs",
+                "no standard op of opsets 13-21 but Scan's variants takes one; control flow over data is not supported",
             ))
         }
         T::SparseTensor | T::SparseTensors => return Err(unsupported("sparse tensor", "store the constant as a dense tensor")),
@@ -251,6 +257,39 @@ fn attribute(a: &proto::AttributeProto, ctx: &NodeCtx, external: &mut ExternalDa
         T::Undefined => return Err(malformed("it has no type (ONNX IR 7 and later require one)")),
     };
     Ok((name, value))
+}
+
+/// A subgraph attribute's nodes (named `<op_type>_<index>` where unnamed), initializers and
+/// output names; its nodes' own subgraphs are read the same way.
+fn subgraph(g: &proto::GraphProto, ctx: &NodeCtx, external: &mut ExternalData) -> Result<Subgraph, ImportError> {
+    let mut initializers = Vec::with_capacity(g.initializer.len());
+    for t in &g.initializer {
+        let name = t.name.clone().unwrap_or_default();
+        initializers.push(read_tensor(t, name, external)?);
+    }
+    let mut nodes = Vec::with_capacity(g.node.len());
+    for (index, n) in g.node.iter().enumerate() {
+        let op_type = n.op_type.clone().unwrap_or_default();
+        let name = match &n.name {
+            Some(s) if !s.is_empty() => s.clone(),
+            _ => format!("{}/{op_type}_{index}", ctx.node),
+        };
+        let inner = NodeCtx { node: &name, op_type: &op_type, opset: ctx.opset };
+        let mut attributes = Vec::with_capacity(n.attribute.len());
+        for a in &n.attribute {
+            attributes.push(attribute(a, &inner, external)?);
+        }
+        nodes.push(Node {
+            name,
+            op_type,
+            domain: n.domain.clone().unwrap_or_default(),
+            inputs: n.input.clone(),
+            outputs: n.output.clone(),
+            attributes,
+        });
+    }
+    let outputs = g.output.iter().map(|o| o.name.clone().unwrap_or_default()).collect();
+    Ok(Subgraph { nodes, initializers, outputs })
 }
 
 /// The external data files of one model, each mapped once.

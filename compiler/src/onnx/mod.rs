@@ -192,6 +192,17 @@ pub enum Attribute {
     Floats(Vec<f32>),
     Ints(Vec<i64>),
     Strings(Vec<Vec<u8>>),
+    /// A subgraph (`If`'s branches).
+    Graph(Box<Subgraph>),
+}
+
+/// A subgraph attribute: its nodes (which may read the enclosing graph's values), its own
+/// initializers and the names of its outputs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Subgraph {
+    pub nodes: Vec<Node>,
+    pub initializers: Vec<Tensor>,
+    pub outputs: Vec<String>,
 }
 
 /// One node of the graph, in file order (which ONNX requires to be topological).
