@@ -300,13 +300,25 @@ fn bad_tensors_are_errors() {
 }
 
 #[test]
-fn graph_attributes_name_the_node_op_and_opset() {
+fn graph_attributes_load_and_lists_of_graphs_name_the_node_op_and_opset() {
+    // A subgraph (If's branch) is read; the importer decides what to do with it.
     let mut m = tiny();
     let branch = attr("then_branch", AttributeType::Graph, |a| a.g = Some(GraphProto::default()));
     graph(&mut m).node.push(node("cond_1", "If", &["y"], &["z"], vec![branch]));
+    let loaded = load(&m).unwrap();
+    let if_node = loaded.nodes.last().unwrap();
+    assert!(matches!(if_node.attribute("then_branch"), Some(pock_compiler::onnx::Attribute::Graph(_))), "{if_node:?}");
+    // A list of graphs is refused, naming the node, op, opset and attribute.
+    let mut m = tiny();
+    let branches = attr("bodies", AttributeType::Graphs, |a| a.graphs = vec![GraphProto::default()]);
+    graph(&mut m).node.push(node("scan_1", "Scan", &["y"], &["z"], vec![branches]));
     let (e, msg) = err(&m);
-    assert!(matches!(e, ImportError::UnsupportedAttribute { kind: "graph", .. }), "{msg}");
-    assert!(msg.contains("'cond_1'") && msg.contains("If") && msg.contains("opset 17") && msg.contains("then_branch"), "{msg}");
+    assert!(matches!(e, ImportError::UnsupportedAttribute { kind: "list of graphs", .. }), "{msg}");
+    assert!(msg.contains("'scan_1'") && msg.contains("Scan") && msg.contains("opset 17") && msg.contains("bodies"), "{msg}");
+    // A GRAPH attribute that holds no graph is malformed.
+    let mut m = tiny();
+    graph(&mut m).node.push(node("cond_2", "If", &["y"], &["z"], vec![attr("then_branch", AttributeType::Graph, |_| {})]));
+    assert!(matches!(err(&m).0, ImportError::MalformedAttribute { .. }));
 
     let mut m = tiny();
     graph(&mut m).node.push(node("c", "Constant", &[], &["z"], vec![attr("value", AttributeType::Tensor, |_| {})]));
