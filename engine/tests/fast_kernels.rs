@@ -841,6 +841,9 @@ fn thread_seconds() -> f64 {
 #[ignore]
 fn resnet18_conv_speed() {
     let threads: usize = std::env::var("POCK_SPEED_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
+    // `POCK_SPEED_WINOGRAD=0`: every layer on im2col, to compare the algorithms.
+    let winograd = std::env::var("POCK_SPEED_WINOGRAD").map_or(true, |v| v != "0");
+    pock_engine::kernels::cpu::set_winograd(winograd);
     // One thread: thread CPU time (not disturbed by the load); more: the wall clock.
     let start = std::time::Instant::now();
     let now = || if threads == 1 { thread_seconds() } else { start.elapsed().as_secs_f64() };

@@ -731,7 +731,14 @@ impl SourceB for Columns<'_> {
                 if lo < hi {
                     let in_row = &plane[ih * g.w..(ih + 1) * g.w];
                     let first = iw_first + (lo - ow_range.start) * g.stride[1];
-                    depthwise::zip_gather(&mut dst[lo - ow..hi - ow], &in_row[first..], g.stride[1], |d, s| *d = s);
+                    if g.stride[1] == 1 && hi - lo == NR {
+                        // A whole sliver from one input row: a constant length, copied in
+                        // registers rather than by a call.
+                        let dst: &mut [f32; NR] = dst.try_into().expect("a run of NR values");
+                        dst.copy_from_slice(&in_row[first..first + NR]);
+                    } else {
+                        depthwise::zip_gather(&mut dst[lo - ow..hi - ow], &in_row[first..], g.stride[1], |d, s| *d = s);
+                    }
                 }
             }
             out[cols..].fill(0.0);

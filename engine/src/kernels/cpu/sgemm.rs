@@ -358,7 +358,13 @@ fn own_slivers<B: SourceB>(
 /// Packs columns `col..col + cols` of rows `pc..pc + sliver.len() / NR` of `b` into one sliver:
 /// depth-major, `NR` values per depth, zero beyond `cols`.
 fn pack_b_sliver(b: Mat<'_>, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) {
-    if b.col_stride == 1 {
+    if b.col_stride == 1 && cols == NR {
+        // A constant length: copied in registers rather than by a call per depth.
+        for (p, out) in sliver.chunks_exact_mut(NR).enumerate() {
+            let start = (pc + p) * b.row_stride + col;
+            out.copy_from_slice(&b.data[start..start + NR]);
+        }
+    } else if b.col_stride == 1 {
         for (p, out) in sliver.chunks_exact_mut(NR).enumerate() {
             let start = (pc + p) * b.row_stride + col;
             out[..cols].copy_from_slice(&b.data[start..start + cols]);
@@ -389,6 +395,13 @@ fn pack_a_sliver(a: Mat<'_>, pc: usize, row: usize, rows: usize, sliver: &mut [f
         for (p, out) in sliver.chunks_exact_mut(MR).enumerate() {
             let start = (pc + p) * a.col_stride + row;
             out[..rows].copy_from_slice(&a.data[start..start + rows]);
+        }
+    } else if rows == MR && a.col_stride == 1 {
+        // Whole slivers of a row-major matrix: each depth's `MR` values written at once, read
+        // from `MR` rows that are each walked in order.
+        let src: [&[f32]; MR] = core::array::from_fn(|i| &a.data[(row + i) * a.row_stride + pc..][..kc]);
+        for (p, out) in sliver.chunks_exact_mut(MR).enumerate() {
+            *<&mut [f32; MR]>::try_from(out).expect("MR values") = core::array::from_fn(|i| src[i][p]);
         }
     } else {
         for i in 0..rows {

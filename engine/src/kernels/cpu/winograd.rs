@@ -35,7 +35,7 @@
 //! it is a different rounding: a training run moves by it as by any other change of summation
 //! order.
 
-use super::par::{for_each_chunk, for_each_part, multiversion};
+use super::par::{for_each_chunk, for_each_part, multiversion, prefetch};
 use super::sgemm::{pack_elems_items, product_with, Out, SourceA, SourceB, MR, NR};
 use super::Mat;
 use crate::kernels::conv_geometry::ConvGeometry as Geometry;
@@ -127,6 +127,11 @@ fn transform_input_block(g: &Geometry, tiling: &Tiling, x: &[f32], rows: core::o
         for row in rows.clone() {
             let (n, th) = (row / tiling.tiles_h, row % tiling.tiles_h);
             let plane = &x[(n * c + ci) * in_plane..(n * c + ci + 1) * in_plane];
+            // The rows this tile row reads of the next channel, met after this channel's block.
+            if ci + 1 < c {
+                let (lo, hi) = ((2 * th).saturating_sub(g.padding[0]).min(g.h), (2 * th + 4).saturating_sub(g.padding[0]).min(g.h));
+                prefetch(&x[(n * c + ci + 1) * in_plane + lo * g.w..(n * c + ci + 1) * in_plane + hi * g.w]);
+            }
             let first = (row - rows.start) * tiling.tiles_w;
             input_tile_row(g, plane, th, tiling.tiles_w, vc, tiles, first);
         }
@@ -269,6 +274,11 @@ pub(super) fn grad_weight(g: &Geometry, dy: &[f32], x: &[f32], dw: &mut [f32], w
             for row in rows.clone() {
                 let (n, th) = (row / tiling.tiles_h, row % tiling.tiles_h);
                 let plane = &dy[(n * k + ko) * out_plane..(n * k + ko + 1) * out_plane];
+                // The rows this tile row reads of the next channel, met after this channel's block.
+                if ko + 1 < k {
+                    let (lo, hi) = ((2 * th).min(g.ho), (2 * th + 2).min(g.ho));
+                    prefetch(&dy[(n * k + ko + 1) * out_plane + lo * g.wo..(n * k + ko + 1) * out_plane + hi * g.wo]);
+                }
                 let first = (row - rows.start) * tiling.tiles_w;
                 grad_tile_row(g, plane, th, tiling.tiles_w, dk, tiles, first);
             }
@@ -406,6 +416,82 @@ fn g_transform(v: [f32; 3]) -> [f32; 4] {
     [v[0], 0.5 * (v[0] + v[1] + v[2]), 0.5 * (v[0] - v[1] + v[2]), v[2]]
 }
 
+/// The even- and odd-indexed values of `row[start..start + 2 * LANES]` (`row[start + 2 * l]` and
+/// `row[start + 2 * l + 1]` in lane `l`), zero where the index is outside the row: masked loads
+/// and two shuffles with AVX2 (`FMA`, the instance [`multiversion`] compiles for AVX2 and FMA),
+/// else a plain gather. Moves values only, so both give the same bits. (A copy of the row's part
+/// through a buffer on the stack, read back as vectors, stalled each load on the copy's stores.)
+#[inline(always)]
+fn even_odd<const FMA: bool>(row: &[f32], start: isize) -> [[f32; LANES]; 2] {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: `FMA` is true only in the instance compiled for (and run on) AVX2 and FMA.
+        return unsafe { even_odd_avx2(row, start) };
+    }
+    let at = |j: usize| usize::try_from(start + j as isize).ok().and_then(|i| row.get(i)).copied().unwrap_or(0.0);
+    [core::array::from_fn(|l| at(2 * l)), core::array::from_fn(|l| at(2 * l + 1))]
+}
+
+/// [`even_odd`] with AVX2.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn even_odd_avx2(row: &[f32], start: isize) -> [[f32; LANES]; 2] {
+    use core::arch::x86_64::*;
+    const { assert!(LANES == 8) };
+    // Lanes whose index `start + q + t` is inside the row (`0 <= i < len`).
+    let len = row.len() as i32;
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let mask = |q: isize| {
+        let i = _mm256_add_epi32(_mm256_set1_epi32((start + q) as i32), lanes);
+        _mm256_and_si256(_mm256_cmpgt_epi32(i, _mm256_set1_epi32(-1)), _mm256_cmpgt_epi32(_mm256_set1_epi32(len), i))
+    };
+    let base = row.as_ptr().wrapping_offset(start);
+    // SAFETY: a masked load reads only the lanes its mask sets, here indices inside `row`; the
+    // others are zero. (`wrapping_offset` may point outside `row`; no lane outside is read.)
+    let (a, b) = unsafe { (_mm256_maskload_ps(base, mask(0)), _mm256_maskload_ps(base.wrapping_add(LANES), mask(LANES as isize))) };
+    // [a0 a2 b0 b2 | a4 a6 b4 b6], then the middle 64-bit pairs swapped: [a0 a2 a4 a6 b0 b2 b4 b6].
+    let even = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<0b10_00_10_00>(a, b))));
+    let odd = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<0b11_01_11_01>(a, b))));
+    // SAFETY: a vector of 8 floats is 8 floats.
+    unsafe { [core::mem::transmute::<__m256, [f32; LANES]>(even), core::mem::transmute::<__m256, [f32; LANES]>(odd)] }
+}
+
+/// The inverse of [`even_odd`]'s split: `even[l]` at `2 * l`, `odd[l]` at `2 * l + 1`.
+#[inline(always)]
+fn interleave<const FMA: bool>(even: [f32; LANES], odd: [f32; LANES]) -> [f32; 2 * LANES] {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: `FMA` is true only in the instance compiled for (and run on) AVX2 and FMA.
+        return unsafe { interleave_avx2(even, odd) };
+    }
+    core::array::from_fn(|p| if p % 2 == 0 { even[p / 2] } else { odd[p / 2] })
+}
+
+/// [`interleave`] with AVX2 unpacks.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn interleave_avx2(even: [f32; LANES], odd: [f32; LANES]) -> [f32; 2 * LANES] {
+    use core::arch::x86_64::*;
+    const { assert!(LANES == 8) };
+    // SAFETY: plain floats in and out of registers.
+    unsafe {
+        let (e, o) = (core::mem::transmute::<[f32; LANES], __m256>(even), core::mem::transmute::<[f32; LANES], __m256>(odd));
+        // [e0 o0 e1 o1 | e4 o4 e5 o5] and [e2 o2 e3 o3 | e6 o6 e7 o7], then their halves in order.
+        let (lo, hi) = (_mm256_unpacklo_ps(e, o), _mm256_unpackhi_ps(e, o));
+        let first = _mm256_permute2f128_ps::<0x20>(lo, hi);
+        let second = _mm256_permute2f128_ps::<0x31>(lo, hi);
+        core::mem::transmute::<[__m256; 2], [f32; 2 * LANES]>([first, second])
+    }
+}
+
 multiversion!(
     /// Transforms the input tiles of tile row `th` of one input plane into `vc` (`[16][tiles]`, the
     /// block's transformed tiles of this channel), the row's first tile at `first`: `B^T d B` with
@@ -435,26 +521,16 @@ fn input_tile_row_body<const FMA: bool>(
         let mut r = [[[0.0f32; LANES]; 4]; 4];
         for (i, row) in rows.iter().enumerate() {
             let Some(row) = row else { continue };
-            // The input columns the lanes read, zero outside the row (2 per lane and 2 more),
-            // split into even and odd columns: tile `l` reads `e[l], o[l], e[l + 1], o[l + 1]`.
-            let mut buf = [0.0f32; 2 * LANES + 2];
+            // The input columns the lanes read, zero outside the row (2 per lane and 2 more):
+            // tile `l` reads `e[l], o[l], e[l + 1], o[l + 1]` (`e`, `o` the even and odd ones).
             let start = 2 * tw0 as isize - pl as isize;
-            let lo = start.max(0) as usize;
-            let hi = ((start + 2 * LANES as isize + 2).max(0) as usize).min(g.w);
-            if lo as isize == start && hi - lo == buf.len() {
-                // Inside the row: a constant length, copied in registers rather than by a call.
-                buf.copy_from_slice(&row[lo..lo + 2 * LANES + 2]);
-            } else if lo < hi {
-                let at = (lo as isize - start) as usize;
-                buf[at..at + hi - lo].copy_from_slice(&row[lo..hi]);
-            }
-            let e: [f32; LANES + 1] = core::array::from_fn(|t| buf[2 * t]);
-            let o: [f32; LANES + 1] = core::array::from_fn(|t| buf[2 * t + 1]);
+            let [e0, o0] = even_odd::<FMA>(row, start);
+            let [e1, o1] = even_odd::<FMA>(row, start + 2);
             for l in 0..LANES {
-                r[0][i][l] = e[l] - e[l + 1];
-                r[1][i][l] = o[l] + e[l + 1];
-                r[2][i][l] = e[l + 1] - o[l];
-                r[3][i][l] = o[l] - o[l + 1];
+                r[0][i][l] = e0[l] - e1[l];
+                r[1][i][l] = o0[l] + e1[l];
+                r[2][i][l] = e1[l] - o0[l];
+                r[3][i][l] = o0[l] - o1[l];
             }
         }
         // Along the rows (`B^T (d B)`), each of the 16 values written for the lanes' tiles.
@@ -507,19 +583,18 @@ fn output_tile_row_body<const FMA: bool>(
                 lanes[..count].copy_from_slice(&mk[at..at + count]);
             }
         }
-        // s[o][b][l] = (A^T m)[o][b], then y[o][p] = (s A)[o][p], interleaved into output rows.
-        let mut out = [[0.0f32; 2 * LANES]; 2];
-        for l in 0..LANES {
-            let col = |b: usize| [m[b][l], m[4 + b][l], m[8 + b][l], m[12 + b][l]];
-            let s: [[f32; 2]; 4] = core::array::from_fn(|b| {
-                let v = col(b);
-                [v[0] + v[1] + v[2], v[1] - v[2] - v[3]]
-            });
-            for o in 0..2 {
-                out[o][2 * l] = s[0][o] + s[1][o] + s[2][o];
-                out[o][2 * l + 1] = s[1][o] - s[2][o] - s[3][o];
-            }
-        }
+        // s[b][o][l] = (A^T m)[o][b], then y[o][p] = (s A)[o][p], interleaved into output rows.
+        let s: [[[f32; LANES]; 2]; 4] = core::array::from_fn(|b| {
+            [
+                core::array::from_fn(|l| m[b][l] + m[4 + b][l] + m[8 + b][l]),
+                core::array::from_fn(|l| m[4 + b][l] - m[8 + b][l] - m[12 + b][l]),
+            ]
+        });
+        let out: [[f32; 2 * LANES]; 2] = core::array::from_fn(|o| {
+            let even = core::array::from_fn(|l| s[0][o][l] + s[1][o][l] + s[2][o][l]);
+            let odd = core::array::from_fn(|l| s[1][o][l] - s[2][o][l] - s[3][o][l]);
+            interleave::<FMA>(even, odd)
+        });
         let (ow, len) = (2 * tw0, (2 * count).min(g.wo - 2 * tw0));
         for (o, values) in out.iter().enumerate() {
             let oh = 2 * th + o;
@@ -556,21 +631,12 @@ fn grad_tile_row_body<const FMA: bool>(g: &Geometry, plane: &[f32], th: usize, t
         for (o, row) in rows.iter().enumerate() {
             let Some(row) = row else { continue };
             // The output columns the lanes read, zero past the row: tile `l` reads `e[l], d[l]`.
-            let mut buf = [0.0f32; 2 * LANES];
-            let lo = 2 * tw0;
-            let hi = (lo + 2 * LANES).min(g.wo);
-            if hi - lo == buf.len() {
-                // Inside the row: a constant length, copied in registers rather than by a call.
-                buf.copy_from_slice(&row[lo..lo + 2 * LANES]);
-            } else {
-                buf[..hi - lo].copy_from_slice(&row[lo..hi]);
-            }
+            let [e, d] = even_odd::<FMA>(row, 2 * tw0 as isize);
             for l in 0..LANES {
-                let (e, d) = (buf[2 * l], buf[2 * l + 1]);
-                r[0][o][l] = e;
-                r[1][o][l] = e + d;
-                r[2][o][l] = e - d;
-                r[3][o][l] = -d;
+                r[0][o][l] = e[l];
+                r[1][o][l] = e[l] + d[l];
+                r[2][o][l] = e[l] - d[l];
+                r[3][o][l] = -d[l];
             }
         }
         // Along the rows (`A (dY A^T)`), each of the 16 values written for the lanes' tiles.
