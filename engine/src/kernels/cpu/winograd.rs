@@ -460,36 +460,16 @@ unsafe fn even_odd_avx2(row: &[f32], start: isize) -> [[f32; LANES]; 2] {
     unsafe { [core::mem::transmute::<__m256, [f32; LANES]>(even), core::mem::transmute::<__m256, [f32; LANES]>(odd)] }
 }
 
-/// The inverse of [`even_odd`]'s split: `even[l]` at `2 * l`, `odd[l]` at `2 * l + 1`.
+/// The inverse of [`even_odd`]'s split: `even[l]` at `2 * l`, `odd[l]` at `2 * l + 1` (a
+/// constant shuffle, which the compiler lowers to unpacks in the AVX2 instance).
 #[inline(always)]
-fn interleave<const FMA: bool>(even: [f32; LANES], odd: [f32; LANES]) -> [f32; 2 * LANES] {
-    #[cfg(target_arch = "x86_64")]
-    if FMA {
-        // SAFETY: `FMA` is true only in the instance compiled for (and run on) AVX2 and FMA.
-        return unsafe { interleave_avx2(even, odd) };
+fn interleave(even: [f32; LANES], odd: [f32; LANES]) -> [f32; 2 * LANES] {
+    let mut out = [0.0f32; 2 * LANES];
+    for l in 0..LANES {
+        out[2 * l] = even[l];
+        out[2 * l + 1] = odd[l];
     }
-    core::array::from_fn(|p| if p % 2 == 0 { even[p / 2] } else { odd[p / 2] })
-}
-
-/// [`interleave`] with AVX2 unpacks.
-///
-/// # Safety
-/// The CPU must have AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn interleave_avx2(even: [f32; LANES], odd: [f32; LANES]) -> [f32; 2 * LANES] {
-    use core::arch::x86_64::*;
-    const { assert!(LANES == 8) };
-    // SAFETY: plain floats in and out of registers.
-    unsafe {
-        let (e, o) = (core::mem::transmute::<[f32; LANES], __m256>(even), core::mem::transmute::<[f32; LANES], __m256>(odd));
-        // [e0 o0 e1 o1 | e4 o4 e5 o5] and [e2 o2 e3 o3 | e6 o6 e7 o7], then their halves in order.
-        let (lo, hi) = (_mm256_unpacklo_ps(e, o), _mm256_unpackhi_ps(e, o));
-        let first = _mm256_permute2f128_ps::<0x20>(lo, hi);
-        let second = _mm256_permute2f128_ps::<0x31>(lo, hi);
-        core::mem::transmute::<[__m256; 2], [f32; 2 * LANES]>([first, second])
-    }
+    out
 }
 
 multiversion!(
@@ -584,17 +564,23 @@ fn output_tile_row_body<const FMA: bool>(
             }
         }
         // s[b][o][l] = (A^T m)[o][b], then y[o][p] = (s A)[o][p], interleaved into output rows.
-        let s: [[[f32; LANES]; 2]; 4] = core::array::from_fn(|b| {
-            [
-                core::array::from_fn(|l| m[b][l] + m[4 + b][l] + m[8 + b][l]),
-                core::array::from_fn(|l| m[4 + b][l] - m[8 + b][l] - m[12 + b][l]),
-            ]
-        });
-        let out: [[f32; 2 * LANES]; 2] = core::array::from_fn(|o| {
-            let even = core::array::from_fn(|l| s[0][o][l] + s[1][o][l] + s[2][o][l]);
-            let odd = core::array::from_fn(|l| s[1][o][l] - s[2][o][l] - s[3][o][l]);
-            interleave::<FMA>(even, odd)
-        });
+        // (Plain loops: nested `array::from_fn` closures were left as calls.)
+        let mut s = [[[0.0f32; LANES]; 2]; 4];
+        for (b, sb) in s.iter_mut().enumerate() {
+            for l in 0..LANES {
+                sb[0][l] = m[b][l] + m[4 + b][l] + m[8 + b][l];
+                sb[1][l] = m[4 + b][l] - m[8 + b][l] - m[12 + b][l];
+            }
+        }
+        let mut out = [[0.0f32; 2 * LANES]; 2];
+        for (o, row) in out.iter_mut().enumerate() {
+            let (mut even, mut odd) = ([0.0f32; LANES], [0.0f32; LANES]);
+            for l in 0..LANES {
+                even[l] = s[0][o][l] + s[1][o][l] + s[2][o][l];
+                odd[l] = s[1][o][l] - s[2][o][l] - s[3][o][l];
+            }
+            *row = interleave(even, odd);
+        }
         let (ow, len) = (2 * tw0, (2 * count).min(g.wo - 2 * tw0));
         for (o, values) in out.iter().enumerate() {
             let oh = 2 * th + o;
