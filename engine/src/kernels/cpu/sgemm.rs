@@ -16,9 +16,10 @@
 //!
 //! The micro-kernel is AVX2+FMA intrinsics when the CPU has them (chosen at run time), else plain
 //! Rust that the compiler vectorises for the build target (SSE2, NEON). On a CPU with AVX-512F,
-//! two vertically adjacent full tiles are computed together (`12 x 16`, one 512-bit register per
-//! row), in the AVX2 kernel's order of additions, so the packing, the workspace sizes and the
-//! results stay those of AVX2.
+//! two vertically adjacent full tiles are computed together against two adjacent column slivers
+//! where both are full and of one item (`12 x 32`, two 512-bit registers per row; else `12 x 16`),
+//! in the AVX2 kernel's order of additions, so the packing, the workspace sizes and the results
+//! stay those of AVX2.
 
 use super::par::{avx512, for_each_chunk, isa, Isa};
 use super::Mat;
@@ -192,6 +193,16 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
     let slivers = items * per_item;
     let dst = Dst(c.as_mut_ptr());
     let depth_block = k.div_ceil(k.div_ceil(KC));
+    // Whether column sliver `j` (of all items' sequence) pairs with `j + 1` for the `12 x 32`
+    // kernel: both full and of one item, and `left > 1` of the run at hand. Returns the
+    // slivers taken together: 2, or 1.
+    let pair_len = |j: usize, left: usize| -> usize {
+        if left > 1 && j % per_item + 1 < per_item && (j % per_item + 2) * NR <= n {
+            2
+        } else {
+            1
+        }
+    };
     // One tile: item `item`, rows `row..`, columns `col..` of `C` from an `A` and a `B` sliver.
     let tile_at = |a_sliver: &[f32], b_sliver: &[f32], item: usize, row: usize, col: usize, kc: usize, overwrite: bool| {
         // SAFETY: the tile (item `item`, rows `row..row + MR.min(m - row)`, columns
@@ -204,29 +215,42 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
         };
     };
     let wide = cfg!(target_arch = "x86_64") && avx512();
-    // Tiles of row slivers `slivers` (of `A`, packed in `pa`) against one column sliver: in
-    // vertically adjacent pairs where AVX-512 is used and both tiles are full.
-    let tile_rows =
-        |pa: &[f32], slivers: core::ops::Range<usize>, b_sliver: &[f32], item: usize, col: usize, kc: usize, overwrite: bool| {
-            let mut ir = slivers.start;
-            while ir < slivers.end {
-                if wide && ir + 1 < slivers.end && (ir + 2) * MR <= m && col + NR <= n {
+    // Tiles of row slivers `slivers` (of `A`, packed in `pa`) against one column sliver, or two
+    // adjacent full ones of one item (`b` holds `b.len() / (NR * kc)` slivers, from column
+    // `col`): where AVX-512 is used, full tiles go in vertically adjacent pairs, as `12 x 32`
+    // tiles against two slivers, else `12 x 16`.
+    let tile_rows = |pa: &[f32], slivers: core::ops::Range<usize>, b: &[f32], item: usize, col: usize, kc: usize, overwrite: bool| {
+        let sliver_len = NR * kc;
+        let two = b.len() == 2 * sliver_len;
+        debug_assert!(b.len() == sliver_len || (two && col + 2 * NR <= n));
+        let mut ir = slivers.start;
+        while ir < slivers.end {
+            if wide && ir + 1 < slivers.end && (ir + 2) * MR <= m && col + NR <= n {
+                let a_pair = &pa[ir * MR * kc..(ir + 2) * MR * kc];
+                for (s, b_sliver) in b.chunks_exact(sliver_len).enumerate() {
                     #[cfg(target_arch = "x86_64")]
-                    // SAFETY: AVX-512F was detected (`avx512`); both tiles (rows `ir * MR..(ir + 2) *
-                    // MR`, columns `col..col + NR`) lie inside `c` and are written by this unit only
-                    // (as in `tile_at`); the slivers hold `kc` depths.
+                    // SAFETY: AVX-512F was detected (`avx512`); the tiles (rows `ir * MR..(ir + 2)
+                    // * MR`, columns `col..col + NR`, or `col..col + 2 * NR` with two slivers,
+                    // full as checked above) lie inside `c` and are written by this unit only (as
+                    // in `tile_at`); the slivers hold `kc` depths.
                     unsafe {
                         let at = dst.ptr().add(item * out.item_stride + ir * MR * out.ldc + col);
-                        let a_pair = &pa[ir * MR * kc..(ir + 2) * MR * kc];
-                        kernel_avx512_pair(kc, a_pair.as_ptr(), kc * MR, b_sliver.as_ptr(), at, out.ldc, overwrite);
+                        if two {
+                            kernel_avx512_quad(kc, a_pair.as_ptr(), kc * MR, b.as_ptr(), sliver_len, at, out.ldc, overwrite);
+                            break;
+                        }
+                        kernel_avx512_pair(kc, a_pair.as_ptr(), kc * MR, b_sliver.as_ptr(), at.add(s * NR), out.ldc, overwrite);
                     }
-                    ir += 2;
-                } else {
-                    tile_at(&pa[ir * MR * kc..(ir + 1) * MR * kc], b_sliver, item, ir * MR, col, kc, overwrite);
-                    ir += 1;
                 }
+                ir += 2;
+            } else {
+                for (s, b_sliver) in b.chunks_exact(sliver_len).enumerate() {
+                    tile_at(&pa[ir * MR * kc..(ir + 1) * MR * kc], b_sliver, item, ir * MR, col + s * NR, kc, overwrite);
+                }
+                ir += 1;
             }
-        };
+        }
+    };
     // On several threads, each task packs the column slivers it multiplies itself
     // (`own_slivers`), in groups as large as half of L2 holds (`GROUP_ELEMS`; every group reads
     // all of `A` again, from L3 when `A` is large), their count a multiple of the thread count
@@ -247,9 +271,8 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
         let pa = &*pa;
         let overwrite = !accumulate && pc == 0;
         if own {
-            own_slivers(b, pack_b, (m, n, per_item, slivers), groups, pc, kc, threads, |rows, b_sliver, item, col| {
-                tile_rows(pa, rows, b_sliver, item, col, kc, overwrite)
-            });
+            let tiles = |rows, b: &[f32], item, col| tile_rows(pa, rows, b, item, col, kc, overwrite);
+            own_slivers(b, pack_b, (m, n, per_item, slivers), groups, pc, kc, threads, tiles, pair_len);
             continue;
         }
         for first in (0..slivers).step_by(NC / NR) {
@@ -260,14 +283,25 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
                 b.pack(item, pc, col, NR.min(n - col), sliver);
             });
             let pb = &*pb;
+            // Units of one row block against two adjacent slivers where they pair (`pair_len`).
+            let pairs = count.div_ceil(2);
             let unit = |u: usize| {
-                let (ib, jr) = (u / count, u % count);
+                let (ib, jp) = (u / pairs, u % pairs);
+                let jr = 2 * jp;
                 let (item, col) = ((first + jr) / per_item, (first + jr) % per_item * NR);
-                let b_sliver = &pb[jr * NR * kc..(jr + 1) * NR * kc];
-                tile_rows(pa, ib * (MC / MR)..((ib + 1) * (MC / MR)).min(slivers_a), b_sliver, item, col, kc, overwrite);
+                let b = &pb[jr * NR * kc..(jr + pair_len(first + jr, count - jr)) * NR * kc];
+                let rows = ib * (MC / MR)..((ib + 1) * (MC / MR)).min(slivers_a);
+                if b.len() == NR * kc && jr + 1 < count {
+                    // Two slivers that do not pair (another item, or a partial one): one by one.
+                    tile_rows(pa, rows.clone(), b, item, col, kc, overwrite);
+                    let (item, col) = ((first + jr + 1) / per_item, (first + jr + 1) % per_item * NR);
+                    tile_rows(pa, rows, &pb[(jr + 1) * NR * kc..(jr + 2) * NR * kc], item, col, kc, overwrite);
+                } else {
+                    tile_rows(pa, rows, b, item, col, kc, overwrite);
+                }
             };
-            let units = blocks_a * count;
-            let work = MC * NR * kc;
+            let units = blocks_a * pairs;
+            let work = MC * 2 * NR * kc;
             if threads > 1 && units > 1 && units * work >= 2 * super::par::MIN_TASK_WORK {
                 super::par::for_each_index(threads, units, (super::par::MIN_TASK_WORK / work).max(1), unit);
             } else {
@@ -305,6 +339,7 @@ fn own_slivers<B: SourceB>(
     kc: usize,
     threads: usize,
     tile_rows: impl Fn(core::ops::Range<usize>, &[f32], usize, usize) + Sync,
+    pair_len: impl Fn(usize, usize) -> usize + Sync,
 ) {
     let slivers_a = m.div_ceil(MR);
     debug_assert!((1..=slivers).contains(&groups));
@@ -339,11 +374,15 @@ fn own_slivers<B: SourceB>(
                 let (item, col) = ((first + j) / per_item, (first + j) % per_item * NR);
                 b.pack(item, pc, col, NR.min(n - col), sliver);
             }
-            // Rows of `A` in blocks of `MC` (in L2), each met by every sliver of the group (in L1).
+            // Rows of `A` in blocks of `MC` (in L2), each met by every sliver of the group (in
+            // L1), two adjacent ones at a time where they pair (`pair_len`).
             for ib in (0..slivers_a).step_by(MC / MR) {
-                for (j, b_sliver) in slot.chunks_exact(sliver_len).take(count).enumerate() {
+                let mut j = 0;
+                while j < count {
                     let (item, col) = ((first + j) / per_item, (first + j) % per_item * NR);
-                    tile_rows(ib..(ib + MC / MR).min(slivers_a), b_sliver, item, col);
+                    let taken = pair_len(first + j, count - j);
+                    tile_rows(ib..(ib + MC / MR).min(slivers_a), &slot[j * sliver_len..(j + taken) * sliver_len], item, col);
+                    j += taken;
                 }
             }
         }
@@ -542,6 +581,67 @@ unsafe fn kernel_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc:
             } else {
                 _mm256_storeu_ps(d, _mm256_add_ps(load(d), row[0]));
                 _mm256_storeu_ps(d.add(8), _mm256_add_ps(load(d.add(8)), row[1]));
+            }
+        }
+    }
+}
+
+/// Four tiles at once with AVX-512F: rows `0..MR` from the `A` sliver at `a` and rows
+/// `MR..2 * MR` from the one at `a + a_next`, against the `B` sliver at `b` (columns `0..NR`) and
+/// the one at `b + b_next` (columns `NR..2 * NR`): 24 accumulators, 2 loads of `B` and 12
+/// broadcasts of `A` per depth for 24 multiply-adds, where [`kernel_avx512_pair`] does 13 loads
+/// for 12. Each output is the same chain of fused multiply-adds over the depths in order, added
+/// to `C` once at the end, so the bits are the other kernels'.
+///
+/// # Safety
+/// The CPU must have AVX-512F; both `A` slivers must hold `kc * MR` values and both `B` slivers
+/// `kc * NR`; `c` must be valid for a `2 * MR x 2 * NR` tile of row stride `ldc`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_avx512_quad(
+    kc: usize,
+    a: *const f32,
+    a_next: usize,
+    b: *const f32,
+    b_next: usize,
+    c: *mut f32,
+    ldc: usize,
+    overwrite: bool,
+) {
+    use core::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; 2 * MR];
+    let (mut ap, mut bp) = (a, b);
+    for _ in 0..kc {
+        // SAFETY: `ap`, `ap + a_next`, `bp` and `bp + b_next` point at depth `p < kc` of their
+        // slivers (the caller's contract).
+        unsafe {
+            let (b0, b1) = (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(b_next)));
+            for i in 0..MR {
+                let x = _mm512_set1_ps(*ap.add(i));
+                acc[i][0] = _mm512_fmadd_ps(x, b0, acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(x, b1, acc[i][1]);
+            }
+            for i in 0..MR {
+                let x = _mm512_set1_ps(*ap.add(a_next + i));
+                acc[MR + i][0] = _mm512_fmadd_ps(x, b0, acc[MR + i][0]);
+                acc[MR + i][1] = _mm512_fmadd_ps(x, b1, acc[MR + i][1]);
+            }
+        }
+        ap = ap.wrapping_add(MR);
+        bp = bp.wrapping_add(NR);
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (h, half) in row.iter().enumerate() {
+            // SAFETY: row `i`, columns `h * NR..(h + 1) * NR` of the tile are inside `c` (the
+            // caller's contract).
+            unsafe {
+                let d = c.add(i * ldc + h * NR);
+                if overwrite {
+                    _mm512_storeu_ps(d, *half);
+                } else {
+                    _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), *half));
+                }
             }
         }
     }
