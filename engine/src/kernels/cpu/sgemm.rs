@@ -17,7 +17,7 @@
 //! The micro-kernel is AVX2+FMA intrinsics when the CPU has them (chosen at run time), else plain
 //! Rust that the compiler vectorises for the build target (SSE2, NEON). On a CPU with AVX-512F,
 //! two vertically adjacent full tiles are computed together against two adjacent column slivers
-//! where both are full and of one item (`12 x 32`, two 512-bit registers per row; else `12 x 16`),
+//! where both are full (`12 x 32`, two 512-bit registers per row; else `12 x 16`),
 //! in the AVX2 kernel's order of additions, so the packing, the workspace sizes and the results
 //! stay those of AVX2.
 
@@ -194,10 +194,12 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
     let dst = Dst(c.as_mut_ptr());
     let depth_block = k.div_ceil(k.div_ceil(KC));
     // Whether column sliver `j` (of all items' sequence) pairs with `j + 1` for the `12 x 32`
-    // kernel: both full and of one item, and `left > 1` of the run at hand. Returns the
-    // slivers taken together: 2, or 1.
+    // kernel: `left > 1` slivers remain in the run at hand and both are full (they may belong to
+    // two items: the kernel writes each half where its item's result is). Returns the slivers
+    // taken together: 2, or 1.
+    let full = |j: usize| (j % per_item + 1) * NR <= n;
     let pair_len = |j: usize, left: usize| -> usize {
-        if left > 1 && j % per_item + 1 < per_item && (j % per_item + 2) * NR <= n {
+        if left > 1 && full(j) && full(j + 1) {
             2
         } else {
             1
@@ -215,37 +217,42 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
         };
     };
     let wide = cfg!(target_arch = "x86_64") && avx512();
-    // Tiles of row slivers `slivers` (of `A`, packed in `pa`) against one column sliver, or two
-    // adjacent full ones of one item (`b` holds `b.len() / (NR * kc)` slivers, from column
-    // `col`): where AVX-512 is used, full tiles go in vertically adjacent pairs, as `12 x 32`
+    // Tiles of row slivers `slivers` (of `A`, packed in `pa`) against column sliver `j` (of all
+    // items' sequence), or `j` and `j + 1` where they pair (`b` holds `b.len() / (NR * kc)`
+    // slivers): where AVX-512 is used, full tiles go in vertically adjacent pairs, as `12 x 32`
     // tiles against two slivers, else `12 x 16`.
-    let tile_rows = |pa: &[f32], slivers: core::ops::Range<usize>, b: &[f32], item: usize, col: usize, kc: usize, overwrite: bool| {
+    let tile_rows = |pa: &[f32], slivers: core::ops::Range<usize>, b: &[f32], j: usize, kc: usize, overwrite: bool| {
         let sliver_len = NR * kc;
         let two = b.len() == 2 * sliver_len;
-        debug_assert!(b.len() == sliver_len || (two && col + 2 * NR <= n));
+        debug_assert!(b.len() == sliver_len || (two && full(j) && full(j + 1)));
+        // Where sliver `j + s`'s columns of row `row` of `C` start.
+        let at = |s: usize, row: usize| {
+            let (item, col) = ((j + s) / per_item, (j + s) % per_item * NR);
+            item * out.item_stride + row * out.ldc + col
+        };
         let mut ir = slivers.start;
         while ir < slivers.end {
-            if wide && ir + 1 < slivers.end && (ir + 2) * MR <= m && col + NR <= n {
+            if wide && ir + 1 < slivers.end && (ir + 2) * MR <= m && full(j) {
                 let a_pair = &pa[ir * MR * kc..(ir + 2) * MR * kc];
-                for (s, b_sliver) in b.chunks_exact(sliver_len).enumerate() {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: AVX-512F was detected (`avx512`); the tiles (rows `ir * MR..(ir + 2)
-                    // * MR`, columns `col..col + NR`, or `col..col + 2 * NR` with two slivers,
-                    // full as checked above) lie inside `c` and are written by this unit only (as
-                    // in `tile_at`); the slivers hold `kc` depths.
-                    unsafe {
-                        let at = dst.ptr().add(item * out.item_stride + ir * MR * out.ldc + col);
-                        if two {
-                            kernel_avx512_quad(kc, a_pair.as_ptr(), kc * MR, b.as_ptr(), sliver_len, at, out.ldc, overwrite);
-                            break;
-                        }
-                        kernel_avx512_pair(kc, a_pair.as_ptr(), kc * MR, b_sliver.as_ptr(), at.add(s * NR), out.ldc, overwrite);
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX-512F was detected (`avx512`); the tiles (rows `ir * MR..(ir + 2) * MR`,
+                // the columns of sliver `j`, and of `j + 1` with two, all full as checked above)
+                // lie inside `c` and are written by this unit only (as in `tile_at`); the slivers
+                // hold `kc` depths.
+                unsafe {
+                    let (a, c) = (a_pair.as_ptr(), dst.ptr());
+                    if two {
+                        let (lo, hi) = (c.add(at(0, ir * MR)), c.add(at(1, ir * MR)));
+                        kernel_avx512_quad(kc, a, kc * MR, b.as_ptr(), sliver_len, [lo, hi], out.ldc, overwrite);
+                    } else {
+                        kernel_avx512_pair(kc, a, kc * MR, b.as_ptr(), c.add(at(0, ir * MR)), out.ldc, overwrite);
                     }
                 }
                 ir += 2;
             } else {
                 for (s, b_sliver) in b.chunks_exact(sliver_len).enumerate() {
-                    tile_at(&pa[ir * MR * kc..(ir + 1) * MR * kc], b_sliver, item, ir * MR, col + s * NR, kc, overwrite);
+                    let (item, col) = ((j + s) / per_item, (j + s) % per_item * NR);
+                    tile_at(&pa[ir * MR * kc..(ir + 1) * MR * kc], b_sliver, item, ir * MR, col, kc, overwrite);
                 }
                 ir += 1;
             }
@@ -271,7 +278,7 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
         let pa = &*pa;
         let overwrite = !accumulate && pc == 0;
         if own {
-            let tiles = |rows, b: &[f32], item, col| tile_rows(pa, rows, b, item, col, kc, overwrite);
+            let tiles = |rows, b: &[f32], j| tile_rows(pa, rows, b, j, kc, overwrite);
             own_slivers(b, pack_b, (m, n, per_item, slivers), groups, pc, kc, threads, tiles, pair_len);
             continue;
         }
@@ -288,16 +295,12 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
             let unit = |u: usize| {
                 let (ib, jp) = (u / pairs, u % pairs);
                 let jr = 2 * jp;
-                let (item, col) = ((first + jr) / per_item, (first + jr) % per_item * NR);
-                let b = &pb[jr * NR * kc..(jr + pair_len(first + jr, count - jr)) * NR * kc];
                 let rows = ib * (MC / MR)..((ib + 1) * (MC / MR)).min(slivers_a);
-                if b.len() == NR * kc && jr + 1 < count {
-                    // Two slivers that do not pair (another item, or a partial one): one by one.
-                    tile_rows(pa, rows.clone(), b, item, col, kc, overwrite);
-                    let (item, col) = ((first + jr + 1) / per_item, (first + jr + 1) % per_item * NR);
-                    tile_rows(pa, rows, &pb[(jr + 1) * NR * kc..(jr + 2) * NR * kc], item, col, kc, overwrite);
-                } else {
-                    tile_rows(pa, rows, b, item, col, kc, overwrite);
+                let taken = pair_len(first + jr, count - jr);
+                tile_rows(pa, rows.clone(), &pb[jr * NR * kc..(jr + taken) * NR * kc], first + jr, kc, overwrite);
+                if taken == 1 && jr + 1 < count {
+                    // Two slivers that do not pair (one is partial): one by one.
+                    tile_rows(pa, rows, &pb[(jr + 1) * NR * kc..(jr + 2) * NR * kc], first + jr + 1, kc, overwrite);
                 }
             };
             let units = blocks_a * pairs;
@@ -338,7 +341,7 @@ fn own_slivers<B: SourceB>(
     pc: usize,
     kc: usize,
     threads: usize,
-    tile_rows: impl Fn(core::ops::Range<usize>, &[f32], usize, usize) + Sync,
+    tile_rows: impl Fn(core::ops::Range<usize>, &[f32], usize) + Sync,
     pair_len: impl Fn(usize, usize) -> usize + Sync,
 ) {
     let slivers_a = m.div_ceil(MR);
@@ -379,9 +382,8 @@ fn own_slivers<B: SourceB>(
             for ib in (0..slivers_a).step_by(MC / MR) {
                 let mut j = 0;
                 while j < count {
-                    let (item, col) = ((first + j) / per_item, (first + j) % per_item * NR);
                     let taken = pair_len(first + j, count - j);
-                    tile_rows(ib..(ib + MC / MR).min(slivers_a), &slot[j * sliver_len..(j + taken) * sliver_len], item, col);
+                    tile_rows(ib..(ib + MC / MR).min(slivers_a), &slot[j * sliver_len..(j + taken) * sliver_len], first + j);
                     j += taken;
                 }
             }
@@ -587,15 +589,17 @@ unsafe fn kernel_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc:
 }
 
 /// Four tiles at once with AVX-512F: rows `0..MR` from the `A` sliver at `a` and rows
-/// `MR..2 * MR` from the one at `a + a_next`, against the `B` sliver at `b` (columns `0..NR`) and
-/// the one at `b + b_next` (columns `NR..2 * NR`): 24 accumulators, 2 loads of `B` and 12
+/// `MR..2 * MR` from the one at `a + a_next`, against the `B` sliver at `b` (the `2 * MR x NR`
+/// tile at `c[0]`) and the one at `b + b_next` (the tile at `c[1]`, which may be another item's
+/// result): 24 accumulators, 2 loads of `B` and 12
 /// broadcasts of `A` per depth for 24 multiply-adds, where [`kernel_avx512_pair`] does 13 loads
 /// for 12. Each output is the same chain of fused multiply-adds over the depths in order, added
 /// to `C` once at the end, so the bits are the other kernels'.
 ///
 /// # Safety
 /// The CPU must have AVX-512F; both `A` slivers must hold `kc * MR` values and both `B` slivers
-/// `kc * NR`; `c` must be valid for a `2 * MR x 2 * NR` tile of row stride `ldc`.
+/// `kc * NR`; both `c` must be valid for a `2 * MR x NR` tile of row stride `ldc`, and not
+/// overlap.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -605,7 +609,7 @@ unsafe fn kernel_avx512_quad(
     a_next: usize,
     b: *const f32,
     b_next: usize,
-    c: *mut f32,
+    c: [*mut f32; 2],
     ldc: usize,
     overwrite: bool,
 ) {
@@ -633,10 +637,9 @@ unsafe fn kernel_avx512_quad(
     }
     for (i, row) in acc.iter().enumerate() {
         for (h, half) in row.iter().enumerate() {
-            // SAFETY: row `i`, columns `h * NR..(h + 1) * NR` of the tile are inside `c` (the
-            // caller's contract).
+            // SAFETY: row `i` of tile `h` is inside `c[h]` (the caller's contract).
             unsafe {
-                let d = c.add(i * ldc + h * NR);
+                let d = c[h].add(i * ldc);
                 if overwrite {
                     _mm512_storeu_ps(d, *half);
                 } else {
