@@ -389,31 +389,68 @@ fn g_transpose_transform(v: [f32; 4]) -> [f32; 3] {
 /// `U[k][xi][c] = (G g G^T)[xi]` for the 3x3 kernel `g` of output channel `k` and input channel
 /// `c`, with `G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]`.
 fn transform_weights(g: &Geometry, w: &[f32], weights: Weights, u: &mut [f32], threads: usize) {
+    for_each_chunk(threads, u, 16 * g.c, 16 * 8 * g.c, |k, uk| transform_kernels(g, w, weights, k, uk));
+}
+
+multiversion!(
+    /// The transformed kernels of output channel `k` ([`transform_weights`]) into `uk`.
+    fn transform_kernels(g: &Geometry, w: &[f32], weights: Weights, k: usize, uk: &mut [f32]) => transform_kernels_body);
+
+#[inline(always)]
+fn transform_kernels_body<const FMA: bool>(g: &Geometry, w: &[f32], weights: Weights, k: usize, uk: &mut [f32]) {
     let c = g.c;
-    for_each_chunk(threads, u, 16 * c, 16 * 8 * c, |k, uk| {
-        for ci in 0..c {
-            // Forward: w[k, ci]; flipped: w[ci, k] with both axes reversed (the forward
-            // convolution has `g.c` output channels and `g.o` input channels).
-            let kernel: [[f32; 3]; 3] = match weights {
+    // `LANES` input channels at a time, in plain loops over the lanes (vectorised), each
+    // of the 16 transformed values written for all of them at once.
+    for ci0 in (0..c).step_by(LANES) {
+        let lanes = LANES.min(c - ci0);
+        // Forward: w[k, ci]; flipped: w[ci, k] with both axes reversed (the forward
+        // convolution has `g.c` output channels and `g.o` input channels).
+        let mut kernel = [[[0.0f32; LANES]; 3]; 3];
+        for l in 0..lanes {
+            let ci = ci0 + l;
+            match weights {
                 Weights::Forward => {
                     let s = &w[(k * c + ci) * 9..][..9];
-                    core::array::from_fn(|i| core::array::from_fn(|j| s[i * 3 + j]))
+                    for (i, row) in kernel.iter_mut().enumerate() {
+                        for (j, v) in row.iter_mut().enumerate() {
+                            v[l] = s[i * 3 + j];
+                        }
+                    }
                 }
                 Weights::Flipped => {
                     let s = &w[(ci * g.o + k) * 9..][..9];
-                    core::array::from_fn(|i| core::array::from_fn(|j| s[(2 - i) * 3 + 2 - j]))
-                }
-            };
-            // rows[j][a] = (G g)[a][j]; then (G g G^T)[a][b] is G applied along j.
-            let rows: [[f32; 4]; 3] = core::array::from_fn(|j| g_transform([kernel[0][j], kernel[1][j], kernel[2][j]]));
-            for a in 0..4 {
-                let t = g_transform([rows[0][a], rows[1][a], rows[2][a]]);
-                for b in 0..4 {
-                    uk[(a * 4 + b) * c + ci] = t[b];
+                    for (i, row) in kernel.iter_mut().enumerate() {
+                        for (j, v) in row.iter_mut().enumerate() {
+                            v[l] = s[(2 - i) * 3 + 2 - j];
+                        }
+                    }
                 }
             }
         }
-    });
+        // rows[j][a] = (G g)[a][j]; then (G g G^T)[a][b] is G applied along j.
+        let mut rows = [[[0.0f32; LANES]; 4]; 3];
+        for (j, row) in rows.iter_mut().enumerate() {
+            for l in 0..LANES {
+                let t = g_transform([kernel[0][j][l], kernel[1][j][l], kernel[2][j][l]]);
+                for a in 0..4 {
+                    row[a][l] = t[a];
+                }
+            }
+        }
+        for a in 0..4 {
+            let mut t = [[0.0f32; LANES]; 4];
+            for l in 0..LANES {
+                let v = g_transform([rows[0][a][l], rows[1][a][l], rows[2][a][l]]);
+                for b in 0..4 {
+                    t[b][l] = v[b];
+                }
+            }
+            for (b, values) in t.iter().enumerate() {
+                let at = (a * 4 + b) * c + ci0;
+                store_lanes::<FMA>(&mut uk[at..at + lanes], values);
+            }
+        }
+    }
 }
 
 /// `G v` for a 3-vector `v`.
@@ -477,6 +514,68 @@ fn interleave(even: [f32; LANES], odd: [f32; LANES]) -> [f32; 2 * LANES] {
     out
 }
 
+/// Writes `values[..dst.len()]` to `dst` (at most `LANES` values): one masked store with AVX2
+/// (`FMA`, see [`even_odd`]), else a copy. (A copy of a constant length in one branch and of a
+/// variable one in the other was merged by the compiler into one call of `memmove`.)
+#[inline(always)]
+fn store_lanes<const FMA: bool>(dst: &mut [f32], values: &[f32; LANES]) {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: `FMA` is true only in the instance compiled for (and run on) AVX2 and FMA.
+        unsafe { store_lanes_avx2(dst, values) };
+        return;
+    }
+    let n = dst.len();
+    dst.copy_from_slice(&values[..n]);
+}
+
+/// [`store_lanes`] with AVX2.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn store_lanes_avx2(dst: &mut [f32], values: &[f32; LANES]) {
+    use core::arch::x86_64::*;
+    const { assert!(LANES == 8) };
+    assert!(dst.len() <= LANES, "at most LANES values");
+    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(dst.len() as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    // SAFETY: the mask sets the first `dst.len()` lanes only, all inside `dst`; `values` holds 8.
+    unsafe { _mm256_maskstore_ps(dst.as_mut_ptr(), mask, _mm256_loadu_ps(values.as_ptr())) };
+}
+
+/// `src` (at most `LANES` values) in the first lanes, zero in the others: one masked load with
+/// AVX2, else a copy (see [`store_lanes`]).
+#[inline(always)]
+fn load_lanes<const FMA: bool>(src: &[f32]) -> [f32; LANES] {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: `FMA` is true only in the instance compiled for (and run on) AVX2 and FMA.
+        return unsafe { load_lanes_avx2(src) };
+    }
+    let mut v = [0.0f32; LANES];
+    v[..src.len()].copy_from_slice(src);
+    v
+}
+
+/// [`load_lanes`] with AVX2.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn load_lanes_avx2(src: &[f32]) -> [f32; LANES] {
+    use core::arch::x86_64::*;
+    const { assert!(LANES == 8) };
+    assert!(src.len() <= LANES, "at most LANES values");
+    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(src.len() as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    // SAFETY: the mask sets the first `src.len()` lanes only, all inside `src`; a vector of 8
+    // floats is 8 floats.
+    unsafe { core::mem::transmute::<__m256, [f32; LANES]>(_mm256_maskload_ps(src.as_ptr(), mask)) }
+}
+
 multiversion!(
     /// Transforms the input tiles of tile row `th` of one input plane into `vc` (`[16][tiles]`, the
     /// block's transformed tiles of this channel), the row's first tile at `first`: `B^T d B` with
@@ -529,12 +628,7 @@ fn input_tile_row_body<const FMA: bool>(
             }
             for (a, values) in out.iter().enumerate() {
                 let at = (a * 4 + b) * tiles + first + tw0;
-                if count == LANES {
-                    // A constant length: copied in registers rather than by a call.
-                    vc[at..at + LANES].copy_from_slice(values);
-                } else {
-                    vc[at..at + count].copy_from_slice(&values[..count]);
-                }
+                store_lanes::<FMA>(&mut vc[at..at + count], values);
             }
         }
     }
@@ -561,12 +655,7 @@ fn output_tile_row_body<const FMA: bool>(
         let mut m = [[0.0f32; LANES]; 16];
         for (xi, lanes) in m.iter_mut().enumerate() {
             let at = xi * tiles + first + tw0;
-            if count == LANES {
-                // A constant length: copied in registers rather than by a call.
-                lanes.copy_from_slice(&mk[at..at + LANES]);
-            } else {
-                lanes[..count].copy_from_slice(&mk[at..at + count]);
-            }
+            *lanes = load_lanes::<FMA>(&mk[at..at + count]);
         }
         // s[b][o][l] = (A^T m)[o][b], then y[o][p] = (s A)[o][p], interleaved into output rows.
         // (Plain loops: nested `array::from_fn` closures were left as calls.)
@@ -591,10 +680,10 @@ fn output_tile_row_body<const FMA: bool>(
             let oh = 2 * th + o;
             if oh < g.ho {
                 let at = oh * g.wo + ow;
-                if len == 2 * LANES {
-                    plane[at..at + 2 * LANES].copy_from_slice(values);
-                } else {
-                    plane[at..at + len].copy_from_slice(&values[..len]);
+                let (lo, hi) = values.split_at(LANES);
+                store_lanes::<FMA>(&mut plane[at..at + len.min(LANES)], lo.try_into().expect("LANES values"));
+                if len > LANES {
+                    store_lanes::<FMA>(&mut plane[at + LANES..at + len], hi.try_into().expect("LANES values"));
                 }
             }
         }
@@ -641,12 +730,7 @@ fn grad_tile_row_body<const FMA: bool>(g: &Geometry, plane: &[f32], th: usize, t
             }
             for (a, values) in out.iter().enumerate() {
                 let at = (a * 4 + b) * tiles + first + tw0;
-                if count == LANES {
-                    // A constant length: copied in registers rather than by a call.
-                    dk[at..at + LANES].copy_from_slice(values);
-                } else {
-                    dk[at..at + count].copy_from_slice(&values[..count]);
-                }
+                store_lanes::<FMA>(&mut dk[at..at + count], values);
             }
         }
     }
