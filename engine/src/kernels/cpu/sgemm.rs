@@ -17,9 +17,10 @@
 //! The micro-kernel is AVX2+FMA intrinsics when the CPU has them (chosen at run time), else plain
 //! Rust that the compiler vectorises for the build target (SSE2, NEON). On a CPU with AVX-512F,
 //! two vertically adjacent full tiles are computed together against two adjacent column slivers
-//! where both are full (`12 x 32`, two 512-bit registers per row; else `12 x 16`),
-//! in the AVX2 kernel's order of additions, so the packing, the workspace sizes and the results
-//! stay those of AVX2.
+//! where both are full (`12 x 32`, two 512-bit registers per row; else `12 x 16`), and a lone
+//! row sliver (the last of an odd count, or one of fewer than `MR` rows, through a local tile)
+//! is `6 x 32` or `6 x 16`; all in the AVX2 kernel's order of additions, so the packing, the
+//! workspace sizes and the results stay those of AVX2.
 
 use super::par::{avx512, for_each_chunk, isa, Isa};
 use super::Mat;
@@ -249,6 +250,36 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
                     }
                 }
                 ir += 2;
+            } else if wide && full(j) {
+                // A lone row sliver (the last, or the only one; its rows may be fewer than
+                // `MR`): `6 x 32` or `6 x 16` with AVX-512, through a local tile when partial.
+                let a = &pa[ir * MR * kc..(ir + 1) * MR * kc];
+                let rows = MR.min(m - ir * MR);
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX-512F was detected (`avx512`); the slivers hold `kc` depths; the
+                // tiles (rows `ir * MR..ir * MR + rows`, the columns of sliver `j`, and of `j + 1`
+                // with two, all full) lie inside `c` and are written by this unit only (as in
+                // `tile_at`); the local tile holds `MR` rows of `2 * NR`.
+                unsafe {
+                    let c = dst.ptr();
+                    let (lo, hi) = (c.add(at(0, ir * MR)), if two { c.add(at(1, ir * MR)) } else { c });
+                    if rows == MR {
+                        kernel_avx512_six(kc, a.as_ptr(), b.as_ptr(), sliver_len, two, [lo, hi], out.ldc, overwrite);
+                    } else {
+                        let mut local = [0.0f32; MR * 2 * NR];
+                        let l = local.as_mut_ptr();
+                        kernel_avx512_six(kc, a.as_ptr(), b.as_ptr(), sliver_len, two, [l, l.add(NR)], 2 * NR, true);
+                        for (h, dst) in [lo, hi].into_iter().enumerate().take(if two { 2 } else { 1 }) {
+                            for i in 0..rows {
+                                let (d, v) = (dst.add(i * out.ldc), &local[i * 2 * NR + h * NR..][..NR]);
+                                for (q, &v) in v.iter().enumerate() {
+                                    *d.add(q) = if overwrite { v } else { *d.add(q) + v };
+                                }
+                            }
+                        }
+                    }
+                }
+                ir += 1;
             } else {
                 for (s, b_sliver) in b.chunks_exact(sliver_len).enumerate() {
                     let (item, col) = ((j + s) / per_item, (j + s) % per_item * NR);
@@ -637,6 +668,75 @@ unsafe fn kernel_avx512_quad(
     }
     for (i, row) in acc.iter().enumerate() {
         for (h, half) in row.iter().enumerate() {
+            // SAFETY: row `i` of tile `h` is inside `c[h]` (the caller's contract).
+            unsafe {
+                let d = c[h].add(i * ldc);
+                if overwrite {
+                    _mm512_storeu_ps(d, *half);
+                } else {
+                    _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), *half));
+                }
+            }
+        }
+    }
+}
+
+/// One row sliver with AVX-512F: rows `0..MR` from the `A` sliver at `a` against the `B` sliver
+/// at `b` (the `MR x NR` tile at `c[0]`) and, when `two`, the one at `b + b_next` (the tile at
+/// `c[1]`): one 512-bit accumulator per row and sliver. Each output is the same chain of fused
+/// multiply-adds over the depths in order, added to `C` once at the end, so the bits are the
+/// other kernels'.
+///
+/// # Safety
+/// The CPU must have AVX-512F; the `A` sliver must hold `kc * MR` values and the `B` slivers
+/// `kc * NR`; `c[0]` (and `c[1]` when `two`) must be valid for an `MR x NR` tile of row stride
+/// `ldc`, and not overlap.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_avx512_six(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    b_next: usize,
+    two: bool,
+    c: [*mut f32; 2],
+    ldc: usize,
+    overwrite: bool,
+) {
+    use core::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let (mut ap, mut bp) = (a, b);
+    if two {
+        for _ in 0..kc {
+            // SAFETY: `ap`, `bp` and `bp + b_next` point at depth `p < kc` of their slivers (the
+            // caller's contract).
+            unsafe {
+                let (b0, b1) = (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(b_next)));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*ap.add(i));
+                    row[0] = _mm512_fmadd_ps(x, b0, row[0]);
+                    row[1] = _mm512_fmadd_ps(x, b1, row[1]);
+                }
+            }
+            ap = ap.wrapping_add(MR);
+            bp = bp.wrapping_add(NR);
+        }
+    } else {
+        for _ in 0..kc {
+            // SAFETY: as above, one `B` sliver.
+            unsafe {
+                let b0 = _mm512_loadu_ps(bp);
+                for (i, row) in acc.iter_mut().enumerate() {
+                    row[0] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(i)), b0, row[0]);
+                }
+            }
+            ap = ap.wrapping_add(MR);
+            bp = bp.wrapping_add(NR);
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (h, half) in row.iter().enumerate().take(if two { 2 } else { 1 }) {
             // SAFETY: row `i` of tile `h` is inside `c[h]` (the caller's contract).
             unsafe {
                 let d = c[h].add(i * ldc);
