@@ -57,6 +57,13 @@ multiversion!(fn forward_plane(g: &Geometry, x_plane: &[f32], kernel: &[f32], y_
 /// the tap's weight.
 #[inline(always)]
 fn forward_plane_body<const FMA: bool>(g: &Geometry, x_plane: &[f32], kernel: &[f32], y_plane: &mut [f32]) {
+    if g.kh == 3 && g.kw == 3 && g.dilation == [1, 1] && g.stride[0] == g.stride[1] {
+        match g.stride[0] {
+            1 => return forward_plane_3x3::<FMA, 1>(g, x_plane, kernel, y_plane),
+            2 => return forward_plane_3x3::<FMA, 2>(g, x_plane, kernel, y_plane),
+            _ => {}
+        }
+    }
     y_plane.fill(0.0);
     for_each_tap_row(
         g,
@@ -68,6 +75,72 @@ fn forward_plane_body<const FMA: bool>(g: &Geometry, x_plane: &[f32], kernel: &[
             zip_gather(y_row, x_row, g.stride[1], |d, s| *d = madd::<FMA>(weight, s, *d));
         },
     );
+}
+
+/// Output pixels a 3x3 row computes side by side.
+const ROW_LANES: usize = 8;
+
+/// [`forward_plane_body`] for a 3x3 kernel of stride `S` in both directions, undilated: each
+/// output row is computed once, its up to nine taps summed in registers, `ROW_LANES` pixels at a
+/// time, where the tap-by-tap loop read and wrote every output row nine times. The taps are
+/// applied in the same order (kernel rows, then columns, skipping those that read padding), each
+/// as one multiply-add onto the running sum from zero, so the bits are the loop's.
+#[inline(always)]
+fn forward_plane_3x3<const FMA: bool, const S: usize>(g: &Geometry, x_plane: &[f32], kernel: &[f32], y_plane: &mut [f32]) {
+    let (pt, pl) = (g.padding[0], g.padding[1]);
+    // Output columns whose three taps all read inside the row: `ow * S >= pl` and
+    // `ow * S + 2 - pl < w`.
+    let lo = pl.div_ceil(S).min(g.wo);
+    let hi = if g.w + pl >= 3 { ((g.w + pl - 3) / S + 1).min(g.wo).max(lo) } else { lo };
+    for (oh, y_row) in y_plane.chunks_exact_mut(g.wo).enumerate() {
+        // The input rows of the three kernel rows (None: padding).
+        let rows: [Option<&[f32]>; 3] = core::array::from_fn(|kh| {
+            let ih = (oh * S + kh).checked_sub(pt)?;
+            (ih < g.h).then(|| &x_plane[ih * g.w..(ih + 1) * g.w])
+        });
+        for (ow, y) in y_row.iter_mut().enumerate().take(lo) {
+            *y = pixel_3x3::<FMA, S>(&rows, kernel, ow, pl);
+        }
+        // Whole groups of lanes; the last group is moved back to end at `hi` (recomputing a few
+        // pixels, to the same bits), so only the row's edges are computed one by one.
+        let mut ow = lo;
+        while ow < hi && hi - lo >= ROW_LANES {
+            ow = ow.min(hi - ROW_LANES);
+            let mut acc = [0.0f32; ROW_LANES];
+            for (kh, row) in rows.iter().enumerate() {
+                let Some(row) = row else { continue };
+                for kw in 0..3 {
+                    let weight = kernel[kh * 3 + kw];
+                    let start = ow * S + kw - pl;
+                    let seg = &row[start..start + (ROW_LANES - 1) * S + 1];
+                    for (l, a) in acc.iter_mut().enumerate() {
+                        *a = madd::<FMA>(weight, seg[l * S], *a);
+                    }
+                }
+            }
+            y_row[ow..ow + ROW_LANES].copy_from_slice(&acc);
+            ow += ROW_LANES;
+        }
+        for (q, y) in y_row.iter_mut().enumerate().skip(ow) {
+            *y = pixel_3x3::<FMA, S>(&rows, kernel, q, pl);
+        }
+    }
+}
+
+/// One output pixel of [`forward_plane_3x3`] with bounds checks (a row's edges): the taps in the
+/// same order, those that read padding skipped.
+#[inline(always)]
+fn pixel_3x3<const FMA: bool, const S: usize>(rows: &[Option<&[f32]>; 3], kernel: &[f32], ow: usize, pl: usize) -> f32 {
+    let mut acc = 0.0f32;
+    for (kh, row) in rows.iter().enumerate() {
+        let Some(row) = row else { continue };
+        for kw in 0..3 {
+            if let Some(&v) = (ow * S + kw).checked_sub(pl).and_then(|iw| row.get(iw)) {
+                acc = madd::<FMA>(kernel[kh * 3 + kw], v, acc);
+            }
+        }
+    }
+    acc
 }
 
 /// Kernels with more taps than this take the scatter path of the input gradient (the gather path

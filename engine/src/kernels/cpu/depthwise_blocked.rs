@@ -143,6 +143,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], y: &mut [f32], threads
     let start = |t: usize| task_start(g, t, out_plane);
     for_each_run(threads, tasks, LANES * out_plane * taps, y, start, |run, y_run| {
         let mut tile = [0.0f32; TILE];
+        let mut out_tile = [0.0f32; TILE];
         let mut kernel = [0.0f32; LANES * MAX_TAPS];
         let base = start(run.start);
         for t in run {
@@ -159,7 +160,8 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], y: &mut [f32], threads
             );
             gather_kernel(w, first, count, taps, &mut kernel);
             let y_block = &mut y_run[start(t) - base..][..count * out_plane];
-            forward_block(g, &tile, &kernel, count, y_block);
+            forward_block(g, &tile, &kernel, &mut out_tile);
+            scatter_planes(&out_tile, g.wo, 0, 0, count, g.ho, g.wo, y_block);
             if let Some(e) = &epilogue {
                 e.planes(first, y_block, out_plane);
             }
@@ -167,26 +169,27 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], y: &mut [f32], threads
     });
 }
 
-multiversion!(fn forward_block(g: &Geometry, tile: &[f32], kernel: &[f32], count: usize, y_block: &mut [f32]) => forward_block_body);
+multiversion!(fn forward_block(g: &Geometry, tile: &[f32], kernel: &[f32], out_tile: &mut [f32]) => forward_block_body);
 
-/// Each output pixel's eight channels: a sum over the taps in the row path's order (tap by tap
-/// from zero), so both paths round alike; padding taps add `w * 0`.
+/// Each output pixel's eight channels, into `out_tile` (pixel-major, `LANES` channels per pixel,
+/// rows `g.wo` wide; the caller scatters it to the planes, where storing each lane straight into
+/// its plane cost eight scattered stores per pixel): a sum over the taps in the row path's order
+/// (tap by tap from zero), so both paths round alike; padding taps add `w * 0`.
 #[inline(always)]
-fn forward_block_body<const FMA: bool>(g: &Geometry, tile: &[f32], kernel: &[f32], count: usize, y_block: &mut [f32]) {
+fn forward_block_body<const FMA: bool>(g: &Geometry, tile: &[f32], kernel: &[f32], out_tile: &mut [f32]) {
     if (g.kh, g.kw) == (3, 3) {
-        forward_block_k::<FMA, 3>(g, tile, kernel, count, y_block)
+        forward_block_k::<FMA, 3>(g, tile, kernel, out_tile)
     } else {
-        forward_block_k::<FMA, 0>(g, tile, kernel, count, y_block)
+        forward_block_k::<FMA, 0>(g, tile, kernel, out_tile)
     }
 }
 
 /// [`forward_block_body`] for a `K x K` kernel known at compile time (its tap loops unrolled), or
 /// any kernel (`K = 0`).
 #[inline(always)]
-fn forward_block_k<const FMA: bool, const K: usize>(g: &Geometry, tile: &[f32], kernel: &[f32], count: usize, y_block: &mut [f32]) {
+fn forward_block_k<const FMA: bool, const K: usize>(g: &Geometry, tile: &[f32], kernel: &[f32], out_tile: &mut [f32]) {
     let (kh_len, kw_len) = if K > 0 { (K, K) } else { (g.kh, g.kw) };
     let (_, wp) = padded(g);
-    let out_plane = g.out_plane();
     let [s0, s1] = g.stride;
     let [d0, d1] = g.dilation;
     for oh in 0..g.ho {
@@ -202,10 +205,7 @@ fn forward_block_k<const FMA: bool, const K: usize>(g: &Geometry, tile: &[f32], 
                     }
                 }
             }
-            let pixel = oh * g.wo + ow;
-            for (l, &v) in acc.iter().enumerate().take(count) {
-                y_block[l * out_plane + pixel] = v;
-            }
+            *lanes_mut(out_tile, (oh * g.wo + ow) * LANES) = acc;
         }
     }
 }
