@@ -227,6 +227,7 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
         let two = b.len() == 2 * sliver_len;
         debug_assert!(b.len() == sliver_len || (two && full(j) && full(j + 1)));
         // Where sliver `j + s`'s columns of row `row` of `C` start.
+        #[cfg(target_arch = "x86_64")]
         let at = |s: usize, row: usize| {
             let (item, col) = ((j + s) / per_item, (j + s) % per_item * NR);
             item * out.item_stride + row * out.ldc + col
@@ -234,14 +235,13 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
         let mut ir = slivers.start;
         while ir < slivers.end {
             if wide && ir + 1 < slivers.end && (ir + 2) * MR <= m && full(j) {
-                let a_pair = &pa[ir * MR * kc..(ir + 2) * MR * kc];
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: AVX-512F was detected (`avx512`); the tiles (rows `ir * MR..(ir + 2) * MR`,
                 // the columns of sliver `j`, and of `j + 1` with two, all full as checked above)
                 // lie inside `c` and are written by this unit only (as in `tile_at`); the slivers
                 // hold `kc` depths.
                 unsafe {
-                    let (a, c) = (a_pair.as_ptr(), dst.ptr());
+                    let (a, c) = (pa[ir * MR * kc..(ir + 2) * MR * kc].as_ptr(), dst.ptr());
                     if two {
                         let (lo, hi) = (c.add(at(0, ir * MR)), c.add(at(1, ir * MR)));
                         kernel_avx512_quad(kc, a, kc * MR, b.as_ptr(), sliver_len, [lo, hi], out.ldc, overwrite);
@@ -253,15 +253,13 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
             } else if wide && full(j) {
                 // A lone row sliver (the last, or the only one; its rows may be fewer than
                 // `MR`): `6 x 32` or `6 x 16` with AVX-512, through a local tile when partial.
-                let a = &pa[ir * MR * kc..(ir + 1) * MR * kc];
-                let rows = MR.min(m - ir * MR);
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: AVX-512F was detected (`avx512`); the slivers hold `kc` depths; the
                 // tiles (rows `ir * MR..ir * MR + rows`, the columns of sliver `j`, and of `j + 1`
                 // with two, all full) lie inside `c` and are written by this unit only (as in
                 // `tile_at`); the local tile holds `MR` rows of `2 * NR`.
                 unsafe {
-                    let c = dst.ptr();
+                    let (a, rows, c) = (&pa[ir * MR * kc..(ir + 1) * MR * kc], MR.min(m - ir * MR), dst.ptr());
                     let (lo, hi) = (c.add(at(0, ir * MR)), if two { c.add(at(1, ir * MR)) } else { c });
                     if rows == MR {
                         kernel_avx512_six(kc, a.as_ptr(), b.as_ptr(), sliver_len, two, [lo, hi], out.ldc, overwrite);
@@ -666,19 +664,8 @@ unsafe fn kernel_avx512_quad(
         ap = ap.wrapping_add(MR);
         bp = bp.wrapping_add(NR);
     }
-    for (i, row) in acc.iter().enumerate() {
-        for (h, half) in row.iter().enumerate() {
-            // SAFETY: row `i` of tile `h` is inside `c[h]` (the caller's contract).
-            unsafe {
-                let d = c[h].add(i * ldc);
-                if overwrite {
-                    _mm512_storeu_ps(d, *half);
-                } else {
-                    _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), *half));
-                }
-            }
-        }
-    }
+    // SAFETY: both tiles have `2 * MR` rows (the caller's contract).
+    unsafe { store_rows(&acc, 2, c, ldc, overwrite) };
 }
 
 /// One row sliver with AVX-512F: rows `0..MR` from the `A` sliver at `a` against the `B` sliver
@@ -735,8 +722,23 @@ unsafe fn kernel_avx512_six(
             bp = bp.wrapping_add(NR);
         }
     }
+    // SAFETY: the tiles have `MR` rows (the caller's contract).
+    unsafe { store_rows(&acc, if two { 2 } else { 1 }, c, ldc, overwrite) };
+}
+
+/// Writes accumulator rows to `C`: `acc[i][h]` is row `i` of the tile at `c[h]`, for the first
+/// `tiles` tiles (`C = acc`, or `C += acc` unless `overwrite`).
+///
+/// # Safety
+/// The CPU must have AVX-512F; each of the first `tiles` pointers must be valid for an
+/// `acc.len() x NR` tile of row stride `ldc`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_rows(acc: &[[core::arch::x86_64::__m512; 2]], tiles: usize, c: [*mut f32; 2], ldc: usize, overwrite: bool) {
+    use core::arch::x86_64::*;
     for (i, row) in acc.iter().enumerate() {
-        for (h, half) in row.iter().enumerate().take(if two { 2 } else { 1 }) {
+        for (h, half) in row.iter().enumerate().take(tiles) {
             // SAFETY: row `i` of tile `h` is inside `c[h]` (the caller's contract).
             unsafe {
                 let d = c[h].add(i * ldc);
