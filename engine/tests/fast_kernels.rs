@@ -834,7 +834,8 @@ fn thread_seconds() -> f64 {
 /// input) next to gemm's 1024-cubed ceiling measured the same way (BENCHMARKS.md "ResNet-18
 /// convolutions against the GEMM ceiling"): on one thread in thread CPU time, or with
 /// `POCK_SPEED_THREADS=2` on two threads in wall-clock time, the best of 12 runs (on a loaded
-/// machine the best runs are those where both threads held a core). Run with
+/// machine the best runs are those where both threads held a core); `POCK_SPEED_WINOGRAD=0` runs
+/// every layer on im2col. Run with
 /// `cargo test --workspace --test fast_kernels -- --ignored --nocapture resnet18_conv_speed`.
 #[cfg(target_os = "linux")]
 #[test]
