@@ -396,6 +396,8 @@ multiversion!(
     /// The transformed kernels of output channel `k` ([`transform_weights`]) into `uk`.
     fn transform_kernels(g: &Geometry, w: &[f32], weights: Weights, k: usize, uk: &mut [f32]) => transform_kernels_body);
 
+// Lane `l` of four arrays at once: indices read clearer than nested zips.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn transform_kernels_body<const FMA: bool>(g: &Geometry, w: &[f32], weights: Weights, k: usize, uk: &mut [f32]) {
     let c = g.c;
