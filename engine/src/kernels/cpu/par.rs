@@ -266,21 +266,6 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
-/// Asks the CPU to bring `data` into its L1 cache ahead of use (one prefetch per 64-byte line),
-/// on x86-64; elsewhere it does nothing. For kernels that walk one plane after another: each
-/// plane begins a new 4 KiB page, where the hardware prefetchers stop, so its first lines were
-/// loads that waited on memory.
-#[inline]
-pub fn prefetch(data: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in data.chunks(16) {
-        // SAFETY: a prefetch is a hint that never faults; the address is inside `data`.
-        unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
-}
-
 /// Calls `f(tasks, run)` for runs of consecutive tasks of `0..tasks`, on up to `threads` threads,
 /// where task `t`'s output is `data[start(t)..start(t + 1)]` (`start` increasing, `start(0) = 0`,
 /// `start(tasks) = data.len()`): for kernels whose tasks own outputs of different lengths (a

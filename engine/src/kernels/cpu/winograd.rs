@@ -35,7 +35,7 @@
 //! it is a different rounding: a training run moves by it as by any other change of summation
 //! order.
 
-use super::par::{for_each_chunk, for_each_part, multiversion, prefetch};
+use super::par::{for_each_chunk, for_each_part, multiversion};
 use super::sgemm::{pack_elems_items, product_with, Out, SourceA, SourceB, MR, NR};
 use super::Mat;
 use crate::kernels::conv_geometry::ConvGeometry as Geometry;
@@ -134,11 +134,6 @@ fn transform_input_block(g: &Geometry, tiling: &Tiling, x: &[f32], rows: core::o
         for row in rows.clone() {
             let (n, th) = (row / tiling.tiles_h, row % tiling.tiles_h);
             let plane = &x[(n * c + ci) * in_plane..(n * c + ci + 1) * in_plane];
-            // The rows this tile row reads of the next channel, met after this channel's block.
-            if ci + 1 < c {
-                let (lo, hi) = ((2 * th).saturating_sub(g.padding[0]).min(g.h), (2 * th + 4).saturating_sub(g.padding[0]).min(g.h));
-                prefetch(&x[(n * c + ci + 1) * in_plane + lo * g.w..(n * c + ci + 1) * in_plane + hi * g.w]);
-            }
             let first = (row - rows.start) * tiling.tiles_w;
             input_tile_row(g, plane, th, tiling.tiles_w, vc, tiles, first);
         }
@@ -281,11 +276,6 @@ pub(super) fn grad_weight(g: &Geometry, dy: &[f32], x: &[f32], dw: &mut [f32], w
             for row in rows.clone() {
                 let (n, th) = (row / tiling.tiles_h, row % tiling.tiles_h);
                 let plane = &dy[(n * k + ko) * out_plane..(n * k + ko + 1) * out_plane];
-                // The rows this tile row reads of the next channel, met after this channel's block.
-                if ko + 1 < k {
-                    let (lo, hi) = ((2 * th).min(g.ho), (2 * th + 2).min(g.ho));
-                    prefetch(&dy[(n * k + ko + 1) * out_plane + lo * g.wo..(n * k + ko + 1) * out_plane + hi * g.wo]);
-                }
                 let first = (row - rows.start) * tiling.tiles_w;
                 grad_tile_row(g, plane, th, tiling.tiles_w, dk, tiles, first);
             }
