@@ -312,6 +312,38 @@ fn depthwise_blocks_match_the_reference() {
     }
 }
 
+/// The row path's 3x3 kernels of stride 1 and 2 (`depthwise.rs`, nine taps summed in registers
+/// eight output pixels at a time, the row's edges one by one) against the reference: planes too
+/// large for the channel-blocked path, narrower and wider than a group of eight pixels, uneven
+/// padding of 0 to 2 on each side; the forward pass, and the stride-1 input gradient (the same
+/// code with the flipped kernel).
+#[test]
+fn depthwise_3x3_rows_match_the_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let planes: [[usize; 2]; 6] = [[120, 4], [40, 9], [30, 17], [20, 33], [19, 64], [26, 23]];
+    for (case, hw) in planes.iter().cycle().take(24).enumerate() {
+        let (c, n) = (1 + case % 3, 1 + case % 2);
+        let s = 1 + (case / 6) % 2;
+        let padding = [rng.random_range(0..3usize), rng.random_range(0..3usize), rng.random_range(0..3usize), rng.random_range(0..3usize)];
+        let conv = Conv2d { stride: [s, s], padding, dilation: [1, 1], groups: c };
+        let (x_shape, w_shape) = (vec![n, c, hw[0], hw[1]], vec![c, 1, 3, 3]);
+        let y_shape = Op::from(ConvOp::Conv2d(conv)).output_shapes(&[&x_shape, &w_shape]).unwrap().remove(0);
+        let what = format!("depthwise {x_shape:?} * {w_shape:?} -> {y_shape:?}, {conv:?}");
+        let (x, wt, dy) = (
+            random(&mut rng, x_shape.iter().product()),
+            random(&mut rng, w_shape.iter().product()),
+            random(&mut rng, y_shape.iter().product()),
+        );
+        let inputs = [(x, x_shape.clone()), (wt.clone(), w_shape.clone())];
+        check(&format!("forward {what}"), &Op::from(ConvOp::Conv2d(conv)), &inputs, std::slice::from_ref(&y_shape), &mut rng, false);
+        if s == 1 {
+            let grad_input = Op::from(ConvOp::Conv2dGradInput { conv, input_hw: *hw });
+            let inputs = [(dy, y_shape.clone()), (wt, w_shape)];
+            check(&format!("grad input {what}"), &grad_input, &inputs, std::slice::from_ref(&x_shape), &mut rng, false);
+        }
+    }
+}
+
 /// Convolutions and a matmul large enough that gemm, im2col and col2im split their work among
 /// the threads (products above `PARALLEL_MIN_MACS`, more than one task of rows or planes).
 #[test]
