@@ -76,6 +76,23 @@ fn check_from(what: &str, op: &Op, inputs: &[(Vec<f32>, Vec<usize>)], outputs: &
     force_isa(None);
 }
 
+/// A convolution case: the output shape, a label (`kind`, the shapes, the convolution) and random
+/// `x`, weights and `dy`, drawn in that order.
+fn conv_case(
+    rng: &mut ChaCha8Rng,
+    kind: &str,
+    conv: Conv2d,
+    x_shape: &[usize],
+    w_shape: &[usize],
+) -> (Vec<usize>, String, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let y_shape = Op::from(ConvOp::Conv2d(conv)).output_shapes(&[x_shape, w_shape]).unwrap().remove(0);
+    let what = format!("{kind} {x_shape:?} * {w_shape:?} -> {y_shape:?}, {conv:?}");
+    let x = random(rng, x_shape.iter().product());
+    let wt = random(rng, w_shape.iter().product());
+    let dy = random(rng, y_shape.iter().product());
+    (y_shape, what, x, wt, dy)
+}
+
 #[test]
 fn convolutions_match_the_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(8);
@@ -115,13 +132,7 @@ fn convolutions_match_the_reference() {
         let conv = Conv2d { stride, padding, dilation, groups };
         let x_shape = vec![n, c, h, w];
         let w_shape = vec![o, cg, kh, kw];
-        let y_shape = Op::from(ConvOp::Conv2d(conv)).output_shapes(&[&x_shape, &w_shape]).unwrap().remove(0);
-        let what = format!("conv {x_shape:?} * {w_shape:?} -> {y_shape:?}, {conv:?}");
-        let (x, wt, dy) = (
-            random(&mut rng, x_shape.iter().product()),
-            random(&mut rng, w_shape.iter().product()),
-            random(&mut rng, y_shape.iter().product()),
-        );
+        let (y_shape, what, x, wt, dy) = conv_case(&mut rng, "conv", conv, &x_shape, &w_shape);
         let forward = Op::from(ConvOp::Conv2d(conv));
         check(
             &format!("forward {what}"),
@@ -295,13 +306,7 @@ fn depthwise_blocks_match_the_reference() {
         let padding = [pad(0, case % 3), pad(1, 1), pad(2, (case + 1) % 3), pad(3, case % 2)];
         let conv = Conv2d { stride, padding, dilation, groups: c };
         let (x_shape, w_shape) = (vec![n, c, hw[0], hw[1]], vec![c, 1, kh, kw]);
-        let y_shape = Op::from(ConvOp::Conv2d(conv)).output_shapes(&[&x_shape, &w_shape]).unwrap().remove(0);
-        let what = format!("depthwise {x_shape:?} * {w_shape:?} -> {y_shape:?}, {conv:?}");
-        let (x, wt, dy) = (
-            random(&mut rng, x_shape.iter().product()),
-            random(&mut rng, w_shape.iter().product()),
-            random(&mut rng, y_shape.iter().product()),
-        );
+        let (y_shape, what, x, wt, dy) = conv_case(&mut rng, "depthwise", conv, &x_shape, &w_shape);
         let inputs = [(x.clone(), x_shape.clone()), (wt.clone(), w_shape.clone())];
         check(&format!("forward {what}"), &Op::from(ConvOp::Conv2d(conv)), &inputs, std::slice::from_ref(&y_shape), &mut rng, false);
         let grad_input = Op::from(ConvOp::Conv2dGradInput { conv, input_hw: *hw });
@@ -327,13 +332,7 @@ fn depthwise_3x3_rows_match_the_reference() {
         let padding = [rng.random_range(0..3usize), rng.random_range(0..3usize), rng.random_range(0..3usize), rng.random_range(0..3usize)];
         let conv = Conv2d { stride: [s, s], padding, dilation: [1, 1], groups: c };
         let (x_shape, w_shape) = (vec![n, c, hw[0], hw[1]], vec![c, 1, 3, 3]);
-        let y_shape = Op::from(ConvOp::Conv2d(conv)).output_shapes(&[&x_shape, &w_shape]).unwrap().remove(0);
-        let what = format!("depthwise {x_shape:?} * {w_shape:?} -> {y_shape:?}, {conv:?}");
-        let (x, wt, dy) = (
-            random(&mut rng, x_shape.iter().product()),
-            random(&mut rng, w_shape.iter().product()),
-            random(&mut rng, y_shape.iter().product()),
-        );
+        let (y_shape, what, x, wt, dy) = conv_case(&mut rng, "depthwise", conv, &x_shape, &w_shape);
         let inputs = [(x, x_shape.clone()), (wt.clone(), w_shape.clone())];
         check(&format!("forward {what}"), &Op::from(ConvOp::Conv2d(conv)), &inputs, std::slice::from_ref(&y_shape), &mut rng, false);
         if s == 1 {
@@ -365,13 +364,7 @@ fn large_products_split_among_threads_match() {
     {
         let conv = Conv2d { stride: [stride; 2], padding: [pad; 4], dilation: [1, 1], groups: 1 };
         let (x_shape, w_shape) = (vec![n, c, hw, hw], vec![o, c, k, k]);
-        let y_shape = Op::from(ConvOp::Conv2d(conv)).output_shapes(&[&x_shape, &w_shape]).unwrap().remove(0);
-        let what = format!("conv {x_shape:?} * {w_shape:?} -> {y_shape:?}, {conv:?}");
-        let (x, wt, dy) = (
-            random(&mut rng, x_shape.iter().product()),
-            random(&mut rng, w_shape.iter().product()),
-            random(&mut rng, y_shape.iter().product()),
-        );
+        let (y_shape, what, x, wt, dy) = conv_case(&mut rng, "conv", conv, &x_shape, &w_shape);
         let forward = Op::from(ConvOp::Conv2d(conv));
         let inputs = [(x.clone(), x_shape.clone()), (wt.clone(), w_shape.clone())];
         check(&format!("forward {what}"), &forward, &inputs, std::slice::from_ref(&y_shape), &mut rng, false);
