@@ -477,18 +477,13 @@ fn even_odd<const FMA: bool>(row: &[f32], start: isize) -> [[f32; LANES]; 2] {
 #[inline]
 unsafe fn even_odd_avx2(row: &[f32], start: isize) -> [[f32; LANES]; 2] {
     use core::arch::x86_64::*;
-    const { assert!(LANES == 8) };
-    // Lanes whose index `start + q + t` is inside the row (`0 <= i < len`).
-    let len = row.len() as i32;
-    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let mask = |q: isize| {
-        let i = _mm256_add_epi32(_mm256_set1_epi32((start + q) as i32), lanes);
-        _mm256_and_si256(_mm256_cmpgt_epi32(i, _mm256_set1_epi32(-1)), _mm256_cmpgt_epi32(_mm256_set1_epi32(len), i))
-    };
     let base = row.as_ptr().wrapping_offset(start);
     // SAFETY: a masked load reads only the lanes its mask sets, here indices inside `row`; the
     // others are zero. (`wrapping_offset` may point outside `row`; no lane outside is read.)
-    let (a, b) = unsafe { (_mm256_maskload_ps(base, mask(0)), _mm256_maskload_ps(base.wrapping_add(LANES), mask(LANES as isize))) };
+    let (a, b) = unsafe {
+        let (lo, hi) = (inside(start, row.len()), inside(start + LANES as isize, row.len()));
+        (_mm256_maskload_ps(base, lo), _mm256_maskload_ps(base.wrapping_add(LANES), hi))
+    };
     // [a0 a2 b0 b2 | a4 a6 b4 b6], then the middle 64-bit pairs swapped: [a0 a2 a4 a6 b0 b2 b4 b6].
     let even = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<0b10_00_10_00>(a, b))));
     let odd = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<0b11_01_11_01>(a, b))));
@@ -532,11 +527,9 @@ fn store_lanes<const FMA: bool>(dst: &mut [f32], values: &[f32; LANES]) {
 #[inline]
 unsafe fn store_lanes_avx2(dst: &mut [f32], values: &[f32; LANES]) {
     use core::arch::x86_64::*;
-    const { assert!(LANES == 8) };
     assert!(dst.len() <= LANES, "at most LANES values");
-    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(dst.len() as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     // SAFETY: the mask sets the first `dst.len()` lanes only, all inside `dst`; `values` holds 8.
-    unsafe { _mm256_maskstore_ps(dst.as_mut_ptr(), mask, _mm256_loadu_ps(values.as_ptr())) };
+    unsafe { _mm256_maskstore_ps(dst.as_mut_ptr(), inside(0, dst.len()), _mm256_loadu_ps(values.as_ptr())) };
 }
 
 /// `src` (at most `LANES` values) in the first lanes, zero in the others: one masked load with
@@ -562,12 +555,22 @@ fn load_lanes<const FMA: bool>(src: &[f32]) -> [f32; LANES] {
 #[inline]
 unsafe fn load_lanes_avx2(src: &[f32]) -> [f32; LANES] {
     use core::arch::x86_64::*;
-    const { assert!(LANES == 8) };
     assert!(src.len() <= LANES, "at most LANES values");
-    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(src.len() as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     // SAFETY: the mask sets the first `src.len()` lanes only, all inside `src`; a vector of 8
     // floats is 8 floats.
-    unsafe { core::mem::transmute::<__m256, [f32; LANES]>(_mm256_maskload_ps(src.as_ptr(), mask)) }
+    unsafe { core::mem::transmute::<__m256, [f32; LANES]>(_mm256_maskload_ps(src.as_ptr(), inside(0, src.len()))) }
+}
+
+/// The AVX2 lane mask of the masked loads and stores above: lane `t` set where `first + t` is an
+/// index of a slice of `len` values (`0 <= first + t < len`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn inside(first: isize, len: usize) -> core::arch::x86_64::__m256i {
+    use core::arch::x86_64::*;
+    const { assert!(LANES == 8) };
+    let i = _mm256_add_epi32(_mm256_set1_epi32(first as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    _mm256_and_si256(_mm256_cmpgt_epi32(i, _mm256_set1_epi32(-1)), _mm256_cmpgt_epi32(_mm256_set1_epi32(len as i32), i))
 }
 
 multiversion!(
