@@ -198,7 +198,9 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
     // kernel: `left > 1` slivers remain in the run at hand and both are full (they may belong to
     // two items: the kernel writes each half where its item's result is). Returns the slivers
     // taken together: 2, or 1.
-    let full = |j: usize| (j % per_item + 1) * NR <= n;
+    // Column sliver `j` of all items' sequence: its item and first column.
+    let place = |j: usize| (j / per_item, j % per_item * NR);
+    let full = |j: usize| place(j).1 + NR <= n;
     let pair_len = |j: usize, left: usize| -> usize {
         if left > 1 && full(j) && full(j + 1) {
             2
@@ -229,7 +231,7 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
         // Where sliver `j + s`'s columns of row `row` of `C` start.
         #[cfg(target_arch = "x86_64")]
         let at = |s: usize, row: usize| {
-            let (item, col) = ((j + s) / per_item, (j + s) % per_item * NR);
+            let (item, col) = place(j + s);
             item * out.item_stride + row * out.ldc + col
         };
         let mut ir = slivers.start;
@@ -280,7 +282,7 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
                 ir += 1;
             } else {
                 for (s, b_sliver) in b.chunks_exact(sliver_len).enumerate() {
-                    let (item, col) = ((j + s) / per_item, (j + s) % per_item * NR);
+                    let (item, col) = place(j + s);
                     tile_at(&pa[ir * MR * kc..(ir + 1) * MR * kc], b_sliver, item, ir * MR, col, kc, overwrite);
                 }
                 ir += 1;
@@ -315,7 +317,7 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
             let count = (NC / NR).min(slivers - first);
             let pb = &mut pack_b[..count * NR * kc];
             for_each_chunk(threads, pb, NR * kc, NR * kc, |j, sliver| {
-                let (item, col) = ((first + j) / per_item, (first + j) % per_item * NR);
+                let (item, col) = place(first + j);
                 b.pack(item, pc, col, NR.min(n - col), sliver);
             });
             let pb = &*pb;
