@@ -351,7 +351,9 @@ fn large_products_split_among_threads_match() {
     for (n, c, o, hw, k, stride, pad) in
         // The 64- and 72-channel cases have more taps than gemm's 512-deep blocks (the input
         // gradient of the first also more than 512 output-channel taps), and the 4x4 and 3x3 ones
-        // fewer output positions per sample than a 16-column sliver (deep ResNet layers).
+        // fewer output positions per sample than a 16-column sliver (deep ResNet layers). The
+        // 61-channel one's input gradient has 549 taps, in two 275-deep blocks: the second
+        // starts inside an output channel's 9 taps (whole 3x3 channels are packed apart).
         [
             (2, 16, 32, 40, 3, 1, 1),
             (2, 12, 40, 41, 3, 2, 1),
@@ -360,6 +362,7 @@ fn large_products_split_among_threads_match() {
             (3, 64, 70, 9, 3, 1, 1),
             (8, 72, 40, 4, 3, 1, 1),
             (5, 24, 33, 6, 3, 2, 1),
+            (2, 12, 61, 7, 3, 1, 1),
         ]
     {
         let conv = Conv2d { stride: [stride; 2], padding: [pad; 4], dilation: [1, 1], groups: 1 };
