@@ -225,13 +225,16 @@ fn a_too_small_scratch_is_an_error() {
     }
 }
 
-/// Convolutions that take Winograd F(2x2, 3x3) (ungrouped 3x3, stride 1, at least 16 input and
-/// output channels, at least 256 output tiles): odd output sizes (half tiles at the right and bottom edges), padding 0 (whose
-/// input gradient has padding 2) and asymmetric padding, channel counts that are not multiples of
-/// gemm's register tile, and a batch whose tile rows take several blocks, one of them starting
-/// and ending in the middle of a sample.
+/// Convolutions that take Winograd (ungrouped 3x3, stride 1, at least 16 input and output
+/// channels, at least 256 2x2 output tiles): F(4x4, 3x3) where the output plane is 16x16 or
+/// more, else F(2x2, 3x3) (the 15-row and 13x12 ones; the weight gradients are all F(2x2)): odd
+/// output sizes (partial tiles at the right and bottom edges), padding 0 (whose input gradient
+/// has padding 2) and asymmetric padding, channel counts that are not multiples of gemm's
+/// register tile, and a batch whose tile rows take several blocks, one of them starting and
+/// ending in the middle of a sample.
 const WINOGRAD_CASES: &[Case] = &[
     case(4, 17, [23, 25], 19, [3, 3], [1, 1], [1; 4], [1, 1], 1),
+    case(8, 17, [13, 12], 19, [3, 3], [1, 1], [1; 4], [1, 1], 1),
     case(2, 16, [33, 34], 20, [3, 3], [1, 1], [0; 4], [1, 1], 1),
     case(4, 24, [16, 15], 16, [3, 3], [1, 1], [0, 2, 1, 1], [1, 1], 1),
     case(3, 32, [30, 30], 32, [3, 3], [1, 1], [1; 4], [1, 1], 1),
@@ -246,10 +249,17 @@ const WINOGRAD_CASES: &[Case] = &[
 /// fourth digit by about 1e-4 of it.
 const WINOGRAD_TOLERANCE: f64 = 1e-5;
 
-fn assert_close_to_rms(what: &str, fast: &[f32], reference: &[f64]) {
+/// F(4x4, 3x3)'s bound: every element within `5e-5 * rms(reference)`. Its transforms multiply
+/// by up to 8 (and the weights' divide by 6 and 24), so the rounding of one element reaches
+/// 3.7e-5 of the RMS on these cases (about 20x F(2x2)'s; its RMS error, 4-7x im2col's, is
+/// bounded in `winograd_forward_rounding` in `engine/tests/fast_kernels.rs`, which a wrong
+/// coefficient moves far past its bound).
+const WINOGRAD4_TOLERANCE: f64 = 5e-5;
+
+fn assert_close_to_rms(what: &str, fast: &[f32], reference: &[f64], tolerance: f64) {
     let rms = (reference.iter().map(|v| v * v).sum::<f64>() / reference.len() as f64).sqrt();
     let worst = fast.iter().zip(reference).map(|(&f, &r)| (f as f64 - r).abs()).fold(0.0, f64::max);
-    assert!(worst <= WINOGRAD_TOLERANCE * rms, "{what}: error {worst:.3e} is {:.3e} of the RMS", worst / rms);
+    assert!(worst <= tolerance * rms, "{what}: error {worst:.3e} is {:.3e} of the RMS", worst / rms);
 }
 
 /// One node to check: the op, its float inputs with their shapes, its packed mask, its output shape.
@@ -284,13 +294,17 @@ fn winograd_convolutions_match_the_reference() {
             (&grad_weight_rows.0, vec![(&dy, &ys), (&x, &xs)], None, &grad_weight_rows.2),
         ];
         for (op, inputs, mask, out_shape) in runs {
+            // F(4x4) computes the forward passes and input gradients with 16x16 or larger outputs.
+            let weight_gradient = matches!(op, Op::Conv(ConvOp::Conv2dGradWeight { .. } | ConvOp::Conv2dGradWeightRows { .. }));
+            let f4 = !weight_gradient && out_shape[2] >= 16 && out_shape[3] >= 16;
+            let tolerance = if f4 { WINOGRAD4_TOLERANCE } else { WINOGRAD_TOLERANCE };
             let want = run_with_mask(op, &inputs, mask, out_shape, None);
             for threads in [1, 3] {
                 let what = format!("{} {case:?}, {threads} threads", op.name());
                 let got = run_with_mask(op, &inputs, mask, out_shape, Some(CpuConfig { threads }));
                 let got: Vec<f32> = got.iter().map(|&v| v as f32).collect();
                 assert_matches(&what, &got, &want);
-                assert_close_to_rms(&what, &got, &want);
+                assert_close_to_rms(&what, &got, &want, tolerance);
             }
         }
     }

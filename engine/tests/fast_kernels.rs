@@ -285,6 +285,63 @@ fn winograd_weight_gradient_rounding() {
     }
 }
 
+/// The rounding of the Winograd forward pass against an f64 direct sum, next to im2col's, with
+/// F(2x2, 3x3) and F(4x4, 3x3) (switched with `set_winograd` and `set_winograd_f4`, holding the
+/// instruction-set lock so that no other check runs meanwhile), on planes F(4x4) takes (16x16
+/// or more): RMS error relative to the output's RMS. F(4x4)'s transforms multiply by up to 8
+/// and its weight transform divides by 6 and 24, so its error is larger than F(2x2)'s; it must
+/// stay within 8x im2col's and under 4e-6 (measured: F(4x4) 1.1e-6 to 2.3e-6, 3.7x to 6.8x
+/// im2col's 2.6e-7 to 3.4e-7; F(2x2) 1.6e-7 to 3.5e-7).
+#[test]
+fn winograd_forward_rounding() {
+    use pock_engine::kernels::cpu::{set_winograd, set_winograd_f4};
+    let _isa = ISA.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = ChaCha8Rng::seed_from_u64(18);
+    for (n, c, o, hw, pad) in [(4, 64, 64, 32, 1), (4, 128, 128, 16, 1), (4, 32, 48, 20, 0), (2, 24, 40, 33, 2)] {
+        let conv = Conv2d { stride: [1, 1], padding: [pad; 4], dilation: [1, 1], groups: 1 };
+        let (x_shape, w_shape) = (vec![n, c, hw, hw], vec![o, c, 3, 3]);
+        let y_shape = Op::from(ConvOp::Conv2d(conv)).output_shapes(&[&x_shape, &w_shape]).unwrap().remove(0);
+        let (ho, wo) = (y_shape[2], y_shape[3]);
+        let (x, wt) = (random(&mut rng, x_shape.iter().product()), random(&mut rng, w_shape.iter().product()));
+        let mut exact = vec![0.0f64; y_shape.iter().product()];
+        for (i, e) in exact.iter_mut().enumerate() {
+            let (s, k, oh, ow) = (i / (o * ho * wo), i / (ho * wo) % o, i / wo % ho, i % wo);
+            for ci in 0..c {
+                for a in 0..3 {
+                    let Some(ih) = (oh + a).checked_sub(pad).filter(|&ih| ih < hw) else { continue };
+                    for b in 0..3 {
+                        let Some(iw) = (ow + b).checked_sub(pad).filter(|&iw| iw < hw) else { continue };
+                        *e += wt[((k * c + ci) * 3 + a) * 3 + b] as f64 * x[((s * c + ci) * hw + ih) * hw + iw] as f64;
+                    }
+                }
+            }
+        }
+        let op = Op::from(ConvOp::Conv2d(conv));
+        let shapes: [&[usize]; 2] = [&x_shape, &w_shape];
+        assert!(workspace_elems(&op, &shapes, &[&y_shape]) > 0, "{x_shape:?}: not Winograd");
+        let mut workspace = vec![f32::NAN; workspace_elems(&op, &shapes, &[&y_shape])];
+        let cfg = CpuConfig { threads: 2 };
+        let mut scratch = vec![f32::NAN; scratch_elems(&op, &shapes, &[&y_shape], cfg)];
+        let rms = (exact.iter().map(|v| v * v).sum::<f64>() / exact.len() as f64).sqrt();
+        let mut errors = [0.0f64; 3];
+        for (error, (winograd, f4)) in errors.iter_mut().zip([(false, false), (true, false), (true, true)]) {
+            set_winograd(winograd);
+            set_winograd_f4(f4);
+            let mut y = vec![f32::NAN; exact.len()];
+            let ins = [View { data: &x, shape: &x_shape }, View { data: &wt, shape: &w_shape }];
+            let mut outs = [ViewMut { data: &mut y, shape: &y_shape }];
+            execute(&op, NodeArgs::floats(&ins, &mut outs), &mut workspace, &mut scratch, cfg).unwrap();
+            *error = (y.iter().zip(&exact).map(|(&a, &b)| (a as f64 - b).powi(2)).sum::<f64>() / exact.len() as f64).sqrt() / rms;
+        }
+        set_winograd(true);
+        set_winograd_f4(true);
+        let [im2col, f2, f4] = errors;
+        let what = format!("{x_shape:?} * {w_shape:?}: RMS error / RMS, im2col {im2col:.2e}, F(2x2) {f2:.2e}, F(4x4) {f4:.2e}");
+        println!("{what}");
+        assert!(f2 <= 2.5 * im2col && f4 <= 8.0 * im2col && f4 < 4e-6, "{what}");
+    }
+}
+
 /// Depthwise convolutions (one output channel per input channel) on the planes where the
 /// channel-blocked kernel takes over from the row loops (1x1 to 16x16, odd and even), and on wide
 /// planes that stay on the row path; channel counts around the eight-channel block (a last block
@@ -1088,18 +1145,19 @@ fn mask_pack_equals_the_reference() {
     }
 }
 
-/// Not a check: Winograd against im2col on ResNet-18-like stride-1 3x3 layers (batch 8), forward
-/// pass, input gradient and weight gradient, A/B interleaved in one process (`set_winograd` switches the
-/// algorithm process-wide, so run this test alone): ms, the best of 10 rounds (on one thread in
-/// thread CPU time, which other processes on a loaded machine do not disturb; on more, wall
-/// clock), and GFLOP/s counting a direct convolution's FLOPs. Threads from `POCK_SPEED_THREADS`
-/// (default 1). Run with
+/// Not a check: Winograd F(2x2, 3x3) and F(4x4, 3x3) against im2col on ResNet-18-like stride-1
+/// 3x3 layers (batch 8), forward pass, input gradient and weight gradient (which has no F(4x4)),
+/// interleaved in one process (`set_winograd` and `set_winograd_f4` switch the algorithm
+/// process-wide, so run this test alone): ms, the best of 10 rounds (on one thread in thread CPU
+/// time, which other processes on a loaded machine do not disturb; on more, wall clock), and
+/// GFLOP/s counting a direct convolution's FLOPs. Threads from `POCK_SPEED_THREADS` (default 1).
+/// F(4x4) is only taken on planes of 16x16 or more. Run with
 /// `cargo test --workspace --test fast_kernels -- --ignored --nocapture winograd_speed`.
 #[cfg(target_os = "linux")]
 #[test]
 #[ignore]
 fn winograd_speed() {
-    use pock_engine::kernels::cpu::set_winograd;
+    use pock_engine::kernels::cpu::{set_winograd, set_winograd_f4};
     let threads: usize = std::env::var("POCK_SPEED_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
     let cfg = CpuConfig { threads };
     let start = std::time::Instant::now();
@@ -1124,10 +1182,11 @@ fn winograd_speed() {
             let mut workspace = vec![0.0f32; workspace_elems(&op, &in_shapes, &[out_shape])];
             let mut scratch = vec![0.0f32; scratch_elems(&op, &in_shapes, &[out_shape], cfg)];
             let mut out = vec![0.0f32; out_shape.iter().product()];
-            let mut best = [f64::INFINITY; 2];
+            let mut best = [f64::INFINITY; 3];
             for round in 0..11 {
-                for (i, winograd) in [false, true].into_iter().enumerate() {
+                for (i, (winograd, f4)) in [(false, false), (true, false), (true, true)].into_iter().enumerate() {
                     set_winograd(winograd);
+                    set_winograd_f4(f4);
                     let ins = [View { data: &x, shape: &x_shape }, View { data: second, shape: in_shapes[1] }];
                     let mut outs = [ViewMut { data: &mut out, shape: out_shape }];
                     let t = now();
@@ -1138,14 +1197,18 @@ fn winograd_speed() {
                 }
             }
             set_winograd(true);
+            set_winograd_f4(true);
             let gflops = |s: f64| flops / s / 1e9;
             println!(
-                "{what:<10} {x_shape:?} {threads} threads: im2col {:7.2} ms {:6.1} GFLOP/s, winograd {:7.2} ms {:6.1} GFLOP/s ({:.2}x)",
+                "{what:<10} {x_shape:?} {threads} threads: im2col {:7.2} ms {:6.1} GFLOP/s, F(2x2) {:7.2} ms {:6.1} GFLOP/s ({:.2}x), F(4x4) {:7.2} ms {:6.1} GFLOP/s ({:.2}x)",
                 best[0] * 1e3,
                 gflops(best[0]),
                 best[1] * 1e3,
                 gflops(best[1]),
-                best[0] / best[1]
+                best[0] / best[1],
+                best[2] * 1e3,
+                gflops(best[2]),
+                best[0] / best[2]
             );
         }
     }

@@ -24,12 +24,14 @@ mod pooling;
 mod rows;
 mod sgemm;
 mod winograd;
+mod winograd4;
 
 use super::{reference, KernelError, NodeArgs};
 use crate::ops::{BroadcastOp, ConvOp, DenseOp, LossOp, MaskOp, MatMulOp, MoveOp, NormOp, Op, OptimOp, PoolOp, ReduceOp};
 
 pub use conv::{conv_workspace_elems, set_winograd};
 pub use sgemm::pack_elems;
+pub use winograd4::set_winograd_f4;
 
 /// How many threads the fast kernels may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,6 +15,10 @@
 //! The input gradient of such a convolution is the same computation on `dy` with the flipped,
 //! transposed weights (`weights: Flipped`), as in `conv.rs`.
 //!
+//! Forward passes and input gradients whose output planes are 16x16 or more use F(4x4, 3x3)
+//! instead (`winograd4.rs`: fewer products per output, a larger rounding); the weight gradient
+//! is F(2x2) on every plane.
+//!
 //! The weight gradient ([`grad_weight`]) is the adjoint: `dW = sum over tiles and samples of
 //! G^T [(A dY A^T) . (B^T X B)] G`, `dY` the 2x2 tile of the output gradient (zero past the
 //! output's edge) and `B^T X B` the forward's input transform. Per block of tile rows the input
@@ -37,6 +41,7 @@
 
 use super::par::{for_each_chunk, for_each_part, multiversion};
 use super::sgemm::{pack_elems_items, product_with, Out, SourceA, SourceB, MR, NR};
+use super::winograd4;
 use super::Mat;
 use crate::kernels::conv_geometry::ConvGeometry as Geometry;
 
@@ -116,13 +121,24 @@ impl Tiling {
 /// products.
 pub(super) fn workspace_elems(g: &Geometry) -> usize {
     let t = Tiling::new(g).block_tiles();
-    16 * g.o * g.c + 16 * g.c * t + 16 * g.o * t
+    let f2 = 16 * g.o * g.c + 16 * g.c * t + 16 * g.o * t;
+    // F(4x4) where it applies, or F(2x2) where it is switched off (`set_winograd_f4`).
+    if winograd4::applies(g) {
+        f2.max(winograd4::workspace_elems(g))
+    } else {
+        f2
+    }
 }
 
 /// f32 elements of gemm packing buffer with `threads` threads: one `K x C` by `C x tiles`
 /// product at a time on each (at most 16, one per product).
 pub(super) fn scratch_elems(g: &Geometry, threads: usize) -> usize {
-    pack_elems_items(g.o, Tiling::new(g).block_tiles(), 1, g.c).saturating_mul(threads.clamp(1, 16))
+    let f2 = pack_elems_items(g.o, Tiling::new(g).block_tiles(), 1, g.c).saturating_mul(threads.clamp(1, 16));
+    if winograd4::applies(g) {
+        f2.max(winograd4::scratch_elems(g, threads))
+    } else {
+        f2
+    }
 }
 
 /// The input tiles of tile rows `rows` (over all samples) transformed (`B^T d B`) into `v`:
@@ -167,6 +183,9 @@ pub(super) fn convolve(
     pack: &mut [f32],
     finish: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
 ) {
+    if winograd4::applies(g) && winograd4::enabled() {
+        return winograd4::convolve(g, x, w, weights, y, ws, threads, pack, finish);
+    }
     let (c, k) = (g.c, g.o);
     let tiling = Tiling::new(g);
     let bt = tiling.block_tiles();
@@ -507,7 +526,7 @@ fn interleave(even: [f32; LANES], odd: [f32; LANES]) -> [f32; 2 * LANES] {
 /// (`FMA`, see [`even_odd`]), else a copy. (A copy of a constant length in one branch and of a
 /// variable one in the other was merged by the compiler into one call of `memmove`.)
 #[inline(always)]
-fn store_lanes<const FMA: bool>(dst: &mut [f32], values: &[f32; LANES]) {
+pub(super) fn store_lanes<const FMA: bool>(dst: &mut [f32], values: &[f32; LANES]) {
     #[cfg(target_arch = "x86_64")]
     if FMA {
         // SAFETY: `FMA` is true only in the instance compiled for (and run on) AVX2 and FMA.
@@ -535,7 +554,7 @@ unsafe fn store_lanes_avx2(dst: &mut [f32], values: &[f32; LANES]) {
 /// `src` (at most `LANES` values) in the first lanes, zero in the others: one masked load with
 /// AVX2, else a copy (see [`store_lanes`]).
 #[inline(always)]
-fn load_lanes<const FMA: bool>(src: &[f32]) -> [f32; LANES] {
+pub(super) fn load_lanes<const FMA: bool>(src: &[f32]) -> [f32; LANES] {
     #[cfg(target_arch = "x86_64")]
     if FMA {
         // SAFETY: `FMA` is true only in the instance compiled for (and run on) AVX2 and FMA.
@@ -566,7 +585,7 @@ unsafe fn load_lanes_avx2(src: &[f32]) -> [f32; LANES] {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-fn inside(first: isize, len: usize) -> core::arch::x86_64::__m256i {
+pub(super) fn inside(first: isize, len: usize) -> core::arch::x86_64::__m256i {
     use core::arch::x86_64::*;
     const { assert!(LANES == 8) };
     let i = _mm256_add_epi32(_mm256_set1_epi32(first as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
