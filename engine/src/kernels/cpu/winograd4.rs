@@ -53,7 +53,7 @@ const BLOCK_ELEMS: usize = 1 << 20;
 /// F(4x4) instead: output planes of at least [`MIN_SIDE`] on both sides, where the 4x4 tiles
 /// waste little on the edges.
 pub(super) fn applies(g: &Geometry) -> bool {
-    g.ho >= MIN_SIDE && g.wo >= MIN_SIDE && std::env::var("POCK_F4").map_or(true, |v| v != "0")
+    g.ho >= MIN_SIDE && g.wo >= MIN_SIDE
 }
 
 /// The smallest output height and width F(4x4) is used for.
