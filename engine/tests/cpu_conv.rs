@@ -227,7 +227,7 @@ fn a_too_small_scratch_is_an_error() {
 
 /// Convolutions that take Winograd (ungrouped 3x3, stride 1, at least 16 input and output
 /// channels, at least 256 2x2 output tiles): F(4x4, 3x3) where the output plane is 16x16 or
-/// more, else F(2x2, 3x3) (the 15-row and 13x12 ones; the weight gradients are all F(2x2)): odd
+/// more, else F(2x2, 3x3) (the 15-row and 13x12 ones): odd
 /// output sizes (partial tiles at the right and bottom edges), padding 0 (whose input gradient
 /// has padding 2) and asymmetric padding, channel counts that are not multiples of gemm's
 /// register tile, and a batch whose tile rows take several blocks, one of them starting and
@@ -294,9 +294,12 @@ fn winograd_convolutions_match_the_reference() {
             (&grad_weight_rows.0, vec![(&dy, &ys), (&x, &xs)], None, &grad_weight_rows.2),
         ];
         for (op, inputs, mask, out_shape) in runs {
-            // F(4x4) computes the forward passes and input gradients with 16x16 or larger outputs.
+            // F(4x4) computes the convolutions whose output (of the forward pass, of the input
+            // gradient's convolution, or whose gradient the weight gradient takes) is 16x16 or
+            // more.
             let weight_gradient = matches!(op, Op::Conv(ConvOp::Conv2dGradWeight { .. } | ConvOp::Conv2dGradWeightRows { .. }));
-            let f4 = !weight_gradient && out_shape[2] >= 16 && out_shape[3] >= 16;
+            let plane = if weight_gradient { &ys } else { out_shape };
+            let f4 = plane[2] >= 16 && plane[3] >= 16;
             let tolerance = if f4 { WINOGRAD4_TOLERANCE } else { WINOGRAD_TOLERANCE };
             let want = run_with_mask(op, &inputs, mask, out_shape, None);
             for threads in [1, 3] {

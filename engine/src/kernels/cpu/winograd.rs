@@ -15,9 +15,8 @@
 //! The input gradient of such a convolution is the same computation on `dy` with the flipped,
 //! transposed weights (`weights: Flipped`), as in `conv.rs`.
 //!
-//! Forward passes and input gradients whose output planes are 16x16 or more use F(4x4, 3x3)
-//! instead (`winograd4.rs`: fewer products per output, a larger rounding); the weight gradient
-//! is F(2x2) on every plane.
+//! Convolutions whose output planes are 16x16 or more use F(4x4, 3x3) instead, for all three
+//! (`winograd4.rs`: fewer products per output, a larger rounding).
 //!
 //! The weight gradient ([`grad_weight`]) is the adjoint: `dW = sum over tiles and samples of
 //! G^T [(A dY A^T) . (B^T X B)] G`, `dY` the 2x2 tile of the output gradient (zero past the
@@ -256,13 +255,24 @@ const MIN_TILES_GRAD_WEIGHT: usize = 256;
 /// (`M[xi][k][c]`), and one block's transformed inputs and output gradients.
 pub(super) fn grad_weight_workspace_elems(g: &Geometry) -> usize {
     let t = Tiling::new(g).block_tiles();
-    16 * g.o * g.c + 16 * g.c * t + 16 * g.o * t
+    let f2 = 16 * g.o * g.c + 16 * g.c * t + 16 * g.o * t;
+    // F(4x4) where it applies, or F(2x2) where it is switched off (`set_winograd_f4`).
+    if winograd4::applies(g) {
+        f2.max(winograd4::grad_weight_workspace_elems(g))
+    } else {
+        f2
+    }
 }
 
 /// f32 elements of gemm packing buffer of the weight gradient with `threads` threads: one
 /// `K x tiles` by `tiles x C` product at a time on each (at most 16, one per product).
 pub(super) fn grad_weight_scratch_elems(g: &Geometry, threads: usize) -> usize {
-    pack_elems_items(g.o, g.c, 1, Tiling::new(g).block_tiles()).saturating_mul(threads.clamp(1, 16))
+    let f2 = pack_elems_items(g.o, g.c, 1, Tiling::new(g).block_tiles()).saturating_mul(threads.clamp(1, 16));
+    if winograd4::applies(g) {
+        f2.max(winograd4::grad_weight_scratch_elems(g, threads))
+    } else {
+        f2
+    }
 }
 
 /// `dw = sum over tiles of G^T [(A dY A^T) . (B^T X B)] G` for the convolution `g` (one that
@@ -273,6 +283,9 @@ pub(super) fn grad_weight_scratch_elems(g: &Geometry, threads: usize) -> usize {
 /// past the output's edge), then `M[xi] += D[.][xi] @ V[.][xi]^T`, 16 gemms of `K x tiles` by
 /// `tiles x C` (the first block overwrites); at the end `dw[k][c] = G^T M[.][k][c] G`.
 pub(super) fn grad_weight(g: &Geometry, dy: &[f32], x: &[f32], dw: &mut [f32], ws: &mut [f32], threads: usize, pack: &mut [f32]) {
+    if winograd4::applies(g) && winograd4::enabled() {
+        return winograd4::grad_weight(g, dy, x, dw, ws, threads, pack);
+    }
     let (c, k) = (g.c, g.o);
     let tiling = Tiling::new(g);
     let bt = tiling.block_tiles();
@@ -307,8 +320,8 @@ pub(super) fn grad_weight(g: &Geometry, dy: &[f32], x: &[f32], dw: &mut [f32], w
         for_each_part(threads.min(16), sums, k * c, pack, per_thread, |first, run, pack| {
             for (j, mx) in run.chunks_mut(k * c).enumerate() {
                 let xi = first + j;
-                let a = TileRows { data: &d[xi * tiles..], rows: k, tiles };
-                let b = TileRows { data: &v[xi * tiles..], rows: c, tiles };
+                let a = TileRows { data: &d[xi * tiles..], rows: k, tiles, positions: 16 };
+                let b = TileRows { data: &v[xi * tiles..], rows: c, tiles, positions: 16 };
                 product_with(&a, &b, mx, Out { ldc: c, item_stride: 0 }, block > 0, 1, pack);
             }
         });
@@ -334,10 +347,13 @@ pub(super) fn grad_weight(g: &Geometry, dy: &[f32], x: &[f32], dw: &mut [f32], w
 /// channel per column). Either packs its slivers by transposing whole rows: gemm's strided
 /// packing reads and writes an element at a time with bounds checks, which took more time than
 /// the products (`perf` on the 64x32x32 layer: 32% against 23%; these packs take 12%).
-struct TileRows<'a> {
-    data: &'a [f32],
-    rows: usize,
-    tiles: usize,
+pub(super) struct TileRows<'a> {
+    pub(super) data: &'a [f32],
+    pub(super) rows: usize,
+    pub(super) tiles: usize,
+    /// Transformed values per tile: 16 for F(2x2), 36 for F(4x4) (rows are `positions * tiles`
+    /// apart).
+    pub(super) positions: usize,
 }
 
 impl TileRows<'_> {
@@ -345,7 +361,7 @@ impl TileRows<'_> {
     /// `W` values per depth, zero beyond `rows`.
     fn pack<const W: usize>(&self, pc: usize, row: usize, rows: usize, sliver: &mut [f32]) {
         let kc = sliver.len() / W;
-        let stride = 16 * self.tiles;
+        let stride = self.positions * self.tiles;
         if rows == W {
             let src: [&[f32]; W] = core::array::from_fn(|i| &self.data[(row + i) * stride + pc..][..kc]);
             for (p, out) in (0..kc).zip(sliver.chunks_exact_mut(W)) {

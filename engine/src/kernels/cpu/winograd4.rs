@@ -3,7 +3,9 @@
 //! F(2x2, 3x3)'s 4 and im2col's 9), and fewer transformed values per output (36 per 16 outputs,
 //! F(2x2)'s 16 per 4).
 //!
-//! The structure is F(2x2)'s (see `winograd.rs`): the weights transformed once per call
+//! The forward pass, the input gradient (the forward pass on `dy` with flipped weights) and the
+//! weight gradient ([`grad_weight`], the adjoint) have the structure of F(2x2)'s
+//! (see `winograd.rs`). The forward pass: the weights transformed once per call
 //! (`U[k][xi][c] = (G g G^T)[xi]`, `xi` one of 36 positions), then per block of whole tile rows
 //! the input tiles transformed (`V[c][xi][t] = (B^T d B)[xi]`, `d` the 6x6 input tile, tiles 4
 //! apart, zero outside the input), 36 independent gemms `M[xi] = U[.][xi] @ V[.][xi]`, and each
@@ -24,11 +26,14 @@
 //! thread count, so neither do the results. The transforms multiply by up to 8 (F(2x2)'s only
 //! add and halve), so the rounding is larger: against an f64 sum its RMS error is 1.1e-6 to
 //! 2.3e-6 of the output's RMS, 4x to 7x im2col's and F(2x2)'s (`winograd_forward_rounding` in
-//! `engine/tests/fast_kernels.rs`), and single elements reach 3.7e-5 of it (`cpu_conv.rs`).
+//! `engine/tests/fast_kernels.rs`), and single elements reach 3.7e-5 of it (`cpu_conv.rs`); the
+//! weight gradient's RMS error is 2.0e-6 to 2.3e-6 of its RMS, about 6x im2col's
+//! (`winograd_weight_gradient_rounding`).
 //!
 //! Speed, one thread (`winograd_speed` in `engine/tests/fast_kernels.rs`, thread CPU time):
 //! ResNet-18's 64x32x32 layer at batch 8 ran 1.43x (forward) and 1.45x (input gradient) as
-//! fast as F(2x2), its 128x16x16 layer 1.33x and 1.03x; with F(2x2)'s blocks of tile rows and
+//! fast as F(2x2), its 128x16x16 layer 1.33x and 1.03x; on two threads (wall clock) the weight
+//! gradients ran 1.46x and 1.21x as fast as F(2x2)'s. With F(2x2)'s blocks of tile rows and
 //! the weights packed per block, F(4x4) had been slower than F(2x2), hence [`Packed`] and the
 //! evened, larger blocks.
 
@@ -36,7 +41,7 @@ use super::par::{for_each_chunk, for_each_part, multiversion};
 use super::sgemm::{pack_elems_items, product_with, Out, SourceA, MR};
 #[cfg(target_arch = "x86_64")]
 use super::winograd::inside;
-use super::winograd::{load_lanes, store_lanes, Weights};
+use super::winograd::{load_lanes, store_lanes, TileRows, Weights};
 use super::Mat;
 use crate::kernels::conv_geometry::ConvGeometry as Geometry;
 
@@ -172,6 +177,150 @@ pub(super) fn convolve(
             let written = 4 * (own.start - sample_rows.start) * g.wo..(4 * (own.end - sample_rows.start)).min(g.ho) * g.wo;
             finish(n * k + ko, written.start, &mut plane[written]);
         });
+    }
+}
+
+/// f32 elements of workspace of the weight gradient: the products summed over the blocks
+/// (`M[xi][k][c]`), and one block's transformed inputs and output gradients.
+pub(super) fn grad_weight_workspace_elems(g: &Geometry) -> usize {
+    let t = Tiling::new(g).block_tiles();
+    XI * g.o * g.c + XI * g.c * t + XI * g.o * t
+}
+
+/// f32 elements of gemm packing buffer of the weight gradient with `threads` threads: one
+/// `K x tiles` by `tiles x C` product at a time on each (at most 36).
+pub(super) fn grad_weight_scratch_elems(g: &Geometry, threads: usize) -> usize {
+    pack_elems_items(g.o, g.c, 1, Tiling::new(g).block_tiles()).saturating_mul(threads.clamp(1, XI))
+}
+
+/// `dw = sum over tiles of G^T [(A dY A^T) . (B^T X B)] G` with 4x4 tiles of `dy` (zero past the
+/// output's edge) and 6x6 tiles of `x`, as `winograd::grad_weight` computes it with 2x2 tiles:
+/// per block of tile rows `V[c][xi][t]` and `D[k][xi][t]`, then 36 gemms
+/// `M[xi] (+)= D[.][xi] @ V[.][xi]^T` summed over the blocks in order, then
+/// `dw[k][c] = G^T M[.][k][c] G`.
+pub(super) fn grad_weight(g: &Geometry, dy: &[f32], x: &[f32], dw: &mut [f32], ws: &mut [f32], threads: usize, pack: &mut [f32]) {
+    let (c, k) = (g.c, g.o);
+    let tiling = Tiling::new(g);
+    let bt = tiling.block_tiles();
+    let (sums, rest) = ws.split_at_mut(XI * k * c);
+    let (v, rest) = rest.split_at_mut(XI * c * bt);
+    let d = &mut rest[..XI * k * bt];
+    let rows_total = g.n * tiling.tiles_h;
+    if rows_total == 0 {
+        sums.fill(0.0);
+    }
+    let (in_plane, out_plane) = (g.in_plane(), g.out_plane());
+    for (block, first_row) in (0..rows_total).step_by(tiling.block_rows).enumerate() {
+        let rows = first_row..(first_row + tiling.block_rows).min(rows_total);
+        let tiles = rows.len() * tiling.tiles_w;
+        let v = &mut v[..XI * c * tiles];
+        for_each_chunk(threads, v, XI * tiles, 128 * tiles, |ci, vc| {
+            for row in rows.clone() {
+                let (n, th) = (row / tiling.tiles_h, row % tiling.tiles_h);
+                let plane = &x[(n * c + ci) * in_plane..(n * c + ci + 1) * in_plane];
+                input_tile_row(g, plane, th, tiling.tiles_w, vc, tiles, (row - rows.start) * tiling.tiles_w);
+            }
+        });
+        let d = &mut d[..XI * k * tiles];
+        for_each_chunk(threads, d, XI * tiles, 96 * tiles, |ko, dk| {
+            for row in rows.clone() {
+                let (n, th) = (row / tiling.tiles_h, row % tiling.tiles_h);
+                let plane = &dy[(n * k + ko) * out_plane..(n * k + ko + 1) * out_plane];
+                grad_tile_row(g, plane, th, tiling.tiles_w, dk, tiles, (row - rows.start) * tiling.tiles_w);
+            }
+        });
+        // The 36 products, split among the threads, each on one thread with its own packing
+        // buffer: a product's sums run through the blocks in order, whatever the threads.
+        let (v, d) = (&*v, &*d);
+        let per_thread = pack_elems_items(k, c, 1, tiles);
+        for_each_part(threads.min(XI), sums, k * c, pack, per_thread, |first, run, pack| {
+            for (j, mx) in run.chunks_mut(k * c).enumerate() {
+                let xi = first + j;
+                let a = TileRows { data: &d[xi * tiles..], rows: k, tiles, positions: XI };
+                let b = TileRows { data: &v[xi * tiles..], rows: c, tiles, positions: XI };
+                product_with(&a, &b, mx, Out { ldc: c, item_stride: 0 }, block > 0, 1, pack);
+            }
+        });
+    }
+    // `dw[ko][ci] = G^T M[.][ko][ci] G`, products `k * c` apart.
+    let sums = &*sums;
+    for_each_chunk(threads, dw, 9 * c, 128 * c, |ko, dwk| {
+        for ci in 0..c {
+            let mut m = [0.0f32; XI];
+            for (xi, v) in m.iter_mut().enumerate() {
+                *v = sums[xi * k * c + ko * c + ci];
+            }
+            // cols[b][i] = (G^T m)[i][b]; then (G^T m G)[i][j] is G^T applied along b.
+            let mut cols = [[0.0f32; 3]; 6];
+            for (b, col) in cols.iter_mut().enumerate() {
+                *col = g_transpose([m[b], m[6 + b], m[12 + b], m[18 + b], m[24 + b], m[30 + b]]);
+            }
+            for i in 0..3 {
+                let t = g_transpose([cols[0][i], cols[1][i], cols[2][i], cols[3][i], cols[4][i], cols[5][i]]);
+                dwk[ci * 9 + i * 3..ci * 9 + i * 3 + 3].copy_from_slice(&t);
+            }
+        }
+    });
+}
+
+/// `G^T m` for a 6-vector `m` (the adjoint of [`gt`]).
+fn g_transpose(m: [f32; 6]) -> [f32; 3] {
+    [
+        0.25 * m[0] - (m[1] + m[2]) / 6.0 + (m[3] + m[4]) / 24.0,
+        (m[2] - m[1]) / 6.0 + (m[3] - m[4]) / 12.0,
+        (m[3] + m[4] - m[1] - m[2]) / 6.0 + m[5],
+    ]
+}
+
+/// `A y` for four lane vectors `y` (the adjoint of [`at`]): 6 values.
+#[inline(always)]
+fn a_apply(y: &[Lanes; 4]) -> [Lanes; 6] {
+    let mut r = [[0.0; LANES]; 6];
+    for l in 0..LANES {
+        let [y0, y1, y2, y3] = [y[0][l], y[1][l], y[2][l], y[3][l]];
+        let (s02, s13) = (y0 + y2, y1 + y3);
+        let (e, o) = (y0 + 4.0 * y2, 2.0 * y1 + 8.0 * y3);
+        r[0][l] = y0;
+        r[1][l] = s02 + s13;
+        r[2][l] = s02 - s13;
+        r[3][l] = e + o;
+        r[4][l] = e - o;
+        r[5][l] = y3;
+    }
+    r
+}
+
+multiversion!(
+    /// The transformed output-gradient tiles (`A dY A^T`, 4x4 tiles of one channel's `plane`,
+    /// zero past the output's edge) of tile row `th` into `dk` (`[36][tiles]`), tiles
+    /// `first..first + tiles_w`.
+    fn grad_tile_row(g: &Geometry, plane: &[f32], th: usize, tiles_w: usize, dk: &mut [f32], tiles: usize, first: usize) => grad_tile_row_body);
+
+#[inline(always)]
+fn grad_tile_row_body<const FMA: bool>(g: &Geometry, plane: &[f32], th: usize, tiles_w: usize, dk: &mut [f32], tiles: usize, first: usize) {
+    let wo = g.wo;
+    for t0 in (0..tiles_w).step_by(LANES) {
+        let lanes = LANES.min(tiles_w - t0);
+        // r[b][o][l]: row o of tile t0 + l transformed along the columns (`dY A^T`), value b.
+        let mut r = [[[0.0f32; LANES]; 4]; 6];
+        for o in 0..4 {
+            let oh = 4 * th + o;
+            if oh >= g.ho {
+                break;
+            }
+            let q = quads::<FMA>(&plane[oh * wo..(oh + 1) * wo], (4 * t0) as isize);
+            let t = a_apply(&[q[0], q[1], q[2], q[3]]);
+            for (rb, tb) in r.iter_mut().zip(t) {
+                rb[o] = tb;
+            }
+        }
+        // Along the rows (`A (dY A^T)`), each of the 36 values written for the lanes' tiles.
+        for (b, rb) in r.iter().enumerate() {
+            let t = a_apply(rb);
+            for (a, values) in t.iter().enumerate() {
+                store_lanes::<FMA>(&mut dk[(a * 6 + b) * tiles + first + t0..][..lanes], values);
+            }
+        }
     }
 }
 
