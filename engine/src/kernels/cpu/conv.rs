@@ -20,6 +20,7 @@
 //!   at least 16 channels on each side and 256 output tiles, forward pass, input gradient (again
 //!   with the flipped, transposed weights) and weight gradient (not the row subsets of
 //!   [`conv2d_grad_weight_rows`], which stay on im2col); its buffers are the node's workspace.
+//!   Outputs of 16x16 or more take F(4x4, 3x3) instead (`winograd4.rs`).
 
 use super::epilogue::{self, Epilogue};
 use super::par::{for_each_chunk, for_each_part};
@@ -63,7 +64,7 @@ impl Geometry {
             && self.padding[3] <= reach[1]
     }
 
-    /// Whether the forward pass can be Winograd F(2x2, 3x3) ([`winograd::applies`]); the
+    /// Whether the forward pass can be Winograd, F(2x2, 3x3) or F(4x4, 3x3) ([`winograd::applies`]); the
     /// buffers are sized for it whether or not [`set_winograd`] turned it off.
     fn forward_winograd_fits(&self) -> bool {
         self.algorithm() == Algorithm::Im2col && winograd::applies(self)
