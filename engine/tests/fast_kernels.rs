@@ -234,6 +234,34 @@ fn winograd_weight_gradients_match_the_reference() {
     assert!(taken >= 10, "only {taken} cases took Winograd");
 }
 
+/// The RMS errors of `op` (a 3x3 convolution Winograd takes; inputs `ins`, output shape `out`)
+/// against `exact`, relative to its RMS: with im2col, F(2x2, 3x3) and F(4x4, 3x3), switched with
+/// `set_winograd` and `set_winograd_f4` while holding the instruction-set lock (so that no other
+/// check runs meanwhile), on two threads.
+fn winograd_errors(op: &Op, ins: [(&[f32], &[usize]); 2], out: &[usize], exact: &[f64]) -> [f64; 3] {
+    use pock_engine::kernels::cpu::{set_winograd, set_winograd_f4};
+    let _isa = ISA.lock().unwrap_or_else(|e| e.into_inner());
+    let shapes = ins.map(|(_, s)| s);
+    assert!(workspace_elems(op, &shapes, &[out]) > 0, "{shapes:?}: not Winograd");
+    let mut workspace = vec![f32::NAN; workspace_elems(op, &shapes, &[out])];
+    let cfg = CpuConfig { threads: 2 };
+    let mut scratch = vec![f32::NAN; scratch_elems(op, &shapes, &[out], cfg)];
+    let rms = (exact.iter().map(|v| v * v).sum::<f64>() / exact.len() as f64).sqrt();
+    let mut errors = [0.0f64; 3];
+    for (error, (winograd, f4)) in errors.iter_mut().zip([(false, false), (true, false), (true, true)]) {
+        set_winograd(winograd);
+        set_winograd_f4(f4);
+        let mut got = vec![f32::NAN; exact.len()];
+        let views = ins.map(|(data, shape)| View { data, shape });
+        let mut outs = [ViewMut { data: &mut got, shape: out }];
+        execute(op, NodeArgs::floats(&views, &mut outs), &mut workspace, &mut scratch, cfg).unwrap();
+        *error = (got.iter().zip(exact).map(|(&a, &b)| (a as f64 - b).powi(2)).sum::<f64>() / exact.len() as f64).sqrt() / rms;
+    }
+    set_winograd(true);
+    set_winograd_f4(true);
+    errors
+}
+
 /// The rounding of the Winograd weight gradient against an f64 direct sum, next to im2col's (the
 /// algorithms switched with `set_winograd` and `set_winograd_f4`, holding the instruction-set
 /// lock so that no other check runs meanwhile): its RMS error relative to the gradient's RMS
@@ -242,8 +270,6 @@ fn winograd_weight_gradients_match_the_reference() {
 /// 16x16 and 17x17 outputs it takes (measured 2.0e-6 and 2.3e-6, 5.8x and 6.2x).
 #[test]
 fn winograd_weight_gradient_rounding() {
-    use pock_engine::kernels::cpu::{set_winograd, set_winograd_f4};
-    let _isa = ISA.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = ChaCha8Rng::seed_from_u64(17);
     for (n, c, o, hw, pad) in [(8, 16, 16, 16, 1), (4, 64, 32, 17, 1), (8, 64, 96, 14, 0), (8, 32, 24, 9, 2)] {
         let conv = Conv2d { stride: [1, 1], padding: [pad; 4], dilation: [1, 1], groups: 1 };
@@ -265,26 +291,8 @@ fn winograd_weight_gradient_rounding() {
             }
         }
         let op = Op::from(ConvOp::Conv2dGradWeight { conv, kernel_hw: [3, 3] });
-        let shapes: [&[usize]; 2] = [&y_shape, &x_shape];
-        assert!(workspace_elems(&op, &shapes, &[&w_shape]) > 0, "{x_shape:?}: not Winograd");
-        let mut workspace = vec![f32::NAN; workspace_elems(&op, &shapes, &[&w_shape])];
-        let cfg = CpuConfig { threads: 2 };
-        let mut scratch = vec![f32::NAN; scratch_elems(&op, &shapes, &[&w_shape], cfg)];
-        let rms = (exact.iter().map(|v| v * v).sum::<f64>() / exact.len() as f64).sqrt();
-        let mut errors = [0.0f64; 3];
-        for (error, (winograd, f4)) in errors.iter_mut().zip([(false, false), (true, false), (true, true)]) {
-            set_winograd(winograd);
-            set_winograd_f4(f4);
-            let mut dw = vec![f32::NAN; exact.len()];
-            let ins = [View { data: &dy, shape: &y_shape }, View { data: &x, shape: &x_shape }];
-            let mut outs = [ViewMut { data: &mut dw, shape: &w_shape }];
-            execute(&op, NodeArgs::floats(&ins, &mut outs), &mut workspace, &mut scratch, cfg).unwrap();
-            *error = (dw.iter().zip(&exact).map(|(&a, &b)| (a as f64 - b).powi(2)).sum::<f64>() / exact.len() as f64).sqrt() / rms;
-        }
-        set_winograd(true);
-        set_winograd_f4(true);
         // F(4x4) only takes 16x16 or larger outputs; on the others the third run is F(2x2) again.
-        let [im2col, f2, f4] = errors;
+        let [im2col, f2, f4] = winograd_errors(&op, [(&dy, &y_shape), (&x, &x_shape)], &w_shape, &exact);
         let what = format!("{x_shape:?} * {w_shape:?}: RMS error / RMS, im2col {im2col:.2e}, F(2x2) {f2:.2e}, F(4x4) {f4:.2e}");
         println!("{what}");
         assert!(f2 <= 2.5 * im2col && f2 < 1e-6 && f4 <= 8.0 * im2col && f4 < 4e-6, "{what}");
@@ -300,8 +308,6 @@ fn winograd_weight_gradient_rounding() {
 /// im2col's 2.6e-7 to 3.4e-7; F(2x2) 1.6e-7 to 3.5e-7).
 #[test]
 fn winograd_forward_rounding() {
-    use pock_engine::kernels::cpu::{set_winograd, set_winograd_f4};
-    let _isa = ISA.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = ChaCha8Rng::seed_from_u64(18);
     for (n, c, o, hw, pad) in [(4, 64, 64, 32, 1), (4, 128, 128, 16, 1), (4, 32, 48, 20, 0), (2, 24, 40, 33, 2)] {
         let conv = Conv2d { stride: [1, 1], padding: [pad; 4], dilation: [1, 1], groups: 1 };
@@ -323,25 +329,7 @@ fn winograd_forward_rounding() {
             }
         }
         let op = Op::from(ConvOp::Conv2d(conv));
-        let shapes: [&[usize]; 2] = [&x_shape, &w_shape];
-        assert!(workspace_elems(&op, &shapes, &[&y_shape]) > 0, "{x_shape:?}: not Winograd");
-        let mut workspace = vec![f32::NAN; workspace_elems(&op, &shapes, &[&y_shape])];
-        let cfg = CpuConfig { threads: 2 };
-        let mut scratch = vec![f32::NAN; scratch_elems(&op, &shapes, &[&y_shape], cfg)];
-        let rms = (exact.iter().map(|v| v * v).sum::<f64>() / exact.len() as f64).sqrt();
-        let mut errors = [0.0f64; 3];
-        for (error, (winograd, f4)) in errors.iter_mut().zip([(false, false), (true, false), (true, true)]) {
-            set_winograd(winograd);
-            set_winograd_f4(f4);
-            let mut y = vec![f32::NAN; exact.len()];
-            let ins = [View { data: &x, shape: &x_shape }, View { data: &wt, shape: &w_shape }];
-            let mut outs = [ViewMut { data: &mut y, shape: &y_shape }];
-            execute(&op, NodeArgs::floats(&ins, &mut outs), &mut workspace, &mut scratch, cfg).unwrap();
-            *error = (y.iter().zip(&exact).map(|(&a, &b)| (a as f64 - b).powi(2)).sum::<f64>() / exact.len() as f64).sqrt() / rms;
-        }
-        set_winograd(true);
-        set_winograd_f4(true);
-        let [im2col, f2, f4] = errors;
+        let [im2col, f2, f4] = winograd_errors(&op, [(&x, &x_shape), (&wt, &w_shape)], &y_shape, &exact);
         let what = format!("{x_shape:?} * {w_shape:?}: RMS error / RMS, im2col {im2col:.2e}, F(2x2) {f2:.2e}, F(4x4) {f4:.2e}");
         println!("{what}");
         assert!(f2 <= 2.5 * im2col && f4 <= 8.0 * im2col && f4 < 4e-6, "{what}");

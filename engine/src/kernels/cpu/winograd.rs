@@ -47,10 +47,6 @@ use crate::kernels::conv_geometry::ConvGeometry as Geometry;
 /// Tiles whose transforms are computed side by side (vector lanes).
 const LANES: usize = 8;
 
-/// Upper bound of a block's transformed inputs and products together, in f32 elements (2 MiB):
-/// the block's `V` and `M` stay in L2/L3 between the transforms and the gemms.
-const BLOCK_ELEMS: usize = 1 << 19;
-
 /// Whether the convolution `g` computes its forward pass with Winograd: ungrouped 3x3, stride 1,
 /// dilation 1, padding at most 2 on each side (the input gradient of a padding-0 convolution has
 /// padding 2), an output of the size the padding gives, and enough channels and output for the
@@ -95,6 +91,92 @@ const MIN_OUT_PLANE: usize = 16;
 /// that test's 1e-4.
 const MIN_TILES: usize = 256;
 
+/// One Winograd algorithm F(m x m, 3x3): its tiles and transforms. [`convolve_with`] and
+/// [`grad_weight_with`] drive either (F(2x2) here, [`winograd4::F4`]).
+pub(super) trait Variant {
+    /// The output tile's side, `m`.
+    const SIDE: usize;
+    /// Transformed values per tile, `(m + 2)^2`.
+    const XI: usize;
+    /// Upper bound of a block's transformed inputs and products together, in f32 elements: they
+    /// stay in L2/L3 between the transforms and the gemms.
+    const BLOCK_ELEMS: usize;
+    /// f32 elements of the transformed weights.
+    fn weights_elems(g: &Geometry) -> usize;
+    /// Transforms the weights (read as `weights` says) into `u` (at least `weights_elems`).
+    fn transform_weights(g: &Geometry, w: &[f32], weights: Weights, u: &mut [f32], threads: usize);
+    /// The left operand of product `xi` (`K x C`, the transformed weights at position `xi`).
+    fn weights_operand<'a>(g: &Geometry, u: &'a [f32], xi: usize) -> impl SourceA + 'a;
+    /// Transforms the input tiles of tile row `th` of one input plane into `vc` (`[XI][tiles]`),
+    /// the row's first tile at `first`, zero where a tile reads padding.
+    fn input_tile_row(g: &Geometry, plane: &[f32], th: usize, tiles_w: usize, vc: &mut [f32], tiles: usize, first: usize);
+    /// Writes output tile row `th` of one output plane from its products `mk` (position `xi`'s
+    /// at `mk[xi * stride + first..]`).
+    fn output_tile_row(g: &Geometry, mk: &[f32], stride: usize, first: usize, th: usize, tiles_w: usize, plane: &mut [f32]);
+    /// Transforms the output-gradient tiles (`A dY A^T`) of tile row `th` of one plane of `dy`
+    /// into `dk` (`[XI][tiles]`), zero past the output's edge.
+    fn grad_tile_row(g: &Geometry, plane: &[f32], th: usize, tiles_w: usize, dk: &mut [f32], tiles: usize, first: usize);
+    /// `dw[ko][ci] = G^T M[.][ko][ci] G` from the weight gradient's summed products (`M[xi]`,
+    /// `[K][C]`, `K * C` apart).
+    fn finish_weight_gradient(g: &Geometry, sums: &[f32], dw: &mut [f32], threads: usize);
+}
+
+/// Winograd F(2x2, 3x3).
+struct F2;
+
+impl Variant for F2 {
+    const SIDE: usize = 2;
+    const XI: usize = 16;
+    const BLOCK_ELEMS: usize = 1 << 19;
+    fn weights_elems(g: &Geometry) -> usize {
+        16 * g.o * g.c
+    }
+    fn transform_weights(g: &Geometry, w: &[f32], weights: Weights, u: &mut [f32], threads: usize) {
+        for_each_chunk(threads, u, 16 * g.c, 16 * 8 * g.c, |k, uk| transform_kernels(g, w, weights, k, uk));
+    }
+    fn weights_operand<'a>(g: &Geometry, u: &'a [f32], xi: usize) -> impl SourceA + 'a {
+        Mat { data: &u[xi * g.c..], rows: g.o, cols: g.c, row_stride: 16 * g.c, col_stride: 1 }
+    }
+    fn input_tile_row(g: &Geometry, plane: &[f32], th: usize, tiles_w: usize, vc: &mut [f32], tiles: usize, first: usize) {
+        input_tile_row(g, plane, th, tiles_w, vc, tiles, first);
+    }
+    fn output_tile_row(g: &Geometry, mk: &[f32], stride: usize, first: usize, th: usize, tiles_w: usize, plane: &mut [f32]) {
+        output_tile_row(g, mk, stride, first, th, tiles_w, plane);
+    }
+    fn grad_tile_row(g: &Geometry, plane: &[f32], th: usize, tiles_w: usize, dk: &mut [f32], tiles: usize, first: usize) {
+        grad_tile_row(g, plane, th, tiles_w, dk, tiles, first);
+    }
+    fn finish_weight_gradient(g: &Geometry, sums: &[f32], dw: &mut [f32], threads: usize) {
+        let (c, k) = (g.c, g.o);
+        for_each_chunk(threads, dw, 9 * c, 64 * c, |ko, dwk| {
+            for ci in 0..c {
+                let m: [f32; 16] = core::array::from_fn(|xi| sums[xi * k * c + ko * c + ci]);
+                // cols[b][i] = (G^T m)[i][b]; then (G^T m G)[i][j] is G^T applied along b.
+                let cols: [[f32; 3]; 4] = core::array::from_fn(|b| g_transpose_transform([m[b], m[4 + b], m[8 + b], m[12 + b]]));
+                for i in 0..3 {
+                    let t = g_transpose_transform([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
+                    dwk[ci * 9 + i * 3..ci * 9 + i * 3 + 3].copy_from_slice(&t);
+                }
+            }
+        });
+    }
+}
+
+/// Whether F(4x4) computes the convolution `g` (one that [`applies`]).
+fn four(g: &Geometry) -> bool {
+    winograd4::applies(g) && winograd4::enabled()
+}
+
+/// The larger of `f2` and F(4x4)'s `f4` where F(4x4) applies (it may be switched off with
+/// `set_winograd_f4` after the sizes were taken), else `f2`.
+fn either(g: &Geometry, f2: usize, f4: impl FnOnce() -> usize) -> usize {
+    if winograd4::applies(g) {
+        f2.max(f4())
+    } else {
+        f2
+    }
+}
+
 /// The tiling of one Winograd convolution: tiles per row and column, and tile rows per block.
 struct Tiling {
     tiles_h: usize,
@@ -103,10 +185,14 @@ struct Tiling {
 }
 
 impl Tiling {
-    fn new(g: &Geometry) -> Self {
-        let (tiles_h, tiles_w) = (g.ho.div_ceil(2), g.wo.div_ceil(2));
-        let per_row = 16 * (g.c + g.o) * tiles_w.max(1);
-        let block_rows = (BLOCK_ELEMS / per_row).clamp(1, (g.n * tiles_h).max(1));
+    fn new<V: Variant>(g: &Geometry) -> Self {
+        let (tiles_h, tiles_w) = (g.ho.div_ceil(V::SIDE), g.wo.div_ceil(V::SIDE));
+        // As many tile rows as fit, then the blocks evened out (so that the last is not a
+        // sliver of the others: each block's products are thin enough).
+        let per_row = V::XI * (g.c + g.o) * tiles_w.max(1);
+        let rows_total = (g.n * tiles_h).max(1);
+        let most = (V::BLOCK_ELEMS / per_row).clamp(1, rows_total);
+        let block_rows = rows_total.div_ceil(rows_total.div_ceil(most));
         Tiling { tiles_h, tiles_w, block_rows }
     }
 
@@ -119,38 +205,41 @@ impl Tiling {
 /// f32 elements of workspace: the transformed weights, and one block's transformed inputs and
 /// products.
 pub(super) fn workspace_elems(g: &Geometry) -> usize {
-    let t = Tiling::new(g).block_tiles();
-    let f2 = 16 * g.o * g.c + 16 * g.c * t + 16 * g.o * t;
-    // F(4x4) where it applies, or F(2x2) where it is switched off (`set_winograd_f4`).
-    if winograd4::applies(g) {
-        f2.max(winograd4::workspace_elems(g))
-    } else {
-        f2
-    }
+    either(g, workspace::<F2>(g), || workspace::<winograd4::F4>(g))
+}
+
+fn workspace<V: Variant>(g: &Geometry) -> usize {
+    V::weights_elems(g) + V::XI * (g.c + g.o) * Tiling::new::<V>(g).block_tiles()
 }
 
 /// f32 elements of gemm packing buffer with `threads` threads: one `K x C` by `C x tiles`
-/// product at a time on each (at most 16, one per product).
+/// product at a time on each (at most one per product).
 pub(super) fn scratch_elems(g: &Geometry, threads: usize) -> usize {
-    let f2 = pack_elems_items(g.o, Tiling::new(g).block_tiles(), 1, g.c).saturating_mul(threads.clamp(1, 16));
-    if winograd4::applies(g) {
-        f2.max(winograd4::scratch_elems(g, threads))
-    } else {
-        f2
-    }
+    either(g, scratch::<F2>(g, threads), || scratch::<winograd4::F4>(g, threads))
+}
+
+fn scratch<V: Variant>(g: &Geometry, threads: usize) -> usize {
+    pack_elems_items(g.o, Tiling::new::<V>(g).block_tiles(), 1, g.c).saturating_mul(threads.clamp(1, V::XI))
 }
 
 /// The input tiles of tile rows `rows` (over all samples) transformed (`B^T d B`) into `v`:
-/// channel `ci`'s are `v[ci * 16 * tiles..]`, `[16][tiles]`, channels split among the threads.
-fn transform_input_block(g: &Geometry, tiling: &Tiling, x: &[f32], rows: core::ops::Range<usize>, v: &mut [f32], threads: usize) {
+/// channel `ci`'s are `v[ci * XI * tiles..]`, `[XI][tiles]`, channels split among the threads.
+fn transform_input_block<V: Variant>(
+    g: &Geometry,
+    tiling: &Tiling,
+    x: &[f32],
+    rows: core::ops::Range<usize>,
+    v: &mut [f32],
+    threads: usize,
+) {
     let (c, in_plane) = (g.c, g.in_plane());
     let tiles = rows.len() * tiling.tiles_w;
-    for_each_chunk(threads, v, 16 * tiles, 64 * tiles, |ci, vc| {
+    for_each_chunk(threads, v, V::XI * tiles, 4 * V::XI * tiles, |ci, vc| {
         for row in rows.clone() {
             let (n, th) = (row / tiling.tiles_h, row % tiling.tiles_h);
             let plane = &x[(n * c + ci) * in_plane..(n * c + ci + 1) * in_plane];
             let first = (row - rows.start) * tiling.tiles_w;
-            input_tile_row(g, plane, th, tiling.tiles_w, vc, tiles, first);
+            V::input_tile_row(g, plane, th, tiling.tiles_w, vc, tiles, first);
         }
     });
 }
@@ -182,36 +271,53 @@ pub(super) fn convolve(
     pack: &mut [f32],
     finish: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
 ) {
-    if winograd4::applies(g) && winograd4::enabled() {
-        return winograd4::convolve(g, x, w, weights, y, ws, threads, pack, finish);
+    if four(g) {
+        convolve_with::<winograd4::F4>(g, x, w, weights, y, ws, threads, pack, finish);
+    } else {
+        convolve_with::<F2>(g, x, w, weights, y, ws, threads, pack, finish);
     }
-    let (c, k) = (g.c, g.o);
-    let tiling = Tiling::new(g);
+}
+
+/// [`convolve`] with the algorithm `V`.
+#[allow(clippy::too_many_arguments)]
+fn convolve_with<V: Variant>(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    weights: Weights,
+    y: &mut [f32],
+    ws: &mut [f32],
+    threads: usize,
+    pack: &mut [f32],
+    finish: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
+) {
+    let (c, k, xis) = (g.c, g.o, V::XI);
+    let tiling = Tiling::new::<V>(g);
     let bt = tiling.block_tiles();
-    let (u, rest) = ws.split_at_mut(16 * k * c);
-    let (v, rest) = rest.split_at_mut(16 * c * bt);
-    let m = &mut rest[..16 * k * bt];
-    transform_weights(g, w, weights, u, threads);
+    let (u, rest) = ws.split_at_mut(V::weights_elems(g));
+    let (v, rest) = rest.split_at_mut(xis * c * bt);
+    let m = &mut rest[..xis * k * bt];
+    V::transform_weights(g, w, weights, u, threads);
     let u = &*u;
     let rows_total = g.n * tiling.tiles_h;
     let out_plane = g.out_plane();
     for first_row in (0..rows_total).step_by(tiling.block_rows) {
         let rows = first_row..(first_row + tiling.block_rows).min(rows_total);
         let tiles = rows.len() * tiling.tiles_w;
-        let v = &mut v[..16 * c * tiles];
-        transform_input_block(g, &tiling, x, rows.clone(), v, threads);
-        // The 16 products `M[xi] = U[.][xi] @ V[.][xi]` (rows of `U` and `V` 16 blocks apart),
-        // split among the threads, each product on one thread with the thread's own packing
-        // buffer: one barrier per block rather than one per product (the products' results do
-        // not depend on the threads).
+        let v = &mut v[..xis * c * tiles];
+        transform_input_block::<V>(g, &tiling, x, rows.clone(), v, threads);
+        // The products `M[xi] = U[.][xi] @ V[.][xi]` (rows of `V` `XI` blocks apart), split
+        // among the threads, each product on one thread with the thread's own packing buffer:
+        // one barrier per block rather than one per product (the products' results do not
+        // depend on the threads).
         let v = &*v;
-        let m = &mut m[..16 * k * tiles];
+        let m = &mut m[..xis * k * tiles];
         let per_thread = pack_elems_items(k, tiles, 1, c);
-        for_each_part(threads.min(16), m, k * tiles, pack, per_thread, |first, run, pack| {
+        for_each_part(threads.min(xis), m, k * tiles, pack, per_thread, |first, run, pack| {
             for (j, mx) in run.chunks_mut(k * tiles).enumerate() {
                 let xi = first + j;
-                let a = Mat { data: &u[xi * c..], rows: k, cols: c, row_stride: 16 * c, col_stride: 1 };
-                let b = Mat { data: &v[xi * tiles..], rows: c, cols: tiles, row_stride: 16 * tiles, col_stride: 1 };
+                let a = V::weights_operand(g, u, xi);
+                let b = Mat { data: &v[xi * tiles..], rows: c, cols: tiles, row_stride: xis * tiles, col_stride: 1 };
                 product_with(&a, &b, mx, Out { ldc: tiles, item_stride: 0 }, false, 1, pack);
             }
         });
@@ -220,7 +326,8 @@ pub(super) fn convolve(
         let (n_first, n_last) = (rows.start / tiling.tiles_h, (rows.end - 1) / tiling.tiles_h);
         let y_block = &mut y[n_first * k * out_plane..(n_last + 1) * k * out_plane];
         let m = &*m;
-        for_each_chunk(threads, y_block, out_plane, 32 * out_plane.min(4 * tiles), |p, plane| {
+        let side = V::SIDE;
+        for_each_chunk(threads, y_block, out_plane, 2 * xis * out_plane.min(side * side * tiles), |p, plane| {
             let (n, ko) = (n_first + p / k, p % k);
             let sample_rows = n * tiling.tiles_h..(n + 1) * tiling.tiles_h;
             // Channel `ko`'s products: `M[xi][ko]`, `k * tiles` apart.
@@ -228,9 +335,9 @@ pub(super) fn convolve(
             let own = rows.start.max(sample_rows.start)..rows.end.min(sample_rows.end);
             for row in own.clone() {
                 let first = (row - rows.start) * tiling.tiles_w;
-                output_tile_row(g, mk, k * tiles, first, row - sample_rows.start, tiling.tiles_w, plane);
+                V::output_tile_row(g, mk, k * tiles, first, row - sample_rows.start, tiling.tiles_w, plane);
             }
-            let written = 2 * (own.start - sample_rows.start) * g.wo..(2 * (own.end - sample_rows.start)).min(g.ho) * g.wo;
+            let written = side * (own.start - sample_rows.start) * g.wo..(side * (own.end - sample_rows.start)).min(g.ho) * g.wo;
             finish(n * k + ko, written.start, &mut plane[written]);
         });
     }
@@ -254,25 +361,21 @@ const MIN_TILES_GRAD_WEIGHT: usize = 256;
 /// f32 elements of workspace of the weight gradient: the products summed over the blocks
 /// (`M[xi][k][c]`), and one block's transformed inputs and output gradients.
 pub(super) fn grad_weight_workspace_elems(g: &Geometry) -> usize {
-    let t = Tiling::new(g).block_tiles();
-    let f2 = 16 * g.o * g.c + 16 * g.c * t + 16 * g.o * t;
-    // F(4x4) where it applies, or F(2x2) where it is switched off (`set_winograd_f4`).
-    if winograd4::applies(g) {
-        f2.max(winograd4::grad_weight_workspace_elems(g))
-    } else {
-        f2
-    }
+    either(g, grad_weight_workspace::<F2>(g), || grad_weight_workspace::<winograd4::F4>(g))
+}
+
+fn grad_weight_workspace<V: Variant>(g: &Geometry) -> usize {
+    V::XI * (g.o * g.c + (g.c + g.o) * Tiling::new::<V>(g).block_tiles())
 }
 
 /// f32 elements of gemm packing buffer of the weight gradient with `threads` threads: one
-/// `K x tiles` by `tiles x C` product at a time on each (at most 16, one per product).
+/// `K x tiles` by `tiles x C` product at a time on each (at most one per product).
 pub(super) fn grad_weight_scratch_elems(g: &Geometry, threads: usize) -> usize {
-    let f2 = pack_elems_items(g.o, g.c, 1, Tiling::new(g).block_tiles()).saturating_mul(threads.clamp(1, 16));
-    if winograd4::applies(g) {
-        f2.max(winograd4::grad_weight_scratch_elems(g, threads))
-    } else {
-        f2
-    }
+    either(g, grad_weight_scratch::<F2>(g, threads), || grad_weight_scratch::<winograd4::F4>(g, threads))
+}
+
+fn grad_weight_scratch<V: Variant>(g: &Geometry, threads: usize) -> usize {
+    pack_elems_items(g.o, g.c, 1, Tiling::new::<V>(g).block_tiles()).saturating_mul(threads.clamp(1, V::XI))
 }
 
 /// `dw = sum over tiles of G^T [(A dY A^T) . (B^T X B)] G` for the convolution `g` (one that
@@ -280,18 +383,24 @@ pub(super) fn grad_weight_scratch_elems(g: &Geometry, threads: usize) -> usize {
 /// overwritten; `ws` holds at least [`grad_weight_workspace_elems`] elements and `pack`
 /// [`grad_weight_scratch_elems`]. Per block of tile rows: the input tiles are transformed as in
 /// the forward pass (`V[c][xi][t]`), the output-gradient tiles as `D[k][xi][t] = A dY A^T` (zero
-/// past the output's edge), then `M[xi] += D[.][xi] @ V[.][xi]^T`, 16 gemms of `K x tiles` by
-/// `tiles x C` (the first block overwrites); at the end `dw[k][c] = G^T M[.][k][c] G`.
+/// past the output's edge), then `M[xi] += D[.][xi] @ V[.][xi]^T`, one gemm of `K x tiles` by
+/// `tiles x C` per position (the first block overwrites); at the end `dw[k][c] = G^T M[.][k][c] G`.
 pub(super) fn grad_weight(g: &Geometry, dy: &[f32], x: &[f32], dw: &mut [f32], ws: &mut [f32], threads: usize, pack: &mut [f32]) {
-    if winograd4::applies(g) && winograd4::enabled() {
-        return winograd4::grad_weight(g, dy, x, dw, ws, threads, pack);
+    if four(g) {
+        grad_weight_with::<winograd4::F4>(g, dy, x, dw, ws, threads, pack);
+    } else {
+        grad_weight_with::<F2>(g, dy, x, dw, ws, threads, pack);
     }
-    let (c, k) = (g.c, g.o);
-    let tiling = Tiling::new(g);
+}
+
+/// [`grad_weight`] with the algorithm `V`.
+fn grad_weight_with<V: Variant>(g: &Geometry, dy: &[f32], x: &[f32], dw: &mut [f32], ws: &mut [f32], threads: usize, pack: &mut [f32]) {
+    let (c, k, xis) = (g.c, g.o, V::XI);
+    let tiling = Tiling::new::<V>(g);
     let bt = tiling.block_tiles();
-    let (sums, rest) = ws.split_at_mut(16 * k * c);
-    let (v, rest) = rest.split_at_mut(16 * c * bt);
-    let d = &mut rest[..16 * k * bt];
+    let (sums, rest) = ws.split_at_mut(xis * k * c);
+    let (v, rest) = rest.split_at_mut(xis * c * bt);
+    let d = &mut rest[..xis * k * bt];
     let rows_total = g.n * tiling.tiles_h;
     if rows_total == 0 {
         sums.fill(0.0);
@@ -300,45 +409,33 @@ pub(super) fn grad_weight(g: &Geometry, dy: &[f32], x: &[f32], dw: &mut [f32], w
     for (block, first_row) in (0..rows_total).step_by(tiling.block_rows).enumerate() {
         let rows = first_row..(first_row + tiling.block_rows).min(rows_total);
         let tiles = rows.len() * tiling.tiles_w;
-        let v = &mut v[..16 * c * tiles];
-        transform_input_block(g, &tiling, x, rows.clone(), v, threads);
-        // Output gradients: channel `ko`'s transformed tiles are `d[ko * 16 * tiles..]`.
-        let d = &mut d[..16 * k * tiles];
-        for_each_chunk(threads, d, 16 * tiles, 32 * tiles, |ko, dk| {
+        let v = &mut v[..xis * c * tiles];
+        transform_input_block::<V>(g, &tiling, x, rows.clone(), v, threads);
+        // Output gradients: channel `ko`'s transformed tiles are `d[ko * XI * tiles..]`.
+        let d = &mut d[..xis * k * tiles];
+        for_each_chunk(threads, d, xis * tiles, 2 * xis * tiles, |ko, dk| {
             for row in rows.clone() {
                 let (n, th) = (row / tiling.tiles_h, row % tiling.tiles_h);
                 let plane = &dy[(n * k + ko) * out_plane..(n * k + ko + 1) * out_plane];
                 let first = (row - rows.start) * tiling.tiles_w;
-                grad_tile_row(g, plane, th, tiling.tiles_w, dk, tiles, first);
+                V::grad_tile_row(g, plane, th, tiling.tiles_w, dk, tiles, first);
             }
         });
-        // The 16 products `M[xi] (+)= D[.][xi] @ V[.][xi]^T`, split among the threads, each on
-        // one thread with the thread's own packing buffer (as in `convolve`): a product's sums
-        // run through the blocks in order, whatever the threads.
+        // The products `M[xi] (+)= D[.][xi] @ V[.][xi]^T`, split among the threads, each on
+        // one thread with the thread's own packing buffer (as in `convolve_with`): a product's
+        // sums run through the blocks in order, whatever the threads.
         let (v, d) = (&*v, &*d);
         let per_thread = pack_elems_items(k, c, 1, tiles);
-        for_each_part(threads.min(16), sums, k * c, pack, per_thread, |first, run, pack| {
+        for_each_part(threads.min(xis), sums, k * c, pack, per_thread, |first, run, pack| {
             for (j, mx) in run.chunks_mut(k * c).enumerate() {
                 let xi = first + j;
-                let a = TileRows { data: &d[xi * tiles..], rows: k, tiles, positions: 16 };
-                let b = TileRows { data: &v[xi * tiles..], rows: c, tiles, positions: 16 };
+                let a = TileRows { data: &d[xi * tiles..], rows: k, tiles, positions: xis };
+                let b = TileRows { data: &v[xi * tiles..], rows: c, tiles, positions: xis };
                 product_with(&a, &b, mx, Out { ldc: c, item_stride: 0 }, block > 0, 1, pack);
             }
         });
     }
-    // `dw[ko][ci] = G^T M[.][ko][ci] G`, products `k * c` apart.
-    let sums = &*sums;
-    for_each_chunk(threads, dw, 9 * c, 64 * c, |ko, dwk| {
-        for ci in 0..c {
-            let m: [f32; 16] = core::array::from_fn(|xi| sums[xi * k * c + ko * c + ci]);
-            // cols[b][i] = (G^T m)[i][b]; then (G^T m G)[i][j] is G^T applied along b.
-            let cols: [[f32; 3]; 4] = core::array::from_fn(|b| g_transpose_transform([m[b], m[4 + b], m[8 + b], m[12 + b]]));
-            for i in 0..3 {
-                let t = g_transpose_transform([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
-                dwk[ci * 9 + i * 3..ci * 9 + i * 3 + 3].copy_from_slice(&t);
-            }
-        }
-    });
+    V::finish_weight_gradient(g, sums, dw, threads);
 }
 
 /// One of the 16 transformed values of a block's tiles for every channel: row `r` (a channel),
@@ -413,14 +510,10 @@ fn g_transpose_transform(v: [f32; 4]) -> [f32; 3] {
     [v[0] + 0.5 * (v[1] + v[2]), 0.5 * (v[1] - v[2]), 0.5 * (v[1] + v[2]) + v[3]]
 }
 
-/// `U[k][xi][c] = (G g G^T)[xi]` for the 3x3 kernel `g` of output channel `k` and input channel
-/// `c`, with `G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]`.
-fn transform_weights(g: &Geometry, w: &[f32], weights: Weights, u: &mut [f32], threads: usize) {
-    for_each_chunk(threads, u, 16 * g.c, 16 * 8 * g.c, |k, uk| transform_kernels(g, w, weights, k, uk));
-}
-
+// `U[k][xi][c] = (G g G^T)[xi]` for the 3x3 kernel `g` of output channel `k` and input channel
+// `c`, with `G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]` (`F2::transform_weights`).
 multiversion!(
-    /// The transformed kernels of output channel `k` ([`transform_weights`]) into `uk`.
+    /// The transformed kernels of output channel `k` (`F2::transform_weights`) into `uk`.
     fn transform_kernels(g: &Geometry, w: &[f32], weights: Weights, k: usize, uk: &mut [f32]) => transform_kernels_body);
 
 // Lane `l` of four arrays at once: indices read clearer than nested zips.

@@ -37,12 +37,11 @@
 //! the weights packed per block, F(4x4) had been slower than F(2x2), hence [`Packed`] and the
 //! evened, larger blocks.
 
-use super::par::{for_each_chunk, for_each_part, multiversion};
-use super::sgemm::{pack_elems_items, product_with, Out, SourceA, MR};
+use super::par::{for_each_chunk, multiversion};
+use super::sgemm::{SourceA, MR};
 #[cfg(target_arch = "x86_64")]
 use super::winograd::inside;
-use super::winograd::{load_lanes, store_lanes, TileRows, Weights};
-use super::Mat;
+use super::winograd::{load_lanes, store_lanes, Variant, Weights};
 use crate::kernels::conv_geometry::ConvGeometry as Geometry;
 
 /// Tiles whose transforms are computed side by side (vector lanes).
@@ -77,190 +76,53 @@ pub(super) fn enabled() -> bool {
     ENABLED.load(core::sync::atomic::Ordering::Relaxed)
 }
 
-struct Tiling {
-    tiles_h: usize,
-    tiles_w: usize,
-    block_rows: usize,
-}
+/// Winograd F(4x4, 3x3) for [`super::winograd`]'s drivers.
+pub(super) struct F4;
 
-impl Tiling {
-    fn new(g: &Geometry) -> Self {
-        let (tiles_h, tiles_w) = (g.ho.div_ceil(4), g.wo.div_ceil(4));
-        // As many tile rows as fit, then the blocks evened out (so that the last is not a
-        // sliver of the others: each block's 36 products are thin enough).
-        let per_row = XI * (g.c + g.o) * tiles_w.max(1);
-        let rows_total = (g.n * tiles_h).max(1);
-        let most = (BLOCK_ELEMS / per_row).clamp(1, rows_total);
-        let block_rows = rows_total.div_ceil(rows_total.div_ceil(most));
-        Tiling { tiles_h, tiles_w, block_rows }
+impl Variant for F4 {
+    const SIDE: usize = 4;
+    const XI: usize = XI;
+    const BLOCK_ELEMS: usize = BLOCK_ELEMS;
+    fn weights_elems(g: &Geometry) -> usize {
+        XI * g.o.div_ceil(MR) * MR * g.c
     }
-
-    fn block_tiles(&self) -> usize {
-        self.block_rows * self.tiles_w
+    fn transform_weights(g: &Geometry, w: &[f32], weights: Weights, u: &mut [f32], threads: usize) {
+        // In gemm's packed layout, a row sliver of `MR` output channels at a time.
+        let u = &mut u[..Self::weights_elems(g)];
+        for_each_chunk(threads, u, XI * g.c * MR, XI * 8 * g.c * MR, |s, us| transform_kernels(g, w, weights, s, us));
     }
-}
-
-/// f32 elements of workspace: the transformed weights, and one block's transformed inputs and
-/// products.
-pub(super) fn workspace_elems(g: &Geometry) -> usize {
-    let t = Tiling::new(g).block_tiles();
-    XI * g.o.div_ceil(MR) * MR * g.c + XI * g.c * t + XI * g.o * t
-}
-
-/// f32 elements of gemm packing buffer with `threads` threads: one `K x C` by `C x tiles`
-/// product at a time on each (at most 36, one per product).
-pub(super) fn scratch_elems(g: &Geometry, threads: usize) -> usize {
-    pack_elems_items(g.o, Tiling::new(g).block_tiles(), 1, g.c).saturating_mul(threads.clamp(1, XI))
-}
-
-/// `y = conv(x, w)` as [`super::winograd::convolve`] describes it, with 4x4 output tiles.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn convolve(
-    g: &Geometry,
-    x: &[f32],
-    w: &[f32],
-    weights: Weights,
-    y: &mut [f32],
-    ws: &mut [f32],
-    threads: usize,
-    pack: &mut [f32],
-    finish: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
-) {
-    let (c, k) = (g.c, g.o);
-    let tiling = Tiling::new(g);
-    let bt = tiling.block_tiles();
-    let (u, rest) = ws.split_at_mut(XI * k.div_ceil(MR) * MR * c);
-    let (v, rest) = rest.split_at_mut(XI * c * bt);
-    let m = &mut rest[..XI * k * bt];
-    // `u` in gemm's packed layout, a row sliver of `MR` output channels at a time.
-    for_each_chunk(threads, u, XI * c * MR, XI * 8 * c * MR, |s, us| transform_kernels(g, w, weights, s, us));
-    let u = &*u;
-    let rows_total = g.n * tiling.tiles_h;
-    let (in_plane, out_plane) = (g.in_plane(), g.out_plane());
-    for first_row in (0..rows_total).step_by(tiling.block_rows) {
-        let rows = first_row..(first_row + tiling.block_rows).min(rows_total);
-        let tiles = rows.len() * tiling.tiles_w;
-        let v = &mut v[..XI * c * tiles];
-        for_each_chunk(threads, v, XI * tiles, 128 * tiles, |ci, vc| {
-            for row in rows.clone() {
-                let (n, th) = (row / tiling.tiles_h, row % tiling.tiles_h);
-                let plane = &x[(n * c + ci) * in_plane..(n * c + ci + 1) * in_plane];
-                let first = (row - rows.start) * tiling.tiles_w;
-                input_tile_row(g, plane, th, tiling.tiles_w, vc, tiles, first);
-            }
-        });
-        // The 36 products, split among the threads, each on one thread with its own packing
-        // buffer (as for F(2x2)).
-        let v = &*v;
-        let m = &mut m[..XI * k * tiles];
-        let per_thread = pack_elems_items(k, tiles, 1, c);
-        for_each_part(threads.min(XI), m, k * tiles, pack, per_thread, |first, run, pack| {
-            for (j, mx) in run.chunks_mut(k * tiles).enumerate() {
-                let xi = first + j;
-                let a = Packed { data: &u[xi * c * MR..], rows: k, depth: c, sliver_stride: XI * c * MR };
-                let b = Mat { data: &v[xi * tiles..], rows: c, cols: tiles, row_stride: XI * tiles, col_stride: 1 };
-                product_with(&a, &b, mx, Out { ldc: tiles, item_stride: 0 }, false, 1, pack);
-            }
-        });
-        let (n_first, n_last) = (rows.start / tiling.tiles_h, (rows.end - 1) / tiling.tiles_h);
-        let y_block = &mut y[n_first * k * out_plane..(n_last + 1) * k * out_plane];
-        let m = &*m;
-        for_each_chunk(threads, y_block, out_plane, 64 * out_plane.min(16 * tiles), |p, plane| {
-            let (n, ko) = (n_first + p / k, p % k);
-            let sample_rows = n * tiling.tiles_h..(n + 1) * tiling.tiles_h;
-            let mk = &m[ko * tiles..];
-            let own = rows.start.max(sample_rows.start)..rows.end.min(sample_rows.end);
-            for row in own.clone() {
-                let first = (row - rows.start) * tiling.tiles_w;
-                output_tile_row(g, mk, k * tiles, first, row - sample_rows.start, tiling.tiles_w, plane);
-            }
-            let written = 4 * (own.start - sample_rows.start) * g.wo..(4 * (own.end - sample_rows.start)).min(g.ho) * g.wo;
-            finish(n * k + ko, written.start, &mut plane[written]);
-        });
+    fn weights_operand<'a>(g: &Geometry, u: &'a [f32], xi: usize) -> impl SourceA + 'a {
+        Packed { data: &u[xi * g.c * MR..], rows: g.o, depth: g.c, sliver_stride: XI * g.c * MR }
     }
-}
-
-/// f32 elements of workspace of the weight gradient: the products summed over the blocks
-/// (`M[xi][k][c]`), and one block's transformed inputs and output gradients.
-pub(super) fn grad_weight_workspace_elems(g: &Geometry) -> usize {
-    let t = Tiling::new(g).block_tiles();
-    XI * g.o * g.c + XI * g.c * t + XI * g.o * t
-}
-
-/// f32 elements of gemm packing buffer of the weight gradient with `threads` threads: one
-/// `K x tiles` by `tiles x C` product at a time on each (at most 36).
-pub(super) fn grad_weight_scratch_elems(g: &Geometry, threads: usize) -> usize {
-    pack_elems_items(g.o, g.c, 1, Tiling::new(g).block_tiles()).saturating_mul(threads.clamp(1, XI))
-}
-
-/// `dw = sum over tiles of G^T [(A dY A^T) . (B^T X B)] G` with 4x4 tiles of `dy` (zero past the
-/// output's edge) and 6x6 tiles of `x`, as `winograd::grad_weight` computes it with 2x2 tiles:
-/// per block of tile rows `V[c][xi][t]` and `D[k][xi][t]`, then 36 gemms
-/// `M[xi] (+)= D[.][xi] @ V[.][xi]^T` summed over the blocks in order, then
-/// `dw[k][c] = G^T M[.][k][c] G`.
-pub(super) fn grad_weight(g: &Geometry, dy: &[f32], x: &[f32], dw: &mut [f32], ws: &mut [f32], threads: usize, pack: &mut [f32]) {
-    let (c, k) = (g.c, g.o);
-    let tiling = Tiling::new(g);
-    let bt = tiling.block_tiles();
-    let (sums, rest) = ws.split_at_mut(XI * k * c);
-    let (v, rest) = rest.split_at_mut(XI * c * bt);
-    let d = &mut rest[..XI * k * bt];
-    let rows_total = g.n * tiling.tiles_h;
-    if rows_total == 0 {
-        sums.fill(0.0);
+    fn input_tile_row(g: &Geometry, plane: &[f32], th: usize, tiles_w: usize, vc: &mut [f32], tiles: usize, first: usize) {
+        input_tile_row(g, plane, th, tiles_w, vc, tiles, first);
     }
-    let (in_plane, out_plane) = (g.in_plane(), g.out_plane());
-    for (block, first_row) in (0..rows_total).step_by(tiling.block_rows).enumerate() {
-        let rows = first_row..(first_row + tiling.block_rows).min(rows_total);
-        let tiles = rows.len() * tiling.tiles_w;
-        let v = &mut v[..XI * c * tiles];
-        for_each_chunk(threads, v, XI * tiles, 128 * tiles, |ci, vc| {
-            for row in rows.clone() {
-                let (n, th) = (row / tiling.tiles_h, row % tiling.tiles_h);
-                let plane = &x[(n * c + ci) * in_plane..(n * c + ci + 1) * in_plane];
-                input_tile_row(g, plane, th, tiling.tiles_w, vc, tiles, (row - rows.start) * tiling.tiles_w);
-            }
-        });
-        let d = &mut d[..XI * k * tiles];
-        for_each_chunk(threads, d, XI * tiles, 96 * tiles, |ko, dk| {
-            for row in rows.clone() {
-                let (n, th) = (row / tiling.tiles_h, row % tiling.tiles_h);
-                let plane = &dy[(n * k + ko) * out_plane..(n * k + ko + 1) * out_plane];
-                grad_tile_row(g, plane, th, tiling.tiles_w, dk, tiles, (row - rows.start) * tiling.tiles_w);
-            }
-        });
-        // The 36 products, split among the threads, each on one thread with its own packing
-        // buffer: a product's sums run through the blocks in order, whatever the threads.
-        let (v, d) = (&*v, &*d);
-        let per_thread = pack_elems_items(k, c, 1, tiles);
-        for_each_part(threads.min(XI), sums, k * c, pack, per_thread, |first, run, pack| {
-            for (j, mx) in run.chunks_mut(k * c).enumerate() {
-                let xi = first + j;
-                let a = TileRows { data: &d[xi * tiles..], rows: k, tiles, positions: XI };
-                let b = TileRows { data: &v[xi * tiles..], rows: c, tiles, positions: XI };
-                product_with(&a, &b, mx, Out { ldc: c, item_stride: 0 }, block > 0, 1, pack);
+    fn output_tile_row(g: &Geometry, mk: &[f32], stride: usize, first: usize, th: usize, tiles_w: usize, plane: &mut [f32]) {
+        output_tile_row(g, mk, stride, first, th, tiles_w, plane);
+    }
+    fn grad_tile_row(g: &Geometry, plane: &[f32], th: usize, tiles_w: usize, dk: &mut [f32], tiles: usize, first: usize) {
+        grad_tile_row(g, plane, th, tiles_w, dk, tiles, first);
+    }
+    fn finish_weight_gradient(g: &Geometry, sums: &[f32], dw: &mut [f32], threads: usize) {
+        let (c, k) = (g.c, g.o);
+        for_each_chunk(threads, dw, 9 * c, 128 * c, |ko, dwk| {
+            for ci in 0..c {
+                let mut m = [0.0f32; XI];
+                for (xi, v) in m.iter_mut().enumerate() {
+                    *v = sums[xi * k * c + ko * c + ci];
+                }
+                // cols[b][i] = (G^T m)[i][b]; then (G^T m G)[i][j] is G^T applied along b.
+                let mut cols = [[0.0f32; 3]; 6];
+                for (b, col) in cols.iter_mut().enumerate() {
+                    *col = g_transpose([m[b], m[6 + b], m[12 + b], m[18 + b], m[24 + b], m[30 + b]]);
+                }
+                for i in 0..3 {
+                    let t = g_transpose([cols[0][i], cols[1][i], cols[2][i], cols[3][i], cols[4][i], cols[5][i]]);
+                    dwk[ci * 9 + i * 3..ci * 9 + i * 3 + 3].copy_from_slice(&t);
+                }
             }
         });
     }
-    // `dw[ko][ci] = G^T M[.][ko][ci] G`, products `k * c` apart.
-    let sums = &*sums;
-    for_each_chunk(threads, dw, 9 * c, 128 * c, |ko, dwk| {
-        for ci in 0..c {
-            let mut m = [0.0f32; XI];
-            for (xi, v) in m.iter_mut().enumerate() {
-                *v = sums[xi * k * c + ko * c + ci];
-            }
-            // cols[b][i] = (G^T m)[i][b]; then (G^T m G)[i][j] is G^T applied along b.
-            let mut cols = [[0.0f32; 3]; 6];
-            for (b, col) in cols.iter_mut().enumerate() {
-                *col = g_transpose([m[b], m[6 + b], m[12 + b], m[18 + b], m[24 + b], m[30 + b]]);
-            }
-            for i in 0..3 {
-                let t = g_transpose([cols[0][i], cols[1][i], cols[2][i], cols[3][i], cols[4][i], cols[5][i]]);
-                dwk[ci * 9 + i * 3..ci * 9 + i * 3 + 3].copy_from_slice(&t);
-            }
-        }
-    });
 }
 
 /// `G^T m` for a 6-vector `m` (the adjoint of [`gt`]).
