@@ -915,36 +915,27 @@ impl SourceA for FlippedWeights<'_> {
         // kernel - 1 - tap]` (flipping both kernel axes reverses the tap order): rows `kernel`
         // apart, stepped along the depths without dividing.
         let (mut o, mut tap) = (pc / kernel, pc % kernel);
-        let mut sliver = sliver;
-        if rows == MR && kernel == 9 {
-            // 3x3 kernels: the depths of output channel `o` in whole rows are one block of `MR`
-            // rows of 9 taps, transposed and reversed with constant indices (the walk below
-            // gathers each depth at a run-time stride).
-            while tap != 0 && !sliver.is_empty() {
-                let (out, rest) = sliver.split_at_mut(MR);
-                let start = (o * g.cg + row) * kernel + kernel - 1 - tap;
-                out.iter_mut().zip(weights[start..].iter().step_by(kernel)).for_each(|(v, &w)| *v = w);
-                (sliver, tap) = (rest, tap + 1);
-                if tap == kernel {
-                    (tap, o) = (0, o + 1);
-                }
-            }
-            while sliver.len() >= 9 * MR {
-                let (out, rest) = sliver.split_at_mut(9 * MR);
+        // 3x3 kernels with whole rows: where a depth starts output channel `o` and its 9 taps
+        // are all in the sliver, they are one block of `MR` rows of 9 taps, transposed and
+        // reversed with constant indices (the general step gathers a depth at a run-time stride).
+        let blocks = rows == MR && kernel == 9;
+        let mut at = 0;
+        while at < sliver.len() {
+            if blocks && tap == 0 && sliver.len() - at >= 9 * MR {
                 let block: &[f32; 9 * MR] = weights[(o * g.cg + row) * 9..][..9 * MR].try_into().expect("a block of taps");
-                let out: &mut [f32; 9 * MR] = out.try_into().expect("9 depths");
+                let out: &mut [f32; 9 * MR] = (&mut sliver[at..at + 9 * MR]).try_into().expect("9 depths");
                 for t in 0..9 {
                     for i in 0..MR {
                         out[t * MR + i] = block[i * 9 + 8 - t];
                     }
                 }
-                (sliver, o) = (rest, o + 1);
+                (at, o) = (at + 9 * MR, o + 1);
+                continue;
             }
-        }
-        for out in sliver.chunks_exact_mut(MR) {
             let start = (o * g.cg + row) * kernel + kernel - 1 - tap;
             let column = weights[start..start + (rows - 1) * kernel + 1].iter().step_by(kernel);
-            out[..rows].iter_mut().zip(column).for_each(|(v, &w)| *v = w);
+            sliver[at..at + rows].iter_mut().zip(column).for_each(|(v, &w)| *v = w);
+            at += MR;
             tap += 1;
             if tap == kernel {
                 (tap, o) = (0, o + 1);
