@@ -45,7 +45,7 @@ use super::Mat;
 use crate::kernels::conv_geometry::ConvGeometry as Geometry;
 
 /// Tiles whose transforms are computed side by side (vector lanes).
-const LANES: usize = 8;
+pub(super) const LANES: usize = 8;
 
 /// Whether the convolution `g` computes its forward pass with Winograd: ungrouped 3x3, stride 1,
 /// dilation 1, padding at most 2 on each side (the input gradient of a padding-0 convolution has
@@ -147,19 +147,32 @@ impl Variant for F2 {
         grad_tile_row(g, plane, th, tiles_w, dk, tiles, first);
     }
     fn finish_weight_gradient(g: &Geometry, sums: &[f32], dw: &mut [f32], threads: usize) {
-        let (c, k) = (g.c, g.o);
-        for_each_chunk(threads, dw, 9 * c, 64 * c, |ko, dwk| {
-            for ci in 0..c {
-                let m: [f32; 16] = core::array::from_fn(|xi| sums[xi * k * c + ko * c + ci]);
-                // cols[b][i] = (G^T m)[i][b]; then (G^T m G)[i][j] is G^T applied along b.
-                let cols: [[f32; 3]; 4] = core::array::from_fn(|b| g_transpose_transform([m[b], m[4 + b], m[8 + b], m[12 + b]]));
-                for i in 0..3 {
-                    let t = g_transpose_transform([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
-                    dwk[ci * 9 + i * 3..ci * 9 + i * 3 + 3].copy_from_slice(&t);
-                }
-            }
-        });
+        finish_weight_gradient::<4>(g, sums, dw, threads, g_transpose_transform);
     }
+}
+
+/// `dw[ko][ci] = G^T M[.][ko][ci] G` for tiles of `P x P` transformed values (`P * P` products
+/// `M[xi]`, each `[K][C]`, `K * C` apart), `gt` applying `G^T` to a `P`-vector: along one axis of
+/// the `P x P` values, then along the other.
+pub(super) fn finish_weight_gradient<const P: usize>(
+    g: &Geometry,
+    sums: &[f32],
+    dw: &mut [f32],
+    threads: usize,
+    gt: fn([f32; P]) -> [f32; 3],
+) {
+    let (c, k) = (g.c, g.o);
+    for_each_chunk(threads, dw, 9 * c, 4 * P * P * c, |ko, dwk| {
+        for ci in 0..c {
+            let m = |a: usize, b: usize| sums[(a * P + b) * k * c + ko * c + ci];
+            // cols[b][i] = (G^T m)[i][b]; then (G^T m G)[i][j] is G^T applied along b.
+            let cols: [[f32; 3]; P] = core::array::from_fn(|b| gt(core::array::from_fn(|a| m(a, b))));
+            for i in 0..3 {
+                let t = gt(core::array::from_fn(|b| cols[b][i]));
+                dwk[ci * 9 + i * 3..ci * 9 + i * 3 + 3].copy_from_slice(&t);
+            }
+        }
+    });
 }
 
 /// Whether F(4x4) computes the convolution `g` (one that [`applies`]).

@@ -41,16 +41,15 @@ use super::par::{for_each_chunk, multiversion};
 use super::sgemm::{SourceA, MR};
 #[cfg(target_arch = "x86_64")]
 use super::winograd::inside;
-use super::winograd::{load_lanes, store_lanes, Variant, Weights};
+use super::winograd::{finish_weight_gradient, load_lanes, store_lanes, Variant, Weights, LANES};
 use crate::kernels::conv_geometry::ConvGeometry as Geometry;
 
-/// Tiles whose transforms are computed side by side (vector lanes).
-const LANES: usize = 8;
 /// Transformed values per tile.
 const XI: usize = 36;
 
-/// Upper bound of a block's transformed inputs and products together, in f32 elements (2 MiB),
-/// as for F(2x2).
+/// Upper bound of a block's transformed inputs and products together, in f32 elements (4 MiB,
+/// twice F(2x2)'s: with 36 values per tile against 16, a block then holds about as many tiles as
+/// F(2x2)'s, so its products are about as wide).
 const BLOCK_ELEMS: usize = 1 << 20;
 
 /// Whether a convolution that F(2x2) takes ([`super::winograd::applies`]) is computed with
@@ -88,7 +87,6 @@ impl Variant for F4 {
     }
     fn transform_weights(g: &Geometry, w: &[f32], weights: Weights, u: &mut [f32], threads: usize) {
         // In gemm's packed layout, a row sliver of `MR` output channels at a time.
-        let u = &mut u[..Self::weights_elems(g)];
         for_each_chunk(threads, u, XI * g.c * MR, XI * 8 * g.c * MR, |s, us| transform_kernels(g, w, weights, s, us));
     }
     fn weights_operand<'a>(g: &Geometry, u: &'a [f32], xi: usize) -> impl SourceA + 'a {
@@ -104,24 +102,7 @@ impl Variant for F4 {
         grad_tile_row(g, plane, th, tiles_w, dk, tiles, first);
     }
     fn finish_weight_gradient(g: &Geometry, sums: &[f32], dw: &mut [f32], threads: usize) {
-        let (c, k) = (g.c, g.o);
-        for_each_chunk(threads, dw, 9 * c, 128 * c, |ko, dwk| {
-            for ci in 0..c {
-                let mut m = [0.0f32; XI];
-                for (xi, v) in m.iter_mut().enumerate() {
-                    *v = sums[xi * k * c + ko * c + ci];
-                }
-                // cols[b][i] = (G^T m)[i][b]; then (G^T m G)[i][j] is G^T applied along b.
-                let mut cols = [[0.0f32; 3]; 6];
-                for (b, col) in cols.iter_mut().enumerate() {
-                    *col = g_transpose([m[b], m[6 + b], m[12 + b], m[18 + b], m[24 + b], m[30 + b]]);
-                }
-                for i in 0..3 {
-                    let t = g_transpose([cols[0][i], cols[1][i], cols[2][i], cols[3][i], cols[4][i], cols[5][i]]);
-                    dwk[ci * 9 + i * 3..ci * 9 + i * 3 + 3].copy_from_slice(&t);
-                }
-            }
-        });
+        finish_weight_gradient::<6>(g, sums, dw, threads, g_transpose);
     }
 }
 
