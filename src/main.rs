@@ -295,7 +295,8 @@ struct ModelArgs {
     #[arg(long)]
     no_activation_masks: bool,
     /// Keep ops unfused: by default each convolution or matmul with its bias and ReLU/ReLU6 is one
-    /// Conv2dBiasAct/MatMulBiasAct (neither the raw nor the biased output is written), and each
+    /// Conv2dBiasAct/MatMulBiasAct (neither the raw nor the biased output is written), each
+    /// training-mode BatchNorm with the ReLU/ReLU6 after it is one BatchNormTrainAct, and each
     /// ReLU/ReLU6 mask gradient joins the conv input gradient before it (Conv2dGradInputMasked),
     /// which lowers the arena; results are the same bit for bit. For comparisons and debugging.
     #[arg(long)]

@@ -1,5 +1,6 @@
 //! Fusion in the training graph (issue 7 part 4): each convolution with the bias and ReLU/ReLU6
-//! after it is one `Conv2dBiasAct` node, and each ReLU/ReLU6 mask gradient joins the conv input
+//! after it is one `Conv2dBiasAct` node, each training-mode BatchNorm with the ReLU/ReLU6 after it
+//! one `BatchNormTrainAct` node, and each ReLU/ReLU6 mask gradient joins the conv input
 //! gradient before it (`Conv2dGradInputMasked`). Training computes the same bits with fusion on
 //! and off, and the forward floor of sparse plans falls: `--update bias` on zoo:mobilenetv2 fits a
 //! quarter of the full plan's arena.
@@ -7,13 +8,19 @@
 mod common;
 
 use common::{pock, workdir};
+use pock::compiler::stages::BatchNormMode;
 use pock::compiler::{CompileOptions, UpdatePreset, UpdateScheme};
-use pock::engine::ops::{ConvOp, DenseOp, MaskOp, Op};
+use pock::engine::ops::{ConvOp, DenseOp, MaskOp, NormOp, Op};
 use pock::engine::plan::{DType, OptimizerKind, Plan};
 use pock::engine::{Session, SessionOptions, Targets};
 
 fn options(update: UpdateScheme, fuse: bool) -> CompileOptions {
+    options_with(update, fuse, BatchNormMode::Fold)
+}
+
+fn options_with(update: UpdateScheme, fuse: bool, batch_norm: BatchNormMode) -> CompileOptions {
     CompileOptions {
+        batch_norm,
         optimizer: OptimizerKind::Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 1e-4 },
         learning_rate: 0.05,
         update,
@@ -38,10 +45,17 @@ const MOBILENET: &str = "zoo:mobilenetv2:classes=4,size=32,width=0.25";
 /// losses, every checkpointed tensor and the inference outputs are bit-identical, and the fused
 /// plan does hold fused convolutions (and fused mask gradients when `masked_gradients`: where a
 /// weight gradient reads an activation, a full update, it keeps the float and has no mask).
+///
+/// With BatchNorm in training mode (`batch_norm`), the fused plan holds `BatchNormTrainAct` nodes,
+/// one for every ReLU/ReLU6 it lost.
 fn same_training(model: &str, batch: usize, update: UpdateScheme, steps: usize, masked_gradients: bool) {
+    same_training_with(model, batch, update, steps, masked_gradients, BatchNormMode::Fold)
+}
+
+fn same_training_with(model: &str, batch: usize, update: UpdateScheme, steps: usize, masked_gradients: bool, batch_norm: BatchNormMode) {
     for reference_kernels in [false, true] {
         let run = |fuse: bool| {
-            let compiled = pock::compile_model(model, batch, 7, options(update.clone(), fuse)).unwrap();
+            let compiled = pock::compile_model(model, batch, 7, options_with(update.clone(), fuse, batch_norm)).unwrap();
             let opts = SessionOptions { reference_kernels, ..SessionOptions::default() };
             let mut session = Session::from_bytes(&compiled.to_bytes(), opts).unwrap();
             let plan = session.plan().clone();
@@ -75,7 +89,9 @@ fn same_training(model: &str, batch: usize, update: UpdateScheme, steps: usize, 
         let any_fused = |op: &Op| {
             matches!(
                 op,
-                Op::Conv(ConvOp::Conv2dBiasAct { .. } | ConvOp::Conv2dGradInputMasked { .. }) | Op::Dense(DenseOp::MatMulBiasAct { .. })
+                Op::Conv(ConvOp::Conv2dBiasAct { .. } | ConvOp::Conv2dGradInputMasked { .. })
+                    | Op::Dense(DenseOp::MatMulBiasAct { .. })
+                    | Op::Norm(NormOp::BatchNormTrainAct { .. })
             )
         };
         assert_eq!(count(&plain, any_fused), 0);
@@ -85,6 +101,19 @@ fn same_training(model: &str, batch: usize, update: UpdateScheme, steps: usize, 
         assert_eq!(bias_adds(&plain) - bias_adds(&fused), forward, "{what}");
         let mask_grads = |p: &Plan| count(p, |op| matches!(op, Op::Mask(MaskOp::Grad)));
         assert_eq!(mask_grads(&plain) - mask_grads(&fused), backward, "{what}");
+        let norm_acts = count(&fused, |op| matches!(op, Op::Norm(NormOp::BatchNormTrainAct { .. })));
+        assert_eq!(norm_acts > 0, batch_norm == BatchNormMode::Train, "{what}: {norm_acts} fused BatchNorms");
+        let activations = |p: &Plan| count(p, |op| matches!(op, Op::Dense(DenseOp::Relu | DenseOp::Clip(_))));
+        let norms = |p: &Plan| count(p, |op| matches!(op, Op::Norm(NormOp::BatchNormTrain(_) | NormOp::BatchNormTrainAct { .. })));
+        // Activations lost: the conv/matmul chains' and the BatchNorms'.
+        let chain_acts = count(&fused, |op| match op {
+            Op::Conv(ConvOp::Conv2dBiasAct { act, .. }) | Op::Dense(DenseOp::MatMulBiasAct { act, .. }) => {
+                *act != pock::engine::ops::Activation::Identity
+            }
+            _ => false,
+        });
+        assert_eq!(activations(&plain) - activations(&fused), chain_acts + norm_acts, "{what}");
+        assert_eq!(norms(&plain), norms(&fused), "{what}");
         assert_eq!(losses, plain_losses, "{what}: losses differ with fusion");
         assert!(losses.iter().all(|l| f32::from_bits(*l).is_finite()));
         assert_eq!(state.len(), plain_state.len());
@@ -105,6 +134,10 @@ fn fusion_keeps_training_bit_exact() {
     same_training(CNN, 4, preset(UpdatePreset::Bias), 4, false);
     same_training(MOBILENET, 2, UpdateScheme::default(), 3, false);
     same_training(MOBILENET, 2, preset(UpdatePreset::Bias), 3, true);
+    // BatchNorm in training mode: BatchNorm + ReLU (the CNN) and + ReLU6 (MobileNetV2).
+    same_training_with(CNN, 4, UpdateScheme::default(), 4, false, BatchNormMode::Train);
+    same_training_with(MOBILENET, 2, UpdateScheme::default(), 3, false, BatchNormMode::Train);
+    same_training_with(MOBILENET, 2, preset(UpdatePreset::Bias), 3, true, BatchNormMode::Train);
 }
 
 /// zoo:mobilenetv2 (10 classes, batch 8, 3x128x128, SGD momentum), the issue's memory case: with

@@ -18,7 +18,11 @@
 //! engine's `fused_conv_equals_conv_then_bias_then_activation_bit_for_bit`, and `tests/fuse.rs`
 //! over whole training runs).
 //!
-//! Where it runs ([`fuse`], both rewrites): after autodiff, the optimizer and the mask pass,
+//! With BatchNorm in training mode (`--batch-norm train`), the convolution has no bias to fuse
+//! and the activation follows the BatchNorm instead: [`fuse_norm_act`] makes the two one
+//! `BatchNormTrainAct` node, which writes `act(batch_norm(x))` in the pass that normalises.
+//!
+//! Where it runs ([`fuse`], every rewrite): after autodiff, the optimizer and the mask pass,
 //! before scheduling and memory planning (`autodiff::build_training`). After autodiff, because then the rule sees every
 //! reader of the intermediates, backward ones included, and the gradient rules keep applying to
 //! the plain ops; the chain's gradients read nothing the pass removes (BiasAdd's gradient reads
@@ -32,15 +36,60 @@
 //! when the `BiasAdd` output is read by exactly one node, a `Relu` or `Clip`. Intermediates that
 //! are program outputs (`kept`) are never removed. Applies to the Train and Eval programs alike.
 
-use pock_engine::ops::{Activation, ConvOp, DenseOp, MaskOp, Op};
+use pock_engine::ops::{Activation, ConvOp, DenseOp, MaskOp, NormOp, Op};
 
 use crate::ir::{Graph, Node, Phase, Program, Role, TensorId};
 
-/// Both fusions, forward then backward; returns how many nodes each made.
+/// Every fusion, forward then backward; returns how many nodes the forward ones (conv or matmul
+/// chains, then BatchNorm with its activation) and the backward one made.
 pub fn fuse(graph: &mut Graph, kept: &[TensorId]) -> (usize, usize) {
-    let forward = fuse_conv_bias_act(graph, kept);
+    let forward = fuse_conv_bias_act(graph, kept) + fuse_norm_act(graph, kept);
     let backward = fuse_grad_input_mask(graph, kept);
     (forward, backward)
+}
+
+/// A training-mode BatchNorm and the ReLU/ReLU6 that alone reads its output become one
+/// `BatchNormTrainAct` node: the normalised output is never written by itself, and it and the
+/// activation's output are never alive together. The rule: a `BatchNormTrain` whose output `y` is
+/// a transient, not kept, read by exactly one node, a `Relu` or `Clip` of the same program. Its
+/// gradient reads `x` and the saved statistics, not `y`, and the activation's gradient reads its
+/// output or that output's mask, which the fused node writes, so nothing the gradients read goes.
+/// The fused node takes the BatchNorm's place (its statistics outputs keep their writer's
+/// position; the activation's readers all come later). Returns how many nodes it fused.
+pub fn fuse_norm_act(graph: &mut Graph, kept: &[TensorId]) -> usize {
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); graph.tensors.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        for t in &node.inputs {
+            readers[t.index()].push(i);
+        }
+    }
+    let mut removed = vec![false; graph.nodes.len()];
+    let mut fused = 0;
+    for i in 0..graph.nodes.len() {
+        let node = &graph.nodes[i];
+        let Op::Norm(NormOp::BatchNormTrain(norm)) = node.op else { continue };
+        let y = node.outputs[0];
+        let [k] = readers[y.index()][..] else { continue };
+        if graph.tensor(y).role != Role::Transient || kept.contains(&y) || removed[k] {
+            continue;
+        }
+        let act_node = &graph.nodes[k];
+        let act = match act_node.op {
+            Op::Dense(DenseOp::Relu) => Activation::Relu,
+            Op::Dense(DenseOp::Clip(c)) => Activation::Clip(c),
+            _ => continue,
+        };
+        if act_node.program != node.program || act_node.phase != node.phase {
+            continue;
+        }
+        let mut outputs = node.outputs.clone();
+        outputs[0] = act_node.outputs[0];
+        graph.nodes[i] = Node { op: NormOp::BatchNormTrainAct { norm, act }.into(), outputs, ..node.clone() };
+        removed[k] = true;
+        fused += 1;
+    }
+    drop_removed(graph, &removed);
+    fused
 }
 
 /// The activation's backward folded into the gradient op before it: a `MaskGrad` whose `dy` is a
@@ -277,6 +326,69 @@ mod tests {
         assert_eq!(g.nodes.len(), 1);
         assert_eq!(g.nodes[0].op, Op::Dense(DenseOp::MatMulBiasAct { mm, act: Activation::Relu }));
         assert_eq!((g.nodes[0].inputs.clone(), g.nodes[0].outputs.clone()), (vec![x, w, b], vec![y]));
+    }
+
+    /// `x -> BatchNorm -> op` where `op` is the one reader of the normalised output, and a second
+    /// BatchNorm whose output is also read by an Add (it stays as it is).
+    #[test]
+    fn a_batch_norm_and_its_activation_become_one_node() {
+        use crate::ir::{TensorDef, Values};
+        use pock_engine::ops::{BatchNorm, Clip};
+        let norm = BatchNorm { eps: 1e-5, momentum: 0.1 };
+        for act in [Activation::Relu, Activation::Clip(Clip { min: 0.0, max: 6.0 })] {
+            let mut g = Graph::new();
+            let x = g.input("x", vec![2, 3, 4, 4], DType::F32, Role::Input);
+            let gamma = g.parameter("gamma", vec![3], vec![1.0; 3]);
+            let beta = g.parameter("beta", vec![3], vec![0.0; 3]);
+            let stat = |g: &mut Graph, name: &str| {
+                let def = TensorDef { name: name.into(), shape: vec![3], dtype: DType::F32, role: Role::RunningStat, init: None };
+                g.add_tensor(TensorDef { init: Some(Values::F32(vec![0.0; 3])), ..def })
+            };
+            let stats = [stat(&mut g, "m1"), stat(&mut g, "v1"), stat(&mut g, "m2"), stat(&mut g, "v2")];
+            let bn = |g: &mut Graph, name: &str, x: TensorId, running: &[TensorId]| {
+                g.emit_inplace(name, NormOp::BatchNormTrain(norm), &[x, gamma, beta], running, Phase::Forward, Program::Train).unwrap()
+            };
+            let outs = bn(&mut g, "bn1", x, &stats[..2]);
+            let act_op: Op = match act {
+                Activation::Clip(c) => DenseOp::Clip(c).into(),
+                _ => DenseOp::Relu.into(),
+            };
+            let v = g.emit("act1", act_op.clone(), &[outs[0]], Phase::Forward, Program::Train).unwrap()[0];
+            let outs2 = bn(&mut g, "bn2", v, &stats[2..]);
+            let v2 = g.emit("act2", act_op, &[outs2[0]], Phase::Forward, Program::Train).unwrap()[0];
+            g.emit("sum", DenseOp::Add, &[v2, outs2[0]], Phase::Forward, Program::Train).unwrap();
+            assert_eq!(fuse_norm_act(&mut g, &[]), 1);
+            g.validate().unwrap();
+            let names: Vec<(&str, &str)> = g.nodes.iter().map(|n| (n.name.as_str(), n.op.name())).collect();
+            assert_eq!(
+                names,
+                [("bn1", "BatchNormTrainAct"), ("bn2", "BatchNormTrain"), ("act2", act_op_name(act)), ("sum", "AddSameShape")]
+            );
+            assert_eq!(g.nodes[0].op, Op::Norm(NormOp::BatchNormTrainAct { norm, act }));
+            // The fused node writes the activation's output and the BatchNorm's statistics.
+            let mut want = outs.clone();
+            want[0] = v;
+            assert_eq!(g.nodes[0].outputs, want);
+            // A kept normalised output is left alone.
+            let mut g2 = Graph::new();
+            let x = g2.input("x", vec![2, 3], DType::F32, Role::Input);
+            let gamma2 = g2.parameter("gamma", vec![3], vec![1.0; 3]);
+            let beta2 = g2.parameter("beta", vec![3], vec![0.0; 3]);
+            let running = [stat(&mut g2, "m"), stat(&mut g2, "v")];
+            let y = g2
+                .emit_inplace("bn", NormOp::BatchNormTrain(norm), &[x, gamma2, beta2], &running, Phase::Forward, Program::Train)
+                .unwrap()[0];
+            g2.emit("relu", DenseOp::Relu, &[y], Phase::Forward, Program::Train).unwrap();
+            assert_eq!(fuse_norm_act(&mut g2, &[y]), 0);
+        }
+    }
+
+    fn act_op_name(act: Activation) -> &'static str {
+        if act == Activation::Relu {
+            "Relu"
+        } else {
+            "Clip"
+        }
     }
 
     #[test]

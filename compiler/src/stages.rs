@@ -68,8 +68,9 @@ pub struct CompileOptions {
     /// Keep a 1-bit mask instead of the float activation for the ReLU/ReLU6 gradients that alone
     /// read it (see [`crate::mask`]); gradients are the same bit for bit.
     pub activation_masks: bool,
-    /// Fuse each convolution with the bias and ReLU/ReLU6 after it into one `Conv2dBiasAct` node
-    /// (see [`crate::fuse`]); results are the same bit for bit. Off (`--no-fuse`) for comparison.
+    /// Fuse each convolution with the bias and ReLU/ReLU6 after it into one `Conv2dBiasAct` node,
+    /// and a training-mode BatchNorm with its ReLU/ReLU6 into one `BatchNormTrainAct` (see
+    /// [`crate::fuse`]); results are the same bit for bit. Off (`--no-fuse`) for comparison.
     pub fuse: bool,
     /// Which parameters train; the others are frozen (see [`crate::scheme`]).
     pub update: UpdateScheme,

@@ -6,7 +6,8 @@ use pock_engine::kernels::cpu::par::{force_isa, isa, Isa};
 use pock_engine::kernels::cpu::{execute, gemm_ceiling_gflops, scratch_elems, workspace_elems, CpuConfig};
 use pock_engine::kernels::{reference, NodeArgs, View, ViewMut};
 use pock_engine::ops::{
-    Adam, BatchNorm, Clip, Conv2d, ConvOp, DenseOp, MaskKind, MaskOp, MatMul, NormOp, Op, OptimOp, ParamRows, Pool2d, PoolOp, Sgd,
+    Activation, Adam, BatchNorm, Clip, Conv2d, ConvOp, DenseOp, MaskKind, MaskOp, MatMul, NormOp, Op, OptimOp, ParamRows, Pool2d, PoolOp,
+    Sgd,
 };
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -654,14 +655,15 @@ fn batch_norm_equals_the_reference() {
         let (gamma, beta) = (random(&mut rng, c), random(&mut rng, c));
         let train = Op::from(NormOp::BatchNormTrain(b));
         let stats = vec![c];
-        check(
-            &format!("batch norm {shape:?}"),
-            &train,
-            &[(x.clone(), shape.clone()), (gamma.clone(), stats.clone()), (beta, stats.clone())],
-            &[shape.clone(), stats.clone(), stats.clone(), stats.clone(), stats.clone()],
-            &mut rng,
-            true,
-        );
+        let bn_inputs = [(x.clone(), shape.clone()), (gamma.clone(), stats.clone()), (beta, stats.clone())];
+        let bn_outputs = [shape.clone(), stats.clone(), stats.clone(), stats.clone(), stats.clone()];
+        check(&format!("batch norm {shape:?}"), &train, &bn_inputs, &bn_outputs, &mut rng, true);
+        // With the activation fused (both sides of the clip reached: the outputs are about
+        // N(beta, gamma^2)).
+        for act in [Activation::Relu, Activation::Clip(Clip { min: -0.25, max: 0.5 })] {
+            let fused = Op::from(NormOp::BatchNormTrainAct { norm: b, act });
+            check(&format!("batch norm {act:?} {shape:?}"), &fused, &bn_inputs, &bn_outputs, &mut rng, true);
+        }
         let mean: Vec<f32> = random(&mut rng, c).iter().map(|v| 3.0 + 0.1 * v).collect();
         let invstd: Vec<f32> = random(&mut rng, c).iter().map(|v| 1.5 + v).collect();
         let grad = Op::from(NormOp::BatchNormTrainGrad(b));

@@ -2,13 +2,14 @@
 //! the instruction set the CPU offers and the portable path, 1 to 3 threads) and with the
 //! reference kernels: `Conv2dBiasAct` = `Conv2d`, then `BiasAdd`, then `Relu`/`Clip`;
 //! `Conv2dGradInputMasked` = `Conv2dGradInput`, then `MaskGrad`; `MatMulBiasAct` = `MatMul`, then
-//! `BiasAdd`, then `Relu`/`Clip`. Each algorithm of the fast
+//! `BiasAdd`, then `Relu`/`Clip`; `BatchNormTrainAct` = `BatchNormTrain`, then `Relu`/`Clip`. Each
+//! algorithm of the fast
 //! convolution (pointwise gemm, per-sample pointwise, im2col, depthwise, grouped) is reached.
 
 use pock_engine::kernels::cpu::par::{force_isa, Isa};
 use pock_engine::kernels::cpu::{execute, scratch_elems, workspace_elems, CpuConfig};
 use pock_engine::kernels::{reference, KernelError, NodeArgs, View, ViewMut};
-use pock_engine::ops::{packed_shape, Activation, Clip, Conv2d, ConvOp, DenseOp, MaskKind, MaskOp, MatMul, Op};
+use pock_engine::ops::{packed_shape, Activation, BatchNorm, Clip, Conv2d, ConvOp, DenseOp, MaskKind, MaskOp, MatMul, NormOp, Op};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -194,5 +195,54 @@ fn matmul_bias_act_equals_matmul_then_bias_then_activation() {
                 assert!(biased.iter().any(|&v| v < 0.0) && biased.iter().any(|&v| v > 1.0), "{m}x{k}x{n}: no value beyond a kink");
             });
         }
+    }
+}
+
+/// A training BatchNorm (`[x, gamma, beta]` -> `[y, mean, invstd, running mean, running var]`,
+/// the running statistics starting from `running`), on the fast kernels when `fast`.
+fn batch_norm(op: &Op, inputs: [(&[f32], &[usize]); 3], running: &[f32], fast: Option<CpuConfig>) -> Vec<Vec<f32>> {
+    let (x, c) = (inputs[0].1, inputs[1].1);
+    let views: Vec<View<f32>> = inputs.iter().map(|&(data, shape)| View { data, shape }).collect();
+    let mut outs = vec![vec![f32::NAN; x.iter().product()], vec![f32::NAN; c[0]], vec![f32::NAN; c[0]], running.to_vec(), running.to_vec()];
+    let shapes = [x, c, c, c, c];
+    let mut views_out: Vec<ViewMut<f32>> = outs.iter_mut().zip(shapes).map(|(data, shape)| ViewMut { data, shape }).collect();
+    let args = NodeArgs::floats(&views, &mut views_out);
+    match fast {
+        Some(cfg) => execute(op, args, &mut [], &mut [], cfg).unwrap(),
+        None => reference::execute(op, args).unwrap(),
+    }
+    outs
+}
+
+#[test]
+fn batch_norm_act_equals_batch_norm_then_activation() {
+    let mut rng = ChaCha8Rng::seed_from_u64(43);
+    let norm = BatchNorm { eps: 1e-5, momentum: 0.1 };
+    // Rank 4 with odd planes, enough channels for blocks on several threads; rank 2.
+    for xs in [vec![2, 5, 7, 9], vec![3, 19, 12, 13], vec![6, 11]] {
+        let c = [xs[1]];
+        let x: Vec<f32> = random(&mut rng, xs.iter().product()).iter().map(|v| 2.0 + 3.0 * v).collect();
+        // gamma and beta spread so that outputs land below 0 and above 6.
+        let gamma: Vec<f32> = random(&mut rng, c[0]).iter().map(|v| 8.0 * v).collect();
+        let beta: Vec<f32> = random(&mut rng, c[0]).iter().map(|v| 3.0 * v).collect();
+        let running = random(&mut rng, c[0]).iter().map(|v| v.abs()).collect::<Vec<_>>();
+        let inputs = [(&x[..], &xs[..]), (&gamma[..], &c[..]), (&beta[..], &c[..])];
+        for_each_path(|cfg, path| {
+            let plain = batch_norm(&NormOp::BatchNormTrain(norm).into(), inputs, &running, cfg);
+            let y = &plain[0];
+            assert!(y.iter().any(|&v| v < 0.0) && y.iter().any(|&v| v > 6.0), "{xs:?}: no value beyond a kink");
+            for act in [Activation::Relu, Activation::Clip(Clip { min: 0.0, max: 6.0 })] {
+                let activation: Op = match act {
+                    Activation::Clip(cl) => DenseOp::Clip(cl).into(),
+                    _ => DenseOp::Relu.into(),
+                };
+                let mut want = plain.clone();
+                want[0] = run(&activation, &[(y, &xs)], None, &xs, cfg).unwrap();
+                let got = batch_norm(&NormOp::BatchNormTrainAct { norm, act }.into(), inputs, &running, cfg);
+                for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(bits_of(g) == bits_of(w), "{act:?} {xs:?}: output {k} of the fused op differs ({path})");
+                }
+            }
+        });
     }
 }

@@ -150,6 +150,7 @@ const TAGS: &[(&str, [u8; 2])] = &[
     ("CeilGrad", [8, 1]),
     ("RoundGrad", [8, 1]),
     ("SignGrad", [8, 1]),
+    ("BatchNormTrainAct", [2, 4]),
 ];
 
 /// The row of `op` in [`TAGS`]. The match is exhaustive on purpose: a new op does not compile
@@ -182,6 +183,7 @@ fn row(op: &Op) -> usize {
             NormOp::BatchNormInfer(_) => 14,
             NormOp::BatchNormTrainGrad(_) => 15,
             NormOp::BatchNormInferGrad(_) => 16,
+            NormOp::BatchNormTrainAct { .. } => 135,
         },
         Op::Pool(op) => match op {
             PoolOp::GlobalAvgPool => 17,
@@ -453,6 +455,7 @@ fn every_op() -> Vec<Op> {
         ConvOp::Conv2dBiasAct { conv, act: Activation::Clip(clip) }.into(),
         ConvOp::Conv2dGradInputMasked { conv, input_hw: [7, 9] }.into(),
         DenseOp::MatMulBiasAct { mm: MatMul { trans_a: false, trans_b: true }, act: Activation::Relu }.into(),
+        NormOp::BatchNormTrainAct { norm: bn, act: Activation::Clip(clip) }.into(),
     ]
     .into_iter()
     .chain(every_unary_fn().into_iter().flat_map(|f| [UnaryOp::Map(f).into(), UnaryOp::Grad(f).into()]))

@@ -525,7 +525,12 @@ fn batch_norm_kernels_match_the_reference() {
         x.values.iter_mut().for_each(|v| *v = *v * 2.0 + 3.0);
         let state = [floats(&mut rng, &[c]), positive(&mut rng)];
         let x2 = Arg { shape: x.shape.clone(), values: x.values.clone(), labels: vec![], bytes: vec![], bools: false, int8: false };
-        check(&format!("{what} train"), &Op::Norm(NormOp::BatchNormTrain(b)), &[x, floats(&mut rng, &[c]), floats(&mut rng, &[c])], &state);
+        let (gamma, beta) = (floats(&mut rng, &[c]), floats(&mut rng, &[c]));
+        for act in [None, Some(Activation::Relu), Some(Activation::Clip(Clip { min: -0.25, max: 0.5 }))] {
+            let op = act.map_or(NormOp::BatchNormTrain(b), |act| NormOp::BatchNormTrainAct { norm: b, act });
+            let state = [copy(&state[0]), copy(&state[1])];
+            check(&format!("{what} train {act:?}"), &Op::Norm(op), &[copy(&x), copy(&gamma), copy(&beta)], &state);
+        }
         let infer_inputs = [x2, floats(&mut rng, &[c]), floats(&mut rng, &[c]), floats(&mut rng, &[c]), positive(&mut rng)];
         check(&format!("{what} infer"), &Op::Norm(NormOp::BatchNormInfer(b)), &infer_inputs, &[]);
         for (name, op) in [("train grad", NormOp::BatchNormTrainGrad(b)), ("infer grad", NormOp::BatchNormInferGrad(b))] {

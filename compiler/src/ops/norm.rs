@@ -1,7 +1,7 @@
-//! Gradient rules and costs of the normalisation family: BatchNormTrain, BatchNormInfer and their
-//! gradient ops.
+//! Gradient rules and costs of the normalisation family: BatchNormTrain, BatchNormInfer, their
+//! gradient ops and the fused BatchNormTrainAct.
 
-use pock_engine::ops::NormOp;
+use pock_engine::ops::{Activation, NormOp};
 
 use super::{no_gradient, numel, CompileRules, GradCtx};
 use crate::error::Result;
@@ -33,7 +33,8 @@ impl CompileRules for NormOp {
                 ctx.emit("grad", NormOp::BatchNormInferGrad(*b), &[dy, x, gamma, running_mean, running_var])?
             }
             // Gradient ops are not differentiated again: pock computes first-order gradients only.
-            NormOp::BatchNormTrainGrad(_) | NormOp::BatchNormInferGrad(_) => return no_gradient(node),
+            // Fused after autodiff (`crate::fuse`): the rules ran on the plain ops.
+            NormOp::BatchNormTrainGrad(_) | NormOp::BatchNormInferGrad(_) | NormOp::BatchNormTrainAct { .. } => return no_gradient(node),
         };
         for ((grad, &need), out) in grads.iter_mut().zip(needs).zip(outs) {
             if need {
@@ -50,6 +51,8 @@ impl CompileRules for NormOp {
             // Mean (1 add), variance (subtract, multiply-add: 3), normalise and affine (subtract,
             // multiply-add: 3).
             NormOp::BatchNormTrain(_) => 7 * numel(inputs[0]),
+            // And one select per element for the activation, as the fused convolution counts it.
+            NormOp::BatchNormTrainAct { act, .. } => (7 + u64::from(*act != Activation::Identity)) * numel(inputs[0]),
             // Subtract and multiply-add with the folded per-channel scale.
             NormOp::BatchNormInfer(_) => 3 * numel(inputs[0]),
             // Sums of dy and dy * xhat (xhat: 2, two adds, one multiply: 5), then dx (xhat: 2,

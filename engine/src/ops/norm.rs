@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 use core::ops::Range;
 use serde::{Deserialize, Serialize};
 
-use super::{Check, OpRules, ShapeError};
+use super::{Activation, Check, OpRules, ShapeError};
 use crate::kernels::reference::norm as kernel;
 use crate::kernels::{Float, KernelError, NodeArgs};
 use crate::plan::DType;
@@ -30,6 +30,11 @@ pub enum NormOp {
     BatchNormTrainGrad(BatchNorm),
     /// `[dy, x, gamma, running_mean, running_var] -> [dx, dgamma, dbeta]`.
     BatchNormInferGrad(BatchNorm),
+    /// `BatchNormTrain` with the ReLU/ReLU6 after it: the same inputs and outputs, `y =
+    /// act(batch_norm(x))` with `Relu`'s or `Clip`'s formula, so the normalised output is never
+    /// written by itself. Made by the compiler's fusion pass (`compiler/src/fuse.rs`) after
+    /// autodiff; never differentiated (the gradient rules run on the plain ops).
+    BatchNormTrainAct { norm: BatchNorm, act: Activation },
 }
 
 impl OpRules for NormOp {
@@ -39,19 +44,20 @@ impl OpRules for NormOp {
             NormOp::BatchNormInfer(_) => "BatchNormInfer",
             NormOp::BatchNormTrainGrad(_) => "BatchNormTrainGrad",
             NormOp::BatchNormInferGrad(_) => "BatchNormInferGrad",
+            NormOp::BatchNormTrainAct { .. } => "BatchNormTrainAct",
         }
     }
 
     fn input_arity(&self) -> Option<usize> {
         Some(match self {
-            NormOp::BatchNormTrain(_) => 3,
+            NormOp::BatchNormTrain(_) | NormOp::BatchNormTrainAct { .. } => 3,
             NormOp::BatchNormInfer(_) | NormOp::BatchNormTrainGrad(_) | NormOp::BatchNormInferGrad(_) => 5,
         })
     }
 
     fn dtype_rule(&self, check: Check, inputs: &[DType]) -> Result<Vec<DType>, ShapeError> {
         let outputs = match self {
-            NormOp::BatchNormTrain(_) => 5,
+            NormOp::BatchNormTrain(_) | NormOp::BatchNormTrainAct { .. } => 5,
             NormOp::BatchNormInfer(_) => 1,
             NormOp::BatchNormTrainGrad(_) | NormOp::BatchNormInferGrad(_) => 3,
         };
@@ -60,14 +66,14 @@ impl OpRules for NormOp {
 
     fn inplace_outputs(&self) -> Range<usize> {
         match self {
-            NormOp::BatchNormTrain(_) => 3..5,
+            NormOp::BatchNormTrain(_) | NormOp::BatchNormTrainAct { .. } => 3..5,
             NormOp::BatchNormInfer(_) | NormOp::BatchNormTrainGrad(_) | NormOp::BatchNormInferGrad(_) => 0..0,
         }
     }
 
     fn shape_rule(&self, check: Check, inputs: &[&[usize]]) -> Result<Vec<Vec<usize>>, ShapeError> {
         Ok(match self {
-            NormOp::BatchNormTrain(_) => {
+            NormOp::BatchNormTrain(_) | NormOp::BatchNormTrainAct { .. } => {
                 let c = channels(check, inputs[0])?;
                 check.same(inputs[1], &[c], "gamma")?;
                 check.same(inputs[2], &[c], "beta")?;
@@ -98,6 +104,11 @@ impl OpRules for NormOp {
             NormOp::BatchNormTrain(b) => {
                 let [y, mean, invstd, rmean, rvar] = o else { return Err(arity) };
                 kernel::batch_norm_train(b, i[0], i[1], i[2], y, mean, invstd, rmean, rvar)
+            }
+            NormOp::BatchNormTrainAct { norm, act } => {
+                let [y, mean, invstd, rmean, rvar] = o else { return Err(arity) };
+                kernel::batch_norm_train(norm, i[0], i[1], i[2], y, mean, invstd, rmean, rvar);
+                crate::kernels::reference::dense::activate(act, y.data);
             }
             NormOp::BatchNormInfer(b) => kernel::batch_norm_infer(b, i[0], i[1], i[2], i[3], i[4], &mut o[0]),
             NormOp::BatchNormTrainGrad(b) => {

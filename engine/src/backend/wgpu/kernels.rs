@@ -927,13 +927,14 @@ fn body(c: u32, li: u32) {
 "#;
 
 /// Normalisation, one thread per element: `P[1] = x, P[2] = gamma, P[3] = beta, P[4] = mean,
-/// P[5] = saved_invstd or running_var, P[6] = y`.
+/// P[5] = saved_invstd or running_var, P[6] = y`, then the activation `P[15..18]` (`activate`'s
+/// kind, lo, hi: 0 for none, `BatchNormTrainAct`'s ReLU or clip otherwise).
 const BATCH_NORM_APPLY: &str = r#"
 fn body(i: u32) {
     let p = bn();
     let c = (i / p.inner) % p.C;
     let scale = M[P[2] + c] * bn_invstd(p, M[P[5] + c]);
-    M[P[6] + i] = (M[P[1] + i] - M[P[4] + c]) * scale + M[P[3] + c];
+    M[P[6] + i] = activate((M[P[1] + i] - M[P[4] + c]) * scale + M[P[3] + c], P[15], pf(16), pf(17));
 }
 "#;
 
@@ -1413,11 +1414,11 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
         }
         Op::Norm(n) => {
             let (b, frozen) = match n {
-                NormOp::BatchNormTrain(b) | NormOp::BatchNormTrainGrad(b) => (b, false),
+                NormOp::BatchNormTrain(b) | NormOp::BatchNormTrainAct { norm: b, .. } | NormOp::BatchNormTrainGrad(b) => (b, false),
                 NormOp::BatchNormInfer(b) | NormOp::BatchNormInferGrad(b) => (b, true),
             };
             let x = match n {
-                NormOp::BatchNormTrain(_) | NormOp::BatchNormInfer(_) => shape(node.inputs[0]),
+                NormOp::BatchNormTrain(_) | NormOp::BatchNormTrainAct { .. } | NormOp::BatchNormInfer(_) => shape(node.inputs[0]),
                 _ => shape(node.inputs[1]),
             };
             let inner: usize = x[2..].iter().product();
@@ -1449,16 +1450,25 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
                 Kernel::BatchNormStats
             };
             let sums_kernel = if spread(per_channel + x[0] as u64)? { Kernel::BatchNormGradSumsWide } else { Kernel::BatchNormGradSums };
+            // BatchNormApply's words 15-17: the activation after it (`activation_params`).
+            let apply = |t: [u32; 8], act: &crate::ops::Activation| {
+                let mut lowered = bn(count, Kernel::BatchNormApply, t);
+                let (kind, lo, hi) = activation_params(act);
+                lowered.params.extend([kind, lo.to_bits(), hi.to_bits()]);
+                lowered
+            };
+            let identity = crate::ops::Activation::Identity;
             return Ok(match n {
                 // [x, gamma, beta] -> [y, saved_mean, saved_invstd, running_mean, running_var]
-                NormOp::BatchNormTrain(_) => alloc::vec![
-                    bn(channels, stats_kernel, [i(0), o(1), o(2), o(3), o(4), NONE, NONE, NONE]),
-                    bn(count, Kernel::BatchNormApply, [i(0), i(1), i(2), o(1), o(2), o(0), NONE, NONE]),
-                ],
-                // [x, gamma, beta, running_mean, running_var] -> [y]
-                NormOp::BatchNormInfer(_) => {
-                    alloc::vec![bn(count, Kernel::BatchNormApply, [i(0), i(1), i(2), i(3), i(4), o(0), NONE, NONE])]
+                NormOp::BatchNormTrain(_) | NormOp::BatchNormTrainAct { .. } => {
+                    let act = if let NormOp::BatchNormTrainAct { act, .. } = n { act } else { &identity };
+                    alloc::vec![
+                        bn(channels, stats_kernel, [i(0), o(1), o(2), o(3), o(4), NONE, NONE, NONE]),
+                        apply([i(0), i(1), i(2), o(1), o(2), o(0), NONE, NONE], act),
+                    ]
                 }
+                // [x, gamma, beta, running_mean, running_var] -> [y]
+                NormOp::BatchNormInfer(_) => alloc::vec![apply([i(0), i(1), i(2), i(3), i(4), o(0), NONE, NONE], &identity)],
                 // [dy, x, gamma, mean, invstd or var] -> [dx, dgamma, dbeta]
                 NormOp::BatchNormTrainGrad(_) | NormOp::BatchNormInferGrad(_) => alloc::vec![
                     bn(channels, sums_kernel, [i(0), i(1), i(3), i(4), o(1), o(2), NONE, NONE]),

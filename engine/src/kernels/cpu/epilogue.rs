@@ -6,6 +6,8 @@
 //! ([`reference::conv::bias_act`]), vectorised for the instruction set chosen at run time, so the
 //! fused result equals `Conv2d`, `BiasAdd` and `Relu`/`Clip` run one after another bit for bit.
 //!
+//! `NormOp::BatchNormTrainAct`: the activation on each normalised run ([`activate`]).
+//!
 //! `ConvOp::Conv2dGradInputMasked`: the activation mask applied in place ([`mask_at`]) to each
 //! part of the input gradient right after it is computed (a depthwise plane, a pointwise sample
 //! and group, the planes col2im just wrote), in the same buffer: the unmasked gradient never needs
@@ -53,6 +55,21 @@ multiversion!(fn bias_act(act: &Activation, bias: f32, run: &mut [f32]) => bias_
 #[inline(always)]
 fn bias_act_body<const FMA: bool>(act: &Activation, bias: f32, run: &mut [f32]) {
     reference::conv::bias_act(act, bias, run);
+}
+
+/// `v = act(v)` in place ([`reference::dense::activate`]): `NormOp::BatchNormTrainAct`'s
+/// activation on each output run right after the normalisation wrote it.
+pub(super) fn activate(act: &Activation, run: &mut [f32]) {
+    if *act != Activation::Identity {
+        activate_run(act, run);
+    }
+}
+
+multiversion!(fn activate_run(act: &Activation, run: &mut [f32]) => activate_run_body);
+
+#[inline(always)]
+fn activate_run_body<const FMA: bool>(act: &Activation, run: &mut [f32]) {
+    reference::dense::activate(act, run);
 }
 
 /// `dx[k] = 0` where bit `first + k` of `bits` is clear ([`reference::mask::mask_in_place`] on a

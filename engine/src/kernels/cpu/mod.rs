@@ -27,7 +27,7 @@ mod winograd;
 mod winograd4;
 
 use super::{reference, KernelError, NodeArgs};
-use crate::ops::{BroadcastOp, ConvOp, DenseOp, LossOp, MaskOp, MatMulOp, MoveOp, NormOp, Op, OptimOp, PoolOp, ReduceOp};
+use crate::ops::{Activation, BroadcastOp, ConvOp, DenseOp, LossOp, MaskOp, MatMulOp, MoveOp, NormOp, Op, OptimOp, PoolOp, ReduceOp};
 
 pub use conv::{conv_workspace_elems, set_winograd};
 pub use sgemm::pack_elems;
@@ -169,12 +169,13 @@ pub fn execute(
             }
             reference::execute(op, args)
         }
-        Op::Norm(NormOp::BatchNormTrain(b)) => {
+        Op::Norm(n @ (NormOp::BatchNormTrain(b) | NormOp::BatchNormTrainAct { norm: b, .. })) => {
+            let act = if let NormOp::BatchNormTrainAct { act, .. } = n { act } else { &Activation::Identity };
             let NodeArgs { inputs: i, outputs: o, .. } = args;
             let [y, mean, invstd, rmean, rvar] = o else {
-                return Err(KernelError::Invalid { op: "BatchNormTrain", message: "wrong number of outputs" });
+                return Err(KernelError::Invalid { op: op.name(), message: "wrong number of outputs" });
             };
-            norm::batch_norm_train(b, i[0], i[1], i[2], y, mean, invstd, rmean, rvar, cfg.threads);
+            norm::batch_norm_train(b, act, i[0], i[1], i[2], y, mean, invstd, rmean, rvar, cfg.threads);
             Ok(())
         }
         Op::Norm(NormOp::BatchNormTrainGrad(_)) => {

@@ -8,9 +8,10 @@
 //! after 3 steps by up to 3e-3 relative, outside the PyTorch parity test's 1e-4
 //! (`tests/onnx_parity.rs`), because the bias gradients are sums with heavy cancellation.
 
+use super::epilogue;
 use super::par::{for_each_index, multiversion, MIN_TASK_WORK};
 use crate::kernels::{View, ViewMut};
-use crate::ops::BatchNorm;
+use crate::ops::{Activation, BatchNorm};
 
 /// `(N, C, elements per sample and channel)` of a rank-2 or rank-4 input.
 /// Channels whose gradient sums one task runs side by side.
@@ -217,7 +218,8 @@ fn for_each_block(threads: usize, channels: usize, block: usize, work: usize, f:
     });
 }
 
-/// Normalises with the batch statistics and updates the running statistics in place.
+/// Normalises with the batch statistics and updates the running statistics in place; `act` is
+/// `BatchNormTrainAct`'s activation (`Identity` for `BatchNormTrain`).
 ///
 /// One task per block of eight channels computes their statistics and then writes their output
 /// runs of every sample, while the block's input is still in cache (a pass over the whole tensor
@@ -225,6 +227,7 @@ fn for_each_block(threads: usize, channels: usize, block: usize, work: usize, f:
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_train(
     b: &BatchNorm,
+    act: &Activation,
     x: View<f32>,
     gamma: View<f32>,
     beta: View<f32>,
@@ -266,7 +269,10 @@ pub fn batch_norm_train(
             for s in 0..n {
                 let start = (s * channels + c) * inner;
                 // SAFETY: channel `c`'s run of sample `s`, written by this task only.
-                affine(&x.data[start..][..inner], mean, scale, beta.data[c], unsafe { y_out.run(start, inner) });
+                let run = unsafe { y_out.run(start, inner) };
+                affine(&x.data[start..][..inner], mean, scale, beta.data[c], run);
+                // `BatchNormTrainAct`'s activation, on the run while it is in L1.
+                epilogue::activate(act, run);
             }
         }
     });

@@ -107,6 +107,23 @@ pub fn relu<T: Float>(x: View<T>, y: &mut ViewMut<T>) {
     }
 }
 
+/// `v = act(v)` in place, with `relu`'s or `clip`'s formula (`Identity` leaves `v` as it is).
+/// The fast CPU kernel of `NormOp::BatchNormTrainAct` runs this same function.
+#[inline(always)]
+pub fn activate<T: Float>(act: &Activation, run: &mut [T]) {
+    match *act {
+        Activation::Identity => {}
+        Activation::Relu => run.iter_mut().for_each(|v| *v = if *v < T::zero() { T::zero() } else { *v }),
+        Activation::Clip(c) => {
+            let (lo, hi) = (T::from_f32(c.min), T::from_f32(c.max));
+            run.iter_mut().for_each(|v| {
+                let raised = if *v < lo { lo } else { *v };
+                *v = if raised > hi { hi } else { raised };
+            })
+        }
+    }
+}
+
 /// `dx = dy` where `x > 0`, else 0 (PyTorch's `threshold_backward`: the gradient at 0 is 0).
 pub fn relu_grad<T: Float>(dy: View<T>, x: View<T>, dx: &mut ViewMut<T>) {
     for ((dxv, &dyv), &xv) in dx.data.iter_mut().zip(dy.data).zip(x.data) {
