@@ -911,7 +911,7 @@ fn thread_seconds() -> f64 {
     t.secs as f64 + t.nanos as f64 * 1e-9
 }
 
-/// Not a check: GFLOP/s of the fast kernels on ResNet-18's 3x3 convolutions (batch 8, 3x128x128
+/// Not a check: GFLOP/s of the fast kernels on ResNet-18's 7x7 stem and 3x3 convolutions (batch 8, 3x128x128
 /// input) next to gemm's 1024-cubed ceiling measured the same way (BENCHMARKS.md "ResNet-18
 /// convolutions against the GEMM ceiling"): on one thread in thread CPU time, or with
 /// `POCK_SPEED_THREADS=2` on two threads in wall-clock time, the best of 12 runs (on a loaded
@@ -956,13 +956,22 @@ fn resnet18_conv_speed() {
         gemm_ceiling_gflops(threads, 3)
     );
     let mut rng = ChaCha8Rng::seed_from_u64(12);
-    for (c, o, hw, stride) in
-        [(64, 64, 32, 1), (64, 128, 32, 2), (128, 128, 16, 1), (128, 256, 16, 2), (256, 256, 8, 1), (256, 512, 8, 2), (512, 512, 4, 1)]
-    {
-        let conv = Conv2d { stride: [stride; 2], padding: [1; 4], dilation: [1, 1], groups: 1 };
-        let (x_shape, w_shape) = (vec![8, c, hw, hw], vec![o, c, 3, 3]);
+    // (channels, outputs, plane, stride, kernel): the 7x7 stem, then the 3x3 layers.
+    let layers = [
+        (3, 64, 128, 2, 7),
+        (64, 64, 32, 1, 3),
+        (64, 128, 32, 2, 3),
+        (128, 128, 16, 1, 3),
+        (128, 256, 16, 2, 3),
+        (256, 256, 8, 1, 3),
+        (256, 512, 8, 2, 3),
+        (512, 512, 4, 1, 3),
+    ];
+    for (c, o, hw, stride, k) in layers {
+        let conv = Conv2d { stride: [stride; 2], padding: [k / 2; 4], dilation: [1, 1], groups: 1 };
+        let (x_shape, w_shape) = (vec![8, c, hw, hw], vec![o, c, k, k]);
         let y_shape = Op::from(ConvOp::Conv2d(conv)).output_shapes(&[&x_shape, &w_shape]).unwrap().remove(0);
-        let flops = 2.0 * (y_shape.iter().product::<usize>() * c * 9) as f64;
+        let flops = 2.0 * (y_shape.iter().product::<usize>() * c * k * k) as f64;
         let (x, wt, dy) = (
             random(&mut rng, x_shape.iter().product()),
             random(&mut rng, w_shape.iter().product()),
@@ -971,7 +980,7 @@ fn resnet18_conv_speed() {
         let cases = [
             ("forward", Op::from(ConvOp::Conv2d(conv)), [(&x, &x_shape), (&wt, &w_shape)], &y_shape),
             ("grad input", Op::from(ConvOp::Conv2dGradInput { conv, input_hw: [hw, hw] }), [(&dy, &y_shape), (&wt, &w_shape)], &x_shape),
-            ("grad weight", Op::from(ConvOp::Conv2dGradWeight { conv, kernel_hw: [3, 3] }), [(&dy, &y_shape), (&x, &x_shape)], &w_shape),
+            ("grad weight", Op::from(ConvOp::Conv2dGradWeight { conv, kernel_hw: [k, k] }), [(&dy, &y_shape), (&x, &x_shape)], &w_shape),
         ];
         for (what, op, inputs, out_shape) in cases {
             let in_shapes: Vec<&[usize]> = inputs.iter().map(|(_, s)| s.as_slice()).collect();

@@ -23,7 +23,7 @@
 //!   Outputs of 16x16 or more take F(4x4, 3x3) instead (`winograd4.rs`).
 
 use super::epilogue::{self, Epilogue};
-use super::par::{for_each_chunk, for_each_part};
+use super::par::{for_each_chunk, for_each_part, multiversion};
 use super::sgemm::{pack_elems_items, product_with, Out, SourceA, SourceB, MR, NR};
 use super::winograd::{self, Weights};
 use super::{depthwise, pack_elems, sgemm, Mat};
@@ -689,61 +689,79 @@ impl SourceB for Columns<'_> {
         self.g.out_plane()
     }
     fn pack(&self, item: usize, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) {
-        let g = self.g;
-        let (in_plane, kernel) = (g.in_plane(), g.kh * g.kw);
-        let x_group = &self.x[g.input_group(item, self.grp)];
-        // The sliver's output positions as runs along output rows: (oh, first ow, length).
-        let mut runs = [(0usize, 0usize, 0usize); NR];
-        let (mut count, mut q) = (0, col);
-        while q < col + cols {
-            let (oh, ow) = (q / g.wo, q % g.wo);
-            let len = (g.wo - ow).min(col + cols - q);
-            runs[count] = (oh, ow, len);
-            count += 1;
-            q += len;
-        }
-        let runs = &runs[..count];
-        // The tap of the first depth, then stepped along without dividing.
-        let (mut ci, mut kh, mut kw) = (pc / kernel, pc % kernel / g.kw, pc % g.kw);
-        for out in sliver.chunks_exact_mut(NR) {
-            let plane = &x_group[ci * in_plane..(ci + 1) * in_plane];
-            let (oh_range, ih_first) = self.taps.rows(g, kh);
-            let (ow_range, iw_first) = self.taps.cols(g, kw);
-            kw += 1;
-            if kw == g.kw {
-                (kw, kh) = (0, kh + 1);
-                if kh == g.kh {
-                    (kh, ci) = (0, ci + 1);
-                }
+        pack_columns(self, item, pc, col, cols, sliver);
+    }
+}
+
+multiversion!(fn pack_columns(c: &Columns<'_>, item: usize, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) => pack_columns_body);
+
+/// [`Columns`]' sliver: for each depth (tap), the sliver's output positions as runs along output
+/// rows, each read from one input row at the stride (vectorised for the instruction set chosen
+/// at run time: a whole sliver at stride 2 is two vector loads and a shuffle per eight values).
+#[inline(always)]
+fn pack_columns_body<const FMA: bool>(c: &Columns<'_>, item: usize, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) {
+    let (g, taps) = (c.g, &c.taps);
+    let (in_plane, kernel) = (g.in_plane(), g.kh * g.kw);
+    let x_group = &c.x[g.input_group(item, c.grp)];
+    // The sliver's output positions as runs along output rows: (oh, first ow, length).
+    let mut runs = [(0usize, 0usize, 0usize); NR];
+    let (mut count, mut q) = (0, col);
+    while q < col + cols {
+        let (oh, ow) = (q / g.wo, q % g.wo);
+        let len = (g.wo - ow).min(col + cols - q);
+        runs[count] = (oh, ow, len);
+        count += 1;
+        q += len;
+    }
+    let runs = &runs[..count];
+    // The tap of the first depth, then stepped along without dividing.
+    let (mut ci, mut kh, mut kw) = (pc / kernel, pc % kernel / g.kw, pc % g.kw);
+    for out in sliver.chunks_exact_mut(NR) {
+        let plane = &x_group[ci * in_plane..(ci + 1) * in_plane];
+        let (oh_range, ih_first) = taps.rows(g, kh);
+        let (ow_range, iw_first) = taps.cols(g, kw);
+        kw += 1;
+        if kw == g.kw {
+            (kw, kh) = (0, kh + 1);
+            if kh == g.kh {
+                (kh, ci) = (0, ci + 1);
             }
-            let mut at = 0;
-            for &(oh, ow, len) in runs {
-                let dst = &mut out[at..at + len];
-                at += len;
-                if !oh_range.contains(&oh) {
-                    dst.fill(0.0);
-                    continue;
-                }
-                let ih = ih_first + (oh - oh_range.start) * g.stride[0];
-                let lo = ow_range.start.clamp(ow, ow + len);
-                let hi = ow_range.end.clamp(lo, ow + len);
-                dst[..lo - ow].fill(0.0);
-                dst[hi - ow..].fill(0.0);
-                if lo < hi {
-                    let in_row = &plane[ih * g.w..(ih + 1) * g.w];
-                    let first = iw_first + (lo - ow_range.start) * g.stride[1];
-                    if g.stride[1] == 1 && hi - lo == NR {
-                        // A whole sliver from one input row: a constant length, copied in
-                        // registers rather than by a call.
-                        let dst: &mut [f32; NR] = dst.try_into().expect("a run of NR values");
-                        dst.copy_from_slice(&in_row[first..first + NR]);
-                    } else {
-                        depthwise::zip_gather(&mut dst[lo - ow..hi - ow], &in_row[first..], g.stride[1], |d, s| *d = s);
+        }
+        let mut at = 0;
+        for &(oh, ow, len) in runs {
+            let dst = &mut out[at..at + len];
+            at += len;
+            if !oh_range.contains(&oh) {
+                dst.fill(0.0);
+                continue;
+            }
+            let ih = ih_first + (oh - oh_range.start) * g.stride[0];
+            let lo = ow_range.start.clamp(ow, ow + len);
+            let hi = ow_range.end.clamp(lo, ow + len);
+            dst[..lo - ow].fill(0.0);
+            dst[hi - ow..].fill(0.0);
+            if lo < hi {
+                let in_row = &plane[ih * g.w..(ih + 1) * g.w];
+                let first = iw_first + (lo - ow_range.start) * g.stride[1];
+                if g.stride[1] == 1 && hi - lo == NR {
+                    // A whole sliver from one input row: a constant length, copied in
+                    // registers rather than by a call.
+                    let dst: &mut [f32; NR] = dst.try_into().expect("a run of NR values");
+                    dst.copy_from_slice(&in_row[first..first + NR]);
+                } else if g.stride[1] == 2 && hi - lo == NR && first + 2 * NR <= in_row.len() {
+                    // Likewise at stride 2: every other value of `2 * NR` (a 7x7 stride-2
+                    // stem's columns spent a third of its time in a gather of unknown length).
+                    let dst: &mut [f32; NR] = dst.try_into().expect("a run of NR values");
+                    let src: &[f32; 2 * NR] = in_row[first..first + 2 * NR].try_into().expect("2 * NR values");
+                    for (k, d) in dst.iter_mut().enumerate() {
+                        *d = src[2 * k];
                     }
+                } else {
+                    depthwise::zip_gather(&mut dst[lo - ow..hi - ow], &in_row[first..], g.stride[1], |d, s| *d = s);
                 }
             }
-            out[cols..].fill(0.0);
         }
+        out[cols..].fill(0.0);
     }
 }
 
