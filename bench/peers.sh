@@ -2,8 +2,13 @@
 # The peer benchmark (issue 8 part 2): the same training step in pock, PyTorch, TensorFlow
 # (tf.function and eager), ONNX Runtime training and burn (flex backend), side by side in one run.
 #
-#   bench/peers.sh [--steps N] [--warmup N] [--models "mobilenetv2 resnet18 bert"]
+#   bench/peers.sh [--steps N] [--warmup N] [--rounds R] [--models "mobilenetv2 resnet18 bert"]
 #                  [--schemes "full bias paper"] [--systems "pock pytorch tf-function tf-eager ort burn"]
+#
+# --rounds R (default 1) runs every case R times, round after round, so that each round times
+# all systems within a few minutes of each other: the table gives each system's median over the
+# rounds and pock's ratio to each peer as the median of the rounds' ratios, with their range (a
+# shared VM's speed drifts by up to 2x from one minute to the next).
 #
 # Model: torchvision's MobileNetV2 / ResNet-18, batch 8, 3x128x128, 10 classes, softmax
 # cross-entropy, SGD lr 0.01 momentum 0.9, BatchNorm in training mode (batch statistics) in every
@@ -36,7 +41,7 @@ set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
-STEPS=10 WARMUP=3 THREADS=2
+STEPS=10 WARMUP=3 THREADS=2 ROUNDS=1
 MODELS="mobilenetv2 resnet18 bert"
 SCHEMES="full bias paper"
 SYSTEMS="pock pytorch tf-function tf-eager ort burn"
@@ -44,13 +49,15 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --steps) STEPS="$2"; shift 2 ;;
     --warmup) WARMUP="$2"; shift 2 ;;
+    --rounds) ROUNDS="$2"; shift 2 ;;
     --models) MODELS="$2"; shift 2 ;;
     --schemes) SCHEMES="$2"; shift 2 ;;
     --systems) SYSTEMS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) echo "peers.sh: unknown argument $1 (see bench/peers.sh --help)" >&2; exit 2 ;;
   esac
 done
+case "$ROUNDS" in ''|*[!0-9]*|0) echo "peers.sh: --rounds takes a positive count, got '$ROUNDS'" >&2; exit 2 ;; esac
 if [ "$STEPS" -lt 10 ]; then
   echo "peers.sh: note: --steps $STEPS is below the 10 timed steps the benchmark reports as a median" >&2
 fi
@@ -196,7 +203,8 @@ peer_globs() {  # MODEL SCHEME -> --train GLOB flags for the peers (the same par
 run_case() {  # SYSTEM-LABEL MODEL SCHEME COMMAND...
   local label="$1" model="$2" scheme="$3"; shift 3
   local logf="$OUT/logs/$label-$model-$scheme.log"
-  log "$label $model/$scheme"
+  [ "$ROUNDS" -gt 1 ] && logf="$OUT/logs/$label-$model-$scheme-round$ROUND.log"
+  log "$label $model/$scheme$([ "$ROUNDS" -gt 1 ] && echo " (round $ROUND of $ROUNDS)")"
   "$@" > "$logf.out" 2> "$logf"
   local rc=$?
   if grep -q '^RESULT ' "$logf.out"; then
@@ -209,6 +217,7 @@ run_case() {  # SYSTEM-LABEL MODEL SCHEME COMMAND...
 
 set -f  # the globs are passed as words, never expanded by the shell
 COMMON=(--steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS")
+for ROUND in $(seq "$ROUNDS"); do
 for model in $MODELS; do
   for scheme in $SCHEMES; do
     flags=$(scheme_flags "$model" "$scheme") || { echo "peers.sh: unknown model/scheme $model/$scheme" >&2; exit 2; }
@@ -235,13 +244,14 @@ for model in $MODELS; do
     fi
   done
 done
+done
 set +f
 
 # ---- the table ----------------------------------------------------------------------------
 {
   echo "peers.sh on $(uname -m), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end, $(date -u +%Y-%m-%dT%H:%MZ)"
   has pock && echo "pock: $POCK"
-  echo "median of $STEPS steps after $WARMUP warm-up steps, $THREADS threads, OMP_WAIT_POLICY=$OMP_WAIT_POLICY PEERS_NO_SPIN=$PEERS_NO_SPIN, nice $(nice); $(cat "$OUT/burn-build.txt" 2>/dev/null)"
+  echo "median of $STEPS steps after $WARMUP warm-up steps, $ROUNDS round(s), $THREADS threads, OMP_WAIT_POLICY=$OMP_WAIT_POLICY PEERS_NO_SPIN=$PEERS_NO_SPIN, nice $(nice); $(cat "$OUT/burn-build.txt" 2>/dev/null)"
   echo
   "$HOST_PY" "$HERE/py/table.py" "$RESULTS"
 } | tee "$OUT/table.md"
