@@ -104,6 +104,12 @@ fn forward_plane_3x3<const FMA: bool, const S: usize>(g: &Geometry, x_plane: &[f
         // Whole groups of lanes; the last group is moved back to end at `hi` (recomputing a few
         // pixels, to the same bits), so only the row's edges are computed one by one.
         let mut ow = lo;
+        #[cfg(target_arch = "x86_64")]
+        if FMA && (S == 1 || S == 2) && hi - lo >= ROW_LANES {
+            // SAFETY: `FMA` is true only in `multiversion`'s AVX2+FMA copy, which runs where the
+            // CPU has both.
+            ow = unsafe { row_3x3_avx2::<S>(&rows, kernel, lo..hi, pl, y_row) };
+        }
         while ow < hi && hi - lo >= ROW_LANES {
             ow = ow.min(hi - ROW_LANES);
             let mut acc = [0.0f32; ROW_LANES];
@@ -125,6 +131,108 @@ fn forward_plane_3x3<const FMA: bool, const S: usize>(g: &Geometry, x_plane: &[f
             *y = pixel_3x3::<FMA, S>(&rows, kernel, q, pl);
         }
     }
+}
+
+/// The interior of a row of [`forward_plane_3x3`] at stride `S` (1 or 2) with AVX2 and FMA:
+/// output columns `cols` (whose taps all read inside the rows, at least [`ROW_LANES`] of them)
+/// from the first on, eight pixels at a time, the same taps in the same order, each one fused
+/// multiply-add onto the running sum from zero (so the same bits as the portable loop). Stride 1
+/// takes sixteen pixels at a time in two independent sums and moves its last eight back to end
+/// at `cols.end`; stride 2 deinterleaves sixteen input values into the even and odd columns, and
+/// stops before a group whose loads would pass the row's end (its last value's odd neighbour).
+/// Returns the column where it stopped: the caller computes the rest. Written with intrinsics
+/// because the compiler turned the portable loop's three overlapping loads per kernel row into
+/// chains of permutes and blends.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_3x3_avx2<const S: usize>(
+    rows: &[Option<&[f32]>; 3],
+    kernel: &[f32],
+    cols: core::ops::Range<usize>,
+    pl: usize,
+    y_row: &mut [f32],
+) -> usize {
+    use core::arch::x86_64::*;
+    debug_assert!(cols.len() >= ROW_LANES && cols.start * S >= pl && (S == 1 || S == 2));
+    // `n` lanes of `row` from column `at` on, the bounds checked (a vector read stays inside).
+    #[inline(always)]
+    fn lanes<const N: usize>(row: &[f32], at: usize) -> &[f32; N] {
+        row[at..at + N].try_into().expect("whole lanes")
+    }
+    let mut weights = [[_mm256_setzero_ps(); 3]; 3];
+    for (kh, w) in weights.iter_mut().enumerate() {
+        for (kw, v) in w.iter_mut().enumerate() {
+            *v = _mm256_set1_ps(kernel[kh * 3 + kw]);
+        }
+    }
+    // The even and odd values of the sixteen at `x` (a macro, as below).
+    macro_rules! deinterleave {
+        ($x:expr) => {{
+            // SAFETY: `lanes` checked the sixteen reads.
+            let (a, b) = unsafe { (_mm256_loadu_ps($x.as_ptr()), _mm256_loadu_ps($x.as_ptr().add(ROW_LANES))) };
+            let even = _mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<0b10_00_10_00>(a, b)));
+            let odd = _mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<0b11_01_11_01>(a, b)));
+            (_mm256_castpd_ps(even), _mm256_castpd_ps(odd))
+        }};
+    }
+    // Eight pixels from output column `$ow` (a macro: closures here stayed calls).
+    macro_rules! group {
+        ($ow:expr) => {{
+            let mut acc = _mm256_setzero_ps();
+            for (row, w) in rows.iter().zip(&weights) {
+                let Some(row) = row else { continue };
+                let first = $ow * S - pl;
+                if S == 1 {
+                    for (kw, &wv) in w.iter().enumerate() {
+                        // SAFETY: `lanes` checked the eight reads.
+                        let v = unsafe { _mm256_loadu_ps(lanes::<ROW_LANES>(row, first + kw).as_ptr()) };
+                        acc = _mm256_fmadd_ps(wv, v, acc);
+                    }
+                } else {
+                    let (even, odd) = deinterleave!(lanes::<{ 2 * ROW_LANES }>(row, first));
+                    let (next, _) = deinterleave!(lanes::<{ 2 * ROW_LANES }>(row, first + 2));
+                    acc = _mm256_fmadd_ps(w[0], even, acc);
+                    acc = _mm256_fmadd_ps(w[1], odd, acc);
+                    acc = _mm256_fmadd_ps(w[2], next, acc);
+                }
+            }
+            acc
+        }};
+    }
+    macro_rules! store {
+        ($ow:expr, $v:expr) => {{
+            let out: &mut [f32; ROW_LANES] = (&mut y_row[$ow..$ow + ROW_LANES]).try_into().expect("eight lanes");
+            // SAFETY: `out` holds eight floats.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), $v) };
+        }};
+    }
+    let mut ow = cols.start;
+    if S == 2 {
+        // Every row is the input's width; a group reads columns `ow * 2 - pl ..` up to 18 on.
+        let width = rows.iter().flatten().map(|r| r.len()).next().unwrap_or(0);
+        while ow + ROW_LANES <= cols.end && ow * 2 - pl + 2 * ROW_LANES + 2 <= width {
+            let a = group!(ow);
+            store!(ow, a);
+            ow += ROW_LANES;
+        }
+        return ow;
+    }
+    while ow + 2 * ROW_LANES <= cols.end {
+        let (a, b) = (group!(ow), group!(ow + ROW_LANES));
+        store!(ow, a);
+        store!(ow + ROW_LANES, b);
+        ow += 2 * ROW_LANES;
+    }
+    while ow < cols.end {
+        ow = ow.min(cols.end - ROW_LANES);
+        let a = group!(ow);
+        store!(ow, a);
+        ow += ROW_LANES;
+    }
+    ow
 }
 
 /// One output pixel of [`forward_plane_3x3`] with bounds checks (a row's edges): the taps in the
