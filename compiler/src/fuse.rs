@@ -57,12 +57,7 @@ pub fn fuse(graph: &mut Graph, kept: &[TensorId]) -> (usize, usize) {
 /// The fused node takes the BatchNorm's place (its statistics outputs keep their writer's
 /// position; the activation's readers all come later). Returns how many nodes it fused.
 pub fn fuse_norm_act(graph: &mut Graph, kept: &[TensorId]) -> usize {
-    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); graph.tensors.len()];
-    for (i, node) in graph.nodes.iter().enumerate() {
-        for t in &node.inputs {
-            readers[t.index()].push(i);
-        }
-    }
+    let readers = readers(graph);
     let mut removed = vec![false; graph.nodes.len()];
     let mut fused = 0;
     for i in 0..graph.nodes.len() {
@@ -144,12 +139,7 @@ pub fn fuse_grad_input_mask(graph: &mut Graph, kept: &[TensorId]) -> usize {
 /// Fuses every eligible conv + bias (+ activation) chain (see the module documentation) and
 /// returns how many fused nodes the graph now holds. `kept` are tensors the programs fetch or feed.
 pub fn fuse_conv_bias_act(graph: &mut Graph, kept: &[TensorId]) -> usize {
-    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); graph.tensors.len()];
-    for (i, node) in graph.nodes.iter().enumerate() {
-        for t in &node.inputs {
-            readers[t.index()].push(i);
-        }
-    }
+    let readers = readers(graph);
     // The single reader of `t`, when `t` is a transient intermediate that may disappear.
     let only_reader = |graph: &Graph, t: TensorId| -> Option<usize> {
         let def = graph.tensor(t);
@@ -211,6 +201,17 @@ pub fn fuse_conv_bias_act(graph: &mut Graph, kept: &[TensorId]) -> usize {
     }
     drop_removed(graph, &removed);
     fused
+}
+
+/// The nodes that read each tensor (indexed as `graph.tensors`), in graph order.
+fn readers(graph: &Graph) -> Vec<Vec<usize>> {
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); graph.tensors.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        for t in &node.inputs {
+            readers[t.index()].push(i);
+        }
+    }
+    readers
 }
 
 /// Drops the nodes marked in `removed` (indexed as `graph.nodes`), keeping the others' order.
