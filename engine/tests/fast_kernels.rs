@@ -685,6 +685,23 @@ fn batch_norm_equals_the_reference() {
 }
 
 #[test]
+fn bias_gradients_equal_the_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(15);
+    // Rank 2 (a Linear layer's), rank 4 with channel counts below, at and past the eight summed
+    // side by side, runs shorter and longer than a vector, and one large enough to split among
+    // the threads; a row of -0.0 (its sum from -0.0, then onto 0, must give 0, not -0).
+    let shapes: [&[usize]; 7] = [&[5, 3], &[9, 20], &[2, 7, 3, 5], &[3, 8, 4, 4], &[2, 19, 9, 11], &[8, 64, 32, 32], &[1, 1, 1, 1]];
+    for shape in shapes {
+        let mut dy = random(&mut rng, shape.iter().product());
+        if shape == [1, 1, 1, 1] {
+            dy[0] = -0.0;
+        }
+        let op = Op::from(DenseOp::BiasGrad);
+        check(&format!("bias grad {shape:?}"), &op, &[(dy, shape.to_vec())], &[vec![shape[1]]], &mut rng, true);
+    }
+}
+
+#[test]
 fn elementwise_ops_equal_the_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(10);
     // Odd lengths, and one longer than a task block so the split among threads is exercised.

@@ -159,6 +159,12 @@ pub fn execute(
             elementwise::relu_grad(args.inputs[0].data, args.inputs[1].data, args.outputs[0].data, cfg.threads);
             Ok(())
         }
+        Op::Dense(DenseOp::BiasGrad) if args.inputs.len() == 1 && args.outputs.len() == 1 => {
+            if norm::bias_grad(args.inputs[0], &mut args.outputs[0], cfg.threads) {
+                return Ok(());
+            }
+            reference::execute(op, args)
+        }
         Op::Dense(DenseOp::Add) => {
             elementwise::add(args.inputs[0].data, args.inputs[1].data, args.outputs[0].data, cfg.threads);
             Ok(())

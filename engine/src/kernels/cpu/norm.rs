@@ -179,6 +179,47 @@ unsafe fn run_sums_avx2(runs: [&[f32]; LANES], mean: Option<[f32; LANES]>, run_s
     whole
 }
 
+multiversion!(fn block_sums(x: &[f32], layout: [usize; 3], first: usize) -> [f32; LANES] => block_sums_body);
+
+/// The sums of channels `first ..` (eight) as the reference's `bias_grad` forms them: each
+/// sample's run summed from -0.0 in element order (`Iterator::sum`), added onto 0 in sample
+/// order; only the channels run side by side, so the result is the reference's bit for bit.
+// Element `l` of eight sums at once: an index reads clearer than eight zipped iterators.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn block_sums_body<const FMA: bool>(x: &[f32], layout: [usize; 3], first: usize) -> [f32; LANES] {
+    let mut total = [0.0f32; LANES];
+    for s in 0..layout[0] {
+        let run_sum = run_sums::<FMA>(block_runs(x, layout, s, first), None);
+        for l in 0..LANES {
+            total[l] += run_sum[l];
+        }
+    }
+    total
+}
+
+/// `DenseOp::BiasGrad`: `db[c]` = the sum of `dy` over every axis but axis 1, eight channels
+/// side by side and blocks of channels split among the threads, each channel summed in the
+/// reference's order (`reference::dense::bias_grad`), so the same bits. Returns false, writing
+/// nothing, for a layout the reference must handle (rank below 2, an empty tensor, or `db` not
+/// axis 1's length).
+pub fn bias_grad(dy: View<f32>, db: &mut ViewMut<f32>, threads: usize) -> bool {
+    let channels = db.data.len();
+    if dy.shape.len() < 2 || dy.shape[1] != channels || dy.data.is_empty() || dy.data.len() != dy.shape.iter().product::<usize>() {
+        return false;
+    }
+    let layout @ [n, _, inner] = [dy.shape[0], channels, dy.shape[2..].iter().product()];
+    let out = ChannelOut::new(db.data);
+    for_each_block(threads, channels, LANES, n * inner * LANES, |first, block| {
+        let sums = block_sums(dy.data, layout, first);
+        for (l, &v) in sums.iter().enumerate().take(block) {
+            // SAFETY: channel `first + l` belongs to this block alone.
+            unsafe { out.run(first + l, 1)[0] = v };
+        }
+    });
+    true
+}
+
 /// Disjoint per-channel writes from the tasks of one loop over blocks of channels: each task
 /// writes only the elements of its own channels (their statistics, and their runs of every sample).
 #[derive(Clone, Copy)]
