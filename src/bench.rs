@@ -1,5 +1,5 @@
 //! `pock bench`: how fast a plan trains on this machine, and (with `--profile`) where the time of
-//! a training step goes, op kind by op kind.
+//! a training step goes, op kind by op kind and (with `--slowest N`) node by node.
 //!
 //! The batch is synthetic (a fixed pattern of floats, labels cycling through the classes): the
 //! kernels' speed does not depend on the values, and benchmarking needs no data file.
@@ -21,6 +21,8 @@ pub struct BenchConfig {
     pub warmup: usize,
     /// Time every node of the train program as well.
     pub profile: bool,
+    /// With `profile`: also report this many of the slowest nodes, one by one.
+    pub slowest: usize,
     /// Read the loss back every N steps ([`Session::train_step_queued`]; the session must have
     /// been opened with the same `SessionOptions::loss_every`).
     pub loss_every: usize,
@@ -41,6 +43,23 @@ pub struct OpTime {
     pub gflops: f64,
     /// `gflops` as a percentage of the gemm ceiling measured in the same run, for the
     /// matrix-product ops (convolutions and matmuls) when the backend measures one.
+    pub ceiling_percent: Option<f64>,
+}
+
+/// One node's share of the profiled steps (`--slowest N`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NodeTime {
+    /// The node's name in the plan (`pock inspect` lists them in order).
+    pub name: String,
+    /// Its op kind, as [`OpTime::kind`].
+    pub kind: String,
+    /// The shape of its first output.
+    pub output_shape: Vec<usize>,
+    pub ms: f64,
+    /// Share of the summed node times.
+    pub percent: f64,
+    pub gflops: f64,
+    /// As [`OpTime::ceiling_percent`].
     pub ceiling_percent: Option<f64>,
 }
 
@@ -67,6 +86,8 @@ pub struct BenchReport {
     pub peak_rss_bytes: Option<u64>,
     /// Per op kind, slowest first (empty without `--profile`).
     pub profile: Vec<OpTime>,
+    /// The slowest nodes, slowest first (`--slowest N`; empty without it).
+    pub slowest: Vec<NodeTime>,
     /// How the profile was timed: host clocks around each CPU kernel, or (wgpu) each node's
     /// dispatches submitted on their own and waited for.
     pub profile_timing: Option<String>,
@@ -179,35 +200,56 @@ pub fn run(session: &mut Session, threads: usize, cfg: &BenchConfig) -> Result<B
     let median_ms = sorted[sorted.len() / 2];
     let step_flops: u64 = plan.programs.train.nodes.iter().map(|n| node_flops(&plan, n)).sum();
     let mut profile = Vec::new();
+    let mut slowest = Vec::new();
     if let Some((nanos, runs)) = node_nanos.filter(|(_, runs)| *runs > 0) {
+        let total: u64 = nanos.iter().sum::<u64>().max(1);
+        // GFLOP/s, and its share of the ceiling for the matrix-product ops, of `flops` in `ns`
+        // summed over the profiled steps.
+        let rate = |kind: &str, ns: u64, flops: u64| {
+            let seconds = ns as f64 / 1e9 / runs as f64;
+            let gflops = if seconds > 0.0 { flops as f64 / seconds / 1e9 } else { 0.0 };
+            let is_product = kind.starts_with("Conv2d") || kind.contains("MatMul");
+            (seconds * 1e3, gflops, ceiling.filter(|c| is_product && *c > 0.0).map(|c| 100.0 * gflops / c))
+        };
+        // (kind, flops, nanoseconds) of every node, in program order.
+        let nodes: Vec<(String, u64, u64)> =
+            plan.programs.train.nodes.iter().zip(&nanos).map(|(n, &ns)| (op_kind(&plan, n), node_flops(&plan, n), ns)).collect();
         // (kind, count, nanoseconds, flops), in order of first appearance.
-        let mut rows: Vec<(String, usize, u64, u64)> = Vec::new();
-        for (node, &ns) in plan.programs.train.nodes.iter().zip(&nanos) {
-            let kind = op_kind(&plan, node);
-            let flops = node_flops(&plan, node);
+        let mut rows: Vec<(&str, usize, u64, u64)> = Vec::new();
+        for (kind, flops, ns) in &nodes {
             match rows.iter_mut().find(|r| r.0 == kind) {
                 Some(r) => (r.1, r.2, r.3) = (r.1 + 1, r.2 + ns, r.3 + flops),
-                None => rows.push((kind, 1, ns, flops)),
+                None => rows.push((kind, 1, *ns, *flops)),
             }
         }
-        let total: u64 = rows.iter().map(|r| r.2).sum::<u64>().max(1);
         profile = rows
             .into_iter()
             .map(|(kind, count, ns, flops)| {
-                let seconds = ns as f64 / 1e9 / runs as f64;
-                let gflops = if seconds > 0.0 { flops as f64 / seconds / 1e9 } else { 0.0 };
-                let is_product = kind.starts_with("Conv2d") || kind.contains("MatMul");
-                OpTime {
-                    kind,
-                    count,
-                    ms: seconds * 1e3,
-                    percent: 100.0 * ns as f64 / total as f64,
-                    gflops,
-                    ceiling_percent: ceiling.filter(|c| is_product && *c > 0.0).map(|c| 100.0 * gflops / c),
-                }
+                let (ms, gflops, ceiling_percent) = rate(kind, ns, flops);
+                OpTime { kind: kind.to_string(), count, ms, percent: 100.0 * ns as f64 / total as f64, gflops, ceiling_percent }
             })
             .collect();
         profile.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        let mut order: Vec<usize> = (0..nodes.len()).collect();
+        order.sort_by(|&a, &b| nodes[b].2.cmp(&nodes[a].2));
+        slowest = order
+            .into_iter()
+            .take(cfg.slowest)
+            .map(|i| {
+                let (node, (kind, flops, ns)) = (&plan.programs.train.nodes[i], &nodes[i]);
+                let (ms, gflops, ceiling_percent) = rate(kind, *ns, *flops);
+                let output_shape = node.outputs.first().map_or_else(Vec::new, |&t| plan.tensor(t).shape.clone());
+                NodeTime {
+                    name: node.name.clone(),
+                    kind: kind.clone(),
+                    output_shape,
+                    ms,
+                    percent: 100.0 * *ns as f64 / total as f64,
+                    gflops,
+                    ceiling_percent,
+                }
+            })
+            .collect();
     }
     Ok(BenchReport {
         model: plan.model.clone(),
@@ -226,6 +268,7 @@ pub fn run(session: &mut Session, threads: usize, cfg: &BenchConfig) -> Result<B
         peak_rss_bytes: peak_rss_bytes(),
         profile_timing: cfg.profile.then(|| session.profile_timing().to_string()),
         profile,
+        slowest,
         loss_every: every,
         syncs_per_step,
     })
@@ -271,6 +314,19 @@ pub fn table(r: &BenchReport) -> String {
             let ceiling = row.ceiling_percent.map_or(String::new(), |p| format!("{p:.0}"));
             let _ =
                 writeln!(s, "{:<32} {:>6} {:>10.3} {:>7.1} {:>9.1} {:>10}", row.kind, row.count, row.ms, row.percent, row.gflops, ceiling);
+        }
+    }
+    if !r.slowest.is_empty() {
+        let _ = writeln!(s, "\nslowest nodes");
+        let _ = writeln!(s, "{:<40} {:<28} {:<18} {:>8} {:>6} {:>8} {:>9}", "node", "op", "output", "ms/step", "%", "GFLOP/s", "% ceiling");
+        for n in &r.slowest {
+            let ceiling = n.ceiling_percent.map_or(String::new(), |p| format!("{p:.0}"));
+            let shape = format!("{:?}", n.output_shape);
+            let _ = writeln!(
+                s,
+                "{:<40} {:<28} {:<18} {:>8.3} {:>6.1} {:>8.1} {:>9}",
+                n.name, n.kind, shape, n.ms, n.percent, n.gflops, ceiling
+            );
         }
     }
     s

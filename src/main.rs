@@ -92,6 +92,10 @@ enum Command {
         /// Also time every op of the train program and print a table per op kind, slowest first.
         #[arg(long)]
         profile: bool,
+        /// With --profile, also list the N slowest nodes one by one (name, op, output shape,
+        /// time, GFLOP/s): which layer an op kind's time goes to.
+        #[arg(long, value_name = "N", default_value_t = 0, requires = "profile")]
+        slowest: usize,
         /// Read the training loss back every N steps instead of every step: the steps in between
         /// queue their losses where the backend computed them (device memory with --backend
         /// wgpu), so the host waits for the GPU once per N steps. Step times are then each
@@ -673,14 +677,14 @@ fn run(cli: Cli) -> Result<(), PockError> {
             pock::data::write_predictions(&path, &y, &shape)?;
             out(&format!("wrote {} outputs of shape {} to {}\n", shape[0], pock::inspect::shape_text(&shape[1..]), path.display()))
         }
-        Command::Bench { plan, steps, warmup, profile, loss_every, json, run } => {
+        Command::Bench { plan, steps, warmup, profile, slowest, loss_every, json, run } => {
             if loss_every == 0 {
                 return Err(PockError::Usage("--loss-every must be at least 1".into()));
             }
             let options = SessionOptions { loss_every, ..run.session_options(quiet) };
             let mut s = Session::load_with_budget(&plan, options, run.memory_budget)?;
             let threads = options.threads;
-            let r = pock::bench::run(&mut s, threads, &pock::bench::BenchConfig { steps, warmup, profile, loss_every })?;
+            let r = pock::bench::run(&mut s, threads, &pock::bench::BenchConfig { steps, warmup, profile, slowest, loss_every })?;
             if json {
                 let text =
                     serde_json::to_string_pretty(&r).map_err(|e| PockError::Io { path: "standard output".into(), source: e.into() })?;

@@ -700,6 +700,13 @@ multiversion!(fn pack_columns(c: &Columns<'_>, item: usize, pc: usize, col: usiz
 /// at run time: a whole sliver at stride 2 is two vector loads and a shuffle per eight values).
 #[inline(always)]
 fn pack_columns_body<const FMA: bool>(c: &Columns<'_>, item: usize, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if FMA && c.g.stride[1] == 1 {
+        // SAFETY: `FMA` is true only in `multiversion`'s AVX2+FMA copy, which runs where the CPU
+        // has both.
+        unsafe { pack_columns_stride1_avx2(c, item, pc, col, cols, sliver) };
+        return;
+    }
     let (g, taps) = (c.g, &c.taps);
     let (in_plane, kernel) = (g.in_plane(), g.kh * g.kw);
     let x_group = &c.x[g.input_group(item, c.grp)];
@@ -762,6 +769,84 @@ fn pack_columns_body<const FMA: bool>(c: &Columns<'_>, item: usize, pc: usize, c
             }
         }
         out[cols..].fill(0.0);
+    }
+}
+
+/// [`pack_columns_body`] at horizontal stride 1 with AVX2: each depth's `NR` (16) values are
+/// built in two registers, one masked load per run of the sliver (a stretch of one output row)
+/// and register half, and stored at once. Lanes outside a run's columns that read the input, or
+/// past `cols`, read nothing and hold +0.0, as the portable loop's fills. On 8x8 and 4x4 output
+/// planes a depth's runs are 8 or 4 values with padding at their ends, and the portable loop's
+/// copies and fills of those lengths were calls to `memcpy` and `memset`: in ResNet-18's full
+/// step this packing took 8% of the time, and its fills another 2% in `memset`.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_columns_stride1_avx2(c: &Columns<'_>, item: usize, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) {
+    use core::arch::x86_64::*;
+    const { assert!(NR == 16, "two registers of eight lanes per depth") };
+    let (g, taps) = (c.g, &c.taps);
+    debug_assert_eq!(g.stride[1], 1);
+    let (in_plane, kernel) = (g.in_plane(), g.kh * g.kw);
+    let x_group = &c.x[g.input_group(item, c.grp)];
+    // The sliver's output positions as runs along output rows: (oh, first ow, length, first lane).
+    let mut runs = [(0usize, 0usize, 0usize, 0usize); NR];
+    let (mut count, mut q) = (0, col);
+    while q < col + cols {
+        let (oh, ow) = (q / g.wo, q % g.wo);
+        let len = (g.wo - ow).min(col + cols - q);
+        runs[count] = (oh, ow, len, q - col);
+        count += 1;
+        q += len;
+    }
+    let runs = &runs[..count];
+    let lanes = [_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15)];
+    // The tap of the first depth, then stepped along without dividing.
+    let (mut ci, mut kh, mut kw) = (pc / kernel, pc % kernel / g.kw, pc % g.kw);
+    for out in sliver.chunks_exact_mut(NR) {
+        let plane = &x_group[ci * in_plane..(ci + 1) * in_plane];
+        let (oh_range, ih_first) = taps.rows(g, kh);
+        let (ow_range, iw_first) = taps.cols(g, kw);
+        kw += 1;
+        if kw == g.kw {
+            (kw, kh) = (0, kh + 1);
+            if kh == g.kh {
+                (kh, ci) = (0, ci + 1);
+            }
+        }
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for &(oh, ow, len, at) in runs {
+            let lo = ow_range.start.clamp(ow, ow + len);
+            let hi = ow_range.end.clamp(lo, ow + len);
+            if !oh_range.contains(&oh) || lo == hi {
+                continue;
+            }
+            let ih = ih_first + (oh - oh_range.start) * g.stride[0];
+            let first = iw_first + (lo - ow_range.start);
+            // Output columns `lo..hi` read these input values, into lanes `lane_lo..lane_hi`.
+            let src = &plane[ih * g.w..(ih + 1) * g.w][first..first + (hi - lo)];
+            let (lane_lo, lane_hi) = (at + lo - ow, at + hi - ow);
+            let (above, below) = (_mm256_set1_epi32(lane_lo as i32 - 1), _mm256_set1_epi32(lane_hi as i32));
+            for (h, (acc, &lane)) in acc.iter_mut().zip(&lanes).enumerate() {
+                if lane_hi <= 8 * h || lane_lo >= 8 * h + 8 {
+                    continue;
+                }
+                let mask = _mm256_and_si256(_mm256_cmpgt_epi32(lane, above), _mm256_cmpgt_epi32(below, lane));
+                // Where lane `8 * h` would read (maybe outside `src`, so a wrapping pointer).
+                let p = src.as_ptr().wrapping_add(8 * h).wrapping_sub(lane_lo);
+                // SAFETY: only the lanes of `mask` are read, `lane_lo..lane_hi`, at
+                // `src[0..hi - lo]`; the masked-off lanes are not accessed and give +0.0.
+                *acc = _mm256_or_ps(*acc, unsafe { _mm256_maskload_ps(p, mask) });
+            }
+        }
+        let out: &mut [f32; NR] = out.try_into().expect("NR values per depth");
+        // SAFETY: `out` holds the sixteen values written.
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr(), acc[0]);
+            _mm256_storeu_ps(out.as_mut_ptr().add(8), acc[1]);
+        }
     }
 }
 
