@@ -56,3 +56,40 @@ fn bench_reports_step_time_and_a_profile_of_every_train_node() {
 
     assert!(fails(&["bench", s(&plan), "--steps", "0"]).contains("--steps must be at least 1"));
 }
+
+#[test]
+fn bench_slowest_lists_single_nodes_that_agree_with_the_profile() {
+    let dir = workdir("bench-slowest");
+    let plan = dir.join("cnn.pock");
+    let out = pock(&["compile", "zoo:cnn:channels=1,size=12,classes=4,width=4", "--batch", "4", "-o", s(&plan), "-q"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&plan).unwrap();
+    let (p, _) = pock::engine::decode_plan(&bytes).unwrap();
+    let train = &p.programs.train.nodes;
+
+    let out = pock(&["bench", s(&plan), "--steps", "3", "--warmup", "1", "--profile", "--slowest", "4", "--json", "-q"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nodes = r["slowest"].as_array().unwrap();
+    assert_eq!(nodes.len(), 4, "{r}");
+    assert!(nodes.windows(2).all(|w| w[0]["ms"].as_f64() >= w[1]["ms"].as_f64()), "slowest first: {r}");
+    let kinds = r["profile"].as_array().unwrap();
+    for n in nodes {
+        // A node of the plan, with its first output's shape, within its kind's total time.
+        let node = train.iter().find(|t| t.name == n["name"].as_str().unwrap()).unwrap_or_else(|| panic!("{n} is no train node"));
+        let shape: Vec<usize> = n["output_shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+        assert_eq!(shape, p.tensor(node.outputs[0]).shape, "{n}");
+        let kind = kinds.iter().find(|k| k["kind"] == n["kind"]).unwrap_or_else(|| panic!("{n}: its kind is in the profile"));
+        assert!(n["ms"].as_f64().unwrap() <= kind["ms"].as_f64().unwrap() * (1.0 + 1e-9), "{n} against {kind}");
+    }
+    // The slowest node takes at least the average node time of the slowest kind.
+    let largest = &kinds[0];
+    let per_node = largest["ms"].as_f64().unwrap() / largest["count"].as_f64().unwrap();
+    assert!(nodes[0]["ms"].as_f64().unwrap() >= per_node * (1.0 - 1e-9), "{r}");
+
+    let text = String::from_utf8(pock(&["bench", s(&plan), "--steps", "2", "--profile", "--slowest", "3", "-q"]).stdout).unwrap();
+    assert!(text.contains("slowest nodes") && text.lines().filter(|l| train.iter().any(|t| l.starts_with(&t.name))).count() == 3, "{text}");
+    // --slowest needs --profile (clap's usage error).
+    let out = pock(&["bench", s(&plan), "--slowest", "3"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--profile"), "{out:?}");
+}
