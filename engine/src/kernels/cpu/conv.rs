@@ -701,10 +701,10 @@ multiversion!(fn pack_columns(c: &Columns<'_>, item: usize, pc: usize, col: usiz
 #[inline(always)]
 fn pack_columns_body<const FMA: bool>(c: &Columns<'_>, item: usize, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if FMA && c.g.stride[1] == 1 {
+    if FMA {
         // SAFETY: `FMA` is true only in `multiversion`'s AVX2+FMA copy, which runs where the CPU
         // has both.
-        unsafe { pack_columns_stride1_avx2(c, item, pc, col, cols, sliver) };
+        unsafe { pack_columns_avx2(c, item, pc, col, cols, sliver) };
         return;
     }
     let (g, taps) = (c.g, &c.taps);
@@ -772,24 +772,25 @@ fn pack_columns_body<const FMA: bool>(c: &Columns<'_>, item: usize, pc: usize, c
     }
 }
 
-/// [`pack_columns_body`] at horizontal stride 1 with AVX2: each depth's `NR` (16) values are
-/// built in two registers, one masked load per run of the sliver (a stretch of one output row)
-/// and register half, and stored at once. Lanes outside a run's columns that read the input, or
-/// past `cols`, read nothing and hold +0.0, as the portable loop's fills. On 8x8 and 4x4 output
-/// planes a depth's runs are 8 or 4 values with padding at their ends, and the portable loop's
-/// copies and fills of those lengths were calls to `memcpy` and `memset`: in ResNet-18's full
-/// step this packing took 8% of the time, and its fills another 2% in `memset`.
+/// [`pack_columns_body`] with AVX2: each depth's `NR` (16) values are built in two registers and
+/// stored at once. At horizontal stride 1 a run of the sliver (a stretch of one output row) is
+/// one masked load per register half; at stride 2 a whole sliver from one input row is four
+/// loads and two shuffles; other runs are gathered one by one into a zeroed local row. Lanes
+/// outside a run's columns that read the input, or past `cols`, hold +0.0, as the portable
+/// loop's fills. On 8x8 and 4x4 output planes a depth's runs are 8 or 4 values with padding at
+/// their ends, and the portable loop's copies and fills of those lengths were calls to `memcpy`
+/// and `memset`: in ResNet-18's full step this packing took 8% of the time, and its fills
+/// another 2% in `memset`.
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pack_columns_stride1_avx2(c: &Columns<'_>, item: usize, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) {
+unsafe fn pack_columns_avx2(c: &Columns<'_>, item: usize, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) {
     use core::arch::x86_64::*;
     const { assert!(NR == 16, "two registers of eight lanes per depth") };
     let (g, taps) = (c.g, &c.taps);
-    debug_assert_eq!(g.stride[1], 1);
-    let (in_plane, kernel) = (g.in_plane(), g.kh * g.kw);
+    let (in_plane, kernel, stride) = (g.in_plane(), g.kh * g.kw, g.stride[1]);
     let x_group = &c.x[g.input_group(item, c.grp)];
     // The sliver's output positions as runs along output rows: (oh, first ow, length, first lane).
     let mut runs = [(0usize, 0usize, 0usize, 0usize); NR];
@@ -817,6 +818,8 @@ unsafe fn pack_columns_stride1_avx2(c: &Columns<'_>, item: usize, pc: usize, col
             }
         }
         let mut acc = [_mm256_setzero_ps(); 2];
+        // Values gathered one by one (runs at strides above 1), zero elsewhere.
+        let mut gathered: Option<[f32; NR]> = None;
         for &(oh, ow, len, at) in runs {
             let lo = ow_range.start.clamp(ow, ow + len);
             let hi = ow_range.end.clamp(lo, ow + len);
@@ -824,10 +827,31 @@ unsafe fn pack_columns_stride1_avx2(c: &Columns<'_>, item: usize, pc: usize, col
                 continue;
             }
             let ih = ih_first + (oh - oh_range.start) * g.stride[0];
-            let first = iw_first + (lo - ow_range.start);
-            // Output columns `lo..hi` read these input values, into lanes `lane_lo..lane_hi`.
-            let src = &plane[ih * g.w..(ih + 1) * g.w][first..first + (hi - lo)];
+            let in_row = &plane[ih * g.w..(ih + 1) * g.w];
+            let first = iw_first + (lo - ow_range.start) * stride;
+            // Output columns `lo..hi` read the input from `first` on, `stride` apart, into lanes
+            // `lane_lo..lane_hi`.
             let (lane_lo, lane_hi) = (at + lo - ow, at + hi - ow);
+            if stride == 2 && (lane_lo, lane_hi) == (0, NR) && first + 2 * NR <= in_row.len() {
+                // A whole sliver (a 7x7 stride-2 stem's columns spent a third of its time in a
+                // gather of unknown length): the even values of thirty-two.
+                let src: &[f32; 2 * NR] = in_row[first..first + 2 * NR].try_into().expect("2 * NR values");
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: `src` holds the sixteen values read.
+                    let (a, b) = unsafe { (_mm256_loadu_ps(src.as_ptr().add(16 * h)), _mm256_loadu_ps(src.as_ptr().add(16 * h + 8))) };
+                    let even = _mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<0b10_00_10_00>(a, b)));
+                    *acc = _mm256_castpd_ps(even);
+                }
+                continue;
+            }
+            if stride != 1 {
+                let values = gathered.get_or_insert([0.0; NR]);
+                for (l, value) in values[lane_lo..lane_hi].iter_mut().enumerate() {
+                    *value = in_row[first + l * stride];
+                }
+                continue;
+            }
+            let src = &in_row[first..first + (hi - lo)];
             let (above, below) = (_mm256_set1_epi32(lane_lo as i32 - 1), _mm256_set1_epi32(lane_hi as i32));
             for (h, (acc, &lane)) in acc.iter_mut().zip(&lanes).enumerate() {
                 if lane_hi <= 8 * h || lane_lo >= 8 * h + 8 {
@@ -839,6 +863,12 @@ unsafe fn pack_columns_stride1_avx2(c: &Columns<'_>, item: usize, pc: usize, col
                 // SAFETY: only the lanes of `mask` are read, `lane_lo..lane_hi`, at
                 // `src[0..hi - lo]`; the masked-off lanes are not accessed and give +0.0.
                 *acc = _mm256_or_ps(*acc, unsafe { _mm256_maskload_ps(p, mask) });
+            }
+        }
+        if let Some(values) = &gathered {
+            for (h, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: `values` holds the sixteen values read.
+                *acc = _mm256_or_ps(*acc, unsafe { _mm256_loadu_ps(values.as_ptr().add(8 * h)) });
             }
         }
         let out: &mut [f32; NR] = out.try_into().expect("NR values per depth");
