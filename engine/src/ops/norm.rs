@@ -37,6 +37,17 @@ pub enum NormOp {
     BatchNormTrainAct { norm: BatchNorm, act: Activation },
 }
 
+impl NormOp {
+    /// The activation applied to `y`: `BatchNormTrainAct`'s, [`Activation::Identity`] for the
+    /// other ops.
+    pub fn activation(&self) -> Activation {
+        match self {
+            NormOp::BatchNormTrainAct { act, .. } => *act,
+            _ => Activation::Identity,
+        }
+    }
+}
+
 impl OpRules for NormOp {
     fn name(&self) -> &'static str {
         match self {

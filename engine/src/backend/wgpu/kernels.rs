@@ -1457,18 +1457,17 @@ pub fn lower(node: &Node, at: &Addresses<'_>) -> Result<Vec<Lowered>, String> {
                 lowered.params.extend([kind, lo.to_bits(), hi.to_bits()]);
                 lowered
             };
-            let identity = crate::ops::Activation::Identity;
             return Ok(match n {
                 // [x, gamma, beta] -> [y, saved_mean, saved_invstd, running_mean, running_var]
                 NormOp::BatchNormTrain(_) | NormOp::BatchNormTrainAct { .. } => {
-                    let act = if let NormOp::BatchNormTrainAct { act, .. } = n { act } else { &identity };
+                    let act = &n.activation();
                     alloc::vec![
                         bn(channels, stats_kernel, [i(0), o(1), o(2), o(3), o(4), NONE, NONE, NONE]),
                         apply([i(0), i(1), i(2), o(1), o(2), o(0), NONE, NONE], act),
                     ]
                 }
                 // [x, gamma, beta, running_mean, running_var] -> [y]
-                NormOp::BatchNormInfer(_) => alloc::vec![apply([i(0), i(1), i(2), i(3), i(4), o(0), NONE, NONE], &identity)],
+                NormOp::BatchNormInfer(_) => alloc::vec![apply([i(0), i(1), i(2), i(3), i(4), o(0), NONE, NONE], &n.activation())],
                 // [dy, x, gamma, mean, invstd or var] -> [dx, dgamma, dbeta]
                 NormOp::BatchNormTrainGrad(_) | NormOp::BatchNormInferGrad(_) => alloc::vec![
                     bn(channels, sums_kernel, [i(0), i(1), i(3), i(4), o(1), o(2), NONE, NONE]),

@@ -157,11 +157,7 @@ unsafe fn row_3x3_avx2<const S: usize>(
 ) -> usize {
     use core::arch::x86_64::*;
     debug_assert!(cols.len() >= ROW_LANES && cols.start * S >= pl && (S == 1 || S == 2));
-    // `n` lanes of `row` from column `at` on, the bounds checked (a vector read stays inside).
-    #[inline(always)]
-    fn lanes<const N: usize>(row: &[f32], at: usize) -> &[f32; N] {
-        row[at..at + N].try_into().expect("whole lanes")
-    }
+    use blocked::lanes;
     let mut weights = [[_mm256_setzero_ps(); 3]; 3];
     for (kh, w) in weights.iter_mut().enumerate() {
         for (kw, v) in w.iter_mut().enumerate() {

@@ -123,10 +123,10 @@ fn scatter_planes(tile: &[f32], tile_cols: usize, top: usize, left: usize, count
     }
 }
 
-/// Eight lanes of `s` from `at`.
+/// `N` lanes of `s` from `at` (eight here), the bounds checked once: a vector read stays inside.
 #[inline(always)]
-fn lanes(s: &[f32], at: usize) -> &[f32; LANES] {
-    s[at..at + LANES].try_into().expect("a slice of LANES elements")
+pub(super) fn lanes<const N: usize>(s: &[f32], at: usize) -> &[f32; N] {
+    s[at..at + N].try_into().expect("a slice of N elements")
 }
 
 #[inline(always)]
@@ -198,8 +198,8 @@ fn forward_block_k<const FMA: bool, const K: usize>(g: &Geometry, tile: &[f32], 
             let mut acc = [0.0f32; LANES];
             for kh in 0..kh_len {
                 for kw in 0..kw_len {
-                    let x = lanes(tile, (origin + kh * d0 * wp + kw * d1) * LANES);
-                    let k = lanes(kernel, (kh * kw_len + kw) * LANES);
+                    let x = lanes::<LANES>(tile, (origin + kh * d0 * wp + kw * d1) * LANES);
+                    let k = lanes::<LANES>(kernel, (kh * kw_len + kw) * LANES);
                     for l in 0..LANES {
                         acc[l] = madd::<FMA>(k[l], x[l], acc[l]);
                     }
@@ -250,11 +250,11 @@ fn grad_input_block_body<const FMA: bool>(g: &Geometry, dy_tile: &[f32], kernel:
     let [d0, d1] = g.dilation;
     for kh in 0..g.kh {
         for kw in 0..g.kw {
-            let k = *lanes(kernel, (kh * g.kw + kw) * LANES);
+            let k = *lanes::<LANES>(kernel, (kh * g.kw + kw) * LANES);
             for oh in 0..g.ho {
                 let row = (oh * s0 + kh * d0) * wp + kw * d1;
                 for ow in 0..g.wo {
-                    let v = lanes(dy_tile, (oh * g.wo + ow) * LANES);
+                    let v = lanes::<LANES>(dy_tile, (oh * g.wo + ow) * LANES);
                     let d = lanes_mut(dx_tile, (row + ow * s1) * LANES);
                     for l in 0..LANES {
                         d[l] = madd::<FMA>(k[l], v[l], d[l]);
@@ -319,11 +319,11 @@ fn grad_weight_block_k<const FMA: bool, const K: usize>(g: &Geometry, x_tile: &[
     for oh in 0..g.ho {
         for ow in 0..g.wo {
             let origin = oh * s0 * wp + ow * s1;
-            let v = *lanes(dy_tile, (oh * g.wo + ow) * LANES);
+            let v = *lanes::<LANES>(dy_tile, (oh * g.wo + ow) * LANES);
             for kh in 0..kh_len {
                 for kw in 0..kw_len {
                     let tap = kh * kw_len + kw;
-                    let x = lanes(x_tile, (origin + kh * d0 * wp + kw * d1) * LANES);
+                    let x = lanes::<LANES>(x_tile, (origin + kh * d0 * wp + kw * d1) * LANES);
                     let s = lanes_mut(&mut sums, tap * LANES);
                     for l in 0..LANES {
                         s[l] = madd::<FMA>(v[l], x[l], s[l]);

@@ -3,6 +3,7 @@
 //! run time and split into blocks among the pool's threads.
 
 use super::par::{for_each_chunk, for_each_index, multiversion, MIN_TASK_WORK};
+use crate::kernels::reference;
 use crate::ops::{Clip, MaskKind};
 
 /// Elements per task: large enough to amortise a task, small enough to share a layer's
@@ -24,8 +25,7 @@ multiversion!(fn clip_block(lo: f32, hi: f32, x: &[f32], y: &mut [f32]) => clip_
 #[inline(always)]
 fn clip_block_body<const FMA: bool>(lo: f32, hi: f32, x: &[f32], y: &mut [f32]) {
     for (yv, &xv) in y.iter_mut().zip(x) {
-        let raised = if xv < lo { lo } else { xv };
-        *yv = if raised > hi { hi } else { raised };
+        *yv = reference::dense::clip_value(xv, lo, hi);
     }
 }
 
@@ -55,7 +55,7 @@ multiversion!(fn relu_block(x: &[f32], y: &mut [f32]) => relu_block_body);
 #[inline(always)]
 fn relu_block_body<const FMA: bool>(x: &[f32], y: &mut [f32]) {
     for (yv, &xv) in y.iter_mut().zip(x) {
-        *yv = if xv < 0.0 { 0.0 } else { xv };
+        *yv = reference::dense::relu_value(xv);
     }
 }
 

@@ -27,7 +27,7 @@ mod winograd;
 mod winograd4;
 
 use super::{reference, KernelError, NodeArgs};
-use crate::ops::{Activation, BroadcastOp, ConvOp, DenseOp, LossOp, MaskOp, MatMulOp, MoveOp, NormOp, Op, OptimOp, PoolOp, ReduceOp};
+use crate::ops::{BroadcastOp, ConvOp, DenseOp, LossOp, MaskOp, MatMulOp, MoveOp, NormOp, Op, OptimOp, PoolOp, ReduceOp};
 
 pub use conv::{conv_workspace_elems, set_winograd};
 pub use sgemm::pack_elems;
@@ -176,7 +176,7 @@ pub fn execute(
             reference::execute(op, args)
         }
         Op::Norm(n @ (NormOp::BatchNormTrain(b) | NormOp::BatchNormTrainAct { norm: b, .. })) => {
-            let act = if let NormOp::BatchNormTrainAct { act, .. } = n { act } else { &Activation::Identity };
+            let act = &n.activation();
             let NodeArgs { inputs: i, outputs: o, .. } = args;
             let [y, mean, invstd, rmean, rvar] = o else {
                 return Err(KernelError::Invalid { op: op.name(), message: "wrong number of outputs" });

@@ -125,17 +125,10 @@ pub fn conv2d_bias_act<T: Float>(c: &Conv2d, act: &Activation, x: View<T>, w: Vi
 pub fn bias_act<T: Float>(act: &Activation, bias: T, run: &mut [T]) {
     match *act {
         Activation::Identity => run.iter_mut().for_each(|v| *v += bias),
-        Activation::Relu => run.iter_mut().for_each(|v| {
-            let s = *v + bias;
-            *v = if s < T::zero() { T::zero() } else { s };
-        }),
+        Activation::Relu => run.iter_mut().for_each(|v| *v = super::dense::relu_value(*v + bias)),
         Activation::Clip(c) => {
             let (lo, hi) = (T::from_f32(c.min), T::from_f32(c.max));
-            run.iter_mut().for_each(|v| {
-                let s = *v + bias;
-                let raised = if s < lo { lo } else { s };
-                *v = if raised > hi { hi } else { raised };
-            })
+            run.iter_mut().for_each(|v| *v = super::dense::clip_value(*v + bias, lo, hi))
         }
     }
 }

@@ -103,7 +103,31 @@ pub fn mul<T: Float>(a: View<T>, b: View<T>, y: &mut ViewMut<T>) {
 /// `y = max(x, 0)`. A NaN input stays NaN, as in PyTorch, so that divergence remains visible.
 pub fn relu<T: Float>(x: View<T>, y: &mut ViewMut<T>) {
     for (yv, &xv) in y.data.iter_mut().zip(x.data) {
-        *yv = if xv < T::zero() { T::zero() } else { xv };
+        *yv = relu_value(xv);
+    }
+}
+
+/// ReLU's formula on one value: 0 below 0, else the value (NaN stays NaN, -0.0 stays -0.0).
+/// Every kernel that applies a ReLU (fused or not, on every CPU path) uses this, so their bits
+/// agree.
+#[inline(always)]
+pub fn relu_value<T: Float>(v: T) -> T {
+    if v < T::zero() {
+        T::zero()
+    } else {
+        v
+    }
+}
+
+/// Clip's formula on one value: raised to `lo` first, then lowered to `hi` (NaN stays NaN). As
+/// [`relu_value`], the one formula of every kernel that clips.
+#[inline(always)]
+pub fn clip_value<T: Float>(v: T, lo: T, hi: T) -> T {
+    let raised = if v < lo { lo } else { v };
+    if raised > hi {
+        hi
+    } else {
+        raised
     }
 }
 
@@ -113,13 +137,10 @@ pub fn relu<T: Float>(x: View<T>, y: &mut ViewMut<T>) {
 pub fn activate<T: Float>(act: &Activation, run: &mut [T]) {
     match *act {
         Activation::Identity => {}
-        Activation::Relu => run.iter_mut().for_each(|v| *v = if *v < T::zero() { T::zero() } else { *v }),
+        Activation::Relu => run.iter_mut().for_each(|v| *v = relu_value(*v)),
         Activation::Clip(c) => {
             let (lo, hi) = (T::from_f32(c.min), T::from_f32(c.max));
-            run.iter_mut().for_each(|v| {
-                let raised = if *v < lo { lo } else { *v };
-                *v = if raised > hi { hi } else { raised };
-            })
+            run.iter_mut().for_each(|v| *v = clip_value(*v, lo, hi))
         }
     }
 }
@@ -136,8 +157,7 @@ pub fn relu_grad<T: Float>(dy: View<T>, x: View<T>, dx: &mut ViewMut<T>) {
 pub fn clip<T: Float>(c: &Clip, x: View<T>, y: &mut ViewMut<T>) {
     let (lo, hi) = (T::from_f32(c.min), T::from_f32(c.max));
     for (yv, &xv) in y.data.iter_mut().zip(x.data) {
-        let raised = if xv < lo { lo } else { xv };
-        *yv = if raised > hi { hi } else { raised };
+        *yv = clip_value(xv, lo, hi);
     }
 }
 
