@@ -74,6 +74,10 @@ const CASES: &[Case] = &[
     case(2, 4, [14, 13], 4, [5, 3], [3, 3], [2, 1, 2, 1], [1, 1], 4),
     // The kernel covers the whole padded input: one output element.
     case(2, 3, [5, 4], 2, [7, 6], [1, 1], [1; 4], [1, 1], 1),
+    // 7x7 at stride 2 with 31 output columns: a 16-wide column sliver holds the last 15 of one
+    // output row (within 32 input values) and the first of the next, the case where the AVX2
+    // packing must not take the whole sliver from one input row.
+    case(1, 2, [9, 61], 3, [7, 7], [2, 2], [3; 4], [1, 1], 1),
     // Large enough for gemm's blocking to matter.
     case(2, 32, [20, 18], 48, [3, 3], [1, 1], [1; 4], [1, 1], 1),
 ];
