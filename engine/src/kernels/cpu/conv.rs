@@ -695,6 +695,52 @@ impl SourceB for Columns<'_> {
 
 multiversion!(fn pack_columns(c: &Columns<'_>, item: usize, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) => pack_columns_body);
 
+/// The output positions `col..col + cols` (at most `NR`) of one sample's column sliver as runs
+/// along output rows: `(oh, first ow, length, first lane)`, and how many there are.
+#[inline(always)]
+fn sliver_runs(g: &Geometry, col: usize, cols: usize) -> ([(usize, usize, usize, usize); NR], usize) {
+    let mut runs = [(0usize, 0usize, 0usize, 0usize); NR];
+    let (mut count, mut q) = (0, col);
+    while q < col + cols {
+        let (oh, ow) = (q / g.wo, q % g.wo);
+        let len = (g.wo - ow).min(col + cols - q);
+        runs[count] = (oh, ow, len, q - col);
+        count += 1;
+        q += len;
+    }
+    (runs, count)
+}
+
+/// The window taps `(ci, kh, kw)` of a column matrix's depths from one on, in order: the first
+/// divided out, the others stepped along without dividing.
+struct TapSteps {
+    ci: usize,
+    kh: usize,
+    kw: usize,
+    kernel_hw: [usize; 2],
+}
+
+impl TapSteps {
+    fn new(g: &Geometry, depth: usize) -> Self {
+        let kernel = g.kh * g.kw;
+        TapSteps { ci: depth / kernel, kh: depth % kernel / g.kw, kw: depth % g.kw, kernel_hw: [g.kh, g.kw] }
+    }
+
+    /// The tap of the next depth.
+    #[inline(always)]
+    fn next(&mut self) -> (usize, usize, usize) {
+        let tap = (self.ci, self.kh, self.kw);
+        self.kw += 1;
+        if self.kw == self.kernel_hw[1] {
+            (self.kw, self.kh) = (0, self.kh + 1);
+            if self.kh == self.kernel_hw[0] {
+                (self.kh, self.ci) = (0, self.ci + 1);
+            }
+        }
+        tap
+    }
+}
+
 /// [`Columns`]' sliver: for each depth (tap), the sliver's output positions as runs along output
 /// rows, each read from one input row at the stride (vectorised for the instruction set chosen
 /// at run time: a whole sliver at stride 2 is two vector loads and a shuffle per eight values).
@@ -708,36 +754,18 @@ fn pack_columns_body<const FMA: bool>(c: &Columns<'_>, item: usize, pc: usize, c
         return;
     }
     let (g, taps) = (c.g, &c.taps);
-    let (in_plane, kernel) = (g.in_plane(), g.kh * g.kw);
+    let in_plane = g.in_plane();
     let x_group = &c.x[g.input_group(item, c.grp)];
-    // The sliver's output positions as runs along output rows: (oh, first ow, length).
-    let mut runs = [(0usize, 0usize, 0usize); NR];
-    let (mut count, mut q) = (0, col);
-    while q < col + cols {
-        let (oh, ow) = (q / g.wo, q % g.wo);
-        let len = (g.wo - ow).min(col + cols - q);
-        runs[count] = (oh, ow, len);
-        count += 1;
-        q += len;
-    }
+    let (runs, count) = sliver_runs(g, col, cols);
     let runs = &runs[..count];
-    // The tap of the first depth, then stepped along without dividing.
-    let (mut ci, mut kh, mut kw) = (pc / kernel, pc % kernel / g.kw, pc % g.kw);
+    let mut steps = TapSteps::new(g, pc);
     for out in sliver.chunks_exact_mut(NR) {
+        let (ci, kh, kw) = steps.next();
         let plane = &x_group[ci * in_plane..(ci + 1) * in_plane];
         let (oh_range, ih_first) = taps.rows(g, kh);
         let (ow_range, iw_first) = taps.cols(g, kw);
-        kw += 1;
-        if kw == g.kw {
-            (kw, kh) = (0, kh + 1);
-            if kh == g.kh {
-                (kh, ci) = (0, ci + 1);
-            }
-        }
-        let mut at = 0;
-        for &(oh, ow, len) in runs {
+        for &(oh, ow, len, at) in runs {
             let dst = &mut out[at..at + len];
-            at += len;
             if !oh_range.contains(&oh) {
                 dst.fill(0.0);
                 continue;
@@ -790,33 +818,17 @@ unsafe fn pack_columns_avx2(c: &Columns<'_>, item: usize, pc: usize, col: usize,
     use core::arch::x86_64::*;
     const { assert!(NR == 16, "two registers of eight lanes per depth") };
     let (g, taps) = (c.g, &c.taps);
-    let (in_plane, kernel, stride) = (g.in_plane(), g.kh * g.kw, g.stride[1]);
+    let (in_plane, stride) = (g.in_plane(), g.stride[1]);
     let x_group = &c.x[g.input_group(item, c.grp)];
-    // The sliver's output positions as runs along output rows: (oh, first ow, length, first lane).
-    let mut runs = [(0usize, 0usize, 0usize, 0usize); NR];
-    let (mut count, mut q) = (0, col);
-    while q < col + cols {
-        let (oh, ow) = (q / g.wo, q % g.wo);
-        let len = (g.wo - ow).min(col + cols - q);
-        runs[count] = (oh, ow, len, q - col);
-        count += 1;
-        q += len;
-    }
+    let (runs, count) = sliver_runs(g, col, cols);
     let runs = &runs[..count];
     let lanes = [_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15)];
-    // The tap of the first depth, then stepped along without dividing.
-    let (mut ci, mut kh, mut kw) = (pc / kernel, pc % kernel / g.kw, pc % g.kw);
+    let mut steps = TapSteps::new(g, pc);
     for out in sliver.chunks_exact_mut(NR) {
+        let (ci, kh, kw) = steps.next();
         let plane = &x_group[ci * in_plane..(ci + 1) * in_plane];
         let (oh_range, ih_first) = taps.rows(g, kh);
         let (ow_range, iw_first) = taps.cols(g, kw);
-        kw += 1;
-        if kw == g.kw {
-            (kw, kh) = (0, kh + 1);
-            if kh == g.kh {
-                (kh, ci) = (0, ci + 1);
-            }
-        }
         let mut acc = [_mm256_setzero_ps(); 2];
         // Values gathered one by one (runs at strides above 1), zero elsewhere.
         let mut gathered: Option<[f32; NR]> = None;
