@@ -711,33 +711,41 @@ fn sliver_runs(g: &Geometry, col: usize, cols: usize) -> ([(usize, usize, usize,
     (runs, count)
 }
 
-/// The window taps `(ci, kh, kw)` of a column matrix's depths from one on, in order: the first
-/// divided out, the others stepped along without dividing.
-struct TapSteps {
+/// The depths of a [`Columns`] sliver of sample `item` from one on, in order: each one's input
+/// plane and window tap, as the output rows and columns whose window reaches the input and the
+/// input row and column of the first ([`Taps::rows`], [`Taps::cols`]). The first tap is divided
+/// out, the others stepped along without dividing.
+struct DepthTaps<'c> {
+    c: &'c Columns<'c>,
+    x_group: &'c [f32],
     ci: usize,
     kh: usize,
     kw: usize,
-    kernel_hw: [usize; 2],
 }
 
-impl TapSteps {
-    fn new(g: &Geometry, depth: usize) -> Self {
-        let kernel = g.kh * g.kw;
-        TapSteps { ci: depth / kernel, kh: depth % kernel / g.kw, kw: depth % g.kw, kernel_hw: [g.kh, g.kw] }
+impl<'c> DepthTaps<'c> {
+    fn new(c: &'c Columns<'c>, item: usize, depth: usize) -> Self {
+        let (g, kernel) = (c.g, c.g.kh * c.g.kw);
+        let x_group = &c.x[g.input_group(item, c.grp)];
+        DepthTaps { c, x_group, ci: depth / kernel, kh: depth % kernel / g.kw, kw: depth % g.kw }
     }
 
-    /// The tap of the next depth.
+    /// The next depth's input plane, `(output rows, first input row)` and `(output columns,
+    /// first input column)`.
     #[inline(always)]
-    fn next(&mut self) -> (usize, usize, usize) {
-        let tap = (self.ci, self.kh, self.kw);
+    #[allow(clippy::type_complexity)]
+    fn next(&mut self) -> (&'c [f32], (core::ops::Range<usize>, usize), (core::ops::Range<usize>, usize)) {
+        let (g, in_plane) = (self.c.g, self.c.g.in_plane());
+        let taps = (self.c.taps.rows(g, self.kh), self.c.taps.cols(g, self.kw));
+        let plane = &self.x_group[self.ci * in_plane..(self.ci + 1) * in_plane];
         self.kw += 1;
-        if self.kw == self.kernel_hw[1] {
+        if self.kw == g.kw {
             (self.kw, self.kh) = (0, self.kh + 1);
-            if self.kh == self.kernel_hw[0] {
+            if self.kh == g.kh {
                 (self.kh, self.ci) = (0, self.ci + 1);
             }
         }
-        tap
+        (plane, taps.0, taps.1)
     }
 }
 
@@ -753,17 +761,12 @@ fn pack_columns_body<const FMA: bool>(c: &Columns<'_>, item: usize, pc: usize, c
         unsafe { pack_columns_avx2(c, item, pc, col, cols, sliver) };
         return;
     }
-    let (g, taps) = (c.g, &c.taps);
-    let in_plane = g.in_plane();
-    let x_group = &c.x[g.input_group(item, c.grp)];
+    let g = c.g;
     let (runs, count) = sliver_runs(g, col, cols);
     let runs = &runs[..count];
-    let mut steps = TapSteps::new(g, pc);
+    let mut depths = DepthTaps::new(c, item, pc);
     for out in sliver.chunks_exact_mut(NR) {
-        let (ci, kh, kw) = steps.next();
-        let plane = &x_group[ci * in_plane..(ci + 1) * in_plane];
-        let (oh_range, ih_first) = taps.rows(g, kh);
-        let (ow_range, iw_first) = taps.cols(g, kw);
+        let (plane, (oh_range, ih_first), (ow_range, iw_first)) = depths.next();
         for &(oh, ow, len, at) in runs {
             let dst = &mut out[at..at + len];
             if !oh_range.contains(&oh) {
@@ -817,18 +820,13 @@ fn pack_columns_body<const FMA: bool>(c: &Columns<'_>, item: usize, pc: usize, c
 unsafe fn pack_columns_avx2(c: &Columns<'_>, item: usize, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) {
     use core::arch::x86_64::*;
     const { assert!(NR == 16, "two registers of eight lanes per depth") };
-    let (g, taps) = (c.g, &c.taps);
-    let (in_plane, stride) = (g.in_plane(), g.stride[1]);
-    let x_group = &c.x[g.input_group(item, c.grp)];
+    let (g, stride) = (c.g, c.g.stride[1]);
     let (runs, count) = sliver_runs(g, col, cols);
     let runs = &runs[..count];
     let lanes = [_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15)];
-    let mut steps = TapSteps::new(g, pc);
+    let mut depths = DepthTaps::new(c, item, pc);
     for out in sliver.chunks_exact_mut(NR) {
-        let (ci, kh, kw) = steps.next();
-        let plane = &x_group[ci * in_plane..(ci + 1) * in_plane];
-        let (oh_range, ih_first) = taps.rows(g, kh);
-        let (ow_range, iw_first) = taps.cols(g, kw);
+        let (plane, (oh_range, ih_first), (ow_range, iw_first)) = depths.next();
         let mut acc = [_mm256_setzero_ps(); 2];
         // Values gathered one by one (runs at strides above 1), zero elsewhere.
         let mut gathered: Option<[f32; NR]> = None;
