@@ -23,7 +23,7 @@
 //!   Outputs of 16x16 or more take F(4x4, 3x3) instead (`winograd4.rs`).
 
 use super::epilogue::{self, Epilogue};
-use super::par::{for_each_chunk, for_each_part, multiversion};
+use super::par::{for_each_chunk, for_each_part};
 use super::sgemm::{pack_elems_items, product_with, Out, SourceA, SourceB, MR, NR};
 use super::winograd::{self, Weights};
 use super::{depthwise, pack_elems, sgemm, Mat};
@@ -693,7 +693,17 @@ impl SourceB for Columns<'_> {
     }
 }
 
-multiversion!(fn pack_columns(c: &Columns<'_>, item: usize, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) => pack_columns_body);
+/// [`Columns`]' sliver, with AVX2 where the CPU has it ([`pack_columns_avx2`]), else portably
+/// ([`pack_columns_portable`]).
+fn pack_columns(c: &Columns<'_>, item: usize, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::par::isa() == super::par::Isa::Avx2Fma {
+        // SAFETY: `isa` returned Avx2Fma, so this CPU has AVX2 and FMA.
+        unsafe { pack_columns_avx2(c, item, pc, col, cols, sliver) };
+        return;
+    }
+    pack_columns_portable(c, item, pc, col, cols, sliver);
+}
 
 /// The output positions `col..col + cols` (at most `NR`) of one sample's column sliver as runs
 /// along output rows: `(oh, first ow, length, first lane)`, and how many there are.
@@ -749,18 +759,10 @@ impl<'c> DepthTaps<'c> {
     }
 }
 
-/// [`Columns`]' sliver: for each depth (tap), the sliver's output positions as runs along output
-/// rows, each read from one input row at the stride (vectorised for the instruction set chosen
-/// at run time: a whole sliver at stride 2 is two vector loads and a shuffle per eight values).
-#[inline(always)]
-fn pack_columns_body<const FMA: bool>(c: &Columns<'_>, item: usize, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if FMA {
-        // SAFETY: `FMA` is true only in `multiversion`'s AVX2+FMA copy, which runs where the CPU
-        // has both.
-        unsafe { pack_columns_avx2(c, item, pc, col, cols, sliver) };
-        return;
-    }
+/// [`Columns`]' sliver without AVX2: for each depth (tap), the sliver's output positions as runs
+/// along output rows, each read from one input row at the stride (a whole sliver at stride 1 or
+/// 2 a copy or gather of constant length, which the compiler vectorises).
+fn pack_columns_portable(c: &Columns<'_>, item: usize, pc: usize, col: usize, cols: usize, sliver: &mut [f32]) {
     let g = c.g;
     let (runs, count) = sliver_runs(g, col, cols);
     let runs = &runs[..count];
@@ -803,7 +805,7 @@ fn pack_columns_body<const FMA: bool>(c: &Columns<'_>, item: usize, pc: usize, c
     }
 }
 
-/// [`pack_columns_body`] with AVX2: each depth's `NR` (16) values are built in two registers and
+/// [`pack_columns_portable`] with AVX2: each depth's `NR` (16) values are built in two registers and
 /// stored at once. At horizontal stride 1 a run of the sliver (a stretch of one output row) is
 /// one masked load per register half; at stride 2 a whole sliver from one input row is four
 /// loads and two shuffles; other runs are gathered one by one into a zeroed local row. Lanes
