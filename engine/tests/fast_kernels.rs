@@ -405,8 +405,12 @@ fn large_products_split_among_threads_match() {
         // gradient of the first also more than 512 output-channel taps), and the 4x4 and 3x3 ones
         // fewer output positions per sample than a 16-column sliver (deep ResNet layers). The
         // 61-channel one's input gradient has 549 taps, in two 275-deep blocks: the second
-        // starts inside an output channel's 9 taps (whole 3x3 channels are packed apart).
+        // starts inside an output channel's 9 taps (whole 3x3 channels are packed apart). In the
+        // 80-channel one, forward and input gradient, `A` (96 or 80 rows, two depth blocks) has
+        // more than twice the rows of all columns together (2 samples of 16), so the threads
+        // split its rows (`sgemm::split_rows`), at an even row sliver, a partial one last.
         [
+            (2, 80, 96, 4, 3, 1, 1),
             (2, 16, 32, 40, 3, 1, 1),
             (2, 12, 40, 41, 3, 2, 1),
             (3, 8, 24, 33, 5, 1, 2),
@@ -431,7 +435,9 @@ fn large_products_split_among_threads_match() {
     }
     // Grouped 1x1 convolutions: one product per group for all samples, the samples' column
     // slivers (4x4 planes: less than one sliver each) shared by the threads.
-    for (n, c, o, hw, groups) in [(3, 24, 40, 20, 2), (5, 64, 96, 4, 2), (2, 12, 18, 9, 3)] {
+    // The last case's forward product splits the rows of `A` (160 output channels against 2
+    // samples of 16 positions).
+    for (n, c, o, hw, groups) in [(3, 24, 40, 20, 2), (5, 64, 96, 4, 2), (2, 12, 18, 9, 3), (2, 32, 160, 4, 1)] {
         let conv = Conv2d { stride: [1, 1], padding: [0; 4], dilation: [1, 1], groups };
         let (x_shape, w_shape) = (vec![n, c, hw, hw], vec![o, c / groups, 1, 1]);
         let y_shape = vec![n, o, hw, hw];
@@ -449,7 +455,8 @@ fn large_products_split_among_threads_match() {
     // count), a task's groups in its own part of the buffer: the third (17 slivers) and the
     // fourth, which has more column slivers than the buffer holds; with fewer (the others: 2 to
     // 6 slivers) and on one thread they share one packed block. Sizes are not
-    // multiples of the 6x16 tile, and some depths are more than one 512-deep block.
+    // multiples of the 6x16 tile, and some depths are more than one 512-deep block. The first,
+    // fifth and sixth have more than twice as many rows as columns: the threads split the rows.
     for (m, k, n, trans_a, trans_b) in [
         (301, 203, 91, false, false),
         (130, 517, 77, true, false),
@@ -933,7 +940,9 @@ fn thread_seconds() -> f64 {
 /// convolutions against the GEMM ceiling"): on one thread in thread CPU time, or with
 /// `POCK_SPEED_THREADS=2` on two threads in wall-clock time, the best of 12 runs (on a loaded
 /// machine the best runs are those where both threads held a core); `POCK_SPEED_WINOGRAD=0` runs
-/// every layer on im2col. Run with
+/// every layer on im2col; `POCK_SPEED_COLD=1` writes 256 MiB between runs and takes the median,
+/// so that weights and inputs come from memory as inside a training step; `POCK_SPEED_LAYERS=0,7`
+/// runs only those layers of its list. Run with
 /// `cargo test --workspace --test fast_kernels -- --ignored --nocapture resnet18_conv_speed`.
 #[cfg(target_os = "linux")]
 #[test]
@@ -946,15 +955,26 @@ fn resnet18_conv_speed() {
     // One thread: thread CPU time (not disturbed by the load); more: the wall clock.
     let start = std::time::Instant::now();
     let now = || if threads == 1 { thread_seconds() } else { start.elapsed().as_secs_f64() };
-    let best_of = |f: &mut dyn FnMut()| {
+    // `POCK_SPEED_COLD=1`: 256 MiB are written between calls, so that the operands come from
+    // memory as they do inside a training step, and the median is taken instead of the best.
+    let cold = std::env::var("POCK_SPEED_COLD").is_ok_and(|v| v == "1");
+    let mut flush = vec![0u8; if cold { 256 << 20 } else { 0 }];
+    let mut best_of = |f: &mut dyn FnMut()| {
         f();
-        (0..if threads == 1 { 4 } else { 12 })
-            .map(|_| {
+        let mut times: Vec<f64> = (0..if threads == 1 { 4 } else { 12 })
+            .map(|round| {
+                flush.fill(round as u8);
                 let t = now();
                 f();
                 now() - t
             })
-            .fold(f64::INFINITY, f64::min)
+            .collect();
+        times.sort_by(f64::total_cmp);
+        if cold {
+            times[times.len() / 2]
+        } else {
+            times[0]
+        }
     };
     let side = 1024usize;
     let cfg = CpuConfig { threads };
@@ -984,7 +1004,13 @@ fn resnet18_conv_speed() {
         (256, 512, 8, 2, 3),
         (512, 512, 4, 1, 3),
     ];
-    for (c, o, hw, stride, k) in layers {
+    // `POCK_SPEED_LAYERS=0,7`: only those layers (indices into the list above).
+    let only: Option<Vec<usize>> =
+        std::env::var("POCK_SPEED_LAYERS").ok().map(|v| v.split(',').filter_map(|i| i.trim().parse().ok()).collect());
+    for (index, (c, o, hw, stride, k)) in layers.into_iter().enumerate() {
+        if only.as_ref().is_some_and(|only| !only.contains(&index)) {
+            continue;
+        }
         let conv = Conv2d { stride: [stride; 2], padding: [k / 2; 4], dilation: [1, 1], groups: 1 };
         let (x_shape, w_shape) = (vec![8, c, hw, hw], vec![o, c, k, k]);
         let y_shape = Op::from(ConvOp::Conv2d(conv)).output_shapes(&[&x_shape, &w_shape]).unwrap().remove(0);

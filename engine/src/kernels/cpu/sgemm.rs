@@ -54,8 +54,26 @@ pub fn pack_elems_items(m: usize, n: usize, items: usize, k: usize) -> usize {
         return 0;
     }
     let kc = k.min(KC);
+    let rows = m.div_ceil(MR) * MR;
+    if split_rows(m, n, items, k) {
+        // Every depth block of every column sliver at once (see `product_with`).
+        return rows * kc + items * n.div_ceil(NR) * NR * k;
+    }
     let columns = items.saturating_mul(n.div_ceil(NR) * NR).min(NC);
-    (m.div_ceil(MR) * MR + columns) * kc
+    (rows + columns) * kc
+}
+
+/// Most f32 elements of the right operands that a product splitting the rows of `A` among the
+/// threads packs at once (all their depths: 4 MiB).
+const SPLIT_B_ELEMS: usize = 1 << 20;
+
+/// Whether a product on several threads splits the rows of `A` among them (see `product_with`):
+/// `A` has at least twice as many (padded) rows as all the right operands have columns, at
+/// least `MC` of them, and all of `B` packed fits in [`SPLIT_B_ELEMS`].
+fn split_rows(m: usize, n: usize, items: usize, k: usize) -> bool {
+    let columns = items.saturating_mul(n.div_ceil(NR) * NR);
+    let rows = m.div_ceil(MR) * MR;
+    rows >= MC && rows >= columns.saturating_mul(2) && columns.saturating_mul(k) <= SPLIT_B_ELEMS
 }
 
 /// A left operand that packs its own `MR`-row slivers: a strided matrix ([`Mat`]), or a matrix
@@ -224,7 +242,9 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
     // items' sequence), or `j` and `j + 1` where they pair (`b` holds `b.len() / (NR * kc)`
     // slivers): where AVX-512 is used, full tiles go in vertically adjacent pairs, as `12 x 32`
     // tiles against two slivers, else `12 x 16`.
-    let tile_rows = |pa: &[f32], slivers: core::ops::Range<usize>, b: &[f32], j: usize, kc: usize, overwrite: bool| {
+    // `pa` starts at row sliver `first` of `A`.
+    let tile_rows = |pa: &[f32], first: usize, slivers: core::ops::Range<usize>, b: &[f32], j: usize, kc: usize, overwrite: bool| {
+        let pa = |ir: usize, count: usize| &pa[(ir - first) * MR * kc..(ir - first + count) * MR * kc];
         let sliver_len = NR * kc;
         let two = b.len() == 2 * sliver_len;
         debug_assert!(b.len() == sliver_len || (two && full(j) && full(j + 1)));
@@ -243,7 +263,7 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
                 // lie inside `c` and are written by this unit only (as in `tile_at`); the slivers
                 // hold `kc` depths.
                 unsafe {
-                    let (a, c) = (pa[ir * MR * kc..(ir + 2) * MR * kc].as_ptr(), dst.ptr());
+                    let (a, c) = (pa(ir, 2).as_ptr(), dst.ptr());
                     if two {
                         let (lo, hi) = (c.add(at(0, ir * MR)), c.add(at(1, ir * MR)));
                         kernel_avx512_quad(kc, a, kc * MR, b.as_ptr(), sliver_len, [lo, hi], out.ldc, overwrite);
@@ -261,7 +281,7 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
                 // with two, all full) lie inside `c` and are written by this unit only (as in
                 // `tile_at`); the local tile holds `MR` rows of `2 * NR`.
                 unsafe {
-                    let (a, rows, c) = (&pa[ir * MR * kc..(ir + 1) * MR * kc], MR.min(m - ir * MR), dst.ptr());
+                    let (a, rows, c) = (pa(ir, 1), MR.min(m - ir * MR), dst.ptr());
                     let (lo, hi) = (c.add(at(0, ir * MR)), if two { c.add(at(1, ir * MR)) } else { c });
                     if rows == MR {
                         kernel_avx512_six(kc, a.as_ptr(), b.as_ptr(), sliver_len, two, [lo, hi], out.ldc, overwrite);
@@ -283,7 +303,7 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
             } else {
                 for (s, b_sliver) in b.chunks_exact(sliver_len).enumerate() {
                     let (item, col) = place(j + s);
-                    tile_at(&pa[ir * MR * kc..(ir + 1) * MR * kc], b_sliver, item, ir * MR, col, kc, overwrite);
+                    tile_at(pa(ir, 1), b_sliver, item, ir * MR, col, kc, overwrite);
                 }
                 ir += 1;
             }
@@ -300,6 +320,58 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
     let group = (GROUP_ELEMS / (NR * depth_block)).clamp(MIN_GROUP, MAX_GROUP);
     let groups = slivers.div_ceil(group).next_multiple_of(threads.max(1));
     let own = threads > 1 && slivers / groups >= MIN_GROUP;
+    if threads > 1 && split_rows(m, n, items, k) {
+        // `A` is the large operand (deep layers on small planes: ResNet-18's layer 4,
+        // MobileNetV2's last 1x1 convolution). Every depth block of every column sliver is packed
+        // first (`pack_b` holds them all, block `pc` at `pc * slivers * NR`), then each thread
+        // takes its own rows of `A` through all depth blocks, packing `MC` rows of a block at a
+        // time right before it meets every column sliver with them. Packed rows of `A` stay with
+        // the thread that packed them, and there are two parallel loops per product instead of
+        // two per depth block. Tiles are computed as on the other paths.
+        let pb_all = &mut pack_b[..slivers * NR * k];
+        let base = Dst(pb_all.as_mut_ptr());
+        let depth_blocks = k.div_ceil(depth_block);
+        let per_task = (super::par::MIN_TASK_WORK / (NR * depth_block)).max(1);
+        super::par::for_each_index(threads, depth_blocks * slivers, per_task, |u| {
+            let (pc, j) = (u / slivers * depth_block, u % slivers);
+            let kc = depth_block.min(k - pc);
+            let (item, col) = place(j);
+            // SAFETY: sliver `j` of depth block `pc` (`NR * kc` elements at
+            // `pc * slivers * NR + j * NR * kc`, inside `pb_all`, which holds `slivers * NR * k`)
+            // is packed by this call only.
+            let sliver = unsafe { core::slice::from_raw_parts_mut(base.ptr().add(pc * slivers * NR + j * NR * kc), NR * kc) };
+            b.pack(item, pc, col, NR.min(n - col), sliver);
+        });
+        let pb_all = &*pb_all;
+        // Row slivers in equal runs of an even count (so that pairs of them stay together).
+        let tasks = threads.min(slivers_a / 2);
+        let bound = |t: usize| if t == tasks { slivers_a } else { slivers_a * t / tasks / 2 * 2 };
+        let a_base = Dst(pack_a.as_mut_ptr());
+        super::par::for_each_index(threads, tasks, 1, |t| {
+            for pc in (0..k).step_by(depth_block) {
+                let kc = depth_block.min(k - pc);
+                let overwrite = !accumulate && pc == 0;
+                let pb = &pb_all[pc * slivers * NR..][..slivers * NR * kc];
+                for ib in (bound(t)..bound(t + 1)).step_by(MC / MR) {
+                    let ie = (ib + MC / MR).min(bound(t + 1));
+                    // SAFETY: row slivers `ib..ie` (of `MR * kc` elements each, inside `pack_a`,
+                    // which holds `slivers_a * MR * kc_max`) belong to this task's run only.
+                    let pa = unsafe { core::slice::from_raw_parts_mut(a_base.ptr().add(ib * MR * kc), (ie - ib) * MR * kc) };
+                    for (i, sliver) in pa.chunks_exact_mut(MR * kc).enumerate() {
+                        let row = (ib + i) * MR;
+                        a.pack(pc, row, MR.min(m - row), sliver);
+                    }
+                    let mut j = 0;
+                    while j < slivers {
+                        let taken = pair_len(j, slivers - j);
+                        tile_rows(pa, ib, ib..ie, &pb[j * NR * kc..(j + taken) * NR * kc], j, kc, overwrite);
+                        j += taken;
+                    }
+                }
+            }
+        });
+        return;
+    }
     // Depth blocks outermost: `a`'s block is packed once for every column block, and each
     // output still adds its depth blocks in order, so the rounding is that of the plain loop.
     for pc in (0..k).step_by(depth_block) {
@@ -309,7 +381,7 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
         let pa = &*pa;
         let overwrite = !accumulate && pc == 0;
         if own {
-            let tiles = |rows, b: &[f32], j| tile_rows(pa, rows, b, j, kc, overwrite);
+            let tiles = |rows, b: &[f32], j| tile_rows(pa, 0, rows, b, j, kc, overwrite);
             own_slivers(b, pack_b, (m, n, per_item, slivers), groups, pc, kc, threads, tiles, pair_len);
             continue;
         }
@@ -328,10 +400,10 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
                 let jr = 2 * jp;
                 let rows = ib * (MC / MR)..((ib + 1) * (MC / MR)).min(slivers_a);
                 let taken = pair_len(first + jr, count - jr);
-                tile_rows(pa, rows.clone(), &pb[jr * NR * kc..(jr + taken) * NR * kc], first + jr, kc, overwrite);
+                tile_rows(pa, 0, rows.clone(), &pb[jr * NR * kc..(jr + taken) * NR * kc], first + jr, kc, overwrite);
                 if taken == 1 && jr + 1 < count {
                     // Two slivers that do not pair (one is partial): one by one.
-                    tile_rows(pa, rows, &pb[(jr + 1) * NR * kc..(jr + 2) * NR * kc], first + jr + 1, kc, overwrite);
+                    tile_rows(pa, 0, rows, &pb[(jr + 1) * NR * kc..(jr + 2) * NR * kc], first + jr + 1, kc, overwrite);
                 }
             };
             let units = blocks_a * pairs;
