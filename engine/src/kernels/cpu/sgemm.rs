@@ -9,6 +9,11 @@
 //! the same way by whichever thread runs it, and depth blocks are added in order, so results do
 //! not depend on the thread count.
 //!
+//! Where `A` is the large operand (more than twice the rows of all columns together: deep layers
+//! on small planes) and there are several threads, the threads split `A`'s rows instead: all of
+//! `B` is packed first, then each thread runs every depth block of its own rows without a
+//! barrier, packing `MC` rows at a time right before they meet every column sliver.
+//!
 //! Operands are sources that pack their own slivers ([`SourceA`], [`SourceB`]): a strided matrix,
 //! or a convolution's column matrix read straight from its input. One call may multiply `A` with
 //! several right operands (the samples of a batch, [`product_with`]): `A` is packed once per depth
