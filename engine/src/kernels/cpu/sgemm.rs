@@ -359,9 +359,12 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
                 let pb = &pb_all[pc * slivers * NR..][..slivers * NR * kc];
                 for ib in (bound(t)..bound(t + 1)).step_by(MC / MR) {
                     let ie = (ib + MC / MR).min(bound(t + 1));
-                    // SAFETY: row slivers `ib..ie` (of `MR * kc` elements each, inside `pack_a`,
-                    // which holds `slivers_a * MR * kc_max`) belong to this task's run only.
-                    let pa = unsafe { core::slice::from_raw_parts_mut(a_base.ptr().add(ib * MR * kc), (ie - ib) * MR * kc) };
+                    // Placed as if every block were `depth_block` deep: a task that has reached a
+                    // shorter last block must not write into rows another task still reads.
+                    // SAFETY: row slivers `ib..ie` (`MR * kc` elements each, from
+                    // `ib * MR * depth_block`, inside `pack_a`, which holds
+                    // `slivers_a * MR * depth_block`) belong to this task's run only.
+                    let pa = unsafe { core::slice::from_raw_parts_mut(a_base.ptr().add(ib * MR * depth_block), (ie - ib) * MR * kc) };
                     for (i, sliver) in pa.chunks_exact_mut(MR * kc).enumerate() {
                         let row = (ib + i) * MR;
                         a.pack(pc, row, MR.min(m - row), sliver);
