@@ -325,7 +325,9 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
     let group = (GROUP_ELEMS / (NR * depth_block)).clamp(MIN_GROUP, MAX_GROUP);
     let groups = slivers.div_ceil(group).next_multiple_of(threads.max(1));
     let own = threads > 1 && slivers / groups >= MIN_GROUP;
-    if threads > 1 && split_rows(m, n, items, k) {
+    // (Worth a parallel loop: at least two tasks' minimum of multiply-adds.)
+    let macs = m.saturating_mul(slivers * NR).saturating_mul(k);
+    if threads > 1 && split_rows(m, n, items, k) && macs >= 2 * super::par::MIN_TASK_WORK {
         // `A` is the large operand (deep layers on small planes: ResNet-18's layer 4,
         // MobileNetV2's last 1x1 convolution). Every depth block of every column sliver is packed
         // first (`pack_b` holds them all, block `pc` at `pc * slivers * NR`), then each thread
@@ -350,7 +352,7 @@ pub(super) fn product_with<A: SourceA, B: SourceB>(
         let pb_all = &*pb_all;
         // Row slivers in equal runs of an even count (so that pairs of them stay together).
         let tasks = threads.min(slivers_a / 2);
-        let bound = |t: usize| if t == tasks { slivers_a } else { slivers_a * t / tasks / 2 * 2 };
+        let bound = |t: usize| if t == tasks { slivers_a } else { (slivers_a * t / tasks).div_ceil(2) * 2 };
         let a_base = Dst(pack_a.as_mut_ptr());
         super::par::for_each_index(threads, tasks, 1, |t| {
             for pc in (0..k).step_by(depth_block) {
