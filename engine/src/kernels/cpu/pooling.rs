@@ -221,8 +221,8 @@ multiversion!(#[allow(clippy::too_many_arguments)] fn interior_argmax(xs: &[f32]
 /// `index[j]` = the plane index of the first maximum in row-major order of the window of rows
 /// `rows` (not empty) and columns `first_col + j * stride .. + kw` (all inside the plane), for a
 /// plane without NaN: the first element, then every later one taken when greater. The loop keeps
-/// each window's best element as its ordinal in the window (the same for all lanes of one
-/// step), and turns it into a plane index at the end.
+/// each window's best element as its offset in the plane from the window's first element (the
+/// same for all lanes of one step), and adds the window's start at the end (no division).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn interior_argmax_body<const FMA: bool>(
@@ -238,27 +238,28 @@ fn interior_argmax_body<const FMA: bool>(
     let n = best.len();
     let index = &mut index[..n];
     let mut column = [0f32; WINDOWS];
-    let mut ordinal: u32 = 0;
     for r in rows.clone() {
         for kc in 0..kw {
             let src = strided(xs, r * w + first_col + kc, stride, n, &mut column);
-            if ordinal == 0 {
+            // The element's place in the plane relative to the first window's first element
+            // (the same for all lanes of one step; plane sizes that reach here fit a u32,
+            // `indexable`).
+            let offset = ((r - rows.start) * w + kc) as u32;
+            if offset == 0 {
                 best.copy_from_slice(src);
                 index.fill(0);
             } else {
                 for ((b, i), &v) in best.iter_mut().zip(index.iter_mut()).zip(src) {
                     let take = v > *b;
                     *b = if take { v } else { *b };
-                    *i = if take { ordinal } else { *i };
+                    *i = if take { offset } else { *i };
                 }
             }
-            ordinal += 1;
         }
     }
-    // The plane sizes that reach here fit a u32 (`indexable`), and so do these indices.
-    let kw = kw as u32;
-    let (first, w, stride) = ((rows.start * w + first_col) as u32, w as u32, stride as u32);
+    // Window `j` starts `j * stride` after the first: plane index = first + offset + j * stride.
+    let (first, stride) = ((rows.start * w + first_col) as u32, stride as u32);
     for (j, i) in index.iter_mut().enumerate() {
-        *i = first + (*i / kw) * w + *i % kw + j as u32 * stride;
+        *i = first + *i + j as u32 * stride;
     }
 }
