@@ -241,8 +241,8 @@ fn interior_argmax_body<const FMA: bool>(
     for r in rows.clone() {
         for kc in 0..kw {
             let src = strided(xs, r * w + first_col + kc, stride, n, &mut column);
-            // The element's place in the plane relative to the first window's first element
-            // (the same for all lanes of one step; plane sizes that reach here fit a u32,
+            // The element's place in the plane relative to its window's first element (the
+            // same for all lanes of one step; plane sizes that reach here fit a u32,
             // `indexable`).
             let offset = ((r - rows.start) * w + kc) as u32;
             if offset == 0 {
